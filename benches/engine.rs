@@ -1,0 +1,576 @@
+//! The benchmark suite: the engine against SQLite itself, in both
+//! durability modes, measured side by side in one run.
+//!
+//! ```text
+//! cargo bench --bench engine                   # full run (a few minutes)
+//! BENCH_SCALE=0.1 cargo bench --bench engine   # smaller counts, quicker
+//! ```
+//!
+//! Baseline: a single-row INSERT+COMMIT per transaction through SQLite's C
+//! API (rusqlite) with the store's pragmas (WAL, synchronous FULL for
+//! durable, NORMAL for relaxed), and the same loop through sqlx.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sqlx::{ConnectOptions, Connection};
+use workflow::prelude::*;
+use workflow::sqlite::{SqliteOptions, SqliteStore};
+use workflow::Durability;
+
+static STEP_LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+/// Handlers that returned; the harness waits on this instead of polling the
+/// database, so it measures the engine and not its own queries.
+static RETURNED: AtomicU64 = AtomicU64::new(0);
+static RETURNED_NOTIFY: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct Steps {
+    count: u32,
+    measure: bool,
+}
+
+/// `count` no-op steps in sequence.
+#[workflow(name = "noop")]
+async fn noop(ctx: Ctx, input: Steps) -> workflow::Result<u32> {
+    for i in 0..input.count {
+        let started = Instant::now();
+        ctx.step("noop", || async move { Ok::<_, BoxError>(i) })
+            .await?;
+        if input.measure {
+            STEP_LATENCIES.lock().unwrap().push(started.elapsed());
+        }
+    }
+    RETURNED.fetch_add(1, Ordering::SeqCst);
+    RETURNED_NOTIFY.notify_waiters();
+    Ok(input.count)
+}
+
+/// Sleeps until `due` (ms since the epoch), then reports how late it woke.
+#[workflow(name = "napper", timeout = "2d")]
+async fn napper(ctx: Ctx, due: i64) -> workflow::Result<i64> {
+    let at = DateTime::<Utc>::from_timestamp_millis(due).expect("due time");
+    ctx.sleep_until("nap", at).await?;
+    let lag = ctx
+        .step("woke", || async move {
+            Ok::<_, BoxError>(Utc::now().timestamp_millis() - due)
+        })
+        .await?;
+    Ok(lag)
+}
+
+fn scale(n: usize) -> usize {
+    let factor: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * factor) as usize).max(10)
+}
+
+fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    if sorted.is_empty() {
+        return T::default();
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+struct Table(Vec<[String; 5]>);
+
+impl Table {
+    fn row(
+        &mut self,
+        mode: &str,
+        what: impl Into<String>,
+        result: impl Into<String>,
+        latency: impl Into<String>,
+        target: impl Into<String>,
+    ) {
+        let row = [
+            mode.to_owned(),
+            what.into(),
+            result.into(),
+            latency.into(),
+            target.into(),
+        ];
+        eprintln!("{}", row.join(" | "));
+        self.0.push(row);
+    }
+}
+
+fn sync_pragma(d: Durability) -> &'static str {
+    if d == Durability::Durable {
+        "FULL"
+    } else {
+        "NORMAL"
+    }
+}
+
+fn raw_single(path: &std::path::Path, d: Durability, n: usize) -> (f64, Duration, Duration) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={}; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);",
+        sync_pragma(d)
+    ))
+    .unwrap();
+    let mut latencies = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        conn.execute_batch("BEGIN").unwrap();
+        conn.prepare_cached("INSERT INTO t (v) VALUES (?1)")
+            .unwrap()
+            .execute([format!("row {i}")])
+            .unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        latencies.push(t.elapsed());
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    latencies.sort();
+    (
+        rate,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+    )
+}
+
+fn raw_batched(path: &std::path::Path, d: Durability, n: usize) -> f64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={}; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);",
+        sync_pragma(d)
+    ))
+    .unwrap();
+    let started = Instant::now();
+    for chunk in 0..n / 100 {
+        conn.execute_batch("BEGIN").unwrap();
+        for i in 0..100 {
+            conn.prepare_cached("INSERT INTO t (v) VALUES (?1)")
+                .unwrap()
+                .execute([format!("row {chunk} {i}")])
+                .unwrap();
+        }
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    (n / 100 * 100) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn raw_sqlx(path: &std::path::Path, d: Durability, n: usize) -> (f64, Duration) {
+    let sync = if d == Durability::Durable {
+        sqlx::sqlite::SqliteSynchronous::Full
+    } else {
+        sqlx::sqlite::SqliteSynchronous::Normal
+    };
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sync)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut latencies = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("INSERT INTO t (v) VALUES (?)")
+            .bind(format!("row {i}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        latencies.push(t.elapsed());
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    latencies.sort();
+    (rate, percentile(&latencies, 0.5))
+}
+
+async fn engine(path: &std::path::Path, d: Durability, concurrency: usize) -> Engine {
+    let url = format!("sqlite://{}", path.display());
+    let store = SqliteStore::connect_with(&url, SqliteOptions::new().durability(d))
+        .await
+        .unwrap();
+    Engine::builder()
+        .store(store)
+        .register(Noop)
+        .register(Napper)
+        .concurrency(concurrency)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Waits until `count` handlers returned (no database reads), then until
+/// the store shows them all `Completed`.
+async fn completed(engine: &Engine, name: &str, count: u64) {
+    loop {
+        let returned = RETURNED_NOTIFY.notified();
+        if RETURNED.load(Ordering::SeqCst) >= count {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), returned).await;
+    }
+    loop {
+        let counts = engine.counts(Some(name)).await.unwrap();
+        let done = counts.get(&Status::Completed).copied().unwrap_or(0);
+        assert_eq!(counts.get(&Status::Failed), None, "no instance may fail");
+        if done >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn sequential(path: &std::path::Path, d: Durability, steps: usize) -> (Duration, Duration) {
+    let engine = engine(path, d, 1).await;
+    let worker = engine.start_worker();
+    STEP_LATENCIES.lock().unwrap().clear();
+    let inst = Noop::start(
+        &engine,
+        Steps {
+            count: steps as u32,
+            measure: true,
+        },
+    )
+    .await
+    .unwrap();
+    inst.result().await.unwrap();
+    worker.shutdown().await;
+    let mut latencies = std::mem::take(&mut *STEP_LATENCIES.lock().unwrap());
+    latencies.sort();
+    (percentile(&latencies, 0.5), percentile(&latencies, 0.99))
+}
+
+async fn throughput(
+    path: &std::path::Path,
+    d: Durability,
+    workflows: usize,
+    in_flight: usize,
+) -> (f64, f64) {
+    let engine = engine(path, d, in_flight).await;
+    let inputs = (0..workflows)
+        .map(|_| Steps {
+            count: 3,
+            measure: false,
+        })
+        .collect();
+    Noop::start_many(&engine, inputs, StartOptions::new())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let worker = engine.start_worker();
+    completed(&engine, "noop", workflows as u64).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    worker.shutdown().await;
+    (workflows as f64 / elapsed, (workflows * 3) as f64 / elapsed)
+}
+
+async fn start_rates(path: &std::path::Path, d: Durability, n: usize) -> (f64, f64) {
+    let engine = engine(path, d, 1).await;
+    let started = Instant::now();
+    let mut callers = Vec::new();
+    for _ in 0..64 {
+        let engine = engine.clone();
+        callers.push(tokio::spawn(async move {
+            for _ in 0..n / 64 {
+                Noop::start(
+                    &engine,
+                    Steps {
+                        count: 0,
+                        measure: false,
+                    },
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let concurrent = (n / 64 * 64) as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for _ in 0..n / 1_000 {
+        let inputs = (0..1_000)
+            .map(|_| Steps {
+                count: 0,
+                measure: false,
+            })
+            .collect();
+        Noop::start_many(&engine, inputs, StartOptions::new())
+            .await
+            .unwrap();
+    }
+    let batched = (n / 1_000 * 1_000) as f64 / started.elapsed().as_secs_f64();
+    (concurrent, batched)
+}
+
+/// Parks `parked` instances in a long sleep, then times `measured` short
+/// sleepers' wake-ups. Returns (RSS before, RSS with them parked, p50 lag, p99 lag).
+async fn waiting(path: &std::path::Path, parked: usize, measured: usize) -> (f64, f64, i64, i64) {
+    let engine = engine(path, Durability::Durable, 64).await;
+    let rss_before = rss_mib();
+    let worker = engine.start_worker();
+    let far = Utc::now().timestamp_millis() + 86_400_000;
+    for chunk in 0..parked.div_ceil(5_000) {
+        let n = 5_000.min(parked - chunk * 5_000);
+        Napper::start_many(&engine, vec![far; n], StartOptions::new())
+            .await
+            .unwrap();
+    }
+    // Parked when every one of them has run once and given its worker back.
+    loop {
+        let counts = engine.counts(Some("napper")).await.unwrap();
+        let busy = counts.get(&Status::InProgress).copied().unwrap_or(0);
+        let page = engine
+            .list(Query::new().name("napper").status(Status::Pending).limit(1))
+            .await
+            .unwrap();
+        if busy == 0 && page.items.first().is_some_and(|i| i.runs > 0) {
+            let unstarted = engine
+                .list(
+                    Query::new()
+                        .name("napper")
+                        .status(Status::Pending)
+                        .limit(1000),
+                )
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .any(|i| i.runs == 0);
+            if !unstarted {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss_parked = rss_mib();
+    // Short sleepers due over the next few seconds, among all the parked ones.
+    let base = Utc::now().timestamp_millis() + 4_000;
+    let dues: Vec<i64> = (0..measured)
+        .map(|i| base + (i as i64 * 3_000) / measured as i64)
+        .collect();
+    let sleepers = Napper::start_many(&engine, dues, StartOptions::new())
+        .await
+        .unwrap();
+    let mut lags = Vec::with_capacity(measured);
+    for inst in &sleepers {
+        lags.push(inst.result().await.unwrap());
+    }
+    worker.shutdown().await;
+    lags.sort();
+    (
+        rss_before,
+        rss_parked,
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+    )
+}
+
+/// Latency of `start`, `instance(id)` and `list(limit 50)` (p50 of 200 each).
+async fn store_latencies(engine: &Engine) -> [Duration; 3] {
+    let mut starts = Vec::new();
+    let mut gets = Vec::new();
+    let mut lists = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let inst = Noop::start(
+            engine,
+            Steps {
+                count: 0,
+                measure: false,
+            },
+        )
+        .await
+        .unwrap();
+        starts.push(t.elapsed());
+        let t = Instant::now();
+        engine.instance(inst.id()).await.unwrap();
+        gets.push(t.elapsed());
+        let t = Instant::now();
+        engine
+            .list(Query::new().name("noop").status(Status::Pending).limit(50))
+            .await
+            .unwrap();
+        lists.push(t.elapsed());
+    }
+    for v in [&mut starts, &mut gets, &mut lists] {
+        v.sort();
+    }
+    [
+        percentile(&starts, 0.5),
+        percentile(&gets, 0.5),
+        percentile(&lists, 0.5),
+    ]
+}
+
+async fn store_scale(path: &std::path::Path, rows: usize) -> ([Duration; 3], [Duration; 3]) {
+    let engine = engine(path, Durability::Durable, 1).await;
+    let inputs = |n: usize| {
+        (0..n)
+            .map(|_| Steps {
+                count: 0,
+                measure: false,
+            })
+            .collect()
+    };
+    Noop::start_many(&engine, inputs(1_000), StartOptions::new())
+        .await
+        .unwrap();
+    let small = store_latencies(&engine).await;
+    let mut have = 1_200;
+    while have < rows {
+        let n = 20_000.min(rows - have);
+        Noop::start_many(&engine, inputs(n), StartOptions::new())
+            .await
+            .unwrap();
+        have += n;
+    }
+    let large = store_latencies(&engine).await;
+    (small, large)
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let mut n = 0;
+    let mut file = |name: &str| {
+        n += 1;
+        dir.path().join(format!("{name}-{n}.db"))
+    };
+    let mut t = Table(Vec::new());
+    for (mode, d) in [
+        ("durable", Durability::Durable),
+        ("relaxed", Durability::Relaxed),
+    ] {
+        let raw_n = if d == Durability::Durable {
+            scale(500)
+        } else {
+            scale(10_000)
+        };
+        let (raw_rate, raw_p50, raw_p99) = raw_single(&file("raw"), d, raw_n);
+        t.row(
+            mode,
+            "raw SQLite C API: 1-row INSERT+COMMIT",
+            format!("{raw_rate:.0} commits/s"),
+            format!("p50 {} · p99 {}", micros(raw_p50), micros(raw_p99)),
+            "baseline",
+        );
+        let batched = raw_batched(&file("batched"), d, scale(50_000));
+        t.row(
+            mode,
+            "raw SQLite C API: 100 rows per COMMIT",
+            format!("{batched:.0} rows/s"),
+            "",
+            "",
+        );
+        let (sqlx_rate, sqlx_p50) = raw_sqlx(&file("sqlx"), d, raw_n).await;
+        t.row(
+            mode,
+            "raw sqlx: 1-row INSERT+COMMIT",
+            format!("{sqlx_rate:.0} commits/s"),
+            format!("p50 {}", micros(sqlx_p50)),
+            "",
+        );
+
+        let steps = scale(1_000);
+        let (p50, p99) = sequential(&file("seq"), d, steps).await;
+        let limit = if d == Durability::Durable { 1.2 } else { 5.0 };
+        let ratio = p50.as_secs_f64() / raw_p50.as_secs_f64();
+        t.row(
+            mode,
+            format!("1 workflow × {steps} sequential steps"),
+            format!("{:.0} steps/s", 1.0 / p50.as_secs_f64()),
+            format!("p50 {} · p99 {}", micros(p50), micros(p99)),
+            format!("p50 = {ratio:.2}× raw (target ≤ {limit}×)"),
+        );
+
+        let workflows = scale(10_000);
+        let (wps, sps) = throughput(&file("tp"), d, workflows, 64).await;
+        let (factor, want) = if d == Durability::Durable {
+            (sps / raw_rate, "≥ 20× raw commits/s")
+        } else {
+            (sps / raw_rate, "≥ 0.3× raw commits/s")
+        };
+        t.row(
+            mode,
+            format!("{workflows} workflows × 3 steps, 64 in flight"),
+            format!("{wps:.0} wf/s · {sps:.0} steps/s"),
+            "",
+            format!("{factor:.2}× raw ({want})"),
+        );
+
+        let (concurrent, batched) = start_rates(&file("start"), d, scale(10_000)).await;
+        t.row(
+            mode,
+            "start: 64 concurrent callers",
+            format!("{concurrent:.0} starts/s"),
+            "",
+            "",
+        );
+        t.row(
+            mode,
+            "start_many: batches of 1,000",
+            format!("{batched:.0} starts/s"),
+            "",
+            "",
+        );
+    }
+
+    let parked = scale(100_000);
+    let (rss_before, rss_parked, lag50, lag99) = waiting(&file("wait"), parked, 1_000).await;
+    t.row(
+        "durable",
+        format!("{parked} sleeping instances"),
+        format!("RSS {rss_parked:.0} MiB (bench process; {rss_before:.0} MiB before)"),
+        format!("wake-up lag p50 {lag50} ms · p99 {lag99} ms"),
+        "RSS ≤ 64 MiB, p99 ≤ 100 ms",
+    );
+
+    let rows = scale(1_000_000);
+    let (small, large) = store_scale(&file("scale"), rows).await;
+    for (i, what) in ["start", "instance(id)", "list(limit 50)"]
+        .iter()
+        .enumerate()
+    {
+        t.row(
+            "durable",
+            format!("{what}: 1,000 rows vs {rows} rows"),
+            format!("{:.2}×", large[i].as_secs_f64() / small[i].as_secs_f64()),
+            format!("p50 {} vs {}", micros(small[i]), micros(large[i])),
+            "within 2×",
+        );
+    }
+
+    println!("\n| mode | measurement | result | latency | against target |\n|---|---|---|---|---|");
+    for r in &t.0 {
+        println!("| {} |", r.join(" | "));
+    }
+}

@@ -1,0 +1,95 @@
+//! Human in the loop: an expense waits for an approval event, with a timeout.
+//!
+//! ```text
+//! cargo run --example approval
+//! ```
+//!
+//! While it waits the instance is `Listening` and holds no memory; the
+//! event can come from any process sharing the database, days later.
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use workflow::prelude::*;
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct Expense {
+    employee: String,
+    cents: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct Approval {
+    approved: bool,
+    approver: String,
+}
+
+/// Ask a manager to approve an expense; give up after the timeout.
+#[workflow(name = "approveExpense", timeout = "7d")]
+async fn approve_expense(ctx: Ctx, expense: Expense) -> workflow::Result<String> {
+    ctx.step("notify-manager", || async {
+        // Send an email or a chat message with a link that calls send_event.
+        Ok::<_, BoxError>(())
+    })
+    .await?;
+    // In production the timeout would be days; here it is short.
+    let answer = ctx
+        .wait_for_event::<Approval>("approval", Some(Duration::from_secs(2)))
+        .await;
+    match answer {
+        Ok(a) if a.approved => Ok(format!(
+            "{} cents for {} approved by {}",
+            expense.cents, expense.employee, a.approver
+        )),
+        Ok(a) => Ok(format!("rejected by {}", a.approver)),
+        Err(workflow::Error::EventTimeout { .. }) => Ok("no answer in time: escalated".to_owned()),
+        Err(other) => Err(other),
+    }
+}
+
+#[tokio::main]
+async fn main() -> workflow::Result<()> {
+    let engine = Engine::builder()
+        .database_url("sqlite://approval.db")
+        .register(ApproveExpense)
+        .build()
+        .await?;
+    let worker = engine.start_worker();
+
+    let approved = ApproveExpense::start(
+        &engine,
+        Expense {
+            employee: "ada".into(),
+            cents: 4_200,
+        },
+    )
+    .await?;
+    let ignored = ApproveExpense::start(
+        &engine,
+        Expense {
+            employee: "bob".into(),
+            cents: 99,
+        },
+    )
+    .await?;
+
+    while approved.status().await? != Status::Listening {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("{} is {}", approved.id(), approved.status().await?);
+    approved
+        .send_event(
+            "approval",
+            Approval {
+                approved: true,
+                approver: "grace".into(),
+            },
+        )
+        .await?;
+
+    println!("approved: {}", approved.result().await?);
+    println!("ignored:  {}", ignored.result().await?);
+    worker.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Deduplication, tags and queries: one charge per invoice, however many
+//! times the request arrives.
+//!
+//! ```text
+//! cargo run --example dedup
+//! ```
+
+use std::collections::HashSet;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use workflow::prelude::*;
+
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+struct Invoice {
+    invoice_id: String,
+    cents: u64,
+}
+
+/// Charge an invoice exactly once.
+#[workflow(name = "chargeInvoice")]
+async fn charge_invoice(ctx: Ctx, invoice: Invoice) -> workflow::Result<String> {
+    let receipt: String = ctx
+        .step("charge", || async {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            Ok::<_, BoxError>(format!("rcpt-{}-{}", invoice.invoice_id, invoice.cents))
+        })
+        .await?;
+    Ok(receipt)
+}
+
+#[tokio::main]
+async fn main() -> workflow::Result<()> {
+    let engine = Engine::builder()
+        .database_url("sqlite://dedup.db")
+        .register(ChargeInvoice)
+        .build()
+        .await?;
+    let worker = engine.start_worker();
+    let invoice = Invoice {
+        invoice_id: "inv-42".into(),
+        cents: 1999,
+    };
+
+    // Eight retries of the same request race each other: one instance.
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let (engine, invoice) = (engine.clone(), invoice.clone());
+        calls.push(tokio::spawn(async move {
+            ChargeInvoice::get_or_create(&engine, "inv-42", invoice).await
+        }));
+    }
+    let mut ids = HashSet::new();
+    for call in calls {
+        ids.insert(call.await.expect("task")?.id().clone());
+    }
+    println!("8 concurrent get_or_create calls -> {} instance", ids.len());
+    let id = ids.into_iter().next().expect("one id");
+    let first = ChargeInvoice::handle(&engine, id);
+    println!("receipt: {}", first.result().await?);
+
+    // Once it ended, the key is free: the default statuses only match
+    // instances still active. Ask for Completed too to get the old one back.
+    let again = ChargeInvoice::get_or_create(&engine, "inv-42", invoice.clone())
+        .statuses([Status::Pending, Status::InProgress, Status::Completed])
+        .await?;
+    println!(
+        "same key after completion, Completed included -> same instance: {}",
+        again.id() == first.id()
+    );
+
+    // Keys, tags and a per-instance timeout at start; then query by tag.
+    let options = StartOptions::new()
+        .key("inv-43")
+        .tag("customer", "acme")
+        .timeout(std::time::Duration::from_secs(60));
+    let tagged = ChargeInvoice::start_with(
+        &engine,
+        Invoice {
+            invoice_id: "inv-43".into(),
+            cents: 500,
+        },
+        options,
+    )
+    .await?;
+    tagged.result().await?;
+    let page = engine
+        .list(Query::new().name("chargeInvoice").tag("customer", "acme"))
+        .await?;
+    println!("instances tagged customer=acme: {}", page.items.len());
+    println!(
+        "counts by status: {:?}",
+        engine.counts(Some("chargeInvoice")).await?
+    );
+
+    worker.shutdown().await;
+    Ok(())
+}

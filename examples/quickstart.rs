@@ -1,0 +1,148 @@
+//! Quickstart: two workflows on an embedded SQLite file, nothing to configure.
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+//!
+//! Run it twice: the second run finds the first run's instances in
+//! `workflows.db` (listed at the end), because everything is persisted.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use workflow::prelude::*;
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct OrderInput {
+    /// The order to process.
+    order_id: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct OrderOutput {
+    status: String,
+    total: f64,
+}
+
+/// Persisted with every step; a new instance starts from `Default`.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+struct OrderState {
+    items_processed: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Order {
+    id: String,
+    prices: Vec<f64>,
+}
+
+async fn fetch_order(order_id: &str) -> Result<Order, std::io::Error> {
+    let items = order_id.bytes().map(|b| f64::from(b % 7) + 0.99).collect();
+    Ok(Order {
+        id: order_id.to_owned(),
+        prices: items,
+    })
+}
+
+async fn charge_payment(order: &Order) -> Result<String, std::io::Error> {
+    Ok(format!("ch_{}", order.id))
+}
+
+/// Process a new customer order
+#[workflow(name = "processOrder", timeout = "10m")]
+async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Result<OrderOutput> {
+    let order: Order = ctx
+        .step("fetch-order", || fetch_order(&input.order_id))
+        .await?;
+    ctx.state_mut().items_processed = order.prices.len() as u32;
+    let charge: String = ctx
+        .step("charge-payment", || charge_payment(&order))
+        .await?;
+    Ok(OrderOutput {
+        status: format!("completed ({charge})"),
+        total: order.prices.iter().sum(),
+    })
+}
+
+static DELIVERY_ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+
+/// Send a welcome email; the mail server fails the first attempt.
+#[workflow(name = "sendWelcome")]
+async fn send_welcome(ctx: Ctx, email: String) -> workflow::Result<String> {
+    let body: String = ctx
+        .step("render", || async {
+            Ok::<_, BoxError>(format!("Welcome aboard, {email}!"))
+        })
+        .await?;
+    ctx.step("deliver", || async {
+        if DELIVERY_ATTEMPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err("mail server busy".into());
+        }
+        Ok::<_, BoxError>(body.len())
+    })
+    .await?;
+    Ok(format!("sent {} bytes to {email}", body.len()))
+}
+
+#[tokio::main]
+async fn main() -> workflow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+
+    // No URL: the embedded SQLite file `workflows.db` in the current directory.
+    let engine = Engine::builder()
+        .register(ProcessOrder)
+        .register(SendWelcome)
+        .build()
+        .await?;
+    let worker = engine.start_worker();
+
+    let mut orders = Vec::new();
+    for order_id in ["12345", "12346", "12347"] {
+        orders.push(
+            ProcessOrder::start(
+                &engine,
+                OrderInput {
+                    order_id: order_id.into(),
+                },
+            )
+            .await?,
+        );
+    }
+    let welcome = SendWelcome::start(&engine, "ada@example.com".to_owned()).await?;
+
+    for order in &orders {
+        let output = order.result().await?;
+        let state = order.state().await?;
+        println!(
+            "processOrder {} -> {} total {:.2} ({} items)",
+            order.id(),
+            output.status,
+            output.total,
+            state.items_processed
+        );
+    }
+    println!(
+        "sendWelcome  {} -> {}",
+        welcome.id(),
+        welcome.result().await?
+    );
+
+    println!("\nhistory of {}:", welcome.id());
+    for event in welcome.history().await? {
+        let step = event.step.as_deref().unwrap_or("");
+        let detail = event.message.as_deref().unwrap_or("");
+        println!("  {:<15} {step:<8} {detail}", event.kind);
+    }
+
+    let page = engine
+        .list(Query::new().status(Status::Completed).limit(100))
+        .await?;
+    println!("\n{} completed instances in workflows.db", page.items.len());
+    worker.shutdown().await;
+    Ok(())
+}

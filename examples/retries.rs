@@ -1,0 +1,71 @@
+//! Retries: exponential backoff with jitter and a cap, errors that are not
+//! worth retrying, and long backoffs that suspend instead of holding memory.
+//!
+//! ```text
+//! cargo run --example retries
+//! ```
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use workflow::prelude::*;
+
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// Call a flaky payment gateway: it times out twice, then answers.
+#[workflow(name = "chargeCard", retries = 5)]
+async fn charge_card(ctx: Ctx, cents: u64) -> workflow::Result<String> {
+    let policy = StepOptions::retries(5)
+        .backoff(Duration::from_millis(300), 2.0, Duration::from_secs(10))
+        .jitter(0.2);
+    let receipt = ctx
+        .step_with("charge", policy, || async {
+            if CALLS.fetch_add(1, Ordering::SeqCst) < 2 {
+                return Err::<String, BoxError>("gateway timeout".into());
+            }
+            Ok(format!("rcpt-{cents}"))
+        })
+        .await?;
+    Ok(receipt)
+}
+
+/// A declined card is final: retrying will not help.
+#[workflow(name = "chargeDeclined")]
+async fn charge_declined(ctx: Ctx, cents: u64) -> workflow::Result<String> {
+    ctx.step("charge", || async move {
+        Err::<String, BoxError>(workflow::permanent(format!(
+            "card declined for {cents} cents"
+        )))
+    })
+    .await
+}
+
+#[tokio::main]
+async fn main() -> workflow::Result<()> {
+    let engine = Engine::builder()
+        .database_url("sqlite://retries.db")
+        .register(ChargeCard)
+        .register(ChargeDeclined)
+        // Backoffs longer than this suspend the instance (it replays when due).
+        .suspend_after(Duration::from_millis(500))
+        .build()
+        .await?;
+    let worker = engine.start_worker();
+
+    let ok = ChargeCard::start(&engine, 1_999).await?;
+    println!("chargeCard -> {}", ok.result().await?);
+    for event in ok.history().await? {
+        let detail = event.message.unwrap_or_default();
+        println!(
+            "  {:<15} {:<7} {detail}",
+            event.kind,
+            event.step.unwrap_or_default()
+        );
+    }
+
+    let declined = ChargeDeclined::start(&engine, 500).await?;
+    println!("chargeDeclined -> {}", declined.result().await.unwrap_err());
+
+    worker.shutdown().await;
+    Ok(())
+}

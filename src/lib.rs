@@ -1,0 +1,238 @@
+//! # workflow: durable workflows for Rust
+//!
+//! Annotate an `async fn` with [`#[workflow]`](macro@workflow), register it
+//! with an [`Engine`], start it: every `ctx.step(..)` is checkpointed in a
+//! store, so the workflow survives crashes and restarts without repeating
+//! completed steps.
+//!
+//! ```no_run
+//! use workflow::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//! use schemars::JsonSchema;
+//!
+//! #[derive(Serialize, Deserialize, JsonSchema)]
+//! struct OrderInput { order_id: String }
+//!
+//! #[derive(Serialize, Deserialize, JsonSchema)]
+//! struct OrderOutput { status: String }
+//!
+//! /// Process a new customer order
+//! #[workflow(name = "processOrder", timeout = "10m")]
+//! async fn process_order(ctx: Ctx, input: OrderInput) -> workflow::Result<OrderOutput> {
+//!     let total: f64 = ctx.step("fetch-order", || async { Ok::<_, BoxError>(42.0) }).await?;
+//!     ctx.step("charge-payment", || async move { Ok::<_, BoxError>(total) }).await?;
+//!     Ok(OrderOutput { status: format!("charged {total} for {}", input.order_id) })
+//! }
+//!
+//! # async fn run() -> workflow::Result<()> {
+//! let engine = Engine::builder()
+//!     .database_url("sqlite://workflows.db")
+//!     .register(ProcessOrder)
+//!     .build()
+//!     .await?;
+//! let _worker = engine.start_worker();
+//! let order = ProcessOrder::start(&engine, OrderInput { order_id: "12345".into() }).await?;
+//! println!("{}", order.result().await?.status);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Features
+//!
+//! - `macros` (default): the `#[workflow]` attribute.
+//! - `ai`: `workflow::ai`, model loops whose every turn is a durable step
+//!   (`ctx.execute`) and an OpenAI-compatible chat-completions client.
+//! - `sqlite` (default): [`SqliteStore`](sqlite::SqliteStore), and
+//!   `sqlite://` URLs; with no URL the engine opens `workflows.db` in the
+//!   current directory.
+//! - `postgres`: [`PgStore`](postgres::PgStore), and `postgres://` /
+//!   `postgresql://` URLs: many worker processes on many machines, one
+//!   database.
+//! - `console`: [`console`], the dev console (`engine.serve_console(addr)`,
+//!   with [`ConsoleExt`](console::ConsoleExt) in the prelude) and its JSON API.
+//!   The `workflow` command-line tool is the binary of the `workflow-console`
+//!   crate.
+#![warn(missing_docs)]
+
+pub use workflow_core::*;
+
+#[cfg(feature = "macros")]
+pub use workflow_macros::workflow;
+
+/// The SQLite store (feature `sqlite`).
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    pub use workflow_sqlite::*;
+}
+
+/// The PostgreSQL store (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use workflow_postgres::*;
+}
+
+/// The dev console (feature `console`): `engine.serve_console(addr)` or
+/// `engine.console().token(..).bind(addr)`, a web page and JSON API to see
+/// and steer every workflow.
+#[cfg(feature = "console")]
+pub mod console {
+    pub use workflow_console::*;
+}
+
+/// Model loops as durable steps and an OpenAI-compatible client (feature
+/// `ai`): `ctx.execute(Execute::new(..))`, [`Model`](ai::Model),
+/// [`OpenAiCompatible`](ai::OpenAiCompatible). Tools themselves
+/// ([`Tool`], [`Toolbox`], `W::as_tool()`) need no feature.
+#[cfg(feature = "ai")]
+pub mod ai {
+    pub use workflow_ai::*;
+}
+
+/// The default database when none is configured: a SQLite file in the
+/// current directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://workflows.db";
+
+/// `Engine::builder()`: an [`EngineBuilder`] that opens stores from URLs
+/// (`sqlite://..`) and, given no URL or store, the embedded SQLite file
+/// [`DEFAULT_DATABASE_URL`]. In the [`prelude`].
+pub trait EngineExt {
+    /// A builder that knows this crate's stores.
+    fn builder() -> EngineBuilder;
+}
+
+impl EngineExt for Engine {
+    fn builder() -> EngineBuilder {
+        EngineBuilder::new().connector(UrlConnector)
+    }
+}
+
+/// Opens the stores compiled into this crate by URL scheme.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UrlConnector;
+
+#[async_trait::async_trait]
+impl Connector for UrlConnector {
+    async fn connect(
+        &self,
+        url: Option<&str>,
+        durability: Durability,
+    ) -> Result<std::sync::Arc<dyn Store>> {
+        let url = url.unwrap_or(DEFAULT_DATABASE_URL);
+        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
+        match scheme {
+            #[cfg(feature = "sqlite")]
+            "sqlite" => {
+                let store = workflow_sqlite::SqliteStore::connect_with(
+                    url,
+                    workflow_sqlite::SqliteOptions::new().durability(durability),
+                )
+                .await?;
+                Ok(std::sync::Arc::new(store))
+            }
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => {
+                let store = workflow_postgres::PgStore::connect_with(
+                    url,
+                    workflow_postgres::PgOptions::new().durability(durability),
+                )
+                .await?;
+                Ok(std::sync::Arc::new(store))
+            }
+            "memory" => {
+                let _ = durability;
+                Ok(std::sync::Arc::new(MemoryStore::new()))
+            }
+            other => Err(Error::Config(format!(
+                "unsupported database URL scheme `{other}` in `{url}` (this build knows: {})",
+                KNOWN_SCHEMES.join(", ")
+            ))),
+        }
+    }
+}
+
+const KNOWN_SCHEMES: &[&str] = &[
+    #[cfg(feature = "sqlite")]
+    "sqlite",
+    #[cfg(feature = "postgres")]
+    "postgres",
+    "memory",
+];
+
+/// What most programs need: `use workflow::prelude::*;`.
+pub mod prelude {
+    #[cfg(feature = "macros")]
+    pub use crate::workflow;
+    pub use crate::{
+        BoxError, Ctx, Engine, EngineExt, Instance, InstanceId, Query, StartOptions, Status,
+        StepOptions, Workflow,
+    };
+    pub use crate::{Tool, Toolbox};
+    #[cfg(feature = "ai")]
+    pub use workflow_ai::{Execute, ExecuteExt, Model, OpenAiCompatible};
+    #[cfg(feature = "console")]
+    pub use workflow_console::ConsoleExt;
+}
+
+/// Items the `#[workflow]` macro expands to. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use schemars::JsonSchema;
+    pub use serde::de::DeserializeOwned;
+    pub use serde::Serialize;
+    pub use std::future::Future;
+    pub use std::result::Result;
+    pub use std::time::Duration;
+    pub use workflow_core::{BoxError, CatchUp, Ctx, Workflow};
+
+    /// Converts a handler's error into the engine's boxed error.
+    pub fn into_box_error<E: Into<BoxError>>(err: E) -> BoxError {
+        err.into()
+    }
+
+    /// Asserted on a workflow's input type.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a workflow input",
+        label = "must implement `Serialize`, `Deserialize`, `JsonSchema` and `Send`",
+        note = "derive them: `#[derive(Serialize, Deserialize, JsonSchema)]`"
+    )]
+    pub trait WorkflowInput: Serialize + DeserializeOwned + JsonSchema + Send + 'static {}
+    impl<T: Serialize + DeserializeOwned + JsonSchema + Send + 'static> WorkflowInput for T {}
+
+    /// Asserted on a workflow's output type.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a workflow output",
+        label = "must implement `Serialize`, `Deserialize`, `JsonSchema` and `Send`",
+        note = "derive them: `#[derive(Serialize, Deserialize, JsonSchema)]`"
+    )]
+    pub trait WorkflowOutput: Serialize + DeserializeOwned + JsonSchema + Send + 'static {}
+    impl<T: Serialize + DeserializeOwned + JsonSchema + Send + 'static> WorkflowOutput for T {}
+
+    /// Asserted on a workflow's state type.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a workflow state",
+        label = "must implement `Serialize`, `Deserialize`, `JsonSchema`, `Default` and `Send`",
+        note = "derive them: `#[derive(Default, Serialize, Deserialize, JsonSchema)]`"
+    )]
+    pub trait WorkflowState:
+        Serialize + DeserializeOwned + JsonSchema + Default + Send + 'static
+    {
+    }
+    impl<T: Serialize + DeserializeOwned + JsonSchema + Default + Send + 'static> WorkflowState for T {}
+
+    /// Asserted on the input of a scheduled workflow: each tick starts it with `Default`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is the input of a scheduled workflow but does not implement `Default`",
+        label = "each cron tick starts the workflow with `Default::default()` as input",
+        note = "use `()` as the input, or derive `Default`"
+    )]
+    pub trait ScheduledInput: Default {}
+    impl<T: Default> ScheduledInput for T {}
+
+    /// Asserted on a handler's error type.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a workflow handler's error type",
+        label = "must convert into `Box<dyn Error + Send + Sync>`",
+        note = "use `workflow::Result<T>`, `anyhow::Result<T>`, or an error type implementing `std::error::Error + Send + Sync`"
+    )]
+    pub trait HandlerError: Into<BoxError> {}
+    impl<E: Into<BoxError>> HandlerError for E {}
+}

@@ -1,0 +1,193 @@
+//! Cron on SQLite: three engines in one process (with a manual clock), then
+//! three engine processes on one file (real clock, a schedule every second),
+//! each tick must become exactly one instance.
+//!
+//! `harness = false`: the binary is the parent (no arguments) and the child
+//! (`child DB SECONDS`).
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use workflow::prelude::*;
+use workflow::ManualClock;
+
+/// Ticks every minute (in-process test, manual clock).
+#[workflow(name = "minutely", schedule = "* * * * *")]
+async fn minutely(ctx: Ctx, _input: ()) -> workflow::Result<String> {
+    Ok(ctx.tags().get("schedule").cloned().unwrap_or_default())
+}
+
+/// Ticks every second (multi-process test, real clock).
+#[workflow(name = "secondly", schedule = "* * * * * *", catch_up = "none")]
+async fn secondly(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("child") {
+        let seconds: u64 = args[3].parse().expect("seconds");
+        return runtime().block_on(child(&args[2], seconds));
+    }
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    runtime().block_on(three_engines_one_process());
+    println!("three engines in one process: each of 5 ticks fired once");
+    let (ticks, span) = three_processes();
+    println!("three engine processes: {ticks} ticks over {span} s, each fired once");
+    println!("test result: ok. 2 passed; 0 failed");
+}
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+async fn three_engines_one_process() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("cron.db").display());
+    let clock = ManualClock::new(utc("2026-11-30T08:59:30Z"));
+    let mut engines = Vec::new();
+    for _ in 0..3 {
+        let engine = Engine::builder()
+            .database_url(&url)
+            .register(Minutely)
+            .clock(clock.clone())
+            .poll_interval(Duration::from_millis(10))
+            .build()
+            .await
+            .expect("engine");
+        engines.push(engine);
+    }
+    let _workers: Vec<_> = engines.iter().map(|e| e.start_worker()).collect();
+    // Wait until the schedule is registered, then step through five ticks.
+    let started = Instant::now();
+    while engines[0].schedules().await.expect("schedules")[0]
+        .next_fire
+        .is_none()
+        || engines[0]
+            .store()
+            .schedule_mark("minutely")
+            .await
+            .expect("mark")
+            .is_none()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "schedule never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for minute in 0..5 {
+        clock.advance(Duration::from_secs(if minute == 0 { 30 } else { 60 }));
+        let wanted = minute + 1;
+        let started = Instant::now();
+        loop {
+            let page = engines[1]
+                .list(Query::new().name("minutely"))
+                .await
+                .expect("list");
+            if page.items.len() >= wanted {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "tick {wanted} never fired"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let page = engines[2]
+        .list(Query::new().name("minutely").limit(100))
+        .await
+        .expect("list");
+    let mut keys: Vec<String> = page.items.iter().filter_map(|i| i.key.clone()).collect();
+    keys.sort();
+    let expected: Vec<String> = (0..5)
+        .map(|m| format!("schedule:2026-11-30T09:0{m}:00.000Z"))
+        .collect();
+    assert_eq!(keys, expected, "each tick once, none twice");
+    for info in page.items {
+        let out = Minutely::handle(&engines[0], info.id)
+            .result_timeout(Duration::from_secs(10))
+            .await
+            .expect("ran");
+        assert_eq!(format!("schedule:{out}"), info.key.expect("key"));
+    }
+}
+
+async fn child(db: &str, seconds: u64) {
+    let engine = Engine::builder()
+        .database_url(format!("sqlite://{db}"))
+        .register(Secondly)
+        .poll_interval(Duration::from_millis(50))
+        .build()
+        .await
+        .expect("engine");
+    let worker = engine.start_worker();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    worker.shutdown().await;
+}
+
+/// Returns (ticks fired, seconds spanned).
+fn three_processes() -> (usize, i64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("cron-procs.db");
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new(std::env::current_exe().expect("own path"))
+                .arg("child")
+                .arg(&db)
+                .arg("5")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn child")
+        })
+        .collect();
+    for mut child in children {
+        let status = child.wait().expect("wait child");
+        assert!(status.success(), "child failed: {status}");
+    }
+    runtime().block_on(async {
+        let engine = Engine::builder()
+            .database_url(format!("sqlite://{}", db.display()))
+            .build()
+            .await
+            .expect("engine");
+        let page = engine
+            .list(Query::new().name("secondly").limit(1000))
+            .await
+            .expect("list");
+        let mut per_tick: BTreeMap<String, usize> = BTreeMap::new();
+        for info in &page.items {
+            *per_tick.entry(info.key.clone().expect("key")).or_default() += 1;
+        }
+        assert!(
+            per_tick.values().all(|n| *n == 1),
+            "a tick fired twice: {per_tick:?}"
+        );
+        let ticks: Vec<DateTime<Utc>> = per_tick
+            .keys()
+            .map(|k| utc(k.trim_start_matches("schedule:")))
+            .collect();
+        assert!(ticks.len() >= 3, "too few ticks fired: {ticks:?}");
+        // No gaps: every second between the first and last tick fired.
+        let span = (ticks[ticks.len() - 1] - ticks[0]).num_seconds();
+        assert_eq!(
+            span as usize + 1,
+            ticks.len(),
+            "a tick was skipped: {ticks:?}"
+        );
+        (ticks.len(), span)
+    })
+}

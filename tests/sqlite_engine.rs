@@ -1,0 +1,227 @@
+//! The facade end to end on SQLite files: macro-generated workflows, state,
+//! retries, dedup under concurrency, and several engines sharing one file.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use workflow::prelude::*;
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct OrderInput {
+    order_id: String,
+    items: u32,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+struct OrderOutput {
+    status: String,
+    total: u32,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+struct OrderState {
+    processed: u32,
+}
+
+static CHARGES: AtomicU32 = AtomicU32::new(0);
+
+/// Process a new customer order
+#[workflow(name = "processOrder", timeout = "10m")]
+async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Result<OrderOutput> {
+    let price: u32 = ctx
+        .step("fetch-order", || async { Ok::<_, BoxError>(5) })
+        .await?;
+    for _ in 0..input.items {
+        ctx.step("pack-item", || async { Ok::<_, BoxError>(()) })
+            .await?;
+        ctx.state_mut().processed += 1;
+    }
+    ctx.step("charge-payment", || async {
+        CHARGES.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, BoxError>(())
+    })
+    .await?;
+    Ok(OrderOutput {
+        status: format!("completed {}", input.order_id),
+        total: price * input.items,
+    })
+}
+
+async fn engine(dir: &tempfile::TempDir) -> Engine {
+    Engine::builder()
+        .database_url(format!("sqlite://{}", dir.path().join("e2e.db").display()))
+        .register(ProcessOrder)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .expect("engine")
+}
+
+#[tokio::test]
+async fn macro_workflow_runs_on_sqlite_with_state_and_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    assert_eq!(ProcessOrder::NAME, "processOrder");
+    assert_eq!(ProcessOrder::DESCRIPTION, "Process a new customer order");
+    assert_eq!(ProcessOrder::TIMEOUT, Duration::from_secs(600));
+    assert_eq!(
+        ProcessOrder::STEPS,
+        ["fetch-order", "pack-item", "charge-payment"]
+    );
+
+    let worker = engine.start_worker();
+    let inst = ProcessOrder::start(
+        &engine,
+        OrderInput {
+            order_id: "A".into(),
+            items: 3,
+        },
+    )
+    .await
+    .unwrap();
+    let out = inst.result_timeout(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        out,
+        OrderOutput {
+            status: "completed A".into(),
+            total: 15
+        }
+    );
+    assert_eq!(inst.state().await.unwrap().processed, 3);
+    let keys: Vec<String> = inst
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "fetch-order",
+            "pack-item",
+            "pack-item#1",
+            "pack-item#2",
+            "charge-payment"
+        ]
+    );
+
+    let info = engine.instance(inst.id()).await.unwrap();
+    assert_eq!(info.status, Status::Completed);
+    assert_eq!(info.output.unwrap()["total"], 15);
+    assert_eq!(info.state.unwrap()["processed"], 3);
+    assert!(info.deadline_at.unwrap() > info.created_at);
+    let history = inst.history().await.unwrap();
+    assert_eq!(history.first().unwrap().kind, "created");
+    assert_eq!(history.last().unwrap().kind, "completed");
+    assert_eq!(
+        history
+            .iter()
+            .filter(|e| e.kind == "step_completed")
+            .count(),
+        5
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn definition_exposes_schemas() {
+    let def = ProcessOrder::definition();
+    assert_eq!(def.input_schema["properties"]["order_id"]["type"], "string");
+    assert_eq!(
+        def.output_schema["required"],
+        serde_json::json!(["status", "total"])
+    );
+    assert_eq!(
+        def.state_schema["properties"]["processed"]["type"],
+        "integer"
+    );
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_get_or_create_calls_make_one_instance_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let input = OrderInput {
+                order_id: "dup".into(),
+                items: 1,
+            };
+            ProcessOrder::get_or_create(&engine, "order-dup", input)
+                .await
+                .unwrap()
+                .id()
+                .clone()
+        }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        ids.insert(task.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1, "one instance for one key");
+}
+
+#[tokio::test]
+async fn engines_sharing_one_file_run_each_instance_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engines = [engine(&dir).await, engine(&dir).await, engine(&dir).await];
+    let workers: Vec<_> = engines.iter().map(|e| e.start_worker()).collect();
+    let charges_before = CHARGES.load(Ordering::SeqCst);
+    let mut instances = Vec::new();
+    for n in 0..60 {
+        let engine = &engines[n % 3];
+        let input = OrderInput {
+            order_id: format!("multi-{n}"),
+            items: 2,
+        };
+        instances.push(ProcessOrder::start(engine, input).await.unwrap());
+    }
+    let mut runs_total = 0;
+    for inst in &instances {
+        inst.result_timeout(Duration::from_secs(60)).await.unwrap();
+        runs_total += inst.info().await.unwrap().runs;
+    }
+    assert_eq!(runs_total, 60, "each instance was claimed exactly once");
+    assert!(CHARGES.load(Ordering::SeqCst) - charges_before >= 60);
+    for worker in workers {
+        worker.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_json_input_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let err = engine
+        .start_json(
+            "processOrder",
+            serde_json::json!({"order_id": 7, "items": 1}),
+            StartOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"invalid input for workflow `processOrder`: at /order_id: 7 is not of type "string""#
+    );
+}
+
+#[tokio::test]
+async fn unknown_url_schemes_are_a_clear_error() {
+    let err = Engine::builder()
+        .database_url("mysql://x")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unsupported database URL scheme `mysql`"),
+        "{err}"
+    );
+}

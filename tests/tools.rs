@@ -1,0 +1,132 @@
+//! Workflows as AI tools: `as_tool()` renderings for OpenAI (plain and
+//! strict) and Anthropic, description overrides, non-object inputs, and
+//! `Toolbox` dispatch of function tools with validated arguments.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use workflow::prelude::*;
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+enum Size {
+    Small,
+    Large,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct Shipping {
+    /// Street and number.
+    street: String,
+    floor: Option<u8>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct Order {
+    /// The order to process.
+    order_id: String,
+    size: Size,
+    /// Where to ship it.
+    shipping: Option<Shipping>,
+    note: Option<String>,
+}
+
+/// Process a new customer order
+#[workflow(name = "processOrder")]
+async fn process_order(_ctx: Ctx, order: Order) -> workflow::Result<String> {
+    Ok(order.order_id)
+}
+
+/// Say hello
+#[workflow(name = "hello")]
+async fn hello(_ctx: Ctx, _input: ()) -> workflow::Result<String> {
+    Ok("hello".into())
+}
+
+#[test]
+fn as_tool_renders_for_each_provider() {
+    let tool = ProcessOrder::as_tool();
+    assert_eq!(tool.name, "processOrder");
+    assert_eq!(tool.description, "Process a new customer order");
+    assert_eq!(
+        tool.json_schema()["properties"]["order_id"]["description"],
+        "The order to process."
+    );
+
+    let openai = tool.to_openai();
+    assert_eq!(openai["type"], "function");
+    assert_eq!(openai["function"]["name"], "processOrder");
+    assert_eq!(openai["function"]["strict"], false);
+    assert_eq!(
+        openai["function"]["parameters"]["required"],
+        json!(["order_id", "size"])
+    );
+    assert!(openai["function"]["parameters"].get("$schema").is_none());
+
+    let strict = tool.to_openai_strict();
+    assert_eq!(strict["function"]["strict"], true);
+    let params = &strict["function"]["parameters"];
+    assert_eq!(params["additionalProperties"], false);
+    assert_eq!(
+        params["required"],
+        json!(["note", "order_id", "shipping", "size"])
+    );
+    assert_eq!(
+        params["properties"]["note"]["type"],
+        json!(["string", "null"])
+    );
+    let shipping = params["$defs"]["Shipping"].clone();
+    assert_eq!(shipping["additionalProperties"], false);
+    assert_eq!(shipping["required"], json!(["floor", "street"]));
+
+    let anthropic = tool.description("Start order processing").to_anthropic();
+    assert_eq!(anthropic["name"], "processOrder");
+    assert_eq!(anthropic["description"], "Start order processing");
+    assert_eq!(anthropic["input_schema"]["type"], "object");
+}
+
+#[test]
+fn a_unit_input_takes_an_empty_object() {
+    let tool = Hello::as_tool();
+    assert_eq!(tool.parameters["type"], "object");
+    assert_eq!(tool.parameters["properties"], json!({}));
+    assert_eq!(tool.to_openai_strict()["function"]["strict"], true);
+    assert_eq!(tool.check_arguments(json!({})).unwrap(), json!(null));
+    assert!(tool.check_arguments(json!({"x": 1})).is_err());
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+#[tokio::test]
+async fn toolbox_dispatches_function_tools_with_checked_arguments() {
+    let engine = Engine::builder()
+        .database_url("memory:")
+        .build()
+        .await
+        .unwrap();
+    let tools = Toolbox::new().function("add", "Add two numbers", |x: Add| async move {
+        Ok::<_, BoxError>(x.a + x.b)
+    });
+    assert_eq!(
+        tools
+            .call(&engine, "add", json!({"a": 2, "b": 3}))
+            .await
+            .unwrap(),
+        json!(5)
+    );
+    let err = tools
+        .call(&engine, "add", json!({"a": "two"}))
+        .await
+        .unwrap_err();
+    let text = workflow::ToolReply::from_error(&err).text();
+    assert!(
+        text.contains("at /a: \"two\" is not of type \"integer\""),
+        "{text}"
+    );
+    assert!(text.contains("\"b\" is a required property"), "{text}");
+    let err = tools.call(&engine, "sub", json!({})).await.unwrap_err();
+    assert!(err.to_string().contains("the tools are: add"), "{err}");
+}

@@ -1,0 +1,13 @@
+use workflow::prelude::*;
+
+#[workflow(retries = 0)]
+async fn never_tried(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+#[workflow(timeout = 10m)]
+async fn unquoted(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+fn main() {}

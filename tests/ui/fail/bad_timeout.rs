@@ -1,0 +1,13 @@
+use workflow::prelude::*;
+
+#[workflow(timeout = "ten minutes")]
+async fn slow(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+#[workflow(timeout = "0s")]
+async fn instant(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,363 @@
+//! `ctx.execute(..)`: a model loop whose every model call and tool call is
+//! a durable step.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use workflow_core::{
+    permanent, schema_for, strict_schema, BoxError, Ctx, Error, Result, StepOptions, Tool,
+    ToolReply, Toolbox,
+};
+
+use crate::message::Message;
+use crate::model::{Model, ModelRequest, ModelResponse, OutputFormat};
+use crate::openai::OpenAiCompatible;
+
+/// A model loop to run with [`ExecuteExt::execute`]: instructions, the
+/// conversation so far, tools, a model and a bound on turns.
+///
+/// ```no_run
+/// # use workflow_ai::{Execute, ExecuteExt, OpenAiCompatible};
+/// # use workflow_core::{Ctx, Toolbox};
+/// # async fn handler(ctx: Ctx, ticket: String, tools: Toolbox) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+/// let model = OpenAiCompatible::builder()
+///     .base_url("http://127.0.0.1:8080/v1")
+///     .build()?;
+/// let run = ctx
+///     .execute(
+///         Execute::new("Classify the ticket as bug, billing or question.")
+///             .input(ticket)
+///             .tools(tools)
+///             .model(model)
+///             .max_turns(6),
+///     )
+///     .await?;
+/// Ok(run.text)
+/// # }
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct Execute {
+    name: String,
+    instructions: String,
+    messages: Vec<Message>,
+    tools: Toolbox,
+    model: Option<Arc<dyn Model>>,
+    max_turns: u32,
+    model_step: Option<StepOptions>,
+    tool_step: Option<StepOptions>,
+    strict_tools: bool,
+}
+
+impl std::fmt::Debug for Execute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Execute")
+            .field("name", &self.name)
+            .field("instructions", &self.instructions)
+            .field("messages", &self.messages)
+            .field("tools", &self.tools)
+            .field("max_turns", &self.max_turns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Execute {
+    /// The default bound on model calls.
+    pub const DEFAULT_MAX_TURNS: u32 = 10;
+
+    /// A loop with these instructions (the system message), no tools, and
+    /// the model from the environment unless [`Execute::model`] is given.
+    pub fn new(instructions: impl Into<String>) -> Self {
+        Execute {
+            name: "execute".to_owned(),
+            instructions: instructions.into(),
+            messages: Vec::new(),
+            tools: Toolbox::new(),
+            model: None,
+            max_turns: Self::DEFAULT_MAX_TURNS,
+            model_step: None,
+            tool_step: None,
+            strict_tools: false,
+        }
+    }
+
+    /// Adds a user message.
+    pub fn input(mut self, text: impl Into<String>) -> Self {
+        self.messages.push(Message::user(text));
+        self
+    }
+
+    /// Adds messages (an earlier conversation, say).
+    pub fn messages(mut self, messages: impl IntoIterator<Item = Message>) -> Self {
+        self.messages.extend(messages);
+        self
+    }
+
+    /// The tools the model may call.
+    pub fn tools(mut self, tools: Toolbox) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// The model (default: [`OpenAiCompatible::from_env`]).
+    pub fn model(mut self, model: impl Model) -> Self {
+        self.model = Some(Arc::new(model));
+        self
+    }
+
+    /// A shared model.
+    pub fn shared_model(mut self, model: Arc<dyn Model>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// At most this many model calls (default [`Execute::DEFAULT_MAX_TURNS`]);
+    /// past it, the loop ends with [`Error::MaxTurns`].
+    pub fn max_turns(mut self, turns: u32) -> Self {
+        self.max_turns = turns.max(1);
+        self
+    }
+
+    /// The prefix of this loop's step keys (default `execute`): turn `n`
+    /// is `{name}:turn-{n}`, a tool call in it `{name}:turn-{n}:{tool}`.
+    /// A second loop with the same name in one run gets `#1` keys.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Retry policy of each model call (default: the workflow's). HTTP 429,
+    /// 5xx and timeouts are retried; other 4xx fail the loop at once.
+    pub fn model_step_options(mut self, options: StepOptions) -> Self {
+        self.model_step = Some(options);
+        self
+    }
+
+    /// Retry policy of each function tool call (default: the workflow's).
+    pub fn tool_step_options(mut self, options: StepOptions) -> Self {
+        self.tool_step = Some(options);
+        self
+    }
+
+    /// Send tools in OpenAI's strict form, so arguments always fit their
+    /// schema (default off: not every compatible server accepts it).
+    pub fn strict_tools(mut self, strict: bool) -> Self {
+        self.strict_tools = strict;
+        self
+    }
+}
+
+/// How a model loop ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    /// The model's final text.
+    pub text: String,
+    /// The whole conversation, instructions first, final answer last.
+    pub messages: Vec<Message>,
+    /// Model calls made (recorded ones included).
+    pub turns: u32,
+}
+
+/// A model loop's typed result: see [`ExecuteExt::execute_typed`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Structured<T> {
+    /// The final answer, parsed.
+    pub output: T,
+    /// The loop itself.
+    pub execution: Execution,
+}
+
+/// `ctx.execute(..)` on a workflow's [`Ctx`].
+pub trait ExecuteExt {
+    /// Runs the model loop: calls the model; runs the tools it asks for and
+    /// hands their results back; repeats until it answers without tool
+    /// calls, or [`Error::MaxTurns`].
+    ///
+    /// Each model call is a durable step (`{name}:turn-{n}`) and so is each
+    /// tool call ([`Ctx::call_tool`]): after a crash, replay returns the
+    /// recorded turns without calling the model again and the conversation
+    /// resumes where it stopped. Bad tool arguments, unknown tools and
+    /// failed tools are reported to the model, which can correct itself.
+    fn execute(&self, execute: Execute) -> impl Future<Output = Result<Execution>> + Send;
+
+    /// Like [`ExecuteExt::execute`], asking for a final answer that is JSON
+    /// of type `T` (a JSON-schema-constrained `response_format`, strict
+    /// when the schema allows). An answer that does not fit is sent back
+    /// with what is wrong, within the turn bound.
+    fn execute_typed<T>(
+        &self,
+        execute: Execute,
+    ) -> impl Future<Output = Result<Structured<T>>> + Send
+    where
+        T: DeserializeOwned + JsonSchema + Send + 'static;
+}
+
+impl<S> ExecuteExt for Ctx<S>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    async fn execute(&self, execute: Execute) -> Result<Execution> {
+        run_loop(self, execute, None).await
+    }
+
+    async fn execute_typed<T>(&self, execute: Execute) -> Result<Structured<T>>
+    where
+        T: DeserializeOwned + JsonSchema + Send + 'static,
+    {
+        // The checking side of a tool: drops strict-mode nulls, unwraps
+        // non-object outputs, reports violations with their paths.
+        let checker = Tool::workflow("output", "", schema_for::<T>());
+        let (schema, strict) = match strict_schema(&checker.parameters) {
+            Ok(schema) => (schema, true),
+            Err(_) => (checker.parameters.clone(), false),
+        };
+        let format = OutputFormat {
+            name: "output".to_owned(),
+            schema,
+            strict,
+        };
+        let mut output = None;
+        let execution = run_loop(
+            self,
+            execute,
+            Some((format, &mut |text: &str| {
+                let parsed = parse_output::<T>(&checker, text)?;
+                output = Some(parsed);
+                Ok(())
+            })),
+        )
+        .await?;
+        match output {
+            Some(output) => Ok(Structured { output, execution }),
+            // run_loop only returns Ok after the check accepted an answer.
+            None => Err(Error::Config(
+                "structured output missing after a successful loop".to_owned(),
+            )),
+        }
+    }
+}
+
+/// Parses a final answer as `T`, or says what is wrong with it.
+fn parse_output<T: DeserializeOwned>(checker: &Tool, text: &str) -> std::result::Result<T, String> {
+    let value: Value = serde_json::from_str(text.trim())
+        .map_err(|err| format!("Your reply is not valid JSON ({err})."))?;
+    let value = checker.check_arguments(value).map_err(|err| match err {
+        Error::InvalidArguments { violations, .. } => {
+            let mut text = "Your reply does not match the required JSON schema:\n".to_owned();
+            for v in violations {
+                text.push_str(&format!("- {v}\n"));
+            }
+            text
+        }
+        other => other.to_string(),
+    })?;
+    serde_json::from_value(value).map_err(|err| format!("Your reply does not fit: {err}."))
+}
+
+type OutputCheck<'a> = (
+    OutputFormat,
+    &'a mut (dyn FnMut(&str) -> std::result::Result<(), String> + Send),
+);
+
+async fn run_loop<S>(
+    ctx: &Ctx<S>,
+    execute: Execute,
+    mut output: Option<OutputCheck<'_>>,
+) -> Result<Execution>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    let Execute {
+        name,
+        instructions,
+        messages: input,
+        tools,
+        model,
+        max_turns,
+        model_step,
+        tool_step,
+        strict_tools,
+    } = execute;
+    let model: Arc<dyn Model> = match model {
+        Some(model) => model,
+        None => Arc::new(OpenAiCompatible::from_env().map_err(|e| Error::Config(e.to_string()))?),
+    };
+    let mut messages = Vec::with_capacity(input.len() + 1);
+    if !instructions.is_empty() {
+        messages.push(Message::system(instructions));
+    }
+    messages.extend(input);
+    let tool_list: Vec<Tool> = tools.tools().to_vec();
+    for turn in 0..max_turns {
+        let request = ModelRequest {
+            messages: messages.clone(),
+            tools: tool_list.clone(),
+            strict_tools,
+            output: output.as_ref().map(|(format, _)| format.clone()),
+        };
+        let step = format!("{name}:turn-{turn}");
+        let (model, request) = (&model, &request);
+        let call = || async move {
+            model.complete(request).await.map_err(|err| {
+                if err.is_retryable() {
+                    BoxError::from(err)
+                } else {
+                    permanent(err)
+                }
+            })
+        };
+        let response: ModelResponse = match model_step {
+            Some(opts) => ctx.step_with(&step, opts, call).await?,
+            None => ctx.step(&step, call).await?,
+        };
+        tracing::debug!(step, tool_calls = response.tool_calls.len(), "model turn");
+        messages.push(Message::Assistant {
+            content: response.content.clone(),
+            tool_calls: response.tool_calls.clone(),
+        });
+        if response.tool_calls.is_empty() {
+            let text = response.content.unwrap_or_default();
+            if let Some((_, check)) = output.as_mut() {
+                if let Err(problem) = check(&text) {
+                    // Deterministic from the recorded reply: replay takes the same path.
+                    messages.push(Message::user(format!(
+                        "{problem}Reply again with only JSON that matches the schema."
+                    )));
+                    continue;
+                }
+            }
+            return Ok(Execution {
+                text,
+                messages,
+                turns: turn + 1,
+            });
+        }
+        for call in &response.tool_calls {
+            let tool = &call.function.name;
+            let reply = match serde_json::from_str::<Value>(&call.function.arguments) {
+                Err(err) => ToolReply::error(format!(
+                    "The arguments for tool `{tool}` are not valid JSON ({err}). Call it again with a JSON object."
+                )),
+                Ok(args) => {
+                    let step = format!("{name}:turn-{turn}:{tool}");
+                    match tool_step {
+                        Some(opts) => ctx.call_tool_with(&step, opts, &tools, tool, args).await?,
+                        None => ctx.call_tool(&step, &tools, tool, args).await?,
+                    }
+                }
+            };
+            messages.push(Message::Tool {
+                tool_call_id: call.id.clone(),
+                content: reply.text(),
+            });
+        }
+    }
+    Err(Error::MaxTurns {
+        name,
+        turns: max_turns,
+    })
+}

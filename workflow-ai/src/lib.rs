@@ -1,0 +1,28 @@
+//! AI for the `workflow` crate: model loops as durable steps, and an
+//! OpenAI-compatible client. Used through the facade's `ai` feature
+//! (`workflow::ai`).
+//!
+//! - [`ExecuteExt::execute`]: `ctx.execute(Execute::new(..))` inside a
+//!   workflow runs a model loop in which every model call and every tool
+//!   call is a durable step: a crash never pays for the same model call
+//!   twice, and replay resumes the conversation where it stopped.
+//!   [`ExecuteExt::execute_typed`] asks for a typed, schema-constrained answer.
+//! - Tools are a [`Toolbox`](workflow_core::Toolbox) of workflows
+//!   (`W::as_tool()`) and async functions. Inside a loop, a workflow tool
+//!   starts the workflow as a child of the running instance, exactly once.
+//! - [`Model`]: one chat completion. [`OpenAiCompatible`] speaks the
+//!   chat-completions protocol of OpenAI, llama.cpp, vLLM, Ollama and
+//!   gateways (reqwest, rustls); configure it with its builder or
+//!   `OPENAI_BASE_URL`, `OPENAI_API_KEY`, `OPENAI_MODEL`. HTTP 429, 5xx
+//!   and timeouts are retried by the step policy; other 4xx are not.
+#![warn(missing_docs)]
+
+mod execute;
+mod message;
+mod model;
+mod openai;
+
+pub use crate::execute::{Execute, ExecuteExt, Execution, Structured};
+pub use crate::message::{FunctionCall, Message, ToolCall};
+pub use crate::model::{Model, ModelError, ModelRequest, ModelResponse, OutputFormat};
+pub use crate::openai::{OpenAiBuilder, OpenAiCompatible, DEFAULT_MODEL, OPENAI_BASE_URL};

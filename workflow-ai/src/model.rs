@@ -1,0 +1,97 @@
+//! The [`Model`] trait: one chat-completion call, provider-neutral.
+
+use serde::{Deserialize, Serialize};
+use workflow_core::Tool;
+
+use crate::message::{Message, ToolCall};
+
+/// A chat model. [`OpenAiCompatible`](crate::OpenAiCompatible) is the
+/// built-in one; implement this for other providers (or for tests).
+#[async_trait::async_trait]
+pub trait Model: Send + Sync + 'static {
+    /// One completion: the reply to `request.messages`. Called inside a
+    /// durable step, so it runs once per turn (plus retries) over the whole
+    /// life of a workflow, crashes included.
+    async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError>;
+}
+
+/// What the model is asked.
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    /// The conversation so far, instructions first.
+    pub messages: Vec<Message>,
+    /// The tools it may call.
+    pub tools: Vec<Tool>,
+    /// Send tools in OpenAI's strict form (see [`Tool::to_openai_strict`]).
+    pub strict_tools: bool,
+    /// A JSON Schema the final reply must follow, if a structured output is wanted.
+    pub output: Option<OutputFormat>,
+}
+
+/// A JSON-schema-constrained reply (`response_format` in OpenAI's API).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputFormat {
+    /// A name for the schema.
+    pub name: String,
+    /// The schema, an object schema.
+    pub schema: serde_json::Value,
+    /// True if `schema` is in the strict subset and should be enforced.
+    pub strict: bool,
+}
+
+/// The model's reply: what each turn's durable step records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelResponse {
+    /// The text, if any.
+    pub content: Option<String>,
+    /// The tool calls it asks for; none means this is its final answer.
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
+    /// Why it stopped (`stop`, `tool_calls`, `length`...), as the server said.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    /// Token usage, as the server reported it.
+    #[serde(default)]
+    pub usage: Option<serde_json::Value>,
+}
+
+/// Why a model call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The server answered with an error status.
+    #[error("model endpoint answered HTTP {status}: {body}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The response body (truncated).
+        body: String,
+    },
+    /// No answer in time.
+    #[error("model request timed out: {0}")]
+    Timeout(String),
+    /// Connecting or sending failed.
+    #[error("model request failed: {0}")]
+    Transport(String),
+    /// The answer was not a chat completion.
+    #[error("model response could not be read: {0}")]
+    Decode(String),
+    /// The client is not configured (no endpoint, bad URL).
+    #[error("model configuration: {0}")]
+    Config(String),
+}
+
+impl ModelError {
+    /// True if trying again may help: HTTP 408, 409, 429 and 5xx, timeouts,
+    /// connection failures. Other 4xx (a bad request, a bad key) and
+    /// configuration errors fail the step at once.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ModelError::Status { status, .. } => {
+                matches!(status, 408 | 409 | 429) || (500..600).contains(status)
+            }
+            ModelError::Timeout(_) | ModelError::Transport(_) => true,
+            ModelError::Decode(_) | ModelError::Config(_) => false,
+        }
+    }
+}

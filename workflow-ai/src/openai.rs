@@ -1,0 +1,288 @@
+//! [`OpenAiCompatible`]: a chat-completions client for OpenAI and every
+//! server that speaks its protocol (llama.cpp, vLLM, Ollama, gateways).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::message::ToolCall;
+use crate::model::{Model, ModelError, ModelRequest, ModelResponse};
+
+/// OpenAI's API, the default base URL.
+pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// The model used when none is configured.
+pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
+
+/// A [`Model`] that POSTs to `{base_url}/chat/completions`.
+///
+/// ```no_run
+/// use workflow_ai::OpenAiCompatible;
+/// // A local llama.cpp / vLLM / Ollama server:
+/// let local = OpenAiCompatible::builder()
+///     .base_url("http://127.0.0.1:8080/v1")
+///     .model("qwen2.5-7b-instruct")
+///     .build()?;
+/// // Or from OPENAI_BASE_URL, OPENAI_API_KEY and OPENAI_MODEL:
+/// let from_env = OpenAiCompatible::from_env()?;
+/// # Ok::<_, workflow_ai::ModelError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct OpenAiCompatible {
+    client: reqwest::Client,
+    endpoint: String,
+    api_key: Option<String>,
+    model: String,
+    temperature: Option<f32>,
+}
+
+/// Configures an [`OpenAiCompatible`] client.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct OpenAiBuilder {
+    base_url: Option<String>,
+    api_key: Option<String>,
+    model: Option<String>,
+    timeout: Option<Duration>,
+    temperature: Option<f32>,
+}
+
+impl OpenAiBuilder {
+    /// The API's base URL, up to and including `/v1` (default: OpenAI's).
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = Some(url.into());
+        self
+    }
+
+    /// The API key, sent as a bearer token (none for most local servers).
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// The model name (default [`DEFAULT_MODEL`]).
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// How long one request may take (default 120 s); a timeout is retried
+    /// by the step policy.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sampling temperature (server default if unset).
+    pub fn temperature(mut self, temperature: f32) -> Self {
+        self.temperature = Some(temperature);
+        self
+    }
+
+    /// Builds the client.
+    pub fn build(self) -> Result<OpenAiCompatible, ModelError> {
+        let base = self.base_url.unwrap_or_else(|| OPENAI_BASE_URL.to_owned());
+        let base = base.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ModelError::Config(format!(
+                "base URL `{base}` must start with http:// or https://"
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(self.timeout.unwrap_or(Duration::from_secs(120)))
+            .build()
+            .map_err(|err| ModelError::Config(err.to_string()))?;
+        Ok(OpenAiCompatible {
+            client,
+            endpoint: format!("{base}/chat/completions"),
+            api_key: self.api_key.filter(|k| !k.is_empty()),
+            model: self.model.unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
+            temperature: self.temperature,
+        })
+    }
+}
+
+impl OpenAiCompatible {
+    /// A builder; nothing is read from the environment.
+    pub fn builder() -> OpenAiBuilder {
+        OpenAiBuilder::default()
+    }
+
+    /// A client configured from `OPENAI_BASE_URL` (default OpenAI's),
+    /// `OPENAI_API_KEY` and `OPENAI_MODEL` (default [`DEFAULT_MODEL`]).
+    /// Fails with [`ModelError::Config`] when neither the base URL nor the
+    /// key is set: nothing would answer.
+    pub fn from_env() -> Result<Self, ModelError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let base_url = var("OPENAI_BASE_URL");
+        let api_key = var("OPENAI_API_KEY");
+        if base_url.is_none() && api_key.is_none() {
+            return Err(ModelError::Config(
+                "no model endpoint configured: set OPENAI_API_KEY (for OpenAI), or OPENAI_BASE_URL \
+                 (e.g. http://127.0.0.1:8080/v1 for a local llama.cpp, vLLM or Ollama server), \
+                 and optionally OPENAI_MODEL"
+                    .to_owned(),
+            ));
+        }
+        let mut builder = Self::builder();
+        if let Some(url) = base_url {
+            builder = builder.base_url(url);
+        }
+        if let Some(key) = api_key {
+            builder = builder.api_key(key);
+        }
+        if let Some(model) = var("OPENAI_MODEL") {
+            builder = builder.model(model);
+        }
+        builder.build()
+    }
+
+    /// The model name sent with each request.
+    pub fn model_name(&self) -> &str {
+        &self.model
+    }
+
+    /// The JSON body of a chat-completions request.
+    pub fn request_body(&self, request: &ModelRequest) -> Value {
+        let mut body = json!({
+            "model": self.model,
+            "messages": request.messages,
+        });
+        if !request.tools.is_empty() {
+            let tools: Vec<Value> = request
+                .tools
+                .iter()
+                .map(|t| {
+                    if request.strict_tools {
+                        t.to_openai_strict()
+                    } else {
+                        t.to_openai()
+                    }
+                })
+                .collect();
+            body["tools"] = Value::Array(tools);
+        }
+        if let Some(output) = &request.output {
+            body["response_format"] = json!({
+                "type": "json_schema",
+                "json_schema": {
+                    "name": output.name,
+                    "schema": output.schema,
+                    "strict": output.strict,
+                }
+            });
+        }
+        if let Some(t) = self.temperature {
+            body["temperature"] = json!(t);
+        }
+        body
+    }
+}
+
+#[async_trait::async_trait]
+impl Model for OpenAiCompatible {
+    async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
+        let mut http = self
+            .client
+            .post(&self.endpoint)
+            .json(&self.request_body(request));
+        if let Some(key) = &self.api_key {
+            http = http.bearer_auth(key);
+        }
+        let response = http.send().await.map_err(transport)?;
+        let status = response.status();
+        let text = response.text().await.map_err(transport)?;
+        if !status.is_success() {
+            let mut body = text;
+            if body.len() > 2000 {
+                let mut cut = 2000;
+                while !body.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                body.truncate(cut);
+            }
+            return Err(ModelError::Status {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        parse_completion(&text)
+    }
+}
+
+fn transport(err: reqwest::Error) -> ModelError {
+    if err.is_timeout() {
+        ModelError::Timeout(err.to_string())
+    } else {
+        ModelError::Transport(workflow_core::error_chain(&err))
+    }
+}
+
+/// Reads `choices[0]` of a chat-completions response.
+fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
+    let body: Value =
+        serde_json::from_str(text).map_err(|err| ModelError::Decode(format!("{err}: {text}")))?;
+    let choice = body
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .ok_or_else(|| ModelError::Decode(format!("no choices in {text}")))?;
+    let message = choice
+        .get("message")
+        .ok_or_else(|| ModelError::Decode(format!("no message in {text}")))?;
+    let content = match message.get("content") {
+        Some(Value::String(s)) => Some(s.clone()),
+        // Some servers send content parts: keep their text.
+        Some(Value::Array(parts)) => Some(
+            parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(""),
+        ),
+        _ => None,
+    };
+    let tool_calls: Vec<ToolCall> = match message.get("tool_calls") {
+        Some(Value::Array(calls)) => serde_json::from_value(Value::Array(calls.clone()))
+            .map_err(|err| ModelError::Decode(format!("tool_calls: {err}")))?,
+        _ => Vec::new(),
+    };
+    Ok(ModelResponse {
+        content,
+        tool_calls,
+        finish_reason: choice
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        usage: body.get("usage").cloned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tool_calls_and_text() {
+        let text = r#"{"choices":[{"message":{"role":"assistant","content":null,
+            "tool_calls":[{"id":"c1","type":"function","function":{"name":"t","arguments":"{\"a\":1}"}}]},
+            "finish_reason":"tool_calls"}],"usage":{"total_tokens":3}}"#;
+        let r = parse_completion(text).unwrap();
+        assert_eq!(r.content, None);
+        assert_eq!(r.tool_calls[0].function.name, "t");
+        assert_eq!(r.tool_calls[0].function.arguments, r#"{"a":1}"#);
+        assert_eq!(r.finish_reason.as_deref(), Some("tool_calls"));
+        assert!(parse_completion("{}").is_err());
+    }
+
+    #[test]
+    fn retry_classification() {
+        let status = |s| ModelError::Status {
+            status: s,
+            body: String::new(),
+        };
+        assert!(status(429).is_retryable());
+        assert!(status(503).is_retryable());
+        assert!(!status(400).is_retryable());
+        assert!(!status(401).is_retryable());
+        assert!(ModelError::Timeout("t".into()).is_retryable());
+    }
+}

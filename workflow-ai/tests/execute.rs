@@ -1,0 +1,458 @@
+//! `ctx.execute` against a real HTTP server on loopback speaking the
+//! chat-completions protocol, with scripted replies: tool calls with bad
+//! and corrected arguments, retries of 429 but not 400, the turn bound,
+//! typed outputs, and a SIGKILL between turns (the workflow runs in a
+//! child process, `crash_child` below) with no repeated model call.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{error, last_message, text, tool_call, Server};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use workflow::prelude::*;
+use workflow_ai::{Execute, ExecuteExt, OpenAiCompatible};
+
+/// Set in the child process of the crash test.
+const CRASH_CHILD: &str = "WORKFLOW_AI_CRASH_CHILD";
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+enum Priority {
+    Low,
+    High,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct NewTicket {
+    /// One-line summary of the problem.
+    title: String,
+    priority: Priority,
+}
+
+/// Open a support ticket
+#[workflow(name = "create_ticket")]
+async fn create_ticket(_ctx: Ctx, ticket: NewTicket) -> workflow::Result<String> {
+    Ok(format!(
+        "ticket opened: {} ({:?})",
+        ticket.title, ticket.priority
+    ))
+}
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct Lookup {
+    /// The customer's e-mail address.
+    email: String,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct AgentInput {
+    base_url: String,
+    ticket: String,
+    max_turns: u32,
+}
+
+fn model(base_url: &str) -> Result<OpenAiCompatible, BoxError> {
+    Ok(OpenAiCompatible::builder()
+        .base_url(base_url)
+        .api_key("test-key")
+        .model("test-model")
+        .build()?)
+}
+
+fn fast_retries() -> StepOptions {
+    StepOptions::retries(3).backoff(Duration::from_millis(10), 2.0, Duration::from_millis(40))
+}
+
+/// Triage a ticket with a model
+#[workflow(name = "agent")]
+async fn agent(ctx: Ctx, input: AgentInput) -> Result<String, BoxError> {
+    let tools = Toolbox::new()
+        .tool(CreateTicket::as_tool().wait(Duration::from_secs(10)))
+        .function(
+            "lookup_customer",
+            "Find a customer's plan by e-mail",
+            |q: Lookup| async move {
+                if std::env::var_os(CRASH_CHILD).is_some() {
+                    // The crash test kills the process here, between turns.
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(json!({"email": q.email, "plan": "pro"}))
+            },
+        );
+    let run = ctx
+        .execute(
+            Execute::new("You triage support tickets.")
+                .input(input.ticket)
+                .tools(tools)
+                .model(model(&input.base_url)?)
+                .max_turns(input.max_turns)
+                .model_step_options(fast_retries()),
+        )
+        .await?;
+    Ok(run.text)
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+enum Category {
+    Bug,
+    Billing,
+    Question,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+struct Triage {
+    category: Category,
+    /// Why, in one sentence.
+    reason: String,
+    urgent: Option<bool>,
+}
+
+/// Classify a ticket into a typed answer
+#[workflow(name = "classify")]
+async fn classify(ctx: Ctx, input: AgentInput) -> Result<Triage, BoxError> {
+    let run = ctx
+        .execute_typed::<Triage>(
+            Execute::new("Classify the ticket.")
+                .input(input.ticket)
+                .model(model(&input.base_url)?)
+                .max_turns(input.max_turns),
+        )
+        .await?;
+    Ok(run.output)
+}
+
+async fn engine(url: &str) -> Engine {
+    Engine::builder()
+        .database_url(url)
+        .register(Agent)
+        .register(CreateTicket)
+        .register(Classify)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .expect("engine")
+}
+
+fn input(server: &Server, max_turns: u32) -> AgentInput {
+    AgentInput {
+        base_url: server.url.clone(),
+        ticket: "I cannot log in since this morning.".into(),
+        max_turns,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tool_arguments_come_back_as_a_message_and_the_model_corrects_them() {
+    let server = Server::start(|n, _| match n {
+        0 => tool_call(
+            "c1",
+            "create_ticket",
+            json!({"title": 5, "priority": "urgent"}),
+        ),
+        1 => tool_call(
+            "c2",
+            "create_ticket",
+            json!({"title": "Login broken", "priority": "High"}),
+        ),
+        _ => text("Opened a ticket."),
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let instance = Agent::start(&engine, input(&server, 5)).await.unwrap();
+    let out = instance
+        .result_timeout(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(out, "Opened a ticket.");
+
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    let first = &requests[0];
+    assert_eq!(first.authorization.as_deref(), Some("Bearer test-key"));
+    assert_eq!(first.body["model"], "test-model");
+    let names: Vec<&str> = first.body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["create_ticket", "lookup_customer"]);
+    let params = &first.body["tools"][0]["function"]["parameters"];
+    assert_eq!(
+        params["properties"]["title"]["description"],
+        "One-line summary of the problem."
+    );
+    assert_eq!(
+        first.body["tools"][0]["function"]["description"],
+        "Open a support ticket"
+    );
+
+    // The validation message names every violation by its JSON path.
+    let correction = last_message(&requests[1].body);
+    assert_eq!(correction["role"], "tool");
+    assert_eq!(correction["tool_call_id"], "c1");
+    let message = correction["content"].as_str().unwrap();
+    assert!(
+        message.contains("Invalid arguments for tool `create_ticket`"),
+        "{message}"
+    );
+    assert!(
+        message.contains("at /title: 5 is not of type \"string\""),
+        "{message}"
+    );
+    assert!(message.contains("at /priority:"), "{message}");
+    assert!(message.contains("urgent"), "{message}");
+
+    // The corrected call started the workflow (as a child), waited for its output.
+    let result = last_message(&requests[2].body);
+    assert_eq!(result["tool_call_id"], "c2");
+    assert_eq!(result["content"], "ticket opened: Login broken (High)");
+    let tickets = engine
+        .list(Query::new().name("create_ticket"))
+        .await
+        .unwrap();
+    assert_eq!(tickets.items.len(), 1, "the bad call started nothing");
+    assert_eq!(
+        tickets.items[0].input,
+        json!({"title": "Login broken", "priority": "High"})
+    );
+
+    // Every turn and tool call is a step.
+    let keys: Vec<String> = instance
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    for key in [
+        "execute:turn-0",
+        "execute:turn-0:create_ticket",
+        "execute:turn-1",
+        "execute:turn-1:create_ticket",
+        "execute:turn-2",
+    ] {
+        assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_loop_stops_at_max_turns() {
+    let server = Server::start(|n, _| {
+        tool_call(
+            &format!("c{n}"),
+            "lookup_customer",
+            json!({"email": "a@b.c"}),
+        )
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let instance = Agent::start(&engine, input(&server, 3)).await.unwrap();
+    let err = instance
+        .result_timeout(Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("used all 3 turn(s)"), "{message}");
+    assert_eq!(server.requests().len(), 3);
+    // Each turn's tool result reached the next turn.
+    let last = last_message(&server.requests()[2].body).clone();
+    assert_eq!(last["role"], "tool");
+    assert!(last["content"]
+        .as_str()
+        .unwrap()
+        .contains("\"plan\":\"pro\""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_are_retried_and_bad_requests_are_not() {
+    let server = Server::start(|n, _| match n {
+        0 => error(429),
+        1 => error(503),
+        _ => text("fine"),
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let out = Agent::start(&engine, input(&server, 3))
+        .await
+        .unwrap()
+        .result_timeout(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(out, "fine");
+    assert_eq!(server.requests().len(), 3);
+
+    let bad = Server::start(|_, _| error(400)).await;
+    let err = Agent::start(&engine, input(&bad, 3))
+        .await
+        .unwrap()
+        .result_timeout(Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("HTTP 400"), "{message}");
+    assert!(message.contains("1 attempt(s)"), "{message}");
+    assert_eq!(bad.requests().len(), 1, "a 400 is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_output_is_schema_constrained_and_corrected() {
+    let server = Server::start(|n, _| match n {
+        0 => text("It is a bug, I think."),
+        1 => text(r#"{"category": "Bug", "reason": "Login fails.", "urgent": null}"#),
+        _ => text("unexpected"),
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let out = Classify::start(&engine, input(&server, 4))
+        .await
+        .unwrap()
+        .result_timeout(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        Triage {
+            category: Category::Bug,
+            reason: "Login fails.".into(),
+            urgent: None
+        }
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    let format = &requests[0].body["response_format"];
+    assert_eq!(format["type"], "json_schema");
+    assert_eq!(format["json_schema"]["strict"], true);
+    let schema = &format["json_schema"]["schema"];
+    assert_eq!(schema["additionalProperties"], false);
+    assert_eq!(schema["required"], json!(["category", "reason", "urgent"]));
+    assert_eq!(
+        schema["properties"]["urgent"]["type"],
+        json!(["boolean", "null"])
+    );
+    let feedback = last_message(&requests[1].body);
+    assert_eq!(feedback["role"], "user");
+    assert!(
+        feedback["content"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{feedback}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_turns_does_not_repeat_the_recorded_model_call() {
+    let server = Server::start(|n, _| match n {
+        0 => tool_call("c1", "lookup_customer", json!({"email": "ada@example.com"})),
+        _ => text("Ada is on the pro plan."),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ai.db").display());
+    // No worker here until the child is dead: the child runs the instance.
+    let engine = engine(&url).await;
+    let instance = Agent::start(&engine, input(&server, 5)).await.unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env(CRASH_CHILD, &url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn child");
+
+    // Wait until the first model call is recorded; the child then hangs in
+    // the tool call that follows.
+    let started = Instant::now();
+    loop {
+        let steps = instance.steps().await.unwrap();
+        if steps.iter().any(|s| s.key == "execute:turn-0") {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "child exited early");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "turn 0 never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL the child");
+    child.wait().expect("reap the child");
+    assert_eq!(server.requests().len(), 1);
+
+    // Restart: this process takes over the dead child's instance.
+    let _worker = engine.start_worker();
+    let out = instance
+        .result_timeout(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(out, "Ada is on the pro plan.");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "the recorded turn was not asked again");
+    // The one new request is turn 1, carrying turn 0's recorded reply and the tool result.
+    let messages = requests[1].body["messages"].as_array().unwrap();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant", "tool"]);
+    assert_eq!(messages[2]["tool_calls"][0]["id"], "c1");
+    assert!(messages[3]["content"].as_str().unwrap().contains("pro"));
+    assert!(instance.info().await.unwrap().runs >= 2);
+}
+
+/// The crash test's child process: runs a worker on the database until killed.
+#[test]
+fn crash_child() {
+    let Ok(url) = std::env::var(CRASH_CHILD) else {
+        return;
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let engine = engine(&url).await;
+            let _worker = engine.start_worker();
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            panic!("the crash test should have killed this process");
+        });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn call_tool_validates_and_starts_or_waits() {
+    let engine = engine("memory:").await;
+    let err = engine
+        .call_tool("create_ticket", json!({"title": 1, "priority": "Meh"}))
+        .await
+        .unwrap_err();
+    let text = workflow::ToolReply::from_error(&err).text();
+    assert!(text.contains("at /title"), "{text}");
+    assert!(text.contains("at /priority"), "{text}");
+    assert!(engine.list(Query::new()).await.unwrap().items.is_empty());
+
+    let started: Value = engine
+        .call_tool("create_ticket", json!({"title": "t", "priority": "Low"}))
+        .await
+        .unwrap();
+    assert_eq!(started["status"], "pending");
+    assert!(started["workflowId"].is_string());
+
+    let _worker = engine.start_worker();
+    let waiting = Toolbox::new().tool(CreateTicket::as_tool().wait(Duration::from_secs(10)));
+    let out = waiting
+        .call(
+            &engine,
+            "create_ticket",
+            json!({"title": "t2", "priority": "High"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, json!("ticket opened: t2 (High)"));
+}

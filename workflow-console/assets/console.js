@@ -1,0 +1,668 @@
+// The workflow console: one page, no build step, no dependencies.
+//
+// Safety rule: every value that comes from the database is put in the page
+// as text (text nodes, textContent, attribute values through setAttribute),
+// never as HTML. `h()` below is the only way this file creates elements.
+"use strict";
+
+const STATUSES = ["pending", "in_progress", "listening", "paused", "completed", "failed", "cancelled", "timed_out"];
+const ACTIVE = ["pending", "in_progress", "listening", "paused"];
+const LABEL = {
+  pending: "Pending", in_progress: "Running", listening: "Listening", paused: "Paused",
+  completed: "Completed", failed: "Failed", cancelled: "Cancelled", timed_out: "Timed out",
+};
+const POLL_MS = 2000;
+
+// ---------------------------------------------------------------- helpers
+
+/** Creates an element. attrs: class, on<event> handlers, other attributes; children: nodes or text. */
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (k === "value") el.value = v;
+    // Through CSSOM: the page's CSP forbids style attributes.
+    else if (k === "style") el.style.cssText = v;
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  append(el, children);
+  return el;
+}
+
+function append(el, children) {
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined || c === false) continue;
+    el.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function clear(el) {
+  while (el.firstChild) el.removeChild(el.firstChild);
+  return el;
+}
+
+function replace(el, ...children) {
+  return append(clear(el), children);
+}
+
+const TOKEN_KEY = "workflow-console-token";
+
+// A token given as ?token=... is kept for this tab and removed from the address bar.
+(function takeToken() {
+  const url = new URL(location.href);
+  const t = url.searchParams.get("token");
+  if (t) {
+    sessionStorage.setItem(TOKEN_KEY, t);
+    url.searchParams.delete("token");
+    history.replaceState(null, "", url.pathname + url.search + url.hash);
+  }
+})();
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.error) || "HTTP " + status);
+    this.status = status;
+    this.violations = (body && body.violations) || [];
+  }
+}
+
+async function api(path, body) {
+  const headers = { "Accept": "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers["Authorization"] = "Bearer " + token;
+  const init = { headers, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.method = "POST";
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const res = await fetch("api/" + path, init);
+  let data = null;
+  try { data = await res.json(); } catch (_) { /* empty body */ }
+  if (res.status === 401) { askToken(); }
+  if (!res.ok) throw new ApiError(res.status, data);
+  return data;
+}
+
+function qs(params) {
+  const p = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== "") p.set(k, v);
+  const s = p.toString();
+  return s ? "?" + s : "";
+}
+
+function toast(message, isError) {
+  const t = h("div", { class: "toast" + (isError ? " err" : "") }, message);
+  document.getElementById("toasts").appendChild(t);
+  setTimeout(() => t.remove(), isError ? 7000 : 3500);
+}
+
+function setLive(ok, text) {
+  const live = document.getElementById("live");
+  live.className = "live " + (ok ? "ok" : "err");
+  document.getElementById("live-text").textContent = text;
+}
+
+function pad(n) { return String(n).padStart(2, "0"); }
+
+function fmtTime(iso) {
+  if (!iso) return "—";
+  const d = new Date(iso);
+  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+    pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+}
+
+function fmtDur(ms) {
+  if (ms === null || ms === undefined || isNaN(ms)) return "—";
+  if (ms < 1000) return Math.max(0, Math.round(ms)) + " ms";
+  const s = ms / 1000;
+  if (s < 60) return (s < 10 ? s.toFixed(2) : s.toFixed(1)) + " s";
+  const two = (big, bigUnit, small, smallUnit) => big + bigUnit + (small ? " " + small + smallUnit : "");
+  const m = Math.floor(s / 60);
+  if (m < 60) return two(m, "m", Math.floor(s % 60), "s");
+  const hr = Math.floor(m / 60);
+  if (hr < 48) return two(hr, "h", m % 60, "m");
+  return two(Math.floor(hr / 24), "d", hr % 24, "h");
+}
+
+function ago(iso) {
+  if (!iso) return "";
+  const diff = Date.now() - new Date(iso).getTime();
+  if (diff < 0) return "in " + fmtDur(-diff);
+  if (diff < 5000) return "just now";
+  if (diff < 60000) return Math.floor(diff / 1000) + " s ago";
+  return fmtDur(diff) + " ago";
+}
+
+function span(a, b) {
+  if (!a) return null;
+  const end = b ? new Date(b).getTime() : Date.now();
+  return end - new Date(a).getTime();
+}
+
+function badge(status, big) {
+  return h("span", { class: "badge s-" + status + (big ? " big" : ""), "data-status-badge": status }, LABEL[status] || status);
+}
+
+function tagChips(tags) {
+  const entries = Object.entries(tags || {});
+  if (!entries.length) return null;
+  return h("span", { class: "chips" }, entries.map(([k, v]) => h("span", { class: "chip" }, h("b", {}, k), h("span", { class: "eq" }, "="), v)));
+}
+
+/** JSON as a highlighted tree of text nodes. */
+function jsonView(value) {
+  const pre = h("pre", { class: "json" });
+  const out = [];
+  const tok = (cls, text) => out.push(h("span", { class: cls }, text));
+  const walk = (v, indent) => {
+    const pad1 = "  ".repeat(indent + 1), pad0 = "  ".repeat(indent);
+    if (v === null) tok("j-null", "null");
+    else if (Array.isArray(v)) {
+      if (!v.length) { tok("j-punc", "[]"); return; }
+      tok("j-punc", "[");
+      v.forEach((item, i) => {
+        out.push("\n" + pad1);
+        walk(item, indent + 1);
+        if (i < v.length - 1) tok("j-punc", ",");
+      });
+      out.push("\n" + pad0);
+      tok("j-punc", "]");
+    } else if (typeof v === "object") {
+      const keys = Object.keys(v);
+      if (!keys.length) { tok("j-punc", "{}"); return; }
+      tok("j-punc", "{");
+      keys.forEach((k, i) => {
+        out.push("\n" + pad1);
+        tok("j-key", JSON.stringify(k));
+        tok("j-punc", ": ");
+        walk(v[k], indent + 1);
+        if (i < keys.length - 1) tok("j-punc", ",");
+      });
+      out.push("\n" + pad0);
+      tok("j-punc", "}");
+    } else if (typeof v === "string") tok("j-str", JSON.stringify(v));
+    else if (typeof v === "number") tok("j-num", String(v));
+    else if (typeof v === "boolean") tok("j-bool", String(v));
+    else tok("j-null", String(v));
+  };
+  walk(value, 0);
+  return append(pre, out);
+}
+
+function jsonPanel(title, value, testid) {
+  return h("section", { class: "panel", "data-testid": testid },
+    h("h2", {}, title),
+    value === undefined || value === null ? h("div", { class: "muted" }, "—") : jsonView(value));
+}
+
+/** An example value for a JSON Schema (schemars output: $defs, $ref, anyOf, ...). */
+function sample(schema, root, depth) {
+  root = root || schema;
+  depth = depth || 0;
+  if (!schema || typeof schema !== "object" || depth > 8) return null;
+  if (schema.default !== undefined) return schema.default;
+  if (schema.const !== undefined) return schema.const;
+  if (schema.examples && schema.examples.length) return schema.examples[0];
+  if (schema.$ref) {
+    const name = schema.$ref.replace(/^#\/(\$defs|definitions)\//, "");
+    const defs = root.$defs || root.definitions || {};
+    return sample(defs[name], root, depth + 1);
+  }
+  if (schema.enum && schema.enum.length) return schema.enum[0];
+  for (const key of ["oneOf", "anyOf", "allOf"]) {
+    if (Array.isArray(schema[key]) && schema[key].length) {
+      const pick = schema[key].find((s) => s && s.type !== "null") || schema[key][0];
+      return sample(pick, root, depth + 1);
+    }
+  }
+  let type = schema.type;
+  if (Array.isArray(type)) type = type.find((t) => t !== "null") || "null";
+  switch (type) {
+    case "object": {
+      const o = {};
+      for (const [k, s] of Object.entries(schema.properties || {})) o[k] = sample(s, root, depth + 1);
+      return o;
+    }
+    case "array": return [];
+    case "string": return "";
+    case "integer": case "number": return 0;
+    case "boolean": return false;
+    default: return null;
+  }
+}
+
+function parseTags(text) {
+  const tags = {};
+  for (const part of text.split(",")) {
+    const p = part.trim();
+    if (!p) continue;
+    const i = p.indexOf("=");
+    if (i < 1) throw new Error("tags are key=value, separated by commas: `" + p + "`");
+    tags[p.slice(0, i).trim()] = p.slice(i + 1).trim();
+  }
+  return tags;
+}
+
+function violationList(err) {
+  if (!err.violations || !err.violations.length) return h("div", { class: "violations", "data-testid": "violations" }, err.message);
+  return h("ul", { class: "violations", "data-testid": "violations" },
+    err.violations.map((v) => h("li", {}, v.path ? h("code", {}, v.path) : h("code", {}, "(input)"), ": ", v.message)));
+}
+
+// ---------------------------------------------------------------- dialog
+
+function openDialog(title, text, fields, confirmLabel, danger, onConfirm) {
+  const dlg = document.getElementById("dialog");
+  const errors = h("div");
+  const ok = h("button", { class: danger ? "danger solid" : "primary", "data-testid": "dialog-confirm" }, confirmLabel);
+  const cancel = h("button", { type: "button", onclick: () => dlg.close() }, "Close");
+  ok.addEventListener("click", async () => {
+    ok.disabled = true;
+    try {
+      await onConfirm();
+      dlg.close();
+    } catch (err) {
+      replace(errors, violationList(err));
+    } finally {
+      ok.disabled = false;
+    }
+  });
+  replace(dlg,
+    h("div", { class: "body" }, h("h1", {}, title), text ? h("p", {}, text) : null, fields, errors),
+    h("div", { class: "foot" }, cancel, ok));
+  dlg.showModal();
+}
+
+function askToken() {
+  const dlg = document.getElementById("dialog");
+  if (dlg.open) return;
+  const input = h("input", { type: "password", placeholder: "token", autocomplete: "off" });
+  openDialog("Token required", "This console requires the token it was started with (--token or WORKFLOW_CONSOLE_TOKEN).",
+    h("label", { class: "field" }, "Token", input), "Use token", false,
+    async () => { sessionStorage.setItem(TOKEN_KEY, input.value); route(); });
+}
+
+// ---------------------------------------------------------------- routing
+
+let current = null; // { refresh: async fn } of the view on screen
+let pollTimer = null;
+
+function parseHash() {
+  const raw = location.hash.replace(/^#/, "") || "/";
+  const [path, query] = raw.split("?");
+  return { parts: path.split("/").filter(Boolean).map(decodeURIComponent), params: new URLSearchParams(query || "") };
+}
+
+function route() {
+  const { parts, params } = parseHash();
+  const app = document.getElementById("app");
+  let view;
+  if (parts[0] === "instances" && parts[1]) view = instanceView(parts[1]);
+  else if (parts[0] === "workflows") view = workflowsView();
+  else if (parts[0] === "schedules") view = schedulesView();
+  else view = listView(params);
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    a.classList.toggle("active", a.dataset.nav === view.nav);
+  }
+  replace(app, view.root);
+  current = view;
+  tick();
+}
+
+async function tick() {
+  clearTimeout(pollTimer);
+  const view = current;
+  if (view && view.refresh && !document.hidden) {
+    try {
+      await view.refresh();
+      setLive(true, "live · " + fmtTime(new Date().toISOString()).slice(11));
+    } catch (err) {
+      setLive(false, err.status === 401 ? "token required" : "offline: " + err.message);
+    }
+  }
+  if (view === current) pollTimer = setTimeout(tick, POLL_MS);
+}
+
+window.addEventListener("hashchange", route);
+document.addEventListener("visibilitychange", () => { if (!document.hidden) tick(); });
+window.addEventListener("DOMContentLoaded", route);
+
+// ---------------------------------------------------------------- instances list
+
+let cursorStack = []; // cursors of the pages before the current one
+
+function listView(params) {
+  const filters = {
+    workflow: params.get("workflow") || "",
+    status: params.get("status") || "",
+    tag: params.get("tag") || "",
+    q: params.get("q") || "",
+    after: params.get("after") || "",
+    limit: params.get("limit") || "25",
+  };
+  const go = (changes, keepCursor) => {
+    if (!keepCursor) cursorStack = [];
+    const next = Object.assign({}, filters, changes);
+    if (!keepCursor) next.after = "";
+    location.hash = "#/" + qs(next);
+  };
+
+  const counts = h("div", { class: "counts", "data-testid": "counts" });
+  const wfSelect = h("select", { "data-testid": "filter-workflow", onchange: (e) => go({ workflow: e.target.value }) },
+    h("option", { value: "" }, "All workflows"));
+  const tagInput = h("input", { placeholder: "tag  key=value", value: filters.tag, "data-testid": "filter-tag",
+    onchange: (e) => go({ tag: e.target.value.trim() }) });
+  const search = h("input", { class: "search", type: "search", placeholder: "Search by instance id or key", value: filters.q,
+    "data-testid": "filter-search", onchange: (e) => go({ q: e.target.value.trim() }) });
+  const clearBtn = h("button", { onclick: () => go({ workflow: "", status: "", tag: "", q: "" }) }, "Clear filters");
+  const body = h("tbody");
+  const pagerText = h("span");
+  const newer = h("button", { onclick: () => { const prev = cursorStack.pop() || ""; go({ after: prev }, true); } }, "← Newer");
+  const older = h("button", { "data-testid": "older" }, "Older →");
+  const pageSize = h("select", { onchange: (e) => go({ limit: e.target.value }) },
+    ["25", "50", "100"].map((n) => h("option", { value: n, selected: n === filters.limit }, n + " per page")));
+  let knownWorkflows = "";
+
+  const root = h("div", {},
+    counts,
+    h("div", { class: "filters" }, wfSelect, tagInput, search, clearBtn),
+    h("div", { class: "panel flush" },
+      h("table", { "data-testid": "instances" },
+        h("thead", {}, h("tr", {},
+          h("th", {}, "Status"), h("th", {}, "Instance"), h("th", {}, "Workflow"), h("th", {}, "Tags"),
+          h("th", {}, "Created"), h("th", { class: "num" }, "Duration"), h("th", { class: "num" }, "Runs"))),
+        body),
+      h("div", { class: "pager" }, pagerText, h("div", { class: "actions" }, pageSize, newer, older))));
+
+  async function refresh() {
+    const [overview, page] = await Promise.all([
+      api("overview" + qs({ workflow: filters.workflow })),
+      api("instances" + qs(filters)),
+    ]);
+    // Status counts, clickable as filters.
+    const total = Object.values(overview.counts).reduce((a, b) => a + b, 0);
+    const countBtn = (status, label, n, color) => h("button", {
+      class: "count" + (filters.status === status ? " active" : "") + (n ? "" : " zero"),
+      "data-status": status || "all",
+      style: color ? "--c: var(--s-" + status + ")" : null,
+      onclick: () => go({ status: filters.status === status ? "" : status }),
+    }, h("span", { class: "n" }, String(n)), h("span", { class: "l" }, label));
+    replace(counts, countBtn("", "All", total, false),
+      STATUSES.map((s) => countBtn(s, LABEL[s], overview.counts[s] || 0, true)));
+    // Workflow names, rebuilt only when they change so an open select stays open.
+    const names = JSON.stringify(overview.workflows);
+    if (names !== knownWorkflows) {
+      knownWorkflows = names;
+      const wanted = filters.workflow;
+      replace(wfSelect, h("option", { value: "" }, "All workflows"),
+        overview.workflows.map((w) => h("option", { value: w, selected: w === wanted }, w)));
+      if (wanted && !overview.workflows.includes(wanted)) wfSelect.appendChild(h("option", { value: wanted, selected: true }, wanted));
+    }
+    // Rows.
+    if (!page.items.length) {
+      replace(body, h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No instances match.")));
+    } else {
+      replace(body, page.items.map((it) => h("tr", {
+        class: "click", "data-id": it.id, "data-status": it.status,
+        onclick: (e) => { if (!e.target.closest("a")) location.hash = "#/instances/" + encodeURIComponent(it.id); },
+      },
+        h("td", {}, badge(it.status)),
+        h("td", {}, h("a", { class: "mono", href: "#/instances/" + encodeURIComponent(it.id) }, it.id),
+          it.key ? h("span", { class: "sub" }, "key ", h("span", { class: "mono" }, it.key)) : null,
+          it.error ? h("span", { class: "sub trunc", title: it.error }, it.error) : null),
+        h("td", {}, it.workflow),
+        h("td", { class: "tags" }, tagChips(it.tags)),
+        h("td", { class: "nowrap", title: fmtTime(it.created_at) }, ago(it.created_at), h("span", { class: "sub" }, fmtTime(it.created_at))),
+        h("td", { class: "num nowrap" }, fmtDur(span(it.started_at || it.created_at, it.finished_at))),
+        h("td", { class: "num" }, String(it.runs)))));
+    }
+    const shown = page.items.length;
+    pagerText.textContent = shown ? "Showing " + shown + (page.next ? "+" : "") + (cursorStack.length ? " (page " + (cursorStack.length + 1) + ")" : "") : "";
+    newer.disabled = !filters.after;
+    older.disabled = !page.next;
+    older.onclick = () => { cursorStack.push(filters.after); go({ after: page.next }, true); };
+  }
+
+  return { nav: "instances", root, refresh };
+}
+
+// ---------------------------------------------------------------- one instance
+
+function instanceView(id) {
+  const root = h("div", { "data-testid": "instance" }, h("p", { class: "empty" }, "Loading…"));
+  let lastJson = "";
+
+  async function act(action, body) {
+    try {
+      const res = await api("instances/" + encodeURIComponent(id) + "/" + action, body || {});
+      const said = { cancel: "Instance cancelled", pause: "Pause requested", resume: "Resumed", events: "Event sent" };
+      toast(action === "rerun" ? "Started " + res.id : said[action] || "Done");
+      if (action === "rerun") location.hash = "#/instances/" + encodeURIComponent(res.id);
+      lastJson = "";
+      await refresh();
+    } catch (err) {
+      toast(err.message, true);
+      throw err;
+    }
+  }
+
+  function confirmAct(action, title, text, label, danger) {
+    openDialog(title, text, null, label, danger, () => act(action));
+  }
+
+  function sendEvent() {
+    const name = h("input", { placeholder: "approval", "data-testid": "event-name" });
+    const payload = h("textarea", { "data-testid": "event-payload" }, "{}");
+    openDialog("Send an event", "A waiting ctx.wait_for_event(name, ..) receives the payload; an event sent early is kept until the instance waits for it.",
+      [h("label", { class: "field" }, "Event name", name), h("label", { class: "field" }, "Payload (JSON)", payload)],
+      "Send event", false, async () => {
+        let value;
+        try { value = JSON.parse(payload.value || "null"); } catch (e) { throw new Error("payload is not valid JSON: " + e.message); }
+        if (!name.value.trim()) throw new Error("an event name is required");
+        await act("events", { name: name.value.trim(), payload: value });
+      });
+  }
+
+  function render(d) {
+    const it = d.instance;
+    const active = ACTIVE.includes(it.status);
+    const buttons = [];
+    if (active) buttons.push(h("button", { class: "danger", "data-action": "cancel",
+      onclick: () => confirmAct("cancel", "Cancel this instance?", "It ends Cancelled; a running handler is stopped at its next await point. This cannot be undone.", "Cancel instance", true) }, "Cancel"));
+    if (active && it.status !== "paused") buttons.push(h("button", { "data-action": "pause", onclick: () => act("pause") }, "Pause"));
+    if (it.status === "paused") buttons.push(h("button", { "data-action": "resume", onclick: () => act("resume") }, "Resume"));
+    if (active) buttons.push(h("button", { "data-action": "send-event", onclick: sendEvent }, "Send event"));
+    if (!active) buttons.push(h("button", { class: it.status === "failed" ? "primary" : "", "data-action": "rerun",
+      onclick: () => confirmAct("rerun", "Re-run with the same input?", "Starts a new instance of " + it.workflow + " with this input and tags (plus rerun_of=" + it.id + ").", "Re-run", false) }, "Re-run"));
+
+    const meta = (k, v) => h("div", {}, h("div", { class: "k" }, k), h("div", { class: "v" }, v === null || v === undefined || v === "" ? "—" : v));
+    const total = span(it.started_at || it.created_at, it.finished_at);
+
+    return [
+      h("div", { class: "crumbs" }, h("a", { href: "#/" }, "Instances"), " / ",
+        h("a", { href: "#/" + qs({ workflow: it.workflow }) }, it.workflow)),
+      h("div", { class: "title" }, h("h1", {}, it.workflow), badge(it.status, true), h("div", { class: "spacer" }), h("div", { class: "actions" }, buttons)),
+      h("div", { class: "idline" }, h("span", { class: "mono", "data-testid": "instance-id" }, it.id)),
+      it.error ? h("div", { class: "errorbox", "data-testid": "error" }, h("b", {}, LABEL[it.status] || "Error"), it.error) : null,
+      h("section", { class: "panel flush" }, h("div", { class: "meta" },
+        meta("Created", h("span", { title: it.created_at }, fmtTime(it.created_at))),
+        meta("Started", fmtTime(it.started_at)),
+        meta("Finished", fmtTime(it.finished_at)),
+        meta(it.finished_at ? "Duration" : "Running for", fmtDur(total)),
+        meta("Deadline", it.deadline_at ? fmtTime(it.deadline_at) + (it.finished_at ? "" : " (" + ago(it.deadline_at) + ")") : null),
+        meta("Runs", String(it.runs)),
+        meta("Key", it.key ? h("span", { class: "mono", "data-testid": "key" }, it.key) : null),
+        meta("Tags", tagChips(it.tags)))),
+      h("div", { class: "grid2" }, jsonPanel("Input", it.input, "input"), jsonPanel("Output", it.output, "output")),
+      h("div", { style: "height:16px" }),
+      jsonPanel("State", it.state, "state"),
+      stepsPanel(it, d.steps, d.history),
+      historyPanel(d.history),
+    ];
+  }
+
+  async function refresh() {
+    const d = await api("instances/" + encodeURIComponent(id));
+    const text = JSON.stringify(d);
+    // Re-render only on change, so text being selected is left alone.
+    if (text !== lastJson) {
+      lastJson = text;
+      replace(root, render(d));
+    }
+  }
+
+  return { nav: "instances", root, refresh };
+}
+
+function stepsPanel(it, steps, history) {
+  // Attempts that failed on steps not (yet) recorded: a step retrying right now.
+  const pending = new Map();
+  const recorded = new Set(steps.map((s) => s.key));
+  for (const e of history) {
+    if (e.step && !recorded.has(e.step) && e.kind === "attempt_failed") pending.set(e.step, e);
+  }
+  if (!steps.length && !pending.size) {
+    return h("section", { class: "panel" }, h("h2", {}, "Steps"), h("div", { class: "muted" }, "No steps recorded yet."));
+  }
+  const t0 = new Date(it.started_at || it.created_at).getTime();
+  const ends = steps.map((s) => new Date(s.finished_at).getTime());
+  const t1 = Math.max(it.finished_at ? new Date(it.finished_at).getTime() : Date.now(), ...ends, t0 + 1);
+  const rows = steps.map((s) => {
+    const a = new Date(s.started_at).getTime(), b = new Date(s.finished_at).getTime();
+    const left = ((a - t0) / (t1 - t0)) * 100, width = ((b - a) / (t1 - t0)) * 100;
+    const cls = "bar" + (s.error ? " fail" : s.attempts > 1 ? " retry" : "");
+    return h("div", { class: "row", "data-step": s.key },
+      h("div", { class: "name", title: s.key }, s.key),
+      h("div", { class: "track" }, h("div", { class: cls, style: "left:" + Math.max(0, left).toFixed(2) + "%;width:" + Math.max(0, width).toFixed(2) + "%" })),
+      h("div", { class: "att" + (s.attempts > 1 ? " warn" : "") }, s.attempts + (s.attempts === 1 ? " attempt" : " attempts")),
+      h("div", { class: "dur" }, fmtDur(b - a)),
+      s.error ? h("div", { class: "detail err" }, s.error) : null);
+  });
+  for (const [key, e] of pending) {
+    rows.push(h("div", { class: "row", "data-step": key },
+      h("div", { class: "name", title: key }, key),
+      h("div", { class: "track" }),
+      h("div", { class: "att warn" }, (e.attempt || "?") + " failed"),
+      h("div", { class: "dur" }, "retrying"),
+      e.message ? h("div", { class: "detail err" }, e.message) : null));
+  }
+  return h("section", { class: "panel steps", "data-testid": "steps" }, h("h2", {}, "Steps"), rows);
+}
+
+function historyPanel(history) {
+  const bad = ["failed", "step_failed", "attempt_failed", "cancelled", "timed_out"];
+  const good = ["completed", "step_completed"];
+  return h("section", { class: "panel flush", "data-testid": "history" },
+    h("h2", { style: "padding:14px 16px 0" }, "History"),
+    h("table", {},
+      h("thead", {}, h("tr", {}, h("th", { class: "num" }, "#"), h("th", {}, "Time"), h("th", {}, "Event"), h("th", {}, "Step"),
+        h("th", { class: "num" }, "Attempt"), h("th", { class: "num" }, "Duration"), h("th", {}, "Detail"))),
+      h("tbody", {}, history.map((e) => h("tr", {},
+        h("td", { class: "num muted" }, String(e.seq)),
+        h("td", { class: "nowrap" }, fmtTime(e.at)),
+        h("td", {}, h("span", { class: "kind" + (bad.includes(e.kind) ? " bad" : good.includes(e.kind) ? " good" : "") }, e.kind)),
+        h("td", { class: "mono" }, e.step || ""),
+        h("td", { class: "num" }, e.attempt === null || e.attempt === undefined ? "" : String(e.attempt)),
+        h("td", { class: "num nowrap" }, e.duration_ms === null || e.duration_ms === undefined ? "" : fmtDur(e.duration_ms)),
+        h("td", { class: "detail" }, e.message || ""))))));
+}
+
+// ---------------------------------------------------------------- workflows
+
+function workflowsView() {
+  const root = h("div", { "data-testid": "workflows" }, h("p", { class: "empty" }, "Loading…"));
+  let loaded = false;
+
+  function card(def, counts) {
+    const example = JSON.stringify(sample(def.input_schema), null, 2);
+    const input = h("textarea", { rows: Math.min(10, example.split("\n").length + 1), "data-testid": "start-input" }, example);
+    const key = h("input", { placeholder: "optional" });
+    const tags = h("input", { placeholder: "env=dev, team=ops" });
+    const result = h("div");
+    const start = h("button", { class: "primary", "data-testid": "start" }, "Start instance");
+    start.addEventListener("click", async () => {
+      clear(result);
+      let value, tagMap;
+      try {
+        value = JSON.parse(input.value);
+      } catch (e) {
+        replace(result, h("div", { class: "violations" }, "Input is not valid JSON: " + e.message));
+        return;
+      }
+      try { tagMap = parseTags(tags.value); } catch (e) { replace(result, h("div", { class: "violations" }, e.message)); return; }
+      start.disabled = true;
+      try {
+        const res = await api("workflows/" + encodeURIComponent(def.name) + "/start", { input: value, key: key.value.trim() || null, tags: tagMap });
+        replace(result, h("div", { class: "ok" }, "Started ", h("a", { class: "mono", href: "#/instances/" + encodeURIComponent(res.id) }, res.id)));
+      } catch (err) {
+        replace(result, violationList(err));
+      } finally {
+        start.disabled = false;
+      }
+    });
+    const n = Object.values(counts || {}).reduce((a, b) => a + b, 0);
+    return h("section", { class: "panel", "data-workflow": def.name },
+      h("div", { class: "wf-head" },
+        h("h1", {}, def.name),
+        def.schedule ? h("span", { class: "chip" }, h("b", {}, "cron"), " ", h("span", { class: "mono" }, def.schedule), " ", def.timezone) : null,
+        h("span", { class: "chip" }, "timeout ", fmtDur(def.timeout_ms)),
+        def.steps.length ? h("span", { class: "chip" }, def.steps.length + (def.steps.length === 1 ? " step" : " steps")) : null,
+        h("div", { class: "spacer" }),
+        h("a", { href: "#/" + qs({ workflow: def.name }) }, n + " instance" + (n === 1 ? "" : "s") + " →")),
+      def.description ? h("div", { class: "wf-desc" }, def.description) : null,
+      Object.keys(counts || {}).length ? h("div", { class: "chips" }, Object.entries(counts).map(([s, c]) => h("span", { class: "badge s-" + s }, LABEL[s] + " " + c))) : null,
+      def.steps.length ? h("div", { class: "muted", style: "margin-top:8px" }, "Steps: ", h("span", { class: "mono" }, def.steps.join(" → "))) : null,
+      h("details", {}, h("summary", {}, "Schemas"),
+        h("div", { class: "grid2" }, jsonPanel("Input schema", def.input_schema), jsonPanel("Output schema", def.output_schema)),
+        h("div", { style: "height:16px" }), jsonPanel("State schema", def.state_schema)),
+      h("div", { class: "startform" },
+        h("label", { class: "field" }, "Input (JSON, checked against the input schema)", input),
+        h("div", { class: "side" }, h("label", { class: "field" }, "Key", key), h("label", { class: "field" }, "Tags", tags), start)),
+      result);
+  }
+
+  async function refresh() {
+    if (loaded) return; // Forms here hold what the user typed: no live re-render.
+    const data = await api("workflows");
+    loaded = true;
+    if (!data.workflows.length) {
+      replace(root, h("p", { class: "empty" }, "No workflow definitions recorded yet: start an engine with workflows registered on this database."));
+      return;
+    }
+    replace(root, data.workflows.map((w) => card(w.definition, w.counts)));
+  }
+
+  return { nav: "workflows", root, refresh };
+}
+
+// ---------------------------------------------------------------- schedules
+
+function schedulesView() {
+  const body = h("tbody");
+  const root = h("div", {}, h("div", { class: "panel flush" }, h("table", { "data-testid": "schedules" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Workflow"), h("th", {}, "Schedule"), h("th", {}, "Time zone"),
+      h("th", {}, "Next fire"), h("th", {}, "Last fired"), h("th", {}, "Last instance"), h("th", {}, "Catch-up"))),
+    body)));
+
+  async function refresh() {
+    const data = await api("schedules");
+    if (!data.schedules.length) {
+      replace(body, h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No scheduled workflows.")));
+      return;
+    }
+    replace(body, data.schedules.map((s) => h("tr", { "data-workflow": s.workflow },
+      h("td", {}, h("a", { href: "#/" + qs({ workflow: s.workflow }) }, s.workflow)),
+      h("td", { class: "mono" }, s.expression),
+      h("td", {}, s.timezone),
+      h("td", { class: "nowrap" }, s.next_fire ? [fmtTime(s.next_fire), h("span", { class: "sub" }, ago(s.next_fire))] : "—"),
+      h("td", { class: "nowrap" }, s.last_fired ? [fmtTime(s.last_fired), h("span", { class: "sub" }, ago(s.last_fired))] : "never"),
+      h("td", {}, s.last_instance ? h("a", { class: "mono", href: "#/instances/" + encodeURIComponent(s.last_instance) }, s.last_instance) : "—"),
+      h("td", {}, s.catch_up))));
+  }
+
+  return { nav: "schedules", root, refresh };
+}

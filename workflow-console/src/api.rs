@@ -1,0 +1,637 @@
+//! The console's HTTP side: the JSON API, the page, and the checks in front
+//! of both (allowed hosts, token, same-origin for changes).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query as Params, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use workflow_core::{
+    Definition, Engine, Error, InstanceId, InstanceInfo, Query, StartOptions, Status, Violation,
+};
+
+use crate::page;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub engine: Engine,
+    pub token: Option<Arc<str>>,
+    /// Only `localhost`-style `Host` headers are served (the server listens on
+    /// a loopback address): a web page on another site that points its own
+    /// host name at 127.0.0.1 (DNS rebinding) is refused.
+    pub loopback_hosts: bool,
+}
+
+/// The console's routes: the page at `/`, the API under `/api`.
+pub(crate) fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/overview", get(overview))
+        .route("/instances", get(list))
+        .route("/instances/{id}", get(instance))
+        .route("/instances/{id}/cancel", post(cancel))
+        .route("/instances/{id}/pause", post(pause))
+        .route("/instances/{id}/resume", post(resume))
+        .route("/instances/{id}/rerun", post(rerun))
+        .route("/instances/{id}/events", post(send_event))
+        .route("/workflows", get(workflows))
+        .route("/workflows/{name}/start", post(start))
+        .route("/schedules", get(schedules))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), api_guard));
+    Router::new()
+        .route("/", get(page::html))
+        .route("/assets/console.js", get(page::script))
+        .route("/assets/console.css", get(page::style))
+        .nest("/api", api)
+        .layer(middleware::from_fn_with_state(state.clone(), host_guard))
+        .with_state(state)
+}
+
+// ------------------------------------------------------------------ checks
+
+/// Refuses requests addressed to a host name other than the loopback ones
+/// when the console listens on loopback.
+async fn host_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.loopback_hosts {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !is_loopback_host(host) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("host `{host}` is not allowed: the console listens on loopback; open it as http://127.0.0.1:PORT or http://localhost:PORT"),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Token, method, content type and origin checks for the API.
+async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        if !has_token(req.headers(), token) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token: send `Authorization: Bearer <token>`",
+            )
+            .into_response();
+        }
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        if let Err(err) = same_origin_change(req.method(), req.headers()) {
+            return err.into_response();
+        }
+    }
+    let mut response = next.run(req).await;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+/// Compares without returning early at the first difference, so response
+/// times do not tell how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// A change must be a POST with a JSON body (which a cross-site HTML form
+/// cannot send, and a cross-site script cannot send without a CORS
+/// preflight this server never grants), and must not come from another site
+/// according to `Sec-Fetch-Site` or `Origin`.
+fn same_origin_change(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    if method != Method::POST {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "changes are POST requests",
+        ));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "changes need `Content-Type: application/json`",
+        ));
+    }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if site != "same-origin" && site != "none" {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("cross-site request refused (Sec-Fetch-Site: {site})"),
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("null");
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let origin_host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if origin_host != Some(host) || host.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("cross-origin request refused (Origin: {origin})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]` and the like, with or without a port.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        })
+    };
+    let name = name.to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+// ------------------------------------------------------------------ errors
+
+/// An API error: a status code and `{"error": "...", "violations": [...]}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    violations: Vec<Violation>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            violations: Vec::new(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        let status = match &err {
+            Error::NotFound(_) | Error::UnknownWorkflow(_) => StatusCode::NOT_FOUND,
+            Error::AlreadyFinished { .. } => StatusCode::CONFLICT,
+            Error::InvalidInput { .. } | Error::Json { .. } | Error::Config(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::warn!(error = %err, "console request failed");
+        }
+        let violations = match &err {
+            Error::InvalidInput { violations, .. } => violations.clone(),
+            _ => Vec::new(),
+        };
+        ApiError {
+            status,
+            message: err.to_string(),
+            violations,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.message, "violations": self.violations });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|err| {
+        ApiError::bad_request(format!("request body is not the JSON expected: {err}"))
+    })
+}
+
+// ------------------------------------------------------------------ reads
+
+#[derive(Debug, Deserialize)]
+struct OverviewParams {
+    workflow: Option<String>,
+}
+
+/// Status counts (for one workflow or all) and the workflow names known.
+async fn overview(
+    State(state): State<AppState>,
+    Params(params): Params<OverviewParams>,
+) -> ApiResult<Value> {
+    let workflow = params.workflow.filter(|w| !w.is_empty());
+    let counts = state.engine.counts(workflow.as_deref()).await?;
+    let total: u64 = counts.values().sum();
+    let workflows = workflow_names(&state.engine).await?;
+    Ok(Json(
+        json!({ "counts": counts, "total": total, "workflows": workflows }),
+    ))
+}
+
+async fn workflow_names(engine: &Engine) -> Result<Vec<String>, Error> {
+    let mut names: Vec<String> = engine
+        .definitions()
+        .await?
+        .into_iter()
+        .map(|d| d.name)
+        .chain(engine.workflows().into_iter().map(|d| d.name))
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ListParams {
+    pub workflow: Option<String>,
+    /// Comma-separated statuses.
+    pub status: Option<String>,
+    /// `key=value`.
+    pub tag: Option<String>,
+    /// An instance id or a dedup key.
+    pub q: Option<String>,
+    pub limit: Option<usize>,
+    pub after: Option<String>,
+}
+
+/// A row of the instance list: what the table shows, without the JSON values.
+#[derive(Debug, Serialize)]
+struct Summary {
+    id: InstanceId,
+    workflow: String,
+    status: Status,
+    key: Option<String>,
+    tags: BTreeMap<String, String>,
+    error: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
+    finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    runs: i64,
+}
+
+impl From<InstanceInfo> for Summary {
+    fn from(i: InstanceInfo) -> Self {
+        Summary {
+            id: i.id,
+            workflow: i.workflow,
+            status: i.status,
+            key: i.key,
+            tags: i.tags,
+            error: i.error.map(|e| shorten(&e, 300)),
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+            started_at: i.started_at,
+            finished_at: i.finished_at,
+            runs: i.runs,
+        }
+    }
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// The filters of the list page (and `workflow list`), as a [`Query`], with
+/// the matching statuses for checking an instance found by id.
+pub(crate) fn build_query(params: &ListParams) -> Result<(Query, Vec<Status>), String> {
+    let mut query = Query::new().limit(params.limit.unwrap_or(50));
+    if let Some(workflow) = params.workflow.as_deref().filter(|w| !w.is_empty()) {
+        query = query.name(workflow);
+    }
+    let mut statuses = Vec::new();
+    for status in params
+        .status
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let status: Status = status.parse().map_err(|e| format!("{e}"))?;
+        statuses.push(status);
+        query = query.status(status);
+    }
+    if let Some(tag) = params.tag.as_deref().filter(|t| !t.is_empty()) {
+        let (name, value) = tag
+            .split_once('=')
+            .ok_or_else(|| format!("tag filter `{tag}` is not key=value"))?;
+        query = query.tag(name.trim(), value.trim());
+    }
+    if let Some(after) = params.after.as_deref().filter(|a| !a.is_empty()) {
+        query = query.after(InstanceId::from(after));
+    }
+    Ok((query, statuses))
+}
+
+/// A page of instances, newest first. `q` finds an instance by id, or else
+/// the instances with that dedup key.
+async fn list(
+    State(state): State<AppState>,
+    Params(params): Params<ListParams>,
+) -> ApiResult<Value> {
+    let (mut query, statuses) = build_query(&params).map_err(ApiError::bad_request)?;
+    if let Some(q) = params.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
+        match state.engine.instance(&InstanceId::from(q)).await {
+            Ok(found) => {
+                let wanted_workflow = params.workflow.as_deref().filter(|w| !w.is_empty());
+                let matches = wanted_workflow.is_none_or(|w| w == found.workflow)
+                    && (statuses.is_empty() || statuses.contains(&found.status));
+                let items: Vec<Summary> = if matches { vec![found.into()] } else { vec![] };
+                return Ok(Json(json!({ "items": items, "next": null })));
+            }
+            Err(Error::NotFound(_)) => query = query.key(q),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let page = state.engine.list(query).await?;
+    let items: Vec<Summary> = page.items.into_iter().map(Summary::from).collect();
+    Ok(Json(json!({ "items": items, "next": page.next })))
+}
+
+/// Everything about one instance: its row, recorded steps and history.
+async fn instance(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
+    let id = InstanceId::from(id);
+    let info = state.engine.instance(&id).await?;
+    let steps = state.engine.steps(&id).await?;
+    let history = state.engine.history(&id).await?;
+    Ok(Json(
+        json!({ "instance": info, "steps": steps, "history": history }),
+    ))
+}
+
+/// A definition with how many of its instances are in each status.
+#[derive(Debug, Serialize)]
+struct WorkflowEntry {
+    definition: Definition,
+    counts: BTreeMap<Status, u64>,
+    /// Registered with the engine serving the console (its workers run it).
+    registered_here: bool,
+}
+
+/// The recorded definitions (and those registered here, if not recorded).
+async fn workflows(State(state): State<AppState>) -> ApiResult<Value> {
+    let mut defs: BTreeMap<String, (Definition, bool)> = state
+        .engine
+        .definitions()
+        .await?
+        .into_iter()
+        .map(|d| (d.name.clone(), (d, false)))
+        .collect();
+    for def in state.engine.workflows() {
+        defs.insert(def.name.clone(), (def, true));
+    }
+    let mut out = Vec::with_capacity(defs.len());
+    for (name, (definition, registered_here)) in defs {
+        let counts = state.engine.counts(Some(&name)).await?;
+        out.push(WorkflowEntry {
+            definition,
+            counts,
+            registered_here,
+        });
+    }
+    Ok(Json(json!({ "workflows": out })))
+}
+
+/// Every schedule with its next and last fire.
+async fn schedules(State(state): State<AppState>) -> ApiResult<Value> {
+    let schedules = crate::schedules::all_schedules(&state.engine).await?;
+    Ok(Json(json!({ "schedules": schedules })))
+}
+
+// ------------------------------------------------------------------ changes
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
+    let id = InstanceId::from(id);
+    state.engine.cancel(&id).await?;
+    Ok(Json(json!({ "id": id, "done": "cancel" })))
+}
+
+async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
+    let id = InstanceId::from(id);
+    state.engine.pause(&id).await?;
+    Ok(Json(json!({ "id": id, "done": "pause" })))
+}
+
+async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
+    let id = InstanceId::from(id);
+    state.engine.resume(&id).await?;
+    Ok(Json(json!({ "id": id, "done": "resume" })))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventBody {
+    name: String,
+    #[serde(default)]
+    payload: Value,
+}
+
+async fn send_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Value> {
+    let body: EventBody = parse_body(&body)?;
+    if body.name.trim().is_empty() {
+        return Err(ApiError::bad_request("an event name is required"));
+    }
+    let id = InstanceId::from(id);
+    state
+        .engine
+        .send_event(&id, body.name.trim(), body.payload)
+        .await?;
+    Ok(Json(json!({ "id": id, "done": "send_event" })))
+}
+
+/// Starts a new instance of the same workflow with the same input, tags and
+/// key, tagged `rerun_of=<id>`. Only for instances that ended.
+async fn rerun(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
+    let id = InstanceId::from(id);
+    let new = rerun_instance(&state.engine, &id).await?;
+    Ok(Json(json!({ "id": new, "rerun_of": id })))
+}
+
+/// Shared by the API and the CLI: see [`rerun`].
+pub(crate) async fn rerun_instance(
+    engine: &Engine,
+    id: &InstanceId,
+) -> Result<InstanceId, ApiError> {
+    let old = engine.instance(id).await?;
+    if !old.status.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "instance {id} is still {}; re-run is for instances that ended",
+                old.status
+            ),
+        ));
+    }
+    let mut options = StartOptions::new();
+    if let Some(key) = &old.key {
+        options = options.key(key.clone());
+    }
+    for (name, value) in &old.tags {
+        if name != "rerun_of" {
+            options = options.tag(name.clone(), value.clone());
+        }
+    }
+    options = options.tag("rerun_of", id.to_string());
+    Ok(engine.start_json(&old.workflow, old.input, options).await?)
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct StartBody {
+    #[serde(default)]
+    input: Value,
+    key: Option<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    /// A deadline like `10m` or `2h`, instead of the workflow's own.
+    timeout: Option<String>,
+}
+
+/// Starts a workflow from JSON input, checked against its recorded input
+/// schema; 422 with every violation when it does not fit.
+async fn start(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body: StartBody = parse_body(&body)?;
+    let mut options = StartOptions::new();
+    if let Some(key) = body.key.filter(|k| !k.trim().is_empty()) {
+        options = options.key(key.trim());
+    }
+    for (k, v) in body.tags {
+        options = options.tag(k, v);
+    }
+    if let Some(timeout) = body.timeout.filter(|t| !t.trim().is_empty()) {
+        let timeout = humantime::parse_duration(timeout.trim())
+            .map_err(|err| ApiError::bad_request(format!("timeout `{timeout}`: {err}")))?;
+        options = options.timeout(timeout);
+    }
+    let id = state.engine.start_json(&name, body.input, options).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:3000",
+            "localhost",
+            "[::1]:80",
+            "127.0.0.2",
+            "app.localhost:1",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in ["evil.example:8080", "", "10.0.0.1:80", "localhost.evil.com"] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secret-longer", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+
+    #[test]
+    fn origin_checks() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:9000"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        assert!(same_origin_change(&Method::POST, &headers).is_ok());
+        assert!(same_origin_change(&Method::DELETE, &headers).is_err());
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:9000"),
+        );
+        assert!(same_origin_change(&Method::POST, &headers).is_ok());
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
+        assert!(same_origin_change(&Method::POST, &headers).is_err());
+        headers.remove(header::ORIGIN);
+        headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(same_origin_change(&Method::POST, &headers).is_err());
+        headers.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin_change(&Method::POST, &headers).is_ok());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert!(same_origin_change(&Method::POST, &headers).is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! `workflow`: see and steer durable workflows on a database from the shell.
+//! `workflow --help` lists the commands.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use workflow_console::cli::{run, Cli};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logs (the console's address, warnings) go to stderr; output to stdout.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .init();
+    let mut stdout = std::io::stdout();
+    match run(cli, &mut stdout).await {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}

@@ -1,0 +1,750 @@
+//! The `workflow` command-line tool: reads and steers workflows on a
+//! database without the workflows' code, from the definitions engines
+//! recorded there.
+//!
+//! Output goes to the writer given to [`run`] (the binary passes stdout):
+//! aligned tables for people, or JSON with `--json` for scripts.
+
+use std::io::Write;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use workflow_core::{Engine, Error, InstanceId, InstanceInfo, StartOptions, Status};
+
+use crate::api::{build_query, ListParams};
+
+/// See and steer durable workflows on a database, without their code.
+#[derive(Debug, Parser)]
+#[command(name = "workflow", version, about, long_about = None)]
+pub struct Cli {
+    /// Database URL, the one your engines use (`sqlite://workflows.db`, `postgres://...`).
+    #[arg(long, global = true, env = "WORKFLOW_DATABASE_URL", default_value = crate::DEFAULT_DATABASE_URL)]
+    pub db: String,
+
+    /// Print JSON instead of tables, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The workflows engines recorded: schedules, timeouts, and with NAME their schemas.
+    Workflows {
+        /// Show this workflow in full, with its input, output and state schemas.
+        name: Option<String>,
+    },
+    /// Start a workflow from JSON input, checked against its recorded input
+    /// schema; any engine running the workflow picks it up.
+    Run {
+        /// The workflow's name.
+        name: String,
+        /// The input as JSON (`-` reads standard input).
+        input: String,
+        /// Wait until the instance ends and print its output (exit 1 unless it completed).
+        #[arg(long)]
+        wait: bool,
+        /// A key, shown in lists and searchable.
+        #[arg(long)]
+        key: Option<String>,
+        /// A tag `name=value` (repeat for more).
+        #[arg(long = "tag", value_name = "NAME=VALUE")]
+        tags: Vec<String>,
+        /// A deadline instead of the workflow's own (`30s`, `10m`, `2h`).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
+    /// Instances, newest first.
+    List {
+        /// Only this workflow.
+        #[arg(long, short)]
+        workflow: Option<String>,
+        /// Only these statuses (comma-separated or repeated): pending,
+        /// in_progress, listening, paused, completed, failed, cancelled, timed_out.
+        #[arg(long, short)]
+        status: Vec<String>,
+        /// Only instances with this tag `name=value`.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// How many (at most 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// The page after this instance id (printed under a full page).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// One instance: status, input, output, error, state and steps.
+    Show {
+        /// Instance id.
+        id: String,
+    },
+    /// The history of one instance, oldest first.
+    History {
+        /// Instance id.
+        id: String,
+    },
+    /// Cancel an instance.
+    Cancel {
+        /// Instance id.
+        id: String,
+    },
+    /// Pause an instance.
+    Pause {
+        /// Instance id.
+        id: String,
+    },
+    /// Resume a paused instance.
+    Resume {
+        /// Instance id.
+        id: String,
+    },
+    /// Send an event to an instance (`ctx.wait_for_event(NAME, ..)` receives it).
+    SendEvent {
+        /// Instance id.
+        id: String,
+        /// Event name.
+        name: String,
+        /// Payload as JSON (`-` reads standard input).
+        #[arg(default_value = "null")]
+        payload: String,
+    },
+    /// Start an ended instance again with the same input (tagged `rerun_of`).
+    Rerun {
+        /// Instance id.
+        id: String,
+    },
+    /// Scheduled workflows with their next fire time.
+    Schedules,
+    /// Serve the web console.
+    Console {
+        /// Address to listen on. Loopback by default; anything else should have a token.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Require this token on every API call.
+        #[arg(long, env = crate::TOKEN_ENV, hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+/// A failed command.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The engine or store refused.
+    #[error(transparent)]
+    Workflow(#[from] Error),
+    /// The arguments do not make sense.
+    #[error("{0}")]
+    Usage(String),
+    /// Writing the output or serving the console failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The console failed.
+    #[error(transparent)]
+    Console(#[from] crate::ConsoleError),
+}
+
+impl CliError {
+    /// The process exit code for this error: 2 for bad arguments or input, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Workflow(Error::InvalidInput { .. }) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs one command on `cli.db`, writing to `out`. Returns the exit code
+/// (`run --wait` of an instance that did not complete is 1).
+pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError> {
+    let engine = crate::connect(&cli.db).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Workflows { name } => workflows(&engine, name, json, out).await,
+        Command::Run {
+            name,
+            input,
+            wait,
+            key,
+            tags,
+            timeout,
+        } => {
+            let input = parse_json("input", &input)?;
+            let mut options = StartOptions::new();
+            if let Some(key) = key {
+                options = options.key(key);
+            }
+            for tag in tags {
+                let (k, v) = split_tag(&tag)?;
+                options = options.tag(k, v);
+            }
+            if let Some(timeout) = timeout {
+                let timeout = humantime::parse_duration(&timeout)
+                    .map_err(|err| CliError::Usage(format!("--timeout `{timeout}`: {err}")))?;
+                options = options.timeout(timeout);
+            }
+            let id = engine.start_json(&name, input, options).await?;
+            if !wait {
+                if json {
+                    print_json(out, &json!({ "id": id }))?;
+                } else {
+                    writeln!(out, "started {name} {id}")?;
+                }
+                return Ok(0);
+            }
+            if !json {
+                writeln!(out, "started {name} {id}; waiting for it to end")?;
+                out.flush()?;
+            }
+            let info = wait_terminal(&engine, &id).await?;
+            if json {
+                print_json(out, &serde_json::to_value(&info).unwrap_or(Value::Null))?;
+            } else {
+                writeln!(out, "{}: {}", info.id, info.status)?;
+                if let Some(output) = &info.output {
+                    writeln!(out, "{}", pretty(output))?;
+                }
+                if let Some(error) = &info.error {
+                    writeln!(out, "error: {error}")?;
+                }
+            }
+            Ok(if info.status == Status::Completed {
+                0
+            } else {
+                1
+            })
+        }
+        Command::List {
+            workflow,
+            status,
+            tag,
+            key,
+            limit,
+            after,
+        } => {
+            let params = ListParams {
+                workflow,
+                status: Some(status.join(",")),
+                tag,
+                q: None,
+                limit: Some(limit),
+                after,
+            };
+            let (mut query, _) = build_query(&params).map_err(CliError::Usage)?;
+            if let Some(key) = key {
+                query = query.key(key);
+            }
+            let page = engine.list(query).await?;
+            if json {
+                print_json(out, &serde_json::to_value(&page).unwrap_or(Value::Null))?;
+                return Ok(0);
+            }
+            let rows = page
+                .items
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.id.to_string(),
+                        i.workflow.clone(),
+                        i.status.to_string(),
+                        i.key.clone().unwrap_or_default(),
+                        time(Some(i.created_at)),
+                        duration(i.started_at.unwrap_or(i.created_at), i.finished_at),
+                    ]
+                })
+                .collect();
+            table(
+                out,
+                &["ID", "WORKFLOW", "STATUS", "KEY", "CREATED", "DURATION"],
+                rows,
+            )?;
+            if let Some(next) = page.next {
+                writeln!(out, "more: --after {next}")?;
+            }
+            Ok(0)
+        }
+        Command::Show { id } => show(&engine, &InstanceId::from(id), json, out).await,
+        Command::History { id } => {
+            let history = engine.history(&InstanceId::from(id.as_str())).await?;
+            if history.is_empty() {
+                // Unknown ids have no history: say which it is.
+                engine.instance(&InstanceId::from(id.as_str())).await?;
+            }
+            if json {
+                print_json(out, &serde_json::to_value(&history).unwrap_or(Value::Null))?;
+                return Ok(0);
+            }
+            let rows = history
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.seq.to_string(),
+                        time(Some(e.at)),
+                        e.kind.clone(),
+                        e.step.clone().unwrap_or_default(),
+                        e.attempt.map(|a| a.to_string()).unwrap_or_default(),
+                        e.duration_ms.map(millis).unwrap_or_default(),
+                        one_line(e.message.as_deref().unwrap_or("")),
+                    ]
+                })
+                .collect();
+            table(
+                out,
+                &[
+                    "SEQ", "TIME", "EVENT", "STEP", "ATTEMPT", "DURATION", "DETAIL",
+                ],
+                rows,
+            )?;
+            Ok(0)
+        }
+        Command::Cancel { id } => {
+            let id = InstanceId::from(id);
+            engine.cancel(&id).await?;
+            done(out, json, "cancelled", &id)
+        }
+        Command::Pause { id } => {
+            let id = InstanceId::from(id);
+            engine.pause(&id).await?;
+            done(out, json, "paused", &id)
+        }
+        Command::Resume { id } => {
+            let id = InstanceId::from(id);
+            engine.resume(&id).await?;
+            done(out, json, "resumed", &id)
+        }
+        Command::SendEvent { id, name, payload } => {
+            let id = InstanceId::from(id);
+            let payload = parse_json("payload", &payload)?;
+            engine.send_event(&id, &name, payload).await?;
+            if json {
+                print_json(out, &json!({ "id": id, "event": name }))?;
+            } else {
+                writeln!(out, "sent event `{name}` to {id}")?;
+            }
+            Ok(0)
+        }
+        Command::Rerun { id } => {
+            let id = InstanceId::from(id);
+            let new = crate::api::rerun_instance(&engine, &id)
+                .await
+                .map_err(|err| CliError::Usage(err.to_string()))?;
+            if json {
+                print_json(out, &json!({ "id": new, "rerun_of": id }))?;
+            } else {
+                writeln!(out, "started {new} (re-run of {id})")?;
+            }
+            Ok(0)
+        }
+        Command::Schedules => {
+            let schedules = crate::all_schedules(&engine).await?;
+            if json {
+                print_json(
+                    out,
+                    &serde_json::to_value(&schedules).unwrap_or(Value::Null),
+                )?;
+                return Ok(0);
+            }
+            let rows = schedules
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.workflow.clone(),
+                        s.expression.clone(),
+                        s.timezone.clone(),
+                        time(s.next_fire),
+                        s.last_fired
+                            .map_or_else(|| "never".to_owned(), |t| time(Some(t))),
+                        s.last_instance
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            table(
+                out,
+                &[
+                    "WORKFLOW",
+                    "SCHEDULE",
+                    "TIMEZONE",
+                    "NEXT FIRE",
+                    "LAST FIRED",
+                    "LAST INSTANCE",
+                ],
+                rows,
+            )?;
+            Ok(0)
+        }
+        Command::Console { addr, token } => {
+            let mut console = crate::Console::new(engine);
+            if let Some(token) = token {
+                console = console.token(token);
+            }
+            let server = console.bind(addr.as_str()).await?;
+            if json {
+                print_json(out, &json!({ "url": server.url() }))?;
+            } else {
+                writeln!(out, "workflow console on {} (Ctrl-C to stop)", server.url())?;
+            }
+            out.flush()?;
+            let stop = server.stopper();
+            tokio::select! {
+                result = server.wait() => result?,
+                _ = tokio::signal::ctrl_c() => stop.cancel(),
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn workflows(
+    engine: &Engine,
+    name: Option<String>,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<u8, CliError> {
+    let defs = engine.definitions().await?;
+    if let Some(name) = name {
+        let def = defs
+            .into_iter()
+            .find(|d| d.name == name)
+            .ok_or(Error::UnknownWorkflow(name))?;
+        if json {
+            print_json(out, &serde_json::to_value(&def).unwrap_or(Value::Null))?;
+            return Ok(0);
+        }
+        writeln!(out, "{}", def.name)?;
+        if !def.description.is_empty() {
+            writeln!(out, "  {}", def.description)?;
+        }
+        match &def.schedule {
+            Some(s) => writeln!(
+                out,
+                "schedule: {s} ({}, catch-up {})",
+                def.timezone,
+                serde_json::to_value(def.catch_up)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )?,
+            None => writeln!(out, "schedule: none")?,
+        }
+        writeln!(out, "timeout:  {}", millis(def.timeout_ms as i64))?;
+        if !def.steps.is_empty() {
+            writeln!(out, "steps:    {}", def.steps.join(" -> "))?;
+        }
+        writeln!(out, "input schema:\n{}", indent(&pretty(&def.input_schema)))?;
+        writeln!(
+            out,
+            "output schema:\n{}",
+            indent(&pretty(&def.output_schema))
+        )?;
+        writeln!(out, "state schema:\n{}", indent(&pretty(&def.state_schema)))?;
+        return Ok(0);
+    }
+    if json {
+        print_json(out, &serde_json::to_value(&defs).unwrap_or(Value::Null))?;
+        return Ok(0);
+    }
+    if defs.is_empty() {
+        writeln!(
+            out,
+            "no workflow definitions recorded in this database: engines record theirs when they start"
+        )?;
+        return Ok(0);
+    }
+    let rows = defs
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                d.schedule
+                    .as_ref()
+                    .map(|s| format!("{s} ({})", d.timezone))
+                    .unwrap_or_default(),
+                millis(d.timeout_ms as i64),
+                d.steps.len().to_string(),
+                shorten(d.description.lines().next().unwrap_or(""), 60),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["NAME", "SCHEDULE", "TIMEOUT", "STEPS", "DESCRIPTION"],
+        rows,
+    )?;
+    writeln!(out, "(`workflow workflows NAME` shows the schemas)")?;
+    Ok(0)
+}
+
+async fn show(
+    engine: &Engine,
+    id: &InstanceId,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<u8, CliError> {
+    let info = engine.instance(id).await?;
+    let steps = engine.steps(id).await?;
+    if json {
+        print_json(out, &json!({ "instance": info, "steps": steps }))?;
+        return Ok(0);
+    }
+    writeln!(out, "{} {}", info.workflow, info.id)?;
+    writeln!(out, "status:   {}", info.status)?;
+    if let Some(key) = &info.key {
+        writeln!(out, "key:      {key}")?;
+    }
+    if !info.tags.is_empty() {
+        let tags: Vec<String> = info.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(out, "tags:     {}", tags.join(", "))?;
+    }
+    writeln!(out, "created:  {}", time(Some(info.created_at)))?;
+    writeln!(out, "started:  {}", time(info.started_at))?;
+    writeln!(out, "finished: {}", time(info.finished_at))?;
+    writeln!(out, "deadline: {}", time(info.deadline_at))?;
+    writeln!(out, "runs:     {}", info.runs)?;
+    writeln!(out, "input:\n{}", indent(&pretty(&info.input)))?;
+    if let Some(output) = &info.output {
+        writeln!(out, "output:\n{}", indent(&pretty(output)))?;
+    }
+    if let Some(error) = &info.error {
+        writeln!(out, "error:\n{}", indent(error))?;
+    }
+    if let Some(state) = &info.state {
+        writeln!(out, "state:\n{}", indent(&pretty(state)))?;
+    }
+    if !steps.is_empty() {
+        writeln!(out, "steps:")?;
+        let rows = steps
+            .iter()
+            .map(|s| {
+                vec![
+                    s.key.clone(),
+                    s.attempts.to_string(),
+                    duration(s.started_at, Some(s.finished_at)),
+                    match (&s.error, &s.output) {
+                        (Some(e), _) => format!("error: {}", one_line(e)),
+                        (None, Some(o)) => shorten(&o.to_string(), 60),
+                        (None, None) => String::new(),
+                    },
+                ]
+            })
+            .collect();
+        table(out, &["STEP", "ATTEMPTS", "DURATION", "RESULT"], rows)?;
+    }
+    Ok(0)
+}
+
+/// Polls until the instance ends: 50 ms growing to 1 s between looks, as
+/// the instance may run in another process.
+async fn wait_terminal(engine: &Engine, id: &InstanceId) -> Result<InstanceInfo, Error> {
+    let mut poll = Duration::from_millis(50);
+    loop {
+        let info = engine.instance(id).await?;
+        if info.status.is_terminal() {
+            return Ok(info);
+        }
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(Duration::from_secs(1));
+    }
+}
+
+fn done(
+    out: &mut (dyn Write + Send),
+    json: bool,
+    what: &str,
+    id: &InstanceId,
+) -> Result<u8, CliError> {
+    if json {
+        print_json(out, &json!({ "id": id, "done": what }))?;
+    } else {
+        writeln!(out, "{what} {id}")?;
+    }
+    Ok(0)
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Value, CliError> {
+    let text = if text == "-" {
+        let mut buf = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf)?;
+        buf
+    } else {
+        text.to_owned()
+    };
+    serde_json::from_str(&text).map_err(|err| {
+        CliError::Usage(format!(
+            "{what} is not valid JSON: {err} (quote it for the shell: '{{\"order_id\": \"1\"}}')"
+        ))
+    })
+}
+
+fn split_tag(tag: &str) -> Result<(String, String), CliError> {
+    tag.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| CliError::Usage(format!("tag `{tag}` is not name=value")))
+}
+
+fn print_json(out: &mut (dyn Write + Send), value: &Value) -> std::io::Result<()> {
+    writeln!(out, "{}", pretty(value))
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(
+        || "-".to_owned(),
+        |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+    )
+}
+
+fn duration(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> String {
+    let to = to.unwrap_or_else(Utc::now);
+    millis((to - from).num_milliseconds())
+}
+
+fn millis(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    let secs = ms / 1_000;
+    if secs < 60 {
+        return format!("{:.1}s", ms as f64 / 1_000.0);
+    }
+    let (h, m, s) = (secs / 3_600, (secs / 60) % 60, secs % 60);
+    // The smaller unit only when it says something: `5m`, `5m30s`.
+    let two = |big: i64, big_unit: &str, small: i64, small_unit: &str| {
+        if small == 0 {
+            format!("{big}{big_unit}")
+        } else {
+            format!("{big}{big_unit}{small:02}{small_unit}")
+        }
+    };
+    if h == 0 {
+        two(m, "m", s, "s")
+    } else if h < 48 {
+        two(h, "h", m, "m")
+    } else {
+        two(h / 24, "d", h % 24, "h")
+    }
+}
+
+fn one_line(text: &str) -> String {
+    shorten(&text.replace(['\n', '\r'], " "), 100)
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Columns padded to their widest cell; the last column is not padded.
+fn table(
+    out: &mut (dyn Write + Send),
+    headers: &[&str],
+    rows: Vec<Vec<String>>,
+) -> std::io::Result<()> {
+    if rows.is_empty() {
+        return writeln!(out, "(none)");
+    }
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let last = cells.len().saturating_sub(1);
+        let mut s = String::new();
+        for (i, cell) in cells.into_iter().enumerate() {
+            s.push_str(cell);
+            if i < last {
+                let pad = widths[i] - cell.chars().count() + 2;
+                s.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        s.trim_end().to_owned()
+    };
+    writeln!(out, "{}", line(headers.to_vec()))?;
+    for row in &rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let mut out = Vec::new();
+        table(
+            &mut out,
+            &["A", "LONGER"],
+            vec![
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "A    LONGER\nxyz  1\nq    22\n"
+        );
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(millis(12), "12ms");
+        assert_eq!(millis(1_500), "1.5s");
+        assert_eq!(millis(61_000), "1m01s");
+        assert_eq!(millis(3_600_000 * 3 + 60_000), "3h01m");
+        assert_eq!(millis(3_600_000 * 50), "2d02h");
+        assert_eq!(millis(300_000), "5m");
+        assert_eq!(millis(7 * 24 * 3_600_000), "7d");
+    }
+
+    #[test]
+    fn arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "workflow",
+            "--db",
+            "sqlite://x.db",
+            "list",
+            "--status",
+            "failed",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert!(matches!(cli.command, Command::List { ref status, .. } if status == &["failed"]));
+        let cli = Cli::try_parse_from(["workflow", "run", "greet", "{}", "--wait", "--tag", "a=b"])
+            .unwrap();
+        assert!(
+            matches!(cli.command, Command::Run { wait: true, ref tags, .. } if tags == &["a=b"])
+        );
+        assert!(Cli::try_parse_from(["workflow", "frobnicate"]).is_err());
+    }
+}

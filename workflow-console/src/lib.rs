@@ -1,0 +1,262 @@
+//! Dev console and command-line tool for the `workflow` crate: see and steer
+//! every workflow without writing code.
+//!
+//! - A web console: `engine.serve_console("127.0.0.1:8080").await` (with
+//!   [`ConsoleExt`]), or `workflow console --db URL` from the CLI. One
+//!   embedded page (no Node, no CDN: it works offline) over a JSON API:
+//!   instances with status counts, filters and paging that update live;
+//!   one instance's input, output, error, state, step timeline and history,
+//!   with cancel, pause, resume, send-event and re-run; schedules; and the
+//!   recorded workflows with their schemas and a form to start one.
+//! - The `workflow` CLI (binary of this crate): `workflows`, `run`, `list`,
+//!   `show`, `history`, `cancel`, `pause`, `resume`, `send-event`,
+//!   `schedules`, `console`, working on a database URL without the
+//!   workflow code (engines record their definitions in the store).
+//!
+//! Safety: bind a loopback address (the default of the CLI); set a token
+//! ([`Console::token`], `--token`, `WORKFLOW_CONSOLE_TOKEN`) and every API
+//! call must carry it; changes are POST requests with a JSON body and are
+//! refused when the browser says they come from another site.
+//!
+//! ```no_run
+//! # async fn run(engine: workflow_core::Engine) -> Result<(), workflow_console::ConsoleError> {
+//! use workflow_console::ConsoleExt;
+//! let server = engine.console().token("s3cret").bind("127.0.0.1:8080").await?;
+//! println!("console at {}", server.url());
+//! server.wait().await
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, ToSocketAddrs};
+use workflow_core::{CancellationToken, Engine};
+
+mod api;
+pub mod cli;
+mod connect;
+mod page;
+mod schedules;
+
+pub use crate::connect::{connect, ConsoleConnector, DEFAULT_DATABASE_URL};
+pub use crate::schedules::all_schedules;
+
+/// Environment variable the CLI reads the console token from.
+pub const TOKEN_ENV: &str = "WORKFLOW_CONSOLE_TOKEN";
+
+/// Why the console could not be served.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsoleError {
+    /// The address could not be bound or the server failed.
+    #[error("console server: {0}")]
+    Io(#[from] std::io::Error),
+    /// The engine or its store failed.
+    #[error(transparent)]
+    Workflow(#[from] workflow_core::Error),
+}
+
+/// A console over one engine, to configure and then [`bind`](Console::bind)
+/// or turn into a [`Router`](axum::Router) to mount in an application.
+#[derive(Clone)]
+#[must_use]
+pub struct Console {
+    engine: Engine,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("engine", &self.engine)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl Console {
+    /// A console over `engine`, with no token.
+    pub fn new(engine: Engine) -> Self {
+        Console {
+            engine,
+            token: None,
+        }
+    }
+
+    /// Requires this token (`Authorization: Bearer <token>`) on every API
+    /// call. The page asks for it, or takes it once from `?token=` in its
+    /// address (as in [`ConsoleServer::url`]). An empty token means none.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        let token = token.into();
+        self.token = (!token.is_empty()).then_some(token);
+        self
+    }
+
+    /// The console's routes (`/` the page, `/api/..` the API), to serve
+    /// yourself or nest in an application's router (`.nest("/console/", ..)`).
+    /// Unlike [`Console::bind`], it does not check the `Host` header, as it
+    /// cannot know the address it is served on.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state(false))
+    }
+
+    fn state(&self, loopback_hosts: bool) -> api::AppState {
+        api::AppState {
+            engine: self.engine.clone(),
+            token: self.token.as_deref().map(Arc::from),
+            loopback_hosts,
+        }
+    }
+
+    /// Listens on `addr` (port 0 picks a free port) and serves the console
+    /// in the background until the returned server is shut down or dropped.
+    ///
+    /// On a loopback address the console answers only requests addressed to
+    /// a loopback host name (`127.0.0.1`, `localhost`), which keeps web
+    /// pages of other sites from reaching it by pointing their own host
+    /// name at 127.0.0.1. On any other address, set a token: anyone who can
+    /// reach the port could otherwise steer every workflow.
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<ConsoleServer, ConsoleError> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let loopback = local.ip().is_loopback();
+        if !loopback && self.token.is_none() {
+            tracing::warn!(%local, "console listens beyond this machine without a token: anyone who reaches the port can steer workflows");
+        }
+        let app = api::router(self.state(loopback));
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await
+        });
+        let server = ConsoleServer {
+            addr: local,
+            token: self.token,
+            stop,
+            task: Some(task),
+        };
+        // The address only: the URL would put the token in the logs.
+        tracing::info!(addr = %local, token = server.token.is_some(), "workflow console listening");
+        Ok(server)
+    }
+}
+
+/// A console being served; stops when shut down or dropped.
+pub struct ConsoleServer {
+    addr: SocketAddr,
+    token: Option<String>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl std::fmt::Debug for ConsoleServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleServer")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsoleServer {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The page's address, with the token (if any) for the browser to take.
+    pub fn url(&self) -> String {
+        match &self.token {
+            Some(token) => format!("http://{}/?token={}", self.addr, query_escape(token)),
+            None => format!("http://{}/", self.addr),
+        }
+    }
+
+    /// Stops serving; requests in flight finish first.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// A token that stops the server when cancelled, for code that gave the
+    /// server itself to [`ConsoleServer::wait`].
+    pub fn stopper(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Serves until stopped (see [`ConsoleServer::stopper`]) or the server fails.
+    pub async fn wait(mut self) -> Result<(), ConsoleError> {
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok(result) => Ok(result?),
+                Err(join) => Err(ConsoleError::Io(std::io::Error::other(join))),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+/// Percent-encodes everything but unreserved URL characters.
+fn query_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl Drop for ConsoleServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Serves the console of `engine` on `addr` until the server fails. See
+/// [`Console::bind`] for what is checked; use [`Console`] for a token.
+pub async fn serve_console(engine: Engine, addr: impl ToSocketAddrs) -> Result<(), ConsoleError> {
+    Console::new(engine).bind(addr).await?.wait().await
+}
+
+/// `engine.serve_console(addr)` and `engine.console()`. In the facade's
+/// prelude with feature `console`.
+pub trait ConsoleExt {
+    /// Serves the console on `addr` (e.g. `"127.0.0.1:8080"`) until the
+    /// server fails; see [`serve_console`].
+    fn serve_console<A: ToSocketAddrs + Send>(
+        &self,
+        addr: A,
+    ) -> impl Future<Output = Result<(), ConsoleError>> + Send;
+
+    /// A [`Console`] to configure (token) and bind, or mount as a router.
+    fn console(&self) -> Console;
+}
+
+impl ConsoleExt for Engine {
+    fn serve_console<A: ToSocketAddrs + Send>(
+        &self,
+        addr: A,
+    ) -> impl Future<Output = Result<(), ConsoleError>> + Send {
+        serve_console(self.clone(), addr)
+    }
+
+    fn console(&self) -> Console {
+        Console::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_are_escaped_in_the_url() {
+        assert_eq!(super::query_escape("a-b_c.d~9"), "a-b_c.d~9");
+        assert_eq!(super::query_escape("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+}

@@ -1,0 +1,446 @@
+//! The console's JSON API over real HTTP: reads, filters and paging,
+//! changes, and the safety checks (token, host, same-origin, POST + JSON).
+
+mod common;
+
+use common::{fixture, http, wait_status, Response};
+use serde_json::{json, Value};
+use workflow::prelude::*;
+use workflow_console::{Console, ConsoleExt};
+
+const TOKEN: &str = "t0k-3n";
+
+fn auth() -> Vec<(&'static str, &'static str)> {
+    vec![("authorization", "Bearer t0k-3n")]
+}
+
+async fn get(base: &str, path: &str) -> Response {
+    http("GET", &format!("{base}{path}"), &auth(), None).await
+}
+
+async fn post(base: &str, path: &str, body: Value) -> Response {
+    let mut headers = auth();
+    headers.push(("content-type", "application/json"));
+    http(
+        "POST",
+        &format!("{base}{path}"),
+        &headers,
+        Some(&body.to_string()),
+    )
+    .await
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_filters_and_pages() {
+    let f = fixture().await;
+    let server = f
+        .engine
+        .console()
+        .token(TOKEN)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    assert!(server.url().ends_with("/?token=t0k-3n"), "{}", server.url());
+
+    // The token guards every API call; the page itself holds no data.
+    let res = http("GET", &format!("{base}/api/overview"), &[], None).await;
+    assert_eq!(res.status, 401, "{}", res.body);
+    let res = http(
+        "GET",
+        &format!("{base}/api/overview"),
+        &[("authorization", "Bearer wrong")],
+        None,
+    )
+    .await;
+    assert_eq!(res.status, 401);
+    let page = http("GET", &format!("{base}/"), &[], None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("workflow console"));
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let js = http("GET", &format!("{base}/assets/console.js"), &[], None).await;
+    assert_eq!(js.status, 200);
+    assert!(
+        !js.body.contains("innerHTML"),
+        "the page must not put data in as HTML"
+    );
+
+    // Counts by status.
+    let overview = get(&base, "/api/overview").await.json();
+    assert_eq!(overview["counts"]["completed"], 1);
+    assert_eq!(overview["counts"]["failed"], 2);
+    assert_eq!(overview["counts"]["listening"], 1);
+    assert_eq!(overview["counts"]["in_progress"], 1);
+    assert_eq!(overview["total"], 5);
+    assert_eq!(
+        overview["workflows"],
+        json!([
+            "approveExpense",
+            "nightlyCleanup",
+            "processOrder",
+            "slowReport"
+        ])
+    );
+    let one = get(&base, "/api/overview?workflow=slowReport").await.json();
+    assert_eq!(one["total"], 1);
+
+    // Filters.
+    let failed = get(&base, "/api/instances?status=failed").await.json();
+    let mut got = ids(&failed);
+    got.sort();
+    let mut want = vec![f.failed.to_string(), f.xss.to_string()];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(failed["items"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("card declined"));
+    let active = get(&base, "/api/instances?status=listening,in_progress")
+        .await
+        .json();
+    assert_eq!(ids(&active).len(), 2);
+    let slow = get(&base, "/api/instances?workflow=slowReport")
+        .await
+        .json();
+    assert_eq!(ids(&slow), vec![f.running.to_string()]);
+    let tagged = get(&base, "/api/instances?tag=customer=ada").await.json();
+    assert_eq!(ids(&tagged), vec![f.completed.to_string()]);
+    let by_id = get(&base, &format!("/api/instances?q={}", f.failed))
+        .await
+        .json();
+    assert_eq!(ids(&by_id), vec![f.failed.to_string()]);
+    let by_id_wrong_status = get(
+        &base,
+        &format!("/api/instances?q={}&status=completed", f.failed),
+    )
+    .await
+    .json();
+    assert!(ids(&by_id_wrong_status).is_empty());
+    let by_key = get(&base, "/api/instances?q=order-A-1001").await.json();
+    assert_eq!(ids(&by_key), vec![f.completed.to_string()]);
+    let none = get(&base, "/api/instances?q=no-such-thing").await.json();
+    assert!(ids(&none).is_empty());
+    let bad = get(&base, "/api/instances?status=done").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown status `done`"));
+
+    // Paging: newest first, by cursor, every instance exactly once.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    let mut pages = 0;
+    loop {
+        let page = get(&base, &format!("/api/instances?limit=2&after={after}"))
+            .await
+            .json();
+        pages += 1;
+        seen.extend(ids(&page));
+        match page["next"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(pages >= 3);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.reverse();
+    assert_eq!(seen, sorted, "newest first");
+
+    // One instance, with steps and history.
+    let detail = get(&base, &format!("/api/instances/{}", f.completed))
+        .await
+        .json();
+    assert_eq!(detail["instance"]["status"], "completed");
+    assert_eq!(detail["instance"]["input"]["order_id"], "A-1001");
+    assert_eq!(detail["instance"]["output"]["total_cents"], 4200);
+    assert_eq!(detail["instance"]["state"]["reserved"], true);
+    let steps: Vec<&str> = detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["reserve-stock", "charge-payment"]);
+    let kinds: Vec<&str> = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"created"));
+    assert_eq!(kinds.last(), Some(&"completed"));
+    let missing = get(&base, "/api/instances/nope").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("not found"));
+
+    // Definitions with schemas, and schedules.
+    let workflows = get(&base, "/api/workflows").await.json();
+    let entries = workflows["workflows"].as_array().unwrap();
+    assert_eq!(entries.len(), 4);
+    let order = entries
+        .iter()
+        .find(|w| w["definition"]["name"] == "processOrder")
+        .unwrap();
+    assert_eq!(order["counts"]["failed"], 2);
+    assert_eq!(order["registered_here"], true);
+    assert!(order["definition"]["input_schema"]["properties"]["order_id"].is_object());
+    let schedules = get(&base, "/api/schedules").await.json();
+    assert_eq!(schedules["schedules"][0]["workflow"], "nightlyCleanup");
+    assert_eq!(schedules["schedules"][0]["timezone"], "Europe/Paris");
+    assert!(schedules["schedules"][0]["next_fire"].is_string());
+
+    // DNS rebinding: a request for another host name is refused.
+    let mut headers = auth();
+    headers.push(("host", "evil.example:80"));
+    let res = http("GET", &format!("{base}/api/overview"), &headers, None).await;
+    assert_eq!(res.status, 403, "{}", res.body);
+    let res = http(
+        "GET",
+        &format!("{base}/"),
+        &[("host", "evil.example")],
+        None,
+    )
+    .await;
+    assert_eq!(res.status, 403);
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_checked_and_applied() {
+    let f = fixture().await;
+    let server = f
+        .engine
+        .console()
+        .token(TOKEN)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let cancel_url = format!("{base}/api/instances/{}/cancel", f.running);
+
+    // What a cross-site page could send is refused, and nothing changes.
+    let res = http("POST", &cancel_url, &auth(), Some("{}")).await;
+    assert_eq!(res.status, 415, "no JSON content type: {}", res.body);
+    let mut form = auth();
+    form.push(("content-type", "application/x-www-form-urlencoded"));
+    assert_eq!(
+        http("POST", &cancel_url, &form, Some("a=b")).await.status,
+        415
+    );
+    let mut cross = auth();
+    cross.push(("content-type", "application/json"));
+    cross.push(("origin", "http://evil.example"));
+    let res = http("POST", &cancel_url, &cross, Some("{}")).await;
+    assert_eq!(res.status, 403, "{}", res.body);
+    let mut cross = auth();
+    cross.push(("content-type", "application/json"));
+    cross.push(("sec-fetch-site", "cross-site"));
+    assert_eq!(
+        http("POST", &cancel_url, &cross, Some("{}")).await.status,
+        403
+    );
+    let res = http("GET", &cancel_url, &auth(), None).await;
+    assert_eq!(res.status, 405, "changes are POST only");
+    let mut no_token = vec![("content-type", "application/json")];
+    no_token.push(("origin", "http://127.0.0.1"));
+    assert_eq!(
+        http("POST", &cancel_url, &no_token, Some("{}"))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        f.engine.instance(&f.running).await.unwrap().status,
+        Status::InProgress
+    );
+
+    // A same-origin request from the page (Origin matches Host) goes through.
+    let mut same = auth();
+    same.push(("content-type", "application/json"));
+    let origin = format!("http://{}", server.local_addr());
+    same.push(("origin", &origin));
+    same.push(("sec-fetch-site", "same-origin"));
+    let res = http("POST", &cancel_url, &same, Some("{}")).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    wait_status(&f.engine, &f.running, Status::Cancelled).await;
+    let again = post(
+        &base,
+        &format!("/api/instances/{}/cancel", f.running),
+        json!({}),
+    )
+    .await;
+    assert_eq!(again.status, 409);
+    assert!(again.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("already ended cancelled"));
+
+    // Pause, resume, send an event: the waiting instance completes.
+    let listening = f.listening.to_string();
+    let rerun_active = post(
+        &base,
+        &format!("/api/instances/{listening}/rerun"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(rerun_active.status, 409, "{}", rerun_active.body);
+    let res = post(
+        &base,
+        &format!("/api/instances/{listening}/pause"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    wait_status(&f.engine, &f.listening, Status::Paused).await;
+    let res = post(
+        &base,
+        &format!("/api/instances/{listening}/resume"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let res = post(
+        &base,
+        &format!("/api/instances/{listening}/events"),
+        json!({ "name": "" }),
+    )
+    .await;
+    assert_eq!(res.status, 400);
+    let res = post(
+        &base,
+        &format!("/api/instances/{listening}/events"),
+        json!({ "name": "approval", "payload": { "approved": true } }),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    wait_status(&f.engine, &f.listening, Status::Completed).await;
+    let info = f.engine.instance(&f.listening).await.unwrap();
+    assert_eq!(info.output, Some(json!("15000 cents approved: true")));
+
+    // Re-run a failed instance: same input and tags, new id.
+    let res = post(
+        &base,
+        &format!("/api/instances/{}/rerun", f.failed),
+        json!({}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let new = InstanceId::from(res.json()["id"].as_str().unwrap());
+    assert_ne!(new, f.failed);
+    wait_status(&f.engine, &new, Status::Failed).await;
+    let old = f.engine.instance(&f.failed).await.unwrap();
+    let rerun = f.engine.instance(&new).await.unwrap();
+    assert_eq!(rerun.input, old.input);
+    assert_eq!(rerun.tags["customer"], "bob");
+    assert_eq!(rerun.tags["rerun_of"], f.failed.to_string());
+
+    // Start from JSON: violations come back as a list with paths.
+    let res = post(
+        &base,
+        "/api/workflows/processOrder/start",
+        json!({ "input": { "order_id": 5 } }),
+    )
+    .await;
+    assert_eq!(res.status, 422, "{}", res.body);
+    let body = res.json();
+    let violations = body["violations"].as_array().unwrap();
+    assert!(
+        violations.iter().any(|v| v["path"] == "/order_id"),
+        "{violations:?}"
+    );
+    assert!(
+        violations
+            .iter()
+            .any(|v| v["message"].as_str().unwrap().contains("amount_cents")),
+        "{violations:?}"
+    );
+    let res = post(
+        &base,
+        "/api/workflows/processOrder/start",
+        json!({ "input": { "order_id": "Z-9", "amount_cents": 77 }, "key": "from-console", "tags": { "via": "api" }, "timeout": "1h" }),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+    let started = InstanceId::from(res.json()["id"].as_str().unwrap());
+    wait_status(&f.engine, &started, Status::Completed).await;
+    let info = f.engine.instance(&started).await.unwrap();
+    assert_eq!(info.key.as_deref(), Some("from-console"));
+    assert_eq!(info.tags["via"], "api");
+    let res = post(&base, "/api/workflows/nope/start", json!({ "input": {} })).await;
+    assert_eq!(res.status, 404);
+    let res = post(&base, "/api/workflows/processOrder/start", json!([1])).await;
+    assert_eq!(res.status, 400);
+    server.shutdown();
+}
+
+/// A console over a pure client (no workflow code, as `workflow console`
+/// runs it) reads the recorded definitions and schedules, and what it
+/// starts runs on the engine that has the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pure_client_console_steers_another_engine() {
+    let f = fixture().await;
+    let client = workflow_console::connect(&f.url).await.unwrap();
+    assert!(client.workflows().is_empty());
+    let server = Console::new(client).bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let no_token = |path: &str| {
+        let url = format!("{base}{path}");
+        async move { http("GET", &url, &[], None).await }
+    };
+    let workflows = no_token("/api/workflows").await.json();
+    let names: Vec<&str> = workflows["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["definition"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "approveExpense",
+            "nightlyCleanup",
+            "processOrder",
+            "slowReport"
+        ]
+    );
+    assert_eq!(workflows["workflows"][0]["registered_here"], false);
+    let schedules = no_token("/api/schedules").await.json();
+    assert_eq!(schedules["schedules"][0]["workflow"], "nightlyCleanup");
+    assert_eq!(schedules["schedules"][0]["expression"], "0 3 * * *");
+    assert!(schedules["schedules"][0]["next_fire"].is_string());
+
+    let res = http(
+        "POST",
+        &format!("{base}/api/workflows/processOrder/start"),
+        &[("content-type", "application/json")],
+        Some(r#"{"input": {"order_id": "P-1", "amount_cents": 3}}"#),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+    let id = InstanceId::from(res.json()["id"].as_str().unwrap());
+    wait_status(&f.engine, &id, Status::Completed).await;
+    let res = http(
+        "POST",
+        &format!("{base}/api/workflows/processOrder/start"),
+        &[("content-type", "application/json")],
+        Some(r#"{"input": {"order_id": "P-2"}}"#),
+    )
+    .await;
+    assert_eq!(res.status, 422, "checked against the recorded schema");
+}

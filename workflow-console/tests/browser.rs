@@ -1,0 +1,428 @@
+//! The console in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver speaks JSON over HTTP). Opens the list, filters to failed,
+//! opens an instance whose values are HTML/script (they must show as text),
+//! goes back, opens the running one, cancels it and sees it cancelled.
+//! Screenshots go to `target/console-screenshots/`.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
+//! them); without them the test says it is skipped and passes.
+
+mod common;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{fixture, http, XSS_KEY, XSS_ORDER, XSS_TAG};
+use serde_json::{json, Value};
+use workflow::prelude::*;
+use workflow_console::ConsoleExt;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A chromedriver process and one browser session.
+struct Browser {
+    base: String,
+    session: String,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start(chromedriver: &Path) -> Browser {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        loop {
+            let listening = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok();
+            if listening
+                && http("GET", &format!("{base}/status"), &[], None)
+                    .await
+                    .json()["value"]["ready"]
+                    == true
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "chromedriver did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-quic".to_owned(),
+            "--no-first-run".to_owned(),
+            "--disable-background-networking".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--disable-sync".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--window-size=1360,900".to_owned(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let caps = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+        }}});
+        let res = http(
+            "POST",
+            &format!("{base}/session"),
+            &[("content-type", "application/json")],
+            Some(&caps.to_string()),
+        )
+        .await;
+        assert_eq!(res.status, 200, "new session: {}", res.body);
+        let session = res.json()["value"]["sessionId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        Browser {
+            base,
+            session,
+            driver,
+            _profile: profile,
+        }
+    }
+
+    async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let body = body.map(|b| b.to_string());
+        let res = http(
+            method,
+            &url,
+            &[("content-type", "application/json")],
+            body.as_deref(),
+        )
+        .await;
+        let value = res.json()["value"].clone();
+        assert_eq!(res.status, 200, "{method} {path}: {value}");
+        value
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({ "url": url }))).await;
+    }
+
+    async fn js(&self, script: &str, args: Value) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
+    }
+
+    async fn find_all(&self, css: &str) -> Vec<String> {
+        self.cmd(
+            "POST",
+            "/elements",
+            Some(json!({ "using": "css selector", "value": css })),
+        )
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[ELEMENT].as_str().unwrap().to_owned())
+        .collect()
+    }
+
+    /// Waits for an element matching `css` and clicks it.
+    async fn click(&self, css: &str) {
+        let el = wait_for(&format!("element `{css}`"), || async {
+            self.find_all(css).await.into_iter().next()
+        })
+        .await;
+        self.cmd("POST", &format!("/element/{el}/click"), Some(json!({})))
+            .await;
+    }
+
+    /// Saves a PNG of the whole page (the window grows to fit, up to 2400 px).
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let height = self
+            .js(
+                "return Math.min(2400, Math.max(900, document.documentElement.scrollHeight + 100));",
+                json!([]),
+            )
+            .await;
+        self.resize(height.as_u64().unwrap_or(900)).await;
+        let png = self.cmd("GET", "/screenshot", None).await;
+        self.resize(900).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .unwrap()
+            .join("console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, bytes).unwrap();
+        println!("screenshot: {}", path.display());
+        path
+    }
+
+    async fn resize(&self, height: u64) {
+        self.cmd(
+            "POST",
+            "/window/rect",
+            Some(json!({ "width": 1360, "height": height })),
+        )
+        .await;
+    }
+
+    /// Fails the test if anything from the database became markup or ran.
+    async fn assert_no_injection(&self) {
+        let found = self
+            .js(
+                "return { xss: window.__xss === undefined ? null : window.__xss,
+                          injected: document.querySelectorAll('img, [onerror], [onmouseover], script:not([src])').length };",
+                json!([]),
+            )
+            .await;
+        assert_eq!(
+            found,
+            json!({ "xss": null, "injected": 0 }),
+            "injected markup"
+        );
+    }
+
+    async fn text_shown(&self, text: &str) -> bool {
+        self.js(
+            "return document.body.textContent.includes(arguments[0]);",
+            json!([text]),
+        )
+        .await
+            == true
+    }
+
+    async fn close(mut self) {
+        let _ = http(
+            "DELETE",
+            &format!("{}/session/{}", self.base, self.session),
+            &[],
+            None,
+        )
+        .await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test after 15 s.
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The statuses of the rows on screen.
+async fn row_statuses(b: &Browser) -> Vec<String> {
+    let value = b
+        .js(
+            "return [...document.querySelectorAll('tr[data-id]')].map(r => r.dataset.status);",
+            json!([]),
+        )
+        .await;
+    serde_json::from_value(value).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_real_browser() {
+    let chromedriver = find_program("chromedriver");
+    let (true, Some(chromedriver)) = (Path::new(CHROMIUM).exists(), chromedriver) else {
+        println!("skipped: chromium not found (install Debian's `chromium` and `chromium-driver`)");
+        return;
+    };
+    let f = fixture().await;
+    let server = f
+        .engine
+        .console()
+        .token("browser-token")
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let b = Browser::start(&chromedriver).await;
+
+    // The list: every instance, with counts.
+    b.goto(&server.url()).await;
+    wait_for("five rows", || async {
+        (row_statuses(&b).await.len() == 5).then_some(())
+    })
+    .await;
+    let url = b.js("return location.href;", json!([])).await;
+    assert!(
+        !url.as_str().unwrap().contains("token="),
+        "the token leaves the address bar: {url}"
+    );
+    b.assert_no_injection().await;
+    assert!(b.text_shown(XSS_KEY).await, "the key shows as text");
+
+    // Filter to failed.
+    b.click("button[data-status=failed]").await;
+    wait_for("only failed rows", || async {
+        let statuses = row_statuses(&b).await;
+        (statuses.len() == 2 && statuses.iter().all(|s| s == "failed")).then_some(())
+    })
+    .await;
+    b.screenshot("list-failed").await;
+
+    // Open the failed instance whose input, key, tags and error are HTML.
+    b.click(&format!("tr[data-id='{}']", f.xss)).await;
+    wait_for("the instance page", || async {
+        b.text_shown("card declined").await.then_some(())
+    })
+    .await;
+    b.assert_no_injection().await;
+    for text in [XSS_KEY, XSS_TAG] {
+        assert!(b.text_shown(text).await, "shown as text: {text}");
+    }
+    let key = b
+        .js(
+            "return document.querySelector('[data-testid=key]').textContent;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(key, json!(XSS_KEY));
+    let input = b
+        .js(
+            "return document.querySelector('[data-testid=input] pre').textContent;",
+            json!([]),
+        )
+        .await;
+    let input: Value = serde_json::from_str(input.as_str().unwrap()).unwrap();
+    assert_eq!(input["order_id"], XSS_ORDER, "the input JSON, verbatim");
+    let steps = b
+        .js(
+            "return [...document.querySelectorAll('[data-step]')].map(s => s.dataset.step);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(steps, json!(["reserve-stock", "charge-payment"]));
+    b.screenshot("instance-failed").await;
+
+    // Back to the filtered list, then to everything.
+    b.js("history.back();", json!([])).await;
+    wait_for("the failed list again", || async {
+        let statuses = row_statuses(&b).await;
+        (statuses.len() == 2).then_some(())
+    })
+    .await;
+    b.click("button[data-status=all]").await;
+    wait_for("all rows", || async {
+        (row_statuses(&b).await.len() == 5).then_some(())
+    })
+    .await;
+    b.screenshot("list").await;
+
+    // Open the running one and cancel it.
+    b.click(&format!("tr[data-id='{}']", f.running)).await;
+    b.click(".title [data-status-badge=in_progress]").await;
+    b.click("button[data-action=cancel]").await;
+    b.click("[data-testid=dialog-confirm]").await;
+    wait_for("the cancelled badge", || async {
+        let found = b.find_all(".title [data-status-badge=cancelled]").await;
+        (!found.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        f.engine.instance(&f.running).await.unwrap().status,
+        Status::Cancelled
+    );
+    assert!(
+        b.find_all("button[data-action=cancel]").await.is_empty(),
+        "no cancel button on an ended instance"
+    );
+    b.screenshot("instance-cancelled").await;
+
+    // The other pages render.
+    b.goto(&format!("http://{}/#/workflows", server.local_addr()))
+        .await;
+    wait_for("workflow cards", || async {
+        (b.find_all("section[data-workflow]").await.len() == 4).then_some(())
+    })
+    .await;
+    b.screenshot("workflows").await;
+
+    // Starting from the form: violations show inline, a good input starts one.
+    let form = "section[data-workflow=processOrder]";
+    b.js(
+        "document.querySelector(arguments[0] + ' [data-testid=start-input]').value = arguments[1];",
+        json!([form, r#"{"order_id": 5}"#]),
+    )
+    .await;
+    b.click(&format!("{form} [data-testid=start]")).await;
+    let shown = wait_for("inline violations", || async {
+        let text = b
+            .js(
+                "const v = document.querySelector(arguments[0] + ' [data-testid=violations]'); return v && v.textContent;",
+                json!([form]),
+            )
+            .await;
+        text.as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(shown.contains("/order_id"), "{shown}");
+    assert!(shown.contains("amount_cents"), "{shown}");
+    b.js(
+        "document.querySelector(arguments[0] + ' [data-testid=start-input]').value = arguments[1];",
+        json!([form, r#"{"order_id": "W-1", "amount_cents": 10}"#]),
+    )
+    .await;
+    b.click(&format!("{form} [data-testid=start]")).await;
+    b.click(&format!("{form} .ok a")).await;
+    wait_for("the started instance, completed", || async {
+        let found = b.find_all(".title [data-status-badge=completed]").await;
+        (!found.is_empty()).then_some(())
+    })
+    .await;
+    assert!(b.text_shown("rcpt-W-1").await);
+    b.goto(&format!("http://{}/#/schedules", server.local_addr()))
+        .await;
+    wait_for("the schedule row", || async {
+        (!b.find_all("tr[data-workflow=nightlyCleanup]")
+            .await
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    b.screenshot("schedules").await;
+    b.close().await;
+    server.shutdown();
+}

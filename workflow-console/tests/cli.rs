@@ -1,0 +1,301 @@
+//! The `workflow` binary against a database that an engine in this test
+//! process (which has the workflow code) is running: the CLI has no
+//! workflow code, only the URL.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::{fixture, http, wait_status};
+use serde_json::Value;
+use workflow::prelude::*;
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `workflow --db URL ARGS..` on a blocking thread (the engine's
+/// worker keeps running on the runtime meanwhile).
+async fn cli(url: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_workflow"));
+    command
+        .env_remove("WORKFLOW_DATABASE_URL")
+        .env_remove("WORKFLOW_CONSOLE_TOKEN")
+        .arg("--db")
+        .arg(url)
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn json(out: &Output) -> Value {
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_without_the_workflow_code() {
+    let f = fixture().await;
+    let url = f.url.as_str();
+
+    let out = cli(url, &["workflows"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for name in [
+        "approveExpense",
+        "nightlyCleanup",
+        "processOrder",
+        "slowReport",
+    ] {
+        assert!(out.stdout.contains(name), "{}", out.stdout);
+    }
+    assert!(
+        out.stdout.contains("0 3 * * * (Europe/Paris)"),
+        "{}",
+        out.stdout
+    );
+    let out = cli(url, &["workflows", "processOrder"]).await;
+    assert!(out.stdout.contains("input schema:"), "{}", out.stdout);
+    assert!(out.stdout.contains("\"amount_cents\""), "{}", out.stdout);
+    assert!(out.stdout.contains("timeout:  10m"), "{}", out.stdout);
+    let defs = json(&cli(url, &["workflows", "--json"]).await);
+    assert_eq!(defs.as_array().unwrap().len(), 4);
+    let out = cli(url, &["workflows", "nope"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("`nope`"), "{}", out.stderr);
+
+    // List: a table by default, JSON with --json, filters.
+    let out = cli(url, &["list"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("ID "), "{}", out.stdout);
+    assert_eq!(lines.len(), 6, "header and five rows: {}", out.stdout);
+    let failed = json(&cli(url, &["list", "--status", "failed", "--json"]).await);
+    let items = failed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|i| i["status"] == "failed"));
+    let some = json(
+        &cli(
+            url,
+            &[
+                "list",
+                "-s",
+                "listening",
+                "-s",
+                "in_progress,completed",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(some["items"].as_array().unwrap().len(), 3);
+    let keyed = json(&cli(url, &["list", "--key", "long-running", "--json"]).await);
+    assert_eq!(keyed["items"][0]["id"], f.running.to_string());
+    let tagged = json(&cli(url, &["list", "--tag", "customer=bob", "--json"]).await);
+    assert_eq!(tagged["items"][0]["id"], f.failed.to_string());
+    let paged = cli(url, &["list", "--limit", "2"]).await;
+    assert!(paged.stdout.contains("more: --after "), "{}", paged.stdout);
+    let out = cli(url, &["list", "--status", "done"]).await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("unknown status `done`"),
+        "{}",
+        out.stderr
+    );
+
+    // One instance and its history.
+    let out = cli(url, &["show", f.failed.as_str()]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("status:   failed"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("card declined for order bad-2002"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("charge-payment"), "{}", out.stdout);
+    let shown = json(&cli(url, &["show", f.completed.as_str(), "--json"]).await);
+    assert_eq!(shown["instance"]["output"]["receipt"], "rcpt-A-1001");
+    let history = json(&cli(url, &["history", f.completed.as_str(), "--json"]).await);
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"created"));
+    assert_eq!(kinds.last(), Some(&"completed"));
+    let out = cli(url, &["history", f.completed.as_str()]).await;
+    assert!(out.stdout.starts_with("SEQ "), "{}", out.stdout);
+    let out = cli(url, &["show", "no-such-id"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("not found"), "{}", out.stderr);
+
+    // Schedules of workflows the CLI has no code for, from the definitions.
+    let out = cli(url, &["schedules"]).await;
+    assert!(out.stdout.contains("nightlyCleanup"), "{}", out.stdout);
+    assert!(out.stdout.contains("Europe/Paris"), "{}", out.stdout);
+    let schedules = json(&cli(url, &["schedules", "--json"]).await);
+    assert!(schedules[0]["next_fire"].is_string());
+
+    // A database that is not there is an error, not a new empty file.
+    let missing = format!("sqlite://{}", f.dir.path().join("typo.db").display());
+    let out = cli(&missing, &["list"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("no database at"), "{}", out.stderr);
+    assert!(!f.dir.path().join("typo.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_and_steers_for_a_running_engine() {
+    let f = fixture().await;
+    let url = f.url.as_str();
+
+    // run --wait: checked against the recorded schema, run by the engine.
+    let out = cli(
+        url,
+        &[
+            "run",
+            "processOrder",
+            r#"{"order_id": "C-7", "amount_cents": 700}"#,
+            "--wait",
+            "--json",
+            "--key",
+            "cli-order",
+            "--tag",
+            "via=cli",
+        ],
+    )
+    .await;
+    let info = json(&out);
+    assert_eq!(info["status"], "completed");
+    assert_eq!(info["output"]["receipt"], "rcpt-C-7");
+    assert_eq!(info["key"], "cli-order");
+    assert_eq!(info["tags"]["via"], "cli");
+    let out = cli(
+        url,
+        &[
+            "run",
+            "processOrder",
+            r#"{"order_id": "bad-9", "amount_cents": 1}"#,
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 1, "the instance failed: {}", out.stdout);
+    assert!(out.stdout.contains("failed"), "{}", out.stdout);
+    let out = cli(url, &["run", "processOrder", r#"{"order_id": 7}"#]).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("/order_id"), "{}", out.stderr);
+    assert!(out.stderr.contains("amount_cents"), "{}", out.stderr);
+    let out = cli(url, &["run", "processOrder", "{not json"]).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("not valid JSON"), "{}", out.stderr);
+    let started = json(&cli(url, &["run", "slowReport", r#"{"days": 1}"#, "--json"]).await);
+    let slow = InstanceId::from(started["id"].as_str().unwrap());
+    wait_status(&f.engine, &slow, Status::InProgress).await;
+
+    // Pause, resume and an event for the waiting instance.
+    let id = f.listening.as_str();
+    let out = cli(url, &["pause", id]).await;
+    assert_eq!(out.stdout.trim(), format!("paused {id}"), "{}", out.stderr);
+    wait_status(&f.engine, &f.listening, Status::Paused).await;
+    let out = cli(url, &["resume", id]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = cli(
+        url,
+        &["send-event", id, "approval", r#"{"approved": false}"#],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    wait_status(&f.engine, &f.listening, Status::Completed).await;
+    assert_eq!(
+        f.engine.instance(&f.listening).await.unwrap().output,
+        Some(serde_json::json!("15000 cents approved: false"))
+    );
+
+    // Cancel, twice.
+    let out = cli(url, &["cancel", slow.as_str()]).await;
+    assert_eq!(
+        out.stdout.trim(),
+        format!("cancelled {slow}"),
+        "{}",
+        out.stderr
+    );
+    wait_status(&f.engine, &slow, Status::Cancelled).await;
+    let out = cli(url, &["cancel", slow.as_str()]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("already ended cancelled"),
+        "{}",
+        out.stderr
+    );
+
+    // Re-run a failed instance.
+    let rerun = json(&cli(url, &["rerun", f.failed.as_str(), "--json"]).await);
+    let new = InstanceId::from(rerun["id"].as_str().unwrap());
+    wait_status(&f.engine, &new, Status::Failed).await;
+    assert_eq!(
+        f.engine.instance(&new).await.unwrap().tags["rerun_of"],
+        f.failed.to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_command_serves_the_page() {
+    let f = fixture().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_workflow"))
+        .args([
+            "--db",
+            &f.url,
+            "console",
+            "--addr",
+            "127.0.0.1:0",
+            "--token",
+            "cli-secret",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    assert!(url.ends_with("/?token=cli-secret"), "{url}");
+    let base = url.trim_end_matches("/?token=cli-secret");
+    let page = http("GET", &format!("{base}/"), &[], None).await;
+    assert_eq!(page.status, 200);
+    let denied = http("GET", &format!("{base}/api/overview"), &[], None).await;
+    assert_eq!(denied.status, 401);
+    let overview = http(
+        "GET",
+        &format!("{base}/api/overview"),
+        &[("authorization", "Bearer cli-secret")],
+        None,
+    )
+    .await;
+    assert_eq!(overview.json()["total"], 5);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

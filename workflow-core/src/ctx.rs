@@ -1,0 +1,496 @@
+//! `Ctx`: what a running handler uses to make durable steps and keep state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::{error_chain, BoxError, Error, Interrupt, Result, StoreError};
+use crate::id::InstanceId;
+use crate::step::{panic_message, StepOptions};
+use crate::store::{now_millis, Lease, StepRow, Store};
+
+/// The handle a workflow handler gets: durable steps, persisted state, identity.
+///
+/// `S` is the workflow's state type (default `()`): it starts from
+/// `S::default()`, is changed through [`Ctx::state_mut`], and is persisted
+/// with the next step. Cloning a `Ctx` is cheap; clones share everything.
+pub struct Ctx<S = ()> {
+    inner: Arc<CtxInner<S>>,
+}
+
+impl<S> Clone for Ctx<S> {
+    fn clone(&self) -> Self {
+        Ctx {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct CtxInner<S> {
+    run: Arc<RunShared>,
+    state: Mutex<S>,
+    /// Set by `state_mut`, cleared when a step persists the state: steps that
+    /// leave the state alone do not write a snapshot.
+    state_dirty: AtomicBool,
+}
+
+/// What the engine and the handler share about one run of one instance.
+pub(crate) struct RunShared {
+    pub id: InstanceId,
+    pub workflow: &'static str,
+    pub tags: BTreeMap<String, String>,
+    pub store: Arc<dyn Store>,
+    pub lease: Lease,
+    pub default_step: StepOptions,
+    /// Fired to stop the handler at its next await point.
+    pub stop: CancellationToken,
+    /// The deadline; moved by `set_timeout` here or, via the heartbeat, elsewhere.
+    pub deadline: tokio::sync::watch::Sender<Option<crate::store::Millis>>,
+    /// Why the handler was stopped, with what the worker needs to settle it.
+    pub interrupt: Mutex<Option<(Interrupt, Settlement)>>,
+    journal: Mutex<Journal>,
+    /// A pause was asked for: stop before the next step.
+    pause: AtomicBool,
+    /// The step backing off when the instance was suspended, and its failed attempts.
+    pub retry: Option<(String, u32)>,
+    /// Waits longer than this suspend the instance instead of sleeping in memory.
+    pub suspend_after: std::time::Duration,
+    /// The engine, to start children and wake workers.
+    pub engine: crate::engine::Engine,
+}
+
+/// What the worker does with an interrupted run, besides stopping it.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Settlement {
+    /// Nothing more than the interrupt says.
+    #[default]
+    Plain,
+    /// `ctx.complete`'s output JSON.
+    Output(String),
+    /// Give the worker back until the instance is due again.
+    Suspend(crate::store::Suspend),
+}
+
+struct Journal {
+    recorded: HashMap<String, StepRow>,
+    /// Uses of each step name so far in this run, for `name#n` keys.
+    seen: HashMap<String, u32>,
+}
+
+impl RunShared {
+    pub(crate) fn new(
+        engine: crate::engine::Engine,
+        row: &crate::store::InstanceRow,
+        workflow: &'static str,
+        lease: Lease,
+        default_step: StepOptions,
+        steps: Vec<StepRow>,
+    ) -> Self {
+        let recorded = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
+        RunShared {
+            id: row.id.clone(),
+            workflow,
+            tags: row.tags.clone(),
+            store: Arc::clone(engine.store()),
+            lease,
+            default_step,
+            pause: AtomicBool::new(row.pause_requested),
+            retry: row.retry.clone(),
+            suspend_after: engine.inner.config.suspend_after,
+            engine,
+            stop: CancellationToken::new(),
+            deadline: tokio::sync::watch::Sender::new(row.deadline_at),
+            interrupt: Mutex::new(None),
+            journal: Mutex::new(Journal {
+                recorded,
+                seen: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Stops the handler; the first reason given wins.
+    pub(crate) fn interrupt(&self, why: Interrupt, settlement: Settlement) {
+        let mut slot = lock(&self.interrupt);
+        if slot.is_none() {
+            *slot = Some((why, settlement));
+        }
+        drop(slot);
+        self.stop.cancel();
+    }
+
+    /// Asks the handler to pause before its next step (or withdraws that).
+    pub(crate) fn request_pause(&self, pause: bool) {
+        self.pause.store(pause, Ordering::Release);
+    }
+
+    pub(crate) fn pause_requested(&self) -> bool {
+        self.pause.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn interrupted(&self) -> Option<Interrupt> {
+        lock(&self.interrupt).as_ref().map(|(why, _)| why.clone())
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.interrupted() {
+            Some(why) => Err(Error::Interrupted(why)),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn next_key(&self, name: &str) -> (String, Option<StepRow>) {
+        let mut journal = lock(&self.journal);
+        let n = journal.seen.entry(name.to_owned()).or_insert(0);
+        let key = if *n == 0 {
+            name.to_owned()
+        } else {
+            format!("{name}#{n}")
+        };
+        *n += 1;
+        let recorded = journal.recorded.get(&key).cloned();
+        (key, recorded)
+    }
+
+    pub(crate) fn recorded(&self, key: &str) -> Option<StepRow> {
+        lock(&self.journal).recorded.get(key).cloned()
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: the data behind these locks stays
+/// consistent even if a panic unwound through a holder.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<S> Ctx<S>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    pub(crate) fn run(&self) -> &Arc<RunShared> {
+        &self.inner.run
+    }
+
+    pub(crate) fn new(run: Arc<RunShared>, state: S) -> Self {
+        Ctx {
+            inner: Arc::new(CtxInner {
+                run,
+                state: Mutex::new(state),
+                state_dirty: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// This instance's id.
+    pub fn id(&self) -> &InstanceId {
+        &self.inner.run.id
+    }
+
+    /// The workflow's registered name.
+    pub fn name(&self) -> &'static str {
+        self.inner.run.workflow
+    }
+
+    /// The tags the instance was started with.
+    pub fn tags(&self) -> &BTreeMap<String, String> {
+        &self.inner.run.tags
+    }
+
+    /// How many times a worker has picked this instance up: 1 on a first run,
+    /// more after a crash or restart (steps already recorded are replayed).
+    pub fn run_number(&self) -> i64 {
+        self.inner.run.lease.run
+    }
+
+    /// Fires when the handler must stop: cancelled, timed out, suspended to
+    /// wait, paused, lease lost, engine shutting down. Long-running code
+    /// inside a step can select on it.
+    pub fn signal(&self) -> CancellationToken {
+        self.inner.run.stop.clone()
+    }
+
+    /// The persisted state, for reading. Do not hold the guard across an `.await`.
+    pub fn state(&self) -> MutexGuard<'_, S> {
+        lock(&self.inner.state)
+    }
+
+    /// The persisted state, for changing; the change is saved with the next
+    /// step. Do not hold the guard across an `.await`.
+    pub fn state_mut(&self) -> MutexGuard<'_, S> {
+        self.inner.state_dirty.store(true, Ordering::Release);
+        lock(&self.inner.state)
+    }
+
+    /// Runs `f` as a durable step named `name`, with the workflow's default
+    /// retry policy. See [`Ctx::step_with`].
+    pub async fn step<T, E, F, Fut>(&self, name: &str, f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = std::result::Result<T, E>> + Send,
+    {
+        self.step_with(name, self.inner.run.default_step, f).await
+    }
+
+    /// Runs `f` as a durable step.
+    ///
+    /// If this step already has a recorded result (the instance is being
+    /// replayed after a restart), returns it without calling `f`. Otherwise
+    /// calls `f` up to `opts.max_attempts` times until it returns `Ok`, then
+    /// records the result, the state (if changed) and a history event in one
+    /// transaction before returning. A panic inside `f` counts as a failed
+    /// attempt. The n-th use of the same `name` in one run gets key `name#n`.
+    pub async fn step_with<T, E, F, Fut>(&self, name: &str, opts: StepOptions, f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = std::result::Result<T, E>> + Send,
+    {
+        let run = &self.inner.run;
+        run.check()?;
+        let (key, recorded) = run.next_key(name);
+        match recorded {
+            Some(step) => self.replay(step),
+            None => self.step_keyed(key, opts, f).await,
+        }
+    }
+
+    /// Runs a step under an exact key, replaying it if recorded.
+    pub(crate) async fn step_keyed<T, E, F, Fut>(
+        &self,
+        key: String,
+        opts: StepOptions,
+        mut f: F,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = std::result::Result<T, E>> + Send,
+    {
+        let run = &self.inner.run;
+        run.check()?;
+        if let Some(step) = run.recorded(&key) {
+            return self.replay(step);
+        }
+        if run.pause_requested() {
+            return Err(self.suspend(crate::store::Suspend {
+                status: crate::Status::Pending,
+                run_at: now_millis(),
+                wait_event: None,
+                wait_child: None,
+                retry: None,
+                state: self.dirty_state()?,
+                reason: format!("paused before step `{key}`"),
+                at: now_millis(),
+            }));
+        }
+        let span = tracing::debug_span!("step", step = %key);
+        async {
+            let started_at = now_millis();
+            // After a suspension for a long backoff, count on from the attempts made.
+            let mut attempt = match &run.retry {
+                Some((retry_key, failed)) if *retry_key == key => *failed,
+                _ => 0,
+            };
+            loop {
+                attempt += 1;
+                run.check()?;
+                let outcome = AssertUnwindSafe(async { f().await }).catch_unwind().await;
+                let (message, retryable) = match outcome {
+                    Ok(Ok(value)) => {
+                        let output =
+                            serde_json::to_string(&value).map_err(|source| Error::Json {
+                                context: format!(
+                                    "output of step `{key}` of workflow `{}`",
+                                    run.workflow
+                                ),
+                                source,
+                            })?;
+                        let step = StepRow {
+                            key: key.clone(),
+                            output: Some(output),
+                            error: None,
+                            state: self.dirty_state()?,
+                            attempts: attempt,
+                            started_at,
+                            finished_at: now_millis(),
+                        };
+                        self.commit(step.clone()).await?;
+                        tracing::debug!(attempts = attempt, "step recorded");
+                        // Return what a replay would return, so the first run
+                        // and every replay see the same value.
+                        return self.replay(step);
+                    }
+                    Ok(Err(err)) => {
+                        let err: BoxError = err.into();
+                        if let Some(Error::Interrupted(why)) = err.downcast_ref::<Error>() {
+                            return Err(Error::Interrupted(why.clone()));
+                        }
+                        let retryable = err.downcast_ref::<crate::step::NonRetryable>().is_none();
+                        (error_chain(&*err), retryable)
+                    }
+                    Err(payload) => (format!("panicked: {}", panic_message(&*payload)), true),
+                };
+                if attempt >= opts.max_attempts || !retryable {
+                    tracing::warn!(attempts = attempt, error = %message, "step failed for good");
+                    let step = StepRow {
+                        key: key.clone(),
+                        output: None,
+                        error: Some(message),
+                        state: self.dirty_state()?,
+                        attempts: attempt,
+                        started_at,
+                        finished_at: now_millis(),
+                    };
+                    self.commit(step.clone()).await?;
+                    return self.replay(step);
+                }
+                let delay = opts.jittered_delay_after(attempt);
+                tracing::info!(attempt, error = %message, retry_in = ?delay, "step attempt failed");
+                run.store
+                    .record_attempt(&run.lease, &key, attempt, &message, now_millis())
+                    .await
+                    .map_err(|e| self.store_error(e))?;
+                if delay > run.suspend_after {
+                    let at = now_millis();
+                    return Err(self.suspend(crate::store::Suspend {
+                        status: crate::Status::Pending,
+                        run_at: at.saturating_add(delay.as_millis() as i64),
+                        wait_event: None,
+                        wait_child: None,
+                        retry: Some((key.clone(), attempt)),
+                        state: self.dirty_state()?,
+                        reason: format!(
+                            "retrying step `{key}` in {delay:?} (attempt {} of {})",
+                            attempt + 1,
+                            opts.max_attempts
+                        ),
+                        at,
+                    }));
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Stops the handler and gives the worker back until the instance is due
+    /// (never later than its deadline). Returns the error to hand the caller.
+    pub(crate) fn suspend(&self, mut suspend: crate::store::Suspend) -> Error {
+        let run = &self.inner.run;
+        if let Some(deadline) = *run.deadline.borrow() {
+            suspend.run_at = suspend.run_at.min(deadline);
+        }
+        tracing::debug!(reason = %suspend.reason, "suspending");
+        run.interrupt(Interrupt::Suspended, Settlement::Suspend(suspend));
+        Error::Interrupted(Interrupt::Suspended)
+    }
+
+    /// Ends the instance now as `Completed` with `output`, without running the
+    /// rest of the handler. Returns an error to propagate with `?`; the
+    /// outcome is recorded even if the caller ignores it.
+    pub fn complete<O: Serialize>(&self, output: O) -> Result<Infallible> {
+        let json = serde_json::to_string(&output).map_err(|source| Error::Json {
+            context: format!(
+                "output passed to ctx.complete in workflow `{}`",
+                self.name()
+            ),
+            source,
+        })?;
+        self.inner
+            .run
+            .interrupt(Interrupt::Completed, Settlement::Output(json));
+        Err(Error::Interrupted(Interrupt::Completed))
+    }
+
+    /// Ends the instance now as `Failed` with `reason`, without retries.
+    /// Returns an error to propagate with `?`; the outcome is recorded even if
+    /// the caller ignores it.
+    pub fn fail(&self, reason: impl Into<String>) -> Result<Infallible> {
+        let why = Interrupt::Failed(reason.into());
+        self.inner.run.interrupt(why.clone(), Settlement::Plain);
+        Err(Error::Interrupted(why))
+    }
+
+    /// The state as JSON if `state_mut` was called since the last snapshot.
+    pub(crate) fn dirty_state(&self) -> Result<Option<String>> {
+        if !self.inner.state_dirty.swap(false, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        let state = self.state();
+        serde_json::to_string(&*state)
+            .map(Some)
+            .map_err(|source| Error::Json {
+                context: format!("state of workflow `{}`", self.name()),
+                source,
+            })
+    }
+
+    /// Records a step. The journal is not updated: keys never repeat within
+    /// a run, so only steps recorded by earlier runs are ever looked up.
+    pub(crate) async fn commit(&self, step: StepRow) -> Result<()> {
+        let run = &self.inner.run;
+        run.store
+            .commit_step(&run.lease, step)
+            .await
+            .map_err(|e| self.store_error(e))
+    }
+
+    pub(crate) fn store_error(&self, err: StoreError) -> Error {
+        // Neither case is the workflow's fault: stop the run without failing
+        // the instance, so it resumes from its last recorded step.
+        let why = match err {
+            StoreError::LeaseLost(_) => Interrupt::LeaseLost,
+            other => Interrupt::Store(other.to_string()),
+        };
+        self.inner.run.interrupt(why.clone(), Settlement::Plain);
+        Error::Interrupted(why)
+    }
+
+    pub(crate) fn replay<T: DeserializeOwned>(&self, step: StepRow) -> Result<T> {
+        let run = &self.inner.run;
+        if let Some(state) = &step.state {
+            let restored: S = serde_json::from_str(state).map_err(|source| Error::Json {
+                context: format!(
+                    "state recorded by step `{}` of workflow `{}`",
+                    step.key, run.workflow
+                ),
+                source,
+            })?;
+            *lock(&self.inner.state) = restored;
+            self.inner.state_dirty.store(false, Ordering::Release);
+        }
+        match (step.output, step.error) {
+            (Some(output), _) => {
+                let de = &mut serde_json::Deserializer::from_str(&output);
+                serde_path_to_error::deserialize(de).map_err(|err| Error::Json {
+                    context: format!(
+                        "recorded output of step `{}` of workflow `{}` does not match the step's type at `{}`",
+                        step.key,
+                        run.workflow,
+                        err.path()
+                    ),
+                    source: err.into_inner(),
+                })
+            }
+            (None, error) => Err(Error::Step {
+                workflow: run.workflow.to_owned(),
+                step: step.key,
+                attempts: step.attempts,
+                message: error.unwrap_or_else(|| "failed".to_owned()),
+            }),
+        }
+    }
+}

@@ -1,0 +1,759 @@
+//! The `Engine`: registry of workflows, front door for starting and reading
+//! instances, and owner of the workers that run them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::ctx::RunShared;
+use crate::error::Interrupt;
+use crate::error::{Error, Result};
+use crate::id::InstanceId;
+use crate::instance::{
+    HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo, Timeout,
+};
+use crate::schedule::{CatchUp, Clock, Schedule, ScheduleInfo, SystemClock};
+use crate::status::Status;
+use crate::step::StepOptions;
+use crate::store::{now_millis, Control, Created, InstanceRow, NewInstance, Store};
+use crate::worker::Worker;
+use crate::workflow::{Definition, ErasedWorkflow, Registered, Workflow};
+
+/// How hard a store works to keep a finished step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// A step's result is on disk (fsync) before the workflow proceeds past
+    /// it; a power loss never forgets a completed step. The default.
+    #[default]
+    Durable,
+    /// Safe against process crashes, but a power loss may forget the last
+    /// moments (SQLite: WAL with `synchronous=NORMAL`).
+    Relaxed,
+}
+
+/// Opens a store from a database URL; how the facade turns
+/// `database_url("sqlite://...")` into a store.
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    /// Opens the store at `url`, or the default store when `url` is `None`.
+    async fn connect(&self, url: Option<&str>, durability: Durability) -> Result<Arc<dyn Store>>;
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub concurrency: usize,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub step_options: StepOptions,
+    pub suspend_after: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            concurrency: 64,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(10),
+            step_options: StepOptions::default(),
+            suspend_after: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A schedule waiting for `build` to check it.
+struct PendingSchedule {
+    workflow: &'static str,
+    expression: String,
+    timezone: String,
+    catch_up: CatchUp,
+    input: Result<String>,
+    timeout: Duration,
+}
+
+/// A registered schedule, checked.
+pub(crate) struct Scheduled {
+    pub workflow: &'static str,
+    pub schedule: Schedule,
+    pub catch_up: CatchUp,
+    pub input: String,
+    pub timeout: Duration,
+}
+
+/// Builds an [`Engine`]. With the facade crate, start from `Engine::builder()`.
+#[must_use]
+pub struct EngineBuilder {
+    schedules: Vec<PendingSchedule>,
+    clock: Arc<dyn Clock>,
+    store: Option<Arc<dyn Store>>,
+    url: Option<String>,
+    connector: Option<Arc<dyn Connector>>,
+    durability: Durability,
+    workflows: Vec<Arc<dyn ErasedWorkflow>>,
+    config: Config,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EngineBuilder {
+    /// A builder with no store; give one with [`EngineBuilder::store`] or a
+    /// [`Connector`] and a URL.
+    pub fn new() -> Self {
+        EngineBuilder {
+            schedules: Vec::new(),
+            clock: Arc::new(SystemClock),
+            store: None,
+            url: None,
+            connector: None,
+            durability: Durability::default(),
+            workflows: Vec::new(),
+            config: Config::default(),
+        }
+    }
+
+    /// Uses this store.
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Uses this shared store (several engines in one process on one store).
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Opens the store at this URL when built (`sqlite://path.db`, `postgres://...`).
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// How URLs are opened. The facade sets this for you.
+    pub fn connector(mut self, connector: impl Connector) -> Self {
+        self.connector = Some(Arc::new(connector));
+        self
+    }
+
+    /// Durable (default) or relaxed commits, for stores opened by URL.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Registers a workflow so this engine's workers run it and
+    /// `start_json` knows its input.
+    ///
+    /// A workflow with a `schedule` runs on it for as long as any engine
+    /// that registered it has a worker running.
+    pub fn register<W: Workflow>(mut self, workflow: W) -> Self {
+        if let Some(expression) = W::SCHEDULE {
+            let input = W::schedule_input().ok_or_else(|| {
+                Error::Config(format!(
+                    "workflow `{}` has a schedule but no schedule_input()",
+                    W::NAME
+                ))
+            });
+            self.schedules.push(PendingSchedule {
+                workflow: W::NAME,
+                expression: expression.to_owned(),
+                timezone: W::TIMEZONE.to_owned(),
+                catch_up: W::CATCH_UP,
+                input: input.and_then(|i| json_input::<W>(&i)),
+                timeout: W::TIMEOUT,
+            });
+        }
+        self.workflows.push(Arc::new(Registered::new(workflow)));
+        self
+    }
+
+    /// Registers a workflow on a schedule chosen at run time (from
+    /// configuration, say), instead of or in place of its attribute's.
+    /// `expression` and `timezone` are checked when the engine is built.
+    pub fn register_scheduled<W: Workflow>(
+        mut self,
+        workflow: W,
+        expression: impl Into<String>,
+        timezone: impl Into<String>,
+        catch_up: CatchUp,
+    ) -> Self
+    where
+        W::Input: Default,
+    {
+        self.schedules.retain(|s| s.workflow != W::NAME);
+        self.schedules.push(PendingSchedule {
+            workflow: W::NAME,
+            expression: expression.into(),
+            timezone: timezone.into(),
+            catch_up,
+            input: json_input::<W>(&W::Input::default()),
+            timeout: W::TIMEOUT,
+        });
+        self.workflows.push(Arc::new(Registered::new(workflow)));
+        self
+    }
+
+    /// The clock schedules follow (default: the system clock). Tests pass a
+    /// [`ManualClock`](crate::ManualClock) to move time forward at will.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Instances each worker runs at once (default 64).
+    pub fn concurrency(mut self, instances: usize) -> Self {
+        self.config.concurrency = instances.max(1);
+        self
+    }
+
+    /// How long a worker's claim on an instance lasts without a heartbeat
+    /// (default 30 s). Another worker takes over an instance whose lease ran
+    /// out; on one machine, instances of a dead process are taken over at once.
+    pub fn lease_duration(mut self, lease: Duration) -> Self {
+        self.config.lease = lease.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How often an idle worker looks for due work written by other
+    /// processes (default 500 ms). Work started through this engine wakes
+    /// its workers at once.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.config.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long `shutdown` lets running handlers finish before stopping
+    /// them (default 10 s); stopped ones resume on the next start.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// Waits (sleeps, retry backoffs) longer than this suspend the instance
+    /// (its handler is dropped, its worker slot freed, it replays when due);
+    /// shorter ones sleep in memory, holding their slot. Default 250 ms:
+    /// longer in-memory naps would let sleepers crowd out due work.
+    pub fn suspend_after(mut self, threshold: Duration) -> Self {
+        self.config.suspend_after = threshold;
+        self
+    }
+
+    /// Retry policy of `ctx.step` (default: 5 attempts, see [`StepOptions`]).
+    pub fn step_options(mut self, options: StepOptions) -> Self {
+        self.config.step_options = options;
+        self
+    }
+
+    /// Opens the store and checks the registrations.
+    pub async fn build(self) -> Result<Engine> {
+        let mut workflows: HashMap<&'static str, Arc<dyn ErasedWorkflow>> = HashMap::new();
+        for workflow in self.workflows {
+            let name = workflow.name();
+            if workflows.insert(name, workflow).is_some() {
+                return Err(Error::Config(format!(
+                    "workflow `{name}` is registered twice"
+                )));
+            }
+        }
+        let mut scheduled = Vec::new();
+        let mut problems = Vec::new();
+        for pending in self.schedules {
+            let parsed = Schedule::parse(&pending.expression, &pending.timezone)
+                .and_then(|schedule| Ok((schedule, pending.input?)));
+            match parsed {
+                Ok((schedule, input)) => scheduled.push(Scheduled {
+                    workflow: pending.workflow,
+                    schedule,
+                    catch_up: pending.catch_up,
+                    input,
+                    timeout: pending.timeout,
+                }),
+                Err(err) => problems.push(format!("schedule of `{}`: {err}", pending.workflow)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Config(problems.join("; ")));
+        }
+        let store = match (self.store, self.connector) {
+            (Some(store), _) => store,
+            (None, Some(connector)) => {
+                connector
+                    .connect(self.url.as_deref(), self.durability)
+                    .await?
+            }
+            (None, None) => {
+                return Err(Error::Config(match self.url {
+                    Some(url) => format!("cannot open `{url}`: no connector; use `workflow::Engine::builder()` from the facade crate, or `.store(..)`"),
+                    None => "no store: call `.store(..)` or `.database_url(..)`".to_owned(),
+                }))
+            }
+        };
+        if !workflows.is_empty() {
+            let mut definitions: Vec<Definition> =
+                workflows.values().map(|w| w.definition()).collect();
+            // Record the schedule actually in force, which `register_scheduled`
+            // may have chosen at run time instead of the attribute's.
+            for def in &mut definitions {
+                let scheduled = scheduled.iter().find(|s| s.workflow == def.name);
+                def.schedule = scheduled.map(|s| s.schedule.expression().to_owned());
+                if let Some(s) = scheduled {
+                    def.timezone = s.schedule.timezone().to_owned();
+                    def.catch_up = s.catch_up;
+                }
+            }
+            definitions.sort_by(|a, b| a.name.cmp(&b.name));
+            store.put_definitions(&definitions, now_millis()).await?;
+        }
+        tracing::debug!(workflows = workflows.len(), "engine built");
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                store,
+                workflows,
+                config: self.config,
+                wake: Notify::new(),
+                finished: Notify::new(),
+                shutdown: CancellationToken::new(),
+                running: std::sync::Mutex::new(HashMap::new()),
+                scheduled,
+                clock: self.clock,
+            }),
+        })
+    }
+}
+
+/// Runs workflows. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub store: Arc<dyn Store>,
+    pub workflows: HashMap<&'static str, Arc<dyn ErasedWorkflow>>,
+    pub config: Config,
+    /// New work may be runnable: wakes one idle worker.
+    pub wake: Notify,
+    /// Some instance reached a terminal status in this process.
+    pub finished: Notify,
+    pub shutdown: CancellationToken,
+    /// Handlers running in this process, for control operations to reach at once.
+    pub running: std::sync::Mutex<HashMap<InstanceId, Arc<RunShared>>>,
+    /// Checked schedules of registered workflows.
+    pub scheduled: Vec<Scheduled>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl EngineInner {
+    pub(crate) fn local_run(&self, id: &InstanceId) -> Option<Arc<RunShared>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.inner.workflows.keys().collect();
+        names.sort();
+        f.debug_struct("Engine").field("workflows", &names).finish()
+    }
+}
+
+impl Engine {
+    /// The store behind this engine.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The registered workflows, by name.
+    pub fn workflows(&self) -> Vec<Definition> {
+        let mut defs: Vec<_> = self
+            .inner
+            .workflows
+            .values()
+            .map(|w| w.definition())
+            .collect();
+        defs.sort_by(|a, b| a.name.cmp(&b.name));
+        defs
+    }
+
+    /// Starts a worker on the tokio runtime: it claims runnable instances of
+    /// the registered workflows and runs up to `concurrency` at once. Several
+    /// workers, in one process or many, may share a store.
+    pub fn start_worker(&self) -> Worker {
+        Worker::spawn(self.clone())
+    }
+
+    /// Runs a worker until [`Engine::shutdown`] is called.
+    pub async fn run(&self) -> Result<()> {
+        let worker = self.start_worker();
+        self.inner.shutdown.cancelled().await;
+        worker.shutdown().await;
+        Ok(())
+    }
+
+    /// Stops every worker of this engine: no new claims, running handlers get
+    /// the grace period to finish, then are stopped and handed back to the
+    /// store to resume later.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    pub(crate) async fn start<W: Workflow>(
+        &self,
+        input: W::Input,
+        options: StartOptions,
+    ) -> Result<Instance<W>> {
+        let (id, _) = self.create::<W>(input, options, None).await?;
+        Ok(Instance::new(self.clone(), id))
+    }
+
+    pub(crate) async fn create<W: Workflow>(
+        &self,
+        input: W::Input,
+        options: StartOptions,
+        dedup: Option<Vec<Status>>,
+    ) -> Result<(InstanceId, bool)> {
+        let input = serde_json::to_string(&input).map_err(|source| Error::Json {
+            context: format!("input of workflow `{}`", W::NAME),
+            source,
+        })?;
+        self.create_raw(W::NAME, W::TIMEOUT, input, options, dedup)
+            .await
+    }
+
+    pub(crate) async fn start_many<W: Workflow>(
+        &self,
+        inputs: Vec<W::Input>,
+        options: StartOptions,
+    ) -> Result<Vec<Instance<W>>> {
+        let now = now_millis();
+        let timeout = options.timeout.unwrap_or(W::TIMEOUT);
+        let mut new = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let input = serde_json::to_string(&input).map_err(|source| Error::Json {
+                context: format!("input of workflow `{}`", W::NAME),
+                source,
+            })?;
+            new.push(NewInstance {
+                id: InstanceId::at(now),
+                workflow: W::NAME.to_owned(),
+                input,
+                tags: options.tags.clone(),
+                key: options.key.clone(),
+                created_at: now,
+                run_at: now,
+                deadline_at: Some(now.saturating_add(timeout.as_millis() as i64)),
+                parent: None,
+            });
+        }
+        let rows = self.inner.store.create_many(new).await?;
+        self.inner.wake.notify_one();
+        Ok(rows
+            .into_iter()
+            .map(|row| Instance::new(self.clone(), row.id))
+            .collect())
+    }
+
+    async fn create_raw(
+        &self,
+        workflow: &str,
+        default_timeout: Duration,
+        input: String,
+        options: StartOptions,
+        dedup: Option<Vec<Status>>,
+    ) -> Result<(InstanceId, bool)> {
+        let now = now_millis();
+        let timeout = options.timeout.unwrap_or(default_timeout);
+        let new = NewInstance {
+            id: InstanceId::at(now),
+            workflow: workflow.to_owned(),
+            input,
+            tags: options.tags,
+            key: options.key,
+            created_at: now,
+            run_at: now,
+            deadline_at: Some(now.saturating_add(timeout.as_millis() as i64)),
+            parent: None,
+        };
+        let created = self.inner.store.create(new, dedup.as_deref()).await?;
+        Ok(match created {
+            Created::New(row) => {
+                tracing::debug!(workflow, id = %row.id, "instance created");
+                self.inner.wake.notify_one();
+                (row.id, true)
+            }
+            Created::Existing(row) => (row.id, false),
+        })
+    }
+
+    /// Starts a workflow by name from JSON input, which is checked against
+    /// the workflow's input schema (and type, when registered here) first;
+    /// the error lists every violation with its JSON path. A workflow not
+    /// registered with this engine is started from the definition another
+    /// engine recorded in the store, for a worker elsewhere to run.
+    pub async fn start_json(
+        &self,
+        workflow: &str,
+        input: serde_json::Value,
+        options: StartOptions,
+    ) -> Result<InstanceId> {
+        if let Some(def) = self.inner.workflows.get(workflow) {
+            let input = def.check_input(&input)?;
+            let (id, _) = self
+                .create_raw(def.name(), def.timeout(), input, options, None)
+                .await?;
+            return Ok(id);
+        }
+        let recorded = self
+            .inner
+            .store
+            .definitions()
+            .await?
+            .into_iter()
+            .find(|d| d.name == workflow)
+            .ok_or_else(|| Error::UnknownWorkflow(workflow.to_owned()))?;
+        let check = crate::validate::SchemaCheck::new(&recorded.input_schema);
+        let _: serde_json::Value =
+            check
+                .check(&input)
+                .map_err(|violations| Error::InvalidInput {
+                    workflow: workflow.to_owned(),
+                    violations,
+                })?;
+        let timeout = Duration::from_millis(recorded.timeout_ms);
+        let (id, _) = self
+            .create_raw(workflow, timeout, input.to_string(), options, None)
+            .await?;
+        Ok(id)
+    }
+
+    /// The definitions every engine on this store recorded (names, schemas,
+    /// schedules, timeouts), for tools that do not have the workflow code.
+    pub async fn definitions(&self) -> Result<Vec<Definition>> {
+        Ok(self.inner.store.definitions().await?)
+    }
+
+    pub(crate) async fn row(&self, id: &InstanceId) -> Result<InstanceRow> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.clone()))
+    }
+
+    /// Cancels an instance of any workflow; see [`Instance::cancel`].
+    pub async fn cancel(&self, id: &InstanceId) -> Result<()> {
+        let control = self.inner.store.cancel(id, now_millis()).await?;
+        self.check_control(id, control)?;
+        tracing::info!(%id, "instance cancelled");
+        if let Some(run) = self.inner.local_run(id) {
+            run.interrupt(Interrupt::Cancelled, crate::ctx::Settlement::Plain);
+        }
+        self.inner.finished.notify_waiters();
+        Ok(())
+    }
+
+    /// Moves the deadline of an instance of any workflow; see [`Instance::set_timeout`].
+    pub async fn set_timeout(&self, id: &InstanceId, timeout: Timeout) -> Result<()> {
+        let now = now_millis();
+        let deadline = match timeout {
+            Timeout::In(after) => {
+                now.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX))
+            }
+            Timeout::At(at) => at.timestamp_millis(),
+        };
+        let control = self.inner.store.set_deadline(id, deadline, now).await?;
+        self.check_control(id, control)?;
+        if let Some(run) = self.inner.local_run(id) {
+            run.deadline.send_replace(Some(deadline));
+        }
+        Ok(())
+    }
+
+    /// Instances whose handlers this engine's workers are running now, in this process.
+    pub fn running_here(&self) -> Vec<InstanceId> {
+        let running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.keys().cloned().collect()
+    }
+
+    /// Sends an event to an instance of any workflow; see [`Instance::send_event`].
+    pub async fn send_event(
+        &self,
+        id: &InstanceId,
+        name: &str,
+        payload: serde_json::Value,
+    ) -> Result<()> {
+        let control = self
+            .inner
+            .store
+            .send_event(id, name, &payload.to_string(), now_millis())
+            .await?;
+        self.check_control(id, control)?;
+        tracing::debug!(%id, event = name, "event sent");
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Pauses an instance of any workflow; see [`Instance::pause`].
+    pub async fn pause(&self, id: &InstanceId) -> Result<()> {
+        let control = self.inner.store.pause(id, now_millis()).await?;
+        self.check_control(id, control)?;
+        if let Some(run) = self.inner.local_run(id) {
+            run.request_pause(true);
+        }
+        Ok(())
+    }
+
+    /// Resumes a paused instance of any workflow; see [`Instance::resume`].
+    pub async fn resume(&self, id: &InstanceId) -> Result<()> {
+        let control = self.inner.store.resume(id, now_millis()).await?;
+        self.check_control(id, control)?;
+        if let Some(run) = self.inner.local_run(id) {
+            run.request_pause(false);
+        }
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    fn check_control(&self, id: &InstanceId, control: Control) -> Result<()> {
+        match control {
+            Control::Applied => Ok(()),
+            Control::Terminal(status) => Err(Error::AlreadyFinished {
+                id: id.clone(),
+                status,
+            }),
+            Control::NotFound => Err(Error::NotFound(id.clone())),
+        }
+    }
+
+    /// Everything stored about an instance of any workflow.
+    pub async fn instance(&self, id: &InstanceId) -> Result<InstanceInfo> {
+        Ok(InstanceInfo::try_from(self.row(id).await?)?)
+    }
+
+    /// A page of instances matching `query`, newest first.
+    pub async fn list(&self, query: Query) -> Result<Page> {
+        let rows = self.inner.store.list(&query.inner).await?;
+        let next = if rows.len() == query.inner.limit {
+            rows.last().map(|r| r.id.clone())
+        } else {
+            None
+        };
+        let items = rows
+            .into_iter()
+            .map(InstanceInfo::try_from)
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Page { items, next })
+    }
+
+    /// The schedules of the registered workflows: next fire time, last tick
+    /// fired and the instance it started.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>> {
+        let now = self.inner.clock.now();
+        let mut out = Vec::with_capacity(self.inner.scheduled.len());
+        for s in &self.inner.scheduled {
+            let mark = self.inner.store.schedule_mark(s.workflow).await?;
+            let (last_fired, last_instance) = match mark {
+                Some(mark) => (
+                    mark.last_tick.map(crate::instance::time),
+                    mark.last_instance,
+                ),
+                None => (None, None),
+            };
+            out.push(ScheduleInfo {
+                workflow: s.workflow.to_owned(),
+                expression: s.schedule.expression().to_owned(),
+                timezone: s.schedule.timezone().to_owned(),
+                catch_up: s.catch_up,
+                next_fire: s.schedule.next_after(now),
+                last_fired,
+                last_instance,
+            });
+        }
+        out.sort_by(|a, b| a.workflow.cmp(&b.workflow));
+        Ok(out)
+    }
+
+    /// How many instances are in each status, for one workflow or all;
+    /// statuses with none are left out.
+    pub async fn counts(
+        &self,
+        workflow: Option<&str>,
+    ) -> Result<std::collections::BTreeMap<Status, u64>> {
+        Ok(self
+            .inner
+            .store
+            .count_by_status(workflow)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// The history of an instance, oldest first.
+    pub async fn history(&self, id: &InstanceId) -> Result<Vec<HistoryEvent>> {
+        let events = self.inner.store.history(id).await?;
+        Ok(events.into_iter().map(HistoryEvent::from).collect())
+    }
+
+    /// The recorded steps of an instance.
+    pub async fn steps(&self, id: &InstanceId) -> Result<Vec<StepInfo>> {
+        let steps = self.inner.store.steps(id).await?;
+        Ok(steps
+            .into_iter()
+            .map(|s| StepInfo::from_row(id, s))
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Waits until the instance is terminal. Wakes at once for instances
+    /// finished in this process, and polls (10 ms growing to 500 ms) for
+    /// those finished elsewhere.
+    pub(crate) async fn wait_terminal(
+        &self,
+        id: &InstanceId,
+        limit: Option<Duration>,
+    ) -> Result<InstanceRow> {
+        let started = tokio::time::Instant::now();
+        let mut poll = Duration::from_millis(10);
+        loop {
+            let finished = self.inner.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let row = self.row(id).await?;
+            if row.status.is_terminal() {
+                return Ok(row);
+            }
+            let mut wait = poll;
+            if let Some(limit) = limit {
+                let left = limit.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return Err(Error::WaitTimeout {
+                        id: id.clone(),
+                        waited: limit,
+                    });
+                }
+                wait = wait.min(left);
+            }
+            let _ = tokio::time::timeout(wait, finished).await;
+            poll = (poll * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+fn json_input<W: Workflow>(input: &W::Input) -> Result<String> {
+    serde_json::to_string(input).map_err(|source| Error::Json {
+        context: format!("input of workflow `{}`", W::NAME),
+        source,
+    })
+}

@@ -1,0 +1,246 @@
+//! Errors returned by the engine, by handles and inside handlers.
+
+use std::time::Duration;
+
+use crate::id::InstanceId;
+use crate::status::Status;
+
+/// A boxed error, what a handler or a step closure may return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when driving or running a workflow.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No workflow of that name is registered with this engine.
+    #[error("workflow `{0}` is not registered with this engine")]
+    UnknownWorkflow(String),
+
+    /// No instance has that id.
+    #[error("workflow instance {0} not found")]
+    NotFound(InstanceId),
+
+    /// An input does not fit the workflow's input schema or type.
+    #[error("invalid input for workflow `{workflow}`: {}", crate::validate::describe(.violations))]
+    InvalidInput {
+        /// The workflow's name.
+        workflow: String,
+        /// Every problem found, each with its JSON path.
+        violations: Vec<crate::validate::Violation>,
+    },
+
+    /// A tool call's arguments do not fit the tool's parameter schema.
+    /// `ToolReply::from_error` turns it into a message a model can correct
+    /// its call from.
+    #[error("invalid arguments for tool `{tool}`: {}", crate::validate::describe(.violations))]
+    InvalidArguments {
+        /// The tool's name.
+        tool: String,
+        /// Every problem found, each with its JSON path in the arguments as sent.
+        violations: Vec<crate::validate::Violation>,
+    },
+
+    /// A tool does not exist, or a function tool returned an error.
+    #[error("tool `{tool}`: {message}")]
+    Tool {
+        /// The tool's name.
+        tool: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// A model loop (`ctx.execute` in `workflow-ai`) used all its turns
+    /// without a final answer.
+    #[error("model loop `{name}` used all {turns} turn(s) without a final answer")]
+    MaxTurns {
+        /// The loop's step name.
+        name: String,
+        /// The turn bound it hit.
+        turns: u32,
+    },
+
+    /// A step failed for good: its attempts are used up, or its error was not retryable.
+    #[error(
+        "step `{step}` of workflow `{workflow}` failed after {attempts} attempt(s): {message}"
+    )]
+    Step {
+        /// The workflow's name.
+        workflow: String,
+        /// The step's key (`name`, or `name#n` for the n-th repeat).
+        step: String,
+        /// How many attempts ran.
+        attempts: u32,
+        /// The last attempt's error chain, or the panic message.
+        message: String,
+    },
+
+    /// The instance ended `Failed`; `message` is the recorded error.
+    #[error("workflow instance {id} failed: {message}")]
+    Failed {
+        /// The instance.
+        id: InstanceId,
+        /// The recorded error.
+        message: String,
+    },
+
+    /// The instance ended in a terminal status other than `Completed` or `Failed`.
+    #[error("workflow instance {id} ended {status}")]
+    Ended {
+        /// The instance.
+        id: InstanceId,
+        /// `Cancelled` or `TimedOut`.
+        status: Status,
+    },
+
+    /// The instance had already ended, so the operation changed nothing.
+    #[error("workflow instance {id} already ended {status}; nothing changed")]
+    AlreadyFinished {
+        /// The instance.
+        id: InstanceId,
+        /// Its terminal status.
+        status: Status,
+    },
+
+    /// `ctx.wait_for_event` gave up: no event came within its timeout.
+    /// Match on it to take the timeout branch.
+    #[error("no event `{event}` arrived within the timeout")]
+    EventTimeout {
+        /// The event name.
+        event: String,
+    },
+
+    /// An event's payload does not fit the type the handler asked for.
+    #[error("event `{event}` has a payload that does not fit: {message}")]
+    EventPayload {
+        /// The event name.
+        event: String,
+        /// The failing field and why.
+        message: String,
+    },
+
+    /// A child workflow ended without an output.
+    #[error("child workflow `{workflow}` ({id}) {message}")]
+    Child {
+        /// The child's workflow name.
+        workflow: String,
+        /// The child instance.
+        id: InstanceId,
+        /// How it ended: `failed: ...`, `ended cancelled`, `ended timed_out`.
+        message: String,
+    },
+
+    /// Waiting for a result took longer than the caller allowed.
+    #[error("gave up waiting for workflow instance {id} after {waited:?}")]
+    WaitTimeout {
+        /// The instance.
+        id: InstanceId,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+
+    /// A value could not be turned into or read from JSON.
+    #[error("{context}: {source}")]
+    Json {
+        /// What was being (de)serialized, e.g. "output of step `charge` of workflow `processOrder`".
+        context: String,
+        /// The serde error, which names the field.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// The engine was configured wrongly.
+    #[error("engine configuration: {0}")]
+    Config(String),
+
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    /// The running handler must stop: returned from `ctx` methods when the
+    /// instance was cancelled, timed out, lost its lease, or was ended from
+    /// inside with `ctx.complete`/`ctx.fail`. Propagate it with `?`; the engine
+    /// records the outcome even when user code swallows it.
+    #[error("workflow run interrupted: {0}")]
+    Interrupted(Interrupt),
+}
+
+/// Why a running handler has to stop. See [`Error::Interrupted`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Interrupt {
+    /// Another worker owns the instance now (this worker's lease expired).
+    LeaseLost,
+    /// The engine is shutting down; the instance will resume elsewhere.
+    Shutdown,
+    /// The instance was cancelled.
+    Cancelled,
+    /// The instance waits (sleep, event, child, long retry backoff, pause)
+    /// and gives its worker back; it resumes by replay when due.
+    Suspended,
+    /// `ctx.complete(..)` was called.
+    Completed,
+    /// `ctx.fail(reason)` was called.
+    Failed(String),
+    /// The store failed under the handler; the instance resumes later.
+    Store(String),
+}
+
+impl std::fmt::Display for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interrupt::LeaseLost => f.write_str("lease lost to another worker"),
+            Interrupt::Shutdown => f.write_str("engine shutting down"),
+            Interrupt::Cancelled => f.write_str("cancelled"),
+            Interrupt::Suspended => f.write_str("suspended until due"),
+            Interrupt::Completed => f.write_str("completed early by ctx.complete"),
+            Interrupt::Failed(reason) => write!(f, "failed by ctx.fail: {reason}"),
+            Interrupt::Store(message) => write!(f, "store unavailable: {message}"),
+        }
+    }
+}
+
+/// Errors from a [`Store`](crate::store::Store) backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database driver failed (connection, I/O, SQL).
+    #[error("store: {0}")]
+    Backend(#[source] BoxError),
+    /// A row could not be decoded; only that instance is affected.
+    #[error("store: corrupt row for instance {id}: {message}")]
+    Corrupt {
+        /// The instance whose row is corrupt.
+        id: String,
+        /// What was wrong with it.
+        message: String,
+    },
+    /// The caller's lease on the instance is gone: another worker owns it, or it ended.
+    #[error("store: lease lost on instance {0}")]
+    LeaseLost(InstanceId),
+}
+
+impl StoreError {
+    /// Wraps a driver error.
+    pub fn backend(err: impl Into<BoxError>) -> Self {
+        StoreError::Backend(err.into())
+    }
+}
+
+/// Renders an error and its `source()` chain as `outer: inner: root`.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // thiserror's `transparent`/`{0}` often repeats the cause verbatim.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,149 @@
+//! Instance ids.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Random bits without a dependency: std seeds `RandomState` randomly.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    hasher.finish()
+}
+
+/// An instance id: a UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        InstanceId(uuid::Uuid::now_v7().to_string())
+    }
+
+    /// A time-ordered id minted for creation time `ms` (milliseconds since
+    /// the Unix epoch). Stores may rely on an instance's id sorting with its
+    /// `created_at`.
+    pub fn at(ms: i64) -> Self {
+        // uuid's own monotonic context would move an older `ms` forward to
+        // the newest time it has seen; stores rely on the id carrying `ms`.
+        // So the layout is built here: `ms`, then a counter that orders ids
+        // minted in the same millisecond, then random bits.
+        static LAST: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
+        let ms = u64::try_from(ms).unwrap_or(0);
+        let random = random_u64();
+        let counter = {
+            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+            match ms.cmp(&last.0) {
+                std::cmp::Ordering::Equal => {
+                    last.1 += 1;
+                    last.1
+                }
+                std::cmp::Ordering::Greater => {
+                    // Room for 2^33 more ids in this millisecond.
+                    *last = (ms, random >> 31);
+                    last.1
+                }
+                std::cmp::Ordering::Less => random >> 31,
+            }
+        };
+        // 34 counter bits land where the version and variant bits leave room:
+        // 12 in rand_a, then 6 + 16 at the start of rand_b.
+        let mut bytes = [0u8; 10];
+        bytes[0] = ((counter >> 30) & 0x0f) as u8;
+        bytes[1] = (counter >> 22) as u8;
+        bytes[2] = ((counter >> 16) & 0x3f) as u8;
+        bytes[3] = (counter >> 8) as u8;
+        bytes[4] = counter as u8;
+        bytes[5..10].copy_from_slice(&random.to_le_bytes()[..5]);
+        let uuid = uuid::Builder::from_unix_timestamp_millis(ms, &bytes).into_uuid();
+        InstanceId(uuid.to_string())
+    }
+
+    /// Wraps an id read from a store or typed by a user.
+    pub fn from_string(id: impl Into<String>) -> Self {
+        InstanceId(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for InstanceId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for InstanceId {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(InstanceId(s.to_owned()))
+    }
+}
+
+impl From<&str> for InstanceId {
+    fn from(s: &str) -> Self {
+        InstanceId(s.to_owned())
+    }
+}
+
+impl From<String> for InstanceId {
+    fn from(s: String) -> Self {
+        InstanceId(s)
+    }
+}
+
+impl AsRef<str> for InstanceId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_creation() {
+        let ids: Vec<InstanceId> = (0..100).map(|_| InstanceId::new()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+    }
+
+    #[test]
+    fn ids_minted_at_a_time_sort_by_it() {
+        let a = InstanceId::at(1_700_000_000_000);
+        let b = InstanceId::at(1_700_000_000_001);
+        let c = InstanceId::at(1_800_000_000_000);
+        assert!(a < b && b < c);
+        // An older time after a newer one keeps its own time.
+        let old = InstanceId::at(1_600_000_000_000);
+        assert!(old < a, "{old} carries its own, older time");
+        let same: Vec<InstanceId> = (0..1000)
+            .map(|_| InstanceId::at(1_900_000_000_000))
+            .collect();
+        assert!(
+            same.windows(2).all(|w| w[0] < w[1]),
+            "ids minted in one millisecond keep their order"
+        );
+        assert!(same.iter().all(|id| uuid::Uuid::parse_str(id.as_str())
+            .unwrap()
+            .get_version_num()
+            == 7));
+        assert!(a.as_str().starts_with("018bcfe5-6800"), "{a}");
+    }
+}

@@ -1,0 +1,486 @@
+//! Handles on instances: typed [`Instance`], untyped [`InstanceInfo`], history, queries.
+
+use std::collections::BTreeMap;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result, StoreError};
+use crate::id::InstanceId;
+use crate::status::Status;
+use crate::store::{EventRow, InstanceRow, ListQuery, Millis, StepRow};
+use crate::workflow::{decode_named, Workflow};
+
+/// A new deadline for [`Instance::set_timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// This long from now.
+    In(Duration),
+    /// At this time.
+    At(DateTime<Utc>),
+}
+
+/// Options for [`Workflow::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    pub(crate) key: Option<String>,
+    pub(crate) tags: BTreeMap<String, String>,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl StartOptions {
+    /// No key, no tags, the workflow's own timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A deduplication key, visible in queries and the console.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a tag.
+    pub fn tag(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(name.into(), value.into());
+        self
+    }
+
+    /// A deadline this long after start, instead of the workflow's `TIMEOUT`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// The future of [`Workflow::get_or_create`]; `.statuses(..)` narrows or
+/// widens which existing instances count, then `.await` it.
+#[must_use = "get_or_create does nothing until awaited"]
+pub struct GetOrCreate<'a, W: Workflow> {
+    engine: &'a Engine,
+    key: String,
+    input: W::Input,
+    statuses: Vec<Status>,
+    options: StartOptions,
+}
+
+impl<'a, W: Workflow> GetOrCreate<'a, W> {
+    pub(crate) fn new(engine: &'a Engine, key: String, input: W::Input) -> Self {
+        GetOrCreate {
+            engine,
+            key,
+            input,
+            statuses: Status::ACTIVE.to_vec(),
+            options: StartOptions::default(),
+        }
+    }
+
+    /// Which statuses of an existing instance with the key make it the answer.
+    /// Default: `Pending`, `InProgress`, `Listening`, `Paused`.
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = Status>) -> Self {
+        self.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// Tags and timeout for the instance if one is created (its key is the dedup key).
+    pub fn options(mut self, options: StartOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+impl<'a, W: Workflow> IntoFuture for GetOrCreate<'a, W> {
+    type Output = Result<Instance<W>>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let options = self.options.key(self.key);
+            self.engine
+                .create::<W>(self.input, options, Some(self.statuses))
+                .await
+                .map(|(id, _)| Instance::new(self.engine.clone(), id))
+        })
+    }
+}
+
+/// A typed handle on one instance of workflow `W`.
+pub struct Instance<W> {
+    engine: Engine,
+    id: InstanceId,
+    _workflow: PhantomData<fn() -> W>,
+}
+
+impl<W> Clone for Instance<W> {
+    fn clone(&self) -> Self {
+        Instance {
+            engine: self.engine.clone(),
+            id: self.id.clone(),
+            _workflow: PhantomData,
+        }
+    }
+}
+
+impl<W> std::fmt::Debug for Instance<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance").field("id", &self.id).finish()
+    }
+}
+
+impl<W: Workflow> Instance<W> {
+    pub(crate) fn new(engine: Engine, id: InstanceId) -> Self {
+        Instance {
+            engine,
+            id,
+            _workflow: PhantomData,
+        }
+    }
+
+    /// The instance id.
+    pub fn id(&self) -> &InstanceId {
+        &self.id
+    }
+
+    /// Everything stored about it now.
+    pub async fn info(&self) -> Result<InstanceInfo> {
+        self.engine.instance(&self.id).await
+    }
+
+    /// Its status now.
+    pub async fn status(&self) -> Result<Status> {
+        Ok(self.info().await?.status)
+    }
+
+    /// Its state now, as last persisted (default until a step changed it).
+    pub async fn state(&self) -> Result<W::State> {
+        match self.engine.row(&self.id).await?.state {
+            Some(json) => decode_named(&json).map_err(|message| {
+                StoreError::Corrupt {
+                    id: self.id.to_string(),
+                    message: format!(
+                        "state does not match the state type of `{}`: {message}",
+                        W::NAME
+                    ),
+                }
+                .into()
+            }),
+            None => Ok(W::State::default()),
+        }
+    }
+
+    /// Waits until it reaches a terminal status, and returns its output.
+    /// Errors: [`Error::Failed`] with the recorded error, [`Error::Ended`] when
+    /// cancelled or timed out.
+    pub async fn result(&self) -> Result<W::Output> {
+        let row = self.engine.wait_terminal(&self.id, None).await?;
+        self.output_of(row)
+    }
+
+    /// Like [`Instance::result`], giving up with [`Error::WaitTimeout`] after `limit`.
+    pub async fn result_timeout(&self, limit: Duration) -> Result<W::Output> {
+        let row = self.engine.wait_terminal(&self.id, Some(limit)).await?;
+        self.output_of(row)
+    }
+
+    /// Cancels it: it ends `Cancelled`, and a running handler sees
+    /// `ctx.signal()` fire and is dropped at its next await point (at once in
+    /// this process, within about a second in another process sharing the
+    /// store). Cancelling an instance that already ended is
+    /// [`Error::AlreadyFinished`] and changes nothing.
+    pub async fn cancel(&self) -> Result<()> {
+        self.engine.cancel(&self.id).await
+    }
+
+    /// Moves its deadline, also while it runs. Past the deadline it ends
+    /// `TimedOut`.
+    pub async fn set_timeout(&self, timeout: Timeout) -> Result<()> {
+        self.engine.set_timeout(&self.id, timeout).await
+    }
+
+    /// Sends it an event: `ctx.wait_for_event(name, ..)` receives `payload`.
+    /// An event sent before the instance waits for it is kept until it
+    /// does. Works from any process sharing the store.
+    pub async fn send_event(&self, name: &str, payload: impl Serialize) -> Result<()> {
+        let payload = serde_json::to_value(payload).map_err(|source| Error::Json {
+            context: format!("payload of event `{name}`"),
+            source,
+        })?;
+        self.engine.send_event(&self.id, name, payload).await
+    }
+
+    /// Pauses it: at once if it is waiting or queued, at its next step if it
+    /// runs. Its deadline does not count while it is paused.
+    pub async fn pause(&self) -> Result<()> {
+        self.engine.pause(&self.id).await
+    }
+
+    /// Resumes it after [`Instance::pause`].
+    pub async fn resume(&self) -> Result<()> {
+        self.engine.resume(&self.id).await
+    }
+
+    /// Its history, oldest first.
+    pub async fn history(&self) -> Result<Vec<HistoryEvent>> {
+        self.engine.history(&self.id).await
+    }
+
+    /// Its recorded steps, in the order they completed.
+    pub async fn steps(&self) -> Result<Vec<StepInfo>> {
+        self.engine.steps(&self.id).await
+    }
+
+    fn output_of(&self, row: InstanceRow) -> Result<W::Output> {
+        match row.status {
+            Status::Completed => {
+                let json = row.output.unwrap_or_else(|| "null".to_owned());
+                decode_named(&json).map_err(|message| {
+                    StoreError::Corrupt {
+                        id: self.id.to_string(),
+                        message: format!(
+                            "output does not match the output type of `{}`: {message}",
+                            W::NAME
+                        ),
+                    }
+                    .into()
+                })
+            }
+            Status::Failed => Err(Error::Failed {
+                id: self.id.clone(),
+                message: row.error.unwrap_or_default(),
+            }),
+            status => Err(Error::Ended {
+                id: self.id.clone(),
+                status,
+            }),
+        }
+    }
+}
+
+/// Everything stored about an instance, with JSON values parsed. What
+/// `engine.instance(id)` returns for any workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// Its id.
+    pub id: InstanceId,
+    /// The workflow's name.
+    pub workflow: String,
+    /// Current status.
+    pub status: Status,
+    /// The input.
+    pub input: serde_json::Value,
+    /// The output, once `Completed`.
+    pub output: Option<serde_json::Value>,
+    /// The error, once `Failed`, `Cancelled` or `TimedOut`.
+    pub error: Option<String>,
+    /// The state as last persisted.
+    pub state: Option<serde_json::Value>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Dedup key.
+    pub key: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+    /// First picked up by a worker.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Reached a terminal status.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Deadline.
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// How many times a worker picked it up.
+    pub runs: i64,
+}
+
+pub(crate) fn time(ms: Millis) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn json(id: &InstanceId, column: &str, text: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text).map_err(|err| StoreError::Corrupt {
+        id: id.to_string(),
+        message: format!("{column} is not valid JSON: {err}"),
+    })
+}
+
+impl TryFrom<InstanceRow> for InstanceInfo {
+    type Error = StoreError;
+
+    fn try_from(row: InstanceRow) -> Result<Self, StoreError> {
+        Ok(InstanceInfo {
+            input: json(&row.id, "input", &row.input)?,
+            output: row
+                .output
+                .as_deref()
+                .map(|o| json(&row.id, "output", o))
+                .transpose()?,
+            state: row
+                .state
+                .as_deref()
+                .map(|s| json(&row.id, "state", s))
+                .transpose()?,
+            id: row.id,
+            workflow: row.workflow,
+            status: row.status,
+            error: row.error,
+            tags: row.tags,
+            key: row.key,
+            created_at: time(row.created_at),
+            updated_at: time(row.updated_at),
+            started_at: row.started_at.map(time),
+            finished_at: row.finished_at.map(time),
+            deadline_at: row.deadline_at.map(time),
+            runs: row.runs,
+        })
+    }
+}
+
+/// One entry of an instance's run history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    /// Orders events.
+    pub seq: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `created`, `started`, `step_completed`, `step_failed`, `attempt_failed`,
+    /// `state_changed`, `deadline_changed`, `released`, or a terminal status
+    /// name (`completed`, `failed`, `cancelled`, `timed_out`).
+    pub kind: String,
+    /// The step key, for step events.
+    pub step: Option<String>,
+    /// The attempt number, for step events.
+    pub attempt: Option<u32>,
+    /// Error or other detail.
+    pub message: Option<String>,
+    /// For step events: from the step's first attempt to its record.
+    pub duration_ms: Option<i64>,
+}
+
+impl From<EventRow> for HistoryEvent {
+    fn from(e: EventRow) -> Self {
+        HistoryEvent {
+            seq: e.seq,
+            at: time(e.at),
+            kind: e.kind,
+            step: e.step,
+            attempt: e.attempt,
+            message: e.message,
+            duration_ms: e.duration_ms,
+        }
+    }
+}
+
+/// A recorded step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepInfo {
+    /// `name` or `name#n`.
+    pub key: String,
+    /// Its result when it succeeded.
+    pub output: Option<serde_json::Value>,
+    /// Its error when it failed for good.
+    pub error: Option<String>,
+    /// Attempts it took.
+    pub attempts: u32,
+    /// First attempt started.
+    pub started_at: DateTime<Utc>,
+    /// Recorded.
+    pub finished_at: DateTime<Utc>,
+}
+
+impl StepInfo {
+    pub(crate) fn from_row(id: &InstanceId, s: StepRow) -> Result<Self, StoreError> {
+        Ok(StepInfo {
+            output: s
+                .output
+                .as_deref()
+                .map(|o| json(id, "step output", o))
+                .transpose()?,
+            key: s.key,
+            error: s.error,
+            attempts: s.attempts,
+            started_at: time(s.started_at),
+            finished_at: time(s.finished_at),
+        })
+    }
+}
+
+/// A filter for [`Engine::list`]: newest first, paged by cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub(crate) inner: ListQuery,
+}
+
+impl Default for Query {
+    fn default() -> Self {
+        Query {
+            inner: ListQuery {
+                limit: 50,
+                ..ListQuery::default()
+            },
+        }
+    }
+}
+
+impl Query {
+    /// Every instance, 50 per page.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only this workflow.
+    pub fn name(mut self, workflow: impl Into<String>) -> Self {
+        self.inner.workflow = Some(workflow.into());
+        self
+    }
+
+    /// Only this status (call again to allow more).
+    pub fn status(mut self, status: Status) -> Self {
+        self.inner.statuses.push(status);
+        self
+    }
+
+    /// Only instances with this tag.
+    pub fn tag(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.inner.tags.insert(name.into(), value.into());
+        self
+    }
+
+    /// Only this dedup key.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.inner.key = Some(key.into());
+        self
+    }
+
+    /// Only instances created in `[from, to)`.
+    pub fn created_between(mut self, from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
+        self.inner.created_from = Some(from.timestamp_millis());
+        self.inner.created_to = Some(to.timestamp_millis());
+        self
+    }
+
+    /// Page size (default 50, at most 1000).
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.inner.limit = limit.clamp(1, 1000);
+        self
+    }
+
+    /// Continue after a page: pass the previous [`Page::next`].
+    pub fn after(mut self, cursor: InstanceId) -> Self {
+        self.inner.before = Some(cursor);
+        self
+    }
+}
+
+/// One page of [`Engine::list`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page {
+    /// The instances, newest first.
+    pub items: Vec<InstanceInfo>,
+    /// Cursor for the next page (`Query::after`), when this page was full.
+    pub next: Option<InstanceId>,
+}

@@ -1,0 +1,45 @@
+//! Runtime of the `workflow` crate: the [`Workflow`] trait, the [`Engine`]
+//! and its workers, [`Ctx`] with durable steps, the [`Store`] contract and an
+//! in-memory store. Most users depend on the `workflow` facade instead.
+#![warn(missing_docs)]
+
+mod ctx;
+mod engine;
+mod error;
+mod id;
+mod instance;
+mod memory;
+mod schedule;
+mod scheduler;
+mod schema;
+mod status;
+mod step;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod tool;
+mod tool_schema;
+mod validate;
+mod wait;
+mod worker;
+mod workflow;
+
+pub use crate::ctx::Ctx;
+pub use crate::engine::{Connector, Durability, Engine, EngineBuilder};
+pub use crate::error::{error_chain, BoxError, Error, Interrupt, Result, StoreError};
+pub use crate::id::InstanceId;
+pub use crate::instance::{
+    GetOrCreate, HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo, Timeout,
+};
+pub use crate::memory::MemoryStore;
+pub use crate::schedule::{CatchUp, Clock, ManualClock, Schedule, ScheduleInfo, SystemClock};
+pub use crate::schema::schema_for;
+pub use crate::status::{ParseStatusError, Status};
+pub use crate::step::{permanent, NonRetryable, StepOptions};
+pub use crate::store::Store;
+pub use crate::tool::{is_valid_tool_name, Tool, ToolReply, Toolbox};
+pub use crate::tool_schema::strict_schema;
+pub use crate::validate::Violation;
+pub use crate::worker::Worker;
+pub use crate::workflow::{Definition, Workflow};
+pub use tokio_util::sync::CancellationToken;

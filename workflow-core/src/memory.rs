@@ -1,0 +1,706 @@
+//! An in-memory [`Store`]: fast, shared by engines in one process, gone at exit.
+//! For tests and for workflows that need no durability.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::id::InstanceId;
+use crate::status::Status;
+use crate::store::*;
+
+/// A [`Store`] that keeps everything in process memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Tables>,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    instances: HashMap<InstanceId, Entry>,
+    events: Vec<EventRow>,
+    schedules: HashMap<String, ScheduleMark>,
+    definitions: std::collections::BTreeMap<String, crate::workflow::Definition>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    row: InstanceRow,
+    lease_owner: Option<String>,
+    lease_until: Option<Millis>,
+    steps: Vec<StepRow>,
+    /// Events sent to it: (name, payload), oldest first; taken ones are removed.
+    inbox: Vec<(String, String)>,
+    paused_at: Option<Millis>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Tables {
+    fn event(
+        &mut self,
+        instance: &InstanceId,
+        at: Millis,
+        kind: &str,
+        step: Option<&str>,
+        attempt: Option<u32>,
+        message: Option<&str>,
+    ) {
+        self.event_timed(instance, at, kind, step, attempt, message, None);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event_timed(
+        &mut self,
+        instance: &InstanceId,
+        at: Millis,
+        kind: &str,
+        step: Option<&str>,
+        attempt: Option<u32>,
+        message: Option<&str>,
+        duration_ms: Option<i64>,
+    ) {
+        let seq = self.events.len() as i64 + 1;
+        self.events.push(EventRow {
+            seq,
+            instance: instance.clone(),
+            at,
+            kind: kind.to_owned(),
+            step: step.map(str::to_owned),
+            attempt,
+            message: message.map(str::to_owned),
+            duration_ms,
+        });
+    }
+
+    /// Makes `parent` due now if it waits for `child`.
+    fn wake_parent(&mut self, parent: &InstanceId, child: &InstanceId, at: Millis) {
+        if let Some(p) = self.instances.get_mut(parent) {
+            if p.row.status == Status::Listening && p.row.wait_child.as_ref() == Some(child) {
+                p.row.status = Status::Pending;
+                p.row.run_at = at;
+                p.row.wait_child = None;
+            }
+        }
+    }
+
+    /// The entry if `lease` is its current lease.
+    fn leased(&mut self, lease: &Lease) -> Result<&mut Entry, StoreError> {
+        match self.instances.get_mut(&lease.instance) {
+            Some(entry)
+                if entry.row.status == Status::InProgress
+                    && entry.lease_owner.as_deref() == Some(lease.owner.as_str())
+                    && entry.row.runs == lease.run =>
+            {
+                Ok(entry)
+            }
+            _ => Err(StoreError::LeaseLost(lease.instance.clone())),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create(
+        &self,
+        new: NewInstance,
+        dedup: Option<&[Status]>,
+    ) -> Result<Created, StoreError> {
+        let mut t = self.tables();
+        if let (Some(statuses), Some(key)) = (dedup, new.key.as_deref()) {
+            let existing = t.instances.values().find(|e| {
+                e.row.workflow == new.workflow
+                    && e.row.key.as_deref() == Some(key)
+                    && statuses.contains(&e.row.status)
+            });
+            if let Some(entry) = existing {
+                return Ok(Created::Existing(entry.row.clone()));
+            }
+        }
+        let row = InstanceRow {
+            id: new.id.clone(),
+            workflow: new.workflow,
+            status: Status::Pending,
+            input: new.input,
+            output: None,
+            error: None,
+            state: None,
+            tags: new.tags,
+            key: new.key,
+            created_at: new.created_at,
+            updated_at: new.created_at,
+            started_at: None,
+            finished_at: None,
+            run_at: new.run_at,
+            deadline_at: new.deadline_at,
+            runs: 0,
+            parent: new.parent,
+            wait_event: None,
+            wait_child: None,
+            retry: None,
+            pause_requested: false,
+        };
+        t.event(&row.id, row.created_at, "created", None, None, None);
+        t.instances.insert(
+            new.id,
+            Entry {
+                row: row.clone(),
+                lease_owner: None,
+                lease_until: None,
+                steps: Vec::new(),
+                inbox: Vec::new(),
+                paused_at: None,
+            },
+        );
+        Ok(Created::New(row))
+    }
+
+    async fn get(&self, id: &InstanceId) -> Result<Option<InstanceRow>, StoreError> {
+        Ok(self.tables().instances.get(id).map(|e| e.row.clone()))
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
+        let mut t = self.tables();
+        let mut due: Vec<(Millis, InstanceId)> = t
+            .instances
+            .values()
+            .filter(|e| {
+                matches!(
+                    e.row.status,
+                    Status::Pending | Status::InProgress | Status::Listening
+                ) && e.row.run_at <= req.now
+                    && e.lease_until.is_none_or(|until| until < req.now)
+                    && req.workflows.contains(&e.row.workflow)
+            })
+            .map(|e| (e.row.run_at, e.row.id.clone()))
+            .collect();
+        due.sort();
+        due.truncate(req.limit);
+        let mut claimed = Vec::with_capacity(due.len());
+        for (_, id) in due {
+            let entry = t.instances.get_mut(&id).expect("selected above");
+            entry.row.status = Status::InProgress;
+            entry.row.runs += 1;
+            entry.row.updated_at = req.now;
+            entry.row.started_at.get_or_insert(req.now);
+            entry.row.wait_event = None;
+            entry.row.wait_child = None;
+            entry.lease_owner = Some(req.owner.clone());
+            entry.lease_until = Some(req.lease_until);
+            let lease = Lease {
+                instance: id.clone(),
+                owner: req.owner.clone(),
+                run: entry.row.runs,
+            };
+            claimed.push(Claimed {
+                row: entry.row.clone(),
+                lease,
+                steps: entry.steps.clone(),
+            });
+            t.event(&id, req.now, "started", None, None, None);
+        }
+        Ok(claimed)
+    }
+
+    async fn next_due(
+        &self,
+        workflows: &[String],
+        after: Millis,
+    ) -> Result<Option<Millis>, StoreError> {
+        let t = self.tables();
+        Ok(t.instances
+            .values()
+            .filter(|e| {
+                matches!(e.row.status, Status::Pending | Status::Listening)
+                    && e.row.run_at > after
+                    && workflows.contains(&e.row.workflow)
+            })
+            .map(|e| e.row.run_at)
+            .min())
+    }
+
+    async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        let entry = t.leased(lease)?;
+        if entry.steps.iter().any(|s| s.key == step.key) {
+            return Ok(());
+        }
+        if let Some(state) = &step.state {
+            entry.row.state = Some(state.clone());
+            entry.row.updated_at = step.finished_at;
+        }
+        let kind = if step.error.is_some() {
+            "step_failed"
+        } else {
+            "step_completed"
+        };
+        let (at, attempts, message) = (step.finished_at, step.attempts, step.error.clone());
+        let duration = step.finished_at - step.started_at;
+        let state_changed = step.state.is_some();
+        let key = step.key.clone();
+        entry.steps.push(step);
+        t.event_timed(
+            &lease.instance,
+            at,
+            kind,
+            Some(&key),
+            Some(attempts),
+            message.as_deref(),
+            Some(duration),
+        );
+        if state_changed {
+            t.event(&lease.instance, at, "state_changed", Some(&key), None, None);
+        }
+        Ok(())
+    }
+
+    async fn record_attempt(
+        &self,
+        lease: &Lease,
+        step: &str,
+        attempt: u32,
+        error: &str,
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        t.leased(lease)?;
+        t.event(
+            &lease.instance,
+            at,
+            "attempt_failed",
+            Some(step),
+            Some(attempt),
+            Some(error),
+        );
+        Ok(())
+    }
+
+    async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        let entry = t.leased(lease)?;
+        entry.row.status = finish.status;
+        entry.row.output = finish.output;
+        entry.row.error = finish.error.clone();
+        if let Some(state) = finish.state {
+            entry.row.state = Some(state);
+        }
+        entry.row.updated_at = finish.at;
+        entry.row.finished_at = Some(finish.at);
+        entry.lease_owner = None;
+        entry.lease_until = None;
+        let parent = entry.row.parent.clone();
+        t.event(
+            &lease.instance,
+            finish.at,
+            finish.status.as_str(),
+            None,
+            None,
+            finish.error.as_deref(),
+        );
+        if let Some(parent) = parent {
+            t.wake_parent(&parent, &lease.instance, finish.at);
+        }
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease, at: Millis) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        let entry = t.leased(lease)?;
+        entry.row.status = Status::Pending;
+        entry.row.updated_at = at;
+        entry.lease_owner = None;
+        entry.lease_until = None;
+        t.event(&lease.instance, at, "released", None, None, None);
+        Ok(())
+    }
+
+    async fn renew(&self, leases: &[Lease], until: Millis) -> Result<Vec<Renewal>, StoreError> {
+        let mut t = self.tables();
+        let mut out = Vec::with_capacity(leases.len());
+        for lease in leases {
+            let (held, deadline_at) = match t.leased(lease) {
+                Ok(entry) => {
+                    entry.lease_until = Some(until);
+                    (true, entry.row.deadline_at)
+                }
+                Err(_) => (
+                    false,
+                    t.instances
+                        .get(&lease.instance)
+                        .and_then(|e| e.row.deadline_at),
+                ),
+            };
+            let pause_requested = t
+                .instances
+                .get(&lease.instance)
+                .is_some_and(|e| e.row.pause_requested);
+            out.push(Renewal {
+                lease: lease.clone(),
+                held,
+                deadline_at,
+                pause_requested,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn cancel(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        let mut t = self.tables();
+        let Some(entry) = t.instances.get_mut(id) else {
+            return Ok(Control::NotFound);
+        };
+        if entry.row.status.is_terminal() {
+            return Ok(Control::Terminal(entry.row.status));
+        }
+        let mut todo = vec![id.clone()];
+        while let Some(next) = todo.pop() {
+            let Some(entry) = t.instances.get_mut(&next) else {
+                continue;
+            };
+            if entry.row.status.is_terminal() {
+                continue;
+            }
+            entry.row.status = Status::Cancelled;
+            entry.row.updated_at = at;
+            entry.row.finished_at = Some(at);
+            entry.lease_owner = None;
+            entry.lease_until = None;
+            let parent = entry.row.parent.clone();
+            let message = (&next != id).then_some("parent cancelled");
+            t.event(&next, at, "cancelled", None, None, message);
+            if let Some(parent) = parent {
+                t.wake_parent(&parent, &next, at);
+            }
+            todo.extend(
+                t.instances
+                    .values()
+                    .filter(|e| e.row.parent.as_ref() == Some(&next) && !e.row.status.is_terminal())
+                    .map(|e| e.row.id.clone()),
+            );
+        }
+        Ok(Control::Applied)
+    }
+
+    async fn set_deadline(
+        &self,
+        id: &InstanceId,
+        deadline_at: Millis,
+        at: Millis,
+    ) -> Result<Control, StoreError> {
+        let mut t = self.tables();
+        let Some(entry) = t.instances.get_mut(id) else {
+            return Ok(Control::NotFound);
+        };
+        if entry.row.status.is_terminal() {
+            return Ok(Control::Terminal(entry.row.status));
+        }
+        entry.row.deadline_at = Some(deadline_at);
+        entry.row.updated_at = at;
+        let message = format_millis(deadline_at);
+        t.event(id, at, "deadline_changed", None, None, Some(&message));
+        Ok(Control::Applied)
+    }
+
+    async fn lease_owners(&self) -> Result<Vec<String>, StoreError> {
+        let t = self.tables();
+        let mut owners: Vec<String> = t
+            .instances
+            .values()
+            .filter(|e| !e.row.status.is_terminal())
+            .filter_map(|e| e.lease_owner.clone())
+            .collect();
+        owners.sort();
+        owners.dedup();
+        Ok(owners)
+    }
+
+    async fn release_owner(&self, owner: &str, at: Millis) -> Result<u64, StoreError> {
+        let mut t = self.tables();
+        let mut freed = Vec::new();
+        for entry in t.instances.values_mut() {
+            if entry.lease_owner.as_deref() == Some(owner) && !entry.row.status.is_terminal() {
+                entry.lease_owner = None;
+                entry.lease_until = None;
+                if entry.row.status == Status::InProgress {
+                    entry.row.status = Status::Pending;
+                }
+                entry.row.updated_at = at;
+                freed.push(entry.row.id.clone());
+            }
+        }
+        for id in &freed {
+            t.event(id, at, "released", None, None, Some("worker died"));
+        }
+        Ok(freed.len() as u64)
+    }
+
+    async fn steps(&self, id: &InstanceId) -> Result<Vec<StepRow>, StoreError> {
+        Ok(self
+            .tables()
+            .instances
+            .get(id)
+            .map(|e| e.steps.clone())
+            .unwrap_or_default())
+    }
+
+    async fn history(&self, id: &InstanceId) -> Result<Vec<EventRow>, StoreError> {
+        Ok(self
+            .tables()
+            .events
+            .iter()
+            .filter(|e| &e.instance == id)
+            .cloned()
+            .collect())
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<InstanceRow>, StoreError> {
+        let t = self.tables();
+        let mut rows: Vec<InstanceRow> = t
+            .instances
+            .values()
+            .map(|e| &e.row)
+            .filter(|r| q.workflow.as_ref().is_none_or(|w| &r.workflow == w))
+            .filter(|r| q.statuses.is_empty() || q.statuses.contains(&r.status))
+            .filter(|r| q.tags.iter().all(|(k, v)| r.tags.get(k) == Some(v)))
+            .filter(|r| q.key.is_none() || r.key == q.key)
+            .filter(|r| q.created_from.is_none_or(|from| r.created_at >= from))
+            .filter(|r| q.created_to.is_none_or(|to| r.created_at < to))
+            .filter(|r| q.before.as_ref().is_none_or(|before| &r.id < before))
+            .cloned()
+            .collect();
+        rows.sort_by(|a, b| b.id.cmp(&a.id));
+        rows.truncate(q.limit);
+        Ok(rows)
+    }
+
+    async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        let child_done = suspend
+            .wait_child
+            .as_ref()
+            .and_then(|c| t.instances.get(c))
+            .is_some_and(|c| c.row.status.is_terminal());
+        let entry = t.leased(lease)?;
+        let event_waiting = suspend
+            .wait_event
+            .as_ref()
+            .is_some_and(|name| entry.inbox.iter().any(|(n, _)| n == name));
+        let (status, run_at, kind, message) = if entry.row.pause_requested {
+            entry.paused_at = Some(suspend.at);
+            entry.row.pause_requested = false;
+            (Status::Paused, suspend.run_at, "paused", None)
+        } else if event_waiting || child_done {
+            (
+                Status::Pending,
+                suspend.at,
+                "suspended",
+                Some(format!("{}; already there", suspend.reason)),
+            )
+        } else {
+            (
+                suspend.status,
+                suspend.run_at,
+                "suspended",
+                Some(suspend.reason.clone()),
+            )
+        };
+        entry.row.status = status;
+        entry.row.run_at = run_at;
+        entry.row.wait_event = suspend.wait_event;
+        entry.row.wait_child = suspend.wait_child;
+        entry.row.retry = suspend.retry;
+        if let Some(state) = suspend.state {
+            entry.row.state = Some(state);
+        }
+        entry.row.updated_at = suspend.at;
+        entry.lease_owner = None;
+        entry.lease_until = None;
+        t.event(
+            &lease.instance,
+            suspend.at,
+            kind,
+            None,
+            None,
+            message.as_deref(),
+        );
+        Ok(())
+    }
+
+    async fn send_event(
+        &self,
+        id: &InstanceId,
+        name: &str,
+        payload: &str,
+        at: Millis,
+    ) -> Result<Control, StoreError> {
+        let mut t = self.tables();
+        let Some(entry) = t.instances.get_mut(id) else {
+            return Ok(Control::NotFound);
+        };
+        if entry.row.status.is_terminal() {
+            return Ok(Control::Terminal(entry.row.status));
+        }
+        entry.inbox.push((name.to_owned(), payload.to_owned()));
+        if entry.row.status == Status::Listening && entry.row.wait_event.as_deref() == Some(name) {
+            entry.row.status = Status::Pending;
+            entry.row.run_at = at;
+            entry.row.wait_event = None;
+        }
+        t.event(id, at, "event_sent", None, None, Some(name));
+        Ok(Control::Applied)
+    }
+
+    async fn take_event(
+        &self,
+        lease: &Lease,
+        name: &str,
+        step: &str,
+        at: Millis,
+    ) -> Result<Option<String>, StoreError> {
+        let mut t = self.tables();
+        let entry = t.leased(lease)?;
+        let Some(index) = entry.inbox.iter().position(|(n, _)| n == name) else {
+            return Ok(None);
+        };
+        let (_, payload) = entry.inbox.remove(index);
+        entry.steps.push(StepRow {
+            key: step.to_owned(),
+            output: Some(payload.clone()),
+            error: None,
+            state: None,
+            attempts: 1,
+            started_at: at,
+            finished_at: at,
+        });
+        entry.row.updated_at = at;
+        t.event(
+            &lease.instance,
+            at,
+            "event_received",
+            Some(step),
+            None,
+            Some(name),
+        );
+        Ok(Some(payload))
+    }
+
+    async fn pause(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        let mut t = self.tables();
+        let Some(entry) = t.instances.get_mut(id) else {
+            return Ok(Control::NotFound);
+        };
+        match entry.row.status {
+            status if status.is_terminal() => return Ok(Control::Terminal(status)),
+            Status::Paused => return Ok(Control::Applied),
+            Status::InProgress => entry.row.pause_requested = true,
+            _ => {
+                entry.row.status = Status::Paused;
+                entry.paused_at = Some(at);
+                entry.row.updated_at = at;
+                t.event(id, at, "paused", None, None, None);
+            }
+        }
+        Ok(Control::Applied)
+    }
+
+    async fn resume(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        let mut t = self.tables();
+        let Some(entry) = t.instances.get_mut(id) else {
+            return Ok(Control::NotFound);
+        };
+        if entry.row.status.is_terminal() {
+            return Ok(Control::Terminal(entry.row.status));
+        }
+        entry.row.pause_requested = false;
+        if entry.row.status == Status::Paused {
+            let paused_for = at - entry.paused_at.take().unwrap_or(at);
+            entry.row.status = Status::Pending;
+            entry.row.run_at = at;
+            entry.row.deadline_at = entry.row.deadline_at.map(|d| d.saturating_add(paused_for));
+            entry.row.updated_at = at;
+            t.event(id, at, "resumed", None, None, None);
+        }
+        Ok(Control::Applied)
+    }
+
+    async fn put_definitions(
+        &self,
+        definitions: &[crate::workflow::Definition],
+        _at: Millis,
+    ) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        for def in definitions {
+            t.definitions.insert(def.name.clone(), def.clone());
+        }
+        Ok(())
+    }
+
+    async fn definitions(&self) -> Result<Vec<crate::workflow::Definition>, StoreError> {
+        Ok(self.tables().definitions.values().cloned().collect())
+    }
+
+    async fn schedule_mark(&self, workflow: &str) -> Result<Option<ScheduleMark>, StoreError> {
+        Ok(self.tables().schedules.get(workflow).cloned())
+    }
+
+    async fn advance_schedule(
+        &self,
+        workflow: &str,
+        checked_until: Millis,
+        fired: Option<(Millis, InstanceId)>,
+    ) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        let mark = t
+            .schedules
+            .entry(workflow.to_owned())
+            .or_insert(ScheduleMark {
+                checked_until,
+                last_tick: None,
+                last_instance: None,
+            });
+        mark.checked_until = mark.checked_until.max(checked_until);
+        if let Some((tick, id)) = fired {
+            if mark.last_tick.is_none_or(|last| tick > last) {
+                mark.last_tick = Some(tick);
+                mark.last_instance = Some(id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn count_by_status(
+        &self,
+        workflow: Option<&str>,
+    ) -> Result<Vec<(Status, u64)>, StoreError> {
+        let t = self.tables();
+        let mut counts = std::collections::BTreeMap::new();
+        for entry in t.instances.values() {
+            if workflow.is_none_or(|w| entry.row.workflow == w) {
+                *counts.entry(entry.row.status).or_insert(0u64) += 1;
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    #[tokio::test]
+    async fn conformance() {
+        crate::testing::conformance(|| async { super::MemoryStore::new() }).await;
+    }
+}

@@ -1,0 +1,308 @@
+//! Cron schedules: parsing (croner, standard 5-field crontab or 6 fields
+//! with seconds, names and `@daily`-style macros, POSIX weekdays), IANA time
+//! zones (chrono-tz), and the scheduler that turns each tick into exactly one
+//! instance, however many engines share the store.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use croner::parser::{CronParser, Seconds, Year};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::id::InstanceId;
+
+/// What a schedule does about ticks that passed while no engine ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Run every missed tick, oldest first (at most 1,000).
+    All,
+    /// Run the most recent missed tick once. The default: a daily report
+    /// that missed three days runs once, not three times.
+    #[default]
+    Latest,
+    /// Skip missed ticks; run only the ones that come due while running.
+    None,
+}
+
+impl std::str::FromStr for CatchUp {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "all" => Ok(CatchUp::All),
+            "latest" => Ok(CatchUp::Latest),
+            "none" => Ok(CatchUp::None),
+            other => Err(Error::Config(format!(
+                "unknown catch_up `{other}` (expected `all`, `latest` or `none`)"
+            ))),
+        }
+    }
+}
+
+/// A parsed cron expression in a time zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    expression: String,
+    cron: croner::Cron,
+    tz: chrono_tz::Tz,
+}
+
+impl Schedule {
+    /// Parses `expression` (`"0 9 * * *"`, `"*/30 * * * * *"`, `"0 0 * * MON"`,
+    /// `"@daily"`) in the IANA time zone `timezone` (`"UTC"`, `"Europe/Paris"`).
+    pub fn parse(expression: &str, timezone: &str) -> Result<Self> {
+        let parser = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .build();
+        let cron = parser.parse(expression).map_err(|err| {
+            Error::Config(format!("invalid cron expression `{expression}`: {err}"))
+        })?;
+        let tz: chrono_tz::Tz = timezone.parse().map_err(|_| {
+            Error::Config(format!(
+                "unknown time zone `{timezone}` (expected an IANA name such as `UTC` or `Europe/Paris`)"
+            ))
+        })?;
+        Ok(Schedule {
+            expression: expression.to_owned(),
+            cron,
+            tz,
+        })
+    }
+
+    /// The expression as written.
+    pub fn expression(&self) -> &str {
+        &self.expression
+    }
+
+    /// The time zone's IANA name.
+    pub fn timezone(&self) -> &str {
+        self.tz.name()
+    }
+
+    /// The first tick strictly after `after`.
+    ///
+    /// Ticks follow the wall clock of the time zone. On a spring-forward day
+    /// a tick in the skipped hour (02:30 in Europe/Paris) fires once, at the
+    /// first valid time after it (03:00); on a fall-back day a tick in the
+    /// repeated hour fires once, at its first occurrence.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = after.with_timezone(&self.tz);
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// Ticks in `(after, until]`, oldest first, at most `limit`.
+    pub fn ticks_between(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Vec<DateTime<Utc>> {
+        let mut ticks = Vec::new();
+        let mut cursor = after;
+        while ticks.len() < limit {
+            match self.next_after(cursor) {
+                Some(tick) if tick <= until => {
+                    ticks.push(tick);
+                    cursor = tick;
+                }
+                _ => break,
+            }
+        }
+        ticks
+    }
+}
+
+/// What time it is, for the scheduler. Real by default; tests use
+/// [`ManualClock`] to move time forward without waiting.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that moves only when told to. Clones share the time.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    now: Arc<Mutex<DateTime<Utc>>>,
+}
+
+impl ManualClock {
+    /// A clock showing `start`.
+    pub fn new(start: DateTime<Utc>) -> Self {
+        ManualClock {
+            now: Arc::new(Mutex::new(start)),
+        }
+    }
+
+    /// Sets the time.
+    pub fn set(&self, now: DateTime<Utc>) {
+        *self.now.lock().unwrap_or_else(|p| p.into_inner()) = now;
+    }
+
+    /// Moves the time forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
+        *now += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.now.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A registered schedule, as `engine.schedules()` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleInfo {
+    /// The workflow.
+    pub workflow: String,
+    /// Its cron expression.
+    pub expression: String,
+    /// Its time zone.
+    pub timezone: String,
+    /// What it does about missed ticks.
+    pub catch_up: CatchUp,
+    /// The next tick after now.
+    pub next_fire: Option<DateTime<Utc>>,
+    /// The last tick that started an instance.
+    pub last_fired: Option<DateTime<Utc>>,
+    /// The instance that tick started.
+    pub last_instance: Option<InstanceId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Datelike, Timelike, Weekday};
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn standard_expressions() {
+        let start = utc("2026-11-25T10:17:00Z"); // a Wednesday
+        let next = |expr: &str| {
+            Schedule::parse(expr, "UTC")
+                .unwrap()
+                .next_after(start)
+                .unwrap()
+        };
+        assert_eq!(next("0 9 * * *"), utc("2026-11-26T09:00:00Z"));
+        assert_eq!(next("0 */6 * * *"), utc("2026-11-25T12:00:00Z"));
+        assert_eq!(next("*/30 * * * *"), utc("2026-11-25T10:30:00Z"));
+        assert_eq!(next("@daily"), utc("2026-11-26T00:00:00Z"));
+        assert_eq!(next("@hourly"), utc("2026-11-25T11:00:00Z"));
+        assert_eq!(next("15 10 * JAN *"), utc("2027-01-01T10:15:00Z"));
+        assert_eq!(
+            next("*/20 * * * * *"),
+            utc("2026-11-25T10:17:20Z"),
+            "6 fields: seconds first"
+        );
+    }
+
+    /// The trap of prepending "0 " to reuse a Quartz parser: `0 0 * * 1`
+    /// must fire on Monday (POSIX weekdays: 0 and 7 are Sunday).
+    #[test]
+    fn weekday_numbers_are_posix() {
+        let start = utc("2026-11-25T10:17:00Z");
+        for expr in ["0 0 * * 1", "0 0 * * MON"] {
+            let t = Schedule::parse(expr, "UTC")
+                .unwrap()
+                .next_after(start)
+                .unwrap();
+            assert_eq!(t.weekday(), Weekday::Mon, "{expr}");
+            assert_eq!(t, utc("2026-11-30T00:00:00Z"));
+        }
+        for expr in ["0 0 * * 0", "0 0 * * 7", "0 0 * * SUN"] {
+            let t = Schedule::parse(expr, "UTC")
+                .unwrap()
+                .next_after(start)
+                .unwrap();
+            assert_eq!(t.weekday(), Weekday::Sun, "{expr}");
+        }
+    }
+
+    #[test]
+    fn time_zones_follow_the_wall_clock() {
+        let paris = Schedule::parse("0 9 * * *", "Europe/Paris").unwrap();
+        // Winter: UTC+1.
+        assert_eq!(
+            paris.next_after(utc("2026-01-10T00:00:00Z")).unwrap(),
+            utc("2026-01-10T08:00:00Z")
+        );
+        // Summer: UTC+2.
+        assert_eq!(
+            paris.next_after(utc("2026-07-10T00:00:00Z")).unwrap(),
+            utc("2026-07-10T07:00:00Z")
+        );
+    }
+
+    /// 2026-03-29 in Paris: 02:00 jumps to 03:00, so 02:30 does not exist.
+    #[test]
+    fn spring_forward_runs_a_skipped_tick_once_at_the_first_valid_time() {
+        let s = Schedule::parse("30 2 * * *", "Europe/Paris").unwrap();
+        let ticks = s.ticks_between(utc("2026-03-28T00:00:00Z"), utc("2026-03-31T00:00:00Z"), 10);
+        let local: Vec<String> = ticks
+            .iter()
+            .map(|t| {
+                t.with_timezone(&chrono_tz::Europe::Paris)
+                    .format("%m-%d %H:%M")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(local, ["03-28 02:30", "03-29 03:00", "03-30 02:30"]);
+    }
+
+    /// 2026-10-25 in Paris: 03:00 falls back to 02:00, so 02:30 happens twice.
+    #[test]
+    fn fall_back_runs_a_repeated_tick_once() {
+        let s = Schedule::parse("30 2 * * *", "Europe/Paris").unwrap();
+        let ticks = s.ticks_between(utc("2026-10-24T00:00:00Z"), utc("2026-10-27T00:00:00Z"), 10);
+        assert_eq!(ticks.len(), 3, "{ticks:?}");
+        let on_the_day: Vec<_> = ticks.iter().filter(|t| t.day() == 25).collect();
+        assert_eq!(on_the_day.len(), 1);
+        // The first 02:30 (still summer time, UTC+2).
+        assert_eq!(*on_the_day[0], utc("2026-10-25T00:30:00Z"));
+        // An hourly job still runs every real hour through the repeat.
+        let hourly = Schedule::parse("0 * * * *", "Europe/Paris").unwrap();
+        let ticks =
+            hourly.ticks_between(utc("2026-10-24T23:30:00Z"), utc("2026-10-25T02:30:00Z"), 10);
+        assert_eq!(ticks.len(), 3, "{ticks:?}");
+        assert!(ticks.iter().all(|t| t.minute() == 0));
+    }
+
+    #[test]
+    fn bad_expressions_and_zones_are_clear_errors() {
+        let err = Schedule::parse("61 * * * *", "UTC")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid cron expression `61 * * * *`"),
+            "{err}"
+        );
+        let err = Schedule::parse("0 9 * * *", "Mars/Olympus")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown time zone `Mars/Olympus`"), "{err}");
+        assert_eq!("all".parse::<CatchUp>().unwrap(), CatchUp::All);
+        assert!("some".parse::<CatchUp>().is_err());
+    }
+}

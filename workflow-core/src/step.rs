@@ -1,0 +1,167 @@
+//! Step options: how many attempts a step gets and how long it waits between them.
+
+use std::time::Duration;
+
+use crate::error::BoxError;
+
+/// How a step retries. The default matches the original framework: 5 attempts,
+/// waiting `min(100 ms * e^attempt, 5 s)` after each failure (about 0.27 s,
+/// 0.74 s, 2 s and 5 s).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOptions {
+    /// Attempts in all, the first included. `1` means no retry.
+    pub max_attempts: u32,
+    /// Wait after the first failure is `initial_backoff * factor^attempt`...
+    pub initial_backoff: Duration,
+    /// ...growing by this factor per attempt...
+    pub factor: f64,
+    /// ...and never longer than this. Then spread by `jitter`.
+    pub max_backoff: Duration,
+    /// Each wait is scaled by a random factor in `[1 - jitter, 1 + jitter]`,
+    /// so many instances failing together do not retry in lockstep.
+    pub jitter: f64,
+}
+
+impl Default for StepOptions {
+    fn default() -> Self {
+        StepOptions {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            factor: std::f64::consts::E,
+            max_backoff: Duration::from_secs(5),
+            jitter: 0.0,
+        }
+    }
+}
+
+impl StepOptions {
+    /// The default policy with `max_attempts` attempts in all.
+    pub fn retries(max_attempts: u32) -> Self {
+        StepOptions {
+            max_attempts: max_attempts.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// No retry: one attempt.
+    pub fn no_retry() -> Self {
+        Self::retries(1)
+    }
+
+    /// Sets the backoff: `initial * factor^attempt`, capped at `max`.
+    pub fn backoff(mut self, initial: Duration, factor: f64, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.factor = factor.max(1.0);
+        self.max_backoff = max;
+        self
+    }
+
+    /// Spreads each wait by up to `±fraction` (0 to 1) of itself.
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction.clamp(0.0, 1.0);
+        self
+    }
+
+    /// The wait after failed attempt `attempt`, with jitter applied.
+    pub fn jittered_delay_after(&self, attempt: u32) -> Duration {
+        let base = self.delay_after(attempt);
+        if self.jitter == 0.0 {
+            return base;
+        }
+        use std::hash::{BuildHasher, Hasher};
+        // A random u64 without a dependency: std seeds RandomState randomly.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(attempt);
+        let unit = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
+        base.mul_f64(1.0 + self.jitter * (2.0 * unit - 1.0))
+    }
+
+    /// How long to wait after failed attempt number `attempt` (1-based), before jitter.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let exp = self.factor.powi(attempt.min(64) as i32);
+        let secs = (self.initial_backoff.as_secs_f64() * exp).min(self.max_backoff.as_secs_f64());
+        Duration::from_secs_f64(secs.max(0.0))
+    }
+}
+
+/// An error a step should not retry: `Err(NonRetryable::new(err))` (or
+/// [`permanent`]) fails the step at once, whatever attempts are left.
+#[derive(Debug)]
+pub struct NonRetryable(pub BoxError);
+
+impl NonRetryable {
+    /// Marks `err` as not worth retrying.
+    pub fn new(err: impl Into<BoxError>) -> Self {
+        NonRetryable(err.into())
+    }
+}
+
+impl std::fmt::Display for NonRetryable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for NonRetryable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Marks `err` as not worth retrying: `return Err(workflow::permanent(err))`.
+pub fn permanent(err: impl Into<BoxError>) -> BoxError {
+    Box::new(NonRetryable::new(err))
+}
+
+/// The text of a caught panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_backoff_matches_the_original_framework() {
+        let opts = StepOptions::default();
+        let delays: Vec<f64> = (1..=5)
+            .map(|a| (opts.delay_after(a).as_secs_f64() * 100.0).round() / 100.0)
+            .collect();
+        assert_eq!(delays, [0.27, 0.74, 2.01, 5.0, 5.0]);
+        assert_eq!(opts.max_attempts, 5);
+    }
+
+    #[test]
+    fn jitter_stays_within_its_bounds() {
+        let opts = StepOptions::default().jitter(0.5);
+        for attempt in 1..50 {
+            let base = opts.delay_after(attempt).as_secs_f64();
+            let d = opts.jittered_delay_after(attempt).as_secs_f64();
+            assert!(
+                d >= base * 0.5 - 1e-9 && d <= base * 1.5 + 1e-9,
+                "{d} vs {base}"
+            );
+        }
+    }
+
+    #[test]
+    fn retries_never_below_one_attempt() {
+        assert_eq!(StepOptions::retries(0).max_attempts, 1);
+        assert_eq!(StepOptions::no_retry().max_attempts, 1);
+    }
+
+    #[test]
+    fn panic_payloads_are_read() {
+        let payload: Box<dyn std::any::Any + Send> = Box::new("boom");
+        assert_eq!(panic_message(&*payload), "boom");
+        let payload: Box<dyn std::any::Any + Send> = Box::new(String::from("bang 7"));
+        assert_eq!(panic_message(&*payload), "bang 7");
+    }
+}

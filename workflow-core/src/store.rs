@@ -1,0 +1,484 @@
+//! The storage contract. A backend implements [`Store`]; the engine does the rest.
+//!
+//! Every value that crosses this trait is plain data: JSON documents travel as
+//! text (the engine parses them, so a corrupt row fails only its instance),
+//! times are milliseconds since the Unix epoch. Every write made on behalf of
+//! a running handler carries a [`Lease`], and the store applies it only while
+//! that lease is still the instance's current one: a worker that lost its
+//! lease can never overwrite what another worker did.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::id::InstanceId;
+use crate::status::Status;
+use crate::workflow::Definition;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The current time in [`Millis`].
+pub fn now_millis() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A time as RFC 3339 text, for history messages.
+pub fn format_millis(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// An instance to insert.
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    /// Its id: a UUIDv7 minted at `created_at` ([`InstanceId::at`]), so ids
+    /// sort by creation time; stores may use that to bound time ranges.
+    pub id: InstanceId,
+    /// The workflow's registered name.
+    pub workflow: String,
+    /// The input, as JSON text.
+    pub input: String,
+    /// Tags set at start.
+    pub tags: BTreeMap<String, String>,
+    /// Deduplication key, if any.
+    pub key: Option<String>,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Not runnable before this time.
+    pub run_at: Millis,
+    /// Ends `TimedOut` past this time.
+    pub deadline_at: Option<Millis>,
+    /// The instance that started this one as a child (`ctx.start_child`).
+    pub parent: Option<InstanceId>,
+}
+
+/// What [`Store::create`] did.
+#[derive(Debug, Clone)]
+pub enum Created {
+    /// A new instance was inserted.
+    New(InstanceRow),
+    /// An instance with the same workflow and key in one of the given statuses existed.
+    Existing(InstanceRow),
+}
+
+impl Created {
+    /// The row, new or existing.
+    pub fn into_row(self) -> InstanceRow {
+        match self {
+            Created::New(row) | Created::Existing(row) => row,
+        }
+    }
+}
+
+/// One instance as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRow {
+    /// Its id.
+    pub id: InstanceId,
+    /// The workflow's registered name.
+    pub workflow: String,
+    /// Current status.
+    pub status: Status,
+    /// Input JSON.
+    pub input: String,
+    /// Output JSON, once `Completed`.
+    pub output: Option<String>,
+    /// Error text, once `Failed`/`TimedOut`/`Cancelled`.
+    pub error: Option<String>,
+    /// Latest persisted state JSON (`None` until the first step that changed it).
+    pub state: Option<String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Deduplication key.
+    pub key: Option<String>,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last change of its status, state, deadline or lease (a step that
+    /// leaves the state alone does not bump it).
+    pub updated_at: Millis,
+    /// First time a worker picked it up.
+    pub started_at: Option<Millis>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<Millis>,
+    /// Not runnable before this time.
+    pub run_at: Millis,
+    /// Ends `TimedOut` past this time.
+    pub deadline_at: Option<Millis>,
+    /// How many times a worker has claimed it (1 on a first run, more after
+    /// crashes, and after every wake-up from a sleep or a wait).
+    pub runs: i64,
+    /// The parent instance, for children.
+    pub parent: Option<InstanceId>,
+    /// While suspended: the event name it waits for.
+    pub wait_event: Option<String>,
+    /// While suspended: the child it waits for.
+    pub wait_child: Option<InstanceId>,
+    /// A step waiting out a long retry backoff: its key and failed attempts so far.
+    pub retry: Option<(String, u32)>,
+    /// A pause was asked for while it ran; it pauses at its next step.
+    pub pause_requested: bool,
+}
+
+/// The right to write on behalf of one run of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The instance.
+    pub instance: InstanceId,
+    /// The worker holding it.
+    pub owner: String,
+    /// The claim number ([`InstanceRow::runs`] at claim time); a fencing token.
+    pub run: i64,
+}
+
+/// Parameters of [`Store::claim`].
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// The claiming worker.
+    pub owner: String,
+    /// Only instances of these workflows (the ones this worker can run).
+    pub workflows: Vec<String>,
+    /// Now.
+    pub now: Millis,
+    /// The lease lasts until then unless renewed.
+    pub lease_until: Millis,
+    /// At most this many instances.
+    pub limit: usize,
+}
+
+/// An instance handed to a worker, with its completed steps for replay.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The instance, as it was claimed (status `InProgress`).
+    pub row: InstanceRow,
+    /// The lease to write with.
+    pub lease: Lease,
+    /// Its recorded steps, in the order they were recorded.
+    pub steps: Vec<StepRow>,
+}
+
+/// A recorded step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRow {
+    /// Step key: `name`, or `name#n` for the n-th repeat in one run.
+    pub key: String,
+    /// Result JSON when the step succeeded.
+    pub output: Option<String>,
+    /// Error text when it failed for good.
+    pub error: Option<String>,
+    /// State JSON after the step, when the step changed it.
+    pub state: Option<String>,
+    /// Attempts it took.
+    pub attempts: u32,
+    /// When its first attempt started.
+    pub started_at: Millis,
+    /// When it was recorded.
+    pub finished_at: Millis,
+}
+
+/// How a run ended, for [`Store::finish`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    /// A terminal status.
+    pub status: Status,
+    /// Output JSON for `Completed`.
+    pub output: Option<String>,
+    /// Error text otherwise.
+    pub error: Option<String>,
+    /// Final state JSON, when it changed since the last step.
+    pub state: Option<String>,
+    /// When.
+    pub at: Millis,
+}
+
+/// One entry of an instance's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// Increasing per store; orders the history.
+    pub seq: i64,
+    /// The instance.
+    pub instance: InstanceId,
+    /// When.
+    pub at: Millis,
+    /// What happened: `created`, `started`, `step_completed`, `step_failed`,
+    /// `attempt_failed`, `state_changed`, `deadline_changed`, `released`, or a
+    /// terminal status name (`completed`, `failed`, `cancelled`, `timed_out`).
+    pub kind: String,
+    /// The step key, for step events.
+    pub step: Option<String>,
+    /// The attempt number, for step events.
+    pub attempt: Option<u32>,
+    /// Error text or other detail.
+    pub message: Option<String>,
+    /// For step events: from the step's first attempt to its record.
+    pub duration_ms: Option<i64>,
+}
+
+/// How a running instance gives its worker back while it waits, for
+/// [`Store::suspend`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Suspend {
+    /// `Pending` (sleeping, or backing off before a retry) or `Listening`
+    /// (waiting for an event or a child).
+    pub status: Status,
+    /// When a worker should run it again even if nothing wakes it (a sleep's
+    /// end, a wait's timeout, its deadline); `Millis::MAX` for never.
+    pub run_at: Millis,
+    /// The event it waits for.
+    pub wait_event: Option<String>,
+    /// The child it waits for.
+    pub wait_child: Option<InstanceId>,
+    /// The step backing off: its key and failed attempts so far.
+    pub retry: Option<(String, u32)>,
+    /// State JSON, if changed since the last step.
+    pub state: Option<String>,
+    /// For the history: what it waits for, in words.
+    pub reason: String,
+    /// Now.
+    pub at: Millis,
+}
+
+/// A lease after [`Store::renew`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    /// The lease.
+    pub lease: Lease,
+    /// Still current (extended); when false the worker must stop the handler.
+    pub held: bool,
+    /// The instance's deadline now, which another process may have moved.
+    pub deadline_at: Option<Millis>,
+    /// A pause was asked for.
+    pub pause_requested: bool,
+}
+
+/// What a control operation ([`Store::cancel`], [`Store::set_deadline`]) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Done.
+    Applied,
+    /// Nothing changed: the instance had already ended with this status.
+    Terminal(Status),
+    /// No such instance.
+    NotFound,
+}
+
+/// Where a cron schedule stands, shared by every engine on the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleMark {
+    /// Ticks up to this time have been looked at.
+    pub checked_until: Millis,
+    /// The newest tick that started an instance.
+    pub last_tick: Option<Millis>,
+    /// The instance it started.
+    pub last_instance: Option<InstanceId>,
+}
+
+/// Filters of [`Store::list`]. Results are newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListQuery {
+    /// Only this workflow.
+    pub workflow: Option<String>,
+    /// Only these statuses (any when empty).
+    pub statuses: Vec<Status>,
+    /// Only instances carrying every one of these tags.
+    pub tags: BTreeMap<String, String>,
+    /// Only this dedup key.
+    pub key: Option<String>,
+    /// Only instances created at or after this time.
+    pub created_from: Option<Millis>,
+    /// Only instances created before this time.
+    pub created_to: Option<Millis>,
+    /// Only ids strictly less than this one (the paging cursor).
+    pub before: Option<InstanceId>,
+    /// At most this many rows.
+    pub limit: usize,
+}
+
+/// A storage backend. Implemented by `MemoryStore`, `SqliteStore` and
+/// `PgStore`; checked by the conformance suite in `workflow_core::testing` (feature `testing`).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts an instance and its `created` event. With `dedup` set and a
+    /// key on `new`, atomically returns the existing instance of the same
+    /// workflow and key whose status is in `dedup` instead, if there is one.
+    async fn create(
+        &self,
+        new: NewInstance,
+        dedup: Option<&[Status]>,
+    ) -> Result<Created, StoreError>;
+
+    /// Inserts many instances (no dedup) with their `created` events. The
+    /// default calls [`Store::create`] for each; backends override it to
+    /// use one transaction.
+    async fn create_many(&self, new: Vec<NewInstance>) -> Result<Vec<InstanceRow>, StoreError> {
+        let mut rows = Vec::with_capacity(new.len());
+        for instance in new {
+            rows.push(self.create(instance, None).await?.into_row());
+        }
+        Ok(rows)
+    }
+
+    /// Reads one instance.
+    async fn get(&self, id: &InstanceId) -> Result<Option<InstanceRow>, StoreError>;
+
+    /// Claims up to `limit` runnable instances: `Pending`, `InProgress` or
+    /// `Listening`, due (`run_at <= now`), of one of `workflows`, whose lease
+    /// is free or expired. Each gets status `InProgress`, a lease for `owner`
+    /// until `lease_until`, `runs + 1`, its wait cleared, and a `started`
+    /// event.
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError>;
+
+    /// The earliest `run_at` after `after` of a waiting (`Pending` or
+    /// `Listening`) instance of `workflows`, so an idle worker can nap
+    /// exactly until then. Workers pass the `now` of their last claim:
+    /// anything due by then was claimable at that claim. A lower bound is
+    /// fine (a store may ignore `workflows`); the default says "unknown",
+    /// and workers fall back to polling.
+    async fn next_due(
+        &self,
+        workflows: &[String],
+        after: Millis,
+    ) -> Result<Option<Millis>, StoreError> {
+        let _ = (workflows, after);
+        Ok(None)
+    }
+
+    /// A signal that changes when another process may have made work due
+    /// (PostgreSQL's LISTEN/NOTIFY). Idle workers wait on it next to their
+    /// own timers and wake-ups; it is only a hint, claims stay the truth.
+    /// The default is none: workers rely on `next_due` and polling.
+    fn wakeups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
+    /// Records a finished step, the state after it (when changed) and its
+    /// events (`step_completed` or `step_failed` with its duration, and
+    /// `state_changed` when it carries state), in one transaction, if `lease`
+    /// is current. Recording a key twice keeps the first record.
+    async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError>;
+
+    /// Records a failed attempt of a step as an `attempt_failed` event.
+    async fn record_attempt(
+        &self,
+        lease: &Lease,
+        step: &str,
+        attempt: u32,
+        error: &str,
+        at: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// Ends the run with a terminal status and its event, if `lease` is
+    /// current; wakes the parent if it waits for this instance.
+    async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError>;
+
+    /// Gives the instance back (status `Pending`, no lease) so another worker
+    /// can run it, if `lease` is current. Used on shutdown.
+    async fn release(&self, lease: &Lease, at: Millis) -> Result<(), StoreError>;
+
+    /// Extends the still-current `leases` to `until`, reporting for each, in
+    /// order, whether it is still held and the instance's deadline now.
+    async fn renew(&self, leases: &[Lease], until: Millis) -> Result<Vec<Renewal>, StoreError>;
+
+    /// Ends an unfinished instance `Cancelled` (any worker's lease on it is
+    /// void from then on) with a `cancelled` event, and its unfinished
+    /// children, grandchildren... with it. A parent waiting for it wakes. A
+    /// terminal instance is left alone.
+    async fn cancel(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError>;
+
+    /// Moves the deadline of an unfinished instance, with a
+    /// `deadline_changed` event. A terminal instance is left alone.
+    async fn set_deadline(
+        &self,
+        id: &InstanceId,
+        deadline_at: Millis,
+        at: Millis,
+    ) -> Result<Control, StoreError>;
+
+    /// The distinct owners holding leases on unfinished instances.
+    async fn lease_owners(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Frees every lease `owner` holds (a worker known to be dead), so other
+    /// workers can take its instances at once. Returns how many were freed.
+    async fn release_owner(&self, owner: &str, at: Millis) -> Result<u64, StoreError>;
+
+    /// The recorded steps of an instance, in the order they were recorded.
+    async fn steps(&self, id: &InstanceId) -> Result<Vec<StepRow>, StoreError>;
+
+    /// The history of an instance, oldest first.
+    async fn history(&self, id: &InstanceId) -> Result<Vec<EventRow>, StoreError>;
+
+    /// Instances matching `query`, newest first.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<InstanceRow>, StoreError>;
+
+    /// Gives the worker back while the instance waits: no lease, status and
+    /// wake-up from `suspend`, if `lease` is current. Atomically with that,
+    /// so no wake-up is lost: if the event it waits for is already in its
+    /// inbox, or the child it waits for already ended, it becomes `Pending`
+    /// and due now instead; if a pause was asked for, it becomes `Paused`.
+    async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError>;
+
+    /// Puts an event in an unfinished instance's inbox (kept until taken),
+    /// and wakes the instance if it is `Listening` for that name.
+    async fn send_event(
+        &self,
+        id: &InstanceId,
+        name: &str,
+        payload: &str,
+        at: Millis,
+    ) -> Result<Control, StoreError>;
+
+    /// Takes the oldest untaken event called `name` from the inbox, if
+    /// there is one, and records it as step `step` (its payload as the
+    /// output) with an `event_received` history event, in one transaction,
+    /// if `lease` is current.
+    async fn take_event(
+        &self,
+        lease: &Lease,
+        name: &str,
+        step: &str,
+        at: Millis,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Pauses an unfinished instance: a waiting one at once (`Paused`), a
+    /// running one at its next step (it is asked to, see
+    /// [`InstanceRow::pause_requested`]). Its deadline stops counting.
+    async fn pause(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError>;
+
+    /// Resumes a paused instance (due now, its deadline pushed back by the
+    /// time it was paused), or withdraws a pause not yet taken.
+    async fn resume(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError>;
+
+    /// Where the schedule of `workflow` stands, if any engine looked at it yet.
+    async fn schedule_mark(&self, workflow: &str) -> Result<Option<ScheduleMark>, StoreError>;
+
+    /// Moves the schedule's mark forward, never back: `checked_until` to at
+    /// least the given time, and, with `fired`, the last tick and its
+    /// instance if that tick is newer.
+    async fn advance_schedule(
+        &self,
+        workflow: &str,
+        checked_until: Millis,
+        fired: Option<(Millis, InstanceId)>,
+    ) -> Result<(), StoreError>;
+
+    /// Records workflow definitions (name, schemas, schedule...), replacing
+    /// earlier ones of the same name, so tools without the code (the CLI,
+    /// the console) can read them. Engines call it when built.
+    async fn put_definitions(
+        &self,
+        definitions: &[Definition],
+        at: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// Every recorded definition, by name.
+    async fn definitions(&self) -> Result<Vec<Definition>, StoreError>;
+
+    /// How many instances are in each status (statuses with none are left
+    /// out), for one workflow or all.
+    async fn count_by_status(
+        &self,
+        workflow: Option<&str>,
+    ) -> Result<Vec<(Status, u64)>, StoreError>;
+}

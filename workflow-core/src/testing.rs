@@ -1,0 +1,1110 @@
+//! The store conformance suite. Every backend runs it from its own tests:
+//!
+//! ```text
+//! #[tokio::test]
+//! async fn conformance() {
+//!     workflow_core::testing::conformance(|| async { MyStore::open_fresh().await }).await;
+//! }
+//! ```
+//!
+//! `make` must return an empty store each time it is called.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::error::StoreError;
+use crate::id::InstanceId;
+use crate::status::Status;
+use crate::store::*;
+
+/// Runs every check against fresh stores from `make`; panics on the first failure.
+pub async fn conformance<S, F, Fut>(make: F)
+where
+    S: Store,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    create_and_get(make().await).await;
+    claim_is_exclusive(Arc::new(make().await)).await;
+    claim_respects_due_time_and_names(make().await).await;
+    steps_are_fenced_by_the_lease(make().await).await;
+    finish_is_final(make().await).await;
+    renew_reports_lost_leases(make().await).await;
+    cancel_and_deadlines(make().await).await;
+    suspend_and_wake(make().await).await;
+    events_are_kept_until_taken(make().await).await;
+    children_wake_parents_and_die_with_them(make().await).await;
+    pause_and_resume(make().await).await;
+    schedule_marks_only_move_forward(make().await).await;
+    definitions_are_recorded(make().await).await;
+    release_owner_frees_instances(make().await).await;
+    dedup_is_atomic(Arc::new(make().await)).await;
+    list_filters_and_pages(make().await).await;
+}
+
+const T0: Millis = 1_700_000_000_000;
+
+/// A new pending instance of `workflow`, created at `T0 + n`.
+pub fn new_instance(workflow: &str, n: i64) -> NewInstance {
+    NewInstance {
+        id: InstanceId::at(T0 + n),
+        workflow: workflow.to_owned(),
+        input: format!(r#"{{"n":{n}}}"#),
+        tags: BTreeMap::new(),
+        key: None,
+        created_at: T0 + n,
+        run_at: T0 + n,
+        deadline_at: Some(T0 + 300_000),
+        parent: None,
+    }
+}
+
+fn claim_req(owner: &str, now: Millis, limit: usize) -> ClaimRequest {
+    ClaimRequest {
+        owner: owner.to_owned(),
+        workflows: vec!["wf".to_owned()],
+        now,
+        lease_until: now + 30_000,
+        limit,
+    }
+}
+
+fn step(key: &str, output: &str, state: Option<&str>) -> StepRow {
+    StepRow {
+        key: key.to_owned(),
+        output: Some(output.to_owned()),
+        error: None,
+        state: state.map(str::to_owned),
+        attempts: 1,
+        started_at: T0 + 10,
+        finished_at: T0 + 11,
+    }
+}
+
+async fn create_and_get(store: impl Store) {
+    let mut new = new_instance("wf", 0);
+    new.tags.insert("customer".into(), "42".into());
+    new.key = Some("k1".into());
+    let id = new.id.clone();
+    let row = store.create(new, None).await.unwrap().into_row();
+    assert_eq!(row.status, Status::Pending);
+    assert_eq!(row.runs, 0);
+    let got = store
+        .get(&id)
+        .await
+        .unwrap()
+        .expect("created instance is readable");
+    assert_eq!(got, row);
+    assert_eq!(got.input, r#"{"n":0}"#);
+    assert_eq!(got.tags.get("customer").map(String::as_str), Some("42"));
+    assert_eq!(got.key.as_deref(), Some("k1"));
+    assert_eq!(got.deadline_at, Some(T0 + 300_000));
+    assert!(store.get(&InstanceId::new()).await.unwrap().is_none());
+    let many: Vec<NewInstance> = (10..20).map(|n| new_instance("wf", n)).collect();
+    let rows = store.create_many(many.clone()).await.unwrap();
+    assert_eq!(rows.len(), 10);
+    for (row, new) in rows.iter().zip(&many) {
+        assert_eq!(row.id, new.id);
+        assert_eq!(
+            store.get(&new.id).await.unwrap().unwrap().status,
+            Status::Pending
+        );
+    }
+    let history = store.history(&id).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].kind, "created");
+}
+
+async fn claim_is_exclusive(store: Arc<impl Store>) {
+    for n in 0..20 {
+        store.create(new_instance("wf", n), None).await.unwrap();
+    }
+    let now = T0 + 1_000;
+    let (a, b) = tokio::join!(
+        store.claim(claim_req("a", now, 15)),
+        store.claim(claim_req("b", now, 15))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), 20, "every due instance is claimed once");
+    let ids: HashSet<_> = a.iter().chain(&b).map(|c| c.row.id.clone()).collect();
+    assert_eq!(ids.len(), 20, "no instance is claimed by two workers");
+    for c in a.iter().chain(&b) {
+        assert_eq!(c.row.status, Status::InProgress);
+        assert_eq!(c.row.runs, 1);
+        assert_eq!(c.lease.run, 1);
+        assert!(c.steps.is_empty());
+    }
+    assert!(
+        store
+            .claim(claim_req("c", now, 10))
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased instances are not claimable"
+    );
+    // Past the lease, another worker takes over with a new fencing token.
+    let later = now + 60_000;
+    let taken = store.claim(claim_req("c", later, 100)).await.unwrap();
+    assert_eq!(taken.len(), 20);
+    assert!(taken
+        .iter()
+        .all(|c| c.lease.run == 2 && c.lease.owner == "c"));
+}
+
+async fn claim_respects_due_time_and_names(store: impl Store) {
+    let mut later = new_instance("wf", 0);
+    later.run_at = T0 + 10_000;
+    let later_id = later.id.clone();
+    store.create(later, None).await.unwrap();
+    store.create(new_instance("other", 1), None).await.unwrap();
+    let due = store
+        .next_due(&["wf".to_owned()], T0 + 5_000)
+        .await
+        .unwrap();
+    assert!(
+        due.is_none_or(|due| due > T0 + 5_000 && due <= T0 + 10_000),
+        "next_due is unknown or a bound after `after`: {due:?}"
+    );
+    let due = store
+        .next_due(&["wf".to_owned()], T0 + 10_000)
+        .await
+        .unwrap();
+    assert!(due.is_none(), "nothing waits after T0 + 10 s: {due:?}");
+    assert!(store
+        .claim(claim_req("a", T0 + 5_000, 10))
+        .await
+        .unwrap()
+        .is_empty());
+    let claimed = store.claim(claim_req("a", T0 + 10_000, 10)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].row.id, later_id);
+    assert_eq!(claimed[0].row.started_at, Some(T0 + 10_000));
+}
+
+async fn steps_are_fenced_by_the_lease(store: impl Store) {
+    let new = new_instance("wf", 0);
+    let id = new.id.clone();
+    store.create(new, None).await.unwrap();
+    let c = store
+        .claim(claim_req("a", T0 + 1, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .commit_step(&c.lease, step("fetch", "1", None))
+        .await
+        .unwrap();
+    store
+        .commit_step(
+            &c.lease,
+            step("charge", r#"{"ok":true}"#, Some(r#"{"count":2}"#)),
+        )
+        .await
+        .unwrap();
+    // A second record of the same key keeps the first.
+    store
+        .commit_step(&c.lease, step("fetch", "999", None))
+        .await
+        .unwrap();
+    store
+        .record_attempt(&c.lease, "ship", 1, "timeout", T0 + 12)
+        .await
+        .unwrap();
+
+    let steps = store.steps(&id).await.unwrap();
+    let keys: Vec<_> = steps.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["fetch", "charge"]);
+    assert_eq!(steps[0].output.as_deref(), Some("1"));
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().state.as_deref(),
+        Some(r#"{"count":2}"#)
+    );
+
+    // A stale lease (wrong owner or an older run) writes nothing.
+    let stale = Lease {
+        run: c.lease.run - 1,
+        ..c.lease.clone()
+    };
+    assert!(matches!(
+        store.commit_step(&stale, step("x", "0", None)).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let other = Lease {
+        owner: "b".into(),
+        ..c.lease.clone()
+    };
+    assert!(matches!(
+        store.commit_step(&other, step("x", "0", None)).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.record_attempt(&other, "x", 1, "e", T0).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert_eq!(store.steps(&id).await.unwrap().len(), 2);
+
+    // Replay after a takeover sees the recorded steps, in order.
+    let c2 = store
+        .claim(claim_req("b", T0 + 60_000, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        c2.steps.iter().map(|s| s.key.as_str()).collect::<Vec<_>>(),
+        ["fetch", "charge"]
+    );
+    assert_eq!(c2.steps[1].state.as_deref(), Some(r#"{"count":2}"#));
+    assert!(matches!(
+        store.commit_step(&c.lease, step("late", "0", None)).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+
+    let history = store.history(&id).await.unwrap();
+    let kinds: Vec<_> = history.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "created",
+            "started",
+            "step_completed",
+            "step_completed",
+            "state_changed",
+            "attempt_failed",
+            "started"
+        ]
+    );
+    assert_eq!(
+        history[2].duration_ms,
+        Some(1),
+        "step events carry their duration"
+    );
+    assert_eq!(history[2].step.as_deref(), Some("fetch"));
+    assert_eq!(history[4].step.as_deref(), Some("charge"));
+    assert_eq!(history[5].attempt, Some(1));
+    assert_eq!(history[5].message.as_deref(), Some("timeout"));
+    assert!(
+        history.windows(2).all(|w| w[0].seq < w[1].seq),
+        "history is ordered"
+    );
+}
+
+async fn finish_is_final(store: impl Store) {
+    let new = new_instance("wf", 0);
+    let id = new.id.clone();
+    store.create(new, None).await.unwrap();
+    let c = store
+        .claim(claim_req("a", T0 + 1, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    let finish = Finish {
+        status: Status::Completed,
+        output: Some(r#""done""#.into()),
+        error: None,
+        state: Some("7".into()),
+        at: T0 + 50,
+    };
+    store.finish(&c.lease, finish.clone()).await.unwrap();
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Completed);
+    assert_eq!(row.output.as_deref(), Some(r#""done""#));
+    assert_eq!(row.state.as_deref(), Some("7"));
+    assert_eq!(row.finished_at, Some(T0 + 50));
+    assert!(
+        matches!(
+            store.finish(&c.lease, finish).await,
+            Err(StoreError::LeaseLost(_))
+        ),
+        "a finished instance cannot be finished again"
+    );
+    assert!(
+        store
+            .claim(claim_req("b", T0 + 100_000, 10))
+            .await
+            .unwrap()
+            .is_empty(),
+        "terminal instances are never claimed"
+    );
+    assert!(store.lease_owners().await.unwrap().is_empty());
+
+    // Release hands an instance back for another worker.
+    let new = new_instance("wf", 1);
+    let id = new.id.clone();
+    store.create(new, None).await.unwrap();
+    let c = store
+        .claim(claim_req("a", T0 + 2, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    store.release(&c.lease, T0 + 3).await.unwrap();
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().status,
+        Status::Pending
+    );
+    let again = store.claim(claim_req("b", T0 + 4, 1)).await.unwrap();
+    assert_eq!(again.len(), 1, "a released instance is claimable at once");
+    assert_eq!(again[0].lease.run, 2);
+}
+
+async fn renew_reports_lost_leases(store: impl Store) {
+    store.create(new_instance("wf", 0), None).await.unwrap();
+    store.create(new_instance("wf", 1), None).await.unwrap();
+    let claimed = store.claim(claim_req("a", T0 + 1, 2)).await.unwrap();
+    let leases: Vec<Lease> = claimed.iter().map(|c| c.lease.clone()).collect();
+    let renewed = store.renew(&leases, T0 + 100_000).await.unwrap();
+    assert_eq!(renewed.len(), 2);
+    assert!(renewed
+        .iter()
+        .all(|r| r.held && r.deadline_at == Some(T0 + 300_000)));
+    assert_eq!(
+        renewed[0].lease, leases[0],
+        "answers come in the order asked"
+    );
+    // Renewed: still held at a time past the original lease.
+    assert!(store
+        .claim(claim_req("b", T0 + 60_000, 10))
+        .await
+        .unwrap()
+        .is_empty());
+    let taken = store.claim(claim_req("b", T0 + 200_000, 1)).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    let lost: Vec<Renewal> = store
+        .renew(&leases, T0 + 300_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| !r.held)
+        .collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].lease.instance, taken[0].row.id);
+}
+
+async fn cancel_and_deadlines(store: impl Store) {
+    let pending = new_instance("wf", 0);
+    let pending_id = pending.id.clone();
+    store.create(pending, None).await.unwrap();
+    let running = new_instance("wf", 1);
+    let running_id = running.id.clone();
+    store.create(running, None).await.unwrap();
+    let mut later = new_instance("wf", 2);
+    later.run_at = T0 + 1_000_000;
+    let later_id = later.id.clone();
+    store.create(later, None).await.unwrap();
+    let c = store
+        .claim(claim_req("a", T0 + 1, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(c.row.id, pending_id);
+
+    // Moving a deadline is seen by the lease holder's next renewal.
+    assert_eq!(
+        store
+            .set_deadline(&pending_id, T0 + 5, T0 + 2)
+            .await
+            .unwrap(),
+        Control::Applied
+    );
+    assert_eq!(
+        store.get(&pending_id).await.unwrap().unwrap().deadline_at,
+        Some(T0 + 5)
+    );
+    let renewed = store
+        .renew(std::slice::from_ref(&c.lease), T0 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(renewed[0].deadline_at, Some(T0 + 5));
+
+    // Cancelling a running instance voids its lease.
+    assert_eq!(
+        store.cancel(&pending_id, T0 + 3).await.unwrap(),
+        Control::Applied
+    );
+    let row = store.get(&pending_id).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Cancelled);
+    assert_eq!(row.finished_at, Some(T0 + 3));
+    assert!(
+        !store
+            .renew(std::slice::from_ref(&c.lease), T0 + 60_000)
+            .await
+            .unwrap()[0]
+            .held
+    );
+    assert!(matches!(
+        store.commit_step(&c.lease, step("s", "1", None)).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let done = Finish {
+        status: Status::Completed,
+        output: Some("1".into()),
+        error: None,
+        state: None,
+        at: T0 + 4,
+    };
+    assert!(
+        matches!(
+            store.finish(&c.lease, done).await,
+            Err(StoreError::LeaseLost(_))
+        ),
+        "a cancelled instance stays cancelled"
+    );
+
+    // Cancelling a pending instance, even one not due yet; it is never claimed.
+    assert_eq!(
+        store.cancel(&later_id, T0 + 3).await.unwrap(),
+        Control::Applied
+    );
+    assert_eq!(
+        store.cancel(&running_id, T0 + 3).await.unwrap(),
+        Control::Applied
+    );
+    assert!(store
+        .claim(claim_req("b", T0 + 2_000_000, 10))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Terminal instances are left alone, and say why.
+    assert_eq!(
+        store.cancel(&pending_id, T0 + 9).await.unwrap(),
+        Control::Terminal(Status::Cancelled)
+    );
+    assert_eq!(
+        store
+            .set_deadline(&pending_id, T0 + 9, T0 + 9)
+            .await
+            .unwrap(),
+        Control::Terminal(Status::Cancelled)
+    );
+    assert_eq!(
+        store.cancel(&InstanceId::new(), T0).await.unwrap(),
+        Control::NotFound
+    );
+    let kinds: Vec<String> = store
+        .history(&pending_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["created", "started", "deadline_changed", "cancelled"]
+    );
+}
+
+async fn release_owner_frees_instances(store: impl Store) {
+    for n in 0..3 {
+        store.create(new_instance("wf", n), None).await.unwrap();
+    }
+    store.claim(claim_req("dead", T0 + 10, 2)).await.unwrap();
+    store.claim(claim_req("alive", T0 + 10, 1)).await.unwrap();
+    assert_eq!(store.lease_owners().await.unwrap(), ["alive", "dead"]);
+    assert_eq!(store.release_owner("dead", T0 + 11).await.unwrap(), 2);
+    assert_eq!(store.lease_owners().await.unwrap(), ["alive"]);
+    let taken = store.claim(claim_req("new", T0 + 12, 10)).await.unwrap();
+    assert_eq!(
+        taken.len(),
+        2,
+        "a dead worker's instances are claimable before their lease expires"
+    );
+}
+
+async fn dedup_is_atomic(store: Arc<impl Store>) {
+    let active = Status::ACTIVE;
+    let mut tasks = Vec::new();
+    for n in 0..64 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut new = new_instance("wf", n);
+            new.key = Some("order-1".into());
+            store.create(new, Some(&active)).await.unwrap()
+        }));
+    }
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Created::New(row) => {
+                created += 1;
+                ids.insert(row.id);
+            }
+            Created::Existing(row) => {
+                ids.insert(row.id);
+            }
+        }
+    }
+    assert_eq!(created, 1, "exactly one caller creates");
+    assert_eq!(ids.len(), 1, "all 64 callers get the same instance");
+
+    // Once it ended, the key starts a new instance.
+    let c = store
+        .claim(claim_req("a", T0 + 1_000, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    let finish = Finish {
+        status: Status::Failed,
+        output: None,
+        error: Some("x".into()),
+        state: None,
+        at: T0 + 1_001,
+    };
+    store.finish(&c.lease, finish).await.unwrap();
+    let mut new = new_instance("wf", 100);
+    new.key = Some("order-1".into());
+    assert!(matches!(
+        store.create(new.clone(), Some(&active)).await.unwrap(),
+        Created::New(_)
+    ));
+    // With Failed among the statuses, the failed one would have been returned.
+    new.id = InstanceId::at(T0 + 101);
+    let row = store.create(new, Some(&[Status::Failed])).await.unwrap();
+    assert!(matches!(row, Created::Existing(r) if r.status == Status::Failed));
+}
+
+async fn list_filters_and_pages(store: impl Store) {
+    let mut ids = Vec::new();
+    for n in 0..25 {
+        let mut new = new_instance(if n % 5 == 0 { "other" } else { "wf" }, n);
+        if n % 2 == 0 {
+            new.tags.insert("even".into(), "yes".into());
+        }
+        ids.push(new.id.clone());
+        store.create(new, None).await.unwrap();
+    }
+    let all = |limit| ListQuery {
+        limit,
+        ..ListQuery::default()
+    };
+    let page = store.list(&all(10)).await.unwrap();
+    assert_eq!(page.len(), 10);
+    assert_eq!(page[0].id, ids[24], "newest first");
+    // Paging by cursor is stable under inserts made between pages.
+    store.create(new_instance("wf", 99), None).await.unwrap();
+    let next = store
+        .list(&ListQuery {
+            before: Some(page[9].id.clone()),
+            ..all(10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(next[0].id, ids[14]);
+    let wf = store
+        .list(&ListQuery {
+            workflow: Some("other".into()),
+            ..all(100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(wf.len(), 5);
+    let even = store
+        .list(&ListQuery {
+            tags: [("even".to_owned(), "yes".to_owned())].into(),
+            ..all(100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(even.len(), 13);
+    let ranged = store
+        .list(&ListQuery {
+            created_from: Some(T0 + 5),
+            created_to: Some(T0 + 10),
+            ..all(100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ranged.len(), 5);
+    let pending = store
+        .list(&ListQuery {
+            statuses: vec![Status::Pending],
+            ..all(100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 26);
+    let none = store
+        .list(&ListQuery {
+            statuses: vec![Status::Completed],
+            ..all(100)
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(
+        store.count_by_status(None).await.unwrap(),
+        [(Status::Pending, 26)]
+    );
+    assert_eq!(
+        store.count_by_status(Some("other")).await.unwrap(),
+        [(Status::Pending, 5)]
+    );
+    let c = store
+        .claim(ClaimRequest {
+            workflows: vec!["other".into()],
+            ..claim_req("a", T0 + 100, 2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.len(), 2);
+    let mut counts = store.count_by_status(Some("other")).await.unwrap();
+    counts.sort();
+    assert_eq!(counts, [(Status::Pending, 3), (Status::InProgress, 2)]);
+    assert!(store
+        .count_by_status(Some("nope"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+fn suspend_at(status: Status, run_at: Millis, at: Millis) -> Suspend {
+    Suspend {
+        status,
+        run_at,
+        wait_event: None,
+        wait_child: None,
+        retry: None,
+        state: None,
+        reason: "test".into(),
+        at,
+    }
+}
+
+async fn suspend_and_wake(store: impl Store) {
+    let new = new_instance("wf", 0);
+    let id = new.id.clone();
+    store.create(new, None).await.unwrap();
+    let c = store
+        .claim(claim_req("a", T0 + 1, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    let mut sleep = suspend_at(Status::Pending, T0 + 10_000, T0 + 2);
+    sleep.retry = Some(("charge".into(), 2));
+    sleep.state = Some(r#"{"n":1}"#.into());
+    store.suspend(&c.lease, sleep.clone()).await.unwrap();
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Pending);
+    assert_eq!(row.run_at, T0 + 10_000);
+    assert_eq!(row.retry, Some(("charge".into(), 2)));
+    assert_eq!(row.state.as_deref(), Some(r#"{"n":1}"#));
+    assert!(
+        store.lease_owners().await.unwrap().is_empty(),
+        "a suspended instance holds no lease"
+    );
+    assert!(matches!(
+        store.suspend(&c.lease, sleep).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(
+        store
+            .claim(claim_req("b", T0 + 9_999, 10))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not before it is due"
+    );
+    let again = store.claim(claim_req("b", T0 + 10_000, 10)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].row.retry, Some(("charge".into(), 2)));
+    assert_eq!(again[0].lease.run, 2);
+
+    // Listening with a timeout: due at the timeout.
+    store
+        .suspend(
+            &again[0].lease,
+            suspend_at(Status::Listening, T0 + 20_000, T0 + 10_001),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().status,
+        Status::Listening
+    );
+    assert!(store
+        .claim(claim_req("c", T0 + 19_999, 10))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .claim(claim_req("c", T0 + 20_000, 10))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn events_are_kept_until_taken(store: impl Store) {
+    let new = new_instance("wf", 0);
+    let id = new.id.clone();
+    store.create(new, None).await.unwrap();
+    // Sent before anyone waits: kept.
+    assert_eq!(
+        store
+            .send_event(&id, "approval", r#"{"ok":true}"#, T0 + 1)
+            .await
+            .unwrap(),
+        Control::Applied
+    );
+    store
+        .send_event(&id, "approval", r#"{"ok":false}"#, T0 + 2)
+        .await
+        .unwrap();
+    let c = store
+        .claim(claim_req("a", T0 + 3, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        store
+            .take_event(&c.lease, "other", "o", T0 + 4)
+            .await
+            .unwrap(),
+        None
+    );
+    let first = store
+        .take_event(&c.lease, "approval", "approval", T0 + 4)
+        .await
+        .unwrap();
+    assert_eq!(first.as_deref(), Some(r#"{"ok":true}"#), "oldest first");
+    let steps = store.steps(&id).await.unwrap();
+    assert_eq!(steps[0].key, "approval");
+    assert_eq!(
+        steps[0].output.as_deref(),
+        Some(r#"{"ok":true}"#),
+        "taking records the step"
+    );
+
+    // Suspending to listen while a matching event waits: due at once.
+    let mut listen = suspend_at(Status::Listening, Millis::MAX, T0 + 5);
+    listen.wait_event = Some("approval".into());
+    store.suspend(&c.lease, listen.clone()).await.unwrap();
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.run_at),
+        (Status::Pending, T0 + 5),
+        "no lost wake-up"
+    );
+    let c = store
+        .claim(claim_req("a", T0 + 6, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        store
+            .take_event(&c.lease, "approval", "approval#1", T0 + 7)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"ok":false}"#)
+    );
+
+    // Listening with an empty inbox, then an event wakes it.
+    listen.wait_event = Some("shipped".into());
+    store.suspend(&c.lease, listen).await.unwrap();
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().status,
+        Status::Listening
+    );
+    assert!(store
+        .claim(claim_req("a", T0 + 100, 1))
+        .await
+        .unwrap()
+        .is_empty());
+    store
+        .send_event(&id, "unrelated", "1", T0 + 101)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().status,
+        Status::Listening,
+        "other names do not wake it"
+    );
+    store
+        .send_event(&id, "shipped", "2", T0 + 102)
+        .await
+        .unwrap();
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!((row.status, row.run_at), (Status::Pending, T0 + 102));
+    let c = store
+        .claim(claim_req("a", T0 + 103, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(c.row.wait_event, None, "claiming clears the wait");
+
+    // Events to ended instances are refused.
+    store
+        .finish(
+            &c.lease,
+            Finish {
+                status: Status::Completed,
+                output: Some("1".into()),
+                error: None,
+                state: None,
+                at: T0 + 104,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.send_event(&id, "late", "1", T0 + 105).await.unwrap(),
+        Control::Terminal(Status::Completed)
+    );
+    assert_eq!(
+        store
+            .send_event(&InstanceId::new(), "x", "1", T0)
+            .await
+            .unwrap(),
+        Control::NotFound
+    );
+    let kinds: Vec<String> = store
+        .history(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(
+        kinds.contains(&"event_sent".to_owned()) && kinds.contains(&"event_received".to_owned()),
+        "{kinds:?}"
+    );
+}
+
+async fn children_wake_parents_and_die_with_them(store: impl Store) {
+    let parent = new_instance("wf", 0);
+    let parent_id = parent.id.clone();
+    store.create(parent, None).await.unwrap();
+    let p = store
+        .claim(claim_req("a", T0 + 1, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    let mut child = new_instance("wf", 1);
+    child.parent = Some(parent_id.clone());
+    child.key = Some(format!("{parent_id}/child"));
+    let child_id = child.id.clone();
+    store
+        .create(child.clone(), Some(&Status::ALL))
+        .await
+        .unwrap();
+    // Created again after a crash: the same child.
+    let mut again = child.clone();
+    again.id = InstanceId::at(T0 + 2);
+    assert!(
+        matches!(store.create(again, Some(&Status::ALL)).await.unwrap(), Created::Existing(r) if r.id == child_id)
+    );
+    assert_eq!(
+        store.get(&child_id).await.unwrap().unwrap().parent.as_ref(),
+        Some(&parent_id)
+    );
+
+    let mut wait = suspend_at(Status::Listening, Millis::MAX, T0 + 3);
+    wait.wait_child = Some(child_id.clone());
+    store.suspend(&p.lease, wait).await.unwrap();
+    assert_eq!(
+        store.get(&parent_id).await.unwrap().unwrap().status,
+        Status::Listening
+    );
+    let c = store
+        .claim(claim_req("b", T0 + 4, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(c.row.id, child_id);
+    store
+        .finish(
+            &c.lease,
+            Finish {
+                status: Status::Completed,
+                output: Some("7".into()),
+                error: None,
+                state: None,
+                at: T0 + 5,
+            },
+        )
+        .await
+        .unwrap();
+    let row = store.get(&parent_id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.run_at),
+        (Status::Pending, T0 + 5),
+        "the child's end wakes its parent"
+    );
+
+    // Cancelling a parent cancels its unfinished descendants.
+    let p = store
+        .claim(claim_req("a", T0 + 6, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    let mut kid = new_instance("wf", 7);
+    kid.parent = Some(parent_id.clone());
+    let kid_id = kid.id.clone();
+    store.create(kid, None).await.unwrap();
+    let mut grandkid = new_instance("wf", 8);
+    grandkid.parent = Some(kid_id.clone());
+    let grandkid_id = grandkid.id.clone();
+    store.create(grandkid, None).await.unwrap();
+    let _ = p;
+    assert_eq!(
+        store.cancel(&parent_id, T0 + 9).await.unwrap(),
+        Control::Applied
+    );
+    for id in [&parent_id, &kid_id, &grandkid_id] {
+        assert_eq!(
+            store.get(id).await.unwrap().unwrap().status,
+            Status::Cancelled
+        );
+    }
+    assert_eq!(
+        store.get(&child_id).await.unwrap().unwrap().status,
+        Status::Completed,
+        "ended children stay as they are"
+    );
+}
+
+async fn pause_and_resume(store: impl Store) {
+    let waiting = new_instance("wf", 0);
+    let waiting_id = waiting.id.clone();
+    store.create(waiting, None).await.unwrap();
+    assert_eq!(
+        store.pause(&waiting_id, T0 + 1_000).await.unwrap(),
+        Control::Applied
+    );
+    assert_eq!(
+        store.get(&waiting_id).await.unwrap().unwrap().status,
+        Status::Paused
+    );
+    assert!(
+        store
+            .claim(claim_req("a", T0 + 2_000, 10))
+            .await
+            .unwrap()
+            .is_empty(),
+        "paused instances are not run"
+    );
+    assert_eq!(
+        store.resume(&waiting_id, T0 + 61_000).await.unwrap(),
+        Control::Applied
+    );
+    let row = store.get(&waiting_id).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Pending);
+    assert_eq!(row.run_at, T0 + 61_000);
+    assert_eq!(
+        row.deadline_at,
+        Some(T0 + 360_000),
+        "paused time does not count against the deadline"
+    );
+
+    // A running instance is asked to pause and pauses when it suspends.
+    let c = store
+        .claim(claim_req("a", T0 + 61_001, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    store.pause(&waiting_id, T0 + 61_002).await.unwrap();
+    assert!(
+        store
+            .get(&waiting_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .pause_requested
+    );
+    let renewed = store
+        .renew(std::slice::from_ref(&c.lease), T0 + 90_000)
+        .await
+        .unwrap();
+    assert!(renewed[0].held && renewed[0].pause_requested);
+    store
+        .suspend(
+            &c.lease,
+            suspend_at(Status::Pending, T0 + 61_003, T0 + 61_003),
+        )
+        .await
+        .unwrap();
+    let row = store.get(&waiting_id).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Paused);
+    assert!(!row.pause_requested);
+    store.resume(&waiting_id, T0 + 62_003).await.unwrap();
+    assert_eq!(
+        store.get(&waiting_id).await.unwrap().unwrap().deadline_at,
+        Some(T0 + 361_000)
+    );
+    let kinds: Vec<String> = store
+        .history(&waiting_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "paused").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "resumed").count(),
+        2,
+        "{kinds:?}"
+    );
+}
+
+async fn schedule_marks_only_move_forward(store: impl Store) {
+    assert_eq!(store.schedule_mark("daily").await.unwrap(), None);
+    store.advance_schedule("daily", T0, None).await.unwrap();
+    let mark = store.schedule_mark("daily").await.unwrap().unwrap();
+    assert_eq!((mark.checked_until, mark.last_tick), (T0, None));
+    let first = InstanceId::at(T0 + 10);
+    store
+        .advance_schedule("daily", T0 + 10, Some((T0 + 10, first.clone())))
+        .await
+        .unwrap();
+    // An engine with an older view cannot move it back.
+    store
+        .advance_schedule("daily", T0 + 5, Some((T0 + 5, InstanceId::at(T0 + 5))))
+        .await
+        .unwrap();
+    let mark = store.schedule_mark("daily").await.unwrap().unwrap();
+    assert_eq!(mark.checked_until, T0 + 10);
+    assert_eq!(mark.last_tick, Some(T0 + 10));
+    assert_eq!(mark.last_instance, Some(first));
+    assert_eq!(store.schedule_mark("other").await.unwrap(), None);
+}
+
+async fn definitions_are_recorded(store: impl Store) {
+    use crate::workflow::Definition;
+    let def = |name: &str, timeout_ms| Definition {
+        name: name.to_owned(),
+        description: "Does things".into(),
+        schedule: Some("0 9 * * *".into()),
+        timezone: "UTC".into(),
+        timeout_ms,
+        catch_up: crate::CatchUp::Latest,
+        steps: vec!["a".into(), "b".into()],
+        input_schema: serde_json::json!({"type": "object", "properties": {"n": {"type": "integer"}}}),
+        output_schema: serde_json::json!({"type": "string"}),
+        state_schema: serde_json::json!({"type": "null"}),
+    };
+    assert!(store.definitions().await.unwrap().is_empty());
+    store
+        .put_definitions(&[def("b", 1), def("a", 2)], T0)
+        .await
+        .unwrap();
+    store.put_definitions(&[def("a", 3)], T0 + 1).await.unwrap();
+    let defs = store.definitions().await.unwrap();
+    assert_eq!(
+        defs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(
+        defs[0],
+        def("a", 3),
+        "the newer definition replaces the older"
+    );
+    assert_eq!(defs[1], def("b", 1));
+}

@@ -1,0 +1,708 @@
+//! Workflows (and plain async functions) as tools an AI model can call:
+//! [`Tool`] with its provider renderings, [`Toolbox`] for one dispatch,
+//! [`Engine::call_tool`], and [`Ctx::call_tool`] for durable calls from
+//! inside a workflow.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::ctx::Ctx;
+use crate::engine::Engine;
+use crate::error::{error_chain, BoxError, Error, Result};
+use crate::id::InstanceId;
+use crate::instance::StartOptions;
+use crate::schema::schema_for;
+use crate::status::Status;
+use crate::step::{NonRetryable, StepOptions};
+use crate::store::{now_millis, NewInstance};
+use crate::tool_schema::{object_schema, strict_schema, strip_optional_nulls, Shape};
+use crate::validate::{SchemaCheck, Violation};
+use crate::workflow::Definition;
+
+/// Whether `name` is a valid tool name for OpenAI and Anthropic:
+/// `^[a-zA-Z0-9_-]{1,64}$`. `#[workflow]` checks workflow names at compile time.
+pub fn is_valid_tool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+type ToolFn =
+    Arc<dyn Fn(Value) -> BoxFuture<'static, std::result::Result<Value, BoxError>> + Send + Sync>;
+
+#[derive(Clone)]
+enum Target {
+    /// Starts the workflow of the tool's name; waits for its output up to the bound.
+    Workflow { wait: Option<Duration> },
+    /// Calls the function with the decoded input.
+    Function(ToolFn),
+}
+
+/// A tool an AI model can call: a workflow ([`Workflow::as_tool`](crate::Workflow::as_tool))
+/// or an async function ([`Tool::function`]), with the JSON Schema of its
+/// arguments.
+///
+/// Render it for a provider with [`Tool::to_openai`],
+/// [`Tool::to_openai_strict`] or [`Tool::to_anthropic`]; call it with
+/// [`Tool::call`], a [`Toolbox`], or durably inside a workflow with
+/// [`Ctx::call_tool`]. The arguments are always an object: a workflow
+/// whose input is not one takes `{"input": ...}`, and one whose input is
+/// `()` takes `{}`.
+#[derive(Clone)]
+pub struct Tool {
+    /// Name the model calls it by.
+    pub name: String,
+    /// What it does, for the model: the workflow's doc comment unless overridden.
+    pub description: String,
+    /// JSON Schema (draft 2020-12) of the arguments, an object schema;
+    /// doc comments on input fields are `description`s.
+    pub parameters: Value,
+    shape: Shape,
+    target: Target,
+    check: Arc<OnceLock<SchemaCheck>>,
+}
+
+impl std::fmt::Debug for Tool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.target {
+            Target::Workflow { wait } => format!("workflow (wait {wait:?})"),
+            Target::Function(_) => "function".to_owned(),
+        };
+        f.debug_struct("Tool")
+            .field("name", &self.name)
+            .field("kind", &kind)
+            .field("description", &self.description)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tool {
+    fn new(name: String, description: String, input_schema: Value, target: Target) -> Self {
+        let (parameters, shape) = object_schema(input_schema);
+        Tool {
+            name,
+            description,
+            parameters,
+            shape,
+            target,
+            check: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// A tool that starts the workflow `definition` describes (registered
+    /// here or recorded by another engine on the store).
+    pub fn from_definition(definition: &Definition) -> Self {
+        Self::workflow(
+            &definition.name,
+            &definition.description,
+            definition.input_schema.clone(),
+        )
+    }
+
+    /// A workflow tool from its parts; what [`Workflow::as_tool`](crate::Workflow::as_tool) calls.
+    pub fn workflow(name: &str, description: &str, input_schema: Value) -> Self {
+        if !is_valid_tool_name(name) {
+            tracing::warn!(
+                workflow = name,
+                "workflow name is not a valid tool name (^[a-zA-Z0-9_-]{{1,64}}$); providers will reject it"
+            );
+        }
+        Self::new(
+            name.to_owned(),
+            description.to_owned(),
+            input_schema,
+            Target::Workflow { wait: None },
+        )
+    }
+
+    /// A tool that runs `f` on the arguments decoded as `I`, whose
+    /// schemars schema (doc comments included) is the tool's parameters.
+    ///
+    /// An error `f` returns is retried per the step policy when called
+    /// through [`Ctx::call_tool`], unless marked [`permanent`](crate::permanent);
+    /// after the last attempt the model is told the tool failed.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid tool name (`^[a-zA-Z0-9_-]{1,64}$`): tool
+    /// names are fixed in code, and providers reject every request that
+    /// carries a bad one.
+    pub fn function<I, O, E, F, Fut>(name: &str, description: &str, f: F) -> Self
+    where
+        I: DeserializeOwned + JsonSchema + Send + 'static,
+        O: Serialize + Send + 'static,
+        E: Into<BoxError> + 'static,
+        F: Fn(I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<O, E>> + Send + 'static,
+    {
+        assert!(
+            is_valid_tool_name(name),
+            "tool name `{name}` must match ^[a-zA-Z0-9_-]{{1,64}}$"
+        );
+        let f = Arc::new(f);
+        let tool = name.to_owned();
+        let call: ToolFn = Arc::new(move |args: Value| {
+            let f = Arc::clone(&f);
+            let tool = tool.clone();
+            Box::pin(async move {
+                let input: I = serde_path_to_error::deserialize(args).map_err(|err| {
+                    let path = crate::validate::pointer(err.path());
+                    BoxError::from(Error::InvalidArguments {
+                        tool,
+                        violations: vec![Violation {
+                            path,
+                            message: err.into_inner().to_string(),
+                        }],
+                    })
+                })?;
+                let output = f(input).await.map_err(Into::into)?;
+                Ok(serde_json::to_value(output)?)
+            })
+        });
+        Self::new(
+            name.to_owned(),
+            description.to_owned(),
+            schema_for::<I>(),
+            Target::Function(call),
+        )
+    }
+
+    /// Overrides the description the model reads.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// For a workflow tool: wait up to `bound` for the workflow's output and
+    /// return it; when the bound passes first, return
+    /// `{"workflowId", "status"}` as without a wait. No effect on function tools.
+    pub fn wait(mut self, bound: Duration) -> Self {
+        if let Target::Workflow { wait } = &mut self.target {
+            *wait = Some(bound);
+        }
+        self
+    }
+
+    /// True if calling this tool starts a workflow.
+    pub fn is_workflow(&self) -> bool {
+        matches!(self.target, Target::Workflow { .. })
+    }
+
+    /// The plain JSON Schema of the arguments.
+    pub fn json_schema(&self) -> Value {
+        self.parameters.clone()
+    }
+
+    /// The parameters without the `$schema` keyword, which providers do not want.
+    fn provider_parameters(&self) -> Value {
+        let mut parameters = self.parameters.clone();
+        if let Some(map) = parameters.as_object_mut() {
+            map.remove("$schema");
+        }
+        parameters
+    }
+
+    /// OpenAI's function tool form:
+    /// `{"type": "function", "function": {name, description, parameters, strict: false}}`.
+    pub fn to_openai(&self) -> Value {
+        json!({
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.provider_parameters(),
+                "strict": false,
+            }
+        })
+    }
+
+    /// OpenAI's function tool form with `strict: true` and the parameters
+    /// in the strict subset (see [`strict_schema`](crate::strict_schema)):
+    /// the model's arguments then always fit the schema. A schema strict
+    /// mode cannot express (maps, `serde_json::Value` fields) falls back to
+    /// [`Tool::to_openai`] with a warning; the arguments are checked on
+    /// every call either way.
+    pub fn to_openai_strict(&self) -> Value {
+        match strict_schema(&self.provider_parameters()) {
+            Ok(parameters) => json!({
+                "type": "function",
+                "function": {
+                    "name": self.name,
+                    "description": self.description,
+                    "parameters": parameters,
+                    "strict": true,
+                }
+            }),
+            Err(problems) => {
+                tracing::warn!(tool = %self.name, problems = %problems.join("; "), "no strict form; sending the tool with strict: false");
+                self.to_openai()
+            }
+        }
+    }
+
+    /// Anthropic's tool form: `{name, description, input_schema}`.
+    pub fn to_anthropic(&self) -> Value {
+        json!({
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.provider_parameters(),
+        })
+    }
+
+    /// Checks model-sent arguments and returns the input behind them:
+    /// `null`s of optional fields dropped (strict mode sends them), every
+    /// schema violation reported with its path in the arguments as sent.
+    pub fn check_arguments(&self, mut args: Value) -> Result<Value> {
+        strip_optional_nulls(&self.parameters, &mut args);
+        let check = self
+            .check
+            .get_or_init(|| SchemaCheck::new(&self.parameters));
+        let _: Value = check
+            .check(&args)
+            .map_err(|violations| Error::InvalidArguments {
+                tool: self.name.clone(),
+                violations,
+            })?;
+        Ok(self.shape.unwrap(args))
+    }
+
+    /// Calls the tool from outside any workflow. A workflow tool starts an
+    /// instance and returns `{"workflowId", "status"}` at once, or, with
+    /// [`Tool::wait`], its output (or the id and status when the bound
+    /// passes; [`Error::Failed`]/[`Error::Ended`] if it ends otherwise).
+    /// Bad arguments give [`Error::InvalidArguments`].
+    pub async fn call(&self, engine: &Engine, args: Value) -> Result<Value> {
+        let input = self.check_arguments(args)?;
+        match &self.target {
+            Target::Function(f) => f(input).await.map_err(|err| self.function_error(err)),
+            Target::Workflow { wait } => {
+                let id = engine
+                    .start_json(&self.name, input, StartOptions::default())
+                    .await?;
+                workflow_outcome(engine, &id, Status::Pending, *wait).await
+            }
+        }
+    }
+
+    fn function_error(&self, err: BoxError) -> Error {
+        match err.downcast::<Error>() {
+            Ok(err) => *err,
+            Err(err) => Error::Tool {
+                tool: self.name.clone(),
+                message: error_chain(&*err),
+            },
+        }
+    }
+}
+
+/// `{"workflowId", "status"}`: what a workflow tool returns when it does not wait.
+fn started(id: &InstanceId, status: Status) -> Value {
+    json!({"workflowId": id, "status": status})
+}
+
+/// The output of a completed instance, or its id and status if it is still
+/// running when the wait is over.
+async fn workflow_outcome(
+    engine: &Engine,
+    id: &InstanceId,
+    status: Status,
+    wait: Option<Duration>,
+) -> Result<Value> {
+    let Some(bound) = wait else {
+        return Ok(started(id, status));
+    };
+    let info = match engine.wait_terminal(id, Some(bound)).await {
+        Ok(_) => engine.instance(id).await?,
+        Err(Error::WaitTimeout { .. }) => {
+            let info = engine.instance(id).await?;
+            return Ok(started(id, info.status));
+        }
+        Err(err) => return Err(err),
+    };
+    match info.status {
+        Status::Completed => Ok(info.output.unwrap_or(Value::Null)),
+        Status::Failed => Err(Error::Failed {
+            id: id.clone(),
+            message: info.error.unwrap_or_default(),
+        }),
+        status => Err(Error::Ended {
+            id: id.clone(),
+            status,
+        }),
+    }
+}
+
+/// What a tool call gives back to a model: the result, or an error it can
+/// read and act on (correct its arguments, try something else). What
+/// [`Ctx::call_tool`] records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolReply {
+    /// True if the call failed; `content` then says why.
+    pub is_error: bool,
+    /// The tool's result, or the error message.
+    pub content: Value,
+}
+
+impl ToolReply {
+    /// A successful result.
+    pub fn ok(content: Value) -> Self {
+        ToolReply {
+            is_error: false,
+            content,
+        }
+    }
+
+    /// An error message for the model.
+    pub fn error(message: impl Into<String>) -> Self {
+        ToolReply {
+            is_error: true,
+            content: Value::String(message.into()),
+        }
+    }
+
+    /// The error in words a model can correct its call from: for bad
+    /// arguments, one line per violation with its JSON path.
+    pub fn from_error(err: &Error) -> Self {
+        match err {
+            Error::InvalidArguments { tool, violations } => {
+                let mut text = format!("Invalid arguments for tool `{tool}`:\n");
+                for violation in violations {
+                    text.push_str(&format!("- {violation}\n"));
+                }
+                text.push_str(
+                    "Call the tool again with arguments that fix every problem listed above.",
+                );
+                Self::error(text)
+            }
+            other => Self::error(format!("Error: {}", error_chain(other))),
+        }
+    }
+
+    /// The content as text for a chat message: strings as they are, other
+    /// values as JSON.
+    pub fn text(&self) -> String {
+        match &self.content {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Workflow tools and function tools under one dispatch: build it once,
+/// render [`Toolbox::tools`] for the model, and route its calls with
+/// [`Toolbox::call`] (or durably, [`Ctx::call_tool`]).
+///
+/// ```no_run
+/// # use workflow_core::{Toolbox, Tool, Engine, BoxError};
+/// # use schemars::JsonSchema; use serde::Deserialize;
+/// #[derive(Deserialize, JsonSchema)]
+/// struct Lookup {
+///     /// The customer's e-mail address.
+///     email: String,
+/// }
+/// # async fn run(engine: Engine, tool: Tool) -> workflow_core::Result<()> {
+/// let toolbox = Toolbox::new()
+///     .tool(tool) // e.g. `ProcessOrder::as_tool().wait(Duration::from_secs(30))`
+///     .function("lookup_customer", "Find a customer by e-mail", |q: Lookup| async move {
+///         Ok::<_, BoxError>(format!("customer {}", q.email))
+///     });
+/// let reply = toolbox
+///     .call(&engine, "lookup_customer", serde_json::json!({"email": "a@b.c"}))
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Toolbox {
+    tools: Vec<Tool>,
+}
+
+impl Toolbox {
+    /// An empty toolbox.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a tool; one with the same name is replaced.
+    pub fn tool(mut self, tool: Tool) -> Self {
+        self.tools.retain(|t| t.name != tool.name);
+        self.tools.push(tool);
+        self
+    }
+
+    /// Adds workflow `W` as a tool that starts it and returns at once.
+    pub fn workflow<W: crate::Workflow>(self) -> Self {
+        self.tool(W::as_tool())
+    }
+
+    /// Adds a function tool; see [`Tool::function`].
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid tool name.
+    pub fn function<I, O, E, F, Fut>(self, name: &str, description: &str, f: F) -> Self
+    where
+        I: DeserializeOwned + JsonSchema + Send + 'static,
+        O: Serialize + Send + 'static,
+        E: Into<BoxError> + 'static,
+        F: Fn(I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<O, E>> + Send + 'static,
+    {
+        self.tool(Tool::function(name, description, f))
+    }
+
+    /// The tools, in the order added.
+    pub fn tools(&self) -> &[Tool] {
+        &self.tools
+    }
+
+    /// The tool named `name`.
+    pub fn get(&self, name: &str) -> Option<&Tool> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+
+    /// True if it holds no tool.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// Calls the tool named `name` from outside a workflow; see [`Tool::call`].
+    /// An unknown name is [`Error::Tool`], listing the tools there are.
+    pub async fn call(&self, engine: &Engine, name: &str, args: Value) -> Result<Value> {
+        self.lookup(name)?.call(engine, args).await
+    }
+
+    fn lookup(&self, name: &str) -> Result<&Tool> {
+        self.get(name).ok_or_else(|| Error::Tool {
+            tool: name.to_owned(),
+            message: format!(
+                "no such tool; the tools are: {}",
+                self.tools
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+    }
+}
+
+impl Engine {
+    /// A tool for the workflow `name`, registered here or recorded in the
+    /// store by another engine.
+    pub async fn tool(&self, name: &str) -> Result<Tool> {
+        if let Some(def) = self.inner.workflows.get(name) {
+            return Ok(Tool::from_definition(&def.definition()));
+        }
+        let recorded = self.inner.store.definitions().await?;
+        recorded
+            .iter()
+            .find(|d| d.name == name)
+            .map(Tool::from_definition)
+            .ok_or_else(|| Error::UnknownWorkflow(name.to_owned()))
+    }
+
+    /// Tools for every workflow known here: registered with this engine or
+    /// recorded in the store by others, by name.
+    pub async fn tools(&self) -> Result<Vec<Tool>> {
+        let mut definitions = self.workflows();
+        for recorded in self.inner.store.definitions().await? {
+            if !definitions.iter().any(|d| d.name == recorded.name) {
+                definitions.push(recorded);
+            }
+        }
+        definitions.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(definitions.iter().map(Tool::from_definition).collect())
+    }
+
+    /// Calls the workflow `name` as a tool: checks `args` against its input
+    /// schema (every violation, with its JSON path, in
+    /// [`Error::InvalidArguments`]; [`ToolReply::from_error`] words it for
+    /// a model), starts it, and returns `{"workflowId", "status"}` at once.
+    /// For a variant that waits for the output, call
+    /// `W::as_tool().wait(bound)` through [`Tool::call`] or a [`Toolbox`].
+    pub async fn call_tool(&self, name: &str, args: Value) -> Result<Value> {
+        self.tool(name).await?.call(self, args).await
+    }
+
+    /// Checks JSON input for workflow `name` as `start_json` does; returns
+    /// the input to store and the workflow's default timeout.
+    async fn checked_input(&self, name: &str, input: &Value) -> Result<(String, Duration)> {
+        if let Some(def) = self.inner.workflows.get(name) {
+            return Ok((def.check_input(input)?, def.timeout()));
+        }
+        let recorded = self
+            .inner
+            .store
+            .definitions()
+            .await?
+            .into_iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| Error::UnknownWorkflow(name.to_owned()))?;
+        let _: Value = SchemaCheck::new(&recorded.input_schema)
+            .check(input)
+            .map_err(|violations| Error::InvalidInput {
+                workflow: name.to_owned(),
+                violations,
+            })?;
+        Ok((
+            input.to_string(),
+            Duration::from_millis(recorded.timeout_ms),
+        ))
+    }
+
+    /// Starts workflow `name` as a child of `parent`, once per `key` whatever
+    /// the statuses: a retried or replayed step finds the child it started.
+    async fn start_child_json(
+        &self,
+        name: &str,
+        input: &Value,
+        parent: &InstanceId,
+        key: &str,
+    ) -> Result<(InstanceId, Status)> {
+        let (input, timeout) = self.checked_input(name, input).await?;
+        let now = now_millis();
+        let new = NewInstance {
+            id: InstanceId::at(now),
+            workflow: name.to_owned(),
+            input,
+            tags: Default::default(),
+            key: Some(key.to_owned()),
+            created_at: now,
+            run_at: now,
+            deadline_at: Some(now.saturating_add(timeout.as_millis() as i64)),
+            parent: Some(parent.clone()),
+        };
+        let row = self
+            .inner
+            .store
+            .create(new, Some(&Status::ALL))
+            .await?
+            .into_row();
+        self.inner.wake.notify_one();
+        Ok((row.id, row.status))
+    }
+}
+
+/// Errors a tool call answers the model with instead of retrying.
+fn is_for_the_model(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::InvalidArguments { .. }
+            | Error::InvalidInput { .. }
+            | Error::UnknownWorkflow(_)
+            | Error::Tool { .. }
+            | Error::Failed { .. }
+            | Error::Ended { .. }
+    )
+}
+
+impl<S> Ctx<S>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Calls `tool` of `toolbox` with a model's `args` as one durable step
+    /// named `name` (the workflow's default retry policy), and returns what
+    /// to tell the model. See [`Ctx::call_tool_with`].
+    pub async fn call_tool(
+        &self,
+        name: &str,
+        toolbox: &Toolbox,
+        tool: &str,
+        args: Value,
+    ) -> Result<ToolReply> {
+        let opts = self.run().default_step;
+        self.call_tool_with(name, opts, toolbox, tool, args).await
+    }
+
+    /// Calls `tool` of `toolbox` with a model's `args` as one durable step
+    /// named `name`: on replay the recorded reply comes back without
+    /// calling anything.
+    ///
+    /// A workflow tool starts the workflow by name as a child of this
+    /// instance, exactly once across retries, replays and crashes (keyed
+    /// by this step), so cancelling this instance cancels it; with
+    /// [`Tool::wait`] the step also waits (in memory, holding this worker
+    /// slot) up to the bound for its output. A function tool runs inside
+    /// the step: its errors are retried per `opts` unless
+    /// [`permanent`](crate::permanent).
+    ///
+    /// Bad arguments, an unknown tool, a failed child or a tool that fails
+    /// for good are not errors here: they come back as a [`ToolReply`]
+    /// with `is_error` set, worded for the model to correct itself from.
+    /// `Err` is left for what must stop the handler (interrupts).
+    pub async fn call_tool_with(
+        &self,
+        name: &str,
+        opts: StepOptions,
+        toolbox: &Toolbox,
+        tool: &str,
+        args: Value,
+    ) -> Result<ToolReply> {
+        let run = self.run();
+        run.check()?;
+        let (key, _) = run.next_key(name);
+        let engine = run.engine.clone();
+        let child_key = format!("{}/{key}", run.id);
+        let parent = run.id.clone();
+        let (engine, child_key, parent, args) = (&engine, &child_key, &parent, &args);
+        let outcome = self
+            .step_keyed(key, opts, || async move {
+                let answer = match toolbox.lookup(tool) {
+                    Err(err) => Err(err),
+                    Ok(t) => match t.check_arguments(args.clone()) {
+                        Err(err) => Err(err),
+                        Ok(input) => match &t.target {
+                            Target::Function(f) => match f(input).await {
+                                Ok(value) => Ok(value),
+                                Err(err) if err.downcast_ref::<NonRetryable>().is_some() => {
+                                    Err(Error::Tool {
+                                        tool: t.name.clone(),
+                                        message: error_chain(&*err),
+                                    })
+                                }
+                                Err(err) => match err.downcast::<Error>() {
+                                    Ok(err) => Err(*err),
+                                    // Retried per the step policy.
+                                    Err(err) => return Err(err),
+                                },
+                            },
+                            Target::Workflow { wait } => {
+                                match engine
+                                    .start_child_json(&t.name, &input, parent, child_key)
+                                    .await
+                                {
+                                    Ok((id, status)) => {
+                                        workflow_outcome(engine, &id, status, *wait).await
+                                    }
+                                    Err(err) => Err(err),
+                                }
+                            }
+                        },
+                    },
+                };
+                match answer {
+                    Ok(value) => Ok(ToolReply::ok(value)),
+                    Err(err) if is_for_the_model(&err) => Ok(ToolReply::from_error(&err)),
+                    Err(err) => Err(BoxError::from(err)),
+                }
+            })
+            .await;
+        match outcome {
+            Ok(reply) => Ok(reply),
+            Err(Error::Step {
+                attempts, message, ..
+            }) => Ok(ToolReply::error(format!(
+                "Error: tool `{tool}` failed after {attempts} attempt(s): {message}"
+            ))),
+            Err(err) => Err(err),
+        }
+    }
+}

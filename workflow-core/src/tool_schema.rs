@@ -1,0 +1,716 @@
+//! JSON Schema transforms for tools: giving every tool an object schema,
+//! the strict form OpenAI's structured outputs accept, and undoing what
+//! strict mode does to arguments (explicit `null`s for optional fields).
+//!
+//! All pure functions on `serde_json::Value`, tested on schemars' output.
+
+use std::collections::HashSet;
+
+use serde_json::{json, Map, Value};
+
+/// How a tool's parameters relate to the input type behind it. Providers
+/// want an object schema for tool parameters (and for strict structured
+/// outputs), so other inputs are wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// The input is an object; the arguments are the input.
+    Object,
+    /// The input is not an object; the arguments are `{"input": <input>}`.
+    Wrapped,
+    /// The input is `()` (schema `{"type": "null"}`); the arguments are `{}`.
+    Unit,
+}
+
+impl Shape {
+    /// The input inside arguments of this shape.
+    pub(crate) fn unwrap(self, args: Value) -> Value {
+        match self {
+            Shape::Object => args,
+            Shape::Wrapped => match args {
+                Value::Object(mut map) => map.remove(WRAPPED_KEY).unwrap_or(Value::Null),
+                _ => Value::Null,
+            },
+            Shape::Unit => Value::Null,
+        }
+    }
+}
+
+/// The property a non-object input is wrapped in.
+pub(crate) const WRAPPED_KEY: &str = "input";
+
+/// An object schema for a value of `schema`, and how to get the value back.
+/// `$defs` move to the new root so `#/$defs/..` references still resolve.
+pub(crate) fn object_schema(schema: Value) -> (Value, Shape) {
+    let Value::Object(mut inner) = schema else {
+        // `true`: any value at all.
+        return (wrap(Map::new(), schema, None), Shape::Wrapped);
+    };
+    if inner.get("type").and_then(Value::as_str) == Some("object") {
+        return (Value::Object(inner), Shape::Object);
+    }
+    let dialect = inner.remove("$schema");
+    if inner.get("type").and_then(Value::as_str) == Some("null") {
+        let mut root = Map::new();
+        if let Some(dialect) = dialect {
+            root.insert("$schema".into(), dialect);
+        }
+        root.insert("type".into(), json!("object"));
+        root.insert("properties".into(), json!({}));
+        root.insert("additionalProperties".into(), json!(false));
+        return (Value::Object(root), Shape::Unit);
+    }
+    let defs = inner.remove("$defs");
+    // The title names the type; on a property it would read as a field name.
+    inner.remove("title");
+    let mut root = Map::new();
+    if let Some(dialect) = dialect {
+        root.insert("$schema".into(), dialect);
+    }
+    (wrap(root, Value::Object(inner), defs), Shape::Wrapped)
+}
+
+fn wrap(mut root: Map<String, Value>, inner: Value, defs: Option<Value>) -> Value {
+    root.insert("type".into(), json!("object"));
+    root.insert("properties".into(), json!({ WRAPPED_KEY: inner }));
+    root.insert("required".into(), json!([WRAPPED_KEY]));
+    root.insert("additionalProperties".into(), json!(false));
+    if let Some(defs) = defs {
+        root.insert("$defs".into(), defs);
+    }
+    Value::Object(root)
+}
+
+/// Follows `$ref`s (local, `#/...` only) from `schema` within `root`.
+fn resolve<'a>(root: &'a Value, mut schema: &'a Value) -> &'a Value {
+    for _ in 0..16 {
+        match schema.get("$ref").and_then(Value::as_str) {
+            Some(reference) => match reference.strip_prefix('#').and_then(|p| root.pointer(p)) {
+                Some(target) => schema = target,
+                None => return schema,
+            },
+            None => return schema,
+        }
+    }
+    schema
+}
+
+/// Removes `null` values of optional properties (not in `required`),
+/// wherever `schema` describes them. Strict-mode models must send every
+/// property, with `null` for "absent"; serde wants such fields missing
+/// (a `#[serde(default)] n: u32` rejects `null`), and an optional
+/// property's `null` means "absent" in both readings.
+pub(crate) fn strip_optional_nulls(root: &Value, value: &mut Value) {
+    strip(root, root, value, 0);
+}
+
+fn strip(root: &Value, schema: &Value, value: &mut Value, depth: u32) {
+    if depth > 64 {
+        return;
+    }
+    let schema = resolve(root, schema);
+    match value {
+        Value::Object(map) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                let required: HashSet<&str> = schema
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                map.retain(|key, v| {
+                    !(v.is_null() && props.contains_key(key) && !required.contains(key.as_str()))
+                });
+                for (key, v) in map.iter_mut() {
+                    if let Some(sub) = props.get(key) {
+                        strip(root, sub, v, depth + 1);
+                    }
+                }
+            } else if let Some(sub) = schema.get("additionalProperties").filter(|s| s.is_object()) {
+                for v in map.values_mut() {
+                    strip(root, sub, v, depth + 1);
+                }
+            }
+            for branch in branches(schema) {
+                let resolved = resolve(root, branch);
+                let covers = resolved
+                    .get("properties")
+                    .and_then(Value::as_object)
+                    .is_some_and(|props| map.keys().all(|k| props.contains_key(k)));
+                if covers {
+                    strip(root, branch, value, depth + 1);
+                    break;
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(sub) = schema.get("items").filter(|s| s.is_object()) {
+                for item in items {
+                    strip(root, sub, item, depth + 1);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn branches(schema: &Value) -> impl Iterator<Item = &Value> {
+    ["anyOf", "oneOf", "allOf"]
+        .into_iter()
+        .filter_map(|k| schema.get(k).and_then(Value::as_array))
+        .flatten()
+}
+
+/// String formats OpenAI's strict mode accepts.
+const STRICT_FORMATS: &[&str] = &[
+    "date-time",
+    "time",
+    "date",
+    "duration",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "uuid",
+];
+
+/// The strict form of an object schema, as OpenAI's structured outputs
+/// (and `strict: true` function tools) accept it:
+///
+/// - every object has `additionalProperties: false` and lists every
+///   property in `required`; a property that was optional becomes
+///   nullable (`"type": ["integer", "null"]`, or `anyOf [.., {"type": "null"}]`),
+///   so the model sends `null` for "absent";
+/// - `oneOf` becomes `anyOf` (schemars' enums; their branches exclude
+///   each other anyway), a one-element `allOf` is merged into its parent,
+///   and a `$ref` with sibling keywords is inlined (strict mode allows no
+///   siblings next to `$ref`);
+/// - only supported keywords stay: `type`, `properties`, `required`,
+///   `additionalProperties`, `items`, `enum`, `const`, `anyOf`, `$ref`,
+///   `$defs`, `description`, `title`, and by type `pattern` and the
+///   supported `format`s (strings), `minimum`/`maximum`/`exclusive*`/
+///   `multipleOf` (numbers), `minItems`/`maxItems` (arrays). Dropped
+///   constraints (`default`, `minLength`, `uniqueItems`, schemars'
+///   `uint32` formats...) are still checked when the tool is called.
+///
+/// Errors, each with its JSON pointer into `schema`, for what strict mode
+/// cannot express: maps (`HashMap`: `additionalProperties` with a schema),
+/// schemas that accept anything (`serde_json::Value`), tuples, and a root
+/// that is not an object.
+pub fn strict_schema(schema: &Value) -> Result<Value, Vec<String>> {
+    let mut problems = Vec::new();
+    if schema.get("type").and_then(Value::as_str) != Some("object") {
+        problems.push("(root): strict mode needs an object at the root".to_owned());
+    }
+    let out = strict_node(schema, schema, "", &mut problems, 0);
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+fn strict_node(
+    root: &Value,
+    node: &Value,
+    path: &str,
+    problems: &mut Vec<String>,
+    depth: u32,
+) -> Value {
+    let here = if path.is_empty() { "(root)" } else { path };
+    if depth > 64 {
+        problems.push(format!("{here}: schema nested too deeply"));
+        return node.clone();
+    }
+    let Value::Object(original) = node else {
+        problems.push(format!(
+            "{here}: a schema that accepts anything has no strict form (a `serde_json::Value` field?)"
+        ));
+        return node.clone();
+    };
+    let mut map = original.clone();
+    if let Some(Value::Array(all)) = map.get("allOf") {
+        if all.len() == 1 {
+            let only = all[0].clone();
+            map.remove("allOf");
+            if let Value::Object(only) = only {
+                for (k, v) in only {
+                    map.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
+    if map.len() > 1 {
+        if let Some(reference) = map.get("$ref").and_then(Value::as_str).map(str::to_owned) {
+            let target = reference
+                .strip_prefix('#')
+                .and_then(|p| root.pointer(p))
+                .and_then(Value::as_object);
+            match target {
+                Some(target) => {
+                    map.remove("$ref");
+                    // The siblings (a field's description) win over the target's.
+                    for (k, v) in target {
+                        if k != "$defs" {
+                            map.entry(k.clone()).or_insert_with(|| v.clone());
+                        }
+                    }
+                }
+                None => problems.push(format!("{here}: unresolvable $ref `{reference}`")),
+            }
+        }
+    }
+    if let Some(one_of) = map.remove("oneOf") {
+        if map.contains_key("anyOf") {
+            problems.push(format!("{here}: both anyOf and oneOf"));
+        } else {
+            map.insert("anyOf".into(), one_of);
+        }
+    }
+    let types: Vec<&str> = match map.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let has = |t: &str| types.contains(&t);
+    let is_object = has("object") || map.contains_key("properties");
+    let mut out = Map::new();
+    for (key, value) in &map {
+        let keep = match key.as_str() {
+            "type" | "enum" | "const" | "description" | "title" | "$ref" => true,
+            "pattern" => has("string"),
+            "format" => {
+                has("string") && value.as_str().is_some_and(|f| STRICT_FORMATS.contains(&f))
+            }
+            "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" | "multipleOf" => {
+                has("number") || has("integer")
+            }
+            "minItems" | "maxItems" => has("array"),
+            "items" => {
+                match value {
+                    Value::Object(_) => {
+                        let sub =
+                            strict_node(root, value, &format!("{path}/items"), problems, depth + 1);
+                        out.insert(key.clone(), sub);
+                    }
+                    // `items: false` after `prefixItems`: a tuple.
+                    Value::Bool(false) => {
+                        problems.push(format!("{here}: tuples have no strict form"))
+                    }
+                    _ => problems.push(format!(
+                        "{here}/items: a schema that accepts anything has no strict form"
+                    )),
+                }
+                false
+            }
+            "anyOf" => {
+                let branches: Vec<Value> = value
+                    .as_array()
+                    .map(|bs| {
+                        bs.iter()
+                            .enumerate()
+                            .map(|(i, b)| {
+                                strict_node(
+                                    root,
+                                    b,
+                                    &format!("{path}/anyOf/{i}"),
+                                    problems,
+                                    depth + 1,
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.insert(key.clone(), Value::Array(branches));
+                false
+            }
+            "$defs" | "definitions" => {
+                let defs: Map<String, Value> = value
+                    .as_object()
+                    .map(|defs| {
+                        defs.iter()
+                            .map(|(name, d)| {
+                                let p = format!("{path}/{key}/{name}");
+                                (name.clone(), strict_node(root, d, &p, problems, depth + 1))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.insert(key.clone(), Value::Object(defs));
+                false
+            }
+            "additionalProperties" => {
+                if value.is_object()
+                    || value == &Value::Bool(true) && !map.contains_key("properties")
+                {
+                    problems.push(format!(
+                        "{here}: maps (objects with arbitrary keys) have no strict form"
+                    ));
+                }
+                false
+            }
+            "prefixItems" => {
+                problems.push(format!("{here}: tuples have no strict form"));
+                false
+            }
+            // `properties` and `required` are rebuilt below; the rest is unsupported.
+            _ => false,
+        };
+        if keep {
+            out.insert(key.clone(), value.clone());
+        }
+    }
+    if is_object {
+        let empty = Map::new();
+        let props = map
+            .get("properties")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let required: HashSet<&str> = map
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut strict_props = Map::new();
+        for (name, sub) in props {
+            let sub = strict_node(
+                root,
+                sub,
+                &format!("{path}/properties/{name}"),
+                problems,
+                depth + 1,
+            );
+            let sub = if required.contains(name.as_str()) {
+                sub
+            } else {
+                nullable(sub)
+            };
+            strict_props.insert(name.clone(), sub);
+        }
+        let names: Vec<Value> = props.keys().map(|k| Value::String(k.clone())).collect();
+        out.insert("type".into(), json!("object"));
+        out.insert("properties".into(), Value::Object(strict_props));
+        out.insert("required".into(), Value::Array(names));
+        out.insert("additionalProperties".into(), json!(false));
+    } else if !out.contains_key("type")
+        && !out.contains_key("anyOf")
+        && !out.contains_key("$ref")
+        && !out.contains_key("enum")
+        && !out.contains_key("const")
+    {
+        problems.push(format!(
+            "{here}: a schema that accepts anything has no strict form (a `serde_json::Value` field?)"
+        ));
+    }
+    Value::Object(out)
+}
+
+/// `schema`, also accepting `null`.
+fn nullable(mut schema: Value) -> Value {
+    let Value::Object(map) = &mut schema else {
+        return schema;
+    };
+    let is_null = |s: &Value| s.get("type").and_then(Value::as_str) == Some("null");
+    if !map.contains_key("const") {
+        if let Some(t) = map.get_mut("type") {
+            match t {
+                Value::String(name) if name != "null" => *t = json!([name.clone(), "null"]),
+                Value::Array(names) if !names.contains(&json!("null")) => names.push(json!("null")),
+                _ => {}
+            }
+            if let Some(Value::Array(values)) = map.get_mut("enum") {
+                if !values.contains(&Value::Null) {
+                    values.push(Value::Null);
+                }
+            }
+            return schema;
+        }
+        if let Some(Value::Array(any)) = map.get_mut("anyOf") {
+            if !any.iter().any(is_null) {
+                any.push(json!({"type": "null"}));
+            }
+            return schema;
+        }
+    }
+    // `$ref`, `const`, bare `enum`: wrap, keeping the description outside.
+    let mut outer = Map::new();
+    if let Some(description) = map.remove("description") {
+        outer.insert("description".into(), description);
+    }
+    outer.insert("anyOf".into(), json!([schema, {"type": "null"}]));
+    Value::Object(outer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema_for;
+    use schemars::JsonSchema;
+    use serde::Deserialize;
+
+    /// Where to ship.
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Address {
+        /// Street and number.
+        street: String,
+        zip: Option<String>,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    enum Priority {
+        Low,
+        High,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    enum Payment {
+        /// Pay on delivery.
+        Cash,
+        Card {
+            number: String,
+            cvv: Option<u16>,
+        },
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Order {
+        /// The customer.
+        customer: String,
+        /// How many.
+        #[schemars(range(min = 1, max = 99))]
+        quantity: u32,
+        note: Option<String>,
+        #[serde(default)]
+        gift: bool,
+        priority: Priority,
+        maybe_priority: Option<Priority>,
+        /// Delivery address.
+        address: Address,
+        billing: Option<Address>,
+        payment: Payment,
+        tags: Vec<String>,
+        #[schemars(length(min = 2))]
+        code: String,
+        #[schemars(email)]
+        email: String,
+    }
+
+    /// Every object node of a strict schema obeys the rules.
+    fn assert_strict(node: &Value, path: &str) {
+        let Value::Object(map) = node else {
+            panic!("{path}: not an object schema: {node}");
+        };
+        assert!(!map.contains_key("oneOf"), "{path}: oneOf left: {node}");
+        assert!(!map.contains_key("allOf"), "{path}: allOf left: {node}");
+        assert!(!map.contains_key("default"), "{path}: default left: {node}");
+        assert!(
+            !map.contains_key("minLength"),
+            "{path}: minLength left: {node}"
+        );
+        if map.contains_key("$ref") {
+            assert_eq!(map.len(), 1, "{path}: $ref with siblings: {node}");
+        }
+        if let Some(format) = map.get("format") {
+            assert!(
+                STRICT_FORMATS.contains(&format.as_str().unwrap()),
+                "{path}: format {format}"
+            );
+        }
+        if let Some(props) = map.get("properties").and_then(Value::as_object) {
+            assert_eq!(map["additionalProperties"], json!(false), "{path}: {node}");
+            let required: Vec<&str> = map["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            let mut keys: Vec<&str> = props.keys().map(String::as_str).collect();
+            keys.sort();
+            let mut required_sorted = required.clone();
+            required_sorted.sort();
+            assert_eq!(keys, required_sorted, "{path}: not every property required");
+            for (name, sub) in props {
+                assert_strict(sub, &format!("{path}/properties/{name}"));
+            }
+        }
+        for key in ["anyOf"] {
+            if let Some(branches) = map.get(key).and_then(Value::as_array) {
+                for (i, b) in branches.iter().enumerate() {
+                    assert_strict(b, &format!("{path}/{key}/{i}"));
+                }
+            }
+        }
+        if let Some(items) = map.get("items") {
+            assert_strict(items, &format!("{path}/items"));
+        }
+        if let Some(defs) = map.get("$defs").and_then(Value::as_object) {
+            for (name, d) in defs {
+                assert_strict(d, &format!("{path}/$defs/{name}"));
+            }
+        }
+    }
+
+    fn accepts(schema: &Value, value: &Value) -> bool {
+        jsonschema::validator_for(schema)
+            .expect("strict schema compiles")
+            .is_valid(value)
+    }
+
+    #[test]
+    fn strict_form_of_nested_structs_enums_and_options() {
+        let schema = schema_for::<Order>();
+        let strict = strict_schema(&schema).expect("convertible");
+        assert_strict(&strict, "");
+        let props = &strict["properties"];
+        // Optional fields: required but nullable.
+        assert_eq!(props["note"]["type"], json!(["string", "null"]));
+        assert_eq!(props["gift"]["type"], json!(["boolean", "null"]));
+        // Required fields stay non-nullable.
+        assert_eq!(props["customer"]["type"], json!("string"));
+        assert_eq!(props["customer"]["description"], json!("The customer."));
+        // Numeric bounds are supported; schemars' `uint32` format is not.
+        assert_eq!(props["quantity"]["minimum"], json!(1));
+        assert_eq!(props["quantity"]["maximum"], json!(99));
+        assert!(props["quantity"].get("format").is_none());
+        assert!(props["code"].get("minLength").is_none());
+        assert_eq!(props["email"]["format"], json!("email"));
+        // A `$ref` with a description sibling is inlined, keeping the field's doc.
+        assert_eq!(props["address"]["description"], json!("Delivery address."));
+        assert_eq!(props["address"]["type"], json!("object"));
+        assert_eq!(
+            props["address"]["properties"]["zip"]["type"],
+            json!(["string", "null"])
+        );
+        // Option<struct>: anyOf with a null branch.
+        let billing = props["billing"]["anyOf"].as_array().unwrap();
+        assert!(billing.contains(&json!({"type": "null"})), "{billing:?}");
+        // Data enums: oneOf became anyOf; variants are strict objects.
+        let payment = strict["$defs"]["Payment"]["anyOf"].as_array().unwrap();
+        assert_eq!(payment.len(), 2);
+        assert_eq!(payment[0]["const"], json!("Cash"));
+        assert_eq!(payment[0]["description"], json!("Pay on delivery."));
+
+        // What a strict model would send fits the strict schema...
+        let sent = json!({
+            "customer": "ada", "quantity": 2, "note": null, "gift": null,
+            "priority": "High", "maybe_priority": null,
+            "address": {"street": "Main 1", "zip": null}, "billing": null,
+            "payment": {"Card": {"number": "4111", "cvv": null}},
+            "tags": [], "code": "ab", "email": "a@b.c"
+        });
+        assert!(accepts(&strict, &sent));
+        // ...and, once its nulls for optional fields are stripped, the
+        // original schema and the Rust type.
+        let mut stripped = sent.clone();
+        strip_optional_nulls(&schema, &mut stripped);
+        assert!(stripped.get("gift").is_none(), "{stripped}");
+        assert!(stripped["address"].get("zip").is_none(), "{stripped}");
+        assert!(
+            stripped["payment"]["Card"].get("cvv").is_none(),
+            "{stripped}"
+        );
+        assert!(accepts(&schema, &stripped), "{stripped}");
+        serde_json::from_value::<Order>(stripped).expect("fits the type");
+        // Strict mode refuses what the original refuses: missing and extra keys.
+        let mut missing = sent.clone();
+        missing.as_object_mut().unwrap().remove("note");
+        assert!(!accepts(&strict, &missing));
+        let mut extra = sent;
+        extra["surprise"] = json!(1);
+        assert!(!accepts(&strict, &extra));
+    }
+
+    #[test]
+    fn unit_enums_with_docs_become_any_of_consts() {
+        let schema = schema_for::<Payment>();
+        // A data enum at the root is not an object: wrapped first.
+        let (object, shape) = object_schema(schema);
+        assert_eq!(shape, Shape::Wrapped);
+        let strict = strict_schema(&object).expect("convertible");
+        assert_strict(&strict, "");
+        assert!(accepts(&strict, &json!({"input": "Cash"})));
+        assert!(accepts(
+            &strict,
+            &json!({"input": {"Card": {"number": "1", "cvv": 123}}})
+        ));
+        assert!(!accepts(&strict, &json!({"input": "Cheque"})));
+        assert_eq!(
+            Shape::Wrapped.unwrap(json!({"input": "Cash"})),
+            json!("Cash")
+        );
+    }
+
+    #[test]
+    fn nullable_enum_and_const_forms() {
+        assert_eq!(
+            nullable(json!({"type": "string", "enum": ["a", "b"]})),
+            json!({"type": ["string", "null"], "enum": ["a", "b", null]})
+        );
+        assert_eq!(
+            nullable(json!({"const": "x", "description": "d"})),
+            json!({"description": "d", "anyOf": [{"const": "x"}, {"type": "null"}]})
+        );
+        assert_eq!(
+            nullable(json!({"$ref": "#/$defs/A"})),
+            json!({"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}]})
+        );
+        // Already nullable: unchanged.
+        assert_eq!(
+            nullable(json!({"type": ["integer", "null"]})),
+            json!({"type": ["integer", "null"]})
+        );
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Tree {
+        label: String,
+        children: Vec<Tree>,
+        parent: Option<Box<Tree>>,
+    }
+
+    #[test]
+    fn recursive_types_keep_refs_into_strict_defs() {
+        let (object, _) = object_schema(schema_for::<Vec<Tree>>());
+        let strict = strict_schema(&object).expect("convertible");
+        assert_strict(&strict, "");
+        assert!(strict["$defs"]["Tree"]["properties"]["children"]["items"]["$ref"].is_string());
+        let tree = json!({"input": [{"label": "a", "children": [
+            {"label": "b", "children": [], "parent": null}], "parent": null}]});
+        assert!(accepts(&strict, &tree));
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Loose {
+        counts: std::collections::HashMap<String, u32>,
+        extra: serde_json::Value,
+        pair: (u8, u8),
+    }
+
+    #[test]
+    fn inexpressible_schemas_are_reported_with_paths() {
+        let problems = strict_schema(&schema_for::<Loose>()).unwrap_err();
+        let text = problems.join("\n");
+        assert!(text.contains("/properties/counts: maps"), "{text}");
+        assert!(text.contains("/properties/extra"), "{text}");
+        assert!(text.contains("/properties/pair: tuples"), "{text}");
+        assert!(strict_schema(&json!({"type": "string"})).is_err());
+    }
+
+    #[test]
+    fn object_shapes() {
+        let (object, shape) = object_schema(schema_for::<()>());
+        assert_eq!(shape, Shape::Unit);
+        assert_eq!(object["properties"], json!({}));
+        assert_eq!(Shape::Unit.unwrap(json!({})), Value::Null);
+        let (object, shape) = object_schema(schema_for::<String>());
+        assert_eq!(shape, Shape::Wrapped);
+        assert_eq!(object["properties"]["input"]["type"], json!("string"));
+        assert_eq!(object["required"], json!(["input"]));
+        let (_, shape) = object_schema(schema_for::<Address>());
+        assert_eq!(shape, Shape::Object);
+    }
+}

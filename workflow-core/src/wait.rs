@@ -1,0 +1,364 @@
+//! Waiting without memory: durable sleep, events, child workflows, fan-out.
+//!
+//! A wait longer than the engine's `suspend_after` threshold suspends the
+//! instance: the handler is dropped, the worker freed, and the wake-up
+//! condition stored. When it is due, any worker replays the handler from the
+//! top; recorded steps return their results, and the wait finds its outcome.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::ctx::Ctx;
+use crate::error::{BoxError, Error, Result};
+use crate::id::InstanceId;
+use crate::status::Status;
+use crate::step::StepOptions;
+use crate::store::{format_millis, now_millis, Millis, NewInstance, StepRow, Suspend};
+use crate::workflow::{decode_named, Workflow};
+
+impl<S> Ctx<S>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Sleeps durably for `duration`, measured from the first time this
+    /// sleep is reached: a restart does not start it over. Long sleeps cost
+    /// no memory: the instance is suspended and wakes on any worker.
+    pub async fn sleep(&self, name: &str, duration: std::time::Duration) -> Result<()> {
+        let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        let wake_at: Millis = self
+            .step_with(name, StepOptions::no_retry(), || async move {
+                Ok::<_, BoxError>(now_millis().saturating_add(millis))
+            })
+            .await?;
+        self.wait_until(wake_at).await
+    }
+
+    /// Sleeps durably until `at`.
+    pub async fn sleep_until(&self, name: &str, at: DateTime<Utc>) -> Result<()> {
+        let wake_at: Millis = self
+            .step_with(name, StepOptions::no_retry(), || async move {
+                Ok::<_, BoxError>(at.timestamp_millis())
+            })
+            .await?;
+        self.wait_until(wake_at).await
+    }
+
+    async fn wait_until(&self, wake_at: Millis) -> Result<()> {
+        let left = wake_at - now_millis();
+        if left <= 0 {
+            return Ok(());
+        }
+        let left = std::time::Duration::from_millis(left as u64);
+        if left <= self.run().suspend_after {
+            tokio::time::sleep(left).await;
+            return Ok(());
+        }
+        let at = now_millis();
+        Err(self.suspend(Suspend {
+            status: Status::Pending,
+            run_at: wake_at,
+            wait_event: None,
+            wait_child: None,
+            retry: None,
+            state: self.dirty_state()?,
+            reason: format!("sleeping until {}", format_millis(wake_at)),
+            at,
+        }))
+    }
+
+    /// Waits for the event `name` (sent with `instance.send_event`) and
+    /// returns its payload as `T`. The instance is `Listening` meanwhile and
+    /// holds no memory. An event sent before the wait is kept and delivered.
+    /// With a `timeout` (counted from the first time the wait is reached),
+    /// gives [`Error::EventTimeout`] when none came, which the handler can
+    /// match on.
+    pub async fn wait_for_event<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<T> {
+        let run = self.run();
+        run.check()?;
+        let (key, recorded) = run.next_key(name);
+        if let Some(step) = recorded {
+            return event_outcome(name, step);
+        }
+        let until: Option<Millis> =
+            match timeout {
+                Some(timeout) => {
+                    let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+                    let until = self
+                    .step_keyed(format!("{key}@timeout"), StepOptions::no_retry(), || async move {
+                        Ok::<_, BoxError>(now_millis().saturating_add(millis))
+                    })
+                    .await?;
+                    Some(until)
+                }
+                None => None,
+            };
+        let taken = run
+            .store
+            .take_event(&run.lease, name, &key, now_millis())
+            .await
+            .map_err(|e| self.store_error(e))?;
+        if let Some(payload) = taken {
+            let at = now_millis();
+            let step = StepRow {
+                key: key.clone(),
+                output: Some(payload),
+                error: None,
+                state: None,
+                attempts: 1,
+                started_at: at,
+                finished_at: at,
+            };
+            return event_outcome(name, step);
+        }
+        let at = now_millis();
+        if until.is_some_and(|until| at >= until) {
+            let step = StepRow {
+                key,
+                output: None,
+                error: Some(format!("no event `{name}` arrived within the timeout")),
+                state: self.dirty_state()?,
+                attempts: 1,
+                started_at: at,
+                finished_at: at,
+            };
+            self.commit(step.clone()).await?;
+            return event_outcome(name, step);
+        }
+        Err(self.suspend(Suspend {
+            status: Status::Listening,
+            run_at: until.unwrap_or(Millis::MAX),
+            wait_event: Some(name.to_owned()),
+            wait_child: None,
+            retry: None,
+            state: self.dirty_state()?,
+            reason: match until {
+                Some(until) => format!("waiting for event `{name}` until {}", format_millis(until)),
+                None => format!("waiting for event `{name}`"),
+            },
+            at,
+        }))
+    }
+
+    /// Starts workflow `W` as a child of this instance, exactly once (across
+    /// replays and crashes), and returns its id without waiting for it.
+    /// Cancelling this instance cancels the child.
+    pub async fn start_child<W: Workflow>(
+        &self,
+        name: &str,
+        input: W::Input,
+    ) -> Result<InstanceId> {
+        let (key, recorded) = self.run().next_key(name);
+        match recorded {
+            Some(step) => self.replay(step),
+            None => self.create_child::<W>(key, input).await,
+        }
+    }
+
+    async fn create_child<W: Workflow>(&self, key: String, input: W::Input) -> Result<InstanceId> {
+        let run = self.run();
+        let input = serde_json::to_string(&input).map_err(|source| Error::Json {
+            context: format!("input of child workflow `{}`", W::NAME),
+            source,
+        })?;
+        let parent = run.id.clone();
+        let store = std::sync::Arc::clone(&run.store);
+        let dedup_key = format!("{parent}/{key}");
+        let input = &input;
+        let id: InstanceId = self
+            .step_keyed(key, StepOptions::no_retry(), || {
+                let (store, parent, dedup_key) = (&store, &parent, &dedup_key);
+                async move {
+                    let now = now_millis();
+                    let new = NewInstance {
+                        id: InstanceId::at(now),
+                        workflow: W::NAME.to_owned(),
+                        input: input.clone(),
+                        tags: Default::default(),
+                        // Keyed by parent and step, over every status: a
+                        // replay after a crash finds the child it started.
+                        key: Some(dedup_key.clone()),
+                        created_at: now,
+                        run_at: now,
+                        deadline_at: Some(now.saturating_add(W::TIMEOUT.as_millis() as i64)),
+                        parent: Some(parent.clone()),
+                    };
+                    let created = store.create(new, Some(&Status::ALL)).await?;
+                    Ok::<_, BoxError>(created.into_row().id)
+                }
+            })
+            .await?;
+        run.engine.inner.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Starts workflow `W` as a child exactly once and waits, durably and
+    /// without memory, for its output. A child that fails, is cancelled or
+    /// times out gives [`Error::Child`].
+    pub async fn run_child<W: Workflow>(&self, name: &str, input: W::Input) -> Result<W::Output> {
+        let run = self.run();
+        run.check()?;
+        let (key, recorded) = run.next_key(name);
+        let child = match recorded {
+            Some(step) => self.replay::<InstanceId>(step)?,
+            None => self.create_child::<W>(key.clone(), input).await?,
+        };
+        let result_key = format!("{key}@result");
+        if let Some(step) = run.recorded(&result_key) {
+            return child_outcome::<W>(&child, step);
+        }
+        let row = run
+            .store
+            .get(&child)
+            .await
+            .map_err(|e| self.store_error(e))?
+            .ok_or_else(|| Error::NotFound(child.clone()))?;
+        if row.status.is_terminal() {
+            let at = now_millis();
+            let (output, error) = match row.status {
+                Status::Completed => (Some(row.output.unwrap_or_else(|| "null".into())), None),
+                Status::Failed => (
+                    None,
+                    Some(format!("failed: {}", row.error.unwrap_or_default())),
+                ),
+                other => (None, Some(format!("ended {other}"))),
+            };
+            let step = StepRow {
+                key: result_key,
+                output,
+                error,
+                state: self.dirty_state()?,
+                attempts: 1,
+                started_at: at,
+                finished_at: at,
+            };
+            self.commit(step.clone()).await?;
+            return child_outcome::<W>(&child, step);
+        }
+        Err(self.suspend(Suspend {
+            status: Status::Listening,
+            run_at: Millis::MAX,
+            wait_event: None,
+            wait_child: Some(child.clone()),
+            retry: None,
+            state: self.dirty_state()?,
+            reason: format!("waiting for child `{}` {child}", W::NAME),
+            at: now_millis(),
+        }))
+    }
+
+    /// Runs `f` on every item as its own durable step (keys `name[0]`,
+    /// `name[1]`...), up to `concurrency` at once, and returns the results in
+    /// input order. Items already recorded are not run again after a crash.
+    pub async fn map<I, T, E, F, Fut>(
+        &self,
+        name: &str,
+        items: Vec<I>,
+        concurrency: usize,
+        f: F,
+    ) -> Result<Vec<T>>
+    where
+        I: Clone + Send + Sync,
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: Fn(I) -> Fut + Send + Sync,
+        Fut: Future<Output = std::result::Result<T, E>> + Send,
+    {
+        let run = self.run();
+        run.check()?;
+        let (base, _) = run.next_key(name);
+        let opts = run.default_step;
+        let f = &f;
+        let base = &base;
+        stream::iter(items.into_iter().enumerate())
+            .map(|(index, item)| async move {
+                self.step_keyed(format!("{base}[{index}]"), opts, move || f(item.clone()))
+                    .await
+            })
+            .buffered(concurrency.max(1))
+            .try_collect()
+            .await
+    }
+
+    /// Like [`Ctx::map`] for steps that return nothing.
+    pub async fn for_each<I, E, F, Fut>(
+        &self,
+        name: &str,
+        items: Vec<I>,
+        concurrency: usize,
+        f: F,
+    ) -> Result<()>
+    where
+        I: Clone + Send + Sync,
+        E: Into<BoxError>,
+        F: Fn(I) -> Fut + Send + Sync,
+        Fut: Future<Output = std::result::Result<(), E>> + Send,
+    {
+        self.map(name, items, concurrency, f).await.map(drop)
+    }
+
+    /// Splits `items` into chunks of `size` and runs `f` on each chunk as one
+    /// durable step (keys `name[0]`, `name[1]`...), one after another.
+    /// Returns each chunk's result, in order.
+    pub async fn batch<I, T, E, F, Fut>(
+        &self,
+        name: &str,
+        items: Vec<I>,
+        size: usize,
+        f: F,
+    ) -> Result<Vec<T>>
+    where
+        I: Clone + Send + Sync,
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: Fn(Vec<I>) -> Fut + Send + Sync,
+        Fut: Future<Output = std::result::Result<T, E>> + Send,
+    {
+        let run = self.run();
+        run.check()?;
+        let (base, _) = run.next_key(name);
+        let opts = run.default_step;
+        let mut results = Vec::new();
+        for (index, chunk) in items.chunks(size.max(1)).enumerate() {
+            let result = self
+                .step_keyed(format!("{base}[{index}]"), opts, || f(chunk.to_vec()))
+                .await?;
+            results.push(result);
+        }
+        Ok(results)
+    }
+}
+
+fn event_outcome<T: DeserializeOwned>(name: &str, step: StepRow) -> Result<T> {
+    match step.output {
+        Some(payload) => decode_named(&payload).map_err(|message| Error::EventPayload {
+            event: name.to_owned(),
+            message,
+        }),
+        None => Err(Error::EventTimeout {
+            event: name.to_owned(),
+        }),
+    }
+}
+
+fn child_outcome<W: Workflow>(child: &InstanceId, step: StepRow) -> Result<W::Output> {
+    match step.output {
+        Some(output) => decode_named(&output).map_err(|message| Error::Child {
+            workflow: W::NAME.to_owned(),
+            id: child.clone(),
+            message: format!("gave an output that does not fit: {message}"),
+        }),
+        None => Err(Error::Child {
+            workflow: W::NAME.to_owned(),
+            id: child.clone(),
+            message: step.error.unwrap_or_else(|| "failed".to_owned()),
+        }),
+    }
+}

@@ -1,0 +1,521 @@
+//! Workers: claim runnable instances, run their handlers, keep their leases
+//! alive, and take over instances of workers that died.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::ctx::{RunShared, Settlement};
+use crate::engine::Engine;
+use crate::error::{Interrupt, StoreError};
+use crate::id::InstanceId;
+use crate::status::Status;
+use crate::step::panic_message;
+use crate::store::{now_millis, ClaimRequest, Claimed, Finish, Lease, Suspend};
+
+/// Worker ids alive in this process, so a restarted engine in the same
+/// process can tell its own live peers from dead predecessors.
+static LIVE: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
+
+/// A running worker. Dropping the handle leaves it running; stop it with
+/// [`Worker::shutdown`] or [`Engine::shutdown`].
+#[must_use = "a worker runs until shut down; keep the handle to stop it gracefully"]
+pub struct Worker {
+    shared: Arc<WorkerShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct WorkerShared {
+    engine: Engine,
+    id: String,
+    stop: CancellationToken,
+    running: Mutex<HashMap<InstanceId, Arc<RunShared>>>,
+}
+
+impl Worker {
+    pub(crate) fn spawn(engine: Engine) -> Self {
+        let id = format!(
+            "{}/{}/{}",
+            hostname(),
+            std::process::id(),
+            uuid::Uuid::now_v7()
+        );
+        lock(&LIVE).insert(id.clone());
+        let stop = engine.inner.shutdown.child_token();
+        let shared = Arc::new(WorkerShared {
+            engine,
+            id,
+            stop,
+            running: Mutex::new(HashMap::new()),
+        });
+        let task = tokio::spawn(worker_loop(Arc::clone(&shared)));
+        Worker { shared, task }
+    }
+
+    /// This worker's id: `host/pid/uuid`, stored as the lease owner.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Stops claiming, lets running handlers finish within the engine's
+    /// grace period, stops the rest and hands them back to the store.
+    pub async fn shutdown(self) {
+        self.shared.stop.cancel();
+        if let Err(err) = self.task.await {
+            tracing::error!(error = %err, "worker task failed");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn worker_loop(w: Arc<WorkerShared>) {
+    let inner = &w.engine.inner;
+    let config = &inner.config;
+    let span = tracing::info_span!("worker", id = %w.id);
+    async {
+        tracing::info!(concurrency = config.concurrency, "worker started");
+        reap_dead_owners(&w).await;
+        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&w)));
+        let scheduler = tokio::spawn(crate::scheduler::run(
+            w.engine.clone(),
+            w.stop.clone(),
+        ));
+        let mut runs = JoinSet::new();
+        let mut store_backoff = Duration::from_millis(50);
+        let workflows: Vec<String> = inner.workflows.keys().map(|s| (*s).to_owned()).collect();
+        let mut wakeups = inner.store.wakeups();
+        while !w.stop.is_cancelled() {
+            while runs.try_join_next().is_some() {}
+            let free = config.concurrency.saturating_sub(runs.len());
+            let mut full_batch = false;
+            let claimed_at = now_millis();
+            if free > 0 && !workflows.is_empty() {
+                let now = claimed_at;
+                let req = ClaimRequest {
+                    owner: w.id.clone(),
+                    workflows: workflows.clone(),
+                    now,
+                    lease_until: now + config.lease.as_millis() as i64,
+                    limit: free,
+                };
+                match inner.store.claim(req).await {
+                    Ok(claimed) => {
+                        store_backoff = Duration::from_millis(50);
+                        full_batch = claimed.len() == free;
+                        for c in claimed {
+                            runs.spawn(run_claimed(Arc::clone(&w), c));
+                        }
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, retry_in = ?store_backoff, "claiming work failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(store_backoff) => {}
+                            _ = w.stop.cancelled() => {}
+                        }
+                        store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            if full_batch {
+                // More may be due; wait only for a free slot.
+                tokio::select! {
+                    _ = runs.join_next() => {}
+                    _ = w.stop.cancelled() => {}
+                }
+                continue;
+            }
+            // Nap until the next waiting instance is due, polling at least
+            // every poll_interval for work written by other processes.
+            // Anything due by the last claim's `now` was claimable then.
+            let nap = match inner.store.next_due(&workflows, claimed_at).await {
+                Ok(Some(due)) => Duration::from_millis((due - now_millis()).max(0) as u64)
+                    .min(config.poll_interval),
+                _ => config.poll_interval,
+            };
+            let hinted = async {
+                match wakeups.as_mut() {
+                    Some(hint) => hint.changed().await.is_err(),
+                    None => std::future::pending().await,
+                }
+            };
+            let mut hint_closed = false;
+            tokio::select! {
+                _ = inner.wake.notified() => {}
+                _ = tokio::time::sleep(nap) => {}
+                closed = hinted => hint_closed = closed,
+                Some(_) = runs.join_next() => {}
+                _ = w.stop.cancelled() => {}
+            }
+            if hint_closed {
+                // The store's listener is gone: back to polling alone.
+                wakeups = None;
+            }
+        }
+        drain(&w, &mut runs).await;
+        heartbeat.abort();
+        scheduler.abort();
+        lock(&LIVE).remove(&w.id);
+        tracing::info!("worker stopped");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn drain(w: &WorkerShared, runs: &mut JoinSet<()>) {
+    let grace = w.engine.inner.config.shutdown_grace;
+    if !runs.is_empty() {
+        tracing::info!(running = runs.len(), ?grace, "waiting for running handlers");
+    }
+    let all_done = async { while runs.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all_done).await.is_err() {
+        let running: Vec<_> = lock(&w.running).values().cloned().collect();
+        tracing::warn!(
+            stopped = running.len(),
+            "grace period over, stopping handlers"
+        );
+        for run in running {
+            run.interrupt(Interrupt::Shutdown, Settlement::Plain);
+        }
+        while runs.join_next().await.is_some() {}
+    }
+}
+
+async fn heartbeat_loop(w: Arc<WorkerShared>) {
+    let inner = &w.engine.inner;
+    // Often enough that a cancel or a moved deadline from another process
+    // reaches the handler within about a second.
+    let every = (inner.config.lease / 3).min(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::time::sleep(every).await;
+        ticks += 1;
+        let runs: Vec<Arc<RunShared>> = lock(&w.running).values().cloned().collect();
+        if !runs.is_empty() {
+            let leases: Vec<Lease> = runs.iter().map(|r| r.lease.clone()).collect();
+            let until = now_millis() + inner.config.lease.as_millis() as i64;
+            match inner.store.renew(&leases, until).await {
+                Ok(renewals) => {
+                    for renewal in renewals {
+                        let Some(run) = runs.iter().find(|r| r.lease == renewal.lease) else {
+                            continue;
+                        };
+                        if renewal.held {
+                            if renewal.pause_requested {
+                                run.request_pause(true);
+                            }
+                            run.deadline.send_if_modified(|deadline| {
+                                let moved = *deadline != renewal.deadline_at;
+                                *deadline = renewal.deadline_at;
+                                moved
+                            });
+                        } else {
+                            tracing::warn!(id = %renewal.lease.instance, "lease lost (cancelled, or taken over); stopping handler");
+                            run.interrupt(Interrupt::LeaseLost, Settlement::Plain);
+                        }
+                    }
+                }
+                Err(err) => tracing::error!(error = %err, "renewing leases failed"),
+            }
+        }
+        if ticks.is_multiple_of(3) {
+            reap_dead_owners(&w).await;
+        }
+    }
+}
+
+/// Frees the leases of workers on this host whose process is gone, so a
+/// restarted process resumes its instances at once instead of waiting for
+/// the leases to expire. Workers on other hosts are left to lease expiry.
+async fn reap_dead_owners(w: &WorkerShared) {
+    let store = &w.engine.inner.store;
+    let owners = match store.lease_owners().await {
+        Ok(owners) => owners,
+        Err(err) => {
+            tracing::warn!(error = %err, "listing lease owners failed");
+            return;
+        }
+    };
+    for owner in owners.into_iter().filter(|o| owner_is_dead(o)) {
+        match store.release_owner(&owner, now_millis()).await {
+            Ok(0) => {}
+            Ok(freed) => tracing::info!(%owner, freed, "took over instances of a dead worker"),
+            Err(err) => {
+                tracing::warn!(%owner, error = %err, "releasing a dead worker's leases failed")
+            }
+        }
+    }
+}
+
+fn owner_is_dead(owner: &str) -> bool {
+    let mut parts = owner.splitn(3, '/');
+    let (Some(host), Some(pid), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    if host != hostname() {
+        return false;
+    }
+    if pid == std::process::id() {
+        return !lock(&LIVE).contains(owner);
+    }
+    !process_alive(pid)
+}
+
+#[cfg(unix)]
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    // Signal 0 checks existence without delivering anything.
+    // SAFETY: kill with signal 0 has no effect on the target process.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(not(unix))]
+fn process_alive(_pid: u32) -> bool {
+    // No cheap check: leave it to lease expiry.
+    true
+}
+
+fn hostname() -> &'static str {
+    static HOST: LazyLock<String> = LazyLock::new(|| {
+        #[cfg(unix)]
+        {
+            let mut buf = [0u8; 256];
+            // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+            let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+            if rc == 0 {
+                let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+                return String::from_utf8_lossy(&buf[..end]).replace('/', "_");
+            }
+        }
+        "localhost".to_owned()
+    });
+    &HOST
+}
+
+async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed) {
+    let Claimed { row, lease, steps } = claimed;
+    let span =
+        tracing::info_span!("workflow", workflow = %row.workflow, id = %row.id, run = lease.run);
+    async {
+        let inner = &w.engine.inner;
+        let Some(def) = inner.workflows.get(row.workflow.as_str()).cloned() else {
+            // Claimed only registered names; this is unreachable unless the store ignores the filter.
+            let _ = inner.store.release(&lease, now_millis()).await;
+            return;
+        };
+        let mut step_options = inner.config.step_options;
+        if let Some(attempts) = def.retries() {
+            step_options.max_attempts = attempts.max(1);
+        }
+        let run = Arc::new(RunShared::new(
+            w.engine.clone(),
+            &row,
+            def.name(),
+            lease.clone(),
+            step_options,
+            steps,
+        ));
+        lock(&w.running).insert(row.id.clone(), Arc::clone(&run));
+        lock(&inner.running).insert(row.id.clone(), Arc::clone(&run));
+        let finish = execute(&run, def.as_ref(), row.input).await;
+        // Whatever ended the run, tasks the handler spawned with ctx.signal() stop too.
+        run.stop.cancel();
+        lock(&inner.running).remove(&row.id);
+        lock(&w.running).remove(&row.id);
+        settle(&w, &lease, finish).await;
+        inner.finished.notify_waiters();
+        // A finished child may have woken its parent; a suspended instance
+        // whose event was already there is due now.
+        inner.wake.notify_one();
+    }
+    .instrument(span)
+    .await
+}
+
+/// What to do with the instance once its handler stopped.
+enum Settle {
+    Finish(Finish),
+    Suspend(Suspend),
+    Release,
+    Abandon,
+}
+
+/// Resolves when the run's deadline passes, following moves of the deadline.
+async fn deadline_passed(run: &RunShared) {
+    let mut deadline = run.deadline.subscribe();
+    loop {
+        let at = *deadline.borrow_and_update();
+        let Some(at) = at else {
+            if deadline.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            continue;
+        };
+        let left = Duration::from_millis((at - now_millis()).max(0) as u64);
+        tokio::select! {
+            _ = tokio::time::sleep(left) => {
+                // The wall clock decides, not the timer: re-check in case it slept short.
+                if now_millis() >= at {
+                    return;
+                }
+            }
+            _ = deadline.changed() => {}
+        }
+    }
+}
+
+async fn execute(
+    run: &Arc<RunShared>,
+    def: &dyn crate::workflow::ErasedWorkflow,
+    input: String,
+) -> Settle {
+    let handler = AssertUnwindSafe(def.run(Arc::clone(run), input)).catch_unwind();
+    let timed_out = deadline_passed(run);
+    enum End {
+        Returned(crate::workflow::HandlerEnd),
+        Panicked(String),
+        Stopped,
+        TimedOut,
+    }
+    let end = tokio::select! {
+        biased;
+        _ = run.stop.cancelled() => End::Stopped,
+        _ = timed_out => End::TimedOut,
+        out = handler => match out {
+            Ok(end) => End::Returned(end),
+            Err(payload) => End::Panicked(panic_message(&*payload)),
+        },
+    };
+    let at = now_millis();
+    let finish = |status, output, error, state| {
+        Settle::Finish(Finish {
+            status,
+            output,
+            error,
+            state,
+            at,
+        })
+    };
+    let interrupt = run
+        .interrupt
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some((why, settlement)) = interrupt {
+        return match (why, settlement) {
+            (Interrupt::Suspended, Settlement::Suspend(suspend)) => Settle::Suspend(suspend),
+            (Interrupt::Completed, settlement) => {
+                let output = match settlement {
+                    Settlement::Output(output) => output,
+                    _ => "null".to_owned(),
+                };
+                match def.check_output(&output) {
+                    Ok(()) => finish(Status::Completed, Some(output), None, None),
+                    Err(message) => finish(Status::Failed, None, Some(message), None),
+                }
+            }
+            (Interrupt::Failed(reason), _) => finish(Status::Failed, None, Some(reason), None),
+            (Interrupt::Shutdown | Interrupt::Suspended, _) => Settle::Release,
+            // The store already says Cancelled, or another worker owns it.
+            (Interrupt::Cancelled | Interrupt::LeaseLost, _) => Settle::Abandon,
+            (Interrupt::Store(message), _) => {
+                tracing::warn!(error = %message, "store failed under a running handler; it will resume later");
+                Settle::Release
+            }
+        };
+    }
+    match end {
+        End::Returned(end) => match end.result {
+            Ok(output) => finish(Status::Completed, Some(output), None, end.state),
+            Err(error) => finish(Status::Failed, None, Some(error), end.state),
+        },
+        End::Panicked(message) => {
+            tracing::error!(panic = %message, "handler panicked");
+            finish(
+                Status::Failed,
+                None,
+                Some(format!("handler panicked: {message}")),
+                None,
+            )
+        }
+        End::TimedOut => finish(
+            Status::TimedOut,
+            None,
+            Some("deadline passed before the workflow finished".to_owned()),
+            None,
+        ),
+        // Stopped without a reason cannot happen: interrupts always set one.
+        End::Stopped => Settle::Release,
+    }
+}
+
+async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) {
+    let store = &w.engine.inner.store;
+    let result = match settle {
+        Settle::Finish(finish) => {
+            let status = finish.status;
+            let result = store.finish(lease, finish).await;
+            if result.is_ok() {
+                tracing::info!(%status, "instance finished");
+            }
+            result
+        }
+        Settle::Suspend(suspend) => store.suspend(lease, suspend).await,
+        Settle::Release => store.release(lease, now_millis()).await,
+        Settle::Abandon => Ok(()),
+    };
+    match result {
+        Ok(()) => {}
+        Err(StoreError::LeaseLost(_)) => {
+            tracing::warn!(
+                "lease lost before the outcome was recorded; another worker owns the instance"
+            )
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "recording the outcome failed; the instance resumes when its lease expires")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_on_other_hosts_are_never_reaped() {
+        assert!(!owner_is_dead("some-other-host/1/abc"));
+        assert!(!owner_is_dead("garbage"));
+    }
+
+    #[test]
+    fn own_process_owners_are_dead_unless_live() {
+        let me = format!("{}/{}/x", hostname(), std::process::id());
+        assert!(owner_is_dead(&me));
+        lock(&LIVE).insert(me.clone());
+        assert!(!owner_is_dead(&me));
+        lock(&LIVE).remove(&me);
+    }
+
+    #[test]
+    fn dead_pids_on_this_host_are_reaped() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(owner_is_dead(&format!("{}/{pid}/x", hostname())));
+    }
+}

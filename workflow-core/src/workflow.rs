@@ -1,0 +1,281 @@
+//! The `Workflow` trait that `#[workflow]` implements, and its type-erased form.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ctx::{Ctx, RunShared};
+use crate::engine::Engine;
+use crate::error::{error_chain, BoxError, Error, Result};
+use crate::instance::{GetOrCreate, Instance, StartOptions};
+use crate::schema::schema_for;
+use crate::validate::SchemaCheck;
+
+/// A durable workflow. Written by `#[workflow]`; implement it by hand only to
+/// build workflows at run time.
+pub trait Workflow: Send + Sync + Sized + 'static {
+    /// The input it is started with.
+    type Input: Serialize + DeserializeOwned + JsonSchema + Send + 'static;
+    /// What it returns when it completes.
+    type Output: Serialize + DeserializeOwned + JsonSchema + Send + 'static;
+    /// Its persisted state (`()` when it has none); a new instance starts from `Default`.
+    type State: Serialize + DeserializeOwned + JsonSchema + Default + Send + 'static;
+
+    /// Registered name, unique per engine.
+    const NAME: &'static str;
+    /// Human (and AI model) readable description: the doc comment by default.
+    const DESCRIPTION: &'static str = "";
+    /// Cron schedule, if it runs on one.
+    const SCHEDULE: Option<&'static str> = None;
+    /// IANA time zone of the schedule.
+    const TIMEZONE: &'static str = "UTC";
+    /// Default deadline of an instance, counted from its start. Five minutes
+    /// unless the attribute says otherwise.
+    const TIMEOUT: Duration = Duration::from_secs(300);
+    /// The step names written as literals in the handler, in source order.
+    const STEPS: &'static [&'static str] = &[];
+    /// What the schedule does about ticks missed while no engine ran.
+    const CATCH_UP: crate::CatchUp = crate::CatchUp::Latest;
+    /// Attempts each `ctx.step` gets by default (`retries = N` in the
+    /// attribute); `None` uses the engine's [`StepOptions`](crate::StepOptions).
+    const RETRIES: Option<u32> = None;
+
+    /// The input each cron tick starts the workflow with. `#[workflow]`
+    /// returns `Some(Default::default())` for scheduled workflows (their
+    /// input must be `()` or `Default`).
+    fn schedule_input() -> Option<Self::Input> {
+        None
+    }
+
+    /// The handler.
+    fn run(
+        &self,
+        ctx: Ctx<Self::State>,
+        input: Self::Input,
+    ) -> impl Future<Output = std::result::Result<Self::Output, BoxError>> + Send;
+
+    /// Starts an instance; a running worker picks it up.
+    fn start(
+        engine: &Engine,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Instance<Self>>> + Send {
+        engine.start::<Self>(input, StartOptions::default())
+    }
+
+    /// Starts many instances in one write (one transaction on SQL stores),
+    /// all with the same options (a key here is a label, not a dedup key).
+    fn start_many(
+        engine: &Engine,
+        inputs: Vec<Self::Input>,
+        options: StartOptions,
+    ) -> impl Future<Output = Result<Vec<Instance<Self>>>> + Send {
+        engine.start_many::<Self>(inputs, options)
+    }
+
+    /// Starts an instance with a key, tags or its own timeout.
+    fn start_with(
+        engine: &Engine,
+        input: Self::Input,
+        options: StartOptions,
+    ) -> impl Future<Output = Result<Instance<Self>>> + Send {
+        engine.start::<Self>(input, options)
+    }
+
+    /// Returns the instance with this dedup key that is still active
+    /// (`Pending`, `InProgress`, `Listening` or `Paused`; change with
+    /// `.statuses(..)`), or starts a new one. Atomic: concurrent callers with
+    /// one key get one instance.
+    fn get_or_create<'a>(
+        engine: &'a Engine,
+        key: impl Into<String>,
+        input: Self::Input,
+    ) -> GetOrCreate<'a, Self> {
+        GetOrCreate::new(engine, key.into(), input)
+    }
+
+    /// A typed handle on an existing instance (not checked until used).
+    fn handle(engine: &Engine, id: impl Into<crate::InstanceId>) -> Instance<Self> {
+        Instance::new(engine.clone(), id.into())
+    }
+
+    /// This workflow as a tool an AI model can call: its name, description
+    /// (the doc comment) and the JSON Schema of its input. Calling it starts
+    /// an instance and returns `{"workflowId", "status"}`; see
+    /// [`Tool::wait`](crate::Tool::wait) and [`Tool::description`](crate::Tool::description).
+    fn as_tool() -> crate::Tool {
+        crate::Tool::workflow(Self::NAME, Self::DESCRIPTION, schema_for::<Self::Input>())
+    }
+
+    /// Everything about this workflow as data: names, schemas, schedule.
+    fn definition() -> Definition {
+        Definition {
+            name: Self::NAME.to_owned(),
+            description: Self::DESCRIPTION.to_owned(),
+            schedule: Self::SCHEDULE.map(str::to_owned),
+            timezone: Self::TIMEZONE.to_owned(),
+            timeout_ms: Self::TIMEOUT.as_millis() as u64,
+            catch_up: Self::CATCH_UP,
+            steps: Self::STEPS.iter().map(|s| (*s).to_owned()).collect(),
+            input_schema: schema_for::<Self::Input>(),
+            output_schema: schema_for::<Self::Output>(),
+            state_schema: schema_for::<Self::State>(),
+        }
+    }
+}
+
+/// A workflow described as data; what consoles and tools read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    /// Registered name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Cron schedule.
+    pub schedule: Option<String>,
+    /// Schedule time zone.
+    pub timezone: String,
+    /// Default timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// What the schedule does about missed ticks.
+    pub catch_up: crate::CatchUp,
+    /// Literal step names in source order.
+    pub steps: Vec<String>,
+    /// JSON Schema of the input.
+    pub input_schema: serde_json::Value,
+    /// JSON Schema of the output.
+    pub output_schema: serde_json::Value,
+    /// JSON Schema of the state.
+    pub state_schema: serde_json::Value,
+}
+
+/// Deserializes JSON into `T`, naming the failing field: `items[2].qty: invalid type ...`.
+pub(crate) fn decode_named<T: DeserializeOwned>(json: &str) -> std::result::Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        if path == "." {
+            err.into_inner().to_string()
+        } else {
+            format!("{path}: {}", err.into_inner())
+        }
+    })
+}
+
+/// How a handler run ended, before the engine applies interrupts and deadlines.
+pub(crate) struct HandlerEnd {
+    /// Output JSON, or the error chain.
+    pub result: std::result::Result<String, String>,
+    /// The state, if changed since the last step.
+    pub state: Option<String>,
+}
+
+/// A `Workflow` with its types erased, as the engine keeps it.
+pub(crate) trait ErasedWorkflow: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn timeout(&self) -> Duration;
+    fn retries(&self) -> Option<u32>;
+    fn definition(&self) -> Definition;
+    /// Checks JSON against the input type; returns the canonical JSON.
+    fn check_input(&self, input: &serde_json::Value) -> Result<String>;
+    /// Checks that an early output (`ctx.complete`) fits the output type.
+    fn check_output(&self, output: &str) -> std::result::Result<(), String>;
+    fn run(&self, shared: Arc<RunShared>, input: String) -> BoxFuture<'static, HandlerEnd>;
+}
+
+pub(crate) struct Registered<W> {
+    workflow: Arc<W>,
+    /// Compiled on first use: engines that never take JSON input never pay for it.
+    input_check: std::sync::OnceLock<SchemaCheck>,
+}
+
+impl<W: Workflow> Registered<W> {
+    pub(crate) fn new(workflow: W) -> Self {
+        Registered {
+            workflow: Arc::new(workflow),
+            input_check: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl<W: Workflow> ErasedWorkflow for Registered<W> {
+    fn name(&self) -> &'static str {
+        W::NAME
+    }
+
+    fn timeout(&self) -> Duration {
+        W::TIMEOUT
+    }
+
+    fn retries(&self) -> Option<u32> {
+        W::RETRIES
+    }
+
+    fn definition(&self) -> Definition {
+        W::definition()
+    }
+
+    fn check_input(&self, input: &serde_json::Value) -> Result<String> {
+        let check = self
+            .input_check
+            .get_or_init(|| SchemaCheck::new(&schema_for::<W::Input>()));
+        let typed: W::Input = check
+            .check(input)
+            .map_err(|violations| Error::InvalidInput {
+                workflow: W::NAME.to_owned(),
+                violations,
+            })?;
+        serde_json::to_string(&typed).map_err(|source| Error::Json {
+            context: format!("input of workflow `{}`", W::NAME),
+            source,
+        })
+    }
+
+    fn check_output(&self, output: &str) -> std::result::Result<(), String> {
+        decode_named::<W::Output>(output).map(drop).map_err(|message| {
+            format!("output given to ctx.complete does not match the output type of `{}`: {message}", W::NAME)
+        })
+    }
+
+    fn run(&self, shared: Arc<RunShared>, input: String) -> BoxFuture<'static, HandlerEnd> {
+        let workflow = Arc::clone(&self.workflow);
+        Box::pin(async move {
+            let input: W::Input = match decode_named(&input) {
+                Ok(input) => input,
+                Err(message) => {
+                    let err = Error::InvalidInput {
+                        workflow: W::NAME.to_owned(),
+                        violations: vec![crate::validate::Violation {
+                            path: String::new(),
+                            message,
+                        }],
+                    };
+                    return HandlerEnd {
+                        result: Err(err.to_string()),
+                        state: None,
+                    };
+                }
+            };
+            let ctx = Ctx::new(shared, W::State::default());
+            let returned = workflow.run(ctx.clone(), input).await;
+            let result = match returned {
+                Ok(output) => serde_json::to_string(&output).map_err(|err| {
+                    format!(
+                        "output of workflow `{}` is not serializable: {err}",
+                        W::NAME
+                    )
+                }),
+                Err(err) => Err(error_chain(&*err)),
+            };
+            let state = ctx.dirty_state().unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "final state not persisted");
+                None
+            });
+            HandlerEnd { result, state }
+        })
+    }
+}

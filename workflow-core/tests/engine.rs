@@ -1,0 +1,907 @@
+//! The engine end to end on the in-memory store, with hand-written workflows.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use workflow_core::store::{ClaimRequest, StepRow, Store};
+use workflow_core::*;
+
+mod common;
+use common::until_status;
+
+static FETCHES: AtomicU32 = AtomicU32::new(0);
+static CHARGES: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct OrderInput {
+    order_id: String,
+    quantity: u32,
+}
+
+#[derive(Default, Serialize, Deserialize, JsonSchema)]
+struct OrderState {
+    processed: u32,
+}
+
+struct ProcessOrder;
+
+impl Workflow for ProcessOrder {
+    type Input = OrderInput;
+    type Output = String;
+    type State = OrderState;
+    const NAME: &'static str = "processOrder";
+
+    async fn run(&self, ctx: Ctx<OrderState>, input: OrderInput) -> Result<String, BoxError> {
+        let price: u32 = ctx
+            .step("fetch-order", || async {
+                FETCHES.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, BoxError>(7)
+            })
+            .await?;
+        ctx.state_mut().processed += input.quantity;
+        let total = price * input.quantity;
+        ctx.step("charge", || async {
+            CHARGES.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(total)
+        })
+        .await?;
+        Ok(format!("{} charged {total}", input.order_id))
+    }
+}
+
+async fn engine_on(store: Arc<dyn Store>) -> Engine {
+    EngineBuilder::new()
+        .shared_store(store)
+        .register(ProcessOrder)
+        .register(Repeats)
+        .register(Flaky)
+        .register(Panics)
+        .register(EndsEarly)
+        .register(Slow)
+        .poll_interval(Duration::from_millis(20))
+        .step_options(StepOptions::retries(3).backoff(
+            Duration::from_millis(5),
+            2.0,
+            Duration::from_millis(20),
+        ))
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_workflow_runs_its_steps_and_returns_its_output() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = ProcessOrder::start(
+        &engine,
+        OrderInput {
+            order_id: "A1".into(),
+            quantity: 3,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(10)).await.unwrap(),
+        "A1 charged 21"
+    );
+    let info = inst.info().await.unwrap();
+    assert_eq!(info.status, Status::Completed);
+    assert_eq!(info.input["order_id"], "A1");
+    assert_eq!(info.state.unwrap()["processed"], 3);
+    assert_eq!(inst.state().await.unwrap().processed, 3);
+    let steps: Vec<String> = inst
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(steps, ["fetch-order", "charge"]);
+    let kinds: Vec<String> = inst
+        .history()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "created",
+            "started",
+            "step_completed",
+            "step_completed",
+            "state_changed",
+            "completed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn recorded_steps_are_replayed_not_rerun() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = engine_on(Arc::clone(&store)).await;
+    let inst = ProcessOrder::start(
+        &engine,
+        OrderInput {
+            order_id: "B2".into(),
+            quantity: 2,
+        },
+    )
+    .await
+    .unwrap();
+    // A worker that "dies" after recording the first step, with state.
+    let claim = ClaimRequest {
+        owner: "ghost".into(),
+        workflows: vec!["processOrder".into()],
+        now: store::now_millis(),
+        lease_until: store::now_millis() + 60_000,
+        limit: 1,
+    };
+    let claimed = store.claim(claim).await.unwrap().remove(0);
+    let step = StepRow {
+        key: "fetch-order".into(),
+        output: Some("100".into()),
+        error: None,
+        state: None,
+        attempts: 1,
+        started_at: 0,
+        finished_at: 0,
+    };
+    store.commit_step(&claimed.lease, step).await.unwrap();
+    store
+        .release_owner("ghost", store::now_millis())
+        .await
+        .unwrap();
+
+    let fetches = FETCHES.load(Ordering::SeqCst);
+    let _worker = engine.start_worker();
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(10)).await.unwrap(),
+        "B2 charged 200",
+        "the recorded price is reused"
+    );
+    assert_eq!(
+        FETCHES.load(Ordering::SeqCst),
+        fetches,
+        "fetch-order was not run again"
+    );
+    assert_eq!(inst.info().await.unwrap().runs, 2);
+}
+
+struct Repeats;
+
+impl Workflow for Repeats {
+    type Input = u32;
+    type Output = Vec<u32>;
+    type State = ();
+    const NAME: &'static str = "repeats";
+
+    async fn run(&self, ctx: Ctx, n: u32) -> Result<Vec<u32>, BoxError> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            out.push(
+                ctx.step("item", || async move { Ok::<_, BoxError>(i * 10) })
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+#[tokio::test]
+async fn repeated_step_names_get_numbered_keys() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = Repeats::start(&engine, 3).await.unwrap();
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(10)).await.unwrap(),
+        [0, 10, 20]
+    );
+    let keys: Vec<String> = inst
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(keys, ["item", "item#1", "item#2"]);
+}
+
+static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);
+
+struct Flaky;
+
+impl Workflow for Flaky {
+    type Input = bool;
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "flaky";
+
+    async fn run(&self, ctx: Ctx, always_fail: bool) -> Result<String, BoxError> {
+        let v = ctx
+            .step("shaky", || async move {
+                if always_fail {
+                    return Err(std::io::Error::other("disk on fire"));
+                }
+                let call = FLAKY_CALLS.fetch_add(1, Ordering::SeqCst);
+                if call.is_multiple_of(3) {
+                    panic!("boom on call {call}");
+                }
+                Ok("steady".to_owned())
+            })
+            .await?;
+        Ok(v)
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_step_is_a_failed_attempt_and_is_retried() {
+    FLAKY_CALLS.store(0, Ordering::SeqCst);
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = Flaky::start(&engine, false).await.unwrap();
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(10)).await.unwrap(),
+        "steady"
+    );
+    let history = inst.history().await.unwrap();
+    let attempt = history
+        .iter()
+        .find(|e| e.kind == "attempt_failed")
+        .expect("the panic is recorded");
+    assert_eq!(attempt.step.as_deref(), Some("shaky"));
+    assert_eq!(attempt.attempt, Some(1));
+    assert!(
+        attempt
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("panicked: boom on call 0"),
+        "{attempt:?}"
+    );
+    assert_eq!(inst.steps().await.unwrap()[0].attempts, 2);
+}
+
+#[tokio::test]
+async fn a_step_out_of_attempts_fails_the_instance_with_its_error() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = Flaky::start(&engine, true).await.unwrap();
+    let err = inst
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    let Error::Failed { message, .. } = err else {
+        panic!("expected Failed, got {err:?}")
+    };
+    assert!(
+        message
+            .contains("step `shaky` of workflow `flaky` failed after 3 attempt(s): disk on fire"),
+        "{message}"
+    );
+    let history = inst.history().await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|e| e.kind == "attempt_failed")
+            .count(),
+        2
+    );
+    assert_eq!(history.last().unwrap().kind, "failed");
+}
+
+struct Panics;
+
+impl Workflow for Panics {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "panics";
+
+    async fn run(&self, _ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        panic!("handler exploded")
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_its_instance_and_the_engine_lives_on() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let bad = Panics::start(&engine, ()).await.unwrap();
+    let good = Repeats::start(&engine, 1).await.unwrap();
+    let err = bad
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("handler panicked: handler exploded"),
+        "{err}"
+    );
+    assert_eq!(
+        good.result_timeout(Duration::from_secs(10)).await.unwrap(),
+        [0]
+    );
+}
+
+struct EndsEarly;
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+enum Ending {
+    Complete,
+    Fail,
+    FailSwallowed,
+}
+
+impl Workflow for EndsEarly {
+    type Input = Ending;
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "endsEarly";
+
+    async fn run(&self, ctx: Ctx, how: Ending) -> Result<String, BoxError> {
+        match how {
+            Ending::Complete => {
+                ctx.complete("early")?;
+            }
+            Ending::Fail => {
+                ctx.fail("Missing order ID")?;
+            }
+            Ending::FailSwallowed => {
+                let _ = ctx.fail("swallowed but final");
+                // Further steps refuse to run.
+                let next = ctx.step("after", || async { Ok::<_, BoxError>(1) }).await;
+                assert!(matches!(next, Err(Error::Interrupted(_))));
+                return Ok("ignored".into());
+            }
+        }
+        Ok("late".into())
+    }
+}
+
+#[tokio::test]
+async fn complete_and_fail_end_the_instance_from_inside() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let done = EndsEarly::start(&engine, Ending::Complete).await.unwrap();
+    assert_eq!(
+        done.result_timeout(Duration::from_secs(10)).await.unwrap(),
+        "early"
+    );
+    let failed = EndsEarly::start(&engine, Ending::Fail).await.unwrap();
+    let err = failed
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Failed { message, .. } if message == "Missing order ID"),
+        "{err:?}"
+    );
+    let swallowed = EndsEarly::start(&engine, Ending::FailSwallowed)
+        .await
+        .unwrap();
+    let err = swallowed
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Failed { message, .. } if message == "swallowed but final"),
+        "{err:?}"
+    );
+}
+
+struct Slow;
+
+impl Workflow for Slow {
+    type Input = u64;
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "slow";
+    const TIMEOUT: Duration = Duration::from_millis(200);
+
+    async fn run(&self, ctx: Ctx, millis: u64) -> Result<(), BoxError> {
+        ctx.step("nap", || async move {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn past_its_deadline_an_instance_times_out() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = Slow::start(&engine, 5_000).await.unwrap();
+    let err = inst
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Ended {
+                status: Status::TimedOut,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // A per-instance timeout overrides the workflow's.
+    let roomy = Slow::start_with(
+        &engine,
+        300,
+        StartOptions::new().timeout(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    roomy.result_timeout(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn start_json_checks_the_input_and_names_the_field() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let err = engine
+        .start_json(
+            "processOrder",
+            serde_json::json!({"order_id": "x", "quantity": "three"}),
+            StartOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"invalid input for workflow `processOrder`: at /quantity: "three" is not of type "integer""#
+    );
+    // Every violation at once, each with its path.
+    let err = engine
+        .start_json(
+            "processOrder",
+            serde_json::json!({"quantity": -1, "extra": true}),
+            StartOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    let Error::InvalidInput {
+        workflow,
+        violations,
+    } = err
+    else {
+        panic!("expected InvalidInput")
+    };
+    assert_eq!(workflow, "processOrder");
+    let found: Vec<(String, String)> = violations
+        .into_iter()
+        .map(|v| (v.path, v.message))
+        .collect();
+    assert!(
+        found.contains(&(
+            String::new(),
+            r#""order_id" is a required property"#.to_owned()
+        )),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(path, msg)| path == "/quantity" && msg.contains("minimum")),
+        "{found:?}"
+    );
+    let err = engine
+        .start_json("nope", serde_json::json!({}), StartOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownWorkflow(name) if name == "nope"));
+    let _worker = engine.start_worker();
+    let id = engine
+        .start_json(
+            "processOrder",
+            serde_json::json!({"order_id": "J", "quantity": 1}),
+            StartOptions::new().tag("via", "json"),
+        )
+        .await
+        .unwrap();
+    let inst = ProcessOrder::handle(&engine, id);
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(10)).await.unwrap(),
+        "J charged 7"
+    );
+    assert_eq!(inst.info().await.unwrap().tags["via"], "json");
+}
+
+#[tokio::test]
+async fn get_or_create_dedups_concurrent_callers() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            Repeats::get_or_create(&engine, "batch-7", 1)
+                .await
+                .unwrap()
+                .id()
+                .clone()
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for task in tasks {
+        ids.insert(task.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1);
+    let page = engine.list(Query::new().key("batch-7")).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+}
+
+#[tokio::test]
+async fn shutdown_hands_running_instances_back() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(Slow)
+        .shutdown_grace(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    let inst = Slow::start_with(
+        &engine,
+        60_000,
+        StartOptions::new().timeout(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    for _ in 0..100 {
+        if inst.status().await.unwrap() == Status::InProgress {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.shutdown().await;
+    assert_eq!(
+        inst.status().await.unwrap(),
+        Status::Pending,
+        "released for another worker"
+    );
+    let kinds: Vec<String> = inst
+        .history()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds.last().map(String::as_str), Some("released"));
+}
+
+#[tokio::test]
+async fn list_pages_newest_first() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(Repeats::start(&engine, n).await.unwrap().id().clone());
+    }
+    let first = engine
+        .list(Query::new().name("repeats").limit(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+        [ids[4].clone(), ids[3].clone()]
+    );
+    let second = engine
+        .list(
+            Query::new()
+                .name("repeats")
+                .limit(2)
+                .after(first.next.unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.items[0].id, ids[2]);
+    let pending = engine
+        .list(Query::new().status(Status::Pending))
+        .await
+        .unwrap();
+    assert_eq!(pending.items.len(), 5);
+    assert!(pending.next.is_none());
+}
+
+static SIGNALLED: AtomicU32 = AtomicU32::new(0);
+
+struct Waits;
+
+impl Workflow for Waits {
+    type Input = u64;
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "waits";
+
+    async fn run(&self, ctx: Ctx, millis: u64) -> Result<String, BoxError> {
+        let signal = ctx.signal();
+        tokio::spawn(async move {
+            signal.cancelled().await;
+            SIGNALLED.fetch_add(1, Ordering::SeqCst);
+        });
+        ctx.step("wait", || async move {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok("done".into())
+    }
+}
+
+async fn control_engine(store: Arc<dyn Store>) -> Engine {
+    EngineBuilder::new()
+        .shared_store(store)
+        .register(Waits)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_handler_and_fires_its_signal() {
+    let engine = control_engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = Waits::start_with(
+        &engine,
+        60_000,
+        StartOptions::new().timeout(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    until_status(&inst, Status::InProgress).await;
+    let before = SIGNALLED.load(Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    inst.cancel().await.unwrap();
+    let err = inst
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Ended {
+                status: Status::Cancelled,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    for _ in 0..100 {
+        if SIGNALLED.load(Ordering::SeqCst) > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        SIGNALLED.load(Ordering::SeqCst) > before,
+        "ctx.signal() fired"
+    );
+    // A second cancel is a clear error and changes nothing.
+    let err = inst.cancel().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::AlreadyFinished {
+                status: Status::Cancelled,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let history: Vec<String> = inst
+        .history()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(history.iter().filter(|k| *k == "cancelled").count(), 1);
+    assert!(!history.contains(&"step_completed".to_owned()));
+}
+
+#[tokio::test]
+async fn cancel_from_another_engine_reaches_the_running_handler() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runner = control_engine(Arc::clone(&store)).await;
+    let other = control_engine(Arc::clone(&store)).await;
+    let _worker = runner.start_worker();
+    let inst = Waits::start_with(
+        &runner,
+        60_000,
+        StartOptions::new().timeout(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    until_status(&inst, Status::InProgress).await;
+    Waits::handle(&other, inst.id().clone())
+        .cancel()
+        .await
+        .unwrap();
+    // The runner learns of it at its next heartbeat (about a second) and drops the handler.
+    for _ in 0..300 {
+        if runner.running_here().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(runner.running_here().is_empty(), "the handler was stopped");
+    assert_eq!(inst.status().await.unwrap(), Status::Cancelled);
+}
+
+#[tokio::test]
+async fn cancel_a_pending_instance_and_a_finished_one() {
+    let engine = control_engine(Arc::new(MemoryStore::new())).await;
+    let pending = Waits::start(&engine, 1).await.unwrap();
+    pending.cancel().await.unwrap();
+    assert_eq!(pending.status().await.unwrap(), Status::Cancelled);
+    let _worker = engine.start_worker();
+    let done = Waits::start(&engine, 1).await.unwrap();
+    assert_eq!(
+        done.result_timeout(Duration::from_secs(5)).await.unwrap(),
+        "done"
+    );
+    assert!(matches!(
+        done.cancel().await,
+        Err(Error::AlreadyFinished {
+            status: Status::Completed,
+            ..
+        })
+    ));
+    assert_eq!(done.status().await.unwrap(), Status::Completed);
+    assert!(matches!(
+        engine.cancel(&InstanceId::new()).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn set_timeout_moves_the_deadline_of_a_running_instance() {
+    let engine = control_engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    // Shortened while running: times out.
+    let long = Waits::start_with(
+        &engine,
+        60_000,
+        StartOptions::new().timeout(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    until_status(&long, Status::InProgress).await;
+    long.set_timeout(Timeout::In(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    let err = long
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Ended {
+                status: Status::TimedOut,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Extended while running: completes.
+    let short = Waits::start_with(
+        &engine,
+        400,
+        StartOptions::new().timeout(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    until_status(&short, Status::InProgress).await;
+    let later = chrono::Utc::now() + chrono::Duration::seconds(30);
+    short.set_timeout(Timeout::At(later)).await.unwrap();
+    assert_eq!(
+        short.result_timeout(Duration::from_secs(5)).await.unwrap(),
+        "done"
+    );
+    let info = short.info().await.unwrap();
+    assert_eq!(
+        info.deadline_at.unwrap().timestamp_millis(),
+        later.timestamp_millis()
+    );
+    let err = short
+        .set_timeout(Timeout::In(Duration::from_secs(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyFinished { .. }));
+}
+
+#[tokio::test]
+async fn instances_of_unregistered_workflows_are_left_alone_and_listed() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let old = engine_on(Arc::clone(&store)).await;
+    let orphan = ProcessOrder::start(
+        &old,
+        OrderInput {
+            order_id: "O".into(),
+            quantity: 1,
+        },
+    )
+    .await
+    .unwrap();
+    // A newer deployment no longer registers processOrder.
+    let new = control_engine(Arc::clone(&store)).await;
+    let _worker = new.start_worker();
+    let done = Waits::start(&new, 1).await.unwrap();
+    done.result_timeout(Duration::from_secs(5)).await.unwrap();
+    let info = new.instance(orphan.id()).await.unwrap();
+    assert_eq!(info.status, Status::Pending, "not failed, not run");
+    let listed = new.list(Query::new().name("processOrder")).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(
+        new.counts(Some("processOrder")).await.unwrap()[&Status::Pending],
+        1
+    );
+}
+
+#[tokio::test]
+async fn start_json_works_from_definitions_other_engines_recorded() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let worker_side = engine_on(Arc::clone(&store)).await;
+    // A tool with no workflow code, on the same store.
+    let tool = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .build()
+        .await
+        .unwrap();
+    let names: Vec<String> = tool
+        .definitions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert!(names.contains(&"processOrder".to_owned()), "{names:?}");
+    let err = tool
+        .start_json(
+            "processOrder",
+            serde_json::json!({"order_id": 5}),
+            StartOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("at /order_id: 5 is not of type \"string\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"quantity\" is a required property"),
+        "{text}"
+    );
+    let id = tool
+        .start_json(
+            "processOrder",
+            serde_json::json!({"order_id": "T", "quantity": 2}),
+            StartOptions::new(),
+        )
+        .await
+        .unwrap();
+    let _worker = worker_side.start_worker();
+    let inst = ProcessOrder::handle(&worker_side, id);
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(10)).await.unwrap(),
+        "T charged 14"
+    );
+    assert!(matches!(
+        tool.start_json("nope", serde_json::json!({}), StartOptions::new())
+            .await,
+        Err(Error::UnknownWorkflow(_))
+    ));
+}

@@ -1,0 +1,213 @@
+//! Cron schedules with a manual clock: ticks fire once each, however many
+//! engines share the store; missed ticks follow the catch-up policy.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use workflow_core::*;
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+struct EveryMinute;
+
+impl Workflow for EveryMinute {
+    type Input = ();
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "everyMinute";
+    const SCHEDULE: Option<&'static str> = Some("* * * * *");
+
+    fn schedule_input() -> Option<()> {
+        Some(())
+    }
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<String, BoxError> {
+        Ok(ctx.tags().get("schedule").cloned().unwrap_or_default())
+    }
+}
+
+async fn engine(store: Arc<dyn Store>, clock: &ManualClock, catch_up: CatchUp) -> Engine {
+    EngineBuilder::new()
+        .shared_store(store)
+        .register_scheduled(EveryMinute, "* * * * *", "UTC", catch_up)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn fired(engine: &Engine) -> Vec<String> {
+    let page = engine
+        .list(Query::new().name("everyMinute").limit(1000))
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = page.items.into_iter().filter_map(|i| i.key).collect();
+    keys.sort();
+    keys
+}
+
+async fn wait_for(engine: &Engine, count: usize) -> Vec<String> {
+    for _ in 0..300 {
+        let keys = fired(engine).await;
+        if keys.len() >= count {
+            // Give a wrongly double-firing scheduler the chance to show itself.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return fired(engine).await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    fired(engine).await
+}
+
+async fn registered(store: &Arc<dyn Store>) {
+    for _ in 0..300 {
+        if store.schedule_mark("everyMinute").await.unwrap().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("schedule never registered");
+}
+
+#[tokio::test]
+async fn three_engines_fire_each_tick_once() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let engines = [
+        engine(Arc::clone(&store), &clock, CatchUp::Latest).await,
+        engine(Arc::clone(&store), &clock, CatchUp::Latest).await,
+        engine(Arc::clone(&store), &clock, CatchUp::Latest).await,
+    ];
+    let _workers: Vec<_> = engines.iter().map(|e| e.start_worker()).collect();
+    registered(&store).await;
+    let mut expected = Vec::new();
+    for minute in 1..=5 {
+        clock.advance(Duration::from_secs(60));
+        expected.push(format!("schedule:2026-11-25T10:0{minute}:00.000Z"));
+        assert_eq!(
+            wait_for(&engines[0], minute).await,
+            expected,
+            "tick {minute}"
+        );
+    }
+    // Each instance ran with its tick in its tags.
+    let page = engines[0]
+        .list(Query::new().name("everyMinute"))
+        .await
+        .unwrap();
+    for info in page.items {
+        let inst = EveryMinute::handle(&engines[0], info.id);
+        let tick = inst.result_timeout(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(format!("schedule:{tick}"), info.key.unwrap());
+    }
+    let schedules = engines[1].schedules().await.unwrap();
+    assert_eq!(schedules.len(), 1);
+    assert_eq!(schedules[0].next_fire, Some(utc("2026-11-25T10:06:00Z")));
+    assert_eq!(schedules[0].last_fired, Some(utc("2026-11-25T10:05:00Z")));
+    assert!(schedules[0].last_instance.is_some());
+}
+
+/// Runs one engine to register the schedule, stops it, moves the clock
+/// five minutes, and starts a new engine with `catch_up`.
+async fn after_downtime(catch_up: CatchUp) -> Vec<String> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let first = engine(Arc::clone(&store), &clock, catch_up).await;
+    let worker = first.start_worker();
+    registered(&store).await;
+    worker.shutdown().await;
+    clock.advance(Duration::from_secs(5 * 60));
+    let second = engine(Arc::clone(&store), &clock, catch_up).await;
+    let _worker = second.start_worker();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // And one tick that comes due while running (at 10:06:00).
+    clock.advance(Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fired(&second).await
+}
+
+#[tokio::test]
+async fn missed_ticks_follow_the_catch_up_policy() {
+    assert_eq!(
+        after_downtime(CatchUp::Latest).await,
+        [
+            "schedule:2026-11-25T10:05:00.000Z",
+            "schedule:2026-11-25T10:06:00.000Z"
+        ],
+        "latest: the most recent missed tick once, then on schedule"
+    );
+    let all = after_downtime(CatchUp::All).await;
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert_eq!(all[0], "schedule:2026-11-25T10:01:00.000Z");
+    assert_eq!(
+        after_downtime(CatchUp::None).await,
+        ["schedule:2026-11-25T10:06:00.000Z"],
+        "none: only ticks that come due while running"
+    );
+}
+
+#[tokio::test]
+async fn schedules_are_checked_when_the_engine_is_built() {
+    let err = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register_scheduled(EveryMinute, "0 25 * * *", "UTC", CatchUp::Latest)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "schedule of `everyMinute`: engine configuration: invalid cron expression `0 25 * * *`"
+        ),
+        "{err}"
+    );
+    let err = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register_scheduled(EveryMinute, "0 9 * * *", "Europe/Pariss", CatchUp::Latest)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown time zone `Europe/Pariss`"), "{err}");
+}
+
+#[tokio::test]
+async fn the_attribute_schedule_is_used_by_register() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(EveryMinute)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    registered(&store).await;
+    clock.advance(Duration::from_secs(30));
+    let keys: HashSet<String> = wait_for(&engine, 1).await.into_iter().collect();
+    assert_eq!(
+        keys,
+        HashSet::from(["schedule:2026-11-25T10:01:00.000Z".to_owned()])
+    );
+}
+
+#[tokio::test]
+async fn a_run_time_schedule_is_what_the_store_records() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register_scheduled(EveryMinute, "*/5 * * * *", "Europe/Paris", CatchUp::None)
+        .build()
+        .await
+        .unwrap();
+    let recorded = engine.definitions().await.unwrap();
+    assert_eq!(recorded[0].schedule.as_deref(), Some("*/5 * * * *"));
+    assert_eq!(recorded[0].timezone, "Europe/Paris");
+    assert_eq!(recorded[0].catch_up, CatchUp::None);
+}

@@ -1,0 +1,422 @@
+//! Waiting without memory, on the in-memory store: durable sleep, events,
+//! pause/resume, long retry backoffs, child workflows, fan-out.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use workflow_core::*;
+
+mod common;
+use common::until_status;
+
+static BEFORE_SLEEP: AtomicU32 = AtomicU32::new(0);
+
+struct Sleeper;
+
+impl Workflow for Sleeper {
+    type Input = u64;
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "sleeper";
+
+    async fn run(&self, ctx: Ctx, millis: u64) -> Result<u32, BoxError> {
+        ctx.step("before", || async {
+            BEFORE_SLEEP.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        ctx.sleep("nap", Duration::from_millis(millis)).await?;
+        Ok(ctx.run_number() as u32)
+    }
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+struct Approval {
+    approved: bool,
+    by: String,
+}
+
+struct Approve;
+
+impl Workflow for Approve {
+    type Input = u64;
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "approve";
+
+    async fn run(&self, ctx: Ctx, timeout_ms: u64) -> Result<String, BoxError> {
+        match ctx
+            .wait_for_event::<Approval>("approval", Some(Duration::from_millis(timeout_ms)))
+            .await
+        {
+            Ok(a) => Ok(format!("approved={} by {}", a.approved, a.by)),
+            Err(Error::EventTimeout { .. }) => Ok("timed out".into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+static PAUSE_STEPS: AtomicU32 = AtomicU32::new(0);
+
+struct Pausable;
+
+impl Workflow for Pausable {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "pausable";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        for _ in 0..6 {
+            ctx.step("tick", || async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, BoxError>(PAUSE_STEPS.fetch_add(1, Ordering::SeqCst))
+            })
+            .await?;
+        }
+        Ok(6)
+    }
+}
+
+static SHAKY_CALLS: AtomicU32 = AtomicU32::new(0);
+
+struct Backoff;
+
+impl Workflow for Backoff {
+    type Input = bool;
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "backoff";
+
+    async fn run(&self, ctx: Ctx, permanent_failure: bool) -> Result<u32, BoxError> {
+        let opts = StepOptions::retries(4).backoff(
+            Duration::from_millis(150),
+            1.0,
+            Duration::from_millis(150),
+        );
+        let n = ctx
+            .step_with("shaky", opts, || async move {
+                if permanent_failure {
+                    return Err(permanent("card declined"));
+                }
+                let call = SHAKY_CALLS.fetch_add(1, Ordering::SeqCst);
+                if call < 2 {
+                    return Err("gateway timeout".into());
+                }
+                Ok(call)
+            })
+            .await?;
+        Ok(n)
+    }
+}
+
+struct Double;
+
+impl Workflow for Double {
+    type Input = u32;
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "double";
+
+    async fn run(&self, ctx: Ctx, n: u32) -> Result<u32, BoxError> {
+        if n == 13 {
+            ctx.fail("unlucky")?;
+        }
+        if n == 99 {
+            ctx.sleep("forever", Duration::from_secs(3600)).await?;
+        }
+        Ok(n * 2)
+    }
+}
+
+struct Parent;
+
+impl Workflow for Parent {
+    type Input = u32;
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "parent";
+
+    async fn run(&self, ctx: Ctx, n: u32) -> Result<String, BoxError> {
+        let detached = ctx.start_child::<Double>("side", 1).await?;
+        match ctx.run_child::<Double>("double", n).await {
+            Ok(out) => Ok(format!("{out} (side {detached})")),
+            Err(Error::Child { message, .. }) => Ok(format!("child {message}")),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+struct Fan;
+
+impl Workflow for Fan {
+    type Input = Vec<u32>;
+    type Output = (Vec<u32>, Vec<u32>);
+    type State = ();
+    const NAME: &'static str = "fan";
+
+    async fn run(&self, ctx: Ctx, items: Vec<u32>) -> Result<(Vec<u32>, Vec<u32>), BoxError> {
+        let squares = ctx
+            .map("square", items.clone(), 3, |n| async move {
+                // Finish out of order; results still come back in order.
+                tokio::time::sleep(Duration::from_millis(u64::from(10 - n % 10))).await;
+                Ok::<_, BoxError>(n * n)
+            })
+            .await?;
+        ctx.for_each("touch", items.clone(), 2, |_| async {
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        let sums = ctx
+            .batch("sum", items, 2, |chunk| async move {
+                Ok::<_, BoxError>(chunk.iter().sum::<u32>())
+            })
+            .await?;
+        Ok((squares, sums))
+    }
+}
+
+async fn engine(store: Arc<dyn Store>) -> Engine {
+    EngineBuilder::new()
+        .shared_store(store)
+        .register(Sleeper)
+        .register(Approve)
+        .register(Pausable)
+        .register(Backoff)
+        .register(Double)
+        .register(Parent)
+        .register(Fan)
+        .poll_interval(Duration::from_millis(10))
+        .suspend_after(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap()
+}
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_long_sleep_suspends_and_frees_the_worker() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let before = BEFORE_SLEEP.load(Ordering::SeqCst);
+    let inst = Sleeper::start(&engine, 400).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let info = inst.info().await.unwrap();
+    assert_eq!(info.status, Status::Pending, "suspended while it sleeps");
+    assert!(engine.running_here().is_empty(), "no handler in memory");
+    let runs = inst.result_timeout(LIMIT).await.unwrap();
+    assert_eq!(runs, 2, "woken and replayed once");
+    assert_eq!(
+        BEFORE_SLEEP.load(Ordering::SeqCst) - before,
+        1,
+        "the step before the sleep ran once"
+    );
+    let kinds: Vec<String> = inst
+        .history()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.contains(&"suspended".to_owned()), "{kinds:?}");
+    // A short sleep stays in memory: one run.
+    let short = Sleeper::start(&engine, 20).await.unwrap();
+    assert_eq!(short.result_timeout(LIMIT).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn events_are_delivered_typed_whenever_they_are_sent() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    // Sent while it listens.
+    let waiting = Approve::start(&engine, 60_000).await.unwrap();
+    until_status(&waiting, Status::Listening).await;
+    waiting
+        .send_event(
+            "approval",
+            Approval {
+                approved: true,
+                by: "ada".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting.result_timeout(LIMIT).await.unwrap(),
+        "approved=true by ada"
+    );
+    // Sent before it waits: kept and delivered.
+    let early = Approve::start(&engine, 60_000).await.unwrap();
+    early
+        .send_event(
+            "approval",
+            serde_json::json!({"approved": false, "by": "bob"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        early.result_timeout(LIMIT).await.unwrap(),
+        "approved=false by bob"
+    );
+    // Nobody answers: the timeout branch.
+    let ignored = Approve::start(&engine, 200).await.unwrap();
+    assert_eq!(ignored.result_timeout(LIMIT).await.unwrap(), "timed out");
+    // Events to ended instances are refused.
+    let err = ignored
+        .send_event(
+            "approval",
+            Approval {
+                approved: true,
+                by: "late".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyFinished { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_payload_of_the_wrong_shape_names_the_event_and_field() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = Approve::start(&engine, 60_000).await.unwrap();
+    inst.send_event(
+        "approval",
+        serde_json::json!({"approved": "yes", "by": "eve"}),
+    )
+    .await
+    .unwrap();
+    let err = inst.result_timeout(LIMIT).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(r#"event `approval` has a payload that does not fit: approved: invalid type: string "yes", expected a boolean"#), "{text}");
+}
+
+#[tokio::test]
+async fn pause_stops_at_the_next_step_and_resume_continues() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = Pausable::start(&engine, ()).await.unwrap();
+    until_status(&inst, Status::InProgress).await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    inst.pause().await.unwrap();
+    until_status(&inst, Status::Paused).await;
+    let done_when_paused = inst.steps().await.unwrap().len();
+    assert!(done_when_paused < 6, "paused before the end");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        inst.steps().await.unwrap().len(),
+        done_when_paused,
+        "nothing runs while paused"
+    );
+    assert_eq!(inst.status().await.unwrap(), Status::Paused);
+    inst.resume().await.unwrap();
+    assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), 6);
+    let keys: Vec<String> = inst
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(keys.len(), 6, "every tick recorded once: {keys:?}");
+}
+
+#[tokio::test]
+async fn long_retry_backoffs_suspend_and_count_attempts_durably() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    SHAKY_CALLS.store(0, Ordering::SeqCst);
+    let inst = Backoff::start(&engine, false).await.unwrap();
+    assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), 2);
+    let step = &inst.steps().await.unwrap()[0];
+    assert_eq!(step.attempts, 3, "attempt count survives suspension");
+    let history = inst.history().await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|e| e.kind == "attempt_failed")
+            .count(),
+        2
+    );
+    assert_eq!(
+        history.iter().filter(|e| e.kind == "suspended").count(),
+        2,
+        "each 150 ms backoff suspended"
+    );
+    assert_eq!(inst.info().await.unwrap().runs, 3);
+
+    let declined = Backoff::start(&engine, true).await.unwrap();
+    let err = declined.result_timeout(LIMIT).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("failed after 1 attempt(s): card declined"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn children_run_once_and_report_back() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let parent = Parent::start(&engine, 21).await.unwrap();
+    let out = parent.result_timeout(LIMIT).await.unwrap();
+    assert!(out.starts_with("42 (side "), "{out}");
+    let children = engine.list(Query::new().name("double")).await.unwrap();
+    assert_eq!(
+        children.items.len(),
+        2,
+        "one waited-for child and one detached child"
+    );
+    assert!(children.items.iter().all(|c| c.status == Status::Completed));
+
+    let failing = Parent::start(&engine, 13).await.unwrap();
+    assert_eq!(
+        failing.result_timeout(LIMIT).await.unwrap(),
+        "child failed: unlucky"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_parent_cancels_its_children() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let parent = Parent::start(&engine, 99).await.unwrap();
+    until_status(&parent, Status::Listening).await;
+    parent.cancel().await.unwrap();
+    let children = engine
+        .list(Query::new().name("double").status(Status::Cancelled))
+        .await
+        .unwrap();
+    assert_eq!(
+        children.items.len(),
+        1,
+        "the sleeping child was cancelled with its parent"
+    );
+}
+
+#[tokio::test]
+async fn fan_out_keeps_input_order_with_one_step_per_item() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = Fan::start(&engine, vec![1, 2, 3, 4, 5]).await.unwrap();
+    let (squares, sums) = inst.result_timeout(LIMIT).await.unwrap();
+    assert_eq!(squares, [1, 4, 9, 16, 25]);
+    assert_eq!(sums, [3, 7, 5]);
+    let keys: Vec<String> = inst
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    for i in 0..5 {
+        assert!(keys.contains(&format!("square[{i}]")), "{keys:?}");
+        assert!(keys.contains(&format!("touch[{i}]")), "{keys:?}");
+    }
+    assert!(keys.contains(&"sum[2]".to_owned()));
+    assert_eq!(keys.len(), 13);
+}

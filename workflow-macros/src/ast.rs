@@ -1,0 +1,842 @@
+//! The checked model of one `#[workflow]`: what the expansion needs, built
+//! from the attribute and the function, with every problem recorded on the
+//! way.
+
+use std::time::Duration;
+
+use proc_macro2::Span;
+use syn::punctuated::Punctuated;
+use syn::visit::{self, Visit};
+use syn::{
+    Attribute, Expr, ExprLit, FnArg, GenericArgument, Ident, ItemFn, Lit, Macro, Meta, PatType,
+    Path, PathArguments, ReturnType, Signature, Token, Type,
+};
+
+use crate::args::Args;
+use crate::ctxt::Errors;
+use crate::validate;
+
+/// The `catch_up` policies, mirroring `workflow::CatchUp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CatchUp {
+    All,
+    Latest,
+    None,
+}
+
+/// Five minutes, the default deadline of an instance.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One `#[workflow]`, checked.
+pub(crate) struct Workflow<'a> {
+    /// Path to the facade crate (`::workflow` unless overridden).
+    pub krate: Path,
+    pub func: &'a ItemFn,
+    /// The generated unit struct; `None` if the function's name gives no
+    /// usable struct name (reported), in which case nothing is generated.
+    pub struct_ident: Option<Ident>,
+    pub name: String,
+    pub description: String,
+    pub schedule: Option<String>,
+    pub timezone: String,
+    pub timeout: Duration,
+    /// What the schedule does about missed ticks.
+    pub catch_up: CatchUp,
+    /// Default attempts per step.
+    pub retries: Option<u32>,
+    /// Literal step names in source order, each once.
+    pub steps: Vec<String>,
+    /// `None` when the signature cannot be called from the generated impl.
+    pub handler: Option<Handler<'a>>,
+    /// A method (it takes `self`): it sits in an `impl` block, where the
+    /// generated struct could not go, so nothing is generated.
+    pub is_method: bool,
+    /// `#[cfg]`s of the function, repeated on the generated items so they
+    /// come and go together.
+    pub cfgs: Vec<&'a Attribute>,
+}
+
+/// The types of a handler `async fn(ctx: Ctx<S>, input: I) -> R<O, E>`.
+pub(crate) struct Handler<'a> {
+    /// `S`, or `()` for a bare `Ctx`.
+    pub state: Type,
+    pub input: &'a Type,
+    pub output: &'a Type,
+    /// `E`, when the `Result` names it.
+    pub error: Option<&'a Type>,
+    /// The `Result` of the return type: where an error type that does not
+    /// convert into `BoxError` is reported when the type is not written out.
+    pub result_span: Span,
+}
+
+/// A `.step("literal", ..)` or `.step_with("literal", ..)` call site.
+#[derive(Debug, Clone)]
+pub(crate) struct StepCall {
+    pub name: String,
+    pub span: Span,
+    /// Inside a `for`/`while`/`loop` or a closure, where one call site may
+    /// run many times.
+    pub in_loop: bool,
+}
+
+impl<'a> Workflow<'a> {
+    /// Builds the model, recording every problem in `errors`. Returns a model
+    /// even when there are errors, with defaults in place of rejected values,
+    /// so the expansion can still declare the struct and keep follow-on
+    /// errors ("cannot find type `ProcessOrder`") out of the output.
+    pub(crate) fn from_syn(args: &Args, func: &'a ItemFn, errors: &mut Errors) -> Workflow<'a> {
+        let fn_name = func.sig.ident.to_string();
+        let fn_name = fn_name.strip_prefix("r#").unwrap_or(&fn_name).to_owned();
+
+        let name = match &args.name {
+            Some(lit) => {
+                let name = lit.value();
+                errors.ok(validate::workflow_name(&name, lit.span(), false));
+                name
+            }
+            None => {
+                errors.ok(validate::workflow_name(
+                    &fn_name,
+                    func.sig.ident.span(),
+                    true,
+                ));
+                fn_name.clone()
+            }
+        };
+
+        let description = match &args.description {
+            Some(lit) => lit.value().trim().to_owned(),
+            None => doc_comment(&func.attrs),
+        };
+
+        let schedule = args.schedule.as_ref().map(|lit| {
+            errors.ok(validate::cron(lit));
+            lit.value()
+        });
+
+        let timezone = match &args.timezone {
+            Some(lit) => {
+                if let Some(ok) = errors.ok(validate::timezone(lit)) {
+                    if args.schedule.is_none() {
+                        errors.push(syn::Error::new(
+                            lit.span(),
+                            "`timezone` only applies to a `schedule`, and this workflow has none: \
+                             add a `schedule` or remove the `timezone`",
+                        ));
+                    }
+                    ok
+                } else {
+                    lit.value()
+                }
+            }
+            None => "UTC".to_owned(),
+        };
+
+        let catch_up = match &args.catch_up {
+            Some(lit) => {
+                let value = errors.ok(validate::catch_up(lit));
+                if value.is_some() && args.schedule.is_none() {
+                    errors.push(syn::Error::new(
+                        lit.span(),
+                        "`catch_up` only applies to a `schedule`, and this workflow has none: \
+                         add a `schedule` or remove the `catch_up`",
+                    ));
+                }
+                value.unwrap_or(CatchUp::Latest)
+            }
+            None => CatchUp::Latest,
+        };
+
+        let timeout = match &args.timeout {
+            Some(lit) => errors.ok(validate::timeout(lit)).unwrap_or(DEFAULT_TIMEOUT),
+            None => DEFAULT_TIMEOUT,
+        };
+
+        let retries = args
+            .retries
+            .as_ref()
+            .and_then(|lit| errors.ok(validate::retries(lit)));
+
+        let calls = collect_steps(func);
+        for err in validate::duplicate_steps(&calls) {
+            errors.push(err);
+        }
+        let mut steps: Vec<String> = Vec::new();
+        for call in calls {
+            if !steps.contains(&call.name) {
+                steps.push(call.name);
+            }
+        }
+
+        let struct_ident = struct_ident(&fn_name, func.sig.ident.span(), errors);
+
+        let handler = handler(func, errors);
+
+        Workflow {
+            krate: args
+                .krate
+                .clone()
+                .unwrap_or_else(|| syn::parse_quote!(::workflow)),
+            func,
+            struct_ident,
+            name,
+            description,
+            schedule,
+            timezone,
+            timeout,
+            catch_up,
+            retries,
+            steps,
+            handler,
+            is_method: func.sig.receiver().is_some(),
+            cfgs: func
+                .attrs
+                .iter()
+                .filter(|attr| attr.path().is_ident("cfg"))
+                .collect(),
+        }
+    }
+}
+
+/// The PascalCase struct name for a function, or an error at the function's
+/// name when that is not a usable, distinct identifier (`fn self_` would
+/// give the keyword `Self`, `fn Flow` would give `Flow` itself).
+fn struct_ident(fn_name: &str, span: Span, errors: &mut Errors) -> Option<Ident> {
+    let pascal = pascal_case(fn_name);
+    let problem = match syn::parse_str::<Ident>(&pascal) {
+        Ok(_) if pascal == fn_name => {
+            "which would clash with the function itself; name the function in snake_case"
+        }
+        Ok(mut ident) => {
+            ident.set_span(span);
+            return Some(ident);
+        }
+        Err(_) => "which is not a usable identifier; rename the function",
+    };
+    errors.push(syn::Error::new(
+        span,
+        format!(
+            "the generated workflow struct would be named `{pascal}` after this function, {problem}"
+        ),
+    ));
+    None
+}
+
+/// The doc comment as plain text: each line trimmed, lines joined with
+/// `\n`, surrounding blank lines dropped. `#[doc = include_str!(..)]` and
+/// other non-literal docs are skipped: their text is unknown here.
+pub(crate) fn doc_comment(attrs: &[Attribute]) -> String {
+    let mut lines = Vec::new();
+    for attr in attrs {
+        let Meta::NameValue(nv) = &attr.meta else {
+            continue;
+        };
+        if !nv.path.is_ident("doc") {
+            continue;
+        }
+        if let Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) = &nv.value
+        {
+            lines.extend(lit.value().split('\n').map(|line| line.trim().to_owned()));
+        }
+    }
+    lines.join("\n").trim().to_owned()
+}
+
+/// `process_order` -> `ProcessOrder`. Characters after the first of each
+/// `_`-separated word are kept as they are, so `fetchOrder` -> `FetchOrder`.
+pub(crate) fn pascal_case(snake: &str) -> String {
+    let mut out = String::with_capacity(snake.len());
+    for word in snake.split('_') {
+        let mut chars = word.chars();
+        if let Some(first) = chars.next() {
+            out.extend(first.to_uppercase());
+            out.push_str(chars.as_str());
+        }
+    }
+    // `_2fa` would give `2fa`, not an identifier.
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Reads the handler's types, recording why the signature does not fit the
+/// `async fn(ctx: Ctx<S>, input: I) -> Result<O, E>` shape. Returns `None`
+/// if the generated impl could not call the function as written.
+fn handler<'a>(func: &'a ItemFn, errors: &mut Errors) -> Option<Handler<'a>> {
+    let sig = &func.sig;
+    let qualifier_errors = qualifiers(sig);
+    let callable = qualifier_errors.is_empty();
+    for err in qualifier_errors {
+        errors.push(err);
+    }
+    // Every part is checked even when an earlier one failed, so all
+    // mistakes show up in one build.
+    let params = parameters(sig);
+    let result = return_types(sig);
+    let ((state, input), (output, error, result_span)) = match (params, result) {
+        (Ok(params), Ok(result)) => (params, result),
+        (params, result) => {
+            for err in params.err().into_iter().flatten() {
+                errors.push(err);
+            }
+            errors.ok(result);
+            return None;
+        }
+    };
+    callable.then_some(Handler {
+        state,
+        input,
+        output,
+        error,
+        result_span,
+    })
+}
+
+/// What the function is declared as, beyond its parameters and return
+/// type: it must be a plain, non-generic `async fn`.
+fn qualifiers(sig: &Signature) -> Vec<syn::Error> {
+    let mut errors = Vec::new();
+    if sig.asyncness.is_none() {
+        errors.push(syn::Error::new(
+            sig.fn_token.span,
+            "a workflow handler must be an `async fn`: write `async fn`",
+        ));
+    }
+    if let Some(constness) = &sig.constness {
+        errors.push(syn::Error::new(
+            constness.span,
+            "a workflow handler cannot be a `const fn`",
+        ));
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.push(syn::Error::new(
+            unsafety.span,
+            "a workflow handler cannot be `unsafe`",
+        ));
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(syn::Error::new_spanned(
+            abi,
+            "a workflow handler cannot have an `extern` ABI",
+        ));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        let generics: &dyn quote::ToTokens = if sig.generics.params.is_empty() {
+            &sig.generics.where_clause
+        } else {
+            &sig.generics
+        };
+        errors.push(syn::Error::new_spanned(
+            generics,
+            "a workflow handler cannot be generic: its input, output and state \
+             types are persisted and described by schema, so they must be concrete",
+        ));
+    }
+    if let Some(receiver) = sig.receiver() {
+        errors.push(syn::Error::new_spanned(
+            receiver,
+            "`#[workflow]` goes on a free function, not a method: move it out of \
+             the `impl` block and drop `self`; it takes `(ctx: Ctx<State>, input: Input)`",
+        ));
+    }
+    errors
+}
+
+/// The state type (from `Ctx<S>`) and the input type, from exactly two
+/// typed parameters, `self` aside (reported by [`qualifiers`]).
+fn parameters(sig: &Signature) -> Result<(Type, &Type), Vec<syn::Error>> {
+    let typed: Vec<&PatType> = sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(pat) => Some(pat),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let expected = "a workflow handler takes exactly two parameters, \
+                    `(ctx: Ctx<State>, input: Input)`";
+    let (ctx, input) = match typed[..] {
+        [ctx, input] => (ctx, input),
+        [_, _, extra, ..] => {
+            return Err(vec![syn::Error::new_spanned(
+                extra,
+                format!(
+                    "{expected}, found {}; put the extra values in the input type",
+                    typed.len()
+                ),
+            )]);
+        }
+        _ => {
+            let found = match typed.len() {
+                0 => "none".to_owned(),
+                n => n.to_string(),
+            };
+            return Err(vec![syn::Error::new(
+                sig.paren_token.span.join(),
+                format!("{expected}, found {found}; use `()` as the input type if there is none"),
+            )]);
+        }
+    };
+
+    let mut errors = Vec::new();
+    let input_is_ctx = ctx_state(&input.ty).is_ok();
+    let state = match ctx_state(&ctx.ty) {
+        Ok(state) => Some(state),
+        Err(why) => {
+            let why = if input_is_ctx {
+                "the context comes first: write `(ctx: Ctx<State>, input: Input)`".to_owned()
+            } else {
+                why
+            };
+            errors.push(syn::Error::new_spanned(&ctx.ty, why));
+            None
+        }
+    };
+    if let Type::ImplTrait(_) = &*input.ty {
+        errors.push(syn::Error::new_spanned(
+            &input.ty,
+            "the workflow input must be a concrete type, not `impl Trait`",
+        ));
+    } else if input_is_ctx && state.is_some() {
+        errors.push(syn::Error::new_spanned(
+            &input.ty,
+            "the second parameter is the workflow input, not a second `Ctx`",
+        ));
+    }
+    match state {
+        Some(state) if errors.is_empty() => Ok((state, &*input.ty)),
+        _ => Err(errors),
+    }
+}
+
+/// `O`, `E` and the span of `Result` in the return type.
+fn return_types(sig: &Signature) -> syn::Result<(&Type, Option<&Type>, Span)> {
+    let message = "a workflow handler must return a `Result`, e.g. \
+                   `-> workflow::Result<Output>` or `-> Result<Output, MyError>`";
+    match &sig.output {
+        ReturnType::Default => Err(syn::Error::new(sig.paren_token.span.close(), message)),
+        ReturnType::Type(_, ty) => {
+            result_types(ty).ok_or_else(|| syn::Error::new_spanned(ty, message))
+        }
+    }
+}
+
+/// `S` of a `Ctx<S>` type (any path ending in `Ctx`), `()` for a bare `Ctx`;
+/// otherwise why the type is not a context.
+fn ctx_state(ty: &Type) -> Result<Type, String> {
+    let not_ctx = || {
+        "the first parameter must be the workflow context, `ctx: Ctx` or \
+         `ctx: Ctx<State>`"
+            .to_owned()
+    };
+    let ty = peel_type(ty);
+    if let Type::Reference(reference) = ty {
+        return if ctx_state(&reference.elem).is_ok() {
+            Err("take the context by value: `ctx: Ctx<State>` (it is cheap to clone)".to_owned())
+        } else {
+            Err(not_ctx())
+        };
+    }
+    let Type::Path(path) = ty else {
+        return Err(not_ctx());
+    };
+    let Some(last) = path.path.segments.last() else {
+        return Err(not_ctx());
+    };
+    if last.ident != "Ctx" {
+        return Err(not_ctx());
+    }
+    match &last.arguments {
+        PathArguments::None => Ok(syn::parse_quote!(())),
+        PathArguments::AngleBracketed(args) => match args.args.iter().collect::<Vec<_>>()[..] {
+            [GenericArgument::Type(state)] => Ok(state.clone()),
+            _ => {
+                Err("`Ctx` takes one type argument, the workflow's state: `Ctx<State>`".to_owned())
+            }
+        },
+        PathArguments::Parenthesized(_) => Err(not_ctx()),
+    }
+}
+
+/// `O` and `E` of a return type whose last path segment is `Result` with
+/// one or two type arguments, and the span of that `Result`.
+fn result_types(ty: &Type) -> Option<(&Type, Option<&Type>, Span)> {
+    let Type::Path(path) = peel_type(ty) else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let types: Vec<&Type> = args
+        .args
+        .iter()
+        .map(|arg| match arg {
+            GenericArgument::Type(ty) => Some(ty),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    match types[..] {
+        [output] => Some((output, None, last.ident.span())),
+        [output, error] => Some((output, Some(error), last.ident.span())),
+        _ => None,
+    }
+}
+
+fn peel_type(ty: &Type) -> &Type {
+    match ty {
+        Type::Group(group) => peel_type(&group.elem),
+        Type::Paren(paren) => peel_type(&paren.elem),
+        other => other,
+    }
+}
+
+/// The literal-named step calls in the function body, in source order.
+pub(crate) fn collect_steps(func: &ItemFn) -> Vec<StepCall> {
+    let mut visitor = StepVisitor::default();
+    visitor.visit_block(&func.block);
+    visitor.calls
+}
+
+#[derive(Default)]
+struct StepVisitor {
+    loop_depth: usize,
+    calls: Vec<StepCall>,
+}
+
+impl StepVisitor {
+    fn in_loop(&mut self, f: impl FnOnce(&mut Self)) {
+        self.loop_depth += 1;
+        f(self);
+        self.loop_depth -= 1;
+    }
+}
+
+impl<'ast> Visit<'ast> for StepVisitor {
+    fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
+        if call.method == "step" || call.method == "step_with" {
+            if let Some(Expr::Lit(ExprLit {
+                lit: Lit::Str(lit), ..
+            })) = call.args.first().map(peel_expr)
+            {
+                self.calls.push(StepCall {
+                    name: lit.value(),
+                    span: lit.span(),
+                    in_loop: self.loop_depth > 0,
+                });
+            }
+        }
+        visit::visit_expr_method_call(self, call);
+    }
+
+    fn visit_expr_for_loop(&mut self, expr: &'ast syn::ExprForLoop) {
+        // The iterated expression runs once; only the body repeats.
+        for attr in &expr.attrs {
+            self.visit_attribute(attr);
+        }
+        self.visit_expr(&expr.expr);
+        self.in_loop(|v| {
+            v.visit_pat(&expr.pat);
+            v.visit_block(&expr.body);
+        });
+    }
+
+    fn visit_expr_while(&mut self, expr: &'ast syn::ExprWhile) {
+        self.in_loop(|v| visit::visit_expr_while(v, expr));
+    }
+
+    fn visit_expr_loop(&mut self, expr: &'ast syn::ExprLoop) {
+        self.in_loop(|v| visit::visit_expr_loop(v, expr));
+    }
+
+    fn visit_expr_closure(&mut self, expr: &'ast syn::ExprClosure) {
+        // A closure may run any number of times (`.map(|x| ...)`).
+        self.in_loop(|v| visit::visit_expr_closure(v, expr));
+    }
+
+    fn visit_item(&mut self, _item: &'ast syn::Item) {
+        // Nested items are separate functions, not this workflow's body.
+    }
+
+    fn visit_macro(&mut self, mac: &'ast Macro) {
+        // `tokio::join!(ctx.step(..), ctx.step(..))`, `vec![..]`: bodies that
+        // read as comma-separated expressions are searched too.
+        if let Ok(exprs) = mac.parse_body_with(Punctuated::<Expr, Token![,]>::parse_terminated) {
+            for expr in &exprs {
+                self.visit_expr(expr);
+            }
+        }
+    }
+}
+
+fn peel_expr(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Group(group) => peel_expr(&group.expr),
+        Expr::Paren(paren) => peel_expr(&paren.expr),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::{quote, ToTokens};
+
+    fn func(tokens: proc_macro2::TokenStream) -> ItemFn {
+        syn::parse2(tokens).expect("test function parses")
+    }
+
+    fn names(calls: &[StepCall]) -> Vec<(&str, bool)> {
+        calls.iter().map(|c| (c.name.as_str(), c.in_loop)).collect()
+    }
+
+    #[test]
+    fn pascal_cases_function_names() {
+        assert_eq!(pascal_case("process_order"), "ProcessOrder");
+        assert_eq!(pascal_case("processOrder"), "ProcessOrder");
+        assert_eq!(pascal_case("nightly"), "Nightly");
+        assert_eq!(pascal_case("_private_flow"), "PrivateFlow");
+        assert_eq!(pascal_case("step_2_go"), "Step2Go");
+        assert_eq!(pascal_case("a__b"), "AB");
+        assert_eq!(pascal_case("_2fa"), "_2fa");
+        assert_eq!(pascal_case("étape_une"), "ÉtapeUne");
+    }
+
+    #[test]
+    fn collects_steps_in_source_order_with_loop_context() {
+        let f = func(quote! {
+            async fn f(ctx: Ctx, input: I) -> Result<()> {
+                let order = ctx.step("fetch", || async { Ok(1) }).await?;
+                for item in ctx.step("list", || async { Ok(vec![]) }).await? {
+                    ctx.step("charge", || async { Ok(()) }).await?;
+                }
+                while x { ctx.step_with("poll", opts, || async { Ok(()) }).await?; }
+                loop { self.ctx.step("tick", f).await?; break; }
+                items.iter().map(|i| ctx.step("mapped", f));
+                tokio::join!(ctx.step("left", a), ctx.step("right", b));
+                ctx.step(name, f).await?;
+                ctx.other("not-a-step", f).await?;
+                fn nested() { ctx.step("nested", f); }
+                ctx.step(("paren"), f).await
+            }
+        });
+        assert_eq!(
+            names(&collect_steps(&f)),
+            [
+                ("fetch", false),
+                ("list", false),
+                ("charge", true),
+                ("poll", true),
+                ("tick", true),
+                ("mapped", true),
+                ("left", false),
+                ("right", false),
+                ("paren", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_doc_comments() {
+        let f = func(quote! {
+            ///   Process a new order.
+            ///
+            ///   Charges the card.
+            #[doc = include_str!("x.md")]
+            async fn f() {}
+        });
+        assert_eq!(
+            doc_comment(&f.attrs),
+            "Process a new order.\n\nCharges the card."
+        );
+        assert_eq!(doc_comment(&[]), "");
+    }
+
+    fn model(attr: proc_macro2::TokenStream, f: &ItemFn) -> (Option<String>, Vec<String>) {
+        let mut errors = Errors::default();
+        let args = Args::parse(attr, &mut errors);
+        let wf = Workflow::from_syn(&args, f, &mut errors);
+        let handler = wf.handler.map(|h| {
+            format!(
+                "S={} I={} O={} E={}",
+                h.state.to_token_stream(),
+                h.input.to_token_stream(),
+                h.output.to_token_stream(),
+                h.error
+                    .map(|e| e.to_token_stream().to_string())
+                    .unwrap_or_default()
+            )
+        });
+        (handler, errors.messages())
+    }
+
+    #[test]
+    fn reads_handler_types() {
+        let f = func(quote!(
+            async fn f(_ctx: Ctx, input: In) -> workflow::Result<Out> {}
+        ));
+        assert_eq!(
+            model(quote!(), &f),
+            (Some("S=() I=In O=Out E=".into()), vec![])
+        );
+        let f = func(quote!(
+            async fn f(mut ctx: workflow::Ctx<St>, (a, b): (u8, u8)) -> Result<Out, MyErr> {}
+        ));
+        assert_eq!(
+            model(quote!(), &f),
+            (Some("S=St I=(u8 , u8) O=Out E=MyErr".into()), vec![])
+        );
+    }
+
+    #[test]
+    fn rejects_bad_signatures() {
+        let cases = [
+            (
+                quote!(
+                    fn f(ctx: Ctx, i: I) -> Result<O> {}
+                ),
+                "must be an `async fn`",
+            ),
+            (
+                quote!(
+                    async fn f(ctx: Ctx) -> Result<O> {}
+                ),
+                "found 1",
+            ),
+            (
+                quote!(
+                    async fn f() -> Result<O> {}
+                ),
+                "found none",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx, i: I, x: X) -> Result<O> {}
+                ),
+                "found 3",
+            ),
+            (
+                quote!(
+                    async fn f(i: I, c: Ctx) -> Result<O> {}
+                ),
+                "the context comes first",
+            ),
+            (
+                quote!(
+                    async fn f(i: I, c: J) -> Result<O> {}
+                ),
+                "must be the workflow context",
+            ),
+            (
+                quote!(
+                    async fn f(c: &Ctx, i: I) -> Result<O> {}
+                ),
+                "by value",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx<A, B>, i: I) -> Result<O> {}
+                ),
+                "one type argument",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx, i: I) -> O {}
+                ),
+                "must return a `Result`",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx, i: I) {}
+                ),
+                "must return a `Result`",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx, i: I) -> std::fmt::Result {}
+                ),
+                "must return a `Result`",
+            ),
+            (
+                quote!(
+                    async fn f<T>(c: Ctx, i: T) -> Result<O> {}
+                ),
+                "cannot be generic",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx, i: impl Trait) -> Result<O> {}
+                ),
+                "not `impl Trait`",
+            ),
+            (
+                quote!(
+                    async fn f(self, c: Ctx, i: I) -> Result<O> {}
+                ),
+                "not a method",
+            ),
+            (
+                quote!(
+                    async unsafe fn f(c: Ctx, i: I) -> Result<O> {}
+                ),
+                "cannot be `unsafe`",
+            ),
+            (
+                quote!(
+                    async fn Big(c: Ctx, i: I) -> Result<O> {}
+                ),
+                "would clash",
+            ),
+        ];
+        for (tokens, expected) in cases {
+            let f = func(tokens.clone());
+            let (handler, errors) = model(quote!(), &f);
+            assert!(
+                errors.iter().any(|e| e.contains(expected)),
+                "{tokens}: expected an error containing {expected:?}, got {errors:?}"
+            );
+            if !expected.contains("clash") && !expected.contains("usable") {
+                assert!(handler.is_none(), "{tokens}: no handler expected");
+            }
+        }
+    }
+
+    #[test]
+    fn collects_errors_from_attribute_and_signature_together() {
+        let f = func(quote! {
+            fn f(ctx: Ctx, i: I) -> Result<O> {
+                ctx.step("a", f);
+                ctx.step("a", f);
+            }
+        });
+        let (_, errors) = model(quote!(schedule = "61 * * * *", timeout = "soon"), &f);
+        assert_eq!(errors.len(), 4, "{errors:?}");
+    }
+
+    #[test]
+    fn defaults() {
+        let f = func(quote!(
+            async fn process_order(c: Ctx, i: I) -> Result<O> {}
+        ));
+        let mut errors = Errors::default();
+        let args = Args::default();
+        let wf = Workflow::from_syn(&args, &f, &mut errors);
+        assert!(errors.is_empty());
+        assert_eq!(wf.name, "process_order");
+        assert_eq!(
+            wf.struct_ident.map(|i| i.to_string()).as_deref(),
+            Some("ProcessOrder")
+        );
+        assert_eq!(wf.timezone, "UTC");
+        assert_eq!(wf.timeout, Duration::from_secs(300));
+        assert_eq!(wf.schedule, None);
+        assert_eq!(wf.description, "");
+        assert_eq!(wf.krate.to_token_stream().to_string(), ":: workflow");
+    }
+}

@@ -1,0 +1,353 @@
+//! Code generation: the original function, the collected errors, and the
+//! workflow struct with its `Workflow` impl and type assertions.
+
+use proc_macro2::{Literal, Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Item, ItemFn, Type};
+
+use crate::args::Args;
+use crate::ast::{Handler, Workflow};
+use crate::ctxt::Errors;
+
+/// The whole expansion of `#[workflow(attr)] item`.
+///
+/// The item is always emitted unchanged, errors or not, so the function
+/// stays visible to the rest of the crate and to IDEs, and a mistake in the
+/// attribute does not turn into "cannot find function" errors elsewhere.
+pub(crate) fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let func: ItemFn = match syn::parse2::<Item>(item.clone()) {
+        Ok(Item::Fn(func)) => func,
+        Ok(other) => {
+            let err = syn::Error::new(
+                item_keyword_span(&other),
+                "`#[workflow]` goes on an `async fn`: \
+                 `async fn name(ctx: Ctx<State>, input: Input) -> Result<Output, Error>`",
+            )
+            .to_compile_error();
+            return quote!(#item #err);
+        }
+        Err(err) => {
+            let err = err.to_compile_error();
+            return quote!(#item #err);
+        }
+    };
+
+    let mut errors = Errors::default();
+    let args = Args::parse(attr, &mut errors);
+    let model = Workflow::from_syn(&args, &func, &mut errors);
+    let errors = errors.to_compile_errors();
+    let generated = generate(&model);
+    quote! {
+        #item
+        #errors
+        #generated
+    }
+}
+
+fn item_keyword_span(item: &Item) -> Span {
+    match item {
+        Item::Struct(item) => item.struct_token.span,
+        Item::Enum(item) => item.enum_token.span,
+        Item::Impl(item) => item.impl_token.span,
+        Item::Trait(item) => item.trait_token.span,
+        Item::Mod(item) => item.mod_token.span,
+        Item::Const(item) => item.const_token.span,
+        Item::Static(item) => item.static_token.span,
+        Item::Type(item) => item.type_token.span,
+        Item::Union(item) => item.union_token.span,
+        Item::Use(item) => item.use_token.span,
+        other => other.span(),
+    }
+}
+
+/// The struct, and when the handler can be called as written, its
+/// `Workflow` impl and the type assertions.
+pub(crate) fn generate(wf: &Workflow) -> TokenStream {
+    let Some(ident) = &wf.struct_ident else {
+        return TokenStream::new();
+    };
+    if wf.is_method {
+        return TokenStream::new();
+    }
+    let krate = &wf.krate;
+    let private = quote!(#krate::__private);
+    let vis = &wf.func.vis;
+    let cfgs = &wf.cfgs;
+    let doc = if wf.description.is_empty() {
+        format!("Workflow `{}`.", wf.name)
+    } else {
+        format!("Workflow `{}`: {}", wf.name, wf.description)
+    };
+
+    let declaration = quote! {
+        #(#cfgs)*
+        #[doc = #doc]
+        #[derive(
+            ::core::fmt::Debug,
+            ::core::clone::Clone,
+            ::core::marker::Copy,
+            ::core::default::Default
+        )]
+        #vis struct #ident;
+    };
+
+    let Some(handler) = &wf.handler else {
+        return declaration;
+    };
+    let Handler {
+        state,
+        input,
+        output,
+        error,
+        result_span,
+    } = handler;
+
+    let fn_ident = &wf.func.sig.ident;
+    let name = &wf.name;
+    let description = &wf.description;
+    let timezone = &wf.timezone;
+    let schedule = match &wf.schedule {
+        Some(schedule) => quote!(::core::option::Option::Some(#schedule)),
+        None => quote!(::core::option::Option::None),
+    };
+    let timeout = if wf.timeout.subsec_nanos().is_multiple_of(1_000_000) {
+        let millis = Literal::u128_unsuffixed(wf.timeout.as_millis());
+        quote!(#private::Duration::from_millis(#millis))
+    } else {
+        let secs = Literal::u64_unsuffixed(wf.timeout.as_secs());
+        let nanos = Literal::u32_unsuffixed(wf.timeout.subsec_nanos());
+        quote!(#private::Duration::new(#secs, #nanos))
+    };
+    let steps = &wf.steps;
+    let catch_up = match wf.catch_up {
+        crate::ast::CatchUp::All => quote!(#private::CatchUp::All),
+        crate::ast::CatchUp::Latest => quote!(#private::CatchUp::Latest),
+        crate::ast::CatchUp::None => quote!(#private::CatchUp::None),
+    };
+    // Each cron tick starts the workflow with `Default::default()`; the
+    // `ScheduledInput` check above reports a missing `Default` at the type.
+    let schedule_input = wf.schedule.as_ref().map(|_| {
+        quote! {
+            fn schedule_input() -> ::core::option::Option<#input> {
+                ::core::option::Option::Some(<#input as ::core::default::Default>::default())
+            }
+        }
+    });
+    let retries = match wf.retries {
+        Some(retries) => quote!(::core::option::Option::Some(#retries)),
+        None => quote!(::core::option::Option::None),
+    };
+
+    // Each type requirement is checked twice on purpose. The checks in
+    // `const _` report a missing trait once, at the user's type, with the
+    // wording of the `__private` traits. The same requirements, as
+    // `for<'__w>` bounds on the impl, are then assumed inside it, so the
+    // impl's own checks (the bounds of `Workflow::Input` etc.) do not report
+    // the same mistake again in rustc's generic words. A bound under an
+    // unused `for<..>` is not rejected as trivially false on stable, unlike
+    // a plain `where OrderInput: WorkflowInput`.
+    let mut requirements = vec![
+        (*input, quote!(WorkflowInput), quote!(__check_input)),
+        (*output, quote!(WorkflowOutput), quote!(__check_output)),
+        (state, quote!(WorkflowState), quote!(__check_state)),
+    ];
+    if wf.schedule.is_some() {
+        requirements.push((
+            *input,
+            quote!(ScheduledInput),
+            quote!(__check_scheduled_input),
+        ));
+    }
+    if let Some(error) = error {
+        requirements.push((*error, quote!(HandlerError), quote!(__check_error)));
+    }
+    let checks = requirements
+        .iter()
+        .map(|(ty, bound, check)| assert_impl(&private, ty, bound, check));
+    let bounds: Vec<TokenStream> = requirements
+        .iter()
+        .map(|(ty, bound, _)| quote!(for<'__w> #ty: #private::#bound))
+        .collect();
+
+    // The error type may not be written out (`anyhow::Result<T>`); a local
+    // generic function still names it in the check, reported at `Result`.
+    // `ctx` and `input` keep the call-site span of the parameters they name.
+    let call = quote!(#fn_ident(ctx, input).await);
+    let convert = quote_spanned!(*result_span=> __into_box_error(#call));
+    // Spanned at the function's name: a handler whose future is not `Send`
+    // is reported there, with rustc's note on the value held across `.await`.
+    let future = quote_spanned!(fn_ident.span()=> async move { #convert });
+    let future_type = quote_spanned! {fn_ident.span()=>
+        impl #private::Future<
+            Output = #private::Result<#output, #private::BoxError>,
+        > + ::core::marker::Send
+    };
+    let items = quote! {
+        type Input = #input;
+        type Output = #output;
+        type State = #state;
+
+        const NAME: &'static str = #name;
+        const DESCRIPTION: &'static str = #description;
+        const SCHEDULE: ::core::option::Option<&'static str> = #schedule;
+        const TIMEZONE: &'static str = #timezone;
+        const TIMEOUT: #private::Duration = #timeout;
+        const STEPS: &'static [&'static str] = &[#(#steps),*];
+        const RETRIES: ::core::option::Option<u32> = #retries;
+        const CATCH_UP: #private::CatchUp = #catch_up;
+
+        #schedule_input
+
+        fn run(
+            &self,
+            ctx: #private::Ctx<#state>,
+            input: #input,
+        ) -> #future_type {
+            fn __into_box_error<T, E: #private::HandlerError>(
+                result: #private::Result<T, E>,
+            ) -> #private::Result<T, #private::BoxError> {
+                result.map_err(#private::into_box_error)
+            }
+            #future
+        }
+    };
+
+    quote! {
+        #declaration
+
+        // Documentation shows the impl without the bounds above: they only
+        // shape error messages.
+        #(#cfgs)*
+        #[cfg(not(doc))]
+        impl #private::Workflow for #ident where #(#bounds),* {
+            #items
+        }
+        #(#cfgs)*
+        #[cfg(doc)]
+        impl #private::Workflow for #ident {
+            #items
+        }
+
+        #(#cfgs)*
+        const _: () = {
+            #(#checks)*
+        };
+    }
+}
+
+/// `ty: bound`, checked where `ty` is written, so the error names and
+/// underlines the user's type rather than pointing into the expansion. A
+/// generic function is used instead of a `where` clause on a concrete type
+/// because rustc words trivially false bounds with a `trivial_bounds`
+/// feature hint that is noise here. The function's name shows up in the
+/// error's "required by a bound in" note.
+fn assert_impl(
+    private: &TokenStream,
+    ty: &Type,
+    bound: &TokenStream,
+    check: &TokenStream,
+) -> TokenStream {
+    let call = quote_spanned!(ty.span()=> #check::<#ty>);
+    quote! {
+        {
+            fn #check<T: #private::#bound>() {}
+            let _ = #call;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::TokenStream;
+    use quote::quote;
+
+    fn expand(attr: TokenStream, item: TokenStream) -> String {
+        super::workflow(attr, item).to_string()
+    }
+
+    #[test]
+    fn generates_struct_impl_and_checks() {
+        let out = expand(
+            quote!(name = "processOrder", timeout = "10m"),
+            quote! {
+                /// Process a new customer order
+                pub async fn process_order(ctx: Ctx<St>, input: OrderInput) -> workflow::Result<OrderOutput> {
+                    ctx.step("fetch-order", f).await?;
+                    ctx.step("charge-payment", f).await?;
+                    ctx.step("fetch-order", f).await
+                }
+            },
+        );
+        if std::env::var_os("PRINT_EXPANSION").is_some() {
+            println!("{out}");
+        }
+        for expected in [
+            "pub async fn process_order",
+            "# [doc = \"Workflow `processOrder`: Process a new customer order\"]",
+            "pub struct ProcessOrder ;",
+            "impl :: workflow :: __private :: Workflow for ProcessOrder where for < '__w > OrderInput : :: workflow :: __private :: WorkflowInput",
+            "type Input = OrderInput ;",
+            "type Output = OrderOutput ;",
+            "type State = St ;",
+            "const NAME : & 'static str = \"processOrder\" ;",
+            "const DESCRIPTION : & 'static str = \"Process a new customer order\" ;",
+            "const TIMEOUT : :: workflow :: __private :: Duration = :: workflow :: __private :: Duration :: from_millis (600000) ;",
+            "const STEPS : & 'static [& 'static str] = & [\"fetch-order\" , \"charge-payment\"] ;",
+            "__into_box_error (process_order (ctx , input) . await)",
+            "let _ = __check_input :: < OrderInput > ;",
+            "compile_error ! { \"step name \\\"fetch-order\\\" is already used",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        }
+        assert!(!out.contains("__check_scheduled_input"), "{out}");
+        assert!(!out.contains("__check_error"), "{out}");
+    }
+
+    #[test]
+    fn crate_override_and_schedule() {
+        let out = expand(
+            quote!(crate = my::wf, schedule = "@daily"),
+            quote!(
+                async fn tick(ctx: Ctx, input: ()) -> Result<(), E> {}
+            ),
+        );
+        assert!(
+            out.contains("impl my :: wf :: __private :: Workflow for Tick"),
+            "{out}"
+        );
+        assert!(!out.contains(":: workflow ::"), "{out}");
+        assert!(out.contains("Some (\"@daily\")"), "{out}");
+        assert!(out.contains("__check_scheduled_input :: < () >"), "{out}");
+        assert!(out.contains("__check_error :: < E >"), "{out}");
+    }
+
+    #[test]
+    fn keeps_the_function_and_declares_the_struct_on_errors() {
+        let out = expand(
+            quote!(timeout = "soon"),
+            quote!(
+                fn sync(ctx: Ctx, input: ()) -> Result<()> {}
+            ),
+        );
+        assert!(
+            out.starts_with("fn sync (ctx : Ctx , input : ()) -> Result < () > { }"),
+            "{out}"
+        );
+        assert!(out.contains("struct Sync ;"), "{out}");
+        assert!(!out.contains("impl"), "{out}");
+        assert_eq!(out.matches("compile_error !").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn rejects_other_items_but_keeps_them() {
+        let out = expand(
+            quote!(),
+            quote!(
+                struct Foo;
+            ),
+        );
+        assert!(out.starts_with("struct Foo ;"), "{out}");
+        assert!(out.contains("goes on an `async fn`"), "{out}");
+    }
+}

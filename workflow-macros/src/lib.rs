@@ -1,0 +1,136 @@
+//! The `#[workflow]` attribute of the [`workflow`](https://docs.rs/workflow)
+//! crate. Use it through the facade (`use workflow::prelude::*;`): the code
+//! it generates refers to `::workflow::__private`, so this crate is not
+//! useful on its own.
+//!
+//! The work happens on `proc_macro2` types so it can be unit-tested:
+//! `args` parses the attribute, `ast` builds the checked model of the
+//! function, `validate` holds the value checks, `expand` writes the code.
+#![warn(missing_docs)]
+
+mod args;
+mod ast;
+mod ctxt;
+mod expand;
+mod validate;
+
+use proc_macro::TokenStream;
+
+/// Turns an `async fn` into a durable workflow.
+///
+/// ```ignore
+/// use workflow::prelude::*;
+/// use serde::{Deserialize, Serialize};
+/// use schemars::JsonSchema;
+///
+/// #[derive(Serialize, Deserialize, JsonSchema)]
+/// struct OrderInput { order_id: String }
+///
+/// #[derive(Serialize, Deserialize, JsonSchema)]
+/// struct OrderOutput { total: f64 }
+///
+/// /// Process a new customer order
+/// #[workflow(name = "processOrder", timeout = "10m")]
+/// async fn process_order(ctx: Ctx, input: OrderInput) -> workflow::Result<OrderOutput> {
+///     let total: f64 = ctx.step("fetch-order", || async { fetch(&input.order_id).await }).await?;
+///     ctx.step("charge-payment", || async move { charge(total).await }).await?;
+///     Ok(OrderOutput { total })
+/// }
+///
+/// // The function stays as written; next to it the macro declares
+/// // `struct ProcessOrder;` implementing `workflow::Workflow`:
+/// assert_eq!(ProcessOrder::NAME, "processOrder");
+/// assert_eq!(ProcessOrder::DESCRIPTION, "Process a new customer order");
+/// assert_eq!(ProcessOrder::STEPS, ["fetch-order", "charge-payment"]);
+/// let engine = Engine::builder().register(ProcessOrder).build().await?;
+/// let order = ProcessOrder::start(&engine, OrderInput { order_id: "12345".into() }).await?;
+/// ```
+///
+/// # The function
+///
+/// `async fn name(ctx: Ctx<State>, input: Input) -> Result<Output, Error>`:
+///
+/// - `ctx` is the workflow context, written `Ctx` (state `()`), `Ctx<State>`,
+///   or any path ending in `Ctx` (`workflow::Ctx<State>`). Any pattern
+///   (`_ctx`, `mut ctx`) is fine. `State` is persisted with each step and
+///   starts from `Default`.
+/// - `input` is the type the workflow is started with. Use `()` for none.
+/// - The return type is any `Result` with one or two type arguments:
+///   `workflow::Result<Output>`, `anyhow::Result<Output>`,
+///   `Result<Output, MyError>` with `MyError: Into<BoxError>`.
+/// - It must be `async`, a free function (no `self`), and not generic.
+///
+/// `Input`, `Output` and `State` must implement `Serialize`, `Deserialize`
+/// and `JsonSchema` (`State` also `Default`); a missing impl is reported at
+/// the type, naming it.
+///
+/// # What it generates
+///
+/// The function is left untouched and stays callable. Next to it comes a
+/// unit struct, named by PascalCasing the function (`process_order` ->
+/// `ProcessOrder`) with the function's visibility, deriving `Debug`,
+/// `Clone`, `Copy` and `Default`, and implementing `workflow::Workflow`:
+///
+/// | item          | value |
+/// |---------------|-------|
+/// | `Input`       | the input parameter's type |
+/// | `Output`      | the first type argument of the `Result` |
+/// | `State`       | `S` of `Ctx<S>`, `()` for `Ctx` |
+/// | `NAME`        | `name`, or the function's name |
+/// | `DESCRIPTION` | `description`, or the doc comment (lines trimmed), or `""` |
+/// | `SCHEDULE`    | `schedule`, or `None` |
+/// | `TIMEZONE`    | `timezone`, or `"UTC"` |
+/// | `TIMEOUT`     | `timeout`, or 5 minutes |
+/// | `STEPS`       | the string literals passed as the name to `.step(..)` / `.step_with(..)` in the body, in source order, each once |
+/// | `run`         | calls the function, converting its error into `BoxError` |
+///
+/// # Attribute keys
+///
+/// All optional; each may appear once.
+///
+/// - `name = "processOrder"`: the registered name, unique per engine. It is
+///   also the AI tool name, so it must match `^[a-zA-Z0-9_-]{1,64}$`.
+///   Default: the function's name.
+/// - `description = "..."`: for people and AI models. Default: the doc
+///   comment.
+/// - `schedule = "0 9 * * MON-FRI"`: run on a cron schedule. Five fields
+///   (`minute hour day-of-month month day-of-week`), or six with seconds
+///   first; names like `MON` and `JAN`; `L`, `W` and `#` as croner accepts
+///   them; or `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`. Each
+///   tick starts the workflow with `Input::default()`, so the input must be
+///   `()` or implement `Default`. Checked at compile time.
+/// - `timezone = "Europe/Berlin"`: the IANA time zone the schedule is read
+///   in. Default `"UTC"`. Only the shape is checked at compile time
+///   (`Area/Location`, `UTC` or `GMT`); the name itself is checked against
+///   the IANA database when the engine is built. Needs a `schedule`.
+/// - `timeout = "10m"`: default deadline of an instance, counted from its
+///   start, as a [humantime](https://docs.rs/humantime) duration (`"30s"`,
+///   `"1h 30m"`, `"2days"`). At least 1ms. Default `"5m"`.
+/// - `catch_up = "latest"`: what the schedule does about ticks that passed
+///   while no engine ran: `"latest"` (default) runs the most recent one
+///   once, `"all"` runs each, `"none"` skips them. Needs a `schedule`.
+/// - `retries = 3`: attempts each `ctx.step` of this workflow gets (at least
+///   1), instead of the engine's default (5). `ctx.step_with` still sets its
+///   own.
+/// - `crate = ::workflow`: the path to the `workflow` crate, for when it is
+///   renamed or re-exported (`crate = "::workflow"` also works).
+///
+/// # Compile-time checks
+///
+/// Each of these is a compile error pointing at the offending token; all of
+/// them are reported in one build:
+///
+/// - an unknown or repeated attribute key, or a value of the wrong kind;
+/// - an invalid cron expression (the message names the bad field), duration,
+///   time zone, name, or `retries` below 1;
+/// - a function that is not `async`, takes `self`, is generic, does not take
+///   exactly `(ctx: Ctx<..>, input: ..)`, or does not return a `Result`;
+/// - input, output, state or error types missing a required trait, or a
+///   scheduled workflow whose input is not `Default`;
+/// - the same literal step name used at two call sites outside a loop (a
+///   call inside a `for`/`while`/`loop` or a closure may run many times and
+///   may repeat its name: the runtime numbers the runs `name`, `name#1`, `name#2`, ...).
+#[proc_macro_attribute]
+pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::workflow(attr.into(), item.into()).into()
+}

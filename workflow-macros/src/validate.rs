@@ -1,0 +1,386 @@
+//! Checks of attribute values and step names. Each returns a `syn::Error`
+//! spanned at the offending token, with a message that says what is wrong
+//! and what would be right.
+
+use std::time::Duration;
+
+use croner::parser::{CronParser, Seconds, Year};
+use proc_macro2::Span;
+use syn::{LitInt, LitStr};
+
+use crate::ast::StepCall;
+
+/// Longest name accepted: the limit AI tool APIs put on function names.
+const MAX_NAME_LEN: usize = 64;
+
+/// The registered name doubles as an AI tool name, so it must fit the
+/// OpenAI/Anthropic tool-name pattern `^[a-zA-Z0-9_-]{1,64}$`.
+pub(crate) fn workflow_name(name: &str, span: Span, from_fn: bool) -> syn::Result<()> {
+    let problem = if name.is_empty() {
+        Some("it is empty".to_owned())
+    } else if name.chars().count() > MAX_NAME_LEN {
+        Some(format!(
+            "it is {} characters long, the limit is {MAX_NAME_LEN}",
+            name.chars().count()
+        ))
+    } else {
+        name.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+            .map(|c| format!("it contains {c:?}"))
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => {
+            let fix = if from_fn {
+                "; set one with `#[workflow(name = \"...\")]`"
+            } else {
+                ""
+            };
+            Err(syn::Error::new(
+                span,
+                format!(
+                    "invalid workflow name {name:?}: {problem}; a name may only use ASCII \
+                     letters, digits, `_` and `-`, 1 to {MAX_NAME_LEN} characters (it is also \
+                     the AI tool name){fix}"
+                ),
+            ))
+        }
+    }
+}
+
+/// Parses `schedule` the way the scheduler will: 5 fields, or 6 with
+/// seconds first; names like `MON`/`JAN`; `@daily`-style nicknames.
+pub(crate) fn cron(lit: &LitStr) -> syn::Result<()> {
+    cron_expression(&lit.value()).map_err(|why| {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "invalid cron expression \"{}\" in `schedule`: {why}",
+                lit.value()
+            ),
+        )
+    })
+}
+
+const CRON_FORMAT: &str = "write 5 fields, `minute hour day-of-month month day-of-week`, \
+     or 6 with `second` first, e.g. \"0 9 * * MON-FRI\", or a nickname: \
+     @hourly, @daily, @weekly, @monthly, @yearly";
+
+/// Why `expr` is not a valid schedule, naming the field at fault when there
+/// is one (croner's own messages do not say which field they mean).
+pub(crate) fn cron_expression(expr: &str) -> Result<(), String> {
+    const FIELDS: [(&str, &str); 6] = [
+        ("second", "0-59"),
+        ("minute", "0-59"),
+        ("hour", "0-23"),
+        ("day-of-month", "1-31, L, W"),
+        ("month", "1-12, JAN-DEC"),
+        ("day-of-week", "0-7, SUN-SAT, L, #"),
+    ];
+    let parser = CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build();
+    let err = match parser.parse(expr) {
+        Ok(_) => return Ok(()),
+        Err(err) => err,
+    };
+    let croner = |err: croner::errors::CronError| err.to_string().trim_end_matches('.').to_owned();
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let names = match fields.len() {
+        5 => &FIELDS[1..],
+        6 => &FIELDS[..],
+        1 if expr.trim_start().starts_with('@') => {
+            return Err(format!("unknown nickname `{}`; {CRON_FORMAT}", expr.trim()));
+        }
+        n => return Err(format!("it has {n} fields; {CRON_FORMAT}")),
+    };
+    // Parse each field alone, the others wildcarded, to find the culprit.
+    for (i, field) in fields.iter().enumerate() {
+        let alone: Vec<&str> = (0..fields.len())
+            .map(|j| if i == j { *field } else { "*" })
+            .collect();
+        if let Err(field_err) = parser.parse(&alone.join(" ")) {
+            let (name, allowed) = names[i];
+            return Err(format!(
+                "the {name} field `{field}` is out of range or malformed ({}); \
+                 it allows {allowed}, combined with `*`, `,`, `-` and `/`",
+                croner(field_err)
+            ));
+        }
+    }
+    Err(format!("{}; {CRON_FORMAT}", croner(err)))
+}
+
+/// Parses `timeout` with humantime; it must be at least a millisecond.
+pub(crate) fn timeout(lit: &LitStr) -> syn::Result<Duration> {
+    let text = lit.value();
+    let hint = r#"write a duration like "30s", "10m", "1h 30m" or "2days""#;
+    let duration = humantime::parse_duration(&text).map_err(|err| {
+        syn::Error::new(
+            lit.span(),
+            format!("invalid `timeout` \"{text}\" (humantime: {err}); {hint}"),
+        )
+    })?;
+    if duration < Duration::from_millis(1) {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "invalid `timeout` \"{text}\": a workflow needs time to run, \
+                 the timeout must be at least 1ms; {hint}"
+            ),
+        ));
+    }
+    if u64::try_from(duration.as_millis()).is_err() {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("invalid `timeout` \"{text}\": too large"),
+        ));
+    }
+    Ok(duration)
+}
+
+/// Checks only the shape of an IANA name (`Area/Location`, or `UTC`/`GMT`):
+/// the real lookup happens at run time, so no time zone database is needed
+/// at compile time.
+pub(crate) fn timezone(lit: &LitStr) -> syn::Result<String> {
+    let tz = lit.value();
+    let plausible = tz == "UTC"
+        || tz == "GMT"
+        || (tz.contains('/')
+            && tz.split('/').all(|part| {
+                part.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-+".contains(c))
+            }));
+    if plausible {
+        Ok(tz)
+    } else {
+        Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "\"{tz}\" is not an IANA time zone name; expected `UTC` or an \
+                 `Area/Location` name like \"Europe/Berlin\" or \"America/New_York\""
+            ),
+        ))
+    }
+}
+
+/// `retries` must be a whole number of at least 1.
+/// `catch_up = "all" | "latest" | "none"`.
+pub(crate) fn catch_up(lit: &LitStr) -> syn::Result<crate::ast::CatchUp> {
+    use crate::ast::CatchUp;
+    match lit.value().as_str() {
+        "all" => Ok(CatchUp::All),
+        "latest" => Ok(CatchUp::Latest),
+        "none" => Ok(CatchUp::None),
+        other => Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "invalid `catch_up` {other:?}: expected \"latest\" (run the most recent missed tick once, \
+                 the default), \"all\" (run every missed tick) or \"none\" (skip missed ticks)"
+            ),
+        )),
+    }
+}
+
+pub(crate) fn retries(lit: &LitInt) -> syn::Result<u32> {
+    let bad = || {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "`retries` must be a whole number of at least 1, found `{lit}`; \
+                 leave it out for the default"
+            ),
+        )
+    };
+    if !lit.suffix().is_empty() {
+        return Err(bad());
+    }
+    match lit.base10_parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(bad()),
+    }
+}
+
+/// An error at each call site, outside any loop, that reuses a step name
+/// already used at another such site. The runtime would key the second one
+/// `name#1` and keep working, but two different steps sharing a name makes
+/// history and replay after code changes ambiguous.
+pub(crate) fn duplicate_steps(calls: &[StepCall]) -> Vec<syn::Error> {
+    let mut errors = Vec::new();
+    let straight: Vec<&StepCall> = calls.iter().filter(|c| !c.in_loop).collect();
+    for (i, call) in straight.iter().enumerate() {
+        let Some(first) = straight[..i].iter().find(|c| c.name == call.name) else {
+            continue;
+        };
+        let line = first.span.start().line;
+        let where_ = if line > 0 {
+            format!("at line {line}")
+        } else {
+            "above".to_owned()
+        };
+        errors.push(syn::Error::new(
+            call.span,
+            format!(
+                "step name \"{name}\" is already used {where_}; give each step call a \
+                 distinct name, e.g. \"{name}-2\" (only a call inside a loop may repeat \
+                 its name: its runs are recorded as \"{name}\", \"{name}#1\", \"{name}#2\", ...)",
+                name = call.name
+            ),
+        ));
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lit(s: &str) -> LitStr {
+        LitStr::new(s, Span::call_site())
+    }
+
+    #[test]
+    fn accepts_valid_cron_expressions() {
+        for ok in [
+            "* * * * *",
+            "0 9 * * MON-FRI",
+            "*/15 * * * *",
+            "0 0 1 JAN *",
+            "30 0 9 * * *",
+            "0 0 L * *",
+            "0 0 * * FRI#2",
+            "@daily",
+            "@hourly",
+            "@weekly",
+            "@monthly",
+            "@yearly",
+            "@annually",
+        ] {
+            assert_eq!(cron_expression(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn names_the_bad_cron_field() {
+        let err = cron_expression("61 * * * *").unwrap_err();
+        assert_eq!(
+            err,
+            "the minute field `61` is out of range or malformed (Component error: Number \
+             out of bounds); it allows 0-59, combined with `*`, `,`, `-` and `/`"
+        );
+        let err = cron_expression("0 0 25 * * *").unwrap_err();
+        assert!(err.starts_with("the hour field `25`"), "{err}");
+        let err = cron_expression("0 0 * 13 *").unwrap_err();
+        assert!(err.starts_with("the month field `13`"), "{err}");
+        let err = cron_expression("0 0 * * FUNDAY").unwrap_err();
+        assert!(err.starts_with("the day-of-week field"), "{err}");
+    }
+
+    #[test]
+    fn rejects_wrong_field_counts_and_junk() {
+        let err = cron_expression("every day").unwrap_err();
+        assert!(err.starts_with("it has 2 fields; write 5 fields"), "{err}");
+        assert!(cron_expression("0 0 0 1 1 * 2030").is_err());
+        assert!(cron_expression("").is_err());
+        let err = cron_expression("@fortnightly").unwrap_err();
+        assert!(
+            err.starts_with("unknown nickname `@fortnightly`; "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn parses_timeouts() {
+        assert_eq!(timeout(&lit("10m")).ok(), Some(Duration::from_secs(600)));
+        assert_eq!(
+            timeout(&lit("1h 30m")).ok(),
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            timeout(&lit("250ms")).ok(),
+            Some(Duration::from_millis(250))
+        );
+        let err = timeout(&lit("ten minutes")).unwrap_err().to_string();
+        assert!(err.contains("invalid `timeout` \"ten minutes\""), "{err}");
+        assert!(err.contains(r#""30s", "10m", "1h 30m""#), "{err}");
+        let err = timeout(&lit("0s")).unwrap_err().to_string();
+        assert!(err.contains("at least 1ms"), "{err}");
+        assert!(timeout(&lit("10")).is_err());
+    }
+
+    #[test]
+    fn checks_timezone_shape() {
+        for ok in [
+            "UTC",
+            "GMT",
+            "Europe/Berlin",
+            "America/Argentina/Buenos_Aires",
+            "Etc/GMT+5",
+        ] {
+            assert!(timezone(&lit(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "EST",
+            "Europe Berlin",
+            "Europe/",
+            "/Berlin",
+            "utc",
+            "Europe/Berlin!",
+        ] {
+            assert!(timezone(&lit(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn checks_names() {
+        let span = Span::call_site();
+        assert!(workflow_name("processOrder", span, false).is_ok());
+        assert!(workflow_name("process-order_2", span, false).is_ok());
+        assert!(workflow_name(&"a".repeat(64), span, false).is_ok());
+        assert!(workflow_name(&"a".repeat(65), span, false).is_err());
+        assert!(workflow_name("", span, false).is_err());
+        let err = workflow_name("process order", span, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("it contains ' '"), "{err}");
+        let err = workflow_name("café", span, true).unwrap_err().to_string();
+        assert!(err.contains("set one with"), "{err}");
+    }
+
+    #[test]
+    fn checks_retries() {
+        let int = |s: &str| LitInt::new(s, Span::call_site());
+        assert_eq!(retries(&int("3")).ok(), Some(3));
+        assert!(retries(&int("0")).is_err());
+        assert!(retries(&int("3u8")).is_err());
+        assert!(retries(&int("99999999999")).is_err());
+    }
+
+    #[test]
+    fn flags_repeated_step_names_outside_loops_only() {
+        let call = |name: &str, in_loop| StepCall {
+            name: name.to_owned(),
+            span: Span::call_site(),
+            in_loop,
+        };
+        let calls = [
+            call("a", false),
+            call("b", false),
+            call("a", false),
+            call("b", true),
+            call("c", true),
+            call("c", true),
+            call("a", false),
+        ];
+        let errors: Vec<String> = duplicate_steps(&calls)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("step name \"a\" is already used"));
+    }
+}

@@ -1,0 +1,686 @@
+//! PostgreSQL store for the `workflow` crate: many engine processes on many
+//! machines share one database.
+//!
+//! - Workers claim due instances with `SELECT ... FOR UPDATE SKIP LOCKED` in
+//!   one short READ COMMITTED transaction, so claimers never wait for one
+//!   another and never take the same instance.
+//! - A claim is a lease (owner, claim number, expiry) kept alive by the
+//!   engine's heartbeats; an expired lease is taken over by another worker.
+//!   Every write made on behalf of a run is fenced by that lease, so a late
+//!   worker can never overwrite an instance another worker took over or
+//!   finished.
+//! - LISTEN/NOTIFY wakes idle workers when work becomes due elsewhere; it is
+//!   only a hint, polling stays the truth.
+//! - Lost connections, server restarts and deadlocks are retried
+//!   transparently while it is safe (see [`PgOptions::retry_for`]).
+//! - Migrations are embedded and run on connect, under an advisory lock, so
+//!   many processes may start at once.
+#![warn(missing_docs)]
+
+mod ops;
+mod retry;
+mod rows;
+mod schema;
+mod wake;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Postgres, QueryBuilder};
+use tokio::sync::watch;
+use workflow_core::store::*;
+use workflow_core::{Definition, Durability, Error, InstanceId, Status, StoreError};
+
+use crate::ops::Db;
+use crate::retry::retrying;
+use crate::rows::{event_row, instance_row, step_row, COLUMNS, STEP_COLUMNS};
+
+/// The schema a store uses when none is given.
+pub const DEFAULT_SCHEMA: &str = "workflow";
+
+/// How a [`PgStore`] connects.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    schema: Option<String>,
+    max_connections: u32,
+    durability: Durability,
+    claim_wait: Duration,
+    listen: bool,
+    retry_for: Duration,
+    acquire_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            schema: None,
+            max_connections: 10,
+            durability: Durability::Durable,
+            claim_wait: Duration::ZERO,
+            listen: true,
+            retry_for: Duration::from_secs(15),
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PgOptions {
+    /// Schema `workflow`, 10 connections, durable commits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The schema holding the store's tables (default [`DEFAULT_SCHEMA`], or
+    /// the URL's `schema` parameter); created if missing. Stores on
+    /// different schemas of one database are independent. Lower-case
+    /// letters, digits and `_` only.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// Most connections this process opens (default 10), plus one for
+    /// LISTEN.
+    pub fn max_connections(mut self, connections: u32) -> Self {
+        self.max_connections = connections.max(1);
+        self
+    }
+
+    /// `Durable` (the default: each commit waits for the WAL flush) or
+    /// `Relaxed` (`synchronous_commit = off`: safe against process crashes,
+    /// the server may lose its last fraction of a second of commits if it
+    /// crashes; never inconsistent).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// How long a claim that found nothing waits for a NOTIFY saying work
+    /// became due before it returns empty (default zero: engine workers
+    /// wait on [`Store::wakeups`] instead, next to their own timers). A
+    /// non-zero wait also turns LISTEN on.
+    pub fn claim_wait(mut self, wait: Duration) -> Self {
+        self.claim_wait = wait;
+        self
+    }
+
+    /// Whether to LISTEN for NOTIFYs from other processes so idle workers
+    /// wake at once when work appears (default on). Off, workers find work
+    /// written elsewhere by polling alone.
+    pub fn listen(mut self, on: bool) -> Self {
+        self.listen = on;
+        self
+    }
+
+    /// How long an operation keeps retrying after losing its connection,
+    /// the server restarting, or a deadlock (default 15 s). Only attempts
+    /// that certainly did not commit are retried, unless the operation is
+    /// idempotent.
+    pub fn retry_for(mut self, budget: Duration) -> Self {
+        self.retry_for = budget;
+        self
+    }
+}
+
+/// A [`Store`] on PostgreSQL.
+#[derive(Clone)]
+pub struct PgStore {
+    db: Db,
+    schema: String,
+    claim_wait: Duration,
+    retry_for: Duration,
+    /// Changes when a NOTIFY arrives on this store's channel.
+    hint: watch::Receiver<u64>,
+    /// The LISTEN connection's own pool, when listening.
+    listen: Option<sqlx::PgPool>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits our own `schema` parameter off a connection URL.
+fn split_schema(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix("schema=") {
+            Some(value) => {
+                schema = Some(value.to_owned());
+                false
+            }
+            None => !pair.is_empty(),
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, schema)
+}
+
+fn valid_schema(schema: &str) -> bool {
+    let mut chars = schema.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && schema.len() <= 48
+}
+
+fn open_error(err: sqlx::Error) -> Error {
+    Error::Store(StoreError::backend(err))
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user:pass@host/db`,
+    /// optionally `?schema=name`), creating and migrating the store's
+    /// schema if needed.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, PgOptions::default()).await
+    }
+
+    /// Connects with `options`; a schema set in `options` wins over the URL's.
+    pub async fn connect_with(url: &str, options: PgOptions) -> Result<Self, Error> {
+        let (url, url_schema) = split_schema(url);
+        let schema = options
+            .schema
+            .clone()
+            .or(url_schema)
+            .unwrap_or_else(|| DEFAULT_SCHEMA.to_owned());
+        if !valid_schema(&schema) {
+            return Err(Error::Config(format!(
+                "invalid PostgreSQL schema name `{schema}`: use lower-case letters, digits and `_`"
+            )));
+        }
+        let connect = PgConnectOptions::from_str(&url)
+            .map_err(|err| Error::Config(format!("invalid PostgreSQL URL: {err}")))?;
+        let mut settings = vec![("search_path", schema.clone())];
+        if options.durability == Durability::Relaxed {
+            settings.push(("synchronous_commit", "off".to_owned()));
+        }
+        let connect = connect
+            .options(settings)
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let mut conn = connect.connect().await.map_err(open_error)?;
+        schema::migrate(&mut conn, &schema)
+            .await
+            .map_err(open_error)?;
+        // Used for the pool's first connection check, then closed.
+        drop(conn);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect.clone())
+            .await
+            .map_err(open_error)?;
+        let channel = format!("workflow_{schema}");
+        let (hint, listen) = if !options.listen && options.claim_wait.is_zero() {
+            (watch::channel(0).1, None)
+        } else {
+            let listen = PgPoolOptions::new()
+                .max_connections(1)
+                .max_lifetime(None)
+                .idle_timeout(None)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_lazy_with(connect);
+            (wake::spawn(listen.clone(), channel.clone()), Some(listen))
+        };
+        Ok(PgStore {
+            db: Db {
+                pool,
+                channel,
+                lock_prefix: schema.clone(),
+            },
+            schema,
+            claim_wait: options.claim_wait,
+            retry_for: options.retry_for,
+            hint,
+            listen,
+        })
+    }
+
+    /// The schema holding this store's tables.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The connection pool, for applications that keep their own tables
+    /// next to the store's (the pool's `search_path` is the store's schema).
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.db.pool
+    }
+
+    /// Closes the connections, the LISTEN one included. Operations on a
+    /// closed store fail.
+    pub async fn close(&self) {
+        if let Some(listen) = &self.listen {
+            listen.close().await;
+        }
+        self.db.pool.close().await;
+    }
+}
+
+/// The smallest UUIDv7 text minted at `ms`.
+fn uuid7_floor(ms: Millis) -> String {
+    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
+    format!(
+        "{:08x}-{:04x}-0000-0000-000000000000",
+        ms >> 16,
+        ms & 0xffff
+    )
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create(
+        &self,
+        new: NewInstance,
+        dedup: Option<&[Status]>,
+    ) -> Result<Created, StoreError> {
+        retrying!(
+            self,
+            "create",
+            idempotent = false,
+            self.db.create(&new, dedup)
+        )?
+    }
+
+    async fn create_many(&self, new: Vec<NewInstance>) -> Result<Vec<InstanceRow>, StoreError> {
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        retrying!(
+            self,
+            "create_many",
+            idempotent = false,
+            self.db.create_many(&new)
+        )?
+    }
+
+    async fn get(&self, id: &InstanceId) -> Result<Option<InstanceRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM instances WHERE id = $1");
+        let row = retrying!(self, "get", idempotent = true, async {
+            Ok(sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(id.as_str())
+                .fetch_optional(&self.db.pool)
+                .await?)
+        })?;
+        row.as_ref().map(instance_row).transpose()
+    }
+
+    async fn claim(&self, mut req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
+        let called = std::time::Instant::now();
+        let mut hint = self.hint.clone();
+        hint.borrow_and_update();
+        let claimed = retrying!(self, "claim", idempotent = false, self.db.claim(&req))?;
+        if !claimed.is_empty() || self.claim_wait.is_zero() {
+            return Ok(claimed);
+        }
+        // Nothing due: wait a little for a NOTIFY saying something became
+        // due (a new instance, an event, a woken parent), then look once more.
+        match tokio::time::timeout(self.claim_wait, hint.changed()).await {
+            Ok(Ok(())) => {
+                // Keep the caller's clock (tests pass their own): move its
+                // `now` on by the time this call has taken.
+                let elapsed = i64::try_from(called.elapsed().as_millis()).unwrap_or(0);
+                req.now = req.now.saturating_add(elapsed);
+                req.lease_until = req.lease_until.saturating_add(elapsed);
+                retrying!(self, "claim", idempotent = false, self.db.claim(&req))
+            }
+            _ => Ok(claimed),
+        }
+    }
+
+    async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError> {
+        retrying!(
+            self,
+            "commit_step",
+            // Recording a key twice keeps the first record.
+            idempotent = true,
+            self.db.commit_step(lease, &step)
+        )?
+    }
+
+    async fn record_attempt(
+        &self,
+        lease: &Lease,
+        step: &str,
+        attempt: u32,
+        error: &str,
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        retrying!(
+            self,
+            "record_attempt",
+            idempotent = false,
+            self.db.record_attempt(lease, step, attempt, error, at)
+        )?
+    }
+
+    async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError> {
+        retrying!(
+            self,
+            "finish",
+            idempotent = false,
+            self.db.finish(lease, &finish)
+        )?
+    }
+
+    async fn release(&self, lease: &Lease, at: Millis) -> Result<(), StoreError> {
+        retrying!(
+            self,
+            "release",
+            idempotent = false,
+            self.db.release(lease, at)
+        )?
+    }
+
+    async fn renew(&self, leases: &[Lease], until: Millis) -> Result<Vec<Renewal>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        retrying!(
+            self,
+            "renew",
+            idempotent = true,
+            self.db.renew(leases, until)
+        )
+    }
+
+    async fn cancel(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        retrying!(self, "cancel", idempotent = false, self.db.cancel(id, at))
+    }
+
+    async fn set_deadline(
+        &self,
+        id: &InstanceId,
+        deadline_at: Millis,
+        at: Millis,
+    ) -> Result<Control, StoreError> {
+        retrying!(
+            self,
+            "set_deadline",
+            idempotent = false,
+            self.db.set_deadline(id, deadline_at, at)
+        )
+    }
+
+    fn wakeups(&self) -> Option<watch::Receiver<u64>> {
+        self.listen.as_ref().map(|_| self.hint.clone())
+    }
+
+    async fn next_due(
+        &self,
+        workflows: &[String],
+        after: Millis,
+    ) -> Result<Option<Millis>, StoreError> {
+        retrying!(self, "next_due", idempotent = true, async {
+            Ok(sqlx::query_scalar(
+                "SELECT MIN(run_at) FROM instances \
+                 WHERE status IN ('pending', 'listening') AND run_at > $1 AND workflow = ANY($2)",
+            )
+            .bind(after)
+            .bind(workflows)
+            .fetch_one(&self.db.pool)
+            .await?)
+        })
+    }
+
+    async fn lease_owners(&self) -> Result<Vec<String>, StoreError> {
+        retrying!(self, "lease_owners", idempotent = true, async {
+            Ok(sqlx::query_scalar(
+                "SELECT DISTINCT lease_owner FROM instances WHERE lease_owner IS NOT NULL ORDER BY lease_owner",
+            )
+            .fetch_all(&self.db.pool)
+            .await?)
+        })
+    }
+
+    async fn release_owner(&self, owner: &str, at: Millis) -> Result<u64, StoreError> {
+        retrying!(
+            self,
+            "release_owner",
+            idempotent = false,
+            self.db.release_owner(owner, at)
+        )
+    }
+
+    async fn steps(&self, id: &InstanceId) -> Result<Vec<StepRow>, StoreError> {
+        let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE instance_id = $1 ORDER BY seq");
+        let rows = retrying!(self, "steps", idempotent = true, async {
+            Ok(sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(id.as_str())
+                .fetch_all(&self.db.pool)
+                .await?)
+        })?;
+        rows.iter().map(|r| step_row(id.as_str(), r)).collect()
+    }
+
+    async fn history(&self, id: &InstanceId) -> Result<Vec<EventRow>, StoreError> {
+        let rows = retrying!(self, "history", idempotent = true, async {
+            Ok(sqlx::query(
+                "SELECT seq, at, kind, step, attempt, message, duration_ms FROM events \
+                 WHERE instance_id = $1 ORDER BY seq",
+            )
+            .bind(id.as_str())
+            .fetch_all(&self.db.pool)
+            .await?)
+        })?;
+        rows.iter().map(|r| event_row(id, r)).collect()
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<InstanceRow>, StoreError> {
+        let build = || {
+            let mut sql: QueryBuilder<Postgres> =
+                QueryBuilder::new(format!("SELECT {COLUMNS} FROM instances WHERE TRUE"));
+            if let Some(workflow) = &q.workflow {
+                sql.push(" AND workflow = ").push_bind(workflow.clone());
+            }
+            if !q.statuses.is_empty() {
+                let statuses: Vec<String> =
+                    q.statuses.iter().map(|s| s.as_str().to_owned()).collect();
+                sql.push(" AND status = ANY(").push_bind(statuses).push(")");
+            }
+            if !q.tags.is_empty() {
+                let tags = serde_json::to_string(&q.tags).unwrap_or_else(|_| "{}".to_owned());
+                sql.push(" AND tags @> ").push_bind(tags).push("::jsonb");
+            }
+            if let Some(key) = &q.key {
+                sql.push(" AND dedup_key = ").push_bind(key.clone());
+            }
+            // Ids are UUIDv7, whose text starts with the creation time:
+            // bounding the id too lets the range walk the primary key. A
+            // second of slack covers the id being minted just before
+            // `created_at`.
+            if let Some(from) = q.created_from {
+                sql.push(" AND created_at >= ").push_bind(from);
+                sql.push(" AND id >= ").push_bind(uuid7_floor(from - 1_000));
+            }
+            if let Some(to) = q.created_to {
+                sql.push(" AND created_at < ").push_bind(to);
+                sql.push(" AND id < ").push_bind(uuid7_floor(to + 1_000));
+            }
+            if let Some(before) = &q.before {
+                sql.push(" AND id < ").push_bind(before.to_string());
+            }
+            sql.push(" ORDER BY id DESC LIMIT ")
+                .push_bind(i64::try_from(q.limit).unwrap_or(i64::MAX));
+            sql
+        };
+        let rows = retrying!(self, "list", idempotent = true, async {
+            let mut sql = build();
+            Ok(sql.build().fetch_all(&self.db.pool).await?)
+        })?;
+        rows.iter().map(instance_row).collect()
+    }
+
+    async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError> {
+        retrying!(
+            self,
+            "suspend",
+            idempotent = false,
+            self.db.suspend(lease, &suspend)
+        )?
+    }
+
+    async fn send_event(
+        &self,
+        id: &InstanceId,
+        name: &str,
+        payload: &str,
+        at: Millis,
+    ) -> Result<Control, StoreError> {
+        retrying!(
+            self,
+            "send_event",
+            idempotent = false,
+            self.db.send_event(id, name, payload, at)
+        )
+    }
+
+    async fn take_event(
+        &self,
+        lease: &Lease,
+        name: &str,
+        step: &str,
+        at: Millis,
+    ) -> Result<Option<String>, StoreError> {
+        retrying!(
+            self,
+            "take_event",
+            idempotent = false,
+            self.db.take_event(lease, name, step, at)
+        )?
+    }
+
+    async fn pause(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        retrying!(self, "pause", idempotent = false, self.db.pause(id, at))
+    }
+
+    async fn resume(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        retrying!(self, "resume", idempotent = false, self.db.resume(id, at))
+    }
+
+    async fn schedule_mark(&self, workflow: &str) -> Result<Option<ScheduleMark>, StoreError> {
+        let row: Option<(i64, Option<i64>, Option<String>)> = retrying!(
+            self,
+            "schedule_mark",
+            idempotent = true,
+            async {
+                Ok(sqlx::query_as(
+                    "SELECT checked_until, last_tick, last_instance FROM schedules WHERE workflow = $1",
+                )
+                .bind(workflow)
+                .fetch_optional(&self.db.pool)
+                .await?)
+            }
+        )?;
+        Ok(
+            row.map(|(checked_until, last_tick, last_instance)| ScheduleMark {
+                checked_until,
+                last_tick,
+                last_instance: last_instance.map(InstanceId::from_string),
+            }),
+        )
+    }
+
+    async fn advance_schedule(
+        &self,
+        workflow: &str,
+        checked_until: Millis,
+        fired: Option<(Millis, InstanceId)>,
+    ) -> Result<(), StoreError> {
+        let fired = fired.as_ref().map(|(tick, id)| (*tick, id.as_str()));
+        retrying!(
+            self,
+            "advance_schedule",
+            idempotent = true,
+            self.db.advance_schedule(workflow, checked_until, fired)
+        )
+    }
+
+    async fn put_definitions(
+        &self,
+        definitions: &[Definition],
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        let mut rows = Vec::with_capacity(definitions.len());
+        for def in definitions {
+            let json = serde_json::to_string(def).map_err(StoreError::backend)?;
+            rows.push((def.name.clone(), json));
+        }
+        retrying!(
+            self,
+            "put_definitions",
+            idempotent = true,
+            self.db.put_definitions(&rows, at)
+        )
+    }
+
+    async fn definitions(&self) -> Result<Vec<Definition>, StoreError> {
+        let rows: Vec<(String, String)> =
+            retrying!(self, "definitions", idempotent = true, async {
+                Ok(
+                    sqlx::query_as("SELECT name, definition FROM definitions ORDER BY name")
+                        .fetch_all(&self.db.pool)
+                        .await?,
+                )
+            })?;
+        rows.into_iter()
+            .map(|(name, json)| {
+                serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+                    id: format!("definition {name}"),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    async fn count_by_status(
+        &self,
+        workflow: Option<&str>,
+    ) -> Result<Vec<(Status, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = retrying!(
+            self,
+            "count_by_status",
+            idempotent = true,
+            async {
+                Ok(match workflow {
+                Some(workflow) => {
+                    sqlx::query_as(
+                        "SELECT status, COUNT(*) FROM instances WHERE workflow = $1 GROUP BY status",
+                    )
+                    .bind(workflow)
+                    .fetch_all(&self.db.pool)
+                    .await?
+                }
+                None => {
+                    sqlx::query_as("SELECT status, COUNT(*) FROM instances GROUP BY status")
+                        .fetch_all(&self.db.pool)
+                        .await?
+                }
+            })
+            }
+        )?;
+        rows.into_iter()
+            .map(|(status, count)| {
+                let status = status.parse::<Status>().map_err(|e| StoreError::Corrupt {
+                    id: "(count)".into(),
+                    message: e.to_string(),
+                })?;
+                Ok((status, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,1002 @@
+//! One attempt of each operation: short READ COMMITTED transactions. Every
+//! write on behalf of a run is fenced: it applies only while the row still
+//! names the run's lease (`lease_owner`, `runs`, status `in_progress`), and
+//! the fencing UPDATE also locks the row, so concurrent writes to one
+//! instance queue behind each other instead of interleaving.
+
+use std::collections::HashMap;
+
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Acquire, PgConnection, Row};
+use workflow_core::store::*;
+use workflow_core::{InstanceId, Status, StoreError};
+
+use crate::retry::{autocommit, commit, Attempt};
+use crate::rows::{instance_row, step_row, COLUMNS, STEP_COLUMNS};
+
+/// Terminal statuses, as stored, for SQL lists.
+const TERMINAL: &str = "('completed', 'failed', 'cancelled', 'timed_out')";
+
+/// The fence every write made on behalf of a run carries ($1 id, $2 owner, $3 run).
+const FENCE: &str = "id = $1 AND lease_owner = $2 AND runs = $3 AND status = 'in_progress'";
+
+/// The database side of a `PgStore`.
+#[derive(Debug, Clone)]
+pub(crate) struct Db {
+    pub pool: PgPool,
+    /// The NOTIFY channel of this store's schema.
+    pub channel: String,
+    /// Prefix of dedup advisory-lock keys, so schemas do not contend.
+    pub lock_prefix: String,
+}
+
+fn lease_lost<T>(lease: &Lease) -> Attempt<Result<T, StoreError>> {
+    Ok(Err(StoreError::LeaseLost(lease.instance.clone())))
+}
+
+impl Db {
+    async fn begin(&self) -> Attempt<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Wakes idle claimers (in every process) when the transaction commits.
+    async fn notify(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&self.channel)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn create(
+        &self,
+        new: &NewInstance,
+        dedup: Option<&[Status]>,
+    ) -> Attempt<Result<Created, StoreError>> {
+        let mut tx = self.begin().await?;
+        if let (Some(statuses), Some(key)) = (dedup, &new.key) {
+            // Serializes creates of one (workflow, key) until commit; under
+            // READ COMMITTED the lookup below then sees what the previous
+            // holder inserted.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind(format!("{}\n{}\n{key}", self.lock_prefix, new.workflow))
+                .execute(&mut *tx)
+                .await?;
+            let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+            let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM instances WHERE workflow = $1 AND dedup_key = $2 \
+                 AND status = ANY($3) ORDER BY id DESC LIMIT 1"
+            )))
+            .bind(&new.workflow)
+            .bind(key)
+            .bind(&statuses)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                return Ok(instance_row(&row).map(Created::Existing));
+            }
+        }
+        let row = insert(&mut tx, new).await?;
+        event(&mut tx, new.id.as_str(), new.created_at, "created").await?;
+        self.notify(&mut tx).await?;
+        commit(tx).await?;
+        Ok(instance_row(&row).map(Created::New))
+    }
+
+    pub(crate) async fn create_many(
+        &self,
+        new: &[NewInstance],
+    ) -> Attempt<Result<Vec<InstanceRow>, StoreError>> {
+        let mut tx = self.begin().await?;
+        let tags: Vec<String> = new.iter().map(|n| tags_json(&n.tags)).collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, \
+                 updated_at, run_at, deadline_at, parent_id) \
+             SELECT id, workflow, 'pending', input, tags::jsonb, dedup_key, created_at, created_at, \
+                 run_at, deadline_at, parent_id \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
+                 $7::int8[], $8::int8[], $9::text[]) \
+                 AS n(id, workflow, input, tags, dedup_key, created_at, run_at, deadline_at, parent_id) \
+             RETURNING {COLUMNS}"
+        )))
+        .bind(new.iter().map(|n| n.id.as_str()).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.workflow.as_str()).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.input.as_str()).collect::<Vec<_>>())
+        .bind(&tags)
+        .bind(new.iter().map(|n| n.key.as_deref()).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.created_at).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.run_at).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.deadline_at).collect::<Vec<_>>())
+        .bind(
+            new.iter()
+                .map(|n| n.parent.as_ref().map(InstanceId::as_str))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO events (instance_id, at, kind) \
+             SELECT id, at, 'created' FROM UNNEST($1::text[], $2::int8[]) WITH ORDINALITY AS e(id, at, n) \
+             ORDER BY n",
+        )
+        .bind(new.iter().map(|n| n.id.as_str()).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.created_at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        self.notify(&mut tx).await?;
+        commit(tx).await?;
+        // RETURNING gives no order guarantee; answer in the order asked.
+        let mut by_id: HashMap<String, InstanceRow> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            match instance_row(row) {
+                Ok(row) => {
+                    by_id.insert(row.id.as_str().to_owned(), row);
+                }
+                Err(err) => return Ok(Err(err)),
+            }
+        }
+        Ok(Ok(new
+            .iter()
+            .filter_map(|n| by_id.remove(n.id.as_str()))
+            .collect()))
+    }
+
+    pub(crate) async fn claim(&self, req: &ClaimRequest) -> Attempt<Vec<Claimed>> {
+        let mut tx = self.begin().await?;
+        // SKIP LOCKED: concurrent claimers each take different rows and
+        // never wait for one another. FOR UPDATE re-checks the conditions
+        // on the newest version of a row changed since the snapshot.
+        let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH due AS ( \
+                 SELECT id AS due_id FROM instances \
+                 WHERE status IN ('pending', 'in_progress', 'listening') AND run_at <= $3 \
+                   AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
+                   AND workflow = ANY($4) \
+                 ORDER BY run_at LIMIT $5 \
+                 FOR UPDATE SKIP LOCKED \
+             ) \
+             UPDATE instances SET status = 'in_progress', lease_owner = $1, lease_expires_at = $2, \
+                 runs = runs + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
+                 wait_event = NULL, wait_child = NULL \
+             FROM due WHERE id = due.due_id \
+             RETURNING {COLUMNS}"
+        )))
+        .bind(&req.owner)
+        .bind(req.lease_until)
+        .bind(req.now)
+        .bind(&req.workflows)
+        .bind(i64::try_from(req.limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut failed: Vec<(String, String)> = Vec::new();
+        for row in &rows {
+            match instance_row(row) {
+                Ok(row) => {
+                    let lease = Lease {
+                        instance: row.id.clone(),
+                        owner: req.owner.clone(),
+                        run: row.runs,
+                    };
+                    claimed.push(Claimed {
+                        row,
+                        lease,
+                        steps: Vec::new(),
+                    });
+                }
+                Err(err) => {
+                    let id: String = row.try_get("id")?;
+                    tracing::error!(id = %id, error = %err, "failing an instance whose row is corrupt");
+                    failed.push((id, err.to_string()));
+                }
+            }
+        }
+        for (id, error) in &failed {
+            sqlx::query(
+                "UPDATE instances SET status = 'failed', error = $2, finished_at = $3, updated_at = $3, \
+                 lease_owner = NULL, lease_expires_at = NULL WHERE id = $1",
+            )
+            .bind(id)
+            .bind(error)
+            .bind(req.now)
+            .execute(&mut *tx)
+            .await?;
+            event_full(
+                &mut tx,
+                id,
+                req.now,
+                "failed",
+                None,
+                None,
+                Some(error),
+                None,
+            )
+            .await?;
+        }
+        if !claimed.is_empty() {
+            // Oldest due first, and history in that order.
+            claimed.sort_by(|a, b| (a.row.run_at, &a.row.id).cmp(&(b.row.run_at, &b.row.id)));
+            let ids: Vec<&str> = claimed.iter().map(|c| c.row.id.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO events (instance_id, at, kind) \
+                 SELECT id, $2, 'started' FROM UNNEST($1::text[]) WITH ORDINALITY AS e(id, n) ORDER BY n",
+            )
+            .bind(&ids)
+            .bind(req.now)
+            .execute(&mut *tx)
+            .await?;
+            // A first run has no steps to replay; skip the lookup.
+            let replay: Vec<&str> = claimed
+                .iter()
+                .filter(|c| c.row.runs > 1)
+                .map(|c| c.row.id.as_str())
+                .collect();
+            if !replay.is_empty() {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT instance_id, {STEP_COLUMNS} FROM steps WHERE instance_id = ANY($1) ORDER BY seq"
+                )))
+                .bind(&replay)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut steps: HashMap<String, Vec<StepRow>> = HashMap::new();
+                for row in &rows {
+                    let id: String = row.try_get("instance_id")?;
+                    // A step row that does not decode is skipped: the step
+                    // runs again, which the at-least-once contract allows.
+                    match step_row(&id, row) {
+                        Ok(step) => steps.entry(id).or_default().push(step),
+                        Err(err) => {
+                            tracing::error!(%id, error = %err, "skipping a corrupt step row")
+                        }
+                    }
+                }
+                for c in &mut claimed {
+                    if let Some(steps) = steps.remove(c.row.id.as_str()) {
+                        c.steps = steps;
+                    }
+                }
+            }
+        }
+        commit(tx).await?;
+        Ok(claimed)
+    }
+
+    /// One statement, so one round trip on the hot path: the fence, the
+    /// step (first record of a key wins) and its events. Idempotent: run
+    /// again after an unclear commit, it finds the step and adds nothing.
+    pub(crate) async fn commit_step(
+        &self,
+        lease: &Lease,
+        step: &StepRow,
+    ) -> Attempt<Result<(), StoreError>> {
+        let kind = if step.error.is_some() {
+            "step_failed"
+        } else {
+            "step_completed"
+        };
+        let held: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "WITH held AS ( \
+                 UPDATE instances SET updated_at = $4, state = COALESCE($5, state) \
+                 WHERE {FENCE} RETURNING id \
+             ), recorded AS ( \
+                 INSERT INTO steps (instance_id, key, output, error, state, attempts, started_at, finished_at) \
+                 SELECT id, $6, $7, $8, $5, $9, $10, $4 FROM held \
+                 ON CONFLICT (instance_id, key) DO NOTHING \
+                 RETURNING instance_id \
+             ), logged AS ( \
+                 INSERT INTO events (instance_id, at, kind, step, attempt, message, duration_ms) \
+                 SELECT r.instance_id, $4, e.kind, $6, e.attempt, e.message, e.duration \
+                 FROM recorded r, (VALUES \
+                     (1, $11::text, $9::int8, $8::text, $4::int8 - $10::int8), \
+                     (2, 'state_changed', NULL, NULL, NULL) \
+                 ) AS e(n, kind, attempt, message, duration) \
+                 WHERE e.n = 1 OR $5::text IS NOT NULL \
+                 ORDER BY e.n \
+             ) \
+             SELECT EXISTS (SELECT 1 FROM held)"
+        )))
+        .bind(lease.instance.as_str())
+        .bind(&lease.owner)
+        .bind(lease.run)
+        .bind(step.finished_at)
+        .bind(&step.state)
+        .bind(&step.key)
+        .bind(&step.output)
+        .bind(&step.error)
+        .bind(i64::from(step.attempts))
+        .bind(step.started_at)
+        .bind(kind)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(autocommit)?;
+        if !held {
+            return lease_lost(lease);
+        }
+        Ok(Ok(()))
+    }
+
+    pub(crate) async fn record_attempt(
+        &self,
+        lease: &Lease,
+        step: &str,
+        attempt: u32,
+        error: &str,
+        at: Millis,
+    ) -> Attempt<Result<(), StoreError>> {
+        let mut tx = self.begin().await?;
+        if !fence(&mut tx, lease, at, None).await? {
+            return lease_lost(lease);
+        }
+        event_full(
+            &mut tx,
+            lease.instance.as_str(),
+            at,
+            "attempt_failed",
+            Some(step),
+            Some(attempt),
+            Some(error),
+            None,
+        )
+        .await?;
+        commit(tx).await?;
+        Ok(Ok(()))
+    }
+
+    pub(crate) async fn finish(
+        &self,
+        lease: &Lease,
+        finish: &Finish,
+    ) -> Attempt<Result<(), StoreError>> {
+        let mut tx = self.begin().await?;
+        let done: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "UPDATE instances SET status = $4, output = $5, error = $6, state = COALESCE($7, state), \
+                 updated_at = $8, finished_at = $8, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE {FENCE} RETURNING parent_id"
+        )))
+        .bind(lease.instance.as_str())
+        .bind(&lease.owner)
+        .bind(lease.run)
+        .bind(finish.status.as_str())
+        .bind(&finish.output)
+        .bind(&finish.error)
+        .bind(&finish.state)
+        .bind(finish.at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(parent) = done else {
+            return lease_lost(lease);
+        };
+        event_full(
+            &mut tx,
+            lease.instance.as_str(),
+            finish.at,
+            finish.status.as_str(),
+            None,
+            None,
+            finish.error.as_deref(),
+            None,
+        )
+        .await?;
+        if let Some(parent) = parent {
+            let pairs = [(lease.instance.as_str(), parent.as_str())];
+            if wake_parents(&mut tx, &pairs, finish.at).await? > 0 {
+                self.notify(&mut tx).await?;
+            }
+        }
+        commit(tx).await?;
+        Ok(Ok(()))
+    }
+
+    pub(crate) async fn release(
+        &self,
+        lease: &Lease,
+        at: Millis,
+    ) -> Attempt<Result<(), StoreError>> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE instances SET status = 'pending', updated_at = $4, lease_owner = NULL, \
+                 lease_expires_at = NULL \
+             WHERE {FENCE}"
+        )))
+        .bind(lease.instance.as_str())
+        .bind(&lease.owner)
+        .bind(lease.run)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !done {
+            return lease_lost(lease);
+        }
+        event(&mut tx, lease.instance.as_str(), at, "released").await?;
+        self.notify(&mut tx).await?;
+        commit(tx).await?;
+        Ok(Ok(()))
+    }
+
+    pub(crate) async fn renew(&self, leases: &[Lease], until: Millis) -> Attempt<Vec<Renewal>> {
+        let mut conn = self.pool.acquire().await?;
+        let ids: Vec<&str> = leases.iter().map(|l| l.instance.as_str()).collect();
+        let owners: Vec<&str> = leases.iter().map(|l| l.owner.as_str()).collect();
+        let runs: Vec<i64> = leases.iter().map(|l| l.run).collect();
+        // One statement: extends the held leases (idempotent, so a retry
+        // after an unclear commit is harmless) and reads every deadline.
+        let rows: Vec<(i64, bool, Option<Millis>, bool)> = sqlx::query_as(
+            "WITH asked AS ( \
+                 SELECT * FROM UNNEST($2::text[], $3::text[], $4::int8[]) WITH ORDINALITY AS l(id, owner, run, n) \
+             ), renewed AS ( \
+                 UPDATE instances i SET lease_expires_at = $1 FROM asked \
+                 WHERE i.id = asked.id AND i.lease_owner = asked.owner AND i.runs = asked.run \
+                   AND i.status = 'in_progress' \
+                 RETURNING asked.n \
+             ) \
+             SELECT asked.n, renewed.n IS NOT NULL, i.deadline_at, COALESCE(i.pause_requested, FALSE) \
+             FROM asked LEFT JOIN renewed ON renewed.n = asked.n LEFT JOIN instances i ON i.id = asked.id \
+             ORDER BY asked.n",
+        )
+        .bind(until)
+        .bind(&ids)
+        .bind(&owners)
+        .bind(&runs)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(autocommit)?;
+        let mut out = Vec::with_capacity(leases.len());
+        for (n, held, deadline_at, pause) in rows {
+            let Some(lease) = usize::try_from(n - 1).ok().and_then(|i| leases.get(i)) else {
+                continue;
+            };
+            out.push(Renewal {
+                lease: lease.clone(),
+                held,
+                deadline_at,
+                pause_requested: held && pause,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn cancel(&self, id: &InstanceId, at: Millis) -> Attempt<Control> {
+        let mut tx = self.begin().await?;
+        let control = control(&mut tx, id).await?;
+        if control != Control::Applied {
+            return Ok(control);
+        }
+        // The instance and every unfinished descendant.
+        let cancelled: Vec<(String, Option<String>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "WITH RECURSIVE tree(id) AS ( \
+                 SELECT $1::text COLLATE \"C\" \
+                 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
+             ) \
+             UPDATE instances SET status = 'cancelled', updated_at = $2, finished_at = $2, \
+                 lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id IN (SELECT id FROM tree) AND status NOT IN {TERMINAL} \
+             RETURNING id, parent_id"
+            )))
+            .bind(id.as_str())
+            .bind(at)
+            .fetch_all(&mut *tx)
+            .await?;
+        // The root's event first.
+        let mut ids: Vec<&str> = cancelled.iter().map(|(c, _)| c.as_str()).collect();
+        ids.sort_by_key(|c| *c != id.as_str());
+        let messages: Vec<Option<&str>> = ids
+            .iter()
+            .map(|c| (*c != id.as_str()).then_some("parent cancelled"))
+            .collect();
+        sqlx::query(
+            "INSERT INTO events (instance_id, at, kind, message) \
+             SELECT id, $3, 'cancelled', message \
+             FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS e(id, message, n) ORDER BY n",
+        )
+        .bind(&ids)
+        .bind(&messages)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        let pairs: Vec<(&str, &str)> = cancelled
+            .iter()
+            .filter_map(|(c, p)| p.as_deref().map(|p| (c.as_str(), p)))
+            .collect();
+        if wake_parents(&mut tx, &pairs, at).await? > 0 {
+            self.notify(&mut tx).await?;
+        }
+        commit(tx).await?;
+        Ok(control)
+    }
+
+    pub(crate) async fn set_deadline(
+        &self,
+        id: &InstanceId,
+        deadline_at: Millis,
+        at: Millis,
+    ) -> Attempt<Control> {
+        let mut tx = self.begin().await?;
+        let control = control(&mut tx, id).await?;
+        if control != Control::Applied {
+            return Ok(control);
+        }
+        sqlx::query("UPDATE instances SET deadline_at = $2, updated_at = $3 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(deadline_at)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        let message = format_millis(deadline_at);
+        event_full(
+            &mut tx,
+            id.as_str(),
+            at,
+            "deadline_changed",
+            None,
+            None,
+            Some(&message),
+            None,
+        )
+        .await?;
+        commit(tx).await?;
+        Ok(control)
+    }
+
+    pub(crate) async fn release_owner(&self, owner: &str, at: Millis) -> Attempt<u64> {
+        let mut tx = self.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "UPDATE instances SET lease_owner = NULL, lease_expires_at = NULL, updated_at = $2, \
+                 status = CASE WHEN status = 'in_progress' THEN 'pending' ELSE status END \
+             WHERE lease_owner = $1 AND status NOT IN {TERMINAL} RETURNING id"
+        )))
+        .bind(owner)
+        .bind(at)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !ids.is_empty() {
+            sqlx::query(
+                "INSERT INTO events (instance_id, at, kind, message) \
+                 SELECT id, $2, 'released', 'worker died' FROM UNNEST($1::text[]) AS e(id)",
+            )
+            .bind(&ids)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            self.notify(&mut tx).await?;
+        }
+        commit(tx).await?;
+        Ok(ids.len() as u64)
+    }
+
+    pub(crate) async fn suspend(
+        &self,
+        lease: &Lease,
+        s: &Suspend,
+    ) -> Attempt<Result<(), StoreError>> {
+        let mut tx = self.begin().await?;
+        // Locks the row: a send_event or a child's finish that wants to wake
+        // it waits for this transaction, then sees it listening.
+        let pause: Option<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT pause_requested FROM instances WHERE {FENCE} FOR UPDATE"
+        )))
+        .bind(lease.instance.as_str())
+        .bind(&lease.owner)
+        .bind(lease.run)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(pause) = pause else {
+            return lease_lost(lease);
+        };
+        // Checked in the same transaction as the suspension: a wake-up that
+        // arrived while the handler ran is not lost.
+        let event_waiting = match &s.wait_event {
+            Some(name) => sqlx::query_scalar::<_, i32>(
+                "SELECT 1 FROM inbox WHERE instance_id = $1 AND name = $2 LIMIT 1",
+            )
+            .bind(lease.instance.as_str())
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some(),
+            None => false,
+        };
+        let child_done = match &s.wait_child {
+            Some(child) => sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(format!(
+                "SELECT 1 FROM instances WHERE id = $1 AND status IN {TERMINAL}"
+            )))
+            .bind(child.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some(),
+            None => false,
+        };
+        let (status, run_at, kind, message, paused_at) = if pause {
+            (Status::Paused, s.run_at, "paused", None, Some(s.at))
+        } else if event_waiting || child_done {
+            (
+                Status::Pending,
+                s.at,
+                "suspended",
+                Some(format!("{}; already there", s.reason)),
+                None,
+            )
+        } else {
+            (
+                s.status,
+                s.run_at,
+                "suspended",
+                Some(s.reason.clone()),
+                None,
+            )
+        };
+        sqlx::query(
+            "UPDATE instances SET status = $2, run_at = $3, wait_event = $4, wait_child = $5, \
+                 retry_key = $6, retry_attempts = $7, state = COALESCE($8, state), updated_at = $9, \
+                 paused_at = $10, pause_requested = FALSE, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = $1",
+        )
+        .bind(lease.instance.as_str())
+        .bind(status.as_str())
+        .bind(run_at)
+        .bind(&s.wait_event)
+        .bind(s.wait_child.as_ref().map(InstanceId::as_str))
+        .bind(s.retry.as_ref().map(|(k, _)| k.as_str()))
+        .bind(s.retry.as_ref().map(|(_, n)| i64::from(*n)))
+        .bind(&s.state)
+        .bind(s.at)
+        .bind(paused_at)
+        .execute(&mut *tx)
+        .await?;
+        event_full(
+            &mut tx,
+            lease.instance.as_str(),
+            s.at,
+            kind,
+            None,
+            None,
+            message.as_deref(),
+            None,
+        )
+        .await?;
+        if status == Status::Pending && run_at <= s.at {
+            self.notify(&mut tx).await?;
+        }
+        commit(tx).await?;
+        Ok(Ok(()))
+    }
+
+    pub(crate) async fn send_event(
+        &self,
+        id: &InstanceId,
+        name: &str,
+        payload: &str,
+        at: Millis,
+    ) -> Attempt<Control> {
+        let mut tx = self.begin().await?;
+        let control = control(&mut tx, id).await?;
+        if control != Control::Applied {
+            return Ok(control);
+        }
+        sqlx::query(
+            "INSERT INTO inbox (instance_id, name, payload, sent_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id.as_str())
+        .bind(name)
+        .bind(payload)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        let woke = sqlx::query(
+            "UPDATE instances SET status = 'pending', run_at = $2, wait_event = NULL \
+             WHERE id = $1 AND status = 'listening' AND wait_event = $3",
+        )
+        .bind(id.as_str())
+        .bind(at)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        event_full(
+            &mut tx,
+            id.as_str(),
+            at,
+            "event_sent",
+            None,
+            None,
+            Some(name),
+            None,
+        )
+        .await?;
+        if woke {
+            self.notify(&mut tx).await?;
+        }
+        commit(tx).await?;
+        Ok(control)
+    }
+
+    pub(crate) async fn take_event(
+        &self,
+        lease: &Lease,
+        name: &str,
+        step: &str,
+        at: Millis,
+    ) -> Attempt<Result<Option<String>, StoreError>> {
+        let mut tx = self.begin().await?;
+        if !fence(&mut tx, lease, at, None).await? {
+            return lease_lost(lease);
+        }
+        // Only the lease holder takes from this inbox, and the fence above
+        // holds the instance's row lock: no two takers race.
+        let taken: Option<String> = sqlx::query_scalar(
+            "DELETE FROM inbox WHERE seq = ( \
+                 SELECT seq FROM inbox WHERE instance_id = $1 AND name = $2 ORDER BY seq LIMIT 1 \
+             ) RETURNING payload",
+        )
+        .bind(lease.instance.as_str())
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(payload) = &taken {
+            sqlx::query(
+                "INSERT INTO steps (instance_id, key, output, attempts, started_at, finished_at) \
+                 VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (instance_id, key) DO NOTHING",
+            )
+            .bind(lease.instance.as_str())
+            .bind(step)
+            .bind(payload)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            event_full(
+                &mut tx,
+                lease.instance.as_str(),
+                at,
+                "event_received",
+                Some(step),
+                None,
+                Some(name),
+                None,
+            )
+            .await?;
+        }
+        commit(tx).await?;
+        Ok(Ok(taken))
+    }
+
+    pub(crate) async fn pause(&self, id: &InstanceId, at: Millis) -> Attempt<Control> {
+        let mut tx = self.begin().await?;
+        let control = control(&mut tx, id).await?;
+        if control != Control::Applied {
+            return Ok(control);
+        }
+        let paused = sqlx::query(
+            "UPDATE instances SET status = 'paused', paused_at = $2, updated_at = $2 \
+             WHERE id = $1 AND status IN ('pending', 'listening')",
+        )
+        .bind(id.as_str())
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if paused {
+            event(&mut tx, id.as_str(), at, "paused").await?;
+        } else {
+            sqlx::query(
+                "UPDATE instances SET pause_requested = TRUE WHERE id = $1 AND status = 'in_progress'",
+            )
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        commit(tx).await?;
+        Ok(control)
+    }
+
+    pub(crate) async fn resume(&self, id: &InstanceId, at: Millis) -> Attempt<Control> {
+        let mut tx = self.begin().await?;
+        let control = control(&mut tx, id).await?;
+        if control != Control::Applied {
+            return Ok(control);
+        }
+        let resumed = sqlx::query(
+            "UPDATE instances SET status = 'pending', run_at = $2, updated_at = $2, \
+                 pause_requested = FALSE, \
+                 deadline_at = deadline_at + ($2 - COALESCE(paused_at, $2)), paused_at = NULL \
+             WHERE id = $1 AND status = 'paused'",
+        )
+        .bind(id.as_str())
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if resumed {
+            event(&mut tx, id.as_str(), at, "resumed").await?;
+            self.notify(&mut tx).await?;
+        } else {
+            sqlx::query("UPDATE instances SET pause_requested = FALSE WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        commit(tx).await?;
+        Ok(control)
+    }
+
+    pub(crate) async fn advance_schedule(
+        &self,
+        workflow: &str,
+        checked_until: Millis,
+        fired: Option<(Millis, &str)>,
+    ) -> Attempt<()> {
+        // Idempotent: a retry after an unclear commit cannot move it back.
+        sqlx::query(
+            "INSERT INTO schedules AS s (workflow, checked_until, last_tick, last_instance) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (workflow) DO UPDATE SET \
+                 checked_until = GREATEST(s.checked_until, EXCLUDED.checked_until), \
+                 last_instance = CASE WHEN EXCLUDED.last_tick IS NOT NULL \
+                     AND (s.last_tick IS NULL OR EXCLUDED.last_tick > s.last_tick) \
+                     THEN EXCLUDED.last_instance ELSE s.last_instance END, \
+                 last_tick = CASE WHEN EXCLUDED.last_tick IS NOT NULL \
+                     AND (s.last_tick IS NULL OR EXCLUDED.last_tick > s.last_tick) \
+                     THEN EXCLUDED.last_tick ELSE s.last_tick END",
+        )
+        .bind(workflow)
+        .bind(checked_until)
+        .bind(fired.map(|(tick, _)| tick))
+        .bind(fired.map(|(_, id)| id))
+        .execute(&self.pool)
+        .await
+        .map_err(autocommit)?;
+        Ok(())
+    }
+
+    pub(crate) async fn put_definitions(
+        &self,
+        rows: &[(String, String)],
+        at: Millis,
+    ) -> Attempt<()> {
+        // Sorted, so engines starting together lock the rows in one order.
+        let mut rows: Vec<&(String, String)> = rows.iter().collect();
+        rows.sort();
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        for (name, json) in rows {
+            sqlx::query(
+                "INSERT INTO definitions (name, definition, recorded_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET definition = EXCLUDED.definition, \
+                     recorded_at = EXCLUDED.recorded_at",
+            )
+            .bind(name)
+            .bind(json)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await.map_err(autocommit)?;
+        Ok(())
+    }
+}
+
+async fn insert(conn: &mut PgConnection, new: &NewInstance) -> Result<PgRow, sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, updated_at, \
+             run_at, deadline_at, parent_id) \
+         VALUES ($1, $2, 'pending', $3, $4::jsonb, $5, $6, $6, $7, $8, $9) RETURNING {COLUMNS}"
+    )))
+    .bind(new.id.as_str())
+    .bind(&new.workflow)
+    .bind(&new.input)
+    .bind(tags_json(&new.tags))
+    .bind(&new.key)
+    .bind(new.created_at)
+    .bind(new.run_at)
+    .bind(new.deadline_at)
+    .bind(new.parent.as_ref().map(InstanceId::as_str))
+    .fetch_one(conn)
+    .await
+}
+
+fn tags_json(tags: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(tags).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Bumps `updated_at` (and the state, when given) if `lease` is current,
+/// locking the row; false when it is not.
+async fn fence(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    at: Millis,
+    state: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE instances SET updated_at = $4, state = COALESCE($5, state) WHERE {FENCE}"
+    )))
+    .bind(lease.instance.as_str())
+    .bind(&lease.owner)
+    .bind(lease.run)
+    .bind(at)
+    .bind(state)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Whether a control operation applies to `id` (it exists and is
+/// unfinished), locking its row until the transaction ends.
+async fn control(conn: &mut PgConnection, id: &InstanceId) -> Result<Control, sqlx::Error> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM instances WHERE id = $1 FOR UPDATE")
+            .bind(id.as_str())
+            .fetch_optional(conn)
+            .await?;
+    Ok(match status.map(|s| s.parse::<Status>()) {
+        None => Control::NotFound,
+        Some(Ok(status)) if status.is_terminal() => Control::Terminal(status),
+        // An unreadable status is treated as unfinished, so it can be cancelled.
+        Some(_) => Control::Applied,
+    })
+}
+
+/// Makes each parent due now if it is listening for its (child, parent)
+/// child. Returns how many woke.
+async fn wake_parents(
+    conn: &mut PgConnection,
+    pairs: &[(&str, &str)],
+    at: Millis,
+) -> Result<u64, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(0);
+    }
+    let children: Vec<&str> = pairs.iter().map(|(c, _)| *c).collect();
+    let parents: Vec<&str> = pairs.iter().map(|(_, p)| *p).collect();
+    Ok(sqlx::query(
+        "UPDATE instances p SET status = 'pending', run_at = $3, wait_child = NULL \
+         FROM UNNEST($1::text[], $2::text[]) AS c(child, parent) \
+         WHERE p.id = c.parent AND p.status = 'listening' AND p.wait_child = c.child",
+    )
+    .bind(&children)
+    .bind(&parents)
+    .bind(at)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+async fn event(
+    conn: &mut PgConnection,
+    instance: &str,
+    at: Millis,
+    kind: &str,
+) -> Result<(), sqlx::Error> {
+    event_full(conn, instance, at, kind, None, None, None, None).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn event_full(
+    conn: &mut PgConnection,
+    instance: &str,
+    at: Millis,
+    kind: &str,
+    step: Option<&str>,
+    attempt: Option<u32>,
+    message: Option<&str>,
+    duration_ms: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO events (instance_id, at, kind, step, attempt, message, duration_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(instance)
+    .bind(at)
+    .bind(kind)
+    .bind(step)
+    .bind(attempt.map(i64::from))
+    .bind(message)
+    .bind(duration_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Shared by the PostgreSQL tests: the server URL, fresh schemas, clean-up.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The variable naming the test server.
+pub const URL_VAR: &str = "WORKFLOW_TEST_POSTGRES_URL";
+
+/// The test server's URL, or `None` (after saying so) when unset: the
+/// calling test then passes without running.
+pub fn url(test: &str) -> Option<String> {
+    match std::env::var(URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            // Straight to stderr: the test harness would swallow `println!`.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "{test}: skipped: {URL_VAR} not set");
+            None
+        }
+    }
+}
+
+/// A schema name no other test or run uses.
+pub fn fresh_schema(tag: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "t_{tag}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos % 100_000
+    )
+}
+
+/// `url` with `?schema=` (or `&schema=`) appended.
+pub fn with_schema(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}schema={schema}")
+}
+
+/// Drops the schemas a test created.
+pub async fn drop_schemas(url: &str, schemas: &[String]) {
+    use sqlx::Connection;
+    let Ok(mut conn) = sqlx::PgConnection::connect(url).await else {
+        return;
+    };
+    for schema in schemas {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}

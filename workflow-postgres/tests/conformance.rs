@@ -1,0 +1,381 @@
+//! The store conformance suite on PostgreSQL, and what only a shared
+//! database needs: many pools claiming at once, many processes migrating at
+//! once, a late worker fenced off, NOTIFY waking an idle claim.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use workflow_core::store::*;
+use workflow_core::testing::new_instance;
+use workflow_core::{Status, StoreError};
+use workflow_postgres::{PgOptions, PgStore};
+
+async fn store(url: &str, schema: &str) -> PgStore {
+    PgStore::connect_with(url, PgOptions::new().schema(schema))
+        .await
+        .expect("connect")
+}
+
+fn claim_req(owner: &str, now: Millis, limit: usize) -> ClaimRequest {
+    ClaimRequest {
+        owner: owner.to_owned(),
+        workflows: vec!["wf".to_owned()],
+        now,
+        lease_until: now + 30_000,
+        limit,
+    }
+}
+
+const T0: Millis = 1_700_000_000_000;
+
+#[tokio::test]
+async fn conformance() {
+    let Some(url) = common::url("conformance") else {
+        return;
+    };
+    let schemas = Mutex::new(Vec::new());
+    workflow_core::testing::conformance(|| {
+        let schema = common::fresh_schema("conf");
+        schemas.lock().unwrap().push(schema.clone());
+        let url = url.clone();
+        async move { store(&url, &schema).await }
+    })
+    .await;
+    common::drop_schemas(&url, &schemas.into_inner().unwrap()).await;
+}
+
+#[tokio::test]
+async fn relaxed_conformance() {
+    let Some(url) = common::url("relaxed_conformance") else {
+        return;
+    };
+    let schemas = Mutex::new(Vec::new());
+    workflow_core::testing::conformance(|| {
+        let schema = common::fresh_schema("relaxed");
+        schemas.lock().unwrap().push(schema.clone());
+        let url = url.clone();
+        async move {
+            PgStore::connect_with(
+                &url,
+                PgOptions::new()
+                    .schema(schema)
+                    .durability(workflow_core::Durability::Relaxed)
+                    .listen(false),
+            )
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    common::drop_schemas(&url, &schemas.into_inner().unwrap()).await;
+}
+
+/// Eight stores (eight pools, as eight processes would have) claim 600
+/// instances in small batches at once: each is claimed exactly once.
+#[tokio::test]
+async fn claimers_on_separate_pools_never_share_an_instance() {
+    let Some(url) = common::url("claimers_on_separate_pools") else {
+        return;
+    };
+    let schema = common::fresh_schema("claim");
+    let first = store(&url, &schema).await;
+    let new: Vec<NewInstance> = (0..600).map(|n| new_instance("wf", n)).collect();
+    first.create_many(new).await.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let s = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
+            .await
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s
+                    .claim(claim_req(&format!("w{w}"), T0 + 10_000, 7))
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|c| c.row.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), 600, "every instance claimed");
+    assert_eq!(unique.len(), 600, "none claimed twice");
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// Processes starting together on an empty schema all come up; one migrates.
+#[tokio::test]
+async fn concurrent_starts_migrate_once() {
+    let Some(url) = common::url("concurrent_starts_migrate_once") else {
+        return;
+    };
+    let schema = common::fresh_schema("migrate");
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (url, schema) = (url.clone(), schema.clone());
+        tasks.push(tokio::spawn(async move { store(&url, &schema).await }));
+    }
+    let mut stores = Vec::new();
+    for task in tasks {
+        stores.push(task.await.unwrap());
+    }
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM migrations")
+        .fetch_all(stores[0].pool())
+        .await
+        .unwrap();
+    assert_eq!(versions, [1]);
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// A worker whose lease expired and was taken over can write nothing, not
+/// even after the new owner finished.
+#[tokio::test]
+async fn a_late_worker_cannot_overwrite_a_finished_instance() {
+    let Some(url) = common::url("a_late_worker_cannot_overwrite") else {
+        return;
+    };
+    let schema = common::fresh_schema("late");
+    let (a, b) = (store(&url, &schema).await, store(&url, &schema).await);
+    let new = new_instance("wf", 0);
+    let id = new.id.clone();
+    a.create(new, None).await.unwrap();
+    let slow = a
+        .claim(claim_req("slow", T0 + 1, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    // The slow worker's lease runs out; another takes over and finishes.
+    let fast = b
+        .claim(claim_req("fast", T0 + 60_000, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(fast.lease.run, 2);
+    let done = Finish {
+        status: Status::Completed,
+        output: Some("\"fast\"".into()),
+        error: None,
+        state: None,
+        at: T0 + 60_001,
+    };
+    b.finish(&fast.lease, done).await.unwrap();
+    let late = Finish {
+        status: Status::Failed,
+        output: None,
+        error: Some("slow".into()),
+        state: None,
+        at: T0 + 60_002,
+    };
+    let step = StepRow {
+        key: "s".into(),
+        output: Some("1".into()),
+        error: None,
+        state: Some("9".into()),
+        attempts: 1,
+        started_at: T0,
+        finished_at: T0 + 1,
+    };
+    assert!(matches!(
+        a.commit_step(&slow.lease, step).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        a.finish(&slow.lease, late).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        a.release(&slow.lease, T0 + 60_003).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let renewed = a
+        .renew(std::slice::from_ref(&slow.lease), T0 + 90_000)
+        .await
+        .unwrap();
+    assert!(!renewed[0].held);
+    let row = a.get(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Completed);
+    assert_eq!(row.output.as_deref(), Some("\"fast\""));
+    assert_eq!(row.state, None);
+    assert!(a.steps(&id).await.unwrap().is_empty());
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// An idle claim returns work created by another process while it waited,
+/// woken by NOTIFY rather than by its next poll.
+#[tokio::test]
+async fn notify_wakes_an_idle_claim() {
+    let Some(url) = common::url("notify_wakes_an_idle_claim") else {
+        return;
+    };
+    let schema = common::fresh_schema("notify");
+    let waiting = PgStore::connect_with(
+        &url,
+        PgOptions::new()
+            .schema(&schema)
+            .claim_wait(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    let other = store(&url, &schema).await;
+    // Wait until the listener listens (its connect after a reconnect also
+    // wakes claims, which would end the wait below early).
+    let listening = format!("LISTEN \"workflow_{schema}\"");
+    for _ in 0..500 {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE query = $1")
+            .bind(&listening)
+            .fetch_one(other.pool())
+            .await
+            .unwrap();
+        if n > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let claim = tokio::spawn({
+        let waiting = waiting.clone();
+        async move {
+            let now = now_millis();
+            waiting
+                .claim(ClaimRequest {
+                    owner: "idle".into(),
+                    workflows: vec!["wf".into()],
+                    now,
+                    lease_until: now + 30_000,
+                    limit: 1,
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut new = new_instance("wf", 0);
+    let created_at = now_millis();
+    new.created_at = created_at;
+    new.run_at = created_at;
+    let id = new.id.clone();
+    other.create(new, None).await.unwrap();
+    let claimed = claim.await.unwrap().unwrap();
+    assert_eq!(claimed.len(), 1, "the wait ended with the new instance");
+    assert_eq!(claimed[0].row.id, id);
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// The store's wakeup signal (what idle engine workers wait on) changes
+/// when another process creates work.
+#[tokio::test]
+async fn notify_changes_the_wakeup_signal() {
+    let Some(url) = common::url("notify_changes_the_wakeup_signal") else {
+        return;
+    };
+    let schema = common::fresh_schema("wakeups");
+    let listening = PgStore::connect_with(&url, PgOptions::new().schema(&schema))
+        .await
+        .unwrap();
+    let mut wakeups = listening.wakeups().expect("listening by default");
+    let other = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
+        .await
+        .unwrap();
+    assert!(other.wakeups().is_none(), "listen(false) gives no signal");
+    // A create NOTIFYs; the listener may also bump the signal on connect.
+    // Either way it must change within a few seconds of the create.
+    wakeups.borrow_and_update();
+    let mut new = new_instance("wf", 0);
+    new.created_at = now_millis();
+    new.run_at = new.created_at;
+    let mut changed = false;
+    for _ in 0..3 {
+        other.create(new.clone(), None).await.unwrap();
+        new.id = workflow_core::InstanceId::at(now_millis());
+        if tokio::time::timeout(Duration::from_secs(2), wakeups.changed())
+            .await
+            .is_ok()
+        {
+            changed = true;
+            break;
+        }
+    }
+    assert!(changed, "a NOTIFY from another store changed the signal");
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// A `schema` parameter in the URL picks the schema.
+#[tokio::test]
+async fn url_schema_parameter() {
+    let Some(url) = common::url("url_schema_parameter") else {
+        return;
+    };
+    let schema = common::fresh_schema("url");
+    let s = PgStore::connect(&common::with_schema(&url, &schema))
+        .await
+        .unwrap();
+    assert_eq!(s.schema(), schema);
+    let bad = PgStore::connect(&common::with_schema(&url, "Robert'); DROP TABLE x;--")).await;
+    assert!(bad.is_err(), "odd schema names are refused");
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// A row that does not decode fails its own instance, not the claim.
+#[tokio::test]
+async fn a_corrupt_row_fails_only_its_instance() {
+    let Some(url) = common::url("a_corrupt_row_fails_only_its_instance") else {
+        return;
+    };
+    let schema = common::fresh_schema("corrupt");
+    let s = store(&url, &schema).await;
+    let (good, bad) = (new_instance("wf", 1), new_instance("wf", 2));
+    let (good_id, bad_id) = (good.id.clone(), bad.id.clone());
+    s.create(good, None).await.unwrap();
+    s.create(bad, None).await.unwrap();
+    sqlx::query("UPDATE instances SET tags = '{\"n\": 1}' WHERE id = $1")
+        .bind(bad_id.as_str())
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let claimed = s.claim(claim_req("w", T0 + 10, 10)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].row.id, good_id);
+    let err = s.get(&bad_id).await.unwrap_err();
+    assert!(err.to_string().contains("corrupt row"), "{err}");
+    let status: String = sqlx::query_scalar("SELECT status FROM instances WHERE id = $1")
+        .bind(bad_id.as_str())
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "failed");
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// One store shared by many tasks creates concurrently.
+#[tokio::test]
+async fn shared_store_is_usable_from_many_tasks() {
+    let Some(url) = common::url("shared_store_is_usable_from_many_tasks") else {
+        return;
+    };
+    let schema = common::fresh_schema("shared");
+    let s = Arc::new(store(&url, &schema).await);
+    let mut tasks = Vec::new();
+    for n in 0..50 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            s.create(new_instance("wf", n), None).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        s.count_by_status(Some("wf")).await.unwrap(),
+        [(Status::Pending, 50)]
+    );
+    common::drop_schemas(&url, &[schema]).await;
+}

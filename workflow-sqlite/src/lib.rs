@@ -1,0 +1,721 @@
+//! SQLite store for the `workflow` crate: embedded, zero set-up, the default.
+//!
+//! One file holds everything. Reads run on a small connection pool; every
+//! write goes through one writer task that groups concurrent writes into one
+//! transaction and one fsync (group commit), so durability costs latency,
+//! not throughput, and our own writers never meet `database is locked`.
+//! Several processes may share one file: they queue on SQLite's lock
+//! (`busy_timeout`), and the writer retries past it rather than failing.
+#![warn(missing_docs)]
+
+mod rows;
+mod schema;
+mod writer;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, QueryBuilder, Sqlite};
+use workflow_core::store::*;
+use workflow_core::{Definition, Durability, Error, InstanceId, Status, StoreError};
+
+use crate::rows::{backend, instance_row, step_row, COLUMNS};
+use crate::writer::{Op, Reply, Writer};
+
+/// How a [`SqliteStore`] opens its file.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    durability: Durability,
+    readers: u32,
+    busy_timeout: Duration,
+    max_batch: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            durability: Durability::Durable,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            max_batch: 512,
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// Durable, 4 readers, 5 s busy timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `Durable` (WAL, `synchronous=FULL`: a step is fsynced before the
+    /// workflow moves on) or `Relaxed` (WAL, `synchronous=NORMAL`: safe
+    /// against process crashes, may lose the last commits on power loss).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Connections for reads (default 4).
+    pub fn readers(mut self, readers: u32) -> Self {
+        self.readers = readers.max(1);
+        self
+    }
+
+    /// How long one statement waits for another process's lock before the
+    /// writer backs off and retries (default 5 s).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Most writes grouped into one transaction (default 512).
+    pub fn max_batch(mut self, writes: usize) -> Self {
+        self.max_batch = writes.max(1);
+        self
+    }
+}
+
+/// A [`Store`] on a SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    read: SqlitePool,
+    writer: Writer,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://app.db`,
+    /// `sqlite:///abs/path.db`), durable.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, SqliteOptions::default()).await
+    }
+
+    /// Opens (creating if needed) the database file at `path`, durable.
+    pub async fn open(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+        let options = SqliteConnectOptions::new().filename(path);
+        Self::open_with(options, SqliteOptions::default()).await
+    }
+
+    /// Opens the database at `url` with `options`.
+    pub async fn connect_with(url: &str, options: SqliteOptions) -> Result<Self, Error> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|err| Error::Config(format!("invalid SQLite URL `{url}`: {err}")))?;
+        Self::open_with(connect, options).await
+    }
+
+    async fn open_with(
+        connect: SqliteConnectOptions,
+        options: SqliteOptions,
+    ) -> Result<Self, Error> {
+        let synchronous = match options.durability {
+            Durability::Durable => SqliteSynchronous::Full,
+            Durability::Relaxed => SqliteSynchronous::Normal,
+        };
+        let connect = connect
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .busy_timeout(options.busy_timeout)
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let mut conn = connect.connect().await.map_err(open_error)?;
+        schema::migrate(&mut conn).await.map_err(open_error)?;
+        drop(conn);
+        let writer = open_writer(&connect, &options)?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(options.readers)
+            .connect_with(connect)
+            .await
+            .map_err(open_error)?;
+        Ok(SqliteStore { read, writer })
+    }
+
+    /// Closes the connections; pending writes finish first.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.read.close().await;
+    }
+
+    async fn write(&self, op: Op) -> Result<Reply, StoreError> {
+        self.writer.submit(op).await
+    }
+}
+
+/// The smallest UUIDv7 text minted at `ms`.
+fn uuid7_floor(ms: Millis) -> String {
+    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
+    format!(
+        "{:08x}-{:04x}-0000-0000-000000000000",
+        ms >> 16,
+        ms & 0xffff
+    )
+}
+
+/// The writer's own connection, with the same file and pragmas.
+fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Result<Writer, Error> {
+    let path = connect.get_filename();
+    if path.as_os_str() == ":memory:" || path.as_os_str().is_empty() {
+        return Err(Error::Config(
+            "an in-memory SQLite database cannot be shared by the store's connections; \
+             use a file, or the `memory:` URL (MemoryStore)"
+                .into(),
+        ));
+    }
+    let conn = rusqlite::Connection::open(path).map_err(writer_error)?;
+    let synchronous = match options.durability {
+        Durability::Durable => "FULL",
+        Durability::Relaxed => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous};"
+    ))
+    .map_err(writer_error)?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(writer_error)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Writer::spawn(conn, options.max_batch).map_err(|err| Error::Store(StoreError::backend(err)))
+}
+
+fn writer_error(err: rusqlite::Error) -> Error {
+    Error::Store(StoreError::backend(err))
+}
+
+fn open_error(err: sqlx::Error) -> Error {
+    Error::Store(StoreError::backend(err))
+}
+
+fn unexpected(reply: Reply) -> StoreError {
+    StoreError::backend(format!("sqlite writer gave an unexpected reply: {reply:?}"))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create(
+        &self,
+        new: NewInstance,
+        dedup: Option<&[Status]>,
+    ) -> Result<Created, StoreError> {
+        match self
+            .write(Op::Create(new, dedup.map(<[Status]>::to_vec)))
+            .await?
+        {
+            Reply::Created(created) => Ok(*created),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn create_many(&self, new: Vec<NewInstance>) -> Result<Vec<InstanceRow>, StoreError> {
+        match self.write(Op::CreateMany(new)).await? {
+            Reply::CreatedMany(rows) => Ok(rows),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get(&self, id: &InstanceId) -> Result<Option<InstanceRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM instances WHERE id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(instance_row).transpose()
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
+        match self.write(Op::Claim(req)).await? {
+            Reply::Claimed(claimed) => Ok(claimed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn next_due(
+        &self,
+        workflows: &[String],
+        after: Millis,
+    ) -> Result<Option<Millis>, StoreError> {
+        // One step down the `instances_waiting` index. Running instances
+        // whose worker may die are left to polling.
+        let _ = workflows;
+        sqlx::query_scalar(
+            "SELECT MIN(run_at) FROM instances INDEXED BY instances_waiting \
+             WHERE status IN ('pending', 'listening') AND run_at > ?",
+        )
+        .bind(after)
+        .fetch_one(&self.read)
+        .await
+        .map_err(backend)
+    }
+
+    async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError> {
+        match self.write(Op::CommitStep(lease.clone(), step)).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn record_attempt(
+        &self,
+        lease: &Lease,
+        step: &str,
+        attempt: u32,
+        error: &str,
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        let op = Op::Attempt {
+            lease: lease.clone(),
+            step: step.to_owned(),
+            attempt,
+            error: error.to_owned(),
+            at,
+        };
+        match self.write(op).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError> {
+        match self.write(Op::Finish(lease.clone(), finish)).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn release(&self, lease: &Lease, at: Millis) -> Result<(), StoreError> {
+        match self.write(Op::Release(lease.clone(), at)).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn renew(&self, leases: &[Lease], until: Millis) -> Result<Vec<Renewal>, StoreError> {
+        match self.write(Op::Renew(leases.to_vec(), until)).await? {
+            Reply::Renewed(renewed) => Ok(renewed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn cancel(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        match self.write(Op::Cancel(id.clone(), at)).await? {
+            Reply::Control(control) => Ok(control),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn set_deadline(
+        &self,
+        id: &InstanceId,
+        deadline_at: Millis,
+        at: Millis,
+    ) -> Result<Control, StoreError> {
+        match self
+            .write(Op::SetDeadline(id.clone(), deadline_at, at))
+            .await?
+        {
+            Reply::Control(control) => Ok(control),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn lease_owners(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT lease_owner FROM instances WHERE lease_owner IS NOT NULL ORDER BY lease_owner",
+        )
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)
+    }
+
+    async fn release_owner(&self, owner: &str, at: Millis) -> Result<u64, StoreError> {
+        match self.write(Op::ReleaseOwner(owner.to_owned(), at)).await? {
+            Reply::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn steps(&self, id: &InstanceId) -> Result<Vec<StepRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key, output, error, state, attempts, started_at, finished_at FROM steps WHERE instance_id = ? ORDER BY seq",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(|r| step_row(id, r)).collect()
+    }
+
+    async fn history(&self, id: &InstanceId) -> Result<Vec<EventRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, step, attempt, message, duration_ms FROM events WHERE instance_id = ? ORDER BY seq",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(|r| rows::event_row(id, r)).collect()
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<InstanceRow>, StoreError> {
+        let mut sql: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {COLUMNS} FROM instances WHERE 1 = 1"));
+        if let Some(workflow) = &q.workflow {
+            sql.push(" AND workflow = ").push_bind(workflow.clone());
+        }
+        if !q.statuses.is_empty() {
+            sql.push(" AND status IN (");
+            let mut list = sql.separated(", ");
+            for status in &q.statuses {
+                list.push_bind(status.as_str());
+            }
+            sql.push(")");
+        }
+        for (name, value) in &q.tags {
+            sql.push(" AND id IN (SELECT instance_id FROM instance_tags WHERE name = ")
+                .push_bind(name.clone())
+                .push(" AND value = ")
+                .push_bind(value.clone())
+                .push(")");
+        }
+        if let Some(key) = &q.key {
+            sql.push(" AND dedup_key = ").push_bind(key.clone());
+        }
+        // Ids are UUIDv7, whose text starts with the creation time: bounding
+        // the id too lets the range walk the primary key instead of every row.
+        // A second of slack covers the id being minted just before `created_at`.
+        if let Some(from) = q.created_from {
+            sql.push(" AND created_at >= ").push_bind(from);
+            sql.push(" AND id >= ").push_bind(uuid7_floor(from - 1_000));
+        }
+        if let Some(to) = q.created_to {
+            sql.push(" AND created_at < ").push_bind(to);
+            sql.push(" AND id < ").push_bind(uuid7_floor(to + 1_000));
+        }
+        if let Some(before) = &q.before {
+            sql.push(" AND id < ").push_bind(before.to_string());
+        }
+        sql.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::try_from(q.limit).unwrap_or(i64::MAX));
+        let rows = sql.build().fetch_all(&self.read).await.map_err(backend)?;
+        rows.iter().map(instance_row).collect()
+    }
+
+    async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError> {
+        match self.write(Op::Suspend(lease.clone(), suspend)).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn send_event(
+        &self,
+        id: &InstanceId,
+        name: &str,
+        payload: &str,
+        at: Millis,
+    ) -> Result<Control, StoreError> {
+        let op = Op::SendEvent {
+            id: id.clone(),
+            name: name.to_owned(),
+            payload: payload.to_owned(),
+            at,
+        };
+        match self.write(op).await? {
+            Reply::Control(control) => Ok(control),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn take_event(
+        &self,
+        lease: &Lease,
+        name: &str,
+        step: &str,
+        at: Millis,
+    ) -> Result<Option<String>, StoreError> {
+        let op = Op::TakeEvent {
+            lease: lease.clone(),
+            name: name.to_owned(),
+            step: step.to_owned(),
+            at,
+        };
+        match self.write(op).await? {
+            Reply::Taken(taken) => Ok(taken),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn pause(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        match self.write(Op::Pause(id.clone(), at)).await? {
+            Reply::Control(control) => Ok(control),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn resume(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        match self.write(Op::Resume(id.clone(), at)).await? {
+            Reply::Control(control) => Ok(control),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn put_definitions(
+        &self,
+        definitions: &[Definition],
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        let mut rows = Vec::with_capacity(definitions.len());
+        for def in definitions {
+            let json = serde_json::to_string(def).map_err(StoreError::backend)?;
+            rows.push((def.name.clone(), json));
+        }
+        match self.write(Op::PutDefinitions(rows, at)).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn definitions(&self) -> Result<Vec<Definition>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, definition FROM definitions ORDER BY name")
+                .fetch_all(&self.read)
+                .await
+                .map_err(backend)?;
+        rows.into_iter()
+            .map(|(name, json)| {
+                serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+                    id: format!("definition {name}"),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    async fn schedule_mark(&self, workflow: &str) -> Result<Option<ScheduleMark>, StoreError> {
+        let row: Option<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT checked_until, last_tick, last_instance FROM schedules WHERE workflow = ?",
+        )
+        .bind(workflow)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(backend)?;
+        Ok(
+            row.map(|(checked_until, last_tick, last_instance)| ScheduleMark {
+                checked_until,
+                last_tick,
+                last_instance: last_instance.map(InstanceId::from_string),
+            }),
+        )
+    }
+
+    async fn advance_schedule(
+        &self,
+        workflow: &str,
+        checked_until: Millis,
+        fired: Option<(Millis, InstanceId)>,
+    ) -> Result<(), StoreError> {
+        match self
+            .write(Op::AdvanceSchedule(
+                workflow.to_owned(),
+                checked_until,
+                fired,
+            ))
+            .await?
+        {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn count_by_status(
+        &self,
+        workflow: Option<&str>,
+    ) -> Result<Vec<(Status, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = match workflow {
+            Some(workflow) => {
+                sqlx::query_as(
+                    "SELECT status, COUNT(*) FROM instances WHERE workflow = ? GROUP BY status",
+                )
+                .bind(workflow)
+                .fetch_all(&self.read)
+                .await
+            }
+            None => {
+                sqlx::query_as("SELECT status, COUNT(*) FROM instances GROUP BY status")
+                    .fetch_all(&self.read)
+                    .await
+            }
+        }
+        .map_err(backend)?;
+        rows.into_iter()
+            .map(|(status, count)| {
+                let status = status.parse::<Status>().map_err(|e| StoreError::Corrupt {
+                    id: "(count)".into(),
+                    message: e.to_string(),
+                })?;
+                Ok((status, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        workflow_core::testing::conformance(|| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.path().join(format!("conformance-{n}.db"));
+            async move { SqliteStore::open(path).await.unwrap() }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn relaxed_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        workflow_core::testing::conformance(|| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let url = format!(
+                "sqlite://{}",
+                dir.path().join(format!("relaxed-{n}.db")).display()
+            );
+            async move {
+                SqliteStore::connect_with(
+                    &url,
+                    SqliteOptions::new().durability(Durability::Relaxed),
+                )
+                .await
+                .unwrap()
+            }
+        })
+        .await;
+    }
+
+    #[test]
+    fn uuid7_floor_sorts_with_minted_ids() {
+        let id = workflow_core::InstanceId::new();
+        let now = chrono::Utc::now().timestamp_millis();
+        assert!(uuid7_floor(now - 1_000).as_str() < id.as_str());
+        assert!(uuid7_floor(now + 1_000).as_str() > id.as_str());
+    }
+
+    /// The list and count queries must use indexes, not sort or scan the table.
+    #[tokio::test]
+    async fn list_queries_use_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("plan.db")).await.unwrap();
+        let plan = |sql: &'static str| {
+            let read = store.read.clone();
+            async move {
+                let rows: Vec<(i64, i64, i64, String)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                        .fetch_all(&read)
+                        .await
+                        .unwrap();
+                rows.into_iter()
+                    .map(|r| r.3)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            }
+        };
+        let cases = [
+            "SELECT id FROM instances WHERE workflow = 'w' ORDER BY id DESC LIMIT 50",
+            "SELECT id FROM instances WHERE status IN ('failed') ORDER BY id DESC LIMIT 50",
+            "SELECT id FROM instances WHERE workflow = 'w' AND status IN ('failed') ORDER BY id DESC LIMIT 50",
+            "SELECT id FROM instances WHERE id IN (SELECT instance_id FROM instance_tags WHERE name = 'a' AND value = 'b') ORDER BY id DESC LIMIT 50",
+            "SELECT id FROM instances WHERE created_at >= 1 AND id >= '0' AND created_at < 2 AND id < '1' ORDER BY id DESC LIMIT 50",
+            "SELECT id FROM instances WHERE id < 'x' ORDER BY id DESC LIMIT 50",
+            "SELECT status, COUNT(*) FROM instances WHERE workflow = 'w' GROUP BY status",
+            "SELECT status, COUNT(*) FROM instances GROUP BY status",
+            "SELECT MIN(run_at) FROM instances INDEXED BY instances_waiting \
+             WHERE status IN ('pending', 'listening') AND run_at > 5",
+            "SELECT id FROM instances INDEXED BY instances_runnable \
+             WHERE status IN ('pending', 'in_progress', 'listening') AND run_at <= 5 \
+             AND (lease_expires_at IS NULL OR lease_expires_at < 5) \
+             AND workflow IN (SELECT value FROM json_each('[\"w\"]')) ORDER BY run_at LIMIT 64",
+        ];
+        for sql in cases {
+            let plan = plan(sql).await;
+            assert!(
+                !plan.contains("TEMP B-TREE FOR ORDER BY"),
+                "{sql} sorts: {plan}"
+            );
+            assert!(
+                plan.contains("INDEX")
+                    || plan.contains("PRIMARY KEY")
+                    || plan.contains("USING ROWID"),
+                "{sql} scans without an index: {plan}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reopen.db");
+        let new = workflow_core::testing::new_instance("wf", 1);
+        let id = new.id.clone();
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            store.create(new, None).await.unwrap();
+            store.close().await;
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let row = store
+            .get(&id)
+            .await
+            .unwrap()
+            .expect("row survives reopening");
+        assert_eq!(row.workflow, "wf");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_row_fails_only_its_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("corrupt.db"))
+            .await
+            .unwrap();
+        let good = workflow_core::testing::new_instance("wf", 1);
+        let bad = workflow_core::testing::new_instance("wf", 2);
+        let (good_id, bad_id) = (good.id.clone(), bad.id.clone());
+        store.create(good, None).await.unwrap();
+        store.create(bad, None).await.unwrap();
+        sqlx::query("UPDATE instances SET tags = 'not json' WHERE id = ?")
+            .bind(bad_id.as_str())
+            .execute(&store.read)
+            .await
+            .unwrap();
+        let req = ClaimRequest {
+            owner: "w".into(),
+            workflows: vec!["wf".into()],
+            now: i64::MAX / 2,
+            lease_until: i64::MAX / 2 + 1,
+            limit: 10,
+        };
+        let claimed = store.claim(req).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].row.id, good_id);
+        let err = store.get(&bad_id).await.unwrap_err();
+        assert!(err.to_string().contains("corrupt row"), "{err}");
+        let status: String = sqlx::query_scalar("SELECT status FROM instances WHERE id = ?")
+            .bind(bad_id.as_str())
+            .fetch_one(&store.read)
+            .await
+            .unwrap();
+        assert_eq!(status, "failed");
+    }
+}

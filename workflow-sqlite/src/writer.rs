@@ -1,0 +1,962 @@
+//! The writer: the only connection that writes, on its own OS thread. It
+//! takes every write waiting in its queue, applies them in one transaction,
+//! commits once (one fsync for the lot), then answers each caller. A caller
+//! is answered only after the commit, so "my step is recorded" always means
+//! "it is on disk".
+//!
+//! It talks to SQLite through rusqlite (the C API, cached prepared
+//! statements) on a dedicated thread: per statement that costs a few
+//! microseconds, against about twenty through an async driver's channel.
+
+use std::time::Duration;
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+use workflow_core::store::*;
+use workflow_core::{InstanceId, Status, StoreError};
+
+use crate::rows::{decode_instance, RawInstance, COLUMNS};
+
+type Db = rusqlite::Error;
+
+/// One write.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Create(NewInstance, Option<Vec<Status>>),
+    CreateMany(Vec<NewInstance>),
+    Claim(ClaimRequest),
+    CommitStep(Lease, StepRow),
+    Attempt {
+        lease: Lease,
+        step: String,
+        attempt: u32,
+        error: String,
+        at: Millis,
+    },
+    Finish(Lease, Finish),
+    Release(Lease, Millis),
+    Renew(Vec<Lease>, Millis),
+    ReleaseOwner(String, Millis),
+    Cancel(InstanceId, Millis),
+    SetDeadline(InstanceId, Millis, Millis),
+    Suspend(Lease, Suspend),
+    SendEvent {
+        id: InstanceId,
+        name: String,
+        payload: String,
+        at: Millis,
+    },
+    TakeEvent {
+        lease: Lease,
+        name: String,
+        step: String,
+        at: Millis,
+    },
+    Pause(InstanceId, Millis),
+    Resume(InstanceId, Millis),
+    AdvanceSchedule(String, Millis, Option<(Millis, InstanceId)>),
+    PutDefinitions(Vec<(String, String)>, Millis),
+}
+
+/// What a write produced.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Created(Box<Created>),
+    CreatedMany(Vec<InstanceRow>),
+    Claimed(Vec<Claimed>),
+    Renewed(Vec<Renewal>),
+    Control(Control),
+    Taken(Option<String>),
+    Count(u64),
+    Done,
+}
+
+struct Job {
+    op: Op,
+    /// The op's own answer, kept until the transaction commits.
+    result: Option<Result<Reply, StoreError>>,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+enum Msg {
+    Job(Box<Job>),
+    Close(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Writer {
+    pub(crate) fn spawn(conn: Connection, max_batch: usize) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("workflow-sqlite-writer".into())
+            .spawn(move || run(conn, rx, max_batch))?;
+        Ok(Writer { tx })
+    }
+
+    pub(crate) async fn submit(&self, op: Op) -> Result<Reply, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            op,
+            result: None,
+            reply,
+        };
+        self.tx
+            .send(Msg::Job(Box::new(job)))
+            .map_err(|_| StoreError::backend("the SQLite store is closed"))?;
+        answer
+            .await
+            .map_err(|_| StoreError::backend("the SQLite writer stopped before answering"))?
+    }
+
+    pub(crate) async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).is_ok() {
+            let _ = closed.await;
+        }
+    }
+}
+
+fn backend(err: Db) -> StoreError {
+    StoreError::backend(err)
+}
+
+fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: usize) {
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut closing = None;
+    while closing.is_none() {
+        match rx.blocking_recv() {
+            Some(Msg::Job(job)) => batch.push(*job),
+            Some(Msg::Close(done)) => closing = Some(done),
+            None => break,
+        }
+        while batch.len() < max_batch && closing.is_none() {
+            match rx.try_recv() {
+                Ok(Msg::Job(job)) => batch.push(*job),
+                Ok(Msg::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        match apply_batch(&mut conn, &mut batch) {
+            Ok(()) => {
+                for job in batch.drain(..) {
+                    let result = job.result.unwrap_or(Ok(Reply::Done));
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(err) if batch.len() == 1 => {
+                let _ = batch.remove(0).reply.send(Err(backend(err)));
+            }
+            Err(err) => {
+                // One write broke the transaction: redo each alone so it
+                // cannot fail its neighbours.
+                tracing::warn!(error = %err, writes = batch.len(), "group commit failed; retrying writes one by one");
+                for mut job in batch.drain(..) {
+                    let result = match apply_batch(&mut conn, std::slice::from_mut(&mut job)) {
+                        Ok(()) => job.result.take().unwrap_or(Ok(Reply::Done)),
+                        Err(err) => Err(backend(err)),
+                    };
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
+    drop(conn);
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+fn is_busy(err: &Db) -> bool {
+    matches!(
+        err,
+        rusqlite::Error::SqliteFailure(e, _)
+            if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Applies `jobs` in one transaction. Waits out other processes' locks
+/// (bounded) instead of reporting `database is locked`.
+fn apply_batch(conn: &mut Connection, jobs: &mut [Job]) -> Result<(), Db> {
+    let mut delay = Duration::from_millis(5);
+    let mut waited = Duration::ZERO;
+    loop {
+        match try_batch(conn, jobs) {
+            Err(err) if is_busy(&err) && waited < Duration::from_secs(120) => {
+                tracing::debug!(error = %err, ?delay, "database busy; retrying");
+                std::thread::sleep(delay);
+                waited += delay;
+                delay = (delay * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_batch(conn: &mut Connection, jobs: &mut [Job]) -> Result<(), Db> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for job in jobs.iter_mut() {
+        job.result = Some(apply(&tx, &job.op)?);
+    }
+    tx.commit()
+}
+
+/// Runs one op. The outer error aborts the transaction; the inner one is the
+/// op's own answer (lease lost, corrupt row) and commits with the rest.
+fn apply(c: &Connection, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
+    Ok(match op {
+        Op::Create(new, dedup) => {
+            create(c, new, dedup.as_deref())?.map(|r| Reply::Created(Box::new(r)))
+        }
+        Op::CreateMany(new) => {
+            let mut rows = Vec::with_capacity(new.len());
+            for instance in new {
+                match create(c, instance, None)? {
+                    Ok(created) => rows.push(created.into_row()),
+                    Err(err) => return Ok(Err(err)),
+                }
+            }
+            Ok(Reply::CreatedMany(rows))
+        }
+        Op::Claim(req) => Ok(Reply::Claimed(claim(c, req)?)),
+        Op::CommitStep(lease, step) => commit_step(c, lease, step)?.map(|()| Reply::Done),
+        Op::Attempt {
+            lease,
+            step,
+            attempt,
+            error,
+            at,
+        } => {
+            if touch(c, lease, *at)? {
+                event(
+                    c,
+                    lease.instance.as_str(),
+                    *at,
+                    "attempt_failed",
+                    Some(step),
+                    Some(*attempt),
+                    Some(error),
+                    None,
+                )?;
+                Ok(Reply::Done)
+            } else {
+                Err(StoreError::LeaseLost(lease.instance.clone()))
+            }
+        }
+        Op::Finish(lease, finish) => {
+            let done = c
+                .prepare_cached(
+                    "UPDATE instances SET status = ?1, output = ?2, error = ?3, state = COALESCE(?4, state), \
+                     updated_at = ?5, finished_at = ?5, lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = ?6 AND lease_owner = ?7 AND runs = ?8 AND status = 'in_progress'",
+                )?
+                .execute(params![
+                    finish.status.as_str(),
+                    finish.output,
+                    finish.error,
+                    finish.state,
+                    finish.at,
+                    lease.instance.as_str(),
+                    lease.owner,
+                    lease.run
+                ])?
+                == 1;
+            if done {
+                event(
+                    c,
+                    lease.instance.as_str(),
+                    finish.at,
+                    finish.status.as_str(),
+                    None,
+                    None,
+                    finish.error.as_deref(),
+                    None,
+                )?;
+                wake_parent(c, lease.instance.as_str(), finish.at)?;
+                Ok(Reply::Done)
+            } else {
+                Err(StoreError::LeaseLost(lease.instance.clone()))
+            }
+        }
+        Op::Release(lease, at) => {
+            let done = c
+                .prepare_cached(
+                    "UPDATE instances SET status = 'pending', updated_at = ?1, lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress'",
+                )?
+                .execute(params![at, lease.instance.as_str(), lease.owner, lease.run])?
+                == 1;
+            if done {
+                event(
+                    c,
+                    lease.instance.as_str(),
+                    *at,
+                    "released",
+                    None,
+                    None,
+                    None,
+                    None,
+                )?;
+                Ok(Reply::Done)
+            } else {
+                Err(StoreError::LeaseLost(lease.instance.clone()))
+            }
+        }
+        Op::Renew(leases, until) => {
+            let mut out = Vec::with_capacity(leases.len());
+            for lease in leases {
+                let renewed: Option<(Option<Millis>, i64)> = c
+                    .prepare_cached(
+                        "UPDATE instances SET lease_expires_at = ?1 \
+                         WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress' \
+                         RETURNING deadline_at, pause_requested",
+                    )?
+                    .query_row(params![until, lease.instance.as_str(), lease.owner, lease.run], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                let (held, deadline_at, pause_requested) = match renewed {
+                    Some((deadline, pause)) => (true, deadline, pause != 0),
+                    None => {
+                        let deadline: Option<Option<Millis>> = c
+                            .prepare_cached("SELECT deadline_at FROM instances WHERE id = ?1")?
+                            .query_row(params![lease.instance.as_str()], |r| r.get(0))
+                            .optional()?;
+                        (false, deadline.flatten(), false)
+                    }
+                };
+                out.push(Renewal {
+                    lease: lease.clone(),
+                    held,
+                    deadline_at,
+                    pause_requested,
+                });
+            }
+            Ok(Reply::Renewed(out))
+        }
+        Op::Cancel(id, at) => {
+            let control = control(c, id)?;
+            if control == Control::Applied {
+                // The instance and every unfinished descendant.
+                let cancelled: Vec<String> = c
+                    .prepare_cached(
+                        "WITH RECURSIVE tree(id) AS ( \
+                             SELECT ?1 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
+                         ) \
+                         UPDATE instances SET status = 'cancelled', updated_at = ?2, finished_at = ?2, \
+                             lease_owner = NULL, lease_expires_at = NULL \
+                         WHERE id IN (SELECT id FROM tree) \
+                           AND status NOT IN ('completed', 'failed', 'cancelled', 'timed_out') \
+                         RETURNING id",
+                    )?
+                    .query_map(params![id.as_str(), at], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for cancelled_id in &cancelled {
+                    let message = (cancelled_id != id.as_str()).then_some("parent cancelled");
+                    event(c, cancelled_id, *at, "cancelled", None, None, message, None)?;
+                    wake_parent(c, cancelled_id, *at)?;
+                }
+            }
+            Ok(Reply::Control(control))
+        }
+        Op::SetDeadline(id, deadline_at, at) => {
+            let control = control(c, id)?;
+            if control == Control::Applied {
+                c.prepare_cached(
+                    "UPDATE instances SET deadline_at = ?1, updated_at = ?2 WHERE id = ?3",
+                )?
+                .execute(params![deadline_at, at, id.as_str()])?;
+                let message = format_millis(*deadline_at);
+                event(
+                    c,
+                    id.as_str(),
+                    *at,
+                    "deadline_changed",
+                    None,
+                    None,
+                    Some(&message),
+                    None,
+                )?;
+            }
+            Ok(Reply::Control(control))
+        }
+        Op::Suspend(lease, suspend) => suspend_op(c, lease, suspend)?.map(|()| Reply::Done),
+        Op::SendEvent {
+            id,
+            name,
+            payload,
+            at,
+        } => {
+            let control = control(c, id)?;
+            if control == Control::Applied {
+                c.prepare_cached("INSERT INTO inbox (instance_id, name, payload, sent_at) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![id.as_str(), name, payload, at])?;
+                c.prepare_cached(
+                    "UPDATE instances SET status = 'pending', run_at = ?1, wait_event = NULL \
+                     WHERE id = ?2 AND status = 'listening' AND wait_event = ?3",
+                )?
+                .execute(params![at, id.as_str(), name])?;
+                event(
+                    c,
+                    id.as_str(),
+                    *at,
+                    "event_sent",
+                    None,
+                    None,
+                    Some(name),
+                    None,
+                )?;
+            }
+            Ok(Reply::Control(control))
+        }
+        Op::TakeEvent {
+            lease,
+            name,
+            step,
+            at,
+        } => {
+            if !touch(c, lease, *at)? {
+                return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
+            }
+            let taken: Option<String> = c
+                .prepare_cached(
+                    "DELETE FROM inbox WHERE seq = ( \
+                         SELECT seq FROM inbox WHERE instance_id = ?1 AND name = ?2 ORDER BY seq LIMIT 1 \
+                     ) RETURNING payload",
+                )?
+                .query_row(params![lease.instance.as_str(), name], |r| r.get(0))
+                .optional()?;
+            if let Some(payload) = &taken {
+                c.prepare_cached(
+                    "INSERT INTO steps (instance_id, key, output, attempts, started_at, finished_at) \
+                     VALUES (?1, ?2, ?3, 1, ?4, ?4) ON CONFLICT (instance_id, key) DO NOTHING",
+                )?
+                .execute(params![lease.instance.as_str(), step, payload, at])?;
+                event(
+                    c,
+                    lease.instance.as_str(),
+                    *at,
+                    "event_received",
+                    Some(step),
+                    None,
+                    Some(name),
+                    None,
+                )?;
+            }
+            Ok(Reply::Taken(taken))
+        }
+        Op::Pause(id, at) => {
+            let control = control(c, id)?;
+            if control == Control::Applied {
+                let paused = c
+                    .prepare_cached(
+                        "UPDATE instances SET status = 'paused', paused_at = ?1, updated_at = ?1 \
+                         WHERE id = ?2 AND status IN ('pending', 'listening')",
+                    )?
+                    .execute(params![at, id.as_str()])?
+                    == 1;
+                if paused {
+                    event(c, id.as_str(), *at, "paused", None, None, None, None)?;
+                } else {
+                    c.prepare_cached("UPDATE instances SET pause_requested = 1 WHERE id = ?1 AND status = 'in_progress'")?
+                        .execute(params![id.as_str()])?;
+                }
+            }
+            Ok(Reply::Control(control))
+        }
+        Op::Resume(id, at) => {
+            let control = control(c, id)?;
+            if control == Control::Applied {
+                let resumed = c
+                    .prepare_cached(
+                        "UPDATE instances SET status = 'pending', run_at = ?1, updated_at = ?1, pause_requested = 0, \
+                             deadline_at = deadline_at + (?1 - COALESCE(paused_at, ?1)), paused_at = NULL \
+                         WHERE id = ?2 AND status = 'paused'",
+                    )?
+                    .execute(params![at, id.as_str()])?
+                    == 1;
+                if resumed {
+                    event(c, id.as_str(), *at, "resumed", None, None, None, None)?;
+                } else {
+                    c.prepare_cached("UPDATE instances SET pause_requested = 0 WHERE id = ?1")?
+                        .execute(params![id.as_str()])?;
+                }
+            }
+            Ok(Reply::Control(control))
+        }
+        Op::ReleaseOwner(owner, at) => {
+            let ids: Vec<String> = c
+                .prepare_cached(
+                    "UPDATE instances SET lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1, \
+                     status = CASE WHEN status = 'in_progress' THEN 'pending' ELSE status END \
+                     WHERE lease_owner = ?2 RETURNING id",
+                )?
+                .query_map(params![at, owner], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for id in &ids {
+                event(
+                    c,
+                    id,
+                    *at,
+                    "released",
+                    None,
+                    None,
+                    Some("worker died"),
+                    None,
+                )?;
+            }
+            Ok(Reply::Count(ids.len() as u64))
+        }
+        Op::AdvanceSchedule(workflow, checked, fired) => {
+            let (tick, id) = match fired {
+                Some((tick, id)) => (Some(*tick), Some(id.as_str())),
+                None => (None, None),
+            };
+            c.prepare_cached(
+                "INSERT INTO schedules (workflow, checked_until, last_tick, last_instance) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (workflow) DO UPDATE SET \
+                     checked_until = MAX(checked_until, excluded.checked_until), \
+                     last_instance = CASE WHEN excluded.last_tick > COALESCE(last_tick, -1) \
+                         THEN excluded.last_instance ELSE last_instance END, \
+                     last_tick = CASE WHEN excluded.last_tick > COALESCE(last_tick, -1) \
+                         THEN excluded.last_tick ELSE last_tick END",
+            )?
+            .execute(params![workflow, checked, tick, id])?;
+            Ok(Reply::Done)
+        }
+        Op::PutDefinitions(definitions, at) => {
+            for (name, json) in definitions {
+                c.prepare_cached(
+                    "INSERT INTO definitions (name, definition, recorded_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, recorded_at = excluded.recorded_at",
+                )?
+                .execute(params![name, json, at])?;
+            }
+            Ok(Reply::Done)
+        }
+    })
+}
+
+/// Makes the parent of `child` due now if it is listening for `child`.
+fn wake_parent(c: &Connection, child: &str, at: Millis) -> Result<(), Db> {
+    c.prepare_cached(
+        "UPDATE instances SET status = 'pending', run_at = ?1, wait_child = NULL \
+         WHERE id = (SELECT parent_id FROM instances WHERE id = ?2) AND status = 'listening' AND wait_child = ?2",
+    )?
+    .execute(params![at, child])?;
+    Ok(())
+}
+
+fn suspend_op(c: &Connection, lease: &Lease, s: &Suspend) -> Result<Result<(), StoreError>, Db> {
+    let pause: Option<i64> = c
+        .prepare_cached(
+            "SELECT pause_requested FROM instances \
+             WHERE id = ?1 AND lease_owner = ?2 AND runs = ?3 AND status = 'in_progress'",
+        )?
+        .query_row(
+            params![lease.instance.as_str(), lease.owner, lease.run],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(pause) = pause else {
+        return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
+    };
+    // Checked in the same transaction as the suspension: a wake-up that
+    // arrived while the handler ran is not lost.
+    let event_waiting = match &s.wait_event {
+        Some(name) => c
+            .prepare_cached("SELECT 1 FROM inbox WHERE instance_id = ?1 AND name = ?2 LIMIT 1")?
+            .exists(params![lease.instance.as_str(), name])?,
+        None => false,
+    };
+    let child_done = match &s.wait_child {
+        Some(child) => c
+            .prepare_cached(
+                "SELECT 1 FROM instances WHERE id = ?1 AND status IN ('completed', 'failed', 'cancelled', 'timed_out')",
+            )?
+            .exists(params![child.as_str()])?,
+        None => false,
+    };
+    let (status, run_at, kind, message, paused_at) = if pause != 0 {
+        (Status::Paused, s.run_at, "paused", None, Some(s.at))
+    } else if event_waiting || child_done {
+        (
+            Status::Pending,
+            s.at,
+            "suspended",
+            Some(format!("{}; already there", s.reason)),
+            None,
+        )
+    } else {
+        (
+            s.status,
+            s.run_at,
+            "suspended",
+            Some(s.reason.clone()),
+            None,
+        )
+    };
+    c.prepare_cached(
+        "UPDATE instances SET status = ?1, run_at = ?2, wait_event = ?3, wait_child = ?4, retry_key = ?5, \
+             retry_attempts = ?6, state = COALESCE(?7, state), updated_at = ?8, paused_at = ?9, \
+             pause_requested = 0, lease_owner = NULL, lease_expires_at = NULL \
+         WHERE id = ?10",
+    )?
+    .execute(params![
+        status.as_str(),
+        run_at,
+        s.wait_event,
+        s.wait_child.as_ref().map(InstanceId::as_str),
+        s.retry.as_ref().map(|(k, _)| k.as_str()),
+        s.retry.as_ref().map(|(_, n)| i64::from(*n)),
+        s.state,
+        s.at,
+        paused_at,
+        lease.instance.as_str()
+    ])?;
+    event(
+        c,
+        lease.instance.as_str(),
+        s.at,
+        kind,
+        None,
+        None,
+        message.as_deref(),
+        None,
+    )?;
+    Ok(Ok(()))
+}
+
+/// Whether a control operation applies to `id`: it exists and is unfinished.
+fn control(c: &Connection, id: &InstanceId) -> Result<Control, Db> {
+    let status: Option<String> = c
+        .prepare_cached("SELECT status FROM instances WHERE id = ?1")?
+        .query_row(params![id.as_str()], |r| r.get(0))
+        .optional()?;
+    Ok(match status.map(|s| s.parse::<Status>()) {
+        None => Control::NotFound,
+        Some(Ok(status)) if status.is_terminal() => Control::Terminal(status),
+        // An unreadable status is treated as unfinished, so it can be cancelled.
+        Some(_) => Control::Applied,
+    })
+}
+
+/// Bumps `updated_at` if `lease` is current; false when it is not.
+fn touch(c: &Connection, lease: &Lease, at: Millis) -> Result<bool, Db> {
+    Ok(c.prepare_cached(
+        "UPDATE instances SET updated_at = ?1 WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress'",
+    )?
+    .execute(params![at, lease.instance.as_str(), lease.owner, lease.run])?
+        == 1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn event(
+    c: &Connection,
+    instance: &str,
+    at: Millis,
+    kind: &str,
+    step: Option<&str>,
+    attempt: Option<u32>,
+    message: Option<&str>,
+    duration_ms: Option<i64>,
+) -> Result<(), Db> {
+    c.prepare_cached(
+        "INSERT INTO events (instance_id, at, kind, step, attempt, message, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![instance, at, kind, step, attempt.map(i64::from), message, duration_ms])?;
+    Ok(())
+}
+
+fn raw_instance(r: &Row<'_>) -> Result<RawInstance, Db> {
+    Ok(RawInstance {
+        id: r.get(0)?,
+        workflow: r.get(1)?,
+        status: r.get(2)?,
+        input: r.get(3)?,
+        output: r.get(4)?,
+        error: r.get(5)?,
+        state: r.get(6)?,
+        tags: r.get(7)?,
+        key: r.get(8)?,
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+        started_at: r.get(11)?,
+        finished_at: r.get(12)?,
+        run_at: r.get(13)?,
+        deadline_at: r.get(14)?,
+        runs: r.get(15)?,
+        parent: r.get(16)?,
+        wait_event: r.get(17)?,
+        wait_child: r.get(18)?,
+        retry_key: r.get(19)?,
+        retry_attempts: r.get(20)?,
+        pause_requested: r.get(21)?,
+    })
+}
+
+fn create(
+    c: &Connection,
+    new: &NewInstance,
+    dedup: Option<&[Status]>,
+) -> Result<Result<Created, StoreError>, Db> {
+    // Atomic: this runs inside the writer's IMMEDIATE transaction, which
+    // holds SQLite's write lock across the lookup and the insert.
+    if let (Some(statuses), Some(key)) = (dedup, &new.key) {
+        let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM instances WHERE workflow = ?1 AND dedup_key = ?2 \
+             AND status IN (SELECT value FROM json_each(?3)) ORDER BY id DESC LIMIT 1"
+        );
+        let existing = c
+            .prepare_cached(&sql)?
+            .query_row(
+                params![
+                    new.workflow,
+                    key,
+                    serde_json::to_string(&statuses).unwrap_or_default()
+                ],
+                raw_instance,
+            )
+            .optional()?;
+        if let Some(raw) = existing {
+            return Ok(decode_instance(raw).map(Created::Existing));
+        }
+    }
+    let tags = serde_json::to_string(&new.tags).unwrap_or_else(|_| "{}".to_owned());
+    c.prepare_cached(
+        "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, updated_at, run_at, deadline_at, parent_id) \
+         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        new.id.as_str(),
+        new.workflow,
+        new.input,
+        tags,
+        new.key,
+        new.created_at,
+        new.run_at,
+        new.deadline_at,
+        new.parent.as_ref().map(InstanceId::as_str)
+    ])?;
+    for (name, value) in &new.tags {
+        c.prepare_cached(
+            "INSERT INTO instance_tags (name, value, instance_id) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![name, value, new.id.as_str()])?;
+    }
+    event(
+        c,
+        new.id.as_str(),
+        new.created_at,
+        "created",
+        None,
+        None,
+        None,
+        None,
+    )?;
+    // The row as inserted, without reading it back.
+    Ok(Ok(Created::New(InstanceRow {
+        id: new.id.clone(),
+        workflow: new.workflow.clone(),
+        status: Status::Pending,
+        input: new.input.clone(),
+        output: None,
+        error: None,
+        state: None,
+        tags: new.tags.clone(),
+        key: new.key.clone(),
+        created_at: new.created_at,
+        updated_at: new.created_at,
+        started_at: None,
+        finished_at: None,
+        run_at: new.run_at,
+        deadline_at: new.deadline_at,
+        runs: 0,
+        parent: new.parent.clone(),
+        wait_event: None,
+        wait_child: None,
+        retry: None,
+        pause_requested: false,
+    })))
+}
+
+/// Claims walk `instances_runnable` in `run_at` order and stop at `limit`.
+/// The index is named because, without `ANALYZE` statistics, SQLite's
+/// planner prefers `instances_workflow_status` and then sorts every pending
+/// row on each claim.
+fn claim(c: &Connection, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
+    let sql = format!(
+        "UPDATE instances SET status = 'in_progress', lease_owner = ?1, lease_expires_at = ?2, \
+             runs = runs + 1, updated_at = ?3, started_at = COALESCE(started_at, ?3), \
+             wait_event = NULL, wait_child = NULL \
+         WHERE id IN (SELECT id FROM instances INDEXED BY instances_runnable \
+             WHERE status IN ('pending', 'in_progress', 'listening') AND run_at <= ?3 \
+               AND (lease_expires_at IS NULL OR lease_expires_at < ?3) \
+               AND workflow IN (SELECT value FROM json_each(?4)) \
+             ORDER BY run_at LIMIT ?5) \
+         RETURNING {COLUMNS}"
+    );
+    let raws: Vec<RawInstance> = c
+        .prepare_cached(&sql)?
+        .query_map(
+            params![
+                req.owner,
+                req.lease_until,
+                req.now,
+                serde_json::to_string(&req.workflows).unwrap_or_default(),
+                i64::try_from(req.limit).unwrap_or(i64::MAX)
+            ],
+            raw_instance,
+        )?
+        .collect::<Result<_, _>>()?;
+    let mut claimed = Vec::with_capacity(raws.len());
+    for raw in raws {
+        let id = raw.id.clone();
+        let row = match decode_instance(raw) {
+            Ok(row) => row,
+            Err(err) => {
+                // Fail the broken instance alone; the others run.
+                tracing::error!(id = %id, error = %err, "failing an instance whose row is corrupt");
+                c.prepare_cached(
+                    "UPDATE instances SET status = 'failed', error = ?1, finished_at = ?2, \
+                     lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3",
+                )?
+                .execute(params![err.to_string(), req.now, id])?;
+                event(
+                    c,
+                    &id,
+                    req.now,
+                    "failed",
+                    None,
+                    None,
+                    Some(&err.to_string()),
+                    None,
+                )?;
+                continue;
+            }
+        };
+        // A first run has no steps to replay; skip the lookup.
+        let steps = if row.runs > 1 {
+            load_steps(c, &row.id)?
+        } else {
+            Vec::new()
+        };
+        event(
+            c,
+            row.id.as_str(),
+            req.now,
+            "started",
+            None,
+            None,
+            None,
+            None,
+        )?;
+        let lease = Lease {
+            instance: row.id.clone(),
+            owner: req.owner.clone(),
+            run: row.runs,
+        };
+        claimed.push(Claimed { row, lease, steps });
+    }
+    // RETURNING gives no order guarantee; hand out oldest due first.
+    claimed.sort_by_key(|c| c.row.run_at);
+    Ok(claimed)
+}
+
+fn load_steps(c: &Connection, id: &InstanceId) -> Result<Vec<StepRow>, Db> {
+    c.prepare_cached(
+        "SELECT key, output, error, state, attempts, started_at, finished_at FROM steps WHERE instance_id = ?1 ORDER BY seq",
+    )?
+    .query_map(params![id.as_str()], |r| {
+        let attempts: i64 = r.get(4)?;
+        Ok(StepRow {
+            key: r.get(0)?,
+            output: r.get(1)?,
+            error: r.get(2)?,
+            state: r.get(3)?,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            started_at: r.get(5)?,
+            finished_at: r.get(6)?,
+        })
+    })?
+    .collect()
+}
+
+fn commit_step(
+    c: &Connection,
+    lease: &Lease,
+    step: &StepRow,
+) -> Result<Result<(), StoreError>, Db> {
+    // A read guards the write: the instance row is only rewritten when the
+    // step changed the state, so a step dirties two tables' pages, not three.
+    let held = c
+        .prepare_cached(
+            "SELECT 1 FROM instances WHERE id = ?1 AND lease_owner = ?2 AND runs = ?3 AND status = 'in_progress'",
+        )?
+        .exists(params![lease.instance.as_str(), lease.owner, lease.run])?;
+    if !held {
+        return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
+    }
+    if step.state.is_some() {
+        c.prepare_cached("UPDATE instances SET updated_at = ?1, state = ?2 WHERE id = ?3")?
+            .execute(params![
+                step.finished_at,
+                step.state,
+                lease.instance.as_str()
+            ])?;
+    }
+    let inserted = c
+        .prepare_cached(
+            "INSERT INTO steps (instance_id, key, output, error, state, attempts, started_at, finished_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (instance_id, key) DO NOTHING",
+        )?
+        .execute(params![
+            lease.instance.as_str(),
+            step.key,
+            step.output,
+            step.error,
+            step.state,
+            i64::from(step.attempts),
+            step.started_at,
+            step.finished_at
+        ])?
+        == 1;
+    if inserted {
+        let kind = if step.error.is_some() {
+            "step_failed"
+        } else {
+            "step_completed"
+        };
+        let duration = Some(step.finished_at - step.started_at);
+        event(
+            c,
+            lease.instance.as_str(),
+            step.finished_at,
+            kind,
+            Some(&step.key),
+            Some(step.attempts),
+            step.error.as_deref(),
+            duration,
+        )?;
+        if step.state.is_some() {
+            event(
+                c,
+                lease.instance.as_str(),
+                step.finished_at,
+                "state_changed",
+                Some(&step.key),
+                None,
+                None,
+                None,
+            )?;
+        }
+    }
+    Ok(Ok(()))
+}
