@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 use tokio::sync::{mpsc, oneshot};
 use workflow_core::store::*;
 use workflow_core::{InstanceId, Status, StoreError};
@@ -199,12 +199,24 @@ fn apply_batch(conn: &mut Connection, jobs: &mut [Job]) -> Result<(), Db> {
     }
 }
 
+/// One transaction. BEGIN and COMMIT go through the statement cache too:
+/// rusqlite's `Transaction` parses them afresh for every batch.
 fn try_batch(conn: &mut Connection, jobs: &mut [Job]) -> Result<(), Db> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for job in jobs.iter_mut() {
-        job.result = Some(apply(&tx, &job.op)?);
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let applied = jobs.iter_mut().try_for_each(|job| {
+        job.result = Some(apply(conn, &job.op)?);
+        Ok(())
+    });
+    let done = applied.and_then(|()| conn.prepare_cached("COMMIT")?.execute([]).map(drop));
+    if done.is_err() && !conn.is_autocommit() {
+        if let Err(err) = conn
+            .prepare_cached("ROLLBACK")
+            .and_then(|mut s| s.execute([]))
+        {
+            tracing::error!(error = %err, "rolling back a failed group commit failed");
+        }
     }
-    tx.commit()
+    done
 }
 
 /// Runs one op. The outer error aborts the transaction; the inner one is the
@@ -790,31 +802,33 @@ fn create(
 /// Claims walk `instances_runnable` in `run_at` order and stop at `limit`.
 /// The index is named because, without `ANALYZE` statistics, SQLite's
 /// planner prefers `instances_workflow_status` and then sorts every pending
-/// row on each claim.
-fn claim(c: &Connection, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
-    let sql = format!(
+/// row on each claim. `LIMIT ?4 + 0`, not `LIMIT ?4`: the planner reads a
+/// bare bound limit, so SQLite would re-prepare the statement on every claim.
+fn claim_sql(workflows: usize) -> String {
+    let names = (5..5 + workflows)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
         "UPDATE instances SET status = 'in_progress', lease_owner = ?1, lease_expires_at = ?2, \
              runs = runs + 1, updated_at = ?3, started_at = COALESCE(started_at, ?3), \
              wait_event = NULL, wait_child = NULL \
          WHERE id IN (SELECT id FROM instances INDEXED BY instances_runnable \
              WHERE status IN ('pending', 'in_progress', 'listening') AND run_at <= ?3 \
                AND (lease_expires_at IS NULL OR lease_expires_at < ?3) \
-               AND workflow IN (SELECT value FROM json_each(?4)) \
-             ORDER BY run_at LIMIT ?5) \
+               AND workflow IN ({names}) \
+             ORDER BY run_at LIMIT ?4 + 0) \
          RETURNING {COLUMNS}"
-    );
+    )
+}
+
+fn claim(c: &Connection, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
+    let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&req.owner, &req.lease_until, &req.now, &limit];
+    args.extend(req.workflows.iter().map(|w| w as &dyn rusqlite::ToSql));
     let raws: Vec<RawInstance> = c
-        .prepare_cached(&sql)?
-        .query_map(
-            params![
-                req.owner,
-                req.lease_until,
-                req.now,
-                serde_json::to_string(&req.workflows).unwrap_or_default(),
-                i64::try_from(req.limit).unwrap_or(i64::MAX)
-            ],
-            raw_instance,
-        )?
+        .prepare_cached(&claim_sql(req.workflows.len()))?
+        .query_map(rusqlite::params_from_iter(args), raw_instance)?
         .collect::<Result<_, _>>()?;
     let mut claimed = Vec::with_capacity(raws.len());
     for raw in raws {
@@ -959,4 +973,51 @@ fn commit_step(
         }
     }
     Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+
+    /// A cached statement that SQLite re-prepares on each run costs a full
+    /// parse and plan per claim; the hot path must not have one.
+    #[test]
+    fn claims_reuse_their_prepared_statement() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(include_str!("../migrations/0001_init.sql"))
+            .unwrap();
+        let tx = c.transaction().unwrap();
+        for n in 0..10 {
+            let new = NewInstance {
+                id: InstanceId::at(n),
+                workflow: "w".into(),
+                input: "null".into(),
+                tags: Default::default(),
+                key: None,
+                created_at: n,
+                run_at: n,
+                deadline_at: None,
+                parent: None,
+            };
+            assert!(matches!(
+                create(&tx, &new, None).unwrap(),
+                Ok(Created::New(_))
+            ));
+        }
+        let mut claimed = 0;
+        for limit in 1..=4 {
+            let req = ClaimRequest {
+                owner: "me".into(),
+                workflows: vec!["w".into()],
+                now: 100,
+                lease_until: 200,
+                limit,
+            };
+            claimed += claim(&tx, &req).unwrap().len();
+        }
+        assert_eq!(claimed, 1 + 2 + 3 + 4);
+        let stmt = tx.prepare_cached(&claim_sql(1)).unwrap();
+        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+    }
 }
