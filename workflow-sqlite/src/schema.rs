@@ -3,7 +3,10 @@
 use sqlx::{Connection, SqliteConnection};
 
 /// Migrations in order; `user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_fewer_instance_indexes.sql"),
+];
 
 /// Brings the schema up to date. Safe when several processes start at once:
 /// `BEGIN IMMEDIATE` takes the write lock before reading the version.
