@@ -655,6 +655,7 @@ mod tests {
             "SELECT status, COUNT(*) FROM instances GROUP BY status",
             NEXT_DUE,
             LEASE_OWNERS,
+            "SELECT seq, at, kind FROM events WHERE instance_id = 'x' ORDER BY seq",
         ];
         let claim = crate::writer::claim_sql(1);
         for sql in cases.into_iter().map(String::from).chain([claim]) {
@@ -670,6 +671,67 @@ mod tests {
                 "{sql} scans without an index: {plan}"
             );
         }
+    }
+
+    /// A database written by the first schema keeps its steps and history,
+    /// in order, through the later migrations, and both go on.
+    #[tokio::test]
+    async fn migrating_from_the_first_schema_keeps_steps_and_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(schema::MIGRATIONS[0]).unwrap();
+            c.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO instances (id, workflow, status, input, created_at, updated_at, run_at, runs, lease_owner, lease_expires_at)
+                     VALUES ('a', 'wf', 'in_progress', '1', 1, 1, 1, 1, 'me', 9999999999999),
+                            ('b', 'wf', 'pending', '2', 1, 1, 1, 0, NULL, NULL);
+                 INSERT INTO events (seq, instance_id, at, kind) VALUES (1, 'a', 1, 'created'), (2, 'b', 1, 'created'), (3, 'a', 2, 'started');
+                 INSERT INTO events (seq, instance_id, at, kind, step, attempt, duration_ms) VALUES (4, 'a', 3, 'step_completed', 'one', 1, 1), (6, 'a', 4, 'step_completed', 'two', 1, 1);
+                 INSERT INTO steps (seq, instance_id, key, output, attempts, started_at, finished_at) VALUES (1, 'a', 'one', '1', 1, 2, 3), (2, 'b', 'x', '0', 1, 2, 3), (3, 'a', 'two', '2', 1, 3, 4);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let a = InstanceId::from("a");
+        let keys = |steps: Vec<StepRow>| steps.into_iter().map(|s| s.key).collect::<Vec<_>>();
+        assert_eq!(keys(store.steps(&a).await.unwrap()), ["one", "two"]);
+        assert_eq!(
+            keys(store.steps(&InstanceId::from("b")).await.unwrap()),
+            ["x"]
+        );
+        let kinds =
+            |history: &[EventRow]| history.iter().map(|e| e.kind.clone()).collect::<Vec<_>>();
+        let history = store.history(&a).await.unwrap();
+        assert_eq!(
+            kinds(&history),
+            ["created", "started", "step_completed", "step_completed"]
+        );
+        assert_eq!(history[3].step.as_deref(), Some("two"));
+
+        let lease = Lease {
+            instance: a.clone(),
+            owner: "me".into(),
+            run: 1,
+        };
+        let three = StepRow {
+            key: "three".into(),
+            output: Some("3".into()),
+            error: None,
+            state: None,
+            attempts: 1,
+            started_at: 5,
+            finished_at: 6,
+        };
+        store.commit_step(&lease, three).await.unwrap();
+        assert_eq!(
+            keys(store.steps(&a).await.unwrap()),
+            ["one", "two", "three"]
+        );
+        let history = store.history(&a).await.unwrap();
+        assert_eq!(history.last().unwrap().step.as_deref(), Some("three"));
+        assert!(history.windows(2).all(|w| w[0].seq < w[1].seq));
     }
 
     #[tokio::test]
