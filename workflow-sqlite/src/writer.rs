@@ -144,7 +144,7 @@ fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: us
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut closing = None;
     while closing.is_none() {
-        match rx.blocking_recv() {
+        match next_message(&mut rx) {
             Some(Msg::Job(job)) => batch.push(*job),
             Some(Msg::Close(done)) => closing = Some(done),
             None => break,
@@ -186,6 +186,27 @@ fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: us
     drop(conn);
     if let Some(done) = closing {
         let _ = done.send(());
+    }
+}
+
+/// How long the writer keeps looking for the next write before it sleeps.
+const LINGER: Duration = Duration::from_micros(100);
+
+/// The next message, waiting for it. A workflow that just got its answer
+/// usually sends its next step within tens of microseconds; looking (and
+/// yielding the core) that long spares the round trip of putting the
+/// thread to sleep and waking it, which costs as much as a relaxed commit.
+fn next_message(rx: &mut mpsc::UnboundedReceiver<Msg>) -> Option<Msg> {
+    let started = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(msg) => return Some(msg),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) if started.elapsed() < LINGER => {
+                std::thread::yield_now();
+            }
+            Err(mpsc::error::TryRecvError::Empty) => return rx.blocking_recv(),
+        }
     }
 }
 
