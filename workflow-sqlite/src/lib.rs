@@ -187,6 +187,18 @@ fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Resul
     Writer::spawn(conn, options.max_batch).map_err(|err| Error::Store(StoreError::backend(err)))
 }
 
+/// An instance's history: its `events` rows, and the events of the steps
+/// that carry their own (`history = 1`), in the order of their shared `seq`.
+const HISTORY: &str = "SELECT seq, at, kind, step, attempt, message, duration_ms FROM events WHERE instance_id = ?1 \
+     UNION ALL \
+     SELECT seq, finished_at, CASE WHEN error IS NULL THEN 'step_completed' ELSE 'step_failed' END, \
+            key, attempts, error, finished_at - started_at \
+       FROM steps WHERE instance_id = ?1 AND history = 1 \
+     UNION ALL \
+     SELECT seq + 1, finished_at, 'state_changed', key, NULL, NULL, NULL \
+       FROM steps WHERE instance_id = ?1 AND history = 1 AND state IS NOT NULL \
+     ORDER BY 1";
+
 /// The next waiting instance's due time after `?`: the first pending or
 /// listening entry of `instances_runnable` past it (running entries there
 /// are due no later than their claim, so few are skipped).
@@ -366,13 +378,11 @@ impl Store for SqliteStore {
     }
 
     async fn history(&self, id: &InstanceId) -> Result<Vec<EventRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, kind, step, attempt, message, duration_ms FROM events WHERE instance_id = ? ORDER BY seq",
-        )
-        .bind(id.as_str())
-        .fetch_all(&self.read)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(HISTORY)
+            .bind(id.as_str())
+            .fetch_all(&self.read)
+            .await
+            .map_err(backend)?;
         rows.iter().map(|r| rows::event_row(id, r)).collect()
     }
 

@@ -6,6 +6,7 @@ use sqlx::{Connection, SqliteConnection};
 pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_fewer_instance_indexes.sql"),
+    include_str!("../migrations/0003_step_history_in_steps.sql"),
 ];
 
 /// Brings the schema up to date. Safe when several processes start at once:

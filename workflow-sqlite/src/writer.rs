@@ -8,6 +8,7 @@
 //! statements) on a dedicated thread: per statement that costs a few
 //! microseconds, against about twenty through an async driver's channel.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
@@ -18,6 +19,48 @@ use workflow_core::{InstanceId, Status, StoreError};
 use crate::rows::{decode_instance, RawInstance, COLUMNS};
 
 type Db = rusqlite::Error;
+
+/// The writer's open transaction, with the history numbers it hands out.
+pub(crate) struct Tx<'c> {
+    conn: &'c Connection,
+    /// The last number of the sequence `events.seq` and `steps.seq` share;
+    /// read from the tables on first use, then counted on in memory (the
+    /// write lock keeps every other writer out until the commit).
+    last_seq: Cell<Option<i64>>,
+}
+
+impl<'c> Tx<'c> {
+    /// Wraps `conn`, which must be inside a write transaction.
+    pub(crate) fn new(conn: &'c Connection) -> Self {
+        Tx {
+            conn,
+            last_seq: Cell::new(None),
+        }
+    }
+
+    /// Reserves `n` consecutive history numbers and returns the first. A
+    /// step takes two when it changed the state: its `state_changed` event
+    /// is numbered right after it.
+    fn next_seq(&self, n: i64) -> Result<i64, Db> {
+        let last = match self.last_seq.get() {
+            Some(last) => last,
+            None => self
+                .conn
+                .prepare_cached(LAST_SEQ)?
+                .query_row([], |r| r.get(0))?,
+        };
+        self.last_seq.set(Some(last + n));
+        Ok(last + 1)
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
 
 /// One write.
 #[derive(Debug)]
@@ -129,9 +172,19 @@ const TAKE: &str =
              runs = runs + 1, updated_at = ?3, started_at = COALESCE(started_at, ?3), \
              wait_event = NULL, wait_child = NULL \
          WHERE id = ?4";
-const INSERT_STEP: &str = "INSERT INTO steps (instance_id, key, output, error, state, attempts, started_at, finished_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (instance_id, key) DO NOTHING";
-const INSERT_EVENT: &str = "INSERT INTO events (instance_id, at, kind, step, attempt, message, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+/// `history = 1`: the step's own history events (`step_completed` or
+/// `step_failed`, then `state_changed`) are read from this row, not stored
+/// as rows of `events`.
+const INSERT_STEP: &str = "INSERT INTO steps (instance_id, key, output, error, state, attempts, started_at, finished_at, seq, history) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1) ON CONFLICT (instance_id, key) DO NOTHING";
+const INSERT_EVENT: &str =
+    "INSERT INTO events (instance_id, at, kind, step, attempt, message, duration_ms, seq) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+/// Where the shared history sequence stands: one step down each table's
+/// rowid B-tree. The last step's `state_changed` number counts as taken.
+const LAST_SEQ: &str = "SELECT MAX( \
+     (SELECT COALESCE(MAX(seq), 0) FROM events), \
+     COALESCE((SELECT seq + (state IS NOT NULL) FROM steps ORDER BY seq DESC LIMIT 1), 0))";
 const FINISH: &str = "UPDATE instances SET status = ?1, output = ?2, error = ?3, state = COALESCE(?4, state), \
                      updated_at = ?5, finished_at = ?5, lease_owner = NULL, lease_expires_at = NULL \
                      WHERE id = ?6 AND lease_owner = ?7 AND runs = ?8 AND status = 'in_progress'";
@@ -240,8 +293,9 @@ fn apply_batch(conn: &mut Connection, jobs: &mut [Job]) -> Result<(), Db> {
 /// rusqlite's `Transaction` parses them afresh for every batch.
 fn try_batch(conn: &mut Connection, jobs: &mut [Job]) -> Result<(), Db> {
     conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let tx = Tx::new(conn);
     let applied = jobs.iter_mut().try_for_each(|job| {
-        job.result = Some(apply(conn, &job.op)?);
+        job.result = Some(apply(&tx, &job.op)?);
         Ok(())
     });
     let done = applied.and_then(|()| conn.prepare_cached("COMMIT")?.execute([]).map(drop));
@@ -258,7 +312,7 @@ fn try_batch(conn: &mut Connection, jobs: &mut [Job]) -> Result<(), Db> {
 
 /// Runs one op. The outer error aborts the transaction; the inner one is the
 /// op's own answer (lease lost, corrupt row) and commits with the rest.
-fn apply(c: &Connection, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
+fn apply(c: &Tx<'_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
     Ok(match op {
         Op::Create(new, dedup) => {
             create(c, new, dedup.as_deref())?.map(|r| Reply::Created(Box::new(r)))
@@ -476,10 +530,10 @@ fn apply(c: &Connection, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 .optional()?;
             if let Some(payload) = &taken {
                 c.prepare_cached(
-                    "INSERT INTO steps (instance_id, key, output, attempts, started_at, finished_at) \
-                     VALUES (?1, ?2, ?3, 1, ?4, ?4) ON CONFLICT (instance_id, key) DO NOTHING",
+                    "INSERT INTO steps (instance_id, key, output, attempts, started_at, finished_at, seq) \
+                     VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5) ON CONFLICT (instance_id, key) DO NOTHING",
                 )?
-                .execute(params![lease.instance.as_str(), step, payload, at])?;
+                .execute(params![lease.instance.as_str(), step, payload, at, c.next_seq(1)?])?;
                 event(
                     c,
                     lease.instance.as_str(),
@@ -586,7 +640,7 @@ fn apply(c: &Connection, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
 }
 
 /// Makes the parent of `child` due now if it is listening for `child`.
-fn wake_parent(c: &Connection, child: &str, at: Millis) -> Result<(), Db> {
+fn wake_parent(c: &Tx<'_>, child: &str, at: Millis) -> Result<(), Db> {
     c.prepare_cached(
         "UPDATE instances SET status = 'pending', run_at = ?1, wait_child = NULL \
          WHERE id = (SELECT parent_id FROM instances WHERE id = ?2) AND status = 'listening' AND wait_child = ?2",
@@ -595,7 +649,7 @@ fn wake_parent(c: &Connection, child: &str, at: Millis) -> Result<(), Db> {
     Ok(())
 }
 
-fn suspend_op(c: &Connection, lease: &Lease, s: &Suspend) -> Result<Result<(), StoreError>, Db> {
+fn suspend_op(c: &Tx<'_>, lease: &Lease, s: &Suspend) -> Result<Result<(), StoreError>, Db> {
     let pause: Option<i64> = c
         .prepare_cached(
             "SELECT pause_requested FROM instances \
@@ -676,7 +730,7 @@ fn suspend_op(c: &Connection, lease: &Lease, s: &Suspend) -> Result<Result<(), S
 }
 
 /// Whether a control operation applies to `id`: it exists and is unfinished.
-fn control(c: &Connection, id: &InstanceId) -> Result<Control, Db> {
+fn control(c: &Tx<'_>, id: &InstanceId) -> Result<Control, Db> {
     let status: Option<String> = c
         .prepare_cached("SELECT status FROM instances WHERE id = ?1")?
         .query_row(params![id.as_str()], |r| r.get(0))
@@ -690,7 +744,7 @@ fn control(c: &Connection, id: &InstanceId) -> Result<Control, Db> {
 }
 
 /// Bumps `updated_at` if `lease` is current; false when it is not.
-fn touch(c: &Connection, lease: &Lease, at: Millis) -> Result<bool, Db> {
+fn touch(c: &Tx<'_>, lease: &Lease, at: Millis) -> Result<bool, Db> {
     Ok(c.prepare_cached(
         "UPDATE instances SET updated_at = ?1 WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress'",
     )?
@@ -700,7 +754,7 @@ fn touch(c: &Connection, lease: &Lease, at: Millis) -> Result<bool, Db> {
 
 #[allow(clippy::too_many_arguments)]
 fn event(
-    c: &Connection,
+    c: &Tx<'_>,
     instance: &str,
     at: Millis,
     kind: &str,
@@ -709,6 +763,7 @@ fn event(
     message: Option<&str>,
     duration_ms: Option<i64>,
 ) -> Result<(), Db> {
+    let seq = c.next_seq(1)?;
     c.prepare_cached(INSERT_EVENT)?.execute(params![
         instance,
         at,
@@ -716,7 +771,8 @@ fn event(
         step,
         attempt.map(i64::from),
         message,
-        duration_ms
+        duration_ms,
+        seq
     ])?;
     Ok(())
 }
@@ -749,7 +805,7 @@ fn raw_instance(r: &Row<'_>) -> Result<RawInstance, Db> {
 }
 
 fn create(
-    c: &Connection,
+    c: &Tx<'_>,
     new: &NewInstance,
     dedup: Option<&[Status]>,
 ) -> Result<Result<Created, StoreError>, Db> {
@@ -853,7 +909,7 @@ pub(crate) fn claim_sql(workflows: usize) -> String {
 /// Selects the due rows, then takes each by primary key, inside the
 /// writer's transaction. One `UPDATE ... WHERE id IN (SELECT ...)
 /// RETURNING` would build two temporary B-trees per claim; this builds none.
-fn claim(c: &Connection, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
+fn claim(c: &Tx<'_>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
     let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
     let mut args: Vec<&dyn rusqlite::ToSql> = vec![&req.now, &limit];
     args.extend(req.workflows.iter().map(|w| w as &dyn rusqlite::ToSql));
@@ -927,7 +983,7 @@ fn claim(c: &Connection, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
     Ok(claimed)
 }
 
-fn load_steps(c: &Connection, id: &InstanceId) -> Result<Vec<StepRow>, Db> {
+fn load_steps(c: &Tx<'_>, id: &InstanceId) -> Result<Vec<StepRow>, Db> {
     c.prepare_cached(
         "SELECT key, output, error, state, attempts, started_at, finished_at FROM steps WHERE instance_id = ?1 ORDER BY seq",
     )?
@@ -946,11 +1002,7 @@ fn load_steps(c: &Connection, id: &InstanceId) -> Result<Vec<StepRow>, Db> {
     .collect()
 }
 
-fn commit_step(
-    c: &Connection,
-    lease: &Lease,
-    step: &StepRow,
-) -> Result<Result<(), StoreError>, Db> {
+fn commit_step(c: &Tx<'_>, lease: &Lease, step: &StepRow) -> Result<Result<(), StoreError>, Db> {
     // A read guards the write: the instance row is only rewritten when the
     // step changed the state, so a step dirties two tables' pages, not three.
     let held = c
@@ -969,7 +1021,9 @@ fn commit_step(
                 lease.instance.as_str()
             ])?;
     }
-    let inserted = c.prepare_cached(INSERT_STEP)?.execute(params![
+    // The step's history events are its row (see `INSERT_STEP`).
+    let seq = c.next_seq(if step.state.is_some() { 2 } else { 1 })?;
+    c.prepare_cached(INSERT_STEP)?.execute(params![
         lease.instance.as_str(),
         step.key,
         step.output,
@@ -977,38 +1031,9 @@ fn commit_step(
         step.state,
         i64::from(step.attempts),
         step.started_at,
-        step.finished_at
-    ])? == 1;
-    if inserted {
-        let kind = if step.error.is_some() {
-            "step_failed"
-        } else {
-            "step_completed"
-        };
-        let duration = Some(step.finished_at - step.started_at);
-        event(
-            c,
-            lease.instance.as_str(),
-            step.finished_at,
-            kind,
-            Some(&step.key),
-            Some(step.attempts),
-            step.error.as_deref(),
-            duration,
-        )?;
-        if step.state.is_some() {
-            event(
-                c,
-                lease.instance.as_str(),
-                step.finished_at,
-                "state_changed",
-                Some(&step.key),
-                None,
-                None,
-                None,
-            )?;
-        }
-    }
+        step.finished_at,
+        seq
+    ])?;
     Ok(Ok(()))
 }
 
@@ -1039,7 +1064,7 @@ mod tests {
                 parent: None,
             };
             assert!(matches!(
-                create(&tx, &new, None).unwrap(),
+                create(&Tx::new(&tx), &new, None).unwrap(),
                 Ok(Created::New(_))
             ));
         }
@@ -1052,7 +1077,7 @@ mod tests {
                 lease_until: 200,
                 limit,
             };
-            claimed += claim(&tx, &req).unwrap().len();
+            claimed += claim(&Tx::new(&tx), &req).unwrap().len();
         }
         assert_eq!(claimed, 1 + 2 + 3 + 4);
         let stmt = tx.prepare_cached(&claim_sql(1)).unwrap();
@@ -1076,6 +1101,7 @@ mod tests {
             TAKE,
             INSERT_STEP,
             INSERT_EVENT,
+            LAST_SEQ,
             FINISH,
         ] {
             let mut explain = c.prepare(&format!("EXPLAIN {sql}")).unwrap();
