@@ -978,8 +978,7 @@ fn claim(c: &Tx<'_>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         };
         claimed.push(Claimed { row, lease, steps });
     }
-    // RETURNING gives no order guarantee; hand out oldest due first.
-    claimed.sort_by_key(|c| c.row.run_at);
+    // Oldest due first, as the claim query ordered them.
     Ok(claimed)
 }
 
@@ -1004,7 +1003,7 @@ fn load_steps(c: &Tx<'_>, id: &InstanceId) -> Result<Vec<StepRow>, Db> {
 
 fn commit_step(c: &Tx<'_>, lease: &Lease, step: &StepRow) -> Result<Result<(), StoreError>, Db> {
     // A read guards the write: the instance row is only rewritten when the
-    // step changed the state, so a step dirties two tables' pages, not three.
+    // step changed the state, so most steps dirty only the steps table.
     let held = c
         .prepare_cached(
             "SELECT 1 FROM instances WHERE id = ?1 AND lease_owner = ?2 AND runs = ?3 AND status = 'in_progress'",
