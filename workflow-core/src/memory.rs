@@ -195,6 +195,7 @@ impl Store for MemoryStore {
             let entry = t.instances.get_mut(&id).expect("selected above");
             entry.row.status = Status::InProgress;
             entry.row.runs += 1;
+            entry.row.run_at = req.lease_until;
             entry.row.updated_at = req.now;
             entry.row.started_at.get_or_insert(req.now);
             entry.row.wait_event = None;
@@ -321,6 +322,7 @@ impl Store for MemoryStore {
         let mut t = self.tables();
         let entry = t.leased(lease)?;
         entry.row.status = Status::Pending;
+        entry.row.run_at = at;
         entry.row.updated_at = at;
         entry.lease_owner = None;
         entry.lease_until = None;
@@ -335,6 +337,7 @@ impl Store for MemoryStore {
             let (held, deadline_at) = match t.leased(lease) {
                 Ok(entry) => {
                     entry.lease_until = Some(until);
+                    entry.row.run_at = until;
                     (true, entry.row.deadline_at)
                 }
                 Err(_) => (
@@ -437,6 +440,7 @@ impl Store for MemoryStore {
                 entry.lease_until = None;
                 if entry.row.status == Status::InProgress {
                     entry.row.status = Status::Pending;
+                    entry.row.run_at = at;
                 }
                 entry.row.updated_at = at;
                 freed.push(entry.row.id.clone());

@@ -326,8 +326,10 @@ pub trait Store: Send + Sync + 'static {
     /// Claims up to `limit` runnable instances: `Pending`, `InProgress` or
     /// `Listening`, due (`run_at <= now`), of one of `workflows`, whose lease
     /// is free or expired. Each gets status `InProgress`, a lease for `owner`
-    /// until `lease_until`, `runs + 1`, its wait cleared, and a `started`
-    /// event.
+    /// until `lease_until` (also its new `run_at`: when it is claimable again
+    /// if the lease is not renewed), `runs + 1`, its wait cleared, and a
+    /// `started` event. [`Store::renew`] moves `run_at` with the lease, and
+    /// [`Store::release`] makes it due at once.
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError>;
 
     /// The earliest `run_at` after `after` of a waiting (`Pending` or

@@ -338,10 +338,8 @@ async fn finish_is_final(store: impl Store) {
         .unwrap()
         .remove(0);
     store.release(&c.lease, T0 + 3).await.unwrap();
-    assert_eq!(
-        store.get(&id).await.unwrap().unwrap().status,
-        Status::Pending
-    );
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!((row.status, row.run_at), (Status::Pending, T0 + 3));
     let again = store.claim(claim_req("b", T0 + 4, 1)).await.unwrap();
     assert_eq!(again.len(), 1, "a released instance is claimable at once");
     assert_eq!(again[0].lease.run, 2);
@@ -351,8 +349,15 @@ async fn renew_reports_lost_leases(store: impl Store) {
     store.create(new_instance("wf", 0), None).await.unwrap();
     store.create(new_instance("wf", 1), None).await.unwrap();
     let claimed = store.claim(claim_req("a", T0 + 1, 2)).await.unwrap();
+    assert_eq!(
+        claimed[0].row.run_at,
+        T0 + 30_001,
+        "a claimed instance is due again when its lease ends"
+    );
     let leases: Vec<Lease> = claimed.iter().map(|c| c.lease.clone()).collect();
     let renewed = store.renew(&leases, T0 + 100_000).await.unwrap();
+    let row = store.get(&leases[0].instance).await.unwrap().unwrap();
+    assert_eq!(row.run_at, T0 + 100_000, "renewing moves the due time too");
     assert_eq!(renewed.len(), 2);
     assert!(renewed
         .iter()

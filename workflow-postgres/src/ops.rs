@@ -148,7 +148,7 @@ impl Db {
         // on the newest version of a row changed since the snapshot.
         let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH due AS ( \
-                 SELECT id AS due_id FROM instances \
+                 SELECT id AS due_id, run_at AS due_at FROM instances \
                  WHERE status IN ('pending', 'in_progress', 'listening') AND run_at <= $3 \
                    AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
                    AND workflow = ANY($4) \
@@ -156,10 +156,10 @@ impl Db {
                  FOR UPDATE SKIP LOCKED \
              ) \
              UPDATE instances SET status = 'in_progress', lease_owner = $1, lease_expires_at = $2, \
-                 runs = runs + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
+                 run_at = $2, runs = runs + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
                  wait_event = NULL, wait_child = NULL \
              FROM due WHERE id = due.due_id \
-             RETURNING {COLUMNS}"
+             RETURNING {COLUMNS}, due.due_at"
         )))
         .bind(&req.owner)
         .bind(req.lease_until)
@@ -172,17 +172,22 @@ impl Db {
         let mut failed: Vec<(String, String)> = Vec::new();
         for row in &rows {
             match instance_row(row) {
-                Ok(row) => {
+                Ok(instance) => {
                     let lease = Lease {
-                        instance: row.id.clone(),
+                        instance: instance.id.clone(),
                         owner: req.owner.clone(),
-                        run: row.runs,
+                        run: instance.runs,
                     };
-                    claimed.push(Claimed {
-                        row,
-                        lease,
-                        steps: Vec::new(),
-                    });
+                    // `run_at` is now the lease's end; order by when it was due.
+                    let due_at: Millis = row.try_get("due_at")?;
+                    claimed.push((
+                        due_at,
+                        Claimed {
+                            row: instance,
+                            lease,
+                            steps: Vec::new(),
+                        },
+                    ));
                 }
                 Err(err) => {
                     let id: String = row.try_get("id")?;
@@ -215,7 +220,10 @@ impl Db {
         }
         if !claimed.is_empty() {
             // Oldest due first, and history in that order.
-            claimed.sort_by(|a, b| (a.row.run_at, &a.row.id).cmp(&(b.row.run_at, &b.row.id)));
+            claimed.sort_by(|(a_due, a), (b_due, b)| (a_due, &a.row.id).cmp(&(b_due, &b.row.id)));
+        }
+        let mut claimed: Vec<Claimed> = claimed.into_iter().map(|(_, c)| c).collect();
+        if !claimed.is_empty() {
             let ids: Vec<&str> = claimed.iter().map(|c| c.row.id.as_str()).collect();
             sqlx::query(
                 "INSERT INTO events (instance_id, at, kind) \
@@ -394,7 +402,7 @@ impl Db {
     ) -> Attempt<Result<(), StoreError>> {
         let mut tx = self.begin().await?;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE instances SET status = 'pending', updated_at = $4, lease_owner = NULL, \
+            "UPDATE instances SET status = 'pending', run_at = $4, updated_at = $4, lease_owner = NULL, \
                  lease_expires_at = NULL \
              WHERE {FENCE}"
         )))
@@ -426,7 +434,7 @@ impl Db {
             "WITH asked AS ( \
                  SELECT * FROM UNNEST($2::text[], $3::text[], $4::int8[]) WITH ORDINALITY AS l(id, owner, run, n) \
              ), renewed AS ( \
-                 UPDATE instances i SET lease_expires_at = $1 FROM asked \
+                 UPDATE instances i SET lease_expires_at = $1, run_at = $1 FROM asked \
                  WHERE i.id = asked.id AND i.lease_owner = asked.owner AND i.runs = asked.run \
                    AND i.status = 'in_progress' \
                  RETURNING asked.n \
@@ -544,6 +552,7 @@ impl Db {
         let mut tx = self.begin().await?;
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET lease_owner = NULL, lease_expires_at = NULL, updated_at = $2, \
+                 run_at = CASE WHEN status = 'in_progress' THEN $2 ELSE run_at END, \
                  status = CASE WHEN status = 'in_progress' THEN 'pending' ELSE status END \
              WHERE lease_owner = $1 AND status NOT IN {TERMINAL} RETURNING id"
         )))

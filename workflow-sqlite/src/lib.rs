@@ -199,12 +199,13 @@ const HISTORY: &str = "SELECT seq, at, kind, step, attempt, message, duration_ms
        FROM steps WHERE instance_id = ?1 AND history = 1 AND state IS NOT NULL \
      ORDER BY 1";
 
-/// The next waiting instance's due time after `?`: the first pending or
-/// listening entry of `instances_runnable` past it (running entries there
-/// are due no later than their claim, so few are skipped).
+/// The next due time after `?`: the first entry of `instances_runnable`
+/// past it, read straight off the index. A running instance's entry is
+/// when its lease ends (it is claimable again if its worker died), so this
+/// is a lower bound of the next waiting instance's due time, as
+/// [`Store::next_due`] allows.
 const NEXT_DUE: &str = "SELECT run_at FROM instances INDEXED BY instances_runnable \
      WHERE (status = 'pending' OR status = 'in_progress' OR status = 'listening') \
-     AND status <> 'in_progress' \
      AND run_at > ? ORDER BY run_at LIMIT 1";
 
 /// Workers holding leases. Only in-progress rows hold one, so this reads
@@ -762,6 +763,48 @@ mod tests {
             .unwrap()
             .expect("row survives reopening");
         assert_eq!(row.workflow, "wf");
+    }
+
+    /// The writer trusts the leases it granted without reading them back,
+    /// until another connection commits: a lease taken over from outside
+    /// must still fence off the old holder's steps.
+    #[tokio::test]
+    async fn a_lease_changed_by_another_connection_fences_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("fence.db"))
+            .await
+            .unwrap();
+        let new = workflow_core::testing::new_instance("wf", 1);
+        store.create(new, None).await.unwrap();
+        let req = ClaimRequest {
+            owner: "a".into(),
+            workflows: vec!["wf".into()],
+            now: i64::MAX / 2,
+            lease_until: i64::MAX / 2 + 1,
+            limit: 1,
+        };
+        let claimed = store.claim(req).await.unwrap();
+        let lease = claimed[0].lease.clone();
+        let step = |key: &str| StepRow {
+            key: key.into(),
+            output: Some("1".into()),
+            error: None,
+            state: None,
+            attempts: 1,
+            started_at: 1,
+            finished_at: 2,
+        };
+        store.commit_step(&lease, step("one")).await.unwrap();
+        // Another process's worker takes the instance over.
+        sqlx::query("UPDATE instances SET lease_owner = 'b', runs = runs + 1 WHERE id = ?")
+            .bind(lease.instance.as_str())
+            .execute(&store.read)
+            .await
+            .unwrap();
+        let err = store.commit_step(&lease, step("two")).await.unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost(_)), "{err}");
+        let steps = store.steps(&lease.instance).await.unwrap();
+        assert_eq!(steps.len(), 1, "the fenced step is not recorded");
     }
 
     #[tokio::test]

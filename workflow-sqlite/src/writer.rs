@@ -8,10 +8,11 @@
 //! statements) on a dedicated thread: per statement that costs a few
 //! microseconds, against about twenty through an async driver's channel.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Statement};
 use tokio::sync::{mpsc, oneshot};
 use workflow_core::store::*;
 use workflow_core::{InstanceId, Status, StoreError};
@@ -20,45 +21,140 @@ use crate::rows::{decode_instance, RawInstance, COLUMNS};
 
 type Db = rusqlite::Error;
 
-/// The writer's open transaction, with the history numbers it hands out.
-pub(crate) struct Tx<'c> {
+/// The statements every workflow runs, prepared once for the writer's life.
+/// Through rusqlite's statement cache each run would hash the SQL text and
+/// update the cache's map twice: about 7% of the writer's instructions.
+struct Hot<'c> {
+    begin: RefCell<Statement<'c>>,
+    commit: RefCell<Statement<'c>>,
+    data_version: RefCell<Statement<'c>>,
+    lease_held: RefCell<Statement<'c>>,
+    insert_step: RefCell<Statement<'c>>,
+    insert_event: RefCell<Statement<'c>>,
+    insert_instance: RefCell<Statement<'c>>,
+    take: RefCell<Statement<'c>>,
+    finish: RefCell<Statement<'c>>,
+    wake_parent: RefCell<Statement<'c>>,
+}
+
+impl<'c> Hot<'c> {
+    fn prepare(conn: &'c Connection) -> Result<Self, Db> {
+        let p = |sql: &str| conn.prepare(sql).map(RefCell::new);
+        Ok(Hot {
+            begin: p("BEGIN IMMEDIATE")?,
+            commit: p("COMMIT")?,
+            data_version: p("PRAGMA data_version")?,
+            lease_held: p(LEASE_HELD)?,
+            insert_step: p(INSERT_STEP)?,
+            insert_event: p(INSERT_EVENT)?,
+            insert_instance: p(INSERT_INSTANCE)?,
+            take: p(TAKE)?,
+            finish: p(FINISH)?,
+            wake_parent: p(WAKE_PARENT)?,
+        })
+    }
+}
+
+/// Leases this writer granted or confirmed, so a step's commit need not read
+/// the instance row to check its lease. Only this writer changes leases in
+/// this database unless another connection commits, which `PRAGMA
+/// data_version` reveals at the start of each transaction; then, and after
+/// any failed transaction, everything known is forgotten.
+#[derive(Default)]
+struct Leases {
+    data_version: Option<i64>,
+    /// Instance id → (owner, run, whether the instance may have a parent).
+    held: HashMap<String, (String, i64, bool)>,
+}
+
+impl Leases {
+    /// Far more than any engine runs at once; a bound in case of a leak.
+    const MAX: usize = 100_000;
+
+    fn holds(&self, lease: &Lease) -> bool {
+        self.held
+            .get(lease.instance.as_str())
+            .is_some_and(|(owner, run, _)| *owner == lease.owner && *run == lease.run)
+    }
+
+    fn grant(&mut self, lease: &Lease, has_parent: bool) {
+        if self.held.len() >= Self::MAX {
+            self.held.clear();
+        }
+        self.held.insert(
+            lease.instance.as_str().to_owned(),
+            (lease.owner.clone(), lease.run, has_parent),
+        );
+    }
+
+    /// Forgets `id`'s lease; returns whether the instance may have a parent
+    /// (true when unknown).
+    fn end(&mut self, id: &str) -> bool {
+        self.held.remove(id).is_none_or(|(_, _, parent)| parent)
+    }
+}
+
+/// The writer's connection with what it keeps across transactions.
+pub(crate) struct Session<'c> {
     conn: &'c Connection,
+    hot: Hot<'c>,
+    leases: RefCell<Leases>,
+}
+
+impl<'c> Session<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> Result<Self, Db> {
+        Ok(Session {
+            conn,
+            hot: Hot::prepare(conn)?,
+            leases: RefCell::new(Leases::default()),
+        })
+    }
+
+    /// The state of the transaction just begun on this session's connection.
+    pub(crate) fn tx(&self) -> Tx<'_, 'c> {
+        Tx {
+            session: self,
+            last_seq: Cell::new(None),
+        }
+    }
+}
+
+/// The writer's open transaction, with the history numbers it hands out.
+pub(crate) struct Tx<'s, 'c> {
+    session: &'s Session<'c>,
     /// The last number of the sequence `events.seq` and `steps.seq` share;
     /// read from the tables on first use, then counted on in memory (the
     /// write lock keeps every other writer out until the commit).
     last_seq: Cell<Option<i64>>,
 }
 
-impl<'c> Tx<'c> {
-    /// Wraps `conn`, which must be inside a write transaction.
-    pub(crate) fn new(conn: &'c Connection) -> Self {
-        Tx {
-            conn,
-            last_seq: Cell::new(None),
-        }
-    }
-
+impl<'c> Tx<'_, 'c> {
     /// Reserves `n` consecutive history numbers and returns the first. A
     /// step takes two when it changed the state: its `state_changed` event
     /// is numbered right after it.
     fn next_seq(&self, n: i64) -> Result<i64, Db> {
         let last = match self.last_seq.get() {
             Some(last) => last,
-            None => self
-                .conn
-                .prepare_cached(LAST_SEQ)?
-                .query_row([], |r| r.get(0))?,
+            None => self.prepare_cached(LAST_SEQ)?.query_row([], |r| r.get(0))?,
         };
         self.last_seq.set(Some(last + n));
         Ok(last + 1)
     }
+
+    fn hot(&self) -> &Hot<'c> {
+        &self.session.hot
+    }
+
+    fn leases(&self) -> std::cell::RefMut<'_, Leases> {
+        self.session.leases.borrow_mut()
+    }
 }
 
-impl std::ops::Deref for Tx<'_> {
+impl std::ops::Deref for Tx<'_, '_> {
     type Target = Connection;
 
     fn deref(&self) -> &Connection {
-        self.conn
+        self.session.conn
     }
 }
 
@@ -168,7 +264,7 @@ impl Writer {
 const INSERT_INSTANCE: &str = "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, updated_at, run_at, deadline_at, parent_id) \
          VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)";
 const TAKE: &str =
-    "UPDATE instances SET status = 'in_progress', lease_owner = ?1, lease_expires_at = ?2, \
+    "UPDATE instances SET status = 'in_progress', lease_owner = ?1, lease_expires_at = ?2, run_at = ?2, \
              runs = runs + 1, updated_at = ?3, started_at = COALESCE(started_at, ?3), \
              wait_event = NULL, wait_child = NULL \
          WHERE id = ?4";
@@ -188,12 +284,38 @@ const LAST_SEQ: &str = "SELECT MAX( \
 const FINISH: &str = "UPDATE instances SET status = ?1, output = ?2, error = ?3, state = COALESCE(?4, state), \
                      updated_at = ?5, finished_at = ?5, lease_owner = NULL, lease_expires_at = NULL \
                      WHERE id = ?6 AND lease_owner = ?7 AND runs = ?8 AND status = 'in_progress'";
+const LEASE_HELD: &str =
+    "SELECT 1 FROM instances WHERE id = ?1 AND lease_owner = ?2 AND runs = ?3 AND status = 'in_progress'";
+/// Makes the parent of `?2` due now if it is listening for `?2`.
+const WAKE_PARENT: &str = "UPDATE instances SET status = 'pending', run_at = ?1, wait_child = NULL \
+     WHERE id = (SELECT parent_id FROM instances WHERE id = ?2) AND status = 'listening' AND wait_child = ?2";
 
 fn backend(err: Db) -> StoreError {
     StoreError::backend(err)
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: usize) {
+fn run(conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: usize) {
+    let session = match Session::new(&conn) {
+        Ok(session) => session,
+        Err(err) => {
+            // Unreachable after the migrations ran, but never a panic:
+            // every write is told why it failed.
+            tracing::error!(error = %err, "preparing the writer's statements failed");
+            let message = format!("the SQLite writer could not prepare its statements: {err}");
+            while let Some(msg) = rx.blocking_recv() {
+                match msg {
+                    Msg::Job(job) => {
+                        let _ = job.reply.send(Err(StoreError::backend(message.clone())));
+                    }
+                    Msg::Close(done) => {
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+            }
+            return;
+        }
+    };
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut closing = None;
     while closing.is_none() {
@@ -212,7 +334,7 @@ fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: us
         if batch.is_empty() {
             continue;
         }
-        match apply_batch(&mut conn, &mut batch) {
+        match apply_batch(&session, &mut batch) {
             Ok(()) => {
                 for job in batch.drain(..) {
                     let result = job.result.unwrap_or(Ok(Reply::Done));
@@ -227,7 +349,7 @@ fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: us
                 // cannot fail its neighbours.
                 tracing::warn!(error = %err, writes = batch.len(), "group commit failed; retrying writes one by one");
                 for mut job in batch.drain(..) {
-                    let result = match apply_batch(&mut conn, std::slice::from_mut(&mut job)) {
+                    let result = match apply_batch(&session, std::slice::from_mut(&mut job)) {
                         Ok(()) => job.result.take().unwrap_or(Ok(Reply::Done)),
                         Err(err) => Err(backend(err)),
                     };
@@ -236,6 +358,8 @@ fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: us
             }
         }
     }
+    // Statements first: a connection closes only once they are finalized.
+    drop(session);
     drop(conn);
     if let Some(done) = closing {
         let _ = done.send(());
@@ -273,11 +397,11 @@ fn is_busy(err: &Db) -> bool {
 
 /// Applies `jobs` in one transaction. Waits out other processes' locks
 /// (bounded) instead of reporting `database is locked`.
-fn apply_batch(conn: &mut Connection, jobs: &mut [Job]) -> Result<(), Db> {
+fn apply_batch(session: &Session<'_>, jobs: &mut [Job]) -> Result<(), Db> {
     let mut delay = Duration::from_millis(5);
     let mut waited = Duration::ZERO;
     loop {
-        match try_batch(conn, jobs) {
+        match try_batch(session, jobs) {
             Err(err) if is_busy(&err) && waited < Duration::from_secs(120) => {
                 tracing::debug!(error = %err, ?delay, "database busy; retrying");
                 std::thread::sleep(delay);
@@ -289,30 +413,53 @@ fn apply_batch(conn: &mut Connection, jobs: &mut [Job]) -> Result<(), Db> {
     }
 }
 
-/// One transaction. BEGIN and COMMIT go through the statement cache too:
-/// rusqlite's `Transaction` parses them afresh for every batch.
-fn try_batch(conn: &mut Connection, jobs: &mut [Job]) -> Result<(), Db> {
-    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    let tx = Tx::new(conn);
-    let applied = jobs.iter_mut().try_for_each(|job| {
-        job.result = Some(apply(&tx, &job.op)?);
-        Ok(())
+/// One transaction.
+fn try_batch(session: &Session<'_>, jobs: &mut [Job]) -> Result<(), Db> {
+    let conn = session.conn;
+    session.hot.begin.borrow_mut().execute([])?;
+    let tx = session.tx();
+    let applied = forget_leases_if_others_wrote(&tx).and_then(|()| {
+        jobs.iter_mut().try_for_each(|job| {
+            job.result = Some(apply(&tx, &job.op)?);
+            Ok(())
+        })
     });
-    let done = applied.and_then(|()| conn.prepare_cached("COMMIT")?.execute([]).map(drop));
-    if done.is_err() && !conn.is_autocommit() {
-        if let Err(err) = conn
-            .prepare_cached("ROLLBACK")
-            .and_then(|mut s| s.execute([]))
-        {
-            tracing::error!(error = %err, "rolling back a failed group commit failed");
+    let done = applied.and_then(|()| session.hot.commit.borrow_mut().execute([]).map(drop));
+    if done.is_err() {
+        // What this transaction granted is undone with it.
+        *session.leases.borrow_mut() = Leases::default();
+        if !conn.is_autocommit() {
+            if let Err(err) = conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut s| s.execute([]))
+            {
+                tracing::error!(error = %err, "rolling back a failed group commit failed");
+            }
         }
     }
     done
 }
 
+/// Read under the write lock, so nobody else can commit until ours does.
+fn forget_leases_if_others_wrote(c: &Tx<'_, '_>) -> Result<(), Db> {
+    let version: i64 = c
+        .hot()
+        .data_version
+        .borrow_mut()
+        .query_row([], |r| r.get(0))?;
+    let mut leases = c.leases();
+    if leases.data_version != Some(version) {
+        *leases = Leases {
+            data_version: Some(version),
+            held: HashMap::new(),
+        };
+    }
+    Ok(())
+}
+
 /// Runs one op. The outer error aborts the transaction; the inner one is the
 /// op's own answer (lease lost, corrupt row) and commits with the rest.
-fn apply(c: &Tx<'_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
+fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
     Ok(match op {
         Op::Create(new, dedup) => {
             create(c, new, dedup.as_deref())?.map(|r| Reply::Created(Box::new(r)))
@@ -353,7 +500,8 @@ fn apply(c: &Tx<'_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             }
         }
         Op::Finish(lease, finish) => {
-            let done = c.prepare_cached(FINISH)?.execute(params![
+            let may_have_parent = c.leases().end(lease.instance.as_str());
+            let done = c.hot().finish.borrow_mut().execute(params![
                 finish.status.as_str(),
                 finish.output,
                 finish.error,
@@ -374,16 +522,19 @@ fn apply(c: &Tx<'_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                     finish.error.as_deref(),
                     None,
                 )?;
-                wake_parent(c, lease.instance.as_str(), finish.at)?;
+                if may_have_parent {
+                    wake_parent(c, lease.instance.as_str(), finish.at)?;
+                }
                 Ok(Reply::Done)
             } else {
                 Err(StoreError::LeaseLost(lease.instance.clone()))
             }
         }
         Op::Release(lease, at) => {
+            c.leases().end(lease.instance.as_str());
             let done = c
                 .prepare_cached(
-                    "UPDATE instances SET status = 'pending', updated_at = ?1, lease_owner = NULL, lease_expires_at = NULL \
+                    "UPDATE instances SET status = 'pending', run_at = ?1, updated_at = ?1, lease_owner = NULL, lease_expires_at = NULL \
                      WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress'",
                 )?
                 .execute(params![at, lease.instance.as_str(), lease.owner, lease.run])?
@@ -409,7 +560,7 @@ fn apply(c: &Tx<'_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             for lease in leases {
                 let renewed: Option<(Option<Millis>, i64)> = c
                     .prepare_cached(
-                        "UPDATE instances SET lease_expires_at = ?1 \
+                        "UPDATE instances SET lease_expires_at = ?1, run_at = ?1 \
                          WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress' \
                          RETURNING deadline_at, pause_requested",
                     )?
@@ -420,6 +571,7 @@ fn apply(c: &Tx<'_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 let (held, deadline_at, pause_requested) = match renewed {
                     Some((deadline, pause)) => (true, deadline, pause != 0),
                     None => {
+                        c.leases().end(lease.instance.as_str());
                         let deadline: Option<Option<Millis>> = c
                             .prepare_cached("SELECT deadline_at FROM instances WHERE id = ?1")?
                             .query_row(params![lease.instance.as_str()], |r| r.get(0))
@@ -439,6 +591,9 @@ fn apply(c: &Tx<'_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
         Op::Cancel(id, at) => {
             let control = control(c, id)?;
             if control == Control::Applied {
+                // Descendants' leases end too; cancelling is rare enough to
+                // forget them all.
+                c.leases().held.clear();
                 // The instance and every unfinished descendant.
                 let cancelled: Vec<String> = c
                     .prepare_cached(
@@ -587,10 +742,11 @@ fn apply(c: &Tx<'_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             Ok(Reply::Control(control))
         }
         Op::ReleaseOwner(owner, at) => {
+            c.leases().held.clear();
             let ids: Vec<String> = c
                 .prepare_cached(
                     "UPDATE instances INDEXED BY instances_status \
-                     SET lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1, status = 'pending' \
+                     SET lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1, run_at = ?1, status = 'pending' \
                      WHERE status = 'in_progress' AND lease_owner = ?2 RETURNING id",
                 )?
                 .query_map(params![at, owner], |r| r.get(0))?
@@ -640,16 +796,16 @@ fn apply(c: &Tx<'_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
 }
 
 /// Makes the parent of `child` due now if it is listening for `child`.
-fn wake_parent(c: &Tx<'_>, child: &str, at: Millis) -> Result<(), Db> {
-    c.prepare_cached(
-        "UPDATE instances SET status = 'pending', run_at = ?1, wait_child = NULL \
-         WHERE id = (SELECT parent_id FROM instances WHERE id = ?2) AND status = 'listening' AND wait_child = ?2",
-    )?
-    .execute(params![at, child])?;
+fn wake_parent(c: &Tx<'_, '_>, child: &str, at: Millis) -> Result<(), Db> {
+    c.hot()
+        .wake_parent
+        .borrow_mut()
+        .execute(params![at, child])?;
     Ok(())
 }
 
-fn suspend_op(c: &Tx<'_>, lease: &Lease, s: &Suspend) -> Result<Result<(), StoreError>, Db> {
+fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), StoreError>, Db> {
+    c.leases().end(lease.instance.as_str());
     let pause: Option<i64> = c
         .prepare_cached(
             "SELECT pause_requested FROM instances \
@@ -730,7 +886,7 @@ fn suspend_op(c: &Tx<'_>, lease: &Lease, s: &Suspend) -> Result<Result<(), Store
 }
 
 /// Whether a control operation applies to `id`: it exists and is unfinished.
-fn control(c: &Tx<'_>, id: &InstanceId) -> Result<Control, Db> {
+fn control(c: &Tx<'_, '_>, id: &InstanceId) -> Result<Control, Db> {
     let status: Option<String> = c
         .prepare_cached("SELECT status FROM instances WHERE id = ?1")?
         .query_row(params![id.as_str()], |r| r.get(0))
@@ -744,7 +900,7 @@ fn control(c: &Tx<'_>, id: &InstanceId) -> Result<Control, Db> {
 }
 
 /// Bumps `updated_at` if `lease` is current; false when it is not.
-fn touch(c: &Tx<'_>, lease: &Lease, at: Millis) -> Result<bool, Db> {
+fn touch(c: &Tx<'_, '_>, lease: &Lease, at: Millis) -> Result<bool, Db> {
     Ok(c.prepare_cached(
         "UPDATE instances SET updated_at = ?1 WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress'",
     )?
@@ -754,7 +910,7 @@ fn touch(c: &Tx<'_>, lease: &Lease, at: Millis) -> Result<bool, Db> {
 
 #[allow(clippy::too_many_arguments)]
 fn event(
-    c: &Tx<'_>,
+    c: &Tx<'_, '_>,
     instance: &str,
     at: Millis,
     kind: &str,
@@ -764,7 +920,7 @@ fn event(
     duration_ms: Option<i64>,
 ) -> Result<(), Db> {
     let seq = c.next_seq(1)?;
-    c.prepare_cached(INSERT_EVENT)?.execute(params![
+    c.hot().insert_event.borrow_mut().execute(params![
         instance,
         at,
         kind,
@@ -805,7 +961,7 @@ fn raw_instance(r: &Row<'_>) -> Result<RawInstance, Db> {
 }
 
 fn create(
-    c: &Tx<'_>,
+    c: &Tx<'_, '_>,
     new: &NewInstance,
     dedup: Option<&[Status]>,
 ) -> Result<Result<Created, StoreError>, Db> {
@@ -833,7 +989,7 @@ fn create(
         }
     }
     let tags = serde_json::to_string(&new.tags).unwrap_or_else(|_| "{}".to_owned());
-    c.prepare_cached(INSERT_INSTANCE)?.execute(params![
+    c.hot().insert_instance.borrow_mut().execute(params![
         new.id.as_str(),
         new.workflow,
         new.input,
@@ -909,7 +1065,7 @@ pub(crate) fn claim_sql(workflows: usize) -> String {
 /// Selects the due rows, then takes each by primary key, inside the
 /// writer's transaction. One `UPDATE ... WHERE id IN (SELECT ...)
 /// RETURNING` would build two temporary B-trees per claim; this builds none.
-fn claim(c: &Tx<'_>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
+fn claim(c: &Tx<'_, '_>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
     let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
     let mut args: Vec<&dyn rusqlite::ToSql> = vec![&req.now, &limit];
     args.extend(req.workflows.iter().map(|w| w as &dyn rusqlite::ToSql));
@@ -917,12 +1073,13 @@ fn claim(c: &Tx<'_>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         .prepare_cached(&claim_sql(req.workflows.len()))?
         .query_map(rusqlite::params_from_iter(args), raw_instance)?
         .collect::<Result<_, _>>()?;
-    let mut take = c.prepare_cached(TAKE)?;
+    let mut take = c.hot().take.borrow_mut();
     for raw in &mut raws {
         take.execute(params![req.owner, req.lease_until, req.now, raw.id])?;
         // The row as the update left it, without reading it back.
         raw.status = Status::InProgress.as_str().to_owned();
         raw.runs += 1;
+        raw.run_at = req.lease_until;
         raw.updated_at = req.now;
         raw.started_at = raw.started_at.or(Some(req.now));
         raw.wait_event = None;
@@ -937,6 +1094,7 @@ fn claim(c: &Tx<'_>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
             Err(err) => {
                 // Fail the broken instance alone; the others run.
                 tracing::error!(id = %id, error = %err, "failing an instance whose row is corrupt");
+                c.leases().end(&id);
                 c.prepare_cached(
                     "UPDATE instances SET status = 'failed', error = ?1, finished_at = ?2, \
                      lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3",
@@ -976,13 +1134,14 @@ fn claim(c: &Tx<'_>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
             owner: req.owner.clone(),
             run: row.runs,
         };
+        c.leases().grant(&lease, row.parent.is_some());
         claimed.push(Claimed { row, lease, steps });
     }
     // Oldest due first, as the claim query ordered them.
     Ok(claimed)
 }
 
-fn load_steps(c: &Tx<'_>, id: &InstanceId) -> Result<Vec<StepRow>, Db> {
+fn load_steps(c: &Tx<'_, '_>, id: &InstanceId) -> Result<Vec<StepRow>, Db> {
     c.prepare_cached(
         "SELECT key, output, error, state, attempts, started_at, finished_at FROM steps WHERE instance_id = ?1 ORDER BY seq",
     )?
@@ -1001,16 +1160,25 @@ fn load_steps(c: &Tx<'_>, id: &InstanceId) -> Result<Vec<StepRow>, Db> {
     .collect()
 }
 
-fn commit_step(c: &Tx<'_>, lease: &Lease, step: &StepRow) -> Result<Result<(), StoreError>, Db> {
-    // A read guards the write: the instance row is only rewritten when the
-    // step changed the state, so most steps dirty only the steps table.
-    let held = c
-        .prepare_cached(
-            "SELECT 1 FROM instances WHERE id = ?1 AND lease_owner = ?2 AND runs = ?3 AND status = 'in_progress'",
-        )?
-        .exists(params![lease.instance.as_str(), lease.owner, lease.run])?;
-    if !held {
-        return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
+fn commit_step(
+    c: &Tx<'_, '_>,
+    lease: &Lease,
+    step: &StepRow,
+) -> Result<Result<(), StoreError>, Db> {
+    // A read guards the write (the instance row is only rewritten when the
+    // step changed the state, so most steps dirty only the steps table),
+    // and only when this writer has not seen the lease granted.
+    if !c.leases().holds(lease) {
+        let held = c.hot().lease_held.borrow_mut().exists(params![
+            lease.instance.as_str(),
+            lease.owner,
+            lease.run
+        ])?;
+        if !held {
+            return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
+        }
+        // Whether it has a parent is not known here.
+        c.leases().grant(lease, true);
     }
     if step.state.is_some() {
         c.prepare_cached("UPDATE instances SET updated_at = ?1, state = ?2 WHERE id = ?3")?
@@ -1022,7 +1190,7 @@ fn commit_step(c: &Tx<'_>, lease: &Lease, step: &StepRow) -> Result<Result<(), S
     }
     // The step's history events are its row (see `INSERT_STEP`).
     let seq = c.next_seq(if step.state.is_some() { 2 } else { 1 })?;
-    c.prepare_cached(INSERT_STEP)?.execute(params![
+    c.hot().insert_step.borrow_mut().execute(params![
         lease.instance.as_str(),
         step.key,
         step.output,
@@ -1050,6 +1218,7 @@ mod tests {
             c.execute_batch(migration).unwrap();
         }
         let tx = c.transaction().unwrap();
+        let session = Session::new(&tx).unwrap();
         for n in 0..10 {
             let new = NewInstance {
                 id: InstanceId::at(n),
@@ -1063,7 +1232,7 @@ mod tests {
                 parent: None,
             };
             assert!(matches!(
-                create(&Tx::new(&tx), &new, None).unwrap(),
+                create(&session.tx(), &new, None).unwrap(),
                 Ok(Created::New(_))
             ));
         }
@@ -1076,7 +1245,7 @@ mod tests {
                 lease_until: 200,
                 limit,
             };
-            claimed += claim(&Tx::new(&tx), &req).unwrap().len();
+            claimed += claim(&session.tx(), &req).unwrap().len();
         }
         assert_eq!(claimed, 1 + 2 + 3 + 4);
         let stmt = tx.prepare_cached(&claim_sql(1)).unwrap();
