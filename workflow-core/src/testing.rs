@@ -311,6 +311,16 @@ async fn finish_is_final(store: impl Store) {
     assert_eq!(row.output.as_deref(), Some(r#""done""#));
     assert_eq!(row.state.as_deref(), Some("7"));
     assert_eq!(row.finished_at, Some(T0 + 50));
+    let history = store.history(&id).await.unwrap();
+    let events: Vec<_> = history
+        .iter()
+        .map(|e| (e.kind.as_str(), e.at, e.message.as_deref()))
+        .collect();
+    assert_eq!(
+        events[1..],
+        [("started", T0 + 1, None), ("completed", T0 + 50, None)],
+        "{history:?}"
+    );
     assert!(
         matches!(
             store.finish(&c.lease, finish).await,

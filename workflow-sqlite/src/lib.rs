@@ -187,8 +187,10 @@ fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Resul
     Writer::spawn(conn, options.max_batch).map_err(|err| Error::Store(StoreError::backend(err)))
 }
 
-/// An instance's history: its `events` rows, and the events of the steps
-/// that carry their own (`history = 1`), in the order of their shared `seq`.
+/// An instance's history: its `events` rows, the events of the steps that
+/// carry their own (`history = 1`), and the first run's `started` and the
+/// terminal event of `finish` kept in the instance row, in the order of
+/// their shared `seq`.
 const HISTORY: &str = "SELECT seq, at, kind, step, attempt, message, duration_ms FROM events WHERE instance_id = ?1 \
      UNION ALL \
      SELECT seq, finished_at, CASE WHEN error IS NULL THEN 'step_completed' ELSE 'step_failed' END, \
@@ -197,6 +199,12 @@ const HISTORY: &str = "SELECT seq, at, kind, step, attempt, message, duration_ms
      UNION ALL \
      SELECT seq + 1, finished_at, 'state_changed', key, NULL, NULL, NULL \
        FROM steps WHERE instance_id = ?1 AND history = 1 AND state IS NOT NULL \
+     UNION ALL \
+     SELECT started_seq, started_at, 'started', NULL, NULL, NULL, NULL \
+       FROM instances WHERE id = ?1 AND started_seq IS NOT NULL \
+     UNION ALL \
+     SELECT finished_seq, finished_at, status, NULL, NULL, error, NULL \
+       FROM instances WHERE id = ?1 AND finished_seq IS NOT NULL \
      ORDER BY 1";
 
 /// The next due time after `?`: the first entry of `instances_runnable`

@@ -35,6 +35,8 @@ struct Hot<'c> {
     take: RefCell<Statement<'c>>,
     finish: RefCell<Statement<'c>>,
     wake_parent: RefCell<Statement<'c>>,
+    last_seq: RefCell<Statement<'c>>,
+    save_seq: RefCell<Statement<'c>>,
 }
 
 impl<'c> Hot<'c> {
@@ -51,6 +53,8 @@ impl<'c> Hot<'c> {
             take: p(TAKE)?,
             finish: p(FINISH)?,
             wake_parent: p(WAKE_PARENT)?,
+            last_seq: p(LAST_SEQ)?,
+            save_seq: p(SAVE_SEQ)?,
         })
     }
 }
@@ -114,6 +118,7 @@ impl<'c> Session<'c> {
     pub(crate) fn tx(&self) -> Tx<'_, 'c> {
         Tx {
             session: self,
+            read_seq: Cell::new(None),
             last_seq: Cell::new(None),
         }
     }
@@ -122,9 +127,11 @@ impl<'c> Session<'c> {
 /// The writer's open transaction, with the history numbers it hands out.
 pub(crate) struct Tx<'s, 'c> {
     session: &'s Session<'c>,
-    /// The last number of the sequence `events.seq` and `steps.seq` share;
-    /// read from the tables on first use, then counted on in memory (the
+    /// The last number of the history sequence (`events.seq`, `steps.seq`,
+    /// `instances.started_seq` and `finished_seq`) as read from
+    /// `history_seq` on first use, and as counted since in memory (the
     /// write lock keeps every other writer out until the commit).
+    read_seq: Cell<Option<i64>>,
     last_seq: Cell<Option<i64>>,
 }
 
@@ -135,10 +142,28 @@ impl<'c> Tx<'_, 'c> {
     fn next_seq(&self, n: i64) -> Result<i64, Db> {
         let last = match self.last_seq.get() {
             Some(last) => last,
-            None => self.prepare_cached(LAST_SEQ)?.query_row([], |r| r.get(0))?,
+            None => {
+                let read = self
+                    .hot()
+                    .last_seq
+                    .borrow_mut()
+                    .query_row([], |r| r.get(0))?;
+                self.read_seq.set(Some(read));
+                read
+            }
         };
         self.last_seq.set(Some(last + n));
         Ok(last + 1)
+    }
+
+    /// Stores where the sequence stands, if this transaction moved it.
+    fn save_seq(&self) -> Result<(), Db> {
+        if let Some(last) = self.last_seq.get() {
+            if self.read_seq.get() != Some(last) {
+                self.hot().save_seq.borrow_mut().execute([last])?;
+            }
+        }
+        Ok(())
     }
 
     fn hot(&self) -> &Hot<'c> {
@@ -266,7 +291,7 @@ const INSERT_INSTANCE: &str = "INSERT INTO instances (id, workflow, status, inpu
 const TAKE: &str =
     "UPDATE instances SET status = 'in_progress', lease_owner = ?1, lease_expires_at = ?2, run_at = ?2, \
              runs = runs + 1, updated_at = ?3, started_at = COALESCE(started_at, ?3), \
-             wait_event = NULL, wait_child = NULL \
+             wait_event = NULL, wait_child = NULL, started_seq = COALESCE(?5, started_seq) \
          WHERE id = ?4";
 /// `history = 1`: the step's own history events (`step_completed` or
 /// `step_failed`, then `state_changed`) are read from this row, not stored
@@ -276,13 +301,13 @@ const INSERT_STEP: &str = "INSERT INTO steps (instance_id, key, output, error, s
 const INSERT_EVENT: &str =
     "INSERT INTO events (instance_id, at, kind, step, attempt, message, duration_ms, seq) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-/// Where the shared history sequence stands: one step down each table's
-/// rowid B-tree. The last step's `state_changed` number counts as taken.
-const LAST_SEQ: &str = "SELECT MAX( \
-     (SELECT COALESCE(MAX(seq), 0) FROM events), \
-     COALESCE((SELECT seq + (state IS NOT NULL) FROM steps ORDER BY seq DESC LIMIT 1), 0))";
+/// Where the shared history sequence stands.
+const LAST_SEQ: &str = "SELECT last FROM history_seq WHERE only = 0";
+const SAVE_SEQ: &str = "UPDATE history_seq SET last = ?1 WHERE only = 0";
+/// `finished_seq`: the run's terminal event (its kind is the status, its
+/// message the error) is read from the row, not stored in `events`.
 const FINISH: &str = "UPDATE instances SET status = ?1, output = ?2, error = ?3, state = COALESCE(?4, state), \
-                     updated_at = ?5, finished_at = ?5, lease_owner = NULL, lease_expires_at = NULL \
+                     updated_at = ?5, finished_at = ?5, lease_owner = NULL, lease_expires_at = NULL, finished_seq = ?9 \
                      WHERE id = ?6 AND lease_owner = ?7 AND runs = ?8 AND status = 'in_progress'";
 const LEASE_HELD: &str =
     "SELECT 1 FROM instances WHERE id = ?1 AND lease_owner = ?2 AND runs = ?3 AND status = 'in_progress'";
@@ -424,7 +449,9 @@ fn try_batch(session: &Session<'_>, jobs: &mut [Job]) -> Result<(), Db> {
             Ok(())
         })
     });
-    let done = applied.and_then(|()| session.hot.commit.borrow_mut().execute([]).map(drop));
+    let done = applied
+        .and_then(|()| tx.save_seq())
+        .and_then(|()| session.hot.commit.borrow_mut().execute([]).map(drop));
     if done.is_err() {
         // What this transaction granted is undone with it.
         *session.leases.borrow_mut() = Leases::default();
@@ -509,19 +536,10 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 finish.at,
                 lease.instance.as_str(),
                 lease.owner,
-                lease.run
+                lease.run,
+                c.next_seq(1)?
             ])? == 1;
             if done {
-                event(
-                    c,
-                    lease.instance.as_str(),
-                    finish.at,
-                    finish.status.as_str(),
-                    None,
-                    None,
-                    finish.error.as_deref(),
-                    None,
-                )?;
                 if may_have_parent {
                     wake_parent(c, lease.instance.as_str(), finish.at)?;
                 }
@@ -1075,7 +1093,19 @@ fn claim(c: &Tx<'_, '_>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         .collect::<Result<_, _>>()?;
     let mut take = c.hot().take.borrow_mut();
     for raw in &mut raws {
-        take.execute(params![req.owner, req.lease_until, req.now, raw.id])?;
+        // A first run's `started` event is its row's `started_seq`.
+        let started_seq = if raw.runs == 0 {
+            Some(c.next_seq(1)?)
+        } else {
+            None
+        };
+        take.execute(params![
+            req.owner,
+            req.lease_until,
+            req.now,
+            raw.id,
+            started_seq
+        ])?;
         // The row as the update left it, without reading it back.
         raw.status = Status::InProgress.as_str().to_owned();
         raw.runs += 1;
@@ -1115,20 +1145,20 @@ fn claim(c: &Tx<'_, '_>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         };
         // A first run has no steps to replay; skip the lookup.
         let steps = if row.runs > 1 {
+            event(
+                c,
+                row.id.as_str(),
+                req.now,
+                "started",
+                None,
+                None,
+                None,
+                None,
+            )?;
             load_steps(c, &row.id)?
         } else {
             Vec::new()
         };
-        event(
-            c,
-            row.id.as_str(),
-            req.now,
-            "started",
-            None,
-            None,
-            None,
-            None,
-        )?;
         let lease = Lease {
             instance: row.id.clone(),
             owner: req.owner.clone(),
@@ -1219,6 +1249,7 @@ mod tests {
         }
         let tx = c.transaction().unwrap();
         let session = Session::new(&tx).unwrap();
+        let t = session.tx();
         for n in 0..10 {
             let new = NewInstance {
                 id: InstanceId::at(n),
@@ -1232,7 +1263,7 @@ mod tests {
                 parent: None,
             };
             assert!(matches!(
-                create(&session.tx(), &new, None).unwrap(),
+                create(&t, &new, None).unwrap(),
                 Ok(Created::New(_))
             ));
         }
@@ -1245,7 +1276,7 @@ mod tests {
                 lease_until: 200,
                 limit,
             };
-            claimed += claim(&session.tx(), &req).unwrap().len();
+            claimed += claim(&t, &req).unwrap().len();
         }
         assert_eq!(claimed, 1 + 2 + 3 + 4);
         let stmt = tx.prepare_cached(&claim_sql(1)).unwrap();
