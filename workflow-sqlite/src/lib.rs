@@ -279,7 +279,7 @@ impl Store for SqliteStore {
         workflows: &[String],
         after: Millis,
     ) -> Result<Option<Millis>, StoreError> {
-        // Running instances whose worker may die are left to polling.
+        // One bound for every workflow: a lower bound is all the contract asks.
         let _ = workflows;
         sqlx::query_scalar(NEXT_DUE)
             .bind(after)
@@ -773,6 +773,17 @@ mod tests {
         assert_eq!(row.workflow, "wf");
     }
 
+    /// Claims up to `limit` instances of `wf`, whatever their due time.
+    fn claim_due(owner: &str, limit: usize) -> ClaimRequest {
+        ClaimRequest {
+            owner: owner.into(),
+            workflows: vec!["wf".into()],
+            now: i64::MAX / 2,
+            lease_until: i64::MAX / 2 + 1,
+            limit,
+        }
+    }
+
     /// The writer trusts the leases it granted without reading them back,
     /// until another connection commits: a lease taken over from outside
     /// must still fence off the old holder's steps.
@@ -784,14 +795,7 @@ mod tests {
             .unwrap();
         let new = workflow_core::testing::new_instance("wf", 1);
         store.create(new, None).await.unwrap();
-        let req = ClaimRequest {
-            owner: "a".into(),
-            workflows: vec!["wf".into()],
-            now: i64::MAX / 2,
-            lease_until: i64::MAX / 2 + 1,
-            limit: 1,
-        };
-        let claimed = store.claim(req).await.unwrap();
+        let claimed = store.claim(claim_due("a", 1)).await.unwrap();
         let lease = claimed[0].lease.clone();
         let step = |key: &str| StepRow {
             key: key.into(),
@@ -831,14 +835,7 @@ mod tests {
             .execute(&store.read)
             .await
             .unwrap();
-        let req = ClaimRequest {
-            owner: "w".into(),
-            workflows: vec!["wf".into()],
-            now: i64::MAX / 2,
-            lease_until: i64::MAX / 2 + 1,
-            limit: 10,
-        };
-        let claimed = store.claim(req).await.unwrap();
+        let claimed = store.claim(claim_due("w", 10)).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].row.id, good_id);
         let err = store.get(&bad_id).await.unwrap_err();

@@ -9,6 +9,7 @@
 //! microseconds, against about twenty through an async driver's channel.
 
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ struct Hot<'c> {
     wake_parent: RefCell<Statement<'c>>,
     last_seq: RefCell<Statement<'c>>,
     save_seq: RefCell<Statement<'c>>,
+    /// Claims by how many workflow names they bind (`claim_sql`).
+    claim: RefCell<HashMap<usize, Statement<'c>>>,
 }
 
 impl<'c> Hot<'c> {
@@ -55,6 +58,7 @@ impl<'c> Hot<'c> {
             wake_parent: p(WAKE_PARENT)?,
             last_seq: p(LAST_SEQ)?,
             save_seq: p(SAVE_SEQ)?,
+            claim: RefCell::new(HashMap::new()),
         })
     }
 }
@@ -164,6 +168,11 @@ impl<'c> Tx<'_, 'c> {
             }
         }
         Ok(())
+    }
+
+    /// The connection, for statements kept beyond this transaction.
+    fn conn(&self) -> &'c Connection {
+        self.session.conn
     }
 
     fn hot(&self) -> &Hot<'c> {
@@ -1083,14 +1092,19 @@ pub(crate) fn claim_sql(workflows: usize) -> String {
 /// Selects the due rows, then takes each by primary key, inside the
 /// writer's transaction. One `UPDATE ... WHERE id IN (SELECT ...)
 /// RETURNING` would build two temporary B-trees per claim; this builds none.
-fn claim(c: &Tx<'_, '_>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
+fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
     let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
     let mut args: Vec<&dyn rusqlite::ToSql> = vec![&req.now, &limit];
     args.extend(req.workflows.iter().map(|w| w as &dyn rusqlite::ToSql));
-    let mut raws: Vec<RawInstance> = c
-        .prepare_cached(&claim_sql(req.workflows.len()))?
+    let mut selects = c.hot().claim.borrow_mut();
+    let select = match selects.entry(req.workflows.len()) {
+        Entry::Occupied(select) => select.into_mut(),
+        Entry::Vacant(slot) => slot.insert(c.conn().prepare(&claim_sql(req.workflows.len()))?),
+    };
+    let mut raws: Vec<RawInstance> = select
         .query_map(rusqlite::params_from_iter(args), raw_instance)?
         .collect::<Result<_, _>>()?;
+    drop(selects);
     let mut take = c.hot().take.borrow_mut();
     for raw in &mut raws {
         // A first run's `started` event is its row's `started_seq`.
@@ -1279,8 +1293,8 @@ mod tests {
             claimed += claim(&t, &req).unwrap().len();
         }
         assert_eq!(claimed, 1 + 2 + 3 + 4);
-        let stmt = tx.prepare_cached(&claim_sql(1)).unwrap();
-        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+        let selects = session.hot.claim.borrow();
+        assert_eq!(selects[&1].get_status(StatementStatus::RePrepare), 0);
     }
 
     /// A partial index whose condition is a three-value `IN` list, or an
