@@ -209,7 +209,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Instances each worker runs at once (default 64).
+    /// Handlers each worker runs at once (default 64). A slot is free again
+    /// as soon as its handler returns or suspends, while the outcome is
+    /// still being written, so the next claim overlaps that write.
     pub fn concurrency(mut self, instances: usize) -> Self {
         self.config.concurrency = instances.max(1);
         self

@@ -7,6 +7,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -90,12 +91,16 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             w.stop.clone(),
         ));
         let mut runs = JoinSet::new();
+        // A slot is a running handler. It is free again as soon as the
+        // handler ends, while its outcome is still being recorded, so the
+        // next claim overlaps that write.
+        let slots = Arc::new(Semaphore::new(config.concurrency));
         let mut store_backoff = Duration::from_millis(50);
         let workflows: Vec<String> = inner.workflows.keys().map(|s| (*s).to_owned()).collect();
         let mut wakeups = inner.store.wakeups();
         while !w.stop.is_cancelled() {
             while runs.try_join_next().is_some() {}
-            let free = config.concurrency.saturating_sub(runs.len());
+            let free = slots.available_permits();
             let mut full_batch = false;
             let claimed_at = now_millis();
             if free > 0 && !workflows.is_empty() {
@@ -112,7 +117,13 @@ async fn worker_loop(w: Arc<WorkerShared>) {
                         store_backoff = Duration::from_millis(50);
                         full_batch = claimed.len() == free;
                         for c in claimed {
-                            runs.spawn(run_claimed(Arc::clone(&w), c));
+                            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                                // Unreachable: claims ask for at most the free slots.
+                                tracing::error!(id = %c.row.id, "claimed more than the free slots; releasing");
+                                let _ = inner.store.release(&c.lease, now_millis()).await;
+                                continue;
+                            };
+                            runs.spawn(run_claimed(Arc::clone(&w), c, slot));
                         }
                     }
                     Err(err) => {
@@ -129,7 +140,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             if full_batch {
                 // More may be due; wait only for a free slot.
                 tokio::select! {
-                    _ = runs.join_next() => {}
+                    _ = slots.acquire() => {}
                     _ = w.stop.cancelled() => {}
                 }
                 continue;
@@ -307,7 +318,7 @@ fn hostname() -> &'static str {
     &HOST
 }
 
-async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed) {
+async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed, slot: OwnedSemaphorePermit) {
     let Claimed { row, lease, steps } = claimed;
     let span =
         tracing::info_span!("workflow", workflow = %row.workflow, id = %row.id, run = lease.run);
@@ -337,6 +348,7 @@ async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed) {
         run.stop.cancel();
         lock(&inner.running).remove(&row.id);
         lock(&w.running).remove(&row.id);
+        drop(slot);
         settle(&w, &lease, finish).await;
         inner.finished.notify_waiters();
         // A finished child may have woken its parent; a suspended instance

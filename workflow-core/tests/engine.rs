@@ -905,3 +905,51 @@ async fn start_json_works_from_definitions_other_engines_recorded() {
         Err(Error::UnknownWorkflow(_))
     ));
 }
+
+static RUNNING: AtomicU32 = AtomicU32::new(0);
+static MOST_RUNNING: AtomicU32 = AtomicU32::new(0);
+
+/// Holds its slot for a moment, counting how many handlers run at once.
+struct Crowded;
+
+impl Workflow for Crowded {
+    type Input = u32;
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "crowded";
+
+    async fn run(&self, ctx: Ctx, n: u32) -> Result<u32, BoxError> {
+        let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+        MOST_RUNNING.fetch_max(now, Ordering::SeqCst);
+        let out = ctx
+            .step("work", || async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok::<_, BoxError>(n * 2)
+            })
+            .await;
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        Ok(out?)
+    }
+}
+
+#[tokio::test]
+async fn concurrency_bounds_the_handlers_running_at_once() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Crowded)
+        .concurrency(3)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    let started = Crowded::start_many(&engine, (0..30).collect(), StartOptions::new())
+        .await
+        .unwrap();
+    for (n, inst) in started.iter().enumerate() {
+        assert_eq!(inst.result().await.unwrap(), n as u32 * 2);
+    }
+    worker.shutdown().await;
+    // Never more than 3, and the slots were kept full.
+    assert_eq!(MOST_RUNNING.load(Ordering::SeqCst), 3);
+}

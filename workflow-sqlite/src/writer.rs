@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use workflow_core::store::*;
 use workflow_core::{InstanceId, Status, StoreError};
 
+use crate::flush::Flusher;
 use crate::rows::{decode_instance, RawInstance, COLUMNS};
 
 type Db = rusqlite::Error;
@@ -231,6 +232,16 @@ pub(crate) enum Op {
     PutDefinitions(Vec<(String, String)>, Millis),
 }
 
+impl Op {
+    /// Whether the caller must hear of this write only once it is on disk.
+    /// A claim or a lease renewal need not be: lost in a power cut, the
+    /// instance is claimed again (a step runs at least once), and every
+    /// write that depends on it is fsynced after it.
+    fn needs_fsync(&self) -> bool {
+        !matches!(self, Op::Claim(_) | Op::Renew(..))
+    }
+}
+
 /// What a write produced.
 #[derive(Debug)]
 pub(crate) enum Reply {
@@ -244,16 +255,45 @@ pub(crate) enum Reply {
     Done,
 }
 
-struct Job {
+pub(crate) struct Job {
     op: Op,
     /// The op's own answer, kept until the transaction commits.
     result: Option<Result<Reply, StoreError>>,
     reply: oneshot::Sender<Result<Reply, StoreError>>,
 }
 
-enum Msg {
+#[cfg(test)]
+impl Job {
+    /// A job as the writer leaves it after applying it, and its answer.
+    pub(crate) fn with_result(
+        op: Op,
+        reply: Reply,
+    ) -> (Self, oneshot::Receiver<Result<Reply, StoreError>>) {
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            op,
+            result: Some(Ok(reply)),
+            reply: tx,
+        };
+        (job, rx)
+    }
+}
+
+/// Answers a committed job: its own result, unless making the commit
+/// durable failed (`Err` is why).
+pub(crate) fn answer(job: Job, durable: Result<(), &str>) {
+    let result = match durable {
+        Ok(()) => job.result.unwrap_or(Ok(Reply::Done)),
+        Err(why) => Err(StoreError::backend(why.to_owned())),
+    };
+    let _ = job.reply.send(result);
+}
+
+pub(crate) enum Msg {
     Job(Box<Job>),
     Close(oneshot::Sender<()>),
+    /// From the fsync thread: the disk is free for the next commit.
+    Synced,
 }
 
 #[derive(Clone)]
@@ -262,11 +302,21 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn spawn(conn: Connection, max_batch: usize) -> std::io::Result<Self> {
+    /// Starts the writer thread on `conn`. With `wal` (durable mode) a
+    /// second thread fsyncs that file after each commit before the writes
+    /// are answered; without it (relaxed mode) writes are answered at commit.
+    pub(crate) fn spawn(
+        conn: Connection,
+        max_batch: usize,
+        wal: Option<std::fs::File>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let flusher = wal
+            .map(|wal| Flusher::spawn(wal, tx.downgrade()))
+            .transpose()?;
         std::thread::Builder::new()
             .name("workflow-sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch))?;
+            .spawn(move || run(conn, rx, max_batch, flusher))?;
         Ok(Writer { tx })
     }
 
@@ -328,7 +378,12 @@ fn backend(err: Db) -> StoreError {
     StoreError::backend(err)
 }
 
-fn run(conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: usize) {
+fn run(
+    conn: Connection,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    max_batch: usize,
+    mut flusher: Option<Flusher>,
+) {
     let session = match Session::new(&conn) {
         Ok(session) => session,
         Err(err) => {
@@ -338,82 +393,174 @@ fn run(conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: usize)
             let message = format!("the SQLite writer could not prepare its statements: {err}");
             while let Some(msg) = rx.blocking_recv() {
                 match msg {
-                    Msg::Job(job) => {
-                        let _ = job.reply.send(Err(StoreError::backend(message.clone())));
-                    }
+                    Msg::Job(job) => answer(*job, Err(&message)),
                     Msg::Close(done) => {
                         let _ = done.send(());
                         return;
                     }
+                    Msg::Synced => {}
                 }
             }
             return;
         }
     };
-    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
-    let mut closing = None;
-    while closing.is_none() {
-        match next_message(&mut rx) {
-            Some(Msg::Job(job)) => batch.push(*job),
-            Some(Msg::Close(done)) => closing = Some(done),
-            None => break,
-        }
-        while batch.len() < max_batch && closing.is_none() {
-            match rx.try_recv() {
-                Ok(Msg::Job(job)) => batch.push(*job),
-                Ok(Msg::Close(done)) => closing = Some(done),
-                Err(_) => break,
+    // Writes applied in the open transaction, not yet committed.
+    let mut open: Option<Tx<'_, '_>> = None;
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    // `Some` once told to stop (`Some(None)`: every handle was dropped).
+    let mut closing: Option<Option<oneshot::Sender<()>>> = None;
+    let mut last_commit = 0;
+    loop {
+        // Durable mode commits when the disk is free: the writes that came
+        // in during the last fsync share the next one.
+        let disk_free = flusher.as_mut().is_none_or(Flusher::idle);
+        if !jobs.is_empty() && (disk_free || closing.is_some() || jobs.len() >= max_batch) {
+            last_commit = jobs.len();
+            let tx = open
+                .take()
+                .expect("applied writes have an open transaction");
+            match commit(&session, tx) {
+                Ok(()) => answer_committed(&mut flusher, &mut jobs, rx.is_empty()),
+                Err(err) => redo_alone(&session, &mut flusher, &mut jobs, &err),
             }
-        }
-        if batch.is_empty() {
             continue;
         }
-        match apply_batch(&session, &mut batch) {
-            Ok(()) => {
-                for job in batch.drain(..) {
-                    let result = job.result.unwrap_or(Ok(Reply::Done));
-                    let _ = job.reply.send(result);
+        if closing.is_some() {
+            break;
+        }
+        // Nothing to commit yet: wait for writes, or, while an fsync is in
+        // flight, for whichever comes first: a write or the fsync's end.
+        let mut next = if jobs.is_empty() && disk_free {
+            next_message(&mut rx, linger(last_commit))
+        } else {
+            rx.blocking_recv()
+        };
+        // Apply what came, and whatever else is queued, in the open transaction.
+        loop {
+            match next {
+                Some(Msg::Job(job)) => {
+                    jobs.push(*job);
+                    let job = jobs.last_mut().expect("just pushed");
+                    if let Err(err) = apply_open(&session, &mut open, job) {
+                        if open.take().is_some() {
+                            rollback(&session);
+                        }
+                        redo_alone(&session, &mut flusher, &mut jobs, &err);
+                    }
+                }
+                Some(Msg::Synced) => {}
+                Some(Msg::Close(done)) => {
+                    closing = Some(Some(done));
+                    break;
+                }
+                None => {
+                    closing = Some(None);
+                    break;
                 }
             }
-            Err(err) if batch.len() == 1 => {
-                let _ = batch.remove(0).reply.send(Err(backend(err)));
+            if jobs.len() >= max_batch {
+                break;
             }
-            Err(err) => {
-                // One write broke the transaction: redo each alone so it
-                // cannot fail its neighbours.
-                tracing::warn!(error = %err, writes = batch.len(), "group commit failed; retrying writes one by one");
-                for mut job in batch.drain(..) {
-                    let result = match apply_batch(&session, std::slice::from_mut(&mut job)) {
-                        Ok(()) => job.result.take().unwrap_or(Ok(Reply::Done)),
-                        Err(err) => Err(backend(err)),
-                    };
-                    let _ = job.reply.send(result);
-                }
-            }
+            next = match rx.try_recv() {
+                Ok(msg) => Some(msg),
+                Err(_) => break,
+            };
         }
     }
+    // Every answer is out before the connection closes.
+    drop(flusher);
     // Statements first: a connection closes only once they are finalized.
     drop(session);
     drop(conn);
-    if let Some(done) = closing {
+    if let Some(Some(done)) = closing {
         let _ = done.send(());
     }
 }
 
-/// How long the writer keeps looking for the next write before it sleeps.
-const LINGER: Duration = Duration::from_micros(100);
+/// Applies `job` in the open transaction, beginning one if none is open.
+fn apply_open<'s, 'c>(
+    session: &'s Session<'c>,
+    open: &mut Option<Tx<'s, 'c>>,
+    job: &mut Job,
+) -> Result<(), Db> {
+    let tx = match open {
+        Some(tx) => tx,
+        None => open.insert(begin(session)?),
+    };
+    job.result = Some(apply(tx, &job.op)?);
+    Ok(())
+}
+
+/// One write broke the open transaction (already rolled back): redo each
+/// of its writes in a transaction of its own, so none fails its neighbours.
+fn redo_alone(session: &Session<'_>, flusher: &mut Option<Flusher>, jobs: &mut Vec<Job>, err: &Db) {
+    if jobs.len() > 1 {
+        tracing::warn!(error = %err, writes = jobs.len(), "group commit failed; retrying writes one by one");
+    }
+    let mut committed = Vec::with_capacity(jobs.len());
+    for mut job in jobs.drain(..) {
+        match apply_batch(session, std::slice::from_mut(&mut job)) {
+            Ok(()) => committed.push(job),
+            Err(err) => {
+                let _ = job.reply.send(Err(backend(err)));
+            }
+        }
+    }
+    match flusher {
+        Some(flusher) => flusher.flush_here(committed),
+        None => committed.into_iter().for_each(|job| answer(job, Ok(()))),
+    }
+}
+
+/// How long the writer (and the flush thread) keep looking for the next
+/// write before they sleep, when few callers are writing.
+pub(crate) const LINGER: Duration = Duration::from_micros(100);
+
+/// A commit of at most this many writes means few callers: they gain from
+/// the writer lingering for their next write and from an fsync on the
+/// writer's own thread. Under load the CPU is better left to them.
+pub(crate) const FEW: usize = 4;
+
+/// How long to look for the next write after a commit of `last` writes.
+pub(crate) fn linger(last: usize) -> Duration {
+    if last <= FEW {
+        LINGER
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// Answers committed writes: at once in relaxed mode; in durable mode once
+/// the WAL is fsynced, except what need not survive a power loss.
+fn answer_committed(flusher: &mut Option<Flusher>, jobs: &mut Vec<Job>, queue_empty: bool) {
+    let Some(flusher) = flusher else {
+        jobs.drain(..).for_each(|job| answer(job, Ok(())));
+        return;
+    };
+    // Any later fsync covers these too.
+    for job in jobs.extract_if(.., |job| !job.op.needs_fsync()) {
+        answer(job, Ok(()));
+    }
+    let jobs = std::mem::take(jobs);
+    if jobs.len() <= FEW && queue_empty && flusher.idle() {
+        // Few callers: an fsync here spares them two thread hand-offs.
+        flusher.flush_here(jobs);
+    } else {
+        flusher.flush(jobs);
+    }
+}
 
 /// The next message, waiting for it. A workflow that just got its answer
 /// usually sends its next step within tens of microseconds; looking (and
 /// yielding the core) that long spares the round trip of putting the
 /// thread to sleep and waking it, which costs as much as a relaxed commit.
-fn next_message(rx: &mut mpsc::UnboundedReceiver<Msg>) -> Option<Msg> {
+fn next_message(rx: &mut mpsc::UnboundedReceiver<Msg>, linger: Duration) -> Option<Msg> {
     let started = std::time::Instant::now();
     loop {
         match rx.try_recv() {
             Ok(msg) => return Some(msg),
             Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) if started.elapsed() < LINGER => {
+            Err(mpsc::error::TryRecvError::Empty) if started.elapsed() < linger => {
                 std::thread::yield_now();
             }
             Err(mpsc::error::TryRecvError::Empty) => return rx.blocking_recv(),
@@ -429,8 +576,8 @@ fn is_busy(err: &Db) -> bool {
     )
 }
 
-/// Applies `jobs` in one transaction. Waits out other processes' locks
-/// (bounded) instead of reporting `database is locked`.
+/// Applies `jobs` in one transaction and commits it. Waits out other
+/// processes' locks (bounded) instead of reporting `database is locked`.
 fn apply_batch(session: &Session<'_>, jobs: &mut [Job]) -> Result<(), Db> {
     let mut delay = Duration::from_millis(5);
     let mut waited = Duration::ZERO;
@@ -449,31 +596,54 @@ fn apply_batch(session: &Session<'_>, jobs: &mut [Job]) -> Result<(), Db> {
 
 /// One transaction.
 fn try_batch(session: &Session<'_>, jobs: &mut [Job]) -> Result<(), Db> {
-    let conn = session.conn;
-    session.hot.begin.borrow_mut().execute([])?;
-    let tx = session.tx();
-    let applied = forget_leases_if_others_wrote(&tx).and_then(|()| {
-        jobs.iter_mut().try_for_each(|job| {
-            job.result = Some(apply(&tx, &job.op)?);
-            Ok(())
-        })
+    let tx = begin(session)?;
+    let applied = jobs.iter_mut().try_for_each(|job| {
+        job.result = Some(apply(&tx, &job.op)?);
+        Ok(())
     });
-    let done = applied
-        .and_then(|()| tx.save_seq())
-        .and_then(|()| session.hot.commit.borrow_mut().execute([]).map(drop));
-    if done.is_err() {
-        // What this transaction granted is undone with it.
-        *session.leases.borrow_mut() = Leases::default();
-        if !conn.is_autocommit() {
-            if let Err(err) = conn
-                .prepare_cached("ROLLBACK")
-                .and_then(|mut s| s.execute([]))
-            {
-                tracing::error!(error = %err, "rolling back a failed group commit failed");
-            }
+    match applied {
+        Ok(()) => commit(session, tx),
+        Err(err) => {
+            rollback(session);
+            Err(err)
         }
     }
+}
+
+/// Opens the writer's transaction, taking SQLite's write lock.
+fn begin<'s, 'c>(session: &'s Session<'c>) -> Result<Tx<'s, 'c>, Db> {
+    session.hot.begin.borrow_mut().execute([])?;
+    let tx = session.tx();
+    if let Err(err) = forget_leases_if_others_wrote(&tx) {
+        rollback(session);
+        return Err(err);
+    }
+    Ok(tx)
+}
+
+/// Commits (without fsync: see [`Flusher`]); rolls back if that fails.
+fn commit(session: &Session<'_>, tx: Tx<'_, '_>) -> Result<(), Db> {
+    let done = tx
+        .save_seq()
+        .and_then(|()| session.hot.commit.borrow_mut().execute([]).map(drop));
+    if done.is_err() {
+        rollback(session);
+    }
     done
+}
+
+/// Undoes the open transaction, and what it granted with it.
+fn rollback(session: &Session<'_>) {
+    *session.leases.borrow_mut() = Leases::default();
+    let conn = session.conn;
+    if !conn.is_autocommit() {
+        if let Err(err) = conn
+            .prepare_cached("ROLLBACK")
+            .and_then(|mut s| s.execute([]))
+        {
+            tracing::error!(error = %err, "rolling back a failed group commit failed");
+        }
+    }
 }
 
 /// Read under the write lock, so nobody else can commit until ours does.

@@ -1,0 +1,259 @@
+//! Durable mode's fsync, on a thread of its own.
+//!
+//! The writer's connection runs with `synchronous = NORMAL`: a commit
+//! writes its frames to the WAL without an fsync, and SQLite fsyncs only
+//! around checkpoints (the WAL before pages are copied out of it, the
+//! database after). In durable mode the writer hands each commit's writes
+//! here; this thread fsyncs the WAL and only then answers them, so nobody
+//! hears "recorded" before the bytes are on disk, as with `FULL`. Meanwhile
+//! the writer applies the next writes in a new open transaction and commits
+//! it as soon as this fsync is done: the disk's flush and the writer's CPU
+//! overlap instead of taking turns.
+
+use std::fs::File;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::WeakUnboundedSender;
+
+use crate::writer::{answer, linger, Job, Msg};
+
+/// The flush thread, as the writer sees it.
+pub(crate) struct Flusher {
+    wal: Arc<File>,
+    to_flush: Option<mpsc::Sender<Vec<Job>>>,
+    /// How many handed-over batches each finished fsync covered.
+    flushed: mpsc::Receiver<usize>,
+    /// Batches handed over whose fsync has not been reported done.
+    pending: usize,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flusher {
+    /// Starts the thread. `wake` reaches the writer's queue, so a writer
+    /// waiting for new writes also hears that the disk is free; it is weak,
+    /// so the writer still sees its queue close when the store is dropped.
+    pub(crate) fn spawn(wal: File, wake: WeakUnboundedSender<Msg>) -> std::io::Result<Self> {
+        let wal = Arc::new(wal);
+        let (to_flush, batches) = mpsc::channel::<Vec<Job>>();
+        let (done, flushed) = mpsc::channel();
+        let file = Arc::clone(&wal);
+        let thread = std::thread::Builder::new()
+            .name("workflow-sqlite-fsync".into())
+            .spawn(move || flush_loop(&file, &batches, &done, &wake))?;
+        Ok(Flusher {
+            wal,
+            to_flush: Some(to_flush),
+            flushed,
+            pending: 0,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether no fsync is in flight or waiting.
+    pub(crate) fn idle(&mut self) -> bool {
+        while self.pending > 0 {
+            match self.flushed.try_recv() {
+                Ok(batches) => self.pending = self.pending.saturating_sub(batches),
+                Err(mpsc::TryRecvError::Empty) => break,
+                // The thread is gone: nothing is in flight.
+                Err(mpsc::TryRecvError::Disconnected) => self.pending = 0,
+            }
+        }
+        self.pending == 0
+    }
+
+    /// Blocks until no fsync is in flight or waiting.
+    fn wait_idle(&mut self) {
+        while self.pending > 0 {
+            match self.flushed.recv() {
+                Ok(batches) => self.pending = self.pending.saturating_sub(batches),
+                Err(_) => self.pending = 0,
+            }
+        }
+    }
+
+    /// Hands committed writes over to be fsynced and answered. Batches
+    /// handed over while an fsync is in flight share the next one.
+    pub(crate) fn flush(&mut self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let Some(to_flush) = &self.to_flush else {
+            return fail(jobs);
+        };
+        match to_flush.send(jobs) {
+            Ok(()) => self.pending += 1,
+            Err(mpsc::SendError(jobs)) => fail(jobs),
+        }
+    }
+
+    /// Fsyncs on the calling thread, then answers `jobs`; first waits for
+    /// the thread's fsyncs, so answers keep the order of the commits.
+    pub(crate) fn flush_here(&mut self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        self.wait_idle();
+        let flushed = sync(&self.wal);
+        for job in jobs {
+            answer(job, outcome(&flushed));
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once its last batch is answered.
+        self.to_flush = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn fail(jobs: Vec<Job>) {
+    for job in jobs {
+        answer(
+            job,
+            Err("the SQLite fsync thread stopped: the write's durability is unknown"),
+        );
+    }
+}
+
+/// Fsyncs the WAL; the error is the message every write of the batch gets.
+fn sync(wal: &File) -> Result<(), String> {
+    wal.sync_data().map_err(|err| {
+        tracing::error!(error = %err, "fsync of the SQLite WAL failed");
+        format!(
+            "fsync of the SQLite WAL failed after the commit, so the write may not survive a power loss: {err}"
+        )
+    })
+}
+
+fn outcome(flushed: &Result<(), String>) -> Result<(), &str> {
+    flushed.as_ref().map(|_| ()).map_err(String::as_str)
+}
+
+fn flush_loop(
+    wal: &File,
+    batches: &mpsc::Receiver<Vec<Job>>,
+    done: &mpsc::Sender<usize>,
+    wake: &WeakUnboundedSender<Msg>,
+) {
+    let mut last = 0;
+    while let Some(mut jobs) = next_batch(batches, linger(last)) {
+        // Everything committed so far shares this fsync.
+        let mut covered = 1;
+        while let Ok(more) = batches.try_recv() {
+            jobs.extend(more);
+            covered += 1;
+        }
+        last = jobs.len();
+        let flushed = sync(wal);
+        // The writer first, so its next commit is on its way while the
+        // callers are woken.
+        let _ = done.send(covered);
+        if let Some(writer) = wake.upgrade() {
+            let _ = writer.send(Msg::Synced);
+        }
+        for job in jobs {
+            answer(job, outcome(&flushed));
+        }
+    }
+}
+
+/// The next batch, looking for it for `linger` before sleeping.
+fn next_batch(batches: &mpsc::Receiver<Vec<Job>>, linger: Duration) -> Option<Vec<Job>> {
+    let started = Instant::now();
+    loop {
+        match batches.try_recv() {
+            Ok(jobs) => return Some(jobs),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if started.elapsed() < linger => {
+                std::thread::yield_now();
+            }
+            Err(mpsc::TryRecvError::Empty) => return batches.recv().ok(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::{Op, Reply};
+    use tokio::sync::mpsc::unbounded_channel;
+    use workflow_core::StoreError;
+
+    fn job() -> (
+        Job,
+        tokio::sync::oneshot::Receiver<Result<Reply, StoreError>>,
+    ) {
+        Job::with_result(Op::Renew(Vec::new(), 0), Reply::Count(7))
+    }
+
+    fn pipe_file() -> File {
+        let (_reader, writer) = std::io::pipe().unwrap();
+        File::from(std::os::fd::OwnedFd::from(writer))
+    }
+
+    #[test]
+    fn writes_are_answered_after_their_fsync() {
+        let file = tempfile::tempfile().unwrap();
+        let (wake, mut woken) = unbounded_channel();
+        let mut flusher = Flusher::spawn(file, wake.downgrade()).unwrap();
+        let (a, a_rx) = job();
+        let (b, b_rx) = job();
+        flusher.flush(vec![a]);
+        flusher.flush(vec![b]);
+        assert!(matches!(a_rx.blocking_recv().unwrap(), Ok(Reply::Count(7))));
+        assert!(matches!(b_rx.blocking_recv().unwrap(), Ok(Reply::Count(7))));
+        // The writer hears the disk is free, and counts both batches done.
+        assert!(matches!(woken.blocking_recv(), Some(Msg::Synced)));
+        flusher.wait_idle();
+        assert!(flusher.idle());
+        let (c, c_rx) = job();
+        flusher.flush_here(vec![c]);
+        assert!(matches!(c_rx.blocking_recv().unwrap(), Ok(Reply::Count(7))));
+    }
+
+    /// fdatasync of a pipe fails (EINVAL), as a failing disk would: the
+    /// write must be reported failed, never answered as recorded.
+    #[test]
+    fn a_failed_fsync_fails_every_write_of_its_batch() {
+        let (wake, _woken) = unbounded_channel();
+        let mut flusher = Flusher::spawn(pipe_file(), wake.downgrade()).unwrap();
+        let (a, a_rx) = job();
+        let (b, b_rx) = job();
+        flusher.flush(vec![a, b]);
+        for rx in [a_rx, b_rx] {
+            let err = rx.blocking_recv().unwrap().unwrap_err();
+            assert!(
+                err.to_string().contains("fsync of the SQLite WAL failed"),
+                "{err}"
+            );
+        }
+        let (c, c_rx) = job();
+        flusher.flush_here(vec![c]);
+        let err = c_rx.blocking_recv().unwrap().unwrap_err();
+        assert!(err.to_string().contains("fsync"), "{err}");
+    }
+
+    #[test]
+    fn dropping_the_flusher_answers_what_it_holds() {
+        let (wake, _woken) = unbounded_channel();
+        let mut flusher = Flusher::spawn(tempfile::tempfile().unwrap(), wake.downgrade()).unwrap();
+        let receivers: Vec<_> = (0..10)
+            .map(|_| {
+                let (j, rx) = job();
+                flusher.flush(vec![j]);
+                rx
+            })
+            .collect();
+        drop(flusher);
+        for rx in receivers {
+            assert!(matches!(rx.blocking_recv().unwrap(), Ok(Reply::Count(7))));
+        }
+    }
+}
