@@ -11,6 +11,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Statement};
@@ -299,6 +301,27 @@ pub(crate) enum Msg {
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::UnboundedSender<Msg>,
+    /// Callers waiting for an answer.
+    waiting: Arc<AtomicUsize>,
+    /// How long a lone caller looks for its answer before it sleeps.
+    spin: Duration,
+}
+
+/// Counts a caller as waiting until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    /// Counts one more caller; true if it is the only one.
+    fn enter(count: &'a AtomicUsize) -> (Self, bool) {
+        let alone = count.fetch_add(1, Ordering::Relaxed) == 0;
+        (Waiting(count), alone)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Writer {
@@ -314,14 +337,25 @@ impl Writer {
         let flusher = wal
             .map(|wal| Flusher::spawn(wal, tx.downgrade()))
             .transpose()?;
+        // Relaxed answers come within microseconds of the commit; durable
+        // ones wait for an fsync, which is not worth a spinning core.
+        let spin = if flusher.is_some() {
+            Duration::ZERO
+        } else {
+            LINGER
+        };
         std::thread::Builder::new()
             .name("workflow-sqlite-writer".into())
             .spawn(move || run(conn, rx, max_batch, flusher))?;
-        Ok(Writer { tx })
+        Ok(Writer {
+            tx,
+            waiting: Arc::new(AtomicUsize::new(0)),
+            spin,
+        })
     }
 
     pub(crate) async fn submit(&self, op: Op) -> Result<Reply, StoreError> {
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
         let job = Job {
             op,
             result: None,
@@ -330,6 +364,21 @@ impl Writer {
         self.tx
             .send(Msg::Job(Box::new(job)))
             .map_err(|_| StoreError::backend("the SQLite store is closed"))?;
+        let (_waiting, alone) = Waiting::enter(&self.waiting);
+        if alone {
+            // A lone caller (one workflow stepping through its steps) would
+            // otherwise put its runtime thread to sleep and pay for waking
+            // it, several times the commit itself. Many callers keep the
+            // runtime busy, so they just wait.
+            let started = std::time::Instant::now();
+            while started.elapsed() < self.spin {
+                match answer.try_recv() {
+                    Ok(result) => return result,
+                    Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
+                    Err(oneshot::error::TryRecvError::Closed) => break,
+                }
+            }
+        }
         answer
             .await
             .map_err(|_| StoreError::backend("the SQLite writer stopped before answering"))?
