@@ -211,7 +211,10 @@ impl EngineBuilder {
 
     /// Handlers each worker runs at once (default 64). A slot is free again
     /// as soon as its handler returns or suspends, while the outcome is
-    /// still being written, so the next claim overlaps that write.
+    /// still being written. To start the next instance the moment a slot
+    /// frees, a worker with a backlog holds up to a quarter as many
+    /// instances claimed ahead (shown `InProgress`, leases renewed); it hands
+    /// them back to the store when it shuts down.
     pub fn concurrency(mut self, instances: usize) -> Self {
         self.config.concurrency = instances.max(1);
         self

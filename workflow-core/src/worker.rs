@@ -1,7 +1,7 @@
 //! Workers: claim runnable instances, run their handlers, keep their leases
 //! alive, and take over instances of workers that died.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use crate::error::{Interrupt, StoreError};
 use crate::id::InstanceId;
 use crate::status::Status;
 use crate::step::panic_message;
-use crate::store::{now_millis, ClaimRequest, Claimed, Finish, Lease, Suspend};
+use crate::store::{now_millis, ClaimRequest, Claimed, Finish, Lease, Renewal, Suspend};
 
 /// Worker ids alive in this process, so a restarted engine in the same
 /// process can tell its own live peers from dead predecessors.
@@ -37,6 +37,9 @@ struct WorkerShared {
     id: String,
     stop: CancellationToken,
     running: Mutex<HashMap<InstanceId, Arc<RunShared>>>,
+    /// Instances claimed ahead of a free slot, oldest due first. The
+    /// heartbeat renews their leases like those of running instances.
+    ready: Mutex<VecDeque<Claimed>>,
 }
 
 impl Worker {
@@ -54,6 +57,7 @@ impl Worker {
             id,
             stop,
             running: Mutex::new(HashMap::new()),
+            ready: Mutex::new(VecDeque::new()),
         });
         let task = tokio::spawn(worker_loop(Arc::clone(&shared)));
         Worker { shared, task }
@@ -92,55 +96,62 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         ));
         let mut runs = JoinSet::new();
         // A slot is a running handler. It is free again as soon as the
-        // handler ends, while its outcome is still being recorded, so the
-        // next claim overlaps that write.
+        // handler ends, while its outcome is still being recorded.
         let slots = Arc::new(Semaphore::new(config.concurrency));
+        // How many instances to hold claimed ahead of free slots: a slot
+        // that frees then starts the next instance at once instead of
+        // waiting a claim's round trip through the store.
+        let prefetch = config.concurrency.div_ceil(4);
+        let mut claims = JoinSet::new();
+        // The last claim came back full: more may be due right now.
+        let mut draining = true;
+        let mut claimed_at = now_millis();
         let mut store_backoff = Duration::from_millis(50);
         let workflows: Vec<String> = inner.workflows.keys().map(|s| (*s).to_owned()).collect();
         let mut wakeups = inner.store.wakeups();
         while !w.stop.is_cancelled() {
             while runs.try_join_next().is_some() {}
-            let free = slots.available_permits();
-            let mut full_batch = false;
-            let claimed_at = now_millis();
-            if free > 0 && !workflows.is_empty() {
-                let now = claimed_at;
+            start_ready(&w, &slots, &mut runs);
+            let ready = lock(&w.ready).len();
+            let wanted = (slots.available_permits() + prefetch).saturating_sub(ready);
+            if draining && wanted > 0 && claims.is_empty() && !workflows.is_empty() {
+                let now = now_millis();
                 let req = ClaimRequest {
                     owner: w.id.clone(),
                     workflows: workflows.clone(),
                     now,
                     lease_until: now + config.lease.as_millis() as i64,
-                    limit: free,
+                    limit: wanted,
                 };
-                match inner.store.claim(req).await {
-                    Ok(claimed) => {
-                        store_backoff = Duration::from_millis(50);
-                        full_batch = claimed.len() == free;
-                        for c in claimed {
-                            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                                // Unreachable: claims ask for at most the free slots.
-                                tracing::error!(id = %c.row.id, "claimed more than the free slots; releasing");
-                                let _ = inner.store.release(&c.lease, now_millis()).await;
-                                continue;
-                            };
-                            runs.spawn(run_claimed(Arc::clone(&w), c, slot));
-                        }
-                    }
-                    Err(err) => {
-                        tracing::error!(error = %err, retry_in = ?store_backoff, "claiming work failed");
-                        tokio::select! {
-                            _ = tokio::time::sleep(store_backoff) => {}
-                            _ = w.stop.cancelled() => {}
-                        }
-                        store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                }
+                let store = Arc::clone(&inner.store);
+                claims.spawn(async move { (store.claim(req).await, wanted, now) });
             }
-            if full_batch {
-                // More may be due; wait only for a free slot.
+            if draining || !claims.is_empty() {
                 tokio::select! {
-                    _ = slots.acquire() => {}
+                    Some(joined) = claims.join_next() => {
+                        let Ok((claimed, wanted, at)) = joined else {
+                            // Unreachable: stores return errors, they do not panic.
+                            continue;
+                        };
+                        claimed_at = at;
+                        match claimed {
+                            Ok(claimed) => {
+                                store_backoff = Duration::from_millis(50);
+                                draining = claimed.len() == wanted;
+                                lock(&w.ready).extend(claimed);
+                            }
+                            Err(err) => {
+                                tracing::error!(error = %err, retry_in = ?store_backoff, "claiming work failed");
+                                tokio::select! {
+                                    _ = tokio::time::sleep(store_backoff) => {}
+                                    _ = w.stop.cancelled() => {}
+                                }
+                                store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+                            }
+                        }
+                    }
+                    // A slot for a ready instance.
+                    _ = slots.acquire(), if ready > 0 => {}
                     _ = w.stop.cancelled() => {}
                 }
                 continue;
@@ -160,16 +171,32 @@ async fn worker_loop(w: Arc<WorkerShared>) {
                 }
             };
             let mut hint_closed = false;
+            let has_ready = !lock(&w.ready).is_empty();
             tokio::select! {
                 _ = inner.wake.notified() => {}
                 _ = tokio::time::sleep(nap) => {}
                 closed = hinted => hint_closed = closed,
                 Some(_) = runs.join_next() => {}
+                _ = slots.acquire(), if has_ready => {}
                 _ = w.stop.cancelled() => {}
             }
             if hint_closed {
                 // The store's listener is gone: back to polling alone.
                 wakeups = None;
+            }
+            draining = true;
+        }
+        // A claim still in flight, and what was claimed ahead, go back to
+        // the store for any worker to take at once.
+        while let Some(joined) = claims.join_next().await {
+            if let Ok((Ok(claimed), _, _)) = joined {
+                lock(&w.ready).extend(claimed);
+            }
+        }
+        let ready: Vec<Claimed> = lock(&w.ready).drain(..).collect();
+        for c in ready {
+            if let Err(err) = inner.store.release(&c.lease, now_millis()).await {
+                tracing::warn!(id = %c.row.id, error = %err, "handing back a claimed instance failed; it resumes when its lease expires");
             }
         }
         drain(&w, &mut runs).await;
@@ -180,6 +207,20 @@ async fn worker_loop(w: Arc<WorkerShared>) {
     }
     .instrument(span)
     .await
+}
+
+/// Starts ready instances on the free slots.
+fn start_ready(w: &Arc<WorkerShared>, slots: &Arc<Semaphore>, runs: &mut JoinSet<()>) {
+    let mut ready = lock(&w.ready);
+    while !ready.is_empty() {
+        let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
+            return;
+        };
+        let Some(claimed) = ready.pop_front() else {
+            return;
+        };
+        runs.spawn(run_claimed(Arc::clone(w), claimed, slot));
+    }
 }
 
 async fn drain(w: &WorkerShared, runs: &mut JoinSet<()>) {
@@ -211,27 +252,16 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
         tokio::time::sleep(every).await;
         ticks += 1;
         let runs: Vec<Arc<RunShared>> = lock(&w.running).values().cloned().collect();
-        if !runs.is_empty() {
-            let leases: Vec<Lease> = runs.iter().map(|r| r.lease.clone()).collect();
+        let mut leases: Vec<Lease> = runs.iter().map(|r| r.lease.clone()).collect();
+        leases.extend(lock(&w.ready).iter().map(|c| c.lease.clone()));
+        if !leases.is_empty() {
             let until = now_millis() + inner.config.lease.as_millis() as i64;
             match inner.store.renew(&leases, until).await {
                 Ok(renewals) => {
                     for renewal in renewals {
-                        let Some(run) = runs.iter().find(|r| r.lease == renewal.lease) else {
-                            continue;
-                        };
-                        if renewal.held {
-                            if renewal.pause_requested {
-                                run.request_pause(true);
-                            }
-                            run.deadline.send_if_modified(|deadline| {
-                                let moved = *deadline != renewal.deadline_at;
-                                *deadline = renewal.deadline_at;
-                                moved
-                            });
-                        } else {
-                            tracing::warn!(id = %renewal.lease.instance, "lease lost (cancelled, or taken over); stopping handler");
-                            run.interrupt(Interrupt::LeaseLost, Settlement::Plain);
+                        match runs.iter().find(|r| r.lease == renewal.lease) {
+                            Some(run) => apply_renewal(run, &renewal),
+                            None => renew_ready(&w, &renewal),
                         }
                     }
                 }
@@ -241,6 +271,41 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
         if ticks.is_multiple_of(3) {
             reap_dead_owners(&w).await;
         }
+    }
+}
+
+/// Tells a running handler what its lease renewal found.
+fn apply_renewal(run: &RunShared, renewal: &Renewal) {
+    if renewal.held {
+        if renewal.pause_requested {
+            run.request_pause(true);
+        }
+        run.deadline.send_if_modified(|deadline| {
+            let moved = *deadline != renewal.deadline_at;
+            *deadline = renewal.deadline_at;
+            moved
+        });
+    } else {
+        tracing::warn!(id = %renewal.lease.instance, "lease lost (cancelled, or taken over); stopping handler");
+        run.interrupt(Interrupt::LeaseLost, Settlement::Plain);
+    }
+}
+
+/// Applies a renewal to an instance claimed ahead that has not started: it
+/// starts with what the store says now, or not at all if its lease is gone.
+fn renew_ready(w: &WorkerShared, renewal: &Renewal) {
+    let mut ready = lock(&w.ready);
+    let Some(at) = ready.iter().position(|c| c.lease == renewal.lease) else {
+        // Started since: the next heartbeat renews it as running.
+        return;
+    };
+    if renewal.held {
+        let row = &mut ready[at].row;
+        row.deadline_at = renewal.deadline_at;
+        row.pause_requested |= renewal.pause_requested;
+    } else {
+        tracing::info!(id = %renewal.lease.instance, "lease lost before the instance started (cancelled, or taken over)");
+        ready.remove(at);
     }
 }
 

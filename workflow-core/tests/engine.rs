@@ -953,3 +953,48 @@ async fn concurrency_bounds_the_handlers_running_at_once() {
     // Never more than 3, and the slots were kept full.
     assert_eq!(MOST_RUNNING.load(Ordering::SeqCst), 3);
 }
+
+/// A worker claims a few instances ahead of its free slots (so a slot that
+/// frees starts the next at once); at shutdown those go back to the store
+/// unstarted, and the next worker runs them.
+#[tokio::test]
+async fn instances_claimed_ahead_go_back_at_shutdown() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(Slow)
+        .concurrency(1)
+        .shutdown_grace(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let long = StartOptions::new().timeout(Duration::from_secs(600));
+    let worker = engine.start_worker();
+    let first = Slow::start_with(&engine, 60_000, long.clone())
+        .await
+        .unwrap();
+    let others = Slow::start_many(&engine, vec![1; 4], long).await.unwrap();
+    let mut in_progress = 0;
+    for _ in 0..200 {
+        let counts = engine.counts(Some("slow")).await.unwrap();
+        in_progress = counts.get(&Status::InProgress).copied().unwrap_or(0);
+        if in_progress >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // One running, at least one more claimed ahead (its lease shows it
+    // in progress), never more than the prefetch allows.
+    assert_eq!(in_progress, 2, "one running and one claimed ahead");
+    worker.shutdown().await;
+    let counts = engine.counts(Some("slow")).await.unwrap();
+    assert_eq!(counts.get(&Status::InProgress), None, "{counts:?}");
+    assert_eq!(counts.get(&Status::Pending), Some(&5), "{counts:?}");
+    // Nothing was lost: a new worker runs the claimed-ahead ones.
+    let worker = engine.start_worker();
+    for inst in &others {
+        inst.result_timeout(Duration::from_secs(10)).await.unwrap();
+    }
+    first.cancel().await.unwrap();
+    worker.shutdown().await;
+}
