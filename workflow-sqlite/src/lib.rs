@@ -1,9 +1,11 @@
 //! SQLite store for the `workflow` crate: embedded, zero set-up, the default.
 //!
 //! One file holds everything. Reads run on a small connection pool; every
-//! write goes through one writer task that groups concurrent writes into one
-//! transaction and one fsync (group commit), so durability costs latency,
-//! not throughput, and our own writers never meet `database is locked`.
+//! write goes through one writer thread that groups concurrent writes into
+//! one transaction and one fsync (group commit), so durability costs
+//! latency, not throughput, and our own writers never meet `database is
+//! locked`. In durable mode a second thread fsyncs each commit while the
+//! writer applies the next writes.
 //! Several processes may share one file: they queue on SQLite's lock
 //! (`busy_timeout`), and the writer retries past it rather than failing.
 #![warn(missing_docs)]
@@ -53,9 +55,11 @@ impl SqliteOptions {
         Self::default()
     }
 
-    /// `Durable` (WAL, `synchronous=FULL`: a step is fsynced before the
-    /// workflow moves on) or `Relaxed` (WAL, `synchronous=NORMAL`: safe
-    /// against process crashes, may lose the last commits on power loss).
+    /// `Durable` (a write is answered only once the WAL is fsynced, as
+    /// with `synchronous=FULL`; the fsync runs on its own thread while the
+    /// writer applies the next writes) or `Relaxed` (answered at commit, as
+    /// with `synchronous=NORMAL`: safe against process crashes, may lose the
+    /// last commits on power loss).
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
         self
