@@ -10,6 +10,7 @@
 //! it as soon as this fsync is done: the disk's flush and the writer's CPU
 //! overlap instead of taking turns.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -23,10 +24,17 @@ use crate::writer::{answer, linger, Job, Msg};
 pub(crate) struct Flusher {
     wal: Arc<File>,
     to_flush: Option<mpsc::Sender<Vec<Job>>>,
-    /// How many handed-over batches each finished fsync covered.
-    flushed: mpsc::Receiver<usize>,
-    /// Batches handed over whose fsync has not been reported done.
-    pending: usize,
+    /// How many handed-over batches each finished fsync covered, and
+    /// whether it succeeded.
+    flushed: mpsc::Receiver<(usize, bool)>,
+    /// Commits handed over whose fsync has not been reported done, oldest
+    /// first, by the number the writer gave them.
+    in_flight: VecDeque<u64>,
+    /// Every commit numbered up to this one is on disk.
+    durable: u64,
+    /// An fsync failed: what the disk holds is unknown from then on, so
+    /// `durable` stays where it was.
+    failed: bool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -46,57 +54,76 @@ impl Flusher {
             wal,
             to_flush: Some(to_flush),
             flushed,
-            pending: 0,
+            in_flight: VecDeque::new(),
+            durable: 0,
+            failed: false,
             thread: Some(thread),
         })
     }
 
     /// Whether no fsync is in flight or waiting.
     pub(crate) fn idle(&mut self) -> bool {
-        while self.pending > 0 {
+        while !self.in_flight.is_empty() {
             match self.flushed.try_recv() {
-                Ok(batches) => self.pending = self.pending.saturating_sub(batches),
+                Ok((batches, ok)) => self.done(batches, ok),
                 Err(mpsc::TryRecvError::Empty) => break,
                 // The thread is gone: nothing is in flight.
-                Err(mpsc::TryRecvError::Disconnected) => self.pending = 0,
+                Err(mpsc::TryRecvError::Disconnected) => self.in_flight.clear(),
             }
         }
-        self.pending == 0
+        self.in_flight.is_empty()
     }
 
     /// Blocks until no fsync is in flight or waiting.
     fn wait_idle(&mut self) {
-        while self.pending > 0 {
+        while !self.in_flight.is_empty() {
             match self.flushed.recv() {
-                Ok(batches) => self.pending = self.pending.saturating_sub(batches),
-                Err(_) => self.pending = 0,
+                Ok((batches, ok)) => self.done(batches, ok),
+                Err(_) => self.in_flight.clear(),
             }
         }
     }
 
-    /// Hands committed writes over to be fsynced and answered. Batches
-    /// handed over while an fsync is in flight share the next one.
-    pub(crate) fn flush(&mut self, jobs: Vec<Job>) {
-        if jobs.is_empty() {
-            return;
+    /// The oldest `batches` in flight were fsynced (`ok`) or failed to be.
+    fn done(&mut self, batches: usize, ok: bool) {
+        self.failed |= !ok;
+        for _ in 0..batches {
+            if let Some(commit) = self.in_flight.pop_front() {
+                if !self.failed {
+                    self.durable = self.durable.max(commit);
+                }
+            }
         }
+    }
+
+    /// Every commit numbered up to this one is on disk.
+    pub(crate) fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// Hands over the writes of commit number `commit` to be fsynced and
+    /// answered. Commits handed over while an fsync is in flight share the
+    /// next one.
+    pub(crate) fn flush(&mut self, jobs: Vec<Job>, commit: u64) {
         let Some(to_flush) = &self.to_flush else {
             return fail(jobs);
         };
         match to_flush.send(jobs) {
-            Ok(()) => self.pending += 1,
+            Ok(()) => self.in_flight.push_back(commit),
             Err(mpsc::SendError(jobs)) => fail(jobs),
         }
     }
 
-    /// Fsyncs on the calling thread, then answers `jobs`; first waits for
-    /// the thread's fsyncs, so answers keep the order of the commits.
-    pub(crate) fn flush_here(&mut self, jobs: Vec<Job>) {
-        if jobs.is_empty() {
-            return;
-        }
+    /// Fsyncs commit number `commit` on the calling thread, then answers
+    /// `jobs`; first waits for the thread's fsyncs, so answers keep the
+    /// order of the commits.
+    pub(crate) fn flush_here(&mut self, jobs: Vec<Job>, commit: u64) {
         self.wait_idle();
         let flushed = sync(&self.wal);
+        self.failed |= flushed.is_err();
+        if !self.failed {
+            self.durable = self.durable.max(commit);
+        }
         for job in jobs {
             answer(job, outcome(&flushed));
         }
@@ -139,7 +166,7 @@ fn outcome(flushed: &Result<(), String>) -> Result<(), &str> {
 fn flush_loop(
     wal: &File,
     batches: &mpsc::Receiver<Vec<Job>>,
-    done: &mpsc::Sender<usize>,
+    done: &mpsc::Sender<(usize, bool)>,
     wake: &WeakUnboundedSender<Msg>,
 ) {
     let mut last = 0;
@@ -154,7 +181,7 @@ fn flush_loop(
         let flushed = sync(wal);
         // The writer first, so its next commit is on its way while the
         // callers are woken.
-        let _ = done.send(covered);
+        let _ = done.send((covered, flushed.is_ok()));
         if let Some(writer) = wake.upgrade() {
             let _ = writer.send(Msg::Synced);
         }
@@ -205,16 +232,18 @@ mod tests {
         let mut flusher = Flusher::spawn(file, wake.downgrade()).unwrap();
         let (a, a_rx) = job();
         let (b, b_rx) = job();
-        flusher.flush(vec![a]);
-        flusher.flush(vec![b]);
+        flusher.flush(vec![a], 1);
+        flusher.flush(vec![b], 2);
         assert!(matches!(a_rx.blocking_recv().unwrap(), Ok(Reply::Count(7))));
         assert!(matches!(b_rx.blocking_recv().unwrap(), Ok(Reply::Count(7))));
         // The writer hears the disk is free, and counts both batches done.
         assert!(matches!(woken.blocking_recv(), Some(Msg::Synced)));
         flusher.wait_idle();
         assert!(flusher.idle());
+        assert_eq!(flusher.durable(), 2);
         let (c, c_rx) = job();
-        flusher.flush_here(vec![c]);
+        flusher.flush_here(vec![c], 3);
+        assert_eq!(flusher.durable(), 3);
         assert!(matches!(c_rx.blocking_recv().unwrap(), Ok(Reply::Count(7))));
     }
 
@@ -226,7 +255,7 @@ mod tests {
         let mut flusher = Flusher::spawn(pipe_file(), wake.downgrade()).unwrap();
         let (a, a_rx) = job();
         let (b, b_rx) = job();
-        flusher.flush(vec![a, b]);
+        flusher.flush(vec![a, b], 1);
         for rx in [a_rx, b_rx] {
             let err = rx.blocking_recv().unwrap().unwrap_err();
             assert!(
@@ -234,8 +263,10 @@ mod tests {
                 "{err}"
             );
         }
+        flusher.wait_idle();
         let (c, c_rx) = job();
-        flusher.flush_here(vec![c]);
+        flusher.flush_here(vec![c], 2);
+        assert_eq!(flusher.durable(), 0);
         let err = c_rx.blocking_recv().unwrap().unwrap_err();
         assert!(err.to_string().contains("fsync"), "{err}");
     }
@@ -247,7 +278,7 @@ mod tests {
         let receivers: Vec<_> = (0..10)
             .map(|_| {
                 let (j, rx) = job();
-                flusher.flush(vec![j]);
+                flusher.flush(vec![j], 1);
                 rx
             })
             .collect();

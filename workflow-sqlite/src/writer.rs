@@ -105,19 +105,90 @@ impl Leases {
     }
 }
 
+/// Which instances were written by commits not yet on disk (durable mode),
+/// so a claim that read only rows already on disk can be answered at its
+/// commit instead of after the next fsync.
+#[derive(Default)]
+pub(crate) struct Unsynced {
+    /// Relaxed mode tracks nothing: every commit counts as on disk.
+    track: bool,
+    /// The number the open transaction's commit will be fsynced under.
+    next: u64,
+    /// Every commit numbered up to this one is on disk.
+    durable: u64,
+    /// Instance id → the number of the last commit that wrote it.
+    last_write: HashMap<String, u64>,
+    /// The last commit that wrote rows not tracked one by one (a cascade
+    /// cancel, a woken parent, a dead worker's leases).
+    wide: u64,
+}
+
+impl Unsynced {
+    /// Entries kept before those already on disk are swept out.
+    const SWEEP_AT: usize = 16_384;
+
+    fn wrote(&mut self, id: &str) {
+        if !self.track {
+            return;
+        }
+        match self.last_write.get_mut(id) {
+            Some(commit) => *commit = self.next,
+            None => {
+                self.last_write.insert(id.to_owned(), self.next);
+            }
+        }
+    }
+
+    fn wrote_untracked(&mut self) {
+        self.wide = self.next;
+    }
+
+    /// Whether every write to `id` so far is on disk.
+    fn on_disk(&self, id: &str) -> bool {
+        !self.track
+            || (self.wide <= self.durable
+                && self.last_write.get(id).is_none_or(|c| *c <= self.durable))
+    }
+
+    /// Numbers the open transaction's commit, and opens the next number.
+    pub(crate) fn seal(&mut self) -> u64 {
+        let commit = self.next;
+        self.next += 1;
+        commit
+    }
+
+    /// Commits numbered up to `commit` are on disk.
+    pub(crate) fn synced(&mut self, commit: u64) {
+        if commit > self.durable {
+            self.durable = commit;
+            if self.last_write.len() >= Self::SWEEP_AT {
+                let durable = self.durable;
+                self.last_write.retain(|_, c| *c > durable);
+            }
+        }
+    }
+}
+
 /// The writer's connection with what it keeps across transactions.
 pub(crate) struct Session<'c> {
     conn: &'c Connection,
     hot: Hot<'c>,
     leases: RefCell<Leases>,
+    unsynced: RefCell<Unsynced>,
 }
 
 impl<'c> Session<'c> {
-    pub(crate) fn new(conn: &'c Connection) -> Result<Self, Db> {
+    /// `durable`: whether commits wait for an fsync (see [`Unsynced`]).
+    pub(crate) fn new(conn: &'c Connection, durable: bool) -> Result<Self, Db> {
         Ok(Session {
             conn,
             hot: Hot::prepare(conn)?,
             leases: RefCell::new(Leases::default()),
+            unsynced: RefCell::new(Unsynced {
+                track: durable,
+                next: 1,
+                ..Unsynced::default()
+            }),
         })
     }
 
@@ -185,6 +256,10 @@ impl<'c> Tx<'_, 'c> {
     fn leases(&self) -> std::cell::RefMut<'_, Leases> {
         self.session.leases.borrow_mut()
     }
+
+    fn unsynced(&self) -> std::cell::RefMut<'_, Unsynced> {
+        self.session.unsynced.borrow_mut()
+    }
 }
 
 impl std::ops::Deref for Tx<'_, '_> {
@@ -235,12 +310,46 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    /// Whether the caller must hear of this write only once it is on disk.
-    /// A claim or a lease renewal need not be: lost in a power cut, the
-    /// instance is claimed again (a step runs at least once), and every
-    /// write that depends on it is fsynced after it.
-    fn needs_fsync(&self) -> bool {
-        !matches!(self, Op::Claim(_) | Op::Renew(..))
+    /// Notes which instances this write may change, before it runs.
+    fn note_writes(&self, unsynced: &mut Unsynced) {
+        match self {
+            Op::Create(new, _) => unsynced.wrote(new.id.as_str()),
+            Op::CreateMany(new) => new.iter().for_each(|n| unsynced.wrote(n.id.as_str())),
+            Op::CommitStep(lease, _)
+            | Op::Attempt { lease, .. }
+            | Op::Finish(lease, _)
+            | Op::Release(lease, _)
+            | Op::Suspend(lease, _)
+            | Op::TakeEvent { lease, .. } => unsynced.wrote(lease.instance.as_str()),
+            Op::SetDeadline(id, ..)
+            | Op::SendEvent { id, .. }
+            | Op::Pause(id, _)
+            | Op::Resume(id, _) => unsynced.wrote(id.as_str()),
+            Op::Cancel(..) | Op::ReleaseOwner(..) | Op::AdvanceSchedule(..) => {
+                unsynced.wrote_untracked()
+            }
+            // A claim's own writes (the lease) need no fsync; renewals
+            // touch only leases held; definitions are no instance.
+            Op::Claim(_) | Op::Renew(..) | Op::PutDefinitions(..) => {}
+        }
+    }
+}
+
+impl Job {
+    /// Whether this committed write may be answered before the next fsync.
+    /// A lease renewal may: lost in a power cut, it is renewed again. A
+    /// claim may if every row it read was already on disk: its handler
+    /// then acts on nothing a power cut could take back, and losing the
+    /// claim itself only means the instance is claimed again. Everything
+    /// else waits for the fsync.
+    fn may_answer_before_fsync(&self, unsynced: &Unsynced) -> bool {
+        match (&self.op, &self.result) {
+            (Op::Renew(..), _) => true,
+            (Op::Claim(_), Some(Ok(Reply::Claimed(claimed)))) => {
+                claimed.iter().all(|c| unsynced.on_disk(c.row.id.as_str()))
+            }
+            _ => false,
+        }
     }
 }
 
@@ -433,7 +542,7 @@ fn run(
     max_batch: usize,
     mut flusher: Option<Flusher>,
 ) {
-    let session = match Session::new(&conn) {
+    let session = match Session::new(&conn, flusher.is_some()) {
         Ok(session) => session,
         Err(err) => {
             // Unreachable after the migrations ran, but never a panic:
@@ -469,7 +578,7 @@ fn run(
                 .take()
                 .expect("applied writes have an open transaction");
             match commit(&session, tx) {
-                Ok(()) => answer_committed(&mut flusher, &mut jobs, rx.is_empty()),
+                Ok(()) => answer_committed(&session, &mut flusher, &mut jobs, rx.is_empty()),
                 Err(err) => redo_alone(&session, &mut flusher, &mut jobs, &err),
             }
             continue;
@@ -556,7 +665,10 @@ fn redo_alone(session: &Session<'_>, flusher: &mut Option<Flusher>, jobs: &mut V
         }
     }
     match flusher {
-        Some(flusher) => flusher.flush_here(committed),
+        Some(flusher) => {
+            let commit = session.unsynced.borrow_mut().seal();
+            flusher.flush_here(committed, commit);
+        }
         None => committed.into_iter().for_each(|job| answer(job, Ok(()))),
     }
 }
@@ -580,22 +692,34 @@ pub(crate) fn linger(last: usize) -> Duration {
 }
 
 /// Answers committed writes: at once in relaxed mode; in durable mode once
-/// the WAL is fsynced, except what need not survive a power loss.
-fn answer_committed(flusher: &mut Option<Flusher>, jobs: &mut Vec<Job>, queue_empty: bool) {
+/// the WAL is fsynced, except what need not wait (see
+/// [`Job::may_answer_before_fsync`]).
+fn answer_committed(
+    session: &Session<'_>,
+    flusher: &mut Option<Flusher>,
+    jobs: &mut Vec<Job>,
+    queue_empty: bool,
+) {
     let Some(flusher) = flusher else {
         jobs.drain(..).for_each(|job| answer(job, Ok(())));
         return;
     };
-    // Any later fsync covers these too.
-    for job in jobs.extract_if(.., |job| !job.op.needs_fsync()) {
+    let mut unsynced = session.unsynced.borrow_mut();
+    flusher.idle();
+    unsynced.synced(flusher.durable());
+    for job in jobs.extract_if(.., |job| job.may_answer_before_fsync(&unsynced)) {
         answer(job, Ok(()));
     }
+    if jobs.is_empty() {
+        return;
+    }
     let jobs = std::mem::take(jobs);
+    let commit = unsynced.seal();
     if jobs.len() <= FEW && queue_empty && flusher.idle() {
         // Few callers: an fsync here spares them two thread hand-offs.
-        flusher.flush_here(jobs);
+        flusher.flush_here(jobs, commit);
     } else {
-        flusher.flush(jobs);
+        flusher.flush(jobs, commit);
     }
 }
 
@@ -715,6 +839,7 @@ fn forget_leases_if_others_wrote(c: &Tx<'_, '_>) -> Result<(), Db> {
 /// Runs one op. The outer error aborts the transaction; the inner one is the
 /// op's own answer (lease lost, corrupt row) and commits with the rest.
 fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
+    op.note_writes(&mut c.unsynced());
     Ok(match op {
         Op::Create(new, dedup) => {
             create(c, new, dedup.as_deref())?.map(|r| Reply::Created(Box::new(r)))
@@ -1043,6 +1168,8 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
 
 /// Makes the parent of `child` due now if it is listening for `child`.
 fn wake_parent(c: &Tx<'_, '_>, child: &str, at: Millis) -> Result<(), Db> {
+    // The parent's id is not at hand; a parent woken counts as untracked.
+    c.unsynced().wrote_untracked();
     c.hot()
         .wake_parent
         .borrow_mut()
@@ -1481,7 +1608,7 @@ mod tests {
             c.execute_batch(migration).unwrap();
         }
         let tx = c.transaction().unwrap();
-        let session = Session::new(&tx).unwrap();
+        let session = Session::new(&tx, true).unwrap();
         let t = session.tx();
         for n in 0..10 {
             let new = NewInstance {
@@ -1514,6 +1641,80 @@ mod tests {
         assert_eq!(claimed, 1 + 2 + 3 + 4);
         let selects = session.hot.claim.borrow();
         assert_eq!(selects[&1].get_status(StatementStatus::RePrepare), 0);
+    }
+
+    fn new_instance(n: i64) -> NewInstance {
+        NewInstance {
+            id: InstanceId::at(n),
+            workflow: "w".into(),
+            input: "null".into(),
+            tags: Default::default(),
+            key: None,
+            created_at: n,
+            run_at: n,
+            deadline_at: None,
+            parent: None,
+        }
+    }
+
+    fn claim_job(t: &Tx<'_, '_>, limit: usize) -> Job {
+        let req = ClaimRequest {
+            owner: "me".into(),
+            workflows: vec!["w".into()],
+            now: 100,
+            lease_until: 200,
+            limit,
+        };
+        let op = Op::Claim(req);
+        let result = apply(t, &op).unwrap();
+        let (reply, _answer) = oneshot::channel();
+        Job {
+            op,
+            result: Some(result),
+            reply,
+        }
+    }
+
+    /// A claim may be answered before the next fsync only if every row it
+    /// read is already on disk: a handler must not act on an instance (or
+    /// an event, a wake-up) that a power cut could still take back.
+    #[test]
+    fn claims_wait_for_the_fsync_of_what_they_read() {
+        let mut c = Connection::open_in_memory().unwrap();
+        for migration in crate::schema::MIGRATIONS {
+            c.execute_batch(migration).unwrap();
+        }
+        let tx = c.transaction().unwrap();
+        let session = Session::new(&tx, true).unwrap();
+        let t = session.tx();
+        // Commit 1 creates two instances; it is not on disk yet.
+        for n in 0..2 {
+            apply(&t, &Op::CreateMany(vec![new_instance(n)]))
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(session.unsynced.borrow_mut().seal(), 1);
+        let first = claim_job(&t, 1);
+        assert!(matches!(&first.result, Some(Ok(Reply::Claimed(c))) if c.len() == 1));
+        assert!(!first.may_answer_before_fsync(&session.unsynced.borrow()));
+        // Once commit 1 is fsynced, a claim of its rows need not wait.
+        session.unsynced.borrow_mut().synced(1);
+        assert!(first.may_answer_before_fsync(&session.unsynced.borrow()));
+        let second = claim_job(&t, 1);
+        assert!(second.may_answer_before_fsync(&session.unsynced.borrow()));
+        // Rows written in ways not tracked one by one hold every claim back.
+        apply(&t, &Op::CreateMany(vec![new_instance(5)]))
+            .unwrap()
+            .unwrap();
+        session.unsynced.borrow_mut().wrote_untracked();
+        let third = claim_job(&t, 1);
+        assert!(!third.may_answer_before_fsync(&session.unsynced.borrow()));
+        assert_eq!(session.unsynced.borrow_mut().seal(), 2);
+        session.unsynced.borrow_mut().synced(2);
+        assert!(third.may_answer_before_fsync(&session.unsynced.borrow()));
+        // Relaxed mode answers everything at commit.
+        let relaxed = Session::new(&tx, false).unwrap();
+        assert!(relaxed.unsynced.borrow().on_disk("anything"));
     }
 
     /// A partial index whose condition is a three-value `IN` list, or an
