@@ -10,8 +10,10 @@
 //! Sections: `sequential`, `throughput`, `start`, `waiting`, `scale`.
 //!
 //! Baseline: a single-row INSERT+COMMIT per transaction through SQLite's C
-//! API (rusqlite) with the store's pragmas (WAL, synchronous FULL for
-//! durable, NORMAL for relaxed), and the same loop through sqlx.
+//! API (rusqlite) in WAL mode, with `synchronous = FULL` for durable (an
+//! fsync per commit: what the store's durable mode guarantees, though it
+//! runs SQLite at NORMAL and fsyncs the WAL itself) and NORMAL for relaxed,
+//! and the same loop through sqlx.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
