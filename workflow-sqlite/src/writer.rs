@@ -126,16 +126,22 @@ pub(crate) struct Unsynced {
 impl Unsynced {
     /// Entries kept before those already on disk are swept out.
     const SWEEP_AT: usize = 16_384;
+    /// Entries kept at most.
+    const FORGET_AT: usize = 4 * Self::SWEEP_AT;
 
     fn wrote(&mut self, id: &str) {
         if !self.track {
             return;
         }
-        match self.last_write.get_mut(id) {
-            Some(commit) => *commit = self.next,
-            None => {
-                self.last_write.insert(id.to_owned(), self.next);
-            }
+        if let Some(commit) = self.last_write.get_mut(id) {
+            *commit = self.next;
+        } else if self.last_write.len() >= Self::FORGET_AT {
+            // Nothing reached the disk for a long while (a failing fsync):
+            // stop tracking rows one by one; every claim waits.
+            self.last_write.clear();
+            self.wide = self.next;
+        } else {
+            self.last_write.insert(id.to_owned(), self.next);
         }
     }
 
