@@ -1605,48 +1605,13 @@ mod tests {
     use super::*;
     use rusqlite::StatementStatus;
 
-    /// A cached statement that SQLite re-prepares on each run costs a full
-    /// parse and plan per claim; the hot path must not have one.
-    #[test]
-    fn claims_reuse_their_prepared_statement() {
-        let mut c = Connection::open_in_memory().unwrap();
+    /// An in-memory database with the schema.
+    fn migrated() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
         for migration in crate::schema::MIGRATIONS {
             c.execute_batch(migration).unwrap();
         }
-        let tx = c.transaction().unwrap();
-        let session = Session::new(&tx, true).unwrap();
-        let t = session.tx();
-        for n in 0..10 {
-            let new = NewInstance {
-                id: InstanceId::at(n),
-                workflow: "w".into(),
-                input: "null".into(),
-                tags: Default::default(),
-                key: None,
-                created_at: n,
-                run_at: n,
-                deadline_at: None,
-                parent: None,
-            };
-            assert!(matches!(
-                create(&t, &new, None).unwrap(),
-                Ok(Created::New(_))
-            ));
-        }
-        let mut claimed = 0;
-        for limit in 1..=4 {
-            let req = ClaimRequest {
-                owner: "me".into(),
-                workflows: vec!["w".into()],
-                now: 100,
-                lease_until: 200,
-                limit,
-            };
-            claimed += claim(&t, &req).unwrap().len();
-        }
-        assert_eq!(claimed, 1 + 2 + 3 + 4);
-        let selects = session.hot.claim.borrow();
-        assert_eq!(selects[&1].get_status(StatementStatus::RePrepare), 0);
+        c
     }
 
     fn new_instance(n: i64) -> NewInstance {
@@ -1663,15 +1628,41 @@ mod tests {
         }
     }
 
-    fn claim_job(t: &Tx<'_, '_>, limit: usize) -> Job {
-        let req = ClaimRequest {
+    fn claim_request(limit: usize) -> ClaimRequest {
+        ClaimRequest {
             owner: "me".into(),
             workflows: vec!["w".into()],
             now: 100,
             lease_until: 200,
             limit,
-        };
-        let op = Op::Claim(req);
+        }
+    }
+
+    /// A cached statement that SQLite re-prepares on each run costs a full
+    /// parse and plan per claim; the hot path must not have one.
+    #[test]
+    fn claims_reuse_their_prepared_statement() {
+        let mut c = migrated();
+        let tx = c.transaction().unwrap();
+        let session = Session::new(&tx, true).unwrap();
+        let t = session.tx();
+        for n in 0..10 {
+            assert!(matches!(
+                create(&t, &new_instance(n), None).unwrap(),
+                Ok(Created::New(_))
+            ));
+        }
+        let mut claimed = 0;
+        for limit in 1..=4 {
+            claimed += claim(&t, &claim_request(limit)).unwrap().len();
+        }
+        assert_eq!(claimed, 1 + 2 + 3 + 4);
+        let selects = session.hot.claim.borrow();
+        assert_eq!(selects[&1].get_status(StatementStatus::RePrepare), 0);
+    }
+
+    fn claim_job(t: &Tx<'_, '_>, limit: usize) -> Job {
+        let op = Op::Claim(claim_request(limit));
         let result = apply(t, &op).unwrap();
         let (reply, _answer) = oneshot::channel();
         Job {
@@ -1686,10 +1677,7 @@ mod tests {
     /// an event, a wake-up) that a power cut could still take back.
     #[test]
     fn claims_wait_for_the_fsync_of_what_they_read() {
-        let mut c = Connection::open_in_memory().unwrap();
-        for migration in crate::schema::MIGRATIONS {
-            c.execute_batch(migration).unwrap();
-        }
+        let mut c = migrated();
         let tx = c.transaction().unwrap();
         let session = Session::new(&tx, true).unwrap();
         let t = session.tx();
@@ -1729,10 +1717,7 @@ mod tests {
     /// writer's instructions.
     #[test]
     fn hot_statements_build_no_temporary_btrees() {
-        let c = Connection::open_in_memory().unwrap();
-        for migration in crate::schema::MIGRATIONS {
-            c.execute_batch(migration).unwrap();
-        }
+        let c = migrated();
         let claim = claim_sql(2);
         for sql in [
             INSERT_INSTANCE,
