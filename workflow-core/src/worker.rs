@@ -111,8 +111,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         let mut wakeups = inner.store.wakeups();
         while !w.stop.is_cancelled() {
             while runs.try_join_next().is_some() {}
-            start_ready(&w, &slots, &mut runs);
-            let ready = lock(&w.ready).len();
+            let ready = start_ready(&w, &slots, &mut runs);
             let wanted = (slots.available_permits() + prefetch).saturating_sub(ready);
             if draining && wanted > 0 && claims.is_empty() && !workflows.is_empty() {
                 let now = now_millis();
@@ -209,18 +208,18 @@ async fn worker_loop(w: Arc<WorkerShared>) {
     .await
 }
 
-/// Starts ready instances on the free slots.
-fn start_ready(w: &Arc<WorkerShared>, slots: &Arc<Semaphore>, runs: &mut JoinSet<()>) {
+/// Starts ready instances on the free slots; returns how many still wait.
+fn start_ready(w: &Arc<WorkerShared>, slots: &Arc<Semaphore>, runs: &mut JoinSet<()>) -> usize {
     let mut ready = lock(&w.ready);
     while !ready.is_empty() {
         let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
-            return;
+            break;
         };
-        let Some(claimed) = ready.pop_front() else {
-            return;
-        };
-        runs.spawn(run_claimed(Arc::clone(w), claimed, slot));
+        if let Some(claimed) = ready.pop_front() {
+            runs.spawn(run_claimed(Arc::clone(w), claimed, slot));
+        }
     }
+    ready.len()
 }
 
 async fn drain(w: &WorkerShared, runs: &mut JoinSet<()>) {

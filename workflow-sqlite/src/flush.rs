@@ -14,11 +14,11 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc::WeakUnboundedSender;
 
-use crate::writer::{answer, linger, Job, Msg};
+use crate::writer::{answer, linger, look_for, Job, Look, Msg};
 
 /// The flush thread, as the writer sees it.
 pub(crate) struct Flusher {
@@ -191,18 +191,17 @@ fn flush_loop(
     }
 }
 
-/// The next batch, looking for it for `linger` before sleeping.
+/// The next batch: looked for during `linger`, then waited for.
 fn next_batch(batches: &mpsc::Receiver<Vec<Job>>, linger: Duration) -> Option<Vec<Job>> {
-    let started = Instant::now();
-    loop {
-        match batches.try_recv() {
-            Ok(jobs) => return Some(jobs),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
-            Err(mpsc::TryRecvError::Empty) if started.elapsed() < linger => {
-                std::thread::yield_now();
-            }
-            Err(mpsc::TryRecvError::Empty) => return batches.recv().ok(),
-        }
+    let found = look_for(linger, || match batches.try_recv() {
+        Ok(jobs) => Look::Got(jobs),
+        Err(mpsc::TryRecvError::Empty) => Look::Empty,
+        Err(mpsc::TryRecvError::Disconnected) => Look::Closed,
+    });
+    match found {
+        Look::Got(jobs) => Some(jobs),
+        Look::Closed => None,
+        Look::Empty => batches.recv().ok(),
     }
 }
 

@@ -485,13 +485,13 @@ impl Writer {
             // otherwise put its runtime thread to sleep and pay for waking
             // it, several times the commit itself. Many callers keep the
             // runtime busy, so they just wait.
-            let started = std::time::Instant::now();
-            while started.elapsed() < self.spin {
-                match answer.try_recv() {
-                    Ok(result) => return result,
-                    Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
-                    Err(oneshot::error::TryRecvError::Closed) => break,
-                }
+            let found = look_for(self.spin, || match answer.try_recv() {
+                Ok(result) => Look::Got(result),
+                Err(oneshot::error::TryRecvError::Empty) => Look::Empty,
+                Err(oneshot::error::TryRecvError::Closed) => Look::Closed,
+            });
+            if let Look::Got(result) = found {
+                return result;
             }
         }
         answer
@@ -711,7 +711,7 @@ fn answer_committed(
         return;
     };
     let mut unsynced = session.unsynced.borrow_mut();
-    flusher.idle();
+    let disk_free = flusher.idle();
     unsynced.synced(flusher.durable());
     for job in jobs.extract_if(.., |job| job.may_answer_before_fsync(&unsynced)) {
         answer(job, Ok(()));
@@ -721,7 +721,7 @@ fn answer_committed(
     }
     let jobs = std::mem::take(jobs);
     let commit = unsynced.seal();
-    if jobs.len() <= FEW && queue_empty && flusher.idle() {
+    if jobs.len() <= FEW && queue_empty && disk_free {
         // Few callers: an fsync here spares them two thread hand-offs.
         flusher.flush_here(jobs, commit);
     } else {
@@ -729,21 +729,39 @@ fn answer_committed(
     }
 }
 
-/// The next message, waiting for it. A workflow that just got its answer
-/// usually sends its next step within tens of microseconds; looking (and
-/// yielding the core) that long spares the round trip of putting the
-/// thread to sleep and waking it, which costs as much as a relaxed commit.
-fn next_message(rx: &mut mpsc::UnboundedReceiver<Msg>, linger: Duration) -> Option<Msg> {
+/// What one look at a queue found.
+pub(crate) enum Look<T> {
+    Got(T),
+    Empty,
+    Closed,
+}
+
+/// Looks at a queue until something comes, it closes, or `linger` has
+/// passed, yielding the core between looks. A hand-off that arrives within
+/// microseconds (a workflow's next step right after its answer) then
+/// costs no sleep and wake-up of the thread, which costs as much as a
+/// relaxed commit.
+pub(crate) fn look_for<T>(linger: Duration, mut look: impl FnMut() -> Look<T>) -> Look<T> {
     let started = std::time::Instant::now();
     loop {
-        match rx.try_recv() {
-            Ok(msg) => return Some(msg),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) if started.elapsed() < linger => {
-                std::thread::yield_now();
-            }
-            Err(mpsc::error::TryRecvError::Empty) => return rx.blocking_recv(),
+        match look() {
+            Look::Empty if started.elapsed() < linger => std::thread::yield_now(),
+            found => return found,
         }
+    }
+}
+
+/// The next message: looked for during `linger`, then waited for.
+fn next_message(rx: &mut mpsc::UnboundedReceiver<Msg>, linger: Duration) -> Option<Msg> {
+    let found = look_for(linger, || match rx.try_recv() {
+        Ok(msg) => Look::Got(msg),
+        Err(mpsc::error::TryRecvError::Empty) => Look::Empty,
+        Err(mpsc::error::TryRecvError::Disconnected) => Look::Closed,
+    });
+    match found {
+        Look::Got(msg) => Some(msg),
+        Look::Closed => None,
+        Look::Empty => rx.blocking_recv(),
     }
 }
 
