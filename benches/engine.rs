@@ -297,6 +297,7 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// Throughput rounds per mode: `BENCH_ROUNDS`, default 3.
 fn rounds_wanted() -> usize {
     std::env::var("BENCH_ROUNDS")
         .ok()

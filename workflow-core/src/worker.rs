@@ -170,13 +170,12 @@ async fn worker_loop(w: Arc<WorkerShared>) {
                 }
             };
             let mut hint_closed = false;
-            let has_ready = !lock(&w.ready).is_empty();
             tokio::select! {
                 _ = inner.wake.notified() => {}
                 _ = tokio::time::sleep(nap) => {}
                 closed = hinted => hint_closed = closed,
                 Some(_) = runs.join_next() => {}
-                _ = slots.acquire(), if has_ready => {}
+                _ = slots.acquire(), if ready > 0 => {}
                 _ = w.stop.cancelled() => {}
             }
             if hint_closed {
