@@ -176,6 +176,7 @@ fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Resul
         ));
     }
     let conn = rusqlite::Connection::open(path).map_err(writer_error)?;
+    crate::writer::enlarge_lookaside(&conn);
     // `NORMAL` in both modes: SQLite writes each commit to the WAL and
     // fsyncs around checkpoints. Durable mode adds an fsync of the WAL
     // after every commit, on the flush thread, before any write of it is
