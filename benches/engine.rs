@@ -219,15 +219,7 @@ async fn raw_workflow_writes(
         .build()
         .await
         .unwrap();
-    let inputs = (0..workflows)
-        .map(|_| Steps {
-            count: 3,
-            measure: false,
-        })
-        .collect();
-    Noop::start_many(&engine, inputs, StartOptions::new())
-        .await
-        .unwrap();
+    start_three_step(&engine, workflows).await;
     store.close().await;
     drop(engine);
 
@@ -418,6 +410,19 @@ fn rounds_wanted() -> usize {
         .max(1)
 }
 
+/// Starts `workflows` instances of 3 no-op steps, in one batch.
+async fn start_three_step(engine: &Engine, workflows: usize) {
+    let inputs = (0..workflows)
+        .map(|_| Steps {
+            count: 3,
+            measure: false,
+        })
+        .collect();
+    Noop::start_many(engine, inputs, StartOptions::new())
+        .await
+        .unwrap();
+}
+
 async fn throughput(
     path: &std::path::Path,
     d: Durability,
@@ -425,15 +430,7 @@ async fn throughput(
     in_flight: usize,
 ) -> (f64, f64, Cpu) {
     let engine = engine(path, d, in_flight).await;
-    let inputs = (0..workflows)
-        .map(|_| Steps {
-            count: 3,
-            measure: false,
-        })
-        .collect();
-    Noop::start_many(&engine, inputs, StartOptions::new())
-        .await
-        .unwrap();
+    start_three_step(&engine, workflows).await;
     let returned_before = RETURNED.load(Ordering::SeqCst);
     let started = Instant::now();
     let cpu_before = cpu_time();
