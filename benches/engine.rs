@@ -93,6 +93,12 @@ fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Sorts `values` and returns the middle one.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// `0.81 / 0.88 / 0.91`: every round's ratio.
 fn joined(ratios: &[f64]) -> String {
     ratios
@@ -713,11 +719,10 @@ async fn main() {
             }
             rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
             let (factor, wps, sps, cpu) = rounds[rounds.len() / 2];
-            limits.sort_by(f64::total_cmp);
             t.row(
                 mode,
                 "raw SQLite C API: a 3-step workflow's writes, 64 workflows per COMMIT",
-                format!("{:.0} steps/s", limits[limits.len() / 2]),
+                format!("{:.0} steps/s", median(&mut limits)),
                 "",
                 format!("median of {} rounds: SQLite's own limit here", limits.len()),
             );
@@ -744,21 +749,20 @@ async fn main() {
                     rounds.len()
                 ),
             );
-            of_limit.sort_by(f64::total_cmp);
             t.row(
                 mode,
-                "the same, ÷ SQLite's own limit (row above), same round",
-                format!("{:.2}×", of_limit[of_limit.len() / 2]),
+                "the same, ÷ SQLite's own limit, same round",
+                format!("{:.2}×", median(&mut of_limit)),
                 "",
                 format!("median of {} rounds: {}", of_limit.len(), joined(&of_limit)),
             );
             if !kept.is_empty() {
-                kept.sort_by(f64::total_cmp);
+                let middle = median(&mut kept);
                 let each = joined(&kept);
                 t.row(
                     mode,
                     "the same, ÷ the same engine without fsync (relaxed), run right after",
-                    format!("{:.2}×", kept[kept.len() / 2]),
+                    format!("{middle:.2}×"),
                     "",
                     format!(
                         "median of {} rounds: {each} (1.0: the fsyncs cost nothing)",
