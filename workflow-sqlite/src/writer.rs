@@ -542,9 +542,11 @@ const WAKE_PARENT: &str = "UPDATE instances SET status = 'pending', run_at = ?1,
 /// 40 are all taken by the writer's cached statements, so four in five
 /// allocations of every write (records, cursors) went to `malloc` and back:
 /// 14% of the writer's instructions per workflow, by callgrind. SQLite splits
-/// the 1.2 MiB into 1,200- and 128-byte slots; it is one allocation whose
-/// pages count towards RSS only once used (a busy writer uses a few hundred
-/// slots, see `hot_writes_are_served_by_the_lookaside_allocator`).
+/// the 1.2 MiB into 1,200- and 128-byte slots and links them all up front,
+/// so all of it is resident: 1.2 MiB per store, for a writer that uses a
+/// few hundred slots under load (see
+/// `hot_writes_are_served_by_the_lookaside_allocator`) and keeps headroom
+/// for the rarer statements it caches.
 const LOOKASIDE_SLOTS: i32 = 1_024;
 /// SQLite's default slot size.
 const LOOKASIDE_SLOT_SIZE: i32 = 1_200;
