@@ -215,16 +215,8 @@ async fn raw_workflow_writes(
     per_commit: usize,
 ) -> f64 {
     // The store creates the schema and the instances, as `start_many` does.
-    let url = format!("sqlite://{}", path.display());
-    let store = SqliteStore::connect_with(&url, SqliteOptions::new().durability(d))
-        .await
-        .unwrap();
-    let engine = Engine::builder()
-        .store(store.clone())
-        .register(Noop)
-        .build()
-        .await
-        .unwrap();
+    let store = store(path, d).await;
+    let engine = engine_on(store.clone(), 1).await;
     start_three_step(&engine, workflows).await;
     store.close().await;
     drop(engine);
@@ -333,11 +325,18 @@ async fn raw_sqlx(path: &std::path::Path, d: Durability, n: usize) -> (f64, Dura
     (rate, percentile(&latencies, 0.5))
 }
 
-async fn engine(path: &std::path::Path, d: Durability, concurrency: usize) -> Engine {
+async fn store(path: &std::path::Path, d: Durability) -> SqliteStore {
     let url = format!("sqlite://{}", path.display());
-    let store = SqliteStore::connect_with(&url, SqliteOptions::new().durability(d))
+    SqliteStore::connect_with(&url, SqliteOptions::new().durability(d))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn engine(path: &std::path::Path, d: Durability, concurrency: usize) -> Engine {
+    engine_on(store(path, d).await, concurrency).await
+}
+
+async fn engine_on(store: SqliteStore, concurrency: usize) -> Engine {
     Engine::builder()
         .store(store)
         .register(Noop)

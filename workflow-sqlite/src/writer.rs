@@ -1660,13 +1660,17 @@ mod tests {
     use super::*;
     use rusqlite::StatementStatus;
 
-    /// An in-memory database with the schema.
-    fn migrated() -> Connection {
-        let c = Connection::open_in_memory().unwrap();
+    /// `c` with the schema.
+    fn migrate(c: Connection) -> Connection {
         for migration in crate::schema::MIGRATIONS {
             c.execute_batch(migration).unwrap();
         }
         c
+    }
+
+    /// An in-memory database with the schema.
+    fn migrated() -> Connection {
+        migrate(Connection::open_in_memory().unwrap())
     }
 
     fn new_instance(n: i64) -> NewInstance {
@@ -1794,11 +1798,9 @@ mod tests {
         };
         // A file, opened as the store opens its writer.
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Connection::open(dir.path().join("w.db")).unwrap();
+        let c = Connection::open(dir.path().join("w.db")).unwrap();
         enlarge_lookaside(&c);
-        for migration in crate::schema::MIGRATIONS {
-            c.execute_batch(migration).unwrap();
-        }
+        let mut c = migrate(c);
         let tx = c.transaction().unwrap();
         let session = Session::new(&tx, true).unwrap();
         let t = session.tx();
