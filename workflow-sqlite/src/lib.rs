@@ -10,6 +10,7 @@
 //! (`busy_timeout`), and the writer retries past it rather than failing.
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod flush;
 mod rows;
 mod schema;
@@ -26,6 +27,7 @@ use sqlx::{ConnectOptions, QueryBuilder, Sqlite};
 use workflow_core::store::*;
 use workflow_core::{Definition, Durability, Error, InstanceId, Status, StoreError};
 
+use crate::checkpoint::Checkpointer;
 use crate::rows::{backend, instance_row, step_row, COLUMNS};
 use crate::writer::{Op, Reply, Writer};
 
@@ -198,7 +200,13 @@ fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Resul
         })?),
         Durability::Relaxed => None,
     };
-    Writer::spawn(conn, options.max_batch, wal)
+    let checkpointer = Checkpointer::spawn(path, checkpoint::Policy::default()).map_err(|err| {
+        Error::Store(StoreError::backend(format!(
+            "cannot open the checkpoint connection to {}: {err}",
+            path.display()
+        )))
+    })?;
+    Writer::spawn(conn, options.max_batch, wal, checkpointer)
         .map_err(|err| Error::Store(StoreError::backend(err)))
 }
 
@@ -804,6 +812,38 @@ mod tests {
             .unwrap()
             .expect("row survives reopening");
         assert_eq!(row.workflow, "wf");
+    }
+
+    /// The writer hands checkpoints to a thread of their own, yet the WAL
+    /// still starts over: it stays near `Policy::restart` pages however
+    /// much is written, and the pages reach the database file.
+    #[tokio::test]
+    async fn the_wal_stays_short_under_steady_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let input = serde_json::to_string(&"x".repeat(4_000)).unwrap();
+        // 64 commits of about 1 MiB each.
+        for batch in 0..64 {
+            let news = (0..256)
+                .map(|i| {
+                    let mut new = workflow_core::testing::new_instance("wf", batch * 256 + i);
+                    new.input = input.clone();
+                    new
+                })
+                .collect();
+            store.create_many(news).await.unwrap();
+        }
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let wal = std::fs::metadata(&wal).unwrap().len();
+        let restart = checkpoint::Policy::default().restart as u64 * (4_096 + 24);
+        assert!(
+            wal <= 2 * restart,
+            "the WAL grew to {wal} bytes (restart at {restart})"
+        );
+        let db = std::fs::metadata(&path).unwrap().len();
+        assert!(db >= 64 << 20, "the database file holds {db} bytes");
     }
 
     /// Claims up to `limit` instances of `wf`, whatever their due time.

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use workflow_core::store::*;
 use workflow_core::{InstanceId, Status, StoreError};
 
+use crate::checkpoint::Checkpointer;
 use crate::flush::Flusher;
 use crate::rows::{decode_instance, RawInstance, COLUMNS};
 
@@ -181,6 +182,9 @@ pub(crate) struct Session<'c> {
     hot: Hot<'c>,
     leases: RefCell<Leases>,
     unsynced: RefCell<Unsynced>,
+    /// Checkpoints on a thread of their own; without it, SQLite's
+    /// automatic checkpoint runs on this connection.
+    checkpointer: RefCell<Option<Checkpointer>>,
 }
 
 impl<'c> Session<'c> {
@@ -195,7 +199,14 @@ impl<'c> Session<'c> {
                 next: 1,
                 ..Unsynced::default()
             }),
+            checkpointer: RefCell::new(None),
         })
+    }
+
+    /// Hands this connection's WAL checkpoints to `checkpointer`'s thread.
+    pub(crate) fn checkpoint_with(&self, checkpointer: Checkpointer) {
+        checkpointer.take_over(self.conn);
+        *self.checkpointer.borrow_mut() = Some(checkpointer);
     }
 
     /// The state of the transaction just begun on this session's connection.
@@ -447,6 +458,7 @@ impl Writer {
         conn: Connection,
         max_batch: usize,
         wal: Option<std::fs::File>,
+        checkpointer: Checkpointer,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let flusher = wal
@@ -461,7 +473,7 @@ impl Writer {
         };
         std::thread::Builder::new()
             .name("workflow-sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch, flusher))?;
+            .spawn(move || run(conn, rx, max_batch, flusher, checkpointer))?;
         Ok(Writer {
             tx,
             waiting: Arc::new(AtomicUsize::new(0)),
@@ -584,9 +596,13 @@ fn run(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     max_batch: usize,
     mut flusher: Option<Flusher>,
+    checkpointer: Checkpointer,
 ) {
     let session = match Session::new(&conn, flusher.is_some()) {
-        Ok(session) => session,
+        Ok(session) => {
+            session.checkpoint_with(checkpointer);
+            session
+        }
         Err(err) => {
             // Unreachable after the migrations ran, but never a panic:
             // every write is told why it failed.
@@ -860,8 +876,13 @@ fn commit(session: &Session<'_>, tx: Tx<'_, '_>) -> Result<(), Db> {
     let done = tx
         .save_seq()
         .and_then(|()| session.hot.commit.borrow_mut().execute([]).map(drop));
-    if done.is_err() {
-        rollback(session);
+    match &done {
+        Ok(()) => {
+            if let Some(checkpointer) = session.checkpointer.borrow_mut().as_mut() {
+                checkpointer.after_commit(session.conn);
+            }
+        }
+        Err(_) => rollback(session),
     }
     done
 }
