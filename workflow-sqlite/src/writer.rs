@@ -636,7 +636,7 @@ fn run(
             let tx = open
                 .take()
                 .expect("applied writes have an open transaction");
-            match commit(&session, tx) {
+            match commit(&session, tx, last_commit) {
                 Ok(()) => answer_committed(&session, &mut flusher, &mut jobs, rx.is_empty()),
                 Err(err) => redo_alone(&session, &mut flusher, &mut jobs, &err),
             }
@@ -852,7 +852,7 @@ fn try_batch(session: &Session<'_>, jobs: &mut [Job]) -> Result<(), Db> {
         Ok(())
     });
     match applied {
-        Ok(()) => commit(session, tx),
+        Ok(()) => commit(session, tx, jobs.len()),
         Err(err) => {
             rollback(session);
             Err(err)
@@ -871,15 +871,16 @@ fn begin<'s, 'c>(session: &'s Session<'c>) -> Result<Tx<'s, 'c>, Db> {
     Ok(tx)
 }
 
-/// Commits (without fsync: see [`Flusher`]); rolls back if that fails.
-fn commit(session: &Session<'_>, tx: Tx<'_, '_>) -> Result<(), Db> {
+/// Commits `writes` writes (without fsync: see [`Flusher`]); rolls back if
+/// that fails.
+fn commit(session: &Session<'_>, tx: Tx<'_, '_>, writes: usize) -> Result<(), Db> {
     let done = tx
         .save_seq()
         .and_then(|()| session.hot.commit.borrow_mut().execute([]).map(drop));
     match &done {
         Ok(()) => {
             if let Some(checkpointer) = session.checkpointer.borrow_mut().as_mut() {
-                checkpointer.after_commit(session.conn);
+                checkpointer.after_commit(session.conn, writes <= FEW);
             }
         }
         Err(_) => rollback(session),
