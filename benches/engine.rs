@@ -499,6 +499,13 @@ async fn start_rates(path: &std::path::Path, d: Durability, n: usize) -> (f64, f
 /// Parks `parked` instances in a long sleep, then times `measured` short
 /// sleepers' wake-ups. Returns (RSS before, RSS with them parked, p50 lag, p99 lag).
 async fn waiting(path: &std::path::Path, parked: usize, measured: usize) -> (f64, f64, i64, i64) {
+    // Memory the earlier sections freed but glibc kept in its per-thread
+    // arenas is not this engine's: hand it back first.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let engine = engine(path, Durability::Durable, 64).await;
     let rss_before = rss_mib();
     let worker = engine.start_worker();
