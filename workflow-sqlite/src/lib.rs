@@ -5,7 +5,8 @@
 //! one transaction and one fsync (group commit), so durability costs
 //! latency, not throughput, and our own writers never meet `database is
 //! locked`. In durable mode a second thread fsyncs each commit while the
-//! writer applies the next writes.
+//! writer applies the next writes; under load a third copies the WAL back
+//! into the database file (SQLite's checkpoint), so the writer need not.
 //! Several processes may share one file: they queue on SQLite's lock
 //! (`busy_timeout`), and the writer retries past it rather than failing.
 #![warn(missing_docs)]
