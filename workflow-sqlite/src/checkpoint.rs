@@ -20,7 +20,7 @@
 //! the file changes its size, which `fdatasync` must also journal; a
 //! commit over frames written before does not. A lone workflow's durable
 //! steps took 1.3–1.9 times a raw commit with the WAL growing to 4,000
-//! pages, 0.7–0.9 times with it starting over at 1,000.
+//! pages, 0.65–0.9 times with it starting over at 1,000.
 
 use std::cell::Cell;
 use std::ffi::c_int;
