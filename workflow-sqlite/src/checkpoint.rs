@@ -189,66 +189,75 @@ fn checkpoint_loop(conn: &Connection, nudges: &mpsc::Receiver<()>, busy: &Atomic
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use std::time::{Duration, Instant};
 
     const PAGE: u64 = 4_096;
     /// A WAL frame: a page and its 24-byte header.
     const FRAME: u64 = PAGE + 24;
 
-    fn wal_database(dir: &Path) -> (PathBuf, Connection) {
-        let path = dir.join("c.db");
-        let conn = Connection::open(&path).unwrap();
+    /// A database in WAL mode whose checkpoints `policy` governs, after
+    /// `commits` commits of about two pages each (`light` or not). SQLite's
+    /// own checkpoint is set to run every 10 pages, to show it never does.
+    /// The checkpoint thread has finished (and ended) when this returns.
+    fn after_commits(policy: Policy, commits: usize, light: bool) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.db");
+        let conn = Connection::open(&db).unwrap();
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; CREATE TABLE t (b BLOB);",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA wal_autocheckpoint = 10; CREATE TABLE t (b BLOB);",
         )
         .unwrap();
-        (path, conn)
+        let before = len(&db);
+        let mut checkpointer = Checkpointer::spawn(&db, policy).unwrap();
+        checkpointer.take_over(&conn);
+        for _ in 0..commits {
+            conn.execute_batch(
+                "BEGIN; INSERT INTO t VALUES (zeroblob(3000)); \
+                 INSERT INTO t VALUES (zeroblob(3000)); COMMIT;",
+            )
+            .unwrap();
+            checkpointer.after_commit(&conn, light);
+        }
+        drop(checkpointer);
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2 * commits as i64);
+        let mut wal = db.clone().into_os_string();
+        wal.push("-wal");
+        Files {
+            grown: len(&db) - before,
+            wal: len(&PathBuf::from(wal)),
+            _conn: conn,
+            _dir: dir,
+        }
     }
 
-    /// A commit of about two pages.
-    fn commit_two_pages(conn: &Connection) {
-        conn.execute_batch("BEGIN; INSERT INTO t VALUES (zeroblob(3000)); INSERT INTO t VALUES (zeroblob(3000)); COMMIT;")
-            .unwrap();
+    struct Files {
+        /// How much the database file grew: the pages copied into it.
+        grown: u64,
+        /// The WAL's length: it never shrinks, so this is its longest.
+        wal: u64,
+        _conn: Connection,
+        _dir: tempfile::TempDir,
     }
 
     fn len(path: &Path) -> u64 {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
     }
 
-    fn wal(path: &Path) -> PathBuf {
-        let mut name = path.as_os_str().to_owned();
-        name.push("-wal");
-        name.into()
-    }
-
     /// The writer's commits reach the database file through the thread,
     /// never through a checkpoint of the writer's own.
     #[test]
     fn the_thread_copies_the_wal_into_the_database_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, conn) = wal_database(dir.path());
         let policy = Policy {
             nudge: 8,
             restart: c_int::MAX,
         };
-        let mut checkpointer = Checkpointer::spawn(&path, policy).unwrap();
-        checkpointer.take_over(&conn);
-        let before = len(&path);
-        for _ in 0..50 {
-            commit_two_pages(&conn);
-            checkpointer.after_commit(&conn, false);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while len(&path) < before + 90 * PAGE && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(
-            len(&path) >= before + 90 * PAGE,
-            "the database file grew from {before} to {} bytes",
-            len(&path)
-        );
+        let files = after_commits(policy, 50, false);
+        assert!(files.grown >= 90 * PAGE, "{} bytes copied", files.grown);
         // The writer never checkpointed, so its WAL never started over.
-        assert!(len(&wal(&path)) >= 100 * FRAME, "{}", len(&wal(&path)));
+        assert!(files.wal >= 100 * FRAME, "{}", files.wal);
         assert!(WAL_PAGES.with(Cell::get) >= 100);
     }
 
@@ -256,69 +265,47 @@ mod tests {
     /// over; the writer's own checkpoint does, so the WAL stays short.
     #[test]
     fn the_writer_starts_the_wal_over_past_the_restart_length() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, conn) = wal_database(dir.path());
         let policy = Policy {
             nudge: c_int::MAX,
             restart: 16,
         };
-        let mut checkpointer = Checkpointer::spawn(&path, policy).unwrap();
-        checkpointer.take_over(&conn);
-        for _ in 0..200 {
-            commit_two_pages(&conn);
-            checkpointer.after_commit(&conn, false);
-        }
-        let count: i64 = conn
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(count, 400);
+        let files = after_commits(policy, 200, false);
         // 400 pages written; the WAL never held more than 16 and one commit.
-        let wal = len(&wal(&path));
-        assert!(wal <= 32 + 20 * FRAME, "the WAL grew to {wal} bytes");
-        assert!(len(&path) >= 400 * PAGE);
-    }
-
-    /// Without the thread (SQLite's automatic checkpoint replaced, nothing
-    /// nudged), nothing is copied: the hook really took over.
-    #[test]
-    fn the_hook_replaces_sqlites_automatic_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, conn) = wal_database(dir.path());
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 10;")
-            .unwrap();
-        let policy = Policy {
-            nudge: c_int::MAX,
-            restart: c_int::MAX,
-        };
-        let mut checkpointer = Checkpointer::spawn(&path, policy).unwrap();
-        checkpointer.take_over(&conn);
-        let before = len(&path);
-        for _ in 0..20 {
-            commit_two_pages(&conn);
-            checkpointer.after_commit(&conn, false);
-        }
-        assert_eq!(len(&path), before);
-        assert!(len(&wal(&path)) >= 40 * FRAME);
+        assert!(
+            files.wal <= 32 + 20 * FRAME,
+            "the WAL grew to {}",
+            files.wal
+        );
+        assert!(files.grown >= 390 * PAGE, "{} bytes copied", files.grown);
     }
 
     /// Light commits (few callers) start the WAL over at `nudge` pages,
     /// on the writer, as SQLite's automatic checkpoint would.
     #[test]
     fn light_commits_start_the_wal_over_sooner() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, conn) = wal_database(dir.path());
         let policy = Policy {
             nudge: 16,
             restart: c_int::MAX,
         };
-        let mut checkpointer = Checkpointer::spawn(&path, policy).unwrap();
-        checkpointer.take_over(&conn);
-        for _ in 0..200 {
-            commit_two_pages(&conn);
-            checkpointer.after_commit(&conn, true);
-        }
-        let wal = len(&wal(&path));
-        assert!(wal <= 32 + 20 * FRAME, "the WAL grew to {wal} bytes");
-        assert!(len(&path) >= 400 * PAGE);
+        let files = after_commits(policy, 200, true);
+        assert!(
+            files.wal <= 32 + 20 * FRAME,
+            "the WAL grew to {}",
+            files.wal
+        );
+        assert!(files.grown >= 390 * PAGE, "{} bytes copied", files.grown);
+    }
+
+    /// Nothing nudged, nothing past the restart length: nothing is copied,
+    /// though SQLite's own checkpoint would have run every 10 pages.
+    #[test]
+    fn the_hook_replaces_sqlites_automatic_checkpoint() {
+        let policy = Policy {
+            nudge: c_int::MAX,
+            restart: c_int::MAX,
+        };
+        let files = after_commits(policy, 20, false);
+        assert_eq!(files.grown, 0);
+        assert!(files.wal >= 40 * FRAME, "{}", files.wal);
     }
 }
