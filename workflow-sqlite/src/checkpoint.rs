@@ -242,6 +242,15 @@ mod tests {
         _dir: tempfile::TempDir,
     }
 
+    impl Files {
+        /// After 200 two-page commits: about 400 pages written and copied,
+        /// and the WAL never held more than 16 pages and one commit.
+        fn assert_started_over_at_16_pages(&self) {
+            assert!(self.wal <= 32 + 20 * FRAME, "the WAL grew to {}", self.wal);
+            assert!(self.grown >= 390 * PAGE, "{} bytes copied", self.grown);
+        }
+    }
+
     fn len(path: &Path) -> u64 {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
     }
@@ -270,13 +279,7 @@ mod tests {
             restart: 16,
         };
         let files = after_commits(policy, 200, false);
-        // 400 pages written; the WAL never held more than 16 and one commit.
-        assert!(
-            files.wal <= 32 + 20 * FRAME,
-            "the WAL grew to {}",
-            files.wal
-        );
-        assert!(files.grown >= 390 * PAGE, "{} bytes copied", files.grown);
+        files.assert_started_over_at_16_pages();
     }
 
     /// Light commits (few callers) start the WAL over at `nudge` pages,
@@ -288,12 +291,7 @@ mod tests {
             restart: c_int::MAX,
         };
         let files = after_commits(policy, 200, true);
-        assert!(
-            files.wal <= 32 + 20 * FRAME,
-            "the WAL grew to {}",
-            files.wal
-        );
-        assert!(files.grown >= 390 * PAGE, "{} bytes copied", files.grown);
+        files.assert_started_over_at_16_pages();
     }
 
     /// Nothing nudged, nothing past the restart length: nothing is copied,
