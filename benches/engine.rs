@@ -416,6 +416,31 @@ fn rounds_wanted() -> usize {
         .max(1)
 }
 
+/// SQLite alone issuing the throughput rounds' writes, `per_commit`
+/// workflows per commit (`raw_workflow_writes`), and the engine's share of
+/// it, round by round.
+struct Limit {
+    per_commit: usize,
+    /// What the row means, in the table's last column.
+    note: &'static str,
+    /// How the share's row names it.
+    name: &'static str,
+    steps: Vec<f64>,
+    share: Vec<f64>,
+}
+
+impl Limit {
+    fn new(per_commit: usize, note: &'static str, name: &'static str) -> Self {
+        Limit {
+            per_commit,
+            note,
+            name,
+            steps: Vec::new(),
+            share: Vec::new(),
+        }
+    }
+}
+
 /// Starts `workflows` instances of 3 no-op steps, in one batch.
 async fn start_three_step(engine: &Engine, workflows: usize) {
     let inputs = (0..workflows)
@@ -707,24 +732,31 @@ async fn main() {
             // with this schema and workload; and 13 per commit (65 writes):
             // about what 64 workflows in flight can put in one commit, each
             // having one write outstanding.
-            let groupings = [64, 13];
-            let mut limits = [Vec::new(), Vec::new()];
-            let mut of_limit = [Vec::new(), Vec::new()];
+            let mut limits = [
+                Limit::new(64, "SQLite's own limit here", "SQLite's own limit"),
+                Limit::new(
+                    13,
+                    "65 writes per COMMIT: about what 64 in flight can group",
+                    "SQLite at 13 workflows per COMMIT",
+                ),
+            ];
             // Durable rounds also run the same workload without fsyncs
             // right after: what share of that speed survives the fsyncs
             // shows how well group commit hides them, whatever the disk.
             let mut kept = Vec::new();
             for _ in 0..rounds_wanted() {
                 let (raw, _, _) = raw_single(&file("raw"), d, raw_n);
-                let mut limit = [0.0; 2];
-                for (i, per_commit) in groupings.into_iter().enumerate() {
-                    limit[i] = raw_workflow_writes(&file("limit"), d, workflows, per_commit).await;
+                let mut sqlite = Vec::new();
+                for limit in &limits {
+                    sqlite.push(
+                        raw_workflow_writes(&file("limit"), d, workflows, limit.per_commit).await,
+                    );
                 }
                 let (wps, sps, cpu) = throughput(&file("tp"), d, workflows, 64).await;
                 rounds.push((sps / raw, wps, sps, cpu));
-                for i in 0..2 {
-                    limits[i].push(limit[i] * 3.0);
-                    of_limit[i].push(wps / limit[i]);
+                for (limit, sqlite_wps) in limits.iter_mut().zip(sqlite) {
+                    limit.steps.push(sqlite_wps * 3.0);
+                    limit.share.push(wps / sqlite_wps);
                 }
                 if d == Durability::Durable {
                     let (_, unsynced, _) =
@@ -734,20 +766,16 @@ async fn main() {
             }
             rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
             let (factor, wps, sps, cpu) = rounds[rounds.len() / 2];
-            let notes = [
-                "SQLite's own limit here",
-                "65 writes per COMMIT: about what 64 in flight can group",
-            ];
-            for i in 0..2 {
+            for limit in &mut limits {
                 t.row(
                     mode,
                     format!(
                         "raw SQLite C API: a 3-step workflow's writes, {} workflows per COMMIT",
-                        groupings[i]
+                        limit.per_commit
                     ),
-                    format!("{:.0} steps/s", median(&mut limits[i])),
+                    format!("{:.0} steps/s", median(&mut limit.steps)),
                     "",
-                    format!("median of {} rounds: {}", limits[i].len(), notes[i]),
+                    format!("median of {} rounds: {}", limit.steps.len(), limit.note),
                 );
             }
             let each = rounds
@@ -773,23 +801,16 @@ async fn main() {
                     rounds.len()
                 ),
             );
-            let against = [
-                "the same, ÷ SQLite's own limit, same round".to_owned(),
-                format!(
-                    "the same, ÷ SQLite at {} workflows per COMMIT, same round",
-                    groupings[1]
-                ),
-            ];
-            for i in 0..2 {
+            for limit in &mut limits {
                 t.row(
                     mode,
-                    against[i].clone(),
-                    format!("{:.2}×", median(&mut of_limit[i])),
+                    format!("the same, ÷ {}, same round", limit.name),
+                    format!("{:.2}×", median(&mut limit.share)),
                     "",
                     format!(
                         "median of {} rounds: {}",
-                        of_limit[i].len(),
-                        joined(&of_limit[i])
+                        limit.share.len(),
+                        joined(&limit.share)
                     ),
                 );
             }

@@ -188,7 +188,6 @@ fn checkpoint_loop(conn: &Connection, nudges: &mpsc::Receiver<()>, busy: &Atomic
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     const PAGE: u64 = 4_096;
     /// A WAL frame: a page and its 24-byte header.
@@ -223,11 +222,9 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 2 * commits as i64);
-        let mut wal = db.clone().into_os_string();
-        wal.push("-wal");
         Files {
             grown: len(&db) - before,
-            wal: len(&PathBuf::from(wal)),
+            wal: len(&crate::wal_path(&db)),
             _conn: conn,
             _dir: dir,
         }

@@ -211,16 +211,21 @@ fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Resul
         .map_err(|err| Error::Store(StoreError::backend(err)))
 }
 
+/// Where SQLite keeps the WAL of the database at `db`.
+pub(crate) fn wal_path(db: &std::path::Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
+}
+
 /// The database's WAL file (which the writer's connection keeps in
 /// existence while it is open), for the flush thread to fsync; and its
 /// directory entry made durable, as SQLite does when it creates the file.
 fn open_wal(db: &std::path::Path) -> std::io::Result<std::fs::File> {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-wal");
     let wal = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&name)?;
+        .open(wal_path(db))?;
     let dir = match db.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => std::path::Path::new("."),
@@ -835,9 +840,7 @@ mod tests {
                 .collect();
             store.create_many(news).await.unwrap();
         }
-        let mut wal = path.clone().into_os_string();
-        wal.push("-wal");
-        let wal = std::fs::metadata(&wal).unwrap().len();
+        let wal = std::fs::metadata(wal_path(&path)).unwrap().len();
         let restart = checkpoint::Policy::default().restart as u64 * (4_096 + 24);
         assert!(
             wal <= 2 * restart,

@@ -203,10 +203,13 @@ impl<'c> Session<'c> {
         })
     }
 
-    /// Hands this connection's WAL checkpoints to `checkpointer`'s thread.
-    pub(crate) fn checkpoint_with(&self, checkpointer: Checkpointer) {
+    /// This session, its WAL checkpoints handed to `checkpointer`'s thread.
+    pub(crate) fn checkpointed(self, checkpointer: Checkpointer) -> Self {
         checkpointer.take_over(self.conn);
-        *self.checkpointer.borrow_mut() = Some(checkpointer);
+        Session {
+            checkpointer: RefCell::new(Some(checkpointer)),
+            ..self
+        }
     }
 
     /// The state of the transaction just begun on this session's connection.
@@ -599,10 +602,7 @@ fn run(
     checkpointer: Checkpointer,
 ) {
     let session = match Session::new(&conn, flusher.is_some()) {
-        Ok(session) => {
-            session.checkpoint_with(checkpointer);
-            session
-        }
+        Ok(session) => session.checkpointed(checkpointer),
         Err(err) => {
             // Unreachable after the migrations ran, but never a panic:
             // every write is told why it failed.
