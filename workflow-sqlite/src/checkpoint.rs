@@ -39,6 +39,12 @@ thread_local! {
     static WAL_PAGES: Cell<c_int> = const { Cell::new(0) };
 }
 
+/// Pages in the WAL after the last commit on this thread.
+#[cfg(test)]
+pub(crate) fn wal_pages() -> c_int {
+    WAL_PAGES.with(Cell::get)
+}
+
 fn note_wal_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
     WAL_PAGES.with(|p| p.set(pages));
     Ok(())
@@ -117,8 +123,8 @@ impl Checkpointer {
         conn.wal_hook(Some(note_wal_pages));
     }
 
-    /// After each commit on the writer's connection (`light`: one of few
-    /// writes, see the module doc): nudges the thread as the WAL grows, and
+    /// After each commit on the writer's connection (`light`: of few
+    /// callers, see the module doc): nudges the thread as the WAL grows, and
     /// past [`Policy::restart`] pages (or [`Policy::nudge`] when `light`)
     /// checkpoints on `conn` so that the next transaction starts the WAL over.
     pub(crate) fn after_commit(&mut self, conn: &Connection, light: bool) {
