@@ -74,8 +74,13 @@ pub(crate) enum Settlement {
     /// Nothing more than the interrupt says.
     #[default]
     Plain,
-    /// `ctx.complete`'s output JSON.
-    Output(String),
+    /// `ctx.complete`'s output JSON, or `None` for `ctx.fail`, with the
+    /// state if it changed since the last step, saved with the outcome as
+    /// a returning handler's is.
+    Ended {
+        output: Option<String>,
+        state: Option<String>,
+    },
     /// Give the worker back until the instance is due again.
     Suspend(crate::store::Suspend),
 }
@@ -366,7 +371,7 @@ where
                     let at = now_millis();
                     return Err(self.suspend(crate::store::Suspend {
                         status: crate::Status::Pending,
-                        run_at: at.saturating_add(delay.as_millis() as i64),
+                        run_at: crate::store::millis_after(at, delay),
                         wait_event: None,
                         wait_child: None,
                         retry: Some((key.clone(), attempt)),
@@ -409,9 +414,14 @@ where
             ),
             source,
         })?;
-        self.inner
-            .run
-            .interrupt(Interrupt::Completed, Settlement::Output(json));
+        let state = self.dirty_state()?;
+        self.inner.run.interrupt(
+            Interrupt::Completed,
+            Settlement::Ended {
+                output: Some(json),
+                state,
+            },
+        );
         Err(Error::Interrupted(Interrupt::Completed))
     }
 
@@ -420,7 +430,12 @@ where
     /// the caller ignores it.
     pub fn fail(&self, reason: impl Into<String>) -> Result<Infallible> {
         let why = Interrupt::Failed(reason.into());
-        self.inner.run.interrupt(why.clone(), Settlement::Plain);
+        let state = self.dirty_state()?;
+        let settlement = Settlement::Ended {
+            output: None,
+            state,
+        };
+        self.inner.run.interrupt(why.clone(), settlement);
         Err(Error::Interrupted(why))
     }
 

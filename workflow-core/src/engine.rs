@@ -328,6 +328,7 @@ impl EngineBuilder {
                 finished: Notify::new(),
                 shutdown: CancellationToken::new(),
                 running: std::sync::Mutex::new(HashMap::new()),
+                claimed_ahead: std::sync::Mutex::new(Vec::new()),
                 scheduled,
                 clock: self.clock,
             }),
@@ -352,6 +353,8 @@ pub(crate) struct EngineInner {
     pub shutdown: CancellationToken,
     /// Handlers running in this process, for control operations to reach at once.
     pub running: std::sync::Mutex<HashMap<InstanceId, Arc<RunShared>>>,
+    /// Each worker's instances claimed ahead, for the same.
+    pub claimed_ahead: std::sync::Mutex<Vec<std::sync::Weak<crate::worker::ClaimedAhead>>>,
     /// Checked schedules of registered workflows.
     pub scheduled: Vec<Scheduled>,
     pub clock: Arc<dyn Clock>,
@@ -459,7 +462,7 @@ impl Engine {
                 key: options.key.clone(),
                 created_at: now,
                 run_at: now,
-                deadline_at: Some(now.saturating_add(timeout.as_millis() as i64)),
+                deadline_at: Some(crate::store::millis_after(now, timeout)),
                 parent: None,
             });
         }
@@ -489,7 +492,7 @@ impl Engine {
             key: options.key,
             created_at: now,
             run_at: now,
-            deadline_at: Some(now.saturating_add(timeout.as_millis() as i64)),
+            deadline_at: Some(crate::store::millis_after(now, timeout)),
             parent: None,
         };
         let created = self.inner.store.create(new, dedup.as_deref()).await?;
@@ -563,6 +566,7 @@ impl Engine {
         let control = self.inner.store.cancel(id, now_millis()).await?;
         self.check_control(id, control)?;
         tracing::info!(%id, "instance cancelled");
+        crate::worker::forget_claimed_ahead(&self.inner, id);
         if let Some(run) = self.inner.local_run(id) {
             run.interrupt(Interrupt::Cancelled, crate::ctx::Settlement::Plain);
         }
@@ -574,9 +578,7 @@ impl Engine {
     pub async fn set_timeout(&self, id: &InstanceId, timeout: Timeout) -> Result<()> {
         let now = now_millis();
         let deadline = match timeout {
-            Timeout::In(after) => {
-                now.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX))
-            }
+            Timeout::In(after) => crate::store::millis_after(now, after),
             Timeout::At(at) => at.timestamp_millis(),
         };
         let control = self.inner.store.set_deadline(id, deadline, now).await?;
@@ -615,6 +617,7 @@ impl Engine {
     pub async fn pause(&self, id: &InstanceId) -> Result<()> {
         let control = self.inner.store.pause(id, now_millis()).await?;
         self.check_control(id, control)?;
+        crate::worker::pause_claimed_ahead(&self.inner, id, true);
         if let Some(run) = self.inner.local_run(id) {
             run.request_pause(true);
         }
@@ -625,6 +628,7 @@ impl Engine {
     pub async fn resume(&self, id: &InstanceId) -> Result<()> {
         let control = self.inner.store.resume(id, now_millis()).await?;
         self.check_control(id, control)?;
+        crate::worker::pause_claimed_ahead(&self.inner, id, false);
         if let Some(run) = self.inner.local_run(id) {
             run.request_pause(false);
         }

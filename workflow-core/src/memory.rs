@@ -413,6 +413,11 @@ impl Store for MemoryStore {
         }
         entry.row.deadline_at = Some(deadline_at);
         entry.row.updated_at = at;
+        // A waiting instance is due at its deadline at the latest, to end
+        // there: only a running handler watches the deadline itself.
+        if matches!(entry.row.status, Status::Pending | Status::Listening) {
+            entry.row.run_at = entry.row.run_at.min(deadline_at);
+        }
         let message = format_millis(deadline_at);
         t.event(id, at, "deadline_changed", None, None, Some(&message));
         Ok(Control::Applied)

@@ -130,7 +130,7 @@ async fn fire_tick(engine: &Engine, s: &Scheduled, tick: DateTime<Utc>) -> Resul
         key: Some(format!("schedule:{tick_text}")),
         created_at,
         run_at: created_at,
-        deadline_at: Some(created_at.saturating_add(s.timeout.as_millis() as i64)),
+        deadline_at: Some(crate::store::millis_after(created_at, s.timeout)),
         parent: None,
     };
     Ok(match inner.store.create(new, Some(&Status::ALL)).await? {

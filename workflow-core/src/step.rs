@@ -58,14 +58,20 @@ impl StepOptions {
 
     /// Spreads each wait by up to `±fraction` (0 to 1) of itself.
     pub fn jitter(mut self, fraction: f64) -> Self {
-        self.jitter = fraction.clamp(0.0, 1.0);
+        // `clamp` keeps NaN, which would make every wait NaN seconds.
+        self.jitter = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
         self
     }
 
     /// The wait after failed attempt `attempt`, with jitter applied.
     pub fn jittered_delay_after(&self, attempt: u32) -> Duration {
         let base = self.delay_after(attempt);
-        if self.jitter == 0.0 {
+        // NaN too: the fields are public.
+        if self.jitter.is_nan() || self.jitter <= 0.0 {
             return base;
         }
         use std::hash::{BuildHasher, Hasher};
@@ -73,15 +79,25 @@ impl StepOptions {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u32(attempt);
         let unit = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
-        base.mul_f64(1.0 + self.jitter * (2.0 * unit - 1.0))
+        let scale = 1.0 + self.jitter.min(1.0) * (2.0 * unit - 1.0);
+        seconds(base.as_secs_f64() * scale)
     }
 
     /// How long to wait after failed attempt number `attempt` (1-based), before jitter.
     pub fn delay_after(&self, attempt: u32) -> Duration {
         let exp = self.factor.powi(attempt.min(64) as i32);
         let secs = (self.initial_backoff.as_secs_f64() * exp).min(self.max_backoff.as_secs_f64());
-        Duration::from_secs_f64(secs.max(0.0))
+        seconds(secs)
     }
+}
+
+/// `secs` seconds as a duration: none if negative or NaN, `Duration::MAX`
+/// past it (where `Duration::from_secs_f64` panics).
+fn seconds(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
 /// An error a step should not retry: `Err(NonRetryable::new(err))` (or
@@ -127,6 +143,22 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Extreme settings give long waits, never a panic in the handler.
+    #[test]
+    fn extreme_backoffs_saturate() {
+        let huge = StepOptions::retries(3).backoff(Duration::MAX, 2.0, Duration::MAX);
+        assert_eq!(huge.delay_after(1), Duration::MAX);
+        assert!(huge.jitter(0.5).jittered_delay_after(1) >= Duration::MAX / 2);
+        let nan = StepOptions::retries(3).jitter(f64::NAN);
+        assert_eq!(nan.jittered_delay_after(1), nan.delay_after(1));
+        let raw = StepOptions {
+            jitter: f64::NAN,
+            factor: f64::NAN,
+            ..StepOptions::default()
+        };
+        assert!(raw.jittered_delay_after(2) <= raw.max_backoff);
+    }
 
     #[test]
     fn default_backoff_matches_the_original_framework() {

@@ -24,6 +24,15 @@ pub fn now_millis() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// `d` after `at`, saturating at the latest time a `DateTime<Utc>` holds:
+/// a `Duration::MAX` timeout or lease means "never", not an overflow into
+/// the past.
+pub fn millis_after(at: Millis, d: std::time::Duration) -> Millis {
+    let latest = chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_millis();
+    let d = Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX);
+    at.saturating_add(d).min(latest)
+}
+
 /// A time as RFC 3339 text, for history messages.
 pub fn format_millis(ms: Millis) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

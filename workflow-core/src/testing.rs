@@ -33,6 +33,7 @@ where
     renew_reports_lost_leases(make().await).await;
     cancel_and_deadlines(make().await).await;
     suspend_and_wake(make().await).await;
+    a_moved_deadline_makes_waiting_instances_due(make().await).await;
     events_are_kept_until_taken(make().await).await;
     children_wake_parents_and_die_with_them(make().await).await;
     pause_and_resume(make().await).await;
@@ -750,6 +751,60 @@ async fn suspend_and_wake(store: impl Store) {
             .len(),
         1
     );
+}
+
+/// Only a running handler watches its deadline: a waiting instance must be
+/// due by its deadline, also when the deadline moves while it waits.
+async fn a_moved_deadline_makes_waiting_instances_due(store: impl Store) {
+    let mut ids = Vec::new();
+    for (n, status, run_at) in [
+        (0, Status::Listening, Millis::MAX),
+        (1, Status::Pending, T0 + 3_600_000),
+    ] {
+        let new = new_instance("wf", n);
+        ids.push(new.id.clone());
+        store.create(new, None).await.unwrap();
+        let c = store
+            .claim(claim_req("a", T0 + 2, 1))
+            .await
+            .unwrap()
+            .remove(0);
+        store
+            .suspend(&c.lease, suspend_at(status, run_at, T0 + 3))
+            .await
+            .unwrap();
+    }
+    assert!(store
+        .claim(claim_req("b", T0 + 100, 10))
+        .await
+        .unwrap()
+        .is_empty());
+    for id in &ids {
+        let control = store.set_deadline(id, T0 + 50, T0 + 10).await.unwrap();
+        assert_eq!(control, Control::Applied);
+    }
+    let due = store.claim(claim_req("b", T0 + 100, 10)).await.unwrap();
+    let mut claimed: Vec<_> = due.iter().map(|c| c.row.id.clone()).collect();
+    claimed.sort();
+    assert_eq!(claimed, ids, "both are due at their new deadline");
+    // A later deadline does not make an instance due sooner than it was.
+    let new = new_instance("wf", 2);
+    let late = new.id.clone();
+    store.create(new, None).await.unwrap();
+    let c = store
+        .claim(claim_req("a", T0 + 200, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .suspend(&c.lease, suspend_at(Status::Pending, T0 + 5_000, T0 + 201))
+        .await
+        .unwrap();
+    store
+        .set_deadline(&late, T0 + 9_000, T0 + 202)
+        .await
+        .unwrap();
+    assert_eq!(store.get(&late).await.unwrap().unwrap().run_at, T0 + 5_000);
 }
 
 async fn events_are_kept_until_taken(store: impl Store) {

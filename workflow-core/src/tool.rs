@@ -577,7 +577,7 @@ impl Engine {
             key: Some(key.to_owned()),
             created_at: now,
             run_at: now,
-            deadline_at: Some(now.saturating_add(timeout.as_millis() as i64)),
+            deadline_at: Some(crate::store::millis_after(now, timeout)),
             parent: Some(parent.clone()),
         };
         let row = self

@@ -187,7 +187,7 @@ where
                         key: Some(dedup_key.clone()),
                         created_at: now,
                         run_at: now,
-                        deadline_at: Some(now.saturating_add(W::TIMEOUT.as_millis() as i64)),
+                        deadline_at: Some(crate::store::millis_after(now, W::TIMEOUT)),
                         parent: Some(parent.clone()),
                     };
                     let created = store.create(new, Some(&Status::ALL)).await?;

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ctx::{RunShared, Settlement};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineInner};
 use crate::error::{Interrupt, StoreError};
 use crate::id::InstanceId;
 use crate::status::Status;
@@ -39,7 +39,39 @@ struct WorkerShared {
     running: Mutex<HashMap<InstanceId, Arc<RunShared>>>,
     /// Instances claimed ahead of a free slot, oldest due first. The
     /// heartbeat renews their leases like those of running instances.
-    ready: Mutex<VecDeque<Claimed>>,
+    ready: Arc<ClaimedAhead>,
+}
+
+/// A worker's instances claimed ahead of a free slot. The engine keeps a
+/// weak reference to each worker's, so a cancel or pause in this process
+/// reaches an instance before it starts, not at the next heartbeat.
+pub(crate) type ClaimedAhead = Mutex<VecDeque<Claimed>>;
+
+/// Drops `id` from every queue of instances claimed ahead in this engine
+/// (it was cancelled: its lease is gone), so it never starts here.
+pub(crate) fn forget_claimed_ahead(inner: &EngineInner, id: &InstanceId) {
+    for_claimed_ahead(inner, |ready| ready.retain(|c| c.row.id != *id));
+}
+
+/// Sets whether `id`, if claimed ahead in this engine, starts with a pause
+/// requested: then it pauses before its first step.
+pub(crate) fn pause_claimed_ahead(inner: &EngineInner, id: &InstanceId, pause: bool) {
+    for_claimed_ahead(inner, |ready| {
+        for c in ready.iter_mut().filter(|c| c.row.id == *id) {
+            c.row.pause_requested = pause;
+        }
+    });
+}
+
+fn for_claimed_ahead(inner: &EngineInner, mut f: impl FnMut(&mut VecDeque<Claimed>)) {
+    let mut queues = lock(&inner.claimed_ahead);
+    queues.retain(|queue| match queue.upgrade() {
+        Some(queue) => {
+            f(&mut lock(&queue));
+            true
+        }
+        None => false,
+    });
 }
 
 impl Worker {
@@ -52,12 +84,14 @@ impl Worker {
         );
         lock(&LIVE).insert(id.clone());
         let stop = engine.inner.shutdown.child_token();
+        let ready = Arc::new(ClaimedAhead::default());
+        lock(&engine.inner.claimed_ahead).push(Arc::downgrade(&ready));
         let shared = Arc::new(WorkerShared {
             engine,
             id,
             stop,
             running: Mutex::new(HashMap::new()),
-            ready: Mutex::new(VecDeque::new()),
+            ready,
         });
         let task = tokio::spawn(worker_loop(Arc::clone(&shared)));
         Worker { shared, task }
@@ -119,7 +153,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
                     owner: w.id.clone(),
                     workflows: workflows.clone(),
                     now,
-                    lease_until: now + config.lease.as_millis() as i64,
+                    lease_until: crate::store::millis_after(now, config.lease),
                     limit: wanted,
                 };
                 let store = Arc::clone(&inner.store);
@@ -253,7 +287,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
         let mut leases: Vec<Lease> = runs.iter().map(|r| r.lease.clone()).collect();
         leases.extend(lock(&w.ready).iter().map(|c| c.lease.clone()));
         if !leases.is_empty() {
-            let until = now_millis() + inner.config.lease.as_millis() as i64;
+            let until = crate::store::millis_after(now_millis(), inner.config.lease);
             match inner.store.renew(&leases, until).await {
                 Ok(renewals) => {
                     for renewal in renewals {
@@ -422,6 +456,9 @@ async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed, slot: OwnedSemaphor
     .await
 }
 
+/// The error of an instance that timed out.
+const DEADLINE_PASSED: &str = "deadline passed before the workflow finished";
+
 /// What to do with the instance once its handler stopped.
 enum Settle {
     Finish(Finish),
@@ -459,6 +496,18 @@ async fn execute(
     def: &dyn crate::workflow::ErasedWorkflow,
     input: String,
 ) -> Settle {
+    // Claimed at or past its deadline (a wait capped at the deadline, or a
+    // deadline moved while it waited): it ends here. The handler would only
+    // wait again, and its timer may not fire before it suspends.
+    if run.deadline.borrow().is_some_and(|at| at <= now_millis()) {
+        return Settle::Finish(Finish {
+            status: Status::TimedOut,
+            output: None,
+            error: Some(DEADLINE_PASSED.to_owned()),
+            state: None,
+            at: now_millis(),
+        });
+    }
     let handler = AssertUnwindSafe(def.run(Arc::clone(run), input)).catch_unwind();
     let timed_out = deadline_passed(run);
     enum End {
@@ -495,16 +544,23 @@ async fn execute(
         return match (why, settlement) {
             (Interrupt::Suspended, Settlement::Suspend(suspend)) => Settle::Suspend(suspend),
             (Interrupt::Completed, settlement) => {
-                let output = match settlement {
-                    Settlement::Output(output) => output,
-                    _ => "null".to_owned(),
+                let (output, state) = match settlement {
+                    Settlement::Ended { output, state } => (output, state),
+                    _ => (None, None),
                 };
+                let output = output.unwrap_or_else(|| "null".to_owned());
                 match def.check_output(&output) {
-                    Ok(()) => finish(Status::Completed, Some(output), None, None),
-                    Err(message) => finish(Status::Failed, None, Some(message), None),
+                    Ok(()) => finish(Status::Completed, Some(output), None, state),
+                    Err(message) => finish(Status::Failed, None, Some(message), state),
                 }
             }
-            (Interrupt::Failed(reason), _) => finish(Status::Failed, None, Some(reason), None),
+            (Interrupt::Failed(reason), settlement) => {
+                let state = match settlement {
+                    Settlement::Ended { state, .. } => state,
+                    _ => None,
+                };
+                finish(Status::Failed, None, Some(reason), state)
+            }
             (Interrupt::Shutdown | Interrupt::Suspended, _) => Settle::Release,
             // The store already says Cancelled, or another worker owns it.
             (Interrupt::Cancelled | Interrupt::LeaseLost, _) => Settle::Abandon,
@@ -531,7 +587,7 @@ async fn execute(
         End::TimedOut => finish(
             Status::TimedOut,
             None,
-            Some("deadline passed before the workflow finished".to_owned()),
+            Some(DEADLINE_PASSED.to_owned()),
             None,
         ),
         // Stopped without a reason cannot happen: interrupts always set one.

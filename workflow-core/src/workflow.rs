@@ -118,7 +118,7 @@ pub trait Workflow: Send + Sync + Sized + 'static {
             description: Self::DESCRIPTION.to_owned(),
             schedule: Self::SCHEDULE.map(str::to_owned),
             timezone: Self::TIMEZONE.to_owned(),
-            timeout_ms: Self::TIMEOUT.as_millis() as u64,
+            timeout_ms: u64::try_from(Self::TIMEOUT.as_millis()).unwrap_or(u64::MAX),
             catch_up: Self::CATCH_UP,
             steps: Self::STEPS.iter().map(|s| (*s).to_owned()).collect(),
             input_schema: schema_for::<Self::Input>(),

@@ -998,3 +998,156 @@ async fn instances_claimed_ahead_go_back_at_shutdown() {
     first.cancel().await.unwrap();
     worker.shutdown().await;
 }
+
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+struct Tally {
+    n: u32,
+}
+
+/// Sets the state after its one step, then ends as `how` says.
+struct EndsWithState;
+
+impl Workflow for EndsWithState {
+    type Input = Ending;
+    type Output = u32;
+    type State = Tally;
+    const NAME: &'static str = "endsWithState";
+
+    async fn run(&self, ctx: Ctx<Tally>, how: Ending) -> Result<u32, BoxError> {
+        ctx.step("one", || async { Ok::<_, BoxError>(1u32) })
+            .await?;
+        ctx.state_mut().n = 7;
+        if matches!(how, Ending::Complete) {
+            ctx.complete(7u32)?;
+        } else {
+            ctx.fail("stop")?;
+        }
+        Ok(0)
+    }
+}
+
+/// `ctx.complete` and `ctx.fail` save the state set since the last step,
+/// as returning from the handler does.
+#[tokio::test]
+async fn complete_and_fail_keep_the_state_set_before_them() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(EndsWithState)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let done = EndsWithState::start(&engine, Ending::Complete)
+        .await
+        .unwrap();
+    assert_eq!(
+        done.result_timeout(Duration::from_secs(5)).await.unwrap(),
+        7
+    );
+    assert_eq!(done.state().await.unwrap().n, 7);
+    let failed = EndsWithState::start(&engine, Ending::Fail).await.unwrap();
+    assert!(failed.result_timeout(Duration::from_secs(5)).await.is_err());
+    assert_eq!(failed.state().await.unwrap().n, 7);
+}
+
+static LONG_LEASE_RUNS: AtomicU32 = AtomicU32::new(0);
+
+struct OneStep;
+
+impl Workflow for OneStep {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "oneStep";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        Ok(ctx
+            .step("work", || async {
+                LONG_LEASE_RUNS.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, BoxError>(1u32)
+            })
+            .await?)
+    }
+}
+
+/// `Duration::MAX` as a timeout or a lease means "never", not a time that
+/// overflowed into the past (an instant time-out; a lease expired as it
+/// was granted, so one worker re-ran its own instance over and over).
+#[tokio::test]
+async fn a_timeout_or_lease_of_duration_max_never_expires() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(OneStep)
+        .lease_duration(Duration::MAX)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = OneStep::start_with(&engine, (), StartOptions::new().timeout(Duration::MAX))
+        .await
+        .unwrap();
+    let deadline = inst.info().await.unwrap().deadline_at.unwrap();
+    assert!(
+        deadline > chrono::Utc::now(),
+        "deadline in the past: {deadline}"
+    );
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(5)).await.unwrap(),
+        1
+    );
+    assert_eq!(LONG_LEASE_RUNS.load(Ordering::SeqCst), 1);
+}
+
+static AHEAD_RUNS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+struct Ahead;
+
+impl Workflow for Ahead {
+    type Input = u32;
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "ahead";
+
+    async fn run(&self, ctx: Ctx, n: u32) -> Result<(), BoxError> {
+        ctx.step("side-effect", || async move {
+            AHEAD_RUNS.lock().unwrap().push(n);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// An instance held claimed ahead of a free slot hears of a cancel in this
+/// process at once: it never starts, rather than running a step before the
+/// next heartbeat finds its lease gone.
+#[tokio::test]
+async fn a_cancelled_instance_claimed_ahead_never_starts() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Ahead)
+        .concurrency(1)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let insts = Ahead::start_many(&engine, vec![1, 2], StartOptions::new())
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    until_status(&insts[0], Status::InProgress).await;
+    // Claimed ahead: leased, waiting for the one slot.
+    until_status(&insts[1], Status::InProgress).await;
+    insts[1].cancel().await.unwrap();
+    insts[0]
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(insts[1].status().await.unwrap(), Status::Cancelled);
+    assert_eq!(*AHEAD_RUNS.lock().unwrap(), [1]);
+}

@@ -420,3 +420,83 @@ async fn fan_out_keeps_input_order_with_one_step_per_item() {
     assert!(keys.contains(&"sum[2]".to_owned()));
     assert_eq!(keys.len(), 13);
 }
+
+struct ListensLong;
+
+impl Workflow for ListensLong {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "listensLong";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        let _: serde_json::Value = ctx.wait_for_event("go", None).await?;
+        Ok(())
+    }
+}
+
+struct NapsLong;
+
+impl Workflow for NapsLong {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "napsLong";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.sleep("nap", Duration::from_secs(3600)).await?;
+        Ok(())
+    }
+}
+
+/// Moving the deadline of an instance that waits (for an event without a
+/// timeout, or in an hour-long sleep) ends it at the new deadline, not when
+/// it would have woken.
+#[tokio::test]
+async fn a_shorter_deadline_ends_a_waiting_instance() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(ListensLong)
+        .register(NapsLong)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let hour = StartOptions::new().timeout(Duration::from_secs(7200));
+    let listens = ListensLong::start_with(&engine, (), hour.clone())
+        .await
+        .unwrap();
+    let naps = NapsLong::start_with(&engine, (), hour).await.unwrap();
+    until_status(&listens, Status::Listening).await;
+    for _ in 0..500 {
+        let info = naps.info().await.unwrap();
+        if info.runs == 1 && info.status == Status::Pending {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for inst in [listens.id(), naps.id()] {
+        engine
+            .set_timeout(inst, Timeout::In(Duration::from_millis(200)))
+            .await
+            .unwrap();
+    }
+    let ended = |err: Error| {
+        matches!(
+            err,
+            Error::Ended {
+                status: Status::TimedOut,
+                ..
+            }
+        )
+    };
+    let listened = listens.result_timeout(Duration::from_secs(5)).await;
+    let status = listens.status().await.unwrap();
+    assert!(
+        listened.is_err_and(ended),
+        "the listening instance timed out: {status:?}"
+    );
+    let napped = naps.result_timeout(Duration::from_secs(5)).await;
+    assert!(napped.is_err_and(ended), "the sleeping instance timed out");
+}

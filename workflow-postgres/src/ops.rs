@@ -526,12 +526,18 @@ impl Db {
         if control != Control::Applied {
             return Ok(control);
         }
-        sqlx::query("UPDATE instances SET deadline_at = $2, updated_at = $3 WHERE id = $1")
-            .bind(id.as_str())
-            .bind(deadline_at)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
+        // A waiting instance is due at its deadline at the latest, to end
+        // there: only a running handler watches the deadline itself.
+        sqlx::query(
+            "UPDATE instances SET deadline_at = $2, updated_at = $3, \
+             run_at = CASE WHEN status IN ('pending', 'listening') AND run_at > $2 \
+             THEN $2 ELSE run_at END WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .bind(deadline_at)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
         let message = format_millis(deadline_at);
         event_full(
             &mut tx,
