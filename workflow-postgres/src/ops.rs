@@ -169,7 +169,7 @@ impl Db {
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
-        let mut failed: Vec<(String, String)> = Vec::new();
+        let mut failed: Vec<(String, String, Option<String>)> = Vec::new();
         for row in &rows {
             match instance_row(row) {
                 Ok(instance) => {
@@ -192,11 +192,13 @@ impl Db {
                 Err(err) => {
                     let id: String = row.try_get("id")?;
                     tracing::error!(id = %id, error = %err, "failing an instance whose row is corrupt");
-                    failed.push((id, err.to_string()));
+                    // A parent waiting for it wakes to see it failed.
+                    let parent: Option<String> = row.try_get("parent_id").ok().flatten();
+                    failed.push((id, err.to_string(), parent));
                 }
             }
         }
-        for (id, error) in &failed {
+        for (id, error, parent) in &failed {
             sqlx::query(
                 "UPDATE instances SET status = 'failed', error = $2, finished_at = $3, updated_at = $3, \
                  lease_owner = NULL, lease_expires_at = NULL WHERE id = $1",
@@ -217,6 +219,9 @@ impl Db {
                 None,
             )
             .await?;
+            if let Some(parent) = parent {
+                wake_parents(&mut tx, &[(id.as_str(), parent.as_str())], req.now).await?;
+            }
         }
         if !claimed.is_empty() {
             // Oldest due first, and history in that order.

@@ -355,6 +355,53 @@ async fn a_corrupt_row_fails_only_its_instance() {
     common::drop_schemas(&url, &[schema]).await;
 }
 
+/// A child failed for its corrupt row wakes a parent waiting for it.
+#[tokio::test]
+async fn a_child_failed_as_corrupt_wakes_its_parent() {
+    let Some(url) = common::url("a_child_failed_as_corrupt_wakes_its_parent") else {
+        return;
+    };
+    let schema = common::fresh_schema("corrupt_child");
+    let s = store(&url, &schema).await;
+    let parent = new_instance("wf", 1);
+    let parent_id = parent.id.clone();
+    s.create(parent, None).await.unwrap();
+    let p = s.claim(claim_req("w", T0 + 10, 1)).await.unwrap().remove(0);
+    let mut child = new_instance("wf", 2);
+    child.parent = Some(parent_id.clone());
+    let child_id = child.id.clone();
+    s.create(child, None).await.unwrap();
+    let wait = Suspend {
+        status: Status::Listening,
+        run_at: Millis::MAX,
+        wait_event: None,
+        wait_child: Some(child_id.clone()),
+        retry: None,
+        state: None,
+        reason: "waiting for a child".into(),
+        at: T0 + 11,
+    };
+    s.suspend(&p.lease, wait).await.unwrap();
+    sqlx::query("UPDATE instances SET tags = '{\"n\": 1}' WHERE id = $1")
+        .bind(child_id.as_str())
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert!(s
+        .claim(claim_req("w", T0 + 20, 10))
+        .await
+        .unwrap()
+        .is_empty());
+    let claimed = s.claim(claim_req("w", T0 + 30, 10)).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| &c.row.id).collect();
+    assert_eq!(
+        ids,
+        [&parent_id],
+        "the parent is due again to see its child failed"
+    );
+    common::drop_schemas(&url, &[schema]).await;
+}
+
 /// One store shared by many tasks creates concurrently.
 #[tokio::test]
 async fn shared_store_is_usable_from_many_tasks() {

@@ -896,6 +896,126 @@ mod tests {
         assert_eq!(steps.len(), 1, "the fenced step is not recorded");
     }
 
+    /// Runs `sql` (with `?1` bound to `id`) on the store's file from outside.
+    async fn corrupt(store: &SqliteStore, sql: &str, id: &InstanceId) {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .bind(id.as_str())
+            .execute(&store.read)
+            .await
+            .unwrap();
+    }
+
+    async fn status_of(store: &SqliteStore, id: &InstanceId) -> String {
+        sqlx::query_scalar("SELECT status FROM instances WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_one(&store.read)
+            .await
+            .unwrap()
+    }
+
+    /// Bytes a column cannot hold (text that is not UTF-8, text where a
+    /// number belongs) fail that instance alone: the claim goes on. Before,
+    /// the whole claim failed, and as the oldest due row it failed every
+    /// claim after it: all work stopped.
+    #[tokio::test]
+    async fn unreadable_bytes_fail_only_their_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("bytes.db"))
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            let new = workflow_core::testing::new_instance("wf", n);
+            ids.push(new.id.clone());
+            store.create(new, None).await.unwrap();
+        }
+        let bad_text = "UPDATE instances SET input = CAST(X'FF' AS TEXT) WHERE id = ?1";
+        let bad_number = "UPDATE instances SET runs = 'many' WHERE id = ?1";
+        corrupt(&store, bad_text, &ids[0]).await;
+        corrupt(&store, bad_number, &ids[1]).await;
+        let claimed = store.claim(claim_due("w", 10)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].row.id, ids[2]);
+        for bad in &ids[..2] {
+            assert_eq!(status_of(&store, bad).await, "failed");
+        }
+    }
+
+    /// The same for a recorded step of an instance claimed again.
+    #[tokio::test]
+    async fn an_unreadable_step_fails_only_its_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("step.db")).await.unwrap();
+        let bad = workflow_core::testing::new_instance("wf", 1);
+        let bad_id = bad.id.clone();
+        store.create(bad, None).await.unwrap();
+        let first = store.claim(claim_due("w", 1)).await.unwrap().remove(0);
+        let step = StepRow {
+            key: "one".into(),
+            output: Some("1".into()),
+            error: None,
+            state: None,
+            attempts: 1,
+            started_at: 1,
+            finished_at: 2,
+        };
+        store.commit_step(&first.lease, step).await.unwrap();
+        store.release(&first.lease, 3).await.unwrap();
+        let good = workflow_core::testing::new_instance("wf", 2);
+        let good_id = good.id.clone();
+        store.create(good, None).await.unwrap();
+        let sql = "UPDATE steps SET output = CAST(X'FF' AS TEXT) WHERE instance_id = ?1";
+        corrupt(&store, sql, &bad_id).await;
+        let claimed = store.claim(claim_due("w", 10)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].row.id, good_id);
+        assert_eq!(status_of(&store, &bad_id).await, "failed");
+    }
+
+    /// A child failed for its corrupt row wakes a parent waiting for it, as
+    /// every other way a child ends does.
+    #[tokio::test]
+    async fn a_child_failed_as_corrupt_wakes_its_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("parent.db"))
+            .await
+            .unwrap();
+        let parent = workflow_core::testing::new_instance("wf", 1);
+        let parent_id = parent.id.clone();
+        store.create(parent, None).await.unwrap();
+        let p = store.claim(claim_due("w", 1)).await.unwrap().remove(0);
+        let mut child = workflow_core::testing::new_instance("wf", 2);
+        child.parent = Some(parent_id.clone());
+        let child_id = child.id.clone();
+        store.create(child, None).await.unwrap();
+        let wait = Suspend {
+            status: Status::Listening,
+            run_at: Millis::MAX,
+            wait_event: None,
+            wait_child: Some(child_id.clone()),
+            retry: None,
+            state: None,
+            reason: "waiting for a child".into(),
+            at: 10,
+        };
+        store.suspend(&p.lease, wait).await.unwrap();
+        corrupt(
+            &store,
+            "UPDATE instances SET tags = 'not json' WHERE id = ?1",
+            &child_id,
+        )
+        .await;
+        assert!(store.claim(claim_due("w", 10)).await.unwrap().is_empty());
+        assert_eq!(status_of(&store, &child_id).await, "failed");
+        let claimed = store.claim(claim_due("w", 10)).await.unwrap();
+        let ids: Vec<_> = claimed.iter().map(|c| &c.row.id).collect();
+        assert_eq!(
+            ids,
+            [&parent_id],
+            "the parent is due again to see its child failed"
+        );
+    }
+
     #[tokio::test]
     async fn a_corrupt_row_fails_only_its_instance() {
         let dir = tempfile::tempdir().unwrap();

@@ -1553,10 +1553,19 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         Entry::Occupied(select) => select.into_mut(),
         Entry::Vacant(slot) => slot.insert(c.conn().prepare(&claim_sql(req.workflows.len()))?),
     };
-    let mut raws: Vec<RawInstance> = select
-        .query_map(rusqlite::params_from_iter(args), raw_instance)?
+    let read: Vec<Claimable> = select
+        .query_map(rusqlite::params_from_iter(args), claimable)?
         .collect::<Result<_, _>>()?;
     drop(selects);
+    let mut raws = Vec::with_capacity(read.len());
+    for row in read {
+        match row {
+            Claimable::Row(raw) => raws.push(raw),
+            // Failed alone, before the others are taken: it would be the
+            // oldest due row of every claim from now on.
+            Claimable::Unreadable { id, why } => fail_corrupt(c, &id, &why, req.now)?,
+        }
+    }
     let mut take = c.hot().take.borrow_mut();
     for raw in &mut raws {
         // A first run's `started` event is its row's `started_seq`.
@@ -1588,24 +1597,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         let row = match decode_instance(raw) {
             Ok(row) => row,
             Err(err) => {
-                // Fail the broken instance alone; the others run.
-                tracing::error!(id = %id, error = %err, "failing an instance whose row is corrupt");
-                c.leases().end(&id);
-                c.prepare_cached(
-                    "UPDATE instances SET status = 'failed', error = ?1, finished_at = ?2, \
-                     lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3",
-                )?
-                .execute(params![err.to_string(), req.now, id])?;
-                event(
-                    c,
-                    &id,
-                    req.now,
-                    "failed",
-                    None,
-                    None,
-                    Some(&err.to_string()),
-                    None,
-                )?;
+                fail_corrupt(c, &RawText::from(id.as_str()), &err.to_string(), req.now)?;
                 continue;
             }
         };
@@ -1621,7 +1613,15 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
                 None,
                 None,
             )?;
-            load_steps(c, &row.id)?
+            match load_steps(c, &row.id) {
+                Ok(steps) => steps,
+                Err(err) if unreadable(&err) => {
+                    let why = format!("corrupt row of instance {id}: step: {err}");
+                    fail_corrupt(c, &RawText::from(id.as_str()), &why, req.now)?;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            }
         } else {
             Vec::new()
         };
@@ -1635,6 +1635,88 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
     }
     // Oldest due first, as the claim query ordered them.
     Ok(claimed)
+}
+
+/// A row the claim's select read.
+// Boxing the row would cost an allocation per claimed instance; a claim's
+// rows were a `Vec<RawInstance>` before, just as large.
+#[allow(clippy::large_enum_variant)]
+enum Claimable {
+    Row(RawInstance),
+    /// A column holds what it cannot (text that is not UTF-8, text where a
+    /// number belongs): the instance is failed, the claim goes on.
+    Unreadable {
+        id: RawText,
+        why: String,
+    },
+}
+
+fn claimable(r: &Row<'_>) -> Result<Claimable, Db> {
+    match raw_instance(r) {
+        Ok(raw) => Ok(Claimable::Row(raw)),
+        Err(err) if unreadable(&err) => {
+            let id = match r.get_ref(0)? {
+                rusqlite::types::ValueRef::Text(bytes) => RawText(bytes.to_vec()),
+                other => RawText(format!("{other:?}").into_bytes()),
+            };
+            let why = format!(
+                "corrupt row of instance {}: {err}",
+                String::from_utf8_lossy(&id.0)
+            );
+            Ok(Claimable::Unreadable { id, why })
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Whether `err` says a stored value does not decode, rather than that the
+/// database failed.
+fn unreadable(err: &Db) -> bool {
+    matches!(
+        err,
+        rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::Utf8Error(..)
+    )
+}
+
+/// An instance id as stored, bound as the same bytes even if they are not
+/// UTF-8, so the row it names can be updated.
+struct RawText(Vec<u8>);
+
+impl From<&str> for RawText {
+    fn from(id: &str) -> Self {
+        RawText(id.as_bytes().to_vec())
+    }
+}
+
+impl rusqlite::ToSql for RawText {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(
+            rusqlite::types::ValueRef::Text(&self.0),
+        ))
+    }
+}
+
+/// Fails the instance whose row is corrupt, alone: the other instances
+/// run, and its parent, if it waits for it, wakes to see it failed.
+fn fail_corrupt(c: &Tx<'_, '_>, id: &RawText, why: &str, at: Millis) -> Result<(), Db> {
+    let text = String::from_utf8_lossy(&id.0);
+    tracing::error!(id = %text, error = %why, "failing an instance whose row is corrupt");
+    c.leases().end(&text);
+    c.unsynced().wrote_untracked();
+    c.prepare_cached(
+        "UPDATE instances SET status = 'failed', error = ?1, finished_at = ?2, \
+         lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3",
+    )?
+    .execute(params![why, at, id])?;
+    // An id that is not text cannot be read back through the API anyway.
+    if let Ok(id) = std::str::from_utf8(&id.0) {
+        event(c, id, at, "failed", None, None, Some(why), None)?;
+        wake_parent(c, id, at)?;
+    }
+    Ok(())
 }
 
 fn load_steps(c: &Tx<'_, '_>, id: &InstanceId) -> Result<Vec<StepRow>, Db> {
