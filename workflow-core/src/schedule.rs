@@ -17,7 +17,9 @@ use crate::id::InstanceId;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CatchUp {
-    /// Run every missed tick, oldest first (at most 1,000).
+    /// Run every missed tick once, oldest first, however many there are.
+    /// They start 1,000 at a time, so a long outage of a frequent schedule
+    /// catches up over several quick passes of the scheduler.
     All,
     /// Run the most recent missed tick once. The default: a daily report
     /// that missed three days runs once, not three times.
@@ -116,6 +118,42 @@ impl Schedule {
             }
         }
         ticks
+    }
+
+    /// The latest tick in `(after, before)`.
+    ///
+    /// It bisects on time instead of walking from `after`: the look-ups grow
+    /// with the logarithm of the gap, not with the ticks in it, so a
+    /// schedule that ticks every second and missed a year does not walk 31
+    /// million ticks to find its last one.
+    pub(crate) fn latest_before(
+        &self,
+        after: DateTime<Utc>,
+        before: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let ticks_after = |t| self.next_after(t).is_some_and(|next| next < before);
+        if !ticks_after(after) {
+            return None;
+        }
+        // `lo` is always before the latest tick, `hi` never is.
+        let (mut lo, mut hi) = (after, before);
+        let resolution = chrono::Duration::milliseconds(1);
+        while hi - lo > resolution {
+            let mid = lo + (hi - lo) / 2;
+            if ticks_after(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        // Ticks are whole seconds, so this is the latest one; stepping on
+        // costs nothing then and keeps the answer right should the wall
+        // clock of a repeated hour ever make the bisection's test uneven.
+        let mut latest = self.next_after(lo)?;
+        while let Some(next) = self.next_after(latest).filter(|next| *next < before) {
+            latest = next;
+        }
+        Some(latest)
     }
 }
 
@@ -287,6 +325,64 @@ mod tests {
             hourly.ticks_between(utc("2026-10-24T23:30:00Z"), utc("2026-10-25T02:30:00Z"), 10);
         assert_eq!(ticks.len(), 3, "{ticks:?}");
         assert!(ticks.iter().all(|t| t.minute() == 0));
+    }
+
+    /// Bisection agrees with walking every tick, across both DST changes
+    /// of 2026 in Paris and for sparse and dense schedules.
+    #[test]
+    fn latest_before_is_the_last_tick_of_a_walk() {
+        let cases = [
+            ("30 2 * * *", "Europe/Paris"),
+            ("0 * * * *", "Europe/Paris"),
+            ("*/7 * * * *", "Europe/Paris"),
+            ("*/20 * * * * *", "UTC"),
+            ("0 0 29 2 *", "UTC"),
+            ("* * 1 * *", "UTC"),
+        ];
+        // Around spring forward and fall back.
+        let spans = [
+            ("2026-03-27T23:59:59.250Z", "2026-03-29T01:00:00Z"),
+            ("2026-03-27T23:59:59.250Z", "2026-03-29T01:00:00.001Z"),
+            ("2026-03-27T23:59:59.250Z", "2026-03-30T00:00:00Z"),
+            ("2026-10-24T00:00:00Z", "2026-10-25T00:30:00Z"),
+            ("2026-10-24T00:00:00Z", "2026-10-25T01:30:00.500Z"),
+            ("2026-10-24T00:00:00Z", "2026-10-25T03:00:00Z"),
+        ];
+        for (expr, tz) in cases {
+            let s = Schedule::parse(expr, tz).unwrap();
+            for (after, before) in spans {
+                let (after, before) = (utc(after), utc(before));
+                let walked = s
+                    .ticks_between(after, before, usize::MAX)
+                    .into_iter()
+                    .rfind(|t| *t < before);
+                assert_eq!(
+                    s.latest_before(after, before),
+                    walked,
+                    "{expr} {tz} in ({after}, {before})"
+                );
+            }
+        }
+        let leap_day = Schedule::parse("0 0 29 2 *", "UTC").unwrap();
+        assert_eq!(
+            leap_day.latest_before(utc("2026-01-01T00:00:00Z"), utc("2028-03-01T00:00:00Z")),
+            Some(utc("2028-02-29T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn latest_before_a_long_gap_does_not_walk_it() {
+        let s = Schedule::parse("* * * * * *", "UTC").unwrap();
+        let started = std::time::Instant::now();
+        // 315 million ticks.
+        let latest = s.latest_before(utc("2016-01-01T00:00:00Z"), utc("2026-01-01T00:00:00.500Z"));
+        assert_eq!(latest, Some(utc("2026-01-01T00:00:00Z")));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(
+            s.latest_before(utc("2026-01-01T00:00:00Z"), utc("2026-01-01T00:00:01Z")),
+            None,
+            "both ends are left out"
+        );
     }
 
     #[test]

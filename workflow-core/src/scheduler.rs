@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{Engine, Scheduled};
 use crate::error::Result;
 use crate::id::InstanceId;
-use crate::schedule::CatchUp;
+use crate::schedule::{CatchUp, Schedule};
 use crate::status::Status;
 use crate::store::{now_millis, Created, Millis, NewInstance};
 
@@ -36,13 +36,13 @@ pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
                 }
             }
         }
-        let until_due = next_due
-            .and_then(|next| (next - inner.clock.now()).to_std().ok())
-            .unwrap_or(Duration::ZERO);
-        let nap = if until_due.is_zero() {
-            every
-        } else {
-            until_due.min(every)
+        let now = inner.clock.now();
+        let nap = match next_due {
+            // A schedule still catching up reports a tick already due: its
+            // next chunk starts at once rather than a poll interval later.
+            Some(next) if next <= now => Duration::ZERO,
+            Some(next) => (next - now).to_std().unwrap_or(every).min(every),
+            None => every,
         };
         tokio::select! {
             _ = tokio::time::sleep(nap) => {}
@@ -51,7 +51,8 @@ pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
     }
 }
 
-/// Fires the ticks of one schedule that are due; returns its next tick.
+/// Fires the ticks of one schedule that are due; returns its next tick not
+/// yet handled, which is already due while the schedule is catching up.
 async fn fire_due(
     engine: &Engine,
     s: &Scheduled,
@@ -77,8 +78,13 @@ async fn fire_due(
         .checked_until
         .max(mark.last_tick.unwrap_or(Millis::MIN));
     let from = DateTime::from_timestamp_millis(from).unwrap_or(now);
-    let due = s.schedule.ticks_between(from, now, 1_000);
-    if due.is_empty() {
+    // A running engine looks at least every `every` and records that at
+    // least every MARK_EVERY, so a tick older than that came due while no
+    // engine ran: it was missed.
+    let window = (every * 2).max(Duration::from_secs(1)) + MARK_EVERY;
+    let window = chrono::Duration::from_std(window).unwrap_or_default();
+    let plan = plan(&s.schedule, s.catch_up, from, now, now - window);
+    if plan.fire.is_empty() && plan.skipped.is_none() {
         let stale = marked
             .get(s.workflow)
             .is_none_or(|at| at.elapsed() >= MARK_EVERY);
@@ -88,33 +94,108 @@ async fn fire_due(
         }
         return Ok(s.schedule.next_after(now));
     }
-    // A running engine looks at least every `every` and records that at
-    // least every MARK_EVERY, so a tick older than that came due while no
-    // engine ran: it was missed.
-    let window = (every * 2).max(Duration::from_secs(1)) + MARK_EVERY;
-    let window = chrono::Duration::from_std(window).unwrap_or_default();
-    let (missed, on_time): (Vec<_>, Vec<_>) = due.iter().copied().partition(|t| *t < now - window);
-    let fire: Vec<DateTime<Utc>> = match s.catch_up {
-        CatchUp::All => due.clone(),
-        CatchUp::Latest if on_time.is_empty() => missed.last().copied().into_iter().collect(),
-        CatchUp::Latest | CatchUp::None => on_time,
-    };
-    if fire.len() < due.len() {
+    if let Some((first, last)) = plan.skipped {
         tracing::info!(
             workflow = s.workflow,
-            skipped = due.len() - fire.len(),
+            first = %first,
+            last = %last,
             catch_up = ?s.catch_up,
             "skipping ticks missed while no engine ran"
         );
     }
+    let behind = plan.checked_until < now;
+    if behind {
+        tracing::info!(
+            workflow = s.workflow,
+            ticks = plan.fire.len(),
+            through = %plan.checked_until,
+            "catching up on ticks missed while no engine ran"
+        );
+    }
     let mut fired = None;
-    for tick in fire {
+    for tick in plan.fire {
         let id = fire_tick(engine, s, tick).await?;
         fired = Some((tick.timestamp_millis(), id));
     }
-    store.advance_schedule(s.workflow, now_ms, fired).await?;
+    // Only as far as the ticks handled: an engine that stops here, or any
+    // other engine, goes on from there, and creating an instance twice
+    // finds the first by its key.
+    store
+        .advance_schedule(s.workflow, plan.checked_until.timestamp_millis(), fired)
+        .await?;
     marked.insert(s.workflow, tokio::time::Instant::now());
-    Ok(s.schedule.next_after(now))
+    Ok(s.schedule
+        .next_after(if behind { plan.checked_until } else { now }))
+}
+
+/// The most ticks one look at a schedule starts, which bounds the memory
+/// and the time of a look however long the outage was.
+const CHUNK: usize = 1_000;
+
+/// What one look at a schedule does.
+#[derive(Debug, PartialEq)]
+struct Plan {
+    /// The ticks to start, oldest first.
+    fire: Vec<DateTime<Utc>>,
+    /// How far the mark moves once they have started: `now`, or the last
+    /// of `fire` when a full chunk leaves more ticks for the next look.
+    checked_until: DateTime<Utc>,
+    /// The first and last missed ticks the catch-up policy leaves out.
+    skipped: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// Which ticks in `(from, now]` to start; those before `missed_before` came
+/// due while no engine ran.
+fn plan(
+    schedule: &Schedule,
+    catch_up: CatchUp,
+    from: DateTime<Utc>,
+    now: DateTime<Utc>,
+    missed_before: DateTime<Utc>,
+) -> Plan {
+    let chunk = |after| {
+        let ticks = schedule.ticks_between(after, now, CHUNK);
+        let checked_until = match ticks.last() {
+            Some(last) if ticks.len() == CHUNK => *last,
+            _ => now,
+        };
+        (ticks, checked_until)
+    };
+    if catch_up == CatchUp::All {
+        let (fire, checked_until) = chunk(from);
+        return Plan {
+            fire,
+            checked_until,
+            skipped: None,
+        };
+    }
+    // Only the ends of the missed ticks are looked up, not the ticks
+    // between them: there can be millions.
+    let Some(latest_missed) = schedule.latest_before(from, missed_before) else {
+        let (fire, checked_until) = chunk(from);
+        return Plan {
+            fire,
+            checked_until,
+            skipped: None,
+        };
+    };
+    let first_missed = schedule.next_after(from).unwrap_or(latest_missed);
+    let (on_time, checked_until) = chunk(latest_missed);
+    if catch_up == CatchUp::Latest && on_time.is_empty() {
+        let skipped = schedule
+            .latest_before(from, latest_missed)
+            .map(|last| (first_missed, last));
+        return Plan {
+            fire: vec![latest_missed],
+            checked_until,
+            skipped,
+        };
+    }
+    Plan {
+        fire: on_time,
+        checked_until,
+        skipped: Some((first_missed, latest_missed)),
+    }
 }
 
 /// Starts the instance of one tick, unless another engine already did.
@@ -141,4 +222,112 @@ async fn fire_tick(engine: &Engine, s: &Scheduled, tick: DateTime<Utc>) -> Resul
         }
         Created::Existing(row) => row.id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn minutely() -> Schedule {
+        Schedule::parse("* * * * *", "UTC").unwrap()
+    }
+
+    /// Looks again from where each plan left the mark, as the scheduler
+    /// does, until a plan reaches `now`.
+    fn passes(catch_up: CatchUp, from: &str, now: &str) -> Vec<Plan> {
+        let now = utc(now);
+        let missed_before = now - chrono::Duration::seconds(7);
+        let mut from = utc(from);
+        let mut plans = Vec::new();
+        loop {
+            let plan = plan(&minutely(), catch_up, from, now, missed_before);
+            assert!(plan.fire.len() <= CHUNK);
+            from = plan.checked_until;
+            plans.push(plan);
+            if from == now {
+                return plans;
+            }
+            assert!(plans.len() < 10, "no progress");
+        }
+    }
+
+    #[test]
+    fn all_goes_on_from_the_last_tick_of_a_full_chunk() {
+        let plans = passes(CatchUp::All, "2026-11-25T10:00:30Z", "2026-11-27T05:40:30Z");
+        let sizes: Vec<usize> = plans.iter().map(|p| p.fire.len()).collect();
+        assert_eq!(sizes, [1_000, 1_000, 620]);
+        assert_eq!(plans[0].checked_until, utc("2026-11-26T02:40:00Z"));
+        let fired: Vec<DateTime<Utc>> = plans.into_iter().flat_map(|p| p.fire).collect();
+        let every = minutely().ticks_between(
+            utc("2026-11-25T10:00:30Z"),
+            utc("2026-11-27T05:40:30Z"),
+            usize::MAX,
+        );
+        assert_eq!(fired, every, "each tick once, in order");
+    }
+
+    #[test]
+    fn latest_and_none_leave_out_a_long_gap_in_one_look() {
+        let plans = passes(
+            CatchUp::Latest,
+            "2025-11-25T10:00:30Z",
+            "2026-11-25T10:00:30Z",
+        );
+        assert_eq!(
+            plans,
+            [Plan {
+                fire: vec![utc("2026-11-25T10:00:00Z")],
+                checked_until: utc("2026-11-25T10:00:30Z"),
+                skipped: Some((utc("2025-11-25T10:01:00Z"), utc("2026-11-25T09:59:00Z"))),
+            }]
+        );
+        let plans = passes(
+            CatchUp::None,
+            "2025-11-25T10:00:30Z",
+            "2026-11-25T10:00:30Z",
+        );
+        assert_eq!(
+            plans,
+            [Plan {
+                fire: vec![],
+                checked_until: utc("2026-11-25T10:00:30Z"),
+                skipped: Some((utc("2025-11-25T10:01:00Z"), utc("2026-11-25T10:00:00Z"))),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_tick_within_the_window_is_on_time() {
+        // 10:01:00 came due 3 s ago, 10:00:00 a minute ago.
+        let now = utc("2026-11-25T10:01:03Z");
+        let missed_before = now - chrono::Duration::seconds(7);
+        let from = utc("2026-11-25T09:59:30Z");
+        for catch_up in [CatchUp::Latest, CatchUp::None] {
+            let plan = plan(&minutely(), catch_up, from, now, missed_before);
+            assert_eq!(plan.fire, [utc("2026-11-25T10:01:00Z")], "{catch_up:?}");
+            assert_eq!(
+                plan.skipped,
+                Some((utc("2026-11-25T10:00:00Z"), utc("2026-11-25T10:00:00Z")))
+            );
+        }
+        let plan = plan(
+            &minutely(),
+            CatchUp::Latest,
+            utc("2026-11-25T10:00:30Z"),
+            now,
+            missed_before,
+        );
+        assert_eq!(
+            plan,
+            Plan {
+                fire: vec![utc("2026-11-25T10:01:00Z")],
+                checked_until: now,
+                skipped: None,
+            }
+        );
+    }
 }
