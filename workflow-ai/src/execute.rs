@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use workflow_core::{
     permanent, schema_for, strict_schema, BoxError, Ctx, Error, Result, StepOptions, Tool,
-    ToolReply, Toolbox,
+    ToolReply, Toolbox, RESERVED_STEP_CHARS,
 };
 
 use crate::message::Message;
@@ -124,7 +124,10 @@ impl Execute {
 
     /// The prefix of this loop's step keys (default `execute`): turn `n`
     /// is `{name}:turn-{n}`, a tool call in it `{name}:turn-{n}:{tool}`.
-    /// A second loop with the same name in one run gets `#1` keys.
+    /// A second loop with the same name in one run gets `#1` keys. The name
+    /// follows the step-name rule of [`Ctx::step`]: one containing a
+    /// character of [`RESERVED_STEP_CHARS`] fails the loop with
+    /// [`Error::InvalidStepName`] before the first model call.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -258,6 +261,15 @@ fn parse_output<T: DeserializeOwned>(checker: &Tool, text: &str) -> std::result:
     serde_json::from_value(value).map_err(|err| format!("Your reply does not fit: {err}."))
 }
 
+/// What [`Ctx::call_tool`] tells the model for a tool that is not in `tools`.
+fn no_such_tool(tools: &Toolbox, tool: &str) -> ToolReply {
+    let names: Vec<&str> = tools.tools().iter().map(|t| t.name.as_str()).collect();
+    ToolReply::from_error(&Error::Tool {
+        tool: tool.to_owned(),
+        message: format!("no such tool; the tools are: {}", names.join(", ")),
+    })
+}
+
 type OutputCheck<'a> = (
     OutputFormat,
     &'a mut (dyn FnMut(&str) -> std::result::Result<(), String> + Send),
@@ -342,6 +354,12 @@ where
                 Err(err) => ToolReply::error(format!(
                     "The arguments for tool `{tool}` are not valid JSON ({err}). Call it again with a JSON object."
                 )),
+                // The name comes from the model, and one that no step name
+                // may contain must not fail the loop. It is no valid tool
+                // name either (providers reject tools named so), so it is
+                // answered as an unknown tool, without a step: the reply
+                // follows from the recorded turn, and replay gives it again.
+                Ok(_) if tool.contains(RESERVED_STEP_CHARS) => no_such_tool(&tools, tool),
                 Ok(args) => {
                     let step = format!("{name}:turn-{turn}:{tool}");
                     match tool_step {

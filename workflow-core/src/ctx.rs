@@ -152,7 +152,15 @@ impl RunShared {
         }
     }
 
-    pub(crate) fn next_key(&self, name: &str) -> (String, Option<StepRow>) {
+    /// The key of the next use of step `name` in this run, and its record
+    /// from an earlier run if there is one. Refuses names that could be
+    /// mistaken for a derived key: see [`RESERVED_STEP_CHARS`].
+    pub(crate) fn next_key(&self, name: &str) -> Result<(String, Option<StepRow>)> {
+        check_step_name(name).map_err(|reserved| Error::InvalidStepName {
+            workflow: self.workflow.to_owned(),
+            name: name.to_owned(),
+            reserved,
+        })?;
         let mut journal = lock(&self.journal);
         let n = journal.seen.entry(name.to_owned()).or_insert(0);
         let key = if *n == 0 {
@@ -162,11 +170,34 @@ impl RunShared {
         };
         *n += 1;
         let recorded = journal.recorded.get(&key).cloned();
-        (key, recorded)
+        Ok((key, recorded))
     }
 
     pub(crate) fn recorded(&self, key: &str) -> Option<StepRow> {
         lock(&self.journal).recorded.get(key).cloned()
+    }
+}
+
+/// The characters the engine writes into the keys it derives from a step
+/// name: `name#1` for the second use of a name in one run, `name@timeout`
+/// and `name@result` for the parts of a wait, `name[0]` for the items of
+/// [`Ctx::map`] and [`Ctx::batch`]. No step name may contain them, so that
+/// a key derived from one name is never the plain key of another (a step
+/// named `fetch#1` would otherwise share its record with the second
+/// `fetch`). Every method that takes a step name refuses one with
+/// [`Error::InvalidStepName`], and `#[workflow]` refuses literal names
+/// given to `step`/`step_with` at compile time.
+pub const RESERVED_STEP_CHARS: [char; 4] = ['#', '@', '[', ']'];
+
+/// `Err(Some(c))` for a name containing the reserved `c` (the first one),
+/// `Err(None)` for an empty name.
+fn check_step_name(name: &str) -> std::result::Result<(), Option<char>> {
+    if name.is_empty() {
+        return Err(None);
+    }
+    match name.chars().find(|c| RESERVED_STEP_CHARS.contains(c)) {
+        Some(reserved) => Err(Some(reserved)),
+        None => Ok(()),
     }
 }
 
@@ -236,6 +267,14 @@ where
 
     /// Runs `f` as a durable step named `name`, with the workflow's default
     /// retry policy. See [`Ctx::step_with`].
+    ///
+    /// A step name must not be empty nor contain `#`, `@`, `[` or `]`
+    /// ([`RESERVED_STEP_CHARS`]): the engine uses those in the keys it
+    /// derives from names, and a name containing one could share its record
+    /// with another step. Such a name gives [`Error::InvalidStepName`]
+    /// without calling `f`. The same rule holds for the name given to every
+    /// other `ctx` method that records something (`sleep`,
+    /// `wait_for_event`, `run_child`, `map`, `call_tool`, ...).
     pub async fn step<T, E, F, Fut>(&self, name: &str, f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned + Send,
@@ -254,6 +293,8 @@ where
     /// records the result, the state (if changed) and a history event in one
     /// transaction before returning. A panic inside `f` counts as a failed
     /// attempt. The n-th use of the same `name` in one run gets key `name#n`.
+    /// `name` follows the rule of [`Ctx::step`]: not empty, none of
+    /// [`RESERVED_STEP_CHARS`].
     pub async fn step_with<T, E, F, Fut>(&self, name: &str, opts: StepOptions, f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned + Send,
@@ -263,7 +304,7 @@ where
     {
         let run = &self.inner.run;
         run.check()?;
-        let (key, recorded) = run.next_key(name);
+        let (key, recorded) = run.next_key(name)?;
         match recorded {
             Some(step) => self.replay(step),
             None => self.step_keyed(key, opts, f).await,
@@ -507,5 +548,59 @@ where
                 message: error.unwrap_or_else(|| "failed".to_owned()),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_names_may_not_be_empty_or_hold_a_reserved_character() {
+        for ok in [
+            "fetch",
+            "fetch-1",
+            "charge payment",
+            "user:42/order.7",
+            "execute:turn-0:lookup",
+            "étape",
+        ] {
+            assert_eq!(check_step_name(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(check_step_name(""), Err(None));
+        for (bad, reserved) in [
+            ("fetch#1", '#'),
+            ("wait@timeout", '@'),
+            ("items[0]", '['),
+            ("x]", ']'),
+            // The first reserved character is the one named.
+            ("a@b#c", '@'),
+        ] {
+            assert_eq!(check_step_name(bad), Err(Some(reserved)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_the_step_the_workflow_and_the_character() {
+        let err = Error::InvalidStepName {
+            workflow: "collides".to_owned(),
+            name: "fetch#1".to_owned(),
+            reserved: Some('#'),
+        };
+        assert_eq!(
+            err.to_string(),
+            "invalid step name `fetch#1` in workflow `collides`: it contains `#`, which the \
+             engine reserves for the keys it derives from step names (`name#1` for a repeated \
+             name, `name@timeout`, `name[0]`); a step name may not contain `#`, `@`, `[` or `]`"
+        );
+        let err = Error::InvalidStepName {
+            workflow: "collides".to_owned(),
+            name: String::new(),
+            reserved: None,
+        };
+        assert_eq!(
+            err.to_string(),
+            "invalid step name in workflow `collides`: it is empty"
+        );
     }
 }

@@ -77,6 +77,21 @@ pub enum Error {
         message: String,
     },
 
+    /// A step name is empty or contains a character the engine reserves for
+    /// the keys it derives from names (see
+    /// [`RESERVED_STEP_CHARS`](crate::RESERVED_STEP_CHARS)). Returned by
+    /// every `ctx` method that takes a step name, before anything runs or is
+    /// recorded; propagated with `?`, it fails the instance with this message.
+    #[error("{}", describe_step_name(.workflow, .name, *.reserved))]
+    InvalidStepName {
+        /// The workflow's name.
+        workflow: String,
+        /// The name as given.
+        name: String,
+        /// The first reserved character in it, or `None` if it is empty.
+        reserved: Option<char>,
+    },
+
     /// The instance ended `Failed`; `message` is the recorded error.
     #[error("workflow instance {id} failed: {message}")]
     Failed {
@@ -165,6 +180,18 @@ pub enum Error {
     /// records the outcome even when user code swallows it.
     #[error("workflow run interrupted: {0}")]
     Interrupted(Interrupt),
+}
+
+fn describe_step_name(workflow: &str, name: &str, reserved: Option<char>) -> String {
+    match reserved {
+        None => format!("invalid step name in workflow `{workflow}`: it is empty"),
+        Some(c) => format!(
+            "invalid step name `{name}` in workflow `{workflow}`: it contains `{c}`, which \
+             the engine reserves for the keys it derives from step names (`name#1` for a \
+             repeated name, `name@timeout`, `name[0]`); a step name may not contain `#`, `@`, \
+             `[` or `]`"
+        ),
+    }
 }
 
 /// Why a running handler has to stop. See [`Error::Interrupted`].

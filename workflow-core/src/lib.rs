@@ -24,7 +24,7 @@ mod wait;
 mod worker;
 mod workflow;
 
-pub use crate::ctx::Ctx;
+pub use crate::ctx::{Ctx, RESERVED_STEP_CHARS};
 pub use crate::engine::{Connector, Durability, Engine, EngineBuilder};
 pub use crate::error::{error_chain, BoxError, Error, Interrupt, Result, StoreError};
 pub use crate::id::InstanceId;

@@ -611,6 +611,7 @@ where
     /// Calls `tool` of `toolbox` with a model's `args` as one durable step
     /// named `name` (the workflow's default retry policy), and returns what
     /// to tell the model. See [`Ctx::call_tool_with`].
+    /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn call_tool(
         &self,
         name: &str,
@@ -637,7 +638,9 @@ where
     /// Bad arguments, an unknown tool, a failed child or a tool that fails
     /// for good are not errors here: they come back as a [`ToolReply`]
     /// with `is_error` set, worded for the model to correct itself from.
-    /// `Err` is left for what must stop the handler (interrupts).
+    /// `Err` is left for what must stop the handler (interrupts), and for
+    /// a `name` that breaks the step-name rule of [`Ctx::step`]
+    /// ([`Error::InvalidStepName`]).
     pub async fn call_tool_with(
         &self,
         name: &str,
@@ -648,7 +651,7 @@ where
     ) -> Result<ToolReply> {
         let run = self.run();
         run.check()?;
-        let (key, _) = run.next_key(name);
+        let (key, _) = run.next_key(name)?;
         let engine = run.engine.clone();
         let child_key = format!("{}/{key}", run.id);
         let parent = run.id.clone();

@@ -27,6 +27,7 @@ where
     /// Sleeps durably for `duration`, measured from the first time this
     /// sleep is reached: a restart does not start it over. Long sleeps cost
     /// no memory: the instance is suspended and wakes on any worker.
+    /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn sleep(&self, name: &str, duration: std::time::Duration) -> Result<()> {
         let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
         let wake_at: Millis = self
@@ -38,6 +39,7 @@ where
     }
 
     /// Sleeps durably until `at`.
+    /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn sleep_until(&self, name: &str, at: DateTime<Utc>) -> Result<()> {
         let wake_at: Millis = self
             .step_with(name, StepOptions::no_retry(), || async move {
@@ -75,7 +77,8 @@ where
     /// holds no memory. An event sent before the wait is kept and delivered.
     /// With a `timeout` (counted from the first time the wait is reached),
     /// gives [`Error::EventTimeout`] when none came, which the handler can
-    /// match on.
+    /// match on. `name` is also the wait's step name, so it follows the
+    /// step-name rule of [`Ctx::step`].
     pub async fn wait_for_event<T: DeserializeOwned>(
         &self,
         name: &str,
@@ -83,7 +86,7 @@ where
     ) -> Result<T> {
         let run = self.run();
         run.check()?;
-        let (key, recorded) = run.next_key(name);
+        let (key, recorded) = run.next_key(name)?;
         if let Some(step) = recorded {
             return event_outcome(name, step);
         }
@@ -150,12 +153,13 @@ where
     /// Starts workflow `W` as a child of this instance, exactly once (across
     /// replays and crashes), and returns its id without waiting for it.
     /// Cancelling this instance cancels the child.
+    /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn start_child<W: Workflow>(
         &self,
         name: &str,
         input: W::Input,
     ) -> Result<InstanceId> {
-        let (key, recorded) = self.run().next_key(name);
+        let (key, recorded) = self.run().next_key(name)?;
         match recorded {
             Some(step) => self.replay(step),
             None => self.create_child::<W>(key, input).await,
@@ -202,10 +206,11 @@ where
     /// Starts workflow `W` as a child exactly once and waits, durably and
     /// without memory, for its output. A child that fails, is cancelled or
     /// times out gives [`Error::Child`].
+    /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn run_child<W: Workflow>(&self, name: &str, input: W::Input) -> Result<W::Output> {
         let run = self.run();
         run.check()?;
-        let (key, recorded) = run.next_key(name);
+        let (key, recorded) = run.next_key(name)?;
         let child = match recorded {
             Some(step) => self.replay::<InstanceId>(step)?,
             None => self.create_child::<W>(key.clone(), input).await?,
@@ -257,6 +262,7 @@ where
     /// Runs `f` on every item as its own durable step (keys `name[0]`,
     /// `name[1]`...), up to `concurrency` at once, and returns the results in
     /// input order. Items already recorded are not run again after a crash.
+    /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn map<I, T, E, F, Fut>(
         &self,
         name: &str,
@@ -273,7 +279,7 @@ where
     {
         let run = self.run();
         run.check()?;
-        let (base, _) = run.next_key(name);
+        let (base, _) = run.next_key(name)?;
         let opts = run.default_step;
         let f = &f;
         let base = &base;
@@ -288,6 +294,7 @@ where
     }
 
     /// Like [`Ctx::map`] for steps that return nothing.
+    /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn for_each<I, E, F, Fut>(
         &self,
         name: &str,
@@ -307,6 +314,7 @@ where
     /// Splits `items` into chunks of `size` and runs `f` on each chunk as one
     /// durable step (keys `name[0]`, `name[1]`...), one after another.
     /// Returns each chunk's result, in order.
+    /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn batch<I, T, E, F, Fut>(
         &self,
         name: &str,
@@ -323,7 +331,7 @@ where
     {
         let run = self.run();
         run.check()?;
-        let (base, _) = run.next_key(name);
+        let (base, _) = run.next_key(name)?;
         let opts = run.default_step;
         let mut results = Vec::new();
         for (index, chunk) in items.chunks(size.max(1)).enumerate() {

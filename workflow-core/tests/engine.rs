@@ -61,6 +61,7 @@ async fn engine_on(store: Arc<dyn Store>) -> Engine {
         .register(Panics)
         .register(EndsEarly)
         .register(Slow)
+        .register(BadNames)
         .poll_interval(Duration::from_millis(20))
         .step_options(StepOptions::retries(3).backoff(
             Duration::from_millis(5),
@@ -211,6 +212,168 @@ async fn repeated_step_names_get_numbered_keys() {
         .map(|s| s.key)
         .collect();
     assert_eq!(keys, ["item", "item#1", "item#2"]);
+}
+
+/// A loop's second `fetch` is keyed `fetch#1`; a step literally named
+/// `fetch#1` used to get that key too, so the store kept one record for
+/// both and every replay handed the loop's value to the other step.
+struct Collides;
+
+impl Workflow for Collides {
+    type Input = ();
+    type Output = (String, String);
+    type State = ();
+    const NAME: &'static str = "collides";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(String, String), BoxError> {
+        let mut last = String::new();
+        for i in 0..2 {
+            last = ctx
+                .step(
+                    "fetch",
+                    || async move { Ok::<_, BoxError>(format!("loop {i}")) },
+                )
+                .await?;
+        }
+        let other: String = ctx
+            .step("fetch#1", || async {
+                Ok::<_, BoxError>("other".to_owned())
+            })
+            .await?;
+        // Had `fetch#1` run, the rest would come from replay.
+        ctx.sleep("nap", Duration::from_millis(300)).await?;
+        Ok((last, other))
+    }
+}
+
+#[tokio::test]
+async fn a_step_name_with_a_reserved_character_fails_the_instance_naming_both() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Collides)
+        .poll_interval(Duration::from_millis(10))
+        .suspend_after(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = Collides::start(&engine, ()).await.unwrap();
+    let err = inst
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    let Error::Failed { message, .. } = err else {
+        panic!("expected Failed, got {err:?}")
+    };
+    assert!(
+        message.starts_with(
+            "invalid step name `fetch#1` in workflow `collides`: it contains `#`, which the \
+             engine reserves for the keys it derives from step names"
+        ),
+        "{message}"
+    );
+    // The loop's keys are as before; the refused step left no record.
+    let steps: Vec<(String, Option<serde_json::Value>)> = inst
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.key, s.output))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("fetch".to_owned(), Some("loop 0".into())),
+            ("fetch#1".to_owned(), Some("loop 1".into())),
+        ]
+    );
+}
+
+/// Calls one name-taking `ctx` method with a name it must refuse, and
+/// returns what the refusal says.
+struct BadNames;
+
+impl Workflow for BadNames {
+    type Input = String;
+    type Output = (String, Option<char>);
+    type State = ();
+    const NAME: &'static str = "badNames";
+
+    async fn run(&self, ctx: Ctx, method: String) -> Result<(String, Option<char>), BoxError> {
+        let item = |i: u32| async move { Ok::<_, BoxError>(i) };
+        let outcome: Result<()> = match method.as_str() {
+            "step_with" => {
+                ctx.step_with("", StepOptions::no_retry(), || async {
+                    Ok::<_, BoxError>(())
+                })
+                .await
+            }
+            "sleep" => ctx.sleep("nap#2", Duration::from_millis(1)).await,
+            "sleep_until" => ctx.sleep_until("nap@", chrono::Utc::now()).await,
+            "wait_for_event" => ctx.wait_for_event::<()>("approved[", None).await,
+            "start_child" => ctx.start_child::<Repeats>("child]", 1).await.map(drop),
+            "run_child" => ctx.run_child::<Repeats>("child#", 1).await.map(drop),
+            "map" => ctx.map("items[0]", vec![1], 1, item).await.map(drop),
+            "for_each" => {
+                ctx.for_each("", vec![1], 1, |_: u32| async { Ok::<_, BoxError>(()) })
+                    .await
+            }
+            "batch" => ctx
+                .batch("chunks@2", vec![1], 1, |_: Vec<u32>| async {
+                    Ok::<_, BoxError>(())
+                })
+                .await
+                .map(drop),
+            "call_tool" => ctx
+                .call_tool("tool#", &Toolbox::new(), "t", serde_json::json!({}))
+                .await
+                .map(drop),
+            other => panic!("no method {other}"),
+        };
+        match outcome {
+            Err(Error::InvalidStepName {
+                workflow,
+                name,
+                reserved,
+                ..
+            }) if workflow == "badNames" => Ok((name, reserved)),
+            other => Err(format!("{method}: expected InvalidStepName, got {other:?}").into()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_name_taking_method_refuses_reserved_and_empty_names() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    for (method, name, reserved) in [
+        ("step_with", "", None),
+        ("sleep", "nap#2", Some('#')),
+        ("sleep_until", "nap@", Some('@')),
+        ("wait_for_event", "approved[", Some('[')),
+        ("start_child", "child]", Some(']')),
+        ("run_child", "child#", Some('#')),
+        ("map", "items[0]", Some('[')),
+        ("for_each", "", None),
+        ("batch", "chunks@2", Some('@')),
+        ("call_tool", "tool#", Some('#')),
+    ] {
+        let inst = BadNames::start(&engine, method.to_owned()).await.unwrap();
+        assert_eq!(
+            inst.result_timeout(Duration::from_secs(10)).await.unwrap(),
+            (name.to_owned(), reserved),
+            "{method}"
+        );
+        assert!(
+            inst.steps().await.unwrap().is_empty(),
+            "{method} recorded a step"
+        );
+    }
+    let children = engine.list(Query::default()).await.unwrap();
+    assert!(
+        children.items.iter().all(|i| i.workflow == "badNames"),
+        "a refused child was started"
+    );
 }
 
 static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);

@@ -158,6 +158,9 @@ impl<'a> Workflow<'a> {
             .and_then(|lit| errors.ok(validate::retries(lit)));
 
         let calls = collect_steps(func);
+        for err in validate::invalid_step_names(&calls) {
+            errors.push(err);
+        }
         for err in validate::duplicate_steps(&calls) {
             errors.push(err);
         }

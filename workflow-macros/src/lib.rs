@@ -129,7 +129,10 @@ use proc_macro::TokenStream;
 ///   scheduled workflow whose input is not `Default`;
 /// - the same literal step name used at two call sites outside a loop (a
 ///   call inside a `for`/`while`/`loop` or a closure may run many times and
-///   may repeat its name: the runtime numbers the runs `name`, `name#1`, `name#2`, ...).
+///   may repeat its name: the runtime numbers the runs `name`, `name#1`, `name#2`, ...);
+/// - a literal step name that is empty or contains `#`, `@`, `[` or `]`,
+///   which the runtime reserves for the keys it derives from names (it
+///   refuses names given at run time the same way).
 #[proc_macro_attribute]
 pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::workflow(attr.into(), item.into()).into()

@@ -204,6 +204,43 @@ pub(crate) fn retries(lit: &LitInt) -> syn::Result<u32> {
     }
 }
 
+/// The characters the runtime writes into the keys it derives from step
+/// names; workflow-core's `RESERVED_STEP_CHARS` is the same list.
+const RESERVED_STEP_CHARS: [char; 4] = ['#', '@', '[', ']'];
+
+/// An error at each call site whose step name the runtime would refuse:
+/// empty, or containing a character it reserves for derived keys, where
+/// `"fetch#1"` would share its record with the second run of `"fetch"`.
+pub(crate) fn invalid_step_names(calls: &[StepCall]) -> Vec<syn::Error> {
+    calls
+        .iter()
+        .filter_map(|call| {
+            let name = &call.name;
+            let message = if name.is_empty() {
+                "step name is empty; give the step a name that says what it does".to_owned()
+            } else {
+                let reserved = name.chars().find(|c| RESERVED_STEP_CHARS.contains(c))?;
+                let renamed = name
+                    .replace(RESERVED_STEP_CHARS, "-")
+                    .trim_end_matches('-')
+                    .to_owned();
+                let example = if renamed.is_empty() {
+                    String::new()
+                } else {
+                    format!(", e.g. \"{renamed}\"")
+                };
+                format!(
+                    "step name \"{name}\" contains `{reserved}`, which the engine reserves for \
+                     the keys it derives from step names (\"name#1\" for a repeated name, \
+                     \"name@timeout\", \"name[0]\"); a step name may not contain `#`, `@`, \
+                     `[` or `]`: rename the step{example}"
+                )
+            };
+            Some(syn::Error::new(call.span, message))
+        })
+        .collect()
+}
+
 /// An error at each call site, outside any loop, that reuses a step name
 /// already used at another such site. The runtime would key the second one
 /// `name#1` and keep working, but two different steps sharing a name makes
@@ -358,6 +395,42 @@ mod tests {
         assert!(retries(&int("0")).is_err());
         assert!(retries(&int("3u8")).is_err());
         assert!(retries(&int("99999999999")).is_err());
+    }
+
+    #[test]
+    fn flags_empty_step_names_and_reserved_characters() {
+        let call = |name: &str| StepCall {
+            name: name.to_owned(),
+            span: Span::call_site(),
+            in_loop: false,
+        };
+        let calls = [
+            call("fetch"),
+            call("fetch-1"),
+            call("fetch#1"),
+            call("order@v2"),
+            call("items[0]"),
+            call("close]"),
+            call("#"),
+            call(""),
+            call("naïve: ok/also fine"),
+        ];
+        let errors: Vec<String> = invalid_step_names(&calls)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 6, "{errors:?}");
+        assert!(
+            errors[0].starts_with("step name \"fetch#1\" contains `#`, which the engine reserves"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[0].ends_with("rename the step, e.g. \"fetch-1\""));
+        assert!(errors[1].contains("contains `@`") && errors[1].ends_with("\"order-v2\""));
+        assert!(errors[2].contains("contains `[`") && errors[2].ends_with("\"items-0\""));
+        assert!(errors[3].contains("contains `]`") && errors[3].ends_with("\"close\""));
+        assert!(errors[4].ends_with("rename the step"), "{}", errors[4]);
+        assert!(errors[5].starts_with("step name is empty"));
     }
 
     #[test]
