@@ -162,8 +162,8 @@ pub mod prelude {
     #[cfg(feature = "macros")]
     pub use crate::workflow;
     pub use crate::{
-        BoxError, Ctx, Engine, EngineExt, Instance, InstanceId, Query, StartOptions, Status,
-        StepOptions, Workflow,
+        BoxError, CatchUp, Ctx, Durability, Engine, EngineExt, Instance, InstanceId, Query,
+        StartOptions, Status, StepOptions, Timeout, Workflow,
     };
     pub use crate::{Tool, Toolbox};
     #[cfg(feature = "ai")]

@@ -355,11 +355,21 @@ where
                 let outcome = AssertUnwindSafe(async { f().await }).catch_unwind().await;
                 let (message, retryable) = match outcome {
                     Ok(Ok(value)) => {
+                        let context =
+                            || format!("output of step `{key}` of workflow `{}`", run.workflow);
                         let output =
                             serde_json::to_string(&value).map_err(|source| Error::Json {
+                                context: context(),
+                                source,
+                            })?;
+                        // What every replay will return, checked before it is
+                        // recorded: a value JSON cannot hold (a NaN or infinite
+                        // float becomes `null`) fails here, not after a restart.
+                        let replayed: T =
+                            serde_json::from_str(&output).map_err(|source| Error::Json {
                                 context: format!(
-                                    "output of step `{key}` of workflow `{}`",
-                                    run.workflow
+                                    "{} does not read back from JSON as {output}",
+                                    context()
                                 ),
                                 source,
                             })?;
@@ -372,11 +382,11 @@ where
                             started_at,
                             finished_at: now_millis(),
                         };
-                        self.commit(step.clone()).await?;
+                        self.commit(step).await?;
                         tracing::debug!(attempts = attempt, "step recorded");
-                        // Return what a replay would return, so the first run
-                        // and every replay see the same value.
-                        return self.replay(step);
+                        // What a replay would return, so the first run and
+                        // every replay see the same value.
+                        return Ok(replayed);
                     }
                     Ok(Err(err)) => {
                         let err: BoxError = err.into();

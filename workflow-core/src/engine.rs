@@ -282,7 +282,14 @@ impl EngineBuilder {
                     input,
                     timeout: pending.timeout,
                 }),
-                Err(err) => problems.push(format!("schedule of `{}`: {err}", pending.workflow)),
+                Err(err) => {
+                    // Reported inside the builder's own configuration error.
+                    let why = match err {
+                        Error::Config(why) => why,
+                        other => other.to_string(),
+                    };
+                    problems.push(format!("schedule of `{}`: {why}", pending.workflow));
+                }
             }
         }
         if !problems.is_empty() {
@@ -433,10 +440,7 @@ impl Engine {
         options: StartOptions,
         dedup: Option<Vec<Status>>,
     ) -> Result<(InstanceId, bool)> {
-        let input = serde_json::to_string(&input).map_err(|source| Error::Json {
-            context: format!("input of workflow `{}`", W::NAME),
-            source,
-        })?;
+        let input = json_input::<W>(&input)?;
         self.create_raw(W::NAME, W::TIMEOUT, input, options, dedup)
             .await
     }
@@ -450,10 +454,7 @@ impl Engine {
         let timeout = options.timeout.unwrap_or(W::TIMEOUT);
         let mut new = Vec::with_capacity(inputs.len());
         for input in inputs {
-            let input = serde_json::to_string(&input).map_err(|source| Error::Json {
-                context: format!("input of workflow `{}`", W::NAME),
-                source,
-            })?;
+            let input = json_input::<W>(&input)?;
             new.push(NewInstance {
                 id: InstanceId::at(now),
                 workflow: W::NAME.to_owned(),
@@ -761,8 +762,24 @@ impl Engine {
 }
 
 fn json_input<W: Workflow>(input: &W::Input) -> Result<String> {
-    serde_json::to_string(input).map_err(|source| Error::Json {
-        context: format!("input of workflow `{}`", W::NAME),
+    encode_input::<W>(input, "workflow")
+}
+
+/// `input` as the JSON its handler will read, checked to read back: a value
+/// JSON cannot hold (a NaN or infinite float is written as `null`) is an
+/// error here, at the start, not a failed instance later in a worker.
+/// `what` names the kind of workflow in the error.
+pub(crate) fn encode_input<W: Workflow>(input: &W::Input, what: &str) -> Result<String> {
+    let context = || format!("input of {what} `{}`", W::NAME);
+    let json = serde_json::to_string(input).map_err(|source| Error::Json {
+        context: context(),
         source,
-    })
+    })?;
+    if let Err(source) = serde_json::from_str::<W::Input>(&json) {
+        return Err(Error::Json {
+            context: format!("{} does not read back from JSON as {json}", context()),
+            source,
+        });
+    }
+    Ok(json)
 }

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use croner::parser::{CronParser, Seconds, Year};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -56,12 +55,8 @@ impl Schedule {
     /// Parses `expression` (`"0 9 * * *"`, `"*/30 * * * * *"`, `"0 0 * * MON"`,
     /// `"@daily"`) in the IANA time zone `timezone` (`"UTC"`, `"Europe/Paris"`).
     pub fn parse(expression: &str, timezone: &str) -> Result<Self> {
-        let parser = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .year(Year::Disallowed)
-            .build();
-        let cron = parser.parse(expression).map_err(|err| {
-            Error::Config(format!("invalid cron expression `{expression}`: {err}"))
+        let cron = workflow_cron::parse(expression).map_err(|why| {
+            Error::Config(format!("invalid cron expression `{expression}`: {why}"))
         })?;
         let tz: chrono_tz::Tz = timezone.parse().map_err(|_| {
             Error::Config(format!(
@@ -391,7 +386,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("invalid cron expression `61 * * * *`"),
+            err.contains("invalid cron expression `61 * * * *`: the minute field `61`"),
             "{err}"
         );
         let err = Schedule::parse("0 9 * * *", "Mars/Olympus")

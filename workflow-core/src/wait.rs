@@ -168,10 +168,7 @@ where
 
     async fn create_child<W: Workflow>(&self, key: String, input: W::Input) -> Result<InstanceId> {
         let run = self.run();
-        let input = serde_json::to_string(&input).map_err(|source| Error::Json {
-            context: format!("input of child workflow `{}`", W::NAME),
-            source,
-        })?;
+        let input = crate::engine::encode_input::<W>(&input, "child workflow")?;
         let parent = run.id.clone();
         let store = std::sync::Arc::clone(&run.store);
         let dedup_key = format!("{parent}/{key}");

@@ -1314,3 +1314,58 @@ async fn a_cancelled_instance_claimed_ahead_never_starts() {
     assert_eq!(insts[1].status().await.unwrap(), Status::Cancelled);
     assert_eq!(*AHEAD_RUNS.lock().unwrap(), [1]);
 }
+
+static NAN_STEP_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// A step whose value JSON cannot hold.
+struct NotANumber;
+
+impl Workflow for NotANumber {
+    type Input = f64;
+    type Output = f64;
+    type State = ();
+    const NAME: &'static str = "notANumber";
+
+    async fn run(&self, ctx: Ctx, x: f64) -> Result<f64, BoxError> {
+        let y: f64 = ctx
+            .step("halve", || async move {
+                NAN_STEP_CALLS.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, BoxError>(if x > 0.0 { f64::NAN } else { x / 2.0 })
+            })
+            .await?;
+        Ok(y)
+    }
+}
+
+/// JSON writes NaN as `null`. A step value or an input that would not read
+/// back is refused at once (nothing recorded, the start refused), not
+/// found out on a replay after a restart.
+#[tokio::test]
+async fn values_json_cannot_hold_are_refused_at_once() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(NotANumber)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let err = NotANumber::start(&engine, f64::NAN).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not read back from JSON as null"),
+        "{err}"
+    );
+    let inst = NotANumber::start(&engine, 1.0).await.unwrap();
+    let err = inst
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("output of step `halve` of workflow `notANumber` does not read back"),
+        "{err}"
+    );
+    assert!(inst.steps().await.unwrap().is_empty(), "nothing recorded");
+    assert_eq!(NAN_STEP_CALLS.load(Ordering::SeqCst), 1, "not retried");
+}

@@ -167,11 +167,13 @@ async fn schedules_are_checked_when_the_engine_is_built() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains(
-            "schedule of `everyMinute`: engine configuration: invalid cron expression `0 25 * * *`"
+        err.starts_with(
+            "engine configuration: schedule of `everyMinute`: invalid cron expression \
+             `0 25 * * *`: the hour field `25` is out of range"
         ),
         "{err}"
     );
+    assert_eq!(err.matches("engine configuration").count(), 1, "{err}");
     let err = EngineBuilder::new()
         .store(MemoryStore::new())
         .register_scheduled(EveryMinute, "0 9 * * *", "Europe/Pariss", CatchUp::Latest)

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use croner::parser::{CronParser, Seconds, Year};
 use proc_macro2::Span;
 use syn::{LitInt, LitStr};
 
@@ -51,7 +50,7 @@ pub(crate) fn workflow_name(name: &str, span: Span, from_fn: bool) -> syn::Resul
 /// Parses `schedule` the way the scheduler will: 5 fields, or 6 with
 /// seconds first; names like `MON`/`JAN`; `@daily`-style nicknames.
 pub(crate) fn cron(lit: &LitStr) -> syn::Result<()> {
-    cron_expression(&lit.value()).map_err(|why| {
+    workflow_cron::parse(&lit.value()).map(drop).map_err(|why| {
         syn::Error::new(
             lit.span(),
             format!(
@@ -60,56 +59,6 @@ pub(crate) fn cron(lit: &LitStr) -> syn::Result<()> {
             ),
         )
     })
-}
-
-const CRON_FORMAT: &str = "write 5 fields, `minute hour day-of-month month day-of-week`, \
-     or 6 with `second` first, e.g. \"0 9 * * MON-FRI\", or a nickname: \
-     @hourly, @daily, @weekly, @monthly, @yearly";
-
-/// Why `expr` is not a valid schedule, naming the field at fault when there
-/// is one (croner's own messages do not say which field they mean).
-pub(crate) fn cron_expression(expr: &str) -> Result<(), String> {
-    const FIELDS: [(&str, &str); 6] = [
-        ("second", "0-59"),
-        ("minute", "0-59"),
-        ("hour", "0-23"),
-        ("day-of-month", "1-31, L, W"),
-        ("month", "1-12, JAN-DEC"),
-        ("day-of-week", "0-7, SUN-SAT, L, #"),
-    ];
-    let parser = CronParser::builder()
-        .seconds(Seconds::Optional)
-        .year(Year::Disallowed)
-        .build();
-    let err = match parser.parse(expr) {
-        Ok(_) => return Ok(()),
-        Err(err) => err,
-    };
-    let croner = |err: croner::errors::CronError| err.to_string().trim_end_matches('.').to_owned();
-    let fields: Vec<&str> = expr.split_whitespace().collect();
-    let names = match fields.len() {
-        5 => &FIELDS[1..],
-        6 => &FIELDS[..],
-        1 if expr.trim_start().starts_with('@') => {
-            return Err(format!("unknown nickname `{}`; {CRON_FORMAT}", expr.trim()));
-        }
-        n => return Err(format!("it has {n} fields; {CRON_FORMAT}")),
-    };
-    // Parse each field alone, the others wildcarded, to find the culprit.
-    for (i, field) in fields.iter().enumerate() {
-        let alone: Vec<&str> = (0..fields.len())
-            .map(|j| if i == j { *field } else { "*" })
-            .collect();
-        if let Err(field_err) = parser.parse(&alone.join(" ")) {
-            let (name, allowed) = names[i];
-            return Err(format!(
-                "the {name} field `{field}` is out of range or malformed ({}); \
-                 it allows {allowed}, combined with `*`, `,`, `-` and `/`",
-                croner(field_err)
-            ));
-        }
-    }
-    Err(format!("{}; {CRON_FORMAT}", croner(err)))
 }
 
 /// Parses `timeout` with humantime; it must be at least a millisecond.
@@ -277,56 +226,6 @@ mod tests {
 
     fn lit(s: &str) -> LitStr {
         LitStr::new(s, Span::call_site())
-    }
-
-    #[test]
-    fn accepts_valid_cron_expressions() {
-        for ok in [
-            "* * * * *",
-            "0 9 * * MON-FRI",
-            "*/15 * * * *",
-            "0 0 1 JAN *",
-            "30 0 9 * * *",
-            "0 0 L * *",
-            "0 0 * * FRI#2",
-            "@daily",
-            "@hourly",
-            "@weekly",
-            "@monthly",
-            "@yearly",
-            "@annually",
-        ] {
-            assert_eq!(cron_expression(ok), Ok(()), "{ok}");
-        }
-    }
-
-    #[test]
-    fn names_the_bad_cron_field() {
-        let err = cron_expression("61 * * * *").unwrap_err();
-        assert_eq!(
-            err,
-            "the minute field `61` is out of range or malformed (Component error: Number \
-             out of bounds); it allows 0-59, combined with `*`, `,`, `-` and `/`"
-        );
-        let err = cron_expression("0 0 25 * * *").unwrap_err();
-        assert!(err.starts_with("the hour field `25`"), "{err}");
-        let err = cron_expression("0 0 * 13 *").unwrap_err();
-        assert!(err.starts_with("the month field `13`"), "{err}");
-        let err = cron_expression("0 0 * * FUNDAY").unwrap_err();
-        assert!(err.starts_with("the day-of-week field"), "{err}");
-    }
-
-    #[test]
-    fn rejects_wrong_field_counts_and_junk() {
-        let err = cron_expression("every day").unwrap_err();
-        assert!(err.starts_with("it has 2 fields; write 5 fields"), "{err}");
-        assert!(cron_expression("0 0 0 1 1 * 2030").is_err());
-        assert!(cron_expression("").is_err());
-        let err = cron_expression("@fortnightly").unwrap_err();
-        assert!(
-            err.starts_with("unknown nickname `@fortnightly`; "),
-            "{err}"
-        );
     }
 
     #[test]

@@ -135,6 +135,23 @@ impl SqliteStore {
             .synchronous(synchronous)
             .busy_timeout(options.busy_timeout)
             .log_statements(tracing::log::LevelFilter::Trace);
+        let path = connect.get_filename().to_owned();
+        let open_error = |err: sqlx::Error| {
+            Error::Store(StoreError::backend(format!(
+                "cannot open the SQLite database {}: {err}",
+                path.display()
+            )))
+        };
+        // Nothing to set up, as for the file itself: `sqlite://data/app.db`
+        // in a fresh checkout creates `data/`.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|err| {
+                Error::Store(StoreError::backend(format!(
+                    "cannot create the directory {} for the SQLite database: {err}",
+                    dir.display()
+                )))
+            })?;
+        }
         let mut conn = connect.connect().await.map_err(open_error)?;
         schema::migrate(&mut conn).await.map_err(open_error)?;
         drop(conn);
@@ -270,10 +287,6 @@ const LEASE_OWNERS: &str =
      WHERE status = 'in_progress' AND lease_owner IS NOT NULL";
 
 fn writer_error(err: rusqlite::Error) -> Error {
-    Error::Store(StoreError::backend(err))
-}
-
-fn open_error(err: sqlx::Error) -> Error {
     Error::Store(StoreError::backend(err))
 }
 
@@ -798,6 +811,27 @@ mod tests {
         let history = store.history(&a).await.unwrap();
         assert_eq!(history.last().unwrap().step.as_deref(), Some("three"));
         assert!(history.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+
+    /// A URL into a directory that does not exist yet creates it; a path
+    /// that cannot be opened is named in the error.
+    #[tokio::test]
+    async fn a_missing_directory_is_created_and_a_bad_path_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("data/app.db");
+        let url = format!("sqlite://{}", nested.display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.close().await;
+        assert!(nested.exists());
+        // A directory where the file should be.
+        let err = SqliteStore::open(dir.path().join("data"))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&dir.path().join("data").display().to_string()),
+            "{text}"
+        );
     }
 
     #[tokio::test]
