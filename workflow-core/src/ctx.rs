@@ -525,19 +525,27 @@ where
         Error::Interrupted(why)
     }
 
+    /// Restores the state `step` recorded, if it recorded one: a replay
+    /// must see the state as the first run had it past this step.
+    pub(crate) fn restore_state(&self, step: &StepRow) -> Result<()> {
+        let Some(state) = &step.state else {
+            return Ok(());
+        };
+        let restored: S = serde_json::from_str(state).map_err(|source| Error::Json {
+            context: format!(
+                "state recorded by step `{}` of workflow `{}`",
+                step.key, self.inner.run.workflow
+            ),
+            source,
+        })?;
+        *lock(&self.inner.state) = restored;
+        self.inner.state_dirty.store(false, Ordering::Release);
+        Ok(())
+    }
+
     pub(crate) fn replay<T: DeserializeOwned>(&self, step: StepRow) -> Result<T> {
         let run = &self.inner.run;
-        if let Some(state) = &step.state {
-            let restored: S = serde_json::from_str(state).map_err(|source| Error::Json {
-                context: format!(
-                    "state recorded by step `{}` of workflow `{}`",
-                    step.key, run.workflow
-                ),
-                source,
-            })?;
-            *lock(&self.inner.state) = restored;
-            self.inner.state_dirty.store(false, Ordering::Release);
-        }
+        self.restore_state(&step)?;
         match (step.output, step.error) {
             (Some(output), _) => {
                 let de = &mut serde_json::Deserializer::from_str(&output);

@@ -8,15 +8,22 @@
 //! ```
 //!
 //! `make` must return an empty store each time it is called.
+//!
+//! [`Unreachable`] wraps a store so that a test can take it away from the
+//! engine, as a network partition or a database restart would.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::id::InstanceId;
 use crate::status::Status;
 use crate::store::*;
+use crate::Definition;
 
 /// Runs every check against fresh stores from `make`; panics on the first failure.
 pub async fn conformance<S, F, Fut>(make: F)
@@ -1177,4 +1184,177 @@ async fn definitions_are_recorded(store: impl Store) {
         "the newer definition replaces the older"
     );
     assert_eq!(defs[1], def("b", 1));
+}
+
+/// A store that can be made unreachable: while [`Unreachable::set_down`] is
+/// on, every call fails with a backend error, as if the database were gone.
+pub struct Unreachable<S> {
+    inner: S,
+    down: AtomicBool,
+}
+
+impl<S: Store> Unreachable<S> {
+    /// Wraps `inner`, reachable.
+    pub fn new(inner: S) -> Self {
+        Unreachable {
+            inner,
+            down: AtomicBool::new(false),
+        }
+    }
+
+    /// Makes every call fail (`true`) or reach the store again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The wrapped store, reachable whatever the switch says.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn up(&self) -> Result<&S, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(StoreError::backend(
+                "store unreachable (testing::Unreachable)",
+            ))
+        } else {
+            Ok(&self.inner)
+        }
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for Unreachable<S> {
+    async fn create(
+        &self,
+        new: NewInstance,
+        dedup: Option<&[Status]>,
+    ) -> Result<Created, StoreError> {
+        self.up()?.create(new, dedup).await
+    }
+    async fn create_many(&self, new: Vec<NewInstance>) -> Result<Vec<InstanceRow>, StoreError> {
+        self.up()?.create_many(new).await
+    }
+    async fn get(&self, id: &InstanceId) -> Result<Option<InstanceRow>, StoreError> {
+        self.up()?.get(id).await
+    }
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
+        self.up()?.claim(req).await
+    }
+    async fn next_due(
+        &self,
+        workflows: &[String],
+        after: Millis,
+    ) -> Result<Option<Millis>, StoreError> {
+        self.up()?.next_due(workflows, after).await
+    }
+    fn wakeups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.wakeups()
+    }
+    async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError> {
+        self.up()?.commit_step(lease, step).await
+    }
+    async fn record_attempt(
+        &self,
+        lease: &Lease,
+        step: &str,
+        attempt: u32,
+        error: &str,
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        self.up()?
+            .record_attempt(lease, step, attempt, error, at)
+            .await
+    }
+    async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError> {
+        self.up()?.finish(lease, finish).await
+    }
+    async fn release(&self, lease: &Lease, at: Millis) -> Result<(), StoreError> {
+        self.up()?.release(lease, at).await
+    }
+    async fn renew(&self, leases: &[Lease], until: Millis) -> Result<Vec<Renewal>, StoreError> {
+        self.up()?.renew(leases, until).await
+    }
+    async fn cancel(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        self.up()?.cancel(id, at).await
+    }
+    async fn set_deadline(
+        &self,
+        id: &InstanceId,
+        deadline_at: Millis,
+        at: Millis,
+    ) -> Result<Control, StoreError> {
+        self.up()?.set_deadline(id, deadline_at, at).await
+    }
+    async fn lease_owners(&self) -> Result<Vec<String>, StoreError> {
+        self.up()?.lease_owners().await
+    }
+    async fn release_owner(&self, owner: &str, at: Millis) -> Result<u64, StoreError> {
+        self.up()?.release_owner(owner, at).await
+    }
+    async fn steps(&self, id: &InstanceId) -> Result<Vec<StepRow>, StoreError> {
+        self.up()?.steps(id).await
+    }
+    async fn history(&self, id: &InstanceId) -> Result<Vec<EventRow>, StoreError> {
+        self.up()?.history(id).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Vec<InstanceRow>, StoreError> {
+        self.up()?.list(query).await
+    }
+    async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError> {
+        self.up()?.suspend(lease, suspend).await
+    }
+    async fn send_event(
+        &self,
+        id: &InstanceId,
+        name: &str,
+        payload: &str,
+        at: Millis,
+    ) -> Result<Control, StoreError> {
+        self.up()?.send_event(id, name, payload, at).await
+    }
+    async fn take_event(
+        &self,
+        lease: &Lease,
+        name: &str,
+        step: &str,
+        at: Millis,
+    ) -> Result<Option<String>, StoreError> {
+        self.up()?.take_event(lease, name, step, at).await
+    }
+    async fn pause(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        self.up()?.pause(id, at).await
+    }
+    async fn resume(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        self.up()?.resume(id, at).await
+    }
+    async fn schedule_mark(&self, workflow: &str) -> Result<Option<ScheduleMark>, StoreError> {
+        self.up()?.schedule_mark(workflow).await
+    }
+    async fn advance_schedule(
+        &self,
+        workflow: &str,
+        checked_until: Millis,
+        fired: Option<(Millis, InstanceId)>,
+    ) -> Result<(), StoreError> {
+        self.up()?
+            .advance_schedule(workflow, checked_until, fired)
+            .await
+    }
+    async fn put_definitions(
+        &self,
+        definitions: &[Definition],
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        self.up()?.put_definitions(definitions, at).await
+    }
+    async fn definitions(&self) -> Result<Vec<Definition>, StoreError> {
+        self.up()?.definitions().await
+    }
+    async fn count_by_status(
+        &self,
+        workflow: Option<&str>,
+    ) -> Result<Vec<(Status, u64)>, StoreError> {
+        self.up()?.count_by_status(workflow).await
+    }
 }

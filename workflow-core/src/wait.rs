@@ -88,6 +88,8 @@ where
         run.check()?;
         let (key, recorded) = run.next_key(name)?;
         if let Some(step) = recorded {
+            // A timeout recorded the state as it was then.
+            self.restore_state(&step)?;
             return event_outcome(name, step);
         }
         let until: Option<Millis> =
@@ -214,6 +216,7 @@ where
         };
         let result_key = format!("{key}@result");
         if let Some(step) = run.recorded(&result_key) {
+            self.restore_state(&step)?;
             return child_outcome::<W>(&child, step);
         }
         let row = run

@@ -280,16 +280,22 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     // reaches the handler within about a second.
     let every = (inner.config.lease / 3).min(Duration::from_secs(1));
     let mut ticks: u64 = 0;
+    // No lease this worker holds ends before this: the end of the last
+    // renewal that succeeded (claims made since end later).
+    let mut held_until = crate::store::millis_after(now_millis(), inner.config.lease);
     loop {
         tokio::time::sleep(every).await;
         ticks += 1;
         let runs: Vec<Arc<RunShared>> = lock(&w.running).values().cloned().collect();
         let mut leases: Vec<Lease> = runs.iter().map(|r| r.lease.clone()).collect();
         leases.extend(lock(&w.ready).iter().map(|c| c.lease.clone()));
-        if !leases.is_empty() {
-            let until = crate::store::millis_after(now_millis(), inner.config.lease);
+        let until = crate::store::millis_after(now_millis(), inner.config.lease);
+        if leases.is_empty() {
+            held_until = until;
+        } else {
             match inner.store.renew(&leases, until).await {
                 Ok(renewals) => {
+                    held_until = until;
                     for renewal in renewals {
                         match runs.iter().find(|r| r.lease == renewal.lease) {
                             Some(run) => apply_renewal(run, &renewal),
@@ -297,13 +303,33 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                         }
                     }
                 }
-                Err(err) => tracing::error!(error = %err, "renewing leases failed"),
+                Err(err) => {
+                    tracing::error!(error = %err, "renewing leases failed");
+                    if now_millis() >= held_until {
+                        stop_lapsed(&w, &runs);
+                    }
+                }
             }
         }
         if ticks.is_multiple_of(3) {
             reap_dead_owners(&w).await;
         }
     }
+}
+
+/// The store could not be reached for a whole lease: another worker may
+/// have taken these instances over, so none of them may run on here. Stops
+/// the handlers (their next commit would be refused anyway) and drops what
+/// was claimed ahead; the store hands them out again once reachable.
+fn stop_lapsed(w: &WorkerShared, runs: &[Arc<RunShared>]) {
+    tracing::warn!(
+        running = runs.len(),
+        "the leases lapsed while the store was unreachable; stopping their handlers"
+    );
+    for run in runs {
+        run.interrupt(Interrupt::LeaseLost, Settlement::Plain);
+    }
+    lock(&w.ready).clear();
 }
 
 /// Tells a running handler what its lease renewal found.

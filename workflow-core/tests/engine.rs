@@ -1369,3 +1369,55 @@ async fn values_json_cannot_hold_are_refused_at_once() {
     assert!(inst.steps().await.unwrap().is_empty(), "nothing recorded");
     assert_eq!(NAN_STEP_CALLS.load(Ordering::SeqCst), 1, "not retried");
 }
+
+static LAPSED_DONE: AtomicU32 = AtomicU32::new(0);
+
+struct LongStep;
+
+impl Workflow for LongStep {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "longStep";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step("long", || async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            LAPSED_DONE.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// While the store cannot be reached, a worker's leases lapse and another
+/// worker may take its instances over: once a whole lease has passed
+/// without a renewal, its handlers stop rather than run on beside the new
+/// owner.
+#[tokio::test]
+async fn handlers_stop_once_their_leases_lapse_unrenewed() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(LongStep)
+        .lease_duration(Duration::from_millis(600))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = LongStep::start(&engine, ()).await.unwrap();
+    until_status(&inst, Status::InProgress).await;
+    store.set_down(true);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(
+        LAPSED_DONE.load(Ordering::SeqCst),
+        0,
+        "the step ran on past its lapsed lease"
+    );
+    store.set_down(false);
+    // Back up: the instance is taken up again and finishes.
+    inst.result_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(LAPSED_DONE.load(Ordering::SeqCst), 1);
+}

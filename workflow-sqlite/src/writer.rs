@@ -934,6 +934,10 @@ fn forget_leases_if_others_wrote(c: &Tx<'_, '_>) -> Result<(), Db> {
             data_version: Some(version),
             held: HashMap::new(),
         };
+        // Another process's commit may not be fsynced yet (its writer
+        // answers only after its own fsync): nothing read now may be
+        // answered before ours, which covers the same WAL file.
+        c.unsynced().wrote_untracked();
     }
     Ok(())
 }
@@ -1895,6 +1899,46 @@ mod tests {
         // Relaxed mode answers everything at commit.
         let relaxed = Session::new(&tx, false).unwrap();
         assert!(relaxed.unsynced.borrow().on_disk("anything"));
+    }
+
+    /// A row another process committed may not be on disk yet: a claim
+    /// that reads it waits for this writer's next fsync.
+    #[test]
+    fn claims_after_another_connection_wrote_wait_for_the_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("others.db");
+        let c = migrate(Connection::open(&path).unwrap());
+        c.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+        let session = Session::new(&c, true).unwrap();
+        let first = begin(&session).unwrap();
+        apply(&first, &Op::CreateMany(vec![new_instance(0)]))
+            .unwrap()
+            .unwrap();
+        commit(&session, first, 1).unwrap();
+        let sealed = session.unsynced.borrow_mut().seal();
+        session.unsynced.borrow_mut().synced(sealed);
+        // Another process creates an instance (and does its own fsync later).
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute(
+                INSERT_INSTANCE,
+                params![
+                    "other",
+                    "w",
+                    "null",
+                    "{}",
+                    None::<String>,
+                    1,
+                    1,
+                    None::<i64>,
+                    None::<String>
+                ],
+            )
+            .unwrap();
+        let t = begin(&session).unwrap();
+        let job = claim_job(&t, 10);
+        assert!(matches!(&job.result, Some(Ok(Reply::Claimed(c))) if c.len() == 2));
+        assert!(!job.may_answer_before_fsync(&session.unsynced.borrow()));
     }
 
     /// `(current, highwater)` of a `sqlite3_db_status` counter; `reset`
