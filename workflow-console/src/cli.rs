@@ -5,13 +5,13 @@
 //! Output goes to the writer given to [`run`] (the binary passes stdout):
 //! aligned tables for people, or JSON with `--json` for scripts.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use workflow_core::{Engine, Error, InstanceId, InstanceInfo, StartOptions, Status};
+use workflow_core::{Definition, Engine, Error, InstanceId, InstanceInfo, StartOptions, Status};
 
 use crate::api::{build_query, ListParams};
 
@@ -145,6 +145,20 @@ pub enum CliError {
     /// The arguments do not make sense.
     #[error("{0}")]
     Usage(String),
+    /// No engine using this database has recorded a workflow of that name.
+    /// Reported instead of [`Error::UnknownWorkflow`], which speaks of "this
+    /// engine": the CLI registers no workflows, it only reads the
+    /// definitions engines recorded.
+    #[error(
+        "no engine using this database has recorded a workflow named `{name}`{}",
+        recorded_names(.recorded)
+    )]
+    UnknownWorkflow {
+        /// The name asked for.
+        name: String,
+        /// The names that are recorded, sorted.
+        recorded: Vec<String>,
+    },
     /// Writing the output or serving the console failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -154,18 +168,88 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// The process exit code for this error: 2 for bad arguments or input, 1 otherwise.
+    /// The process exit code for this error: 2 for bad arguments or input
+    /// (among them a workflow name no engine recorded), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) | CliError::Workflow(Error::InvalidInput { .. }) => 2,
+            CliError::Usage(_)
+            | CliError::UnknownWorkflow { .. }
+            | CliError::Workflow(Error::InvalidInput { .. }) => 2,
             _ => 1,
         }
     }
 }
 
+/// The error for a name that none of `defs` has, offering the names they do have.
+fn unknown_workflow(name: String, defs: Vec<Definition>) -> CliError {
+    let mut recorded: Vec<String> = defs.into_iter().map(|d| d.name).collect();
+    recorded.sort();
+    CliError::UnknownWorkflow { name, recorded }
+}
+
+/// How many recorded names an unknown-workflow message lists before it
+/// points to `workflow workflows`: enough for most databases, one line long.
+const NAMES_LISTED: usize = 10;
+
+fn recorded_names(recorded: &[String]) -> String {
+    match recorded.len() {
+        0 => ", nor any other yet: engines record their workflows when they start".to_owned(),
+        n if n <= NAMES_LISTED => format!("; recorded: {}", recorded.join(", ")),
+        n => format!(
+            "; recorded: {} and {} more (`workflow workflows` lists them)",
+            recorded[..NAMES_LISTED].join(", "),
+            n - NAMES_LISTED
+        ),
+    }
+}
+
+/// Drops the output, without an error, once its reader went away
+/// (`workflow list | head`): the output was only for that reader, while
+/// the exit code still says how the command went, e.g. 1 for `run --wait`
+/// of an instance that failed.
+struct UntilClosed<'a> {
+    out: &'a mut (dyn Write + Send),
+    closed: bool,
+}
+
+impl UntilClosed<'_> {
+    fn check<T>(&mut self, result: io::Result<T>, closed: T) -> io::Result<T> {
+        match result {
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(closed)
+            }
+            other => other,
+        }
+    }
+}
+
+impl Write for UntilClosed<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        let result = self.out.write(buf);
+        self.check(result, buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let result = self.out.flush();
+        self.check(result, ())
+    }
+}
+
 /// Runs one command on `cli.db`, writing to `out`. Returns the exit code
 /// (`run --wait` of an instance that did not complete is 1).
+///
+/// Once `out` reports a broken pipe (its reader closed early, as `head`
+/// does), the rest of the output is dropped and the command finishes as if
+/// it had been written: that is not an error.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError> {
+    let out = &mut UntilClosed { out, closed: false };
     let engine = crate::connect(&cli.db).await?;
     let json = cli.json;
     match cli.command {
@@ -192,7 +276,12 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                     .map_err(|err| CliError::Usage(format!("--timeout `{timeout}`: {err}")))?;
                 options = options.timeout(timeout);
             }
-            let id = engine.start_json(&name, input, options).await?;
+            let id = match engine.start_json(&name, input, options).await {
+                Err(Error::UnknownWorkflow(name)) => {
+                    return Err(unknown_workflow(name, engine.definitions().await?))
+                }
+                started => started?,
+            };
             if !wait {
                 if json {
                     print_json(out, &json!({ "id": id }))?;
@@ -414,12 +503,11 @@ async fn workflows(
 ) -> Result<u8, CliError> {
     let defs = engine.definitions().await?;
     if let Some(name) = name {
-        let def = defs
-            .into_iter()
-            .find(|d| d.name == name)
-            .ok_or(Error::UnknownWorkflow(name))?;
+        let Some(def) = defs.iter().find(|d| d.name == name) else {
+            return Err(unknown_workflow(name, defs));
+        };
         if json {
-            print_json(out, &serde_json::to_value(&def).unwrap_or(Value::Null))?;
+            print_json(out, &serde_json::to_value(def).unwrap_or(Value::Null))?;
             return Ok(0);
         }
         writeln!(out, "{}", def.name)?;
@@ -713,6 +801,76 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "A    LONGER\nxyz  1\nq    22\n"
         );
+    }
+
+    /// A reader that takes `room` bytes, then closes its end of the pipe.
+    struct Pipe {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.taken.len() >= self.room {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            let n = buf.len().min(self.room - self.taken.len());
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_drops_the_rest() {
+        let mut pipe = Pipe {
+            taken: Vec::new(),
+            room: 4,
+        };
+        let mut out = UntilClosed {
+            out: &mut pipe,
+            closed: false,
+        };
+        writeln!(out, "first line").unwrap();
+        writeln!(out, "second line").unwrap();
+        out.flush().unwrap();
+        assert!(out.closed);
+        assert_eq!(pipe.taken, b"firs");
+
+        // Anything else is still an error.
+        let mut full = UntilClosed {
+            out: &mut io::Cursor::new([0u8; 2]),
+            closed: false,
+        };
+        assert_eq!(
+            writeln!(full, "abc").unwrap_err().kind(),
+            io::ErrorKind::WriteZero
+        );
+    }
+
+    #[test]
+    fn unknown_names_offer_the_recorded_ones() {
+        let names = |n: usize| (0..n).map(|i| format!("w{i:02}")).collect::<Vec<_>>();
+        let message = |recorded| {
+            CliError::UnknownWorkflow {
+                name: "nope".into(),
+                recorded,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            message(names(0)),
+            "no engine using this database has recorded a workflow named `nope`, \
+             nor any other yet: engines record their workflows when they start"
+        );
+        assert!(message(names(2)).ends_with("`nope`; recorded: w00, w01"));
+        assert!(message(names(12)).ends_with(
+            "recorded: w00, w01, w02, w03, w04, w05, w06, w07, w08, w09 and 2 more \
+             (`workflow workflows` lists them)"
+        ));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 
 use common::{fixture, http, wait_status};
@@ -35,6 +35,37 @@ async fn cli(url: &str, args: &[&str]) -> Output {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Runs `workflow --db URL ARGS..` into a pipe whose reader takes `keep`
+/// bytes and closes it, as `| head -c KEEP` does. Output longer than the
+/// pipe's buffer (64 KiB on Linux) cannot all fit before the close, so the
+/// CLI's writes hit the broken pipe whatever the timing.
+async fn cli_into_closed_pipe(url: &str, args: &[&str], keep: usize) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_workflow"));
+    command
+        .env_remove("WORKFLOW_DATABASE_URL")
+        .env_remove("WORKFLOW_CONSOLE_TOKEN")
+        .arg("--db")
+        .arg(url)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut head = vec![0; keep];
+        stdout.read_exact(&mut head).unwrap();
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&head).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
 }
 
 fn json(out: &Output) -> Value {
@@ -73,8 +104,12 @@ async fn reads_without_the_workflow_code() {
     let defs = json(&cli(url, &["workflows", "--json"]).await);
     assert_eq!(defs.as_array().unwrap().len(), 4);
     let out = cli(url, &["workflows", "nope"]).await;
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("`nope`"), "{}", out.stderr);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        "error: no engine using this database has recorded a workflow named `nope`; \
+         recorded: approveExpense, nightlyCleanup, processOrder, slowReport"
+    );
 
     // List: a table by default, JSON with --json, filters.
     let out = cli(url, &["list"]).await;
@@ -202,6 +237,19 @@ async fn starts_and_steers_for_a_running_engine() {
     let out = cli(url, &["run", "processOrder", "{not json"]).await;
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("not valid JSON"), "{}", out.stderr);
+    // The CLI runs no engine: the name is checked against what engines recorded.
+    let out = cli(url, &["run", "nope", "{}", "--wait"]).await;
+    assert_eq!(
+        out.code, 2,
+        "bad input, not a failed instance: {}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.trim(),
+        "error: no engine using this database has recorded a workflow named `nope`; \
+         recorded: approveExpense, nightlyCleanup, processOrder, slowReport"
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
     let started = json(&cli(url, &["run", "slowReport", r#"{"days": 1}"#, "--json"]).await);
     let slow = InstanceId::from(started["id"].as_str().unwrap());
     wait_status(&f.engine, &slow, Status::InProgress).await;
@@ -250,6 +298,34 @@ async fn starts_and_steers_for_a_running_engine() {
         f.engine.instance(&new).await.unwrap().tags["rerun_of"],
         f.failed.to_string()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_early_is_not_an_error() {
+    let f = fixture().await;
+    // Far more output than a pipe buffers: 1 MiB of input, echoed in the output.
+    let input = serde_json::json!({ "order_id": "B".repeat(1 << 20), "amount_cents": 1 });
+    let big = f
+        .engine
+        .start_json("processOrder", input, StartOptions::new())
+        .await
+        .unwrap();
+    wait_status(&f.engine, &big, Status::Completed).await;
+    let id = big.as_str();
+    for args in [
+        &["show", id][..],
+        &["show", id, "--json"],
+        &["list", "--json"],
+    ] {
+        let out = cli_into_closed_pipe(&f.url, args, 8).await;
+        assert!(
+            !out.stderr.contains("Broken pipe"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.is_empty(), "{args:?}: {}", out.stderr);
+        assert_eq!(out.code, 0, "{args:?}, after {:?}", out.stdout);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
