@@ -15,8 +15,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No workflow of that name is registered with this engine.
-    #[error("workflow `{0}` is not registered with this engine")]
+    /// No workflow of that name is registered with this engine, nor
+    /// recorded by any engine using its store (which is what lets a console
+    /// or a CLI without the code start instances).
+    #[error("no workflow `{0}`: it is not registered with this engine, nor recorded by any engine using its store")]
     UnknownWorkflow(String),
 
     /// No instance has that id.
