@@ -17,9 +17,8 @@ struct Output {
     stderr: String,
 }
 
-/// Runs `workflow --db URL ARGS..` on a blocking thread (the engine's
-/// worker keeps running on the runtime meanwhile).
-async fn cli(url: &str, args: &[&str]) -> Output {
+/// `workflow --db URL ARGS..`, with none of the environment's settings.
+fn command(url: &str, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_workflow"));
     command
         .env_remove("WORKFLOW_DATABASE_URL")
@@ -27,6 +26,13 @@ async fn cli(url: &str, args: &[&str]) -> Output {
         .arg("--db")
         .arg(url)
         .args(args);
+    command
+}
+
+/// Runs `workflow --db URL ARGS..` on a blocking thread (the engine's
+/// worker keeps running on the runtime meanwhile).
+async fn cli(url: &str, args: &[&str]) -> Output {
+    let mut command = command(url, args);
     let out = tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
         .unwrap();
@@ -42,15 +48,8 @@ async fn cli(url: &str, args: &[&str]) -> Output {
 /// pipe's buffer (64 KiB on Linux) cannot all fit before the close, so the
 /// CLI's writes hit the broken pipe whatever the timing.
 async fn cli_into_closed_pipe(url: &str, args: &[&str], keep: usize) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_workflow"));
-    command
-        .env_remove("WORKFLOW_DATABASE_URL")
-        .env_remove("WORKFLOW_CONSOLE_TOKEN")
-        .arg("--db")
-        .arg(url)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut command = command(url, args);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
     tokio::task::spawn_blocking(move || {
         let mut child = command.spawn().unwrap();
         let mut stdout = child.stdout.take().unwrap();
