@@ -85,6 +85,16 @@ pub(crate) enum Settlement {
     Suspend(crate::store::Suspend),
 }
 
+impl Settlement {
+    /// The output and state of an `Ended` settlement; none for the others.
+    pub(crate) fn ended(self) -> (Option<String>, Option<String>) {
+        match self {
+            Settlement::Ended { output, state } => (output, state),
+            _ => (None, None),
+        }
+    }
+}
+
 struct Journal {
     recorded: HashMap<String, StepRow>,
     /// Uses of each step name so far in this run, for `name#n` keys.
@@ -187,7 +197,7 @@ impl RunShared {
 /// `fetch`). Every method that takes a step name refuses one with
 /// [`Error::InvalidStepName`], and `#[workflow]` refuses literal names
 /// given to `step`/`step_with` at compile time.
-pub const RESERVED_STEP_CHARS: [char; 4] = ['#', '@', '[', ']'];
+pub const RESERVED_STEP_CHARS: [char; 4] = workflow_rules::step_name::RESERVED;
 
 /// `Err(Some(c))` for a name containing the reserved `c` (the first one),
 /// `Err(None)` for an empty name.
@@ -195,7 +205,7 @@ fn check_step_name(name: &str) -> std::result::Result<(), Option<char>> {
     if name.is_empty() {
         return Err(None);
     }
-    match name.chars().find(|c| RESERVED_STEP_CHARS.contains(c)) {
+    match workflow_rules::step_name::reserved_in(name) {
         Some(reserved) => Err(Some(reserved)),
         None => Ok(()),
     }
@@ -355,23 +365,11 @@ where
                 let outcome = AssertUnwindSafe(async { f().await }).catch_unwind().await;
                 let (message, retryable) = match outcome {
                     Ok(Ok(value)) => {
-                        let context =
-                            || format!("output of step `{key}` of workflow `{}`", run.workflow);
-                        let output =
-                            serde_json::to_string(&value).map_err(|source| Error::Json {
-                                context: context(),
-                                source,
-                            })?;
-                        // What every replay will return, checked before it is
-                        // recorded: a value JSON cannot hold (a NaN or infinite
-                        // float becomes `null`) fails here, not after a restart.
-                        let replayed: T =
-                            serde_json::from_str(&output).map_err(|source| Error::Json {
-                                context: format!(
-                                    "{} does not read back from JSON as {output}",
-                                    context()
-                                ),
-                                source,
+                        // Recorded only if it reads back as itself: the
+                        // first run and every replay see the same value.
+                        let (output, replayed): (String, T) =
+                            crate::error::json_round_trip(&value, || {
+                                format!("output of step `{key}` of workflow `{}`", run.workflow)
                             })?;
                         let step = StepRow {
                             key: key.clone(),
@@ -384,8 +382,6 @@ where
                         };
                         self.commit(step).await?;
                         tracing::debug!(attempts = attempt, "step recorded");
-                        // What a replay would return, so the first run and
-                        // every replay see the same value.
                         return Ok(replayed);
                     }
                     Ok(Err(err)) => {

@@ -765,21 +765,11 @@ fn json_input<W: Workflow>(input: &W::Input) -> Result<String> {
     encode_input::<W>(input, "workflow")
 }
 
-/// `input` as the JSON its handler will read, checked to read back: a value
-/// JSON cannot hold (a NaN or infinite float is written as `null`) is an
-/// error here, at the start, not a failed instance later in a worker.
-/// `what` names the kind of workflow in the error.
+/// `input` as the JSON its handler will read, checked to read back (see
+/// [`json_round_trip`](crate::error::json_round_trip)): refused at the
+/// start, not failed later in a worker. `what` names the kind of workflow.
 pub(crate) fn encode_input<W: Workflow>(input: &W::Input, what: &str) -> Result<String> {
-    let context = || format!("input of {what} `{}`", W::NAME);
-    let json = serde_json::to_string(input).map_err(|source| Error::Json {
-        context: context(),
-        source,
-    })?;
-    if let Err(source) = serde_json::from_str::<W::Input>(&json) {
-        return Err(Error::Json {
-            context: format!("{} does not read back from JSON as {json}", context()),
-            source,
-        });
-    }
+    let (json, _) =
+        crate::error::json_round_trip(input, || format!("input of {what} `{}`", W::NAME))?;
     Ok(json)
 }

@@ -184,14 +184,33 @@ pub enum Error {
     Interrupted(Interrupt),
 }
 
+/// `value` as JSON, and that JSON read back as what a replay will see.
+/// A value JSON cannot hold (a NaN or infinite float is written as `null`)
+/// is an error here, at once, not a failure found after a restart.
+/// `context` names the value in the error.
+pub(crate) fn json_round_trip<T>(value: &T, context: impl Fn() -> String) -> Result<(String, T)>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let json = serde_json::to_string(value).map_err(|source| Error::Json {
+        context: context(),
+        source,
+    })?;
+    let back = serde_json::from_str(&json).map_err(|source| Error::Json {
+        context: format!("{} does not read back from JSON as {json}", context()),
+        source,
+    })?;
+    Ok((json, back))
+}
+
 fn describe_step_name(workflow: &str, name: &str, reserved: Option<char>) -> String {
     match reserved {
         None => format!("invalid step name in workflow `{workflow}`: it is empty"),
         Some(c) => format!(
             "invalid step name `{name}` in workflow `{workflow}`: it contains `{c}`, which \
              the engine reserves for the keys it derives from step names (`name#1` for a \
-             repeated name, `name@timeout`, `name[0]`); a step name may not contain `#`, `@`, \
-             `[` or `]`"
+             repeated name, `name@timeout`, `name[0]`); a step name may not contain {}",
+            workflow_rules::step_name::reserved_list()
         ),
     }
 }

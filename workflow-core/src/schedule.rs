@@ -55,7 +55,7 @@ impl Schedule {
     /// Parses `expression` (`"0 9 * * *"`, `"*/30 * * * * *"`, `"0 0 * * MON"`,
     /// `"@daily"`) in the IANA time zone `timezone` (`"UTC"`, `"Europe/Paris"`).
     pub fn parse(expression: &str, timezone: &str) -> Result<Self> {
-        let cron = workflow_cron::parse(expression).map_err(|why| {
+        let cron = workflow_rules::cron::parse(expression).map_err(|why| {
             Error::Config(format!("invalid cron expression `{expression}`: {why}"))
         })?;
         let tz: chrono_tz::Tz = timezone.parse().map_err(|_| {
@@ -115,36 +115,24 @@ impl Schedule {
         ticks
     }
 
-    /// The latest tick in `(after, before)`.
-    ///
-    /// It bisects on time instead of walking from `after`: the look-ups grow
-    /// with the logarithm of the gap, not with the ticks in it, so a
-    /// schedule that ticks every second and missed a year does not walk 31
-    /// million ticks to find its last one.
+    /// The latest tick in `(after, before)`, found without walking the ticks
+    /// between (a schedule that ticks every second and missed a year has 31
+    /// million): croner searches back from `before`, and steps forward from
+    /// just before its answer keep the result the one a forward walk gives,
+    /// as the scheduler fires what [`Schedule::next_after`] yields, also
+    /// around a change of the clocks.
     pub(crate) fn latest_before(
         &self,
         after: DateTime<Utc>,
         before: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        let ticks_after = |t| self.next_after(t).is_some_and(|next| next < before);
-        if !ticks_after(after) {
-            return None;
-        }
-        // `lo` is always before the latest tick, `hi` never is.
-        let (mut lo, mut hi) = (after, before);
-        let resolution = chrono::Duration::milliseconds(1);
-        while hi - lo > resolution {
-            let mid = lo + (hi - lo) / 2;
-            if ticks_after(mid) {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        // Ticks are whole seconds, so this is the latest one; stepping on
-        // costs nothing then and keeps the answer right should the wall
-        // clock of a repeated hour ever make the bisection's test uneven.
-        let mut latest = self.next_after(lo)?;
+        let back = self
+            .cron
+            .find_previous_occurrence(&before.with_timezone(&self.tz), false)
+            .ok()
+            .map(|t| t.with_timezone(&Utc));
+        let from = back.map_or(after, |t| (t - chrono::Duration::seconds(1)).max(after));
+        let mut latest = self.next_after(from).filter(|t| *t < before)?;
         while let Some(next) = self.next_after(latest).filter(|next| *next < before) {
             latest = next;
         }

@@ -482,8 +482,16 @@ async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed, slot: OwnedSemaphor
     .await
 }
 
-/// The error of an instance that timed out.
-const DEADLINE_PASSED: &str = "deadline passed before the workflow finished";
+/// The instance ends `TimedOut` at `at`.
+fn time_out(at: crate::store::Millis) -> Settle {
+    Settle::Finish(Finish {
+        status: Status::TimedOut,
+        output: None,
+        error: Some("deadline passed before the workflow finished".to_owned()),
+        state: None,
+        at,
+    })
+}
 
 /// What to do with the instance once its handler stopped.
 enum Settle {
@@ -525,14 +533,9 @@ async fn execute(
     // Claimed at or past its deadline (a wait capped at the deadline, or a
     // deadline moved while it waited): it ends here. The handler would only
     // wait again, and its timer may not fire before it suspends.
-    if run.deadline.borrow().is_some_and(|at| at <= now_millis()) {
-        return Settle::Finish(Finish {
-            status: Status::TimedOut,
-            output: None,
-            error: Some(DEADLINE_PASSED.to_owned()),
-            state: None,
-            at: now_millis(),
-        });
+    let now = now_millis();
+    if run.deadline.borrow().is_some_and(|at| at <= now) {
+        return time_out(now);
     }
     let handler = AssertUnwindSafe(def.run(Arc::clone(run), input)).catch_unwind();
     let timed_out = deadline_passed(run);
@@ -570,10 +573,7 @@ async fn execute(
         return match (why, settlement) {
             (Interrupt::Suspended, Settlement::Suspend(suspend)) => Settle::Suspend(suspend),
             (Interrupt::Completed, settlement) => {
-                let (output, state) = match settlement {
-                    Settlement::Ended { output, state } => (output, state),
-                    _ => (None, None),
-                };
+                let (output, state) = settlement.ended();
                 let output = output.unwrap_or_else(|| "null".to_owned());
                 match def.check_output(&output) {
                     Ok(()) => finish(Status::Completed, Some(output), None, state),
@@ -581,11 +581,7 @@ async fn execute(
                 }
             }
             (Interrupt::Failed(reason), settlement) => {
-                let state = match settlement {
-                    Settlement::Ended { state, .. } => state,
-                    _ => None,
-                };
-                finish(Status::Failed, None, Some(reason), state)
+                finish(Status::Failed, None, Some(reason), settlement.ended().1)
             }
             (Interrupt::Shutdown | Interrupt::Suspended, _) => Settle::Release,
             // The store already says Cancelled, or another worker owns it.
@@ -610,12 +606,7 @@ async fn execute(
                 None,
             )
         }
-        End::TimedOut => finish(
-            Status::TimedOut,
-            None,
-            Some(DEADLINE_PASSED.to_owned()),
-            None,
-        ),
+        End::TimedOut => time_out(at),
         // Stopped without a reason cannot happen: interrupts always set one.
         End::Stopped => Settle::Release,
     }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use proc_macro2::Span;
 use syn::{LitInt, LitStr};
 
+use workflow_rules::step_name;
+
 use crate::ast::StepCall;
 
 /// Longest name accepted: the limit AI tool APIs put on function names.
@@ -50,15 +52,17 @@ pub(crate) fn workflow_name(name: &str, span: Span, from_fn: bool) -> syn::Resul
 /// Parses `schedule` the way the scheduler will: 5 fields, or 6 with
 /// seconds first; names like `MON`/`JAN`; `@daily`-style nicknames.
 pub(crate) fn cron(lit: &LitStr) -> syn::Result<()> {
-    workflow_cron::parse(&lit.value()).map(drop).map_err(|why| {
-        syn::Error::new(
-            lit.span(),
-            format!(
-                "invalid cron expression \"{}\" in `schedule`: {why}",
-                lit.value()
-            ),
-        )
-    })
+    workflow_rules::cron::parse(&lit.value())
+        .map(drop)
+        .map_err(|why| {
+            syn::Error::new(
+                lit.span(),
+                format!(
+                    "invalid cron expression \"{}\" in `schedule`: {why}",
+                    lit.value()
+                ),
+            )
+        })
 }
 
 /// Parses `timeout` with humantime; it must be at least a millisecond.
@@ -153,10 +157,6 @@ pub(crate) fn retries(lit: &LitInt) -> syn::Result<u32> {
     }
 }
 
-/// The characters the runtime writes into the keys it derives from step
-/// names; workflow-core's `RESERVED_STEP_CHARS` is the same list.
-const RESERVED_STEP_CHARS: [char; 4] = ['#', '@', '[', ']'];
-
 /// An error at each call site whose step name the runtime would refuse:
 /// empty, or containing a character it reserves for derived keys, where
 /// `"fetch#1"` would share its record with the second run of `"fetch"`.
@@ -168,9 +168,9 @@ pub(crate) fn invalid_step_names(calls: &[StepCall]) -> Vec<syn::Error> {
             let message = if name.is_empty() {
                 "step name is empty; give the step a name that says what it does".to_owned()
             } else {
-                let reserved = name.chars().find(|c| RESERVED_STEP_CHARS.contains(c))?;
+                let reserved = step_name::reserved_in(name)?;
                 let renamed = name
-                    .replace(RESERVED_STEP_CHARS, "-")
+                    .replace(step_name::RESERVED, "-")
                     .trim_end_matches('-')
                     .to_owned();
                 let example = if renamed.is_empty() {
@@ -181,8 +181,9 @@ pub(crate) fn invalid_step_names(calls: &[StepCall]) -> Vec<syn::Error> {
                 format!(
                     "step name \"{name}\" contains `{reserved}`, which the engine reserves for \
                      the keys it derives from step names (\"name#1\" for a repeated name, \
-                     \"name@timeout\", \"name[0]\"); a step name may not contain `#`, `@`, \
-                     `[` or `]`: rename the step{example}"
+                     \"name@timeout\", \"name[0]\"); a step name may not contain {}: \
+                     rename the step{example}",
+                    step_name::reserved_list()
                 )
             };
             Some(syn::Error::new(call.span, message))

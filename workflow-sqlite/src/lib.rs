@@ -1061,21 +1061,13 @@ mod tests {
         let (good_id, bad_id) = (good.id.clone(), bad.id.clone());
         store.create(good, None).await.unwrap();
         store.create(bad, None).await.unwrap();
-        sqlx::query("UPDATE instances SET tags = 'not json' WHERE id = ?")
-            .bind(bad_id.as_str())
-            .execute(&store.read)
-            .await
-            .unwrap();
+        let sql = "UPDATE instances SET tags = 'not json' WHERE id = ?1";
+        corrupt(&store, sql, &bad_id).await;
         let claimed = store.claim(claim_due("w", 10)).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].row.id, good_id);
         let err = store.get(&bad_id).await.unwrap_err();
         assert!(err.to_string().contains("corrupt row"), "{err}");
-        let status: String = sqlx::query_scalar("SELECT status FROM instances WHERE id = ?")
-            .bind(bad_id.as_str())
-            .fetch_one(&store.read)
-            .await
-            .unwrap();
-        assert_eq!(status, "failed");
+        assert_eq!(status_of(&store, &bad_id).await, "failed");
     }
 }

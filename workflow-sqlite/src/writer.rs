@@ -1601,7 +1601,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         let row = match decode_instance(raw) {
             Ok(row) => row,
             Err(err) => {
-                fail_corrupt(c, &RawText::from(id.as_str()), &err.to_string(), req.now)?;
+                fail_corrupt(c, id.as_bytes(), &err.to_string(), req.now)?;
                 continue;
             }
         };
@@ -1621,7 +1621,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
                 Ok(steps) => steps,
                 Err(err) if unreadable(&err) => {
                     let why = format!("corrupt row of instance {id}: step: {err}");
-                    fail_corrupt(c, &RawText::from(id.as_str()), &why, req.now)?;
+                    fail_corrupt(c, id.as_bytes(), &why, req.now)?;
                     continue;
                 }
                 Err(err) => return Err(err),
@@ -1650,7 +1650,7 @@ enum Claimable {
     /// A column holds what it cannot (text that is not UTF-8, text where a
     /// number belongs): the instance is failed, the claim goes on.
     Unreadable {
-        id: RawText,
+        id: Vec<u8>,
         why: String,
     },
 }
@@ -1660,12 +1660,12 @@ fn claimable(r: &Row<'_>) -> Result<Claimable, Db> {
         Ok(raw) => Ok(Claimable::Row(raw)),
         Err(err) if unreadable(&err) => {
             let id = match r.get_ref(0)? {
-                rusqlite::types::ValueRef::Text(bytes) => RawText(bytes.to_vec()),
-                other => RawText(format!("{other:?}").into_bytes()),
+                rusqlite::types::ValueRef::Text(bytes) => bytes.to_vec(),
+                other => format!("{other:?}").into_bytes(),
             };
             let why = format!(
                 "corrupt row of instance {}: {err}",
-                String::from_utf8_lossy(&id.0)
+                String::from_utf8_lossy(&id)
             );
             Ok(Claimable::Unreadable { id, why })
         }
@@ -1685,38 +1685,25 @@ fn unreadable(err: &Db) -> bool {
     )
 }
 
-/// An instance id as stored, bound as the same bytes even if they are not
-/// UTF-8, so the row it names can be updated.
-struct RawText(Vec<u8>);
-
-impl From<&str> for RawText {
-    fn from(id: &str) -> Self {
-        RawText(id.as_bytes().to_vec())
-    }
-}
-
-impl rusqlite::ToSql for RawText {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(rusqlite::types::ToSqlOutput::Borrowed(
-            rusqlite::types::ValueRef::Text(&self.0),
-        ))
-    }
-}
-
 /// Fails the instance whose row is corrupt, alone: the other instances
-/// run, and its parent, if it waits for it, wakes to see it failed.
-fn fail_corrupt(c: &Tx<'_, '_>, id: &RawText, why: &str, at: Millis) -> Result<(), Db> {
-    let text = String::from_utf8_lossy(&id.0);
+/// run, and its parent, if it waits for it, wakes to see it failed. `id` is
+/// bound as the bytes stored, UTF-8 or not, so that the row it names is the
+/// one updated.
+fn fail_corrupt(c: &Tx<'_, '_>, id: &[u8], why: &str, at: Millis) -> Result<(), Db> {
+    let text = String::from_utf8_lossy(id);
     tracing::error!(id = %text, error = %why, "failing an instance whose row is corrupt");
     c.leases().end(&text);
-    c.unsynced().wrote_untracked();
     c.prepare_cached(
         "UPDATE instances SET status = 'failed', error = ?1, finished_at = ?2, \
          lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3",
     )?
-    .execute(params![why, at, id])?;
+    .execute(params![
+        why,
+        at,
+        rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(id))
+    ])?;
     // An id that is not text cannot be read back through the API anyway.
-    if let Ok(id) = std::str::from_utf8(&id.0) {
+    if let Ok(id) = std::str::from_utf8(id) {
         event(c, id, at, "failed", None, None, Some(why), None)?;
         wake_parent(c, id, at)?;
     }

@@ -1,10 +1,7 @@
 //! Cron expressions as the `workflow` crate reads them: croner's parser
 //! with 5 fields, or 6 with seconds first, names like `MON` and `JAN`, and
-//! `@daily`-style nicknames; no year field. One parser for the
-//! `#[workflow(schedule = ...)]` check at compile time and for the engine at
-//! run time, so both accept the same expressions and explain a bad one the
-//! same way, naming the field at fault (croner's own messages do not).
-#![warn(missing_docs)]
+//! `@daily`-style nicknames; no year field. A bad expression is explained
+//! naming the field at fault (croner's own messages do not).
 
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
