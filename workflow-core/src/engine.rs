@@ -584,6 +584,7 @@ impl Engine {
         };
         let control = self.inner.store.set_deadline(id, deadline, now).await?;
         self.check_control(id, control)?;
+        crate::worker::move_deadline_claimed_ahead(&self.inner, id, deadline);
         if let Some(run) = self.inner.local_run(id) {
             run.deadline.send_replace(Some(deadline));
         }

@@ -43,8 +43,9 @@ struct WorkerShared {
 }
 
 /// A worker's instances claimed ahead of a free slot. The engine keeps a
-/// weak reference to each worker's, so a cancel or pause in this process
-/// reaches an instance before it starts, not at the next heartbeat.
+/// weak reference to each worker's, so a cancel, pause or moved deadline
+/// in this process reaches an instance before it starts, not at the next
+/// heartbeat.
 pub(crate) type ClaimedAhead = Mutex<VecDeque<Claimed>>;
 
 /// Drops `id` from every queue of instances claimed ahead in this engine
@@ -59,6 +60,21 @@ pub(crate) fn pause_claimed_ahead(inner: &EngineInner, id: &InstanceId, pause: b
     for_claimed_ahead(inner, |ready| {
         for c in ready.iter_mut().filter(|c| c.row.id == *id) {
             c.row.pause_requested = pause;
+        }
+    });
+}
+
+/// Moves the deadline of `id`, if claimed ahead in this engine, to the one
+/// just stored: it starts with that deadline, not the one it was claimed
+/// with (an extended instance would otherwise time out as it starts).
+pub(crate) fn move_deadline_claimed_ahead(
+    inner: &EngineInner,
+    id: &InstanceId,
+    deadline: crate::store::Millis,
+) {
+    for_claimed_ahead(inner, |ready| {
+        for c in ready.iter_mut().filter(|c| c.row.id == *id) {
+            c.row.deadline_at = Some(deadline);
         }
     });
 }

@@ -1421,3 +1421,74 @@ async fn handlers_stop_once_their_leases_lapse_unrenewed() {
     inst.result_timeout(Duration::from_secs(10)).await.unwrap();
     assert_eq!(LAPSED_DONE.load(Ordering::SeqCst), 1);
 }
+
+static GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Its one step waits until the test opens the gate (input `true`), or
+/// returns at once (`false`).
+struct Gated;
+
+impl Workflow for Gated {
+    type Input = bool;
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "gated";
+
+    async fn run(&self, ctx: Ctx, wait: bool) -> Result<(), BoxError> {
+        ctx.step("gate", || async move {
+            while wait && !GATE_OPEN.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A deadline moved in this process reaches an instance claimed ahead of a
+/// free slot at once: extended after its old deadline passed, it starts and
+/// completes instead of timing out on the deadline it was claimed with.
+#[tokio::test]
+async fn a_deadline_moved_while_claimed_ahead_is_the_one_it_starts_with() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Gated)
+        .concurrency(1)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let blocker = Gated::start_with(
+        &engine,
+        true,
+        StartOptions::new().timeout(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    until_status(&blocker, Status::InProgress).await;
+    let queued = Gated::start_with(
+        &engine,
+        false,
+        StartOptions::new().timeout(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    // Claimed ahead: leased, waiting for the one slot.
+    until_status(&queued, Status::InProgress).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    queued
+        .set_timeout(Timeout::In(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    GATE_OPEN.store(true, Ordering::SeqCst);
+    blocker
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    queued
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .expect("extended before it started, it must not time out");
+}
