@@ -380,6 +380,25 @@ async fn children_run_once_and_report_back() {
     );
 }
 
+/// A store error while starting a child is not the workflow's fault: the
+/// run is handed back and starts the child when it resumes, rather than
+/// recording the start as failed for good and failing the parent.
+#[tokio::test]
+async fn a_store_error_starting_a_child_is_retried_not_recorded() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = engine(Arc::clone(&store) as Arc<dyn Store>).await;
+    let parent = Parent::start(&engine, 21).await.unwrap();
+    // The parent's first write after this is the start of its first child.
+    store.fail_next_creates(1);
+    let _worker = engine.start_worker();
+    let out = parent.result_timeout(LIMIT).await.unwrap();
+    assert!(out.starts_with("42 (side "), "{out}");
+    let children = engine.list(Query::new().name("double")).await.unwrap();
+    assert_eq!(children.items.len(), 2, "each child started once");
+    let steps = parent.steps().await.unwrap();
+    assert!(steps.iter().all(|s| s.error.is_none()), "{steps:?}");
+}
+
 #[tokio::test]
 async fn cancelling_a_parent_cancels_its_children() {
     let engine = engine(Arc::new(MemoryStore::new())).await;
