@@ -417,6 +417,60 @@ async fn cancelling_a_parent_cancels_its_children() {
     );
 }
 
+/// Cancels itself through the store, as another process would (so no
+/// local interrupt reaches it), then starts a child before its lease is
+/// found gone.
+struct CancelledMidRun(Arc<dyn Store>);
+
+impl Workflow for CancelledMidRun {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "cancelledMidRun";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        self.0
+            .cancel(ctx.id(), chrono::Utc::now().timestamp_millis())
+            .await?;
+        ctx.start_child::<Double>("late", 99).await?;
+        Ok(())
+    }
+}
+
+/// A child started after its parent's cancel cascaded (the parent's run had
+/// not heard of the cancel yet) is cancelled too, not left running on its
+/// own.
+#[tokio::test]
+async fn a_child_started_after_its_parent_was_cancelled_is_cancelled() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(CancelledMidRun(Arc::clone(&store)))
+        .register(Double)
+        .poll_interval(Duration::from_millis(10))
+        .suspend_after(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let parent = CancelledMidRun::start(&engine, ()).await.unwrap();
+    until_status(&parent, Status::Cancelled).await;
+    let mut children = Vec::new();
+    for _ in 0..200 {
+        children = engine
+            .list(Query::new().name("double"))
+            .await
+            .unwrap()
+            .items;
+        if !children.is_empty() && children.iter().all(|c| c.status.is_terminal()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(children.len(), 1, "the child was started");
+    assert_eq!(children[0].status, Status::Cancelled, "{:?}", children[0]);
+}
+
 #[tokio::test]
 async fn fan_out_keeps_input_order_with_one_step_per_item() {
     let engine = engine(Arc::new(MemoryStore::new())).await;
