@@ -503,12 +503,11 @@ where
             return Ok(None);
         }
         let state = self.state();
-        serde_json::to_string(&*state)
-            .map(Some)
-            .map_err(|source| Error::Json {
-                context: format!("state of workflow `{}`", self.name()),
-                source,
-            })
+        // Recorded only if it reads back as itself: replays restore it.
+        let (json, _): (String, S) = crate::error::json_round_trip(&*state, || {
+            format!("state of workflow `{}`", self.name())
+        })?;
+        Ok(Some(json))
     }
 
     /// Records a step. The journal is not updated: keys never repeat within

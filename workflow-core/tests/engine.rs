@@ -1492,3 +1492,67 @@ async fn a_deadline_moved_while_claimed_ahead_is_the_one_it_starts_with() {
         .await
         .expect("extended before it started, it must not time out");
 }
+
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+struct Average {
+    mean: f64,
+}
+
+/// Returns, or keeps as its state, a float JSON cannot hold.
+struct NotANumberAtTheEnd;
+
+impl Workflow for NotANumberAtTheEnd {
+    type Input = bool;
+    type Output = f64;
+    type State = Average;
+    const NAME: &'static str = "notANumberAtTheEnd";
+
+    async fn run(&self, ctx: Ctx<Average>, in_state: bool) -> Result<f64, BoxError> {
+        if in_state {
+            ctx.state_mut().mean = f64::NAN;
+            ctx.step("count", || async { Ok::<_, BoxError>(0u32) })
+                .await?;
+            return Ok(1.0);
+        }
+        Ok(f64::NAN)
+    }
+}
+
+/// An output or a state that would not read back from JSON (NaN is stored
+/// as `null`) fails the instance at once, naming it, like a step value
+/// does. It used to be stored: the instance showed Completed while its
+/// result and state could only be read as a corrupt row, and a replay
+/// after a restart failed on the state.
+#[tokio::test]
+async fn outputs_and_state_json_cannot_hold_fail_the_instance_naming_them() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(NotANumberAtTheEnd)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let output = NotANumberAtTheEnd::start(&engine, false).await.unwrap();
+    let err = output
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Failed { message, .. }
+            if message.contains("output of workflow `notANumberAtTheEnd` does not read back from JSON as null")),
+        "{err:?}"
+    );
+    let state = NotANumberAtTheEnd::start(&engine, true).await.unwrap();
+    let err = state
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Failed { message, .. }
+            if message.contains("state of workflow `notANumberAtTheEnd` does not read back from JSON")),
+        "{err:?}"
+    );
+    assert!(state.steps().await.unwrap().is_empty(), "nothing recorded");
+    assert_eq!(state.state().await.unwrap().mean, 0.0);
+}
