@@ -46,6 +46,8 @@ struct CtxInner<S> {
 /// What the engine and the handler share about one run of one instance.
 pub(crate) struct RunShared {
     pub id: InstanceId,
+    /// The instance that started this one as a child, if any.
+    pub parent: Option<InstanceId>,
     pub workflow: &'static str,
     pub tags: BTreeMap<String, String>,
     pub store: Arc<dyn Store>,
@@ -117,6 +119,7 @@ impl RunShared {
         let recorded = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
         RunShared {
             id: row.id.clone(),
+            parent: row.parent.clone(),
             workflow,
             tags: row.tags.clone(),
             store: Arc::clone(engine.store()),

@@ -571,8 +571,40 @@ impl Engine {
         if let Some(run) = self.inner.local_run(id) {
             run.interrupt(Interrupt::Cancelled, crate::ctx::Settlement::Plain);
         }
+        self.stop_cancelled_children().await;
         self.inner.finished.notify_waiters();
         Ok(())
+    }
+
+    /// A cancel also cancels the instance's unfinished descendants in the
+    /// store. Those running or claimed ahead in this process hear of it now,
+    /// as the instance itself does, instead of at the next heartbeat. Only
+    /// the store knows which of them descend from it, so each local
+    /// instance that has a parent is looked up.
+    async fn stop_cancelled_children(&self) {
+        let mut children: Vec<InstanceId> = {
+            let running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+            running
+                .values()
+                .filter(|run| run.parent.is_some())
+                .map(|run| run.id.clone())
+                .collect()
+        };
+        children.extend(crate::worker::children_claimed_ahead(&self.inner));
+        for child in children {
+            match self.inner.store.get(&child).await {
+                Ok(Some(row)) if row.status == Status::Cancelled => {
+                    crate::worker::forget_claimed_ahead(&self.inner, &child);
+                    if let Some(run) = self.inner.local_run(&child) {
+                        run.interrupt(Interrupt::Cancelled, crate::ctx::Settlement::Plain);
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%child, error = %err, "could not check whether a child running here was cancelled with its parent; its next heartbeat will tell");
+                }
+            }
+        }
     }
 
     /// Moves the deadline of an instance of any workflow; see [`Instance::set_timeout`].

@@ -79,6 +79,20 @@ pub(crate) fn move_deadline_claimed_ahead(
     });
 }
 
+/// The instances claimed ahead in this engine that are children of another.
+pub(crate) fn children_claimed_ahead(inner: &EngineInner) -> Vec<InstanceId> {
+    let mut children = Vec::new();
+    for_claimed_ahead(inner, |ready| {
+        children.extend(
+            ready
+                .iter()
+                .filter(|c| c.row.parent.is_some())
+                .map(|c| c.row.id.clone()),
+        );
+    });
+    children
+}
+
 fn for_claimed_ahead(inner: &EngineInner, mut f: impl FnMut(&mut VecDeque<Claimed>)) {
     let mut queues = lock(&inner.claimed_ahead);
     queues.retain(|queue| match queue.upgrade() {

@@ -471,6 +471,82 @@ async fn a_child_started_after_its_parent_was_cancelled_is_cancelled() {
     assert_eq!(children[0].status, Status::Cancelled, "{:?}", children[0]);
 }
 
+static BUSY_DONE: AtomicU32 = AtomicU32::new(0);
+
+/// A child whose one step takes half a second.
+struct Busy;
+
+impl Workflow for Busy {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "busy";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step("work", || async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            BUSY_DONE.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+struct AwaitsBusy;
+
+impl Workflow for AwaitsBusy {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "awaitsBusy";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.run_child::<Busy>("busy", ()).await?;
+        Ok(())
+    }
+}
+
+/// Cancelling a parent stops a child running in this process at once, as
+/// cancelling the child itself would, not at the next heartbeat: the
+/// child's step in flight is dropped, not run to its end.
+#[tokio::test]
+async fn cancelling_a_parent_stops_its_child_running_here_at_once() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(AwaitsBusy)
+        .register(Busy)
+        .poll_interval(Duration::from_millis(10))
+        .suspend_after(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let parent = AwaitsBusy::start(&engine, ()).await.unwrap();
+    until_status(&parent, Status::Listening).await;
+    let child = loop {
+        let running = engine.running_here();
+        if let [child] = running.as_slice() {
+            break Busy::handle(&engine, child.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    parent.cancel().await.unwrap();
+    assert_eq!(child.status().await.unwrap(), Status::Cancelled);
+    // Well before the worker's first heartbeat, a second after it started.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        engine.running_here().is_empty(),
+        "the cancelled child still runs here"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        BUSY_DONE.load(Ordering::SeqCst),
+        0,
+        "its step ran to its end"
+    );
+}
+
 #[tokio::test]
 async fn fan_out_keeps_input_order_with_one_step_per_item() {
     let engine = engine(Arc::new(MemoryStore::new())).await;
