@@ -214,9 +214,11 @@ impl EngineBuilder {
     /// still being written. To start the next instance the moment a slot
     /// frees, a worker with a backlog holds up to a quarter as many
     /// instances claimed ahead (shown `InProgress`, leases renewed); it hands
-    /// them back to the store when it shuts down.
+    /// them back to the store when it shuts down. At least 1; a huge value
+    /// (`usize::MAX` for "no bound") is capped at what a tokio semaphore
+    /// holds.
     pub fn concurrency(mut self, instances: usize) -> Self {
-        self.config.concurrency = instances.max(1);
+        self.config.concurrency = instances.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         self
     }
 

@@ -1556,3 +1556,40 @@ async fn outputs_and_state_json_cannot_hold_fail_the_instance_naming_them() {
     assert!(state.steps().await.unwrap().is_empty(), "nothing recorded");
     assert_eq!(state.state().await.unwrap().mean, 0.0);
 }
+
+/// "As many as you like" is a concurrency the engine can honour: a worker
+/// with `concurrency(usize::MAX)` runs instances (its semaphore used to
+/// panic in the worker's task, which then ran nothing, and `result()`
+/// waited for ever).
+#[tokio::test]
+async fn an_unbounded_concurrency_still_runs_instances() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(OneStepQuick)
+        .concurrency(usize::MAX)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = OneStepQuick::start(&engine, ()).await.unwrap();
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(5)).await.unwrap(),
+        1
+    );
+}
+
+struct OneStepQuick;
+
+impl Workflow for OneStepQuick {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "oneStepQuick";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        Ok(ctx
+            .step("work", || async { Ok::<_, BoxError>(1u32) })
+            .await?)
+    }
+}
