@@ -46,6 +46,8 @@ struct CtxInner<S> {
 /// What the engine and the handler share about one run of one instance.
 pub(crate) struct RunShared {
     pub id: InstanceId,
+    /// The instance that started this one as a child, if any.
+    pub parent: Option<InstanceId>,
     pub workflow: &'static str,
     pub tags: BTreeMap<String, String>,
     pub store: Arc<dyn Store>,
@@ -66,6 +68,10 @@ pub(crate) struct RunShared {
     pub suspend_after: std::time::Duration,
     /// The engine, to start children and wake workers.
     pub engine: crate::engine::Engine,
+    /// Children this run asked the store to create. One created after the
+    /// instance was cancelled escaped the cancel's cascade; the worker
+    /// cancels it when the run ends without its lease.
+    pub children: Mutex<Vec<InstanceId>>,
 }
 
 /// What the worker does with an interrupted run, besides stopping it.
@@ -113,6 +119,7 @@ impl RunShared {
         let recorded = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
         RunShared {
             id: row.id.clone(),
+            parent: row.parent.clone(),
             workflow,
             tags: row.tags.clone(),
             store: Arc::clone(engine.store()),
@@ -129,6 +136,7 @@ impl RunShared {
                 recorded,
                 seen: HashMap::new(),
             }),
+            children: Mutex::new(Vec::new()),
         }
     }
 
@@ -185,6 +193,12 @@ impl RunShared {
 
     pub(crate) fn recorded(&self, key: &str) -> Option<StepRow> {
         lock(&self.journal).recorded.get(key).cloned()
+    }
+
+    /// Notes a child about to be created, before the store is asked: a
+    /// create in flight when the handler is dropped may still land.
+    pub(crate) fn starting_child(&self, id: &InstanceId) {
+        lock(&self.children).push(id.clone());
     }
 }
 
@@ -492,12 +506,11 @@ where
             return Ok(None);
         }
         let state = self.state();
-        serde_json::to_string(&*state)
-            .map(Some)
-            .map_err(|source| Error::Json {
-                context: format!("state of workflow `{}`", self.name()),
-                source,
-            })
+        // Recorded only if it reads back as itself: replays restore it.
+        let (json, _): (String, S) = crate::error::json_round_trip(&*state, || {
+            format!("state of workflow `{}`", self.name())
+        })?;
+        Ok(Some(json))
     }
 
     /// Records a step. The journal is not updated: keys never repeat within

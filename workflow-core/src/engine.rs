@@ -214,9 +214,11 @@ impl EngineBuilder {
     /// still being written. To start the next instance the moment a slot
     /// frees, a worker with a backlog holds up to a quarter as many
     /// instances claimed ahead (shown `InProgress`, leases renewed); it hands
-    /// them back to the store when it shuts down.
+    /// them back to the store when it shuts down. At least 1; a huge value
+    /// (`usize::MAX` for "no bound") is capped at what a tokio semaphore
+    /// holds.
     pub fn concurrency(mut self, instances: usize) -> Self {
-        self.config.concurrency = instances.max(1);
+        self.config.concurrency = instances.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         self
     }
 
@@ -571,8 +573,40 @@ impl Engine {
         if let Some(run) = self.inner.local_run(id) {
             run.interrupt(Interrupt::Cancelled, crate::ctx::Settlement::Plain);
         }
+        self.stop_cancelled_children().await;
         self.inner.finished.notify_waiters();
         Ok(())
+    }
+
+    /// A cancel also cancels the instance's unfinished descendants in the
+    /// store. Those running or claimed ahead in this process hear of it now,
+    /// as the instance itself does, instead of at the next heartbeat. Only
+    /// the store knows which of them descend from it, so each local
+    /// instance that has a parent is looked up.
+    async fn stop_cancelled_children(&self) {
+        let mut children: Vec<InstanceId> = {
+            let running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+            running
+                .values()
+                .filter(|run| run.parent.is_some())
+                .map(|run| run.id.clone())
+                .collect()
+        };
+        children.extend(crate::worker::children_claimed_ahead(&self.inner));
+        for child in children {
+            match self.inner.store.get(&child).await {
+                Ok(Some(row)) if row.status == Status::Cancelled => {
+                    crate::worker::forget_claimed_ahead(&self.inner, &child);
+                    if let Some(run) = self.inner.local_run(&child) {
+                        run.interrupt(Interrupt::Cancelled, crate::ctx::Settlement::Plain);
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%child, error = %err, "could not check whether a child running here was cancelled with its parent; its next heartbeat will tell");
+                }
+            }
+        }
     }
 
     /// Moves the deadline of an instance of any workflow; see [`Instance::set_timeout`].
@@ -584,6 +618,7 @@ impl Engine {
         };
         let control = self.inner.store.set_deadline(id, deadline, now).await?;
         self.check_control(id, control)?;
+        crate::worker::move_deadline_claimed_ahead(&self.inner, id, deadline);
         if let Some(run) = self.inner.local_run(id) {
             run.deadline.send_replace(Some(deadline));
         }

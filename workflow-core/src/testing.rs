@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -1188,9 +1188,12 @@ async fn definitions_are_recorded(store: impl Store) {
 
 /// A store that can be made unreachable: while [`Unreachable::set_down`] is
 /// on, every call fails with a backend error, as if the database were gone.
+/// [`Unreachable::fail_next_creates`] makes only a few calls fail, as a
+/// dropped connection would.
 pub struct Unreachable<S> {
     inner: S,
     down: AtomicBool,
+    failing_creates: AtomicU32,
 }
 
 impl<S: Store> Unreachable<S> {
@@ -1199,7 +1202,14 @@ impl<S: Store> Unreachable<S> {
         Unreachable {
             inner,
             down: AtomicBool::new(false),
+            failing_creates: AtomicU32::new(0),
         }
+    }
+
+    /// Makes the next `n` calls to [`Store::create`] fail with a backend
+    /// error (and change nothing) while every other call goes through.
+    pub fn fail_next_creates(&self, n: u32) {
+        self.failing_creates.store(n, Ordering::SeqCst);
     }
 
     /// Makes every call fail (`true`) or reach the store again (`false`).
@@ -1230,7 +1240,16 @@ impl<S: Store> Store for Unreachable<S> {
         new: NewInstance,
         dedup: Option<&[Status]>,
     ) -> Result<Created, StoreError> {
-        self.up()?.create(new, dedup).await
+        let store = self.up()?;
+        let failing = self
+            .failing_creates
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(StoreError::backend(
+                "create failed (testing::Unreachable::fail_next_creates)",
+            ));
+        }
+        store.create(new, dedup).await
     }
     async fn create_many(&self, new: Vec<NewInstance>) -> Result<Vec<InstanceRow>, StoreError> {
         self.up()?.create_many(new).await

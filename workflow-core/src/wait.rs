@@ -193,7 +193,14 @@ where
                         deadline_at: Some(crate::store::millis_after(now, W::TIMEOUT)),
                         parent: Some(parent.clone()),
                     };
-                    let created = store.create(new, Some(&Status::ALL)).await?;
+                    run.starting_child(&new.id);
+                    // A store error is not the workflow's: it stops the run
+                    // (handed back, the start is retried when it resumes)
+                    // instead of failing this no-retry step for good.
+                    let created = store
+                        .create(new, Some(&Status::ALL))
+                        .await
+                        .map_err(|e| self.store_error(e))?;
                     Ok::<_, BoxError>(created.into_row().id)
                 }
             })

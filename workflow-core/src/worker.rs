@@ -43,8 +43,9 @@ struct WorkerShared {
 }
 
 /// A worker's instances claimed ahead of a free slot. The engine keeps a
-/// weak reference to each worker's, so a cancel or pause in this process
-/// reaches an instance before it starts, not at the next heartbeat.
+/// weak reference to each worker's, so a cancel, pause or moved deadline
+/// in this process reaches an instance before it starts, not at the next
+/// heartbeat.
 pub(crate) type ClaimedAhead = Mutex<VecDeque<Claimed>>;
 
 /// Drops `id` from every queue of instances claimed ahead in this engine
@@ -61,6 +62,35 @@ pub(crate) fn pause_claimed_ahead(inner: &EngineInner, id: &InstanceId, pause: b
             c.row.pause_requested = pause;
         }
     });
+}
+
+/// Moves the deadline of `id`, if claimed ahead in this engine, to the one
+/// just stored: it starts with that deadline, not the one it was claimed
+/// with (an extended instance would otherwise time out as it starts).
+pub(crate) fn move_deadline_claimed_ahead(
+    inner: &EngineInner,
+    id: &InstanceId,
+    deadline: crate::store::Millis,
+) {
+    for_claimed_ahead(inner, |ready| {
+        for c in ready.iter_mut().filter(|c| c.row.id == *id) {
+            c.row.deadline_at = Some(deadline);
+        }
+    });
+}
+
+/// The instances claimed ahead in this engine that are children of another.
+pub(crate) fn children_claimed_ahead(inner: &EngineInner) -> Vec<InstanceId> {
+    let mut children = Vec::new();
+    for_claimed_ahead(inner, |ready| {
+        children.extend(
+            ready
+                .iter()
+                .filter(|c| c.row.parent.is_some())
+                .map(|c| c.row.id.clone()),
+        );
+    });
+    children
 }
 
 fn for_claimed_ahead(inner: &EngineInner, mut f: impl FnMut(&mut VecDeque<Claimed>)) {
@@ -472,7 +502,9 @@ async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed, slot: OwnedSemaphor
         lock(&inner.running).remove(&row.id);
         lock(&w.running).remove(&row.id);
         drop(slot);
-        settle(&w, &lease, finish).await;
+        if settle(&w, &lease, finish).await {
+            cancel_escaped_children(&w.engine, &run).await;
+        }
         inner.finished.notify_waiters();
         // A finished child may have woken its parent; a suspended instance
         // whose event was already there is due now.
@@ -612,8 +644,11 @@ async fn execute(
     }
 }
 
-async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) {
+/// Records how the run ended. Returns whether the lease was gone by then
+/// (the instance was cancelled, or another worker took it over).
+async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
     let store = &w.engine.inner.store;
+    let abandoned = matches!(settle, Settle::Abandon);
     let result = match settle {
         Settle::Finish(finish) => {
             let status = finish.status;
@@ -628,14 +663,48 @@ async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) {
         Settle::Abandon => Ok(()),
     };
     match result {
-        Ok(()) => {}
+        Ok(()) => abandoned,
         Err(StoreError::LeaseLost(_)) => {
             tracing::warn!(
                 "lease lost before the outcome was recorded; another worker owns the instance"
-            )
+            );
+            true
         }
         Err(err) => {
-            tracing::error!(error = %err, "recording the outcome failed; the instance resumes when its lease expires")
+            tracing::error!(error = %err, "recording the outcome failed; the instance resumes when its lease expires");
+            false
+        }
+    }
+}
+
+/// A run that lost its lease may have started children after its instance
+/// was cancelled (the cancel reaches a handler in another process only at
+/// its next heartbeat): the cancel's cascade missed them, so they are
+/// cancelled here. An instance taken over by another worker goes on, and
+/// its new run finds those children by their keys.
+async fn cancel_escaped_children(engine: &Engine, run: &RunShared) {
+    let children = std::mem::take(&mut *lock(&run.children));
+    if children.is_empty() {
+        return;
+    }
+    match engine.inner.store.get(&run.id).await {
+        Ok(Some(row)) if row.status == Status::Cancelled => {}
+        Ok(_) => return,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not read the instance to cancel the children it started; they run on");
+            return;
+        }
+    }
+    for child in children {
+        match engine.cancel(&child).await {
+            Ok(()) => {
+                tracing::info!(%child, "cancelled a child started after its parent was cancelled")
+            }
+            // Caught by the cascade after all, ended, or never created.
+            Err(crate::Error::AlreadyFinished { .. } | crate::Error::NotFound(_)) => {}
+            Err(err) => {
+                tracing::warn!(%child, error = %err, "cancelling a child of a cancelled instance failed")
+            }
         }
     }
 }

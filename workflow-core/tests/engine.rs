@@ -1421,3 +1421,175 @@ async fn handlers_stop_once_their_leases_lapse_unrenewed() {
     inst.result_timeout(Duration::from_secs(10)).await.unwrap();
     assert_eq!(LAPSED_DONE.load(Ordering::SeqCst), 1);
 }
+
+static GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Its one step waits until the test opens the gate (input `true`), or
+/// returns at once (`false`).
+struct Gated;
+
+impl Workflow for Gated {
+    type Input = bool;
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "gated";
+
+    async fn run(&self, ctx: Ctx, wait: bool) -> Result<(), BoxError> {
+        ctx.step("gate", || async move {
+            while wait && !GATE_OPEN.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A deadline moved in this process reaches an instance claimed ahead of a
+/// free slot at once: extended after its old deadline passed, it starts and
+/// completes instead of timing out on the deadline it was claimed with.
+#[tokio::test]
+async fn a_deadline_moved_while_claimed_ahead_is_the_one_it_starts_with() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Gated)
+        .concurrency(1)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let blocker = Gated::start_with(
+        &engine,
+        true,
+        StartOptions::new().timeout(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    until_status(&blocker, Status::InProgress).await;
+    let queued = Gated::start_with(
+        &engine,
+        false,
+        StartOptions::new().timeout(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    // Claimed ahead: leased, waiting for the one slot.
+    until_status(&queued, Status::InProgress).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    queued
+        .set_timeout(Timeout::In(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    GATE_OPEN.store(true, Ordering::SeqCst);
+    blocker
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    queued
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .expect("extended before it started, it must not time out");
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+struct Average {
+    mean: f64,
+}
+
+/// Returns, or keeps as its state, a float JSON cannot hold.
+struct NotANumberAtTheEnd;
+
+impl Workflow for NotANumberAtTheEnd {
+    type Input = bool;
+    type Output = f64;
+    type State = Average;
+    const NAME: &'static str = "notANumberAtTheEnd";
+
+    async fn run(&self, ctx: Ctx<Average>, in_state: bool) -> Result<f64, BoxError> {
+        if in_state {
+            ctx.state_mut().mean = f64::NAN;
+            ctx.step("count", || async { Ok::<_, BoxError>(0u32) })
+                .await?;
+            return Ok(1.0);
+        }
+        Ok(f64::NAN)
+    }
+}
+
+/// An output or a state that would not read back from JSON (NaN is stored
+/// as `null`) fails the instance at once, naming it, like a step value
+/// does. It used to be stored: the instance showed Completed while its
+/// result and state could only be read as a corrupt row, and a replay
+/// after a restart failed on the state.
+#[tokio::test]
+async fn outputs_and_state_json_cannot_hold_fail_the_instance_naming_them() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(NotANumberAtTheEnd)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let output = NotANumberAtTheEnd::start(&engine, false).await.unwrap();
+    let err = output
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Failed { message, .. }
+            if message.contains("output of workflow `notANumberAtTheEnd` does not read back from JSON as null")),
+        "{err:?}"
+    );
+    let state = NotANumberAtTheEnd::start(&engine, true).await.unwrap();
+    let err = state
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Failed { message, .. }
+            if message.contains("state of workflow `notANumberAtTheEnd` does not read back from JSON")),
+        "{err:?}"
+    );
+    assert!(state.steps().await.unwrap().is_empty(), "nothing recorded");
+    assert_eq!(state.state().await.unwrap().mean, 0.0);
+}
+
+/// "As many as you like" is a concurrency the engine can honour: a worker
+/// with `concurrency(usize::MAX)` runs instances (its semaphore used to
+/// panic in the worker's task, which then ran nothing, and `result()`
+/// waited for ever).
+#[tokio::test]
+async fn an_unbounded_concurrency_still_runs_instances() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(OneStepQuick)
+        .concurrency(usize::MAX)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = OneStepQuick::start(&engine, ()).await.unwrap();
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(5)).await.unwrap(),
+        1
+    );
+}
+
+struct OneStepQuick;
+
+impl Workflow for OneStepQuick {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "oneStepQuick";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        Ok(ctx
+            .step("work", || async { Ok::<_, BoxError>(1u32) })
+            .await?)
+    }
+}

@@ -380,6 +380,25 @@ async fn children_run_once_and_report_back() {
     );
 }
 
+/// A store error while starting a child is not the workflow's fault: the
+/// run is handed back and starts the child when it resumes, rather than
+/// recording the start as failed for good and failing the parent.
+#[tokio::test]
+async fn a_store_error_starting_a_child_is_retried_not_recorded() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = engine(Arc::clone(&store) as Arc<dyn Store>).await;
+    let parent = Parent::start(&engine, 21).await.unwrap();
+    // The parent's first write after this is the start of its first child.
+    store.fail_next_creates(1);
+    let _worker = engine.start_worker();
+    let out = parent.result_timeout(LIMIT).await.unwrap();
+    assert!(out.starts_with("42 (side "), "{out}");
+    let children = engine.list(Query::new().name("double")).await.unwrap();
+    assert_eq!(children.items.len(), 2, "each child started once");
+    let steps = parent.steps().await.unwrap();
+    assert!(steps.iter().all(|s| s.error.is_none()), "{steps:?}");
+}
+
 #[tokio::test]
 async fn cancelling_a_parent_cancels_its_children() {
     let engine = engine(Arc::new(MemoryStore::new())).await;
@@ -395,6 +414,136 @@ async fn cancelling_a_parent_cancels_its_children() {
         children.items.len(),
         1,
         "the sleeping child was cancelled with its parent"
+    );
+}
+
+/// Cancels itself through the store, as another process would (so no
+/// local interrupt reaches it), then starts a child before its lease is
+/// found gone.
+struct CancelledMidRun(Arc<dyn Store>);
+
+impl Workflow for CancelledMidRun {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "cancelledMidRun";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        self.0
+            .cancel(ctx.id(), chrono::Utc::now().timestamp_millis())
+            .await?;
+        ctx.start_child::<Double>("late", 99).await?;
+        Ok(())
+    }
+}
+
+/// A child started after its parent's cancel cascaded (the parent's run had
+/// not heard of the cancel yet) is cancelled too, not left running on its
+/// own.
+#[tokio::test]
+async fn a_child_started_after_its_parent_was_cancelled_is_cancelled() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(CancelledMidRun(Arc::clone(&store)))
+        .register(Double)
+        .poll_interval(Duration::from_millis(10))
+        .suspend_after(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let parent = CancelledMidRun::start(&engine, ()).await.unwrap();
+    until_status(&parent, Status::Cancelled).await;
+    let mut children = Vec::new();
+    for _ in 0..200 {
+        children = engine
+            .list(Query::new().name("double"))
+            .await
+            .unwrap()
+            .items;
+        if !children.is_empty() && children.iter().all(|c| c.status.is_terminal()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(children.len(), 1, "the child was started");
+    assert_eq!(children[0].status, Status::Cancelled, "{:?}", children[0]);
+}
+
+static BUSY_DONE: AtomicU32 = AtomicU32::new(0);
+
+/// A child whose one step takes half a second.
+struct Busy;
+
+impl Workflow for Busy {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "busy";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step("work", || async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            BUSY_DONE.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+struct AwaitsBusy;
+
+impl Workflow for AwaitsBusy {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "awaitsBusy";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.run_child::<Busy>("busy", ()).await?;
+        Ok(())
+    }
+}
+
+/// Cancelling a parent stops a child running in this process at once, as
+/// cancelling the child itself would, not at the next heartbeat: the
+/// child's step in flight is dropped, not run to its end.
+#[tokio::test]
+async fn cancelling_a_parent_stops_its_child_running_here_at_once() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(AwaitsBusy)
+        .register(Busy)
+        .poll_interval(Duration::from_millis(10))
+        .suspend_after(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let parent = AwaitsBusy::start(&engine, ()).await.unwrap();
+    until_status(&parent, Status::Listening).await;
+    let child = loop {
+        let running = engine.running_here();
+        if let [child] = running.as_slice() {
+            break Busy::handle(&engine, child.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    parent.cancel().await.unwrap();
+    assert_eq!(child.status().await.unwrap(), Status::Cancelled);
+    // Well before the worker's first heartbeat, a second after it started.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        engine.running_here().is_empty(),
+        "the cancelled child still runs here"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        BUSY_DONE.load(Ordering::SeqCst),
+        0,
+        "its step ran to its end"
     );
 }
 
