@@ -202,20 +202,15 @@ fn raw_batched(path: &std::path::Path, d: Durability, n: usize) -> f64 {
     (n / 100 * 100) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// SQLite's own limit for the engine's workload: the writes a 3-step
-/// workflow makes on the store's schema (take the instance, insert three
-/// step rows, finish it: the statements the writer runs), issued straight
-/// through the C API, `per_commit` workflows per transaction. It leaves out
-/// what the engine cannot: the claim's select, the history sequence,
-/// running the handlers; and checkpoints, which the store runs on a thread
-/// of its own (the WAL here just grows). Returns workflows/s.
-async fn raw_workflow_writes(
+/// The store's schema and `workflows` pending three-step instances at
+/// `path`, created as `start_many` creates them, opened again through the C
+/// API with `d`'s pragmas and SQLite's automatic checkpoint off (the store
+/// runs checkpoints on a thread of its own); and their ids, oldest first.
+async fn raw_store(
     path: &std::path::Path,
     d: Durability,
     workflows: usize,
-    per_commit: usize,
-) -> f64 {
-    // The store creates the schema and the instances, as `start_many` does.
+) -> (rusqlite::Connection, Vec<String>) {
     let store = store(path, d).await;
     let engine = engine_on(store.clone(), 1).await;
     start_three_step(&engine, workflows).await;
@@ -236,58 +231,218 @@ async fn raw_workflow_writes(
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(ids.len(), workflows);
-    let owner = format!("bench-host/{}/{}", std::process::id(), "0".repeat(36));
-    let mut take = conn
-        .prepare(
-            "UPDATE instances SET status = 'in_progress', lease_owner = ?1, lease_expires_at = ?2, \
-             run_at = ?2, runs = runs + 1, updated_at = ?3, started_at = COALESCE(started_at, ?3), \
-             wait_event = NULL, wait_child = NULL, started_seq = COALESCE(?5, started_seq) WHERE id = ?4",
-        )
-        .unwrap();
-    let mut step = conn
-        .prepare(
-            "INSERT INTO steps (instance_id, key, output, error, state, attempts, started_at, \
-             finished_at, seq, history) VALUES (?1, ?2, ?3, NULL, NULL, 1, ?4, ?4, ?5, 1) \
-             ON CONFLICT (instance_id, key) DO NOTHING",
-        )
-        .unwrap();
-    let mut finish = conn
-        .prepare(
-            "UPDATE instances SET status = 'completed', output = ?1, error = NULL, \
-             updated_at = ?2, finished_at = ?2, lease_owner = NULL, lease_expires_at = NULL, \
-             finished_seq = ?3 WHERE id = ?4 AND lease_owner = ?5 AND runs = 1 \
-             AND status = 'in_progress'",
-        )
-        .unwrap();
-    let now = Utc::now().timestamp_millis();
-    let mut seq = 1_000_000_i64;
+    (conn, ids)
+}
+
+/// The writes the store's writer makes for a three-step workflow, with its
+/// own statements: take the instance, insert each step's row, finish it.
+struct WorkflowWrites<'c> {
+    take: rusqlite::Statement<'c>,
+    step: rusqlite::Statement<'c>,
+    finish: rusqlite::Statement<'c>,
+    owner: String,
+    now: i64,
+    seq: i64,
+}
+
+impl<'c> WorkflowWrites<'c> {
+    fn new(conn: &'c rusqlite::Connection) -> Self {
+        let take = conn
+            .prepare(
+                "UPDATE instances SET status = 'in_progress', lease_owner = ?1, lease_expires_at = ?2, \
+                 run_at = ?2, runs = runs + 1, updated_at = ?3, started_at = COALESCE(started_at, ?3), \
+                 wait_event = NULL, wait_child = NULL, started_seq = COALESCE(?5, started_seq) WHERE id = ?4",
+            )
+            .unwrap();
+        let step = conn
+            .prepare(
+                "INSERT INTO steps (instance_id, key, output, error, state, attempts, started_at, \
+                 finished_at, seq, history) VALUES (?1, ?2, ?3, NULL, NULL, 1, ?4, ?4, ?5, 1) \
+                 ON CONFLICT (instance_id, key) DO NOTHING",
+            )
+            .unwrap();
+        let finish = conn
+            .prepare(
+                "UPDATE instances SET status = 'completed', output = ?1, error = NULL, \
+                 updated_at = ?2, finished_at = ?2, lease_owner = NULL, lease_expires_at = NULL, \
+                 finished_seq = ?3 WHERE id = ?4 AND lease_owner = ?5 AND runs = 1 \
+                 AND status = 'in_progress'",
+            )
+            .unwrap();
+        WorkflowWrites {
+            take,
+            step,
+            finish,
+            owner: format!("bench-host/{}/{}", std::process::id(), "0".repeat(36)),
+            now: Utc::now().timestamp_millis(),
+            seq: 1_000_000,
+        }
+    }
+
+    fn take(&mut self, id: &str) {
+        self.seq += 1;
+        let taken = self
+            .take
+            .execute(rusqlite::params![
+                self.owner,
+                self.now + 30_000,
+                self.now,
+                id,
+                self.seq
+            ])
+            .unwrap();
+        assert_eq!(taken, 1);
+    }
+
+    /// Step `i` (0, 1 or 2), keyed as the engine keys a repeated name.
+    fn step(&mut self, id: &str, i: usize) {
+        self.seq += 1;
+        let key = ["noop", "noop#1", "noop#2"][i];
+        self.step
+            .execute(rusqlite::params![
+                id,
+                key,
+                i.to_string(),
+                self.now,
+                self.seq
+            ])
+            .unwrap();
+    }
+
+    fn finish(&mut self, id: &str) {
+        self.seq += 1;
+        let finished = self
+            .finish
+            .execute(rusqlite::params!["3", self.now, self.seq, id, self.owner])
+            .unwrap();
+        assert_eq!(finished, 1);
+    }
+}
+
+/// SQLite's own limit for the engine's workload: a three-step workflow's
+/// writes ([`WorkflowWrites`]) issued straight through the C API,
+/// `per_commit` workflows per transaction, each commit durable before the
+/// next. It leaves out what the engine cannot: the claim's select, the
+/// history sequence, running the handlers. Returns workflows/s.
+async fn raw_workflow_writes(
+    path: &std::path::Path,
+    d: Durability,
+    workflows: usize,
+    per_commit: usize,
+) -> f64 {
+    let (conn, ids) = raw_store(path, d, workflows).await;
+    let mut writes = WorkflowWrites::new(&conn);
     let started = Instant::now();
     for chunk in ids.chunks(per_commit) {
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         for id in chunk {
-            seq += 5;
-            let taken = take
-                .execute(rusqlite::params![owner, now + 30_000, now, id, seq])
-                .unwrap();
-            assert_eq!(taken, 1);
-            for (i, key) in ["noop", "noop#1", "noop#2"].iter().enumerate() {
-                step.execute(rusqlite::params![
-                    id,
-                    key,
-                    i.to_string(),
-                    now,
-                    seq + 1 + i as i64
-                ])
-                .unwrap();
+            writes.take(id);
+            for i in 0..3 {
+                writes.step(id, i);
             }
-            let finished = finish
-                .execute(rusqlite::params!["3", now, seq + 4, id, owner])
-                .unwrap();
-            assert_eq!(finished, 1);
+            writes.finish(id);
         }
         conn.execute_batch("COMMIT").unwrap();
     }
     workflows as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The store's durable pipeline with no engine around it, at `in_flight`
+/// workflows in flight: the same writes ([`WorkflowWrites`]) in a closed
+/// loop. One thread applies every write whose workflow's last write is on
+/// disk, commits when the disk is free (with `synchronous = NORMAL`), and a
+/// second thread fsyncs the WAL and reports it, as the store's writer and
+/// flush threads do. It spends nothing on handlers, channels or wake-ups,
+/// and a workflow's take shares a commit with its first step; but it moves
+/// every workflow in one wave, where the engine's handlers and writer can
+/// overlap, so on a slow disk the engine can be ahead of it. Returns
+/// steps/s.
+async fn raw_closed_loop(path: &std::path::Path, workflows: usize, in_flight: usize) -> f64 {
+    let (conn, ids) = raw_store(path, Durability::Relaxed, workflows).await;
+    // SQLite creates the WAL at the first write.
+    conn.execute_batch("BEGIN IMMEDIATE; UPDATE history_seq SET last = last; COMMIT;")
+        .unwrap();
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = std::fs::OpenOptions::new().write(true).open(wal).unwrap();
+    let (to_flush, commits) = std::sync::mpsc::channel::<u64>();
+    let (flushed, on_disk) = std::sync::mpsc::channel::<u64>();
+    let flusher = std::thread::spawn(move || {
+        while let Ok(mut commit) = commits.recv() {
+            while let Ok(later) = commits.try_recv() {
+                commit = later;
+            }
+            wal.sync_data().unwrap();
+            if flushed.send(commit).is_err() {
+                return;
+            }
+        }
+    });
+
+    struct Slot {
+        workflow: usize,
+        /// The next write: 0 takes the instance with its first step, 1 and
+        /// 2 are steps, 3 finishes it and takes the next one.
+        next: usize,
+        /// The commit its last write went into.
+        waits_for: u64,
+    }
+    let mut writes = WorkflowWrites::new(&conn);
+    let mut slots: Vec<Slot> = (0..in_flight.min(workflows))
+        .map(|workflow| Slot {
+            workflow,
+            next: 0,
+            waits_for: 0,
+        })
+        .collect();
+    let mut next_workflow = slots.len();
+    let (mut durable, mut committed, mut open, mut flushing) = (0_u64, 0_u64, 0_usize, false);
+    let started = Instant::now();
+    let mut finished = 0;
+    while finished < workflows {
+        for slot in &mut slots {
+            if slot.workflow >= workflows || slot.waits_for > durable {
+                continue;
+            }
+            if open == 0 {
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            }
+            if slot.next == 3 {
+                writes.finish(&ids[slot.workflow]);
+                finished += 1;
+                slot.workflow = next_workflow;
+                next_workflow += 1;
+                slot.next = 0;
+            }
+            if slot.workflow < workflows {
+                let id = &ids[slot.workflow];
+                if slot.next == 0 {
+                    writes.take(id);
+                }
+                writes.step(id, slot.next);
+                slot.next += 1;
+            }
+            open += 1;
+            slot.waits_for = committed + 1;
+        }
+        if open > 0 && !flushing {
+            conn.execute_batch("COMMIT").unwrap();
+            committed += 1;
+            open = 0;
+            to_flush.send(committed).unwrap();
+            flushing = true;
+        } else if flushing {
+            durable = on_disk.recv().unwrap();
+            flushing = false;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if open > 0 {
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    drop(to_flush);
+    flusher.join().unwrap();
+    (workflows * 3) as f64 / elapsed
 }
 
 async fn raw_sqlx(path: &std::path::Path, d: Durability, n: usize) -> (f64, Duration) {
@@ -744,6 +899,11 @@ async fn main() {
             // right after: what share of that speed survives the fsyncs
             // shows how well group commit hides them, whatever the disk.
             let mut kept = Vec::new();
+            // Durable rounds also run the closed-loop bound (`raw_closed_loop`):
+            // its steps/s over the raw commit rate, and the engine's share of it.
+            let mut bound = Vec::new();
+            let mut bound_factor = Vec::new();
+            let mut bound_share = Vec::new();
             for _ in 0..rounds_wanted() {
                 let (raw, _, _) = raw_single(&file("raw"), d, raw_n);
                 let mut sqlite = Vec::new();
@@ -752,8 +912,18 @@ async fn main() {
                         raw_workflow_writes(&file("limit"), d, workflows, limit.per_commit).await,
                     );
                 }
+                let closed = if d == Durability::Durable {
+                    Some(raw_closed_loop(&file("bound"), workflows, 64).await)
+                } else {
+                    None
+                };
                 let (wps, sps, cpu) = throughput(&file("tp"), d, workflows, 64).await;
                 rounds.push((sps / raw, wps, sps, cpu));
+                if let Some(closed) = closed {
+                    bound.push(closed);
+                    bound_factor.push(closed / raw);
+                    bound_share.push(sps / closed);
+                }
                 for (limit, sqlite_wps) in limits.iter_mut().zip(sqlite) {
                     limit.steps.push(sqlite_wps * 3.0);
                     limit.share.push(wps / sqlite_wps);
@@ -776,6 +946,25 @@ async fn main() {
                     format!("{:.0} steps/s", median(&mut limit.steps)),
                     "",
                     format!("median of {} rounds: {}", limit.steps.len(), limit.note),
+                );
+            }
+            if !bound.is_empty() {
+                t.row(
+                    mode,
+                    "raw SQLite C API, closed loop: the same writes, 64 workflows in flight, \
+                     each write answered after its fsync, commits when the disk is free (no engine)",
+                    format!("{:.0} steps/s", median(&mut bound)),
+                    "",
+                    format!(
+                        "{:.2}× raw, median of {} rounds: {} (the pipeline's cost without the engine's)",
+                        median(&mut bound_factor),
+                        bound_factor.len(),
+                        bound_factor
+                            .iter()
+                            .map(|r| format!("{r:.1}"))
+                            .collect::<Vec<_>>()
+                            .join(" / ")
+                    ),
                 );
             }
             let each = rounds
@@ -811,6 +1000,19 @@ async fn main() {
                         "median of {} rounds: {}",
                         limit.share.len(),
                         joined(&limit.share)
+                    ),
+                );
+            }
+            if !bound_share.is_empty() {
+                t.row(
+                    mode,
+                    "the same, ÷ the closed loop, same round",
+                    format!("{:.2}×", median(&mut bound_share)),
+                    "",
+                    format!(
+                        "median of {} rounds: {}",
+                        bound_share.len(),
+                        joined(&bound_share)
                     ),
                 );
             }
