@@ -592,8 +592,26 @@ impl Db {
         s: &Suspend,
     ) -> Attempt<Result<(), StoreError>> {
         let mut tx = self.begin().await?;
-        // Locks the row: a send_event or a child's finish that wants to wake
-        // it waits for this transaction, then sees it listening.
+        // Whether the child it waits for already ended, read under a share
+        // lock: a finish (or cancel) of the child that has run its wake-up
+        // but not committed holds the child's row, so this waits for it and
+        // then sees it ended. A plain read would see it running, and the
+        // wake-up, run while this instance still ran, woke nothing: the
+        // parent would sleep on. A child ending after this lock waits for
+        // this transaction, then finds the parent listening. The child is
+        // locked before the parent, in the order a finish locks them.
+        let child_done = match &s.wait_child {
+            Some(child) => sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(format!(
+                "SELECT status IN {TERMINAL} FROM instances WHERE id = $1 FOR SHARE"
+            )))
+            .bind(child.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(false),
+            None => false,
+        };
+        // Locks the row: a send_event that wants to wake it waits for this
+        // transaction, then sees it listening.
         let pause: Option<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT pause_requested FROM instances WHERE {FENCE} FOR UPDATE"
         )))
@@ -613,16 +631,6 @@ impl Db {
             )
             .bind(lease.instance.as_str())
             .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some(),
-            None => false,
-        };
-        let child_done = match &s.wait_child {
-            Some(child) => sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(format!(
-                "SELECT 1 FROM instances WHERE id = $1 AND status IN {TERMINAL}"
-            )))
-            .bind(child.as_str())
             .fetch_optional(&mut *tx)
             .await?
             .is_some(),

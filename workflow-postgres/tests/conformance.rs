@@ -426,3 +426,76 @@ async fn shared_store_is_usable_from_many_tasks() {
     );
     common::drop_schemas(&url, &[schema]).await;
 }
+
+/// A child that ends while its parent suspends to wait for it wakes the
+/// parent, whichever commits first. The child's `finish` wakes a parent
+/// that is listening; the parent's `suspend` looks for a child already
+/// ended. Here the child's `finish` has run its wake-up (the parent still
+/// runs: nothing to wake) but not yet committed when the parent suspends:
+/// the parent must not read the child as unfinished and sleep forever.
+#[tokio::test]
+async fn a_child_ending_while_its_parent_suspends_wakes_it() {
+    let Some(url) = common::url("a_child_ending_while_its_parent_suspends") else {
+        return;
+    };
+    let schema = common::fresh_schema("child_race");
+    let s = store(&url, &schema).await;
+    let parent = new_instance("wf", 1);
+    let parent_id = parent.id.clone();
+    s.create(parent, None).await.unwrap();
+    let p = s.claim(claim_req("a", T0 + 10, 1)).await.unwrap().remove(0);
+    let mut child = new_instance("wf", 2);
+    child.parent = Some(parent_id.clone());
+    let child_id = child.id.clone();
+    s.create(child, None).await.unwrap();
+    let c = s.claim(claim_req("b", T0 + 10, 1)).await.unwrap().remove(0);
+    assert_eq!(c.row.id, child_id);
+    // Holds the child's finish between its last statement and its commit.
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON instances \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+             WHEN (NEW.status = 'completed') EXECUTE FUNCTION slow_commit();",
+    )
+    .execute(s.pool())
+    .await
+    .unwrap();
+    let finishing = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let done = Finish {
+                status: Status::Completed,
+                output: Some("7".into()),
+                error: None,
+                state: None,
+                at: T0 + 12,
+            };
+            s.finish(&c.lease, done).await.unwrap();
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let wait = Suspend {
+        status: Status::Listening,
+        run_at: Millis::MAX,
+        wait_event: None,
+        wait_child: Some(child_id.clone()),
+        retry: None,
+        state: None,
+        reason: "waiting for a child".into(),
+        at: T0 + 13,
+    };
+    s.suspend(&p.lease, wait).await.unwrap();
+    finishing.await.unwrap();
+    assert_eq!(
+        s.get(&child_id).await.unwrap().unwrap().status,
+        Status::Completed
+    );
+    let row = s.get(&parent_id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.run_at),
+        (Status::Pending, T0 + 13),
+        "the parent is due at once to see its child ended"
+    );
+    common::drop_schemas(&url, &[schema]).await;
+}
