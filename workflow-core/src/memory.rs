@@ -528,7 +528,9 @@ impl Store for MemoryStore {
             )
         };
         entry.row.status = status;
-        entry.row.run_at = run_at;
+        // Never later than the deadline held here: one moved while the
+        // handler ran may not have reached it yet.
+        entry.row.run_at = entry.row.deadline_at.map_or(run_at, |d| run_at.min(d));
         entry.row.wait_event = suspend.wait_event;
         entry.row.wait_child = suspend.wait_child;
         entry.row.retry = suspend.retry;

@@ -428,6 +428,8 @@ pub trait Store: Send + Sync + 'static {
     /// so no wake-up is lost: if the event it waits for is already in its
     /// inbox, or the child it waits for already ended, it becomes `Pending`
     /// and due now instead; if a pause was asked for, it becomes `Paused`.
+    /// It is due by its stored deadline at the latest, which may have moved
+    /// since the handler computed `suspend.run_at`.
     async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError>;
 
     /// Puts an event in an unfinished instance's inbox (kept until taken),

@@ -41,6 +41,7 @@ where
     cancel_and_deadlines(make().await).await;
     suspend_and_wake(make().await).await;
     a_moved_deadline_makes_waiting_instances_due(make().await).await;
+    a_deadline_moved_while_running_bounds_the_next_wait(make().await).await;
     events_are_kept_until_taken(make().await).await;
     children_wake_parents_and_die_with_them(make().await).await;
     pause_and_resume(make().await).await;
@@ -812,6 +813,45 @@ async fn a_moved_deadline_makes_waiting_instances_due(store: impl Store) {
         .await
         .unwrap();
     assert_eq!(store.get(&late).await.unwrap().unwrap().run_at, T0 + 5_000);
+}
+
+/// A deadline moved while the handler runs reaches the handler only with
+/// its next renewal; a wait it suspends to before then is computed from the
+/// old deadline. The store, which holds the new one, must still make the
+/// instance due by it: else it sleeps past its deadline, for ever if the
+/// wait has no timeout.
+async fn a_deadline_moved_while_running_bounds_the_next_wait(store: impl Store) {
+    let mut ids = Vec::new();
+    for (n, status) in [(0, Status::Listening), (1, Status::Pending)] {
+        let new = new_instance("wf", n);
+        ids.push(new.id.clone());
+        store.create(new, None).await.unwrap();
+        let c = store
+            .claim(claim_req("a", T0 + 2, 1))
+            .await
+            .unwrap()
+            .remove(0);
+        let control = store
+            .set_deadline(&c.row.id, T0 + 50, T0 + 3)
+            .await
+            .unwrap();
+        assert_eq!(control, Control::Applied);
+        // The handler still knows the old deadline (T0 + 300 s).
+        let run_at = c.row.deadline_at.expect("instances have a deadline");
+        store
+            .suspend(&c.lease, suspend_at(status, run_at, T0 + 4))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(&c.row.id).await.unwrap().unwrap().run_at,
+            T0 + 50,
+            "{status:?}: due at the deadline the store holds"
+        );
+    }
+    let due = store.claim(claim_req("b", T0 + 50, 10)).await.unwrap();
+    let mut claimed: Vec<_> = due.iter().map(|c| c.row.id.clone()).collect();
+    claimed.sort();
+    assert_eq!(claimed, ids, "both are due at their new deadline");
 }
 
 async fn events_are_kept_until_taken(store: impl Store) {

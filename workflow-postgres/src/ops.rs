@@ -655,8 +655,11 @@ impl Db {
                 None,
             )
         };
+        // `run_at` never later than the stored deadline: one moved while
+        // the handler ran may not have reached it yet.
         sqlx::query(
-            "UPDATE instances SET status = $2, run_at = $3, wait_event = $4, wait_child = $5, \
+            "UPDATE instances SET status = $2, run_at = LEAST($3, COALESCE(deadline_at, $3)), \
+                 wait_event = $4, wait_child = $5, \
                  retry_key = $6, retry_attempts = $7, state = COALESCE($8, state), updated_at = $9, \
                  paused_at = $10, pause_requested = FALSE, lease_owner = NULL, lease_expires_at = NULL \
              WHERE id = $1",

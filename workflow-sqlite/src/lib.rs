@@ -1014,7 +1014,9 @@ mod tests {
         let store = SqliteStore::open(dir.path().join("parent.db"))
             .await
             .unwrap();
-        let parent = workflow_core::testing::new_instance("wf", 1);
+        let mut parent = workflow_core::testing::new_instance("wf", 1);
+        // No deadline: `claim_due` claims far past any.
+        parent.deadline_at = None;
         let parent_id = parent.id.clone();
         store.create(parent, None).await.unwrap();
         let p = store.claim(claim_due("w", 1)).await.unwrap().remove(0);

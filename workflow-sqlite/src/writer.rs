@@ -1337,8 +1337,11 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
             None,
         )
     };
+    // `run_at` never later than the stored deadline: one moved while the
+    // handler ran may not have reached it yet.
     c.prepare_cached(
-        "UPDATE instances SET status = ?1, run_at = ?2, wait_event = ?3, wait_child = ?4, retry_key = ?5, \
+        "UPDATE instances SET status = ?1, run_at = MIN(?2, COALESCE(deadline_at, ?2)), \
+             wait_event = ?3, wait_child = ?4, retry_key = ?5, \
              retry_attempts = ?6, state = COALESCE(?7, state), updated_at = ?8, paused_at = ?9, \
              pause_requested = 0, lease_owner = NULL, lease_expires_at = NULL \
          WHERE id = ?10",
