@@ -499,3 +499,60 @@ async fn a_child_ending_while_its_parent_suspends_wakes_it() {
     );
     common::drop_schemas(&url, &[schema]).await;
 }
+
+/// Least-privilege roles, as a DBA sets them up: a role that owns a schema
+/// made for it but may not create schemas in the database migrates it; an
+/// application role with data rights alone (no DDL) connects to the
+/// migrated schema and works. Before, every connect ran `CREATE SCHEMA IF
+/// NOT EXISTS` and `CREATE TABLE IF NOT EXISTS`, which PostgreSQL refuses
+/// without the CREATE privilege even when the object exists.
+#[tokio::test]
+async fn roles_without_ddl_rights_connect_to_a_migrated_schema() {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let Some(url) = common::url("roles_without_ddl_rights") else {
+        return;
+    };
+    let schema = common::fresh_schema("roles");
+    let (owner, app) = (format!("{schema}_owner"), format!("{schema}_app"));
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {owner} LOGIN PASSWORD 'pw'; CREATE ROLE {app} LOGIN PASSWORD 'pw'; \
+         CREATE SCHEMA {schema} AUTHORIZATION {owner};"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let as_role = |role: &str| {
+        sqlx::postgres::PgConnectOptions::from_str(&url)
+            .unwrap()
+            .username(role)
+            .password("pw")
+            .to_url_lossy()
+            .to_string()
+    };
+    let migrated = PgStore::connect_with(&as_role(&owner), PgOptions::new().schema(&schema)).await;
+    let migrated = migrated.expect("the schema's owner migrates it");
+    migrated.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT USAGE ON SCHEMA {schema} TO {app}; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {app}; \
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {app};"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let s = PgStore::connect_with(&as_role(&app), PgOptions::new().schema(&schema))
+        .await
+        .expect("a role with data rights alone connects");
+    s.create(new_instance("wf", 0), None).await.unwrap();
+    assert_eq!(s.claim(claim_req("a", T0 + 1, 1)).await.unwrap().len(), 1);
+    s.close().await;
+    common::drop_schemas(&url, std::slice::from_ref(&schema)).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP OWNED BY {app}; DROP ROLE {app}; DROP OWNED BY {owner}; DROP ROLE {owner};"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
