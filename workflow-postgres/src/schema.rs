@@ -3,7 +3,10 @@
 use sqlx::{Connection, PgConnection};
 
 /// Migrations in order; version n is `MIGRATIONS[n - 1]`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_dedup_index_by_key.sql"),
+];
 
 /// Creates the schema if needed and brings it up to date. Safe when several
 /// processes start at once: a session advisory lock keyed by the schema name

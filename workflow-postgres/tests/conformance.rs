@@ -129,11 +129,11 @@ async fn concurrent_starts_migrate_once() {
     for task in tasks {
         stores.push(task.await.unwrap());
     }
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM migrations")
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM migrations ORDER BY version")
         .fetch_all(stores[0].pool())
         .await
         .unwrap();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
     common::drop_schemas(&url, &[schema]).await;
 }
 
@@ -555,4 +555,57 @@ async fn roles_without_ddl_rights_connect_to_a_migrated_schema() {
     .execute(&admin)
     .await
     .unwrap();
+}
+
+/// Listing by dedup key (the console's search box, `Query::key`) reads
+/// the key's rows off an index, with or without a workflow, in id order.
+/// Before, the only key index led with the workflow: a search by key alone
+/// read the whole table, every two seconds while the console was open.
+#[tokio::test]
+async fn listing_by_key_is_index_backed() {
+    let Some(url) = common::url("listing_by_key_is_index_backed") else {
+        return;
+    };
+    let schema = common::fresh_schema("key_plan");
+    let s = store(&url, &schema).await;
+    let new: Vec<NewInstance> = (0..20_000)
+        .map(|n| {
+            let mut new = new_instance(if n % 2 == 0 { "wf" } else { "other" }, n);
+            new.key = Some(format!("order-{n}"));
+            new
+        })
+        .collect();
+    s.create_many(new).await.unwrap();
+    sqlx::query("ANALYZE instances")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    // The statements `list` builds for these filters.
+    for sql in [
+        "SELECT id FROM instances WHERE TRUE AND dedup_key = 'order-77' ORDER BY id DESC LIMIT 50",
+        "SELECT id FROM instances WHERE TRUE AND workflow = 'other' AND dedup_key = 'order-77' \
+         ORDER BY id DESC LIMIT 50",
+    ] {
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("instances_dedup")
+                && !plan.contains("Seq Scan")
+                && !plan.contains("Sort"),
+            "{sql}:\n{plan}"
+        );
+    }
+    let found = s
+        .list(&ListQuery {
+            key: Some("order-77".into()),
+            limit: 50,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    common::drop_schemas(&url, &[schema]).await;
 }
