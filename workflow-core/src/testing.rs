@@ -37,6 +37,7 @@ where
     claim_respects_due_time_and_names(make().await).await;
     steps_are_fenced_by_the_lease(make().await).await;
     finish_is_final(make().await).await;
+    error_texts_with_nul_characters_are_recorded(make().await).await;
     renew_reports_lost_leases(make().await).await;
     cancel_and_deadlines(make().await).await;
     suspend_and_wake(make().await).await;
@@ -362,6 +363,51 @@ async fn finish_is_final(store: impl Store) {
     let again = store.claim(claim_req("b", T0 + 4, 1)).await.unwrap();
     assert_eq!(again.len(), 1, "a released instance is claimable at once");
     assert_eq!(again[0].lease.run, 2);
+}
+
+/// Error texts come from handlers (an error chain, a panic message) and may
+/// hold any character, NUL included (say, bytes of a binary reply decoded
+/// lossily). Recording them must not fail: a run whose outcome cannot be
+/// recorded is run again, and fails the same way, for ever. A store may
+/// replace what it cannot hold, but keeps the rest.
+async fn error_texts_with_nul_characters_are_recorded(store: impl Store) {
+    let new = new_instance("wf", 0);
+    let id = new.id.clone();
+    store.create(new, None).await.unwrap();
+    let c = store
+        .claim(claim_req("a", T0 + 1, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .record_attempt(&c.lease, "parse", 1, "bad byte \0 at 3", T0 + 2)
+        .await
+        .unwrap();
+    let failed = StepRow {
+        output: None,
+        error: Some("bad byte \0 at 3".into()),
+        ..step("parse", "null", None)
+    };
+    store.commit_step(&c.lease, failed).await.unwrap();
+    let finish = Finish {
+        status: Status::Failed,
+        output: None,
+        error: Some("step `parse` failed: bad byte \0 at 3".into()),
+        state: None,
+        at: T0 + 20,
+    };
+    store.finish(&c.lease, finish).await.unwrap();
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Failed);
+    let error = row.error.unwrap();
+    assert!(
+        error.starts_with("step `parse` failed: bad byte ") && error.ends_with(" at 3"),
+        "{error:?}"
+    );
+    let steps = store.steps(&id).await.unwrap();
+    assert!(steps[0].error.as_deref().unwrap().starts_with("bad byte "));
+    let history = store.history(&id).await.unwrap();
+    assert_eq!(history.last().unwrap().kind, "failed");
 }
 
 async fn renew_reports_lost_leases(store: impl Store) {

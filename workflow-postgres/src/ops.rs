@@ -4,6 +4,7 @@
 //! the fencing UPDATE also locks the row, so concurrent writes to one
 //! instance queue behind each other instead of interleaving.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use sqlx::postgres::{PgPool, PgRow};
@@ -315,7 +316,7 @@ impl Db {
         .bind(&step.state)
         .bind(&step.key)
         .bind(&step.output)
-        .bind(&step.error)
+        .bind(step.error.as_deref().map(text))
         .bind(i64::from(step.attempts))
         .bind(step.started_at)
         .bind(kind)
@@ -371,7 +372,7 @@ impl Db {
         .bind(lease.run)
         .bind(finish.status.as_str())
         .bind(&finish.output)
-        .bind(&finish.error)
+        .bind(finish.error.as_deref().map(text))
         .bind(&finish.state)
         .bind(finish.at)
         .fetch_optional(&mut *tx)
@@ -929,6 +930,19 @@ async fn insert(conn: &mut PgConnection, new: &NewInstance) -> Result<PgRow, sql
     .await
 }
 
+/// Free text as PostgreSQL can store it. Its text type cannot hold NUL,
+/// which error texts (a handler's error chain, a panic message) may carry;
+/// a write that failed on one would leave the run's outcome unrecorded, and
+/// the run would be run again, and fail again, for ever. NUL becomes
+/// U+FFFD, the rest is kept.
+fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
 fn tags_json(tags: &std::collections::BTreeMap<String, String>) -> String {
     serde_json::to_string(tags).unwrap_or_else(|_| "{}".to_owned())
 }
@@ -1025,7 +1039,7 @@ async fn event_full(
     .bind(kind)
     .bind(step)
     .bind(attempt.map(i64::from))
-    .bind(message)
+    .bind(message.map(text))
     .bind(duration_ms)
     .execute(conn)
     .await?;
