@@ -609,3 +609,18 @@ async fn listing_by_key_is_index_backed() {
     assert_eq!(found.len(), 1);
     common::drop_schemas(&url, &[schema]).await;
 }
+
+/// A server that cannot be reached is named in the error, as the SQLite
+/// store names its file: not just "Connection refused".
+#[tokio::test]
+async fn an_unreachable_server_is_named_in_the_error() {
+    let options = PgOptions::new().schema("nowhere").retry_for(Duration::ZERO);
+    let err = PgStore::connect_with("postgres://someone@127.0.0.1:1/appdb", options)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("PostgreSQL") && err.contains("127.0.0.1:1/appdb"),
+        "{err}"
+    );
+}
