@@ -312,6 +312,9 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts an instance and its `created` event. With `dedup` set and a
     /// key on `new`, atomically returns the existing instance of the same
     /// workflow and key whose status is in `dedup` instead, if there is one.
+    /// A child whose parent is already `Cancelled` (its handler had not
+    /// heard yet) is inserted `Cancelled`, with a `cancelled` event, and
+    /// never runs: as [`Store::cancel`] would have left it.
     async fn create(
         &self,
         new: NewInstance,

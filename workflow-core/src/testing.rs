@@ -45,6 +45,7 @@ where
     a_deadline_moved_while_running_bounds_the_next_wait(make().await).await;
     events_are_kept_until_taken(make().await).await;
     children_wake_parents_and_die_with_them(make().await).await;
+    a_cancelled_parent_starts_no_child(make().await).await;
     pause_and_resume(make().await).await;
     schedule_marks_only_move_forward(make().await).await;
     definitions_are_recorded(make().await).await;
@@ -1128,6 +1129,65 @@ async fn children_wake_parents_and_die_with_them(store: impl Store) {
         Status::Completed,
         "ended children stay as they are"
     );
+}
+
+/// A cancel made in another process reaches a running parent's handler
+/// only with its next renewal; a child it starts meanwhile must not run
+/// for a parent that is already cancelled (a payment taken for an order
+/// the user cancelled). It is created `Cancelled`, as the cancel would have
+/// left it had it existed then.
+async fn a_cancelled_parent_starts_no_child(store: impl Store) {
+    let parent = new_instance("wf", 0);
+    let parent_id = parent.id.clone();
+    store.create(parent, None).await.unwrap();
+    store.claim(claim_req("a", T0 + 1, 1)).await.unwrap();
+    let control = store.cancel(&parent_id, T0 + 2).await.unwrap();
+    assert_eq!(control, Control::Applied);
+    let mut child = new_instance("wf", 3);
+    child.parent = Some(parent_id.clone());
+    child.key = Some(format!("{parent_id}/charge"));
+    let child_id = child.id.clone();
+    let row = store
+        .create(child, Some(&Status::ALL))
+        .await
+        .unwrap()
+        .into_row();
+    assert_eq!(row.status, Status::Cancelled);
+    assert_eq!(row, store.get(&child_id).await.unwrap().unwrap());
+    assert!(
+        store
+            .claim(claim_req("b", T0 + 100_000, 10))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the child never runs"
+    );
+    let history = store.history(&child_id).await.unwrap();
+    let events: Vec<_> = history
+        .iter()
+        .map(|e| (e.kind.as_str(), e.message.as_deref()))
+        .collect();
+    assert_eq!(
+        events,
+        [("created", None), ("cancelled", Some("parent cancelled"))]
+    );
+    // Children of a running parent start as before.
+    let other = new_instance("wf", 4);
+    let other_id = other.id.clone();
+    store.create(other, None).await.unwrap();
+    let mut child = new_instance("wf", 5);
+    child.parent = Some(other_id);
+    let row = store.create(child, None).await.unwrap().into_row();
+    assert_eq!(row.status, Status::Pending);
+    // The same when started in a batch.
+    let mut late = new_instance("wf", 6);
+    late.parent = Some(parent_id);
+    let rows = store
+        .create_many(vec![new_instance("wf", 7), late])
+        .await
+        .unwrap();
+    let statuses: Vec<_> = rows.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [Status::Pending, Status::Cancelled]);
 }
 
 async fn pause_and_resume(store: impl Store) {

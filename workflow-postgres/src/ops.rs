@@ -77,9 +77,15 @@ impl Db {
                 return Ok(instance_row(&row).map(Created::Existing));
             }
         }
-        let row = insert(&mut tx, new).await?;
+        let parents: Vec<&str> = new.parent.iter().map(InstanceId::as_str).collect();
+        let parent_cancelled = !cancelled_parents(&mut tx, &parents).await?.is_empty();
+        let mut row = insert(&mut tx, new).await?;
         event(&mut tx, new.id.as_str(), new.created_at, "created").await?;
-        self.notify(&mut tx).await?;
+        if parent_cancelled {
+            row = cancel_new(&mut tx, new.id.as_str(), new.created_at).await?;
+        } else {
+            self.notify(&mut tx).await?;
+        }
         commit(tx).await?;
         Ok(instance_row(&row).map(Created::New))
     }
@@ -90,7 +96,7 @@ impl Db {
     ) -> Attempt<Result<Vec<InstanceRow>, StoreError>> {
         let mut tx = self.begin().await?;
         let tags: Vec<String> = new.iter().map(|n| tags_json(&n.tags)).collect();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, \
                  updated_at, run_at, deadline_at, parent_id) \
              SELECT id, workflow, 'pending', input, tags::jsonb, dedup_key, created_at, created_at, \
@@ -124,9 +130,21 @@ impl Db {
         .bind(new.iter().map(|n| n.created_at).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
+        let parents: Vec<&str> = new
+            .iter()
+            .filter_map(|n| n.parent.as_ref().map(InstanceId::as_str))
+            .collect();
+        let cancelled = cancelled_parents(&mut tx, &parents).await?;
+        for n in new {
+            let parent = n.parent.as_ref().map(InstanceId::as_str);
+            if parent.is_some_and(|p| cancelled.contains(p)) {
+                rows.push(cancel_new(&mut tx, n.id.as_str(), n.created_at).await?);
+            }
+        }
         self.notify(&mut tx).await?;
         commit(tx).await?;
         // RETURNING gives no order guarantee; answer in the order asked.
+        // A row cancelled after its insert comes later and replaces it.
         let mut by_id: HashMap<String, InstanceRow> = HashMap::with_capacity(rows.len());
         for row in &rows {
             match instance_row(row) {
@@ -941,6 +959,45 @@ fn text(s: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(s)
     }
+}
+
+/// Which of `parents` are cancelled, locking them (FOR SHARE) until the
+/// transaction ends: a cancel of one waits for the child inserted here and
+/// then cancels it with its parent, or has committed and is seen here.
+async fn cancelled_parents(
+    conn: &mut PgConnection,
+    parents: &[&str],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    if parents.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT id, status = 'cancelled' FROM instances WHERE id = ANY($1) ORDER BY id FOR SHARE",
+    )
+    .bind(parents)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, cancelled)| cancelled.then_some(id))
+        .collect())
+}
+
+/// Cancels an instance just inserted because its parent is cancelled (its
+/// handler, in another process, had not heard yet when it started it): it
+/// never runs, as if the cancel had found it.
+async fn cancel_new(conn: &mut PgConnection, id: &str, at: Millis) -> Result<PgRow, sqlx::Error> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE instances SET status = 'cancelled', finished_at = $2 WHERE id = $1 \
+         RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(at)
+    .fetch_one(&mut *conn)
+    .await?;
+    let message = Some("parent cancelled");
+    event_full(conn, id, at, "cancelled", None, None, message, None).await?;
+    Ok(row)
 }
 
 fn tags_json(tags: &std::collections::BTreeMap<String, String>) -> String {
