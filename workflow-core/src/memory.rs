@@ -131,10 +131,21 @@ impl Store for MemoryStore {
                 return Ok(Created::Existing(entry.row.clone()));
             }
         }
+        // A child started by a parent already cancelled (its handler has
+        // not heard yet) is cancelled with it, as `cancel` would have.
+        let parent_cancelled = new
+            .parent
+            .as_ref()
+            .and_then(|p| t.instances.get(p))
+            .is_some_and(|p| p.row.status == Status::Cancelled);
         let row = InstanceRow {
             id: new.id.clone(),
             workflow: new.workflow,
-            status: Status::Pending,
+            status: if parent_cancelled {
+                Status::Cancelled
+            } else {
+                Status::Pending
+            },
             input: new.input,
             output: None,
             error: None,
@@ -144,7 +155,7 @@ impl Store for MemoryStore {
             created_at: new.created_at,
             updated_at: new.created_at,
             started_at: None,
-            finished_at: None,
+            finished_at: parent_cancelled.then_some(new.created_at),
             run_at: new.run_at,
             deadline_at: new.deadline_at,
             runs: 0,
@@ -155,6 +166,10 @@ impl Store for MemoryStore {
             pause_requested: false,
         };
         t.event(&row.id, row.created_at, "created", None, None, None);
+        if parent_cancelled {
+            let message = Some("parent cancelled");
+            t.event(&row.id, row.created_at, "cancelled", None, None, message);
+        }
         t.instances.insert(
             new.id,
             Entry {
@@ -528,7 +543,9 @@ impl Store for MemoryStore {
             )
         };
         entry.row.status = status;
-        entry.row.run_at = run_at;
+        // Never later than the deadline held here: one moved while the
+        // handler ran may not have reached it yet.
+        entry.row.run_at = entry.row.deadline_at.map_or(run_at, |d| run_at.min(d));
         entry.row.wait_event = suspend.wait_event;
         entry.row.wait_child = suspend.wait_child;
         entry.row.retry = suspend.retry;

@@ -312,6 +312,9 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts an instance and its `created` event. With `dedup` set and a
     /// key on `new`, atomically returns the existing instance of the same
     /// workflow and key whose status is in `dedup` instead, if there is one.
+    /// A child whose parent is already `Cancelled` (its handler had not
+    /// heard yet) is inserted `Cancelled`, with a `cancelled` event, and
+    /// never runs: as [`Store::cancel`] would have left it.
     async fn create(
         &self,
         new: NewInstance,
@@ -428,6 +431,8 @@ pub trait Store: Send + Sync + 'static {
     /// so no wake-up is lost: if the event it waits for is already in its
     /// inbox, or the child it waits for already ended, it becomes `Pending`
     /// and due now instead; if a pause was asked for, it becomes `Paused`.
+    /// It is due by its stored deadline at the latest, which may have moved
+    /// since the handler computed `suspend.run_at`.
     async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError>;
 
     /// Puts an event in an unfinished instance's inbox (kept until taken),

@@ -37,12 +37,15 @@ where
     claim_respects_due_time_and_names(make().await).await;
     steps_are_fenced_by_the_lease(make().await).await;
     finish_is_final(make().await).await;
+    error_texts_with_nul_characters_are_recorded(make().await).await;
     renew_reports_lost_leases(make().await).await;
     cancel_and_deadlines(make().await).await;
     suspend_and_wake(make().await).await;
     a_moved_deadline_makes_waiting_instances_due(make().await).await;
+    a_deadline_moved_while_running_bounds_the_next_wait(make().await).await;
     events_are_kept_until_taken(make().await).await;
     children_wake_parents_and_die_with_them(make().await).await;
+    a_cancelled_parent_starts_no_child(make().await).await;
     pause_and_resume(make().await).await;
     schedule_marks_only_move_forward(make().await).await;
     definitions_are_recorded(make().await).await;
@@ -361,6 +364,51 @@ async fn finish_is_final(store: impl Store) {
     let again = store.claim(claim_req("b", T0 + 4, 1)).await.unwrap();
     assert_eq!(again.len(), 1, "a released instance is claimable at once");
     assert_eq!(again[0].lease.run, 2);
+}
+
+/// Error texts come from handlers (an error chain, a panic message) and may
+/// hold any character, NUL included (say, bytes of a binary reply decoded
+/// lossily). Recording them must not fail: a run whose outcome cannot be
+/// recorded is run again, and fails the same way, for ever. A store may
+/// replace what it cannot hold, but keeps the rest.
+async fn error_texts_with_nul_characters_are_recorded(store: impl Store) {
+    let new = new_instance("wf", 0);
+    let id = new.id.clone();
+    store.create(new, None).await.unwrap();
+    let c = store
+        .claim(claim_req("a", T0 + 1, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .record_attempt(&c.lease, "parse", 1, "bad byte \0 at 3", T0 + 2)
+        .await
+        .unwrap();
+    let failed = StepRow {
+        output: None,
+        error: Some("bad byte \0 at 3".into()),
+        ..step("parse", "null", None)
+    };
+    store.commit_step(&c.lease, failed).await.unwrap();
+    let finish = Finish {
+        status: Status::Failed,
+        output: None,
+        error: Some("step `parse` failed: bad byte \0 at 3".into()),
+        state: None,
+        at: T0 + 20,
+    };
+    store.finish(&c.lease, finish).await.unwrap();
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Failed);
+    let error = row.error.unwrap();
+    assert!(
+        error.starts_with("step `parse` failed: bad byte ") && error.ends_with(" at 3"),
+        "{error:?}"
+    );
+    let steps = store.steps(&id).await.unwrap();
+    assert!(steps[0].error.as_deref().unwrap().starts_with("bad byte "));
+    let history = store.history(&id).await.unwrap();
+    assert_eq!(history.last().unwrap().kind, "failed");
 }
 
 async fn renew_reports_lost_leases(store: impl Store) {
@@ -814,6 +862,45 @@ async fn a_moved_deadline_makes_waiting_instances_due(store: impl Store) {
     assert_eq!(store.get(&late).await.unwrap().unwrap().run_at, T0 + 5_000);
 }
 
+/// A deadline moved while the handler runs reaches the handler only with
+/// its next renewal; a wait it suspends to before then is computed from the
+/// old deadline. The store, which holds the new one, must still make the
+/// instance due by it: else it sleeps past its deadline, for ever if the
+/// wait has no timeout.
+async fn a_deadline_moved_while_running_bounds_the_next_wait(store: impl Store) {
+    let mut ids = Vec::new();
+    for (n, status) in [(0, Status::Listening), (1, Status::Pending)] {
+        let new = new_instance("wf", n);
+        ids.push(new.id.clone());
+        store.create(new, None).await.unwrap();
+        let c = store
+            .claim(claim_req("a", T0 + 2, 1))
+            .await
+            .unwrap()
+            .remove(0);
+        let control = store
+            .set_deadline(&c.row.id, T0 + 50, T0 + 3)
+            .await
+            .unwrap();
+        assert_eq!(control, Control::Applied);
+        // The handler still knows the old deadline (T0 + 300 s).
+        let run_at = c.row.deadline_at.expect("instances have a deadline");
+        store
+            .suspend(&c.lease, suspend_at(status, run_at, T0 + 4))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(&c.row.id).await.unwrap().unwrap().run_at,
+            T0 + 50,
+            "{status:?}: due at the deadline the store holds"
+        );
+    }
+    let due = store.claim(claim_req("b", T0 + 50, 10)).await.unwrap();
+    let mut claimed: Vec<_> = due.iter().map(|c| c.row.id.clone()).collect();
+    claimed.sort();
+    assert_eq!(claimed, ids, "both are due at their new deadline");
+}
+
 async fn events_are_kept_until_taken(store: impl Store) {
     let new = new_instance("wf", 0);
     let id = new.id.clone();
@@ -1042,6 +1129,65 @@ async fn children_wake_parents_and_die_with_them(store: impl Store) {
         Status::Completed,
         "ended children stay as they are"
     );
+}
+
+/// A cancel made in another process reaches a running parent's handler
+/// only with its next renewal; a child it starts meanwhile must not run
+/// for a parent that is already cancelled (a payment taken for an order
+/// the user cancelled). It is created `Cancelled`, as the cancel would have
+/// left it had it existed then.
+async fn a_cancelled_parent_starts_no_child(store: impl Store) {
+    let parent = new_instance("wf", 0);
+    let parent_id = parent.id.clone();
+    store.create(parent, None).await.unwrap();
+    store.claim(claim_req("a", T0 + 1, 1)).await.unwrap();
+    let control = store.cancel(&parent_id, T0 + 2).await.unwrap();
+    assert_eq!(control, Control::Applied);
+    let mut child = new_instance("wf", 3);
+    child.parent = Some(parent_id.clone());
+    child.key = Some(format!("{parent_id}/charge"));
+    let child_id = child.id.clone();
+    let row = store
+        .create(child, Some(&Status::ALL))
+        .await
+        .unwrap()
+        .into_row();
+    assert_eq!(row.status, Status::Cancelled);
+    assert_eq!(row, store.get(&child_id).await.unwrap().unwrap());
+    assert!(
+        store
+            .claim(claim_req("b", T0 + 100_000, 10))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the child never runs"
+    );
+    let history = store.history(&child_id).await.unwrap();
+    let events: Vec<_> = history
+        .iter()
+        .map(|e| (e.kind.as_str(), e.message.as_deref()))
+        .collect();
+    assert_eq!(
+        events,
+        [("created", None), ("cancelled", Some("parent cancelled"))]
+    );
+    // Children of a running parent start as before.
+    let other = new_instance("wf", 4);
+    let other_id = other.id.clone();
+    store.create(other, None).await.unwrap();
+    let mut child = new_instance("wf", 5);
+    child.parent = Some(other_id);
+    let row = store.create(child, None).await.unwrap().into_row();
+    assert_eq!(row.status, Status::Pending);
+    // The same when started in a batch.
+    let mut late = new_instance("wf", 6);
+    late.parent = Some(parent_id);
+    let rows = store
+        .create_many(vec![new_instance("wf", 7), late])
+        .await
+        .unwrap();
+    let statuses: Vec<_> = rows.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [Status::Pending, Status::Cancelled]);
 }
 
 async fn pause_and_resume(store: impl Store) {

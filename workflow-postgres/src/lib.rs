@@ -178,8 +178,17 @@ fn valid_schema(schema: &str) -> bool {
         && schema.len() <= 48
 }
 
-fn open_error(err: sqlx::Error) -> Error {
-    Error::Store(StoreError::backend(err))
+/// The server and database `connect` names, for errors (no credentials).
+fn server(connect: &PgConnectOptions) -> String {
+    let database = connect.get_database().unwrap_or_default();
+    match connect.get_socket() {
+        Some(socket) => format!("PostgreSQL at {}/{database}", socket.display()),
+        None => format!(
+            "PostgreSQL at {}:{}/{database}",
+            connect.get_host(),
+            connect.get_port()
+        ),
+    }
 }
 
 impl PgStore {
@@ -212,10 +221,18 @@ impl PgStore {
         let connect = connect
             .options(settings)
             .log_statements(tracing::log::LevelFilter::Trace);
-        let mut conn = connect.connect().await.map_err(open_error)?;
-        schema::migrate(&mut conn, &schema)
-            .await
-            .map_err(open_error)?;
+        let server = server(&connect);
+        let cannot_connect = |err: sqlx::Error| {
+            Error::Store(StoreError::backend(format!(
+                "cannot connect to {server}: {err}"
+            )))
+        };
+        let mut conn = connect.connect().await.map_err(cannot_connect)?;
+        schema::migrate(&mut conn, &schema).await.map_err(|err| {
+            Error::Store(StoreError::backend(format!(
+                "cannot migrate the schema `{schema}` of {server}: {err}"
+            )))
+        })?;
         // Used for the pool's first connection check, then closed.
         drop(conn);
         let pool = PgPoolOptions::new()
@@ -223,7 +240,7 @@ impl PgStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.clone())
             .await
-            .map_err(open_error)?;
+            .map_err(cannot_connect)?;
         let channel = format!("workflow_{schema}");
         let (hint, listen) = if !options.listen && options.claim_wait.is_zero() {
             (watch::channel(0).1, None)

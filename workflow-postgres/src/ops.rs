@@ -4,6 +4,7 @@
 //! the fencing UPDATE also locks the row, so concurrent writes to one
 //! instance queue behind each other instead of interleaving.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use sqlx::postgres::{PgPool, PgRow};
@@ -76,9 +77,15 @@ impl Db {
                 return Ok(instance_row(&row).map(Created::Existing));
             }
         }
-        let row = insert(&mut tx, new).await?;
+        let parents: Vec<&str> = new.parent.iter().map(InstanceId::as_str).collect();
+        let parent_cancelled = !cancelled_parents(&mut tx, &parents).await?.is_empty();
+        let mut row = insert(&mut tx, new).await?;
         event(&mut tx, new.id.as_str(), new.created_at, "created").await?;
-        self.notify(&mut tx).await?;
+        if parent_cancelled {
+            row = cancel_new(&mut tx, new.id.as_str(), new.created_at).await?;
+        } else {
+            self.notify(&mut tx).await?;
+        }
         commit(tx).await?;
         Ok(instance_row(&row).map(Created::New))
     }
@@ -89,7 +96,7 @@ impl Db {
     ) -> Attempt<Result<Vec<InstanceRow>, StoreError>> {
         let mut tx = self.begin().await?;
         let tags: Vec<String> = new.iter().map(|n| tags_json(&n.tags)).collect();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, \
                  updated_at, run_at, deadline_at, parent_id) \
              SELECT id, workflow, 'pending', input, tags::jsonb, dedup_key, created_at, created_at, \
@@ -123,9 +130,21 @@ impl Db {
         .bind(new.iter().map(|n| n.created_at).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
+        let parents: Vec<&str> = new
+            .iter()
+            .filter_map(|n| n.parent.as_ref().map(InstanceId::as_str))
+            .collect();
+        let cancelled = cancelled_parents(&mut tx, &parents).await?;
+        for n in new {
+            let parent = n.parent.as_ref().map(InstanceId::as_str);
+            if parent.is_some_and(|p| cancelled.contains(p)) {
+                rows.push(cancel_new(&mut tx, n.id.as_str(), n.created_at).await?);
+            }
+        }
         self.notify(&mut tx).await?;
         commit(tx).await?;
         // RETURNING gives no order guarantee; answer in the order asked.
+        // A row cancelled after its insert comes later and replaces it.
         let mut by_id: HashMap<String, InstanceRow> = HashMap::with_capacity(rows.len());
         for row in &rows {
             match instance_row(row) {
@@ -315,7 +334,7 @@ impl Db {
         .bind(&step.state)
         .bind(&step.key)
         .bind(&step.output)
-        .bind(&step.error)
+        .bind(step.error.as_deref().map(text))
         .bind(i64::from(step.attempts))
         .bind(step.started_at)
         .bind(kind)
@@ -371,7 +390,7 @@ impl Db {
         .bind(lease.run)
         .bind(finish.status.as_str())
         .bind(&finish.output)
-        .bind(&finish.error)
+        .bind(finish.error.as_deref().map(text))
         .bind(&finish.state)
         .bind(finish.at)
         .fetch_optional(&mut *tx)
@@ -592,8 +611,26 @@ impl Db {
         s: &Suspend,
     ) -> Attempt<Result<(), StoreError>> {
         let mut tx = self.begin().await?;
-        // Locks the row: a send_event or a child's finish that wants to wake
-        // it waits for this transaction, then sees it listening.
+        // Whether the child it waits for already ended, read under a share
+        // lock: a finish (or cancel) of the child that has run its wake-up
+        // but not committed holds the child's row, so this waits for it and
+        // then sees it ended. A plain read would see it running, and the
+        // wake-up, run while this instance still ran, woke nothing: the
+        // parent would sleep on. A child ending after this lock waits for
+        // this transaction, then finds the parent listening. The child is
+        // locked before the parent, in the order a finish locks them.
+        let child_done = match &s.wait_child {
+            Some(child) => sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(format!(
+                "SELECT status IN {TERMINAL} FROM instances WHERE id = $1 FOR SHARE"
+            )))
+            .bind(child.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(false),
+            None => false,
+        };
+        // Locks the row: a send_event that wants to wake it waits for this
+        // transaction, then sees it listening.
         let pause: Option<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT pause_requested FROM instances WHERE {FENCE} FOR UPDATE"
         )))
@@ -618,16 +655,6 @@ impl Db {
             .is_some(),
             None => false,
         };
-        let child_done = match &s.wait_child {
-            Some(child) => sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(format!(
-                "SELECT 1 FROM instances WHERE id = $1 AND status IN {TERMINAL}"
-            )))
-            .bind(child.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some(),
-            None => false,
-        };
         let (status, run_at, kind, message, paused_at) = if pause {
             (Status::Paused, s.run_at, "paused", None, Some(s.at))
         } else if event_waiting || child_done {
@@ -647,8 +674,11 @@ impl Db {
                 None,
             )
         };
+        // `run_at` never later than the stored deadline: one moved while
+        // the handler ran may not have reached it yet.
         sqlx::query(
-            "UPDATE instances SET status = $2, run_at = $3, wait_event = $4, wait_child = $5, \
+            "UPDATE instances SET status = $2, run_at = LEAST($3, COALESCE(deadline_at, $3)), \
+                 wait_event = $4, wait_child = $5, \
                  retry_key = $6, retry_attempts = $7, state = COALESCE($8, state), updated_at = $9, \
                  paused_at = $10, pause_requested = FALSE, lease_owner = NULL, lease_expires_at = NULL \
              WHERE id = $1",
@@ -918,6 +948,58 @@ async fn insert(conn: &mut PgConnection, new: &NewInstance) -> Result<PgRow, sql
     .await
 }
 
+/// Free text as PostgreSQL can store it. Its text type cannot hold NUL,
+/// which error texts (a handler's error chain, a panic message) may carry;
+/// a write that failed on one would leave the run's outcome unrecorded, and
+/// the run would be run again, and fail again, for ever. NUL becomes
+/// U+FFFD, the rest is kept.
+fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// Which of `parents` are cancelled, locking them (FOR SHARE) until the
+/// transaction ends: a cancel of one waits for the child inserted here and
+/// then cancels it with its parent, or has committed and is seen here.
+async fn cancelled_parents(
+    conn: &mut PgConnection,
+    parents: &[&str],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    if parents.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT id, status = 'cancelled' FROM instances WHERE id = ANY($1) ORDER BY id FOR SHARE",
+    )
+    .bind(parents)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, cancelled)| cancelled.then_some(id))
+        .collect())
+}
+
+/// Cancels an instance just inserted because its parent is cancelled (its
+/// handler, in another process, had not heard yet when it started it): it
+/// never runs, as if the cancel had found it.
+async fn cancel_new(conn: &mut PgConnection, id: &str, at: Millis) -> Result<PgRow, sqlx::Error> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE instances SET status = 'cancelled', finished_at = $2 WHERE id = $1 \
+         RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(at)
+    .fetch_one(&mut *conn)
+    .await?;
+    let message = Some("parent cancelled");
+    event_full(conn, id, at, "cancelled", None, None, message, None).await?;
+    Ok(row)
+}
+
 fn tags_json(tags: &std::collections::BTreeMap<String, String>) -> String {
     serde_json::to_string(tags).unwrap_or_else(|_| "{}".to_owned())
 }
@@ -1014,7 +1096,7 @@ async fn event_full(
     .bind(kind)
     .bind(step)
     .bind(attempt.map(i64::from))
-    .bind(message)
+    .bind(message.map(text))
     .bind(duration_ms)
     .execute(conn)
     .await?;

@@ -3,7 +3,10 @@
 use sqlx::{Connection, PgConnection};
 
 /// Migrations in order; version n is `MIGRATIONS[n - 1]`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_dedup_index_by_key.sql"),
+];
 
 /// Creates the schema if needed and brings it up to date. Safe when several
 /// processes start at once: a session advisory lock keyed by the schema name
@@ -26,25 +29,16 @@ pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<(),
 }
 
 async fn apply(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
-    // `schema` was checked to be a plain lower-case identifier.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; \
-         CREATE TABLE IF NOT EXISTS \"{schema}\".migrations ( \
-             version BIGINT PRIMARY KEY, \
-             applied_at TIMESTAMPTZ NOT NULL DEFAULT now() \
-         )"
-    )))
-    .execute(&mut *conn)
-    .await?;
-    let version: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT COALESCE(MAX(version), 0) FROM \"{schema}\".migrations"
-    )))
-    .fetch_one(&mut *conn)
-    .await?;
-    let applied = usize::try_from(version).unwrap_or(0);
+    let applied = match applied(conn, schema).await? {
+        Some(version) => version,
+        None => {
+            create_tracking(conn, schema).await?;
+            0
+        }
+    };
     if applied > MIGRATIONS.len() {
         return Err(sqlx::Error::Protocol(format!(
-            "schema `{schema}` is at version {version}, newer than this build knows ({}); upgrade the workflow crate",
+            "schema `{schema}` is at version {applied}, newer than this build knows ({}); upgrade the workflow crate",
             MIGRATIONS.len()
         )));
     }
@@ -66,5 +60,54 @@ async fn apply(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error>
             .await?;
         tx.commit().await?;
     }
+    Ok(())
+}
+
+/// How many migrations the schema has, or `None` when it has no
+/// `migrations` table yet. Reads only: a role without DDL rights can
+/// connect to a schema that is up to date.
+async fn applied(conn: &mut PgConnection, schema: &str) -> Result<Option<usize>, sqlx::Error> {
+    // `schema` was checked to be a plain lower-case identifier.
+    let table = format!("\"{schema}\".migrations");
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&table)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let version: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COALESCE(MAX(version), 0) FROM {table}"
+    )))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Some(usize::try_from(version).unwrap_or(0)))
+}
+
+/// Creates the schema, unless it exists, and its `migrations` table.
+/// PostgreSQL checks the CREATE privilege on the database before it looks
+/// whether a schema exists, so `CREATE SCHEMA IF NOT EXISTS` would fail for
+/// a role that owns a schema made for it but may not create others.
+async fn create_tracking(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !exists {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+        )))
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE IF NOT EXISTS \"{schema}\".migrations ( \
+             version BIGINT PRIMARY KEY, \
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now() \
+         )"
+    )))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }

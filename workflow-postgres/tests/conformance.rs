@@ -129,11 +129,11 @@ async fn concurrent_starts_migrate_once() {
     for task in tasks {
         stores.push(task.await.unwrap());
     }
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM migrations")
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM migrations ORDER BY version")
         .fetch_all(stores[0].pool())
         .await
         .unwrap();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
     common::drop_schemas(&url, &[schema]).await;
 }
 
@@ -425,4 +425,202 @@ async fn shared_store_is_usable_from_many_tasks() {
         [(Status::Pending, 50)]
     );
     common::drop_schemas(&url, &[schema]).await;
+}
+
+/// A child that ends while its parent suspends to wait for it wakes the
+/// parent, whichever commits first. The child's `finish` wakes a parent
+/// that is listening; the parent's `suspend` looks for a child already
+/// ended. Here the child's `finish` has run its wake-up (the parent still
+/// runs: nothing to wake) but not yet committed when the parent suspends:
+/// the parent must not read the child as unfinished and sleep forever.
+#[tokio::test]
+async fn a_child_ending_while_its_parent_suspends_wakes_it() {
+    let Some(url) = common::url("a_child_ending_while_its_parent_suspends") else {
+        return;
+    };
+    let schema = common::fresh_schema("child_race");
+    let s = store(&url, &schema).await;
+    let parent = new_instance("wf", 1);
+    let parent_id = parent.id.clone();
+    s.create(parent, None).await.unwrap();
+    let p = s.claim(claim_req("a", T0 + 10, 1)).await.unwrap().remove(0);
+    let mut child = new_instance("wf", 2);
+    child.parent = Some(parent_id.clone());
+    let child_id = child.id.clone();
+    s.create(child, None).await.unwrap();
+    let c = s.claim(claim_req("b", T0 + 10, 1)).await.unwrap().remove(0);
+    assert_eq!(c.row.id, child_id);
+    // Holds the child's finish between its last statement and its commit.
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON instances \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+             WHEN (NEW.status = 'completed') EXECUTE FUNCTION slow_commit();",
+    )
+    .execute(s.pool())
+    .await
+    .unwrap();
+    let finishing = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let done = Finish {
+                status: Status::Completed,
+                output: Some("7".into()),
+                error: None,
+                state: None,
+                at: T0 + 12,
+            };
+            s.finish(&c.lease, done).await.unwrap();
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let wait = Suspend {
+        status: Status::Listening,
+        run_at: Millis::MAX,
+        wait_event: None,
+        wait_child: Some(child_id.clone()),
+        retry: None,
+        state: None,
+        reason: "waiting for a child".into(),
+        at: T0 + 13,
+    };
+    s.suspend(&p.lease, wait).await.unwrap();
+    finishing.await.unwrap();
+    assert_eq!(
+        s.get(&child_id).await.unwrap().unwrap().status,
+        Status::Completed
+    );
+    let row = s.get(&parent_id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.run_at),
+        (Status::Pending, T0 + 13),
+        "the parent is due at once to see its child ended"
+    );
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// Least-privilege roles, as a DBA sets them up: a role that owns a schema
+/// made for it but may not create schemas in the database migrates it; an
+/// application role with data rights alone (no DDL) connects to the
+/// migrated schema and works. Before, every connect ran `CREATE SCHEMA IF
+/// NOT EXISTS` and `CREATE TABLE IF NOT EXISTS`, which PostgreSQL refuses
+/// without the CREATE privilege even when the object exists.
+#[tokio::test]
+async fn roles_without_ddl_rights_connect_to_a_migrated_schema() {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let Some(url) = common::url("roles_without_ddl_rights") else {
+        return;
+    };
+    let schema = common::fresh_schema("roles");
+    let (owner, app) = (format!("{schema}_owner"), format!("{schema}_app"));
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {owner} LOGIN PASSWORD 'pw'; CREATE ROLE {app} LOGIN PASSWORD 'pw'; \
+         CREATE SCHEMA {schema} AUTHORIZATION {owner};"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let as_role = |role: &str| {
+        sqlx::postgres::PgConnectOptions::from_str(&url)
+            .unwrap()
+            .username(role)
+            .password("pw")
+            .to_url_lossy()
+            .to_string()
+    };
+    let migrated = PgStore::connect_with(&as_role(&owner), PgOptions::new().schema(&schema)).await;
+    let migrated = migrated.expect("the schema's owner migrates it");
+    migrated.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT USAGE ON SCHEMA {schema} TO {app}; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {app}; \
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {app};"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let s = PgStore::connect_with(&as_role(&app), PgOptions::new().schema(&schema))
+        .await
+        .expect("a role with data rights alone connects");
+    s.create(new_instance("wf", 0), None).await.unwrap();
+    assert_eq!(s.claim(claim_req("a", T0 + 1, 1)).await.unwrap().len(), 1);
+    s.close().await;
+    common::drop_schemas(&url, std::slice::from_ref(&schema)).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP OWNED BY {app}; DROP ROLE {app}; DROP OWNED BY {owner}; DROP ROLE {owner};"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
+
+/// Listing by dedup key (the console's search box, `Query::key`) reads
+/// the key's rows off an index, with or without a workflow, in id order.
+/// Before, the only key index led with the workflow: a search by key alone
+/// read the whole table, every two seconds while the console was open.
+#[tokio::test]
+async fn listing_by_key_is_index_backed() {
+    let Some(url) = common::url("listing_by_key_is_index_backed") else {
+        return;
+    };
+    let schema = common::fresh_schema("key_plan");
+    let s = store(&url, &schema).await;
+    let new: Vec<NewInstance> = (0..20_000)
+        .map(|n| {
+            let mut new = new_instance(if n % 2 == 0 { "wf" } else { "other" }, n);
+            new.key = Some(format!("order-{n}"));
+            new
+        })
+        .collect();
+    s.create_many(new).await.unwrap();
+    sqlx::query("ANALYZE instances")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    // The statements `list` builds for these filters.
+    for sql in [
+        "SELECT id FROM instances WHERE TRUE AND dedup_key = 'order-77' ORDER BY id DESC LIMIT 50",
+        "SELECT id FROM instances WHERE TRUE AND workflow = 'other' AND dedup_key = 'order-77' \
+         ORDER BY id DESC LIMIT 50",
+    ] {
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("instances_dedup")
+                && !plan.contains("Seq Scan")
+                && !plan.contains("Sort"),
+            "{sql}:\n{plan}"
+        );
+    }
+    let found = s
+        .list(&ListQuery {
+            key: Some("order-77".into()),
+            limit: 50,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// A server that cannot be reached is named in the error, as the SQLite
+/// store names its file: not just "Connection refused".
+#[tokio::test]
+async fn an_unreachable_server_is_named_in_the_error() {
+    let options = PgOptions::new().schema("nowhere").retry_for(Duration::ZERO);
+    let err = PgStore::connect_with("postgres://someone@127.0.0.1:1/appdb", options)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("PostgreSQL") && err.contains("127.0.0.1:1/appdb"),
+        "{err}"
+    );
 }

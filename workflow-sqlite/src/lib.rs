@@ -730,6 +730,12 @@ mod tests {
             "SELECT id FROM instances WHERE id IN (SELECT instance_id FROM instance_tags WHERE name = 'a' AND value = 'b') ORDER BY id DESC LIMIT 50",
             "SELECT id FROM instances WHERE created_at >= 1 AND id >= '0' AND created_at < 2 AND id < '1' ORDER BY id DESC LIMIT 50",
             "SELECT id FROM instances WHERE id < 'x' ORDER BY id DESC LIMIT 50",
+            // The console's search box lists by key alone.
+            "SELECT id FROM instances WHERE dedup_key = 'k' ORDER BY id DESC LIMIT 50",
+            "SELECT id FROM instances WHERE workflow = 'w' AND dedup_key = 'k' ORDER BY id DESC LIMIT 50",
+            // The dedup lookup of `create` (writer.rs).
+            "SELECT id FROM instances WHERE workflow = 'w' AND dedup_key = 'k' \
+             AND status IN (SELECT value FROM json_each('[\"pending\"]')) ORDER BY id DESC LIMIT 1",
             "SELECT status, COUNT(*) FROM instances WHERE workflow = 'w' GROUP BY status",
             "SELECT status, COUNT(*) FROM instances GROUP BY status",
             NEXT_DUE,
@@ -1014,7 +1020,9 @@ mod tests {
         let store = SqliteStore::open(dir.path().join("parent.db"))
             .await
             .unwrap();
-        let parent = workflow_core::testing::new_instance("wf", 1);
+        let mut parent = workflow_core::testing::new_instance("wf", 1);
+        // No deadline: `claim_due` claims far past any.
+        parent.deadline_at = None;
         let parent_id = parent.id.clone();
         store.create(parent, None).await.unwrap();
         let p = store.claim(claim_due("w", 1)).await.unwrap().remove(0);

@@ -1337,8 +1337,11 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
             None,
         )
     };
+    // `run_at` never later than the stored deadline: one moved while the
+    // handler ran may not have reached it yet.
     c.prepare_cached(
-        "UPDATE instances SET status = ?1, run_at = ?2, wait_event = ?3, wait_child = ?4, retry_key = ?5, \
+        "UPDATE instances SET status = ?1, run_at = MIN(?2, COALESCE(deadline_at, ?2)), \
+             wait_event = ?3, wait_child = ?4, retry_key = ?5, \
              retry_attempts = ?6, state = COALESCE(?7, state), updated_at = ?8, paused_at = ?9, \
              pause_requested = 0, lease_owner = NULL, lease_expires_at = NULL \
          WHERE id = ?10",
@@ -1471,6 +1474,14 @@ fn create(
             return Ok(decode_instance(raw).map(Created::Existing));
         }
     }
+    // A child started by a parent already cancelled (its handler has not
+    // heard yet) is cancelled with it, as `cancel` would have.
+    let parent_cancelled = match &new.parent {
+        Some(parent) => c
+            .prepare_cached("SELECT 1 FROM instances WHERE id = ?1 AND status = 'cancelled'")?
+            .exists(params![parent.as_str()])?,
+        None => false,
+    };
     let tags = serde_json::to_string(&new.tags).unwrap_or_else(|_| "{}".to_owned());
     c.hot().insert_instance.borrow_mut().execute(params![
         new.id.as_str(),
@@ -1499,11 +1510,33 @@ fn create(
         None,
         None,
     )?;
+    if parent_cancelled {
+        c.prepare_cached(
+            "UPDATE instances SET status = 'cancelled', finished_at = ?1 WHERE id = ?2",
+        )?
+        .execute(params![new.created_at, new.id.as_str()])?;
+        let message = Some("parent cancelled");
+        let id = new.id.as_str();
+        event(
+            c,
+            id,
+            new.created_at,
+            "cancelled",
+            None,
+            None,
+            message,
+            None,
+        )?;
+    }
     // The row as inserted, without reading it back.
     Ok(Ok(Created::New(InstanceRow {
         id: new.id.clone(),
         workflow: new.workflow.clone(),
-        status: Status::Pending,
+        status: if parent_cancelled {
+            Status::Cancelled
+        } else {
+            Status::Pending
+        },
         input: new.input.clone(),
         output: None,
         error: None,
@@ -1513,7 +1546,7 @@ fn create(
         created_at: new.created_at,
         updated_at: new.created_at,
         started_at: None,
-        finished_at: None,
+        finished_at: parent_cancelled.then_some(new.created_at),
         run_at: new.run_at,
         deadline_at: new.deadline_at,
         runs: 0,
