@@ -68,10 +68,6 @@ pub(crate) struct RunShared {
     pub suspend_after: std::time::Duration,
     /// The engine, to start children and wake workers.
     pub engine: crate::engine::Engine,
-    /// Children this run asked the store to create. One created after the
-    /// instance was cancelled escaped the cancel's cascade; the worker
-    /// cancels it when the run ends without its lease.
-    pub children: Mutex<Vec<InstanceId>>,
 }
 
 /// What the worker does with an interrupted run, besides stopping it.
@@ -136,7 +132,6 @@ impl RunShared {
                 recorded,
                 seen: HashMap::new(),
             }),
-            children: Mutex::new(Vec::new()),
         }
     }
 
@@ -193,12 +188,6 @@ impl RunShared {
 
     pub(crate) fn recorded(&self, key: &str) -> Option<StepRow> {
         lock(&self.journal).recorded.get(key).cloned()
-    }
-
-    /// Notes a child about to be created, before the store is asked: a
-    /// create in flight when the handler is dropped may still land.
-    pub(crate) fn starting_child(&self, id: &InstanceId) {
-        lock(&self.children).push(id.clone());
     }
 }
 

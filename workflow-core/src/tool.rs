@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::ctx::{Ctx, RunShared};
+use crate::ctx::Ctx;
 use crate::engine::Engine;
 use crate::error::{error_chain, BoxError, Error, Result};
 use crate::id::InstanceId;
@@ -564,7 +564,7 @@ impl Engine {
         &self,
         name: &str,
         input: &Value,
-        parent: &RunShared,
+        parent: &InstanceId,
         key: &str,
     ) -> Result<(InstanceId, Status)> {
         let (input, timeout) = self.checked_input(name, input).await?;
@@ -578,9 +578,8 @@ impl Engine {
             created_at: now,
             run_at: now,
             deadline_at: Some(crate::store::millis_after(now, timeout)),
-            parent: Some(parent.id.clone()),
+            parent: Some(parent.clone()),
         };
-        parent.starting_child(&new.id);
         let row = self
             .inner
             .store
@@ -655,8 +654,8 @@ where
         let (key, _) = run.next_key(name)?;
         let engine = run.engine.clone();
         let child_key = format!("{}/{key}", run.id);
-        let parent: &RunShared = run;
-        let (engine, child_key, args) = (&engine, &child_key, &args);
+        let parent = run.id.clone();
+        let (engine, child_key, parent, args) = (&engine, &child_key, &parent, &args);
         let outcome = self
             .step_keyed(key, opts, || async move {
                 let answer = match toolbox.lookup(tool) {

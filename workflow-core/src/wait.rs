@@ -193,7 +193,6 @@ where
                         deadline_at: Some(crate::store::millis_after(now, W::TIMEOUT)),
                         parent: Some(parent.clone()),
                     };
-                    run.starting_child(&new.id);
                     // A store error is not the workflow's: it stops the run
                     // (handed back, the start is retried when it resumes)
                     // instead of failing this no-retry step for good.

@@ -502,9 +502,7 @@ async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed, slot: OwnedSemaphor
         lock(&inner.running).remove(&row.id);
         lock(&w.running).remove(&row.id);
         drop(slot);
-        if settle(&w, &lease, finish).await {
-            cancel_escaped_children(&w.engine, &run).await;
-        }
+        settle(&w, &lease, finish).await;
         inner.finished.notify_waiters();
         // A finished child may have woken its parent; a suspended instance
         // whose event was already there is due now.
@@ -644,11 +642,8 @@ async fn execute(
     }
 }
 
-/// Records how the run ended. Returns whether the lease was gone by then
-/// (the instance was cancelled, or another worker took it over).
-async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
+async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) {
     let store = &w.engine.inner.store;
-    let abandoned = matches!(settle, Settle::Abandon);
     let result = match settle {
         Settle::Finish(finish) => {
             let status = finish.status;
@@ -663,48 +658,14 @@ async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
         Settle::Abandon => Ok(()),
     };
     match result {
-        Ok(()) => abandoned,
+        Ok(()) => {}
         Err(StoreError::LeaseLost(_)) => {
             tracing::warn!(
                 "lease lost before the outcome was recorded; another worker owns the instance"
-            );
-            true
+            )
         }
         Err(err) => {
-            tracing::error!(error = %err, "recording the outcome failed; the instance resumes when its lease expires");
-            false
-        }
-    }
-}
-
-/// A run that lost its lease may have started children after its instance
-/// was cancelled (the cancel reaches a handler in another process only at
-/// its next heartbeat): the cancel's cascade missed them, so they are
-/// cancelled here. An instance taken over by another worker goes on, and
-/// its new run finds those children by their keys.
-async fn cancel_escaped_children(engine: &Engine, run: &RunShared) {
-    let children = std::mem::take(&mut *lock(&run.children));
-    if children.is_empty() {
-        return;
-    }
-    match engine.inner.store.get(&run.id).await {
-        Ok(Some(row)) if row.status == Status::Cancelled => {}
-        Ok(_) => return,
-        Err(err) => {
-            tracing::warn!(error = %err, "could not read the instance to cancel the children it started; they run on");
-            return;
-        }
-    }
-    for child in children {
-        match engine.cancel(&child).await {
-            Ok(()) => {
-                tracing::info!(%child, "cancelled a child started after its parent was cancelled")
-            }
-            // Caught by the cascade after all, ended, or never created.
-            Err(crate::Error::AlreadyFinished { .. } | crate::Error::NotFound(_)) => {}
-            Err(err) => {
-                tracing::warn!(%child, error = %err, "cancelling a child of a cancelled instance failed")
-            }
+            tracing::error!(error = %err, "recording the outcome failed; the instance resumes when its lease expires")
         }
     }
 }
