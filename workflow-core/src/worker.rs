@@ -106,12 +106,7 @@ fn for_claimed_ahead(inner: &EngineInner, mut f: impl FnMut(&mut VecDeque<Claime
 
 impl Worker {
     pub(crate) fn spawn(engine: Engine) -> Self {
-        let id = format!(
-            "{}/{}/{}",
-            hostname(),
-            std::process::id(),
-            uuid::Uuid::now_v7()
-        );
+        let id = format!("{}/{}/{}", host(), std::process::id(), uuid::Uuid::now_v7());
         lock(&LIVE).insert(id.clone());
         let stop = engine.inner.shutdown.child_token();
         let ready = Arc::new(ClaimedAhead::default());
@@ -127,7 +122,10 @@ impl Worker {
         Worker { shared, task }
     }
 
-    /// This worker's id: `host/pid/uuid`, stored as the lease owner.
+    /// This worker's id: `host/pid/uuid`, stored as the lease owner. On
+    /// Linux `host` also names the machine's boot and, in a container, its
+    /// pid namespace (`web-1~1a2b3c4d-4026532281`): a restarted process
+    /// frees at once the leases of dead workers of the same place only.
     pub fn id(&self) -> &str {
         &self.shared.id
     }
@@ -428,7 +426,7 @@ fn owner_is_dead(owner: &str) -> bool {
     let Ok(pid) = pid.parse::<u32>() else {
         return false;
     };
-    if host != hostname() {
+    if host != self::host() {
         return false;
     }
     if pid == std::process::id() {
@@ -454,21 +452,75 @@ fn process_alive(_pid: u32) -> bool {
     true
 }
 
-fn hostname() -> &'static str {
+/// Where this process runs, as the first part of its workers' lease
+/// owners: only owners naming the same place may be judged dead by their
+/// pid ([`owner_is_dead`]). A host name alone is not enough: machines
+/// cloned from one image, or containers sharing the host's name (host
+/// networking), would each read the other's pids as dead and take over
+/// leases that are alive. So on Linux it also names this boot of the
+/// machine (the first bytes of `/proc/sys/kernel/random/boot_id`) and,
+/// inside a container, its pid namespace, whose pids mean nothing outside.
+/// Elsewhere it is the host name, as it was.
+fn host() -> &'static str {
     static HOST: LazyLock<String> = LazyLock::new(|| {
-        #[cfg(unix)]
-        {
-            let mut buf = [0u8; 256];
-            // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
-            let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-            if rc == 0 {
-                let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-                return String::from_utf8_lossy(&buf[..end]).replace('/', "_");
-            }
+        let name = hostname();
+        match place() {
+            Some(place) => format!("{name}~{place}"),
+            None => name,
         }
-        "localhost".to_owned()
     });
     &HOST
+}
+
+/// This boot of the machine and, unless it is the initial one, this pid
+/// namespace: `1a2b3c4d` or `1a2b3c4d-4026532281`.
+#[cfg(target_os = "linux")]
+fn place() -> Option<String> {
+    // The kernel numbers the initial pid namespace with this fixed inode.
+    const INITIAL_PID_NAMESPACE: &str = "4026531836";
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let boot: String = boot
+        .trim()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(8)
+        .collect();
+    if boot.len() < 8 {
+        return None;
+    }
+    // `pid:[4026532281]`
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let namespace: String = namespace
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    Some(
+        if namespace.is_empty() || namespace == INITIAL_PID_NAMESPACE {
+            boot
+        } else {
+            format!("{boot}-{namespace}")
+        },
+    )
+}
+
+#[cfg(not(target_os = "linux"))]
+fn place() -> Option<String> {
+    None
+}
+
+fn hostname() -> String {
+    #[cfg(unix)]
+    {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc == 0 {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            return String::from_utf8_lossy(&buf[..end]).replace('/', "_");
+        }
+    }
+    "localhost".to_owned()
 }
 
 async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed, slot: OwnedSemaphorePermit) {
@@ -680,9 +732,32 @@ mod tests {
         assert!(!owner_is_dead("garbage"));
     }
 
+    /// Another machine, or a container, with this host's name: its pids
+    /// are not ours to check, whatever they are.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn owners_elsewhere_under_this_host_name_are_never_reaped() {
+        assert_ne!(host(), hostname(), "the place is part of the host");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        for elsewhere in [
+            hostname(),
+            format!("{}~00000000", hostname()),
+            format!("{}-4026532999", host()),
+        ] {
+            assert!(
+                !owner_is_dead(&format!("{elsewhere}/{pid}/x")),
+                "{elsewhere}"
+            );
+            let me = format!("{elsewhere}/{}/x", std::process::id());
+            assert!(!owner_is_dead(&me), "{elsewhere}");
+        }
+    }
+
     #[test]
     fn own_process_owners_are_dead_unless_live() {
-        let me = format!("{}/{}/x", hostname(), std::process::id());
+        let me = format!("{}/{}/x", host(), std::process::id());
         assert!(owner_is_dead(&me));
         lock(&LIVE).insert(me.clone());
         assert!(!owner_is_dead(&me));
@@ -694,6 +769,6 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        assert!(owner_is_dead(&format!("{}/{pid}/x", hostname())));
+        assert!(owner_is_dead(&format!("{}/{pid}/x", host())));
     }
 }
