@@ -722,6 +722,24 @@ async fn list_filters_and_pages(store: impl Store) {
     let mut counts = store.count_by_status(Some("other")).await.unwrap();
     counts.sort();
     assert_eq!(counts, [(Status::Pending, 3), (Status::InProgress, 2)]);
+    // Several statuses (one named twice): newest first across them, each
+    // row once, and the cursor pages on through them.
+    let several = |before: Option<InstanceId>, limit| ListQuery {
+        statuses: vec![Status::InProgress, Status::Pending, Status::InProgress],
+        before,
+        ..all(limit)
+    };
+    let ids_of = |rows: &[InstanceRow]| rows.iter().map(|r| r.id.to_string()).collect::<Vec<_>>();
+    let both = ids_of(&store.list(&several(None, 100)).await.unwrap());
+    assert_eq!(both.len(), 26);
+    assert!(both.windows(2).all(|w| w[0] > w[1]), "{both:?}");
+    let first = store.list(&several(None, 10)).await.unwrap();
+    assert_eq!(ids_of(&first), both[..10]);
+    let next = store
+        .list(&several(Some(first[9].id.clone()), 10))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&next), both[10..20]);
     assert!(store
         .count_by_status(Some("nope"))
         .await

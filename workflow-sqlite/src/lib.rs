@@ -175,6 +175,61 @@ impl SqliteStore {
     }
 }
 
+/// `list`'s query, after `prefix` (`EXPLAIN QUERY PLAN ` in the tests).
+/// Several statuses make one arm per status, each walking its index in id
+/// order, merged by SQLite (`MERGE (UNION ALL)`) up to the limit: `status
+/// IN (..)` would read and sort every matching row to return the newest.
+fn list_query(prefix: &str, q: &ListQuery) -> QueryBuilder<Sqlite> {
+    let mut statuses: Vec<&str> = q.statuses.iter().map(|s| s.as_str()).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    let arms: Vec<Option<&str>> = if statuses.is_empty() {
+        vec![None]
+    } else {
+        statuses.into_iter().map(Some).collect()
+    };
+    let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(prefix);
+    for (n, status) in arms.into_iter().enumerate() {
+        if n > 0 {
+            sql.push(" UNION ALL ");
+        }
+        sql.push(format!("SELECT {COLUMNS} FROM instances WHERE 1 = 1"));
+        if let Some(status) = status {
+            sql.push(" AND status = ").push_bind(status);
+        }
+        if let Some(workflow) = &q.workflow {
+            sql.push(" AND workflow = ").push_bind(workflow.clone());
+        }
+        for (name, value) in &q.tags {
+            sql.push(" AND id IN (SELECT instance_id FROM instance_tags WHERE name = ")
+                .push_bind(name.clone())
+                .push(" AND value = ")
+                .push_bind(value.clone())
+                .push(")");
+        }
+        if let Some(key) = &q.key {
+            sql.push(" AND dedup_key = ").push_bind(key.clone());
+        }
+        // Ids are UUIDv7, whose text starts with the creation time: bounding
+        // the id too lets the range walk the primary key instead of every row.
+        // A second of slack covers the id being minted just before `created_at`.
+        if let Some(from) = q.created_from {
+            sql.push(" AND created_at >= ").push_bind(from);
+            sql.push(" AND id >= ").push_bind(uuid7_floor(from - 1_000));
+        }
+        if let Some(to) = q.created_to {
+            sql.push(" AND created_at < ").push_bind(to);
+            sql.push(" AND id < ").push_bind(uuid7_floor(to + 1_000));
+        }
+        if let Some(before) = &q.before {
+            sql.push(" AND id < ").push_bind(before.to_string());
+        }
+    }
+    sql.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::try_from(q.limit).unwrap_or(i64::MAX));
+    sql
+}
+
 /// The smallest UUIDv7 text minted at `ms`.
 fn uuid7_floor(ms: Millis) -> String {
     let ms = ms.clamp(0, (1 << 48) - 1) as u64;
@@ -456,46 +511,11 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<InstanceRow>, StoreError> {
-        let mut sql: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("SELECT {COLUMNS} FROM instances WHERE 1 = 1"));
-        if let Some(workflow) = &q.workflow {
-            sql.push(" AND workflow = ").push_bind(workflow.clone());
-        }
-        if !q.statuses.is_empty() {
-            sql.push(" AND status IN (");
-            let mut list = sql.separated(", ");
-            for status in &q.statuses {
-                list.push_bind(status.as_str());
-            }
-            sql.push(")");
-        }
-        for (name, value) in &q.tags {
-            sql.push(" AND id IN (SELECT instance_id FROM instance_tags WHERE name = ")
-                .push_bind(name.clone())
-                .push(" AND value = ")
-                .push_bind(value.clone())
-                .push(")");
-        }
-        if let Some(key) = &q.key {
-            sql.push(" AND dedup_key = ").push_bind(key.clone());
-        }
-        // Ids are UUIDv7, whose text starts with the creation time: bounding
-        // the id too lets the range walk the primary key instead of every row.
-        // A second of slack covers the id being minted just before `created_at`.
-        if let Some(from) = q.created_from {
-            sql.push(" AND created_at >= ").push_bind(from);
-            sql.push(" AND id >= ").push_bind(uuid7_floor(from - 1_000));
-        }
-        if let Some(to) = q.created_to {
-            sql.push(" AND created_at < ").push_bind(to);
-            sql.push(" AND id < ").push_bind(uuid7_floor(to + 1_000));
-        }
-        if let Some(before) = &q.before {
-            sql.push(" AND id < ").push_bind(before.to_string());
-        }
-        sql.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::try_from(q.limit).unwrap_or(i64::MAX));
-        let rows = sql.build().fetch_all(&self.read).await.map_err(backend)?;
+        let rows = list_query("", q)
+            .build()
+            .fetch_all(&self.read)
+            .await
+            .map_err(backend)?;
         rows.iter().map(instance_row).collect()
     }
 
@@ -742,6 +762,54 @@ mod tests {
             LEASE_OWNERS,
             "SELECT seq, at, kind FROM events WHERE instance_id = 'x' ORDER BY seq",
         ];
+        // `list` itself, as it builds its query for each kind of filter.
+        let query = |edit: fn(&mut ListQuery)| {
+            let mut q = ListQuery {
+                limit: 50,
+                ..ListQuery::default()
+            };
+            edit(&mut q);
+            q
+        };
+        let queries = [
+            query(|_| {}),
+            query(|q| q.statuses = vec![Status::Failed]),
+            query(|q| q.statuses = vec![Status::Failed, Status::Completed, Status::Failed]),
+            query(|q| {
+                q.workflow = Some("w".into());
+                q.statuses = vec![Status::Pending, Status::InProgress, Status::Listening];
+                q.before = Some(InstanceId::new());
+            }),
+            query(|q| {
+                q.statuses = vec![Status::Cancelled, Status::TimedOut];
+                q.tags.insert("a".into(), "b".into());
+            }),
+            query(|q| q.key = Some("k".into())),
+            query(|q| {
+                q.created_from = Some(1);
+                q.created_to = Some(2);
+            }),
+        ];
+        for q in &queries {
+            let rows = list_query("EXPLAIN QUERY PLAN ", q)
+                .build()
+                .fetch_all(&store.read)
+                .await
+                .unwrap();
+            let plan = rows
+                .iter()
+                .map(|r| sqlx::Row::get::<String, _>(r, 3))
+                .collect::<Vec<_>>()
+                .join(" | ");
+            // Unfiltered, the newest first is the primary key's own order.
+            let filtered = q.statuses.len() + q.tags.len() > 0 || q.key.is_some();
+            assert!(
+                !plan.contains("TEMP B-TREE") && !(filtered && plan.contains("SCAN instances")),
+                "list {q:?} sorts or scans: {plan}"
+            );
+            // And it returns what it plans: one query per status, merged.
+            store.list(q).await.unwrap();
+        }
         let claim = crate::writer::claim_sql(1);
         for sql in cases.into_iter().map(String::from).chain([claim]) {
             let plan = plan(sql.clone()).await;
