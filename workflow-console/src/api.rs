@@ -474,6 +474,7 @@ async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EventBody {
     name: String,
     #[serde(default)]
@@ -539,7 +540,10 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// Unknown fields are refused, so an input posted bare (not under
+/// `input`) is named as such rather than read as a missing (`null`) input.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StartBody {
     #[serde(default)]
     input: Value,
