@@ -441,8 +441,31 @@ impl Engine {
         dedup: Option<Vec<Status>>,
     ) -> Result<(InstanceId, bool)> {
         let input = json_input::<W>(&input)?;
+        self.check_runnable(W::NAME).await?;
         self.create_raw(W::NAME, W::TIMEOUT, input, options, dedup)
             .await
+    }
+
+    /// Typed starts, like [`Engine::start_json`], need a workflow that some
+    /// engine runs: registered here, or recorded in the store by an engine
+    /// that registers it (a client engine starting work for workers
+    /// elsewhere). Otherwise a forgotten `.register(W)` would leave the
+    /// instance `Pending`, its deadline unenforced, and `result()` waiting
+    /// for ever.
+    async fn check_runnable(&self, workflow: &str) -> Result<()> {
+        if self.inner.workflows.contains_key(workflow)
+            || self
+                .inner
+                .store
+                .definitions()
+                .await?
+                .iter()
+                .any(|d| d.name == workflow)
+        {
+            Ok(())
+        } else {
+            Err(Error::UnknownWorkflow(workflow.to_owned()))
+        }
     }
 
     pub(crate) async fn start_many<W: Workflow>(
@@ -450,6 +473,7 @@ impl Engine {
         inputs: Vec<W::Input>,
         options: StartOptions,
     ) -> Result<Vec<Instance<W>>> {
+        self.check_runnable(W::NAME).await?;
         let now = now_millis();
         let timeout = options.timeout.unwrap_or(W::TIMEOUT);
         let mut new = Vec::with_capacity(inputs.len());

@@ -60,6 +60,9 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = std::result::Result<Self::Output, BoxError>> + Send;
 
     /// Starts an instance; a running worker picks it up.
+    /// [`Error::UnknownWorkflow`](crate::Error::UnknownWorkflow) if no
+    /// engine on this store registers `Self` (neither this one nor one
+    /// that recorded it in the store), as no worker would ever run it.
     fn start(
         engine: &Engine,
         input: Self::Input,

@@ -1013,6 +1013,46 @@ async fn instances_of_unregistered_workflows_are_left_alone_and_listed() {
     );
 }
 
+/// A typed start of a workflow no engine on the store registers (the
+/// `.register(W)` forgotten) is `UnknownWorkflow`, as `start_json` is, not
+/// an instance left `Pending` for ever; a client engine without the
+/// registration still starts what another engine recorded.
+#[tokio::test]
+async fn typed_starts_of_workflows_no_engine_runs_are_unknown() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let client = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .build()
+        .await
+        .unwrap();
+    let input = || OrderInput {
+        order_id: "U".into(),
+        quantity: 1,
+    };
+    let err = ProcessOrder::start(&client, input()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownWorkflow(name) if name == "processOrder"),
+        "{err:?}"
+    );
+    let err = ProcessOrder::get_or_create(&client, "k", input())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownWorkflow(_)), "{err:?}");
+    let err = ProcessOrder::start_many(&client, vec![input()], StartOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownWorkflow(_)), "{err:?}");
+    assert!(client.list(Query::new()).await.unwrap().items.is_empty());
+
+    let worker_side = engine_on(Arc::clone(&store)).await;
+    let _worker = worker_side.start_worker();
+    let inst = ProcessOrder::start(&client, input()).await.unwrap();
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(5)).await.unwrap(),
+        "U charged 7"
+    );
+}
+
 #[tokio::test]
 async fn start_json_works_from_definitions_other_engines_recorded() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
