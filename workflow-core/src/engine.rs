@@ -446,13 +446,13 @@ impl Engine {
             .await
     }
 
-    /// Typed starts, like [`Engine::start_json`], need a workflow that some
-    /// engine runs: registered here, or recorded in the store by an engine
+    /// Typed starts and child workflows, like [`Engine::start_json`], need
+    /// a workflow that some engine runs: registered here, or recorded in the store by an engine
     /// that registers it (a client engine starting work for workers
     /// elsewhere). Otherwise a forgotten `.register(W)` would leave the
     /// instance `Pending`, its deadline unenforced, and `result()` waiting
     /// for ever.
-    async fn check_runnable(&self, workflow: &str) -> Result<()> {
+    pub(crate) async fn check_runnable(&self, workflow: &str) -> Result<()> {
         if self.inner.workflows.contains_key(workflow)
             || self
                 .inner
