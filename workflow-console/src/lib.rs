@@ -120,7 +120,14 @@ impl Console {
     /// name at 127.0.0.1. On any other address, set a token: anyone who can
     /// reach the port could otherwise steer every workflow.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<ConsoleServer, ConsoleError> {
-        let listener = TcpListener::bind(addr).await?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        let listener = TcpListener::bind(&addrs[..]).await.map_err(|err| {
+            let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            std::io::Error::new(
+                err.kind(),
+                format!("cannot listen on {}: {err}", addrs.join(", ")),
+            )
+        })?;
         let local = listener.local_addr()?;
         let loopback = local.ip().is_loopback();
         if !loopback && self.token.is_none() {
@@ -254,6 +261,26 @@ impl ConsoleExt for Engine {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A port in use is an error that names the address.
+    #[tokio::test]
+    async fn a_port_in_use_names_the_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let engine = workflow_core::EngineBuilder::new()
+            .store(workflow_core::MemoryStore::new())
+            .build()
+            .await
+            .unwrap();
+        let err = Console::new(engine).bind(addr).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("console server: cannot listen on {addr}: ")),
+            "{err}"
+        );
+    }
+
     #[test]
     fn tokens_are_escaped_in_the_url() {
         assert_eq!(super::query_escape("a-b_c.d~9"), "a-b_c.d~9");
