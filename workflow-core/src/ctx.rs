@@ -492,12 +492,12 @@ where
             return Ok(None);
         }
         let state = self.state();
-        serde_json::to_string(&*state)
-            .map(Some)
-            .map_err(|source| Error::Json {
-                context: format!("state of workflow `{}`", self.name()),
-                source,
-            })
+        // Persisted only if it reads back as itself (a NaN is written as
+        // `null`), as step values are: a replay restores what ran.
+        let (json, _): (String, S) = crate::error::json_round_trip(&*state, || {
+            format!("state of workflow `{}`", self.name())
+        })?;
+        Ok(Some(json))
     }
 
     /// Records a step. The journal is not updated: keys never repeat within

@@ -266,12 +266,13 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
             let ctx = Ctx::new(shared, W::State::default());
             let returned = workflow.run(ctx.clone(), input).await;
             let result = match returned {
-                Ok(output) => serde_json::to_string(&output).map_err(|err| {
-                    format!(
-                        "output of workflow `{}` is not serializable: {err}",
-                        W::NAME
-                    )
-                }),
+                // Recorded only if it reads back as itself (a NaN is written
+                // as `null`): `result()` must be able to read it.
+                Ok(output) => crate::error::json_round_trip(&output, || {
+                    format!("output of workflow `{}`", W::NAME)
+                })
+                .map(|(json, _)| json)
+                .map_err(|err| err.to_string()),
                 Err(err) => Err(error_chain(&*err)),
             };
             let state = ctx.dirty_state().unwrap_or_else(|err| {
