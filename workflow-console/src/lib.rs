@@ -13,6 +13,22 @@
 //!   `schedules`, `console`, working on a database URL without the
 //!   workflow code (engines record their definitions in the store).
 //!
+//! The JSON API, under `/api` (errors are `{"error", "violations": [{"path", "message"}]}`):
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET overview?workflow=` | `{counts, total, workflows}`: instances per status |
+//! | `GET instances?workflow=&status=failed,paused&tag=k=v&q=&limit=&after=` | `{items, next}`, newest first; `q` is an id or a key, `next` the `after` of the next page |
+//! | `GET instances/{id}` | `{instance, steps, history}` |
+//! | `POST instances/{id}/cancel`, `pause`, `resume`, `rerun` | body `{}` |
+//! | `POST instances/{id}/events` | body `{"name": "approval", "payload": {..}}` |
+//! | `GET workflows` | every recorded definition, with its schemas and counts |
+//! | `POST workflows/{name}/start` | body `{"input": {..}, "key"?, "tags"?, "timeout"?: "10m"}`: 201 `{id}`, 422 with the input's violations |
+//! | `GET schedules` | next fire, last fire and its instance |
+//!
+//! A POST needs `Content-Type: application/json`; with a token, every call
+//! needs `Authorization: Bearer <token>`.
+//!
 //! Safety: bind a loopback address (the default of the CLI); set a token
 //! ([`Console::token`], `--token`, `WORKFLOW_CONSOLE_TOKEN`) and every API
 //! call must carry it; changes are POST requests with a JSON body and are
