@@ -178,8 +178,17 @@ fn valid_schema(schema: &str) -> bool {
         && schema.len() <= 48
 }
 
-fn open_error(err: sqlx::Error) -> Error {
-    Error::Store(StoreError::backend(err))
+/// A failure to connect or migrate, naming the database, server and user
+/// (never the password), as the SQLite store names its file.
+fn open_error(connect: &PgConnectOptions) -> impl Fn(sqlx::Error) -> Error {
+    let target = format!(
+        "PostgreSQL database `{}` on {}:{} as `{}`",
+        connect.get_database().unwrap_or(connect.get_username()),
+        connect.get_host(),
+        connect.get_port(),
+        connect.get_username()
+    );
+    move |err| Error::Store(StoreError::backend(format!("{target}: {err}")))
 }
 
 impl PgStore {
@@ -212,10 +221,11 @@ impl PgStore {
         let connect = connect
             .options(settings)
             .log_statements(tracing::log::LevelFilter::Trace);
-        let mut conn = connect.connect().await.map_err(open_error)?;
+        let open_error = open_error(&connect);
+        let mut conn = connect.connect().await.map_err(&open_error)?;
         schema::migrate(&mut conn, &schema)
             .await
-            .map_err(open_error)?;
+            .map_err(&open_error)?;
         // Used for the pool's first connection check, then closed.
         drop(conn);
         let pool = PgPoolOptions::new()
@@ -223,7 +233,7 @@ impl PgStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.clone())
             .await
-            .map_err(open_error)?;
+            .map_err(&open_error)?;
         let channel = format!("workflow_{schema}");
         let (hint, listen) = if !options.listen && options.claim_wait.is_zero() {
             (watch::channel(0).1, None)
@@ -682,5 +692,25 @@ impl Store for PgStore {
                 Ok((status, u64::try_from(count).unwrap_or(0)))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that cannot be reached is named (database, host, port,
+    /// user) in the error, without the password.
+    #[tokio::test]
+    async fn a_connection_failure_names_the_server() {
+        let err = PgStore::connect("postgres://app:s3cret@127.0.0.1:1/orders")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("PostgreSQL database `orders` on 127.0.0.1:1 as `app`: "),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
     }
 }
