@@ -136,6 +136,15 @@ async fn reads_filters_and_pages() {
         .as_str()
         .unwrap()
         .contains("unknown status `done`"));
+    // A malformed query is a JSON error too, naming the parameter.
+    let bad = get(&base, "/api/instances?limit=ten").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(
+        bad.headers["content-type"], "application/json",
+        "{}",
+        bad.body
+    );
+    assert!(bad.json()["error"].as_str().unwrap().contains("limit"));
 
     // Paging: newest first, by cursor, every instance exactly once.
     let mut seen = Vec::new();
