@@ -101,7 +101,8 @@ pub trait Workflow: Send + Sync + Sized + 'static {
         GetOrCreate::new(engine, key.into(), input)
     }
 
-    /// A typed handle on an existing instance (not checked until used).
+    /// A typed handle on an existing instance (not checked until used:
+    /// then an instance of another workflow is [`Error::WrongWorkflow`](crate::Error::WrongWorkflow)).
     fn handle(engine: &Engine, id: impl Into<crate::InstanceId>) -> Instance<Self> {
         Instance::new(engine.clone(), id.into())
     }

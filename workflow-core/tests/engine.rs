@@ -1053,6 +1053,43 @@ async fn typed_starts_of_workflows_no_engine_runs_are_unknown() {
     );
 }
 
+/// A typed handle on an instance of another workflow says so when used,
+/// rather than reading that workflow's output as its own (both are
+/// strings here, so the read would succeed).
+#[tokio::test]
+async fn a_handle_of_the_wrong_workflow_is_an_error() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let order = ProcessOrder::start(
+        &engine,
+        OrderInput {
+            order_id: "W".into(),
+            quantity: 1,
+        },
+    )
+    .await
+    .unwrap();
+    order.result_timeout(Duration::from_secs(5)).await.unwrap();
+    let wrong = Flaky::handle(&engine, order.id().clone());
+    let err = wrong.result().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::WrongWorkflow { expected, actual, .. }
+            if expected == "flaky" && actual == "processOrder"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "workflow instance {} is an instance of `processOrder`, not of `flaky`",
+            order.id()
+        )
+    );
+    assert!(matches!(
+        wrong.state().await,
+        Err(Error::WrongWorkflow { .. })
+    ));
+}
+
 #[tokio::test]
 async fn start_json_works_from_definitions_other_engines_recorded() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
