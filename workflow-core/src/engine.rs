@@ -336,6 +336,7 @@ impl EngineBuilder {
                 shutdown: CancellationToken::new(),
                 running: std::sync::Mutex::new(HashMap::new()),
                 claimed_ahead: std::sync::Mutex::new(Vec::new()),
+                recorded: std::sync::Mutex::new(Default::default()),
                 scheduled,
                 clock: self.clock,
             }),
@@ -365,6 +366,9 @@ pub(crate) struct EngineInner {
     /// Checked schedules of registered workflows.
     pub scheduled: Vec<Scheduled>,
     pub clock: Arc<dyn Clock>,
+    /// Workflows not registered here found recorded in the store: a client
+    /// engine reads the definitions once per name, not once per start.
+    pub recorded: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl EngineInner {
@@ -453,19 +457,21 @@ impl Engine {
     /// instance `Pending`, its deadline unenforced, and `result()` waiting
     /// for ever.
     pub(crate) async fn check_runnable(&self, workflow: &str) -> Result<()> {
-        if self.inner.workflows.contains_key(workflow)
-            || self
-                .inner
-                .store
-                .definitions()
-                .await?
-                .iter()
-                .any(|d| d.name == workflow)
-        {
-            Ok(())
-        } else {
-            Err(Error::UnknownWorkflow(workflow.to_owned()))
+        let recorded = || {
+            self.inner
+                .recorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        if self.inner.workflows.contains_key(workflow) || recorded().contains(workflow) {
+            return Ok(());
         }
+        let definitions = self.inner.store.definitions().await?;
+        if !definitions.iter().any(|d| d.name == workflow) {
+            return Err(Error::UnknownWorkflow(workflow.to_owned()));
+        }
+        recorded().insert(workflow.to_owned());
+        Ok(())
     }
 
     pub(crate) async fn start_many<W: Workflow>(
