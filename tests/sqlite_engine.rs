@@ -225,3 +225,29 @@ async fn unknown_url_schemes_are_a_clear_error() {
         "{err}"
     );
 }
+
+/// A URL whose store is behind a feature names the feature; a bare file
+/// name says how to write it; neither repeats a password.
+#[tokio::test]
+async fn urls_of_stores_not_compiled_in_name_the_feature() {
+    let error = |url: &'static str| async move {
+        Engine::builder()
+            .database_url(url)
+            .build()
+            .await
+            .unwrap_err()
+            .to_string()
+    };
+    if !cfg!(feature = "postgres") {
+        let err = error("postgres://app:s3cret@db.internal/app").await;
+        assert!(
+            err.contains("need the `postgres` feature of the `workflow` crate"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    let err = error("mysql://app:s3cret@db.internal/app").await;
+    assert!(!err.contains("s3cret"), "{err}");
+    let err = error("workflows.db").await;
+    assert!(err.contains("write `sqlite://workflows.db`"), "{err}");
+}

@@ -130,3 +130,56 @@ async fn toolbox_dispatches_function_tools_with_checked_arguments() {
     let err = tools.call(&engine, "sub", json!({})).await.unwrap_err();
     assert!(err.to_string().contains("the tools are: add"), "{err}");
 }
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct RestockInput {
+    units: u32,
+}
+
+#[workflow(name = "restock")]
+async fn restock(_ctx: Ctx, input: RestockInput) -> workflow::Result<u32> {
+    Ok(input.units)
+}
+
+#[workflow(name = "countdown")]
+async fn countdown(_ctx: Ctx, from: u32) -> workflow::Result<u32> {
+    Ok(from)
+}
+
+/// An argument the schema lets through but the input type refuses (JSON
+/// Schema has no `u32` bound) is bad arguments like any other: the error
+/// is `InvalidArguments` at its path in the arguments as sent, worded for
+/// the model to correct.
+#[tokio::test]
+async fn arguments_the_input_type_refuses_are_invalid_arguments() {
+    let engine = Engine::builder()
+        .database_url("memory:")
+        .register(Restock)
+        .register(Countdown)
+        .build()
+        .await
+        .unwrap();
+    let err = engine
+        .call_tool("restock", json!({"units": 4_294_967_296_u64}))
+        .await
+        .unwrap_err();
+    let workflow::Error::InvalidArguments { tool, violations } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(tool, "restock");
+    assert_eq!(violations[0].path, "/units");
+    assert!(
+        workflow::ToolReply::from_error(&err)
+            .text()
+            .contains("Call the tool again"),
+        "{err}"
+    );
+    let err = engine
+        .call_tool("countdown", json!({"input": 4_294_967_296_u64}))
+        .await
+        .unwrap_err();
+    let workflow::Error::InvalidArguments { violations, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(violations[0].path, "/input", "{err}");
+}

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query as Params, Request, State};
+use axum::extract::{FromRequestParts, Path, Query as QueryString, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -247,6 +248,25 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// Query-string parameters. A malformed query (`?limit=abc`) is a JSON
+/// error like every other, not axum's plain-text rejection.
+struct Params<T>(T);
+
+impl<T, S> FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match QueryString::<T>::from_request_parts(parts, state).await {
+            Ok(QueryString(params)) => Ok(Params(params)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
@@ -474,6 +494,7 @@ async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EventBody {
     name: String,
     #[serde(default)]
@@ -539,7 +560,10 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// Unknown fields are refused, so an input posted bare (not under
+/// `input`) is named as such rather than read as a missing (`null`) input.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StartBody {
     #[serde(default)]
     input: Value,

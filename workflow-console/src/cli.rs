@@ -45,7 +45,9 @@ pub enum Command {
     Run {
         /// The workflow's name.
         name: String,
-        /// The input as JSON (`-` reads standard input).
+        /// The input as JSON (`-` reads standard input); `null` when left
+        /// out, the input of a workflow that takes `()`.
+        #[arg(default_value = "null")]
         input: String,
         /// Wait until the instance ends and print its output (exit 1 unless it completed).
         #[arg(long)]

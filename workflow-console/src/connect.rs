@@ -50,13 +50,33 @@ impl Connector for ConsoleConnector {
             "memory" => Ok(Arc::new(MemoryStore::new())),
             other => {
                 let _ = durability;
-                Err(Error::Config(format!(
-                    "unsupported database URL scheme `{other}` in `{url}` (this build knows: {})",
-                    KNOWN_SCHEMES.join(", ")
-                )))
+                Err(unsupported_url(other, url))
             }
         }
     }
+}
+
+/// Why no store compiled in opens `url`. The URL itself is not repeated,
+/// as it may carry a password.
+fn unsupported_url(scheme: &str, url: &str) -> Error {
+    let known = KNOWN_SCHEMES.join(", ");
+    // Reached only when the store's feature is off.
+    let feature = match scheme {
+        "sqlite" => Some("sqlite"),
+        "postgres" | "postgresql" => Some("postgres"),
+        _ => None,
+    };
+    Error::Config(match feature {
+        Some(feature) => format!(
+            "`{scheme}:` database URLs need the `{feature}` feature of `workflow-console` \
+             (cargo install --path workflow-console --features {feature}; this build knows: {known})"
+        ),
+        None if !url.contains(':') => format!(
+            "database URL `{url}` has no scheme: for a SQLite file, write `sqlite://{url}` \
+             (this build knows: {known})"
+        ),
+        None => format!("unsupported database URL scheme `{scheme}` (this build knows: {known})"),
+    })
 }
 
 const KNOWN_SCHEMES: &[&str] = &[
@@ -134,5 +154,26 @@ mod tests {
             "{err}"
         );
         assert!(connect("memory:").await.is_ok());
+    }
+
+    /// A URL whose store is behind a feature names the feature and how to
+    /// install with it; no message repeats a password.
+    #[tokio::test]
+    async fn urls_of_stores_not_compiled_in_name_the_feature() {
+        if !cfg!(feature = "postgres") {
+            let err = connect("postgres://app:s3cret@db.internal/app")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--features postgres"), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        let err = connect("mysql://app:s3cret@db/app")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = connect("workflows.db").await.unwrap_err().to_string();
+        assert!(err.contains("write `sqlite://workflows.db`"), "{err}");
     }
 }

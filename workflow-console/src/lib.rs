@@ -13,6 +13,22 @@
 //!   `schedules`, `console`, working on a database URL without the
 //!   workflow code (engines record their definitions in the store).
 //!
+//! The JSON API, under `/api` (errors are `{"error", "violations": [{"path", "message"}]}`):
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET overview?workflow=` | `{counts, total, workflows}`: instances per status |
+//! | `GET instances?workflow=&status=failed,paused&tag=k=v&q=&limit=&after=` | `{items, next}`, newest first; `q` is an id or a key, `next` the `after` of the next page |
+//! | `GET instances/{id}` | `{instance, steps, history}` |
+//! | `POST instances/{id}/cancel`, `pause`, `resume`, `rerun` | body `{}` |
+//! | `POST instances/{id}/events` | body `{"name": "approval", "payload": {..}}` |
+//! | `GET workflows` | every recorded definition, with its schemas and counts |
+//! | `POST workflows/{name}/start` | body `{"input": {..}, "key"?, "tags"?, "timeout"?: "10m"}`: 201 `{id}`, 422 with the input's violations |
+//! | `GET schedules` | next fire, last fire and its instance |
+//!
+//! A POST needs `Content-Type: application/json`; with a token, every call
+//! needs `Authorization: Bearer <token>`.
+//!
 //! Safety: bind a loopback address (the default of the CLI); set a token
 //! ([`Console::token`], `--token`, `WORKFLOW_CONSOLE_TOKEN`) and every API
 //! call must carry it; changes are POST requests with a JSON body and are
@@ -120,7 +136,14 @@ impl Console {
     /// name at 127.0.0.1. On any other address, set a token: anyone who can
     /// reach the port could otherwise steer every workflow.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<ConsoleServer, ConsoleError> {
-        let listener = TcpListener::bind(addr).await?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        let listener = TcpListener::bind(&addrs[..]).await.map_err(|err| {
+            let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            std::io::Error::new(
+                err.kind(),
+                format!("cannot listen on {}: {err}", addrs.join(", ")),
+            )
+        })?;
         let local = listener.local_addr()?;
         let loopback = local.ip().is_loopback();
         if !loopback && self.token.is_none() {
@@ -254,6 +277,26 @@ impl ConsoleExt for Engine {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A port in use is an error that names the address.
+    #[tokio::test]
+    async fn a_port_in_use_names_the_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let engine = workflow_core::EngineBuilder::new()
+            .store(workflow_core::MemoryStore::new())
+            .build()
+            .await
+            .unwrap();
+        let err = Console::new(engine).bind(addr).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("console server: cannot listen on {addr}: ")),
+            "{err}"
+        );
+    }
+
     #[test]
     fn tokens_are_escaped_in_the_url() {
         assert_eq!(super::query_escape("a-b_c.d~9"), "a-b_c.d~9");

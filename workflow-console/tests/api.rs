@@ -136,6 +136,15 @@ async fn reads_filters_and_pages() {
         .as_str()
         .unwrap()
         .contains("unknown status `done`"));
+    // A malformed query is a JSON error too, naming the parameter.
+    let bad = get(&base, "/api/instances?limit=ten").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(
+        bad.headers["content-type"], "application/json",
+        "{}",
+        bad.body
+    );
+    assert!(bad.json()["error"].as_str().unwrap().contains("limit"));
 
     // Paging: newest first, by cursor, every instance exactly once.
     let mut seen = Vec::new();
@@ -386,6 +395,27 @@ async fn changes_are_checked_and_applied() {
     assert_eq!(res.status, 404);
     let res = post(&base, "/api/workflows/processOrder/start", json!([1])).await;
     assert_eq!(res.status, 400);
+    // The input posted bare, not under `input`: the stray field is named.
+    let res = post(
+        &base,
+        "/api/workflows/processOrder/start",
+        json!({ "order_id": "Z-9" }),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.body);
+    let error = res.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("unknown field `order_id`") && error.contains("`input`"),
+        "{error}"
+    );
+    let res = post(
+        &base,
+        &format!("/api/instances/{listening}/events"),
+        json!({ "event": "approval", "payload": {} }),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.body);
+    assert!(res.body.contains("unknown field `event`"), "{}", res.body);
     server.shutdown();
 }
 

@@ -236,6 +236,9 @@ async fn starts_and_steers_for_a_running_engine() {
     let out = cli(url, &["run", "processOrder", "{not json"]).await;
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("not valid JSON"), "{}", out.stderr);
+    // A workflow whose input is `()` needs none on the command line.
+    let info = json(&cli(url, &["run", "nightlyCleanup", "--wait", "--json"]).await);
+    assert_eq!(info["status"], "completed");
     // The CLI runs no engine: the name is checked against what engines recorded.
     let out = cli(url, &["run", "nope", "{}", "--wait"]).await;
     assert_eq!(

@@ -338,6 +338,7 @@ impl EngineBuilder {
                 shutdown: CancellationToken::new(),
                 running: std::sync::Mutex::new(HashMap::new()),
                 claimed_ahead: std::sync::Mutex::new(Vec::new()),
+                recorded: std::sync::Mutex::new(Default::default()),
                 scheduled,
                 clock: self.clock,
             }),
@@ -367,6 +368,9 @@ pub(crate) struct EngineInner {
     /// Checked schedules of registered workflows.
     pub scheduled: Vec<Scheduled>,
     pub clock: Arc<dyn Clock>,
+    /// Workflows not registered here found recorded in the store: a client
+    /// engine reads the definitions once per name, not once per start.
+    pub recorded: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl EngineInner {
@@ -443,8 +447,33 @@ impl Engine {
         dedup: Option<Vec<Status>>,
     ) -> Result<(InstanceId, bool)> {
         let input = json_input::<W>(&input)?;
+        self.check_runnable(W::NAME).await?;
         self.create_raw(W::NAME, W::TIMEOUT, input, options, dedup)
             .await
+    }
+
+    /// Typed starts and child workflows, like [`Engine::start_json`], need
+    /// a workflow that some engine runs: registered here, or recorded in the store by an engine
+    /// that registers it (a client engine starting work for workers
+    /// elsewhere). Otherwise a forgotten `.register(W)` would leave the
+    /// instance `Pending`, its deadline unenforced, and `result()` waiting
+    /// for ever.
+    pub(crate) async fn check_runnable(&self, workflow: &str) -> Result<()> {
+        let recorded = || {
+            self.inner
+                .recorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        if self.inner.workflows.contains_key(workflow) || recorded().contains(workflow) {
+            return Ok(());
+        }
+        let definitions = self.inner.store.definitions().await?;
+        if !definitions.iter().any(|d| d.name == workflow) {
+            return Err(Error::UnknownWorkflow(workflow.to_owned()));
+        }
+        recorded().insert(workflow.to_owned());
+        Ok(())
     }
 
     pub(crate) async fn start_many<W: Workflow>(
@@ -452,6 +481,7 @@ impl Engine {
         inputs: Vec<W::Input>,
         options: StartOptions,
     ) -> Result<Vec<Instance<W>>> {
+        self.check_runnable(W::NAME).await?;
         let now = now_millis();
         let timeout = options.timeout.unwrap_or(W::TIMEOUT);
         let mut new = Vec::with_capacity(inputs.len());

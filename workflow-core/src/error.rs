@@ -112,6 +112,18 @@ pub enum Error {
         status: Status,
     },
 
+    /// A typed handle (`W::handle(&engine, id)`) names an instance of
+    /// another workflow: its output and state are not `W`'s.
+    #[error("workflow instance {id} is an instance of `{actual}`, not of `{expected}`")]
+    WrongWorkflow {
+        /// The instance.
+        id: InstanceId,
+        /// The handle's workflow.
+        expected: String,
+        /// The instance's workflow.
+        actual: String,
+    },
+
     /// The instance had already ended, so the operation changed nothing.
     #[error("workflow instance {id} already ended {status}; nothing changed")]
     AlreadyFinished {

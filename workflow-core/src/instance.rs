@@ -158,7 +158,9 @@ impl<W: Workflow> Instance<W> {
 
     /// Its state now, as last persisted (default until a step changed it).
     pub async fn state(&self) -> Result<W::State> {
-        match self.engine.row(&self.id).await?.state {
+        let row = self.engine.row(&self.id).await?;
+        self.check_workflow(&row)?;
+        match row.state {
             Some(json) => decode_named(&json).map_err(|message| {
                 StoreError::Corrupt {
                     id: self.id.to_string(),
@@ -234,7 +236,22 @@ impl<W: Workflow> Instance<W> {
         self.engine.steps(&self.id).await
     }
 
+    /// A handle made with [`Workflow::handle`] is not checked until used:
+    /// reading another workflow's output or state as `W`'s could succeed
+    /// (same types) and be wrong.
+    fn check_workflow(&self, row: &InstanceRow) -> Result<()> {
+        if row.workflow == W::NAME {
+            return Ok(());
+        }
+        Err(Error::WrongWorkflow {
+            id: self.id.clone(),
+            expected: W::NAME.to_owned(),
+            actual: row.workflow.clone(),
+        })
+    }
+
     fn output_of(&self, row: InstanceRow) -> Result<W::Output> {
+        self.check_workflow(&row)?;
         match row.status {
             Status::Completed => {
                 let json = row.output.unwrap_or_else(|| "null".to_owned());

@@ -286,9 +286,32 @@ impl Tool {
             Target::Workflow { wait } => {
                 let id = engine
                     .start_json(&self.name, input, StartOptions::default())
-                    .await?;
+                    .await
+                    .map_err(|err| self.start_error(err))?;
                 workflow_outcome(engine, &id, Status::Pending, *wait).await
             }
+        }
+    }
+
+    /// An input this workflow tool's schema let through but its type
+    /// refused (a number too large for a `u32`): bad arguments all the
+    /// same, reported at their path in the arguments as sent.
+    fn start_error(&self, err: Error) -> Error {
+        match err {
+            Error::InvalidInput {
+                workflow,
+                violations,
+            } if workflow == self.name => Error::InvalidArguments {
+                tool: workflow,
+                violations: violations
+                    .into_iter()
+                    .map(|v| Violation {
+                        path: self.shape.args_path(&v.path),
+                        message: v.message,
+                    })
+                    .collect(),
+            },
+            other => other,
         }
     }
 
@@ -685,7 +708,7 @@ where
                                     Ok((id, status)) => {
                                         workflow_outcome(engine, &id, status, *wait).await
                                     }
-                                    Err(err) => Err(err),
+                                    Err(err) => Err(t.start_error(err)),
                                 }
                             }
                         },

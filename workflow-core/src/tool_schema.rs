@@ -33,6 +33,15 @@ impl Shape {
             Shape::Unit => Value::Null,
         }
     }
+
+    /// Where the value at `path` (a JSON pointer) of the input sits in
+    /// arguments of this shape.
+    pub(crate) fn args_path(self, path: &str) -> String {
+        match self {
+            Shape::Wrapped => format!("/{WRAPPED_KEY}{path}"),
+            Shape::Object | Shape::Unit => path.to_owned(),
+        }
+    }
 }
 
 /// The property a non-object input is wrapped in.

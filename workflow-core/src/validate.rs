@@ -56,10 +56,7 @@ impl SchemaCheck {
         if let Some(validator) = &self.0 {
             let violations: Vec<Violation> = validator
                 .iter_errors(value)
-                .map(|err| Violation {
-                    path: err.instance_path().to_string(),
-                    message: err.to_string(),
-                })
+                .flat_map(|err| explain(&err))
                 .collect();
             if !violations.is_empty() {
                 return Err(violations);
@@ -73,6 +70,91 @@ impl SchemaCheck {
             }]
         })
     }
+}
+
+/// A violation in words. A value that fits none of the alternatives of a
+/// `oneOf`/`anyOf` (a Rust enum, an `Option` of a struct) is explained by
+/// the alternative it was meant for (the one whose tag it carries, or that
+/// it got furthest into) rather than as "not valid under any of the
+/// schemas"; one whose tag matches no alternative is told the tags.
+fn explain(err: &jsonschema::ValidationError<'_>) -> Vec<Violation> {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let path = err.instance_path().to_string();
+    let as_is = || {
+        vec![Violation {
+            path: path.clone(),
+            message: err.to_string(),
+        }]
+    };
+    let branches = match err.kind() {
+        Kind::OneOfNotValid { context } | Kind::AnyOf { context } => context,
+        _ => return as_is(),
+    };
+    let depth = |p: &str| p.matches('/').count();
+    // The alternative's tag (a `const` or `enum` one level down) is not the
+    // value's: the value is not meant for it.
+    let tag_miss = |e: &jsonschema::ValidationError<'_>| {
+        matches!(e.kind(), Kind::Constant { .. } | Kind::Enum { .. })
+            && depth(&e.instance_path().to_string()) == depth(&path) + 1
+    };
+    let meant: Vec<_> = branches
+        .iter()
+        .filter(|b| !b.is_empty() && !b.iter().any(tag_miss))
+        .collect();
+    if meant.is_empty() {
+        return tags_missed(branches, tag_miss).unwrap_or_else(as_is);
+    }
+    // Furthest into the value, then fewest errors; a tie explains nothing.
+    let score = |b: &Vec<jsonschema::ValidationError<'_>>| {
+        let furthest = b
+            .iter()
+            .map(|e| depth(&e.instance_path().to_string()))
+            .max()
+            .unwrap_or(0);
+        (furthest, std::cmp::Reverse(b.len()))
+    };
+    let Some(&best) = meant.iter().max_by_key(|b| score(b)) else {
+        return as_is();
+    };
+    if meant.iter().filter(|b| score(b) == score(best)).count() > 1 {
+        return as_is();
+    }
+    best.iter().flat_map(|e| explain(e)).collect()
+}
+
+/// Every alternative missed on its tag, all at one path: which tags there are.
+fn tags_missed(
+    branches: &[Vec<jsonschema::ValidationError<'static>>],
+    tag_miss: impl Fn(&jsonschema::ValidationError<'_>) -> bool,
+) -> Option<Vec<Violation>> {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let misses: Vec<_> = branches
+        .iter()
+        .map(|b| b.iter().find(|e| tag_miss(e)))
+        .collect::<Option<_>>()?;
+    let first = misses.first()?;
+    let path = first.instance_path().to_string();
+    let mut tags = Vec::new();
+    for miss in &misses {
+        if miss.instance_path().to_string() != path {
+            return None;
+        }
+        match miss.kind() {
+            Kind::Constant { expected_value } => tags.push(expected_value.to_string()),
+            Kind::Enum { options } => tags.extend(
+                options
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(ToString::to_string),
+            ),
+            _ => return None,
+        }
+    }
+    Some(vec![Violation {
+        path,
+        message: format!("{} is not one of {}", first.instance(), tags.join(" or ")),
+    }])
 }
 
 /// A serde path as a JSON pointer.
@@ -129,5 +211,64 @@ mod tests {
         );
         let good = serde_json::json!({"order_id": "o", "lines": [{"sku": "a", "qty": 1}]});
         assert_eq!(check.check::<Order>(&good).unwrap().lines.len(), 1);
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    #[allow(dead_code)]
+    enum Payment {
+        Card { number: String },
+        Invoice { days: u32 },
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    enum Delivery {
+        Pickup,
+        Courier { street: String },
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Checkout {
+        payment: Payment,
+        delivery: Delivery,
+        line: Option<Line>,
+    }
+
+    /// A value of an enum or an optional struct that fits no alternative
+    /// is explained by the field and rule inside the alternative it was
+    /// meant for, not "not valid under any of the schemas listed in the
+    /// 'oneOf' keyword".
+    #[test]
+    fn enums_and_options_name_the_field_inside() {
+        let check = SchemaCheck::new(&crate::schema_for::<Checkout>());
+        let text =
+            |value: serde_json::Value| describe(&check.check::<Checkout>(&value).unwrap_err());
+        let ok = serde_json::json!({"kind": "card", "number": "4111"});
+        assert_eq!(
+            text(
+                serde_json::json!({"payment": {"kind": "card", "number": 4}, "delivery": "Pickup"})
+            ),
+            r#"at /payment/number: 4 is not of type "string""#
+        );
+        assert_eq!(
+            text(serde_json::json!({"payment": {"kind": "invoice"}, "delivery": "Pickup"})),
+            r#"at /payment: "days" is a required property"#
+        );
+        assert_eq!(
+            text(serde_json::json!({"payment": {"kind": "cheque"}, "delivery": "Pickup"})),
+            r#"at /payment/kind: "cheque" is not one of "card" or "invoice""#
+        );
+        assert_eq!(
+            text(serde_json::json!({"payment": ok, "delivery": {"Courier": {"street": 9}}})),
+            r#"at /delivery/Courier/street: 9 is not of type "string""#
+        );
+        assert_eq!(
+            text(
+                serde_json::json!({"payment": ok, "delivery": "Pickup", "line": {"sku": "a", "qty": "x"}})
+            ),
+            r#"at /line/qty: "x" is not of type "integer""#
+        );
     }
 }

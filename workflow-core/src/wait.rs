@@ -154,7 +154,9 @@ where
 
     /// Starts workflow `W` as a child of this instance, exactly once (across
     /// replays and crashes), and returns its id without waiting for it.
-    /// Cancelling this instance cancels the child.
+    /// Cancelling this instance cancels the child. A `W` that no engine on
+    /// the store registers fails the step with
+    /// [`Error::UnknownWorkflow`]'s message.
     /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn start_child<W: Workflow>(
         &self,
@@ -175,10 +177,14 @@ where
         let store = std::sync::Arc::clone(&run.store);
         let dedup_key = format!("{parent}/{key}");
         let input = &input;
+        let engine = &run.engine;
         let id: InstanceId = self
             .step_keyed(key, StepOptions::no_retry(), || {
                 let (store, parent, dedup_key) = (&store, &parent, &dedup_key);
                 async move {
+                    // A child no engine runs would keep its parent
+                    // listening until the parent's deadline.
+                    engine.check_runnable(W::NAME).await?;
                     let now = now_millis();
                     let new = NewInstance {
                         id: InstanceId::at(now),

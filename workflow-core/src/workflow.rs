@@ -60,6 +60,9 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = std::result::Result<Self::Output, BoxError>> + Send;
 
     /// Starts an instance; a running worker picks it up.
+    /// [`Error::UnknownWorkflow`](crate::Error::UnknownWorkflow) if no
+    /// engine on this store registers `Self` (neither this one nor one
+    /// that recorded it in the store), as no worker would ever run it.
     fn start(
         engine: &Engine,
         input: Self::Input,
@@ -98,7 +101,8 @@ pub trait Workflow: Send + Sync + Sized + 'static {
         GetOrCreate::new(engine, key.into(), input)
     }
 
-    /// A typed handle on an existing instance (not checked until used).
+    /// A typed handle on an existing instance (not checked until used:
+    /// then an instance of another workflow is [`Error::WrongWorkflow`](crate::Error::WrongWorkflow)).
     fn handle(engine: &Engine, id: impl Into<crate::InstanceId>) -> Instance<Self> {
         Instance::new(engine.clone(), id.into())
     }

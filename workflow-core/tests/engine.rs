@@ -1013,6 +1013,83 @@ async fn instances_of_unregistered_workflows_are_left_alone_and_listed() {
     );
 }
 
+/// A typed start of a workflow no engine on the store registers (the
+/// `.register(W)` forgotten) is `UnknownWorkflow`, as `start_json` is, not
+/// an instance left `Pending` for ever; a client engine without the
+/// registration still starts what another engine recorded.
+#[tokio::test]
+async fn typed_starts_of_workflows_no_engine_runs_are_unknown() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let client = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .build()
+        .await
+        .unwrap();
+    let input = || OrderInput {
+        order_id: "U".into(),
+        quantity: 1,
+    };
+    let err = ProcessOrder::start(&client, input()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownWorkflow(name) if name == "processOrder"),
+        "{err:?}"
+    );
+    let err = ProcessOrder::get_or_create(&client, "k", input())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownWorkflow(_)), "{err:?}");
+    let err = ProcessOrder::start_many(&client, vec![input()], StartOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownWorkflow(_)), "{err:?}");
+    assert!(client.list(Query::new()).await.unwrap().items.is_empty());
+
+    let worker_side = engine_on(Arc::clone(&store)).await;
+    let _worker = worker_side.start_worker();
+    let inst = ProcessOrder::start(&client, input()).await.unwrap();
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(5)).await.unwrap(),
+        "U charged 7"
+    );
+}
+
+/// A typed handle on an instance of another workflow says so when used,
+/// rather than reading that workflow's output as its own (both are
+/// strings here, so the read would succeed).
+#[tokio::test]
+async fn a_handle_of_the_wrong_workflow_is_an_error() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let order = ProcessOrder::start(
+        &engine,
+        OrderInput {
+            order_id: "W".into(),
+            quantity: 1,
+        },
+    )
+    .await
+    .unwrap();
+    order.result_timeout(Duration::from_secs(5)).await.unwrap();
+    let wrong = Flaky::handle(&engine, order.id().clone());
+    let err = wrong.result().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::WrongWorkflow { expected, actual, .. }
+            if expected == "flaky" && actual == "processOrder"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "workflow instance {} is an instance of `processOrder`, not of `flaky`",
+            order.id()
+        )
+    );
+    assert!(matches!(
+        wrong.state().await,
+        Err(Error::WrongWorkflow { .. })
+    ));
+}
+
 #[tokio::test]
 async fn start_json_works_from_definitions_other_engines_recorded() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -1368,6 +1445,67 @@ async fn values_json_cannot_hold_are_refused_at_once() {
     );
     assert!(inst.steps().await.unwrap().is_empty(), "nothing recorded");
     assert_eq!(NAN_STEP_CALLS.load(Ordering::SeqCst), 1, "not retried");
+}
+
+#[derive(Default, Serialize, Deserialize, JsonSchema)]
+struct Ratio {
+    value: f64,
+}
+
+/// A handler output or a state JSON cannot hold: `-1` sets a NaN state
+/// before a step, anything else returns a NaN output.
+struct NanOutOrState;
+
+impl Workflow for NanOutOrState {
+    type Input = i32;
+    type Output = f64;
+    type State = Ratio;
+    const NAME: &'static str = "nanOutOrState";
+
+    async fn run(&self, ctx: Ctx<Ratio>, n: i32) -> Result<f64, BoxError> {
+        if n < 0 {
+            ctx.state_mut().value = f64::NAN;
+            ctx.step("after", || async { Ok::<_, BoxError>(1) }).await?;
+        }
+        Ok(f64::NAN)
+    }
+}
+
+/// The same rule for what the handler returns and for its state: refused
+/// when produced, with a message naming it, rather than recorded as `null`
+/// and reported later as a "corrupt row" by `result()` or `state()`.
+#[tokio::test]
+async fn outputs_and_states_json_cannot_hold_fail_the_instance_by_name() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(NanOutOrState)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = NanOutOrState::start(&engine, 1).await.unwrap();
+    let err = inst
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "failed: output of workflow `nanOutOrState` does not read back from JSON as null"
+        ),
+        "{err}"
+    );
+    let inst = NanOutOrState::start(&engine, -1).await.unwrap();
+    let err = inst
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("state of workflow `nanOutOrState` does not read back from JSON"),
+        "{err}"
+    );
+    assert_eq!(inst.state().await.unwrap().value, 0.0, "nothing recorded");
 }
 
 static LAPSED_DONE: AtomicU32 = AtomicU32::new(0);

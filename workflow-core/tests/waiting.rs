@@ -399,6 +399,34 @@ async fn a_store_error_starting_a_child_is_retried_not_recorded() {
     assert!(steps.iter().all(|s| s.error.is_none()), "{steps:?}");
 }
 
+/// A child workflow no engine registers fails its step at once, naming
+/// the workflow, instead of leaving the parent listening until its
+/// deadline.
+#[tokio::test]
+async fn a_child_no_engine_runs_fails_the_parent_at_once() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Parent)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let parent = Parent::start(&engine, 21).await.unwrap();
+    let err = parent.result_timeout(LIMIT).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no workflow `double`: it is not registered"),
+        "{err}"
+    );
+    assert!(engine
+        .list(Query::new().name("double"))
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+}
+
 #[tokio::test]
 async fn cancelling_a_parent_cancels_its_children() {
     let engine = engine(Arc::new(MemoryStore::new())).await;

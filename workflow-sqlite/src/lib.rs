@@ -116,6 +116,11 @@ impl SqliteStore {
 
     /// Opens the database at `url` with `options`.
     pub async fn connect_with(url: &str, options: SqliteOptions) -> Result<Self, Error> {
+        // Refused before sqlx renames `:memory:` to a `file:` name that the
+        // writer's connection would create on disk.
+        if is_in_memory(url) {
+            return Err(in_memory_error());
+        }
         let connect = SqliteConnectOptions::from_str(url)
             .map_err(|err| Error::Config(format!("invalid SQLite URL `{url}`: {err}")))?;
         Self::open_with(connect, options).await
@@ -240,15 +245,33 @@ fn uuid7_floor(ms: Millis) -> String {
     )
 }
 
+/// Whether `url` names an in-memory database (`sqlite::memory:`,
+/// `sqlite://:memory:`, `sqlite://`, `?mode=memory`, `file::memory:`),
+/// read as sqlx reads SQLite URLs.
+fn is_in_memory(url: &str) -> bool {
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let (db, params) = rest.split_once('?').unwrap_or((rest, ""));
+    db.is_empty()
+        || db == ":memory:"
+        || db.starts_with("file::memory:")
+        || params.split('&').any(|param| param == "mode=memory")
+}
+
+fn in_memory_error() -> Error {
+    Error::Config(
+        "an in-memory SQLite database cannot be shared by the store's connections; \
+         use a file, or the `memory:` URL (MemoryStore)"
+            .into(),
+    )
+}
+
 /// The writer's own connection, with the same file and pragmas.
 fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Result<Writer, Error> {
     let path = connect.get_filename();
     if path.as_os_str() == ":memory:" || path.as_os_str().is_empty() {
-        return Err(Error::Config(
-            "an in-memory SQLite database cannot be shared by the store's connections; \
-             use a file, or the `memory:` URL (MemoryStore)"
-                .into(),
-        ));
+        return Err(in_memory_error());
     }
     let conn = rusqlite::Connection::open(path).map_err(writer_error)?;
     crate::writer::enlarge_lookaside(&conn);
@@ -714,6 +737,33 @@ mod tests {
             }
         })
         .await;
+    }
+
+    /// sqlx's in-memory URLs are refused with the configuration error, not
+    /// a failure to fsync a WAL that does not exist, and leave no file
+    /// behind (sqlx names `:memory:` `file:sqlx-in-memory-N`, which the
+    /// writer's connection used to create in the working directory).
+    #[tokio::test]
+    async fn in_memory_urls_are_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app.db");
+        for url in [
+            "sqlite::memory:".to_owned(),
+            "sqlite://:memory:".to_owned(),
+            "sqlite://".to_owned(),
+            "sqlite://file::memory:?cache=shared".to_owned(),
+            format!("sqlite://{}?mode=memory", file.display()),
+        ] {
+            let err = SqliteStore::connect(&url).await.unwrap_err();
+            assert!(
+                matches!(&err, Error::Config(m) if m.contains("in-memory SQLite database")),
+                "{url}: {err}"
+            );
+        }
+        assert!(!file.exists());
+        assert!(!std::path::Path::new("sqlx-in-memory-0").exists());
+        assert!(!is_in_memory("sqlite://data/app.db?mode=rwc"));
+        assert!(!is_in_memory("sqlite:///tmp/memory.db"));
     }
 
     #[test]
