@@ -171,9 +171,24 @@ impl<'a> Workflow<'a> {
             }
         }
 
-        let struct_ident = struct_ident(&fn_name, func.sig.ident.span(), errors);
+        let mut struct_ident = struct_ident(&fn_name, func.sig.ident.span(), errors);
 
         let handler = handler(func, errors);
+        if let (Some(ident), Some(handler)) = (&struct_ident, &handler) {
+            if let Some(clash) = type_named(ident, handler) {
+                errors.push(syn::Error::new(
+                    clash,
+                    format!(
+                        "`{ident}` is both this type and the workflow struct `#[workflow]` \
+                         generates from `fn {fn_name}` (its name in PascalCase): rename the \
+                         function or the type"
+                    ),
+                ));
+                // Generating it anyway would add "defined multiple times"
+                // and errors inside the generated code to this one.
+                struct_ident = None;
+            }
+        }
 
         Workflow {
             krate: args
@@ -223,6 +238,41 @@ fn struct_ident(fn_name: &str, span: Span, errors: &mut Errors) -> Option<Ident>
         ),
     ));
     None
+}
+
+/// Where the handler's signature names a type spelled like `ident` in this
+/// module (`Triage`, `self::Triage`, or inside `Vec<Triage>`), which the
+/// generated struct would clash with.
+fn type_named(ident: &Ident, handler: &Handler<'_>) -> Option<Span> {
+    struct Find<'i> {
+        ident: &'i Ident,
+        found: Option<Span>,
+    }
+    impl<'ast> Visit<'ast> for Find<'_> {
+        fn visit_type_path(&mut self, ty: &'ast syn::TypePath) {
+            let segments = &ty.path.segments;
+            let local = ty.qself.is_none()
+                && ty.path.leading_colon.is_none()
+                && match segments.len() {
+                    1 => true,
+                    2 => segments[0].ident == "self",
+                    _ => false,
+                };
+            let last = segments.last().map(|s| &s.ident);
+            if self.found.is_none() && local && last == Some(self.ident) {
+                self.found = Some(last.map_or_else(Span::call_site, Ident::span));
+            }
+            visit::visit_type_path(self, ty);
+        }
+    }
+    let mut find = Find { ident, found: None };
+    find.visit_type(&handler.state);
+    find.visit_type(handler.input);
+    find.visit_type(handler.output);
+    if let Some(error) = handler.error {
+        find.visit_type(error);
+    }
+    find.found
 }
 
 /// The doc comment as plain text: each line trimmed, lines joined with
