@@ -191,6 +191,9 @@ fn server(connect: &PgConnectOptions) -> String {
     }
 }
 
+/// A pooled connection idle at least this long is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user:pass@host/db`,
     /// optionally `?schema=name`), creating and migrating the store's
@@ -238,6 +241,20 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            // sqlx pings every connection it hands out, a second round trip
+            // for each operation. Only one idle long enough to have lost its
+            // server is pinged; one lost under load fails its operation,
+            // which is retried on a fresh connection when that is safe and
+            // otherwise hands its run back, as any lost connection does.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(connect.clone())
             .await
             .map_err(cannot_connect)?;
