@@ -141,32 +141,13 @@ impl Connector for UrlConnector {
                 let _ = durability;
                 Ok(std::sync::Arc::new(MemoryStore::new()))
             }
-            other => Err(unsupported_url(other, url)),
+            _ => Err(workflow_core::unsupported_url(
+                url,
+                KNOWN_SCHEMES,
+                |feature| format!("the `{feature}` feature of the `workflow` crate"),
+            )),
         }
     }
-}
-
-/// Why no store compiled in opens `url`. The URL itself is not repeated,
-/// as it may carry a password.
-fn unsupported_url(scheme: &str, url: &str) -> Error {
-    let known = KNOWN_SCHEMES.join(", ");
-    // Reached only when the store's feature is off.
-    let feature = match scheme {
-        "sqlite" => Some("sqlite"),
-        "postgres" | "postgresql" => Some("postgres"),
-        _ => None,
-    };
-    Error::Config(match feature {
-        Some(feature) => format!(
-            "`{scheme}:` database URLs need the `{feature}` feature of the `workflow` crate \
-             (this build knows: {known})"
-        ),
-        None if !url.contains(':') => format!(
-            "database URL `{url}` has no scheme: for a SQLite file, write `sqlite://{url}` \
-             (this build knows: {known})"
-        ),
-        None => format!("unsupported database URL scheme `{scheme}` (this build knows: {known})"),
-    })
 }
 
 const KNOWN_SCHEMES: &[&str] = &[

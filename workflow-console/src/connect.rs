@@ -48,35 +48,21 @@ impl Connector for ConsoleConnector {
                 Ok(Arc::new(store))
             }
             "memory" => Ok(Arc::new(MemoryStore::new())),
-            other => {
+            _ => {
                 let _ = durability;
-                Err(unsupported_url(other, url))
+                Err(workflow_core::unsupported_url(
+                    url,
+                    KNOWN_SCHEMES,
+                    |feature| {
+                        format!(
+                            "the `{feature}` feature of `workflow-console` \
+                         (cargo install --path workflow-console --features {feature})"
+                        )
+                    },
+                ))
             }
         }
     }
-}
-
-/// Why no store compiled in opens `url`. The URL itself is not repeated,
-/// as it may carry a password.
-fn unsupported_url(scheme: &str, url: &str) -> Error {
-    let known = KNOWN_SCHEMES.join(", ");
-    // Reached only when the store's feature is off.
-    let feature = match scheme {
-        "sqlite" => Some("sqlite"),
-        "postgres" | "postgresql" => Some("postgres"),
-        _ => None,
-    };
-    Error::Config(match feature {
-        Some(feature) => format!(
-            "`{scheme}:` database URLs need the `{feature}` feature of `workflow-console` \
-             (cargo install --path workflow-console --features {feature}; this build knows: {known})"
-        ),
-        None if !url.contains(':') => format!(
-            "database URL `{url}` has no scheme: for a SQLite file, write `sqlite://{url}` \
-             (this build knows: {known})"
-        ),
-        None => format!("unsupported database URL scheme `{scheme}` (this build knows: {known})"),
-    })
 }
 
 const KNOWN_SCHEMES: &[&str] = &[

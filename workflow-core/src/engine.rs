@@ -43,6 +43,32 @@ pub trait Connector: Send + Sync + 'static {
     async fn connect(&self, url: Option<&str>, durability: Durability) -> Result<Arc<dyn Store>>;
 }
 
+/// The error a [`Connector`] gives for a URL no store it was built with
+/// opens. `known` lists the schemes it opens; `needs(feature)` says how to
+/// get the store a `sqlite:` or `postgres:` URL wants (`"the `postgres`
+/// feature of the `workflow` crate"`). A URL with a scheme is not repeated,
+/// as it may carry a password.
+pub fn unsupported_url(url: &str, known: &[&str], needs: impl Fn(&str) -> String) -> Error {
+    let known = known.join(", ");
+    let scheme = url.split_once(':').map_or(url, |(s, _)| s);
+    let feature = match scheme {
+        "sqlite" => Some("sqlite"),
+        "postgres" | "postgresql" => Some("postgres"),
+        _ => None,
+    };
+    Error::Config(match feature {
+        Some(feature) => format!(
+            "`{scheme}:` database URLs need {} (this build knows: {known})",
+            needs(feature)
+        ),
+        None if !url.contains(':') => format!(
+            "database URL `{url}` has no scheme: for a SQLite file, write `sqlite://{url}` \
+             (this build knows: {known})"
+        ),
+        None => format!("unsupported database URL scheme `{scheme}` (this build knows: {known})"),
+    })
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub concurrency: usize,
