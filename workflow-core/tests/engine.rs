@@ -52,6 +52,19 @@ impl Workflow for ProcessOrder {
     }
 }
 
+/// An engine on a memory store running only `workflow`, one instance at a
+/// time: the next one waits claimed ahead.
+async fn one_slot_engine<W: Workflow>(workflow: W) -> Engine {
+    EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(workflow)
+        .concurrency(1)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap()
+}
+
 async fn engine_on(store: Arc<dyn Store>) -> Engine {
     EngineBuilder::new()
         .shared_store(store)
@@ -1367,14 +1380,7 @@ impl Workflow for Ahead {
 /// next heartbeat finds its lease gone.
 #[tokio::test]
 async fn a_cancelled_instance_claimed_ahead_never_starts() {
-    let engine = EngineBuilder::new()
-        .store(MemoryStore::new())
-        .register(Ahead)
-        .concurrency(1)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
+    let engine = one_slot_engine(Ahead).await;
     let insts = Ahead::start_many(&engine, vec![1, 2], StartOptions::new())
         .await
         .unwrap();
@@ -1589,14 +1595,7 @@ impl Workflow for Gated {
 /// completes instead of timing out on the deadline it was claimed with.
 #[tokio::test]
 async fn a_deadline_moved_while_claimed_ahead_is_the_one_it_starts_with() {
-    let engine = EngineBuilder::new()
-        .store(MemoryStore::new())
-        .register(Gated)
-        .concurrency(1)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
+    let engine = one_slot_engine(Gated).await;
     let _worker = engine.start_worker();
     let blocker = Gated::start_with(
         &engine,
