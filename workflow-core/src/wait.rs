@@ -79,6 +79,11 @@ where
     /// gives [`Error::EventTimeout`] when none came, which the handler can
     /// match on. `name` is also the wait's step name, so it follows the
     /// step-name rule of [`Ctx::step`].
+    ///
+    /// An instance waits for one event at a time: a wait that finds nothing
+    /// suspends the whole handler. To wait for one of several outcomes
+    /// (approved or rejected), send one event whose payload says which,
+    /// rather than `select!` over two waits.
     pub async fn wait_for_event<T: DeserializeOwned>(
         &self,
         name: &str,
