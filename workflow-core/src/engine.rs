@@ -625,44 +625,42 @@ impl Engine {
         let control = self.inner.store.cancel(id, now_millis()).await?;
         self.check_control(id, control)?;
         tracing::info!(%id, "instance cancelled");
-        crate::worker::forget_claimed_ahead(&self.inner, id);
-        if let Some(run) = self.inner.local_run(id) {
-            run.interrupt(Interrupt::Cancelled, crate::ctx::Settlement::Plain);
+        // The store cancelled its unfinished descendants with it: those this
+        // process runs or holds claimed ahead hear of it now, as it does,
+        // instead of at their next heartbeat.
+        for cancelled in self.with_local_descendants(id) {
+            crate::worker::forget_claimed_ahead(&self.inner, &cancelled);
+            if let Some(run) = self.inner.local_run(&cancelled) {
+                run.interrupt(Interrupt::Cancelled, crate::ctx::Settlement::Plain);
+            }
         }
-        self.stop_cancelled_children().await;
         self.inner.finished.notify_waiters();
         Ok(())
     }
 
-    /// A cancel also cancels the instance's unfinished descendants in the
-    /// store. Those running or claimed ahead in this process hear of it now,
-    /// as the instance itself does, instead of at the next heartbeat. Only
-    /// the store knows which of them descend from it, so each local
-    /// instance that has a parent is looked up.
-    async fn stop_cancelled_children(&self) {
-        let mut children: Vec<InstanceId> = {
+    /// `id` and the instances running or claimed ahead in this process that
+    /// descend from it through parents this process knows (a grandchild
+    /// under a parent running elsewhere is left to its heartbeat).
+    fn with_local_descendants(&self, id: &InstanceId) -> Vec<InstanceId> {
+        let mut children: Vec<(InstanceId, InstanceId)> = {
             let running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
             running
                 .values()
-                .filter(|run| run.parent.is_some())
-                .map(|run| run.id.clone())
+                .filter_map(|run| Some((run.id.clone(), run.parent.clone()?)))
                 .collect()
         };
         children.extend(crate::worker::children_claimed_ahead(&self.inner));
-        for child in children {
-            match self.inner.store.get(&child).await {
-                Ok(Some(row)) if row.status == Status::Cancelled => {
-                    crate::worker::forget_claimed_ahead(&self.inner, &child);
-                    if let Some(run) = self.inner.local_run(&child) {
-                        run.interrupt(Interrupt::Cancelled, crate::ctx::Settlement::Plain);
-                    }
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(%child, error = %err, "could not check whether a child running here was cancelled with its parent; its next heartbeat will tell");
+        let mut found = vec![id.clone()];
+        let mut next = 0;
+        while let Some(parent) = found.get(next).cloned() {
+            next += 1;
+            for (child, _) in children.iter().filter(|(_, p)| *p == parent) {
+                if !found.contains(child) {
+                    found.push(child.clone());
                 }
             }
         }
+        found
     }
 
     /// Moves the deadline of an instance of any workflow; see [`Instance::set_timeout`].

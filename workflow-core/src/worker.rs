@@ -79,15 +79,15 @@ pub(crate) fn move_deadline_claimed_ahead(
     });
 }
 
-/// The instances claimed ahead in this engine that are children of another.
-pub(crate) fn children_claimed_ahead(inner: &EngineInner) -> Vec<InstanceId> {
+/// The instances claimed ahead in this engine that are children of another,
+/// with their parents.
+pub(crate) fn children_claimed_ahead(inner: &EngineInner) -> Vec<(InstanceId, InstanceId)> {
     let mut children = Vec::new();
     for_claimed_ahead(inner, |ready| {
         children.extend(
             ready
                 .iter()
-                .filter(|c| c.row.parent.is_some())
-                .map(|c| c.row.id.clone()),
+                .filter_map(|c| Some((c.row.id.clone(), c.row.parent.clone()?))),
         );
     });
     children
