@@ -188,8 +188,15 @@ where
                 let (store, parent, dedup_key) = (&store, &parent, &dedup_key);
                 async move {
                     // A child no engine runs would keep its parent
-                    // listening until the parent's deadline.
-                    engine.check_runnable(W::NAME).await?;
+                    // listening until the parent's deadline. Failing to read
+                    // the store is not the workflow's fault, as below.
+                    engine
+                        .check_runnable(W::NAME)
+                        .await
+                        .map_err(|err| match err {
+                            Error::Store(err) => self.store_error(err),
+                            other => other,
+                        })?;
                     let now = now_millis();
                     let new = NewInstance {
                         id: InstanceId::at(now),
