@@ -672,7 +672,9 @@ impl Engine {
         };
         let control = self.inner.store.set_deadline(id, deadline, now).await?;
         self.check_control(id, control)?;
-        crate::worker::move_deadline_claimed_ahead(&self.inner, id, deadline);
+        crate::worker::update_claimed_ahead(&self.inner, id, |row| {
+            row.deadline_at = Some(deadline)
+        });
         if let Some(run) = self.inner.local_run(id) {
             run.deadline.send_replace(Some(deadline));
         }
@@ -707,7 +709,7 @@ impl Engine {
     pub async fn pause(&self, id: &InstanceId) -> Result<()> {
         let control = self.inner.store.pause(id, now_millis()).await?;
         self.check_control(id, control)?;
-        crate::worker::pause_claimed_ahead(&self.inner, id, true);
+        crate::worker::update_claimed_ahead(&self.inner, id, |row| row.pause_requested = true);
         if let Some(run) = self.inner.local_run(id) {
             run.request_pause(true);
         }
@@ -718,7 +720,7 @@ impl Engine {
     pub async fn resume(&self, id: &InstanceId) -> Result<()> {
         let control = self.inner.store.resume(id, now_millis()).await?;
         self.check_control(id, control)?;
-        crate::worker::pause_claimed_ahead(&self.inner, id, false);
+        crate::worker::update_claimed_ahead(&self.inner, id, |row| row.pause_requested = false);
         if let Some(run) = self.inner.local_run(id) {
             run.request_pause(false);
         }

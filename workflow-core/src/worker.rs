@@ -54,27 +54,17 @@ pub(crate) fn forget_claimed_ahead(inner: &EngineInner, id: &InstanceId) {
     for_claimed_ahead(inner, |ready| ready.retain(|c| c.row.id != *id));
 }
 
-/// Sets whether `id`, if claimed ahead in this engine, starts with a pause
-/// requested: then it pauses before its first step.
-pub(crate) fn pause_claimed_ahead(inner: &EngineInner, id: &InstanceId, pause: bool) {
-    for_claimed_ahead(inner, |ready| {
-        for c in ready.iter_mut().filter(|c| c.row.id == *id) {
-            c.row.pause_requested = pause;
-        }
-    });
-}
-
-/// Moves the deadline of `id`, if claimed ahead in this engine, to the one
-/// just stored: it starts with that deadline, not the one it was claimed
-/// with (an extended instance would otherwise time out as it starts).
-pub(crate) fn move_deadline_claimed_ahead(
+/// Changes the row `id` starts with, if claimed ahead in this engine, as
+/// the store was just changed (a pause asked for or withdrawn, a moved
+/// deadline): it starts as the store now says, not as it was claimed.
+pub(crate) fn update_claimed_ahead(
     inner: &EngineInner,
     id: &InstanceId,
-    deadline: crate::store::Millis,
+    mut update: impl FnMut(&mut crate::store::InstanceRow),
 ) {
     for_claimed_ahead(inner, |ready| {
         for c in ready.iter_mut().filter(|c| c.row.id == *id) {
-            c.row.deadline_at = Some(deadline);
+            update(&mut c.row);
         }
     });
 }
