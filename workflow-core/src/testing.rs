@@ -193,15 +193,19 @@ async fn claim_respects_due_time_and_names(store: impl Store) {
     assert_eq!(claimed[0].row.started_at, Some(T0 + 10_000));
 }
 
-async fn steps_are_fenced_by_the_lease(store: impl Store) {
-    let new = new_instance("wf", 0);
-    let id = new.id.clone();
-    store.create(new, None).await.unwrap();
-    let c = store
+/// Instance 0 of `wf`, created and claimed by `a` at `T0 + 1`: running.
+async fn running(store: &impl Store) -> Claimed {
+    store.create(new_instance("wf", 0), None).await.unwrap();
+    store
         .claim(claim_req("a", T0 + 1, 1))
         .await
         .unwrap()
-        .remove(0);
+        .remove(0)
+}
+
+async fn steps_are_fenced_by_the_lease(store: impl Store) {
+    let c = running(&store).await;
+    let id = c.row.id.clone();
     store
         .commit_step(&c.lease, step("fetch", "1", None))
         .await
@@ -301,14 +305,8 @@ async fn steps_are_fenced_by_the_lease(store: impl Store) {
 }
 
 async fn finish_is_final(store: impl Store) {
-    let new = new_instance("wf", 0);
-    let id = new.id.clone();
-    store.create(new, None).await.unwrap();
-    let c = store
-        .claim(claim_req("a", T0 + 1, 1))
-        .await
-        .unwrap()
-        .remove(0);
+    let c = running(&store).await;
+    let id = c.row.id.clone();
     let finish = Finish {
         status: Status::Completed,
         output: Some(r#""done""#.into()),
@@ -372,14 +370,8 @@ async fn finish_is_final(store: impl Store) {
 /// recorded is run again, and fails the same way, for ever. A store may
 /// replace what it cannot hold, but keeps the rest.
 async fn error_texts_with_nul_characters_are_recorded(store: impl Store) {
-    let new = new_instance("wf", 0);
-    let id = new.id.clone();
-    store.create(new, None).await.unwrap();
-    let c = store
-        .claim(claim_req("a", T0 + 1, 1))
-        .await
-        .unwrap()
-        .remove(0);
+    let c = running(&store).await;
+    let id = c.row.id.clone();
     store
         .record_attempt(&c.lease, "parse", 1, "bad byte \0 at 3", T0 + 2)
         .await
@@ -761,14 +753,8 @@ fn suspend_at(status: Status, run_at: Millis, at: Millis) -> Suspend {
 }
 
 async fn suspend_and_wake(store: impl Store) {
-    let new = new_instance("wf", 0);
-    let id = new.id.clone();
-    store.create(new, None).await.unwrap();
-    let c = store
-        .claim(claim_req("a", T0 + 1, 1))
-        .await
-        .unwrap()
-        .remove(0);
+    let c = running(&store).await;
+    let id = c.row.id.clone();
     let mut sleep = suspend_at(Status::Pending, T0 + 10_000, T0 + 2);
     sleep.retry = Some(("charge".into(), 2));
     sleep.state = Some(r#"{"n":1}"#.into());
@@ -1057,14 +1043,8 @@ async fn events_are_kept_until_taken(store: impl Store) {
 }
 
 async fn children_wake_parents_and_die_with_them(store: impl Store) {
-    let parent = new_instance("wf", 0);
-    let parent_id = parent.id.clone();
-    store.create(parent, None).await.unwrap();
-    let p = store
-        .claim(claim_req("a", T0 + 1, 1))
-        .await
-        .unwrap()
-        .remove(0);
+    let p = running(&store).await;
+    let parent_id = p.row.id.clone();
     let mut child = new_instance("wf", 1);
     child.parent = Some(parent_id.clone());
     child.key = Some(format!("{parent_id}/child"));
@@ -1155,10 +1135,7 @@ async fn children_wake_parents_and_die_with_them(store: impl Store) {
 /// the user cancelled). It is created `Cancelled`, as the cancel would have
 /// left it had it existed then.
 async fn a_cancelled_parent_starts_no_child(store: impl Store) {
-    let parent = new_instance("wf", 0);
-    let parent_id = parent.id.clone();
-    store.create(parent, None).await.unwrap();
-    store.claim(claim_req("a", T0 + 1, 1)).await.unwrap();
+    let parent_id = running(&store).await.row.id;
     let control = store.cancel(&parent_id, T0 + 2).await.unwrap();
     assert_eq!(control, Control::Applied);
     let mut child = new_instance("wf", 3);
