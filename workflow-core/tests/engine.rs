@@ -1453,67 +1453,6 @@ async fn values_json_cannot_hold_are_refused_at_once() {
     assert_eq!(NAN_STEP_CALLS.load(Ordering::SeqCst), 1, "not retried");
 }
 
-#[derive(Default, Serialize, Deserialize, JsonSchema)]
-struct Ratio {
-    value: f64,
-}
-
-/// A handler output or a state JSON cannot hold: `-1` sets a NaN state
-/// before a step, anything else returns a NaN output.
-struct NanOutOrState;
-
-impl Workflow for NanOutOrState {
-    type Input = i32;
-    type Output = f64;
-    type State = Ratio;
-    const NAME: &'static str = "nanOutOrState";
-
-    async fn run(&self, ctx: Ctx<Ratio>, n: i32) -> Result<f64, BoxError> {
-        if n < 0 {
-            ctx.state_mut().value = f64::NAN;
-            ctx.step("after", || async { Ok::<_, BoxError>(1) }).await?;
-        }
-        Ok(f64::NAN)
-    }
-}
-
-/// The same rule for what the handler returns and for its state: refused
-/// when produced, with a message naming it, rather than recorded as `null`
-/// and reported later as a "corrupt row" by `result()` or `state()`.
-#[tokio::test]
-async fn outputs_and_states_json_cannot_hold_fail_the_instance_by_name() {
-    let engine = EngineBuilder::new()
-        .store(MemoryStore::new())
-        .register(NanOutOrState)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
-    let _worker = engine.start_worker();
-    let inst = NanOutOrState::start(&engine, 1).await.unwrap();
-    let err = inst
-        .result_timeout(Duration::from_secs(5))
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains(
-            "failed: output of workflow `nanOutOrState` does not read back from JSON as null"
-        ),
-        "{err}"
-    );
-    let inst = NanOutOrState::start(&engine, -1).await.unwrap();
-    let err = inst
-        .result_timeout(Duration::from_secs(5))
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("state of workflow `nanOutOrState` does not read back from JSON"),
-        "{err}"
-    );
-    assert_eq!(inst.state().await.unwrap().value, 0.0, "nothing recorded");
-}
-
 static LAPSED_DONE: AtomicU32 = AtomicU32::new(0);
 
 struct LongStep;
