@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -20,9 +21,46 @@ use tokio::sync::mpsc::WeakUnboundedSender;
 
 use crate::writer::{answer, linger, look_for, Job, Look, Msg};
 
+/// How far commits have reached, shared with the store's readers.
+///
+/// A reader's connection sees every commit as soon as SQLite has made it,
+/// before its fsync: a read could report a step or an output that a power
+/// cut then takes back. So a read, once made, checks whether a commit it
+/// could have seen is still waiting for its fsync, and if so waits for the
+/// next one (see `Writer::settle`), as PostgreSQL shows a commit to other
+/// sessions only once it is flushed.
+#[derive(Debug, Default)]
+pub(crate) struct Horizon {
+    /// The number of the latest commit readers may see: set before SQLite
+    /// commits it, so a reader that saw the commit finds at least its number.
+    committed: AtomicU64,
+    /// Every commit numbered up to this one is on disk.
+    durable: AtomicU64,
+}
+
+impl Horizon {
+    /// Commit number `commit` is about to become visible.
+    pub(crate) fn committing(&self, commit: u64) {
+        self.committed.fetch_max(commit, Ordering::SeqCst);
+    }
+
+    fn synced(&self, commit: u64) {
+        self.durable.fetch_max(commit, Ordering::SeqCst);
+    }
+
+    /// Whether every commit a read made before this call could have seen
+    /// is on disk. Both counters only grow, so reading `committed` first
+    /// never answers yes too early.
+    pub(crate) fn settled(&self) -> bool {
+        let committed = self.committed.load(Ordering::SeqCst);
+        self.durable.load(Ordering::SeqCst) >= committed
+    }
+}
+
 /// The flush thread, as the writer sees it.
 pub(crate) struct Flusher {
     wal: Arc<File>,
+    horizon: Arc<Horizon>,
     to_flush: Option<mpsc::Sender<Vec<Job>>>,
     /// How many handed-over batches each finished fsync covered, and
     /// whether it succeeded.
@@ -42,7 +80,12 @@ impl Flusher {
     /// Starts the thread. `wake` reaches the writer's queue, so a writer
     /// waiting for new writes also hears that the disk is free; it is weak,
     /// so the writer still sees its queue close when the store is dropped.
-    pub(crate) fn spawn(wal: File, wake: WeakUnboundedSender<Msg>) -> std::io::Result<Self> {
+    /// `horizon` hears of every fsync that succeeds.
+    pub(crate) fn spawn(
+        wal: File,
+        wake: WeakUnboundedSender<Msg>,
+        horizon: Arc<Horizon>,
+    ) -> std::io::Result<Self> {
         let wal = Arc::new(wal);
         let (to_flush, batches) = mpsc::channel::<Vec<Job>>();
         let (done, flushed) = mpsc::channel();
@@ -52,6 +95,7 @@ impl Flusher {
             .spawn(move || flush_loop(&file, &batches, &done, &wake))?;
         Ok(Flusher {
             wal,
+            horizon,
             to_flush: Some(to_flush),
             flushed,
             in_flight: VecDeque::new(),
@@ -94,6 +138,7 @@ impl Flusher {
                 }
             }
         }
+        self.horizon.synced(self.durable);
     }
 
     /// Every commit numbered up to this one is on disk.
@@ -123,6 +168,7 @@ impl Flusher {
         self.failed |= flushed.is_err();
         if !self.failed {
             self.durable = self.durable.max(commit);
+            self.horizon.synced(self.durable);
         }
         for job in jobs {
             answer(job, outcome(&flushed));
@@ -149,8 +195,18 @@ fn fail(jobs: Vec<Job>) {
     }
 }
 
+/// While set, fsyncs wait: a test's way to look at the store between a
+/// commit and its fsync.
+#[cfg(test)]
+pub(crate) static HOLD_FSYNCS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Fsyncs the WAL; the error is the message every write of the batch gets.
 fn sync(wal: &File) -> Result<(), String> {
+    #[cfg(test)]
+    while HOLD_FSYNCS.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     wal.sync_data().map_err(|err| {
         tracing::error!(error = %err, "fsync of the SQLite WAL failed");
         format!(
@@ -228,9 +284,15 @@ mod tests {
     fn writes_are_answered_after_their_fsync() {
         let file = tempfile::tempfile().unwrap();
         let (wake, mut woken) = unbounded_channel();
-        let mut flusher = Flusher::spawn(file, wake.downgrade()).unwrap();
+        let horizon = Arc::<Horizon>::default();
+        let mut flusher = Flusher::spawn(file, wake.downgrade(), Arc::clone(&horizon)).unwrap();
+        assert!(horizon.settled());
         let (a, a_rx) = job();
         let (b, b_rx) = job();
+        horizon.committing(1);
+        horizon.committing(2);
+        // Readers may see commits 1 and 2 before they are on disk.
+        assert!(!horizon.settled());
         flusher.flush(vec![a], 1);
         flusher.flush(vec![b], 2);
         assert!(matches!(a_rx.blocking_recv().unwrap(), Ok(Reply::Count(7))));
@@ -240,9 +302,13 @@ mod tests {
         flusher.wait_idle();
         assert!(flusher.idle());
         assert_eq!(flusher.durable(), 2);
+        assert!(horizon.settled());
         let (c, c_rx) = job();
+        horizon.committing(3);
+        assert!(!horizon.settled());
         flusher.flush_here(vec![c], 3);
         assert_eq!(flusher.durable(), 3);
+        assert!(horizon.settled());
         assert!(matches!(c_rx.blocking_recv().unwrap(), Ok(Reply::Count(7))));
     }
 
@@ -251,9 +317,12 @@ mod tests {
     #[test]
     fn a_failed_fsync_fails_every_write_of_its_batch() {
         let (wake, _woken) = unbounded_channel();
-        let mut flusher = Flusher::spawn(pipe_file(), wake.downgrade()).unwrap();
+        let horizon = Arc::<Horizon>::default();
+        let mut flusher =
+            Flusher::spawn(pipe_file(), wake.downgrade(), Arc::clone(&horizon)).unwrap();
         let (a, a_rx) = job();
         let (b, b_rx) = job();
+        horizon.committing(1);
         flusher.flush(vec![a, b], 1);
         for rx in [a_rx, b_rx] {
             let err = rx.blocking_recv().unwrap().unwrap_err();
@@ -266,6 +335,8 @@ mod tests {
         let (c, c_rx) = job();
         flusher.flush_here(vec![c], 2);
         assert_eq!(flusher.durable(), 0);
+        // Readers never hear that the failed commits are on disk.
+        assert!(!horizon.settled());
         let err = c_rx.blocking_recv().unwrap().unwrap_err();
         assert!(err.to_string().contains("fsync"), "{err}");
     }
@@ -273,7 +344,12 @@ mod tests {
     #[test]
     fn dropping_the_flusher_answers_what_it_holds() {
         let (wake, _woken) = unbounded_channel();
-        let mut flusher = Flusher::spawn(tempfile::tempfile().unwrap(), wake.downgrade()).unwrap();
+        let mut flusher = Flusher::spawn(
+            tempfile::tempfile().unwrap(),
+            wake.downgrade(),
+            Arc::default(),
+        )
+        .unwrap();
         let receivers: Vec<_> = (0..10)
             .map(|_| {
                 let (j, rx) = job();

@@ -9,6 +9,12 @@
 //! into the database file (SQLite's checkpoint), so the writer need not.
 //! Several processes may share one file: they queue on SQLite's lock
 //! (`busy_timeout`), and the writer retries past it rather than failing.
+//!
+//! In durable mode a read never returns what a power cut could take back:
+//! SQLite shows a commit to readers before its fsync, so a read that may
+//! have seen a commit still waiting for its fsync waits for it (about one
+//! fsync, and only while writes are in flight). This covers the store's
+//! own writes: another process's show once that process commits them.
 #![warn(missing_docs)]
 
 mod checkpoint;
@@ -62,7 +68,8 @@ impl SqliteOptions {
     /// with `synchronous=FULL`; the fsync runs on its own thread while the
     /// writer applies the next writes) or `Relaxed` (answered at commit, as
     /// with `synchronous=NORMAL`: safe against process crashes, may lose the
-    /// last commits on power loss).
+    /// last commits on power loss). In durable mode reads also return only
+    /// what is on disk (see the crate's documentation).
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
         self
@@ -402,6 +409,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.read)
             .await
             .map_err(backend)?;
+        self.writer.settle().await?;
         row.as_ref().map(instance_row).transpose()
     }
 
@@ -521,6 +529,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.read)
         .await
         .map_err(backend)?;
+        self.writer.settle().await?;
         rows.iter().map(|r| step_row(id, r)).collect()
     }
 
@@ -530,6 +539,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.read)
             .await
             .map_err(backend)?;
+        self.writer.settle().await?;
         rows.iter().map(|r| rows::event_row(id, r)).collect()
     }
 
@@ -539,6 +549,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.read)
             .await
             .map_err(backend)?;
+        self.writer.settle().await?;
         rows.iter().map(instance_row).collect()
     }
 
@@ -689,6 +700,7 @@ impl Store for SqliteStore {
             }
         }
         .map_err(backend)?;
+        self.writer.settle().await?;
         rows.into_iter()
             .map(|(status, count)| {
                 let status = status.parse::<Status>().map_err(|e| StoreError::Corrupt {
@@ -982,6 +994,95 @@ mod tests {
             .unwrap()
             .expect("row survives reopening");
         assert_eq!(row.workflow, "wf");
+    }
+
+    /// Holds back every fsync of this test binary's flush threads while
+    /// alive, and lets them go when dropped, also by a failing assertion.
+    struct HeldFsyncs;
+
+    impl HeldFsyncs {
+        fn hold() -> Self {
+            flush::HOLD_FSYNCS.store(true, std::sync::atomic::Ordering::SeqCst);
+            HeldFsyncs
+        }
+    }
+
+    impl Drop for HeldFsyncs {
+        fn drop(&mut self) {
+            flush::HOLD_FSYNCS.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// SQLite shows a commit to readers before its fsync. A durable
+    /// store's reads must not return such a row, or `result()` could
+    /// report an output that a power cut then takes back.
+    #[tokio::test]
+    async fn durable_reads_return_only_what_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("horizon.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let relaxed = SqliteStore::connect_with(
+            &format!("sqlite://{}", dir.path().join("relaxed.db").display()),
+            SqliteOptions::new().durability(Durability::Relaxed),
+        )
+        .await
+        .unwrap();
+        let new = workflow_core::testing::new_instance("wf", 1);
+        let id = new.id.clone();
+        let peek = rusqlite::Connection::open(&path).unwrap();
+        let committed = |id: &InstanceId| -> bool {
+            peek.query_row(
+                "SELECT COUNT(*) FROM instances WHERE id = ?1",
+                [id.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+                == 1
+        };
+
+        let held = HeldFsyncs::hold();
+        let creating = tokio::spawn({
+            let store = store.clone();
+            async move { store.create(new, None).await }
+        });
+        let started = std::time::Instant::now();
+        while !committed(&id) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!creating.is_finished(), "answered before its fsync");
+        let read = tokio::time::timeout(Duration::from_millis(300), store.get(&id)).await;
+        assert!(read.is_err(), "read a row not yet on disk: {read:?}");
+        let listed = tokio::time::timeout(
+            Duration::from_millis(100),
+            store.list(&ListQuery {
+                limit: 10,
+                ..ListQuery::default()
+            }),
+        )
+        .await;
+        assert!(listed.is_err(), "listed a row not yet on disk: {listed:?}");
+        // Relaxed mode promises nothing past a crash of the process: its
+        // reads never wait (nor do its writes, which have no fsync thread).
+        let other = workflow_core::testing::new_instance("wf", 2);
+        let other_id = other.id.clone();
+        tokio::time::timeout(Duration::from_secs(5), relaxed.create(other, None))
+            .await
+            .expect("a relaxed write waited for an fsync")
+            .unwrap();
+        let row = tokio::time::timeout(Duration::from_secs(5), relaxed.get(&other_id))
+            .await
+            .expect("a relaxed read waited for an fsync")
+            .unwrap();
+        assert!(row.is_some());
+
+        drop(held);
+        creating.await.unwrap().unwrap();
+        let row = store.get(&id).await.unwrap().expect("on disk now");
+        assert_eq!(row.id, id);
     }
 
     /// The writer hands checkpoints to a thread of their own, yet the WAL

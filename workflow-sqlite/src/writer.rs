@@ -21,7 +21,7 @@ use workflow_core::store::*;
 use workflow_core::{InstanceId, Status, StoreError};
 
 use crate::checkpoint::Checkpointer;
-use crate::flush::Flusher;
+use crate::flush::{Flusher, Horizon};
 use crate::rows::{decode_instance, RawInstance, COLUMNS};
 
 type Db = rusqlite::Error;
@@ -122,6 +122,8 @@ pub(crate) struct Unsynced {
     /// The last commit that wrote rows not tracked one by one (a cascade
     /// cancel, a woken parent, a dead worker's leases).
     wide: u64,
+    /// Where readers learn which commits they may have seen.
+    horizon: Option<Arc<Horizon>>,
 }
 
 impl Unsynced {
@@ -157,6 +159,13 @@ impl Unsynced {
                 && self.last_write.get(id).is_none_or(|c| *c <= self.durable))
     }
 
+    /// The open transaction is about to commit: readers may see it.
+    fn committing(&self) {
+        if let Some(horizon) = &self.horizon {
+            horizon.committing(self.next);
+        }
+    }
+
     /// Numbers the open transaction's commit, and opens the next number.
     pub(crate) fn seal(&mut self) -> u64 {
         let commit = self.next;
@@ -190,15 +199,17 @@ pub(crate) struct Session<'c> {
 }
 
 impl<'c> Session<'c> {
-    /// `durable`: whether commits wait for an fsync (see [`Unsynced`]).
-    pub(crate) fn new(conn: &'c Connection, durable: bool) -> Result<Self, Db> {
+    /// `horizon`, in durable mode (commits wait for an fsync, see
+    /// [`Unsynced`]), hears of every commit before it is made.
+    pub(crate) fn new(conn: &'c Connection, horizon: Option<Arc<Horizon>>) -> Result<Self, Db> {
         Ok(Session {
             conn,
             hot: Hot::prepare(conn)?,
             leases: RefCell::new(Leases::default()),
             unsynced: RefCell::new(Unsynced {
-                track: durable,
+                track: horizon.is_some(),
                 next: 1,
+                horizon,
                 ..Unsynced::default()
             }),
             checkpointer: RefCell::new(None),
@@ -347,6 +358,9 @@ pub(crate) enum Op {
     Resume(InstanceId, Millis),
     AdvanceSchedule(String, Millis, Option<(Millis, InstanceId)>),
     PutDefinitions(Vec<(String, String)>, Millis),
+    /// Writes nothing; answered once what was committed before it is on
+    /// disk (see [`Writer::settle`]).
+    Sync,
 }
 
 impl Op {
@@ -370,7 +384,7 @@ impl Op {
             }
             // A claim's own writes (the lease) need no fsync; renewals
             // touch only leases held; definitions are no instance.
-            Op::Claim(_) | Op::Renew(..) | Op::PutDefinitions(..) => {}
+            Op::Claim(_) | Op::Renew(..) | Op::PutDefinitions(..) | Op::Sync => {}
         }
     }
 }
@@ -454,6 +468,8 @@ pub(crate) struct Writer {
     waiting: Arc<AtomicUsize>,
     /// How long a lone caller looks for its answer before it sleeps.
     spin: Duration,
+    /// Durable mode: how far commits have reached (see [`Horizon`]).
+    horizon: Option<Arc<Horizon>>,
 }
 
 /// Counts a caller as waiting until dropped.
@@ -486,9 +502,14 @@ impl Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(AtomicUsize::new(0));
         let callers = Arc::clone(&waiting);
-        let flusher = wal
-            .map(|wal| Flusher::spawn(wal, tx.downgrade()))
-            .transpose()?;
+        let horizon = wal.as_ref().map(|_| Arc::<Horizon>::default());
+        let flusher = match (wal, &horizon) {
+            (Some(wal), Some(horizon)) => {
+                Some(Flusher::spawn(wal, tx.downgrade(), Arc::clone(horizon))?)
+            }
+            _ => None,
+        };
+        let seen = horizon.clone();
         // Relaxed answers come within microseconds of the commit; durable
         // ones wait for an fsync, which is not worth a spinning core.
         let spin = if flusher.is_some() {
@@ -498,8 +519,13 @@ impl Writer {
         };
         std::thread::Builder::new()
             .name("workflow-sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch, flusher, checkpointer, callers))?;
-        Ok(Writer { tx, waiting, spin })
+            .spawn(move || run(conn, rx, max_batch, flusher, seen, checkpointer, callers))?;
+        Ok(Writer {
+            tx,
+            waiting,
+            spin,
+            horizon,
+        })
     }
 
     pub(crate) async fn submit(&self, op: Op) -> Result<Reply, StoreError> {
@@ -530,6 +556,18 @@ impl Writer {
         answer
             .await
             .map_err(|_| StoreError::backend("the SQLite writer stopped before answering"))?
+    }
+
+    /// Returns once every commit that a read made before this call could
+    /// have seen is on disk: at once in relaxed mode, and in durable mode
+    /// when no commit waits for its fsync; otherwise after the next fsync,
+    /// which covers everything committed before it. Err if that fsync
+    /// failed: what was read may not survive a power cut.
+    pub(crate) async fn settle(&self) -> Result<(), StoreError> {
+        match &self.horizon {
+            Some(horizon) if !horizon.settled() => self.submit(Op::Sync).await.map(drop),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) async fn close(&self) {
@@ -617,10 +655,11 @@ fn run(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     max_batch: usize,
     mut flusher: Option<Flusher>,
+    horizon: Option<Arc<Horizon>>,
     checkpointer: Checkpointer,
     callers: Arc<AtomicUsize>,
 ) {
-    let session = match Session::new(&conn, flusher.is_some()) {
+    let session = match Session::new(&conn, horizon) {
         Ok(session) => session.checkpointed(checkpointer, callers),
         Err(err) => {
             // Unreachable after the migrations ran, but never a panic:
@@ -893,9 +932,10 @@ fn begin<'s, 'c>(session: &'s Session<'c>) -> Result<Tx<'s, 'c>, Db> {
 /// Commits `writes` writes (without fsync: see [`Flusher`]); rolls back if
 /// that fails.
 fn commit(session: &Session<'_>, tx: Tx<'_, '_>, writes: usize) -> Result<(), Db> {
-    let done = tx
-        .save_seq()
-        .and_then(|()| session.hot.commit.borrow_mut().execute([]).map(drop));
+    let done = tx.save_seq().and_then(|()| {
+        session.unsynced.borrow().committing();
+        session.hot.commit.borrow_mut().execute([]).map(drop)
+    });
     match &done {
         Ok(()) => {
             if let Some(checkpointer) = session.checkpointer.borrow_mut().as_mut() {
@@ -961,6 +1001,7 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             Ok(Reply::CreatedMany(rows))
         }
         Op::Claim(req) => Ok(Reply::Claimed(claim(c, req)?)),
+        Op::Sync => Ok(Reply::Done),
         Op::CommitStep(lease, step) => commit_step(c, lease, step)?.map(|()| Reply::Done),
         Op::Attempt {
             lease,
@@ -1811,6 +1852,11 @@ mod tests {
     use super::*;
     use rusqlite::StatementStatus;
 
+    /// What a durable store's writer is given.
+    fn durable() -> Option<Arc<Horizon>> {
+        Some(Arc::default())
+    }
+
     /// `c` with the schema.
     fn migrate(c: Connection) -> Connection {
         for migration in crate::schema::MIGRATIONS {
@@ -1854,7 +1900,7 @@ mod tests {
     fn claims_reuse_their_prepared_statement() {
         let mut c = migrated();
         let tx = c.transaction().unwrap();
-        let session = Session::new(&tx, true).unwrap();
+        let session = Session::new(&tx, durable()).unwrap();
         let t = session.tx();
         for n in 0..10 {
             assert!(matches!(
@@ -1889,7 +1935,7 @@ mod tests {
     fn claims_wait_for_the_fsync_of_what_they_read() {
         let mut c = migrated();
         let tx = c.transaction().unwrap();
-        let session = Session::new(&tx, true).unwrap();
+        let session = Session::new(&tx, durable()).unwrap();
         let t = session.tx();
         // Commit 1 creates two instances; it is not on disk yet.
         for n in 0..2 {
@@ -1917,7 +1963,7 @@ mod tests {
         session.unsynced.borrow_mut().synced(2);
         assert!(third.may_answer_before_fsync(&session.unsynced.borrow()));
         // Relaxed mode answers everything at commit.
-        let relaxed = Session::new(&tx, false).unwrap();
+        let relaxed = Session::new(&tx, None).unwrap();
         assert!(relaxed.unsynced.borrow().on_disk("anything"));
     }
 
@@ -1929,7 +1975,7 @@ mod tests {
         let path = dir.path().join("others.db");
         let c = migrate(Connection::open(&path).unwrap());
         c.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
-        let session = Session::new(&c, true).unwrap();
+        let session = Session::new(&c, durable()).unwrap();
         let first = begin(&session).unwrap();
         apply(&first, &Op::CreateMany(vec![new_instance(0)]))
             .unwrap()
@@ -1993,7 +2039,7 @@ mod tests {
         enlarge_lookaside(&c);
         let mut c = migrate(c);
         let tx = c.transaction().unwrap();
-        let session = Session::new(&tx, true).unwrap();
+        let session = Session::new(&tx, durable()).unwrap();
         let t = session.tx();
         // Warm every statement (and the claim's) before counting.
         let run = |from: i64, count: i64| {
@@ -2072,7 +2118,7 @@ mod tests {
             };
             let checkpointer = Checkpointer::spawn(&path, policy).unwrap();
             let waiting = Arc::new(AtomicUsize::new(callers));
-            let session = Session::new(&c, true)
+            let session = Session::new(&c, durable())
                 .unwrap()
                 .checkpointed(checkpointer, waiting);
             let mut longest = 0;
