@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ctx::RunShared;
 use crate::error::Interrupt;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreError};
 use crate::id::InstanceId;
 use crate::instance::{
-    HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo, Timeout,
+    HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo, Timeout, Unreadable,
 };
 use crate::schedule::{CatchUp, Clock, Schedule, ScheduleInfo, SystemClock};
 use crate::status::Status;
@@ -747,16 +747,36 @@ impl Engine {
     /// A page of instances matching `query`, newest first.
     pub async fn list(&self, query: Query) -> Result<Page> {
         let rows = self.inner.store.list(&query.inner).await?;
+        // Counted before unreadable rows are set aside, so one of them
+        // last on a full page does not end the paging.
         let next = if rows.len() == query.inner.limit {
-            rows.last().map(|r| r.id.clone())
+            match rows.last() {
+                Some(Ok(row)) => Some(row.id.clone()),
+                Some(Err(StoreError::Corrupt { id, .. })) => Some(InstanceId::from(id.as_str())),
+                _ => None,
+            }
         } else {
             None
         };
-        let items = rows
-            .into_iter()
-            .map(InstanceInfo::try_from)
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(Page { items, next })
+        let mut page = Page {
+            items: Vec::with_capacity(rows.len()),
+            unreadable: Vec::new(),
+            next,
+        };
+        for row in rows {
+            match row.and_then(InstanceInfo::try_from) {
+                Ok(info) => page.items.push(info),
+                Err(StoreError::Corrupt { id, message }) => {
+                    tracing::warn!(%id, error = %message, "listing an instance whose row is corrupt");
+                    page.unreadable.push(Unreadable {
+                        id: InstanceId::from(id),
+                        error: message,
+                    });
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(page)
     }
 
     /// The schedules of the registered workflows: next fire time, last tick

@@ -498,6 +498,20 @@ impl Query {
 pub struct Page {
     /// The instances, newest first.
     pub items: Vec<InstanceInfo>,
+    /// Instances of this page whose stored row could not be read (a row
+    /// damaged outside the engine); the others are still listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<Unreadable>,
     /// Cursor for the next page (`Query::after`), when this page was full.
     pub next: Option<InstanceId>,
+}
+
+/// An instance [`Engine::list`] found but could not read. Reading it with
+/// [`Engine::instance`] reports the same error; running it fails it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unreadable {
+    /// The instance.
+    pub id: InstanceId,
+    /// What is wrong with its row.
+    pub error: String,
 }

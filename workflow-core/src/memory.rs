@@ -491,7 +491,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn list(&self, q: &ListQuery) -> Result<Vec<InstanceRow>, StoreError> {
+    async fn list(&self, q: &ListQuery) -> Result<Vec<Listed>, StoreError> {
         let t = self.tables();
         let mut rows: Vec<InstanceRow> = t
             .instances
@@ -508,7 +508,7 @@ impl Store for MemoryStore {
             .collect();
         rows.sort_by(|a, b| b.id.cmp(&a.id));
         rows.truncate(q.limit);
-        Ok(rows)
+        Ok(rows.into_iter().map(Ok).collect())
     }
 
     async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError> {

@@ -284,6 +284,10 @@ pub struct ScheduleMark {
     pub last_instance: Option<InstanceId>,
 }
 
+/// A row of [`Store::list`]: the instance, or why its row could not be read
+/// ([`StoreError::Corrupt`], naming the instance).
+pub type Listed = Result<InstanceRow, StoreError>;
+
 /// Filters of [`Store::list`]. Results are newest first.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListQuery {
@@ -423,8 +427,10 @@ pub trait Store: Send + Sync + 'static {
     /// The history of an instance, oldest first.
     async fn history(&self, id: &InstanceId) -> Result<Vec<EventRow>, StoreError>;
 
-    /// Instances matching `query`, newest first.
-    async fn list(&self, query: &ListQuery) -> Result<Vec<InstanceRow>, StoreError>;
+    /// Instances matching `query`, newest first. A row that does not
+    /// decode is [`StoreError::Corrupt`] naming its instance, in its place:
+    /// one bad row must neither hide the others nor end the paging early.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Listed>, StoreError>;
 
     /// Gives the worker back while the instance waits: no lease, status and
     /// wake-up from `suspend`, if `lease` is current. Atomically with that,

@@ -627,6 +627,12 @@ async fn dedup_is_atomic(store: Arc<impl Store>) {
     assert!(matches!(row, Created::Existing(r) if r.status == Status::Failed));
 }
 
+/// `store.list(q)`, every row readable.
+async fn rows(store: &impl Store, q: &ListQuery) -> Vec<InstanceRow> {
+    let listed = store.list(q).await.unwrap();
+    listed.into_iter().map(Result::unwrap).collect()
+}
+
 async fn list_filters_and_pages(store: impl Store) {
     let mut ids = Vec::new();
     for n in 0..25 {
@@ -641,59 +647,65 @@ async fn list_filters_and_pages(store: impl Store) {
         limit,
         ..ListQuery::default()
     };
-    let page = store.list(&all(10)).await.unwrap();
+    let page = rows(&store, &all(10)).await;
     assert_eq!(page.len(), 10);
     assert_eq!(page[0].id, ids[24], "newest first");
     // Paging by cursor is stable under inserts made between pages.
     store.create(new_instance("wf", 99), None).await.unwrap();
-    let next = store
-        .list(&ListQuery {
+    let next = rows(
+        &store,
+        &ListQuery {
             before: Some(page[9].id.clone()),
             ..all(10)
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(next[0].id, ids[14]);
-    let wf = store
-        .list(&ListQuery {
+    let wf = rows(
+        &store,
+        &ListQuery {
             workflow: Some("other".into()),
             ..all(100)
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(wf.len(), 5);
-    let even = store
-        .list(&ListQuery {
+    let even = rows(
+        &store,
+        &ListQuery {
             tags: [("even".to_owned(), "yes".to_owned())].into(),
             ..all(100)
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(even.len(), 13);
-    let ranged = store
-        .list(&ListQuery {
+    let ranged = rows(
+        &store,
+        &ListQuery {
             created_from: Some(T0 + 5),
             created_to: Some(T0 + 10),
             ..all(100)
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(ranged.len(), 5);
-    let pending = store
-        .list(&ListQuery {
+    let pending = rows(
+        &store,
+        &ListQuery {
             statuses: vec![Status::Pending],
             ..all(100)
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(pending.len(), 26);
-    let none = store
-        .list(&ListQuery {
+    let none = rows(
+        &store,
+        &ListQuery {
             statuses: vec![Status::Completed],
             ..all(100)
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     assert!(none.is_empty());
     assert_eq!(
         store.count_by_status(None).await.unwrap(),
@@ -722,15 +734,12 @@ async fn list_filters_and_pages(store: impl Store) {
         ..all(limit)
     };
     let ids_of = |rows: &[InstanceRow]| rows.iter().map(|r| r.id.to_string()).collect::<Vec<_>>();
-    let both = ids_of(&store.list(&several(None, 100)).await.unwrap());
+    let both = ids_of(&rows(&store, &several(None, 100)).await);
     assert_eq!(both.len(), 26);
     assert!(both.windows(2).all(|w| w[0] > w[1]), "{both:?}");
-    let first = store.list(&several(None, 10)).await.unwrap();
+    let first = rows(&store, &several(None, 10)).await;
     assert_eq!(ids_of(&first), both[..10]);
-    let next = store
-        .list(&several(Some(first[9].id.clone()), 10))
-        .await
-        .unwrap();
+    let next = rows(&store, &several(Some(first[9].id.clone()), 10)).await;
     assert_eq!(ids_of(&next), both[10..20]);
     assert!(store
         .count_by_status(Some("nope"))
@@ -1458,7 +1467,7 @@ impl<S: Store> Store for Unreachable<S> {
     async fn history(&self, id: &InstanceId) -> Result<Vec<EventRow>, StoreError> {
         self.up()?.history(id).await
     }
-    async fn list(&self, query: &ListQuery) -> Result<Vec<InstanceRow>, StoreError> {
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Listed>, StoreError> {
         self.up()?.list(query).await
     }
     async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError> {

@@ -514,7 +514,7 @@ impl Store for PgStore {
         rows.iter().map(|r| event_row(id, r)).collect()
     }
 
-    async fn list(&self, q: &ListQuery) -> Result<Vec<InstanceRow>, StoreError> {
+    async fn list(&self, q: &ListQuery) -> Result<Vec<Listed>, StoreError> {
         let build = || {
             let mut sql: QueryBuilder<Postgres> =
                 QueryBuilder::new(format!("SELECT {COLUMNS} FROM instances WHERE TRUE"));
@@ -556,7 +556,7 @@ impl Store for PgStore {
             let mut sql = build();
             Ok(sql.build().fetch_all(&self.db.pool).await?)
         })?;
-        rows.iter().map(instance_row).collect()
+        Ok(rows.iter().map(instance_row).collect())
     }
 
     async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError> {

@@ -543,14 +543,14 @@ impl Store for SqliteStore {
         rows.iter().map(|r| rows::event_row(id, r)).collect()
     }
 
-    async fn list(&self, q: &ListQuery) -> Result<Vec<InstanceRow>, StoreError> {
+    async fn list(&self, q: &ListQuery) -> Result<Vec<Listed>, StoreError> {
         let rows = list_query("", q)
             .build()
             .fetch_all(&self.read)
             .await
             .map_err(backend)?;
         self.writer.settle().await?;
-        rows.iter().map(instance_row).collect()
+        Ok(rows.iter().map(instance_row).collect())
     }
 
     async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError> {
