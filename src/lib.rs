@@ -182,7 +182,7 @@ pub mod __private {
     pub use std::future::Future;
     pub use std::result::Result;
     pub use std::time::Duration;
-    pub use workflow_core::{BoxError, CatchUp, Ctx, Workflow};
+    pub use workflow_core::{Backoff, BoxError, CatchUp, Ctx, Workflow};
 
     /// Converts a handler's error into the engine's boxed error.
     pub fn into_box_error<E: Into<BoxError>>(err: E) -> BoxError {

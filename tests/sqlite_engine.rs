@@ -1,9 +1,11 @@
 //! The facade end to end on SQLite files: macro-generated workflows, state,
-//! retries, dedup under concurrency, and several engines sharing one file.
+//! retries (the attribute's `retries`/`backoff` defaults too), dedup under
+//! concurrency, and several engines sharing one file.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -250,4 +252,152 @@ async fn urls_of_stores_not_compiled_in_name_the_feature() {
     assert!(!err.contains("s3cret"), "{err}");
     let err = error("workflows.db").await;
     assert!(err.contains("write `sqlite://workflows.db`"), "{err}");
+}
+
+/// When each attempt of a flaky step started, per workflow.
+static DEFAULTS_ATTEMPTS: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
+static EXPLICIT_ATTEMPTS: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
+
+/// Records an attempt; the first two fail.
+fn flaky(attempts: &Mutex<Vec<Instant>>) -> Result<u32, BoxError> {
+    let mut attempts = attempts.lock().unwrap();
+    attempts.push(Instant::now());
+    match attempts.len() {
+        n @ (1 | 2) => Err(format!("attempt {n} failed").into()),
+        n => Ok(n as u32),
+    }
+}
+
+/// Every `ctx.step` here waits `250ms * 2^n` after failed attempt `n`: 500 ms, then 1 s.
+#[workflow(
+    name = "flakyDefaults",
+    retries = 3,
+    backoff(initial = "250ms", factor = 2.0, max = "30s")
+)]
+async fn flaky_defaults(ctx: Ctx, _input: ()) -> workflow::Result<u32> {
+    ctx.step("call", || async { flaky(&DEFAULTS_ATTEMPTS) })
+        .await
+}
+
+/// The attribute's 1 ms backoff is overridden by the step's own options.
+#[workflow(
+    name = "flakyExplicit",
+    retries = 3,
+    backoff(initial = "1ms", factor = 1.0, max = "1ms")
+)]
+async fn flaky_explicit(ctx: Ctx, _input: ()) -> workflow::Result<u32> {
+    let opts = StepOptions::retries(3).backoff(
+        Duration::from_millis(300),
+        1.0,
+        Duration::from_millis(300),
+    );
+    ctx.step_with("call", opts, || async { flaky(&EXPLICIT_ATTEMPTS) })
+        .await
+}
+
+/// An engine whose own step policy is 2 attempts 1 ms apart: a step that
+/// needs 3 attempts, or waits longer, got that from its workflow.
+async fn quick_retry_engine(dir: &tempfile::TempDir) -> Engine {
+    Engine::builder()
+        .database_url(format!(
+            "sqlite://{}",
+            dir.path().join("retry.db").display()
+        ))
+        .register(FlakyDefaults)
+        .register(FlakyExplicit)
+        .step_options(StepOptions::retries(2).backoff(
+            Duration::from_millis(1),
+            1.0,
+            Duration::from_millis(1),
+        ))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .expect("engine")
+}
+
+/// The gaps between the starts of consecutive attempts.
+fn gaps(attempts: &Mutex<Vec<Instant>>) -> Vec<Duration> {
+    let attempts = attempts.lock().unwrap();
+    attempts.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// From the history of step `call`: its `attempt_failed` attempt numbers,
+/// and the time from each of those events to the step's next outcome (the
+/// next `attempt_failed`, or its record).
+fn history_gaps(history: &[workflow::HistoryEvent]) -> (Vec<u32>, Vec<Duration>) {
+    let events: Vec<_> = history
+        .iter()
+        .filter(|e| e.step.as_deref() == Some("call"))
+        .filter(|e| ["attempt_failed", "step_completed", "step_failed"].contains(&&*e.kind))
+        .collect();
+    let failed = events
+        .iter()
+        .filter(|e| e.kind == "attempt_failed")
+        .filter_map(|e| e.attempt)
+        .collect();
+    let gaps = events
+        .windows(2)
+        .filter(|w| w[0].kind == "attempt_failed")
+        .map(|w| (w[1].at - w[0].at).to_std().expect("events in order"))
+        .collect();
+    (failed, gaps)
+}
+
+#[tokio::test]
+async fn attribute_retries_and_backoff_apply_to_every_step() {
+    assert_eq!(FlakyDefaults::RETRIES, Some(3));
+    let dir = tempfile::tempdir().unwrap();
+    let engine = quick_retry_engine(&dir).await;
+    let worker = engine.start_worker();
+    let inst = FlakyDefaults::start(&engine, ()).await.unwrap();
+    let out = inst.result_timeout(Duration::from_secs(30)).await;
+    worker.shutdown().await;
+    // Three attempts, where the engine's policy allows two.
+    assert_eq!(out.unwrap(), 3);
+
+    let expected = [Duration::from_millis(500), Duration::from_millis(1000)];
+    let gaps = gaps(&DEFAULTS_ATTEMPTS);
+    assert_eq!(gaps.len(), 2, "{gaps:?}");
+    for (gap, min) in gaps.iter().zip(expected) {
+        assert!(
+            *gap >= min,
+            "attempts {gaps:?} apart, expected at least {expected:?}"
+        );
+    }
+
+    // The history shows the same: each failed attempt is followed by the
+    // next attempt's outcome no sooner than the backoff.
+    let (failed, gaps) = history_gaps(&inst.history().await.unwrap());
+    assert_eq!(failed, [1, 2]);
+    assert_eq!(gaps.len(), 2, "{gaps:?}");
+    for (gap, min) in gaps.iter().zip(expected) {
+        assert!(
+            *gap >= min,
+            "history events {gaps:?} apart, expected at least {expected:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn explicit_step_options_win_over_the_attribute_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = quick_retry_engine(&dir).await;
+    let worker = engine.start_worker();
+    let inst = FlakyExplicit::start(&engine, ()).await.unwrap();
+    let out = inst.result_timeout(Duration::from_secs(30)).await;
+    worker.shutdown().await;
+    assert_eq!(out.unwrap(), 3);
+
+    // 300 ms each, not the attribute's 1 ms.
+    let min = Duration::from_millis(300);
+    let gaps = gaps(&EXPLICIT_ATTEMPTS);
+    assert_eq!(gaps.len(), 2, "{gaps:?}");
+    assert!(gaps.iter().all(|g| *g >= min), "attempts {gaps:?} apart");
+    let (failed, gaps) = history_gaps(&inst.history().await.unwrap());
+    assert_eq!(failed, [1, 2]);
+    assert!(
+        gaps.iter().all(|g| *g >= min),
+        "history events {gaps:?} apart"
+    );
 }

@@ -26,11 +26,54 @@ impl Default for StepOptions {
     fn default() -> Self {
         StepOptions {
             max_attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            factor: std::f64::consts::E,
-            max_backoff: Duration::from_secs(5),
+            initial_backoff: Backoff::DEFAULT.initial,
+            factor: Backoff::DEFAULT.factor,
+            max_backoff: Backoff::DEFAULT.max,
             jitter: 0.0,
         }
+    }
+}
+
+/// The waits between a step's attempts: after failed attempt `n` (1-based)
+/// a step waits `min(initial * factor^n, max)`, before jitter. The curve
+/// part of [`StepOptions`], as a value a constant can hold:
+/// [`Workflow::BACKOFF`](crate::Workflow::BACKOFF) is one, written by
+/// `#[workflow(backoff(initial = "200ms", factor = 2.0, max = "30s"))]`.
+///
+/// ```
+/// use std::time::Duration;
+/// use workflow_core::{Backoff, StepOptions};
+///
+/// let backoff = Backoff { initial: Duration::from_millis(200), factor: 2.0, ..Backoff::DEFAULT };
+/// let opts = StepOptions::retries(3).with_backoff(backoff);
+/// assert_eq!(opts.delay_after(1), Duration::from_millis(400));
+/// assert_eq!(opts.max_backoff, Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The base of the curve: the wait after failed attempt `n` is
+    /// `initial * factor^n`, so `initial * factor` after the first.
+    pub initial: Duration,
+    /// Growth per attempt; values below 1 (and NaN) count as 1 when applied.
+    pub factor: f64,
+    /// The longest wait, whatever the attempt.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The curve of [`StepOptions::default()`]: 100 ms, factor `e`, at most
+    /// 5 s (waits of about 0.27 s, 0.74 s, 2 s, then 5 s).
+    pub const DEFAULT: Backoff = Backoff {
+        initial: Duration::from_millis(100),
+        factor: std::f64::consts::E,
+        max: Duration::from_secs(5),
+    };
+}
+
+impl Default for Backoff {
+    /// [`Backoff::DEFAULT`].
+    fn default() -> Self {
+        Self::DEFAULT
     }
 }
 
@@ -54,6 +97,12 @@ impl StepOptions {
         self.factor = factor.max(1.0);
         self.max_backoff = max;
         self
+    }
+
+    /// Sets the backoff from a [`Backoff`], as
+    /// [`backoff`](StepOptions::backoff) does from its parts.
+    pub fn with_backoff(self, backoff: Backoff) -> Self {
+        self.backoff(backoff.initial, backoff.factor, backoff.max)
     }
 
     /// Spreads each wait by up to `±fraction` (0 to 1) of itself.
@@ -168,6 +217,33 @@ mod tests {
             .collect();
         assert_eq!(delays, [0.27, 0.74, 2.01, 5.0, 5.0]);
         assert_eq!(opts.max_attempts, 5);
+    }
+
+    #[test]
+    fn with_backoff_sets_the_curve_like_backoff() {
+        let opts = StepOptions::default();
+        assert_eq!(
+            Backoff::default(),
+            Backoff {
+                initial: opts.initial_backoff,
+                factor: opts.factor,
+                max: opts.max_backoff,
+            }
+        );
+        let curve = Backoff {
+            initial: Duration::from_millis(250),
+            factor: 0.5,
+            max: Duration::from_secs(1),
+        };
+        let opts = StepOptions::retries(3).jitter(0.1).with_backoff(curve);
+        assert_eq!(
+            opts,
+            StepOptions::retries(3)
+                .jitter(0.1)
+                .backoff(curve.initial, curve.factor, curve.max)
+        );
+        assert_eq!(opts.factor, 1.0, "a factor below 1 is clamped");
+        assert_eq!(opts.jitter, 0.1, "jitter is not part of the curve");
     }
 
     #[test]

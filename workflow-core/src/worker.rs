@@ -524,10 +524,7 @@ async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed, slot: OwnedSemaphor
             let _ = inner.store.release(&lease, now_millis()).await;
             return;
         };
-        let mut step_options = inner.config.step_options;
-        if let Some(attempts) = def.retries() {
-            step_options.max_attempts = attempts.max(1);
-        }
+        let step_options = def.step_options(inner.config.step_options);
         let run = Arc::new(RunShared::new(
             w.engine.clone(),
             &row,

@@ -14,6 +14,7 @@ use crate::engine::Engine;
 use crate::error::{error_chain, BoxError, Error, Result};
 use crate::instance::{GetOrCreate, Instance, StartOptions};
 use crate::schema::schema_for;
+use crate::step::{Backoff, StepOptions};
 use crate::validate::SchemaCheck;
 
 /// A durable workflow. Written by `#[workflow]`; implement it by hand only to
@@ -44,6 +45,18 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     /// Attempts each `ctx.step` gets by default (`retries = N` in the
     /// attribute); `None` uses the engine's [`StepOptions`](crate::StepOptions).
     const RETRIES: Option<u32> = None;
+    /// The waits between the attempts of each `ctx.step` by default
+    /// (`backoff(initial = "200ms", factor = 2.0, max = "30s")` in the
+    /// attribute); `None` uses the engine's [`StepOptions`](crate::StepOptions).
+    /// Like [`RETRIES`](Workflow::RETRIES), it does not apply to
+    /// `ctx.step_with`, which brings its own options.
+    const BACKOFF: Option<Backoff> = None;
+    /// The jitter of each `ctx.step`'s waits by default (`jitter = 0.2` in
+    /// the attribute): each wait is scaled by a random factor in
+    /// `[1 - jitter, 1 + jitter]`. `None` uses the engine's
+    /// [`StepOptions`](crate::StepOptions); values outside `0..=1` are
+    /// clamped when applied. Not applied to `ctx.step_with` either.
+    const JITTER: Option<f64> = None;
 
     /// The input each cron tick starts the workflow with. `#[workflow]`
     /// returns `Some(Default::default())` for scheduled workflows (their
@@ -170,6 +183,23 @@ pub(crate) fn decode_named<T: DeserializeOwned>(json: &str) -> std::result::Resu
     })
 }
 
+/// `engine`'s step options with `W`'s defaults on top: each of
+/// `RETRIES`, `BACKOFF` and `JITTER` that is set replaces its part, the rest
+/// stays the engine's.
+fn step_defaults<W: Workflow>(engine: StepOptions) -> StepOptions {
+    let mut opts = engine;
+    if let Some(attempts) = W::RETRIES {
+        opts.max_attempts = attempts.max(1);
+    }
+    if let Some(backoff) = W::BACKOFF {
+        opts = opts.with_backoff(backoff);
+    }
+    if let Some(jitter) = W::JITTER {
+        opts = opts.jitter(jitter);
+    }
+    opts
+}
+
 /// How a handler run ended, before the engine applies interrupts and deadlines.
 pub(crate) struct HandlerEnd {
     /// Output JSON, or the error chain.
@@ -182,7 +212,9 @@ pub(crate) struct HandlerEnd {
 pub(crate) trait ErasedWorkflow: Send + Sync {
     fn name(&self) -> &'static str;
     fn timeout(&self) -> Duration;
-    fn retries(&self) -> Option<u32>;
+    /// What `ctx.step` uses in this workflow: the engine's options with the
+    /// workflow's own defaults (`retries`, `backoff`, `jitter`) on top.
+    fn step_options(&self, engine: StepOptions) -> StepOptions;
     fn definition(&self) -> Definition;
     /// Checks JSON against the input type; returns the canonical JSON.
     fn check_input(&self, input: &serde_json::Value) -> Result<String>;
@@ -215,8 +247,8 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
         W::TIMEOUT
     }
 
-    fn retries(&self) -> Option<u32> {
-        W::RETRIES
+    fn step_options(&self, engine: StepOptions) -> StepOptions {
+        step_defaults::<W>(engine)
     }
 
     fn definition(&self) -> Definition {
@@ -282,5 +314,71 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
             });
             HandlerEnd { result, state }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Plain;
+    impl Workflow for Plain {
+        type Input = ();
+        type Output = ();
+        type State = ();
+        const NAME: &'static str = "plain";
+        async fn run(&self, _ctx: Ctx<()>, _input: ()) -> std::result::Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    struct Tuned;
+    impl Workflow for Tuned {
+        type Input = ();
+        type Output = ();
+        type State = ();
+        const NAME: &'static str = "tuned";
+        const RETRIES: Option<u32> = Some(3);
+        const BACKOFF: Option<Backoff> = Some(Backoff {
+            initial: Duration::from_millis(200),
+            factor: 2.0,
+            max: Duration::from_secs(30),
+        });
+        const JITTER: Option<f64> = Some(0.2);
+        async fn run(&self, _ctx: Ctx<()>, _input: ()) -> std::result::Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    fn engine_options() -> StepOptions {
+        StepOptions::retries(7)
+            .backoff(Duration::from_millis(1), 1.5, Duration::from_millis(50))
+            .jitter(0.5)
+    }
+
+    #[test]
+    fn step_defaults_keep_the_engine_options_when_unset() {
+        assert_eq!(step_defaults::<Plain>(engine_options()), engine_options());
+    }
+
+    #[test]
+    fn step_defaults_replace_each_part_that_is_set() {
+        let opts = step_defaults::<Tuned>(engine_options());
+        assert_eq!(opts.max_attempts, 3);
+        assert_eq!(opts.initial_backoff, Duration::from_millis(200));
+        assert_eq!(opts.factor, 2.0);
+        assert_eq!(opts.max_backoff, Duration::from_secs(30));
+        assert_eq!(opts.jitter, 0.2);
+        assert_eq!(opts.delay_after(1), Duration::from_millis(400));
+        assert_eq!(opts.delay_after(2), Duration::from_millis(800));
+    }
+
+    #[test]
+    fn step_defaults_apply_through_the_erased_workflow() {
+        let erased: &dyn ErasedWorkflow = &Registered::new(Tuned);
+        assert_eq!(
+            erased.step_options(engine_options()),
+            step_defaults::<Tuned>(engine_options())
+        );
     }
 }

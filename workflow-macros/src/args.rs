@@ -10,7 +10,7 @@ use quote::ToTokens;
 use syn::meta::ParseNestedMeta;
 use syn::parse::Parser;
 use syn::spanned::Spanned;
-use syn::{Expr, ExprLit, Lit, LitInt, LitStr, Path, Token};
+use syn::{Expr, ExprLit, ExprUnary, Lit, LitInt, LitStr, Path, Token, UnOp};
 
 use crate::ctxt::Errors;
 
@@ -23,8 +23,14 @@ pub(crate) const KEYS: &[&str] = &[
     "timeout",
     "catch_up",
     "retries",
+    "backoff",
+    "jitter",
     "crate",
 ];
+
+/// The keys inside `backoff(..)`, named like the arguments of
+/// `StepOptions::backoff(initial, factor, max)`.
+pub(crate) const BACKOFF_KEYS: &[&str] = &["initial", "factor", "max"];
 
 /// The attribute's values as written, each with its span for later errors.
 #[derive(Default)]
@@ -36,8 +42,32 @@ pub(crate) struct Args {
     pub timeout: Option<LitStr>,
     pub catch_up: Option<LitStr>,
     pub retries: Option<LitInt>,
+    pub backoff: Option<BackoffArgs>,
+    pub jitter: Option<Number>,
     pub krate: Option<Path>,
     seen: Vec<String>,
+}
+
+/// `backoff(initial = "200ms", factor = 2.0, max = "30s")` as written; each
+/// setting is optional.
+pub(crate) struct BackoffArgs {
+    /// The `backoff` key, where errors about the list as a whole point.
+    pub span: Span,
+    pub initial: Option<LitStr>,
+    pub factor: Option<Number>,
+    pub max: Option<LitStr>,
+    seen: Vec<String>,
+}
+
+/// A number literal as written, integer or float, perhaps negated (`-0.5`):
+/// a negative value is a range error for the key to explain, not a
+/// syntax error.
+#[derive(Clone)]
+pub(crate) struct Number {
+    pub lit: Lit,
+    pub negative: bool,
+    /// The whole value, sign included, for errors that underline it.
+    pub tokens: TokenStream,
 }
 
 impl Args {
@@ -58,6 +88,9 @@ impl Args {
             Some(ident) => ident.to_string(),
             None => meta.path.to_token_stream().to_string().replace(' ', ""),
         };
+        if key == "backoff" {
+            return self.parse_backoff(meta, key_span, errors);
+        }
         let value = take_value(&meta)?;
         if !KEYS.contains(&key.as_str()) {
             errors.push(unknown_key(&key, key_span));
@@ -88,7 +121,102 @@ impl Args {
             "timeout" => self.timeout = errors.ok(string(&key, &value)),
             "catch_up" => self.catch_up = errors.ok(string(&key, &value)),
             "retries" => self.retries = errors.ok(integer(&key, &value)),
+            "jitter" => self.jitter = errors.ok(number(&key, &value)),
             "crate" => self.krate = errors.ok(path(&value)),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `backoff(..)`: a list of settings rather than `= value`.
+    fn parse_backoff(
+        &mut self,
+        meta: ParseNestedMeta,
+        key_span: Span,
+        errors: &mut Errors,
+    ) -> syn::Result<()> {
+        let usage =
+            r#"`backoff(initial = "200ms", factor = 2.0, max = "30s")`, each setting optional"#;
+        if !meta.input.peek(syn::token::Paren) {
+            let message = format!("`backoff` takes a list of settings: {usage}");
+            let err = match take_value(&meta)? {
+                Some(value) => syn::Error::new_spanned(value, message),
+                None => syn::Error::new(key_span, message),
+            };
+            errors.push(err);
+            return Ok(());
+        }
+        if self.seen.iter().any(|k| k == "backoff") {
+            errors.push(syn::Error::new(
+                key_span,
+                "duplicate key `backoff`: it is already set earlier in this attribute",
+            ));
+            take_value(&meta)?;
+            return Ok(());
+        }
+        self.seen.push("backoff".to_owned());
+        let mut backoff = BackoffArgs {
+            span: key_span,
+            initial: None,
+            factor: None,
+            max: None,
+            seen: Vec::new(),
+        };
+        let content;
+        syn::parenthesized!(content in meta.input);
+        let content: TokenStream = content.parse()?;
+        if content.is_empty() {
+            errors.push(syn::Error::new(
+                key_span,
+                format!(
+                    "`backoff()` sets nothing: give at least one of `initial`, `factor` and \
+                     `max`, e.g. {usage}; or leave `backoff` out to keep the engine's"
+                ),
+            ));
+        } else {
+            // A syntax error inside the list ends only the list: the keys
+            // after it are still read.
+            let parser = syn::meta::parser(|inner| backoff.parse_entry(inner, errors));
+            if let Err(err) = parser.parse2(content) {
+                errors.push(err);
+            }
+        }
+        self.backoff = Some(backoff);
+        Ok(())
+    }
+}
+
+impl BackoffArgs {
+    fn parse_entry(&mut self, meta: ParseNestedMeta, errors: &mut Errors) -> syn::Result<()> {
+        let key_span = meta.path.span();
+        let key = match meta.path.get_ident() {
+            Some(ident) => ident.to_string(),
+            None => meta.path.to_token_stream().to_string().replace(' ', ""),
+        };
+        let value = take_value(&meta)?;
+        if !BACKOFF_KEYS.contains(&key.as_str()) {
+            errors.push(unknown_backoff_key(&key, key_span));
+            return Ok(());
+        }
+        let Some(value) = value else {
+            errors.push(syn::Error::new(
+                key_span,
+                format!("`{key}` needs a value: `{key} = {}`", example(&key)),
+            ));
+            return Ok(());
+        };
+        if self.seen.contains(&key) {
+            errors.push(syn::Error::new(
+                key_span,
+                format!("duplicate key `{key}`: it is already set earlier in this `backoff(..)`"),
+            ));
+            return Ok(());
+        }
+        self.seen.push(key.clone());
+        match key.as_str() {
+            "initial" => self.initial = errors.ok(string(&key, &value)),
+            "factor" => self.factor = errors.ok(number(&key, &value)),
+            "max" => self.max = errors.ok(string(&key, &value)),
             _ => {}
         }
         Ok(())
@@ -118,30 +246,81 @@ fn example(key: &str) -> &'static str {
         "timeout" => "\"10m\"",
         "catch_up" => "\"latest\"",
         "retries" => "3",
+        "jitter" => "0.2",
+        "initial" => "\"200ms\"",
+        "factor" => "2.0",
+        "max" => "\"30s\"",
         _ => "::workflow",
     }
 }
 
-fn unknown_key(key: &str, span: Span) -> syn::Error {
-    let valid = KEYS
-        .iter()
+fn key_list(keys: &[&str]) -> String {
+    keys.iter()
         .map(|k| format!("`{k}`"))
         .collect::<Vec<_>>()
-        .join(", ");
-    let hint = match closest_key(key) {
-        Some(close) => format!(" (did you mean `{close}`?)"),
-        None => String::new(),
+        .join(", ")
+}
+
+fn unknown_key(key: &str, span: Span) -> syn::Error {
+    let hint = if BACKOFF_KEYS.contains(&key) {
+        format!(
+            " (`{key}` is a setting of `backoff`: `backoff({key} = {})`)",
+            example(key)
+        )
+    } else {
+        // `StepOptions`' field names, which users of `step_with` know.
+        let alias = match key {
+            "max_attempts" | "attempts" => Some("retries = 3"),
+            "initial_backoff" => Some("backoff(initial = \"200ms\")"),
+            "max_backoff" => Some("backoff(max = \"30s\")"),
+            _ => None,
+        };
+        match alias.or(closest_key(key, KEYS)) {
+            Some(close) => format!(" (did you mean `{close}`?)"),
+            None => String::new(),
+        }
     };
     syn::Error::new(
         span,
-        format!("unknown `workflow` attribute key `{key}`{hint}; valid keys are {valid}"),
+        format!(
+            "unknown `workflow` attribute key `{key}`{hint}; valid keys are {}",
+            key_list(KEYS)
+        ),
+    )
+}
+
+fn unknown_backoff_key(key: &str, span: Span) -> syn::Error {
+    let hint = if KEYS.contains(&key) {
+        format!(
+            " (`{key}` is a key of `workflow` itself: write `{key} = {}` next to `backoff(..)`, \
+             not inside it)",
+            example(key)
+        )
+    } else {
+        let alias = match key {
+            "cap" | "max_backoff" => Some("max"),
+            "multiplier" | "base" => Some("factor"),
+            "initial_backoff" => Some("initial"),
+            _ => None,
+        };
+        match alias.or(closest_key(key, BACKOFF_KEYS)) {
+            Some(close) => format!(" (did you mean `{close}`?)"),
+            None => String::new(),
+        }
+    };
+    syn::Error::new(
+        span,
+        format!(
+            "unknown `backoff` key `{key}`{hint}; valid keys are {}",
+            key_list(BACKOFF_KEYS)
+        ),
     )
 }
 
 /// The valid key nearest to a misspelt one, if it is near enough to be the
 /// likely intent.
-fn closest_key(key: &str) -> Option<&'static str> {
-    KEYS.iter()
+fn closest_key(key: &str, keys: &[&'static str]) -> Option<&'static str> {
+    keys.iter()
         .map(|k| (edit_distance(key, k), *k))
         .filter(|(d, k)| *d <= 2.max(k.len() / 3))
         .min_by_key(|(d, _)| *d)
@@ -205,6 +384,51 @@ fn integer(key: &str, value: &Expr) -> syn::Result<LitInt> {
             other,
             format!(
                 "`{key}` expects an integer literal, e.g. `{key} = {}`",
+                example(key)
+            ),
+        )),
+    }
+}
+
+fn number(key: &str, value: &Expr) -> syn::Result<Number> {
+    let is_number = |expr: &Expr| match peel(expr) {
+        Expr::Lit(ExprLit { lit, .. }) if matches!(lit, Lit::Int(_) | Lit::Float(_)) => {
+            Some(lit.clone())
+        }
+        _ => None,
+    };
+    let tokens = value.to_token_stream();
+    if let Some(lit) = is_number(value) {
+        return Ok(Number {
+            lit,
+            negative: false,
+            tokens,
+        });
+    }
+    match peel(value) {
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_),
+            expr,
+            ..
+        }) if is_number(expr).is_some() => Ok(Number {
+            lit: is_number(expr).expect("checked"),
+            negative: true,
+            tokens,
+        }),
+        // `factor = "2"`: show the unquoted form when it is a number.
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) if lit.value().trim().parse::<f64>().is_ok() => Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "`{key}` expects a number literal, not a string: `{key} = {}`",
+                lit.value().trim()
+            ),
+        )),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!(
+                "`{key}` expects a number literal, e.g. `{key} = {}`",
                 example(key)
             ),
         )),
@@ -289,7 +513,8 @@ mod tests {
         assert!(errors[0].contains("unknown `workflow` attribute key `nmae`"));
         assert!(errors[0].contains("did you mean `name`?"));
         assert!(errors[0].contains(
-            "`name`, `description`, `schedule`, `timezone`, `timeout`, `catch_up`, `retries`, `crate`"
+            "`name`, `description`, `schedule`, `timezone`, `timeout`, `catch_up`, `retries`, \
+             `backoff`, `jitter`, `crate`"
         ));
         let (_, errors) = parse(quote!(frobnicate = 1));
         assert!(!errors[0].contains("did you mean"), "{}", errors[0]);
@@ -322,6 +547,170 @@ mod tests {
         assert!(errors[3].contains("`schedule` needs a value"));
         assert!(errors[4].contains("`crate` expects a path"));
         assert_eq!(args.name.map(|l| l.value()).as_deref(), Some("ok"));
+    }
+
+    fn text(n: &Option<Number>) -> Option<String> {
+        n.as_ref().map(|n| n.tokens.to_string().replace(' ', ""))
+    }
+
+    #[test]
+    fn parses_backoff_and_jitter() {
+        let (args, errors) = parse(quote! {
+            retries = 5, backoff(initial = "200ms", factor = 2.0, max = "30s"), jitter = 0.2
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let backoff = args.backoff.expect("backoff");
+        assert_eq!(backoff.initial.map(|l| l.value()).as_deref(), Some("200ms"));
+        assert_eq!(text(&backoff.factor).as_deref(), Some("2.0"));
+        assert_eq!(backoff.max.map(|l| l.value()).as_deref(), Some("30s"));
+        assert_eq!(text(&args.jitter).as_deref(), Some("0.2"));
+    }
+
+    #[test]
+    fn backoff_settings_are_each_optional() {
+        let (args, errors) = parse(quote!(backoff(factor = 3)));
+        assert!(errors.is_empty(), "{errors:?}");
+        let backoff = args.backoff.expect("backoff");
+        assert!(backoff.initial.is_none() && backoff.max.is_none());
+        assert_eq!(text(&backoff.factor).as_deref(), Some("3"));
+        // Negative numbers parse, for the range check to explain.
+        let (args, errors) = parse(quote!(jitter = -0.5));
+        assert!(errors.is_empty(), "{errors:?}");
+        let jitter = args.jitter.expect("jitter");
+        assert!(jitter.negative);
+        assert_eq!(text(&Some(jitter)).as_deref(), Some("-0.5"));
+    }
+
+    #[test]
+    fn backoff_must_be_a_non_empty_list() {
+        let (args, errors) = parse(quote!(backoff = "exponential"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("`backoff` takes a list of settings: `backoff(initial = "),
+            "{}",
+            errors[0]
+        );
+        assert!(args.backoff.is_none());
+        let (_, errors) = parse(quote!(backoff));
+        assert!(
+            errors[0].starts_with("`backoff` takes a list"),
+            "{errors:?}"
+        );
+        let (_, errors) = parse(quote!(backoff()));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("`backoff()` sets nothing"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn backoff_keys_are_checked_and_suggested() {
+        let (args, errors) = parse(quote!(backoff(
+            inital = "1s",
+            jitter = 0.2,
+            cap = "9s",
+            max,
+            factor = "2",
+            initial = 200ms,
+            max = "1m",
+            max = "2m"
+        )));
+        assert_eq!(errors.len(), 7, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "unknown `backoff` key `inital` (did you mean `initial`?); valid keys are \
+                 `initial`, `factor`, `max`"
+            ),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1].contains("`jitter` is a key of `workflow` itself: write `jitter = 0.2`"),
+            "{}",
+            errors[1]
+        );
+        assert!(errors[2].contains("did you mean `max`?"), "{}", errors[2]);
+        assert_eq!(errors[3], "`max` needs a value: `max = \"30s\"`");
+        assert_eq!(
+            errors[4],
+            "`factor` expects a number literal, not a string: `factor = 2`"
+        );
+        assert_eq!(
+            errors[5],
+            "`initial` expects a string literal: `initial = \"200ms\"`"
+        );
+        assert_eq!(
+            errors[6],
+            "duplicate key `max`: it is already set earlier in this `backoff(..)`"
+        );
+        let backoff = args.backoff.expect("backoff");
+        assert_eq!(backoff.max.map(|l| l.value()).as_deref(), Some("1m"));
+    }
+
+    #[test]
+    fn backoff_settings_at_the_top_level_point_into_backoff() {
+        let (_, errors) = parse(quote!(initial = "1s", max_attempts = 3, jiter = 0.1));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0]
+                .contains("`initial` is a setting of `backoff`: `backoff(initial = \"200ms\")`"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1].contains("did you mean `retries = 3`?"),
+            "{}",
+            errors[1]
+        );
+        assert!(
+            errors[2].contains("did you mean `jitter`?"),
+            "{}",
+            errors[2]
+        );
+    }
+
+    #[test]
+    fn duplicate_backoff_is_rejected_and_first_kept() {
+        let (args, errors) = parse(quote!(
+            backoff(initial = "1s"),
+            jitter = 0.1,
+            backoff(initial = "2s"),
+            jitter = 0.3
+        ));
+        assert_eq!(
+            errors,
+            [
+                "duplicate key `backoff`: it is already set earlier in this attribute",
+                "duplicate key `jitter`: it is already set earlier in this attribute"
+            ]
+        );
+        let initial = args.backoff.and_then(|b| b.initial).map(|l| l.value());
+        assert_eq!(initial.as_deref(), Some("1s"));
+        assert_eq!(text(&args.jitter).as_deref(), Some("0.1"));
+    }
+
+    #[test]
+    fn numbers_must_be_number_literals() {
+        let (_, errors) = parse(quote!(jitter = "a lot", backoff(factor = two)));
+        assert_eq!(
+            errors,
+            [
+                "`jitter` expects a number literal, e.g. `jitter = 0.2`",
+                "`factor` expects a number literal, e.g. `factor = 2.0`"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_inside_backoff_ends_only_the_list() {
+        let (args, errors) = parse(quote!(backoff(initial = "1s" "2s"), name = "ok"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("expected `,`"), "{errors:?}");
+        assert_eq!(args.name.map(|l| l.value()).as_deref(), Some("ok"));
+        let initial = args.backoff.and_then(|b| b.initial).map(|l| l.value());
+        assert_eq!(initial.as_deref(), Some("1s"));
     }
 
     #[test]

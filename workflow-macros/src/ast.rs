@@ -24,6 +24,15 @@ pub(crate) enum CatchUp {
     None,
 }
 
+/// `backoff(..)`, checked: the settings written and valid; the others keep
+/// `Backoff::DEFAULT`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct Backoff {
+    pub initial: Option<Duration>,
+    pub factor: Option<f64>,
+    pub max: Option<Duration>,
+}
+
 /// Five minutes, the default deadline of an instance.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -44,6 +53,10 @@ pub(crate) struct Workflow<'a> {
     pub catch_up: CatchUp,
     /// Default attempts per step.
     pub retries: Option<u32>,
+    /// Default waits between a step's attempts.
+    pub backoff: Option<Backoff>,
+    /// Default jitter of those waits.
+    pub jitter: Option<f64>,
     /// Literal step names in source order, each once.
     pub steps: Vec<String>,
     /// `None` when the signature cannot be called from the generated impl.
@@ -157,6 +170,28 @@ impl<'a> Workflow<'a> {
             .as_ref()
             .and_then(|lit| errors.ok(validate::retries(lit)));
 
+        let backoff = args.backoff.as_ref().map(|b| validate::backoff(b, errors));
+        let jitter = args
+            .jitter
+            .as_ref()
+            .and_then(|n| errors.ok(validate::jitter(n)));
+        // Like `timezone` without a `schedule`: a setting that cannot take
+        // effect is a mistake to point at, not to ignore.
+        if retries == Some(1) {
+            let useless = |key: &str| {
+                format!(
+                    "`{key}` has no effect with `retries = 1`: a step with one attempt never \
+                     waits to retry; remove `{key}` or allow more attempts"
+                )
+            };
+            if let Some(b) = &args.backoff {
+                errors.push(syn::Error::new(b.span, useless("backoff")));
+            }
+            if let Some(n) = &args.jitter {
+                errors.push(syn::Error::new_spanned(&n.tokens, useless("jitter")));
+            }
+        }
+
         let calls = collect_steps(func);
         for err in validate::invalid_step_names(&calls) {
             errors.push(err);
@@ -204,6 +239,8 @@ impl<'a> Workflow<'a> {
             timeout,
             catch_up,
             retries,
+            backoff,
+            jitter,
             steps,
             handler,
             is_method: func.sig.receiver().is_some(),

@@ -1,6 +1,8 @@
 //! Code generation: the original function, the collected errors, and the
 //! workflow struct with its `Workflow` impl and type assertions.
 
+use std::time::Duration;
+
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
@@ -111,14 +113,7 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
         Some(schedule) => quote!(::core::option::Option::Some(#schedule)),
         None => quote!(::core::option::Option::None),
     };
-    let timeout = if wf.timeout.subsec_nanos().is_multiple_of(1_000_000) {
-        let millis = Literal::u128_unsuffixed(wf.timeout.as_millis());
-        quote!(#private::Duration::from_millis(#millis))
-    } else {
-        let secs = Literal::u64_unsuffixed(wf.timeout.as_secs());
-        let nanos = Literal::u32_unsuffixed(wf.timeout.subsec_nanos());
-        quote!(#private::Duration::new(#secs, #nanos))
-    };
+    let timeout = duration(&private, wf.timeout);
     let steps = &wf.steps;
     let catch_up = match wf.catch_up {
         crate::ast::CatchUp::All => quote!(#private::CatchUp::All),
@@ -136,6 +131,39 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     });
     let retries = match wf.retries {
         Some(retries) => quote!(::core::option::Option::Some(#retries)),
+        None => quote!(::core::option::Option::None),
+    };
+    // Settings left out of `backoff(..)` name the runtime's own defaults.
+    let backoff = match &wf.backoff {
+        Some(backoff) => {
+            let default = quote!(#private::Backoff::DEFAULT);
+            let initial = match backoff.initial {
+                Some(initial) => duration(&private, initial),
+                None => quote!(#default.initial),
+            };
+            let factor = match backoff.factor {
+                Some(factor) => float(factor),
+                None => quote!(#default.factor),
+            };
+            let max = match backoff.max {
+                Some(max) => duration(&private, max),
+                None => quote!(#default.max),
+            };
+            quote! {
+                ::core::option::Option::Some(#private::Backoff {
+                    initial: #initial,
+                    factor: #factor,
+                    max: #max,
+                })
+            }
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let jitter = match wf.jitter {
+        Some(jitter) => {
+            let jitter = float(jitter);
+            quote!(::core::option::Option::Some(#jitter))
+        }
         None => quote!(::core::option::Option::None),
     };
 
@@ -195,6 +223,8 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
         const TIMEOUT: #private::Duration = #timeout;
         const STEPS: &'static [&'static str] = &[#(#steps),*];
         const RETRIES: ::core::option::Option<u32> = #retries;
+        const BACKOFF: ::core::option::Option<#private::Backoff> = #backoff;
+        const JITTER: ::core::option::Option<f64> = #jitter;
         const CATCH_UP: #private::CatchUp = #catch_up;
 
         #schedule_input
@@ -234,6 +264,27 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
             #(#checks)*
         };
     }
+}
+
+/// A `Duration` expression, exact to the nanosecond.
+fn duration(private: &TokenStream, d: Duration) -> TokenStream {
+    // `from_millis` takes a `u64`, which the longest durations overflow.
+    let millis = u64::try_from(d.as_millis()).ok();
+    if let (true, Some(millis)) = (d.subsec_nanos().is_multiple_of(1_000_000), millis) {
+        let millis = Literal::u64_unsuffixed(millis);
+        quote!(#private::Duration::from_millis(#millis))
+    } else {
+        let secs = Literal::u64_unsuffixed(d.as_secs());
+        let nanos = Literal::u32_unsuffixed(d.subsec_nanos());
+        quote!(#private::Duration::new(#secs, #nanos))
+    }
+}
+
+/// An `f64` literal that reads back as `value` (checked finite and not
+/// negative before it gets here).
+fn float(value: f64) -> TokenStream {
+    let lit = Literal::f64_unsuffixed(value);
+    quote!(#lit)
 }
 
 /// `ty: bound`, checked where `ty` is written, so the error names and
@@ -320,6 +371,86 @@ mod tests {
         assert!(out.contains("Some (\"@daily\")"), "{out}");
         assert!(out.contains("__check_scheduled_input :: < () >"), "{out}");
         assert!(out.contains("__check_error :: < E >"), "{out}");
+    }
+
+    #[test]
+    fn step_defaults_become_consts() {
+        let item = quote!(
+            async fn flaky(ctx: Ctx, input: ()) -> workflow::Result<()> {}
+        );
+        let out = expand(
+            quote!(
+                retries = 4,
+                backoff(initial = "250ms", factor = 2, max = "1m 30s"),
+                jitter = 0.25
+            ),
+            item.clone(),
+        );
+        for expected in [
+            "const RETRIES : :: core :: option :: Option < u32 > = :: core :: option :: Option :: Some (4u32) ;",
+            "const BACKOFF : :: core :: option :: Option < :: workflow :: __private :: Backoff > = \
+             :: core :: option :: Option :: Some (:: workflow :: __private :: Backoff { \
+             initial : :: workflow :: __private :: Duration :: from_millis (250) , \
+             factor : 2.0 , \
+             max : :: workflow :: __private :: Duration :: from_millis (90000) , }) ;",
+            "const JITTER : :: core :: option :: Option < f64 > = :: core :: option :: Option :: Some (0.25) ;",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        }
+        assert!(!out.contains("compile_error"), "{out}");
+
+        // Settings left out name the runtime's defaults; no jitter keeps the engine's.
+        let out = expand(quote!(backoff(factor = 3.5)), item.clone());
+        for expected in [
+            "initial : :: workflow :: __private :: Backoff :: DEFAULT . initial ,",
+            "factor : 3.5 ,",
+            "max : :: workflow :: __private :: Backoff :: DEFAULT . max ,",
+            "const RETRIES : :: core :: option :: Option < u32 > = :: core :: option :: Option :: None ;",
+            "const JITTER : :: core :: option :: Option < f64 > = :: core :: option :: Option :: None ;",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        }
+
+        // Exact to the nanosecond, and past `u64` milliseconds.
+        let out = expand(
+            quote!(backoff(initial = "1us", max = "500000000000000000s")),
+            item.clone(),
+        );
+        assert!(
+            out.contains("initial : :: workflow :: __private :: Duration :: new (0 , 1000) ,"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "max : :: workflow :: __private :: Duration :: new (500000000000000000 , 0) ,"
+            ),
+            "{out}"
+        );
+
+        let out = expand(quote!(), item);
+        assert!(
+            out.contains("const BACKOFF : :: core :: option :: Option < :: workflow :: __private :: Backoff > = :: core :: option :: Option :: None ;"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn backoff_and_jitter_need_more_than_one_attempt() {
+        let out = expand(
+            quote!(retries = 1, backoff(initial = "1s"), jitter = 0.5),
+            quote!(
+                async fn once(ctx: Ctx, input: ()) -> workflow::Result<()> {}
+            ),
+        );
+        assert_eq!(out.matches("compile_error !").count(), 2, "{out}");
+        assert!(
+            out.contains("`backoff` has no effect with `retries = 1`: a step with one attempt never waits to retry; remove `backoff` or allow more attempts"),
+            "{out}"
+        );
+        assert!(
+            out.contains("`jitter` has no effect with `retries = 1`"),
+            "{out}"
+        );
     }
 
     #[test]

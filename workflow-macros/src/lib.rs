@@ -82,6 +82,10 @@ use proc_macro::TokenStream;
 /// | `TIMEZONE`    | `timezone`, or `"UTC"` |
 /// | `TIMEOUT`     | `timeout`, or 5 minutes |
 /// | `STEPS`       | the string literals passed as the name to `.step(..)` / `.step_with(..)` in the body, in source order, each once |
+/// | `CATCH_UP`    | `catch_up`, or `CatchUp::Latest` |
+/// | `RETRIES`     | `Some(retries)`, or `None` (the engine's) |
+/// | `BACKOFF`     | `Some(Backoff { .. })` from `backoff(..)`, or `None` (the engine's) |
+/// | `JITTER`      | `Some(jitter)`, or `None` (the engine's) |
 /// | `run`         | calls the function, converting its error into `BoxError` |
 ///
 /// # Attribute keys
@@ -112,6 +116,29 @@ use proc_macro::TokenStream;
 /// - `retries = 3`: attempts each `ctx.step` of this workflow gets (at least
 ///   1), instead of the engine's default (5). `ctx.step_with` still sets its
 ///   own.
+/// - `backoff(initial = "200ms", factor = 2.0, max = "30s")`: how long each
+///   `ctx.step` of this workflow waits between attempts, instead of the
+///   engine's: after failed attempt `n` it waits `min(initial × factor^n,
+///   max)`, so `initial × factor` after the first (here 400 ms, 800 ms,
+///   1.6 s, ... up to 30 s), exactly as `StepOptions::backoff` with the
+///   same arguments. Each setting is optional; like
+///   `StepOptions::backoff`, `backoff(..)` sets the whole curve, so one left
+///   out takes the value of `StepOptions::default()` (`initial = "100ms"`,
+///   `factor` = e ≈ 2.718, `max = "5s"`), not the engine's. `initial` and
+///   `max` are [humantime](https://docs.rs/humantime) durations (`"0s"`
+///   retries at once); `factor` is a number of at least 1 (`1.0` waits the
+///   same each time); `initial` may not exceed `max`. Backoffs longer than
+///   the engine's `suspend_after` suspend the instance rather than hold a
+///   worker. `ctx.step_with` still sets its own.
+/// - `jitter = 0.2`: spreads each of those waits by a random factor in
+///   `[1 - jitter, 1 + jitter]`, so instances that fail together do not
+///   retry in lockstep; from `0.0` (none) to `1.0`. Default: the engine's
+///   (none unless set with `Engine::builder().step_options(..)`).
+///
+///   `backoff` and `jitter` need more than one attempt: with `retries = 1`
+///   they are an error. Like `retries`, they also apply to the steps `ctx`
+///   runs with the default options: `ctx.map`/`for_each`/`batch` items and
+///   `ctx.call_tool`.
 /// - `crate = ::workflow`: the path to the `workflow` crate, for when it is
 ///   renamed or re-exported (`crate = "::workflow"` also works).
 ///
@@ -123,6 +150,10 @@ use proc_macro::TokenStream;
 /// - an unknown or repeated attribute key, or a value of the wrong kind;
 /// - an invalid cron expression (the message names the bad field), duration,
 ///   time zone, name, or `retries` below 1;
+/// - in `backoff(..)`: an unknown or repeated setting, an empty list, a
+///   `factor` that is not a finite number of at least 1.0, or an `initial`
+///   above `max` (or above the default `max` of 5 s when `max` is left out);
+///   a `jitter` outside `0.0..=1.0`; `backoff` or `jitter` with `retries = 1`;
 /// - a function that is not `async`, takes `self`, is generic, does not take
 ///   exactly `(ctx: Ctx<..>, input: ..)`, or does not return a `Result`;
 /// - input, output, state or error types missing a required trait, or a

@@ -9,7 +9,14 @@ use syn::{LitInt, LitStr};
 
 use workflow_rules::step_name;
 
-use crate::ast::StepCall;
+use crate::args::{BackoffArgs, Number};
+use crate::ast::{Backoff, StepCall};
+
+/// `Backoff::DEFAULT.initial` of workflow-core, which a `backoff(..)` without
+/// `initial` keeps (a unit test checks the two agree).
+pub(crate) const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// `Backoff::DEFAULT.max`, likewise.
+pub(crate) const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Longest name accepted: the limit AI tool APIs put on function names.
 const MAX_NAME_LEN: usize = 64;
@@ -120,7 +127,6 @@ pub(crate) fn timezone(lit: &LitStr) -> syn::Result<String> {
     }
 }
 
-/// `retries` must be a whole number of at least 1.
 /// `catch_up = "all" | "latest" | "none"`.
 pub(crate) fn catch_up(lit: &LitStr) -> syn::Result<crate::ast::CatchUp> {
     use crate::ast::CatchUp;
@@ -138,6 +144,7 @@ pub(crate) fn catch_up(lit: &LitStr) -> syn::Result<crate::ast::CatchUp> {
     }
 }
 
+/// `retries` must be a whole number of at least 1.
 pub(crate) fn retries(lit: &LitInt) -> syn::Result<u32> {
     let bad = || {
         syn::Error::new(
@@ -155,6 +162,135 @@ pub(crate) fn retries(lit: &LitInt) -> syn::Result<u32> {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(bad()),
     }
+}
+
+/// Checks `backoff(..)`: each duration parses, `factor` is a finite number
+/// of at least 1, and `initial` is not above `max` (either one possibly
+/// left at its default). Records every problem and returns what is valid.
+pub(crate) fn backoff(args: &BackoffArgs, errors: &mut crate::ctxt::Errors) -> Backoff {
+    let initial = args
+        .initial
+        .as_ref()
+        .and_then(|lit| errors.ok(backoff_duration("initial", lit)));
+    let max = args
+        .max
+        .as_ref()
+        .and_then(|lit| errors.ok(backoff_duration("max", lit)));
+    let factor = args.factor.as_ref().and_then(|n| errors.ok(factor(n)));
+    let shown = |d: Duration| humantime::format_duration(d).to_string();
+    match (&args.initial, initial, &args.max, max) {
+        (Some(_), Some(initial), Some(max_lit), Some(max)) if initial > max => {
+            errors.push(syn::Error::new(
+                max_lit.span(),
+                format!(
+                    "`max` \"{}\" in `backoff` is less than its `initial` \"{}\": every wait \
+                     would be `max`, leaving `initial` and `factor` without effect; raise `max` \
+                     or lower `initial`",
+                    max_lit.value(),
+                    args.initial.as_ref().map(LitStr::value).unwrap_or_default()
+                ),
+            ));
+        }
+        (Some(initial_lit), Some(initial), None, _) if initial > DEFAULT_MAX_BACKOFF => {
+            errors.push(syn::Error::new(
+                initial_lit.span(),
+                format!(
+                    "`initial` \"{}\" in `backoff` is more than the default `max` of {}, \
+                     which caps every wait: set `max` too, e.g. `max = \"{}\"`",
+                    initial_lit.value(),
+                    shown(DEFAULT_MAX_BACKOFF),
+                    shown(initial.saturating_mul(10)),
+                ),
+            ));
+        }
+        (None, _, Some(max_lit), Some(max)) if max < DEFAULT_INITIAL_BACKOFF => {
+            errors.push(syn::Error::new(
+                max_lit.span(),
+                format!(
+                    "`max` \"{}\" in `backoff` is less than the default `initial` of {}: \
+                     set `initial` too, at most `max`, e.g. `initial = \"{}\"`",
+                    max_lit.value(),
+                    shown(DEFAULT_INITIAL_BACKOFF),
+                    max_lit.value(),
+                ),
+            ));
+        }
+        _ => {}
+    }
+    Backoff {
+        initial,
+        factor,
+        max,
+    }
+}
+
+/// A duration of `backoff(..)`, parsed with humantime; zero is allowed (no
+/// wait).
+fn backoff_duration(key: &str, lit: &LitStr) -> syn::Result<Duration> {
+    let text = lit.value();
+    humantime::parse_duration(&text).map_err(|err| {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "invalid `{key}` \"{text}\" in `backoff` (humantime: {err}); write a duration \
+                 like \"200ms\", \"5s\" or \"1m 30s\""
+            ),
+        )
+    })
+}
+
+/// The value of a number literal, sign included. A suffix other than
+/// `f64` is refused: the value is an `f64`.
+fn number(key: &str, n: &Number) -> syn::Result<f64> {
+    let (digits, suffix) = match &n.lit {
+        syn::Lit::Float(lit) => (lit.base10_parse::<f64>(), lit.suffix()),
+        syn::Lit::Int(lit) => (lit.base10_parse::<f64>(), lit.suffix()),
+        _ => unreachable!("args::number keeps only number literals"),
+    };
+    if !suffix.is_empty() && suffix != "f64" {
+        return Err(syn::Error::new_spanned(
+            &n.tokens,
+            format!("`{key}` is an `f64`: write the number without the `{suffix}` suffix"),
+        ));
+    }
+    let value = digits?;
+    // `-0.0` is 0.0, and is written back as such.
+    Ok(if n.negative { 0.0 - value } else { value })
+}
+
+/// `factor` must be a finite number of at least 1 (1 keeps every wait at
+/// `initial`).
+pub(crate) fn factor(n: &Number) -> syn::Result<f64> {
+    let value = number("factor", n)?;
+    if value.is_finite() && value >= 1.0 {
+        return Ok(value);
+    }
+    let tokens = &n.tokens;
+    Err(syn::Error::new_spanned(
+        tokens,
+        format!(
+            "`factor` in `backoff` must be a finite number of at least 1.0, found `{}`: each \
+             wait is the one before times `factor` (1.0 keeps them all equal, 2.0 doubles them)",
+            tokens.to_string().replace(' ', "")
+        ),
+    ))
+}
+
+/// `jitter` must be a fraction from 0 to 1.
+pub(crate) fn jitter(n: &Number) -> syn::Result<f64> {
+    let value = number("jitter", n)?;
+    if (0.0..=1.0).contains(&value) {
+        return Ok(value);
+    }
+    let tokens = &n.tokens;
+    Err(syn::Error::new_spanned(
+        tokens,
+        format!(
+            "`jitter` must be a fraction from 0.0 to 1.0, found `{}`: each wait is scaled by a \
+             random factor in `[1 - jitter, 1 + jitter]` (0.2 spreads it by up to 20%)",
+            tokens.to_string().replace(' ', "")
+        ),
+    ))
 }
 
 /// An error at each call site whose step name the runtime would refuse:
@@ -295,6 +431,152 @@ mod tests {
         assert!(retries(&int("0")).is_err());
         assert!(retries(&int("3u8")).is_err());
         assert!(retries(&int("99999999999")).is_err());
+    }
+
+    fn backoff_of(tokens: proc_macro2::TokenStream) -> (Backoff, Vec<String>) {
+        let mut errors = crate::ctxt::Errors::default();
+        let args = crate::args::Args::parse(quote::quote!(backoff(#tokens)), &mut errors);
+        assert!(errors.is_empty(), "{:?}", errors.messages());
+        let backoff = backoff(&args.backoff.expect("backoff"), &mut errors);
+        (backoff, errors.messages())
+    }
+
+    fn number_of(tokens: proc_macro2::TokenStream) -> Number {
+        let mut errors = crate::ctxt::Errors::default();
+        let args = crate::args::Args::parse(quote::quote!(jitter = #tokens), &mut errors);
+        assert!(errors.is_empty(), "{:?}", errors.messages());
+        args.jitter.expect("number")
+    }
+
+    #[test]
+    fn the_default_backoff_is_the_runtimes() {
+        let runtime = workflow::Backoff::DEFAULT;
+        assert_eq!(DEFAULT_INITIAL_BACKOFF, runtime.initial);
+        assert_eq!(DEFAULT_MAX_BACKOFF, runtime.max);
+    }
+
+    #[test]
+    fn checks_backoff_settings() {
+        let (b, errors) = backoff_of(quote::quote!(initial = "200ms", factor = 2.0, max = "30s"));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            b,
+            Backoff {
+                initial: Some(Duration::from_millis(200)),
+                factor: Some(2.0),
+                max: Some(Duration::from_secs(30)),
+            }
+        );
+        let (b, errors) = backoff_of(quote::quote!(initial = "0s", factor = 1));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(b.initial, Some(Duration::ZERO));
+        assert_eq!(b.factor, Some(1.0));
+        assert_eq!(b.max, None);
+        let (_, errors) = backoff_of(quote::quote!(initial = "5s", max = "5s"));
+        assert!(errors.is_empty(), "equal bounds are fine: {errors:?}");
+    }
+
+    #[test]
+    fn rejects_bad_backoff_settings_all_at_once() {
+        let (b, errors) = backoff_of(quote::quote!(
+            initial = "soon",
+            factor = 0.5,
+            max = "1 parsec"
+        ));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].starts_with("invalid `initial` \"soon\" in `backoff` (humantime: "),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[0].ends_with(r#"write a duration like "200ms", "5s" or "1m 30s""#));
+        assert!(errors[1].starts_with("invalid `max` \"1 parsec\" in `backoff`"));
+        assert!(
+            errors[2].starts_with(
+                "`factor` in `backoff` must be a finite number of at least 1.0, found `0.5`"
+            ),
+            "{}",
+            errors[2]
+        );
+        assert_eq!(b, Backoff::default());
+    }
+
+    #[test]
+    fn rejects_factors_below_one_or_not_finite() {
+        for bad in [
+            quote::quote!(0.99),
+            quote::quote!(-2.0),
+            quote::quote!(0),
+            quote::quote!(1e400),
+        ] {
+            assert!(factor(&number_of(bad.clone())).is_err(), "{bad}");
+        }
+        assert_eq!(factor(&number_of(quote::quote!(1.5))).ok(), Some(1.5));
+        assert_eq!(factor(&number_of(quote::quote!(2f64))).ok(), Some(2.0));
+        let err = factor(&number_of(quote::quote!(2f32))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`factor` is an `f64`: write the number without the `f32` suffix"
+        );
+        let err = factor(&number_of(quote::quote!(-2.0))).unwrap_err();
+        assert!(err.to_string().contains("found `-2.0`"), "{err}");
+    }
+
+    #[test]
+    fn rejects_initial_above_max() {
+        let (_, errors) = backoff_of(quote::quote!(initial = "10s", max = "1s"));
+        assert_eq!(
+            errors,
+            [
+                "`max` \"1s\" in `backoff` is less than its `initial` \"10s\": every wait would \
+              be `max`, leaving `initial` and `factor` without effect; raise `max` or lower \
+              `initial`"
+            ]
+        );
+        // Against the defaults of the setting left out.
+        let (_, errors) = backoff_of(quote::quote!(initial = "10s"));
+        assert_eq!(
+            errors,
+            [
+                "`initial` \"10s\" in `backoff` is more than the default `max` of 5s, which caps \
+              every wait: set `max` too, e.g. `max = \"1m 40s\"`"
+            ]
+        );
+        let (_, errors) = backoff_of(quote::quote!(max = "50ms"));
+        assert_eq!(
+            errors,
+            [
+                "`max` \"50ms\" in `backoff` is less than the default `initial` of 100ms: set \
+              `initial` too, at most `max`, e.g. `initial = \"50ms\"`"
+            ]
+        );
+        let (_, errors) = backoff_of(quote::quote!(initial = "5s"));
+        assert!(errors.is_empty(), "{errors:?}");
+        let (_, errors) = backoff_of(quote::quote!(max = "100ms"));
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn checks_jitter() {
+        for (ok, value) in [
+            (quote::quote!(0), 0.0),
+            (quote::quote!(0.2), 0.2),
+            (quote::quote!(1.0), 1.0),
+            (quote::quote!(-0.0), 0.0),
+        ] {
+            let got = jitter(&number_of(ok.clone())).ok();
+            assert_eq!(got, Some(value), "{ok}");
+            assert!(got.unwrap().is_sign_positive(), "{ok}");
+        }
+        for bad in [quote::quote!(1.5), quote::quote!(-0.1), quote::quote!(2)] {
+            assert!(jitter(&number_of(bad.clone())).is_err(), "{bad}");
+        }
+        let err = jitter(&number_of(quote::quote!(-0.1))).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("`jitter` must be a fraction from 0.0 to 1.0, found `-0.1`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ async fn process_order(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
-#[workflow(backoff = "exponential")]
+#[workflow(max_backoff = "30s")]
 async fn retry_a_lot(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
