@@ -214,6 +214,81 @@ async fn bad_json_input_names_the_field() {
     );
 }
 
+/// A row damaged outside the engine (bad JSON, an unknown status) hides
+/// neither the rest of its page nor the pages after it: `list` names it in
+/// `unreadable` and pages on.
+#[tokio::test]
+async fn a_corrupt_row_is_named_in_its_page_not_failing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let input = OrderInput {
+            order_id: format!("o-{n}"),
+            items: 1,
+        };
+        ids.push(
+            ProcessOrder::start(&engine, input)
+                .await
+                .unwrap()
+                .id()
+                .clone(),
+        );
+    }
+    let db = rusqlite::Connection::open(dir.path().join("e2e.db")).unwrap();
+    let corrupt = |sql: &str, id: &InstanceId| {
+        db.execute(sql, [id.as_str()]).unwrap();
+    };
+    corrupt(
+        "UPDATE instances SET input = 'not json' WHERE id = ?1",
+        &ids[1],
+    );
+    corrupt(
+        "UPDATE instances SET status = 'lost' WHERE id = ?1",
+        &ids[3],
+    );
+
+    let page = engine.list(Query::new().limit(10)).await.unwrap();
+    let listed: Vec<_> = page.items.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(listed, [ids[4].clone(), ids[2].clone(), ids[0].clone()]);
+    let unreadable: Vec<_> = page.unreadable.iter().map(|u| u.id.clone()).collect();
+    assert_eq!(unreadable, [ids[3].clone(), ids[1].clone()]);
+    assert!(
+        page.unreadable[0].error.contains("lost"),
+        "{:?}",
+        page.unreadable
+    );
+    assert!(
+        page.unreadable[1].error.contains("input"),
+        "{:?}",
+        page.unreadable
+    );
+    assert_eq!(page.next, None);
+
+    // Two rows a page: the cursor moves past unreadable rows too, even one
+    // that ends a page.
+    let (mut seen, mut skipped, mut cursor) = (Vec::new(), Vec::new(), None);
+    loop {
+        let mut query = Query::new().limit(2);
+        if let Some(after) = cursor.take() {
+            query = query.after(after);
+        }
+        let page = engine.list(query).await.unwrap();
+        seen.extend(page.items.into_iter().map(|i| i.id));
+        skipped.extend(page.unreadable.into_iter().map(|u| u.id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, listed);
+    assert_eq!(skipped, unreadable);
+
+    // Read alone, the row is an error naming the instance.
+    let err = engine.instance(&ids[1]).await.unwrap_err();
+    assert!(err.to_string().contains(ids[1].as_str()), "{err}");
+}
+
 #[tokio::test]
 async fn unknown_url_schemes_are_a_clear_error() {
     let err = Engine::builder()

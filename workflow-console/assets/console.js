@@ -402,11 +402,16 @@ function listView(params) {
         overview.workflows.map((w) => h("option", { value: w, selected: w === wanted }, w)));
       if (wanted && !overview.workflows.includes(wanted)) wfSelect.appendChild(h("option", { value: wanted, selected: true }, wanted));
     }
-    // Rows.
-    if (!page.items.length) {
+    // Rows, then those whose stored row could not be read (damaged outside
+    // the engine): named, so one bad row hides nothing else.
+    const unreadable = (page.unreadable || []).map((u) => h("tr", { class: "unreadable", "data-id": u.id },
+      h("td", {}, badge("unreadable")),
+      h("td", { colspan: 6 }, h("span", { class: "mono" }, u.id),
+        h("span", { class: "sub trunc", title: u.error }, "Row cannot be read: " + u.error))));
+    if (!page.items.length && !unreadable.length) {
       replace(body, h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No instances match.")));
     } else {
-      replace(body, page.items.map((it) => h("tr", {
+      replace(body, unreadable, page.items.map((it) => h("tr", {
         class: "click", "data-id": it.id, "data-status": it.status,
         onclick: (e) => { if (!e.target.closest("a")) location.hash = "#/instances/" + encodeURIComponent(it.id); },
       },

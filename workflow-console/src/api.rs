@@ -412,7 +412,9 @@ async fn list(
                 let matches = wanted_workflow.is_none_or(|w| w == found.workflow)
                     && (statuses.is_empty() || statuses.contains(&found.status));
                 let items: Vec<Summary> = if matches { vec![found.into()] } else { vec![] };
-                return Ok(Json(json!({ "items": items, "next": null })));
+                return Ok(Json(
+                    json!({ "items": items, "unreadable": [], "next": null }),
+                ));
             }
             Err(Error::NotFound(_)) => query = query.key(q),
             Err(err) => return Err(err.into()),
@@ -420,7 +422,9 @@ async fn list(
     }
     let page = state.engine.list(query).await?;
     let items: Vec<Summary> = page.items.into_iter().map(Summary::from).collect();
-    Ok(Json(json!({ "items": items, "next": page.next })))
+    Ok(Json(
+        json!({ "items": items, "unreadable": page.unreadable, "next": page.next }),
+    ))
 }
 
 /// Everything about one instance: its row, recorded steps and history.

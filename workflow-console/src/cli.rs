@@ -358,6 +358,9 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 &["ID", "WORKFLOW", "STATUS", "KEY", "CREATED", "DURATION"],
                 rows,
             )?;
+            for bad in &page.unreadable {
+                writeln!(out, "unreadable: {} ({})", bad.id, bad.error)?;
+            }
             if let Some(next) = page.next {
                 writeln!(out, "more: --after {next}")?;
             }

@@ -18,7 +18,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET overview?workflow=` | `{counts, total, workflows}`: instances per status |
-//! | `GET instances?workflow=&status=failed,paused&tag=k=v&q=&limit=&after=` | `{items, next}`, newest first; `q` is an id or a key, `next` the `after` of the next page |
+//! | `GET instances?workflow=&status=failed,paused&tag=k=v&q=&limit=&after=` | `{items, unreadable, next}`, newest first; `q` is an id or a key, `next` the `after` of the next page; `unreadable` names rows that cannot be read (`{id, error}`), the rest still listed |
 //! | `GET instances/{id}` | `{instance, steps, history}` |
 //! | `POST instances/{id}/cancel`, `pause`, `resume`, `rerun` | body `{}` |
 //! | `POST instances/{id}/events` | body `{"name": "approval", "payload": {..}}` |

@@ -6,7 +6,7 @@ mod common;
 use common::{fixture, http, wait_status, Response};
 use serde_json::{json, Value};
 use workflow::prelude::*;
-use workflow_console::{Console, ConsoleExt};
+use workflow_console::{Console, ConsoleExt, ConsoleServer};
 
 const TOKEN: &str = "t0k-3n";
 
@@ -30,6 +30,18 @@ async fn post(base: &str, path: &str, body: Value) -> Response {
     .await
 }
 
+/// The console of `engine` on a free port, guarded by `TOKEN`, and its address.
+async fn serve(engine: &Engine) -> (ConsoleServer, String) {
+    let server = engine
+        .console()
+        .token(TOKEN)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    (server, base)
+}
+
 fn ids(page: &Value) -> Vec<String> {
     page["items"]
         .as_array()
@@ -42,14 +54,7 @@ fn ids(page: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_filters_and_pages() {
     let f = fixture().await;
-    let server = f
-        .engine
-        .console()
-        .token(TOKEN)
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let base = format!("http://{}", server.local_addr());
+    let (server, base) = serve(&f.engine).await;
     assert!(server.url().ends_with("/?token=t0k-3n"), "{}", server.url());
 
     // The token guards every API call; the page itself holds no data.
@@ -230,17 +235,39 @@ async fn reads_filters_and_pages() {
     server.shutdown();
 }
 
+/// A row damaged outside the engine is named in the list, not a failed page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_row_is_named_and_the_rest_listed() {
+    let f = fixture().await;
+    let (server, base) = serve(&f.engine).await;
+    let db = rusqlite::Connection::open(f.dir.path().join("console.db")).unwrap();
+    db.execute(
+        "UPDATE instances SET status = 'lost' WHERE id = ?1",
+        [f.failed.as_str()],
+    )
+    .unwrap();
+    let page = get(&base, "/api/instances").await.json();
+    let listed = ids(&page);
+    assert!(listed.contains(&f.completed.to_string()), "{page}");
+    assert!(!listed.contains(&f.failed.to_string()), "{page}");
+    let unreadable = page["unreadable"].as_array().unwrap();
+    assert_eq!(unreadable.len(), 1, "{page}");
+    assert_eq!(unreadable[0]["id"], f.failed.as_str());
+    assert!(
+        unreadable[0]["error"].as_str().unwrap().contains("lost"),
+        "{page}"
+    );
+    // The instance itself: an error naming it, not a crash of the console.
+    let one = get(&base, &format!("/api/instances/{}", f.failed)).await;
+    assert_eq!(one.status, 500, "{}", one.body);
+    assert!(one.body.contains(f.failed.as_str()), "{}", one.body);
+    server.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_are_checked_and_applied() {
     let f = fixture().await;
-    let server = f
-        .engine
-        .console()
-        .token(TOKEN)
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let base = format!("http://{}", server.local_addr());
+    let (server, base) = serve(&f.engine).await;
     let cancel_url = format!("{base}/api/instances/{}/cancel", f.running);
 
     // What a cross-site page could send is refused, and nothing changes.

@@ -744,7 +744,9 @@ impl Engine {
         Ok(InstanceInfo::try_from(self.row(id).await?)?)
     }
 
-    /// A page of instances matching `query`, newest first.
+    /// A page of instances matching `query`, newest first. A row damaged
+    /// outside the engine does not fail the page: it is named in
+    /// [`Page::unreadable`], and the paging goes on past it.
     pub async fn list(&self, query: Query) -> Result<Page> {
         let rows = self.inner.store.list(&query.inner).await?;
         // Counted before unreadable rows are set aside, so one of them
