@@ -476,3 +476,61 @@ async fn explicit_step_options_win_over_the_attribute_backoff() {
         "history events {gaps:?} apart"
     );
 }
+
+/// Waits for an event nobody sends, far longer than its parent may run.
+#[workflow(name = "waitsForever", timeout = "10m")]
+async fn waits_forever(ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    let _: serde_json::Value = ctx.wait_for_event("never", None).await?;
+    Ok(())
+}
+
+/// Waits for `waitsForever`, but may run only a second.
+#[workflow(name = "impatientParent", timeout = "1s")]
+async fn impatient_parent(ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    ctx.run_child::<WaitsForever>("forever", ()).await?;
+    Ok(())
+}
+
+/// A timeout is the clock cancelling the instance: the parent's deadline
+/// passing while it waits in `ctx.run_child` ends the child `Cancelled`
+/// too, instead of leaving it to run on for nothing.
+#[tokio::test]
+async fn a_timed_out_parent_cancels_the_child_it_waits_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .database_url(format!("sqlite://{}", dir.path().join("e2e.db").display()))
+        .register(ImpatientParent)
+        .register(WaitsForever)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .expect("engine");
+    let _worker = engine.start_worker();
+    let parent = ImpatientParent::start(&engine, ()).await.unwrap();
+    let out = parent.result_timeout(Duration::from_secs(30)).await;
+    assert!(out.is_err(), "{out:?}");
+    assert_eq!(parent.status().await.unwrap(), Status::TimedOut);
+
+    let mut children = Vec::new();
+    for _ in 0..500 {
+        children = engine
+            .list(Query::new().name("waitsForever"))
+            .await
+            .unwrap()
+            .items;
+        if !children.is_empty() && children.iter().all(|c| c.status.is_terminal()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(children.len(), 1, "the child was started");
+    assert_eq!(children[0].status, Status::Cancelled, "{:?}", children[0]);
+    let child = WaitsForever::handle(&engine, children[0].id.clone());
+    let history = child.history().await.unwrap();
+    let last = history.last().unwrap();
+    assert_eq!(
+        (last.kind.as_str(), last.message.as_deref()),
+        ("cancelled", Some("parent timed out")),
+        "{history:?}"
+    );
+}

@@ -625,17 +625,21 @@ impl Engine {
         let control = self.inner.store.cancel(id, now_millis()).await?;
         self.check_control(id, control)?;
         tracing::info!(%id, "instance cancelled");
-        // The store cancelled its unfinished descendants with it: those this
-        // process runs or holds claimed ahead hear of it now, as it does,
-        // instead of at their next heartbeat.
+        self.stop_local_descendants(id);
+        self.inner.finished.notify_waiters();
+        Ok(())
+    }
+
+    /// The store cancelled `id`'s unfinished descendants with it (a cancel,
+    /// or a timeout): those this process runs or holds claimed ahead hear
+    /// of it now, as `id` does, instead of at their next heartbeat.
+    pub(crate) fn stop_local_descendants(&self, id: &InstanceId) {
         for cancelled in self.with_local_descendants(id) {
             crate::worker::forget_claimed_ahead(&self.inner, &cancelled);
             if let Some(run) = self.inner.local_run(&cancelled) {
                 run.interrupt(Interrupt::Cancelled, crate::ctx::Settlement::Plain);
             }
         }
-        self.inner.finished.notify_waiters();
-        Ok(())
     }
 
     /// `id` and the instances running or claimed ahead in this process that

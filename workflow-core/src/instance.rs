@@ -52,6 +52,8 @@ impl StartOptions {
     }
 
     /// A deadline this long after start, instead of the workflow's `TIMEOUT`.
+    /// Past it the instance ends `TimedOut` and its unfinished descendants
+    /// `Cancelled` (see [`Instance::set_timeout`]).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -189,7 +191,8 @@ impl<W: Workflow> Instance<W> {
         self.output_of(row)
     }
 
-    /// Cancels it: it ends `Cancelled`, and a running handler sees
+    /// Cancels it: it ends `Cancelled` with its unfinished descendants
+    /// (children, grandchildren...), and a running handler sees
     /// `ctx.signal()` fire and is dropped at its next await point (at once in
     /// this process, within about a second in another process sharing the
     /// store). Cancelling an instance that already ended is
@@ -199,7 +202,10 @@ impl<W: Workflow> Instance<W> {
     }
 
     /// Moves its deadline, also while it runs. Past the deadline it ends
-    /// `TimedOut`.
+    /// `TimedOut`, and its unfinished children, grandchildren... end
+    /// `Cancelled` with it (history event `cancelled`, "parent timed out"),
+    /// as [`Instance::cancel`] would leave them: their handlers stop at once
+    /// in this process, at their next heartbeat in another.
     pub async fn set_timeout(&self, timeout: Timeout) -> Result<()> {
         self.engine.set_timeout(&self.id, timeout).await
     }

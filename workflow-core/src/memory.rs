@@ -98,6 +98,39 @@ impl Tables {
         }
     }
 
+    /// Ends `root` (unless it already ended) and its unfinished children,
+    /// grandchildren... `Cancelled`, each with a `cancelled` event (a
+    /// descendant's carries `message`), their leases void, waking the
+    /// parents waiting for them. Used by a cancel and by a timeout (`root`
+    /// is then `TimedOut` already, and only its descendants change).
+    fn cancel_tree(&mut self, root: &InstanceId, at: Millis, message: &str) {
+        let mut todo = vec![root.clone()];
+        while let Some(next) = todo.pop() {
+            let Some(entry) = self.instances.get_mut(&next) else {
+                continue;
+            };
+            if !entry.row.status.is_terminal() {
+                entry.row.status = Status::Cancelled;
+                entry.row.updated_at = at;
+                entry.row.finished_at = Some(at);
+                entry.lease_owner = None;
+                entry.lease_until = None;
+                let parent = entry.row.parent.clone();
+                let message = (&next != root).then_some(message);
+                self.event(&next, at, "cancelled", None, None, message);
+                if let Some(parent) = parent {
+                    self.wake_parent(&parent, &next, at);
+                }
+            }
+            todo.extend(
+                self.instances
+                    .values()
+                    .filter(|e| e.row.parent.as_ref() == Some(&next) && !e.row.status.is_terminal())
+                    .map(|e| e.row.id.clone()),
+            );
+        }
+    }
+
     /// The entry if `lease` is its current lease.
     fn leased(&mut self, lease: &Lease) -> Result<&mut Entry, StoreError> {
         match self.instances.get_mut(&lease.instance) {
@@ -330,6 +363,12 @@ impl Store for MemoryStore {
         if let Some(parent) = parent {
             t.wake_parent(&parent, &lease.instance, finish.at);
         }
+        // A timeout is the clock cancelling the instance: its unfinished
+        // descendants end with it. A completed or failed parent leaves them
+        // running (a child may outlive it).
+        if finish.status == Status::TimedOut {
+            t.cancel_tree(&lease.instance, finish.at, "parent timed out");
+        }
         Ok(())
     }
 
@@ -384,32 +423,7 @@ impl Store for MemoryStore {
         if entry.row.status.is_terminal() {
             return Ok(Control::Terminal(entry.row.status));
         }
-        let mut todo = vec![id.clone()];
-        while let Some(next) = todo.pop() {
-            let Some(entry) = t.instances.get_mut(&next) else {
-                continue;
-            };
-            if entry.row.status.is_terminal() {
-                continue;
-            }
-            entry.row.status = Status::Cancelled;
-            entry.row.updated_at = at;
-            entry.row.finished_at = Some(at);
-            entry.lease_owner = None;
-            entry.lease_until = None;
-            let parent = entry.row.parent.clone();
-            let message = (&next != id).then_some("parent cancelled");
-            t.event(&next, at, "cancelled", None, None, message);
-            if let Some(parent) = parent {
-                t.wake_parent(&parent, &next, at);
-            }
-            todo.extend(
-                t.instances
-                    .values()
-                    .filter(|e| e.row.parent.as_ref() == Some(&next) && !e.row.status.is_terminal())
-                    .map(|e| e.row.id.clone()),
-            );
-        }
+        t.cancel_tree(id, at, "parent cancelled");
         Ok(Control::Applied)
     }
 

@@ -389,6 +389,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ends the run with a terminal status and its event, if `lease` is
     /// current; wakes the parent if it waits for this instance.
+    ///
+    /// A `TimedOut` finish is the clock cancelling the instance: in the same
+    /// transaction, its unfinished children, grandchildren... end
+    /// `Cancelled` exactly as [`Store::cancel`] leaves them (a `cancelled`
+    /// event with the message `parent timed out`, leases void, parents
+    /// waiting for them woken). `Completed` and `Failed` leave descendants
+    /// alone: a child started with `ctx.start_child` may outlive its parent.
     async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError>;
 
     /// Gives the instance back (status `Pending`, no lease) so another worker
@@ -401,8 +408,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ends an unfinished instance `Cancelled` (any worker's lease on it is
     /// void from then on) with a `cancelled` event, and its unfinished
-    /// children, grandchildren... with it. A parent waiting for it wakes. A
-    /// terminal instance is left alone.
+    /// children, grandchildren... with it (their events say `parent
+    /// cancelled`). A parent waiting for it wakes. A terminal instance is
+    /// left alone. A `TimedOut` [`Store::finish`] cascades the same way.
     async fn cancel(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError>;
 
     /// Moves the deadline of an unfinished instance, with a

@@ -46,6 +46,7 @@ where
     events_are_kept_until_taken(make().await).await;
     children_wake_parents_and_die_with_them(make().await).await;
     a_cancelled_parent_starts_no_child(make().await).await;
+    a_timed_out_parent_cancels_its_children(make().await).await;
     pause_and_resume(make().await).await;
     schedule_marks_only_move_forward(make().await).await;
     definitions_are_recorded(make().await).await;
@@ -1192,6 +1193,135 @@ async fn a_cancelled_parent_starts_no_child(store: impl Store) {
         .unwrap();
     let statuses: Vec<_> = rows.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [Status::Pending, Status::Cancelled]);
+}
+
+/// A timeout is the clock cancelling the instance: a parent finished
+/// `TimedOut` takes its unfinished descendants with it, as a cancel would,
+/// in the same transaction. A parent that completes or fails leaves its
+/// children running: a child may be meant to outlive it.
+async fn a_timed_out_parent_cancels_its_children(store: impl Store) {
+    let p = running(&store).await;
+    let parent_id = p.row.id.clone();
+    // A child that already ended.
+    let mut done = new_instance("wf", 2);
+    done.parent = Some(parent_id.clone());
+    let done_id = done.id.clone();
+    store.create(done, None).await.unwrap();
+    let d = store
+        .claim(claim_req("b", T0 + 2, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(d.row.id, done_id);
+    let completed = Finish {
+        status: Status::Completed,
+        output: Some("1".into()),
+        error: None,
+        state: None,
+        at: T0 + 3,
+    };
+    store.finish(&d.lease, completed).await.unwrap();
+    // A pending child (not due yet) and its running grandchild.
+    let mut kid = new_instance("wf", 4);
+    kid.parent = Some(parent_id.clone());
+    kid.run_at = T0 + 100_000;
+    let kid_id = kid.id.clone();
+    store.create(kid, None).await.unwrap();
+    let mut grandkid = new_instance("wf", 5);
+    grandkid.parent = Some(kid_id.clone());
+    let grandkid_id = grandkid.id.clone();
+    store.create(grandkid, None).await.unwrap();
+    let g = store
+        .claim(claim_req("c", T0 + 5, 10))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(g.row.id, grandkid_id);
+
+    let timed_out = Finish {
+        status: Status::TimedOut,
+        output: None,
+        error: Some("deadline passed".into()),
+        state: None,
+        at: T0 + 10,
+    };
+    store.finish(&p.lease, timed_out).await.unwrap();
+    assert_eq!(
+        store.get(&parent_id).await.unwrap().unwrap().status,
+        Status::TimedOut
+    );
+    for id in [&kid_id, &grandkid_id] {
+        let row = store.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            (row.status, row.finished_at),
+            (Status::Cancelled, Some(T0 + 10)),
+            "a timed-out parent's descendants are cancelled with it"
+        );
+        let history = store.history(id).await.unwrap();
+        let last = history.last().unwrap();
+        assert_eq!(
+            (last.kind.as_str(), last.at, last.message.as_deref()),
+            ("cancelled", T0 + 10, Some("parent timed out")),
+            "{history:?}"
+        );
+    }
+    assert!(
+        matches!(
+            store.commit_step(&g.lease, step("s", "1", None)).await,
+            Err(StoreError::LeaseLost(_))
+        ),
+        "a cancelled grandchild's lease is void"
+    );
+    assert_eq!(
+        store.get(&done_id).await.unwrap().unwrap().status,
+        Status::Completed,
+        "ended children stay as they are"
+    );
+    assert!(
+        store
+            .claim(claim_req("d", T0 + 200_000, 10))
+            .await
+            .unwrap()
+            .is_empty(),
+        "none of them runs again"
+    );
+
+    // A parent that fails or completes leaves its children alone.
+    for (n, status) in [(20, Status::Failed), (30, Status::Completed)] {
+        store.create(new_instance("wf", n), None).await.unwrap();
+        let q = store
+            .claim(claim_req("a", T0 + n, 1))
+            .await
+            .unwrap()
+            .remove(0);
+        let mut child = new_instance("wf", n + 1);
+        child.parent = Some(q.row.id.clone());
+        child.run_at = T0 + 500_000;
+        let child_id = child.id.clone();
+        store.create(child, None).await.unwrap();
+        let finish = Finish {
+            status,
+            output: (status == Status::Completed).then(|| "2".into()),
+            error: (status == Status::Failed).then(|| "boom".into()),
+            state: None,
+            at: T0 + n + 2,
+        };
+        store.finish(&q.lease, finish).await.unwrap();
+        let row = store.get(&child_id).await.unwrap().unwrap();
+        assert_eq!(
+            row.status,
+            Status::Pending,
+            "a {status} parent leaves its children running"
+        );
+        let kinds: Vec<String> = store
+            .history(&child_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["created"]);
+    }
 }
 
 async fn pause_and_resume(store: impl Store) {

@@ -159,8 +159,10 @@ where
 
     /// Starts workflow `W` as a child of this instance, exactly once (across
     /// replays and crashes), and returns its id without waiting for it.
-    /// Cancelling this instance cancels the child. A `W` that no engine on
-    /// the store registers fails the step with
+    /// Cancelling this instance, or its timing out, cancels the child (if
+    /// still unfinished) and the child's own descendants; completing or
+    /// failing does not, so a child started this way may outlive its
+    /// parent. A `W` that no engine on the store registers fails the step with
     /// [`Error::UnknownWorkflow`]'s message.
     /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn start_child<W: Workflow>(
@@ -228,7 +230,8 @@ where
 
     /// Starts workflow `W` as a child exactly once and waits, durably and
     /// without memory, for its output. A child that fails, is cancelled or
-    /// times out gives [`Error::Child`].
+    /// times out gives [`Error::Child`]. This instance timing out while it
+    /// waits cancels the child, as cancelling it would.
     /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn run_child<W: Workflow>(&self, name: &str, input: W::Input) -> Result<W::Output> {
         let run = self.run();

@@ -541,7 +541,11 @@ async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed, slot: OwnedSemaphor
         lock(&inner.running).remove(&row.id);
         lock(&w.running).remove(&row.id);
         drop(slot);
-        settle(&w, &lease, finish).await;
+        let timed_out = matches!(&finish, Settle::Finish(f) if f.status == Status::TimedOut);
+        if settle(&w, &lease, finish).await && timed_out {
+            // The store cancelled its unfinished descendants with it.
+            w.engine.stop_local_descendants(&row.id);
+        }
         inner.finished.notify_waiters();
         // A finished child may have woken its parent; a suspended instance
         // whose event was already there is due now.
@@ -681,7 +685,8 @@ async fn execute(
     }
 }
 
-async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) {
+/// Records how the run ended; true if the store took it.
+async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
     let store = &w.engine.inner.store;
     let result = match settle {
         Settle::Finish(finish) => {
@@ -697,14 +702,16 @@ async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) {
         Settle::Abandon => Ok(()),
     };
     match result {
-        Ok(()) => {}
+        Ok(()) => true,
         Err(StoreError::LeaseLost(_)) => {
             tracing::warn!(
                 "lease lost before the outcome was recorded; another worker owns the instance"
-            )
+            );
+            false
         }
         Err(err) => {
-            tracing::error!(error = %err, "recording the outcome failed; the instance resumes when its lease expires")
+            tracing::error!(error = %err, "recording the outcome failed; the instance resumes when its lease expires");
+            false
         }
     }
 }

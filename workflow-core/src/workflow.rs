@@ -36,7 +36,9 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     /// IANA time zone of the schedule.
     const TIMEZONE: &'static str = "UTC";
     /// Default deadline of an instance, counted from its start. Five minutes
-    /// unless the attribute says otherwise.
+    /// unless the attribute says otherwise. Past it the instance ends
+    /// `TimedOut`, and its unfinished child workflows (and theirs) end
+    /// `Cancelled` with it.
     const TIMEOUT: Duration = Duration::from_secs(300);
     /// The step names written as literals in the handler, in source order.
     const STEPS: &'static [&'static str] = &[];

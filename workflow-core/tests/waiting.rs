@@ -575,6 +575,76 @@ async fn cancelling_a_parent_stops_its_child_running_here_at_once() {
     );
 }
 
+static SLOW_DONE: AtomicU32 = AtomicU32::new(0);
+
+/// A child whose one step takes far longer than its parent may run.
+struct Slow;
+
+impl Workflow for Slow {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "slow";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step("work", || async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            SLOW_DONE.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Waits for `Slow`, but may run only 300 ms.
+struct ImpatientForSlow;
+
+impl Workflow for ImpatientForSlow {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "impatientForSlow";
+    const TIMEOUT: Duration = Duration::from_millis(300);
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.run_child::<Slow>("slow", ()).await?;
+        Ok(())
+    }
+}
+
+/// A parent timing out stops a child running in this process at once, as
+/// cancelling the parent would, not at the next heartbeat.
+#[tokio::test]
+async fn a_timed_out_parent_stops_its_child_running_here_at_once() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(ImpatientForSlow)
+        .register(Slow)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let parent = ImpatientForSlow::start(&engine, ()).await.unwrap();
+    until_status(&parent, Status::TimedOut).await;
+    let children = engine.list(Query::new().name("slow")).await.unwrap().items;
+    assert_eq!(children.len(), 1, "the child was started");
+    assert_eq!(children[0].status, Status::Cancelled, "{:?}", children[0]);
+    // Well before the worker's next heartbeat (one a second).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        engine.running_here().is_empty(),
+        "the cancelled child still runs here"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        SLOW_DONE.load(Ordering::SeqCst),
+        0,
+        "its step ran to its end"
+    );
+}
+
 #[tokio::test]
 async fn fan_out_keeps_input_order_with_one_step_per_item() {
     let engine = engine(Arc::new(MemoryStore::new())).await;

@@ -409,11 +409,20 @@ impl Db {
             None,
         )
         .await?;
+        let mut woke = 0;
         if let Some(parent) = parent {
             let pairs = [(lease.instance.as_str(), parent.as_str())];
-            if wake_parents(&mut tx, &pairs, finish.at).await? > 0 {
-                self.notify(&mut tx).await?;
-            }
+            woke += wake_parents(&mut tx, &pairs, finish.at).await?;
+        }
+        // A timeout is the clock cancelling the instance: its unfinished
+        // descendants end with it. A completed or failed parent leaves them
+        // running (a child may outlive it).
+        if finish.status == Status::TimedOut {
+            let root = lease.instance.as_str();
+            woke += cancel_tree(&mut tx, root, finish.at, "parent timed out").await?;
+        }
+        if woke > 0 {
+            self.notify(&mut tx).await?;
         }
         commit(tx).await?;
         Ok(Ok(()))
@@ -495,44 +504,7 @@ impl Db {
         if control != Control::Applied {
             return Ok(control);
         }
-        // The instance and every unfinished descendant.
-        let cancelled: Vec<(String, Option<String>)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "WITH RECURSIVE tree(id) AS ( \
-                 SELECT $1::text COLLATE \"C\" \
-                 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
-             ) \
-             UPDATE instances SET status = 'cancelled', updated_at = $2, finished_at = $2, \
-                 lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id IN (SELECT id FROM tree) AND status NOT IN {TERMINAL} \
-             RETURNING id, parent_id"
-            )))
-            .bind(id.as_str())
-            .bind(at)
-            .fetch_all(&mut *tx)
-            .await?;
-        // The root's event first.
-        let mut ids: Vec<&str> = cancelled.iter().map(|(c, _)| c.as_str()).collect();
-        ids.sort_by_key(|c| *c != id.as_str());
-        let messages: Vec<Option<&str>> = ids
-            .iter()
-            .map(|c| (*c != id.as_str()).then_some("parent cancelled"))
-            .collect();
-        sqlx::query(
-            "INSERT INTO events (instance_id, at, kind, message) \
-             SELECT id, $3, 'cancelled', message \
-             FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS e(id, message, n) ORDER BY n",
-        )
-        .bind(&ids)
-        .bind(&messages)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        let pairs: Vec<(&str, &str)> = cancelled
-            .iter()
-            .filter_map(|(c, p)| p.as_deref().map(|p| (c.as_str(), p)))
-            .collect();
-        if wake_parents(&mut tx, &pairs, at).await? > 0 {
+        if cancel_tree(&mut tx, id.as_str(), at, "parent cancelled").await? > 0 {
             self.notify(&mut tx).await?;
         }
         commit(tx).await?;
@@ -1040,6 +1012,59 @@ async fn control(conn: &mut PgConnection, id: &InstanceId) -> Result<Control, sq
         // An unreadable status is treated as unfinished, so it can be cancelled.
         Some(_) => Control::Applied,
     })
+}
+
+/// Ends `root` (unless it already ended) and every unfinished descendant
+/// `Cancelled`, each with a `cancelled` event (a descendant's carries
+/// `message`, the root's first), their leases void, and wakes the parents
+/// waiting for them. Used by a cancel and by a timeout (`root` is then
+/// `TimedOut` already, and only its descendants change). Returns how many
+/// parents woke.
+async fn cancel_tree(
+    conn: &mut PgConnection,
+    root: &str,
+    at: Millis,
+    message: &str,
+) -> Result<u64, sqlx::Error> {
+    let cancelled: Vec<(String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH RECURSIVE tree(id) AS ( \
+             SELECT $1::text COLLATE \"C\" \
+             UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
+         ) \
+         UPDATE instances SET status = 'cancelled', updated_at = $2, finished_at = $2, \
+             lease_owner = NULL, lease_expires_at = NULL \
+         WHERE id IN (SELECT id FROM tree) AND status NOT IN {TERMINAL} \
+         RETURNING id, parent_id"
+    )))
+    .bind(root)
+    .bind(at)
+    .fetch_all(&mut *conn)
+    .await?;
+    if cancelled.is_empty() {
+        return Ok(0);
+    }
+    // The root's event first.
+    let mut ids: Vec<&str> = cancelled.iter().map(|(c, _)| c.as_str()).collect();
+    ids.sort_by_key(|c| *c != root);
+    let messages: Vec<Option<&str>> = ids
+        .iter()
+        .map(|c| (*c != root).then_some(message))
+        .collect();
+    sqlx::query(
+        "INSERT INTO events (instance_id, at, kind, message) \
+         SELECT id, $3, 'cancelled', message \
+         FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS e(id, message, n) ORDER BY n",
+    )
+    .bind(&ids)
+    .bind(&messages)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    let pairs: Vec<(&str, &str)> = cancelled
+        .iter()
+        .filter_map(|(c, p)| p.as_deref().map(|p| (c.as_str(), p)))
+        .collect();
+    wake_parents(conn, &pairs, at).await
 }
 
 /// Makes each parent due now if it is listening for its (child, parent)

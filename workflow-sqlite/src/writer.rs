@@ -369,9 +369,16 @@ impl Op {
         match self {
             Op::Create(new, _) => unsynced.wrote(new.id.as_str()),
             Op::CreateMany(new) => new.iter().for_each(|n| unsynced.wrote(n.id.as_str())),
+            // A timeout cancels the instance's unfinished descendants too
+            // (see `cancel_tree`): rows not tracked one by one.
+            Op::Finish(lease, finish) => {
+                unsynced.wrote(lease.instance.as_str());
+                if finish.status == Status::TimedOut {
+                    unsynced.wrote_untracked();
+                }
+            }
             Op::CommitStep(lease, _)
             | Op::Attempt { lease, .. }
-            | Op::Finish(lease, _)
             | Op::Release(lease, _)
             | Op::Suspend(lease, _)
             | Op::TakeEvent { lease, .. } => unsynced.wrote(lease.instance.as_str()),
@@ -1043,6 +1050,12 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 if may_have_parent {
                     wake_parent(c, lease.instance.as_str(), finish.at)?;
                 }
+                // A timeout is the clock cancelling the instance: its
+                // unfinished descendants end with it. A completed or failed
+                // parent leaves them running (a child may outlive it).
+                if finish.status == Status::TimedOut {
+                    cancel_tree(c, lease.instance.as_str(), finish.at, "parent timed out")?;
+                }
                 Ok(Reply::Done)
             } else {
                 Err(StoreError::LeaseLost(lease.instance.clone()))
@@ -1109,28 +1122,7 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
         Op::Cancel(id, at) => {
             let control = control(c, id)?;
             if control == Control::Applied {
-                // Descendants' leases end too; cancelling is rare enough to
-                // forget them all.
-                c.leases().held.clear();
-                // The instance and every unfinished descendant.
-                let cancelled: Vec<String> = c
-                    .prepare_cached(
-                        "WITH RECURSIVE tree(id) AS ( \
-                             SELECT ?1 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
-                         ) \
-                         UPDATE instances SET status = 'cancelled', updated_at = ?2, finished_at = ?2, \
-                             lease_owner = NULL, lease_expires_at = NULL \
-                         WHERE id IN (SELECT id FROM tree) \
-                           AND status NOT IN ('completed', 'failed', 'cancelled', 'timed_out') \
-                         RETURNING id",
-                    )?
-                    .query_map(params![id.as_str(), at], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                for cancelled_id in &cancelled {
-                    let message = (cancelled_id != id.as_str()).then_some("parent cancelled");
-                    event(c, cancelled_id, *at, "cancelled", None, None, message, None)?;
-                    wake_parent(c, cancelled_id, *at)?;
-                }
+                cancel_tree(c, id.as_str(), *at, "parent cancelled")?;
             }
             Ok(Reply::Control(control))
         }
@@ -1315,6 +1307,35 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             Ok(Reply::Done)
         }
     })
+}
+
+/// Ends `root` (unless it already ended) and every unfinished descendant
+/// `Cancelled`, each with a `cancelled` event (a descendant's carries
+/// `message`), and wakes the parents waiting for them. Their leases end:
+/// the writer forgets them. Used by a cancel and by a timeout (`root` is
+/// then `TimedOut` already, and only its descendants change). The rows
+/// are not tracked one by one: the op's `note_writes` counts it untracked.
+fn cancel_tree(c: &Tx<'_, '_>, root: &str, at: Millis, message: &str) -> Result<(), Db> {
+    let cancelled: Vec<String> = c
+        .prepare_cached(
+            "WITH RECURSIVE tree(id) AS ( \
+                 SELECT ?1 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
+             ) \
+             UPDATE instances SET status = 'cancelled', updated_at = ?2, finished_at = ?2, \
+                 lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id IN (SELECT id FROM tree) \
+               AND status NOT IN ('completed', 'failed', 'cancelled', 'timed_out') \
+             RETURNING id",
+        )?
+        .query_map(params![root, at], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for cancelled_id in &cancelled {
+        c.leases().end(cancelled_id);
+        let message = (cancelled_id != root).then_some(message);
+        event(c, cancelled_id, at, "cancelled", None, None, message, None)?;
+        wake_parent(c, cancelled_id, at)?;
+    }
+    Ok(())
 }
 
 /// Makes the parent of `child` due now if it is listening for `child`.
