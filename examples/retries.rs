@@ -14,8 +14,8 @@ static CALLS: AtomicU32 = AtomicU32::new(0);
 
 /// Call a flaky payment gateway: it times out twice, then answers.
 ///
-/// Every `ctx.step` here gets 5 attempts, waiting about 0.6 s, 1.2 s, 2.4 s
-/// and 4.8 s (±20%) after each failure. For one step only, the same policy
+/// Every `ctx.step` here gets 5 attempts, waiting about 0.3 s, 0.6 s, 1.2 s
+/// and 2.4 s (±20%) after each failure. For one step only, the same policy
 /// is `ctx.step_with("charge", StepOptions::retries(5).backoff(..).jitter(0.2), ..)`.
 #[workflow(
     name = "chargeCard",

@@ -343,11 +343,11 @@ fn flaky(attempts: &Mutex<Vec<Instant>>) -> Result<u32, BoxError> {
     }
 }
 
-/// Every `ctx.step` here waits `250ms * 2^n` after failed attempt `n`: 500 ms, then 1 s.
+/// Every `ctx.step` here waits `500ms * 2^(n-1)` after failed attempt `n`: 500 ms, then 1 s.
 #[workflow(
     name = "flakyDefaults",
     retries = 3,
-    backoff(initial = "250ms", factor = 2.0, max = "30s")
+    backoff(initial = "500ms", factor = 2.0, max = "30s")
 )]
 async fn flaky_defaults(ctx: Ctx, _input: ()) -> workflow::Result<u32> {
     ctx.step("call", || async { flaky(&DEFAULTS_ATTEMPTS) })

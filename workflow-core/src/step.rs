@@ -5,13 +5,14 @@ use std::time::Duration;
 use crate::error::BoxError;
 
 /// How a step retries. The default matches the original framework: 5 attempts,
-/// waiting `min(100 ms * e^attempt, 5 s)` after each failure (about 0.27 s,
-/// 0.74 s, 2 s and 5 s).
+/// waiting about 0.27 s, 0.74 s, 2 s and 5 s after the failures
+/// (`min(272 ms * e^(n-1), 5 s)` after failed attempt `n`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepOptions {
     /// Attempts in all, the first included. `1` means no retry.
     pub max_attempts: u32,
-    /// Wait after the first failure is `initial_backoff * factor^attempt`...
+    /// The wait after the first failure; after failed attempt `n`,
+    /// `initial_backoff * factor^(n-1)`...
     pub initial_backoff: Duration,
     /// ...growing by this factor per attempt...
     pub factor: f64,
@@ -35,7 +36,8 @@ impl Default for StepOptions {
 }
 
 /// The waits between a step's attempts: after failed attempt `n` (1-based)
-/// a step waits `min(initial * factor^n, max)`, before jitter. The curve
+/// a step waits `min(initial * factor^(n-1), max)`, before jitter, so
+/// `initial` after the first failure. The curve
 /// part of [`StepOptions`], as a value a constant can hold:
 /// [`Workflow::BACKOFF`](crate::Workflow::BACKOFF) is one, written by
 /// `#[workflow(backoff(initial = "200ms", factor = 2.0, max = "30s"))]`.
@@ -46,13 +48,14 @@ impl Default for StepOptions {
 ///
 /// let backoff = Backoff { initial: Duration::from_millis(200), factor: 2.0, ..Backoff::DEFAULT };
 /// let opts = StepOptions::retries(3).with_backoff(backoff);
-/// assert_eq!(opts.delay_after(1), Duration::from_millis(400));
+/// assert_eq!(opts.delay_after(1), Duration::from_millis(200));
+/// assert_eq!(opts.delay_after(2), Duration::from_millis(400));
 /// assert_eq!(opts.max_backoff, Duration::from_secs(5));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
-    /// The base of the curve: the wait after failed attempt `n` is
-    /// `initial * factor^n`, so `initial * factor` after the first.
+    /// The wait after the first failed attempt; after failed attempt `n`,
+    /// `initial * factor^(n-1)`.
     pub initial: Duration,
     /// Growth per attempt; values below 1 (and NaN) count as 1 when applied.
     pub factor: f64,
@@ -61,10 +64,10 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// The curve of [`StepOptions::default()`]: 100 ms, factor `e`, at most
+    /// The curve of [`StepOptions::default()`]: 272 ms, factor `e`, at most
     /// 5 s (waits of about 0.27 s, 0.74 s, 2 s, then 5 s).
     pub const DEFAULT: Backoff = Backoff {
-        initial: Duration::from_millis(100),
+        initial: Duration::from_millis(272),
         factor: std::f64::consts::E,
         max: Duration::from_secs(5),
     };
@@ -91,7 +94,9 @@ impl StepOptions {
         Self::retries(1)
     }
 
-    /// Sets the backoff: `initial * factor^attempt`, capped at `max`.
+    /// Sets the backoff: `initial` after the first failure, then growing by
+    /// `factor` per attempt (`initial * factor^(n-1)` after failed attempt
+    /// `n`), capped at `max`.
     pub fn backoff(mut self, initial: Duration, factor: f64, max: Duration) -> Self {
         self.initial_backoff = initial;
         self.factor = factor.max(1.0);
@@ -134,7 +139,7 @@ impl StepOptions {
 
     /// How long to wait after failed attempt number `attempt` (1-based), before jitter.
     pub fn delay_after(&self, attempt: u32) -> Duration {
-        let exp = self.factor.powi(attempt.min(64) as i32);
+        let exp = self.factor.powi(attempt.saturating_sub(1).min(64) as i32);
         let secs = (self.initial_backoff.as_secs_f64() * exp).min(self.max_backoff.as_secs_f64());
         seconds(secs)
     }

@@ -371,8 +371,8 @@ mod tests {
         assert_eq!(opts.factor, 2.0);
         assert_eq!(opts.max_backoff, Duration::from_secs(30));
         assert_eq!(opts.jitter, 0.2);
-        assert_eq!(opts.delay_after(1), Duration::from_millis(400));
-        assert_eq!(opts.delay_after(2), Duration::from_millis(800));
+        assert_eq!(opts.delay_after(1), Duration::from_millis(200));
+        assert_eq!(opts.delay_after(2), Duration::from_millis(400));
     }
 
     #[test]

@@ -118,12 +118,12 @@ use proc_macro::TokenStream;
 ///   own.
 /// - `backoff(initial = "200ms", factor = 2.0, max = "30s")`: how long each
 ///   `ctx.step` of this workflow waits between attempts, instead of the
-///   engine's: after failed attempt `n` it waits `min(initial × factor^n,
-///   max)`, so `initial × factor` after the first (here 400 ms, 800 ms,
-///   1.6 s, ... up to 30 s), exactly as `StepOptions::backoff` with the
+///   engine's: after failed attempt `n` it waits `min(initial ×
+///   factor^(n-1), max)`, so `initial` after the first (here 200 ms, 400 ms,
+///   800 ms, ... up to 30 s), exactly as `StepOptions::backoff` with the
 ///   same arguments. Each setting is optional; like
 ///   `StepOptions::backoff`, `backoff(..)` sets the whole curve, so one left
-///   out takes the value of `StepOptions::default()` (`initial = "100ms"`,
+///   out takes the value of `StepOptions::default()` (`initial = "272ms"`,
 ///   `factor` = e ≈ 2.718, `max = "5s"`), not the engine's. `initial` and
 ///   `max` are [humantime](https://docs.rs/humantime) durations (`"0s"`
 ///   retries at once); `factor` is a number of at least 1 (`1.0` waits the

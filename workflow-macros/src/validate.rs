@@ -14,7 +14,7 @@ use crate::ast::{Backoff, StepCall};
 
 /// `Backoff::DEFAULT.initial` of workflow-core, which a `backoff(..)` without
 /// `initial` keeps (a unit test checks the two agree).
-pub(crate) const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(272);
 /// `Backoff::DEFAULT.max`, likewise.
 pub(crate) const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -546,13 +546,13 @@ mod tests {
         assert_eq!(
             errors,
             [
-                "`max` \"50ms\" in `backoff` is less than the default `initial` of 100ms: set \
+                "`max` \"50ms\" in `backoff` is less than the default `initial` of 272ms: set \
               `initial` too, at most `max`, e.g. `initial = \"50ms\"`"
             ]
         );
         let (_, errors) = backoff_of(quote::quote!(initial = "5s"));
         assert!(errors.is_empty(), "{errors:?}");
-        let (_, errors) = backoff_of(quote::quote!(max = "100ms"));
+        let (_, errors) = backoff_of(quote::quote!(max = "272ms"));
         assert!(errors.is_empty(), "{errors:?}");
     }
 
