@@ -166,11 +166,12 @@ impl Store for MemoryStore {
         }
         // A child started by a parent already cancelled (its handler has
         // not heard yet) is cancelled with it, as `cancel` would have.
-        let parent_cancelled = new
+        let cancelled = new
             .parent
             .as_ref()
             .and_then(|p| t.instances.get(p))
-            .is_some_and(|p| p.row.status == Status::Cancelled);
+            .and_then(|p| cancelled_with_parent(p.row.status));
+        let parent_cancelled = cancelled.is_some();
         let row = InstanceRow {
             id: new.id.clone(),
             workflow: new.workflow,
@@ -199,9 +200,8 @@ impl Store for MemoryStore {
             pause_requested: false,
         };
         t.event(&row.id, row.created_at, "created", None, None, None);
-        if parent_cancelled {
-            let message = Some("parent cancelled");
-            t.event(&row.id, row.created_at, "cancelled", None, None, message);
+        if cancelled.is_some() {
+            t.event(&row.id, row.created_at, "cancelled", None, None, cancelled);
         }
         t.instances.insert(
             new.id,

@@ -19,6 +19,20 @@ use crate::workflow::Definition;
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
+/// A child whose parent is `parent` when the child's row is created: the
+/// message of the `cancelled` event it is created with, or `None` to create
+/// it `Pending`. A parent cancelled or timed out in another process keeps
+/// running there until its next renewal, and a child it starts meanwhile
+/// must not run: it ends as the cancel's cascade would have ended it, had
+/// it existed then. Every store applies this in `create` and `create_many`.
+pub fn cancelled_with_parent(parent: Status) -> Option<&'static str> {
+    match parent {
+        Status::Cancelled => Some("parent cancelled"),
+        Status::TimedOut => Some("parent timed out"),
+        _ => None,
+    }
+}
+
 /// The current time in [`Millis`].
 pub fn now_millis() -> Millis {
     chrono::Utc::now().timestamp_millis()

@@ -1285,6 +1285,22 @@ async fn a_timed_out_parent_cancels_its_children(store: impl Store) {
             .is_empty(),
         "none of them runs again"
     );
+    // A child its handler starts after the timeout (it runs on elsewhere
+    // until it hears) never runs either.
+    let mut late = new_instance("wf", 6);
+    late.parent = Some(parent_id.clone());
+    let late_id = late.id.clone();
+    let row = store.create(late, None).await.unwrap().into_row();
+    assert_eq!(row.status, Status::Cancelled);
+    let history = store.history(&late_id).await.unwrap();
+    let events: Vec<_> = history
+        .iter()
+        .map(|e| (e.kind.as_str(), e.message.as_deref()))
+        .collect();
+    assert_eq!(
+        events,
+        [("created", None), ("cancelled", Some("parent timed out"))]
+    );
 
     // A parent that fails or completes leaves its children alone.
     for (n, status) in [(20, Status::Failed), (30, Status::Completed)] {

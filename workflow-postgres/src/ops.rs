@@ -78,11 +78,11 @@ impl Db {
             }
         }
         let parents: Vec<&str> = new.parent.iter().map(InstanceId::as_str).collect();
-        let parent_cancelled = !cancelled_parents(&mut tx, &parents).await?.is_empty();
+        let cancelled = cancelled_parents(&mut tx, &parents).await?;
         let mut row = insert(&mut tx, new).await?;
         event(&mut tx, new.id.as_str(), new.created_at, "created").await?;
-        if parent_cancelled {
-            row = cancel_new(&mut tx, new.id.as_str(), new.created_at).await?;
+        if let Some(message) = cancelled.into_values().next() {
+            row = cancel_new(&mut tx, new.id.as_str(), new.created_at, message).await?;
         } else {
             self.notify(&mut tx).await?;
         }
@@ -137,8 +137,8 @@ impl Db {
         let cancelled = cancelled_parents(&mut tx, &parents).await?;
         for n in new {
             let parent = n.parent.as_ref().map(InstanceId::as_str);
-            if parent.is_some_and(|p| cancelled.contains(p)) {
-                rows.push(cancel_new(&mut tx, n.id.as_str(), n.created_at).await?);
+            if let Some(message) = parent.and_then(|p| cancelled.get(p)) {
+                rows.push(cancel_new(&mut tx, n.id.as_str(), n.created_at, message).await?);
             }
         }
         self.notify(&mut tx).await?;
@@ -933,32 +933,41 @@ fn text(s: &str) -> Cow<'_, str> {
     }
 }
 
-/// Which of `parents` are cancelled, locking them (FOR SHARE) until the
-/// transaction ends: a cancel of one waits for the child inserted here and
-/// then cancels it with its parent, or has committed and is seen here.
+/// Which of `parents` are cancelled or timed out, with the message their
+/// children are cancelled with ([`cancelled_with_parent`]), locking them
+/// (FOR SHARE) until the transaction ends: a cancel or timeout of one waits
+/// for the child inserted here and then cancels it with its parent, or has
+/// committed and is seen here.
 async fn cancelled_parents(
     conn: &mut PgConnection,
     parents: &[&str],
-) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+) -> Result<HashMap<String, &'static str>, sqlx::Error> {
     if parents.is_empty() {
         return Ok(Default::default());
     }
-    let rows: Vec<(String, bool)> = sqlx::query_as(
-        "SELECT id, status = 'cancelled' FROM instances WHERE id = ANY($1) ORDER BY id FOR SHARE",
-    )
-    .bind(parents)
-    .fetch_all(conn)
-    .await?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, status FROM instances WHERE id = ANY($1) ORDER BY id FOR SHARE")
+            .bind(parents)
+            .fetch_all(conn)
+            .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, cancelled)| cancelled.then_some(id))
+        .filter_map(|(id, status)| {
+            let message = cancelled_with_parent(status.parse().ok()?)?;
+            Some((id, message))
+        })
         .collect())
 }
 
 /// Cancels an instance just inserted because its parent is cancelled (its
 /// handler, in another process, had not heard yet when it started it): it
 /// never runs, as if the cancel had found it.
-async fn cancel_new(conn: &mut PgConnection, id: &str, at: Millis) -> Result<PgRow, sqlx::Error> {
+async fn cancel_new(
+    conn: &mut PgConnection,
+    id: &str,
+    at: Millis,
+    message: &str,
+) -> Result<PgRow, sqlx::Error> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE instances SET status = 'cancelled', finished_at = $2 WHERE id = $1 \
          RETURNING {COLUMNS}"
@@ -967,8 +976,7 @@ async fn cancel_new(conn: &mut PgConnection, id: &str, at: Millis) -> Result<PgR
     .bind(at)
     .fetch_one(&mut *conn)
     .await?;
-    let message = Some("parent cancelled");
-    event_full(conn, id, at, "cancelled", None, None, message, None).await?;
+    event_full(conn, id, at, "cancelled", None, None, Some(message), None).await?;
     Ok(row)
 }
 

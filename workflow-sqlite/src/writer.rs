@@ -1536,14 +1536,21 @@ fn create(
             return Ok(decode_instance(raw).map(Created::Existing));
         }
     }
-    // A child started by a parent already cancelled (its handler has not
-    // heard yet) is cancelled with it, as `cancel` would have.
-    let parent_cancelled = match &new.parent {
+    // A child started by a parent already cancelled or timed out (its
+    // handler has not heard yet) is cancelled with it, as the cascade would
+    // have.
+    let cancelled = match &new.parent {
         Some(parent) => c
-            .prepare_cached("SELECT 1 FROM instances WHERE id = ?1 AND status = 'cancelled'")?
-            .exists(params![parent.as_str()])?,
-        None => false,
+            .prepare_cached(
+                "SELECT status FROM instances WHERE id = ?1 AND status IN ('cancelled', 'timed_out')",
+            )?
+            .query_row(params![parent.as_str()], |r| r.get::<_, String>(0))
+            .optional()?
+            .and_then(|status| status.parse().ok())
+            .and_then(cancelled_with_parent),
+        None => None,
     };
+    let parent_cancelled = cancelled.is_some();
     let tags = serde_json::to_string(&new.tags).unwrap_or_else(|_| "{}".to_owned());
     c.hot().insert_instance.borrow_mut().execute(params![
         new.id.as_str(),
@@ -1577,7 +1584,7 @@ fn create(
             "UPDATE instances SET status = 'cancelled', finished_at = ?1 WHERE id = ?2",
         )?
         .execute(params![new.created_at, new.id.as_str()])?;
-        let message = Some("parent cancelled");
+        let message = cancelled;
         let id = new.id.as_str();
         event(
             c,
