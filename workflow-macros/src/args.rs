@@ -83,36 +83,18 @@ impl Args {
     }
 
     fn parse_entry(&mut self, meta: ParseNestedMeta, errors: &mut Errors) -> syn::Result<()> {
-        let key_span = meta.path.span();
-        let key = match meta.path.get_ident() {
-            Some(ident) => ident.to_string(),
-            None => meta.path.to_token_stream().to_string().replace(' ', ""),
-        };
+        let (key, key_span) = key_of(&meta);
         if key == "backoff" {
             return self.parse_backoff(meta, key_span, errors);
         }
-        let value = take_value(&meta)?;
-        if !KEYS.contains(&key.as_str()) {
-            errors.push(unknown_key(&key, key_span));
-            return Ok(());
-        }
-        let Some(value) = value else {
-            errors.push(syn::Error::new(
-                key_span,
-                format!("`{key}` needs a value: `{key} = {}`", example(&key)),
-            ));
+        let list = List {
+            keys: KEYS,
+            unknown: unknown_key,
+            named: "this attribute",
+        };
+        let Some(value) = list.value(&meta, &key, key_span, &mut self.seen, errors)? else {
             return Ok(());
         };
-        // A key whose value was rejected still counts as seen: a later
-        // repetition is a second mistake worth reporting.
-        if self.seen.contains(&key) {
-            errors.push(syn::Error::new(
-                key_span,
-                format!("duplicate key `{key}`: it is already set earlier in this attribute"),
-            ));
-            return Ok(());
-        }
-        self.seen.push(key.clone());
         match key.as_str() {
             "name" => self.name = errors.ok(string(&key, &value)),
             "description" => self.description = errors.ok(string(&key, &value)),
@@ -188,31 +170,15 @@ impl Args {
 
 impl BackoffArgs {
     fn parse_entry(&mut self, meta: ParseNestedMeta, errors: &mut Errors) -> syn::Result<()> {
-        let key_span = meta.path.span();
-        let key = match meta.path.get_ident() {
-            Some(ident) => ident.to_string(),
-            None => meta.path.to_token_stream().to_string().replace(' ', ""),
+        let (key, key_span) = key_of(&meta);
+        let list = List {
+            keys: BACKOFF_KEYS,
+            unknown: unknown_backoff_key,
+            named: "this `backoff(..)`",
         };
-        let value = take_value(&meta)?;
-        if !BACKOFF_KEYS.contains(&key.as_str()) {
-            errors.push(unknown_backoff_key(&key, key_span));
-            return Ok(());
-        }
-        let Some(value) = value else {
-            errors.push(syn::Error::new(
-                key_span,
-                format!("`{key}` needs a value: `{key} = {}`", example(&key)),
-            ));
+        let Some(value) = list.value(&meta, &key, key_span, &mut self.seen, errors)? else {
             return Ok(());
         };
-        if self.seen.contains(&key) {
-            errors.push(syn::Error::new(
-                key_span,
-                format!("duplicate key `{key}`: it is already set earlier in this `backoff(..)`"),
-            ));
-            return Ok(());
-        }
-        self.seen.push(key.clone());
         match key.as_str() {
             "initial" => self.initial = errors.ok(string(&key, &value)),
             "factor" => self.factor = errors.ok(number(&key, &value)),
@@ -225,6 +191,64 @@ impl BackoffArgs {
 
 /// Consumes the value after a key: `= expr`, or a parenthesised list written
 /// by mistake (skipped so parsing can go on), or nothing.
+/// An entry's key as written (a path like `a::b` without spaces), and its span.
+fn key_of(meta: &ParseNestedMeta) -> (String, Span) {
+    let key = match meta.path.get_ident() {
+        Some(ident) => ident.to_string(),
+        None => meta.path.to_token_stream().to_string().replace(' ', ""),
+    };
+    (key, meta.path.span())
+}
+
+/// A list of `key = value` entries: the attribute itself, or `backoff(..)`.
+struct List {
+    keys: &'static [&'static str],
+    /// The error for a key not in `keys`, with its hint.
+    unknown: fn(&str, Span) -> syn::Error,
+    /// The list, as the duplicate-key message names it.
+    named: &'static str,
+}
+
+impl List {
+    /// The value of entry `key`, or `None` with the error pushed: an
+    /// unknown key, a key without value, or one already `seen` in this list.
+    /// A key whose value is rejected later still counts as seen: a later
+    /// repetition is a second mistake worth reporting.
+    fn value(
+        &self,
+        meta: &ParseNestedMeta,
+        key: &str,
+        key_span: Span,
+        seen: &mut Vec<String>,
+        errors: &mut Errors,
+    ) -> syn::Result<Option<Expr>> {
+        let value = take_value(meta)?;
+        if !self.keys.contains(&key) {
+            errors.push((self.unknown)(key, key_span));
+            return Ok(None);
+        }
+        let Some(value) = value else {
+            errors.push(syn::Error::new(
+                key_span,
+                format!("`{key}` needs a value: `{key} = {}`", example(key)),
+            ));
+            return Ok(None);
+        };
+        if seen.iter().any(|s| s == key) {
+            errors.push(syn::Error::new(
+                key_span,
+                format!(
+                    "duplicate key `{key}`: it is already set earlier in {}",
+                    self.named
+                ),
+            ));
+            return Ok(None);
+        }
+        seen.push(key.to_owned());
+        Ok(Some(value))
+    }
+}
+
 fn take_value(meta: &ParseNestedMeta) -> syn::Result<Option<Expr>> {
     if meta.input.peek(Token![=]) {
         return meta.value()?.parse().map(Some);
