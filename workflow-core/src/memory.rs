@@ -122,10 +122,11 @@ impl Tables {
                     self.wake_parent(&parent, &next, at);
                 }
             }
+            // Through children that already ended too: theirs may not have.
             todo.extend(
                 self.instances
                     .values()
-                    .filter(|e| e.row.parent.as_ref() == Some(&next) && !e.row.status.is_terminal())
+                    .filter(|e| e.row.parent.as_ref() == Some(&next))
                     .map(|e| e.row.id.clone()),
             );
         }

@@ -1221,6 +1221,12 @@ async fn a_timed_out_parent_cancels_its_children(store: impl Store) {
         at: T0 + 3,
     };
     store.finish(&d.lease, completed).await.unwrap();
+    // Its own child, not due yet, outlived it.
+    let mut orphan = new_instance("wf", 3);
+    orphan.parent = Some(done_id.clone());
+    orphan.run_at = T0 + 100_000;
+    let orphan_id = orphan.id.clone();
+    store.create(orphan, None).await.unwrap();
     // A pending child (not due yet) and its running grandchild.
     let mut kid = new_instance("wf", 4);
     kid.parent = Some(parent_id.clone());
@@ -1250,7 +1256,7 @@ async fn a_timed_out_parent_cancels_its_children(store: impl Store) {
         store.get(&parent_id).await.unwrap().unwrap().status,
         Status::TimedOut
     );
-    for id in [&kid_id, &grandkid_id] {
+    for id in [&kid_id, &grandkid_id, &orphan_id] {
         let row = store.get(id).await.unwrap().unwrap();
         assert_eq!(
             (row.status, row.finished_at),
