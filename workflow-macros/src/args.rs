@@ -189,8 +189,6 @@ impl BackoffArgs {
     }
 }
 
-/// Consumes the value after a key: `= expr`, or a parenthesised list written
-/// by mistake (skipped so parsing can go on), or nothing.
 /// An entry's key as written (a path like `a::b` without spaces), and its span.
 fn key_of(meta: &ParseNestedMeta) -> (String, Span) {
     let key = match meta.path.get_ident() {
@@ -249,6 +247,8 @@ impl List {
     }
 }
 
+/// Consumes the value after a key: `= expr`, or a parenthesised list written
+/// by mistake (skipped so parsing can go on), or nothing.
 fn take_value(meta: &ParseNestedMeta) -> syn::Result<Option<Expr>> {
     if meta.input.peek(Token![=]) {
         return meta.value()?.parse().map(Some);
@@ -286,57 +286,59 @@ fn key_list(keys: &[&str]) -> String {
 }
 
 fn unknown_key(key: &str, span: Span) -> syn::Error {
-    let hint = if BACKOFF_KEYS.contains(&key) {
+    let moved = BACKOFF_KEYS.contains(&key).then(|| {
         format!(
             " (`{key}` is a setting of `backoff`: `backoff({key} = {})`)",
             example(key)
         )
-    } else {
-        // `StepOptions`' field names, which users of `step_with` know.
-        let alias = match key {
-            "max_attempts" | "attempts" => Some("retries = 3"),
-            "initial_backoff" => Some("backoff(initial = \"200ms\")"),
-            "max_backoff" => Some("backoff(max = \"30s\")"),
-            _ => None,
-        };
-        match alias.or(closest_key(key, KEYS)) {
-            Some(close) => format!(" (did you mean `{close}`?)"),
-            None => String::new(),
-        }
+    });
+    // `StepOptions`' field names, which users of `step_with` know.
+    let alias = match key {
+        "max_attempts" | "attempts" => Some("retries = 3"),
+        "initial_backoff" => Some("backoff(initial = \"200ms\")"),
+        "max_backoff" => Some("backoff(max = \"30s\")"),
+        _ => None,
     };
-    syn::Error::new(
-        span,
-        format!(
-            "unknown `workflow` attribute key `{key}`{hint}; valid keys are {}",
-            key_list(KEYS)
-        ),
-    )
+    unknown_in("`workflow` attribute", KEYS, key, span, moved, alias)
 }
 
 fn unknown_backoff_key(key: &str, span: Span) -> syn::Error {
-    let hint = if KEYS.contains(&key) {
+    let moved = KEYS.contains(&key).then(|| {
         format!(
             " (`{key}` is a key of `workflow` itself: write `{key} = {}` next to `backoff(..)`, \
              not inside it)",
             example(key)
         )
-    } else {
-        let alias = match key {
-            "cap" | "max_backoff" => Some("max"),
-            "multiplier" | "base" => Some("factor"),
-            "initial_backoff" => Some("initial"),
-            _ => None,
-        };
-        match alias.or(closest_key(key, BACKOFF_KEYS)) {
-            Some(close) => format!(" (did you mean `{close}`?)"),
-            None => String::new(),
-        }
+    });
+    let alias = match key {
+        "cap" | "max_backoff" => Some("max"),
+        "multiplier" | "base" => Some("factor"),
+        "initial_backoff" => Some("initial"),
+        _ => None,
     };
+    unknown_in("`backoff`", BACKOFF_KEYS, key, span, moved, alias)
+}
+
+/// `key` is not one of `keys`, the keys of the list called `what`: `moved`
+/// says where a key of the other list belongs; otherwise `alias`, or the
+/// nearest valid key, is suggested.
+fn unknown_in(
+    what: &str,
+    keys: &[&'static str],
+    key: &str,
+    span: Span,
+    moved: Option<String>,
+    alias: Option<&str>,
+) -> syn::Error {
+    let hint = moved.unwrap_or_else(|| match alias.or(closest_key(key, keys)) {
+        Some(close) => format!(" (did you mean `{close}`?)"),
+        None => String::new(),
+    });
     syn::Error::new(
         span,
         format!(
-            "unknown `backoff` key `{key}`{hint}; valid keys are {}",
-            key_list(BACKOFF_KEYS)
+            "unknown {what} key `{key}`{hint}; valid keys are {}",
+            key_list(keys)
         ),
     )
 }

@@ -68,10 +68,8 @@ pub(crate) struct Flusher {
     /// Commits handed over whose fsync has not been reported done, oldest
     /// first, by the number the writer gave them.
     in_flight: VecDeque<u64>,
-    /// Every commit numbered up to this one is on disk.
-    durable: u64,
     /// An fsync failed: what the disk holds is unknown from then on, so
-    /// `durable` stays where it was.
+    /// the horizon's `durable` stays where it was.
     failed: bool,
     thread: Option<JoinHandle<()>>,
 }
@@ -99,7 +97,6 @@ impl Flusher {
             to_flush: Some(to_flush),
             flushed,
             in_flight: VecDeque::new(),
-            durable: 0,
             failed: false,
             thread: Some(thread),
         })
@@ -134,16 +131,15 @@ impl Flusher {
         for _ in 0..batches {
             if let Some(commit) = self.in_flight.pop_front() {
                 if !self.failed {
-                    self.durable = self.durable.max(commit);
+                    self.horizon.synced(commit);
                 }
             }
         }
-        self.horizon.synced(self.durable);
     }
 
     /// Every commit numbered up to this one is on disk.
     pub(crate) fn durable(&self) -> u64 {
-        self.durable
+        self.horizon.durable.load(Ordering::SeqCst)
     }
 
     /// Hands over the writes of commit number `commit` to be fsynced and
@@ -167,8 +163,7 @@ impl Flusher {
         let flushed = sync(&self.wal);
         self.failed |= flushed.is_err();
         if !self.failed {
-            self.durable = self.durable.max(commit);
-            self.horizon.synced(self.durable);
+            self.horizon.synced(commit);
         }
         for job in jobs {
             answer(job, outcome(&flushed));

@@ -509,13 +509,11 @@ impl Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(AtomicUsize::new(0));
         let callers = Arc::clone(&waiting);
-        let horizon = wal.as_ref().map(|_| Arc::<Horizon>::default());
-        let flusher = match (wal, &horizon) {
-            (Some(wal), Some(horizon)) => {
-                Some(Flusher::spawn(wal, tx.downgrade(), Arc::clone(horizon))?)
-            }
-            _ => None,
-        };
+        let horizon = wal.is_some().then(Arc::<Horizon>::default);
+        let flusher = wal
+            .zip(horizon.clone())
+            .map(|(wal, horizon)| Flusher::spawn(wal, tx.downgrade(), horizon))
+            .transpose()?;
         let seen = horizon.clone();
         // Relaxed answers come within microseconds of the commit; durable
         // ones wait for an fsync, which is not worth a spinning core.
@@ -1541,9 +1539,7 @@ fn create(
     // have.
     let cancelled = match &new.parent {
         Some(parent) => c
-            .prepare_cached(
-                "SELECT status FROM instances WHERE id = ?1 AND status IN ('cancelled', 'timed_out')",
-            )?
+            .prepare_cached("SELECT status FROM instances WHERE id = ?1")?
             .query_row(params![parent.as_str()], |r| r.get::<_, String>(0))
             .optional()?
             .and_then(|status| status.parse().ok())
