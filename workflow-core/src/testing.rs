@@ -195,6 +195,24 @@ async fn claim_respects_due_time_and_names(store: impl Store) {
 }
 
 /// Instance 0 of `wf`, created and claimed by `a` at `T0 + 1`: running.
+/// Creates instance `n` of `wf` as a child of `parent`, due at `run_at`
+/// (`None`: `new_instance`'s), and returns its id.
+async fn create_child(
+    store: &impl Store,
+    parent: &InstanceId,
+    n: i64,
+    run_at: Option<Millis>,
+) -> InstanceId {
+    let mut child = new_instance("wf", n);
+    child.parent = Some(parent.clone());
+    if let Some(run_at) = run_at {
+        child.run_at = run_at;
+    }
+    let id = child.id.clone();
+    store.create(child, None).await.unwrap();
+    id
+}
+
 async fn running(store: &impl Store) -> Claimed {
     store.create(new_instance("wf", 0), None).await.unwrap();
     store
@@ -1113,14 +1131,8 @@ async fn children_wake_parents_and_die_with_them(store: impl Store) {
         .await
         .unwrap()
         .remove(0);
-    let mut kid = new_instance("wf", 7);
-    kid.parent = Some(parent_id.clone());
-    let kid_id = kid.id.clone();
-    store.create(kid, None).await.unwrap();
-    let mut grandkid = new_instance("wf", 8);
-    grandkid.parent = Some(kid_id.clone());
-    let grandkid_id = grandkid.id.clone();
-    store.create(grandkid, None).await.unwrap();
+    let kid_id = create_child(&store, &parent_id, 7, None).await;
+    let grandkid_id = create_child(&store, &kid_id, 8, None).await;
     let _ = p;
     assert_eq!(
         store.cancel(&parent_id, T0 + 9).await.unwrap(),
@@ -1203,10 +1215,7 @@ async fn a_timed_out_parent_cancels_its_children(store: impl Store) {
     let p = running(&store).await;
     let parent_id = p.row.id.clone();
     // A child that already ended.
-    let mut done = new_instance("wf", 2);
-    done.parent = Some(parent_id.clone());
-    let done_id = done.id.clone();
-    store.create(done, None).await.unwrap();
+    let done_id = create_child(&store, &parent_id, 2, None).await;
     let d = store
         .claim(claim_req("b", T0 + 2, 1))
         .await
@@ -1222,21 +1231,10 @@ async fn a_timed_out_parent_cancels_its_children(store: impl Store) {
     };
     store.finish(&d.lease, completed).await.unwrap();
     // Its own child, not due yet, outlived it.
-    let mut orphan = new_instance("wf", 3);
-    orphan.parent = Some(done_id.clone());
-    orphan.run_at = T0 + 100_000;
-    let orphan_id = orphan.id.clone();
-    store.create(orphan, None).await.unwrap();
+    let orphan_id = create_child(&store, &done_id, 3, Some(T0 + 100_000)).await;
     // A pending child (not due yet) and its running grandchild.
-    let mut kid = new_instance("wf", 4);
-    kid.parent = Some(parent_id.clone());
-    kid.run_at = T0 + 100_000;
-    let kid_id = kid.id.clone();
-    store.create(kid, None).await.unwrap();
-    let mut grandkid = new_instance("wf", 5);
-    grandkid.parent = Some(kid_id.clone());
-    let grandkid_id = grandkid.id.clone();
-    store.create(grandkid, None).await.unwrap();
+    let kid_id = create_child(&store, &parent_id, 4, Some(T0 + 100_000)).await;
+    let grandkid_id = create_child(&store, &kid_id, 5, None).await;
     let g = store
         .claim(claim_req("c", T0 + 5, 10))
         .await
@@ -1316,11 +1314,7 @@ async fn a_timed_out_parent_cancels_its_children(store: impl Store) {
             .await
             .unwrap()
             .remove(0);
-        let mut child = new_instance("wf", n + 1);
-        child.parent = Some(q.row.id.clone());
-        child.run_at = T0 + 500_000;
-        let child_id = child.id.clone();
-        store.create(child, None).await.unwrap();
+        let child_id = create_child(&store, &q.row.id, n + 1, Some(T0 + 500_000)).await;
         let finish = Finish {
             status,
             output: (status == Status::Completed).then(|| "2".into()),
