@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Run it twice: the second run finds the first run's instances in
-//! `workflows.db` (listed at the end), because everything is persisted.
+//! `workflows.db` (counted at the end), because everything is persisted.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -139,10 +139,9 @@ async fn main() -> workflow::Result<()> {
         println!("  {:<15} {step:<8} {detail}", event.kind);
     }
 
-    let page = engine
-        .list(Query::new().status(Status::Completed).limit(100))
-        .await?;
-    println!("\n{} completed instances in workflows.db", page.items.len());
+    let counts = engine.counts(None).await?;
+    let completed = counts.get(&Status::Completed).copied().unwrap_or(0);
+    println!("\n{completed} completed instances in workflows.db");
     worker.shutdown().await;
     Ok(())
 }

@@ -44,11 +44,12 @@
 //! - `sqlite` (default): [`SqliteStore`](sqlite::SqliteStore), and
 //!   `sqlite://` URLs; with no URL the engine opens `workflows.db` in the
 //!   current directory.
-//! - `postgres`: [`PgStore`](postgres::PgStore), and `postgres://` /
+//! - `postgres`: `postgres::PgStore`, and `postgres://` /
 //!   `postgresql://` URLs: many worker processes on many machines, one
 //!   database.
-//! - `console`: [`console`], the dev console (`engine.serve_console(addr)`,
-//!   with [`ConsoleExt`](console::ConsoleExt) in the prelude) and its JSON API.
+//! - `console`: `workflow::console`, the dev console
+//!   (`engine.serve_console(addr)`, with `console::ConsoleExt` in the
+//!   prelude) and its JSON API.
 //!   The `workflow` command-line tool is the binary of the `workflow-console`
 //!   crate.
 #![warn(missing_docs)]

@@ -133,8 +133,10 @@ impl Execute {
         self
     }
 
-    /// Retry policy of each model call (default: the workflow's). HTTP 429,
-    /// 5xx and timeouts are retried; other 4xx fail the loop at once.
+    /// Retry policy of each model call (default: the workflow's). What
+    /// [`ModelError::is_retryable`](crate::ModelError::is_retryable) calls
+    /// retryable (HTTP 408, 409, 429, 5xx, timeouts, connection failures)
+    /// is retried; other 4xx fail the loop at once.
     pub fn model_step_options(mut self, options: StepOptions) -> Self {
         self.model_step = Some(options);
         self

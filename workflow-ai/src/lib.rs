@@ -13,8 +13,9 @@
 //! - [`Model`]: one chat completion. [`OpenAiCompatible`] speaks the
 //!   chat-completions protocol of OpenAI, llama.cpp, vLLM, Ollama and
 //!   gateways (reqwest, rustls); configure it with its builder or
-//!   `OPENAI_BASE_URL`, `OPENAI_API_KEY`, `OPENAI_MODEL`. HTTP 429, 5xx
-//!   and timeouts are retried by the step policy; other 4xx are not.
+//!   `OPENAI_BASE_URL`, `OPENAI_API_KEY`, `OPENAI_MODEL`. HTTP 408, 409,
+//!   429 and 5xx, timeouts and connection failures are retried by the step
+//!   policy; other 4xx are not (see [`ModelError::is_retryable`]).
 #![warn(missing_docs)]
 
 mod execute;

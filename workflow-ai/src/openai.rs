@@ -212,6 +212,9 @@ impl Model for OpenAiCompatible {
 fn transport(err: reqwest::Error) -> ModelError {
     if err.is_timeout() {
         ModelError::Timeout(err.to_string())
+    } else if err.is_builder() {
+        // A request that cannot be built (a malformed URL) fails every time.
+        ModelError::Config(workflow_core::error_chain(&err))
     } else {
         ModelError::Transport(workflow_core::error_chain(&err))
     }

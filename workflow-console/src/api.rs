@@ -46,6 +46,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/workflows/{name}/start", post(start))
         .route("/schedules", get(schedules))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })
+        // After the routes: it applies to those already added. axum still
+        // sets the `Allow` header.
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed here: reads are GET, changes are POST"),
+            )
+        })
         .layer(middleware::from_fn_with_state(state.clone(), api_guard));
     Router::new()
         .route("/", get(page::html))
@@ -530,20 +538,44 @@ async fn rerun(State(state): State<AppState>, Path(id): Path<String>) -> ApiResu
     Ok(Json(json!({ "id": new, "rerun_of": id })))
 }
 
+/// Why a re-run was refused.
+#[derive(Debug)]
+pub(crate) enum RerunError {
+    /// The instance has not ended: a re-run is for instances that did.
+    NotEnded(InstanceId, Status),
+    /// The engine refused: no such instance, an unknown workflow, the store.
+    Workflow(workflow_core::Error),
+}
+
+impl std::fmt::Display for RerunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RerunError::NotEnded(id, status) => write!(
+                f,
+                "instance {id} is still {status}; re-run is for instances that ended"
+            ),
+            RerunError::Workflow(err) => err.fmt(f),
+        }
+    }
+}
+
+impl From<RerunError> for ApiError {
+    fn from(err: RerunError) -> Self {
+        match err {
+            RerunError::NotEnded(..) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
+            RerunError::Workflow(err) => err.into(),
+        }
+    }
+}
+
 /// Shared by the API and the CLI: see [`rerun`].
 pub(crate) async fn rerun_instance(
     engine: &Engine,
     id: &InstanceId,
-) -> Result<InstanceId, ApiError> {
-    let old = engine.instance(id).await?;
+) -> Result<InstanceId, RerunError> {
+    let old = engine.instance(id).await.map_err(RerunError::Workflow)?;
     if !old.status.is_terminal() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "instance {id} is still {}; re-run is for instances that ended",
-                old.status
-            ),
-        ));
+        return Err(RerunError::NotEnded(id.clone(), old.status));
     }
     let mut options = StartOptions::new();
     if let Some(key) = &old.key {
@@ -555,7 +587,10 @@ pub(crate) async fn rerun_instance(
         }
     }
     options = options.tag("rerun_of", id.to_string());
-    Ok(engine.start_json(&old.workflow, old.input, options).await?)
+    engine
+        .start_json(&old.workflow, old.input, options)
+        .await
+        .map_err(RerunError::Workflow)
 }
 
 impl std::fmt::Display for ApiError {
@@ -594,12 +629,22 @@ async fn start(
         options = options.tag(k, v);
     }
     if let Some(timeout) = body.timeout.filter(|t| !t.trim().is_empty()) {
-        let timeout = humantime::parse_duration(timeout.trim())
-            .map_err(|err| ApiError::bad_request(format!("timeout `{timeout}`: {err}")))?;
+        let timeout = parse_timeout(timeout.trim()).map_err(ApiError::bad_request)?;
         options = options.timeout(timeout);
     }
     let id = state.engine.start_json(&name, body.input, options).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
+}
+
+/// A start's timeout, as `#[workflow(timeout = ..)]` takes it: a humantime
+/// duration of at least 1 ms (a zero one would time the instance out
+/// before it ran).
+pub(crate) fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(timeout) if timeout >= std::time::Duration::from_millis(1) => Ok(timeout),
+        Ok(_) => Err(format!("timeout `{text}`: must be at least 1ms")),
+        Err(err) => Err(format!("timeout `{text}`: {err}")),
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use workflow_core::{Definition, Engine, Error, InstanceId, InstanceInfo, StartOptions, Status};
 
-use crate::api::{build_query, ListParams};
+use crate::api::{build_query, ListParams, RerunError};
 
 /// See and steer durable workflows on a database, without their code.
 #[derive(Debug, Parser)]
@@ -274,8 +274,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 options = options.tag(k, v);
             }
             if let Some(timeout) = timeout {
-                let timeout = humantime::parse_duration(&timeout)
-                    .map_err(|err| CliError::Usage(format!("--timeout `{timeout}`: {err}")))?;
+                let timeout = crate::api::parse_timeout(&timeout)
+                    .map_err(|why| CliError::Usage(format!("--{why}")))?;
                 options = options.timeout(timeout);
             }
             let id = match engine.start_json(&name, input, options).await {
@@ -428,9 +428,16 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
         }
         Command::Rerun { id } => {
             let id = InstanceId::from(id);
-            let new = crate::api::rerun_instance(&engine, &id)
-                .await
-                .map_err(|err| CliError::Usage(err.to_string()))?;
+            let new = match crate::api::rerun_instance(&engine, &id).await {
+                Ok(new) => new,
+                Err(RerunError::Workflow(Error::UnknownWorkflow(name))) => {
+                    return Err(unknown_workflow(name, engine.definitions().await?))
+                }
+                Err(RerunError::Workflow(err)) => return Err(err.into()),
+                Err(err @ RerunError::NotEnded(..)) => {
+                    return Err(CliError::Usage(err.to_string()))
+                }
+            };
             if json {
                 print_json(out, &json!({ "id": new, "rerun_of": id }))?;
             } else {

@@ -170,6 +170,7 @@ impl Console {
 }
 
 /// A console being served; stops when shut down or dropped.
+#[must_use = "the console stops serving when this is dropped"]
 pub struct ConsoleServer {
     addr: SocketAddr,
     token: Option<String>,

@@ -293,6 +293,13 @@ async fn changes_are_checked_and_applied() {
     );
     let res = http("GET", &cancel_url, &auth(), None).await;
     assert_eq!(res.status, 405, "changes are POST only");
+    assert_eq!(
+        res.json()["error"],
+        "GET is not allowed here: reads are GET, changes are POST",
+        "{}",
+        res.body
+    );
+    assert_eq!(res.headers["allow"], "POST");
     let mut no_token = vec![("content-type", "application/json")];
     no_token.push(("origin", "http://127.0.0.1"));
     assert_eq!(
@@ -422,6 +429,20 @@ async fn changes_are_checked_and_applied() {
     assert_eq!(res.status, 404);
     let res = post(&base, "/api/workflows/processOrder/start", json!([1])).await;
     assert_eq!(res.status, 400);
+    // A zero timeout would time the instance out before it ran.
+    let res = post(
+        &base,
+        "/api/workflows/processOrder/start",
+        json!({ "input": { "order_id": "Z-8", "amount_cents": 1 }, "timeout": "0s" }),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.body);
+    assert_eq!(
+        res.json()["error"],
+        "timeout `0s`: must be at least 1ms",
+        "{}",
+        res.body
+    );
     // The input posted bare, not under `input`: the stray field is named.
     let res = post(
         &base,

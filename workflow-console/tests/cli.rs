@@ -300,6 +300,20 @@ async fn starts_and_steers_for_a_running_engine() {
         f.engine.instance(&new).await.unwrap().tags["rerun_of"],
         f.failed.to_string()
     );
+    // An id no instance has is not bad input (exit 1, like `cancel`); an
+    // instance that has not ended is (exit 2).
+    let out = cli(url, &["rerun", "no-such-id"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("not found"), "{}", out.stderr);
+    let running = f.engine.instance(&f.running).await.unwrap();
+    assert!(!running.status.is_terminal(), "{}", running.status);
+    let out = cli(url, &["rerun", f.running.as_str()]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("re-run is for instances that ended"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

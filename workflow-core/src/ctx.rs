@@ -62,6 +62,9 @@ pub(crate) struct RunShared {
     journal: Mutex<Journal>,
     /// A pause was asked for: stop before the next step.
     pause: AtomicBool,
+    /// How many times this process paused or resumed the instance while it
+    /// ran: a lease renewal read before the latest of those is stale.
+    pause_changes: Mutex<u64>,
     /// The step backing off when the instance was suspended, and its failed attempts.
     pub retry: Option<(String, u32)>,
     /// Waits longer than this suspend the instance instead of sleeping in memory.
@@ -122,6 +125,7 @@ impl RunShared {
             lease,
             default_step,
             pause: AtomicBool::new(row.pause_requested),
+            pause_changes: Mutex::new(0),
             retry: row.retry.clone(),
             suspend_after: engine.inner.config.suspend_after,
             engine,
@@ -145,9 +149,28 @@ impl RunShared {
         self.stop.cancel();
     }
 
-    /// Asks the handler to pause before its next step (or withdraws that).
+    /// Asks the handler to pause before its next step (or withdraws that):
+    /// a pause or resume made in this process.
     pub(crate) fn request_pause(&self, pause: bool) {
+        let mut changes = lock(&self.pause_changes);
+        *changes += 1;
         self.pause.store(pause, Ordering::Release);
+    }
+
+    /// Which local pause or resume the flag reflects now; pass it to
+    /// [`pause_as_stored`](Self::pause_as_stored) with what the store said.
+    pub(crate) fn pause_seen(&self) -> u64 {
+        *lock(&self.pause_changes)
+    }
+
+    /// The store's pause request, read after local change `seen`: it wins
+    /// (a resume from another process withdraws the pause) unless this
+    /// process paused or resumed since, which the store read may predate.
+    pub(crate) fn pause_as_stored(&self, pause: bool, seen: u64) {
+        let changes = lock(&self.pause_changes);
+        if *changes == seen {
+            self.pause.store(pause, Ordering::Release);
+        }
     }
 
     pub(crate) fn pause_requested(&self) -> bool {
@@ -261,9 +284,11 @@ where
 
     /// Fires when the handler must stop: cancelled, timed out, suspended to
     /// wait, paused, lease lost, engine shutting down. Long-running code
-    /// inside a step can select on it.
+    /// inside a step can select on it. Each call returns a child of the
+    /// run's own token: cancelling it (a drop guard, a helper that cancels
+    /// its group on error) stops nothing but what listens to it.
     pub fn signal(&self) -> CancellationToken {
-        self.inner.run.stop.clone()
+        self.inner.run.stop.child_token()
     }
 
     /// The persisted state, for reading. Do not hold the guard across an `.await`.

@@ -338,19 +338,7 @@ impl EngineBuilder {
             }
         };
         if !workflows.is_empty() {
-            let mut definitions: Vec<Definition> =
-                workflows.values().map(|w| w.definition()).collect();
-            // Record the schedule actually in force, which `register_scheduled`
-            // may have chosen at run time instead of the attribute's.
-            for def in &mut definitions {
-                let scheduled = scheduled.iter().find(|s| s.workflow == def.name);
-                def.schedule = scheduled.map(|s| s.schedule.expression().to_owned());
-                if let Some(s) = scheduled {
-                    def.timezone = s.schedule.timezone().to_owned();
-                    def.catch_up = s.catch_up;
-                }
-            }
-            definitions.sort_by(|a, b| a.name.cmp(&b.name));
+            let definitions = definitions_in_force(&workflows, &scheduled);
             store.put_definitions(&definitions, now_millis()).await?;
         }
         tracing::debug!(workflows = workflows.len(), "engine built");
@@ -370,6 +358,26 @@ impl EngineBuilder {
             }),
         })
     }
+}
+
+/// The definitions of `workflows`, by name, each with the schedule in
+/// force: [`EngineBuilder::register_scheduled`] may have chosen one at run
+/// time instead of the attribute's, or none.
+fn definitions_in_force(
+    workflows: &HashMap<&'static str, Arc<dyn ErasedWorkflow>>,
+    scheduled: &[Scheduled],
+) -> Vec<Definition> {
+    let mut definitions: Vec<Definition> = workflows.values().map(|w| w.definition()).collect();
+    for def in &mut definitions {
+        let scheduled = scheduled.iter().find(|s| s.workflow == def.name);
+        def.schedule = scheduled.map(|s| s.schedule.expression().to_owned());
+        if let Some(s) = scheduled {
+            def.timezone = s.schedule.timezone().to_owned();
+            def.catch_up = s.catch_up;
+        }
+    }
+    definitions.sort_by(|a, b| a.name.cmp(&b.name));
+    definitions
 }
 
 /// Runs workflows. Cheap to clone; clones share everything.
@@ -423,16 +431,10 @@ impl Engine {
         &self.inner.store
     }
 
-    /// The registered workflows, by name.
+    /// The registered workflows, by name, each with the schedule in force
+    /// (the one [`EngineBuilder::register_scheduled`] chose, if it did).
     pub fn workflows(&self) -> Vec<Definition> {
-        let mut defs: Vec<_> = self
-            .inner
-            .workflows
-            .values()
-            .map(|w| w.definition())
-            .collect();
-        defs.sort_by(|a, b| a.name.cmp(&b.name));
-        defs
+        definitions_in_force(&self.inner.workflows, &self.inner.scheduled)
     }
 
     /// Starts a worker on the tokio runtime: it claims runnable instances of

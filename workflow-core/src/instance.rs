@@ -227,7 +227,9 @@ impl<W: Workflow> Instance<W> {
         self.engine.pause(&self.id).await
     }
 
-    /// Resumes it after [`Instance::pause`].
+    /// Resumes it after [`Instance::pause`], its deadline pushed back by the
+    /// time it was paused (a deadline set during the pause, by the time
+    /// paused since it was set).
     pub async fn resume(&self) -> Result<()> {
         self.engine.resume(&self.id).await
     }

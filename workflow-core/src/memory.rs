@@ -443,6 +443,10 @@ impl Store for MemoryStore {
         }
         entry.row.deadline_at = Some(deadline_at);
         entry.row.updated_at = at;
+        // Set in paused time: resume adds only what is paused from now on.
+        if entry.row.status == Status::Paused {
+            entry.paused_at = Some(at);
+        }
         // A waiting instance is due at its deadline at the latest, to end
         // there: only a running handler watches the deadline itself.
         if matches!(entry.row.status, Status::Pending | Status::Listening) {

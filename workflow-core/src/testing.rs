@@ -48,6 +48,7 @@ where
     a_cancelled_parent_starts_no_child(make().await).await;
     a_timed_out_parent_cancels_its_children(make().await).await;
     pause_and_resume(make().await).await;
+    a_deadline_set_while_paused_counts_from_then(make().await).await;
     schedule_marks_only_move_forward(make().await).await;
     definitions_are_recorded(make().await).await;
     release_owner_frees_instances(make().await).await;
@@ -838,6 +839,36 @@ async fn suspend_and_wake(store: impl Store) {
             .len(),
         1
     );
+}
+
+/// The deadline does not count while paused, and a deadline set during a
+/// pause was set in paused time: `resume` pushes it back only by the time
+/// paused since it was set, not since the pause began.
+async fn a_deadline_set_while_paused_counts_from_then(store: impl Store) {
+    let new = new_instance("wf", 0);
+    let id = new.id.clone();
+    store.create(new, None).await.unwrap();
+    assert_eq!(
+        store.pause(&id, T0 + 1_000).await.unwrap(),
+        Control::Applied
+    );
+    // A day into the pause, a new deadline an hour out.
+    let set_at = T0 + 86_400_000;
+    assert_eq!(
+        store
+            .set_deadline(&id, set_at + 3_600_000, set_at)
+            .await
+            .unwrap(),
+        Control::Applied
+    );
+    // Resumed ten minutes later: ten minutes added, not a day and ten.
+    assert_eq!(
+        store.resume(&id, set_at + 600_000).await.unwrap(),
+        Control::Applied
+    );
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Pending);
+    assert_eq!(row.deadline_at, Some(set_at + 3_600_000 + 600_000));
 }
 
 /// Only a running handler watches its deadline: a waiting instance must be

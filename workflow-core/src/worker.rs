@@ -305,6 +305,8 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
         tokio::time::sleep(every).await;
         ticks += 1;
         let runs: Vec<Arc<RunShared>> = lock(&w.running).values().cloned().collect();
+        // Taken before the store is read: see `RunShared::pause_as_stored`.
+        let pause_seen: Vec<u64> = runs.iter().map(|r| r.pause_seen()).collect();
         let mut leases: Vec<Lease> = runs.iter().map(|r| r.lease.clone()).collect();
         leases.extend(lock(&w.ready).iter().map(|c| c.lease.clone()));
         let until = crate::store::millis_after(now_millis(), inner.config.lease);
@@ -315,8 +317,8 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                 Ok(renewals) => {
                     held_until = until;
                     for renewal in renewals {
-                        match runs.iter().find(|r| r.lease == renewal.lease) {
-                            Some(run) => apply_renewal(run, &renewal),
+                        match runs.iter().position(|r| r.lease == renewal.lease) {
+                            Some(at) => apply_renewal(&runs[at], &renewal, pause_seen[at]),
                             None => renew_ready(&w, &renewal),
                         }
                     }
@@ -350,12 +352,11 @@ fn stop_lapsed(w: &WorkerShared, runs: &[Arc<RunShared>]) {
     lock(&w.ready).clear();
 }
 
-/// Tells a running handler what its lease renewal found.
-fn apply_renewal(run: &RunShared, renewal: &Renewal) {
+/// Tells a running handler what its lease renewal found; `pause_seen` is
+/// the run's local pause changes when the renewal was sent.
+fn apply_renewal(run: &RunShared, renewal: &Renewal, pause_seen: u64) {
     if renewal.held {
-        if renewal.pause_requested {
-            run.request_pause(true);
-        }
+        run.pause_as_stored(renewal.pause_requested, pause_seen);
         run.deadline.send_if_modified(|deadline| {
             let moved = *deadline != renewal.deadline_at;
             *deadline = renewal.deadline_at;
@@ -680,8 +681,13 @@ async fn execute(
             )
         }
         End::TimedOut => time_out(at),
-        // Stopped without a reason cannot happen: interrupts always set one.
-        End::Stopped => Settle::Release,
+        // Interrupts always set a reason first, and handlers only get child
+        // tokens (`Ctx::signal`): if this happens anyway, hand the instance
+        // back rather than guess at an outcome.
+        End::Stopped => {
+            tracing::error!("handler stopped without a reason; releasing the instance");
+            Settle::Release
+        }
     }
 }
 
@@ -705,7 +711,8 @@ async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
         Ok(()) => true,
         Err(StoreError::LeaseLost(_)) => {
             tracing::warn!(
-                "lease lost before the outcome was recorded; another worker owns the instance"
+                "lease lost before the outcome was recorded: the instance was cancelled, \
+                 timed out, or taken over by another worker"
             );
             false
         }

@@ -886,6 +886,42 @@ async fn cancel_stops_a_running_handler_and_fires_its_signal() {
     assert!(!history.contains(&"step_completed".to_owned()));
 }
 
+/// Cancels the token `ctx.signal()` gave it, as a drop guard would.
+struct DropsItsSignal;
+
+impl Workflow for DropsItsSignal {
+    type Input = ();
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "dropsItsSignal";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<String, BoxError> {
+        let guard = ctx.signal().drop_guard();
+        ctx.step("work", || async { Ok::<_, BoxError>(()) }).await?;
+        drop(guard);
+        ctx.step("more", || async { Ok::<_, BoxError>(()) }).await?;
+        assert!(!ctx.signal().is_cancelled());
+        Ok("done".into())
+    }
+}
+
+#[tokio::test]
+async fn a_handler_cancelling_its_own_signal_stops_nothing() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(DropsItsSignal)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = DropsItsSignal::start(&engine, ()).await.unwrap();
+    let out = inst.result_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(out, "done");
+    let info = engine.instance(inst.id()).await.unwrap();
+    assert_eq!(info.runs, 1, "ran once, never handed back");
+}
+
 #[tokio::test]
 async fn cancel_from_another_engine_reaches_the_running_handler() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());

@@ -214,10 +214,16 @@ async fn a_run_time_schedule_is_what_the_store_records() {
         .build()
         .await
         .unwrap();
+    // What the store recorded and what the engine reports as registered
+    // (the console's Workflows tab) agree on the schedule in force.
     let recorded = engine.definitions().await.unwrap();
-    assert_eq!(recorded[0].schedule.as_deref(), Some("*/5 * * * *"));
-    assert_eq!(recorded[0].timezone, "Europe/Paris");
-    assert_eq!(recorded[0].catch_up, CatchUp::None);
+    let registered = engine.workflows();
+    for defs in [&recorded, &registered] {
+        assert_eq!(defs.len(), 1);
+        assert_eq!(defs[0].schedule.as_deref(), Some("*/5 * * * *"));
+        assert_eq!(defs[0].timezone, "Europe/Paris");
+        assert_eq!(defs[0].catch_up, CatchUp::None);
+    }
 }
 
 /// How many instances of `everyMinute` exist once the count stops moving.

@@ -325,6 +325,64 @@ async fn pause_stops_at_the_next_step_and_resume_continues() {
     assert_eq!(keys.len(), 6, "every tick recorded once: {keys:?}");
 }
 
+/// One long step, then a short one.
+struct LongStep;
+
+impl Workflow for LongStep {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "longStep";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        ctx.step("long", || async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        ctx.step("short", || async { Ok::<_, BoxError>(()) })
+            .await?;
+        Ok(ctx.run_number() as u32)
+    }
+}
+
+/// A pause and a resume made by another engine (another process, say)
+/// while a step runs: the handler hears of both through its lease
+/// renewals, and goes on without stopping.
+#[tokio::test]
+async fn a_pause_withdrawn_elsewhere_does_not_stop_the_handler() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let build = || {
+        EngineBuilder::new()
+            .shared_store(Arc::clone(&store))
+            .register(LongStep)
+            .poll_interval(Duration::from_millis(10))
+            // Renewals every 50 ms.
+            .lease_duration(Duration::from_millis(150))
+            .build()
+    };
+    let runner = build().await.unwrap();
+    let other = build().await.unwrap();
+    let _worker = runner.start_worker();
+    let inst = LongStep::start(&runner, ()).await.unwrap();
+    until_status(&inst, Status::InProgress).await;
+    other.pause(inst.id()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    other.resume(inst.id()).await.unwrap();
+    assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), 1, "one run");
+    let kinds: Vec<String> = inst
+        .history()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(
+        !kinds.iter().any(|k| k == "paused" || k == "suspended"),
+        "{kinds:?}"
+    );
+}
+
 #[tokio::test]
 async fn long_retry_backoffs_suspend_and_count_attempts_durably() {
     let engine = engine(Arc::new(MemoryStore::new())).await;

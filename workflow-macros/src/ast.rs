@@ -90,7 +90,24 @@ pub(crate) struct StepCall {
     /// Inside a `for`/`while`/`loop` or a closure, where one call site may
     /// run many times.
     pub in_loop: bool,
+    /// `.step(..)` or `.step_with(..)`; otherwise another `ctx` method whose
+    /// name is a step name too (`sleep`, `wait_for_event`, `run_child`...),
+    /// checked for what the runtime refuses but not listed in `STEPS`.
+    pub is_step: bool,
 }
+
+/// The `ctx` methods whose first argument is a step name, besides `step`
+/// and `step_with`.
+const NAMED_METHODS: [&str; 8] = [
+    "sleep",
+    "sleep_until",
+    "wait_for_event",
+    "start_child",
+    "run_child",
+    "map",
+    "for_each",
+    "batch",
+];
 
 impl<'a> Workflow<'a> {
     /// Builds the model, recording every problem in `errors`. Returns a model
@@ -192,10 +209,11 @@ impl<'a> Workflow<'a> {
             }
         }
 
-        let calls = collect_steps(func);
+        let mut calls = collect_steps(func);
         for err in validate::invalid_step_names(&calls) {
             errors.push(err);
         }
+        calls.retain(|call| call.is_step);
         for err in validate::duplicate_steps(&calls) {
             errors.push(err);
         }
@@ -587,7 +605,8 @@ fn peel_type(ty: &Type) -> &Type {
     }
 }
 
-/// The literal-named step calls in the function body, in source order.
+/// The literal-named step calls in the function body (and the other `ctx`
+/// calls that take a step name), in source order.
 pub(crate) fn collect_steps(func: &ItemFn) -> Vec<StepCall> {
     let mut visitor = StepVisitor::default();
     visitor.visit_block(&func.block);
@@ -610,7 +629,8 @@ impl StepVisitor {
 
 impl<'ast> Visit<'ast> for StepVisitor {
     fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
-        if call.method == "step" || call.method == "step_with" {
+        let is_step = call.method == "step" || call.method == "step_with";
+        if is_step || NAMED_METHODS.iter().any(|m| call.method == m) {
             if let Some(Expr::Lit(ExprLit {
                 lit: Lit::Str(lit), ..
             })) = call.args.first().map(peel_expr)
@@ -619,6 +639,7 @@ impl<'ast> Visit<'ast> for StepVisitor {
                     name: lit.value(),
                     span: lit.span(),
                     in_loop: self.loop_depth > 0,
+                    is_step,
                 });
             }
         }
@@ -713,11 +734,15 @@ mod tests {
                 ctx.step(name, f).await?;
                 ctx.other("not-a-step", f).await?;
                 fn nested() { ctx.step("nested", f); }
+                ctx.sleep("cool-down", d).await?;
+                let _: Ev = ctx.wait_for_event("approved", None).await?;
+                ctx.run_child::<Child>("child", input).await?;
                 ctx.step(("paren"), f).await
             }
         });
+        let calls = collect_steps(&f);
         assert_eq!(
-            names(&collect_steps(&f)),
+            names(&calls),
             [
                 ("fetch", false),
                 ("list", false),
@@ -727,8 +752,20 @@ mod tests {
                 ("mapped", true),
                 ("left", false),
                 ("right", false),
+                ("cool-down", false),
+                ("approved", false),
+                ("child", false),
                 ("paren", false),
             ]
+        );
+        let steps: Vec<&str> = calls
+            .iter()
+            .filter(|c| c.is_step)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            steps,
+            ["fetch", "list", "charge", "poll", "tick", "mapped", "left", "right", "paren"]
         );
     }
 

@@ -158,12 +158,16 @@ use proc_macro::TokenStream;
 ///   exactly `(ctx: Ctx<..>, input: ..)`, or does not return a `Result`;
 /// - input, output, state or error types missing a required trait, or a
 ///   scheduled workflow whose input is not `Default`;
-/// - the same literal step name used at two call sites outside a loop (a
-///   call inside a `for`/`while`/`loop` or a closure may run many times and
-///   may repeat its name: the runtime numbers the runs `name`, `name#1`, `name#2`, ...);
+/// - the same literal name passed to `.step(..)`/`.step_with(..)` at two
+///   call sites outside a loop (a call inside a `for`/`while`/`loop` or a
+///   closure may run many times and may repeat its name: the runtime numbers
+///   the runs `name`, `name#1`, `name#2`, ...);
 /// - a literal step name that is empty or contains `#`, `@`, `[` or `]`,
-///   which the runtime reserves for the keys it derives from names (it
-///   refuses names given at run time the same way).
+///   which the runtime reserves for the keys it derives from names: the
+///   name of a step and that of every other `ctx` call that takes one
+///   (`sleep`, `sleep_until`, `wait_for_event`, `start_child`, `run_child`,
+///   `map`, `for_each`, `batch`). The runtime refuses names given at run
+///   time the same way.
 #[proc_macro_attribute]
 pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::workflow(attr.into(), item.into()).into()

@@ -585,6 +585,7 @@ mod tests {
             name: name.to_owned(),
             span: Span::call_site(),
             in_loop: false,
+            is_step: true,
         };
         let calls = [
             call("fetch"),
@@ -621,6 +622,7 @@ mod tests {
             name: name.to_owned(),
             span: Span::call_site(),
             in_loop,
+            is_step: true,
         };
         let calls = [
             call("a", false),

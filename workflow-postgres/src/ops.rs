@@ -523,11 +523,15 @@ impl Db {
             return Ok(control);
         }
         // A waiting instance is due at its deadline at the latest, to end
-        // there: only a running handler watches the deadline itself.
+        // there: only a running handler watches the deadline itself. One set
+        // while paused is set in paused time: resume adds only what is
+        // paused from now on.
         sqlx::query(
             "UPDATE instances SET deadline_at = $2, updated_at = $3, \
              run_at = CASE WHEN status IN ('pending', 'listening') AND run_at > $2 \
-             THEN $2 ELSE run_at END WHERE id = $1",
+             THEN $2 ELSE run_at END, \
+             paused_at = CASE WHEN status = 'paused' THEN $3 ELSE paused_at END \
+             WHERE id = $1",
         )
         .bind(id.as_str())
         .bind(deadline_at)

@@ -1129,10 +1129,14 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             if control == Control::Applied {
                 // A waiting instance is due at its deadline at the latest,
                 // to end there: only a running handler watches it itself.
+                // One set while paused is set in paused time: resume adds
+                // only what is paused from now on.
                 c.prepare_cached(
                     "UPDATE instances SET deadline_at = ?1, updated_at = ?2, \
                      run_at = CASE WHEN status IN ('pending', 'listening') AND run_at > ?1 \
-                     THEN ?1 ELSE run_at END WHERE id = ?3",
+                     THEN ?1 ELSE run_at END, \
+                     paused_at = CASE WHEN status = 'paused' THEN ?2 ELSE paused_at END \
+                     WHERE id = ?3",
                 )?
                 .execute(params![deadline_at, at, id.as_str()])?;
                 let message = format_millis(*deadline_at);

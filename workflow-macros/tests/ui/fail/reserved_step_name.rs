@@ -14,6 +14,9 @@ async fn fetch_twice(ctx: Ctx, _input: ()) -> workflow::Result<()> {
     })
     .await?;
     ctx.step("", || async { Ok::<_, BoxError>(()) }).await?;
+    // A wait's name is a step name too.
+    ctx.sleep("cool@down", std::time::Duration::from_secs(1))
+        .await?;
     Ok(())
 }
 
