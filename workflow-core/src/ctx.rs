@@ -67,6 +67,11 @@ pub(crate) struct RunShared {
     pause_changes: Mutex<u64>,
     /// The step backing off when the instance was suspended, and its failed attempts.
     pub retry: Option<(String, u32)>,
+    /// After such a suspension: every step's failed attempts, from the
+    /// history (read once, when a step first needs it). Steps running side
+    /// by side (`ctx.map`) may all have been backing off, and the
+    /// suspension kept only the first one's count.
+    failed_attempts: tokio::sync::OnceCell<HashMap<String, u32>>,
     /// Waits longer than this suspend the instance instead of sleeping in memory.
     pub suspend_after: std::time::Duration,
     /// The engine, to start children and wake workers.
@@ -127,6 +132,7 @@ impl RunShared {
             pause: AtomicBool::new(row.pause_requested),
             pause_changes: Mutex::new(0),
             retry: row.retry.clone(),
+            failed_attempts: tokio::sync::OnceCell::new(),
             suspend_after: engine.inner.config.suspend_after,
             engine,
             stop: CancellationToken::new(),
@@ -147,6 +153,39 @@ impl RunShared {
         }
         drop(slot);
         self.stop.cancel();
+    }
+
+    /// How many attempts of step `key` failed in earlier runs: none unless
+    /// the last run was suspended while a step backed off, which is when a
+    /// step may be retried in a new run.
+    pub(crate) async fn failed_attempts(&self, key: &str) -> u32 {
+        let Some((retry_key, failed)) = &self.retry else {
+            return 0;
+        };
+        let kept = if retry_key == key { *failed } else { 0 };
+        let all = self
+            .failed_attempts
+            .get_or_init(|| async {
+                match self.store.history(&self.id).await {
+                    Ok(events) => {
+                        let mut failed: HashMap<String, u32> = HashMap::new();
+                        for event in events.into_iter().filter(|e| e.kind == "attempt_failed") {
+                            if let (Some(step), Some(attempt)) = (event.step, event.attempt) {
+                                let n = failed.entry(step).or_default();
+                                *n = (*n).max(attempt);
+                            }
+                        }
+                        failed
+                    }
+                    Err(err) => {
+                        // The suspension's own count is still known.
+                        tracing::warn!(error = %err, "reading failed attempts from the history failed");
+                        HashMap::new()
+                    }
+                }
+            })
+            .await;
+        kept.max(all.get(key).copied().unwrap_or(0))
     }
 
     /// Asks the handler to pause before its next step (or withdraws that):
@@ -225,11 +264,16 @@ impl RunShared {
 /// given to `step`/`step_with` at compile time.
 pub const RESERVED_STEP_CHARS: [char; 4] = workflow_rules::step_name::RESERVED;
 
-/// `Err(Some(c))` for a name containing the reserved `c` (the first one),
+/// `Err(Some(c))` for a name containing the reserved `c` (the first one)
+/// or a NUL (`'\0'`, which PostgreSQL's text cannot hold: the step's record
+/// could never be written, and its run would be retried for ever),
 /// `Err(None)` for an empty name.
 fn check_step_name(name: &str) -> std::result::Result<(), Option<char>> {
     if name.is_empty() {
         return Err(None);
+    }
+    if name.contains('\0') {
+        return Err(Some('\0'));
     }
     match workflow_rules::step_name::reserved_in(name) {
         Some(reserved) => Err(Some(reserved)),
@@ -373,7 +417,8 @@ where
                 run_at: now_millis(),
                 wait_event: None,
                 wait_child: None,
-                retry: None,
+                // A step still backing off counts on after the pause.
+                retry: run.retry.clone(),
                 state: self.dirty_state()?,
                 reason: format!("paused before step `{key}`"),
                 at: now_millis(),
@@ -383,10 +428,7 @@ where
         async {
             let started_at = now_millis();
             // After a suspension for a long backoff, count on from the attempts made.
-            let mut attempt = match &run.retry {
-                Some((retry_key, failed)) if *retry_key == key => *failed,
-                _ => 0,
-            };
+            let mut attempt = run.failed_attempts(&key).await;
             loop {
                 attempt += 1;
                 run.check()?;
@@ -609,6 +651,7 @@ mod tests {
             assert_eq!(check_step_name(ok), Ok(()), "{ok}");
         }
         assert_eq!(check_step_name(""), Err(None));
+        assert_eq!(check_step_name("charge-\0x#1"), Err(Some('\0')));
         for (bad, reserved) in [
             ("fetch#1", '#'),
             ("wait@timeout", '@'),

@@ -648,14 +648,17 @@ impl Engine {
     /// descend from it through parents this process knows (a grandchild
     /// under a parent running elsewhere is left to its heartbeat).
     fn with_local_descendants(&self, id: &InstanceId) -> Vec<InstanceId> {
-        let mut children: Vec<(InstanceId, InstanceId)> = {
+        // Those claimed ahead first: one that starts meanwhile is listed as
+        // running before it leaves the queue, so it is in one list or both.
+        let mut children = crate::worker::children_claimed_ahead(&self.inner);
+        {
             let running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
-            running
-                .values()
-                .filter_map(|run| Some((run.id.clone(), run.parent.clone()?)))
-                .collect()
-        };
-        children.extend(crate::worker::children_claimed_ahead(&self.inner));
+            children.extend(
+                running
+                    .values()
+                    .filter_map(|run| Some((run.id.clone(), run.parent.clone()?))),
+            );
+        }
         let mut found = vec![id.clone()];
         let mut next = 0;
         while let Some(parent) = found.get(next).cloned() {

@@ -90,7 +90,8 @@ pub enum Error {
         workflow: String,
         /// The name as given.
         name: String,
-        /// The first reserved character in it, or `None` if it is empty.
+        /// The first reserved character in it (`'\0'` for a NUL, which not
+        /// every store can record), or `None` if it is empty.
         reserved: Option<char>,
     },
 
@@ -218,6 +219,10 @@ where
 fn describe_step_name(workflow: &str, name: &str, reserved: Option<char>) -> String {
     match reserved {
         None => format!("invalid step name in workflow `{workflow}`: it is empty"),
+        Some('\0') => format!(
+            "invalid step name {name:?} in workflow `{workflow}`: it contains a NUL character, \
+             which not every store can record"
+        ),
         Some(c) => format!(
             "invalid step name `{name}` in workflow `{workflow}`: it contains `{c}`, which \
              the engine reserves for the keys it derives from step names (`name#1` for a \

@@ -226,10 +226,17 @@ async fn running(store: &impl Store) -> Claimed {
 async fn steps_are_fenced_by_the_lease(store: impl Store) {
     let c = running(&store).await;
     let id = c.row.id.clone();
+    let claimed_at = store.get(&id).await.unwrap().unwrap().updated_at;
+    assert!(claimed_at < T0 + 11);
     store
         .commit_step(&c.lease, step("fetch", "1", None))
         .await
         .unwrap();
+    // A step that leaves the state alone does not bump `updated_at`.
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().updated_at,
+        claimed_at
+    );
     store
         .commit_step(
             &c.lease,
@@ -237,6 +244,7 @@ async fn steps_are_fenced_by_the_lease(store: impl Store) {
         )
         .await
         .unwrap();
+    assert_eq!(store.get(&id).await.unwrap().unwrap().updated_at, T0 + 11);
     // A second record of the same key keeps the first.
     store
         .commit_step(&c.lease, step("fetch", "999", None))

@@ -267,10 +267,52 @@ fn start_ready(w: &Arc<WorkerShared>, slots: &Arc<Semaphore>, runs: &mut JoinSet
             break;
         };
         if let Some(claimed) = ready.pop_front() {
-            runs.spawn(run_claimed(Arc::clone(w), claimed, slot));
+            // Listed as running before the queue's lock is let go: a
+            // cancel, pause or moved deadline looks in the queue and then
+            // among the running, and finds it in one of them.
+            let started = start_run(w, claimed);
+            runs.spawn(run_claimed(Arc::clone(w), started, slot));
         }
     }
     ready.len()
+}
+
+/// A claimed instance, about to run.
+enum Started {
+    Run {
+        run: Arc<RunShared>,
+        def: Arc<dyn crate::workflow::ErasedWorkflow>,
+        row: Box<crate::store::InstanceRow>,
+    },
+    /// Not registered here: handed back.
+    Unknown(Lease),
+}
+
+/// Lists `claimed` as running (for control operations to reach it), or
+/// says it cannot run here.
+fn start_run(w: &WorkerShared, claimed: Claimed) -> Started {
+    let Claimed { row, lease, steps } = claimed;
+    let inner = &w.engine.inner;
+    let Some(def) = inner.workflows.get(row.workflow.as_str()).cloned() else {
+        // Claimed only registered names; unreachable unless the store ignores the filter.
+        return Started::Unknown(lease);
+    };
+    let step_options = def.step_options(inner.config.step_options);
+    let run = Arc::new(RunShared::new(
+        w.engine.clone(),
+        &row,
+        def.name(),
+        lease,
+        step_options,
+        steps,
+    ));
+    lock(&w.running).insert(row.id.clone(), Arc::clone(&run));
+    lock(&inner.running).insert(row.id.clone(), Arc::clone(&run));
+    Started::Run {
+        run,
+        def,
+        row: Box::new(row),
+    }
 }
 
 async fn drain(w: &WorkerShared, runs: &mut JoinSet<()>) {
@@ -514,31 +556,27 @@ fn hostname() -> String {
     "localhost".to_owned()
 }
 
-async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed, slot: OwnedSemaphorePermit) {
-    let Claimed { row, lease, steps } = claimed;
+async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphorePermit) {
+    let inner = &w.engine.inner;
+    let (run, def, row) = match started {
+        Started::Run { run, def, row } => (run, def, *row),
+        Started::Unknown(lease) => {
+            let _ = inner.store.release(&lease, now_millis()).await;
+            return;
+        }
+    };
+    let lease = run.lease.clone();
     let span =
         tracing::info_span!("workflow", workflow = %row.workflow, id = %row.id, run = lease.run);
     async {
-        let inner = &w.engine.inner;
-        let Some(def) = inner.workflows.get(row.workflow.as_str()).cloned() else {
-            // Claimed only registered names; this is unreachable unless the store ignores the filter.
-            let _ = inner.store.release(&lease, now_millis()).await;
-            return;
-        };
-        let step_options = def.step_options(inner.config.step_options);
-        let run = Arc::new(RunShared::new(
-            w.engine.clone(),
-            &row,
-            def.name(),
-            lease.clone(),
-            step_options,
-            steps,
-        ));
-        lock(&w.running).insert(row.id.clone(), Arc::clone(&run));
-        lock(&inner.running).insert(row.id.clone(), Arc::clone(&run));
-        let finish = execute(&run, def.as_ref(), row.input).await;
+        let mut finish = execute(&run, def.as_ref(), row.input).await;
         // Whatever ended the run, tasks the handler spawned with ctx.signal() stop too.
         run.stop.cancel();
+        if matches!(&finish, Settle::Finish(f) if f.status == Status::TimedOut)
+            && deadline_moved_on(inner.store.as_ref(), &row.id).await
+        {
+            finish = Settle::Release;
+        }
         lock(&inner.running).remove(&row.id);
         lock(&w.running).remove(&row.id);
         drop(slot);
@@ -554,6 +592,21 @@ async fn run_claimed(w: Arc<WorkerShared>, claimed: Claimed, slot: OwnedSemaphor
     }
     .instrument(span)
     .await
+}
+
+/// Whether the store holds a deadline still ahead: moved by another
+/// process since the last heartbeat brought the deadline here. The run is
+/// then handed back, to replay under the new deadline, instead of ending
+/// `TimedOut`. A store error counts as no: the deadline this worker knows
+/// has passed.
+async fn deadline_moved_on(store: &dyn crate::store::Store, id: &InstanceId) -> bool {
+    match store.get(id).await {
+        Ok(Some(row)) if row.deadline_at.is_some_and(|at| at > now_millis()) => {
+            tracing::info!("the deadline was moved elsewhere; handing the instance back to run on");
+            true
+        }
+        _ => false,
+    }
 }
 
 /// The instance ends `TimedOut` at `at`.

@@ -886,6 +886,39 @@ async fn cancel_stops_a_running_handler_and_fires_its_signal() {
     assert!(!history.contains(&"step_completed".to_owned()));
 }
 
+/// Another process moves the deadline just before it passes, before this
+/// worker's next heartbeat could tell the handler: the run is handed back
+/// and goes on under the new deadline instead of ending `TimedOut`.
+#[tokio::test]
+async fn a_deadline_moved_elsewhere_just_in_time_is_kept() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runner = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(Waits)
+        .poll_interval(Duration::from_millis(20))
+        // Heartbeats every second: none comes before the old deadline.
+        .lease_duration(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let other = control_engine(Arc::clone(&store)).await;
+    let _worker = runner.start_worker();
+    let inst = Waits::start_with(
+        &runner,
+        700,
+        StartOptions::new().timeout(Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+    until_status(&inst, Status::InProgress).await;
+    other
+        .set_timeout(inst.id(), Timeout::In(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let out = inst.result_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(out, "done");
+}
+
 /// Cancels the token `ctx.signal()` gave it, as a drop guard would.
 struct DropsItsSignal;
 

@@ -179,6 +179,38 @@ impl Workflow for Fan {
     }
 }
 
+/// Calls started by `FlakyFan`'s items.
+static FLAKY_FAN_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// Four items side by side against a service that is down; which one fails
+/// first changes with every run.
+struct FlakyFan;
+
+impl Workflow for FlakyFan {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "flakyFan";
+    const RETRIES: Option<u32> = Some(3);
+    // Longer than `suspend_after`: every backoff suspends the instance.
+    const BACKOFF: Option<workflow_core::Backoff> = Some(workflow_core::Backoff {
+        initial: Duration::from_millis(60),
+        factor: 1.0,
+        max: Duration::from_millis(60),
+    });
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        let first = ctx.run_number() as u64 % 4;
+        ctx.for_each("call", vec![0u64, 1, 2, 3], 4, |i| async move {
+            FLAKY_FAN_CALLS.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(((i + 4 - first) % 4) * 15)).await;
+            Err::<(), BoxError>("service down".into())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
 async fn engine(store: Arc<dyn Store>) -> Engine {
     EngineBuilder::new()
         .shared_store(store)
@@ -189,6 +221,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(Double)
         .register(Parent)
         .register(Fan)
+        .register(FlakyFan)
         .poll_interval(Duration::from_millis(10))
         .suspend_after(Duration::from_millis(50))
         .build()
@@ -414,6 +447,28 @@ async fn long_retry_backoffs_suspend_and_count_attempts_durably() {
             .contains("failed after 1 attempt(s): card declined"),
         "{err}"
     );
+}
+
+/// Steps backing off side by side each keep their attempt count across
+/// the suspensions, though a suspension records only the first one's: the
+/// instance fails after 3 attempts of an item instead of retrying until
+/// its deadline.
+#[tokio::test]
+async fn side_by_side_retries_count_every_step_attempts() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = FlakyFan::start(&engine, ()).await.unwrap();
+    let err = inst.result_timeout(LIMIT).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("failed after 3 attempt(s): service down"),
+        "{err}"
+    );
+    // A run ends at its first backoff, so it makes one attempt: some item
+    // has made 3 within 4 × 2 + 1 runs unless counts started over.
+    let runs = inst.info().await.unwrap().runs;
+    assert!(runs <= 9, "{runs} runs");
+    assert!(FLAKY_FAN_CALLS.load(Ordering::SeqCst) >= 3);
 }
 
 #[tokio::test]

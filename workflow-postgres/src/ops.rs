@@ -308,7 +308,8 @@ impl Db {
         };
         let held: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "WITH held AS ( \
-                 UPDATE instances SET updated_at = $4, state = COALESCE($5, state) \
+                 UPDATE instances SET state = COALESCE($5, state), \
+                     updated_at = CASE WHEN $5::text IS NULL THEN updated_at ELSE $4 END \
                  WHERE {FENCE} RETURNING id \
              ), recorded AS ( \
                  INSERT INTO steps (instance_id, key, output, error, state, attempts, started_at, finished_at) \
@@ -1032,12 +1033,35 @@ async fn control(conn: &mut PgConnection, id: &InstanceId) -> Result<Control, sq
 /// waiting for them. Used by a cancel and by a timeout (`root` is then
 /// `TimedOut` already, and only its descendants change). Returns how many
 /// parents woke.
+///
+/// One statement walks the tree as of its start: a grandchild whose
+/// insert locked its parent (FOR SHARE, see [`cancelled_parents`]) and
+/// committed while the statement waited for that lock is not in its walk.
+/// So the walk repeats until it cancels nothing; the parents it cancelled
+/// stay locked, and a create under them from then on sees them cancelled.
 async fn cancel_tree(
     conn: &mut PgConnection,
     root: &str,
     at: Millis,
     message: &str,
 ) -> Result<u64, sqlx::Error> {
+    let mut woke = 0;
+    loop {
+        match cancel_tree_once(conn, root, at, message).await? {
+            Some(n) => woke += n,
+            None => return Ok(woke),
+        }
+    }
+}
+
+/// One walk of [`cancel_tree`]: `None` if it cancelled nothing, else how
+/// many parents woke.
+async fn cancel_tree_once(
+    conn: &mut PgConnection,
+    root: &str,
+    at: Millis,
+    message: &str,
+) -> Result<Option<u64>, sqlx::Error> {
     let cancelled: Vec<(String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH RECURSIVE tree(id) AS ( \
              SELECT $1::text COLLATE \"C\" \
@@ -1053,7 +1077,7 @@ async fn cancel_tree(
     .fetch_all(&mut *conn)
     .await?;
     if cancelled.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     // The root's event first.
     let mut ids: Vec<&str> = cancelled.iter().map(|(c, _)| c.as_str()).collect();
@@ -1076,7 +1100,7 @@ async fn cancel_tree(
         .iter()
         .filter_map(|(c, p)| p.as_deref().map(|p| (c.as_str(), p)))
         .collect();
-    wake_parents(conn, &pairs, at).await
+    wake_parents(conn, &pairs, at).await.map(Some)
 }
 
 /// Makes each parent due now if it is listening for its (child, parent)

@@ -624,3 +624,57 @@ async fn an_unreachable_server_is_named_in_the_error() {
         "{err}"
     );
 }
+
+/// A cancel's walk of the tree runs as of its statement's start: a
+/// grandchild committed while the walk waited for its parent's lock (the
+/// create holds it, FOR SHARE, to see whether the parent is cancelled) must
+/// still end `Cancelled` with the rest.
+#[tokio::test]
+async fn a_cancel_reaches_a_grandchild_created_while_it_waited() {
+    let Some(url) = common::url("a_cancel_reaches_a_grandchild") else {
+        return;
+    };
+    let schema = common::fresh_schema("cascade");
+    let s = Arc::new(store(&url, &schema).await);
+    let root = new_instance("wf", 0);
+    let root_id = root.id.clone();
+    s.create(root, None).await.unwrap();
+    let mut child = new_instance("wf", 1);
+    child.parent = Some(root_id.clone());
+    let child_id = child.id.clone();
+    s.create(child, None).await.unwrap();
+    // The child's handler creating a grandchild, as the store's create
+    // does, its transaction still open.
+    let grandchild = new_instance("wf", 2).id;
+    let mut creating = s.pool().begin().await.unwrap();
+    sqlx::query("SELECT status FROM instances WHERE id = $1 FOR SHARE")
+        .bind(child_id.as_str())
+        .execute(&mut *creating)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO instances (id, workflow, status, input, created_at, updated_at, run_at, parent_id) \
+         VALUES ($1, 'wf', 'pending', '{}', $2, $2, $2, $3)",
+    )
+    .bind(grandchild.as_str())
+    .bind(T0 + 2)
+    .bind(child_id.as_str())
+    .execute(&mut *creating)
+    .await
+    .unwrap();
+    let cancel = tokio::spawn({
+        let s = Arc::clone(&s);
+        let root_id = root_id.clone();
+        async move { s.cancel(&root_id, T0 + 10).await }
+    });
+    // The cancel's statement has started and waits for the child's lock.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!cancel.is_finished());
+    creating.commit().await.unwrap();
+    assert_eq!(cancel.await.unwrap().unwrap(), Control::Applied);
+    for id in [&root_id, &child_id, &grandchild] {
+        let row = s.get(id).await.unwrap().unwrap();
+        assert_eq!(row.status, Status::Cancelled, "{id}");
+    }
+    common::drop_schemas(&url, &[schema]).await;
+}

@@ -71,7 +71,36 @@ pub(crate) struct Flusher {
     /// An fsync failed: what the disk holds is unknown from then on, so
     /// the horizon's `durable` stays where it was.
     failed: bool,
+    /// The first failed fsync, shared with the thread (see [`Broken`]).
+    broken: Arc<Broken>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Once an fsync of the WAL has failed, no later one is trusted: on Linux
+/// a writeback error is reported once, and the next fsync of the file may
+/// succeed although the earlier frames never reached the disk. SQLite's
+/// WAL frames are checksummed in a chain, so recovery after a power cut
+/// would stop at the lost frame and drop every commit after it. So every
+/// write from then on fails until the store is reopened, as PostgreSQL
+/// stops rather than retry a failed fsync.
+#[derive(Debug, Default)]
+struct Broken(std::sync::OnceLock<String>);
+
+impl Broken {
+    /// Fsyncs `wal` unless an fsync already failed; records a failure.
+    fn sync(&self, wal: &File) -> Result<(), String> {
+        if let Some(first) = self.0.get() {
+            return Err(format!(
+                "an earlier fsync of the SQLite WAL failed, so no write since is known to \
+                 survive a power loss; reopen the store once the disk is fixed ({first})"
+            ));
+        }
+        let flushed = sync(wal);
+        if let Err(why) = &flushed {
+            let _ = self.0.set(why.clone());
+        }
+        flushed
+    }
 }
 
 impl Flusher {
@@ -88,9 +117,11 @@ impl Flusher {
         let (to_flush, batches) = mpsc::channel::<Vec<Job>>();
         let (done, flushed) = mpsc::channel();
         let file = Arc::clone(&wal);
+        let broken = Arc::<Broken>::default();
+        let thread_broken = Arc::clone(&broken);
         let thread = std::thread::Builder::new()
             .name("workflow-sqlite-fsync".into())
-            .spawn(move || flush_loop(&file, &batches, &done, &wake))?;
+            .spawn(move || flush_loop(&file, &thread_broken, &batches, &done, &wake))?;
         Ok(Flusher {
             wal,
             horizon,
@@ -98,6 +129,7 @@ impl Flusher {
             flushed,
             in_flight: VecDeque::new(),
             failed: false,
+            broken,
             thread: Some(thread),
         })
     }
@@ -160,7 +192,7 @@ impl Flusher {
     /// order of the commits.
     pub(crate) fn flush_here(&mut self, jobs: Vec<Job>, commit: u64) {
         self.wait_idle();
-        let flushed = sync(&self.wal);
+        let flushed = self.broken.sync(&self.wal);
         self.failed |= flushed.is_err();
         if !self.failed {
             self.horizon.synced(commit);
@@ -216,6 +248,7 @@ fn outcome(flushed: &Result<(), String>) -> Result<(), &str> {
 
 fn flush_loop(
     wal: &File,
+    broken: &Broken,
     batches: &mpsc::Receiver<Vec<Job>>,
     done: &mpsc::Sender<(usize, bool)>,
     wake: &WeakUnboundedSender<Msg>,
@@ -229,7 +262,7 @@ fn flush_loop(
             covered += 1;
         }
         last = jobs.len();
-        let flushed = sync(wal);
+        let flushed = broken.sync(wal);
         // The writer first, so its next commit is on its way while the
         // callers are woken.
         let _ = done.send((covered, flushed.is_ok()));
@@ -334,6 +367,35 @@ mod tests {
         assert!(!horizon.settled());
         let err = c_rx.blocking_recv().unwrap().unwrap_err();
         assert!(err.to_string().contains("fsync"), "{err}");
+    }
+
+    /// After a failed fsync the next one may succeed without the earlier
+    /// frames on disk: later writes fail too, on both paths, however the
+    /// file behaves now.
+    #[test]
+    fn no_fsync_is_trusted_after_one_failed() {
+        let (wake, _woken) = unbounded_channel();
+        let horizon = Arc::<Horizon>::default();
+        let mut flusher =
+            Flusher::spawn(pipe_file(), wake.downgrade(), Arc::clone(&horizon)).unwrap();
+        let (a, a_rx) = job();
+        horizon.committing(1);
+        flusher.flush(vec![a], 1);
+        assert!(a_rx.blocking_recv().unwrap().is_err());
+        flusher.wait_idle();
+        // The file is a good one from now on (as a disk that recovered).
+        flusher.wal = Arc::new(tempfile::tempfile().unwrap());
+        let (b, b_rx) = job();
+        horizon.committing(2);
+        flusher.flush_here(vec![b], 2);
+        let err = b_rx.blocking_recv().unwrap().unwrap_err().to_string();
+        assert!(
+            err.contains("an earlier fsync of the SQLite WAL failed")
+                && err.contains("reopen the store"),
+            "{err}"
+        );
+        assert_eq!(flusher.durable(), 0);
+        assert!(!horizon.settled());
     }
 
     #[test]

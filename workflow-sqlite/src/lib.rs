@@ -15,6 +15,9 @@
 //! have seen a commit still waiting for its fsync waits for it (about one
 //! fsync, and only while writes are in flight). This covers the store's
 //! own writes: another process's show once that process commits them.
+//! If an fsync of the WAL fails, no later one is trusted (the OS may
+//! report a lost writeback only once): every write fails from then on, with
+//! an error that says so, until the store is reopened.
 #![warn(missing_docs)]
 
 mod checkpoint;
