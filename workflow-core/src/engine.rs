@@ -205,6 +205,8 @@ impl EngineBuilder {
     /// Registers a workflow on a schedule chosen at run time (from
     /// configuration, say), instead of or in place of its attribute's.
     /// `expression` and `timezone` are checked when the engine is built.
+    /// After [`register`](Self::register) of the same workflow, it replaces
+    /// that registration and its schedule.
     pub fn register_scheduled<W: Workflow>(
         mut self,
         workflow: W,
@@ -216,6 +218,7 @@ impl EngineBuilder {
         W::Input: Default,
     {
         self.schedules.retain(|s| s.workflow != W::NAME);
+        self.workflows.retain(|w| w.name() != W::NAME);
         self.schedules.push(PendingSchedule {
             workflow: W::NAME,
             expression: expression.into(),

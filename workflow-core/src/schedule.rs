@@ -82,10 +82,13 @@ impl Schedule {
 
     /// The first tick strictly after `after`.
     ///
-    /// Ticks follow the wall clock of the time zone. On a spring-forward day
-    /// a tick in the skipped hour (02:30 in Europe/Paris) fires once, at the
-    /// first valid time after it (03:00); on a fall-back day a tick in the
-    /// repeated hour fires once, at its first occurrence.
+    /// Ticks follow the wall clock of the time zone. For a fixed time of day
+    /// (second, minute and hour each a single value): on a spring-forward
+    /// day a tick in the skipped hour (02:30 in Europe/Paris) fires once, at
+    /// the first valid time after it (03:00); on a fall-back day a tick in
+    /// the repeated hour fires once, at its first occurrence. With a list,
+    /// range or step in those fields, croner follows elapsed time: ticks in
+    /// a skipped hour do not fire, ticks in a repeated hour fire twice.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = after.with_timezone(&self.tz);
         self.cron
@@ -308,6 +311,32 @@ mod tests {
             hourly.ticks_between(utc("2026-10-24T23:30:00Z"), utc("2026-10-25T02:30:00Z"), 10);
         assert_eq!(ticks.len(), 3, "{ticks:?}");
         assert!(ticks.iter().all(|t| t.minute() == 0));
+    }
+
+    /// With a list in the hour field croner follows elapsed time: the 02:30
+    /// of a spring-forward day does not run, that of a fall-back day runs
+    /// in both hours (as documented on `next_after`).
+    #[test]
+    fn a_list_of_hours_follows_elapsed_time_across_dst() {
+        let s = Schedule::parse("30 2,14 * * *", "Europe/Paris").unwrap();
+        let local = |after: &str, until: &str| -> Vec<String> {
+            s.ticks_between(utc(after), utc(until), 10)
+                .iter()
+                .map(|t| {
+                    t.with_timezone(&chrono_tz::Europe::Paris)
+                        .format("%d %H:%M %Z")
+                        .to_string()
+                })
+                .collect()
+        };
+        assert_eq!(
+            local("2026-03-28T22:00:00Z", "2026-03-29T22:00:00Z"),
+            ["29 14:30 CEST"]
+        );
+        assert_eq!(
+            local("2026-10-24T22:00:00Z", "2026-10-25T22:00:00Z"),
+            ["25 02:30 CEST", "25 02:30 CET", "25 14:30 CET"]
+        );
     }
 
     /// Bisection agrees with walking every tick, across both DST changes

@@ -18,17 +18,42 @@ use crate::store::{now_millis, Created, Millis, NewInstance};
 /// How often the scheduler records how far it looked when nothing fired.
 const MARK_EVERY: Duration = Duration::from_secs(5);
 
+/// The shortest pause between two looks at the schedules.
+const MIN_LOOK_EVERY: Duration = Duration::from_millis(25);
+
+/// What this engine's scheduler remembers between looks.
+struct Look<'a> {
+    /// The longest pause between two looks.
+    every: Duration,
+    /// When it last recorded how far it looked, by workflow.
+    marked: &'a mut HashMap<&'static str, tokio::time::Instant>,
+    /// Up to when its last look that succeeded handled each schedule: ticks
+    /// after that came due while this engine ran.
+    looked: &'a mut HashMap<&'static str, DateTime<Utc>>,
+}
+
 pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
     let inner = &engine.inner;
     if inner.scheduled.is_empty() {
         return;
     }
-    let every = inner.config.poll_interval.min(Duration::from_secs(1));
+    // At least every second; not so often, whatever the poll interval,
+    // that every worker's scheduler keeps the store busy.
+    let every = inner
+        .config
+        .poll_interval
+        .clamp(MIN_LOOK_EVERY, Duration::from_secs(1));
     let mut marked: HashMap<&'static str, tokio::time::Instant> = HashMap::new();
+    let mut looked: HashMap<&'static str, DateTime<Utc>> = HashMap::new();
     loop {
         let mut next_due: Option<DateTime<Utc>> = None;
         for scheduled in &inner.scheduled {
-            match fire_due(&engine, scheduled, every, &mut marked).await {
+            let look = Look {
+                every,
+                marked: &mut marked,
+                looked: &mut looked,
+            };
+            match fire_due(&engine, scheduled, look).await {
                 Ok(Some(next)) => next_due = Some(next_due.map_or(next, |due| due.min(next))),
                 Ok(None) => {}
                 Err(err) => {
@@ -53,12 +78,7 @@ pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
 
 /// Fires the ticks of one schedule that are due; returns its next tick not
 /// yet handled, which is already due while the schedule is catching up.
-async fn fire_due(
-    engine: &Engine,
-    s: &Scheduled,
-    every: Duration,
-    marked: &mut HashMap<&'static str, tokio::time::Instant>,
-) -> Result<Option<DateTime<Utc>>> {
+async fn fire_due(engine: &Engine, s: &Scheduled, look: Look<'_>) -> Result<Option<DateTime<Utc>>> {
     let inner = &engine.inner;
     let store = &inner.store;
     let now = inner.clock.now();
@@ -72,26 +92,44 @@ async fn fire_due(
             expression = s.schedule.expression(),
             "schedule registered"
         );
+        look.looked.insert(s.workflow, now);
         return Ok(s.schedule.next_after(now));
     };
-    let from = mark
+    let marked_until = mark
         .checked_until
         .max(mark.last_tick.unwrap_or(Millis::MIN));
-    let from = DateTime::from_timestamp_millis(from).unwrap_or(now);
+    let marked_until = DateTime::from_timestamp_millis(marked_until).unwrap_or(now);
+    let previous = look.looked.get(s.workflow).copied();
+    if marked_until > now + chrono::Duration::seconds(5) {
+        tracing::warn!(
+            workflow = s.workflow,
+            mark = %marked_until,
+            "the schedule's mark is ahead of this engine's clock: a clock ran ahead, here or on another engine"
+        );
+    }
+    // From the mark, or from this engine's last look if that is earlier: a
+    // mark that a clock running ahead moved forward must not hide the
+    // ticks after this engine's last look (firing one twice finds the
+    // first by its key).
+    let from = previous.map_or(marked_until, |p| p.min(marked_until));
     // A running engine looks at least every `every` and records that at
     // least every MARK_EVERY, so a tick older than that came due while no
-    // engine ran: it was missed.
-    let window = (every * 2).max(Duration::from_secs(1)) + MARK_EVERY;
+    // engine ran: it was missed. Unless this engine has looked since: a
+    // look that came late (a slow store, a busy runtime) misses nothing.
+    let window = (look.every * 2).max(Duration::from_secs(1)) + MARK_EVERY;
     let window = chrono::Duration::from_std(window).unwrap_or_default();
-    let plan = plan(&s.schedule, s.catch_up, from, now, now - window);
+    let missed_before = previous.map_or(now - window, |p| p.min(now - window));
+    let plan = plan(&s.schedule, s.catch_up, from, now, missed_before);
     if plan.fire.is_empty() && plan.skipped.is_none() {
-        let stale = marked
+        let stale = look
+            .marked
             .get(s.workflow)
             .is_none_or(|at| at.elapsed() >= MARK_EVERY);
         if stale {
             store.advance_schedule(s.workflow, now_ms, None).await?;
-            marked.insert(s.workflow, tokio::time::Instant::now());
+            look.marked.insert(s.workflow, tokio::time::Instant::now());
         }
+        look.looked.insert(s.workflow, now);
         return Ok(s.schedule.next_after(now));
     }
     if let Some((first, last)) = plan.skipped {
@@ -123,7 +161,8 @@ async fn fire_due(
     store
         .advance_schedule(s.workflow, plan.checked_until.timestamp_millis(), fired)
         .await?;
-    marked.insert(s.workflow, tokio::time::Instant::now());
+    look.marked.insert(s.workflow, tokio::time::Instant::now());
+    look.looked.insert(s.workflow, plan.checked_until);
     Ok(s.schedule
         .next_after(if behind { plan.checked_until } else { now }))
 }

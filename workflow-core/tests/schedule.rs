@@ -157,6 +157,51 @@ async fn missed_ticks_follow_the_catch_up_policy() {
     );
 }
 
+/// A look that comes late while the engine runs (a slow store, a busy
+/// runtime: here the clock jumps three minutes between two looks) misses
+/// nothing: its ticks came due while an engine ran, so even `none` fires
+/// them.
+#[tokio::test]
+async fn a_late_look_by_a_running_engine_misses_no_tick() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let engine = engine(Arc::clone(&store), &clock, CatchUp::None).await;
+    let _worker = engine.start_worker();
+    registered(&store).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    clock.advance(Duration::from_secs(180));
+    assert_eq!(
+        wait_for(&engine, 3).await,
+        [
+            "schedule:2026-11-25T10:01:00.000Z",
+            "schedule:2026-11-25T10:02:00.000Z",
+            "schedule:2026-11-25T10:03:00.000Z"
+        ]
+    );
+}
+
+/// An engine whose clock ran two hours ahead moved the schedule's mark
+/// into the future; an engine with the right time still fires the ticks
+/// that come due while it runs, instead of waiting for the mark.
+#[tokio::test]
+async fn a_mark_moved_ahead_by_a_fast_clock_hides_no_tick() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let fast_clock = ManualClock::new(utc("2026-11-25T12:00:30Z"));
+    let fast = engine(Arc::clone(&store), &fast_clock, CatchUp::None).await;
+    let worker = fast.start_worker();
+    registered(&store).await;
+    worker.shutdown().await;
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let engine = engine(Arc::clone(&store), &clock, CatchUp::None).await;
+    let _worker = engine.start_worker();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        wait_for(&engine, 1).await,
+        ["schedule:2026-11-25T10:01:00.000Z"]
+    );
+}
+
 #[tokio::test]
 async fn schedules_are_checked_when_the_engine_is_built() {
     let err = EngineBuilder::new()
@@ -210,6 +255,8 @@ async fn the_attribute_schedule_is_used_by_register() {
 async fn a_run_time_schedule_is_what_the_store_records() {
     let engine = EngineBuilder::new()
         .store(MemoryStore::new())
+        // Registered with its attribute's schedule first: replaced.
+        .register(EveryMinute)
         .register_scheduled(EveryMinute, "*/5 * * * *", "Europe/Paris", CatchUp::None)
         .build()
         .await

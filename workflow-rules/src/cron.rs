@@ -14,13 +14,68 @@ fn parser() -> CronParser {
 }
 
 /// Parses `expr`, or says why it is not a valid schedule, naming the field
-/// at fault when there is one.
+/// at fault when there is one. An expression that can never fire
+/// (`0 0 31 2 *`) is refused too.
 pub fn parse(expr: &str) -> Result<Cron, String> {
+    misplaced_name(expr)?;
     let parser = parser();
-    match parser.parse(expr) {
-        Ok(cron) => Ok(cron),
-        Err(err) => Err(explain(&parser, expr, err)),
+    let cron = parser
+        .parse(expr)
+        .map_err(|err| explain(&parser, expr, err))?;
+    // croner looks up to the year 5000 before it gives up; any date a valid
+    // expression names comes round well before that.
+    let start = chrono::NaiveDate::from_ymd_opt(2000, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .unwrap_or_default();
+    if cron.find_next_occurrence(&start, false).is_err() {
+        return Err(format!(
+            "`{}` names a date that never comes (such as 31 February), so it would never fire",
+            expr.trim()
+        ));
     }
+    Ok(cron)
+}
+
+const MONTHS: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
+const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// croner replaces month and day names wherever they stand before it splits
+/// the fields, so `0 9 * * JAN` would fire on Mondays (`JAN` read as `1`):
+/// a name is refused outside its own field.
+fn misplaced_name(expr: &str) -> Result<(), String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let names: &[&str] = match fields.len() {
+        5 => &["minute", "hour", "day-of-month", "month", "day-of-week"],
+        6 => &[
+            "second",
+            "minute",
+            "hour",
+            "day-of-month",
+            "month",
+            "day-of-week",
+        ],
+        _ => return Ok(()),
+    };
+    for (field, name) in fields.iter().zip(names) {
+        let words = field
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .filter(|w| !w.is_empty());
+        for word in words {
+            // Other words are croner's to refuse, with the field's rules.
+            let word = word.to_ascii_uppercase();
+            let what = if MONTHS.contains(&word.as_str()) && *name != "month" {
+                "a month, which only the month field may name"
+            } else if DAYS.contains(&word.as_str()) && *name != "day-of-week" {
+                "a day of the week, which only the day-of-week field may name"
+            } else {
+                continue;
+            };
+            return Err(format!("the {name} field `{field}`: `{word}` is {what}"));
+        }
+    }
+    Ok(())
 }
 
 const CRON_FORMAT: &str = "write 5 fields, `minute hour day-of-month month day-of-week`, \
@@ -102,6 +157,41 @@ mod tests {
         assert!(err.starts_with("the month field `13`"), "{err}");
         let err = parse("0 0 * * FUNDAY").unwrap_err();
         assert!(err.starts_with("the day-of-week field"), "{err}");
+    }
+
+    #[test]
+    fn refuses_names_outside_their_field() {
+        let err = parse("0 9 * * JAN").unwrap_err();
+        assert_eq!(
+            err,
+            "the day-of-week field `JAN`: `JAN` is a month, which only the month field may name"
+        );
+        let err = parse("0 9 1 MON *").unwrap_err();
+        assert_eq!(
+            err,
+            "the month field `MON`: `MON` is a day of the week, which only the day-of-week \
+             field may name"
+        );
+        assert!(parse("0 MON * * *")
+            .unwrap_err()
+            .starts_with("the hour field"));
+        assert!(parse("0 0 9 * * sun").is_ok());
+        assert!(parse("0 0 LW * *").is_ok());
+        assert!(parse("0 0 * jan-mar mon-fri").is_ok());
+    }
+
+    #[test]
+    fn refuses_expressions_that_never_fire() {
+        let err = parse("0 0 31 2 *").unwrap_err();
+        assert_eq!(
+            err,
+            "`0 0 31 2 *` names a date that never comes (such as 31 February), so it would \
+             never fire"
+        );
+        assert!(parse("0 0 30 2 *").is_err());
+        // Rare, but real.
+        assert!(parse("0 0 29 2 *").is_ok());
+        assert!(parse("0 0 29 2 MON").is_ok());
     }
 
     #[test]

@@ -24,4 +24,16 @@ async fn zero_step(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
+// A month name in the day-of-week field (croner would read it as Monday).
+#[workflow(schedule = "0 9 * * JAN")]
+async fn misplaced_name(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+// A date that never comes.
+#[workflow(schedule = "0 0 31 2 *")]
+async fn never(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
 fn main() {}
