@@ -5,9 +5,10 @@
 //! a step in flight at a kill ran at most once more.
 //!
 //! A second scenario kills the child while instances sleep, back off
-//! before a retry, and wait for an event; sends the events while no worker
-//! runs; and checks after the restart that every instance finished on time,
-//! with no step run twice.
+//! before a retry, wait for an event, and run a step whose earlier attempt
+//! failed; sends the events while no worker runs; and checks after the
+//! restart that every instance finished on time, with no step run twice
+//! and no failed attempt forgotten.
 //!
 //! `harness = false`: the same binary is the parent (no arguments) and the
 //! child (`child DB` or `child-waits DB`).
@@ -364,6 +365,35 @@ mod waits {
         Ok(attempts)
     }
 
+    /// A step that always fails, retried after short backoffs spent in
+    /// memory (shorter than `suspend_after`); its second attempt hangs
+    /// until the kill. The restart must count on from the one attempt that
+    /// failed: 4 calls in all for 3 attempts, not 5.
+    #[workflow(name = "memoryRetrier", timeout = "1h")]
+    async fn memory_retrier(ctx: Ctx, job: Job) -> workflow::Result<()> {
+        let id = ctx.id().to_string();
+        let log = &job.log;
+        let opts = StepOptions::retries(3).backoff(
+            Duration::from_millis(100),
+            1.0,
+            Duration::from_millis(100),
+        );
+        ctx.step_with("shaky", opts, || async {
+            log_line(log, &format!("mem {id}"));
+            let calls = lines(Path::new(log))
+                .iter()
+                .filter(|l| **l == format!("mem {id}"))
+                .count();
+            if calls == 2 {
+                log_line(log, &format!("hang {id}"));
+                std::future::pending::<()>().await;
+            }
+            Err::<(), BoxError>("still broken".into())
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Waits for the event `go`.
     #[workflow(name = "listener", timeout = "1h")]
     async fn listener(ctx: Ctx, job: Job) -> workflow::Result<String> {
@@ -384,6 +414,7 @@ mod waits {
             .register(Napper)
             .register(Retrier)
             .register(Listener)
+            .register(MemoryRetrier)
             .poll_interval(Duration::from_millis(20))
             .suspend_after(Duration::from_millis(200))
             .build()
@@ -416,17 +447,19 @@ mod waits {
             n: 0,
             log: log.display().to_string(),
         };
-        let (nappers, retriers, listeners) = rt.block_on(async {
+        let (nappers, retriers, listeners, hangers) = rt.block_on(async {
             let engine = engine(&db_text).await;
             let mut n = Vec::new();
             let mut r = Vec::new();
             let mut l = Vec::new();
+            let mut m = Vec::new();
             for _ in 0..EACH {
                 n.push(Napper::start(&engine, job()).await.expect("start"));
                 r.push(Retrier::start(&engine, job()).await.expect("start"));
                 l.push(Listener::start(&engine, job()).await.expect("start"));
+                m.push(MemoryRetrier::start(&engine, job()).await.expect("start"));
             }
-            (n, r, l)
+            (n, r, l, m)
         });
 
         // Run until everyone is waiting: nappers asleep, retriers backing
@@ -439,6 +472,7 @@ mod waits {
             if count("before ") == EACH as usize
                 && count("flaky ") >= EACH as usize
                 && count("listen ") == EACH as usize
+                && count("hang ") == EACH as usize
             {
                 break;
             }
@@ -527,6 +561,23 @@ mod waits {
                 );
                 let steps = inst.steps().await.expect("steps");
                 assert_eq!(steps[0].attempts, 3, "the attempt count survived the kill");
+            }
+            for m in &hangers {
+                let inst = MemoryRetrier::handle(&engine, m.id().clone());
+                let err = inst.result().await.expect_err("fails for good");
+                assert!(
+                    err.to_string().contains("failed after 3 attempt(s)"),
+                    "{err}"
+                );
+                let id = m.id().to_string();
+                assert_eq!(
+                    log_end
+                        .iter()
+                        .filter(|x| **x == format!("mem {id}"))
+                        .count(),
+                    4,
+                    "the failed attempt before the kill still counts: 2 calls before, 2 after"
+                );
             }
             for l in &listeners {
                 let inst = Listener::handle(&engine, l.id().clone());

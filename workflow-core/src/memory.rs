@@ -327,7 +327,9 @@ impl Store for MemoryStore {
         at: Millis,
     ) -> Result<(), StoreError> {
         let mut t = self.tables();
-        t.leased(lease)?;
+        // The row keeps the step's count too, as a suspension for its
+        // backoff would: a run after a crash mid-backoff counts on.
+        t.leased(lease)?.row.retry = Some((step.to_owned(), attempt));
         t.event(
             &lease.instance,
             at,

@@ -254,6 +254,11 @@ async fn steps_are_fenced_by_the_lease(store: impl Store) {
         .record_attempt(&c.lease, "ship", 1, "timeout", T0 + 12)
         .await
         .unwrap();
+    // The row counts the failed attempt, for a run after a crash.
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().retry,
+        Some(("ship".to_owned(), 1))
+    );
 
     let steps = store.steps(&id).await.unwrap();
     let keys: Vec<_> = steps.iter().map(|s| s.key.as_str()).collect();

@@ -465,8 +465,17 @@ fn owner_is_dead(owner: &str) -> bool {
     if pid == std::process::id() {
         return !lock(&LIVE).contains(owner);
     }
+    // On Linux without a readable boot id and pid namespace, the host part
+    // is the bare host name, which containers sharing it all have: their
+    // pids cannot be compared, so the leases are left to expire.
+    if cfg!(target_os = "linux") && !HOST_HAS_PLACE.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
     !process_alive(pid)
 }
+
+/// Whether [`host`] names this boot and pid namespace, not only the host name.
+static HOST_HAS_PLACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[cfg(unix)]
 fn process_alive(pid: u32) -> bool {
@@ -498,7 +507,10 @@ fn host() -> &'static str {
     static HOST: LazyLock<String> = LazyLock::new(|| {
         let name = hostname();
         match place() {
-            Some(place) => format!("{name}~{place}"),
+            Some(place) => {
+                HOST_HAS_PLACE.store(true, std::sync::atomic::Ordering::Relaxed);
+                format!("{name}~{place}")
+            }
             None => name,
         }
     });
@@ -577,8 +589,14 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
         {
             finish = Settle::Release;
         }
-        lock(&inner.running).remove(&row.id);
-        lock(&w.running).remove(&row.id);
+        // Only this run's entry: if this worker claimed the instance again
+        // (its lease lapsed while this handler hung), the newer run's stays.
+        for running in [&inner.running, &w.running] {
+            let mut running = lock(running);
+            if running.get(&row.id).is_some_and(|r| Arc::ptr_eq(r, &run)) {
+                running.remove(&row.id);
+            }
+        }
         drop(slot);
         let timed_out = matches!(&finish, Settle::Finish(f) if f.status == Status::TimedOut);
         if settle(&w, &lease, finish).await && timed_out {

@@ -360,6 +360,14 @@ impl Db {
         if !fence(&mut tx, lease, at, None).await? {
             return lease_lost(lease);
         }
+        // The row keeps the step's count too, as a suspension for its
+        // backoff would: a run after a crash mid-backoff counts on.
+        sqlx::query("UPDATE instances SET retry_key = $2, retry_attempts = $3 WHERE id = $1")
+            .bind(lease.instance.as_str())
+            .bind(step)
+            .bind(i64::from(attempt))
+            .execute(&mut *tx)
+            .await?;
         event_full(
             &mut tx,
             lease.instance.as_str(),

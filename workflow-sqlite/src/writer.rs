@@ -1015,7 +1015,22 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             error,
             at,
         } => {
-            if touch(c, lease, *at)? {
+            // The row keeps the step's count too, as a suspension for its
+            // backoff would: a run after a crash mid-backoff counts on.
+            let held =
+                c.prepare_cached(
+                    "UPDATE instances SET updated_at = ?1, retry_key = ?5, retry_attempts = ?6 \
+                     WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress'",
+                )?
+                .execute(params![
+                    at,
+                    lease.instance.as_str(),
+                    lease.owner,
+                    lease.run,
+                    step,
+                    i64::from(*attempt)
+                ])? == 1;
+            if held {
                 event(
                     c,
                     lease.instance.as_str(),
