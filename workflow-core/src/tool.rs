@@ -53,9 +53,12 @@ enum Target {
 /// Render it for a provider with [`Tool::to_openai`],
 /// [`Tool::to_openai_strict`] or [`Tool::to_anthropic`]; call it with
 /// [`Tool::call`], a [`Toolbox`], or durably inside a workflow with
-/// [`Ctx::call_tool`]. The arguments are always an object: a workflow
-/// whose input is not one takes `{"input": ...}`, and one whose input is
-/// `()` takes `{}`.
+/// [`Ctx::call_tool`]. The arguments are always an object: a tool whose
+/// input is not one takes `{"input": ...}`, and one whose input is `()`
+/// takes `{}`. A struct with a `#[serde(flatten)]` enum field is wrapped
+/// in `{"input": ...}` too: its schema has the enum's `oneOf` beside its
+/// properties, which providers refuse at the root (and strict mode cannot
+/// express, so [`Tool::to_openai_strict`] sends it with `strict: false`).
 #[derive(Clone)]
 pub struct Tool {
     /// Name the model calls it by.
@@ -227,7 +230,8 @@ impl Tool {
     /// OpenAI's function tool form with `strict: true` and the parameters
     /// in the strict subset (see [`strict_schema`](crate::strict_schema)):
     /// the model's arguments then always fit the schema. A schema strict
-    /// mode cannot express (maps, `serde_json::Value` fields) falls back to
+    /// mode cannot express (maps, `serde_json::Value` fields, a
+    /// `#[serde(flatten)]` enum) falls back to
     /// [`Tool::to_openai`] with a warning; the arguments are checked on
     /// every call either way.
     pub fn to_openai_strict(&self) -> Value {
