@@ -185,6 +185,48 @@ async fn arguments_the_input_type_refuses_are_invalid_arguments() {
     assert_eq!(violations[0].path, "/input", "{err}");
 }
 
+/// A function tool's input refused by its type past the schema is
+/// reported at its path in the arguments as sent, as a workflow tool's is.
+#[tokio::test]
+async fn function_tools_report_paths_in_the_arguments_as_sent() {
+    let engine = Engine::builder()
+        .database_url("memory:")
+        .build()
+        .await
+        .unwrap();
+    let tools = Toolbox::new()
+        .function("square", "Square a number", |n: u32| async move {
+            Ok::<_, BoxError>(n * n)
+        })
+        .function("restock", "Restock", |r: RestockInput| async move {
+            Ok::<_, BoxError>(r.units)
+        });
+    assert_eq!(
+        tools
+            .call(&engine, "square", json!({"input": 4}))
+            .await
+            .unwrap(),
+        json!(16)
+    );
+    let err = tools
+        .call(&engine, "square", json!({"input": 4_294_967_296_u64}))
+        .await
+        .unwrap_err();
+    let workflow::Error::InvalidArguments { tool, violations } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(tool, "square");
+    assert_eq!(violations[0].path, "/input", "{err}");
+    let err = tools
+        .call(&engine, "restock", json!({"units": 4_294_967_296_u64}))
+        .await
+        .unwrap_err();
+    let workflow::Error::InvalidArguments { violations, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(violations[0].path, "/units", "{err}");
+}
+
 #[derive(Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "method", rename_all = "snake_case")]
 enum Payment {
