@@ -1,6 +1,7 @@
 //! Workflows as AI tools: `as_tool()` renderings for OpenAI (plain and
-//! strict) and Anthropic, description overrides, non-object inputs, and
-//! `Toolbox` dispatch of function tools with validated arguments.
+//! strict) and Anthropic, description overrides, non-object and
+//! flattened-enum inputs, and `Toolbox` dispatch of function tools with
+//! validated arguments.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -176,6 +177,131 @@ async fn arguments_the_input_type_refuses_are_invalid_arguments() {
     );
     let err = engine
         .call_tool("countdown", json!({"input": 4_294_967_296_u64}))
+        .await
+        .unwrap_err();
+    let workflow::Error::InvalidArguments { violations, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(violations[0].path, "/input", "{err}");
+}
+
+/// A function tool's input refused by its type past the schema is
+/// reported at its path in the arguments as sent, as a workflow tool's is.
+#[tokio::test]
+async fn function_tools_report_paths_in_the_arguments_as_sent() {
+    let engine = Engine::builder()
+        .database_url("memory:")
+        .build()
+        .await
+        .unwrap();
+    let tools = Toolbox::new()
+        .function("square", "Square a number", |n: u32| async move {
+            Ok::<_, BoxError>(n * n)
+        })
+        .function("restock", "Restock", |r: RestockInput| async move {
+            Ok::<_, BoxError>(r.units)
+        });
+    assert_eq!(
+        tools
+            .call(&engine, "square", json!({"input": 4}))
+            .await
+            .unwrap(),
+        json!(16)
+    );
+    let err = tools
+        .call(&engine, "square", json!({"input": 4_294_967_296_u64}))
+        .await
+        .unwrap_err();
+    let workflow::Error::InvalidArguments { tool, violations } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(tool, "square");
+    assert_eq!(violations[0].path, "/input", "{err}");
+    let err = tools
+        .call(&engine, "restock", json!({"units": 4_294_967_296_u64}))
+        .await
+        .unwrap_err();
+    let workflow::Error::InvalidArguments { violations, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(violations[0].path, "/units", "{err}");
+}
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "method", rename_all = "snake_case")]
+enum Payment {
+    Card { number: String },
+    Invoice { days: u32 },
+}
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct PaidOrder {
+    order_id: String,
+    #[serde(flatten)]
+    payment: Payment,
+}
+
+#[workflow(name = "payOrder")]
+async fn pay_order(_ctx: Ctx, order: PaidOrder) -> workflow::Result<String> {
+    Ok(match order.payment {
+        Payment::Card { number } => format!("{} by card {number}", order.order_id),
+        Payment::Invoice { days } => format!("{} in {days} days", order.order_id),
+    })
+}
+
+/// A flattened enum puts `oneOf` beside the struct's properties, which
+/// providers refuse at the root: the input is wrapped like a non-object
+/// one, paths included, and strict mode, which cannot express it, falls
+/// back to `strict: false`.
+#[tokio::test]
+async fn a_flattened_enum_input_is_wrapped_for_providers() {
+    let tool = PayOrder::as_tool();
+    for params in [
+        tool.to_openai()["function"]["parameters"].clone(),
+        tool.to_anthropic()["input_schema"].clone(),
+    ] {
+        assert_eq!(params["type"], "object");
+        for keyword in ["oneOf", "anyOf", "allOf", "not", "enum"] {
+            assert!(params.get(keyword).is_none(), "{keyword}: {params}");
+        }
+        assert_eq!(params["required"], json!(["input"]));
+    }
+    assert_eq!(tool.to_openai_strict()["function"]["strict"], false);
+
+    let engine = Engine::builder()
+        .database_url("memory:")
+        .register(PayOrder)
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let tool = tool.wait(std::time::Duration::from_secs(10));
+    let out = tool
+        .call(
+            &engine,
+            json!({"input": {"order_id": "o1", "method": "invoice", "days": 30}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, json!("o1 in 30 days"));
+    let err = tool
+        .call(
+            &engine,
+            json!({"input": {"order_id": "o1", "method": "invoice", "days": "soon"}}),
+        )
+        .await
+        .unwrap_err();
+    let workflow::Error::InvalidArguments { violations, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(violations[0].path, "/input/days", "{err}");
+    // serde reads a flattened field from a buffer, which loses the path
+    // inside it: the type's refusal is placed at the input.
+    let err = tool
+        .call(
+            &engine,
+            json!({"input": {"order_id": "o1", "method": "invoice", "days": 4_294_967_296_u64}}),
+        )
         .await
         .unwrap_err();
     let workflow::Error::InvalidArguments { violations, .. } = &err else {

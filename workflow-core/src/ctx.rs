@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,10 @@ use crate::store::{now_millis, Lease, StepRow, Store};
 /// `S` is the workflow's state type (default `()`): it starts from
 /// `S::default()`, is changed through [`Ctx::state_mut`], and is persisted
 /// with the next step. Cloning a `Ctx` is cheap; clones share everything.
+///
+/// Its `Debug` form names the run (`Ctx { id: "..", workflow: "..",
+/// run_number: 1, .. }`) and leaves the state out, whatever `S` is, so
+/// `#[tracing::instrument]` on a workflow function needs no `skip(ctx)`.
 pub struct Ctx<S = ()> {
     inner: Arc<CtxInner<S>>,
 }
@@ -32,6 +37,18 @@ impl<S> Clone for Ctx<S> {
         Ctx {
             inner: Arc::clone(&self.inner),
         }
+    }
+}
+
+/// Without the state: `S` need not be `Debug`, and a state can be large.
+impl<S> fmt::Debug for Ctx<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let run = &self.inner.run;
+        f.debug_struct("Ctx")
+            .field("id", &run.id.as_str())
+            .field("workflow", &run.workflow)
+            .field("run_number", &run.lease.run)
+            .finish_non_exhaustive()
     }
 }
 

@@ -53,9 +53,12 @@ enum Target {
 /// Render it for a provider with [`Tool::to_openai`],
 /// [`Tool::to_openai_strict`] or [`Tool::to_anthropic`]; call it with
 /// [`Tool::call`], a [`Toolbox`], or durably inside a workflow with
-/// [`Ctx::call_tool`]. The arguments are always an object: a workflow
-/// whose input is not one takes `{"input": ...}`, and one whose input is
-/// `()` takes `{}`.
+/// [`Ctx::call_tool`]. The arguments are always an object: a tool whose
+/// input is not one takes `{"input": ...}`, and one whose input is `()`
+/// takes `{}`. A struct with a `#[serde(flatten)]` enum field is wrapped
+/// in `{"input": ...}` too: its schema has the enum's `oneOf` beside its
+/// properties, which providers refuse at the root (and strict mode cannot
+/// express, so [`Tool::to_openai_strict`] sends it with `strict: false`).
 #[derive(Clone)]
 pub struct Tool {
     /// Name the model calls it by.
@@ -85,8 +88,12 @@ impl std::fmt::Debug for Tool {
 }
 
 impl Tool {
-    fn new(name: String, description: String, input_schema: Value, target: Target) -> Self {
-        let (parameters, shape) = object_schema(input_schema);
+    fn new(
+        name: String,
+        description: String,
+        (parameters, shape): (Value, Shape),
+        target: Target,
+    ) -> Self {
         Tool {
             name,
             description,
@@ -118,7 +125,7 @@ impl Tool {
         Self::new(
             name.to_owned(),
             description.to_owned(),
-            input_schema,
+            object_schema(input_schema),
             Target::Workflow { wait: None },
         )
     }
@@ -129,6 +136,11 @@ impl Tool {
     /// An error `f` returns is retried per the step policy when called
     /// through [`Ctx::call_tool`], unless marked [`permanent`](crate::permanent);
     /// after the last attempt the model is told the tool failed.
+    ///
+    /// Arguments the schema lets through but `I` refuses (a number too
+    /// large for a `u32`) are [`Error::InvalidArguments`] at their path in
+    /// the arguments as sent (`/input` for `{"input": 4294967296}`), as
+    /// for a workflow tool; `f` is not called.
     ///
     /// # Panics
     ///
@@ -147,14 +159,18 @@ impl Tool {
             is_valid_tool_name(name),
             "tool name `{name}` must match ^[a-zA-Z0-9_-]{{1,64}}$"
         );
+        let (parameters, shape) = object_schema(schema_for::<I>());
         let f = Arc::new(f);
         let tool = name.to_owned();
-        let call: ToolFn = Arc::new(move |args: Value| {
+        let call: ToolFn = Arc::new(move |value: Value| {
             let f = Arc::clone(&f);
             let tool = tool.clone();
             Box::pin(async move {
-                let input: I = serde_path_to_error::deserialize(args).map_err(|err| {
-                    let path = crate::validate::pointer(err.path());
+                // `value` was taken out of `{"input": ..}` for a wrapped
+                // input; the model corrects the arguments it sent, so the
+                // path names the spot in those.
+                let input: I = serde_path_to_error::deserialize(value).map_err(|err| {
+                    let path = shape.args_path(&crate::validate::pointer(err.path()));
                     BoxError::from(Error::InvalidArguments {
                         tool,
                         violations: vec![Violation {
@@ -170,7 +186,7 @@ impl Tool {
         Self::new(
             name.to_owned(),
             description.to_owned(),
-            schema_for::<I>(),
+            (parameters, shape),
             Target::Function(call),
         )
     }
@@ -227,7 +243,8 @@ impl Tool {
     /// OpenAI's function tool form with `strict: true` and the parameters
     /// in the strict subset (see [`strict_schema`](crate::strict_schema)):
     /// the model's arguments then always fit the schema. A schema strict
-    /// mode cannot express (maps, `serde_json::Value` fields) falls back to
+    /// mode cannot express (maps, `serde_json::Value` fields, a
+    /// `#[serde(flatten)]` enum) falls back to
     /// [`Tool::to_openai`] with a warning; the arguments are checked on
     /// every call either way.
     pub fn to_openai_strict(&self) -> Value {

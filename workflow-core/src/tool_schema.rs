@@ -10,12 +10,14 @@ use serde_json::{json, Map, Value};
 
 /// How a tool's parameters relate to the input type behind it. Providers
 /// want an object schema for tool parameters (and for strict structured
-/// outputs), so other inputs are wrapped.
+/// outputs), with no combinator beside it, so other inputs are wrapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Shape {
-    /// The input is an object; the arguments are the input.
+    /// The input is a plain object; the arguments are the input.
     Object,
-    /// The input is not an object; the arguments are `{"input": <input>}`.
+    /// The input is not an object, or is one with a `oneOf`/`anyOf`/
+    /// `allOf`/`not`/`enum` at its root (a `#[serde(flatten)]` enum field);
+    /// the arguments are `{"input": <input>}`.
     Wrapped,
     /// The input is `()` (schema `{"type": "null"}`); the arguments are `{}`.
     Unit,
@@ -47,14 +49,24 @@ impl Shape {
 /// The property a non-object input is wrapped in.
 pub(crate) const WRAPPED_KEY: &str = "input";
 
+/// Keywords OpenAI refuses at the root of tool parameters ("must have type
+/// 'object' and not have 'oneOf'/'anyOf'/'allOf'/'enum'/'not' at the top
+/// level"); Anthropic refuses the combinators too.
+const ROOT_REFUSED: &[&str] = &["oneOf", "anyOf", "allOf", "not", "enum"];
+
 /// An object schema for a value of `schema`, and how to get the value back.
-/// `$defs` move to the new root so `#/$defs/..` references still resolve.
+/// `$defs` move to the new root so `#/$defs/..` references still resolve,
+/// and references to the old root (a recursive type's `#`) follow it under
+/// the wrapping property.
 pub(crate) fn object_schema(schema: Value) -> (Value, Shape) {
     let Value::Object(mut inner) = schema else {
         // `true`: any value at all.
         return (wrap(Map::new(), schema, None), Shape::Wrapped);
     };
-    if inner.get("type").and_then(Value::as_str) == Some("object") {
+    // A struct with a `#[serde(flatten)]` enum field is an object whose
+    // root also carries the enum's `oneOf`: providers refuse it as it is.
+    let refused = ROOT_REFUSED.iter().any(|k| inner.contains_key(*k));
+    if inner.get("type").and_then(Value::as_str) == Some("object") && !refused {
         return (Value::Object(inner), Shape::Object);
     }
     let dialect = inner.remove("$schema");
@@ -68,14 +80,55 @@ pub(crate) fn object_schema(schema: Value) -> (Value, Shape) {
         root.insert("additionalProperties".into(), json!(false));
         return (Value::Object(root), Shape::Unit);
     }
-    let defs = inner.remove("$defs");
+    let mut defs = inner.remove("$defs");
     // The title names the type; on a property it would read as a field name.
     inner.remove("title");
+    let mut inner = Value::Object(inner);
+    rebase_root_refs(&mut inner);
+    if let Some(Value::Object(defs)) = &mut defs {
+        defs.values_mut().for_each(rebase_root_refs);
+    }
     let mut root = Map::new();
     if let Some(dialect) = dialect {
         root.insert("$schema".into(), dialect);
     }
-    (wrap(root, Value::Object(inner), defs), Shape::Wrapped)
+    (wrap(root, inner, defs), Shape::Wrapped)
+}
+
+/// Points `$ref`s into the old root (`#`, `#/properties/..`) at the
+/// wrapping property, where that root now sits; `#/$defs/..` stay, as the
+/// definitions move to the new root.
+fn rebase_root_refs(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match (key.as_str(), value) {
+                    // Keyed by names (a field may be called `default`): every value a schema.
+                    (
+                        "properties" | "patternProperties" | "$defs" | "definitions"
+                        | "dependentSchemas",
+                        Value::Object(named),
+                    ) => named.values_mut().for_each(rebase_root_refs),
+                    // Values, not schemas: a `$ref` in them is data.
+                    ("const" | "enum" | "default" | "examples", _) => {}
+                    ("$ref", Value::String(reference)) => {
+                        let moved = match reference.strip_prefix('#') {
+                            Some(pointer) if !pointer.starts_with("/$defs/") => {
+                                Some(format!("#/properties/{WRAPPED_KEY}{pointer}"))
+                            }
+                            _ => None,
+                        };
+                        if let Some(moved) = moved {
+                            *reference = moved;
+                        }
+                    }
+                    (_, other) => rebase_root_refs(other),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(rebase_root_refs),
+        _ => {}
+    }
 }
 
 fn wrap(mut root: Map<String, Value>, inner: Value, defs: Option<Value>) -> Value {
@@ -202,8 +255,10 @@ const STRICT_FORMATS: &[&str] = &[
 ///
 /// Errors, each with its JSON pointer into `schema`, for what strict mode
 /// cannot express: maps (`HashMap`: `additionalProperties` with a schema),
-/// schemas that accept anything (`serde_json::Value`), tuples, and a root
-/// that is not an object.
+/// schemas that accept anything (`serde_json::Value`), tuples, an object
+/// with `anyOf`/`oneOf`/`allOf`/`not` beside its properties (a struct with
+/// a `#[serde(flatten)]` enum field), an `allOf` of more than one schema,
+/// and a root that is not an object.
 pub fn strict_schema(schema: &Value) -> Result<Value, Vec<String>> {
     let mut problems = Vec::new();
     if schema.get("type").and_then(Value::as_str) != Some("object") {
@@ -273,6 +328,25 @@ fn strict_node(
         } else {
             map.insert("anyOf".into(), one_of);
         }
+    }
+    // Strict mode has no intersections, and no alternatives beside an
+    // object's own properties; dropping either would let the model send
+    // arguments the tool refuses.
+    if let Some(Value::Array(all)) = map.get("allOf") {
+        if all.len() > 1 {
+            problems.push(format!(
+                "{here}: allOf with more than one schema has no strict form"
+            ));
+        }
+    }
+    if map.contains_key("properties")
+        && ["anyOf", "allOf", "not"]
+            .iter()
+            .any(|k| map.contains_key(*k))
+    {
+        problems.push(format!(
+            "{here}: an object with anyOf/oneOf/allOf/not beside its properties (a `#[serde(flatten)]` enum?) has no strict form"
+        ));
     }
     let types: Vec<&str> = match map.get("type") {
         Some(Value::String(t)) => vec![t.as_str()],
@@ -707,6 +781,123 @@ mod tests {
         assert!(text.contains("/properties/extra"), "{text}");
         assert!(text.contains("/properties/pair: tuples"), "{text}");
         assert!(strict_schema(&json!({"type": "string"})).is_err());
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(tag = "method", rename_all = "snake_case")]
+    #[allow(dead_code)]
+    enum Method {
+        Card { number: String },
+        Invoice { days: u32 },
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct FlatOrder {
+        order_id: String,
+        #[serde(flatten)]
+        payment: Method,
+    }
+
+    /// schemars puts a flattened enum's `oneOf` at the root of the struct's
+    /// schema, which providers refuse: the input is wrapped like a
+    /// non-object one, and strict mode, which cannot say "these properties
+    /// and one of those", reports it instead of dropping the `oneOf`.
+    #[test]
+    fn a_flattened_enum_is_wrapped_and_has_no_strict_form() {
+        let schema = schema_for::<FlatOrder>();
+        assert!(schema["oneOf"].is_array(), "{schema}");
+        let (object, shape) = object_schema(schema);
+        assert_eq!(shape, Shape::Wrapped);
+        assert_eq!(object["type"], json!("object"));
+        for keyword in ROOT_REFUSED {
+            assert!(
+                object.get(keyword).is_none(),
+                "{keyword} at the root: {object}"
+            );
+        }
+        assert!(
+            object["properties"]["input"]["oneOf"].is_array(),
+            "{object}"
+        );
+        assert!(object["properties"]["input"].get("title").is_none());
+        let args = json!({"input": {"order_id": "o1", "method": "card", "number": "4111"}});
+        assert!(accepts(&object, &args));
+        assert!(!accepts(
+            &object,
+            &json!({"input": {"order_id": "o1", "method": "cash"}})
+        ));
+        serde_json::from_value::<FlatOrder>(Shape::Wrapped.unwrap(args)).expect("fits the type");
+        assert_eq!(Shape::Wrapped.args_path("/days"), "/input/days");
+
+        let problems = strict_schema(&object).unwrap_err().join("\n");
+        assert!(
+            problems.contains("/properties/input: an object with anyOf/oneOf/allOf/not"),
+            "{problems}"
+        );
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct FlatNode {
+        #[serde(flatten)]
+        payment: Method,
+        children: Vec<FlatNode>,
+        /// Named like a keyword whose value is data, not a schema.
+        default: Option<Box<FlatNode>>,
+    }
+
+    /// A recursive root refers to itself as `#`; wrapped, it sits under
+    /// `input`, and so must its references.
+    #[test]
+    fn references_to_a_wrapped_root_follow_it() {
+        let schema = schema_for::<FlatNode>();
+        assert_eq!(
+            schema["properties"]["children"]["items"]["$ref"],
+            json!("#")
+        );
+        let (object, shape) = object_schema(schema);
+        assert_eq!(shape, Shape::Wrapped);
+        assert_eq!(
+            object["properties"]["input"]["properties"]["children"]["items"]["$ref"],
+            json!("#/properties/input")
+        );
+        assert_eq!(
+            object["properties"]["input"]["properties"]["default"]["anyOf"][0]["$ref"],
+            json!("#/properties/input")
+        );
+        let node = json!({"method": "invoice", "days": 30, "children": [
+            {"method": "card", "number": "4111", "children": []}]});
+        assert!(accepts(&object, &json!({ "input": node })));
+        // Were `#` still the new root, the child would have to be `{"input": ..}`.
+        let bad = json!({"method": "invoice", "days": 30, "children": [
+            {"input": {"method": "card", "number": "4111", "children": []}}]});
+        assert!(!accepts(&object, &json!({ "input": bad })));
+    }
+
+    #[test]
+    fn an_intersection_has_no_strict_form() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"code": {"type": "string", "allOf": [{"pattern": "^a"}, {"pattern": "z$"}]}},
+            "required": ["code"]
+        });
+        let problems = strict_schema(&schema).unwrap_err().join("\n");
+        assert!(
+            problems.contains("/properties/code: allOf with more than one schema"),
+            "{problems}"
+        );
+        // One schema is merged into its parent, as before.
+        let one = json!({
+            "type": "object",
+            "properties": {"code": {"allOf": [{"type": "string"}], "description": "d"}},
+            "required": ["code"]
+        });
+        let strict = strict_schema(&one).expect("convertible");
+        assert_eq!(
+            strict["properties"]["code"],
+            json!({"type": "string", "description": "d"})
+        );
     }
 
     #[test]

@@ -76,7 +76,8 @@ impl SchemaCheck {
 /// `oneOf`/`anyOf` (a Rust enum, an `Option` of a struct) is explained by
 /// the alternative it was meant for (the one whose tag it carries, or that
 /// it got furthest into) rather than as "not valid under any of the
-/// schemas"; one whose tag matches no alternative is told the tags.
+/// schemas"; one that matches no tag, or none of the values of an enum's
+/// unit variants, is told the tags or values.
 fn explain(err: &jsonschema::ValidationError<'_>) -> Vec<Violation> {
     use jsonschema::error::ValidationErrorKind as Kind;
     let path = err.instance_path().to_string();
@@ -91,26 +92,53 @@ fn explain(err: &jsonschema::ValidationError<'_>) -> Vec<Violation> {
         _ => return as_is(),
     };
     let depth = |p: &str| p.matches('/').count();
-    // The alternative's tag (a `const` or `enum` one level down) is not the
-    // value's: the value is not meant for it.
-    let tag_miss = |e: &jsonschema::ValidationError<'_>| {
+    let here = depth(&path);
+    let at = |e: &jsonschema::ValidationError<'_>| depth(&e.instance_path().to_string());
+    let value_check = |e: &jsonschema::ValidationError<'_>| {
         matches!(e.kind(), Kind::Constant { .. } | Kind::Enum { .. })
-            && depth(&e.instance_path().to_string()) == depth(&path) + 1
+    };
+    // The value is not meant for an alternative whose tag (a `const` or
+    // `enum` one level down) is not the value's, nor for a unit variant's
+    // (a `const` or `enum` on the value itself: schemars gives each
+    // variant with a doc comment its own `const` alternative) it is not.
+    let missed = |e: &jsonschema::ValidationError<'_>| {
+        value_check(e) && (at(e) == here + 1 || at(e) == here)
+    };
+    // Only the value's kind is wrong (a string for a struct variant): it
+    // tells less than an alternative that got into the value.
+    let kind_only = |b: &Vec<jsonschema::ValidationError<'_>>| {
+        !b.is_empty()
+            && b.iter()
+                .all(|e| matches!(e.kind(), Kind::Type { .. }) && at(e) == here)
     };
     let meant: Vec<_> = branches
         .iter()
-        .filter(|b| !b.is_empty() && !b.iter().any(tag_miss))
+        .filter(|b| !b.is_empty() && !b.iter().any(missed))
         .collect();
-    if meant.is_empty() {
-        return tags_missed(branches, tag_miss).unwrap_or_else(as_is);
+    if meant.iter().all(|b| kind_only(b)) {
+        // Every tag or unit value missed, the other alternatives of
+        // another kind: which tags or values there are.
+        let misses: Option<Vec<_>> = branches
+            .iter()
+            .filter(|b| !kind_only(b))
+            .map(|b| b.iter().find(|e| missed(e)))
+            .collect();
+        if let Some(told) = misses.as_deref().and_then(tags_missed) {
+            return told;
+        }
+        if meant.is_empty() {
+            return as_is();
+        }
     }
+    let into_value: Vec<_> = meant.iter().copied().filter(|b| !kind_only(b)).collect();
+    let meant = if into_value.is_empty() {
+        meant
+    } else {
+        into_value
+    };
     // Furthest into the value, then fewest errors; a tie explains nothing.
     let score = |b: &Vec<jsonschema::ValidationError<'_>>| {
-        let furthest = b
-            .iter()
-            .map(|e| depth(&e.instance_path().to_string()))
-            .max()
-            .unwrap_or(0);
+        let furthest = b.iter().map(at).max().unwrap_or(0);
         (furthest, std::cmp::Reverse(b.len()))
     };
     let Some(&best) = meant.iter().max_by_key(|b| score(b)) else {
@@ -122,20 +150,13 @@ fn explain(err: &jsonschema::ValidationError<'_>) -> Vec<Violation> {
     best.iter().flat_map(|e| explain(e)).collect()
 }
 
-/// Every alternative missed on its tag, all at one path: which tags there are.
-fn tags_missed(
-    branches: &[Vec<jsonschema::ValidationError<'static>>],
-    tag_miss: impl Fn(&jsonschema::ValidationError<'_>) -> bool,
-) -> Option<Vec<Violation>> {
+/// Tags or unit values missed, all at one path: which ones there are.
+fn tags_missed(misses: &[&jsonschema::ValidationError<'_>]) -> Option<Vec<Violation>> {
     use jsonschema::error::ValidationErrorKind as Kind;
-    let misses: Vec<_> = branches
-        .iter()
-        .map(|b| b.iter().find(|e| tag_miss(e)))
-        .collect::<Option<_>>()?;
     let first = misses.first()?;
     let path = first.instance_path().to_string();
     let mut tags = Vec::new();
-    for miss in &misses {
+    for miss in misses {
         if miss.instance_path().to_string() != path {
             return None;
         }
@@ -269,6 +290,71 @@ mod tests {
                 serde_json::json!({"payment": ok, "delivery": "Pickup", "line": {"sku": "a", "qty": "x"}})
             ),
             r#"at /line/qty: "x" is not of type "integer""#
+        );
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    enum Priority {
+        /// Whenever.
+        Low,
+        /// Today.
+        High,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    enum Carrier {
+        /// At the counter.
+        Pickup,
+        Drone,
+        Courier {
+            street: String,
+        },
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Ticket {
+        priority: Priority,
+        carrier: Carrier,
+        escalation: Option<Priority>,
+    }
+
+    /// With doc comments on its variants, a unit enum is a `oneOf` of one
+    /// `const` per variant: a bad value is told the values there are, as
+    /// for a plain `enum`, and so is a bad string for the unit variants of
+    /// an enum that also has others.
+    #[test]
+    fn unit_variants_with_docs_list_their_values() {
+        let check = SchemaCheck::new(&crate::schema_for::<Ticket>());
+        assert!(
+            crate::schema_for::<Ticket>()["$defs"]["Priority"]["oneOf"].is_array(),
+            "schemars no longer gives documented variants one `const` each"
+        );
+        let text = |value: serde_json::Value| describe(&check.check::<Ticket>(&value).unwrap_err());
+        assert_eq!(
+            text(serde_json::json!({"priority": "Medium", "carrier": "Pickup"})),
+            r#"at /priority: "Medium" is not one of "Low" or "High""#
+        );
+        assert_eq!(
+            text(serde_json::json!({"priority": 2, "carrier": "Drone"})),
+            r#"at /priority: 2 is not one of "Low" or "High""#
+        );
+        assert_eq!(
+            text(serde_json::json!({"priority": "Low", "carrier": "Walk"})),
+            r#"at /carrier: "Walk" is not one of "Drone" or "Pickup""#
+        );
+        assert_eq!(
+            text(
+                serde_json::json!({"priority": "Low", "carrier": "Drone", "escalation": "Urgent"})
+            ),
+            r#"at /escalation: "Urgent" is not one of "Low" or "High""#
+        );
+        // A value of the struct variant's kind is still explained inside it.
+        assert_eq!(
+            text(serde_json::json!({"priority": "Low", "carrier": {"Courier": {"street": 1}}})),
+            r#"at /carrier/Courier/street: 1 is not of type "string""#
         );
     }
 }

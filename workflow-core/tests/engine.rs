@@ -1738,3 +1738,44 @@ impl Workflow for OneStepQuick {
             .await?)
     }
 }
+
+/// A state without `Debug`.
+#[derive(Default, Serialize, Deserialize, JsonSchema)]
+struct Opaque {
+    seen: u32,
+}
+
+struct Traced;
+
+impl Workflow for Traced {
+    type Input = u32;
+    type Output = String;
+    type State = Opaque;
+    const NAME: &'static str = "traced";
+
+    async fn run(&self, ctx: Ctx<Opaque>, input: u32) -> Result<String, BoxError> {
+        traced(ctx, input).await
+    }
+}
+
+/// `#[tracing::instrument]` records every argument with `Debug`, `ctx`
+/// included: without it this would not compile unless `skip(ctx)`.
+#[tracing::instrument]
+async fn traced(ctx: Ctx<Opaque>, input: u32) -> Result<String, BoxError> {
+    Ok(format!("{ctx:?}"))
+}
+
+#[tokio::test]
+async fn ctx_debug_names_the_run_whatever_the_state() {
+    let engine = one_slot_engine(Traced).await;
+    let _worker = engine.start_worker();
+    let inst = Traced::start(&engine, 7).await.unwrap();
+    let debug = inst.result_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        debug,
+        format!(
+            r#"Ctx {{ id: "{}", workflow: "traced", run_number: 1, .. }}"#,
+            inst.id()
+        )
+    );
+}

@@ -331,8 +331,11 @@ fn type_named(ident: &Ident, handler: &Handler<'_>) -> Option<Span> {
 }
 
 /// The doc comment as plain text: each line trimmed, lines joined with
-/// `\n`, surrounding blank lines dropped. `#[doc = include_str!(..)]` and
-/// other non-literal docs are skipped: their text is unknown here.
+/// `\n`, surrounding blank lines dropped. In a block comment (`/** .. */`)
+/// whose every non-blank line starts with `*` (but the first, the one
+/// after `/**`, which may not), that `*` and one space after it go, as
+/// rustdoc drops them. `#[doc = include_str!(..)]` and other non-literal
+/// docs are skipped: their text is unknown here.
 pub(crate) fn doc_comment(attrs: &[Attribute]) -> String {
     let mut lines = Vec::new();
     for attr in attrs {
@@ -346,7 +349,23 @@ pub(crate) fn doc_comment(attrs: &[Attribute]) -> String {
             lit: Lit::Str(lit), ..
         }) = &nv.value
         {
-            lines.extend(lit.value().split('\n').map(|line| line.trim().to_owned()));
+            let value = lit.value();
+            let mut block: Vec<&str> = value.split('\n').map(str::trim).collect();
+            // Only a block comment spans lines in one attribute; a `///`
+            // line starting with `*` is a Markdown list item, kept.
+            let starred = block.len() > 1
+                && block[1..]
+                    .iter()
+                    .filter(|line| !line.is_empty())
+                    .all(|line| line.starts_with('*'));
+            if starred {
+                for line in &mut block {
+                    if let Some(rest) = line.strip_prefix('*') {
+                        *line = rest.strip_prefix(' ').unwrap_or(rest);
+                    }
+                }
+            }
+            lines.extend(block.into_iter().map(|line| line.trim().to_owned()));
         }
     }
     lines.join("\n").trim().to_owned()
@@ -783,6 +802,33 @@ mod tests {
             "Process a new order.\n\nCharges the card."
         );
         assert_eq!(doc_comment(&[]), "");
+    }
+
+    #[test]
+    fn block_doc_comments_lose_their_stars() {
+        let f: ItemFn = syn::parse_str(
+            "/**\n * Process a new order.\n *\n * * charges the card\n *   once\n */\nasync fn f() {}",
+        )
+        .unwrap();
+        assert_eq!(
+            doc_comment(&f.attrs),
+            "Process a new order.\n\n* charges the card\nonce"
+        );
+        // The line after `/**` may go without one.
+        let f: ItemFn =
+            syn::parse_str("/** Totals:\n * net\n * gross\n */\nasync fn f() {}").unwrap();
+        assert_eq!(doc_comment(&f.attrs), "Totals:\nnet\ngross");
+        // A later line without one: the stars are the text's.
+        let f: ItemFn =
+            syn::parse_str("/** Totals:\n * net\n   and gross */\nasync fn f() {}").unwrap();
+        assert_eq!(doc_comment(&f.attrs), "Totals:\n* net\nand gross");
+        // `///` lines starting with `*` are a Markdown list.
+        let f = func(quote! {
+            /// * fetch
+            /// * charge
+            async fn f() {}
+        });
+        assert_eq!(doc_comment(&f.attrs), "* fetch\n* charge");
     }
 
     fn model(attr: proc_macro2::TokenStream, f: &ItemFn) -> (Option<String>, Vec<String>) {

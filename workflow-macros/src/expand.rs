@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use proc_macro2::{Literal, Span, TokenStream};
+use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Item, ItemFn, Type};
@@ -200,8 +200,11 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
 
     // The error type may not be written out (`anyhow::Result<T>`); a local
     // generic function still names it in the check, reported at `Result`.
-    // `ctx` and `input` keep the call-site span of the parameters they name.
-    let call = quote!(#fn_ident(ctx, input).await);
+    // `run`'s parameters are mixed-site: the user's names cannot see them,
+    // so a workflow function named `input` or `ctx` is still the one called.
+    let ctx = Ident::new("ctx", Span::mixed_site());
+    let input_value = Ident::new("input", Span::mixed_site());
+    let call = quote!(#fn_ident(#ctx, #input_value).await);
     let convert = quote_spanned!(*result_span=> __into_box_error(#call));
     // Spanned at the function's name: a handler whose future is not `Send`
     // is reported there, with rustc's note on the value held across `.await`.
@@ -231,8 +234,8 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
 
         fn run(
             &self,
-            ctx: #private::Ctx<#state>,
-            input: #input,
+            #ctx: #private::Ctx<#state>,
+            #input_value: #input,
         ) -> #future_type {
             fn __into_box_error<T, E: #private::HandlerError>(
                 result: #private::Result<T, E>,

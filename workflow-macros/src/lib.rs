@@ -77,7 +77,7 @@ use proc_macro::TokenStream;
 /// | `Output`      | the first type argument of the `Result` |
 /// | `State`       | `S` of `Ctx<S>`, `()` for `Ctx` |
 /// | `NAME`        | `name`, or the function's name |
-/// | `DESCRIPTION` | `description`, or the doc comment (lines trimmed), or `""` |
+/// | `DESCRIPTION` | `description`, or the doc comment (lines trimmed; a `/** */` comment's leading `*`s dropped, as rustdoc does), or `""` |
 /// | `SCHEDULE`    | `schedule`, or `None` |
 /// | `TIMEZONE`    | `timezone`, or `"UTC"` |
 /// | `TIMEOUT`     | `timeout`, or 5 minutes |
