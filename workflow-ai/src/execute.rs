@@ -116,7 +116,8 @@ impl Execute {
     }
 
     /// At most this many model calls (default [`Execute::DEFAULT_MAX_TURNS`]);
-    /// past it, the loop ends with [`Error::MaxTurns`].
+    /// past it, the loop ends with [`Error::MaxTurns`]. Tool calls asked for
+    /// in the last turn are not run: no turn is left to read their results.
     pub fn max_turns(mut self, turns: u32) -> Self {
         self.max_turns = turns.max(1);
         self
@@ -180,7 +181,9 @@ pub struct Structured<T> {
 pub trait ExecuteExt {
     /// Runs the model loop: calls the model; runs the tools it asks for and
     /// hands their results back; repeats until it answers without tool
-    /// calls, or [`Error::MaxTurns`].
+    /// calls, or [`Error::MaxTurns`]. A final reply that is no answer (a
+    /// refusal, a reply cut off at the token limit or withheld by a content
+    /// filter) ends it with [`Error::NoAnswer`].
     ///
     /// Each model call is a durable step (`{name}:turn-{n}`) and so is each
     /// tool call ([`Ctx::call_tool`]): after a crash, replay returns the
@@ -330,10 +333,18 @@ where
         };
         tracing::debug!(step, tool_calls = response.tool_calls.len(), "model turn");
         messages.push(Message::Assistant {
-            content: response.content.clone(),
+            // Providers refuse an assistant message with neither text nor
+            // tool calls, which a later turn would send back.
+            content: match (&response.content, response.tool_calls.is_empty()) {
+                (None, true) => Some(String::new()),
+                (content, _) => content.clone(),
+            },
             tool_calls: response.tool_calls.clone(),
         });
         if response.tool_calls.is_empty() {
+            if let Some(reason) = no_answer(&response) {
+                return Err(Error::NoAnswer { name, reason });
+            }
             let text = response.content.unwrap_or_default();
             if let Some((_, check)) = output.as_mut() {
                 if let Err(problem) = check(&text) {
@@ -350,6 +361,12 @@ where
                 turns: turn + 1,
             });
         }
+        if turn + 1 == max_turns {
+            // No turn is left to show the model their results: running the
+            // tools (and starting their workflows) would be effects no one
+            // reads.
+            break;
+        }
         for call in &response.tool_calls {
             let tool = &call.function.name;
             let reply = match serde_json::from_str::<Value>(&call.function.arguments) {
@@ -361,7 +378,9 @@ where
                 // name either (providers reject tools named so), so it is
                 // answered as an unknown tool, without a step: the reply
                 // follows from the recorded turn, and replay gives it again.
-                Ok(_) if tool.contains(RESERVED_STEP_CHARS) => no_such_tool(&tools, tool),
+                Ok(_) if tool.contains(RESERVED_STEP_CHARS) || tool.contains('\0') => {
+                    no_such_tool(&tools, tool)
+                }
                 Ok(args) => {
                     let step = format!("{name}:turn-{turn}:{tool}");
                     match tool_step {
@@ -380,4 +399,20 @@ where
         name,
         turns: max_turns,
     })
+}
+
+/// Why a final reply is no answer: the model refused, or the reply was cut
+/// off or withheld. Deterministic from the recorded reply, as replay needs.
+fn no_answer(response: &ModelResponse) -> Option<String> {
+    match response.finish_reason.as_deref()? {
+        "refusal" => Some(format!(
+            "the model refused: {}",
+            response.content.as_deref().unwrap_or_default()
+        )),
+        "length" => {
+            Some("the reply was cut off at the token limit (finish_reason `length`)".to_owned())
+        }
+        "content_filter" => Some("the provider's content filter withheld the reply".to_owned()),
+        _ => None,
+    }
 }

@@ -47,7 +47,11 @@ pub struct ModelResponse {
     /// The tool calls it asks for; none means this is its final answer.
     #[serde(default)]
     pub tool_calls: Vec<ToolCall>,
-    /// Why it stopped (`stop`, `tool_calls`, `length`...), as the server said.
+    /// Why it stopped (`stop`, `tool_calls`, `length`, `content_filter`...),
+    /// as the server said; `refusal` when the model refused, its refusal
+    /// then being the `content`. A final answer stopped by `length`,
+    /// `content_filter` or `refusal` ends a model loop with
+    /// `Error::NoAnswer`.
     #[serde(default)]
     pub finish_reason: Option<String>,
     /// Token usage, as the server reported it.

@@ -26,7 +26,7 @@ pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
 /// let from_env = OpenAiCompatible::from_env()?;
 /// # Ok::<_, workflow_ai::ModelError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OpenAiCompatible {
     client: reqwest::Client,
     endpoint: String,
@@ -35,8 +35,25 @@ pub struct OpenAiCompatible {
     temperature: Option<f32>,
 }
 
+// By hand: the API key must not reach logs through `{:?}`.
+impl std::fmt::Debug for OpenAiCompatible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiCompatible")
+            .field("endpoint", &self.endpoint)
+            .field("api_key", &redacted(&self.api_key))
+            .field("model", &self.model)
+            .field("temperature", &self.temperature)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `Debug` shows of an API key.
+fn redacted(key: &Option<String>) -> Option<&'static str> {
+    key.as_ref().map(|_| "<redacted>")
+}
+
 /// Configures an [`OpenAiCompatible`] client.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 #[must_use]
 pub struct OpenAiBuilder {
     base_url: Option<String>,
@@ -44,6 +61,18 @@ pub struct OpenAiBuilder {
     model: Option<String>,
     timeout: Option<Duration>,
     temperature: Option<f32>,
+}
+
+impl std::fmt::Debug for OpenAiBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiBuilder")
+            .field("base_url", &self.base_url)
+            .field("api_key", &redacted(&self.api_key))
+            .field("model", &self.model)
+            .field("timeout", &self.timeout)
+            .field("temperature", &self.temperature)
+            .finish()
+    }
 }
 
 impl OpenAiBuilder {
@@ -192,17 +221,9 @@ impl Model for OpenAiCompatible {
         let status = response.status();
         let text = response.text().await.map_err(transport)?;
         if !status.is_success() {
-            let mut body = text;
-            if body.len() > 2000 {
-                let mut cut = 2000;
-                while !body.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                body.truncate(cut);
-            }
             return Err(ModelError::Status {
                 status: status.as_u16(),
-                body,
+                body: shown(&text).to_owned(),
             });
         }
         parse_completion(&text)
@@ -220,17 +241,30 @@ fn transport(err: reqwest::Error) -> ModelError {
     }
 }
 
+/// At most this much of a response body goes into an error (and from
+/// there into the instance's history and the console).
+const BODY_SHOWN: usize = 2000;
+
+/// `body`, cut to [`BODY_SHOWN`] bytes at a character boundary.
+fn shown(body: &str) -> &str {
+    let mut cut = body.len().min(BODY_SHOWN);
+    while !body.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &body[..cut]
+}
+
 /// Reads `choices[0]` of a chat-completions response.
 fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
-    let body: Value =
-        serde_json::from_str(text).map_err(|err| ModelError::Decode(format!("{err}: {text}")))?;
+    let body: Value = serde_json::from_str(text)
+        .map_err(|err| ModelError::Decode(format!("{err}: {}", shown(text))))?;
     let choice = body
         .get("choices")
         .and_then(|c| c.get(0))
-        .ok_or_else(|| ModelError::Decode(format!("no choices in {text}")))?;
+        .ok_or_else(|| ModelError::Decode(format!("no choices in {}", shown(text))))?;
     let message = choice
         .get("message")
-        .ok_or_else(|| ModelError::Decode(format!("no message in {text}")))?;
+        .ok_or_else(|| ModelError::Decode(format!("no message in {}", shown(text))))?;
     let content = match message.get("content") {
         Some(Value::String(s)) => Some(s.clone()),
         // Some servers send content parts: keep their text.
@@ -243,6 +277,15 @@ fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
         ),
         _ => None,
     };
+    // OpenAI's structured refusal: no content, the reason beside it.
+    if let Some(refusal) = message.get("refusal").and_then(Value::as_str) {
+        return Ok(ModelResponse {
+            content: Some(refusal.to_owned()),
+            tool_calls: Vec::new(),
+            finish_reason: Some("refusal".to_owned()),
+            usage: body.get("usage").cloned(),
+        });
+    }
     let tool_calls: Vec<ToolCall> = match message.get("tool_calls") {
         Some(Value::Array(calls)) => serde_json::from_value(Value::Array(calls.clone()))
             .map_err(|err| ModelError::Decode(format!("tool_calls: {err}")))?,
@@ -262,6 +305,42 @@ fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_the_api_key() {
+        let builder = OpenAiCompatible::builder()
+            .base_url("http://127.0.0.1:1/v1")
+            .api_key("sk-secret-123");
+        assert!(!format!("{builder:?}").contains("sk-secret"));
+        let client = builder.build().unwrap();
+        let shown = format!("{client:?}");
+        assert!(
+            !shown.contains("sk-secret") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_read_as_such() {
+        let text = r#"{"choices":[{"message":{"role":"assistant","content":null,
+            "refusal":"I can't help with that."},"finish_reason":"stop"}]}"#;
+        let r = parse_completion(text).unwrap();
+        assert_eq!(r.finish_reason.as_deref(), Some("refusal"));
+        assert_eq!(r.content.as_deref(), Some("I can't help with that."));
+        assert!(r.tool_calls.is_empty());
+    }
+
+    #[test]
+    fn a_body_that_is_no_completion_is_cut_short_in_the_error() {
+        let page = format!("<html>{}</html>", "x".repeat(10_000));
+        let err = parse_completion(&page).unwrap_err().to_string();
+        assert!(err.len() < 2_200, "{} bytes", err.len());
+        let err = parse_completion(&format!(r#"{{"error":"{}"}}"#, "y".repeat(10_000)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("model response could not be read: no choices in"));
+        assert!(err.len() < 2_200, "{} bytes", err.len());
+    }
 
     #[test]
     fn parses_tool_calls_and_text() {

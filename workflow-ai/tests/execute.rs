@@ -259,6 +259,19 @@ async fn the_loop_stops_at_max_turns() {
     let message = err.to_string();
     assert!(message.contains("used all 3 turn(s)"), "{message}");
     assert_eq!(server.requests().len(), 3);
+    // The last turn's tool call is not run: no turn is left to read it.
+    let keys: Vec<String> = instance
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert!(
+        keys.contains(&"execute:turn-1:lookup_customer".to_owned())
+            && !keys.iter().any(|k| k.starts_with("execute:turn-2:")),
+        "{keys:?}"
+    );
     // Each turn's tool result reached the next turn.
     let last = last_message(&server.requests()[2].body).clone();
     assert_eq!(last["role"], "tool");
@@ -266,6 +279,56 @@ async fn the_loop_stops_at_max_turns() {
         .as_str()
         .unwrap()
         .contains("\"plan\":\"pro\""));
+}
+
+/// A refusal, a reply cut off at the token limit and one withheld by a
+/// content filter are no answers: the loop fails saying which, instead of
+/// returning the text as the result.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_that_is_no_answer_fails_the_loop() {
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let cut_off = |reason: &'static str| {
+        move |_: usize, _: &Value| {
+            let (status, mut body) = text("Partial answ");
+            body["choices"][0]["finish_reason"] = json!(reason);
+            (status, body)
+        }
+    };
+    let refusing = |_: usize, _: &Value| {
+        let (status, mut body) = text("");
+        body["choices"][0]["message"] =
+            json!({"role": "assistant", "content": null, "refusal": "I can't help with that."});
+        (status, body)
+    };
+    let cases: Vec<(Server, &str)> = vec![
+        (
+            Server::start(cut_off("length")).await,
+            "cut off at the token limit",
+        ),
+        (
+            Server::start(cut_off("content_filter")).await,
+            "content filter withheld",
+        ),
+        (
+            Server::start(refusing).await,
+            "the model refused: I can't help with that.",
+        ),
+    ];
+    for (server, why) in &cases {
+        let err = Agent::start(&engine, input(server, 3))
+            .await
+            .unwrap()
+            .result_timeout(Duration::from_secs(30))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model loop `execute` got no answer") && err.contains(why),
+            "{err}"
+        );
+        assert_eq!(server.requests().len(), 1, "not retried");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -64,6 +64,17 @@ pub enum Error {
         turns: u32,
     },
 
+    /// A model loop's model stopped without an answer it can use: it
+    /// refused, its reply was cut off at the token limit, or the provider's
+    /// content filter withheld it.
+    #[error("model loop `{name}` got no answer: {reason}")]
+    NoAnswer {
+        /// The loop's step name.
+        name: String,
+        /// Why, with the model's refusal text if it gave one.
+        reason: String,
+    },
+
     /// A step failed for good: its attempts are used up, or its error was not retryable.
     #[error(
         "step `{step}` of workflow `{workflow}` failed after {attempts} attempt(s): {message}"
