@@ -108,11 +108,31 @@ function setLive(ok, text) {
 
 function pad(n) { return String(n).padStart(2, "0"); }
 
+// UTC with a trailing Z, as the CLI prints it: the same instant reads the
+// same in both, whatever zone the browser is in.
 function fmtTime(iso) {
   if (!iso) return "—";
   const d = new Date(iso);
-  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
-    pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  return d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " +
+    pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + ":" + pad(d.getUTCSeconds()) + "Z";
+}
+
+/** The wall-clock time in an IANA zone (a schedule's), named; null if the browser does not know the zone. */
+function fmtTimeIn(iso, timeZone) {
+  if (!iso || !timeZone) return null;
+  try {
+    const parts = {};
+    const fmt = new Intl.DateTimeFormat("en-US", { timeZone, hourCycle: "h23", year: "numeric", month: "2-digit",
+      day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    for (const p of fmt.formatToParts(new Date(iso))) parts[p.type] = p.value;
+    return parts.year + "-" + parts.month + "-" + parts.day + " " + parts.hour + ":" + parts.minute + ":" + parts.second + " " + timeZone;
+  } catch (_) {
+    return null;
+  }
+}
+
+function isUtc(timeZone) {
+  return !timeZone || ["utc", "etc/utc", "z", "gmt", "etc/gmt", "+00:00"].includes(String(timeZone).toLowerCase());
 }
 
 function fmtDur(ms) {
@@ -333,7 +353,11 @@ window.addEventListener("DOMContentLoaded", route);
 
 // ---------------------------------------------------------------- instances list
 
-let cursorStack = []; // cursors of the pages before the current one
+// Where a page is lives in the address alone: `after` is its cursor and
+// `prev` the cursors of the pages between the first and it, so Back,
+// Forward, reload and a copied link all land on the same page, label and
+// "Newer" target.
+const PREV_SEP = ",";
 
 function listView(params) {
   const filters = {
@@ -344,10 +368,12 @@ function listView(params) {
     after: params.get("after") || "",
     limit: params.get("limit") || "25",
   };
-  const go = (changes, keepCursor) => {
-    if (!keepCursor) cursorStack = [];
-    const next = Object.assign({}, filters, changes);
-    if (!keepCursor) next.after = "";
+  const prev = filters.after ? (params.get("prev") || "").split(PREV_SEP).filter(Boolean) : [];
+  const pageNo = filters.after ? prev.length + 2 : 1;
+  // Any other change starts again from the first page.
+  const go = (changes, cursor) => {
+    const next = Object.assign({}, filters, changes, cursor || { after: "", prev: [] });
+    next.prev = next.prev.join(PREV_SEP);
     location.hash = "#/" + qs(next);
   };
 
@@ -360,8 +386,9 @@ function listView(params) {
     "data-testid": "filter-search", onchange: (e) => go({ q: e.target.value.trim() }) });
   const clearBtn = h("button", { onclick: () => go({ workflow: "", status: "", tag: "", q: "" }) }, "Clear filters");
   const body = h("tbody");
-  const pagerText = h("span");
-  const newer = h("button", { onclick: () => { const prev = cursorStack.pop() || ""; go({ after: prev }, true); } }, "← Newer");
+  const pagerText = h("span", { "data-testid": "pager" });
+  const newer = h("button", { "data-testid": "newer",
+    onclick: () => go({}, { after: prev[prev.length - 1] || "", prev: prev.slice(0, -1) }) }, "← Newer");
   const older = h("button", { "data-testid": "older" }, "Older →");
   const pageSize = h("select", { onchange: (e) => go({ limit: e.target.value }) },
     ["25", "50", "100"].map((n) => h("option", { value: n, selected: n === filters.limit }, n + " per page")));
@@ -426,10 +453,10 @@ function listView(params) {
         h("td", { class: "num" }, String(it.runs)))));
     }
     const shown = page.items.length;
-    pagerText.textContent = shown ? "Showing " + shown + (page.next ? "+" : "") + (cursorStack.length ? " (page " + (cursorStack.length + 1) + ")" : "") : "";
+    pagerText.textContent = shown ? "Showing " + shown + (page.next ? "+" : "") + (pageNo > 1 ? " (page " + pageNo + ")" : "") : "";
     newer.disabled = !filters.after;
     older.disabled = !page.next;
-    older.onclick = () => { cursorStack.push(filters.after); go({ after: page.next }, true); };
+    older.onclick = () => go({}, { after: page.next, prev: filters.after ? prev.concat([filters.after]) : [] });
   }
 
   return { nav: "instances", root, refresh };
@@ -653,6 +680,13 @@ function schedulesView() {
       h("th", {}, "Next fire"), h("th", {}, "Last fired"), h("th", {}, "Last instance"), h("th", {}, "Catch-up"))),
     body)));
 
+  // UTC like every time on the page, then the schedule's own wall clock,
+  // which is what its cron expression is written in.
+  const fireTime = (iso, timeZone) => {
+    const local = isUtc(timeZone) ? null : fmtTimeIn(iso, timeZone);
+    return [fmtTime(iso), local ? h("span", { class: "sub", "data-testid": "zoned" }, local) : null, h("span", { class: "sub" }, ago(iso))];
+  };
+
   async function refresh() {
     const data = await api("schedules");
     if (!data.schedules.length) {
@@ -663,8 +697,8 @@ function schedulesView() {
       h("td", {}, h("a", { href: "#/" + qs({ workflow: s.workflow }) }, s.workflow)),
       h("td", { class: "mono" }, s.expression),
       h("td", {}, s.timezone),
-      h("td", { class: "nowrap" }, s.next_fire ? [fmtTime(s.next_fire), h("span", { class: "sub" }, ago(s.next_fire))] : "—"),
-      h("td", { class: "nowrap" }, s.last_fired ? [fmtTime(s.last_fired), h("span", { class: "sub" }, ago(s.last_fired))] : "never"),
+      h("td", { class: "nowrap", "data-testid": "next-fire" }, s.next_fire ? fireTime(s.next_fire, s.timezone) : "—"),
+      h("td", { class: "nowrap", "data-testid": "last-fired" }, s.last_fired ? fireTime(s.last_fired, s.timezone) : "never"),
       h("td", {}, s.last_instance ? h("a", { class: "mono", href: "#/instances/" + encodeURIComponent(s.last_instance) }, s.last_instance) : "—"),
       h("td", {}, s.catch_up))));
   }

@@ -1,8 +1,9 @@
 //! The console's HTTP side: the JSON API, the page, and the checks in front
 //! of both (allowed hosts, token, same-origin for changes).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query as QueryString, Request, State};
@@ -29,6 +30,110 @@ pub(crate) struct AppState {
     /// a loopback address): a web page on another site that points its own
     /// host name at 127.0.0.1 (DNS rebinding) is refused.
     pub loopback_hosts: bool,
+    pub overview_cache: Arc<OverviewCache>,
+}
+
+/// The overview's answers, reused for a while: every open list page polls
+/// it every 2 s, and counting by status reads the whole instance table.
+pub(crate) struct OverviewCache {
+    ttl: Duration,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    /// Bumped by every change made through the console, so an answer read
+    /// before the change, and stored after it, is dropped.
+    generation: u64,
+    /// After a change, counts are read afresh for one `ttl`: a pause or a
+    /// cancel lands when the worker gets to it, and the user who clicked
+    /// should see it then, not a count cached just before.
+    uncached_until: Option<Instant>,
+    counts: HashMap<Option<String>, (Instant, BTreeMap<Status, u64>)>,
+    names: Option<(Instant, Vec<String>)>,
+}
+
+/// More keys than that (one per workflow filter asked for) and the old
+/// ones are dropped: the filter comes from the query string.
+const CACHED_COUNTS_MAX: usize = 256;
+
+impl OverviewCache {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        OverviewCache {
+            ttl,
+            inner: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        // The data is plain values: a panic elsewhere leaves nothing half-done.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    fn counts(&self, workflow: &Option<String>) -> Option<BTreeMap<Status, u64>> {
+        let inner = self.lock();
+        let (at, counts) = inner.counts.get(workflow)?;
+        (at.elapsed() < self.ttl).then(|| counts.clone())
+    }
+
+    fn names(&self) -> Option<Vec<String>> {
+        let inner = self.lock();
+        let (at, names) = inner.names.as_ref()?;
+        (at.elapsed() < self.ttl).then(|| names.clone())
+    }
+
+    /// The inner state if an answer read at `generation` may be kept.
+    fn storable(&self, generation: u64) -> Option<std::sync::MutexGuard<'_, CacheInner>> {
+        let mut inner = self.lock();
+        if self.ttl.is_zero() || inner.generation != generation {
+            return None;
+        }
+        match inner.uncached_until {
+            Some(until) if Instant::now() < until => return None,
+            Some(_) => inner.uncached_until = None,
+            None => {}
+        }
+        Some(inner)
+    }
+
+    fn put_counts(
+        &self,
+        generation: u64,
+        workflow: Option<String>,
+        counts: &BTreeMap<Status, u64>,
+    ) {
+        let ttl = self.ttl;
+        if let Some(mut inner) = self.storable(generation) {
+            if inner.counts.len() >= CACHED_COUNTS_MAX {
+                inner.counts.retain(|_, (at, _)| at.elapsed() < ttl);
+                if inner.counts.len() >= CACHED_COUNTS_MAX {
+                    inner.counts.clear();
+                }
+            }
+            inner
+                .counts
+                .insert(workflow, (Instant::now(), counts.clone()));
+        }
+    }
+
+    fn put_names(&self, generation: u64, names: &[String]) {
+        if let Some(mut inner) = self.storable(generation) {
+            inner.names = Some((Instant::now(), names.to_vec()));
+        }
+    }
+
+    /// A change was made through the console: its user sees it at once.
+    fn invalidate(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.counts.clear();
+        inner.names = None;
+        inner.uncached_until = Some(Instant::now() + self.ttl);
+    }
 }
 
 /// The console's routes: the page at `/`, the API under `/api`.
@@ -293,15 +398,32 @@ struct OverviewParams {
     workflow: Option<String>,
 }
 
-/// Status counts (for one workflow or all) and the workflow names known.
+/// Status counts (for one workflow or all) and the workflow names known,
+/// both reused for a few seconds (see [`OverviewCache`]).
 async fn overview(
     State(state): State<AppState>,
     Params(params): Params<OverviewParams>,
 ) -> ApiResult<Value> {
+    let cache = &state.overview_cache;
+    let generation = cache.generation();
     let workflow = params.workflow.filter(|w| !w.is_empty());
-    let counts = state.engine.counts(workflow.as_deref()).await?;
+    let counts = match cache.counts(&workflow) {
+        Some(counts) => counts,
+        None => {
+            let counts = state.engine.counts(workflow.as_deref()).await?;
+            cache.put_counts(generation, workflow, &counts);
+            counts
+        }
+    };
     let total: u64 = counts.values().sum();
-    let workflows = workflow_names(&state.engine).await?;
+    let workflows = match cache.names() {
+        Some(names) => names,
+        None => {
+            let names = workflow_names(&state.engine).await?;
+            cache.put_names(generation, &names);
+            names
+        }
+    };
     Ok(Json(
         json!({ "counts": counts, "total": total, "workflows": workflows }),
     ))
@@ -490,18 +612,21 @@ async fn schedules(State(state): State<AppState>) -> ApiResult<Value> {
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     state.engine.cancel(&id).await?;
+    state.overview_cache.invalidate();
     Ok(Json(json!({ "id": id, "done": "cancel" })))
 }
 
 async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     state.engine.pause(&id).await?;
+    state.overview_cache.invalidate();
     Ok(Json(json!({ "id": id, "done": "pause" })))
 }
 
 async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     state.engine.resume(&id).await?;
+    state.overview_cache.invalidate();
     Ok(Json(json!({ "id": id, "done": "resume" })))
 }
 
@@ -527,6 +652,7 @@ async fn send_event(
         .engine
         .send_event(&id, body.name.trim(), body.payload)
         .await?;
+    state.overview_cache.invalidate();
     Ok(Json(json!({ "id": id, "done": "send_event" })))
 }
 
@@ -535,6 +661,7 @@ async fn send_event(
 async fn rerun(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     let new = rerun_instance(&state.engine, &id).await?;
+    state.overview_cache.invalidate();
     Ok(Json(json!({ "id": new, "rerun_of": id })))
 }
 
@@ -633,6 +760,7 @@ async fn start(
         options = options.timeout(timeout);
     }
     let id = state.engine.start_json(&name, body.input, options).await?;
+    state.overview_cache.invalidate();
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
 }
 

@@ -17,7 +17,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET overview?workflow=` | `{counts, total, workflows}`: instances per status |
+//! | `GET overview?workflow=` | `{counts, total, workflows}`: instances per status, reused for a few seconds ([`Console::overview_cache`]) |
 //! | `GET instances?workflow=&status=failed,paused&tag=k=v&q=&limit=&after=` | `{items, unreadable, next}`, newest first; `q` is an id or a key, `next` the `after` of the next page; `unreadable` names rows that cannot be read (`{id, error}`), the rest still listed |
 //! | `GET instances/{id}` | `{instance, steps, history}` |
 //! | `POST instances/{id}/cancel`, `pause`, `resume`, `rerun` | body `{}` |
@@ -47,6 +47,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, ToSocketAddrs};
 use workflow_core::{CancellationToken, Engine};
@@ -82,6 +83,7 @@ pub enum ConsoleError {
 pub struct Console {
     engine: Engine,
     token: Option<String>,
+    overview_cache: Duration,
 }
 
 impl std::fmt::Debug for Console {
@@ -89,6 +91,7 @@ impl std::fmt::Debug for Console {
         f.debug_struct("Console")
             .field("engine", &self.engine)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("overview_cache", &self.overview_cache)
             .finish()
     }
 }
@@ -99,6 +102,7 @@ impl Console {
         Console {
             engine,
             token: None,
+            overview_cache: Duration::from_secs(5),
         }
     }
 
@@ -108,6 +112,16 @@ impl Console {
     pub fn token(mut self, token: impl Into<String>) -> Self {
         let token = token.into();
         self.token = (!token.is_empty()).then_some(token);
+        self
+    }
+
+    /// How long the list page's status counts and workflow names are
+    /// reused before being read again (5 s by default). Every open list
+    /// page polls every 2 s, and counting reads the whole instance table;
+    /// a change made through the console is shown at once all the same.
+    /// Zero reads them on every poll.
+    pub fn overview_cache(mut self, max_age: Duration) -> Self {
+        self.overview_cache = max_age;
         self
     }
 
@@ -124,6 +138,7 @@ impl Console {
             engine: self.engine.clone(),
             token: self.token.as_deref().map(Arc::from),
             loopback_hosts,
+            overview_cache: Arc::new(api::OverviewCache::new(self.overview_cache)),
         }
     }
 

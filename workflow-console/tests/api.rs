@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{fixture, http, wait_status, Response};
 use serde_json::{json, Value};
 use workflow::prelude::*;
@@ -521,4 +523,53 @@ async fn pure_client_console_steers_another_engine() {
     )
     .await;
     assert_eq!(res.status, 422, "checked against the recorded schema");
+}
+
+/// Every open list page polls the overview, and counting reads the whole
+/// table: the counts are reused for a while, except right after a change
+/// made through the console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overview_counts_are_reused_until_a_change_or_the_window_ends() {
+    const WINDOW: Duration = Duration::from_secs(3);
+    let f = fixture().await;
+    let server = f
+        .engine
+        .console()
+        .token(TOKEN)
+        .overview_cache(WINDOW)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let total =
+        |base: String| async move { get(&base, "/api/overview").await.json()["total"].clone() };
+    let behind_the_back = || {
+        f.engine
+            .start_json("approveExpense", json!(1), StartOptions::new())
+    };
+
+    assert_eq!(total(base.clone()).await, 5);
+    let first = behind_the_back().await.unwrap();
+    assert_eq!(total(base.clone()).await, 5, "within the window: reused");
+    let one = get(&base, "/api/overview?workflow=approveExpense")
+        .await
+        .json();
+    assert_eq!(one["total"], 2, "another filter is counted on its own");
+
+    // The console's own change shows at once, and the one behind its back too.
+    let res = post(&base, &format!("/api/instances/{first}/cancel"), json!({})).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let overview = get(&base, "/api/overview").await.json();
+    assert_eq!(overview["total"], 6);
+    assert_eq!(overview["counts"]["cancelled"], 1);
+
+    // Once the window after the change has passed, counts are reused again,
+    // for one window.
+    tokio::time::sleep(WINDOW).await;
+    assert_eq!(total(base.clone()).await, 6);
+    behind_the_back().await.unwrap();
+    assert_eq!(total(base.clone()).await, 6, "within the window: reused");
+    tokio::time::sleep(WINDOW).await;
+    assert_eq!(total(base.clone()).await, 7, "after the window: read again");
+    server.shutdown();
 }

@@ -2,6 +2,8 @@
 //! (chromedriver speaks JSON over HTTP). Opens the list, filters to failed,
 //! opens an instance whose values are HTML/script (they must show as text),
 //! goes back, opens the running one, cancels it and sees it cancelled.
+//! Pages through the list with Back, Forward and reload in between, and
+//! checks that times show in UTC (and a schedule's in its own zone too).
 //! Screenshots go to `target/console-screenshots/`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
@@ -263,6 +265,65 @@ async fn row_statuses(b: &Browser) -> Vec<String> {
     serde_json::from_value(value).unwrap()
 }
 
+/// `2026-12-03 17:45:12Z`.
+fn is_utc_time(text: &str) -> bool {
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%SZ").is_ok()
+}
+
+/// The pager's text and the ids of the rows on screen.
+async fn page_shown(b: &Browser) -> (String, Vec<String>) {
+    let value = b
+        .js(
+            "return [document.querySelector('[data-testid=pager]').textContent,
+                     [...document.querySelectorAll('tr[data-id]')].map(r => r.dataset.id)];",
+            json!([]),
+        )
+        .await;
+    serde_json::from_value(value).unwrap()
+}
+
+/// Waits for the pager to say `label` (and rows to show), returning the rows.
+async fn wait_page(b: &Browser, label: &str) -> Vec<String> {
+    wait_for(&format!("the pager to say `{label}`"), || async {
+        let (text, rows) = page_shown(b).await;
+        (text == label && !rows.is_empty()).then_some(rows)
+    })
+    .await
+}
+
+/// Two pages older, then Back: the label and "Newer" follow the address,
+/// not what was clicked before (5 instances, 2 a page).
+async fn paging_survives_back_and_forward(b: &Browser) {
+    b.js("location.hash = '#/?limit=2';", json!([])).await;
+    let first = wait_page(b, "Showing 2+").await;
+    b.click("[data-testid=older]").await;
+    let second = wait_page(b, "Showing 2+ (page 2)").await;
+    b.click("[data-testid=older]").await;
+    let third = wait_page(b, "Showing 1 (page 3)").await;
+    assert_eq!(first.len() + second.len() + third.len(), 5);
+
+    b.js("history.back();", json!([])).await;
+    assert_eq!(wait_page(b, "Showing 2+ (page 2)").await, second);
+    b.js("history.forward();", json!([])).await;
+    assert_eq!(wait_page(b, "Showing 1 (page 3)").await, third);
+    b.js("location.reload();", json!([])).await;
+    assert_eq!(wait_page(b, "Showing 1 (page 3)").await, third);
+    b.js("history.back();", json!([])).await;
+    assert_eq!(wait_page(b, "Showing 2+ (page 2)").await, second);
+
+    b.click("[data-testid=newer]").await;
+    assert_eq!(wait_page(b, "Showing 2+").await, first);
+    let newer_disabled = b
+        .js(
+            "return document.querySelector('[data-testid=newer]').disabled;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(newer_disabled, true, "no page newer than the first");
+    b.click("[data-testid=older]").await;
+    assert_eq!(wait_page(b, "Showing 2+ (page 2)").await, second);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_real_browser() {
     let chromedriver = find_program("chromedriver");
@@ -293,6 +354,27 @@ async fn console_in_a_real_browser() {
     );
     b.assert_no_injection().await;
     assert!(b.text_shown(XSS_KEY).await, "the key shows as text");
+    let created = b
+        .js(
+            "return [...document.querySelectorAll('tr[data-id] td.nowrap .sub')].map(s => s.textContent);",
+            json!([]),
+        )
+        .await;
+    let created: Vec<String> = serde_json::from_value(created).unwrap();
+    assert_eq!(created.len(), 5);
+    for time in &created {
+        assert!(
+            is_utc_time(time),
+            "times are UTC, as the CLI prints them: {time}"
+        );
+    }
+
+    paging_survives_back_and_forward(&b).await;
+    b.js("location.hash = '#/';", json!([])).await;
+    wait_for("five rows again", || async {
+        (row_statuses(&b).await.len() == 5).then_some(())
+    })
+    .await;
 
     // Filter to failed.
     b.click("button[data-status=failed]").await;
@@ -422,6 +504,17 @@ async fn console_in_a_real_browser() {
         .then_some(())
     })
     .await;
+    // UTC like the CLI, then the schedule's own wall clock: 03:00 in Paris.
+    let next = b
+        .js(
+            "const td = document.querySelector('tr[data-workflow=nightlyCleanup] [data-testid=next-fire]');
+             return [td.firstChild.textContent, td.querySelector('[data-testid=zoned]').textContent];",
+            json!([]),
+        )
+        .await;
+    let (utc, zoned): (String, String) = serde_json::from_value(next).unwrap();
+    assert!(is_utc_time(&utc), "{utc}");
+    assert!(zoned.ends_with(" 03:00:00 Europe/Paris"), "{zoned}");
     b.screenshot("schedules").await;
     b.close().await;
     server.shutdown();
