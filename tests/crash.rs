@@ -10,8 +10,33 @@
 //! restart that every instance finished on time, with no step run twice
 //! and no failed attempt forgotten.
 //!
+//! A third runs parents that start children (`start_child`, then
+//! `run_child`), each child logging its one side-effect step, and kills the
+//! child process as parents create children (right after a child's row is
+//! written, often before its parent records it) and while they wait for
+//! them. After the restart every parent completed with its children's sum,
+//! each (parent, step) has exactly one child, the one its parent recorded,
+//! and no child's step ran again unless a kill landed in it.
+//!
+//! A fourth runs a schedule firing every second (`catch_up = "all"`) in two
+//! processes on one file, kills one or both at random moments (the seed is
+//! printed; `CRASH_SEED` replays it), once leaving both down past a tick,
+//! then lets one run on: every tick has exactly one instance (key
+//! `schedule:<tick>`), no tick between the first and the last is missing,
+//! and the ticks that came due while both were down fired late, once.
+//!
+//! A fifth stops a worker (SIGSTOP) inside a step, under a 1 s lease. A
+//! second worker must not reap the stopped, still living process by its pid:
+//! it waits out the lease, takes the instance over and completes it. The
+//! first is then continued (SIGCONT) and its step sends its commit, which
+//! is refused: the instance, its state, steps and history stay as the
+//! second worker left them, and the first exits cleanly.
+//!
 //! `harness = false`: the same binary is the parent (no arguments) and the
-//! child (`child DB` or `child-waits DB`).
+//! child (`child DB`, `child-waits DB`, `child-family DB`, `child-cron DB
+//! SECONDS`, `child-fence DB A|B`). `CRASH_ROUNDS=n` repeats every scenario;
+//! `CRASH_ONLY=family,fence` runs only those (of `steps`, `waits`,
+//! `family`, `cron`, `fence`).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -23,6 +48,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use workflow::prelude::*;
 use workflow::sqlite::SqliteStore;
+use workflow::InstanceInfo;
 
 const INSTANCES: u32 = 24;
 const STEPS: u32 = 4;
@@ -69,6 +95,9 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("child") => return child(&args[2]),
         Some("child-waits") => return waits::child(&args[2]),
+        Some("child-family") => return family::child(&args[2]),
+        Some("child-cron") => return cron::child(&args[2], &args[3]),
+        Some("child-fence") => return fence::child(&args[2], &args[3]),
         _ => {}
     }
     if args.iter().any(|a| a == "--list") {
@@ -79,22 +108,66 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(1);
+    // `CRASH_ONLY=family,fence` runs only those scenarios.
+    let only = std::env::var("CRASH_ONLY").ok();
+    let scenarios: [Scenario; 5] = [
+        ("steps", || {
+            format!("{} kills mid-step, all checks passed", parent())
+        }),
+        ("waits", || {
+            format!(
+                "killed during sleeps, backoffs and event waits; resumed on time (worst wake-up lag {} ms)",
+                waits::parent()
+            )
+        }),
+        ("family", || {
+            let o = family::parent();
+            format!(
+                "children: {} kills ({} while parents waited for children, {} mid-child-step, \
+                 {} children created but not yet recorded by their parent); each child started once",
+                o.kills, o.while_waiting, o.mid_step, o.unrecorded_children
+            )
+        }),
+        ("cron", || {
+            let o = cron::parent();
+            format!(
+                "cron: two schedulers killed {} times (CRASH_SEED={}): {} ticks ({} fired late \
+                 after a downtime), each once, none skipped",
+                o.kills, o.seed, o.ticks, o.late
+            )
+        }),
+        ("fence", || {
+            let o = fence::parent();
+            format!(
+                "fencing: a worker stopped {} ms inside a step lost it to another by lease \
+                 expiry; its late commit was refused ({}; {} stop(s) retried for the write lock)",
+                o.stopped_ms, o.refusal, o.restops
+            )
+        }),
+    ];
+    let chosen: Vec<_> = scenarios
+        .iter()
+        .filter(|(name, _)| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n == *name))
+        })
+        .collect();
+    assert!(
+        !chosen.is_empty(),
+        "CRASH_ONLY names no scenario: steps, waits, family, cron, fence"
+    );
     for round in 1..=rounds {
-        let started = Instant::now();
-        let kills = parent();
-        println!(
-            "crash round {round}: {kills} kills mid-step, all checks passed in {:.1?}",
-            started.elapsed()
-        );
-        let started = Instant::now();
-        let lag = waits::parent();
-        println!(
-            "crash round {round}: killed during sleeps, backoffs and event waits; resumed on time (worst wake-up lag {lag} ms) in {:.1?}",
-            started.elapsed()
-        );
+        for (_, scenario) in &chosen {
+            let started = Instant::now();
+            let what = scenario();
+            println!("crash round {round}: {what}, in {:.1?}", started.elapsed());
+        }
     }
-    println!("test result: ok. 2 passed; 0 failed");
+    println!("test result: ok. {} passed; 0 failed", chosen.len());
 }
+
+/// A scenario's name (for `CRASH_ONLY`) and its run, which says what it proved.
+type Scenario = (&'static str, fn() -> String);
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -138,13 +211,108 @@ fn spawn_child(db: &Path) -> Child {
 }
 
 fn spawn(mode: &str, db: &Path) -> Child {
+    spawn_with(mode, db, &[])
+}
+
+fn spawn_with(mode: &str, db: &Path, extra: &[&str]) -> Child {
     Command::new(std::env::current_exe().expect("own path"))
         .arg(mode)
         .arg(db)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn child")
+}
+
+/// A child process that is SIGKILLed and reaped when dropped, so a failed
+/// assertion in the parent leaves no child behind (not even a stopped one).
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn spawn(mode: &str, db: &Path, extra: &[&str]) -> Proc {
+        Proc(Some(spawn_with(mode, db, extra)))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().expect("child running").id()
+    }
+
+    /// Not killed, nor seen to exit, by the parent yet.
+    fn alive(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to the child.
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid");
+        // SAFETY: signals our own child, which is not reaped yet (its pid is ours).
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({signal}): {}", std::io::Error::last_os_error());
+    }
+
+    /// SIGKILLs the child and reaps it.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.kill().expect("SIGKILL child");
+            child.wait().expect("reap child");
+        }
+    }
+
+    /// Waits for the child to exit on its own, successfully, within `limit`.
+    fn wait_success(&mut self, limit: Duration, what: &str) {
+        let child = self.0.as_mut().expect("child running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("poll child") {
+                self.0 = None;
+                assert!(status.success(), "{what} failed: {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not finish in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An engine that runs nothing, for the parent to read the database with.
+async fn reader(db: &Path) -> Engine {
+    Engine::builder()
+        .database_url(format!("sqlite://{}", db.display()))
+        .build()
+        .await
+        .expect("reading engine")
+}
+
+/// Every instance of `workflow`, across pages.
+async fn list_all(engine: &Engine, workflow: &str) -> Vec<InstanceInfo> {
+    let mut all = Vec::new();
+    let mut query = Query::new().name(workflow).limit(1000);
+    loop {
+        let page = engine.list(query.clone()).await.expect("list");
+        assert!(
+            page.unreadable.is_empty(),
+            "unreadable rows: {:?}",
+            page.unreadable
+        );
+        all.extend(page.items);
+        match page.next {
+            Some(cursor) => query = Query::new().name(workflow).limit(1000).after(cursor),
+            None => return all,
+        }
+    }
 }
 
 fn lines(log: &Path) -> Vec<String> {
@@ -166,6 +334,23 @@ fn count(log: &[String], kind: &str) -> HashMap<(String, u32), usize> {
         }
     }
     counts
+}
+
+/// The steps whose runs process `pid` logged (`KIND ID STEP PID` lines):
+/// a kill of `pid` can cut short only those.
+fn started_by(log: &[String], kind: &str, pid: u32) -> HashSet<(String, u32)> {
+    let pid = pid.to_string();
+    log.iter()
+        .filter_map(|line| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts[..] {
+                [k, id, step, by] if k == kind && by == pid => {
+                    Some((id.to_owned(), step.parse().expect("step number")))
+                }
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// Steps recorded in the database, as (instance, step index).
@@ -597,5 +782,880 @@ mod waits {
         });
         assert!(worst_lag < 1_000, "naps woke {worst_lag} ms late");
         worst_lag
+    }
+}
+
+mod family {
+    //! Parents that start children: kills while parents create children and
+    //! while they wait for them.
+
+    use super::*;
+
+    const PARENTS: u32 = 16;
+
+    /// The step keys under which each parent starts a child, with the
+    /// child's slot: two `start_child`s, then three `run_child`s, each pair
+    /// from one call site in a loop (`name`, `name#1`, ...).
+    const CHILDREN: [(&str, u32); 5] = [
+        ("early", 0),
+        ("early#1", 1),
+        ("wait", 2),
+        ("wait#1", 3),
+        ("wait#2", 4),
+    ];
+
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    struct Chore {
+        n: u32,
+        slot: u32,
+        log: String,
+    }
+
+    /// A child: one logged side-effect step.
+    #[workflow(name = "kid", timeout = "1h")]
+    async fn kid(ctx: Ctx, chore: Chore) -> workflow::Result<u32> {
+        let id = ctx.id().to_string();
+        let (log, id) = (&chore.log, &id);
+        let value = chore.n * 10 + chore.slot;
+        let nap = 10 + u64::from((chore.n * 7 + chore.slot * 13) % 20);
+        ctx.step("effect", || async move {
+            log_line(log, &format!("kid {id} 0 {}", std::process::id()));
+            tokio::time::sleep(Duration::from_millis(nap)).await;
+            Ok::<_, BoxError>(value)
+        })
+        .await
+    }
+
+    /// Starts two children without waiting, then runs three one by one.
+    #[workflow(name = "guardian", timeout = "1h")]
+    async fn guardian(ctx: Ctx, job: Job) -> workflow::Result<u32> {
+        let chore = |slot| Chore {
+            n: job.n,
+            slot,
+            log: job.log.clone(),
+        };
+        for slot in 0..2 {
+            ctx.start_child::<Kid>("early", chore(slot)).await?;
+        }
+        let mut sum = 0;
+        for slot in 2..5 {
+            sum += ctx.run_child::<Kid>("wait", chore(slot)).await?;
+        }
+        Ok(sum)
+    }
+
+    async fn engine(db: &str) -> Engine {
+        Engine::builder()
+            .database_url(format!("sqlite://{db}"))
+            .register(Guardian)
+            .register(Kid)
+            .concurrency(16)
+            .poll_interval(Duration::from_millis(20))
+            .build()
+            .await
+            .expect("engine")
+    }
+
+    /// Runs a worker until every parent and child is terminal.
+    pub fn child(db: &str) {
+        runtime().block_on(async {
+            let engine = engine(db).await;
+            let _worker = engine.start_worker();
+            loop {
+                let counts = engine.counts(None).await.expect("counts");
+                if counts.keys().all(|s| s.is_terminal()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+
+    pub struct Outcome {
+        pub kills: usize,
+        /// Kills while at least one parent waited for a child of
+        /// `run_child`: the child's creation recorded, its result not yet.
+        pub while_waiting: usize,
+        /// Kills while at least one child's side-effect step was in flight.
+        pub mid_step: usize,
+        /// Children found created whose parent had not recorded the step
+        /// that created them, summed over the kills: the restart must find
+        /// them again instead of creating others.
+        pub unrecorded_children: usize,
+    }
+
+    /// The children in the database, by dedup key.
+    async fn children(engine: &Engine) -> HashMap<String, Vec<InstanceInfo>> {
+        let mut by_key: HashMap<String, Vec<InstanceInfo>> = HashMap::new();
+        for info in list_all(engine, "kid").await {
+            let key = info
+                .key
+                .clone()
+                .unwrap_or_else(|| panic!("child without a key: {info:?}"));
+            by_key.entry(key).or_default().push(info);
+        }
+        by_key
+    }
+
+    pub fn parent() -> Outcome {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("family.db");
+        let db_text = db.display().to_string();
+        let log = dir.path().join("effects.log");
+        let rt = runtime();
+        let parents: Vec<InstanceId> = rt.block_on(async {
+            let engine = engine(&db_text).await;
+            let mut ids = Vec::new();
+            for n in 0..PARENTS {
+                let job = Job {
+                    n,
+                    log: log.display().to_string(),
+                };
+                ids.push(
+                    Guardian::start(&engine, job)
+                        .await
+                        .expect("start")
+                        .id()
+                        .clone(),
+                );
+            }
+            ids
+        });
+
+        let mut outcome = Outcome {
+            kills: 0,
+            while_waiting: 0,
+            mid_step: 0,
+            unrecorded_children: 0,
+        };
+        // The first kills come as children are created (counted in the
+        // database: a kill right after a child's row is written may land
+        // before its parent records it), the later ones as children run
+        // (each logs one line per run of its step) while parents wait.
+        let mut in_flight_at_kills: Vec<HashSet<(String, u32)>> = Vec::new();
+        // What each kill found, for the messages of failed checks.
+        let mut found_at_kills: Vec<String> = Vec::new();
+        let kids_created = || -> usize {
+            let conn = rusqlite::Connection::open(&db).expect("open db");
+            conn.busy_timeout(Duration::from_secs(5))
+                .expect("busy timeout");
+            conn.query_row(
+                "SELECT count(*) FROM instances WHERE workflow = 'kid'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_or(0, |n| n as usize)
+        };
+        for (created, ran) in [(3, 0), (20, 0), (40, 0), (0, 30), (0, 48), (0, 66)] {
+            let mut child = Proc::spawn("child-family", &db, &[]);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while kids_created() < created || lines(&log).len() < ran {
+                assert!(Instant::now() < deadline, "child made no progress");
+                if let Some(status) = child.0.as_mut().expect("child").try_wait().expect("poll") {
+                    panic!("child exited early with {status}");
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let pid = child.pid();
+            child.kill();
+            outcome.kills += 1;
+
+            let log_now = lines(&log);
+            rt.block_on(async {
+                let engine = reader(&db).await;
+                let store = engine.store();
+                // Kids' side-effect steps the killed process started and
+                // did not record.
+                let started = started_by(&log_now, "kid", pid);
+                let kid_ids: Vec<InstanceId> = started
+                    .iter()
+                    .map(|(id, _)| InstanceId::from(id.as_str()))
+                    .collect();
+                let mut done = HashSet::new();
+                for id in &kid_ids {
+                    for step in store.steps(id).await.expect("steps") {
+                        if step.key == "effect" {
+                            done.insert((id.to_string(), 0));
+                        }
+                    }
+                }
+                let in_flight: HashSet<_> = started.difference(&done).cloned().collect();
+                if !in_flight.is_empty() {
+                    outcome.mid_step += 1;
+                }
+                // Parents waiting for a child (whether `Listening` or
+                // already woken by its end); children their parent has not
+                // recorded yet.
+                let mut statuses: HashMap<Status, usize> = HashMap::new();
+                let mut waiting = 0;
+                let mut recorded_keys = HashSet::new();
+                for p in &parents {
+                    let row = store.get(p).await.expect("get").expect("parent row");
+                    *statuses.entry(row.status).or_default() += 1;
+                    let keys: HashSet<String> = store
+                        .steps(p)
+                        .await
+                        .expect("steps")
+                        .into_iter()
+                        .map(|s| s.key)
+                        .collect();
+                    if keys
+                        .iter()
+                        .any(|k| k.starts_with("wait") && !k.ends_with("@result") && !keys.contains(&format!("{k}@result")))
+                    {
+                        waiting += 1;
+                    }
+                    recorded_keys.extend(keys.into_iter().map(|k| format!("{p}/{k}")));
+                }
+                if waiting > 0 {
+                    outcome.while_waiting += 1;
+                }
+                let unrecorded = children(&engine)
+                    .await
+                    .keys()
+                    .filter(|key| !recorded_keys.contains(*key))
+                    .count();
+                outcome.unrecorded_children += unrecorded;
+                found_at_kills.push(format!(
+                    "kill {} (kids created >= {created}, kid steps run >= {ran}): parents {statuses:?}, \
+                     {waiting} waiting for a child, {} kid steps in flight, {unrecorded} children unrecorded",
+                    outcome.kills,
+                    in_flight.len()
+                ));
+                in_flight_at_kills.push(in_flight);
+            });
+        }
+        assert!(
+            outcome.while_waiting >= 3,
+            "kills should land while parents wait for children (only {} did):\n{}",
+            outcome.while_waiting,
+            found_at_kills.join("\n")
+        );
+        assert!(
+            outcome.mid_step >= 2,
+            "kills should land inside children's steps (only {} did):\n{}",
+            outcome.mid_step,
+            found_at_kills.join("\n")
+        );
+
+        let mut last = Proc::spawn("child-family", &db, &[]);
+        last.wait_success(Duration::from_secs(120), "final child");
+
+        let log_end = lines(&log);
+        let starts = count(&log_end, "kid");
+        rt.block_on(async {
+            let engine = reader(&db).await;
+            let store = engine.store();
+            let by_key = children(&engine).await;
+            let mut expected_keys = HashSet::new();
+            for (n, p) in parents.iter().enumerate() {
+                let n = n as u32;
+                let info = engine.instance(p).await.expect("parent");
+                assert_eq!(info.status, Status::Completed, "parent {p} must complete: {info:?}");
+                let sum: u32 = (2..5).map(|slot| n * 10 + slot).sum();
+                assert_eq!(info.output, Some(serde_json::json!(sum)), "parent {p} output");
+                let steps: HashMap<String, Option<String>> = store
+                    .steps(p)
+                    .await
+                    .expect("steps")
+                    .into_iter()
+                    .map(|s| (s.key, s.output))
+                    .collect();
+                for (step, slot) in CHILDREN {
+                    let key = format!("{p}/{step}");
+                    let found = by_key
+                        .get(&key)
+                        .unwrap_or_else(|| panic!("no child for {key}"));
+                    assert_eq!(
+                        found.len(),
+                        1,
+                        "child {key} started {} times: {found:#?}",
+                        found.len()
+                    );
+                    let kid = &found[0];
+                    // The parent's record names this very child.
+                    let recorded = steps
+                        .get(step)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_else(|| panic!("parent {p} has no record of `{step}`"));
+                    assert_eq!(
+                        serde_json::from_str::<String>(&recorded).expect("recorded id"),
+                        kid.id.to_string(),
+                        "parent {p} recorded another child for `{step}` than the one keyed by it"
+                    );
+                    let row = store.get(&kid.id).await.expect("get").expect("kid row");
+                    assert_eq!(row.parent.as_ref(), Some(p), "parent of {key}");
+                    assert_eq!(kid.input["slot"], serde_json::json!(slot), "input of {key}");
+                    assert_eq!(kid.status, Status::Completed, "child {key}: {kid:?}");
+                    assert_eq!(
+                        kid.output,
+                        Some(serde_json::json!(n * 10 + slot)),
+                        "output of child {key}"
+                    );
+                    expected_keys.insert(key);
+                }
+            }
+            let extra: Vec<&String> = by_key.keys().filter(|k| !expected_keys.contains(*k)).collect();
+            assert!(extra.is_empty(), "children nobody asked for: {extra:?}");
+            for infos in by_key.values() {
+                let id = infos[0].id.to_string();
+                let key = (id.clone(), 0);
+                let runs = starts.get(&key).copied().unwrap_or(0);
+                let kills_in_flight = in_flight_at_kills.iter().filter(|set| set.contains(&key)).count();
+                assert!(runs >= 1, "the step of child {id} never ran");
+                assert!(
+                    runs <= 1 + kills_in_flight,
+                    "the step of child {id} ran {runs} times but was in flight at only {kills_in_flight} kill(s)"
+                );
+            }
+        });
+        outcome
+    }
+}
+
+mod cron {
+    //! Two engine processes run one schedule; both are killed at random
+    //! moments, alone or together; then one runs on. Each tick must be one
+    //! instance, and with `catch_up = "all"` no tick may be skipped.
+
+    use super::*;
+    use std::sync::OnceLock;
+
+    /// The side-effect log, next to the database.
+    static LOG: OnceLock<String> = OnceLock::new();
+
+    fn log_path(db: &str) -> String {
+        format!("{db}.log")
+    }
+
+    /// Fires every second; missed ticks are all fired late, none skipped.
+    #[workflow(
+        name = "ticker",
+        schedule = "*/1 * * * * *",
+        catch_up = "all",
+        timeout = "1h"
+    )]
+    async fn ticker(ctx: Ctx, _input: ()) -> workflow::Result<String> {
+        let id = ctx.id().to_string();
+        let log = LOG.get().expect("log path");
+        let id = &id;
+        ctx.step("effect", || async move {
+            log_line(log, &format!("tick {id} 0 {}", std::process::id()));
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(ctx.tags().get("schedule").cloned().unwrap_or_default())
+    }
+
+    /// Runs the schedule for `seconds` (0: until killed), then shuts down
+    /// gracefully.
+    pub fn child(db: &str, seconds: &str) {
+        LOG.set(log_path(db)).expect("log path set once");
+        let seconds: u64 = seconds.parse().expect("seconds");
+        runtime().block_on(async {
+            let engine = Engine::builder()
+                .database_url(format!("sqlite://{db}"))
+                .register(Ticker)
+                .poll_interval(Duration::from_millis(50))
+                .build()
+                .await
+                .expect("engine");
+            let worker = engine.start_worker();
+            if seconds == 0 {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            worker.shutdown().await;
+        });
+    }
+
+    /// xorshift64*: random kill times, reproducible from the seed printed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) % n
+        }
+
+        fn millis(&mut self, from: u64, to: u64) -> Duration {
+            Duration::from_millis(from + self.below(to - from))
+        }
+    }
+
+    pub struct Outcome {
+        pub kills: usize,
+        pub ticks: usize,
+        /// Ticks fired at least 250 ms after their time: caught up.
+        pub late: usize,
+        pub seed: u64,
+    }
+
+    fn tick_time(key: &str) -> chrono::DateTime<chrono::Utc> {
+        let text = key
+            .strip_prefix("schedule:")
+            .unwrap_or_else(|| panic!("not a schedule key: {key}"));
+        chrono::DateTime::parse_from_rfc3339(text)
+            .unwrap_or_else(|e| panic!("tick `{text}`: {e}"))
+            .with_timezone(&chrono::Utc)
+    }
+
+    pub fn parent() -> Outcome {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("cron.db");
+        let log = PathBuf::from(log_path(&db.display().to_string()));
+        let rt = runtime();
+        let seed = std::env::var("CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_nanos() as u64
+            })
+            | 1;
+        let mut rng = Rng(seed);
+        // The file exists before the schedulers start. Processes that
+        // create one file at the same moment may fail to open it: SQLite
+        // refuses the switch to WAL with `database is locked` at once,
+        // without waiting out the busy timeout (not this test's subject).
+        rt.block_on(async { drop(reader(&db).await) });
+        let spawn = || Proc::spawn("child-cron", &db, &["0"]);
+        // A scheduler must run until it is killed.
+        let check_running = |p: &mut Proc| {
+            if let Some(status) = p.0.as_mut().and_then(|c| c.try_wait().expect("poll child")) {
+                panic!("a scheduler exited on its own with {status} (seed {seed})");
+            }
+        };
+        let mut procs = [spawn(), spawn()];
+        let mut kills = 0;
+        let mut in_flight_at_kills: Vec<HashSet<(String, u32)>> = Vec::new();
+        // The tick steps that the processes `pids`, just killed, started
+        // and did not record.
+        let in_flight = |pids: &[u32]| -> HashSet<(String, u32)> {
+            let log_now = lines(&log);
+            let started: HashSet<(String, u32)> = pids
+                .iter()
+                .flat_map(|pid| started_by(&log_now, "tick", *pid))
+                .collect();
+            let done = rt.block_on(async {
+                let ids: Vec<InstanceId> = started
+                    .iter()
+                    .map(|(id, _)| InstanceId::from(id.as_str()))
+                    .collect();
+                let store = SqliteStore::open(&db).await.expect("open db");
+                let rec = recorded(&store, &ids).await;
+                store.close().await;
+                rec
+            });
+            started.difference(&done).cloned().collect()
+        };
+        // Six rounds: run a while, kill one or both, stay down a while
+        // (once for longer than a tick, both down), restart.
+        for round in 0..6 {
+            std::thread::sleep(rng.millis(150, 700));
+            let victims: &[usize] = match rng.below(3) {
+                0 => &[0],
+                1 => &[1],
+                _ => &[0, 1],
+            };
+            let victims = if round == 3 { &[0, 1][..] } else { victims };
+            for p in procs.iter_mut() {
+                check_running(p);
+            }
+            let mut pids = Vec::new();
+            for &v in victims {
+                pids.push(procs[v].pid());
+                procs[v].kill();
+                kills += 1;
+            }
+            in_flight_at_kills.push(in_flight(&pids));
+            std::thread::sleep(if round == 3 {
+                Duration::from_millis(1_300)
+            } else {
+                rng.millis(0, 500)
+            });
+            for p in procs.iter_mut().filter(|p| !p.alive()) {
+                *p = spawn();
+            }
+        }
+        let mut pids = Vec::new();
+        for p in &mut procs {
+            check_running(p);
+            pids.push(p.pid());
+            p.kill();
+            kills += 1;
+        }
+        in_flight_at_kills.push(in_flight(&pids));
+        let mut last = Proc::spawn("child-cron", &db, &["3"]);
+        last.wait_success(Duration::from_secs(30), "final scheduler");
+        let stopped = chrono::Utc::now();
+
+        let log_end = lines(&log);
+        let runs = count(&log_end, "tick");
+        let ticks = rt.block_on(async {
+            let engine = reader(&db).await;
+            let all = list_all(&engine, "ticker").await;
+            let mut per_tick: HashMap<String, Vec<&InstanceInfo>> = HashMap::new();
+            for info in &all {
+                let key = info.key.clone().unwrap_or_else(|| panic!("tick without a key: {info:?}"));
+                per_tick.entry(key).or_default().push(info);
+            }
+            let twice: Vec<_> = per_tick.iter().filter(|(_, v)| v.len() > 1).collect();
+            assert!(twice.is_empty(), "ticks with more than one instance: {twice:#?}");
+            let mut times: Vec<_> = per_tick.keys().map(|k| tick_time(k)).collect();
+            times.sort();
+            assert!(times.len() >= 6, "too few ticks: {times:?}");
+            for pair in times.windows(2) {
+                assert_eq!(
+                    (pair[1] - pair[0]).num_milliseconds(),
+                    1_000,
+                    "ticks skipped between {} and {} (seed {seed})",
+                    pair[0],
+                    pair[1]
+                );
+            }
+            for info in &all {
+                let key = info.key.as_deref().expect("key");
+                assert_eq!(info.tags.get("schedule").map(|t| format!("schedule:{t}")).as_deref(), Some(key));
+                // Fired in the last moments of the final run: may wait for
+                // the next engine.
+                let recent = stopped - tick_time(key) < chrono::Duration::milliseconds(2_500);
+                match info.status {
+                    Status::Completed => {}
+                    Status::Pending if recent => continue,
+                    other => panic!("tick {key} is {other} (seed {seed}): {info:?}"),
+                }
+                assert_eq!(
+                    info.output,
+                    Some(serde_json::json!(key.trim_start_matches("schedule:"))),
+                    "output of {key}"
+                );
+                let id = info.id.to_string();
+                let step = (id.clone(), 0);
+                let ran = runs.get(&step).copied().unwrap_or(0);
+                let kills_in_flight = in_flight_at_kills.iter().filter(|s| s.contains(&step)).count();
+                assert!(ran >= 1, "tick {key} completed without its step");
+                assert!(
+                    ran <= 1 + kills_in_flight,
+                    "the step of tick {key} ran {ran} times but was in flight at only {kills_in_flight} kill(s)"
+                );
+            }
+            // The ticks that came due while both schedulers were down (once
+            // for 1.3 s) fired when one came back: late, and once.
+            let late = all
+                .iter()
+                .filter(|i| {
+                    let tick = tick_time(i.key.as_deref().expect("key"));
+                    i.created_at - tick >= chrono::Duration::milliseconds(250)
+                })
+                .count();
+            assert!(late >= 1, "no tick was fired late after a downtime (seed {seed})");
+            (times.len(), late)
+        });
+        Outcome {
+            kills,
+            ticks: ticks.0,
+            late: ticks.1,
+            seed,
+        }
+    }
+}
+
+mod fence {
+    //! A worker that is alive but late: stopped (SIGSTOP) inside a step
+    //! until its lease runs out and another worker has taken the instance
+    //! over and finished it; then continued (SIGCONT), it tries to commit
+    //! the step. The first record must win and the late worker change
+    //! nothing.
+
+    use super::*;
+    use std::sync::OnceLock;
+
+    /// `A` (the worker that is stopped) or `B` (the one that takes over).
+    static WHO: OnceLock<String> = OnceLock::new();
+
+    const LEASE: Duration = Duration::from_secs(1);
+
+    fn now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64
+    }
+
+    /// The file whose existence lets worker A's step end.
+    fn release_path(log: &str) -> PathBuf {
+        PathBuf::from(format!("{log}.release"))
+    }
+
+    /// Saved with the `slow` step: an unfenced late commit would overwrite it.
+    #[derive(Default, Serialize, Deserialize, JsonSchema)]
+    struct Marks {
+        slow_by: Option<String>,
+    }
+
+    #[workflow(name = "fenced", timeout = "1h")]
+    async fn fenced(ctx: Ctx<Marks>, job: Job) -> workflow::Result<String> {
+        let who = WHO.get().expect("who").as_str();
+        let log = &job.log;
+        ctx.state_mut().slow_by = Some(who.to_owned());
+        let slow = ctx
+            .step("slow", || async move {
+                log_line(log, &format!("slow-start {who} {}", now_ms()));
+                if who == "A" {
+                    // Holds this thread, not the runtime: the heartbeat goes
+                    // on until the SIGSTOP. After the SIGCONT the step ends
+                    // at once and its commit goes out in the same poll.
+                    let release = release_path(log);
+                    tokio::task::block_in_place(|| {
+                        while !release.exists() {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    });
+                }
+                log_line(log, &format!("slow-done {who} {}", now_ms()));
+                Ok::<_, BoxError>(format!("slow by {who}"))
+            })
+            .await;
+        let slow = match slow {
+            Ok(slow) => slow,
+            Err(err) => {
+                log_line(log, &format!("refused {who} {err}"));
+                return Err(err);
+            }
+        };
+        let after = ctx
+            .step("after", || async move {
+                log_line(log, &format!("after {who}"));
+                Ok::<_, BoxError>(format!("after by {who}"))
+            })
+            .await?;
+        Ok(format!("{slow}; {after}"))
+    }
+
+    /// Runs a worker with a short lease until the instance is terminal.
+    pub fn child(db: &str, who: &str) {
+        WHO.set(who.to_owned()).expect("who set once");
+        runtime().block_on(async {
+            let engine = Engine::builder()
+                .database_url(format!("sqlite://{db}"))
+                .register(Fenced)
+                .lease_duration(LEASE)
+                .poll_interval(Duration::from_millis(20))
+                .build()
+                .await
+                .expect("engine");
+            let _worker = engine.start_worker();
+            loop {
+                let counts = engine.counts(Some("fenced")).await.expect("counts");
+                if counts.keys().all(|s| s.is_terminal()) && engine.running_here().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // One writer thread applies this store's writes in order: once
+            // this write is answered, the commit A's step sent before it has
+            // been applied or refused, not lost with the process.
+            for info in list_all(&engine, "fenced").await {
+                let err = engine.cancel(&info.id).await.expect_err("already ended");
+                assert!(
+                    matches!(err, workflow::Error::AlreadyFinished { .. }),
+                    "{err}"
+                );
+            }
+        });
+    }
+
+    /// The lease on `id` as stored: owner and expiry.
+    fn lease(db: &Path, id: &InstanceId) -> (Option<String>, Option<i64>) {
+        let conn = rusqlite::Connection::open(db).expect("open db");
+        conn.query_row(
+            "SELECT lease_owner, lease_expires_at FROM instances WHERE id = ?1",
+            [id.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("lease")
+    }
+
+    /// Whether a writer could take SQLite's write lock now. A process
+    /// stopped inside a write transaction keeps the lock, and no other
+    /// process can write until it is continued.
+    fn write_lock_free(db: &Path) -> bool {
+        let conn = rusqlite::Connection::open(db).expect("open db");
+        conn.busy_timeout(Duration::ZERO).expect("busy timeout");
+        match conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
+            Ok(()) => true,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                false
+            }
+            Err(e) => panic!("taking the write lock: {e}"),
+        }
+    }
+
+    pub struct Outcome {
+        /// How long A stayed stopped.
+        pub stopped_ms: u128,
+        /// What A's handler heard of its refused commit.
+        pub refusal: String,
+        /// Stops that caught A inside a write transaction (it was
+        /// continued and stopped again).
+        pub restops: usize,
+    }
+
+    pub fn parent() -> Outcome {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("fence.db");
+        let log = dir.path().join("effects.log");
+        let log_text = log.display().to_string();
+        let rt = runtime();
+        let id = rt.block_on(async {
+            let engine = Engine::builder()
+                .database_url(format!("sqlite://{}", db.display()))
+                .register(Fenced)
+                .build()
+                .await
+                .expect("engine");
+            let job = Job {
+                n: 0,
+                log: log_text.clone(),
+            };
+            Fenced::start(&engine, job)
+                .await
+                .expect("start")
+                .id()
+                .clone()
+        });
+        let stamp = |prefix: &str| -> Option<i64> {
+            lines(&log)
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix).map(|t| t.parse().expect("time")))
+        };
+
+        let mut a = Proc::spawn("child-fence", &db, &["A"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stamp("slow-start A ").is_none() {
+            assert!(Instant::now() < deadline, "A never reached its step");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Stop A outside a write transaction (its heartbeat writes every
+        // third of a lease): a stopped writer would block B's writes.
+        let mut tries = 0;
+        loop {
+            a.signal(libc::SIGSTOP);
+            // Let the stop land before looking at the lock.
+            std::thread::sleep(Duration::from_millis(20));
+            if write_lock_free(&db) {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 50, "A holds the write lock whenever it is stopped");
+            a.signal(libc::SIGCONT);
+            std::thread::sleep(Duration::from_millis(7));
+        }
+        let stopped = Instant::now();
+        let (owner, expires) = lease(&db, &id);
+        let owner = owner.expect("A holds a lease while stopped");
+        let a_lease_ends = expires.expect("lease expiry");
+        assert!(
+            owner.split('/').nth(1) == Some(&a.pid().to_string()),
+            "the lease is A's (pid {}): {owner}",
+            a.pid()
+        );
+
+        // B starts at once: A's process is alive, so B must wait out the
+        // lease instead of reaping A by its pid.
+        let mut b = Proc::spawn("child-fence", &db, &["B"]);
+        b.wait_success(Duration::from_secs(30), "worker B");
+        let b_started = stamp("slow-start B ").expect("B ran the step");
+        assert!(
+            b_started > a_lease_ends,
+            "B took over {} ms before A's lease ended",
+            a_lease_ends - b_started
+        );
+        let (before, steps_before, history_before) = rt.block_on(async {
+            let engine = reader(&db).await;
+            (
+                engine.instance(&id).await.expect("instance"),
+                engine.steps(&id).await.expect("steps"),
+                engine.history(&id).await.expect("history"),
+            )
+        });
+        assert_eq!(
+            before.status,
+            Status::Completed,
+            "B finished it: {before:?}"
+        );
+        assert_eq!(
+            before.output,
+            Some(serde_json::json!("slow by B; after by B")),
+            "B's outcome"
+        );
+        assert_eq!(before.runs, 2, "claimed by A, then by B");
+        assert_eq!(
+            before.state,
+            Some(serde_json::json!({"slow_by": "B"})),
+            "B's state"
+        );
+
+        // A goes on: its step returns and commits under its old lease.
+        std::fs::write(release_path(&log_text), b"").expect("release file");
+        a.signal(libc::SIGCONT);
+        let stopped_ms = stopped.elapsed().as_millis();
+        a.wait_success(Duration::from_secs(30), "worker A after SIGCONT");
+
+        let log_end = lines(&log);
+        assert!(
+            log_end.iter().any(|l| l.starts_with("slow-done A ")),
+            "A's step ran to its end and sent its commit: {log_end:?}"
+        );
+        assert!(
+            !log_end.iter().any(|l| l == "after A"),
+            "A went on past the refused step: {log_end:?}"
+        );
+        let refusal = log_end
+            .iter()
+            .find_map(|l| l.strip_prefix("refused A "))
+            .map_or_else(
+                || "A's handler was stopped by its heartbeat first".to_owned(),
+                |why| format!("A's handler heard: {why}"),
+            );
+        if let Some(why) = log_end.iter().find_map(|l| l.strip_prefix("refused A ")) {
+            assert!(
+                why.contains("lease"),
+                "A's commit was refused for its lease: {why}"
+            );
+        }
+        rt.block_on(async {
+            let engine = reader(&db).await;
+            let after = engine.instance(&id).await.expect("instance");
+            assert_eq!(after, before, "A's late commit changed the instance");
+            let steps = engine.steps(&id).await.expect("steps");
+            assert_eq!(steps, steps_before, "A's late commit changed the steps");
+            let slow = steps
+                .iter()
+                .find(|s| s.key == "slow")
+                .expect("slow recorded");
+            assert_eq!(
+                slow.output,
+                Some(serde_json::json!("slow by B")),
+                "first record wins"
+            );
+            let history = engine.history(&id).await.expect("history");
+            assert_eq!(history, history_before, "A's late commit added history");
+            let completed = history.iter().filter(|e| e.kind == "completed").count();
+            assert_eq!(completed, 1, "completed once: {history:#?}");
+        });
+        Outcome {
+            stopped_ms,
+            refusal,
+            restops: tries,
+        }
     }
 }
