@@ -151,7 +151,7 @@ impl SqliteStore {
             .busy_timeout(options.busy_timeout)
             .log_statements(tracing::log::LevelFilter::Trace);
         let path = connect.get_filename().to_owned();
-        let open_error = |err: sqlx::Error| {
+        let open_error = |err: String| {
             Error::Store(StoreError::backend(format!(
                 "cannot open the SQLite database {}: {err}",
                 path.display()
@@ -167,15 +167,42 @@ impl SqliteStore {
                 )))
             })?;
         }
-        let mut conn = connect.connect().await.map_err(open_error)?;
-        schema::migrate(&mut conn).await.map_err(open_error)?;
+        // Processes opening a new file at once meet on SQLite's locks where
+        // its busy timeout does not apply (switching the file to WAL mode
+        // answers `database is locked` at once): such an open is tried
+        // again, for as long as the busy timeout.
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match Self::open_once(&connect, &options).await {
+                Ok(store) => return Ok(store),
+                Err(Opening::Busy(err)) if started.elapsed() < options.busy_timeout => {
+                    tracing::debug!(error = %err, ?pause, "SQLite database busy while opening; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(Opening::Busy(err) | Opening::Failed(err)) => return Err(open_error(err)),
+                Err(Opening::Other(err)) => return Err(err),
+            }
+        }
+    }
+
+    /// One attempt at opening: migrate, start the writer, open the readers.
+    async fn open_once(
+        connect: &SqliteConnectOptions,
+        options: &SqliteOptions,
+    ) -> Result<Self, Opening> {
+        let mut conn = connect.connect().await.map_err(Opening::from_sqlx)?;
+        schema::migrate(&mut conn)
+            .await
+            .map_err(Opening::from_sqlx)?;
         drop(conn);
-        let writer = open_writer(&connect, &options)?;
+        let writer = open_writer(connect, options)?;
         let read = SqlitePoolOptions::new()
             .max_connections(options.readers)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
-            .map_err(open_error)?;
+            .map_err(Opening::from_sqlx)?;
         Ok(SqliteStore { read, writer })
     }
 
@@ -277,14 +304,57 @@ fn in_memory_error() -> Error {
     )
 }
 
+/// Why one attempt at opening the store failed.
+enum Opening {
+    /// Another connection held a lock: worth another try.
+    Busy(String),
+    /// SQLite refused to open or set up the file.
+    Failed(String),
+    /// Anything else, reported as it is.
+    Other(Error),
+}
+
+impl Opening {
+    fn from_sqlx(err: sqlx::Error) -> Self {
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), extended codes included.
+        let busy = err
+            .as_database_error()
+            .and_then(|e| e.code())
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6));
+        if busy {
+            Opening::Busy(err.to_string())
+        } else {
+            Opening::Failed(err.to_string())
+        }
+    }
+
+    fn from_rusqlite(err: rusqlite::Error) -> Self {
+        if crate::writer::is_busy(&err) {
+            Opening::Busy(err.to_string())
+        } else {
+            Opening::Failed(err.to_string())
+        }
+    }
+}
+
+impl From<Error> for Opening {
+    fn from(err: Error) -> Self {
+        Opening::Other(err)
+    }
+}
+
 /// The writer's own connection, with the same file and pragmas.
-fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Result<Writer, Error> {
+fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Result<Writer, Opening> {
     let path = connect.get_filename();
     if path.as_os_str() == ":memory:" || path.as_os_str().is_empty() {
-        return Err(in_memory_error());
+        return Err(in_memory_error().into());
     }
-    let conn = rusqlite::Connection::open(path).map_err(writer_error)?;
+    let conn = rusqlite::Connection::open(path).map_err(Opening::from_rusqlite)?;
     crate::writer::enlarge_lookaside(&conn);
+    // Before the pragmas, which may wait for another process's lock.
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(Opening::from_rusqlite)?;
     // `NORMAL` in both modes: SQLite writes each commit to the WAL and
     // fsyncs around checkpoints. Durable mode adds an fsync of the WAL
     // after every commit, on the flush thread, before any write of it is
@@ -293,9 +363,7 @@ fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Resul
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;",
     )
-    .map_err(writer_error)?;
-    conn.busy_timeout(options.busy_timeout)
-        .map_err(writer_error)?;
+    .map_err(Opening::from_rusqlite)?;
     conn.set_prepared_statement_cache_capacity(64);
     let wal = match options.durability {
         Durability::Durable => Some(open_wal(path).map_err(|err| {
@@ -313,7 +381,7 @@ fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Resul
         )))
     })?;
     Writer::spawn(conn, options.max_batch, wal, checkpointer)
-        .map_err(|err| Error::Store(StoreError::backend(err)))
+        .map_err(|err| Opening::Other(Error::Store(StoreError::backend(err))))
 }
 
 /// Where SQLite keeps the WAL of the database at `db`.
@@ -373,10 +441,6 @@ const NEXT_DUE: &str = "SELECT run_at FROM instances INDEXED BY instances_runnab
 const LEASE_OWNERS: &str =
     "SELECT DISTINCT lease_owner FROM instances INDEXED BY instances_status \
      WHERE status = 'in_progress' AND lease_owner IS NOT NULL";
-
-fn writer_error(err: rusqlite::Error) -> Error {
-    Error::Store(StoreError::backend(err))
-}
 
 fn unexpected(reply: Reply) -> StoreError {
     StoreError::backend(format!("sqlite writer gave an unexpected reply: {reply:?}"))
@@ -1019,6 +1083,27 @@ mod tests {
     /// SQLite shows a commit to readers before its fsync. A durable
     /// store's reads must not return such a row, or `result()` could
     /// report an output that a power cut then takes back.
+    /// Stores opening one new file at once meet on locks SQLite's busy
+    /// timeout does not cover (the switch to WAL mode): every open must
+    /// still succeed, as processes starting together on a fresh file do.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_opening_a_new_file_at_once_all_open() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20 {
+            let path = dir.path().join(format!("fresh-{round}.db"));
+            let opens: Vec<_> = (0..6)
+                .map(|_| {
+                    let path = path.clone();
+                    tokio::spawn(async move { SqliteStore::open(&path).await })
+                })
+                .collect();
+            for open in opens {
+                let store = open.await.unwrap();
+                assert!(store.is_ok(), "round {round}: {:?}", store.err());
+            }
+        }
+    }
+
     #[tokio::test]
     async fn durable_reads_return_only_what_is_on_disk() {
         let dir = tempfile::tempdir().unwrap();

@@ -881,7 +881,7 @@ fn next_message(rx: &mut mpsc::UnboundedReceiver<Msg>, linger: Duration) -> Opti
     }
 }
 
-fn is_busy(err: &Db) -> bool {
+pub(crate) fn is_busy(err: &Db) -> bool {
     matches!(
         err,
         rusqlite::Error::SqliteFailure(e, _)
