@@ -84,8 +84,8 @@ pub(crate) struct RunShared {
     pause_changes: Mutex<u64>,
     /// The step backing off when the instance was suspended, and its failed attempts.
     pub retry: Option<(String, u32)>,
-    /// After such a suspension: every step's failed attempts, from the
-    /// history (read once, when a step first needs it). Steps running side
+    /// When `retry` is set: every step's failed attempts, from the history
+    /// (read once, when a step first needs it). Steps running side
     /// by side (`ctx.map`) may all have been backing off, and the
     /// suspension kept only the first one's count.
     failed_attempts: tokio::sync::OnceCell<HashMap<String, u32>>,
@@ -173,8 +173,9 @@ impl RunShared {
     }
 
     /// How many attempts of step `key` failed in earlier runs: none unless
-    /// the last run was suspended while a step backed off, which is when a
-    /// step may be retried in a new run.
+    /// the row names a step with failed attempts (the last run suspended
+    /// while a step backed off, or ended in a crash after a failed
+    /// attempt), which is when a step may be retried in a new run.
     pub(crate) async fn failed_attempts(&self, key: &str) -> u32 {
         let Some((retry_key, failed)) = &self.retry else {
             return 0;

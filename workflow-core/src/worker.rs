@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -468,14 +469,14 @@ fn owner_is_dead(owner: &str) -> bool {
     // On Linux without a readable boot id and pid namespace, the host part
     // is the bare host name, which containers sharing it all have: their
     // pids cannot be compared, so the leases are left to expire.
-    if cfg!(target_os = "linux") && !HOST_HAS_PLACE.load(std::sync::atomic::Ordering::Relaxed) {
+    if cfg!(target_os = "linux") && !HOST_HAS_PLACE.load(Ordering::Relaxed) {
         return false;
     }
     !process_alive(pid)
 }
 
 /// Whether [`host`] names this boot and pid namespace, not only the host name.
-static HOST_HAS_PLACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static HOST_HAS_PLACE: AtomicBool = AtomicBool::new(false);
 
 #[cfg(unix)]
 fn process_alive(pid: u32) -> bool {
@@ -508,7 +509,7 @@ fn host() -> &'static str {
         let name = hostname();
         match place() {
             Some(place) => {
-                HOST_HAS_PLACE.store(true, std::sync::atomic::Ordering::Relaxed);
+                HOST_HAS_PLACE.store(true, Ordering::Relaxed);
                 format!("{name}~{place}")
             }
             None => name,
