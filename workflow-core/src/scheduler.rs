@@ -100,7 +100,9 @@ async fn fire_due(engine: &Engine, s: &Scheduled, look: Look<'_>) -> Result<Opti
         .max(mark.last_tick.unwrap_or(Millis::MIN));
     let marked_until = DateTime::from_timestamp_millis(marked_until).unwrap_or(now);
     let previous = look.looked.get(s.workflow).copied();
-    if marked_until > now + chrono::Duration::seconds(5) {
+    // Once per schedule and engine: the mark stays ahead until the clocks
+    // meet again.
+    if previous.is_none() && marked_until > now + chrono::Duration::seconds(5) {
         tracing::warn!(
             workflow = s.workflow,
             mark = %marked_until,
