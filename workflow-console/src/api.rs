@@ -202,12 +202,18 @@ async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> R
             .into_response();
         }
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    let change = req.method() != Method::GET && req.method() != Method::HEAD;
+    if change {
         if let Err(err) = same_origin_change(req.method(), req.headers()) {
             return err.into_response();
         }
     }
     let mut response = next.run(req).await;
+    // Every change goes through here: the overview counts it affected are
+    // read afresh (see `OverviewCache`).
+    if change && response.status().is_success() {
+        state.overview_cache.invalidate();
+    }
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -612,21 +618,18 @@ async fn schedules(State(state): State<AppState>) -> ApiResult<Value> {
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     state.engine.cancel(&id).await?;
-    state.overview_cache.invalidate();
     Ok(Json(json!({ "id": id, "done": "cancel" })))
 }
 
 async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     state.engine.pause(&id).await?;
-    state.overview_cache.invalidate();
     Ok(Json(json!({ "id": id, "done": "pause" })))
 }
 
 async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     state.engine.resume(&id).await?;
-    state.overview_cache.invalidate();
     Ok(Json(json!({ "id": id, "done": "resume" })))
 }
 
@@ -652,7 +655,6 @@ async fn send_event(
         .engine
         .send_event(&id, body.name.trim(), body.payload)
         .await?;
-    state.overview_cache.invalidate();
     Ok(Json(json!({ "id": id, "done": "send_event" })))
 }
 
@@ -661,7 +663,6 @@ async fn send_event(
 async fn rerun(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     let new = rerun_instance(&state.engine, &id).await?;
-    state.overview_cache.invalidate();
     Ok(Json(json!({ "id": new, "rerun_of": id })))
 }
 
@@ -760,7 +761,6 @@ async fn start(
         options = options.timeout(timeout);
     }
     let id = state.engine.start_json(&name, body.input, options).await?;
-    state.overview_cache.invalidate();
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
 }
 

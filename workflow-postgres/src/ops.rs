@@ -357,17 +357,11 @@ impl Db {
         at: Millis,
     ) -> Attempt<Result<(), StoreError>> {
         let mut tx = self.begin().await?;
-        if !fence(&mut tx, lease, at, None).await? {
-            return lease_lost(lease);
-        }
         // The row keeps the step's count too, as a suspension for its
         // backoff would: a run after a crash mid-backoff counts on.
-        sqlx::query("UPDATE instances SET retry_key = $2, retry_attempts = $3 WHERE id = $1")
-            .bind(lease.instance.as_str())
-            .bind(step)
-            .bind(i64::from(attempt))
-            .execute(&mut *tx)
-            .await?;
+        if !fence(&mut tx, lease, at, Some((step, attempt))).await? {
+            return lease_lost(lease);
+        }
         event_full(
             &mut tx,
             lease.instance.as_str(),
@@ -997,22 +991,25 @@ fn tags_json(tags: &std::collections::BTreeMap<String, String>) -> String {
     serde_json::to_string(tags).unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// Bumps `updated_at` (and the state, when given) if `lease` is current,
-/// locking the row; false when it is not.
+/// Bumps `updated_at` (and records a step's failed attempts, when given)
+/// if `lease` is current, locking the row; false when it is not.
 async fn fence(
     conn: &mut PgConnection,
     lease: &Lease,
     at: Millis,
-    state: Option<&str>,
+    retry: Option<(&str, u32)>,
 ) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE instances SET updated_at = $4, state = COALESCE($5, state) WHERE {FENCE}"
+        "UPDATE instances SET updated_at = $4, \
+             retry_key = COALESCE($5, retry_key), retry_attempts = COALESCE($6, retry_attempts) \
+         WHERE {FENCE}"
     )))
     .bind(lease.instance.as_str())
     .bind(&lease.owner)
     .bind(lease.run)
     .bind(at)
-    .bind(state)
+    .bind(retry.map(|(step, _)| step))
+    .bind(retry.map(|(_, attempts)| i64::from(attempts)))
     .execute(conn)
     .await?
     .rows_affected()

@@ -68,10 +68,9 @@ pub(crate) struct Flusher {
     /// Commits handed over whose fsync has not been reported done, oldest
     /// first, by the number the writer gave them.
     in_flight: VecDeque<u64>,
-    /// An fsync failed: what the disk holds is unknown from then on, so
-    /// the horizon's `durable` stays where it was.
-    failed: bool,
-    /// The first failed fsync, shared with the thread (see [`Broken`]).
+    /// The first failed fsync, shared with the thread (see [`Broken`]):
+    /// from then on no fsync succeeds, so the horizon's `durable` stays
+    /// where it was.
     broken: Arc<Broken>,
     thread: Option<JoinHandle<()>>,
 }
@@ -128,7 +127,6 @@ impl Flusher {
             to_flush: Some(to_flush),
             flushed,
             in_flight: VecDeque::new(),
-            failed: false,
             broken,
             thread: Some(thread),
         })
@@ -159,10 +157,9 @@ impl Flusher {
 
     /// The oldest `batches` in flight were fsynced (`ok`) or failed to be.
     fn done(&mut self, batches: usize, ok: bool) {
-        self.failed |= !ok;
         for _ in 0..batches {
             if let Some(commit) = self.in_flight.pop_front() {
-                if !self.failed {
+                if ok {
                     self.horizon.synced(commit);
                 }
             }
@@ -193,8 +190,7 @@ impl Flusher {
     pub(crate) fn flush_here(&mut self, jobs: Vec<Job>, commit: u64) {
         self.wait_idle();
         let flushed = self.broken.sync(&self.wal);
-        self.failed |= flushed.is_err();
-        if !self.failed {
+        if flushed.is_ok() {
             self.horizon.synced(commit);
         }
         for job in jobs {

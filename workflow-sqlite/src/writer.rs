@@ -1017,20 +1017,7 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
         } => {
             // The row keeps the step's count too, as a suspension for its
             // backoff would: a run after a crash mid-backoff counts on.
-            let held =
-                c.prepare_cached(
-                    "UPDATE instances SET updated_at = ?1, retry_key = ?5, retry_attempts = ?6 \
-                     WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress'",
-                )?
-                .execute(params![
-                    at,
-                    lease.instance.as_str(),
-                    lease.owner,
-                    lease.run,
-                    step,
-                    i64::from(*attempt)
-                ])? == 1;
-            if held {
+            if touch(c, lease, *at, Some((step, *attempt)))? {
                 event(
                     c,
                     lease.instance.as_str(),
@@ -1203,7 +1190,7 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             step,
             at,
         } => {
-            if !touch(c, lease, *at)? {
+            if !touch(c, lease, *at, None)? {
                 return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
             }
             let taken: Option<String> = c
@@ -1464,13 +1451,27 @@ fn control(c: &Tx<'_, '_>, id: &InstanceId) -> Result<Control, Db> {
     })
 }
 
-/// Bumps `updated_at` if `lease` is current; false when it is not.
-fn touch(c: &Tx<'_, '_>, lease: &Lease, at: Millis) -> Result<bool, Db> {
+/// Bumps `updated_at` (and records a step's failed attempts, when given)
+/// if `lease` is current; false when it is not.
+fn touch(
+    c: &Tx<'_, '_>,
+    lease: &Lease,
+    at: Millis,
+    retry: Option<(&str, u32)>,
+) -> Result<bool, Db> {
     Ok(c.prepare_cached(
-        "UPDATE instances SET updated_at = ?1 WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress'",
+        "UPDATE instances SET updated_at = ?1, \
+             retry_key = COALESCE(?5, retry_key), retry_attempts = COALESCE(?6, retry_attempts) \
+         WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress'",
     )?
-    .execute(params![at, lease.instance.as_str(), lease.owner, lease.run])?
-        == 1)
+    .execute(params![
+        at,
+        lease.instance.as_str(),
+        lease.owner,
+        lease.run,
+        retry.map(|(step, _)| step),
+        retry.map(|(_, attempts)| i64::from(attempts))
+    ])? == 1)
 }
 
 #[allow(clippy::too_many_arguments)]
