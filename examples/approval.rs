@@ -5,7 +5,8 @@
 //! ```
 //!
 //! While it waits the instance is `Listening` and holds no memory; the
-//! event can come from any process sharing the database, days later.
+//! event can come from any process sharing the database, days later, and
+//! `send_event_once` keeps a redelivered event from counting twice.
 
 use std::time::Duration;
 
@@ -78,15 +79,21 @@ async fn main() -> workflow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("{} is {}", approved.id(), approved.status().await?);
-    approved
-        .send_event(
-            "approval",
-            Approval {
-                approved: true,
-                approver: "grace".into(),
-            },
-        )
-        .await?;
+    // The approval link may be clicked twice, or its webhook retried: the
+    // click's id as the key keeps the event once.
+    for click in 1..=2 {
+        let sent = approved
+            .send_event_once(
+                "approval",
+                "click-7f3a",
+                Approval {
+                    approved: true,
+                    approver: "grace".into(),
+                },
+            )
+            .await?;
+        println!("approval click {click}: {sent:?}");
+    }
 
     println!("approved: {}", approved.result().await?);
     println!("ignored:  {}", ignored.result().await?);

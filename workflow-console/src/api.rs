@@ -16,7 +16,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use workflow_core::{
-    Definition, Engine, Error, InstanceId, InstanceInfo, Query, StartOptions, Status, Violation,
+    Definition, Engine, Error, EventSent, InstanceId, InstanceInfo, Query, StartOptions, Status,
+    Violation,
 };
 
 use crate::page;
@@ -338,9 +339,10 @@ impl From<Error> for ApiError {
         let status = match &err {
             Error::NotFound(_) | Error::UnknownWorkflow(_) => StatusCode::NOT_FOUND,
             Error::AlreadyFinished { .. } => StatusCode::CONFLICT,
-            Error::InvalidInput { .. } | Error::Json { .. } | Error::Config(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Error::InvalidInput { .. }
+            | Error::Json { .. }
+            | Error::Config(_)
+            | Error::InvalidEventKey { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -639,6 +641,9 @@ struct EventBody {
     name: String,
     #[serde(default)]
     payload: Value,
+    /// Sends the event at most once per key (`Instance::send_event_once`).
+    #[serde(default)]
+    key: Option<String>,
 }
 
 async fn send_event(
@@ -651,11 +656,23 @@ async fn send_event(
         return Err(ApiError::bad_request("an event name is required"));
     }
     let id = InstanceId::from(id);
-    state
-        .engine
-        .send_event(&id, body.name.trim(), body.payload)
-        .await?;
-    Ok(Json(json!({ "id": id, "done": "send_event" })))
+    let name = body.name.trim();
+    let already_sent = match &body.key {
+        Some(key) => {
+            let sent = state
+                .engine
+                .send_event_once(&id, name, key, body.payload)
+                .await?;
+            sent == EventSent::AlreadySent
+        }
+        None => {
+            state.engine.send_event(&id, name, body.payload).await?;
+            false
+        }
+    };
+    Ok(Json(
+        json!({ "id": id, "done": "send_event", "already_sent": already_sent }),
+    ))
 }
 
 /// Starts a new instance of the same workflow with the same input, tags and

@@ -11,7 +11,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use workflow_core::{Definition, Engine, Error, InstanceId, InstanceInfo, StartOptions, Status};
+use workflow_core::{
+    Definition, Engine, Error, EventSent, InstanceId, InstanceInfo, StartOptions, Status,
+};
 
 use crate::api::{build_query, ListParams, RerunError};
 
@@ -118,6 +120,10 @@ pub enum Command {
         /// Payload as JSON (`-` reads standard input).
         #[arg(default_value = "null")]
         payload: String,
+        /// Send it at most once per key: a second send with the same key
+        /// changes nothing (a redelivered webhook, a retried script).
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Start an ended instance again with the same input (tagged `rerun_of`).
     Rerun {
@@ -415,12 +421,33 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             engine.resume(&id).await?;
             done(out, json, "resumed", &id)
         }
-        Command::SendEvent { id, name, payload } => {
+        Command::SendEvent {
+            id,
+            name,
+            payload,
+            key,
+        } => {
             let id = InstanceId::from(id);
             let payload = parse_json("payload", &payload)?;
-            engine.send_event(&id, &name, payload).await?;
+            let sent = match &key {
+                Some(key) => engine.send_event_once(&id, &name, key, payload).await?,
+                None => {
+                    engine.send_event(&id, &name, payload).await?;
+                    EventSent::Sent
+                }
+            };
+            let already_sent = sent == EventSent::AlreadySent;
             if json {
-                print_json(out, &json!({ "id": id, "event": name }))?;
+                print_json(
+                    out,
+                    &json!({ "id": id, "event": name, "already_sent": already_sent }),
+                )?;
+            } else if already_sent {
+                writeln!(
+                    out,
+                    "event `{name}` with key `{}` was already sent to {id}; nothing changed",
+                    key.unwrap_or_default()
+                )?;
             } else {
                 writeln!(out, "sent event `{name}` to {id}")?;
             }

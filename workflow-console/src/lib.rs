@@ -21,7 +21,7 @@
 //! | `GET instances?workflow=&status=failed,paused&tag=k=v&q=&limit=&after=` | `{items, unreadable, next}`, newest first; `q` is an id or a key, `next` the `after` of the next page; `unreadable` names rows that cannot be read (`{id, error}`), the rest still listed |
 //! | `GET instances/{id}` | `{instance, steps, history}` |
 //! | `POST instances/{id}/cancel`, `pause`, `resume`, `rerun` | body `{}` |
-//! | `POST instances/{id}/events` | body `{"name": "approval", "payload": {..}}` |
+//! | `POST instances/{id}/events` | body `{"name": "approval", "payload": {..}, "key"?}`: `{"already_sent": bool}`; with a `key`, sent at most once per instance and key |
 //! | `GET workflows` | every recorded definition, with its schemas and counts |
 //! | `POST workflows/{name}/start` | body `{"input": {..}, "key"?, "tags"?, "timeout"?: "10m"}`: 201 `{id}`, 422 with the input's violations |
 //! | `GET schedules` | next fire, last fire and its instance |

@@ -370,10 +370,27 @@ async fn changes_are_checked_and_applied() {
     let res = post(
         &base,
         &format!("/api/instances/{listening}/events"),
-        json!({ "name": "approval", "payload": { "approved": true } }),
+        json!({ "name": "approval", "payload": { "approved": true }, "key": "" }),
     )
     .await;
-    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.status, 422, "an empty key: {}", res.body);
+    assert!(res.json()["error"].as_str().unwrap().contains("non-empty"));
+    // The event with a key, sent twice: the second changes nothing.
+    for already_sent in [false, true] {
+        let res = post(
+            &base,
+            &format!("/api/instances/{listening}/events"),
+            json!({ "name": "approval", "payload": { "approved": true }, "key": "delivery-1" }),
+        )
+        .await;
+        assert_eq!(res.status, 200, "{}", res.body);
+        assert_eq!(
+            res.json()["already_sent"],
+            json!(already_sent),
+            "{}",
+            res.body
+        );
+    }
     wait_status(&f.engine, &f.listening, Status::Completed).await;
     let info = f.engine.instance(&f.listening).await.unwrap();
     assert_eq!(info.output, Some(json!("15000 cents approved: true")));

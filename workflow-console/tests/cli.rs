@@ -263,12 +263,28 @@ async fn starts_and_steers_for_a_running_engine() {
     wait_status(&f.engine, &f.listening, Status::Paused).await;
     let out = cli(url, &["resume", id]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let out = cli(
-        url,
-        &["send-event", id, "approval", r#"{"approved": false}"#],
-    )
-    .await;
+    let send = [
+        "send-event",
+        id,
+        "approval",
+        r#"{"approved": false}"#,
+        "--key",
+        "d-1",
+    ];
+    let out = cli(url, &send).await;
+    assert_eq!(
+        out.stdout.trim(),
+        format!("sent event `approval` to {id}"),
+        "{}",
+        out.stderr
+    );
+    // Redelivered under the same key: nothing changes, and it says so.
+    let out = cli(url, &send).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("event `approval` with key `d-1` was already sent to {id}; nothing changed")
+    );
     wait_status(&f.engine, &f.listening, Status::Completed).await;
     assert_eq!(
         f.engine.instance(&f.listening).await.unwrap().output,

@@ -14,7 +14,8 @@ use crate::error::Interrupt;
 use crate::error::{Error, Result, StoreError};
 use crate::id::InstanceId;
 use crate::instance::{
-    HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo, Timeout, Unreadable,
+    EventSent, HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo, Timeout,
+    Unreadable,
 };
 use crate::schedule::{CatchUp, Clock, Schedule, ScheduleInfo, SystemClock};
 use crate::status::Status;
@@ -706,15 +707,46 @@ impl Engine {
         name: &str,
         payload: serde_json::Value,
     ) -> Result<()> {
+        self.deliver(id, name, &payload, None).await.map(|_| ())
+    }
+
+    /// Sends an event to an instance of any workflow at most once per
+    /// `key`; see [`Instance::send_event_once`].
+    pub async fn send_event_once(
+        &self,
+        id: &InstanceId,
+        name: &str,
+        key: &str,
+        payload: serde_json::Value,
+    ) -> Result<EventSent> {
+        if key.is_empty() || key.contains('\0') {
+            return Err(Error::InvalidEventKey {
+                key: key.to_owned(),
+            });
+        }
+        self.deliver(id, name, &payload, Some(key)).await
+    }
+
+    async fn deliver(
+        &self,
+        id: &InstanceId,
+        name: &str,
+        payload: &serde_json::Value,
+        key: Option<&str>,
+    ) -> Result<EventSent> {
         let control = self
             .inner
             .store
-            .send_event(id, name, &payload.to_string(), now_millis())
+            .send_event(id, name, &payload.to_string(), key, now_millis())
             .await?;
+        if control == Control::Duplicate {
+            tracing::debug!(%id, event = name, key, "event already sent under this key");
+            return Ok(EventSent::AlreadySent);
+        }
         self.check_control(id, control)?;
         tracing::debug!(%id, event = name, "event sent");
         self.inner.wake.notify_one();
-        Ok(())
+        Ok(EventSent::Sent)
     }
 
     /// Pauses an instance of any workflow; see [`Instance::pause`].
@@ -748,6 +780,8 @@ impl Engine {
                 status,
             }),
             Control::NotFound => Err(Error::NotFound(id.clone())),
+            // Only sends with a key are answered so, and they look first.
+            Control::Duplicate => Ok(()),
         }
     }
 

@@ -145,6 +145,16 @@ pub enum Error {
         status: Status,
     },
 
+    /// An event key ([`Instance::send_event_once`](crate::Instance::send_event_once))
+    /// is empty or contains a NUL character, which not every store can record.
+    #[error(
+        "event key {key:?} is not usable: a key must be non-empty and contain no NUL character"
+    )]
+    InvalidEventKey {
+        /// The key as given.
+        key: String,
+    },
+
     /// `ctx.wait_for_event` gave up: no event came within its timeout.
     /// Match on it to take the timeout branch.
     #[error("no event `{event}` arrived within the timeout")]

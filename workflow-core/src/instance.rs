@@ -221,6 +221,43 @@ impl<W: Workflow> Instance<W> {
         self.engine.send_event(&self.id, name, payload).await
     }
 
+    /// Sends it an event at most once per `key`: the first call with a key
+    /// puts the event in its inbox as [`send_event`](Self::send_event)
+    /// does; every later call with the same key, whatever its name and
+    /// payload, changes nothing and returns [`EventSent::AlreadySent`],
+    /// also once the event was taken or the instance ended. For senders
+    /// that may deliver twice: a webhook retried by its provider, a
+    /// message queue's redelivery, a caller retrying after a timeout.
+    ///
+    /// Keys are per instance and kept for its lifetime. A send refused
+    /// because the instance had already ended ([`Error::AlreadyFinished`])
+    /// does not use its key up. A key must be non-empty and contain no NUL
+    /// ([`Error::InvalidEventKey`]).
+    ///
+    /// ```no_run
+    /// # async fn f(inst: workflow_core::Instance<impl workflow_core::Workflow>, delivery_id: &str) -> workflow_core::Result<()> {
+    /// use workflow_core::EventSent;
+    /// match inst.send_event_once("payment", delivery_id, serde_json::json!({"paid": true})).await? {
+    ///     EventSent::Sent => println!("payment event recorded"),
+    ///     EventSent::AlreadySent => println!("redelivered; already recorded"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_event_once(
+        &self,
+        name: &str,
+        key: &str,
+        payload: impl Serialize,
+    ) -> Result<EventSent> {
+        let payload = serde_json::to_value(payload).map_err(|source| Error::Json {
+            context: format!("payload of event `{name}`"),
+            source,
+        })?;
+        self.engine
+            .send_event_once(&self.id, name, key, payload)
+            .await
+    }
+
     /// Pauses it: at once if it is waiting or queued, at its next step if it
     /// runs. Its deadline does not count while it is paused.
     pub async fn pause(&self) -> Result<()> {
@@ -522,4 +559,15 @@ pub struct Unreadable {
     pub id: InstanceId,
     /// What is wrong with its row.
     pub error: String,
+}
+
+/// What [`Instance::send_event_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventSent {
+    /// The event is in the instance's inbox now.
+    Sent,
+    /// An event with this key was sent to the instance before (perhaps
+    /// by this very call, repeated by the store after a lost connection):
+    /// nothing changed.
+    AlreadySent,
 }

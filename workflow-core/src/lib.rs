@@ -29,8 +29,8 @@ pub use crate::engine::{unsupported_url, Connector, Durability, Engine, EngineBu
 pub use crate::error::{error_chain, BoxError, Error, Interrupt, Result, StoreError};
 pub use crate::id::InstanceId;
 pub use crate::instance::{
-    GetOrCreate, HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo,
-    Timeout, Unreadable,
+    EventSent, GetOrCreate, HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions,
+    StepInfo, Timeout, Unreadable,
 };
 pub use crate::memory::MemoryStore;
 pub use crate::schedule::{CatchUp, Clock, ManualClock, Schedule, ScheduleInfo, SystemClock};

@@ -33,6 +33,8 @@ struct Entry {
     steps: Vec<StepRow>,
     /// Events sent to it: (name, payload), oldest first; taken ones are removed.
     inbox: Vec<(String, String)>,
+    /// Keys of the events sent to it with one, taken or not.
+    event_keys: std::collections::HashSet<String>,
     paused_at: Option<Millis>,
 }
 
@@ -212,6 +214,7 @@ impl Store for MemoryStore {
                 lease_until: None,
                 steps: Vec::new(),
                 inbox: Vec::new(),
+                event_keys: Default::default(),
                 paused_at: None,
             },
         );
@@ -592,14 +595,21 @@ impl Store for MemoryStore {
         id: &InstanceId,
         name: &str,
         payload: &str,
+        key: Option<&str>,
         at: Millis,
     ) -> Result<Control, StoreError> {
         let mut t = self.tables();
         let Some(entry) = t.instances.get_mut(id) else {
             return Ok(Control::NotFound);
         };
+        if key.is_some_and(|key| entry.event_keys.contains(key)) {
+            return Ok(Control::Duplicate);
+        }
         if entry.row.status.is_terminal() {
             return Ok(Control::Terminal(entry.row.status));
+        }
+        if let Some(key) = key {
+            entry.event_keys.insert(key.to_owned());
         }
         entry.inbox.push((name.to_owned(), payload.to_owned()));
         if entry.row.status == Status::Listening && entry.row.wait_event.as_deref() == Some(name) {

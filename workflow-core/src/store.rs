@@ -276,7 +276,8 @@ pub struct Renewal {
     pub pause_requested: bool,
 }
 
-/// What a control operation ([`Store::cancel`], [`Store::set_deadline`]) found.
+/// What a control operation ([`Store::cancel`], [`Store::set_deadline`],
+/// [`Store::send_event`], ...) found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     /// Done.
@@ -285,6 +286,9 @@ pub enum Control {
     Terminal(Status),
     /// No such instance.
     NotFound,
+    /// Nothing changed: an event with the same key was sent to this
+    /// instance before ([`Store::send_event`] with a key).
+    Duplicate,
 }
 
 /// Where a cron schedule stands, shared by every engine on the store.
@@ -465,11 +469,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Puts an event in an unfinished instance's inbox (kept until taken),
     /// and wakes the instance if it is `Listening` for that name.
+    ///
+    /// With a `key`, at most once per instance and key: if an event with
+    /// that key was sent to the instance before (taken or not, whatever its
+    /// name), nothing changes and the answer is [`Control::Duplicate`],
+    /// even once the instance has ended. The key is recorded with the event
+    /// in the same transaction, and only when the event is (`Applied`), so
+    /// a send refused because the instance had ended does not use it up.
     async fn send_event(
         &self,
         id: &InstanceId,
         name: &str,
         payload: &str,
+        key: Option<&str>,
         at: Millis,
     ) -> Result<Control, StoreError>;
 

@@ -44,6 +44,7 @@ where
     a_moved_deadline_makes_waiting_instances_due(make().await).await;
     a_deadline_moved_while_running_bounds_the_next_wait(make().await).await;
     events_are_kept_until_taken(make().await).await;
+    events_with_a_key_are_kept_once(Arc::new(make().await)).await;
     children_wake_parents_and_die_with_them(make().await).await;
     a_cancelled_parent_starts_no_child(make().await).await;
     a_timed_out_parent_cancels_its_children(make().await).await;
@@ -781,6 +782,16 @@ async fn list_filters_and_pages(store: impl Store) {
         .is_empty());
 }
 
+fn completed(output: &str, at: Millis) -> Finish {
+    Finish {
+        status: Status::Completed,
+        output: Some(output.into()),
+        error: None,
+        state: None,
+        at,
+    }
+}
+
 fn suspend_at(status: Status, run_at: Millis, at: Millis) -> Suspend {
     Suspend {
         status,
@@ -984,13 +995,13 @@ async fn events_are_kept_until_taken(store: impl Store) {
     // Sent before anyone waits: kept.
     assert_eq!(
         store
-            .send_event(&id, "approval", r#"{"ok":true}"#, T0 + 1)
+            .send_event(&id, "approval", r#"{"ok":true}"#, None, T0 + 1)
             .await
             .unwrap(),
         Control::Applied
     );
     store
-        .send_event(&id, "approval", r#"{"ok":false}"#, T0 + 2)
+        .send_event(&id, "approval", r#"{"ok":false}"#, None, T0 + 2)
         .await
         .unwrap();
     let c = store
@@ -1055,7 +1066,7 @@ async fn events_are_kept_until_taken(store: impl Store) {
         .unwrap()
         .is_empty());
     store
-        .send_event(&id, "unrelated", "1", T0 + 101)
+        .send_event(&id, "unrelated", "1", None, T0 + 101)
         .await
         .unwrap();
     assert_eq!(
@@ -1064,7 +1075,7 @@ async fn events_are_kept_until_taken(store: impl Store) {
         "other names do not wake it"
     );
     store
-        .send_event(&id, "shipped", "2", T0 + 102)
+        .send_event(&id, "shipped", "2", None, T0 + 102)
         .await
         .unwrap();
     let row = store.get(&id).await.unwrap().unwrap();
@@ -1078,25 +1089,19 @@ async fn events_are_kept_until_taken(store: impl Store) {
 
     // Events to ended instances are refused.
     store
-        .finish(
-            &c.lease,
-            Finish {
-                status: Status::Completed,
-                output: Some("1".into()),
-                error: None,
-                state: None,
-                at: T0 + 104,
-            },
-        )
+        .finish(&c.lease, completed("1", T0 + 104))
         .await
         .unwrap();
     assert_eq!(
-        store.send_event(&id, "late", "1", T0 + 105).await.unwrap(),
+        store
+            .send_event(&id, "late", "1", None, T0 + 105)
+            .await
+            .unwrap(),
         Control::Terminal(Status::Completed)
     );
     assert_eq!(
         store
-            .send_event(&InstanceId::new(), "x", "1", T0)
+            .send_event(&InstanceId::new(), "x", "1", None, T0)
             .await
             .unwrap(),
         Control::NotFound
@@ -1111,6 +1116,116 @@ async fn events_are_kept_until_taken(store: impl Store) {
     assert!(
         kinds.contains(&"event_sent".to_owned()) && kinds.contains(&"event_received".to_owned()),
         "{kinds:?}"
+    );
+}
+
+async fn events_with_a_key_are_kept_once<S: Store>(store: Arc<S>) {
+    let new = new_instance("wf", 0);
+    let id = new.id.clone();
+    store.create(new, None).await.unwrap();
+    let send = |name: &'static str, payload: &'static str, key: &'static str, at| {
+        let store = Arc::clone(&store);
+        let id = id.clone();
+        async move { store.send_event(&id, name, payload, Some(key), at).await }
+    };
+    assert_eq!(
+        send("approval", "1", "k1", T0 + 1).await.unwrap(),
+        Control::Applied
+    );
+    // Redelivered, under another name or payload: the key alone decides.
+    assert_eq!(
+        send("approval", "1", "k1", T0 + 2).await.unwrap(),
+        Control::Duplicate
+    );
+    assert_eq!(
+        send("other", "2", "k1", T0 + 2).await.unwrap(),
+        Control::Duplicate
+    );
+    // Keys are per instance: the same key reaches another instance.
+    let other = new_instance("wf", 1);
+    let other_id = other.id.clone();
+    store.create(other, None).await.unwrap();
+    assert_eq!(
+        store
+            .send_event(&other_id, "approval", "3", Some("k1"), T0 + 3)
+            .await
+            .unwrap(),
+        Control::Applied
+    );
+    // Concurrent sends of one key: exactly one is kept.
+    let racing: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(send("approval", "4", "k2", T0 + 4)))
+        .collect();
+    let mut applied = 0;
+    for r in racing {
+        match r.await.unwrap().unwrap() {
+            Control::Applied => applied += 1,
+            Control::Duplicate => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(applied, 1, "one of the racing sends is kept");
+    // An event without a key is never a duplicate.
+    store
+        .send_event(&id, "approval", "5", None, T0 + 5)
+        .await
+        .unwrap();
+
+    let c = store
+        .claim(claim_req("a", T0 + 6, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(c.row.id, id);
+    let mut taken = Vec::new();
+    for n in 0..4 {
+        let step = format!("approval#{n}");
+        taken.push(
+            store
+                .take_event(&c.lease, "approval", &step, T0 + 7)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        taken,
+        [
+            Some("1".to_owned()),
+            Some("4".to_owned()),
+            Some("5".to_owned()),
+            None
+        ],
+        "the inbox holds each keyed event once"
+    );
+    // Still a duplicate once taken, and once the instance has ended.
+    assert_eq!(
+        send("approval", "1", "k1", T0 + 8).await.unwrap(),
+        Control::Duplicate
+    );
+    store
+        .finish(&c.lease, completed("1", T0 + 9))
+        .await
+        .unwrap();
+    assert_eq!(
+        send("approval", "1", "k2", T0 + 10).await.unwrap(),
+        Control::Duplicate
+    );
+    // A key never used is refused as any event to an ended instance, and
+    // not used up by that refusal.
+    assert_eq!(
+        send("approval", "1", "k3", T0 + 11).await.unwrap(),
+        Control::Terminal(Status::Completed)
+    );
+    assert_eq!(
+        send("approval", "1", "k3", T0 + 12).await.unwrap(),
+        Control::Terminal(Status::Completed)
+    );
+    assert_eq!(
+        store
+            .send_event(&InstanceId::new(), "x", "1", Some("k1"), T0)
+            .await
+            .unwrap(),
+        Control::NotFound
     );
 }
 
@@ -1668,9 +1783,10 @@ impl<S: Store> Store for Unreachable<S> {
         id: &InstanceId,
         name: &str,
         payload: &str,
+        key: Option<&str>,
         at: Millis,
     ) -> Result<Control, StoreError> {
-        self.up()?.send_event(id, name, payload, at).await
+        self.up()?.send_event(id, name, payload, key, at).await
     }
     async fn take_event(
         &self,

@@ -39,6 +39,27 @@ struct Approval {
     by: String,
 }
 
+/// Adds up the amounts of `n` `payment` events.
+struct Payments;
+
+impl Workflow for Payments {
+    type Input = u32;
+    type Output = u64;
+    type State = ();
+    const NAME: &'static str = "payments";
+
+    async fn run(&self, ctx: Ctx, n: u32) -> Result<u64, BoxError> {
+        let mut total = 0;
+        for _ in 0..n {
+            let amount: u64 = ctx
+                .wait_for_event("payment", Some(Duration::from_secs(60)))
+                .await?;
+            total += amount;
+        }
+        Ok(total)
+    }
+}
+
 struct Approve;
 
 impl Workflow for Approve {
@@ -216,6 +237,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .shared_store(store)
         .register(Sleeper)
         .register(Approve)
+        .register(Payments)
         .register(Pausable)
         .register(Backoff)
         .register(Double)
@@ -310,6 +332,58 @@ async fn events_are_delivered_typed_whenever_they_are_sent() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::AlreadyFinished { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_redelivered_event_with_a_key_is_received_once() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = Payments::start(&engine, 2).await.unwrap();
+    // Sent before the wait and again while it listens: one payment.
+    assert_eq!(
+        inst.send_event_once("payment", "charge-1", 10)
+            .await
+            .unwrap(),
+        EventSent::Sent
+    );
+    until_status(&inst, Status::Listening).await;
+    for _ in 0..2 {
+        assert_eq!(
+            inst.send_event_once("payment", "charge-1", 10)
+                .await
+                .unwrap(),
+            EventSent::AlreadySent
+        );
+    }
+    assert_eq!(
+        inst.info().await.unwrap().status,
+        Status::Listening,
+        "a duplicate wakes nobody"
+    );
+    assert_eq!(
+        inst.send_event_once("payment", "charge-2", 5)
+            .await
+            .unwrap(),
+        EventSent::Sent
+    );
+    assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), 15);
+    // Once it ended: a key it saw is still a duplicate, a new one refused.
+    assert_eq!(
+        inst.send_event_once("payment", "charge-2", 5)
+            .await
+            .unwrap(),
+        EventSent::AlreadySent
+    );
+    let err = inst
+        .send_event_once("payment", "charge-3", 5)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyFinished { .. }), "{err:?}");
+    for bad in ["", "a\0b"] {
+        let err = inst.send_event_once("payment", bad, 5).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidEventKey { .. }), "{err:?}");
+        assert!(err.to_string().contains("non-empty"), "{err}");
+    }
 }
 
 #[tokio::test]

@@ -573,13 +573,16 @@ impl Store for PgStore {
         id: &InstanceId,
         name: &str,
         payload: &str,
+        key: Option<&str>,
         at: Millis,
     ) -> Result<Control, StoreError> {
+        // With a key, a send that may have committed is safe to repeat: a
+        // second copy is recognised as a duplicate.
         retrying!(
             self,
             "send_event",
-            idempotent = false,
-            self.db.send_event(id, name, payload, at)
+            idempotent = key.is_some(),
+            self.db.send_event(id, name, payload, key, at)
         )
     }
 

@@ -697,10 +697,37 @@ impl Db {
         id: &InstanceId,
         name: &str,
         payload: &str,
+        key: Option<&str>,
         at: Millis,
     ) -> Attempt<Control> {
         let mut tx = self.begin().await?;
+        // Locks the instance's row: sends to one instance take turns.
         let control = control(&mut tx, id).await?;
+        if let (Some(key), Control::Applied | Control::Terminal(_)) = (key, control) {
+            // A key seen before is a duplicate, whatever became of the
+            // instance since; a new one is used up only by an event kept.
+            let seen = sqlx::query_scalar::<_, i32>(
+                "SELECT 1 FROM event_keys WHERE instance_id = $1 AND key = $2",
+            )
+            .bind(id.as_str())
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+            if seen {
+                return Ok(Control::Duplicate);
+            }
+            if control == Control::Applied {
+                sqlx::query(
+                    "INSERT INTO event_keys (instance_id, key, sent_at) VALUES ($1, $2, $3)",
+                )
+                .bind(id.as_str())
+                .bind(key)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         if control != Control::Applied {
             return Ok(control);
         }

@@ -632,12 +632,14 @@ impl Store for SqliteStore {
         id: &InstanceId,
         name: &str,
         payload: &str,
+        key: Option<&str>,
         at: Millis,
     ) -> Result<Control, StoreError> {
         let op = Op::SendEvent {
             id: id.clone(),
             name: name.to_owned(),
             payload: payload.to_owned(),
+            key: key.map(str::to_owned),
             at,
         };
         match self.write(op).await? {

@@ -9,6 +9,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_step_history_in_steps.sql"),
     include_str!("../migrations/0004_run_events_in_instances.sql"),
     include_str!("../migrations/0005_dedup_index_by_key.sql"),
+    include_str!("../migrations/0006_event_keys.sql"),
 ];
 
 /// Brings the schema up to date. Safe when several processes start at once:

@@ -346,6 +346,7 @@ pub(crate) enum Op {
         id: InstanceId,
         name: String,
         payload: String,
+        key: Option<String>,
         at: Millis,
     },
     TakeEvent {
@@ -1160,9 +1161,25 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             id,
             name,
             payload,
+            key,
             at,
         } => {
-            let control = control(c, id)?;
+            let mut control = control(c, id)?;
+            if let (Some(key), Control::Applied | Control::Terminal(_)) = (key, control) {
+                // A key seen before is a duplicate, whatever became of the
+                // instance since; a new one is used up only by an event kept.
+                let seen = c
+                    .prepare_cached("SELECT 1 FROM event_keys WHERE instance_id = ?1 AND key = ?2")?
+                    .exists(params![id.as_str(), key])?;
+                if seen {
+                    control = Control::Duplicate;
+                } else if control == Control::Applied {
+                    c.prepare_cached(
+                        "INSERT INTO event_keys (instance_id, key, sent_at) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![id.as_str(), key, at])?;
+                }
+            }
             if control == Control::Applied {
                 c.prepare_cached("INSERT INTO inbox (instance_id, name, payload, sent_at) VALUES (?1, ?2, ?3, ?4)")?
                     .execute(params![id.as_str(), name, payload, at])?;

@@ -1,0 +1,9 @@
+-- Keys of events sent with one (`send_event_once`), one row per instance
+-- and key, kept after the event is taken: a redelivered event whose key
+-- the instance has seen is not put in its inbox again.
+CREATE TABLE event_keys (
+    instance_id TEXT COLLATE "C" NOT NULL,
+    key         TEXT COLLATE "C" NOT NULL,
+    sent_at     BIGINT NOT NULL,
+    PRIMARY KEY (instance_id, key)
+);
