@@ -32,11 +32,17 @@
 //! is refused: the instance, its state, steps and history stay as the
 //! second worker left them, and the first exits cleanly.
 //!
+//! A sixth runs a step that aborts its process every time: each restarted
+//! worker reaps the dead one's lease and runs it again, until the engine
+//! has seen `max_interrupted_runs` interrupted runs in a row and pauses
+//! the instance instead; after the "fix", a resume completes it without
+//! running its recorded step again.
+//!
 //! `harness = false`: the same binary is the parent (no arguments) and the
 //! child (`child DB`, `child-waits DB`, `child-family DB`, `child-cron DB
-//! SECONDS`, `child-fence DB A|B`). `CRASH_ROUNDS=n` repeats every scenario;
-//! `CRASH_ONLY=family,fence` runs only those (of `steps`, `waits`,
-//! `family`, `cron`, `fence`).
+//! SECONDS`, `child-fence DB A|B`, `child-poison DB`). `CRASH_ROUNDS=n`
+//! repeats every scenario; `CRASH_ONLY=family,fence` runs only those (of
+//! `steps`, `waits`, `family`, `cron`, `fence`, `poison`).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -98,6 +104,7 @@ fn main() {
         Some("child-family") => return family::child(&args[2]),
         Some("child-cron") => return cron::child(&args[2], &args[3]),
         Some("child-fence") => return fence::child(&args[2], &args[3]),
+        Some("child-poison") => return poison::child(&args[2]),
         _ => {}
     }
     if args.iter().any(|a| a == "--list") {
@@ -110,7 +117,7 @@ fn main() {
         .unwrap_or(1);
     // `CRASH_ONLY=family,fence` runs only those scenarios.
     let only = std::env::var("CRASH_ONLY").ok();
-    let scenarios: [Scenario; 5] = [
+    let scenarios: [Scenario; 6] = [
         ("steps", || {
             format!("{} kills mid-step, all checks passed", parent())
         }),
@@ -144,6 +151,15 @@ fn main() {
                 o.stopped_ms, o.refusal, o.restops
             )
         }),
+        ("poison", || {
+            let o = poison::parent();
+            format!(
+                "crash loop: a step that aborts its process was run {} times, then paused \
+                 (\"{}\"), resumed after the fix and completed",
+                poison::LIMIT,
+                o.reason
+            )
+        }),
     ];
     let chosen: Vec<_> = scenarios
         .iter()
@@ -154,7 +170,7 @@ fn main() {
         .collect();
     assert!(
         !chosen.is_empty(),
-        "CRASH_ONLY names no scenario: steps, waits, family, cron, fence"
+        "CRASH_ONLY names no scenario: steps, waits, family, cron, fence, poison"
     );
     for round in 1..=rounds {
         for (_, scenario) in &chosen {
@@ -1657,5 +1673,182 @@ mod fence {
             refusal,
             restops: tries,
         }
+    }
+}
+
+mod poison {
+    //! A step that crashes its process every time (`abort`, as a panic
+    //! does under `panic = "abort"`): each restart reaps the dead worker's
+    //! lease and runs it again, until the engine has seen `LIMIT`
+    //! interrupted runs in a row and pauses the instance instead of
+    //! running it. Once "fixed", a resume runs it to the end from its
+    //! recorded steps.
+
+    use super::*;
+
+    pub const LIMIT: u32 = 3;
+
+    /// The file whose existence stands for the fix being deployed.
+    fn fixed_path(log: &str) -> PathBuf {
+        PathBuf::from(format!("{log}.fixed"))
+    }
+
+    #[workflow(name = "poisoned", timeout = "1h")]
+    async fn poisoned(ctx: Ctx, job: Job) -> workflow::Result<u32> {
+        let log = &job.log;
+        let before = ctx
+            .step("before", || async move {
+                log_line(log, "before");
+                Ok::<_, BoxError>(job.n)
+            })
+            .await?;
+        let boom = ctx
+            .step("boom", || async move {
+                if !fixed_path(log).exists() {
+                    log_line(log, &format!("boom {}", std::process::id()));
+                    std::process::abort();
+                }
+                log_line(log, "fixed");
+                Ok::<_, BoxError>(10)
+            })
+            .await?;
+        Ok(before + boom)
+    }
+
+    /// Runs a worker until the instance is paused or has ended.
+    pub fn child(db: &str) {
+        // SAFETY: setrlimit only reads the struct it is given. No core
+        // files from the aborts.
+        unsafe {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+        }
+        runtime().block_on(async {
+            let engine = Engine::builder()
+                .database_url(format!("sqlite://{db}"))
+                .register(Poisoned)
+                .max_interrupted_runs(Some(LIMIT))
+                .lease_duration(Duration::from_secs(1))
+                .poll_interval(Duration::from_millis(20))
+                .build()
+                .await
+                .expect("engine");
+            let _worker = engine.start_worker();
+            loop {
+                let counts = engine.counts(Some("poisoned")).await.expect("counts");
+                if counts
+                    .keys()
+                    .all(|s| s.is_terminal() || *s == Status::Paused)
+                    && engine.running_here().is_empty()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+
+    pub struct Outcome {
+        /// The pause's history message.
+        pub reason: String,
+    }
+
+    /// Spawns workers one after another until one exits cleanly; returns
+    /// how many were killed by their step (SIGABRT).
+    fn run_until_clean_exit(db: &Path) -> u32 {
+        use std::os::unix::process::ExitStatusExt;
+        let mut aborted = 0;
+        loop {
+            let mut proc = Proc::spawn("child-poison", db, &[]);
+            let mut child = proc.0.take().expect("child");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("a worker neither crashed nor finished within 60 s");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            if status.success() {
+                return aborted;
+            }
+            assert_eq!(status.signal(), Some(libc::SIGABRT), "{status}");
+            aborted += 1;
+            assert!(
+                aborted <= LIMIT,
+                "{aborted} workers crashed: the crash loop was not stopped"
+            );
+        }
+    }
+
+    pub fn parent() -> Outcome {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("poison.db");
+        let log = dir.path().join("effects.log");
+        let log_text = log.display().to_string();
+        let rt = runtime();
+        let (engine, id) = rt.block_on(async {
+            let engine = Engine::builder()
+                .database_url(format!("sqlite://{}", db.display()))
+                .register(Poisoned)
+                .build()
+                .await
+                .expect("engine");
+            let job = Job {
+                n: 5,
+                log: log_text.clone(),
+            };
+            let id = Poisoned::start(&engine, job)
+                .await
+                .expect("start")
+                .id()
+                .clone();
+            (engine, id)
+        });
+
+        let aborted = run_until_clean_exit(&db);
+        assert_eq!(aborted, LIMIT, "one crash per run until the limit");
+        let log_now = lines(&log);
+        let booms = log_now.iter().filter(|l| l.starts_with("boom ")).count();
+        assert_eq!(booms as u32, LIMIT, "{log_now:?}");
+        assert_eq!(
+            log_now.iter().filter(|l| *l == "before").count(),
+            1,
+            "the recorded step did not run again: {log_now:?}"
+        );
+        let (info, last) = rt.block_on(async {
+            let info = engine.instance(&id).await.expect("instance");
+            let history = Poisoned::handle(&engine, id.clone())
+                .history()
+                .await
+                .expect("history");
+            (info, history.last().cloned().expect("history"))
+        });
+        assert_eq!(info.status, Status::Paused);
+        assert_eq!(last.kind, "paused");
+        let reason = last.message.clone().unwrap_or_default();
+        assert!(
+            reason.contains(&format!("{LIMIT} interrupted runs in a row"))
+                && reason.contains("after step `before`"),
+            "{reason}"
+        );
+
+        // The fix is deployed; resumed, it ends from its recorded steps.
+        std::fs::write(fixed_path(&log_text), b"").expect("fix");
+        rt.block_on(async { engine.resume(&id).await.expect("resume") });
+        assert_eq!(run_until_clean_exit(&db), 0, "no crash once fixed");
+        let info = rt.block_on(async { engine.instance(&id).await.expect("instance") });
+        assert_eq!(info.status, Status::Completed);
+        assert_eq!(info.output, Some(serde_json::json!(15)));
+        let log_now = lines(&log);
+        assert_eq!(log_now.iter().filter(|l| *l == "before").count(), 1);
+        assert_eq!(log_now.iter().filter(|l| *l == "fixed").count(), 1);
+        Outcome { reason }
     }
 }

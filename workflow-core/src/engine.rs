@@ -78,6 +78,7 @@ pub(crate) struct Config {
     pub shutdown_grace: Duration,
     pub step_options: StepOptions,
     pub suspend_after: Duration,
+    pub max_interrupted_runs: Option<u32>,
 }
 
 impl Default for Config {
@@ -89,6 +90,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             step_options: StepOptions::default(),
             suspend_after: Duration::from_millis(250),
+            max_interrupted_runs: Some(20),
         }
     }
 }
@@ -281,6 +283,26 @@ impl EngineBuilder {
     /// longer in-memory naps would let sleepers crowd out due work.
     pub fn suspend_after(mut self, threshold: Duration) -> Self {
         self.config.suspend_after = threshold;
+        self
+    }
+
+    /// Pauses an instance instead of running it again once this many runs
+    /// in a row were interrupted: the process running it died, or stalled
+    /// past its lease, before the run recorded how it ended. Default 20
+    /// (at least 1); `None` runs it again every time.
+    ///
+    /// A step that crashes the process (`std::process::abort`, a panic
+    /// under `panic = "abort"`, a fault in C code, the OOM killer) cannot
+    /// be caught and recorded as a failed attempt: without this limit its
+    /// instance would take down every worker that claims it, with the
+    /// other instances they run, until its deadline. Paused, it keeps its
+    /// recorded steps and waits for [`Instance::resume`] after a fix, and
+    /// its `paused` history event says why. Runs that suspend (a sleep, a
+    /// wait, a long backoff) start the count over, as does a resume; a
+    /// crash also counts against the instances that were running beside
+    /// the one that caused it.
+    pub fn max_interrupted_runs(mut self, limit: Option<u32>) -> Self {
+        self.config.max_interrupted_runs = limit;
         self
     }
 

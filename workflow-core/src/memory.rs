@@ -36,6 +36,8 @@ struct Entry {
     /// Keys of the events sent to it with one, taken or not.
     event_keys: std::collections::HashSet<String>,
     paused_at: Option<Millis>,
+    /// Runs in a row that ended without recording how.
+    interrupted_runs: u32,
 }
 
 impl MemoryStore {
@@ -215,6 +217,7 @@ impl Store for MemoryStore {
                 steps: Vec::new(),
                 inbox: Vec::new(),
                 event_keys: Default::default(),
+                interrupted_runs: 0,
                 paused_at: None,
             },
         );
@@ -245,6 +248,10 @@ impl Store for MemoryStore {
         let mut claimed = Vec::with_capacity(due.len());
         for (_, id) in due {
             let entry = t.instances.get_mut(&id).expect("selected above");
+            if entry.row.status == Status::InProgress {
+                // Its last run's lease lapsed before the run recorded how it ended.
+                entry.interrupted_runs += 1;
+            }
             entry.row.status = Status::InProgress;
             entry.row.runs += 1;
             entry.row.run_at = req.lease_until;
@@ -263,6 +270,7 @@ impl Store for MemoryStore {
                 row: entry.row.clone(),
                 lease,
                 steps: entry.steps.clone(),
+                interrupted_runs: entry.interrupted_runs,
             });
             t.event(&id, req.now, "started", None, None, None);
         }
@@ -485,6 +493,7 @@ impl Store for MemoryStore {
                 if entry.row.status == Status::InProgress {
                     entry.row.status = Status::Pending;
                     entry.row.run_at = at;
+                    entry.interrupted_runs += 1;
                 }
                 entry.row.updated_at = at;
                 freed.push(entry.row.id.clone());
@@ -547,7 +556,17 @@ impl Store for MemoryStore {
             .wait_event
             .as_ref()
             .is_some_and(|name| entry.inbox.iter().any(|(n, _)| n == name));
-        let (status, run_at, kind, message) = if entry.row.pause_requested {
+        entry.interrupted_runs = 0;
+        let (status, run_at, kind, message) = if suspend.status == Status::Paused {
+            entry.paused_at = Some(suspend.at);
+            entry.row.pause_requested = false;
+            (
+                Status::Paused,
+                suspend.run_at,
+                "paused",
+                Some(suspend.reason.clone()),
+            )
+        } else if entry.row.pause_requested {
             entry.paused_at = Some(suspend.at);
             entry.row.pause_requested = false;
             (Status::Paused, suspend.run_at, "paused", None)
@@ -689,6 +708,7 @@ impl Store for MemoryStore {
             entry.row.run_at = at;
             entry.row.deadline_at = entry.row.deadline_at.map(|d| d.saturating_add(paused_for));
             entry.row.updated_at = at;
+            entry.interrupted_runs = 0;
             t.event(id, at, "resumed", None, None, None);
         }
         Ok(Control::Applied)

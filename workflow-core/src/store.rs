@@ -180,6 +180,11 @@ pub struct Claimed {
     pub lease: Lease,
     /// Its recorded steps, in the order they were recorded.
     pub steps: Vec<StepRow>,
+    /// How many runs in a row before this one ended without recording how:
+    /// the process running it died, or its lease lapsed. Counted when such
+    /// a run's instance is claimed again or its dead owner's lease freed
+    /// ([`Store::release_owner`]); back to 0 when a run suspends it.
+    pub interrupted_runs: u32,
 }
 
 /// A recorded step.
@@ -243,8 +248,9 @@ pub struct EventRow {
 /// [`Store::suspend`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Suspend {
-    /// `Pending` (sleeping, or backing off before a retry) or `Listening`
-    /// (waiting for an event or a child).
+    /// `Pending` (sleeping, or backing off before a retry), `Listening`
+    /// (waiting for an event or a child), or `Paused` (paused by the engine,
+    /// `reason` in its `paused` history event).
     pub status: Status,
     /// When a worker should run it again even if nothing wakes it (a sleep's
     /// end, a wait's timeout, its deadline); `Millis::MAX` for never.
@@ -363,7 +369,9 @@ pub trait Store: Send + Sync + 'static {
     /// until `lease_until` (also its new `run_at`: when it is claimable again
     /// if the lease is not renewed), `runs + 1`, its wait cleared, and a
     /// `started` event. [`Store::renew`] moves `run_at` with the lease, and
-    /// [`Store::release`] makes it due at once.
+    /// [`Store::release`] makes it due at once. An instance claimed while
+    /// still `InProgress` (its last run's lease lapsed) counts one more
+    /// interrupted run ([`Claimed::interrupted_runs`]).
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError>;
 
     /// The earliest `run_at` after `after` of a waiting (`Pending` or
@@ -444,7 +452,8 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_owners(&self) -> Result<Vec<String>, StoreError>;
 
     /// Frees every lease `owner` holds (a worker known to be dead), so other
-    /// workers can take its instances at once. Returns how many were freed.
+    /// workers can take its instances at once, each counting one more
+    /// interrupted run. Returns how many were freed.
     async fn release_owner(&self, owner: &str, at: Millis) -> Result<u64, StoreError>;
 
     /// The recorded steps of an instance, in the order they were recorded.
@@ -464,7 +473,8 @@ pub trait Store: Send + Sync + 'static {
     /// inbox, or the child it waits for already ended, it becomes `Pending`
     /// and due now instead; if a pause was asked for, it becomes `Paused`.
     /// It is due by its stored deadline at the latest, which may have moved
-    /// since the handler computed `suspend.run_at`.
+    /// since the handler computed `suspend.run_at`. Its count of interrupted
+    /// runs goes back to 0.
     async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError>;
 
     /// Puts an event in an unfinished instance's inbox (kept until taken),
@@ -503,7 +513,8 @@ pub trait Store: Send + Sync + 'static {
     async fn pause(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError>;
 
     /// Resumes a paused instance (due now, its deadline pushed back by the
-    /// time it was paused), or withdraws a pause not yet taken.
+    /// time it was paused, its count of interrupted runs back to 0), or
+    /// withdraws a pause not yet taken.
     async fn resume(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError>;
 
     /// Where the schedule of `workflow` stands, if any engine looked at it yet.

@@ -53,6 +53,7 @@ where
     schedule_marks_only_move_forward(make().await).await;
     definitions_are_recorded(make().await).await;
     release_owner_frees_instances(make().await).await;
+    interrupted_runs_are_counted(make().await).await;
     dedup_is_atomic(Arc::new(make().await)).await;
     list_filters_and_pages(make().await).await;
 }
@@ -1227,6 +1228,81 @@ async fn events_with_a_key_are_kept_once<S: Store>(store: Arc<S>) {
             .unwrap(),
         Control::NotFound
     );
+}
+
+async fn interrupted_runs_are_counted(store: impl Store) {
+    let new = new_instance("wf", 0);
+    let id = new.id.clone();
+    store.create(new, None).await.unwrap();
+    let claim = |owner: &'static str, now: Millis| {
+        let store = &store;
+        async move {
+            let mut got = store.claim(claim_req(owner, now, 1)).await.unwrap();
+            assert_eq!(got.len(), 1, "{owner} claims it at {now}");
+            got.remove(0)
+        }
+    };
+    assert_eq!(claim("a", T0 + 1).await.interrupted_runs, 0, "a first run");
+    // Each lease lapses while its run is in progress.
+    assert_eq!(claim("b", T0 + 40_000).await.interrupted_runs, 1);
+    assert_eq!(claim("c", T0 + 80_000).await.interrupted_runs, 2);
+    // A dead owner's lease freed: one more, kept by the next claim.
+    assert_eq!(store.release_owner("c", T0 + 80_001).await.unwrap(), 1);
+    let d = claim("d", T0 + 80_002).await;
+    assert_eq!(d.interrupted_runs, 3);
+    // A run that suspends starts the count over.
+    store
+        .suspend(
+            &d.lease,
+            suspend_at(Status::Pending, T0 + 80_003, T0 + 80_003),
+        )
+        .await
+        .unwrap();
+    let e = claim("e", T0 + 80_004).await;
+    assert_eq!(e.interrupted_runs, 0);
+
+    // The engine's pause of a crash loop: `Paused`, its reason in the history.
+    assert_eq!(claim("f", T0 + 120_000).await.interrupted_runs, 1);
+    let f = store.release_owner("f", T0 + 120_001).await.unwrap();
+    assert_eq!(f, 1);
+    let g = claim("g", T0 + 120_002).await;
+    assert_eq!(g.interrupted_runs, 2);
+    let mut pause = suspend_at(Status::Paused, T0 + 120_003, T0 + 120_003);
+    pause.reason = "interrupted too often".into();
+    store.suspend(&g.lease, pause).await.unwrap();
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().status,
+        Status::Paused
+    );
+    let last = store.history(&id).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.kind.as_str(), last.message.as_deref()),
+        ("paused", Some("interrupted too often"))
+    );
+    assert!(
+        store
+            .claim(claim_req("h", T0 + 200_000, 1))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a paused instance is not claimed"
+    );
+    assert_eq!(
+        store.resume(&id, T0 + 200_001).await.unwrap(),
+        Control::Applied
+    );
+    let h = claim("h", T0 + 200_002).await;
+    assert_eq!(h.interrupted_runs, 0, "suspended, then resumed");
+
+    // Paused by a user while a dead owner's run counted: resumed, from 0.
+    assert_eq!(store.release_owner("h", T0 + 200_003).await.unwrap(), 1);
+    store.pause(&id, T0 + 200_004).await.unwrap();
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().status,
+        Status::Paused
+    );
+    store.resume(&id, T0 + 200_005).await.unwrap();
+    assert_eq!(claim("i", T0 + 200_006).await.interrupted_runs, 0);
 }
 
 async fn children_wake_parents_and_die_with_them(store: impl Store) {

@@ -287,17 +287,29 @@ enum Started {
     },
     /// Not registered here: handed back.
     Unknown(Lease),
+    /// Interrupted too many times in a row: paused, not run.
+    CrashLoop(Lease, crate::store::Suspend),
 }
 
 /// Lists `claimed` as running (for control operations to reach it), or
 /// says it cannot run here.
 fn start_run(w: &WorkerShared, claimed: Claimed) -> Started {
-    let Claimed { row, lease, steps } = claimed;
+    let Claimed {
+        row,
+        lease,
+        steps,
+        interrupted_runs,
+    } = claimed;
     let inner = &w.engine.inner;
     let Some(def) = inner.workflows.get(row.workflow.as_str()).cloned() else {
         // Claimed only registered names; unreachable unless the store ignores the filter.
         return Started::Unknown(lease);
     };
+    if let Some(limit) = inner.config.max_interrupted_runs {
+        if interrupted_runs >= limit.max(1) {
+            return Started::CrashLoop(lease, crash_loop_pause(&row, &steps, interrupted_runs));
+        }
+    }
     let step_options = def.step_options(inner.config.step_options);
     let run = Arc::new(RunShared::new(
         w.engine.clone(),
@@ -313,6 +325,36 @@ fn start_run(w: &WorkerShared, claimed: Claimed) -> Started {
         run,
         def,
         row: Box::new(row),
+    }
+}
+
+/// The pause of an instance whose runs kept being interrupted, with the
+/// last step it recorded: the one it runs next is the likely culprit.
+fn crash_loop_pause(
+    row: &crate::store::InstanceRow,
+    steps: &[crate::store::StepRow],
+    interrupted: u32,
+) -> crate::store::Suspend {
+    let after = match steps.last() {
+        Some(step) => format!("after step `{}`", step.key),
+        None => "before its first step was recorded".to_owned(),
+    };
+    let reason = format!(
+        "paused after {interrupted} interrupted runs in a row: each time the process running it \
+         died or lost its lease {after} (a step that crashes the process?); resume it once fixed"
+    );
+    tracing::error!(id = %row.id, workflow = %row.workflow, interrupted, "{reason}");
+    let at = now_millis();
+    crate::store::Suspend {
+        status: Status::Paused,
+        run_at: at,
+        wait_event: None,
+        wait_child: None,
+        // A step backing off keeps its count of attempts.
+        retry: row.retry.clone(),
+        state: None,
+        reason,
+        at,
     }
 }
 
@@ -575,6 +617,11 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
         Started::Run { run, def, row } => (run, def, *row),
         Started::Unknown(lease) => {
             let _ = inner.store.release(&lease, now_millis()).await;
+            return;
+        }
+        Started::CrashLoop(lease, pause) => {
+            drop(slot);
+            settle(&w, &lease, Settle::Suspend(pause)).await;
             return;
         }
     };

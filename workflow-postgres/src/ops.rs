@@ -176,9 +176,10 @@ impl Db {
              ) \
              UPDATE instances SET status = 'in_progress', lease_owner = $1, lease_expires_at = $2, \
                  run_at = $2, runs = runs + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
-                 wait_event = NULL, wait_child = NULL \
+                 wait_event = NULL, wait_child = NULL, \
+                 interrupted_runs = interrupted_runs + CASE WHEN status = 'in_progress' THEN 1 ELSE 0 END \
              FROM due WHERE id = due.due_id \
-             RETURNING {COLUMNS}, due.due_at"
+             RETURNING {COLUMNS}, due.due_at, interrupted_runs"
         )))
         .bind(&req.owner)
         .bind(req.lease_until)
@@ -199,12 +200,14 @@ impl Db {
                     };
                     // `run_at` is now the lease's end; order by when it was due.
                     let due_at: Millis = row.try_get("due_at")?;
+                    let interrupted: i32 = row.try_get("interrupted_runs")?;
                     claimed.push((
                         due_at,
                         Claimed {
                             row: instance,
                             lease,
                             steps: Vec::new(),
+                            interrupted_runs: u32::try_from(interrupted).unwrap_or(0),
                         },
                     ));
                 }
@@ -562,6 +565,7 @@ impl Db {
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET lease_owner = NULL, lease_expires_at = NULL, updated_at = $2, \
                  run_at = CASE WHEN status = 'in_progress' THEN $2 ELSE run_at END, \
+                 interrupted_runs = interrupted_runs + CASE WHEN status = 'in_progress' THEN 1 ELSE 0 END, \
                  status = CASE WHEN status = 'in_progress' THEN 'pending' ELSE status END \
              WHERE lease_owner = $1 AND status NOT IN {TERMINAL} RETURNING id"
         )))
@@ -634,7 +638,15 @@ impl Db {
             .is_some(),
             None => false,
         };
-        let (status, run_at, kind, message, paused_at) = if pause {
+        let (status, run_at, kind, message, paused_at) = if s.status == Status::Paused {
+            (
+                Status::Paused,
+                s.run_at,
+                "paused",
+                Some(s.reason.clone()),
+                Some(s.at),
+            )
+        } else if pause {
             (Status::Paused, s.run_at, "paused", None, Some(s.at))
         } else if event_waiting || child_done {
             (
@@ -659,7 +671,8 @@ impl Db {
             "UPDATE instances SET status = $2, run_at = LEAST($3, COALESCE(deadline_at, $3)), \
                  wait_event = $4, wait_child = $5, \
                  retry_key = $6, retry_attempts = $7, state = COALESCE($8, state), updated_at = $9, \
-                 paused_at = $10, pause_requested = FALSE, lease_owner = NULL, lease_expires_at = NULL \
+                 paused_at = $10, pause_requested = FALSE, lease_owner = NULL, lease_expires_at = NULL, \
+                 interrupted_runs = 0 \
              WHERE id = $1",
         )
         .bind(lease.instance.as_str())
@@ -857,7 +870,8 @@ impl Db {
         let resumed = sqlx::query(
             "UPDATE instances SET status = 'pending', run_at = $2, updated_at = $2, \
                  pause_requested = FALSE, \
-                 deadline_at = deadline_at + ($2 - COALESCE(paused_at, $2)), paused_at = NULL \
+                 deadline_at = deadline_at + ($2 - COALESCE(paused_at, $2)), paused_at = NULL, \
+                 interrupted_runs = 0 \
              WHERE id = $1 AND status = 'paused'",
         )
         .bind(id.as_str())

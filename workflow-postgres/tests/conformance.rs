@@ -133,7 +133,7 @@ async fn concurrent_starts_migrate_once() {
         .fetch_all(stores[0].pool())
         .await
         .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     common::drop_schemas(&url, &[schema]).await;
 }
 

@@ -10,6 +10,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_run_events_in_instances.sql"),
     include_str!("../migrations/0005_dedup_index_by_key.sql"),
     include_str!("../migrations/0006_event_keys.sql"),
+    include_str!("../migrations/0007_interrupted_runs.sql"),
 ];
 
 /// Brings the schema up to date. Safe when several processes start at once:

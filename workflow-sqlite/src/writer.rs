@@ -591,7 +591,8 @@ const INSERT_INSTANCE: &str = "INSERT INTO instances (id, workflow, status, inpu
 const TAKE: &str =
     "UPDATE instances SET status = 'in_progress', lease_owner = ?1, lease_expires_at = ?2, run_at = ?2, \
              runs = runs + 1, updated_at = ?3, started_at = COALESCE(started_at, ?3), \
-             wait_event = NULL, wait_child = NULL, started_seq = COALESCE(?5, started_seq) \
+             wait_event = NULL, wait_child = NULL, started_seq = COALESCE(?5, started_seq), \
+             interrupted_runs = interrupted_runs + (status = 'in_progress') \
          WHERE id = ?4";
 /// `history = 1`: the step's own history events (`step_completed` or
 /// `step_failed`, then `state_changed`) are read from this row, not stored
@@ -1262,7 +1263,8 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 let resumed = c
                     .prepare_cached(
                         "UPDATE instances SET status = 'pending', run_at = ?1, updated_at = ?1, pause_requested = 0, \
-                             deadline_at = deadline_at + (?1 - COALESCE(paused_at, ?1)), paused_at = NULL \
+                             deadline_at = deadline_at + (?1 - COALESCE(paused_at, ?1)), paused_at = NULL, \
+                             interrupted_runs = 0 \
                          WHERE id = ?2 AND status = 'paused'",
                     )?
                     .execute(params![at, id.as_str()])?
@@ -1281,7 +1283,8 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             let ids: Vec<String> = c
                 .prepare_cached(
                     "UPDATE instances INDEXED BY instances_status \
-                     SET lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1, run_at = ?1, status = 'pending' \
+                     SET lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1, run_at = ?1, status = 'pending', \
+                         interrupted_runs = interrupted_runs + 1 \
                      WHERE status = 'in_progress' AND lease_owner = ?2 RETURNING id",
                 )?
                 .query_map(params![at, owner], |r| r.get(0))?
@@ -1401,7 +1404,15 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
             .exists(params![child.as_str()])?,
         None => false,
     };
-    let (status, run_at, kind, message, paused_at) = if pause != 0 {
+    let (status, run_at, kind, message, paused_at) = if s.status == Status::Paused {
+        (
+            Status::Paused,
+            s.run_at,
+            "paused",
+            Some(s.reason.clone()),
+            Some(s.at),
+        )
+    } else if pause != 0 {
         (Status::Paused, s.run_at, "paused", None, Some(s.at))
     } else if event_waiting || child_done {
         (
@@ -1426,7 +1437,7 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
         "UPDATE instances SET status = ?1, run_at = MIN(?2, COALESCE(deadline_at, ?2)), \
              wait_event = ?3, wait_child = ?4, retry_key = ?5, \
              retry_attempts = ?6, state = COALESCE(?7, state), updated_at = ?8, paused_at = ?9, \
-             pause_requested = 0, lease_owner = NULL, lease_expires_at = NULL \
+             pause_requested = 0, lease_owner = NULL, lease_expires_at = NULL, interrupted_runs = 0 \
          WHERE id = ?10",
     )?
     .execute(params![
@@ -1515,6 +1526,9 @@ fn event(
     ])?;
     Ok(())
 }
+
+/// How many columns `raw_instance` reads: those of `COLUMNS`.
+const COLUMNS_READ: usize = 22;
 
 fn raw_instance(r: &Row<'_>) -> Result<RawInstance, Db> {
     Ok(RawInstance {
@@ -1671,7 +1685,7 @@ pub(crate) fn claim_sql(workflows: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "SELECT {COLUMNS} FROM instances INDEXED BY instances_runnable \
+        "SELECT {COLUMNS}, interrupted_runs FROM instances INDEXED BY instances_runnable \
          WHERE (status = 'pending' OR status = 'in_progress' OR status = 'listening') \
            AND run_at <= ?1 \
            AND (lease_expires_at IS NULL OR lease_expires_at < ?1) \
@@ -1699,14 +1713,18 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
     let mut raws = Vec::with_capacity(read.len());
     for row in read {
         match row {
-            Claimable::Row(raw) => raws.push(raw),
+            Claimable::Row(raw, interrupted) => {
+                // As `TAKE` counts: a claim of a run whose lease lapsed.
+                let interrupted = interrupted + u32::from(raw.status == "in_progress");
+                raws.push((raw, interrupted));
+            }
             // Failed alone, before the others are taken: it would be the
             // oldest due row of every claim from now on.
             Claimable::Unreadable { id, why } => fail_corrupt(c, &id, &why, req.now)?,
         }
     }
     let mut take = c.hot().take.borrow_mut();
-    for raw in &mut raws {
+    for (raw, _) in &mut raws {
         // A first run's `started` event is its row's `started_seq`.
         let started_seq = if raw.runs == 0 {
             Some(c.next_seq(1)?)
@@ -1731,7 +1749,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
     }
     drop(take);
     let mut claimed = Vec::with_capacity(raws.len());
-    for raw in raws {
+    for (raw, interrupted_runs) in raws {
         let id = raw.id.clone();
         let row = match decode_instance(raw) {
             Ok(row) => row,
@@ -1770,7 +1788,12 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
             run: row.runs,
         };
         c.leases().grant(&lease, row.parent.is_some());
-        claimed.push(Claimed { row, lease, steps });
+        claimed.push(Claimed {
+            row,
+            lease,
+            steps,
+            interrupted_runs,
+        });
     }
     // Oldest due first, as the claim query ordered them.
     Ok(claimed)
@@ -1781,18 +1804,21 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
 // rows were a `Vec<RawInstance>` before, just as large.
 #[allow(clippy::large_enum_variant)]
 enum Claimable {
-    Row(RawInstance),
+    /// The row, and its count of interrupted runs before this claim.
+    Row(RawInstance, u32),
     /// A column holds what it cannot (text that is not UTF-8, text where a
     /// number belongs): the instance is failed, the claim goes on.
-    Unreadable {
-        id: Vec<u8>,
-        why: String,
-    },
+    Unreadable { id: Vec<u8>, why: String },
 }
 
 fn claimable(r: &Row<'_>) -> Result<Claimable, Db> {
-    match raw_instance(r) {
-        Ok(raw) => Ok(Claimable::Row(raw)),
+    let read = raw_instance(r).and_then(|raw| {
+        // The claim's select reads `interrupted_runs` after `COLUMNS`.
+        let interrupted: i64 = r.get(COLUMNS_READ)?;
+        Ok(Claimable::Row(raw, u32::try_from(interrupted).unwrap_or(0)))
+    });
+    match read {
+        Ok(claimable) => Ok(claimable),
         Err(err) if unreadable(&err) => {
             let id = match r.get_ref(0)? {
                 rusqlite::types::ValueRef::Text(bytes) => bytes.to_vec(),
@@ -1957,6 +1983,13 @@ mod tests {
 
     /// A cached statement that SQLite re-prepares on each run costs a full
     /// parse and plan per claim; the hot path must not have one.
+    #[test]
+    fn the_claim_reads_interrupted_runs_right_after_the_columns() {
+        assert_eq!(COLUMNS.split(',').count(), COLUMNS_READ);
+        let sql = claim_sql(1);
+        assert!(sql.contains(&format!("{COLUMNS}, interrupted_runs FROM")), "{sql}");
+    }
+
     #[test]
     fn claims_reuse_their_prepared_statement() {
         let mut c = migrated();
