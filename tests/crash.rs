@@ -1682,7 +1682,8 @@ mod poison {
     //! lease and runs it again, until the engine has seen `LIMIT`
     //! interrupted runs in a row and pauses the instance instead of
     //! running it. Once "fixed", a resume runs it to the end from its
-    //! recorded steps.
+    //! recorded steps. An instance running beside it, killed with it every
+    //! time but recording steps in between, is not paused.
 
     use super::*;
 
@@ -1705,6 +1706,8 @@ mod poison {
         let boom = ctx
             .step("boom", || async move {
                 if !fixed_path(log).exists() {
+                    // Long enough for the steady instance to record steps.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                     log_line(log, &format!("boom {}", std::process::id()));
                     std::process::abort();
                 }
@@ -1715,7 +1718,24 @@ mod poison {
         Ok(before + boom)
     }
 
-    /// Runs a worker until the instance is paused or has ended.
+    /// Killed along with `poisoned`, but gets somewhere in between.
+    #[workflow(name = "steady", timeout = "1h")]
+    async fn steady(ctx: Ctx, job: Job) -> workflow::Result<u32> {
+        let log = &job.log;
+        for _ in 0..STEADY_STEPS {
+            ctx.step("tick", || async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                log_line(log, "tick");
+                Ok::<_, BoxError>(())
+            })
+            .await?;
+        }
+        Ok(STEADY_STEPS)
+    }
+
+    const STEADY_STEPS: u32 = 60;
+
+    /// Runs a worker until both instances are paused or have ended.
     pub fn child(db: &str) {
         // SAFETY: setrlimit only reads the struct it is given. No core
         // files from the aborts.
@@ -1730,6 +1750,7 @@ mod poison {
             let engine = Engine::builder()
                 .database_url(format!("sqlite://{db}"))
                 .register(Poisoned)
+                .register(Steady)
                 .max_interrupted_runs(Some(LIMIT))
                 .lease_duration(Duration::from_secs(1))
                 .poll_interval(Duration::from_millis(20))
@@ -1738,7 +1759,7 @@ mod poison {
                 .expect("engine");
             let _worker = engine.start_worker();
             loop {
-                let counts = engine.counts(Some("poisoned")).await.expect("counts");
+                let counts = engine.counts(None).await.expect("counts");
                 if counts
                     .keys()
                     .all(|s| s.is_terminal() || *s == Status::Paused)
@@ -1793,23 +1814,29 @@ mod poison {
         let log = dir.path().join("effects.log");
         let log_text = log.display().to_string();
         let rt = runtime();
-        let (engine, id) = rt.block_on(async {
+        let (engine, id, steady) = rt.block_on(async {
             let engine = Engine::builder()
                 .database_url(format!("sqlite://{}", db.display()))
                 .register(Poisoned)
+                .register(Steady)
                 .build()
                 .await
                 .expect("engine");
-            let job = Job {
-                n: 5,
+            let job = |n| Job {
+                n,
                 log: log_text.clone(),
             };
-            let id = Poisoned::start(&engine, job)
+            let id = Poisoned::start(&engine, job(5))
                 .await
                 .expect("start")
                 .id()
                 .clone();
-            (engine, id)
+            let steady = Steady::start(&engine, job(0))
+                .await
+                .expect("start")
+                .id()
+                .clone();
+            (engine, id, steady)
         });
 
         let aborted = run_until_clean_exit(&db);
@@ -1832,6 +1859,18 @@ mod poison {
         });
         assert_eq!(info.status, Status::Paused);
         assert_eq!(last.kind, "paused");
+        // Killed with it up to three times, it recorded steps in between.
+        let steady_info = rt.block_on(async { engine.instance(&steady).await.expect("steady") });
+        assert_eq!(
+            steady_info.status,
+            Status::Completed,
+            "the instance beside it ran on"
+        );
+        let ticks = log_now.iter().filter(|l| *l == "tick").count() as u32;
+        assert!(
+            (STEADY_STEPS..=STEADY_STEPS + LIMIT).contains(&ticks),
+            "{ticks} ticks: a step re-runs only if a kill cut it short"
+        );
         let reason = last.message.clone().unwrap_or_default();
         assert!(
             reason.contains(&format!("{LIMIT} interrupted runs in a row"))

@@ -487,6 +487,9 @@ function instanceView(id) {
   }
 
   function sendEvent() {
+    // One key per dialog: a double-click or a resent request after a
+    // dropped answer delivers the event once (send_event_once).
+    const key = "console-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2);
     const name = h("input", { placeholder: "approval", "data-testid": "event-name" });
     const payload = h("textarea", { "data-testid": "event-payload" }, "{}");
     openDialog("Send an event", "A waiting ctx.wait_for_event(name, ..) receives the payload; an event sent early is kept until the instance waits for it.",
@@ -495,7 +498,7 @@ function instanceView(id) {
         let value;
         try { value = JSON.parse(payload.value || "null"); } catch (e) { throw new Error("payload is not valid JSON: " + e.message); }
         if (!name.value.trim()) throw new Error("an event name is required");
-        await act("events", { name: name.value.trim(), payload: value });
+        await act("events", { name: name.value.trim(), payload: value, key });
       });
   }
 

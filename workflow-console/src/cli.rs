@@ -182,7 +182,8 @@ impl CliError {
         match self {
             CliError::Usage(_)
             | CliError::UnknownWorkflow { .. }
-            | CliError::Workflow(Error::InvalidInput { .. }) => 2,
+            | CliError::Workflow(Error::InvalidInput { .. })
+            | CliError::Workflow(Error::InvalidEventKey { .. }) => 2,
             _ => 1,
         }
     }

@@ -263,6 +263,9 @@ async fn starts_and_steers_for_a_running_engine() {
     wait_status(&f.engine, &f.listening, Status::Paused).await;
     let out = cli(url, &["resume", id]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = cli(url, &["send-event", id, "approval", "{}", "--key", ""]).await;
+    assert_eq!(out.code, 2, "an unusable key is bad input: {}", out.stderr);
+    assert!(out.stderr.contains("non-empty"), "{}", out.stderr);
     let send = [
         "send-event",
         id,

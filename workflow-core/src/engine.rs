@@ -70,6 +70,10 @@ pub fn unsupported_url(url: &str, known: &[&str], needs: impl Fn(&str) -> String
     })
 }
 
+/// The longest event key accepted: every store indexes keys, and
+/// PostgreSQL's B-tree refuses entries much over 2 KiB.
+pub const MAX_EVENT_KEY_BYTES: usize = 512;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub concurrency: usize,
@@ -297,10 +301,14 @@ impl EngineBuilder {
     /// instance would take down every worker that claims it, with the
     /// other instances they run, until its deadline. Paused, it keeps its
     /// recorded steps and waits for [`Instance::resume`] after a fix, and
-    /// its `paused` history event says why. Runs that suspend (a sleep, a
-    /// wait, a long backoff) start the count over, as does a resume; a
-    /// crash also counts against the instances that were running beside
-    /// the one that caused it.
+    /// its `paused` history event says why. A run that gets somewhere
+    /// (records a step, a failed attempt or an event, or suspends) starts
+    /// the count over, as does a resume. A crash counts against every
+    /// instance its process held, so one beside the culprit that records
+    /// nothing between crashes (claimed ahead and not started yet, or
+    /// inside one long step) can be paused with it: resume it.
+    ///
+    /// An instance past its deadline is run anyway, to end `TimedOut`.
     pub fn max_interrupted_runs(mut self, limit: Option<u32>) -> Self {
         self.config.max_interrupted_runs = limit;
         self
@@ -741,7 +749,7 @@ impl Engine {
         key: &str,
         payload: serde_json::Value,
     ) -> Result<EventSent> {
-        if key.is_empty() || key.contains('\0') {
+        if key.is_empty() || key.len() > MAX_EVENT_KEY_BYTES || key.contains('\0') {
             return Err(Error::InvalidEventKey {
                 key: key.to_owned(),
             });

@@ -146,9 +146,11 @@ pub enum Error {
     },
 
     /// An event key ([`Instance::send_event_once`](crate::Instance::send_event_once))
-    /// is empty or contains a NUL character, which not every store can record.
+    /// is empty, longer than [`MAX_EVENT_KEY_BYTES`](crate::MAX_EVENT_KEY_BYTES),
+    /// or contains a NUL character, which not every store can record.
     #[error(
-        "event key {key:?} is not usable: a key must be non-empty and contain no NUL character"
+        "event key {key:?} is not usable: a key must be non-empty, at most {} bytes long and contain no NUL character",
+        crate::MAX_EVENT_KEY_BYTES
     )]
     InvalidEventKey {
         /// The key as given.

@@ -231,8 +231,9 @@ impl<W: Workflow> Instance<W> {
     ///
     /// Keys are per instance and kept for its lifetime. A send refused
     /// because the instance had already ended ([`Error::AlreadyFinished`])
-    /// does not use its key up. A key must be non-empty and contain no NUL
-    /// ([`Error::InvalidEventKey`]).
+    /// does not use its key up. A key must be non-empty, at most
+    /// [`MAX_EVENT_KEY_BYTES`](crate::MAX_EVENT_KEY_BYTES) long and contain
+    /// no NUL ([`Error::InvalidEventKey`]).
     ///
     /// ```no_run
     /// # async fn f(inst: workflow_core::Instance<impl workflow_core::Workflow>, delivery_id: &str) -> workflow_core::Result<()> {

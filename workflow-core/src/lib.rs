@@ -25,7 +25,9 @@ mod worker;
 mod workflow;
 
 pub use crate::ctx::{Ctx, RESERVED_STEP_CHARS};
-pub use crate::engine::{unsupported_url, Connector, Durability, Engine, EngineBuilder};
+pub use crate::engine::{
+    unsupported_url, Connector, Durability, Engine, EngineBuilder, MAX_EVENT_KEY_BYTES,
+};
 pub use crate::error::{error_chain, BoxError, Error, Interrupt, Result, StoreError};
 pub use crate::id::InstanceId;
 pub use crate::instance::{

@@ -300,6 +300,8 @@ impl Store for MemoryStore {
         if entry.steps.iter().any(|s| s.key == step.key) {
             return Ok(());
         }
+        // A step recorded: this run got somewhere.
+        entry.interrupted_runs = 0;
         if let Some(state) = &step.state {
             entry.row.state = Some(state.clone());
             entry.row.updated_at = step.finished_at;
@@ -340,7 +342,9 @@ impl Store for MemoryStore {
         let mut t = self.tables();
         // The row keeps the step's count too, as a suspension for its
         // backoff would: a run after a crash mid-backoff counts on.
-        t.leased(lease)?.row.retry = Some((step.to_owned(), attempt));
+        let entry = t.leased(lease)?;
+        entry.row.retry = Some((step.to_owned(), attempt));
+        entry.interrupted_runs = 0;
         t.event(
             &lease.instance,
             at,
@@ -649,6 +653,7 @@ impl Store for MemoryStore {
     ) -> Result<Option<String>, StoreError> {
         let mut t = self.tables();
         let entry = t.leased(lease)?;
+        entry.interrupted_runs = 0;
         let Some(index) = entry.inbox.iter().position(|(n, _)| n == name) else {
             return Ok(None);
         };

@@ -183,7 +183,10 @@ pub struct Claimed {
     /// How many runs in a row before this one ended without recording how:
     /// the process running it died, or its lease lapsed. Counted when such
     /// a run's instance is claimed again or its dead owner's lease freed
-    /// ([`Store::release_owner`]); back to 0 when a run suspends it.
+    /// ([`Store::release_owner`]); back to 0 when a run gets somewhere:
+    /// records a step ([`Store::commit_step`]), a failed attempt
+    /// ([`Store::record_attempt`]), takes an event ([`Store::take_event`])
+    /// or suspends, and when the instance is resumed.
     pub interrupted_runs: u32,
 }
 

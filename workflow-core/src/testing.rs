@@ -1303,6 +1303,32 @@ async fn interrupted_runs_are_counted(store: impl Store) {
     );
     store.resume(&id, T0 + 200_005).await.unwrap();
     assert_eq!(claim("i", T0 + 200_006).await.interrupted_runs, 0);
+
+    // A run that records a step, a failed attempt or a taken event got
+    // somewhere: only the interruption after it counts.
+    let j = claim("j", T0 + 240_000).await;
+    assert_eq!(j.interrupted_runs, 1);
+    store
+        .commit_step(&j.lease, step("s1", "1", None))
+        .await
+        .unwrap();
+    let k = claim("k", T0 + 280_000).await;
+    assert_eq!(k.interrupted_runs, 1, "j recorded a step");
+    store
+        .record_attempt(&k.lease, "s2", 1, "boom", T0 + 280_001)
+        .await
+        .unwrap();
+    let l = claim("l", T0 + 320_000).await;
+    assert_eq!(l.interrupted_runs, 1, "k recorded a failed attempt");
+    store
+        .take_event(&l.lease, "none", "none", T0 + 320_001)
+        .await
+        .unwrap();
+    assert_eq!(
+        claim("m", T0 + 360_000).await.interrupted_runs,
+        1,
+        "l looked for an event"
+    );
 }
 
 async fn children_wake_parents_and_die_with_them(store: impl Store) {

@@ -379,7 +379,8 @@ async fn a_redelivered_event_with_a_key_is_received_once() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::AlreadyFinished { .. }), "{err:?}");
-    for bad in ["", "a\0b"] {
+    let long = "k".repeat(MAX_EVENT_KEY_BYTES + 1);
+    for bad in ["", "a\0b", long.as_str()] {
         let err = inst.send_event_once("payment", bad, 5).await.unwrap_err();
         assert!(matches!(err, Error::InvalidEventKey { .. }), "{err:?}");
         assert!(err.to_string().contains("non-empty"), "{err}");

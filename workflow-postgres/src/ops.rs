@@ -312,7 +312,8 @@ impl Db {
         let held: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "WITH held AS ( \
                  UPDATE instances SET state = COALESCE($5, state), \
-                     updated_at = CASE WHEN $5::text IS NULL THEN updated_at ELSE $4 END \
+                     updated_at = CASE WHEN $5::text IS NULL THEN updated_at ELSE $4 END, \
+                     interrupted_runs = 0 \
                  WHERE {FENCE} RETURNING id \
              ), recorded AS ( \
                  INSERT INTO steps (instance_id, key, output, error, state, attempts, started_at, finished_at) \
@@ -1032,7 +1033,8 @@ fn tags_json(tags: &std::collections::BTreeMap<String, String>) -> String {
     serde_json::to_string(tags).unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// Bumps `updated_at` (and records a step's failed attempts, when given)
+/// Bumps `updated_at`, zeroes the count of interrupted runs (the run got
+/// somewhere) and records a step's failed attempts, when given,
 /// if `lease` is current, locking the row; false when it is not.
 async fn fence(
     conn: &mut PgConnection,
@@ -1041,7 +1043,7 @@ async fn fence(
     retry: Option<(&str, u32)>,
 ) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE instances SET updated_at = $4, \
+        "UPDATE instances SET updated_at = $4, interrupted_runs = 0, \
              retry_key = COALESCE($5, retry_key), retry_attempts = COALESCE($6, retry_attempts) \
          WHERE {FENCE}"
     )))

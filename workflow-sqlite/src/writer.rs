@@ -75,8 +75,27 @@ impl<'c> Hot<'c> {
 #[derive(Default)]
 struct Leases {
     data_version: Option<i64>,
-    /// Instance id → (owner, run, whether the instance may have a parent).
-    held: HashMap<String, (String, i64, bool)>,
+    /// Instance id → the lease's owner and run, and what the commits of
+    /// its steps must know.
+    held: HashMap<String, (String, i64, Held)>,
+}
+
+/// What this writer knows of an instance whose lease it granted.
+#[derive(Clone, Copy)]
+struct Held {
+    /// It may have a parent to wake when it ends.
+    parent: bool,
+    /// Its count of interrupted runs may be above 0: the next step it
+    /// records sets it back to 0.
+    interrupted: bool,
+}
+
+impl Held {
+    /// Nothing known: assume both.
+    const UNKNOWN: Held = Held {
+        parent: true,
+        interrupted: true,
+    };
 }
 
 impl Leases {
@@ -89,20 +108,29 @@ impl Leases {
             .is_some_and(|(owner, run, _)| *owner == lease.owner && *run == lease.run)
     }
 
-    fn grant(&mut self, lease: &Lease, has_parent: bool) {
+    fn grant(&mut self, lease: &Lease, held: Held) {
         if self.held.len() >= Self::MAX {
             self.held.clear();
         }
         self.held.insert(
             lease.instance.as_str().to_owned(),
-            (lease.owner.clone(), lease.run, has_parent),
+            (lease.owner.clone(), lease.run, held),
         );
+    }
+
+    /// Whether a step of `id` must set its count of interrupted runs back
+    /// to 0; true once, and again only after a new grant.
+    fn take_interrupted(&mut self, id: &str) -> bool {
+        match self.held.get_mut(id) {
+            Some((_, _, held)) => std::mem::replace(&mut held.interrupted, false),
+            None => true,
+        }
     }
 
     /// Forgets `id`'s lease; returns whether the instance may have a parent
     /// (true when unknown).
     fn end(&mut self, id: &str) -> bool {
-        self.held.remove(id).is_none_or(|(_, _, parent)| parent)
+        self.held.remove(id).is_none_or(|(_, _, held)| held.parent)
     }
 }
 
@@ -1479,7 +1507,8 @@ fn control(c: &Tx<'_, '_>, id: &InstanceId) -> Result<Control, Db> {
     })
 }
 
-/// Bumps `updated_at` (and records a step's failed attempts, when given)
+/// Bumps `updated_at`, zeroes the count of interrupted runs (the run got
+/// somewhere) and records a step's failed attempts, when given,
 /// if `lease` is current; false when it is not.
 fn touch(
     c: &Tx<'_, '_>,
@@ -1488,7 +1517,7 @@ fn touch(
     retry: Option<(&str, u32)>,
 ) -> Result<bool, Db> {
     Ok(c.prepare_cached(
-        "UPDATE instances SET updated_at = ?1, \
+        "UPDATE instances SET updated_at = ?1, interrupted_runs = 0, \
              retry_key = COALESCE(?5, retry_key), retry_attempts = COALESCE(?6, retry_attempts) \
          WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress'",
     )?
@@ -1787,7 +1816,13 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
             owner: req.owner.clone(),
             run: row.runs,
         };
-        c.leases().grant(&lease, row.parent.is_some());
+        c.leases().grant(
+            &lease,
+            Held {
+                parent: row.parent.is_some(),
+                interrupted: interrupted_runs > 0,
+            },
+        );
         claimed.push(Claimed {
             row,
             lease,
@@ -1907,8 +1942,14 @@ fn commit_step(
         if !held {
             return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
         }
-        // Whether it has a parent is not known here.
-        c.leases().grant(lease, true);
+        c.leases().grant(lease, Held::UNKNOWN);
+    }
+    if c.leases().take_interrupted(lease.instance.as_str()) {
+        // A step recorded: this run got somewhere.
+        c.prepare_cached(
+            "UPDATE instances SET interrupted_runs = 0 WHERE id = ?1 AND interrupted_runs > 0",
+        )?
+        .execute(params![lease.instance.as_str()])?;
     }
     if step.state.is_some() {
         c.prepare_cached("UPDATE instances SET updated_at = ?1, state = ?2 WHERE id = ?3")?
@@ -1987,7 +2028,10 @@ mod tests {
     fn the_claim_reads_interrupted_runs_right_after_the_columns() {
         assert_eq!(COLUMNS.split(',').count(), COLUMNS_READ);
         let sql = claim_sql(1);
-        assert!(sql.contains(&format!("{COLUMNS}, interrupted_runs FROM")), "{sql}");
+        assert!(
+            sql.contains(&format!("{COLUMNS}, interrupted_runs FROM")),
+            "{sql}"
+        );
     }
 
     #[test]
