@@ -90,22 +90,20 @@ struct Held {
     interrupted: bool,
 }
 
-impl Held {
-    /// Nothing known: assume both.
-    const UNKNOWN: Held = Held {
-        parent: true,
-        interrupted: true,
-    };
-}
-
 impl Leases {
     /// Far more than any engine runs at once; a bound in case of a leak.
     const MAX: usize = 100_000;
 
-    fn holds(&self, lease: &Lease) -> bool {
-        self.held
-            .get(lease.instance.as_str())
-            .is_some_and(|(owner, run, _)| *owner == lease.owner && *run == lease.run)
+    /// For a step of `lease`: `None` if this writer does not know the
+    /// lease granted, else whether the step must set the instance's count
+    /// of interrupted runs back to 0 (once per grant).
+    fn step_of(&mut self, lease: &Lease) -> Option<bool> {
+        match self.held.get_mut(lease.instance.as_str()) {
+            Some((owner, run, held)) if *owner == lease.owner && *run == lease.run => {
+                Some(std::mem::replace(&mut held.interrupted, false))
+            }
+            _ => None,
+        }
     }
 
     fn grant(&mut self, lease: &Lease, held: Held) {
@@ -116,15 +114,6 @@ impl Leases {
             lease.instance.as_str().to_owned(),
             (lease.owner.clone(), lease.run, held),
         );
-    }
-
-    /// Whether a step of `id` must set its count of interrupted runs back
-    /// to 0; true once, and again only after a new grant.
-    fn take_interrupted(&mut self, id: &str) -> bool {
-        match self.held.get_mut(id) {
-            Some((_, _, held)) => std::mem::replace(&mut held.interrupted, false),
-            None => true,
-        }
     }
 
     /// Forgets `id`'s lease; returns whether the instance may have a parent
@@ -1933,18 +1922,30 @@ fn commit_step(
     // A read guards the write (the instance row is only rewritten when the
     // step changed the state, so most steps dirty only the steps table),
     // and only when this writer has not seen the lease granted.
-    if !c.leases().holds(lease) {
-        let held = c.hot().lease_held.borrow_mut().exists(params![
-            lease.instance.as_str(),
-            lease.owner,
-            lease.run
-        ])?;
-        if !held {
-            return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
+    let known = c.leases().step_of(lease);
+    let reset_interrupted = match known {
+        Some(reset) => reset,
+        None => {
+            let held = c.hot().lease_held.borrow_mut().exists(params![
+                lease.instance.as_str(),
+                lease.owner,
+                lease.run
+            ])?;
+            if !held {
+                return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
+            }
+            // Its count is not known here: set it to 0 now, once.
+            c.leases().grant(
+                lease,
+                Held {
+                    parent: true,
+                    interrupted: false,
+                },
+            );
+            true
         }
-        c.leases().grant(lease, Held::UNKNOWN);
-    }
-    if c.leases().take_interrupted(lease.instance.as_str()) {
+    };
+    if reset_interrupted {
         // A step recorded: this run got somewhere.
         c.prepare_cached(
             "UPDATE instances SET interrupted_runs = 0 WHERE id = ?1 AND interrupted_runs > 0",
