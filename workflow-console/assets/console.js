@@ -472,7 +472,10 @@ function instanceView(id) {
     try {
       const res = await api("instances/" + encodeURIComponent(id) + "/" + action, body || {});
       const said = { cancel: "Instance cancelled", pause: "Pause requested", resume: "Resumed", events: "Event sent" };
-      toast(action === "rerun" ? "Started " + res.id : said[action] || "Done");
+      const message = action === "rerun" ? "Started " + res.id
+        : res.already_sent ? "Already sent from this dialog: nothing changed"
+        : said[action] || "Done";
+      toast(message);
       if (action === "rerun") location.hash = "#/instances/" + encodeURIComponent(res.id);
       lastJson = "";
       await refresh();

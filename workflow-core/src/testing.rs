@@ -1304,8 +1304,9 @@ async fn interrupted_runs_are_counted(store: impl Store) {
     store.resume(&id, T0 + 200_005).await.unwrap();
     assert_eq!(claim("i", T0 + 200_006).await.interrupted_runs, 0);
 
-    // A run that records a step, a failed attempt or a taken event got
-    // somewhere: only the interruption after it counts.
+    // A run that records a step or a failed attempt, or looks for an
+    // event (found or not), got somewhere: only the interruption after it
+    // counts.
     let j = claim("j", T0 + 240_000).await;
     assert_eq!(j.interrupted_runs, 1);
     store
@@ -1324,10 +1325,21 @@ async fn interrupted_runs_are_counted(store: impl Store) {
         .take_event(&l.lease, "none", "none", T0 + 320_001)
         .await
         .unwrap();
+    let m = claim("m", T0 + 360_000).await;
+    assert_eq!(m.interrupted_runs, 1, "l looked for an event");
+    store
+        .send_event(&id, "go", "1", None, T0 + 360_001)
+        .await
+        .unwrap();
+    let taken = store
+        .take_event(&m.lease, "go", "go", T0 + 360_002)
+        .await
+        .unwrap();
+    assert_eq!(taken.as_deref(), Some("1"));
     assert_eq!(
-        claim("m", T0 + 360_000).await.interrupted_runs,
+        claim("n", T0 + 400_000).await.interrupted_runs,
         1,
-        "l looked for an event"
+        "m took an event"
     );
 }
 

@@ -343,8 +343,9 @@ fn crash_loop_pause(
         None => "before its first step was recorded".to_owned(),
     };
     let reason = format!(
-        "paused after {interrupted} interrupted runs in a row: each time the process running it \
-         died or lost its lease {after} (a step that crashes the process?); resume it once fixed"
+        "paused after {interrupted} interrupted run{} in a row: each time the process running it \
+         died or lost its lease {after} (a step that crashes the process?); resume it once fixed",
+        if interrupted == 1 { "" } else { "s" }
     );
     tracing::error!(id = %row.id, workflow = %row.workflow, interrupted, "{reason}");
     let at = now_millis();

@@ -1779,3 +1779,88 @@ async fn ctx_debug_names_the_run_whatever_the_state() {
         )
     );
 }
+
+/// Claims one `processOrder` instance `n` times as a worker that dies at
+/// once: each claim's lease lapses before the next.
+async fn interrupt(store: &Arc<dyn Store>, n: u32) {
+    for _ in 0..n {
+        let now = store::now_millis();
+        let claim = ClaimRequest {
+            owner: "ghost".into(),
+            workflows: vec!["processOrder".into()],
+            now,
+            lease_until: now + 1,
+            limit: 1,
+        };
+        assert_eq!(store.claim(claim).await.unwrap().len(), 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn crash_loop_engine(store: &Arc<dyn Store>, limit: Option<u32>) -> Engine {
+    EngineBuilder::new()
+        .shared_store(Arc::clone(store))
+        .register(ProcessOrder)
+        .max_interrupted_runs(limit)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap()
+}
+
+fn order(id: &str) -> OrderInput {
+    OrderInput {
+        order_id: id.into(),
+        quantity: 1,
+    }
+}
+
+#[tokio::test]
+async fn interrupted_runs_pause_an_instance_unless_unlimited_or_overdue() {
+    // A limit of 0 counts as 1: one interrupted run pauses it.
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = crash_loop_engine(&store, Some(0)).await;
+    let inst = ProcessOrder::start(&engine, order("P1")).await.unwrap();
+    interrupt(&store, 1).await;
+    let _worker = engine.start_worker();
+    until_status(&inst, Status::Paused).await;
+    let last = inst.history().await.unwrap().pop().unwrap();
+    assert_eq!(last.kind, "paused");
+    let why = last.message.unwrap_or_default();
+    assert!(
+        why.contains("after 1 interrupted run in a row") && why.contains("before its first step"),
+        "{why}"
+    );
+    // Resumed, it starts the count over and runs.
+    inst.resume().await.unwrap();
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(10)).await.unwrap(),
+        "P1 charged 7"
+    );
+
+    // No limit: run again however often it was interrupted.
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = crash_loop_engine(&store, None).await;
+    let inst = ProcessOrder::start(&engine, order("P2")).await.unwrap();
+    interrupt(&store, 30).await;
+    let _worker = engine.start_worker();
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(10)).await.unwrap(),
+        "P2 charged 7"
+    );
+
+    // Past its deadline: run, to end `TimedOut`, not paused.
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = crash_loop_engine(&store, Some(1)).await;
+    let inst = ProcessOrder::start_with(
+        &engine,
+        order("P3"),
+        StartOptions::new().timeout(Duration::from_millis(20)),
+    )
+    .await
+    .unwrap();
+    interrupt(&store, 3).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let _worker = engine.start_worker();
+    until_status(&inst, Status::TimedOut).await;
+}

@@ -2023,8 +2023,6 @@ mod tests {
         }
     }
 
-    /// A cached statement that SQLite re-prepares on each run costs a full
-    /// parse and plan per claim; the hot path must not have one.
     #[test]
     fn the_claim_reads_interrupted_runs_right_after_the_columns() {
         assert_eq!(COLUMNS.split(',').count(), COLUMNS_READ);
@@ -2035,6 +2033,8 @@ mod tests {
         );
     }
 
+    /// A cached statement that SQLite re-prepares on each run costs a full
+    /// parse and plan per claim; the hot path must not have one.
     #[test]
     fn claims_reuse_their_prepared_statement() {
         let mut c = migrated();
@@ -2054,6 +2054,44 @@ mod tests {
         assert_eq!(claimed, 1 + 2 + 3 + 4);
         let selects = session.hot.claim.borrow();
         assert_eq!(selects[&1].get_status(StatementStatus::RePrepare), 0);
+    }
+
+    /// A step of a lease this writer has forgotten (another connection
+    /// wrote) still sets the count of interrupted runs back to 0.
+    #[test]
+    fn a_step_of_a_forgotten_lease_resets_interrupted_runs() {
+        let mut c = migrated();
+        let tx = c.transaction().unwrap();
+        let session = Session::new(&tx, durable()).unwrap();
+        let t = session.tx();
+        create(&t, &new_instance(0), None).unwrap().unwrap();
+        let mut req = claim_request(1);
+        let mut last = None;
+        for n in 0..3 {
+            // Each claim comes after the last one's lease lapsed.
+            req.now = 100 + n * 1_000;
+            req.lease_until = req.now + 500;
+            last = claim(&t, &req).unwrap().pop();
+        }
+        let last = last.expect("claimed");
+        assert_eq!(last.interrupted_runs, 2);
+        let count = |t: &Tx<'_, '_>| -> i64 {
+            t.query_row("SELECT interrupted_runs FROM instances", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count(&t), 2);
+        t.leases().held.clear();
+        let step = StepRow {
+            key: "s".into(),
+            output: Some("1".into()),
+            error: None,
+            state: None,
+            attempts: 1,
+            started_at: 2_100,
+            finished_at: 2_101,
+        };
+        commit_step(&t, &last.lease, &step).unwrap().unwrap();
+        assert_eq!(count(&t), 0, "the run got somewhere");
     }
 
     fn claim_job(t: &Tx<'_, '_>, limit: usize) -> Job {
