@@ -543,8 +543,14 @@ function instanceView(id) {
     ];
   }
 
+  // An ended instance never changes again: it is fetched once, not at
+  // every poll (a long one's steps and history are the heaviest answer).
+  let ended = false;
+
   async function refresh() {
+    if (ended && lastJson) return;
     const d = await api("instances/" + encodeURIComponent(id));
+    ended = !ACTIVE.includes(d.instance.status);
     const text = JSON.stringify(d);
     // Re-render only on change, so text being selected is left alone.
     if (text !== lastJson) {

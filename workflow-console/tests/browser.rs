@@ -453,6 +453,48 @@ async fn console_in_a_real_browser() {
     );
     b.screenshot("instance-cancelled").await;
 
+    // Send the waiting one its event from the dialog (with the dialog's
+    // own key: the API must take it).
+    b.goto(&format!(
+        "http://{}/#/instances/{}",
+        server.local_addr(),
+        f.listening
+    ))
+    .await;
+    b.click("button[data-action=send-event]").await;
+    b.js(
+        "document.querySelector('[data-testid=event-name]').value = 'approval';\
+         document.querySelector('[data-testid=event-payload]').value = arguments[0];",
+        json!([r#"{"approved": true}"#]),
+    )
+    .await;
+    b.click("[data-testid=dialog-confirm]").await;
+    wait_for("the completed badge", || async {
+        let found = b.find_all(".title [data-status-badge=completed]").await;
+        (!found.is_empty()).then_some(())
+    })
+    .await;
+    assert!(b.text_shown("Event sent").await, "the toast says so");
+    assert_eq!(
+        f.engine.instance(&f.listening).await.unwrap().output,
+        Some(json!("15000 cents approved: true"))
+    );
+    // Ended, it is not fetched again at every poll.
+    let fetches = || async {
+        b.js(
+            "return performance.getEntriesByType('resource')\
+               .filter(e => e.name.endsWith('/api/instances/' + arguments[0])).length;",
+            json!([f.listening.as_str()]),
+        )
+        .await
+        .as_u64()
+        .unwrap()
+    };
+    let before = fetches().await;
+    assert!(before > 0, "the page fetched it");
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    assert_eq!(fetches().await, before, "no polls of an ended instance");
+
     // The other pages render.
     b.goto(&format!("http://{}/#/workflows", server.local_addr()))
         .await;
