@@ -303,10 +303,10 @@ impl EngineBuilder {
     /// recorded steps and waits for [`Instance::resume`] after a fix, and
     /// its `paused` history event says why. A run that gets somewhere
     /// (records a step or a failed attempt, looks for an event, or
-    /// suspends) starts the count over, as does a resume. A crash counts against every
-    /// instance its process held, so one beside the culprit that records
-    /// nothing between crashes (claimed ahead and not started yet, or
-    /// inside one long step) can be paused with it: resume it.
+    /// suspends) starts the count over, as does a resume. A crash counts
+    /// against every instance its process held, so one beside the culprit
+    /// that records nothing between crashes (claimed ahead and not started
+    /// yet, or inside one long step) can be paused with it: resume it.
     ///
     /// An instance past its deadline is run anyway, to end `TimedOut`.
     /// A paused instance's deadline does not count, so a parent waiting
