@@ -1706,8 +1706,18 @@ mod poison {
         let boom = ctx
             .step("boom", || async move {
                 if !fixed_path(log).exists() {
-                    // Long enough for the steady instance to record steps.
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    // Until the steady instance records steps in this
+                    // process too (bounded, in case it has ended).
+                    let ticks = || {
+                        lines(Path::new(log))
+                            .iter()
+                            .filter(|l| *l == "tick")
+                            .count()
+                    };
+                    let (before, deadline) = (ticks(), Instant::now() + Duration::from_secs(5));
+                    while ticks() < before + 3 && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                     log_line(log, &format!("boom {}", std::process::id()));
                     std::process::abort();
                 }
