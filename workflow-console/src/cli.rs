@@ -130,6 +130,16 @@ pub enum Command {
         /// Instance id.
         id: String,
     },
+    /// Delete instances that ended longer ago than `--older-than`, with
+    /// their steps and history (a running parent's children are kept).
+    Purge {
+        /// How long ago they must have ended (`30d`, `12h`).
+        #[arg(long, value_name = "DURATION")]
+        older_than: String,
+        /// Only this workflow.
+        #[arg(long, short)]
+        workflow: Option<String>,
+    },
     /// Scheduled workflows with their next fire time.
     Schedules,
     /// Serve the web console.
@@ -470,6 +480,33 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 print_json(out, &json!({ "id": new, "rerun_of": id }))?;
             } else {
                 writeln!(out, "started {new} (re-run of {id})")?;
+            }
+            Ok(0)
+        }
+        Command::Purge {
+            older_than,
+            workflow,
+        } => {
+            let age = humantime::parse_duration(&older_than).map_err(|err| {
+                CliError::Usage(format!(
+                    "--older-than {older_than:?} is not a duration (`30d`, `12h`): {err}"
+                ))
+            })?;
+            let before = chrono::Duration::from_std(age)
+                .ok()
+                .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
+                .ok_or_else(|| {
+                    CliError::Usage(format!("--older-than {older_than:?} is too long"))
+                })?;
+            let deleted = engine.purge(before, workflow.as_deref()).await?;
+            if json {
+                print_json(out, &json!({ "deleted": deleted }))?;
+            } else {
+                writeln!(
+                    out,
+                    "deleted {deleted} instance(s) that ended before {}",
+                    before.format("%Y-%m-%d %H:%M:%S UTC")
+                )?;
             }
             Ok(0)
         }

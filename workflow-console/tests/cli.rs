@@ -333,6 +333,27 @@ async fn starts_and_steers_for_a_running_engine() {
         "{}",
         out.stderr
     );
+
+    // Purge: nothing ended an hour ago; everything of slowReport that
+    // ended by now (the cancelled one) goes; a bad age is bad input.
+    let out = cli(url, &["purge", "--older-than", "1h", "--json"]).await;
+    assert_eq!(json(&out)["deleted"], 0);
+    let out = cli(url, &["purge", "--older-than", "0s", "-w", "slowReport"]).await;
+    assert!(
+        out.stdout
+            .starts_with("deleted 1 instance(s) that ended before "),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(matches!(
+        f.engine.instance(&slow).await,
+        Err(workflow::Error::NotFound(_))
+    ));
+    assert!(f.engine.instance(&f.running).await.is_ok(), "running: kept");
+    let out = cli(url, &["purge", "--older-than", "soon"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("not a duration"), "{}", out.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,7 @@ use crate::step::StepOptions;
 use crate::store::{now_millis, Control, Created, InstanceRow, NewInstance, Store};
 use crate::worker::Worker;
 use crate::workflow::{Definition, ErasedWorkflow, Registered, Workflow};
+use chrono::{DateTime, Utc};
 
 /// How hard a store works to keep a finished step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -69,6 +70,9 @@ pub fn unsupported_url(url: &str, known: &[&str], needs: impl Fn(&str) -> String
         None => format!("unsupported database URL scheme `{scheme}` (this build knows: {known})"),
     })
 }
+
+/// How many instances one transaction of [`Engine::purge`] deletes.
+pub const PURGE_BATCH: usize = 500;
 
 /// The longest event key accepted: every store indexes keys, and
 /// PostgreSQL's B-tree refuses entries much over 2 KiB.
@@ -780,6 +784,44 @@ impl Engine {
         tracing::debug!(%id, event = name, "event sent");
         self.inner.wake.notify_one();
         Ok(EventSent::Sent)
+    }
+
+    /// Deletes instances that ended (completed, failed, cancelled, timed
+    /// out) before `ended_before`, of `workflow` only if given, with
+    /// everything stored about them: steps, history, inbox, event keys,
+    /// tags. Returns how many it deleted. Nothing else deletes instances:
+    /// run this from a schedule to keep the database from growing for ever.
+    ///
+    /// An instance whose parent is still running is kept (the parent may
+    /// yet read its outcome), as is one with a child still running; a later
+    /// purge takes them. A purged instance's dedup key is free again, and
+    /// its id is unknown ([`Error::NotFound`]). Works in batches of
+    /// [`PURGE_BATCH`] instances, one transaction each, so writes of
+    /// running workflows go on between them.
+    ///
+    /// ```no_run
+    /// # async fn f(engine: workflow_core::Engine) -> workflow_core::Result<()> {
+    /// let month_ago = chrono::Utc::now() - chrono::Duration::days(30);
+    /// let deleted = engine.purge(month_ago, None).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn purge(&self, ended_before: DateTime<Utc>, workflow: Option<&str>) -> Result<u64> {
+        let before = ended_before.timestamp_millis();
+        let mut deleted = 0;
+        loop {
+            let n = self
+                .inner
+                .store
+                .purge(before, workflow, PURGE_BATCH)
+                .await?;
+            deleted += n;
+            if n < PURGE_BATCH as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        tracing::info!(deleted, %ended_before, workflow, "purged ended instances");
+        Ok(deleted)
     }
 
     /// Pauses an instance of any workflow; see [`Instance::pause`].

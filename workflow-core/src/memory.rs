@@ -487,6 +487,40 @@ impl Store for MemoryStore {
         Ok(owners)
     }
 
+    async fn purge(
+        &self,
+        ended_before: Millis,
+        workflow: Option<&str>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let mut t = self.tables();
+        let active = |t: &Tables, id: &InstanceId| {
+            t.instances
+                .get(id)
+                .is_some_and(|e| !e.row.status.is_terminal())
+        };
+        let doomed: Vec<InstanceId> = t
+            .instances
+            .values()
+            .filter(|e| {
+                e.row.status.is_terminal()
+                    && e.row.finished_at.is_some_and(|f| f < ended_before)
+                    && workflow.is_none_or(|w| e.row.workflow == w)
+                    && e.row.parent.as_ref().is_none_or(|p| !active(&t, p))
+                    && !t.instances.values().any(|c| {
+                        c.row.parent.as_ref() == Some(&e.row.id) && !c.row.status.is_terminal()
+                    })
+            })
+            .map(|e| e.row.id.clone())
+            .take(limit)
+            .collect();
+        for id in &doomed {
+            t.instances.remove(id);
+            t.events.retain(|e| e.instance != *id);
+        }
+        Ok(doomed.len() as u64)
+    }
+
     async fn release_owner(&self, owner: &str, at: Millis) -> Result<u64, StoreError> {
         let mut t = self.tables();
         let mut freed = Vec::new();

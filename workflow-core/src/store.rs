@@ -455,6 +455,19 @@ pub trait Store: Send + Sync + 'static {
     /// The distinct owners holding leases on unfinished instances.
     async fn lease_owners(&self) -> Result<Vec<String>, StoreError>;
 
+    /// Deletes up to `limit` instances that ended (a terminal status)
+    /// before `ended_before`, only of `workflow` if given, with everything
+    /// stored about them: steps, history, inbox, event keys, tags. Keeps an
+    /// instance whose parent has not ended (the parent may still read its
+    /// outcome) and one with a child that has not. Returns how many it
+    /// deleted; fewer than `limit` means none is left to delete.
+    async fn purge(
+        &self,
+        ended_before: Millis,
+        workflow: Option<&str>,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
+
     /// Frees every lease `owner` holds (a worker known to be dead), so other
     /// workers can take its instances at once, each counting one more
     /// interrupted run. Returns how many were freed.

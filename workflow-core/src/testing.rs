@@ -53,6 +53,7 @@ where
     schedule_marks_only_move_forward(make().await).await;
     definitions_are_recorded(make().await).await;
     release_owner_frees_instances(make().await).await;
+    purge_deletes_ended_instances_and_their_rows(make().await).await;
     interrupted_runs_are_counted(make().await).await;
     dedup_is_atomic(Arc::new(make().await)).await;
     list_filters_and_pages(make().await).await;
@@ -197,7 +198,6 @@ async fn claim_respects_due_time_and_names(store: impl Store) {
     assert_eq!(claimed[0].row.started_at, Some(T0 + 10_000));
 }
 
-/// Instance 0 of `wf`, created and claimed by `a` at `T0 + 1`: running.
 /// Creates instance `n` of `wf` as a child of `parent`, due at `run_at`
 /// (`None`: `new_instance`'s), and returns its id.
 async fn create_child(
@@ -216,6 +216,7 @@ async fn create_child(
     id
 }
 
+/// Instance 0 of `wf`, created and claimed by `a` at `T0 + 1`: running.
 async fn running(store: &impl Store) -> Claimed {
     store.create(new_instance("wf", 0), None).await.unwrap();
     store
@@ -1343,6 +1344,130 @@ async fn interrupted_runs_are_counted(store: impl Store) {
     );
 }
 
+async fn purge_deletes_ended_instances_and_their_rows(store: impl Store) {
+    let mut made: std::collections::HashMap<&str, InstanceId> = std::collections::HashMap::new();
+    let all_statuses = Status::ALL;
+    for (name, workflow, n, parent) in [
+        ("old", "wf", 1, None),
+        ("recent", "wf", 2, None),
+        ("running", "wf", 3, None),
+        ("other", "wf2", 4, None),
+        ("p", "wf", 5, None),
+        ("q", "wf", 6, None),
+        ("s", "wf", 7, None),
+        ("k", "wf", 8, Some("p")),
+        ("r", "wf", 9, Some("q")),
+        ("u", "wf", 10, Some("s")),
+    ] {
+        let mut new = new_instance(workflow, n);
+        new.parent = parent.map(|p: &str| made[p].clone());
+        if name == "old" {
+            new.key = Some("k-old".into());
+            new.tags.insert("team".into(), "a".into());
+        }
+        made.insert(name, new.id.clone());
+        store.create(new, Some(&all_statuses)).await.unwrap();
+    }
+    let mut leases = std::collections::HashMap::new();
+    for workflow in ["wf", "wf2"] {
+        let req = ClaimRequest {
+            workflows: vec![workflow.to_owned()],
+            ..claim_req("a", T0 + 100, 100)
+        };
+        for c in store.claim(req).await.unwrap() {
+            leases.insert(c.row.id.clone(), c.lease);
+        }
+    }
+    assert_eq!(leases.len(), 10);
+    let lease = |name: &str| leases[&made[name]].clone();
+    store
+        .commit_step(&lease("old"), step("s1", "1", Some("{}")))
+        .await
+        .unwrap();
+    store
+        .send_event(&made["old"], "e", "1", Some("key"), T0 + 102)
+        .await
+        .unwrap();
+    for (name, at) in [
+        ("old", T0 + 110),
+        ("recent", T0 + 1_000),
+        ("other", T0 + 110),
+        ("k", T0 + 110),
+        ("q", T0 + 110),
+        ("r", T0 + 110),
+        ("s", T0 + 110),
+    ] {
+        store
+            .finish(&lease(name), completed("1", at))
+            .await
+            .unwrap();
+    }
+    let exists = |name: &'static str| {
+        let store = &store;
+        let made = &made;
+        async move { store.get(&made[name]).await.unwrap().is_some() }
+    };
+
+    // Ended before the cutoff, of `wf`, with no running parent or child.
+    assert_eq!(store.purge(T0 + 500, Some("wf"), 100).await.unwrap(), 3);
+    for gone in ["old", "q", "r"] {
+        assert!(!exists(gone).await, "{gone} is deleted");
+    }
+    for kept in ["recent", "running", "other", "p", "k", "s", "u"] {
+        assert!(exists(kept).await, "{kept} is kept");
+    }
+    let old = &made["old"];
+    assert!(
+        store.steps(old).await.unwrap().is_empty(),
+        "its steps go too"
+    );
+    assert!(
+        store.history(old).await.unwrap().is_empty(),
+        "its history too"
+    );
+    assert_eq!(
+        store
+            .send_event(old, "e", "1", Some("key"), T0 + 600)
+            .await
+            .unwrap(),
+        Control::NotFound,
+        "and its event keys"
+    );
+    let tagged = ListQuery {
+        tags: [("team".to_owned(), "a".to_owned())].into(),
+        limit: 10,
+        ..ListQuery::default()
+    };
+    assert!(store.list(&tagged).await.unwrap().is_empty());
+    // Its dedup key is free again.
+    let mut again = new_instance("wf", 11);
+    again.key = Some("k-old".into());
+    assert!(matches!(
+        store.create(again, Some(&all_statuses)).await.unwrap(),
+        Created::New(_)
+    ));
+
+    // Every workflow, at most `limit` at a time.
+    assert_eq!(store.purge(T0 + 500, None, 1).await.unwrap(), 1);
+    assert!(!exists("other").await);
+    assert_eq!(store.purge(T0 + 500, None, 100).await.unwrap(), 0);
+    // Once the parent ends, it and its child go; once the child ends, the
+    // parent that waited for it.
+    store
+        .finish(&lease("p"), completed("1", T0 + 200))
+        .await
+        .unwrap();
+    store
+        .finish(&lease("u"), completed("1", T0 + 200))
+        .await
+        .unwrap();
+    assert_eq!(store.purge(T0 + 500, None, 100).await.unwrap(), 4);
+    for gone in ["p", "k", "s", "u"] {
+        assert!(!exists(gone).await, "{gone} is deleted");
+    }
+    assert!(exists("recent").await && exists("running").await);
+}
+
 async fn children_wake_parents_and_die_with_them(store: impl Store) {
     let p = running(&store).await;
     let parent_id = p.row.id.clone();
@@ -1901,6 +2026,14 @@ impl<S: Store> Store for Unreachable<S> {
         at: Millis,
     ) -> Result<Control, StoreError> {
         self.up()?.send_event(id, name, payload, key, at).await
+    }
+    async fn purge(
+        &self,
+        ended_before: Millis,
+        workflow: Option<&str>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.up()?.purge(ended_before, workflow, limit).await
     }
     async fn take_event(
         &self,

@@ -1864,3 +1864,33 @@ async fn interrupted_runs_pause_an_instance_unless_unlimited_or_overdue() {
     let _worker = engine.start_worker();
     until_status(&inst, Status::TimedOut).await;
 }
+
+#[tokio::test]
+async fn purge_deletes_ended_instances_in_batches() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = crash_loop_engine(&store, None).await;
+    let n = PURGE_BATCH * 2 + 100;
+    let inputs = (0..n).map(|i| order(&format!("B{i}"))).collect();
+    let instances = ProcessOrder::start_many(&engine, inputs, StartOptions::new())
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    for inst in &instances {
+        inst.result_timeout(Duration::from_secs(30)).await.unwrap();
+    }
+    let waiting = ProcessOrder::start(&engine, order("later")).await.unwrap();
+    worker.shutdown().await;
+    let before = chrono::Utc::now() + chrono::Duration::milliseconds(1);
+    assert_eq!(
+        engine.purge(before, Some("other")).await.unwrap(),
+        0,
+        "another workflow's name"
+    );
+    assert_eq!(engine.purge(before, None).await.unwrap(), n as u64);
+    assert!(matches!(instances[0].info().await, Err(Error::NotFound(_))));
+    assert_eq!(
+        waiting.status().await.unwrap(),
+        Status::Pending,
+        "not ended: kept"
+    );
+}

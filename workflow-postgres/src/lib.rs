@@ -481,6 +481,21 @@ impl Store for PgStore {
         })
     }
 
+    async fn purge(
+        &self,
+        ended_before: Millis,
+        workflow: Option<&str>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        // Repeating it after a lost answer only deletes what is left.
+        retrying!(
+            self,
+            "purge",
+            idempotent = true,
+            self.db.purge(ended_before, workflow, limit)
+        )
+    }
+
     async fn release_owner(&self, owner: &str, at: Millis) -> Result<u64, StoreError> {
         retrying!(
             self,

@@ -561,6 +561,42 @@ impl Db {
         Ok(control)
     }
 
+    pub(crate) async fn purge(
+        &self,
+        ended_before: Millis,
+        workflow: Option<&str>,
+        limit: usize,
+    ) -> Attempt<u64> {
+        // One statement: the doomed rows are locked (SKIP LOCKED: a row a
+        // concurrent write holds waits for the next purge), then every
+        // table's rows of them go in the same transaction.
+        let deleted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "WITH doomed AS ( \
+                 SELECT i.id FROM instances i \
+                 WHERE i.status IN {TERMINAL} AND i.finished_at < $1 \
+                   AND ($2::text IS NULL OR i.workflow = $2) \
+                   AND NOT EXISTS (SELECT 1 FROM instances p \
+                                   WHERE p.id = i.parent_id AND p.status NOT IN {TERMINAL}) \
+                   AND NOT EXISTS (SELECT 1 FROM instances k \
+                                   WHERE k.parent_id = i.id AND k.status NOT IN {TERMINAL}) \
+                 ORDER BY i.id LIMIT $3 \
+                 FOR UPDATE OF i SKIP LOCKED \
+             ), gone_steps AS (DELETE FROM steps WHERE instance_id IN (SELECT id FROM doomed)), \
+             gone_events AS (DELETE FROM events WHERE instance_id IN (SELECT id FROM doomed)), \
+             gone_inbox AS (DELETE FROM inbox WHERE instance_id IN (SELECT id FROM doomed)), \
+             gone_keys AS (DELETE FROM event_keys WHERE instance_id IN (SELECT id FROM doomed)), \
+             gone AS (DELETE FROM instances WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
+             SELECT count(*) FROM gone"
+        )))
+        .bind(ended_before)
+        .bind(workflow)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(autocommit)?;
+        Ok(u64::try_from(deleted).unwrap_or(0))
+    }
+
     pub(crate) async fn release_owner(&self, owner: &str, at: Millis) -> Attempt<u64> {
         let mut tx = self.begin().await?;
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(

@@ -581,6 +581,19 @@ impl Store for SqliteStore {
         Ok(owners)
     }
 
+    async fn purge(
+        &self,
+        ended_before: Millis,
+        workflow: Option<&str>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let op = Op::Purge(ended_before, workflow.map(str::to_owned), limit);
+        match self.write(op).await? {
+            Reply::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn release_owner(&self, owner: &str, at: Millis) -> Result<u64, StoreError> {
         match self.write(Op::ReleaseOwner(owner.to_owned(), at)).await? {
             Reply::Count(n) => Ok(n),

@@ -10,7 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -356,6 +356,8 @@ pub(crate) enum Op {
     Release(Lease, Millis),
     Renew(Vec<Lease>, Millis),
     ReleaseOwner(String, Millis),
+    /// Instances that ended before this time, of this workflow, at most so many.
+    Purge(Millis, Option<String>, usize),
     Cancel(InstanceId, Millis),
     SetDeadline(InstanceId, Millis, Millis),
     Suspend(Lease, Suspend),
@@ -404,7 +406,7 @@ impl Op {
             | Op::SendEvent { id, .. }
             | Op::Pause(id, _)
             | Op::Resume(id, _) => unsynced.wrote(id.as_str()),
-            Op::Cancel(..) | Op::ReleaseOwner(..) | Op::AdvanceSchedule(..) => {
+            Op::Cancel(..) | Op::ReleaseOwner(..) | Op::AdvanceSchedule(..) | Op::Purge(..) => {
                 unsynced.wrote_untracked()
             }
             // A claim's own writes (the lease) need no fsync; renewals
@@ -1320,6 +1322,12 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             }
             Ok(Reply::Count(ids.len() as u64))
         }
+        Op::Purge(before, workflow, limit) => Ok(Reply::Count(purge(
+            c,
+            *before,
+            workflow.as_deref(),
+            *limit,
+        )?)),
         Op::AdvanceSchedule(workflow, checked, fired) => {
             let (tick, id) = match fired {
                 Some((tick, id)) => (Some(*tick), Some(id.as_str())),
@@ -1480,6 +1488,58 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
         None,
     )?;
     Ok(Ok(()))
+}
+
+/// Deletes ended instances with their rows in every table: see
+/// [`Store::purge`].
+fn purge(c: &Tx<'_, '_>, before: Millis, workflow: Option<&str>, limit: usize) -> Result<u64, Db> {
+    const ENDED: &str = "('completed', 'failed', 'cancelled', 'timed_out')";
+    let doomed: Vec<(String, Option<String>)> = c
+        .prepare_cached(&format!(
+            "SELECT i.id, i.tags FROM instances i \
+             WHERE i.status IN {ENDED} AND i.finished_at < ?1 AND (?2 IS NULL OR i.workflow = ?2) \
+               AND NOT EXISTS (SELECT 1 FROM instances p \
+                               WHERE p.id = i.parent_id AND p.status NOT IN {ENDED}) \
+               AND NOT EXISTS (SELECT 1 FROM instances k \
+                               WHERE k.parent_id = i.id AND k.status NOT IN {ENDED}) \
+             ORDER BY i.id LIMIT ?3"
+        ))?
+        .query_map(
+            params![before, workflow, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| Ok((r.get(0)?, r.get(1).ok().flatten())),
+        )?
+        .collect::<Result<_, _>>()?;
+    for (id, tags) in &doomed {
+        for table in ["steps", "events", "inbox", "event_keys"] {
+            c.prepare_cached(&format!("DELETE FROM {table} WHERE instance_id = ?1"))?
+                .execute(params![id])?;
+        }
+        // Tags are keyed by (name, value, instance): delete them by key
+        // from the row's own copy, or by a scan if that does not read.
+        match tags
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<BTreeMap<String, String>>(t).ok())
+        {
+            Some(tags) => {
+                for (name, value) in &tags {
+                    c.prepare_cached(
+                        "DELETE FROM instance_tags WHERE name = ?1 AND value = ?2 AND instance_id = ?3",
+                    )?
+                    .execute(params![name, value, id])?;
+                }
+            }
+            None => {
+                c.prepare_cached("DELETE FROM instance_tags WHERE instance_id = ?1")?
+                    .execute(params![id])?;
+            }
+        }
+        c.prepare_cached("DELETE FROM instances WHERE id = ?1")?
+            .execute(params![id])?;
+    }
+    if !doomed.is_empty() {
+        tracing::debug!(deleted = doomed.len(), "purged ended instances");
+    }
+    Ok(doomed.len() as u64)
 }
 
 /// Whether a control operation applies to `id`: it exists and is unfinished.
@@ -2092,6 +2152,71 @@ mod tests {
         };
         commit_step(&t, &last.lease, &step).unwrap().unwrap();
         assert_eq!(count(&t), 0, "the run got somewhere");
+    }
+
+    /// A purge leaves no row of the instance in any table, tags included
+    /// (which no read through the store would show).
+    #[test]
+    fn a_purge_leaves_no_rows_behind() {
+        let mut c = migrated();
+        let tx = c.transaction().unwrap();
+        let session = Session::new(&tx, durable()).unwrap();
+        let t = session.tx();
+        let mut new = new_instance(0);
+        new.tags.insert("team".into(), "a".into());
+        new.tags.insert("tier".into(), "gold".into());
+        create(&t, &new, None).unwrap().unwrap();
+        let claimed = claim(&t, &claim_request(1)).unwrap().remove(0);
+        let id = claimed.row.id.clone();
+        let step = StepRow {
+            key: "s".into(),
+            output: Some("1".into()),
+            error: None,
+            state: Some("{}".into()),
+            attempts: 1,
+            started_at: 101,
+            finished_at: 102,
+        };
+        commit_step(&t, &claimed.lease, &step).unwrap().unwrap();
+        let send = Op::SendEvent {
+            id: id.clone(),
+            name: "e".into(),
+            payload: "1".into(),
+            key: Some("k".into()),
+            at: 103,
+        };
+        apply(&t, &send).unwrap().unwrap();
+        let finish = Finish {
+            status: Status::Completed,
+            output: Some("1".into()),
+            error: None,
+            state: None,
+            at: 104,
+        };
+        apply(&t, &Op::Finish(claimed.lease, finish))
+            .unwrap()
+            .unwrap();
+        let rows = |t: &Tx<'_, '_>| -> Vec<i64> {
+            [
+                "instances",
+                "instance_tags",
+                "steps",
+                "events",
+                "inbox",
+                "event_keys",
+            ]
+            .iter()
+            .map(|table| {
+                t.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                    .unwrap()
+            })
+            .collect()
+        };
+        let before = rows(&t);
+        assert!(before.iter().all(|n| *n > 0), "{before:?}");
+        assert_eq!(purge(&t, 104, None, 10).unwrap(), 0, "ended at, not before");
+        assert_eq!(purge(&t, 105, None, 10).unwrap(), 1);
+        assert_eq!(rows(&t), vec![0; 6]);
     }
 
     fn claim_job(t: &Tx<'_, '_>, limit: usize) -> Job {
