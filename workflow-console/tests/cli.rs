@@ -338,6 +338,8 @@ async fn starts_and_steers_for_a_running_engine() {
     // ended by now (the cancelled one) goes; a bad age is bad input.
     let out = cli(url, &["purge", "--older-than", "1h", "--json"]).await;
     assert_eq!(json(&out)["deleted"], 0);
+    // Nothing that ended in the last two seconds goes.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     let out = cli(url, &["purge", "--older-than", "0s", "-w", "slowReport"]).await;
     assert!(
         out.stdout

@@ -71,8 +71,12 @@ pub fn unsupported_url(url: &str, known: &[&str], needs: impl Fn(&str) -> String
     })
 }
 
-/// How many instances one transaction of [`Engine::purge`] deletes.
+/// How many trees (an instance with its children) one transaction of
+/// [`Engine::purge`] deletes at most.
 pub const PURGE_BATCH: usize = 500;
+
+/// Instances that ended more recently than this are never purged.
+const PURGE_MARGIN: Duration = Duration::from_secs(2);
 
 /// The longest event key accepted: every store indexes keys, and
 /// PostgreSQL's B-tree refuses entries much over 2 KiB.
@@ -792,12 +796,17 @@ impl Engine {
     /// tags. Returns how many it deleted. Nothing else deletes instances:
     /// run this from a schedule to keep the database from growing for ever.
     ///
-    /// An instance whose parent is still running is kept (the parent may
-    /// yet read its outcome), as is one with a child still running; a later
-    /// purge takes them. A purged instance's dedup key is free again, and
-    /// its id is unknown ([`Error::NotFound`]). Works in batches of
-    /// [`PURGE_BATCH`] instances, one transaction each, so writes of
-    /// running workflows go on between them.
+    /// Parents and children go together: an instance started with
+    /// `start_child`/`run_child` is deleted with the top instance of its
+    /// tree (whatever its own workflow), and only once every instance of
+    /// that tree ended before `ended_before`, so a cancel or a timeout
+    /// still reaches every running descendant. Nothing that ended in the
+    /// last two seconds is deleted, whatever `ended_before` says: a handler
+    /// cancelled a moment ago may still be winding down. A purged
+    /// instance's dedup key is free again and its id unknown
+    /// ([`Error::NotFound`]); a schedule's last instance or a `rerun_of`
+    /// tag may name it. Works in transactions of at most [`PURGE_BATCH`]
+    /// trees, so writes of running workflows go on between them.
     ///
     /// ```no_run
     /// # async fn f(engine: workflow_core::Engine) -> workflow_core::Result<()> {
@@ -806,7 +815,11 @@ impl Engine {
     /// # Ok(()) }
     /// ```
     pub async fn purge(&self, ended_before: DateTime<Utc>, workflow: Option<&str>) -> Result<u64> {
-        let before = ended_before.timestamp_millis();
+        // A handler of an instance cancelled or timed out a moment ago may
+        // still be winding down (it hears at its next heartbeat).
+        let before = ended_before
+            .timestamp_millis()
+            .min(now_millis() - PURGE_MARGIN.as_millis() as i64);
         let mut deleted = 0;
         loop {
             let n = self
@@ -815,6 +828,9 @@ impl Engine {
                 .purge(before, workflow, PURGE_BATCH)
                 .await?;
             deleted += n;
+            // Each batch deletes at least one tree per root it takes, so
+            // this ends; a short batch means what is left is held back
+            // (a tree with a running member) or gone.
             if n < PURGE_BATCH as u64 {
                 break;
             }

@@ -63,6 +63,15 @@ impl InstanceId {
         InstanceId(uuid.to_string())
     }
 
+    /// The smallest id [`InstanceId::at`] can mint for time `ms`: every id
+    /// minted before `ms` sorts below it, as text too. Stores bound scans
+    /// by creation time with it.
+    pub fn floor_at(ms: i64) -> Self {
+        let ms = u64::try_from(ms).unwrap_or(0);
+        let uuid = uuid::Builder::from_unix_timestamp_millis(ms, &[0; 10]).into_uuid();
+        InstanceId(uuid.to_string())
+    }
+
     /// Wraps an id read from a store or typed by a user.
     pub fn from_string(id: impl Into<String>) -> Self {
         InstanceId(id.into())
@@ -114,6 +123,17 @@ impl AsRef<str> for InstanceId {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_floor_sorts_between_the_ids_of_two_milliseconds() {
+        for ms in [1, 1_700_000_000_000, 1_700_000_000_001] {
+            let floor = InstanceId::floor_at(ms);
+            for _ in 0..100 {
+                assert!(InstanceId::at(ms - 1).as_str() < floor.as_str());
+                assert!(InstanceId::at(ms).as_str() >= floor.as_str());
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

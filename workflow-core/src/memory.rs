@@ -494,29 +494,48 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<u64, StoreError> {
         let mut t = self.tables();
-        let active = |t: &Tables, id: &InstanceId| {
-            t.instances
-                .get(id)
-                .is_some_and(|e| !e.row.status.is_terminal())
+        let ended = |e: &Entry| {
+            e.row.status.is_terminal() && e.row.finished_at.is_some_and(|f| f < ended_before)
         };
-        let doomed: Vec<InstanceId> = t
-            .instances
-            .values()
-            .filter(|e| {
-                e.row.status.is_terminal()
-                    && e.row.finished_at.is_some_and(|f| f < ended_before)
-                    && workflow.is_none_or(|w| e.row.workflow == w)
-                    && e.row.parent.as_ref().is_none_or(|p| !active(&t, p))
-                    && !t.instances.values().any(|c| {
-                        c.row.parent.as_ref() == Some(&e.row.id) && !c.row.status.is_terminal()
-                    })
-            })
-            .map(|e| e.row.id.clone())
-            .take(limit)
-            .collect();
+        let mut children: HashMap<&InstanceId, Vec<&InstanceId>> = HashMap::new();
+        for e in t.instances.values() {
+            if let Some(parent) = &e.row.parent {
+                children.entry(parent).or_default().push(&e.row.id);
+            }
+        }
+        let floor = InstanceId::floor_at(ended_before);
+        // Trees go whole, from roots (no parent row) that ended before the
+        // cutoff, as the SQL stores do.
+        let roots = t.instances.values().filter(|e| {
+            ended(e)
+                && e.row.id < floor
+                && workflow.is_none_or(|w| e.row.workflow == w)
+                && e.row
+                    .parent
+                    .as_ref()
+                    .is_none_or(|p| !t.instances.contains_key(p))
+                && !children.get(&e.row.id).is_some_and(|kids| {
+                    kids.iter()
+                        .any(|k| !t.instances[*k].row.status.is_terminal())
+                })
+        });
+        let mut doomed: Vec<InstanceId> = Vec::new();
+        for root in roots.take(limit) {
+            let mut tree = vec![&root.row.id];
+            let mut at = 0;
+            while at < tree.len() {
+                tree.extend(children.get(tree[at]).into_iter().flatten());
+                at += 1;
+            }
+            if tree.iter().all(|id| ended(&t.instances[*id])) {
+                doomed.extend(tree.into_iter().cloned());
+            }
+        }
+        drop(children);
+        let gone: std::collections::HashSet<&InstanceId> = doomed.iter().collect();
+        t.events.retain(|e| !gone.contains(&e.instance));
         for id in &doomed {
             t.instances.remove(id);
-            t.events.retain(|e| e.instance != *id);
         }
         Ok(doomed.len() as u64)
     }

@@ -1466,6 +1466,39 @@ async fn purge_deletes_ended_instances_and_their_rows(store: impl Store) {
         assert!(!exists(gone).await, "{gone} is deleted");
     }
     assert!(exists("recent").await && exists("running").await);
+
+    // A tree goes whole or not at all: with `a` and `e` running, none of
+    // b, c, d goes, so a cancel of `a` still reaches `e` through them.
+    let mut chain: Vec<InstanceId> = Vec::new();
+    for n in 20..25 {
+        let mut new = new_instance("wf", n);
+        new.parent = chain.last().cloned();
+        // Due before the pending `again`, so the claim takes this one.
+        new.run_at = T0 + 5;
+        chain.push(new.id.clone());
+        store.create(new, Some(&all_statuses)).await.unwrap();
+        let c = store
+            .claim(claim_req("a", T0 + 120, 1))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(c.row.id, chain[chain.len() - 1]);
+        if (1..4).contains(&chain.len().saturating_sub(1)) {
+            store
+                .finish(&c.lease, completed("1", T0 + 130))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(store.purge(T0 + 500, None, 100).await.unwrap(), 0);
+    store.cancel(&chain[0], T0 + 140).await.unwrap();
+    let e = store.get(&chain[4]).await.unwrap().unwrap();
+    assert_eq!(e.status, Status::Cancelled, "the cancel reached the last");
+    // Every member ended now: the whole tree goes, children included.
+    assert_eq!(store.purge(T0 + 500, None, 100).await.unwrap(), 5);
+    for id in &chain {
+        assert!(store.get(id).await.unwrap().is_none());
+    }
 }
 
 async fn children_wake_parents_and_die_with_them(store: impl Store) {

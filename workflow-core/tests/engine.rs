@@ -1878,6 +1878,8 @@ async fn purge_deletes_ended_instances_in_batches() {
     for inst in &instances {
         inst.result_timeout(Duration::from_secs(30)).await.unwrap();
     }
+    let fresh = ProcessOrder::start(&engine, order("fresh")).await.unwrap();
+    fresh.result_timeout(Duration::from_secs(30)).await.unwrap();
     let waiting = ProcessOrder::start(&engine, order("later")).await.unwrap();
     worker.shutdown().await;
     let before = chrono::Utc::now() + chrono::Duration::milliseconds(1);
@@ -1886,7 +1888,15 @@ async fn purge_deletes_ended_instances_in_batches() {
         0,
         "another workflow's name"
     );
-    assert_eq!(engine.purge(before, None).await.unwrap(), n as u64);
+    let early = engine.purge(before, None).await.unwrap();
+    assert!(
+        fresh.info().await.is_ok(),
+        "nothing that ended in the last two seconds goes"
+    );
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let late = engine.purge(before, None).await.unwrap();
+    assert_eq!(early + late, n as u64 + 1);
+    assert!(fresh.info().await.is_err());
     assert!(matches!(instances[0].info().await, Err(Error::NotFound(_))));
     assert_eq!(
         waiting.status().await.unwrap(),

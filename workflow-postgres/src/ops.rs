@@ -567,20 +567,33 @@ impl Db {
         workflow: Option<&str>,
         limit: usize,
     ) -> Attempt<u64> {
-        // One statement: the doomed rows are locked (SKIP LOCKED: a row a
-        // concurrent write holds waits for the next purge), then every
-        // table's rows of them go in the same transaction.
+        // One statement. Trees go whole: roots (no parent row) that ended
+        // and were created (ids sort by creation) before the cutoff, with
+        // no running child, and of those only trees whose every member
+        // ended before it. Their rows are locked (waiting for a concurrent
+        // write, not skipping it: a tree is never cut), then every table's
+        // rows of them go in the same transaction.
         let deleted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "WITH doomed AS ( \
+            "WITH RECURSIVE roots AS ( \
                  SELECT i.id FROM instances i \
-                 WHERE i.status IN {TERMINAL} AND i.finished_at < $1 \
+                 WHERE i.status IN {TERMINAL} AND i.id < $4 AND i.finished_at < $1 \
                    AND ($2::text IS NULL OR i.workflow = $2) \
-                   AND NOT EXISTS (SELECT 1 FROM instances p \
-                                   WHERE p.id = i.parent_id AND p.status NOT IN {TERMINAL}) \
+                   AND (i.parent_id IS NULL \
+                        OR NOT EXISTS (SELECT 1 FROM instances p WHERE p.id = i.parent_id)) \
                    AND NOT EXISTS (SELECT 1 FROM instances k \
                                    WHERE k.parent_id = i.id AND k.status NOT IN {TERMINAL}) \
-                 ORDER BY i.id LIMIT $3 \
-                 FOR UPDATE OF i SKIP LOCKED \
+                 LIMIT $3 \
+             ), tree(root, id) AS ( \
+                 SELECT id, id FROM roots \
+                 UNION SELECT t.root, i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
+             ), whole AS ( \
+                 SELECT t.root FROM tree t JOIN instances i ON i.id = t.id \
+                 GROUP BY t.root \
+                 HAVING bool_and(i.status IN {TERMINAL} AND i.finished_at < $1) \
+             ), doomed AS ( \
+                 SELECT i.id FROM instances i JOIN tree t ON i.id = t.id \
+                 WHERE t.root IN (SELECT root FROM whole) \
+                 FOR UPDATE OF i \
              ), gone_steps AS (DELETE FROM steps WHERE instance_id IN (SELECT id FROM doomed)), \
              gone_events AS (DELETE FROM events WHERE instance_id IN (SELECT id FROM doomed)), \
              gone_inbox AS (DELETE FROM inbox WHERE instance_id IN (SELECT id FROM doomed)), \
@@ -591,6 +604,7 @@ impl Db {
         .bind(ended_before)
         .bind(workflow)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(InstanceId::floor_at(ended_before).as_str())
         .fetch_one(&self.pool)
         .await
         .map_err(autocommit)?;
