@@ -828,9 +828,9 @@ impl Engine {
                 .purge(before, workflow, PURGE_BATCH)
                 .await?;
             deleted += n;
-            // Each batch deletes at least one tree per root it takes, so
-            // this ends; a short batch means what is left is held back
-            // (a tree with a running member) or gone.
+            // A batch that deleted fewer than PURGE_BATCH instances
+            // deleted fewer than PURGE_BATCH trees: none is left. One that
+            // deleted more goes on; the cutoff is fixed, so this ends.
             if n < PURGE_BATCH as u64 {
                 break;
             }

@@ -519,8 +519,13 @@ impl Store for MemoryStore {
                         .any(|k| !t.instances[*k].row.status.is_terminal())
                 })
         });
+        // Held-back trees (a member not ended) are passed over, not counted.
         let mut doomed: Vec<InstanceId> = Vec::new();
-        for root in roots.take(limit) {
+        let mut trees = 0;
+        for root in roots {
+            if trees >= limit {
+                break;
+            }
             let mut tree = vec![&root.row.id];
             let mut at = 0;
             while at < tree.len() {
@@ -529,6 +534,7 @@ impl Store for MemoryStore {
             }
             if tree.iter().all(|id| ended(&t.instances[*id])) {
                 doomed.extend(tree.into_iter().cloned());
+                trees += 1;
             }
         }
         drop(children);

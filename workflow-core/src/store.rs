@@ -455,14 +455,14 @@ pub trait Store: Send + Sync + 'static {
     /// The distinct owners holding leases on unfinished instances.
     async fn lease_owners(&self) -> Result<Vec<String>, StoreError>;
 
-    /// Deletes whole trees of ended instances, with everything stored
-    /// about them: steps, history, inbox, event keys, tags. It takes up to
-    /// `limit` roots (instances without a parent row, so children only go
-    /// with their tree) that ended (a terminal status) and were created
-    /// before `ended_before`, of `workflow` if given, and none with a child
-    /// still running; of each, it deletes the root and all its descendants
-    /// if every one of them ended before `ended_before`, else nothing.
-    /// Returns how many instances it deleted.
+    /// Deletes up to `limit` whole trees of ended instances, with
+    /// everything stored about them: steps, history, inbox, event keys,
+    /// tags. A tree is a root (an instance without a parent row, so
+    /// children only go with their tree) that was created before
+    /// `ended_before`, of `workflow` if given, with all its descendants;
+    /// it goes only if every one of them ended (a terminal status) before
+    /// `ended_before`, and a tree that does not is passed over without
+    /// counting toward `limit`. Returns how many instances it deleted.
     async fn purge(
         &self,
         ended_before: Millis,

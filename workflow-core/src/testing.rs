@@ -1499,6 +1499,45 @@ async fn purge_deletes_ended_instances_and_their_rows(store: impl Store) {
     for id in &chain {
         assert!(store.get(id).await.unwrap().is_none());
     }
+
+    // A held-back tree (its grandchild runs) first in line does not use
+    // up a batch: with a limit of 1, the ended tree after it goes.
+    let mut held: Vec<InstanceId> = Vec::new();
+    for (n, parent, ends) in [
+        (30, None, true),
+        (31, Some(0), true),
+        (32, Some(1), false),
+        (33, None, true),
+    ] {
+        let mut new = new_instance("wf", n);
+        new.parent = parent.map(|p: usize| held[p].clone());
+        new.run_at = T0 + 5;
+        held.push(new.id.clone());
+        store.create(new, Some(&all_statuses)).await.unwrap();
+        let c = store
+            .claim(claim_req("a", T0 + 150, 1))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(&c.row.id, held.last().unwrap());
+        if ends {
+            store
+                .finish(&c.lease, completed("1", T0 + 160))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(store.purge(T0 + 500, None, 1).await.unwrap(), 1);
+    assert!(
+        store.get(&held[3]).await.unwrap().is_none(),
+        "the ended tree went"
+    );
+    for id in &held[..3] {
+        assert!(
+            store.get(id).await.unwrap().is_some(),
+            "the held-back tree stays"
+        );
+    }
 }
 
 async fn children_wake_parents_and_die_with_them(store: impl Store) {

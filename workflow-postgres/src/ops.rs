@@ -567,48 +567,80 @@ impl Db {
         workflow: Option<&str>,
         limit: usize,
     ) -> Attempt<u64> {
-        // One statement. Trees go whole: roots (no parent row) that ended
-        // and were created (ids sort by creation) before the cutoff, with
-        // no running child, and of those only trees whose every member
-        // ended before it. Their rows are locked (waiting for a concurrent
-        // write, not skipping it: a tree is never cut), then every table's
-        // rows of them go in the same transaction.
-        let deleted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "WITH RECURSIVE roots AS ( \
-                 SELECT i.id FROM instances i \
-                 WHERE i.status IN {TERMINAL} AND i.id < $4 AND i.finished_at < $1 \
+        // Trees go whole: roots (no parent row) that ended and were created
+        // (ids sort by creation) before the cutoff, in id order, a page at
+        // a time. A tree not all ended is passed over, not counted, so
+        // held-back trees never fill a batch. An ended tree can neither
+        // change nor grow (only running parents start children): it is
+        // checked without locks, then locked (waiting for a concurrent
+        // write such as a refused `send_event`) and deleted.
+        let mut tx = self.begin().await?;
+        let floor = InstanceId::floor_at(ended_before);
+        let page = limit.clamp(1, 500);
+        let (mut after, mut trees, mut deleted) = (String::new(), 0, 0);
+        'scan: loop {
+            let roots: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT i.id FROM instances i \
+                 WHERE i.status IN {TERMINAL} AND i.id > $3 AND i.id < $4 AND i.finished_at < $1 \
                    AND ($2::text IS NULL OR i.workflow = $2) \
-                   AND (i.parent_id IS NULL \
-                        OR NOT EXISTS (SELECT 1 FROM instances p WHERE p.id = i.parent_id)) \
+                   AND NOT EXISTS (SELECT 1 FROM instances p WHERE p.id = i.parent_id) \
                    AND NOT EXISTS (SELECT 1 FROM instances k \
                                    WHERE k.parent_id = i.id AND k.status NOT IN {TERMINAL}) \
-                 LIMIT $3 \
-             ), tree(root, id) AS ( \
-                 SELECT id, id FROM roots \
-                 UNION SELECT t.root, i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
-             ), whole AS ( \
-                 SELECT t.root FROM tree t JOIN instances i ON i.id = t.id \
-                 GROUP BY t.root \
-                 HAVING bool_and(i.status IN {TERMINAL} AND i.finished_at < $1) \
-             ), doomed AS ( \
-                 SELECT i.id FROM instances i JOIN tree t ON i.id = t.id \
-                 WHERE t.root IN (SELECT root FROM whole) \
-                 FOR UPDATE OF i \
-             ), gone_steps AS (DELETE FROM steps WHERE instance_id IN (SELECT id FROM doomed)), \
-             gone_events AS (DELETE FROM events WHERE instance_id IN (SELECT id FROM doomed)), \
-             gone_inbox AS (DELETE FROM inbox WHERE instance_id IN (SELECT id FROM doomed)), \
-             gone_keys AS (DELETE FROM event_keys WHERE instance_id IN (SELECT id FROM doomed)), \
-             gone AS (DELETE FROM instances WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
-             SELECT count(*) FROM gone"
-        )))
-        .bind(ended_before)
-        .bind(workflow)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(InstanceId::floor_at(ended_before).as_str())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(autocommit)?;
-        Ok(u64::try_from(deleted).unwrap_or(0))
+                 ORDER BY i.id LIMIT $5"
+            )))
+            .bind(ended_before)
+            .bind(workflow)
+            .bind(&after)
+            .bind(floor.as_str())
+            .bind(page as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            for root in &roots {
+                after.clone_from(root);
+                let members: Vec<(String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "WITH RECURSIVE tree(id) AS ( \
+                         SELECT $1::text COLLATE \"C\" \
+                         UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
+                     ) \
+                     SELECT i.id, COALESCE(i.status IN {TERMINAL} AND i.finished_at < $2, false) \
+                     FROM instances i WHERE i.id IN (SELECT id FROM tree)"
+                )))
+                .bind(root)
+                .bind(ended_before)
+                .fetch_all(&mut *tx)
+                .await?;
+                if members.is_empty() || !members.iter().all(|(_, ended)| *ended) {
+                    continue;
+                }
+                let ids: Vec<String> = members.into_iter().map(|(id, _)| id).collect();
+                sqlx::query("SELECT 1 FROM instances WHERE id = ANY($1) FOR UPDATE")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?;
+                for table in ["steps", "events", "inbox", "event_keys"] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM {table} WHERE instance_id = ANY($1)"
+                    )))
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                deleted += sqlx::query("DELETE FROM instances WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                trees += 1;
+                if trees >= limit {
+                    break 'scan;
+                }
+            }
+            if roots.len() < page {
+                break;
+            }
+        }
+        commit(tx).await?;
+        Ok(deleted)
     }
 
     pub(crate) async fn release_owner(&self, owner: &str, at: Millis) -> Attempt<u64> {

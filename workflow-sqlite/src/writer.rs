@@ -1494,95 +1494,127 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
 /// [`Store::purge`]. Ids are read and bound as the bytes stored, so a row
 /// whose id is not UTF-8 does not stop the purge.
 fn purge(c: &Tx<'_, '_>, before: Millis, workflow: Option<&str>, limit: usize) -> Result<u64, Db> {
-    fn bytes(id: &[u8]) -> rusqlite::types::ToSqlOutput<'_> {
-        rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(id))
-    }
-    const ENDED: &str = "('completed', 'failed', 'cancelled', 'timed_out')";
     // Trees go whole: roots (no parent row) that ended and were created
-    // (ids sort by creation) before `before`, one index range per status,
-    // in id order; no ORDER BY, which would sort every candidate first. A
-    // root with a running child is passed over here, one with a deeper
-    // running descendant below.
+    // (ids sort by creation) before `before`, one status at a time in id
+    // order (the index's order: nothing to sort), a page at a time. A root
+    // with a running child is passed over by the query, one whose tree is
+    // not all ended by `purge_tree`; either way the scan goes on past it,
+    // so held-back trees never fill a batch.
     let (index, workflow_test) = match workflow {
-        Some(_) => ("instances_workflow_status", "i.workflow = ?4 AND "),
+        Some(_) => ("instances_workflow_status", "i.workflow = ?6 AND "),
         None => ("instances_status", ""),
     };
-    let mut select = c.prepare_cached(&format!(
+    let sql = format!(
         "SELECT i.id FROM instances i INDEXED BY {index} \
-         WHERE {workflow_test}i.status IN {ENDED} AND i.id < ?2 AND i.finished_at < ?1 \
-           AND (i.parent_id IS NULL \
-                OR NOT EXISTS (SELECT 1 FROM instances p WHERE p.id = i.parent_id)) \
+         WHERE {workflow_test}i.status = ?5 AND i.id > ?4 AND i.id < ?2 AND i.finished_at < ?1 \
+           AND NOT EXISTS (SELECT 1 FROM instances p WHERE p.id = i.parent_id) \
            AND NOT EXISTS (SELECT 1 FROM instances k \
                            WHERE k.parent_id = i.id AND k.status NOT IN {ENDED}) \
-         LIMIT ?3"
-    ))?;
+         ORDER BY i.id LIMIT ?3"
+    );
     let floor = InstanceId::floor_at(before);
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let id_bytes = |r: &Row<'_>| Ok(r.get_ref(0)?.as_bytes().unwrap_or_default().to_vec());
-    let roots: Vec<Vec<u8>> = match workflow {
-        Some(workflow) => select
-            .query_map(params![before, floor.as_str(), limit, workflow], id_bytes)?
-            .collect::<Result<_, _>>()?,
-        None => select
-            .query_map(params![before, floor.as_str(), limit], id_bytes)?
-            .collect::<Result<_, _>>()?,
-    };
-    drop(select);
-    let mut deleted = 0;
-    for root in &roots {
-        // Every instance of its tree, and whether it ended before `before`.
-        let tree: Vec<(Vec<u8>, Option<String>, bool)> = c
-            .prepare_cached(&format!(
-                "WITH RECURSIVE tree(id) AS ( \
-                     SELECT ?1 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
-                 ) \
-                 SELECT i.id, i.tags, i.status IN {ENDED} AND i.finished_at < ?2 \
-                 FROM tree t JOIN instances i ON i.id = t.id"
-            ))?
-            .query_map(params![bytes(root), before], |r| {
-                Ok((
-                    r.get_ref(0)?.as_bytes().unwrap_or_default().to_vec(),
-                    r.get(1).ok().flatten(),
-                    r.get::<_, Option<bool>>(2)?.unwrap_or(false),
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
-        if !tree.iter().all(|(_, _, ended)| *ended) {
-            continue;
-        }
-        for (id, tags, _) in &tree {
-            for table in ["steps", "events", "inbox", "event_keys"] {
-                c.prepare_cached(&format!("DELETE FROM {table} WHERE instance_id = ?1"))?
-                    .execute(params![bytes(id)])?;
-            }
-            // Tags are keyed by (name, value, instance): delete them by key
-            // from the row's own copy, or by a scan if that does not read.
-            match tags
-                .as_deref()
-                .and_then(|t| serde_json::from_str::<BTreeMap<String, String>>(t).ok())
-            {
-                Some(tags) => {
-                    for (name, value) in &tags {
-                        c.prepare_cached(
-                            "DELETE FROM instance_tags WHERE name = ?1 AND value = ?2 AND instance_id = ?3",
-                        )?
-                        .execute(params![name, value, bytes(id)])?;
+    let page = limit.clamp(1, 500);
+    let (mut trees, mut deleted) = (0, 0);
+    for status in ENDED_STATUSES {
+        let mut after: Vec<u8> = Vec::new();
+        loop {
+            let mut select = c.prepare_cached(&sql)?;
+            let id_bytes = |r: &Row<'_>| Ok(r.get_ref(0)?.as_bytes().unwrap_or_default().to_vec());
+            let args = params![before, floor.as_str(), page as i64, text(&after), status];
+            let roots: Vec<Vec<u8>> = match workflow {
+                Some(workflow) => {
+                    let mut args = args.to_vec();
+                    args.push(&workflow);
+                    select
+                        .query_map(args.as_slice(), id_bytes)?
+                        .collect::<Result<_, _>>()?
+                }
+                None => select
+                    .query_map(args, id_bytes)?
+                    .collect::<Result<_, _>>()?,
+            };
+            drop(select);
+            for root in &roots {
+                after.clone_from(root);
+                if let Some(n) = purge_tree(c, root, before)? {
+                    deleted += n;
+                    trees += 1;
+                    if trees >= limit {
+                        return Ok(deleted);
                     }
                 }
-                None => {
-                    c.prepare_cached("DELETE FROM instance_tags WHERE instance_id = ?1")?
-                        .execute(params![bytes(id)])?;
-                }
             }
-            c.prepare_cached("DELETE FROM instances WHERE id = ?1")?
-                .execute(params![bytes(id)])?;
-            deleted += 1;
+            if roots.len() < page {
+                break;
+            }
         }
     }
     if deleted > 0 {
         tracing::debug!(deleted, "purged ended instances");
     }
     Ok(deleted)
+}
+
+const ENDED: &str = "('completed', 'failed', 'cancelled', 'timed_out')";
+const ENDED_STATUSES: [&str; 4] = ["completed", "failed", "cancelled", "timed_out"];
+
+/// Text bound as the bytes given, UTF-8 or not.
+fn text(id: &[u8]) -> rusqlite::types::ToSqlOutput<'_> {
+    rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(id))
+}
+
+/// Deletes `root` and all its descendants, with their rows in every table,
+/// if every one of them ended before `before`; returns how many, or `None`
+/// (nothing deleted) if one did not.
+fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<u64>, Db> {
+    let tree: Vec<(Vec<u8>, Option<String>, bool)> = c
+        .prepare_cached(&format!(
+            "WITH RECURSIVE tree(id) AS ( \
+                 SELECT ?1 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
+             ) \
+             SELECT i.id, i.tags, \
+                 COALESCE(i.status IN {ENDED} AND i.finished_at < ?2, 0) \
+             FROM tree t JOIN instances i ON i.id = t.id"
+        ))?
+        .query_map(params![text(root), before], |r| {
+            Ok((
+                r.get_ref(0)?.as_bytes().unwrap_or_default().to_vec(),
+                r.get(1).ok().flatten(),
+                r.get::<_, bool>(2)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    if tree.is_empty() || !tree.iter().all(|(_, _, ended)| *ended) {
+        return Ok(None);
+    }
+    for (id, tags, _) in &tree {
+        for table in ["steps", "events", "inbox", "event_keys"] {
+            c.prepare_cached(&format!("DELETE FROM {table} WHERE instance_id = ?1"))?
+                .execute(params![text(id)])?;
+        }
+        // Tags are keyed by (name, value, instance): delete them by key
+        // from the row's own copy, or by a scan if that does not read.
+        match tags
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<BTreeMap<String, String>>(t).ok())
+        {
+            Some(tags) => {
+                for (name, value) in &tags {
+                    c.prepare_cached(
+                        "DELETE FROM instance_tags WHERE name = ?1 AND value = ?2 AND instance_id = ?3",
+                    )?
+                    .execute(params![name, value, text(id)])?;
+                }
+            }
+            None => {
+                c.prepare_cached("DELETE FROM instance_tags WHERE instance_id = ?1")?
+                    .execute(params![text(id)])?;
+            }
+        }
+        c.prepare_cached("DELETE FROM instances WHERE id = ?1")?
+            .execute(params![text(id)])?;
+    }
+    Ok(Some(tree.len() as u64))
 }
 
 /// Whether a control operation applies to `id`: it exists and is unfinished.
