@@ -620,19 +620,13 @@ impl Store for MemoryStore {
             .as_ref()
             .is_some_and(|name| entry.inbox.iter().any(|(n, _)| n == name));
         entry.interrupted_runs = 0;
-        let (status, run_at, kind, message) = if suspend.status == Status::Paused {
+        // Paused by the engine (its reason in the history) or as asked.
+        let paused_here = suspend.status == Status::Paused;
+        let (status, run_at, kind, message) = if paused_here || entry.row.pause_requested {
             entry.paused_at = Some(suspend.at);
             entry.row.pause_requested = false;
-            (
-                Status::Paused,
-                suspend.run_at,
-                "paused",
-                Some(suspend.reason.clone()),
-            )
-        } else if entry.row.pause_requested {
-            entry.paused_at = Some(suspend.at);
-            entry.row.pause_requested = false;
-            (Status::Paused, suspend.run_at, "paused", None)
+            let reason = paused_here.then(|| suspend.reason.clone());
+            (Status::Paused, suspend.run_at, "paused", reason)
         } else if event_waiting || child_done {
             (
                 Status::Pending,

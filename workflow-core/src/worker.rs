@@ -305,13 +305,14 @@ fn start_run(w: &WorkerShared, claimed: Claimed) -> Started {
         // Claimed only registered names; unreachable unless the store ignores the filter.
         return Started::Unknown(lease);
     };
+    let over_limit = inner
+        .config
+        .max_interrupted_runs
+        .is_some_and(|limit| interrupted_runs >= limit.max(1));
     // Past its deadline it runs, to end `TimedOut` at once: paused, it
     // would keep a waiting parent and its children waiting.
-    let overdue = row.deadline_at.is_some_and(|d| d <= now_millis());
-    if let Some(limit) = inner.config.max_interrupted_runs {
-        if interrupted_runs >= limit.max(1) && !overdue {
-            return Started::CrashLoop(lease, crash_loop_pause(&row, &steps, interrupted_runs));
-        }
+    if over_limit && row.deadline_at.is_none_or(|d| d > now_millis()) {
+        return Started::CrashLoop(lease, crash_loop_pause(&row, &steps, interrupted_runs));
     }
     let step_options = def.step_options(inner.config.step_options);
     let run = Arc::new(RunShared::new(

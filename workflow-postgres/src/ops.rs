@@ -577,38 +577,41 @@ impl Db {
         let mut tx = self.begin().await?;
         let floor = InstanceId::floor_at(ended_before);
         let page = limit.clamp(1, 500);
+        let roots_sql = format!(
+            "SELECT i.id FROM instances i \
+             WHERE i.status IN {TERMINAL} AND i.id > $3 AND i.id < $4 AND i.finished_at < $1 \
+               AND ($2::text IS NULL OR i.workflow = $2) \
+               AND NOT EXISTS (SELECT 1 FROM instances p WHERE p.id = i.parent_id) \
+               AND NOT EXISTS (SELECT 1 FROM instances k \
+                               WHERE k.parent_id = i.id AND k.status NOT IN {TERMINAL}) \
+             ORDER BY i.id LIMIT $5"
+        );
+        let tree_sql = format!(
+            "WITH RECURSIVE tree(id) AS ( \
+                 SELECT $1::text COLLATE \"C\" \
+                 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
+             ) \
+             SELECT i.id, COALESCE(i.status IN {TERMINAL} AND i.finished_at < $2, false) \
+             FROM instances i WHERE i.id IN (SELECT id FROM tree)"
+        );
         let (mut after, mut trees, mut deleted) = (String::new(), 0, 0);
         'scan: loop {
-            let roots: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT i.id FROM instances i \
-                 WHERE i.status IN {TERMINAL} AND i.id > $3 AND i.id < $4 AND i.finished_at < $1 \
-                   AND ($2::text IS NULL OR i.workflow = $2) \
-                   AND NOT EXISTS (SELECT 1 FROM instances p WHERE p.id = i.parent_id) \
-                   AND NOT EXISTS (SELECT 1 FROM instances k \
-                                   WHERE k.parent_id = i.id AND k.status NOT IN {TERMINAL}) \
-                 ORDER BY i.id LIMIT $5"
-            )))
-            .bind(ended_before)
-            .bind(workflow)
-            .bind(&after)
-            .bind(floor.as_str())
-            .bind(page as i64)
-            .fetch_all(&mut *tx)
-            .await?;
-            for root in &roots {
-                after.clone_from(root);
-                let members: Vec<(String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "WITH RECURSIVE tree(id) AS ( \
-                         SELECT $1::text COLLATE \"C\" \
-                         UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
-                     ) \
-                     SELECT i.id, COALESCE(i.status IN {TERMINAL} AND i.finished_at < $2, false) \
-                     FROM instances i WHERE i.id IN (SELECT id FROM tree)"
-                )))
-                .bind(root)
+            let roots: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(roots_sql.as_str()))
                 .bind(ended_before)
+                .bind(workflow)
+                .bind(&after)
+                .bind(floor.as_str())
+                .bind(page as i64)
                 .fetch_all(&mut *tx)
                 .await?;
+            for root in &roots {
+                after.clone_from(root);
+                let members: Vec<(String, bool)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(tree_sql.as_str()))
+                        .bind(root)
+                        .bind(ended_before)
+                        .fetch_all(&mut *tx)
+                        .await?;
                 if members.is_empty() || !members.iter().all(|(_, ended)| *ended) {
                     continue;
                 }
@@ -617,13 +620,13 @@ impl Db {
                     .bind(&ids)
                     .execute(&mut *tx)
                     .await?;
-                for table in ["steps", "events", "inbox", "event_keys"] {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DELETE FROM {table} WHERE instance_id = ANY($1)"
-                    )))
-                    .bind(&ids)
-                    .execute(&mut *tx)
-                    .await?;
+                for sql in [
+                    "DELETE FROM steps WHERE instance_id = ANY($1)",
+                    "DELETE FROM events WHERE instance_id = ANY($1)",
+                    "DELETE FROM inbox WHERE instance_id = ANY($1)",
+                    "DELETE FROM event_keys WHERE instance_id = ANY($1)",
+                ] {
+                    sqlx::query(sql).bind(&ids).execute(&mut *tx).await?;
                 }
                 deleted += sqlx::query("DELETE FROM instances WHERE id = ANY($1)")
                     .bind(&ids)
@@ -721,16 +724,11 @@ impl Db {
             .is_some(),
             None => false,
         };
-        let (status, run_at, kind, message, paused_at) = if s.status == Status::Paused {
-            (
-                Status::Paused,
-                s.run_at,
-                "paused",
-                Some(s.reason.clone()),
-                Some(s.at),
-            )
-        } else if pause {
-            (Status::Paused, s.run_at, "paused", None, Some(s.at))
+        // Paused by the engine (its reason in the history) or as asked.
+        let paused_here = s.status == Status::Paused;
+        let (status, run_at, kind, message, paused_at) = if paused_here || pause {
+            let reason = paused_here.then(|| s.reason.clone());
+            (Status::Paused, s.run_at, "paused", reason, Some(s.at))
         } else if event_waiting || child_done {
             (
                 Status::Pending,

@@ -611,7 +611,7 @@ const TAKE: &str =
     "UPDATE instances SET status = 'in_progress', lease_owner = ?1, lease_expires_at = ?2, run_at = ?2, \
              runs = runs + 1, updated_at = ?3, started_at = COALESCE(started_at, ?3), \
              wait_event = NULL, wait_child = NULL, started_seq = COALESCE(?5, started_seq), \
-             interrupted_runs = interrupted_runs + (status = 'in_progress') \
+             interrupted_runs = ?6 \
          WHERE id = ?4";
 /// `history = 1`: the step's own history events (`step_completed` or
 /// `step_failed`, then `state_changed`) are read from this row, not stored
@@ -1429,16 +1429,11 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
             .exists(params![child.as_str()])?,
         None => false,
     };
-    let (status, run_at, kind, message, paused_at) = if s.status == Status::Paused {
-        (
-            Status::Paused,
-            s.run_at,
-            "paused",
-            Some(s.reason.clone()),
-            Some(s.at),
-        )
-    } else if pause != 0 {
-        (Status::Paused, s.run_at, "paused", None, Some(s.at))
+    // Paused by the engine (its reason in the history) or as asked.
+    let paused_here = s.status == Status::Paused;
+    let (status, run_at, kind, message, paused_at) = if paused_here || pause != 0 {
+        let reason = paused_here.then(|| s.reason.clone());
+        (Status::Paused, s.run_at, "paused", reason, Some(s.at))
     } else if event_waiting || child_done {
         (
             Status::Pending,
@@ -1515,12 +1510,18 @@ fn purge(c: &Tx<'_, '_>, before: Millis, workflow: Option<&str>, limit: usize) -
     let floor = InstanceId::floor_at(before);
     let page = limit.clamp(1, 500);
     let (mut trees, mut deleted) = (0, 0);
-    for status in ENDED_STATUSES {
+    for status in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
         let mut after: Vec<u8> = Vec::new();
         loop {
             let mut select = c.prepare_cached(&sql)?;
             let id_bytes = |r: &Row<'_>| Ok(r.get_ref(0)?.as_bytes().unwrap_or_default().to_vec());
-            let args = params![before, floor.as_str(), page as i64, text(&after), status];
+            let args = params![
+                before,
+                floor.as_str(),
+                page as i64,
+                text(&after),
+                status.as_str()
+            ];
             let roots: Vec<Vec<u8>> = match workflow {
                 Some(workflow) => {
                     let mut args = args.to_vec();
@@ -1555,8 +1556,8 @@ fn purge(c: &Tx<'_, '_>, before: Millis, workflow: Option<&str>, limit: usize) -
     Ok(deleted)
 }
 
+/// The terminal statuses, as SQL.
 const ENDED: &str = "('completed', 'failed', 'cancelled', 'timed_out')";
-const ENDED_STATUSES: [&str; 4] = ["completed", "failed", "cancelled", "timed_out"];
 
 /// Text bound as the bytes given, UTF-8 or not.
 fn text(id: &[u8]) -> rusqlite::types::ToSqlOutput<'_> {
@@ -1568,14 +1569,15 @@ fn text(id: &[u8]) -> rusqlite::types::ToSqlOutput<'_> {
 /// (nothing deleted) if one did not.
 fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<u64>, Db> {
     let tree: Vec<(Vec<u8>, Option<String>, bool)> = c
-        .prepare_cached(&format!(
+        .prepare_cached(
             "WITH RECURSIVE tree(id) AS ( \
                  SELECT ?1 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
              ) \
              SELECT i.id, i.tags, \
-                 COALESCE(i.status IN {ENDED} AND i.finished_at < ?2, 0) \
-             FROM tree t JOIN instances i ON i.id = t.id"
-        ))?
+                 COALESCE(i.status IN ('completed', 'failed', 'cancelled', 'timed_out') \
+                          AND i.finished_at < ?2, 0) \
+             FROM tree t JOIN instances i ON i.id = t.id",
+        )?
         .query_map(params![text(root), before], |r| {
             Ok((
                 r.get_ref(0)?.as_bytes().unwrap_or_default().to_vec(),
@@ -1588,9 +1590,13 @@ fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<u64>
         return Ok(None);
     }
     for (id, tags, _) in &tree {
-        for table in ["steps", "events", "inbox", "event_keys"] {
-            c.prepare_cached(&format!("DELETE FROM {table} WHERE instance_id = ?1"))?
-                .execute(params![text(id)])?;
+        for sql in [
+            "DELETE FROM steps WHERE instance_id = ?1",
+            "DELETE FROM events WHERE instance_id = ?1",
+            "DELETE FROM inbox WHERE instance_id = ?1",
+            "DELETE FROM event_keys WHERE instance_id = ?1",
+        ] {
+            c.prepare_cached(sql)?.execute(params![text(id)])?;
         }
         // Tags are keyed by (name, value, instance): delete them by key
         // from the row's own copy, or by a scan if that does not read.
@@ -1867,7 +1873,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
     for row in read {
         match row {
             Claimable::Row(raw, interrupted) => {
-                // As `TAKE` counts: a claim of a run whose lease lapsed.
+                // One more for a run whose lease lapsed; `TAKE` writes it.
                 let interrupted = interrupted + u32::from(raw.status == "in_progress");
                 raws.push((raw, interrupted));
             }
@@ -1877,7 +1883,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         }
     }
     let mut take = c.hot().take.borrow_mut();
-    for (raw, _) in &mut raws {
+    for (raw, interrupted_runs) in &mut raws {
         // A first run's `started` event is its row's `started_seq`.
         let started_seq = if raw.runs == 0 {
             Some(c.next_seq(1)?)
@@ -1889,7 +1895,8 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
             req.lease_until,
             req.now,
             raw.id,
-            started_seq
+            started_seq,
+            *interrupted_runs
         ])?;
         // The row as the update left it, without reading it back.
         raw.status = Status::InProgress.as_str().to_owned();
@@ -2010,18 +2017,14 @@ fn unreadable(err: &Db) -> bool {
 /// bound as the bytes stored, UTF-8 or not, so that the row it names is the
 /// one updated.
 fn fail_corrupt(c: &Tx<'_, '_>, id: &[u8], why: &str, at: Millis) -> Result<(), Db> {
-    let text = String::from_utf8_lossy(id);
-    tracing::error!(id = %text, error = %why, "failing an instance whose row is corrupt");
-    c.leases().end(&text);
+    let shown = String::from_utf8_lossy(id);
+    tracing::error!(id = %shown, error = %why, "failing an instance whose row is corrupt");
+    c.leases().end(&shown);
     c.prepare_cached(
         "UPDATE instances SET status = 'failed', error = ?1, finished_at = ?2, \
          lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3",
     )?
-    .execute(params![
-        why,
-        at,
-        rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(id))
-    ])?;
+    .execute(params![why, at, text(id)])?;
     // An id that is not text cannot be read back through the API anyway.
     if let Ok(id) = std::str::from_utf8(id) {
         event(c, id, at, "failed", None, None, Some(why), None)?;
