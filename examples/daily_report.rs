@@ -32,6 +32,8 @@ async fn main() -> workflow::Result<()> {
     let engine = Engine::builder()
         .database_url("sqlite://daily_report.db")
         .register(DailyReport)
+        // A report a week old is gone: the file stops growing.
+        .retention(std::time::Duration::from_secs(7 * 86_400))
         .build()
         .await?;
     let worker = engine.start_worker();

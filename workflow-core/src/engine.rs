@@ -20,7 +20,7 @@ use crate::instance::{
 use crate::schedule::{CatchUp, Clock, Schedule, ScheduleInfo, SystemClock};
 use crate::status::Status;
 use crate::step::StepOptions;
-use crate::store::{now_millis, Control, Created, InstanceRow, NewInstance, Store};
+use crate::store::{now_millis, Control, Created, InstanceRow, Millis, NewInstance, Store};
 use crate::worker::Worker;
 use crate::workflow::{Definition, ErasedWorkflow, Registered, Workflow};
 use chrono::{DateTime, Utc};
@@ -91,6 +91,7 @@ pub(crate) struct Config {
     pub step_options: StepOptions,
     pub suspend_after: Duration,
     pub max_interrupted_runs: Option<u32>,
+    pub retention: Option<Duration>,
 }
 
 impl Default for Config {
@@ -103,6 +104,7 @@ impl Default for Config {
             step_options: StepOptions::default(),
             suspend_after: Duration::from_millis(250),
             max_interrupted_runs: Some(20),
+            retention: None,
         }
     }
 }
@@ -322,6 +324,33 @@ impl EngineBuilder {
     /// or the parent's own deadline passes.
     pub fn max_interrupted_runs(mut self, limit: Option<u32>) -> Self {
         self.config.max_interrupted_runs = limit;
+        self
+    }
+
+    /// Has every worker delete, now and then, the instances that ended more
+    /// than `keep` ago, with everything stored about them, as
+    /// [`Engine::purge`] does (whole trees only; nothing that ended in the
+    /// last two seconds). Default: none; instances are kept until purged.
+    ///
+    /// A worker purges soon after it starts (within a minute, at a random
+    /// moment so that workers started together do not purge together),
+    /// then every tenth of `keep`, from once a second to once an hour: an
+    /// instance outlives `keep` by at most that much. Every worker on a
+    /// store purges, so any one of them is enough; a failed purge is
+    /// logged and tried again next time.
+    ///
+    /// ```no_run
+    /// # async fn f() -> workflow_core::Result<()> {
+    /// # use std::time::Duration;
+    /// let engine = workflow_core::EngineBuilder::new()
+    ///     .database_url("sqlite://workflows.db")
+    ///     .retention(Duration::from_secs(30 * 24 * 3600))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn retention(mut self, keep: Duration) -> Self {
+        self.config.retention = Some(keep);
         self
     }
 
@@ -793,8 +822,9 @@ impl Engine {
     /// Deletes instances that ended (completed, failed, cancelled, timed
     /// out) before `ended_before`, of `workflow` only if given, with
     /// everything stored about them: steps, history, inbox, event keys,
-    /// tags. Returns how many it deleted. Nothing else deletes instances:
-    /// run this from a schedule to keep the database from growing for ever.
+    /// tags. Returns how many it deleted. Only this and
+    /// [`EngineBuilder::retention`] (which runs it from every worker) delete
+    /// instances: use one of them to keep the database from growing for ever.
     ///
     /// Parents and children go together: an instance started with
     /// `start_child`/`run_child` is deleted with the top instance of its
@@ -815,11 +845,24 @@ impl Engine {
     /// # Ok(()) }
     /// ```
     pub async fn purge(&self, ended_before: DateTime<Utc>, workflow: Option<&str>) -> Result<u64> {
+        let deleted = self
+            .purge_ended(ended_before.timestamp_millis(), workflow, None)
+            .await?;
+        tracing::info!(deleted, %ended_before, workflow, "purged ended instances");
+        Ok(deleted)
+    }
+
+    /// [`Engine::purge`] of what ended before `ended_before` (ms since the
+    /// epoch); stops between batches once `stop` is cancelled.
+    pub(crate) async fn purge_ended(
+        &self,
+        ended_before: Millis,
+        workflow: Option<&str>,
+        stop: Option<&CancellationToken>,
+    ) -> Result<u64> {
         // A handler of an instance cancelled or timed out a moment ago may
         // still be winding down (it hears at its next heartbeat).
-        let before = ended_before
-            .timestamp_millis()
-            .min(now_millis() - PURGE_MARGIN.as_millis() as i64);
+        let before = ended_before.min(now_millis() - PURGE_MARGIN.as_millis() as i64);
         let mut deleted = 0;
         loop {
             let n = self
@@ -831,13 +874,11 @@ impl Engine {
             // A batch that deleted fewer than PURGE_BATCH instances
             // deleted fewer than PURGE_BATCH trees: none is left. One that
             // deleted more goes on; the cutoff is fixed, so this ends.
-            if n < PURGE_BATCH as u64 {
-                break;
+            if n < PURGE_BATCH as u64 || stop.is_some_and(CancellationToken::is_cancelled) {
+                return Ok(deleted);
             }
             tokio::task::yield_now().await;
         }
-        tracing::info!(deleted, %ended_before, workflow, "purged ended instances");
-        Ok(deleted)
     }
 
     /// Pauses an instance of any workflow; see [`Instance::pause`].

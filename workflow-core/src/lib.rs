@@ -9,6 +9,7 @@ mod error;
 mod id;
 mod instance;
 mod memory;
+mod retention;
 mod schedule;
 mod scheduler;
 mod schema;

@@ -128,11 +128,7 @@ impl StepOptions {
         if self.jitter.is_nan() || self.jitter <= 0.0 {
             return base;
         }
-        use std::hash::{BuildHasher, Hasher};
-        // A random u64 without a dependency: std seeds RandomState randomly.
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u32(attempt);
-        let unit = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
+        let unit = random_unit();
         let scale = 1.0 + self.jitter.min(1.0) * (2.0 * unit - 1.0);
         seconds(base.as_secs_f64() * scale)
     }
@@ -192,6 +188,14 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     } else {
         "panic with a non-string payload".to_owned()
     }
+}
+
+/// A random number in `[0, 1)`, without a dependency: std seeds every
+/// `RandomState` randomly.
+pub(crate) fn random_unit() -> f64 {
+    use std::hash::BuildHasher;
+    let bits = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -147,6 +147,13 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             w.engine.clone(),
             w.stop.clone(),
         ));
+        let retention = config.retention.map(|keep| {
+            tokio::spawn(crate::retention::run(
+                w.engine.clone(),
+                keep,
+                w.stop.clone(),
+            ))
+        });
         let mut runs = JoinSet::new();
         // A slot is a running handler. It is free again as soon as the
         // handler ends, while its outcome is still being recorded.
@@ -253,6 +260,9 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         drain(&w, &mut runs).await;
         heartbeat.abort();
         scheduler.abort();
+        if let Some(retention) = retention {
+            retention.abort();
+        }
         lock(&LIVE).remove(&w.id);
         tracing::info!("worker stopped");
     }

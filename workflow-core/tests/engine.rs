@@ -1904,3 +1904,46 @@ async fn purge_deletes_ended_instances_in_batches() {
         "not ended: kept"
     );
 }
+
+#[tokio::test]
+async fn retention_has_workers_purge_what_ended_long_enough_ago() {
+    let keeping: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let purging: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let keeps = crash_loop_engine(&keeping, None).await;
+    let purges = EngineBuilder::new()
+        .shared_store(Arc::clone(&purging))
+        .register(ProcessOrder)
+        .poll_interval(Duration::from_millis(10))
+        .retention(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let kept = ProcessOrder::start(&keeps, order("K")).await.unwrap();
+    let ended = ProcessOrder::start(&purges, order("E")).await.unwrap();
+    let paused = ProcessOrder::start(&purges, order("P")).await.unwrap();
+    paused.pause().await.unwrap();
+    let _keeping = keeps.start_worker();
+    let _purging = purges.start_worker();
+    kept.result_timeout(Duration::from_secs(10)).await.unwrap();
+    ended.result_timeout(Duration::from_secs(10)).await.unwrap();
+    // Nothing that ended in the last two seconds goes; then a purge comes
+    // within a second (a tenth of 100 ms, at least a second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(ended.info().await, Err(Error::NotFound(_))) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended instance is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        paused.status().await.unwrap(),
+        Status::Paused,
+        "not ended: kept"
+    );
+    assert_eq!(
+        kept.status().await.unwrap(),
+        Status::Completed,
+        "no retention: kept"
+    );
+}
