@@ -464,9 +464,20 @@ function listView(params) {
 
 // ---------------------------------------------------------------- one instance
 
+// A running instance's page polls; past this many steps or history
+// events it shows the latest only, until "Show all" is clicked.
+const TAIL = 200;
+
 function instanceView(id) {
   const root = h("div", { "data-testid": "instance" }, h("p", { class: "empty" }, "Loading…"));
   let lastJson = "";
+  let all = false;
+
+  function showAll() {
+    all = true;
+    lastJson = "";
+    refresh().catch((err) => toast(err.message, true));
+  }
 
   async function act(action, body) {
     try {
@@ -538,9 +549,17 @@ function instanceView(id) {
       h("div", { class: "grid2" }, jsonPanel("Input", it.input, "input"), jsonPanel("Output", it.output, "output")),
       h("div", { style: "height:16px" }),
       jsonPanel("State", it.state, "state"),
-      stepsPanel(it, d.steps, d.history),
-      historyPanel(d.history),
+      stepsPanel(it, d.steps, d.history, more(d.steps.length, d.steps_total, "steps")),
+      historyPanel(d.history, more(d.history.length, d.history_total, "events")),
     ];
+  }
+
+  // "Latest 200 of 5,000 steps · Show all", when the answer was cut.
+  function more(shown, total, what) {
+    if (!(total > shown)) return null;
+    return h("span", { class: "muted more", "data-testid": "more-" + what },
+      "latest " + shown + " of " + total + " " + what + " · ",
+      h("button", { class: "link", "data-action": "show-all", onclick: showAll }, "Show all"));
   }
 
   // An ended instance never changes again: it is fetched once, not at
@@ -549,7 +568,7 @@ function instanceView(id) {
 
   async function refresh() {
     if (ended && lastJson) return;
-    const d = await api("instances/" + encodeURIComponent(id));
+    const d = await api("instances/" + encodeURIComponent(id) + (all ? "" : "?tail=" + TAIL));
     ended = !ACTIVE.includes(d.instance.status);
     const text = JSON.stringify(d);
     // Re-render only on change, so text being selected is left alone.
@@ -562,7 +581,7 @@ function instanceView(id) {
   return { nav: "instances", root, refresh };
 }
 
-function stepsPanel(it, steps, history) {
+function stepsPanel(it, steps, history, more) {
   // Attempts that failed on steps not (yet) recorded: a step retrying right now.
   const pending = new Map();
   const recorded = new Set(steps.map((s) => s.key));
@@ -594,14 +613,14 @@ function stepsPanel(it, steps, history) {
       h("div", { class: "dur" }, "retrying"),
       e.message ? h("div", { class: "detail err" }, e.message) : null));
   }
-  return h("section", { class: "panel steps", "data-testid": "steps" }, h("h2", {}, "Steps"), rows);
+  return h("section", { class: "panel steps", "data-testid": "steps" }, h("h2", {}, "Steps ", more), rows);
 }
 
-function historyPanel(history) {
+function historyPanel(history, more) {
   const bad = ["failed", "step_failed", "attempt_failed", "cancelled", "timed_out"];
   const good = ["completed", "step_completed"];
   return h("section", { class: "panel flush", "data-testid": "history" },
-    h("h2", { style: "padding:14px 16px 0" }, "History"),
+    h("h2", { style: "padding:14px 16px 0" }, "History ", more),
     h("table", {},
       h("thead", {}, h("tr", {}, h("th", { class: "num" }, "#"), h("th", {}, "Time"), h("th", {}, "Event"), h("th", {}, "Step"),
         h("th", { class: "num" }, "Attempt"), h("th", { class: "num" }, "Duration"), h("th", {}, "Detail"))),

@@ -566,14 +566,36 @@ async fn list(
 }
 
 /// Everything about one instance: its row, recorded steps and history.
-async fn instance(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
+#[derive(Debug, Deserialize)]
+struct InstanceParams {
+    /// Only the last this many steps and history events: the page of a
+    /// running instance with thousands of steps polls every two seconds.
+    tail: Option<usize>,
+}
+
+/// One instance with its steps and history (all of them, or the last
+/// `tail`), and how many of each it has.
+async fn instance(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Params(params): Params<InstanceParams>,
+) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     let info = state.engine.instance(&id).await?;
-    let steps = state.engine.steps(&id).await?;
-    let history = state.engine.history(&id).await?;
-    Ok(Json(
-        json!({ "instance": info, "steps": steps, "history": history }),
-    ))
+    let mut steps = state.engine.steps(&id).await?;
+    let mut history = state.engine.history(&id).await?;
+    let (steps_total, history_total) = (steps.len(), history.len());
+    if let Some(tail) = params.tail {
+        steps.drain(..steps_total.saturating_sub(tail));
+        history.drain(..history_total.saturating_sub(tail));
+    }
+    Ok(Json(json!({
+        "instance": info,
+        "steps": steps,
+        "history": history,
+        "steps_total": steps_total,
+        "history_total": history_total,
+    })))
 }
 
 /// A definition with how many of its instances are in each status.

@@ -19,7 +19,7 @@
 //! |---|---|
 //! | `GET overview?workflow=` | `{counts, total, workflows}`: instances per status, reused for a few seconds ([`Console::overview_cache`]) |
 //! | `GET instances?workflow=&status=failed,paused&tag=k=v&q=&limit=&after=` | `{items, unreadable, next}`, newest first; `q` is an id or a key, `next` the `after` of the next page; `unreadable` names rows that cannot be read (`{id, error}`), the rest still listed |
-//! | `GET instances/{id}` | `{instance, steps, history}` |
+//! | `GET instances/{id}?tail=` | `{instance, steps, history, steps_total, history_total}`; with `tail`, only the last that many steps and history events |
 //! | `POST instances/{id}/cancel`, `pause`, `resume`, `rerun` | body `{}` |
 //! | `POST instances/{id}/events` | body `{"name": "approval", "payload": {..}, "key"?}`: `{"already_sent": bool}`; with a `key`, sent at most once per instance and key |
 //! | `GET workflows` | every recorded definition, with its schemas and counts |

@@ -93,6 +93,7 @@ async fn reads_filters_and_pages() {
         overview["workflows"],
         json!([
             "approveExpense",
+            "countdown",
             "nightlyCleanup",
             "processOrder",
             "slowReport"
@@ -198,6 +199,21 @@ async fn reads_filters_and_pages() {
         .collect();
     assert_eq!(kinds.first(), Some(&"created"));
     assert_eq!(kinds.last(), Some(&"completed"));
+    assert_eq!(detail["steps_total"], 2);
+    assert_eq!(detail["history_total"], kinds.len());
+    // The last `tail` of each, with the totals: a polling page's answer.
+    let tail = get(&base, &format!("/api/instances/{}?tail=1", f.completed))
+        .await
+        .json();
+    assert_eq!(tail["steps"].as_array().unwrap().len(), 1);
+    assert_eq!(tail["steps"][0]["key"], "charge-payment");
+    assert_eq!(tail["history"].as_array().unwrap().len(), 1);
+    assert_eq!(tail["history"][0]["kind"], "completed");
+    assert_eq!(tail["steps_total"], 2);
+    assert_eq!(tail["history_total"], kinds.len());
+    let bad = get(&base, &format!("/api/instances/{}?tail=-1", f.completed)).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"].as_str().unwrap().contains("tail"));
     let missing = get(&base, "/api/instances/nope").await;
     assert_eq!(missing.status, 404);
     assert!(missing.json()["error"]
@@ -208,7 +224,7 @@ async fn reads_filters_and_pages() {
     // Definitions with schemas, and schedules.
     let workflows = get(&base, "/api/workflows").await.json();
     let entries = workflows["workflows"].as_array().unwrap();
-    assert_eq!(entries.len(), 4);
+    assert_eq!(entries.len(), 5);
     let order = entries
         .iter()
         .find(|w| w["definition"]["name"] == "processOrder")
@@ -511,6 +527,7 @@ async fn pure_client_console_steers_another_engine() {
         names,
         [
             "approveExpense",
+            "countdown",
             "nightlyCleanup",
             "processOrder",
             "slowReport"

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{fixture, http, XSS_KEY, XSS_ORDER, XSS_TAG};
+use common::{fixture, http, Countdown, XSS_KEY, XSS_ORDER, XSS_TAG};
 use serde_json::{json, Value};
 use workflow::prelude::*;
 use workflow_console::ConsoleExt;
@@ -483,7 +483,7 @@ async fn console_in_a_real_browser() {
     let fetches = || async {
         b.js(
             "return performance.getEntriesByType('resource')\
-               .filter(e => e.name.endsWith('/api/instances/' + arguments[0])).length;",
+               .filter(e => e.name.includes('/api/instances/' + arguments[0] + '?')).length;",
             json!([f.listening.as_str()]),
         )
         .await
@@ -495,11 +495,48 @@ async fn console_in_a_real_browser() {
     tokio::time::sleep(Duration::from_millis(4_500)).await;
     assert_eq!(fetches().await, before, "no polls of an ended instance");
 
+    // A long instance shows its latest steps and history, then all of them.
+    let long = Countdown::start(&f.engine, 230).await.unwrap();
+    long.result().await.unwrap();
+    b.goto(&format!(
+        "http://{}/#/instances/{}",
+        server.local_addr(),
+        long.id()
+    ))
+    .await;
+    let shown = || async {
+        let found = b
+            .js(
+                "const more = document.querySelector('[data-testid=more-steps]');                 return [document.querySelectorAll('[data-step]').length,                         document.querySelectorAll('[data-testid=history] tbody tr').length,                         more && more.textContent];",
+                json!([]),
+            )
+            .await;
+        serde_json::from_value::<(u64, u64, Option<String>)>(found).unwrap()
+    };
+    let (steps, events, more) = wait_for("the latest steps", || async {
+        let found = shown().await;
+        (found.0 > 0).then_some(found)
+    })
+    .await;
+    assert_eq!((steps, events), (200, 200), "the latest 200 of each");
+    assert_eq!(more.as_deref(), Some("latest 200 of 230 steps · Show all"));
+    b.screenshot("instance-long").await;
+    b.click("[data-testid=more-steps] button[data-action=show-all]")
+        .await;
+    let (steps, events, more) = wait_for("every step", || async {
+        let found = shown().await;
+        (found.0 == 230).then_some(found)
+    })
+    .await;
+    assert_eq!(steps, 230);
+    assert!(events > 230, "every history event: {events}");
+    assert_eq!(more, None, "nothing left to show");
+
     // The other pages render.
     b.goto(&format!("http://{}/#/workflows", server.local_addr()))
         .await;
     wait_for("workflow cards", || async {
-        (b.find_all("section[data-workflow]").await.len() == 4).then_some(())
+        (b.find_all("section[data-workflow]").await.len() == 5).then_some(())
     })
     .await;
     b.screenshot("workflows").await;

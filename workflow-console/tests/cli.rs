@@ -85,6 +85,7 @@ async fn reads_without_the_workflow_code() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     for name in [
         "approveExpense",
+        "countdown",
         "nightlyCleanup",
         "processOrder",
         "slowReport",
@@ -101,13 +102,13 @@ async fn reads_without_the_workflow_code() {
     assert!(out.stdout.contains("\"amount_cents\""), "{}", out.stdout);
     assert!(out.stdout.contains("timeout:  10m"), "{}", out.stdout);
     let defs = json(&cli(url, &["workflows", "--json"]).await);
-    assert_eq!(defs.as_array().unwrap().len(), 4);
+    assert_eq!(defs.as_array().unwrap().len(), 5);
     let out = cli(url, &["workflows", "nope"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert_eq!(
         out.stderr.trim(),
         "error: no engine using this database has recorded a workflow named `nope`; \
-         recorded: approveExpense, nightlyCleanup, processOrder, slowReport"
+         recorded: approveExpense, countdown, nightlyCleanup, processOrder, slowReport"
     );
 
     // List: a table by default, JSON with --json, filters.
@@ -249,7 +250,7 @@ async fn starts_and_steers_for_a_running_engine() {
     assert_eq!(
         out.stderr.trim(),
         "error: no engine using this database has recorded a workflow named `nope`; \
-         recorded: approveExpense, nightlyCleanup, processOrder, slowReport"
+         recorded: approveExpense, countdown, nightlyCleanup, processOrder, slowReport"
     );
     assert!(out.stdout.is_empty(), "{}", out.stdout);
     let started = json(&cli(url, &["run", "slowReport", r#"{"days": 1}"#, "--json"]).await);

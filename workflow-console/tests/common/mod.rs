@@ -96,6 +96,16 @@ async fn approve_expense(ctx: Ctx, cents: u64) -> workflow::Result<String> {
     Ok(format!("{cents} cents approved: {}", answer.approved))
 }
 
+/// One step per number, from `from` down to 1.
+#[workflow(name = "countdown")]
+pub async fn countdown(ctx: Ctx, from: u32) -> workflow::Result<u32> {
+    for i in (1..=from).rev() {
+        ctx.step("tick", || async move { Ok::<_, BoxError>(i) })
+            .await?;
+    }
+    Ok(from)
+}
+
 /// Clean up old data every night.
 #[workflow(
     name = "nightlyCleanup",
@@ -128,6 +138,7 @@ pub async fn fixture() -> Fixture {
         .register(SlowReport)
         .register(ApproveExpense)
         .register(NightlyCleanup)
+        .register(Countdown)
         .build()
         .await
         .unwrap();
