@@ -58,10 +58,14 @@ struct CacheInner {
 /// ones are dropped: the filter comes from the query string.
 const CACHED_COUNTS_MAX: usize = 256;
 
+/// The longest an overview is reused.
+const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
+
 impl OverviewCache {
     pub(crate) fn new(ttl: Duration) -> Self {
         OverviewCache {
-            ttl,
+            // A huge one ("always cache") must not overflow `Instant`.
+            ttl: ttl.min(MAX_TTL),
             inner: Mutex::default(),
         }
     }
@@ -833,6 +837,16 @@ mod tests {
         for bad in ["evil.example:8080", "", "10.0.0.1:80", "localhost.evil.com"] {
             assert!(!is_loopback_host(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_overview_cached_for_ever_survives_a_change() {
+        let cache = OverviewCache::new(Duration::MAX);
+        cache.invalidate();
+        assert!(
+            cache.storable(cache.generation()).is_none(),
+            "read afresh after a change"
+        );
     }
 
     #[test]

@@ -448,7 +448,8 @@ where
             // After a suspension for a long backoff, count on from the attempts made.
             let mut attempt = run.failed_attempts(&key).await;
             loop {
-                attempt += 1;
+                // The count comes from the store: a corrupt one must not overflow.
+                attempt = attempt.saturating_add(1);
                 run.check()?;
                 let outcome = AssertUnwindSafe(async { f().await }).catch_unwind().await;
                 let (message, retryable) = match outcome {

@@ -327,17 +327,28 @@ impl EngineBuilder {
         self
     }
 
-    /// Has every worker delete, now and then, the instances that ended more
-    /// than `keep` ago, with everything stored about them, as
-    /// [`Engine::purge`] does (whole trees only; nothing that ended in the
-    /// last two seconds). Default: none; instances are kept until purged.
+    /// Has the engine's worker delete, now and then, the instances of the
+    /// workflows registered here that ended more than `keep` ago, with
+    /// everything stored about them, as [`Engine::purge`] does: whole trees
+    /// only (a root of a registered workflow, with its children of any
+    /// workflow), once every member ended. Default: none; instances are
+    /// kept until purged. At least a minute: a shorter `keep` counts as one
+    /// (see below).
     ///
-    /// A worker purges soon after it starts (within a minute, at a random
-    /// moment so that workers started together do not purge together),
-    /// then every tenth of `keep`, from once a second to once an hour: an
-    /// instance outlives `keep` by at most that much. Every worker on a
-    /// store purges, so any one of them is enough; a failed purge is
-    /// logged and tried again next time.
+    /// The worker purges soon after it starts (within a minute, at a random
+    /// moment so that processes started together do not purge together),
+    /// then every tenth of `keep`, but no more often than once a second and
+    /// at least once an hour. So an ended tree goes about `keep` after its
+    /// last member ended, plus up to one such period, while a worker runs.
+    /// Every process with a worker purges; any one of them is enough. A
+    /// failed purge is logged and tried again a period later.
+    ///
+    /// What is purged is gone: its id is [`Error::NotFound`] and its dedup
+    /// key free again, so a `start` with that key runs the workflow anew.
+    /// The minute is why: a schedule's tick is found by its key when two
+    /// engines fire it, and a caller reading a result a moment after the
+    /// end finds it. Instances of workflows no engine registers any more
+    /// are left to [`Engine::purge`] or `workflow purge`.
     ///
     /// ```no_run
     /// # async fn f() -> workflow_core::Result<()> {
@@ -350,7 +361,7 @@ impl EngineBuilder {
     /// # Ok(()) }
     /// ```
     pub fn retention(mut self, keep: Duration) -> Self {
-        self.config.retention = Some(keep);
+        self.config.retention = Some(keep.max(crate::retention::MIN_KEEP));
         self
     }
 
@@ -427,6 +438,7 @@ impl EngineBuilder {
                 running: std::sync::Mutex::new(HashMap::new()),
                 claimed_ahead: std::sync::Mutex::new(Vec::new()),
                 recorded: std::sync::Mutex::new(Default::default()),
+                retaining: Default::default(),
                 scheduled,
                 clock: self.clock,
             }),
@@ -479,6 +491,8 @@ pub(crate) struct EngineInner {
     /// Workflows not registered here found recorded in the store: a client
     /// engine reads the definitions once per name, not once per start.
     pub recorded: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// A worker of this engine runs the retention task (one per engine).
+    pub retaining: std::sync::atomic::AtomicBool,
 }
 
 impl EngineInner {
@@ -823,7 +837,7 @@ impl Engine {
     /// out) before `ended_before`, of `workflow` only if given, with
     /// everything stored about them: steps, history, inbox, event keys,
     /// tags. Returns how many it deleted. Only this and
-    /// [`EngineBuilder::retention`] (which runs it from every worker) delete
+    /// [`EngineBuilder::retention`] (which runs it from a worker) delete
     /// instances: use one of them to keep the database from growing for ever.
     ///
     /// Parents and children go together: an instance started with

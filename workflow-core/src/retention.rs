@@ -1,33 +1,45 @@
-//! Retention: every worker of an engine built with
+//! Retention: one worker of an engine built with
 //! [`EngineBuilder::retention`](crate::EngineBuilder::retention) purges, now
-//! and then, the instances that ended longer ago than that.
+//! and then, the instances of its workflows that ended longer ago than that.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
-use crate::store::now_millis;
+use crate::store::{now_millis, Millis};
 
+/// The shortest retention: a schedule's tick must still be found by its
+/// key when a second engine fires it, and a caller must find a result it
+/// reads a moment after the end.
+pub(crate) const MIN_KEEP: Duration = Duration::from_secs(60);
 /// The longest pause between two purges: a retention of months need not
 /// be exact to the minute, and an idle store is not scanned more often.
 const MAX_EVERY: Duration = Duration::from_secs(3600);
-/// The shortest: a retention of seconds (tests, demos) still purges.
+/// The shortest.
 const MIN_EVERY: Duration = Duration::from_secs(1);
 /// The first purge comes at a random moment of this window (or of the
-/// period, if shorter): workers started together do not purge together,
-/// and a restarted process catches up soon.
+/// period, if shorter): processes started together do not purge
+/// together, and a restarted one catches up soon.
 const FIRST_WITHIN: Duration = Duration::from_secs(60);
 
-/// How long a worker waits between purges for a retention of `keep`: a
-/// tenth of it, from a second to an hour.
+/// How long to wait between purges for a retention of `keep`: a tenth of
+/// it, from a second to an hour.
 pub(crate) fn period(keep: Duration) -> Duration {
     (keep / 10).clamp(MIN_EVERY, MAX_EVERY)
+}
+
+/// What ended before this (ms since the epoch) goes, at `now`.
+pub(crate) fn cutoff(now: Millis, keep: Duration) -> Millis {
+    // A retention too long to subtract keeps everything.
+    now.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Purges what ended more than `keep` ago until `stop` is cancelled.
 pub(crate) async fn run(engine: Engine, keep: Duration, stop: CancellationToken) {
     let period = period(keep);
+    let mut workflows: Vec<&'static str> = engine.inner.workflows.keys().copied().collect();
+    workflows.sort_unstable();
     let mut nap = period.min(FIRST_WITHIN).mul_f64(crate::step::random_unit());
     loop {
         tokio::select! {
@@ -35,16 +47,30 @@ pub(crate) async fn run(engine: Engine, keep: Duration, stop: CancellationToken)
             _ = stop.cancelled() => return,
         }
         nap = period;
-        // A retention too long to subtract keeps everything.
-        let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
-        let ended_before = now_millis().saturating_sub(keep_ms);
-        match engine.purge_ended(ended_before, None, Some(&stop)).await {
-            Ok(0) => tracing::debug!(?keep, "retention: nothing to purge"),
-            Ok(deleted) => {
-                tracing::info!(deleted, ?keep, "retention: purged ended instances")
+        let ended_before = cutoff(now_millis(), keep);
+        for workflow in &workflows {
+            if stop.is_cancelled() {
+                return;
             }
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?period, "retention: purging ended instances failed")
+            match engine
+                .purge_ended(ended_before, Some(workflow), Some(&stop))
+                .await
+            {
+                Ok(0) => tracing::debug!(workflow, ?keep, "retention: nothing to purge"),
+                Ok(deleted) => {
+                    tracing::info!(
+                        workflow,
+                        deleted,
+                        ?keep,
+                        "retention: purged ended instances"
+                    )
+                }
+                Err(err) => tracing::warn!(
+                    workflow,
+                    error = %err,
+                    retry_in = ?period,
+                    "retention: purging ended instances failed"
+                ),
             }
         }
     }
@@ -60,5 +86,16 @@ mod tests {
         assert_eq!(period(Duration::from_secs(60)), Duration::from_secs(6));
         assert_eq!(period(Duration::from_secs(30 * 86_400)), MAX_EVERY);
         assert_eq!(period(Duration::MAX), MAX_EVERY);
+    }
+
+    #[test]
+    fn the_cutoff_is_keep_before_now() {
+        let now = 1_800_000_000_000;
+        assert_eq!(cutoff(now, Duration::from_secs(60)), now - 60_000);
+        assert_eq!(cutoff(now, Duration::ZERO), now);
+        assert!(
+            cutoff(now, Duration::MAX) < 0,
+            "nothing ended that long ago"
+        );
     }
 }

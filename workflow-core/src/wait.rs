@@ -50,7 +50,8 @@ where
     }
 
     async fn wait_until(&self, wake_at: Millis) -> Result<()> {
-        let left = wake_at - now_millis();
+        // `wake_at` may be a recorded step's output: never overflow on it.
+        let left = wake_at.saturating_sub(now_millis());
         if left <= 0 {
             return Ok(());
         }

@@ -147,13 +147,17 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             w.engine.clone(),
             w.stop.clone(),
         ));
-        let retention = config.retention.map(|keep| {
-            tokio::spawn(crate::retention::run(
-                w.engine.clone(),
-                keep,
-                w.stop.clone(),
-            ))
-        });
+        // One retention task per engine, however many workers it runs.
+        let retention = config
+            .retention
+            .filter(|_| !inner.retaining.swap(true, Ordering::SeqCst))
+            .map(|keep| {
+                tokio::spawn(crate::retention::run(
+                    w.engine.clone(),
+                    keep,
+                    w.stop.clone(),
+                ))
+            });
         let mut runs = JoinSet::new();
         // A slot is a running handler. It is free again as soon as the
         // handler ends, while its outcome is still being recorded.
@@ -261,7 +265,10 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         heartbeat.abort();
         scheduler.abort();
         if let Some(retention) = retention {
-            retention.abort();
+            // It stops between two batches: nothing is deleted after
+            // `shutdown` returns.
+            let _ = retention.await;
+            inner.retaining.store(false, Ordering::SeqCst);
         }
         lock(&LIVE).remove(&w.id);
         tracing::info!("worker stopped");
@@ -720,7 +727,8 @@ async fn deadline_passed(run: &RunShared) {
             }
             continue;
         };
-        let left = Duration::from_millis((at - now_millis()).max(0) as u64);
+        // `at` comes from the store: a corrupt one must not overflow.
+        let left = Duration::from_millis(at.saturating_sub(now_millis()).max(0) as u64);
         tokio::select! {
             _ = tokio::time::sleep(left) => {
                 // The wall clock decides, not the timer: re-check in case it slept short.

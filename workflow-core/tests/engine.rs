@@ -1905,45 +1905,88 @@ async fn purge_deletes_ended_instances_in_batches() {
     );
 }
 
+/// An instance of `workflow` that ended `ago` before now, written to `store`.
+async fn ended_ago(store: &Arc<dyn Store>, workflow: &str, ago: Duration) -> InstanceId {
+    let at = chrono::Utc::now().timestamp_millis() - ago.as_millis() as i64;
+    let id = InstanceId::at(at - 10);
+    let new = store::NewInstance {
+        id: id.clone(),
+        workflow: workflow.into(),
+        input: "{}".into(),
+        tags: Default::default(),
+        key: None,
+        created_at: at - 10,
+        run_at: at - 10,
+        deadline_at: None,
+        parent: None,
+    };
+    store.create(new, None).await.unwrap();
+    let claimed = store
+        .claim(ClaimRequest {
+            owner: "earlier".into(),
+            workflows: vec![workflow.into()],
+            now: at - 5,
+            lease_until: at + 30_000,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].row.id, id);
+    let finish = store::Finish {
+        status: Status::Completed,
+        output: Some("0".into()),
+        error: None,
+        state: None,
+        at,
+    };
+    store.finish(&claimed[0].lease, finish).await.unwrap();
+    id
+}
+
 #[tokio::test]
-async fn retention_has_workers_purge_what_ended_long_enough_ago() {
-    let keeping: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let purging: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let keeps = crash_loop_engine(&keeping, None).await;
-    let purges = EngineBuilder::new()
-        .shared_store(Arc::clone(&purging))
+async fn retention_has_a_worker_purge_what_ended_more_than_keep_ago() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let old = ended_ago(&store, "processOrder", Duration::from_secs(120)).await;
+    let recent = ended_ago(&store, "processOrder", Duration::from_secs(30)).await;
+    let unregistered = ended_ago(&store, "elsewhere", Duration::from_secs(120)).await;
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
         .register(ProcessOrder)
         .poll_interval(Duration::from_millis(10))
+        // Below the floor: counts as a minute.
         .retention(Duration::from_millis(100))
         .build()
         .await
         .unwrap();
-    let kept = ProcessOrder::start(&keeps, order("K")).await.unwrap();
-    let ended = ProcessOrder::start(&purges, order("E")).await.unwrap();
-    let paused = ProcessOrder::start(&purges, order("P")).await.unwrap();
+    let paused = ProcessOrder::start(&engine, order("P")).await.unwrap();
     paused.pause().await.unwrap();
+    // Beside it, an engine without retention.
+    let keeping: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let kept = ended_ago(&keeping, "processOrder", Duration::from_secs(120)).await;
+    let keeps = crash_loop_engine(&keeping, None).await;
     let _keeping = keeps.start_worker();
-    let _purging = purges.start_worker();
-    kept.result_timeout(Duration::from_secs(10)).await.unwrap();
-    ended.result_timeout(Duration::from_secs(10)).await.unwrap();
-    // Nothing that ended in the last two seconds goes; then a purge comes
-    // within a second (a tenth of 100 ms, at least a second).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !matches!(ended.info().await, Err(Error::NotFound(_))) {
+    let worker = engine.start_worker();
+    let second = engine.start_worker();
+    // The first purge comes within a tenth of the minute.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while store.get(&old).await.unwrap().is_some() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the ended instance is still there"
+            "the instance that ended two minutes ago is still there"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        paused.status().await.unwrap(),
-        Status::Paused,
-        "not ended: kept"
+    let exists = |store: &Arc<dyn Store>, id: &InstanceId| {
+        let (store, id) = (Arc::clone(store), id.clone());
+        async move { store.get(&id).await.unwrap().is_some() }
+    };
+    assert!(exists(&store, &recent).await, "ended 30 s ago: kept");
+    assert!(
+        exists(&store, &unregistered).await,
+        "a workflow not registered here: kept"
     );
-    assert_eq!(
-        kept.status().await.unwrap(),
-        Status::Completed,
-        "no retention: kept"
-    );
+    assert_eq!(paused.status().await.unwrap(), Status::Paused, "not ended");
+    assert!(exists(&keeping, &kept).await, "no retention: kept");
+    second.shutdown().await;
+    worker.shutdown().await;
 }

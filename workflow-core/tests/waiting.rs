@@ -935,3 +935,41 @@ async fn a_shorter_deadline_ends_a_waiting_instance() {
     let napped = naps.result_timeout(Duration::from_secs(5)).await;
     assert!(napped.is_err_and(ended), "the sleeping instance timed out");
 }
+
+#[tokio::test]
+async fn a_corrupt_wake_time_is_passed_not_a_panic() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = engine(Arc::clone(&store)).await;
+    let inst = Sleeper::start(&engine, 3_600_000).await.unwrap();
+    // The sleep's recorded wake time, as far in the past as an i64 goes.
+    let now = chrono::Utc::now().timestamp_millis();
+    let claimed = store
+        .claim(store::ClaimRequest {
+            owner: "writer-of-bad-rows".into(),
+            workflows: vec!["sleeper".into()],
+            now,
+            lease_until: now + 30_000,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    for (key, output) in [("before", "null".to_owned()), ("nap", i64::MIN.to_string())] {
+        let step = store::StepRow {
+            key: key.into(),
+            output: Some(output),
+            error: None,
+            state: None,
+            attempts: 1,
+            started_at: now,
+            finished_at: now,
+        };
+        store.commit_step(&claimed[0].lease, step).await.unwrap();
+    }
+    store.release(&claimed[0].lease, now).await.unwrap();
+    let _worker = engine.start_worker();
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(10)).await.unwrap(),
+        2,
+        "long past: the second run wakes at once"
+    );
+}

@@ -616,7 +616,8 @@ impl Db {
                     continue;
                 }
                 let ids: Vec<String> = members.into_iter().map(|(id, _)| id).collect();
-                sqlx::query("SELECT 1 FROM instances WHERE id = ANY($1) FOR UPDATE")
+                // In id order: two purges of one tree lock it in the same order.
+                sqlx::query("SELECT 1 FROM instances WHERE id = ANY($1) ORDER BY id FOR UPDATE")
                     .bind(&ids)
                     .execute(&mut *tx)
                     .await?;

@@ -1242,15 +1242,6 @@ mod tests {
         store.create(new, None).await.unwrap();
         let claimed = store.claim(claim_due("a", 1)).await.unwrap();
         let lease = claimed[0].lease.clone();
-        let step = |key: &str| StepRow {
-            key: key.into(),
-            output: Some("1".into()),
-            error: None,
-            state: None,
-            attempts: 1,
-            started_at: 1,
-            finished_at: 2,
-        };
         store.commit_step(&lease, step("one")).await.unwrap();
         // Another process's worker takes the instance over.
         sqlx::query("UPDATE instances SET lease_owner = 'b', runs = runs + 1 WHERE id = ?")
@@ -1262,6 +1253,19 @@ mod tests {
         assert!(matches!(err, StoreError::LeaseLost(_)), "{err}");
         let steps = store.steps(&lease.instance).await.unwrap();
         assert_eq!(steps.len(), 1, "the fenced step is not recorded");
+    }
+
+    /// A recorded step `key` with output `1`.
+    fn step(key: &str) -> StepRow {
+        StepRow {
+            key: key.into(),
+            output: Some("1".into()),
+            error: None,
+            state: None,
+            attempts: 1,
+            started_at: 1,
+            finished_at: 2,
+        }
     }
 
     /// Runs `sql` (with `?1` bound to `id`) on the store's file from outside.
@@ -1318,16 +1322,7 @@ mod tests {
         let bad_id = bad.id.clone();
         store.create(bad, None).await.unwrap();
         let first = store.claim(claim_due("w", 1)).await.unwrap().remove(0);
-        let step = StepRow {
-            key: "one".into(),
-            output: Some("1".into()),
-            error: None,
-            state: None,
-            attempts: 1,
-            started_at: 1,
-            finished_at: 2,
-        };
-        store.commit_step(&first.lease, step).await.unwrap();
+        store.commit_step(&first.lease, step("one")).await.unwrap();
         store.release(&first.lease, 3).await.unwrap();
         let good = workflow_core::testing::new_instance("wf", 2);
         let good_id = good.id.clone();
@@ -1405,5 +1400,29 @@ mod tests {
         let err = store.get(&bad_id).await.unwrap_err();
         assert!(err.to_string().contains("corrupt row"), "{err}");
         assert_eq!(status_of(&store, &bad_id).await, "failed");
+    }
+
+    /// A history sequence at its largest value fails each write that needs
+    /// a number, with the reason; the writer thread lives on.
+    #[tokio::test]
+    async fn an_exhausted_history_sequence_fails_writes_not_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("seq.db")).await.unwrap();
+        let new = workflow_core::testing::new_instance("wf", 1);
+        store.create(new, None).await.unwrap();
+        let lease = store.claim(claim_due("w", 1)).await.unwrap()[0]
+            .lease
+            .clone();
+        let set_seq = |last: i64| {
+            sqlx::query("UPDATE history_seq SET last = ?1")
+                .bind(last)
+                .execute(&store.read)
+        };
+        set_seq(i64::MAX).await.unwrap();
+        let err = store.commit_step(&lease, step("one")).await.unwrap_err();
+        assert!(err.to_string().contains("history_seq"), "{err}");
+        set_seq(1_000).await.unwrap();
+        store.commit_step(&lease, step("one")).await.unwrap();
+        assert_eq!(store.steps(&lease.instance).await.unwrap().len(), 1);
     }
 }

@@ -298,7 +298,16 @@ impl<'c> Tx<'_, 'c> {
                 read
             }
         };
-        self.last_seq.set(Some(last + n));
+        // A corrupt `history_seq` fails this write, not the writer thread.
+        let Some(next_last) = last.checked_add(n) else {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(format!(
+                    "the history sequence (table history_seq) is at {last}, too large to go on: the database is corrupt"
+                )),
+            ));
+        };
+        self.last_seq.set(Some(next_last));
         Ok(last + 1)
     }
 
