@@ -100,10 +100,11 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// `0.81 / 0.88 / 0.91`: every round's ratio.
-fn joined(ratios: &[f64]) -> String {
+/// Each round's ratio, `decimals` after the point: "0.81 / 0.82 / 0.89".
+fn joined(ratios: &[f64], decimals: usize) -> String {
     ratios
         .iter()
-        .map(|r| format!("{r:.2}"))
+        .map(|r| format!("{r:.decimals$}"))
         .collect::<Vec<_>>()
         .join(" / ")
 }
@@ -562,6 +563,9 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// Workflows in flight in the durable throughput rounds' extra run.
+const WIDE: usize = 256;
+
 /// Throughput rounds per mode: `BENCH_ROUNDS`, default 3.
 fn rounds_wanted() -> usize {
     std::env::var("BENCH_ROUNDS")
@@ -904,6 +908,10 @@ async fn main() {
             let mut bound = Vec::new();
             let mut bound_factor = Vec::new();
             let mut bound_share = Vec::new();
+            // Durable rounds also run the workload with 256 in flight
+            // (`concurrency(256)`): more workflows share each fsync.
+            let mut wide = Vec::new();
+            let mut wide_factor = Vec::new();
             for _ in 0..rounds_wanted() {
                 let (raw, _, _) = raw_single(&file("raw"), d, raw_n);
                 let mut sqlite = Vec::new();
@@ -932,6 +940,9 @@ async fn main() {
                     let (_, unsynced, _) =
                         throughput(&file("tp"), Durability::Relaxed, workflows, 64).await;
                     kept.push(sps / unsynced);
+                    let (_, wider, _) = throughput(&file("tp"), d, workflows, WIDE).await;
+                    wide.push(wider);
+                    wide_factor.push(wider / raw);
                 }
             }
             rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -959,19 +970,11 @@ async fn main() {
                         "{:.2}× raw, median of {} rounds: {} (the pipeline's cost without the engine's)",
                         median(&mut bound_factor),
                         bound_factor.len(),
-                        bound_factor
-                            .iter()
-                            .map(|r| format!("{r:.1}"))
-                            .collect::<Vec<_>>()
-                            .join(" / ")
+                        joined(&bound_factor, 1)
                     ),
                 );
             }
-            let each = rounds
-                .iter()
-                .map(|r| format!("{:.1}", r.0))
-                .collect::<Vec<_>>()
-                .join(" / ");
+            let each = joined(&rounds.iter().map(|r| r.0).collect::<Vec<_>>(), 1);
             let want = if d == Durability::Durable {
                 "≥ 20× raw commits/s"
             } else {
@@ -999,7 +1002,7 @@ async fn main() {
                     format!(
                         "median of {} rounds: {}",
                         limit.share.len(),
-                        joined(&limit.share)
+                        joined(&limit.share, 2)
                     ),
                 );
             }
@@ -1012,13 +1015,13 @@ async fn main() {
                     format!(
                         "median of {} rounds: {}",
                         bound_share.len(),
-                        joined(&bound_share)
+                        joined(&bound_share, 2)
                     ),
                 );
             }
             if !kept.is_empty() {
                 let middle = median(&mut kept);
-                let each = joined(&kept);
+                let each = joined(&kept, 2);
                 t.row(
                     mode,
                     "the same, ÷ the same engine without fsync (relaxed), run right after",
@@ -1027,6 +1030,20 @@ async fn main() {
                     format!(
                         "median of {} rounds: {each} (1.0: the fsyncs cost nothing)",
                         kept.len()
+                    ),
+                );
+            }
+            if !wide.is_empty() {
+                t.row(
+                    mode,
+                    format!("the same, {WIDE} in flight (`concurrency({WIDE})`)"),
+                    format!("{:.0} steps/s", median(&mut wide)),
+                    "",
+                    format!(
+                        "{:.2}× raw, median of {} rounds: {}",
+                        median(&mut wide_factor),
+                        wide_factor.len(),
+                        joined(&wide_factor, 1)
                     ),
                 );
             }
