@@ -327,7 +327,8 @@ impl EngineBuilder {
         self
     }
 
-    /// Has the engine's worker delete, now and then, the instances of the
+    /// Has a worker of this engine (the first started, if it runs several)
+    /// delete, now and then, the instances of the
     /// workflows registered here that ended more than `keep` ago, with
     /// everything stored about them, as [`Engine::purge`] does: whole trees
     /// only (a root of a registered workflow, with its children of any
@@ -347,8 +348,9 @@ impl EngineBuilder {
     /// key free again, so a `start` with that key runs the workflow anew.
     /// The minute is why: a schedule's tick is found by its key when two
     /// engines fire it, and a caller reading a result a moment after the
-    /// end finds it. Instances of workflows no engine registers any more
-    /// are left to [`Engine::purge`] or `workflow purge`.
+    /// end finds it. Instances of workflows that no engine with a
+    /// retention registers are left to [`Engine::purge`] or `workflow
+    /// purge`.
     ///
     /// ```no_run
     /// # async fn f() -> workflow_core::Result<()> {
