@@ -327,8 +327,8 @@ impl EngineBuilder {
         self
     }
 
-    /// Has a worker of this engine (the first started, if it runs several)
-    /// delete, now and then, the instances of the
+    /// Has this engine delete, now and then, while any of its workers
+    /// runs, the instances of the
     /// workflows registered here that ended more than `keep` ago, with
     /// everything stored about them, as [`Engine::purge`] does: whole trees
     /// only (a root of a registered workflow, with its children of any
@@ -336,12 +336,13 @@ impl EngineBuilder {
     /// kept until purged. At least a minute: a shorter `keep` counts as one
     /// (see below).
     ///
-    /// The worker purges soon after it starts (within a minute, at a random
+    /// It purges soon after a worker starts (within a minute, at a random
     /// moment so that processes started together do not purge together),
     /// then every tenth of `keep`, but no more often than once a second and
     /// at least once an hour. So an ended tree goes about `keep` after its
     /// last member ended, plus up to one such period, while a worker runs.
-    /// Every process with a worker purges; any one of them is enough. A
+    /// One task per engine, however many workers it runs; every process
+    /// with a worker purges, and any one of them is enough. A
     /// failed purge is logged and tried again a period later.
     ///
     /// What is purged is gone: its id is [`Error::NotFound`] and its dedup
@@ -440,7 +441,7 @@ impl EngineBuilder {
                 running: std::sync::Mutex::new(HashMap::new()),
                 claimed_ahead: std::sync::Mutex::new(Vec::new()),
                 recorded: std::sync::Mutex::new(Default::default()),
-                retaining: Default::default(),
+                retention: Default::default(),
                 scheduled,
                 clock: self.clock,
             }),
@@ -493,8 +494,8 @@ pub(crate) struct EngineInner {
     /// Workflows not registered here found recorded in the store: a client
     /// engine reads the definitions once per name, not once per start.
     pub recorded: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// A worker of this engine runs the retention task (one per engine).
-    pub retaining: std::sync::atomic::AtomicBool,
+    /// The retention task, while any worker of this engine runs.
+    pub retention: std::sync::Mutex<crate::retention::Retainer>,
 }
 
 impl EngineInner {

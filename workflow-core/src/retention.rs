@@ -1,6 +1,7 @@
-//! Retention: one worker of an engine built with
-//! [`EngineBuilder::retention`](crate::EngineBuilder::retention) purges, now
-//! and then, the instances of its workflows that ended longer ago than that.
+//! Retention: while an engine built with
+//! [`EngineBuilder::retention`](crate::EngineBuilder::retention) runs a
+//! worker, a task of its own purges, now and then, the instances of its
+//! workflows that ended longer ago than that.
 
 use std::time::Duration;
 
@@ -22,6 +23,47 @@ const MIN_EVERY: Duration = Duration::from_secs(1);
 /// period, if shorter): processes started together do not purge
 /// together, and a restarted one catches up soon.
 const FIRST_WITHIN: Duration = Duration::from_secs(60);
+
+/// The engine's retention task and how many of its workers run.
+#[derive(Default)]
+pub(crate) struct Retainer {
+    workers: usize,
+    task: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+/// A worker of `engine` started: the first starts the retention task.
+pub(crate) fn worker_started(engine: &Engine) {
+    let inner = &engine.inner;
+    let mut retainer = inner.retention.lock().unwrap_or_else(|p| p.into_inner());
+    retainer.workers += 1;
+    if let (Some(keep), None) = (inner.config.retention, &retainer.task) {
+        let stop = inner.shutdown.child_token();
+        let task = tokio::spawn(run(engine.clone(), keep, stop.clone()));
+        retainer.task = Some((stop, task));
+    }
+}
+
+/// A worker of `engine` stopped: the last stops the retention task and
+/// waits for it (it stops between two batches), so nothing is deleted
+/// after the last `shutdown` returns.
+pub(crate) async fn worker_stopped(engine: &Engine) {
+    let task = {
+        let mut retainer = engine
+            .inner
+            .retention
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        retainer.workers = retainer.workers.saturating_sub(1);
+        if retainer.workers > 0 {
+            return;
+        }
+        retainer.task.take()
+    };
+    if let Some((stop, task)) = task {
+        stop.cancel();
+        let _ = task.await;
+    }
+}
 
 /// How long to wait between purges for a retention of `keep`: a tenth of
 /// it, from a second to an hour.

@@ -147,17 +147,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             w.engine.clone(),
             w.stop.clone(),
         ));
-        // One retention task per engine, however many workers it runs.
-        let retention = config
-            .retention
-            .filter(|_| !inner.retaining.swap(true, Ordering::SeqCst))
-            .map(|keep| {
-                tokio::spawn(crate::retention::run(
-                    w.engine.clone(),
-                    keep,
-                    w.stop.clone(),
-                ))
-            });
+        crate::retention::worker_started(&w.engine);
         let mut runs = JoinSet::new();
         // A slot is a running handler. It is free again as soon as the
         // handler ends, while its outcome is still being recorded.
@@ -264,12 +254,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         drain(&w, &mut runs).await;
         heartbeat.abort();
         scheduler.abort();
-        if let Some(retention) = retention {
-            // It stops between two batches: nothing is deleted after
-            // `shutdown` returns.
-            let _ = retention.await;
-            inner.retaining.store(false, Ordering::SeqCst);
-        }
+        crate::retention::worker_stopped(&w.engine).await;
         lock(&LIVE).remove(&w.id);
         tracing::info!("worker stopped");
     }

@@ -1949,6 +1949,9 @@ async fn retention_has_a_worker_purge_what_ended_more_than_keep_ago() {
     let old = ended_ago(&store, "processOrder", Duration::from_secs(120)).await;
     let recent = ended_ago(&store, "processOrder", Duration::from_secs(30)).await;
     let unregistered = ended_ago(&store, "elsewhere", Duration::from_secs(120)).await;
+    // Goes once a minute old, 10 s from now: after the first purge (within
+    // 6 s), by a later one. Written now, as a running worker could claim it.
+    let later = ended_ago(&store, "processOrder", Duration::from_secs(50)).await;
     let engine = EngineBuilder::new()
         .shared_store(Arc::clone(&store))
         .register(ProcessOrder)
@@ -1987,6 +1990,15 @@ async fn retention_has_a_worker_purge_what_ended_more_than_keep_ago() {
     );
     assert_eq!(paused.status().await.unwrap(), Status::Paused, "not ended");
     assert!(exists(&keeping, &kept).await, "no retention: kept");
-    second.shutdown().await;
+    // One task per engine: it goes on while any worker runs.
     worker.shutdown().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while exists(&store, &later).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "purging stopped with the first worker"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.shutdown().await;
 }
