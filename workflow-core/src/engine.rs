@@ -259,7 +259,9 @@ impl EngineBuilder {
     /// as soon as its handler returns or suspends, while the outcome is
     /// still being written. To start the next instance the moment a slot
     /// frees, a worker with a backlog holds up to a quarter as many
-    /// instances claimed ahead (shown `InProgress`, leases renewed); it hands
+    /// instances claimed ahead (shown `InProgress`, leases renewed), once
+    /// one of its handlers has ended (see
+    /// [`max_interrupted_runs`](Self::max_interrupted_runs)); it hands
     /// them back to the store when it shuts down. At least 1; a huge value
     /// (`usize::MAX` for "no bound") is capped at what a tokio semaphore
     /// holds.
@@ -314,9 +316,12 @@ impl EngineBuilder {
     /// its `paused` history event says why. A run that gets somewhere
     /// (records a step or a failed attempt, looks for an event, or
     /// suspends) starts the count over, as does a resume. A crash counts
-    /// against every instance its process held, so one beside the culprit
-    /// that records nothing between crashes (claimed ahead and not started
-    /// yet, or inside one long step) can be paused with it: resume it.
+    /// against every instance its process held. A worker claims instances
+    /// ahead of its free slots only once one of its handlers has ended, so
+    /// a process that a step kills before that held only running ones; but
+    /// one beside the culprit that records nothing between crashes (inside
+    /// one long step, or claimed ahead after another handler ended) can be
+    /// paused with it: resume it.
     ///
     /// An instance past its deadline is run anyway, to end `TimedOut`.
     /// A paused instance's deadline does not count, so a parent waiting

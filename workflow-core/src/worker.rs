@@ -154,8 +154,13 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         let slots = Arc::new(Semaphore::new(config.concurrency));
         // How many instances to hold claimed ahead of free slots: a slot
         // that frees then starts the next instance at once instead of
-        // waiting a claim's round trip through the store.
+        // waiting a claim's round trip through the store. Only once a
+        // handler has ended here: a process that a step kills before any
+        // does (a crash loop) would otherwise count the crash against
+        // instances it held without ever starting them, and pause them
+        // with the culprit (`max_interrupted_runs`).
         let prefetch = config.concurrency.div_ceil(4);
+        let mut a_run_ended = false;
         let mut claims = JoinSet::new();
         // The last claim came back full: more may be due right now.
         let mut draining = true;
@@ -164,9 +169,12 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         let workflows: Vec<String> = inner.workflows.keys().map(|s| (*s).to_owned()).collect();
         let mut wakeups = inner.store.wakeups();
         while !w.stop.is_cancelled() {
-            while runs.try_join_next().is_some() {}
+            while runs.try_join_next().is_some() {
+                a_run_ended = true;
+            }
             let ready = start_ready(&w, &slots, &mut runs);
-            let wanted = (slots.available_permits() + prefetch).saturating_sub(ready);
+            let ahead = if a_run_ended { prefetch } else { 0 };
+            let wanted = (slots.available_permits() + ahead).saturating_sub(ready);
             if draining && wanted > 0 && claims.is_empty() && !workflows.is_empty() {
                 let now = now_millis();
                 let req = ClaimRequest {
@@ -203,8 +211,9 @@ async fn worker_loop(w: Arc<WorkerShared>) {
                             }
                         }
                     }
-                    // A slot for a ready instance.
-                    _ = slots.acquire(), if ready > 0 => {}
+                    // A slot for a ready instance, or, with every slot
+                    // taken and nothing claimed ahead, for the next claim.
+                    _ = slots.acquire(), if ready > 0 || wanted == 0 => {}
                     _ = w.stop.cancelled() => {}
                 }
                 continue;
@@ -228,7 +237,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
                 _ = inner.wake.notified() => {}
                 _ = tokio::time::sleep(nap) => {}
                 closed = hinted => hint_closed = closed,
-                Some(_) = runs.join_next() => {}
+                Some(_) = runs.join_next() => a_run_ended = true,
                 _ = slots.acquire(), if ready > 0 => {}
                 _ = w.stop.cancelled() => {}
             }

@@ -1292,6 +1292,12 @@ async fn instances_claimed_ahead_go_back_at_shutdown() {
         .unwrap();
     let long = StartOptions::new().timeout(Duration::from_secs(600));
     let worker = engine.start_worker();
+    // A worker claims ahead once one of its handlers has ended.
+    let warm_up = Slow::start_with(&engine, 1, long.clone()).await.unwrap();
+    warm_up
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
     let first = Slow::start_with(&engine, 60_000, long.clone())
         .await
         .unwrap();
@@ -1450,10 +1456,16 @@ impl Workflow for Ahead {
 #[tokio::test]
 async fn a_cancelled_instance_claimed_ahead_never_starts() {
     let engine = one_slot_engine(Ahead).await;
+    let _worker = engine.start_worker();
+    // A worker claims ahead once one of its handlers has ended.
+    let warm_up = Ahead::start(&engine, 0).await.unwrap();
+    warm_up
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
     let insts = Ahead::start_many(&engine, vec![1, 2], StartOptions::new())
         .await
         .unwrap();
-    let _worker = engine.start_worker();
     until_status(&insts[0], Status::InProgress).await;
     // Claimed ahead: leased, waiting for the one slot.
     until_status(&insts[1], Status::InProgress).await;
@@ -1464,7 +1476,7 @@ async fn a_cancelled_instance_claimed_ahead_never_starts() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(insts[1].status().await.unwrap(), Status::Cancelled);
-    assert_eq!(*AHEAD_RUNS.lock().unwrap(), [1]);
+    assert_eq!(*AHEAD_RUNS.lock().unwrap(), [0, 1]);
 }
 
 static NAN_STEP_CALLS: AtomicU32 = AtomicU32::new(0);
@@ -1605,6 +1617,12 @@ impl Workflow for Gated {
 async fn a_deadline_moved_while_claimed_ahead_is_the_one_it_starts_with() {
     let engine = one_slot_engine(Gated).await;
     let _worker = engine.start_worker();
+    // A worker claims ahead once one of its handlers has ended.
+    let warm_up = Gated::start(&engine, false).await.unwrap();
+    warm_up
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
     let blocker = Gated::start_with(
         &engine,
         true,
@@ -2001,4 +2019,76 @@ async fn retention_has_a_worker_purge_what_ended_more_than_keep_ago() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     second.shutdown().await;
+}
+
+/// Waits in its one step until its gate lets it through.
+struct Held(Arc<tokio::sync::Semaphore>);
+
+impl Workflow for Held {
+    type Input = u32;
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "held";
+
+    async fn run(&self, ctx: Ctx, n: u32) -> Result<u32, BoxError> {
+        let gate = Arc::clone(&self.0);
+        ctx.step("through", || {
+            let gate = Arc::clone(&gate);
+            async move {
+                gate.acquire().await?.forget();
+                Ok::<_, BoxError>(())
+            }
+        })
+        .await?;
+        Ok(n)
+    }
+}
+
+/// A worker claims ahead of its free slots only once a handler of its own
+/// has ended: a process that a step kills before any does must not count
+/// the crash against instances it never started.
+#[tokio::test]
+async fn a_worker_claims_ahead_only_once_a_handler_ended() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Held(Arc::clone(&gate)))
+        .concurrency(4)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let inputs = (0..7).collect();
+    let all = Held::start_many(&engine, inputs, StartOptions::new())
+        .await
+        .unwrap();
+    let counts = || async {
+        let counts = engine.counts(Some("held")).await.unwrap();
+        let of = |s| counts.get(&s).copied().unwrap_or(0);
+        (
+            of(Status::Pending),
+            of(Status::InProgress),
+            of(Status::Completed),
+        )
+    };
+    let worker = engine.start_worker();
+    until_status(&all[3], Status::InProgress).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        counts().await,
+        (3, 4, 0),
+        "four running, none claimed ahead"
+    );
+    // One ends: its slot and one more (a quarter of 4) are claimed.
+    gate.add_permits(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counts().await != (1, 5, 1) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", counts().await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.add_permits(6);
+    for inst in &all {
+        inst.result_timeout(Duration::from_secs(10)).await.unwrap();
+    }
+    worker.shutdown().await;
 }
