@@ -472,6 +472,9 @@ function instanceView(id) {
   const root = h("div", { "data-testid": "instance" }, h("p", { class: "empty" }, "Loading…"));
   let lastJson = "";
   let all = false;
+  // Only the answer to the latest request is shown: one sent before a
+  // "Show all" must not bring the cut list back.
+  let asked = 0;
 
   function showAll() {
     all = true;
@@ -568,7 +571,9 @@ function instanceView(id) {
 
   async function refresh() {
     if (ended && lastJson) return;
+    const mine = ++asked;
     const d = await api("instances/" + encodeURIComponent(id) + (all ? "" : "?tail=" + TAIL));
+    if (mine !== asked) return;
     ended = !ACTIVE.includes(d.instance.status);
     const text = JSON.stringify(d);
     // Re-render only on change, so text being selected is left alone.

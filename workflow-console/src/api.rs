@@ -46,9 +46,10 @@ struct CacheInner {
     /// Bumped by every change made through the console, so an answer read
     /// before the change, and stored after it, is dropped.
     generation: u64,
-    /// After a change, counts are read afresh for one `ttl`: a pause or a
-    /// cancel lands when the worker gets to it, and the user who clicked
-    /// should see it then, not a count cached just before.
+    /// After a change, counts are read afresh for one `ttl` (at most
+    /// [`AFTER_CHANGE`]): a pause or a cancel lands when the worker gets to
+    /// it, and the user who clicked should see it then, not a count cached
+    /// just before.
     uncached_until: Option<Instant>,
     counts: HashMap<Option<String>, (Instant, BTreeMap<Status, u64>)>,
     names: Option<(Instant, Vec<String>)>,
@@ -60,6 +61,10 @@ const CACHED_COUNTS_MAX: usize = 256;
 
 /// The longest an overview is reused.
 const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+/// How long after a change counts are read afresh, at most: long enough
+/// for a worker to act on a pause or a cancel.
+const AFTER_CHANGE: Duration = Duration::from_secs(10);
 
 impl OverviewCache {
     pub(crate) fn new(ttl: Duration) -> Self {
@@ -137,7 +142,7 @@ impl OverviewCache {
         inner.generation += 1;
         inner.counts.clear();
         inner.names = None;
-        inner.uncached_until = Some(Instant::now() + self.ttl);
+        inner.uncached_until = Some(Instant::now() + self.ttl.min(AFTER_CHANGE));
     }
 }
 
@@ -573,7 +578,9 @@ async fn list(
 #[derive(Debug, Deserialize)]
 struct InstanceParams {
     /// Only the last this many steps and history events: the page of a
-    /// running instance with thousands of steps polls every two seconds.
+    /// running instance with thousands of steps polls every two seconds,
+    /// and need not receive and redraw them all each time (the store still
+    /// reads them).
     tail: Option<usize>,
 }
 

@@ -318,7 +318,7 @@ impl EngineBuilder {
     /// suspends) starts the count over, as does a resume. A crash counts
     /// against every instance its process held. A worker claims instances
     /// ahead of its free slots only once one of its handlers has ended, so
-    /// a process that a step kills before that held only running ones; but
+    /// a worker that a step kills before that held only running ones; but
     /// one beside the culprit that records nothing between crashes (inside
     /// one long step, or claimed ahead after another handler ended) can be
     /// paused with it: resume it.
@@ -343,8 +343,8 @@ impl EngineBuilder {
     ///
     /// It purges soon after a worker starts (within a minute, at a random
     /// moment so that processes started together do not purge together),
-    /// then every tenth of `keep`, but no more often than once a second and
-    /// at least once an hour. So an ended tree goes about `keep` after its
+    /// then every tenth of `keep` (so at least 6 s apart), and at least
+    /// once an hour. So an ended tree goes about `keep` after its
     /// last member ended, plus up to one such period, while a worker runs.
     /// One task per engine, however many workers it runs; every process
     /// with a worker purges, and any one of them is enough. A

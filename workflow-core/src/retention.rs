@@ -3,8 +3,10 @@
 //! worker, a task of its own purges, now and then, the instances of its
 //! workflows that ended longer ago than that.
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
@@ -12,13 +14,11 @@ use crate::store::{now_millis, Millis};
 
 /// The shortest retention: a schedule's tick must still be found by its
 /// key when a second engine fires it, and a caller must find a result it
-/// reads a moment after the end.
+/// reads a moment after the end. So purges come at least 6 s apart.
 pub(crate) const MIN_KEEP: Duration = Duration::from_secs(60);
 /// The longest pause between two purges: a retention of months need not
 /// be exact to the minute, and an idle store is not scanned more often.
 const MAX_EVERY: Duration = Duration::from_secs(3600);
-/// The shortest.
-const MIN_EVERY: Duration = Duration::from_secs(1);
 /// The first purge comes at a random moment of this window (or of the
 /// period, if shorter): processes started together do not purge
 /// together, and a restarted one catches up soon.
@@ -31,8 +31,16 @@ pub(crate) struct Retainer {
     task: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
+/// A running worker, counted by its engine's [`Retainer`] until
+/// [`Membership::leave`], or until dropped (a worker task that panicked or
+/// was aborted), so the last worker to go always stops the task.
+pub(crate) struct Membership {
+    engine: Engine,
+    counted: bool,
+}
+
 /// A worker of `engine` started: the first starts the retention task.
-pub(crate) fn worker_started(engine: &Engine) {
+pub(crate) fn worker_started(engine: &Engine) -> Membership {
     let inner = &engine.inner;
     let mut retainer = inner.retention.lock().unwrap_or_else(|p| p.into_inner());
     retainer.workers += 1;
@@ -41,34 +49,54 @@ pub(crate) fn worker_started(engine: &Engine) {
         let task = tokio::spawn(run(engine.clone(), keep, stop.clone()));
         retainer.task = Some((stop, task));
     }
+    Membership {
+        engine: engine.clone(),
+        counted: true,
+    }
 }
 
-/// A worker of `engine` stopped: the last stops the retention task and
-/// waits for it (it stops between two batches), so nothing is deleted
-/// after the last `shutdown` returns.
-pub(crate) async fn worker_stopped(engine: &Engine) {
-    let task = {
-        let mut retainer = engine
+impl Membership {
+    /// Uncounts the worker; the last one cancels the task and returns it.
+    fn uncount(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        if !std::mem::replace(&mut self.counted, false) {
+            return None;
+        }
+        let mut retainer = self
+            .engine
             .inner
             .retention
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         retainer.workers = retainer.workers.saturating_sub(1);
         if retainer.workers > 0 {
-            return;
+            return None;
         }
-        retainer.task.take()
-    };
-    if let Some((stop, task)) = task {
+        let (stop, task) = retainer.task.take()?;
         stop.cancel();
-        let _ = task.await;
+        Some(task)
+    }
+
+    /// The worker stopped: the last one waits for the task (it stops
+    /// between two batches), so nothing is deleted after the last
+    /// `shutdown` returns.
+    pub(crate) async fn leave(mut self) {
+        if let Some(task) = self.uncount() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        // Cancelled, the task ends at its next batch.
+        self.uncount();
     }
 }
 
 /// How long to wait between purges for a retention of `keep`: a tenth of
-/// it, from a second to an hour.
+/// it, at most an hour.
 pub(crate) fn period(keep: Duration) -> Duration {
-    (keep / 10).clamp(MIN_EVERY, MAX_EVERY)
+    (keep.max(MIN_KEEP) / 10).min(MAX_EVERY)
 }
 
 /// What ended before this (ms since the epoch) goes, at `now`.
@@ -94,12 +122,11 @@ pub(crate) async fn run(engine: Engine, keep: Duration, stop: CancellationToken)
             if stop.is_cancelled() {
                 return;
             }
-            match engine
-                .purge_ended(ended_before, Some(workflow), Some(&stop))
-                .await
-            {
-                Ok(0) => tracing::debug!(workflow, ?keep, "retention: nothing to purge"),
-                Ok(deleted) => {
+            // A store that panics fails this purge, not the task.
+            let purge = engine.purge_ended(ended_before, Some(workflow), Some(&stop));
+            match AssertUnwindSafe(purge).catch_unwind().await {
+                Ok(Ok(0)) => tracing::debug!(workflow, ?keep, "retention: nothing to purge"),
+                Ok(Ok(deleted)) => {
                     tracing::info!(
                         workflow,
                         deleted,
@@ -107,11 +134,16 @@ pub(crate) async fn run(engine: Engine, keep: Duration, stop: CancellationToken)
                         "retention: purged ended instances"
                     )
                 }
-                Err(err) => tracing::warn!(
+                Ok(Err(err)) => tracing::warn!(
                     workflow,
                     error = %err,
                     retry_in = ?period,
                     "retention: purging ended instances failed"
+                ),
+                Err(_) => tracing::error!(
+                    workflow,
+                    retry_in = ?period,
+                    "retention: purging ended instances panicked"
                 ),
             }
         }
@@ -124,7 +156,7 @@ mod tests {
 
     #[test]
     fn purges_every_tenth_of_the_retention_within_bounds() {
-        assert_eq!(period(Duration::from_millis(10)), MIN_EVERY);
+        assert_eq!(period(Duration::from_millis(10)), Duration::from_secs(6));
         assert_eq!(period(Duration::from_secs(60)), Duration::from_secs(6));
         assert_eq!(period(Duration::from_secs(30 * 86_400)), MAX_EVERY);
         assert_eq!(period(Duration::MAX), MAX_EVERY);

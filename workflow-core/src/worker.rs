@@ -147,7 +147,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             w.engine.clone(),
             w.stop.clone(),
         ));
-        crate::retention::worker_started(&w.engine);
+        let membership = crate::retention::worker_started(&w.engine);
         let mut runs = JoinSet::new();
         // A slot is a running handler. It is free again as soon as the
         // handler ends, while its outcome is still being recorded.
@@ -169,8 +169,8 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         let workflows: Vec<String> = inner.workflows.keys().map(|s| (*s).to_owned()).collect();
         let mut wakeups = inner.store.wakeups();
         while !w.stop.is_cancelled() {
-            while runs.try_join_next().is_some() {
-                a_run_ended = true;
+            while let Some(ran) = runs.try_join_next() {
+                a_run_ended |= ran.unwrap_or(false);
             }
             let ready = start_ready(&w, &slots, &mut runs);
             let ahead = if a_run_ended { prefetch } else { 0 };
@@ -237,7 +237,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
                 _ = inner.wake.notified() => {}
                 _ = tokio::time::sleep(nap) => {}
                 closed = hinted => hint_closed = closed,
-                Some(_) = runs.join_next() => a_run_ended = true,
+                Some(ran) = runs.join_next() => a_run_ended |= ran.unwrap_or(false),
                 _ = slots.acquire(), if ready > 0 => {}
                 _ = w.stop.cancelled() => {}
             }
@@ -263,7 +263,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         drain(&w, &mut runs).await;
         heartbeat.abort();
         scheduler.abort();
-        crate::retention::worker_stopped(&w.engine).await;
+        membership.leave().await;
         lock(&LIVE).remove(&w.id);
         tracing::info!("worker stopped");
     }
@@ -272,7 +272,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
 }
 
 /// Starts ready instances on the free slots; returns how many still wait.
-fn start_ready(w: &Arc<WorkerShared>, slots: &Arc<Semaphore>, runs: &mut JoinSet<()>) -> usize {
+fn start_ready(w: &Arc<WorkerShared>, slots: &Arc<Semaphore>, runs: &mut JoinSet<bool>) -> usize {
     let mut ready = lock(&w.ready);
     while !ready.is_empty() {
         let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
@@ -374,7 +374,7 @@ fn crash_loop_pause(
     }
 }
 
-async fn drain(w: &WorkerShared, runs: &mut JoinSet<()>) {
+async fn drain(w: &WorkerShared, runs: &mut JoinSet<bool>) {
     let grace = w.engine.inner.config.shutdown_grace;
     if !runs.is_empty() {
         tracing::info!(running = runs.len(), ?grace, "waiting for running handlers");
@@ -627,18 +627,20 @@ fn hostname() -> String {
     "localhost".to_owned()
 }
 
-async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphorePermit) {
+/// Runs a claimed instance; returns whether its handler ran (an unknown
+/// workflow or a crash loop's pause does not).
+async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphorePermit) -> bool {
     let inner = &w.engine.inner;
     let (run, def, row) = match started {
         Started::Run { run, def, row } => (run, def, *row),
         Started::Unknown(lease) => {
             let _ = inner.store.release(&lease, now_millis()).await;
-            return;
+            return false;
         }
         Started::CrashLoop(lease, pause) => {
             drop(slot);
             settle(&w, &lease, Settle::Suspend(pause)).await;
-            return;
+            return false;
         }
     };
     let lease = run.lease.clone();
@@ -673,7 +675,8 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
         inner.wake.notify_one();
     }
     .instrument(span)
-    .await
+    .await;
+    true
 }
 
 /// Whether the store holds a deadline still ahead: moved by another

@@ -2018,7 +2018,14 @@ async fn retention_has_a_worker_purge_what_ended_more_than_keep_ago() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The last worker stops it: nothing is purged after its shutdown.
     second.shutdown().await;
+    let after = ended_ago(&store, "processOrder", Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        exists(&store, &after).await,
+        "purged with no worker running"
+    );
 }
 
 /// Waits in its one step until its gate lets it through.
