@@ -689,23 +689,30 @@ async fn send_event(
         return Err(ApiError::bad_request("an event name is required"));
     }
     let id = InstanceId::from(id);
-    let name = body.name.trim();
-    let already_sent = match &body.key {
-        Some(key) => {
-            let sent = state
-                .engine
-                .send_event_once(&id, name, key, body.payload)
-                .await?;
-            sent == EventSent::AlreadySent
-        }
-        None => {
-            state.engine.send_event(&id, name, body.payload).await?;
-            false
-        }
-    };
+    let key = body.key.as_deref();
+    let sent = deliver_event(&state.engine, &id, body.name.trim(), key, body.payload).await?;
+    let already_sent = sent == EventSent::AlreadySent;
     Ok(Json(
         json!({ "id": id, "done": "send_event", "already_sent": already_sent }),
     ))
+}
+
+/// Shared by the API and the CLI: sends an event, at most once per `key`
+/// if one is given.
+pub(crate) async fn deliver_event(
+    engine: &Engine,
+    id: &InstanceId,
+    name: &str,
+    key: Option<&str>,
+    payload: Value,
+) -> Result<EventSent, Error> {
+    match key {
+        Some(key) => engine.send_event_once(id, name, key, payload).await,
+        None => engine
+            .send_event(id, name, payload)
+            .await
+            .map(|()| EventSent::Sent),
+    }
 }
 
 /// Starts a new instance of the same workflow with the same input, tags and

@@ -440,13 +440,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
         } => {
             let id = InstanceId::from(id);
             let payload = parse_json("payload", &payload)?;
-            let sent = match &key {
-                Some(key) => engine.send_event_once(&id, &name, key, payload).await?,
-                None => {
-                    engine.send_event(&id, &name, payload).await?;
-                    EventSent::Sent
-                }
-            };
+            let sent =
+                crate::api::deliver_event(&engine, &id, &name, key.as_deref(), payload).await?;
             let already_sent = sent == EventSent::AlreadySent;
             if json {
                 print_json(

@@ -514,10 +514,6 @@ impl Store for MemoryStore {
                     .parent
                     .as_ref()
                     .is_none_or(|p| !t.instances.contains_key(p))
-                && !children.get(&e.row.id).is_some_and(|kids| {
-                    kids.iter()
-                        .any(|k| !t.instances[*k].row.status.is_terminal())
-                })
         });
         // Held-back trees (a member not ended) are passed over, not counted.
         let mut doomed: Vec<InstanceId> = Vec::new();

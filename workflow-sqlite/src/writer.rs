@@ -24,6 +24,14 @@ use crate::checkpoint::Checkpointer;
 use crate::flush::{Flusher, Horizon};
 use crate::rows::{decode_instance, RawInstance, COLUMNS};
 
+/// The terminal statuses as an SQL list, a literal so that statements
+/// can `concat!` it.
+macro_rules! ended {
+    () => {
+        "('completed', 'failed', 'cancelled', 'timed_out')"
+    };
+}
+
 type Db = rusqlite::Error;
 
 /// The statements every workflow runs, prepared once for the writer's life.
@@ -1375,16 +1383,17 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
 /// are not tracked one by one: the op's `note_writes` counts it untracked.
 fn cancel_tree(c: &Tx<'_, '_>, root: &str, at: Millis, message: &str) -> Result<(), Db> {
     let cancelled: Vec<String> = c
-        .prepare_cached(
+        .prepare_cached(concat!(
             "WITH RECURSIVE tree(id) AS ( \
                  SELECT ?1 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
              ) \
              UPDATE instances SET status = 'cancelled', updated_at = ?2, finished_at = ?2, \
                  lease_owner = NULL, lease_expires_at = NULL \
              WHERE id IN (SELECT id FROM tree) \
-               AND status NOT IN ('completed', 'failed', 'cancelled', 'timed_out') \
-             RETURNING id",
-        )?
+               AND status NOT IN ",
+            ended!(),
+            " RETURNING id"
+        ))?
         .query_map(params![root, at], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for cancelled_id in &cancelled {
@@ -1432,9 +1441,10 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
     };
     let child_done = match &s.wait_child {
         Some(child) => c
-            .prepare_cached(
-                "SELECT 1 FROM instances WHERE id = ?1 AND status IN ('completed', 'failed', 'cancelled', 'timed_out')",
-            )?
+            .prepare_cached(concat!(
+                "SELECT 1 FROM instances WHERE id = ?1 AND status IN ",
+                ended!()
+            ))?
             .exists(params![child.as_str()])?,
         None => false,
     };
@@ -1565,8 +1575,8 @@ fn purge(c: &Tx<'_, '_>, before: Millis, workflow: Option<&str>, limit: usize) -
     Ok(deleted)
 }
 
-/// The terminal statuses, as SQL.
-const ENDED: &str = "('completed', 'failed', 'cancelled', 'timed_out')";
+/// The terminal statuses, as SQL, for `format!`.
+const ENDED: &str = ended!();
 
 /// Text bound as the bytes given, UTF-8 or not.
 fn text(id: &[u8]) -> rusqlite::types::ToSqlOutput<'_> {
@@ -1578,15 +1588,14 @@ fn text(id: &[u8]) -> rusqlite::types::ToSqlOutput<'_> {
 /// (nothing deleted) if one did not.
 fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<u64>, Db> {
     let tree: Vec<(Vec<u8>, Option<String>, bool)> = c
-        .prepare_cached(
+        .prepare_cached(concat!(
             "WITH RECURSIVE tree(id) AS ( \
                  SELECT ?1 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
              ) \
-             SELECT i.id, i.tags, \
-                 COALESCE(i.status IN ('completed', 'failed', 'cancelled', 'timed_out') \
-                          AND i.finished_at < ?2, 0) \
-             FROM tree t JOIN instances i ON i.id = t.id",
-        )?
+             SELECT i.id, i.tags, COALESCE(i.status IN ",
+            ended!(),
+            " AND i.finished_at < ?2, 0) FROM tree t JOIN instances i ON i.id = t.id"
+        ))?
         .query_map(params![text(root), before], |r| {
             Ok((
                 r.get_ref(0)?.as_bytes().unwrap_or_default().to_vec(),
