@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use workflow_core::{
     Definition, Engine, Error, EventSent, InstanceId, InstanceInfo, Query, StartOptions, Status,
-    Violation,
+    Tail, Violation,
 };
 
 use crate::page;
@@ -579,8 +579,7 @@ async fn list(
 struct InstanceParams {
     /// Only the last this many steps and history events: the page of a
     /// running instance with thousands of steps polls every two seconds,
-    /// and need not receive and redraw them all each time (the store still
-    /// reads them).
+    /// and the store then reads only those.
     tail: Option<usize>,
 }
 
@@ -593,19 +592,32 @@ async fn instance(
 ) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     let info = state.engine.instance(&id).await?;
-    let mut steps = state.engine.steps(&id).await?;
-    let mut history = state.engine.history(&id).await?;
-    let (steps_total, history_total) = (steps.len(), history.len());
-    if let Some(tail) = params.tail {
-        steps.drain(..steps_total.saturating_sub(tail));
-        history.drain(..history_total.saturating_sub(tail));
-    }
+    let (steps, history) = match params.tail {
+        Some(last) => (
+            state.engine.steps_tail(&id, last).await?,
+            state.engine.history_tail(&id, last).await?,
+        ),
+        None => {
+            let steps = state.engine.steps(&id).await?;
+            let history = state.engine.history(&id).await?;
+            (
+                Tail {
+                    total: steps.len() as u64,
+                    items: steps,
+                },
+                Tail {
+                    total: history.len() as u64,
+                    items: history,
+                },
+            )
+        }
+    };
     Ok(Json(json!({
         "instance": info,
-        "steps": steps,
-        "history": history,
-        "steps_total": steps_total,
-        "history_total": history_total,
+        "steps": steps.items,
+        "history": history.items,
+        "steps_total": steps.total,
+        "history_total": history.total,
     })))
 }
 

@@ -14,8 +14,8 @@ use crate::error::Interrupt;
 use crate::error::{Error, Result, StoreError};
 use crate::id::InstanceId;
 use crate::instance::{
-    EventSent, HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo, Timeout,
-    Unreadable,
+    EventSent, HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo, Tail,
+    Timeout, Unreadable,
 };
 use crate::schedule::{CatchUp, Clock, Schedule, ScheduleInfo, SystemClock};
 use crate::status::Status;
@@ -1037,6 +1037,30 @@ impl Engine {
             .into_iter()
             .map(|s| StepInfo::from_row(id, s))
             .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// The last `last` events of an instance's history, oldest first, and
+    /// how many it has: a view of a long-running instance that stays cheap
+    /// however long its history grows.
+    pub async fn history_tail(&self, id: &InstanceId, last: usize) -> Result<Tail<HistoryEvent>> {
+        let (events, total) = self.inner.store.history_tail(id, last).await?;
+        Ok(Tail {
+            items: events.into_iter().map(HistoryEvent::from).collect(),
+            total,
+        })
+    }
+
+    /// The last `last` recorded steps of an instance, in the order they
+    /// were recorded, and how many it has.
+    pub async fn steps_tail(&self, id: &InstanceId, last: usize) -> Result<Tail<StepInfo>> {
+        let (steps, total) = self.inner.store.steps_tail(id, last).await?;
+        Ok(Tail {
+            items: steps
+                .into_iter()
+                .map(|s| StepInfo::from_row(id, s))
+                .collect::<std::result::Result<_, _>>()?,
+            total,
+        })
     }
 
     /// Waits until the instance is terminal. Wakes at once for instances

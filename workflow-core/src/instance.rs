@@ -552,6 +552,16 @@ pub struct Page {
     pub next: Option<InstanceId>,
 }
 
+/// The end of a long list: [`Engine::steps_tail`] and
+/// [`Engine::history_tail`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tail<T> {
+    /// The last items, oldest first.
+    pub items: Vec<T>,
+    /// How many there are in all.
+    pub total: u64,
+}
+
 /// An instance [`Engine::list`] found but could not read. Reading it with
 /// [`Engine::instance`] reports the same error; running it fails it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -33,7 +33,7 @@ pub use crate::error::{error_chain, BoxError, Error, Interrupt, Result, StoreErr
 pub use crate::id::InstanceId;
 pub use crate::instance::{
     EventSent, GetOrCreate, HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions,
-    StepInfo, Timeout, Unreadable,
+    StepInfo, Tail, Timeout, Unreadable,
 };
 pub use crate::memory::MemoryStore;
 pub use crate::schedule::{CatchUp, Clock, ManualClock, Schedule, ScheduleInfo, SystemClock};

@@ -54,6 +54,15 @@ pub fn format_millis(ms: Millis) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// The last `last` of `rows` and how many there were: what
+/// [`Store::steps_tail`] and [`Store::history_tail`] return, for a store
+/// that reads every row.
+pub fn tail<T>(mut rows: Vec<T>, last: usize) -> (Vec<T>, u64) {
+    let total = rows.len();
+    rows.drain(..total.saturating_sub(last));
+    (rows, total as u64)
+}
+
 /// An instance to insert.
 #[derive(Debug, Clone)]
 pub struct NewInstance {
@@ -480,6 +489,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// The history of an instance, oldest first.
     async fn history(&self, id: &InstanceId) -> Result<Vec<EventRow>, StoreError>;
+
+    /// The last `last` recorded steps of an instance, in the order they
+    /// were recorded, and how many it has in all, read together. The
+    /// console's page of a running instance polls this: a store should
+    /// read only those rows (the default reads them all, then cuts).
+    async fn steps_tail(
+        &self,
+        id: &InstanceId,
+        last: usize,
+    ) -> Result<(Vec<StepRow>, u64), StoreError> {
+        Ok(tail(self.steps(id).await?, last))
+    }
+
+    /// The last `last` events of an instance's history, oldest first, and
+    /// how many it has in all; see [`steps_tail`](Self::steps_tail).
+    async fn history_tail(
+        &self,
+        id: &InstanceId,
+        last: usize,
+    ) -> Result<(Vec<EventRow>, u64), StoreError> {
+        Ok(tail(self.history(id).await?, last))
+    }
 
     /// Instances matching `query`, newest first. A row that does not
     /// decode is [`StoreError::Corrupt`] naming its instance, in its place:

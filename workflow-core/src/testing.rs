@@ -37,6 +37,7 @@ where
     claim_respects_due_time_and_names(make().await).await;
     steps_are_fenced_by_the_lease(make().await).await;
     finish_is_final(make().await).await;
+    tails_end_the_steps_and_the_history(make().await).await;
     error_texts_with_nul_characters_are_recorded(make().await).await;
     renew_reports_lost_leases(make().await).await;
     cancel_and_deadlines(make().await).await;
@@ -338,6 +339,58 @@ async fn steps_are_fenced_by_the_lease(store: impl Store) {
         history.windows(2).all(|w| w[0].seq < w[1].seq),
         "history is ordered"
     );
+}
+
+async fn tails_end_the_steps_and_the_history(store: impl Store) {
+    let c = running(&store).await;
+    let id = c.row.id.clone();
+    for n in 0..5 {
+        let state = (n % 2 == 0).then(|| n.to_string());
+        store
+            .commit_step(&c.lease, step(&format!("s{n}"), "1", state.as_deref()))
+            .await
+            .unwrap();
+    }
+    store
+        .record_attempt(&c.lease, "s5", 1, "timeout", T0 + 12)
+        .await
+        .unwrap();
+    let finish = Finish {
+        status: Status::Failed,
+        output: None,
+        error: Some("gave up".into()),
+        state: None,
+        at: T0 + 50,
+    };
+    store.finish(&c.lease, finish).await.unwrap();
+
+    let steps = store.steps(&id).await.unwrap();
+    assert_eq!(steps.len(), 5);
+    assert_eq!(
+        store.steps_tail(&id, 2).await.unwrap(),
+        (steps[3..].to_vec(), 5)
+    );
+    assert_eq!(store.steps_tail(&id, 5).await.unwrap(), (steps.clone(), 5));
+    assert_eq!(store.steps_tail(&id, 99).await.unwrap(), (steps, 5));
+    assert_eq!(store.steps_tail(&id, 0).await.unwrap(), (vec![], 5));
+
+    // Events of every kind the store keeps: created, started, the steps'
+    // own and their state changes, a failed attempt, the terminal event.
+    let history = store.history(&id).await.unwrap();
+    let total = history.len() as u64;
+    assert!(total >= 11, "{history:?}");
+    let (last, all) = store.history_tail(&id, 3).await.unwrap();
+    assert_eq!(
+        (last.as_slice(), all),
+        (&history[history.len() - 3..], total)
+    );
+    assert_eq!(last.last().map(|e| e.kind.as_str()), Some("failed"));
+    assert_eq!(store.history_tail(&id, 99).await.unwrap(), (history, total));
+    assert_eq!(store.history_tail(&id, 0).await.unwrap(), (vec![], total));
+
+    let unknown = InstanceId::new();
+    assert_eq!(store.steps_tail(&unknown, 5).await.unwrap(), (vec![], 0));
+    assert_eq!(store.history_tail(&unknown, 5).await.unwrap(), (vec![], 0));
 }
 
 async fn finish_is_final(store: impl Store) {

@@ -27,7 +27,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Postgres, QueryBuilder};
 use tokio::sync::watch;
 use workflow_core::store::*;
@@ -35,7 +35,7 @@ use workflow_core::{Definition, Durability, Error, InstanceId, Status, StoreErro
 
 use crate::ops::Db;
 use crate::retry::retrying;
-use crate::rows::{event_row, instance_row, step_row, COLUMNS, STEP_COLUMNS};
+use crate::rows::{event_row, instance_row, step_row, tail_total, COLUMNS, STEP_COLUMNS};
 
 /// The schema a store uses when none is given.
 pub const DEFAULT_SCHEMA: &str = "workflow";
@@ -195,6 +195,30 @@ fn server(connect: &PgConnectOptions) -> String {
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 impl PgStore {
+    /// The rows of a tail query (`sql`, oldest first, with the id bound to
+    /// `$1`, the `LIMIT` to `$2`, and each row's `total`): the last `last`,
+    /// and the total.
+    async fn tail(
+        &self,
+        op: &'static str,
+        sql: &str,
+        id: &InstanceId,
+        last: usize,
+    ) -> Result<(Vec<PgRow>, u64), StoreError> {
+        // At least one row, to carry the total.
+        let limit = i64::try_from(last.max(1)).unwrap_or(i64::MAX);
+        let mut rows = retrying!(self, op, idempotent = true, async {
+            Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id.as_str())
+                .bind(limit)
+                .fetch_all(&self.db.pool)
+                .await?)
+        })?;
+        let total = tail_total(id, &rows)?;
+        rows.drain(..rows.len().saturating_sub(last));
+        Ok((rows, total))
+    }
+
     /// Connects to the database at `url` (`postgres://user:pass@host/db`,
     /// optionally `?schema=name`), creating and migrating the store's
     /// schema if needed.
@@ -527,6 +551,37 @@ impl Store for PgStore {
             .await?)
         })?;
         rows.iter().map(|r| event_row(id, r)).collect()
+    }
+
+    async fn steps_tail(
+        &self,
+        id: &InstanceId,
+        last: usize,
+    ) -> Result<(Vec<StepRow>, u64), StoreError> {
+        // The outputs and states of older steps are never read.
+        let sql = format!(
+            "WITH last AS ( \
+                 SELECT seq, COUNT(*) OVER () AS total FROM steps WHERE instance_id = $1 \
+                 ORDER BY seq DESC LIMIT $2) \
+             SELECT {STEP_COLUMNS}, last.total FROM last JOIN steps USING (seq) ORDER BY seq"
+        );
+        let (rows, total) = self.tail("steps_tail", &sql, id, last).await?;
+        let steps = rows.iter().map(|r| step_row(id.as_str(), r));
+        Ok((steps.collect::<Result<_, _>>()?, total))
+    }
+
+    async fn history_tail(
+        &self,
+        id: &InstanceId,
+        last: usize,
+    ) -> Result<(Vec<EventRow>, u64), StoreError> {
+        let sql = "SELECT * FROM ( \
+                 SELECT seq, at, kind, step, attempt, message, duration_ms, COUNT(*) OVER () AS total \
+                 FROM events WHERE instance_id = $1 ORDER BY seq DESC LIMIT $2) last \
+             ORDER BY seq";
+        let (rows, total) = self.tail("history_tail", sql, id, last).await?;
+        let events = rows.iter().map(|r| event_row(id, r));
+        Ok((events.collect::<Result<_, _>>()?, total))
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<Listed>, StoreError> {

@@ -103,7 +103,7 @@ impl Retry {
 /// `Attempt<T>`, re-evaluated on each try) under the store's retry budget,
 /// giving `Result<T, StoreError>`.
 macro_rules! retrying {
-    ($store:expr, $op:literal, idempotent = $idem:expr, $attempt:expr) => {{
+    ($store:expr, $op:expr, idempotent = $idem:expr, $attempt:expr) => {{
         let mut retry = $crate::retry::Retry::new($store.retry_for, $idem);
         loop {
             match $attempt.await {

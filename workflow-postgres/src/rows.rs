@@ -97,3 +97,14 @@ pub(crate) fn event_row(id: &InstanceId, row: &PgRow) -> Result<EventRow, StoreE
         duration_ms: row.try_get("duration_ms").map_err(get)?,
     })
 }
+
+/// The `total` column a tail query's rows carry (no rows: nothing at all).
+pub(crate) fn tail_total(id: &InstanceId, rows: &[PgRow]) -> Result<u64, StoreError> {
+    let Some(row) = rows.first() else {
+        return Ok(0);
+    };
+    let total: i64 = row
+        .try_get("total")
+        .map_err(|e| corrupt(id.as_str(), format!("count: {e}")))?;
+    Ok(u64::try_from(total).unwrap_or(0))
+}

@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, QueryBuilder, Sqlite};
 use workflow_core::store::*;
@@ -112,6 +113,32 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
+    /// The rows of `rows` (the last `last`, with the id bound to `?1` and
+    /// `last` to `?2`) and the count of `count`, read from one snapshot.
+    async fn tail(
+        &self,
+        rows: &'static str,
+        count: &'static str,
+        id: &InstanceId,
+        last: usize,
+    ) -> Result<(Vec<SqliteRow>, u64), StoreError> {
+        let mut tx = self.read.begin().await.map_err(backend)?;
+        let total: i64 = sqlx::query_scalar(count)
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let rows = sqlx::query(rows)
+            .bind(id.as_str())
+            .bind(i64::try_from(last).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        self.writer.settle().await?;
+        Ok((rows, u64::try_from(total).unwrap_or(0)))
+    }
+
     /// Opens (creating if needed) the database at `url` (`sqlite://app.db`,
     /// `sqlite:///abs/path.db`), durable.
     pub async fn connect(url: &str) -> Result<Self, Error> {
@@ -407,25 +434,73 @@ fn open_wal(db: &std::path::Path) -> std::io::Result<std::fs::File> {
     Ok(wal)
 }
 
-/// An instance's history: its `events` rows, the events of the steps that
-/// carry their own (`history = 1`), and the first run's `started` and the
-/// terminal event of `finish` kept in the instance row, in the order of
-/// their shared `seq`.
-const HISTORY: &str = "SELECT seq, at, kind, step, attempt, message, duration_ms FROM events WHERE instance_id = ?1 \
-     UNION ALL \
-     SELECT seq, finished_at, CASE WHEN error IS NULL THEN 'step_completed' ELSE 'step_failed' END, \
-            key, attempts, error, finished_at - started_at \
-       FROM steps WHERE instance_id = ?1 AND history = 1 \
-     UNION ALL \
-     SELECT seq + 1, finished_at, 'state_changed', key, NULL, NULL, NULL \
-       FROM steps WHERE instance_id = ?1 AND history = 1 AND state IS NOT NULL \
-     UNION ALL \
-     SELECT started_seq, started_at, 'started', NULL, NULL, NULL, NULL \
-       FROM instances WHERE id = ?1 AND started_seq IS NOT NULL \
-     UNION ALL \
-     SELECT finished_seq, finished_at, status, NULL, NULL, error, NULL \
-       FROM instances WHERE id = ?1 AND finished_seq IS NOT NULL \
-     ORDER BY 1";
+/// An instance's history (its id bound to `?1`): its `events` rows (read
+/// from `$events`), the events of the steps that carry their own
+/// (`history = 1`, read from `$steps`, a table and its condition), and the
+/// first run's `started` and the terminal event of `finish` kept in the
+/// instance row. A macro, so that statements can `concat!` it.
+macro_rules! history_union {
+    ($events:literal, $steps:literal) => {
+        concat!(
+            "SELECT seq, at, kind, step, attempt, message, duration_ms FROM ",
+            $events,
+            " UNION ALL \
+             SELECT seq, finished_at, CASE WHEN error IS NULL THEN 'step_completed' ELSE 'step_failed' END, \
+                    key, attempts, error, finished_at - started_at FROM ",
+            $steps,
+            " AND history = 1 \
+             UNION ALL \
+             SELECT seq + 1, finished_at, 'state_changed', key, NULL, NULL, NULL FROM ",
+            $steps,
+            " AND history = 1 AND state IS NOT NULL \
+             UNION ALL \
+             SELECT started_seq, started_at, 'started', NULL, NULL, NULL, NULL \
+               FROM instances WHERE id = ?1 AND started_seq IS NOT NULL \
+             UNION ALL \
+             SELECT finished_seq, finished_at, status, NULL, NULL, error, NULL \
+               FROM instances WHERE id = ?1 AND finished_seq IS NOT NULL"
+        )
+    };
+}
+
+/// The history in the order of its shared `seq`.
+const HISTORY: &str = concat!(
+    history_union!(
+        "events WHERE instance_id = ?1",
+        "steps WHERE instance_id = ?1"
+    ),
+    " ORDER BY 1"
+);
+
+/// The last `?2` events of the history, oldest first. Each source gives
+/// at most its own last `?2` (a step's events carry its `seq` and
+/// `seq + 1`, and steps recorded before migration 3, with their events
+/// in `events`, all precede the others), so only the index entries of
+/// older steps are read, not their rows.
+const HISTORY_TAIL: &str = concat!(
+    "SELECT * FROM (",
+    history_union!(
+        "(SELECT * FROM events WHERE instance_id = ?1 ORDER BY seq DESC LIMIT ?2)",
+        "steps WHERE seq IN (SELECT seq FROM steps WHERE instance_id = ?1 ORDER BY seq DESC LIMIT ?2)"
+    ),
+    " ORDER BY 1 DESC LIMIT ?2) ORDER BY seq"
+);
+
+/// How many events the history of `?1` has.
+const HISTORY_COUNT: &str = "SELECT (SELECT COUNT(*) FROM events WHERE instance_id = ?1) \
+     + (SELECT COUNT(*) + COUNT(state) FROM steps WHERE instance_id = ?1 AND history = 1) \
+     + COALESCE((SELECT (started_seq IS NOT NULL) + (finished_seq IS NOT NULL) \
+                 FROM instances WHERE id = ?1), 0)";
+
+/// The last `?2` steps of instance `?1`, oldest first. The inner query
+/// reads only the index on `(instance_id, key)`, whose entries carry
+/// `seq` (the rowid): the outputs and states of older steps are never read.
+const STEPS_TAIL: &str = "SELECT key, output, error, state, attempts, started_at, finished_at \
+     FROM steps WHERE seq IN \
+         (SELECT seq FROM steps WHERE instance_id = ?1 ORDER BY seq DESC LIMIT ?2) \
+     ORDER BY seq";
+
+const STEPS_COUNT: &str = "SELECT COUNT(*) FROM steps WHERE instance_id = ?1";
 
 /// The next due time after `?`: the first entry of `instances_runnable`
 /// past it, read straight off the index. A running instance's entry is
@@ -621,6 +696,26 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         self.writer.settle().await?;
         rows.iter().map(|r| rows::event_row(id, r)).collect()
+    }
+
+    async fn steps_tail(
+        &self,
+        id: &InstanceId,
+        last: usize,
+    ) -> Result<(Vec<StepRow>, u64), StoreError> {
+        let (rows, total) = self.tail(STEPS_TAIL, STEPS_COUNT, id, last).await?;
+        let steps = rows.iter().map(|r| step_row(id, r));
+        Ok((steps.collect::<Result<_, _>>()?, total))
+    }
+
+    async fn history_tail(
+        &self,
+        id: &InstanceId,
+        last: usize,
+    ) -> Result<(Vec<EventRow>, u64), StoreError> {
+        let (rows, total) = self.tail(HISTORY_TAIL, HISTORY_COUNT, id, last).await?;
+        let events = rows.iter().map(|r| rows::event_row(id, r));
+        Ok((events.collect::<Result<_, _>>()?, total))
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<Listed>, StoreError> {
@@ -1333,6 +1428,38 @@ mod tests {
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].row.id, good_id);
         assert_eq!(status_of(&store, &bad_id).await, "failed");
+    }
+
+    /// The tails read the rows of the last steps only: an older step whose
+    /// output cannot be read fails a full read, not a tail, nor its count.
+    #[tokio::test]
+    async fn tails_read_only_the_last_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("tail.db")).await.unwrap();
+        let new = workflow_core::testing::new_instance("wf", 1);
+        let id = new.id.clone();
+        store.create(new, None).await.unwrap();
+        let c = store.claim(claim_due("w", 1)).await.unwrap().remove(0);
+        for key in ["one", "two", "three"] {
+            store.commit_step(&c.lease, step(key)).await.unwrap();
+        }
+        let sql = "UPDATE steps SET output = CAST(X'FF' AS TEXT) \
+                   WHERE instance_id = ?1 AND key = 'one'";
+        corrupt(&store, sql, &id).await;
+        assert!(matches!(
+            store.steps(&id).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        let (steps, total) = store.steps_tail(&id, 2).await.unwrap();
+        let keys: Vec<_> = steps.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!((keys.as_slice(), total), (["two", "three"].as_slice(), 3));
+        // created, started, three steps.
+        let (events, total) = store.history_tail(&id, 2).await.unwrap();
+        let kinds: Vec<_> = events.iter().map(|e| e.step.as_deref()).collect();
+        assert_eq!(
+            (kinds.as_slice(), total),
+            ([Some("two"), Some("three")].as_slice(), 5)
+        );
     }
 
     /// A child failed for its corrupt row wakes a parent waiting for it, as
