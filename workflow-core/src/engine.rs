@@ -432,6 +432,8 @@ impl EngineBuilder {
         };
         if !workflows.is_empty() {
             let definitions = definitions_in_force(&workflows, &scheduled);
+            let now = self.clock.now().timestamp_millis();
+            restart_changed_schedules(store.as_ref(), &definitions, now).await;
             store.put_definitions(&definitions, now_millis()).await?;
         }
         tracing::debug!(workflows = workflows.len(), "engine built");
@@ -451,6 +453,48 @@ impl EngineBuilder {
                 clock: self.clock,
             }),
         })
+    }
+}
+
+/// Moves the mark of every schedule whose expression or time zone differs
+/// from the store's recorded definition to `now`, as for a schedule seen
+/// for the first time: the ticks of the new expression between the old
+/// mark and now were never due, and `CatchUp::All` would start them all
+/// (a month of them, after a month with the schedule switched off). A
+/// store that cannot say leaves the marks as they are.
+async fn restart_changed_schedules(store: &dyn Store, definitions: &[Definition], now: Millis) {
+    let recorded = match store.definitions().await {
+        Ok(recorded) => recorded,
+        Err(err) => {
+            tracing::warn!(error = %err, "reading the recorded definitions failed; schedules go on from their marks");
+            return;
+        }
+    };
+    for new in definitions.iter().filter(|d| d.schedule.is_some()) {
+        let Some(old) = recorded.iter().find(|old| old.name == new.name) else {
+            continue;
+        };
+        if (&old.schedule, &old.timezone) == (&new.schedule, &new.timezone) {
+            continue;
+        }
+        let restarted = async {
+            if store.schedule_mark(&new.name).await?.is_some() {
+                store.advance_schedule(&new.name, now, None).await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        match restarted.await {
+            Ok(()) => tracing::info!(
+                workflow = %new.name,
+                from = ?old.schedule,
+                to = ?new.schedule,
+                timezone = %new.timezone,
+                "schedule changed: it counts from now"
+            ),
+            Err(err) => {
+                tracing::warn!(workflow = %new.name, error = %err, "restarting a changed schedule failed")
+            }
+        }
     }
 }
 

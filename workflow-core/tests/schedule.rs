@@ -363,3 +363,44 @@ async fn catch_up_latest_fires_the_latest_missed_tick() {
         .unwrap();
     assert_eq!(tick, "2026-11-26T11:00:00.000Z");
 }
+
+/// A schedule deployed with another expression counts from then, as a new
+/// one does: the downtime before it is not caught up under the new
+/// expression. The same expression catches up (`after_downtime`).
+#[tokio::test]
+async fn a_changed_expression_counts_from_its_first_engine() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let first = engine(Arc::clone(&store), &clock, CatchUp::All).await;
+    let worker = first.start_worker();
+    registered(&store).await;
+    worker.shutdown().await;
+    clock.advance(Duration::from_secs(5 * 60));
+    let every_two = |catch_up| {
+        EngineBuilder::new()
+            .shared_store(Arc::clone(&store))
+            .register_scheduled(EveryMinute, "*/2 * * * *", "UTC", catch_up)
+            .clock(clock.clone())
+            .poll_interval(Duration::from_millis(10))
+            .build()
+    };
+    let second = every_two(CatchUp::All).await.unwrap();
+    let worker = second.start_worker();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fired(&second).await, Vec::<String>::new());
+    // 10:06:00 comes due while it runs.
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(
+        wait_for(&second, 1).await,
+        ["schedule:2026-11-25T10:06:00.000Z"]
+    );
+    // Built again with the same expression: the mark stays.
+    worker.shutdown().await;
+    let mark = store.schedule_mark("everyMinute").await.unwrap().unwrap();
+    clock.advance(Duration::from_secs(60));
+    let _third = every_two(CatchUp::All).await.unwrap();
+    assert_eq!(
+        store.schedule_mark("everyMinute").await.unwrap(),
+        Some(mark)
+    );
+}
