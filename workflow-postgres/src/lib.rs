@@ -13,8 +13,9 @@
 //!   only a hint, polling stays the truth.
 //! - Lost connections, server restarts and deadlocks are retried
 //!   transparently while it is safe (see [`PgOptions::retry_for`]).
-//! - Migrations are embedded and run on connect, under an advisory lock, so
-//!   many processes may start at once.
+//! - Migrations are embedded and run on connect, in one transaction under
+//!   an advisory lock, so many processes may start at once and a failed
+//!   migration changes nothing.
 #![warn(missing_docs)]
 
 mod ops;

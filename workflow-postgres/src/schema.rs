@@ -10,24 +10,22 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_interrupted_runs.sql"),
 ];
 
-/// Creates the schema if needed and brings it up to date. Safe when several
-/// processes start at once: a session advisory lock keyed by the schema name
-/// lets one process migrate while the others wait, then find nothing to do.
+/// Creates the schema if needed and brings it up to date, in one
+/// transaction under a transaction-level advisory lock keyed by the schema
+/// name: when several processes start at once, one migrates while the
+/// others wait, then find nothing to do. A session lock would be taken on
+/// one server connection and released on another behind a pooler in
+/// transaction mode (PgBouncer), leaking it; and one transaction leaves
+/// the schema as it was if any migration fails.
 pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
     let key = format!("workflow-migrate:{schema}");
-    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
         .bind(&key)
-        .execute(&mut *conn)
+        .execute(&mut *tx)
         .await?;
-    let applied = apply(conn, schema).await;
-    // The lock also ends with the session; unlock anyway so a long-lived
-    // connection does not keep it.
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
-        .bind(&key)
-        .execute(&mut *conn)
-        .await;
-    applied?;
-    unlocked.map(|_| ())
+    apply(&mut tx, schema).await?;
+    tx.commit().await
 }
 
 async fn apply(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
@@ -44,23 +42,24 @@ async fn apply(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error>
             MIGRATIONS.len()
         )));
     }
-    for (n, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let version = n as i64 + 1;
-        tracing::info!(schema, migration = version, "applying PostgreSQL migration");
-        let mut tx = conn.begin().await?;
+    if applied < MIGRATIONS.len() {
+        // For the rest of the transaction, which only migrates.
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SET LOCAL search_path TO \"{schema}\""
         )))
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
+    }
+    for (n, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let version = n as i64 + 1;
+        tracing::info!(schema, migration = version, "applying PostgreSQL migration");
         sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         sqlx::query("INSERT INTO migrations (version) VALUES ($1)")
             .bind(version)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
-        tx.commit().await?;
     }
     Ok(())
 }

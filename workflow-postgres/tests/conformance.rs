@@ -137,6 +137,53 @@ async fn concurrent_starts_migrate_once() {
     common::drop_schemas(&url, &[schema]).await;
 }
 
+/// The migrations apply together or not at all: one that fails (here a
+/// table of the third is in the way) leaves the schema as it was, and the
+/// next start, with the obstacle gone, applies them all.
+#[tokio::test]
+async fn a_failed_migration_leaves_the_schema_as_it_was() {
+    let Some(url) = common::url("a_failed_migration_leaves_the_schema") else {
+        return;
+    };
+    let schema = common::fresh_schema("failedmig");
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".event_keys (x INT)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let err = PgStore::connect_with(&url, PgOptions::new().schema(&schema))
+        .await
+        .expect_err("the third migration fails");
+    assert!(err.to_string().contains("event_keys"), "{err}");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        tables,
+        ["event_keys"],
+        "nothing of migrations 1 and 2 stays"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP TABLE \"{schema}\".event_keys"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let store = store(&url, &schema).await;
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM migrations ORDER BY version")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(versions, [1, 2, 3, 4]);
+    common::drop_schemas(&url, &[schema]).await;
+}
+
 /// A worker whose lease expired and was taken over can write nothing, not
 /// even after the new owner finished.
 #[tokio::test]
