@@ -350,6 +350,15 @@ async fn tails_end_the_steps_and_the_history(store: impl Store) {
             .commit_step(&c.lease, step(&format!("s{n}"), "1", state.as_deref()))
             .await
             .unwrap();
+        if n == 3 {
+            // An event taken between steps: recorded as a step of its own.
+            store
+                .send_event(&id, "go", "true", None, T0 + 12)
+                .await
+                .unwrap();
+            let taken = store.take_event(&c.lease, "go", "wait-go", T0 + 12);
+            assert_eq!(taken.await.unwrap().as_deref(), Some("true"));
+        }
     }
     store
         .record_attempt(&c.lease, "s5", 1, "timeout", T0 + 12)
@@ -365,26 +374,29 @@ async fn tails_end_the_steps_and_the_history(store: impl Store) {
     store.finish(&c.lease, finish).await.unwrap();
 
     let steps = store.steps(&id).await.unwrap();
-    assert_eq!(steps.len(), 5);
-    assert_eq!(
-        store.steps_tail(&id, 2).await.unwrap(),
-        (steps[3..].to_vec(), 5)
-    );
-    assert_eq!(store.steps_tail(&id, 5).await.unwrap(), (steps.clone(), 5));
-    assert_eq!(store.steps_tail(&id, 99).await.unwrap(), (steps, 5));
-    assert_eq!(store.steps_tail(&id, 0).await.unwrap(), (vec![], 5));
+    assert_eq!(steps.len(), 6);
+    for n in 0..=7 {
+        let tail = steps[steps.len().saturating_sub(n)..].to_vec();
+        assert_eq!(
+            store.steps_tail(&id, n).await.unwrap(),
+            (tail, 6),
+            "last {n}"
+        );
+    }
 
     // Events of every kind the store keeps: created, started, the steps'
-    // own and their state changes, a failed attempt, the terminal event.
+    // own and their state changes, an event sent and received, a failed
+    // attempt, the terminal event. Every tail ends the full history.
     let history = store.history(&id).await.unwrap();
     let total = history.len() as u64;
-    assert!(total >= 11, "{history:?}");
-    let (last, all) = store.history_tail(&id, 3).await.unwrap();
-    assert_eq!(
-        (last.as_slice(), all),
-        (&history[history.len() - 3..], total)
-    );
-    assert_eq!(last.last().map(|e| e.kind.as_str()), Some("failed"));
+    assert!(total >= 13, "{history:?}");
+    for n in 1..history.len() {
+        let (last, all) = store.history_tail(&id, n).await.unwrap();
+        let expected = &history[history.len() - n..];
+        assert_eq!((last.as_slice(), all), (expected, total), "last {n}");
+    }
+    let (last, _) = store.history_tail(&id, 1).await.unwrap();
+    assert_eq!(last[0].kind, "failed");
     assert_eq!(store.history_tail(&id, 99).await.unwrap(), (history, total));
     assert_eq!(store.history_tail(&id, 0).await.unwrap(), (vec![], total));
 
@@ -2135,6 +2147,20 @@ impl<S: Store> Store for Unreachable<S> {
     }
     async fn history(&self, id: &InstanceId) -> Result<Vec<EventRow>, StoreError> {
         self.up()?.history(id).await
+    }
+    async fn steps_tail(
+        &self,
+        id: &InstanceId,
+        last: usize,
+    ) -> Result<(Vec<StepRow>, u64), StoreError> {
+        self.up()?.steps_tail(id, last).await
+    }
+    async fn history_tail(
+        &self,
+        id: &InstanceId,
+        last: usize,
+    ) -> Result<(Vec<EventRow>, u64), StoreError> {
+        self.up()?.history_tail(id, last).await
     }
     async fn list(&self, query: &ListQuery) -> Result<Vec<Listed>, StoreError> {
         self.up()?.list(query).await

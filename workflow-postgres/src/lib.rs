@@ -197,8 +197,8 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 impl PgStore {
     /// The rows of a tail query (`sql`, oldest first, with the id bound to
-    /// `$1`, the `LIMIT` to `$2`, and each row's `total`): the last `last`,
-    /// and the total.
+    /// `$1`, the `LIMIT` to `$2`, and each row's `total`, all from the
+    /// statement's one snapshot): the last `last`, and the total.
     async fn tail(
         &self,
         op: &'static str,
@@ -559,12 +559,13 @@ impl Store for PgStore {
         id: &InstanceId,
         last: usize,
     ) -> Result<(Vec<StepRow>, u64), StoreError> {
-        // The outputs and states of older steps are never read.
+        // The count is a subquery, not a window, so that the LIMIT cuts
+        // the read short: older steps' outputs and states are never read.
         let sql = format!(
-            "WITH last AS ( \
-                 SELECT seq, COUNT(*) OVER () AS total FROM steps WHERE instance_id = $1 \
-                 ORDER BY seq DESC LIMIT $2) \
-             SELECT {STEP_COLUMNS}, last.total FROM last JOIN steps USING (seq) ORDER BY seq"
+            "SELECT {STEP_COLUMNS}, (SELECT COUNT(*) FROM steps WHERE instance_id = $1) AS total \
+             FROM steps WHERE seq IN \
+                 (SELECT seq FROM steps WHERE instance_id = $1 ORDER BY seq DESC LIMIT $2) \
+             ORDER BY seq"
         );
         let (rows, total) = self.tail("steps_tail", &sql, id, last).await?;
         let steps = rows.iter().map(|r| step_row(id.as_str(), r));
@@ -576,8 +577,10 @@ impl Store for PgStore {
         id: &InstanceId,
         last: usize,
     ) -> Result<(Vec<EventRow>, u64), StoreError> {
+        // Read backwards along `events_instance` and cut by the LIMIT.
         let sql = "SELECT * FROM ( \
-                 SELECT seq, at, kind, step, attempt, message, duration_ms, COUNT(*) OVER () AS total \
+                 SELECT seq, at, kind, step, attempt, message, duration_ms, \
+                        (SELECT COUNT(*) FROM events WHERE instance_id = $1) AS total \
                  FROM events WHERE instance_id = $1 ORDER BY seq DESC LIMIT $2) last \
              ORDER BY seq";
         let (rows, total) = self.tail("history_tail", sql, id, last).await?;

@@ -19,7 +19,13 @@ const MIGRATIONS: &[&str] = &[
 /// the schema as it was if any migration fails.
 pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
     let key = format!("workflow-migrate:{schema}");
-    let mut tx = conn.begin().await?;
+    // READ COMMITTED whatever the server's default: each statement after
+    // the lock sees what the process that held it committed. Under
+    // REPEATABLE READ the snapshot taken before the wait would see its
+    // `migrations` table but not its rows, and migrate again.
+    let mut tx = conn
+        .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
         .bind(&key)
         .execute(&mut *tx)

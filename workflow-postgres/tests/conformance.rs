@@ -113,28 +113,40 @@ async fn claimers_on_separate_pools_never_share_an_instance() {
     common::drop_schemas(&url, &[schema]).await;
 }
 
-/// Processes starting together on an empty schema all come up; one migrates.
+/// Processes starting together on an empty schema all come up; one
+/// migrates. Also where the server's default isolation is serializable: a
+/// process that waited for the lock must see what the other committed.
 #[tokio::test]
 async fn concurrent_starts_migrate_once() {
     let Some(url) = common::url("concurrent_starts_migrate_once") else {
         return;
     };
-    let schema = common::fresh_schema("migrate");
-    let mut tasks = Vec::new();
-    for _ in 0..6 {
-        let (url, schema) = (url.clone(), schema.clone());
-        tasks.push(tokio::spawn(async move { store(&url, &schema).await }));
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let serializable =
+        format!("{url}{sep}options=-c%20default_transaction_isolation%3Dserializable");
+    for url in [url.clone(), serializable] {
+        let schema = common::fresh_schema("migrate");
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let (url, schema) = (url.clone(), schema.clone());
+            tasks.push(tokio::spawn(async move { store(&url, &schema).await }));
+        }
+        let mut stores = Vec::new();
+        for task in tasks {
+            stores.push(task.await.unwrap());
+        }
+        let isolation: String = sqlx::query_scalar("SHOW default_transaction_isolation")
+            .fetch_one(stores[0].pool())
+            .await
+            .unwrap();
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM migrations ORDER BY version")
+                .fetch_all(stores[0].pool())
+                .await
+                .unwrap();
+        assert_eq!(versions, [1, 2, 3, 4], "{isolation}");
+        common::drop_schemas(&url, &[schema]).await;
     }
-    let mut stores = Vec::new();
-    for task in tasks {
-        stores.push(task.await.unwrap());
-    }
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM migrations ORDER BY version")
-        .fetch_all(stores[0].pool())
-        .await
-        .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4]);
-    common::drop_schemas(&url, &[schema]).await;
 }
 
 /// The migrations apply together or not at all: one that fails (here a

@@ -472,11 +472,13 @@ const HISTORY: &str = concat!(
     " ORDER BY 1"
 );
 
-/// The last `?2` events of the history, oldest first. Each source gives
-/// at most its own last `?2` (a step's events carry its `seq` and
-/// `seq + 1`, and steps recorded before migration 3, with their events
-/// in `events`, all precede the others), so only the index entries of
-/// older steps are read, not their rows.
+/// The last `?2` events of the history, oldest first. Each source gives at
+/// most its own last `?2`: every step recorded after another adds at least
+/// one event after that one's (its own, at its `seq` and `seq + 1`, or, for
+/// a step with `history = 0` such as a taken event, a row of `events`), so
+/// the events of a step older than the last `?2` steps are never among the
+/// last `?2`. Only the index entries of older steps are read, not their
+/// rows.
 const HISTORY_TAIL: &str = concat!(
     "SELECT * FROM (",
     history_union!(
@@ -486,7 +488,9 @@ const HISTORY_TAIL: &str = concat!(
     " ORDER BY 1 DESC LIMIT ?2) ORDER BY seq"
 );
 
-/// How many events the history of `?1` has.
+/// How many events the history of `?1` has. Which steps changed the state
+/// is only in their rows, so this reads every step row of the instance
+/// (unlike the tail itself).
 const HISTORY_COUNT: &str = "SELECT (SELECT COUNT(*) FROM events WHERE instance_id = ?1) \
      + (SELECT COUNT(*) + COUNT(state) FROM steps WHERE instance_id = ?1 AND history = 1) \
      + COALESCE((SELECT (started_seq IS NOT NULL) + (finished_seq IS NOT NULL) \
