@@ -461,7 +461,11 @@ impl EngineBuilder {
 /// for the first time: the ticks of the new expression between the old
 /// mark and now were never due, and `CatchUp::All` would start them all
 /// (a month of them, after a month with the schedule switched off). A
-/// store that cannot say leaves the marks as they are.
+/// store that cannot say leaves the marks as they are. Builds of two
+/// versions in turn (a rolling deploy, a rollback) restart it each time,
+/// which skips nothing an engine was running for: a running engine goes on
+/// from its own last look. The expressions are compared as text, so one
+/// merely reworded restarts too.
 async fn restart_changed_schedules(store: &dyn Store, definitions: &[Definition], now: Millis) {
     let recorded = match store.definitions().await {
         Ok(recorded) => recorded,
