@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use workflow_core::{
-    Definition, Engine, Error, EventSent, InstanceId, InstanceInfo, StartOptions, Status,
+    Definition, Engine, Error, EventSent, InstanceId, InstanceInfo, StartOptions, Status, Tail,
 };
 
 use crate::api::{build_query, ListParams, RerunError};
@@ -90,11 +90,17 @@ pub enum Command {
     Show {
         /// Instance id.
         id: String,
+        /// Only the last N steps (the store reads only their results).
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
     },
     /// The history of one instance, oldest first.
     History {
         /// Instance id.
         id: String,
+        /// Only the last N events.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
     },
     /// Cancel an instance.
     Cancel {
@@ -383,13 +389,25 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             }
             Ok(0)
         }
-        Command::Show { id } => show(&engine, &InstanceId::from(id), json, out).await,
-        Command::History { id } => {
-            let history = engine.history(&InstanceId::from(id.as_str())).await?;
-            if history.is_empty() {
+        Command::Show { id, tail } => show(&engine, &InstanceId::from(id), tail, json, out).await,
+        Command::History { id, tail } => {
+            let id = InstanceId::from(id);
+            let history = match tail {
+                Some(last) => engine.history_tail(&id, last).await?,
+                None => {
+                    let items = engine.history(&id).await?;
+                    Tail {
+                        total: items.len() as u64,
+                        items,
+                    }
+                }
+            };
+            if history.total == 0 {
                 // Unknown ids have no history: say which it is.
-                engine.instance(&InstanceId::from(id.as_str())).await?;
+                engine.instance(&id).await?;
             }
+            let earlier = history.total - history.items.len() as u64;
+            let history = history.items;
             if json {
                 print_json(out, &serde_json::to_value(&history).unwrap_or(Value::Null))?;
                 return Ok(0);
@@ -415,6 +433,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 ],
                 rows,
             )?;
+            not_shown(out, earlier, "events")?;
             Ok(0)
         }
         Command::Cancel { id } => {
@@ -646,16 +665,36 @@ async fn workflows(
     Ok(0)
 }
 
+/// Says how many earlier rows a `--tail` left out, if any.
+fn not_shown(out: &mut (dyn Write + Send), earlier: u64, what: &str) -> std::io::Result<()> {
+    if earlier > 0 {
+        writeln!(out, "({earlier} earlier {what} not shown)")?;
+    }
+    Ok(())
+}
+
 async fn show(
     engine: &Engine,
     id: &InstanceId,
+    tail: Option<usize>,
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     let info = engine.instance(id).await?;
-    let steps = engine.steps(id).await?;
+    let (steps, earlier) = match tail {
+        Some(last) => {
+            let tail = engine.steps_tail(id, last).await?;
+            let earlier = tail.total - tail.items.len() as u64;
+            (tail.items, earlier)
+        }
+        None => (engine.steps(id).await?, 0),
+    };
     if json {
-        print_json(out, &json!({ "instance": info, "steps": steps }))?;
+        let total = steps.len() as u64 + earlier;
+        print_json(
+            out,
+            &json!({ "instance": info, "steps": steps, "steps_total": total }),
+        )?;
         return Ok(0);
     }
     writeln!(out, "{} {}", info.workflow, info.id)?;
@@ -701,6 +740,7 @@ async fn show(
             .collect();
         table(out, &["STEP", "ATTEMPTS", "DURATION", "RESULT"], rows)?;
     }
+    not_shown(out, earlier, "steps")?;
     Ok(0)
 }
 

@@ -173,6 +173,41 @@ async fn reads_without_the_workflow_code() {
     assert_eq!(kinds.last(), Some(&"completed"));
     let out = cli(url, &["history", f.completed.as_str()]).await;
     assert!(out.stdout.starts_with("SEQ "), "{}", out.stdout);
+    assert!(!out.stdout.contains("not shown"), "{}", out.stdout);
+    // The last of them only, saying how many are left out.
+    let out = cli(url, &["history", f.completed.as_str(), "--tail", "1"]).await;
+    assert_eq!(out.stdout.lines().count(), 3, "{}", out.stdout);
+    assert!(out.stdout.contains("completed"), "{}", out.stdout);
+    let left_out = format!("({} earlier events not shown)", kinds.len() - 1);
+    assert!(out.stdout.contains(&left_out), "{}", out.stdout);
+    let tail = json(
+        &cli(
+            url,
+            &["history", f.completed.as_str(), "--tail", "2", "--json"],
+        )
+        .await,
+    );
+    assert_eq!(tail.as_array().unwrap().len(), 2);
+    assert_eq!(tail[1]["kind"], "completed");
+    let out = cli(url, &["show", f.completed.as_str(), "--tail", "1"]).await;
+    assert!(
+        out.stdout.contains("(1 earlier steps not shown)"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("reserve-stock"), "{}", out.stdout);
+    let tail = json(
+        &cli(
+            url,
+            &["show", f.completed.as_str(), "--tail", "1", "--json"],
+        )
+        .await,
+    );
+    assert_eq!(tail["steps"].as_array().unwrap().len(), 1);
+    assert_eq!(tail["steps_total"], 2);
+    let out = cli(url, &["history", "no-such-id", "--tail", "5"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("not found"), "{}", out.stderr);
     let out = cli(url, &["show", "no-such-id"]).await;
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("not found"), "{}", out.stderr);
