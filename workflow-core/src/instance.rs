@@ -282,6 +282,18 @@ impl<W: Workflow> Instance<W> {
         self.engine.steps(&self.id).await
     }
 
+    /// Its last `last` history events and how many it has
+    /// ([`Engine::history_tail`]).
+    pub async fn history_tail(&self, last: usize) -> Result<Tail<HistoryEvent>> {
+        self.engine.history_tail(&self.id, last).await
+    }
+
+    /// Its last `last` recorded steps and how many it has
+    /// ([`Engine::steps_tail`]).
+    pub async fn steps_tail(&self, last: usize) -> Result<Tail<StepInfo>> {
+        self.engine.steps_tail(&self.id, last).await
+    }
+
     /// A handle made with [`Workflow::handle`] is not checked until used:
     /// reading another workflow's output or state as `W`'s could succeed
     /// (same types) and be wrong.

@@ -442,6 +442,16 @@ async fn a_panicking_step_is_a_failed_attempt_and_is_retried() {
         "{attempt:?}"
     );
     assert_eq!(inst.steps().await.unwrap()[0].attempts, 2);
+    // The ends of both, typed, as the full reads give them.
+    let tail = inst.history_tail(2).await.unwrap();
+    assert_eq!(tail.items, history[history.len() - 2..]);
+    assert_eq!(tail.total, history.len() as u64);
+    let steps = inst.steps().await.unwrap();
+    let tail = inst.steps_tail(1).await.unwrap();
+    assert_eq!(
+        (tail.items, tail.total),
+        (steps[steps.len() - 1..].to_vec(), steps.len() as u64)
+    );
 }
 
 #[tokio::test]
