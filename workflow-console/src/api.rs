@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use workflow_core::{
     Definition, Engine, Error, EventSent, InstanceId, InstanceInfo, Query, StartOptions, Status,
-    Tail, Violation,
+    Violation,
 };
 
 use crate::page;
@@ -592,26 +592,10 @@ async fn instance(
 ) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     let info = state.engine.instance(&id).await?;
-    let (steps, history) = match params.tail {
-        Some(last) => (
-            state.engine.steps_tail(&id, last).await?,
-            state.engine.history_tail(&id, last).await?,
-        ),
-        None => {
-            let steps = state.engine.steps(&id).await?;
-            let history = state.engine.history(&id).await?;
-            (
-                Tail {
-                    total: steps.len() as u64,
-                    items: steps,
-                },
-                Tail {
-                    total: history.len() as u64,
-                    items: history,
-                },
-            )
-        }
-    };
+    // No `tail`: all of them, read the same way.
+    let last = params.tail.unwrap_or(usize::MAX);
+    let steps = state.engine.steps_tail(&id, last).await?;
+    let history = state.engine.history_tail(&id, last).await?;
     Ok(Json(json!({
         "instance": info,
         "steps": steps.items,

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use workflow_core::{
-    Definition, Engine, Error, EventSent, InstanceId, InstanceInfo, StartOptions, Status, Tail,
+    Definition, Engine, Error, EventSent, InstanceId, InstanceInfo, StartOptions, Status,
 };
 
 use crate::api::{build_query, ListParams, RerunError};
@@ -392,16 +392,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
         Command::Show { id, tail } => show(&engine, &InstanceId::from(id), tail, json, out).await,
         Command::History { id, tail } => {
             let id = InstanceId::from(id);
-            let history = match tail {
-                Some(last) => engine.history_tail(&id, last).await?,
-                None => {
-                    let items = engine.history(&id).await?;
-                    Tail {
-                        total: items.len() as u64,
-                        items,
-                    }
-                }
-            };
+            let history = engine.history_tail(&id, tail.unwrap_or(usize::MAX)).await?;
             if history.total == 0 {
                 // Unknown ids have no history: say which it is.
                 engine.instance(&id).await?;
@@ -681,16 +672,10 @@ async fn show(
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     let info = engine.instance(id).await?;
-    let (steps, earlier) = match tail {
-        Some(last) => {
-            let tail = engine.steps_tail(id, last).await?;
-            let earlier = tail.total - tail.items.len() as u64;
-            (tail.items, earlier)
-        }
-        None => (engine.steps(id).await?, 0),
-    };
+    let steps = engine.steps_tail(id, tail.unwrap_or(usize::MAX)).await?;
+    let earlier = steps.total - steps.items.len() as u64;
+    let (steps, total) = (steps.items, steps.total);
     if json {
-        let total = steps.len() as u64 + earlier;
         print_json(
             out,
             &json!({ "instance": info, "steps": steps, "steps_total": total }),
