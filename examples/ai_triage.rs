@@ -71,7 +71,7 @@ async fn triage_ticket(ctx: Ctx, ticket: Ticket) -> Result<Triage, BoxError> {
             )
             .input(format!("From {}:\n{}", ticket.email, ticket.text))
             .tools(tools)
-            .model(OpenAiCompatible::from_env()?)
+            // The model: OpenAiCompatible::from_env() unless `.model(..)` names one.
             .max_turns(6),
         )
         .await?;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use workflow::prelude::*;
-use workflow::Timeout;
 
 /// Render a report page by page; each page takes a while.
 #[workflow(name = "renderReport", timeout = "2s")]

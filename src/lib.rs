@@ -52,6 +52,8 @@
 //!   prelude) and its JSON API.
 //!   The `workflow` command-line tool is the binary of the `workflow-console`
 //!   crate.
+//! - `testing`: `workflow::testing`, the conformance suite every store
+//!   passes, to run against a [`Store`] of your own.
 #![warn(missing_docs)]
 
 pub use workflow_core::*;

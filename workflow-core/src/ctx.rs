@@ -278,8 +278,8 @@ impl RunShared {
 /// a key derived from one name is never the plain key of another (a step
 /// named `fetch#1` would otherwise share its record with the second
 /// `fetch`). Every method that takes a step name refuses one with
-/// [`Error::InvalidStepName`], and `#[workflow]` refuses literal names
-/// given to `step`/`step_with` at compile time.
+/// [`Error::InvalidStepName`], and `#[workflow]` refuses a literal name
+/// given to any of them at compile time.
 pub const RESERVED_STEP_CHARS: [char; 4] = workflow_rules::step_name::RESERVED;
 
 /// `Err(Some(c))` for a name containing the reserved `c` (the first one)
@@ -542,6 +542,12 @@ where
     /// Ends the instance now as `Completed` with `output`, without running the
     /// rest of the handler. Returns an error to propagate with `?`; the
     /// outcome is recorded even if the caller ignores it.
+    ///
+    /// `output` should be the workflow's `Output`: `Ctx` is typed by the
+    /// state, not the output, so it takes any `Serialize`, and the engine
+    /// checks the JSON against `Output` when it records the end. A value
+    /// that does not read back as `Output` ends the instance `Failed`,
+    /// with an error naming the mismatch.
     pub fn complete<O: Serialize>(&self, output: O) -> Result<Infallible> {
         let json = serde_json::to_string(&output).map_err(|source| Error::Json {
             context: format!(

@@ -249,7 +249,9 @@ impl EngineBuilder {
     }
 
     /// The clock schedules follow (default: the system clock). Tests pass a
-    /// [`ManualClock`](crate::ManualClock) to move time forward at will.
+    /// [`ManualClock`](crate::ManualClock) to move time forward at will
+    /// (keep a clone to call `advance` on). Only the scheduler reads it:
+    /// sleeps, deadlines, leases and retention follow the system clock.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
@@ -361,8 +363,9 @@ impl EngineBuilder {
     /// ```no_run
     /// # async fn f() -> workflow_core::Result<()> {
     /// # use std::time::Duration;
+    /// // With the `workflow` facade: `Engine::builder()`, any database URL.
     /// let engine = workflow_core::EngineBuilder::new()
-    ///     .database_url("sqlite://workflows.db")
+    ///     .store(workflow_core::MemoryStore::new())
     ///     .retention(Duration::from_secs(30 * 24 * 3600))
     ///     .build()
     ///     .await?;
@@ -523,6 +526,11 @@ fn definitions_in_force(
 }
 
 /// Runs workflows. Cheap to clone; clones share everything.
+///
+/// Build one with `Engine::builder()`, which the `workflow` facade adds
+/// (trait `workflow::EngineExt`, in `workflow::prelude`) so that database
+/// URLs reach the stores compiled in; [`EngineBuilder`] is the same
+/// builder without them.
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<EngineInner>,

@@ -213,8 +213,10 @@ pub enum Error {
     Store(#[from] StoreError),
 
     /// The running handler must stop: returned from `ctx` methods when the
-    /// instance was cancelled, timed out, lost its lease, or was ended from
-    /// inside with `ctx.complete`/`ctx.fail`. Propagate it with `?`; the engine
+    /// instance was cancelled, suspended, lost its lease, the engine is
+    /// shutting down, or it was ended from inside with
+    /// `ctx.complete`/`ctx.fail` (see [`Interrupt`]). A timed-out handler
+    /// never sees it: it is dropped at its next await. Propagate it with `?`; the engine
     /// records the outcome even when user code swallows it.
     #[error("workflow run interrupted: {0}")]
     Interrupted(Interrupt),

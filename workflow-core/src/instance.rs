@@ -39,7 +39,11 @@ impl StartOptions {
         Self::default()
     }
 
-    /// A deduplication key, visible in queries and the console.
+    /// A key to find the instance by ([`Query::key`], the console's search
+    /// box). [`Workflow::start_with`] does not check it against other
+    /// instances: two starts with one key make two instances. To start at
+    /// most one per key, use [`Workflow::get_or_create`], which
+    /// deduplicates on this same key.
     pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
@@ -423,7 +427,8 @@ pub struct HistoryEvent {
     /// When.
     pub at: DateTime<Utc>,
     /// `created`, `started`, `step_completed`, `step_failed`, `attempt_failed`,
-    /// `state_changed`, `deadline_changed`, `released`, or a terminal status
+    /// `state_changed`, `deadline_changed`, `suspended`, `paused`, `resumed`,
+    /// `event_sent`, `event_received`, `released`, or a terminal status
     /// name (`completed`, `failed`, `cancelled`, `timed_out`).
     pub kind: String,
     /// The step key, for step events.

@@ -14,7 +14,9 @@ pub enum Status {
     Pending,
     /// A worker is running it now.
     InProgress,
-    /// Waiting for an event or a timer.
+    /// Waiting for an event (`ctx.wait_for_event`) or a child workflow
+    /// (`ctx.run_child`), until it comes or the wait times out. A sleep or
+    /// a retry backoff waits as `Pending`, due at its end.
     Listening,
     /// Paused by a user.
     Paused,

@@ -86,7 +86,8 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     }
 
     /// Starts many instances in one write (one transaction on SQL stores),
-    /// all with the same options (a key here is a label, not a dedup key).
+    /// all with the same options (like [`Workflow::start_with`], the key is
+    /// not checked against other instances).
     fn start_many(
         engine: &Engine,
         inputs: Vec<Self::Input>,

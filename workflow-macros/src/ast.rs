@@ -98,7 +98,7 @@ pub(crate) struct StepCall {
 
 /// The `ctx` methods whose first argument is a step name, besides `step`
 /// and `step_with`.
-const NAMED_METHODS: [&str; 8] = [
+const NAMED_METHODS: [&str; 10] = [
     "sleep",
     "sleep_until",
     "wait_for_event",
@@ -107,6 +107,8 @@ const NAMED_METHODS: [&str; 8] = [
     "map",
     "for_each",
     "batch",
+    "call_tool",
+    "call_tool_with",
 ];
 
 impl<'a> Workflow<'a> {
@@ -756,6 +758,7 @@ mod tests {
                 ctx.sleep("cool-down", d).await?;
                 let _: Ev = ctx.wait_for_event("approved", None).await?;
                 ctx.run_child::<Child>("child", input).await?;
+                ctx.call_tool("lookup", &tools, "crm", args).await?;
                 ctx.step(("paren"), f).await
             }
         });
@@ -774,6 +777,7 @@ mod tests {
                 ("cool-down", false),
                 ("approved", false),
                 ("child", false),
+                ("lookup", false),
                 ("paren", false),
             ]
         );

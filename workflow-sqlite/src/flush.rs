@@ -86,13 +86,20 @@ pub(crate) struct Flusher {
 struct Broken(std::sync::OnceLock<String>);
 
 impl Broken {
-    /// Fsyncs `wal` unless an fsync already failed; records a failure.
-    fn sync(&self, wal: &File) -> Result<(), String> {
-        if let Some(first) = self.0.get() {
-            return Err(format!(
+    /// Why no write may be answered as done any more, once an fsync failed.
+    fn refusal(&self) -> Option<String> {
+        self.0.get().map(|first| {
+            format!(
                 "an earlier fsync of the SQLite WAL failed, so no write since is known to \
                  survive a power loss; reopen the store once the disk is fixed ({first})"
-            ));
+            )
+        })
+    }
+
+    /// Fsyncs `wal` unless an fsync already failed; records a failure.
+    fn sync(&self, wal: &File) -> Result<(), String> {
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
         }
         let flushed = sync(wal);
         if let Err(why) = &flushed {
@@ -130,6 +137,13 @@ impl Flusher {
             broken,
             thread: Some(thread),
         })
+    }
+
+    /// Why writes are refused, once an fsync has failed: the writer answers
+    /// them with it instead of applying them, so that a caller told "failed"
+    /// never finds its write done after a restart.
+    pub(crate) fn refusal(&self) -> Option<String> {
+        self.broken.refusal()
     }
 
     /// Whether no fsync is in flight or waiting.

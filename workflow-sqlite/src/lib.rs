@@ -1533,6 +1533,73 @@ mod tests {
         assert_eq!(status_of(&store, &bad_id).await, "failed");
     }
 
+    /// Once an fsync of the WAL has failed, later writes are refused
+    /// without being applied: a caller told its write failed never finds
+    /// it done after a restart.
+    #[tokio::test]
+    async fn after_a_failed_fsync_writes_are_refused_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+            .unwrap();
+        // A pipe in place of the WAL: fsyncing it fails (EINVAL).
+        let (_reader, pipe) = std::io::pipe().unwrap();
+        let wal = std::fs::File::from(std::os::fd::OwnedFd::from(pipe));
+        let checkpointer = Checkpointer::spawn(&path, checkpoint::Policy::default()).unwrap();
+        let broken = SqliteStore {
+            read: store.read.clone(),
+            writer: Writer::spawn(conn, 64, Some(wal), checkpointer).unwrap(),
+        };
+        let first = workflow_core::testing::new_instance("wf", 1);
+        let err = broken.create(first, None).await.unwrap_err();
+        assert!(err.to_string().contains("fsync"), "{err}");
+        let second = workflow_core::testing::new_instance("wf", 2);
+        let second_id = second.id.clone();
+        let err = broken.create(second, None).await.unwrap_err();
+        assert!(err.to_string().contains("an earlier fsync"), "{err}");
+        assert!(store.get(&second_id).await.unwrap().is_none());
+        // The healthy store's own writer is untouched.
+        store
+            .create(workflow_core::testing::new_instance("wf", 3), None)
+            .await
+            .unwrap();
+    }
+
+    /// Counters at their largest values (written from outside) never panic
+    /// the writer thread: the claims go on, and the store keeps writing.
+    #[tokio::test]
+    async fn counters_at_their_limits_do_not_stop_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("limits.db"))
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for n in 1..=2 {
+            let new = workflow_core::testing::new_instance("wf", n);
+            ids.push(new.id.clone());
+            store.create(new, None).await.unwrap();
+        }
+        // A run whose lease lapsed, with its interrupted-run count at u32::MAX.
+        let lapsed = "UPDATE instances SET status = 'in_progress', runs = 1, \
+                      interrupted_runs = 4294967295 WHERE id = ?1";
+        corrupt(&store, lapsed, &ids[0]).await;
+        corrupt(
+            &store,
+            "UPDATE instances SET runs = 9223372036854775807 WHERE id = ?1",
+            &ids[1],
+        )
+        .await;
+        let claimed = store.claim(claim_due("w", 10)).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        let lapsed = claimed.iter().find(|c| c.row.id == ids[0]).unwrap();
+        assert_eq!(lapsed.interrupted_runs, u32::MAX);
+        // The writer lives on.
+        let new = workflow_core::testing::new_instance("wf", 3);
+        store.create(new, None).await.unwrap();
+    }
+
     /// A history sequence at its largest value fails each write that needs
     /// a number, with the reason; the writer thread lives on.
     #[tokio::test]

@@ -757,13 +757,17 @@ fn run(
         loop {
             match next {
                 Some(Msg::Job(job)) => {
-                    jobs.push(*job);
-                    let job = jobs.last_mut().expect("just pushed");
-                    if let Err(err) = apply_open(&session, &mut open, job) {
-                        if open.take().is_some() {
-                            rollback(&session);
+                    if let Some(why) = flusher.as_ref().and_then(Flusher::refusal) {
+                        answer(*job, Err(&why));
+                    } else {
+                        jobs.push(*job);
+                        let job = jobs.last_mut().expect("just pushed");
+                        if let Err(err) = apply_open(&session, &mut open, job) {
+                            if open.take().is_some() {
+                                rollback(&session);
+                            }
+                            redo_alone(&session, &mut flusher, &mut jobs, &err);
                         }
-                        redo_alone(&session, &mut flusher, &mut jobs, &err);
                     }
                 }
                 Some(Msg::Synced) => {}
@@ -1028,6 +1032,26 @@ fn forget_leases_if_others_wrote(c: &Tx<'_, '_>) -> Result<(), Db> {
 /// Runs one op. The outer error aborts the transaction; the inner one is the
 /// op's own answer (lease lost, corrupt row) and commits with the rest.
 fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
+    // A panic here (a bug, or data no check foresaw) would end the writer
+    // thread and close the store for every instance. As an error, it rolls
+    // back the open transaction, and the redo fails that write alone.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply_op(c, op))).unwrap_or_else(
+        |panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            tracing::error!(panic = %why, "a write panicked in the SQLite writer");
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
+                Some(format!("the write panicked: {why}")),
+            ))
+        },
+    )
+}
+
+fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
     op.note_writes(&mut c.unsynced());
     Ok(match op {
         Op::Create(new, dedup) => {
@@ -1892,7 +1916,9 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         match row {
             Claimable::Row(raw, interrupted) => {
                 // One more for a run whose lease lapsed; `TAKE` writes it.
-                let interrupted = interrupted + u32::from(raw.status == "in_progress");
+                // Saturating: a damaged counter must not panic the writer.
+                let interrupted =
+                    interrupted.saturating_add(u32::from(raw.status == "in_progress"));
                 raws.push((raw, interrupted));
             }
             // Failed alone, before the others are taken: it would be the
@@ -1918,7 +1944,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         ])?;
         // The row as the update left it, without reading it back.
         raw.status = Status::InProgress.as_str().to_owned();
-        raw.runs += 1;
+        raw.runs = raw.runs.saturating_add(1);
         raw.run_at = req.lease_until;
         raw.updated_at = req.now;
         raw.started_at = raw.started_at.or(Some(req.now));
