@@ -21,6 +21,19 @@ const MARK_EVERY: Duration = Duration::from_secs(5);
 /// The shortest pause between two looks at the schedules.
 const MIN_LOOK_EVERY: Duration = Duration::from_millis(25);
 
+/// How late a look may come and still count as this engine running all
+/// along (a slow store, a busy runtime). A look later than that follows a
+/// process that was frozen (a laptop asleep, a VM paused): the ticks it
+/// slept through were missed, and the catch-up policy decides, instead of
+/// a `none` or `latest` schedule firing every one of them at once.
+const LATE_LOOK_MAX: Duration = Duration::from_secs(600);
+
+/// A tick at or before the last one fired is started again (and found by
+/// its key) only this recently: an older one's instance may have ended
+/// and been purged (retention keeps at least a minute), and firing it
+/// again would run it twice.
+const REFIRE_WITHIN: Duration = Duration::from_secs(30);
+
 /// What this engine's scheduler remembers between looks.
 struct Look<'a> {
     /// The longest pause between two looks.
@@ -99,7 +112,12 @@ async fn fire_due(engine: &Engine, s: &Scheduled, look: Look<'_>) -> Result<Opti
         .checked_until
         .max(mark.last_tick.unwrap_or(Millis::MIN));
     let marked_until = DateTime::from_timestamp_millis(marked_until).unwrap_or(now);
-    let previous = look.looked.get(s.workflow).copied();
+    let late_look_max = chrono::Duration::from_std(LATE_LOOK_MAX).unwrap_or_default();
+    let previous = look
+        .looked
+        .get(s.workflow)
+        .copied()
+        .filter(|p| *p >= now - late_look_max);
     // Once per schedule and engine: the mark stays ahead until the clocks
     // meet again.
     if previous.is_none() && marked_until > now + chrono::Duration::seconds(5) {
@@ -114,6 +132,13 @@ async fn fire_due(engine: &Engine, s: &Scheduled, look: Look<'_>) -> Result<Opti
     // ticks after this engine's last look (firing one twice finds the
     // first by its key).
     let from = previous.map_or(marked_until, |p| p.min(marked_until));
+    // Never far behind the last tick fired: everything up to it was fired
+    // or skipped by whoever fired it.
+    let refire_within = chrono::Duration::from_std(REFIRE_WITHIN).unwrap_or_default();
+    let from = match mark.last_tick.and_then(DateTime::from_timestamp_millis) {
+        Some(last) => from.max(last.min(now - refire_within)),
+        None => from,
+    };
     // A running engine looks at least every `every` and records that at
     // least every MARK_EVERY, so a tick older than that came due while no
     // engine ran: it was missed. Unless this engine has looked since: a

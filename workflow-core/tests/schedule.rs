@@ -180,6 +180,66 @@ async fn a_late_look_by_a_running_engine_misses_no_tick() {
     );
 }
 
+/// A look hours late follows a process that was frozen (a laptop asleep,
+/// a paused VM), not a slow store: the ticks it slept through were missed,
+/// and the catch-up policy decides. Before, a `latest` schedule fired all
+/// 180 of them at once.
+#[tokio::test]
+async fn a_frozen_engine_follows_the_catch_up_policy() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let engine = engine(Arc::clone(&store), &clock, CatchUp::Latest).await;
+    let _worker = engine.start_worker();
+    registered(&store).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    clock.advance(Duration::from_secs(3 * 3600));
+    // Time for a wrong scheduler to fire its chunk.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        wait_for(&engine, 1).await,
+        ["schedule:2026-11-25T13:00:00.000Z"],
+        "latest: the most recent missed tick, once"
+    );
+}
+
+/// An engine whose last look is old (its clock stood still while another
+/// engine fired ticks, whose instances were then purged) does not fire
+/// those ticks again: a purged tick's key is free, so firing it again
+/// would run it twice.
+#[tokio::test]
+async fn a_stale_look_does_not_fire_purged_ticks_again() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let slow_clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let slow = engine(Arc::clone(&store), &slow_clock, CatchUp::All).await;
+    let _slow_worker = slow.start_worker();
+    registered(&store).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another engine, three minutes on, fires 10:01 to 10:03.
+    let clock = ManualClock::new(utc("2026-11-25T10:03:30Z"));
+    let other = engine(Arc::clone(&store), &clock, CatchUp::All).await;
+    let other_worker = other.start_worker();
+    assert_eq!(wait_for(&other, 3).await.len(), 3);
+    for info in other
+        .list(Query::new().name("everyMinute"))
+        .await
+        .unwrap()
+        .items
+    {
+        EveryMinute::handle(&other, info.id)
+            .result_timeout(Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    other_worker.shutdown().await;
+    // A purge leaves what ended in the last 2 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(other.purge(Utc::now(), None).await.unwrap(), 3);
+    // The first engine's clock catches up; its last look was at 10:00:30.
+    slow_clock.set(utc("2026-11-25T10:03:40Z"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fired(&slow).await, Vec::<String>::new());
+}
+
 /// An engine whose clock ran two hours ahead moved the schedule's mark
 /// into the future; an engine with the right time still fires the ticks
 /// that come due while it runs, instead of waiting for the mark.
