@@ -310,6 +310,11 @@ pub enum StoreError {
     /// The caller's lease on the instance is gone: another worker owns it, or it ended.
     #[error("store: lease lost on instance {0}")]
     LeaseLost(InstanceId),
+    /// A `TimedOut` finish came after the instance's deadline was moved past
+    /// its time (`set_timeout` raced the timeout): nothing changed, and the
+    /// lease is still held, so the run can be released to go on.
+    #[error("store: the deadline of instance {0} moved past the timeout")]
+    DeadlineMoved(InstanceId),
 }
 
 impl StoreError {

@@ -359,6 +359,10 @@ impl Store for MemoryStore {
     async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError> {
         let mut t = self.tables();
         let entry = t.leased(lease)?;
+        if finish.status == Status::TimedOut && entry.row.deadline_at.is_some_and(|d| d > finish.at)
+        {
+            return Err(StoreError::DeadlineMoved(lease.instance.clone()));
+        }
         entry.row.status = finish.status;
         entry.row.output = finish.output;
         entry.row.error = finish.error.clone();

@@ -429,6 +429,11 @@ pub trait Store: Send + Sync + 'static {
     /// Ends the run with a terminal status and its event, if `lease` is
     /// current; wakes the parent if it waits for this instance.
     ///
+    /// A `TimedOut` finish applies only while the instance's deadline is at
+    /// or before `finish.at`: if a `set_deadline` moved it later first, the
+    /// finish changes nothing and returns [`StoreError::DeadlineMoved`]
+    /// (the lease stays held).
+    ///
     /// A `TimedOut` finish is the clock cancelling the instance: in the same
     /// transaction, its unfinished children, grandchildren... end
     /// `Cancelled` exactly as [`Store::cancel`] leaves them (a `cancelled`

@@ -44,6 +44,7 @@ where
     suspend_and_wake(make().await).await;
     a_moved_deadline_makes_waiting_instances_due(make().await).await;
     a_deadline_moved_while_running_bounds_the_next_wait(make().await).await;
+    a_deadline_moved_first_beats_the_timeout(make().await).await;
     events_are_kept_until_taken(make().await).await;
     events_with_a_key_are_kept_once(Arc::new(make().await)).await;
     children_wake_parents_and_die_with_them(make().await).await;
@@ -1055,6 +1056,62 @@ async fn a_deadline_moved_while_running_bounds_the_next_wait(store: impl Store) 
     assert_eq!(claimed, ids, "both are due at their new deadline");
 }
 
+/// `set_timeout` and the worker's timeout race: the deadline moved first,
+/// so the `TimedOut` finish (recorded at the old deadline) changes nothing
+/// and says why; the lease is still held, and the run can be released.
+/// Nothing of the tree is cancelled.
+async fn a_deadline_moved_first_beats_the_timeout(store: impl Store) {
+    let c = running(&store).await;
+    let child = create_child(&store, &c.row.id, 1, None).await;
+    let old = c.row.deadline_at.expect("instances have a deadline");
+    let control = store
+        .set_deadline(&c.row.id, old + 3_600_000, old - 1)
+        .await
+        .unwrap();
+    assert_eq!(control, Control::Applied);
+    let timed_out = Finish {
+        status: Status::TimedOut,
+        output: None,
+        error: Some("deadline passed".into()),
+        state: None,
+        at: old,
+    };
+    assert!(matches!(
+        store.finish(&c.lease, timed_out.clone()).await,
+        Err(StoreError::DeadlineMoved(_))
+    ));
+    let row = store.get(&c.row.id).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::InProgress);
+    assert_eq!(row.deadline_at, Some(old + 3_600_000));
+    assert_eq!(
+        store.get(&child).await.unwrap().unwrap().status,
+        Status::Pending,
+        "the child was not cancelled"
+    );
+    store.release(&c.lease, old + 1).await.unwrap();
+    // Past the new deadline, the same finish applies.
+    let c = store
+        .claim(claim_req("b", old + 2, 10))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|claimed| claimed.row.id == c.row.id)
+        .expect("the released parent is claimed again");
+    let late = Finish {
+        at: old + 3_600_000,
+        ..timed_out
+    };
+    store.finish(&c.lease, late).await.unwrap();
+    assert_eq!(
+        store.get(&c.row.id).await.unwrap().unwrap().status,
+        Status::TimedOut
+    );
+    assert_eq!(
+        store.get(&child).await.unwrap().unwrap().status,
+        Status::Cancelled
+    );
+}
+
 async fn events_are_kept_until_taken(store: impl Store) {
     let new = new_instance("wf", 0);
     let id = new.id.clone();
@@ -1784,6 +1841,12 @@ async fn a_timed_out_parent_cancels_its_children(store: impl Store) {
         state: None,
         at: T0 + 10,
     };
+    // Its deadline passed at T0 + 10 (a timeout needs that, see
+    // `a_deadline_moved_first_beats_the_timeout`).
+    store
+        .set_deadline(&parent_id, T0 + 10, T0 + 6)
+        .await
+        .unwrap();
     store.finish(&p.lease, timed_out).await.unwrap();
     assert_eq!(
         store.get(&parent_id).await.unwrap().unwrap().status,

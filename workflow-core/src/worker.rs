@@ -848,6 +848,14 @@ async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
     };
     match result {
         Ok(()) => true,
+        Err(StoreError::DeadlineMoved(_)) => {
+            // `set_timeout` won the race with the timeout: run on.
+            tracing::info!("the deadline moved before the timeout was recorded; handing the instance back to run on");
+            if let Err(err) = store.release(lease, now_millis()).await {
+                tracing::warn!(error = %err, "releasing the instance failed; it resumes when its lease expires");
+            }
+            false
+        }
         Err(StoreError::LeaseLost(_)) => {
             tracing::warn!(
                 "lease lost before the outcome was recorded: the instance was cancelled, \

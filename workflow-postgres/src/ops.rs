@@ -390,7 +390,8 @@ impl Db {
         let done: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET status = $4, output = $5, error = $6, state = COALESCE($7, state), \
                  updated_at = $8, finished_at = $8, lease_owner = NULL, lease_expires_at = NULL \
-             WHERE {FENCE} RETURNING parent_id"
+             WHERE {FENCE} AND ($4 <> 'timed_out' OR deadline_at IS NULL OR deadline_at <= $8) \
+             RETURNING parent_id"
         )))
         .bind(lease.instance.as_str())
         .bind(&lease.owner)
@@ -403,6 +404,21 @@ impl Db {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(parent) = done else {
+            if finish.status == Status::TimedOut {
+                // The row as the update saw it, after any `set_deadline` it
+                // waited for: held, so it was the deadline that failed it.
+                let held: Option<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT 1 FROM instances WHERE {FENCE}"
+                )))
+                .bind(lease.instance.as_str())
+                .bind(&lease.owner)
+                .bind(lease.run)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if held.is_some() {
+                    return Ok(Err(StoreError::DeadlineMoved(lease.instance.clone())));
+                }
+            }
             return lease_lost(lease);
         };
         event_full(

@@ -1029,6 +1029,23 @@ fn forget_leases_if_others_wrote(c: &Tx<'_, '_>) -> Result<(), Db> {
     Ok(())
 }
 
+/// Whether `lease` is held on an instance whose deadline is now after `at`:
+/// a `set_deadline` came before a timeout recorded at `at`.
+fn deadline_moved(c: &Tx<'_, '_>, lease: &Lease, at: Millis) -> Result<bool, Db> {
+    let moved: Option<bool> = c
+        .prepare_cached(
+            "SELECT deadline_at > ?2 FROM instances \
+             WHERE id = ?1 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress'",
+        )?
+        .query_row(
+            params![lease.instance.as_str(), at, lease.owner, lease.run],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    Ok(moved == Some(true))
+}
+
 /// Runs one op. The outer error aborts the transaction; the inner one is the
 /// op's own answer (lease lost, corrupt row) and commits with the rest.
 fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
@@ -1096,6 +1113,9 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             }
         }
         Op::Finish(lease, finish) => {
+            if finish.status == Status::TimedOut && deadline_moved(c, lease, finish.at)? {
+                return Ok(Err(StoreError::DeadlineMoved(lease.instance.clone())));
+            }
             let may_have_parent = c.leases().end(lease.instance.as_str());
             let done = c.hot().finish.borrow_mut().execute(params![
                 finish.status.as_str(),
