@@ -395,6 +395,18 @@ where
     /// attempt. The n-th use of the same `name` in one run gets key `name#n`.
     /// `name` follows the rule of [`Ctx::step`]: not empty, none of
     /// [`RESERVED_STEP_CHARS`].
+    ///
+    /// # Concurrent branches
+    ///
+    /// The `#n` numbers follow the order in which the calls are made. In
+    /// branches that run at once (`tokio::join!`, `join_all`), two calls of
+    /// one name that come after waits of different length can be made in
+    /// one order on the first run and in the other on a replay, where
+    /// recorded steps return at once: each would then get the other's
+    /// result. Give the steps of each branch names of their own
+    /// (`format!("save-{id}")`), or run the items through [`Ctx::map`],
+    /// [`Ctx::for_each`] or [`Ctx::batch`], which key each by its index.
+    /// The same holds for every `ctx` call that takes a name.
     pub async fn step_with<T, E, F, Fut>(&self, name: &str, opts: StepOptions, f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned + Send,
