@@ -65,18 +65,24 @@ async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Res
     })
 }
 
-static DELIVERY_ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+/// A stand-in for a mail client: the first delivery fails. Handlers get it
+/// from the engine (`.data(..)` below), as they would a database pool.
+#[derive(Default)]
+struct MailServer {
+    attempts: AtomicU32,
+}
 
 /// Send a welcome email; the mail server fails the first attempt.
 #[workflow(name = "sendWelcome")]
 async fn send_welcome(ctx: Ctx, email: String) -> workflow::Result<String> {
+    let mail: &MailServer = ctx.data()?;
     let body: String = ctx
         .step("render", || async {
             Ok::<_, BoxError>(format!("Welcome aboard, {email}!"))
         })
         .await?;
     ctx.step("deliver", || async {
-        if DELIVERY_ATTEMPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+        if mail.attempts.fetch_add(1, Ordering::SeqCst) == 0 {
             return Err("mail server busy".into());
         }
         Ok::<_, BoxError>(body.len())
@@ -97,6 +103,7 @@ async fn main() -> workflow::Result<()> {
     let engine = Engine::builder()
         .register(ProcessOrder)
         .register(SendWelcome)
+        .data(MailServer::default())
         .build()
         .await?;
     let worker = engine.start_worker();

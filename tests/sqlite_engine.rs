@@ -534,3 +534,68 @@ async fn a_timed_out_parent_cancels_the_child_it_waits_for() {
         "{history:?}"
     );
 }
+
+/// What a handler needs from the application (a pool, a client), given
+/// once to the engine and asked for by type.
+struct Prices {
+    per_item: u32,
+    quoted: AtomicU32,
+}
+
+#[workflow(name = "quote")]
+async fn quote(ctx: Ctx, items: u32) -> workflow::Result<u32> {
+    let prices: &Prices = ctx.data()?;
+    ctx.step("price", || async {
+        prices.quoted.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, BoxError>(items * prices.per_item)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn handlers_read_the_engines_data_by_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("data.db").display());
+    let engine = Engine::builder()
+        .database_url(&url)
+        .register(Quote)
+        .data(Prices {
+            per_item: 7,
+            quoted: AtomicU32::new(0),
+        })
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let total = Quote::start(&engine, 3)
+        .await
+        .unwrap()
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(total, 21);
+    let prices = engine.data::<Prices>().expect("given to the builder");
+    assert_eq!(prices.quoted.load(Ordering::SeqCst), 1);
+
+    // An engine not given one (on a file of its own, so that the first
+    // engine's worker cannot take the instance): it fails, naming the type.
+    let bare_url = format!("sqlite://{}", dir.path().join("bare.db").display());
+    let bare = Engine::builder()
+        .database_url(&bare_url)
+        .register(Quote)
+        .build()
+        .await
+        .unwrap();
+    let _worker = bare.start_worker();
+    let err = Quote::start(&bare, 3)
+        .await
+        .unwrap()
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no value of type `sqlite_engine::Prices`"),
+        "{err}"
+    );
+}

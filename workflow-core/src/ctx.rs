@@ -338,6 +338,20 @@ where
         &self.inner.run.tags
     }
 
+    /// The value of type `T` the engine was given with
+    /// [`EngineBuilder::data`](crate::EngineBuilder::data): a database pool,
+    /// an HTTP client, settings. Without one, an [`Error::Config`] that
+    /// names the type: returned with `?`, it fails the instance with that
+    /// message.
+    ///
+    /// ```ignore
+    /// let db: &PgPool = ctx.data()?;
+    /// let order = ctx.step("load", || async { load(db, id).await }).await?;
+    /// ```
+    pub fn data<T: Send + Sync + 'static>(&self) -> Result<&T> {
+        self.inner.run.engine.inner.data.require()
+    }
+
     /// How many times a worker has picked this instance up: 1 on a first run,
     /// more after a crash or restart (steps already recorded are replayed).
     pub fn run_number(&self) -> i64 {

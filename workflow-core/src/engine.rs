@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::ctx::RunShared;
+use crate::data::DataMap;
 use crate::error::Interrupt;
 use crate::error::{Error, Result, StoreError};
 use crate::id::InstanceId;
@@ -139,6 +140,7 @@ pub struct EngineBuilder {
     durability: Durability,
     workflows: Vec<Arc<dyn ErasedWorkflow>>,
     config: Config,
+    data: DataMap,
 }
 
 impl Default for EngineBuilder {
@@ -160,7 +162,33 @@ impl EngineBuilder {
             durability: Durability::default(),
             workflows: Vec::new(),
             config: Config::default(),
+            data: DataMap::default(),
         }
+    }
+
+    /// Hands `value` to every handler of this engine: `ctx.data::<T>()`
+    /// returns it (and [`Engine::data`] outside handlers). For what the
+    /// steps need and the store should not hold: a database pool, an HTTP
+    /// client, settings. One value per type; a second of the same type
+    /// replaces the first. Share mutable things through their own
+    /// synchronisation (`Arc<Mutex<..>>`, a pool).
+    ///
+    /// ```no_run
+    /// # async fn f() -> workflow_core::Result<()> {
+    /// #[derive(Clone)]
+    /// struct Mailer { from: String }
+    ///
+    /// let engine = workflow_core::EngineBuilder::new()
+    ///     .store(workflow_core::MemoryStore::new())
+    ///     .data(Mailer { from: "shop@example.com".into() })
+    ///     .build()
+    ///     .await?;
+    /// assert_eq!(engine.data::<Mailer>().unwrap().from, "shop@example.com");
+    /// # Ok(()) }
+    /// ```
+    pub fn data<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.data.insert(value);
+        self
     }
 
     /// Uses this store.
@@ -454,6 +482,7 @@ impl EngineBuilder {
                 retention: Default::default(),
                 scheduled,
                 clock: self.clock,
+                data: self.data,
             }),
         })
     }
@@ -557,6 +586,8 @@ pub(crate) struct EngineInner {
     pub recorded: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The retention task, while any worker of this engine runs.
     pub retention: std::sync::Mutex<crate::retention::Retainer>,
+    /// What [`EngineBuilder::data`] gave, for handlers.
+    pub data: DataMap,
 }
 
 impl EngineInner {
@@ -581,6 +612,11 @@ impl Engine {
     /// The store behind this engine.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// The value of type `T` given to [`EngineBuilder::data`], if any.
+    pub fn data<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.inner.data.get()
     }
 
     /// The registered workflows, by name, each with the schedule in force

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 mod ctx;
+mod data;
 mod engine;
 mod error;
 mod id;
