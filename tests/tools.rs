@@ -101,6 +101,30 @@ struct Add {
     b: i64,
 }
 
+/// A toolbox collects from an iterator; of two tools with one name the
+/// later one stays, as with `Toolbox::tool`.
+#[tokio::test]
+async fn a_toolbox_collects_tools_and_keeps_the_last_of_a_name() {
+    let engine = Engine::builder()
+        .database_url("memory:")
+        .build()
+        .await
+        .unwrap();
+    let adds = |offset: i64| {
+        Tool::function("add", "Add two numbers", move |x: Add| async move {
+            Ok::<_, BoxError>(x.a + x.b + offset)
+        })
+    };
+    let mut tools: Toolbox = [adds(0), adds(100)].into_iter().collect();
+    tools.extend([Tool::function("neg", "Negate", |x: Add| async move {
+        Ok::<_, BoxError>(-x.a)
+    })]);
+    let names: Vec<&str> = tools.tools().iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["add", "neg"]);
+    let sum = tools.call(&engine, "add", json!({"a": 2, "b": 3})).await;
+    assert_eq!(sum.unwrap(), json!(105));
+}
+
 #[tokio::test]
 async fn toolbox_dispatches_function_tools_with_checked_arguments() {
     let engine = Engine::builder()

@@ -464,6 +464,25 @@ pub struct Toolbox {
     tools: Vec<Tool>,
 }
 
+/// A toolbox of these tools; of two with one name, the later one stays.
+impl FromIterator<Tool> for Toolbox {
+    fn from_iter<I: IntoIterator<Item = Tool>>(tools: I) -> Self {
+        let mut toolbox = Toolbox::new();
+        toolbox.extend(tools);
+        toolbox
+    }
+}
+
+/// Adds each tool as [`Toolbox::tool`] does.
+impl Extend<Tool> for Toolbox {
+    fn extend<I: IntoIterator<Item = Tool>>(&mut self, tools: I) {
+        for tool in tools {
+            self.tools.retain(|t| t.name != tool.name);
+            self.tools.push(tool);
+        }
+    }
+}
+
 impl Toolbox {
     /// An empty toolbox.
     pub fn new() -> Self {
@@ -472,8 +491,7 @@ impl Toolbox {
 
     /// Adds a tool; one with the same name is replaced.
     pub fn tool(mut self, tool: Tool) -> Self {
-        self.tools.retain(|t| t.name != tool.name);
-        self.tools.push(tool);
+        self.extend([tool]);
         self
     }
 
