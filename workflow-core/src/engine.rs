@@ -700,6 +700,7 @@ impl Engine {
         self.check_runnable(W::NAME).await?;
         let now = now_millis();
         let timeout = options.timeout.unwrap_or(W::TIMEOUT);
+        let run_at = crate::store::millis_after(now, options.delay.unwrap_or_default());
         let mut new = Vec::with_capacity(inputs.len());
         for input in inputs {
             let input = json_input::<W>(&input)?;
@@ -710,8 +711,8 @@ impl Engine {
                 tags: options.tags.clone(),
                 key: options.key.clone(),
                 created_at: now,
-                run_at: now,
-                deadline_at: Some(crate::store::millis_after(now, timeout)),
+                run_at,
+                deadline_at: Some(crate::store::millis_after(run_at, timeout)),
                 parent: None,
             });
         }
@@ -733,6 +734,7 @@ impl Engine {
     ) -> Result<(InstanceId, bool)> {
         let now = now_millis();
         let timeout = options.timeout.unwrap_or(default_timeout);
+        let run_at = crate::store::millis_after(now, options.delay.unwrap_or_default());
         let new = NewInstance {
             id: InstanceId::at(now),
             workflow: workflow.to_owned(),
@@ -740,8 +742,8 @@ impl Engine {
             tags: options.tags,
             key: options.key,
             created_at: now,
-            run_at: now,
-            deadline_at: Some(crate::store::millis_after(now, timeout)),
+            run_at,
+            deadline_at: Some(crate::store::millis_after(run_at, timeout)),
             parent: None,
         };
         let created = self.inner.store.create(new, dedup.as_deref()).await?;

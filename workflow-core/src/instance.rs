@@ -31,6 +31,7 @@ pub struct StartOptions {
     pub(crate) key: Option<String>,
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) delay: Option<Duration>,
 }
 
 impl StartOptions {
@@ -52,6 +53,14 @@ impl StartOptions {
     /// Adds a tag.
     pub fn tag(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.tags.insert(name.into(), value.into());
+        self
+    }
+
+    /// Runs the instance no sooner than `delay` from now: it waits as
+    /// `Pending` (a row, no memory, as a sleep does) and a worker picks it
+    /// up once it is due. Its timeout counts from then.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
         self
     }
 

@@ -601,6 +601,36 @@ impl Workflow for Slow {
     }
 }
 
+/// A delayed start waits as `Pending` and runs once due; its timeout
+/// (200 ms for `Slow`) counts from then, not from the start call.
+#[tokio::test]
+async fn a_delayed_start_runs_once_due_with_its_whole_timeout() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let delay = Duration::from_millis(500);
+    let inst = Slow::start_with(&engine, 50, StartOptions::new().delay(delay))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let info = inst.info().await.unwrap();
+    assert_eq!(info.status, Status::Pending);
+    assert_eq!(info.started_at, None);
+    inst.result_timeout(Duration::from_secs(5)).await.unwrap();
+    let info = inst.info().await.unwrap();
+    assert_eq!(info.status, Status::Completed);
+    let waited = info.started_at.unwrap() - info.created_at;
+    assert!(waited >= chrono::Duration::milliseconds(500), "{waited}");
+    // The same for a batch.
+    let batch = Slow::start_many(&engine, vec![10, 20], StartOptions::new().delay(delay))
+        .await
+        .unwrap();
+    for inst in batch {
+        inst.result_timeout(Duration::from_secs(5)).await.unwrap();
+        let info = inst.info().await.unwrap();
+        assert!(info.started_at.unwrap() - info.created_at >= chrono::Duration::milliseconds(500));
+    }
+}
+
 #[tokio::test]
 async fn past_its_deadline_an_instance_times_out() {
     let engine = engine_on(Arc::new(MemoryStore::new())).await;
