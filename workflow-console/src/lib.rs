@@ -76,6 +76,18 @@ pub enum ConsoleError {
     Workflow(#[from] workflow_core::Error),
 }
 
+/// So that `engine.serve_console(addr).await?` works in a function that
+/// returns `workflow::Result`: a server failure (a port in use) becomes
+/// [`Error::Config`](workflow_core::Error::Config) with the same message.
+impl From<ConsoleError> for workflow_core::Error {
+    fn from(err: ConsoleError) -> Self {
+        match err {
+            ConsoleError::Workflow(err) => err,
+            io @ ConsoleError::Io(_) => workflow_core::Error::Config(io.to_string()),
+        }
+    }
+}
+
 /// A console over one engine, to configure and then [`bind`](Console::bind)
 /// or turn into a [`Router`](axum::Router) to mount in an application.
 #[derive(Clone)]
@@ -305,11 +317,21 @@ mod tests {
             .build()
             .await
             .unwrap();
-        let err = Console::new(engine).bind(addr).await.unwrap_err();
+        let err = Console::new(engine.clone()).bind(addr).await.unwrap_err();
         assert!(
             err.to_string()
                 .starts_with(&format!("console server: cannot listen on {addr}: ")),
             "{err}"
+        );
+        // `?` in a function returning the engine's own `Result`.
+        async fn serve(engine: Engine, addr: SocketAddr) -> workflow_core::Result<()> {
+            engine.serve_console(addr).await?;
+            Ok(())
+        }
+        let err = serve(engine, addr).await.unwrap_err();
+        assert!(
+            matches!(&err, workflow_core::Error::Config(m) if m.starts_with("console server: cannot listen")),
+            "{err:?}"
         );
     }
 
