@@ -81,12 +81,20 @@ impl Default for Backoff {
 }
 
 impl StepOptions {
-    /// The default policy with `max_attempts` attempts in all.
-    pub fn retries(max_attempts: u32) -> Self {
+    /// The default policy with `max_attempts` attempts in all: the first
+    /// one and up to `max_attempts - 1` retries (at least one attempt).
+    pub fn attempts(max_attempts: u32) -> Self {
         StepOptions {
             max_attempts: max_attempts.max(1),
             ..Self::default()
         }
+    }
+
+    /// The same as [`StepOptions::attempts`]: `retries(5)` makes up to 5
+    /// attempts in all, as `#[workflow(retries = 5)]` does (not 5 retries
+    /// after the first).
+    pub fn retries(max_attempts: u32) -> Self {
+        Self::attempts(max_attempts)
     }
 
     /// No retry: one attempt.
@@ -213,6 +221,14 @@ mod tests {
             ..StepOptions::default()
         };
         assert!(raw.jittered_delay_after(2) <= raw.max_backoff);
+    }
+
+    #[test]
+    fn attempts_and_retries_both_count_attempts() {
+        assert_eq!(StepOptions::attempts(3).max_attempts, 3);
+        assert_eq!(StepOptions::retries(3).max_attempts, 3);
+        assert_eq!(StepOptions::attempts(0).max_attempts, 1);
+        assert_eq!(StepOptions::no_retry().max_attempts, 1);
     }
 
     #[test]
