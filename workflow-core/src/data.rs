@@ -29,7 +29,8 @@ impl DataMap {
         self.get().ok_or_else(|| {
             Error::Config(format!(
                 "no value of type `{}` was given to the engine: add it with \
-                 `Engine::builder().data(..)`",
+                 `Engine::builder().data(..)` (values are found by their exact type: \
+                 `Arc<T>` and `T` are two types)",
                 std::any::type_name::<T>()
             ))
         })

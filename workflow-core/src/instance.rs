@@ -19,7 +19,8 @@ use crate::workflow::{decode_named, Workflow};
 /// A new deadline for [`Instance::set_timeout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timeout {
-    /// This long from now.
+    /// This long from now (also for an instance whose delayed start is
+    /// still ahead: the deadline may then fall before it starts).
     In(Duration),
     /// At this time.
     At(DateTime<Utc>),
@@ -102,7 +103,8 @@ impl<'a, W: Workflow> GetOrCreate<'a, W> {
         self
     }
 
-    /// Tags and timeout for the instance if one is created (its key is the dedup key).
+    /// Tags, timeout and delay for the instance if one is created (its key
+    /// is the dedup key).
     pub fn options(mut self, options: StartOptions) -> Self {
         self.options = options;
         self

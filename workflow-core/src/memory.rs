@@ -763,7 +763,12 @@ impl Store for MemoryStore {
         if entry.row.status == Status::Paused {
             let paused_for = at - entry.paused_at.take().unwrap_or(at);
             entry.row.status = Status::Pending;
-            entry.row.run_at = at;
+            // A start delayed past now (never run yet) keeps its time.
+            entry.row.run_at = if entry.row.runs == 0 {
+                entry.row.run_at.max(at)
+            } else {
+                at
+            };
             entry.row.deadline_at = entry.row.deadline_at.map(|d| d.saturating_add(paused_for));
             entry.row.updated_at = at;
             entry.interrupted_runs = 0;

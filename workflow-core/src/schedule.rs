@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::id::InstanceId;
 
-/// What a schedule does about ticks that passed while no engine ran.
+/// What a schedule does about ticks that passed while no engine ran (or
+/// while its process was frozen for more than 10 minutes: a laptop asleep,
+/// a paused VM).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CatchUp {

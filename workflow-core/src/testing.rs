@@ -1965,6 +1965,18 @@ async fn pause_and_resume(store: impl Store) {
     let row = store.get(&waiting_id).await.unwrap().unwrap();
     assert_eq!(row.status, Status::Pending);
     assert_eq!(row.run_at, T0 + 61_000);
+    // A start delayed past the resume (never run yet) keeps its time.
+    let mut delayed = new_instance("wf", 50);
+    delayed.run_at = T0 + 500_000;
+    let delayed_id = delayed.id.clone();
+    store.create(delayed, None).await.unwrap();
+    store.pause(&delayed_id, T0 + 1_000).await.unwrap();
+    store.resume(&delayed_id, T0 + 2_000).await.unwrap();
+    let delayed_row = store.get(&delayed_id).await.unwrap().unwrap();
+    assert_eq!(
+        (delayed_row.status, delayed_row.run_at),
+        (Status::Pending, T0 + 500_000)
+    );
     assert_eq!(
         row.deadline_at,
         Some(T0 + 360_000),

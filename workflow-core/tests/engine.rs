@@ -602,15 +602,19 @@ impl Workflow for Slow {
 }
 
 /// A delayed start waits as `Pending` and runs once due; its timeout
-/// (200 ms for `Slow`) counts from then, not from the start call.
+/// counts from then, not from the start call.
 #[tokio::test]
 async fn a_delayed_start_runs_once_due_with_its_whole_timeout() {
     let engine = engine_on(Arc::new(MemoryStore::new())).await;
     let _worker = engine.start_worker();
-    let delay = Duration::from_millis(500);
-    let inst = Slow::start_with(&engine, 50, StartOptions::new().delay(delay))
-        .await
-        .unwrap();
+    let delay = Duration::from_millis(1_000);
+    // Shorter than the delay, with room to spare for a slow pickup.
+    let options = || {
+        StartOptions::new()
+            .delay(delay)
+            .timeout(Duration::from_millis(600))
+    };
+    let inst = Slow::start_with(&engine, 10, options()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let info = inst.info().await.unwrap();
     assert_eq!(info.status, Status::Pending);
@@ -619,15 +623,17 @@ async fn a_delayed_start_runs_once_due_with_its_whole_timeout() {
     let info = inst.info().await.unwrap();
     assert_eq!(info.status, Status::Completed);
     let waited = info.started_at.unwrap() - info.created_at;
-    assert!(waited >= chrono::Duration::milliseconds(500), "{waited}");
+    assert!(waited >= chrono::Duration::milliseconds(1_000), "{waited}");
     // The same for a batch.
-    let batch = Slow::start_many(&engine, vec![10, 20], StartOptions::new().delay(delay))
+    let batch = Slow::start_many(&engine, vec![10, 20], options())
         .await
         .unwrap();
     for inst in batch {
         inst.result_timeout(Duration::from_secs(5)).await.unwrap();
         let info = inst.info().await.unwrap();
-        assert!(info.started_at.unwrap() - info.created_at >= chrono::Duration::milliseconds(500));
+        assert!(
+            info.started_at.unwrap() - info.created_at >= chrono::Duration::milliseconds(1_000)
+        );
     }
 }
 

@@ -966,7 +966,8 @@ impl Db {
             return Ok(control);
         }
         let resumed = sqlx::query(
-            "UPDATE instances SET status = 'pending', run_at = $2, updated_at = $2, \
+            "UPDATE instances SET status = 'pending', \
+                 run_at = CASE WHEN runs = 0 THEN GREATEST($2, run_at) ELSE $2 END, updated_at = $2, \
                  pause_requested = FALSE, \
                  deadline_at = deadline_at + ($2 - COALESCE(paused_at, $2)), paused_at = NULL, \
                  interrupted_runs = 0 \

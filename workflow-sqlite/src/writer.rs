@@ -737,6 +737,14 @@ fn run(
             let tx = open
                 .take()
                 .expect("applied writes have an open transaction");
+            if let Some(why) = flusher.as_ref().and_then(Flusher::refusal) {
+                // An fsync failed while these were applied: none of them is
+                // committed, so none is done that its caller hears failed.
+                drop(tx);
+                rollback(&session);
+                jobs.drain(..).for_each(|job| answer(job, Err(&why)));
+                continue;
+            }
             match commit(&session, tx, last_commit) {
                 Ok(()) => answer_committed(&session, &mut flusher, &mut jobs, rx.is_empty()),
                 Err(err) => redo_alone(&session, &mut flusher, &mut jobs, &err),
@@ -1342,7 +1350,9 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             if control == Control::Applied {
                 let resumed = c
                     .prepare_cached(
-                        "UPDATE instances SET status = 'pending', run_at = ?1, updated_at = ?1, pause_requested = 0, \
+                        "UPDATE instances SET status = 'pending', \
+                             run_at = CASE WHEN runs = 0 THEN MAX(?1, run_at) ELSE ?1 END, \
+                             updated_at = ?1, pause_requested = 0, \
                              deadline_at = deadline_at + (?1 - COALESCE(paused_at, ?1)), paused_at = NULL, \
                              interrupted_runs = 0 \
                          WHERE id = ?2 AND status = 'paused'",
