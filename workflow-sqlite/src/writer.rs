@@ -734,17 +734,17 @@ fn run(
         let disk_free = flusher.as_mut().is_none_or(Flusher::idle);
         if !jobs.is_empty() && (disk_free || closing.is_some() || jobs.len() >= max_batch) {
             last_commit = jobs.len();
-            let tx = open
-                .take()
-                .expect("applied writes have an open transaction");
             if let Some(why) = flusher.as_ref().and_then(Flusher::refusal) {
                 // An fsync failed while these were applied: none of them is
                 // committed, so none is done that its caller hears failed.
-                drop(tx);
+                open = None;
                 rollback(&session);
                 jobs.drain(..).for_each(|job| answer(job, Err(&why)));
                 continue;
             }
+            let tx = open
+                .take()
+                .expect("applied writes have an open transaction");
             match commit(&session, tx, last_commit) {
                 Ok(()) => answer_committed(&session, &mut flusher, &mut jobs, rx.is_empty()),
                 Err(err) => redo_alone(&session, &mut flusher, &mut jobs, &err),
