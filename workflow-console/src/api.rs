@@ -792,6 +792,8 @@ struct StartBody {
     tags: BTreeMap<String, String>,
     /// A deadline like `10m` or `2h`, instead of the workflow's own.
     timeout: Option<String>,
+    /// Start this much later, like `30s` or `1h`.
+    delay: Option<String>,
 }
 
 /// Starts a workflow from JSON input, checked against its recorded input
@@ -813,6 +815,10 @@ async fn start(
         let timeout = parse_timeout(timeout.trim()).map_err(ApiError::bad_request)?;
         options = options.timeout(timeout);
     }
+    if let Some(delay) = body.delay.filter(|d| !d.trim().is_empty()) {
+        let delay = parse_delay(delay.trim()).map_err(ApiError::bad_request)?;
+        options = options.delay(delay);
+    }
     let id = state.engine.start_json(&name, body.input, options).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
 }
@@ -826,6 +832,11 @@ pub(crate) fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
         Ok(_) => Err(format!("timeout `{text}`: must be at least 1ms")),
         Err(err) => Err(format!("timeout `{text}`: {err}")),
     }
+}
+
+/// A start's delay: a humantime duration (`0s` is no delay).
+pub(crate) fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|err| format!("delay `{text}`: {err}"))
 }
 
 #[cfg(test)]

@@ -60,9 +60,13 @@ pub enum Command {
         /// A tag `name=value` (repeat for more).
         #[arg(long = "tag", value_name = "NAME=VALUE")]
         tags: Vec<String>,
-        /// A deadline instead of the workflow's own (`30s`, `10m`, `2h`).
+        /// A deadline instead of the workflow's own (`30s`, `10m`, `2h`),
+        /// counted from the start.
         #[arg(long)]
         timeout: Option<String>,
+        /// Start this much later (`30s`, `1h`); pending until then.
+        #[arg(long)]
+        delay: Option<String>,
     },
     /// Instances, newest first.
     List {
@@ -286,6 +290,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             key,
             tags,
             timeout,
+            delay,
         } => {
             let input = parse_json("input", &input)?;
             let mut options = StartOptions::new();
@@ -300,6 +305,11 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 let timeout = crate::api::parse_timeout(&timeout)
                     .map_err(|why| CliError::Usage(format!("--{why}")))?;
                 options = options.timeout(timeout);
+            }
+            if let Some(delay) = delay {
+                let delay = crate::api::parse_delay(&delay)
+                    .map_err(|why| CliError::Usage(format!("--{why}")))?;
+                options = options.delay(delay);
             }
             let id = match engine.start_json(&name, input, options).await {
                 Err(Error::UnknownWorkflow(name)) => {

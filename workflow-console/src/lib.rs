@@ -23,7 +23,7 @@
 //! | `POST instances/{id}/cancel`, `pause`, `resume`, `rerun` | body `{}` |
 //! | `POST instances/{id}/events` | body `{"name": "approval", "payload": {..}, "key"?}`: `{"already_sent": bool}`; with a `key`, sent at most once per instance and key |
 //! | `GET workflows` | every recorded definition, with its schemas and counts |
-//! | `POST workflows/{name}/start` | body `{"input": {..}, "key"?, "tags"?, "timeout"?: "10m"}`: 201 `{id}`, 422 with the input's violations |
+//! | `POST workflows/{name}/start` | body `{"input": {..}, "key"?, "tags"?, "timeout"?: "10m", "delay"?: "1h"}`: 201 `{id}`, 422 with the input's violations |
 //! | `GET schedules` | next fire, last fire and its instance |
 //!
 //! A POST needs `Content-Type: application/json`; with a token, every call

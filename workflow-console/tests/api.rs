@@ -464,6 +464,32 @@ async fn changes_are_checked_and_applied() {
     assert_eq!(res.status, 404);
     let res = post(&base, "/api/workflows/processOrder/start", json!([1])).await;
     assert_eq!(res.status, 400);
+    // A delayed start waits, pending.
+    let res = post(
+        &base,
+        "/api/workflows/processOrder/start",
+        json!({ "input": { "order_id": "Z-7", "amount_cents": 5 }, "delay": "1h" }),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+    let delayed = InstanceId::from(res.json()["id"].as_str().unwrap());
+    let info = f.engine.instance(&delayed).await.unwrap();
+    assert_eq!((info.status, info.started_at), (Status::Pending, None));
+    let res = post(
+        &base,
+        "/api/workflows/processOrder/start",
+        json!({ "input": { "order_id": "Z-7", "amount_cents": 5 }, "delay": "soon" }),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.body);
+    assert!(
+        res.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("delay `soon`: "),
+        "{}",
+        res.body
+    );
     // A zero timeout would time the instance out before it ran.
     let res = post(
         &base,

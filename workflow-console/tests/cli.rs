@@ -272,6 +272,25 @@ async fn starts_and_steers_for_a_running_engine() {
     let out = cli(url, &["run", "processOrder", "{not json"]).await;
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("not valid JSON"), "{}", out.stderr);
+    // A delayed start is pending until due.
+    let out = cli(
+        url,
+        &[
+            "run",
+            "processOrder",
+            r#"{"order_id": "C-8", "amount_cents": 800}"#,
+            "--delay",
+            "1h",
+            "--json",
+        ],
+    )
+    .await;
+    let id = json(&out)["id"].as_str().unwrap().to_owned();
+    let info = json(&cli(url, &["show", &id, "--json"]).await);
+    assert_eq!(info["instance"]["status"], "pending", "{info}");
+    let out = cli(url, &["run", "processOrder", "{}", "--delay", "soon"]).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--delay `soon`"), "{}", out.stderr);
     // A workflow whose input is `()` needs none on the command line.
     let info = json(&cli(url, &["run", "nightlyCleanup", "--wait", "--json"]).await);
     assert_eq!(info["status"], "completed");
