@@ -89,6 +89,10 @@ pub(crate) struct RunShared {
     /// by side (`ctx.map`) may all have been backing off, and the
     /// suspension kept only the first one's count.
     failed_attempts: tokio::sync::OnceCell<HashMap<String, u32>>,
+    /// Steps of this run with failed attempts that have not ended: a
+    /// suspension for another reason (a sleep beside them) names one, so
+    /// that the next run reads their counts instead of starting at zero.
+    retrying: Mutex<HashMap<String, u32>>,
     /// Waits longer than this suspend the instance instead of sleeping in memory.
     pub suspend_after: std::time::Duration,
     /// The engine, to start children and wake workers.
@@ -150,6 +154,7 @@ impl RunShared {
             pause_changes: Mutex::new(0),
             retry: row.retry.clone(),
             failed_attempts: tokio::sync::OnceCell::new(),
+            retrying: Mutex::new(HashMap::new()),
             suspend_after: engine.inner.config.suspend_after,
             engine,
             stop: CancellationToken::new(),
@@ -473,6 +478,11 @@ where
             let started_at = now_millis();
             // After a suspension for a long backoff, count on from the attempts made.
             let mut attempt = run.failed_attempts(&key).await;
+            // Whether `retrying` names this step (a lock per step otherwise).
+            let mut noted = attempt > 0;
+            if noted {
+                lock(&run.retrying).insert(key.clone(), attempt);
+            }
             loop {
                 // The count comes from the store: a corrupt one must not overflow.
                 attempt = attempt.saturating_add(1);
@@ -496,6 +506,9 @@ where
                             finished_at: now_millis(),
                         };
                         self.commit(step).await?;
+                        if noted {
+                            lock(&run.retrying).remove(&key);
+                        }
                         tracing::debug!(attempts = attempt, "step recorded");
                         return Ok(replayed);
                     }
@@ -521,6 +534,9 @@ where
                         finished_at: now_millis(),
                     };
                     self.commit(step.clone()).await?;
+                    if noted {
+                        lock(&run.retrying).remove(&key);
+                    }
                     return self.replay(step);
                 }
                 let delay = opts.jittered_delay_after(attempt);
@@ -529,6 +545,8 @@ where
                     .record_attempt(&run.lease, &key, attempt, &message, now_millis())
                     .await
                     .map_err(|e| self.store_error(e))?;
+                lock(&run.retrying).insert(key.clone(), attempt);
+                noted = true;
                 if delay > run.suspend_after {
                     let at = now_millis();
                     return Err(self.suspend(crate::store::Suspend {
@@ -557,6 +575,13 @@ where
     /// (never later than its deadline). Returns the error to hand the caller.
     pub(crate) fn suspend(&self, mut suspend: crate::store::Suspend) -> Error {
         let run = &self.inner.run;
+        if suspend.retry.is_none() {
+            // Any one will do: the next run reads every count from the history.
+            suspend.retry = lock(&run.retrying)
+                .iter()
+                .next()
+                .map(|(key, failed)| (key.clone(), *failed));
+        }
         if let Some(deadline) = *run.deadline.borrow() {
             suspend.run_at = suspend.run_at.min(deadline);
         }

@@ -232,6 +232,35 @@ impl Workflow for FlakyFan {
     }
 }
 
+static BESIDE_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// A step that keeps failing (short backoffs, in memory) beside a sleep
+/// that suspends the instance while the step is between attempts.
+struct FailsBesideSleep;
+
+impl Workflow for FailsBesideSleep {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "failsBesideSleep";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        let opts = StepOptions::attempts(3).backoff(
+            Duration::from_millis(20),
+            1.0,
+            Duration::from_millis(20),
+        );
+        let failing = ctx.step_with("flaky", opts, || async {
+            BESIDE_CALLS.fetch_add(1, Ordering::SeqCst);
+            Err::<(), BoxError>("service down".into())
+        });
+        let (failed, slept) = tokio::join!(failing, ctx.sleep("nap", Duration::from_millis(100)));
+        slept?;
+        failed?;
+        Ok(())
+    }
+}
+
 async fn engine(store: Arc<dyn Store>) -> Engine {
     EngineBuilder::new()
         .shared_store(store)
@@ -244,6 +273,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(Parent)
         .register(Fan)
         .register(FlakyFan)
+        .register(FailsBesideSleep)
         .poll_interval(Duration::from_millis(10))
         .suspend_after(Duration::from_millis(50))
         .build()
@@ -252,6 +282,20 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
 }
 
 const LIMIT: Duration = Duration::from_secs(10);
+
+/// A sleep that suspends the instance while a step beside it is between
+/// attempts keeps that step's count: three attempts in all, across runs.
+/// Before, the suspension forgot it, and the next run started from one.
+#[tokio::test]
+async fn a_suspension_beside_a_retrying_step_keeps_its_attempts() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = FailsBesideSleep::start(&engine, ()).await.unwrap();
+    let err = inst.result_timeout(LIMIT).await.unwrap_err();
+    assert!(err.to_string().contains("service down"), "{err}");
+    assert!(inst.info().await.unwrap().runs >= 2, "it was suspended");
+    assert_eq!(BESIDE_CALLS.load(Ordering::SeqCst), 3);
+}
 
 #[tokio::test]
 async fn a_long_sleep_suspends_and_frees_the_worker() {
