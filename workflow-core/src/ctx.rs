@@ -349,9 +349,15 @@ where
     /// names the type: returned with `?`, it fails the instance with that
     /// message.
     ///
-    /// ```ignore
-    /// let db: &PgPool = ctx.data()?;
-    /// let order = ctx.step("load", || async { load(db, id).await }).await?;
+    /// ```no_run
+    /// # use workflow_core::{BoxError, Ctx};
+    /// # struct Db;
+    /// # impl Db { async fn load(&self, id: u64) -> Result<String, BoxError> { Ok(id.to_string()) } }
+    /// async fn handler(ctx: Ctx, id: u64) -> Result<String, BoxError> {
+    ///     let db: &Db = ctx.data()?;
+    ///     let order = ctx.step("load", || db.load(id)).await?;
+    ///     Ok(order)
+    /// }
     /// ```
     pub fn data<T: Send + Sync + 'static>(&self) -> Result<&T> {
         self.inner.run.engine.inner.data.require()
