@@ -599,3 +599,27 @@ async fn handlers_read_the_engines_data_by_type() {
         "{err}"
     );
 }
+
+/// An instance started by name is awaited by id: `Engine::wait` returns it
+/// as it ended; `wait_timeout` gives up with `WaitTimeout` and leaves it.
+#[tokio::test]
+async fn instances_started_by_name_are_awaited_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let input = serde_json::json!({"order_id": "W-1", "items": 2});
+    let id = engine
+        .start_json("processOrder", input.clone(), StartOptions::new())
+        .await
+        .unwrap();
+    // No worker yet: the wait gives up, the instance is still pending.
+    let err = engine
+        .wait_timeout(&id, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, workflow::Error::WaitTimeout { .. }), "{err:?}");
+    assert_eq!(engine.instance(&id).await.unwrap().status, Status::Pending);
+    let _worker = engine.start_worker();
+    let info = engine.wait(&id).await.unwrap();
+    assert_eq!(info.status, Status::Completed);
+    assert_eq!(info.output.unwrap()["status"], "completed W-1");
+}

@@ -6,14 +6,11 @@
 //! aligned tables for people, or JSON with `--json` for scripts.
 
 use std::io::{self, Write};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use workflow_core::{
-    Definition, Engine, Error, EventSent, InstanceId, InstanceInfo, StartOptions, Status,
-};
+use workflow_core::{Definition, Engine, Error, EventSent, InstanceId, StartOptions, Status};
 
 use crate::api::{build_query, ListParams, RerunError};
 
@@ -329,7 +326,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 writeln!(out, "started {name} {id}; waiting for it to end")?;
                 out.flush()?;
             }
-            let info = wait_terminal(&engine, &id).await?;
+            let info = engine.wait(&id).await?;
             if json {
                 print_json(out, &serde_json::to_value(&info).unwrap_or(Value::Null))?;
             } else {
@@ -741,18 +738,6 @@ async fn show(
 
 /// Polls until the instance ends: 50 ms growing to 1 s between looks, as
 /// the instance may run in another process.
-async fn wait_terminal(engine: &Engine, id: &InstanceId) -> Result<InstanceInfo, Error> {
-    let mut poll = Duration::from_millis(50);
-    loop {
-        let info = engine.instance(id).await?;
-        if info.status.is_terminal() {
-            return Ok(info);
-        }
-        tokio::time::sleep(poll).await;
-        poll = (poll * 2).min(Duration::from_secs(1));
-    }
-}
-
 fn done(
     out: &mut (dyn Write + Send),
     json: bool,

@@ -1038,6 +1038,23 @@ impl Engine {
         Ok(InstanceInfo::try_from(self.row(id).await?)?)
     }
 
+    /// Waits until instance `id` ends (any terminal status) and returns it
+    /// as it ended: the untyped counterpart of [`Instance::result`], for
+    /// instances started by name ([`Engine::start_json`]) or by another
+    /// process. It hears of ends in this process at once and polls the
+    /// store for others (every 10 ms at first, backing off to 500 ms).
+    pub async fn wait(&self, id: &InstanceId) -> Result<InstanceInfo> {
+        Ok(InstanceInfo::try_from(self.wait_terminal(id, None).await?)?)
+    }
+
+    /// [`Engine::wait`], giving up after `limit` with
+    /// [`Error::WaitTimeout`] (the instance runs on).
+    pub async fn wait_timeout(&self, id: &InstanceId, limit: Duration) -> Result<InstanceInfo> {
+        Ok(InstanceInfo::try_from(
+            self.wait_terminal(id, Some(limit)).await?,
+        )?)
+    }
+
     /// A page of instances matching `query`, newest first. A row damaged
     /// outside the engine does not fail the page: it is named in
     /// [`Page::unreadable`], and the paging goes on past it.
