@@ -108,10 +108,16 @@ fn explain(parser: &CronParser, expr: &str, err: croner::errors::CronError) -> S
             .collect();
         if let Err(field_err) = parser.parse(&alone.join(" ")) {
             let (name, allowed) = names[i];
+            // croner rewrites names (`MON` to `1`) before it parses, so its
+            // words about a field with letters quote text nobody wrote.
+            let detail = if field.chars().any(|c| c.is_ascii_alphabetic()) {
+                String::new()
+            } else {
+                format!(" ({})", croner(field_err))
+            };
             return format!(
-                "the {name} field `{field}` is out of range or malformed ({}); \
-                 it allows {allowed}, combined with `*`, `,`, `-` and `/`",
-                croner(field_err)
+                "the {name} field `{field}` is out of range or malformed{detail}; \
+                 it allows {allowed}, combined with `*`, `,`, `-` and `/`"
             );
         }
     }
@@ -157,6 +163,12 @@ mod tests {
         assert!(err.starts_with("the month field `13`"), "{err}");
         let err = parse("0 0 * * FUNDAY").unwrap_err();
         assert!(err.starts_with("the day-of-week field"), "{err}");
+        // croner's own words would quote its rewrite (`1-FRY`), not the field.
+        assert_eq!(
+            parse("0 9 * * MON-FRY").unwrap_err(),
+            "the day-of-week field `MON-FRY` is out of range or malformed; it allows \
+             0-7, SUN-SAT, L, #, combined with `*`, `,`, `-` and `/`"
+        );
     }
 
     #[test]
