@@ -616,7 +616,10 @@ async fn instances_started_by_name_are_awaited_by_id() {
         .wait_timeout(&id, Duration::from_millis(100))
         .await
         .unwrap_err();
-    assert!(matches!(err, workflow::Error::WaitTimeout { .. }), "{err:?}");
+    assert!(
+        matches!(err, workflow::Error::WaitTimeout { .. }),
+        "{err:?}"
+    );
     assert_eq!(engine.instance(&id).await.unwrap().status, Status::Pending);
     let _worker = engine.start_worker();
     let info = engine.wait(&id).await.unwrap();

@@ -383,7 +383,8 @@ pub struct InstanceInfo {
     pub finished_at: Option<DateTime<Utc>>,
     /// Deadline.
     pub deadline_at: Option<DateTime<Utc>>,
-    /// How many times a worker picked it up.
+    /// How many times a worker picked it up: one more after each suspension
+    /// (sleep, event wait, long backoff, pause) and each crash or restart.
     pub runs: i64,
 }
 

@@ -105,7 +105,7 @@ pub trait Workflow: Send + Sync + Sized + 'static {
         engine.start::<Self>(input, options)
     }
 
-    /// Returns the instance with this dedup key that is still active
+    /// Returns the instance of this workflow with this dedup key that is still active
     /// (`Pending`, `InProgress`, `Listening` or `Paused`; change with
     /// `.statuses(..)`), or starts a new one. Atomic: concurrent callers with
     /// one key get one instance.
