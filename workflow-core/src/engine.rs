@@ -103,7 +103,7 @@ impl Default for Config {
             poll_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(10),
             step_options: StepOptions::default(),
-            suspend_after: Duration::from_millis(250),
+            suspend_after: Duration::from_millis(300),
             max_interrupted_runs: Some(20),
             retention: None,
         }
@@ -325,8 +325,10 @@ impl EngineBuilder {
 
     /// Waits (sleeps, retry backoffs) longer than this suspend the instance
     /// (its handler is dropped, its worker slot freed, it replays when due);
-    /// shorter ones sleep in memory, holding their slot. Default 250 ms:
-    /// longer in-memory naps would let sleepers crowd out due work.
+    /// shorter ones sleep in memory, holding their slot. Default 300 ms:
+    /// longer in-memory naps would let sleepers crowd out due work, and the
+    /// default retry's first wait (272 ms) still stays in memory instead of
+    /// costing a replay; its later waits (0.74 s, 2 s, 5 s) suspend.
     pub fn suspend_after(mut self, threshold: Duration) -> Self {
         self.config.suspend_after = threshold;
         self
