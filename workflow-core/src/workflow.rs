@@ -178,10 +178,16 @@ pub(crate) fn decode_named<T: DeserializeOwned>(json: &str) -> std::result::Resu
     let de = &mut serde_json::Deserializer::from_str(json);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
+        let inner = err.into_inner();
+        // The position is in JSON the engine wrote, not the caller: the
+        // path names the spot.
+        let message = inner.to_string();
+        let position = format!(" at line {} column {}", inner.line(), inner.column());
+        let message = message.strip_suffix(&position).unwrap_or(&message);
         if path == "." {
-            err.into_inner().to_string()
+            message.to_owned()
         } else {
-            format!("{path}: {}", err.into_inner())
+            format!("{path}: {message}")
         }
     })
 }
