@@ -30,9 +30,10 @@
 //!     .register(ProcessOrder)
 //!     .build()
 //!     .await?;
-//! let _worker = engine.start_worker();
+//! let worker = engine.start_worker();
 //! let order = ProcessOrder::start(&engine, OrderInput { order_id: "12345".into() }).await?;
 //! println!("{}", order.result().await?.status);
+//! worker.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!

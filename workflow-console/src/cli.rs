@@ -736,8 +736,6 @@ async fn show(
     Ok(0)
 }
 
-/// Polls until the instance ends: 50 ms growing to 1 s between looks, as
-/// the instance may run in another process.
 fn done(
     out: &mut (dyn Write + Send),
     json: bool,

@@ -364,8 +364,8 @@ where
     }
 
     /// How many times a worker has picked this instance up: 1 on a first run,
-    /// one more after each suspension (a long sleep, an event wait, a long
-    /// retry backoff, a pause) and after each crash or restart; recorded
+    /// one more after each suspension (a long sleep, an event or child wait,
+    /// a long retry backoff, a pause) and after each crash or restart; recorded
     /// steps are replayed.
     pub fn run_number(&self) -> i64 {
         self.inner.run.lease.run

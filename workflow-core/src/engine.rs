@@ -1043,8 +1043,10 @@ impl Engine {
     /// Waits until instance `id` ends (any terminal status) and returns it
     /// as it ended: the untyped counterpart of [`Instance::result`], for
     /// instances started by name ([`Engine::start_json`]) or by another
-    /// process. It hears of ends in this process at once and polls the
-    /// store for others (every 10 ms at first, backing off to 500 ms).
+    /// process. It wakes when a run of this process settles and otherwise
+    /// polls the store (every 10 ms at first, backing off to 500 ms). An
+    /// unknown (or purged) id is [`Error::NotFound`] at once; a row that
+    /// cannot be read is an [`Error::Store`].
     pub async fn wait(&self, id: &InstanceId) -> Result<InstanceInfo> {
         Ok(InstanceInfo::try_from(self.wait_terminal(id, None).await?)?)
     }

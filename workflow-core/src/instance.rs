@@ -384,7 +384,8 @@ pub struct InstanceInfo {
     /// Deadline.
     pub deadline_at: Option<DateTime<Utc>>,
     /// How many times a worker picked it up: one more after each suspension
-    /// (sleep, event wait, long backoff, pause) and each crash or restart.
+    /// (sleep, event or child wait, long backoff, pause) and each crash or
+    /// restart.
     pub runs: i64,
 }
 

@@ -179,11 +179,17 @@ pub(crate) fn decode_named<T: DeserializeOwned>(json: &str) -> std::result::Resu
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        // The position is in JSON the engine wrote, not the caller: the
-        // path names the spot.
         let message = inner.to_string();
+        // A value of the wrong shape: the path names the spot, and a
+        // position would point into JSON the engine wrote. Broken JSON (a
+        // row damaged outside the engine) keeps its position.
         let position = format!(" at line {} column {}", inner.line(), inner.column());
-        let message = message.strip_suffix(&position).unwrap_or(&message);
+        let message = match inner.classify() {
+            serde_json::error::Category::Data => {
+                message.strip_suffix(&position).unwrap_or(&message)
+            }
+            _ => &message,
+        };
         if path == "." {
             message.to_owned()
         } else {
@@ -329,6 +335,25 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Shape {
+        #[allow(dead_code)]
+        approved: bool,
+    }
+
+    /// A wrong shape is named by its path alone; broken JSON (damaged
+    /// outside the engine) keeps serde_json's position.
+    #[test]
+    fn decode_errors_name_the_path_and_keep_positions_of_broken_json() {
+        let wrong = decode_named::<Shape>(r#"{"approved": "yes"}"#).unwrap_err();
+        assert_eq!(
+            wrong,
+            r#"approved: invalid type: string "yes", expected a boolean"#
+        );
+        let broken = decode_named::<Shape>(r#"{"approved": tr"#).unwrap_err();
+        assert!(broken.contains("at line 1 column"), "{broken}");
+    }
 
     struct Plain;
     impl Workflow for Plain {

@@ -82,6 +82,16 @@ const CRON_FORMAT: &str = "write 5 fields, `minute hour day-of-month month day-o
      or 6 with `second` first, e.g. \"0 9 * * MON-FRI\", or a nickname: \
      @hourly, @daily, @weekly, @monthly, @yearly";
 
+/// Whether `field` holds a month or day name, which croner rewrites.
+fn has_name(field: &str) -> bool {
+    const NAMES: [&str; 19] = [
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC", "SUN",
+        "MON", "TUE", "WED", "THU", "FRI", "SAT",
+    ];
+    let upper = field.to_ascii_uppercase();
+    NAMES.iter().any(|name| upper.contains(name))
+}
+
 fn explain(parser: &CronParser, expr: &str, err: croner::errors::CronError) -> String {
     const FIELDS: [(&str, &str); 6] = [
         ("second", "0-59"),
@@ -109,8 +119,8 @@ fn explain(parser: &CronParser, expr: &str, err: croner::errors::CronError) -> S
         if let Err(field_err) = parser.parse(&alone.join(" ")) {
             let (name, allowed) = names[i];
             // croner rewrites names (`MON` to `1`) before it parses, so its
-            // words about a field with letters quote text nobody wrote.
-            let detail = if field.chars().any(|c| c.is_ascii_alphabetic()) {
+            // words about a field with a name quote text nobody wrote.
+            let detail = if has_name(field) {
                 String::new()
             } else {
                 format!(" ({})", croner(field_err))
