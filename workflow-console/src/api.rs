@@ -805,20 +805,14 @@ async fn start(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body: StartBody = parse_body(&body)?;
     let mut options = StartOptions::new();
-    if let Some(key) = body.key.filter(|k| !k.trim().is_empty()) {
-        options = options.key(key.trim());
+    if let Some(key) = given(&body.key) {
+        options = options.key(key);
     }
     for (k, v) in body.tags {
         options = options.tag(k, v);
     }
-    if let Some(timeout) = body.timeout.filter(|t| !t.trim().is_empty()) {
-        let timeout = parse_timeout(timeout.trim()).map_err(ApiError::bad_request)?;
-        options = options.timeout(timeout);
-    }
-    if let Some(delay) = body.delay.filter(|d| !d.trim().is_empty()) {
-        let delay = parse_delay(delay.trim()).map_err(ApiError::bad_request)?;
-        options = options.delay(delay);
-    }
+    let options = with_timing(options, given(&body.timeout), given(&body.delay))
+        .map_err(ApiError::bad_request)?;
     let id = state.engine.start_json(&name, body.input, options).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
 }
@@ -826,7 +820,7 @@ async fn start(
 /// A start's timeout, as `#[workflow(timeout = ..)]` takes it: a humantime
 /// duration of at least 1 ms (a zero one would time the instance out
 /// before it ran).
-pub(crate) fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
     match humantime::parse_duration(text) {
         Ok(timeout) if timeout >= std::time::Duration::from_millis(1) => Ok(timeout),
         Ok(_) => Err(format!("timeout `{text}`: must be at least 1ms")),
@@ -835,8 +829,29 @@ pub(crate) fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
 }
 
 /// A start's delay: a humantime duration (`0s` is no delay).
-pub(crate) fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
+fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|err| format!("delay `{text}`: {err}"))
+}
+
+/// A text field of a body, unless left blank.
+fn given(text: &Option<String>) -> Option<&str> {
+    text.as_deref().map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// Shared by the API and the CLI: `options` with a start's timeout and
+/// delay as written (`10m`, `1h`), or why one does not parse.
+pub(crate) fn with_timing(
+    mut options: StartOptions,
+    timeout: Option<&str>,
+    delay: Option<&str>,
+) -> Result<StartOptions, String> {
+    if let Some(timeout) = timeout {
+        options = options.timeout(parse_timeout(timeout)?);
+    }
+    if let Some(delay) = delay {
+        options = options.delay(parse_delay(delay)?);
+    }
+    Ok(options)
 }
 
 #[cfg(test)]

@@ -298,16 +298,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 let (k, v) = split_tag(&tag)?;
                 options = options.tag(k, v);
             }
-            if let Some(timeout) = timeout {
-                let timeout = crate::api::parse_timeout(&timeout)
-                    .map_err(|why| CliError::Usage(format!("--{why}")))?;
-                options = options.timeout(timeout);
-            }
-            if let Some(delay) = delay {
-                let delay = crate::api::parse_delay(&delay)
-                    .map_err(|why| CliError::Usage(format!("--{why}")))?;
-                options = options.delay(delay);
-            }
+            let options = crate::api::with_timing(options, timeout.as_deref(), delay.as_deref())
+                .map_err(|why| CliError::Usage(format!("--{why}")))?;
             let id = match engine.start_json(&name, input, options).await {
                 Err(Error::UnknownWorkflow(name)) => {
                     return Err(unknown_workflow(name, engine.definitions().await?))

@@ -701,8 +701,7 @@ impl Engine {
     ) -> Result<Vec<Instance<W>>> {
         self.check_runnable(W::NAME).await?;
         let now = now_millis();
-        let timeout = options.timeout.unwrap_or(W::TIMEOUT);
-        let run_at = crate::store::millis_after(now, options.delay.unwrap_or_default());
+        let (run_at, deadline_at) = options.due(now, W::TIMEOUT);
         let mut new = Vec::with_capacity(inputs.len());
         for input in inputs {
             let input = json_input::<W>(&input)?;
@@ -714,7 +713,7 @@ impl Engine {
                 key: options.key.clone(),
                 created_at: now,
                 run_at,
-                deadline_at: Some(crate::store::millis_after(run_at, timeout)),
+                deadline_at: Some(deadline_at),
                 parent: None,
             });
         }
@@ -735,8 +734,7 @@ impl Engine {
         dedup: Option<Vec<Status>>,
     ) -> Result<(InstanceId, bool)> {
         let now = now_millis();
-        let timeout = options.timeout.unwrap_or(default_timeout);
-        let run_at = crate::store::millis_after(now, options.delay.unwrap_or_default());
+        let (run_at, deadline_at) = options.due(now, default_timeout);
         let new = NewInstance {
             id: InstanceId::at(now),
             workflow: workflow.to_owned(),
@@ -745,7 +743,7 @@ impl Engine {
             key: options.key,
             created_at: now,
             run_at,
-            deadline_at: Some(crate::store::millis_after(run_at, timeout)),
+            deadline_at: Some(deadline_at),
             parent: None,
         };
         let created = self.inner.store.create(new, dedup.as_deref()).await?;

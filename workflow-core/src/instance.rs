@@ -72,6 +72,18 @@ impl StartOptions {
         self.timeout = Some(timeout);
         self
     }
+
+    /// When an instance started `now` is due, and its deadline: the delay
+    /// first, then the timeout (this one's, or `default`) from there.
+    pub(crate) fn due(
+        &self,
+        now: crate::store::Millis,
+        default: Duration,
+    ) -> (crate::store::Millis, crate::store::Millis) {
+        let run_at = crate::store::millis_after(now, self.delay.unwrap_or_default());
+        let timeout = self.timeout.unwrap_or(default);
+        (run_at, crate::store::millis_after(run_at, timeout))
+    }
 }
 
 /// The future of [`Workflow::get_or_create`]; `.statuses(..)` narrows or

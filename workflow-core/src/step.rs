@@ -187,16 +187,7 @@ pub fn permanent(err: impl Into<BoxError>) -> BoxError {
     Box::new(NonRetryable::new(err))
 }
 
-/// The text of a caught panic payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    }
-}
+pub(crate) use crate::store::panic_message;
 
 /// A random number in `[0, 1)`.
 pub(crate) fn random_unit() -> f64 {

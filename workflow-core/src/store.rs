@@ -54,6 +54,18 @@ pub fn format_millis(ms: Millis) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// The message a panic carries (its `&str` or `String` payload), for a
+/// store that catches one rather than lose its thread.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
 /// The last `last` of `rows` and how many there were: what
 /// [`Store::steps_tail`] and [`Store::history_tail`] return, for a store
 /// that reads every row.

@@ -82,14 +82,11 @@ const CRON_FORMAT: &str = "write 5 fields, `minute hour day-of-month month day-o
      or 6 with `second` first, e.g. \"0 9 * * MON-FRI\", or a nickname: \
      @hourly, @daily, @weekly, @monthly, @yearly";
 
-/// Whether `field` holds a month or day name, which croner rewrites.
+/// Whether `field` holds a month or day name, which croner rewrites
+/// wherever it stands (as [`misplaced_name`] explains).
 fn has_name(field: &str) -> bool {
-    const NAMES: [&str; 19] = [
-        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC", "SUN",
-        "MON", "TUE", "WED", "THU", "FRI", "SAT",
-    ];
     let upper = field.to_ascii_uppercase();
-    NAMES.iter().any(|name| upper.contains(name))
+    MONTHS.iter().chain(&DAYS).any(|name| upper.contains(name))
 }
 
 fn explain(parser: &CronParser, expr: &str, err: croner::errors::CronError) -> String {

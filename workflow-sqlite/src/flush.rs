@@ -139,9 +139,10 @@ impl Flusher {
         })
     }
 
-    /// Why writes are refused, once an fsync has failed: the writer answers
-    /// them with it instead of applying them, so that a caller told "failed"
-    /// never finds its write done after a restart.
+    /// Why writes are refused, once an fsync has failed: the writer rolls
+    /// them back and answers them with it instead of committing them, so
+    /// that a caller told "failed" never finds its write done after a
+    /// restart.
     pub(crate) fn refusal(&self) -> Option<String> {
         self.broken.refusal()
     }

@@ -735,8 +735,8 @@ fn run(
         if !jobs.is_empty() && (disk_free || closing.is_some() || jobs.len() >= max_batch) {
             last_commit = jobs.len();
             if let Some(why) = flusher.as_ref().and_then(Flusher::refusal) {
-                // An fsync failed while these were applied: none of them is
-                // committed, so none is done that its caller hears failed.
+                // An fsync has failed: nothing is committed from then on,
+                // so no caller hears "failed" of a write that is done.
                 open = None;
                 rollback(&session);
                 jobs.drain(..).for_each(|job| answer(job, Err(&why)));
@@ -765,17 +765,13 @@ fn run(
         loop {
             match next {
                 Some(Msg::Job(job)) => {
-                    if let Some(why) = flusher.as_ref().and_then(Flusher::refusal) {
-                        answer(*job, Err(&why));
-                    } else {
-                        jobs.push(*job);
-                        let job = jobs.last_mut().expect("just pushed");
-                        if let Err(err) = apply_open(&session, &mut open, job) {
-                            if open.take().is_some() {
-                                rollback(&session);
-                            }
-                            redo_alone(&session, &mut flusher, &mut jobs, &err);
+                    jobs.push(*job);
+                    let job = jobs.last_mut().expect("just pushed");
+                    if let Err(err) = apply_open(&session, &mut open, job) {
+                        if open.take().is_some() {
+                            rollback(&session);
                         }
+                        redo_alone(&session, &mut flusher, &mut jobs, &err);
                     }
                 }
                 Some(Msg::Synced) => {}
@@ -824,6 +820,11 @@ fn apply_open<'s, 'c>(
 /// One write broke the open transaction (already rolled back): redo each
 /// of its writes in a transaction of its own, so none fails its neighbours.
 fn redo_alone(session: &Session<'_>, flusher: &mut Option<Flusher>, jobs: &mut Vec<Job>, err: &Db) {
+    if let Some(why) = flusher.as_ref().and_then(Flusher::refusal) {
+        // As at a commit: after a failed fsync nothing is committed.
+        jobs.drain(..).for_each(|job| answer(job, Err(&why)));
+        return;
+    }
     if jobs.len() > 1 {
         tracing::warn!(error = %err, writes = jobs.len(), "group commit failed; retrying writes one by one");
     }
@@ -1062,11 +1063,7 @@ fn apply(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
     // back the open transaction, and the redo fails that write alone.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply_op(c, op))).unwrap_or_else(
         |panic| {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned());
+            let why = workflow_core::store::panic_message(&*panic);
             tracing::error!(panic = %why, "a write panicked in the SQLite writer");
             Err(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
