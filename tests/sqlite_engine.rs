@@ -117,7 +117,15 @@ async fn macro_workflow_runs_on_sqlite_with_state_and_history() {
     assert_eq!(info.state.unwrap()["processed"], 3);
     assert!(info.deadline_at.unwrap() > info.created_at);
     let history = inst.history().await.unwrap();
-    assert_eq!(history.first().unwrap().kind, "created");
+    assert_eq!(
+        history.first().unwrap().kind,
+        workflow::HistoryKind::Created
+    );
+    assert_eq!(
+        history.last().unwrap().kind,
+        workflow::HistoryKind::Ended(Status::Completed)
+    );
+    // The kind also compares with, and serializes as, its stored name.
     assert_eq!(history.last().unwrap().kind, "completed");
     assert_eq!(
         history
@@ -404,11 +412,14 @@ fn history_gaps(history: &[workflow::HistoryEvent]) -> (Vec<u32>, Vec<Duration>)
     let events: Vec<_> = history
         .iter()
         .filter(|e| e.step.as_deref() == Some("call"))
-        .filter(|e| ["attempt_failed", "step_completed", "step_failed"].contains(&&*e.kind))
+        .filter(|e| {
+            use workflow::HistoryKind::*;
+            matches!(e.kind, AttemptFailed | StepCompleted | StepFailed)
+        })
         .collect();
     let failed = events
         .iter()
-        .filter(|e| e.kind == "attempt_failed")
+        .filter(|e| e.kind == workflow::HistoryKind::AttemptFailed)
         .filter_map(|e| e.attempt)
         .collect();
     let gaps = events

@@ -157,6 +157,36 @@ function ago(iso) {
   return fmtDur(diff) + " ago";
 }
 
+/**
+ * What a waiting instance waits for, and until when: "due in 3h" (a sleep or
+ * a delayed start), "queued", "event approved · gives up in 2h", "retry of
+ * charge in 5m". Null for an instance that is not waiting. A child's id is
+ * a link when `link` is set.
+ */
+function waiting(it, link) {
+  const w = it.waiting_for;
+  const ahead = it.due_at && new Date(it.due_at).getTime() > Date.now();
+  const due = ahead ? ago(it.due_at) : null;
+  if (it.status === "pending") {
+    if (w && w.kind === "retry") return "retry of " + w.step + (due ? " " + due : "");
+    return due ? "due " + due : "queued";
+  }
+  if (it.status !== "listening") return null;
+  const until = due ? " · gives up " + due : "";
+  if (!w) return "waiting" + until;
+  if (w.kind === "event") return ["event ", h("span", { class: "mono" }, w.name), until];
+  if (w.kind === "child") {
+    const child = link ? h("a", { class: "mono", href: "#/instances/" + encodeURIComponent(w.id) }, w.id) : null;
+    return ["child ", child, until];
+  }
+  return w.kind + until;
+}
+
+function waitingSub(it) {
+  const text = waiting(it, false);
+  return text ? h("span", { class: "sub nowrap", "data-testid": "waiting" }, text) : null;
+}
+
 function span(a, b) {
   if (!a) return null;
   const end = b ? new Date(b).getTime() : Date.now();
@@ -442,7 +472,7 @@ function listView(params) {
         class: "click", "data-id": it.id, "data-status": it.status,
         onclick: (e) => { if (!e.target.closest("a")) location.hash = "#/instances/" + encodeURIComponent(it.id); },
       },
-        h("td", {}, badge(it.status)),
+        h("td", {}, badge(it.status), waitingSub(it)),
         h("td", {}, h("a", { class: "mono", href: "#/instances/" + encodeURIComponent(it.id) }, it.id),
           it.key ? h("span", { class: "sub" }, "key ", h("span", { class: "mono" }, it.key)) : null,
           it.error ? h("span", { class: "sub trunc", title: it.error }, it.error) : null),
@@ -547,6 +577,8 @@ function instanceView(id) {
         meta(it.finished_at ? "Duration" : "Running for", fmtDur(total)),
         meta("Deadline", it.deadline_at ? fmtTime(it.deadline_at) + (it.finished_at ? "" : " (" + ago(it.deadline_at) + ")") : null),
         meta("Runs", String(it.runs)),
+        waiting(it, true) ? meta("Waiting", h("span", { "data-testid": "waiting" }, waiting(it, true))) : null,
+        it.parent ? meta("Parent", h("a", { class: "mono", href: "#/instances/" + encodeURIComponent(it.parent) }, it.parent)) : null,
         meta("Key", it.key ? h("span", { class: "mono", "data-testid": "key" }, it.key) : null),
         meta("Tags", tagChips(it.tags)))),
       h("div", { class: "grid2" }, jsonPanel("Input", it.input, "input"), jsonPanel("Output", it.output, "output")),

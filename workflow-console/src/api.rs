@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use workflow_core::{
     Definition, Engine, Error, EventSent, InstanceId, InstanceInfo, Query, StartOptions, Status,
-    Violation,
+    Violation, WaitingFor,
 };
 
 use crate::page;
@@ -486,6 +486,8 @@ struct Summary {
     started_at: Option<chrono::DateTime<chrono::Utc>>,
     finished_at: Option<chrono::DateTime<chrono::Utc>>,
     runs: i64,
+    due_at: Option<chrono::DateTime<chrono::Utc>>,
+    waiting_for: Option<WaitingFor>,
 }
 
 impl From<InstanceInfo> for Summary {
@@ -502,6 +504,8 @@ impl From<InstanceInfo> for Summary {
             started_at: i.started_at,
             finished_at: i.finished_at,
             runs: i.runs,
+            due_at: i.due_at,
+            waiting_for: i.waiting_for,
         }
     }
 }

@@ -408,7 +408,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                     vec![
                         e.seq.to_string(),
                         time(Some(e.at)),
-                        e.kind.clone(),
+                        e.kind.to_string(),
                         e.step.clone().unwrap_or_default(),
                         e.attempt.map(|a| a.to_string()).unwrap_or_default(),
                         e.duration_ms.map(millis).unwrap_or_default(),
@@ -695,6 +695,21 @@ async fn show(
     writeln!(out, "finished: {}", time(info.finished_at))?;
     writeln!(out, "deadline: {}", time(info.deadline_at))?;
     writeln!(out, "runs:     {}", info.runs)?;
+    if let Some(due) = info.due_at {
+        let left = (due - Utc::now()).num_milliseconds();
+        let when = match (left > 0, info.status) {
+            (true, _) => format!("in {}", millis(left)),
+            (false, Status::Pending) => "queued".to_owned(),
+            (false, _) => "now".to_owned(),
+        };
+        writeln!(out, "due:      {} ({when})", time(Some(due)))?;
+    }
+    if let Some(waiting) = &info.waiting_for {
+        writeln!(out, "waiting:  {waiting}")?;
+    }
+    if let Some(parent) = &info.parent {
+        writeln!(out, "parent:   {parent}")?;
+    }
     writeln!(out, "input:\n{}", indent(&pretty(&info.input)))?;
     if let Some(output) = &info.output {
         writeln!(out, "output:\n{}", indent(&pretty(output)))?;

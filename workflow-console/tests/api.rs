@@ -117,6 +117,17 @@ async fn reads_filters_and_pages() {
         .await
         .json();
     assert_eq!(ids(&active).len(), 2);
+    let listening = active["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["status"] == "listening")
+        .unwrap();
+    assert_eq!(
+        listening["waiting_for"],
+        json!({ "kind": "event", "name": "approval" })
+    );
+    assert!(listening["due_at"].is_string(), "{listening}");
     let slow = get(&base, "/api/instances?workflow=slowReport")
         .await
         .json();

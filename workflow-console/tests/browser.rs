@@ -461,6 +461,19 @@ async fn console_in_a_real_browser() {
         f.listening
     ))
     .await;
+    let says = || async {
+        b.js(
+            "const w = document.querySelector('.meta [data-testid=waiting]');\
+             return w ? w.textContent : null;",
+            json!([]),
+        )
+        .await
+    };
+    let waiting = wait_for("what it waits for", || async {
+        says().await.as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(waiting.starts_with("event approval"), "{waiting}");
     b.click("button[data-action=send-event]").await;
     b.js(
         "document.querySelector('[data-testid=event-name]').value = 'approval';\

@@ -160,7 +160,19 @@ async fn reads_without_the_workflow_code() {
         out.stdout
     );
     assert!(out.stdout.contains("charge-payment"), "{}", out.stdout);
+    // What a waiting instance waits for, and until when.
+    let out = cli(url, &["show", f.listening.as_str()]).await;
+    assert!(
+        out.stdout.contains("waiting:  event `approval`"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("due:      "), "{}", out.stdout);
+    let shown = json(&cli(url, &["show", f.listening.as_str(), "--json"]).await);
+    assert_eq!(shown["instance"]["waiting_for"]["kind"], "event");
+    assert_eq!(shown["instance"]["waiting_for"]["name"], "approval");
     let shown = json(&cli(url, &["show", f.completed.as_str(), "--json"]).await);
+    assert_eq!(shown["instance"]["due_at"], Value::Null);
     assert_eq!(shown["instance"]["output"]["receipt"], "rcpt-A-1001");
     let history = json(&cli(url, &["history", f.completed.as_str(), "--json"]).await);
     let kinds: Vec<&str> = history

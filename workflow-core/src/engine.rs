@@ -13,10 +13,11 @@ use crate::ctx::RunShared;
 use crate::data::DataMap;
 use crate::error::Interrupt;
 use crate::error::{Error, Result, StoreError};
+use crate::history::HistoryEvent;
 use crate::id::InstanceId;
 use crate::instance::{
-    EventSent, HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo, Tail,
-    Timeout, Unreadable,
+    EventSent, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo, Tail, Timeout,
+    Unreadable,
 };
 use crate::schedule::{CatchUp, Clock, Schedule, ScheduleInfo, SystemClock};
 use crate::status::Status;

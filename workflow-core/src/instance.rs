@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result, StoreError};
+use crate::history::HistoryEvent;
 use crate::id::InstanceId;
 use crate::status::Status;
-use crate::store::{EventRow, InstanceRow, ListQuery, Millis, StepRow};
+use crate::store::{InstanceRow, ListQuery, Millis, StepRow};
 use crate::workflow::{decode_named, Workflow};
 
 /// A new deadline for [`Instance::set_timeout`].
@@ -399,6 +400,65 @@ pub struct InstanceInfo {
     /// (sleep, event or child wait, long backoff, pause) and each crash or
     /// restart.
     pub runs: i64,
+    /// When it is due: for `Pending`, when it may run (its start delay,
+    /// sleep or retry backoff ends; a time already past means it is queued
+    /// for the next free worker); for `Listening`, when its wait gives up
+    /// (the wait's timeout or the deadline, whichever comes first; `None`
+    /// when it has neither). `None` in every other status.
+    #[serde(default)]
+    pub due_at: Option<DateTime<Utc>>,
+    /// What it waits for: the event or child of a `Listening` instance, or
+    /// the step whose long retry backoff a `Pending` one sits out. `None`
+    /// otherwise (a sleep or a delayed start is `Pending` with a
+    /// [`due_at`](Self::due_at) ahead).
+    #[serde(default)]
+    pub waiting_for: Option<WaitingFor>,
+    /// The instance that started it with `ctx.run_child`.
+    #[serde(default)]
+    pub parent: Option<InstanceId>,
+}
+
+/// What a waiting instance waits for: [`InstanceInfo::waiting_for`].
+///
+/// Serialized with a `kind` tag: `{"kind": "event", "name": "approved"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum WaitingFor {
+    /// An event of this name (`ctx.wait_for_event`).
+    Event {
+        /// The event's name.
+        name: String,
+    },
+    /// This child instance to end (`ctx.run_child`).
+    Child {
+        /// The child's id.
+        id: InstanceId,
+    },
+    /// The retry backoff of this step to end: a wait too long to hold a
+    /// worker for, so the instance was suspended until its next attempt.
+    Retry {
+        /// The step's key.
+        step: String,
+        /// Its failed attempts so far.
+        failed_attempts: u32,
+    },
+}
+
+impl std::fmt::Display for WaitingFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitingFor::Event { name } => write!(f, "event `{name}`"),
+            WaitingFor::Child { id } => write!(f, "child {id}"),
+            WaitingFor::Retry {
+                step,
+                failed_attempts,
+            } => write!(
+                f,
+                "retry of step `{step}` after {failed_attempts} failed attempt(s)"
+            ),
+        }
+    }
 }
 
 pub(crate) fn time(ms: Millis) -> DateTime<Utc> {
@@ -440,43 +500,24 @@ impl TryFrom<InstanceRow> for InstanceInfo {
             finished_at: row.finished_at.map(time),
             deadline_at: row.deadline_at.map(time),
             runs: row.runs,
+            due_at: match row.status {
+                Status::Pending => Some(time(row.run_at)),
+                // Without a timeout or deadline the wait's `run_at` is
+                // `Millis::MAX`, past anything `DateTime` holds.
+                Status::Listening if row.run_at < Millis::MAX => Some(time(row.run_at)),
+                _ => None,
+            },
+            waiting_for: match (row.status, row.wait_event, row.wait_child, row.retry) {
+                (Status::Listening, Some(name), _, _) => Some(WaitingFor::Event { name }),
+                (Status::Listening, None, Some(id), _) => Some(WaitingFor::Child { id }),
+                (Status::Pending, _, _, Some((step, failed_attempts))) => Some(WaitingFor::Retry {
+                    step,
+                    failed_attempts,
+                }),
+                _ => None,
+            },
+            parent: row.parent,
         })
-    }
-}
-
-/// One entry of an instance's run history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HistoryEvent {
-    /// Orders events.
-    pub seq: i64,
-    /// When.
-    pub at: DateTime<Utc>,
-    /// `created`, `started`, `step_completed`, `step_failed`, `attempt_failed`,
-    /// `state_changed`, `deadline_changed`, `suspended`, `paused`, `resumed`,
-    /// `event_sent`, `event_received`, `released`, or a terminal status
-    /// name (`completed`, `failed`, `cancelled`, `timed_out`).
-    pub kind: String,
-    /// The step key, for step events.
-    pub step: Option<String>,
-    /// The attempt number, for step events.
-    pub attempt: Option<u32>,
-    /// Error or other detail.
-    pub message: Option<String>,
-    /// For step events: from the step's first attempt to its record.
-    pub duration_ms: Option<i64>,
-}
-
-impl From<EventRow> for HistoryEvent {
-    fn from(e: EventRow) -> Self {
-        HistoryEvent {
-            seq: e.seq,
-            at: time(e.at),
-            kind: e.kind,
-            step: e.step,
-            attempt: e.attempt,
-            message: e.message,
-            duration_ms: e.duration_ms,
-        }
     }
 }
 
@@ -623,4 +664,94 @@ pub enum EventSent {
     /// by this very call, repeated by the store after a lost connection):
     /// nothing changed.
     AlreadySent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: Status) -> InstanceRow {
+        InstanceRow {
+            id: InstanceId::from_string("i"),
+            workflow: "wf".into(),
+            status,
+            input: "null".into(),
+            output: None,
+            error: None,
+            state: None,
+            tags: BTreeMap::new(),
+            key: None,
+            created_at: 1_000,
+            updated_at: 1_000,
+            started_at: None,
+            finished_at: None,
+            run_at: 5_000,
+            deadline_at: None,
+            runs: 1,
+            parent: None,
+            wait_event: None,
+            wait_child: None,
+            retry: None,
+            pause_requested: false,
+        }
+    }
+
+    fn info(row: InstanceRow) -> InstanceInfo {
+        InstanceInfo::try_from(row).unwrap()
+    }
+
+    #[test]
+    fn due_at_and_waiting_for_follow_the_status() {
+        let due = Some(time(5_000));
+        let pending = info(row(Status::Pending));
+        assert_eq!((pending.due_at, pending.waiting_for), (due, None));
+
+        let backing_off = info(InstanceRow {
+            retry: Some(("charge".into(), 2)),
+            ..row(Status::Pending)
+        });
+        assert_eq!(
+            backing_off.waiting_for,
+            Some(WaitingFor::Retry {
+                step: "charge".into(),
+                failed_attempts: 2
+            })
+        );
+
+        let listening = info(InstanceRow {
+            wait_event: Some("approved".into()),
+            ..row(Status::Listening)
+        });
+        assert_eq!(listening.due_at, due);
+        assert_eq!(
+            listening.waiting_for,
+            Some(WaitingFor::Event {
+                name: "approved".into()
+            })
+        );
+        let forever = info(InstanceRow {
+            run_at: Millis::MAX,
+            wait_child: Some(InstanceId::from_string("c")),
+            parent: Some(InstanceId::from_string("p")),
+            ..row(Status::Listening)
+        });
+        assert_eq!(forever.due_at, None, "no timeout, no deadline");
+        assert_eq!(
+            forever.waiting_for,
+            Some(WaitingFor::Child {
+                id: InstanceId::from_string("c")
+            })
+        );
+        assert_eq!(forever.parent.unwrap().as_str(), "p");
+
+        // Leftovers of a wait mean nothing once it runs or ended.
+        for status in [Status::InProgress, Status::Paused, Status::Completed] {
+            let other = info(InstanceRow {
+                wait_event: Some("approved".into()),
+                retry: Some(("charge".into(), 2)),
+                ..row(status)
+            });
+            assert_eq!((other.due_at, other.waiting_for), (None, None), "{status}");
+        }
+    }
 }

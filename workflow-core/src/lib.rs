@@ -7,6 +7,7 @@ mod ctx;
 mod data;
 mod engine;
 mod error;
+mod history;
 mod id;
 mod instance;
 mod memory;
@@ -31,10 +32,11 @@ pub use crate::engine::{
     unsupported_url, Connector, Durability, Engine, EngineBuilder, MAX_EVENT_KEY_BYTES, PURGE_BATCH,
 };
 pub use crate::error::{error_chain, BoxError, Error, Interrupt, Result, StoreError};
+pub use crate::history::{HistoryEvent, HistoryKind};
 pub use crate::id::InstanceId;
 pub use crate::instance::{
-    EventSent, GetOrCreate, HistoryEvent, Instance, InstanceInfo, Page, Query, StartOptions,
-    StepInfo, Tail, Timeout, Unreadable,
+    EventSent, GetOrCreate, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo, Tail,
+    Timeout, Unreadable, WaitingFor,
 };
 pub use crate::memory::MemoryStore;
 pub use crate::schedule::{CatchUp, Clock, ManualClock, Schedule, ScheduleInfo, SystemClock};

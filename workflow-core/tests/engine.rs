@@ -116,7 +116,7 @@ async fn a_workflow_runs_its_steps_and_returns_its_output() {
         .map(|s| s.key)
         .collect();
     assert_eq!(steps, ["fetch-order", "charge"]);
-    let kinds: Vec<String> = inst
+    let kinds: Vec<HistoryKind> = inst
         .history()
         .await
         .unwrap()
@@ -791,14 +791,14 @@ async fn shutdown_hands_running_instances_back() {
         Status::Pending,
         "released for another worker"
     );
-    let kinds: Vec<String> = inst
+    let kinds: Vec<HistoryKind> = inst
         .history()
         .await
         .unwrap()
         .into_iter()
         .map(|e| e.kind)
         .collect();
-    assert_eq!(kinds.last().map(String::as_str), Some("released"));
+    assert_eq!(kinds.last(), Some(&HistoryKind::Released));
 }
 
 #[tokio::test]
@@ -921,7 +921,7 @@ async fn cancel_stops_a_running_handler_and_fires_its_signal() {
         ),
         "{err:?}"
     );
-    let history: Vec<String> = inst
+    let history: Vec<HistoryKind> = inst
         .history()
         .await
         .unwrap()
@@ -929,7 +929,7 @@ async fn cancel_stops_a_running_handler_and_fires_its_signal() {
         .map(|e| e.kind)
         .collect();
     assert_eq!(history.iter().filter(|k| *k == "cancelled").count(), 1);
-    assert!(!history.contains(&"step_completed".to_owned()));
+    assert!(!history.contains(&HistoryKind::StepCompleted));
 }
 
 /// Another process moves the deadline just before it passes, before this

@@ -314,14 +314,14 @@ async fn a_long_sleep_suspends_and_frees_the_worker() {
         1,
         "the step before the sleep ran once"
     );
-    let kinds: Vec<String> = inst
+    let kinds: Vec<HistoryKind> = inst
         .history()
         .await
         .unwrap()
         .into_iter()
         .map(|e| e.kind)
         .collect();
-    assert!(kinds.contains(&"suspended".to_owned()), "{kinds:?}");
+    assert!(kinds.contains(&HistoryKind::Suspended), "{kinds:?}");
     // A short sleep stays in memory: one run.
     let short = Sleeper::start(&engine, 20).await.unwrap();
     assert_eq!(short.result_timeout(LIMIT).await.unwrap(), 1);
@@ -524,7 +524,7 @@ async fn a_pause_withdrawn_elsewhere_does_not_stop_the_handler() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     other.resume(inst.id()).await.unwrap();
     assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), 1, "one run");
-    let kinds: Vec<String> = inst
+    let kinds: Vec<HistoryKind> = inst
         .history()
         .await
         .unwrap()
@@ -532,7 +532,9 @@ async fn a_pause_withdrawn_elsewhere_does_not_stop_the_handler() {
         .map(|e| e.kind)
         .collect();
     assert!(
-        !kinds.iter().any(|k| k == "paused" || k == "suspended"),
+        !kinds
+            .iter()
+            .any(|k| matches!(k, HistoryKind::Paused | HistoryKind::Suspended)),
         "{kinds:?}"
     );
 }
@@ -1018,4 +1020,86 @@ async fn a_corrupt_wake_time_is_passed_not_a_panic() {
         2,
         "long past: the second run wakes at once"
     );
+}
+
+/// Polls until `inst` is back `Pending` after its first run: suspended.
+async fn until_suspended<W: Workflow>(inst: &Instance<W>) -> InstanceInfo {
+    for _ in 0..500 {
+        let info = inst.info().await.unwrap();
+        if info.status == Status::Pending && info.runs >= 1 {
+            return info;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never suspended: {:?}", inst.info().await.unwrap());
+}
+
+/// `info()` tells a sleeping instance from a queued one and says what a
+/// listening one waits for, until when, and whose child it is.
+#[tokio::test]
+async fn info_says_what_an_instance_waits_for_and_until_when() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    // Stored times have millisecond precision.
+    let before =
+        chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis()).unwrap();
+    let minute = chrono::TimeDelta::minutes(1);
+
+    // Not picked up yet: queued, due already.
+    let queued = Approve::start(&engine, 60_000).await.unwrap();
+    let info = queued.info().await.unwrap();
+    assert_eq!(info.status, Status::Pending);
+    assert!(info.due_at.unwrap() <= chrono::Utc::now(), "{info:?}");
+    assert_eq!(info.waiting_for, None);
+
+    let _worker = engine.start_worker();
+    until_status(&queued, Status::Listening).await;
+    let info = queued.info().await.unwrap();
+    assert_eq!(
+        info.waiting_for,
+        Some(WaitingFor::Event {
+            name: "approval".into()
+        })
+    );
+    let gives_up = info.due_at.expect("the wait's timeout");
+    assert!(gives_up >= before + minute && gives_up <= chrono::Utc::now() + minute);
+
+    let sleeper = Sleeper::start(&engine, 60_000).await.unwrap();
+    let info = until_suspended(&sleeper).await;
+    let wakes = info.due_at.expect("due when the sleep ends");
+    assert!(wakes >= before + minute && wakes <= chrono::Utc::now() + minute);
+    assert_eq!((info.waiting_for, info.parent), (None, None));
+
+    // `Double(99)` sleeps for an hour, past its deadline: the parent
+    // listens for it, as long as its own deadline lets it.
+    let parent = Parent::start(&engine, 99).await.unwrap();
+    until_status(&parent, Status::Listening).await;
+    let info = parent.info().await.unwrap();
+    let Some(WaitingFor::Child { id }) = &info.waiting_for else {
+        panic!("{info:?}");
+    };
+    assert_eq!(info.due_at, info.deadline_at, "no timeout but the deadline");
+    let child = engine.instance(id).await.unwrap();
+    assert_eq!(child.workflow, "double");
+    assert_eq!(child.parent.as_ref(), Some(parent.id()));
+
+    let json = serde_json::to_value(&info).unwrap();
+    assert_eq!(json["waiting_for"]["kind"], "child");
+    assert_eq!(json["waiting_for"]["id"], id.as_str());
+
+    // Ended: nothing to wait for.
+    queued
+        .send_event(
+            "approval",
+            Approval {
+                approved: true,
+                by: "ann".into(),
+            },
+        )
+        .await
+        .unwrap();
+    queued.result_timeout(LIMIT).await.unwrap();
+    let info = queued.info().await.unwrap();
+    assert_eq!((info.due_at, info.waiting_for), (None, None));
+    sleeper.cancel().await.unwrap();
+    parent.cancel().await.unwrap();
 }
