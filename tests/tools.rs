@@ -46,7 +46,7 @@ async fn hello(_ctx: Ctx, _input: ()) -> workflow::Result<String> {
 #[test]
 fn as_tool_renders_for_each_provider() {
     let tool = ProcessOrder::as_tool();
-    assert_eq!(tool.name, "processOrder");
+    assert_eq!(tool.name(), "processOrder");
     assert_eq!(tool.description, "Process a new customer order");
     assert_eq!(
         tool.json_schema()["properties"]["order_id"]["description"],
@@ -88,8 +88,8 @@ fn as_tool_renders_for_each_provider() {
 #[test]
 fn a_unit_input_takes_an_empty_object() {
     let tool = Hello::as_tool();
-    assert_eq!(tool.parameters["type"], "object");
-    assert_eq!(tool.parameters["properties"], json!({}));
+    assert_eq!(tool.parameters()["type"], "object");
+    assert_eq!(tool.parameters()["properties"], json!({}));
     assert_eq!(tool.to_openai_strict()["function"]["strict"], true);
     assert_eq!(tool.check_arguments(json!({})).unwrap(), json!(null));
     assert!(tool.check_arguments(json!({"x": 1})).is_err());
@@ -119,10 +119,44 @@ async fn a_toolbox_collects_tools_and_keeps_the_last_of_a_name() {
     tools.extend([Tool::function("neg", "Negate", |x: Add| async move {
         Ok::<_, BoxError>(-x.a)
     })]);
-    let names: Vec<&str> = tools.tools().iter().map(|t| t.name.as_str()).collect();
+    let names: Vec<&str> = tools.tools().iter().map(Tool::name).collect();
     assert_eq!(names, ["add", "neg"]);
     let sum = tools.call(&engine, "add", json!({"a": 2, "b": 3})).await;
     assert_eq!(sum.unwrap(), json!(105));
+    // Replaced in its place, not moved to the end.
+    let tools = tools.tool(adds(1_000));
+    let names: Vec<&str> = tools.tools().iter().map(Tool::name).collect();
+    assert_eq!(names, ["add", "neg"]);
+    let sum = tools.call(&engine, "add", json!({"a": 2, "b": 3})).await;
+    assert_eq!(sum.unwrap(), json!(1_005));
+}
+
+/// A renamed workflow tool is called by its new name and still starts its
+/// workflow.
+#[tokio::test]
+async fn a_renamed_workflow_tool_starts_its_workflow() {
+    let engine = Engine::builder()
+        .database_url("memory:")
+        .register(Hello)
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let tool = Hello::as_tool()
+        .rename("say_hello")
+        .wait(std::time::Duration::from_secs(10));
+    assert_eq!(tool.to_openai()["function"]["name"], "say_hello");
+    let tools = Toolbox::new().tool(tool);
+    let out = tools.call(&engine, "say_hello", json!({})).await.unwrap();
+    assert_eq!(out, "hello");
+    let started = engine.list(Query::new().name("hello")).await.unwrap();
+    assert_eq!(started.items.len(), 1);
+}
+
+#[test]
+#[should_panic(expected = "must match")]
+fn renaming_to_an_invalid_tool_name_panics() {
+    let _ = Hello::as_tool().rename("say hello");
 }
 
 #[tokio::test]

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use workflow_core::{
-    permanent, schema_for, strict_schema, BoxError, Ctx, Error, Result, StepOptions, Tool,
-    ToolReply, Toolbox, RESERVED_STEP_CHARS,
+    is_valid_tool_name, permanent, schema_for, strict_schema, BoxError, Ctx, Error, Result,
+    StepOptions, Tool, ToolReply, Toolbox, RESERVED_STEP_CHARS,
 };
 
 use crate::message::Message;
@@ -150,7 +150,9 @@ impl Execute {
     }
 
     /// Send tools in OpenAI's strict form, so arguments always fit their
-    /// schema (default off: not every compatible server accepts it).
+    /// schema, with `parallel_tool_calls: false` (parallel calls may not
+    /// fit strict schemas). Default off: not every compatible server
+    /// accepts either. Arguments are checked on every call regardless.
     pub fn strict_tools(mut self, strict: bool) -> Self {
         self.strict_tools = strict;
         self
@@ -219,9 +221,17 @@ where
         // The checking side of a tool: drops strict-mode nulls, unwraps
         // non-object outputs, reports violations with their paths.
         let checker = Tool::workflow("output", "", schema_for::<T>());
-        let (schema, strict) = match strict_schema(&checker.parameters) {
+        let (schema, strict) = match strict_schema(checker.parameters()) {
             Ok(schema) => (schema, true),
-            Err(_) => (checker.parameters.clone(), false),
+            Err(_) => {
+                // As tools are sent: without `$schema`, which providers
+                // do not want.
+                let mut schema = checker.parameters().clone();
+                if let Some(map) = schema.as_object_mut() {
+                    map.remove("$schema");
+                }
+                (schema, false)
+            }
         };
         let format = OutputFormat {
             name: "output".to_owned(),
@@ -268,7 +278,7 @@ fn parse_output<T: DeserializeOwned>(checker: &Tool, text: &str) -> std::result:
 
 /// What [`Ctx::call_tool`] tells the model for a tool that is not in `tools`.
 fn no_such_tool(tools: &Toolbox, tool: &str) -> ToolReply {
-    let names: Vec<&str> = tools.tools().iter().map(|t| t.name.as_str()).collect();
+    let names: Vec<&str> = tools.tools().iter().map(Tool::name).collect();
     ToolReply::from_error(&Error::Tool {
         tool: tool.to_owned(),
         message: format!("no such tool; the tools are: {}", names.join(", ")),
@@ -369,16 +379,28 @@ where
         }
         for call in &response.tool_calls {
             let tool = &call.function.name;
-            let reply = match serde_json::from_str::<Value>(&call.function.arguments) {
+            // Some servers send no arguments at all for a tool without
+            // parameters.
+            let arguments = match call.function.arguments.trim() {
+                "" => "{}",
+                sent => sent,
+            };
+            let reply = match serde_json::from_str::<Value>(arguments) {
                 Err(err) => ToolReply::error(format!(
                     "The arguments for tool `{tool}` are not valid JSON ({err}). Call it again with a JSON object."
                 )),
-                // The name comes from the model, and one that no step name
-                // may contain must not fail the loop. It is no valid tool
-                // name either (providers reject tools named so), so it is
-                // answered as an unknown tool, without a step: the reply
-                // follows from the recorded turn, and replay gives it again.
-                Ok(_) if tool.contains(RESERVED_STEP_CHARS) || tool.contains('\0') => {
+                // The name comes from the model: one no step name may
+                // contain must not fail the loop, nor one long enough to
+                // break the store's key index. Neither is a valid tool name
+                // (providers refuse tools named so), so unless the toolbox
+                // has it, it is answered as an unknown tool without a step:
+                // the reply follows from the recorded turn, and replay
+                // gives it again.
+                Ok(_)
+                    if tool.contains(RESERVED_STEP_CHARS)
+                        || tool.contains('\0')
+                        || !is_valid_tool_name(tool) && tools.get(tool).is_none() =>
+                {
                     no_such_tool(&tools, tool)
                 }
                 Ok(args) => {

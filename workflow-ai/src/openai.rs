@@ -189,6 +189,12 @@ impl OpenAiCompatible {
                 })
                 .collect();
             body["tools"] = Value::Array(tools);
+            if request.strict_tools {
+                // Parallel calls may not match strict schemas (OpenAI's
+                // function-calling guide): one call per reply keeps the
+                // guarantee strict mode is asked for.
+                body["parallel_tool_calls"] = json!(false);
+            }
         }
         if let Some(output) = &request.output {
             body["response_format"] = json!({
@@ -318,6 +324,31 @@ mod tests {
             !shown.contains("sk-secret") && shown.contains("<redacted>"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn strict_tools_turn_parallel_calls_off() {
+        let client = OpenAiCompatible::builder()
+            .base_url("http://127.0.0.1:1/v1")
+            .model("m")
+            .build()
+            .unwrap();
+        let tool = workflow_core::Tool::function("add", "Add", |n: u32| async move {
+            Ok::<_, std::convert::Infallible>(n + 1)
+        });
+        let mut request = ModelRequest {
+            messages: Vec::new(),
+            tools: vec![tool],
+            strict_tools: false,
+            output: None,
+        };
+        let body = client.request_body(&request);
+        assert!(body.get("parallel_tool_calls").is_none(), "{body}");
+        assert_eq!(body["tools"][0]["function"]["strict"], false);
+        request.strict_tools = true;
+        let body = client.request_body(&request);
+        assert_eq!(body["parallel_tool_calls"], false);
+        assert_eq!(body["tools"][0]["function"]["strict"], true);
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{error, last_message, text, tool_call, Server};
+use common::{error, last_message, text, tool_call, tool_call_raw, Server};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -237,6 +237,56 @@ async fn bad_tool_arguments_come_back_as_a_message_and_the_model_corrects_them()
     ] {
         assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
     }
+}
+
+/// A made-up tool name of any length is answered as an unknown tool,
+/// without a step (its key would hold the name), and no arguments at all
+/// read as `{}`.
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_tool_calls_are_answered_not_recorded() {
+    let long = "x".repeat(5_000);
+    let server = Server::start(move |n, _| match n {
+        0 => tool_call("c1", &long, json!({})),
+        1 => tool_call_raw("c2", "lookup_customer", " "),
+        _ => text("Done."),
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let instance = Agent::start(&engine, input(&server, 5)).await.unwrap();
+    let out = instance
+        .result_timeout(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(out, "Done.");
+    let requests = server.requests();
+    let unknown = last_message(&requests[1].body)["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(unknown.contains("no such tool"), "{unknown}");
+    let empty = last_message(&requests[2].body)["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!empty.contains("not valid JSON"), "{empty}");
+    assert!(empty.contains("email"), "read as {{}}: {empty}");
+    let keys: Vec<String> = instance
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "execute:turn-0",
+            "execute:turn-1",
+            "execute:turn-1:lookup_customer",
+            "execute:turn-2"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

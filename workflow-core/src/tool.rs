@@ -40,8 +40,11 @@ type ToolFn =
 
 #[derive(Clone)]
 enum Target {
-    /// Starts the workflow of the tool's name; waits for its output up to the bound.
-    Workflow { wait: Option<Duration> },
+    /// Starts `workflow`; waits for its output up to the bound.
+    Workflow {
+        workflow: String,
+        wait: Option<Duration>,
+    },
     /// Calls the function with the decoded input.
     Function(ToolFn),
 }
@@ -61,22 +64,24 @@ enum Target {
 /// express, so [`Tool::to_openai_strict`] sends it with `strict: false`).
 #[derive(Clone)]
 pub struct Tool {
-    /// Name the model calls it by.
-    pub name: String,
-    /// What it does, for the model: the workflow's doc comment unless overridden.
+    name: String,
+    /// What it does, for the model: the workflow's doc comment unless
+    /// overridden (see [`Tool::description`](Tool::description())).
     pub description: String,
-    /// JSON Schema (draft 2020-12) of the arguments, an object schema;
-    /// doc comments on input fields are `description`s.
-    pub parameters: Value,
+    // Private, as `shape` and `check` follow from it.
+    parameters: Value,
     shape: Shape,
     target: Target,
     check: Arc<OnceLock<SchemaCheck>>,
+    /// The strict form of `parameters`, once asked for; `None` if it has
+    /// none (said once, not at every model turn).
+    strict: Arc<OnceLock<Option<Value>>>,
 }
 
 impl std::fmt::Debug for Tool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.target {
-            Target::Workflow { wait } => format!("workflow (wait {wait:?})"),
+            Target::Workflow { workflow, wait } => format!("workflow {workflow} (wait {wait:?})"),
             Target::Function(_) => "function".to_owned(),
         };
         f.debug_struct("Tool")
@@ -101,6 +106,7 @@ impl Tool {
             shape,
             target,
             check: Arc::new(OnceLock::new()),
+            strict: Arc::new(OnceLock::new()),
         }
     }
 
@@ -119,14 +125,17 @@ impl Tool {
         if !is_valid_tool_name(name) {
             tracing::warn!(
                 workflow = name,
-                "workflow name is not a valid tool name (^[a-zA-Z0-9_-]{{1,64}}$); providers will reject it"
+                "workflow name is not a valid tool name (^[a-zA-Z0-9_-]{{1,64}}$); providers will reject it: give the tool another with Tool::rename"
             );
         }
         Self::new(
             name.to_owned(),
             description.to_owned(),
             object_schema(input_schema),
-            Target::Workflow { wait: None },
+            Target::Workflow {
+                workflow: name.to_owned(),
+                wait: None,
+            },
         )
     }
 
@@ -197,11 +206,42 @@ impl Tool {
         self
     }
 
+    /// The name the model calls it by: the workflow's or the function's,
+    /// unless [renamed](Tool::rename).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Gives it another name for the model: a workflow tool still starts
+    /// its workflow. For a workflow whose name is no valid tool name
+    /// (`orders.create`), or two toolboxes that name one workflow
+    /// differently.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid tool name (`^[a-zA-Z0-9_-]{1,64}$`), as
+    /// [`Tool::function`].
+    pub fn rename(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        assert!(
+            is_valid_tool_name(&name),
+            "tool name `{name}` must match ^[a-zA-Z0-9_-]{{1,64}}$"
+        );
+        self.name = name;
+        self
+    }
+
+    /// JSON Schema (draft 2020-12) of the arguments, an object schema;
+    /// doc comments on input fields are `description`s.
+    pub fn parameters(&self) -> &Value {
+        &self.parameters
+    }
+
     /// For a workflow tool: wait up to `bound` for the workflow's output and
     /// return it; when the bound passes first, return
     /// `{"workflowId", "status"}` as without a wait. No effect on function tools.
     pub fn wait(mut self, bound: Duration) -> Self {
-        if let Target::Workflow { wait } = &mut self.target {
+        if let Target::Workflow { wait, .. } = &mut self.target {
             *wait = Some(bound);
         }
         self
@@ -245,11 +285,19 @@ impl Tool {
     /// the model's arguments then always fit the schema. A schema strict
     /// mode cannot express (maps, `serde_json::Value` fields, a
     /// `#[serde(flatten)]` enum) falls back to
-    /// [`Tool::to_openai`] with a warning; the arguments are checked on
+    /// [`Tool::to_openai`] with a warning (once per tool and its clones);
+    /// the arguments are checked on
     /// every call either way.
     pub fn to_openai_strict(&self) -> Value {
-        match strict_schema(&self.provider_parameters()) {
-            Ok(parameters) => json!({
+        let strict = self.strict.get_or_init(|| {
+            strict_schema(&self.provider_parameters())
+                .inspect_err(|problems| {
+                    tracing::warn!(tool = %self.name, problems = %problems.join("; "), "no strict form; sending the tool with strict: false");
+                })
+                .ok()
+        });
+        match strict {
+            Some(parameters) => json!({
                 "type": "function",
                 "function": {
                     "name": self.name,
@@ -258,10 +306,7 @@ impl Tool {
                     "strict": true,
                 }
             }),
-            Err(problems) => {
-                tracing::warn!(tool = %self.name, problems = %problems.join("; "), "no strict form; sending the tool with strict: false");
-                self.to_openai()
-            }
+            None => self.to_openai(),
         }
     }
 
@@ -275,8 +320,11 @@ impl Tool {
     }
 
     /// Checks model-sent arguments and returns the input behind them:
-    /// `null`s of optional fields dropped (strict mode sends them), every
-    /// schema violation reported with its path in the arguments as sent.
+    /// `null`s of optional fields dropped (strict mode sends them for
+    /// "absent"), so such a field gets its serde default as when it is
+    /// missing (`None`, or what `#[serde(default = ..)]` gives: a `null`
+    /// cannot mean "clear" here), every schema violation reported with its
+    /// path in the arguments as sent.
     pub fn check_arguments(&self, mut args: Value) -> Result<Value> {
         strip_optional_nulls(&self.parameters, &mut args);
         let check = self
@@ -300,9 +348,9 @@ impl Tool {
         let input = self.check_arguments(args)?;
         match &self.target {
             Target::Function(f) => f(input).await.map_err(|err| self.function_error(err)),
-            Target::Workflow { wait } => {
+            Target::Workflow { workflow, wait } => {
                 let id = engine
-                    .start_json(&self.name, input, StartOptions::default())
+                    .start_json(workflow, input, StartOptions::default())
                     .await
                     .map_err(|err| self.start_error(err))?;
                 workflow_outcome(engine, &id, Status::Pending, *wait).await
@@ -318,16 +366,18 @@ impl Tool {
             Error::InvalidInput {
                 workflow,
                 violations,
-            } if workflow == self.name => Error::InvalidArguments {
-                tool: workflow,
-                violations: violations
-                    .into_iter()
-                    .map(|v| Violation {
-                        path: self.shape.args_path(&v.path),
-                        message: v.message,
-                    })
-                    .collect(),
-            },
+            } if matches!(&self.target, Target::Workflow { workflow: w, .. } if *w == workflow) => {
+                Error::InvalidArguments {
+                    tool: self.name.clone(),
+                    violations: violations
+                        .into_iter()
+                        .map(|v| Violation {
+                            path: self.shape.args_path(&v.path),
+                            message: v.message,
+                        })
+                        .collect(),
+                }
+            }
             other => other,
         }
     }
@@ -349,7 +399,7 @@ fn started(id: &InstanceId, status: Status) -> Value {
 }
 
 /// The output of a completed instance, or its id and status if it is still
-/// running when the wait is over.
+/// running when the wait is over, or when it could not be read.
 async fn workflow_outcome(
     engine: &Engine,
     id: &InstanceId,
@@ -359,6 +409,18 @@ async fn workflow_outcome(
     let Some(bound) = wait else {
         return Ok(started(id, status));
     };
+    match waited_outcome(engine, id, bound).await {
+        // The instance exists: an error here would read as "the call
+        // failed", and the caller (a model) would start a second one.
+        Err(err) if !is_for_the_model(&err) => {
+            tracing::warn!(%id, error = %err, "could not wait for a tool's workflow; answering with its id");
+            Ok(started(id, status))
+        }
+        outcome => outcome,
+    }
+}
+
+async fn waited_outcome(engine: &Engine, id: &InstanceId, bound: Duration) -> Result<Value> {
     let info = match engine.wait_terminal(id, Some(bound)).await {
         Ok(_) => engine.instance(id).await?,
         Err(Error::WaitTimeout { .. }) => {
@@ -477,8 +539,10 @@ impl FromIterator<Tool> for Toolbox {
 impl Extend<Tool> for Toolbox {
     fn extend<I: IntoIterator<Item = Tool>>(&mut self, tools: I) {
         for tool in tools {
-            self.tools.retain(|t| t.name != tool.name);
-            self.tools.push(tool);
+            match self.tools.iter_mut().find(|t| t.name == tool.name) {
+                Some(same) => *same = tool,
+                None => self.tools.push(tool),
+            }
         }
     }
 }
@@ -489,7 +553,7 @@ impl Toolbox {
         Self::default()
     }
 
-    /// Adds a tool; one with the same name is replaced.
+    /// Adds a tool; one with the same name is replaced, in its place.
     pub fn tool(mut self, tool: Tool) -> Self {
         self.extend([tool]);
         self
@@ -735,9 +799,9 @@ where
                                     Err(err) => return Err(err),
                                 },
                             },
-                            Target::Workflow { wait } => {
+                            Target::Workflow { workflow, wait } => {
                                 match engine
-                                    .start_child_json(&t.name, &input, parent, child_key)
+                                    .start_child_json(workflow, &input, parent, child_key)
                                     .await
                                 {
                                     Ok((id, status)) => {

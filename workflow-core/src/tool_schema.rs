@@ -254,7 +254,8 @@ const STRICT_FORMATS: &[&str] = &[
 ///   `uint32` formats...) are still checked when the tool is called.
 ///
 /// Errors, each with its JSON pointer into `schema`, for what strict mode
-/// cannot express: maps (`HashMap`: `additionalProperties` with a schema),
+/// cannot express: maps (`HashMap` with any key type, or a map flattened
+/// beside a struct's fields: anything but `additionalProperties: false`),
 /// schemas that accept anything (`serde_json::Value`), tuples, an object
 /// with `anyOf`/`oneOf`/`allOf`/`not` beside its properties (a struct with
 /// a `#[serde(flatten)]` enum field), an `allOf` of more than one schema,
@@ -420,10 +421,11 @@ fn strict_node(
                 out.insert(key.clone(), Value::Object(defs));
                 false
             }
-            "additionalProperties" => {
-                if value.is_object()
-                    || value == &Value::Bool(true) && !map.contains_key("properties")
-                {
+            // Anything but `false` lets keys beyond the properties in: a
+            // map (`HashMap<String, _>`), a flattened map beside a struct's
+            // fields (`true`), or a map with integer keys (its keys' pattern).
+            "additionalProperties" | "unevaluatedProperties" | "patternProperties" => {
+                if key == "patternProperties" || value != &Value::Bool(false) {
                     problems.push(format!(
                         "{here}: maps (objects with arbitrary keys) have no strict form"
                     ));
@@ -469,7 +471,13 @@ fn strict_node(
             strict_props.insert(name.clone(), sub);
         }
         let names: Vec<Value> = props.keys().map(|k| Value::String(k.clone())).collect();
-        out.insert("type".into(), json!("object"));
+        // `Option<S>` of an inlined struct: `["object", "null"]`, kept.
+        let object = if has("null") {
+            json!(["object", "null"])
+        } else {
+            json!("object")
+        };
+        out.insert("type".into(), object);
         out.insert("properties".into(), Value::Object(strict_props));
         out.insert("required".into(), Value::Array(names));
         out.insert("additionalProperties".into(), json!(false));
@@ -765,12 +773,35 @@ mod tests {
         assert!(accepts(&strict, &tree));
     }
 
+    #[test]
+    fn a_nullable_object_stays_nullable() {
+        let schema = json!({"type": "object", "required": ["items"], "properties": {
+            "items": {"type": "array", "items": {"type": ["object", "null"],
+                "required": ["a"], "properties": {"a": {"type": "string"}}}}}});
+        let strict = strict_schema(&schema).expect("convertible");
+        let item = &strict["properties"]["items"]["items"];
+        assert_eq!(item["type"], json!(["object", "null"]));
+        assert_eq!(item["additionalProperties"], false);
+        assert!(accepts(&strict, &json!({"items": [null, {"a": "x"}]})));
+    }
+
     #[derive(Deserialize, JsonSchema)]
     #[allow(dead_code)]
     struct Loose {
         counts: std::collections::HashMap<String, u32>,
         extra: serde_json::Value,
         pair: (u8, u8),
+        by_number: std::collections::HashMap<u32, String>,
+        nested: WithExtra,
+    }
+
+    /// Its own fields, and any other key beside them.
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct WithExtra {
+        name: String,
+        #[serde(flatten)]
+        rest: serde_json::Map<String, serde_json::Value>,
     }
 
     #[test]
@@ -780,6 +811,8 @@ mod tests {
         assert!(text.contains("/properties/counts: maps"), "{text}");
         assert!(text.contains("/properties/extra"), "{text}");
         assert!(text.contains("/properties/pair: tuples"), "{text}");
+        assert!(text.contains("/properties/by_number: maps"), "{text}");
+        assert!(text.contains("WithExtra: maps"), "{text}");
         assert!(strict_schema(&json!({"type": "string"})).is_err());
     }
 

@@ -2145,3 +2145,29 @@ async fn a_worker_claims_ahead_only_once_a_handler_ended() {
     }
     worker.shutdown().await;
 }
+
+/// A workflow tool that waits for its output but cannot read it (the
+/// store went away after the start) answers with the id of the instance
+/// it started, not an error: told "the call failed", a model would call
+/// again and start a second one.
+#[tokio::test]
+async fn a_waiting_workflow_tool_that_cannot_read_its_outcome_names_the_instance() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    // No worker: the instance stays `Pending` until the wait is over.
+    let engine = engine_on(Arc::clone(&store) as Arc<dyn Store>).await;
+    let tool = Repeats::as_tool().wait(Duration::from_millis(500));
+    let cut = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            store.set_down(true);
+        })
+    };
+    let reply = tool.call(&engine, serde_json::json!({"input": 3})).await;
+    cut.await.unwrap();
+    store.set_down(false);
+    let reply = reply.expect("the instance was started");
+    assert_eq!(reply["status"], "pending", "{reply}");
+    let id = InstanceId::from_string(reply["workflowId"].as_str().unwrap());
+    assert_eq!(engine.instance(&id).await.unwrap().workflow, "repeats");
+}

@@ -337,7 +337,10 @@ fn type_named(ident: &Ident, handler: &Handler<'_>) -> Option<Span> {
 /// whose every non-blank line starts with `*` (but the first, the one
 /// after `/**`, which may not), that `*` and one space after it go, as
 /// rustdoc drops them. `#[doc = include_str!(..)]` and other non-literal
-/// docs are skipped: their text is unknown here.
+/// docs are skipped: their text is unknown here. The text ends before its
+/// first heading or code fence: `# Examples` with Rust code, `# Errors`
+/// about the Rust API, are for the crate's readers, not for a model
+/// reading the tool's description on every request.
 pub(crate) fn doc_comment(attrs: &[Attribute]) -> String {
     let mut lines = Vec::new();
     for attr in attrs {
@@ -370,7 +373,11 @@ pub(crate) fn doc_comment(attrs: &[Attribute]) -> String {
             lines.extend(block.into_iter().map(|line| line.trim().to_owned()));
         }
     }
-    lines.join("\n").trim().to_owned()
+    let end = lines
+        .iter()
+        .position(|line| line.starts_with("```") || line.starts_with("# ") || line == "#")
+        .unwrap_or(lines.len());
+    lines[..end].join("\n").trim().to_owned()
 }
 
 /// `process_order` -> `ProcessOrder`. Characters after the first of each
@@ -833,6 +840,27 @@ mod tests {
             async fn f() {}
         });
         assert_eq!(doc_comment(&f.attrs), "* fetch\n* charge");
+    }
+
+    #[test]
+    fn doc_comments_end_before_headings_and_code() {
+        let f = func(quote! {
+            /// Process a new order.
+            ///
+            /// # Errors
+            ///
+            /// When the card is declined.
+            async fn f() {}
+        });
+        assert_eq!(doc_comment(&f.attrs), "Process a new order.");
+        let f = func(quote! {
+            /// Process a new order, #1 priority.
+            /// ```
+            /// let x = 1;
+            /// ```
+            async fn f() {}
+        });
+        assert_eq!(doc_comment(&f.attrs), "Process a new order, #1 priority.");
     }
 
     fn model(attr: proc_macro2::TokenStream, f: &ItemFn) -> (Option<String>, Vec<String>) {

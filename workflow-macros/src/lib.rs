@@ -77,7 +77,7 @@ use proc_macro::TokenStream;
 /// | `Output`      | the first type argument of the `Result` |
 /// | `State`       | `S` of `Ctx<S>`, `()` for `Ctx` |
 /// | `NAME`        | `name`, or the function's name |
-/// | `DESCRIPTION` | `description`, or the doc comment (lines trimmed; a `/** */` comment's leading `*`s dropped, as rustdoc does), or `""` |
+/// | `DESCRIPTION` | `description`, or the doc comment up to its first heading or code block (lines trimmed; a `/** */` comment's leading `*`s dropped, as rustdoc does), or `""` |
 /// | `SCHEDULE`    | `schedule`, or `None` |
 /// | `TIMEZONE`    | `timezone`, or `"UTC"` |
 /// | `TIMEOUT`     | `timeout`, or 5 minutes |
@@ -96,7 +96,7 @@ use proc_macro::TokenStream;
 ///   also the AI tool name, so it must match `^[a-zA-Z0-9_-]{1,64}$`.
 ///   Default: the function's name.
 /// - `description = "..."`: for people and AI models. Default: the doc
-///   comment.
+///   comment, up to its first heading (`# Examples`) or code block.
 /// - `schedule = "0 9 * * MON-FRI"`: run on a cron schedule. Five fields
 ///   (`minute hour day-of-month month day-of-week`), or six with seconds
 ///   first; names like `MON` and `JAN`; `L`, `W` and `#` as croner accepts

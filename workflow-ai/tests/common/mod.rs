@@ -136,6 +136,11 @@ pub fn text(content: &str) -> (u16, Value) {
 
 /// A chat completion asking for one tool call.
 pub fn tool_call(id: &str, name: &str, args: Value) -> (u16, Value) {
+    tool_call_raw(id, name, &args.to_string())
+}
+
+/// A chat completion asking for one tool call, its arguments as sent.
+pub fn tool_call_raw(id: &str, name: &str, arguments: &str) -> (u16, Value) {
     (
         200,
         json!({
@@ -143,7 +148,7 @@ pub fn tool_call(id: &str, name: &str, args: Value) -> (u16, Value) {
             "choices": [{"index": 0, "finish_reason": "tool_calls",
                 "message": {"role": "assistant", "content": null, "tool_calls": [
                     {"id": id, "type": "function",
-                     "function": {"name": name, "arguments": args.to_string()}}]}}]
+                     "function": {"name": name, "arguments": arguments}}]}}]
         }),
     )
 }
