@@ -518,7 +518,7 @@ function instanceView(id) {
       const said = { cancel: "Instance cancelled", pause: "Pause requested", resume: "Resumed", events: "Event sent" };
       const message = action === "rerun" ? "Started " + res.id
         : res.already_sent ? "Already sent from this dialog: nothing changed"
-        : said[action] || "Done";
+        : (said[action] || "Done") + (res.note ? ", but " + res.note : "");
       toast(message);
       if (action === "rerun") location.hash = "#/instances/" + encodeURIComponent(res.id);
       lastJson = "";
@@ -533,11 +533,13 @@ function instanceView(id) {
     openDialog(title, text, null, label, danger, () => act(action));
   }
 
-  function sendEvent() {
+  function sendEvent(it) {
     // One key per dialog: a double-click or a resent request after a
     // dropped answer delivers the event once (send_event_once).
     const key = "console-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2);
-    const name = h("input", { placeholder: "approval", "data-testid": "event-name" });
+    // The name it listens for, if it does.
+    const w = it.waiting_for;
+    const name = h("input", { placeholder: "approval", "data-testid": "event-name", value: w && w.kind === "event" ? w.name : null });
     const payload = h("textarea", { "data-testid": "event-payload" }, "{}");
     openDialog("Send an event", "A waiting ctx.wait_for_event(name, ..) receives the payload; an event sent early is kept until the instance waits for it.",
       [h("label", { class: "field" }, "Event name", name), h("label", { class: "field" }, "Payload (JSON)", payload)],
@@ -557,7 +559,7 @@ function instanceView(id) {
       onclick: () => confirmAct("cancel", "Cancel this instance?", "It ends Cancelled; a running handler is stopped at its next await point. This cannot be undone.", "Cancel instance", true) }, "Cancel"));
     if (active && it.status !== "paused") buttons.push(h("button", { "data-action": "pause", onclick: () => act("pause") }, "Pause"));
     if (it.status === "paused") buttons.push(h("button", { "data-action": "resume", onclick: () => act("resume") }, "Resume"));
-    if (active) buttons.push(h("button", { "data-action": "send-event", onclick: sendEvent }, "Send event"));
+    if (active) buttons.push(h("button", { "data-action": "send-event", onclick: () => sendEvent(it) }, "Send event"));
     if (!active) buttons.push(h("button", { class: it.status === "failed" ? "primary" : "", "data-action": "rerun",
       onclick: () => confirmAct("rerun", "Re-run with the same input?", "Starts a new instance of " + it.workflow + " with this input and tags (plus rerun_of=" + it.id + ").", "Re-run", false) }, "Re-run"));
 

@@ -690,11 +690,32 @@ async fn send_event(
     }
     let id = InstanceId::from(id);
     let key = body.key.as_deref();
-    let sent = deliver_event(&state.engine, &id, body.name.trim(), key, body.payload).await?;
+    let name = body.name.trim();
+    let sent = deliver_event(&state.engine, &id, name, key, body.payload).await?;
     let already_sent = sent == EventSent::AlreadySent;
+    let note = match sent {
+        EventSent::Sent => event_note(&state.engine, &id, name).await,
+        _ => None,
+    };
     Ok(Json(
-        json!({ "id": id, "done": "send_event", "already_sent": already_sent }),
+        json!({ "id": id, "done": "send_event", "already_sent": already_sent, "note": note }),
     ))
+}
+
+/// A word on an event sent to an instance that listens for another one (a
+/// misspelled name?): the event is kept all the same, for a later wait.
+pub(crate) async fn event_note(engine: &Engine, id: &InstanceId, name: &str) -> Option<String> {
+    let info = engine.instance(id).await.ok()?;
+    match info.waiting_for {
+        Some(WaitingFor::Event { name: waits })
+            if info.status == Status::Listening && waits != name =>
+        {
+            Some(format!(
+                "it waits for event `{waits}`, not `{name}`; `{name}` is kept until a wait for it"
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// Shared by the API and the CLI: sends an event, at most once per `key`

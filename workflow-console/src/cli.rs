@@ -452,10 +452,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             let sent =
                 crate::api::deliver_event(&engine, &id, &name, key.as_deref(), payload).await?;
             let already_sent = sent == EventSent::AlreadySent;
+            let note = match sent {
+                EventSent::Sent => crate::api::event_note(&engine, &id, &name).await,
+                _ => None,
+            };
             if json {
                 print_json(
                     out,
-                    &json!({ "id": id, "event": name, "already_sent": already_sent }),
+                    &json!({ "id": id, "event": name, "already_sent": already_sent, "note": note }),
                 )?;
             } else if already_sent {
                 writeln!(
@@ -465,6 +469,9 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 )?;
             } else {
                 writeln!(out, "sent event `{name}` to {id}")?;
+                if let Some(note) = note {
+                    writeln!(out, "note: {note}")?;
+                }
             }
             Ok(0)
         }

@@ -402,6 +402,17 @@ async fn changes_are_checked_and_applied() {
     .await;
     assert_eq!(res.status, 422, "an empty key: {}", res.body);
     assert!(res.json()["error"].as_str().unwrap().contains("non-empty"));
+    // A name it does not wait for: sent, with a note saying so.
+    wait_status(&f.engine, &f.listening, Status::Listening).await;
+    let res = post(
+        &base,
+        &format!("/api/instances/{listening}/events"),
+        json!({ "name": "approve", "payload": {} }),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let note = res.json()["note"].as_str().unwrap_or_default().to_owned();
+    assert!(note.contains("waits for event `approval`"), "{}", res.body);
     // The event with a key, sent twice: the second changes nothing.
     for already_sent in [false, true] {
         let res = post(

@@ -474,10 +474,18 @@ async fn console_in_a_real_browser() {
     })
     .await;
     assert!(waiting.starts_with("event approval"), "{waiting}");
+    b.screenshot("instance-listening").await;
     b.click("button[data-action=send-event]").await;
+    // The name it listens for is filled in.
+    let name = b
+        .js(
+            "return document.querySelector('[data-testid=event-name]').value;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(name, "approval");
     b.js(
-        "document.querySelector('[data-testid=event-name]').value = 'approval';\
-         document.querySelector('[data-testid=event-payload]').value = arguments[0];",
+        "document.querySelector('[data-testid=event-payload]').value = arguments[0];",
         json!([r#"{"approved": true}"#]),
     )
     .await;

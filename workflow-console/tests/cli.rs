@@ -333,6 +333,16 @@ async fn starts_and_steers_for_a_running_engine() {
     let out = cli(url, &["send-event", id, "approval", "{}", "--key", ""]).await;
     assert_eq!(out.code, 2, "an unusable key is bad input: {}", out.stderr);
     assert!(out.stderr.contains("non-empty"), "{}", out.stderr);
+    // A name it does not wait for: sent and kept, with a word about it.
+    wait_status(&f.engine, &f.listening, Status::Listening).await;
+    let out = cli(url, &["send-event", id, "aproval", "{}"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("note: it waits for event `approval`, not `aproval`"),
+        "{}",
+        out.stdout
+    );
     let send = [
         "send-event",
         id,
