@@ -295,6 +295,11 @@ async fn a_corrupt_row_is_named_in_its_page_not_failing_it() {
     // Read alone, the row is an error naming the instance.
     let err = engine.instance(&ids[1]).await.unwrap_err();
     assert!(err.to_string().contains(ids[1].as_str()), "{err}");
+
+    // The counts leave the unknown status out instead of failing.
+    let counts = engine.counts(None).await.unwrap();
+    assert_eq!(counts.get(&Status::Pending), Some(&4), "{counts:?}");
+    assert_eq!(counts.values().sum::<u64>(), 4);
 }
 
 #[tokio::test]

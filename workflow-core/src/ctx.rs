@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::FutureExt;
@@ -58,6 +58,9 @@ struct CtxInner<S> {
     /// Set by `state_mut`, cleared when a step persists the state: steps that
     /// leave the state alone do not write a snapshot.
     state_dirty: AtomicBool,
+    /// One past the position (in recording order) of the latest recorded
+    /// snapshot restored; 0 before any.
+    restored: AtomicUsize,
 }
 
 /// What the engine and the handler share about one run of one instance.
@@ -74,6 +77,9 @@ pub(crate) struct RunShared {
     pub stop: CancellationToken,
     /// The deadline; moved by `set_timeout` here or, via the heartbeat, elsewhere.
     pub deadline: tokio::sync::watch::Sender<Option<crate::store::Millis>>,
+    /// How many times this process moved the deadline while it ran: a lease
+    /// renewal read before the latest of those is stale.
+    deadline_changes: Mutex<u64>,
     /// Why the handler was stopped, with what the worker needs to settle it.
     pub interrupt: Mutex<Option<(Interrupt, Settlement)>>,
     journal: Mutex<Journal>,
@@ -126,8 +132,15 @@ impl Settlement {
     }
 }
 
+tokio::task_local! {
+    /// The key of the step whose closure this task is running: `ctx` calls
+    /// that take a name are refused there ([`Error::NestedStep`]).
+    static IN_STEP: String;
+}
+
 struct Journal {
-    recorded: HashMap<String, StepRow>,
+    /// Steps of earlier runs by key, with their position in recording order.
+    recorded: HashMap<String, (usize, StepRow)>,
     /// Uses of each step name so far in this run, for `name#n` keys.
     seen: HashMap<String, u32>,
 }
@@ -141,7 +154,11 @@ impl RunShared {
         default_step: StepOptions,
         steps: Vec<StepRow>,
     ) -> Self {
-        let recorded = steps.into_iter().map(|s| (s.key.clone(), s)).collect();
+        let recorded = steps
+            .into_iter()
+            .enumerate()
+            .map(|(position, s)| (s.key.clone(), (position, s)))
+            .collect();
         RunShared {
             id: row.id.clone(),
             parent: row.parent.clone(),
@@ -159,6 +176,7 @@ impl RunShared {
             engine,
             stop: CancellationToken::new(),
             deadline: tokio::sync::watch::Sender::new(row.deadline_at),
+            deadline_changes: Mutex::new(0),
             interrupt: Mutex::new(None),
             journal: Mutex::new(Journal {
                 recorded,
@@ -211,6 +229,35 @@ impl RunShared {
         kept.max(all.get(key).copied().unwrap_or(0))
     }
 
+    /// Moves the deadline: a `set_timeout` made in this process.
+    pub(crate) fn move_deadline(&self, deadline: Option<crate::store::Millis>) {
+        let mut changes = lock(&self.deadline_changes);
+        *changes += 1;
+        self.deadline.send_replace(deadline);
+    }
+
+    /// Which local deadline move the deadline reflects now; pass it to
+    /// [`deadline_as_stored`](Self::deadline_as_stored) with what the
+    /// store said.
+    pub(crate) fn deadline_seen(&self) -> u64 {
+        *lock(&self.deadline_changes)
+    }
+
+    /// The store's deadline, read after local move `seen`: it wins (another
+    /// process moved it) unless this process moved it since, which the
+    /// store read may predate: a renewal must not put back the deadline a
+    /// `set_timeout` here just replaced.
+    pub(crate) fn deadline_as_stored(&self, deadline: Option<crate::store::Millis>, seen: u64) {
+        let changes = lock(&self.deadline_changes);
+        if *changes == seen {
+            self.deadline.send_if_modified(|current| {
+                let moved = *current != deadline;
+                *current = deadline;
+                moved
+            });
+        }
+    }
+
     /// Asks the handler to pause before its next step (or withdraws that):
     /// a pause or resume made in this process.
     pub(crate) fn request_pause(&self, pause: bool) {
@@ -259,6 +306,13 @@ impl RunShared {
             name: name.to_owned(),
             reserved,
         })?;
+        if let Ok(outer) = IN_STEP.try_with(String::clone) {
+            return Err(Error::NestedStep {
+                workflow: self.workflow.to_owned(),
+                outer,
+                name: name.to_owned(),
+            });
+        }
         let mut journal = lock(&self.journal);
         let n = journal.seen.entry(name.to_owned()).or_insert(0);
         let key = if *n == 0 {
@@ -267,12 +321,23 @@ impl RunShared {
             format!("{name}#{n}")
         };
         *n += 1;
-        let recorded = journal.recorded.get(&key).cloned();
+        let recorded = journal.recorded.get(&key).map(|(_, step)| step.clone());
         Ok((key, recorded))
     }
 
     pub(crate) fn recorded(&self, key: &str) -> Option<StepRow> {
-        lock(&self.journal).recorded.get(key).cloned()
+        lock(&self.journal)
+            .recorded
+            .get(key)
+            .map(|(_, step)| step.clone())
+    }
+
+    /// Where an earlier run recorded step `key`, in recording order.
+    fn recorded_at(&self, key: &str) -> Option<usize> {
+        lock(&self.journal)
+            .recorded
+            .get(key)
+            .map(|(position, _)| *position)
     }
 }
 
@@ -324,6 +389,7 @@ where
                 run,
                 state: Mutex::new(state),
                 state_dirty: AtomicBool::new(false),
+                restored: AtomicUsize::new(0),
             }),
         }
     }
@@ -434,6 +500,19 @@ where
     /// (`format!("save-{id}")`), or run the items through [`Ctx::map`],
     /// [`Ctx::for_each`] or [`Ctx::batch`], which key each by its index.
     /// The same holds for every `ctx` call that takes a name.
+    ///
+    /// Which calls are made must follow from recorded results alone: a
+    /// `tokio::time::timeout` or a `select!` around `ctx` calls may take
+    /// one branch on the first run and another on a replay, where recorded
+    /// steps are ready at once. Race inside a step instead.
+    ///
+    /// # Steps inside steps
+    ///
+    /// `f` is one unit of work, recorded as one: a `ctx` call that takes a
+    /// name made from inside it fails this step at once, without retries,
+    /// with [`Error::NestedStep`]. `f` may use `ctx.state_mut()` and the
+    /// like. State changed by steps side by side is saved as each
+    /// finishes; a replay restores the snapshot recorded last.
     pub async fn step_with<T, E, F, Fut>(&self, name: &str, opts: StepOptions, f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned + Send,
@@ -495,7 +574,9 @@ where
                 // The count comes from the store: a corrupt one must not overflow.
                 attempt = attempt.saturating_add(1);
                 run.check()?;
-                let outcome = AssertUnwindSafe(async { f().await }).catch_unwind().await;
+                let outcome = AssertUnwindSafe(IN_STEP.scope(key.clone(), async { f().await }))
+                    .catch_unwind()
+                    .await;
                 let (message, retryable) = match outcome {
                     Ok(Ok(value)) => {
                         // Recorded only if it reads back as itself: the
@@ -525,7 +606,12 @@ where
                         if let Some(Error::Interrupted(why)) = err.downcast_ref::<Error>() {
                             return Err(Error::Interrupted(why.clone()));
                         }
-                        let retryable = err.downcast_ref::<crate::step::NonRetryable>().is_none();
+                        // A nested call fails the same way at every attempt.
+                        let retryable = err.downcast_ref::<crate::step::NonRetryable>().is_none()
+                            && !matches!(
+                                err.downcast_ref::<Error>(),
+                                Some(Error::NestedStep { .. })
+                            );
                         (error_chain(&*err), retryable)
                     }
                     Err(payload) => (format!("panicked: {}", panic_message(&*payload)), true),
@@ -649,6 +735,11 @@ where
         // Recorded only if it reads back as itself: replays restore it.
         let (json, _): (String, S) = crate::error::json_round_trip(&*state, || {
             format!("state of workflow `{}`", self.name())
+        })
+        .inspect_err(|_| {
+            // Still to be saved: a handler that goes on past the error
+            // must not lose the state at its next step or its end.
+            self.inner.state_dirty.store(true, Ordering::Release);
         })?;
         Ok(Some(json))
     }
@@ -676,10 +767,27 @@ where
 
     /// Restores the state `step` recorded, if it recorded one: a replay
     /// must see the state as the first run had it past this step.
+    ///
+    /// Steps side by side (`join!`, `ctx.map`) replay in the order the code
+    /// asks for them, which need not be the order they were recorded in:
+    /// only a snapshot recorded later than every one restored so far
+    /// wins, so the state ends as the last recorded one left it. A step
+    /// this run recorded itself holds the state as it is.
     pub(crate) fn restore_state(&self, step: &StepRow) -> Result<()> {
         let Some(state) = &step.state else {
             return Ok(());
         };
+        let Some(position) = self.inner.run.recorded_at(&step.key) else {
+            return Ok(());
+        };
+        if self
+            .inner
+            .restored
+            .fetch_max(position + 1, Ordering::AcqRel)
+            > position
+        {
+            return Ok(());
+        }
         let restored: S = serde_json::from_str(state).map_err(|source| Error::Json {
             context: format!(
                 "state recorded by step `{}` of workflow `{}`",

@@ -876,7 +876,7 @@ impl Engine {
             row.deadline_at = Some(deadline)
         });
         if let Some(run) = self.inner.local_run(id) {
-            run.deadline.send_replace(Some(deadline));
+            run.move_deadline(Some(deadline));
         }
         Ok(())
     }

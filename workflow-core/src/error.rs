@@ -106,6 +106,25 @@ pub enum Error {
         reserved: Option<char>,
     },
 
+    /// A `ctx` call that takes a name (`step`, `sleep`, `map`...) was made
+    /// from inside the closure of another step. A step is recorded as one
+    /// unit: once it is, its closure never runs again, so the calls made in
+    /// it would vanish from replays and shift the keys of the steps after
+    /// them; and each retry of the outer step would run them anew. Returned
+    /// before anything runs or is recorded; the outer step fails at once,
+    /// without retries. Make such calls in the handler's body; a step's
+    /// closure may still use what takes no name (`ctx.state_mut()`,
+    /// `ctx.tags()`, `ctx.data()`).
+    #[error("step `{name}` of workflow `{workflow}` is called inside step `{outer}`; `ctx` calls belong in the handler's body, not inside a step's closure")]
+    NestedStep {
+        /// The workflow's name.
+        workflow: String,
+        /// The step whose closure made the call.
+        outer: String,
+        /// The name of the call.
+        name: String,
+    },
+
     /// The instance ended `Failed`; `message` is the recorded error.
     #[error("workflow instance {id} failed: {message}")]
     Failed {

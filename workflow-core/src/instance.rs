@@ -233,7 +233,7 @@ impl<W: Workflow> Instance<W> {
     /// `TimedOut`, and its unfinished children, grandchildren... end
     /// `Cancelled` with it (history event `cancelled`, "parent timed out"),
     /// as [`Instance::cancel`] would leave them: their handlers stop at once
-    /// in this process, at their next heartbeat in another.
+    /// when this engine runs them, at their next heartbeat otherwise.
     pub async fn set_timeout(&self, timeout: Timeout) -> Result<()> {
         self.engine.set_timeout(&self.id, timeout).await
     }

@@ -306,6 +306,15 @@ impl Store for MemoryStore {
             entry.row.state = Some(state.clone());
             entry.row.updated_at = step.finished_at;
         }
+        // Its failed attempts are history now.
+        if entry
+            .row
+            .retry
+            .as_ref()
+            .is_some_and(|(key, _)| *key == step.key)
+        {
+            entry.row.retry = None;
+        }
         let kind = if step.error.is_some() {
             "step_failed"
         } else {

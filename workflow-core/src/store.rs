@@ -75,6 +75,21 @@ pub fn tail<T>(mut rows: Vec<T>, last: usize) -> (Vec<T>, u64) {
     (rows, total as u64)
 }
 
+/// Counts per stored status name, as [`Store::count_by_status`] returns
+/// them: a name no status has (a row damaged outside the engine) is left
+/// out with a warning, rather than failing every count.
+pub fn status_counts(rows: Vec<(String, i64)>) -> Vec<(Status, u64)> {
+    rows.into_iter()
+        .filter_map(|(name, count)| match name.parse::<Status>() {
+            Ok(status) => Some((status, u64::try_from(count).unwrap_or(0))),
+            Err(err) => {
+                tracing::warn!(status = %name, count, error = %err, "instances with an unknown status left out of the counts");
+                None
+            }
+        })
+        .collect()
+}
+
 /// An instance to insert.
 #[derive(Debug, Clone)]
 pub struct NewInstance {

@@ -340,6 +340,21 @@ async fn steps_are_fenced_by_the_lease(store: impl Store) {
         history.windows(2).all(|w| w[0].seq < w[1].seq),
         "history is ordered"
     );
+
+    // The retried step recorded at last: the row's count is gone with it.
+    assert_eq!(c2.row.retry, Some(("ship".to_owned(), 1)));
+    store
+        .commit_step(&c2.lease, step("other", "0", None))
+        .await
+        .unwrap();
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(row.retry, Some(("ship".to_owned(), 1)), "another step");
+    let shipped = StepRow {
+        attempts: 2,
+        ..step("ship", "3", None)
+    };
+    store.commit_step(&c2.lease, shipped).await.unwrap();
+    assert_eq!(store.get(&id).await.unwrap().unwrap().retry, None);
 }
 
 async fn tails_end_the_steps_and_the_history(store: impl Store) {
@@ -2100,6 +2115,7 @@ pub struct Unreachable<S> {
     inner: S,
     down: AtomicBool,
     failing_creates: AtomicU32,
+    hanging: AtomicBool,
 }
 
 impl<S: Store> Unreachable<S> {
@@ -2109,7 +2125,14 @@ impl<S: Store> Unreachable<S> {
             inner,
             down: AtomicBool::new(false),
             failing_creates: AtomicU32::new(0),
+            hanging: AtomicBool::new(false),
         }
+    }
+
+    /// Makes [`Store::renew`] wait without answering while on (`true`), as
+    /// over a connection gone quiet; it answers once turned off.
+    pub fn hang_renewals(&self, hang: bool) {
+        self.hanging.store(hang, Ordering::SeqCst);
     }
 
     /// Makes the next `n` calls to [`Store::create`] fail with a backend
@@ -2198,6 +2221,9 @@ impl<S: Store> Store for Unreachable<S> {
         self.up()?.release(lease, at).await
     }
     async fn renew(&self, leases: &[Lease], until: Millis) -> Result<Vec<Renewal>, StoreError> {
+        while self.hanging.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         self.up()?.renew(leases, until).await
     }
     async fn cancel(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {

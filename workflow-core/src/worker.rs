@@ -406,29 +406,43 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
         tokio::time::sleep(every).await;
         ticks += 1;
         let runs: Vec<Arc<RunShared>> = lock(&w.running).values().cloned().collect();
-        // Taken before the store is read: see `RunShared::pause_as_stored`.
-        let pause_seen: Vec<u64> = runs.iter().map(|r| r.pause_seen()).collect();
+        // Taken before the store is read: see `RunShared::pause_as_stored`
+        // and `RunShared::deadline_as_stored`.
+        let seen: Vec<(u64, u64)> = runs
+            .iter()
+            .map(|r| (r.pause_seen(), r.deadline_seen()))
+            .collect();
         let mut leases: Vec<Lease> = runs.iter().map(|r| r.lease.clone()).collect();
         leases.extend(lock(&w.ready).iter().map(|c| c.lease.clone()));
         let until = crate::store::millis_after(now_millis(), inner.config.lease);
         if leases.is_empty() {
             held_until = until;
         } else {
-            match inner.store.renew(&leases, until).await {
-                Ok(renewals) => {
+            // Bounded by the leases held: a renewal still hanging when they
+            // end (a store retrying, a connection gone quiet) cannot keep
+            // handlers running past them.
+            let left = Duration::from_millis(
+                u64::try_from(held_until.saturating_sub(now_millis())).unwrap_or(0),
+            );
+            match tokio::time::timeout(left, inner.store.renew(&leases, until)).await {
+                Ok(Ok(renewals)) => {
                     held_until = until;
                     for renewal in renewals {
                         match runs.iter().position(|r| r.lease == renewal.lease) {
-                            Some(at) => apply_renewal(&runs[at], &renewal, pause_seen[at]),
+                            Some(at) => apply_renewal(&runs[at], &renewal, seen[at]),
                             None => renew_ready(&w, &renewal),
                         }
                     }
                 }
-                Err(err) => {
+                Ok(Err(err)) => {
                     tracing::error!(error = %err, "renewing leases failed");
                     if now_millis() >= held_until {
                         stop_lapsed(&w, &runs);
                     }
+                }
+                Err(_) => {
+                    tracing::error!("renewing leases took until they lapsed");
+                    stop_lapsed(&w, &runs);
                 }
             }
         }
@@ -453,16 +467,12 @@ fn stop_lapsed(w: &WorkerShared, runs: &[Arc<RunShared>]) {
     lock(&w.ready).clear();
 }
 
-/// Tells a running handler what its lease renewal found; `pause_seen` is
-/// the run's local pause changes when the renewal was sent.
-fn apply_renewal(run: &RunShared, renewal: &Renewal, pause_seen: u64) {
+/// Tells a running handler what its lease renewal found; `seen` is the
+/// run's local pause changes and deadline moves when the renewal was sent.
+fn apply_renewal(run: &RunShared, renewal: &Renewal, (pause_seen, deadline_seen): (u64, u64)) {
     if renewal.held {
         run.pause_as_stored(renewal.pause_requested, pause_seen);
-        run.deadline.send_if_modified(|deadline| {
-            let moved = *deadline != renewal.deadline_at;
-            *deadline = renewal.deadline_at;
-            moved
-        });
+        run.deadline_as_stored(renewal.deadline_at, deadline_seen);
     } else {
         tracing::warn!(id = %renewal.lease.instance, "lease lost (cancelled, or taken over); stopping handler");
         run.interrupt(Interrupt::LeaseLost, Settlement::Plain);

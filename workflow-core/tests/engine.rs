@@ -2171,3 +2171,115 @@ async fn a_waiting_workflow_tool_that_cannot_read_its_outcome_names_the_instance
     let id = InstanceId::from_string(reply["workflowId"].as_str().unwrap());
     assert_eq!(engine.instance(&id).await.unwrap().workflow, "repeats");
 }
+
+static NESTED_OUTER: AtomicU32 = AtomicU32::new(0);
+static NESTED_INNER: AtomicU32 = AtomicU32::new(0);
+
+/// Calls a step from inside another step's closure.
+struct Nested;
+
+impl Workflow for Nested {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "nested";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        let inner = ctx.clone();
+        let n = ctx
+            .step("outer", || {
+                let ctx = inner.clone();
+                async move {
+                    NESTED_OUTER.fetch_add(1, Ordering::SeqCst);
+                    ctx.step("fetch", || async {
+                        Ok::<_, BoxError>(NESTED_INNER.fetch_add(1, Ordering::SeqCst))
+                    })
+                    .await
+                }
+            })
+            .await?;
+        Ok(n)
+    }
+}
+
+/// A step inside a step would vanish from replays and run again at every
+/// retry of the outer one: it is refused, and the outer step fails at
+/// once, naming both.
+#[tokio::test]
+async fn a_step_inside_a_step_fails_without_running() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Nested)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = Nested::start(&engine, ()).await.unwrap();
+    let err = inst
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("step `fetch` of workflow `nested` is called inside step `outer`"),
+        "{err}"
+    );
+    assert_eq!(
+        NESTED_INNER.load(Ordering::SeqCst),
+        0,
+        "the inner step never ran"
+    );
+    assert_eq!(NESTED_OUTER.load(Ordering::SeqCst), 1, "no retries");
+}
+
+static HUNG_DONE: AtomicU32 = AtomicU32::new(0);
+
+/// One step of 3 s.
+struct HungStep;
+
+impl Workflow for HungStep {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "hungStep";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step("long", || async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            HUNG_DONE.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A renewal that hangs (the store retrying, a connection gone quiet)
+/// does not keep handlers running past their leases: they stop when the
+/// leases end, as when renewals fail.
+#[tokio::test]
+async fn handlers_stop_when_a_hanging_renewal_outlasts_their_leases() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(HungStep)
+        .lease_duration(Duration::from_millis(600))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = HungStep::start(&engine, ()).await.unwrap();
+    until_status(&inst, Status::InProgress).await;
+    store.hang_renewals(true);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(
+        HUNG_DONE.load(Ordering::SeqCst),
+        0,
+        "the step ran on past its lapsed lease"
+    );
+    store.hang_renewals(false);
+    inst.result_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(HUNG_DONE.load(Ordering::SeqCst), 1);
+}

@@ -261,9 +261,41 @@ impl Workflow for FailsBesideSleep {
     }
 }
 
+#[derive(Default, Serialize, Deserialize, JsonSchema)]
+struct Count {
+    done: u32,
+}
+
+/// Two items side by side each count themselves into the state; the first
+/// one finishes, and records its snapshot, last. A sleep then suspends the
+/// instance, so the count after it comes from a replay.
+struct CountsSideBySide;
+
+impl Workflow for CountsSideBySide {
+    type Input = ();
+    type Output = u32;
+    type State = Count;
+    const NAME: &'static str = "countsSideBySide";
+
+    async fn run(&self, ctx: Ctx<Count>, _: ()) -> Result<u32, BoxError> {
+        ctx.map("count", vec![0u64, 1], 2, |i| {
+            let ctx = ctx.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(80 * (1 - i))).await;
+                ctx.state_mut().done += 1;
+                Ok::<_, BoxError>(i)
+            }
+        })
+        .await?;
+        ctx.sleep("nap", Duration::from_millis(100)).await?;
+        Ok(ctx.state().done)
+    }
+}
+
 async fn engine(store: Arc<dyn Store>) -> Engine {
     EngineBuilder::new()
         .shared_store(store)
+        .register(CountsSideBySide)
         .register(Sleeper)
         .register(Approve)
         .register(Payments)
@@ -1102,4 +1134,23 @@ async fn info_says_what_an_instance_waits_for_and_until_when() {
     assert_eq!((info.due_at, info.waiting_for), (None, None));
     sleeper.cancel().await.unwrap();
     parent.cancel().await.unwrap();
+}
+
+/// A replay restores the snapshot recorded last, not the one of the step
+/// it replays last: side-by-side steps replay in code order.
+#[tokio::test]
+async fn side_by_side_state_replays_as_last_recorded() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = CountsSideBySide::start(&engine, ()).await.unwrap();
+    assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), 2);
+    assert!(inst.info().await.unwrap().runs >= 2, "it was replayed");
+    let keys: Vec<String> = inst
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(keys[..2], ["count[1]", "count[0]"], "recorded out of order");
 }

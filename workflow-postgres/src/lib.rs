@@ -242,7 +242,15 @@ impl PgStore {
         }
         let connect = PgConnectOptions::from_str(&url)
             .map_err(|err| Error::Config(format!("invalid PostgreSQL URL: {err}")))?;
-        let mut settings = vec![("search_path", schema.clone())];
+        // Every transaction relies on READ COMMITTED: a statement that
+        // waited for a lock (a dedup key's advisory lock, an instance row's
+        // FOR UPDATE) must then see what the holder committed. A server
+        // whose default is REPEATABLE READ would let it read an older
+        // snapshot: duplicate instances, lost wake-ups.
+        let mut settings = vec![
+            ("search_path", schema.clone()),
+            ("default_transaction_isolation", "read committed".to_owned()),
+        ];
         if options.durability == Durability::Relaxed {
             settings.push(("synchronous_commit", "off".to_owned()));
         }
@@ -297,8 +305,8 @@ impl PgStore {
         };
         Ok(PgStore {
             db: Db {
+                wake: ops::notifier(pool.clone(), channel),
                 pool,
-                channel,
                 lock_prefix: schema.clone(),
             },
             schema,
@@ -512,6 +520,9 @@ impl Store for PgStore {
         workflow: Option<&str>,
         limit: usize,
     ) -> Result<u64, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
         // Repeating it after a lost answer only deletes what is left.
         retrying!(
             self,
@@ -784,14 +795,6 @@ impl Store for PgStore {
             })
             }
         )?;
-        rows.into_iter()
-            .map(|(status, count)| {
-                let status = status.parse::<Status>().map_err(|e| StoreError::Corrupt {
-                    id: "(count)".into(),
-                    message: e.to_string(),
-                })?;
-                Ok((status, u64::try_from(count).unwrap_or(0)))
-            })
-            .collect()
+        Ok(workflow_core::store::status_counts(rows))
     }
 }

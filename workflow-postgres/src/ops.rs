@@ -7,6 +7,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use tokio::sync::mpsc;
+
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Acquire, PgConnection, Row};
 use workflow_core::store::*;
@@ -25,10 +27,39 @@ const FENCE: &str = "id = $1 AND lease_owner = $2 AND runs = $3 AND status = 'in
 #[derive(Debug, Clone)]
 pub(crate) struct Db {
     pub pool: PgPool,
-    /// The NOTIFY channel of this store's schema.
-    pub channel: String,
     /// Prefix of dedup advisory-lock keys, so schemas do not contend.
     pub lock_prefix: String,
+    /// Asks the [`notifier`] for a NOTIFY.
+    pub wake: mpsc::Sender<()>,
+}
+
+/// Sends `NOTIFY` on `channel` (wakes idle claimers in every process) once
+/// per request, requests made while one is sent folding into the next.
+///
+/// Not from inside the data transactions: PostgreSQL serializes the commits
+/// of every notifying transaction on the server, each holding a lock
+/// through its WAL flush, which would cap starts and wake-ups at about one
+/// per fsync across all processes. This one commits without waiting for
+/// its flush (`synchronous_commit` off for it alone): a NOTIFY lost to a
+/// crash only delays a pick-up until the next poll. Ends when the store
+/// is dropped.
+pub(crate) fn notifier(pool: PgPool, channel: String) -> mpsc::Sender<()> {
+    let (wake, mut asked) = mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        while asked.recv().await.is_some() {
+            let sent = sqlx::query(
+                "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')",
+            )
+            .bind(&channel)
+            .execute(&pool)
+            .await;
+            if let Err(err) = sent {
+                // Claimers poll anyway: this only delays a pick-up.
+                tracing::debug!(error = %err, "NOTIFY failed");
+            }
+        }
+    });
+    wake
 }
 
 fn lease_lost<T>(lease: &Lease) -> Attempt<Result<T, StoreError>> {
@@ -40,13 +71,11 @@ impl Db {
         Ok(self.pool.begin().await?)
     }
 
-    /// Wakes idle claimers (in every process) when the transaction commits.
-    async fn notify(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(&self.channel)
-            .execute(conn)
-            .await?;
-        Ok(())
+    /// Wakes idle claimers (in every process); called once the work they
+    /// should see is committed.
+    fn wake(&self) {
+        // Full: a NOTIFY is already asked for, and goes after this commit.
+        let _ = self.wake.try_send(());
     }
 
     pub(crate) async fn create(
@@ -55,6 +84,7 @@ impl Db {
         dedup: Option<&[Status]>,
     ) -> Attempt<Result<Created, StoreError>> {
         let mut tx = self.begin().await?;
+        let mut wake = false;
         if let (Some(statuses), Some(key)) = (dedup, &new.key) {
             // Serializes creates of one (workflow, key) until commit; under
             // READ COMMITTED the lookup below then sees what the previous
@@ -84,9 +114,12 @@ impl Db {
         if let Some(message) = cancelled.into_values().next() {
             row = cancel_new(&mut tx, new.id.as_str(), new.created_at, message).await?;
         } else {
-            self.notify(&mut tx).await?;
+            wake = true;
         }
         commit(tx).await?;
+        if wake {
+            self.wake();
+        }
         Ok(instance_row(&row).map(Created::New))
     }
 
@@ -141,8 +174,8 @@ impl Db {
                 rows.push(cancel_new(&mut tx, n.id.as_str(), n.created_at, message).await?);
             }
         }
-        self.notify(&mut tx).await?;
         commit(tx).await?;
+        self.wake();
         // RETURNING gives no order guarantee; answer in the order asked.
         // A row cancelled after its insert comes later and replaces it.
         let mut by_id: HashMap<String, InstanceRow> = HashMap::with_capacity(rows.len());
@@ -313,7 +346,9 @@ impl Db {
             "WITH held AS ( \
                  UPDATE instances SET state = COALESCE($5, state), \
                      updated_at = CASE WHEN $5::text IS NULL THEN updated_at ELSE $4 END, \
-                     interrupted_runs = 0 \
+                     interrupted_runs = 0, \
+                     retry_attempts = CASE WHEN retry_key = $6 THEN NULL ELSE retry_attempts END, \
+                     retry_key = CASE WHEN retry_key = $6 THEN NULL ELSE retry_key END \
                  WHERE {FENCE} RETURNING id \
              ), recorded AS ( \
                  INSERT INTO steps (instance_id, key, output, error, state, attempts, started_at, finished_at) \
@@ -444,10 +479,10 @@ impl Db {
             let root = lease.instance.as_str();
             woke += cancel_tree(&mut tx, root, finish.at, "parent timed out").await?;
         }
-        if woke > 0 {
-            self.notify(&mut tx).await?;
-        }
         commit(tx).await?;
+        if woke > 0 {
+            self.wake();
+        }
         Ok(Ok(()))
     }
 
@@ -474,8 +509,8 @@ impl Db {
             return lease_lost(lease);
         }
         event(&mut tx, lease.instance.as_str(), at, "released").await?;
-        self.notify(&mut tx).await?;
         commit(tx).await?;
+        self.wake();
         Ok(Ok(()))
     }
 
@@ -527,10 +562,11 @@ impl Db {
         if control != Control::Applied {
             return Ok(control);
         }
-        if cancel_tree(&mut tx, id.as_str(), at, "parent cancelled").await? > 0 {
-            self.notify(&mut tx).await?;
-        }
+        let woke = cancel_tree(&mut tx, id.as_str(), at, "parent cancelled").await?;
         commit(tx).await?;
+        if woke > 0 {
+            self.wake();
+        }
         Ok(control)
     }
 
@@ -685,9 +721,11 @@ impl Db {
             .bind(at)
             .execute(&mut *tx)
             .await?;
-            self.notify(&mut tx).await?;
         }
         commit(tx).await?;
+        if !ids.is_empty() {
+            self.wake();
+        }
         Ok(ids.len() as u64)
     }
 
@@ -796,10 +834,10 @@ impl Db {
             None,
         )
         .await?;
-        if status == Status::Pending && run_at <= s.at {
-            self.notify(&mut tx).await?;
-        }
         commit(tx).await?;
+        if status == Status::Pending && run_at <= s.at {
+            self.wake();
+        }
         Ok(Ok(()))
     }
 
@@ -873,10 +911,10 @@ impl Db {
             None,
         )
         .await?;
-        if woke {
-            self.notify(&mut tx).await?;
-        }
         commit(tx).await?;
+        if woke {
+            self.wake();
+        }
         Ok(control)
     }
 
@@ -981,7 +1019,6 @@ impl Db {
             == 1;
         if resumed {
             event(&mut tx, id.as_str(), at, "resumed").await?;
-            self.notify(&mut tx).await?;
         } else {
             sqlx::query("UPDATE instances SET pause_requested = FALSE WHERE id = $1")
                 .bind(id.as_str())
@@ -989,6 +1026,9 @@ impl Db {
                 .await?;
         }
         commit(tx).await?;
+        if resumed {
+            self.wake();
+        }
         Ok(control)
     }
 

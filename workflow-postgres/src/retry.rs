@@ -29,11 +29,12 @@ impl From<sqlx::Error> for Failure {
 /// One attempt's result.
 pub(crate) type Attempt<T> = Result<T, Failure>;
 
-/// Commits, marking a failure as possibly committed.
+/// Commits, marking a failure as possibly committed unless the server
+/// answered it with an error (which it sends only after rolling back).
 pub(crate) async fn commit(tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Attempt<()> {
     tx.commit().await.map_err(|err| Failure {
+        maybe_committed: !matches!(err, sqlx::Error::Database(_)),
         err,
-        maybe_committed: true,
     })
 }
 

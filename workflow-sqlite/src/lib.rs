@@ -882,15 +882,7 @@ impl Store for SqliteStore {
         }
         .map_err(backend)?;
         self.writer.settle().await?;
-        rows.into_iter()
-            .map(|(status, count)| {
-                let status = status.parse::<Status>().map_err(|e| StoreError::Corrupt {
-                    id: "(count)".into(),
-                    message: e.to_string(),
-                })?;
-                Ok((status, u64::try_from(count).unwrap_or(0)))
-            })
-            .collect()
+        Ok(workflow_core::store::status_counts(rows))
     }
 }
 

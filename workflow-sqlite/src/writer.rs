@@ -2169,6 +2169,15 @@ fn commit_step(
                 lease.instance.as_str()
             ])?;
     }
+    if step.attempts > 1 {
+        // Retried: the row may hold its count of failed attempts, history
+        // now. Only then, so most steps still leave the row alone.
+        c.prepare_cached(
+            "UPDATE instances SET retry_key = NULL, retry_attempts = NULL \
+             WHERE id = ?1 AND retry_key = ?2",
+        )?
+        .execute(params![lease.instance.as_str(), step.key])?;
+    }
     // The step's history events are its row (see `INSERT_STEP`).
     let seq = c.next_seq(if step.state.is_some() { 2 } else { 1 })?;
     c.hot().insert_step.borrow_mut().execute(params![
