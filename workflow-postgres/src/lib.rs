@@ -10,7 +10,11 @@
 //!   worker can never overwrite an instance another worker took over or
 //!   finished.
 //! - LISTEN/NOTIFY wakes idle workers when work becomes due elsewhere; it is
-//!   only a hint, polling stays the truth.
+//!   only a hint, polling stays the truth. It is sent after the commit, not
+//!   inside it: notifying transactions commit one at a time server-wide.
+//! - Connections run READ COMMITTED whatever the server's default: the
+//!   store's transactions rely on a statement seeing what the holder of a
+//!   lock it waited for committed.
 //! - Lost connections, server restarts and deadlocks are retried
 //!   transparently while it is safe (see [`PgOptions::retry_for`]).
 //! - Migrations are embedded and run on connect, in one transaction under
