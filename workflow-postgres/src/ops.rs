@@ -585,17 +585,18 @@ impl Db {
         // there: only a running handler watches the deadline itself. One set
         // while paused is set in paused time: resume adds only what is
         // paused from now on.
-        sqlx::query(
+        let due_now: bool = sqlx::query_scalar(
             "UPDATE instances SET deadline_at = $2, updated_at = $3, \
              run_at = CASE WHEN status IN ('pending', 'listening') AND run_at > $2 \
              THEN $2 ELSE run_at END, \
              paused_at = CASE WHEN status = 'paused' THEN $3 ELSE paused_at END \
-             WHERE id = $1",
+             WHERE id = $1 \
+             RETURNING status IN ('pending', 'listening') AND run_at <= $3",
         )
         .bind(id.as_str())
         .bind(deadline_at)
         .bind(at)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         let message = format_millis(deadline_at);
         event_full(
@@ -610,6 +611,10 @@ impl Db {
         )
         .await?;
         commit(tx).await?;
+        // A deadline already past: other processes should end it at once.
+        if due_now {
+            self.wake();
+        }
         Ok(control)
     }
 
@@ -803,13 +808,13 @@ impl Db {
         };
         // `run_at` never later than the stored deadline: one moved while
         // the handler ran may not have reached it yet.
-        sqlx::query(
+        let stored_run_at: Millis = sqlx::query_scalar(
             "UPDATE instances SET status = $2, run_at = LEAST($3, COALESCE(deadline_at, $3)), \
                  wait_event = $4, wait_child = $5, \
                  retry_key = $6, retry_attempts = $7, state = COALESCE($8, state), updated_at = $9, \
                  paused_at = $10, pause_requested = FALSE, lease_owner = NULL, lease_expires_at = NULL, \
                  interrupted_runs = 0 \
-             WHERE id = $1",
+             WHERE id = $1 RETURNING run_at",
         )
         .bind(lease.instance.as_str())
         .bind(status.as_str())
@@ -821,7 +826,7 @@ impl Db {
         .bind(&s.state)
         .bind(s.at)
         .bind(paused_at)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         event_full(
             &mut tx,
@@ -835,7 +840,9 @@ impl Db {
         )
         .await?;
         commit(tx).await?;
-        if status == Status::Pending && run_at <= s.at {
+        // Due now, also when a deadline already past pulled it in: other
+        // processes should see to it (to time it out) at once.
+        if status != Status::Paused && stored_run_at <= s.at {
             self.wake();
         }
         Ok(Ok(()))
