@@ -218,6 +218,28 @@ mod tests {
     use super::*;
     use chrono::{Datelike, Timelike, Weekday};
 
+    /// What the macro lets through without a database is what the engine
+    /// knows: every one-word zone, and every other name by its shape.
+    #[test]
+    fn the_macros_time_zone_names_are_the_databases() {
+        let mut one_word: Vec<&str> = chrono_tz::TZ_VARIANTS
+            .iter()
+            .map(|tz| tz.name())
+            .filter(|name| !name.contains('/'))
+            .collect();
+        one_word.sort_unstable();
+        let mut listed = workflow_rules::timezone::ONE_WORD.to_vec();
+        listed.sort_unstable();
+        assert_eq!(listed, one_word);
+        for tz in chrono_tz::TZ_VARIANTS {
+            assert!(
+                workflow_rules::timezone::plausible(tz.name()),
+                "{}",
+                tz.name()
+            );
+        }
+    }
+
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }

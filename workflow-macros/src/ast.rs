@@ -273,14 +273,71 @@ impl<'a> Workflow<'a> {
     }
 }
 
+/// Names every module sees from the std prelude: a struct of one of these
+/// names would hide it there (`fn send` would turn every `Send` bound into
+/// an error, `fn ok` every `Ok(..)`). Names from `workflow::prelude` are
+/// left to the user, who may name them by path instead (`fn ctx` gives
+/// `Ctx`, and `workflow::Ctx` still reaches the context type).
+const STD_PRELUDE: [&str; 40] = [
+    "AsMut",
+    "AsRef",
+    "Box",
+    "Clone",
+    "Copy",
+    "Default",
+    "DoubleEndedIterator",
+    "Drop",
+    "Eq",
+    "Err",
+    "ExactSizeIterator",
+    "Extend",
+    "Fn",
+    "FnMut",
+    "FnOnce",
+    "From",
+    "FromIterator",
+    "Future",
+    "Into",
+    "IntoFuture",
+    "IntoIterator",
+    "Iterator",
+    "None",
+    "Ok",
+    "Option",
+    "Ord",
+    "PartialEq",
+    "PartialOrd",
+    "Result",
+    "Send",
+    "Sized",
+    "Some",
+    "String",
+    "Sync",
+    "ToOwned",
+    "ToString",
+    "TryFrom",
+    "TryInto",
+    "Unpin",
+    "Vec",
+];
+
 /// The PascalCase struct name for a function, or an error at the function's
 /// name when that is not a usable, distinct identifier (`fn self_` would
-/// give the keyword `Self`, `fn Flow` would give `Flow` itself).
+/// give the keyword `Self`, `fn Flow` would give `Flow` itself) or would
+/// hide a name of the std prelude.
 fn struct_ident(fn_name: &str, span: Span, errors: &mut Errors) -> Option<Ident> {
     let pascal = pascal_case(fn_name);
+    let hides;
     let problem = match syn::parse_str::<Ident>(&pascal) {
         Ok(_) if pascal == fn_name => {
             "which would clash with the function itself; name the function in snake_case"
+        }
+        Ok(_) if STD_PRELUDE.contains(&pascal.as_str()) => {
+            hides = format!(
+                "which would hide the std prelude's `{pascal}` in this module; rename the \
+                 function (`name = \"{fn_name}\"` keeps the workflow's name)"
+            );
+            &hides
         }
         Ok(mut ident) => {
             ident.set_span(span);
@@ -373,9 +430,13 @@ pub(crate) fn doc_comment(attrs: &[Attribute]) -> String {
             lines.extend(block.into_iter().map(|line| line.trim().to_owned()));
         }
     }
+    let heading = |line: &str| {
+        let rest = line.trim_start_matches('#');
+        (1..=6).contains(&(line.len() - rest.len())) && (rest.is_empty() || rest.starts_with(' '))
+    };
     let end = lines
         .iter()
-        .position(|line| line.starts_with("```") || line.starts_with("# ") || line == "#")
+        .position(|line| line.starts_with("```") || line.starts_with("~~~") || heading(line))
         .unwrap_or(lines.len());
     lines[..end].join("\n").trim().to_owned()
 }
@@ -535,6 +596,18 @@ fn parameters(sig: &Signature) -> Result<(Type, &Type), Vec<syn::Error>> {
         errors.push(syn::Error::new_spanned(
             &input.ty,
             "the workflow input must be a concrete type, not `impl Trait`",
+        ));
+    } else if let Type::Reference(reference) = peel_type(&input.ty) {
+        let owned = match &*reference.elem {
+            Type::Path(p) if p.path.is_ident("str") => "String".to_owned(),
+            elem => quote::quote!(#elem).to_string(),
+        };
+        errors.push(syn::Error::new_spanned(
+            &input.ty,
+            format!(
+                "take the workflow input by value (`{owned}`): it is stored as JSON and read \
+                 back for every run, so it cannot borrow"
+            ),
         ));
     } else if input_is_ctx && state.is_some() {
         errors.push(syn::Error::new_spanned(
@@ -861,6 +934,14 @@ mod tests {
             async fn f() {}
         });
         assert_eq!(doc_comment(&f.attrs), "Process a new order, #1 priority.");
+        let f = func(quote! {
+            /// Charges the card.
+            ///
+            /// ## Errors
+            /// When it is declined.
+            async fn f() {}
+        });
+        assert_eq!(doc_comment(&f.attrs), "Charges the card.");
     }
 
     fn model(attr: proc_macro2::TokenStream, f: &ItemFn) -> (Option<String>, Vec<String>) {

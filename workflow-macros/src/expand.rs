@@ -461,14 +461,14 @@ mod tests {
         let out = expand(
             quote!(timeout = "soon"),
             quote!(
-                fn sync(ctx: Ctx, input: ()) -> Result<()> {}
+                fn sync_all(ctx: Ctx, input: ()) -> Result<()> {}
             ),
         );
         assert!(
-            out.starts_with("fn sync (ctx : Ctx , input : ()) -> Result < () > { }"),
+            out.starts_with("fn sync_all (ctx : Ctx , input : ()) -> Result < () > { }"),
             "{out}"
         );
-        assert!(out.contains("struct Sync ;"), "{out}");
+        assert!(out.contains("struct SyncAll ;"), "{out}");
         assert!(!out.contains("impl"), "{out}");
         assert_eq!(out.matches("compile_error !").count(), 2, "{out}");
     }

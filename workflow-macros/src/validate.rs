@@ -100,28 +100,19 @@ pub(crate) fn timeout(lit: &LitStr) -> syn::Result<Duration> {
     Ok(duration)
 }
 
-/// Checks only the shape of an IANA name (`Area/Location`, or `UTC`/`GMT`):
-/// the real lookup happens at run time, so no time zone database is needed
-/// at compile time.
+/// Checks only the shape of an IANA name (`Area/Location`, or one of the
+/// tz database's one-word names such as `UTC` or `EST`): the real lookup
+/// happens at run time, so no time zone database is needed at compile time.
 pub(crate) fn timezone(lit: &LitStr) -> syn::Result<String> {
     let tz = lit.value();
-    let plausible = tz == "UTC"
-        || tz == "GMT"
-        || (tz.contains('/')
-            && tz.split('/').all(|part| {
-                part.starts_with(|c: char| c.is_ascii_alphabetic())
-                    && part
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_-+".contains(c))
-            }));
-    if plausible {
+    if workflow_rules::timezone::plausible(&tz) {
         Ok(tz)
     } else {
         Err(syn::Error::new(
             lit.span(),
             format!(
-                "\"{tz}\" is not an IANA time zone name; expected `UTC` or an \
-                 `Area/Location` name like \"Europe/Berlin\" or \"America/New_York\""
+                "\"{tz}\" is not an IANA time zone name; expected an `Area/Location` name \
+                 like \"Europe/Berlin\" or \"America/New_York\", or `UTC`"
             ),
         ))
     }
@@ -150,13 +141,19 @@ pub(crate) fn retries(lit: &LitInt) -> syn::Result<u32> {
         syn::Error::new(
             lit.span(),
             format!(
-                "`retries` must be a whole number of at least 1, found `{lit}`; \
-                 leave it out for the default"
+                "`retries` counts attempts in all and must be at least 1, found `{lit}`; \
+                 `retries = 1` makes one attempt and no retry"
             ),
         )
     };
     if !lit.suffix().is_empty() {
-        return Err(bad());
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "write `retries` without a type suffix: `retries = {}`",
+                lit.base10_digits()
+            ),
+        ));
     }
     match lit.base10_parse::<u32>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -392,12 +389,14 @@ mod tests {
             "Europe/Berlin",
             "America/Argentina/Buenos_Aires",
             "Etc/GMT+5",
+            "EST",
+            "Japan",
         ] {
             assert!(timezone(&lit(ok)).is_ok(), "{ok}");
         }
         for bad in [
             "",
-            "EST",
+            "CEST",
             "Europe Berlin",
             "Europe/",
             "/Berlin",

@@ -5,6 +5,11 @@ async fn never_tried(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
+#[workflow(retries = 3u32)]
+async fn suffixed(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
 #[workflow(timeout = 10m)]
 async fn unquoted(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())

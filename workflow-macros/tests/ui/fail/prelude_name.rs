@@ -1,0 +1,15 @@
+use workflow::prelude::*;
+
+/// Its struct would be `Send`, hiding the marker trait in this module.
+#[workflow]
+async fn send(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+/// Its struct would be `Default`, hiding the trait.
+#[workflow(name = "default")]
+async fn default(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+fn main() {}
