@@ -1545,6 +1545,9 @@ async fn purge_deletes_ended_instances_and_their_rows(store: impl Store) {
         async move { store.get(&made[name]).await.unwrap().is_some() }
     };
 
+    // A limit of 0 deletes nothing.
+    assert_eq!(store.purge(T0 + 500, Some("wf"), 0).await.unwrap(), 0);
+    assert!(exists("old").await);
     // Ended before the cutoff, of `wf`, with no running parent or child.
     assert_eq!(store.purge(T0 + 500, Some("wf"), 100).await.unwrap(), 3);
     for gone in ["old", "q", "r"] {

@@ -155,6 +155,10 @@ impl Checkpointer {
             Ok((_, copied)) => {
                 tracing::trace!(pages, copied, "the writer checkpointed the WAL");
             }
+            // Another process checkpointing: it copies the same frames.
+            Err(err) if crate::writer::is_busy(&err) => {
+                tracing::debug!(error = %err, pages, "WAL checkpoint busy elsewhere");
+            }
             Err(err) => {
                 tracing::warn!(error = %err, pages, "the writer's WAL checkpoint failed");
             }
@@ -185,6 +189,9 @@ fn checkpoint_loop(conn: &Connection, nudges: &mpsc::Receiver<()>, busy: &Atomic
         busy.store(true, Ordering::Release);
         match checkpoint(conn) {
             Ok((pages, copied)) => tracing::trace!(pages, copied, "WAL checkpoint"),
+            Err(err) if crate::writer::is_busy(&err) => {
+                tracing::debug!(error = %err, "WAL checkpoint busy elsewhere");
+            }
             Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed"),
         }
         busy.store(false, Ordering::Release);

@@ -141,8 +141,11 @@ impl Flusher {
 
     /// Why writes are refused, once an fsync has failed: the writer rolls
     /// them back and answers them with it instead of committing them, so
-    /// that a caller told "failed" never finds its write done after a
-    /// restart.
+    /// that a caller told "failed" for a later write never finds it done
+    /// after a restart. The commits whose fsync failed are another matter:
+    /// they reached the WAL before, so after a restart (without a power
+    /// cut) they are often there although their callers heard "failed",
+    /// as with any write whose outcome a crash hid.
     pub(crate) fn refusal(&self) -> Option<String> {
         self.broken.refusal()
     }

@@ -13,7 +13,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Statement};
 use tokio::sync::{mpsc, oneshot};
@@ -221,6 +221,10 @@ pub(crate) struct Session<'c> {
     checkpointer: RefCell<Option<Checkpointer>>,
     /// Callers waiting for an answer ([`Writer`]'s count).
     callers: Arc<AtomicUsize>,
+    /// The connection's count of changed rows when the open transaction
+    /// began: one that changed none (a claim that found nothing) writes
+    /// nothing to the WAL, and readers need not wait for its fsync.
+    changes_at_begin: Cell<u64>,
 }
 
 impl<'c> Session<'c> {
@@ -239,6 +243,7 @@ impl<'c> Session<'c> {
             }),
             checkpointer: RefCell::new(None),
             callers: Arc::default(),
+            changes_at_begin: Cell::new(0),
         })
     }
 
@@ -829,10 +834,23 @@ fn redo_alone(session: &Session<'_>, flusher: &mut Option<Flusher>, jobs: &mut V
         tracing::warn!(error = %err, writes = jobs.len(), "group commit failed; retrying writes one by one");
     }
     let mut committed = Vec::with_capacity(jobs.len());
+    // One budget for all of them: once another process has held the lock
+    // past it, the rest fail at once instead of each waiting it out.
+    let deadline = Instant::now() + BUSY_BUDGET;
+    let mut locked_out: Option<String> = None;
     for mut job in jobs.drain(..) {
-        match apply_batch(session, std::slice::from_mut(&mut job)) {
+        if let Some(why) = &locked_out {
+            answer(job, Err(why.as_str()));
+            continue;
+        }
+        match apply_batch(session, std::slice::from_mut(&mut job), deadline) {
             Ok(()) => committed.push(job),
             Err(err) => {
+                if is_busy(&err) {
+                    locked_out = Some(format!(
+                        "the database stayed locked by another process: {err}"
+                    ));
+                }
                 let _ = job.reply.send(Err(backend(err)));
             }
         }
@@ -940,17 +958,20 @@ pub(crate) fn is_busy(err: &Db) -> bool {
     )
 }
 
+/// How long a write waits out other processes' locks, all tries together
+/// (each `BEGIN IMMEDIATE` itself blocks up to the busy timeout).
+const BUSY_BUDGET: Duration = Duration::from_secs(120);
+
 /// Applies `jobs` in one transaction and commits it. Waits out other
-/// processes' locks (bounded) instead of reporting `database is locked`.
-fn apply_batch(session: &Session<'_>, jobs: &mut [Job]) -> Result<(), Db> {
+/// processes' locks until `deadline` instead of reporting `database is
+/// locked`.
+fn apply_batch(session: &Session<'_>, jobs: &mut [Job], deadline: Instant) -> Result<(), Db> {
     let mut delay = Duration::from_millis(5);
-    let mut waited = Duration::ZERO;
     loop {
         match try_batch(session, jobs) {
-            Err(err) if is_busy(&err) && waited < Duration::from_secs(120) => {
+            Err(err) if is_busy(&err) && Instant::now() + delay < deadline => {
                 tracing::debug!(error = %err, ?delay, "database busy; retrying");
                 std::thread::sleep(delay);
-                waited += delay;
                 delay = (delay * 2).min(Duration::from_millis(200));
             }
             other => return other,
@@ -977,6 +998,7 @@ fn try_batch(session: &Session<'_>, jobs: &mut [Job]) -> Result<(), Db> {
 /// Opens the writer's transaction, taking SQLite's write lock.
 fn begin<'s, 'c>(session: &'s Session<'c>) -> Result<Tx<'s, 'c>, Db> {
     session.hot.begin.borrow_mut().execute([])?;
+    session.changes_at_begin.set(session.conn.total_changes());
     let tx = session.tx();
     if let Err(err) = forget_leases_if_others_wrote(&tx) {
         rollback(session);
@@ -989,7 +1011,9 @@ fn begin<'s, 'c>(session: &'s Session<'c>) -> Result<Tx<'s, 'c>, Db> {
 /// that fails.
 fn commit(session: &Session<'_>, tx: Tx<'_, '_>, writes: usize) -> Result<(), Db> {
     let done = tx.save_seq().and_then(|()| {
-        session.unsynced.borrow().committing();
+        if session.conn.total_changes() != session.changes_at_begin.get() {
+            session.unsynced.borrow().committing();
+        }
         session.hot.commit.borrow_mut().execute([]).map(drop)
     });
     match &done {
@@ -1559,6 +1583,9 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
 /// [`Store::purge`]. Ids are read and bound as the bytes stored, so a row
 /// whose id is not UTF-8 does not stop the purge.
 fn purge(c: &Tx<'_, '_>, before: Millis, workflow: Option<&str>, limit: usize) -> Result<u64, Db> {
+    if limit == 0 {
+        return Ok(0);
+    }
     // Trees go whole: roots (no parent row) that ended and were created
     // (ids sort by creation) before `before`, one status at a time in id
     // order (the index's order: nothing to sort), a page at a time. A root
@@ -2488,6 +2515,29 @@ mod tests {
         let job = claim_job(&t, 10);
         assert!(matches!(&job.result, Some(Ok(Reply::Claimed(c))) if c.len() == 2));
         assert!(!job.may_answer_before_fsync(&session.unsynced.borrow()));
+    }
+
+    /// A claim that found nothing wrote nothing: readers need not wait for
+    /// an fsync of it (an idle worker's polls made every next read sync).
+    #[test]
+    fn an_empty_claim_leaves_readers_settled() {
+        let horizon: Arc<Horizon> = Arc::default();
+        let dir = tempfile::tempdir().unwrap();
+        let c = migrate(Connection::open(dir.path().join("idle.db")).unwrap());
+        c.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+        let session = Session::new(&c, Some(Arc::clone(&horizon))).unwrap();
+        let t = begin(&session).unwrap();
+        let job = claim_job(&t, 10);
+        assert!(matches!(&job.result, Some(Ok(Reply::Claimed(c))) if c.is_empty()));
+        commit(&session, t, 1).unwrap();
+        assert!(horizon.settled(), "nothing to wait for");
+        // A write is waited for until its fsync.
+        let t = begin(&session).unwrap();
+        apply(&t, &Op::CreateMany(vec![new_instance(0)]))
+            .unwrap()
+            .unwrap();
+        commit(&session, t, 1).unwrap();
+        assert!(!horizon.settled(), "a commit not yet on disk");
     }
 
     /// `(current, highwater)` of a `sqlite3_db_status` counter; `reset`
