@@ -297,11 +297,11 @@ impl Store for MemoryStore {
     async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError> {
         let mut t = self.tables();
         let entry = t.leased(lease)?;
-        // A step recorded: this run got somewhere.
-        entry.interrupted_runs = 0;
         if entry.steps.iter().any(|s| s.key == step.key) {
             return Ok(());
         }
+        // A step recorded: this run got somewhere.
+        entry.interrupted_runs = 0;
         if let Some(state) = &step.state {
             entry.row.state = Some(state.clone());
             entry.row.updated_at = step.finished_at;

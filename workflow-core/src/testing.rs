@@ -250,9 +250,10 @@ async fn steps_are_fenced_by_the_lease(store: impl Store) {
         .await
         .unwrap();
     assert_eq!(store.get(&id).await.unwrap().unwrap().updated_at, T0 + 11);
-    // A second record of the same key keeps the first.
+    // A second record of the same key keeps the first, and changes
+    // nothing else.
     store
-        .commit_step(&c.lease, step("fetch", "999", None))
+        .commit_step(&c.lease, step("fetch", "999", Some(r#"{"count":99}"#)))
         .await
         .unwrap();
     store

@@ -344,17 +344,19 @@ impl Db {
         };
         let held: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "WITH held AS ( \
-                 UPDATE instances SET state = COALESCE($5, state), \
-                     updated_at = CASE WHEN $5::text IS NULL THEN updated_at ELSE $4 END, \
-                     interrupted_runs = 0, \
-                     retry_attempts = CASE WHEN retry_key = $6 THEN NULL ELSE retry_attempts END, \
-                     retry_key = CASE WHEN retry_key = $6 THEN NULL ELSE retry_key END \
-                 WHERE {FENCE} RETURNING id \
+                 SELECT id FROM instances WHERE {FENCE} FOR UPDATE \
              ), recorded AS ( \
                  INSERT INTO steps (instance_id, key, output, error, state, attempts, started_at, finished_at) \
                  SELECT id, $6, $7, $8, $5, $9, $10, $4 FROM held \
                  ON CONFLICT (instance_id, key) DO NOTHING \
                  RETURNING instance_id \
+             ), updated AS ( \
+                 UPDATE instances SET state = COALESCE($5, state), \
+                     updated_at = CASE WHEN $5::text IS NULL THEN updated_at ELSE $4 END, \
+                     interrupted_runs = 0, \
+                     retry_attempts = CASE WHEN retry_key = $6 THEN NULL ELSE retry_attempts END, \
+                     retry_key = CASE WHEN retry_key = $6 THEN NULL ELSE retry_key END \
+                 WHERE id IN (SELECT instance_id FROM recorded) \
              ), logged AS ( \
                  INSERT INTO events (instance_id, at, kind, step, attempt, message, duration_ms) \
                  SELECT r.instance_id, $4, e.kind, $6, e.attempt, e.message, e.duration \

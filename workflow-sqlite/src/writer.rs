@@ -2181,6 +2181,24 @@ fn commit_step(
             true
         }
     };
+    // The step's history events are its row (see `INSERT_STEP`). First,
+    // so that a second record of a key (never made by the engine) keeps
+    // the first one and changes nothing else.
+    let seq = c.next_seq(if step.state.is_some() { 2 } else { 1 })?;
+    let inserted = c.hot().insert_step.borrow_mut().execute(params![
+        lease.instance.as_str(),
+        step.key,
+        step.output,
+        step.error,
+        step.state,
+        i64::from(step.attempts),
+        step.started_at,
+        step.finished_at,
+        seq
+    ])?;
+    if inserted == 0 {
+        return Ok(Ok(()));
+    }
     if reset_interrupted {
         // A step recorded: this run got somewhere.
         c.prepare_cached(
@@ -2205,19 +2223,6 @@ fn commit_step(
         )?
         .execute(params![lease.instance.as_str(), step.key])?;
     }
-    // The step's history events are its row (see `INSERT_STEP`).
-    let seq = c.next_seq(if step.state.is_some() { 2 } else { 1 })?;
-    c.hot().insert_step.borrow_mut().execute(params![
-        lease.instance.as_str(),
-        step.key,
-        step.output,
-        step.error,
-        step.state,
-        i64::from(step.attempts),
-        step.started_at,
-        step.finished_at,
-        seq
-    ])?;
     Ok(Ok(()))
 }
 
