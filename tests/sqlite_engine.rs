@@ -300,6 +300,21 @@ async fn a_corrupt_row_is_named_in_its_page_not_failing_it() {
     let counts = engine.counts(None).await.unwrap();
     assert_eq!(counts.get(&Status::Pending), Some(&4), "{counts:?}");
     assert_eq!(counts.values().sum::<u64>(), 4);
+
+    // A definition this build cannot read (a newer one's) is left out.
+    db.execute(
+        "INSERT INTO definitions (name, definition, recorded_at) VALUES ('fromTheFuture', '{\"catch_up\": \"sometimes\"}', 0)",
+        [],
+    )
+    .unwrap();
+    let names: Vec<String> = engine
+        .definitions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["processOrder"]);
 }
 
 #[tokio::test]

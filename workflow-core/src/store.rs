@@ -90,6 +90,23 @@ pub fn status_counts(rows: Vec<(String, i64)>) -> Vec<(Status, u64)> {
         .collect()
 }
 
+/// Definitions from their stored JSON, by name, as
+/// [`Store::definitions`] returns them: one this build cannot read (written
+/// by a newer one during a rolling deploy, or damaged) is left out with a
+/// warning, rather than failing every caller (starting by name, the
+/// console).
+pub fn decode_definitions(rows: Vec<(String, String)>) -> Vec<Definition> {
+    rows.into_iter()
+        .filter_map(|(name, json)| match serde_json::from_str(&json) {
+            Ok(definition) => Some(definition),
+            Err(err) => {
+                tracing::warn!(workflow = %name, error = %err, "a recorded definition cannot be read here; left out");
+                None
+            }
+        })
+        .collect()
+}
+
 /// An instance to insert.
 #[derive(Debug, Clone)]
 pub struct NewInstance {

@@ -763,14 +763,7 @@ impl Store for PgStore {
                         .await?,
                 )
             })?;
-        rows.into_iter()
-            .map(|(name, json)| {
-                serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
-                    id: format!("definition {name}"),
-                    message: e.to_string(),
-                })
-            })
-            .collect()
+        Ok(workflow_core::store::decode_definitions(rows))
     }
 
     async fn count_by_status(

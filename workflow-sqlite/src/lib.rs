@@ -815,14 +815,7 @@ impl Store for SqliteStore {
                 .fetch_all(&self.read)
                 .await
                 .map_err(backend)?;
-        rows.into_iter()
-            .map(|(name, json)| {
-                serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
-                    id: format!("definition {name}"),
-                    message: e.to_string(),
-                })
-            })
-            .collect()
+        Ok(workflow_core::store::decode_definitions(rows))
     }
 
     async fn schedule_mark(&self, workflow: &str) -> Result<Option<ScheduleMark>, StoreError> {
