@@ -35,6 +35,7 @@ where
     create_and_get(make().await).await;
     claim_is_exclusive(Arc::new(make().await)).await;
     claim_respects_due_time_and_names(make().await).await;
+    claims_take_the_earliest_across_workflows(make().await).await;
     steps_are_fenced_by_the_lease(make().await).await;
     finish_is_final(make().await).await;
     tails_end_the_steps_and_the_history(make().await).await;
@@ -168,6 +169,50 @@ async fn claim_is_exclusive(store: Arc<impl Store>) {
     assert!(taken
         .iter()
         .all(|c| c.lease.run == 2 && c.lease.owner == "c"));
+}
+
+/// A claim for several workflows takes the earliest due of them all, up to
+/// its limit, and leaves other workflows' due rows alone; `next_due` is a
+/// bound for the named workflows only.
+async fn claims_take_the_earliest_across_workflows(store: impl Store) {
+    let mut made = Vec::new();
+    for (workflow, n, due) in [
+        ("wf", 0, 30),
+        ("wf2", 1, 10),
+        ("wf", 2, 20),
+        ("orphan", 3, 5),
+        ("orphan", 4, 200),
+    ] {
+        let mut new = new_instance(workflow, n);
+        new.run_at = T0 + due;
+        made.push(new.id.clone());
+        store.create(new, None).await.unwrap();
+    }
+    let due = store
+        .next_due(&["wf".to_owned(), "wf2".to_owned()], T0 + 100)
+        .await
+        .unwrap();
+    assert!(
+        due.is_none(),
+        "only the orphan waits after T0 + 100: {due:?}"
+    );
+    let req = ClaimRequest {
+        workflows: vec!["wf".to_owned(), "wf2".to_owned()],
+        ..claim_req("a", T0 + 100, 2)
+    };
+    let claimed: Vec<_> = store
+        .claim(req.clone())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.row.id)
+        .collect();
+    assert_eq!(claimed, [made[1].clone(), made[2].clone()], "earliest two");
+    let rest = store.claim(req).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].row.id, made[0]);
+    let orphan = store.get(&made[3]).await.unwrap().unwrap();
+    assert_eq!(orphan.status, Status::Pending, "another workflow's row");
 }
 
 async fn claim_respects_due_time_and_names(store: impl Store) {

@@ -506,14 +506,15 @@ const STEPS_TAIL: &str = "SELECT key, output, error, state, attempts, started_at
 
 const STEPS_COUNT: &str = "SELECT COUNT(*) FROM steps WHERE instance_id = ?1";
 
-/// The next due time after `?`: the first entry of `instances_runnable`
-/// past it, read straight off the index. A running instance's entry is
-/// when its lease ends (it is claimable again if its worker died), so this
-/// is a lower bound of the next waiting instance's due time, as
-/// [`Store::next_due`] allows.
+/// The next due time of workflow `?1` after `?2`: the first entry of its
+/// range of `instances_runnable` past it, read straight off the index. A
+/// running instance's entry is when its lease ends (it is claimable again
+/// if its worker died), so this is a lower bound of the next waiting
+/// instance's due time, as [`Store::next_due`] allows.
 const NEXT_DUE: &str = "SELECT run_at FROM instances INDEXED BY instances_runnable \
-     WHERE (status = 'pending' OR status = 'in_progress' OR status = 'listening') \
-     AND run_at > ? ORDER BY run_at LIMIT 1";
+     WHERE workflow = ?1 \
+     AND (status = 'pending' OR status = 'in_progress' OR status = 'listening') \
+     AND run_at > ?2 ORDER BY run_at LIMIT 1";
 
 /// Workers holding leases. Only in-progress rows hold one, so this reads
 /// the in-progress range of `instances_status`, never the whole table.
@@ -571,13 +572,20 @@ impl Store for SqliteStore {
         workflows: &[String],
         after: Millis,
     ) -> Result<Option<Millis>, StoreError> {
-        // One bound for every workflow: a lower bound is all the contract asks.
-        let _ = workflows;
-        sqlx::query_scalar(NEXT_DUE)
-            .bind(after)
-            .fetch_optional(&self.read)
-            .await
-            .map_err(backend)
+        let mut next: Option<Millis> = None;
+        for workflow in workflows {
+            let due: Option<Millis> = sqlx::query_scalar(NEXT_DUE)
+                .bind(workflow)
+                .bind(after)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(backend)?;
+            next = match (next, due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(next)
     }
 
     async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError> {
@@ -1044,7 +1052,16 @@ mod tests {
             // And it returns what it plans: one query per status, merged.
             store.list(q).await.unwrap();
         }
-        let claim = crate::writer::claim_sql(1);
+        let claim = crate::writer::claim_sql();
+        // Claims and the next due time read one workflow's range of the
+        // index: other workflows' due rows are never read.
+        for sql in [claim.as_str(), NEXT_DUE] {
+            let plan = plan(sql.to_owned()).await;
+            assert!(
+                plan.contains("instances_runnable (workflow=? AND run_at"),
+                "{sql}: {plan}"
+            );
+        }
         for sql in cases.into_iter().map(String::from).chain([claim]) {
             let plan = plan(sql.clone()).await;
             assert!(

@@ -11,6 +11,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_dedup_index_by_key.sql"),
     include_str!("../migrations/0006_event_keys.sql"),
     include_str!("../migrations/0007_interrupted_runs.sql"),
+    include_str!("../migrations/0008_runnable_by_workflow.sql"),
 ];
 
 /// Brings the schema up to date. Safe when several processes start at once:

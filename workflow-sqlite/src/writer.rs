@@ -9,7 +9,6 @@
 //! microseconds, against about twenty through an async driver's channel.
 
 use std::cell::{Cell, RefCell};
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -50,8 +49,8 @@ struct Hot<'c> {
     wake_parent: RefCell<Statement<'c>>,
     last_seq: RefCell<Statement<'c>>,
     save_seq: RefCell<Statement<'c>>,
-    /// Claims by how many workflow names they bind (`claim_sql`).
-    claim: RefCell<HashMap<usize, Statement<'c>>>,
+    /// The claim of one workflow's due rows (`claim_sql`).
+    claim: RefCell<Statement<'c>>,
 }
 
 impl<'c> Hot<'c> {
@@ -70,7 +69,7 @@ impl<'c> Hot<'c> {
             wake_parent: p(WAKE_PARENT)?,
             last_seq: p(LAST_SEQ)?,
             save_seq: p(SAVE_SEQ)?,
-            claim: RefCell::new(HashMap::new()),
+            claim: p(&claim_sql())?,
         })
     }
 }
@@ -332,11 +331,6 @@ impl<'c> Tx<'_, 'c> {
             }
         }
         Ok(())
-    }
-
-    /// The connection, for statements kept beyond this transaction.
-    fn conn(&self) -> &'c Connection {
-        self.session.conn
     }
 
     fn hot(&self) -> &Hot<'c> {
@@ -1929,22 +1923,20 @@ fn create(
     })))
 }
 
-/// Claims walk `instances_runnable` in `run_at` order and stop at `limit`.
-/// The index is named because, without `ANALYZE` statistics, SQLite's
-/// planner prefers `instances_workflow_status` and then sorts every pending
-/// row on each claim. `LIMIT ?2 + 0`, not `LIMIT ?2`: the planner reads a
-/// bare bound limit, so SQLite would re-prepare the statement on every claim.
-pub(crate) fn claim_sql(workflows: usize) -> String {
-    let names = (3..3 + workflows)
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+/// A claim walks one workflow's range of `instances_runnable` in `run_at`
+/// order and stops at `limit`; a claim for several workflows runs it for
+/// each and keeps the earliest. The index is named because, without
+/// `ANALYZE` statistics, SQLite's planner prefers
+/// `instances_workflow_status` and then sorts every pending row on each
+/// claim. `LIMIT ?2 + 0`, not `LIMIT ?2`: the planner reads a bare bound
+/// limit, so SQLite would re-prepare the statement on every claim.
+pub(crate) fn claim_sql() -> String {
     format!(
         "SELECT {COLUMNS}, interrupted_runs FROM instances INDEXED BY instances_runnable \
-         WHERE (status = 'pending' OR status = 'in_progress' OR status = 'listening') \
+         WHERE workflow = ?3 \
+           AND (status = 'pending' OR status = 'in_progress' OR status = 'listening') \
            AND run_at <= ?1 \
            AND (lease_expires_at IS NULL OR lease_expires_at < ?1) \
-           AND workflow IN ({names}) \
          ORDER BY run_at LIMIT ?2 + 0"
     )
 }
@@ -1954,17 +1946,27 @@ pub(crate) fn claim_sql(workflows: usize) -> String {
 /// RETURNING` would build two temporary B-trees per claim; this builds none.
 fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
     let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
-    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&req.now, &limit];
-    args.extend(req.workflows.iter().map(|w| w as &dyn rusqlite::ToSql));
-    let mut selects = c.hot().claim.borrow_mut();
-    let select = match selects.entry(req.workflows.len()) {
-        Entry::Occupied(select) => select.into_mut(),
-        Entry::Vacant(slot) => slot.insert(c.conn().prepare(&claim_sql(req.workflows.len()))?),
-    };
-    let read: Vec<Claimable> = select
-        .query_map(rusqlite::params_from_iter(args), claimable)?
-        .collect::<Result<_, _>>()?;
-    drop(selects);
+    let mut select = c.hot().claim.borrow_mut();
+    let mut read: Vec<Claimable> = Vec::new();
+    for workflow in &req.workflows {
+        for row in select.query_map(params![req.now, limit, workflow], claimable)? {
+            read.push(row?);
+        }
+    }
+    drop(select);
+    if req.workflows.len() > 1 {
+        // The earliest due of them all; unreadable rows first, as they are
+        // failed whatever the limit.
+        read.sort_by_key(|row| match row {
+            Claimable::Row(raw, _) => Some(raw.run_at),
+            Claimable::Unreadable { .. } => None,
+        });
+        let unreadable = read
+            .iter()
+            .filter(|row| matches!(row, Claimable::Unreadable { .. }))
+            .count();
+        read.truncate(unreadable + req.limit);
+    }
     let mut raws = Vec::with_capacity(read.len());
     for row in read {
         match row {
@@ -2276,7 +2278,7 @@ mod tests {
     #[test]
     fn the_claim_reads_interrupted_runs_right_after_the_columns() {
         assert_eq!(COLUMNS.split(',').count(), COLUMNS_READ);
-        let sql = claim_sql(1);
+        let sql = claim_sql();
         assert!(
             sql.contains(&format!("{COLUMNS}, interrupted_runs FROM")),
             "{sql}"
@@ -2302,8 +2304,8 @@ mod tests {
             claimed += claim(&t, &claim_request(limit)).unwrap().len();
         }
         assert_eq!(claimed, 1 + 2 + 3 + 4);
-        let selects = session.hot.claim.borrow();
-        assert_eq!(selects[&1].get_status(StatementStatus::RePrepare), 0);
+        let select = session.hot.claim.borrow();
+        assert_eq!(select.get_status(StatementStatus::RePrepare), 0);
     }
 
     /// A step of a lease this writer has forgotten (another connection
@@ -2687,7 +2689,7 @@ mod tests {
     #[test]
     fn hot_statements_build_no_temporary_btrees() {
         let c = migrated();
-        let claim = claim_sql(2);
+        let claim = claim_sql();
         for sql in [
             INSERT_INSTANCE,
             claim.as_str(),
