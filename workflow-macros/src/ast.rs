@@ -94,6 +94,20 @@ pub(crate) struct StepCall {
     /// name is a step name too (`sleep`, `wait_for_event`, `run_child`...),
     /// checked for what the runtime refuses but not listed in `STEPS`.
     pub is_step: bool,
+    /// The arms of `if`/`match` it sits in: `(construct, arm)` pairs, each
+    /// construct numbered in the order met. Two calls in different arms of
+    /// one construct never both run.
+    pub arms: Vec<(u32, u32)>,
+}
+
+impl StepCall {
+    /// Whether `self` and `other` sit in different arms of one `if` or
+    /// `match`, so that at most one of them runs.
+    pub(crate) fn excludes(&self, other: &StepCall) -> bool {
+        self.arms
+            .iter()
+            .any(|(construct, arm)| other.arms.iter().any(|(c, a)| c == construct && a != arm))
+    }
 }
 
 /// The `ctx` methods whose first argument is a step name, besides `step`
@@ -718,6 +732,9 @@ pub(crate) fn collect_steps(func: &ItemFn) -> Vec<StepCall> {
 struct StepVisitor {
     loop_depth: usize,
     calls: Vec<StepCall>,
+    /// The `if`/`match` arms being visited, outermost first.
+    arms: Vec<(u32, u32)>,
+    constructs: u32,
 }
 
 impl StepVisitor {
@@ -725,6 +742,17 @@ impl StepVisitor {
         self.loop_depth += 1;
         f(self);
         self.loop_depth -= 1;
+    }
+
+    fn in_arm(&mut self, construct: u32, arm: u32, f: impl FnOnce(&mut Self)) {
+        self.arms.push((construct, arm));
+        f(self);
+        self.arms.pop();
+    }
+
+    fn construct(&mut self) -> u32 {
+        self.constructs += 1;
+        self.constructs
     }
 }
 
@@ -741,6 +769,7 @@ impl<'ast> Visit<'ast> for StepVisitor {
                     span: lit.span(),
                     in_loop: self.loop_depth > 0,
                     is_step,
+                    arms: self.arms.clone(),
                 });
             }
         }
@@ -757,6 +786,29 @@ impl<'ast> Visit<'ast> for StepVisitor {
             v.visit_pat(&expr.pat);
             v.visit_block(&expr.body);
         });
+    }
+
+    fn visit_expr_if(&mut self, expr: &'ast syn::ExprIf) {
+        for attr in &expr.attrs {
+            self.visit_attribute(attr);
+        }
+        self.visit_expr(&expr.cond);
+        let construct = self.construct();
+        self.in_arm(construct, 0, |v| v.visit_block(&expr.then_branch));
+        if let Some((_, otherwise)) = &expr.else_branch {
+            self.in_arm(construct, 1, |v| v.visit_expr(otherwise));
+        }
+    }
+
+    fn visit_expr_match(&mut self, expr: &'ast syn::ExprMatch) {
+        for attr in &expr.attrs {
+            self.visit_attribute(attr);
+        }
+        self.visit_expr(&expr.expr);
+        let construct = self.construct();
+        for (n, arm) in (0u32..).zip(&expr.arms) {
+            self.in_arm(construct, n, |v| v.visit_arm(arm));
+        }
     }
 
     fn visit_expr_while(&mut self, expr: &'ast syn::ExprWhile) {

@@ -159,9 +159,12 @@ use proc_macro::TokenStream;
 /// - input, output, state or error types missing a required trait, or a
 ///   scheduled workflow whose input is not `Default`;
 /// - the same literal name passed to `.step(..)`/`.step_with(..)` at two
-///   call sites outside a loop (a call inside a `for`/`while`/`loop` or a
-///   closure may run many times and may repeat its name: the runtime numbers
-///   the runs `name`, `name#1`, `name#2`, ...);
+///   call sites outside a loop that may both run (a call inside a
+///   `for`/`while`/`loop` or a closure may run many times and may repeat
+///   its name: the runtime numbers the runs `name`, `name#1`, `name#2`,
+///   ...; calls in different arms of one `if` or `match` may share one);
+/// - a function whose generated struct would hide a std prelude name
+///   (`fn send` -> `Send`), or that takes its input by reference;
 /// - a literal step name that is empty or contains `#`, `@`, `[` or `]`,
 ///   which the runtime reserves for the keys it derives from names: the
 ///   name of a step and that of every other `ctx` call that takes one

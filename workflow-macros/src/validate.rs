@@ -325,14 +325,18 @@ pub(crate) fn invalid_step_names(calls: &[StepCall]) -> Vec<syn::Error> {
 }
 
 /// An error at each call site, outside any loop, that reuses a step name
-/// already used at another such site. The runtime would key the second one
-/// `name#1` and keep working, but two different steps sharing a name makes
-/// history and replay after code changes ambiguous.
+/// already used at another such site that may run in the same run (not in
+/// another arm of the same `if` or `match`). The runtime would key the
+/// second one `name#1` and keep working, but two different steps sharing a
+/// name makes history and replay after code changes ambiguous.
 pub(crate) fn duplicate_steps(calls: &[StepCall]) -> Vec<syn::Error> {
     let mut errors = Vec::new();
     let straight: Vec<&StepCall> = calls.iter().filter(|c| !c.in_loop).collect();
     for (i, call) in straight.iter().enumerate() {
-        let Some(first) = straight[..i].iter().find(|c| c.name == call.name) else {
+        let Some(first) = straight[..i]
+            .iter()
+            .find(|c| c.name == call.name && !c.excludes(call))
+        else {
             continue;
         };
         let line = first.span.start().line;
@@ -585,6 +589,7 @@ mod tests {
             span: Span::call_site(),
             in_loop: false,
             is_step: true,
+            arms: Vec::new(),
         };
         let calls = [
             call("fetch"),
@@ -622,6 +627,7 @@ mod tests {
             span: Span::call_site(),
             in_loop,
             is_step: true,
+            arms: Vec::new(),
         };
         let calls = [
             call("a", false),
@@ -638,5 +644,37 @@ mod tests {
             .collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("step name \"a\" is already used"));
+    }
+
+    #[test]
+    fn a_name_may_repeat_in_arms_that_exclude_each_other() {
+        let f: syn::ItemFn = syn::parse_quote! {
+            async fn notify(ctx: Ctx, how: How) -> Result<()> {
+                match how {
+                    How::Email => ctx.step("send", email).await?,
+                    How::Sms => ctx.step("send", sms).await?,
+                }
+                if urgent {
+                    ctx.step("page", a).await?;
+                } else if later {
+                    ctx.step("page", b).await?;
+                } else {
+                    ctx.step("page", c).await?;
+                }
+                ctx.step("send", again).await?;
+                if urgent {
+                    ctx.step("log", d).await?;
+                    ctx.step("log", e).await?;
+                }
+            }
+        };
+        let calls = crate::ast::collect_steps(&f);
+        let errors: Vec<String> = duplicate_steps(&calls)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("step name \"send\""), "{}", errors[0]);
+        assert!(errors[1].starts_with("step name \"log\""), "{}", errors[1]);
     }
 }
