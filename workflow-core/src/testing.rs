@@ -305,11 +305,12 @@ async fn steps_are_fenced_by_the_lease(store: impl Store) {
         .record_attempt(&c.lease, "ship", 1, "timeout", T0 + 12)
         .await
         .unwrap();
-    // The row counts the failed attempt, for a run after a crash.
-    assert_eq!(
-        store.get(&id).await.unwrap().unwrap().retry,
-        Some(("ship".to_owned(), 1))
-    );
+    // The row counts the failed attempt, for a run after a crash; a
+    // failed attempt changes neither status, state, deadline nor lease, so
+    // `updated_at` stays.
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(row.retry, Some(("ship".to_owned(), 1)));
+    assert_eq!(row.updated_at, T0 + 11);
 
     let steps = store.steps(&id).await.unwrap();
     let keys: Vec<_> = steps.iter().map(|s| s.key.as_str()).collect();

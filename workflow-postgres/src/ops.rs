@@ -400,7 +400,7 @@ impl Db {
         let mut tx = self.begin().await?;
         // The row keeps the step's count too, as a suspension for its
         // backoff would: a run after a crash mid-backoff counts on.
-        if !fence(&mut tx, lease, at, Some((step, attempt))).await? {
+        if !fence(&mut tx, lease, Some((step, attempt))).await? {
             return lease_lost(lease);
         }
         event_full(
@@ -935,7 +935,7 @@ impl Db {
         at: Millis,
     ) -> Attempt<Result<Option<String>, StoreError>> {
         let mut tx = self.begin().await?;
-        if !fence(&mut tx, lease, at, None).await? {
+        if !fence(&mut tx, lease, None).await? {
             return lease_lost(lease);
         }
         // Only the lease holder takes from this inbox, and the fence above
@@ -950,6 +950,12 @@ impl Db {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(payload) = &taken {
+            // A step recorded: `updated_at` moves as for any other.
+            sqlx::query("UPDATE instances SET updated_at = $2 WHERE id = $1")
+                .bind(lease.instance.as_str())
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
                 "INSERT INTO steps (instance_id, key, output, attempts, started_at, finished_at) \
                  VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (instance_id, key) DO NOTHING",
@@ -1186,18 +1192,16 @@ fn tags_json(tags: &std::collections::BTreeMap<String, String>) -> String {
 async fn fence(
     conn: &mut PgConnection,
     lease: &Lease,
-    at: Millis,
     retry: Option<(&str, u32)>,
 ) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE instances SET updated_at = $4, interrupted_runs = 0, \
-             retry_key = COALESCE($5, retry_key), retry_attempts = COALESCE($6, retry_attempts) \
+        "UPDATE instances SET interrupted_runs = 0, \
+             retry_key = COALESCE($4, retry_key), retry_attempts = COALESCE($5, retry_attempts) \
          WHERE {FENCE}"
     )))
     .bind(lease.instance.as_str())
     .bind(&lease.owner)
     .bind(lease.run)
-    .bind(at)
     .bind(retry.map(|(step, _)| step))
     .bind(retry.map(|(_, attempts)| i64::from(attempts)))
     .execute(conn)

@@ -1119,7 +1119,7 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
         } => {
             // The row keeps the step's count too, as a suspension for its
             // backoff would: a run after a crash mid-backoff counts on.
-            if touch(c, lease, *at, Some((step, *attempt)))? {
+            if touch(c, lease, Some((step, *attempt)))? {
                 event(
                     c,
                     lease.instance.as_str(),
@@ -1311,7 +1311,7 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             step,
             at,
         } => {
-            if !touch(c, lease, *at, None)? {
+            if !touch(c, lease, None)? {
                 return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
             }
             let taken: Option<String> = c
@@ -1323,6 +1323,9 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 .query_row(params![lease.instance.as_str(), name], |r| r.get(0))
                 .optional()?;
             if let Some(payload) = &taken {
+                // A step recorded: `updated_at` moves as for any other.
+                c.prepare_cached("UPDATE instances SET updated_at = ?1 WHERE id = ?2")?
+                    .execute(params![at, lease.instance.as_str()])?;
                 c.prepare_cached(
                     "INSERT INTO steps (instance_id, key, output, attempts, started_at, finished_at, seq) \
                      VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5) ON CONFLICT (instance_id, key) DO NOTHING",
@@ -1727,22 +1730,17 @@ fn control(c: &Tx<'_, '_>, id: &InstanceId) -> Result<Control, Db> {
     })
 }
 
-/// Bumps `updated_at`, zeroes the count of interrupted runs (the run got
-/// somewhere) and records a step's failed attempts, when given,
-/// if `lease` is current; false when it is not.
-fn touch(
-    c: &Tx<'_, '_>,
-    lease: &Lease,
-    at: Millis,
-    retry: Option<(&str, u32)>,
-) -> Result<bool, Db> {
+/// Zeroes the count of interrupted runs (the run got somewhere) and
+/// records a step's failed attempts, when given, if `lease` is current;
+/// false when it is not. `updated_at` stays: neither status, state,
+/// deadline nor lease changes.
+fn touch(c: &Tx<'_, '_>, lease: &Lease, retry: Option<(&str, u32)>) -> Result<bool, Db> {
     Ok(c.prepare_cached(
-        "UPDATE instances SET updated_at = ?1, interrupted_runs = 0, \
-             retry_key = COALESCE(?5, retry_key), retry_attempts = COALESCE(?6, retry_attempts) \
-         WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress'",
+        "UPDATE instances SET interrupted_runs = 0, \
+             retry_key = COALESCE(?4, retry_key), retry_attempts = COALESCE(?5, retry_attempts) \
+         WHERE id = ?1 AND lease_owner = ?2 AND runs = ?3 AND status = 'in_progress'",
     )?
     .execute(params![
-        at,
         lease.instance.as_str(),
         lease.owner,
         lease.run,
