@@ -197,15 +197,22 @@ impl Db {
         let mut tx = self.begin().await?;
         // SKIP LOCKED: concurrent claimers each take different rows and
         // never wait for one another. FOR UPDATE re-checks the conditions
-        // on the newest version of a row changed since the snapshot.
+        // on the newest version of a row changed since the snapshot. One
+        // bounded range of `instances_runnable` per workflow, the earliest
+        // kept: other workflows' due rows are never read (the rows locked
+        // beyond the limit are let go at commit).
         let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH due AS ( \
-                 SELECT id AS due_id, run_at AS due_at FROM instances \
-                 WHERE status IN ('pending', 'in_progress', 'listening') AND run_at <= $3 \
-                   AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
-                   AND workflow = ANY($4) \
-                 ORDER BY run_at LIMIT $5 \
-                 FOR UPDATE SKIP LOCKED \
+                 SELECT d.id AS due_id, d.run_at AS due_at FROM UNNEST($4::text[]) AS w(name) \
+                 CROSS JOIN LATERAL ( \
+                     SELECT id, run_at FROM instances \
+                     WHERE workflow = w.name \
+                       AND status IN ('pending', 'in_progress', 'listening') AND run_at <= $3 \
+                       AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
+                     ORDER BY run_at LIMIT $5 \
+                     FOR UPDATE SKIP LOCKED \
+                 ) d \
+                 ORDER BY d.run_at LIMIT $5 \
              ) \
              UPDATE instances SET status = 'in_progress', lease_owner = $1, lease_expires_at = $2, \
                  run_at = $2, runs = runs + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
