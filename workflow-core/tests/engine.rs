@@ -1580,20 +1580,22 @@ async fn values_json_cannot_hold_are_refused_at_once() {
     assert_eq!(NAN_STEP_CALLS.load(Ordering::SeqCst), 1, "not retried");
 }
 
-static LAPSED_DONE: AtomicU32 = AtomicU32::new(0);
+/// How many times each `LongStep` test's step finished (input: the slot).
+static LAPSED_DONE: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
 
+/// One step of 3 s that counts itself in its slot of `LAPSED_DONE`.
 struct LongStep;
 
 impl Workflow for LongStep {
-    type Input = ();
+    type Input = usize;
     type Output = ();
     type State = ();
     const NAME: &'static str = "longStep";
 
-    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+    async fn run(&self, ctx: Ctx, slot: usize) -> Result<(), BoxError> {
         ctx.step("long", || async {
             tokio::time::sleep(Duration::from_secs(3)).await;
-            LAPSED_DONE.fetch_add(1, Ordering::SeqCst);
+            LAPSED_DONE[slot].fetch_add(1, Ordering::SeqCst);
             Ok::<_, BoxError>(())
         })
         .await?;
@@ -1601,12 +1603,13 @@ impl Workflow for LongStep {
     }
 }
 
-/// While the store cannot be reached, a worker's leases lapse and another
-/// worker may take its instances over: once a whole lease has passed
-/// without a renewal, its handlers stop rather than run on beside the new
-/// owner.
-#[tokio::test]
-async fn handlers_stop_once_their_leases_lapse_unrenewed() {
+/// Runs a 3 s step under 600 ms leases, has `cut` make renewals fail or
+/// hang (`true`) for 3.5 s, then lets them through (`false`): the step
+/// must not have finished while they did not, and must finish after.
+async fn leases_lapse(
+    slot: usize,
+    cut: fn(&workflow_core::testing::Unreachable<MemoryStore>, bool),
+) {
     let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
     let engine = EngineBuilder::new()
         .shared_store(Arc::clone(&store) as Arc<dyn Store>)
@@ -1617,19 +1620,36 @@ async fn handlers_stop_once_their_leases_lapse_unrenewed() {
         .await
         .unwrap();
     let _worker = engine.start_worker();
-    let inst = LongStep::start(&engine, ()).await.unwrap();
+    let inst = LongStep::start(&engine, slot).await.unwrap();
     until_status(&inst, Status::InProgress).await;
-    store.set_down(true);
+    cut(&store, true);
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     assert_eq!(
-        LAPSED_DONE.load(Ordering::SeqCst),
+        LAPSED_DONE[slot].load(Ordering::SeqCst),
         0,
         "the step ran on past its lapsed lease"
     );
-    store.set_down(false);
-    // Back up: the instance is taken up again and finishes.
+    cut(&store, false);
+    // Back: the instance is taken up again and finishes.
     inst.result_timeout(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(LAPSED_DONE.load(Ordering::SeqCst), 1);
+    assert_eq!(LAPSED_DONE[slot].load(Ordering::SeqCst), 1);
+}
+
+/// While the store cannot be reached, a worker's leases lapse and another
+/// worker may take its instances over: once a whole lease has passed
+/// without a renewal, its handlers stop rather than run on beside the new
+/// owner.
+#[tokio::test]
+async fn handlers_stop_once_their_leases_lapse_unrenewed() {
+    leases_lapse(0, |store, down| store.set_down(down)).await;
+}
+
+/// A renewal that hangs (the store retrying, a connection gone quiet)
+/// does not keep handlers running past their leases: they stop when the
+/// leases end, as when renewals fail.
+#[tokio::test]
+async fn handlers_stop_when_a_hanging_renewal_outlasts_their_leases() {
+    leases_lapse(1, |store, hang| store.hang_renewals(hang)).await;
 }
 
 static GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -2231,55 +2251,4 @@ async fn a_step_inside_a_step_fails_without_running() {
         "the inner step never ran"
     );
     assert_eq!(NESTED_OUTER.load(Ordering::SeqCst), 1, "no retries");
-}
-
-static HUNG_DONE: AtomicU32 = AtomicU32::new(0);
-
-/// One step of 3 s.
-struct HungStep;
-
-impl Workflow for HungStep {
-    type Input = ();
-    type Output = ();
-    type State = ();
-    const NAME: &'static str = "hungStep";
-
-    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
-        ctx.step("long", || async {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            HUNG_DONE.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, BoxError>(())
-        })
-        .await?;
-        Ok(())
-    }
-}
-
-/// A renewal that hangs (the store retrying, a connection gone quiet)
-/// does not keep handlers running past their leases: they stop when the
-/// leases end, as when renewals fail.
-#[tokio::test]
-async fn handlers_stop_when_a_hanging_renewal_outlasts_their_leases() {
-    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
-    let engine = EngineBuilder::new()
-        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
-        .register(HungStep)
-        .lease_duration(Duration::from_millis(600))
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
-    let _worker = engine.start_worker();
-    let inst = HungStep::start(&engine, ()).await.unwrap();
-    until_status(&inst, Status::InProgress).await;
-    store.hang_renewals(true);
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
-    assert_eq!(
-        HUNG_DONE.load(Ordering::SeqCst),
-        0,
-        "the step ran on past its lapsed lease"
-    );
-    store.hang_renewals(false);
-    inst.result_timeout(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(HUNG_DONE.load(Ordering::SeqCst), 1);
 }
