@@ -78,14 +78,14 @@ async fn send_welcome(ctx: Ctx, email: String) -> workflow::Result<String> {
     let mail: &MailServer = ctx.data()?;
     let body: String = ctx
         .step("render", || async {
-            Ok::<_, BoxError>(format!("Welcome aboard, {email}!"))
+            workflow::Ok(format!("Welcome aboard, {email}!"))
         })
         .await?;
     ctx.step("deliver", || async {
         if mail.attempts.fetch_add(1, Ordering::SeqCst) == 0 {
             return Err("mail server busy".into());
         }
-        Ok::<_, BoxError>(body.len())
+        workflow::Ok(body.len())
     })
     .await?;
     Ok(format!("sent {} bytes to {email}", body.len()))

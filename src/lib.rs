@@ -62,6 +62,23 @@ pub use workflow_core::*;
 #[cfg(feature = "macros")]
 pub use workflow_macros::workflow;
 
+/// `Ok(value)` with the error type fixed to [`BoxError`], for the closures
+/// of steps, whose error type Rust cannot infer from a bare `Ok`:
+/// `ctx.step("total", || async { workflow::Ok(a + b) })` instead of
+/// `Ok::<_, BoxError>(a + b)`. As `anyhow::Ok`; call it by its path (it is
+/// not in the prelude, where it would hide the standard `Ok`).
+///
+/// ```
+/// # use workflow::prelude::*;
+/// # async fn handler(ctx: Ctx, (a, b): (u32, u32)) -> workflow::Result<u32> {
+/// let total = ctx.step("total", || async { workflow::Ok(a + b) }).await?;
+/// # Ok(total) }
+/// ```
+#[allow(non_snake_case)]
+pub fn Ok<T>(value: T) -> std::result::Result<T, BoxError> {
+    std::result::Result::Ok(value)
+}
+
 /// The SQLite store (feature `sqlite`).
 #[cfg(feature = "sqlite")]
 pub mod sqlite {
@@ -130,7 +147,7 @@ impl Connector for UrlConnector {
                     workflow_sqlite::SqliteOptions::new().durability(durability),
                 )
                 .await?;
-                Ok(std::sync::Arc::new(store))
+                std::result::Result::Ok(std::sync::Arc::new(store))
             }
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => {
@@ -139,11 +156,11 @@ impl Connector for UrlConnector {
                     workflow_postgres::PgOptions::new().durability(durability),
                 )
                 .await?;
-                Ok(std::sync::Arc::new(store))
+                std::result::Result::Ok(std::sync::Arc::new(store))
             }
             "memory" => {
                 let _ = durability;
-                Ok(std::sync::Arc::new(MemoryStore::new()))
+                std::result::Result::Ok(std::sync::Arc::new(MemoryStore::new()))
             }
             _ => Err(workflow_core::unsupported_url(
                 url,
