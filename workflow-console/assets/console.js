@@ -80,8 +80,10 @@ async function api(path, body) {
     init.body = JSON.stringify(body);
   }
   const res = await fetch("api/" + path, init);
+  // JSON, or a proxy's or server's plain-text error, shown as it is.
+  const text = await res.text();
   let data = null;
-  try { data = await res.json(); } catch (_) { /* empty body */ }
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = res.ok ? null : { error: text.slice(0, 300) }; }
   if (res.status === 401) { askToken(); }
   if (!res.ok) throw new ApiError(res.status, data);
   return data;
@@ -137,9 +139,11 @@ function isUtc(timeZone) {
 
 function fmtDur(ms) {
   if (ms === null || ms === undefined || isNaN(ms)) return "—";
-  if (ms < 1000) return Math.max(0, Math.round(ms)) + " ms";
-  const s = ms / 1000;
-  if (s < 60) return (s < 10 ? s.toFixed(2) : s.toFixed(1)) + " s";
+  if (ms < 999.5) return Math.max(0, Math.round(ms)) + " ms";
+  // Rounded once, so that 59,950 ms reads "1m", not "60.0 s".
+  const s = ms < 9995 ? Math.round(ms / 10) / 100 : ms < 59950 ? Math.round(ms / 100) / 10 : Math.round(ms / 1000);
+  if (s < 10) return s.toFixed(2) + " s";
+  if (s < 60) return s.toFixed(1) + " s";
   const two = (big, bigUnit, small, smallUnit) => big + bigUnit + (small ? " " + small + smallUnit : "");
   const m = Math.floor(s / 60);
   if (m < 60) return two(m, "m", Math.floor(s % 60), "s");
@@ -371,7 +375,16 @@ async function tick() {
       await view.refresh();
       setLive(true, "live · " + fmtTime(new Date().toISOString()).slice(11));
     } catch (err) {
-      setLive(false, err.status === 401 ? "token required" : "offline: " + err.message);
+      if (err.status >= 400 && err.status < 500 && err.status !== 401 && view.showError) {
+        // The server answered, and said the page asks for something wrong
+        // (an instance purged since a link to it was made, a bad filter):
+        // shown in the page, not taken for the server being away.
+        setLive(true, "live · " + fmtTime(new Date().toISOString()).slice(11));
+        view.showError(err);
+        if (err.status === 404) return; // nothing to poll for
+      } else {
+        setLive(false, err.status === 401 ? "token required" : "offline: " + err.message);
+      }
     }
   }
   if (view === current) pollTimer = setTimeout(tick, POLL_MS);
@@ -489,7 +502,13 @@ function listView(params) {
     older.onclick = () => go({}, { after: page.next, prev: filters.after ? prev.concat([filters.after]) : [] });
   }
 
-  return { nav: "instances", root, refresh };
+  // A filter the server refused (`env` for a tag): said in the table,
+  // under the filters that can fix it.
+  function showError(err) {
+    replace(body, h("tr", {}, h("td", { colspan: 7, class: "empty", "data-testid": "page-error" }, err.message)));
+  }
+
+  return { nav: "instances", root, refresh, showError };
 }
 
 // ---------------------------------------------------------------- one instance
@@ -506,10 +525,19 @@ function instanceView(id) {
   // "Show all" must not bring the cut list back.
   let asked = 0;
 
+  // "Show all" reads every step and event once; the polls that keep a
+  // running instance's page live would read them all again every 2 s, so
+  // they pause until "Resume" goes back to the latest ones.
   function showAll() {
     all = true;
     lastJson = "";
-    refresh().catch((err) => toast(err.message, true));
+    refresh(true).catch((err) => toast(err.message, true));
+  }
+
+  function resume() {
+    all = false;
+    lastJson = "";
+    refresh(true).catch((err) => toast(err.message, true));
   }
 
   async function act(action, body) {
@@ -571,12 +599,14 @@ function instanceView(id) {
         h("a", { href: "#/" + qs({ workflow: it.workflow }) }, it.workflow)),
       h("div", { class: "title" }, h("h1", {}, it.workflow), badge(it.status, true), h("div", { class: "spacer" }), h("div", { class: "actions" }, buttons)),
       h("div", { class: "idline" }, h("span", { class: "mono", "data-testid": "instance-id" }, it.id)),
+      all && active ? h("div", { class: "muted paused", "data-testid": "paused" }, "Showing every step and event; live updates paused · ",
+        h("button", { class: "link", "data-action": "resume-live", onclick: resume }, "Resume")) : null,
       it.error ? h("div", { class: "errorbox", "data-testid": "error" }, h("b", {}, LABEL[it.status] || "Error"), it.error) : null,
       h("section", { class: "panel flush" }, h("div", { class: "meta" },
         meta("Created", h("span", { title: it.created_at }, fmtTime(it.created_at))),
         meta("Started", fmtTime(it.started_at)),
         meta("Finished", fmtTime(it.finished_at)),
-        meta(it.finished_at ? "Duration" : "Running for", fmtDur(total)),
+        meta(it.finished_at ? "Duration" : it.started_at ? "Running for" : "Waiting for", fmtDur(total)),
         meta("Deadline", it.deadline_at ? fmtTime(it.deadline_at) + (it.finished_at ? "" : " (" + ago(it.deadline_at) + ")") : null),
         meta("Runs", String(it.runs)),
         waiting(it, true) ? meta("Waiting", h("span", { "data-testid": "waiting" }, waiting(it, true))) : null,
@@ -603,8 +633,9 @@ function instanceView(id) {
   // every poll (a long one's steps and history are the heaviest answer).
   let ended = false;
 
-  async function refresh() {
+  async function refresh(force) {
     if (ended && lastJson) return;
+    if (all && lastJson && !force) return;
     const mine = ++asked;
     const d = await api("instances/" + encodeURIComponent(id) + (all ? "" : "?tail=" + TAIL));
     if (mine !== asked) return;
@@ -617,7 +648,13 @@ function instanceView(id) {
     }
   }
 
-  return { nav: "instances", root, refresh };
+  // No such instance (purged since a link to it was made), said in the page.
+  function showError(err) {
+    replace(root, h("div", { class: "errorbox", "data-testid": "page-error" },
+      h("b", {}, err.status === 404 ? "No such instance" : "Cannot show this instance"), err.message));
+  }
+
+  return { nav: "instances", root, refresh, showError };
 }
 
 function stepsPanel(it, steps, history, more) {
@@ -649,7 +686,9 @@ function stepsPanel(it, steps, history, more) {
       h("div", { class: "name", title: key }, key),
       h("div", { class: "track" }),
       h("div", { class: "att warn" }, (e.attempt || "?") + " failed"),
-      h("div", { class: "dur" }, "retrying"),
+      // An instance that ended (cancelled, timed out) mid-backoff never
+      // records the step: it gave up, it is not retrying.
+      h("div", { class: "dur" }, ACTIVE.includes(it.status) ? "retrying" : "gave up"),
       e.message ? h("div", { class: "detail err" }, e.message) : null));
   }
   return h("section", { class: "panel steps", "data-testid": "steps" }, h("h2", {}, "Steps ", more), rows);

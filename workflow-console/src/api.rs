@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, Query as QueryString, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -397,11 +398,21 @@ where
     }
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+/// The request's JSON body. A body axum refused to read (over its 2 MiB
+/// limit) is an API error in JSON too, not axum's plain text.
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            format!("request body: {}", rejection.body_text()),
+        )
+    })?;
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
-        body
+        &body
     };
     serde_json::from_slice(body).map_err(|err| {
         ApiError::bad_request(format!("request body is not the JSON expected: {err}"))
@@ -560,8 +571,16 @@ async fn list(
         match state.engine.instance(&InstanceId::from(q)).await {
             Ok(found) => {
                 let wanted_workflow = params.workflow.as_deref().filter(|w| !w.is_empty());
+                // `build_query` checked its shape.
+                let wanted_tag = params
+                    .tag
+                    .as_deref()
+                    .and_then(|t| t.split_once('='))
+                    .map(|(k, v)| (k.trim(), v.trim()));
                 let matches = wanted_workflow.is_none_or(|w| w == found.workflow)
-                    && (statuses.is_empty() || statuses.contains(&found.status));
+                    && (statuses.is_empty() || statuses.contains(&found.status))
+                    && wanted_tag
+                        .is_none_or(|(k, v)| found.tags.get(k).map(String::as_str) == Some(v));
                 let items: Vec<Summary> = if matches { vec![found.into()] } else { vec![] };
                 return Ok(Json(
                     json!({ "items": items, "unreadable": [], "next": null }),
@@ -682,9 +701,9 @@ struct EventBody {
 async fn send_event(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Value> {
-    let body: EventBody = parse_body(&body)?;
+    let body: EventBody = parse_body(body)?;
     if body.name.trim().is_empty() {
         return Err(ApiError::bad_request("an event name is required"));
     }
@@ -826,9 +845,9 @@ struct StartBody {
 async fn start(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body: StartBody = parse_body(&body)?;
+    let body: StartBody = parse_body(body)?;
     let mut options = StartOptions::new();
     if let Some(key) = given(&body.key) {
         options = options.key(key);

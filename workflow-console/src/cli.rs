@@ -255,6 +255,10 @@ impl Write for UntilClosed<'_> {
         if self.closed {
             return Ok(buf.len());
         }
+        if let Some(shown) = escape_controls(buf) {
+            let result = self.out.write_all(&shown);
+            return self.check(result.map(|()| buf.len()), buf.len());
+        }
         let result = self.out.write(buf);
         self.check(result, buf.len())
     }
@@ -266,6 +270,44 @@ impl Write for UntilClosed<'_> {
         let result = self.out.flush();
         self.check(result, ())
     }
+}
+
+/// `buf` with its terminal control characters written out (`\u{1b}`), or
+/// `None` when it has none. Keys, tags and errors come from outside (a
+/// webhook's id, a failure's message): an escape sequence in them must not
+/// reach the operator's terminal, where it could rewrite the screen or the
+/// clipboard. Newlines and tabs stay; JSON output escapes them all itself.
+fn escape_controls(buf: &[u8]) -> Option<Vec<u8>> {
+    // ASCII controls, DEL, and the C1 controls (U+0080..U+009F, `C2 xx` in
+    // UTF-8), which some terminals obey too.
+    let control = |i: usize| match buf[i] {
+        b'\n' | b'\t' => false,
+        0..=0x1f | 0x7f => true,
+        0xc2 => buf
+            .get(i + 1)
+            .is_some_and(|next| (0x80..=0x9f).contains(next)),
+        _ => false,
+    };
+    if !(0..buf.len()).any(control) {
+        return None;
+    }
+    let mut shown = Vec::with_capacity(buf.len() + 16);
+    let mut i = 0;
+    while i < buf.len() {
+        if control(i) {
+            let code = if buf[i] == 0xc2 {
+                i += 1;
+                buf[i]
+            } else {
+                buf[i]
+            };
+            shown.extend_from_slice(format!("\\u{{{code:x}}}").as_bytes());
+        } else {
+            shown.push(buf[i]);
+        }
+        i += 1;
+    }
+    Some(shown)
 }
 
 /// Runs one command on `cli.db`, writing to `out`. Returns the exit code
@@ -564,6 +606,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
         Command::Console { addr, token } => {
             let mut console = crate::Console::new(engine);
             if let Some(token) = token {
+                // An empty one (a secret that failed to substitute) would
+                // serve the console open: refused rather than ignored.
+                if token.trim().is_empty() {
+                    return Err(CliError::Usage(format!(
+                        "the console token (--token or {}) is empty; give a token, or leave it unset for none",
+                        crate::TOKEN_ENV
+                    )));
+                }
                 console = console.token(token);
             }
             let server = console.bind(addr.as_str()).await?;
@@ -818,10 +868,12 @@ fn millis(ms: i64) -> String {
     if ms < 1_000 {
         return format!("{ms}ms");
     }
-    let secs = ms / 1_000;
-    if secs < 60 {
+    // Under 59.95 s, tenths; from there whole seconds, rounded once (so
+    // 59,950 ms reads `1m`, not `60.0s`).
+    if ms < 59_950 {
         return format!("{:.1}s", ms as f64 / 1_000.0);
     }
+    let secs = (ms + 500) / 1_000;
     let (h, m, s) = (secs / 3_600, (secs / 60) % 60, secs % 60);
     // The smaller unit only when it says something: `5m`, `5m30s`.
     let two = |big: i64, big_unit: &str, small: i64, small_unit: &str| {
@@ -888,6 +940,19 @@ fn table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_controls_are_written_out() {
+        assert_eq!(escape_controls(b"plain\ttext\n"), None);
+        assert_eq!(escape_controls("caf\u{e9} \u{2713}".as_bytes()), None);
+        let shown = escape_controls(b"x\x1b]0;pwned\x07\x1b[2J\n").unwrap();
+        assert_eq!(
+            String::from_utf8(shown).unwrap(),
+            "x\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\n"
+        );
+        let c1 = escape_controls("a\u{9b}2J".as_bytes()).unwrap();
+        assert_eq!(String::from_utf8(c1).unwrap(), "a\\u{9b}2J");
+    }
 
     #[test]
     fn tables_align() {
@@ -986,6 +1051,8 @@ mod tests {
         assert_eq!(millis(3_600_000 * 50), "2d02h");
         assert_eq!(millis(300_000), "5m");
         assert_eq!(millis(7 * 24 * 3_600_000), "7d");
+        assert_eq!(millis(59_949), "59.9s");
+        assert_eq!(millis(59_950), "1m");
     }
 
     #[test]

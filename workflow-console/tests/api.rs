@@ -145,6 +145,16 @@ async fn reads_filters_and_pages() {
     .await
     .json();
     assert!(ids(&by_id_wrong_status).is_empty());
+    // Found by id, the tag filter still applies (ada's order, not bob's).
+    for (tag, found) in [("customer=ada", true), ("customer=bob", false)] {
+        let page = get(
+            &base,
+            &format!("/api/instances?q={}&tag={tag}", f.completed),
+        )
+        .await
+        .json();
+        assert_eq!(!ids(&page).is_empty(), found, "{tag}");
+    }
     let by_key = get(&base, "/api/instances?q=order-A-1001").await.json();
     assert_eq!(ids(&by_key), vec![f.completed.to_string()]);
     let none = get(&base, "/api/instances?q=no-such-thing").await.json();
@@ -402,6 +412,22 @@ async fn changes_are_checked_and_applied() {
     .await;
     assert_eq!(res.status, 422, "an empty key: {}", res.body);
     assert!(res.json()["error"].as_str().unwrap().contains("non-empty"));
+    // A body over axum's limit is refused in JSON, like every API error.
+    let res = post(
+        &base,
+        &format!("/api/instances/{listening}/events"),
+        json!({ "name": "approval", "payload": "x".repeat(3 << 20) }),
+    )
+    .await;
+    assert_eq!(res.status, 413, "{}", res.body);
+    assert!(
+        res.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("request body:"),
+        "{}",
+        res.body
+    );
     // A name it does not wait for: sent, with a note saying so.
     wait_status(&f.engine, &f.listening, Status::Listening).await;
     let res = post(

@@ -616,6 +616,29 @@ async fn console_in_a_real_browser() {
     assert!(is_utc_time(&utc), "{utc}");
     assert!(zoned.ends_with(" 03:00:00 Europe/Paris"), "{zoned}");
     b.screenshot("schedules").await;
+
+    // An instance that is not there (purged since a link to it was made)
+    // is said so in the page, and the server still counts as live.
+    b.goto(&format!(
+        "http://{}/#/instances/no-such-instance",
+        server.local_addr()
+    ))
+    .await;
+    let said = wait_for("the missing instance's message", || async {
+        b.js(
+            "const e = document.querySelector('[data-testid=page-error]'); return e ? e.textContent : null;",
+            json!([]),
+        )
+        .await
+        .as_str()
+        .map(str::to_owned)
+    })
+    .await;
+    assert!(said.starts_with("No such instance"), "{said}");
+    assert!(
+        b.text_shown("live ·").await,
+        "not taken for the server being away"
+    );
     b.close().await;
     server.shutdown();
 }

@@ -509,4 +509,14 @@ async fn console_command_serves_the_page() {
     assert_eq!(overview.json()["total"], 5);
     child.kill().unwrap();
     child.wait().unwrap();
+
+    // An empty token (a secret that failed to substitute) is refused, not
+    // taken for none.
+    let out = cli(
+        &f.url,
+        &["console", "--addr", "127.0.0.1:0", "--token", " "],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("token"), "{}", out.stderr);
 }

@@ -1062,10 +1062,17 @@ impl Engine {
     /// outside the engine does not fail the page: it is named in
     /// [`Page::unreadable`], and the paging goes on past it.
     pub async fn list(&self, query: Query) -> Result<Page> {
-        let rows = self.inner.store.list(&query.inner).await?;
+        // One row more than the page: a page that is exactly full then
+        // knows whether anything follows it, instead of offering a next
+        // page that turns out empty.
+        let limit = query.inner.limit;
+        let mut one_more = query.inner.clone();
+        one_more.limit = limit.saturating_add(1);
+        let mut rows = self.inner.store.list(&one_more).await?;
         // Counted before unreadable rows are set aside, so one of them
         // last on a full page does not end the paging.
-        let next = if rows.len() == query.inner.limit {
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
             match rows.last() {
                 Some(Ok(row)) => Some(row.id.clone()),
                 Some(Err(StoreError::Corrupt { id, .. })) => Some(InstanceId::from(id.as_str())),

@@ -631,7 +631,8 @@ pub struct Page {
     /// damaged outside the engine); the others are still listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<Unreadable>,
-    /// Cursor for the next page (`Query::after`), when this page was full.
+    /// Cursor for the next page (`Query::after`), when more instances
+    /// follow this page (an exactly full last page has none).
     pub next: Option<InstanceId>,
 }
 

@@ -832,6 +832,17 @@ async fn list_pages_newest_first() {
         .unwrap();
     assert_eq!(pending.items.len(), 5);
     assert!(pending.next.is_none());
+    // A page exactly full with nothing after it offers no next page.
+    let exact = engine
+        .list(Query::new().name("repeats").limit(5))
+        .await
+        .unwrap();
+    assert_eq!((exact.items.len(), exact.next), (5, None));
+    let short = engine
+        .list(Query::new().name("repeats").limit(4))
+        .await
+        .unwrap();
+    assert_eq!(short.next.as_ref(), Some(&ids[1]));
 }
 
 static SIGNALLED: AtomicU32 = AtomicU32::new(0);
