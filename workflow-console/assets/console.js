@@ -434,7 +434,9 @@ function listView(params) {
     onclick: () => go({}, { after: prev[prev.length - 1] || "", prev: prev.slice(0, -1) }) }, "← Newer");
   const older = h("button", { "data-testid": "older" }, "Older →");
   const pageSize = h("select", { onchange: (e) => go({ limit: e.target.value }) },
-    ["25", "50", "100"].map((n) => h("option", { value: n, selected: n === filters.limit }, n + " per page")));
+    // The address's own limit too, when it is none of these.
+    ["25", "50", "100"].concat(["25", "50", "100"].includes(filters.limit) ? [] : [filters.limit])
+      .map((n) => h("option", { value: n, selected: n === filters.limit }, n + " per page")));
   let knownWorkflows = "";
 
   const root = h("div", {},

@@ -157,6 +157,10 @@ pub enum Command {
         /// Require this token on every API call.
         #[arg(long, env = crate::TOKEN_ENV, hide_env_values = true)]
         token: Option<String>,
+        /// Serve a non-loopback address without a token: anyone who can
+        /// reach the port can then steer workflows. Refused otherwise.
+        #[arg(long, conflicts_with = "token")]
+        no_token: bool,
     },
 }
 
@@ -603,7 +607,12 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             )?;
             Ok(0)
         }
-        Command::Console { addr, token } => {
+        Command::Console {
+            addr,
+            token,
+            no_token,
+        } => {
+            let open = token.is_none();
             let mut console = crate::Console::new(engine);
             if let Some(token) = token {
                 // An empty one (a secret that failed to substitute) would
@@ -617,6 +626,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 console = console.token(token);
             }
             let server = console.bind(addr.as_str()).await?;
+            if open && !no_token && !server.local_addr().ip().is_loopback() {
+                server.stopper().cancel();
+                return Err(CliError::Usage(format!(
+                    "{addr} is reachable from other machines and no token is set: anyone reaching it \
+                     could steer workflows; give --token (or {}), or pass --no-token to serve it open",
+                    crate::TOKEN_ENV
+                )));
+            }
             if json {
                 print_json(out, &json!({ "url": server.url() }))?;
             } else {

@@ -519,4 +519,9 @@ async fn console_command_serves_the_page() {
     .await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("token"), "{}", out.stderr);
+    // Nor is a console reachable from other machines served open, unless
+    // asked for in so many words.
+    let out = cli(&f.url, &["console", "--addr", "0.0.0.0:0"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--no-token"), "{}", out.stderr);
 }
