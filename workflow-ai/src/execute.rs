@@ -221,17 +221,10 @@ where
         // The checking side of a tool: drops strict-mode nulls, unwraps
         // non-object outputs, reports violations with their paths.
         let checker = Tool::workflow("output", "", schema_for::<T>());
-        let (schema, strict) = match strict_schema(checker.parameters()) {
-            Ok(schema) => (schema, true),
-            Err(_) => {
-                // As tools are sent: without `$schema`, which providers
-                // do not want.
-                let mut schema = checker.parameters().clone();
-                if let Some(map) = schema.as_object_mut() {
-                    map.remove("$schema");
-                }
-                (schema, false)
-            }
+        let schema = checker.provider_parameters();
+        let (schema, strict) = match strict_schema(&schema) {
+            Ok(strict) => (strict, true),
+            Err(_) => (schema, false),
         };
         let format = OutputFormat {
             name: "output".to_owned(),

@@ -528,14 +528,35 @@ fn shorten(text: &str, max: usize) -> String {
     }
 }
 
-/// The filters of the list page (and `workflow list`), as a [`Query`], with
-/// the matching statuses for checking an instance found by id.
-pub(crate) fn build_query(params: &ListParams) -> Result<(Query, Vec<Status>), String> {
+/// The list filters, for checking an instance found by id against them
+/// (the store applies them to every other page).
+#[derive(Debug, Default)]
+pub(crate) struct Filters {
+    workflow: Option<String>,
+    statuses: Vec<Status>,
+    tag: Option<(String, String)>,
+}
+
+impl Filters {
+    fn matches(&self, found: &InstanceInfo) -> bool {
+        self.workflow.as_ref().is_none_or(|w| *w == found.workflow)
+            && (self.statuses.is_empty() || self.statuses.contains(&found.status))
+            && self
+                .tag
+                .as_ref()
+                .is_none_or(|(k, v)| found.tags.get(k) == Some(v))
+    }
+}
+
+/// The filters of the list page (and `workflow list`), as a [`Query`], and
+/// as [`Filters`] for checking an instance found by id.
+pub(crate) fn build_query(params: &ListParams) -> Result<(Query, Filters), String> {
     let mut query = Query::new().limit(params.limit.unwrap_or(50));
+    let mut filters = Filters::default();
     if let Some(workflow) = params.workflow.as_deref().filter(|w| !w.is_empty()) {
         query = query.name(workflow);
+        filters.workflow = Some(workflow.to_owned());
     }
-    let mut statuses = Vec::new();
     for status in params
         .status
         .as_deref()
@@ -545,7 +566,7 @@ pub(crate) fn build_query(params: &ListParams) -> Result<(Query, Vec<Status>), S
         .filter(|s| !s.is_empty())
     {
         let status: Status = status.parse().map_err(|e| format!("{e}"))?;
-        statuses.push(status);
+        filters.statuses.push(status);
         query = query.status(status);
     }
     if let Some(tag) = params.tag.as_deref().filter(|t| !t.is_empty()) {
@@ -553,11 +574,12 @@ pub(crate) fn build_query(params: &ListParams) -> Result<(Query, Vec<Status>), S
             .split_once('=')
             .ok_or_else(|| format!("tag filter `{tag}` is not key=value"))?;
         query = query.tag(name.trim(), value.trim());
+        filters.tag = Some((name.trim().to_owned(), value.trim().to_owned()));
     }
     if let Some(after) = params.after.as_deref().filter(|a| !a.is_empty()) {
         query = query.after(InstanceId::from(after));
     }
-    Ok((query, statuses))
+    Ok((query, filters))
 }
 
 /// A page of instances, newest first. `q` finds an instance by id, or else
@@ -566,22 +588,15 @@ async fn list(
     State(state): State<AppState>,
     Params(params): Params<ListParams>,
 ) -> ApiResult<Value> {
-    let (mut query, statuses) = build_query(&params).map_err(ApiError::bad_request)?;
+    let (mut query, filters) = build_query(&params).map_err(ApiError::bad_request)?;
     if let Some(q) = params.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
         match state.engine.instance(&InstanceId::from(q)).await {
             Ok(found) => {
-                let wanted_workflow = params.workflow.as_deref().filter(|w| !w.is_empty());
-                // `build_query` checked its shape.
-                let wanted_tag = params
-                    .tag
-                    .as_deref()
-                    .and_then(|t| t.split_once('='))
-                    .map(|(k, v)| (k.trim(), v.trim()));
-                let matches = wanted_workflow.is_none_or(|w| w == found.workflow)
-                    && (statuses.is_empty() || statuses.contains(&found.status))
-                    && wanted_tag
-                        .is_none_or(|(k, v)| found.tags.get(k).map(String::as_str) == Some(v));
-                let items: Vec<Summary> = if matches { vec![found.into()] } else { vec![] };
+                let items: Vec<Summary> = if filters.matches(&found) {
+                    vec![found.into()]
+                } else {
+                    vec![]
+                };
                 return Ok(Json(
                     json!({ "items": items, "unreadable": [], "next": null }),
                 ));

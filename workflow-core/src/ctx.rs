@@ -77,17 +77,15 @@ pub(crate) struct RunShared {
     pub stop: CancellationToken,
     /// The deadline; moved by `set_timeout` here or, via the heartbeat, elsewhere.
     pub deadline: tokio::sync::watch::Sender<Option<crate::store::Millis>>,
-    /// How many times this process moved the deadline while it ran: a lease
-    /// renewal read before the latest of those is stale.
-    deadline_changes: Mutex<u64>,
+    /// Deadline moves made by this process while it ran.
+    deadline_changes: LocalChanges,
     /// Why the handler was stopped, with what the worker needs to settle it.
     pub interrupt: Mutex<Option<(Interrupt, Settlement)>>,
     journal: Mutex<Journal>,
     /// A pause was asked for: stop before the next step.
     pause: AtomicBool,
-    /// How many times this process paused or resumed the instance while it
-    /// ran: a lease renewal read before the latest of those is stale.
-    pause_changes: Mutex<u64>,
+    /// Pauses and resumes made by this process while it ran.
+    pause_changes: LocalChanges,
     /// The step backing off when the instance was suspended, and its failed attempts.
     pub retry: Option<(String, u32)>,
     /// When `retry` is set: every step's failed attempts, from the history
@@ -132,6 +130,35 @@ impl Settlement {
     }
 }
 
+/// Counts the changes this process makes to a value the store holds too
+/// (the pause request, the deadline), so that a store read taken before the
+/// latest of them (a lease renewal in flight) does not undo it.
+#[derive(Default)]
+struct LocalChanges(Mutex<u64>);
+
+impl LocalChanges {
+    /// Makes a local change.
+    fn make(&self, apply: impl FnOnce()) {
+        let mut changes = lock(&self.0);
+        *changes += 1;
+        apply();
+    }
+
+    /// Which local change the value reflects now.
+    fn seen(&self) -> u64 {
+        *lock(&self.0)
+    }
+
+    /// Applies what the store said, read after local change `seen`,
+    /// unless this process changed the value since.
+    fn apply_stored(&self, seen: u64, apply: impl FnOnce()) {
+        let changes = lock(&self.0);
+        if *changes == seen {
+            apply();
+        }
+    }
+}
+
 tokio::task_local! {
     /// The key of the step whose closure this task is running: `ctx` calls
     /// that take a name are refused there ([`Error::NestedStep`]).
@@ -168,7 +195,7 @@ impl RunShared {
             lease,
             default_step,
             pause: AtomicBool::new(row.pause_requested),
-            pause_changes: Mutex::new(0),
+            pause_changes: LocalChanges::default(),
             retry: row.retry.clone(),
             failed_attempts: tokio::sync::OnceCell::new(),
             retrying: Mutex::new(HashMap::new()),
@@ -176,7 +203,7 @@ impl RunShared {
             engine,
             stop: CancellationToken::new(),
             deadline: tokio::sync::watch::Sender::new(row.deadline_at),
-            deadline_changes: Mutex::new(0),
+            deadline_changes: LocalChanges::default(),
             interrupt: Mutex::new(None),
             journal: Mutex::new(Journal {
                 recorded,
@@ -231,55 +258,50 @@ impl RunShared {
 
     /// Moves the deadline: a `set_timeout` made in this process.
     pub(crate) fn move_deadline(&self, deadline: Option<crate::store::Millis>) {
-        let mut changes = lock(&self.deadline_changes);
-        *changes += 1;
-        self.deadline.send_replace(deadline);
+        self.deadline_changes.make(|| {
+            self.deadline.send_replace(deadline);
+        });
     }
 
     /// Which local deadline move the deadline reflects now; pass it to
     /// [`deadline_as_stored`](Self::deadline_as_stored) with what the
     /// store said.
     pub(crate) fn deadline_seen(&self) -> u64 {
-        *lock(&self.deadline_changes)
+        self.deadline_changes.seen()
     }
 
     /// The store's deadline, read after local move `seen`: it wins (another
-    /// process moved it) unless this process moved it since, which the
-    /// store read may predate: a renewal must not put back the deadline a
-    /// `set_timeout` here just replaced.
+    /// process moved it) unless this process moved it since: a renewal must
+    /// not put back the deadline a `set_timeout` here just replaced.
     pub(crate) fn deadline_as_stored(&self, deadline: Option<crate::store::Millis>, seen: u64) {
-        let changes = lock(&self.deadline_changes);
-        if *changes == seen {
+        self.deadline_changes.apply_stored(seen, || {
             self.deadline.send_if_modified(|current| {
                 let moved = *current != deadline;
                 *current = deadline;
                 moved
             });
-        }
+        });
     }
 
     /// Asks the handler to pause before its next step (or withdraws that):
     /// a pause or resume made in this process.
     pub(crate) fn request_pause(&self, pause: bool) {
-        let mut changes = lock(&self.pause_changes);
-        *changes += 1;
-        self.pause.store(pause, Ordering::Release);
+        self.pause_changes
+            .make(|| self.pause.store(pause, Ordering::Release));
     }
 
     /// Which local pause or resume the flag reflects now; pass it to
     /// [`pause_as_stored`](Self::pause_as_stored) with what the store said.
     pub(crate) fn pause_seen(&self) -> u64 {
-        *lock(&self.pause_changes)
+        self.pause_changes.seen()
     }
 
     /// The store's pause request, read after local change `seen`: it wins
     /// (a resume from another process withdraws the pause) unless this
-    /// process paused or resumed since, which the store read may predate.
+    /// process paused or resumed since.
     pub(crate) fn pause_as_stored(&self, pause: bool, seen: u64) {
-        let changes = lock(&self.pause_changes);
-        if *changes == seen {
-            self.pause.store(pause, Ordering::Release);
-        }
+        self.pause_changes
+            .apply_stored(seen, || self.pause.store(pause, Ordering::Release));
     }
 
     pub(crate) fn pause_requested(&self) -> bool {

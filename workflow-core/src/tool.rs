@@ -257,8 +257,9 @@ impl Tool {
         self.parameters.clone()
     }
 
-    /// The parameters without the `$schema` keyword, which providers do not want.
-    fn provider_parameters(&self) -> Value {
+    /// The parameters as sent to providers: without the `$schema` keyword,
+    /// which they do not want.
+    pub fn provider_parameters(&self) -> Value {
         let mut parameters = self.parameters.clone();
         if let Some(map) = parameters.as_object_mut() {
             map.remove("$schema");

@@ -84,7 +84,6 @@ impl Db {
         dedup: Option<&[Status]>,
     ) -> Attempt<Result<Created, StoreError>> {
         let mut tx = self.begin().await?;
-        let mut wake = false;
         if let (Some(statuses), Some(key)) = (dedup, &new.key) {
             // Serializes creates of one (workflow, key) until commit; under
             // READ COMMITTED the lookup below then sees what the previous
@@ -111,13 +110,12 @@ impl Db {
         let cancelled = cancelled_parents(&mut tx, &parents).await?;
         let mut row = insert(&mut tx, new).await?;
         event(&mut tx, new.id.as_str(), new.created_at, "created").await?;
-        if let Some(message) = cancelled.into_values().next() {
+        let cancelled = cancelled.into_values().next();
+        if let Some(message) = cancelled {
             row = cancel_new(&mut tx, new.id.as_str(), new.created_at, message).await?;
-        } else {
-            wake = true;
         }
         commit(tx).await?;
-        if wake {
+        if cancelled.is_none() {
             self.wake();
         }
         Ok(instance_row(&row).map(Created::New))

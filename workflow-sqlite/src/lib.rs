@@ -580,10 +580,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.read)
                 .await
                 .map_err(backend)?;
-            next = match (next, due) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            next = next.into_iter().chain(due).min();
         }
         Ok(next)
     }
