@@ -1,5 +1,8 @@
-//! Deduplication, tags and queries: one charge per invoice, however many
-//! times the request arrives.
+//! Deduplication, tags and queries: one instance per invoice key, however
+//! many times the request arrives (while it runs, and after it ended when
+//! `Completed` is among the statuses matched), and one charge per instance
+//! even if a crash runs the step again (the provider is given the step's
+//! idempotency key).
 //!
 //! ```text
 //! cargo run --example dedup
@@ -17,16 +20,24 @@ struct Invoice {
     cents: u64,
 }
 
-/// Charge an invoice exactly once.
+/// Charge an invoice.
 #[workflow(name = "chargeInvoice")]
 async fn charge_invoice(ctx: Ctx, invoice: Invoice) -> workflow::Result<String> {
     let receipt: String = ctx
         .step("charge", || async {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            Ok::<_, BoxError>(format!("rcpt-{}-{}", invoice.invoice_id, invoice.cents))
+            // The same at every attempt and after a crash: the provider
+            // answers a repeated request with the first one's receipt.
+            let key = ctx.idempotency_key().expect("inside a step");
+            charge_card(&key, invoice.cents).await
         })
         .await?;
     Ok(receipt)
+}
+
+/// Stands in for a payment provider's API that deduplicates by key.
+async fn charge_card(idempotency_key: &str, cents: u64) -> Result<String, BoxError> {
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    Ok(format!("rcpt-{cents}-{idempotency_key}"))
 }
 
 #[tokio::main]

@@ -54,13 +54,61 @@ impl<S> fmt::Debug for Ctx<S> {
 
 struct CtxInner<S> {
     run: Arc<RunShared>,
-    state: Mutex<S>,
-    /// Set by `state_mut`, cleared when a step persists the state: steps that
-    /// leave the state alone do not write a snapshot.
-    state_dirty: AtomicBool,
+    /// Shared with an `Ended` settlement, which reads it once the handler
+    /// has stopped.
+    state: Arc<StateCell<S>>,
     /// One past the position (in recording order) of the latest recorded
     /// snapshot restored; 0 before any.
     restored: AtomicUsize,
+}
+
+/// The handler's state and whether it changed since its last snapshot.
+struct StateCell<S> {
+    value: Mutex<S>,
+    /// Set by `state_mut`, cleared when a step persists the state: steps that
+    /// leave the state alone do not write a snapshot.
+    dirty: AtomicBool,
+    workflow: &'static str,
+}
+
+impl<S: Serialize + DeserializeOwned> StateCell<S> {
+    /// The state as JSON if `state_mut` was called since the last snapshot.
+    fn take_dirty(&self) -> Result<Option<String>> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        let state = lock(&self.value);
+        // Recorded only if it reads back as itself: replays restore it.
+        let (json, _): (String, S) = crate::error::json_round_trip(&*state, || {
+            format!("state of workflow `{}`", self.workflow)
+        })
+        .inspect_err(|_| {
+            // Still to be saved: a handler that goes on past the error
+            // must not lose the state at its next step or its end.
+            self.dirty.store(true, Ordering::Release);
+        })?;
+        Ok(Some(json))
+    }
+}
+
+/// The state to record with an outcome given by `ctx.complete` or
+/// `ctx.fail`, read when the worker records it: the handler has stopped by
+/// then, so a state guard held by the very statement that called
+/// `complete` (`ctx.complete(Out { n: ctx.state().n })`) is gone instead
+/// of deadlocking the call.
+#[derive(Clone)]
+pub(crate) struct FinalState(Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl FinalState {
+    fn read(&self) -> Option<String> {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for FinalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FinalState")
+    }
 }
 
 /// What the engine and the handler share about one run of one instance.
@@ -114,7 +162,7 @@ pub(crate) enum Settlement {
     /// a returning handler's is.
     Ended {
         output: Option<String>,
-        state: Option<String>,
+        state: FinalState,
     },
     /// Give the worker back until the instance is due again.
     Suspend(crate::store::Suspend),
@@ -122,9 +170,10 @@ pub(crate) enum Settlement {
 
 impl Settlement {
     /// The output and state of an `Ended` settlement; none for the others.
+    /// Call it once the handler has stopped.
     pub(crate) fn ended(self) -> (Option<String>, Option<String>) {
         match self {
-            Settlement::Ended { output, state } => (output, state),
+            Settlement::Ended { output, state } => (output, state.read()),
             _ => (None, None),
         }
     }
@@ -406,11 +455,15 @@ where
     }
 
     pub(crate) fn new(run: Arc<RunShared>, state: S) -> Self {
+        let state = Arc::new(StateCell {
+            value: Mutex::new(state),
+            dirty: AtomicBool::new(false),
+            workflow: run.workflow,
+        });
         Ctx {
             inner: Arc::new(CtxInner {
                 run,
-                state: Mutex::new(state),
-                state_dirty: AtomicBool::new(false),
+                state,
                 restored: AtomicUsize::new(0),
             }),
         }
@@ -451,6 +504,36 @@ where
         self.inner.run.engine.inner.data.require()
     }
 
+    /// Inside a step's closure, a key naming this step of this instance,
+    /// the same at every attempt and in every run: `"{instance id}/{step
+    /// key}"` (`ord-1/charge`, `ord-1/charge#2`, `ord-1/items[3]`).
+    /// Outside one, `None`.
+    ///
+    /// A step runs at least once: a crash after its side effect and
+    /// before its result is recorded runs it again. Give this key to
+    /// services that deduplicate requests (a payment provider's
+    /// `Idempotency-Key` header, a unique column) and the repeat changes
+    /// nothing.
+    ///
+    /// ```no_run
+    /// # use workflow_core::{BoxError, Ctx};
+    /// # async fn charge(cents: u64, idempotency_key: &str) -> Result<String, BoxError> { Ok(String::new()) }
+    /// async fn handler(ctx: Ctx, cents: u64) -> Result<String, BoxError> {
+    ///     let receipt: String = ctx
+    ///         .step("charge", || async {
+    ///             let key = ctx.idempotency_key().expect("inside a step");
+    ///             charge(cents, &key).await
+    ///         })
+    ///         .await?;
+    ///     Ok(receipt)
+    /// }
+    /// ```
+    pub fn idempotency_key(&self) -> Option<String> {
+        IN_STEP
+            .try_with(|key| format!("{}/{key}", self.inner.run.id))
+            .ok()
+    }
+
     /// How many times a worker has picked this instance up: 1 on a first run,
     /// one more after each suspension (a long sleep, an event or child wait,
     /// a long retry backoff, a pause) and after each crash or restart; recorded
@@ -469,15 +552,25 @@ where
     }
 
     /// The persisted state, for reading. Do not hold the guard across an `.await`.
+    ///
+    /// # Deadlocks
+    ///
+    /// The guard is a [`std::sync::MutexGuard`], and a temporary guard
+    /// lives to the end of its statement: `ctx.state_mut().n =
+    /// ctx.state().n + 1` takes the lock twice and hangs. Read into a
+    /// local first, or change it through one guard
+    /// (`ctx.state_mut().n += 1`). `ctx.complete(..)` and `ctx.fail(..)`
+    /// may be given values read from a guard in the same statement.
     pub fn state(&self) -> MutexGuard<'_, S> {
-        lock(&self.inner.state)
+        lock(&self.inner.state.value)
     }
 
     /// The persisted state, for changing; the change is saved with the next
-    /// step. Do not hold the guard across an `.await`.
+    /// step. Do not hold the guard across an `.await`, nor take a second
+    /// guard while it lives (see [`Ctx::state`]).
     pub fn state_mut(&self) -> MutexGuard<'_, S> {
-        self.inner.state_dirty.store(true, Ordering::Release);
-        lock(&self.inner.state)
+        self.inner.state.dirty.store(true, Ordering::Release);
+        lock(&self.inner.state.value)
     }
 
     /// Runs `f` as a durable step named `name`, with the workflow's default
@@ -708,7 +801,8 @@ where
 
     /// Ends the instance now as `Completed` with `output`, without running the
     /// rest of the handler. Returns an error to propagate with `?`; the
-    /// outcome is recorded even if the caller ignores it.
+    /// outcome is recorded even if the caller ignores it, with the state
+    /// as it is once the handler has stopped.
     ///
     /// `output` should be the workflow's `Output`: `Ctx` is typed by the
     /// state, not the output, so it takes any `Serialize`, and the engine
@@ -723,12 +817,11 @@ where
             ),
             source,
         })?;
-        let state = self.dirty_state()?;
         self.inner.run.interrupt(
             Interrupt::Completed,
             Settlement::Ended {
                 output: Some(json),
-                state,
+                state: self.final_state(),
             },
         );
         Err(Error::Interrupted(Interrupt::Completed))
@@ -736,13 +829,13 @@ where
 
     /// Ends the instance now as `Failed` with `reason`, without retries.
     /// Returns an error to propagate with `?`; the outcome is recorded even if
-    /// the caller ignores it.
+    /// the caller ignores it, with the state as it is once the handler has
+    /// stopped.
     pub fn fail(&self, reason: impl Into<String>) -> Result<Infallible> {
         let why = Interrupt::Failed(reason.into());
-        let state = self.dirty_state()?;
         let settlement = Settlement::Ended {
             output: None,
-            state,
+            state: self.final_state(),
         };
         self.inner.run.interrupt(why.clone(), settlement);
         Err(Error::Interrupted(why))
@@ -750,20 +843,18 @@ where
 
     /// The state as JSON if `state_mut` was called since the last snapshot.
     pub(crate) fn dirty_state(&self) -> Result<Option<String>> {
-        if !self.inner.state_dirty.swap(false, Ordering::AcqRel) {
-            return Ok(None);
-        }
-        let state = self.state();
-        // Recorded only if it reads back as itself: replays restore it.
-        let (json, _): (String, S) = crate::error::json_round_trip(&*state, || {
-            format!("state of workflow `{}`", self.name())
-        })
-        .inspect_err(|_| {
-            // Still to be saved: a handler that goes on past the error
-            // must not lose the state at its next step or its end.
-            self.inner.state_dirty.store(true, Ordering::Release);
-        })?;
-        Ok(Some(json))
+        self.inner.state.take_dirty()
+    }
+
+    /// The state to record with `ctx.complete`'s or `ctx.fail`'s outcome.
+    fn final_state(&self) -> FinalState {
+        let cell = Arc::clone(&self.inner.state);
+        FinalState(Arc::new(move || {
+            cell.take_dirty().unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "final state not persisted");
+                None
+            })
+        }))
     }
 
     /// Records a step. The journal is not updated: keys never repeat within
@@ -817,8 +908,8 @@ where
             ),
             source,
         })?;
-        *lock(&self.inner.state) = restored;
-        self.inner.state_dirty.store(false, Ordering::Release);
+        *lock(&self.inner.state.value) = restored;
+        self.inner.state.dirty.store(false, Ordering::Release);
         Ok(())
     }
 

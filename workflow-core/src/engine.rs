@@ -138,7 +138,8 @@ pub struct EngineBuilder {
     store: Option<Arc<dyn Store>>,
     url: Option<String>,
     connector: Option<Arc<dyn Connector>>,
-    durability: Durability,
+    /// `None` unless set: it applies to stores opened by URL only.
+    durability: Option<Durability>,
     workflows: Vec<Arc<dyn ErasedWorkflow>>,
     config: Config,
     data: DataMap,
@@ -160,7 +161,7 @@ impl EngineBuilder {
             store: None,
             url: None,
             connector: None,
-            durability: Durability::default(),
+            durability: None,
             workflows: Vec::new(),
             config: Config::default(),
             data: DataMap::default(),
@@ -192,13 +193,17 @@ impl EngineBuilder {
         self
     }
 
-    /// Uses this store.
+    /// Uses this store, instead of one opened by URL: with
+    /// [`database_url`](Self::database_url) or
+    /// [`durability`](Self::durability) too, [`build`](Self::build) fails
+    /// (give a store its durability through its own options).
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(Arc::new(store));
         self
     }
 
-    /// Uses this shared store (several engines in one process on one store).
+    /// Uses this shared store (several engines in one process on one
+    /// store); as [`store`](Self::store).
     pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
         self
@@ -216,9 +221,11 @@ impl EngineBuilder {
         self
     }
 
-    /// Durable (default) or relaxed commits, for stores opened by URL.
+    /// Durable (default) or relaxed commits, for stores opened by URL
+    /// (with [`store`](Self::store), `build` fails: the store was opened
+    /// with its own).
     pub fn durability(mut self, durability: Durability) -> Self {
-        self.durability = durability;
+        self.durability = Some(durability);
         self
     }
 
@@ -451,10 +458,24 @@ impl EngineBuilder {
             return Err(Error::Config(problems.join("; ")));
         }
         let store = match (self.store, self.connector) {
+            // Either would be silently ignored: refuse what cannot apply.
+            (Some(_), _) if self.url.is_some() => {
+                return Err(Error::Config(
+                    "both `.store(..)` and `.database_url(..)` given: use one".to_owned(),
+                ))
+            }
+            (Some(_), _) if self.durability.is_some() => {
+                return Err(Error::Config(
+                    "`.durability(..)` applies to stores opened by `.database_url(..)`; \
+                     a store given to `.store(..)` keeps the durability it was opened with \
+                     (set it in its options)"
+                        .to_owned(),
+                ))
+            }
             (Some(store), _) => store,
             (None, Some(connector)) => {
                 connector
-                    .connect(self.url.as_deref(), self.durability)
+                    .connect(self.url.as_deref(), self.durability.unwrap_or_default())
                     .await?
             }
             (None, None) => {
@@ -600,6 +621,38 @@ impl EngineInner {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
+    }
+}
+
+/// The workflows and settings; the URL shows without its password.
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.workflows.iter().map(|w| w.name()).collect();
+        f.debug_struct("EngineBuilder")
+            .field("workflows", &names)
+            .field("store", &self.store.as_ref().map(|_| ".."))
+            .field("database_url", &self.url.as_deref().map(redact_password))
+            .field("durability", &self.durability)
+            .field("concurrency", &self.config.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` with any password replaced by `***`.
+fn redact_password(url: &str) -> String {
+    // scheme://user:password@host...: the password ends at the last `@`
+    // before the path.
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -1230,4 +1283,30 @@ pub(crate) fn encode_input<W: Workflow>(input: &W::Input, what: &str) -> Result<
     let (json, _) =
         crate::error::json_round_trip(input, || format!("input of {what} `{}`", W::NAME))?;
     Ok(json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_builder_shows_its_url_without_the_password() {
+        assert_eq!(
+            redact_password("postgres://app:s3cr@t@db.internal:5432/jobs"),
+            "postgres://app:***@db.internal:5432/jobs"
+        );
+        assert_eq!(
+            redact_password("postgres://app@db/jobs"),
+            "postgres://app@db/jobs"
+        );
+        assert_eq!(redact_password("sqlite://a@b.db"), "sqlite://a@b.db");
+        let shown = format!(
+            "{:?}",
+            EngineBuilder::new().database_url("postgres://u:hunter2@h/d")
+        );
+        assert!(
+            shown.contains("u:***@h/d") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
 }

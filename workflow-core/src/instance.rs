@@ -98,6 +98,16 @@ pub struct GetOrCreate<'a, W: Workflow> {
     options: StartOptions,
 }
 
+impl<W: Workflow> std::fmt::Debug for GetOrCreate<'_, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetOrCreate")
+            .field("workflow", &W::NAME)
+            .field("key", &self.key)
+            .field("statuses", &self.statuses)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a, W: Workflow> GetOrCreate<'a, W> {
     pub(crate) fn new(engine: &'a Engine, key: String, input: W::Input) -> Self {
         GetOrCreate {

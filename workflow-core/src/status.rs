@@ -18,13 +18,16 @@ pub enum Status {
     /// (`ctx.run_child`), until it comes or the wait times out. A sleep or
     /// a retry backoff waits as `Pending`, due at its end.
     Listening,
-    /// Paused by a user.
+    /// Paused: by `pause` (a user, the console, the CLI), or by the engine
+    /// after too many runs in a row ended without recording how (a
+    /// crash loop; its history says why). `resume` lets it run on.
     Paused,
     /// Finished with an output.
     Completed,
     /// Finished with an error.
     Failed,
-    /// Cancelled by a user.
+    /// Cancelled: by `cancel`, or with its parent (the parent was
+    /// cancelled or timed out).
     Cancelled,
     /// Ran past its deadline.
     TimedOut,
@@ -76,7 +79,8 @@ impl Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so widths and alignment (`{:<12}`) apply.
+        f.pad(self.as_str())
     }
 }
 
@@ -110,6 +114,9 @@ mod tests {
             );
         }
         assert!("done".parse::<Status>().is_err());
+        // Widths apply, as to any string: CLI tables align with them.
+        assert_eq!(format!("{:<9}|", Status::Failed), "failed   |");
+        assert_eq!(format!("{:>8}", Status::Paused), "  paused");
     }
 
     #[test]

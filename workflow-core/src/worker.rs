@@ -33,6 +33,15 @@ pub struct Worker {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.shared.id)
+            .field("stopping", &self.shared.stop.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
 struct WorkerShared {
     engine: Engine,
     id: String,
@@ -793,10 +802,18 @@ async fn execute(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     if let Some((why, settlement)) = interrupt {
+        // A handler that returned right after `ctx.complete`/`ctx.fail`
+        // took the state's last change with it; one stopped before that
+        // left it to the settlement.
+        let returned_state = match end {
+            End::Returned(end) => end.state,
+            _ => None,
+        };
         return match (why, settlement) {
             (Interrupt::Suspended, Settlement::Suspend(suspend)) => Settle::Suspend(suspend),
             (Interrupt::Completed, settlement) => {
                 let (output, state) = settlement.ended();
+                let state = state.or(returned_state);
                 let output = output.unwrap_or_else(|| "null".to_owned());
                 match def.check_output(&output) {
                     Ok(()) => finish(Status::Completed, Some(output), None, state),
@@ -804,7 +821,8 @@ async fn execute(
                 }
             }
             (Interrupt::Failed(reason), settlement) => {
-                finish(Status::Failed, None, Some(reason), settlement.ended().1)
+                let state = settlement.ended().1.or(returned_state);
+                finish(Status::Failed, None, Some(reason), state)
             }
             (Interrupt::Shutdown | Interrupt::Suspended, _) => Settle::Release,
             // The store already says Cancelled, or another worker owns it.

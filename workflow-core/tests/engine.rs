@@ -1402,17 +1402,20 @@ impl Workflow for EndsWithState {
         ctx.step("one", || async { Ok::<_, BoxError>(1u32) })
             .await?;
         ctx.state_mut().n = 7;
+        // The state's guard lives to the end of each statement, while
+        // `complete`/`fail` run: they must not take it again.
         if matches!(how, Ending::Complete) {
-            ctx.complete(7u32)?;
+            ctx.complete(ctx.state().n)?;
         } else {
-            ctx.fail("stop")?;
+            ctx.fail(format!("stop at {}", ctx.state().n))?;
         }
         Ok(0)
     }
 }
 
 /// `ctx.complete` and `ctx.fail` save the state set since the last step,
-/// as returning from the handler does.
+/// as returning from the handler does, also when given a value read from
+/// the state in the same statement.
 #[tokio::test]
 async fn complete_and_fail_keep_the_state_set_before_them() {
     let engine = EngineBuilder::new()
@@ -1432,7 +1435,14 @@ async fn complete_and_fail_keep_the_state_set_before_them() {
     );
     assert_eq!(done.state().await.unwrap().n, 7);
     let failed = EndsWithState::start(&engine, Ending::Fail).await.unwrap();
-    assert!(failed.result_timeout(Duration::from_secs(5)).await.is_err());
+    let err = failed
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Failed { message, .. } if message == "stop at 7"),
+        "{err:?}"
+    );
     assert_eq!(failed.state().await.unwrap().n, 7);
 }
 
@@ -2262,4 +2272,115 @@ async fn a_step_inside_a_step_fails_without_running() {
         "the inner step never ran"
     );
     assert_eq!(NESTED_OUTER.load(Ordering::SeqCst), 1, "no retries");
+}
+
+static KEYED_ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+
+/// Reports the idempotency keys its steps saw; its first step fails once.
+struct Keyed;
+
+impl Workflow for Keyed {
+    type Input = ();
+    type Output = Vec<Option<String>>;
+    type State = ();
+    const NAME: &'static str = "keyed";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<Vec<Option<String>>, BoxError> {
+        let mut seen = vec![ctx.idempotency_key()];
+        let first: Vec<Option<String>> = ctx
+            .step("charge", || async {
+                let key = ctx.idempotency_key();
+                if KEYED_ATTEMPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(BoxError::from(format!("flaky, key {key:?}")));
+                }
+                Ok(vec![key])
+            })
+            .await?;
+        seen.extend(first);
+        seen.push(
+            ctx.step("charge", || async {
+                Ok::<_, BoxError>(ctx.idempotency_key())
+            })
+            .await?,
+        );
+        let items = ctx
+            .map("items", vec![0, 1], 2, |_| async {
+                Ok::<_, BoxError>(ctx.idempotency_key())
+            })
+            .await?;
+        seen.extend(items);
+        Ok(seen)
+    }
+}
+
+/// A step's idempotency key names the instance and the step's key, is the
+/// same at a retry as at the first attempt, and is `None` outside steps.
+#[tokio::test]
+async fn steps_see_an_idempotency_key_that_retries_keep() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Keyed)
+        .poll_interval(Duration::from_millis(20))
+        .step_options(StepOptions::retries(2).backoff(
+            Duration::from_millis(1),
+            1.0,
+            Duration::from_millis(1),
+        ))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let instance = Keyed::start(&engine, ()).await.unwrap();
+    let keys = instance
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let id = instance.id();
+    let expected: Vec<Option<String>> = vec![
+        None,
+        Some(format!("{id}/charge")),
+        Some(format!("{id}/charge#1")),
+        Some(format!("{id}/items[0]")),
+        Some(format!("{id}/items[1]")),
+    ];
+    assert_eq!(keys, expected);
+    // The failed first attempt saw the key the second one recorded.
+    let history = instance.history().await.unwrap();
+    let failed = history
+        .iter()
+        .find_map(|e| e.message.as_deref().filter(|m| m.contains("flaky")))
+        .expect("the failed attempt is in the history");
+    assert!(failed.contains(&format!("{id}/charge")), "{failed}");
+    assert_eq!(KEYED_ATTEMPTS.load(Ordering::SeqCst), 2);
+}
+
+/// A builder setting that cannot apply is refused, not dropped: a store
+/// given with a URL, or with a durability meant for stores opened by URL.
+#[tokio::test]
+async fn the_builder_refuses_settings_a_given_store_would_ignore() {
+    let with_url = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .database_url("sqlite://other.db")
+        .build()
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&with_url, Error::Config(why) if why.contains("database_url")),
+        "{with_url}"
+    );
+    let with_durability = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .durability(Durability::Relaxed)
+        .build()
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&with_durability, Error::Config(why) if why.contains("durability")),
+        "{with_durability}"
+    );
+    assert!(EngineBuilder::new()
+        .store(MemoryStore::new())
+        .build()
+        .await
+        .is_ok());
 }
