@@ -24,6 +24,11 @@
 //!     Ok(OrderOutput { status: format!("charged {total} for {}", input.order_id) })
 //! }
 //!
+//! // Next to the function, the macro declares `struct ProcessOrder;`:
+//! assert_eq!(ProcessOrder::NAME, "processOrder");
+//! assert_eq!(ProcessOrder::DESCRIPTION, "Process a new customer order");
+//! assert_eq!(ProcessOrder::STEPS, ["fetch-order", "charge-payment"]);
+//!
 //! # async fn run() -> workflow::Result<()> {
 //! let engine = Engine::builder()
 //!     .database_url("sqlite://workflows.db")

@@ -688,7 +688,9 @@ impl Engine {
         Worker::spawn(self.clone())
     }
 
-    /// Runs a worker until [`Engine::shutdown`] is called.
+    /// Runs a worker until [`Engine::shutdown`] is called, then waits for
+    /// it to hand its instances back. Today it never fails; the `Result`
+    /// leaves room for errors a future worker may report at start.
     pub async fn run(&self) -> Result<()> {
         let worker = self.start_worker();
         self.inner.shutdown.cancelled().await;
@@ -699,6 +701,12 @@ impl Engine {
     /// Stops every worker of this engine: no new claims, running handlers get
     /// the grace period to finish, then are stopped and handed back to the
     /// store to resume later.
+    ///
+    /// It returns at once: await [`Worker::shutdown`] (or the
+    /// [`run`](Self::run) it ends) to know the workers are done. It is for
+    /// good: workers this engine (or a clone) starts afterwards stop at
+    /// once; build a new engine to run again. Starting, inspecting and
+    /// steering instances still work.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
     }

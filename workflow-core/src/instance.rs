@@ -132,6 +132,28 @@ impl<'a, W: Workflow> GetOrCreate<'a, W> {
         self.options = options;
         self
     }
+
+    /// Resolves to the instance and whether this call created it (`false`:
+    /// an existing one matched, and the input was not used).
+    ///
+    /// ```no_run
+    /// # use workflow_core::*;
+    /// # async fn f<W: Workflow>(engine: &Engine, input: W::Input) -> Result<()> {
+    /// let (instance, created) = W::get_or_create(engine, "order-42", input)
+    ///     .with_created()
+    ///     .await?;
+    /// if !created {
+    ///     tracing::info!(id = %instance.id(), "already running");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_created(self) -> Result<(Instance<W>, bool)> {
+        let options = self.options.key(self.key);
+        self.engine
+            .create::<W>(self.input, options, Some(self.statuses))
+            .await
+            .map(|(id, created)| (Instance::new(self.engine.clone(), id), created))
+    }
 }
 
 impl<'a, W: Workflow> IntoFuture for GetOrCreate<'a, W> {
@@ -139,13 +161,7 @@ impl<'a, W: Workflow> IntoFuture for GetOrCreate<'a, W> {
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let options = self.options.key(self.key);
-            self.engine
-                .create::<W>(self.input, options, Some(self.statuses))
-                .await
-                .map(|(id, _)| Instance::new(self.engine.clone(), id))
-        })
+        Box::pin(async move { self.with_created().await.map(|(instance, _)| instance) })
     }
 }
 
@@ -218,6 +234,11 @@ impl<W: Workflow> Instance<W> {
     /// Waits until it reaches a terminal status, and returns its output.
     /// Errors: [`Error::Failed`] with the recorded error, [`Error::Ended`] when
     /// cancelled or timed out.
+    ///
+    /// It waits as long as that takes: an instance no worker runs (none
+    /// registers its workflow, or none is started) never ends, even past
+    /// its deadline, which workers enforce. Bound the wait with
+    /// [`result_timeout`](Self::result_timeout).
     pub async fn result(&self) -> Result<W::Output> {
         let row = self.engine.wait_terminal(&self.id, None).await?;
         self.output_of(row)

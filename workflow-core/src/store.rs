@@ -9,7 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use async_trait::async_trait;
+/// The attribute a [`Store`] (or [`Connector`](crate::Connector)) impl
+/// needs, re-exported so a store of your own needs no `async-trait`
+/// dependency: `#[workflow::store::async_trait] impl Store for MyStore`.
+pub use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::id::InstanceId;
@@ -392,6 +395,9 @@ pub struct ListQuery {
 
 /// A storage backend. Implemented by `MemoryStore`, `SqliteStore` and
 /// `PgStore`; checked by the conformance suite in `workflow_core::testing` (feature `testing`).
+///
+/// Its methods are `async` through [`async_trait`](macro@async_trait): implement it under
+/// `#[workflow::store::async_trait]` (re-exported here).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Inserts an instance and its `created` event. With `dedup` set and a

@@ -28,6 +28,12 @@ where
     /// sleep is reached: a restart does not start it over. Long sleeps cost
     /// no memory: the instance is suspended and wakes on any worker.
     /// `name` follows the step-name rule of [`Ctx::step`].
+    ///
+    /// The instance's deadline ([`Workflow::TIMEOUT`], five minutes by
+    /// default) keeps running meanwhile: a sleep that would end past it
+    /// ends the instance `TimedOut` at the deadline instead (with a
+    /// warning in the log). Give workflows that sleep long a `timeout`
+    /// longer than their sleeps (`#[workflow(timeout = "7d")]`).
     pub async fn sleep(&self, name: &str, duration: std::time::Duration) -> Result<()> {
         let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
         let wake_at: Millis = self
@@ -38,7 +44,8 @@ where
         self.wait_until(wake_at).await
     }
 
-    /// Sleeps durably until `at`.
+    /// Sleeps durably until `at`. As [`Ctx::sleep`], it cannot outlast
+    /// the instance's deadline.
     /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn sleep_until(&self, name: &str, at: DateTime<Utc>) -> Result<()> {
         let wake_at: Millis = self
@@ -54,6 +61,16 @@ where
         let left = wake_at.saturating_sub(now_millis());
         if left <= 0 {
             return Ok(());
+        }
+        if let Some(deadline) = *self.run().deadline.borrow() {
+            if wake_at > deadline {
+                tracing::warn!(
+                    wake_at = %format_millis(wake_at),
+                    deadline = %format_millis(deadline),
+                    "the sleep ends after the instance's deadline: it will time out first \
+                     (give the workflow a longer `timeout`)"
+                );
+            }
         }
         let left = std::time::Duration::from_millis(left as u64);
         if left <= self.run().suspend_after {
@@ -85,6 +102,17 @@ where
     /// suspends the whole handler. To wait for one of several outcomes
     /// (approved or rejected), send one event whose payload says which,
     /// rather than `select!` over two waits.
+    ///
+    /// The event is taken, and recorded as this wait's outcome, before its
+    /// payload is read as `T`: a payload that does not read gives
+    /// [`Error::EventPayload`] now and at every replay, and a corrected
+    /// event sent later is for the next wait of that name. Check payloads
+    /// where they are sent (`send_event` takes any JSON) or wait for a
+    /// `serde_json::Value` and read it in a step of your own.
+    ///
+    /// Without a `timeout`, the instance's own deadline
+    /// ([`Workflow::TIMEOUT`], five minutes by default) still ends the
+    /// wait: the instance times out.
     pub async fn wait_for_event<T: DeserializeOwned>(
         &self,
         name: &str,
@@ -291,6 +319,11 @@ where
     /// `name[1]`...), up to `concurrency` at once, and returns the results in
     /// input order. Items already recorded are not run again after a crash.
     /// `name` follows the step-name rule of [`Ctx::step`].
+    ///
+    /// Results are matched to items by position: a replay must pass the
+    /// same items in the same order, or recorded results go to other
+    /// items. Build `items` from the input or from a recorded step's
+    /// result, not from a query made outside a step.
     pub async fn map<I, T, E, F, Fut>(
         &self,
         name: &str,
@@ -343,6 +376,10 @@ where
     /// durable step (keys `name[0]`, `name[1]`...), one after another.
     /// Returns each chunk's result, in order.
     /// `name` follows the step-name rule of [`Ctx::step`].
+    ///
+    /// As with [`Ctx::map`], chunks are matched to records by position:
+    /// keep `items` and `size` the same across replays (and deploys that
+    /// may replay running instances).
     pub async fn batch<I, T, E, F, Fut>(
         &self,
         name: &str,

@@ -35,10 +35,15 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     const SCHEDULE: Option<&'static str> = None;
     /// IANA time zone of the schedule.
     const TIMEZONE: &'static str = "UTC";
-    /// Default deadline of an instance, counted from its start. Five minutes
-    /// unless the attribute says otherwise. Past it the instance ends
-    /// `TimedOut`, and its unfinished child workflows (and theirs) end
-    /// `Cancelled` with it.
+    /// Default deadline of an instance, counted from its start (its
+    /// creation, or the end of a `StartOptions::delay`), so time spent
+    /// queued behind other work, sleeping, and waiting for events or
+    /// children counts. Five minutes unless the attribute says otherwise.
+    /// Past it the instance ends `TimedOut`, and its unfinished child
+    /// workflows (and theirs) end `Cancelled` with it. The deadline is
+    /// enforced by the worker that runs or claims the instance: with no
+    /// worker running its workflow, an instance past its deadline stays as
+    /// it is until one starts.
     const TIMEOUT: Duration = Duration::from_secs(300);
     /// The step names written as literals in the handler, in source order.
     const STEPS: &'static [&'static str] = &[];
@@ -109,6 +114,13 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     /// (`Pending`, `InProgress`, `Listening` or `Paused`; change with
     /// `.statuses(..)`), or starts a new one. Atomic: concurrent callers with
     /// one key get one instance.
+    ///
+    /// An existing instance is returned as it is: `input` is used only
+    /// when one is created (`.with_created()` tells which happened). Once
+    /// the instance has ended, the default statuses no longer match it and
+    /// the next call starts another: include `Status::Completed` (or
+    /// [`Status::ALL`](crate::Status::ALL)) to make the key answer for
+    /// good, until the instance is purged.
     fn get_or_create<'a>(
         engine: &'a Engine,
         key: impl Into<String>,

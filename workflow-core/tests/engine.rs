@@ -745,18 +745,22 @@ async fn get_or_create_dedups_concurrent_callers() {
     for _ in 0..64 {
         let engine = engine.clone();
         tasks.push(tokio::spawn(async move {
-            Repeats::get_or_create(&engine, "batch-7", 1)
+            let (instance, created) = Repeats::get_or_create(&engine, "batch-7", 1)
+                .with_created()
                 .await
-                .unwrap()
-                .id()
-                .clone()
+                .unwrap();
+            (instance.id().clone(), created)
         }));
     }
     let mut ids = std::collections::HashSet::new();
+    let mut creators = 0;
     for task in tasks {
-        ids.insert(task.await.unwrap());
+        let (id, created) = task.await.unwrap();
+        ids.insert(id);
+        creators += usize::from(created);
     }
     assert_eq!(ids.len(), 1);
+    assert_eq!(creators, 1, "exactly one caller created it");
     let page = engine.list(Query::new().key("batch-7")).await.unwrap();
     assert_eq!(page.items.len(), 1);
 }

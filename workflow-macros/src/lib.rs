@@ -28,6 +28,8 @@ use proc_macro::TokenStream;
 ///
 /// #[derive(Serialize, Deserialize, JsonSchema)]
 /// struct OrderOutput { total: f64 }
+/// # async fn fetch(_: &str) -> Result<f64, BoxError> { Ok(1.0) }
+/// # async fn charge(_: f64) -> Result<String, BoxError> { Ok(String::new()) }
 ///
 /// /// Process a new customer order
 /// #[workflow(name = "processOrder", timeout = "10m")]
@@ -37,6 +39,7 @@ use proc_macro::TokenStream;
 ///     Ok(OrderOutput { total })
 /// }
 ///
+/// # async fn main_() -> workflow::Result<()> {
 /// // The function stays as written; next to it the macro declares
 /// // `struct ProcessOrder;` implementing `workflow::Workflow`:
 /// assert_eq!(ProcessOrder::NAME, "processOrder");
@@ -44,7 +47,11 @@ use proc_macro::TokenStream;
 /// assert_eq!(ProcessOrder::STEPS, ["fetch-order", "charge-payment"]);
 /// let engine = Engine::builder().register(ProcessOrder).build().await?;
 /// let order = ProcessOrder::start(&engine, OrderInput { order_id: "12345".into() }).await?;
+/// # Ok(()) }
 /// ```
+///
+/// (Not compiled here: this crate cannot depend on the facade it serves.
+/// The same program is a tested example of the facade crate's root page.)
 ///
 /// # The function
 ///
