@@ -15,6 +15,11 @@
 //! - Connections run READ COMMITTED whatever the server's default: the
 //!   store's transactions rely on a statement seeing what the holder of a
 //!   lock it waited for committed.
+//! - Transactions that lock several instances lock them in one order,
+//!   descendants before ancestors, so a cancel or timeout of a tree queues
+//!   behind (or ahead of) its children finishing and its parents
+//!   suspending instead of deadlocking with them; heartbeats never wait
+//!   for one row while holding another.
 //! - Lost connections, server restarts and deadlocks are retried
 //!   transparently while it is safe (see [`PgOptions::retry_for`]).
 //! - Migrations are embedded and run on connect, in one transaction under

@@ -3,6 +3,27 @@
 //! names the run's lease (`lease_owner`, `runs`, status `in_progress`), and
 //! the fencing UPDATE also locks the row, so concurrent writes to one
 //! instance queue behind each other instead of interleaving.
+//!
+//! # Lock order
+//!
+//! A transaction that waits for an instance row while it holds another
+//! takes them descendants first: deeper rows of a tree before shallower
+//! ones, rows at one depth by id. That is the order a child's `finish`
+//! (the child, then the parent it wakes) and a parent's `suspend` (the
+//! child it waits for, then itself) need, and a cancel or a timeout locks
+//! its whole tree up front in it ([`lock_tree`]) rather than root first.
+//! With the root first, a cancel and a child's finish (or its parent's
+//! suspend, or a cancel of the child) each held the row the other waited
+//! for: PostgreSQL aborted one after `deadlock_timeout` (a second, with
+//! both stalled), to be retried. Ids alone cannot give this order (a child
+//! started on a machine whose clock is behind sorts before its parent).
+//! Statements over many unrelated rows (a heartbeat, freeing a dead
+//! worker's leases) cannot know their depths: they take the rows nobody
+//! holds with SKIP LOCKED and wait for each of the rest alone, so they
+//! never wait while holding another row. What is left out of order (rows
+//! a cancel finds created while it waited, a claim waking the parent of a
+//! corrupt row, `create_many` under parents at different depths) is rare,
+//! and a deadlock there is retried like a lost connection.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -429,6 +450,12 @@ impl Db {
         finish: &Finish,
     ) -> Attempt<Result<(), StoreError>> {
         let mut tx = self.begin().await?;
+        if finish.status == Status::TimedOut {
+            // A timeout cancels the unfinished descendants below: lock them
+            // before this row, as a cancel does (see the lock order). The
+            // fence below still decides; a lost lease just unlocks them.
+            lock_tree(&mut tx, lease.instance.as_str()).await?;
+        }
         let done: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET status = $4, output = $5, error = $6, state = COALESCE($7, state), \
                  updated_at = $8, finished_at = $8, lease_owner = NULL, lease_expires_at = NULL \
@@ -523,41 +550,33 @@ impl Db {
 
     pub(crate) async fn renew(&self, leases: &[Lease], until: Millis) -> Attempt<Vec<Renewal>> {
         let mut conn = self.pool.acquire().await?;
-        let ids: Vec<&str> = leases.iter().map(|l| l.instance.as_str()).collect();
-        let owners: Vec<&str> = leases.iter().map(|l| l.owner.as_str()).collect();
-        let runs: Vec<i64> = leases.iter().map(|l| l.run).collect();
-        // One statement: extends the held leases (idempotent, so a retry
-        // after an unclear commit is harmless) and reads every deadline.
-        let rows: Vec<(i64, bool, Option<Millis>, bool)> = sqlx::query_as(
-            "WITH asked AS ( \
-                 SELECT * FROM UNNEST($2::text[], $3::text[], $4::int8[]) WITH ORDINALITY AS l(id, owner, run, n) \
-             ), renewed AS ( \
-                 UPDATE instances i SET lease_expires_at = $1, run_at = $1 FROM asked \
-                 WHERE i.id = asked.id AND i.lease_owner = asked.owner AND i.runs = asked.run \
-                   AND i.status = 'in_progress' \
-                 RETURNING asked.n \
-             ) \
-             SELECT asked.n, renewed.n IS NOT NULL, i.deadline_at, COALESCE(i.pause_requested, FALSE) \
-             FROM asked LEFT JOIN renewed ON renewed.n = asked.n LEFT JOIN instances i ON i.id = asked.id \
-             ORDER BY asked.n",
-        )
-        .bind(until)
-        .bind(&ids)
-        .bind(&owners)
-        .bind(&runs)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(autocommit)?;
+        // The rows are unrelated, of any depth: one UPDATE waiting for each
+        // in turn would hold some while it waited for others, out of the
+        // lock order (with a cancel holding two of them, each waited for
+        // the other). So the rows nobody holds are renewed at once, and each
+        // one another transaction holds (a step being recorded, a cancel)
+        // is renewed alone after, holding nothing else while it waits.
+        let rows = renew_rows(&mut conn, leases, until, true).await?;
         let mut out = Vec::with_capacity(leases.len());
-        for (n, held, deadline_at, pause) in rows {
-            let Some(lease) = usize::try_from(n - 1).ok().and_then(|i| leases.get(i)) else {
+        for row in rows {
+            let Some(lease) = usize::try_from(row.n - 1).ok().and_then(|i| leases.get(i)) else {
                 continue;
+            };
+            let row = if row.busy {
+                let alone =
+                    renew_rows(&mut conn, std::slice::from_ref(lease), until, false).await?;
+                match alone.into_iter().next() {
+                    Some(row) => row,
+                    None => continue,
+                }
+            } else {
+                row
             };
             out.push(Renewal {
                 lease: lease.clone(),
-                held,
-                deadline_at,
-                pause_requested: held && pause,
+                held: row.held,
+                deadline_at: row.deadline_at,
+                pause_requested: row.held && row.pause_requested,
             });
         }
         Ok(out)
@@ -565,7 +584,9 @@ impl Db {
 
     pub(crate) async fn cancel(&self, id: &InstanceId, at: Millis) -> Attempt<Control> {
         let mut tx = self.begin().await?;
-        let control = control(&mut tx, id).await?;
+        // The whole tree, deepest first, then the root: not the root first
+        // (see the lock order). A terminal root leaves the tree alone.
+        let control = control_of(lock_tree(&mut tx, id.as_str()).await?);
         if control != Control::Applied {
             return Ok(control);
         }
@@ -712,16 +733,46 @@ impl Db {
     }
 
     pub(crate) async fn release_owner(&self, owner: &str, at: Millis) -> Attempt<u64> {
+        // The rows are unrelated, as a heartbeat's are (see `renew`): the
+        // ones nobody holds are freed at once, then each of the rest in a
+        // transaction of its own, which waits for it holding nothing else.
+        // Run again after a failure part way, it frees only what is left.
+        let mut freed = self.release_owned(owner, None, at).await?;
+        let busy: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM instances WHERE lease_owner = $1 AND status NOT IN {TERMINAL}"
+        )))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        for id in &busy {
+            freed += self.release_owned(owner, Some(id), at).await?;
+        }
+        if freed > 0 {
+            self.wake();
+        }
+        Ok(freed)
+    }
+
+    /// Frees the leases `owner` holds on the rows no other transaction
+    /// holds (SKIP LOCKED), or on `only` (waiting for it), each with a
+    /// `released` event; returns how many.
+    async fn release_owned(&self, owner: &str, only: Option<&str>, at: Millis) -> Attempt<u64> {
         let mut tx = self.begin().await?;
+        let skip = if only.is_none() { "SKIP LOCKED" } else { "" };
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET lease_owner = NULL, lease_expires_at = NULL, updated_at = $2, \
                  run_at = CASE WHEN status = 'in_progress' THEN $2 ELSE run_at END, \
                  interrupted_runs = interrupted_runs + CASE WHEN status = 'in_progress' THEN 1 ELSE 0 END, \
                  status = CASE WHEN status = 'in_progress' THEN 'pending' ELSE status END \
-             WHERE lease_owner = $1 AND status NOT IN {TERMINAL} RETURNING id"
+             WHERE id IN ( \
+                 SELECT id FROM instances \
+                 WHERE lease_owner = $1 AND status NOT IN {TERMINAL} AND ($3::text IS NULL OR id = $3) \
+                 FOR UPDATE {skip} \
+             ) AND lease_owner = $1 AND status NOT IN {TERMINAL} RETURNING id"
         )))
         .bind(owner)
         .bind(at)
+        .bind(only)
         .fetch_all(&mut *tx)
         .await?;
         if !ids.is_empty() {
@@ -735,9 +786,6 @@ impl Db {
             .await?;
         }
         commit(tx).await?;
-        if !ids.is_empty() {
-            self.wake();
-        }
         Ok(ids.len() as u64)
     }
 
@@ -754,7 +802,8 @@ impl Db {
         // wake-up, run while this instance still ran, woke nothing: the
         // parent would sleep on. A child ending after this lock waits for
         // this transaction, then finds the parent listening. The child is
-        // locked before the parent, in the order a finish locks them.
+        // locked before the parent, in the lock order (a finish's, and a
+        // cancel's of the parent).
         let child_done = match &s.wait_child {
             Some(child) => sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(format!(
                 "SELECT status IN {TERMINAL} FROM instances WHERE id = $1 FOR SHARE"
@@ -1108,6 +1157,73 @@ impl Db {
     }
 }
 
+/// One lease as a renewal statement answers it.
+struct RenewRow {
+    /// The lease's place in the list, from 1.
+    n: i64,
+    held: bool,
+    deadline_at: Option<Millis>,
+    pause_requested: bool,
+    /// Skipped: another transaction held the row.
+    busy: bool,
+}
+
+/// One statement: extends the held leases among `leases` (idempotent, so a
+/// retry after an unclear commit is harmless) and reads every deadline.
+/// With `skip_locked`, a row another transaction holds is skipped and
+/// answered `busy` instead of waited for (see [`Db::renew`]).
+async fn renew_rows(
+    conn: &mut PgConnection,
+    leases: &[Lease],
+    until: Millis,
+    skip_locked: bool,
+) -> Attempt<Vec<RenewRow>> {
+    let ids: Vec<&str> = leases.iter().map(|l| l.instance.as_str()).collect();
+    let owners: Vec<&str> = leases.iter().map(|l| l.owner.as_str()).collect();
+    let runs: Vec<i64> = leases.iter().map(|l| l.run).collect();
+    let skip = if skip_locked { "SKIP LOCKED" } else { "" };
+    // The deadline and pause request as the renewal left them where it
+    // renewed (it may have waited for a change); otherwise as of the start.
+    let rows: Vec<(i64, bool, Option<Millis>, bool, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH asked AS ( \
+             SELECT * FROM UNNEST($2::text[], $3::text[], $4::int8[]) WITH ORDINALITY AS l(id, owner, run, n) \
+         ), locked AS ( \
+             SELECT i.id FROM instances i JOIN asked ON i.id = asked.id \
+             WHERE i.lease_owner = asked.owner AND i.runs = asked.run AND i.status = 'in_progress' \
+             FOR UPDATE OF i {skip} \
+         ), renewed AS ( \
+             UPDATE instances i SET lease_expires_at = $1, run_at = $1 FROM asked \
+             WHERE i.id = asked.id AND i.id IN (SELECT id FROM locked) \
+               AND i.lease_owner = asked.owner AND i.runs = asked.run AND i.status = 'in_progress' \
+             RETURNING asked.n, i.deadline_at, i.pause_requested \
+         ) \
+         SELECT asked.n, renewed.n IS NOT NULL, \
+             CASE WHEN renewed.n IS NULL THEN i.deadline_at ELSE renewed.deadline_at END, \
+             COALESCE(renewed.pause_requested, i.pause_requested, FALSE), \
+             renewed.n IS NULL AND COALESCE(i.lease_owner = asked.owner AND i.runs = asked.run \
+                 AND i.status = 'in_progress', FALSE) \
+         FROM asked LEFT JOIN renewed ON renewed.n = asked.n LEFT JOIN instances i ON i.id = asked.id \
+         ORDER BY asked.n"
+    )))
+    .bind(until)
+    .bind(&ids)
+    .bind(&owners)
+    .bind(&runs)
+    .fetch_all(conn)
+    .await
+    .map_err(autocommit)?;
+    Ok(rows
+        .into_iter()
+        .map(|(n, held, deadline_at, pause_requested, busy)| RenewRow {
+            n,
+            held,
+            deadline_at,
+            pause_requested,
+            busy,
+        })
+        .collect())
+}
+
 async fn insert(conn: &mut PgConnection, new: &NewInstance) -> Result<PgRow, sqlx::Error> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, updated_at, \
@@ -1223,26 +1339,67 @@ async fn control(conn: &mut PgConnection, id: &InstanceId) -> Result<Control, sq
             .bind(id.as_str())
             .fetch_optional(conn)
             .await?;
-    Ok(match status.map(|s| s.parse::<Status>()) {
+    Ok(control_of(status))
+}
+
+/// What a control operation does to an instance with `status` (`None`: no
+/// such instance).
+fn control_of(status: Option<String>) -> Control {
+    match status.map(|s| s.parse::<Status>()) {
         None => Control::NotFound,
         Some(Ok(status)) if status.is_terminal() => Control::Terminal(status),
         // An unreadable status is treated as unfinished, so it can be cancelled.
         Some(_) => Control::Applied,
-    })
+    }
+}
+
+/// Locks, in the [lock order](self#lock-order), the unfinished descendants
+/// of `root`, deepest first, then `root` itself whatever its status, until
+/// the transaction ends; returns `root`'s status (`None`: no such row),
+/// as it is once locked. A cancel or a timeout takes this before it writes
+/// any of them: walking down from the root it would hold each parent while
+/// waiting for its children, the reverse of a child's finish and of a
+/// parent's suspend.
+///
+/// The path guards the walk against a cycle of `parent_id`s (only a
+/// hand-edited row could make one), as `UNION` does in [`cancel_tree`].
+async fn lock_tree(conn: &mut PgConnection, root: &str) -> Result<Option<String>, sqlx::Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH RECURSIVE tree(id, path) AS ( \
+             SELECT $1::text COLLATE \"C\", ARRAY[$1::text COLLATE \"C\"] \
+             UNION ALL SELECT i.id, t.path || i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
+             WHERE i.id <> ALL (t.path) \
+         ) \
+         SELECT i.id, i.status FROM instances i JOIN tree t ON i.id = t.id \
+         WHERE i.id = $1 OR i.status NOT IN {TERMINAL} \
+         ORDER BY cardinality(t.path) DESC, i.id \
+         FOR UPDATE OF i"
+    )))
+    .bind(root)
+    .fetch_all(conn)
+    .await?;
+    // The root sorts last; a row of it is the last one.
+    Ok(rows
+        .into_iter()
+        .last()
+        .filter(|(id, _)| id == root)
+        .map(|(_, status)| status))
 }
 
 /// Ends `root` (unless it already ended) and every unfinished descendant
 /// `Cancelled`, each with a `cancelled` event (a descendant's carries
 /// `message`, the root's first), their leases void, and wakes the parents
 /// waiting for them. Used by a cancel and by a timeout (`root` is then
-/// `TimedOut` already, and only its descendants change). Returns how many
-/// parents woke.
+/// `TimedOut` already, and only its descendants change), both holding the
+/// tree's locks already ([`lock_tree`]). Returns how many parents woke.
 ///
 /// One statement walks the tree as of its start: a grandchild whose
 /// insert locked its parent (FOR SHARE, see [`cancelled_parents`]) and
 /// committed while the statement waited for that lock is not in its walk.
 /// So the walk repeats until it cancels nothing; the parents it cancelled
 /// stay locked, and a create under them from then on sees them cancelled.
+/// Such a late row is the one this locks after its parent, out of the
+/// lock order; a deadlock there is rare and retried.
 async fn cancel_tree(
     conn: &mut PgConnection,
     root: &str,
