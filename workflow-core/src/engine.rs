@@ -300,7 +300,9 @@ impl EngineBuilder {
     /// instances claimed ahead (shown `InProgress`, leases renewed), once
     /// one of its handlers has ended (see
     /// [`max_interrupted_runs`](Self::max_interrupted_runs)); it hands
-    /// them back to the store when it shuts down. At least 1; a huge value
+    /// them back to the store when it shuts down, and when one is still
+    /// waiting at the next heartbeat (every slot busy with long
+    /// handlers: an idle worker should run it now). At least 1; a huge value
     /// (`usize::MAX` for "no bound") is capped at what a tokio semaphore
     /// holds.
     pub fn concurrency(mut self, instances: usize) -> Self {

@@ -50,6 +50,10 @@ struct WorkerShared {
     /// Instances claimed ahead of a free slot, oldest due first. The
     /// heartbeat renews their leases like those of running instances.
     ready: Arc<ClaimedAhead>,
+    /// Set when the heartbeat handed back instances that waited here for
+    /// a slot (every handler busy for long): no claiming ahead until a
+    /// handler ends, or they would be claimed again at once.
+    ahead_held_back: AtomicBool,
 }
 
 /// A worker's instances claimed ahead of a free slot. The engine keeps a
@@ -117,6 +121,7 @@ impl Worker {
             stop,
             running: Mutex::new(HashMap::new()),
             ready,
+            ahead_held_back: AtomicBool::new(false),
         });
         let task = tokio::spawn(worker_loop(Arc::clone(&shared)));
         Worker { shared, task }
@@ -180,9 +185,14 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         while !w.stop.is_cancelled() {
             while let Some(ran) = runs.try_join_next() {
                 a_run_ended |= ran.unwrap_or(false);
+                w.ahead_held_back.store(false, Ordering::Relaxed);
             }
             let ready = start_ready(&w, &slots, &mut runs);
-            let ahead = if a_run_ended { prefetch } else { 0 };
+            let ahead = if a_run_ended && !w.ahead_held_back.load(Ordering::Relaxed) {
+                prefetch
+            } else {
+                0
+            };
             let wanted = (slots.available_permits() + ahead).saturating_sub(ready);
             if draining && wanted > 0 && claims.is_empty() && !workflows.is_empty() {
                 let now = now_millis();
@@ -246,7 +256,10 @@ async fn worker_loop(w: Arc<WorkerShared>) {
                 _ = inner.wake.notified() => {}
                 _ = tokio::time::sleep(nap) => {}
                 closed = hinted => hint_closed = closed,
-                Some(ran) = runs.join_next() => a_run_ended |= ran.unwrap_or(false),
+                Some(ran) = runs.join_next() => {
+                    a_run_ended |= ran.unwrap_or(false);
+                    w.ahead_held_back.store(false, Ordering::Relaxed);
+                }
                 _ = slots.acquire(), if ready > 0 => {}
                 _ = w.stop.cancelled() => {}
             }
@@ -411,9 +424,12 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     // No lease this worker holds ends before this: the end of the last
     // renewal that succeeded (claims made since end later).
     let mut held_until = crate::store::millis_after(now_millis(), inner.config.lease);
+    // Instances claimed ahead at the last tick.
+    let mut waiting: HashSet<InstanceId> = HashSet::new();
     loop {
         tokio::time::sleep(every).await;
         ticks += 1;
+        waiting = hand_back_waiting(&w, &waiting).await;
         let runs: Vec<Arc<RunShared>> = lock(&w.running).values().cloned().collect();
         // Taken before the store is read: see `RunShared::pause_as_stored`
         // and `RunShared::deadline_as_stored`.
@@ -459,6 +475,38 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
             reap_dead_owners(&w).await;
         }
     }
+}
+
+/// Hands back to the store the instances claimed ahead that were already
+/// waiting at the last heartbeat (`waiting`): every slot has stayed busy
+/// since (long handlers), and a worker with a free slot, here or in
+/// another process, should run them now rather than this one later (a
+/// woken sleeper, a delivered event would otherwise wait behind long
+/// steps, their deadlines running). Returns what waits now.
+async fn hand_back_waiting(w: &WorkerShared, waiting: &HashSet<InstanceId>) -> HashSet<InstanceId> {
+    let stale: Vec<Claimed> = {
+        let mut ready = lock(&w.ready);
+        let (stale, kept): (VecDeque<Claimed>, VecDeque<Claimed>) = std::mem::take(&mut *ready)
+            .into_iter()
+            .partition(|c| waiting.contains(&c.row.id));
+        *ready = kept;
+        stale.into()
+    };
+    if !stale.is_empty() {
+        w.ahead_held_back.store(true, Ordering::Relaxed);
+        tracing::debug!(
+            count = stale.len(),
+            "handing back instances claimed ahead: every slot stayed busy"
+        );
+        let store = &w.engine.inner.store;
+        for c in &stale {
+            if let Err(err) = store.release(&c.lease, now_millis()).await {
+                tracing::warn!(id = %c.row.id, error = %err, "handing back a claimed instance failed; it resumes when its lease expires");
+            }
+        }
+        w.engine.inner.wake.notify_waiters();
+    }
+    lock(&w.ready).iter().map(|c| c.row.id.clone()).collect()
 }
 
 /// The store could not be reached for a whole lease: another worker may

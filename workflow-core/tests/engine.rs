@@ -2388,3 +2388,85 @@ async fn the_builder_refuses_settings_a_given_store_would_ignore() {
         .await
         .is_ok());
 }
+
+static GATE: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(0));
+
+/// Holds its worker slot until the test opens `GATE`.
+struct Blocker;
+
+impl Workflow for Blocker {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "blocker";
+
+    async fn run(&self, _ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        GATE.acquire().await?.forget();
+        Ok(())
+    }
+}
+
+/// Returns at once.
+struct Quick;
+
+impl Workflow for Quick {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "quick";
+
+    async fn run(&self, _ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// An instance claimed ahead by a worker whose every slot stays busy is
+/// handed back for an idle worker to run, instead of waiting, its lease
+/// renewed, until a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_claimed_ahead_behind_busy_slots_goes_to_an_idle_worker() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let build = |store: Arc<dyn Store>| {
+        EngineBuilder::new()
+            .shared_store(store)
+            .register(Quick)
+            .register(Blocker)
+            .concurrency(2)
+            .lease_duration(Duration::from_millis(600))
+            .poll_interval(Duration::from_millis(20))
+            .build()
+    };
+    let busy = build(Arc::clone(&store)).await.unwrap();
+    let _busy_worker = busy.start_worker();
+    // A handler has ended on this worker, so it claims ahead from now on.
+    let first = Quick::start(&busy, ()).await.unwrap();
+    first.result_timeout(Duration::from_secs(5)).await.unwrap();
+    let blockers = [
+        Blocker::start(&busy, ()).await.unwrap(),
+        Blocker::start(&busy, ()).await.unwrap(),
+    ];
+    for blocker in &blockers {
+        common::until_status(blocker, Status::InProgress).await;
+    }
+    let held = Quick::start(&busy, ()).await.unwrap();
+    common::until_status(&held, Status::InProgress).await;
+    // Claimed ahead: it cannot run here while both slots are taken.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(held.status().await.unwrap(), Status::InProgress);
+
+    let idle = build(Arc::clone(&store)).await.unwrap();
+    let _idle_worker = idle.start_worker();
+    held.result_timeout(Duration::from_secs(5))
+        .await
+        .expect("handed back and run by the idle worker");
+    let history = held.history().await.unwrap();
+    assert!(history.iter().any(|e| e.kind == "released"), "{history:?}");
+    GATE.add_permits(2);
+    for blocker in &blockers {
+        blocker
+            .result_timeout(Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+}
