@@ -44,6 +44,28 @@ struct Look<'a> {
     /// Up to when its last look that succeeded handled each schedule: ticks
     /// after that came due while this engine ran.
     looked: &'a mut HashMap<&'static str, DateTime<Utc>>,
+    /// When this scheduler started: ticks due since came due while this
+    /// engine ran, even before its first look at their schedule (which
+    /// can come late, after another schedule's long catch-up).
+    started: DateTime<Utc>,
+}
+
+impl Look<'_> {
+    /// Records that this look handled `workflow`'s ticks up to `until`,
+    /// never moving back from the last look (`previous`): after the
+    /// clock steps back, the ticks between its new and its old time were
+    /// handled already, and firing them again as the clock passes them
+    /// once more would run them twice if their instances were purged
+    /// meanwhile.
+    fn looked(
+        &mut self,
+        workflow: &'static str,
+        previous: Option<DateTime<Utc>>,
+        until: DateTime<Utc>,
+    ) {
+        let until = previous.map_or(until, |p| p.max(until));
+        self.looked.insert(workflow, until);
+    }
 }
 
 pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
@@ -59,6 +81,7 @@ pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
         .clamp(MIN_LOOK_EVERY, Duration::from_secs(1));
     let mut marked: HashMap<&'static str, tokio::time::Instant> = HashMap::new();
     let mut looked: HashMap<&'static str, DateTime<Utc>> = HashMap::new();
+    let started = inner.clock.now();
     loop {
         let mut next_due: Option<DateTime<Utc>> = None;
         for scheduled in &inner.scheduled {
@@ -66,6 +89,7 @@ pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
                 every,
                 marked: &mut marked,
                 looked: &mut looked,
+                started,
             };
             match fire_due(&engine, scheduled, look).await {
                 Ok(Some(next)) => next_due = Some(next_due.map_or(next, |due| due.min(next))),
@@ -92,7 +116,11 @@ pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
 
 /// Fires the ticks of one schedule that are due; returns its next tick not
 /// yet handled, which is already due while the schedule is catching up.
-async fn fire_due(engine: &Engine, s: &Scheduled, look: Look<'_>) -> Result<Option<DateTime<Utc>>> {
+async fn fire_due(
+    engine: &Engine,
+    s: &Scheduled,
+    mut look: Look<'_>,
+) -> Result<Option<DateTime<Utc>>> {
     let inner = &engine.inner;
     let store = &inner.store;
     let now = inner.clock.now();
@@ -146,7 +174,13 @@ async fn fire_due(engine: &Engine, s: &Scheduled, look: Look<'_>) -> Result<Opti
     // look that came late (a slow store, a busy runtime) misses nothing.
     let window = (look.every * 2).max(Duration::from_secs(1)) + MARK_EVERY;
     let window = chrono::Duration::from_std(window).unwrap_or_default();
-    let missed_before = previous.map_or(now - window, |p| p.min(now - window));
+    // Before this engine's first look at it, from when it started (unless
+    // that was a frozen process's long ago).
+    let first_look = !look.looked.contains_key(s.workflow);
+    let running_since = previous.or_else(|| {
+        Some(look.started).filter(|started| first_look && *started >= now - late_look_max)
+    });
+    let missed_before = running_since.map_or(now - window, |p| p.min(now - window));
     let plan = plan(&s.schedule, s.catch_up, from, now, missed_before);
     if plan.fire.is_empty() && plan.skipped.is_none() {
         let stale = look
@@ -157,7 +191,7 @@ async fn fire_due(engine: &Engine, s: &Scheduled, look: Look<'_>) -> Result<Opti
             store.advance_schedule(s.workflow, now_ms, None).await?;
             look.marked.insert(s.workflow, tokio::time::Instant::now());
         }
-        look.looked.insert(s.workflow, now);
+        look.looked(s.workflow, previous, now);
         return Ok(s.schedule.next_after(now));
     }
     if let Some((first, last)) = plan.skipped {
@@ -190,7 +224,7 @@ async fn fire_due(engine: &Engine, s: &Scheduled, look: Look<'_>) -> Result<Opti
         .advance_schedule(s.workflow, plan.checked_until.timestamp_millis(), fired)
         .await?;
     look.marked.insert(s.workflow, tokio::time::Instant::now());
-    look.looked.insert(s.workflow, plan.checked_until);
+    look.looked(s.workflow, previous, plan.checked_until);
     Ok(s.schedule
         .next_after(if behind { plan.checked_until } else { now }))
 }

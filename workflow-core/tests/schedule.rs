@@ -240,6 +240,53 @@ async fn a_stale_look_does_not_fire_purged_ticks_again() {
     assert_eq!(fired(&slow).await, Vec::<String>::new());
 }
 
+/// A clock stepped back (an NTP correction, a restored VM) does not make a
+/// running engine fire again, as its clock passes them a second time, the
+/// ticks it fired already: their instances may be purged by then, and
+/// nothing would stop them running twice.
+#[tokio::test]
+async fn a_clock_stepped_back_does_not_fire_ticks_again() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let engine = engine(Arc::clone(&store), &clock, CatchUp::All).await;
+    let _worker = engine.start_worker();
+    registered(&store).await;
+    for _ in 0..5 {
+        clock.advance(Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(wait_for(&engine, 5).await.len(), 5);
+    for info in engine
+        .list(Query::new().name("everyMinute"))
+        .await
+        .unwrap()
+        .items
+    {
+        EveryMinute::handle(&engine, info.id)
+            .result_timeout(Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    // A purge leaves what ended in the last 2 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(engine.purge(Utc::now(), None).await.unwrap(), 5);
+    // Three minutes back, then on again in steps, as a running clock goes.
+    clock.set(utc("2026-11-25T10:02:30Z"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..19 {
+        clock.advance(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fired(&engine).await, Vec::<String>::new());
+    // Ticks after the last one handled still fire.
+    clock.set(utc("2026-11-25T10:06:10Z"));
+    assert_eq!(
+        wait_for(&engine, 1).await,
+        ["schedule:2026-11-25T10:06:00.000Z"]
+    );
+}
+
 /// An engine whose clock ran two hours ahead moved the schedule's mark
 /// into the future; an engine with the right time still fires the ticks
 /// that come due while it runs, instead of waiting for the mark.
