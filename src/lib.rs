@@ -42,6 +42,49 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Testing workflows
+//!
+//! An engine on a [`MemoryStore`] runs real workflows with nothing on disk
+//! and nothing shared between tests; give the steps fakes through
+//! [`EngineBuilder::data`] and check outputs, recorded steps and history:
+//!
+//! ```
+//! use std::time::Duration;
+//! use workflow::prelude::*;
+//!
+//! /// Stands in for a payment API in tests.
+//! #[derive(Default)]
+//! struct FakePayments { charged: std::sync::Mutex<Vec<u64>> }
+//!
+//! #[workflow(name = "charge")]
+//! async fn charge(ctx: Ctx, cents: u64) -> workflow::Result<String> {
+//!     let payments: &FakePayments = ctx.data()?;
+//!     ctx.step("charge", || async {
+//!         payments.charged.lock().unwrap().push(cents);
+//!         workflow::Ok(format!("paid {cents}"))
+//!     })
+//!     .await
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! // In a #[tokio::test]:
+//! let engine = Engine::builder()
+//!     .store(workflow::MemoryStore::new())
+//!     .data(FakePayments::default())
+//!     .register(Charge)
+//!     .build()
+//!     .await?;
+//! let worker = engine.start_worker();
+//! let run = Charge::start(&engine, 1999).await?;
+//! assert_eq!(run.result_timeout(Duration::from_secs(5)).await?, "paid 1999");
+//! let steps: Vec<String> = run.steps().await?.into_iter().map(|s| s.key).collect();
+//! assert_eq!(steps, ["charge"]);
+//! let payments = engine.data::<FakePayments>().expect("given to the builder");
+//! assert_eq!(*payments.charged.lock().unwrap(), [1999]);
+//! worker.shutdown().await;
+//! # Ok::<_, workflow::Error>(()) }).unwrap();
+//! ```
+//!
 //! ## Features
 //!
 //! - `macros` (default): the `#[workflow]` attribute.
