@@ -9,6 +9,13 @@
 //!   Every write made on behalf of a run is fenced by that lease, so a late
 //!   worker can never overwrite an instance another worker took over or
 //!   finished.
+//! - Leases follow the database server's clock, not the workers': a lease
+//!   lasts the length its claim or heartbeat asked for (`lease_until` less
+//!   the request's `now`) from the server's time, and has lapsed once the
+//!   server's clock passed its end. A worker whose clock runs ahead cannot
+//!   take instances whose leases are live, and one whose clock lags takes
+//!   over lapsed ones on time. Due times of sleeps, retries and timeouts
+//!   still follow the clocks of the engines that set them.
 //! - LISTEN/NOTIFY wakes idle workers when work becomes due elsewhere; it is
 //!   only a hint, polling stays the truth. It is sent after the commit, not
 //!   inside it: notifying transactions commit one at a time server-wide.
@@ -43,7 +50,7 @@ use tokio::sync::watch;
 use workflow_core::store::*;
 use workflow_core::{Definition, Durability, Error, InstanceId, Status, StoreError};
 
-use crate::ops::Db;
+use crate::ops::{Db, LeaseAsk};
 use crate::retry::retrying;
 use crate::rows::{event_row, instance_row, step_row, tail_total, COLUMNS, STEP_COLUMNS};
 
@@ -60,6 +67,7 @@ pub struct PgOptions {
     listen: bool,
     retry_for: Duration,
     acquire_timeout: Duration,
+    leases_by_request_clock: bool,
 }
 
 impl Default for PgOptions {
@@ -72,6 +80,7 @@ impl Default for PgOptions {
             listen: true,
             retry_for: Duration::from_secs(15),
             acquire_timeout: Duration::from_secs(5),
+            leases_by_request_clock: false,
         }
     }
 }
@@ -132,6 +141,19 @@ impl PgOptions {
         self.retry_for = budget;
         self
     }
+
+    /// For tests that move time by hand only (the store conformance suite
+    /// claims "a minute later" to take a lease over): leases are judged
+    /// and dated by the callers' clocks, as stores without a clock of
+    /// their own do, instead of the database's. A claim's `now` then
+    /// decides which leases lapsed, and a lease ends at the `lease_until`
+    /// or `until` asked. Never with real workers: one whose clock runs
+    /// ahead would take live instances from the others.
+    #[doc(hidden)]
+    pub fn leases_by_request_clock(mut self, on: bool) -> Self {
+        self.leases_by_request_clock = on;
+        self
+    }
 }
 
 /// A [`Store`] on PostgreSQL.
@@ -141,6 +163,8 @@ pub struct PgStore {
     schema: String,
     claim_wait: Duration,
     retry_for: Duration,
+    /// Leases follow the callers' clocks ([`PgOptions::leases_by_request_clock`]).
+    leases_by_request_clock: bool,
     /// Changes when a NOTIFY arrives on this store's channel.
     hint: watch::Receiver<u64>,
     /// The LISTEN connection's own pool, when listening.
@@ -205,6 +229,17 @@ fn server(connect: &PgConnectOptions) -> String {
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 impl PgStore {
+    /// A lease asked for until `until` by a caller's clock, which read
+    /// `now` at `asked`.
+    fn lease(&self, now: Millis, until: Millis, asked: std::time::Instant) -> LeaseAsk {
+        LeaseAsk {
+            now,
+            until,
+            asked,
+            by_request_clock: self.leases_by_request_clock,
+        }
+    }
+
     /// The rows of a tail query (`sql`, oldest first, with the id bound to
     /// `$1`, the `LIMIT` to `$2`, and each row's `total`, all from the
     /// statement's one snapshot): the last `last`, and the total.
@@ -321,6 +356,7 @@ impl PgStore {
             schema,
             claim_wait: options.claim_wait,
             retry_for: options.retry_for,
+            leases_by_request_clock: options.leases_by_request_clock,
             hint,
             listen,
         })
@@ -399,7 +435,13 @@ impl Store for PgStore {
         let called = std::time::Instant::now();
         let mut hint = self.hint.clone();
         hint.borrow_and_update();
-        let claimed = retrying!(self, "claim", idempotent = false, self.db.claim(&req))?;
+        let claimed = retrying!(
+            self,
+            "claim",
+            idempotent = false,
+            self.db
+                .claim(&req, self.lease(req.now, req.lease_until, called))
+        )?;
         if !claimed.is_empty() || self.claim_wait.is_zero() {
             return Ok(claimed);
         }
@@ -409,10 +451,17 @@ impl Store for PgStore {
             Ok(Ok(())) => {
                 // Keep the caller's clock (tests pass their own): move its
                 // `now` on by the time this call has taken.
-                let elapsed = i64::try_from(called.elapsed().as_millis()).unwrap_or(0);
+                let again = std::time::Instant::now();
+                let elapsed = i64::try_from(again.duration_since(called).as_millis()).unwrap_or(0);
                 req.now = req.now.saturating_add(elapsed);
                 req.lease_until = req.lease_until.saturating_add(elapsed);
-                retrying!(self, "claim", idempotent = false, self.db.claim(&req))
+                retrying!(
+                    self,
+                    "claim",
+                    idempotent = false,
+                    self.db
+                        .claim(&req, self.lease(req.now, req.lease_until, again))
+                )
             }
             _ => Ok(claimed),
         }
@@ -466,12 +515,10 @@ impl Store for PgStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        retrying!(
-            self,
-            "renew",
-            idempotent = true,
-            self.db.renew(leases, until)
-        )
+        // The caller computed `until` from its clock a moment ago: the
+        // lease's length is measured from this reading of the same clock.
+        let ask = self.lease(now_millis(), until, std::time::Instant::now());
+        retrying!(self, "renew", idempotent = true, self.db.renew(leases, ask))
     }
 
     async fn cancel(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {

@@ -24,9 +24,19 @@
 //! a cancel finds created while it waited, a claim waking the parent of a
 //! corrupt row, `create_many` under parents at different depths) is rare,
 //! and a deadlock there is retried like a lost connection.
+//!
+//! # Clocks
+//!
+//! A running instance's `lease_expires_at` (and its `run_at`, the same
+//! value) is by the database's clock: a claim or a renewal writes the
+//! length its caller asked for after the server's time, and a claim takes
+//! it over only once the server's time passed it ([`LeaseAsk`]). Every
+//! other time in a row (a waiting instance's `run_at`, deadlines, history
+//! times) is an engine's, as the caller gave it.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -43,6 +53,64 @@ const TERMINAL: &str = "('completed', 'failed', 'cancelled', 'timed_out')";
 
 /// The fence every write made on behalf of a run carries ($1 id, $2 owner, $3 run).
 const FENCE: &str = "id = $1 AND lease_owner = $2 AND runs = $3 AND status = 'in_progress'";
+
+/// The database's clock in epoch milliseconds: the server's time when the
+/// statement arrived (`statement_timestamp()`), so one value wherever the
+/// statement reads it, taken before the statement waits for any row.
+const DB_CLOCK: &str = "floor(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::int8";
+
+/// The clock that judges and dates leases in a statement binding
+/// [`LeaseAsk::bind`]'s clock to `$n`: the database's unless a caller's
+/// is bound.
+fn lease_clock(n: usize) -> String {
+    format!("COALESCE(${n}::int8, {DB_CLOCK})")
+}
+
+/// A lease's end: the length bound to `$n` after `clock`, saturating
+/// rather than overflowing (a `Duration::MAX` lease).
+fn lease_end(clock: &str, n: usize) -> String {
+    format!(
+        "LEAST(GREATEST({clock}::numeric + ${n}::int8, {}), {})::int8",
+        i64::MIN,
+        i64::MAX
+    )
+}
+
+/// A lease a caller asked for (a claim's, a renewal's): until `until` by
+/// its clock, which read `now` at `asked`.
+///
+/// Written as its length added to the database's clock, and judged lapsed
+/// by that clock: workers' clocks disagree, and a lease written and judged
+/// by each one's own would be taken from a live worker by one whose clock
+/// runs ahead, and kept from a dead one's successors by one whose clock
+/// lags.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseAsk {
+    pub now: Millis,
+    pub until: Millis,
+    pub asked: Instant,
+    /// Judged and dated by the caller's clock instead
+    /// ([`PgOptions::leases_by_request_clock`](crate::PgOptions::leases_by_request_clock)).
+    pub by_request_clock: bool,
+}
+
+impl LeaseAsk {
+    /// For a statement sent now: the clock that judges leases and dates
+    /// their ends (`None`: the database's, [`DB_CLOCK`]), and how long the
+    /// lease lasts from that clock's reading. By the database's clock, the
+    /// time since `asked` (a retry, a wait for a row) is taken off,
+    /// measured by the monotonic clock: the lease ends when the caller
+    /// asked, and neither a late attempt nor a step of the caller's wall
+    /// clock lengthens or shortens it.
+    pub(crate) fn bind(&self) -> (Option<Millis>, Millis) {
+        let length = self.until.saturating_sub(self.now);
+        if self.by_request_clock {
+            return (Some(self.now), length);
+        }
+        let gone = Millis::try_from(self.asked.elapsed().as_millis()).unwrap_or(Millis::MAX);
+        (None, length.saturating_sub(gone))
+    }
+}
 
 /// The database side of a `PgStore`.
 #[derive(Debug, Clone)]
@@ -212,7 +280,7 @@ impl Db {
             .collect()))
     }
 
-    pub(crate) async fn claim(&self, req: &ClaimRequest) -> Attempt<Vec<Claimed>> {
+    pub(crate) async fn claim(&self, req: &ClaimRequest, lease: LeaseAsk) -> Attempt<Vec<Claimed>> {
         let mut tx = self.begin().await?;
         // SKIP LOCKED: concurrent claimers each take different rows and
         // never wait for one another. FOR UPDATE re-checks the conditions
@@ -220,38 +288,53 @@ impl Db {
         // bounded range of `instances_runnable` per workflow, the earliest
         // kept: other workflows' due rows are never read (the rows locked
         // beyond the limit are let go at commit).
+        //
+        // A waiting row is due at its `run_at` by the claimer's clock
+        // (`now`, $3): that time came from an engine's clock (a sleep's
+        // end, a retry, a timeout), and is compared as it always was. A
+        // running row's `run_at` is its lease's end by the database's
+        // clock, and it is taken over only once that clock passed it.
+        let (clock, length) = lease.bind();
+        let db = lease_clock(6);
+        let end = lease_end(&db, 2);
         let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH due AS ( \
                  SELECT d.id AS due_id, d.run_at AS due_at FROM UNNEST($4::text[]) AS w(name) \
                  CROSS JOIN LATERAL ( \
                      SELECT id, run_at FROM instances \
                      WHERE workflow = w.name \
-                       AND status IN ('pending', 'in_progress', 'listening') AND run_at <= $3 \
-                       AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
+                       AND status IN ('pending', 'in_progress', 'listening') \
+                       AND run_at <= GREATEST($3, {db}) \
+                       AND CASE WHEN status = 'in_progress' THEN run_at <= {db} ELSE run_at <= $3 END \
+                       AND (lease_expires_at IS NULL OR lease_expires_at < {db}) \
                      ORDER BY run_at LIMIT $5 \
                      FOR UPDATE SKIP LOCKED \
                  ) d \
                  ORDER BY d.run_at LIMIT $5 \
              ) \
-             UPDATE instances SET status = 'in_progress', lease_owner = $1, lease_expires_at = $2, \
-                 run_at = $2, runs = runs + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
+             UPDATE instances SET status = 'in_progress', lease_owner = $1, lease_expires_at = {end}, \
+                 run_at = {end}, runs = runs + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
                  wait_event = NULL, wait_child = NULL, \
                  interrupted_runs = interrupted_runs + CASE WHEN status = 'in_progress' THEN 1 ELSE 0 END \
              FROM due WHERE id = due.due_id \
              RETURNING {COLUMNS}, due.due_at, interrupted_runs"
         )))
         .bind(&req.owner)
-        .bind(req.lease_until)
+        .bind(length)
         .bind(req.now)
         .bind(&req.workflows)
         .bind(i64::try_from(req.limit).unwrap_or(i64::MAX))
+        .bind(clock)
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         let mut failed: Vec<(String, String, Option<String>)> = Vec::new();
         for row in &rows {
             match instance_row(row) {
-                Ok(instance) => {
+                Ok(mut instance) => {
+                    // Stored by the database's clock; the claimer knows its
+                    // lease's end by its own, as it asked for it.
+                    instance.run_at = req.lease_until;
                     let lease = Lease {
                         instance: instance.id.clone(),
                         owner: req.owner.clone(),
@@ -548,7 +631,7 @@ impl Db {
         Ok(Ok(()))
     }
 
-    pub(crate) async fn renew(&self, leases: &[Lease], until: Millis) -> Attempt<Vec<Renewal>> {
+    pub(crate) async fn renew(&self, leases: &[Lease], ask: LeaseAsk) -> Attempt<Vec<Renewal>> {
         let mut conn = self.pool.acquire().await?;
         // The rows are unrelated, of any depth: one UPDATE waiting for each
         // in turn would hold some while it waited for others, out of the
@@ -556,15 +639,14 @@ impl Db {
         // the other). So the rows nobody holds are renewed at once, and each
         // one another transaction holds (a step being recorded, a cancel)
         // is renewed alone after, holding nothing else while it waits.
-        let rows = renew_rows(&mut conn, leases, until, true).await?;
+        let rows = renew_rows(&mut conn, leases, ask, true).await?;
         let mut out = Vec::with_capacity(leases.len());
         for row in rows {
             let Some(lease) = usize::try_from(row.n - 1).ok().and_then(|i| leases.get(i)) else {
                 continue;
             };
             let row = if row.busy {
-                let alone =
-                    renew_rows(&mut conn, std::slice::from_ref(lease), until, false).await?;
+                let alone = renew_rows(&mut conn, std::slice::from_ref(lease), ask, false).await?;
                 match alone.into_iter().next() {
                     Some(row) => row,
                     None => continue,
@@ -1168,20 +1250,23 @@ struct RenewRow {
     busy: bool,
 }
 
-/// One statement: extends the held leases among `leases` (idempotent, so a
-/// retry after an unclear commit is harmless) and reads every deadline.
-/// With `skip_locked`, a row another transaction holds is skipped and
-/// answered `busy` instead of waited for (see [`Db::renew`]).
+/// One statement: extends the held leases among `leases` to `ask`'s end
+/// (by the database's clock, see [`LeaseAsk`]; idempotent, so a retry after
+/// an unclear commit is harmless) and reads every deadline. With
+/// `skip_locked`, a row another transaction holds is skipped and answered
+/// `busy` instead of waited for (see [`Db::renew`]).
 async fn renew_rows(
     conn: &mut PgConnection,
     leases: &[Lease],
-    until: Millis,
+    ask: LeaseAsk,
     skip_locked: bool,
 ) -> Attempt<Vec<RenewRow>> {
     let ids: Vec<&str> = leases.iter().map(|l| l.instance.as_str()).collect();
     let owners: Vec<&str> = leases.iter().map(|l| l.owner.as_str()).collect();
     let runs: Vec<i64> = leases.iter().map(|l| l.run).collect();
     let skip = if skip_locked { "SKIP LOCKED" } else { "" };
+    let (clock, length) = ask.bind();
+    let end = lease_end(&lease_clock(5), 1);
     // The deadline and pause request as the renewal left them where it
     // renewed (it may have waited for a change); otherwise as of the start.
     let rows: Vec<(i64, bool, Option<Millis>, bool, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -1192,7 +1277,7 @@ async fn renew_rows(
              WHERE i.lease_owner = asked.owner AND i.runs = asked.run AND i.status = 'in_progress' \
              FOR UPDATE OF i {skip} \
          ), renewed AS ( \
-             UPDATE instances i SET lease_expires_at = $1, run_at = $1 FROM asked \
+             UPDATE instances i SET lease_expires_at = {end}, run_at = {end} FROM asked \
              WHERE i.id = asked.id AND i.id IN (SELECT id FROM locked) \
                AND i.lease_owner = asked.owner AND i.runs = asked.run AND i.status = 'in_progress' \
              RETURNING asked.n, i.deadline_at, i.pause_requested \
@@ -1205,10 +1290,11 @@ async fn renew_rows(
          FROM asked LEFT JOIN renewed ON renewed.n = asked.n LEFT JOIN instances i ON i.id = asked.id \
          ORDER BY asked.n"
     )))
-    .bind(until)
+    .bind(length)
     .bind(&ids)
     .bind(&owners)
     .bind(&runs)
+    .bind(clock)
     .fetch_all(conn)
     .await
     .map_err(autocommit)?;

@@ -31,6 +31,17 @@ fn claim_req(owner: &str, now: Millis, limit: usize) -> ClaimRequest {
 
 const T0: Millis = 1_700_000_000_000;
 
+/// The suite moves time by hand: it claims "a minute later" to take a
+/// lease over, and renews leases until times long past. So here leases
+/// follow the requests' clocks, as the suite's stores without a clock of
+/// their own do; the same statements judge and date them by the database's
+/// clock otherwise (`tests/clocks.rs`).
+fn suite_options(schema: String) -> PgOptions {
+    PgOptions::new()
+        .schema(schema)
+        .leases_by_request_clock(true)
+}
+
 #[tokio::test]
 async fn conformance() {
     let Some(url) = common::url("conformance") else {
@@ -41,7 +52,11 @@ async fn conformance() {
         let schema = common::fresh_schema("conf");
         schemas.lock().unwrap().push(schema.clone());
         let url = url.clone();
-        async move { store(&url, &schema).await }
+        async move {
+            PgStore::connect_with(&url, suite_options(schema))
+                .await
+                .expect("connect")
+        }
     })
     .await;
     common::drop_schemas(&url, &schemas.into_inner().unwrap()).await;
@@ -60,8 +75,7 @@ async fn relaxed_conformance() {
         async move {
             PgStore::connect_with(
                 &url,
-                PgOptions::new()
-                    .schema(schema)
+                suite_options(schema)
                     .durability(workflow_core::Durability::Relaxed)
                     .listen(false),
             )
@@ -213,11 +227,16 @@ async fn a_late_worker_cannot_overwrite_a_finished_instance() {
     let id = new.id.clone();
     a.create(new, None).await.unwrap();
     let slow = a
-        .claim(claim_req("slow", T0 + 1, 1))
+        .claim(ClaimRequest {
+            lease_until: T0 + 301,
+            ..claim_req("slow", T0 + 1, 1)
+        })
         .await
         .unwrap()
         .remove(0);
-    // The slow worker's lease runs out; another takes over and finishes.
+    // The slow worker's lease (300 ms by the database's clock) runs out;
+    // another takes over and finishes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let fast = b
         .claim(claim_req("fast", T0 + 60_000, 1))
         .await

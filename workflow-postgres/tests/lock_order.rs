@@ -586,21 +586,23 @@ async fn a_heartbeat_waits_for_a_held_row_holding_no_other() {
     s.create_many(new).await.unwrap();
     let leases = claim_all(&s, "w", "wf", 3).await;
     let leases: Vec<Lease> = ids.iter().map(|id| leases[id].clone()).collect();
+    let mut claimed = Vec::new();
+    for id in &ids {
+        claimed.push(lease_end(&s, id).await);
+    }
     let held = hold(&s, &ids[1]).await;
+    // Half a minute past the claim's lease (leases follow the database's
+    // clock, which this machine's shares here).
+    let until = now_millis() + 90_000;
     let beat = tokio::spawn({
         let (s, leases) = (s.clone(), leases.clone());
-        async move { s.renew(&leases, NOW + 90_000).await }
+        async move { s.renew(&leases, until).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!beat.is_finished(), "waits for the held row");
-    for (id, renewed) in [(&ids[0], true), (&ids[1], false), (&ids[2], true)] {
-        let until: Millis =
-            sqlx::query_scalar("SELECT lease_expires_at FROM instances WHERE id = $1")
-                .bind(id.as_str())
-                .fetch_one(s.pool())
-                .await
-                .unwrap();
-        assert_eq!(until == NOW + 90_000, renewed, "{id}");
+    for (i, renewed) in [(0, true), (1, false), (2, true)] {
+        let id = &ids[i];
+        assert_eq!(lease_end(&s, id).await > claimed[i], renewed, "{id}");
     }
     held.commit().await.unwrap();
     let renewals = beat.await.unwrap().unwrap();
@@ -614,8 +616,18 @@ async fn a_heartbeat_waits_for_a_held_row_holding_no_other() {
         "every lease renewed, in the order asked"
     );
     let row = s.get(&ids[1]).await.unwrap().unwrap();
-    assert_eq!(row.run_at, NOW + 90_000);
+    assert!(row.run_at > claimed[1], "renewed once let go");
+    assert_eq!(row.run_at, lease_end(&s, &ids[1]).await, "due when it ends");
     common::drop_schemas(&url, &[schema]).await;
+}
+
+/// When `id`'s lease ends, as stored.
+async fn lease_end(s: &PgStore, id: &InstanceId) -> Millis {
+    sqlx::query_scalar("SELECT lease_expires_at FROM instances WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_one(s.pool())
+        .await
+        .unwrap()
 }
 
 /// Freeing a dead worker's leases, one of whose rows another transaction

@@ -1,0 +1,228 @@
+//! Leases follow the database's clock, not the workers': a worker whose
+//! clock runs ahead cannot take instances from live workers, and one whose
+//! clock lags still takes over instances whose lease lapsed. Due times of
+//! waiting instances (sleeps, retries, timeouts) still follow the claiming
+//! worker's clock.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use workflow_core::store::*;
+use workflow_core::{InstanceId, StoreError};
+use workflow_postgres::{PgOptions, PgStore};
+
+/// How far ahead (or behind) a skewed worker's clock is: twice the lease.
+const SKEW: Millis = 60_000;
+/// The engine's default lease.
+const LEASE: Millis = 30_000;
+/// A lease short enough to wait out.
+const SHORT: Millis = 2_000;
+
+async fn store(url: &str, schema: &str) -> PgStore {
+    PgStore::connect_with(url, PgOptions::new().schema(schema).listen(false))
+        .await
+        .expect("connect")
+}
+
+/// A pending instance due now (by this machine's clock, which the
+/// database shares here).
+async fn create(s: &PgStore) -> InstanceId {
+    let now = now_millis();
+    let id = InstanceId::at(now);
+    let new = NewInstance {
+        id: id.clone(),
+        workflow: "wf".into(),
+        input: "{}".into(),
+        tags: BTreeMap::new(),
+        key: None,
+        created_at: now,
+        run_at: now,
+        deadline_at: None,
+        parent: None,
+    };
+    s.create(new, None).await.unwrap();
+    id
+}
+
+/// A claim by `owner`, whose clock is `skew` ms off, for a lease of `lease` ms.
+async fn claim(s: &PgStore, owner: &str, skew: Millis, lease: Millis) -> Vec<Claimed> {
+    let now = now_millis() + skew;
+    let claimed = s
+        .claim(ClaimRequest {
+            owner: owner.into(),
+            workflows: vec!["wf".into()],
+            now,
+            lease_until: now + lease,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    for c in &claimed {
+        assert_eq!(
+            c.row.run_at,
+            now + lease,
+            "the claimed row carries the lease's end by the claimer's clock"
+        );
+    }
+    claimed
+}
+
+/// How long `id`'s lease has left by the database's clock, in ms.
+async fn lease_left(s: &PgStore, id: &InstanceId) -> Millis {
+    sqlx::query_scalar(
+        "SELECT lease_expires_at - floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::int8 \
+         FROM instances WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_one(s.pool())
+    .await
+    .unwrap()
+}
+
+/// A lease's length by the database's clock, as stored: not shortened or
+/// lengthened by the claimer's skew (a little is gone by the time we look).
+async fn assert_lease_lasts(s: &PgStore, id: &InstanceId, lease: Millis) {
+    let left = lease_left(s, id).await;
+    let slack = (lease / 4).min(5_000);
+    assert!(
+        left <= lease && left > lease - slack,
+        "{lease} ms asked, {left} ms left by the database's clock"
+    );
+}
+
+/// Worker A claims with a right clock; B's clock runs a minute ahead (twice
+/// the lease). B takes none of A's instances while their leases run by the
+/// database's clock, and takes one over once its lease really lapsed.
+#[tokio::test]
+async fn a_fast_clock_takes_no_live_lease() {
+    let Some(url) = common::url("a_fast_clock_takes_no_live_lease") else {
+        return;
+    };
+    let schema = common::fresh_schema("fast_clock");
+    let s = store(&url, &schema).await;
+    let long = create(&s).await;
+    let a = claim(&s, "a", 0, LEASE).await;
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].row.id, long);
+    assert_lease_lasts(&s, &long, LEASE).await;
+    let short = create(&s).await;
+    let a_short = claim(&s, "a", 0, SHORT).await;
+    assert_eq!(a_short.len(), 1);
+    assert_eq!(a_short[0].row.id, short);
+
+    let b = claim(&s, "b", SKEW, LEASE).await;
+    let taken: Vec<&InstanceId> = b.iter().map(|c| &c.row.id).collect();
+    assert!(
+        taken.is_empty(),
+        "a clock a minute ahead took live instances: {taken:?}"
+    );
+
+    // A's short lease lapses by the database's clock; its long one runs on.
+    tokio::time::sleep(Duration::from_millis(SHORT as u64 + 500)).await;
+    let b = claim(&s, "b", SKEW, LEASE).await;
+    let taken: Vec<&InstanceId> = b.iter().map(|c| &c.row.id).collect();
+    assert_eq!(taken, [&short], "only the lapsed lease is taken over");
+    assert_eq!(b[0].lease.run, 2);
+    assert_eq!(b[0].interrupted_runs, 1);
+    // B's lease lasts what B asked by the database's clock, not a minute
+    // more: a right clock takes it once that is over.
+    assert_lease_lasts(&s, &short, LEASE).await;
+    // A's late write to the instance B took is refused.
+    let step = StepRow {
+        key: "late".into(),
+        output: Some("1".into()),
+        error: None,
+        state: None,
+        attempts: 1,
+        started_at: now_millis(),
+        finished_at: now_millis(),
+    };
+    assert!(matches!(
+        s.commit_step(&a_short[0].lease, step).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    // A keeps the other, and renews it.
+    let renewed = s
+        .renew(std::slice::from_ref(&a[0].lease), now_millis() + LEASE)
+        .await
+        .unwrap();
+    assert!(renewed[0].held);
+    assert_lease_lasts(&s, &long, LEASE).await;
+    assert!(claim(&s, "b", SKEW, LEASE).await.is_empty());
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// C's clock lags a minute behind (twice the lease): an instance whose lease
+/// lapsed by the database's clock is still taken over, with a lease that
+/// lasts what C asked. Due times of pending instances still follow C's clock.
+#[tokio::test]
+async fn a_slow_clock_takes_a_lapsed_lease() {
+    let Some(url) = common::url("a_slow_clock_takes_a_lapsed_lease") else {
+        return;
+    };
+    let schema = common::fresh_schema("slow_clock");
+    let s = store(&url, &schema).await;
+    let id = create(&s).await;
+    let a = claim(&s, "a", 0, SHORT).await;
+    assert_eq!(a.len(), 1);
+    assert!(
+        claim(&s, "c", -SKEW, LEASE).await.is_empty(),
+        "a live lease is not taken"
+    );
+    // A's lease lapses by the database's clock (A died).
+    tokio::time::sleep(Duration::from_millis(SHORT as u64 + 500)).await;
+    let c = claim(&s, "c", -SKEW, LEASE).await;
+    let taken: Vec<&InstanceId> = c.iter().map(|c| &c.row.id).collect();
+    assert_eq!(
+        taken,
+        [&id],
+        "a clock a minute behind takes the lapsed lease"
+    );
+    assert_eq!(c[0].lease.run, 2);
+    // C's lease lasts what it asked by the database's clock, not a minute
+    // less (it would have lapsed already): a right clock cannot take it.
+    assert_lease_lasts(&s, &id, LEASE).await;
+    assert!(claim(&s, "d", 0, LEASE).await.is_empty());
+
+    // A pending instance is due by the claimer's clock, as before: created
+    // due now, it is not due yet for a clock a minute behind.
+    let pending = create(&s).await;
+    assert!(claim(&s, "c", -SKEW, LEASE).await.is_empty());
+    let d = claim(&s, "d", 0, LEASE).await;
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].row.id, pending);
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// A renewal lasts what it asks from when it is made, by the database's
+/// clock: renewed to end a short while from now, the lease lapses then for
+/// every clock, and is not taken before, even by a clock running ahead.
+#[tokio::test]
+async fn a_renewal_lasts_its_length_by_the_database_clock() {
+    let Some(url) = common::url("a_renewal_lasts_its_length_by_the_database_clock") else {
+        return;
+    };
+    let schema = common::fresh_schema("renew_clock");
+    let s = store(&url, &schema).await;
+    let id = create(&s).await;
+    let a = claim(&s, "a", 0, LEASE).await;
+    let renewed = s
+        .renew(std::slice::from_ref(&a[0].lease), now_millis() + SHORT)
+        .await
+        .unwrap();
+    assert!(renewed[0].held);
+    assert_lease_lasts(&s, &id, SHORT).await;
+    assert!(claim(&s, "b", SKEW, LEASE).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(SHORT as u64 + 500)).await;
+    let late = claim(&s, "c", -SKEW, LEASE).await;
+    assert_eq!(late.len(), 1, "lapsed for a clock a minute behind too");
+    assert_eq!(late[0].row.id, id);
+    let renewed = s
+        .renew(std::slice::from_ref(&a[0].lease), now_millis() + LEASE)
+        .await
+        .unwrap();
+    assert!(!renewed[0].held, "taken over: A's renewal is refused");
+    common::drop_schemas(&url, &[schema]).await;
+}
