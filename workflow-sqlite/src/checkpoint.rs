@@ -30,7 +30,9 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use rusqlite::hooks::Wal;
-use rusqlite::Connection;
+use rusqlite::{Connection, ErrorCode};
+
+use crate::broken::Broken;
 
 thread_local! {
     /// Pages in the WAL after the last commit on this thread, as SQLite's
@@ -81,14 +83,18 @@ pub(crate) struct Checkpointer {
     /// Whether the thread is checkpointing; the writer's own checkpoint
     /// waits until it is not, rather than fail on its lock.
     busy: Arc<AtomicBool>,
+    /// Set by a checkpoint whose I/O failed (see [`Broken`]): no checkpoint
+    /// runs after it, so the WAL never starts over and keeps every frame.
+    broken: Arc<Broken>,
     nudge: Option<mpsc::SyncSender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Checkpointer {
     /// Opens a second connection to the database at `path` and starts the
-    /// thread that checkpoints through it.
-    pub(crate) fn spawn(path: &Path, policy: Policy) -> std::io::Result<Self> {
+    /// thread that checkpoints through it. `broken` hears of a checkpoint
+    /// whose reads, writes or fsyncs failed, and stops every checkpoint.
+    pub(crate) fn spawn(path: &Path, policy: Policy, broken: Arc<Broken>) -> std::io::Result<Self> {
         let conn = Connection::open(path).map_err(std::io::Error::other)?;
         // Checkpoints fsync the WAL before copying it and the database file
         // after, in both durability modes (what `NORMAL` does), so no page
@@ -101,16 +107,23 @@ impl Checkpointer {
         // committed before it starts.
         let (nudge, nudges) = mpsc::sync_channel(1);
         let flag = Arc::clone(&busy);
+        let thread_broken = Arc::clone(&broken);
         let thread = std::thread::Builder::new()
             .name("workflow-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(&conn, &nudges, &flag))?;
+            .spawn(move || checkpoint_loop(&conn, &nudges, &flag, &thread_broken))?;
         Ok(Checkpointer {
             policy,
             nudged_at: 0,
             busy,
+            broken,
             nudge: Some(nudge),
             thread: Some(thread),
         })
+    }
+
+    /// What stops the writes and the checkpoints once an fsync failed.
+    pub(crate) fn broken(&self) -> Arc<Broken> {
+        Arc::clone(&self.broken)
     }
 
     /// Takes the checkpoints off `conn` (the writer's connection, used only
@@ -128,6 +141,9 @@ impl Checkpointer {
     /// past [`Policy::restart`] pages (or [`Policy::nudge`] when `light`)
     /// checkpoints on `conn` so that the next transaction starts the WAL over.
     pub(crate) fn after_commit(&mut self, conn: &Connection, light: bool) {
+        if self.broken.is_broken() {
+            return;
+        }
         let pages = WAL_PAGES.with(Cell::get);
         if pages < self.nudged_at {
             // The WAL started over.
@@ -151,7 +167,7 @@ impl Checkpointer {
 
     /// The writer's own checkpoint.
     fn checkpoint_here(&self, conn: &Connection, pages: c_int) {
-        match checkpoint(conn) {
+        match checkpoint(conn, &self.broken) {
             Ok((_, copied)) => {
                 tracing::trace!(pages, copied, "the writer checkpointed the WAL");
             }
@@ -178,16 +194,62 @@ impl Drop for Checkpointer {
 /// A `PASSIVE` checkpoint: copies the WAL frames no reader still needs into
 /// the database file, without waiting for readers or the writer. Returns
 /// the WAL's length and how much of it is now copied, in pages.
-fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+///
+/// None once `broken`: after a failed write or fsync of the database file,
+/// pages an earlier partial checkpoint counted as copied (SQLite fsyncs
+/// the file only when a checkpoint reaches the WAL's end) may never reach
+/// the disk, and the next checkpoint's fsync may succeed all the same (the
+/// kernel reports a writeback error once): the WAL would start over with
+/// the only good copy of those pages. An I/O error here breaks the store.
+fn checkpoint(conn: &Connection, broken: &Broken) -> rusqlite::Result<(i64, i64)> {
+    if let Some(why) = broken.refusal() {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            Some(why),
+        ));
+    }
+    #[cfg(test)]
+    let done = if broken.1.swap(false, Ordering::SeqCst) {
+        Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+            Some("disk I/O error (injected)".into()),
+        ))
+    } else {
+        run_checkpoint(conn)
+    };
+    #[cfg(not(test))]
+    let done = run_checkpoint(conn);
+    if let Err(rusqlite::Error::SqliteFailure(e, message)) = &done {
+        if e.code == ErrorCode::SystemIoFailure && !broken.is_broken() {
+            let why = format!(
+                "a WAL checkpoint failed to write the database file: {}",
+                message.as_deref().unwrap_or("disk I/O error")
+            );
+            tracing::error!(error = %why, "the SQLite store stops taking writes until reopened");
+            broken.fail(why);
+        }
+    }
+    done
+}
+
+fn run_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((r.get(1)?, r.get(2)?))
     })
 }
 
-fn checkpoint_loop(conn: &Connection, nudges: &mpsc::Receiver<()>, busy: &AtomicBool) {
+fn checkpoint_loop(
+    conn: &Connection,
+    nudges: &mpsc::Receiver<()>,
+    busy: &AtomicBool,
+    broken: &Broken,
+) {
     while nudges.recv().is_ok() {
+        if broken.is_broken() {
+            continue;
+        }
         busy.store(true, Ordering::Release);
-        match checkpoint(conn) {
+        match checkpoint(conn, broken) {
             Ok((pages, copied)) => tracing::trace!(pages, copied, "WAL checkpoint"),
             Err(err) if crate::writer::is_busy(&err) => {
                 tracing::debug!(error = %err, "WAL checkpoint busy elsewhere");
@@ -220,7 +282,7 @@ mod tests {
         )
         .unwrap();
         let before = len(&db);
-        let mut checkpointer = Checkpointer::spawn(&db, policy).unwrap();
+        let mut checkpointer = Checkpointer::spawn(&db, policy, Default::default()).unwrap();
         checkpointer.take_over(&conn);
         for _ in 0..commits {
             conn.execute_batch(

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::WeakUnboundedSender;
 
+use crate::broken::Broken;
 use crate::writer::{answer, linger, look_for, Job, Look, Msg};
 
 /// How far commits have reached, shared with the store's readers.
@@ -68,62 +69,41 @@ pub(crate) struct Flusher {
     /// Commits handed over whose fsync has not been reported done, oldest
     /// first, by the number the writer gave them.
     in_flight: VecDeque<u64>,
-    /// The first failed fsync, shared with the thread (see [`Broken`]):
-    /// from then on no fsync succeeds, so the horizon's `durable` stays
-    /// where it was.
+    /// The first failed fsync, shared with the thread, the checkpoints and
+    /// the writer (see [`Broken`]): from then on no fsync succeeds, so the
+    /// horizon's `durable` stays where it was.
     broken: Arc<Broken>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// Once an fsync of the WAL has failed, no later one is trusted: on Linux
-/// a writeback error is reported once, and the next fsync of the file may
-/// succeed although the earlier frames never reached the disk. SQLite's
-/// WAL frames are checksummed in a chain, so recovery after a power cut
-/// would stop at the lost frame and drop every commit after it. So every
-/// write from then on fails until the store is reopened, as PostgreSQL
-/// stops rather than retry a failed fsync.
-#[derive(Debug, Default)]
-struct Broken(std::sync::OnceLock<String>);
-
-impl Broken {
-    /// Why no write may be answered as done any more, once an fsync failed.
-    fn refusal(&self) -> Option<String> {
-        self.0.get().map(|first| {
-            format!(
-                "an earlier fsync of the SQLite WAL failed, so no write since is known to \
-                 survive a power loss; reopen the store once the disk is fixed ({first})"
-            )
-        })
+/// Fsyncs `wal` unless an fsync already failed; records a failure.
+fn sync_unless_broken(broken: &Broken, wal: &File) -> Result<(), String> {
+    if let Some(refusal) = broken.refusal() {
+        return Err(refusal);
     }
-
-    /// Fsyncs `wal` unless an fsync already failed; records a failure.
-    fn sync(&self, wal: &File) -> Result<(), String> {
-        if let Some(refusal) = self.refusal() {
-            return Err(refusal);
-        }
-        let flushed = sync(wal);
-        if let Err(why) = &flushed {
-            let _ = self.0.set(why.clone());
-        }
-        flushed
+    let flushed = sync(wal);
+    if let Err(why) = &flushed {
+        broken.fail(why.clone());
     }
+    flushed
 }
 
 impl Flusher {
     /// Starts the thread. `wake` reaches the writer's queue, so a writer
     /// waiting for new writes also hears that the disk is free; it is weak,
     /// so the writer still sees its queue close when the store is dropped.
-    /// `horizon` hears of every fsync that succeeds.
+    /// `horizon` hears of every fsync that succeeds; `broken` of the first
+    /// that fails, and once it has, no fsync is tried again.
     pub(crate) fn spawn(
         wal: File,
         wake: WeakUnboundedSender<Msg>,
         horizon: Arc<Horizon>,
+        broken: Arc<Broken>,
     ) -> std::io::Result<Self> {
         let wal = Arc::new(wal);
         let (to_flush, batches) = mpsc::channel::<Vec<Job>>();
         let (done, flushed) = mpsc::channel();
         let file = Arc::clone(&wal);
-        let broken = Arc::<Broken>::default();
         let thread_broken = Arc::clone(&broken);
         let thread = std::thread::Builder::new()
             .name("workflow-sqlite-fsync".into())
@@ -137,17 +117,6 @@ impl Flusher {
             broken,
             thread: Some(thread),
         })
-    }
-
-    /// Why writes are refused, once an fsync has failed: the writer rolls
-    /// them back and answers them with it instead of committing them, so
-    /// that a caller told "failed" for a later write never finds it done
-    /// after a restart. The commits whose fsync failed are another matter:
-    /// they reached the WAL before, so after a restart (without a power
-    /// cut) they are often there although their callers heard "failed",
-    /// as with any write whose outcome a crash hid.
-    pub(crate) fn refusal(&self) -> Option<String> {
-        self.broken.refusal()
     }
 
     /// Whether no fsync is in flight or waiting.
@@ -207,7 +176,7 @@ impl Flusher {
     /// order of the commits.
     pub(crate) fn flush_here(&mut self, jobs: Vec<Job>, commit: u64) {
         self.wait_idle();
-        let flushed = self.broken.sync(&self.wal);
+        let flushed = sync_unless_broken(&self.broken, &self.wal);
         if flushed.is_ok() {
             self.horizon.synced(commit);
         }
@@ -276,7 +245,7 @@ fn flush_loop(
             covered += 1;
         }
         last = jobs.len();
-        let flushed = broken.sync(wal);
+        let flushed = sync_unless_broken(broken, wal);
         // The writer first, so its next commit is on its way while the
         // callers are woken.
         let _ = done.send((covered, flushed.is_ok()));
@@ -327,7 +296,13 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         let (wake, mut woken) = unbounded_channel();
         let horizon = Arc::<Horizon>::default();
-        let mut flusher = Flusher::spawn(file, wake.downgrade(), Arc::clone(&horizon)).unwrap();
+        let mut flusher = Flusher::spawn(
+            file,
+            wake.downgrade(),
+            Arc::clone(&horizon),
+            Default::default(),
+        )
+        .unwrap();
         assert!(horizon.settled());
         let (a, a_rx) = job();
         let (b, b_rx) = job();
@@ -360,8 +335,13 @@ mod tests {
     fn a_failed_fsync_fails_every_write_of_its_batch() {
         let (wake, _woken) = unbounded_channel();
         let horizon = Arc::<Horizon>::default();
-        let mut flusher =
-            Flusher::spawn(pipe_file(), wake.downgrade(), Arc::clone(&horizon)).unwrap();
+        let mut flusher = Flusher::spawn(
+            pipe_file(),
+            wake.downgrade(),
+            Arc::clone(&horizon),
+            Default::default(),
+        )
+        .unwrap();
         let (a, a_rx) = job();
         let (b, b_rx) = job();
         horizon.committing(1);
@@ -390,8 +370,13 @@ mod tests {
     fn no_fsync_is_trusted_after_one_failed() {
         let (wake, _woken) = unbounded_channel();
         let horizon = Arc::<Horizon>::default();
-        let mut flusher =
-            Flusher::spawn(pipe_file(), wake.downgrade(), Arc::clone(&horizon)).unwrap();
+        let mut flusher = Flusher::spawn(
+            pipe_file(),
+            wake.downgrade(),
+            Arc::clone(&horizon),
+            Default::default(),
+        )
+        .unwrap();
         let (a, a_rx) = job();
         horizon.committing(1);
         flusher.flush(vec![a], 1);
@@ -404,7 +389,7 @@ mod tests {
         flusher.flush_here(vec![b], 2);
         let err = b_rx.blocking_recv().unwrap().unwrap_err().to_string();
         assert!(
-            err.contains("an earlier fsync of the SQLite WAL failed")
+            err.contains("an earlier fsync of the SQLite database failed")
                 && err.contains("reopen the store"),
             "{err}"
         );
@@ -418,6 +403,7 @@ mod tests {
         let mut flusher = Flusher::spawn(
             tempfile::tempfile().unwrap(),
             wake.downgrade(),
+            Arc::default(),
             Arc::default(),
         )
         .unwrap();

@@ -20,6 +20,7 @@
 //! an error that says so, until the store is reopened.
 #![warn(missing_docs)]
 
+mod broken;
 mod checkpoint;
 mod flush;
 mod rows;
@@ -401,12 +402,13 @@ fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Resul
         })?),
         Durability::Relaxed => None,
     };
-    let checkpointer = Checkpointer::spawn(path, checkpoint::Policy::default()).map_err(|err| {
-        Error::Store(StoreError::backend(format!(
-            "cannot open the checkpoint connection to {}: {err}",
-            path.display()
-        )))
-    })?;
+    let checkpointer = Checkpointer::spawn(path, checkpoint::Policy::default(), Default::default())
+        .map_err(|err| {
+            Error::Store(StoreError::backend(format!(
+                "cannot open the checkpoint connection to {}: {err}",
+                path.display()
+            )))
+        })?;
     Writer::spawn(conn, options.max_batch, wal, checkpointer)
         .map_err(|err| Opening::Other(Error::Store(StoreError::backend(err))))
 }
@@ -1546,7 +1548,8 @@ mod tests {
         // A pipe in place of the WAL: fsyncing it fails (EINVAL).
         let (_reader, pipe) = std::io::pipe().unwrap();
         let wal = std::fs::File::from(std::os::fd::OwnedFd::from(pipe));
-        let checkpointer = Checkpointer::spawn(&path, checkpoint::Policy::default()).unwrap();
+        let checkpointer =
+            Checkpointer::spawn(&path, checkpoint::Policy::default(), Default::default()).unwrap();
         let broken = SqliteStore {
             read: store.read.clone(),
             writer: Writer::spawn(conn, 64, Some(wal), checkpointer).unwrap(),
@@ -1564,6 +1567,52 @@ mod tests {
             .create(workflow_core::testing::new_instance("wf", 3), None)
             .await
             .unwrap();
+    }
+
+    /// A checkpoint whose write or fsync of the database file failed stops
+    /// the store as a failed fsync of the WAL does: writes are refused,
+    /// and no checkpoint runs again (one that succeeded next would let the
+    /// WAL start over with the only good copy of pages the kernel dropped).
+    /// Relaxed mode, which fsyncs nothing else, too.
+    #[tokio::test]
+    async fn after_a_failed_checkpoint_writes_are_refused_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+            .unwrap();
+        let broken = std::sync::Arc::<crate::broken::Broken>::default();
+        broken.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        let policy = checkpoint::Policy {
+            nudge: 8,
+            restart: 16,
+        };
+        let checkpointer =
+            Checkpointer::spawn(&path, policy, std::sync::Arc::clone(&broken)).unwrap();
+        let relaxed = SqliteStore {
+            read: store.read.clone(),
+            writer: Writer::spawn(conn, 64, None, checkpointer).unwrap(),
+        };
+        let mut refused = None;
+        for n in 0..500 {
+            let new = workflow_core::testing::new_instance("wf", n);
+            let id = new.id.clone();
+            if let Err(err) = relaxed.create(new, None).await {
+                refused = Some((err, id));
+                break;
+            }
+        }
+        let (err, id) = refused.expect("a write refused once the checkpoint failed");
+        assert!(broken.is_broken());
+        assert!(err.to_string().contains("reopen the store"), "{err}");
+        assert!(store.get(&id).await.unwrap().is_none());
+        // Refused from then on, however many come.
+        let later = relaxed
+            .create(workflow_core::testing::new_instance("wf", 1_000), None)
+            .await
+            .unwrap_err();
+        assert!(later.to_string().contains("checkpoint"), "{later}");
     }
 
     /// Counters at their largest values (written from outside) never panic

@@ -14,11 +14,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Statement};
 use tokio::sync::{mpsc, oneshot};
 use workflow_core::store::*;
 use workflow_core::{InstanceId, Status, StoreError};
 
+use crate::broken::Broken;
 use crate::checkpoint::Checkpointer;
 use crate::flush::{Flusher, Horizon};
 use crate::rows::{decode_instance, RawInstance, COLUMNS};
@@ -546,9 +548,10 @@ impl Writer {
         let waiting = Arc::new(AtomicUsize::new(0));
         let callers = Arc::clone(&waiting);
         let horizon = wal.is_some().then(Arc::<Horizon>::default);
+        let broken = checkpointer.broken();
         let flusher = wal
             .zip(horizon.clone())
-            .map(|(wal, horizon)| Flusher::spawn(wal, tx.downgrade(), horizon))
+            .map(|(wal, horizon)| Flusher::spawn(wal, tx.downgrade(), horizon, Arc::clone(&broken)))
             .transpose()?;
         let seen = horizon.clone();
         // Relaxed answers come within microseconds of the commit; durable
@@ -560,7 +563,18 @@ impl Writer {
         };
         std::thread::Builder::new()
             .name("workflow-sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch, flusher, seen, checkpointer, callers))?;
+            .spawn(move || {
+                run(
+                    conn,
+                    rx,
+                    max_batch,
+                    flusher,
+                    seen,
+                    checkpointer,
+                    callers,
+                    &broken,
+                )
+            })?;
         Ok(Writer {
             tx,
             waiting,
@@ -700,6 +714,7 @@ fn run(
     horizon: Option<Arc<Horizon>>,
     checkpointer: Checkpointer,
     callers: Arc<AtomicUsize>,
+    broken: &Broken,
 ) {
     let session = match Session::new(&conn, horizon) {
         Ok(session) => session.checkpointed(checkpointer, callers),
@@ -733,11 +748,17 @@ fn run(
         let disk_free = flusher.as_mut().is_none_or(Flusher::idle);
         if !jobs.is_empty() && (disk_free || closing.is_some() || jobs.len() >= max_batch) {
             last_commit = jobs.len();
-            if let Some(why) = flusher.as_ref().and_then(Flusher::refusal) {
+            if let Some(why) = broken.refusal() {
                 // An fsync has failed: nothing is committed from then on,
                 // so no caller hears "failed" of a write that is done.
+                // (The commits whose fsync failed reached the WAL before:
+                // after a restart without a power cut they are often there
+                // although their callers heard "failed", as with any write
+                // whose outcome a crash hid.) Nor does closing the
+                // connection checkpoint: the WAL stays whole for recovery.
                 open = None;
                 rollback(&session);
+                let _ = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
                 jobs.drain(..).for_each(|job| answer(job, Err(&why)));
                 continue;
             }
@@ -746,7 +767,7 @@ fn run(
                 .expect("applied writes have an open transaction");
             match commit(&session, tx, last_commit) {
                 Ok(()) => answer_committed(&session, &mut flusher, &mut jobs, rx.is_empty()),
-                Err(err) => redo_alone(&session, &mut flusher, &mut jobs, &err),
+                Err(err) => redo_alone(&session, &mut flusher, broken, &mut jobs, &err),
             }
             continue;
         }
@@ -770,7 +791,7 @@ fn run(
                         if open.take().is_some() {
                             rollback(&session);
                         }
-                        redo_alone(&session, &mut flusher, &mut jobs, &err);
+                        redo_alone(&session, &mut flusher, broken, &mut jobs, &err);
                     }
                 }
                 Some(Msg::Synced) => {}
@@ -818,8 +839,14 @@ fn apply_open<'s, 'c>(
 
 /// One write broke the open transaction (already rolled back): redo each
 /// of its writes in a transaction of its own, so none fails its neighbours.
-fn redo_alone(session: &Session<'_>, flusher: &mut Option<Flusher>, jobs: &mut Vec<Job>, err: &Db) {
-    if let Some(why) = flusher.as_ref().and_then(Flusher::refusal) {
+fn redo_alone(
+    session: &Session<'_>,
+    flusher: &mut Option<Flusher>,
+    broken: &Broken,
+    jobs: &mut Vec<Job>,
+    err: &Db,
+) {
+    if let Some(why) = broken.refusal() {
         // As at a commit: after a failed fsync nothing is committed.
         jobs.drain(..).for_each(|job| answer(job, Err(&why)));
         return;
@@ -2654,7 +2681,7 @@ mod tests {
                 nudge: 16,
                 restart: i32::MAX,
             };
-            let checkpointer = Checkpointer::spawn(&path, policy).unwrap();
+            let checkpointer = Checkpointer::spawn(&path, policy, Default::default()).unwrap();
             let waiting = Arc::new(AtomicUsize::new(callers));
             let session = Session::new(&c, durable())
                 .unwrap()
