@@ -563,18 +563,7 @@ impl Writer {
         };
         std::thread::Builder::new()
             .name("workflow-sqlite-writer".into())
-            .spawn(move || {
-                run(
-                    conn,
-                    rx,
-                    max_batch,
-                    flusher,
-                    seen,
-                    checkpointer,
-                    callers,
-                    &broken,
-                )
-            })?;
+            .spawn(move || run(conn, rx, max_batch, flusher, seen, checkpointer, callers))?;
         Ok(Writer {
             tx,
             waiting,
@@ -714,8 +703,9 @@ fn run(
     horizon: Option<Arc<Horizon>>,
     checkpointer: Checkpointer,
     callers: Arc<AtomicUsize>,
-    broken: &Broken,
 ) {
+    // Shared with the fsync thread and the checkpoints, which set it.
+    let broken = checkpointer.broken();
     let session = match Session::new(&conn, horizon) {
         Ok(session) => session.checkpointed(checkpointer, callers),
         Err(err) => {
@@ -767,7 +757,7 @@ fn run(
                 .expect("applied writes have an open transaction");
             match commit(&session, tx, last_commit) {
                 Ok(()) => answer_committed(&session, &mut flusher, &mut jobs, rx.is_empty()),
-                Err(err) => redo_alone(&session, &mut flusher, broken, &mut jobs, &err),
+                Err(err) => redo_alone(&session, &mut flusher, &broken, &mut jobs, &err),
             }
             continue;
         }
@@ -791,7 +781,7 @@ fn run(
                         if open.take().is_some() {
                             rollback(&session);
                         }
-                        redo_alone(&session, &mut flusher, broken, &mut jobs, &err);
+                        redo_alone(&session, &mut flusher, &broken, &mut jobs, &err);
                     }
                 }
                 Some(Msg::Synced) => {}
