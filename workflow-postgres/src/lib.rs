@@ -313,6 +313,29 @@ impl PgStore {
                 "cannot migrate the schema `{schema}` of {server}: {err}"
             )))
         })?;
+        // A durable store must not inherit `synchronous_commit = off` from
+        // the server, the database or the role (a common tuning): commits
+        // would be answered before their WAL is flushed, and a server crash
+        // would take back steps callers were told are recorded. Any other
+        // value (`local`, `remote_write`, `on`, `remote_apply`) flushes
+        // locally at least, and is kept.
+        let connect = if options.durability == Durability::Durable {
+            let inherited: String = sqlx::query_scalar("SHOW synchronous_commit")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(cannot_connect)?;
+            if inherited == "off" {
+                tracing::info!(
+                    server = %server,
+                    "synchronous_commit is off on the server: this durable store sets it on for its connections"
+                );
+                connect.options([("synchronous_commit", "on")])
+            } else {
+                connect
+            }
+        } else {
+            connect
+        };
         // Used for the pool's first connection check, then closed.
         drop(conn);
         let pool = PgPoolOptions::new()
@@ -845,5 +868,67 @@ impl Store for PgStore {
             }
         )?;
         Ok(workflow_core::store::status_counts(rows))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection;
+
+    /// A durable store sets `synchronous_commit` back on where the server
+    /// (here the database) turned it off; a relaxed one leaves it off.
+    #[tokio::test]
+    async fn a_durable_store_commits_synchronously_whatever_the_server_says() {
+        let Ok(url) = std::env::var("WORKFLOW_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: WORKFLOW_TEST_POSTGRES_URL not set");
+            return;
+        };
+        let database = format!("wf_async_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {database}"),
+            format!("CREATE DATABASE {database}"),
+            format!("ALTER DATABASE {database} SET synchronous_commit = off"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+        let options = PgConnectOptions::from_str(&url)
+            .unwrap()
+            .database(&database);
+        let there = format!(
+            "postgres://{}@{}:{}/{database}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port()
+        );
+        let setting = |store: PgStore| async move {
+            sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+                .fetch_one(&store.db.pool)
+                .await
+                .unwrap()
+        };
+        let durable = PgStore::connect_with(&there, PgOptions::new().listen(false))
+            .await
+            .unwrap();
+        assert_eq!(setting(durable).await, "on");
+        let relaxed = PgStore::connect_with(
+            &there,
+            PgOptions::new()
+                .listen(false)
+                .durability(Durability::Relaxed),
+        )
+        .await
+        .unwrap();
+        assert_eq!(setting(relaxed).await, "off");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {database} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     }
 }
