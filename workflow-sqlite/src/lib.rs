@@ -394,7 +394,7 @@ fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Resul
     .map_err(Opening::from_rusqlite)?;
     conn.set_prepared_statement_cache_capacity(64);
     let wal = match options.durability {
-        Durability::Durable => Some(open_wal(path).map_err(|err| {
+        Durability::Durable => Some(open_wal(&conn).map_err(|err| {
             Error::Store(StoreError::backend(format!(
                 "cannot open the WAL file of {} to fsync it: {err}",
                 path.display()
@@ -420,10 +420,19 @@ pub(crate) fn wal_path(db: &std::path::Path) -> std::path::PathBuf {
     name.into()
 }
 
-/// The database's WAL file (which the writer's connection keeps in
+/// The WAL file of `conn`'s database (which the connection keeps in
 /// existence while it is open), for the flush thread to fsync; and its
 /// directory entry made durable, as SQLite does when it creates the file.
-fn open_wal(db: &std::path::Path) -> std::io::Result<std::fs::File> {
+///
+/// Found from the path SQLite resolved, not the one given: SQLite puts the
+/// WAL beside the file a symbolic link points to, and a stale `-wal` file
+/// beside the link would be fsynced instead, silently.
+fn open_wal(conn: &rusqlite::Connection) -> std::io::Result<std::fs::File> {
+    let db = conn
+        .path()
+        .filter(|path| !path.is_empty())
+        .map(std::path::Path::new)
+        .ok_or_else(|| std::io::Error::other("the database has no file"))?;
     let wal = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -1567,6 +1576,24 @@ mod tests {
             .create(workflow_core::testing::new_instance("wf", 3), None)
             .await
             .unwrap();
+    }
+
+    /// The WAL fsynced is the one SQLite writes, beside the file a symbolic
+    /// link to the database points to, not a stale one beside the link.
+    #[test]
+    fn the_wal_of_a_linked_database_is_the_one_fsynced() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.db");
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        std::fs::write(wal_path(&link), b"stale").unwrap();
+        let conn = rusqlite::Connection::open(&link).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x);")
+            .unwrap();
+        let wal = open_wal(&conn).unwrap();
+        let written = std::fs::metadata(wal_path(&real)).unwrap();
+        assert_eq!(wal.metadata().unwrap().ino(), written.ino());
     }
 
     /// A checkpoint whose write or fsync of the database file failed stops
