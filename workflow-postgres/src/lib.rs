@@ -423,24 +423,25 @@ impl Store for PgStore {
         new: NewInstance,
         dedup: Option<&[Status]>,
     ) -> Result<Created, StoreError> {
-        retrying!(
-            self,
-            "create",
-            idempotent = false,
-            self.db.create(&new, dedup)
-        )?
+        // Idempotent: a retry finds its own earlier commit by the id.
+        let mut again = false;
+        retrying!(self, "create", idempotent = true, {
+            let attempt = self.db.create(&new, dedup, again);
+            again = true;
+            attempt
+        })?
     }
 
     async fn create_many(&self, new: Vec<NewInstance>) -> Result<Vec<InstanceRow>, StoreError> {
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        retrying!(
-            self,
-            "create_many",
-            idempotent = false,
-            self.db.create_many(&new)
-        )?
+        let mut again = false;
+        retrying!(self, "create_many", idempotent = true, {
+            let attempt = self.db.create_many(&new, again);
+            again = true;
+            attempt
+        })?
     }
 
     async fn get(&self, id: &InstanceId) -> Result<Option<InstanceRow>, StoreError> {
@@ -875,6 +876,44 @@ impl Store for PgStore {
 mod tests {
     use super::*;
     use sqlx::Connection;
+
+    /// A create run again after an attempt whose commit may have landed
+    /// (the connection lost during COMMIT) finds that commit's instance by
+    /// the id it minted and returns it as created: no second instance, no
+    /// second `created` event.
+    #[tokio::test]
+    async fn a_create_run_again_finds_its_own_commit() {
+        let Ok(url) = std::env::var("WORKFLOW_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: WORKFLOW_TEST_POSTGRES_URL not set");
+            return;
+        };
+        let schema = format!("t_again_{}", std::process::id());
+        let store = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
+            .await
+            .unwrap();
+        let new = workflow_core::testing::new_instance("wf", 1);
+        let first = store.db.create(&new, None, false).await.unwrap().unwrap();
+        let again = store.db.create(&new, None, true).await.unwrap().unwrap();
+        assert!(matches!(&again, Created::New(row) if row.id == new.id));
+        assert_eq!(first.into_row(), again.into_row());
+        let batch: Vec<NewInstance> = (2..5)
+            .map(|n| workflow_core::testing::new_instance("wf", n))
+            .collect();
+        store.db.create_many(&batch, false).await.unwrap().unwrap();
+        let rows = store.db.create_many(&batch, true).await.unwrap().unwrap();
+        let ids: Vec<&InstanceId> = rows.iter().map(|r| &r.id).collect();
+        let asked: Vec<&InstanceId> = batch.iter().map(|n| &n.id).collect();
+        assert_eq!(ids, asked);
+        let counts = store.count_by_status(Some("wf")).await.unwrap();
+        assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 4);
+        let events = store.history(&new.id).await.unwrap();
+        assert_eq!(events.iter().filter(|e| e.kind == "created").count(), 1);
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
 
     /// A durable store sets `synchronous_commit` back on where the server
     /// (here the database) turned it off; a relaxed one leaves it off.

@@ -167,12 +167,28 @@ impl Db {
         let _ = self.wake.try_send(());
     }
 
+    /// Creates `new`. `again`: an earlier attempt of this same call failed,
+    /// perhaps after its commit landed; an instance with `new`'s id (minted
+    /// for this call alone) is then that commit's, and is returned as
+    /// created rather than inserted twice.
     pub(crate) async fn create(
         &self,
         new: &NewInstance,
         dedup: Option<&[Status]>,
+        again: bool,
     ) -> Attempt<Result<Created, StoreError>> {
         let mut tx = self.begin().await?;
+        if again {
+            let mine = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM instances WHERE id = $1"
+            )))
+            .bind(new.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = mine {
+                return Ok(instance_row(&row).map(Created::New));
+            }
+        }
         if let (Some(statuses), Some(key)) = (dedup, &new.key) {
             // Serializes creates of one (workflow, key) until commit; under
             // READ COMMITTED the lookup below then sees what the previous
@@ -210,11 +226,36 @@ impl Db {
         Ok(instance_row(&row).map(Created::New))
     }
 
+    /// Creates every one of `new` in one transaction. `again`: as for
+    /// [`Db::create`], the rows of an earlier attempt whose commit landed
+    /// are returned instead of inserted twice (all or none of them are).
     pub(crate) async fn create_many(
         &self,
         new: &[NewInstance],
+        again: bool,
     ) -> Attempt<Result<Vec<InstanceRow>, StoreError>> {
         let mut tx = self.begin().await?;
+        if again {
+            let ids: Vec<&str> = new.iter().map(|n| n.id.as_str()).collect();
+            let mine = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM instances WHERE id = ANY($1)"
+            )))
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !mine.is_empty() {
+                let mut rows: HashMap<String, PgRow> = HashMap::new();
+                for row in mine {
+                    let id: String = row.try_get("id")?;
+                    rows.insert(id, row);
+                }
+                return Ok(new
+                    .iter()
+                    .filter_map(|n| rows.get(n.id.as_str()))
+                    .map(instance_row)
+                    .collect());
+            }
+        }
         let tags: Vec<String> = new.iter().map(|n| tags_json(&n.tags)).collect();
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, \
