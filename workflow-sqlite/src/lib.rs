@@ -188,7 +188,7 @@ impl SqliteStore {
         // Nothing to set up, as for the file itself: `sqlite://data/app.db`
         // in a fresh checkout creates `data/`.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|err| {
+            create_dir_durably(dir).map_err(|err| {
                 Error::Store(StoreError::backend(format!(
                     "cannot create the directory {} for the SQLite database: {err}",
                     dir.display()
@@ -411,6 +411,29 @@ fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Resul
         })?;
     Writer::spawn(conn, options.max_batch, wal, checkpointer)
         .map_err(|err| Opening::Other(Error::Store(StoreError::backend(err))))
+}
+
+/// Creates `dir` and any missing parents, each one's entry in its parent
+/// fsynced: SQLite fsyncs the directory of the files it creates, not the
+/// directories above it, which a power cut could otherwise take back with
+/// everything in them.
+fn create_dir_durably(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_dir_durably(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        // Another process made it meanwhile, and fsyncs its entry.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {
+            return Ok(())
+        }
+        Err(err) => return Err(err),
+    }
+    std::fs::File::open(parent.unwrap_or(std::path::Path::new(".")))?.sync_all()
 }
 
 /// Where SQLite keeps the WAL of the database at `db`.
@@ -1151,11 +1174,15 @@ mod tests {
     #[tokio::test]
     async fn a_missing_directory_is_created_and_a_bad_path_named() {
         let dir = tempfile::tempdir().unwrap();
-        let nested = dir.path().join("data/app.db");
+        let nested = dir.path().join("data/more/app.db");
         let url = format!("sqlite://{}", nested.display());
         let store = SqliteStore::connect(&url).await.unwrap();
         store.close().await;
         assert!(nested.exists());
+        // A file where a directory should be is named.
+        let blocked = dir.path().join("data/more/app.db/x.db");
+        let err = SqliteStore::open(&blocked).await.unwrap_err().to_string();
+        assert!(err.contains("cannot create the directory"), "{err}");
         // A directory where the file should be.
         let err = SqliteStore::open(dir.path().join("data"))
             .await
