@@ -328,7 +328,13 @@ async fn paging_survives_back_and_forward(b: &Browser) {
 async fn console_in_a_real_browser() {
     let chromedriver = find_program("chromedriver");
     let (true, Some(chromedriver)) = (Path::new(CHROMIUM).exists(), chromedriver) else {
-        println!("skipped: chromium not found (install Debian's `chromium` and `chromium-driver`)");
+        // Straight to stderr: the test harness swallows `println!` of a
+        // passing test, and a skip must show.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "console_in_a_real_browser: skipped: chromium not found (install Debian's `chromium` and `chromium-driver`)"
+        );
         return;
     };
     let f = fixture().await;
