@@ -69,6 +69,8 @@ struct StateCell<S> {
     /// leave the state alone do not write a snapshot.
     dirty: AtomicBool,
     workflow: &'static str,
+    /// The engine's `max_payload_bytes`.
+    max: usize,
 }
 
 impl<S: Serialize + DeserializeOwned> StateCell<S> {
@@ -79,7 +81,7 @@ impl<S: Serialize + DeserializeOwned> StateCell<S> {
         }
         let state = lock(&self.value);
         // Recorded only if it reads back as itself: replays restore it.
-        let (json, _): (String, S) = crate::error::json_round_trip(&*state, || {
+        let (json, _): (String, S) = crate::error::json_round_trip(&*state, self.max, || {
             format!("state of workflow `{}`", self.workflow)
         })
         .inspect_err(|_| {
@@ -259,6 +261,11 @@ impl RunShared {
                 seen: HashMap::new(),
             }),
         }
+    }
+
+    /// The engine's `max_payload_bytes`.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.engine.inner.config.max_payload
     }
 
     /// Stops the handler; the first reason given wins.
@@ -459,6 +466,7 @@ where
             value: Mutex::new(state),
             dirty: AtomicBool::new(false),
             workflow: run.workflow,
+            max: run.engine.inner.config.max_payload,
         });
         Ctx {
             inner: Arc::new(CtxInner {
@@ -697,7 +705,7 @@ where
                         // Recorded only if it reads back as itself: the
                         // first run and every replay see the same value.
                         let (output, replayed): (String, T) =
-                            crate::error::json_round_trip(&value, || {
+                            crate::error::json_round_trip(&value, run.max_payload(), || {
                                 format!("output of step `{key}` of workflow `{}`", run.workflow)
                             })?;
                         let step = StepRow {
@@ -810,13 +818,24 @@ where
     /// that does not read back as `Output` ends the instance `Failed`,
     /// with an error naming the mismatch.
     pub fn complete<O: Serialize>(&self, output: O) -> Result<Infallible> {
-        let json = serde_json::to_string(&output).map_err(|source| Error::Json {
-            context: format!(
+        let what = || {
+            format!(
                 "output passed to ctx.complete in workflow `{}`",
                 self.name()
-            ),
+            )
+        };
+        let json = serde_json::to_string(&output).map_err(|source| Error::Json {
+            context: what(),
             source,
         })?;
+        let max = self.inner.run.max_payload();
+        if json.len() > max {
+            return Err(Error::PayloadTooLarge {
+                what: what(),
+                bytes: json.len(),
+                max,
+            });
+        }
         self.inner.run.interrupt(
             Interrupt::Completed,
             Settlement::Ended {

@@ -84,6 +84,9 @@ const PURGE_MARGIN: Duration = Duration::from_secs(2);
 /// PostgreSQL's B-tree refuses entries much over 2 KiB.
 pub const MAX_EVENT_KEY_BYTES: usize = 512;
 
+/// The default of [`EngineBuilder::max_payload_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 256 << 20;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub concurrency: usize,
@@ -94,6 +97,7 @@ pub(crate) struct Config {
     pub suspend_after: Duration,
     pub max_interrupted_runs: Option<u32>,
     pub retention: Option<Duration>,
+    pub max_payload: usize,
 }
 
 impl Default for Config {
@@ -107,6 +111,7 @@ impl Default for Config {
             suspend_after: Duration::from_millis(300),
             max_interrupted_runs: Some(20),
             retention: None,
+            max_payload: DEFAULT_MAX_PAYLOAD,
         }
     }
 }
@@ -323,6 +328,20 @@ impl EngineBuilder {
     /// its workers at once.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.config.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The most bytes of JSON a step's output, a state snapshot or a
+    /// workflow's output may take (default [`DEFAULT_MAX_PAYLOAD`],
+    /// 256 MiB). A larger one fails its step, or its instance, with
+    /// [`Error::PayloadTooLarge`] and is not retried. Both SQL stores
+    /// refuse values near 1 GB, and a write refused by the store would
+    /// release the run to be retried, running its step again each time;
+    /// far smaller values already hold the store's single writer for a
+    /// long while. Lower it to catch large data passed through the
+    /// workflow early (Temporal allows 2 MB).
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_payload = bytes;
         self
     }
 
@@ -1290,8 +1309,9 @@ fn json_input<W: Workflow>(input: &W::Input) -> Result<String> {
 /// [`json_round_trip`](crate::error::json_round_trip)): refused at the
 /// start, not failed later in a worker. `what` names the kind of workflow.
 pub(crate) fn encode_input<W: Workflow>(input: &W::Input, what: &str) -> Result<String> {
-    let (json, _) =
-        crate::error::json_round_trip(input, || format!("input of {what} `{}`", W::NAME))?;
+    let (json, _) = crate::error::json_round_trip(input, usize::MAX, || {
+        format!("input of {what} `{}`", W::NAME)
+    })?;
     Ok(json)
 }
 

@@ -223,6 +223,23 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A step's output, a state snapshot or a workflow's output is larger
+    /// than the engine records ([`EngineBuilder::max_payload_bytes`](crate::EngineBuilder::max_payload_bytes)).
+    /// Not retried: the same value would be refused again.
+    #[error(
+        "{what} is {bytes} bytes of JSON, more than the {max} bytes a record may hold \
+         (EngineBuilder::max_payload_bytes): keep large data outside the workflow (files, \
+         object storage) and pass references"
+    )]
+    PayloadTooLarge {
+        /// Which value, e.g. "output of step `export` of workflow `report`".
+        what: String,
+        /// Its size as JSON.
+        bytes: usize,
+        /// The engine's limit.
+        max: usize,
+    },
+
     /// The engine was configured wrongly.
     #[error("engine configuration: {0}")]
     Config(String),
@@ -243,9 +260,13 @@ pub enum Error {
 
 /// `value` as JSON, and that JSON read back as what a replay will see.
 /// A value JSON cannot hold (a NaN or infinite float is written as `null`)
-/// is an error here, at once, not a failure found after a restart.
-/// `context` names the value in the error.
-pub(crate) fn json_round_trip<T>(value: &T, context: impl Fn() -> String) -> Result<(String, T)>
+/// is an error here, at once, not a failure found after a restart; so is
+/// JSON longer than `max` bytes. `context` names the value in the error.
+pub(crate) fn json_round_trip<T>(
+    value: &T,
+    max: usize,
+    context: impl Fn() -> String,
+) -> Result<(String, T)>
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
@@ -253,6 +274,13 @@ where
         context: context(),
         source,
     })?;
+    if json.len() > max {
+        return Err(Error::PayloadTooLarge {
+            what: context(),
+            bytes: json.len(),
+            max,
+        });
+    }
     let back = serde_json::from_str(&json).map_err(|source| Error::Json {
         context: format!("{} does not read back from JSON as {json}", context()),
         source,

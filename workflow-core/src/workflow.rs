@@ -328,11 +328,13 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
             let result = match returned {
                 // Stored only if it reads back as itself, so `result()`
                 // and a waiting parent read what the handler returned.
-                Ok(output) => crate::error::json_round_trip(&output, || {
-                    format!("output of workflow `{}`", W::NAME)
-                })
-                .map(|(json, _)| json)
-                .map_err(|err| err.to_string()),
+                Ok(output) => {
+                    crate::error::json_round_trip(&output, ctx.run().max_payload(), || {
+                        format!("output of workflow `{}`", W::NAME)
+                    })
+                    .map(|(json, _)| json)
+                    .map_err(|err| err.to_string())
+                }
                 Err(err) => Err(error_chain(&*err)),
             };
             let state = ctx.dirty_state().unwrap_or_else(|err| {

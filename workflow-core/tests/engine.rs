@@ -2470,3 +2470,83 @@ async fn an_instance_claimed_ahead_behind_busy_slots_goes_to_an_idle_worker() {
             .unwrap();
     }
 }
+
+static BIG_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+enum Big {
+    StepOutput,
+    State,
+    Output,
+}
+
+#[derive(Default, Serialize, Deserialize, JsonSchema)]
+struct Bulky {
+    text: String,
+}
+
+/// Makes one value larger than the engine's limit, as `Big` says.
+struct TooBig;
+
+impl Workflow for TooBig {
+    type Input = Big;
+    type Output = String;
+    type State = Bulky;
+    const NAME: &'static str = "tooBig";
+
+    async fn run(&self, ctx: Ctx<Bulky>, big: Big) -> Result<String, BoxError> {
+        let large = "x".repeat(2_000);
+        match big {
+            Big::StepOutput => {
+                let out: String = ctx
+                    .step("export", || async {
+                        BIG_RUNS.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, BoxError>(large.clone())
+                    })
+                    .await?;
+                Ok(out)
+            }
+            Big::State => {
+                ctx.state_mut().text = large;
+                ctx.step("after", || async { Ok::<_, BoxError>(1) }).await?;
+                Ok("saved".into())
+            }
+            Big::Output => Ok(large),
+        }
+    }
+}
+
+/// A value over `max_payload_bytes` fails its instance with an error that
+/// names it, once: not a store error that would release the run and run
+/// the step again and again.
+#[tokio::test]
+async fn a_value_over_the_payload_limit_fails_once_naming_it() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(TooBig)
+        .max_payload_bytes(1_000)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    for (big, what) in [
+        (Big::StepOutput, "output of step `export`"),
+        (Big::State, "state of workflow `tooBig`"),
+        (Big::Output, "output of workflow `tooBig`"),
+    ] {
+        let instance = TooBig::start(&engine, big).await.unwrap();
+        let err = instance
+            .result_timeout(Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        let Error::Failed { message, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(
+            message.contains(what) && message.contains("more than the 1000 bytes"),
+            "{message}"
+        );
+    }
+    assert_eq!(BIG_RUNS.load(Ordering::SeqCst), 1, "the step ran once");
+}
