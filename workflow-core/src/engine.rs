@@ -519,7 +519,7 @@ impl EngineBuilder {
                 workflows,
                 config: self.config,
                 wake: Notify::new(),
-                finished: Notify::new(),
+                finished: FinishWaiters::default(),
                 shutdown: CancellationToken::new(),
                 running: std::sync::Mutex::new(HashMap::new()),
                 claimed_ahead: std::sync::Mutex::new(Vec::new()),
@@ -616,8 +616,8 @@ pub(crate) struct EngineInner {
     pub config: Config,
     /// New work may be runnable: wakes one idle worker.
     pub wake: Notify,
-    /// Some instance reached a terminal status in this process.
-    pub finished: Notify,
+    /// Callers waiting for instances to reach a terminal status.
+    pub finished: FinishWaiters,
     pub shutdown: CancellationToken,
     /// Handlers running in this process, for control operations to reach at once.
     pub running: std::sync::Mutex<HashMap<InstanceId, Arc<RunShared>>>,
@@ -901,7 +901,8 @@ impl Engine {
         self.check_control(id, control)?;
         tracing::info!(%id, "instance cancelled");
         self.stop_local_descendants(id);
-        self.inner.finished.notify_waiters();
+        // Its descendants ended with it.
+        self.inner.finished.ended_all();
         Ok(())
     }
 
@@ -1276,8 +1277,9 @@ impl Engine {
     ) -> Result<InstanceRow> {
         let started = tokio::time::Instant::now();
         let mut poll = Duration::from_millis(10);
+        let watch = self.inner.finished.watch(id);
         loop {
-            let finished = self.inner.finished.notified();
+            let finished = watch.notify.notified();
             tokio::pin!(finished);
             finished.as_mut().enable();
             let row = self.row(id).await?;
@@ -1301,6 +1303,67 @@ impl Engine {
     }
 }
 
+/// Callers waiting for instances to end, by instance: an end in this
+/// process wakes those waiting for that instance only, so a thousand
+/// callers awaiting a thousand results do not all read their rows again
+/// at every end.
+#[derive(Default)]
+pub(crate) struct FinishWaiters(std::sync::Mutex<HashMap<InstanceId, (Arc<Notify>, usize)>>);
+
+/// One caller's registration; dropping it ends it.
+pub(crate) struct FinishWatch<'a> {
+    waiters: &'a FinishWaiters,
+    id: InstanceId,
+    pub notify: Arc<Notify>,
+}
+
+impl FinishWaiters {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, (Arc<Notify>, usize)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a wait for `id` to end.
+    pub(crate) fn watch(&self, id: &InstanceId) -> FinishWatch<'_> {
+        let mut map = self.map();
+        let (notify, count) = map
+            .entry(id.clone())
+            .or_insert_with(|| (Arc::new(Notify::new()), 0));
+        *count += 1;
+        FinishWatch {
+            waiters: self,
+            id: id.clone(),
+            notify: Arc::clone(notify),
+        }
+    }
+
+    /// `id` ended in this process.
+    pub(crate) fn ended(&self, id: &InstanceId) {
+        if let Some((notify, _)) = self.map().get(id) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Instances this process cannot name ended (a cancel's or a
+    /// timeout's descendants): every caller looks again.
+    pub(crate) fn ended_all(&self) {
+        for (notify, _) in self.map().values() {
+            notify.notify_waiters();
+        }
+    }
+}
+
+impl Drop for FinishWatch<'_> {
+    fn drop(&mut self) {
+        let mut map = self.waiters.map();
+        if let Some((_, count)) = map.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.id);
+            }
+        }
+    }
+}
+
 fn json_input<W: Workflow>(input: &W::Input) -> Result<String> {
     encode_input::<W>(input, "workflow")
 }
@@ -1318,6 +1381,38 @@ pub(crate) fn encode_input<W: Workflow>(input: &W::Input, what: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An end wakes the callers waiting for that instance, not the others;
+    /// a cascade wakes all; registrations go when their callers do.
+    #[tokio::test]
+    async fn an_end_wakes_only_the_callers_waiting_for_it() {
+        let waiters = FinishWaiters::default();
+        let (a, b) = (InstanceId::from("a"), InstanceId::from("b"));
+        let (wa, wb) = (waiters.watch(&a), waiters.watch(&b));
+        {
+            let (na, nb) = (wa.notify.notified(), wb.notify.notified());
+            tokio::pin!(na, nb);
+            na.as_mut().enable();
+            nb.as_mut().enable();
+            waiters.ended(&a);
+            let quick = Duration::from_millis(20);
+            assert!(
+                tokio::time::timeout(quick, na).await.is_ok(),
+                "a's caller woke"
+            );
+            assert!(
+                tokio::time::timeout(quick, nb.as_mut()).await.is_err(),
+                "b's caller slept on"
+            );
+            waiters.ended_all();
+            assert!(
+                tokio::time::timeout(quick, nb).await.is_ok(),
+                "a cascade wakes all"
+            );
+        }
+        drop((wa, wb));
+        assert!(waiters.map().is_empty());
+    }
 
     #[test]
     fn a_builder_shows_its_url_without_the_password() {

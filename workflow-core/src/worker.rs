@@ -735,8 +735,9 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
         if settle(&w, &lease, finish).await && timed_out {
             // The store cancelled its unfinished descendants with it.
             w.engine.stop_local_descendants(&row.id);
+            inner.finished.ended_all();
         }
-        inner.finished.notify_waiters();
+        inner.finished.ended(&row.id);
         // A finished child may have woken its parent; a suspended instance
         // whose event was already there is due now.
         inner.wake.notify_one();
