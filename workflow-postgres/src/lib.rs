@@ -572,10 +572,18 @@ impl Store for PgStore {
         workflows: &[String],
         after: Millis,
     ) -> Result<Option<Millis>, StoreError> {
+        // One bounded range of `instances_runnable` per workflow, the
+        // earliest kept, as a claim reads: `MIN` over `workflow = ANY(..)`
+        // aggregated every waiting row (a parallel sequential scan, 45 ms
+        // with 400,000 sleepers, at every idle worker's nap; this: 0.1 ms).
         retrying!(self, "next_due", idempotent = true, async {
             Ok(sqlx::query_scalar(
-                "SELECT MIN(run_at) FROM instances \
-                 WHERE status IN ('pending', 'listening') AND run_at > $1 AND workflow = ANY($2)",
+                "SELECT MIN(d.run_at) FROM UNNEST($2::text[]) AS w(name) \
+                 CROSS JOIN LATERAL ( \
+                     SELECT run_at FROM instances \
+                     WHERE workflow = w.name AND status IN ('pending', 'listening') AND run_at > $1 \
+                     ORDER BY run_at LIMIT 1 \
+                 ) d",
             )
             .bind(after)
             .bind(workflows)
