@@ -1570,17 +1570,29 @@ mod tests {
         assert_eq!(status_of(&store, &bad_id).await, "failed");
     }
 
-    /// Once an fsync of the WAL has failed, later writes are refused
-    /// without being applied: a caller told its write failed never finds
-    /// it done after a restart.
-    #[tokio::test]
-    async fn after_a_failed_fsync_writes_are_refused_not_applied() {
+    /// A healthy store on a new file, and a second connection to it for a
+    /// writer the test sets up itself.
+    async fn store_and_writer_connection() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        SqliteStore,
+        rusqlite::Connection,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broken.db");
         let store = SqliteStore::open(&path).await.unwrap();
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
             .unwrap();
+        (dir, path, store, conn)
+    }
+
+    /// Once an fsync of the WAL has failed, later writes are refused
+    /// without being applied: a caller told its write failed never finds
+    /// it done after a restart.
+    #[tokio::test]
+    async fn after_a_failed_fsync_writes_are_refused_not_applied() {
+        let (_dir, path, store, conn) = store_and_writer_connection().await;
         // A pipe in place of the WAL: fsyncing it fails (EINVAL).
         let (_reader, pipe) = std::io::pipe().unwrap();
         let wal = std::fs::File::from(std::os::fd::OwnedFd::from(pipe));
@@ -1630,12 +1642,7 @@ mod tests {
     /// Relaxed mode, which fsyncs nothing else, too.
     #[tokio::test]
     async fn after_a_failed_checkpoint_writes_are_refused_not_applied() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("broken.db");
-        let store = SqliteStore::open(&path).await.unwrap();
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
-            .unwrap();
+        let (_dir, path, store, conn) = store_and_writer_connection().await;
         let broken = std::sync::Arc::<crate::broken::Broken>::default();
         broken.1.store(true, std::sync::atomic::Ordering::SeqCst);
         let policy = checkpoint::Policy {
