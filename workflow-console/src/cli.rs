@@ -402,6 +402,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             if let Some(key) = key {
                 query = query.key(key);
             }
+            // The table shows no JSON documents; `--json` prints them all.
+            let query = if json { query } else { query.summaries() };
             let page = engine.list(query).await?;
             if json {
                 print_json(out, &serde_json::to_value(&page).unwrap_or(Value::Null))?;

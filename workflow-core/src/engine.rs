@@ -1169,7 +1169,17 @@ impl Engine {
             unreadable: Vec::new(),
             next,
         };
+        let summaries = query.inner.summaries;
         for row in rows {
+            let row = row.map(|mut row| {
+                if summaries {
+                    // As asked, whether or not the store read them.
+                    row.input = "null".to_owned();
+                    row.output = None;
+                    row.state = None;
+                }
+                row
+            });
             match row.and_then(InstanceInfo::try_from) {
                 Ok(info) => page.items.push(info),
                 Err(StoreError::Corrupt { id, message }) => {

@@ -609,6 +609,15 @@ impl Query {
         Self::default()
     }
 
+    /// Without the instances' JSON documents: each item's `input` is
+    /// `null` and its `output` and `state` are `None`, which the store
+    /// then need not read (a page of instances with large payloads reads
+    /// every one of them otherwise). For listings such as the console's.
+    pub fn summaries(mut self) -> Self {
+        self.inner.summaries = true;
+        self
+    }
+
     /// Only this workflow.
     pub fn name(mut self, workflow: impl Into<String>) -> Self {
         self.inner.workflow = Some(workflow.into());

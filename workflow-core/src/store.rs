@@ -391,6 +391,11 @@ pub struct ListQuery {
     pub before: Option<InstanceId>,
     /// At most this many rows.
     pub limit: usize,
+    /// Rows for a listing that shows none of their JSON documents: a store
+    /// may leave `input` as `"null"` and `output` and `state` as `None`
+    /// instead of reading them (a page of instances with large payloads
+    /// costs the payloads otherwise). A store may also ignore it.
+    pub summaries: bool,
 }
 
 /// A storage backend. Implemented by `MemoryStore`, `SqliteStore` and

@@ -814,6 +814,28 @@ async fn list_filters_and_pages(store: impl Store) {
     let page = rows(&store, &all(10)).await;
     assert_eq!(page.len(), 10);
     assert_eq!(page[0].id, ids[24], "newest first");
+    // Summaries: the same rows, each without its documents or as it is.
+    let summaries = rows(
+        &store,
+        &ListQuery {
+            summaries: true,
+            ..all(10)
+        },
+    )
+    .await;
+    assert_eq!(summaries.len(), page.len());
+    for (summary, full) in summaries.iter().zip(&page) {
+        let bare = InstanceRow {
+            input: "null".to_owned(),
+            output: None,
+            state: None,
+            ..full.clone()
+        };
+        assert!(
+            *summary == bare || summary == full,
+            "a summary is the row without its documents, or the row: {summary:?}"
+        );
+    }
     // Paging by cursor is stable under inserts made between pages.
     store.create(new_instance("wf", 99), None).await.unwrap();
     let next = rows(

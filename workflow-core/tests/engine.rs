@@ -2550,3 +2550,23 @@ async fn a_value_over_the_payload_limit_fails_once_naming_it() {
     }
     assert_eq!(BIG_RUNS.load(Ordering::SeqCst), 1, "the step ran once");
 }
+
+/// `Query::summaries` lists the same instances without their documents.
+#[tokio::test]
+async fn summaries_list_instances_without_their_documents() {
+    let engine = one_slot_engine(ProcessOrder).await;
+    let input = OrderInput {
+        order_id: "o-1".into(),
+        quantity: 2,
+    };
+    let started = ProcessOrder::start(&engine, input).await.unwrap();
+    let full = engine.list(Query::new()).await.unwrap();
+    assert_eq!(full.items[0].input["order_id"], "o-1");
+    let bare = engine.list(Query::new().summaries()).await.unwrap();
+    assert_eq!(bare.items.len(), 1);
+    let item = &bare.items[0];
+    assert_eq!(&item.id, started.id());
+    assert_eq!(item.input, serde_json::Value::Null);
+    assert_eq!((item.output.as_ref(), item.state.as_ref()), (None, None));
+    assert_eq!(item.status, full.items[0].status);
+}

@@ -52,7 +52,9 @@ use workflow_core::{Definition, Durability, Error, InstanceId, Status, StoreErro
 
 use crate::ops::{Db, LeaseAsk};
 use crate::retry::retrying;
-use crate::rows::{event_row, instance_row, step_row, tail_total, COLUMNS, STEP_COLUMNS};
+use crate::rows::{
+    event_row, instance_row, step_row, tail_total, COLUMNS, STEP_COLUMNS, SUMMARY_COLUMNS,
+};
 
 /// The schema a store uses when none is given.
 pub const DEFAULT_SCHEMA: &str = "workflow";
@@ -689,8 +691,13 @@ impl Store for PgStore {
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<Listed>, StoreError> {
         let build = || {
+            let columns = if q.summaries {
+                SUMMARY_COLUMNS
+            } else {
+                COLUMNS
+            };
             let mut sql: QueryBuilder<Postgres> =
-                QueryBuilder::new(format!("SELECT {COLUMNS} FROM instances WHERE TRUE"));
+                QueryBuilder::new(format!("SELECT {columns} FROM instances WHERE TRUE"));
             if let Some(workflow) = &q.workflow {
                 sql.push(" AND workflow = ").push_bind(workflow.clone());
             }
@@ -885,14 +892,29 @@ mod tests {
     use super::*;
     use sqlx::Connection;
 
+    /// The test server's URL, or `None` after saying the test is skipped
+    /// (on stderr itself: the harness swallows `eprintln!` of a passing test).
+    fn test_url() -> Option<String> {
+        match std::env::var("WORKFLOW_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "workflow-postgres unit test skipped: WORKFLOW_TEST_POSTGRES_URL not set"
+                );
+                None
+            }
+        }
+    }
+
     /// A create run again after an attempt whose commit may have landed
     /// (the connection lost during COMMIT) finds that commit's instance by
     /// the id it minted and returns it as created: no second instance, no
     /// second `created` event.
     #[tokio::test]
     async fn a_create_run_again_finds_its_own_commit() {
-        let Ok(url) = std::env::var("WORKFLOW_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: WORKFLOW_TEST_POSTGRES_URL not set");
+        let Some(url) = test_url() else {
             return;
         };
         let schema = format!("t_again_{}", std::process::id());
@@ -923,12 +945,43 @@ mod tests {
             .unwrap();
     }
 
+    /// Summaries leave the documents unread.
+    #[tokio::test]
+    async fn summaries_leave_the_documents_unread() {
+        let Some(url) = test_url() else {
+            return;
+        };
+        let schema = format!("t_summaries_{}", std::process::id());
+        let store = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
+            .await
+            .unwrap();
+        for n in 0..4 {
+            let new = workflow_core::testing::new_instance("wf", n);
+            store.create(new, None).await.unwrap();
+        }
+        // Summaries leave the documents unread.
+        let q = ListQuery {
+            limit: 10,
+            summaries: true,
+            ..ListQuery::default()
+        };
+        let listed = store.list(&q).await.unwrap();
+        assert_eq!(listed.len(), 4);
+        assert!(listed.iter().all(|r| r
+            .as_ref()
+            .is_ok_and(|r| r.input == "null" && r.state.is_none())));
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+
     /// A durable store sets `synchronous_commit` back on where the server
     /// (here the database) turned it off; a relaxed one leaves it off.
     #[tokio::test]
     async fn a_durable_store_commits_synchronously_whatever_the_server_says() {
-        let Ok(url) = std::env::var("WORKFLOW_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: WORKFLOW_TEST_POSTGRES_URL not set");
+        let Some(url) = test_url() else {
             return;
         };
         let database = format!("wf_async_{}", std::process::id());

@@ -15,6 +15,13 @@ pub(crate) const COLUMNS: &str =
      created_at, updated_at, started_at, finished_at, run_at, deadline_at, runs, parent_id, \
      wait_event, wait_child, retry_key, retry_attempts, pause_requested";
 
+/// [`COLUMNS`] without the JSON documents (`ListQuery::summaries`).
+pub(crate) const SUMMARY_COLUMNS: &str =
+    "id, workflow, status, 'null'::text AS input, NULL::text AS output, error, NULL::text AS state, \
+     tags::text AS tags, dedup_key, \
+     created_at, updated_at, started_at, finished_at, run_at, deadline_at, runs, parent_id, \
+     wait_event, wait_child, retry_key, retry_attempts, pause_requested";
+
 /// The columns `step_row` reads.
 pub(crate) const STEP_COLUMNS: &str =
     "key, output, error, state, attempts, started_at, finished_at";

@@ -40,7 +40,7 @@ use workflow_core::store::*;
 use workflow_core::{Definition, Durability, Error, InstanceId, Status, StoreError};
 
 use crate::checkpoint::Checkpointer;
-use crate::rows::{backend, instance_row, step_row, COLUMNS};
+use crate::rows::{backend, instance_row, step_row, COLUMNS, SUMMARY_COLUMNS};
 use crate::writer::{Op, Reply, Writer};
 
 /// How a [`SqliteStore`] opens its file.
@@ -263,7 +263,12 @@ fn list_query(prefix: &str, q: &ListQuery) -> QueryBuilder<Sqlite> {
         if n > 0 {
             sql.push(" UNION ALL ");
         }
-        sql.push(format!("SELECT {COLUMNS} FROM instances WHERE 1 = 1"));
+        let columns = if q.summaries {
+            SUMMARY_COLUMNS
+        } else {
+            COLUMNS
+        };
+        sql.push(format!("SELECT {columns} FROM instances WHERE 1 = 1"));
         if let Some(status) = status {
             sql.push(" AND status = ").push_bind(status);
         }
@@ -1568,6 +1573,26 @@ mod tests {
         let err = store.get(&bad_id).await.unwrap_err();
         assert!(err.to_string().contains("corrupt row"), "{err}");
         assert_eq!(status_of(&store, &bad_id).await, "failed");
+    }
+
+    /// Summaries leave the documents unread.
+    #[tokio::test]
+    async fn summaries_leave_the_documents_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("s.db")).await.unwrap();
+        store
+            .create(workflow_core::testing::new_instance("wf", 1), None)
+            .await
+            .unwrap();
+        let q = ListQuery {
+            limit: 10,
+            summaries: true,
+            ..ListQuery::default()
+        };
+        let listed = store.list(&q).await.unwrap();
+        let row = listed[0].as_ref().unwrap();
+        assert_eq!(row.input, "null");
+        assert_eq!((row.output.as_ref(), row.state.as_ref()), (None, None));
     }
 
     /// A healthy store on a new file, and a second connection to it for a

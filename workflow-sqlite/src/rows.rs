@@ -14,6 +14,12 @@ pub(crate) const COLUMNS: &str =
      created_at, updated_at, started_at, finished_at, run_at, deadline_at, runs, parent_id, \
      wait_event, wait_child, retry_key, retry_attempts, pause_requested";
 
+/// [`COLUMNS`] without the JSON documents (`ListQuery::summaries`).
+pub(crate) const SUMMARY_COLUMNS: &str =
+    "id, workflow, status, 'null' AS input, NULL AS output, error, NULL AS state, tags, dedup_key, \
+     created_at, updated_at, started_at, finished_at, run_at, deadline_at, runs, parent_id, \
+     wait_event, wait_child, retry_key, retry_attempts, pause_requested";
+
 pub(crate) fn backend(err: sqlx::Error) -> StoreError {
     StoreError::backend(err)
 }
