@@ -331,10 +331,14 @@ impl EngineBuilder {
         self
     }
 
-    /// The most bytes of JSON a step's output, a state snapshot or a
-    /// workflow's output may take (default [`DEFAULT_MAX_PAYLOAD`],
-    /// 256 MiB). A larger one fails its step, or its instance, with
-    /// [`Error::PayloadTooLarge`] and is not retried. Both SQL stores
+    /// The most bytes of JSON a step's output, a state snapshot, a
+    /// workflow's output or a workflow's input may take (default
+    /// [`DEFAULT_MAX_PAYLOAD`], 256 MiB), checked before anything is
+    /// written: a larger step output or state gives the step
+    /// [`Error::PayloadTooLarge`] (not retried; the handler may handle it),
+    /// a larger output fails the instance, a larger input fails the start
+    /// (of a child too), and a state still too large when the handler ends
+    /// is not saved (a warning says so). Both SQL stores
     /// refuse values near 1 GB, and a write refused by the store would
     /// release the run to be retried, running its step again each time;
     /// far smaller values already hold the store's single writer for a
@@ -659,8 +663,31 @@ impl std::fmt::Debug for EngineBuilder {
     }
 }
 
-/// `url` with any password replaced by `***`.
+/// `url` with any password replaced by `***`: the user information's,
+/// and a `password=` query parameter's.
 fn redact_password(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
+    };
+    let mut shown = redact_user_info(url);
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&params.join("&"));
+    }
+    shown
+}
+
+/// `url` (without its query) with the password of its user information
+/// replaced by `***`.
+fn redact_user_info(url: &str) -> String {
     // scheme://user:password@host...: the password ends at the last `@`
     // before the path.
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -747,7 +774,7 @@ impl Engine {
         options: StartOptions,
         dedup: Option<Vec<Status>>,
     ) -> Result<(InstanceId, bool)> {
-        let input = json_input::<W>(&input)?;
+        let input = encode_input::<W>(&input, "workflow", self.inner.config.max_payload)?;
         self.check_runnable(W::NAME).await?;
         self.create_raw(W::NAME, W::TIMEOUT, input, options, dedup)
             .await
@@ -787,7 +814,7 @@ impl Engine {
         let (run_at, deadline_at) = options.due(now, W::TIMEOUT);
         let mut new = Vec::with_capacity(inputs.len());
         for input in inputs {
-            let input = json_input::<W>(&input)?;
+            let input = encode_input::<W>(&input, "workflow", self.inner.config.max_payload)?;
             new.push(NewInstance {
                 id: InstanceId::at(now),
                 workflow: W::NAME.to_owned(),
@@ -1375,16 +1402,20 @@ impl Drop for FinishWatch<'_> {
 }
 
 fn json_input<W: Workflow>(input: &W::Input) -> Result<String> {
-    encode_input::<W>(input, "workflow")
+    encode_input::<W>(input, "workflow", usize::MAX)
 }
 
 /// `input` as the JSON its handler will read, checked to read back (see
 /// [`json_round_trip`](crate::error::json_round_trip)): refused at the
-/// start, not failed later in a worker. `what` names the kind of workflow.
-pub(crate) fn encode_input<W: Workflow>(input: &W::Input, what: &str) -> Result<String> {
-    let (json, _) = crate::error::json_round_trip(input, usize::MAX, || {
-        format!("input of {what} `{}`", W::NAME)
-    })?;
+/// start, not failed later in a worker. `what` names the kind of workflow;
+/// `max` is the most bytes it may take.
+pub(crate) fn encode_input<W: Workflow>(
+    input: &W::Input,
+    what: &str,
+    max: usize,
+) -> Result<String> {
+    let (json, _) =
+        crate::error::json_round_trip(input, max, || format!("input of {what} `{}`", W::NAME))?;
     Ok(json)
 }
 
@@ -1435,6 +1466,10 @@ mod tests {
             "postgres://app@db/jobs"
         );
         assert_eq!(redact_password("sqlite://a@b.db"), "sqlite://a@b.db");
+        assert_eq!(
+            redact_password("postgres://u@h/d?sslmode=require&password=hunter2"),
+            "postgres://u@h/d?sslmode=require&password=***"
+        );
         let shown = format!(
             "{:?}",
             EngineBuilder::new().database_url("postgres://u:hunter2@h/d")

@@ -208,7 +208,10 @@ where
 
     async fn create_child<W: Workflow>(&self, key: String, input: W::Input) -> Result<InstanceId> {
         let run = self.run();
-        let input = crate::engine::encode_input::<W>(&input, "child workflow")?;
+        // Within the limit: a create the store refused would release this
+        // run to fail the same way again and again.
+        let input =
+            crate::engine::encode_input::<W>(&input, "child workflow", self.run().max_payload())?;
         let parent = run.id.clone();
         let store = std::sync::Arc::clone(&run.store);
         let dedup_key = format!("{parent}/{key}");

@@ -424,12 +424,11 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     // No lease this worker holds ends before this: the end of the last
     // renewal that succeeded (claims made since end later).
     let mut held_until = crate::store::millis_after(now_millis(), inner.config.lease);
-    // Instances claimed ahead at the last tick.
-    let mut waiting: HashSet<InstanceId> = HashSet::new();
+    // Claims ahead (instance, run) still waiting at the last tick.
+    let mut waiting: HashSet<(InstanceId, i64)> = HashSet::new();
     loop {
         tokio::time::sleep(every).await;
         ticks += 1;
-        waiting = hand_back_waiting(&w, &waiting).await;
         let runs: Vec<Arc<RunShared>> = lock(&w.running).values().cloned().collect();
         // Taken before the store is read: see `RunShared::pause_as_stored`
         // and `RunShared::deadline_as_stored`.
@@ -471,6 +470,9 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                 }
             }
         }
+        // After the renewal, and without waiting for the store: the
+        // leases of running handlers must not wait behind hand-backs.
+        waiting = hand_back_waiting(&w, &waiting);
         if ticks.is_multiple_of(3) {
             reap_dead_owners(&w).await;
         }
@@ -483,30 +485,44 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
 /// another process, should run them now rather than this one later (a
 /// woken sleeper, a delivered event would otherwise wait behind long
 /// steps, their deadlines running). Returns what waits now.
-async fn hand_back_waiting(w: &WorkerShared, waiting: &HashSet<InstanceId>) -> HashSet<InstanceId> {
-    let stale: Vec<Claimed> = {
-        let mut ready = lock(&w.ready);
-        let (stale, kept): (VecDeque<Claimed>, VecDeque<Claimed>) = std::mem::take(&mut *ready)
-            .into_iter()
-            .partition(|c| waiting.contains(&c.row.id));
-        *ready = kept;
-        stale.into()
-    };
+///
+/// The releases run on a task of their own: a store that hangs must not
+/// hold up the heartbeat, whose renewals keep the running handlers' leases.
+fn hand_back_waiting(
+    w: &WorkerShared,
+    waiting: &HashSet<(InstanceId, i64)>,
+) -> HashSet<(InstanceId, i64)> {
+    let key = |c: &Claimed| (c.row.id.clone(), c.lease.run);
+    let mut ready = lock(&w.ready);
+    let (stale, kept): (VecDeque<Claimed>, VecDeque<Claimed>) = std::mem::take(&mut *ready)
+        .into_iter()
+        .partition(|c| waiting.contains(&key(c)));
+    *ready = kept;
+    let now_waiting = ready.iter().map(key).collect();
+    drop(ready);
     if !stale.is_empty() {
         w.ahead_held_back.store(true, Ordering::Relaxed);
         tracing::debug!(
             count = stale.len(),
             "handing back instances claimed ahead: every slot stayed busy"
         );
-        let store = &w.engine.inner.store;
-        for c in &stale {
-            if let Err(err) = store.release(&c.lease, now_millis()).await {
-                tracing::warn!(id = %c.row.id, error = %err, "handing back a claimed instance failed; it resumes when its lease expires");
+        let engine = w.engine.clone();
+        tokio::spawn(async move {
+            let store = &engine.inner.store;
+            for c in stale {
+                match store.release(&c.lease, now_millis()).await {
+                    Ok(()) => {}
+                    // Cancelled, or taken over, meanwhile: nothing to hand back.
+                    Err(StoreError::LeaseLost(_)) => {}
+                    Err(err) => {
+                        tracing::warn!(id = %c.row.id, error = %err, "handing back a claimed instance failed; it resumes when its lease expires");
+                    }
+                }
             }
-        }
-        w.engine.inner.wake.notify_waiters();
+            engine.inner.wake.notify_waiters();
+        });
     }
-    lock(&w.ready).iter().map(|c| c.row.id.clone()).collect()
+    now_waiting
 }
 
 /// The store could not be reached for a whole lease: another worker may

@@ -2478,6 +2478,21 @@ enum Big {
     StepOutput,
     State,
     Output,
+    ChildInput,
+}
+
+/// Returns its input.
+struct Echo;
+
+impl Workflow for Echo {
+    type Input = String;
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "echo";
+
+    async fn run(&self, _ctx: Ctx, text: String) -> Result<String, BoxError> {
+        Ok(text)
+    }
 }
 
 #[derive(Default, Serialize, Deserialize, JsonSchema)]
@@ -2512,6 +2527,7 @@ impl Workflow for TooBig {
                 Ok("saved".into())
             }
             Big::Output => Ok(large),
+            Big::ChildInput => Ok(ctx.run_child::<Echo>("child", large).await?),
         }
     }
 }
@@ -2524,6 +2540,7 @@ async fn a_value_over_the_payload_limit_fails_once_naming_it() {
     let engine = EngineBuilder::new()
         .store(MemoryStore::new())
         .register(TooBig)
+        .register(Echo)
         .max_payload_bytes(1_000)
         .poll_interval(Duration::from_millis(20))
         .build()
@@ -2534,6 +2551,7 @@ async fn a_value_over_the_payload_limit_fails_once_naming_it() {
         (Big::StepOutput, "output of step `export`"),
         (Big::State, "state of workflow `tooBig`"),
         (Big::Output, "output of workflow `tooBig`"),
+        (Big::ChildInput, "input of child workflow `echo`"),
     ] {
         let instance = TooBig::start(&engine, big).await.unwrap();
         let err = instance

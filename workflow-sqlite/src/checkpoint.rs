@@ -220,7 +220,7 @@ fn checkpoint(conn: &Connection, broken: &Broken) -> rusqlite::Result<(i64, i64)
     #[cfg(not(test))]
     let done = run_checkpoint(conn);
     if let Err(rusqlite::Error::SqliteFailure(e, message)) = &done {
-        if e.code == ErrorCode::SystemIoFailure && !broken.is_broken() {
+        if loses_pages(e) && !broken.is_broken() {
             let why = format!(
                 "a WAL checkpoint failed to write the database file: {}",
                 message.as_deref().unwrap_or("disk I/O error")
@@ -230,6 +230,26 @@ fn checkpoint(conn: &Connection, broken: &Broken) -> rusqlite::Result<(i64, i64)
         }
     }
     done
+}
+
+/// Whether a checkpoint's error may have lost pages it wrote: a failed
+/// read, write, fsync or truncate, or an I/O error SQLite does not name.
+/// Not the I/O codes of locks, shared memory or allocation, which lose
+/// nothing and pass.
+fn loses_pages(e: &rusqlite::ffi::Error) -> bool {
+    use rusqlite::ffi;
+    e.code == ErrorCode::SystemIoFailure
+        && matches!(
+            e.extended_code,
+            ffi::SQLITE_IOERR
+                | ffi::SQLITE_IOERR_READ
+                | ffi::SQLITE_IOERR_SHORT_READ
+                | ffi::SQLITE_IOERR_WRITE
+                | ffi::SQLITE_IOERR_FSYNC
+                | ffi::SQLITE_IOERR_DIR_FSYNC
+                | ffi::SQLITE_IOERR_TRUNCATE
+                | ffi::SQLITE_IOERR_DATA
+        )
 }
 
 fn run_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
@@ -263,6 +283,26 @@ fn checkpoint_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_io_errors_that_may_lose_pages_break_the_store() {
+        use rusqlite::ffi;
+        for code in [
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_IOERR,
+        ] {
+            assert!(loses_pages(&ffi::Error::new(code)), "{code}");
+        }
+        for code in [
+            ffi::SQLITE_IOERR_NOMEM,
+            ffi::SQLITE_IOERR_SHMMAP,
+            ffi::SQLITE_IOERR_LOCK,
+            ffi::SQLITE_BUSY,
+        ] {
+            assert!(!loses_pages(&ffi::Error::new(code)), "{code}");
+        }
+    }
 
     const PAGE: u64 = 4_096;
     /// A WAL frame: a page and its 24-byte header.

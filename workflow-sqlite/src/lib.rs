@@ -226,9 +226,12 @@ impl SqliteStore {
             .map_err(Opening::from_sqlx)?;
         drop(conn);
         let writer = open_writer(connect, options)?;
+        // Read-only: a reader that happens to close last must not
+        // checkpoint the WAL away behind the writer's back (after a
+        // failed fsync, the WAL holds the only good copy of some pages).
         let read = SqlitePoolOptions::new()
             .max_connections(options.readers)
-            .connect_with(connect.clone())
+            .connect_with(connect.clone().read_only(true))
             .await
             .map_err(Opening::from_sqlx)?;
         Ok(SqliteStore { read, writer })
@@ -236,8 +239,11 @@ impl SqliteStore {
 
     /// Closes the connections; pending writes finish first.
     pub async fn close(&self) {
-        self.writer.close().await;
+        // The readers first, so the writer's connection closes last and
+        // decides whether the WAL is checkpointed away (not after a failed
+        // fsync; read-only, the readers could not anyway).
         self.read.close().await;
+        self.writer.close().await;
     }
 
     async fn write(&self, op: Op) -> Result<Reply, StoreError> {
@@ -1387,7 +1393,7 @@ mod tests {
         // Another process's worker takes the instance over.
         sqlx::query("UPDATE instances SET lease_owner = 'b', runs = runs + 1 WHERE id = ?")
             .bind(lease.instance.as_str())
-            .execute(&store.read)
+            .execute(&mut outside(&store).await)
             .await
             .unwrap();
         let err = store.commit_step(&lease, step("two")).await.unwrap_err();
@@ -1409,11 +1415,22 @@ mod tests {
         }
     }
 
+    /// A connection that writes to the store's file from outside it (the
+    /// store's readers are read-only), as another process would.
+    async fn outside(store: &SqliteStore) -> sqlx::SqliteConnection {
+        (*store.read.connect_options())
+            .clone()
+            .read_only(false)
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// Runs `sql` (with `?1` bound to `id`) on the store's file from outside.
     async fn corrupt(store: &SqliteStore, sql: &str, id: &InstanceId) {
         sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
             .bind(id.as_str())
-            .execute(&store.read)
+            .execute(&mut outside(store).await)
             .await
             .unwrap();
     }
@@ -1745,10 +1762,12 @@ mod tests {
         let lease = store.claim(claim_due("w", 1)).await.unwrap()[0]
             .lease
             .clone();
-        let set_seq = |last: i64| {
+        let mut other = outside(&store).await;
+        let mut set_seq = async |last: i64| {
             sqlx::query("UPDATE history_seq SET last = ?1")
                 .bind(last)
-                .execute(&store.read)
+                .execute(&mut other)
+                .await
         };
         set_seq(i64::MAX).await.unwrap();
         let err = store.commit_step(&lease, step("one")).await.unwrap_err();

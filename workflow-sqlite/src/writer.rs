@@ -744,11 +744,9 @@ fn run(
                 // (The commits whose fsync failed reached the WAL before:
                 // after a restart without a power cut they are often there
                 // although their callers heard "failed", as with any write
-                // whose outcome a crash hid.) Nor does closing the
-                // connection checkpoint: the WAL stays whole for recovery.
+                // whose outcome a crash hid.)
                 open = None;
                 rollback(&session);
-                let _ = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
                 jobs.drain(..).for_each(|job| answer(job, Err(&why)));
                 continue;
             }
@@ -807,6 +805,11 @@ fn run(
     drop(flusher);
     // Statements first: a connection closes only once they are finalized.
     drop(session);
+    if broken.is_broken() {
+        // The last connection to close checkpoints and deletes the WAL:
+        // not after a failed fsync, whose lost pages only the WAL holds.
+        let _ = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+    }
     drop(conn);
     if let Some(Some(done)) = closing {
         let _ = done.send(());
