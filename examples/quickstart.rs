@@ -143,7 +143,8 @@ async fn main() -> workflow::Result<()> {
     for event in welcome.history().await? {
         let step = event.step.as_deref().unwrap_or("");
         let detail = event.message.as_deref().unwrap_or("");
-        println!("  {:<15} {step:<8} {detail}", event.kind);
+        let line = format!("  {:<15} {step:<8} {detail}", event.kind);
+        println!("{}", line.trim_end());
     }
 
     let counts = engine.counts(None).await?;
