@@ -91,6 +91,15 @@ impl<S: Serialize + DeserializeOwned> StateCell<S> {
         })?;
         Ok(Some(json))
     }
+
+    /// As `take_dirty`, when the handler has ended: a state that cannot be
+    /// saved is left out of the outcome, with a warning.
+    fn take_at_end(&self) -> Option<String> {
+        self.take_dirty().unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "final state not persisted");
+            None
+        })
+    }
 }
 
 /// The state to record with an outcome given by `ctx.complete` or
@@ -828,14 +837,7 @@ where
             context: what(),
             source,
         })?;
-        let max = self.inner.run.max_payload();
-        if json.len() > max {
-            return Err(Error::PayloadTooLarge {
-                what: what(),
-                bytes: json.len(),
-                max,
-            });
-        }
+        crate::error::within(&json, self.inner.run.max_payload(), what)?;
         self.inner.run.interrupt(
             Interrupt::Completed,
             Settlement::Ended {
@@ -868,12 +870,12 @@ where
     /// The state to record with `ctx.complete`'s or `ctx.fail`'s outcome.
     fn final_state(&self) -> FinalState {
         let cell = Arc::clone(&self.inner.state);
-        FinalState(Arc::new(move || {
-            cell.take_dirty().unwrap_or_else(|err| {
-                tracing::warn!(error = %err, "final state not persisted");
-                None
-            })
-        }))
+        FinalState(Arc::new(move || cell.take_at_end()))
+    }
+
+    /// The state to record with the outcome of a handler that returned.
+    pub(crate) fn state_at_end(&self) -> Option<String> {
+        self.inner.state.take_at_end()
     }
 
     /// Records a step. The journal is not updated: keys never repeat within

@@ -274,6 +274,17 @@ where
         context: context(),
         source,
     })?;
+    within(&json, max, &context)?;
+    let back = serde_json::from_str(&json).map_err(|source| Error::Json {
+        context: format!("{} does not read back from JSON as {json}", context()),
+        source,
+    })?;
+    Ok((json, back))
+}
+
+/// `json` if it takes at most `max` bytes, else [`Error::PayloadTooLarge`]
+/// naming it by `context`.
+pub(crate) fn within(json: &str, max: usize, context: impl Fn() -> String) -> Result<()> {
     if json.len() > max {
         return Err(Error::PayloadTooLarge {
             what: context(),
@@ -281,11 +292,7 @@ where
             max,
         });
     }
-    let back = serde_json::from_str(&json).map_err(|source| Error::Json {
-        context: format!("{} does not read back from JSON as {json}", context()),
-        source,
-    })?;
-    Ok((json, back))
+    Ok(())
 }
 
 fn describe_step_name(workflow: &str, name: &str, reserved: Option<char>) -> String {

@@ -277,11 +277,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             }
         }
         let ready: Vec<Claimed> = lock(&w.ready).drain(..).collect();
-        for c in ready {
-            if let Err(err) = inner.store.release(&c.lease, now_millis()).await {
-                tracing::warn!(id = %c.row.id, error = %err, "handing back a claimed instance failed; it resumes when its lease expires");
-            }
-        }
+        hand_back(&w.engine, ready).await;
         drain(&w, &mut runs).await;
         heartbeat.abort();
         scheduler.abort();
@@ -508,21 +504,25 @@ fn hand_back_waiting(
         );
         let engine = w.engine.clone();
         tokio::spawn(async move {
-            let store = &engine.inner.store;
-            for c in stale {
-                match store.release(&c.lease, now_millis()).await {
-                    Ok(()) => {}
-                    // Cancelled, or taken over, meanwhile: nothing to hand back.
-                    Err(StoreError::LeaseLost(_)) => {}
-                    Err(err) => {
-                        tracing::warn!(id = %c.row.id, error = %err, "handing back a claimed instance failed; it resumes when its lease expires");
-                    }
-                }
-            }
+            hand_back(&engine, stale).await;
             engine.inner.wake.notify_waiters();
         });
     }
     now_waiting
+}
+
+/// Gives instances claimed ahead back to the store, for any worker to take.
+async fn hand_back(engine: &Engine, claimed: impl IntoIterator<Item = Claimed>) {
+    for c in claimed {
+        match engine.inner.store.release(&c.lease, now_millis()).await {
+            Ok(()) => {}
+            // Cancelled, or taken over, meanwhile: nothing to hand back.
+            Err(StoreError::LeaseLost(_)) => {}
+            Err(err) => {
+                tracing::warn!(id = %c.row.id, error = %err, "handing back a claimed instance failed; it resumes when its lease expires");
+            }
+        }
+    }
 }
 
 /// The store could not be reached for a whole lease: another worker may

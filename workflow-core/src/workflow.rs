@@ -337,10 +337,7 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
                 }
                 Err(err) => Err(error_chain(&*err)),
             };
-            let state = ctx.dirty_state().unwrap_or_else(|err| {
-                tracing::warn!(error = %err, "final state not persisted");
-                None
-            });
+            let state = ctx.state_at_end();
             HandlerEnd { result, state }
         })
     }

@@ -892,6 +892,23 @@ mod tests {
     use super::*;
     use sqlx::Connection;
 
+    /// A store on a schema of its own, named after `tag`.
+    async fn store_in_fresh_schema(url: &str, tag: &str) -> (PgStore, String) {
+        let schema = format!("t_{tag}_{}", std::process::id());
+        let store = PgStore::connect_with(url, PgOptions::new().schema(&schema).listen(false))
+            .await
+            .unwrap();
+        (store, schema)
+    }
+
+    async fn drop_schema(url: &str, schema: &str) {
+        let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+
     /// The test server's URL, or `None` after saying the test is skipped
     /// (on stderr itself: the harness swallows `eprintln!` of a passing test).
     fn test_url() -> Option<String> {
@@ -917,10 +934,7 @@ mod tests {
         let Some(url) = test_url() else {
             return;
         };
-        let schema = format!("t_again_{}", std::process::id());
-        let store = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
-            .await
-            .unwrap();
+        let (store, schema) = store_in_fresh_schema(&url, "again").await;
         let new = workflow_core::testing::new_instance("wf", 1);
         let first = store.db.create(&new, None, false).await.unwrap().unwrap();
         let again = store.db.create(&new, None, true).await.unwrap().unwrap();
@@ -938,11 +952,7 @@ mod tests {
         assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 4);
         let events = store.history(&new.id).await.unwrap();
         assert_eq!(events.iter().filter(|e| e.kind == "created").count(), 1);
-        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        drop_schema(&url, &schema).await;
     }
 
     /// Summaries leave the documents unread.
@@ -951,15 +961,11 @@ mod tests {
         let Some(url) = test_url() else {
             return;
         };
-        let schema = format!("t_summaries_{}", std::process::id());
-        let store = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
-            .await
-            .unwrap();
+        let (store, schema) = store_in_fresh_schema(&url, "summaries").await;
         for n in 0..4 {
             let new = workflow_core::testing::new_instance("wf", n);
             store.create(new, None).await.unwrap();
         }
-        // Summaries leave the documents unread.
         let q = ListQuery {
             limit: 10,
             summaries: true,
@@ -970,11 +976,7 @@ mod tests {
         assert!(listed.iter().all(|r| r
             .as_ref()
             .is_ok_and(|r| r.input == "null" && r.state.is_none())));
-        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        drop_schema(&url, &schema).await;
     }
 
     /// A durable store sets `synchronous_commit` back on where the server

@@ -286,6 +286,22 @@ mod tests {
         Job::with_result(Op::Renew(Vec::new(), 0), Reply::Count(7))
     }
 
+    /// A flusher of `wal` whose writer's queue is `wake`, with a store
+    /// not broken yet.
+    fn flusher(
+        wal: File,
+        wake: &tokio::sync::mpsc::UnboundedSender<Msg>,
+        horizon: &Arc<Horizon>,
+    ) -> Flusher {
+        Flusher::spawn(
+            wal,
+            wake.downgrade(),
+            Arc::clone(horizon),
+            Default::default(),
+        )
+        .unwrap()
+    }
+
     fn pipe_file() -> File {
         let (_reader, writer) = std::io::pipe().unwrap();
         File::from(std::os::fd::OwnedFd::from(writer))
@@ -296,13 +312,7 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         let (wake, mut woken) = unbounded_channel();
         let horizon = Arc::<Horizon>::default();
-        let mut flusher = Flusher::spawn(
-            file,
-            wake.downgrade(),
-            Arc::clone(&horizon),
-            Default::default(),
-        )
-        .unwrap();
+        let mut flusher = flusher(file, &wake, &horizon);
         assert!(horizon.settled());
         let (a, a_rx) = job();
         let (b, b_rx) = job();
@@ -335,13 +345,7 @@ mod tests {
     fn a_failed_fsync_fails_every_write_of_its_batch() {
         let (wake, _woken) = unbounded_channel();
         let horizon = Arc::<Horizon>::default();
-        let mut flusher = Flusher::spawn(
-            pipe_file(),
-            wake.downgrade(),
-            Arc::clone(&horizon),
-            Default::default(),
-        )
-        .unwrap();
+        let mut flusher = flusher(pipe_file(), &wake, &horizon);
         let (a, a_rx) = job();
         let (b, b_rx) = job();
         horizon.committing(1);
@@ -370,13 +374,7 @@ mod tests {
     fn no_fsync_is_trusted_after_one_failed() {
         let (wake, _woken) = unbounded_channel();
         let horizon = Arc::<Horizon>::default();
-        let mut flusher = Flusher::spawn(
-            pipe_file(),
-            wake.downgrade(),
-            Arc::clone(&horizon),
-            Default::default(),
-        )
-        .unwrap();
+        let mut flusher = flusher(pipe_file(), &wake, &horizon);
         let (a, a_rx) = job();
         horizon.committing(1);
         flusher.flush(vec![a], 1);
@@ -400,13 +398,7 @@ mod tests {
     #[test]
     fn dropping_the_flusher_answers_what_it_holds() {
         let (wake, _woken) = unbounded_channel();
-        let mut flusher = Flusher::spawn(
-            tempfile::tempfile().unwrap(),
-            wake.downgrade(),
-            Arc::default(),
-            Arc::default(),
-        )
-        .unwrap();
+        let mut flusher = flusher(tempfile::tempfile().unwrap(), &wake, &Arc::default());
         let receivers: Vec<_> = (0..10)
             .map(|_| {
                 let (j, rx) = job();
