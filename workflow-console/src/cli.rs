@@ -859,8 +859,25 @@ fn print_json(out: &mut (dyn Write + Send), value: &Value) -> std::io::Result<()
     writeln!(out, "{}", pretty(value))
 }
 
+/// `value` as indented JSON, with DEL and the C1 controls written as
+/// `\u007f`..`\u009f`: serde_json leaves them raw (JSON allows them), and
+/// the terminal guard on the output would otherwise rewrite them into
+/// escapes no JSON parser reads. Outside strings JSON holds only ASCII, so
+/// every one replaced is inside a string.
 fn pretty(value: &Value) -> String {
-    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    let json = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    if !json.contains(|c| ('\u{7f}'..='\u{9f}').contains(&c)) {
+        return json;
+    }
+    let mut escaped = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if ('\u{7f}'..='\u{9f}').contains(&c) {
+            escaped.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }
 
 fn indent(text: &str) -> String {
@@ -971,6 +988,26 @@ mod tests {
         );
         let c1 = escape_controls("a\u{9b}2J".as_bytes()).unwrap();
         assert_eq!(String::from_utf8(c1).unwrap(), "a\\u{9b}2J");
+    }
+
+    /// `--json` stays JSON whatever a string holds, and shows no control
+    /// character raw.
+    #[test]
+    fn json_output_escapes_every_control_character() {
+        let value = json!({ "key": "a\u{7f}b\u{93}c\u{1b}d\u{e9}" });
+        let mut out = Vec::new();
+        let mut guarded = UntilClosed {
+            out: &mut out,
+            closed: false,
+        };
+        print_json(&mut guarded, &value).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            value,
+            "{text}"
+        );
+        assert!(!text.contains(['\u{7f}', '\u{93}', '\u{1b}']), "{text}");
     }
 
     #[test]
