@@ -28,10 +28,11 @@ use crate::page;
 pub(crate) struct AppState {
     pub engine: Engine,
     pub token: Option<Arc<str>>,
-    /// Only `localhost`-style `Host` headers are served (the server listens on
-    /// a loopback address): a web page on another site that points its own
-    /// host name at 127.0.0.1 (DNS rebinding) is refused.
-    pub loopback_hosts: bool,
+    /// When set, only `Host` headers naming a loopback host or one of these
+    /// (lowercase, without port) are served: a web page on another site
+    /// that points its own host name at this server (DNS rebinding) is
+    /// refused. Set on loopback and whenever there is no token.
+    pub hosts: Option<Arc<[String]>>,
     pub overview_cache: Arc<OverviewCache>,
 }
 
@@ -182,24 +183,42 @@ pub(crate) fn router(state: AppState) -> Router {
 
 // ------------------------------------------------------------------ checks
 
-/// Refuses requests addressed to a host name other than the loopback ones
-/// when the console listens on loopback.
+/// Refuses requests addressed to a host name the console does not answer
+/// to (see [`AppState::hosts`]).
 async fn host_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if state.loopback_hosts {
+    if let Some(allowed) = &state.hosts {
         let host = req
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        if !is_loopback_host(host) {
+        if !host_allowed(allowed, host) {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
-                format!("host `{host}` is not allowed: the console listens on loopback; open it as http://127.0.0.1:PORT or http://localhost:PORT"),
+                format!(
+                    "host `{host}` is not allowed: the console answers loopback host names \
+                     (http://127.0.0.1:PORT, http://localhost:PORT){}; name it with \
+                     Console::allowed_hosts (CLI: --allow-host), or set a token",
+                    if allowed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and {}", allowed.join(", "))
+                    }
+                ),
             )
             .into_response();
         }
     }
     next.run(req).await
+}
+
+/// Whether `host` (a `Host` header, or an origin's host) is a loopback name
+/// or one of `allowed`.
+fn host_allowed(allowed: &[String], host: &str) -> bool {
+    is_loopback_host(host)
+        || allowed
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case(host_name(host)))
 }
 
 /// Token, method, content type and origin checks for the API.
@@ -215,7 +234,8 @@ async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> R
     }
     let change = req.method() != Method::GET && req.method() != Method::HEAD;
     if change {
-        if let Err(err) = same_origin_change(req.method(), req.headers()) {
+        let allowed = state.hosts.as_deref().unwrap_or(&[]);
+        if let Err(err) = same_origin_change(req.method(), req.headers(), allowed) {
             return err.into_response();
         }
     }
@@ -253,8 +273,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// A change must be a POST with a JSON body (which a cross-site HTML form
 /// cannot send, and a cross-site script cannot send without a CORS
 /// preflight this server never grants), and must not come from another site
-/// according to `Sec-Fetch-Site` or `Origin`.
-fn same_origin_change(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+/// according to `Sec-Fetch-Site`, which the browser sets and no page can.
+/// Only a browser that does not send it has `Origin` checked, against the
+/// `Host` header or the `allowed` host names: behind a reverse proxy that
+/// rewrites `Host`, the two differ for the console's own page.
+fn same_origin_change(
+    method: &Method,
+    headers: &HeaderMap,
+    allowed: &[String],
+) -> Result<(), ApiError> {
     if method != Method::POST {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -272,13 +299,15 @@ fn same_origin_change(method: &Method, headers: &HeaderMap) -> Result<(), ApiErr
             "changes need `Content-Type: application/json`",
         ));
     }
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or("");
         if site != "same-origin" && site != "none" {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("cross-site request refused (Sec-Fetch-Site: {site})"),
             ));
         }
+        return Ok(());
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("null");
@@ -289,7 +318,8 @@ fn same_origin_change(method: &Method, headers: &HeaderMap) -> Result<(), ApiErr
         let origin_host = origin
             .strip_prefix("http://")
             .or_else(|| origin.strip_prefix("https://"));
-        if origin_host != Some(host) || host.is_empty() {
+        let same = origin_host == Some(host) && !host.is_empty();
+        if !same && !origin_host.is_some_and(|o| host_allowed(allowed, o)) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("cross-origin request refused (Origin: {origin})"),
@@ -299,9 +329,10 @@ fn same_origin_change(method: &Method, headers: &HeaderMap) -> Result<(), ApiErr
     Ok(())
 }
 
-/// `localhost`, `127.0.0.1`, `[::1]` and the like, with or without a port.
-pub(crate) fn is_loopback_host(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
+/// The name of `host` without its port: `example.com:80` → `example.com`,
+/// `[::1]:80` → `::1`.
+pub(crate) fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
         host.rsplit_once(':').map_or(host, |(name, port)| {
@@ -311,8 +342,12 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
                 host
             }
         })
-    };
-    let name = name.to_ascii_lowercase();
+    }
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]` and the like, with or without a port.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let name = host_name(host).to_ascii_lowercase();
     name == "localhost"
         || name.ends_with(".localhost")
         || name
@@ -961,27 +996,53 @@ mod tests {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
-        assert!(same_origin_change(&Method::POST, &headers).is_ok());
-        assert!(same_origin_change(&Method::DELETE, &headers).is_err());
+        assert!(same_origin_change(&Method::POST, &headers, &[]).is_ok());
+        assert!(same_origin_change(&Method::DELETE, &headers, &[]).is_err());
         headers.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://127.0.0.1:9000"),
         );
-        assert!(same_origin_change(&Method::POST, &headers).is_ok());
+        assert!(same_origin_change(&Method::POST, &headers, &[]).is_ok());
         headers.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://evil.example"),
         );
-        assert!(same_origin_change(&Method::POST, &headers).is_err());
+        assert!(same_origin_change(&Method::POST, &headers, &[]).is_err());
         headers.remove(header::ORIGIN);
         headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
-        assert!(same_origin_change(&Method::POST, &headers).is_err());
+        assert!(same_origin_change(&Method::POST, &headers, &[]).is_err());
         headers.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
-        assert!(same_origin_change(&Method::POST, &headers).is_ok());
+        assert!(same_origin_change(&Method::POST, &headers, &[]).is_ok());
+        // Behind a reverse proxy that rewrites `Host`, the page's own
+        // changes carry an `Origin` naming the public host: the browser's
+        // `Sec-Fetch-Site` decides.
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://ops.example.com"),
+        );
+        assert!(same_origin_change(&Method::POST, &headers, &[]).is_ok());
+        // A browser without `Sec-Fetch-Site`: `Origin` must be the `Host`
+        // or a host name the console was given.
+        headers.remove("sec-fetch-site");
+        assert!(same_origin_change(&Method::POST, &headers, &[]).is_err());
+        let allowed = ["ops.example.com".to_owned()];
+        assert!(same_origin_change(&Method::POST, &headers, &allowed).is_ok());
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
-        assert!(same_origin_change(&Method::POST, &headers).is_err());
+        assert!(same_origin_change(&Method::POST, &headers, &allowed).is_err());
+    }
+
+    #[test]
+    fn allowed_hosts_are_matched_by_name() {
+        let allowed = ["ops.example.com".to_owned()];
+        for ok in ["ops.example.com", "OPS.example.com:443", "localhost:1"] {
+            assert!(host_allowed(&allowed, ok), "{ok}");
+        }
+        for bad in ["example.com", "ops.example.com.evil", ""] {
+            assert!(!host_allowed(&allowed, bad), "{bad}");
+        }
+        assert!(!host_allowed(&[], "ops.example.com"));
     }
 }

@@ -161,6 +161,11 @@ pub enum Command {
         /// reach the port can then steer workflows. Refused otherwise.
         #[arg(long, conflicts_with = "token")]
         no_token: bool,
+        /// Also answer requests for this host name (repeatable), besides
+        /// `localhost` and `127.0.0.1`: without a token, or on loopback,
+        /// requests for other names are refused (DNS rebinding).
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
     },
 }
 
@@ -613,9 +618,12 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             addr,
             token,
             no_token,
+            allow_hosts,
         } => {
-            let open = token.is_none();
-            let mut console = crate::Console::new(engine);
+            let mut console = crate::Console::new(engine).allowed_hosts(allow_hosts);
+            if no_token {
+                console = console.allow_no_token();
+            }
             if let Some(token) = token {
                 // An empty one (a secret that failed to substitute) would
                 // serve the console open: refused rather than ignored.
@@ -627,15 +635,16 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 }
                 console = console.token(token);
             }
-            let server = console.bind(addr.as_str()).await?;
-            if open && !no_token && !server.local_addr().ip().is_loopback() {
-                server.stopper().cancel();
-                return Err(CliError::Usage(format!(
-                    "{addr} is reachable from other machines and no token is set: anyone reaching it \
-                     could steer workflows; give --token (or {}), or pass --no-token to serve it open",
-                    crate::TOKEN_ENV
-                )));
-            }
+            let server = match console.bind(addr.as_str()).await {
+                Err(crate::ConsoleError::NoToken { .. }) => {
+                    return Err(CliError::Usage(format!(
+                        "{addr} is reachable from other machines and no token is set: anyone reaching it \
+                         could steer workflows; give --token (or {}), or pass --no-token to serve it open",
+                        crate::TOKEN_ENV
+                    )))
+                }
+                bound => bound?,
+            };
             if json {
                 print_json(out, &json!({ "url": server.url() }))?;
             } else {

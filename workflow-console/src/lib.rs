@@ -31,8 +31,12 @@
 //!
 //! Safety: bind a loopback address (the default of the CLI); set a token
 //! ([`Console::token`], `--token`, `WORKFLOW_CONSOLE_TOKEN`) and every API
-//! call must carry it; changes are POST requests with a JSON body and are
-//! refused when the browser says they come from another site.
+//! call must carry it. An address other machines can reach is refused
+//! without a token unless [`Console::allow_no_token`] says so. Without a
+//! token, or on loopback, only requests for a loopback host name or one of
+//! [`Console::allowed_hosts`] are served (no DNS rebinding). Changes are
+//! POST requests with a JSON body and are refused when the browser says
+//! they come from another site.
 //!
 //! ```no_run
 //! # async fn run(engine: workflow_core::Engine) -> Result<(), workflow_console::ConsoleError> {
@@ -74,6 +78,17 @@ pub enum ConsoleError {
     /// The engine or its store failed.
     #[error(transparent)]
     Workflow(#[from] workflow_core::Error),
+    /// [`Console::bind`] was given an address other machines can reach,
+    /// without a token and without [`Console::allow_no_token`].
+    #[error(
+        "console on {addr} would be reachable from other machines with no token: anyone reaching it \
+         could steer every workflow; set a token (Console::token), or call Console::allow_no_token \
+         to serve it open"
+    )]
+    NoToken {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
 }
 
 /// So that `engine.serve_console(addr).await?` works in a function that
@@ -83,7 +98,7 @@ impl From<ConsoleError> for workflow_core::Error {
     fn from(err: ConsoleError) -> Self {
         match err {
             ConsoleError::Workflow(err) => err,
-            io @ ConsoleError::Io(_) => workflow_core::Error::Config(io.to_string()),
+            other => workflow_core::Error::Config(other.to_string()),
         }
     }
 }
@@ -96,6 +111,8 @@ pub struct Console {
     engine: Engine,
     token: Option<String>,
     overview_cache: Duration,
+    hosts: Vec<String>,
+    no_token: bool,
 }
 
 impl std::fmt::Debug for Console {
@@ -104,6 +121,8 @@ impl std::fmt::Debug for Console {
             .field("engine", &self.engine)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("overview_cache", &self.overview_cache)
+            .field("hosts", &self.hosts)
+            .field("no_token", &self.no_token)
             .finish()
     }
 }
@@ -115,6 +134,8 @@ impl Console {
             engine,
             token: None,
             overview_cache: Duration::from_secs(5),
+            hosts: Vec::new(),
+            no_token: false,
         }
     }
 
@@ -137,19 +158,56 @@ impl Console {
         self
     }
 
+    /// Also answers requests addressed to these host names (`ops.example.com`;
+    /// a port, if given, is ignored), besides the loopback ones. Where the
+    /// console checks the `Host` header (see [`Console::bind`] and
+    /// [`Console::router`]), a request for any other name is refused: a web
+    /// page on another site could otherwise point its own name at this
+    /// server (DNS rebinding) and drive the console from a visitor's
+    /// browser. Naming hosts turns the check on in every case.
+    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.hosts = hosts
+            .into_iter()
+            .map(|h| api::host_name(h.as_ref()).to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        self
+    }
+
+    /// Lets [`Console::bind`] serve an address other machines can reach
+    /// without a token, which it refuses otherwise: anyone reaching the
+    /// port can then read and steer every workflow. For a private network
+    /// or a container whose port only you reach. The `Host` check still
+    /// applies, so name the hosts it is reached by with
+    /// [`Console::allowed_hosts`].
+    pub fn allow_no_token(mut self) -> Self {
+        self.no_token = true;
+        self
+    }
+
     /// The console's routes (`/` the page, `/api/..` the API), to serve
     /// yourself or nest in an application's router (`.nest("/console/", ..)`).
-    /// Unlike [`Console::bind`], it does not check the `Host` header, as it
-    /// cannot know the address it is served on.
+    ///
+    /// Without a token it answers only requests addressed to a loopback
+    /// host name (`localhost`, `127.0.0.1`) or one named with
+    /// [`Console::allowed_hosts`], so that no other site's page can reach
+    /// it through a visitor's browser; with a token, every host name unless
+    /// some are named.
     pub fn router(&self) -> axum::Router {
         api::router(self.state(false))
     }
 
-    fn state(&self, loopback_hosts: bool) -> api::AppState {
+    /// `loopback`: the server listens on a loopback address only.
+    fn state(&self, loopback: bool) -> api::AppState {
+        let check_hosts = loopback || self.token.is_none() || !self.hosts.is_empty();
         api::AppState {
             engine: self.engine.clone(),
             token: self.token.as_deref().map(Arc::from),
-            loopback_hosts,
+            hosts: check_hosts.then(|| Arc::from(self.hosts.clone())),
             overview_cache: Arc::new(api::OverviewCache::new(self.overview_cache)),
         }
     }
@@ -157,13 +215,20 @@ impl Console {
     /// Listens on `addr` (port 0 picks a free port) and serves the console
     /// in the background until the returned server is shut down or dropped.
     ///
-    /// On a loopback address the console answers only requests addressed to
-    /// a loopback host name (`127.0.0.1`, `localhost`), which keeps web
-    /// pages of other sites from reaching it by pointing their own host
-    /// name at 127.0.0.1. On any other address, set a token: anyone who can
-    /// reach the port could otherwise steer every workflow.
+    /// On a loopback address, or without a token, the console answers only
+    /// requests addressed to a loopback host name (`127.0.0.1`,
+    /// `localhost`) or one named with [`Console::allowed_hosts`], which
+    /// keeps web pages of other sites from reaching it by pointing their
+    /// own host name at it. An address other machines can reach needs a
+    /// token, or [`Console::allow_no_token`]: anyone who can reach the port
+    /// could otherwise steer every workflow ([`ConsoleError::NoToken`]).
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<ConsoleServer, ConsoleError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+            if self.token.is_none() && !self.no_token {
+                return Err(ConsoleError::NoToken { addr: *open });
+            }
+        }
         let listener = TcpListener::bind(&addrs[..]).await.map_err(|err| {
             let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
             std::io::Error::new(
@@ -174,7 +239,7 @@ impl Console {
         let local = listener.local_addr()?;
         let loopback = local.ip().is_loopback();
         if !loopback && self.token.is_none() {
-            tracing::warn!(%local, "console listens beyond this machine without a token: anyone who reaches the port can steer workflows");
+            tracing::warn!(%local, "console listens beyond this machine without a token (allow_no_token): anyone who reaches the port can steer workflows");
         }
         let app = api::router(self.state(loopback));
         let stop = CancellationToken::new();

@@ -681,3 +681,75 @@ async fn overview_counts_are_reused_until_a_change_or_the_window_ends() {
     assert_eq!(total(base.clone()).await, 7, "after the window: read again");
     server.shutdown();
 }
+
+/// A console mounted in an application's router, with no token: a page of
+/// another site that points its own name at the server (DNS rebinding) is
+/// refused; loopback names and the hosts named are served. With a token,
+/// which such a page cannot have, every host name is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_console_without_a_token_answers_only_its_hosts() {
+    let f = fixture().await;
+    let mount = |console: Console| async move {
+        let app = axum::Router::new().nest("/console/", console.router());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!(
+            "http://{}/console/api/overview",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    };
+    let status = |url: String, host: &'static str| async move {
+        http("GET", &url, &[("host", host)], None).await.status
+    };
+    let open = mount(Console::new(f.engine.clone())).await;
+    assert_eq!(status(open.clone(), "rebind.evil.example:3000").await, 403);
+    assert_eq!(status(open.clone(), "localhost:3000").await, 200);
+    let named = mount(Console::new(f.engine.clone()).allowed_hosts(["Ops.Example.com:443"])).await;
+    assert_eq!(status(named.clone(), "ops.example.com").await, 200);
+    assert_eq!(status(named, "rebind.evil.example").await, 403);
+    let with_token = mount(Console::new(f.engine.clone()).token(TOKEN)).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let res = http(
+        "GET",
+        &with_token,
+        &[("host", "ops.example.com"), ("authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+}
+
+/// An address other machines reach needs a token, or an explicit
+/// `allow_no_token`; served open, it still answers only the hosts named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_address_needs_a_token_or_consent() {
+    let f = fixture().await;
+    let err = Console::new(f.engine.clone())
+        .bind("0.0.0.0:0")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, workflow_console::ConsoleError::NoToken { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("allow_no_token"), "{err}");
+    let server = Console::new(f.engine.clone())
+        .allow_no_token()
+        .allowed_hosts(["build-box"])
+        .bind("0.0.0.0:0")
+        .await
+        .unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/api/overview",
+        server.local_addr().port()
+    );
+    let get = |host: &'static str| {
+        let url = url.clone();
+        async move { http("GET", &url, &[("host", host)], None).await.status }
+    };
+    assert_eq!(get("build-box:8080").await, 200);
+    assert_eq!(get("127.0.0.1").await, 200);
+    assert_eq!(get("rebind.evil.example").await, 403);
+    server.shutdown();
+}
