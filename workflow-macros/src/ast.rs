@@ -94,6 +94,11 @@ pub(crate) struct StepCall {
     /// name is a step name too (`sleep`, `wait_for_event`, `run_child`...),
     /// checked for what the runtime refuses but not listed in `STEPS`.
     pub is_step: bool,
+    /// The method called: `step`, `sleep`, `wait_for_event`...
+    pub method: String,
+    /// The step whose closure holds this call, which the runtime refuses
+    /// every time (`Error::NestedStep`).
+    pub in_step: Option<String>,
     /// The arms of `if`/`match` it sits in: `(construct, arm)` pairs, each
     /// construct numbered in the order met. Two calls in different arms of
     /// one construct never both run.
@@ -229,10 +234,15 @@ impl<'a> Workflow<'a> {
         for err in validate::invalid_step_names(&calls) {
             errors.push(err);
         }
-        calls.retain(|call| call.is_step);
+        // Every named call shares one set of keys with the steps: a wait
+        // named like a step would replay the step's record.
         for err in validate::duplicate_steps(&calls) {
             errors.push(err);
         }
+        for err in validate::nested_calls(&calls) {
+            errors.push(err);
+        }
+        calls.retain(|call| call.is_step);
         let mut steps: Vec<String> = Vec::new();
         for call in calls {
             if !steps.contains(&call.name) {
@@ -735,6 +745,8 @@ struct StepVisitor {
     /// The `if`/`match` arms being visited, outermost first.
     arms: Vec<(u32, u32)>,
     constructs: u32,
+    /// The steps whose closures are being visited, outermost first.
+    steps: Vec<String>,
 }
 
 impl StepVisitor {
@@ -759,6 +771,7 @@ impl StepVisitor {
 impl<'ast> Visit<'ast> for StepVisitor {
     fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
         let is_step = call.method == "step" || call.method == "step_with";
+        let mut step = None;
         if is_step || NAMED_METHODS.iter().any(|m| call.method == m) {
             if let Some(Expr::Lit(ExprLit {
                 lit: Lit::Str(lit), ..
@@ -769,11 +782,27 @@ impl<'ast> Visit<'ast> for StepVisitor {
                     span: lit.span(),
                     in_loop: self.loop_depth > 0,
                     is_step,
+                    method: call.method.to_string(),
+                    in_step: self.steps.last().cloned(),
                     arms: self.arms.clone(),
                 });
+                step = is_step.then(|| lit.value());
             }
         }
-        visit::visit_expr_method_call(self, call);
+        let Some(step) = step else {
+            visit::visit_expr_method_call(self, call);
+            return;
+        };
+        // The arguments after the name hold the step's closure.
+        for attr in &call.attrs {
+            self.visit_attribute(attr);
+        }
+        self.visit_expr(&call.receiver);
+        self.steps.push(step);
+        for arg in call.args.iter().skip(1) {
+            self.visit_expr(arg);
+        }
+        self.steps.pop();
     }
 
     fn visit_expr_for_loop(&mut self, expr: &'ast syn::ExprForLoop) {

@@ -340,22 +340,47 @@ pub(crate) fn duplicate_steps(calls: &[StepCall]) -> Vec<syn::Error> {
             continue;
         };
         let line = first.span.start().line;
-        let where_ = if line > 0 {
+        let mut where_ = if line > 0 {
             format!("at line {line}")
         } else {
             "above".to_owned()
         };
+        if first.method != call.method {
+            where_ = format!("by `ctx.{}` {where_}", first.method);
+        }
         errors.push(syn::Error::new(
             call.span,
             format!(
-                "step name \"{name}\" is already used {where_}; give each step call a \
-                 distinct name, e.g. \"{name}-2\" (only a call inside a loop may repeat \
-                 its name: its runs are recorded as \"{name}\", \"{name}#1\", \"{name}#2\", ...)",
+                "step name \"{name}\" is already used {where_}; give each named `ctx` call \
+                 (step, sleep, wait, child...) a distinct name, e.g. \"{name}-2\" (only a call \
+                 inside a loop may repeat its name: its runs are recorded as \"{name}\", \
+                 \"{name}#1\", \"{name}#2\", ...)",
                 name = call.name
             ),
         ));
     }
     errors
+}
+
+/// An error at each named call inside a step's closure, which the runtime
+/// refuses every time (`Error::NestedStep`).
+pub(crate) fn nested_calls(calls: &[StepCall]) -> Vec<syn::Error> {
+    calls
+        .iter()
+        .filter_map(|call| {
+            let outer = call.in_step.as_ref()?;
+            Some(syn::Error::new(
+                call.span,
+                format!(
+                    "`ctx.{method}(\"{name}\", ..)` is inside the closure of step \"{outer}\", \
+                     where every run refuses it (a recorded step never runs its closure again); \
+                     make `ctx` calls in the handler's body, before or after the step",
+                    method = call.method,
+                    name = call.name,
+                ),
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -589,6 +614,8 @@ mod tests {
             span: Span::call_site(),
             in_loop: false,
             is_step: true,
+            method: "step".to_owned(),
+            in_step: None,
             arms: Vec::new(),
         };
         let calls = [
@@ -627,6 +654,8 @@ mod tests {
             span: Span::call_site(),
             in_loop,
             is_step: true,
+            method: "step".to_owned(),
+            in_step: None,
             arms: Vec::new(),
         };
         let calls = [
