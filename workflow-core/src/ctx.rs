@@ -380,6 +380,11 @@ impl RunShared {
     pub(crate) fn check(&self) -> Result<()> {
         match self.interrupted() {
             Some(why) => Err(Error::Interrupted(why)),
+            // Stopped with no reason given: the handler returned, or its
+            // deadline passed. A task it spawned with a clone of `ctx` may
+            // still call it; its step must not run, as its record would be
+            // refused (the lease is gone) after the side effect.
+            None if self.stop.is_cancelled() => Err(Error::Interrupted(Interrupt::Ended)),
             None => Ok(()),
         }
     }
@@ -560,8 +565,11 @@ where
     }
 
     /// Fires when the handler must stop: cancelled, timed out, suspended to
-    /// wait, paused, lease lost, engine shutting down. Long-running code
-    /// inside a step can select on it. Each call returns a child of the
+    /// wait, paused, lease lost, engine shutting down, and once the run
+    /// ends. Long-running code inside a step can select on it, and so
+    /// should a task the handler spawns with a clone of `ctx`: once the
+    /// run is over, the steps and waits such a task asks for are refused
+    /// before they run ([`Interrupt::Ended`](crate::Interrupt::Ended)). Each call returns a child of the
     /// run's own token: cancelling it (a drop guard, a helper that cancels
     /// its group on error) stops nothing but what listens to it.
     pub fn signal(&self) -> CancellationToken {

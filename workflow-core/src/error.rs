@@ -330,6 +330,10 @@ pub enum Interrupt {
     Failed(String),
     /// The store failed under the handler; the instance resumes later.
     Store(String),
+    /// The run is over: its handler returned, or its deadline passed. What
+    /// a task it spawned asks of `ctx` after that is refused, before any
+    /// step runs.
+    Ended,
 }
 
 impl std::fmt::Display for Interrupt {
@@ -342,6 +346,7 @@ impl std::fmt::Display for Interrupt {
             Interrupt::Completed => f.write_str("completed early by ctx.complete"),
             Interrupt::Failed(reason) => write!(f, "failed by ctx.fail: {reason}"),
             Interrupt::Store(message) => write!(f, "store unavailable: {message}"),
+            Interrupt::Ended => f.write_str("the run already ended"),
         }
     }
 }

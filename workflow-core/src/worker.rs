@@ -889,7 +889,8 @@ async fn execute(
                 let state = settlement.ended().1.or(returned_state);
                 finish(Status::Failed, None, Some(reason), state)
             }
-            (Interrupt::Shutdown | Interrupt::Suspended, _) => Settle::Release,
+            // `Ended` is never stored: only a check after the run makes it.
+            (Interrupt::Shutdown | Interrupt::Suspended | Interrupt::Ended, _) => Settle::Release,
             // The store already says Cancelled, or another worker owns it.
             (Interrupt::Cancelled | Interrupt::LeaseLost, _) => Settle::Abandon,
             (Interrupt::Store(message), _) => {

@@ -2588,3 +2588,56 @@ async fn summaries_list_instances_without_their_documents() {
     assert_eq!((item.output.as_ref(), item.state.as_ref()), (None, None));
     assert_eq!(item.status, full.items[0].status);
 }
+
+static LATE_STEPS: AtomicU32 = AtomicU32::new(0);
+static LATE_ANSWER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Returns while a task it spawned, holding a clone of `ctx`, has yet to
+/// call a step.
+struct SpawnsLate;
+
+impl Workflow for SpawnsLate {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "spawnsLate";
+
+    async fn run(&self, ctx: Ctx, _input: ()) -> Result<(), BoxError> {
+        let late = ctx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let answer = late
+                .step("too-late", || async {
+                    LATE_STEPS.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, BoxError>(())
+                })
+                .await;
+            *LATE_ANSWER.lock().unwrap() = Some(format!("{answer:?}"));
+        });
+        Ok(())
+    }
+}
+
+/// A step a spawned task calls after its run ended does not run: its side
+/// effect would happen with no record of it (the lease is gone). Before,
+/// only a run stopped for a reason (suspended, cancelled...) refused it.
+#[tokio::test]
+async fn a_step_called_after_the_run_ended_does_not_run() {
+    let engine = one_slot_engine(SpawnsLate).await;
+    let _worker = engine.start_worker();
+    let inst = SpawnsLate::start(&engine, ()).await.unwrap();
+    inst.result().await.unwrap();
+    for _ in 0..100 {
+        if LATE_ANSWER.lock().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = LATE_ANSWER.lock().unwrap().clone().expect("the task asked");
+    assert!(answer.contains("Interrupted(Ended)"), "{answer}");
+    assert_eq!(
+        LATE_STEPS.load(Ordering::SeqCst),
+        0,
+        "the step's closure ran"
+    );
+}
