@@ -21,6 +21,8 @@ pub struct MemoryStore {
 struct Tables {
     instances: HashMap<InstanceId, Entry>,
     events: Vec<EventRow>,
+    /// The last event's `seq`: it only grows, purges or not.
+    last_seq: i64,
     schedules: HashMap<String, ScheduleMark>,
     definitions: std::collections::BTreeMap<String, crate::workflow::Definition>,
 }
@@ -78,7 +80,8 @@ impl Tables {
         message: Option<&str>,
         duration_ms: Option<i64>,
     ) {
-        let seq = self.events.len() as i64 + 1;
+        self.last_seq += 1;
+        let seq = self.last_seq;
         self.events.push(EventRow {
             seq,
             instance: instance.clone(),
@@ -160,11 +163,16 @@ impl Store for MemoryStore {
     ) -> Result<Created, StoreError> {
         let mut t = self.tables();
         if let (Some(statuses), Some(key)) = (dedup, new.key.as_deref()) {
-            let existing = t.instances.values().find(|e| {
-                e.row.workflow == new.workflow
-                    && e.row.key.as_deref() == Some(key)
-                    && statuses.contains(&e.row.status)
-            });
+            // The newest, as the SQL stores pick (ids sort by creation).
+            let existing = t
+                .instances
+                .values()
+                .filter(|e| {
+                    e.row.workflow == new.workflow
+                        && e.row.key.as_deref() == Some(key)
+                        && statuses.contains(&e.row.status)
+                })
+                .max_by(|a, b| a.row.id.as_str().cmp(b.row.id.as_str()));
             if let Some(entry) = existing {
                 return Ok(Created::Existing(entry.row.clone()));
             }

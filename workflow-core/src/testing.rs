@@ -781,14 +781,24 @@ async fn dedup_is_atomic(store: Arc<impl Store>) {
     store.finish(&c.lease, finish).await.unwrap();
     let mut new = new_instance("wf", 100);
     new.key = Some("order-1".into());
-    assert!(matches!(
-        store.create(new.clone(), Some(&active)).await.unwrap(),
-        Created::New(_)
-    ));
+    let newest = match store.create(new.clone(), Some(&active)).await.unwrap() {
+        Created::New(row) => row.id,
+        Created::Existing(row) => panic!("the ended one was returned: {row:?}"),
+    };
     // With Failed among the statuses, the failed one would have been returned.
     new.id = InstanceId::at(T0 + 101);
-    let row = store.create(new, Some(&[Status::Failed])).await.unwrap();
+    let row = store
+        .create(new.clone(), Some(&[Status::Failed]))
+        .await
+        .unwrap();
     assert!(matches!(row, Created::Existing(r) if r.status == Status::Failed));
+    // Of several with the key, the newest.
+    new.id = InstanceId::at(T0 + 102);
+    let row = store.create(new, Some(&Status::ALL)).await.unwrap();
+    assert!(
+        matches!(&row, Created::Existing(r) if r.id == newest),
+        "{row:?}"
+    );
 }
 
 /// `store.list(q)`, every row readable.
@@ -1614,6 +1624,13 @@ async fn purge_deletes_ended_instances_and_their_rows(store: impl Store) {
         async move { store.get(&made[name]).await.unwrap().is_some() }
     };
 
+    let mut last_seq = 0;
+    for id in made.values() {
+        for event in store.history(id).await.unwrap() {
+            last_seq = last_seq.max(event.seq);
+        }
+    }
+
     // A limit of 0 deletes nothing.
     assert_eq!(store.purge(T0 + 500, Some("wf"), 0).await.unwrap(), 0);
     assert!(exists("old").await);
@@ -1625,6 +1642,15 @@ async fn purge_deletes_ended_instances_and_their_rows(store: impl Store) {
     for kept in ["recent", "running", "other", "p", "k", "s", "u"] {
         assert!(exists(kept).await, "{kept} is kept");
     }
+    // History goes on numbering past what was deleted.
+    store
+        .commit_step(&lease("running"), step("after-purge", "1", None))
+        .await
+        .unwrap();
+    let history = store.history(&made["running"]).await.unwrap();
+    let after = history.last().unwrap();
+    assert_eq!(after.step.as_deref(), Some("after-purge"));
+    assert!(after.seq > last_seq, "{} after {last_seq}", after.seq);
     let old = &made["old"];
     assert!(
         store.steps(old).await.unwrap().is_empty(),
