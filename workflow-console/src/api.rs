@@ -387,7 +387,9 @@ impl From<Error> for ApiError {
             Error::InvalidInput { .. }
             | Error::Json { .. }
             | Error::Config(_)
-            | Error::InvalidEventKey { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            | Error::InvalidEventKey { .. }
+            | Error::InvalidEventName { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

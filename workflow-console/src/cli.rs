@@ -209,7 +209,9 @@ impl CliError {
             CliError::Usage(_)
             | CliError::UnknownWorkflow { .. }
             | CliError::Workflow(Error::InvalidInput { .. })
-            | CliError::Workflow(Error::InvalidEventKey { .. }) => 2,
+            | CliError::Workflow(Error::InvalidEventKey { .. })
+            | CliError::Workflow(Error::InvalidEventName { .. })
+            | CliError::Workflow(Error::PayloadTooLarge { .. }) => 2,
             _ => 1,
         }
     }

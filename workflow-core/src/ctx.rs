@@ -448,7 +448,7 @@ pub const RESERVED_STEP_CHARS: [char; 4] = workflow_rules::step_name::RESERVED;
 /// or a NUL (`'\0'`, which PostgreSQL's text cannot hold: the step's record
 /// could never be written, and its run would be retried for ever),
 /// `Err(None)` for an empty name.
-fn check_step_name(name: &str) -> std::result::Result<(), Option<char>> {
+pub(crate) fn check_step_name(name: &str) -> std::result::Result<(), Option<char>> {
     if name.is_empty() {
         return Err(None);
     }

@@ -1031,10 +1031,20 @@ impl Engine {
         payload: &serde_json::Value,
         key: Option<&str>,
     ) -> Result<EventSent> {
+        // A wait names its event as it names a step: a name no wait can
+        // have would sit in the inbox for ever.
+        crate::ctx::check_step_name(name).map_err(|reserved| Error::InvalidEventName {
+            name: name.to_owned(),
+            reserved,
+        })?;
+        let payload = payload.to_string();
+        crate::error::within(&payload, self.inner.config.max_payload, || {
+            format!("payload of event `{name}` to instance {id}")
+        })?;
         let control = self
             .inner
             .store
-            .send_event(id, name, &payload.to_string(), key, now_millis())
+            .send_event(id, name, &payload, key, now_millis())
             .await?;
         if control == Control::Duplicate {
             tracing::debug!(%id, event = name, key, "event already sent under this key");

@@ -176,6 +176,19 @@ pub enum Error {
         key: String,
     },
 
+    /// An event sent ([`Engine::send_event`](crate::Engine::send_event) and
+    /// the like) has a name no `ctx.wait_for_event` can wait for: empty, or
+    /// with a character reserved for the keys derived from step names (see
+    /// [`RESERVED_STEP_CHARS`](crate::RESERVED_STEP_CHARS)) or a NUL. It is
+    /// refused instead of kept for ever unread.
+    #[error("{}", describe_event_name(name, *reserved))]
+    InvalidEventName {
+        /// The name as given.
+        name: String,
+        /// The character refused; `None` when the name is empty.
+        reserved: Option<char>,
+    },
+
     /// `ctx.wait_for_event` gave up: no event came within its timeout.
     /// Match on it to take the timeout branch.
     #[error("no event `{event}` arrived within the timeout")]
@@ -293,6 +306,17 @@ pub(crate) fn within(json: &str, max: usize, context: impl Fn() -> String) -> Re
         });
     }
     Ok(())
+}
+
+fn describe_event_name(name: &str, reserved: Option<char>) -> String {
+    match reserved {
+        None => "event name is empty: no wait can name it".to_owned(),
+        Some('\0') => format!("event name {name:?} contains a NUL character: no wait can name it"),
+        Some(c) => format!(
+            "event name {name:?} contains `{c}`, which wait names may not contain ({}): no wait can name it",
+            workflow_rules::step_name::reserved_list()
+        ),
+    }
 }
 
 fn describe_step_name(workflow: &str, name: &str, reserved: Option<char>) -> String {

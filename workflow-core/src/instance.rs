@@ -271,7 +271,9 @@ impl<W: Workflow> Instance<W> {
 
     /// Sends it an event: `ctx.wait_for_event(name, ..)` receives `payload`.
     /// An event sent before the instance waits for it is kept until it
-    /// does. Works from any process sharing the store.
+    /// does. Works from any process sharing the store. A name no wait can
+    /// have is refused ([`Error::InvalidEventName`]), and so is a payload
+    /// over the engine's `max_payload_bytes` ([`Error::PayloadTooLarge`]).
     pub async fn send_event(&self, name: &str, payload: impl Serialize) -> Result<()> {
         let payload = serde_json::to_value(payload).map_err(|source| Error::Json {
             context: format!("payload of event `{name}`"),

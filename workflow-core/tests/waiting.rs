@@ -1154,3 +1154,49 @@ async fn side_by_side_state_replays_as_last_recorded() {
         .collect();
     assert_eq!(keys[..2], ["count[1]", "count[0]"], "recorded out of order");
 }
+
+/// An event no wait can name, or too large, is refused when sent: before,
+/// the send succeeded and the event sat in the inbox for ever.
+#[tokio::test]
+async fn events_no_wait_can_take_are_refused_when_sent() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(store)
+        .register(Approve)
+        .max_payload_bytes(64)
+        .build()
+        .await
+        .unwrap();
+    let inst = Approve::start(&engine, 60_000).await.unwrap();
+    for name in ["", "approval#1", "approval@timeout", "approval[0]", "a\0b"] {
+        let err = inst.send_event(name, 1).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidEventName { name: n, .. } if n == name),
+            "{name:?}: {err:?}"
+        );
+        assert!(err.to_string().contains("no wait can name it"), "{err}");
+    }
+    let err = inst
+        .send_event_once("approval", "k", "x".repeat(100))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::PayloadTooLarge { max: 64, .. }),
+        "{err:?}"
+    );
+    // Nothing reached the inbox: the first event it takes is the one sent now.
+    let _worker = engine.start_worker();
+    inst.send_event(
+        "approval",
+        Approval {
+            approved: true,
+            by: "ada".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        inst.result_timeout(LIMIT).await.unwrap(),
+        "approved=true by ada"
+    );
+}
