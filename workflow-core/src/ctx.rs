@@ -158,8 +158,24 @@ pub(crate) struct RunShared {
     retrying: Mutex<HashMap<String, u32>>,
     /// Waits longer than this suspend the instance instead of sleeping in memory.
     pub suspend_after: std::time::Duration,
+    /// Step attempts running now, from their closure's start to their
+    /// record: a suspension waits for them (see [`Ctx::suspend`]).
+    steps_running: AtomicUsize,
+    /// Notified when `steps_running` falls to 0.
+    drained: tokio::sync::Notify,
     /// The engine, to start children and wake workers.
     pub engine: crate::engine::Engine,
+}
+
+/// A step attempt running; see [`RunShared::step_running`].
+struct StepRunning<'a>(&'a RunShared);
+
+impl Drop for StepRunning<'_> {
+    fn drop(&mut self) {
+        if self.0.steps_running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
 }
 
 /// What the worker does with an interrupted run, besides stopping it.
@@ -260,6 +276,8 @@ impl RunShared {
             failed_attempts: tokio::sync::OnceCell::new(),
             retrying: Mutex::new(HashMap::new()),
             suspend_after: engine.inner.config.suspend_after,
+            steps_running: AtomicUsize::new(0),
+            drained: tokio::sync::Notify::new(),
             engine,
             stop: CancellationToken::new(),
             deadline: tokio::sync::watch::Sender::new(row.deadline_at),
@@ -277,14 +295,25 @@ impl RunShared {
         self.engine.inner.config.max_payload
     }
 
-    /// Stops the handler; the first reason given wins.
+    /// Stops the handler; the first reason given wins, except over a
+    /// suspension still waiting for the steps beside it (see
+    /// [`Ctx::suspend`]): a cancel, a lost lease or an end stop it at once.
     pub(crate) fn interrupt(&self, why: Interrupt, settlement: Settlement) {
         let mut slot = lock(&self.interrupt);
-        if slot.is_none() {
+        let suspending = matches!(&*slot, Some((Interrupt::Suspended, _)))
+            && !self.stop.is_cancelled()
+            && why != Interrupt::Suspended;
+        if slot.is_none() || suspending {
             *slot = Some((why, settlement));
         }
         drop(slot);
         self.stop.cancel();
+    }
+
+    /// Counts a step attempt as running until the guard drops.
+    fn step_running(&self) -> StepRunning<'_> {
+        self.steps_running.fetch_add(1, Ordering::SeqCst);
+        StepRunning(self)
     }
 
     /// How many attempts of step `key` failed in earlier runs: none unless
@@ -688,17 +717,19 @@ where
             return self.replay(step);
         }
         if run.pause_requested() {
-            return Err(self.suspend(crate::store::Suspend {
-                status: crate::Status::Pending,
-                run_at: now_millis(),
-                wait_event: None,
-                wait_child: None,
-                // A step still backing off counts on after the pause.
-                retry: run.retry.clone(),
-                state: self.dirty_state()?,
-                reason: format!("paused before step `{key}`"),
-                at: now_millis(),
-            }));
+            return Err(self
+                .suspend(crate::store::Suspend {
+                    status: crate::Status::Pending,
+                    run_at: now_millis(),
+                    wait_event: None,
+                    wait_child: None,
+                    // A step still backing off counts on after the pause.
+                    retry: run.retry.clone(),
+                    state: self.dirty_state()?,
+                    reason: format!("paused before step `{key}`"),
+                    at: now_millis(),
+                })
+                .await);
         }
         let span = tracing::debug_span!("step", step = %key);
         async {
@@ -714,6 +745,8 @@ where
                 // The count comes from the store: a corrupt one must not overflow.
                 attempt = attempt.saturating_add(1);
                 run.check()?;
+                // Until it is recorded, a suspension beside it waits.
+                let running = run.step_running();
                 let outcome = AssertUnwindSafe(IN_STEP.scope(key.clone(), async { f().await }))
                     .catch_unwind()
                     .await;
@@ -781,22 +814,25 @@ where
                     .map_err(|e| self.store_error(e))?;
                 lock(&run.retrying).insert(key.clone(), attempt);
                 noted = true;
+                drop(running);
                 if delay > run.suspend_after {
                     let at = now_millis();
-                    return Err(self.suspend(crate::store::Suspend {
-                        status: crate::Status::Pending,
-                        run_at: crate::store::millis_after(at, delay),
-                        wait_event: None,
-                        wait_child: None,
-                        retry: Some((key.clone(), attempt)),
-                        state: self.dirty_state()?,
-                        reason: format!(
-                            "retrying step `{key}` in {delay:?} (attempt {} of {})",
-                            attempt + 1,
-                            opts.max_attempts
-                        ),
-                        at,
-                    }));
+                    return Err(self
+                        .suspend(crate::store::Suspend {
+                            status: crate::Status::Pending,
+                            run_at: crate::store::millis_after(at, delay),
+                            wait_event: None,
+                            wait_child: None,
+                            retry: Some((key.clone(), attempt)),
+                            state: self.dirty_state()?,
+                            reason: format!(
+                                "retrying step `{key}` in {delay:?} (attempt {} of {})",
+                                attempt + 1,
+                                opts.max_attempts
+                            ),
+                            at,
+                        })
+                        .await);
                 }
                 tokio::time::sleep(delay).await;
             }
@@ -807,7 +843,14 @@ where
 
     /// Stops the handler and gives the worker back until the instance is due
     /// (never later than its deadline). Returns the error to hand the caller.
-    pub(crate) fn suspend(&self, mut suspend: crate::store::Suspend) -> Error {
+    ///
+    /// Steps running beside the caller (`ctx.map`, `join!`) finish and are
+    /// recorded first: stopped halfway, their side effects would happen
+    /// again on the next run. Meanwhile no step starts (the interrupt is
+    /// set), and a cancel, a lost lease or the deadline still stops the run
+    /// at once. The caller's error is returned only then, as it would drop
+    /// the steps beside it (`try_join!`, `map`'s first error).
+    pub(crate) async fn suspend(&self, mut suspend: crate::store::Suspend) -> Error {
         let run = &self.inner.run;
         if suspend.retry.is_none() {
             // Any one will do: the next run reads every count from the history.
@@ -820,7 +863,53 @@ where
             suspend.run_at = suspend.run_at.min(deadline);
         }
         tracing::debug!(reason = %suspend.reason, "suspending");
-        run.interrupt(Interrupt::Suspended, Settlement::Suspend(suspend));
+        let had_state = suspend.state.is_some();
+        let mine = {
+            let mut slot = lock(&run.interrupt);
+            match &*slot {
+                None => {
+                    *slot = Some((Interrupt::Suspended, Settlement::Suspend(suspend)));
+                    true
+                }
+                // Another branch suspends and waits for the steps: the
+                // first suspension wins, as the first interrupt does.
+                Some((Interrupt::Suspended, _)) if !run.stop.is_cancelled() => false,
+                // Stopping for another reason already.
+                Some(_) => {
+                    drop(slot);
+                    run.stop.cancel();
+                    return Error::Interrupted(Interrupt::Suspended);
+                }
+            }
+        };
+        let mut waited = false;
+        loop {
+            let drained = run.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if run.steps_running.load(Ordering::SeqCst) == 0 || run.stop.is_cancelled() {
+                break;
+            }
+            waited = true;
+            tokio::select! {
+                _ = drained => {}
+                _ = run.stop.cancelled() => break,
+            }
+        }
+        if waited && mine {
+            // Steps beside it may have changed the state and recorded it
+            // since the caller took its snapshot: save the state as it is now.
+            if had_state {
+                self.inner.state.dirty.store(true, Ordering::Release);
+            }
+            let now = self.inner.state.take_at_end();
+            if let Some((Interrupt::Suspended, Settlement::Suspend(pending))) =
+                &mut *lock(&run.interrupt)
+            {
+                pending.state = now;
+            }
+        }
+        run.stop.cancel();
         Error::Interrupted(Interrupt::Suspended)
     }
 

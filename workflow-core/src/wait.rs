@@ -78,16 +78,18 @@ where
             return Ok(());
         }
         let at = now_millis();
-        Err(self.suspend(Suspend {
-            status: Status::Pending,
-            run_at: wake_at,
-            wait_event: None,
-            wait_child: None,
-            retry: None,
-            state: self.dirty_state()?,
-            reason: format!("sleeping until {}", format_millis(wake_at)),
-            at,
-        }))
+        Err(self
+            .suspend(Suspend {
+                status: Status::Pending,
+                run_at: wake_at,
+                wait_event: None,
+                wait_child: None,
+                retry: None,
+                state: self.dirty_state()?,
+                reason: format!("sleeping until {}", format_millis(wake_at)),
+                at,
+            })
+            .await)
     }
 
     /// Waits for the event `name` (sent with `instance.send_event`) and
@@ -171,19 +173,23 @@ where
             self.commit(step.clone()).await?;
             return event_outcome(name, step);
         }
-        Err(self.suspend(Suspend {
-            status: Status::Listening,
-            run_at: until.unwrap_or(Millis::MAX),
-            wait_event: Some(name.to_owned()),
-            wait_child: None,
-            retry: None,
-            state: self.dirty_state()?,
-            reason: match until {
-                Some(until) => format!("waiting for event `{name}` until {}", format_millis(until)),
-                None => format!("waiting for event `{name}`"),
-            },
-            at,
-        }))
+        Err(self
+            .suspend(Suspend {
+                status: Status::Listening,
+                run_at: until.unwrap_or(Millis::MAX),
+                wait_event: Some(name.to_owned()),
+                wait_child: None,
+                retry: None,
+                state: self.dirty_state()?,
+                reason: match until {
+                    Some(until) => {
+                        format!("waiting for event `{name}` until {}", format_millis(until))
+                    }
+                    None => format!("waiting for event `{name}`"),
+                },
+                at,
+            })
+            .await)
     }
 
     /// Starts workflow `W` as a child of this instance, exactly once (across
@@ -306,16 +312,18 @@ where
             self.commit(step.clone()).await?;
             return child_outcome::<W>(&child, step);
         }
-        Err(self.suspend(Suspend {
-            status: Status::Listening,
-            run_at: Millis::MAX,
-            wait_event: None,
-            wait_child: Some(child.clone()),
-            retry: None,
-            state: self.dirty_state()?,
-            reason: format!("waiting for child `{}` {child}", W::NAME),
-            at: now_millis(),
-        }))
+        Err(self
+            .suspend(Suspend {
+                status: Status::Listening,
+                run_at: Millis::MAX,
+                wait_event: None,
+                wait_child: Some(child.clone()),
+                retry: None,
+                state: self.dirty_state()?,
+                reason: format!("waiting for child `{}` {child}", W::NAME),
+                at: now_millis(),
+            })
+            .await)
     }
 
     /// Runs `f` on every item as its own durable step (keys `name[0]`,

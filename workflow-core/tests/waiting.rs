@@ -1200,3 +1200,125 @@ async fn events_no_wait_can_take_are_refused_when_sent() {
         "approved=true by ada"
     );
 }
+
+static SLOW_STARTS: AtomicU32 = AtomicU32::new(0);
+
+/// A sleep that suspends beside a slow step; the step changes the state.
+struct SleepsBesideSlowStep;
+
+#[derive(Default, Serialize, Deserialize, JsonSchema)]
+struct Seen {
+    slow: u32,
+}
+
+impl Workflow for SleepsBesideSlowStep {
+    type Input = ();
+    type Output = (u32, u32);
+    type State = Seen;
+    const NAME: &'static str = "sleepsBesideSlowStep";
+
+    async fn run(&self, ctx: Ctx<Seen>, _input: ()) -> Result<(u32, u32), BoxError> {
+        // The step starts first, then the sleep suspends.
+        let (slow, slept) = tokio::join!(
+            ctx.step("slow", || async {
+                SLOW_STARTS.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                ctx.state_mut().slow += 1;
+                Ok::<_, BoxError>(7)
+            }),
+            ctx.sleep("nap", Duration::from_millis(100)),
+        );
+        slept?;
+        let slow = slow?;
+        Ok((slow, ctx.state().slow))
+    }
+}
+
+/// A suspension waits for the steps running beside it to finish and be
+/// recorded, with the state they left. Before, it dropped them halfway, so
+/// their side effects happened again in the next run.
+#[tokio::test]
+async fn a_suspension_lets_the_steps_beside_it_finish() {
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::new(MemoryStore::new()))
+        .register(SleepsBesideSlowStep)
+        .poll_interval(Duration::from_millis(10))
+        .suspend_after(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = SleepsBesideSlowStep::start(&engine, ()).await.unwrap();
+    assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), (7, 1));
+    assert_eq!(
+        SLOW_STARTS.load(Ordering::SeqCst),
+        1,
+        "the slow step ran once"
+    );
+    assert!(inst.info().await.unwrap().runs >= 2, "the sleep suspended");
+}
+
+static LONG_STEP_STARTED: AtomicU32 = AtomicU32::new(0);
+static LONG_STEP_ENDED: AtomicU32 = AtomicU32::new(0);
+
+/// A sleep that suspends beside a step that takes a minute.
+struct SleepsBesideLongStep;
+
+impl Workflow for SleepsBesideLongStep {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "sleepsBesideLongStep";
+
+    async fn run(&self, ctx: Ctx, _input: ()) -> Result<(), BoxError> {
+        let (long, slept) = tokio::join!(
+            ctx.step("long", || async {
+                LONG_STEP_STARTED.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                LONG_STEP_ENDED.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, BoxError>(())
+            }),
+            ctx.sleep("nap", Duration::from_millis(100)),
+        );
+        long?;
+        slept?;
+        Ok(())
+    }
+}
+
+/// While a suspension waits for the steps beside it, a cancel still stops
+/// the run at once.
+#[tokio::test]
+async fn a_cancel_stops_a_suspension_waiting_for_steps() {
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::new(MemoryStore::new()))
+        .register(SleepsBesideLongStep)
+        .poll_interval(Duration::from_millis(10))
+        .suspend_after(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = SleepsBesideLongStep::start(&engine, ()).await.unwrap();
+    while LONG_STEP_STARTED.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The sleep has asked to suspend; the long step holds the run.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(inst.info().await.unwrap().status, Status::InProgress);
+    inst.cancel().await.unwrap();
+    let err = inst.result_timeout(LIMIT).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Ended { status: Status::Cancelled, .. }),
+        "{err:?}"
+    );
+    // Stopped long before the step's minute is up.
+    for _ in 0..500 {
+        if engine.running_here().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(engine.running_here().is_empty(), "the handler stopped");
+    assert_eq!(LONG_STEP_ENDED.load(Ordering::SeqCst), 0);
+}
