@@ -147,6 +147,9 @@ pub(crate) struct RunShared {
     pause_changes: LocalChanges,
     /// The step backing off when the instance was suspended, and its failed attempts.
     pub retry: Option<(String, u32)>,
+    /// The last run ended without recording how (a crash, a lapsed lease):
+    /// steps may have failed attempts that `retry` does not name.
+    interrupted: bool,
     /// When `retry` is set: every step's failed attempts, from the history
     /// (read once, when a step first needs it). Steps running side
     /// by side (`ctx.map`) may all have been backing off, and the
@@ -256,6 +259,7 @@ impl RunShared {
         lease: Lease,
         default_step: StepOptions,
         steps: Vec<StepRow>,
+        interrupted: bool,
     ) -> Self {
         let recorded = steps
             .into_iter()
@@ -273,6 +277,7 @@ impl RunShared {
             pause: AtomicBool::new(row.pause_requested),
             pause_changes: LocalChanges::default(),
             retry: row.retry.clone(),
+            interrupted,
             failed_attempts: tokio::sync::OnceCell::new(),
             retrying: Mutex::new(HashMap::new()),
             suspend_after: engine.inner.config.suspend_after,
@@ -319,12 +324,17 @@ impl RunShared {
     /// How many attempts of step `key` failed in earlier runs: none unless
     /// the row names a step with failed attempts (the last run suspended
     /// while a step backed off, or ended in a crash after a failed
-    /// attempt), which is when a step may be retried in a new run.
+    /// attempt) or the last run was interrupted, which is when a step may
+    /// be retried in a new run. The row names one step only: after a crash
+    /// while steps side by side backed off, it may name none of them (the
+    /// last attempt recorded was another's, which then succeeded).
     pub(crate) async fn failed_attempts(&self, key: &str) -> u32 {
-        let Some((retry_key, failed)) = &self.retry else {
-            return 0;
+        let kept = match &self.retry {
+            Some((retry_key, failed)) if retry_key == key => *failed,
+            Some(_) => 0,
+            None if self.interrupted => 0,
+            None => return 0,
         };
-        let kept = if retry_key == key { *failed } else { 0 };
         let all = self
             .failed_attempts
             .get_or_init(|| async {

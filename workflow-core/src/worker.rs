@@ -351,6 +351,7 @@ fn start_run(w: &WorkerShared, claimed: Claimed) -> Started {
         lease,
         step_options,
         steps,
+        interrupted_runs > 0,
     ));
     lock(&w.running).insert(row.id.clone(), Arc::clone(&run));
     lock(&inner.running).insert(row.id.clone(), Arc::clone(&run));

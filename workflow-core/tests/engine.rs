@@ -65,6 +65,18 @@ async fn one_slot_engine<W: Workflow>(workflow: W) -> Engine {
         .unwrap()
 }
 
+/// As [`one_slot_engine`], on `store`.
+async fn one_slot_engine_on<W: Workflow>(store: Arc<dyn Store>, workflow: W) -> Engine {
+    EngineBuilder::new()
+        .shared_store(store)
+        .register(workflow)
+        .concurrency(1)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap()
+}
+
 async fn engine_on(store: Arc<dyn Store>) -> Engine {
     EngineBuilder::new()
         .shared_store(store)
@@ -2640,4 +2652,87 @@ async fn a_step_called_after_the_run_ended_does_not_run() {
         0,
         "the step's closure ran"
     );
+}
+
+static SIDE_A_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// Step `a` always fails; step `b` before it is recorded by a worker that
+/// dies (see the test).
+struct RetriesSideBySide;
+
+impl Workflow for RetriesSideBySide {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "retriesSideBySide";
+
+    async fn run(&self, ctx: Ctx, _input: ()) -> Result<(), BoxError> {
+        ctx.step("b", || async { Ok::<_, BoxError>(1) }).await?;
+        let quick = StepOptions::retries(3).backoff(
+            Duration::from_millis(1),
+            1.0,
+            Duration::from_millis(1),
+        );
+        ctx.step_with("a", quick, || async {
+            SIDE_A_CALLS.fetch_add(1, Ordering::SeqCst);
+            Err::<(), BoxError>("still down".into())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Steps `a` and `b` side by side each failed an attempt, `b` then
+/// succeeded (its record clears the row's note of the step backing off,
+/// which named `b`, the last to fail), and the process died while `a`
+/// backed off. The next run counts `a`'s attempts on from the history:
+/// three in all. Before, it started `a` from one, over the limit.
+#[tokio::test]
+async fn attempts_count_on_after_a_crash_beside_another_retried_step() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = one_slot_engine_on(Arc::clone(&store), RetriesSideBySide).await;
+    let inst = RetriesSideBySide::start(&engine, ()).await.unwrap();
+    let claim = ClaimRequest {
+        owner: "ghost".into(),
+        workflows: vec![RetriesSideBySide::NAME.into()],
+        now: store::now_millis(),
+        lease_until: store::now_millis() + 60_000,
+        limit: 1,
+    };
+    let lease = store.claim(claim).await.unwrap().remove(0).lease;
+    let now = store::now_millis();
+    store
+        .record_attempt(&lease, "a", 1, "still down", now)
+        .await
+        .unwrap();
+    store
+        .record_attempt(&lease, "b", 1, "flaky", now)
+        .await
+        .unwrap();
+    let b = StepRow {
+        key: "b".into(),
+        output: Some("1".into()),
+        error: None,
+        state: None,
+        attempts: 2,
+        started_at: now,
+        finished_at: now,
+    };
+    store.commit_step(&lease, b).await.unwrap();
+    store.release_owner("ghost", now).await.unwrap();
+
+    let _worker = engine.start_worker();
+    let err = inst
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("still down"), "{err}");
+    assert_eq!(SIDE_A_CALLS.load(Ordering::SeqCst), 2, "attempts 2 and 3");
+    let a = inst
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.key == "a");
+    assert_eq!(a.map(|s| s.attempts), Some(3));
 }

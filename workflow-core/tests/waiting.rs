@@ -1309,7 +1309,13 @@ async fn a_cancel_stops_a_suspension_waiting_for_steps() {
     inst.cancel().await.unwrap();
     let err = inst.result_timeout(LIMIT).await.unwrap_err();
     assert!(
-        matches!(err, Error::Ended { status: Status::Cancelled, .. }),
+        matches!(
+            err,
+            Error::Ended {
+                status: Status::Cancelled,
+                ..
+            }
+        ),
         "{err:?}"
     );
     // Stopped long before the step's minute is up.
