@@ -254,7 +254,8 @@ impl<W: Workflow> Instance<W> {
     /// (children, grandchildren...), and a running handler sees
     /// `ctx.signal()` fire and is dropped at its next await point (at once in
     /// this process, within about a second in another process sharing the
-    /// store). Cancelling an instance that already ended is
+    /// store; a descendant running here under a parent that does not, such
+    /// as a grandchild under a suspended child, within about a second too). Cancelling an instance that already ended is
     /// [`Error::AlreadyFinished`] and changes nothing.
     pub async fn cancel(&self) -> Result<()> {
         self.engine.cancel(&self.id).await
@@ -264,7 +265,8 @@ impl<W: Workflow> Instance<W> {
     /// `TimedOut`, and its unfinished children, grandchildren... end
     /// `Cancelled` with it (history event `cancelled`, "parent timed out"),
     /// as [`Instance::cancel`] would leave them: their handlers stop at once
-    /// when this engine runs them, at their next heartbeat otherwise.
+    /// when this engine runs them and every parent between, at their next
+    /// heartbeat (within about a second) otherwise.
     pub async fn set_timeout(&self, timeout: Timeout) -> Result<()> {
         self.engine.set_timeout(&self.id, timeout).await
     }
