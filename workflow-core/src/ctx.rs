@@ -703,7 +703,7 @@ where
         run.check()?;
         let (key, recorded) = run.next_key(name)?;
         match recorded {
-            Some(step) => self.replay(step),
+            Some(step) => self.replay(step).await,
             None => self.step_keyed(key, opts, f).await,
         }
     }
@@ -724,7 +724,7 @@ where
         let run = &self.inner.run;
         run.check()?;
         if let Some(step) = run.recorded(&key) {
-            return self.replay(step);
+            return self.replay(step).await;
         }
         if run.pause_requested() {
             return Err(self
@@ -814,7 +814,7 @@ where
                     if noted {
                         lock(&run.retrying).remove(&key);
                     }
-                    return self.replay(step);
+                    return self.replay(step).await;
                 }
                 let delay = opts.jittered_delay_after(attempt);
                 tracing::info!(attempt, error = %message, retry_in = ?delay, "step attempt failed");
@@ -1014,7 +1014,10 @@ where
     /// only a snapshot recorded later than every one restored so far
     /// wins, so the state ends as the last recorded one left it. A step
     /// this run recorded itself holds the state as it is.
-    pub(crate) fn restore_state(&self, step: &StepRow) -> Result<()> {
+    /// Restores the state `step` recorded, if it is the latest restored
+    /// yet. A recorded state the code's type no longer reads pauses the
+    /// instance (see [`Ctx::replay`]).
+    pub(crate) async fn restore_state(&self, step: &StepRow) -> Result<()> {
         let Some(state) = &step.state else {
             return Ok(());
         };
@@ -1029,33 +1032,48 @@ where
         {
             return Ok(());
         }
-        let restored: S = serde_json::from_str(state).map_err(|source| Error::Json {
-            context: format!(
-                "state recorded by step `{}` of workflow `{}`",
-                step.key, self.inner.run.workflow
-            ),
-            source,
-        })?;
+        let de = &mut serde_json::Deserializer::from_str(state);
+        let restored: S = match serde_path_to_error::deserialize(de) {
+            Ok(restored) => restored,
+            Err(err) => {
+                let what = format!(
+                    "the state recorded by step `{}` does not fit the state type at `{}`: {}",
+                    step.key,
+                    err.path(),
+                    err.inner()
+                );
+                return Err(self.pause_for_code(what).await);
+            }
+        };
         *lock(&self.inner.state.value) = restored;
         self.inner.state.dirty.store(false, Ordering::Release);
         Ok(())
     }
 
-    pub(crate) fn replay<T: DeserializeOwned>(&self, step: StepRow) -> Result<T> {
+    /// A recorded step's outcome, as the step's call returns it. A recorded
+    /// output (or state) that the code's type no longer reads means the code
+    /// changed under a running instance: failing it would be for good, and
+    /// a rerun would repeat every step's side effects, so the instance is
+    /// paused instead, with the reason, until the code reads it again and
+    /// someone resumes it (or cancels it).
+    pub(crate) async fn replay<T: DeserializeOwned>(&self, step: StepRow) -> Result<T> {
         let run = &self.inner.run;
-        self.restore_state(&step)?;
+        self.restore_state(&step).await?;
         match (step.output, step.error) {
             (Some(output), _) => {
                 let de = &mut serde_json::Deserializer::from_str(&output);
-                serde_path_to_error::deserialize(de).map_err(|err| Error::Json {
-                    context: format!(
-                        "recorded output of step `{}` of workflow `{}` does not match the step's type at `{}`",
-                        step.key,
-                        run.workflow,
-                        err.path()
-                    ),
-                    source: err.into_inner(),
-                })
+                match serde_path_to_error::deserialize(de) {
+                    Ok(value) => Ok(value),
+                    Err(err) => {
+                        let what = format!(
+                            "the recorded output of step `{}` does not fit the step's type at `{}`: {}",
+                            step.key,
+                            err.path(),
+                            err.inner()
+                        );
+                        Err(self.pause_for_code(what).await)
+                    }
+                }
             }
             (None, error) => Err(Error::Step {
                 workflow: run.workflow.to_owned(),
@@ -1064,6 +1082,30 @@ where
                 message: error.unwrap_or_else(|| "failed".to_owned()),
             }),
         }
+    }
+
+    /// Pauses the instance because its code does not read what an earlier
+    /// run recorded (`what`).
+    pub(crate) async fn pause_for_code(&self, what: String) -> Error {
+        let run = &self.inner.run;
+        let reason = format!(
+            "paused: {what}; the workflow's code changed under a running instance? \
+             Deploy code that reads it (see \"Changing workflow code\" in the README) and resume \
+             the instance, or cancel it"
+        );
+        tracing::error!(id = %run.id, workflow = run.workflow, "{reason}");
+        let at = now_millis();
+        self.suspend(crate::store::Suspend {
+            status: crate::Status::Paused,
+            run_at: at,
+            wait_event: None,
+            wait_child: None,
+            retry: run.retry.clone(),
+            state: None,
+            reason,
+            at,
+        })
+        .await
     }
 }
 

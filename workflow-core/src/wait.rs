@@ -125,7 +125,7 @@ where
         let (key, recorded) = run.next_key(name)?;
         if let Some(step) = recorded {
             // A timeout recorded the state as it was then.
-            self.restore_state(&step)?;
+            self.restore_state(&step).await?;
             return event_outcome(name, step);
         }
         let until: Option<Millis> =
@@ -207,7 +207,7 @@ where
     ) -> Result<InstanceId> {
         let (key, recorded) = self.run().next_key(name)?;
         match recorded {
-            Some(step) => self.replay(step),
+            Some(step) => self.replay(step).await,
             None => self.create_child::<W>(key, input).await,
         }
     }
@@ -276,12 +276,12 @@ where
         run.check()?;
         let (key, recorded) = run.next_key(name)?;
         let child = match recorded {
-            Some(step) => self.replay::<InstanceId>(step)?,
+            Some(step) => self.replay::<InstanceId>(step).await?,
             None => self.create_child::<W>(key.clone(), input).await?,
         };
         let result_key = format!("{key}@result");
         if let Some(step) = run.recorded(&result_key) {
-            self.restore_state(&step)?;
+            self.restore_state(&step).await?;
             return child_outcome::<W>(&child, step);
         }
         let row = run

@@ -307,23 +307,20 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
     fn run(&self, shared: Arc<RunShared>, input: String) -> BoxFuture<'static, HandlerEnd> {
         let workflow = Arc::clone(&self.workflow);
         Box::pin(async move {
+            let ctx = Ctx::new(shared, W::State::default());
             let input: W::Input = match decode_named(&input) {
                 Ok(input) => input,
                 Err(message) => {
-                    let err = Error::InvalidInput {
-                        workflow: W::NAME.to_owned(),
-                        violations: vec![crate::validate::Violation {
-                            path: String::new(),
-                            message,
-                        }],
-                    };
+                    // Checked when it was started: the input type changed
+                    // since, under a queued or running instance.
+                    let what = format!("the input does not fit the input type: {message}");
+                    let err = ctx.pause_for_code(what).await;
                     return HandlerEnd {
                         result: Err(err.to_string()),
                         state: None,
                     };
                 }
             };
-            let ctx = Ctx::new(shared, W::State::default());
             let returned = workflow.run(ctx.clone(), input).await;
             let result = match returned {
                 // Stored only if it reads back as itself, so `result()`

@@ -2736,3 +2736,86 @@ async fn attempts_count_on_after_a_crash_beside_another_retried_step() {
         .find(|s| s.key == "a");
     assert_eq!(a.map(|s| s.attempts), Some(3));
 }
+
+/// A recorded output the code's type no longer reads (the code changed
+/// under a running instance) pauses the instance with the reason, instead
+/// of failing it for good; the steps after it do not run.
+#[tokio::test]
+async fn a_record_the_code_no_longer_reads_pauses_the_instance() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = engine_on(Arc::clone(&store)).await;
+    let inst = ProcessOrder::start(&engine, order("C3")).await.unwrap();
+    // An earlier version's run recorded the price as text.
+    let claim = ClaimRequest {
+        owner: "ghost".into(),
+        workflows: vec!["processOrder".into()],
+        now: store::now_millis(),
+        lease_until: store::now_millis() + 60_000,
+        limit: 1,
+    };
+    let claimed = store.claim(claim).await.unwrap().remove(0);
+    let step = StepRow {
+        key: "fetch-order".into(),
+        output: Some(r#"{"amount":"7"}"#.into()),
+        error: None,
+        state: None,
+        attempts: 1,
+        started_at: 0,
+        finished_at: 0,
+    };
+    store.commit_step(&claimed.lease, step).await.unwrap();
+    store
+        .release_owner("ghost", store::now_millis())
+        .await
+        .unwrap();
+
+    let charges = CHARGES.load(Ordering::SeqCst);
+    let _worker = engine.start_worker();
+    until_status(&inst, Status::Paused).await;
+    let last = inst.history().await.unwrap().pop().unwrap();
+    assert_eq!(last.kind, "paused");
+    let why = last.message.unwrap_or_default();
+    assert!(
+        why.contains("recorded output of step `fetch-order` does not fit")
+            && why.contains("resume"),
+        "{why}"
+    );
+    assert_eq!(
+        CHARGES.load(Ordering::SeqCst),
+        charges,
+        "charge did not run"
+    );
+    inst.cancel().await.unwrap();
+    assert_eq!(inst.info().await.unwrap().status, Status::Cancelled);
+}
+
+/// The same for an input the input type no longer reads.
+#[tokio::test]
+async fn an_input_the_code_no_longer_reads_pauses_the_instance() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = engine_on(Arc::clone(&store)).await;
+    let now = store::now_millis();
+    let new = store::NewInstance {
+        id: InstanceId::new(),
+        workflow: "processOrder".into(),
+        // As an earlier version took it.
+        input: r#"{"order":"D4","qty":1}"#.into(),
+        tags: Default::default(),
+        key: None,
+        created_at: now,
+        run_at: now,
+        deadline_at: Some(now + 60_000),
+        parent: None,
+    };
+    let id = new.id.clone();
+    store.create(new, None).await.unwrap();
+    let inst = ProcessOrder::handle(&engine, id);
+    let _worker = engine.start_worker();
+    until_status(&inst, Status::Paused).await;
+    let why = inst.history().await.unwrap().pop().unwrap().message;
+    let why = why.unwrap_or_default();
+    assert!(
+        why.contains("the input does not fit the input type") && why.contains("order_id"),
+        "{why}"
+    );
+}
