@@ -62,10 +62,12 @@ const TOKEN_KEY = "workflow-console-token";
 })();
 
 class ApiError extends Error {
-  constructor(status, body) {
+  constructor(status, body, fromConsole) {
     super((body && body.error) || "HTTP " + status);
     this.status = status;
     this.violations = (body && body.violations) || [];
+    // The console's own JSON error, not a proxy's page or a lost connection.
+    this.fromConsole = !!fromConsole;
   }
 }
 
@@ -83,9 +85,10 @@ async function api(path, body) {
   // JSON, or a proxy's or server's plain-text error, shown as it is.
   const text = await res.text();
   let data = null;
-  try { data = text ? JSON.parse(text) : null; } catch (_) { data = res.ok ? null : { error: text.slice(0, 300) }; }
+  let json = false;
+  try { data = text ? JSON.parse(text) : null; json = true; } catch (_) { data = res.ok ? null : { error: text.slice(0, 300) }; }
   if (res.status === 401) { askToken(); }
-  if (!res.ok) throw new ApiError(res.status, data);
+  if (!res.ok) throw new ApiError(res.status, data, json && data && typeof data.error === "string");
   return data;
 }
 
@@ -375,9 +378,11 @@ async function tick() {
       await view.refresh();
       setLive(true, "live · " + fmtTime(new Date().toISOString()).slice(11));
     } catch (err) {
-      if (err.status >= 400 && err.status < 500 && err.status !== 401 && view.showError) {
+      const answered = (err.status >= 400 && err.status < 500) || (err.fromConsole && err.status === 500);
+      if (answered && err.status !== 401 && view.showError) {
         // The server answered, and said the page asks for something wrong
-        // (an instance purged since a link to it was made, a bad filter):
+        // (an instance purged since a link to it was made, a bad filter)
+        // or that it failed (a row that cannot be read, the store down):
         // shown in the page, not taken for the server being away.
         setLive(true, "live · " + fmtTime(new Date().toISOString()).slice(11));
         view.showError(err);

@@ -255,8 +255,10 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        // The scheme's name is case-insensitive (RFC 9110).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim_start());
     constant_time_eq(given.as_bytes(), token.as_bytes())
 }
 
@@ -980,6 +982,22 @@ mod tests {
             cache.storable(cache.generation()).is_none(),
             "read afresh after a change"
         );
+    }
+
+    #[test]
+    fn bearer_is_matched_whatever_its_case() {
+        let mut headers = HeaderMap::new();
+        for (value, ok) in [
+            ("Bearer s3cret", true),
+            ("bearer s3cret", true),
+            ("BEARER  s3cret", true),
+            ("Basic s3cret", false),
+            ("Bearer s3cre", false),
+            ("s3cret", false),
+        ] {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(has_token(&headers, "s3cret"), ok, "{value}");
+        }
     }
 
     #[test]

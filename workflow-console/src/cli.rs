@@ -645,6 +645,9 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                         crate::TOKEN_ENV
                     )))
                 }
+                Err(err @ crate::ConsoleError::BadToken(_)) => {
+                    return Err(CliError::Usage(err.to_string()))
+                }
                 bound => bound?,
             };
             if json {

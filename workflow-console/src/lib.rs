@@ -78,6 +78,10 @@ pub enum ConsoleError {
     /// The engine or its store failed.
     #[error(transparent)]
     Workflow(#[from] workflow_core::Error),
+    /// The token holds a character other than visible ASCII (a space, a
+    /// letter with an accent): no browser can send it in a header.
+    #[error("the console token holds {0:?}, which no browser sends in a header: use visible ASCII characters only")]
+    BadToken(char),
     /// [`Console::bind`] was given an address other machines can reach,
     /// without a token and without [`Console::allow_no_token`].
     #[error(
@@ -142,6 +146,8 @@ impl Console {
     /// Requires this token (`Authorization: Bearer <token>`) on every API
     /// call. The page asks for it, or takes it once from `?token=` in its
     /// address (as in [`ConsoleServer::url`]). An empty token means none.
+    /// [`Console::bind`] refuses a token a browser cannot send in a header
+    /// (anything but visible ASCII: [`ConsoleError::BadToken`]).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         let token = token.into();
         self.token = (!token.is_empty()).then_some(token);
@@ -223,6 +229,13 @@ impl Console {
     /// token, or [`Console::allow_no_token`]: anyone who can reach the port
     /// could otherwise steer every workflow ([`ConsoleError::NoToken`]).
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<ConsoleServer, ConsoleError> {
+        if let Some(bad) = self
+            .token
+            .as_deref()
+            .and_then(|t| t.chars().find(|c| !c.is_ascii_graphic()))
+        {
+            return Err(ConsoleError::BadToken(bad));
+        }
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
         if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) {
             if self.token.is_none() && !self.no_token {

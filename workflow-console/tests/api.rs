@@ -753,3 +753,20 @@ async fn an_open_address_needs_a_token_or_consent() {
     assert_eq!(get("rebind.evil.example").await, 403);
     server.shutdown();
 }
+
+/// A token no browser can send in a header is refused when binding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_no_browser_can_send_is_refused() {
+    let f = fixture().await;
+    for token in ["pässwort", "two words"] {
+        let err = Console::new(f.engine.clone())
+            .token(token)
+            .bind("127.0.0.1:0")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, workflow_console::ConsoleError::BadToken(_)),
+            "{token}: {err}"
+        );
+    }
+}

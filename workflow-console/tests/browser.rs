@@ -645,6 +645,36 @@ async fn console_in_a_real_browser() {
         b.text_shown("live ·").await,
         "not taken for the server being away"
     );
+
+    // A row damaged outside the engine: the server's error is shown in the
+    // page (before, "Loading…" stayed and the badge said "offline").
+    let db = rusqlite::Connection::open(f.dir.path().join("console.db")).unwrap();
+    db.execute(
+        "UPDATE instances SET status = 'lost' WHERE id = ?1",
+        [f.completed.as_str()],
+    )
+    .unwrap();
+    b.goto(&format!(
+        "http://{}/#/instances/{}",
+        server.local_addr(),
+        f.completed
+    ))
+    .await;
+    let said = wait_for("the unreadable instance's message", || async {
+        b.js(
+            "const e = document.querySelector('[data-testid=page-error]'); return e ? e.textContent : null;",
+            json!([]),
+        )
+        .await
+        .as_str()
+        .map(str::to_owned)
+    })
+    .await;
+    assert!(
+        said.starts_with("Cannot show this instance") && said.contains("lost"),
+        "{said}"
+    );
+    assert!(b.text_shown("live ·").await, "the server answered");
     b.close().await;
     server.shutdown();
 }
