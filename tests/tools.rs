@@ -241,6 +241,7 @@ async fn arguments_the_input_type_refuses_are_invalid_arguments() {
         panic!("{err:?}");
     };
     assert_eq!(violations[0].path, "/input", "{err}");
+    assert!(violations[0].message.contains("maximum"), "{err}");
 }
 
 /// A function tool's input refused by its type past the schema is
@@ -353,8 +354,9 @@ async fn a_flattened_enum_input_is_wrapped_for_providers() {
         panic!("{err:?}");
     };
     assert_eq!(violations[0].path, "/input/days", "{err}");
-    // serde reads a flattened field from a buffer, which loses the path
-    // inside it: the type's refusal is placed at the input.
+    // Out of the type's range: refused by the schema, which carries the
+    // range, at the field (serde, reading a flattened field from a buffer,
+    // could only place its refusal at the input).
     let err = tool
         .call(
             &engine,
@@ -365,5 +367,6 @@ async fn a_flattened_enum_input_is_wrapped_for_providers() {
     let workflow::Error::InvalidArguments { violations, .. } = &err else {
         panic!("{err:?}");
     };
-    assert_eq!(violations[0].path, "/input", "{err}");
+    assert_eq!(violations[0].path, "/input/days", "{err}");
+    assert!(violations[0].message.contains("maximum"), "{err}");
 }

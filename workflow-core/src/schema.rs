@@ -2,13 +2,44 @@
 //! project emits follows the same settings.
 
 use schemars::generate::SchemaSettings;
-use schemars::JsonSchema;
+use schemars::transform::RecursiveTransform;
+use schemars::{JsonSchema, Schema};
 
 /// The JSON Schema (draft 2020-12) of `T`, as produced by schemars; doc
-/// comments on fields become `description`s.
+/// comments on fields become `description`s, and integers carry their
+/// type's range (see [`integer_bounds`]).
 pub fn schema_for<T: JsonSchema>() -> serde_json::Value {
-    let generator = SchemaSettings::draft2020_12().into_generator();
+    let generator = SchemaSettings::draft2020_12()
+        .with_transform(RecursiveTransform(integer_bounds))
+        .into_generator();
     generator.into_root_schema_for::<T>().to_value()
+}
+
+/// Adds `minimum` and `maximum` to an integer whose `format` names a Rust
+/// type (`uint32`, `int64`...). schemars gives only the format (and 0 as
+/// the minimum of unsigned ones), which validators do not check by
+/// default: `{"qty": 4294967296}` for a `u32` passed validation, and only
+/// the worker, decoding the input, found it out of range (for a start
+/// from a process without the workflow's code, after it was accepted). The
+/// bounds also tell an AI model the range; strict tool schemas keep them.
+fn integer_bounds(schema: &mut Schema) {
+    use serde_json::Value;
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    let (min, max): (Value, Value) = match object.get("format").and_then(Value::as_str) {
+        Some("int8") => (i8::MIN.into(), i8::MAX.into()),
+        Some("int16") => (i16::MIN.into(), i16::MAX.into()),
+        Some("int32") => (i32::MIN.into(), i32::MAX.into()),
+        Some("int64" | "int") => (i64::MIN.into(), i64::MAX.into()),
+        Some("uint8") => (0.into(), u8::MAX.into()),
+        Some("uint16") => (0.into(), u16::MAX.into()),
+        Some("uint32") => (0.into(), u32::MAX.into()),
+        Some("uint64" | "uint") => (0.into(), u64::MAX.into()),
+        _ => return,
+    };
+    object.entry("minimum").or_insert(min);
+    object.entry("maximum").or_insert(max);
 }
 
 #[cfg(test)]
@@ -21,6 +52,39 @@ mod tests {
         /// The order to process.
         order_id: String,
         quantity: Option<u32>,
+    }
+
+    #[derive(JsonSchema)]
+    #[allow(dead_code)]
+    struct Sizes {
+        small: u8,
+        count: u32,
+        delta: i64,
+        nested: Vec<Option<i16>>,
+        #[schemars(range(max = 10))]
+        capped: u32,
+    }
+
+    /// Integers carry their Rust type's range, wherever they sit, and a
+    /// range of the type's own (`#[schemars(range)]`) wins.
+    #[test]
+    fn integers_carry_their_range() {
+        let schema = schema_for::<Sizes>();
+        let p = &schema["properties"];
+        assert_eq!(
+            (&p["small"]["minimum"], &p["small"]["maximum"]),
+            (&0.into(), &255.into())
+        );
+        assert_eq!(p["count"]["maximum"], u32::MAX);
+        assert_eq!(p["delta"]["minimum"], i64::MIN);
+        let inner = &p["nested"]["items"];
+        assert_eq!(inner["maximum"], i16::MAX, "{inner}");
+        assert_eq!(p["capped"]["maximum"], 10);
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let over = serde_json::json!({
+            "small": 1, "count": 4_294_967_296u64, "delta": 0, "nested": [], "capped": 1
+        });
+        assert!(!validator.is_valid(&over), "u32::MAX + 1 is refused");
     }
 
     #[test]

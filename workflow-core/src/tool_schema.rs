@@ -249,9 +249,10 @@ const STRICT_FORMATS: &[&str] = &[
 ///   `additionalProperties`, `items`, `enum`, `const`, `anyOf`, `$ref`,
 ///   `$defs`, `description`, `title`, and by type `pattern` and the
 ///   supported `format`s (strings), `minimum`/`maximum`/`exclusive*`/
-///   `multipleOf` (numbers), `minItems`/`maxItems` (arrays). Dropped
-///   constraints (`default`, `minLength`, `uniqueItems`, schemars'
-///   `uint32` formats...) are still checked when the tool is called.
+///   `multipleOf` (numbers, among them the range of every Rust integer
+///   type), `minItems`/`maxItems` (arrays). Dropped constraints
+///   (`default`, `minLength`, `uniqueItems`, schemars' `uint32`
+///   formats...) are still checked when the tool is called.
 ///
 /// Errors, each with its JSON pointer into `schema`, for what strict mode
 /// cannot express: maps (`HashMap` with any key type, or a map flattened
