@@ -51,6 +51,10 @@ pub enum Command {
         /// Wait until the instance ends and print its output (exit 1 unless it completed).
         #[arg(long)]
         wait: bool,
+        /// With --wait, give up after this long (`30s`, `10m`; exit 1, the
+        /// instance runs on).
+        #[arg(long, value_name = "DURATION", requires = "wait")]
+        wait_timeout: Option<String>,
         /// A key, shown in lists and searchable.
         #[arg(long)]
         key: Option<String>,
@@ -337,12 +341,18 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             name,
             input,
             wait,
+            wait_timeout,
             key,
             tags,
             timeout,
             delay,
         } => {
             let input = parse_json("input", &input)?;
+            let wait_timeout = wait_timeout
+                .as_deref()
+                .map(humantime::parse_duration)
+                .transpose()
+                .map_err(|err| CliError::Usage(format!("--wait-timeout: {err}")))?;
             let mut options = StartOptions::new();
             if let Some(key) = key {
                 options = options.key(key);
@@ -371,7 +381,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 writeln!(out, "started {name} {id}; waiting for it to end")?;
                 out.flush()?;
             }
-            let info = engine.wait(&id).await?;
+            let info = wait_for_end(&engine, &id, &name, wait_timeout).await?;
             if json {
                 print_json(out, &serde_json::to_value(&info).unwrap_or(Value::Null))?;
             } else {
@@ -867,6 +877,43 @@ fn split_tag(tag: &str) -> Result<(String, String), CliError> {
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .filter(|(k, _)| !k.is_empty())
         .ok_or_else(|| CliError::Usage(format!("tag `{tag}` is not name=value")))
+}
+
+/// After this long still waiting for a worker, `run --wait` says so.
+const UNCLAIMED_HINT_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `run --wait`: the instance once it ended, or `Error::WaitTimeout` after
+/// `limit`. This CLI runs no workflow: if no engine running `name` uses the
+/// database, nothing ever will, so a start still untouched after
+/// [`UNCLAIMED_HINT_AFTER`] gets a hint on stderr instead of silence.
+async fn wait_for_end(
+    engine: &Engine,
+    id: &InstanceId,
+    name: &str,
+    limit: Option<std::time::Duration>,
+) -> Result<workflow_core::InstanceInfo, Error> {
+    let waiting = async {
+        match limit {
+            Some(limit) => engine.wait_timeout(id, limit).await,
+            None => engine.wait(id).await,
+        }
+    };
+    tokio::pin!(waiting);
+    tokio::select! {
+        info = &mut waiting => return info,
+        () = tokio::time::sleep(UNCLAIMED_HINT_AFTER) => {}
+    }
+    if let Ok(info) = engine.instance(id).await {
+        let due = info.due_at.is_none_or(|at| at <= chrono::Utc::now());
+        if info.status == Status::Pending && info.started_at.is_none() && due {
+            eprintln!(
+                "{id} is still pending after {}s: no worker has picked it up. Is an engine that \
+                 runs `{name}` using this database? (--wait-timeout gives up waiting)",
+                UNCLAIMED_HINT_AFTER.as_secs()
+            );
+        }
+    }
+    waiting.await
 }
 
 fn print_json(out: &mut (dyn Write + Send), value: &Value) -> std::io::Result<()> {

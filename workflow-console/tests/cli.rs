@@ -300,6 +300,25 @@ async fn starts_and_steers_for_a_running_engine() {
     let id = json(&out)["id"].as_str().unwrap().to_owned();
     let info = json(&cli(url, &["show", &id, "--json"]).await);
     assert_eq!(info["instance"]["status"], "pending", "{info}");
+    // Waiting for it gives up when told to; the instance stays.
+    let out = cli(
+        url,
+        &[
+            "run",
+            "processOrder",
+            r#"{"order_id": "C-9", "amount_cents": 900}"#,
+            "--delay",
+            "1h",
+            "--wait",
+            "--wait-timeout",
+            "300ms",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("300ms"), "{}", out.stderr);
+    let out = cli(url, &["run", "processOrder", "{}", "--wait-timeout", "1s"]).await;
+    assert_eq!(out.code, 2, "--wait-timeout needs --wait: {}", out.stderr);
     let out = cli(url, &["run", "processOrder", "{}", "--delay", "soon"]).await;
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("--delay `soon`"), "{}", out.stderr);
