@@ -7,7 +7,7 @@ use schemars::{JsonSchema, Schema};
 
 /// The JSON Schema (draft 2020-12) of `T`, as produced by schemars; doc
 /// comments on fields become `description`s, and integers carry their
-/// type's range (see [`integer_bounds`]).
+/// type's range (`minimum`/`maximum`).
 pub fn schema_for<T: JsonSchema>() -> serde_json::Value {
     let generator = SchemaSettings::draft2020_12()
         .with_transform(RecursiveTransform(integer_bounds))
