@@ -235,6 +235,20 @@ impl Browser {
     }
 }
 
+/// The text of the page's error box, once shown (`what` names it if not).
+async fn page_error(b: &Browser, what: &str) -> String {
+    wait_for(what, || async {
+        b.js(
+            "const e = document.querySelector('[data-testid=page-error]'); return e ? e.textContent : null;",
+            json!([]),
+        )
+        .await
+        .as_str()
+        .map(str::to_owned)
+    })
+    .await
+}
+
 /// Polls `check` until it returns `Some`, failing the test after 15 s.
 async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -630,16 +644,7 @@ async fn console_in_a_real_browser() {
         server.local_addr()
     ))
     .await;
-    let said = wait_for("the missing instance's message", || async {
-        b.js(
-            "const e = document.querySelector('[data-testid=page-error]'); return e ? e.textContent : null;",
-            json!([]),
-        )
-        .await
-        .as_str()
-        .map(str::to_owned)
-    })
-    .await;
+    let said = page_error(&b, "the missing instance's message").await;
     assert!(said.starts_with("No such instance"), "{said}");
     assert!(
         b.text_shown("live ·").await,
@@ -660,16 +665,7 @@ async fn console_in_a_real_browser() {
         f.completed
     ))
     .await;
-    let said = wait_for("the unreadable instance's message", || async {
-        b.js(
-            "const e = document.querySelector('[data-testid=page-error]'); return e ? e.textContent : null;",
-            json!([]),
-        )
-        .await
-        .as_str()
-        .map(str::to_owned)
-    })
-    .await;
+    let said = page_error(&b, "the unreadable instance's message").await;
     assert!(
         said.starts_with("Cannot show this instance") && said.contains("lost"),
         "{said}"

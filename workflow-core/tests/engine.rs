@@ -148,6 +148,19 @@ async fn a_workflow_runs_its_steps_and_returns_its_output() {
     );
 }
 
+/// The next instance of `workflow`, claimed by a worker "ghost" that is
+/// to die (`release_owner("ghost", ..)` then frees what it held).
+async fn ghost_claim(store: &Arc<dyn Store>, workflow: &str) -> store::Claimed {
+    let claim = ClaimRequest {
+        owner: "ghost".into(),
+        workflows: vec![workflow.into()],
+        now: store::now_millis(),
+        lease_until: store::now_millis() + 60_000,
+        limit: 1,
+    };
+    store.claim(claim).await.unwrap().remove(0)
+}
+
 #[tokio::test]
 async fn recorded_steps_are_replayed_not_rerun() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -162,14 +175,7 @@ async fn recorded_steps_are_replayed_not_rerun() {
     .await
     .unwrap();
     // A worker that "dies" after recording the first step, with state.
-    let claim = ClaimRequest {
-        owner: "ghost".into(),
-        workflows: vec!["processOrder".into()],
-        now: store::now_millis(),
-        lease_until: store::now_millis() + 60_000,
-        limit: 1,
-    };
-    let claimed = store.claim(claim).await.unwrap().remove(0);
+    let claimed = ghost_claim(&store, "processOrder").await;
     let step = StepRow {
         key: "fetch-order".into(),
         output: Some("100".into()),
@@ -2692,14 +2698,7 @@ async fn attempts_count_on_after_a_crash_beside_another_retried_step() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let engine = one_slot_engine_on(Arc::clone(&store), RetriesSideBySide).await;
     let inst = RetriesSideBySide::start(&engine, ()).await.unwrap();
-    let claim = ClaimRequest {
-        owner: "ghost".into(),
-        workflows: vec![RetriesSideBySide::NAME.into()],
-        now: store::now_millis(),
-        lease_until: store::now_millis() + 60_000,
-        limit: 1,
-    };
-    let lease = store.claim(claim).await.unwrap().remove(0).lease;
+    let lease = ghost_claim(&store, RetriesSideBySide::NAME).await.lease;
     let now = store::now_millis();
     store
         .record_attempt(&lease, "a", 1, "still down", now)
@@ -2746,14 +2745,7 @@ async fn a_record_the_code_no_longer_reads_pauses_the_instance() {
     let engine = engine_on(Arc::clone(&store)).await;
     let inst = ProcessOrder::start(&engine, order("C3")).await.unwrap();
     // An earlier version's run recorded the price as text.
-    let claim = ClaimRequest {
-        owner: "ghost".into(),
-        workflows: vec!["processOrder".into()],
-        now: store::now_millis(),
-        lease_until: store::now_millis() + 60_000,
-        limit: 1,
-    };
-    let claimed = store.claim(claim).await.unwrap().remove(0);
+    let claimed = ghost_claim(&store, "processOrder").await;
     let step = StepRow {
         key: "fetch-order".into(),
         output: Some(r#"{"amount":"7"}"#.into()),
