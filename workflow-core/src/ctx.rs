@@ -814,6 +814,8 @@ where
                     if noted {
                         lock(&run.retrying).remove(&key);
                     }
+                    // Recorded: a suspension need not wait for it any more.
+                    drop(running);
                     return self.replay(step).await;
                 }
                 let delay = opts.jittered_delay_after(attempt);
