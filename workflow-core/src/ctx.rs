@@ -300,19 +300,45 @@ impl RunShared {
         self.engine.inner.config.max_payload
     }
 
-    /// Stops the handler; the first reason given wins, except over a
-    /// suspension still waiting for the steps beside it (see
-    /// [`Ctx::suspend`]): a cancel, a lost lease or an end stop it at once.
+    /// Stops the handler; see [`RunShared::record_interrupt`] for which
+    /// reason counts.
     pub(crate) fn interrupt(&self, why: Interrupt, settlement: Settlement) {
+        self.record_interrupt(why, settlement);
+        self.stop.cancel();
+    }
+
+    /// Records why the handler stops: the first reason given wins, except
+    /// that a suspension still waiting for the steps beside it (see
+    /// [`Ctx::suspend`]) gives way to any other (a cancel, a lost lease,
+    /// an end). Whether `why` was recorded.
+    fn record_interrupt(&self, why: Interrupt, settlement: Settlement) -> bool {
         let mut slot = lock(&self.interrupt);
-        let suspending = matches!(&*slot, Some((Interrupt::Suspended, _)))
-            && !self.stop.is_cancelled()
-            && why != Interrupt::Suspended;
-        if slot.is_none() || suspending {
+        let draining =
+            matches!(&*slot, Some((Interrupt::Suspended, _))) && !self.stop.is_cancelled();
+        let record = slot.is_none() || (draining && why != Interrupt::Suspended);
+        if record {
             *slot = Some((why, settlement));
         }
-        drop(slot);
-        self.stop.cancel();
+        record
+    }
+
+    /// Waits until no step attempt runs, or the handler is stopped. Whether
+    /// it had to wait.
+    async fn steps_finished(&self) -> bool {
+        let mut waited = false;
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.steps_running.load(Ordering::SeqCst) == 0 || self.stop.is_cancelled() {
+                return waited;
+            }
+            waited = true;
+            tokio::select! {
+                _ = drained => {}
+                _ = self.stop.cancelled() => return waited,
+            }
+        }
     }
 
     /// Counts a step attempt as running until the guard drops.
@@ -876,39 +902,11 @@ where
         }
         tracing::debug!(reason = %suspend.reason, "suspending");
         let had_state = suspend.state.is_some();
-        let mine = {
-            let mut slot = lock(&run.interrupt);
-            match &*slot {
-                None => {
-                    *slot = Some((Interrupt::Suspended, Settlement::Suspend(suspend)));
-                    true
-                }
-                // Another branch suspends and waits for the steps: the
-                // first suspension wins, as the first interrupt does.
-                Some((Interrupt::Suspended, _)) if !run.stop.is_cancelled() => false,
-                // Stopping for another reason already.
-                Some(_) => {
-                    drop(slot);
-                    run.stop.cancel();
-                    return Error::Interrupted(Interrupt::Suspended);
-                }
-            }
-        };
-        let mut waited = false;
-        loop {
-            let drained = run.drained.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            if run.steps_running.load(Ordering::SeqCst) == 0 || run.stop.is_cancelled() {
-                break;
-            }
-            waited = true;
-            tokio::select! {
-                _ = drained => {}
-                _ = run.stop.cancelled() => break,
-            }
-        }
-        if waited && mine {
+        // Not recorded if another branch's suspension came first (it waits
+        // for the same steps) or the run stops for another reason (then
+        // nothing is waited for).
+        let mine = run.record_interrupt(Interrupt::Suspended, Settlement::Suspend(suspend));
+        if run.steps_finished().await && mine {
             // Steps beside it may have changed the state and recorded it
             // since the caller took its snapshot: save the state as it is now.
             if had_state {

@@ -789,20 +789,13 @@ impl<'ast> Visit<'ast> for StepVisitor {
                 step = is_step.then(|| lit.value());
             }
         }
-        let Some(step) = step else {
-            visit::visit_expr_method_call(self, call);
-            return;
-        };
-        // The arguments after the name hold the step's closure.
-        for attr in &call.attrs {
-            self.visit_attribute(attr);
+        // What a step's call holds (its closure) runs inside the step.
+        let inside = step.is_some();
+        self.steps.extend(step);
+        visit::visit_expr_method_call(self, call);
+        if inside {
+            self.steps.pop();
         }
-        self.visit_expr(&call.receiver);
-        self.steps.push(step);
-        for arg in call.args.iter().skip(1) {
-            self.visit_expr(arg);
-        }
-        self.steps.pop();
     }
 
     fn visit_expr_for_loop(&mut self, expr: &'ast syn::ExprForLoop) {
