@@ -511,9 +511,18 @@ impl EngineBuilder {
             }
         };
         if !workflows.is_empty() {
-            let definitions = definitions_in_force(&workflows, &scheduled);
+            let mut definitions = definitions_in_force(&workflows, &scheduled);
             let now = self.clock.now().timestamp_millis();
-            restart_changed_schedules(store.as_ref(), &definitions, now).await;
+            match store.definitions().await {
+                Ok(recorded) => {
+                    keep_recorded_schedules(&mut definitions, &recorded);
+                    restart_changed_schedules(store.as_ref(), &definitions, &recorded, now).await;
+                }
+                Err(err) => tracing::warn!(
+                    error = %err,
+                    "reading the recorded definitions failed; schedules go on from their marks"
+                ),
+            }
             store.put_definitions(&definitions, now_millis()).await?;
         }
         tracing::debug!(workflows = workflows.len(), "engine built");
@@ -547,14 +556,12 @@ impl EngineBuilder {
 /// which skips nothing an engine was running for: a running engine goes on
 /// from its own last look. The expressions are compared as text, so one
 /// merely reworded restarts too.
-async fn restart_changed_schedules(store: &dyn Store, definitions: &[Definition], now: Millis) {
-    let recorded = match store.definitions().await {
-        Ok(recorded) => recorded,
-        Err(err) => {
-            tracing::warn!(error = %err, "reading the recorded definitions failed; schedules go on from their marks");
-            return;
-        }
-    };
+async fn restart_changed_schedules(
+    store: &dyn Store,
+    definitions: &[Definition],
+    recorded: &[Definition],
+    now: Millis,
+) {
     for new in definitions.iter().filter(|d| d.schedule.is_some()) {
         let Some(old) = recorded.iter().find(|old| old.name == new.name) else {
             continue;
@@ -579,6 +586,25 @@ async fn restart_changed_schedules(store: &dyn Store, definitions: &[Definition]
             Err(err) => {
                 tracing::warn!(workflow = %new.name, error = %err, "restarting a changed schedule failed")
             }
+        }
+    }
+}
+
+/// Keeps the recorded schedule of every workflow this engine registers
+/// without one: an engine that only starts instances (an API server) may
+/// register a workflow that its workers run on a schedule chosen at run
+/// time. Recording "no schedule" would show none in the console, and the
+/// next worker built would take its own schedule for a changed one and
+/// restart it, skipping the ticks missed while no worker ran.
+fn keep_recorded_schedules(definitions: &mut [Definition], recorded: &[Definition]) {
+    for def in definitions.iter_mut().filter(|d| d.schedule.is_none()) {
+        if let Some(old) = recorded
+            .iter()
+            .find(|old| old.name == def.name && old.schedule.is_some())
+        {
+            def.schedule.clone_from(&old.schedule);
+            def.timezone.clone_from(&old.timezone);
+            def.catch_up = old.catch_up;
         }
     }
 }

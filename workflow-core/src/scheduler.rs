@@ -213,9 +213,21 @@ async fn fire_due(
         );
     }
     let mut fired = None;
-    for tick in plan.fire {
+    let last = plan.fire.len().saturating_sub(1);
+    for (n, tick) in plan.fire.into_iter().enumerate() {
         let id = fire_tick(engine, s, tick).await?;
-        fired = Some((tick.timestamp_millis(), id));
+        let tick = tick.timestamp_millis();
+        // Each tick of a catch-up is recorded as it fires: a chunk cut
+        // short (a shutdown, a kill, a store error) would otherwise leave
+        // the mark before ticks whose instances may end and be purged
+        // (their keys free again) before the next look fires them again.
+        if n < last {
+            store
+                .advance_schedule(s.workflow, tick, Some((tick, id)))
+                .await?;
+        } else {
+            fired = Some((tick, id));
+        }
     }
     // Only as far as the ticks handled: an engine that stops here, or any
     // other engine, goes on from there, and creating an instance twice

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -2213,6 +2213,8 @@ pub struct Unreachable<S> {
     inner: S,
     down: AtomicBool,
     failing_creates: AtomicU32,
+    /// Creates left before every create fails; negative: no limit.
+    creates_until_failing: AtomicI64,
     hanging: AtomicBool,
 }
 
@@ -2223,6 +2225,7 @@ impl<S: Store> Unreachable<S> {
             inner,
             down: AtomicBool::new(false),
             failing_creates: AtomicU32::new(0),
+            creates_until_failing: AtomicI64::new(-1),
             hanging: AtomicBool::new(false),
         }
     }
@@ -2237,6 +2240,13 @@ impl<S: Store> Unreachable<S> {
     /// error (and change nothing) while every other call goes through.
     pub fn fail_next_creates(&self, n: u32) {
         self.failing_creates.store(n, Ordering::SeqCst);
+    }
+
+    /// Lets the next `ok` calls to [`Store::create`] through, then fails
+    /// every create (changing nothing) until called with `None`.
+    pub fn fail_creates_after(&self, ok: Option<u32>) {
+        self.creates_until_failing
+            .store(ok.map_or(-1, i64::from), Ordering::SeqCst);
     }
 
     /// Makes every call fail (`true`) or reach the store again (`false`).
@@ -2274,6 +2284,16 @@ impl<S: Store> Store for Unreachable<S> {
         if failing.is_ok() {
             return Err(StoreError::backend(
                 "create failed (testing::Unreachable::fail_next_creates)",
+            ));
+        }
+        let exhausted =
+            self.creates_until_failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n > 0).then(|| n - 1)
+                });
+        if exhausted == Err(0) {
+            return Err(StoreError::backend(
+                "create failed (testing::Unreachable::fail_creates_after)",
             ));
         }
         store.create(new, dedup).await

@@ -167,7 +167,9 @@ pub struct Definition {
     pub name: String,
     /// Description.
     pub description: String,
-    /// Cron schedule.
+    /// Cron schedule: the one last registered by an engine that
+    /// schedules the workflow (an engine that registers it without one
+    /// keeps the recorded schedule).
     pub schedule: Option<String>,
     /// Schedule time zone.
     pub timezone: String,

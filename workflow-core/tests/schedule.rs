@@ -511,3 +511,98 @@ async fn a_changed_expression_counts_from_its_first_engine() {
         Some(mark)
     );
 }
+
+/// A catch-up cut short (here by creates failing after two ticks) records
+/// the ticks it fired: once their instances ended and were purged, the
+/// next engine goes on after them instead of firing them a second time.
+#[tokio::test]
+async fn a_catch_up_cut_short_does_not_fire_its_ticks_again() {
+    let flaky = Arc::new(testing::Unreachable::new(MemoryStore::new()));
+    let store: Arc<dyn Store> = flaky.clone();
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let first = engine(Arc::clone(&store), &clock, CatchUp::All).await;
+    let worker = first.start_worker();
+    registered(&store).await;
+    worker.shutdown().await;
+    // 10:01 to 10:05 were missed; only the first two can start.
+    clock.advance(Duration::from_secs(5 * 60));
+    flaky.fail_creates_after(Some(2));
+    let second = engine(Arc::clone(&store), &clock, CatchUp::All).await;
+    let worker = second.start_worker();
+    let cut_short = wait_for(&second, 2).await;
+    assert_eq!(
+        cut_short,
+        [
+            "schedule:2026-11-25T10:01:00.000Z",
+            "schedule:2026-11-25T10:02:00.000Z"
+        ]
+    );
+    for info in second.list(Query::new()).await.unwrap().items {
+        EveryMinute::handle(&second, info.id)
+            .result_timeout(Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    worker.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(second.purge(Utc::now(), None).await.unwrap(), 2);
+    flaky.fail_creates_after(None);
+    let third = engine(Arc::clone(&store), &clock, CatchUp::All).await;
+    let _worker = third.start_worker();
+    assert_eq!(
+        wait_for(&third, 3).await,
+        [
+            "schedule:2026-11-25T10:03:00.000Z",
+            "schedule:2026-11-25T10:04:00.000Z",
+            "schedule:2026-11-25T10:05:00.000Z"
+        ],
+        "10:01 and 10:02 ran already"
+    );
+}
+
+/// The workflow as an API server registers it: same name, no schedule
+/// (its workers choose one at run time).
+struct EveryMinuteUnscheduled;
+
+impl Workflow for EveryMinuteUnscheduled {
+    type Input = ();
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "everyMinute";
+
+    async fn run(&self, _: Ctx, _: ()) -> Result<String, BoxError> {
+        Ok(String::new())
+    }
+}
+
+/// An engine that registers a scheduled workflow without its schedule
+/// changes neither the recorded schedule nor the mark: the next worker
+/// still catches up on the ticks missed while none ran.
+#[tokio::test]
+async fn an_engine_without_the_schedule_leaves_it_as_it_was() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let first = engine(Arc::clone(&store), &clock, CatchUp::Latest).await;
+    let worker = first.start_worker();
+    registered(&store).await;
+    worker.shutdown().await;
+    clock.advance(Duration::from_secs(5 * 60));
+    let api = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(EveryMinuteUnscheduled)
+        .clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    drop(api);
+    let recorded = store.definitions().await.unwrap();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].schedule.as_deref(), Some("* * * * *"));
+    let second = engine(Arc::clone(&store), &clock, CatchUp::Latest).await;
+    let _worker = second.start_worker();
+    assert_eq!(
+        wait_for(&second, 1).await,
+        ["schedule:2026-11-25T10:05:00.000Z"],
+        "the latest missed tick runs"
+    );
+}
