@@ -463,6 +463,7 @@ impl RunShared {
             name: name.to_owned(),
             reserved,
         })?;
+        crate::error::check_length("step name", name)?;
         if let Ok(outer) = IN_STEP.try_with(String::clone) {
             return Err(Error::NestedStep {
                 workflow: self.workflow.to_owned(),

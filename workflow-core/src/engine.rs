@@ -82,7 +82,13 @@ const PURGE_MARGIN: Duration = Duration::from_secs(2);
 
 /// The longest event key accepted: every store indexes keys, and
 /// PostgreSQL's B-tree refuses entries much over 2 KiB.
-pub const MAX_EVENT_KEY_BYTES: usize = 512;
+pub const MAX_EVENT_KEY_BYTES: usize = MAX_KEY_BYTES;
+
+/// The longest step name, event name, dedup key, tag name and tag value
+/// accepted, in bytes. Every store indexes them, and PostgreSQL's B-tree
+/// refuses entries much over 2 KiB: a longer step name could never be
+/// recorded, and its run would be retried for ever.
+pub const MAX_KEY_BYTES: usize = 512;
 
 /// The default of [`EngineBuilder::max_payload_bytes`]: 256 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 256 << 20;
@@ -836,6 +842,7 @@ impl Engine {
         options: StartOptions,
     ) -> Result<Vec<Instance<W>>> {
         self.check_runnable(W::NAME).await?;
+        options.check()?;
         let now = now_millis();
         let (run_at, deadline_at) = options.due(now, W::TIMEOUT);
         let mut new = Vec::with_capacity(inputs.len());
@@ -869,6 +876,7 @@ impl Engine {
         options: StartOptions,
         dedup: Option<Vec<Status>>,
     ) -> Result<(InstanceId, bool)> {
+        options.check()?;
         let now = now_millis();
         let (run_at, deadline_at) = options.due(now, default_timeout);
         let new = NewInstance {
@@ -1063,6 +1071,7 @@ impl Engine {
             name: name.to_owned(),
             reserved,
         })?;
+        crate::error::check_length("event name", name)?;
         let payload = payload.to_string();
         crate::error::within(&payload, self.inner.config.max_payload, || {
             format!("payload of event `{name}` to instance {id}")

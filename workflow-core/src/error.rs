@@ -189,6 +189,36 @@ pub enum Error {
         reserved: Option<char>,
     },
 
+    /// A step name or event name longer than
+    /// [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES): not every store can index
+    /// it. Returned before anything runs or is recorded.
+    #[error(
+        "{what} {:?} is {bytes} bytes long; at most {} are allowed, as every store indexes it",
+        preview(name),
+        crate::MAX_KEY_BYTES
+    )]
+    NameTooLong {
+        /// What the name names: `"step name"` or `"event name"`.
+        what: &'static str,
+        /// The name as given.
+        name: String,
+        /// Its length in bytes.
+        bytes: usize,
+    },
+
+    /// A dedup key or tag given to a start
+    /// ([`StartOptions`](crate::StartOptions)) that not every store can
+    /// index: longer than [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES), or with
+    /// a NUL character, which PostgreSQL's text cannot hold. Nothing is
+    /// created.
+    #[error("{what} is not usable: {why}")]
+    InvalidStartOption {
+        /// Which option: `dedup key "..."`, `tag name "..."`, `tag "name" value`.
+        what: String,
+        /// The rule it breaks.
+        why: String,
+    },
+
     /// `ctx.wait_for_event` gave up: no event came within its timeout.
     /// Match on it to take the timeout branch.
     #[error("no event `{event}` arrived within the timeout")]
@@ -306,6 +336,41 @@ pub(crate) fn within(json: &str, max: usize, context: impl Fn() -> String) -> Re
         });
     }
     Ok(())
+}
+
+/// The start of a long name, for a message.
+pub(crate) fn preview(name: &str) -> String {
+    match name.char_indices().nth(40) {
+        Some((at, _)) => format!("{}…", &name[..at]),
+        None => name.to_owned(),
+    }
+}
+
+/// [`Error::NameTooLong`] for a name over [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES).
+pub(crate) fn check_length(what: &'static str, name: &str) -> Result<()> {
+    if name.len() > crate::MAX_KEY_BYTES {
+        return Err(Error::NameTooLong {
+            what,
+            name: name.to_owned(),
+            bytes: name.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Why a dedup key, tag name or tag value cannot be stored, if it cannot.
+pub(crate) fn unusable_key(text: &str) -> Option<String> {
+    if text.len() > crate::MAX_KEY_BYTES {
+        Some(format!(
+            "it is {} bytes long; at most {} are allowed, as every store indexes it",
+            text.len(),
+            crate::MAX_KEY_BYTES
+        ))
+    } else if text.contains('\0') {
+        Some("it contains a NUL character, which not every store can hold".to_owned())
+    } else {
+        None
+    }
 }
 
 fn describe_event_name(name: &str, reserved: Option<char>) -> String {

@@ -46,13 +46,17 @@ impl StartOptions {
     /// box). [`Workflow::start_with`] does not check it against other
     /// instances: two starts with one key make two instances. To start at
     /// most one per key, use [`Workflow::get_or_create`], which
-    /// deduplicates on this same key.
+    /// deduplicates on this same key. At most
+    /// [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES), with no NUL character, or
+    /// the start fails with [`Error::InvalidStartOption`].
     pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
     }
 
-    /// Adds a tag.
+    /// Adds a tag. Its name and value are each at most
+    /// [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES), with no NUL character, or
+    /// the start fails with [`Error::InvalidStartOption`].
     pub fn tag(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.tags.insert(name.into(), value.into());
         self
@@ -72,6 +76,29 @@ impl StartOptions {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
+    }
+
+    /// Refuses a key or tag not every store can index
+    /// ([`Error::InvalidStartOption`]).
+    pub(crate) fn check(&self) -> crate::Result<()> {
+        let refuse = |what: String, why| Err(Error::InvalidStartOption { what, why });
+        if let Some(key) = &self.key {
+            if let Some(why) = crate::error::unusable_key(key) {
+                return refuse(format!("dedup key {:?}", crate::error::preview(key)), why);
+            }
+        }
+        for (name, value) in &self.tags {
+            if let Some(why) = crate::error::unusable_key(name) {
+                return refuse(format!("tag name {:?}", crate::error::preview(name)), why);
+            }
+            if let Some(why) = crate::error::unusable_key(value) {
+                return refuse(
+                    format!("value of tag {:?}", crate::error::preview(name)),
+                    why,
+                );
+            }
+        }
+        Ok(())
     }
 
     /// When an instance started `now` is due, and its deadline: the delay

@@ -30,7 +30,7 @@ mod workflow;
 pub use crate::ctx::{Ctx, RESERVED_STEP_CHARS};
 pub use crate::engine::{
     unsupported_url, Connector, Durability, Engine, EngineBuilder, DEFAULT_MAX_PAYLOAD,
-    MAX_EVENT_KEY_BYTES, PURGE_BATCH,
+    MAX_EVENT_KEY_BYTES, MAX_KEY_BYTES, PURGE_BATCH,
 };
 pub use crate::error::{error_chain, BoxError, Error, Interrupt, Result, StoreError};
 pub use crate::history::{HistoryEvent, HistoryKind};

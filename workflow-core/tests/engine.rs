@@ -407,6 +407,75 @@ async fn every_name_taking_method_refuses_reserved_and_empty_names() {
     );
 }
 
+/// Runs one step named by its input.
+struct NamedStep;
+
+impl Workflow for NamedStep {
+    type Input = String;
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "namedStep";
+
+    async fn run(&self, ctx: Ctx, name: String) -> Result<(), BoxError> {
+        ctx.step(&name, || async { Ok::<_, BoxError>(()) }).await?;
+        Ok(())
+    }
+}
+
+/// A step name, dedup key or tag that not every store can index (too long
+/// for PostgreSQL's B-tree, or with a NUL) is refused before anything is
+/// recorded: before, PostgreSQL refused the step's record and its run was
+/// retried for ever, while SQLite took it.
+#[tokio::test]
+async fn names_and_keys_no_store_can_index_are_refused() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(store)
+        .register(NamedStep)
+        .register(Repeats)
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let long = "s".repeat(MAX_KEY_BYTES + 1);
+    let inst = NamedStep::start(&engine, long.clone()).await.unwrap();
+    let err = inst
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("step name") && message.contains("513 bytes"),
+        "{message}"
+    );
+    assert!(inst.steps().await.unwrap().is_empty());
+    // At the limit, it runs.
+    let inst = NamedStep::start(&engine, "s".repeat(MAX_KEY_BYTES))
+        .await
+        .unwrap();
+    inst.result_timeout(Duration::from_secs(10)).await.unwrap();
+
+    for (options, what) in [
+        (StartOptions::new().key("a\0b"), "dedup key"),
+        (StartOptions::new().key(long.clone()), "dedup key"),
+        (StartOptions::new().tag("team\0", "x"), "tag name"),
+        (
+            StartOptions::new().tag("team", long.clone()),
+            "value of tag \"team\"",
+        ),
+    ] {
+        let err = Repeats::start_with(&engine, 1, options).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidStartOption { what: w, .. } if w.starts_with(what)),
+            "{what}: {err:?}"
+        );
+    }
+    let err = Repeats::get_or_create(&engine, "k\0", 1).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidStartOption { .. }), "{err:?}");
+    let repeats = engine.list(Query::new().name("repeats")).await.unwrap();
+    assert!(repeats.items.is_empty(), "{:?}", repeats.items);
+}
+
 static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);
 
 struct Flaky;

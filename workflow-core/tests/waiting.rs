@@ -1176,6 +1176,19 @@ async fn events_no_wait_can_take_are_refused_when_sent() {
         );
         assert!(err.to_string().contains("no wait can name it"), "{err}");
     }
+    let long = "e".repeat(MAX_KEY_BYTES + 1);
+    let err = inst.send_event(&long, 1).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::NameTooLong {
+                what: "event name",
+                bytes: 513,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = inst
         .send_event_once("approval", "k", "x".repeat(100))
         .await

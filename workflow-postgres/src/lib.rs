@@ -14,8 +14,11 @@
 //!   the request's `now`) from the server's time, and has lapsed once the
 //!   server's clock passed its end. A worker whose clock runs ahead cannot
 //!   take instances whose leases are live, and one whose clock lags takes
-//!   over lapsed ones on time. Due times of sleeps, retries and timeouts
-//!   still follow the clocks of the engines that set them.
+//!   over lapsed ones on time. Due times of sleeps, retries and wait
+//!   timeouts do not: the engine that sets one computes it by its clock,
+//!   and a waiting instance is taken once the claiming worker's clock
+//!   passed it (a worker an hour ahead ends an hour-long sleep at once).
+//!   Keep the workers' clocks in sync (NTP), as for any scheduler.
 //! - LISTEN/NOTIFY wakes idle workers when work becomes due elsewhere; it is
 //!   only a hint, polling stays the truth. It is sent after the commit, not
 //!   inside it: notifying transactions commit one at a time server-wide.
