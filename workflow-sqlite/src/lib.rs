@@ -41,7 +41,13 @@ use workflow_core::{Definition, Durability, Error, InstanceId, Status, StoreErro
 
 use crate::checkpoint::Checkpointer;
 use crate::rows::{backend, instance_row, step_row, COLUMNS, SUMMARY_COLUMNS};
-use crate::writer::{Op, Reply, Writer};
+use crate::writer::{Op, PurgeFrom, Reply, Writer};
+
+/// About how many rows one purge transaction deletes before it commits
+/// and lets other writes in (it finishes the tree it is at): 5,000 rows
+/// hold the writer for some milliseconds, not the seconds that 500 trees
+/// of large instances would.
+const PURGE_ROWS: u64 = 5_000;
 
 /// How a [`SqliteStore`] opens its file.
 #[derive(Debug, Clone)]
@@ -716,10 +722,29 @@ impl Store for SqliteStore {
         workflow: Option<&str>,
         limit: usize,
     ) -> Result<u64, StoreError> {
-        let op = Op::Purge(ended_before, workflow.map(str::to_owned), limit);
-        match self.write(op).await? {
-            Reply::Count(n) => Ok(n),
-            other => Err(unexpected(other)),
+        // Several transactions when the trees are large, each going on
+        // where the last stopped: running workflows' writes go between.
+        let (mut instances, mut trees) = (0, 0);
+        let mut from = PurgeFrom::default();
+        loop {
+            let op = Op::Purge {
+                before: ended_before,
+                workflow: workflow.map(str::to_owned),
+                trees: limit - trees,
+                rows: PURGE_ROWS,
+                from,
+            };
+            match self.write(op).await? {
+                Reply::Purged(done) => {
+                    instances += done.instances;
+                    trees += done.trees;
+                    match done.next {
+                        Some(next) if trees < limit => from = next,
+                        _ => return Ok(instances),
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
         }
     }
 
@@ -1003,6 +1028,70 @@ mod tests {
     }
 
     /// The list and count queries must use indexes, not sort or scan the table.
+    /// Trees larger than one purge transaction's rows are purged whole
+    /// over several transactions, with everything they stored.
+    #[tokio::test]
+    async fn a_purge_of_trees_larger_than_a_transaction_takes_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("purge.db"))
+            .await
+            .unwrap();
+        let steps_each = PURGE_ROWS as usize / 2 + 1;
+        for n in 0..3 {
+            let new = NewInstance {
+                id: InstanceId::at(n + 1),
+                workflow: "w".into(),
+                input: "null".into(),
+                tags: Default::default(),
+                key: None,
+                created_at: n + 1,
+                run_at: n + 1,
+                deadline_at: None,
+                parent: None,
+            };
+            store.create(new, None).await.unwrap();
+            let claimed = store
+                .claim(ClaimRequest {
+                    owner: "o".into(),
+                    workflows: vec!["w".into()],
+                    now: 10,
+                    lease_until: 10_000,
+                    limit: 1,
+                })
+                .await
+                .unwrap()
+                .remove(0);
+            for k in 0..steps_each {
+                let step = StepRow {
+                    key: format!("s{k}"),
+                    output: Some("1".into()),
+                    error: None,
+                    state: None,
+                    attempts: 1,
+                    started_at: 11,
+                    finished_at: 12,
+                };
+                store.commit_step(&claimed.lease, step).await.unwrap();
+            }
+            let finish = Finish {
+                status: workflow_core::Status::Completed,
+                output: Some("1".into()),
+                error: None,
+                state: None,
+                at: 20,
+            };
+            store.finish(&claimed.lease, finish).await.unwrap();
+        }
+        assert_eq!(store.purge(21, None, 500).await.unwrap(), 3);
+        let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM steps")
+            .fetch_one(&store.read)
+            .await
+            .unwrap();
+        assert_eq!(steps, 0);
+        // The tree limit holds across transactions.
+        assert_eq!(store.purge(21, None, 500).await.unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn list_queries_use_indexes() {
         let dir = tempfile::tempdir().unwrap();

@@ -374,8 +374,16 @@ pub(crate) enum Op {
     Release(Lease, Millis),
     Renew(Vec<Lease>, Millis),
     ReleaseOwner(String, Millis),
-    /// Instances that ended before this time, of this workflow, at most so many.
-    Purge(Millis, Option<String>, usize),
+    /// Trees that ended before `before`, of `workflow`: at most `trees`
+    /// of them, in one transaction, stopping after the tree that takes the
+    /// rows deleted past `rows`; the scan starts at `from`.
+    Purge {
+        before: Millis,
+        workflow: Option<String>,
+        trees: usize,
+        rows: u64,
+        from: PurgeFrom,
+    },
     Cancel(InstanceId, Millis),
     SetDeadline(InstanceId, Millis, Millis),
     Suspend(Lease, Suspend),
@@ -424,7 +432,7 @@ impl Op {
             | Op::SendEvent { id, .. }
             | Op::Pause(id, _)
             | Op::Resume(id, _) => unsynced.wrote(id.as_str()),
-            Op::Cancel(..) | Op::ReleaseOwner(..) | Op::AdvanceSchedule(..) | Op::Purge(..) => {
+            Op::Cancel(..) | Op::ReleaseOwner(..) | Op::AdvanceSchedule(..) | Op::Purge { .. } => {
                 unsynced.wrote_untracked()
             }
             // A claim's own writes (the lease) need no fsync; renewals
@@ -462,6 +470,7 @@ pub(crate) enum Reply {
     Control(Control),
     Taken(Option<String>),
     Count(u64),
+    Purged(Purged),
     Done,
 }
 
@@ -1431,11 +1440,19 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             }
             Ok(Reply::Count(ids.len() as u64))
         }
-        Op::Purge(before, workflow, limit) => Ok(Reply::Count(purge(
+        Op::Purge {
+            before,
+            workflow,
+            trees,
+            rows,
+            from,
+        } => Ok(Reply::Purged(purge(
             c,
             *before,
             workflow.as_deref(),
-            *limit,
+            *trees,
+            *rows,
+            from.clone(),
         )?)),
         Op::AdvanceSchedule(workflow, checked, fired) => {
             let (tick, id) = match fired {
@@ -1597,18 +1614,55 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
 }
 
 /// Deletes ended instances with their rows in every table: see
-/// [`Store::purge`]. Ids are read and bound as the bytes stored, so a row
-/// whose id is not UTF-8 does not stop the purge.
-fn purge(c: &Tx<'_, '_>, before: Millis, workflow: Option<&str>, limit: usize) -> Result<u64, Db> {
+/// Where a purge's scan goes on from: the ended status it was at (an index
+/// into the terminal statuses of [`Status::ALL`]) and the last root it
+/// passed there.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct PurgeFrom {
+    status: usize,
+    after: Vec<u8>,
+}
+
+/// What one purge transaction did.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Purged {
+    /// Instances deleted.
+    pub(crate) instances: u64,
+    /// Trees deleted.
+    pub(crate) trees: usize,
+    /// Where to go on from, if it stopped before the end of the scan.
+    pub(crate) next: Option<PurgeFrom>,
+}
+
+/// [`Store::purge`], one transaction of it: up to `limit` trees, stopping
+/// once a tree takes the rows deleted past `rows` (a purge of large trees
+/// would hold the single writer, and every running workflow's writes,
+/// for as long as it deletes). Ids are read and bound as the bytes stored,
+/// so a row whose id is not UTF-8 does not stop the purge.
+fn purge(
+    c: &Tx<'_, '_>,
+    before: Millis,
+    workflow: Option<&str>,
+    limit: usize,
+    rows: u64,
+    from: PurgeFrom,
+) -> Result<Purged, Db> {
+    let mut done = Purged {
+        instances: 0,
+        trees: 0,
+        next: None,
+    };
     if limit == 0 {
-        return Ok(0);
+        done.next = Some(from);
+        return Ok(done);
     }
     // Trees go whole: roots (no parent row) that ended and were created
     // (ids sort by creation) before `before`, one status at a time in id
     // order (the index's order: nothing to sort), a page at a time. A root
     // with a running child is passed over by the query, one whose tree is
     // not all ended by `purge_tree`; either way the scan goes on past it,
-    // so held-back trees never fill a batch.
+    // so held-back trees never fill a batch, and the next transaction
+    // starts after them.
     let (index, workflow_test) = match workflow {
         Some(_) => ("instances_workflow_status", "i.workflow = ?6 AND "),
         None => ("instances_status", ""),
@@ -1623,9 +1677,13 @@ fn purge(c: &Tx<'_, '_>, before: Millis, workflow: Option<&str>, limit: usize) -
     );
     let floor = InstanceId::floor_at(before);
     let page = limit.clamp(1, 500);
-    let (mut trees, mut deleted) = (0, 0);
-    for status in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
-        let mut after: Vec<u8> = Vec::new();
+    let ended: Vec<Status> = Status::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .collect();
+    let mut deleted_rows = 0;
+    let mut at = from;
+    while let Some(status) = ended.get(at.status) {
         loop {
             let mut select = c.prepare_cached(&sql)?;
             let id_bytes = |r: &Row<'_>| Ok(r.get_ref(0)?.as_bytes().unwrap_or_default().to_vec());
@@ -1633,7 +1691,7 @@ fn purge(c: &Tx<'_, '_>, before: Millis, workflow: Option<&str>, limit: usize) -
                 before,
                 floor.as_str(),
                 page as i64,
-                text(&after),
+                text(&at.after),
                 status.as_str()
             ];
             let roots: Vec<Vec<u8>> = match workflow {
@@ -1650,12 +1708,15 @@ fn purge(c: &Tx<'_, '_>, before: Millis, workflow: Option<&str>, limit: usize) -
             };
             drop(select);
             for root in &roots {
-                after.clone_from(root);
-                if let Some(n) = purge_tree(c, root, before)? {
-                    deleted += n;
-                    trees += 1;
-                    if trees >= limit {
-                        return Ok(deleted);
+                at.after.clone_from(root);
+                if let Some((instances, rows_of_tree)) = purge_tree(c, root, before)? {
+                    done.instances += instances;
+                    done.trees += 1;
+                    deleted_rows += rows_of_tree;
+                    if done.trees >= limit || deleted_rows >= rows {
+                        tracing::debug!(done.instances, deleted_rows, "purged ended instances");
+                        done.next = Some(at);
+                        return Ok(done);
                     }
                 }
             }
@@ -1663,11 +1724,15 @@ fn purge(c: &Tx<'_, '_>, before: Millis, workflow: Option<&str>, limit: usize) -
                 break;
             }
         }
+        at = PurgeFrom {
+            status: at.status + 1,
+            after: Vec::new(),
+        };
     }
-    if deleted > 0 {
-        tracing::debug!(deleted, "purged ended instances");
+    if done.instances > 0 {
+        tracing::debug!(done.instances, deleted_rows, "purged ended instances");
     }
-    Ok(deleted)
+    Ok(done)
 }
 
 /// The terminal statuses, as SQL, for `format!`.
@@ -1679,9 +1744,9 @@ fn text(id: &[u8]) -> rusqlite::types::ToSqlOutput<'_> {
 }
 
 /// Deletes `root` and all its descendants, with their rows in every table,
-/// if every one of them ended before `before`; returns how many, or `None`
-/// (nothing deleted) if one did not.
-fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<u64>, Db> {
+/// if every one of them ended before `before`; returns how many instances
+/// and how many rows in all, or `None` (nothing deleted) if one did not.
+fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<(u64, u64)>, Db> {
     let tree: Vec<(Vec<u8>, Option<String>, bool)> = c
         .prepare_cached(concat!(
             "WITH RECURSIVE tree(id) AS ( \
@@ -1702,6 +1767,7 @@ fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<u64>
     if tree.is_empty() || !tree.iter().all(|(_, _, ended)| *ended) {
         return Ok(None);
     }
+    let mut rows = 0;
     for (id, tags, _) in &tree {
         for sql in [
             "DELETE FROM steps WHERE instance_id = ?1",
@@ -1709,7 +1775,7 @@ fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<u64>
             "DELETE FROM inbox WHERE instance_id = ?1",
             "DELETE FROM event_keys WHERE instance_id = ?1",
         ] {
-            c.prepare_cached(sql)?.execute(params![text(id)])?;
+            rows += c.prepare_cached(sql)?.execute(params![text(id)])? as u64;
         }
         // Tags are keyed by (name, value, instance): delete them by key
         // from the row's own copy, or by a scan if that does not read.
@@ -1730,10 +1796,11 @@ fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<u64>
                     .execute(params![text(id)])?;
             }
         }
-        c.prepare_cached("DELETE FROM instances WHERE id = ?1")?
-            .execute(params![text(id)])?;
+        rows += c
+            .prepare_cached("DELETE FROM instances WHERE id = ?1")?
+            .execute(params![text(id)])? as u64;
     }
-    Ok(Some(tree.len() as u64))
+    Ok(Some((tree.len() as u64, rows)))
 }
 
 /// Whether a control operation applies to `id`: it exists and is unfinished.
@@ -2424,8 +2491,19 @@ mod tests {
         };
         let before = rows(&t);
         assert!(before.iter().all(|n| *n > 0), "{before:?}");
-        assert_eq!(purge(&t, 104, None, 10).unwrap(), 0, "ended at, not before");
-        assert_eq!(purge(&t, 105, None, 10).unwrap(), 1);
+        assert_eq!(
+            purge(&t, 104, None, 10, u64::MAX, PurgeFrom::default())
+                .unwrap()
+                .instances,
+            0,
+            "ended at, not before"
+        );
+        assert_eq!(
+            purge(&t, 105, None, 10, u64::MAX, PurgeFrom::default())
+                .unwrap()
+                .instances,
+            1
+        );
         assert_eq!(rows(&t), vec![0; 6]);
     }
 
@@ -2445,11 +2523,74 @@ mod tests {
         )
         .unwrap();
         create(&t, &new_instance(2), None).unwrap().unwrap();
-        assert_eq!(purge(&t, 100, None, 10).unwrap(), 1);
+        assert_eq!(
+            purge(&t, 100, None, 10, u64::MAX, PurgeFrom::default())
+                .unwrap()
+                .instances,
+            1
+        );
         let left: i64 = t
             .query_row("SELECT count(*) FROM instances", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 1, "the pending one stays");
+    }
+
+    /// A purge of large trees stops once it deleted about `rows` rows
+    /// (after the tree it is at), saying where to go on from; going on
+    /// from there deletes the rest, passing no tree twice and none over.
+    #[test]
+    fn a_purge_stops_after_its_rows_and_goes_on_from_there() {
+        let mut c = migrated();
+        let tx = c.transaction().unwrap();
+        let session = Session::new(&tx, durable()).unwrap();
+        let t = session.tx();
+        for n in 0..5 {
+            create(&t, &new_instance(n), None).unwrap().unwrap();
+            let claimed = claim(&t, &claim_request(1)).unwrap().remove(0);
+            for k in 0..100 {
+                let step = StepRow {
+                    key: format!("s{k}"),
+                    output: Some("1".into()),
+                    error: None,
+                    state: None,
+                    attempts: 1,
+                    started_at: 101,
+                    finished_at: 102,
+                };
+                commit_step(&t, &claimed.lease, &step).unwrap().unwrap();
+            }
+            let finish = Finish {
+                status: Status::Completed,
+                output: Some("1".into()),
+                error: None,
+                state: None,
+                at: 104,
+            };
+            apply(&t, &Op::Finish(claimed.lease, finish))
+                .unwrap()
+                .unwrap();
+        }
+        // 101 rows a tree: a budget of 150 rows stops after the second.
+        let first = purge(&t, 105, None, 10, 150, PurgeFrom::default()).unwrap();
+        assert_eq!((first.instances, first.trees), (2, 2));
+        let next = first.next.expect("stopped before the end");
+        let second = purge(&t, 105, None, 10, 150, next).unwrap();
+        assert_eq!((second.instances, second.trees), (2, 2));
+        let third = purge(&t, 105, None, 10, 150, second.next.unwrap()).unwrap();
+        assert_eq!((third.instances, third.trees), (1, 1));
+        assert_eq!(third.next, None, "the scan reached its end");
+        let left: i64 = t
+            .query_row("SELECT count(*) FROM steps", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+        // The tree limit still stops it first.
+        create(&t, &new_instance(9), None).unwrap().unwrap();
+        let none = purge(&t, 105, None, 10, 150, PurgeFrom::default()).unwrap();
+        assert_eq!(
+            (none.instances, none.next),
+            (0, None),
+            "the pending one stays"
+        );
     }
 
     fn claim_job(t: &Tx<'_, '_>, limit: usize) -> Job {
