@@ -232,8 +232,9 @@ pub mod prelude {
     #[cfg(feature = "macros")]
     pub use crate::workflow;
     pub use crate::{
-        permanent, Backoff, BoxError, CatchUp, Ctx, Durability, Engine, EngineExt, Instance,
-        InstanceId, NonRetryable, Query, StartOptions, Status, StepOptions, Timeout, Workflow,
+        permanent, Backoff, BoxError, CatchUp, ChildOptions, Ctx, Durability, Engine, EngineExt,
+        Instance, InstanceId, NonRetryable, Query, StartOptions, Status, StepOptions, Timeout,
+        Workflow,
     };
     pub use crate::{Tool, Toolbox};
     #[cfg(feature = "ai")]

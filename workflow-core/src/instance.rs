@@ -114,6 +114,57 @@ impl StartOptions {
     }
 }
 
+/// Options for [`Ctx::start_child_with`](crate::Ctx::start_child_with)
+/// and [`Ctx::run_child_with`](crate::Ctx::run_child_with): the child's
+/// own deadline, a later start, tags. Its key is not an option: the engine
+/// keys a child by its parent and step, so that it starts exactly once.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # use workflow_core::*;
+/// # async fn f<W: Workflow<Input = ()>>(ctx: Ctx) -> Result<()> {
+/// // An approval that may take a week, under a parent that waits for it.
+/// let options = ChildOptions::new().timeout(Duration::from_secs(7 * 86_400)).tag("team", "billing");
+/// let approval = ctx.run_child_with::<W>("approval", (), options).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ChildOptions {
+    start: StartOptions,
+}
+
+impl ChildOptions {
+    /// The child's workflow's own timeout, no delay, no tags.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A deadline this long after the child starts, instead of its
+    /// workflow's `TIMEOUT`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.start = self.start.timeout(timeout);
+        self
+    }
+
+    /// Runs the child no sooner than `delay` after it is created (as
+    /// [`StartOptions::delay`]); its timeout counts from then.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.start = self.start.delay(delay);
+        self
+    }
+
+    /// Adds a tag, under the rules of [`StartOptions::tag`].
+    pub fn tag(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.start = self.start.tag(name, value);
+        self
+    }
+
+    /// The options as for a start without a key.
+    pub(crate) fn start(&self) -> &StartOptions {
+        &self.start
+    }
+}
+
 /// The future of [`Workflow::get_or_create`]; `.statuses(..)` narrows or
 /// widens which existing instances count, then `.await` it.
 #[must_use = "get_or_create does nothing until awaited"]

@@ -36,8 +36,8 @@ pub use crate::error::{error_chain, BoxError, Error, Interrupt, Result, StoreErr
 pub use crate::history::{HistoryEvent, HistoryKind};
 pub use crate::id::InstanceId;
 pub use crate::instance::{
-    EventSent, GetOrCreate, Instance, InstanceInfo, Page, Query, StartOptions, StepInfo, Tail,
-    Timeout, Unreadable, WaitingFor,
+    ChildOptions, EventSent, GetOrCreate, Instance, InstanceInfo, Page, Query, StartOptions,
+    StepInfo, Tail, Timeout, Unreadable, WaitingFor,
 };
 pub use crate::memory::MemoryStore;
 pub use crate::schedule::{CatchUp, Clock, ManualClock, Schedule, ScheduleInfo, SystemClock};

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::ctx::Ctx;
 use crate::error::{BoxError, Error, Result};
 use crate::id::InstanceId;
+use crate::instance::ChildOptions;
 use crate::status::Status;
 use crate::step::StepOptions;
 use crate::store::{format_millis, now_millis, Millis, NewInstance, StepRow, Suspend};
@@ -205,14 +206,34 @@ where
         name: &str,
         input: W::Input,
     ) -> Result<InstanceId> {
+        self.start_child_with::<W>(name, input, ChildOptions::default())
+            .await
+    }
+
+    /// [`start_child`](Self::start_child) with options: the child's own
+    /// timeout instead of its workflow's, a later start, tags. They apply
+    /// when the child is created; a replay finds the child it started,
+    /// whatever options it passes then.
+    pub async fn start_child_with<W: Workflow>(
+        &self,
+        name: &str,
+        input: W::Input,
+        options: ChildOptions,
+    ) -> Result<InstanceId> {
+        options.start().check()?;
         let (key, recorded) = self.run().next_key(name)?;
         match recorded {
             Some(step) => self.replay(step).await,
-            None => self.create_child::<W>(key, input).await,
+            None => self.create_child::<W>(key, input, &options).await,
         }
     }
 
-    async fn create_child<W: Workflow>(&self, key: String, input: W::Input) -> Result<InstanceId> {
+    async fn create_child<W: Workflow>(
+        &self,
+        key: String,
+        input: W::Input,
+        options: &ChildOptions,
+    ) -> Result<InstanceId> {
         let run = self.run();
         // Within the limit: a create the store refused would release this
         // run to fail the same way again and again.
@@ -238,17 +259,18 @@ where
                             other => other,
                         })?;
                     let now = now_millis();
+                    let (run_at, deadline_at) = options.start().due(now, W::TIMEOUT);
                     let new = NewInstance {
                         id: InstanceId::at(now),
                         workflow: W::NAME.to_owned(),
                         input: input.clone(),
-                        tags: Default::default(),
+                        tags: options.start().tags.clone(),
                         // Keyed by parent and step, over every status: a
                         // replay after a crash finds the child it started.
                         key: Some(dedup_key.clone()),
                         created_at: now,
-                        run_at: now,
-                        deadline_at: Some(crate::store::millis_after(now, W::TIMEOUT)),
+                        run_at,
+                        deadline_at: Some(deadline_at),
                         parent: Some(parent.clone()),
                     };
                     // A store error is not the workflow's: it stops the run
@@ -271,13 +293,32 @@ where
     /// times out gives [`Error::Child`]. This instance timing out while it
     /// waits cancels the child, as cancelling it would.
     /// `name` follows the step-name rule of [`Ctx::step`].
+    ///
+    /// A child has its own workflow's timeout, not this instance's: a
+    /// child that may wait long needs a long one, from its attribute or
+    /// from [`run_child_with`](Self::run_child_with).
     pub async fn run_child<W: Workflow>(&self, name: &str, input: W::Input) -> Result<W::Output> {
+        self.run_child_with::<W>(name, input, ChildOptions::default())
+            .await
+    }
+
+    /// [`run_child`](Self::run_child) with options: the child's own
+    /// timeout instead of its workflow's, a later start, tags. They apply
+    /// when the child is created; a replay finds the child it started,
+    /// whatever options it passes then.
+    pub async fn run_child_with<W: Workflow>(
+        &self,
+        name: &str,
+        input: W::Input,
+        options: ChildOptions,
+    ) -> Result<W::Output> {
         let run = self.run();
         run.check()?;
+        options.start().check()?;
         let (key, recorded) = run.next_key(name)?;
         let child = match recorded {
             Some(step) => self.replay::<InstanceId>(step).await?,
-            None => self.create_child::<W>(key.clone(), input).await?,
+            None => self.create_child::<W>(key.clone(), input, &options).await?,
         };
         let result_key = format!("{key}@result");
         if let Some(step) = run.recorded(&result_key) {

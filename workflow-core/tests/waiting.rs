@@ -171,6 +171,31 @@ impl Workflow for Parent {
     }
 }
 
+/// Starts one child an hour later and waits for one given 300 ms to run
+/// (it sleeps an hour), each with a tag.
+struct ParentWithOptions;
+
+impl Workflow for ParentWithOptions {
+    type Input = ();
+    type Output = (String, String);
+    type State = ();
+    const NAME: &'static str = "parentWithOptions";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(String, String), BoxError> {
+        let later = ChildOptions::new()
+            .delay(Duration::from_secs(3600))
+            .tag("kind", "later");
+        let later = ctx.start_child_with::<Double>("later", 1, later).await?;
+        let slow = ChildOptions::new()
+            .timeout(Duration::from_millis(300))
+            .tag("kind", "slow");
+        match ctx.run_child_with::<Double>("slow", 99, slow).await {
+            Err(Error::Child { message, .. }) => Ok((later.to_string(), message)),
+            other => Err(format!("expected the child to time out, got {other:?}").into()),
+        }
+    }
+}
+
 struct Fan;
 
 impl Workflow for Fan {
@@ -303,6 +328,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(Backoff)
         .register(Double)
         .register(Parent)
+        .register(ParentWithOptions)
         .register(Fan)
         .register(FlakyFan)
         .register(FailsBesideSleep)
@@ -646,6 +672,33 @@ async fn children_run_once_and_report_back() {
         failing.result_timeout(LIMIT).await.unwrap(),
         "child failed: unlucky"
     );
+}
+
+/// A child's own timeout, delay and tags, given by the call, apply to it
+/// instead of its workflow's defaults (`Double` has the 5-minute default
+/// and no delay).
+#[tokio::test]
+async fn children_take_the_options_their_call_gives() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let parent = ParentWithOptions::start(&engine, ()).await.unwrap();
+    let started = chrono::Utc::now();
+    let (later, message) = parent.result_timeout(LIMIT).await.unwrap();
+    assert_eq!(message, "ended timed_out");
+    let later = engine.instance(&later.parse().unwrap()).await.unwrap();
+    assert_eq!(later.status, Status::Pending);
+    assert_eq!(later.tags.get("kind").map(String::as_str), Some("later"));
+    let due = later.due_at.expect("a delayed start is due later");
+    assert!(due > started + chrono::Duration::minutes(59), "{due}");
+    let slow = engine
+        .list(Query::new().name("double").tag("kind", "slow"))
+        .await
+        .unwrap();
+    assert_eq!(slow.items.len(), 1);
+    assert_eq!(slow.items[0].status, Status::TimedOut);
+    let info = &slow.items[0];
+    let lived = info.finished_at.unwrap() - info.created_at;
+    assert!(lived < chrono::Duration::seconds(60), "{lived}");
 }
 
 /// A store error while starting a child is not the workflow's fault: the

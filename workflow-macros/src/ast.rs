@@ -117,12 +117,14 @@ impl StepCall {
 
 /// The `ctx` methods whose first argument is a step name, besides `step`
 /// and `step_with`.
-const NAMED_METHODS: [&str; 10] = [
+const NAMED_METHODS: [&str; 12] = [
     "sleep",
     "sleep_until",
     "wait_for_event",
     "start_child",
+    "start_child_with",
     "run_child",
+    "run_child_with",
     "map",
     "for_each",
     "batch",
@@ -912,6 +914,7 @@ mod tests {
                 ctx.sleep("cool-down", d).await?;
                 let _: Ev = ctx.wait_for_event("approved", None).await?;
                 ctx.run_child::<Child>("child", input).await?;
+                ctx.start_child_with::<Child>("later", input, options).await?;
                 ctx.call_tool("lookup", &tools, "crm", args).await?;
                 ctx.step(("paren"), f).await
             }
@@ -931,6 +934,7 @@ mod tests {
                 ("cool-down", false),
                 ("approved", false),
                 ("child", false),
+                ("later", false),
                 ("lookup", false),
                 ("paren", false),
             ]

@@ -175,9 +175,10 @@ use proc_macro::TokenStream;
 /// - a literal step name that is empty or contains `#`, `@`, `[` or `]`,
 ///   which the runtime reserves for the keys it derives from names: the
 ///   name of a step and that of every other `ctx` call that takes one
-///   (`sleep`, `sleep_until`, `wait_for_event`, `start_child`, `run_child`,
-///   `map`, `for_each`, `batch`, `call_tool`, `call_tool_with`). The runtime refuses names given at run
-///   time the same way.
+///   (`sleep`, `sleep_until`, `wait_for_event`, `start_child`,
+///   `start_child_with`, `run_child`, `run_child_with`, `map`, `for_each`,
+///   `batch`, `call_tool`, `call_tool_with`). The runtime refuses names
+///   given at run time the same way.
 #[proc_macro_attribute]
 pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::workflow(attr.into(), item.into()).into()
