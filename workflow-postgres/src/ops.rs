@@ -338,9 +338,47 @@ impl Db {
         let (clock, length) = lease.bind();
         let db = lease_clock(6);
         let end = lease_end(&db, 2);
+        let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
+        // Each workflow's range is walked under locks for only its share of
+        // the earliest due rows: locking `limit` rows in each, to keep the
+        // earliest `limit` of them all, held the rest until commit, and
+        // another worker claiming meanwhile skipped them all and came back
+        // empty. The shares are read first without locks; a claimer that
+        // finds some of its share locked takes the next rows of that range.
+        let (workflows, shares) = if req.workflows.len() > 1 {
+            let shares: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT d.workflow, count(*) FROM ( \
+                     SELECT c.workflow, c.run_at FROM UNNEST($1::text[]) AS w(name) \
+                     CROSS JOIN LATERAL ( \
+                         SELECT workflow, run_at FROM instances \
+                         WHERE workflow = w.name \
+                           AND status IN ('pending', 'in_progress', 'listening') \
+                           AND run_at <= GREATEST($3, {}) \
+                           AND CASE WHEN status = 'in_progress' THEN run_at <= {0} ELSE run_at <= $3 END \
+                           AND (lease_expires_at IS NULL OR lease_expires_at < {0}) \
+                         ORDER BY run_at LIMIT $2 \
+                     ) c \
+                     ORDER BY c.run_at LIMIT $2 \
+                 ) d GROUP BY d.workflow",
+                lease_clock(4)
+            )))
+            .bind(&req.workflows)
+            .bind(limit)
+            .bind(req.now)
+            .bind(clock)
+            .fetch_all(&mut *tx)
+            .await?;
+            if shares.is_empty() {
+                tx.commit().await?;
+                return Ok(Vec::new());
+            }
+            shares.into_iter().unzip()
+        } else {
+            (req.workflows.clone(), vec![limit; req.workflows.len()])
+        };
         let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH due AS ( \
-                 SELECT d.id AS due_id, d.run_at AS due_at FROM UNNEST($4::text[]) AS w(name) \
+                 SELECT d.id AS due_id, d.run_at AS due_at FROM UNNEST($4::text[], $7::int8[]) AS w(name, share) \
                  CROSS JOIN LATERAL ( \
                      SELECT id, run_at FROM instances \
                      WHERE workflow = w.name \
@@ -348,7 +386,7 @@ impl Db {
                        AND run_at <= GREATEST($3, {db}) \
                        AND CASE WHEN status = 'in_progress' THEN run_at <= {db} ELSE run_at <= $3 END \
                        AND (lease_expires_at IS NULL OR lease_expires_at < {db}) \
-                     ORDER BY run_at LIMIT $5 \
+                     ORDER BY run_at LIMIT w.share \
                      FOR UPDATE SKIP LOCKED \
                  ) d \
                  ORDER BY d.run_at LIMIT $5 \
@@ -363,9 +401,10 @@ impl Db {
         .bind(&req.owner)
         .bind(length)
         .bind(req.now)
-        .bind(&req.workflows)
-        .bind(i64::try_from(req.limit).unwrap_or(i64::MAX))
+        .bind(&workflows)
+        .bind(limit)
         .bind(clock)
+        .bind(&shares)
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());

@@ -1,0 +1,76 @@
+//! A claim over several workflows locks only the rows it takes: locking
+//! `limit` rows of each workflow, to keep the earliest `limit` of them
+//! all, held the others until commit, and a worker claiming meanwhile
+//! skipped them and came back empty.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use workflow_core::store::*;
+use workflow_core::InstanceId;
+use workflow_postgres::{PgOptions, PgStore};
+
+#[tokio::test]
+async fn a_claim_over_many_workflows_locks_only_what_it_takes() {
+    let Some(url) = common::url("a_claim_over_many_workflows_locks_only_what_it_takes") else {
+        return;
+    };
+    let schema = common::fresh_schema("claims");
+    let s = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
+        .await
+        .expect("connect");
+    let workflows: Vec<String> = (0..10).map(|w| format!("wf{w}")).collect();
+    let now = now_millis();
+    let mut due = 0;
+    for n in 0..10 {
+        for w in &workflows {
+            due += 1;
+            let at = now - 10_000 + due;
+            let new = NewInstance {
+                id: InstanceId::at(at),
+                workflow: w.clone(),
+                input: "{}".into(),
+                tags: BTreeMap::new(),
+                key: Some(format!("{w}-{n}")),
+                created_at: at,
+                run_at: at,
+                deadline_at: None,
+                parent: None,
+            };
+            s.create(new, None).await.unwrap();
+        }
+    }
+    let claim = |limit| ClaimRequest {
+        owner: "a".into(),
+        workflows: workflows.clone(),
+        now: now_millis(),
+        lease_until: now_millis() + 30_000,
+        limit,
+    };
+    let claimed = s.claim(claim(3)).await.unwrap();
+    // The three earliest due, across workflows.
+    let taken: Vec<&str> = claimed.iter().map(|c| c.row.workflow.as_str()).collect();
+    assert_eq!(taken, ["wf0", "wf1", "wf2"]);
+    // A row locked (and not changed) keeps the locker's id in `xmax`
+    // after it committed: none of those left pending was locked.
+    let locked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM instances WHERE status = 'pending' AND xmax::text <> '0'",
+    )
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    assert_eq!(locked, 0, "the claim locked rows it did not take");
+    // The rest are claimed, earliest first, until none is due.
+    let mut all = claimed.len();
+    loop {
+        let more = s.claim(claim(7)).await.unwrap();
+        if more.is_empty() {
+            break;
+        }
+        all += more.len();
+    }
+    assert_eq!(all, 100);
+    drop(s);
+    common::drop_schemas(&url, &[schema]).await;
+}
