@@ -213,6 +213,19 @@ async fn claims_take_the_earliest_across_workflows(store: impl Store) {
     assert_eq!(rest[0].row.id, made[0]);
     let orphan = store.get(&made[3]).await.unwrap().unwrap();
     assert_eq!(orphan.status, Status::Pending, "another workflow's row");
+    // A name given twice takes its instances once.
+    let mut twice = new_instance("wf", 5);
+    twice.run_at = T0 + 50;
+    let twice = store.create(twice, None).await.unwrap().into_row().id;
+    let req = ClaimRequest {
+        workflows: vec!["wf".to_owned(), "wf".to_owned()],
+        ..claim_req("b", T0 + 100, 2)
+    };
+    let claimed = store.claim(req).await.unwrap();
+    assert_eq!(claimed.len(), 1, "one instance claimed twice");
+    assert_eq!(claimed[0].row.id, twice);
+    assert_eq!(claimed[0].lease.run, 1);
+    assert_eq!(store.get(&twice).await.unwrap().unwrap().runs, 1);
 }
 
 async fn claim_respects_due_time_and_names(store: impl Store) {
@@ -885,6 +898,17 @@ async fn list_filters_and_pages(store: impl Store) {
     )
     .await;
     assert_eq!(ranged.len(), 5);
+    // The widest bounds take every row (and do not overflow).
+    let widest = rows(
+        &store,
+        &ListQuery {
+            created_from: Some(i64::MIN),
+            created_to: Some(i64::MAX),
+            ..all(100)
+        },
+    )
+    .await;
+    assert_eq!(widest.len(), rows(&store, &all(100)).await.len());
     let pending = rows(
         &store,
         &ListQuery {

@@ -302,11 +302,13 @@ fn list_query(prefix: &str, q: &ListQuery) -> QueryBuilder<Sqlite> {
         // A second of slack covers the id being minted just before `created_at`.
         if let Some(from) = q.created_from {
             sql.push(" AND created_at >= ").push_bind(from);
-            sql.push(" AND id >= ").push_bind(uuid7_floor(from - 1_000));
+            sql.push(" AND id >= ")
+                .push_bind(uuid7_floor(from.saturating_sub(1_000)));
         }
         if let Some(to) = q.created_to {
             sql.push(" AND created_at < ").push_bind(to);
-            sql.push(" AND id < ").push_bind(uuid7_floor(to + 1_000));
+            sql.push(" AND id < ")
+                .push_bind(uuid7_floor(to.saturating_add(1_000)));
         }
         if let Some(before) = &q.before {
             sql.push(" AND id < ").push_bind(before.to_string());
@@ -1027,7 +1029,6 @@ mod tests {
         assert!(uuid7_floor(now + 1_000).as_str() > id.as_str());
     }
 
-    /// The list and count queries must use indexes, not sort or scan the table.
     /// Trees larger than one purge transaction's rows are purged whole
     /// over several transactions, with everything they stored.
     #[tokio::test]
@@ -1092,6 +1093,7 @@ mod tests {
         assert_eq!(store.purge(21, None, 500).await.unwrap(), 0);
     }
 
+    /// The list and count queries must use indexes, not sort or scan the table.
     #[tokio::test]
     async fn list_queries_use_indexes() {
         let dir = tempfile::tempdir().unwrap();

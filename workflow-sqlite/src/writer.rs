@@ -115,6 +115,16 @@ impl Leases {
         }
     }
 
+    /// Undoes [`step_of`](Self::step_of)'s "once": the step it was for
+    /// recorded nothing, so the count of interrupted runs stays to reset.
+    fn reset_pending(&mut self, lease: &Lease) {
+        if let Some((owner, run, held)) = self.held.get_mut(lease.instance.as_str()) {
+            if *owner == lease.owner && *run == lease.run {
+                held.interrupted = true;
+            }
+        }
+    }
+
     fn grant(&mut self, lease: &Lease, held: Held) {
         if self.held.len() >= Self::MAX {
             self.held.clear();
@@ -2033,13 +2043,17 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
     let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
     let mut select = c.hot().claim.borrow_mut();
     let mut read: Vec<Claimable> = Vec::new();
-    for workflow in &req.workflows {
+    // A name given twice would read, and take, its rows twice.
+    let mut workflows: Vec<&String> = req.workflows.iter().collect();
+    workflows.sort();
+    workflows.dedup();
+    for workflow in &workflows {
         for row in select.query_map(params![req.now, limit, workflow], claimable)? {
             read.push(row?);
         }
     }
     drop(select);
-    if req.workflows.len() > 1 {
+    if workflows.len() > 1 {
         // The earliest due of them all; unreadable rows first, as they are
         // failed whatever the limit.
         read.sort_by_key(|row| match row {
@@ -2284,6 +2298,10 @@ fn commit_step(
         seq
     ])?;
     if inserted == 0 {
+        if reset_interrupted {
+            // Nothing recorded: the next step of this run still resets it.
+            c.leases().reset_pending(lease);
+        }
         return Ok(Ok(()));
     }
     if reset_interrupted {
@@ -2429,6 +2447,43 @@ mod tests {
         };
         commit_step(&t, &last.lease, &step).unwrap().unwrap();
         assert_eq!(count(&t), 0, "the run got somewhere");
+    }
+
+    /// A second record of a step already recorded records nothing, so it
+    /// does not use up the reset of the count of interrupted runs: the
+    /// run's next new step still makes it 0.
+    #[test]
+    fn a_step_recorded_twice_leaves_the_reset_to_the_next() {
+        let mut c = migrated();
+        let tx = c.transaction().unwrap();
+        let session = Session::new(&tx, durable()).unwrap();
+        let t = session.tx();
+        create(&t, &new_instance(0), None).unwrap().unwrap();
+        let mut req = claim_request(1);
+        req.now = 100;
+        req.lease_until = 600;
+        let first = claim(&t, &req).unwrap().pop().expect("claimed");
+        let step = |key: &str| StepRow {
+            key: key.into(),
+            output: Some("1".into()),
+            error: None,
+            state: None,
+            attempts: 1,
+            started_at: 200,
+            finished_at: 201,
+        };
+        commit_step(&t, &first.lease, &step("a")).unwrap().unwrap();
+        // Taken again after its lease lapsed: one interrupted run.
+        req.now = 1_000;
+        req.lease_until = 1_500;
+        let second = claim(&t, &req).unwrap().pop().expect("claimed again");
+        assert_eq!(second.interrupted_runs, 1);
+        commit_step(&t, &second.lease, &step("a")).unwrap().unwrap();
+        commit_step(&t, &second.lease, &step("b")).unwrap().unwrap();
+        let count: i64 = t
+            .query_row("SELECT interrupted_runs FROM instances", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 0, "step b reset it");
     }
 
     /// A purge leaves no row of the instance in any table, tags included
