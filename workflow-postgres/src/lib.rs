@@ -722,11 +722,13 @@ impl Store for PgStore {
             // `created_at`.
             if let Some(from) = q.created_from {
                 sql.push(" AND created_at >= ").push_bind(from);
-                sql.push(" AND id >= ").push_bind(uuid7_floor(from.saturating_sub(1_000)));
+                sql.push(" AND id >= ")
+                    .push_bind(uuid7_floor(from.saturating_sub(1_000)));
             }
             if let Some(to) = q.created_to {
                 sql.push(" AND created_at < ").push_bind(to);
-                sql.push(" AND id < ").push_bind(uuid7_floor(to.saturating_add(1_000)));
+                sql.push(" AND id < ")
+                    .push_bind(uuid7_floor(to.saturating_add(1_000)));
             }
             if let Some(before) = &q.before {
                 sql.push(" AND id < ").push_bind(before.to_string());

@@ -212,7 +212,7 @@ pub(crate) static HOLD_FSYNCS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
 /// Fsyncs the WAL; the error is the message every write of the batch gets.
-fn sync(wal: &File) -> Result<(), String> {
+pub(crate) fn sync(wal: &File) -> Result<(), String> {
     #[cfg(test)]
     while HOLD_FSYNCS.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(1));

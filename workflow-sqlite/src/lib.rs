@@ -479,6 +479,10 @@ fn open_wal(conn: &rusqlite::Connection) -> std::io::Result<std::fs::File> {
         .read(true)
         .write(true)
         .open(wal_path(db))?;
+    // What a process that died before its fsync committed is in the WAL,
+    // and readers see it: on disk first, or a power cut could take back
+    // an output this store's reads showed.
+    flush::sync(&wal).map_err(std::io::Error::other)?;
     let dir = match db.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => std::path::Path::new("."),
@@ -1296,6 +1300,32 @@ mod tests {
         );
     }
 
+    /// A durable store opened on a file whose WAL holds commits no one
+    /// fsynced (their process died first) fsyncs them before it reads
+    /// anything: its reads would show them otherwise.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn opening_fsyncs_what_a_dead_process_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.db");
+        SqliteStore::open(&path).await.unwrap().close().await;
+        // A commit through SQLite's `NORMAL`, which does not fsync it; the
+        // connection stays open, so the WAL stays (as a killed process's).
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute_batch("PRAGMA synchronous = NORMAL; UPDATE history_seq SET last = last;")
+            .unwrap();
+        let held = HeldFsyncs::hold();
+        let opening = tokio::spawn({
+            let path = path.clone();
+            async move { SqliteStore::open(&path).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!opening.is_finished(), "opened without an fsync of the WAL");
+        drop(held);
+        opening.await.unwrap().unwrap();
+        drop(other);
+    }
+
     #[tokio::test]
     async fn reopening_keeps_data_and_schema() {
         let dir = tempfile::tempdir().unwrap();
@@ -1333,9 +1363,6 @@ mod tests {
         }
     }
 
-    /// SQLite shows a commit to readers before its fsync. A durable
-    /// store's reads must not return such a row, or `result()` could
-    /// report an output that a power cut then takes back.
     /// Stores opening one new file at once meet on locks SQLite's busy
     /// timeout does not cover (the switch to WAL mode): every open must
     /// still succeed, as processes starting together on a fresh file do.
@@ -1357,6 +1384,9 @@ mod tests {
         }
     }
 
+    /// SQLite shows a commit to readers before its fsync. A durable
+    /// store's reads must not return such a row, or `result()` could
+    /// report an output that a power cut then takes back.
     #[tokio::test]
     async fn durable_reads_return_only_what_is_on_disk() {
         let dir = tempfile::tempdir().unwrap();
