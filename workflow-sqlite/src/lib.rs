@@ -455,6 +455,12 @@ fn create_dir_durably(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(parent.unwrap_or(std::path::Path::new(".")))?.sync_all()
 }
 
+/// Text read as bytes, its invalid UTF-8 replaced.
+fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
+}
+
 /// Where SQLite keeps the WAL of the database at `db`.
 pub(crate) fn wal_path(db: &std::path::Path) -> std::path::PathBuf {
     let mut name = db.as_os_str().to_owned();
@@ -714,10 +720,12 @@ impl Store for SqliteStore {
     }
 
     async fn lease_owners(&self) -> Result<Vec<String>, StoreError> {
-        let mut owners: Vec<String> = sqlx::query_scalar(LEASE_OWNERS)
+        // As bytes: one owner that is not UTF-8 (damage) must not fail them all.
+        let owners: Vec<Vec<u8>> = sqlx::query_scalar(LEASE_OWNERS)
             .fetch_all(&self.read)
             .await
             .map_err(backend)?;
+        let mut owners: Vec<String> = owners.into_iter().map(lossy).collect();
         owners.sort_unstable();
         Ok(owners)
     }
@@ -891,12 +899,15 @@ impl Store for SqliteStore {
     }
 
     async fn definitions(&self) -> Result<Vec<Definition>, StoreError> {
-        let rows: Vec<(String, String)> =
+        // As bytes: a row that is not UTF-8 is skipped with the others that
+        // do not decode, instead of failing them all.
+        let rows: Vec<(Vec<u8>, Vec<u8>)> =
             sqlx::query_as("SELECT name, definition FROM definitions ORDER BY name")
                 .fetch_all(&self.read)
                 .await
                 .map_err(backend)?;
-        Ok(workflow_core::store::decode_definitions(rows))
+        let rows = rows.into_iter().map(|(n, d)| (lossy(n), lossy(d)));
+        Ok(workflow_core::store::decode_definitions(rows.collect()))
     }
 
     async fn schedule_mark(&self, workflow: &str) -> Result<Option<ScheduleMark>, StoreError> {
@@ -939,7 +950,9 @@ impl Store for SqliteStore {
         &self,
         workflow: Option<&str>,
     ) -> Result<Vec<(Status, u64)>, StoreError> {
-        let rows: Vec<(String, i64)> = match workflow {
+        // As bytes: a status that is not UTF-8 is counted out with a
+        // warning, as an unknown one is, instead of failing every count.
+        let rows: Vec<(Vec<u8>, i64)> = match workflow {
             Some(workflow) => {
                 sqlx::query_as(
                     "SELECT status, COUNT(*) FROM instances WHERE workflow = ? GROUP BY status",
@@ -956,6 +969,7 @@ impl Store for SqliteStore {
         }
         .map_err(backend)?;
         self.writer.settle().await?;
+        let rows = rows.into_iter().map(|(s, n)| (lossy(s), n)).collect();
         Ok(workflow_core::store::status_counts(rows))
     }
 }
@@ -1031,6 +1045,34 @@ mod tests {
         let now = chrono::Utc::now().timestamp_millis();
         assert!(uuid7_floor(now - 1_000).as_str() < id.as_str());
         assert!(uuid7_floor(now + 1_000).as_str() > id.as_str());
+    }
+
+    /// A value that is not UTF-8 (damage) in one row leaves the counts,
+    /// the definitions and the lease owners of the others readable: sqlx
+    /// failed the whole query on it.
+    #[tokio::test]
+    async fn one_row_that_is_not_utf8_does_not_fail_a_whole_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("utf8.db")).await.unwrap();
+        for n in 0..3 {
+            store
+                .create(workflow_core::testing::new_instance("w", n), None)
+                .await
+                .unwrap();
+        }
+        let conn = rusqlite::Connection::open(dir.path().join("utf8.db")).unwrap();
+        conn.execute_batch(
+            "UPDATE instances SET status = CAST(X'FF' AS TEXT), lease_owner = CAST(X'FE' AS TEXT) \
+               WHERE id = (SELECT min(id) FROM instances); \
+             INSERT INTO definitions (name, definition, recorded_at) \
+               VALUES ('a', CAST(X'FF' AS TEXT), 0);",
+        )
+        .unwrap();
+        drop(conn);
+        let counts = store.count_by_status(None).await.unwrap();
+        assert_eq!(counts, [(workflow_core::Status::Pending, 2)]);
+        store.lease_owners().await.unwrap();
+        store.definitions().await.unwrap();
     }
 
     /// Trees larger than one purge transaction's rows are purged whole

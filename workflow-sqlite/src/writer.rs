@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Statement};
 use tokio::sync::{mpsc, oneshot};
 use workflow_core::store::*;
@@ -2078,7 +2079,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
             }
             // Failed alone, before the others are taken: it would be the
             // oldest due row of every claim from now on.
-            Claimable::Unreadable { id, why } => fail_corrupt(c, &id, &why, req.now)?,
+            Claimable::Unreadable { id, why } => fail_corrupt(c, id.as_ref(), &why, req.now)?,
         }
     }
     let mut take = c.hot().take.borrow_mut();
@@ -2113,7 +2114,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         let row = match decode_instance(raw) {
             Ok(row) => row,
             Err(err) => {
-                fail_corrupt(c, id.as_bytes(), &err.to_string(), req.now)?;
+                fail_corrupt(c, ValueRef::Text(id.as_bytes()), &err.to_string(), req.now)?;
                 continue;
             }
         };
@@ -2133,7 +2134,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
                 Ok(steps) => steps,
                 Err(err) if unreadable(&err) => {
                     let why = format!("corrupt row of instance {id}: step: {err}");
-                    fail_corrupt(c, id.as_bytes(), &why, req.now)?;
+                    fail_corrupt(c, ValueRef::Text(id.as_bytes()), &why, req.now)?;
                     continue;
                 }
                 Err(err) => return Err(err),
@@ -2173,7 +2174,9 @@ enum Claimable {
     Row(RawInstance, u32),
     /// A column holds what it cannot (text that is not UTF-8, text where a
     /// number belongs): the instance is failed, the claim goes on.
-    Unreadable { id: Vec<u8>, why: String },
+    /// `id` is the value stored, of whatever type, so that failing the
+    /// row updates that row.
+    Unreadable { id: StoredId, why: String },
 }
 
 fn claimable(r: &Row<'_>) -> Result<Claimable, Db> {
@@ -2186,16 +2189,37 @@ fn claimable(r: &Row<'_>) -> Result<Claimable, Db> {
         Ok(claimable) => Ok(claimable),
         Err(err) if unreadable(&err) => {
             let id = match r.get_ref(0)? {
-                rusqlite::types::ValueRef::Text(bytes) => bytes.to_vec(),
-                other => format!("{other:?}").into_bytes(),
+                ValueRef::Text(bytes) => StoredId::Text(bytes.to_vec()),
+                other => StoredId::Other(other.try_into().unwrap_or(rusqlite::types::Value::Null)),
             };
-            let why = format!(
-                "corrupt row of instance {}: {err}",
-                String::from_utf8_lossy(&id)
-            );
+            let why = format!("corrupt row of instance {}: {err}", shown_id(id.as_ref()));
             Ok(Claimable::Unreadable { id, why })
         }
         Err(err) => Err(err),
+    }
+}
+
+/// A row's id as stored: text, UTF-8 or not, or a value of another type
+/// that damage left there.
+enum StoredId {
+    Text(Vec<u8>),
+    Other(rusqlite::types::Value),
+}
+
+impl StoredId {
+    fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            StoredId::Text(bytes) => ValueRef::Text(bytes),
+            StoredId::Other(value) => value.into(),
+        }
+    }
+}
+
+/// An id as a message shows it.
+fn shown_id(id: ValueRef<'_>) -> String {
+    match id {
+        ValueRef::Text(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        other => format!("{other:?}"),
     }
 }
 
@@ -2213,19 +2237,20 @@ fn unreadable(err: &Db) -> bool {
 
 /// Fails the instance whose row is corrupt, alone: the other instances
 /// run, and its parent, if it waits for it, wakes to see it failed. `id` is
-/// bound as the bytes stored, UTF-8 or not, so that the row it names is the
-/// one updated.
-fn fail_corrupt(c: &Tx<'_, '_>, id: &[u8], why: &str, at: Millis) -> Result<(), Db> {
-    let shown = String::from_utf8_lossy(id);
+/// bound as stored (text, UTF-8 or not, or another type), so that the row
+/// it names is the one updated: a row left due would take a slot of every
+/// claim from then on.
+fn fail_corrupt(c: &Tx<'_, '_>, id: ValueRef<'_>, why: &str, at: Millis) -> Result<(), Db> {
+    let shown = shown_id(id);
     tracing::error!(id = %shown, error = %why, "failing an instance whose row is corrupt");
     c.leases().end(&shown);
     c.prepare_cached(
         "UPDATE instances SET status = 'failed', error = ?1, finished_at = ?2, \
          lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3",
     )?
-    .execute(params![why, at, text(id)])?;
-    // An id that is not text cannot be read back through the API anyway.
-    if let Ok(id) = std::str::from_utf8(id) {
+    .execute(params![why, at, rusqlite::types::ToSqlOutput::Borrowed(id)])?;
+    // An id that is not UTF-8 text cannot be read back through the API anyway.
+    if let Ok(id) = id.as_str() {
         event(c, id, at, "failed", None, None, Some(why), None)?;
         wake_parent(c, id, at)?;
     }
@@ -2646,6 +2671,36 @@ mod tests {
             (0, None),
             "the pending one stays"
         );
+    }
+
+    /// A due row whose id is not even text (a BLOB, left by damage) is
+    /// failed by the claim that meets it, itself and not a text look-alike:
+    /// left due, it took a slot of every claim from then on and added a
+    /// `failed` event for a ghost instance each time.
+    #[test]
+    fn a_claim_fails_a_row_whose_id_is_a_blob() {
+        let mut c = migrated();
+        let tx = c.transaction().unwrap();
+        let session = Session::new(&tx, durable()).unwrap();
+        let t = session.tx();
+        t.execute(
+            "INSERT INTO instances (id, workflow, status, input, created_at, updated_at, run_at) \
+             VALUES (X'0102', 'w', 'pending', 'null', 0, 0, 0)",
+            [],
+        )
+        .unwrap();
+        let good = create(&t, &new_instance(5), None).unwrap().unwrap();
+        let first = claim(&t, &claim_request(1)).unwrap();
+        assert!(first.is_empty(), "the damaged row is failed, alone");
+        let status: String = t
+            .query_row("SELECT status FROM instances WHERE id = X'0102'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(status, "failed");
+        let second = claim(&t, &claim_request(1)).unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].row.id, good.into_row().id);
     }
 
     fn claim_job(t: &Tx<'_, '_>, limit: usize) -> Job {
