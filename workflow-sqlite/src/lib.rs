@@ -1368,6 +1368,33 @@ mod tests {
         drop(other);
     }
 
+    /// A newer build that migrates the file while this store has it open
+    /// (processes sharing it, upgraded one by one) makes this store refuse
+    /// writes, with a message that says why, instead of writing rows the
+    /// new schema reads otherwise.
+    #[tokio::test]
+    async fn a_file_migrated_by_a_newer_build_meanwhile_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("newer.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .create(workflow_core::testing::new_instance("w", 1), None)
+            .await
+            .unwrap();
+        let newer = rusqlite::Connection::open(&path).unwrap();
+        newer
+            .execute_batch(&format!(
+                "PRAGMA user_version = {}",
+                schema::MIGRATIONS.len() + 1
+            ))
+            .unwrap();
+        let err = store
+            .create(workflow_core::testing::new_instance("w", 2), None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("newer build"), "{err}");
+    }
+
     #[tokio::test]
     async fn reopening_keeps_data_and_schema() {
         let dir = tempfile::tempdir().unwrap();

@@ -1084,6 +1084,21 @@ fn forget_leases_if_others_wrote(c: &Tx<'_, '_>) -> Result<(), Db> {
         .query_row([], |r| r.get(0))?;
     let mut leases = c.leases();
     if leases.data_version != Some(version) {
+        // A newer build may have migrated the file since this store opened
+        // it (a rolling upgrade of processes sharing it): this writer's
+        // statements would then write rows the new schema reads otherwise.
+        let schema: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if usize::try_from(schema).unwrap_or(usize::MAX) > crate::schema::MIGRATIONS.len() {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                Some(format!(
+                    "the database was migrated to schema version {schema} by a newer build while \
+                     this store had it open (this build knows {}); writes are refused: restart \
+                     this process with the newer build",
+                    crate::schema::MIGRATIONS.len()
+                )),
+            ));
+        }
         *leases = Leases {
             data_version: Some(version),
             held: HashMap::new(),
