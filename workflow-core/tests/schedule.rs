@@ -64,6 +64,21 @@ async fn wait_for(engine: &Engine, count: usize) -> Vec<String> {
     fired(engine).await
 }
 
+/// Waits for every fired instance to end.
+async fn all_ended(engine: &Engine) {
+    for info in engine
+        .list(Query::new().name("everyMinute"))
+        .await
+        .unwrap()
+        .items
+    {
+        EveryMinute::handle(engine, info.id)
+            .result_timeout(Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+}
+
 async fn registered(store: &Arc<dyn Store>) {
     for _ in 0..300 {
         if store.schedule_mark("everyMinute").await.unwrap().is_some() {
@@ -219,17 +234,7 @@ async fn a_stale_look_does_not_fire_purged_ticks_again() {
     let other = engine(Arc::clone(&store), &clock, CatchUp::All).await;
     let other_worker = other.start_worker();
     assert_eq!(wait_for(&other, 3).await.len(), 3);
-    for info in other
-        .list(Query::new().name("everyMinute"))
-        .await
-        .unwrap()
-        .items
-    {
-        EveryMinute::handle(&other, info.id)
-            .result_timeout(Duration::from_secs(5))
-            .await
-            .unwrap();
-    }
+    all_ended(&other).await;
     other_worker.shutdown().await;
     // A purge leaves what ended in the last 2 s.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -256,17 +261,7 @@ async fn a_clock_stepped_back_does_not_fire_ticks_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(wait_for(&engine, 5).await.len(), 5);
-    for info in engine
-        .list(Query::new().name("everyMinute"))
-        .await
-        .unwrap()
-        .items
-    {
-        EveryMinute::handle(&engine, info.id)
-            .result_timeout(Duration::from_secs(5))
-            .await
-            .unwrap();
-    }
+    all_ended(&engine).await;
     // A purge leaves what ended in the last 2 s.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(engine.purge(Utc::now(), None).await.unwrap(), 5);
@@ -537,12 +532,7 @@ async fn a_catch_up_cut_short_does_not_fire_its_ticks_again() {
             "schedule:2026-11-25T10:02:00.000Z"
         ]
     );
-    for info in second.list(Query::new()).await.unwrap().items {
-        EveryMinute::handle(&second, info.id)
-            .result_timeout(Duration::from_secs(5))
-            .await
-            .unwrap();
-    }
+    all_ended(&second).await;
     worker.shutdown().await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(second.purge(Utc::now(), None).await.unwrap(), 2);

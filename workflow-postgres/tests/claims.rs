@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use workflow_core::store::*;
-use workflow_core::InstanceId;
 use workflow_postgres::{PgOptions, PgStore};
 
 #[tokio::test]
@@ -26,18 +23,8 @@ async fn a_claim_over_many_workflows_locks_only_what_it_takes() {
     for n in 0..10 {
         for w in &workflows {
             due += 1;
-            let at = now - 10_000 + due;
-            let new = NewInstance {
-                id: InstanceId::at(at),
-                workflow: w.clone(),
-                input: "{}".into(),
-                tags: BTreeMap::new(),
-                key: Some(format!("{w}-{n}")),
-                created_at: at,
-                run_at: at,
-                deadline_at: None,
-                parent: None,
-            };
+            let mut new = common::pending(w, now - 10_000 + due);
+            new.key = Some(format!("{w}-{n}"));
             s.create(new, None).await.unwrap();
         }
     }

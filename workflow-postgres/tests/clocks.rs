@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use workflow_core::store::*;
@@ -29,19 +28,8 @@ async fn store(url: &str, schema: &str) -> PgStore {
 /// A pending instance due now (by this machine's clock, which the
 /// database shares here).
 async fn create(s: &PgStore) -> InstanceId {
-    let now = now_millis();
-    let id = InstanceId::at(now);
-    let new = NewInstance {
-        id: id.clone(),
-        workflow: "wf".into(),
-        input: "{}".into(),
-        tags: BTreeMap::new(),
-        key: None,
-        created_at: now,
-        run_at: now,
-        deadline_at: None,
-        parent: None,
-    };
+    let new = common::pending("wf", now_millis());
+    let id = new.id.clone();
     s.create(new, None).await.unwrap();
     id
 }

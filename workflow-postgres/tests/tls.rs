@@ -5,11 +5,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use sqlx::Connection;
 use workflow_core::store::*;
-use workflow_core::InstanceId;
 use workflow_postgres::PgStore;
 
 #[tokio::test]
@@ -40,19 +37,8 @@ async fn sslmode_require_encrypts_every_connection_of_the_store() {
             return;
         }
     };
-    let now = now_millis();
-    let id = InstanceId::at(now);
-    let new = NewInstance {
-        id: id.clone(),
-        workflow: "wf".into(),
-        input: "{}".into(),
-        tags: BTreeMap::new(),
-        key: None,
-        created_at: now,
-        run_at: now,
-        deadline_at: None,
-        parent: None,
-    };
+    let new = common::pending("wf", now_millis());
+    let id = new.id.clone();
     store.create(new, None).await.unwrap();
     assert_eq!(store.get(&id).await.unwrap().unwrap().id, id);
 

@@ -2678,7 +2678,7 @@ mod tests {
             .query_row("SELECT count(*) FROM steps", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0);
-        // The tree limit still stops it first.
+        // A pending instance stays, and the scan runs to its end.
         create(&t, &new_instance(9), None).unwrap().unwrap();
         let none = purge(&t, 105, None, 10, 150, PurgeFrom::default()).unwrap();
         assert_eq!(

@@ -20,6 +20,24 @@ pub fn url(test: &str) -> Option<String> {
     }
 }
 
+/// A new instance of `workflow`, created and due at `at`.
+pub fn pending(
+    workflow: &str,
+    at: workflow_core::store::Millis,
+) -> workflow_core::store::NewInstance {
+    workflow_core::store::NewInstance {
+        id: workflow_core::InstanceId::at(at),
+        workflow: workflow.to_owned(),
+        input: "{}".into(),
+        tags: Default::default(),
+        key: None,
+        created_at: at,
+        run_at: at,
+        deadline_at: None,
+        parent: None,
+    }
+}
+
 /// A schema name no other test or run uses.
 pub fn fresh_schema(tag: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
