@@ -762,12 +762,15 @@ impl Store for PgStore {
         at: Millis,
     ) -> Result<Control, StoreError> {
         // With a key, a send that may have committed is safe to repeat: a
-        // second copy is recognised as a duplicate.
+        // second copy is recognised as a duplicate, and this call's own
+        // earlier attempt, by its token, as sent.
+        let token = key.map(|_| InstanceId::new().to_string());
         retrying!(
             self,
             "send_event",
             idempotent = key.is_some(),
-            self.db.send_event(id, name, payload, key, at)
+            self.db
+                .send_event(id, name, payload, key, token.as_deref(), at)
         )
     }
 
@@ -957,6 +960,30 @@ mod tests {
         assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 4);
         let events = store.history(&new.id).await.unwrap();
         assert_eq!(events.iter().filter(|e| e.kind == "created").count(), 1);
+        drop_schema(&url, &schema).await;
+    }
+
+    /// A keyed send run again after an attempt whose commit landed though
+    /// its answer was lost (the connection dropped during COMMIT) finds
+    /// the key its own attempt recorded and answers "sent": the event was
+    /// delivered, once. Another call with the key is a duplicate.
+    #[tokio::test]
+    async fn a_keyed_send_run_again_finds_its_own_delivery() {
+        let Some(url) = test_url() else {
+            return;
+        };
+        let (store, schema) = store_in_fresh_schema(&url, "send_again").await;
+        let new = workflow_core::testing::new_instance("wf", 1);
+        let id = store.create(new, None).await.unwrap().into_row().id;
+        let send = |token| store.db.send_event(&id, "e", "1", Some("k"), token, 10);
+        assert_eq!(send(Some("call-1")).await.unwrap(), Control::Applied);
+        assert_eq!(send(Some("call-1")).await.unwrap(), Control::Applied);
+        assert_eq!(send(Some("call-2")).await.unwrap(), Control::Duplicate);
+        let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(inbox, 1, "delivered once");
         drop_schema(&url, &schema).await;
     }
 

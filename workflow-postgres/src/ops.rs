@@ -1072,6 +1072,7 @@ impl Db {
         name: &str,
         payload: &str,
         key: Option<&str>,
+        token: Option<&str>,
         at: Millis,
     ) -> Attempt<Control> {
         let mut tx = self.begin().await?;
@@ -1080,24 +1081,30 @@ impl Db {
         if let (Some(key), Control::Applied | Control::Terminal(_)) = (key, control) {
             // A key seen before is a duplicate, whatever became of the
             // instance since; a new one is used up only by an event kept.
-            let seen = sqlx::query_scalar::<_, i32>(
-                "SELECT 1 FROM event_keys WHERE instance_id = $1 AND key = $2",
+            // Unless this very call recorded it (its token): an attempt
+            // whose commit landed though its answer was lost delivered it.
+            let seen: Option<Option<String>> = sqlx::query_scalar(
+                "SELECT token FROM event_keys WHERE instance_id = $1 AND key = $2",
             )
             .bind(id.as_str())
             .bind(key)
             .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-            if seen {
-                return Ok(Control::Duplicate);
+            .await?;
+            match seen {
+                Some(seen) if token.is_some() && seen.as_deref() == token => {
+                    return Ok(Control::Applied)
+                }
+                Some(_) => return Ok(Control::Duplicate),
+                None => {}
             }
             if control == Control::Applied {
                 sqlx::query(
-                    "INSERT INTO event_keys (instance_id, key, sent_at) VALUES ($1, $2, $3)",
+                    "INSERT INTO event_keys (instance_id, key, sent_at, token) VALUES ($1, $2, $3, $4)",
                 )
                 .bind(id.as_str())
                 .bind(key)
                 .bind(at)
+                .bind(token)
                 .execute(&mut *tx)
                 .await?;
             }

@@ -10,6 +10,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_interrupted_runs.sql"),
     include_str!("../migrations/0005_steps_by_instance_seq.sql"),
     include_str!("../migrations/0006_runnable_by_workflow.sql"),
+    include_str!("../migrations/0007_event_key_tokens.sql"),
 ];
 
 /// Creates the schema if needed and brings it up to date, in one
