@@ -127,16 +127,28 @@ async fn three_engines_fire_each_tick_once() {
     assert!(schedules[0].last_instance.is_some());
 }
 
+/// Runs one engine on `store` until it registered the schedule, stops it
+/// and moves the clock (from 10:00:30) `minutes` on: the ticks between
+/// were missed.
+async fn down_after_registering(
+    store: &Arc<dyn Store>,
+    catch_up: CatchUp,
+    minutes: u64,
+) -> ManualClock {
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let first = engine(Arc::clone(store), &clock, catch_up).await;
+    let worker = first.start_worker();
+    registered(store).await;
+    worker.shutdown().await;
+    clock.advance(Duration::from_secs(minutes * 60));
+    clock
+}
+
 /// Runs one engine to register the schedule, stops it, moves the clock
 /// `minutes` and starts a new engine with `catch_up` on the same store.
 async fn restarted_after(catch_up: CatchUp, minutes: u64) -> (Engine, ManualClock, Worker) {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
-    let first = engine(Arc::clone(&store), &clock, catch_up).await;
-    let worker = first.start_worker();
-    registered(&store).await;
-    worker.shutdown().await;
-    clock.advance(Duration::from_secs(minutes * 60));
+    let clock = down_after_registering(&store, catch_up, minutes).await;
     let second = engine(Arc::clone(&store), &clock, catch_up).await;
     let worker = second.start_worker();
     (second, clock, worker)
@@ -472,12 +484,7 @@ async fn catch_up_latest_fires_the_latest_missed_tick() {
 #[tokio::test]
 async fn a_changed_expression_counts_from_its_first_engine() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
-    let first = engine(Arc::clone(&store), &clock, CatchUp::All).await;
-    let worker = first.start_worker();
-    registered(&store).await;
-    worker.shutdown().await;
-    clock.advance(Duration::from_secs(5 * 60));
+    let clock = down_after_registering(&store, CatchUp::All, 5).await;
     let every_two = |catch_up| {
         EngineBuilder::new()
             .shared_store(Arc::clone(&store))
@@ -514,13 +521,8 @@ async fn a_changed_expression_counts_from_its_first_engine() {
 async fn a_catch_up_cut_short_does_not_fire_its_ticks_again() {
     let flaky = Arc::new(testing::Unreachable::new(MemoryStore::new()));
     let store: Arc<dyn Store> = flaky.clone();
-    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
-    let first = engine(Arc::clone(&store), &clock, CatchUp::All).await;
-    let worker = first.start_worker();
-    registered(&store).await;
-    worker.shutdown().await;
-    // 10:01 to 10:05 were missed; only the first two can start.
-    clock.advance(Duration::from_secs(5 * 60));
+    // 10:01 to 10:05 are missed; only the first two can start.
+    let clock = down_after_registering(&store, CatchUp::All, 5).await;
     flaky.fail_creates_after(Some(2));
     let second = engine(Arc::clone(&store), &clock, CatchUp::All).await;
     let worker = second.start_worker();
@@ -571,12 +573,7 @@ impl Workflow for EveryMinuteUnscheduled {
 #[tokio::test]
 async fn an_engine_without_the_schedule_leaves_it_as_it_was() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
-    let first = engine(Arc::clone(&store), &clock, CatchUp::Latest).await;
-    let worker = first.start_worker();
-    registered(&store).await;
-    worker.shutdown().await;
-    clock.advance(Duration::from_secs(5 * 60));
+    let clock = down_after_registering(&store, CatchUp::Latest, 5).await;
     let api = EngineBuilder::new()
         .shared_store(Arc::clone(&store))
         .register(EveryMinuteUnscheduled)
