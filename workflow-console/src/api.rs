@@ -390,7 +390,9 @@ impl From<Error> for ApiError {
             | Error::Json { .. }
             | Error::Config(_)
             | Error::InvalidEventKey { .. }
-            | Error::InvalidEventName { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            | Error::InvalidEventName { .. }
+            | Error::NameTooLong { .. }
+            | Error::InvalidStartOption { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -215,6 +215,8 @@ impl CliError {
             | CliError::Workflow(Error::InvalidInput { .. })
             | CliError::Workflow(Error::InvalidEventKey { .. })
             | CliError::Workflow(Error::InvalidEventName { .. })
+            | CliError::Workflow(Error::NameTooLong { .. })
+            | CliError::Workflow(Error::InvalidStartOption { .. })
             | CliError::Workflow(Error::PayloadTooLarge { .. }) => 2,
             _ => 1,
         }

@@ -496,6 +496,15 @@ async fn changes_are_checked_and_applied() {
             .any(|v| v["message"].as_str().unwrap().contains("amount_cents")),
         "{violations:?}"
     );
+    // A key no store can index is the caller's mistake, not the server's.
+    let res = post(
+        &base,
+        "/api/workflows/processOrder/start",
+        json!({ "input": { "order_id": "Z-9", "amount_cents": 77 }, "key": "k".repeat(513) }),
+    )
+    .await;
+    assert_eq!(res.status, 422, "{}", res.body);
+    assert!(res.json()["error"].as_str().unwrap().contains("513 bytes"));
     let res = post(
         &base,
         "/api/workflows/processOrder/start",

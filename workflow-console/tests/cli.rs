@@ -110,6 +110,21 @@ async fn reads_without_the_workflow_code() {
         "error: no engine using this database has recorded a workflow named `nope`; \
          recorded: approveExpense, countdown, nightlyCleanup, processOrder, slowReport"
     );
+    // A key no store can index is bad input too.
+    let long_key = "k".repeat(513);
+    let out = cli(
+        url,
+        &[
+            "run",
+            "processOrder",
+            r#"{"order_id": "L", "amount_cents": 1}"#,
+            "--key",
+            &long_key,
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("dedup key"), "{}", out.stderr);
 
     // List: a table by default, JSON with --json, filters.
     let out = cli(url, &["list"]).await;

@@ -463,7 +463,6 @@ impl RunShared {
             name: name.to_owned(),
             reserved,
         })?;
-        crate::error::check_length("step name", name)?;
         if let Ok(outer) = IN_STEP.try_with(String::clone) {
             return Err(Error::NestedStep {
                 workflow: self.workflow.to_owned(),
@@ -472,14 +471,18 @@ impl RunShared {
             });
         }
         let mut journal = lock(&self.journal);
-        let n = journal.seen.entry(name.to_owned()).or_insert(0);
-        let key = if *n == 0 {
+        let n = journal.seen.get(name).copied().unwrap_or(0);
+        let key = if n == 0 {
             name.to_owned()
         } else {
             format!("{name}#{n}")
         };
-        *n += 1;
         let recorded = journal.recorded.get(&key).map(|(_, step)| step.clone());
+        // A name recorded under an earlier build that took it replays.
+        if recorded.is_none() {
+            crate::error::check_length("step name", name)?;
+        }
+        *journal.seen.entry(name.to_owned()).or_insert(0) += 1;
         Ok((key, recorded))
     }
 

@@ -517,16 +517,15 @@ impl EngineBuilder {
             }
         };
         if !workflows.is_empty() {
+            // What the schedules are is for the engines that run them to
+            // say, when their workers start (`record_schedules`): an
+            // engine that only starts instances keeps what is recorded.
             let mut definitions = definitions_in_force(&workflows, &scheduled);
-            let now = self.clock.now().timestamp_millis();
             match store.definitions().await {
-                Ok(recorded) => {
-                    keep_recorded_schedules(&mut definitions, &recorded);
-                    restart_changed_schedules(store.as_ref(), &definitions, &recorded, now).await;
-                }
+                Ok(recorded) => keep_recorded_schedules(&mut definitions, &recorded),
                 Err(err) => tracing::warn!(
                     error = %err,
-                    "reading the recorded definitions failed; schedules go on from their marks"
+                    "reading the recorded definitions failed; recording this engine's schedules"
                 ),
             }
             store.put_definitions(&definitions, now_millis()).await?;
@@ -552,13 +551,53 @@ impl EngineBuilder {
     }
 }
 
+/// Records the schedules this engine runs, as its first worker starts
+/// (before its scheduler's first look): a schedule whose expression or
+/// time zone differs from the recorded one, or that was not recorded, has
+/// its mark restarted (see [`restart_changed_schedules`]), and a workflow
+/// this engine runs without a schedule is recorded without one (its
+/// schedule was removed). A store that cannot say leaves the marks and
+/// the records as they are.
+pub(crate) async fn record_schedules(engine: &Engine) {
+    let inner = &engine.inner;
+    if inner.workflows.is_empty() {
+        return;
+    }
+    let store = inner.store.as_ref();
+    let definitions = definitions_in_force(&inner.workflows, &inner.scheduled);
+    let recorded = match store.definitions().await {
+        Ok(recorded) => recorded,
+        Err(err) => {
+            tracing::warn!(error = %err, "reading the recorded definitions failed; schedules go on from their marks");
+            return;
+        }
+    };
+    let changed = |def: &Definition| {
+        recorded
+            .iter()
+            .find(|old| old.name == def.name)
+            .is_none_or(|old| {
+                (&old.schedule, &old.timezone, old.catch_up)
+                    != (&def.schedule, &def.timezone, def.catch_up)
+            })
+    };
+    if !definitions.iter().any(changed) {
+        return;
+    }
+    let now = inner.clock.now().timestamp_millis();
+    restart_changed_schedules(store, &definitions, &recorded, now).await;
+    if let Err(err) = store.put_definitions(&definitions, now_millis()).await {
+        tracing::warn!(error = %err, "recording the schedules in force failed");
+    }
+}
+
 /// Moves the mark of every schedule whose expression or time zone differs
 /// from the store's recorded definition to `now`, as for a schedule seen
 /// for the first time: the ticks of the new expression between the old
 /// mark and now were never due, and `CatchUp::All` would start them all
 /// (a month of them, after a month with the schedule switched off). A
-/// store that cannot say leaves the marks as they are. Builds of two
-/// versions in turn (a rolling deploy, a rollback) restart it each time,
+/// store that cannot say leaves the marks as they are. Workers of two
+/// versions started in turn (a rolling deploy, a rollback) restart it each time,
 /// which skips nothing an engine was running for: a running engine goes on
 /// from its own last look. The expressions are compared as text, so one
 /// merely reworded restarts too.
@@ -596,18 +635,16 @@ async fn restart_changed_schedules(
     }
 }
 
-/// Keeps the recorded schedule of every workflow this engine registers
-/// without one: an engine that only starts instances (an API server) may
+/// Keeps the recorded schedule (or its absence) of every workflow already
+/// recorded: an engine that only starts instances (an API server) may
 /// register a workflow that its workers run on a schedule chosen at run
-/// time. Recording "no schedule" would show none in the console, and the
-/// next worker built would take its own schedule for a changed one and
-/// restart it, skipping the ticks missed while no worker ran.
+/// time, or none. Recording its own would show the wrong one in the
+/// console, and the next worker would take the recorded schedule for a
+/// changed one and restart it, skipping the ticks missed while no worker
+/// ran. A worker records the schedules in force when it starts.
 fn keep_recorded_schedules(definitions: &mut [Definition], recorded: &[Definition]) {
-    for def in definitions.iter_mut().filter(|d| d.schedule.is_none()) {
-        if let Some(old) = recorded
-            .iter()
-            .find(|old| old.name == def.name && old.schedule.is_some())
-        {
+    for def in definitions.iter_mut() {
+        if let Some(old) = recorded.iter().find(|old| old.name == def.name) {
             def.schedule.clone_from(&old.schedule);
             def.timezone.clone_from(&old.timezone);
             def.catch_up = old.catch_up;

@@ -213,7 +213,8 @@ pub enum Error {
     /// created.
     #[error("{what} is not usable: {why}")]
     InvalidStartOption {
-        /// Which option: `dedup key "..."`, `tag name "..."`, `tag "name" value`.
+        /// Which option: `dedup key "..."`, `tag name "..."` or
+        /// `value of tag "..."`.
         what: String,
         /// The rule it breaks.
         why: String,

@@ -212,22 +212,37 @@ async fn fire_due(
             "catching up on ticks missed while no engine ran"
         );
     }
-    let mut fired = None;
+    // A catch-up records how far it got as it goes (every RECORD_EVERY,
+    // and when a tick fails to start): a chunk cut short would otherwise
+    // leave the mark before ticks whose instances may end and be purged
+    // (their keys free again) before the next look fires them again. Not
+    // at each tick: each record is a durable write.
+    let mut fired: Option<(Millis, InstanceId)> = None;
+    let mut recorded_at = tokio::time::Instant::now();
     let last = plan.fire.len().saturating_sub(1);
     for (n, tick) in plan.fire.into_iter().enumerate() {
-        let id = fire_tick(engine, s, tick).await?;
+        let id = match fire_tick(engine, s, tick).await {
+            Ok(id) => id,
+            Err(err) => {
+                if let Some((tick, id)) = fired {
+                    if let Err(err) = store
+                        .advance_schedule(s.workflow, tick, Some((tick, id)))
+                        .await
+                    {
+                        tracing::warn!(workflow = s.workflow, error = %err, "recording a catch-up's progress failed");
+                    }
+                }
+                return Err(err);
+            }
+        };
         let tick = tick.timestamp_millis();
-        // Each tick of a catch-up is recorded as it fires: a chunk cut
-        // short (a shutdown, a kill, a store error) would otherwise leave
-        // the mark before ticks whose instances may end and be purged
-        // (their keys free again) before the next look fires them again.
-        if n < last {
+        if n < last && recorded_at.elapsed() >= RECORD_EVERY {
             store
-                .advance_schedule(s.workflow, tick, Some((tick, id)))
+                .advance_schedule(s.workflow, tick, Some((tick, id.clone())))
                 .await?;
-        } else {
-            fired = Some((tick, id));
+            recorded_at = tokio::time::Instant::now();
         }
+        fired = Some((tick, id));
     }
     // Only as far as the ticks handled: an engine that stops here, or any
     // other engine, goes on from there, and creating an instance twice
@@ -240,6 +255,9 @@ async fn fire_due(
     Ok(s.schedule
         .next_after(if behind { plan.checked_until } else { now }))
 }
+
+/// How often a catch-up records how far it got.
+const RECORD_EVERY: Duration = Duration::from_millis(100);
 
 /// The most ticks one look at a schedule starts, which bounds the memory
 /// and the time of a look however long the outage was.

@@ -220,7 +220,6 @@ where
         input: W::Input,
         options: ChildOptions,
     ) -> Result<InstanceId> {
-        options.start().check()?;
         let (key, recorded) = self.run().next_key(name)?;
         match recorded {
             Some(step) => self.replay(step).await,
@@ -235,6 +234,9 @@ where
         options: &ChildOptions,
     ) -> Result<InstanceId> {
         let run = self.run();
+        // Checked only for a child not started yet: a replay finds the
+        // child it started, whatever its options say now.
+        options.start().check()?;
         // Within the limit: a create the store refused would release this
         // run to fail the same way again and again.
         let input =
@@ -314,7 +316,6 @@ where
     ) -> Result<W::Output> {
         let run = self.run();
         run.check()?;
-        options.start().check()?;
         let (key, recorded) = run.next_key(name)?;
         let child = match recorded {
             Some(step) => self.replay::<InstanceId>(step).await?,

@@ -156,6 +156,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
     async {
         tracing::info!(concurrency = config.concurrency, "worker started");
         reap_dead_owners(&w).await;
+        crate::engine::record_schedules(&w.engine).await;
         let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&w)));
         let scheduler = tokio::spawn(crate::scheduler::run(
             w.engine.clone(),

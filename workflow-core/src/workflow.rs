@@ -167,9 +167,9 @@ pub struct Definition {
     pub name: String,
     /// Description.
     pub description: String,
-    /// Cron schedule: the one last registered by an engine that
-    /// schedules the workflow (an engine that registers it without one
-    /// keeps the recorded schedule).
+    /// Cron schedule: the one in force in the engine whose worker started
+    /// last (an engine that starts no worker, such as an API server that
+    /// only starts instances, keeps the recorded schedule).
     pub schedule: Option<String>,
     /// Schedule time zone.
     pub timezone: String,

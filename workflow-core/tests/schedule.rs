@@ -593,3 +593,46 @@ async fn an_engine_without_the_schedule_leaves_it_as_it_was() {
         "the latest missed tick runs"
     );
 }
+
+/// A schedule removed from the workers' code is recorded removed once one
+/// of them starts, and, added back later, counts from then: the time it
+/// was gone is not caught up as downtime, even with `catch_up = "all"`.
+#[tokio::test]
+async fn a_schedule_removed_from_the_workers_is_recorded_and_restarts_when_back() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = down_after_registering(&store, CatchUp::All, 5).await;
+    let removed = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(EveryMinuteUnscheduled)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let worker = removed.start_worker();
+    let mut recorded = None;
+    for _ in 0..300 {
+        recorded = store.definitions().await.unwrap().pop();
+        if recorded.as_ref().is_some_and(|d| d.schedule.is_none()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(recorded.unwrap().schedule, None, "recorded removed");
+    worker.shutdown().await;
+    clock.advance(Duration::from_secs(5 * 60));
+    let back = engine(Arc::clone(&store), &clock, CatchUp::All).await;
+    let _worker = back.start_worker();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        fired(&back).await,
+        Vec::<String>::new(),
+        "no burst of the gap"
+    );
+    // 10:11:00 comes due while it runs.
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(
+        wait_for(&back, 1).await,
+        ["schedule:2026-11-25T10:11:00.000Z"]
+    );
+}

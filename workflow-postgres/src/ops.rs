@@ -326,9 +326,9 @@ impl Db {
         // SKIP LOCKED: concurrent claimers each take different rows and
         // never wait for one another. FOR UPDATE re-checks the conditions
         // on the newest version of a row changed since the snapshot. One
-        // bounded range of `instances_runnable` per workflow, the earliest
-        // kept: other workflows' due rows are never read (the rows locked
-        // beyond the limit are let go at commit).
+        // bounded range of `instances_runnable` per workflow, for its share
+        // of the earliest due rows: other workflows' due rows are never
+        // read.
         //
         // A waiting row is due at its `run_at` by the claimer's clock
         // (`now`, $3): that time came from an engine's clock (a sleep's

@@ -231,7 +231,18 @@ impl SqliteStore {
             .await
             .map_err(Opening::from_sqlx)?;
         drop(conn);
-        let writer = open_writer(connect, options)?;
+        // Off the runtime: opening may wait for another process's lock and
+        // fsyncs the WAL.
+        let writer = {
+            let (connect, options) = (connect.clone(), options.clone());
+            tokio::task::spawn_blocking(move || open_writer(&connect, &options))
+                .await
+                .map_err(|err| {
+                    Opening::Other(Error::Store(StoreError::backend(format!(
+                        "opening the writer connection failed: {err}"
+                    ))))
+                })??
+        };
         // Read-only: a reader that happens to close last must not
         // checkpoint the WAL away behind the writer's back (after a
         // failed fsync, the WAL holds the only good copy of some pages).
@@ -1075,15 +1086,16 @@ mod tests {
         store.definitions().await.unwrap();
     }
 
-    /// Trees larger than one purge transaction's rows are purged whole
-    /// over several transactions, with everything they stored.
+    /// Trees larger than one purge transaction's rows are purged whole,
+    /// one per transaction here, with everything they stored; the limit
+    /// on trees holds across those transactions.
     #[tokio::test]
     async fn a_purge_of_trees_larger_than_a_transaction_takes_everything() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("purge.db"))
             .await
             .unwrap();
-        let steps_each = PURGE_ROWS as usize / 2 + 1;
+        let steps_each = PURGE_ROWS as usize + 1;
         for n in 0..3 {
             let new = NewInstance {
                 id: InstanceId::at(n + 1),
@@ -1129,14 +1141,16 @@ mod tests {
             };
             store.finish(&claimed.lease, finish).await.unwrap();
         }
-        assert_eq!(store.purge(21, None, 500).await.unwrap(), 3);
-        let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM steps")
-            .fetch_one(&store.read)
-            .await
-            .unwrap();
-        assert_eq!(steps, 0);
-        // The tree limit holds across transactions.
-        assert_eq!(store.purge(21, None, 500).await.unwrap(), 0);
+        let steps = || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM steps")
+                .fetch_one(&store.read)
+                .await
+                .unwrap()
+        };
+        assert_eq!(store.purge(21, None, 2).await.unwrap(), 2);
+        assert_eq!(steps().await, steps_each as i64, "one tree left");
+        assert_eq!(store.purge(21, None, 500).await.unwrap(), 1);
+        assert_eq!(steps().await, 0);
     }
 
     /// The list and count queries must use indexes, not sort or scan the table.
@@ -1417,12 +1431,18 @@ mod tests {
 
     /// Holds back every fsync of this test binary's flush threads while
     /// alive, and lets them go when dropped, also by a failing assertion.
-    struct HeldFsyncs;
+    /// One test at a time: another's drop would let this one's go.
+    struct HeldFsyncs(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+    static FSYNC_HOLDER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     impl HeldFsyncs {
         fn hold() -> Self {
+            let turn = FSYNC_HOLDER
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             flush::HOLD_FSYNCS.store(true, std::sync::atomic::Ordering::SeqCst);
-            HeldFsyncs
+            HeldFsyncs(turn)
         }
     }
 
