@@ -3,6 +3,14 @@
 use sqlx::{Connection, PgConnection};
 
 /// Migrations in order; version n is `MIGRATIONS[n - 1]`.
+///
+/// Each runs in the one migration transaction while older workers may
+/// still run against the schema (a rolling upgrade): it must hold no lock
+/// on `instances` for long. A `CREATE INDEX` on it (as 0002 and 0006 do)
+/// blocks every claim, heartbeat and step of the fleet until it is built,
+/// which on a large table can outlast the leases; a new one belongs in a
+/// `CREATE INDEX CONCURRENTLY` run outside the transaction. Adding a
+/// nullable column (0007) takes the lock only for a moment.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_dedup_index_by_key.sql"),
