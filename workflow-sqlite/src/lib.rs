@@ -1121,15 +1121,7 @@ mod tests {
                 .unwrap()
                 .remove(0);
             for k in 0..steps_each {
-                let step = StepRow {
-                    key: format!("s{k}"),
-                    output: Some("1".into()),
-                    error: None,
-                    state: None,
-                    attempts: 1,
-                    started_at: 11,
-                    finished_at: 12,
-                };
+                let step = crate::writer::done_step(format!("s{k}"), 12);
                 store.commit_step(&claimed.lease, step).await.unwrap();
             }
             let finish = Finish {
@@ -1614,15 +1606,7 @@ mod tests {
 
     /// A recorded step `key` with output `1`.
     fn step(key: &str) -> StepRow {
-        StepRow {
-            key: key.into(),
-            output: Some("1".into()),
-            error: None,
-            state: None,
-            attempts: 1,
-            started_at: 1,
-            finished_at: 2,
-        }
+        crate::writer::done_step(key, 2)
     }
 
     /// A connection that writes to the store's file from outside it (the

@@ -2371,6 +2371,20 @@ fn commit_step(
     Ok(Ok(()))
 }
 
+/// A step recorded done at `at` (started a moment before), output `1`.
+#[cfg(test)]
+pub(crate) fn done_step(key: impl Into<String>, at: Millis) -> StepRow {
+    StepRow {
+        key: key.into(),
+        output: Some("1".into()),
+        error: None,
+        state: None,
+        attempts: 1,
+        started_at: at - 1,
+        finished_at: at,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2503,15 +2517,7 @@ mod tests {
         req.now = 100;
         req.lease_until = 600;
         let first = claim(&t, &req).unwrap().pop().expect("claimed");
-        let step = |key: &str| StepRow {
-            key: key.into(),
-            output: Some("1".into()),
-            error: None,
-            state: None,
-            attempts: 1,
-            started_at: 200,
-            finished_at: 201,
-        };
+        let step = |key: &str| done_step(key, 201);
         commit_step(&t, &first.lease, &step("a")).unwrap().unwrap();
         // Taken again after its lease lapsed: one interrupted run.
         req.now = 1_000;
@@ -2643,15 +2649,7 @@ mod tests {
             create(&t, &new_instance(n), None).unwrap().unwrap();
             let claimed = claim(&t, &claim_request(1)).unwrap().remove(0);
             for k in 0..100 {
-                let step = StepRow {
-                    key: format!("s{k}"),
-                    output: Some("1".into()),
-                    error: None,
-                    state: None,
-                    attempts: 1,
-                    started_at: 101,
-                    finished_at: 102,
-                };
+                let step = done_step(format!("s{k}"), 102);
                 commit_step(&t, &claimed.lease, &step).unwrap().unwrap();
             }
             let finish = Finish {
