@@ -1087,7 +1087,7 @@ impl Engine {
         key: &str,
         payload: serde_json::Value,
     ) -> Result<EventSent> {
-        if key.is_empty() || key.len() > MAX_EVENT_KEY_BYTES || key.contains('\0') {
+        if key.is_empty() || crate::error::unusable_key(key).is_some() {
             return Err(Error::InvalidEventKey {
                 key: key.to_owned(),
             });

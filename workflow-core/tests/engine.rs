@@ -161,6 +161,26 @@ async fn ghost_claim(store: &Arc<dyn Store>, workflow: &str) -> store::Claimed {
     store.claim(claim).await.unwrap().remove(0)
 }
 
+/// A worker records `fetch-order` of a `processOrder` instance with
+/// `output`, and dies.
+async fn ghost_fetched(store: &Arc<dyn Store>, output: &str) {
+    let claimed = ghost_claim(store, "processOrder").await;
+    let step = StepRow {
+        key: "fetch-order".into(),
+        output: Some(output.into()),
+        error: None,
+        state: None,
+        attempts: 1,
+        started_at: 0,
+        finished_at: 0,
+    };
+    store.commit_step(&claimed.lease, step).await.unwrap();
+    store
+        .release_owner("ghost", store::now_millis())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn recorded_steps_are_replayed_not_rerun() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -175,21 +195,7 @@ async fn recorded_steps_are_replayed_not_rerun() {
     .await
     .unwrap();
     // A worker that "dies" after recording the first step, with state.
-    let claimed = ghost_claim(&store, "processOrder").await;
-    let step = StepRow {
-        key: "fetch-order".into(),
-        output: Some("100".into()),
-        error: None,
-        state: None,
-        attempts: 1,
-        started_at: 0,
-        finished_at: 0,
-    };
-    store.commit_step(&claimed.lease, step).await.unwrap();
-    store
-        .release_owner("ghost", store::now_millis())
-        .await
-        .unwrap();
+    ghost_fetched(&store, "100").await;
 
     let fetches = FETCHES.load(Ordering::SeqCst);
     let _worker = engine.start_worker();
@@ -2814,21 +2820,7 @@ async fn a_record_the_code_no_longer_reads_pauses_the_instance() {
     let engine = engine_on(Arc::clone(&store)).await;
     let inst = ProcessOrder::start(&engine, order("C3")).await.unwrap();
     // An earlier version's run recorded the price as text.
-    let claimed = ghost_claim(&store, "processOrder").await;
-    let step = StepRow {
-        key: "fetch-order".into(),
-        output: Some(r#"{"amount":"7"}"#.into()),
-        error: None,
-        state: None,
-        attempts: 1,
-        started_at: 0,
-        finished_at: 0,
-    };
-    store.commit_step(&claimed.lease, step).await.unwrap();
-    store
-        .release_owner("ghost", store::now_millis())
-        .await
-        .unwrap();
+    ghost_fetched(&store, r#"{"amount":"7"}"#).await;
 
     let charges = CHARGES.load(Ordering::SeqCst);
     let _worker = engine.start_worker();

@@ -567,6 +567,18 @@ impl Workflow for EveryMinuteUnscheduled {
     }
 }
 
+/// An engine with the workflow as `EveryMinuteUnscheduled` has it.
+async fn unscheduled(store: &Arc<dyn Store>, clock: &ManualClock) -> Engine {
+    EngineBuilder::new()
+        .shared_store(Arc::clone(store))
+        .register(EveryMinuteUnscheduled)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap()
+}
+
 /// An engine that registers a scheduled workflow without its schedule
 /// changes neither the recorded schedule nor the mark: the next worker
 /// still catches up on the ticks missed while none ran.
@@ -574,14 +586,7 @@ impl Workflow for EveryMinuteUnscheduled {
 async fn an_engine_without_the_schedule_leaves_it_as_it_was() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let clock = down_after_registering(&store, CatchUp::Latest, 5).await;
-    let api = EngineBuilder::new()
-        .shared_store(Arc::clone(&store))
-        .register(EveryMinuteUnscheduled)
-        .clock(clock.clone())
-        .build()
-        .await
-        .unwrap();
-    drop(api);
+    drop(unscheduled(&store, &clock).await);
     let recorded = store.definitions().await.unwrap();
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert_eq!(recorded[0].schedule.as_deref(), Some("* * * * *"));
@@ -601,15 +606,7 @@ async fn an_engine_without_the_schedule_leaves_it_as_it_was() {
 async fn a_schedule_removed_from_the_workers_is_recorded_and_restarts_when_back() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let clock = down_after_registering(&store, CatchUp::All, 5).await;
-    let removed = EngineBuilder::new()
-        .shared_store(Arc::clone(&store))
-        .register(EveryMinuteUnscheduled)
-        .clock(clock.clone())
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
-    let worker = removed.start_worker();
+    let worker = unscheduled(&store, &clock).await.start_worker();
     let mut recorded = None;
     for _ in 0..300 {
         recorded = store.definitions().await.unwrap().pop();

@@ -317,6 +317,19 @@ impl Workflow for CountsSideBySide {
     }
 }
 
+/// Sends ada's approval and checks that the instance took it.
+async fn approve_as_ada(inst: &Instance<Approve>) {
+    let approval = Approval {
+        approved: true,
+        by: "ada".into(),
+    };
+    inst.send_event("approval", approval).await.unwrap();
+    assert_eq!(
+        inst.result_timeout(LIMIT).await.unwrap(),
+        "approved=true by ada"
+    );
+}
+
 async fn engine(store: Arc<dyn Store>) -> Engine {
     EngineBuilder::new()
         .shared_store(store)
@@ -392,20 +405,7 @@ async fn events_are_delivered_typed_whenever_they_are_sent() {
     // Sent while it listens.
     let waiting = Approve::start(&engine, 60_000).await.unwrap();
     until_status(&waiting, Status::Listening).await;
-    waiting
-        .send_event(
-            "approval",
-            Approval {
-                approved: true,
-                by: "ada".into(),
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        waiting.result_timeout(LIMIT).await.unwrap(),
-        "approved=true by ada"
-    );
+    approve_as_ada(&waiting).await;
     // Sent before it waits: kept and delivered.
     let early = Approve::start(&engine, 60_000).await.unwrap();
     early
@@ -1252,19 +1252,7 @@ async fn events_no_wait_can_take_are_refused_when_sent() {
     );
     // Nothing reached the inbox: the first event it takes is the one sent now.
     let _worker = engine.start_worker();
-    inst.send_event(
-        "approval",
-        Approval {
-            approved: true,
-            by: "ada".into(),
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        inst.result_timeout(LIMIT).await.unwrap(),
-        "approved=true by ada"
-    );
+    approve_as_ada(&inst).await;
 }
 
 static SLOW_STARTS: AtomicU32 = AtomicU32::new(0);

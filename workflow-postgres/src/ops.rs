@@ -66,6 +66,19 @@ fn lease_clock(n: usize) -> String {
     format!("COALESCE(${n}::int8, {DB_CLOCK})")
 }
 
+/// What a claim takes of workflow `w.name`: a runnable row due by the
+/// claimer's clock (`$3`) if it waits, by the database's (`db`) if it
+/// runs under a lease that lapsed.
+fn claimable(db: &str) -> String {
+    format!(
+        "workflow = w.name \
+           AND status IN ('pending', 'in_progress', 'listening') \
+           AND run_at <= GREATEST($3, {db}) \
+           AND CASE WHEN status = 'in_progress' THEN run_at <= {db} ELSE run_at <= $3 END \
+           AND (lease_expires_at IS NULL OR lease_expires_at < {db})"
+    )
+}
+
 /// A lease's end: the length bound to `$n` after `clock`, saturating
 /// rather than overflowing (a `Duration::MAX` lease).
 fn lease_end(clock: &str, n: usize) -> String {
@@ -350,17 +363,12 @@ impl Db {
                 "SELECT d.workflow, count(*) FROM ( \
                      SELECT c.workflow, c.run_at FROM UNNEST($1::text[]) AS w(name) \
                      CROSS JOIN LATERAL ( \
-                         SELECT workflow, run_at FROM instances \
-                         WHERE workflow = w.name \
-                           AND status IN ('pending', 'in_progress', 'listening') \
-                           AND run_at <= GREATEST($3, {}) \
-                           AND CASE WHEN status = 'in_progress' THEN run_at <= {0} ELSE run_at <= $3 END \
-                           AND (lease_expires_at IS NULL OR lease_expires_at < {0}) \
+                         SELECT workflow, run_at FROM instances WHERE {} \
                          ORDER BY run_at LIMIT $2 \
                      ) c \
                      ORDER BY c.run_at LIMIT $2 \
                  ) d GROUP BY d.workflow",
-                lease_clock(4)
+                claimable(&lease_clock(4))
             )))
             .bind(&req.workflows)
             .bind(limit)
@@ -380,12 +388,7 @@ impl Db {
             "WITH due AS ( \
                  SELECT d.id AS due_id, d.run_at AS due_at FROM UNNEST($4::text[], $7::int8[]) AS w(name, share) \
                  CROSS JOIN LATERAL ( \
-                     SELECT id, run_at FROM instances \
-                     WHERE workflow = w.name \
-                       AND status IN ('pending', 'in_progress', 'listening') \
-                       AND run_at <= GREATEST($3, {db}) \
-                       AND CASE WHEN status = 'in_progress' THEN run_at <= {db} ELSE run_at <= $3 END \
-                       AND (lease_expires_at IS NULL OR lease_expires_at < {db}) \
+                     SELECT id, run_at FROM instances WHERE {due} \
                      ORDER BY run_at LIMIT w.share \
                      FOR UPDATE SKIP LOCKED \
                  ) d \
@@ -396,7 +399,8 @@ impl Db {
                  wait_event = NULL, wait_child = NULL, \
                  interrupted_runs = interrupted_runs + CASE WHEN status = 'in_progress' THEN 1 ELSE 0 END \
              FROM due WHERE id = due.due_id \
-             RETURNING {COLUMNS}, due.due_at, interrupted_runs"
+             RETURNING {COLUMNS}, due.due_at, interrupted_runs",
+            due = claimable(&db)
         )))
         .bind(&req.owner)
         .bind(length)

@@ -1097,18 +1097,10 @@ mod tests {
             .unwrap();
         let steps_each = PURGE_ROWS as usize + 1;
         for n in 0..3 {
-            let new = NewInstance {
-                id: InstanceId::at(n + 1),
-                workflow: "w".into(),
-                input: "null".into(),
-                tags: Default::default(),
-                key: None,
-                created_at: n + 1,
-                run_at: n + 1,
-                deadline_at: None,
-                parent: None,
-            };
-            store.create(new, None).await.unwrap();
+            store
+                .create(crate::writer::new_instance(n + 1), None)
+                .await
+                .unwrap();
             let claimed = store
                 .claim(ClaimRequest {
                     owner: "o".into(),
@@ -1124,13 +1116,7 @@ mod tests {
                 let step = crate::writer::done_step(format!("s{k}"), 12);
                 store.commit_step(&claimed.lease, step).await.unwrap();
             }
-            let finish = Finish {
-                status: workflow_core::Status::Completed,
-                output: Some("1".into()),
-                error: None,
-                state: None,
-                at: 20,
-            };
+            let finish = crate::writer::completed_at(20);
             store.finish(&claimed.lease, finish).await.unwrap();
         }
         let steps = || async {

@@ -1034,7 +1034,7 @@ fn begin<'s, 'c>(session: &'s Session<'c>) -> Result<Tx<'s, 'c>, Db> {
     session.hot.begin.borrow_mut().execute([])?;
     session.changes_at_begin.set(session.conn.total_changes());
     let tx = session.tx();
-    if let Err(err) = forget_leases_if_others_wrote(&tx) {
+    if let Err(err) = catch_up_with_other_writers(&tx) {
         rollback(session);
         return Err(err);
     }
@@ -1075,8 +1075,10 @@ fn rollback(session: &Session<'_>) {
     }
 }
 
-/// Read under the write lock, so nobody else can commit until ours does.
-fn forget_leases_if_others_wrote(c: &Tx<'_, '_>) -> Result<(), Db> {
+/// After another connection wrote: forgets the leases this writer trusted
+/// and refuses a schema a newer build migrated to. Read under the write
+/// lock, so nobody else can commit until ours does.
+fn catch_up_with_other_writers(c: &Tx<'_, '_>) -> Result<(), Db> {
     let version: i64 = c
         .hot()
         .data_version
@@ -1679,7 +1681,6 @@ fn purge(
         next: None,
     };
     if limit == 0 {
-        done.next = Some(from);
         return Ok(done);
     }
     // Trees go whole: roots (no parent row) that ended and were created
@@ -2371,6 +2372,34 @@ fn commit_step(
     Ok(Ok(()))
 }
 
+/// A new instance of workflow `w`, created and due at `n`.
+#[cfg(test)]
+pub(crate) fn new_instance(n: Millis) -> NewInstance {
+    NewInstance {
+        id: InstanceId::at(n),
+        workflow: "w".into(),
+        input: "null".into(),
+        tags: Default::default(),
+        key: None,
+        created_at: n,
+        run_at: n,
+        deadline_at: None,
+        parent: None,
+    }
+}
+
+/// A finish that completes the instance at `at`, output `1`.
+#[cfg(test)]
+pub(crate) fn completed_at(at: Millis) -> Finish {
+    Finish {
+        status: Status::Completed,
+        output: Some("1".into()),
+        error: None,
+        state: None,
+        at,
+    }
+}
+
 /// A step recorded done at `at` (started a moment before), output `1`.
 #[cfg(test)]
 pub(crate) fn done_step(key: impl Into<String>, at: Millis) -> StepRow {
@@ -2406,20 +2435,6 @@ mod tests {
     /// An in-memory database with the schema.
     fn migrated() -> Connection {
         migrate(Connection::open_in_memory().unwrap())
-    }
-
-    fn new_instance(n: i64) -> NewInstance {
-        NewInstance {
-            id: InstanceId::at(n),
-            workflow: "w".into(),
-            input: "null".into(),
-            tags: Default::default(),
-            key: None,
-            created_at: n,
-            run_at: n,
-            deadline_at: None,
-            parent: None,
-        }
     }
 
     fn claim_request(limit: usize) -> ClaimRequest {
@@ -2564,13 +2579,7 @@ mod tests {
             at: 103,
         };
         apply(&t, &send).unwrap().unwrap();
-        let finish = Finish {
-            status: Status::Completed,
-            output: Some("1".into()),
-            error: None,
-            state: None,
-            at: 104,
-        };
+        let finish = completed_at(104);
         apply(&t, &Op::Finish(claimed.lease, finish))
             .unwrap()
             .unwrap();
@@ -2652,13 +2661,7 @@ mod tests {
                 let step = done_step(format!("s{k}"), 102);
                 commit_step(&t, &claimed.lease, &step).unwrap().unwrap();
             }
-            let finish = Finish {
-                status: Status::Completed,
-                output: Some("1".into()),
-                error: None,
-                state: None,
-                at: 104,
-            };
+            let finish = completed_at(104);
             apply(&t, &Op::Finish(claimed.lease, finish))
                 .unwrap()
                 .unwrap();
