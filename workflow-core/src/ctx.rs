@@ -470,9 +470,10 @@ impl RunShared {
                 name: name.to_owned(),
             });
         }
-        let mut journal = lock(&self.journal);
-        let n = journal.seen.get(name).copied().unwrap_or(0);
-        let key = if n == 0 {
+        let mut guard = lock(&self.journal);
+        let journal = &mut *guard;
+        let n = journal.seen.entry(name.to_owned()).or_insert(0);
+        let key = if *n == 0 {
             name.to_owned()
         } else {
             format!("{name}#{n}")
@@ -482,7 +483,7 @@ impl RunShared {
         if recorded.is_none() {
             crate::error::check_length("step name", name)?;
         }
-        *journal.seen.entry(name.to_owned()).or_insert(0) += 1;
+        *n += 1;
         Ok((key, recorded))
     }
 
