@@ -965,21 +965,28 @@ mod family {
         let mut in_flight_at_kills: Vec<HashSet<(String, u32)>> = Vec::new();
         // What each kill found, for the messages of failed checks.
         let mut found_at_kills: Vec<String> = Vec::new();
-        let kids_created = || -> usize {
+        let count_rows = |sql: &str| -> usize {
             let conn = rusqlite::Connection::open(&db).expect("open db");
             conn.busy_timeout(Duration::from_secs(5))
                 .expect("busy timeout");
-            conn.query_row(
-                "SELECT count(*) FROM instances WHERE workflow = 'kid'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_or(0, |n| n as usize)
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map_or(0, |n| n as usize)
+        };
+        let kids_created = || count_rows("SELECT count(*) FROM instances WHERE workflow = 'kid'");
+        let parents_listening = || {
+            count_rows("SELECT count(*) FROM instances WHERE workflow = 'guardian' AND status = 'listening'")
         };
         for (created, ran) in [(3, 0), (20, 0), (40, 0), (0, 30), (0, 48), (0, 66)] {
             let mut child = Proc::spawn("child-family", &db, &[]);
             let deadline = Instant::now() + Duration::from_secs(60);
-            while kids_created() < created || lines(&log).len() < ran {
+            // A kill as children run waits (a while) for a parent to be
+            // waiting for one: on a slow machine the restarted process may
+            // run children before their parents get back to their waits.
+            let listen_by = Instant::now() + Duration::from_secs(10);
+            while kids_created() < created
+                || lines(&log).len() < ran
+                || (created == 0 && parents_listening() == 0 && Instant::now() < listen_by)
+            {
                 assert!(Instant::now() < deadline, "child made no progress");
                 if let Some(status) = child.0.as_mut().expect("child").try_wait().expect("poll") {
                     panic!("child exited early with {status}");
