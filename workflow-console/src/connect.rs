@@ -14,8 +14,12 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://workflows.db";
 
 /// Opens the stores this crate was built with, by URL scheme: `sqlite:`
 /// (feature `sqlite`, default), `postgres:`/`postgresql:` (feature
-/// `postgres`) and
-/// `memory:`.
+/// `postgres`) and `memory:`.
+///
+/// It never creates or migrates a schema: a database is opened only when
+/// an engine of this build has set it up (see `SqliteOptions::migrate`),
+/// so a mistyped URL is an error rather than a new, empty store, and a
+/// newer console does not upgrade the schema under running engines.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConsoleConnector;
 
@@ -33,7 +37,9 @@ impl Connector for ConsoleConnector {
             "sqlite" => {
                 let store = workflow_sqlite::SqliteStore::connect_with(
                     url,
-                    workflow_sqlite::SqliteOptions::new().durability(durability),
+                    workflow_sqlite::SqliteOptions::new()
+                        .durability(durability)
+                        .migrate(false),
                 )
                 .await?;
                 Ok(Arc::new(store))
@@ -42,7 +48,9 @@ impl Connector for ConsoleConnector {
             "postgres" | "postgresql" => {
                 let store = workflow_postgres::PgStore::connect_with(
                     url,
-                    workflow_postgres::PgOptions::new().durability(durability),
+                    workflow_postgres::PgOptions::new()
+                        .durability(durability)
+                        .migrate(false),
                 )
                 .await?;
                 Ok(Arc::new(store))

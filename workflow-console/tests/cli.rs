@@ -559,3 +559,41 @@ async fn console_command_serves_the_page() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("--no-token"), "{}", out.stderr);
 }
+
+/// A `--db` that names some other SQLite file is refused and left as it
+/// was: the CLI never creates or migrates a schema.
+#[tokio::test]
+async fn a_database_that_is_not_a_workflow_store_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let tables = |path: &std::path::Path| -> (Vec<String>, String) {
+        let c = rusqlite::Connection::open(path).unwrap();
+        let names = c
+            .prepare("SELECT name FROM sqlite_master ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mode = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        (names, mode)
+    };
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE users (id INTEGER)")
+        .unwrap();
+    let before = tables(&path);
+    let url = format!("sqlite://{}", path.display());
+    for args in [&["list"][..], &["workflows", "--json"]] {
+        let out = cli(&url, args).await;
+        assert_ne!(out.code, 0, "{args:?}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("not a workflow database"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(tables(&path), before);
+}

@@ -73,6 +73,7 @@ pub struct PgOptions {
     retry_for: Duration,
     acquire_timeout: Duration,
     leases_by_request_clock: bool,
+    migrate: bool,
 }
 
 impl Default for PgOptions {
@@ -86,6 +87,7 @@ impl Default for PgOptions {
             retry_for: Duration::from_secs(15),
             acquire_timeout: Duration::from_secs(5),
             leases_by_request_clock: false,
+            migrate: true,
         }
     }
 }
@@ -144,6 +146,17 @@ impl PgOptions {
     /// idempotent.
     pub fn retry_for(mut self, budget: Duration) -> Self {
         self.retry_for = budget;
+        self
+    }
+
+    /// Whether connecting creates the schema and brings an older one up to
+    /// date (default on). Off, the store connects only to a schema at
+    /// exactly this build's version, and otherwise fails without writing:
+    /// for tools that open a database by URL, like the console, where a
+    /// mistyped database must not get the store's tables, nor a newer tool
+    /// upgrade the schema under the engines that use it.
+    pub fn migrate(mut self, on: bool) -> Self {
+        self.migrate = on;
         self
     }
 
@@ -313,11 +326,21 @@ impl PgStore {
             )))
         };
         let mut conn = connect.connect().await.map_err(cannot_connect)?;
-        schema::migrate(&mut conn, &schema).await.map_err(|err| {
-            Error::Store(StoreError::backend(format!(
-                "cannot migrate the schema `{schema}` of {server}: {err}"
-            )))
-        })?;
+        if options.migrate {
+            schema::migrate(&mut conn, &schema).await.map_err(|err| {
+                Error::Store(StoreError::backend(format!(
+                    "cannot migrate the schema `{schema}` of {server}: {err}"
+                )))
+            })?;
+        } else {
+            schema::check_current(&mut conn, &schema)
+                .await
+                .map_err(|err| {
+                    Error::Store(StoreError::backend(format!(
+                        "cannot use the schema `{schema}` of {server}: {err}"
+                    )))
+                })?;
+        }
         // A durable store must not inherit `synchronous_commit = off` from
         // the server, the database or the role (a common tuning): commits
         // would be answered before their WAL is flushed, and a server crash

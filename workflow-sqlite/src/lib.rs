@@ -56,6 +56,7 @@ pub struct SqliteOptions {
     readers: u32,
     busy_timeout: Duration,
     max_batch: usize,
+    migrate: bool,
 }
 
 impl Default for SqliteOptions {
@@ -65,6 +66,7 @@ impl Default for SqliteOptions {
             readers: 4,
             busy_timeout: Duration::from_secs(5),
             max_batch: 512,
+            migrate: true,
         }
     }
 }
@@ -102,6 +104,18 @@ impl SqliteOptions {
     /// Most writes grouped into one transaction (default 512).
     pub fn max_batch(mut self, writes: usize) -> Self {
         self.max_batch = writes.max(1);
+        self
+    }
+
+    /// Whether opening creates the file and the schema, and brings an older
+    /// schema up to date (default on). Off, the store opens only a database
+    /// whose schema is exactly this build's, and otherwise fails without
+    /// writing to the file: for tools that open a database by URL, like
+    /// the console, where a mistyped path must not turn some other SQLite
+    /// file into a workflow store, nor a newer tool upgrade the schema
+    /// under the engines that use it.
+    pub fn migrate(mut self, on: bool) -> Self {
+        self.migrate = on;
         self
     }
 }
@@ -179,7 +193,7 @@ impl SqliteStore {
             Durability::Relaxed => SqliteSynchronous::Normal,
         };
         let connect = connect
-            .create_if_missing(true)
+            .create_if_missing(options.migrate)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(synchronous)
             .busy_timeout(options.busy_timeout)
@@ -191,6 +205,13 @@ impl SqliteStore {
                 path.display()
             )))
         };
+        if !options.migrate {
+            let check = path.clone();
+            tokio::task::spawn_blocking(move || schema::check_current(&check))
+                .await
+                .map_err(|err| open_error(err.to_string()))?
+                .map_err(open_error)?;
+        }
         // Nothing to set up, as for the file itself: `sqlite://data/app.db`
         // in a fresh checkout creates `data/`.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -226,11 +247,12 @@ impl SqliteStore {
         connect: &SqliteConnectOptions,
         options: &SqliteOptions,
     ) -> Result<Self, Opening> {
-        let mut conn = connect.connect().await.map_err(Opening::from_sqlx)?;
-        schema::migrate(&mut conn)
-            .await
-            .map_err(Opening::from_sqlx)?;
-        drop(conn);
+        if options.migrate {
+            let mut conn = connect.connect().await.map_err(Opening::from_sqlx)?;
+            schema::migrate(&mut conn)
+                .await
+                .map_err(Opening::from_sqlx)?;
+        }
         // Off the runtime: opening may wait for another process's lock and
         // fsyncs the WAL.
         let writer = {
@@ -1405,6 +1427,86 @@ mod tests {
             .unwrap()
             .expect("row survives reopening");
         assert_eq!(row.workflow, "wf");
+    }
+
+    /// Opened without migrating, a store takes only a file at this build's
+    /// schema, and leaves every other file as it found it: not created,
+    /// not switched to WAL, no tables added, no version changed.
+    #[tokio::test]
+    async fn without_migrating_only_a_current_schema_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |path: &std::path::Path| {
+            let url = format!("sqlite://{}", path.display());
+            async move { SqliteStore::connect_with(&url, SqliteOptions::new().migrate(false)).await }
+        };
+        let shape = |path: &std::path::Path| {
+            let c = rusqlite::Connection::open(path).unwrap();
+            let tables: Vec<String> = c
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let mode: String = c
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            let version: i64 = c
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            (tables, mode, version)
+        };
+
+        let missing = dir.path().join("missing.db");
+        assert!(open(&missing).await.is_err());
+        assert!(!missing.exists(), "a missing file is not created");
+
+        let foreign = dir.path().join("app.db");
+        rusqlite::Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE users (id INTEGER); PRAGMA user_version = 3;")
+            .unwrap();
+        let before = shape(&foreign);
+        let err = open(&foreign).await.unwrap_err().to_string();
+        assert!(err.contains("not a workflow database"), "{err}");
+        assert_eq!(shape(&foreign), before);
+
+        let old = dir.path().join("old.db");
+        {
+            let c = rusqlite::Connection::open(&old).unwrap();
+            c.execute_batch(schema::MIGRATIONS[0]).unwrap();
+            c.execute_batch("PRAGMA user_version = 1").unwrap();
+        }
+        let before = shape(&old);
+        let err = open(&old).await.unwrap_err().to_string();
+        assert!(err.contains("version 1, older than this build's"), "{err}");
+        assert_eq!(
+            shape(&old),
+            before,
+            "an older schema is left for its engines"
+        );
+
+        let current = dir.path().join("current.db");
+        let new = workflow_core::testing::new_instance("wf", 1);
+        let id = new.id.clone();
+        {
+            let store = SqliteStore::open(&current).await.unwrap();
+            store.create(new, None).await.unwrap();
+            store.close().await;
+        }
+        let store = open(&current).await.unwrap();
+        assert!(store.get(&id).await.unwrap().is_some());
+        store.close().await;
+
+        rusqlite::Connection::open(&current)
+            .unwrap()
+            .execute_batch(&format!(
+                "PRAGMA user_version = {}",
+                schema::MIGRATIONS.len() + 1
+            ))
+            .unwrap();
+        let err = open(&current).await.unwrap_err().to_string();
+        assert!(err.contains("newer than this build's"), "{err}");
     }
 
     /// Holds back every fsync of this test binary's flush threads while

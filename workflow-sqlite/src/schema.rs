@@ -43,3 +43,48 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<(), sqlx::Err
     }
     tx.commit().await
 }
+
+/// Whether the file at `path` holds a workflow store at exactly this
+/// build's schema version, read without writing anything (the file is
+/// opened read-only and no pragma is set).
+pub(crate) fn check_current(path: &std::path::Path) -> Result<(), String> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|err| err.to_string())?;
+    let read = |conn: &rusqlite::Connection| -> rusqlite::Result<(bool, i64)> {
+        let instances = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'instances')",
+            [],
+            |r| r.get(0),
+        )?;
+        let version = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        Ok((instances, version))
+    };
+    let (instances, version) = read(&conn).map_err(|err| err.to_string())?;
+    let current = MIGRATIONS.len() as i64;
+    if !instances || version == 0 {
+        return Err(
+            "it is not a workflow database (it has no workflow tables): \
+             check the path, or start an engine on it first"
+                .to_owned(),
+        );
+    }
+    if version > current {
+        return Err(format!(
+            "its schema is at version {version}, newer than this build's ({current}): \
+             use the workflow crate of the engines that wrote it"
+        ));
+    }
+    if version < current {
+        return Err(format!(
+            "its schema is at version {version}, older than this build's ({current}), \
+             and this store was opened without migrating: open it once with \
+             an engine of this build, which migrates it, or use the workflow crate \
+             of the engines that wrote it"
+        ));
+    }
+    Ok(())
+}
