@@ -2363,6 +2363,9 @@ impl<S: Store> Store for Unreachable<S> {
         self.up()?.release(lease, at).await
     }
     async fn renew(&self, leases: &[Lease], until: Millis) -> Result<Vec<Renewal>, StoreError> {
+        // Some milliseconds, as a store answering over a channel or the
+        // network takes: a renewal given no time at all fails.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         while self.hanging.load(Ordering::SeqCst) {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }

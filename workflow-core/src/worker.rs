@@ -19,7 +19,7 @@ use crate::error::{Interrupt, StoreError};
 use crate::id::InstanceId;
 use crate::status::Status;
 use crate::step::panic_message;
-use crate::store::{now_millis, ClaimRequest, Claimed, Finish, Lease, Renewal, Suspend};
+use crate::store::{now_millis, ClaimRequest, Claimed, Finish, Lease, Millis, Renewal, Suspend};
 
 /// Worker ids alive in this process, so a restarted engine in the same
 /// process can tell its own live peers from dead predecessors.
@@ -50,6 +50,11 @@ struct WorkerShared {
     /// Instances claimed ahead of a free slot, oldest due first. The
     /// heartbeat renews their leases like those of running instances.
     ready: Arc<ClaimedAhead>,
+    /// When each lease of `running` and `ready` ends at the earliest: the
+    /// claim's `lease_until`, then each renewal's. Taken before `ready`
+    /// and `running` wherever it is held with them, so that a claim is in
+    /// both or neither when the heartbeat looks.
+    lease_ends: Mutex<HashMap<(InstanceId, i64), Millis>>,
     /// Set when the heartbeat handed back instances that waited here for
     /// a slot (every handler busy for long): no claiming ahead until a
     /// handler ends, or they would be claimed again at once.
@@ -121,6 +126,7 @@ impl Worker {
             stop,
             running: Mutex::new(HashMap::new()),
             ready,
+            lease_ends: Mutex::new(HashMap::new()),
             ahead_held_back: AtomicBool::new(false),
         });
         let task = tokio::spawn(worker_loop(Arc::clone(&shared)));
@@ -185,7 +191,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         let mut wakeups = inner.store.wakeups();
         while !w.stop.is_cancelled() {
             while let Some(ran) = runs.try_join_next() {
-                a_run_ended |= ran.unwrap_or(false);
+                a_run_ended |= ran_a_handler(ran);
                 w.ahead_held_back.store(false, Ordering::Relaxed);
             }
             let ready = start_ready(&w, &slots, &mut runs);
@@ -210,15 +216,24 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             if draining || !claims.is_empty() {
                 tokio::select! {
                     Some(joined) = claims.join_next() => {
-                        let Ok((claimed, wanted, at)) = joined else {
-                            // Unreachable: stores return errors, they do not panic.
-                            continue;
+                        let (claimed, wanted, at) = match joined {
+                            Ok(claim) => claim,
+                            Err(err) => {
+                                // What it claimed, if anything, waits for its leases to end.
+                                tracing::error!(error = %err, "a claim's task panicked");
+                                continue;
+                            }
                         };
                         claimed_at = at;
                         match claimed {
                             Ok(claimed) => {
                                 store_backoff = Duration::from_millis(50);
                                 draining = claimed.len() == wanted;
+                                let until = crate::store::millis_after(at, config.lease);
+                                let mut ends = lock(&w.lease_ends);
+                                for c in &claimed {
+                                    ends.insert(lease_key(&c.lease), until);
+                                }
                                 lock(&w.ready).extend(claimed);
                             }
                             Err(err) => {
@@ -258,7 +273,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
                 _ = tokio::time::sleep(nap) => {}
                 closed = hinted => hint_closed = closed,
                 Some(ran) = runs.join_next() => {
-                    a_run_ended |= ran.unwrap_or(false);
+                    a_run_ended |= ran_a_handler(ran);
                     w.ahead_held_back.store(false, Ordering::Relaxed);
                 }
                 _ = slots.acquire(), if ready > 0 => {}
@@ -354,8 +369,14 @@ fn start_run(w: &WorkerShared, claimed: Claimed) -> Started {
         steps,
         interrupted_runs > 0,
     ));
-    lock(&w.running).insert(row.id.clone(), Arc::clone(&run));
-    lock(&inner.running).insert(row.id.clone(), Arc::clone(&run));
+    // An earlier run of the instance here, still winding down after its
+    // lease lapsed, must not go on beside this one out of every list's
+    // reach (heartbeat, cancel, shutdown).
+    for running in [&w.running, &inner.running] {
+        if let Some(earlier) = lock(running).insert(row.id.clone(), Arc::clone(&run)) {
+            earlier.interrupt(Interrupt::LeaseLost, Settlement::Plain);
+        }
+    }
     Started::Run {
         run,
         def,
@@ -419,36 +440,60 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     // reaches the handler within about a second.
     let every = (inner.config.lease / 3).min(Duration::from_secs(1));
     let mut ticks: u64 = 0;
-    // No lease this worker holds ends before this: the end of the last
-    // renewal that succeeded (claims made since end later).
-    let mut held_until = crate::store::millis_after(now_millis(), inner.config.lease);
     // Claims ahead (instance, run) still waiting at the last tick.
     let mut waiting: HashSet<(InstanceId, i64)> = HashSet::new();
+    // The last look for dead workers' leases, while it runs.
+    let mut reaping: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::time::sleep(every).await;
         ticks += 1;
-        let runs: Vec<Arc<RunShared>> = lock(&w.running).values().cloned().collect();
+        let now = now_millis();
+        let (runs, leases, earliest) = {
+            let mut ends = lock(&w.lease_ends);
+            // The queue before the running: an instance started between
+            // the two looks is then in one of them at least.
+            let ready: Vec<Lease> = lock(&w.ready).iter().map(|c| c.lease.clone()).collect();
+            let runs: Vec<Arc<RunShared>> = lock(&w.running).values().cloned().collect();
+            let held: HashSet<(InstanceId, i64)> = runs
+                .iter()
+                .map(|r| lease_key(&r.lease))
+                .chain(ready.iter().map(lease_key))
+                .collect();
+            ends.retain(|key, _| held.contains(key));
+            let end_of = |lease: &Lease| ends.get(&lease_key(lease)).copied().unwrap_or(now);
+            // A lease that ended already is not renewed: another worker
+            // may hold the instance now. Its handler stops below.
+            let runs: Vec<Arc<RunShared>> = runs
+                .into_iter()
+                .filter(|r| end_of(&r.lease) > now)
+                .collect();
+            let mut leases: Vec<Lease> = runs.iter().map(|r| r.lease.clone()).collect();
+            leases.extend(ready.into_iter().filter(|l| end_of(l) > now));
+            let earliest = leases.iter().map(end_of).min();
+            (runs, leases, earliest)
+        };
+        stop_lapsed(&w, now);
         // Taken before the store is read: see `RunShared::pause_as_stored`
         // and `RunShared::deadline_as_stored`.
         let seen: Vec<(u64, u64)> = runs
             .iter()
             .map(|r| (r.pause_seen(), r.deadline_seen()))
             .collect();
-        let mut leases: Vec<Lease> = runs.iter().map(|r| r.lease.clone()).collect();
-        leases.extend(lock(&w.ready).iter().map(|c| c.lease.clone()));
-        let until = crate::store::millis_after(now_millis(), inner.config.lease);
-        if leases.is_empty() {
-            held_until = until;
-        } else {
-            // Bounded by the leases held: a renewal still hanging when they
-            // end (a store retrying, a connection gone quiet) cannot keep
-            // handlers running past them.
-            let left = Duration::from_millis(
-                u64::try_from(held_until.saturating_sub(now_millis())).unwrap_or(0),
-            );
+        if let Some(earliest) = earliest {
+            let until = crate::store::millis_after(now, inner.config.lease);
+            // Bounded by the leases held: a renewal still hanging when the
+            // first of them ends (a store retrying, a connection gone
+            // quiet) cannot keep its handler running past it.
+            let left = Duration::from_millis(u64::try_from(earliest - now).unwrap_or(0));
             match tokio::time::timeout(left, inner.store.renew(&leases, until)).await {
                 Ok(Ok(renewals)) => {
-                    held_until = until;
+                    let mut ends = lock(&w.lease_ends);
+                    for renewal in &renewals {
+                        if renewal.held {
+                            ends.insert(lease_key(&renewal.lease), until);
+                        }
+                    }
+                    drop(ends);
                     for renewal in renewals {
                         match runs.iter().position(|r| r.lease == renewal.lease) {
                             Some(at) => apply_renewal(&runs[at], &renewal, seen[at]),
@@ -458,23 +503,28 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                 }
                 Ok(Err(err)) => {
                     tracing::error!(error = %err, "renewing leases failed");
-                    if now_millis() >= held_until {
-                        stop_lapsed(&w, &runs);
-                    }
+                    stop_lapsed(&w, now_millis());
                 }
                 Err(_) => {
-                    tracing::error!("renewing leases took until they lapsed");
-                    stop_lapsed(&w, &runs);
+                    tracing::error!("renewing leases took until the first of them lapsed");
+                    stop_lapsed(&w, now_millis());
                 }
             }
         }
         // After the renewal, and without waiting for the store: the
         // leases of running handlers must not wait behind hand-backs.
         waiting = hand_back_waiting(&w, &waiting);
-        if ticks.is_multiple_of(3) {
-            reap_dead_owners(&w).await;
+        // On a task of its own, for the same reason; one look at a time.
+        if ticks.is_multiple_of(3) && reaping.as_ref().is_none_or(|r| r.is_finished()) {
+            let w = Arc::clone(&w);
+            reaping = Some(tokio::spawn(async move { reap_dead_owners(&w).await }));
         }
     }
+}
+
+/// The key of a lease in [`WorkerShared::lease_ends`].
+fn lease_key(lease: &Lease) -> (InstanceId, i64) {
+    (lease.instance.clone(), lease.run)
 }
 
 /// Hands back to the store the instances claimed ahead that were already
@@ -527,19 +577,38 @@ async fn hand_back(engine: &Engine, claimed: impl IntoIterator<Item = Claimed>) 
     }
 }
 
-/// The store could not be reached for a whole lease: another worker may
-/// have taken these instances over, so none of them may run on here. Stops
-/// the handlers (their next commit would be refused anyway) and drops what
-/// was claimed ahead; the store hands them out again once reachable.
-fn stop_lapsed(w: &WorkerShared, runs: &[Arc<RunShared>]) {
+/// Leases that ended by `now` without a renewal (the store could not be
+/// reached, or took too long to answer): another worker may have taken
+/// their instances over, so none of them may run on here. Stops their
+/// handlers (their next commit would be refused anyway) and drops those
+/// claimed ahead; the store hands them out again once reachable. Leases
+/// claimed or renewed since keep running.
+fn stop_lapsed(w: &WorkerShared, now: Millis) {
+    let ends = lock(&w.lease_ends);
+    let lapsed = |lease: &Lease| ends.get(&lease_key(lease)).is_none_or(|end| *end <= now);
+    let dropped = {
+        let mut ready = lock(&w.ready);
+        let before = ready.len();
+        ready.retain(|c| !lapsed(&c.lease));
+        before - ready.len()
+    };
+    let stopped: Vec<Arc<RunShared>> = lock(&w.running)
+        .values()
+        .filter(|r| lapsed(&r.lease) && !r.stop.is_cancelled())
+        .cloned()
+        .collect();
+    drop(ends);
+    if stopped.is_empty() && dropped == 0 {
+        return;
+    }
     tracing::warn!(
-        running = runs.len(),
-        "the leases lapsed while the store was unreachable; stopping their handlers"
+        stopped = stopped.len(),
+        dropped,
+        "leases lapsed without a renewal (the store unreachable or slow); stopping their handlers"
     );
-    for run in runs {
+    for run in stopped {
         run.interrupt(Interrupt::LeaseLost, Settlement::Plain);
     }
-    lock(&w.ready).clear();
 }
 
 /// Tells a running handler what its lease renewal found; `seen` is the
@@ -719,7 +788,9 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
     let (run, def, row) = match started {
         Started::Run { run, def, row } => (run, def, *row),
         Started::Unknown(lease) => {
-            let _ = inner.store.release(&lease, now_millis()).await;
+            if let Err(err) = inner.store.release(&lease, now_millis()).await {
+                tracing::warn!(id = %lease.instance, error = %err, "handing back an instance of a workflow not registered here failed; it resumes when its lease expires");
+            }
             return false;
         }
         Started::CrashLoop(lease, pause) => {
@@ -732,6 +803,10 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
     let span =
         tracing::info_span!("workflow", workflow = %row.workflow, id = %row.id, run = lease.run);
     async {
+        let listed = Listed {
+            lists: [&inner.running, &w.running],
+            run: &run,
+        };
         let mut finish = execute(&run, def.as_ref(), row.input).await;
         // Whatever ended the run, tasks the handler spawned with ctx.signal() stop too.
         run.stop.cancel();
@@ -740,14 +815,7 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
         {
             finish = Settle::Release;
         }
-        // Only this run's entry: if this worker claimed the instance again
-        // (its lease lapsed while this handler hung), the newer run's stays.
-        for running in [&inner.running, &w.running] {
-            let mut running = lock(running);
-            if running.get(&row.id).is_some_and(|r| Arc::ptr_eq(r, &run)) {
-                running.remove(&row.id);
-            }
-        }
+        drop(listed);
         drop(slot);
         let timed_out = matches!(&finish, Settle::Finish(f) if f.status == Status::TimedOut);
         if settle(&w, &lease, finish).await && timed_out {
@@ -763,6 +831,41 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
     .instrument(span)
     .await;
     true
+}
+
+/// Takes a run off the lists of running instances when dropped: when its
+/// outcome is known, or by a panic on the way there (a store, or the
+/// state's `Serialize`, panicking outside the handler's own guard). A run
+/// left listed would have its lease renewed for as long as the process
+/// lives, and no other worker could take its instance.
+struct Listed<'a> {
+    lists: [&'a Mutex<HashMap<InstanceId, Arc<RunShared>>>; 2],
+    run: &'a Arc<RunShared>,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.run.stop.cancel();
+        // Only this run's entry: if this worker claimed the instance again
+        // (its lease lapsed while this handler hung), the newer run's stays.
+        for running in self.lists {
+            let mut running = lock(running);
+            if running
+                .get(&self.run.id)
+                .is_some_and(|r| Arc::ptr_eq(r, self.run))
+            {
+                running.remove(&self.run.id);
+            }
+        }
+    }
+}
+
+/// Whether a run task ran a handler; a panic that escaped it is logged.
+fn ran_a_handler(joined: Result<bool, tokio::task::JoinError>) -> bool {
+    joined.unwrap_or_else(|err| {
+        tracing::error!(error = %err, "a run's task panicked outside its handler");
+        false
+    })
 }
 
 /// Whether the store holds a deadline still ahead: moved by another

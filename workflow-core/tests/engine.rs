@@ -1770,6 +1770,66 @@ async fn handlers_stop_when_a_hanging_renewal_outlasts_their_leases() {
     leases_lapse(1, |store, hang| store.hang_renewals(hang)).await;
 }
 
+/// How many times each `Backlogged` instance's step finished (input: its slot).
+static BACKLOG_DONE: [AtomicU32; 6] = [const { AtomicU32::new(0) }; 6];
+
+/// One step of 1 s that counts itself in its slot of `BACKLOG_DONE`.
+struct Backlogged;
+
+impl Workflow for Backlogged {
+    type Input = usize;
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "backlogged";
+
+    async fn run(&self, ctx: Ctx, slot: usize) -> Result<(), BoxError> {
+        ctx.step("long", || async {
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+            BACKLOG_DONE[slot].fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Once the store is back after the leases lapsed, the instances claimed
+/// since keep theirs: a worker with a backlog (always some lease held at a
+/// heartbeat) used to judge every later lease by the lapsed ones' end, and
+/// stopped each run about a second in, forever.
+#[tokio::test]
+async fn leases_claimed_after_a_lapse_are_renewed() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(Backlogged)
+        .concurrency(1)
+        .lease_duration(Duration::from_millis(600))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let mut insts = Vec::new();
+    for slot in 0..BACKLOG_DONE.len() {
+        insts.push(Backlogged::start(&engine, slot).await.unwrap());
+    }
+    until_status(&insts[0], Status::InProgress).await;
+    // Claims go through meanwhile: the worker takes the next instance as
+    // soon as the first one stops.
+    store.hang_renewals(true);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    store.hang_renewals(false);
+    for inst in &insts {
+        inst.result_timeout(Duration::from_secs(20)).await.unwrap();
+    }
+    let done: Vec<u32> = BACKLOG_DONE
+        .iter()
+        .map(|d| d.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(done, [1; 6], "each step ran to its end once");
+}
+
 static GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Its one step waits until the test opens the gate (input `true`), or
