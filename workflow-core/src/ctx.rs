@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::error::{error_chain, BoxError, Error, Interrupt, Result, StoreError};
 use crate::id::InstanceId;
+use crate::status::Status;
 use crate::step::{panic_message, StepOptions};
 use crate::store::{now_millis, Lease, StepRow, Store};
 
@@ -305,6 +306,35 @@ impl RunShared {
     pub(crate) fn interrupt(&self, why: Interrupt, settlement: Settlement) {
         self.record_interrupt(why, settlement);
         self.stop.cancel();
+    }
+
+    /// A suspension that has the instance run again `after` from `at`
+    /// (capped at its deadline), keeping the count of a step backing off.
+    pub(crate) fn resume_later(
+        &self,
+        at: crate::store::Millis,
+        after: std::time::Duration,
+        reason: String,
+    ) -> crate::store::Suspend {
+        let retry = lock(&self.retrying)
+            .iter()
+            .next()
+            .map(|(key, failed)| (key.clone(), *failed))
+            .or_else(|| self.retry.clone());
+        let mut run_at = crate::store::millis_after(at, after);
+        if let Some(deadline) = *self.deadline.borrow() {
+            run_at = run_at.min(deadline);
+        }
+        crate::store::Suspend {
+            status: Status::Pending,
+            run_at,
+            wait_event: None,
+            wait_child: None,
+            retry,
+            state: None,
+            reason,
+            at,
+        }
     }
 
     /// Records why the handler stops: the first reason given wins, except
@@ -1001,13 +1031,30 @@ where
     }
 
     pub(crate) fn store_error(&self, err: StoreError) -> Error {
-        // Neither case is the workflow's fault: stop the run without failing
-        // the instance, so it resumes from its last recorded step.
-        let why = match err {
-            StoreError::LeaseLost(_) => Interrupt::LeaseLost,
-            other => Interrupt::Store(other.to_string()),
+        // None of these is the workflow's fault: stop the run without
+        // failing the instance, so it resumes from its last recorded step.
+        let run = &self.inner.run;
+        let (why, settlement) = match err {
+            StoreError::LeaseLost(_) => (Interrupt::LeaseLost, Settlement::Plain),
+            // A damaged row (a child's, another's this run reads) stays
+            // damaged: another run would only fail the same way. Paused
+            // until someone repairs it.
+            corrupt @ StoreError::Corrupt { .. } => {
+                let message = corrupt.to_string();
+                let at = now_millis();
+                let mut pause = run.resume_later(
+                    at,
+                    std::time::Duration::ZERO,
+                    format!(
+                        "paused: a row it needs cannot be read ({message}); repair it and resume"
+                    ),
+                );
+                pause.status = Status::Paused;
+                (Interrupt::Store(message), Settlement::Suspend(pause))
+            }
+            other => (Interrupt::Store(other.to_string()), Settlement::Plain),
         };
-        self.inner.run.interrupt(why.clone(), Settlement::Plain);
+        run.interrupt(why.clone(), settlement);
         Error::Interrupted(why)
     }
 

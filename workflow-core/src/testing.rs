@@ -2240,6 +2240,8 @@ pub struct Unreachable<S> {
     /// Creates left before every create fails; negative: no limit.
     creates_until_failing: AtomicI64,
     hanging: AtomicBool,
+    /// Rows of this workflow read as corrupt through [`Store::get`].
+    unreadable: std::sync::Mutex<Option<String>>,
 }
 
 impl<S: Store> Unreachable<S> {
@@ -2251,7 +2253,15 @@ impl<S: Store> Unreachable<S> {
             failing_creates: AtomicU32::new(0),
             creates_until_failing: AtomicI64::new(-1),
             hanging: AtomicBool::new(false),
+            unreadable: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Makes [`Store::get`] of the instances of `workflow` fail as a
+    /// damaged row does ([`StoreError::Corrupt`]), or no longer (`None`).
+    /// Claims still read them, so they run.
+    pub fn unreadable_workflow(&self, workflow: Option<&str>) {
+        *self.unreadable.lock().unwrap_or_else(|p| p.into_inner()) = workflow.map(str::to_owned);
     }
 
     /// Makes [`Store::renew`] wait without answering while on (`true`), as
@@ -2326,7 +2336,21 @@ impl<S: Store> Store for Unreachable<S> {
         self.up()?.create_many(new).await
     }
     async fn get(&self, id: &InstanceId) -> Result<Option<InstanceRow>, StoreError> {
-        self.up()?.get(id).await
+        let row = self.up()?.get(id).await?;
+        let unreadable = self
+            .unreadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match row {
+            Some(row) if unreadable.is_some_and(|w| w == row.workflow) => {
+                Err(StoreError::Corrupt {
+                    id: id.to_string(),
+                    message: "unreadable (testing::Unreachable)".into(),
+                })
+            }
+            row => Ok(row),
+        }
     }
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
         self.up()?.claim(req).await

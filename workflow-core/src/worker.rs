@@ -833,6 +833,12 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
     true
 }
 
+/// How long an instance whose run a store error stopped waits before it
+/// runs again. Released at once, it was claimed again at once: an error
+/// that does not go away (a damaged row of another instance it reads)
+/// made a loop at the store's speed, two history events per turn.
+const STORE_FAILED_RETRY: Duration = Duration::from_secs(5);
+
 /// Takes a run off the lists of running instances when dropped: when its
 /// outcome is known, or by a panic on the way there (a store, or the
 /// state's `Serialize`, panicking outside the handler's own guard). A run
@@ -998,9 +1004,17 @@ async fn execute(
             (Interrupt::Shutdown | Interrupt::Suspended | Interrupt::Ended, _) => Settle::Release,
             // The store already says Cancelled, or another worker owns it.
             (Interrupt::Cancelled | Interrupt::LeaseLost, _) => Settle::Abandon,
+            (Interrupt::Store(message), Settlement::Suspend(pause)) => {
+                tracing::error!(error = %message, "a row the run needs cannot be read; pausing the instance");
+                Settle::Suspend(pause)
+            }
             (Interrupt::Store(message), _) => {
-                tracing::warn!(error = %message, "store failed under a running handler; it will resume later");
-                Settle::Release
+                tracing::warn!(error = %message, retry_in = ?STORE_FAILED_RETRY, "store failed under a running handler; it resumes later");
+                Settle::Suspend(run.resume_later(
+                    at,
+                    STORE_FAILED_RETRY,
+                    format!("store unavailable: {message}"),
+                ))
             }
         };
     }

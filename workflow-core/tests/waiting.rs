@@ -718,6 +718,62 @@ async fn a_store_error_starting_a_child_is_retried_not_recorded() {
     assert_eq!(children.items.len(), 2, "each child started once");
     let steps = parent.steps().await.unwrap();
     assert!(steps.iter().all(|s| s.error.is_none()), "{steps:?}");
+    // Handed back for a while, not at once: an error that stays would
+    // otherwise loop at the store's speed.
+    let history = parent.history().await.unwrap();
+    let at = |kind: &str, n: usize| {
+        history
+            .iter()
+            .filter(|e| e.kind == kind)
+            .nth(n)
+            .unwrap_or_else(|| panic!("no {kind} #{n}: {history:?}"))
+            .at
+    };
+    let suspended = history
+        .iter()
+        .find(|e| e.kind == "suspended")
+        .unwrap_or_else(|| panic!("{history:?}"));
+    assert!(
+        suspended
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("store unavailable")),
+        "{suspended:?}"
+    );
+    let waited = at("started", 1) - suspended.at;
+    assert!(waited >= chrono::Duration::seconds(4), "{waited}");
+}
+
+/// A child whose row cannot be read stays so: its parent is paused,
+/// saying why, rather than handed back to fail the same way again and
+/// again; resumed once the row reads, it goes on.
+#[tokio::test]
+async fn an_unreadable_child_pauses_its_parent() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    store.unreadable_workflow(Some("double"));
+    let engine = engine(Arc::clone(&store) as Arc<dyn Store>).await;
+    let _worker = engine.start_worker();
+    let parent = Parent::start(&engine, 21).await.unwrap();
+    until_status(&parent, Status::Paused).await;
+    let history = parent.history().await.unwrap();
+    let paused = history.iter().rev().find(|e| e.kind == "paused").unwrap();
+    let why = paused.message.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("cannot be read") && why.contains("unreadable"),
+        "{why}"
+    );
+    let runs = history.iter().filter(|e| e.kind == "started").count();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let history = parent.history().await.unwrap();
+    assert_eq!(
+        history.iter().filter(|e| e.kind == "started").count(),
+        runs,
+        "not run again while paused"
+    );
+    store.unreadable_workflow(None);
+    parent.resume().await.unwrap();
+    let out = parent.result_timeout(LIMIT).await.unwrap();
+    assert!(out.starts_with("42 (side "), "{out}");
 }
 
 /// A child workflow no engine registers fails its step at once, naming
