@@ -87,8 +87,9 @@ pub const MAX_EVENT_KEY_BYTES: usize = MAX_KEY_BYTES;
 /// The longest step name, event name, dedup key, tag name and tag value
 /// accepted, in bytes. Every store indexes them, and PostgreSQL's B-tree
 /// refuses entries much over 2 KiB: a longer step name could never be
-/// recorded, and its run would be retried for ever.
-pub const MAX_KEY_BYTES: usize = 512;
+/// recorded, and its run would be retried for ever. `#[workflow]` checks
+/// literal step names against it at compile time.
+pub const MAX_KEY_BYTES: usize = workflow_rules::MAX_KEY_BYTES;
 
 /// The default of [`EngineBuilder::max_payload_bytes`]: 256 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 256 << 20;

@@ -294,7 +294,10 @@ fn unknown_key(key: &str, span: Span) -> syn::Error {
     });
     // `StepOptions`' field names, which users of `step_with` know.
     let alias = match key {
-        "max_attempts" | "attempts" => Some("retries = 3"),
+        "max_attempts" | "attempts" | "retry" | "max_retries" => Some("retries = 3"),
+        "cron" => Some("schedule"),
+        "tz" | "time_zone" => Some("timezone"),
+        "rename" => Some("name"),
         "initial_backoff" => Some("backoff(initial = \"200ms\")"),
         "max_backoff" => Some("backoff(max = \"30s\")"),
         _ => None,
@@ -406,6 +409,29 @@ fn integer(key: &str, value: &Expr) -> syn::Result<LitInt> {
         Expr::Lit(ExprLit {
             lit: Lit::Int(lit), ..
         }) => Ok(lit.clone()),
+        Expr::Unary(syn::ExprUnary {
+            op: syn::UnOp::Neg(_),
+            expr,
+            ..
+        }) if matches!(
+            peel(expr),
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(_),
+                ..
+            })
+        ) =>
+        {
+            Err(syn::Error::new_spanned(
+                value,
+                format!(
+                    "`{key}` cannot be negative, found `{}`; e.g. `{key} = {}`",
+                    quote::ToTokens::to_token_stream(value)
+                        .to_string()
+                        .replace(' ', ""),
+                    example(key)
+                ),
+            ))
+        }
         other => Err(syn::Error::new_spanned(
             other,
             format!(

@@ -67,6 +67,9 @@ pub(crate) struct Workflow<'a> {
     /// `#[cfg]`s of the function, repeated on the generated items so they
     /// come and go together.
     pub cfgs: Vec<&'a Attribute>,
+    /// The function's `#[deprecated]`, given to the struct too: retiring a
+    /// workflow deprecates the name that registers it.
+    pub deprecated: Vec<&'a Attribute>,
 }
 
 /// The types of a handler `async fn(ctx: Ctx<S>, input: I) -> R<O, E>`.
@@ -294,6 +297,11 @@ impl<'a> Workflow<'a> {
                 .attrs
                 .iter()
                 .filter(|attr| attr.path().is_ident("cfg"))
+                .collect(),
+            deprecated: func
+                .attrs
+                .iter()
+                .filter(|attr| attr.path().is_ident("deprecated"))
                 .collect(),
         }
     }
@@ -788,7 +796,11 @@ impl<'ast> Visit<'ast> for StepVisitor {
                     in_step: self.steps.last().cloned(),
                     arms: self.arms.clone(),
                 });
-                step = is_step.then(|| lit.value());
+                // The items of `map`, `for_each` and `batch` run as steps
+                // too: `ctx` calls in their closures are refused as well.
+                let runs_as_step =
+                    is_step || ["map", "for_each", "batch"].contains(&&*call.method.to_string());
+                step = runs_as_step.then(|| lit.value());
             }
         }
         // What a step's call holds (its closure) runs inside the step.

@@ -76,6 +76,7 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     let private = quote!(#krate::__private);
     let vis = &wf.func.vis;
     let cfgs = &wf.cfgs;
+    let deprecated = &wf.deprecated;
     let doc = if wf.description.is_empty() {
         format!("Workflow `{}`.", wf.name)
     } else {
@@ -84,6 +85,7 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
 
     let declaration = quote! {
         #(#cfgs)*
+        #(#deprecated)*
         #[doc = #doc]
         #[derive(
             ::core::fmt::Debug,
@@ -251,18 +253,23 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
 
         // Documentation shows the impl without the bounds above: they only
         // shape error messages.
+        // The generated code calls the function and names the struct: a
+        // deprecated workflow warns where the user's code uses it, not here.
         #(#cfgs)*
         #[cfg(not(doc))]
+        #[allow(deprecated)]
         impl #private::Workflow for #ident where #(#bounds),* {
             #items
         }
         #(#cfgs)*
         #[cfg(doc)]
+        #[allow(deprecated)]
         impl #private::Workflow for #ident {
             #items
         }
 
         #(#cfgs)*
+        #[allow(deprecated)]
         const _: () = {
             #(#checks)*
         };

@@ -165,14 +165,21 @@ use proc_macro::TokenStream;
 ///   exactly `(ctx: Ctx<..>, input: ..)`, or does not return a `Result`;
 /// - input, output, state or error types missing a required trait, or a
 ///   scheduled workflow whose input is not `Default`;
-/// - the same literal name passed to `.step(..)`/`.step_with(..)` at two
-///   call sites outside a loop that may both run (a call inside a
-///   `for`/`while`/`loop` or a closure may run many times and may repeat
-///   its name: the runtime numbers the runs `name`, `name#1`, `name#2`,
-///   ...; calls in different arms of one `if` or `match` may share one);
+/// - the same literal name given to two named `ctx` calls (`step`,
+///   `sleep`, `wait_for_event`, `run_child`...) that may both run, inside
+///   loops too. One call inside a `for`/`while`/`loop` or a closure may run
+///   many times and repeat its name: the runtime numbers the runs `name`,
+///   `name#1`, `name#2`, ... across every call of that name, so a second
+///   call would get another record whenever the loop ran once less after a
+///   code change. Calls in different arms of one `if` or `match` may share
+///   a name, and so may two `wait_for_event` calls (the name is the
+///   event's, which senders use);
+/// - a named `ctx` call inside the closure of a step, or of an item of
+///   `map`, `for_each` or `batch`, which the runtime refuses every time;
 /// - a function whose generated struct would hide a std prelude name
 ///   (`fn send` -> `Send`), or that takes its input by reference;
-/// - a literal step name that is empty or contains `#`, `@`, `[` or `]`,
+/// - a literal step name that is empty, longer than 512 bytes, or
+///   contains a NUL, `#`, `@`, `[` or `]`,
 ///   which the runtime reserves for the keys it derives from names: the
 ///   name of a step and that of every other `ctx` call that takes one
 ///   (`sleep`, `sleep_until`, `wait_for_event`, `start_child`,

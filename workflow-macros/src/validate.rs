@@ -300,6 +300,16 @@ pub(crate) fn invalid_step_names(calls: &[StepCall]) -> Vec<syn::Error> {
             let name = &call.name;
             let message = if name.is_empty() {
                 "step name is empty; give the step a name that says what it does".to_owned()
+            } else if name.contains('\0') {
+                "step name contains a NUL character, which PostgreSQL cannot store; rename the step"
+                    .to_owned()
+            } else if name.len() > workflow_rules::MAX_KEY_BYTES {
+                format!(
+                    "step name is {} bytes long; at most {} are accepted (every store indexes \
+                     step names): give the step a shorter name",
+                    name.len(),
+                    workflow_rules::MAX_KEY_BYTES
+                )
             } else {
                 let reserved = step_name::reserved_in(name)?;
                 let renamed = name
@@ -324,18 +334,22 @@ pub(crate) fn invalid_step_names(calls: &[StepCall]) -> Vec<syn::Error> {
         .collect()
 }
 
-/// An error at each call site, outside any loop, that reuses a step name
-/// already used at another such site that may run in the same run (not in
-/// another arm of the same `if` or `match`). The runtime would key the
-/// second one `name#1` and keep working, but two different steps sharing a
-/// name makes history and replay after code changes ambiguous.
+/// An error at each call site that reuses a step name already used at
+/// another site that may run in the same run (not in another arm of the
+/// same `if` or `match`), inside loops too. The runtime numbers the uses
+/// of a name in the order they run (`name`, `name#1`, ...), whichever call
+/// site makes them: a loop that ran one time fewer after a code change
+/// would hand the next site's step a record of the loop's, and replay it
+/// as that step's result. Two waits for one event may share its name (the
+/// name is what senders use).
 pub(crate) fn duplicate_steps(calls: &[StepCall]) -> Vec<syn::Error> {
     let mut errors = Vec::new();
-    let straight: Vec<&StepCall> = calls.iter().filter(|c| !c.in_loop).collect();
-    for (i, call) in straight.iter().enumerate() {
-        let Some(first) = straight[..i]
+    let waits =
+        |a: &StepCall, b: &StepCall| a.method == "wait_for_event" && b.method == "wait_for_event";
+    for (i, call) in calls.iter().enumerate() {
+        let Some(first) = calls[..i]
             .iter()
-            .find(|c| c.name == call.name && !c.excludes(call))
+            .find(|c| c.name == call.name && !c.excludes(call) && !waits(c, call))
         else {
             continue;
         };
@@ -348,14 +362,24 @@ pub(crate) fn duplicate_steps(calls: &[StepCall]) -> Vec<syn::Error> {
         if first.method != call.method {
             where_ = format!("by `ctx.{}` {where_}", first.method);
         }
+        let name = &call.name;
+        let why = if first.in_loop || call.in_loop {
+            format!(
+                "the runs of a name are numbered in the order they happen, whichever call \
+                 makes them (\"{name}\", \"{name}#1\", ...), so a loop that runs once less \
+                 after a code change would shift the other call's record onto another step"
+            )
+        } else {
+            format!(
+                "one call inside a loop may repeat its own name: its runs are recorded as \
+                 \"{name}\", \"{name}#1\", \"{name}#2\", ..."
+            )
+        };
         errors.push(syn::Error::new(
             call.span,
             format!(
                 "step name \"{name}\" is already used {where_}; give each named `ctx` call \
-                 (step, sleep, wait, child...) a distinct name, e.g. \"{name}-2\" (only a call \
-                 inside a loop may repeat its name: its runs are recorded as \"{name}\", \
-                 \"{name}#1\", \"{name}#2\", ...)",
-                name = call.name
+                 (step, sleep, wait, child...) a distinct name, e.g. \"{name}-2\" ({why})"
             ),
         ));
     }
@@ -628,12 +652,25 @@ mod tests {
             call("#"),
             call(""),
             call("naïve: ok/also fine"),
+            call("nul\0"),
+            call(&"x".repeat(workflow_rules::MAX_KEY_BYTES + 1)),
+            call(&"x".repeat(workflow_rules::MAX_KEY_BYTES)),
         ];
         let errors: Vec<String> = invalid_step_names(&calls)
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(errors.len(), 6, "{errors:?}");
+        assert_eq!(errors.len(), 8, "{errors:?}");
+        assert!(
+            errors[6].contains("contains a NUL character"),
+            "{}",
+            errors[6]
+        );
+        assert!(
+            errors[7].starts_with("step name is 513 bytes long; at most 512"),
+            "{}",
+            errors[7]
+        );
         assert!(
             errors[0].starts_with("step name \"fetch#1\" contains `#`, which the engine reserves"),
             "{}",
@@ -648,7 +685,7 @@ mod tests {
     }
 
     #[test]
-    fn flags_repeated_step_names_outside_loops_only() {
+    fn flags_step_names_repeated_at_two_call_sites() {
         let call = |name: &str, in_loop| StepCall {
             name: name.to_owned(),
             span: Span::call_site(),
@@ -671,8 +708,44 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(errors[0].starts_with("step name \"a\" is already used"));
+        assert!(errors[0].contains("one call inside a loop may repeat"));
+        assert!(errors[1].starts_with("step name \"b\" is already used"));
+        assert!(
+            errors[1].contains("a loop that runs once less"),
+            "{}",
+            errors[1]
+        );
+        assert!(errors[2].starts_with("step name \"c\" is already used"));
+    }
+
+    #[test]
+    fn two_waits_for_one_event_may_share_its_name() {
+        let call = |name: &str, method: &str| StepCall {
+            name: name.to_owned(),
+            span: Span::call_site(),
+            in_loop: false,
+            is_step: method == "step",
+            method: method.to_owned(),
+            in_step: None,
+            arms: Vec::new(),
+        };
+        let calls = [
+            call("approval", "wait_for_event"),
+            call("approval", "wait_for_event"),
+            call("approval", "step"),
+        ];
+        let errors: Vec<String> = duplicate_steps(&calls)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("by `ctx.wait_for_event`"),
+            "{}",
+            errors[0]
+        );
     }
 
     #[test]

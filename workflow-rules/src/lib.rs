@@ -7,3 +7,9 @@
 pub mod cron;
 pub mod step_name;
 pub mod timezone;
+
+/// The longest step name, event name, dedup key, tag name and tag value
+/// accepted, in bytes. Every store indexes them, and PostgreSQL's B-tree
+/// refuses entries much over 2 KiB: a longer step name could never be
+/// recorded, and its run would be retried for ever.
+pub const MAX_KEY_BYTES: usize = 512;

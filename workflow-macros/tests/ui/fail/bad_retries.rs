@@ -15,4 +15,9 @@ async fn unquoted(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
+#[workflow(retries = -1)]
+async fn negative(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
 fn main() {}

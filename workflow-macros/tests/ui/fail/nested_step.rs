@@ -8,6 +8,13 @@ async fn nested(ctx: Ctx, _input: ()) -> workflow::Result<()> {
         Ok::<_, BoxError>(())
     })
     .await?;
+    // The items of `map`, `for_each` and `batch` run as steps too.
+    let c = &ctx;
+    ctx.map("resize", vec![1, 2], 2, move |image: i32| async move {
+        c.step("upload", move || async move { Ok::<_, BoxError>(image) })
+            .await
+    })
+    .await?;
     Ok(())
 }
 

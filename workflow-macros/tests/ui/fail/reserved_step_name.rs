@@ -14,6 +14,8 @@ async fn fetch_twice(ctx: Ctx, _input: ()) -> workflow::Result<()> {
     })
     .await?;
     ctx.step("", || async { Ok::<_, BoxError>(()) }).await?;
+    ctx.step("charge\0", || async { Ok::<_, BoxError>(()) })
+        .await?;
     // A wait's name is a step name too.
     ctx.sleep("cool@down", std::time::Duration::from_secs(1))
         .await?;

@@ -1,5 +1,5 @@
-//! A step name may repeat inside loops and closures: the runtime numbers the
-//! runs. `STEPS` lists each literal name once.
+//! A call inside a loop or a closure may repeat its own name: the runtime
+//! numbers the runs. `STEPS` lists each literal name once.
 use workflow::prelude::*;
 
 #[workflow]
@@ -16,7 +16,7 @@ async fn batch(ctx: Ctx, items: Vec<u32>) -> workflow::Result<u32> {
             .step("process-item", || async move { Ok::<_, BoxError>(*item) })
             .await?;
         total += ctx
-            .step("process-item", || async move { Ok::<_, BoxError>(*item) })
+            .step("check-item", || async move { Ok::<_, BoxError>(*item) })
             .await?;
     }
     let mut tries = 0;
@@ -25,7 +25,7 @@ async fn batch(ctx: Ctx, items: Vec<u32>) -> workflow::Result<u32> {
         tries += 1;
     }
     loop {
-        ctx.step("poll", || async { Ok::<_, BoxError>(()) }).await?;
+        ctx.step("poll-again", || async { Ok::<_, BoxError>(()) }).await?;
         break;
     }
     let _futures: Vec<_> = items
@@ -40,6 +40,6 @@ fn main() {
     assert_eq!(Batch::NAME, "batch");
     assert_eq!(
         Batch::STEPS,
-        ["load", "process-item", "poll", "mapped", "done"]
+        ["load", "process-item", "check-item", "poll", "poll-again", "mapped", "done"]
     );
 }
