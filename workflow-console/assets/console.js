@@ -351,7 +351,9 @@ let pollTimer = null;
 function parseHash() {
   const raw = location.hash.replace(/^#/, "") || "/";
   const [path, query] = raw.split("?");
-  return { parts: path.split("/").filter(Boolean).map(decodeURIComponent), params: new URLSearchParams(query || "") };
+  // A hand-edited link may not decode (`%E0%A4%A`): its raw text is used.
+  const decode = (part) => { try { return decodeURIComponent(part); } catch (_) { return part; } };
+  return { parts: path.split("/").filter(Boolean).map(decode), params: new URLSearchParams(query || "") };
 }
 
 function route() {
@@ -468,8 +470,13 @@ function listView(params) {
       style: color ? "--c: var(--s-" + status + ")" : null,
       onclick: () => go({ status: filters.status === status ? "" : status }),
     }, h("span", { class: "n" }, String(n)), h("span", { class: "l" }, label));
+    // Counts are per workflow: a tag or search filter narrows the list
+    // below, not them, and says so rather than show numbers the list
+    // does not match.
+    const narrowed = filters.tag || filters.q;
     replace(counts, countBtn("", "All", total, false),
-      STATUSES.map((s) => countBtn(s, LABEL[s], overview.counts[s] || 0, true)));
+      STATUSES.map((s) => countBtn(s, LABEL[s], overview.counts[s] || 0, true)),
+      narrowed ? h("span", { class: "muted", "data-testid": "counts-note" }, "counts ignore the tag and search filters") : null);
     // Workflow names, rebuilt only when they change so an open select stays open.
     const names = JSON.stringify(overview.workflows);
     if (names !== knownWorkflows) {
@@ -676,7 +683,10 @@ function stepsPanel(it, steps, history, more) {
   }
   const t0 = new Date(it.started_at || it.created_at).getTime();
   const ends = steps.map((s) => new Date(s.finished_at).getTime());
-  const t1 = Math.max(it.finished_at ? new Date(it.finished_at).getTime() : Date.now(), ...ends, t0 + 1);
+  // A loop, not a spread: "Show all" of a very long instance passes more
+  // values than a call takes arguments.
+  let t1 = Math.max(it.finished_at ? new Date(it.finished_at).getTime() : Date.now(), t0 + 1);
+  for (const end of ends) if (end > t1) t1 = end;
   const rows = steps.map((s) => {
     const a = new Date(s.started_at).getTime(), b = new Date(s.finished_at).getTime();
     const left = ((a - t0) / (t1 - t0)) * 100, width = ((b - a) / (t1 - t0)) * 100;
@@ -784,7 +794,12 @@ function workflowsView() {
     replace(root, data.workflows.map((w) => card(w.definition, w.counts)));
   }
 
-  return { nav: "workflows", root, refresh };
+  function showError(err) {
+    replace(root, h("div", { class: "errorbox", "data-testid": "page-error" },
+      h("b", {}, "Cannot list the workflows"), err.message));
+  }
+
+  return { nav: "workflows", root, refresh, showError };
 }
 
 // ---------------------------------------------------------------- schedules
@@ -819,5 +834,9 @@ function schedulesView() {
       h("td", {}, s.catch_up))));
   }
 
-  return { nav: "schedules", root, refresh };
+  function showError(err) {
+    replace(body, h("tr", {}, h("td", { colspan: 7, class: "empty", "data-testid": "page-error" }, err.message)));
+  }
+
+  return { nav: "schedules", root, refresh, showError };
 }

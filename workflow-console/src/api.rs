@@ -439,6 +439,22 @@ where
     }
 }
 
+/// The path's one parameter (an instance id, a workflow name). One that
+/// is not UTF-8 once decoded (`/api/instances/%FF`) is an API error in
+/// JSON too, not axum's plain text.
+struct Segment(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(segment)) => Ok(Segment(segment)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
 /// The request's JSON body. A body axum refused to read (over its 2 MiB
 /// limit) is an API error in JSON too, not axum's plain text.
 fn parse_body<T: serde::de::DeserializeOwned>(
@@ -462,7 +478,10 @@ fn parse_body<T: serde::de::DeserializeOwned>(
 
 // ------------------------------------------------------------------ reads
 
+/// Unknown parameters are refused: a misspelt filter (`?stauts=failed`)
+/// would otherwise answer unfiltered, as if it had matched.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct OverviewParams {
     workflow: Option<String>,
 }
@@ -512,6 +531,7 @@ async fn workflow_names(engine: &Engine) -> Result<Vec<String>, Error> {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ListParams {
     pub workflow: Option<String>,
     /// Comma-separated statuses.
@@ -656,6 +676,7 @@ async fn list(
 
 /// Everything about one instance: its row, recorded steps and history.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct InstanceParams {
     /// Only the last this many steps and history events: the page of a
     /// running instance with thousands of steps polls every two seconds,
@@ -667,7 +688,7 @@ struct InstanceParams {
 /// `tail`), and how many of each it has.
 async fn instance(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     Params(params): Params<InstanceParams>,
 ) -> ApiResult<Value> {
     let id = InstanceId::from(id);
@@ -726,19 +747,19 @@ async fn schedules(State(state): State<AppState>) -> ApiResult<Value> {
 
 // ------------------------------------------------------------------ changes
 
-async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
+async fn cancel(State(state): State<AppState>, Segment(id): Segment) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     state.engine.cancel(&id).await?;
     Ok(Json(json!({ "id": id, "done": "cancel" })))
 }
 
-async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
+async fn pause(State(state): State<AppState>, Segment(id): Segment) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     state.engine.pause(&id).await?;
     Ok(Json(json!({ "id": id, "done": "pause" })))
 }
 
-async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
+async fn resume(State(state): State<AppState>, Segment(id): Segment) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     state.engine.resume(&id).await?;
     Ok(Json(json!({ "id": id, "done": "resume" })))
@@ -757,7 +778,7 @@ struct EventBody {
 
 async fn send_event(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Value> {
     let body: EventBody = parse_body(body)?;
@@ -767,20 +788,16 @@ async fn send_event(
     let id = InstanceId::from(id);
     let key = body.key.as_deref();
     let name = body.name.trim();
-    let sent = deliver_event(&state.engine, &id, name, key, body.payload).await?;
+    let (sent, note) = deliver_event(&state.engine, &id, name, key, body.payload).await?;
     let already_sent = sent == EventSent::AlreadySent;
-    let note = match sent {
-        EventSent::Sent => event_note(&state.engine, &id, name).await,
-        _ => None,
-    };
     Ok(Json(
         json!({ "id": id, "done": "send_event", "already_sent": already_sent, "note": note }),
     ))
 }
 
-/// A word on an event sent to an instance that listens for another one (a
+/// A word on an event for an instance that listens for another one (a
 /// misspelled name?): the event is kept all the same, for a later wait.
-pub(crate) async fn event_note(engine: &Engine, id: &InstanceId, name: &str) -> Option<String> {
+async fn event_note(engine: &Engine, id: &InstanceId, name: &str) -> Option<String> {
     let info = engine.instance(id).await.ok()?;
     match info.waiting_for {
         Some(WaitingFor::Event { name: waits })
@@ -795,26 +812,31 @@ pub(crate) async fn event_note(engine: &Engine, id: &InstanceId, name: &str) -> 
 }
 
 /// Shared by the API and the CLI: sends an event, at most once per `key`
-/// if one is given.
+/// if one is given; with a note (see [`event_note`]) when the instance
+/// listened for another event as it was sent. Looked at before sending:
+/// afterwards the instance may have taken the event and moved on to its
+/// next wait, which the note would wrongly name.
 pub(crate) async fn deliver_event(
     engine: &Engine,
     id: &InstanceId,
     name: &str,
     key: Option<&str>,
     payload: Value,
-) -> Result<EventSent, Error> {
-    match key {
-        Some(key) => engine.send_event_once(id, name, key, payload).await,
+) -> Result<(EventSent, Option<String>), Error> {
+    let note = event_note(engine, id, name).await;
+    let sent = match key {
+        Some(key) => engine.send_event_once(id, name, key, payload).await?,
         None => engine
             .send_event(id, name, payload)
             .await
-            .map(|()| EventSent::Sent),
-    }
+            .map(|()| EventSent::Sent)?,
+    };
+    Ok((sent, note.filter(|_| sent == EventSent::Sent)))
 }
 
 /// Starts a new instance of the same workflow with the same input, tags and
 /// key, tagged `rerun_of=<id>`. Only for instances that ended.
-async fn rerun(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Value> {
+async fn rerun(State(state): State<AppState>, Segment(id): Segment) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     let new = rerun_instance(&state.engine, &id).await?;
     Ok(Json(json!({ "id": new, "rerun_of": id })))
@@ -895,13 +917,17 @@ struct StartBody {
     timeout: Option<String>,
     /// Start this much later, like `30s` or `1h`.
     delay: Option<String>,
+    /// At most one active instance per `key`: a retried request finds the
+    /// instance the first one started (`Engine::get_or_start_json`).
+    #[serde(default)]
+    once: bool,
 }
 
 /// Starts a workflow from JSON input, checked against its recorded input
 /// schema; 422 with every violation when it does not fit.
 async fn start(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body: StartBody = parse_body(body)?;
@@ -914,8 +940,27 @@ async fn start(
     }
     let options = with_timing(options, given(&body.timeout), given(&body.delay))
         .map_err(ApiError::bad_request)?;
-    let id = state.engine.start_json(&name, body.input, options).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
+    let (id, created) = if body.once {
+        let key = given(&body.key).ok_or_else(|| {
+            ApiError::bad_request("`once` needs a `key`: the start is made once per key")
+        })?;
+        state
+            .engine
+            .get_or_start_json(&name, key, body.input, options)
+            .await?
+    } else {
+        (
+            state.engine.start_json(&name, body.input, options).await?,
+            true,
+        )
+    };
+    // 201 when this request started it; 200 when `once` found it started.
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "id": id, "created": created }))))
 }
 
 /// A start's timeout, as `#[workflow(timeout = ..)]` takes it: a humantime

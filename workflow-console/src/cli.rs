@@ -5,7 +5,7 @@
 //! Output goes to the writer given to [`run`] (the binary passes stdout):
 //! aligned tables for people, or JSON with `--json` for scripts.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
@@ -51,13 +51,18 @@ pub enum Command {
         /// Wait until the instance ends and print its output (exit 1 unless it completed).
         #[arg(long)]
         wait: bool,
-        /// With --wait, give up after this long (`30s`, `10m`; exit 1, the
+        /// With --wait, give up after this long (`30s`, `10m`; exit 3, the
         /// instance runs on).
         #[arg(long, value_name = "DURATION", requires = "wait")]
         wait_timeout: Option<String>,
         /// A key, shown in lists and searchable.
         #[arg(long)]
         key: Option<String>,
+        /// At most one active instance per --key: when one is pending,
+        /// running, listening or paused, it is the answer instead of a new
+        /// start (safe to retry).
+        #[arg(long, requires = "key")]
+        once: bool,
         /// A tag `name=value` (repeat for more).
         #[arg(long = "tag", value_name = "NAME=VALUE")]
         tags: Vec<String>,
@@ -163,7 +168,7 @@ pub enum Command {
         token: Option<String>,
         /// Serve a non-loopback address without a token: anyone who can
         /// reach the port can then steer workflows. Refused otherwise.
-        #[arg(long, conflicts_with = "token")]
+        #[arg(long)]
         no_token: bool,
         /// Also answer requests for this host name (repeatable), besides
         /// `localhost` and `127.0.0.1`: without a token, or on loopback,
@@ -207,9 +212,11 @@ pub enum CliError {
 
 impl CliError {
     /// The process exit code for this error: 2 for bad arguments or input
-    /// (among them a workflow name no engine recorded), 1 otherwise.
+    /// (among them a workflow name no engine recorded), 3 when `run
+    /// --wait-timeout` gave up (the instance runs on), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
+            CliError::Workflow(Error::WaitTimeout { .. }) => 3,
             CliError::Usage(_)
             | CliError::UnknownWorkflow { .. }
             | CliError::Workflow(Error::InvalidInput { .. })
@@ -217,7 +224,9 @@ impl CliError {
             | CliError::Workflow(Error::InvalidEventName { .. })
             | CliError::Workflow(Error::NameTooLong { .. })
             | CliError::Workflow(Error::InvalidStartOption { .. })
-            | CliError::Workflow(Error::PayloadTooLarge { .. }) => 2,
+            | CliError::Workflow(Error::PayloadTooLarge { .. })
+            // A database URL that does not parse or names no file.
+            | CliError::Workflow(Error::Config(_)) => 2,
             _ => 1,
         }
     }
@@ -345,6 +354,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             wait,
             wait_timeout,
             key,
+            once,
             tags,
             timeout,
             delay,
@@ -356,8 +366,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 .transpose()
                 .map_err(|err| CliError::Usage(format!("--wait-timeout: {err}")))?;
             let mut options = StartOptions::new();
-            if let Some(key) = key {
-                options = options.key(key);
+            if let Some(key) = &key {
+                options = options.key(key.clone());
             }
             for tag in tags {
                 let (k, v) = split_tag(&tag)?;
@@ -365,22 +375,34 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             }
             let options = crate::api::with_timing(options, timeout.as_deref(), delay.as_deref())
                 .map_err(|why| CliError::Usage(format!("--{why}")))?;
-            let id = match engine.start_json(&name, input, options).await {
+            let started = match (once, key) {
+                (true, Some(key)) => engine.get_or_start_json(&name, key, input, options).await,
+                _ => engine
+                    .start_json(&name, input, options)
+                    .await
+                    .map(|id| (id, true)),
+            };
+            let (id, created) = match started {
                 Err(Error::UnknownWorkflow(name)) => {
                     return Err(unknown_workflow(name, engine.definitions().await?))
                 }
                 started => started?,
             };
+            let what = if created {
+                "started"
+            } else {
+                "already running"
+            };
             if !wait {
                 if json {
-                    print_json(out, &json!({ "id": id }))?;
+                    print_json(out, &json!({ "id": id, "created": created }))?;
                 } else {
-                    writeln!(out, "started {name} {id}")?;
+                    writeln!(out, "{what} {name} {id}")?;
                 }
                 return Ok(0);
             }
             if !json {
-                writeln!(out, "started {name} {id}; waiting for it to end")?;
+                writeln!(out, "{what} {name} {id}; waiting for it to end")?;
                 out.flush()?;
             }
             let info = wait_for_end(&engine, &id, &name, wait_timeout).await?;
@@ -496,17 +518,17 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
         Command::Cancel { id } => {
             let id = InstanceId::from(id);
             engine.cancel(&id).await?;
-            done(out, json, "cancelled", &id)
+            done(out, json, ("cancel", "cancelled"), &id)
         }
         Command::Pause { id } => {
             let id = InstanceId::from(id);
             engine.pause(&id).await?;
-            done(out, json, "paused", &id)
+            done(out, json, ("pause", "paused"), &id)
         }
         Command::Resume { id } => {
             let id = InstanceId::from(id);
             engine.resume(&id).await?;
-            done(out, json, "resumed", &id)
+            done(out, json, ("resume", "resumed"), &id)
         }
         Command::SendEvent {
             id,
@@ -516,17 +538,13 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
         } => {
             let id = InstanceId::from(id);
             let payload = parse_json("payload", &payload)?;
-            let sent =
+            let (sent, note) =
                 crate::api::deliver_event(&engine, &id, &name, key.as_deref(), payload).await?;
             let already_sent = sent == EventSent::AlreadySent;
-            let note = match sent {
-                EventSent::Sent => crate::api::event_note(&engine, &id, &name).await,
-                _ => None,
-            };
             if json {
                 print_json(
                     out,
-                    &json!({ "id": id, "event": name, "already_sent": already_sent, "note": note }),
+                    &json!({ "id": id, "done": "send_event", "event": name, "already_sent": already_sent, "note": note }),
                 )?;
             } else if already_sent {
                 writeln!(
@@ -634,6 +652,24 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             no_token,
             allow_hosts,
         } => {
+            // Checked here rather than by clap, which counts a token from
+            // the environment as given on the command line and names a
+            // flag the user did not type.
+            if no_token && token.is_some() {
+                return Err(CliError::Usage(format!(
+                    "--no-token serves the console open, and a token is set (--token, or {} in \
+                     the environment): leave out one or the other",
+                    crate::TOKEN_ENV
+                )));
+            }
+            // `host:port`; a bare port is the likely slip.
+            if !addr.contains(':') {
+                return Err(CliError::Usage(format!(
+                    "--addr `{addr}` is not an address: write host:port, e.g. 127.0.0.1:{addr}"
+                )));
+            }
+            let token_from_env = token.is_some()
+                && std::env::var(crate::TOKEN_ENV).ok().as_deref() == token.as_deref();
             let mut console = crate::Console::new(engine).allowed_hosts(allow_hosts);
             if no_token {
                 console = console.allow_no_token();
@@ -660,12 +696,22 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 Err(err @ crate::ConsoleError::BadToken(_)) => {
                     return Err(CliError::Usage(err.to_string()))
                 }
+                Err(crate::ConsoleError::Io(err)) if err.kind() == std::io::ErrorKind::InvalidInput => {
+                    return Err(CliError::Usage(format!("--addr `{addr}`: {err}")))
+                }
                 bound => bound?,
             };
-            if json {
-                print_json(out, &json!({ "url": server.url() }))?;
+            // A token from the environment stays out of output that is not
+            // a terminal (a service's log): whoever set it knows it.
+            let url = if token_from_env && !std::io::stdout().is_terminal() {
+                format!("{} (add ?token=<{}>)", server.page_url(), crate::TOKEN_ENV)
             } else {
-                writeln!(out, "workflow console on {} (Ctrl-C to stop)", server.url())?;
+                server.url()
+            };
+            if json {
+                print_json(out, &json!({ "url": url }))?;
+            } else {
+                writeln!(out, "workflow console on {url} (Ctrl-C to stop)")?;
             }
             out.flush()?;
             let stop = server.stopper();
@@ -845,16 +891,18 @@ async fn show(
     Ok(0)
 }
 
+/// Says that `action` was done to `id`: as the API does with `--json`
+/// (`{"id", "done": "cancel"}`), else in words (`cancelled ID`).
 fn done(
     out: &mut (dyn Write + Send),
     json: bool,
-    what: &str,
+    (action, past): (&str, &str),
     id: &InstanceId,
 ) -> Result<u8, CliError> {
     if json {
-        print_json(out, &json!({ "id": id, "done": what }))?;
+        print_json(out, &json!({ "id": id, "done": action }))?;
     } else {
-        writeln!(out, "{what} {id}")?;
+        writeln!(out, "{past} {id}")?;
     }
     Ok(0)
 }

@@ -13,17 +13,19 @@
 //!   `purge`, `schedules`, `console`, working on a database URL without the
 //!   workflow code (engines record their definitions in the store).
 //!
-//! The JSON API, under `/api` (errors are `{"error", "violations": [{"path", "message"}]}`):
+//! The JSON API, under `/api` (errors are `{"error", "violations": [{"path", "message"}]}`;
+//! a query parameter the route does not take is a 400, not ignored):
 //!
 //! | route | what |
 //! |---|---|
 //! | `GET overview?workflow=` | `{counts, total, workflows}`: instances per status, reused for a few seconds ([`Console::overview_cache`]) |
 //! | `GET instances?workflow=&status=failed,paused&tag=k=v&q=&limit=&after=` | `{items, unreadable, next}`, newest first; `q` is an id or a key, `next` the `after` of the next page; `unreadable` names rows that cannot be read (`{id, error}`), the rest still listed |
 //! | `GET instances/{id}?tail=` | `{instance, steps, history, steps_total, history_total}`; with `tail`, only the last that many steps and history events |
-//! | `POST instances/{id}/cancel`, `pause`, `resume`, `rerun` | body `{}` |
-//! | `POST instances/{id}/events` | body `{"name": "approval", "payload": {..}, "key"?}`: `{"already_sent": bool}`; with a `key`, sent at most once per instance and key |
+//! | `POST instances/{id}/cancel`, `pause`, `resume` | body `{}`: `{id, "done": "cancel"}` (`pause`, `resume`) |
+//! | `POST instances/{id}/rerun` | body `{}`: `{id, rerun_of}`, a new instance with the same input, key and tags |
+//! | `POST instances/{id}/events` | body `{"name": "approval", "payload": {..}, "key"?}`: `{id, "done": "send_event", already_sent, note}`; with a `key`, sent at most once per instance and key; `note` says when the instance listened for another event as it was sent |
 //! | `GET workflows` | every recorded definition, with its schemas and counts |
-//! | `POST workflows/{name}/start` | body `{"input": {..}, "key"?, "tags"?, "timeout"?: "10m", "delay"?: "1h"}`: 201 `{id}`, 422 with the input's violations |
+//! | `POST workflows/{name}/start` | body `{"input": {..}, "key"?, "tags"?, "timeout"?: "10m", "delay"?: "1h", "once"?: true}`: 201 `{id, "created": true}`, 422 with the input's violations; with `once` (and a `key`), 200 `{id, "created": false}` when an active instance has that key ([`Engine::get_or_start_json`](workflow_core::Engine::get_or_start_json)), so a retried request starts nothing more |
 //! | `GET schedules` | next fire, last fire and its instance |
 //!
 //! A POST needs `Content-Type: application/json`; with a token, every call
@@ -301,9 +303,24 @@ impl ConsoleServer {
     /// The page's address, with the token (if any) for the browser to take.
     pub fn url(&self) -> String {
         match &self.token {
-            Some(token) => format!("http://{}/?token={}", self.addr, query_escape(token)),
-            None => format!("http://{}/", self.addr),
+            Some(token) => format!("{}?token={}", self.page_url(), query_escape(token)),
+            None => self.page_url(),
         }
+    }
+
+    /// The page's address without the token. Bound to every interface
+    /// (`0.0.0.0`, `[::]`), it names the loopback one: a browser cannot
+    /// open the unspecified address (and the console would not answer
+    /// that host name).
+    pub fn page_url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}/")
     }
 
     /// Stops serving; requests in flight finish first.

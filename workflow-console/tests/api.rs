@@ -258,6 +258,22 @@ async fn reads_filters_and_pages() {
     assert_eq!(schedules["schedules"][0]["timezone"], "Europe/Paris");
     assert!(schedules["schedules"][0]["next_fire"].is_string());
 
+    // A misspelt filter is named, not ignored (which would answer
+    // unfiltered); a path that does not decode is a JSON error too.
+    for path in [
+        "/api/instances?stauts=failed",
+        "/api/overview?status=failed",
+        "/api/instances/x?tial=5",
+    ] {
+        let res = get(&base, path).await;
+        assert_eq!(res.status, 400, "{path}: {}", res.body);
+        let error = res.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(error.contains("unknown field"), "{path}: {error}");
+    }
+    let res = get(&base, "/api/instances/%FF").await;
+    assert_eq!(res.status, 400, "{}", res.body);
+    assert!(res.json()["error"].is_string(), "{}", res.body);
+
     // DNS rebinding: a request for another host name is refused.
     let mut headers = auth();
     headers.push(("host", "evil.example:80"));
@@ -521,6 +537,26 @@ async fn changes_are_checked_and_applied() {
     assert_eq!(res.status, 404);
     let res = post(&base, "/api/workflows/processOrder/start", json!([1])).await;
     assert_eq!(res.status, 400);
+    // `once` with a key: a retried start finds the first one's instance.
+    let once = json!({ "input": { "order_id": "R-1", "amount_cents": 3 }, "key": "retry-me", "delay": "1h", "once": true });
+    let first = post(&base, "/api/workflows/processOrder/start", once.clone()).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(first.json()["created"], true);
+    let again = post(&base, "/api/workflows/processOrder/start", once).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["created"], false);
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    let res = post(
+        &base,
+        "/api/workflows/processOrder/start",
+        json!({ "input": { "order_id": "R-2", "amount_cents": 3 }, "once": true }),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.body);
+    assert!(res.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("needs a `key`"));
     // A delayed start waits, pending.
     let res = post(
         &base,

@@ -249,7 +249,7 @@ async fn reads_without_the_workflow_code() {
     // A database that is not there is an error, not a new empty file.
     let missing = format!("sqlite://{}", f.dir.path().join("typo.db").display());
     let out = cli(&missing, &["list"]).await;
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, 2, "a --db that names nothing is bad input");
     assert!(out.stderr.contains("no database at"), "{}", out.stderr);
     assert!(!f.dir.path().join("typo.db").exists());
 }
@@ -292,6 +292,25 @@ async fn starts_and_steers_for_a_running_engine() {
     .await;
     assert_eq!(out.code, 1, "the instance failed: {}", out.stdout);
     assert!(out.stdout.contains("failed"), "{}", out.stdout);
+    // --once: a retried start finds the first one's instance.
+    let once = [
+        "run",
+        "processOrder",
+        r#"{"order_id": "C-8", "amount_cents": 800}"#,
+        "--key",
+        "cli-once",
+        "--once",
+        "--delay",
+        "1h",
+        "--json",
+    ];
+    let first = json(&cli(url, &once).await);
+    assert_eq!(first["created"], true);
+    let again = json(&cli(url, &once).await);
+    assert_eq!(again["created"], false);
+    assert_eq!(again["id"], first["id"]);
+    let out = cli(url, &["run", "processOrder", "{}", "--once"]).await;
+    assert_eq!(out.code, 2, "--once needs --key: {}", out.stderr);
     let out = cli(url, &["run", "processOrder", r#"{"order_id": 7}"#]).await;
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("/order_id"), "{}", out.stderr);
@@ -330,7 +349,7 @@ async fn starts_and_steers_for_a_running_engine() {
         ],
     )
     .await;
-    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.code, 3, "gave up waiting: {}", out.stderr);
     assert!(out.stderr.contains("300ms"), "{}", out.stderr);
     let out = cli(url, &["run", "processOrder", "{}", "--wait-timeout", "1s"]).await;
     assert_eq!(out.code, 2, "--wait-timeout needs --wait: {}", out.stderr);
@@ -414,6 +433,12 @@ async fn starts_and_steers_for_a_running_engine() {
         out.stderr
     );
     wait_status(&f.engine, &slow, Status::Cancelled).await;
+    // `--json` answers as the API does.
+    let paused = json(&cli(url, &["pause", f.running.as_str(), "--json"]).await);
+    assert_eq!(paused["done"], "pause");
+    assert_eq!(paused["id"], f.running.as_str());
+    let resumed = json(&cli(url, &["resume", f.running.as_str(), "--json"]).await);
+    assert_eq!(resumed["done"], "resume");
     let out = cli(url, &["cancel", slow.as_str()]).await;
     assert_eq!(out.code, 1);
     assert!(
@@ -558,6 +583,41 @@ async fn console_command_serves_the_page() {
     let out = cli(&f.url, &["console", "--addr", "0.0.0.0:0"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("--no-token"), "{}", out.stderr);
+    // A bare port is a slip, named with the fix.
+    let out = cli(&f.url, &["console", "--addr", "8080"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("e.g. 127.0.0.1:8080"), "{}", out.stderr);
+    // --no-token beside a token from the environment names the variable.
+    let mut both = command(&f.url, &["console", "--addr", "127.0.0.1:0", "--no-token"]);
+    both.env("WORKFLOW_CONSOLE_TOKEN", "from-env");
+    let both = tokio::task::spawn_blocking(move || both.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert_eq!(both.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("WORKFLOW_CONSOLE_TOKEN"), "{stderr}");
+
+    // A token from the environment stays out of output that is not a
+    // terminal (a service's log); the address is one a browser can open.
+    let mut child = command(&f.url, &["console", "--addr", "0.0.0.0:0"])
+        .env("WORKFLOW_CONSOLE_TOKEN", "env-secret")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!line.contains("env-secret"), "{line}");
+    assert!(line.contains("http://127.0.0.1:"), "{line}");
+    assert!(line.contains("?token=<WORKFLOW_CONSOLE_TOKEN>"), "{line}");
 }
 
 /// A `--db` that names some other SQLite file is refused and left as it

@@ -950,12 +950,41 @@ impl Engine {
         input: serde_json::Value,
         options: StartOptions,
     ) -> Result<InstanceId> {
+        let (id, _) = self.create_json(workflow, input, options, None).await?;
+        Ok(id)
+    }
+
+    /// [`Engine::start_json`] at most once per key: returns the instance of
+    /// `workflow` with `key` that is still active (`Pending`, `InProgress`,
+    /// `Listening` or `Paused`), or starts one, atomically, as
+    /// [`Workflow::get_or_create`](crate::Workflow::get_or_create) does;
+    /// and whether it started one. For callers that retry a start whose
+    /// answer they did not get (an HTTP client after a timeout): the retry
+    /// finds the first start's instance instead of making a second.
+    pub async fn get_or_start_json(
+        &self,
+        workflow: &str,
+        key: impl Into<String>,
+        input: serde_json::Value,
+        options: StartOptions,
+    ) -> Result<(InstanceId, bool)> {
+        let options = options.key(key);
+        self.create_json(workflow, input, options, Some(Status::ACTIVE.to_vec()))
+            .await
+    }
+
+    async fn create_json(
+        &self,
+        workflow: &str,
+        input: serde_json::Value,
+        options: StartOptions,
+        dedup: Option<Vec<Status>>,
+    ) -> Result<(InstanceId, bool)> {
         if let Some(def) = self.inner.workflows.get(workflow) {
             let input = def.check_input(&input)?;
-            let (id, _) = self
-                .create_raw(def.name(), def.timeout(), input, options, None)
-                .await?;
-            return Ok(id);
+            return self
+                .create_raw(def.name(), def.timeout(), input, options, dedup)
+                .await;
         }
         let recorded = self
             .inner
@@ -974,10 +1003,8 @@ impl Engine {
                     violations,
                 })?;
         let timeout = Duration::from_millis(recorded.timeout_ms);
-        let (id, _) = self
-            .create_raw(workflow, timeout, input.to_string(), options, None)
-            .await?;
-        Ok(id)
+        self.create_raw(workflow, timeout, input.to_string(), options, dedup)
+            .await
     }
 
     /// The definitions every engine on this store recorded (names, schemas,
