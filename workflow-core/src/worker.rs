@@ -55,6 +55,10 @@ struct WorkerShared {
     /// and `running` wherever it is held with them, so that a claim is in
     /// both or neither when the heartbeat looks.
     lease_ends: Mutex<HashMap<(InstanceId, i64), Millis>>,
+    /// Hand-backs under way (see `hand_back_waiting`): a worker that stops
+    /// waits for them, so that the instances are free for other workers at
+    /// once rather than when their leases end.
+    hand_backs: tokio_util::task::TaskTracker,
     /// Set when the heartbeat handed back instances that waited here for
     /// a slot (every handler busy for long): no claiming ahead until a
     /// handler ends, or they would be claimed again at once.
@@ -127,6 +131,7 @@ impl Worker {
             running: Mutex::new(HashMap::new()),
             ready,
             lease_ends: Mutex::new(HashMap::new()),
+            hand_backs: tokio_util::task::TaskTracker::new(),
             ahead_held_back: AtomicBool::new(false),
         });
         let task = tokio::spawn(worker_loop(Arc::clone(&shared)));
@@ -256,10 +261,18 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             // Nap until the next waiting instance is due, polling at least
             // every poll_interval for work written by other processes.
             // Anything due by the last claim's `now` was claimable then.
-            let nap = match inner.store.next_due(&workflows, claimed_at).await {
+            let next_due = tokio::select! {
+                due = inner.store.next_due(&workflows, claimed_at) => due,
+                _ = w.stop.cancelled() => break,
+            };
+            let nap = match next_due {
                 Ok(Some(due)) => Duration::from_millis((due - now_millis()).max(0) as u64)
                     .min(config.poll_interval),
-                _ => config.poll_interval,
+                Ok(None) => config.poll_interval,
+                Err(err) => {
+                    tracing::warn!(error = %err, "looking for the next due instance failed; polling");
+                    config.poll_interval
+                }
             };
             let hinted = async {
                 match wakeups.as_mut() {
@@ -296,6 +309,13 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         hand_back(&w.engine, ready).await;
         drain(&w, &mut runs).await;
         heartbeat.abort();
+        w.hand_backs.close();
+        if tokio::time::timeout(config.shutdown_grace, w.hand_backs.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("handing back instances claimed ahead is taking long; they resume when their leases expire");
+        }
         scheduler.abort();
         membership.leave().await;
         lock(&LIVE).remove(&w.id);
@@ -555,7 +575,7 @@ fn hand_back_waiting(
             "handing back instances claimed ahead: every slot stayed busy"
         );
         let engine = w.engine.clone();
-        tokio::spawn(async move {
+        w.hand_backs.spawn(async move {
             hand_back(&engine, stale).await;
             engine.inner.wake.notify_waiters();
         });
@@ -624,18 +644,19 @@ fn apply_renewal(run: &RunShared, renewal: &Renewal, (pause_seen, deadline_seen)
 }
 
 /// Applies a renewal to an instance claimed ahead that has not started: it
-/// starts with what the store says now, or not at all if its lease is gone.
+/// does not start if its lease is gone. Its deadline and pause are left as
+/// they are: the renewal read them before changes this process may have
+/// made since (`update_claimed_ahead`), which it would undo (a resume
+/// undone left the instance pausing itself at its first step). Changes
+/// made elsewhere reach it from the first heartbeat after it starts, as
+/// they reach any running instance.
 fn renew_ready(w: &WorkerShared, renewal: &Renewal) {
     let mut ready = lock(&w.ready);
     let Some(at) = ready.iter().position(|c| c.lease == renewal.lease) else {
         // Started since: the next heartbeat renews it as running.
         return;
     };
-    if renewal.held {
-        let row = &mut ready[at].row;
-        row.deadline_at = renewal.deadline_at;
-        row.pause_requested |= renewal.pause_requested;
-    } else {
+    if !renewal.held {
         tracing::info!(id = %renewal.lease.instance, "lease lost before the instance started (cancelled, or taken over)");
         ready.remove(at);
     }
