@@ -306,4 +306,18 @@ pub mod __private {
     )]
     pub trait HandlerError: Into<BoxError> {}
     impl<E: Into<BoxError>> HandlerError for E {}
+
+    /// The state of a handler's context type, for a context written bare
+    /// (`Ctx`): the prelude's, or an alias of a `Ctx<State>`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a workflow context",
+        label = "the first parameter must be `Ctx` or `Ctx<State>`"
+    )]
+    pub trait HandlerCtx {
+        /// The workflow's state type.
+        type State;
+    }
+    impl<S> HandlerCtx for Ctx<S> {
+        type State = S;
+    }
 }

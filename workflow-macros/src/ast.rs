@@ -74,8 +74,12 @@ pub(crate) struct Workflow<'a> {
 
 /// The types of a handler `async fn(ctx: Ctx<S>, input: I) -> R<O, E>`.
 pub(crate) struct Handler<'a> {
-    /// `S`, or `()` for a bare `Ctx`.
-    pub state: Type,
+    /// `S` of a `Ctx<S>`; `None` for a bare `Ctx`, which may be the
+    /// prelude's (state `()`) or the user's alias of a `Ctx<S>`: the
+    /// expansion asks the type itself (`HandlerCtx::State`).
+    pub state: Option<Type>,
+    /// The context parameter's type, as written.
+    pub ctx: &'a Type,
     pub input: &'a Type,
     pub output: &'a Type,
     /// `E`, when the `Result` names it.
@@ -414,7 +418,7 @@ fn type_named(ident: &Ident, handler: &Handler<'_>) -> Option<Span> {
         }
     }
     let mut find = Find { ident, found: None };
-    find.visit_type(&handler.state);
+    find.visit_type(handler.ctx);
     find.visit_type(handler.input);
     find.visit_type(handler.output);
     if let Some(error) = handler.error {
@@ -518,7 +522,8 @@ fn handler<'a>(func: &'a ItemFn, errors: &mut Errors) -> Option<Handler<'a>> {
         }
     };
     callable.then_some(Handler {
-        state,
+        state: state.0,
+        ctx: state.1,
         input,
         output,
         error,
@@ -578,7 +583,10 @@ fn qualifiers(sig: &Signature) -> Vec<syn::Error> {
 
 /// The state type (from `Ctx<S>`) and the input type, from exactly two
 /// typed parameters, `self` aside (reported by [`qualifiers`]).
-fn parameters(sig: &Signature) -> Result<(Type, &Type), Vec<syn::Error>> {
+/// The state (see [`Handler::state`]) and the context's type, and the input's type.
+type Parameters<'a> = ((Option<Type>, &'a Type), &'a Type);
+
+fn parameters(sig: &Signature) -> Result<Parameters<'_>, Vec<syn::Error>> {
     let typed: Vec<&PatType> = sig
         .inputs
         .iter()
@@ -615,7 +623,7 @@ fn parameters(sig: &Signature) -> Result<(Type, &Type), Vec<syn::Error>> {
     let mut errors = Vec::new();
     let input_is_ctx = ctx_state(&input.ty).is_ok();
     let state = match ctx_state(&ctx.ty) {
-        Ok(state) => Some(state),
+        Ok(state) => Some((state, &*ctx.ty)),
         Err(why) => {
             let why = if input_is_ctx {
                 "the context comes first: write `(ctx: Ctx<State>, input: Input)`".to_owned()
@@ -667,9 +675,9 @@ fn return_types(sig: &Signature) -> syn::Result<(&Type, Option<&Type>, Span)> {
     }
 }
 
-/// `S` of a `Ctx<S>` type (any path ending in `Ctx`), `()` for a bare `Ctx`;
-/// otherwise why the type is not a context.
-fn ctx_state(ty: &Type) -> Result<Type, String> {
+/// `S` of a `Ctx<S>` type (any path ending in `Ctx`), `None` for a bare
+/// `Ctx`; otherwise why the type is not a context.
+fn ctx_state(ty: &Type) -> Result<Option<Type>, String> {
     let not_ctx = || {
         "the first parameter must be the workflow context, `ctx: Ctx` or \
          `ctx: Ctx<State>`"
@@ -693,9 +701,9 @@ fn ctx_state(ty: &Type) -> Result<Type, String> {
         return Err(not_ctx());
     }
     match &last.arguments {
-        PathArguments::None => Ok(syn::parse_quote!(())),
+        PathArguments::None => Ok(None),
         PathArguments::AngleBracketed(args) => match args.args.iter().collect::<Vec<_>>()[..] {
-            [GenericArgument::Type(state)] => Ok(state.clone()),
+            [GenericArgument::Type(state)] => Ok(Some(state.clone())),
             _ => {
                 Err("`Ctx` takes one type argument, the workflow's state: `Ctx<State>`".to_owned())
             }

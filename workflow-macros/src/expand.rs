@@ -101,11 +101,21 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     };
     let Handler {
         state,
+        ctx: ctx_type,
         input,
         output,
         error,
         result_span,
     } = handler;
+    // A bare `Ctx` is the prelude's (state `()`) or an alias of the
+    // user's (`type Ctx = workflow::Ctx<OrderState>`): the type says which.
+    let projected = state.is_none();
+    let state: &Type = &match state {
+        Some(state) => state.clone(),
+        None => syn::parse_quote_spanned! {ctx_type.span()=>
+            <#ctx_type as #private::HandlerCtx>::State
+        },
+    };
 
     let fn_ident = &wf.func.sig.ident;
     let name = &wf.name;
@@ -195,8 +205,12 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     let checks = requirements
         .iter()
         .map(|(ty, bound, check)| assert_impl(&private, ty, bound, check));
+    // Not the projected state: rustc cannot normalize it under `for<..>`.
+    // The `Workflow` impl's own bound on `State` then words a mistake in
+    // an alias's state type a second time.
     let bounds: Vec<TokenStream> = requirements
         .iter()
+        .filter(|(ty, _, _)| !(projected && std::ptr::eq(*ty, state)))
         .map(|(ty, bound, _)| quote!(for<'__w> #ty: #private::#bound))
         .collect();
 
