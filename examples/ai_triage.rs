@@ -1,6 +1,7 @@
 //! Triage a support ticket with a model, as a durable workflow: each model
 //! call and each tool call is a recorded step, so a crash mid-conversation
-//! resumes without paying for a model call twice.
+//! resumes from the last recorded answer: only a call in flight when the
+//! process died is made again.
 //!
 //! Runs against any OpenAI-compatible endpoint:
 //!

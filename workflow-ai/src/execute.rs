@@ -125,7 +125,9 @@ impl Execute {
 
     /// The prefix of this loop's step keys (default `execute`): turn `n`
     /// is `{name}:turn-{n}`, a tool call in it `{name}:turn-{n}:{tool}`.
-    /// A second loop with the same name in one run gets `#1` keys. The name
+    /// A second loop with the same name in one run, after the first one
+    /// ended, gets `#1` keys; two at once (`join!`) fail the second with
+    /// [`Error::Config`]: give each its own name. The name
     /// follows the step-name rule of [`Ctx::step`]: one containing a
     /// character of [`RESERVED_STEP_CHARS`] fails the loop with
     /// [`Error::InvalidStepName`] before the first model call.
@@ -134,7 +136,25 @@ impl Execute {
         self
     }
 
-    /// Retry policy of each model call (default: the workflow's). What
+    /// The retry policy of model calls unless
+    /// [`Execute::model_step_options`] gives one: 8 attempts, waits from
+    /// 1 s doubling up to 60 s, each spread by ±25%. About three minutes
+    /// in all, so that a provider's per-minute rate limit (HTTP 429) can
+    /// reset, and loops throttled together do not all retry at once. (The
+    /// workflow's own step policy, 5 attempts within seconds by default,
+    /// suits quick calls.)
+    pub fn default_model_step() -> StepOptions {
+        StepOptions::retries(8)
+            .backoff(
+                std::time::Duration::from_secs(1),
+                2.0,
+                std::time::Duration::from_secs(60),
+            )
+            .jitter(0.25)
+    }
+
+    /// Retry policy of each model call (default
+    /// [`Execute::default_model_step`]). What
     /// [`ModelError::is_retryable`](crate::ModelError::is_retryable) calls
     /// retryable (HTTP 408, 409, 429, 5xx, timeouts, connection failures)
     /// is retried; other 4xx fail the loop at once.
@@ -302,6 +322,15 @@ where
         tool_step,
         strict_tools,
     } = execute;
+    // Turns are numbered per name as they finish: two loops of one name at
+    // once could swap recorded answers on a replay.
+    let _held = ctx.hold_name(&format!("{name}:turn")).ok_or_else(|| {
+        Error::Config(format!(
+            "two model loops named `{name}` run at once in this workflow: their turns would be \
+             recorded in whichever order they end, and a replay could give one loop the \
+             other's answers; give each its own name (Execute::name)"
+        ))
+    })?;
     let model: Arc<dyn Model> = match model {
         Some(model) => model,
         None => Arc::new(OpenAiCompatible::from_env().map_err(|e| Error::Config(e.to_string()))?),
@@ -312,6 +341,15 @@ where
     }
     messages.extend(input);
     let tool_list: Vec<Tool> = tools.tools().to_vec();
+    // Providers refuse the whole request for one bad name, a 400 that is
+    // not retried: named here, before anything is paid for.
+    if let Some(bad) = tool_list.iter().find(|t| !is_valid_tool_name(t.name())) {
+        return Err(Error::Config(format!(
+            "tool `{}` cannot be sent to a model: tool names are letters, digits, `_` and `-`, \
+             1 to 64 of them",
+            bad.name()
+        )));
+    }
     for turn in 0..max_turns {
         let request = ModelRequest {
             messages: messages.clone(),
@@ -330,10 +368,8 @@ where
                 }
             })
         };
-        let response: ModelResponse = match model_step {
-            Some(opts) => ctx.step_with(&step, opts, call).await?,
-            None => ctx.step(&step, call).await?,
-        };
+        let opts = model_step.unwrap_or_else(Execute::default_model_step);
+        let response: ModelResponse = ctx.step_with(&step, opts, call).await?;
         tracing::debug!(step, tool_calls = response.tool_calls.len(), "model turn");
         messages.push(Message::Assistant {
             // Providers refuse an assistant message with neither text nor

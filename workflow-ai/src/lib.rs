@@ -4,8 +4,9 @@
 //!
 //! - [`ExecuteExt::execute`]: `ctx.execute(Execute::new(..))` inside a
 //!   workflow runs a model loop in which every model call and every tool
-//!   call is a durable step: a crash never pays for the same model call
-//!   twice, and replay resumes the conversation where it stopped.
+//!   call is a durable step: a recorded answer is never asked for again,
+//!   and replay resumes the conversation where it stopped (only a call in
+//!   flight when the process died is made again).
 //!   [`ExecuteExt::execute_typed`] asks for a typed, schema-constrained answer.
 //! - Tools are a [`Toolbox`](workflow_core::Toolbox) of workflows
 //!   (`W::as_tool()`) and async functions. Inside a loop, a workflow tool

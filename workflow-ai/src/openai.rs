@@ -94,8 +94,10 @@ impl OpenAiBuilder {
         self
     }
 
-    /// How long one request may take (default 120 s); a timeout is retried
-    /// by the step policy.
+    /// How long one request may take (default 600 s, as OpenAI's own
+    /// clients: a reasoning model's long answer takes minutes, and one cut
+    /// off is still billed); a timeout is retried by the step policy.
+    /// Connecting may take 10 s of it at most.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -117,7 +119,8 @@ impl OpenAiBuilder {
             )));
         }
         let client = reqwest::Client::builder()
-            .timeout(self.timeout.unwrap_or(Duration::from_secs(120)))
+            .timeout(self.timeout.unwrap_or(Duration::from_secs(600)))
+            .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|err| ModelError::Config(err.to_string()))?;
         Ok(OpenAiCompatible {
@@ -283,8 +286,21 @@ fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
         ),
         _ => None,
     };
-    // OpenAI's structured refusal: no content, the reason beside it.
-    if let Some(refusal) = message.get("refusal").and_then(Value::as_str) {
+    let tool_calls: Vec<ToolCall> = match message.get("tool_calls") {
+        Some(Value::Array(calls)) => calls
+            .iter()
+            .enumerate()
+            .map(|(n, call)| tool_call(n, call))
+            .collect::<Result<_, _>>()?,
+        _ => Vec::new(),
+    };
+    // OpenAI's structured refusal: no content, the reason beside it. An
+    // empty one beside tool calls (some servers send `""`) is none.
+    if let Some(refusal) = message
+        .get("refusal")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty() && tool_calls.is_empty())
+    {
         return Ok(ModelResponse {
             content: Some(refusal.to_owned()),
             tool_calls: Vec::new(),
@@ -292,11 +308,6 @@ fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
             usage: body.get("usage").cloned(),
         });
     }
-    let tool_calls: Vec<ToolCall> = match message.get("tool_calls") {
-        Some(Value::Array(calls)) => serde_json::from_value(Value::Array(calls.clone()))
-            .map_err(|err| ModelError::Decode(format!("tool_calls: {err}")))?,
-        _ => Vec::new(),
-    };
     Ok(ModelResponse {
         content,
         tool_calls,
@@ -305,6 +316,37 @@ fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
             .and_then(Value::as_str)
             .map(str::to_owned),
         usage: body.get("usage").cloned(),
+    })
+}
+
+/// Tool call `n` of a reply, read leniently: servers that call themselves
+/// OpenAI-compatible send its arguments as a JSON object rather than text,
+/// or leave out its id. Failing the reply would fail the loop after the
+/// call was paid for.
+fn tool_call(n: usize, call: &Value) -> Result<ToolCall, ModelError> {
+    let function = call
+        .get("function")
+        .ok_or_else(|| ModelError::Decode(format!("tool call {n} has no `function`")))?;
+    let name = function
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ModelError::Decode(format!("tool call {n} has no function name")))?;
+    let arguments = match function.get("arguments") {
+        Some(Value::String(text)) => text.clone(),
+        None | Some(Value::Null) => String::new(),
+        Some(value) => value.to_string(),
+    };
+    let id = match call.get("id").and_then(Value::as_str) {
+        Some(id) if !id.is_empty() => id.to_owned(),
+        _ => format!("call_{n}"),
+    };
+    Ok(ToolCall {
+        id,
+        kind: "function".to_owned(),
+        function: crate::message::FunctionCall {
+            name: name.to_owned(),
+            arguments,
+        },
     })
 }
 
@@ -384,6 +426,27 @@ mod tests {
         assert_eq!(r.tool_calls[0].function.arguments, r#"{"a":1}"#);
         assert_eq!(r.finish_reason.as_deref(), Some("tool_calls"));
         assert!(parse_completion("{}").is_err());
+    }
+
+    /// Servers that send arguments as an object, or no call id, or an empty
+    /// refusal beside tool calls, are read rather than failing a paid call.
+    #[test]
+    fn reads_loosely_compatible_tool_calls() {
+        let text = r#"{"choices":[{"message":{"role":"assistant","content":null,"refusal":"",
+            "tool_calls":[{"function":{"name":"t","arguments":{"a":1}}},
+                          {"id":"","function":{"name":"u"}}]},
+            "finish_reason":"tool_calls"}]}"#;
+        let r = parse_completion(text).unwrap();
+        assert_eq!(r.finish_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(r.tool_calls.len(), 2);
+        assert_eq!(r.tool_calls[0].id, "call_0");
+        assert_eq!(r.tool_calls[0].function.arguments, r#"{"a":1}"#);
+        assert_eq!(r.tool_calls[1].id, "call_1");
+        assert_eq!(r.tool_calls[1].function.arguments, "");
+        let refused = r#"{"choices":[{"message":{"content":null,"refusal":"no"}}]}"#;
+        let r = parse_completion(refused).unwrap();
+        assert_eq!(r.finish_reason.as_deref(), Some("refusal"));
+        assert_eq!(r.content.as_deref(), Some("no"));
     }
 
     #[test]

@@ -569,3 +569,65 @@ async fn call_tool_validates_and_starts_or_waits() {
         .unwrap();
     assert_eq!(out, json!("ticket opened: t2 (High)"));
 }
+
+/// Answers every call at once with the same text.
+struct Fixed;
+
+#[async_trait::async_trait]
+impl workflow_ai::Model for Fixed {
+    async fn complete(
+        &self,
+        _request: &workflow_ai::ModelRequest,
+    ) -> Result<workflow_ai::ModelResponse, workflow_ai::ModelError> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(workflow_ai::ModelResponse {
+            content: Some("done".into()),
+            tool_calls: Vec::new(),
+            finish_reason: Some("stop".into()),
+            usage: None,
+        })
+    }
+}
+
+/// Two model loops side by side: named apart, or one after the other
+/// under one name, or (refused) at once under one name.
+#[workflow(name = "twoLoops")]
+async fn two_loops(ctx: Ctx, same_name: bool) -> Result<String, BoxError> {
+    let loop_named = |name: &str| Execute::new("Answer.").input("Go.").model(Fixed).name(name);
+    let second = if same_name { "execute" } else { "other" };
+    let (a, b) = tokio::join!(
+        ctx.execute(loop_named("execute")),
+        ctx.execute(loop_named(second))
+    );
+    let after = ctx.execute(loop_named("execute")).await?;
+    Ok(format!("{} {} {}", a?.text, b?.text, after.text))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loops_of_one_name_at_once_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("loops.db").display());
+    let engine = Engine::builder()
+        .database_url(&url)
+        .register(TwoLoops)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let apart = TwoLoops::start(&engine, false).await.unwrap();
+    assert_eq!(
+        apart.result_timeout(Duration::from_secs(20)).await.unwrap(),
+        "done done done"
+    );
+    let same = TwoLoops::start(&engine, true).await.unwrap();
+    let err = same
+        .result_timeout(Duration::from_secs(20))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("two model loops named `execute` run at once"),
+        "{err}"
+    );
+}

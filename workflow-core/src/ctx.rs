@@ -167,6 +167,8 @@ pub(crate) struct RunShared {
     steps_running: AtomicUsize,
     /// Notified when `steps_running` falls to 0.
     drained: tokio::sync::Notify,
+    /// Names held by [`Ctx::hold_name`] now.
+    held_names: Mutex<std::collections::HashSet<String>>,
     /// The engine, to start children and wake workers.
     pub engine: crate::engine::Engine,
 }
@@ -284,6 +286,7 @@ impl RunShared {
             suspend_after: engine.inner.config.suspend_after,
             steps_running: AtomicUsize::new(0),
             drained: tokio::sync::Notify::new(),
+            held_names: Mutex::new(std::collections::HashSet::new()),
             engine,
             stop: CancellationToken::new(),
             deadline: tokio::sync::watch::Sender::new(row.deadline_at),
@@ -624,6 +627,23 @@ where
     /// ```
     pub fn data<T: Send + Sync + 'static>(&self) -> Result<&T> {
         self.inner.run.engine.inner.data.require()
+    }
+
+    /// Holds `name` until the guard is dropped, or says that something
+    /// else in this run holds it now. For libraries whose calls make many
+    /// steps from one name (a model loop's turns): two such calls at once
+    /// (`join!`) would have their steps numbered in whichever order they
+    /// finish, and a replay could hand one of them the other's records.
+    #[doc(hidden)]
+    pub fn hold_name(&self, name: &str) -> Option<HeldName> {
+        let run = Arc::clone(&self.inner.run);
+        if !lock(&run.held_names).insert(name.to_owned()) {
+            return None;
+        }
+        Some(HeldName {
+            run,
+            name: name.to_owned(),
+        })
     }
 
     /// Inside a step's closure, a key naming this step of this instance,
@@ -1158,6 +1178,25 @@ where
             at,
         })
         .await
+    }
+}
+
+/// A name held by [`Ctx::hold_name`], let go when dropped.
+#[doc(hidden)]
+pub struct HeldName {
+    run: Arc<RunShared>,
+    name: String,
+}
+
+impl Drop for HeldName {
+    fn drop(&mut self) {
+        lock(&self.run.held_names).remove(&self.name);
+    }
+}
+
+impl fmt::Debug for HeldName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("HeldName").field(&self.name).finish()
     }
 }
 
