@@ -93,6 +93,22 @@ impl<S: Serialize + DeserializeOwned> StateCell<S> {
         Ok(Some(json))
     }
 
+    /// The state as JSON if `state_mut` was called since the last snapshot,
+    /// leaving that to the next step: for a suspension's copy in the
+    /// instance row, which replays never read. Taken, it would leave a
+    /// step running beside the suspension (whose closure made the change)
+    /// recorded without it, and replays would lose the change.
+    fn peek_dirty(&self) -> Result<Option<String>> {
+        if !self.dirty.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let state = lock(&self.value);
+        let (json, _): (String, S) = crate::error::json_round_trip(&*state, self.max, || {
+            format!("state of workflow `{}`", self.workflow)
+        })?;
+        Ok(Some(json))
+    }
+
     /// As `take_dirty`, when the handler has ended: a state that cannot be
     /// saved is left out of the outcome, with a warning.
     fn take_at_end(&self) -> Option<String> {
@@ -816,7 +832,7 @@ where
                     wait_child: None,
                     // A step still backing off counts on after the pause.
                     retry: run.retry.clone(),
-                    state: self.dirty_state()?,
+                    state: self.suspended_state()?,
                     reason: format!("paused before step `{key}`"),
                     at: now_millis(),
                 })
@@ -845,15 +861,31 @@ where
                     Ok(Ok(value)) => {
                         // Recorded only if it reads back as itself: the
                         // first run and every replay see the same value.
-                        let (output, replayed): (String, T) =
+                        // Otherwise the instance fails, whatever the handler
+                        // does with the error: nothing is recorded, and a
+                        // replay would run the side effect again and could
+                        // take another path.
+                        let recorded =
                             crate::error::json_round_trip(&value, run.max_payload(), || {
                                 format!("output of step `{key}` of workflow `{}`", run.workflow)
-                            })?;
+                            })
+                            .and_then(
+                                |(output, replayed): (String, T)| {
+                                    Ok((output, replayed, self.dirty_state()?))
+                                },
+                            );
+                        let (output, replayed, state) = match recorded {
+                            Ok(recorded) => recorded,
+                            Err(err) => {
+                                let _ = self.fail(err.to_string());
+                                return Err(err);
+                            }
+                        };
                         let step = StepRow {
                             key: key.clone(),
                             output: Some(output),
                             error: None,
-                            state: self.dirty_state()?,
+                            state,
                             attempts: attempt,
                             started_at,
                             finished_at: now_millis(),
@@ -917,7 +949,7 @@ where
                             wait_event: None,
                             wait_child: None,
                             retry: Some((key.clone(), attempt)),
-                            state: self.dirty_state()?,
+                            state: self.suspended_state()?,
                             reason: format!(
                                 "retrying step `{key}` in {delay:?} (attempt {} of {})",
                                 attempt + 1,
@@ -956,17 +988,14 @@ where
             suspend.run_at = suspend.run_at.min(deadline);
         }
         tracing::debug!(reason = %suspend.reason, "suspending");
-        let had_state = suspend.state.is_some();
         // Not recorded if another branch's suspension came first (it waits
         // for the same steps) or the run stops for another reason (then
         // nothing is waited for).
         let mine = run.record_interrupt(Interrupt::Suspended, Settlement::Suspend(suspend));
         if run.steps_finished().await && mine {
-            // Steps beside it may have changed the state and recorded it
-            // since the caller took its snapshot: save the state as it is now.
-            if had_state {
-                self.inner.state.dirty.store(true, Ordering::Release);
-            }
+            // Steps beside it may have changed the state since the caller
+            // looked: the row gets the state as it is now, unless a step
+            // recorded it (the row has that one).
             let now = self.inner.state.take_at_end();
             if let Some((Interrupt::Suspended, Settlement::Suspend(pending))) =
                 &mut *lock(&run.interrupt)
@@ -1022,6 +1051,11 @@ where
         };
         self.inner.run.interrupt(why.clone(), settlement);
         Err(Error::Interrupted(why))
+    }
+
+    /// The state for a suspension's copy (see `StateCell::peek_dirty`).
+    pub(crate) fn suspended_state(&self) -> Result<Option<String>> {
+        self.inner.state.peek_dirty()
     }
 
     /// The state as JSON if `state_mut` was called since the last snapshot.

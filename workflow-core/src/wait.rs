@@ -86,7 +86,7 @@ where
                 wait_event: None,
                 wait_child: None,
                 retry: None,
-                state: self.dirty_state()?,
+                state: self.suspended_state()?,
                 reason: format!("sleeping until {}", format_millis(wake_at)),
                 at,
             })
@@ -115,7 +115,19 @@ where
     ///
     /// Without a `timeout`, the instance's own deadline
     /// ([`Workflow::TIMEOUT`], five minutes by default) still ends the
-    /// wait: the instance times out.
+    /// wait: the instance times out. So does a `timeout` that ends past
+    /// the deadline (logged as a warning): the handler never sees
+    /// `EventTimeout`. Give the workflow a longer `timeout`.
+    ///
+    /// An event that arrives after its wait timed out is kept, and the
+    /// next wait of the same name takes it: waits that may time out
+    /// should each have a name of their own.
+    ///
+    /// Waits side by side (`join!` of a wait and a sleep, say) suspend
+    /// the run at the first of them it reaches: the instance wakes for
+    /// that one's event or time, and looks at the others when it runs
+    /// again. A wait that must be on time should not share the run with
+    /// a longer one.
     pub async fn wait_for_event<T: DeserializeOwned>(
         &self,
         name: &str,
@@ -138,6 +150,18 @@ where
                         Ok::<_, BoxError>(now_millis().saturating_add(millis))
                     })
                     .await?;
+                    if let Some(deadline) = *run.deadline.borrow() {
+                        if until > deadline {
+                            tracing::warn!(
+                                event = name,
+                                timeout_at = %format_millis(until),
+                                deadline = %format_millis(deadline),
+                                "the event's timeout ends after the instance's deadline: the \
+                                 instance will time out first, and the handler never see \
+                                 EventTimeout (give the workflow a longer `timeout`)"
+                            );
+                        }
+                    }
                     Some(until)
                 }
                 None => None,
@@ -181,7 +205,7 @@ where
                 wait_event: Some(name.to_owned()),
                 wait_child: None,
                 retry: None,
-                state: self.dirty_state()?,
+                state: self.suspended_state()?,
                 reason: match until {
                     Some(until) => {
                         format!("waiting for event `{name}` until {}", format_millis(until))
@@ -361,7 +385,7 @@ where
                 wait_event: None,
                 wait_child: Some(child.clone()),
                 retry: None,
-                state: self.dirty_state()?,
+                state: self.suspended_state()?,
                 reason: format!("waiting for child `{}` {child}", W::NAME),
                 at: now_millis(),
             })

@@ -1698,6 +1698,52 @@ async fn values_json_cannot_hold_are_refused_at_once() {
     assert_eq!(NAN_STEP_CALLS.load(Ordering::SeqCst), 1, "not retried");
 }
 
+/// Catches the error of a step whose value JSON cannot hold, and goes on.
+struct CatchesNotANumber;
+
+impl Workflow for CatchesNotANumber {
+    type Input = ();
+    type Output = f64;
+    type State = ();
+    const NAME: &'static str = "catchesNotANumber";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<f64, BoxError> {
+        match ctx
+            .step("ratio", || async { Ok::<_, BoxError>(f64::NAN) })
+            .await
+        {
+            Ok(ratio) => Ok(ratio),
+            Err(_) => {
+                ctx.step("fallback", || async { Ok::<_, BoxError>(0.0) })
+                    .await?;
+                Ok(0.0)
+            }
+        }
+    }
+}
+
+/// That error cannot be caught: the step's side effect happened and
+/// nothing recorded it, so a replay would run it again and might take
+/// the other path. The instance fails, and no step after it runs.
+#[tokio::test]
+async fn a_value_json_cannot_hold_fails_the_instance_even_if_caught() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(CatchesNotANumber)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = CatchesNotANumber::start(&engine, ()).await.unwrap();
+    let err = inst
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("output of step `ratio`"), "{err}");
+    assert!(inst.steps().await.unwrap().is_empty(), "the fallback did not run");
+}
+
 /// How many times each `LongStep` test's step finished (input: the slot).
 static LAPSED_DONE: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
 

@@ -330,6 +330,37 @@ async fn approve_as_ada(inst: &Instance<Approve>) {
     );
 }
 
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+struct Reserved {
+    reserved: bool,
+}
+
+/// A step that changes the state before its I/O, beside a wait that
+/// suspends the run while the step is still running.
+struct ReserveBesideWait;
+
+impl Workflow for ReserveBesideWait {
+    type Input = ();
+    type Output = bool;
+    type State = Reserved;
+    const NAME: &'static str = "reserveBesideWait";
+
+    async fn run(&self, ctx: Ctx<Reserved>, _: ()) -> Result<bool, BoxError> {
+        let (reserved, approval) = tokio::join!(
+            ctx.step("reserve", || async {
+                ctx.state_mut().reserved = true;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok::<_, BoxError>(())
+            }),
+            ctx.wait_for_event::<bool>("approval", None),
+        );
+        reserved?;
+        approval?;
+        let reserved = ctx.state().reserved;
+        Ok(reserved)
+    }
+}
+
 async fn engine(store: Arc<dyn Store>) -> Engine {
     EngineBuilder::new()
         .shared_store(store)
@@ -345,6 +376,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(Fan)
         .register(FlakyFan)
         .register(FailsBesideSleep)
+        .register(ReserveBesideWait)
         .poll_interval(Duration::from_millis(10))
         .suspend_after(Duration::from_millis(50))
         .build()
@@ -774,6 +806,23 @@ async fn an_unreadable_child_pauses_its_parent() {
     parent.resume().await.unwrap();
     let out = parent.result_timeout(LIMIT).await.unwrap();
     assert!(out.starts_with("42 (side "), "{out}");
+}
+
+/// A suspension beside a running step leaves the state change the step's
+/// closure made to that step's record: replays see it. (The suspension
+/// took it, the step was recorded without it, and the run after the event
+/// answered `false`.)
+#[tokio::test]
+async fn a_state_change_of_a_step_beside_a_suspension_is_replayed() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = ReserveBesideWait::start(&engine, ()).await.unwrap();
+    until_status(&inst, Status::Listening).await;
+    inst.send_event("approval", true).await.unwrap();
+    assert!(
+        inst.result_timeout(LIMIT).await.unwrap(),
+        "the reservation was lost on replay"
+    );
 }
 
 /// A child workflow no engine registers fails its step at once, naming
