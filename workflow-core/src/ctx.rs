@@ -266,6 +266,9 @@ tokio::task_local! {
 struct Journal {
     /// Steps of earlier runs by key, with their position in recording order.
     recorded: HashMap<String, (usize, StepRow)>,
+    /// The positions of those that recorded a state snapshot, in order,
+    /// with their keys.
+    snapshots: Vec<(usize, String)>,
     /// Uses of each step name so far in this run, for `name#n` keys.
     seen: HashMap<String, u32>,
 }
@@ -280,6 +283,12 @@ impl RunShared {
         steps: Vec<StepRow>,
         interrupted: bool,
     ) -> Self {
+        let snapshots = steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state.is_some())
+            .map(|(position, s)| (position, s.key.clone()))
+            .collect();
         let recorded = steps
             .into_iter()
             .enumerate()
@@ -310,6 +319,7 @@ impl RunShared {
             interrupt: Mutex::new(None),
             journal: Mutex::new(Journal {
                 recorded,
+                snapshots,
                 seen: HashMap::new(),
             }),
         }
@@ -549,6 +559,16 @@ impl RunShared {
             .recorded
             .get(key)
             .map(|(position, _)| *position)
+    }
+
+    /// The last state snapshot recorded at or before `position`: its
+    /// position, the key of its step and its JSON.
+    fn snapshot_at_or_before(&self, position: usize) -> Option<(usize, String, String)> {
+        let journal = lock(&self.journal);
+        let after = journal.snapshots.partition_point(|(p, _)| *p <= position);
+        let (at, key) = journal.snapshots[..after].last()?;
+        let state = journal.recorded.get(key)?.1.state.clone()?;
+        Some((*at, key.clone(), state))
     }
 }
 
@@ -1112,39 +1132,44 @@ where
         Error::Interrupted(why)
     }
 
-    /// Restores the state `step` recorded, if it recorded one: a replay
-    /// must see the state as the first run had it past this step.
+    /// Brings the state to where the first run had it past the replayed
+    /// `step`: the last snapshot recorded at or before it, unless the
+    /// replay has already passed that point.
     ///
     /// Steps side by side (`join!`, `ctx.map`) replay in the order the code
-    /// asks for them, which need not be the order they were recorded in:
-    /// only a snapshot recorded later than every one restored so far
-    /// wins, so the state ends as the last recorded one left it. A step
-    /// this run recorded itself holds the state as it is.
-    /// Restores the state `step` recorded, if it is the latest restored
-    /// yet. A recorded state the code's type no longer reads pauses the
-    /// instance (see [`Ctx::replay`]).
+    /// asks for them, which need not be the order they were recorded in.
+    /// The replay keeps how far in recording order it has come: a step
+    /// recorded before that point restores nothing (the state has moved
+    /// on, by a later snapshot or by the handler's own code after a later
+    /// step), and one past it restores the latest snapshot up to it, its
+    /// own or an earlier step's. A step this run recorded itself holds the
+    /// state as it is. A recorded state the code's type no longer reads
+    /// pauses the instance (see [`Ctx::replay`]).
     pub(crate) async fn restore_state(&self, step: &StepRow) -> Result<()> {
-        let Some(state) = &step.state else {
+        let run = &self.inner.run;
+        let Some(position) = run.recorded_at(&step.key) else {
             return Ok(());
         };
-        let Some(position) = self.inner.run.recorded_at(&step.key) else {
-            return Ok(());
-        };
-        if self
+        let passed = self
             .inner
             .restored
-            .fetch_max(position + 1, Ordering::AcqRel)
-            > position
-        {
+            .fetch_max(position + 1, Ordering::AcqRel);
+        if passed > position {
             return Ok(());
         }
-        let de = &mut serde_json::Deserializer::from_str(state);
+        // Only a snapshot the replay has not passed yet.
+        let Some((_, key, state)) = run
+            .snapshot_at_or_before(position)
+            .filter(|(at, _, _)| *at >= passed)
+        else {
+            return Ok(());
+        };
+        let de = &mut serde_json::Deserializer::from_str(&state);
         let restored: S = match serde_path_to_error::deserialize(de) {
             Ok(restored) => restored,
             Err(err) => {
                 let what = format!(
-                    "the state recorded by step `{}` does not fit the state type at `{}`: {}",
-                    step.key,
+                    "the state recorded by step `{key}` does not fit the state type at `{}`: {}",
                     err.path(),
                     err.inner()
                 );

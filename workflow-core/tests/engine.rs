@@ -1741,7 +1741,10 @@ async fn a_value_json_cannot_hold_fails_the_instance_even_if_caught() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("output of step `ratio`"), "{err}");
-    assert!(inst.steps().await.unwrap().is_empty(), "the fallback did not run");
+    assert!(
+        inst.steps().await.unwrap().is_empty(),
+        "the fallback did not run"
+    );
 }
 
 /// How many times each `LongStep` test's step finished (input: the slot).

@@ -361,6 +361,57 @@ impl Workflow for ReserveBesideWait {
     }
 }
 
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+struct Tally {
+    total: u32,
+    audited: bool,
+}
+
+static ALERTS: AtomicU32 = AtomicU32::new(0);
+
+/// A slow step beside a fast one that snapshots the state; the handler
+/// sets the state from the slow one's result; a sleep makes a replay.
+struct CountAndAudit;
+
+impl Workflow for CountAndAudit {
+    type Input = ();
+    type Output = u32;
+    type State = Tally;
+    const NAME: &'static str = "countAndAudit";
+
+    async fn run(&self, ctx: Ctx<Tally>, _: ()) -> Result<u32, BoxError> {
+        let (counted, audited) = tokio::join!(
+            async {
+                let n = ctx
+                    .step("count", || async {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, BoxError>(5_u32)
+                    })
+                    .await?;
+                ctx.state_mut().total = n;
+                Ok::<_, BoxError>(())
+            },
+            ctx.step("audit", || async {
+                ctx.state_mut().audited = true;
+                Ok::<_, BoxError>(())
+            }),
+        );
+        counted?;
+        audited?;
+        let total = ctx.state().total;
+        if total == 0 {
+            ctx.step("alert-empty", || async {
+                ALERTS.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, BoxError>(())
+            })
+            .await?;
+        }
+        ctx.sleep("cool-down", Duration::from_millis(200)).await?;
+        let total = ctx.state().total;
+        Ok(total)
+    }
+}
+
 async fn engine(store: Arc<dyn Store>) -> Engine {
     EngineBuilder::new()
         .shared_store(store)
@@ -377,6 +428,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(FlakyFan)
         .register(FailsBesideSleep)
         .register(ReserveBesideWait)
+        .register(CountAndAudit)
         .poll_interval(Duration::from_millis(10))
         .suspend_after(Duration::from_millis(50))
         .build()
@@ -823,6 +875,26 @@ async fn a_state_change_of_a_step_beside_a_suspension_is_replayed() {
         inst.result_timeout(LIMIT).await.unwrap(),
         "the reservation was lost on replay"
     );
+}
+
+/// A replay that meets steps in another order than they were recorded
+/// keeps what the handler's code did after the later one: an earlier
+/// step's snapshot, replayed last, used to bring back a state from before
+/// it (here `total = 0`), and the replay took a path the first run had not.
+#[tokio::test]
+async fn an_earlier_snapshot_replayed_late_does_not_undo_later_changes() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = CountAndAudit::start(&engine, ()).await.unwrap();
+    assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), 5);
+    assert_eq!(
+        ALERTS.load(Ordering::SeqCst),
+        0,
+        "no alert, as in the first run"
+    );
+    let history = inst.history().await.unwrap();
+    let runs = history.iter().filter(|e| e.kind == "started").count();
+    assert!(runs >= 2, "the sleep made a replay: {history:?}");
 }
 
 /// A child workflow no engine registers fails its step at once, naming
