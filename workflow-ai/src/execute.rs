@@ -51,6 +51,7 @@ pub struct Execute {
     model_step: Option<StepOptions>,
     tool_step: Option<StepOptions>,
     strict_tools: bool,
+    max_tool_reply: usize,
 }
 
 impl std::fmt::Debug for Execute {
@@ -69,6 +70,9 @@ impl Execute {
     /// The default bound on model calls.
     pub const DEFAULT_MAX_TURNS: u32 = 10;
 
+    /// The default bound on one tool reply sent to the model, in bytes.
+    pub const DEFAULT_MAX_TOOL_REPLY: usize = 32 * 1024;
+
     /// A loop with these instructions (the system message), no tools, and
     /// the model from the environment unless [`Execute::model`] is given.
     pub fn new(instructions: impl Into<String>) -> Self {
@@ -82,7 +86,19 @@ impl Execute {
             model_step: None,
             tool_step: None,
             strict_tools: false,
+            max_tool_reply: Self::DEFAULT_MAX_TOOL_REPLY,
         }
+    }
+
+    /// The most bytes of one tool reply the model is sent (default
+    /// [`Execute::DEFAULT_MAX_TOOL_REPLY`]); a longer one is cut, saying
+    /// how much was left out. Every later turn sends every reply again: one
+    /// large reply (a report, a list of thousands of violations) would
+    /// otherwise overflow the model's context, a refusal that is not
+    /// retried. The whole reply is still recorded with its step.
+    pub fn max_tool_reply_bytes(mut self, bytes: usize) -> Self {
+        self.max_tool_reply = bytes.max(256);
+        self
     }
 
     /// Adds a user message.
@@ -321,6 +337,7 @@ where
         model_step,
         tool_step,
         strict_tools,
+        max_tool_reply,
     } = execute;
     // Turns are numbered per name as they finish: two loops of one name at
     // once could swap recorded answers on a replay.
@@ -442,7 +459,7 @@ where
             };
             messages.push(Message::Tool {
                 tool_call_id: call.id.clone(),
-                content: reply.text(),
+                content: shortened(reply.text(), max_tool_reply),
             });
         }
     }
@@ -450,6 +467,24 @@ where
         name,
         turns: max_turns,
     })
+}
+
+/// `text` cut to at most about `max` bytes (at a character boundary), with
+/// a note of what was left out. Deterministic: a replay sends the model the
+/// same conversation.
+fn shortened(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}\n[reply cut: {} more bytes left out]",
+        &text[..cut],
+        text.len() - cut
+    )
 }
 
 /// Why a final reply is no answer: the model refused, or the reply was cut
@@ -465,5 +500,22 @@ fn no_answer(response: &ModelResponse) -> Option<String> {
         }
         "content_filter" => Some("the provider's content filter withheld the reply".to_owned()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shortened;
+
+    #[test]
+    fn long_tool_replies_are_cut_at_a_character_boundary() {
+        assert_eq!(shortened("short".into(), 256), "short");
+        let cut = shortened("é".repeat(200), 257);
+        assert!(cut.starts_with(&"é".repeat(128)), "{cut}");
+        assert!(!cut.starts_with(&"é".repeat(129)), "{cut}");
+        assert!(
+            cut.ends_with("[reply cut: 144 more bytes left out]"),
+            "{cut}"
+        );
     }
 }
