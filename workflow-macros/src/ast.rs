@@ -1049,7 +1049,10 @@ mod tests {
         let handler = wf.handler.map(|h| {
             format!(
                 "S={} I={} O={} E={}",
-                h.state.to_token_stream(),
+                h.state.as_ref().map_or_else(
+                    || format!("<{} as HandlerCtx>", h.ctx.to_token_stream()),
+                    |s| s.to_token_stream().to_string()
+                ),
                 h.input.to_token_stream(),
                 h.output.to_token_stream(),
                 h.error
@@ -1067,7 +1070,7 @@ mod tests {
         ));
         assert_eq!(
             model(quote!(), &f),
-            (Some("S=() I=In O=Out E=".into()), vec![])
+            (Some("S=<Ctx as HandlerCtx> I=In O=Out E=".into()), vec![])
         );
         let f = func(quote!(
             async fn f(mut ctx: workflow::Ctx<St>, (a, b): (u8, u8)) -> Result<Out, MyErr> {}
