@@ -354,6 +354,19 @@ async fn a_flattened_enum_input_is_wrapped_for_providers() {
         panic!("{err:?}");
     };
     assert_eq!(violations[0].path, "/input/days", "{err}");
+    // A misspelt field is named, not dropped by serde.
+    let err = tool
+        .call(
+            &engine,
+            json!({"input": {"order_id": "o1", "method": "invoice", "days": 3, "note": "x"}}),
+        )
+        .await
+        .unwrap_err();
+    let workflow::Error::InvalidArguments { violations, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(violations.len(), 1, "{err}");
+    assert_eq!(violations[0].path, "/input/note", "{err}");
     // Out of the type's range: refused by the schema, which carries the
     // range, at the field (serde, reading a flattened field from a buffer,
     // could only place its refusal at the input).

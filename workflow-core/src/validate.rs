@@ -38,7 +38,11 @@ pub(crate) struct SchemaCheck(Option<jsonschema::Validator>);
 
 impl SchemaCheck {
     pub(crate) fn new(schema: &serde_json::Value) -> Self {
-        match jsonschema::validator_for(schema) {
+        // Checked closed: serde drops a field it does not know, so a
+        // misspelt optional field (`nte` for `note`) would start the
+        // workflow without it, and say nothing.
+        let schema = closed(schema);
+        match jsonschema::validator_for(&schema) {
             Ok(validator) => SchemaCheck(Some(validator)),
             Err(err) => {
                 tracing::warn!(error = %err, "input schema does not compile; checking input with serde only");
@@ -72,6 +76,82 @@ impl SchemaCheck {
     }
 }
 
+/// `schema` with every object that lists its properties closed to others
+/// (`unevaluatedProperties: false`, which sees the properties its `allOf`,
+/// `oneOf` and `$ref` parts name), unless it says what others may be
+/// (`additionalProperties`, a map). Not the parts joined to an object's
+/// own properties (an `allOf`, or a `oneOf`/`anyOf` beside `properties`:
+/// a `#[serde(flatten)]` struct or enum): closed on their own, they would
+/// refuse the fields of the struct they are flattened into.
+fn closed(schema: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let mut joined = std::collections::HashSet::new();
+    /// The parts of `map` that add to its own properties.
+    fn joined_parts(map: &serde_json::Map<String, Value>) -> Vec<&'static str> {
+        let has_properties = map.contains_key("properties");
+        ["allOf", "oneOf", "anyOf"]
+            .into_iter()
+            .filter(|k| *k == "allOf" || has_properties)
+            .collect()
+    }
+    fn refs_in_all_of(v: &Value, joined: &mut std::collections::HashSet<String>) {
+        match v {
+            Value::Object(map) => {
+                for keyword in joined_parts(map) {
+                    if let Some(Value::Array(parts)) = map.get(keyword) {
+                        for part in parts {
+                            if let Some(Value::String(r)) = part.get("$ref") {
+                                joined.insert(r.clone());
+                            }
+                        }
+                    }
+                }
+                map.values().for_each(|v| refs_in_all_of(v, joined));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs_in_all_of(v, joined)),
+            _ => {}
+        }
+    }
+    refs_in_all_of(schema, &mut joined);
+    fn close(
+        v: &mut Value,
+        joined: &std::collections::HashSet<String>,
+        path: &str,
+        in_all_of: bool,
+    ) {
+        match v {
+            Value::Object(map) => {
+                let open = map.contains_key("additionalProperties")
+                    || map.contains_key("unevaluatedProperties");
+                if map.contains_key("properties") && !open && !in_all_of && !joined.contains(path) {
+                    map.insert("unevaluatedProperties".to_owned(), Value::Bool(false));
+                }
+                let parts = joined_parts(map);
+                for (key, child) in map.iter_mut() {
+                    let here = format!("{path}/{}", key.replace('~', "~0").replace('/', "~1"));
+                    match child {
+                        Value::Array(items) if parts.contains(&key.as_str()) => {
+                            for (n, part) in items.iter_mut().enumerate() {
+                                close(part, joined, &format!("{here}/{n}"), true);
+                            }
+                        }
+                        child => close(child, joined, &here, false),
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (n, item) in items.iter_mut().enumerate() {
+                    close(item, joined, &format!("{path}/{n}"), false);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut schema = schema.clone();
+    close(&mut schema, &joined, "#", false);
+    schema
+}
+
 /// A violation in words. A value that fits none of the alternatives of a
 /// `oneOf`/`anyOf` (a Rust enum, an `Option` of a struct) is explained by
 /// the alternative it was meant for (the one whose tag it carries, or that
@@ -89,6 +169,15 @@ fn explain(err: &jsonschema::ValidationError<'_>) -> Vec<Violation> {
     };
     let branches = match err.kind() {
         Kind::OneOfNotValid { context } | Kind::AnyOf { context } => context,
+        Kind::UnevaluatedProperties { unexpected } => {
+            return unexpected
+                .iter()
+                .map(|name| Violation {
+                    path: format!("{path}/{}", name.replace('~', "~0").replace('/', "~1")),
+                    message: "unknown field: the schema has no field of this name".to_owned(),
+                })
+                .collect();
+        }
         _ => return as_is(),
     };
     let depth = |p: &str| p.matches('/').count();
@@ -232,6 +321,57 @@ mod tests {
         );
         let good = serde_json::json!({"order_id": "o", "lines": [{"sku": "a", "qty": 1}]});
         assert_eq!(check.check::<Order>(&good).unwrap().lines.len(), 1);
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Audit {
+        by: String,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Flattened {
+        id: String,
+        #[serde(flatten)]
+        audit: Audit,
+        labels: std::collections::BTreeMap<String, String>,
+        line: Option<Line>,
+        note: Option<String>,
+    }
+
+    /// A field the type does not have is named, wherever it is; what
+    /// serde takes (flattened fields, map keys) is not refused.
+    #[test]
+    fn unknown_fields_are_named_not_dropped() {
+        let check = SchemaCheck::new(&crate::schema_for::<Flattened>());
+        let ok = serde_json::json!({"id": "a", "by": "ada", "labels": {"any": "x"}, "line": {"sku": "s", "qty": 1}});
+        assert!(
+            check.check::<Flattened>(&ok).is_ok(),
+            "{:?}",
+            check.check::<Flattened>(&ok).err()
+        );
+        let typo = serde_json::json!({"id": "a", "by": "ada", "labels": {}, "nte": "gift", "line": {"sku": "s", "qty": 1, "qyt": 2}});
+        let violations = check.check::<Flattened>(&typo).unwrap_err();
+        let paths: Vec<&str> = violations.iter().map(|v| v.path.as_str()).collect();
+        assert!(paths.contains(&"/nte"), "{violations:?}");
+        assert!(paths.contains(&"/line/qyt"), "{violations:?}");
+        assert!(
+            describe(&violations).contains("at /nte: unknown field"),
+            "{violations:?}"
+        );
+        let orders = SchemaCheck::new(&crate::schema_for::<Order>());
+        let bad =
+            serde_json::json!({"order_id": "o", "lines": [{"sku": "a", "qty": 1, "price": 3}]});
+        let violations = orders.check::<Order>(&bad).unwrap_err();
+        assert_eq!(violations[0].path, "/lines/0/price", "{violations:?}");
+        let checkout = SchemaCheck::new(&crate::schema_for::<Checkout>());
+        let extra = serde_json::json!({"payment": {"kind": "card", "number": "4111", "cvv": 1}, "delivery": "Pickup"});
+        let violations = checkout.check::<Checkout>(&extra).unwrap_err();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].path, "/payment/cvv", "{violations:?}");
+        let fine = serde_json::json!({"payment": {"kind": "invoice", "days": 30}, "delivery": {"Courier": {"street": "x"}}});
+        assert!(checkout.check::<Checkout>(&fine).is_ok());
     }
 
     #[derive(Debug, Deserialize, JsonSchema)]
