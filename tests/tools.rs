@@ -153,6 +153,36 @@ async fn a_renamed_workflow_tool_starts_its_workflow() {
     assert_eq!(started.items.len(), 1);
 }
 
+/// A call repeated with its key (a retried handler, the provider's
+/// tool-call id) answers from the instance the first one started.
+#[tokio::test]
+async fn a_call_repeated_with_its_key_starts_one_instance() {
+    let engine = Engine::builder()
+        .database_url("memory:")
+        .register(Hello)
+        .build()
+        .await
+        .unwrap();
+    // No worker: the first instance stays pending, active.
+    let tools = Toolbox::new().tool(Hello::as_tool());
+    let first = tools
+        .call_once(&engine, "hello", json!({}), "call_abc")
+        .await
+        .unwrap();
+    let again = tools
+        .call_once(&engine, "hello", json!({}), "call_abc")
+        .await
+        .unwrap();
+    assert_eq!(first["workflowId"], again["workflowId"]);
+    let other = tools
+        .call_once(&engine, "hello", json!({}), "call_def")
+        .await
+        .unwrap();
+    assert_ne!(first["workflowId"], other["workflowId"]);
+    let started = engine.list(Query::new().name("hello")).await.unwrap();
+    assert_eq!(started.items.len(), 2);
+}
+
 #[test]
 #[should_panic(expected = "must match")]
 fn renaming_to_an_invalid_tool_name_panics() {

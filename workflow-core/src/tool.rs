@@ -346,14 +346,41 @@ impl Tool {
     /// passes; [`Error::Failed`]/[`Error::Ended`] if it ends otherwise).
     /// Bad arguments give [`Error::InvalidArguments`].
     pub async fn call(&self, engine: &Engine, args: Value) -> Result<Value> {
+        self.call_keyed(engine, args, None).await
+    }
+
+    /// [`Tool::call`] at most once per `key` for a workflow tool: the model
+    /// provider's tool-call id, say. A call repeated with the same key (a
+    /// request handler retried, an agent loop of your own replayed) finds
+    /// the instance the first one started while it is active, and answers
+    /// from it, instead of starting another
+    /// ([`Engine::get_or_start_json`]). A function tool runs each time.
+    pub async fn call_once(
+        &self,
+        engine: &Engine,
+        args: Value,
+        key: impl Into<String>,
+    ) -> Result<Value> {
+        self.call_keyed(engine, args, Some(key.into())).await
+    }
+
+    async fn call_keyed(&self, engine: &Engine, args: Value, key: Option<String>) -> Result<Value> {
         let input = self.check_arguments(args)?;
         match &self.target {
             Target::Function(f) => f(input).await.map_err(|err| self.function_error(err)),
             Target::Workflow { workflow, wait } => {
-                let id = engine
-                    .start_json(workflow, input, StartOptions::default())
-                    .await
-                    .map_err(|err| self.start_error(err))?;
+                let started = match key {
+                    Some(key) => engine
+                        .get_or_start_json(workflow, key, input, StartOptions::default())
+                        .await
+                        .map(|(id, _)| id),
+                    None => {
+                        engine
+                            .start_json(workflow, input, StartOptions::default())
+                            .await
+                    }
+                };
+                let id = started.map_err(|err| self.start_error(err))?;
                 workflow_outcome(engine, &id, Status::Pending, *wait).await
             }
         }
@@ -600,6 +627,17 @@ impl Toolbox {
     /// An unknown name is [`Error::Tool`], listing the tools there are.
     pub async fn call(&self, engine: &Engine, name: &str, args: Value) -> Result<Value> {
         self.lookup(name)?.call(engine, args).await
+    }
+
+    /// [`Toolbox::call`] at most once per `key`; see [`Tool::call_once`].
+    pub async fn call_once(
+        &self,
+        engine: &Engine,
+        name: &str,
+        args: Value,
+        key: impl Into<String>,
+    ) -> Result<Value> {
+        self.lookup(name)?.call_once(engine, args, key).await
     }
 
     fn lookup(&self, name: &str) -> Result<&Tool> {
