@@ -809,6 +809,12 @@ where
     /// with [`Error::NestedStep`]. `f` may use `ctx.state_mut()` and the
     /// like. State changed by steps side by side is saved as each
     /// finishes; a replay restores the snapshot recorded last.
+    ///
+    /// Change the state in `f` only from what its attempt succeeded in
+    /// doing (after the awaited call, not before): a change made by an
+    /// attempt that then fails stays while the next attempt runs in
+    /// memory, and is lost when the retry waits long enough to suspend the
+    /// run, or the process dies, since only recorded steps carry state.
     pub async fn step_with<T, E, F, Fut>(&self, name: &str, opts: StepOptions, f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned + Send,
