@@ -78,77 +78,83 @@ impl SchemaCheck {
 
 /// `schema` with every object that lists its properties closed to others
 /// (`unevaluatedProperties: false`, which sees the properties its `allOf`,
-/// `oneOf` and `$ref` parts name), unless it says what others may be
-/// (`additionalProperties`, a map). Not the parts joined to an object's
-/// own properties (an `allOf`, or a `oneOf`/`anyOf` beside `properties`:
-/// a `#[serde(flatten)]` struct or enum): closed on their own, they would
-/// refuse the fields of the struct they are flattened into.
+/// `oneOf`, `anyOf` and `$ref` parts name), unless it says what others may
+/// be (`additionalProperties`: a map, or a type that opts out with
+/// `#[schemars(extend("additionalProperties" = true))]`).
+///
+/// Not the parts joined to another object's own properties: those of an
+/// `allOf`, those of a `oneOf`/`anyOf` beside `properties`, a `$ref` beside
+/// `properties` (a `#[serde(flatten)]` struct or enum, a struct in a
+/// tagged enum's variant), and everything inside such a part's own
+/// `oneOf`/`anyOf`/`allOf`/`$ref`. Closed on their own, they would refuse
+/// the fields of the object they are joined to.
 fn closed(schema: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
-    let mut joined = std::collections::HashSet::new();
-    /// The parts of `map` that add to its own properties.
-    fn joined_parts(map: &serde_json::Map<String, Value>) -> Vec<&'static str> {
-        let has_properties = map.contains_key("properties");
-        ["allOf", "oneOf", "anyOf"]
-            .into_iter()
-            .filter(|k| *k == "allOf" || has_properties)
-            .collect()
-    }
-    fn refs_in_all_of(v: &Value, joined: &mut std::collections::HashSet<String>) {
+    use std::collections::HashSet;
+
+    const PARTS: [&str; 3] = ["allOf", "oneOf", "anyOf"];
+
+    /// Walks `v`; `joined`: whether it is a part joined to an object's
+    /// properties. Collects the `$ref`s that point at joined parts in
+    /// `refs`, and closes the rest when `close` is set.
+    fn walk(v: &mut Value, path: &str, joined: bool, refs: &mut HashSet<String>, close: bool) {
+        let joined = joined || refs.contains(path);
         match v {
             Value::Object(map) => {
-                for keyword in joined_parts(map) {
-                    if let Some(Value::Array(parts)) = map.get(keyword) {
-                        for part in parts {
-                            if let Some(Value::String(r)) = part.get("$ref") {
-                                joined.insert(r.clone());
-                            }
-                        }
+                let has_properties = map.contains_key("properties");
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    if joined || has_properties {
+                        refs.insert(r.clone());
                     }
                 }
-                map.values().for_each(|v| refs_in_all_of(v, joined));
-            }
-            Value::Array(items) => items.iter().for_each(|v| refs_in_all_of(v, joined)),
-            _ => {}
-        }
-    }
-    refs_in_all_of(schema, &mut joined);
-    fn close(
-        v: &mut Value,
-        joined: &std::collections::HashSet<String>,
-        path: &str,
-        in_all_of: bool,
-    ) {
-        match v {
-            Value::Object(map) => {
                 let open = map.contains_key("additionalProperties")
                     || map.contains_key("unevaluatedProperties");
-                if map.contains_key("properties") && !open && !in_all_of && !joined.contains(path) {
+                if close && has_properties && !open && !joined {
                     map.insert("unevaluatedProperties".to_owned(), Value::Bool(false));
                 }
-                let parts = joined_parts(map);
                 for (key, child) in map.iter_mut() {
                     let here = format!("{path}/{}", key.replace('~', "~0").replace('/', "~1"));
+                    let combinator = PARTS.contains(&key.as_str());
+                    // The parts of a combinator add to this object's
+                    // properties when it has some, or when it is itself
+                    // joined to another's.
+                    let part_joined = combinator && (joined || has_properties || key == "allOf");
                     match child {
-                        Value::Array(items) if parts.contains(&key.as_str()) => {
+                        Value::Array(items) if combinator => {
                             for (n, part) in items.iter_mut().enumerate() {
-                                close(part, joined, &format!("{here}/{n}"), true);
+                                if part_joined {
+                                    if let Some(Value::String(r)) = part.get("$ref") {
+                                        refs.insert(r.clone());
+                                    }
+                                }
+                                walk(part, &format!("{here}/{n}"), part_joined, refs, close);
                             }
                         }
-                        child => close(child, joined, &here, false),
+                        child => walk(child, &here, false, refs, close),
                     }
                 }
             }
             Value::Array(items) => {
                 for (n, item) in items.iter_mut().enumerate() {
-                    close(item, joined, &format!("{path}/{n}"), false);
+                    walk(item, &format!("{path}/{n}"), false, refs, close);
                 }
             }
             _ => {}
         }
     }
+
     let mut schema = schema.clone();
-    close(&mut schema, &joined, "#", false);
+    // Which definitions are joined parts: a definition reached through a
+    // joined part's `$ref` joins in turn, so look until nothing is added.
+    let mut refs = HashSet::new();
+    loop {
+        let before = refs.len();
+        walk(&mut schema, "#", false, &mut refs, false);
+        if refs.len() == before {
+            break;
+        }
+    }
+    walk(&mut schema, "#", false, &mut refs, true);
     schema
 }
 
@@ -372,6 +378,103 @@ mod tests {
         assert_eq!(violations[0].path, "/payment/cvv", "{violations:?}");
         let fine = serde_json::json!({"payment": {"kind": "invoice", "days": 30}, "delivery": {"Courier": {"street": "x"}}});
         assert!(checkout.check::<Checkout>(&fine).is_ok());
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct CreateArgs {
+        name: String,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(tag = "type")]
+    #[allow(dead_code)]
+    enum Cmd {
+        Create(CreateArgs),
+        Delete { id: u32 },
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(tag = "kind")]
+    #[allow(dead_code)]
+    enum Left {
+        X { x: u32 },
+        Y { y: u32 },
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(tag = "mode")]
+    #[allow(dead_code)]
+    enum Right {
+        P { p: u32 },
+        Q { q: u32 },
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct TwoFlat {
+        id: String,
+        #[serde(flatten)]
+        left: Left,
+        #[serde(flatten)]
+        right: Right,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct OptionalFlat {
+        id: String,
+        #[serde(flatten)]
+        left: Option<Left>,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[schemars(extend("additionalProperties" = true))]
+    #[allow(dead_code)]
+    struct Aliased {
+        #[serde(alias = "customerId")]
+        customer_id: Option<String>,
+    }
+
+    /// Shapes whose parts add to another object's properties are closed
+    /// only where they are joined: every valid input passes, a misspelt
+    /// field is still named. A type serde reads more fields of than its
+    /// schema lists (aliases) opts out.
+    #[test]
+    fn closed_schemas_take_what_serde_takes() {
+        fn valid<T: DeserializeOwned + JsonSchema>(value: serde_json::Value) {
+            let check = SchemaCheck::new(&crate::schema_for::<T>());
+            if let Err(violations) = check.check::<T>(&value) {
+                panic!("{value} refused: {violations:?}");
+            }
+        }
+        fn unknown<T: DeserializeOwned + JsonSchema + std::fmt::Debug>(
+            value: serde_json::Value,
+            at: &str,
+        ) {
+            let check = SchemaCheck::new(&crate::schema_for::<T>());
+            let violations = check.check::<T>(&value).unwrap_err();
+            assert!(
+                violations
+                    .iter()
+                    .any(|v| v.path == at && v.message.starts_with("unknown field")),
+                "{value}: {violations:?}"
+            );
+        }
+        valid::<Cmd>(serde_json::json!({"type": "Create", "name": "n"}));
+        valid::<Cmd>(serde_json::json!({"type": "Delete", "id": 1}));
+        unknown::<Cmd>(
+            serde_json::json!({"type": "Create", "name": "n", "nmae": "m"}),
+            "/nmae",
+        );
+        valid::<TwoFlat>(serde_json::json!({"id": "a", "kind": "X", "x": 1, "mode": "Q", "q": 2}));
+        unknown::<TwoFlat>(
+            serde_json::json!({"id": "a", "kind": "X", "x": 1, "mode": "Q", "q": 2, "z": 0}),
+            "/z",
+        );
+        valid::<OptionalFlat>(serde_json::json!({"id": "a", "kind": "Y", "y": 1}));
+        valid::<OptionalFlat>(serde_json::json!({"id": "a"}));
+        valid::<Aliased>(serde_json::json!({"customerId": "c"}));
     }
 
     #[derive(Debug, Deserialize, JsonSchema)]
