@@ -811,12 +811,25 @@ impl<'ast> Visit<'ast> for StepVisitor {
                 step = runs_as_step.then(|| lit.value());
             }
         }
-        // What a step's call holds (its closure) runs inside the step.
-        let inside = step.is_some();
-        self.steps.extend(step);
-        visit::visit_expr_method_call(self, call);
-        if inside {
-            self.steps.pop();
+        // What a step's call holds runs inside the step: its closures.
+        // The rest (the receiver, the items of `map` built from a recorded
+        // step) runs before, in the handler.
+        let Some(step) = step else {
+            visit::visit_expr_method_call(self, call);
+            return;
+        };
+        for attr in &call.attrs {
+            self.visit_attribute(attr);
+        }
+        self.visit_expr(&call.receiver);
+        for arg in &call.args {
+            if matches!(peel_expr(arg), Expr::Closure(_)) {
+                self.steps.push(step.clone());
+                self.visit_expr(arg);
+                self.steps.pop();
+            } else {
+                self.visit_expr(arg);
+            }
         }
     }
 
