@@ -888,25 +888,15 @@ where
                         // Recorded only if it reads back as itself: the
                         // first run and every replay see the same value.
                         // Otherwise the instance fails, whatever the handler
-                        // does with the error: nothing is recorded, and a
-                        // replay would run the side effect again and could
-                        // take another path.
-                        let recorded =
+                        // does with the error (see `state_for_record`).
+                        let (output, replayed): (String, T) =
                             crate::error::json_round_trip(&value, run.max_payload(), || {
                                 format!("output of step `{key}` of workflow `{}`", run.workflow)
                             })
-                            .and_then(
-                                |(output, replayed): (String, T)| {
-                                    Ok((output, replayed, self.dirty_state()?))
-                                },
-                            );
-                        let (output, replayed, state) = match recorded {
-                            Ok(recorded) => recorded,
-                            Err(err) => {
+                            .inspect_err(|err| {
                                 let _ = self.fail(err.to_string());
-                                return Err(err);
-                            }
-                        };
+                            })?;
+                        let state = self.state_for_record()?;
                         let step = StepRow {
                             key: key.clone(),
                             output: Some(output),
@@ -944,7 +934,7 @@ where
                         key: key.clone(),
                         output: None,
                         error: Some(message),
-                        state: self.dirty_state()?,
+                        state: self.state_for_record()?,
                         attempts: attempt,
                         started_at,
                         finished_at: now_millis(),
@@ -1087,6 +1077,16 @@ where
     /// The state as JSON if `state_mut` was called since the last snapshot.
     pub(crate) fn dirty_state(&self) -> Result<Option<String>> {
         self.inner.state.take_dirty()
+    }
+
+    /// [`Ctx::dirty_state`] for a record about to be written. A state JSON
+    /// cannot hold fails the instance whatever the handler does with the
+    /// error: the record (a step whose side effect happened) cannot be
+    /// written, and a replay would run it again.
+    pub(crate) fn state_for_record(&self) -> Result<Option<String>> {
+        self.dirty_state().inspect_err(|err| {
+            let _ = self.fail(err.to_string());
+        })
     }
 
     /// The state to record with `ctx.complete`'s or `ctx.fail`'s outcome.
