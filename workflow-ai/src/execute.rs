@@ -154,9 +154,10 @@ impl Execute {
 
     /// The retry policy of model calls unless
     /// [`Execute::model_step_options`] gives one: 8 attempts, waits from
-    /// 1 s doubling up to 60 s, each spread by ±25%. About three minutes
-    /// in all, so that a provider's per-minute rate limit (HTTP 429) can
-    /// reset, and loops throttled together do not all retry at once. (The
+    /// 1 s doubling up to 60 s, each spread by ±25%: about two minutes of
+    /// waits in all (123 s before the spread), so that a provider's
+    /// per-minute rate limit (HTTP 429) can reset, and loops throttled
+    /// together do not all retry at once. (The
     /// workflow's own step policy, 5 attempts within seconds by default,
     /// suits quick calls.)
     pub fn default_model_step() -> StepOptions {

@@ -295,7 +295,8 @@ fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
         _ => Vec::new(),
     };
     // OpenAI's structured refusal: no content, the reason beside it. An
-    // empty one beside tool calls (some servers send `""`) is none.
+    // empty one is none (some servers send `""`), and so is one beside
+    // tool calls: the calls are the answer.
     if let Some(refusal) = message
         .get("refusal")
         .and_then(Value::as_str)

@@ -703,15 +703,23 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             };
             // A token from the environment stays out of output that is not
             // a terminal (a service's log): whoever set it knows it.
-            let url = if token_from_env && !std::io::stdout().is_terminal() {
-                format!("{} (add ?token=<{}>)", server.page_url(), crate::TOKEN_ENV)
-            } else {
-                server.url()
-            };
+            let hide_token = token_from_env && !std::io::stdout().is_terminal();
             if json {
-                print_json(out, &json!({ "url": url }))?;
+                let answer = if hide_token {
+                    json!({ "url": server.page_url(), "token_from": crate::TOKEN_ENV })
+                } else {
+                    json!({ "url": server.url() })
+                };
+                print_json(out, &answer)?;
+            } else if hide_token {
+                writeln!(
+                    out,
+                    "workflow console on {} (add ?token=<{}>; Ctrl-C to stop)",
+                    server.page_url(),
+                    crate::TOKEN_ENV
+                )?;
             } else {
-                writeln!(out, "workflow console on {url} (Ctrl-C to stop)")?;
+                writeln!(out, "workflow console on {} (Ctrl-C to stop)", server.url())?;
             }
             out.flush()?;
             let stop = server.stopper();

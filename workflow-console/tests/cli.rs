@@ -648,7 +648,7 @@ async fn a_database_that_is_not_a_workflow_store_is_refused_untouched() {
     let url = format!("sqlite://{}", path.display());
     for args in [&["list"][..], &["workflows", "--json"]] {
         let out = cli(&url, args).await;
-        assert_ne!(out.code, 0, "{args:?}: {}", out.stdout);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stdout);
         assert!(
             out.stderr.contains("not a workflow database"),
             "{args:?}: {}",

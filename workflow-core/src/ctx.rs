@@ -337,6 +337,16 @@ impl RunShared {
         self.stop.cancel();
     }
 
+    /// A step of this run with failed attempts that has not ended, and its
+    /// count, for a suspension to keep. Any one will do: the next run reads
+    /// every step's count from the history when one is named.
+    fn backing_off(&self) -> Option<(String, u32)> {
+        lock(&self.retrying)
+            .iter()
+            .next()
+            .map(|(key, failed)| (key.clone(), *failed))
+    }
+
     /// A suspension that has the instance run again `after` from `at`
     /// (capped at its deadline), keeping the count of a step backing off.
     pub(crate) fn resume_later(
@@ -345,11 +355,7 @@ impl RunShared {
         after: std::time::Duration,
         reason: String,
     ) -> crate::store::Suspend {
-        let retry = lock(&self.retrying)
-            .iter()
-            .next()
-            .map(|(key, failed)| (key.clone(), *failed))
-            .or_else(|| self.retry.clone());
+        let retry = self.backing_off().or_else(|| self.retry.clone());
         let mut run_at = crate::store::millis_after(at, after);
         if let Some(deadline) = *self.deadline.borrow() {
             run_at = run_at.min(deadline);
@@ -994,11 +1000,7 @@ where
     pub(crate) async fn suspend(&self, mut suspend: crate::store::Suspend) -> Error {
         let run = &self.inner.run;
         if suspend.retry.is_none() {
-            // Any one will do: the next run reads every count from the history.
-            suspend.retry = lock(&run.retrying)
-                .iter()
-                .next()
-                .map(|(key, failed)| (key.clone(), *failed));
+            suspend.retry = run.backing_off();
         }
         if let Some(deadline) = *run.deadline.borrow() {
             suspend.run_at = suspend.run_at.min(deadline);

@@ -959,8 +959,9 @@ impl Engine {
     /// `Listening` or `Paused`), or starts one, atomically, as
     /// [`Workflow::get_or_create`](crate::Workflow::get_or_create) does;
     /// and whether it started one. For callers that retry a start whose
-    /// answer they did not get (an HTTP client after a timeout): the retry
-    /// finds the first start's instance instead of making a second.
+    /// answer they did not get (an HTTP client after a timeout): while the
+    /// first start's instance is active, the retry finds it instead of
+    /// making a second (once it ended, the key starts another).
     pub async fn get_or_start_json(
         &self,
         workflow: &str,

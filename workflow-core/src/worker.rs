@@ -300,12 +300,13 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         }
         // A claim still in flight, and what was claimed ahead, go back to
         // the store for any worker to take at once.
+        let mut ready: Vec<Claimed> = Vec::new();
         while let Some(joined) = claims.join_next().await {
             if let Ok((Ok(claimed), _, _)) = joined {
-                lock(&w.ready).extend(claimed);
+                ready.extend(claimed);
             }
         }
-        let ready: Vec<Claimed> = lock(&w.ready).drain(..).collect();
+        ready.extend(lock(&w.ready).drain(..));
         hand_back(&w.engine, ready).await;
         drain(&w, &mut runs).await;
         heartbeat.abort();
@@ -462,8 +463,10 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     let mut ticks: u64 = 0;
     // Claims ahead (instance, run) still waiting at the last tick.
     let mut waiting: HashSet<(InstanceId, i64)> = HashSet::new();
-    // The last look for dead workers' leases, while it runs.
-    let mut reaping: Option<tokio::task::JoinHandle<()>> = None;
+    // The last look for dead workers' leases, while it runs; stopped with
+    // the heartbeat (a detached one would go on after the worker stopped,
+    // taking its own id, no longer live, for a dead worker's).
+    let mut reaping: Option<tokio_util::task::AbortOnDropHandle<()>> = None;
     loop {
         tokio::time::sleep(every).await;
         ticks += 1;
@@ -537,7 +540,9 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
         // On a task of its own, for the same reason; one look at a time.
         if ticks.is_multiple_of(3) && reaping.as_ref().is_none_or(|r| r.is_finished()) {
             let w = Arc::clone(&w);
-            reaping = Some(tokio::spawn(async move { reap_dead_owners(&w).await }));
+            reaping = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                async move { reap_dead_owners(&w).await },
+            )));
         }
     }
 }
@@ -644,19 +649,22 @@ fn apply_renewal(run: &RunShared, renewal: &Renewal, (pause_seen, deadline_seen)
 }
 
 /// Applies a renewal to an instance claimed ahead that has not started: it
-/// does not start if its lease is gone. Its deadline and pause are left as
-/// they are: the renewal read them before changes this process may have
-/// made since (`update_claimed_ahead`), which it would undo (a resume
-/// undone left the instance pausing itself at its first step). Changes
-/// made elsewhere reach it from the first heartbeat after it starts, as
-/// they reach any running instance.
+/// does not start if its lease is gone, and a pause asked for elsewhere
+/// pauses it before its first step. Its deadline is left as it is: the
+/// renewal read it before changes this process may have made since
+/// (`update_claimed_ahead`), which it would undo; one moved elsewhere
+/// reaches it from its first heartbeat, as it reaches any running
+/// instance. (A pause read before a resume made here since would pause it
+/// once more: the one change a renewal cannot tell apart.)
 fn renew_ready(w: &WorkerShared, renewal: &Renewal) {
     let mut ready = lock(&w.ready);
     let Some(at) = ready.iter().position(|c| c.lease == renewal.lease) else {
         // Started since: the next heartbeat renews it as running.
         return;
     };
-    if !renewal.held {
+    if renewal.held {
+        ready[at].row.pause_requested |= renewal.pause_requested;
+    } else {
         tracing::info!(id = %renewal.lease.instance, "lease lost before the instance started (cancelled, or taken over)");
         ready.remove(at);
     }

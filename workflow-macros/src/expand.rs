@@ -210,7 +210,7 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     // an alias's state type a second time.
     let bounds: Vec<TokenStream> = requirements
         .iter()
-        .filter(|(ty, _, _)| !(projected && std::ptr::eq(*ty, state)))
+        .filter(|(_, _, check)| !(projected && check.to_string() == "__check_state"))
         .map(|(ty, bound, _)| quote!(for<'__w> #ty: #private::#bound))
         .collect();
 

@@ -333,12 +333,17 @@ impl PgStore {
                 )))
             })?;
         } else {
+            // The wrong schema is the caller's mistake, unless the server
+            // could not be read at all.
             schema::check_current(&mut conn, &schema)
                 .await
-                .map_err(|err| {
-                    Error::Store(StoreError::backend(format!(
-                        "cannot use the schema `{schema}` of {server}: {err}"
-                    )))
+                .map_err(|err| match err {
+                    sqlx::Error::Protocol(why) => Error::Config(format!(
+                        "cannot use the schema `{schema}` of {server}: {why}"
+                    )),
+                    err => Error::Store(StoreError::backend(format!(
+                        "cannot read the schema `{schema}` of {server}: {err}"
+                    ))),
                 })?;
         }
         // A durable store must not inherit `synchronous_commit = off` from

@@ -207,10 +207,16 @@ impl SqliteStore {
         };
         if !options.migrate {
             let check = path.clone();
+            // The wrong database is the caller's mistake, not the store's.
             tokio::task::spawn_blocking(move || schema::check_current(&check))
                 .await
                 .map_err(|err| open_error(err.to_string()))?
-                .map_err(open_error)?;
+                .map_err(|err| {
+                    Error::Config(format!(
+                        "cannot use the SQLite database {}: {err}",
+                        path.display()
+                    ))
+                })?;
         }
         // Nothing to set up, as for the file itself: `sqlite://data/app.db`
         // in a fresh checkout creates `data/`.
