@@ -67,6 +67,18 @@ async fn cli_into_closed_pipe(url: &str, args: &[&str], keep: usize) -> Output {
     .unwrap()
 }
 
+/// The first line a running `workflow` process prints.
+async fn first_line(child: &mut std::process::Child) -> String {
+    let stdout = child.stdout.take().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap()
+}
+
 fn json(out: &Output) -> Value {
     assert_eq!(
         out.code, 0,
@@ -539,14 +551,7 @@ async fn console_command_serves_the_page() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
+    let line = first_line(&mut child).await;
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://127.0.0.1:"))
@@ -605,14 +610,7 @@ async fn console_command_serves_the_page() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
+    let line = first_line(&mut child).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!line.contains("env-secret"), "{line}");
