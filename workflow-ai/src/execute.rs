@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use workflow_core::{
     is_valid_tool_name, permanent, schema_for, strict_schema, BoxError, Ctx, Error, Result,
-    StepOptions, Tool, ToolReply, Toolbox, RESERVED_STEP_CHARS,
+    RetryAfter, StepOptions, Tool, ToolReply, Toolbox, RESERVED_STEP_CHARS,
 };
 
 use crate::message::Message;
@@ -379,10 +379,10 @@ where
         let (model, request) = (&model, &request);
         let call = || async move {
             model.complete(request).await.map_err(|err| {
-                if err.is_retryable() {
-                    BoxError::from(err)
-                } else {
-                    permanent(err)
+                match (err.is_retryable(), err.retry_after()) {
+                    (true, Some(wait)) => BoxError::from(RetryAfter::new(err, wait)),
+                    (true, None) => BoxError::from(err),
+                    (false, _) => permanent(err),
                 }
             })
         };

@@ -70,6 +70,9 @@ pub enum ModelError {
         status: u16,
         /// The response body (truncated).
         body: String,
+        /// How long the server asked to wait before trying again
+        /// (`retry-after-ms` or `retry-after`, in seconds), if it said.
+        retry_after: Option<std::time::Duration>,
     },
     /// No answer in time.
     #[error("model request timed out: {0}")]
@@ -96,6 +99,16 @@ impl ModelError {
             }
             ModelError::Timeout(_) | ModelError::Transport(_) => true,
             ModelError::Decode(_) | ModelError::Config(_) => false,
+        }
+    }
+
+    /// How long the server asked to wait before the next try, if it did
+    /// (a rate limit's `Retry-After`): a model loop's retry waits at least
+    /// that long.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ModelError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }

@@ -228,15 +228,38 @@ impl Model for OpenAiCompatible {
         }
         let response = http.send().await.map_err(transport)?;
         let status = response.status();
+        let retry_after = retry_after(response.headers());
         let text = response.text().await.map_err(transport)?;
         if !status.is_success() {
             return Err(ModelError::Status {
                 status: status.as_u16(),
                 body: shown(&text).to_owned(),
+                retry_after,
             });
         }
         parse_completion(&text)
     }
+}
+
+/// The wait a response asks for: `retry-after-ms` (OpenAI's), else
+/// `retry-after` in seconds (an HTTP date there is not read). At most an
+/// hour: a longer one is more likely a mistake than a plan.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let number = |name: &str| {
+        headers
+            .get(name)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n >= 0.0)
+    };
+    let wait = match number("retry-after-ms") {
+        Some(ms) => Duration::from_secs_f64(ms / 1000.0),
+        None => Duration::from_secs_f64(number("retry-after")?),
+    };
+    Some(wait.min(Duration::from_secs(3600)))
 }
 
 fn transport(err: reqwest::Error) -> ModelError {
@@ -451,10 +474,46 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_wait_a_response_asks_for() {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        assert_eq!(retry_after(&headers(&[])), None);
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "20")])),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            retry_after(&headers(&[
+                ("retry-after-ms", "1500"),
+                ("retry-after", "20")
+            ])),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            retry_after(&headers(&[(
+                "retry-after",
+                "Wed, 21 Oct 2026 07:28:00 GMT"
+            )])),
+            None
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "999999")])),
+            Some(Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
     fn retry_classification() {
         let status = |s| ModelError::Status {
             status: s,
             body: String::new(),
+            retry_after: None,
         };
         assert!(status(429).is_retryable());
         assert!(status(503).is_retryable());

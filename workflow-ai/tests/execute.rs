@@ -398,7 +398,15 @@ async fn rate_limits_are_retried_and_bad_requests_are_not() {
         .await
         .unwrap();
     assert_eq!(out, "fine");
-    assert_eq!(server.requests().len(), 3);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    // The 429's `retry-after-ms` is waited for, though the step's own
+    // backoff is 10 ms; the 503's wait is the backoff.
+    let waited = requests[1].at - requests[0].at;
+    assert!(
+        waited >= Duration::from_millis(common::RETRY_AFTER_MS - 20),
+        "{waited:?}"
+    );
 
     let bad = Server::start(|_, _| error(400)).await;
     let err = Agent::start(&engine, input(&bad, 3))

@@ -889,6 +889,8 @@ where
                 let outcome = AssertUnwindSafe(IN_STEP.scope(key.clone(), async { f().await }))
                     .catch_unwind()
                     .await;
+                // A wait the error asked for (`RetryAfter`), at least.
+                let mut asked_wait = std::time::Duration::ZERO;
                 let (message, retryable) = match outcome {
                     Ok(Ok(value)) => {
                         // Recorded only if it reads back as itself: the
@@ -924,6 +926,9 @@ where
                         if let Some(Error::Interrupted(why)) = err.downcast_ref::<Error>() {
                             return Err(Error::Interrupted(why.clone()));
                         }
+                        if let Some(hint) = err.downcast_ref::<crate::step::RetryAfter>() {
+                            asked_wait = hint.after;
+                        }
                         // A nested call fails the same way at every attempt.
                         let retryable = err.downcast_ref::<crate::step::NonRetryable>().is_none()
                             && !matches!(
@@ -953,7 +958,7 @@ where
                     drop(running);
                     return self.replay(step).await;
                 }
-                let delay = opts.jittered_delay_after(attempt);
+                let delay = opts.jittered_delay_after(attempt).max(asked_wait);
                 tracing::info!(attempt, error = %message, retry_in = ?delay, "step attempt failed");
                 run.store
                     .record_attempt(&run.lease, &key, attempt, &message, now_millis())

@@ -43,7 +43,7 @@ pub use crate::memory::MemoryStore;
 pub use crate::schedule::{CatchUp, Clock, ManualClock, Schedule, ScheduleInfo, SystemClock};
 pub use crate::schema::schema_for;
 pub use crate::status::{ParseStatusError, Status};
-pub use crate::step::{permanent, Backoff, NonRetryable, StepOptions};
+pub use crate::step::{permanent, Backoff, NonRetryable, RetryAfter, StepOptions};
 pub use crate::store::Store;
 pub use crate::tool::{is_valid_tool_name, Tool, ToolReply, Toolbox};
 pub use crate::tool_schema::strict_schema;

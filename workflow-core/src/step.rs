@@ -182,6 +182,40 @@ impl std::error::Error for NonRetryable {
     }
 }
 
+/// An error a step should retry no sooner than `after`: a rate limit's
+/// `Retry-After`, say. `Err(RetryAfter::new(err, delay))`; the step then
+/// waits the longer of `after` and its own backoff (suspending the run
+/// when that is long, as any backoff does), within its attempts.
+#[derive(Debug)]
+pub struct RetryAfter {
+    /// The least wait before the next attempt.
+    pub after: Duration,
+    /// The error.
+    pub error: BoxError,
+}
+
+impl RetryAfter {
+    /// `err`, to retry no sooner than `after`.
+    pub fn new(err: impl Into<BoxError>, after: Duration) -> Self {
+        RetryAfter {
+            after,
+            error: err.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for RetryAfter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for RetryAfter {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
 /// Marks `err` as not worth retrying: `return Err(workflow::permanent(err))`.
 pub fn permanent(err: impl Into<BoxError>) -> BoxError {
     Box::new(NonRetryable::new(err))

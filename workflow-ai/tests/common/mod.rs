@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 pub struct Seen {
     pub body: Value,
     pub authorization: Option<String>,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 type Script = dyn Fn(usize, &Value) -> (u16, Value) + Send + Sync;
@@ -108,13 +110,20 @@ async fn serve(
         seen.push(Seen {
             body: body.clone(),
             authorization: header("authorization"),
+            at: std::time::Instant::now(),
         });
         seen.len() - 1
     };
     let (status, reply) = script(n, &body);
     let reply = reply.to_string();
+    // A rate limit says when to come back, as OpenAI's does.
+    let retry_after = if status == 429 {
+        format!("retry-after-ms: {RETRY_AFTER_MS}\r\n")
+    } else {
+        String::new()
+    };
     let response = format!(
-        "HTTP/1.1 {status} Scripted\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+        "HTTP/1.1 {status} Scripted\r\nContent-Type: application/json\r\n{retry_after}Content-Length: {}\r\nConnection: close\r\n\r\n{reply}",
         reply.len()
     );
     stream.write_all(response.as_bytes()).await?;
@@ -152,6 +161,9 @@ pub fn tool_call_raw(id: &str, name: &str, arguments: &str) -> (u16, Value) {
         }),
     )
 }
+
+/// The wait a scripted 429 asks for (`retry-after-ms`).
+pub const RETRY_AFTER_MS: u64 = 300;
 
 /// An HTTP error with an OpenAI-style body.
 pub fn error(status: u16) -> (u16, Value) {
