@@ -139,7 +139,11 @@ where
         if let Some(step) = recorded {
             // A timeout recorded the state as it was then.
             self.restore_state(&step).await?;
-            return event_outcome(name, step);
+            let payload = step.output.is_some();
+            return match event_outcome(name, step) {
+                Err(err) if payload => self.unreadable(&key, false, err).await,
+                outcome => outcome,
+            };
         }
         let until: Option<Millis> =
             match timeout {
@@ -182,7 +186,10 @@ where
                 started_at: at,
                 finished_at: at,
             };
-            return event_outcome(name, step);
+            return match event_outcome(name, step) {
+                Err(err) => self.unreadable(&key, true, err).await,
+                outcome => outcome,
+            };
         }
         let at = now_millis();
         if until.is_some_and(|until| at >= until) {
@@ -348,7 +355,11 @@ where
         let result_key = format!("{key}@result");
         if let Some(step) = run.recorded(&result_key) {
             self.restore_state(&step).await?;
-            return child_outcome::<W>(&child, step);
+            let output = step.output.is_some();
+            return match child_outcome::<W>(&child, step) {
+                Err(err) if output => self.unreadable(&key, false, err).await,
+                outcome => outcome,
+            };
         }
         let row = run
             .store
@@ -376,7 +387,11 @@ where
                 finished_at: at,
             };
             self.commit(step.clone()).await?;
-            return child_outcome::<W>(&child, step);
+            let output = step.output.is_some();
+            return match child_outcome::<W>(&child, step) {
+                Err(err) if output => self.unreadable(&key, true, err).await,
+                outcome => outcome,
+            };
         }
         Err(self
             .suspend(Suspend {
@@ -483,6 +498,37 @@ where
             results.push(result);
         }
         Ok(results)
+    }
+}
+
+impl<S> Ctx<S>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// After a recorded value (an event's payload, a child's output) did
+    /// not decode as this run's type (`err`). At its first reading (`first`),
+    /// that is noted (`{key}@unread`) and `err` given, as every replay will
+    /// give it. On a replay without the note, the value decoded when it was
+    /// recorded: the code changed under the instance since, and it pauses,
+    /// as for a step's output (see [`Ctx::replay`]), rather than fail for
+    /// good.
+    async fn unreadable<T>(&self, key: &str, first: bool, err: Error) -> Result<T> {
+        let note = format!("{key}@unread");
+        if first {
+            self.step_keyed(note, StepOptions::no_retry(), || async {
+                Ok::<_, BoxError>(())
+            })
+            .await?;
+            return Err(err);
+        }
+        if self.run().recorded(&note).is_some() {
+            return Err(err);
+        }
+        Err(self
+            .pause_for_code(format!(
+                "{err}, though this instance read it when it was recorded"
+            ))
+            .await)
     }
 }
 

@@ -897,6 +897,97 @@ async fn an_earlier_snapshot_replayed_late_does_not_undo_later_changes() {
     assert!(runs >= 2, "the sleep made a replay: {history:?}");
 }
 
+/// Version 1 of a workflow: reads its event's payload as any JSON, then
+/// sleeps (the run suspends).
+struct PayloadV1;
+
+impl Workflow for PayloadV1 {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "payloadChange";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        let _: serde_json::Value = ctx.wait_for_event("data", None).await?;
+        ctx.sleep("after", Duration::from_millis(300)).await?;
+        Ok(1)
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct Strict {
+    #[allow(dead_code)]
+    required: u32,
+}
+
+/// Version 2: reads the same payload as a type it no longer fits.
+struct PayloadV2;
+
+impl Workflow for PayloadV2 {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "payloadChange";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        let _: Strict = ctx.wait_for_event("data", None).await?;
+        ctx.sleep("after", Duration::from_millis(300)).await?;
+        Ok(2)
+    }
+}
+
+/// An event payload the first run read, that the code deployed since
+/// cannot: the instance pauses for a fix (failing it would be for good),
+/// as for a step's output. A payload the first reading could not read
+/// either gives the same error at every replay.
+#[tokio::test]
+async fn a_payload_new_code_cannot_read_pauses_the_instance() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = |v2: bool| {
+        let builder = EngineBuilder::new()
+            .shared_store(Arc::clone(&store))
+            .poll_interval(Duration::from_millis(10))
+            .suspend_after(Duration::from_millis(50));
+        let builder = if v2 {
+            builder.register(PayloadV2)
+        } else {
+            builder.register(PayloadV1)
+        };
+        async move { builder.build().await.unwrap() }
+    };
+    let old = engine(false).await;
+    let worker = old.start_worker();
+    let inst = PayloadV1::start(&old, ()).await.unwrap();
+    until_status(&inst, Status::Listening).await;
+    inst.send_event("data", serde_json::json!({"other": 1}))
+        .await
+        .unwrap();
+    // Past the wait, sleeping: the next run replays the event.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    worker.shutdown().await;
+    let new = engine(true).await;
+    let _worker = new.start_worker();
+    let inst = PayloadV2::handle(&new, inst.id().clone());
+    until_status(&inst, Status::Paused).await;
+    let history = inst.history().await.unwrap();
+    let paused = history.iter().rev().find(|e| e.kind == "paused").unwrap();
+    let why = paused.message.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("event `data`") && why.contains("code changed"),
+        "{why}"
+    );
+
+    // Read by the new code from the start: the same error every time.
+    let fresh = PayloadV2::start(&new, ()).await.unwrap();
+    until_status(&fresh, Status::Listening).await;
+    fresh
+        .send_event("data", serde_json::json!({"other": 1}))
+        .await
+        .unwrap();
+    let err = fresh.result_timeout(LIMIT).await.unwrap_err();
+    assert!(err.to_string().contains("event `data`"), "{err}");
+}
+
 /// A child workflow no engine registers fails its step at once, naming
 /// the workflow, instead of leaving the parent listening until its
 /// deadline.
