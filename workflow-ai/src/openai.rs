@@ -255,11 +255,12 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
             .ok()
             .filter(|n| n.is_finite() && *n >= 0.0)
     };
-    let wait = match number("retry-after-ms") {
-        Some(ms) => Duration::from_secs_f64(ms / 1000.0),
-        None => Duration::from_secs_f64(number("retry-after")?),
+    // Capped before the conversion, which panics past `Duration::MAX`.
+    let secs = match number("retry-after-ms") {
+        Some(ms) => ms / 1000.0,
+        None => number("retry-after")?,
     };
-    Some(wait.min(Duration::from_secs(3600)))
+    Some(Duration::from_secs_f64(secs.min(3600.0)))
 }
 
 fn transport(err: reqwest::Error) -> ModelError {
@@ -504,6 +505,10 @@ mod tests {
         );
         assert_eq!(
             retry_after(&headers(&[("retry-after", "999999")])),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after-ms", "1e30")])),
             Some(Duration::from_secs(3600))
         );
     }

@@ -567,6 +567,15 @@ impl RunShared {
             .map(|(position, _)| *position)
     }
 
+    /// Whether `key` is the last thing an earlier run recorded.
+    pub(crate) fn recorded_last(&self, key: &str) -> bool {
+        let journal = lock(&self.journal);
+        journal
+            .recorded
+            .get(key)
+            .is_some_and(|(position, _)| position + 1 == journal.recorded.len())
+    }
+
     /// The last state snapshot recorded at or before `position`: its
     /// position, the key of its step and its JSON.
     fn snapshot_at_or_before(&self, position: usize) -> Option<(usize, String, String)> {

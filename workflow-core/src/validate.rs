@@ -94,17 +94,61 @@ fn closed(schema: &serde_json::Value) -> serde_json::Value {
 
     const PARTS: [&str; 3] = ["allOf", "oneOf", "anyOf"];
 
+    /// Keywords that evaluate an object's properties beside its parts.
+    const EVALUATING: [&str; 4] = [
+        "properties",
+        "patternProperties",
+        "additionalProperties",
+        "unevaluatedProperties",
+    ];
+    /// Subschemas that apply to the same object as the one holding them.
+    const SAME_OBJECT: [&str; 4] = ["if", "then", "else", "not"];
+
+    /// A `$ref` as the path of what it points at (schemars percent-encodes
+    /// names outside the URL fragment set: `create%20args`).
+    fn target(r: &str) -> String {
+        let bytes = r.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (
+                bytes[i],
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 3;
+                }
+                (b, _, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// Walks `v`; `joined`: whether it is a part joined to an object's
-    /// properties. Collects the `$ref`s that point at joined parts in
+    /// properties. Collects the definitions that are joined parts in
     /// `refs`, and closes the rest when `close` is set.
     fn walk(v: &mut Value, path: &str, joined: bool, refs: &mut HashSet<String>, close: bool) {
         let joined = joined || refs.contains(path);
         match v {
             Value::Object(map) => {
                 let has_properties = map.contains_key("properties");
+                // The parts of a combinator add to this object's
+                // properties when it evaluates others beside them (its
+                // own, a map's, another combinator's or reference's), or
+                // when it is itself joined to another object.
+                let evaluating = EVALUATING.iter().any(|k| map.contains_key(*k));
+                let parts_here = PARTS.iter().filter(|k| map.contains_key(**k)).count()
+                    + usize::from(map.contains_key("$ref"));
+                let shared = joined || evaluating || parts_here > 1;
                 if let Some(Value::String(r)) = map.get("$ref") {
-                    if joined || has_properties {
-                        refs.insert(r.clone());
+                    if shared {
+                        refs.insert(target(r));
                     }
                 }
                 let open = map.contains_key("additionalProperties")
@@ -115,19 +159,25 @@ fn closed(schema: &serde_json::Value) -> serde_json::Value {
                 for (key, child) in map.iter_mut() {
                     let here = format!("{path}/{}", key.replace('~', "~0").replace('/', "~1"));
                     let combinator = PARTS.contains(&key.as_str());
-                    // The parts of a combinator add to this object's
-                    // properties when it has some, or when it is itself
-                    // joined to another's.
-                    let part_joined = combinator && (joined || has_properties || key == "allOf");
+                    let part_joined = combinator && (shared || key == "allOf");
                     match child {
                         Value::Array(items) if combinator => {
                             for (n, part) in items.iter_mut().enumerate() {
                                 if part_joined {
                                     if let Some(Value::String(r)) = part.get("$ref") {
-                                        refs.insert(r.clone());
+                                        refs.insert(target(r));
                                     }
                                 }
                                 walk(part, &format!("{here}/{n}"), part_joined, refs, close);
+                            }
+                        }
+                        // Applied to this same object: never closed alone.
+                        child if SAME_OBJECT.contains(&key.as_str()) => {
+                            walk(child, &here, true, refs, close)
+                        }
+                        Value::Object(subschemas) if key == "dependentSchemas" => {
+                            for (name, sub) in subschemas.iter_mut() {
+                                walk(sub, &format!("{here}/{name}"), true, refs, close);
                             }
                         }
                         child => walk(child, &here, false, refs, close),
@@ -429,6 +479,38 @@ mod tests {
     }
 
     #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct FlatWithExtra {
+        #[serde(flatten)]
+        left: Left,
+        #[serde(flatten)]
+        extra: std::collections::BTreeMap<String, serde_json::Value>,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct FlatAndOptional {
+        #[serde(flatten)]
+        left: Left,
+        #[serde(flatten)]
+        right: Option<Right>,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(rename = "create args")]
+    #[allow(dead_code)]
+    struct SpacedArgs {
+        name: String,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(tag = "type")]
+    #[allow(dead_code)]
+    enum SpacedCmd {
+        Create(SpacedArgs),
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[schemars(extend("additionalProperties" = true))]
     #[allow(dead_code)]
     struct Aliased {
@@ -475,6 +557,25 @@ mod tests {
         valid::<OptionalFlat>(serde_json::json!({"id": "a", "kind": "Y", "y": 1}));
         valid::<OptionalFlat>(serde_json::json!({"id": "a"}));
         valid::<Aliased>(serde_json::json!({"customerId": "c"}));
+        valid::<FlatWithExtra>(serde_json::json!({"kind": "X", "x": 1, "source": "web"}));
+        valid::<FlatAndOptional>(serde_json::json!({"kind": "X", "x": 1, "mode": "P", "p": 2}));
+        valid::<FlatAndOptional>(serde_json::json!({"kind": "X", "x": 1}));
+        valid::<SpacedCmd>(serde_json::json!({"type": "Create", "name": "n"}));
+        // A schema written by hand (`Tool::workflow`): subschemas applied
+        // to the same object are not closed on their own.
+        let dependent = serde_json::json!({
+            "type": "object",
+            "properties": {"card": {}, "billing": {}},
+            "dependentSchemas": {"card": {"properties": {"billing": {}}, "required": ["billing"]}},
+        });
+        let check = SchemaCheck::new(&dependent);
+        assert!(check
+            .check::<serde_json::Value>(&serde_json::json!({"card": 1, "billing": 2}))
+            .is_ok());
+        let violations = check
+            .check::<serde_json::Value>(&serde_json::json!({"card": 1, "billing": 2, "x": 3}))
+            .unwrap_err();
+        assert_eq!(violations[0].path, "/x", "{violations:?}");
     }
 
     #[derive(Debug, Deserialize, JsonSchema)]

@@ -386,12 +386,15 @@ where
                 started_at: at,
                 finished_at: at,
             };
-            self.commit(step.clone()).await?;
+            // Read before the result is recorded: one that does not read
+            // is noted first, so that no replay takes it for a change of code.
             let output = step.output.is_some();
-            return match child_outcome::<W>(&child, step) {
-                Err(err) if output => self.unreadable(&key, true, err).await,
-                outcome => outcome,
-            };
+            let outcome = child_outcome::<W>(&child, step.clone());
+            if output && outcome.is_err() {
+                self.note_unread(&key).await?;
+            }
+            self.commit(step).await?;
+            return outcome;
         }
         Err(self
             .suspend(Suspend {
@@ -505,23 +508,40 @@ impl<S> Ctx<S>
 where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
+    /// Records that the value of `key` did not decode at its first reading.
+    /// Straight to the store: neither a pause asked for nor an interrupt
+    /// may leave it unwritten.
+    async fn note_unread(&self, key: &str) -> Result<()> {
+        let at = now_millis();
+        self.commit(StepRow {
+            key: format!("{key}@unread"),
+            output: Some("null".to_owned()),
+            error: None,
+            state: None,
+            attempts: 1,
+            started_at: at,
+            finished_at: at,
+        })
+        .await
+    }
+
     /// After a recorded value (an event's payload, a child's output) did
-    /// not decode as this run's type (`err`). At its first reading (`first`),
-    /// that is noted (`{key}@unread`) and `err` given, as every replay will
-    /// give it. On a replay without the note, the value decoded when it was
-    /// recorded: the code changed under the instance since, and it pauses,
-    /// as for a step's output (see [`Ctx::replay`]), rather than fail for
-    /// good.
+    /// not decode as this run's type (`err`). At its first reading
+    /// (`first`), that is noted (`{key}@unread`) and `err` given, as every
+    /// replay will give it. On a replay without the note, the value decoded
+    /// when it was recorded, so the code changed under the instance since,
+    /// and it pauses, as for a step's output (see [`Ctx::replay`]), rather
+    /// than fail for good; unless the value is the last thing the earlier
+    /// run recorded (it stopped before it could note it), which is a first
+    /// reading still.
     async fn unreadable<T>(&self, key: &str, first: bool, err: Error) -> Result<T> {
+        let run = self.run();
         let note = format!("{key}@unread");
-        if first {
-            self.step_keyed(note, StepOptions::no_retry(), || async {
-                Ok::<_, BoxError>(())
-            })
-            .await?;
+        if run.recorded(&note).is_some() {
             return Err(err);
         }
-        if self.run().recorded(&note).is_some() {
+        if first || run.recorded_last(key) || run.recorded_last(&format!("{key}@result")) {
+            self.note_unread(key).await?;
             return Err(err);
         }
         Err(self

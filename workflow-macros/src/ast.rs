@@ -811,9 +811,11 @@ impl<'ast> Visit<'ast> for StepVisitor {
                 step = runs_as_step.then(|| lit.value());
             }
         }
-        // What a step's call holds runs inside the step: its closures.
-        // The rest (the receiver, the items of `map` built from a recorded
-        // step) runs before, in the handler.
+        // What a step's call holds runs inside the step: its closure,
+        // however it is built (`{ let c = c.clone(); move || .. }`). Not
+        // the receiver, nor the items of `map`, `for_each` and `batch`
+        // (their second argument), which the handler builds first, from a
+        // recorded step as `Ctx::map` advises.
         let Some(step) = step else {
             visit::visit_expr_method_call(self, call);
             return;
@@ -822,13 +824,14 @@ impl<'ast> Visit<'ast> for StepVisitor {
             self.visit_attribute(attr);
         }
         self.visit_expr(&call.receiver);
-        for arg in &call.args {
-            if matches!(peel_expr(arg), Expr::Closure(_)) {
+        let items = (!is_step).then_some(1);
+        for (n, arg) in call.args.iter().enumerate() {
+            if Some(n) == items {
+                self.visit_expr(arg);
+            } else {
                 self.steps.push(step.clone());
                 self.visit_expr(arg);
                 self.steps.pop();
-            } else {
-                self.visit_expr(arg);
             }
         }
     }

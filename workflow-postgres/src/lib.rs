@@ -333,17 +333,19 @@ impl PgStore {
                 )))
             })?;
         } else {
-            // The wrong schema is the caller's mistake, unless the server
-            // could not be read at all.
+            // The wrong schema is the caller's mistake; a server that
+            // could not be read is not.
             schema::check_current(&mut conn, &schema)
                 .await
-                .map_err(|err| match err {
-                    sqlx::Error::Protocol(why) => Error::Config(format!(
-                        "cannot use the schema `{schema}` of {server}: {why}"
-                    )),
-                    err => Error::Store(StoreError::backend(format!(
+                .map_err(|err| {
+                    Error::Store(StoreError::backend(format!(
                         "cannot read the schema `{schema}` of {server}: {err}"
-                    ))),
+                    )))
+                })?
+                .map_err(|why| {
+                    Error::Config(format!(
+                        "cannot use the schema `{schema}` of {server}: {why}"
+                    ))
                 })?;
         }
         // A durable store must not inherit `synchronous_commit = off` from

@@ -82,29 +82,29 @@ async fn apply(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error>
 }
 
 /// Whether `schema` holds a workflow store at exactly this build's version,
-/// read without writing anything.
+/// read without writing anything: `Ok(Err(why))` when it does not, `Err`
+/// when it could not be read.
 pub(crate) async fn check_current(
     conn: &mut PgConnection,
     schema: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<Result<(), String>, sqlx::Error> {
     let current = MIGRATIONS.len();
-    let wrong = |why: String| Err(sqlx::Error::Protocol(why));
-    match applied(conn, schema).await? {
-        None | Some(0) => wrong(
+    Ok(match applied(conn, schema).await? {
+        None | Some(0) => Err(
             "it holds no workflow store: check the URL and the schema, or start an engine on it first"
                 .to_owned(),
         ),
-        Some(version) if version > current => wrong(format!(
+        Some(version) if version > current => Err(format!(
             "it is at version {version}, newer than this build's ({current}): \
              use the workflow crate of the engines that wrote it"
         )),
-        Some(version) if version < current => wrong(format!(
+        Some(version) if version < current => Err(format!(
             "it is at version {version}, older than this build's ({current}), and this \
              store was opened without migrating: connect once with an engine of this \
              build, which migrates it, or use the workflow crate of the engines that wrote it"
         )),
         Some(_) => Ok(()),
-    }
+    })
 }
 
 /// How many migrations the schema has, or `None` when it has no

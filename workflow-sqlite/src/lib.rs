@@ -211,9 +211,10 @@ impl SqliteStore {
             tokio::task::spawn_blocking(move || schema::check_current(&check))
                 .await
                 .map_err(|err| open_error(err.to_string()))?
-                .map_err(|err| {
+                .map_err(open_error)?
+                .map_err(|why| {
                     Error::Config(format!(
-                        "cannot use the SQLite database {}: {err}",
+                        "cannot use the SQLite database {}: {why}",
                         path.display()
                     ))
                 })?;

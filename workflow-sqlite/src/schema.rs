@@ -46,8 +46,9 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<(), sqlx::Err
 
 /// Whether the file at `path` holds a workflow store at exactly this
 /// build's schema version, read without writing anything (the file is
-/// opened read-only and no pragma is set).
-pub(crate) fn check_current(path: &std::path::Path) -> Result<(), String> {
+/// opened read-only and no pragma is set): `Ok(Err(why))` when it does
+/// not, `Err` when it could not be read.
+pub(crate) fn check_current(path: &std::path::Path) -> Result<Result<(), String>, String> {
     use rusqlite::OpenFlags;
     let conn = rusqlite::Connection::open_with_flags(
         path,
@@ -63,28 +64,35 @@ pub(crate) fn check_current(path: &std::path::Path) -> Result<(), String> {
         let version = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         Ok((instances, version))
     };
-    let (instances, version) = read(&conn).map_err(|err| err.to_string())?;
+    let (instances, version) = match read(&conn) {
+        Ok(read) => read,
+        // Not a database at all (a text file): the wrong file.
+        Err(rusqlite::Error::SqliteFailure(err, _))
+            if err.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            return Ok(Err("it is not a SQLite database".to_owned()));
+        }
+        Err(err) => return Err(err.to_string()),
+    };
     let current = MIGRATIONS.len() as i64;
-    if !instances || version == 0 {
-        return Err(
-            "it is not a workflow database (it has no workflow tables): \
-             check the path, or start an engine on it first"
-                .to_owned(),
-        );
-    }
-    if version > current {
-        return Err(format!(
+    let wrong = if !instances || version == 0 {
+        "it is not a workflow database (it has no workflow tables): \
+         check the path, or start an engine on it first"
+            .to_owned()
+    } else if version > current {
+        format!(
             "its schema is at version {version}, newer than this build's ({current}): \
              use the workflow crate of the engines that wrote it"
-        ));
-    }
-    if version < current {
-        return Err(format!(
+        )
+    } else if version < current {
+        format!(
             "its schema is at version {version}, older than this build's ({current}), \
              and this store was opened without migrating: open it once with \
              an engine of this build, which migrates it, or use the workflow crate \
              of the engines that wrote it"
-        ));
-    }
-    Ok(())
+        )
+    } else {
+        return Ok(Ok(()));
+    };
+    Ok(Err(wrong))
 }

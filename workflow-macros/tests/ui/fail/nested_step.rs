@@ -15,6 +15,15 @@ async fn nested(ctx: Ctx, _input: ()) -> workflow::Result<()> {
             .await
     })
     .await?;
+    // However the closure is built.
+    ctx.step("wrapped", {
+        let c = &ctx;
+        move || async move {
+            c.sleep("nap", std::time::Duration::from_secs(1)).await?;
+            Ok::<_, BoxError>(())
+        }
+    })
+    .await?;
     Ok(())
 }
 
