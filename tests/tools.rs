@@ -131,16 +131,21 @@ async fn a_toolbox_collects_tools_and_keeps_the_last_of_a_name() {
     assert_eq!(sum.unwrap(), json!(1_005));
 }
 
-/// A renamed workflow tool is called by its new name and still starts its
-/// workflow.
-#[tokio::test]
-async fn a_renamed_workflow_tool_starts_its_workflow() {
-    let engine = Engine::builder()
+/// An in-memory engine running `hello`.
+async fn hello_engine() -> Engine {
+    Engine::builder()
         .database_url("memory:")
         .register(Hello)
         .build()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A renamed workflow tool is called by its new name and still starts its
+/// workflow.
+#[tokio::test]
+async fn a_renamed_workflow_tool_starts_its_workflow() {
+    let engine = hello_engine().await;
     let _worker = engine.start_worker();
     let tool = Hello::as_tool()
         .rename("say_hello")
@@ -157,12 +162,7 @@ async fn a_renamed_workflow_tool_starts_its_workflow() {
 /// tool-call id) answers from the instance the first one started.
 #[tokio::test]
 async fn a_call_repeated_with_its_key_starts_one_instance() {
-    let engine = Engine::builder()
-        .database_url("memory:")
-        .register(Hello)
-        .build()
-        .await
-        .unwrap();
+    let engine = hello_engine().await;
     // No worker: the first instance stays pending, active.
     let tools = Toolbox::new().tool(Hello::as_tool());
     let first = tools

@@ -477,14 +477,10 @@ fn shortened(text: String, max: usize) -> String {
     if text.len() <= max {
         return text;
     }
-    let mut cut = max;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
+    let kept = &text[..text.floor_char_boundary(max)];
     format!(
-        "{}\n[reply cut: {} more bytes left out]",
-        &text[..cut],
-        text.len() - cut
+        "{kept}\n[reply cut: {} more bytes left out]",
+        text.len() - kept.len()
     )
 }
 

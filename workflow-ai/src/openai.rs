@@ -280,11 +280,7 @@ const BODY_SHOWN: usize = 2000;
 
 /// `body`, cut to [`BODY_SHOWN`] bytes at a character boundary.
 fn shown(body: &str) -> &str {
-    let mut cut = body.len().min(BODY_SHOWN);
-    while !body.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &body[..cut]
+    &body[..body.floor_char_boundary(BODY_SHOWN)]
 }
 
 /// Reads `choices[0]` of a chat-completions response.

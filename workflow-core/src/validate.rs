@@ -107,27 +107,9 @@ fn closed(schema: &serde_json::Value) -> serde_json::Value {
     /// A `$ref` as the path of what it points at (schemars percent-encodes
     /// names outside the URL fragment set: `create%20args`).
     fn target(r: &str) -> String {
-        let bytes = r.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            match (
-                bytes[i],
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            ) {
-                (b'%', Some(hi), Some(lo)) => {
-                    out.push((hi * 16 + lo) as u8);
-                    i += 3;
-                }
-                (b, _, _) => {
-                    out.push(b);
-                    i += 1;
-                }
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
+        percent_encoding::percent_decode_str(r)
+            .decode_utf8_lossy()
+            .into_owned()
     }
 
     /// Walks `v`; `joined`: whether it is a part joined to an object's

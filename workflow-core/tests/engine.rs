@@ -1727,13 +1727,7 @@ impl Workflow for CatchesNotANumber {
 /// the other path. The instance fails, and no step after it runs.
 #[tokio::test]
 async fn a_value_json_cannot_hold_fails_the_instance_even_if_caught() {
-    let engine = EngineBuilder::new()
-        .store(MemoryStore::new())
-        .register(CatchesNotANumber)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
+    let engine = one_slot_engine(CatchesNotANumber).await;
     let _worker = engine.start_worker();
     let inst = CatchesNotANumber::start(&engine, ()).await.unwrap();
     let err = inst

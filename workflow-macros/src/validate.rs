@@ -415,6 +415,23 @@ mod tests {
         LitStr::new(s, Span::call_site())
     }
 
+    /// A call of `ctx.{method}("{name}", ..)`, in a loop or not.
+    fn named_call(name: &str, method: &str, in_loop: bool) -> StepCall {
+        StepCall {
+            name: name.to_owned(),
+            span: Span::call_site(),
+            in_loop,
+            is_step: method == "step",
+            method: method.to_owned(),
+            in_step: None,
+            arms: Vec::new(),
+        }
+    }
+
+    fn messages(errors: Vec<syn::Error>) -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
+    }
+
     #[test]
     fn parses_timeouts() {
         assert_eq!(timeout(&lit("10m")).ok(), Some(Duration::from_secs(600)));
@@ -633,15 +650,7 @@ mod tests {
 
     #[test]
     fn flags_empty_step_names_and_reserved_characters() {
-        let call = |name: &str| StepCall {
-            name: name.to_owned(),
-            span: Span::call_site(),
-            in_loop: false,
-            is_step: true,
-            method: "step".to_owned(),
-            in_step: None,
-            arms: Vec::new(),
-        };
+        let call = |name: &str| named_call(name, "step", false);
         let calls = [
             call("fetch"),
             call("fetch-1"),
@@ -656,10 +665,7 @@ mod tests {
             call(&"x".repeat(workflow_rules::MAX_KEY_BYTES + 1)),
             call(&"x".repeat(workflow_rules::MAX_KEY_BYTES)),
         ];
-        let errors: Vec<String> = invalid_step_names(&calls)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let errors = messages(invalid_step_names(&calls));
         assert_eq!(errors.len(), 8, "{errors:?}");
         assert!(
             errors[6].contains("contains a NUL character"),
@@ -686,15 +692,7 @@ mod tests {
 
     #[test]
     fn flags_step_names_repeated_at_two_call_sites() {
-        let call = |name: &str, in_loop| StepCall {
-            name: name.to_owned(),
-            span: Span::call_site(),
-            in_loop,
-            is_step: true,
-            method: "step".to_owned(),
-            in_step: None,
-            arms: Vec::new(),
-        };
+        let call = |name: &str, in_loop| named_call(name, "step", in_loop);
         let calls = [
             call("a", false),
             call("b", false),
@@ -704,10 +702,7 @@ mod tests {
             call("c", true),
             call("a", false),
         ];
-        let errors: Vec<String> = duplicate_steps(&calls)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let errors = messages(duplicate_steps(&calls));
         assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(errors[0].starts_with("step name \"a\" is already used"));
         assert!(errors[0].contains("one call inside a loop may repeat"));
@@ -722,24 +717,13 @@ mod tests {
 
     #[test]
     fn two_waits_for_one_event_may_share_its_name() {
-        let call = |name: &str, method: &str| StepCall {
-            name: name.to_owned(),
-            span: Span::call_site(),
-            in_loop: false,
-            is_step: method == "step",
-            method: method.to_owned(),
-            in_step: None,
-            arms: Vec::new(),
-        };
+        let call = |name: &str, method: &str| named_call(name, method, false);
         let calls = [
             call("approval", "wait_for_event"),
             call("approval", "wait_for_event"),
             call("approval", "step"),
         ];
-        let errors: Vec<String> = duplicate_steps(&calls)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let errors = messages(duplicate_steps(&calls));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
             errors[0].contains("by `ctx.wait_for_event`"),
@@ -771,10 +755,7 @@ mod tests {
             }
         };
         let calls = crate::ast::collect_steps(&f);
-        let errors: Vec<String> = duplicate_steps(&calls)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let errors = messages(duplicate_steps(&calls));
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("step name \"send\""), "{}", errors[0]);
         assert!(errors[1].starts_with("step name \"log\""), "{}", errors[1]);

@@ -2505,16 +2505,9 @@ mod tests {
         };
         assert_eq!(count(&t), 2);
         t.leases().held.clear();
-        let step = StepRow {
-            key: "s".into(),
-            output: Some("1".into()),
-            error: None,
-            state: None,
-            attempts: 1,
-            started_at: 2_100,
-            finished_at: 2_101,
-        };
-        commit_step(&t, &last.lease, &step).unwrap().unwrap();
+        commit_step(&t, &last.lease, &done_step("s", 2_101))
+            .unwrap()
+            .unwrap();
         assert_eq!(count(&t), 0, "the run got somewhere");
     }
 
