@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -247,6 +248,9 @@ impl<'a, W: Workflow> IntoFuture for GetOrCreate<'a, W> {
 pub struct Instance<W> {
     engine: Engine,
     id: InstanceId,
+    /// Known to be an instance of `W`: made by starting one, or checked
+    /// once against the store (a row's workflow never changes).
+    checked: AtomicBool,
     _workflow: PhantomData<fn() -> W>,
 }
 
@@ -255,6 +259,7 @@ impl<W> Clone for Instance<W> {
         Instance {
             engine: self.engine.clone(),
             id: self.id.clone(),
+            checked: AtomicBool::new(self.checked.load(Ordering::Relaxed)),
             _workflow: PhantomData,
         }
     }
@@ -267,11 +272,22 @@ impl<W> std::fmt::Debug for Instance<W> {
 }
 
 impl<W: Workflow> Instance<W> {
+    /// A handle on an instance this engine just started as `W`.
     pub(crate) fn new(engine: Engine, id: InstanceId) -> Self {
         Instance {
             engine,
             id,
+            checked: AtomicBool::new(true),
             _workflow: PhantomData,
+        }
+    }
+
+    /// A handle on an id from elsewhere ([`Workflow::handle`]): its first
+    /// use reads which workflow the instance belongs to.
+    pub(crate) fn unchecked(engine: Engine, id: InstanceId) -> Self {
+        Instance {
+            checked: AtomicBool::new(false),
+            ..Instance::new(engine, id)
         }
     }
 
@@ -282,7 +298,19 @@ impl<W: Workflow> Instance<W> {
 
     /// Everything stored about it now.
     pub async fn info(&self) -> Result<InstanceInfo> {
-        self.engine.instance(&self.id).await
+        let info = self.engine.instance(&self.id).await?;
+        self.check_name(&info.workflow)?;
+        Ok(info)
+    }
+
+    /// Before acting on an instance through a handle from
+    /// [`Workflow::handle`]: cancelling, pausing or sending an event to an
+    /// instance of another workflow would act on the wrong thing.
+    async fn ensure_workflow(&self) -> Result<()> {
+        if self.checked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.info().await.map(drop)
     }
 
     /// Its status now.
@@ -336,6 +364,7 @@ impl<W: Workflow> Instance<W> {
     /// as a grandchild under a suspended child, within about a second too). Cancelling an instance that already ended is
     /// [`Error::AlreadyFinished`] and changes nothing.
     pub async fn cancel(&self) -> Result<()> {
+        self.ensure_workflow().await?;
         self.engine.cancel(&self.id).await
     }
 
@@ -346,6 +375,7 @@ impl<W: Workflow> Instance<W> {
     /// when this engine runs them and every parent between, at their next
     /// heartbeat (within about a second) otherwise.
     pub async fn set_timeout(&self, timeout: Timeout) -> Result<()> {
+        self.ensure_workflow().await?;
         self.engine.set_timeout(&self.id, timeout).await
     }
 
@@ -359,6 +389,7 @@ impl<W: Workflow> Instance<W> {
             context: format!("payload of event `{name}`"),
             source,
         })?;
+        self.ensure_workflow().await?;
         self.engine.send_event(&self.id, name, payload).await
     }
 
@@ -395,6 +426,7 @@ impl<W: Workflow> Instance<W> {
             context: format!("payload of event `{name}`"),
             source,
         })?;
+        self.ensure_workflow().await?;
         self.engine
             .send_event_once(&self.id, name, key, payload)
             .await
@@ -403,6 +435,7 @@ impl<W: Workflow> Instance<W> {
     /// Pauses it: at once if it is waiting or queued, at its next step if it
     /// runs. Its deadline does not count while it is paused.
     pub async fn pause(&self) -> Result<()> {
+        self.ensure_workflow().await?;
         self.engine.pause(&self.id).await
     }
 
@@ -410,28 +443,33 @@ impl<W: Workflow> Instance<W> {
     /// time it was paused (a deadline set during the pause, by the time
     /// paused since it was set).
     pub async fn resume(&self) -> Result<()> {
+        self.ensure_workflow().await?;
         self.engine.resume(&self.id).await
     }
 
     /// Its history, oldest first.
     pub async fn history(&self) -> Result<Vec<HistoryEvent>> {
+        self.ensure_workflow().await?;
         self.engine.history(&self.id).await
     }
 
     /// Its recorded steps, in the order they completed.
     pub async fn steps(&self) -> Result<Vec<StepInfo>> {
+        self.ensure_workflow().await?;
         self.engine.steps(&self.id).await
     }
 
     /// Its last `last` history events and how many it has
     /// ([`Engine::history_tail`]).
     pub async fn history_tail(&self, last: usize) -> Result<Tail<HistoryEvent>> {
+        self.ensure_workflow().await?;
         self.engine.history_tail(&self.id, last).await
     }
 
     /// Its last `last` recorded steps and how many it has
     /// ([`Engine::steps_tail`]).
     pub async fn steps_tail(&self, last: usize) -> Result<Tail<StepInfo>> {
+        self.ensure_workflow().await?;
         self.engine.steps_tail(&self.id, last).await
     }
 
@@ -439,13 +477,18 @@ impl<W: Workflow> Instance<W> {
     /// reading another workflow's output or state as `W`'s could succeed
     /// (same types) and be wrong.
     fn check_workflow(&self, row: &InstanceRow) -> Result<()> {
-        if row.workflow == W::NAME {
+        self.check_name(&row.workflow)
+    }
+
+    fn check_name(&self, workflow: &str) -> Result<()> {
+        if workflow == W::NAME {
+            self.checked.store(true, Ordering::Relaxed);
             return Ok(());
         }
         Err(Error::WrongWorkflow {
             id: self.id.clone(),
             expected: W::NAME.to_owned(),
-            actual: row.workflow.clone(),
+            actual: workflow.to_owned(),
         })
     }
 

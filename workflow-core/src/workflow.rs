@@ -129,10 +129,12 @@ pub trait Workflow: Send + Sync + Sized + 'static {
         GetOrCreate::new(engine, key.into(), input)
     }
 
-    /// A typed handle on an existing instance (not checked until used:
-    /// then an instance of another workflow is [`Error::WrongWorkflow`](crate::Error::WrongWorkflow)).
+    /// A typed handle on an existing instance. Nothing is read until it is
+    /// used: its first use (a read, a cancel, an event...) fails with
+    /// [`Error::WrongWorkflow`](crate::Error::WrongWorkflow) and changes
+    /// nothing when the id is an instance of another workflow.
     fn handle(engine: &Engine, id: impl Into<crate::InstanceId>) -> Instance<Self> {
-        Instance::new(engine.clone(), id.into())
+        Instance::unchecked(engine.clone(), id.into())
     }
 
     /// This workflow as a tool an AI model can call: its name, description

@@ -1326,6 +1326,56 @@ async fn a_handle_of_the_wrong_workflow_is_an_error() {
     ));
 }
 
+/// Acting through a handle on another workflow's instance is refused
+/// before it changes anything: cancelling the wrong instance is worse
+/// than reading it.
+#[tokio::test]
+async fn a_handle_of_the_wrong_workflow_changes_nothing() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    // No worker: the instance stays pending, so every control call could act.
+    let order = ProcessOrder::start(
+        &engine,
+        OrderInput {
+            order_id: "X".into(),
+            quantity: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let wrong = Flaky::handle(&engine, order.id().clone());
+    let wrong_workflow = |r: Result<(), Error>| matches!(r, Err(Error::WrongWorkflow { .. }));
+    assert!(wrong_workflow(wrong.cancel().await));
+    assert!(wrong_workflow(wrong.pause().await));
+    assert!(wrong_workflow(wrong.resume().await));
+    assert!(wrong_workflow(wrong.send_event("go", 1).await));
+    assert!(wrong_workflow(
+        wrong.send_event_once("go", "k", 1).await.map(drop)
+    ));
+    assert!(wrong_workflow(
+        wrong
+            .set_timeout(Timeout::In(Duration::from_secs(60)))
+            .await
+    ));
+    assert!(wrong_workflow(wrong.history().await.map(drop)));
+    assert!(wrong_workflow(wrong.steps().await.map(drop)));
+    assert!(wrong_workflow(wrong.info().await.map(drop)));
+    let info = order.info().await.unwrap();
+    assert_eq!(info.status, Status::Pending);
+    let history = order.history().await.unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    // The right workflow's handle on the same id works, and an unknown id
+    // says so.
+    let right = ProcessOrder::handle(&engine, order.id().clone());
+    right.cancel().await.unwrap();
+    assert_eq!(order.status().await.unwrap(), Status::Cancelled);
+    let unknown = Flaky::handle(&engine, "no-such-instance");
+    assert!(
+        matches!(unknown.cancel().await, Err(Error::NotFound(_))),
+        "{:?}",
+        unknown.cancel().await
+    );
+}
+
 #[tokio::test]
 async fn start_json_works_from_definitions_other_engines_recorded() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());

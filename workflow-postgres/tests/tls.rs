@@ -28,7 +28,12 @@ async fn sslmode_require_encrypts_every_connection_of_the_store() {
                 !message.contains("without TLS support"),
                 "the store was built without TLS: {message}"
             );
-            // A server with `ssl = off` cannot be reached this way at all.
+            // A server with `ssl = off` cannot be reached this way at all;
+            // any other failure (auth, a missing database) is the test's.
+            assert!(
+                message.contains("does not support TLS"),
+                "connecting with sslmode=require failed: {message}"
+            );
             use std::io::Write;
             let _ = writeln!(
                 std::io::stderr(),
