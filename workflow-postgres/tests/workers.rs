@@ -96,6 +96,9 @@ async fn worker(url: &str, label: &str) {
         .store(store)
         .register(PgWork)
         .concurrency(16)
+        // Far past the test's deadlines: the killed workers' instances are
+        // taken over at once (their pids are gone), not when leases run out.
+        .lease_duration(Duration::from_secs(3600))
         .poll_interval(Duration::from_millis(50))
         .build()
         .await
@@ -111,9 +114,16 @@ async fn worker(url: &str, label: &str) {
     worker.shutdown().await;
 }
 
+/// The `application_name` of a worker's sessions, for the server's views.
+fn session_name(label: &str) -> String {
+    format!("workers_{}_{label}", std::process::id())
+}
+
 fn spawn(url: &str, label: &str) -> Child {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}application_name={}", session_name(label));
     Command::new(std::env::current_exe().expect("own path"))
-        .args(["worker", url, label])
+        .args(["worker", &url, label])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -201,8 +211,28 @@ async fn four_workers_two_killed(url: &str) -> usize {
             child.wait().expect("reap worker");
         }
     }
-    // A COMMIT the server received before the kill finishes on its own.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A COMMIT the server received before the kill finishes on its own:
+    // wait for the killed workers' sessions to end before reading what
+    // they recorded.
+    let names: Vec<String> = killed.iter().map(|l| session_name(l)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sessions: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = ANY($1)",
+        )
+        .bind(&names)
+        .fetch_one(&pool)
+        .await
+        .expect("count sessions");
+        if sessions == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed workers' sessions did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let recorded_at_kill = recorded(&pool).await;
     let cut_short: HashMap<Key, usize> = effects(&pool)
         .await
