@@ -657,3 +657,93 @@ async fn instances_started_by_name_are_awaited_by_id() {
     assert_eq!(info.status, Status::Completed);
     assert_eq!(info.output.unwrap()["status"], "completed W-1");
 }
+
+/// Sleeps, so that its row can be damaged while it waits.
+#[workflow(name = "napperKid", timeout = "1m")]
+async fn napper_kid(ctx: Ctx, n: u32) -> workflow::Result<u32> {
+    ctx.sleep("nap", Duration::from_millis(1_000)).await?;
+    Ok(n)
+}
+
+/// Runs a `napperKid` and reports how it went.
+#[workflow(name = "kidWatcher", timeout = "1m")]
+async fn kid_watcher(ctx: Ctx, n: u32) -> workflow::Result<String> {
+    match ctx.run_child::<NapperKid>("kid", n).await {
+        Ok(n) => Ok(format!("kid returned {n}")),
+        Err(err) => Ok(format!("kid failed: {err}")),
+    }
+}
+
+/// A child whose row is damaged fails, and its parent sees a failed child:
+/// the damage is the child's, so the parent is not paused for it.
+#[tokio::test]
+async fn a_corrupt_child_pauses_its_parent_until_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kids.db");
+    let engine = Engine::builder()
+        .database_url(format!("sqlite://{}", path.display()))
+        .register(NapperKid)
+        .register(KidWatcher)
+        .poll_interval(Duration::from_millis(20))
+        // The kid's nap suspends it rather than sleeping in memory.
+        .suspend_after(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    let parent = KidWatcher::start(&engine, 7).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kid = loop {
+        let kids = engine
+            .list(Query::new().name("napperKid").status(Status::Pending))
+            .await
+            .unwrap();
+        // Pending again after a run: asleep.
+        if let Some(kid) = kids.items.iter().find(|k| k.runs > 0) {
+            break kid.id.clone();
+        }
+        assert!(Instant::now() < deadline, "the kid never slept");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute(
+        "UPDATE instances SET tags = 'not json' WHERE id = ?1",
+        [kid.as_str()],
+    )
+    .unwrap();
+    while parent.status().await.unwrap() != Status::Paused {
+        assert!(Instant::now() < deadline, "the parent was not paused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let history = parent.history().await.unwrap();
+    let paused = history.iter().rev().find(|e| e.kind == "paused").unwrap();
+    let why = paused.message.as_deref().unwrap_or_default();
+    assert!(
+        why.contains(kid.as_str()) && why.contains("repair"),
+        "{why}"
+    );
+    assert_eq!(
+        engine
+            .counts(Some("napperKid"))
+            .await
+            .unwrap()
+            .get(&Status::Failed),
+        Some(&1)
+    );
+    db.execute(
+        "UPDATE instances SET tags = '{}' WHERE id = ?1",
+        [kid.as_str()],
+    )
+    .unwrap();
+    parent.resume().await.unwrap();
+    let said = parent
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        said.starts_with("kid failed: ") && said.contains("tags"),
+        "{said}"
+    );
+    assert_eq!(parent.status().await.unwrap(), Status::Completed);
+    worker.shutdown().await;
+}

@@ -854,6 +854,11 @@ where
                 };
                 match answer {
                     Ok(value) => Ok(ToolReply::ok(value)),
+                    // Not the tool's failure (a store outage while starting
+                    // or reading the child): stop the run, as starting a
+                    // child with `start_child` does, rather than spend the
+                    // step's attempts and tell the model the tool failed.
+                    Err(Error::Store(err)) => Err(BoxError::from(self.store_error(err))),
                     Err(err) if is_for_the_model(&err) => Ok(ToolReply::from_error(&err)),
                     Err(err) => Err(BoxError::from(err)),
                 }

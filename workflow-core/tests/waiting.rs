@@ -423,6 +423,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(Backoff)
         .register(Double)
         .register(Parent)
+        .register(ToolCaller)
         .register(ParentWithOptions)
         .register(Fan)
         .register(FlakyFan)
@@ -826,6 +827,55 @@ async fn a_store_error_starting_a_child_is_retried_not_recorded() {
     );
     let waited = at("started", 1) - suspended.at;
     assert!(waited >= chrono::Duration::seconds(4), "{waited}");
+}
+
+struct ToolCaller;
+
+impl Workflow for ToolCaller {
+    type Input = u32;
+    /// The reply: whether it is an error, and its content.
+    type Output = (bool, serde_json::Value);
+    type State = ();
+    const NAME: &'static str = "toolCaller";
+
+    async fn run(&self, ctx: Ctx, n: u32) -> Result<(bool, serde_json::Value), BoxError> {
+        let tools = Toolbox::new().tool(Double::as_tool().wait(Duration::from_secs(5)));
+        let reply = ctx
+            .call_tool_with(
+                "ask",
+                StepOptions::retries(1),
+                &tools,
+                "double",
+                serde_json::json!({ "input": n }),
+            )
+            .await?;
+        Ok((reply.is_error, reply.content))
+    }
+}
+
+/// The same for a workflow tool: a store error while it starts its child
+/// stops the run, to start the child when it resumes, instead of using up
+/// the step's attempts and telling the model the tool failed.
+#[tokio::test]
+async fn a_store_error_starting_a_tool_child_is_retried_not_answered() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = engine(Arc::clone(&store) as Arc<dyn Store>).await;
+    let caller = ToolCaller::start(&engine, 21).await.unwrap();
+    // The caller's first create is its tool's child.
+    store.fail_next_creates(1);
+    let _worker = engine.start_worker();
+    let (is_error, content) = caller.result_timeout(LIMIT).await.unwrap();
+    assert_eq!((is_error, content), (false, serde_json::json!(42)));
+    let steps = caller.steps().await.unwrap();
+    assert!(steps.iter().all(|s| s.error.is_none()), "{steps:?}");
+    let history = caller.history().await.unwrap();
+    assert!(
+        history.iter().any(|e| e.kind == "suspended"
+            && e.message
+                .as_deref()
+                .is_some_and(|m| m.contains("store unavailable"))),
+        "{history:?}"
+    );
 }
 
 /// A child whose row cannot be read stays so: its parent is paused,

@@ -1782,6 +1782,48 @@ mod tests {
         assert_eq!(status_of(&store, &bad_id).await, "failed");
     }
 
+    /// An event payload that is not text is a corrupt row of its
+    /// instance: taking it says so and leaves the inbox as it was (the run
+    /// pauses for a repair), where the failed read used to fail the whole
+    /// batch, and the instance's run again every few seconds.
+    #[tokio::test]
+    async fn an_unreadable_event_payload_is_corrupt_and_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("inbox.db"))
+            .await
+            .unwrap();
+        let new = workflow_core::testing::new_instance("wf", 1);
+        let id = new.id.clone();
+        store.create(new, None).await.unwrap();
+        let c = store.claim(claim_due("w", 1)).await.unwrap().remove(0);
+        for (n, bad) in ["CAST(X'FF' AS TEXT)", "X'7B7D'"].into_iter().enumerate() {
+            let wait = format!("wait#{n}");
+            store.send_event(&id, "go", "{}", None, 2).await.unwrap();
+            let sql = format!("UPDATE inbox SET payload = {bad} WHERE instance_id = ?1");
+            corrupt(&store, &sql, &id).await;
+            let err = store.take_event(&c.lease, "go", &wait, 3).await;
+            assert!(
+                matches!(&err, Err(StoreError::Corrupt { id: i, message })
+                    if *i == id.to_string() && message.contains("event `go`")),
+                "{err:?}"
+            );
+            // Repaired, it is taken, and recorded as the step.
+            let sql = "UPDATE inbox SET payload = '\"fixed\"' WHERE instance_id = ?1";
+            corrupt(&store, sql, &id).await;
+            let taken = store.take_event(&c.lease, "go", &wait, 4).await.unwrap();
+            assert_eq!(taken.as_deref(), Some("\"fixed\""));
+        }
+        let keys: Vec<_> = store
+            .steps(&id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        assert_eq!(keys, ["wait#0", "wait#1"]);
+        assert_eq!(status_of(&store, &id).await, "in_progress");
+    }
+
     /// The tails read the rows of the last steps only: an older step whose
     /// output cannot be read fails a full read, not a tail, nor its count.
     #[tokio::test]

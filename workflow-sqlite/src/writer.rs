@@ -1371,14 +1371,39 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             if !touch(c, lease, None)? {
                 return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
             }
-            let taken: Option<String> = c
+            // Read before it is taken: a payload that is not text (bytes
+            // written behind the store's back) stays in the inbox for a
+            // repair, and the run pauses on it rather than failing the
+            // whole batch, and then the instance, every few seconds.
+            let next: Option<(i64, Result<String, String>)> = c
                 .prepare_cached(
-                    "DELETE FROM inbox WHERE seq = ( \
-                         SELECT seq FROM inbox WHERE instance_id = ?1 AND name = ?2 ORDER BY seq LIMIT 1 \
-                     ) RETURNING payload",
+                    "SELECT seq, payload FROM inbox WHERE instance_id = ?1 AND name = ?2 \
+                     ORDER BY seq LIMIT 1",
                 )?
-                .query_row(params![lease.instance.as_str(), name], |r| r.get(0))
+                .query_row(params![lease.instance.as_str(), name], |r| {
+                    let payload = match r.get_ref(1)? {
+                        ValueRef::Text(text) => std::str::from_utf8(text)
+                            .map(str::to_owned)
+                            .map_err(|e| format!("not UTF-8 ({e})")),
+                        other => Err(format!("{} where text belongs", other.data_type())),
+                    };
+                    Ok((r.get(0)?, payload))
+                })
                 .optional()?;
+            let taken = match next {
+                None => None,
+                Some((_, Err(why))) => {
+                    return Ok(Err(StoreError::Corrupt {
+                        id: lease.instance.to_string(),
+                        message: format!("the payload of its event `{name}` cannot be read: {why}"),
+                    }))
+                }
+                Some((seq, Ok(payload))) => {
+                    c.prepare_cached("DELETE FROM inbox WHERE seq = ?1")?
+                        .execute([seq])?;
+                    Some(payload)
+                }
+            };
             if let Some(payload) = &taken {
                 // A step recorded: `updated_at` moves as for any other.
                 c.prepare_cached("UPDATE instances SET updated_at = ?1 WHERE id = ?2")?
