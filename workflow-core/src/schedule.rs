@@ -176,16 +176,27 @@ impl ManualClock {
         }
     }
 
-    /// Sets the time.
+    /// Sets the time, at most the end of the year 9999: the engine's time
+    /// arithmetic has room past it.
     pub fn set(&self, now: DateTime<Utc>) {
-        *self.now.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        *self.now.lock().unwrap_or_else(|p| p.into_inner()) = now.min(far_future());
     }
 
-    /// Moves the time forward by `by`.
+    /// Moves the time forward by `by`, up to the end of the year 9999.
     pub fn advance(&self, by: Duration) {
         let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
-        *now += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        *now = chrono::Duration::from_std(by)
+            .ok()
+            .and_then(|by| now.checked_add_signed(by))
+            .map_or_else(far_future, |later| later.min(far_future()));
     }
+}
+
+/// Where a [`ManualClock`] stops.
+fn far_future() -> DateTime<Utc> {
+    chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_opt(23, 59, 59))
+        .map_or(DateTime::<Utc>::MAX_UTC, |t| t.and_utc())
 }
 
 impl Clock for ManualClock {
@@ -217,6 +228,19 @@ pub struct ScheduleInfo {
 mod tests {
     use super::*;
     use chrono::{Datelike, Timelike, Weekday};
+
+    #[test]
+    fn a_manual_clock_stops_at_the_year_9999() {
+        let clock = ManualClock::new(Utc::now());
+        clock.advance(Duration::MAX);
+        assert_eq!(clock.now(), far_future());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.now(), far_future());
+        clock.set(DateTime::<Utc>::MAX_UTC);
+        assert_eq!(clock.now(), far_future());
+        let tick = Schedule::parse("@daily", "UTC").unwrap();
+        assert_eq!(tick.next_after(clock.now()), None);
+    }
 
     /// What the macro lets through without a database is what the engine
     /// knows: every one-word zone, and every other name by its shape.

@@ -107,7 +107,9 @@ use proc_macro::TokenStream;
 /// - `schedule = "0 9 * * MON-FRI"`: run on a cron schedule. Five fields
 ///   (`minute hour day-of-month month day-of-week`), or six with seconds
 ///   first; names like `MON` and `JAN`; `L`, `W` and `#` as croner accepts
-///   them; or `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`. Each
+///   them; or `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`. With
+///   both day fields restricted, a day matching either fires, as in
+///   standard cron (`0 9 * * MON#1` is the first Monday). Each
 ///   tick starts the workflow with `Input::default()`, so the input must be
 ///   `()` or implement `Default`. Checked at compile time.
 /// - `timezone = "Europe/Berlin"`: the IANA time zone the schedule is read

@@ -18,6 +18,7 @@ fn parser() -> CronParser {
 /// (`0 0 31 2 *`) is refused too.
 pub fn parse(expr: &str) -> Result<Cron, String> {
     misplaced_name(expr)?;
+    bare_last_weekday(expr)?;
     let parser = parser();
     let cron = parser
         .parse(expr)
@@ -74,6 +75,24 @@ fn misplaced_name(expr: &str) -> Result<(), String> {
             };
             return Err(format!("the {name} field `{field}`: `{word}` is {what}"));
         }
+    }
+    Ok(())
+}
+
+/// croner takes a bare `L` in the day-of-week field and matches nothing
+/// with it: `0 0 15 * L` would fire on the 15th only, `0 0 * * L` never.
+/// `L` there needs a day before it (`5L`, `FRIL`: the month's last Friday).
+fn bare_last_weekday(expr: &str) -> Result<(), String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let Some(field) = fields.last().filter(|_| fields.len() >= 5) else {
+        return Ok(());
+    };
+    if field.split(',').any(|item| item.eq_ignore_ascii_case("L")) {
+        return Err(format!(
+            "the day-of-week field `{field}`: `L` there needs a day before it, \
+             such as `5L` or `FRIL` for the month's last Friday \
+             (for the month's last day, put `L` in the day-of-month field)"
+        ));
     }
     Ok(())
 }
@@ -210,7 +229,58 @@ mod tests {
         assert!(parse("0 0 30 2 *").is_err());
         // Rare, but real.
         assert!(parse("0 0 29 2 *").is_ok());
-        assert!(parse("0 0 29 2 MON").is_ok());
+    }
+
+    /// With both day fields restricted, a day matching either fires, as in
+    /// standard cron: `0 0 29 2 MON` is every Monday of February and the
+    /// 29th, not "the 29th when it is a Monday" (`MON#1` and `L` say such
+    /// things).
+    #[test]
+    fn day_of_month_or_day_of_week() {
+        let cron = parse("0 0 29 2 MON").unwrap();
+        let mut at = chrono::NaiveDate::from_ymd_opt(2026, 1, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .unwrap();
+        let mut days = Vec::new();
+        while let Ok(next) = cron.find_next_occurrence(&at, false) {
+            if chrono::Datelike::year(&next) > 2028 {
+                break;
+            }
+            days.push(next.date().to_string());
+            at = next;
+        }
+        // 2026: the four Mondays of February; 2028, a leap year: its
+        // Mondays and Tuesday the 29th.
+        assert_eq!(
+            days,
+            [
+                "2026-02-02",
+                "2026-02-09",
+                "2026-02-16",
+                "2026-02-23",
+                "2027-02-01",
+                "2027-02-08",
+                "2027-02-15",
+                "2027-02-22",
+                "2028-02-07",
+                "2028-02-14",
+                "2028-02-21",
+                "2028-02-28",
+                "2028-02-29",
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_a_bare_last_in_the_day_of_week() {
+        for bad in ["0 0 15 * L", "0 0 * * l", "0 0 0 * * MON,L"] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.starts_with("the day-of-week field"), "{bad}: {err}");
+            assert!(err.contains("`5L` or `FRIL`"), "{err}");
+        }
+        assert!(parse("0 0 * * 5L").is_ok());
+        assert!(parse("0 0 * * FRIL").is_ok());
+        assert!(parse("0 0 L * *").is_ok());
     }
 
     #[test]
