@@ -1525,8 +1525,21 @@ mod fence {
     }
 
     /// Runs a worker with a short lease until the instance is terminal.
+    /// Where worker A's store says what it refused.
+    fn trace_path(db: &str) -> PathBuf {
+        PathBuf::from(format!("{db}.trace-A"))
+    }
+
     pub fn child(db: &str, who: &str) {
         WHO.set(who.to_owned()).expect("who set once");
+        if who == "A" {
+            let trace = std::fs::File::create(trace_path(db)).expect("trace file");
+            tracing_subscriber::fmt()
+                .with_env_filter("workflow_sqlite=info")
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(trace))
+                .init();
+        }
         runtime().block_on(async {
             let engine = Engine::builder()
                 .database_url(format!("sqlite://{db}"))
@@ -1705,11 +1718,26 @@ mod fence {
             !log_end.iter().any(|l| l == "after A"),
             "A went on past the refused step: {log_end:?}"
         );
+        // A's store refused the commit, whether A's handler heard of it or
+        // its heartbeat had stopped it first: the write went out either way.
+        let trace =
+            std::fs::read_to_string(trace_path(&db.display().to_string())).expect("A's trace");
+        assert!(
+            trace
+                .lines()
+                .any(|l| l.contains("a late step result was refused")
+                    && l.contains(id.as_str())
+                    && l.contains("step=slow")),
+            "A's late commit reached its store and was refused: {trace}"
+        );
         let refusal = log_end
             .iter()
             .find_map(|l| l.strip_prefix("refused A "))
             .map_or_else(
-                || "A's handler was stopped by its heartbeat first".to_owned(),
+                || {
+                    "refused by A's store; A's handler was stopped by its heartbeat first"
+                        .to_owned()
+                },
                 |why| format!("A's handler heard: {why}"),
             );
         if let Some(why) = log_end.iter().find_map(|l| l.strip_prefix("refused A ")) {

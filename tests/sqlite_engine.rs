@@ -28,7 +28,8 @@ struct OrderState {
     processed: u32,
 }
 
-static CHARGES: AtomicU32 = AtomicU32::new(0);
+/// The orders charged, one entry per charge, across every test here.
+static CHARGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Process a new customer order
 #[workflow(name = "processOrder", timeout = "10m")]
@@ -42,7 +43,7 @@ async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Res
         ctx.state_mut().processed += 1;
     }
     ctx.step("charge-payment", || async {
-        CHARGES.fetch_add(1, Ordering::SeqCst);
+        CHARGED.lock().unwrap().push(input.order_id.clone());
         Ok::<_, BoxError>(())
     })
     .await?;
@@ -182,7 +183,6 @@ async fn engines_sharing_one_file_run_each_instance_once() {
     let dir = tempfile::tempdir().unwrap();
     let engines = [engine(&dir).await, engine(&dir).await, engine(&dir).await];
     let workers: Vec<_> = engines.iter().map(|e| e.start_worker()).collect();
-    let charges_before = CHARGES.load(Ordering::SeqCst);
     let mut instances = Vec::new();
     for n in 0..60 {
         let engine = &engines[n % 3];
@@ -198,7 +198,12 @@ async fn engines_sharing_one_file_run_each_instance_once() {
         runs_total += inst.info().await.unwrap().runs;
     }
     assert_eq!(runs_total, 60, "each instance was claimed exactly once");
-    assert!(CHARGES.load(Ordering::SeqCst) - charges_before >= 60);
+    let charged = CHARGED.lock().unwrap().clone();
+    for n in 0..60 {
+        let order = format!("multi-{n}");
+        let times = charged.iter().filter(|o| **o == order).count();
+        assert_eq!(times, 1, "{order} charged {times} times");
+    }
     for worker in workers {
         worker.shutdown().await;
     }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use workflow_core::*;
 
 mod common;
-use common::until_status;
+use common::{until_nothing_runs_here, until_status};
 
 static BEFORE_SLEEP: AtomicU32 = AtomicU32::new(0);
 
@@ -458,11 +458,20 @@ async fn a_long_sleep_suspends_and_frees_the_worker() {
     let engine = engine(Arc::new(MemoryStore::new())).await;
     let _worker = engine.start_worker();
     let before = BEFORE_SLEEP.load(Ordering::SeqCst);
-    let inst = Sleeper::start(&engine, 400).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let info = inst.info().await.unwrap();
-    assert_eq!(info.status, Status::Pending, "suspended while it sleeps");
-    assert!(engine.running_here().is_empty(), "no handler in memory");
+    let inst = Sleeper::start(&engine, 1_500).await.unwrap();
+    // Pending again after its first run: suspended while it sleeps.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let info = inst.info().await.unwrap();
+        if info.status == Status::Pending && info.runs == 1 && engine.running_here().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not suspended, or its handler still in memory: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let runs = inst.result_timeout(LIMIT).await.unwrap();
     assert_eq!(runs, 2, "woken and replayed once");
     assert_eq!(
@@ -633,7 +642,7 @@ impl Workflow for LongStep {
 
     async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
         ctx.step("long", || async {
-            tokio::time::sleep(Duration::from_millis(800)).await;
+            tokio::time::sleep(Duration::from_millis(2_000)).await;
             Ok::<_, BoxError>(())
         })
         .await?;
@@ -654,8 +663,9 @@ async fn a_pause_withdrawn_elsewhere_does_not_stop_the_handler() {
             .shared_store(Arc::clone(&store))
             .register(LongStep)
             .poll_interval(Duration::from_millis(10))
-            // Renewals every 50 ms.
-            .lease_duration(Duration::from_millis(150))
+            // Renewals every 200 ms: a few while it is paused, and a
+            // lease that a busy machine does not let lapse.
+            .lease_duration(Duration::from_millis(600))
             .build()
     };
     let runner = build().await.unwrap();
@@ -664,7 +674,7 @@ async fn a_pause_withdrawn_elsewhere_does_not_stop_the_handler() {
     let inst = LongStep::start(&runner, ()).await.unwrap();
     until_status(&inst, Status::InProgress).await;
     other.pause(inst.id()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     other.resume(inst.id()).await.unwrap();
     assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), 1, "one run");
     let kinds: Vec<HistoryKind> = inst
@@ -1200,12 +1210,7 @@ async fn cancelling_a_parent_stops_its_child_running_here_at_once() {
     };
     parent.cancel().await.unwrap();
     assert_eq!(child.status().await.unwrap(), Status::Cancelled);
-    // Well before the worker's first heartbeat, a second after it started.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        engine.running_here().is_empty(),
-        "the cancelled child still runs here"
-    );
+    until_nothing_runs_here(&engine, "the cancelled child still runs here").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         BUSY_DONE.load(Ordering::SeqCst),
@@ -1270,12 +1275,7 @@ async fn a_timed_out_parent_stops_its_child_running_here_at_once() {
     let children = engine.list(Query::new().name("slow")).await.unwrap().items;
     assert_eq!(children.len(), 1, "the child was started");
     assert_eq!(children[0].status, Status::Cancelled, "{:?}", children[0]);
-    // Well before the worker's next heartbeat (one a second).
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        engine.running_here().is_empty(),
-        "the cancelled child still runs here"
-    );
+    until_nothing_runs_here(&engine, "the cancelled child still runs here").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         SLOW_DONE.load(Ordering::SeqCst),

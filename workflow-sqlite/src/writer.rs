@@ -2335,6 +2335,14 @@ fn commit_step(
                 lease.run
             ])?;
             if !held {
+                // Said here too: the run that sent it may be gone by the
+                // answer (stopped by its own heartbeat for the same reason).
+                tracing::info!(
+                    id = %lease.instance,
+                    step = %step.key,
+                    run = lease.run,
+                    "a late step result was refused: this run no longer holds the instance"
+                );
                 return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
             }
             // Its count is not known here: set it to 0 now, once.

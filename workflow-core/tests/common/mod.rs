@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use workflow_core::{Instance, Status, Workflow};
+use workflow_core::{Engine, Instance, Status, Workflow};
 
 /// Polls until `inst` has `status`, for at most 5 seconds.
 pub async fn until_status<W: Workflow>(inst: &Instance<W>, status: Status) {
@@ -13,4 +13,16 @@ pub async fn until_status<W: Workflow>(inst: &Instance<W>, status: Status) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("never reached {status}: {:?}", inst.info().await.unwrap());
+}
+
+/// Polls until no handler runs in `engine`'s process, for at most 800 ms:
+/// under the worker's first heartbeat (a second after it starts), so that
+/// only a stop sent at once, not one found by a heartbeat, passes.
+#[allow(dead_code)]
+pub async fn until_nothing_runs_here(engine: &Engine, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_millis(800);
+    while !engine.running_here().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
