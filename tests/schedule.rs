@@ -68,7 +68,7 @@ async fn three_engines_one_process() {
             .expect("engine");
         engines.push(engine);
     }
-    let _workers: Vec<_> = engines.iter().map(|e| e.start_worker()).collect();
+    let workers: Vec<_> = engines.iter().map(|e| e.start_worker()).collect();
     // Wait until the schedule is registered, then step through five ticks.
     let started = Instant::now();
     while engines[0].schedules().await.expect("schedules")[0]
@@ -124,6 +124,16 @@ async fn three_engines_one_process() {
             .expect("ran");
         assert_eq!(format!("schedule:{out}"), info.key.expect("key"));
     }
+    // Once every engine has stopped, nothing more can fire: no late
+    // duplicate of the last tick came after the list above.
+    for worker in workers {
+        worker.shutdown().await;
+    }
+    let after = engines[0]
+        .list(Query::new().name("minutely").limit(100))
+        .await
+        .expect("list");
+    assert_eq!(after.items.len(), expected.len(), "no tick fired twice");
 }
 
 async fn child(db: &str, seconds: u64) {

@@ -128,9 +128,16 @@ async fn three_engines_manual_clock(url: &str) {
             .expect("ran");
         assert_eq!(format!("schedule:{out}"), info.key.expect("key"));
     }
+    // Once every engine has stopped, nothing more can fire: no late
+    // duplicate of the last tick came after the list above.
     for worker in workers {
         worker.shutdown().await;
     }
+    let after = engines[0]
+        .list(Query::new().name("minutely").limit(100))
+        .await
+        .expect("list");
+    assert_eq!(after.items.len(), expected.len(), "no tick fired twice");
     common::drop_schemas(url, &[schema]).await;
 }
 
