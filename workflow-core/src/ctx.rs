@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::FutureExt;
@@ -66,6 +66,10 @@ struct CtxInner<S> {
 /// The handler's state and whether it changed since its last snapshot.
 struct StateCell<S> {
     value: Mutex<S>,
+    /// The thread holding a guard of `value` from `state()`/`state_mut()`
+    /// (0 when none): a second guard on the same thread would wait for the
+    /// first forever.
+    holder: AtomicU64,
     /// Set by `state_mut`, cleared when a step persists the state: steps that
     /// leave the state alone do not write a snapshot.
     dirty: AtomicBool,
@@ -615,6 +619,69 @@ pub(crate) fn check_step_name(name: &str) -> std::result::Result<(), Option<char
     }
 }
 
+/// A number for the calling thread, never 0.
+fn this_thread() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static ME: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    ME.with(|me| *me)
+}
+
+/// The state's lock, and who holds it.
+struct Held<'a, S> {
+    guard: MutexGuard<'a, S>,
+    holder: &'a AtomicU64,
+}
+
+impl<S> Drop for Held<'_, S> {
+    fn drop(&mut self) {
+        // Before the lock itself is released (fields drop after this).
+        self.holder.store(0, Ordering::Release);
+    }
+}
+
+/// The workflow's state, for reading: [`Ctx::state`]. Not `Send`, so it
+/// cannot be held across an `.await`.
+pub struct StateRef<'a, S>(Held<'a, S>);
+
+/// The workflow's state, for changing: [`Ctx::state_mut`]. The change is
+/// saved with the next step. Not `Send`, so it cannot be held across an
+/// `.await`.
+pub struct StateMut<'a, S>(Held<'a, S>);
+
+impl<S> std::ops::Deref for StateRef<'_, S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.0.guard
+    }
+}
+
+impl<S> std::ops::Deref for StateMut<'_, S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.0.guard
+    }
+}
+
+impl<S> std::ops::DerefMut for StateMut<'_, S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.0.guard
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for StateRef<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for StateMut<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 /// Locks a mutex, ignoring poisoning: the data behind these locks stays
 /// consistent even if a panic unwound through a holder.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -632,6 +699,7 @@ where
     pub(crate) fn new(run: Arc<RunShared>, state: S) -> Self {
         let state = Arc::new(StateCell {
             value: Mutex::new(state),
+            holder: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             workflow: run.workflow,
             max: run.engine.inner.config.max_payload,
@@ -747,26 +815,46 @@ where
         self.inner.run.stop.child_token()
     }
 
-    /// The persisted state, for reading. Do not hold the guard across an `.await`.
+    /// The persisted state, for reading. The guard cannot be held across
+    /// an `.await` (it is not `Send`).
     ///
-    /// # Deadlocks
+    /// # Panics
     ///
-    /// The guard is a [`std::sync::MutexGuard`], and a temporary guard
-    /// lives to the end of its statement: `ctx.state_mut().n =
-    /// ctx.state().n + 1` takes the lock twice and hangs. Read into a
-    /// local first, or change it through one guard
-    /// (`ctx.state_mut().n += 1`). `ctx.complete(..)` and `ctx.fail(..)`
-    /// may be given values read from a guard in the same statement.
-    pub fn state(&self) -> MutexGuard<'_, S> {
-        lock(&self.inner.state.value)
+    /// When a guard from `state()` or `state_mut()` is still alive on this
+    /// thread: a temporary guard lives to the end of its statement, so
+    /// `ctx.state_mut().n = ctx.state().n + 1` takes the state twice, and
+    /// would otherwise hang. Read into a local first, or change it through
+    /// one guard (`ctx.state_mut().n += 1`). `ctx.complete(..)` and
+    /// `ctx.fail(..)` may be given values read from a guard in the same
+    /// statement. A panic in a handler fails its run as a panic does.
+    pub fn state(&self) -> StateRef<'_, S> {
+        StateRef(self.lock_state())
     }
 
     /// The persisted state, for changing; the change is saved with the next
-    /// step. Do not hold the guard across an `.await`, nor take a second
-    /// guard while it lives (see [`Ctx::state`]).
-    pub fn state_mut(&self) -> MutexGuard<'_, S> {
+    /// step. Panics as [`Ctx::state`] does when this thread holds a guard
+    /// already.
+    pub fn state_mut(&self) -> StateMut<'_, S> {
         self.inner.state.dirty.store(true, Ordering::Release);
-        lock(&self.inner.state.value)
+        StateMut(self.lock_state())
+    }
+
+    fn lock_state(&self) -> Held<'_, S> {
+        let cell = &self.inner.state;
+        let me = this_thread();
+        if cell.holder.load(Ordering::Acquire) == me {
+            panic!(
+                "ctx.state() or ctx.state_mut() was called while this thread still holds \
+                 the state (a guard lives to the end of its statement, as in \
+                 `ctx.state_mut().n = ctx.state().n + 1`): read into a local first"
+            );
+        }
+        let guard = lock(&cell.value);
+        cell.holder.store(me, Ordering::Release);
+        Held {
+            guard,
+            holder: &cell.holder,
+        }
     }
 
     /// Runs `f` as a durable step named `name`, with the workflow's default

@@ -27,7 +27,7 @@ mod wait;
 mod worker;
 mod workflow;
 
-pub use crate::ctx::{Ctx, HeldName, RESERVED_STEP_CHARS};
+pub use crate::ctx::{Ctx, HeldName, StateMut, StateRef, RESERVED_STEP_CHARS};
 pub use crate::engine::{
     unsupported_url, Connector, Durability, Engine, EngineBuilder, DEFAULT_MAX_PAYLOAD,
     MAX_EVENT_KEY_BYTES, MAX_KEY_BYTES, PURGE_BATCH,

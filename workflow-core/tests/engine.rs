@@ -609,6 +609,49 @@ async fn a_panicking_handler_fails_its_instance_and_the_engine_lives_on() {
     );
 }
 
+/// Takes its state twice in one statement, the way that would hang.
+struct TwoGuards;
+
+impl Workflow for TwoGuards {
+    type Input = ();
+    type Output = u32;
+    type State = Tally;
+    const NAME: &'static str = "twoGuards";
+
+    async fn run(&self, ctx: Ctx<Tally>, _: ()) -> Result<u32, BoxError> {
+        // One guard at a time is fine.
+        ctx.state_mut().n += 1;
+        let n = ctx.state().n;
+        ctx.state_mut().n = ctx.state().n + n;
+        Ok(ctx.state().n)
+    }
+}
+
+/// Two state guards alive at once on one thread would wait for each other
+/// for ever; the second one panics instead, saying why, and the run fails
+/// as any panic fails it.
+#[tokio::test]
+async fn a_second_state_guard_in_one_statement_panics_instead_of_hanging() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(TwoGuards)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = TwoGuards::start(&engine, ()).await.unwrap();
+    let err = inst
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("while this thread still holds the state"),
+        "{err}"
+    );
+}
+
 struct EndsEarly;
 
 #[derive(Serialize, Deserialize, JsonSchema)]
