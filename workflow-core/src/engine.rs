@@ -1378,15 +1378,23 @@ impl Engine {
             .collect())
     }
 
-    /// The history of an instance, oldest first.
+    /// The history of an instance, oldest first. An id with no instance
+    /// (never started, or purged) is [`Error::NotFound`], here and in the
+    /// three methods below.
     pub async fn history(&self, id: &InstanceId) -> Result<Vec<HistoryEvent>> {
         let events = self.inner.store.history(id).await?;
+        if events.is_empty() {
+            self.must_exist(id).await?;
+        }
         Ok(events.into_iter().map(HistoryEvent::from).collect())
     }
 
     /// The recorded steps of an instance.
     pub async fn steps(&self, id: &InstanceId) -> Result<Vec<StepInfo>> {
         let steps = self.inner.store.steps(id).await?;
+        if steps.is_empty() {
+            self.must_exist(id).await?;
+        }
         Ok(steps
             .into_iter()
             .map(|s| StepInfo::from_row(id, s))
@@ -1398,6 +1406,9 @@ impl Engine {
     /// however long its history grows.
     pub async fn history_tail(&self, id: &InstanceId, last: usize) -> Result<Tail<HistoryEvent>> {
         let (events, total) = self.inner.store.history_tail(id, last).await?;
+        if total == 0 {
+            self.must_exist(id).await?;
+        }
         Ok(Tail {
             items: events.into_iter().map(HistoryEvent::from).collect(),
             total,
@@ -1408,6 +1419,9 @@ impl Engine {
     /// were recorded, and how many it has.
     pub async fn steps_tail(&self, id: &InstanceId, last: usize) -> Result<Tail<StepInfo>> {
         let (steps, total) = self.inner.store.steps_tail(id, last).await?;
+        if total == 0 {
+            self.must_exist(id).await?;
+        }
         Ok(Tail {
             items: steps
                 .into_iter()
@@ -1415,6 +1429,17 @@ impl Engine {
                 .collect::<std::result::Result<_, _>>()?,
             total,
         })
+    }
+
+    /// [`Error::NotFound`] for an id with no instance (never started, or
+    /// purged): an empty history or list of steps would read as "nothing
+    /// happened yet". A row that exists but does not decode exists.
+    async fn must_exist(&self, id: &InstanceId) -> Result<()> {
+        match self.inner.store.get(id).await {
+            Ok(Some(_)) | Err(StoreError::Corrupt { .. }) => Ok(()),
+            Ok(None) => Err(Error::NotFound(id.clone())),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Waits until the instance is terminal. Wakes at once for instances

@@ -3065,3 +3065,28 @@ async fn an_input_the_code_no_longer_reads_pauses_the_instance() {
         "{why}"
     );
 }
+
+/// Reading the history or steps of an id with no instance is an error, as
+/// reading the instance is; an instance with no step yet has an empty list.
+#[tokio::test]
+async fn history_and_steps_of_an_unknown_id_are_not_found() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let unknown = InstanceId::from("no-such-instance");
+    let not_found = |r: Result<usize, Error>| matches!(r, Err(Error::NotFound(_)));
+    assert!(not_found(engine.history(&unknown).await.map(|v| v.len())));
+    assert!(not_found(engine.steps(&unknown).await.map(|v| v.len())));
+    assert!(not_found(
+        engine
+            .history_tail(&unknown, 5)
+            .await
+            .map(|t| t.items.len())
+    ));
+    assert!(not_found(
+        engine.steps_tail(&unknown, 5).await.map(|t| t.items.len())
+    ));
+    // No worker: created, not run.
+    let fresh = Repeats::start(&engine, 1).await.unwrap();
+    assert!(engine.steps(fresh.id()).await.unwrap().is_empty());
+    assert_eq!(engine.steps_tail(fresh.id(), 5).await.unwrap().total, 0);
+    assert_eq!(engine.history(fresh.id()).await.unwrap().len(), 1);
+}
