@@ -433,10 +433,31 @@ where
         F: Fn(I) -> Fut + Send + Sync,
         Fut: Future<Output = std::result::Result<T, E>> + Send,
     {
+        let opts = self.run().default_step;
+        self.map_with(name, opts, items, concurrency, f).await
+    }
+
+    /// [`Ctx::map`] with each item's retry policy: every item gets its own
+    /// attempts and backoff from `opts`, as a step of
+    /// [`step_with`](Ctx::step_with) does.
+    pub async fn map_with<I, T, E, F, Fut>(
+        &self,
+        name: &str,
+        opts: StepOptions,
+        items: Vec<I>,
+        concurrency: usize,
+        f: F,
+    ) -> Result<Vec<T>>
+    where
+        I: Clone + Send + Sync,
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: Fn(I) -> Fut + Send + Sync,
+        Fut: Future<Output = std::result::Result<T, E>> + Send,
+    {
         let run = self.run();
         run.check()?;
         let (base, _) = run.next_key(name)?;
-        let opts = run.default_step;
         let f = &f;
         let base = &base;
         stream::iter(items.into_iter().enumerate())
@@ -467,6 +488,27 @@ where
         self.map(name, items, concurrency, f).await.map(drop)
     }
 
+    /// [`Ctx::for_each`] with each item's retry policy (see
+    /// [`Ctx::map_with`]).
+    pub async fn for_each_with<I, E, F, Fut>(
+        &self,
+        name: &str,
+        opts: StepOptions,
+        items: Vec<I>,
+        concurrency: usize,
+        f: F,
+    ) -> Result<()>
+    where
+        I: Clone + Send + Sync,
+        E: Into<BoxError>,
+        F: Fn(I) -> Fut + Send + Sync,
+        Fut: Future<Output = std::result::Result<(), E>> + Send,
+    {
+        self.map_with(name, opts, items, concurrency, f)
+            .await
+            .map(drop)
+    }
+
     /// Splits `items` into chunks of `size` and runs `f` on each chunk as one
     /// durable step (keys `name[0]`, `name[1]`...), one after another.
     /// Returns each chunk's result, in order.
@@ -489,10 +531,30 @@ where
         F: Fn(Vec<I>) -> Fut + Send + Sync,
         Fut: Future<Output = std::result::Result<T, E>> + Send,
     {
+        let opts = self.run().default_step;
+        self.batch_with(name, opts, items, size, f).await
+    }
+
+    /// [`Ctx::batch`] with each chunk's retry policy (see
+    /// [`Ctx::map_with`]).
+    pub async fn batch_with<I, T, E, F, Fut>(
+        &self,
+        name: &str,
+        opts: StepOptions,
+        items: Vec<I>,
+        size: usize,
+        f: F,
+    ) -> Result<Vec<T>>
+    where
+        I: Clone + Send + Sync,
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: Fn(Vec<I>) -> Fut + Send + Sync,
+        Fut: Future<Output = std::result::Result<T, E>> + Send,
+    {
         let run = self.run();
         run.check()?;
         let (base, _) = run.next_key(name)?;
-        let opts = run.default_step;
         let mut results = Vec::new();
         for (index, chunk) in items.chunks(size.max(1)).enumerate() {
             let result = self

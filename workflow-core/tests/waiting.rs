@@ -225,6 +225,56 @@ impl Workflow for Fan {
     }
 }
 
+/// Calls of each of `FanWith`'s items and chunks, by key.
+static FAN_WITH_CALLS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Fails the first call of `key`, then answers.
+fn once_down(key: String) -> Result<(), BoxError> {
+    let mut calls = FAN_WITH_CALLS.lock().unwrap();
+    calls.push(key.clone());
+    if calls.iter().filter(|k| **k == key).count() == 1 {
+        return Err("service down".into());
+    }
+    Ok(())
+}
+
+/// The fan-outs with their own retry policy, in a workflow whose own
+/// allows one attempt.
+struct FanWith;
+
+impl Workflow for FanWith {
+    type Input = Vec<u32>;
+    type Output = (Vec<u32>, Vec<u32>);
+    type State = ();
+    const NAME: &'static str = "fanWith";
+    const RETRIES: Option<u32> = Some(1);
+
+    async fn run(&self, ctx: Ctx, items: Vec<u32>) -> Result<(Vec<u32>, Vec<u32>), BoxError> {
+        let opts = StepOptions::retries(2).backoff(
+            Duration::from_millis(5),
+            1.0,
+            Duration::from_millis(5),
+        );
+        let doubled = ctx
+            .map_with("double", opts, items.clone(), 2, |n| async move {
+                once_down(format!("double {n}"))?;
+                Ok::<_, BoxError>(n * 2)
+            })
+            .await?;
+        ctx.for_each_with("touch", opts, items.clone(), 2, |n| async move {
+            once_down(format!("touch {n}"))
+        })
+        .await?;
+        let sums = ctx
+            .batch_with("sum", opts, items, 2, |chunk| async move {
+                once_down(format!("sum {chunk:?}"))?;
+                Ok::<_, BoxError>(chunk.iter().sum::<u32>())
+            })
+            .await?;
+        Ok((doubled, sums))
+    }
+}
+
 /// Calls started by `FlakyFan`'s items.
 static FLAKY_FAN_CALLS: AtomicU32 = AtomicU32::new(0);
 
@@ -426,6 +476,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(ToolCaller)
         .register(ParentWithOptions)
         .register(Fan)
+        .register(FanWith)
         .register(FlakyFan)
         .register(FailsBesideSleep)
         .register(ReserveBesideWait)
@@ -1699,4 +1750,19 @@ async fn a_cancel_stops_a_suspension_waiting_for_steps() {
     }
     assert!(engine.running_here().is_empty(), "the handler stopped");
     assert_eq!(LONG_STEP_ENDED.load(Ordering::SeqCst), 0);
+}
+
+/// `map_with`, `for_each_with` and `batch_with` give every item and chunk
+/// the attempts of their options, not the workflow's one: each fails once
+/// and succeeds on its second attempt.
+#[tokio::test]
+async fn fan_outs_take_their_own_retry_policy() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = FanWith::start(&engine, vec![1, 2, 3]).await.unwrap();
+    let (doubled, sums) = inst.result_timeout(LIMIT).await.unwrap();
+    assert_eq!((doubled, sums), (vec![2, 4, 6], vec![3, 3]));
+    let steps = inst.steps().await.unwrap();
+    assert_eq!(steps.len(), 3 + 3 + 2, "{steps:?}");
+    assert!(steps.iter().all(|s| s.attempts == 2), "{steps:?}");
 }

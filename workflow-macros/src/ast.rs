@@ -124,7 +124,7 @@ impl StepCall {
 
 /// The `ctx` methods whose first argument is a step name, besides `step`
 /// and `step_with`.
-const NAMED_METHODS: [&str; 12] = [
+const NAMED_METHODS: [&str; 15] = [
     "sleep",
     "sleep_until",
     "wait_for_event",
@@ -133,11 +133,24 @@ const NAMED_METHODS: [&str; 12] = [
     "run_child",
     "run_child_with",
     "map",
+    "map_with",
     "for_each",
+    "for_each_with",
     "batch",
+    "batch_with",
     "call_tool",
     "call_tool_with",
 ];
+
+/// The methods whose closure runs once per item, each item a step, and the
+/// position of their items argument, which the handler builds outside.
+fn items_arg(method: &str) -> Option<usize> {
+    match method {
+        "map" | "for_each" | "batch" => Some(1),
+        "map_with" | "for_each_with" | "batch_with" => Some(2),
+        _ => None,
+    }
+}
 
 impl<'a> Workflow<'a> {
     /// Builds the model, recording every problem in `errors`. Returns a model
@@ -806,8 +819,7 @@ impl<'ast> Visit<'ast> for StepVisitor {
                 });
                 // The items of `map`, `for_each` and `batch` run as steps
                 // too: `ctx` calls in their closures are refused as well.
-                let runs_as_step =
-                    is_step || ["map", "for_each", "batch"].contains(&&*call.method.to_string());
+                let runs_as_step = is_step || items_arg(&call.method.to_string()).is_some();
                 step = runs_as_step.then(|| lit.value());
             }
         }
@@ -824,7 +836,7 @@ impl<'ast> Visit<'ast> for StepVisitor {
             self.visit_attribute(attr);
         }
         self.visit_expr(&call.receiver);
-        let items = (!is_step).then_some(1);
+        let items = items_arg(&call.method.to_string());
         for (n, arg) in call.args.iter().enumerate() {
             if Some(n) == items {
                 self.visit_expr(arg);

@@ -15,6 +15,13 @@ async fn nested(ctx: Ctx, _input: ()) -> workflow::Result<()> {
             .await
     })
     .await?;
+    // And with their own options; the items (built outside) are not a step.
+    let images = vec![1, 2];
+    ctx.for_each_with("store", StepOptions::retries(2), images, 2, move |image: i32| async move {
+        c.sleep("settle", std::time::Duration::from_millis(image as u64)).await?;
+        Ok::<_, BoxError>(())
+    })
+    .await?;
     // However the closure is built.
     ctx.step("wrapped", {
         let c = &ctx;
