@@ -809,10 +809,17 @@ impl Engine {
     /// Runs a worker until [`Engine::shutdown`] is called, then waits for
     /// it to hand its instances back. Today it never fails; the `Result`
     /// leaves room for errors a future worker may report at start.
+    ///
+    /// Dropping the future before it ends (a `select!` that took another
+    /// branch) stops the worker too, as [`Worker::shutdown`] does, without
+    /// waiting for it: it must not go on claiming work after the call that
+    /// ran it is gone.
     pub async fn run(&self) -> Result<()> {
         let worker = self.start_worker();
+        let stop_on_drop = worker.stop_token().drop_guard();
         self.inner.shutdown.cancelled().await;
         worker.shutdown().await;
+        stop_on_drop.disarm();
         Ok(())
     }
 

@@ -2240,6 +2240,7 @@ pub struct Unreachable<S> {
     /// Creates left before every create fails; negative: no limit.
     creates_until_failing: AtomicI64,
     hanging: AtomicBool,
+    hanging_claims: AtomicBool,
     /// Rows of this workflow read as corrupt through [`Store::get`].
     unreadable: std::sync::Mutex<Option<String>>,
 }
@@ -2253,6 +2254,7 @@ impl<S: Store> Unreachable<S> {
             failing_creates: AtomicU32::new(0),
             creates_until_failing: AtomicI64::new(-1),
             hanging: AtomicBool::new(false),
+            hanging_claims: AtomicBool::new(false),
             unreadable: std::sync::Mutex::new(None),
         }
     }
@@ -2268,6 +2270,12 @@ impl<S: Store> Unreachable<S> {
     /// over a connection gone quiet; it answers once turned off.
     pub fn hang_renewals(&self, hang: bool) {
         self.hanging.store(hang, Ordering::SeqCst);
+    }
+
+    /// Makes [`Store::claim`] wait without answering while on (`true`), as
+    /// a store that hangs does; it answers once turned off.
+    pub fn hang_claims(&self, hang: bool) {
+        self.hanging_claims.store(hang, Ordering::SeqCst);
     }
 
     /// Makes the next `n` calls to [`Store::create`] fail with a backend
@@ -2353,6 +2361,9 @@ impl<S: Store> Store for Unreachable<S> {
         }
     }
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
+        while self.hanging_claims.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         self.up()?.claim(req).await
     }
     async fn next_due(

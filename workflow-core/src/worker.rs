@@ -11,6 +11,7 @@ use futures_util::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::ctx::{RunShared, Settlement};
@@ -121,6 +122,10 @@ impl Worker {
     pub(crate) fn spawn(engine: Engine) -> Self {
         let id = format!("{}/{}/{}", host(), std::process::id(), uuid::Uuid::now_v7());
         lock(&LIVE).insert(id.clone());
+        // However the task ends (a panic, its runtime dropped, even before
+        // its first poll), the id is no longer a live peer's: a new engine
+        // in this process frees its leases at once.
+        let live = LiveId(id.clone());
         let stop = engine.inner.shutdown.child_token();
         let ready = Arc::new(ClaimedAhead::default());
         lock(&engine.inner.claimed_ahead).push(Arc::downgrade(&ready));
@@ -134,7 +139,13 @@ impl Worker {
             hand_backs: tokio_util::task::TaskTracker::new(),
             ahead_held_back: AtomicBool::new(false),
         });
-        let task = tokio::spawn(worker_loop(Arc::clone(&shared)));
+        let task = tokio::spawn({
+            let shared = Arc::clone(&shared);
+            async move {
+                let _live = live;
+                worker_loop(shared).await;
+            }
+        });
         Worker { shared, task }
     }
 
@@ -146,8 +157,16 @@ impl Worker {
         &self.shared.id
     }
 
+    /// Cancelled to stop this worker.
+    pub(crate) fn stop_token(&self) -> CancellationToken {
+        self.shared.stop.clone()
+    }
+
     /// Stops claiming, lets running handlers finish within the engine's
-    /// grace period, stops the rest and hands them back to the store.
+    /// grace period (counted from this call), stops the rest and hands
+    /// them back to the store. It returns within the grace period and a
+    /// few seconds more, whatever the store does: instances a store that
+    /// does not answer could not take back resume when their leases expire.
     pub async fn shutdown(self) {
         self.shared.stop.cancel();
         if let Err(err) = self.task.await {
@@ -165,14 +184,28 @@ async fn worker_loop(w: Arc<WorkerShared>) {
     let config = &inner.config;
     let span = tracing::info_span!("worker", id = %w.id);
     async {
+        if w.stop.is_cancelled() {
+            // Started after `Engine::shutdown`: it stops at once, writing
+            // nothing (an old binary during a deploy must not record its
+            // schedules over the new one's).
+            tracing::info!("worker not started: the engine was shut down");
+            return;
+        }
         tracing::info!(concurrency = config.concurrency, "worker started");
-        reap_dead_owners(&w).await;
-        crate::engine::record_schedules(&w.engine).await;
-        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&w)));
-        let scheduler = tokio::spawn(crate::scheduler::run(
+        tokio::select! {
+            _ = async {
+                reap_dead_owners(&w).await;
+                crate::engine::record_schedules(&w.engine).await;
+            } => {}
+            // A store that hangs must not hold up a shutdown.
+            _ = w.stop.cancelled() => {}
+        }
+        // Aborted with this task, however it ends.
+        let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(Arc::clone(&w))));
+        let scheduler = AbortOnDropHandle::new(tokio::spawn(crate::scheduler::run(
             w.engine.clone(),
             w.stop.clone(),
-        ));
+        )));
         let membership = crate::retention::worker_started(&w.engine);
         let mut runs = JoinSet::new();
         // A slot is a running handler. It is free again as soon as the
@@ -298,28 +331,40 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             }
             draining = true;
         }
+        // The grace period counts from the stop, for everything below: a
+        // store that hangs does not hold a shutdown past it (and a few
+        // seconds to record outcomes), whatever the orchestrator allows.
+        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
         // A claim still in flight, and what was claimed ahead, go back to
-        // the store for any worker to take at once.
+        // the store for any worker to take at once, while handlers finish.
         let mut ready: Vec<Claimed> = Vec::new();
-        while let Some(joined) = claims.join_next().await {
-            if let Ok((Ok(claimed), _, _)) = joined {
-                ready.extend(claimed);
+        let joined = tokio::time::timeout_at(deadline, async {
+            while let Some(joined) = claims.join_next().await {
+                if let Ok((Ok(claimed), _, _)) = joined {
+                    ready.extend(claimed);
+                }
             }
+        })
+        .await;
+        if joined.is_err() {
+            claims.abort_all();
+            tracing::warn!("a claim did not come back within the grace period; what it claimed resumes when its leases expire");
         }
         ready.extend(lock(&w.ready).drain(..));
-        hand_back(&w.engine, ready).await;
-        drain(&w, &mut runs).await;
-        heartbeat.abort();
+        let engine = w.engine.clone();
+        w.hand_backs
+            .spawn(async move { hand_back(&engine, ready).await });
+        drain(&w, &mut runs, deadline).await;
+        drop(heartbeat);
         w.hand_backs.close();
-        if tokio::time::timeout(config.shutdown_grace, w.hand_backs.wait())
+        if tokio::time::timeout(SETTLE_WITHIN, w.hand_backs.wait())
             .await
             .is_err()
         {
             tracing::warn!("handing back instances claimed ahead is taking long; they resume when their leases expire");
         }
-        scheduler.abort();
+        drop(scheduler);
         membership.leave().await;
-        lock(&LIVE).remove(&w.id);
         tracing::info!("worker stopped");
     }
     .instrument(span)
@@ -436,13 +481,19 @@ fn crash_loop_pause(
     }
 }
 
-async fn drain(w: &WorkerShared, runs: &mut JoinSet<bool>) {
-    let grace = w.engine.inner.config.shutdown_grace;
+/// How long a shutdown waits, past the grace period, for stopped handlers
+/// to record how far they got and for claimed instances to be handed
+/// back: a store that does not answer by then leaves them to their
+/// leases' expiry.
+const SETTLE_WITHIN: Duration = Duration::from_secs(5);
+
+async fn drain(w: &WorkerShared, runs: &mut JoinSet<bool>, deadline: tokio::time::Instant) {
     if !runs.is_empty() {
+        let grace = deadline.saturating_duration_since(tokio::time::Instant::now());
         tracing::info!(running = runs.len(), ?grace, "waiting for running handlers");
     }
     let all_done = async { while runs.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, all_done).await.is_err() {
+    if tokio::time::timeout_at(deadline, all_done).await.is_err() {
         let running: Vec<_> = lock(&w.running).values().cloned().collect();
         tracing::warn!(
             stopped = running.len(),
@@ -451,7 +502,23 @@ async fn drain(w: &WorkerShared, runs: &mut JoinSet<bool>) {
         for run in running {
             run.interrupt(Interrupt::Shutdown, Settlement::Plain);
         }
-        while runs.join_next().await.is_some() {}
+        let settled = async { while runs.join_next().await.is_some() {} };
+        if tokio::time::timeout(SETTLE_WITHIN, settled).await.is_err() {
+            tracing::warn!(
+                left = runs.len(),
+                "stopped handlers did not hand their instances back in time (a handler blocking its thread, or a store not answering); they resume when their leases expire"
+            );
+            runs.abort_all();
+        }
+    }
+}
+
+/// A worker id in [`LIVE`] for as long as the worker's task lives.
+struct LiveId(String);
+
+impl Drop for LiveId {
+    fn drop(&mut self) {
+        lock(&LIVE).remove(&self.0);
     }
 }
 
@@ -466,7 +533,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     // The last look for dead workers' leases, while it runs; stopped with
     // the heartbeat (a detached one would go on after the worker stopped,
     // taking its own id, no longer live, for a dead worker's).
-    let mut reaping: Option<tokio_util::task::AbortOnDropHandle<()>> = None;
+    let mut reaping: Option<AbortOnDropHandle<()>> = None;
     loop {
         tokio::time::sleep(every).await;
         ticks += 1;
@@ -540,9 +607,9 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
         // On a task of its own, for the same reason; one look at a time.
         if ticks.is_multiple_of(3) && reaping.as_ref().is_none_or(|r| r.is_finished()) {
             let w = Arc::clone(&w);
-            reaping = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-                async move { reap_dead_owners(&w).await },
-            )));
+            reaping = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                reap_dead_owners(&w).await
+            })));
         }
     }
 }

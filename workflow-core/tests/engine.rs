@@ -940,6 +940,78 @@ async fn shutdown_hands_running_instances_back() {
     assert_eq!(kinds.last(), Some(&HistoryKind::Released));
 }
 
+/// A store that stops answering claims does not hold a shutdown past its
+/// grace period: the claim in flight is given up (what it would claim
+/// resumes when leases expire), the running handler is stopped at the
+/// end of the grace and handed back. Before, the shutdown waited for the
+/// claim for ever.
+#[tokio::test]
+async fn a_hung_claim_does_not_hold_up_a_shutdown() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(Slow)
+        .poll_interval(Duration::from_millis(10))
+        .shutdown_grace(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    let inst = Slow::start_with(
+        &engine,
+        60_000,
+        StartOptions::new().timeout(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    until_status(&inst, Status::InProgress).await;
+    store.hang_claims(true);
+    // A second instance: the worker has a free slot and claims for it.
+    Slow::start(&engine, 10).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let shutdown = tokio::time::timeout(Duration::from_secs(10), worker.shutdown()).await;
+    assert!(shutdown.is_ok(), "the shutdown waited for the hung claim");
+    assert_eq!(
+        inst.status().await.unwrap(),
+        Status::Pending,
+        "the running instance was handed back"
+    );
+}
+
+/// Dropping the future of `Engine::run` (a `select!` that took another
+/// branch) stops its worker: nothing is claimed after it.
+#[tokio::test]
+async fn dropping_run_stops_its_worker() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Slow)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let running = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.run().await }
+    });
+    let before = Slow::start(&engine, 1).await.unwrap();
+    before.result_timeout(Duration::from_secs(5)).await.unwrap();
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+    let after = Slow::start_with(
+        &engine,
+        1,
+        StartOptions::new().timeout(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(after.info().await.unwrap().runs, 0, "run after the drop");
+    // A worker started now runs it: it was due all along.
+    let worker = engine.start_worker();
+    after.result_timeout(Duration::from_secs(5)).await.unwrap();
+    worker.shutdown().await;
+}
+
 #[tokio::test]
 async fn list_pages_newest_first() {
     let engine = engine_on(Arc::new(MemoryStore::new())).await;
