@@ -60,6 +60,8 @@ struct CacheInner {
 /// More keys than that (one per workflow filter asked for) and the old
 /// ones are dropped: the filter comes from the query string.
 const CACHED_COUNTS_MAX: usize = 256;
+/// The longest workflow filter whose counts are cached (names are short).
+const CACHED_NAME_MAX: usize = 256;
 
 /// The longest an overview is reused.
 const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
@@ -118,6 +120,12 @@ impl OverviewCache {
         workflow: Option<String>,
         counts: &BTreeMap<Status, u64>,
     ) {
+        // A filter no workflow name is that long is not kept: the cache
+        // holds at most CACHED_COUNTS_MAX small keys, not what a request
+        // may send.
+        if workflow.as_ref().is_some_and(|w| w.len() > CACHED_NAME_MAX) {
+            return;
+        }
         let ttl = self.ttl;
         if let Some(mut inner) = self.storable(generation) {
             if inner.counts.len() >= CACHED_COUNTS_MAX {
@@ -232,6 +240,18 @@ async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> R
             .into_response();
         }
     }
+    // Reads too: a page of another site can send a GET (an <img>) that it
+    // cannot read the answer of, but that still costs the store its work.
+    if let Some(site) = req.headers().get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or("");
+        if site != "same-origin" && site != "none" {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("cross-site request refused (Sec-Fetch-Site: {site})"),
+            )
+            .into_response();
+        }
+    }
     let change = req.method() != Method::GET && req.method() != Method::HEAD;
     if change {
         let allowed = state.hosts.as_deref().unwrap_or(&[]);
@@ -245,9 +265,17 @@ async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> R
     if change && response.status().is_success() {
         state.overview_cache.invalidate();
     }
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // JSON that carries the data of instances is never a document.
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
     response
 }
 

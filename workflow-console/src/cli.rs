@@ -693,7 +693,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                         crate::TOKEN_ENV
                     )))
                 }
-                Err(err @ crate::ConsoleError::BadToken(_)) => {
+                Err(err @ (crate::ConsoleError::BadToken(_) | crate::ConsoleError::ShortToken { .. })) => {
                     return Err(CliError::Usage(err.to_string()))
                 }
                 Err(crate::ConsoleError::Io(err)) if err.kind() == std::io::ErrorKind::InvalidInput => {

@@ -96,7 +96,24 @@ pub enum ConsoleError {
         /// The address asked for.
         addr: SocketAddr,
     },
+    /// [`Console::bind`] was given an address other machines can reach and
+    /// a token shorter than [`MIN_OPEN_TOKEN`] characters: tried at the
+    /// speed of the network, it would not hold long.
+    #[error(
+        "console on {addr} would be reachable from other machines with a {len}-character token: \
+         use at least {MIN_OPEN_TOKEN} random characters (e.g. `openssl rand -hex 16`)"
+    )]
+    ShortToken {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The token's length.
+        len: usize,
+    },
 }
+
+/// The fewest characters of a token guarding a console other machines can
+/// reach.
+pub const MIN_OPEN_TOKEN: usize = 16;
 
 /// So that `engine.serve_console(addr).await?` works in a function that
 /// returns `workflow::Result`: a server failure (a port in use) becomes
@@ -241,8 +258,15 @@ impl Console {
         }
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
         if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-            if self.token.is_none() && !self.no_token {
-                return Err(ConsoleError::NoToken { addr: *open });
+            match self.token.as_deref() {
+                None if !self.no_token => return Err(ConsoleError::NoToken { addr: *open }),
+                Some(token) if token.len() < MIN_OPEN_TOKEN => {
+                    return Err(ConsoleError::ShortToken {
+                        addr: *open,
+                        len: token.len(),
+                    })
+                }
+                _ => {}
             }
         }
         let listener = TcpListener::bind(&addrs[..]).await.map_err(|err| {

@@ -346,6 +346,19 @@ async fn changes_are_checked_and_applied() {
         http("POST", &cancel_url, &cross, Some("{}")).await.status,
         403
     );
+    // Reads from another site too: it could not read the answer, but the
+    // store would do the work.
+    let mut cross_read = auth();
+    cross_read.push(("sec-fetch-site", "cross-site"));
+    let res = http("GET", &format!("{base}/api/workflows"), &cross_read, None).await;
+    assert_eq!(res.status, 403, "{}", res.body);
+    let res = http("GET", &format!("{base}/api/workflows"), &auth(), None).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.headers["x-content-type-options"], "nosniff");
+    assert_eq!(
+        res.headers["content-security-policy"],
+        "default-src 'none'; frame-ancestors 'none'"
+    );
     let res = http("GET", &cancel_url, &auth(), None).await;
     assert_eq!(res.status, 405, "changes are POST only");
     assert_eq!(

@@ -588,6 +588,18 @@ async fn console_command_serves_the_page() {
     let out = cli(&f.url, &["console", "--addr", "0.0.0.0:0"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("--no-token"), "{}", out.stderr);
+    // Nor with a token a network could guess.
+    let out = cli(
+        &f.url,
+        &["console", "--addr", "0.0.0.0:0", "--token", "short"],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("5-character token") && out.stderr.contains("at least 16"),
+        "{}",
+        out.stderr
+    );
     // A bare port is a slip, named with the fix.
     let out = cli(&f.url, &["console", "--addr", "8080"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
@@ -605,7 +617,7 @@ async fn console_command_serves_the_page() {
     // A token from the environment stays out of output that is not a
     // terminal (a service's log); the address is one a browser can open.
     let mut child = command(&f.url, &["console", "--addr", "0.0.0.0:0"])
-        .env("WORKFLOW_CONSOLE_TOKEN", "env-secret")
+        .env("WORKFLOW_CONSOLE_TOKEN", "env-secret-0123456789")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
