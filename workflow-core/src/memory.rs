@@ -177,6 +177,14 @@ impl Store for MemoryStore {
                 return Ok(Created::Existing(entry.row.clone()));
             }
         }
+        // The SQL stores' primary key: a second row with one id would
+        // orphan the first's steps and history.
+        if t.instances.contains_key(&new.id) {
+            return Err(StoreError::backend(format!(
+                "an instance with id {} exists already",
+                new.id
+            )));
+        }
         // A child started by a parent already cancelled (its handler has
         // not heard yet) is cancelled with it, as `cancel` would have.
         let cancelled = new
@@ -728,15 +736,19 @@ impl Store for MemoryStore {
             return Ok(None);
         };
         let (_, payload) = entry.inbox.remove(index);
-        entry.steps.push(StepRow {
-            key: step.to_owned(),
-            output: Some(payload.clone()),
-            error: None,
-            state: None,
-            attempts: 1,
-            started_at: at,
-            finished_at: at,
-        });
+        // A key already recorded keeps its record, as `ON CONFLICT DO
+        // NOTHING` keeps it in the SQL stores.
+        if !entry.steps.iter().any(|s| s.key == step) {
+            entry.steps.push(StepRow {
+                key: step.to_owned(),
+                output: Some(payload.clone()),
+                error: None,
+                state: None,
+                attempts: 1,
+                started_at: at,
+                finished_at: at,
+            });
+        }
         entry.row.updated_at = at;
         t.event(
             &lease.instance,
@@ -856,8 +868,25 @@ impl Store for MemoryStore {
 
 #[cfg(all(test, feature = "testing"))]
 mod tests {
+    use crate::store::Store;
+
     #[tokio::test]
     async fn conformance() {
         crate::testing::conformance(|| async { super::MemoryStore::new() }).await;
+    }
+
+    /// A second row with an id in use is refused, as a primary key refuses
+    /// it, instead of replacing the first and orphaning its records.
+    #[tokio::test]
+    async fn an_id_in_use_is_refused() {
+        let store = super::MemoryStore::new();
+        let first = crate::testing::new_instance("wf", 1);
+        let id = first.id.clone();
+        store.create(first, None).await.unwrap();
+        let mut again = crate::testing::new_instance("other", 2);
+        again.id = id.clone();
+        let err = store.create(again, None).await.unwrap_err();
+        assert!(err.to_string().contains("exists already"), "{err}");
+        assert_eq!(store.get(&id).await.unwrap().unwrap().workflow, "wf");
     }
 }

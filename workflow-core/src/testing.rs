@@ -1270,6 +1270,20 @@ async fn events_are_kept_until_taken(store: impl Store) {
         Some(r#"{"ok":true}"#),
         "taking records the step"
     );
+    // Taken again under a key already recorded (a late run of the same
+    // wait): the next event goes, the record stays the first one's.
+    store
+        .send_event(&id, "approval", r#"{"ok":"again"}"#, None, T0 + 4)
+        .await
+        .unwrap();
+    let again = store
+        .take_event(&c.lease, "approval", "approval", T0 + 4)
+        .await
+        .unwrap();
+    assert_eq!(again.as_deref(), Some(r#"{"ok":false}"#));
+    let steps = store.steps(&id).await.unwrap();
+    assert_eq!(steps.len(), 1, "one record per key: {steps:?}");
+    assert_eq!(steps[0].output.as_deref(), Some(r#"{"ok":true}"#));
 
     // Suspending to listen while a matching event waits: due at once.
     let mut listen = suspend_at(Status::Listening, Millis::MAX, T0 + 5);
@@ -1292,7 +1306,7 @@ async fn events_are_kept_until_taken(store: impl Store) {
             .await
             .unwrap()
             .as_deref(),
-        Some(r#"{"ok":false}"#)
+        Some(r#"{"ok":"again"}"#)
     );
 
     // Listening with an empty inbox, then an event wakes it.
