@@ -679,8 +679,10 @@ async fn kid_watcher(ctx: Ctx, n: u32) -> workflow::Result<String> {
     }
 }
 
-/// A child whose row is damaged fails, and its parent sees a failed child:
-/// the damage is the child's, so the parent is not paused for it.
+/// On a real file: a child whose row is damaged fails (its claim fails
+/// it), and its parent, which cannot read that row either, is paused
+/// saying so; once the row is repaired and the parent resumed, it sees
+/// the failed child.
 #[tokio::test]
 async fn a_corrupt_child_pauses_its_parent_until_repaired() {
     let dir = tempfile::tempdir().unwrap();

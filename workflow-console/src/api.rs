@@ -229,8 +229,25 @@ fn host_allowed(allowed: &[String], host: &str) -> bool {
             .any(|name| name.eq_ignore_ascii_case(host_name(host)))
 }
 
-/// Token, method, content type and origin checks for the API.
-async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Token, method, content type and origin checks for the API, and the
+/// headers of every answer, refusals included.
+async fn api_guard(state: State<AppState>, req: Request, next: Next) -> Response {
+    let mut response = api_checks(state, req, next).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // JSON that carries the data of instances is never a document.
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    response
+}
+
+async fn api_checks(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
         if !has_token(req.headers(), token) {
             return ApiError::new(
@@ -259,23 +276,12 @@ async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> R
             return err.into_response();
         }
     }
-    let mut response = next.run(req).await;
+    let response = next.run(req).await;
     // Every change goes through here: the overview counts it affected are
     // read afresh (see `OverviewCache`).
     if change && response.status().is_success() {
         state.overview_cache.invalidate();
     }
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // JSON that carries the data of instances is never a document.
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
     response
 }
 

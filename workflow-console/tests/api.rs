@@ -352,6 +352,10 @@ async fn changes_are_checked_and_applied() {
     cross_read.push(("sec-fetch-site", "cross-site"));
     let res = http("GET", &format!("{base}/api/workflows"), &cross_read, None).await;
     assert_eq!(res.status, 403, "{}", res.body);
+    assert_eq!(
+        res.headers["x-content-type-options"], "nosniff",
+        "refusals too"
+    );
     let res = http("GET", &format!("{base}/api/workflows"), &auth(), None).await;
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(res.headers["x-content-type-options"], "nosniff");

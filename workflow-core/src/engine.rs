@@ -542,6 +542,7 @@ impl EngineBuilder {
                 shutdown: CancellationToken::new(),
                 running: std::sync::Mutex::new(HashMap::new()),
                 claimed_ahead: std::sync::Mutex::new(Vec::new()),
+                cancelled: Default::default(),
                 recorded: std::sync::Mutex::new(Default::default()),
                 retention: Default::default(),
                 scheduled,
@@ -697,6 +698,9 @@ pub(crate) struct EngineInner {
     pub running: std::sync::Mutex<HashMap<InstanceId, Arc<RunShared>>>,
     /// Each worker's instances claimed ahead, for the same.
     pub claimed_ahead: std::sync::Mutex<Vec<std::sync::Weak<crate::worker::ClaimedAhead>>>,
+    /// Instances cancelled through this engine lately, for claims that
+    /// were in flight meanwhile (their answers reach no queue yet).
+    pub cancelled: crate::worker::CancelLog,
     /// Checked schedules of registered workflows.
     pub scheduled: Vec<Scheduled>,
     pub clock: Arc<dyn Clock>,
@@ -1044,7 +1048,11 @@ impl Engine {
     /// or a timeout): those this process runs or holds claimed ahead hear
     /// of it now, as `id` does, instead of at their next heartbeat.
     pub(crate) fn stop_local_descendants(&self, id: &InstanceId) {
-        for cancelled in self.with_local_descendants(id) {
+        let cancelled = self.with_local_descendants(id);
+        // Before the queues are searched: a claim answered meanwhile reads
+        // the log as it queues what it claimed (see `CancelLog`).
+        self.inner.cancelled.note(&cancelled);
+        for cancelled in cancelled {
             crate::worker::forget_claimed_ahead(&self.inner, &cancelled);
             if let Some(run) = self.inner.local_run(&cancelled) {
                 run.interrupt(Interrupt::Cancelled, crate::ctx::Settlement::Plain);

@@ -310,7 +310,13 @@ impl<W: Workflow> Instance<W> {
         if self.checked.load(Ordering::Relaxed) {
             return Ok(());
         }
-        self.info().await.map(drop)
+        match self.engine.row(&self.id).await {
+            Ok(row) => self.check_workflow(&row),
+            // A damaged row cannot say whose it is: the call goes on, as
+            // the engine's own would (a cancel reaches what cannot be read).
+            Err(Error::Store(StoreError::Corrupt { .. })) => Ok(()),
+            Err(err) => Err(err),
+        }
     }
 
     /// Its status now.
@@ -346,12 +352,14 @@ impl<W: Workflow> Instance<W> {
     /// its deadline, which workers enforce. Bound the wait with
     /// [`result_timeout`](Self::result_timeout).
     pub async fn result(&self) -> Result<W::Output> {
+        self.ensure_workflow().await?;
         let row = self.engine.wait_terminal(&self.id, None).await?;
         self.output_of(row)
     }
 
     /// Like [`Instance::result`], giving up with [`Error::WaitTimeout`] after `limit`.
     pub async fn result_timeout(&self, limit: Duration) -> Result<W::Output> {
+        self.ensure_workflow().await?;
         let row = self.engine.wait_terminal(&self.id, Some(limit)).await?;
         self.output_of(row)
     }

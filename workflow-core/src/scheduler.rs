@@ -82,7 +82,7 @@ pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
     let mut marked: HashMap<&'static str, tokio::time::Instant> = HashMap::new();
     let mut looked: HashMap<&'static str, DateTime<Utc>> = HashMap::new();
     let started = inner.clock.now();
-    loop {
+    while !stop.is_cancelled() {
         let mut next_due: Option<DateTime<Utc>> = None;
         for scheduled in &inner.scheduled {
             let look = Look {

@@ -2255,6 +2255,7 @@ pub struct Unreachable<S> {
     creates_until_failing: AtomicI64,
     hanging: AtomicBool,
     hanging_claims: AtomicBool,
+    held_claim_answers: AtomicBool,
     /// Rows of this workflow read as corrupt through [`Store::get`].
     unreadable: std::sync::Mutex<Option<String>>,
 }
@@ -2269,6 +2270,7 @@ impl<S: Store> Unreachable<S> {
             creates_until_failing: AtomicI64::new(-1),
             hanging: AtomicBool::new(false),
             hanging_claims: AtomicBool::new(false),
+            held_claim_answers: AtomicBool::new(false),
             unreadable: std::sync::Mutex::new(None),
         }
     }
@@ -2290,6 +2292,13 @@ impl<S: Store> Unreachable<S> {
     /// a store that hangs does; it answers once turned off.
     pub fn hang_claims(&self, hang: bool) {
         self.hanging_claims.store(hang, Ordering::SeqCst);
+    }
+
+    /// Makes [`Store::claim`] hold its answer back while on (`true`): the
+    /// claim is made, and its caller hears of it once turned off, as over
+    /// a slow network.
+    pub fn hold_claim_answers(&self, hold: bool) {
+        self.held_claim_answers.store(hold, Ordering::SeqCst);
     }
 
     /// Makes the next `n` calls to [`Store::create`] fail with a backend
@@ -2378,7 +2387,11 @@ impl<S: Store> Store for Unreachable<S> {
         while self.hanging_claims.load(Ordering::SeqCst) {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        self.up()?.claim(req).await
+        let claimed = self.up()?.claim(req).await;
+        while self.held_claim_answers.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        claimed
     }
     async fn next_due(
         &self,

@@ -839,7 +839,7 @@ where
                                 },
                             },
                             Target::Workflow { workflow, wait } => {
-                                match engine
+                                let child = match engine
                                     .start_child_json(workflow, &input, parent, child_key)
                                     .await
                                 {
@@ -847,6 +847,17 @@ where
                                         workflow_outcome(engine, &id, status, *wait).await
                                     }
                                     Err(err) => Err(t.start_error(err)),
+                                };
+                                // Not the tool's failure (a store outage
+                                // while starting or reading the child):
+                                // stop the run, as `start_child` does,
+                                // rather than spend the step's attempts and
+                                // tell the model the tool failed.
+                                match child {
+                                    Err(Error::Store(err)) => {
+                                        return Err(BoxError::from(self.store_error(err)))
+                                    }
+                                    other => other,
                                 }
                             }
                         },
@@ -854,11 +865,6 @@ where
                 };
                 match answer {
                     Ok(value) => Ok(ToolReply::ok(value)),
-                    // Not the tool's failure (a store outage while starting
-                    // or reading the child): stop the run, as starting a
-                    // child with `start_child` does, rather than spend the
-                    // step's attempts and tell the model the tool failed.
-                    Err(Error::Store(err)) => Err(BoxError::from(self.store_error(err))),
                     Err(err) if is_for_the_model(&err) => Ok(ToolReply::from_error(&err)),
                     Err(err) => Err(BoxError::from(err)),
                 }

@@ -72,6 +72,54 @@ struct WorkerShared {
 /// heartbeat.
 pub(crate) type ClaimedAhead = Mutex<VecDeque<Claimed>>;
 
+/// The instances this engine cancelled lately, numbered, so that a claim
+/// that was in flight when one was cancelled does not start it: the
+/// cancel searched the queues of instances claimed ahead before the
+/// claim's answer reached one. A worker notes the count when it sends a
+/// claim and, holding its queue's lock, drops what was cancelled since (or
+/// whose parent was) as it queues the answer; a cancel notes before it
+/// searches the queues, so one of the two sees the other.
+#[derive(Default)]
+pub(crate) struct CancelLog {
+    /// Cancels so far, and the latest of them (the oldest dropped first).
+    log: Mutex<(u64, VecDeque<(u64, InstanceId)>)>,
+}
+
+/// How many cancels the log keeps: far more than come in one claim's
+/// round trip to the store.
+const CANCELS_KEPT: usize = 1024;
+
+impl CancelLog {
+    /// How many cancels were noted so far.
+    pub(crate) fn count(&self) -> u64 {
+        lock(&self.log).0
+    }
+
+    pub(crate) fn note(&self, ids: &[InstanceId]) {
+        let mut log = lock(&self.log);
+        for id in ids {
+            log.0 += 1;
+            let n = log.0;
+            log.1.push_back((n, id.clone()));
+            if log.1.len() > CANCELS_KEPT {
+                log.1.pop_front();
+            }
+        }
+    }
+
+    /// The instances cancelled after the first `count` cancels.
+    fn since(&self, count: u64) -> HashSet<InstanceId> {
+        let log = lock(&self.log);
+        // Numbered in order: the newest are at the back.
+        log.1
+            .iter()
+            .rev()
+            .take_while(|(n, _)| *n > count)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+}
+
 /// Drops `id` from every queue of instances claimed ahead in this engine
 /// (it was cancelled: its lease is gone), so it never starts here.
 pub(crate) fn forget_claimed_ahead(inner: &EngineInner, id: &InstanceId) {
@@ -142,8 +190,13 @@ impl Worker {
         let task = tokio::spawn({
             let shared = Arc::clone(&shared);
             async move {
-                let _live = live;
-                worker_loop(shared).await;
+                if worker_loop(shared).await {
+                    // A handler still runs here: its instance must not
+                    // look abandoned to an engine in this process, which
+                    // would run it beside it at once instead of waiting
+                    // out its lease.
+                    std::mem::forget(live);
+                }
             }
         });
         Worker { shared, task }
@@ -179,7 +232,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn worker_loop(w: Arc<WorkerShared>) {
+/// Runs the worker; true if it left handlers it could not stop running
+/// (one blocking its thread).
+async fn worker_loop(w: Arc<WorkerShared>) -> bool {
     let inner = &w.engine.inner;
     let config = &inner.config;
     let span = tracing::info_span!("worker", id = %w.id);
@@ -189,7 +244,7 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             // nothing (an old binary during a deploy must not record its
             // schedules over the new one's).
             tracing::info!("worker not started: the engine was shut down");
-            return;
+            return false;
         }
         tracing::info!(concurrency = config.concurrency, "worker started");
         tokio::select! {
@@ -199,6 +254,11 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             } => {}
             // A store that hangs must not hold up a shutdown.
             _ = w.stop.cancelled() => {}
+        }
+        if w.stop.is_cancelled() {
+            // Stopped while starting: nothing claimed, nothing to fire.
+            tracing::info!("worker stopped before it began");
+            return false;
         }
         // Aborted with this task, however it ends.
         let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(Arc::clone(&w))));
@@ -249,12 +309,13 @@ async fn worker_loop(w: Arc<WorkerShared>) {
                     limit: wanted,
                 };
                 let store = Arc::clone(&inner.store);
-                claims.spawn(async move { (store.claim(req).await, wanted, now) });
+                let cancels = inner.cancelled.count();
+                claims.spawn(async move { (store.claim(req).await, wanted, now, cancels) });
             }
             if draining || !claims.is_empty() {
                 tokio::select! {
                     Some(joined) = claims.join_next() => {
-                        let (claimed, wanted, at) = match joined {
+                        let (claimed, wanted, at, cancels) = match joined {
                             Ok(claim) => claim,
                             Err(err) => {
                                 // What it claimed, if anything, waits for its leases to end.
@@ -268,11 +329,25 @@ async fn worker_loop(w: Arc<WorkerShared>) {
                                 store_backoff = Duration::from_millis(50);
                                 draining = claimed.len() == wanted;
                                 let until = crate::store::millis_after(at, config.lease);
+                                // `lease_ends` first, then the queue (the
+                                // heartbeat's order), and the cancels read
+                                // under the queue's lock (see `CancelLog`).
                                 let mut ends = lock(&w.lease_ends);
-                                for c in &claimed {
+                                let mut ready = lock(&w.ready);
+                                let cancelled = inner.cancelled.since(cancels);
+                                for c in claimed {
+                                    let parent_cancelled = c
+                                        .row
+                                        .parent
+                                        .as_ref()
+                                        .is_some_and(|p| cancelled.contains(p));
+                                    if cancelled.contains(&c.row.id) || parent_cancelled {
+                                        tracing::debug!(id = %c.row.id, "cancelled while its claim was in flight; not started");
+                                        continue;
+                                    }
                                     ends.insert(lease_key(&c.lease), until);
+                                    ready.push_back(c);
                                 }
-                                lock(&w.ready).extend(claimed);
                             }
                             Err(err) => {
                                 tracing::error!(error = %err, retry_in = ?store_backoff, "claiming work failed");
@@ -334,27 +409,39 @@ async fn worker_loop(w: Arc<WorkerShared>) {
         // The grace period counts from the stop, for everything below: a
         // store that hangs does not hold a shutdown past it (and a few
         // seconds to record outcomes), whatever the orchestrator allows.
-        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-        // A claim still in flight, and what was claimed ahead, go back to
-        // the store for any worker to take at once, while handlers finish.
-        let mut ready: Vec<Claimed> = Vec::new();
-        let joined = tokio::time::timeout_at(deadline, async {
-            while let Some(joined) = claims.join_next().await {
-                if let Ok((Ok(claimed), _, _)) = joined {
-                    ready.extend(claimed);
-                }
-            }
-        })
-        .await;
-        if joined.is_err() {
-            claims.abort_all();
-            tracing::warn!("a claim did not come back within the grace period; what it claimed resumes when its leases expire");
-        }
-        ready.extend(lock(&w.ready).drain(..));
+        let stopped = tokio::time::Instant::now();
+        let deadline = stopped
+            .checked_add(config.shutdown_grace)
+            .unwrap_or_else(|| stopped + FOREVER);
+        // What was claimed ahead, and what a claim still in flight brings,
+        // go back to the store for any worker to take at once, while
+        // handlers finish.
+        let ahead: Vec<Claimed> = lock(&w.ready).drain(..).collect();
         let engine = w.engine.clone();
         w.hand_backs
-            .spawn(async move { hand_back(&engine, ready).await });
-        drain(&w, &mut runs, deadline).await;
+            .spawn(async move { hand_back(&engine, ahead).await });
+        let engine = w.engine.clone();
+        // A claim answers in milliseconds: even a grace of none waits a
+        // little for one, whose instances would otherwise wait out their
+        // leases.
+        let claims_until = deadline.max(stopped + SETTLE_WITHIN);
+        w.hand_backs.spawn(async move {
+            let mut brought: Vec<Claimed> = Vec::new();
+            let joined = tokio::time::timeout_at(claims_until, async {
+                while let Some(joined) = claims.join_next().await {
+                    if let Ok((Ok(claimed), _, _, _)) = joined {
+                        brought.extend(claimed);
+                    }
+                }
+            })
+            .await;
+            if joined.is_err() {
+                claims.abort_all();
+                tracing::warn!("a claim did not come back in time; what it claimed resumes when its leases expire");
+            }
+            hand_back(&engine, brought).await;
+        });
+        let left_running = drain(&w, &mut runs, deadline).await;
         drop(heartbeat);
         w.hand_backs.close();
         if tokio::time::timeout(SETTLE_WITHIN, w.hand_backs.wait())
@@ -364,12 +451,22 @@ async fn worker_loop(w: Arc<WorkerShared>) {
             tracing::warn!("handing back instances claimed ahead is taking long; they resume when their leases expire");
         }
         drop(scheduler);
-        membership.leave().await;
+        // Its purge may wait on a store that does not answer.
+        if tokio::time::timeout(SETTLE_WITHIN, membership.leave())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the retention task did not stop in time");
+        }
         tracing::info!("worker stopped");
+        left_running
     }
     .instrument(span)
     .await
 }
+
+/// A deadline past any shutdown (a grace of `Duration::MAX`).
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Starts ready instances on the free slots; returns how many still wait.
 fn start_ready(w: &Arc<WorkerShared>, slots: &Arc<Semaphore>, runs: &mut JoinSet<bool>) -> usize {
@@ -487,7 +584,9 @@ fn crash_loop_pause(
 /// leases' expiry.
 const SETTLE_WITHIN: Duration = Duration::from_secs(5);
 
-async fn drain(w: &WorkerShared, runs: &mut JoinSet<bool>, deadline: tokio::time::Instant) {
+/// Waits for the running handlers until `deadline`, then stops them;
+/// true if some did not stop (they block their threads).
+async fn drain(w: &WorkerShared, runs: &mut JoinSet<bool>, deadline: tokio::time::Instant) -> bool {
     if !runs.is_empty() {
         let grace = deadline.saturating_duration_since(tokio::time::Instant::now());
         tracing::info!(running = runs.len(), ?grace, "waiting for running handlers");
@@ -509,8 +608,15 @@ async fn drain(w: &WorkerShared, runs: &mut JoinSet<bool>, deadline: tokio::time
                 "stopped handlers did not hand their instances back in time (a handler blocking its thread, or a store not answering); they resume when their leases expire"
             );
             runs.abort_all();
+            // An aborted task stops at its next await; one that blocks its
+            // thread runs on.
+            let aborted = async { while runs.join_next().await.is_some() {} };
+            return tokio::time::timeout(Duration::from_secs(1), aborted)
+                .await
+                .is_err();
         }
     }
+    false
 }
 
 /// A worker id in [`LIVE`] for as long as the worker's task lives.

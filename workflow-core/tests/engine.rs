@@ -978,6 +978,63 @@ async fn a_hung_claim_does_not_hold_up_a_shutdown() {
     );
 }
 
+static COUNTED_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// One step that counts its calls.
+struct Counted;
+
+impl Workflow for Counted {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "counted";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step("count", || async {
+            COUNTED_CALLS.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A cancel that lands while the claim that took the instance is on its
+/// way back: the worker does not start it. Before, the cancel searched
+/// the queues before the claim's answer reached one, and the step ran
+/// after `cancel()` had returned.
+#[tokio::test]
+async fn a_cancel_beats_a_claim_in_flight() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(Counted)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    store.hold_claim_answers(true);
+    let inst = Counted::start(&engine, ()).await.unwrap();
+    let worker = engine.start_worker();
+    // Claimed in the store, the answer held back.
+    until_status(&inst, Status::InProgress).await;
+    inst.cancel().await.unwrap();
+    store.hold_claim_answers(false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        COUNTED_CALLS.load(Ordering::SeqCst),
+        0,
+        "the step ran after the cancel"
+    );
+    assert!(engine.running_here().is_empty());
+    assert_eq!(inst.status().await.unwrap(), Status::Cancelled);
+    // The worker goes on: a new instance runs.
+    let next = Counted::start(&engine, ()).await.unwrap();
+    next.result_timeout(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(COUNTED_CALLS.load(Ordering::SeqCst), 1);
+    worker.shutdown().await;
+}
+
 /// Dropping the future of `Engine::run` (a `select!` that took another
 /// branch) stops its worker: nothing is claimed after it.
 #[tokio::test]

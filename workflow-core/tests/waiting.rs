@@ -1240,8 +1240,12 @@ impl Workflow for AwaitsBusy {
 /// child's step in flight is dropped, not run to its end.
 #[tokio::test]
 async fn cancelling_a_parent_stops_its_child_running_here_at_once() {
+    // Renewals hang: no heartbeat can stop the child, only the stop sent
+    // at once.
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    store.hang_renewals(true);
     let engine = EngineBuilder::new()
-        .store(MemoryStore::new())
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
         .register(AwaitsBusy)
         .register(Busy)
         .poll_interval(Duration::from_millis(10))
@@ -1312,8 +1316,12 @@ impl Workflow for ImpatientForSlow {
 /// cancelling the parent would, not at the next heartbeat.
 #[tokio::test]
 async fn a_timed_out_parent_stops_its_child_running_here_at_once() {
+    // Renewals hang: no heartbeat can stop the child, only the stop sent
+    // at once.
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    store.hang_renewals(true);
     let engine = EngineBuilder::new()
-        .store(MemoryStore::new())
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
         .register(ImpatientForSlow)
         .register(Slow)
         .poll_interval(Duration::from_millis(10))

@@ -15,12 +15,12 @@ pub async fn until_status<W: Workflow>(inst: &Instance<W>, status: Status) {
     panic!("never reached {status}: {:?}", inst.info().await.unwrap());
 }
 
-/// Polls until no handler runs in `engine`'s process, for at most 800 ms:
-/// under the worker's first heartbeat (a second after it starts), so that
-/// only a stop sent at once, not one found by a heartbeat, passes.
+/// Polls until no handler runs in `engine`'s process, for at most 2 s.
+/// Tests that mean a stop sent at once hang the store's renewals
+/// (`Unreachable::hang_renewals`), so that no heartbeat stops it instead.
 #[allow(dead_code)]
 pub async fn until_nothing_runs_here(engine: &Engine, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_millis(800);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while !engine.running_here().is_empty() {
         assert!(std::time::Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
