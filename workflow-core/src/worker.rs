@@ -78,7 +78,8 @@ pub(crate) type ClaimedAhead = Mutex<VecDeque<Claimed>>;
 /// claim's answer reached one. A worker notes the count when it sends a
 /// claim and, holding its queue's lock, drops what was cancelled since (or
 /// whose parent was) as it queues the answer; a cancel notes before it
-/// searches the queues, so one of the two sees the other.
+/// searches the queues, so one of the two sees the other. Its lock is
+/// taken last (after `lease_ends` and a queue), and alone by a cancel.
 #[derive(Default)]
 pub(crate) struct CancelLog {
     /// Cancels so far, and the latest of them (the oldest dropped first).
