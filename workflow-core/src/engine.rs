@@ -1048,10 +1048,13 @@ impl Engine {
     /// or a timeout): those this process runs or holds claimed ahead hear
     /// of it now, as `id` does, instead of at their next heartbeat.
     pub(crate) fn stop_local_descendants(&self, id: &InstanceId) {
+        // The root before anything is searched: a claim answered meanwhile
+        // reads the log as it queues what it claimed, drops the root's
+        // children with it (see `CancelLog`), and what it queued before is
+        // found below.
+        self.inner.cancelled.note(std::slice::from_ref(id));
         let cancelled = self.with_local_descendants(id);
-        // Before the queues are searched: a claim answered meanwhile reads
-        // the log as it queues what it claimed (see `CancelLog`).
-        self.inner.cancelled.note(&cancelled);
+        self.inner.cancelled.note(&cancelled[1..]);
         for cancelled in cancelled {
             crate::worker::forget_claimed_ahead(&self.inner, &cancelled);
             if let Some(run) = self.inner.local_run(&cancelled) {

@@ -307,14 +307,19 @@ impl<W: Workflow> Instance<W> {
     /// [`Workflow::handle`]: cancelling, pausing or sending an event to an
     /// instance of another workflow would act on the wrong thing.
     async fn ensure_workflow(&self) -> Result<()> {
+        self.check_before(false).await
+    }
+
+    /// As [`ensure_workflow`](Self::ensure_workflow); with `or_damaged`, a
+    /// row too damaged to say whose it is lets the call go on (a cancel
+    /// reaches what cannot be read, as [`Engine::cancel`] does).
+    async fn check_before(&self, or_damaged: bool) -> Result<()> {
         if self.checked.load(Ordering::Relaxed) {
             return Ok(());
         }
         match self.engine.row(&self.id).await {
             Ok(row) => self.check_workflow(&row),
-            // A damaged row cannot say whose it is: the call goes on, as
-            // the engine's own would (a cancel reaches what cannot be read).
-            Err(Error::Store(StoreError::Corrupt { .. })) => Ok(()),
+            Err(Error::Store(StoreError::Corrupt { .. })) if or_damaged => Ok(()),
             Err(err) => Err(err),
         }
     }
@@ -372,7 +377,7 @@ impl<W: Workflow> Instance<W> {
     /// as a grandchild under a suspended child, within about a second too). Cancelling an instance that already ended is
     /// [`Error::AlreadyFinished`] and changes nothing.
     pub async fn cancel(&self) -> Result<()> {
-        self.ensure_workflow().await?;
+        self.check_before(true).await?;
         self.engine.cancel(&self.id).await
     }
 

@@ -77,11 +77,15 @@ impl Membership {
     }
 
     /// The worker stopped: the last one waits for the task (it stops
-    /// between two batches), so nothing is deleted after the last
-    /// `shutdown` returns.
-    pub(crate) async fn leave(mut self) {
-        if let Some(task) = self.uncount() {
-            let _ = task.await;
+    /// between two batches) up to `within`, then aborts it, so nothing is
+    /// deleted after the last `shutdown` returns, even when a purge waits
+    /// on a store that does not answer.
+    pub(crate) async fn leave(mut self, within: std::time::Duration) {
+        if let Some(mut task) = self.uncount() {
+            if tokio::time::timeout(within, &mut task).await.is_err() {
+                tracing::warn!("the retention task did not stop in time; aborted");
+                task.abort();
+            }
         }
     }
 }

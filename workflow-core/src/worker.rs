@@ -60,6 +60,10 @@ struct WorkerShared {
     /// waits for them, so that the instances are free for other workers at
     /// once rather than when their leases end.
     hand_backs: tokio_util::task::TaskTracker,
+    /// Cancelled when a shutdown stops waiting for `hand_backs`: those
+    /// still waiting on the store give up (their instances resume when
+    /// their leases expire) instead of outliving the worker.
+    give_up: CancellationToken,
     /// Set when the heartbeat handed back instances that waited here for
     /// a slot (every handler busy for long): no claiming ahead until a
     /// handler ends, or they would be claimed again at once.
@@ -87,7 +91,10 @@ pub(crate) struct CancelLog {
 }
 
 /// How many cancels the log keeps: far more than come in one claim's
-/// round trip to the store.
+/// round trip to the store. A burst of more (one cancel of a tree of
+/// thousands running here) may let a claimed descendant start; it then
+/// stops as for a cancel made in another process: its commits are
+/// refused, and its heartbeat stops it within about a second.
 const CANCELS_KEPT: usize = 1024;
 
 impl CancelLog {
@@ -186,6 +193,7 @@ impl Worker {
             ready,
             lease_ends: Mutex::new(HashMap::new()),
             hand_backs: tokio_util::task::TaskTracker::new(),
+            give_up: CancellationToken::new(),
             ahead_held_back: AtomicBool::new(false),
         });
         let task = tokio::spawn({
@@ -335,17 +343,26 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                 // under the queue's lock (see `CancelLog`).
                                 let mut ends = lock(&w.lease_ends);
                                 let mut ready = lock(&w.ready);
-                                let cancelled = inner.cancelled.since(cancels);
-                                for c in claimed {
-                                    let parent_cancelled = c
-                                        .row
-                                        .parent
-                                        .as_ref()
-                                        .is_some_and(|p| cancelled.contains(p));
-                                    if cancelled.contains(&c.row.id) || parent_cancelled {
-                                        tracing::debug!(id = %c.row.id, "cancelled while its claim was in flight; not started");
-                                        continue;
+                                let mut cancelled = inner.cancelled.since(cancels);
+                                // A child and its own child in one answer:
+                                // until no more are found.
+                                let mut claimed = claimed;
+                                loop {
+                                    let before = claimed.len();
+                                    claimed.retain(|c| {
+                                        let gone = cancelled.contains(&c.row.id)
+                                            || c.row.parent.as_ref().is_some_and(|p| cancelled.contains(p));
+                                        if gone {
+                                            tracing::debug!(id = %c.row.id, "cancelled while its claim was in flight; not started");
+                                            cancelled.insert(c.row.id.clone());
+                                        }
+                                        !gone
+                                    });
+                                    if claimed.len() == before || cancelled.is_empty() {
+                                        break;
                                     }
+                                }
+                                for c in claimed {
                                     ends.insert(lease_key(&c.lease), until);
                                     ready.push_back(c);
                                 }
@@ -419,9 +436,12 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
         // handlers finish.
         let ahead: Vec<Claimed> = lock(&w.ready).drain(..).collect();
         let engine = w.engine.clone();
-        w.hand_backs
-            .spawn(async move { hand_back(&engine, ahead).await });
+        let give_up = w.give_up.clone();
+        w.hand_backs.spawn(async move {
+            give_up.run_until_cancelled(hand_back(&engine, ahead)).await;
+        });
         let engine = w.engine.clone();
+        let give_up = w.give_up.clone();
         // A claim answers in milliseconds: even a grace of none waits a
         // little for one, whose instances would otherwise wait out their
         // leases.
@@ -434,13 +454,12 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                         brought.extend(claimed);
                     }
                 }
-            })
-            .await;
-            if joined.is_err() {
+            });
+            if give_up.run_until_cancelled(joined).await.is_none_or(|j| j.is_err()) {
                 claims.abort_all();
                 tracing::warn!("a claim did not come back in time; what it claimed resumes when its leases expire");
             }
-            hand_back(&engine, brought).await;
+            give_up.run_until_cancelled(hand_back(&engine, brought)).await;
         });
         let left_running = drain(&w, &mut runs, deadline).await;
         drop(heartbeat);
@@ -450,15 +469,11 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
             .is_err()
         {
             tracing::warn!("handing back instances claimed ahead is taking long; they resume when their leases expire");
+            w.give_up.cancel();
         }
         drop(scheduler);
         // Its purge may wait on a store that does not answer.
-        if tokio::time::timeout(SETTLE_WITHIN, membership.leave())
-            .await
-            .is_err()
-        {
-            tracing::warn!("the retention task did not stop in time");
-        }
+        membership.leave(SETTLE_WITHIN).await;
         tracing::info!("worker stopped");
         left_running
     }
@@ -754,8 +769,9 @@ fn hand_back_waiting(
             "handing back instances claimed ahead: every slot stayed busy"
         );
         let engine = w.engine.clone();
+        let give_up = w.give_up.clone();
         w.hand_backs.spawn(async move {
-            hand_back(&engine, stale).await;
+            give_up.run_until_cancelled(hand_back(&engine, stale)).await;
             engine.inner.wake.notify_waiters();
         });
     }
