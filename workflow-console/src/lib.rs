@@ -39,7 +39,10 @@
 //! token, or on loopback, only requests for a loopback host name or one of
 //! [`Console::allowed_hosts`] are served (no DNS rebinding). Changes are
 //! POST requests with a JSON body and are refused when the browser says
-//! they come from another site.
+//! they come from another site. A bound console serves at most 256
+//! connections at once and closes one silent for 60 s: clients holding
+//! connections open cannot take the file descriptors the engine in the
+//! same process needs.
 //!
 //! ```no_run
 //! # async fn run(engine: workflow_core::Engine) -> Result<(), workflow_console::ConsoleError> {
@@ -62,6 +65,7 @@ use workflow_core::{CancellationToken, Engine};
 mod api;
 pub mod cli;
 mod connect;
+mod listener;
 mod page;
 mod schedules;
 
@@ -285,7 +289,7 @@ impl Console {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(listener::Capped::new(listener), app)
                 .with_graceful_shutdown(async move { stopped.cancelled().await })
                 .await
         });
