@@ -312,6 +312,11 @@ impl PgStore {
         let mut settings = vec![
             ("search_path", schema.clone()),
             ("default_transaction_isolation", "read committed".to_owned()),
+            // The store's transactions never wait on the client for long;
+            // one whose client was cut off mid-transaction must not hold
+            // its rows' locks (and every renewal of them) for the hours
+            // TCP takes to notice.
+            ("idle_in_transaction_session_timeout", "60s".to_owned()),
         ];
         if options.durability == Durability::Relaxed {
             settings.push(("synchronous_commit", "off".to_owned()));

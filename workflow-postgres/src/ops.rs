@@ -730,7 +730,24 @@ impl Db {
                 continue;
             };
             let row = if row.busy {
-                let alone = renew_rows(&mut conn, std::slice::from_ref(lease), ask, false).await?;
+                // Waited for a while only: a transaction that holds the row
+                // and hangs (its client cut off mid-transaction) must not
+                // stall the renewal of every other lease. Left out of the
+                // answer, this lease keeps its end and lapses if it stays so.
+                let mut tx = conn.begin().await?;
+                sqlx::query("SET LOCAL lock_timeout = '1s'")
+                    .execute(&mut *tx)
+                    .await?;
+                let alone = match renew_rows(&mut tx, std::slice::from_ref(lease), ask, false).await
+                {
+                    Ok(alone) => alone,
+                    Err(failure) if lock_timed_out(&failure.err) => {
+                        tracing::warn!(id = %lease.instance, "a lease was not renewed: another transaction has held its row for over a second");
+                        continue;
+                    }
+                    Err(failure) => return Err(failure),
+                };
+                commit(tx).await?;
                 match alone.into_iter().next() {
                     Some(row) => row,
                     None => continue,
@@ -1700,4 +1717,9 @@ async fn event_full(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// PostgreSQL's `lock_not_available`: a `lock_timeout` ran out.
+fn lock_timed_out(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
 }

@@ -214,3 +214,43 @@ async fn a_renewal_lasts_its_length_by_the_database_clock() {
     assert!(!renewed[0].held, "taken over: A's renewal is refused");
     common::drop_schemas(&url, &[schema]).await;
 }
+
+/// A row another transaction holds and does not let go (its client cut
+/// off mid-transaction) costs a renewal a second at most: the other leases
+/// are renewed, and the held one is left out of the answer (it keeps its
+/// end). Before, the renewal waited for the row for as long as it was held.
+#[tokio::test]
+async fn a_row_held_elsewhere_does_not_stall_renewals() {
+    let Some(url) = common::url("a_row_held_elsewhere_does_not_stall_renewals") else {
+        return;
+    };
+    let schema = common::fresh_schema("held_row");
+    let s = store(&url, &schema).await;
+    let held = create(&s).await;
+    let free = create(&s).await;
+    let claimed = claim(&s, "a", 0, LEASE).await;
+    assert_eq!(claimed.len(), 2);
+    let leases: Vec<Lease> = claimed.iter().map(|c| c.lease.clone()).collect();
+    let mut blocker = s.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM instances WHERE id = $1 FOR UPDATE")
+        .bind(held.as_str())
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let renewed = tokio::time::timeout(
+        Duration::from_secs(10),
+        s.renew(&leases, now_millis() + LEASE),
+    )
+    .await
+    .expect("the renewal waited for the held row")
+    .unwrap();
+    let ids: Vec<&InstanceId> = renewed.iter().map(|r| &r.lease.instance).collect();
+    assert_eq!(ids, [&free], "{renewed:?}");
+    assert!(renewed[0].held);
+    blocker.rollback().await.unwrap();
+    // Let go, it renews again.
+    let renewed = s.renew(&leases, now_millis() + LEASE).await.unwrap();
+    assert_eq!(renewed.len(), 2);
+    assert!(renewed.iter().all(|r| r.held));
+    common::drop_schemas(&url, &[schema]).await;
+}
