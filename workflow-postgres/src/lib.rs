@@ -998,6 +998,63 @@ mod tests {
         drop_schema(&url, &schema).await;
     }
 
+    /// The same while the earlier attempt is still committing (a standby
+    /// slow to confirm, a pooler that cut the answer off): the retry
+    /// waits for it on the id and returns its row as created, instead of
+    /// failing on the duplicate id; a keyed one too, instead of calling
+    /// its own instance one that existed.
+    #[tokio::test]
+    async fn a_create_run_again_waits_for_its_own_commit() {
+        let Some(url) = test_url() else {
+            return;
+        };
+        let (store, schema) = store_in_fresh_schema(&url, "again_inflight").await;
+        let mut keyed = workflow_core::testing::new_instance("wf", 1);
+        keyed.key = Some("k".into());
+        let plain = workflow_core::testing::new_instance("wf", 2);
+        let batch: Vec<NewInstance> = (3..5)
+            .map(|n| workflow_core::testing::new_instance("wf", n))
+            .collect();
+        for (new, dedup) in [(&plain, None), (&keyed, Some(&Status::ACTIVE[..]))] {
+            // The first attempt, its COMMIT not yet through.
+            let mut first = store.pool().begin().await.unwrap();
+            if dedup.is_some() {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(format!("{}\n{}\nk", store.db.lock_prefix, new.workflow))
+                    .execute(&mut *first)
+                    .await
+                    .unwrap();
+            }
+            crate::ops::insert(&mut first, new).await.unwrap();
+            let retry = store.db.create(new, dedup, true);
+            let commit = async {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                first.commit().await.unwrap();
+            };
+            let (again, ()) = tokio::join!(retry, commit);
+            let again = again.unwrap().unwrap();
+            assert!(
+                matches!(&again, Created::New(row) if row.id == new.id),
+                "{again:?}"
+            );
+        }
+        let mut first = store.pool().begin().await.unwrap();
+        for new in &batch {
+            crate::ops::insert(&mut first, new).await.unwrap();
+        }
+        let retry = store.db.create_many(&batch, true);
+        let commit = async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            first.commit().await.unwrap();
+        };
+        let (rows, ()) = tokio::join!(retry, commit);
+        let rows = rows.unwrap().unwrap();
+        assert_eq!(rows.len(), 2);
+        let counts = store.count_by_status(Some("wf")).await.unwrap();
+        assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 4);
+        drop_schema(&url, &schema).await;
+    }
+
     /// A keyed send run again after an attempt whose commit landed though
     /// its answer was lost (the connection dropped during COMMIT) finds
     /// the key its own attempt recorded and answers "sent": the event was

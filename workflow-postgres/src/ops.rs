@@ -191,25 +191,26 @@ impl Db {
         again: bool,
     ) -> Attempt<Result<Created, StoreError>> {
         let mut tx = self.begin().await?;
+        let keyed = match (dedup, &new.key) {
+            (Some(statuses), Some(key)) => {
+                // Serializes creates of one (workflow, key) until commit;
+                // under READ COMMITTED the lookups below then see what the
+                // previous holder inserted (an earlier attempt of this
+                // call, still committing, included).
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(format!("{}\n{}\n{key}", self.lock_prefix, new.workflow))
+                    .execute(&mut *tx)
+                    .await?;
+                Some((statuses, key))
+            }
+            _ => None,
+        };
         if again {
-            let mine = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM instances WHERE id = $1"
-            )))
-            .bind(new.id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = mine {
+            if let Some(row) = self.own_row(&mut tx, new).await? {
                 return Ok(instance_row(&row).map(Created::New));
             }
         }
-        if let (Some(statuses), Some(key)) = (dedup, &new.key) {
-            // Serializes creates of one (workflow, key) until commit; under
-            // READ COMMITTED the lookup below then sees what the previous
-            // holder inserted.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                .bind(format!("{}\n{}\n{key}", self.lock_prefix, new.workflow))
-                .execute(&mut *tx)
-                .await?;
+        if let Some((statuses, key)) = keyed {
             let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
             let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} FROM instances WHERE workflow = $1 AND dedup_key = $2 \
@@ -226,7 +227,20 @@ impl Db {
         }
         let parents: Vec<&str> = new.parent.iter().map(InstanceId::as_str).collect();
         let cancelled = cancelled_parents(&mut tx, &parents).await?;
-        let mut row = insert(&mut tx, new).await?;
+        let mut row = match insert(&mut tx, new).await {
+            Ok(row) => row,
+            // An earlier attempt of this call was still committing when
+            // the lookup above ran: its row is this call's.
+            Err(err) if again && is_unique_violation(&err) => {
+                drop(tx);
+                let mut conn = self.pool.acquire().await?;
+                return match self.own_row(&mut conn, new).await? {
+                    Some(row) => Ok(instance_row(&row).map(Created::New)),
+                    None => Err(err.into()),
+                };
+            }
+            Err(err) => return Err(err.into()),
+        };
         event(&mut tx, new.id.as_str(), new.created_at, "created").await?;
         let cancelled = cancelled.into_values().next();
         if let Some(message) = cancelled {
@@ -239,6 +253,46 @@ impl Db {
         Ok(instance_row(&row).map(Created::New))
     }
 
+    /// The row of `new`'s id, an earlier attempt's of the same call.
+    async fn own_row(&self, conn: &mut PgConnection, new: &NewInstance) -> Attempt<Option<PgRow>> {
+        Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM instances WHERE id = $1"
+        )))
+        .bind(new.id.as_str())
+        .fetch_optional(conn)
+        .await?)
+    }
+
+    /// The rows of `new`'s ids, in their order, if an earlier attempt of
+    /// the same call made them (all or none: one transaction).
+    async fn own_rows(
+        &self,
+        conn: &mut PgConnection,
+        new: &[NewInstance],
+    ) -> Attempt<Option<Result<Vec<InstanceRow>, StoreError>>> {
+        let ids: Vec<&str> = new.iter().map(|n| n.id.as_str()).collect();
+        let mine = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM instances WHERE id = ANY($1)"
+        )))
+        .bind(&ids)
+        .fetch_all(conn)
+        .await?;
+        if mine.is_empty() {
+            return Ok(None);
+        }
+        let mut rows: HashMap<String, PgRow> = HashMap::new();
+        for row in mine {
+            let id: String = row.try_get("id")?;
+            rows.insert(id, row);
+        }
+        Ok(Some(
+            new.iter()
+                .filter_map(|n| rows.get(n.id.as_str()))
+                .map(instance_row)
+                .collect(),
+        ))
+    }
+
     /// Creates every one of `new` in one transaction. `again`: as for
     /// [`Db::create`], the rows of an earlier attempt whose commit landed
     /// are returned instead of inserted twice (all or none of them are).
@@ -249,28 +303,12 @@ impl Db {
     ) -> Attempt<Result<Vec<InstanceRow>, StoreError>> {
         let mut tx = self.begin().await?;
         if again {
-            let ids: Vec<&str> = new.iter().map(|n| n.id.as_str()).collect();
-            let mine = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM instances WHERE id = ANY($1)"
-            )))
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
-            if !mine.is_empty() {
-                let mut rows: HashMap<String, PgRow> = HashMap::new();
-                for row in mine {
-                    let id: String = row.try_get("id")?;
-                    rows.insert(id, row);
-                }
-                return Ok(new
-                    .iter()
-                    .filter_map(|n| rows.get(n.id.as_str()))
-                    .map(instance_row)
-                    .collect());
+            if let Some(rows) = self.own_rows(&mut tx, new).await? {
+                return Ok(rows);
             }
         }
         let tags: Vec<String> = new.iter().map(|n| tags_json(&n.tags)).collect();
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, \
                  updated_at, run_at, deadline_at, parent_id) \
              SELECT id, workflow, 'pending', input, tags::jsonb, dedup_key, created_at, created_at, \
@@ -294,7 +332,22 @@ impl Db {
                 .collect::<Vec<_>>(),
         )
         .fetch_all(&mut *tx)
-        .await?;
+        .await;
+        let mut rows = match rows {
+            Ok(rows) => rows,
+            // An earlier attempt of this call was still committing when
+            // the lookup above ran: its rows are this call's.
+            Err(err) if again && is_unique_violation(&err) => {
+                drop(tx);
+                let mut conn = self.pool.acquire().await?;
+                let mine = self.own_rows(&mut conn, new).await?;
+                return match mine {
+                    Some(rows) => Ok(rows),
+                    None => Err(err.into()),
+                };
+            }
+            Err(err) => return Err(err.into()),
+        };
         sqlx::query(
             "INSERT INTO events (instance_id, at, kind) \
              SELECT id, at, 'created' FROM UNNEST($1::text[], $2::int8[]) WITH ORDINALITY AS e(id, at, n) \
@@ -1418,7 +1471,10 @@ async fn renew_rows(
         .collect())
 }
 
-async fn insert(conn: &mut PgConnection, new: &NewInstance) -> Result<PgRow, sqlx::Error> {
+pub(crate) async fn insert(
+    conn: &mut PgConnection,
+    new: &NewInstance,
+) -> Result<PgRow, sqlx::Error> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, updated_at, \
              run_at, deadline_at, parent_id) \
@@ -1722,4 +1778,9 @@ async fn event_full(
 /// PostgreSQL's `lock_not_available`: a `lock_timeout` ran out.
 fn lock_timed_out(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
+/// A unique index refused the row: here, an id already taken.
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
