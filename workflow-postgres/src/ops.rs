@@ -437,7 +437,7 @@ impl Db {
         } else {
             (req.workflows.clone(), vec![limit; req.workflows.len()])
         };
-        let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let take = format!(
             "WITH due AS ( \
                  SELECT d.id AS due_id, d.run_at AS due_at FROM UNNEST($4::text[], $7::int8[]) AS w(name, share) \
                  CROSS JOIN LATERAL ( \
@@ -454,16 +454,38 @@ impl Db {
              FROM due WHERE id = due.due_id \
              RETURNING {COLUMNS}, due.due_at, interrupted_runs",
             due = claimable(&db)
-        )))
-        .bind(&req.owner)
-        .bind(length)
-        .bind(req.now)
-        .bind(&workflows)
-        .bind(limit)
-        .bind(clock)
-        .bind(&shares)
-        .fetch_all(&mut *tx)
-        .await?;
+        );
+        let mut rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(take.clone()))
+            .bind(&req.owner)
+            .bind(length)
+            .bind(req.now)
+            .bind(&workflows)
+            .bind(limit)
+            .bind(clock)
+            .bind(&shares)
+            .fetch_all(&mut *tx)
+            .await?;
+        // Some of the shares' rows were locked by another claimer (a
+        // NOTIFY wakes every worker at once): what is left of the limit
+        // goes to any workflow's next due rows, not to an empty answer
+        // while other workflows' rows wait. The rows just taken are
+        // leased now, so not taken twice.
+        let asked: i64 = shares.iter().sum();
+        let got = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        if req.workflows.len() > 1 && got < asked && got < limit {
+            let left = limit - got;
+            let more: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(take))
+                .bind(&req.owner)
+                .bind(length)
+                .bind(req.now)
+                .bind(&req.workflows)
+                .bind(left)
+                .bind(clock)
+                .bind(vec![left; req.workflows.len()])
+                .fetch_all(&mut *tx)
+                .await?;
+            rows.extend(more);
+        }
         let mut claimed = Vec::with_capacity(rows.len());
         let mut failed: Vec<(String, String, Option<String>)> = Vec::new();
         for row in &rows {

@@ -61,3 +61,50 @@ async fn a_claim_over_many_workflows_locks_only_what_it_takes() {
     drop(s);
     common::drop_schemas(&url, &[schema]).await;
 }
+
+/// When another claimer holds the earliest rows (its transaction still
+/// open), a claim over several workflows takes the next due rows of any
+/// of them instead of coming back empty while they wait.
+#[tokio::test]
+async fn a_claim_takes_other_workflows_when_the_earliest_are_locked() {
+    let Some(url) = common::url("a_claim_takes_other_workflows_when_the_earliest_are_locked")
+    else {
+        return;
+    };
+    let schema = common::fresh_schema("claims_locked");
+    let s = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
+        .await
+        .expect("connect");
+    let now = now_millis();
+    // wf1's four rows are the earliest due; wf2's come after.
+    for n in 0..4 {
+        s.create(common::pending("wf1", now - 20_000 + n), None)
+            .await
+            .unwrap();
+    }
+    for n in 0..10 {
+        s.create(common::pending("wf2", now - 10_000 + n), None)
+            .await
+            .unwrap();
+    }
+    // Another claimer has locked wf1's rows and not committed.
+    let mut other = s.pool().begin().await.unwrap();
+    sqlx::query("SELECT id FROM instances WHERE workflow = 'wf1' FOR UPDATE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let claimed = s
+        .claim(ClaimRequest {
+            owner: "b".into(),
+            workflows: vec!["wf1".into(), "wf2".into()],
+            now: now_millis(),
+            lease_until: now_millis() + 30_000,
+            limit: 4,
+        })
+        .await
+        .unwrap();
+    let taken: Vec<&str> = claimed.iter().map(|c| c.row.workflow.as_str()).collect();
+    assert_eq!(taken, ["wf2"; 4], "{claimed:?}");
+    other.rollback().await.unwrap();
+    common::drop_schemas(&url, &[schema]).await;
+}
