@@ -169,8 +169,15 @@ fn lease_lost<T>(lease: &Lease) -> Attempt<Result<T, StoreError>> {
 }
 
 impl Db {
+    /// Every transaction says READ COMMITTED itself (see `connect`): a
+    /// pooler in transaction mode may drop the session's startup
+    /// settings, and a session `SET` made through `PgStore::pool` stays
+    /// on the connection.
     async fn begin(&self) -> Attempt<sqlx::Transaction<'static, sqlx::Postgres>> {
-        Ok(self.pool.begin().await?)
+        Ok(self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await?)
     }
 
     /// Wakes idle claimers (in every process); called once the work they
