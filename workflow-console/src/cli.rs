@@ -668,8 +668,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                     "--addr `{addr}` is not an address: write host:port, e.g. 127.0.0.1:{addr}"
                 )));
             }
-            let token_from_env = token.is_some()
-                && std::env::var(crate::TOKEN_ENV).ok().as_deref() == token.as_deref();
+            // Where the token came from, to name it in place of its value.
+            let token_from = token.as_ref().map(|token| {
+                if std::env::var(crate::TOKEN_ENV).ok().as_deref() == Some(token.as_str()) {
+                    crate::TOKEN_ENV
+                } else {
+                    "--token"
+                }
+            });
             let mut console = crate::Console::new(engine).allowed_hosts(allow_hosts);
             if no_token {
                 console = console.allow_no_token();
@@ -701,22 +707,20 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 }
                 bound => bound?,
             };
-            // A token from the environment stays out of output that is not
-            // a terminal (a service's log): whoever set it knows it.
-            let hide_token = token_from_env && !std::io::stdout().is_terminal();
+            // The token stays out of output that is not a terminal (a
+            // service's log, a pipe): whoever set it knows it.
+            let hidden = token_from.filter(|_| !std::io::stdout().is_terminal());
             if json {
-                let answer = if hide_token {
-                    json!({ "url": server.page_url(), "token_from": crate::TOKEN_ENV })
-                } else {
-                    json!({ "url": server.url() })
+                let answer = match hidden {
+                    Some(from) => json!({ "url": server.page_url(), "token_from": from }),
+                    None => json!({ "url": server.url() }),
                 };
                 print_json(out, &answer)?;
-            } else if hide_token {
+            } else if let Some(from) = hidden {
                 writeln!(
                     out,
-                    "workflow console on {} (add ?token=<{}>; Ctrl-C to stop)",
+                    "workflow console on {} (add ?token=<{from}>; Ctrl-C to stop)",
                     server.page_url(),
-                    crate::TOKEN_ENV
                 )?;
             } else {
                 writeln!(out, "workflow console on {} (Ctrl-C to stop)", server.url())?;
