@@ -57,6 +57,10 @@ const FENCE: &str = "id = $1 AND lease_owner = $2 AND runs = $3 AND status = 'in
 /// The database's clock in epoch milliseconds: the server's time when the
 /// statement arrived (`statement_timestamp()`), so one value wherever the
 /// statement reads it, taken before the statement waits for any row.
+/// The database's clock, in the store's milliseconds. Also the cap of a
+/// wake-up's due time (an event, a child's end, a resume, a hand-back):
+/// "due now" by a sender whose clock runs ahead must not wait out its
+/// skew.
 const DB_CLOCK: &str = "floor(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::int8";
 
 /// The clock that judges and dates leases in a statement binding
@@ -776,8 +780,8 @@ impl Db {
     ) -> Attempt<Result<(), StoreError>> {
         let mut tx = self.begin().await?;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE instances SET status = 'pending', run_at = $4, updated_at = $4, lease_owner = NULL, \
-                 lease_expires_at = NULL \
+            "UPDATE instances SET status = 'pending', run_at = LEAST($4, {DB_CLOCK}), updated_at = $4, \
+                 lease_owner = NULL, lease_expires_at = NULL \
              WHERE {FENCE}"
         )))
         .bind(lease.instance.as_str())
@@ -1224,10 +1228,10 @@ impl Db {
         .bind(at)
         .execute(&mut *tx)
         .await?;
-        let woke = sqlx::query(
-            "UPDATE instances SET status = 'pending', run_at = $2, wait_event = NULL \
-             WHERE id = $1 AND status = 'listening' AND wait_event = $3",
-        )
+        let woke = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE instances SET status = 'pending', run_at = LEAST($2, {DB_CLOCK}), wait_event = NULL \
+             WHERE id = $1 AND status = 'listening' AND wait_event = $3"
+        )))
         .bind(id.as_str())
         .bind(at)
         .bind(name)
@@ -1344,14 +1348,14 @@ impl Db {
         if control != Control::Applied {
             return Ok(control);
         }
-        let resumed = sqlx::query(
+        let resumed = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET status = 'pending', \
-                 run_at = CASE WHEN runs = 0 THEN GREATEST($2, run_at) ELSE $2 END, updated_at = $2, \
-                 pause_requested = FALSE, \
+                 run_at = CASE WHEN runs = 0 THEN GREATEST($2, run_at) ELSE LEAST($2, {DB_CLOCK}) END, \
+                 updated_at = $2, pause_requested = FALSE, \
                  deadline_at = deadline_at + ($2 - COALESCE(paused_at, $2)), paused_at = NULL, \
                  interrupted_runs = 0 \
-             WHERE id = $1 AND status = 'paused'",
-        )
+             WHERE id = $1 AND status = 'paused'"
+        )))
         .bind(id.as_str())
         .bind(at)
         .execute(&mut *tx)
@@ -1755,11 +1759,11 @@ async fn wake_parents(
     }
     let children: Vec<&str> = pairs.iter().map(|(c, _)| *c).collect();
     let parents: Vec<&str> = pairs.iter().map(|(_, p)| *p).collect();
-    Ok(sqlx::query(
-        "UPDATE instances p SET status = 'pending', run_at = $3, wait_child = NULL \
+    Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE instances p SET status = 'pending', run_at = LEAST($3, {DB_CLOCK}), wait_child = NULL \
          FROM UNNEST($1::text[], $2::text[]) AS c(child, parent) \
-         WHERE p.id = c.parent AND p.status = 'listening' AND p.wait_child = c.child",
-    )
+         WHERE p.id = c.parent AND p.status = 'listening' AND p.wait_child = c.child"
+    )))
     .bind(&children)
     .bind(&parents)
     .bind(at)

@@ -2,7 +2,8 @@
 //! clock runs ahead cannot take instances from live workers, and one whose
 //! clock lags still takes over instances whose lease lapsed. Due times of
 //! waiting instances (sleeps, retries, timeouts) still follow the claiming
-//! worker's clock.
+//! worker's clock; a wake-up (an event, a resume, a hand-back) is due by
+//! the database's clock at the latest.
 
 mod common;
 
@@ -252,5 +253,49 @@ async fn a_row_held_elsewhere_does_not_stall_renewals() {
     let renewed = s.renew(&leases, now_millis() + LEASE).await.unwrap();
     assert_eq!(renewed.len(), 2);
     assert!(renewed.iter().all(|r| r.held));
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// What is due now (an instance handed back, woken by an event, resumed) is
+/// due by the database's clock at the latest: a sender whose clock runs a
+/// minute ahead no longer makes every claimer wait that minute.
+#[tokio::test]
+async fn a_fast_senders_wake_up_is_due_now() {
+    let Some(url) = common::url("a_fast_senders_wake_up_is_due_now") else {
+        return;
+    };
+    let schema = common::fresh_schema("fast_sender");
+    let s = store(&url, &schema).await;
+    let id = create(&s).await;
+    let a = claim(&s, "a", 0, LEASE).await;
+    assert_eq!(a.len(), 1);
+    // Handed back by a worker whose clock is a minute ahead.
+    s.release(&a[0].lease, now_millis() + SKEW).await.unwrap();
+    let b = claim(&s, "b", 0, LEASE).await;
+    assert_eq!(b.len(), 1, "due now, not in a minute");
+    assert_eq!(b[0].row.id, id);
+    // Listening for an event that a fast sender sends.
+    let mut wait = Suspend {
+        status: workflow_core::Status::Listening,
+        run_at: Millis::MAX,
+        wait_event: Some("go".into()),
+        wait_child: None,
+        retry: None,
+        state: None,
+        reason: "waiting for go".into(),
+        at: now_millis(),
+    };
+    s.suspend(&b[0].lease, wait.clone()).await.unwrap();
+    s.send_event(&id, "go", "1", None, now_millis() + SKEW)
+        .await
+        .unwrap();
+    let c = claim(&s, "c", 0, LEASE).await;
+    assert_eq!(c.len(), 1, "woken now, not in a minute");
+    // Paused, then resumed by a fast caller.
+    wait.wait_event = Some("more".into());
+    s.suspend(&c[0].lease, wait).await.unwrap();
+    s.pause(&id, now_millis()).await.unwrap();
+    s.resume(&id, now_millis() + SKEW).await.unwrap();
+    assert_eq!(claim(&s, "d", 0, LEASE).await.len(), 1, "resumed now");
     common::drop_schemas(&url, &[schema]).await;
 }
