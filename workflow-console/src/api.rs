@@ -259,15 +259,8 @@ async fn api_checks(State(state): State<AppState>, req: Request, next: Next) -> 
     }
     // Reads too: a page of another site can send a GET (an <img>) that it
     // cannot read the answer of, but that still costs the store its work.
-    if let Some(site) = req.headers().get("sec-fetch-site") {
-        let site = site.to_str().unwrap_or("");
-        if site != "same-origin" && site != "none" {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("cross-site request refused (Sec-Fetch-Site: {site})"),
-            )
-            .into_response();
-        }
+    if let Some(Err(err)) = fetch_site(req.headers()) {
+        return err.into_response();
     }
     let change = req.method() != Method::GET && req.method() != Method::HEAD;
     if change {
@@ -283,6 +276,20 @@ async fn api_checks(State(state): State<AppState>, req: Request, next: Next) -> 
         state.overview_cache.invalidate();
     }
     response
+}
+
+/// What the browser's `Sec-Fetch-Site` says, if it sent one: only the
+/// console's own page (`same-origin`) and a typed URL (`none`) pass.
+fn fetch_site(headers: &HeaderMap) -> Option<Result<(), ApiError>> {
+    let site = headers.get("sec-fetch-site")?.to_str().unwrap_or("");
+    Some(if site == "same-origin" || site == "none" {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("cross-site request refused (Sec-Fetch-Site: {site})"),
+        ))
+    })
 }
 
 fn has_token(headers: &HeaderMap, token: &str) -> bool {
@@ -335,15 +342,8 @@ fn same_origin_change(
             "changes need `Content-Type: application/json`",
         ));
     }
-    if let Some(site) = headers.get("sec-fetch-site") {
-        let site = site.to_str().unwrap_or("");
-        if site != "same-origin" && site != "none" {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("cross-site request refused (Sec-Fetch-Site: {site})"),
-            ));
-        }
-        return Ok(());
+    if let Some(checked) = fetch_site(headers) {
+        return checked;
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("null");

@@ -358,7 +358,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                         }
                                         !gone
                                     });
-                                    if claimed.len() == before || cancelled.is_empty() {
+                                    if claimed.len() == before {
                                         break;
                                     }
                                 }

@@ -57,10 +57,9 @@ const FENCE: &str = "id = $1 AND lease_owner = $2 AND runs = $3 AND status = 'in
 /// The database's clock in epoch milliseconds: the server's time when the
 /// statement arrived (`statement_timestamp()`), so one value wherever the
 /// statement reads it, taken before the statement waits for any row.
-/// The database's clock, in the store's milliseconds. Also the cap of a
-/// wake-up's due time (an event, a child's end, a resume, a hand-back):
-/// "due now" by a sender whose clock runs ahead must not wait out its
-/// skew.
+/// Also the cap of a wake-up's due time (an event, a child's end, a
+/// resume, a hand-back): "due now" by a sender whose clock runs ahead must
+/// not wait out its skew.
 const DB_CLOCK: &str = "floor(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::int8";
 
 /// The clock that judges and dates leases in a statement binding
@@ -242,7 +241,7 @@ impl Db {
             Ok(row) => row,
             // An earlier attempt of this call was still committing when
             // the lookup above ran: its row is this call's.
-            Err(err) if again && is_unique_violation(&err) => {
+            Err(err) if again && taken_id(&err) => {
                 drop(tx);
                 let mut conn = self.pool.acquire().await?;
                 return match self.own_row(&mut conn, new).await? {
@@ -348,7 +347,7 @@ impl Db {
             Ok(rows) => rows,
             // An earlier attempt of this call was still committing when
             // the lookup above ran: its rows are this call's.
-            Err(err) if again && is_unique_violation(&err) => {
+            Err(err) if again && taken_id(&err) => {
                 drop(tx);
                 let mut conn = self.pool.acquire().await?;
                 let mine = self.own_rows(&mut conn, new).await?;
@@ -1814,6 +1813,7 @@ fn lock_timed_out(err: &sqlx::Error) -> bool {
 }
 
 /// A unique index refused the row: here, an id already taken.
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+fn taken_id(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
 }

@@ -1375,29 +1375,24 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             // written behind the store's back) stays in the inbox for a
             // repair, and the run pauses on it rather than failing the
             // whole batch, and then the instance, every few seconds.
-            let next: Option<(i64, Result<String, String>)> = c
+            let next: Option<(i64, Result<String, Db>)> = c
                 .prepare_cached(
                     "SELECT seq, payload FROM inbox WHERE instance_id = ?1 AND name = ?2 \
                      ORDER BY seq LIMIT 1",
                 )?
                 .query_row(params![lease.instance.as_str(), name], |r| {
-                    let payload = match r.get_ref(1)? {
-                        ValueRef::Text(text) => std::str::from_utf8(text)
-                            .map(str::to_owned)
-                            .map_err(|e| format!("not UTF-8 ({e})")),
-                        other => Err(format!("{} where text belongs", other.data_type())),
-                    };
-                    Ok((r.get(0)?, payload))
+                    Ok((r.get(0)?, r.get(1)))
                 })
                 .optional()?;
             let taken = match next {
                 None => None,
-                Some((_, Err(why))) => {
+                Some((_, Err(err))) if unreadable(&err) => {
                     return Ok(Err(StoreError::Corrupt {
                         id: lease.instance.to_string(),
-                        message: format!("the payload of its event `{name}` cannot be read: {why}"),
+                        message: format!("the payload of its event `{name}` cannot be read: {err}"),
                     }))
                 }
+                Some((_, Err(err))) => return Err(err),
                 Some((seq, Ok(payload))) => {
                     c.prepare_cached("DELETE FROM inbox WHERE seq = ?1")?
                         .execute([seq])?;
