@@ -754,3 +754,112 @@ async fn a_corrupt_child_pauses_its_parent_until_repaired() {
     assert_eq!(parent.status().await.unwrap(), Status::Completed);
     worker.shutdown().await;
 }
+
+/// Attempts of the `marked` step, by how its error wraps the marker.
+static MARKED_ATTEMPTS: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+
+/// An application's own error type that keeps its cause as `source()`.
+#[derive(Debug)]
+struct ChargeError(workflow::NonRetryable);
+
+impl std::fmt::Display for ChargeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("charging failed")
+    }
+}
+
+impl std::error::Error for ChargeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Fails its step with a retry marker wrapped the way `how` says.
+#[workflow(
+    name = "wrappedMarkers",
+    retries = 3,
+    backoff(initial = "1ms", factor = 1.0, max = "1ms")
+)]
+async fn wrapped_markers(ctx: Ctx, how: String) -> workflow::Result<()> {
+    ctx.step("marked", || async {
+        let first = {
+            let mut attempts = MARKED_ATTEMPTS.lock().unwrap();
+            attempts.push((how.clone(), Instant::now()));
+            attempts.iter().filter(|(h, _)| *h == how).count() == 1
+        };
+        let err: BoxError = match how.as_str() {
+            "anyhow context" => anyhow::Error::new(workflow::NonRetryable::new("card declined"))
+                .context("charging")
+                .into(),
+            "own error" => Box::new(ChargeError(workflow::NonRetryable::new("card declined"))),
+            "retry after" if first => anyhow::Error::new(workflow::RetryAfter::new(
+                "rate limited",
+                Duration::from_millis(400),
+            ))
+            .context("calling the gateway")
+            .into(),
+            _ => return Ok(()),
+        };
+        Err(err)
+    })
+    .await
+}
+
+/// `permanent`/`NonRetryable` and `RetryAfter` count wherever they sit in
+/// the error's `source()` chain: under anyhow's context or inside the
+/// application's own error, a declined charge must not be retried.
+#[tokio::test]
+async fn retry_markers_count_anywhere_in_the_error_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .database_url(format!("sqlite://{}", dir.path().join("m.db").display()))
+        .register(WrappedMarkers)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .expect("engine");
+    let worker = engine.start_worker();
+    for how in ["anyhow context", "own error"] {
+        let id = engine
+            .start_json("wrappedMarkers", serde_json::json!(how), Default::default())
+            .await
+            .unwrap();
+        let info = engine
+            .wait_timeout(&id, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(info.status, Status::Failed, "{how}");
+        let error = info.error.unwrap_or_default();
+        assert!(error.contains("card declined"), "{how}: {error}");
+        let attempts = MARKED_ATTEMPTS.lock().unwrap();
+        let count = attempts.iter().filter(|(h, _)| h == how).count();
+        assert_eq!(count, 1, "{how}: a permanent error was retried");
+    }
+    let id = engine
+        .start_json(
+            "wrappedMarkers",
+            serde_json::json!("retry after"),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let info = engine
+        .wait_timeout(&id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(info.status, Status::Completed);
+    let attempts: Vec<Instant> = MARKED_ATTEMPTS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(h, _)| h == "retry after")
+        .map(|(_, at)| *at)
+        .collect();
+    assert_eq!(attempts.len(), 2);
+    assert!(
+        attempts[1] - attempts[0] >= Duration::from_millis(400),
+        "RetryAfter under context was ignored: {:?}",
+        attempts[1] - attempts[0]
+    );
+    worker.shutdown().await;
+}

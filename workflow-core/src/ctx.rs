@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::error::{error_chain, BoxError, Error, Interrupt, Result, StoreError};
+use crate::error::{causes, error_chain, BoxError, Error, Interrupt, Result, StoreError};
 use crate::id::InstanceId;
 use crate::status::Status;
 use crate::step::{panic_message, StepOptions};
@@ -1020,18 +1020,22 @@ where
                     }
                     Ok(Err(err)) => {
                         let err: BoxError = err.into();
-                        if let Some(Error::Interrupted(why)) = err.downcast_ref::<Error>() {
+                        // Markers count wherever the error wraps them
+                        // (anyhow's context, an application's own enum):
+                        // a declined charge under `.context(..)` is as
+                        // permanent as a bare one.
+                        let engine_error = || causes::<Error>(&*err);
+                        if let Some(Error::Interrupted(why)) =
+                            engine_error().find(|e| matches!(e, Error::Interrupted(_)))
+                        {
                             return Err(Error::Interrupted(why.clone()));
                         }
-                        if let Some(hint) = err.downcast_ref::<crate::step::RetryAfter>() {
+                        if let Some(hint) = causes::<crate::step::RetryAfter>(&*err).next() {
                             asked_wait = hint.after;
                         }
                         // A nested call fails the same way at every attempt.
-                        let retryable = err.downcast_ref::<crate::step::NonRetryable>().is_none()
-                            && !matches!(
-                                err.downcast_ref::<Error>(),
-                                Some(Error::NestedStep { .. })
-                            );
+                        let retryable = causes::<crate::step::NonRetryable>(&*err).next().is_none()
+                            && !engine_error().any(|e| matches!(e, Error::NestedStep { .. }));
                         (error_chain(&*err), retryable)
                     }
                     Err(payload) => (format!("panicked: {}", panic_message(&*payload)), true),

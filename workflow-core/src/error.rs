@@ -320,7 +320,13 @@ where
     })?;
     within(&json, max, &context)?;
     let back = serde_json::from_str(&json).map_err(|source| Error::Json {
-        context: format!("{} does not read back from JSON as {json}", context()),
+        // Its start only: the value may be megabytes, and this message is
+        // recorded as the instance's error.
+        context: format!(
+            "{} does not read back from JSON as {}",
+            context(),
+            excerpt(&json, 200)
+        ),
         source,
     })?;
     Ok((json, back))
@@ -341,9 +347,14 @@ pub(crate) fn within(json: &str, max: usize, context: impl Fn() -> String) -> Re
 
 /// The start of a long name, for a message.
 pub(crate) fn preview(name: &str) -> String {
-    match name.char_indices().nth(40) {
-        Some((at, _)) => format!("{}…", &name[..at]),
-        None => name.to_owned(),
+    excerpt(name, 40)
+}
+
+/// The first `chars` characters of `text`, marked `…` when cut.
+fn excerpt(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
     }
 }
 
@@ -473,6 +484,13 @@ impl StoreError {
     }
 }
 
+/// The errors of type `E` in `err`'s `source()` chain, `err` first.
+pub(crate) fn causes<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a E> {
+    std::iter::successors(Some(err), |e| e.source()).filter_map(|e| e.downcast_ref::<E>())
+}
+
 /// Renders an error and its `source()` chain as `outer: inner: root`.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
@@ -487,4 +505,26 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value that does not read back is named with the start of its
+    /// JSON, not all of it: the message becomes the instance's error.
+    #[test]
+    fn a_large_value_that_does_not_read_back_is_quoted_in_part() {
+        let mut value = vec![1.5_f64; 100_000];
+        value.push(f64::NAN);
+        let err = json_round_trip(&value, usize::MAX, || "output of step `big`".into())
+            .expect_err("NaN is written as null and does not read back");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("output of step `big` does not read back from JSON as [1.5,1.5"),
+            "{text}"
+        );
+        assert!(text.contains('…'), "{text}");
+        assert!(text.len() < 1_000, "{} bytes: {}", text.len(), &text[..100]);
+    }
 }

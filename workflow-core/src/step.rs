@@ -160,6 +160,10 @@ fn seconds(secs: f64) -> Duration {
 
 /// An error a step should not retry: `Err(NonRetryable::new(err))` (or
 /// [`permanent`]) fails the step at once, whatever attempts are left.
+///
+/// It counts wherever it sits in the error's `source()` chain: wrapped in
+/// anyhow's `.context(..)`, or kept as the `#[source]` of the
+/// application's own error type.
 #[derive(Debug)]
 pub struct NonRetryable(pub BoxError);
 
@@ -185,7 +189,8 @@ impl std::error::Error for NonRetryable {
 /// An error a step should retry no sooner than `after`: a rate limit's
 /// `Retry-After`, say. `Err(RetryAfter::new(err, delay))`; the step then
 /// waits the longer of `after` and its own backoff (suspending the run
-/// when that is long, as any backoff does), within its attempts.
+/// when that is long, as any backoff does), within its attempts. Like
+/// [`NonRetryable`], found anywhere in the error's `source()` chain.
 #[derive(Debug)]
 pub struct RetryAfter {
     /// The least wait before the next attempt.

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::ctx::Ctx;
 use crate::engine::Engine;
-use crate::error::{error_chain, BoxError, Error, Result};
+use crate::error::{causes, error_chain, BoxError, Error, Result};
 use crate::id::InstanceId;
 use crate::instance::StartOptions;
 use crate::schema::schema_for;
@@ -826,7 +826,7 @@ where
                         Ok(input) => match &t.target {
                             Target::Function(f) => match f(input).await {
                                 Ok(value) => Ok(value),
-                                Err(err) if err.downcast_ref::<NonRetryable>().is_some() => {
+                                Err(err) if causes::<NonRetryable>(&*err).next().is_some() => {
                                     Err(Error::Tool {
                                         tool: t.name.clone(),
                                         message: error_chain(&*err),
