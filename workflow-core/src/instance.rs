@@ -547,7 +547,9 @@ pub struct InstanceInfo {
     pub input: serde_json::Value,
     /// The output, once `Completed`.
     pub output: Option<serde_json::Value>,
-    /// The error, once `Failed`, `Cancelled` or `TimedOut`.
+    /// The error, once `Failed` or `TimedOut`. A cancelled instance has
+    /// none: the message of its `cancelled` history event says why (a
+    /// child's names its parent's end).
     pub error: Option<String>,
     /// The state as last persisted.
     pub state: Option<serde_json::Value>,

@@ -1,7 +1,7 @@
 //! An in-memory [`Store`]: fast, shared by engines in one process, gone at exit.
 //! For tests and for workflows that need no durability.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -56,7 +56,95 @@ impl MemoryStore {
     }
 }
 
+/// The error for a second instance with one id.
+fn taken_id(id: &InstanceId) -> StoreError {
+    StoreError::backend(format!("an instance with id {id} exists already"))
+}
+
 impl Tables {
+    /// Inserts `new` with its `created` event, or finds the active
+    /// instance with its dedup key.
+    fn create(
+        &mut self,
+        new: NewInstance,
+        dedup: Option<&[Status]>,
+    ) -> Result<Created, StoreError> {
+        let t = self;
+        if let (Some(statuses), Some(key)) = (dedup, new.key.as_deref()) {
+            // The newest, as the SQL stores pick (ids sort by creation).
+            let existing = t
+                .instances
+                .values()
+                .filter(|e| {
+                    e.row.workflow == new.workflow
+                        && e.row.key.as_deref() == Some(key)
+                        && statuses.contains(&e.row.status)
+                })
+                .max_by(|a, b| a.row.id.as_str().cmp(b.row.id.as_str()));
+            if let Some(entry) = existing {
+                return Ok(Created::Existing(entry.row.clone()));
+            }
+        }
+        // The SQL stores' primary key: a second row with one id would
+        // orphan the first's steps and history.
+        if t.instances.contains_key(&new.id) {
+            return Err(taken_id(&new.id));
+        }
+        // A child started by a parent already cancelled (its handler has
+        // not heard yet) is cancelled with it, as `cancel` would have.
+        let cancelled = new
+            .parent
+            .as_ref()
+            .and_then(|p| t.instances.get(p))
+            .and_then(|p| cancelled_with_parent(p.row.status));
+        let parent_cancelled = cancelled.is_some();
+        let row = InstanceRow {
+            id: new.id.clone(),
+            workflow: new.workflow,
+            status: if parent_cancelled {
+                Status::Cancelled
+            } else {
+                Status::Pending
+            },
+            input: new.input,
+            output: None,
+            error: None,
+            state: None,
+            tags: new.tags,
+            key: new.key,
+            created_at: new.created_at,
+            updated_at: new.created_at,
+            started_at: None,
+            finished_at: parent_cancelled.then_some(new.created_at),
+            run_at: new.run_at,
+            deadline_at: new.deadline_at,
+            runs: 0,
+            parent: new.parent,
+            wait_event: None,
+            wait_child: None,
+            retry: None,
+            pause_requested: false,
+        };
+        t.event(&row.id, row.created_at, "created", None, None, None);
+        if cancelled.is_some() {
+            t.event(&row.id, row.created_at, "cancelled", None, None, cancelled);
+        }
+        t.instances.insert(
+            new.id,
+            Entry {
+                row: row.clone(),
+                lease_owner: None,
+                lease_until: None,
+                steps: Vec::new(),
+                inbox: Vec::new(),
+                event_keys: Default::default(),
+                interrupted_runs: 0,
+                paused_at: None,
+            },
+        );
+        Ok(Created::New(row))
+    }
+
     fn event(
         &mut self,
         instance: &InstanceId,
@@ -161,83 +249,23 @@ impl Store for MemoryStore {
         new: NewInstance,
         dedup: Option<&[Status]>,
     ) -> Result<Created, StoreError> {
+        self.tables().create(new, dedup)
+    }
+
+    /// All or none, as the SQL stores' one transaction: a retry after an
+    /// error must not find half the batch there already.
+    async fn create_many(&self, new: Vec<NewInstance>) -> Result<Vec<InstanceRow>, StoreError> {
         let mut t = self.tables();
-        if let (Some(statuses), Some(key)) = (dedup, new.key.as_deref()) {
-            // The newest, as the SQL stores pick (ids sort by creation).
-            let existing = t
-                .instances
-                .values()
-                .filter(|e| {
-                    e.row.workflow == new.workflow
-                        && e.row.key.as_deref() == Some(key)
-                        && statuses.contains(&e.row.status)
-                })
-                .max_by(|a, b| a.row.id.as_str().cmp(b.row.id.as_str()));
-            if let Some(entry) = existing {
-                return Ok(Created::Existing(entry.row.clone()));
-            }
+        let mut ids = HashSet::new();
+        if let Some(taken) = new
+            .iter()
+            .find(|n| t.instances.contains_key(&n.id) || !ids.insert(&n.id))
+        {
+            return Err(taken_id(&taken.id));
         }
-        // The SQL stores' primary key: a second row with one id would
-        // orphan the first's steps and history.
-        if t.instances.contains_key(&new.id) {
-            return Err(StoreError::backend(format!(
-                "an instance with id {} exists already",
-                new.id
-            )));
-        }
-        // A child started by a parent already cancelled (its handler has
-        // not heard yet) is cancelled with it, as `cancel` would have.
-        let cancelled = new
-            .parent
-            .as_ref()
-            .and_then(|p| t.instances.get(p))
-            .and_then(|p| cancelled_with_parent(p.row.status));
-        let parent_cancelled = cancelled.is_some();
-        let row = InstanceRow {
-            id: new.id.clone(),
-            workflow: new.workflow,
-            status: if parent_cancelled {
-                Status::Cancelled
-            } else {
-                Status::Pending
-            },
-            input: new.input,
-            output: None,
-            error: None,
-            state: None,
-            tags: new.tags,
-            key: new.key,
-            created_at: new.created_at,
-            updated_at: new.created_at,
-            started_at: None,
-            finished_at: parent_cancelled.then_some(new.created_at),
-            run_at: new.run_at,
-            deadline_at: new.deadline_at,
-            runs: 0,
-            parent: new.parent,
-            wait_event: None,
-            wait_child: None,
-            retry: None,
-            pause_requested: false,
-        };
-        t.event(&row.id, row.created_at, "created", None, None, None);
-        if cancelled.is_some() {
-            t.event(&row.id, row.created_at, "cancelled", None, None, cancelled);
-        }
-        t.instances.insert(
-            new.id,
-            Entry {
-                row: row.clone(),
-                lease_owner: None,
-                lease_until: None,
-                steps: Vec::new(),
-                inbox: Vec::new(),
-                event_keys: Default::default(),
-                interrupted_runs: 0,
-                paused_at: None,
-            },
-        );
-        Ok(Created::New(row))
+        new.into_iter()
+            .map(|n| t.create(n, None).map(Created::into_row))
+            .collect()
     }
 
     async fn get(&self, id: &InstanceId) -> Result<Option<InstanceRow>, StoreError> {
@@ -448,10 +476,11 @@ impl Store for MemoryStore {
                         .and_then(|e| e.row.deadline_at),
                 ),
             };
-            let pause_requested = t
-                .instances
-                .get(&lease.instance)
-                .is_some_and(|e| e.row.pause_requested);
+            // A request is the holder's business, as in the SQL stores.
+            let pause_requested = held
+                && t.instances
+                    .get(&lease.instance)
+                    .is_some_and(|e| e.row.pause_requested);
             out.push(Renewal {
                 lease: lease.clone(),
                 held,

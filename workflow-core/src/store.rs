@@ -165,7 +165,8 @@ pub struct InstanceRow {
     pub input: String,
     /// Output JSON, once `Completed`.
     pub output: Option<String>,
-    /// Error text, once `Failed`/`TimedOut`/`Cancelled`.
+    /// Error text, once `Failed` or `TimedOut` (why an instance was
+    /// cancelled is the message of its `cancelled` history event).
     pub error: Option<String>,
     /// Latest persisted state JSON (`None` until the first step that changed it).
     pub state: Option<String>,
@@ -175,8 +176,9 @@ pub struct InstanceRow {
     pub key: Option<String>,
     /// Creation time.
     pub created_at: Millis,
-    /// Last change of its status, state, deadline or lease (a step that
-    /// leaves the state alone does not bump it).
+    /// Last change of its state, deadline or lease, or of its status by a
+    /// worker or a control call (a step that leaves the state alone does
+    /// not bump it, nor does an event or a child's end waking it).
     pub updated_at: Millis,
     /// First time a worker picked it up.
     pub started_at: Option<Millis>,
@@ -417,9 +419,11 @@ pub trait Store: Send + Sync + 'static {
         dedup: Option<&[Status]>,
     ) -> Result<Created, StoreError>;
 
-    /// Inserts many instances (no dedup) with their `created` events. The
-    /// default calls [`Store::create`] for each; backends override it to
-    /// use one transaction.
+    /// Inserts many instances (no dedup) with their `created` events, all
+    /// or none: a caller that retries after an error must not find part
+    /// of the batch there. The default calls [`Store::create`] for each,
+    /// which keeps the ones before a failure; backends override it to use
+    /// one transaction.
     async fn create_many(&self, new: Vec<NewInstance>) -> Result<Vec<InstanceRow>, StoreError> {
         let mut rows = Vec::with_capacity(new.len());
         for instance in new {
@@ -532,6 +536,8 @@ pub trait Store: Send + Sync + 'static {
     /// it goes only if every one of them ended (a terminal status) before
     /// `ended_before`, and a tree that does not is passed over without
     /// counting toward `limit`. Returns how many instances it deleted.
+    /// Which trees a call that reaches `limit` takes first is the store's
+    /// choice (the order its indexes give): call again until it returns 0.
     async fn purge(
         &self,
         ended_before: Millis,

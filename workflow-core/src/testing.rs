@@ -133,6 +133,16 @@ async fn create_and_get(store: impl Store) {
     let history = store.history(&id).await.unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].kind, "created");
+    // All or none: a batch with a taken id leaves nothing of itself behind.
+    let fresh = new_instance("wf", 30);
+    let mut taken = new_instance("wf", 31);
+    taken.id = id.clone();
+    assert!(store.create_many(vec![fresh.clone(), taken]).await.is_err());
+    assert!(
+        store.get(&fresh.id).await.unwrap().is_none(),
+        "a failed batch kept an instance"
+    );
+    assert!(store.history(&fresh.id).await.unwrap().is_empty());
 }
 
 async fn claim_is_exclusive(store: Arc<impl Store>) {
@@ -618,6 +628,17 @@ async fn renew_reports_lost_leases(store: impl Store) {
         .collect();
     assert_eq!(lost.len(), 1);
     assert_eq!(lost[0].lease.instance, taken[0].row.id);
+    // A pause asked of the new holder is not the old one's to hear.
+    store.pause(&taken[0].row.id, T0 + 200_001).await.unwrap();
+    let old = store
+        .renew(std::slice::from_ref(&lost[0].lease), T0 + 300_000)
+        .await
+        .unwrap();
+    assert!(!old[0].held);
+    assert!(
+        !old[0].pause_requested,
+        "a lost lease was told of a pause request"
+    );
 }
 
 async fn cancel_and_deadlines(store: impl Store) {
