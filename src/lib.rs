@@ -114,7 +114,9 @@ pub use workflow_macros::workflow;
 /// of steps, whose error type Rust cannot infer from a bare `Ok`:
 /// `ctx.step("total", || async { workflow::Ok(a + b) })` instead of
 /// `Ok::<_, BoxError>(a + b)`. As `anyhow::Ok`; call it by its path (it is
-/// not in the prelude, where it would hide the standard `Ok`).
+/// not in the prelude, where it would hide the standard `Ok`). Import
+/// `workflow::prelude::*`, not `workflow::*`: the crate root also holds
+/// this `Ok` and [`Result`], which would hide the standard ones.
 ///
 /// ```
 /// # use workflow::prelude::*;
@@ -233,8 +235,8 @@ pub mod prelude {
     pub use crate::workflow;
     pub use crate::{
         permanent, Backoff, BoxError, CatchUp, ChildOptions, Ctx, Durability, Engine, EngineExt,
-        Instance, InstanceId, NonRetryable, Query, StartOptions, Status, StepOptions, Timeout,
-        Workflow,
+        EventSent, Instance, InstanceId, ManualClock, MemoryStore, NonRetryable, Query,
+        RetryAfter, StartOptions, Status, StepOptions, Timeout, WaitingFor, Workflow,
     };
     pub use crate::{Tool, Toolbox};
     #[cfg(feature = "ai")]

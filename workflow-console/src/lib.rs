@@ -10,7 +10,7 @@
 //!   recorded workflows with their schemas and a form to start one.
 //! - The `workflow` CLI (binary of this crate): `workflows`, `run`, `list`,
 //!   `show`, `history`, `cancel`, `pause`, `resume`, `send-event`,
-//!   `purge`, `schedules`, `console`, working on a database URL without the
+//!   `rerun`, `purge`, `schedules`, `console`, working on a database URL without the
 //!   workflow code (engines record their definitions in the store).
 //!
 //! The JSON API, under `/api` (errors are `{"error", "violations": [{"path", "message"}]}`;
