@@ -235,8 +235,8 @@ pub mod prelude {
     pub use crate::workflow;
     pub use crate::{
         permanent, Backoff, BoxError, CatchUp, ChildOptions, Ctx, Durability, Engine, EngineExt,
-        EventSent, Instance, InstanceId, ManualClock, MemoryStore, NonRetryable, Query,
-        RetryAfter, StartOptions, Status, StepOptions, Timeout, WaitingFor, Workflow,
+        EventSent, Instance, InstanceId, ManualClock, MemoryStore, NonRetryable, Query, RetryAfter,
+        StartOptions, Status, StepOptions, Timeout, WaitingFor, Workflow,
     };
     pub use crate::{Tool, Toolbox};
     #[cfg(feature = "ai")]

@@ -18,7 +18,7 @@ use crate::error::{causes, error_chain, BoxError, Error, Interrupt, Result, Stor
 use crate::id::InstanceId;
 use crate::status::Status;
 use crate::step::{panic_message, StepOptions};
-use crate::store::{now_millis, Lease, StepRow, Store};
+use crate::store::{Lease, StepRow, Store};
 
 /// The handle a workflow handler gets: durable steps, persisted state, identity.
 ///
@@ -191,6 +191,13 @@ pub(crate) struct RunShared {
     held_names: Mutex<std::collections::HashSet<String>>,
     /// The engine, to start children and wake workers.
     pub engine: crate::engine::Engine,
+}
+
+impl RunShared {
+    /// Workflow time, by the engine's clock.
+    pub(crate) fn now(&self) -> crate::store::Millis {
+        self.engine.inner.now()
+    }
 }
 
 /// A step attempt running; see [`RunShared::step_running`].
@@ -956,20 +963,20 @@ where
             return Err(self
                 .suspend(crate::store::Suspend {
                     status: crate::Status::Pending,
-                    run_at: now_millis(),
+                    run_at: run.now(),
                     wait_event: None,
                     wait_child: None,
                     // A step still backing off counts on after the pause.
                     retry: run.retry.clone(),
                     state: self.suspended_state()?,
                     reason: format!("paused before step `{key}`"),
-                    at: now_millis(),
+                    at: run.now(),
                 })
                 .await);
         }
         let span = tracing::debug_span!("step", step = %key);
         async {
-            let started_at = now_millis();
+            let started_at = run.now();
             // After a suspension for a long backoff, count on from the attempts made.
             let mut attempt = run.failed_attempts(&key).await;
             // Whether `retrying` names this step (a lock per step otherwise).
@@ -1009,7 +1016,7 @@ where
                             state,
                             attempts: attempt,
                             started_at,
-                            finished_at: now_millis(),
+                            finished_at: run.now(),
                         };
                         self.commit(step).await?;
                         if noted {
@@ -1049,7 +1056,7 @@ where
                         state: self.state_for_record()?,
                         attempts: attempt,
                         started_at,
-                        finished_at: now_millis(),
+                        finished_at: run.now(),
                     };
                     self.commit(step.clone()).await?;
                     if noted {
@@ -1062,14 +1069,14 @@ where
                 let delay = opts.jittered_delay_after(attempt).max(asked_wait);
                 tracing::info!(attempt, error = %message, retry_in = ?delay, "step attempt failed");
                 run.store
-                    .record_attempt(&run.lease, &key, attempt, &message, now_millis())
+                    .record_attempt(&run.lease, &key, attempt, &message, run.now())
                     .await
                     .map_err(|e| self.store_error(e))?;
                 lock(&run.retrying).insert(key.clone(), attempt);
                 noted = true;
                 drop(running);
                 if delay > run.suspend_after {
-                    let at = now_millis();
+                    let at = run.now();
                     return Err(self
                         .suspend(crate::store::Suspend {
                             status: crate::Status::Pending,
@@ -1087,7 +1094,11 @@ where
                         })
                         .await);
                 }
-                tokio::time::sleep(delay).await;
+                // By the engine's clock, which a test may move by hand.
+                run.engine
+                    .inner
+                    .sleep_until(crate::store::millis_after(run.now(), delay))
+                    .await;
             }
         }
         .instrument(span)
@@ -1229,7 +1240,7 @@ where
             // until someone repairs it.
             corrupt @ StoreError::Corrupt { .. } => {
                 let message = corrupt.to_string();
-                let at = now_millis();
+                let at = run.now();
                 let mut pause = run.resume_later(
                     at,
                     std::time::Duration::ZERO,
@@ -1339,7 +1350,7 @@ where
              the instance, or cancel it"
         );
         tracing::error!(id = %run.id, workflow = run.workflow, "{reason}");
-        let at = now_millis();
+        let at = run.now();
         self.suspend(crate::store::Suspend {
             status: crate::Status::Paused,
             run_at: at,

@@ -296,10 +296,14 @@ impl EngineBuilder {
         self
     }
 
-    /// The clock schedules follow (default: the system clock). Tests pass a
+    /// The clock workflows live by (default: the system clock): cron
+    /// ticks, sleeps, event-wait timeouts, retry backoffs, deadlines,
+    /// retention and the times history records. Tests pass a
     /// [`ManualClock`](crate::ManualClock) to move time forward at will
-    /// (keep a clone to call `advance` on). Only the scheduler reads it:
-    /// sleeps, deadlines, leases and retention follow the system clock.
+    /// (keep a clone to call `advance` on): a three-day sleep wakes at
+    /// `clock.advance(Duration::from_secs(3 * 86_400))`. Leases and
+    /// heartbeats keep to the system clock, as they tell live workers from
+    /// dead ones; engines that share a store should share one clock.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
@@ -714,6 +718,38 @@ pub(crate) struct EngineInner {
 }
 
 impl EngineInner {
+    /// Workflow time: the engine's [`Clock`] in epoch milliseconds. What
+    /// workflows wait for and what history records; leases keep to
+    /// [`now_millis`].
+    pub(crate) fn now(&self) -> Millis {
+        self.clock.now().timestamp_millis()
+    }
+
+    /// Returns once the engine's clock reads `at` or later: sleeping out
+    /// the gap on a clock that moves with real time, and re-reading it at
+    /// every jump of one that does not ([`Clock::changes`]).
+    pub(crate) async fn sleep_until(&self, at: Millis) {
+        let mut changes = self.clock.changes();
+        loop {
+            let left = at.saturating_sub(self.now());
+            if left <= 0 {
+                return;
+            }
+            match changes.as_mut() {
+                // Marked seen above, by subscribing before the read: a
+                // jump after it is a change still to see.
+                Some(changes) => {
+                    if changes.changed().await.is_err() {
+                        // The clock is gone with every clone: it will not
+                        // move again.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => tokio::time::sleep(Duration::from_millis(left as u64)).await,
+            }
+        }
+    }
+
     pub(crate) fn local_run(&self, id: &InstanceId) -> Option<Arc<RunShared>> {
         self.running
             .lock()
@@ -892,7 +928,7 @@ impl Engine {
     ) -> Result<Vec<Instance<W>>> {
         self.check_runnable(W::NAME).await?;
         options.check()?;
-        let now = now_millis();
+        let now = self.inner.now();
         let (run_at, deadline_at) = options.due(now, W::TIMEOUT);
         let mut new = Vec::with_capacity(inputs.len());
         for input in inputs {
@@ -926,7 +962,7 @@ impl Engine {
         dedup: Option<Vec<Status>>,
     ) -> Result<(InstanceId, bool)> {
         options.check()?;
-        let now = now_millis();
+        let now = self.inner.now();
         let (run_at, deadline_at) = options.due(now, default_timeout);
         let new = NewInstance {
             id: InstanceId::at(now),
@@ -1035,7 +1071,7 @@ impl Engine {
 
     /// Cancels an instance of any workflow; see [`Instance::cancel`].
     pub async fn cancel(&self, id: &InstanceId) -> Result<()> {
-        let control = self.inner.store.cancel(id, now_millis()).await?;
+        let control = self.inner.store.cancel(id, self.inner.now()).await?;
         self.check_control(id, control)?;
         tracing::info!(%id, "instance cancelled");
         self.stop_local_descendants(id);
@@ -1093,7 +1129,7 @@ impl Engine {
 
     /// Moves the deadline of an instance of any workflow; see [`Instance::set_timeout`].
     pub async fn set_timeout(&self, id: &InstanceId, timeout: Timeout) -> Result<()> {
-        let now = now_millis();
+        let now = self.inner.now();
         let deadline = match timeout {
             Timeout::In(after) => crate::store::millis_after(now, after),
             Timeout::At(at) => at.timestamp_millis(),
@@ -1163,7 +1199,7 @@ impl Engine {
         let control = self
             .inner
             .store
-            .send_event(id, name, &payload, key, now_millis())
+            .send_event(id, name, &payload, key, self.inner.now())
             .await?;
         if control == Control::Duplicate {
             tracing::debug!(%id, event = name, key, "event already sent under this key");
@@ -1187,7 +1223,8 @@ impl Engine {
     /// tree (whatever its own workflow), and only once every instance of
     /// that tree ended before `ended_before`, so a cancel or a timeout
     /// still reaches every running descendant. Nothing that ended in the
-    /// last two seconds is deleted, whatever `ended_before` says: a handler
+    /// last two seconds (by the engine's [`Clock`]) is deleted, whatever
+    /// `ended_before` says: a handler
     /// cancelled a moment ago may still be winding down. A purged
     /// instance's dedup key is free again and its id unknown
     /// ([`Error::NotFound`]); a schedule's last instance or a `rerun_of`
@@ -1220,7 +1257,7 @@ impl Engine {
     ) -> Result<u64> {
         // A handler of an instance cancelled or timed out a moment ago may
         // still be winding down (it hears at its next heartbeat).
-        let before = ended_before.min(now_millis() - PURGE_MARGIN.as_millis() as i64);
+        let before = ended_before.min(self.inner.now() - PURGE_MARGIN.as_millis() as i64);
         let mut deleted = 0;
         loop {
             let n = self
@@ -1241,7 +1278,7 @@ impl Engine {
 
     /// Pauses an instance of any workflow; see [`Instance::pause`].
     pub async fn pause(&self, id: &InstanceId) -> Result<()> {
-        let control = self.inner.store.pause(id, now_millis()).await?;
+        let control = self.inner.store.pause(id, self.inner.now()).await?;
         self.check_control(id, control)?;
         crate::worker::update_claimed_ahead(&self.inner, id, |row| row.pause_requested = true);
         if let Some(run) = self.inner.local_run(id) {
@@ -1252,7 +1289,7 @@ impl Engine {
 
     /// Resumes a paused instance of any workflow; see [`Instance::resume`].
     pub async fn resume(&self, id: &InstanceId) -> Result<()> {
-        let control = self.inner.store.resume(id, now_millis()).await?;
+        let control = self.inner.store.resume(id, self.inner.now()).await?;
         self.check_control(id, control)?;
         crate::worker::update_claimed_ahead(&self.inner, id, |row| row.pause_requested = false);
         if let Some(run) = self.inner.local_run(id) {

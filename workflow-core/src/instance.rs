@@ -348,6 +348,30 @@ impl<W: Workflow> Instance<W> {
         }
     }
 
+    /// Waits until a worker has run it and it is not running now: waiting
+    /// (asleep, for an event, a child or a retry), paused, or ended; and
+    /// returns it as it is then. For tests on a
+    /// [`ManualClock`](crate::ManualClock): a sleep counts from the clock's
+    /// time when the handler reaches it, so advance the clock once the
+    /// instance is idle. A wait short enough to be slept in memory
+    /// ([`EngineBuilder::suspend_after`](crate::EngineBuilder::suspend_after))
+    /// keeps it running, so it is not idle then. Polls the store every
+    /// 10 ms, for as long as that takes.
+    pub async fn idle(&self) -> Result<InstanceInfo> {
+        loop {
+            let info = self.info().await?;
+            let idle = match info.status {
+                Status::Pending => info.runs > 0,
+                Status::InProgress => false,
+                _ => true,
+            };
+            if idle {
+                return Ok(info);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until it reaches a terminal status, and returns its output.
     /// Errors: [`Error::Failed`] with the recorded error, [`Error::Ended`] when
     /// cancelled or timed out.

@@ -278,11 +278,15 @@ impl Store for MemoryStore {
             .instances
             .values()
             .filter(|e| {
-                matches!(
-                    e.row.status,
-                    Status::Pending | Status::InProgress | Status::Listening
-                ) && e.row.run_at <= req.now
-                    && e.lease_until.is_none_or(|until| until < req.now)
+                // A running row's `run_at` is its lease's end, by the
+                // system clock; a waiting row's is its due time, by the
+                // engine's.
+                let due = match e.row.status {
+                    Status::Pending | Status::Listening => e.row.run_at <= req.due_by,
+                    Status::InProgress => e.row.run_at <= req.now,
+                    _ => false,
+                };
+                due && e.lease_until.is_none_or(|until| until < req.now)
                     && req.workflows.contains(&e.row.workflow)
             })
             .map(|e| (e.row.run_at, e.row.id.clone()))
@@ -299,8 +303,8 @@ impl Store for MemoryStore {
             entry.row.status = Status::InProgress;
             entry.row.runs += 1;
             entry.row.run_at = req.lease_until;
-            entry.row.updated_at = req.now;
-            entry.row.started_at.get_or_insert(req.now);
+            entry.row.updated_at = req.due_by;
+            entry.row.started_at.get_or_insert(req.due_by);
             entry.row.wait_event = None;
             entry.row.wait_child = None;
             entry.lease_owner = Some(req.owner.clone());
@@ -316,7 +320,7 @@ impl Store for MemoryStore {
                 steps: entry.steps.clone(),
                 interrupted_runs: entry.interrupted_runs,
             });
-            t.event(&id, req.now, "started", None, None, None);
+            t.event(&id, req.due_by, "started", None, None, None);
         }
         Ok(claimed)
     }

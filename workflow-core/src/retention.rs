@@ -10,7 +10,7 @@ use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
-use crate::store::{now_millis, Millis};
+use crate::store::Millis;
 
 /// The shortest retention: a schedule's tick must still be found by its
 /// key when a second engine fires it, and a caller must find a result it
@@ -121,7 +121,7 @@ pub(crate) async fn run(engine: Engine, keep: Duration, stop: CancellationToken)
             _ = stop.cancelled() => return,
         }
         nap = period;
-        let ended_before = cutoff(now_millis(), keep);
+        let ended_before = cutoff(engine.inner.now(), keep);
         for workflow in &workflows {
             if stop.is_cancelled() {
                 return;

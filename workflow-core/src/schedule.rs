@@ -3,11 +3,12 @@
 //! zones (chrono-tz), and the scheduler that turns each tick into exactly one
 //! instance, however many engines share the store.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::id::InstanceId;
@@ -145,11 +146,22 @@ impl Schedule {
     }
 }
 
-/// What time it is, for the scheduler. Real by default; tests use
-/// [`ManualClock`] to move time forward without waiting.
+/// What time it is for workflows: when cron ticks fire, when sleeps,
+/// event waits and retry backoffs end, when deadlines pass, and the times
+/// recorded in history. Real by default; tests use [`ManualClock`] to move
+/// time forward without waiting. Leases and heartbeats follow the system
+/// clock whatever this says: they tell live workers from dead ones.
 pub trait Clock: Send + Sync + 'static {
     /// Now.
     fn now(&self) -> DateTime<Utc>;
+
+    /// For a clock that jumps ([`ManualClock`]): a receiver that sees a new
+    /// value whenever it does, so that the engine's timers re-read the
+    /// time at once instead of sleeping out a wait measured before the
+    /// jump. `None` (the default) for a clock that moves with real time.
+    fn changes(&self) -> Option<watch::Receiver<DateTime<Utc>>> {
+        None
+    }
 }
 
 /// The system clock.
@@ -163,32 +175,59 @@ impl Clock for SystemClock {
 }
 
 /// A clock that moves only when told to. Clones share the time.
+///
+/// Given to [`EngineBuilder::clock`](crate::EngineBuilder::clock), it
+/// drives everything workflows wait for: `clock.advance(3 days)` wakes a
+/// workflow sleeping for three days, times out its event waits, ends its
+/// retry backoffs and passes its deadline, in a test that takes
+/// milliseconds. While it stands still, nothing waiting on time moves,
+/// however long the test runs (a step's retry included, however short
+/// its backoff).
 #[derive(Debug, Clone)]
 pub struct ManualClock {
-    now: Arc<Mutex<DateTime<Utc>>>,
+    now: Arc<watch::Sender<DateTime<Utc>>>,
 }
 
 impl ManualClock {
-    /// A clock showing `start`.
+    /// A clock showing `start` (at most the end of the year 9999).
     pub fn new(start: DateTime<Utc>) -> Self {
         ManualClock {
-            now: Arc::new(Mutex::new(start)),
+            now: Arc::new(watch::Sender::new(start.min(far_future()))),
         }
     }
 
+    /// The time it shows.
+    pub fn now(&self) -> DateTime<Utc> {
+        *self.now.borrow()
+    }
+
     /// Sets the time, at most the end of the year 9999: the engine's time
-    /// arithmetic has room past it.
+    /// arithmetic has room past it. Setting it back does not bring back
+    /// what already woke; what is due later waits for the clock again.
     pub fn set(&self, now: DateTime<Utc>) {
-        *self.now.lock().unwrap_or_else(|p| p.into_inner()) = now.min(far_future());
+        self.now.send_replace(now.min(far_future()));
     }
 
     /// Moves the time forward by `by`, up to the end of the year 9999.
     pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
-        *now = chrono::Duration::from_std(by)
-            .ok()
-            .and_then(|by| now.checked_add_signed(by))
-            .map_or_else(far_future, |later| later.min(far_future()));
+        self.now.send_modify(|now| {
+            *now = chrono::Duration::from_std(by)
+                .ok()
+                .and_then(|by| now.checked_add_signed(by))
+                .map_or_else(far_future, |later| later.min(far_future()));
+        });
+    }
+}
+
+/// Resolves at the next jump seen on a clock's [`Clock::changes`]; never
+/// for a clock that moves with real time (or whose every handle is gone).
+pub(crate) async fn clock_jumped(changes: &mut Option<watch::Receiver<DateTime<Utc>>>) {
+    let gone = match changes.as_mut() {
+        Some(changes) => changes.changed().await.is_err(),
+        None => true,
+    };
+    if gone {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -201,7 +240,11 @@ fn far_future() -> DateTime<Utc> {
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        *self.now.lock().unwrap_or_else(|p| p.into_inner())
+        ManualClock::now(self)
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<DateTime<Utc>>> {
+        Some(self.now.subscribe())
     }
 }
 

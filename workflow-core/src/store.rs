@@ -36,7 +36,9 @@ pub fn cancelled_with_parent(parent: Status) -> Option<&'static str> {
     }
 }
 
-/// The current time in [`Millis`].
+/// The system clock's time in [`Millis`]: what leases are measured by.
+/// Workflow time (due times, deadlines, history) is the engine's
+/// [`Clock`](crate::Clock), which a test may move by hand.
 pub fn now_millis() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
@@ -221,9 +223,16 @@ pub struct ClaimRequest {
     pub owner: String,
     /// Only instances of these workflows (the ones this worker can run).
     pub workflows: Vec<String>,
-    /// Now.
+    /// Now by the system clock: judges whether a running instance's lease
+    /// lapsed (and when such an instance is due again: its `run_at` is its
+    /// lease's end).
     pub now: Millis,
-    /// The lease lasts until then unless renewed.
+    /// Now by the engine's clock ([`Clock`](crate::Clock)): what a waiting
+    /// instance (`Pending`, `Listening`) must be due by, and the time the
+    /// claim records (`started_at`, `updated_at`, the `started` event). The
+    /// same as `now` unless a test moves the engine's clock by hand.
+    pub due_by: Millis,
+    /// The lease lasts until then (by the system clock) unless renewed.
     pub lease_until: Millis,
     /// At most this many instances.
     pub limit: usize,
@@ -435,9 +444,11 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one instance.
     async fn get(&self, id: &InstanceId) -> Result<Option<InstanceRow>, StoreError>;
 
-    /// Claims up to `limit` runnable instances: `Pending`, `InProgress` or
-    /// `Listening`, due (`run_at <= now`), of one of `workflows`, whose lease
-    /// is free or expired. Each gets status `InProgress`, a lease for `owner`
+    /// Claims up to `limit` runnable instances of one of `workflows`: a
+    /// `Pending` or `Listening` one due by `due_by` (`run_at <= due_by`),
+    /// or an `InProgress` one whose lease lapsed by `now` (`run_at <= now`
+    /// and its lease's end before `now`). A running instance with a live
+    /// lease is never taken, whatever `due_by` says. Each gets status `InProgress`, a lease for `owner`
     /// until `lease_until` (also its new `run_at`: when it is claimable again
     /// if the lease is not renewed), `runs + 1`, its wait cleared, and a
     /// `started` event. [`Store::renew`] moves `run_at` with the lease, and
@@ -448,7 +459,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// The earliest `run_at` after `after` of a waiting (`Pending` or
     /// `Listening`) instance of `workflows`, so an idle worker can nap
-    /// exactly until then. Workers pass the `now` of their last claim:
+    /// exactly until then. Workers pass the `due_by` of their last claim:
     /// anything due by then was claimable at that claim. A lower bound is
     /// fine (a store may ignore `workflows`); the default says "unknown",
     /// and workers fall back to polling.

@@ -35,6 +35,7 @@ where
     create_and_get(make().await).await;
     claim_is_exclusive(Arc::new(make().await)).await;
     claim_respects_due_time_and_names(make().await).await;
+    claims_judge_leases_and_due_times_by_their_own_clocks(make().await).await;
     claims_take_the_earliest_across_workflows(make().await).await;
     steps_are_fenced_by_the_lease(make().await).await;
     finish_is_final(make().await).await;
@@ -84,6 +85,7 @@ fn claim_req(owner: &str, now: Millis, limit: usize) -> ClaimRequest {
         owner: owner.to_owned(),
         workflows: vec!["wf".to_owned()],
         now,
+        due_by: now,
         lease_until: now + 30_000,
         limit,
     }
@@ -284,6 +286,78 @@ async fn create_child(
     let id = child.id.clone();
     store.create(child, None).await.unwrap();
     id
+}
+
+/// A claim's `due_by` (the engine's clock, which a test may move by hand)
+/// decides which waiting instances are due; its `now` (the system clock)
+/// alone decides whether a lease lapsed. An engine clock days ahead must
+/// not take a running instance from its live worker, and one years behind
+/// must not keep a dead worker's instance.
+async fn claims_judge_leases_and_due_times_by_their_own_clocks(store: impl Store) {
+    const DAY: Millis = 86_400_000;
+    let running = running(&store).await;
+    let mut sleeper = new_instance("wf", 1);
+    sleeper.run_at = T0 + 3 * DAY;
+    let sleeper = store.create(sleeper, None).await.unwrap().into_row().id;
+    // Ten days ahead by the engine's clock, a second after the lease was
+    // granted by the system's: the sleeper is due, the lease holds.
+    let ahead = ClaimRequest {
+        due_by: T0 + 10 * DAY,
+        ..claim_req("b", T0 + 1_000, 10)
+    };
+    let taken = store.claim(ahead).await.unwrap();
+    let ids: Vec<_> = taken.iter().map(|c| c.row.id.clone()).collect();
+    assert_eq!(
+        ids,
+        std::slice::from_ref(&sleeper),
+        "a live lease was taken, or the due sleeper left"
+    );
+    assert_eq!(
+        taken[0].row.started_at,
+        Some(T0 + 10 * DAY),
+        "a claim records its times by the engine's clock"
+    );
+    assert_eq!(
+        taken[0].row.run_at,
+        T0 + 31_000,
+        "the lease ends by the system clock"
+    );
+    let history = store.history(&sleeper).await.unwrap();
+    assert_eq!(
+        history.last().map(|e| (e.kind.as_str(), e.at)),
+        Some(("started", T0 + 10 * DAY))
+    );
+    // Years behind by the engine's clock, after the lease lapsed by the
+    // system's: the dead worker's instance is taken over.
+    let behind = ClaimRequest {
+        due_by: T0 - 1_000 * DAY,
+        ..claim_req("c", T0 + 60_000, 10)
+    };
+    let taken = store.claim(behind).await.unwrap();
+    let ids: Vec<_> = taken.iter().map(|c| c.row.id.clone()).collect();
+    assert!(
+        ids.contains(&running.row.id),
+        "a lapsed lease was kept because the engine's clock lags: {ids:?}"
+    );
+    // ...but a waiting instance due by the system clock only is not.
+    let mut waiting = new_instance("wf", 2);
+    waiting.run_at = T0 + 2;
+    let waiting = store.create(waiting, None).await.unwrap().into_row().id;
+    let behind = ClaimRequest {
+        due_by: T0 - 1_000 * DAY,
+        ..claim_req("c", T0 + 120_000, 10)
+    };
+    let ids: Vec<_> = store
+        .claim(behind)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.row.id)
+        .collect();
+    assert!(
+        !ids.contains(&waiting),
+        "a waiting instance was due by the system clock instead of the engine's"
+    );
 }
 
 /// Instance 0 of `wf`, created and claimed by `a` at `T0 + 1`: running.

@@ -21,7 +21,7 @@ use crate::instance::StartOptions;
 use crate::schema::schema_for;
 use crate::status::Status;
 use crate::step::{NonRetryable, StepOptions};
-use crate::store::{now_millis, NewInstance};
+use crate::store::NewInstance;
 use crate::tool_schema::{object_schema, strict_schema, strip_optional_nulls, Shape};
 use crate::validate::{SchemaCheck, Violation};
 use crate::workflow::Definition;
@@ -729,7 +729,7 @@ impl Engine {
         key: &str,
     ) -> Result<(InstanceId, Status)> {
         let (input, timeout) = self.checked_input(name, input).await?;
-        let now = now_millis();
+        let now = self.inner.now();
         let new = NewInstance {
             id: InstanceId::at(now),
             workflow: name.to_owned(),

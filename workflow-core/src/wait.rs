@@ -18,7 +18,7 @@ use crate::id::InstanceId;
 use crate::instance::ChildOptions;
 use crate::status::Status;
 use crate::step::StepOptions;
-use crate::store::{format_millis, now_millis, Millis, NewInstance, StepRow, Suspend};
+use crate::store::{format_millis, Millis, NewInstance, StepRow, Suspend};
 use crate::workflow::{decode_named, Workflow};
 
 impl<S> Ctx<S>
@@ -37,9 +37,10 @@ where
     /// longer than their sleeps (`#[workflow(timeout = "7d")]`).
     pub async fn sleep(&self, name: &str, duration: std::time::Duration) -> Result<()> {
         let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        let engine = &self.run().engine;
         let wake_at: Millis = self
             .step_with(name, StepOptions::no_retry(), || async move {
-                Ok::<_, BoxError>(now_millis().saturating_add(millis))
+                Ok::<_, BoxError>(engine.inner.now().saturating_add(millis))
             })
             .await?;
         self.wait_until(wake_at).await
@@ -59,7 +60,7 @@ where
 
     async fn wait_until(&self, wake_at: Millis) -> Result<()> {
         // `wake_at` may be a recorded step's output: never overflow on it.
-        let left = wake_at.saturating_sub(now_millis());
+        let left = wake_at.saturating_sub(self.run().now());
         if left <= 0 {
             return Ok(());
         }
@@ -75,10 +76,11 @@ where
         }
         let left = std::time::Duration::from_millis(left as u64);
         if left <= self.run().suspend_after {
-            tokio::time::sleep(left).await;
+            // By the engine's clock, which a test may move by hand.
+            self.run().engine.inner.sleep_until(wake_at).await;
             return Ok(());
         }
-        let at = now_millis();
+        let at = self.run().now();
         Err(self
             .suspend(Suspend {
                 status: Status::Pending,
@@ -145,38 +147,38 @@ where
                 outcome => outcome,
             };
         }
-        let until: Option<Millis> =
-            match timeout {
-                Some(timeout) => {
-                    let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-                    let until = self
+        let until: Option<Millis> = match timeout {
+            Some(timeout) => {
+                let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+                let engine = &run.engine;
+                let until = self
                     .step_keyed(format!("{key}@timeout"), StepOptions::no_retry(), || async move {
-                        Ok::<_, BoxError>(now_millis().saturating_add(millis))
+                        Ok::<_, BoxError>(engine.inner.now().saturating_add(millis))
                     })
                     .await?;
-                    if let Some(deadline) = *run.deadline.borrow() {
-                        if until > deadline {
-                            tracing::warn!(
-                                event = name,
-                                timeout_at = %format_millis(until),
-                                deadline = %format_millis(deadline),
-                                "the event's timeout ends after the instance's deadline: the \
-                                 instance will time out first, and the handler never see \
-                                 EventTimeout (give the workflow a longer `timeout`)"
-                            );
-                        }
+                if let Some(deadline) = *run.deadline.borrow() {
+                    if until > deadline {
+                        tracing::warn!(
+                            event = name,
+                            timeout_at = %format_millis(until),
+                            deadline = %format_millis(deadline),
+                            "the event's timeout ends after the instance's deadline: the \
+                             instance will time out first, and the handler never see \
+                             EventTimeout (give the workflow a longer `timeout`)"
+                        );
                     }
-                    Some(until)
                 }
-                None => None,
-            };
+                Some(until)
+            }
+            None => None,
+        };
         let taken = run
             .store
-            .take_event(&run.lease, name, &key, now_millis())
+            .take_event(&run.lease, name, &key, self.run().now())
             .await
             .map_err(|e| self.store_error(e))?;
         if let Some(payload) = taken {
-            let at = now_millis();
+            let at = self.run().now();
             let step = StepRow {
                 key: key.clone(),
                 output: Some(payload),
@@ -191,7 +193,7 @@ where
                 outcome => outcome,
             };
         }
-        let at = now_millis();
+        let at = self.run().now();
         if until.is_some_and(|until| at >= until) {
             let step = StepRow {
                 key,
@@ -291,7 +293,7 @@ where
                             Error::Store(err) => self.store_error(err),
                             other => other,
                         })?;
-                    let now = now_millis();
+                    let now = engine.inner.now();
                     let (run_at, deadline_at) = options.start().due(now, W::TIMEOUT);
                     let new = NewInstance {
                         id: InstanceId::at(now),
@@ -368,7 +370,7 @@ where
             .map_err(|e| self.store_error(e))?
             .ok_or_else(|| Error::NotFound(child.clone()))?;
         if row.status.is_terminal() {
-            let at = now_millis();
+            let at = self.run().now();
             let (output, error) = match row.status {
                 Status::Completed => (Some(row.output.unwrap_or_else(|| "null".into())), None),
                 Status::Failed => (
@@ -405,7 +407,7 @@ where
                 retry: None,
                 state: self.suspended_state()?,
                 reason: format!("waiting for child `{}` {child}", W::NAME),
-                at: now_millis(),
+                at: self.run().now(),
             })
             .await)
     }
@@ -574,7 +576,7 @@ where
     /// Straight to the store: neither a pause asked for nor an interrupt
     /// may leave it unwritten.
     async fn note_unread(&self, key: &str) -> Result<()> {
-        let at = now_millis();
+        let at = self.run().now();
         self.commit(StepRow {
             key: format!("{key}@unread"),
             output: Some("null".to_owned()),

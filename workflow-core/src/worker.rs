@@ -292,7 +292,11 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
         let mut claims = JoinSet::new();
         // The last claim came back full: more may be due right now.
         let mut draining = true;
-        let mut claimed_at = now_millis();
+        // The engine's time at the last claim: what was due by then was
+        // claimable at it.
+        let mut claimed_at = inner.now();
+        // A clock that jumps (a test's `ManualClock`) wakes the idle loop.
+        let mut clock_changes = inner.clock.changes();
         let mut store_backoff = Duration::from_millis(50);
         let workflows: Vec<String> = inner.workflows.keys().map(|s| (*s).to_owned()).collect();
         let mut wakeups = inner.store.wakeups();
@@ -310,21 +314,25 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
             let wanted = (slots.available_permits() + ahead).saturating_sub(ready);
             if draining && wanted > 0 && claims.is_empty() && !workflows.is_empty() {
                 let now = now_millis();
+                let due_by = inner.now();
                 let req = ClaimRequest {
                     owner: w.id.clone(),
                     workflows: workflows.clone(),
                     now,
+                    due_by,
                     lease_until: crate::store::millis_after(now, config.lease),
                     limit: wanted,
                 };
                 let store = Arc::clone(&inner.store);
                 let cancels = inner.cancelled.count();
-                claims.spawn(async move { (store.claim(req).await, wanted, now, cancels) });
+                claims.spawn(async move {
+                    (store.claim(req).await, wanted, (now, due_by), cancels)
+                });
             }
             if draining || !claims.is_empty() {
                 tokio::select! {
                     Some(joined) = claims.join_next() => {
-                        let (claimed, wanted, at, cancels) = match joined {
+                        let (claimed, wanted, (at, due_by), cancels) = match joined {
                             Ok(claim) => claim,
                             Err(err) => {
                                 // What it claimed, if anything, waits for its leases to end.
@@ -332,7 +340,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                 continue;
                             }
                         };
-                        claimed_at = at;
+                        claimed_at = due_by;
                         match claimed {
                             Ok(claimed) => {
                                 store_backoff = Duration::from_millis(50);
@@ -392,7 +400,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                 _ = w.stop.cancelled() => break,
             };
             let nap = match next_due {
-                Ok(Some(due)) => Duration::from_millis((due - now_millis()).max(0) as u64)
+                Ok(Some(due)) => Duration::from_millis(due.saturating_sub(inner.now()).max(0) as u64)
                     .min(config.poll_interval),
                 Ok(None) => config.poll_interval,
                 Err(err) => {
@@ -410,6 +418,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
             tokio::select! {
                 _ = inner.wake.notified() => {}
                 _ = tokio::time::sleep(nap) => {}
+                _ = crate::schedule::clock_jumped(&mut clock_changes) => {}
                 closed = hinted => hint_closed = closed,
                 Some(ran) = runs.join_next() => {
                     a_run_ended |= ran_a_handler(ran);
@@ -535,8 +544,9 @@ fn start_run(w: &WorkerShared, claimed: Claimed) -> Started {
         .is_some_and(|limit| interrupted_runs >= limit.max(1));
     // Past its deadline it runs, to end `TimedOut` at once: paused, it
     // would keep a waiting parent and its children waiting.
-    if over_limit && row.deadline_at.is_none_or(|d| d > now_millis()) {
-        return Started::CrashLoop(lease, crash_loop_pause(&row, &steps, interrupted_runs));
+    if over_limit && row.deadline_at.is_none_or(|d| d > inner.now()) {
+        let pause = crash_loop_pause(&row, &steps, interrupted_runs, inner.now());
+        return Started::CrashLoop(lease, pause);
     }
     let step_options = def.step_options(inner.config.step_options);
     let run = Arc::new(RunShared::new(
@@ -569,6 +579,7 @@ fn crash_loop_pause(
     row: &crate::store::InstanceRow,
     steps: &[crate::store::StepRow],
     interrupted: u32,
+    at: Millis,
 ) -> crate::store::Suspend {
     let after = match steps.last() {
         Some(step) => format!("after step `{}`", step.key),
@@ -580,7 +591,6 @@ fn crash_loop_pause(
         if interrupted == 1 { "" } else { "s" }
     );
     tracing::error!(id = %row.id, workflow = %row.workflow, interrupted, "{reason}");
-    let at = now_millis();
     crate::store::Suspend {
         status: Status::Paused,
         run_at: at,
@@ -781,7 +791,12 @@ fn hand_back_waiting(
 /// Gives instances claimed ahead back to the store, for any worker to take.
 async fn hand_back(engine: &Engine, claimed: impl IntoIterator<Item = Claimed>) {
     for c in claimed {
-        match engine.inner.store.release(&c.lease, now_millis()).await {
+        match engine
+            .inner
+            .store
+            .release(&c.lease, engine.inner.now())
+            .await
+        {
             Ok(()) => {}
             // Cancelled, or taken over, meanwhile: nothing to hand back.
             Err(StoreError::LeaseLost(_)) => {}
@@ -873,7 +888,7 @@ async fn reap_dead_owners(w: &WorkerShared) {
         }
     };
     for owner in owners.into_iter().filter(|o| owner_is_dead(o)) {
-        match store.release_owner(&owner, now_millis()).await {
+        match store.release_owner(&owner, w.engine.inner.now()).await {
             Ok(0) => {}
             Ok(freed) => tracing::info!(%owner, freed, "took over instances of a dead worker"),
             Err(err) => {
@@ -1007,7 +1022,7 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
     let (run, def, row) = match started {
         Started::Run { run, def, row } => (run, def, *row),
         Started::Unknown(lease) => {
-            if let Err(err) = inner.store.release(&lease, now_millis()).await {
+            if let Err(err) = inner.store.release(&lease, inner.now()).await {
                 tracing::warn!(id = %lease.instance, error = %err, "handing back an instance of a workflow not registered here failed; it resumes when its lease expires");
             }
             return false;
@@ -1030,7 +1045,7 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
         // Whatever ended the run, tasks the handler spawned with ctx.signal() stop too.
         run.stop.cancel();
         if matches!(&finish, Settle::Finish(f) if f.status == Status::TimedOut)
-            && deadline_moved_on(inner.store.as_ref(), &row.id).await
+            && deadline_moved_on(inner.store.as_ref(), &row.id, inner.now()).await
         {
             finish = Settle::Release;
         }
@@ -1098,9 +1113,9 @@ fn ran_a_handler(joined: Result<bool, tokio::task::JoinError>) -> bool {
 /// then handed back, to replay under the new deadline, instead of ending
 /// `TimedOut`. A store error counts as no: the deadline this worker knows
 /// has passed.
-async fn deadline_moved_on(store: &dyn crate::store::Store, id: &InstanceId) -> bool {
+async fn deadline_moved_on(store: &dyn crate::store::Store, id: &InstanceId, now: Millis) -> bool {
     match store.get(id).await {
-        Ok(Some(row)) if row.deadline_at.is_some_and(|at| at > now_millis()) => {
+        Ok(Some(row)) if row.deadline_at.is_some_and(|at| at > now) => {
             tracing::info!("the deadline was moved elsewhere; handing the instance back to run on");
             true
         }
@@ -1138,15 +1153,9 @@ async fn deadline_passed(run: &RunShared) {
             }
             continue;
         };
-        // `at` comes from the store: a corrupt one must not overflow.
-        let left = Duration::from_millis(at.saturating_sub(now_millis()).max(0) as u64);
+        // By the engine's clock, which a test may move by hand.
         tokio::select! {
-            _ = tokio::time::sleep(left) => {
-                // The wall clock decides, not the timer: re-check in case it slept short.
-                if now_millis() >= at {
-                    return;
-                }
-            }
+            _ = run.engine.inner.sleep_until(at) => return,
             _ = deadline.changed() => {}
         }
     }
@@ -1160,7 +1169,7 @@ async fn execute(
     // Claimed at or past its deadline (a wait capped at the deadline, or a
     // deadline moved while it waited): it ends here. The handler would only
     // wait again, and its timer may not fire before it suspends.
-    let now = now_millis();
+    let now = run.now();
     if run.deadline.borrow().is_some_and(|at| at <= now) {
         return time_out(now);
     }
@@ -1181,7 +1190,7 @@ async fn execute(
             Err(payload) => End::Panicked(panic_message(&*payload)),
         },
     };
-    let at = now_millis();
+    let at = run.now();
     let finish = |status, output, error, state| {
         Settle::Finish(Finish {
             status,
@@ -1275,7 +1284,7 @@ async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
             result
         }
         Settle::Suspend(suspend) => store.suspend(lease, suspend).await,
-        Settle::Release => store.release(lease, now_millis()).await,
+        Settle::Release => store.release(lease, w.engine.inner.now()).await,
         Settle::Abandon => Ok(()),
     };
     match result {
@@ -1283,7 +1292,7 @@ async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
         Err(StoreError::DeadlineMoved(_)) => {
             // `set_timeout` won the race with the timeout: run on.
             tracing::info!("the deadline moved before the timeout was recorded; handing the instance back to run on");
-            if let Err(err) = store.release(lease, now_millis()).await {
+            if let Err(err) = store.release(lease, w.engine.inner.now()).await {
                 tracing::warn!(error = %err, "releasing the instance failed; it resumes when its lease expires");
             }
             false

@@ -155,6 +155,7 @@ async fn ghost_claim(store: &Arc<dyn Store>, workflow: &str) -> store::Claimed {
         owner: "ghost".into(),
         workflows: vec![workflow.into()],
         now: store::now_millis(),
+        due_by: store::now_millis(),
         lease_until: store::now_millis() + 60_000,
         limit: 1,
     };
@@ -2313,6 +2314,7 @@ async fn interrupt(store: &Arc<dyn Store>, n: u32) {
             owner: "ghost".into(),
             workflows: vec!["processOrder".into()],
             now,
+            due_by: now,
             lease_until: now + 1,
             limit: 1,
         };
@@ -2450,6 +2452,7 @@ async fn ended_ago(store: &Arc<dyn Store>, workflow: &str, ago: Duration) -> Ins
             owner: "earlier".into(),
             workflows: vec![workflow.into()],
             now: at - 5,
+            due_by: at - 5,
             lease_until: at + 30_000,
             limit: 1,
         })

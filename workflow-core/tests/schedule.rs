@@ -248,8 +248,8 @@ async fn a_stale_look_does_not_fire_purged_ticks_again() {
     assert_eq!(wait_for(&other, 3).await.len(), 3);
     all_ended(&other).await;
     other_worker.shutdown().await;
-    // A purge leaves what ended in the last 2 s.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // A purge leaves what ended in the last 2 s by the engine's clock.
+    clock.advance(Duration::from_secs(3));
     assert_eq!(other.purge(Utc::now(), None).await.unwrap(), 3);
     // The first engine's clock catches up; its last look was at 10:00:30.
     slow_clock.set(utc("2026-11-25T10:03:40Z"));
@@ -274,8 +274,8 @@ async fn a_clock_stepped_back_does_not_fire_ticks_again() {
     }
     assert_eq!(wait_for(&engine, 5).await.len(), 5);
     all_ended(&engine).await;
-    // A purge leaves what ended in the last 2 s.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // A purge leaves what ended in the last 2 s by the engine's clock.
+    clock.advance(Duration::from_secs(3));
     assert_eq!(engine.purge(Utc::now(), None).await.unwrap(), 5);
     // Three minutes back, then on again in steps, as a running clock goes.
     clock.set(utc("2026-11-25T10:02:30Z"));
@@ -536,7 +536,8 @@ async fn a_catch_up_cut_short_does_not_fire_its_ticks_again() {
     );
     all_ended(&second).await;
     worker.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // A purge leaves what ended in the last 2 s by the engine's clock.
+    clock.advance(Duration::from_secs(3));
     assert_eq!(second.purge(Utc::now(), None).await.unwrap(), 2);
     flaky.fail_creates_after(None);
     let third = engine(Arc::clone(&store), &clock, CatchUp::All).await;

@@ -1458,6 +1458,7 @@ async fn a_corrupt_wake_time_is_passed_not_a_panic() {
             owner: "writer-of-bad-rows".into(),
             workflows: vec!["sleeper".into()],
             now,
+            due_by: now,
             lease_until: now + 30_000,
             limit: 1,
         })

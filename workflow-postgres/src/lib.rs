@@ -518,6 +518,7 @@ impl Store for PgStore {
                 let again = std::time::Instant::now();
                 let elapsed = i64::try_from(again.duration_since(called).as_millis()).unwrap_or(0);
                 req.now = req.now.saturating_add(elapsed);
+                req.due_by = req.due_by.saturating_add(elapsed);
                 req.lease_until = req.lease_until.saturating_add(elapsed);
                 retrying!(
                     self,

@@ -406,9 +406,10 @@ impl Db {
         // of the earliest due rows: other workflows' due rows are never
         // read.
         //
-        // A waiting row is due at its `run_at` by the claimer's clock
-        // (`now`, $3): that time came from an engine's clock (a sleep's
-        // end, a retry, a timeout), and is compared as it always was. A
+        // A waiting row is due at its `run_at` by the claimer's engine
+        // clock (`due_by`, $3): that time came from an engine's clock (a
+        // sleep's end, a retry, a timeout), and is compared as it always
+        // was; the claim records its times by that clock too. A
         // running row's `run_at` is its lease's end by the database's
         // clock, and it is taken over only once that clock passed it.
         let (clock, length) = lease.bind();
@@ -435,7 +436,7 @@ impl Db {
             )))
             .bind(&req.workflows)
             .bind(limit)
-            .bind(req.now)
+            .bind(req.due_by)
             .bind(clock)
             .fetch_all(&mut *tx)
             .await?;
@@ -468,7 +469,7 @@ impl Db {
         let mut rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(take.clone()))
             .bind(&req.owner)
             .bind(length)
-            .bind(req.now)
+            .bind(req.due_by)
             .bind(&workflows)
             .bind(limit)
             .bind(clock)
@@ -487,7 +488,7 @@ impl Db {
             let more: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(take))
                 .bind(&req.owner)
                 .bind(length)
-                .bind(req.now)
+                .bind(req.due_by)
                 .bind(&req.workflows)
                 .bind(left)
                 .bind(clock)
@@ -538,13 +539,13 @@ impl Db {
             )
             .bind(id)
             .bind(error)
-            .bind(req.now)
+            .bind(req.due_by)
             .execute(&mut *tx)
             .await?;
             event_full(
                 &mut tx,
                 id,
-                req.now,
+                req.due_by,
                 "failed",
                 None,
                 None,
@@ -553,7 +554,7 @@ impl Db {
             )
             .await?;
             if let Some(parent) = parent {
-                wake_parents(&mut tx, &[(id.as_str(), parent.as_str())], req.now).await?;
+                wake_parents(&mut tx, &[(id.as_str(), parent.as_str())], req.due_by).await?;
             }
         }
         if !claimed.is_empty() {
@@ -568,7 +569,7 @@ impl Db {
                  SELECT id, $2, 'started' FROM UNNEST($1::text[]) WITH ORDINALITY AS e(id, n) ORDER BY n",
             )
             .bind(&ids)
-            .bind(req.now)
+            .bind(req.due_by)
             .execute(&mut *tx)
             .await?;
             // A first run has no steps to replay; skip the lookup.

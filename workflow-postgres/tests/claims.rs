@@ -32,6 +32,7 @@ async fn a_claim_over_many_workflows_locks_only_what_it_takes() {
         owner: "a".into(),
         workflows: workflows.clone(),
         now: now_millis(),
+        due_by: now_millis(),
         lease_until: now_millis() + 30_000,
         limit,
     };
@@ -98,6 +99,7 @@ async fn a_claim_takes_other_workflows_when_the_earliest_are_locked() {
             owner: "b".into(),
             workflows: vec!["wf1".into(), "wf2".into()],
             now: now_millis(),
+            due_by: now_millis(),
             lease_until: now_millis() + 30_000,
             limit: 4,
         })

@@ -43,6 +43,7 @@ async fn claim(s: &PgStore, owner: &str, skew: Millis, lease: Millis) -> Vec<Cla
             owner: owner.into(),
             workflows: vec!["wf".into()],
             now,
+            due_by: now,
             lease_until: now + lease,
             limit: 10,
         })

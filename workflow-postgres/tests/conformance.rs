@@ -24,6 +24,7 @@ fn claim_req(owner: &str, now: Millis, limit: usize) -> ClaimRequest {
         owner: owner.to_owned(),
         workflows: vec!["wf".to_owned()],
         now,
+        due_by: now,
         lease_until: now + 30_000,
         limit,
     }
@@ -333,6 +334,7 @@ async fn notify_wakes_an_idle_claim() {
                     owner: "idle".into(),
                     workflows: vec!["wf".into()],
                     now,
+                    due_by: now,
                     lease_until: now + 30_000,
                     limit: 1,
                 })

@@ -1,4 +1,4 @@
-//! Cron on PostgreSQL: three engines on one database (each with its own
+//! Cron and a hand-moved clock on PostgreSQL: three engines on one database (each with its own
 //! connection pool, opened through a `postgres://` URL) fire each tick once;
 //! first in one process with a manual clock, then as three processes with a
 //! real per-second schedule.
@@ -28,6 +28,12 @@ async fn secondly(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
+/// Sleeps three days (manual clock).
+#[workflow(name = "threeDayNap", timeout = "30d")]
+async fn three_day_nap(ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    ctx.sleep("nap", Duration::from_secs(3 * 86_400)).await
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -45,14 +51,16 @@ fn main() {
         return;
     }
     let Some(url) = common::url("cron") else {
-        println!("test result: ok. 0 passed; 0 failed; 2 ignored");
+        println!("test result: ok. 0 passed; 0 failed; 3 ignored");
         return;
     };
     runtime().block_on(three_engines_manual_clock(&url));
     println!("three engines, manual clock: each of 5 ticks fired once");
+    runtime().block_on(a_sleep_wakes_at_the_clocks_advance(&url));
+    println!("manual clock: a three-day sleep woke at the advance");
     let (ticks, span) = three_processes(&url);
     println!("three engine processes: {ticks} ticks over {span} s, each fired once");
-    println!("test result: ok. 2 passed; 0 failed");
+    println!("test result: ok. 3 passed; 0 failed");
 }
 
 fn utc(s: &str) -> DateTime<Utc> {
@@ -138,6 +146,54 @@ async fn three_engines_manual_clock(url: &str) {
         .await
         .expect("list");
     assert_eq!(after.items.len(), expected.len(), "no tick fired twice");
+    common::drop_schemas(url, &[schema]).await;
+}
+
+/// Two engines sharing a database and a manual clock (years behind the
+/// database's, which judges leases): a three-day sleep wakes when the
+/// clock is moved past it, not before, with polling too slow to matter.
+async fn a_sleep_wakes_at_the_clocks_advance(url: &str) {
+    let schema = common::fresh_schema("clock");
+    let url_s = common::with_schema(url, &schema);
+    let clock = ManualClock::new(utc("2001-01-01T09:00:00Z"));
+    let mut engines = Vec::new();
+    for _ in 0..2 {
+        let engine = Engine::builder()
+            .database_url(&url_s)
+            .register(ThreeDayNap)
+            .clock(clock.clone())
+            .poll_interval(Duration::from_secs(60))
+            .build()
+            .await
+            .expect("engine");
+        engines.push(engine);
+    }
+    let workers: Vec<_> = engines.iter().map(|e| e.start_worker()).collect();
+    let nap = ThreeDayNap::start(&engines[0], ()).await.expect("start");
+    let started = Instant::now();
+    loop {
+        let info = nap.info().await.expect("info");
+        if info.runs >= 1 && info.status == Status::Pending {
+            assert_eq!(info.due_at, Some(utc("2001-01-04T09:00:00Z")));
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never slept");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    clock.advance(Duration::from_secs(3 * 86_400 - 1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        nap.status().await.expect("status"),
+        Status::Pending,
+        "woke early"
+    );
+    clock.advance(Duration::from_secs(1));
+    nap.result_timeout(Duration::from_secs(10))
+        .await
+        .expect("woke at the advance");
+    for worker in workers {
+        worker.shutdown().await;
+    }
     common::drop_schemas(url, &[schema]).await;
 }
 

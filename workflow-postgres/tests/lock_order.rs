@@ -64,6 +64,7 @@ async fn claim_all(
             owner: owner.to_owned(),
             workflows: vec![workflow.to_owned()],
             now: NOW,
+            due_by: NOW,
             lease_until: NOW + 60_000,
             limit: n,
         })

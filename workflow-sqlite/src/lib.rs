@@ -1135,6 +1135,7 @@ mod tests {
                     owner: "o".into(),
                     workflows: vec!["w".into()],
                     now: 10,
+                    due_by: 10,
                     lease_until: 10_000,
                     limit: 1,
                 })
@@ -1668,6 +1669,7 @@ mod tests {
             owner: owner.into(),
             workflows: vec!["wf".into()],
             now: i64::MAX / 2,
+            due_by: i64::MAX / 2,
             lease_until: i64::MAX / 2 + 1,
             limit,
         }

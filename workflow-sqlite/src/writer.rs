@@ -2062,12 +2062,17 @@ fn create(
 /// `instances_workflow_status` and then sorts every pending row on each
 /// claim. `LIMIT ?2 + 0`, not `LIMIT ?2`: the planner reads a bare bound
 /// limit, so SQLite would re-prepare the statement on every claim.
+///
+/// Two clocks meet in `run_at`: a running row's is its lease's end, judged
+/// by the system clock (`?1`); a waiting row's is its due time, judged by
+/// the engine's (`?4`, the same unless a test moves it by hand).
 pub(crate) fn claim_sql() -> String {
     format!(
         "SELECT {COLUMNS}, interrupted_runs FROM instances INDEXED BY instances_runnable \
          WHERE workflow = ?3 \
            AND (status = 'pending' OR status = 'in_progress' OR status = 'listening') \
-           AND run_at <= ?1 \
+           AND run_at <= MAX(?1, ?4) \
+           AND run_at <= CASE WHEN status = 'in_progress' THEN ?1 ELSE ?4 END \
            AND (lease_expires_at IS NULL OR lease_expires_at < ?1) \
          ORDER BY run_at LIMIT ?2 + 0"
     )
@@ -2085,7 +2090,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
     workflows.sort();
     workflows.dedup();
     for workflow in &workflows {
-        for row in select.query_map(params![req.now, limit, workflow], claimable)? {
+        for row in select.query_map(params![req.now, limit, workflow, req.due_by], claimable)? {
             read.push(row?);
         }
     }
@@ -2115,7 +2120,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
             }
             // Failed alone, before the others are taken: it would be the
             // oldest due row of every claim from now on.
-            Claimable::Unreadable { id, why } => fail_corrupt(c, id.as_ref(), &why, req.now)?,
+            Claimable::Unreadable { id, why } => fail_corrupt(c, id.as_ref(), &why, req.due_by)?,
         }
     }
     let mut take = c.hot().take.borrow_mut();
@@ -2129,7 +2134,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         take.execute(params![
             req.owner,
             req.lease_until,
-            req.now,
+            req.due_by,
             raw.id,
             started_seq,
             *interrupted_runs
@@ -2138,8 +2143,8 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         raw.status = Status::InProgress.as_str().to_owned();
         raw.runs = raw.runs.saturating_add(1);
         raw.run_at = req.lease_until;
-        raw.updated_at = req.now;
-        raw.started_at = raw.started_at.or(Some(req.now));
+        raw.updated_at = req.due_by;
+        raw.started_at = raw.started_at.or(Some(req.due_by));
         raw.wait_event = None;
         raw.wait_child = None;
     }
@@ -2150,7 +2155,12 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
         let row = match decode_instance(raw) {
             Ok(row) => row,
             Err(err) => {
-                fail_corrupt(c, ValueRef::Text(id.as_bytes()), &err.to_string(), req.now)?;
+                fail_corrupt(
+                    c,
+                    ValueRef::Text(id.as_bytes()),
+                    &err.to_string(),
+                    req.due_by,
+                )?;
                 continue;
             }
         };
@@ -2159,7 +2169,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
             event(
                 c,
                 row.id.as_str(),
-                req.now,
+                req.due_by,
                 "started",
                 None,
                 None,
@@ -2170,7 +2180,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
                 Ok(steps) => steps,
                 Err(err) if unreadable(&err) => {
                     let why = format!("corrupt row of instance {id}: step: {err}");
-                    fail_corrupt(c, ValueRef::Text(id.as_bytes()), &why, req.now)?;
+                    fail_corrupt(c, ValueRef::Text(id.as_bytes()), &why, req.due_by)?;
                     continue;
                 }
                 Err(err) => return Err(err),
@@ -2470,6 +2480,7 @@ mod tests {
             owner: "me".into(),
             workflows: vec!["w".into()],
             now: 100,
+            due_by: 100,
             lease_until: 200,
             limit,
         }

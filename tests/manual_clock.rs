@@ -1,0 +1,298 @@
+//! Time in tests: with a `ManualClock`, `clock.advance(..)` wakes what
+//! workflows wait for (sleeps, event timeouts, retry backoffs, deadlines)
+//! in milliseconds, while leases keep to the system clock.
+//!
+//! Every engine here polls the store once a minute only: what the tests
+//! see after an advance comes from the clock's jump waking the worker.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use workflow::prelude::*;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Sleeps three days, then reminds.
+#[workflow(name = "reminder", timeout = "30d")]
+async fn reminder(ctx: Ctx, user: String) -> workflow::Result<String> {
+    ctx.sleep("three days", 3 * DAY).await?;
+    ctx.step("remind", || async {
+        workflow::Ok(format!("reminded {user}"))
+    })
+    .await
+}
+
+/// Waits a day for an answer, then escalates.
+#[workflow(name = "approval", timeout = "30d")]
+async fn approval(ctx: Ctx, _input: ()) -> workflow::Result<String> {
+    match ctx.wait_for_event::<bool>("answer", Some(DAY)).await {
+        Ok(yes) => Ok(format!("answered {yes}")),
+        Err(workflow::Error::EventTimeout { .. }) => Ok("escalated".to_owned()),
+        Err(other) => Err(other),
+    }
+}
+
+static GATEWAY_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// Its first call is told to come back in an hour.
+#[workflow(name = "rateLimited", timeout = "30d")]
+async fn rate_limited(ctx: Ctx, _input: ()) -> workflow::Result<u32> {
+    ctx.step("call", || async {
+        let call = GATEWAY_CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+        if call == 1 {
+            return Err(RetryAfter::new("rate limited", Duration::from_secs(3600)));
+        }
+        Ok(call)
+    })
+    .await
+}
+
+/// A sleep short enough to be slept in memory, not suspended.
+#[workflow(name = "shortNap", timeout = "30d")]
+async fn short_nap(ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    ctx.sleep("nap", Duration::from_millis(100)).await
+}
+
+/// Waits for an event that never comes, within an hour.
+#[workflow(name = "patient", timeout = "1h")]
+async fn patient(ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    ctx.wait_for_event::<()>("never", None).await
+}
+
+/// A step that never ends, within an hour.
+#[workflow(name = "stuck", timeout = "1h")]
+async fn stuck(ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    ctx.step("forever", || async {
+        std::future::pending::<()>().await;
+        workflow::Ok(())
+    })
+    .await
+}
+
+static BLOCKED_STARTED: AtomicBool = AtomicBool::new(false);
+static GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// A step that runs until the test opens the gate.
+#[workflow(name = "blocked", timeout = "30d")]
+async fn blocked(ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    ctx.step("work", || async {
+        BLOCKED_STARTED.store(true, Ordering::SeqCst);
+        GATE.notified().await;
+        workflow::Ok(())
+    })
+    .await
+}
+
+async fn engine(dir: &tempfile::TempDir, clock: &ManualClock) -> Engine {
+    Engine::builder()
+        .database_url(format!("sqlite://{}", dir.path().join("time.db").display()))
+        .register(Reminder)
+        .register(Approval)
+        .register(RateLimited)
+        .register(ShortNap)
+        .register(Patient)
+        .register(Stuck)
+        .register(Blocked)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_secs(60))
+        .lease_duration(Duration::from_secs(1))
+        .build()
+        .await
+        .expect("engine")
+}
+
+/// A clock in 2001: far behind the system clock, as the leases are.
+fn in_2001() -> ManualClock {
+    ManualClock::new(Utc.with_ymd_and_hms(2001, 1, 1, 9, 0, 0).unwrap())
+}
+
+/// Waits (real time) until `instance` has `status` after a first run.
+async fn until<W: Workflow>(instance: &Instance<W>, status: Status) -> workflow::InstanceInfo {
+    let started = Instant::now();
+    loop {
+        let info = instance.info().await.unwrap();
+        if info.status == status && info.runs >= 1 {
+            return info;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still {} after 10 s, waiting for {status}",
+            info.status
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_three_day_sleep_wakes_when_the_clock_gets_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = in_2001();
+    let engine = engine(&dir, &clock).await;
+    let worker = engine.start_worker();
+    let instance = Reminder::start(&engine, "ada".into()).await.unwrap();
+    let info = tokio::time::timeout(Duration::from_secs(10), instance.idle())
+        .await
+        .expect("asleep within 10 s")
+        .unwrap();
+    assert_eq!(info.status, Status::Pending);
+    let due = info.due_at.expect("asleep, with its wake-up time");
+    assert_eq!(due, clock.now() + chrono::Duration::days(3));
+    clock.advance(3 * DAY - Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        instance.status().await.unwrap(),
+        Status::Pending,
+        "woke early"
+    );
+    clock.advance(Duration::from_secs(1));
+    let woke = Instant::now();
+    let output = instance
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(output, "reminded ada");
+    assert!(
+        woke.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        woke.elapsed()
+    );
+    // History is dated by the engine's clock.
+    let history = instance.history().await.unwrap();
+    let ended = history.last().unwrap();
+    assert!(ended.at >= due, "{:?} before {due}", ended.at);
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_event_timeout_fires_when_the_clock_passes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = in_2001();
+    let engine = engine(&dir, &clock).await;
+    let worker = engine.start_worker();
+    let answered = Approval::start(&engine, ()).await.unwrap();
+    let ignored = Approval::start(&engine, ()).await.unwrap();
+    until(&answered, Status::Listening).await;
+    until(&ignored, Status::Listening).await;
+    // An event wakes its instance at once, the clock standing still.
+    answered.send_event("answer", true).await.unwrap();
+    let output = answered
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(output, "answered true");
+    assert_eq!(ignored.status().await.unwrap(), Status::Listening);
+    clock.advance(DAY);
+    let output = ignored
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(output, "escalated");
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retry_backoff_ends_when_the_clock_passes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = in_2001();
+    let engine = engine(&dir, &clock).await;
+    let worker = engine.start_worker();
+    let instance = RateLimited::start(&engine, ()).await.unwrap();
+    until(&instance, Status::Pending).await;
+    assert_eq!(GATEWAY_CALLS.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(GATEWAY_CALLS.load(Ordering::SeqCst), 1, "retried early");
+    clock.advance(Duration::from_secs(3600));
+    let calls = instance
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(calls, 2);
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sleep_in_memory_follows_the_clock_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = in_2001();
+    let engine = engine(&dir, &clock).await;
+    let worker = engine.start_worker();
+    let instance = ShortNap::start(&engine, ()).await.unwrap();
+    until(&instance, Status::InProgress).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        instance.status().await.unwrap(),
+        Status::InProgress,
+        "a 100 ms sleep ended while the clock stood still"
+    );
+    clock.advance(Duration::from_millis(100));
+    instance
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn deadlines_pass_when_the_clock_passes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = in_2001();
+    let engine = engine(&dir, &clock).await;
+    let worker = engine.start_worker();
+    // One waits suspended, the other runs a step that never ends.
+    let waiting = Patient::start(&engine, ()).await.unwrap();
+    let running = Stuck::start(&engine, ()).await.unwrap();
+    until(&waiting, Status::Listening).await;
+    until(&running, Status::InProgress).await;
+    clock.advance(Duration::from_secs(3599));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(waiting.status().await.unwrap(), Status::Listening);
+    assert_eq!(running.status().await.unwrap(), Status::InProgress);
+    clock.advance(Duration::from_secs(1));
+    until(&waiting, Status::TimedOut).await;
+    let info = until(&running, Status::TimedOut).await;
+    // Ended by the engine's clock, which stood at the deadline since.
+    assert_eq!(
+        info.finished_at.map(|t| t.timestamp_millis()),
+        Some(clock.now().timestamp_millis())
+    );
+    worker.shutdown().await;
+}
+
+/// Leases tell live workers from dead ones by the system clock: a jump of
+/// the engine's clock by days takes no running instance from its worker.
+#[tokio::test]
+async fn a_jump_of_days_leaves_running_instances_with_their_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Utc::now());
+    let engine = engine(&dir, &clock).await;
+    let worker = engine.start_worker();
+    let instance = Blocked::start(&engine, ()).await.unwrap();
+    let started = Instant::now();
+    while !BLOCKED_STARTED.load(Ordering::SeqCst) {
+        assert!(started.elapsed() < Duration::from_secs(10), "never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    clock.advance(10 * DAY);
+    // Three leases' worth of real time: renewed, never taken over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let info = instance.info().await.unwrap();
+    assert_eq!(info.status, Status::InProgress);
+    assert_eq!(info.runs, 1, "the running instance was claimed again");
+    GATE.notify_one();
+    instance
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let info = instance.info().await.unwrap();
+    assert_eq!(info.runs, 1);
+    let started_events = instance
+        .history()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == workflow::HistoryKind::Started)
+        .count();
+    assert_eq!(started_events, 1);
+    worker.shutdown().await;
+}
