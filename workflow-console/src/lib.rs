@@ -79,9 +79,10 @@ pub const TOKEN_ENV: &str = "WORKFLOW_CONSOLE_TOKEN";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConsoleError {
-    /// The address could not be bound or the server failed.
+    /// The address could not be bound or the server failed. The I/O
+    /// error is in the message, so not also `source()`.
     #[error("console server: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The engine or its store failed.
     #[error(transparent)]
     Workflow(#[from] workflow_core::Error),
@@ -122,6 +123,12 @@ pub const MIN_OPEN_TOKEN: usize = 16;
 /// So that `engine.serve_console(addr).await?` works in a function that
 /// returns `workflow::Result`: a server failure (a port in use) becomes
 /// [`Error::Config`](workflow_core::Error::Config) with the same message.
+impl From<std::io::Error> for ConsoleError {
+    fn from(err: std::io::Error) -> Self {
+        ConsoleError::Io(err)
+    }
+}
+
 impl From<ConsoleError> for workflow_core::Error {
     fn from(err: ConsoleError) -> Self {
         match err {

@@ -1159,9 +1159,9 @@ where
                 self.name()
             )
         };
-        let json = serde_json::to_string(&output).map_err(|source| Error::Json {
+        let json = serde_json::to_string(&output).map_err(|error| Error::Json {
             context: what(),
-            source,
+            error,
         })?;
         crate::error::within(&json, self.inner.run.max_payload(), what)?;
         self.inner.run.interrupt(

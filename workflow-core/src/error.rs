@@ -258,13 +258,14 @@ pub enum Error {
     },
 
     /// A value could not be turned into or read from JSON.
-    #[error("{context}: {source}")]
+    // The serde error is in the message, so not also `source()`: error
+    // reporters print the chain, and would print it twice.
+    #[error("{context}: {error}")]
     Json {
         /// What was being (de)serialized, e.g. "output of step `charge` of workflow `processOrder`".
         context: String,
         /// The serde error, which names the field.
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     /// A step's output, a state snapshot or a workflow's output is larger
@@ -314,12 +315,12 @@ pub(crate) fn json_round_trip<T>(
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
-    let json = serde_json::to_string(value).map_err(|source| Error::Json {
+    let json = serde_json::to_string(value).map_err(|error| Error::Json {
         context: context(),
-        source,
+        error,
     })?;
     within(&json, max, &context)?;
-    let back = serde_json::from_str(&json).map_err(|source| Error::Json {
+    let back = serde_json::from_str(&json).map_err(|error| Error::Json {
         // Its start only: the value may be megabytes, and this message is
         // recorded as the instance's error.
         context: format!(
@@ -327,7 +328,7 @@ where
             context(),
             excerpt(&json, 200)
         ),
-        source,
+        error,
     })?;
     Ok((json, back))
 }
@@ -456,9 +457,11 @@ impl std::fmt::Display for Interrupt {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The database driver failed (connection, I/O, SQL).
+    /// The database driver failed (connection, I/O, SQL). The driver's
+    /// error is in the message, so not also `source()` (reporters that
+    /// print the chain would print it twice); downcast it from the field.
     #[error("store: {0}")]
-    Backend(#[source] BoxError),
+    Backend(BoxError),
     /// A row could not be decoded; only that instance is affected.
     #[error("store: corrupt row for instance {id}: {message}")]
     Corrupt {
@@ -497,7 +500,8 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut source = err.source();
     while let Some(cause) = source {
         let text = cause.to_string();
-        // thiserror's `transparent`/`{0}` often repeats the cause verbatim.
+        // Other crates' errors often print their cause and return it from
+        // `source()` too (thiserror's `{0}` beside `#[source]`).
         if !out.ends_with(&text) {
             out.push_str(": ");
             out.push_str(&text);
@@ -510,6 +514,36 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error whose message holds its cause does not also return it
+    /// from `source()`: anyhow's `{:#}`, eyre and tracing print the chain.
+    #[test]
+    fn no_error_prints_its_cause_twice() {
+        let errors = [
+            Error::Store(StoreError::backend(std::io::Error::other("disk on fire"))),
+            Error::Json {
+                context: "input of workflow `w`".into(),
+                error: serde_json::from_str::<u8>("\"x\"").unwrap_err(),
+            },
+        ];
+        for err in &errors {
+            let mut level: &(dyn std::error::Error + 'static) = err;
+            while let Some(cause) = level.source() {
+                let (outer, inner) = (level.to_string(), cause.to_string());
+                assert!(
+                    !outer.contains(&inner),
+                    "`{outer}` and its source `{inner}`"
+                );
+                level = cause;
+            }
+        }
+        assert_eq!(errors[0].to_string(), "store: disk on fire");
+        assert!(
+            errors[1].to_string().contains("invalid type: string"),
+            "{}",
+            errors[1]
+        );
+    }
 
     /// A value that does not read back is named with the start of its
     /// JSON, not all of it: the message becomes the instance's error.

@@ -422,9 +422,9 @@ impl<W: Workflow> Instance<W> {
     /// have is refused ([`Error::InvalidEventName`]), and so is a payload
     /// over the engine's `max_payload_bytes` ([`Error::PayloadTooLarge`]).
     pub async fn send_event(&self, name: &str, payload: impl Serialize) -> Result<()> {
-        let payload = serde_json::to_value(payload).map_err(|source| Error::Json {
+        let payload = serde_json::to_value(payload).map_err(|error| Error::Json {
             context: format!("payload of event `{name}`"),
-            source,
+            error,
         })?;
         self.ensure_workflow().await?;
         self.engine.send_event(&self.id, name, payload).await
@@ -459,9 +459,9 @@ impl<W: Workflow> Instance<W> {
         key: &str,
         payload: impl Serialize,
     ) -> Result<EventSent> {
-        let payload = serde_json::to_value(payload).map_err(|source| Error::Json {
+        let payload = serde_json::to_value(payload).map_err(|error| Error::Json {
             context: format!("payload of event `{name}`"),
-            source,
+            error,
         })?;
         self.ensure_workflow().await?;
         self.engine

@@ -296,9 +296,9 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
                 workflow: W::NAME.to_owned(),
                 violations,
             })?;
-        serde_json::to_string(&typed).map_err(|source| Error::Json {
+        serde_json::to_string(&typed).map_err(|error| Error::Json {
             context: format!("input of workflow `{}`", W::NAME),
-            source,
+            error,
         })
     }
 
