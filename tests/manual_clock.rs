@@ -23,6 +23,13 @@ async fn reminder(ctx: Ctx, user: String) -> workflow::Result<String> {
     .await
 }
 
+/// Sleeps a day, then two more.
+#[workflow(name = "twoNaps", timeout = "30d")]
+async fn two_naps(ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    ctx.sleep("first", DAY).await?;
+    ctx.sleep("second", 2 * DAY).await
+}
+
 /// Waits a day for an answer, then escalates.
 #[workflow(name = "approval", timeout = "30d")]
 async fn approval(ctx: Ctx, _input: ()) -> workflow::Result<String> {
@@ -88,6 +95,7 @@ async fn engine(dir: &tempfile::TempDir, clock: &ManualClock) -> Engine {
     Engine::builder()
         .database_url(format!("sqlite://{}", dir.path().join("time.db").display()))
         .register(Reminder)
+        .register(TwoNaps)
         .register(Approval)
         .register(RateLimited)
         .register(ShortNap)
@@ -211,18 +219,28 @@ async fn a_retry_backoff_ends_when_the_clock_passes_it() {
     worker.shutdown().await;
 }
 
+/// However short, a wait is in the store, where `idle` sees it: none
+/// hides in a running handler while the clock stands still.
 #[tokio::test]
-async fn a_sleep_in_memory_follows_the_clock_too() {
+async fn a_short_sleep_waits_for_the_clock_in_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let clock = in_2001();
     let engine = engine(&dir, &clock).await;
     let worker = engine.start_worker();
     let instance = ShortNap::start(&engine, ()).await.unwrap();
-    until(&instance, Status::InProgress).await;
+    let info = tokio::time::timeout(Duration::from_secs(10), instance.idle())
+        .await
+        .expect("idle within 10 s")
+        .unwrap();
+    assert_eq!(info.status, Status::Pending);
+    assert_eq!(
+        info.due_at,
+        Some(clock.now() + chrono::Duration::milliseconds(100))
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         instance.status().await.unwrap(),
-        Status::InProgress,
+        Status::Pending,
         "a 100 ms sleep ended while the clock stood still"
     );
     clock.advance(Duration::from_millis(100));
@@ -294,5 +312,32 @@ async fn a_jump_of_days_leaves_running_instances_with_their_worker() {
         .filter(|e| e.kind == workflow::HistoryKind::Started)
         .count();
     assert_eq!(started_events, 1);
+    worker.shutdown().await;
+}
+
+/// `idle` waits for the next wait to be reached, not for the one the
+/// clock just ended: advancing after each `idle` walks a workflow through
+/// its sleeps one by one.
+#[tokio::test]
+async fn idle_then_advance_walks_through_sleep_after_sleep() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = in_2001();
+    let engine = engine(&dir, &clock).await;
+    let worker = engine.start_worker();
+    let instance = TwoNaps::start(&engine, ()).await.unwrap();
+    let first = instance.idle().await.unwrap();
+    assert_eq!(first.due_at, Some(clock.now() + chrono::Duration::days(1)));
+    clock.advance(DAY);
+    let second = instance.idle().await.unwrap();
+    assert_eq!(
+        second.due_at,
+        Some(clock.now() + chrono::Duration::days(2)),
+        "idle came back before the second sleep was reached"
+    );
+    clock.advance(2 * DAY);
+    instance
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
     worker.shutdown().await;
 }

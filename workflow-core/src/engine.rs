@@ -27,8 +27,13 @@ use crate::worker::Worker;
 use crate::workflow::{Definition, ErasedWorkflow, Registered, Workflow};
 use chrono::{DateTime, Utc};
 
-/// How hard a store works to keep a finished step.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How hard a store works to keep a finished step. Reads from and
+/// prints as `durable` or `relaxed` (serde, [`FromStr`](std::str::FromStr),
+/// `Display`), for configuration files.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// A step's result is on disk (fsync) before the workflow proceeds past
     /// it; a power loss never forgets a completed step. The default.
@@ -37,6 +42,36 @@ pub enum Durability {
     /// Safe against process crashes, but a power loss may forget the last
     /// moments (SQLite: WAL with `synchronous=NORMAL`).
     Relaxed,
+}
+
+impl Durability {
+    /// `"durable"` or `"relaxed"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Durable => "durable",
+            Durability::Relaxed => "relaxed",
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "durable" => Ok(Durability::Durable),
+            "relaxed" => Ok(Durability::Relaxed),
+            other => Err(Error::Config(format!(
+                "unknown durability `{other}` (expected `durable` or `relaxed`)"
+            ))),
+        }
+    }
 }
 
 /// Opens a store from a database URL; how the facade turns
@@ -372,7 +407,9 @@ impl EngineBuilder {
     /// shorter ones sleep in memory, holding their slot. Default 300 ms:
     /// longer in-memory naps would let sleepers crowd out due work, and the
     /// default retry's first wait (272 ms) still stays in memory instead of
-    /// costing a replay; its later waits (0.74 s, 2 s, 5 s) suspend.
+    /// costing a replay; its later waits (0.74 s, 2 s, 5 s) suspend. With
+    /// a clock that jumps ([`ManualClock`](crate::ManualClock)) every wait
+    /// suspends, whatever this says.
     pub fn suspend_after(mut self, threshold: Duration) -> Self {
         self.config.suspend_after = threshold;
         self
@@ -536,11 +573,18 @@ impl EngineBuilder {
             store.put_definitions(&definitions, now_millis()).await?;
         }
         tracing::debug!(workflows = workflows.len(), "engine built");
+        let mut config = self.config;
+        if self.clock.changes().is_some() {
+            // On a clock moved by hand every wait is in the store, where a
+            // test sees it (`Instance::idle`) before it moves the clock: a
+            // wait slept in memory would look like a running handler.
+            config.suspend_after = Duration::ZERO;
+        }
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 store,
                 workflows,
-                config: self.config,
+                config,
                 wake: Notify::new(),
                 finished: FinishWaiters::default(),
                 shutdown: CancellationToken::new(),
@@ -725,27 +769,21 @@ impl EngineInner {
         self.clock.now().timestamp_millis()
     }
 
-    /// Returns once the engine's clock reads `at` or later: sleeping out
-    /// the gap on a clock that moves with real time, and re-reading it at
-    /// every jump of one that does not ([`Clock::changes`]).
+    /// Waits for the engine's clock to read `at`: on a clock that moves
+    /// with real time, sleeps out the gap once (a timer may end a moment
+    /// early, or late if the wall clock steps); on one that jumps
+    /// ([`Clock::changes`]), returns only once it reads `at` or later.
     pub(crate) async fn sleep_until(&self, at: Millis) {
-        let mut changes = self.clock.changes();
-        loop {
-            let left = at.saturating_sub(self.now());
-            if left <= 0 {
-                return;
-            }
-            match changes.as_mut() {
-                // Marked seen above, by subscribing before the read: a
-                // jump after it is a change still to see.
-                Some(changes) => {
-                    if changes.changed().await.is_err() {
-                        // The clock is gone with every clone: it will not
-                        // move again.
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => tokio::time::sleep(Duration::from_millis(left as u64)).await,
+        let Some(mut changes) = self.clock.changes() else {
+            let left = at.saturating_sub(self.now()).max(0);
+            return tokio::time::sleep(Duration::from_millis(left as u64)).await;
+        };
+        // Subscribed before the time is read: a jump after the read is a
+        // change still to see.
+        while self.now() < at {
+            if changes.changed().await.is_err() {
+                // The clock is gone with every clone: it will not move again.
+                std::future::pending::<()>().await;
             }
         }
     }
@@ -1615,6 +1653,22 @@ pub(crate) fn encode_input<W: Workflow>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Durability reads from configuration as it prints.
+    #[test]
+    fn durability_round_trips_as_text() {
+        for d in [Durability::Durable, Durability::Relaxed] {
+            assert_eq!(d.to_string().parse::<Durability>().unwrap(), d);
+            let json = serde_json::to_string(&d).unwrap();
+            assert_eq!(json, format!("\"{d}\""));
+            assert_eq!(serde_json::from_str::<Durability>(&json).unwrap(), d);
+        }
+        let err = "fast".parse::<Durability>().unwrap_err().to_string();
+        assert!(err.contains("`durable` or `relaxed`"), "{err}");
+        for c in [CatchUp::All, CatchUp::Latest, CatchUp::None] {
+            assert_eq!(c.to_string().parse::<CatchUp>().unwrap(), c);
+        }
+    }
 
     /// An end wakes the callers waiting for that instance, not the others;
     /// a cascade wakes all; registrations go when their callers do.

@@ -20,6 +20,9 @@ pub struct InstanceId(String);
 
 impl InstanceId {
     /// A fresh, time-ordered id.
+    // No `Default`: a `#[derive(Default)]` struct or a `#[serde(default)]`
+    // field holding an id would mint one that names no instance.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         InstanceId(uuid::Uuid::now_v7().to_string())
     }
@@ -80,12 +83,6 @@ impl InstanceId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-impl Default for InstanceId {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

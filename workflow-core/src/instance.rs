@@ -348,20 +348,24 @@ impl<W: Workflow> Instance<W> {
         }
     }
 
-    /// Waits until a worker has run it and it is not running now: waiting
-    /// (asleep, for an event, a child or a retry), paused, or ended; and
-    /// returns it as it is then. For tests on a
+    /// Waits until nothing is left for a worker to do with it by the
+    /// engine's clock: it waits for a time still ahead (asleep, a retry
+    /// backoff, a delayed start), for an event or a child, is paused, or
+    /// ended; and returns it as it is then. For tests on a
     /// [`ManualClock`](crate::ManualClock): a sleep counts from the clock's
     /// time when the handler reaches it, so advance the clock once the
-    /// instance is idle. A wait short enough to be slept in memory
-    /// ([`EngineBuilder::suspend_after`](crate::EngineBuilder::suspend_after))
-    /// keeps it running, so it is not idle then. Polls the store every
-    /// 10 ms, for as long as that takes.
+    /// instance is idle. (With such a clock every wait suspends the
+    /// instance, so none hides in a running handler.) Polls the store
+    /// every 10 ms, for as long as that takes.
     pub async fn idle(&self) -> Result<InstanceInfo> {
         loop {
             let info = self.info().await?;
+            let now = self.engine.inner.now();
             let idle = match info.status {
-                Status::Pending => info.runs > 0,
+                // Due by now: queued for a worker, not idle yet.
+                Status::Pending | Status::Listening => {
+                    info.due_at.is_none_or(|due| due.timestamp_millis() > now)
+                }
                 Status::InProgress => false,
                 _ => true,
             };

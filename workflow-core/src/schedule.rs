@@ -31,6 +31,23 @@ pub enum CatchUp {
     None,
 }
 
+impl CatchUp {
+    /// `"all"`, `"latest"` or `"none"`, as `#[workflow(catch_up = ..)]` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatchUp::All => "all",
+            CatchUp::Latest => "latest",
+            CatchUp::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for CatchUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::str::FromStr for CatchUp {
     type Err = Error;
 
@@ -158,7 +175,9 @@ pub trait Clock: Send + Sync + 'static {
     /// For a clock that jumps ([`ManualClock`]): a receiver that sees a new
     /// value whenever it does, so that the engine's timers re-read the
     /// time at once instead of sleeping out a wait measured before the
-    /// jump. `None` (the default) for a clock that moves with real time.
+    /// jump. `None` (the default) for a clock that moves with real time;
+    /// a clock of your own that jumps must return one, or the engine
+    /// sleeps out waits by real time.
     fn changes(&self) -> Option<watch::Receiver<DateTime<Utc>>> {
         None
     }

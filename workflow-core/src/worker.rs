@@ -1153,9 +1153,14 @@ async fn deadline_passed(run: &RunShared) {
             }
             continue;
         };
-        // By the engine's clock, which a test may move by hand.
+        // By the engine's clock, which a test may move by hand; it decides,
+        // not the timer: re-check in case it slept short.
         tokio::select! {
-            _ = run.engine.inner.sleep_until(at) => return,
+            _ = run.engine.inner.sleep_until(at) => {
+                if run.now() >= at {
+                    return;
+                }
+            }
             _ = deadline.changed() => {}
         }
     }
