@@ -17,8 +17,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use workflow_core::{
-    Definition, Engine, Error, EventSent, InstanceId, InstanceInfo, Query, StartOptions, Status,
-    Violation, WaitingFor,
+    Definition, Engine, Error, ErrorKind, EventSent, InstanceId, InstanceInfo, Query, StartOptions,
+    Status, Violation, WaitingFor,
 };
 
 use crate::page;
@@ -417,17 +417,12 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
-        let status = match &err {
-            Error::NotFound(_) | Error::UnknownWorkflow(_) => StatusCode::NOT_FOUND,
-            Error::AlreadyFinished { .. } => StatusCode::CONFLICT,
-            Error::InvalidInput { .. }
-            | Error::Json { .. }
-            | Error::Config(_)
-            | Error::InvalidEventKey { .. }
-            | Error::InvalidEventName { .. }
-            | Error::NameTooLong { .. }
-            | Error::InvalidStartOption { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        let status = match (&err, err.kind()) {
+            (Error::PayloadTooLarge { .. }, _) => StatusCode::PAYLOAD_TOO_LARGE,
+            (_, ErrorKind::NotFound) => StatusCode::NOT_FOUND,
+            (_, ErrorKind::Conflict) => StatusCode::CONFLICT,
+            // A request's cron or time zone is read as configuration.
+            (_, ErrorKind::InvalidInput | ErrorKind::Config) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -63,6 +63,9 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use workflow_core::{CancellationToken, Engine};
 
 mod api;
+// The `workflow` command's arguments and runner: the binary's, not a
+// stable library API (every new flag would be a breaking change).
+#[doc(hidden)]
 pub mod cli;
 mod connect;
 mod listener;

@@ -303,6 +303,74 @@ pub enum Error {
     Interrupted(Interrupt),
 }
 
+/// What kind of failure an [`Error`] is, for code that reacts to a kind
+/// (an HTTP status, a retry, a log level) without naming every variant:
+/// new variants will fall into one of these. As
+/// [`std::io::ErrorKind`], it may gain kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The instance or workflow asked for does not exist (or was purged).
+    NotFound,
+    /// The caller's input is wrong: an input or arguments that do not fit
+    /// their schema, a name or key the engine cannot take, a value too
+    /// large, a handle of the wrong workflow. Asking again the same way
+    /// fails the same way.
+    InvalidInput,
+    /// The instance is in no state for it: it ended already.
+    Conflict,
+    /// A caller's wait gave up ([`Error::WaitTimeout`]); the instance
+    /// runs on.
+    Timeout,
+    /// The workflow's own outcome: a step that failed for good, an
+    /// instance that failed or ended without an output, an event that
+    /// timed out or did not fit, a child that did not complete, a tool or
+    /// model loop that gave no usable answer.
+    Workflow,
+    /// The running handler must stop ([`Error::Interrupted`]): propagate it.
+    Interrupted,
+    /// The store failed (a connection, the disk, a damaged row); often
+    /// passes.
+    Store,
+    /// The engine was configured wrongly, or a handler asked for data it
+    /// was not given.
+    Config,
+}
+
+impl Error {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotFound(_) | Error::UnknownWorkflow(_) => ErrorKind::NotFound,
+            Error::InvalidInput { .. }
+            | Error::InvalidArguments { .. }
+            | Error::InvalidStepName { .. }
+            | Error::NestedStep { .. }
+            | Error::WrongWorkflow { .. }
+            | Error::InvalidEventKey { .. }
+            | Error::InvalidEventName { .. }
+            | Error::NameTooLong { .. }
+            | Error::InvalidStartOption { .. }
+            | Error::Json { .. }
+            | Error::PayloadTooLarge { .. } => ErrorKind::InvalidInput,
+            Error::AlreadyFinished { .. } => ErrorKind::Conflict,
+            Error::WaitTimeout { .. } => ErrorKind::Timeout,
+            Error::Tool { .. }
+            | Error::MaxTurns { .. }
+            | Error::NoAnswer { .. }
+            | Error::Step { .. }
+            | Error::Failed { .. }
+            | Error::Ended { .. }
+            | Error::EventTimeout { .. }
+            | Error::EventPayload { .. }
+            | Error::Child { .. } => ErrorKind::Workflow,
+            Error::Interrupted(_) => ErrorKind::Interrupted,
+            Error::Store(_) => ErrorKind::Store,
+            Error::Config(_) => ErrorKind::Config,
+        }
+    }
+}
+
 /// `value` as JSON, and that JSON read back as what a replay will see.
 /// A value JSON cannot hold (a NaN or infinite float is written as `null`)
 /// is an error here, at once, not a failure found after a restart; so is
@@ -514,6 +582,41 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each kind of error has its kind.
+    #[test]
+    fn errors_tell_their_kind() {
+        let id = InstanceId::from("i");
+        assert_eq!(Error::NotFound(id.clone()).kind(), ErrorKind::NotFound);
+        assert_eq!(
+            Error::UnknownWorkflow("w".into()).kind(),
+            ErrorKind::NotFound
+        );
+        let finished = Error::AlreadyFinished {
+            id: id.clone(),
+            status: Status::Completed,
+        };
+        assert_eq!(finished.kind(), ErrorKind::Conflict);
+        let waited = Error::WaitTimeout {
+            id: id.clone(),
+            waited: Duration::from_secs(1),
+        };
+        assert_eq!(waited.kind(), ErrorKind::Timeout);
+        let failed = Error::Failed {
+            id,
+            message: "no".into(),
+        };
+        assert_eq!(failed.kind(), ErrorKind::Workflow);
+        let store = Error::Store(StoreError::backend("down"));
+        assert_eq!(store.kind(), ErrorKind::Store);
+        assert_eq!(Error::Config("x".into()).kind(), ErrorKind::Config);
+        let big = Error::PayloadTooLarge {
+            what: "input".into(),
+            bytes: 2,
+            max: 1,
+        };
+        assert_eq!(big.kind(), ErrorKind::InvalidInput);
+    }
 
     /// An error whose message holds its cause does not also return it
     /// from `source()`: anyhow's `{:#}`, eyre and tracing print the chain.

@@ -32,7 +32,7 @@ pub use crate::engine::{
     unsupported_url, Connector, Durability, Engine, EngineBuilder, DEFAULT_MAX_PAYLOAD,
     MAX_EVENT_KEY_BYTES, MAX_KEY_BYTES, PURGE_BATCH,
 };
-pub use crate::error::{error_chain, BoxError, Error, Interrupt, Result, StoreError};
+pub use crate::error::{error_chain, BoxError, Error, ErrorKind, Interrupt, Result, StoreError};
 pub use crate::history::{HistoryEvent, HistoryKind};
 pub use crate::id::InstanceId;
 pub use crate::instance::{
