@@ -156,6 +156,23 @@ async fn a_renamed_workflow_tool_starts_its_workflow() {
     assert_eq!(out, "hello");
     let started = engine.list(Query::new().name("hello")).await.unwrap();
     assert_eq!(started.items.len(), 1);
+    // The old name is gone: an error of its own, naming the tools there are.
+    let err = tools.call(&engine, "hello", json!({})).await.unwrap_err();
+    match &err {
+        workflow::Error::UnknownTool { tool, available } => {
+            assert_eq!(
+                (tool.as_str(), available.as_slice()),
+                ("hello", &["say_hello".to_owned()][..])
+            );
+        }
+        other => panic!("not UnknownTool: {other}"),
+    }
+    assert_eq!(err.kind(), workflow::ErrorKind::NotFound);
+    assert!(
+        err.to_string()
+            .contains("no such tool; the tools are: say_hello"),
+        "{err}"
+    );
 }
 
 /// A call repeated with its key (a retried handler, the provider's

@@ -308,10 +308,9 @@ fn parse_output<T: DeserializeOwned>(checker: &Tool, text: &str) -> std::result:
 
 /// What [`Ctx::call_tool`] tells the model for a tool that is not in `tools`.
 fn no_such_tool(tools: &Toolbox, tool: &str) -> ToolReply {
-    let names: Vec<&str> = tools.tools().iter().map(Tool::name).collect();
-    ToolReply::from_error(&Error::Tool {
+    ToolReply::from_error(&Error::UnknownTool {
         tool: tool.to_owned(),
-        message: format!("no such tool; the tools are: {}", names.join(", ")),
+        available: tools.tools().iter().map(|t| t.name().to_owned()).collect(),
     })
 }
 

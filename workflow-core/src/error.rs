@@ -45,13 +45,23 @@ pub enum Error {
         violations: Vec<crate::validate::Violation>,
     },
 
-    /// A tool does not exist, or a function tool returned an error.
+    /// A function tool returned an error (or a workflow tool's instance
+    /// could not be started).
     #[error("tool `{tool}`: {message}")]
     Tool {
         /// The tool's name.
         tool: String,
         /// What went wrong.
         message: String,
+    },
+
+    /// A model or a caller asked for a tool the toolbox does not have.
+    #[error("tool `{tool}`: no such tool; the tools are: {}", .available.join(", "))]
+    UnknownTool {
+        /// The name asked for.
+        tool: String,
+        /// The names there are, in the toolbox's order.
+        available: Vec<String>,
     },
 
     /// A model loop (`ctx.execute` in `workflow-ai`) used all its turns
@@ -341,7 +351,9 @@ impl Error {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::NotFound(_) | Error::UnknownWorkflow(_) => ErrorKind::NotFound,
+            Error::NotFound(_) | Error::UnknownWorkflow(_) | Error::UnknownTool { .. } => {
+                ErrorKind::NotFound
+            }
             Error::InvalidInput { .. }
             | Error::InvalidArguments { .. }
             | Error::InvalidStepName { .. }

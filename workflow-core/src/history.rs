@@ -11,6 +11,7 @@ use crate::store::EventRow;
 
 /// One entry of an instance's run history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct HistoryEvent {
     /// Orders events.
     pub seq: i64,

@@ -564,6 +564,7 @@ impl<W: Workflow> Instance<W> {
 /// Everything stored about an instance, with JSON values parsed. What
 /// `engine.instance(id)` returns for any workflow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct InstanceInfo {
     /// Its id.
     pub id: InstanceId,
@@ -722,6 +723,7 @@ impl TryFrom<InstanceRow> for InstanceInfo {
 
 /// A recorded step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StepInfo {
     /// `name` or `name#n`.
     pub key: String,
@@ -832,6 +834,7 @@ impl Query {
 
 /// One page of [`Engine::list`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Page {
     /// The instances, newest first.
     pub items: Vec<InstanceInfo>,
@@ -847,6 +850,7 @@ pub struct Page {
 /// The end of a long list: [`Engine::steps_tail`] and
 /// [`Engine::history_tail`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Tail<T> {
     /// The last items, oldest first.
     pub items: Vec<T>,
@@ -857,6 +861,7 @@ pub struct Tail<T> {
 /// An instance [`Engine::list`] found but could not read. Reading it with
 /// [`Engine::instance`] reports the same error; running it fails it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Unreadable {
     /// The instance.
     pub id: InstanceId,

@@ -624,7 +624,7 @@ impl Toolbox {
     }
 
     /// Calls the tool named `name` from outside a workflow; see [`Tool::call`].
-    /// An unknown name is [`Error::Tool`], listing the tools there are.
+    /// An unknown name is [`Error::UnknownTool`], listing the tools there are.
     pub async fn call(&self, engine: &Engine, name: &str, args: Value) -> Result<Value> {
         self.lookup(name)?.call(engine, args).await
     }
@@ -641,16 +641,9 @@ impl Toolbox {
     }
 
     fn lookup(&self, name: &str) -> Result<&Tool> {
-        self.get(name).ok_or_else(|| Error::Tool {
+        self.get(name).ok_or_else(|| Error::UnknownTool {
             tool: name.to_owned(),
-            message: format!(
-                "no such tool; the tools are: {}",
-                self.tools
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            available: self.tools.iter().map(|t| t.name.clone()).collect(),
         })
     }
 }
@@ -760,6 +753,7 @@ fn is_for_the_model(err: &Error) -> bool {
             | Error::InvalidInput { .. }
             | Error::UnknownWorkflow(_)
             | Error::Tool { .. }
+            | Error::UnknownTool { .. }
             | Error::Failed { .. }
             | Error::Ended { .. }
     )
