@@ -123,15 +123,16 @@ pub enum ConsoleError {
 /// reach.
 pub const MIN_OPEN_TOKEN: usize = 16;
 
-/// So that `engine.serve_console(addr).await?` works in a function that
-/// returns `workflow::Result`: a server failure (a port in use) becomes
-/// [`Error::Config`](workflow_core::Error::Config) with the same message.
+/// A failure to bind or serve.
 impl From<std::io::Error> for ConsoleError {
     fn from(err: std::io::Error) -> Self {
         ConsoleError::Io(err)
     }
 }
 
+/// So that `engine.serve_console(addr).await?` works in a function that
+/// returns `workflow::Result`: a server failure (a port in use) becomes
+/// [`Error::Config`](workflow_core::Error::Config) with the same message.
 impl From<ConsoleError> for workflow_core::Error {
     fn from(err: ConsoleError) -> Self {
         match err {
@@ -440,6 +441,14 @@ impl ConsoleExt for Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The I/O error is in the message, and not returned again as its source.
+    #[test]
+    fn a_server_failure_prints_its_cause_once() {
+        let err = ConsoleError::Io(std::io::Error::other("address in use"));
+        assert_eq!(err.to_string(), "console server: address in use");
+        assert!(std::error::Error::source(&err).is_none());
+    }
 
     /// A port in use is an error that names the address.
     #[tokio::test]

@@ -45,8 +45,7 @@ pub enum Error {
         violations: Vec<crate::validate::Violation>,
     },
 
-    /// A function tool returned an error (or a workflow tool's instance
-    /// could not be started).
+    /// A function tool returned an error.
     #[error("tool `{tool}`: {message}")]
     Tool {
         /// The tool's name.
@@ -320,12 +319,14 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The instance or workflow asked for does not exist (or was purged).
+    /// The instance, workflow or tool asked for does not exist (or the
+    /// instance was purged).
     NotFound,
-    /// The caller's input is wrong: an input or arguments that do not fit
-    /// their schema, a name or key the engine cannot take, a value too
-    /// large, a handle of the wrong workflow. Asking again the same way
-    /// fails the same way.
+    /// What was given is wrong, by a caller or by handler code: an input
+    /// or arguments that do not fit their schema, a name or key the engine
+    /// cannot take, a value too large or that does not read back from
+    /// JSON, a handle of the wrong workflow, a step inside a step. Asking
+    /// again the same way fails the same way.
     InvalidInput,
     /// The instance is in no state for it: it ended already.
     Conflict,

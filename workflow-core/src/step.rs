@@ -162,8 +162,10 @@ fn seconds(secs: f64) -> Duration {
 /// [`permanent`]) fails the step at once, whatever attempts are left.
 ///
 /// It counts wherever it sits in the error's `source()` chain: wrapped in
-/// anyhow's `.context(..)`, or kept as the `#[source]` of the
-/// application's own error type.
+/// anyhow's `.context(..)`, or kept as the `#[source]` (or `#[from]`) of
+/// the application's own error type with a message of its own. Not behind
+/// thiserror's `#[error(transparent)]`, which hands on its inner error's
+/// source and so skips the marker itself.
 #[derive(Debug)]
 pub struct NonRetryable(pub BoxError);
 

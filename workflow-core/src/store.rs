@@ -430,9 +430,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts many instances (no dedup) with their `created` events, all
     /// or none: a caller that retries after an error must not find part
-    /// of the batch there. The default calls [`Store::create`] for each,
-    /// which keeps the ones before a failure; backends override it to use
-    /// one transaction.
+    /// of the batch there. Override it (one transaction): the default
+    /// calls [`Store::create`] for each, which keeps the ones before a
+    /// failure, and fails the [`testing`](crate::testing) suite.
     async fn create_many(&self, new: Vec<NewInstance>) -> Result<Vec<InstanceRow>, StoreError> {
         let mut rows = Vec::with_capacity(new.len());
         for instance in new {

@@ -164,7 +164,6 @@ pub trait Workflow: Send + Sync + Sized + 'static {
 
 /// A workflow described as data; what consoles and tools read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct Definition {
     /// Registered name.
     pub name: String,
