@@ -30,6 +30,16 @@ async fn two_naps(ctx: Ctx, _input: ()) -> workflow::Result<()> {
     ctx.sleep("second", 2 * DAY).await
 }
 
+/// Sleeps until two days after the time it started, by the engine's clock.
+#[workflow(name = "twoDaysFromNow", timeout = "30d")]
+async fn two_days_from_now(ctx: Ctx, _input: ()) -> workflow::Result<(String, String)> {
+    let start = ctx.now("start").await?;
+    ctx.sleep_until("two days on", start + chrono::Duration::days(2))
+        .await?;
+    let end = ctx.now("end").await?;
+    Ok((start.to_rfc3339(), end.to_rfc3339()))
+}
+
 /// Waits a day for an answer, then escalates.
 #[workflow(name = "approval", timeout = "30d")]
 async fn approval(ctx: Ctx, _input: ()) -> workflow::Result<String> {
@@ -96,6 +106,7 @@ async fn engine(dir: &tempfile::TempDir, clock: &ManualClock) -> Engine {
         .database_url(format!("sqlite://{}", dir.path().join("time.db").display()))
         .register(Reminder)
         .register(TwoNaps)
+        .register(TwoDaysFromNow)
         .register(Approval)
         .register(RateLimited)
         .register(ShortNap)
@@ -339,5 +350,27 @@ async fn idle_then_advance_walks_through_sleep_after_sleep() {
         .result_timeout(Duration::from_secs(10))
         .await
         .unwrap();
+    worker.shutdown().await;
+}
+
+/// `ctx.now` reads the engine's clock, so a handler's own date arithmetic
+/// follows a manual clock too; each reading is recorded for replays.
+#[tokio::test]
+async fn a_handler_reads_the_engines_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = in_2001();
+    let start = clock.now();
+    let engine = engine(&dir, &clock).await;
+    let worker = engine.start_worker();
+    let instance = TwoDaysFromNow::start(&engine, ()).await.unwrap();
+    let asleep = instance.idle().await.unwrap();
+    assert_eq!(asleep.due_at, Some(start + chrono::Duration::days(2)));
+    clock.advance(2 * DAY);
+    let (started, ended) = instance
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(started, start.to_rfc3339());
+    assert_eq!(ended, (start + chrono::Duration::days(2)).to_rfc3339());
     worker.shutdown().await;
 }

@@ -46,6 +46,21 @@ where
         self.wait_until(wake_at).await
     }
 
+    /// The engine's time, read once and recorded as step `name`: every
+    /// replay sees the same instant. Read the time this way for decisions
+    /// a handler makes from it (`ctx.sleep_until("9am", ..)` from today's
+    /// date, "is the offer still open?"): it is the engine's
+    /// [`Clock`](crate::Clock), which a [`ManualClock`](crate::ManualClock)
+    /// moves in tests, where `Utc::now()` in a step reads the system clock.
+    /// `name` follows the step-name rule of [`Ctx::step`].
+    pub async fn now(&self, name: &str) -> Result<DateTime<Utc>> {
+        let engine = &self.run().engine;
+        self.step_with(name, StepOptions::no_retry(), || async move {
+            Ok::<_, BoxError>(engine.inner.clock.now())
+        })
+        .await
+    }
+
     /// Sleeps durably until `at`. As [`Ctx::sleep`], it cannot outlast
     /// the instance's deadline.
     /// `name` follows the step-name rule of [`Ctx::step`].

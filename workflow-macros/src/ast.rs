@@ -124,7 +124,8 @@ impl StepCall {
 
 /// The `ctx` methods whose first argument is a step name, besides `step`
 /// and `step_with`.
-const NAMED_METHODS: [&str; 15] = [
+const NAMED_METHODS: [&str; 16] = [
+    "now",
     "sleep",
     "sleep_until",
     "wait_for_event",
