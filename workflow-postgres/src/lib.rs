@@ -126,7 +126,10 @@ impl PgOptions {
     /// How long a claim that found nothing waits for a NOTIFY saying work
     /// became due before it returns empty (default zero: engine workers
     /// wait on [`Store::wakeups`] instead, next to their own timers). A
-    /// non-zero wait also turns LISTEN on.
+    /// non-zero wait also turns LISTEN on. Leave it at zero under a
+    /// [`ManualClock`](workflow_core::ManualClock): the second look moves
+    /// the claim's times on by the real time waited, which a clock that
+    /// stands still does not.
     pub fn claim_wait(mut self, wait: Duration) -> Self {
         self.claim_wait = wait;
         self
