@@ -1151,7 +1151,9 @@ where
     /// state, not the output, so it takes any `Serialize`, and the engine
     /// checks the JSON against `Output` when it records the end. A value
     /// that does not read back as `Output` ends the instance `Failed`,
-    /// with an error naming the mismatch.
+    /// with an error naming the mismatch. [`Workflow::complete`](crate::Workflow::complete)
+    /// (`ProcessOrder::complete(&ctx, output)`) checks the type at compile
+    /// time instead.
     pub fn complete<O: Serialize>(&self, output: O) -> Result<Infallible> {
         let what = || {
             format!(

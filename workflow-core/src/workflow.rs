@@ -79,6 +79,14 @@ pub trait Workflow: Send + Sync + Sized + 'static {
         input: Self::Input,
     ) -> impl Future<Output = std::result::Result<Self::Output, BoxError>> + Send;
 
+    /// [`Ctx::complete`] typed by this workflow's `Output`:
+    /// `ShipOrder::complete(&ctx, "queued".into())?` ends the instance
+    /// `Completed` now, and a value of another type is a compile error
+    /// instead of an instance failed when the end is recorded.
+    fn complete(ctx: &Ctx<Self::State>, output: Self::Output) -> Result<std::convert::Infallible> {
+        ctx.complete(output)
+    }
+
     /// Starts an instance; a running worker picks it up.
     /// [`Error::UnknownWorkflow`](crate::Error::UnknownWorkflow) if no
     /// engine on this store registers `Self` (neither this one nor one
