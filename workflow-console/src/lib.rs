@@ -13,7 +13,7 @@
 //!   `rerun`, `purge`, `schedules`, `console`, working on a database URL without the
 //!   workflow code (engines record their definitions in the store).
 //!
-//! The JSON API, under `/api` (errors are `{"error", "violations": [{"path", "message"}]}`;
+//! The JSON API, under `/api` (errors are `{"error", "violations": [{"path", "rule", "message"}]}`;
 //! on the routes that take query parameters, one the route does not take is
 //! a 400, not ignored):
 //!

@@ -517,7 +517,11 @@ pub trait Store: Send + Sync + 'static {
     async fn release(&self, lease: &Lease, at: Millis) -> Result<(), StoreError>;
 
     /// Extends the still-current `leases` to `until`, reporting for each, in
-    /// order, whether it is still held and the instance's deadline now.
+    /// order, whether it is still held and the instance's deadline now. A
+    /// store may leave a lease it could not reach in time out of the
+    /// answer (PostgreSQL: a row another transaction holds locked for over
+    /// a second); that lease keeps its end, so callers match answers by
+    /// lease, not by position.
     async fn renew(&self, leases: &[Lease], until: Millis) -> Result<Vec<Renewal>, StoreError>;
 
     /// Ends an unfinished instance `Cancelled` (any worker's lease on it is

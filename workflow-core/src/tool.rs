@@ -182,10 +182,11 @@ impl Tool {
                     let path = shape.args_path(&crate::validate::pointer(err.path()));
                     BoxError::from(Error::InvalidArguments {
                         tool,
-                        violations: vec![Violation {
+                        violations: vec![Violation::new(
                             path,
-                            message: err.into_inner().to_string(),
-                        }],
+                            crate::validate::DESERIALIZE,
+                            err.into_inner().to_string(),
+                        )],
                     })
                 })?;
                 let output = f(input).await.map_err(Into::into)?;
@@ -401,7 +402,7 @@ impl Tool {
                         .into_iter()
                         .map(|v| Violation {
                             path: self.shape.args_path(&v.path),
-                            message: v.message,
+                            ..v
                         })
                         .collect(),
                 }

@@ -8,12 +8,39 @@ use serde::{Deserialize, Serialize};
 
 /// One way a JSON value breaks a schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Violation {
-    /// JSON pointer to the offending value (`/items/0/qty`; empty for the root).
+    /// JSON pointer to the offending value (`/items/0/qty`; empty for the
+    /// root; for a missing field, the object that lacks it).
     pub path: String,
+    /// The rule it breaks, for code to act on: the JSON Schema keyword
+    /// (`type`, `required`, `minimum`, `maxLength`, `enum`, `const`,
+    /// `oneOf`, `unevaluatedProperties` for a field the type does not
+    /// have...), or `deserialize` for a value the schema allows but the
+    /// type's own deserializer refuses.
+    #[serde(default)]
+    pub rule: String,
     /// What is wrong, e.g. `"three" is not of type "integer"`.
     pub message: String,
 }
+
+impl Violation {
+    /// A violation of `rule` at `path`.
+    pub fn new(
+        path: impl Into<String>,
+        rule: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Violation {
+            path: path.into(),
+            rule: rule.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The rule of a value the schema allowed but the type refused.
+pub(crate) const DESERIALIZE: &str = "deserialize";
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -68,10 +95,11 @@ impl SchemaCheck {
         }
         serde_path_to_error::deserialize(value).map_err(|err| {
             let path = pointer(err.path());
-            vec![Violation {
+            vec![Violation::new(
                 path,
-                message: err.into_inner().to_string(),
-            }]
+                DESERIALIZE,
+                err.into_inner().to_string(),
+            )]
         })
     }
 }
@@ -200,19 +228,23 @@ fn explain(err: &jsonschema::ValidationError<'_>) -> Vec<Violation> {
     use jsonschema::error::ValidationErrorKind as Kind;
     let path = err.instance_path().to_string();
     let as_is = || {
-        vec![Violation {
-            path: path.clone(),
-            message: err.to_string(),
-        }]
+        vec![Violation::new(
+            path.clone(),
+            err.kind().keyword(),
+            err.to_string(),
+        )]
     };
     let branches = match err.kind() {
         Kind::OneOfNotValid { context } | Kind::AnyOf { context } => context,
         Kind::UnevaluatedProperties { unexpected } => {
             return unexpected
                 .iter()
-                .map(|name| Violation {
-                    path: format!("{path}/{}", name.replace('~', "~0").replace('/', "~1")),
-                    message: "unknown field: the schema has no field of this name".to_owned(),
+                .map(|name| {
+                    Violation::new(
+                        format!("{path}/{}", name.replace('~', "~0").replace('/', "~1")),
+                        "unevaluatedProperties",
+                        "unknown field: the schema has no field of this name",
+                    )
                 })
                 .collect();
         }
@@ -299,10 +331,11 @@ fn tags_missed(misses: &[&jsonschema::ValidationError<'_>]) -> Option<Vec<Violat
             _ => return None,
         }
     }
-    Some(vec![Violation {
+    Some(vec![Violation::new(
         path,
-        message: format!("{} is not one of {}", first.instance(), tags.join(" or ")),
-    }])
+        first.kind().keyword(),
+        format!("{} is not one of {}", first.instance(), tags.join(" or ")),
+    )])
 }
 
 /// A serde path as a JSON pointer.
@@ -357,6 +390,20 @@ mod tests {
             text.contains(r#"at /order_id: 7 is not of type "string""#),
             "{text}"
         );
+        // Each names its rule, for code to act on.
+        let rule = |path: &str, message: &str| {
+            violations
+                .iter()
+                .find(|v| v.path == path && v.message.contains(message))
+                .map(|v| v.rule.as_str())
+        };
+        assert_eq!(rule("/order_id", "type"), Some("type"), "{violations:?}");
+        assert_eq!(
+            rule("/lines/0/qty", "minimum"),
+            Some("minimum"),
+            "{violations:?}"
+        );
+        assert_eq!(rule("/lines/1", "sku"), Some("required"), "{violations:?}");
         let good = serde_json::json!({"order_id": "o", "lines": [{"sku": "a", "qty": 1}]});
         assert_eq!(check.check::<Order>(&good).unwrap().lines.len(), 1);
     }
@@ -396,6 +443,10 @@ mod tests {
         assert!(paths.contains(&"/line/qyt"), "{violations:?}");
         assert!(
             describe(&violations).contains("at /nte: unknown field"),
+            "{violations:?}"
+        );
+        assert!(
+            violations.iter().all(|v| v.rule == "unevaluatedProperties"),
             "{violations:?}"
         );
         let orders = SchemaCheck::new(&crate::schema_for::<Order>());
