@@ -246,14 +246,21 @@ pub enum Error {
         message: String,
     },
 
-    /// A child workflow ended without an output.
+    /// A child awaited with `run_child` did not complete with an output
+    /// its parent can read: it failed, was cancelled or timed out, or
+    /// completed with an output that does not fit the child's `Output`
+    /// (`status` `Completed`).
     #[error("child workflow `{workflow}` ({id}) {message}")]
     Child {
         /// The child's workflow name.
         workflow: String,
         /// The child instance.
         id: InstanceId,
-        /// How it ended: `failed: ...`, `ended cancelled`, `ended timed_out`.
+        /// How it ended: `Failed`, `Cancelled`, `TimedOut`, or `Completed`
+        /// with an output that does not fit.
+        status: Status,
+        /// How it ended, in words: `failed: ...`, `ended cancelled`,
+        /// `ended timed_out`, `gave an output that does not fit: ...`.
         message: String,
     },
 

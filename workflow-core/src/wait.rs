@@ -648,12 +648,26 @@ fn child_outcome<W: Workflow>(child: &InstanceId, step: StepRow) -> Result<W::Ou
         Some(output) => decode_named(&output).map_err(|message| Error::Child {
             workflow: W::NAME.to_owned(),
             id: child.clone(),
+            status: Status::Completed,
             message: format!("gave an output that does not fit: {message}"),
         }),
-        None => Err(Error::Child {
-            workflow: W::NAME.to_owned(),
-            id: child.clone(),
-            message: step.error.unwrap_or_else(|| "failed".to_owned()),
-        }),
+        None => {
+            let message = step.error.unwrap_or_else(|| "failed".to_owned());
+            Err(Error::Child {
+                workflow: W::NAME.to_owned(),
+                id: child.clone(),
+                status: child_status(&message),
+                message,
+            })
+        }
     }
+}
+
+/// How a child ended, from the text its end was recorded with (see
+/// `run_child`): `failed: ...` or `ended <status>`.
+fn child_status(recorded: &str) -> Status {
+    recorded
+        .strip_prefix("ended ")
+        .and_then(|status| status.parse().ok())
+        .unwrap_or(Status::Failed)
 }

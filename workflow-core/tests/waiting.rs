@@ -165,7 +165,12 @@ impl Workflow for Parent {
         let detached = ctx.start_child::<Double>("side", 1).await?;
         match ctx.run_child::<Double>("double", n).await {
             Ok(out) => Ok(format!("{out} (side {detached})")),
-            Err(Error::Child { message, .. }) => Ok(format!("child {message}")),
+            Err(Error::Child {
+                message, status, ..
+            }) => {
+                assert_eq!(status, Status::Failed, "{message}");
+                Ok(format!("child {message}"))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -190,7 +195,11 @@ impl Workflow for ParentWithOptions {
             .timeout(Duration::from_millis(300))
             .tag("kind", "slow");
         match ctx.run_child_with::<Double>("slow", 99, slow).await {
-            Err(Error::Child { message, .. }) => Ok((later.to_string(), message)),
+            Err(Error::Child {
+                message,
+                status: Status::TimedOut,
+                ..
+            }) => Ok((later.to_string(), message)),
             other => Err(format!("expected the child to time out, got {other:?}").into()),
         }
     }
