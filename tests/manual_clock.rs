@@ -121,6 +121,35 @@ async fn engine(dir: &tempfile::TempDir, clock: &ManualClock) -> Engine {
         .expect("engine")
 }
 
+/// An engine on a fresh SQLite file with `clock`, its worker running.
+/// Bind `_dir` where it is taken apart: the file goes with it.
+struct Setup {
+    _dir: tempfile::TempDir,
+    clock: ManualClock,
+    engine: Engine,
+    worker: workflow::Worker,
+}
+
+async fn started(clock: ManualClock) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir, &clock).await;
+    let worker = engine.start_worker();
+    Setup {
+        _dir: dir,
+        clock,
+        engine,
+        worker,
+    }
+}
+
+/// `instance.idle()`, within 10 s.
+async fn idle<W: Workflow>(instance: &Instance<W>) -> workflow::InstanceInfo {
+    tokio::time::timeout(Duration::from_secs(10), instance.idle())
+        .await
+        .expect("idle within 10 s")
+        .unwrap()
+}
+
 /// A clock in 2001: far behind the system clock, as the leases are.
 fn in_2001() -> ManualClock {
     ManualClock::new(Utc.with_ymd_and_hms(2001, 1, 1, 9, 0, 0).unwrap())
@@ -145,15 +174,14 @@ async fn until<W: Workflow>(instance: &Instance<W>, status: Status) -> workflow:
 
 #[tokio::test]
 async fn a_three_day_sleep_wakes_when_the_clock_gets_there() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = in_2001();
-    let engine = engine(&dir, &clock).await;
-    let worker = engine.start_worker();
+    let Setup {
+        clock,
+        engine,
+        worker,
+        _dir,
+    } = started(in_2001()).await;
     let instance = Reminder::start(&engine, "ada".into()).await.unwrap();
-    let info = tokio::time::timeout(Duration::from_secs(10), instance.idle())
-        .await
-        .expect("asleep within 10 s")
-        .unwrap();
+    let info = idle(&instance).await;
     assert_eq!(info.status, Status::Pending);
     let due = info.due_at.expect("asleep, with its wake-up time");
     assert_eq!(due, clock.now() + chrono::Duration::days(3));
@@ -185,10 +213,12 @@ async fn a_three_day_sleep_wakes_when_the_clock_gets_there() {
 
 #[tokio::test]
 async fn an_event_timeout_fires_when_the_clock_passes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = in_2001();
-    let engine = engine(&dir, &clock).await;
-    let worker = engine.start_worker();
+    let Setup {
+        clock,
+        engine,
+        worker,
+        _dir,
+    } = started(in_2001()).await;
     let answered = Approval::start(&engine, ()).await.unwrap();
     let ignored = Approval::start(&engine, ()).await.unwrap();
     until(&answered, Status::Listening).await;
@@ -212,10 +242,12 @@ async fn an_event_timeout_fires_when_the_clock_passes_it() {
 
 #[tokio::test]
 async fn a_retry_backoff_ends_when_the_clock_passes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = in_2001();
-    let engine = engine(&dir, &clock).await;
-    let worker = engine.start_worker();
+    let Setup {
+        clock,
+        engine,
+        worker,
+        _dir,
+    } = started(in_2001()).await;
     let instance = RateLimited::start(&engine, ()).await.unwrap();
     until(&instance, Status::Pending).await;
     assert_eq!(GATEWAY_CALLS.load(Ordering::SeqCst), 1);
@@ -234,15 +266,14 @@ async fn a_retry_backoff_ends_when_the_clock_passes_it() {
 /// hides in a running handler while the clock stands still.
 #[tokio::test]
 async fn a_short_sleep_waits_for_the_clock_in_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = in_2001();
-    let engine = engine(&dir, &clock).await;
-    let worker = engine.start_worker();
+    let Setup {
+        clock,
+        engine,
+        worker,
+        _dir,
+    } = started(in_2001()).await;
     let instance = ShortNap::start(&engine, ()).await.unwrap();
-    let info = tokio::time::timeout(Duration::from_secs(10), instance.idle())
-        .await
-        .expect("idle within 10 s")
-        .unwrap();
+    let info = idle(&instance).await;
     assert_eq!(info.status, Status::Pending);
     assert_eq!(
         info.due_at,
@@ -264,10 +295,12 @@ async fn a_short_sleep_waits_for_the_clock_in_the_store() {
 
 #[tokio::test]
 async fn deadlines_pass_when_the_clock_passes_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = in_2001();
-    let engine = engine(&dir, &clock).await;
-    let worker = engine.start_worker();
+    let Setup {
+        clock,
+        engine,
+        worker,
+        _dir,
+    } = started(in_2001()).await;
     // One waits suspended, the other runs a step that never ends.
     let waiting = Patient::start(&engine, ()).await.unwrap();
     let running = Stuck::start(&engine, ()).await.unwrap();
@@ -292,10 +325,12 @@ async fn deadlines_pass_when_the_clock_passes_them() {
 /// the engine's clock by days takes no running instance from its worker.
 #[tokio::test]
 async fn a_jump_of_days_leaves_running_instances_with_their_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(Utc::now());
-    let engine = engine(&dir, &clock).await;
-    let worker = engine.start_worker();
+    let Setup {
+        clock,
+        engine,
+        worker,
+        _dir,
+    } = started(ManualClock::new(Utc::now())).await;
     let instance = Blocked::start(&engine, ()).await.unwrap();
     let started = Instant::now();
     while !BLOCKED_STARTED.load(Ordering::SeqCst) {
@@ -331,15 +366,17 @@ async fn a_jump_of_days_leaves_running_instances_with_their_worker() {
 /// its sleeps one by one.
 #[tokio::test]
 async fn idle_then_advance_walks_through_sleep_after_sleep() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = in_2001();
-    let engine = engine(&dir, &clock).await;
-    let worker = engine.start_worker();
+    let Setup {
+        clock,
+        engine,
+        worker,
+        _dir,
+    } = started(in_2001()).await;
     let instance = TwoNaps::start(&engine, ()).await.unwrap();
-    let first = instance.idle().await.unwrap();
+    let first = idle(&instance).await;
     assert_eq!(first.due_at, Some(clock.now() + chrono::Duration::days(1)));
     clock.advance(DAY);
-    let second = instance.idle().await.unwrap();
+    let second = idle(&instance).await;
     assert_eq!(
         second.due_at,
         Some(clock.now() + chrono::Duration::days(2)),
@@ -357,13 +394,15 @@ async fn idle_then_advance_walks_through_sleep_after_sleep() {
 /// follows a manual clock too; each reading is recorded for replays.
 #[tokio::test]
 async fn a_handler_reads_the_engines_clock() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = in_2001();
+    let Setup {
+        clock,
+        engine,
+        worker,
+        _dir,
+    } = started(in_2001()).await;
     let start = clock.now();
-    let engine = engine(&dir, &clock).await;
-    let worker = engine.start_worker();
     let instance = TwoDaysFromNow::start(&engine, ()).await.unwrap();
-    let asleep = instance.idle().await.unwrap();
+    let asleep = idle(&instance).await;
     assert_eq!(asleep.due_at, Some(start + chrono::Duration::days(2)));
     clock.advance(2 * DAY);
     let (started, ended) = instance
