@@ -48,7 +48,9 @@ impl From<EventRow> for HistoryEvent {
 ///
 /// Serialized as its snake_case name (`"step_completed"`), the name stores
 /// keep; it compares equal to that name too (`event.kind == "created"`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Two kinds are equal when their names are: an [`Other`](Self::Other)
+/// that holds a known name equals that kind.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum HistoryKind {
     /// Started, or created by a schedule or a parent.
@@ -109,12 +111,21 @@ impl HistoryKind {
     /// `cancelled`, `timed_out`).
     pub fn as_str(&self) -> &str {
         match self {
+            HistoryKind::Created => "created",
+            HistoryKind::Started => "started",
+            HistoryKind::StepCompleted => "step_completed",
+            HistoryKind::StepFailed => "step_failed",
+            HistoryKind::AttemptFailed => "attempt_failed",
+            HistoryKind::StateChanged => "state_changed",
+            HistoryKind::DeadlineChanged => "deadline_changed",
+            HistoryKind::Suspended => "suspended",
+            HistoryKind::Paused => "paused",
+            HistoryKind::Resumed => "resumed",
+            HistoryKind::EventSent => "event_sent",
+            HistoryKind::EventReceived => "event_received",
+            HistoryKind::Released => "released",
             HistoryKind::Ended(status) => status.as_str(),
             HistoryKind::Other(name) => name,
-            known => NAMED
-                .iter()
-                .find(|(_, kind)| kind == known)
-                .map_or("", |(name, _)| name),
         }
     }
 
@@ -148,6 +159,20 @@ impl From<String> for HistoryKind {
 impl fmt::Display for HistoryKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
+    }
+}
+
+impl PartialEq for HistoryKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for HistoryKind {}
+
+impl std::hash::Hash for HistoryKind {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
@@ -200,5 +225,14 @@ mod tests {
         let back: HistoryKind = serde_json::from_str(r#""step_completed""#).unwrap();
         assert_eq!(back, HistoryKind::StepCompleted);
         assert_eq!(format!("{:<10}|", HistoryKind::Started), "started   |");
+        // Equal by name, whichever variant holds it.
+        assert_eq!(HistoryKind::Other("created".into()), HistoryKind::Created);
+        assert_eq!(
+            HistoryKind::Ended(Status::Cancelled),
+            HistoryKind::Other("cancelled".into())
+        );
+        let kinds: std::collections::HashSet<_> =
+            [HistoryKind::Created, HistoryKind::Other("created".into())].into();
+        assert_eq!(kinds.len(), 1);
     }
 }
