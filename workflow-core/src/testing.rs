@@ -225,6 +225,29 @@ async fn claims_take_the_earliest_across_workflows(store: impl Store) {
     assert_eq!(rest[0].row.id, made[0]);
     let orphan = store.get(&made[3]).await.unwrap().unwrap();
     assert_eq!(orphan.status, Status::Pending, "another workflow's row");
+    // Due at once in two workflows (a batch started together): the
+    // older first, whatever the workflows' names.
+    let mut older = new_instance("wf2", 6);
+    older.run_at = T0 + 40;
+    let older = store.create(older, None).await.unwrap().into_row().id;
+    let mut newer = new_instance("wf", 7);
+    newer.run_at = T0 + 40;
+    store.create(newer, None).await.unwrap();
+    let req = ClaimRequest {
+        workflows: vec!["wf".to_owned(), "wf2".to_owned()],
+        ..claim_req("a", T0 + 100, 1)
+    };
+    let tie = store.claim(req).await.unwrap();
+    assert_eq!(tie.len(), 1);
+    assert_eq!(
+        tie[0].row.id, older,
+        "a tie went to the workflow named first"
+    );
+    let req = ClaimRequest {
+        workflows: vec!["wf".to_owned(), "wf2".to_owned()],
+        ..claim_req("a", T0 + 100, 10)
+    };
+    assert_eq!(store.claim(req).await.unwrap().len(), 1);
     // A name given twice takes its instances once.
     let mut twice = new_instance("wf", 5);
     twice.run_at = T0 + 50;

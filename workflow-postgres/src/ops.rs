@@ -427,10 +427,10 @@ impl Db {
                 "SELECT d.workflow, count(*) FROM ( \
                      SELECT c.workflow, c.run_at FROM UNNEST($1::text[]) AS w(name) \
                      CROSS JOIN LATERAL ( \
-                         SELECT workflow, run_at FROM instances WHERE {} \
+                         SELECT workflow, run_at, id FROM instances WHERE {} \
                          ORDER BY run_at LIMIT $2 \
                      ) c \
-                     ORDER BY c.run_at LIMIT $2 \
+                     ORDER BY c.run_at, c.id LIMIT $2 \
                  ) d GROUP BY d.workflow",
                 claimable(&lease_clock(4))
             )))
@@ -456,7 +456,7 @@ impl Db {
                      ORDER BY run_at LIMIT w.share \
                      FOR UPDATE SKIP LOCKED \
                  ) d \
-                 ORDER BY d.run_at LIMIT $5 \
+                 ORDER BY d.run_at, d.id LIMIT $5 \
              ) \
              UPDATE instances SET status = 'in_progress', lease_owner = $1, lease_expires_at = {end}, \
                  run_at = {end}, runs = runs + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \

@@ -2096,12 +2096,16 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
     }
     drop(select);
     if workflows.len() > 1 {
-        // The earliest due of them all; unreadable rows first, as they are
-        // failed whatever the limit.
-        read.sort_by_key(|row| match row {
-            Claimable::Row(raw, _) => Some(raw.run_at),
-            Claimable::Unreadable { .. } => None,
-        });
+        // The earliest due of them all, the oldest first among those due
+        // at once (a batch started together), whatever their workflow;
+        // unreadable rows first, as they are failed whatever the limit.
+        fn due(row: &Claimable) -> Option<(Millis, &str)> {
+            match row {
+                Claimable::Row(raw, _) => Some((raw.run_at, raw.id.as_str())),
+                Claimable::Unreadable { .. } => None,
+            }
+        }
+        read.sort_by(|a, b| due(a).cmp(&due(b)));
         let unreadable = read
             .iter()
             .filter(|row| matches!(row, Claimable::Unreadable { .. }))
