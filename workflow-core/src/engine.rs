@@ -336,7 +336,10 @@ impl EngineBuilder {
     /// retention and the times history records. Tests pass a
     /// [`ManualClock`](crate::ManualClock) to move time forward at will
     /// (keep a clone to call `advance` on): a three-day sleep wakes at
-    /// `clock.advance(Duration::from_secs(3 * 86_400))`. Leases and
+    /// `clock.advance(Duration::from_secs(3 * 86_400))` once
+    /// [`Instance::idle`](crate::Instance::idle) says it sleeps. With such a
+    /// clock every wait suspends the instance, however short
+    /// ([`suspend_after`](Self::suspend_after) is 0). Leases and
     /// heartbeats keep to the system clock, as they tell live workers from
     /// dead ones; engines that share a store should share one clock.
     pub fn clock(mut self, clock: impl Clock) -> Self {
