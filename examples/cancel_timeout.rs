@@ -101,7 +101,7 @@ async fn main() -> workflow::Result<()> {
         },
     )
     .await?;
-    println!("ctx.complete: {}", slow.result().await?);
+    println!("complete:     {}", slow.result().await?);
     let fast = ShipOrder::start(
         &engine,
         Order {

@@ -863,3 +863,40 @@ async fn retry_markers_count_anywhere_in_the_error_chain() {
     );
     worker.shutdown().await;
 }
+
+/// Ends early through the typed `complete`, or tries another workflow's.
+#[workflow(name = "endsEarly")]
+async fn ends_early(ctx: Ctx, wrong: bool) -> workflow::Result<String> {
+    if wrong {
+        // `quote` shares the state type, so this compiles; it must not end
+        // this instance as if it were a `quote`.
+        let err = Quote::complete(&ctx, 1).unwrap_err();
+        return Ok(format!("refused: {err}"));
+    }
+    EndsEarly::complete(&ctx, "early".to_owned())?;
+    Ok("late".to_owned())
+}
+
+#[tokio::test]
+async fn the_typed_complete_ends_its_own_workflow_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .database_url(format!("sqlite://{}", dir.path().join("c.db").display()))
+        .register(EndsEarly)
+        .register(Quote)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .expect("engine");
+    let worker = engine.start_worker();
+    let early = EndsEarly::start(&engine, false).await.unwrap();
+    let out = early.result_timeout(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(out, "early");
+    let wrong = EndsEarly::start(&engine, true).await.unwrap();
+    let out = wrong.result_timeout(Duration::from_secs(20)).await.unwrap();
+    assert!(
+        out.contains("is an instance of `endsEarly`, not of `quote`"),
+        "{out}"
+    );
+    worker.shutdown().await;
+}

@@ -274,6 +274,23 @@ async fn arguments_the_input_type_refuses_are_invalid_arguments() {
     };
     assert_eq!(tool, "restock");
     assert_eq!(violations[0].path, "/units");
+    assert_eq!(violations[0].rule, "maximum", "{err}");
+    // A field the tool's arguments do not have is named at its own path.
+    let err = engine
+        .call_tool("restock", json!({"units": 4, "colour": "red"}))
+        .await
+        .unwrap_err();
+    let workflow::Error::InvalidArguments { violations, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(violations.len(), 1, "{err}");
+    assert_eq!(violations[0].path, "/colour", "{err}");
+    assert_eq!(violations[0].rule, "unevaluatedProperties", "{err}");
+    assert!(violations[0].message.starts_with("unknown field"), "{err}");
+    let err = engine
+        .call_tool("restock", json!({"units": 4_294_967_296_u64}))
+        .await
+        .unwrap_err();
     assert!(
         workflow::ToolReply::from_error(&err)
             .text()
@@ -331,6 +348,18 @@ async fn function_tools_report_paths_in_the_arguments_as_sent() {
         panic!("{err:?}");
     };
     assert_eq!(violations[0].path, "/units", "{err}");
+    // A field the function's input does not have: at its own path too.
+    let err = tools
+        .call(&engine, "restock", json!({"units": 4, "colour": "red"}))
+        .await
+        .unwrap_err();
+    let workflow::Error::InvalidArguments { violations, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(violations.len(), 1, "{err}");
+    assert_eq!(violations[0].path, "/colour", "{err}");
+    assert!(violations[0].message.starts_with("unknown field"), "{err}");
+    assert!(violations[0].rule == "unevaluatedProperties", "{err}");
 }
 
 #[derive(Serialize, Deserialize, JsonSchema)]

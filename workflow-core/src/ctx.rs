@@ -1242,7 +1242,6 @@ where
             // until someone repairs it.
             corrupt @ StoreError::Corrupt { .. } => {
                 let message = corrupt.to_string();
-                tracing::error!(id = %run.id, workflow = run.workflow, error = %message, "pausing: a row it needs cannot be read");
                 let at = run.now();
                 let mut pause = run.resume_later(
                     at,

@@ -448,7 +448,10 @@ pub trait Store: Send + Sync + 'static {
     /// `Pending` or `Listening` one due by `due_by` (`run_at <= due_by`),
     /// or an `InProgress` one whose lease lapsed by `now` (`run_at <= now`
     /// and its lease's end before `now`). A running instance with a live
-    /// lease is never taken, whatever `due_by` says. Each gets status `InProgress`, a lease for `owner`
+    /// lease is never taken, whatever `due_by` says. The earliest `run_at`
+    /// first, across all `workflows`; between workflows, of two due at
+    /// once the older (smaller id) first (within one workflow, such a tie
+    /// may go the way the store's index reads). Each gets status `InProgress`, a lease for `owner`
     /// until `lease_until` (also its new `run_at`: when it is claimable again
     /// if the lease is not renewed), `runs + 1`, its wait cleared, and a
     /// `started` event. [`Store::renew`] moves `run_at` with the lease, and
@@ -516,10 +519,10 @@ pub trait Store: Send + Sync + 'static {
     /// can run it, if `lease` is current. Used on shutdown.
     async fn release(&self, lease: &Lease, at: Millis) -> Result<(), StoreError>;
 
-    /// Extends the still-current `leases` to `until`, reporting for each, in
-    /// order, whether it is still held and the instance's deadline now. A
-    /// store may leave a lease it could not reach in time out of the
-    /// answer (PostgreSQL: a row another transaction holds locked for over
+    /// Extends the still-current `leases` to `until`, reporting, for the
+    /// leases it reached, in order, whether each is still held and the
+    /// instance's deadline now. A store may leave a lease it could not
+    /// reach in time out of the answer (PostgreSQL: a row another transaction holds locked for over
     /// a second); that lease keeps its end, so callers match answers by
     /// lease, not by position.
     async fn renew(&self, leases: &[Lease], until: Millis) -> Result<Vec<Renewal>, StoreError>;

@@ -15,7 +15,8 @@ pub struct Violation {
     pub path: String,
     /// The rule it breaks, for code to act on: the JSON Schema keyword
     /// (`type`, `required`, `minimum`, `maxLength`, `enum`, `const`,
-    /// `oneOf`, `unevaluatedProperties` for a field the type does not
+    /// `oneOf`, `unevaluatedProperties` for a field an input's type does
+    /// not have, `additionalProperties` for one a tool's arguments do not
     /// have...), or `deserialize` for a value the schema allows but the
     /// type's own deserializer refuses.
     #[serde(default)]
@@ -236,13 +237,16 @@ fn explain(err: &jsonschema::ValidationError<'_>) -> Vec<Violation> {
     };
     let branches = match err.kind() {
         Kind::OneOfNotValid { context } | Kind::AnyOf { context } => context,
-        Kind::UnevaluatedProperties { unexpected } => {
+        // A field the type does not have: named at its own path. Inputs'
+        // schemas are closed with `unevaluatedProperties`, tools' with
+        // `additionalProperties`; the rule says which.
+        Kind::UnevaluatedProperties { unexpected } | Kind::AdditionalProperties { unexpected } => {
             return unexpected
                 .iter()
                 .map(|name| {
                     Violation::new(
                         format!("{path}/{}", name.replace('~', "~0").replace('/', "~1")),
-                        "unevaluatedProperties",
+                        err.kind().keyword(),
                         "unknown field: the schema has no field of this name",
                     )
                 })

@@ -82,8 +82,17 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     /// [`Ctx::complete`] typed by this workflow's `Output`:
     /// `ShipOrder::complete(&ctx, "queued".into())?` ends the instance
     /// `Completed` now, and a value of another type is a compile error
-    /// instead of an instance failed when the end is recorded.
+    /// instead of an instance failed when the end is recorded. Called with
+    /// the `ctx` of another workflow's handler (one with the same state
+    /// type), it is [`Error::WrongWorkflow`] and ends nothing.
     fn complete(ctx: &Ctx<Self::State>, output: Self::Output) -> Result<std::convert::Infallible> {
+        if ctx.name() != Self::NAME {
+            return Err(Error::WrongWorkflow {
+                id: ctx.id().clone(),
+                expected: Self::NAME.to_owned(),
+                actual: ctx.name().to_owned(),
+            });
+        }
         ctx.complete(output)
     }
 
