@@ -131,7 +131,10 @@ impl HistoryKind {
 
     /// Whether it reports the end of the instance.
     pub fn is_end(&self) -> bool {
-        matches!(self, HistoryKind::Ended(_))
+        // By name, as equality is: an `Other("cancelled")` is an end too.
+        self.as_str()
+            .parse::<Status>()
+            .is_ok_and(|status| status.is_terminal())
     }
 }
 
@@ -234,5 +237,7 @@ mod tests {
         let kinds: std::collections::HashSet<_> =
             [HistoryKind::Created, HistoryKind::Other("created".into())].into();
         assert_eq!(kinds.len(), 1);
+        assert!(HistoryKind::Other("cancelled".into()).is_end());
+        assert!(!HistoryKind::Paused.is_end());
     }
 }
