@@ -388,11 +388,7 @@ where
             let at = self.run().now();
             let (output, error) = match row.status {
                 Status::Completed => (Some(row.output.unwrap_or_else(|| "null".into())), None),
-                Status::Failed => (
-                    None,
-                    Some(format!("failed: {}", row.error.unwrap_or_default())),
-                ),
-                other => (None, Some(format!("ended {other}"))),
+                other => (None, Some(child_end(other, row.error.as_deref()))),
             };
             let step = StepRow {
                 key: result_key,
@@ -663,11 +659,36 @@ fn child_outcome<W: Workflow>(child: &InstanceId, step: StepRow) -> Result<W::Ou
     }
 }
 
-/// How a child ended, from the text its end was recorded with (see
-/// `run_child`): `failed: ...` or `ended <status>`.
+/// The text a child's end without output is recorded with in its
+/// parent's history: `failed: <error>` or `ended <status>`; read back by
+/// [`child_status`].
+fn child_end(status: Status, error: Option<&str>) -> String {
+    match status {
+        Status::Failed => format!("failed: {}", error.unwrap_or_default()),
+        other => format!("ended {other}"),
+    }
+}
+
+/// How a child ended, from the text [`child_end`] recorded.
 fn child_status(recorded: &str) -> Status {
     recorded
         .strip_prefix("ended ")
         .and_then(|status| status.parse().ok())
         .unwrap_or(Status::Failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every way a child ends without an output reads back as itself,
+    /// whatever its error says.
+    #[test]
+    fn a_childs_end_reads_back() {
+        for status in [Status::Failed, Status::Cancelled, Status::TimedOut] {
+            for error in [None, Some("ended cancelled"), Some("boom")] {
+                assert_eq!(child_status(&child_end(status, error)), status, "{error:?}");
+            }
+        }
+    }
 }
