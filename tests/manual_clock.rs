@@ -121,8 +121,8 @@ async fn engine(dir: &tempfile::TempDir, clock: &ManualClock) -> Engine {
         .expect("engine")
 }
 
-/// An engine on a fresh SQLite file with `clock`, its worker running.
-/// Bind `_dir` where it is taken apart: the file goes with it.
+/// An engine on a fresh SQLite file with `clock`, its worker running
+/// (the file lives as long as this does).
 struct Setup {
     _dir: tempfile::TempDir,
     clock: ManualClock,
@@ -174,25 +174,20 @@ async fn until<W: Workflow>(instance: &Instance<W>, status: Status) -> workflow:
 
 #[tokio::test]
 async fn a_three_day_sleep_wakes_when_the_clock_gets_there() {
-    let Setup {
-        clock,
-        engine,
-        worker,
-        _dir,
-    } = started(in_2001()).await;
-    let instance = Reminder::start(&engine, "ada".into()).await.unwrap();
+    let t = started(in_2001()).await;
+    let instance = Reminder::start(&t.engine, "ada".into()).await.unwrap();
     let info = idle(&instance).await;
     assert_eq!(info.status, Status::Pending);
     let due = info.due_at.expect("asleep, with its wake-up time");
-    assert_eq!(due, clock.now() + chrono::Duration::days(3));
-    clock.advance(3 * DAY - Duration::from_secs(1));
+    assert_eq!(due, t.clock.now() + chrono::Duration::days(3));
+    t.clock.advance(3 * DAY - Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         instance.status().await.unwrap(),
         Status::Pending,
         "woke early"
     );
-    clock.advance(Duration::from_secs(1));
+    t.clock.advance(Duration::from_secs(1));
     let woke = Instant::now();
     let output = instance
         .result_timeout(Duration::from_secs(10))
@@ -208,19 +203,14 @@ async fn a_three_day_sleep_wakes_when_the_clock_gets_there() {
     let history = instance.history().await.unwrap();
     let ended = history.last().unwrap();
     assert!(ended.at >= due, "{:?} before {due}", ended.at);
-    worker.shutdown().await;
+    t.worker.shutdown().await;
 }
 
 #[tokio::test]
 async fn an_event_timeout_fires_when_the_clock_passes_it() {
-    let Setup {
-        clock,
-        engine,
-        worker,
-        _dir,
-    } = started(in_2001()).await;
-    let answered = Approval::start(&engine, ()).await.unwrap();
-    let ignored = Approval::start(&engine, ()).await.unwrap();
+    let t = started(in_2001()).await;
+    let answered = Approval::start(&t.engine, ()).await.unwrap();
+    let ignored = Approval::start(&t.engine, ()).await.unwrap();
     until(&answered, Status::Listening).await;
     until(&ignored, Status::Listening).await;
     // An event wakes its instance at once, the clock standing still.
@@ -231,53 +221,43 @@ async fn an_event_timeout_fires_when_the_clock_passes_it() {
         .unwrap();
     assert_eq!(output, "answered true");
     assert_eq!(ignored.status().await.unwrap(), Status::Listening);
-    clock.advance(DAY);
+    t.clock.advance(DAY);
     let output = ignored
         .result_timeout(Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(output, "escalated");
-    worker.shutdown().await;
+    t.worker.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_retry_backoff_ends_when_the_clock_passes_it() {
-    let Setup {
-        clock,
-        engine,
-        worker,
-        _dir,
-    } = started(in_2001()).await;
-    let instance = RateLimited::start(&engine, ()).await.unwrap();
+    let t = started(in_2001()).await;
+    let instance = RateLimited::start(&t.engine, ()).await.unwrap();
     until(&instance, Status::Pending).await;
     assert_eq!(GATEWAY_CALLS.load(Ordering::SeqCst), 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(GATEWAY_CALLS.load(Ordering::SeqCst), 1, "retried early");
-    clock.advance(Duration::from_secs(3600));
+    t.clock.advance(Duration::from_secs(3600));
     let calls = instance
         .result_timeout(Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(calls, 2);
-    worker.shutdown().await;
+    t.worker.shutdown().await;
 }
 
 /// However short, a wait is in the store, where `idle` sees it: none
 /// hides in a running handler while the clock stands still.
 #[tokio::test]
 async fn a_short_sleep_waits_for_the_clock_in_the_store() {
-    let Setup {
-        clock,
-        engine,
-        worker,
-        _dir,
-    } = started(in_2001()).await;
-    let instance = ShortNap::start(&engine, ()).await.unwrap();
+    let t = started(in_2001()).await;
+    let instance = ShortNap::start(&t.engine, ()).await.unwrap();
     let info = idle(&instance).await;
     assert_eq!(info.status, Status::Pending);
     assert_eq!(
         info.due_at,
-        Some(clock.now() + chrono::Duration::milliseconds(100))
+        Some(t.clock.now() + chrono::Duration::milliseconds(100))
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
@@ -285,59 +265,49 @@ async fn a_short_sleep_waits_for_the_clock_in_the_store() {
         Status::Pending,
         "a 100 ms sleep ended while the clock stood still"
     );
-    clock.advance(Duration::from_millis(100));
+    t.clock.advance(Duration::from_millis(100));
     instance
         .result_timeout(Duration::from_secs(10))
         .await
         .unwrap();
-    worker.shutdown().await;
+    t.worker.shutdown().await;
 }
 
 #[tokio::test]
 async fn deadlines_pass_when_the_clock_passes_them() {
-    let Setup {
-        clock,
-        engine,
-        worker,
-        _dir,
-    } = started(in_2001()).await;
+    let t = started(in_2001()).await;
     // One waits suspended, the other runs a step that never ends.
-    let waiting = Patient::start(&engine, ()).await.unwrap();
-    let running = Stuck::start(&engine, ()).await.unwrap();
+    let waiting = Patient::start(&t.engine, ()).await.unwrap();
+    let running = Stuck::start(&t.engine, ()).await.unwrap();
     until(&waiting, Status::Listening).await;
     until(&running, Status::InProgress).await;
-    clock.advance(Duration::from_secs(3599));
+    t.clock.advance(Duration::from_secs(3599));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(waiting.status().await.unwrap(), Status::Listening);
     assert_eq!(running.status().await.unwrap(), Status::InProgress);
-    clock.advance(Duration::from_secs(1));
+    t.clock.advance(Duration::from_secs(1));
     until(&waiting, Status::TimedOut).await;
     let info = until(&running, Status::TimedOut).await;
     // Ended by the engine's clock, which stood at the deadline since.
     assert_eq!(
         info.finished_at.map(|t| t.timestamp_millis()),
-        Some(clock.now().timestamp_millis())
+        Some(t.clock.now().timestamp_millis())
     );
-    worker.shutdown().await;
+    t.worker.shutdown().await;
 }
 
 /// Leases tell live workers from dead ones by the system clock: a jump of
 /// the engine's clock by days takes no running instance from its worker.
 #[tokio::test]
 async fn a_jump_of_days_leaves_running_instances_with_their_worker() {
-    let Setup {
-        clock,
-        engine,
-        worker,
-        _dir,
-    } = started(ManualClock::new(Utc::now())).await;
-    let instance = Blocked::start(&engine, ()).await.unwrap();
+    let t = started(ManualClock::new(Utc::now())).await;
+    let instance = Blocked::start(&t.engine, ()).await.unwrap();
     let started = Instant::now();
     while !BLOCKED_STARTED.load(Ordering::SeqCst) {
         assert!(started.elapsed() < Duration::from_secs(10), "never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    clock.advance(10 * DAY);
+    t.clock.advance(10 * DAY);
     // Three leases' worth of real time: renewed, never taken over.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let info = instance.info().await.unwrap();
@@ -358,7 +328,7 @@ async fn a_jump_of_days_leaves_running_instances_with_their_worker() {
         .filter(|e| e.kind == workflow::HistoryKind::Started)
         .count();
     assert_eq!(started_events, 1);
-    worker.shutdown().await;
+    t.worker.shutdown().await;
 }
 
 /// `idle` waits for the next wait to be reached, not for the one the
@@ -366,50 +336,43 @@ async fn a_jump_of_days_leaves_running_instances_with_their_worker() {
 /// its sleeps one by one.
 #[tokio::test]
 async fn idle_then_advance_walks_through_sleep_after_sleep() {
-    let Setup {
-        clock,
-        engine,
-        worker,
-        _dir,
-    } = started(in_2001()).await;
-    let instance = TwoNaps::start(&engine, ()).await.unwrap();
+    let t = started(in_2001()).await;
+    let instance = TwoNaps::start(&t.engine, ()).await.unwrap();
     let first = idle(&instance).await;
-    assert_eq!(first.due_at, Some(clock.now() + chrono::Duration::days(1)));
-    clock.advance(DAY);
+    assert_eq!(
+        first.due_at,
+        Some(t.clock.now() + chrono::Duration::days(1))
+    );
+    t.clock.advance(DAY);
     let second = idle(&instance).await;
     assert_eq!(
         second.due_at,
-        Some(clock.now() + chrono::Duration::days(2)),
+        Some(t.clock.now() + chrono::Duration::days(2)),
         "idle came back before the second sleep was reached"
     );
-    clock.advance(2 * DAY);
+    t.clock.advance(2 * DAY);
     instance
         .result_timeout(Duration::from_secs(10))
         .await
         .unwrap();
-    worker.shutdown().await;
+    t.worker.shutdown().await;
 }
 
 /// `ctx.now` reads the engine's clock, so a handler's own date arithmetic
 /// follows a manual clock too; each reading is recorded for replays.
 #[tokio::test]
 async fn a_handler_reads_the_engines_clock() {
-    let Setup {
-        clock,
-        engine,
-        worker,
-        _dir,
-    } = started(in_2001()).await;
-    let start = clock.now();
-    let instance = TwoDaysFromNow::start(&engine, ()).await.unwrap();
+    let t = started(in_2001()).await;
+    let start = t.clock.now();
+    let instance = TwoDaysFromNow::start(&t.engine, ()).await.unwrap();
     let asleep = idle(&instance).await;
     assert_eq!(asleep.due_at, Some(start + chrono::Duration::days(2)));
-    clock.advance(2 * DAY);
+    t.clock.advance(2 * DAY);
     let (started, ended) = instance
         .result_timeout(Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(started, start.to_rfc3339());
     assert_eq!(ended, (start + chrono::Duration::days(2)).to_rfc3339());
-    worker.shutdown().await;
+    t.worker.shutdown().await;
 }
