@@ -53,11 +53,16 @@ async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Res
     })
 }
 
-async fn engine(dir: &tempfile::TempDir) -> Engine {
+/// An engine builder on SQLite file `file` in `dir`, polling every 20 ms.
+fn builder(dir: &tempfile::TempDir, file: &str) -> workflow::EngineBuilder {
     Engine::builder()
-        .database_url(format!("sqlite://{}", dir.path().join("e2e.db").display()))
-        .register(ProcessOrder)
+        .database_url(format!("sqlite://{}", dir.path().join(file).display()))
         .poll_interval(Duration::from_millis(20))
+}
+
+async fn engine(dir: &tempfile::TempDir) -> Engine {
+    builder(dir, "e2e.db")
+        .register(ProcessOrder)
         .build()
         .await
         .expect("engine")
@@ -533,11 +538,9 @@ async fn impatient_parent(ctx: Ctx, _input: ()) -> workflow::Result<()> {
 #[tokio::test]
 async fn a_timed_out_parent_cancels_the_child_it_waits_for() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::builder()
-        .database_url(format!("sqlite://{}", dir.path().join("e2e.db").display()))
+    let engine = builder(&dir, "e2e.db")
         .register(ImpatientParent)
         .register(WaitsForever)
-        .poll_interval(Duration::from_millis(20))
         .build()
         .await
         .expect("engine");
@@ -811,10 +814,8 @@ async fn wrapped_markers(ctx: Ctx, how: String) -> workflow::Result<()> {
 #[tokio::test]
 async fn retry_markers_count_anywhere_in_the_error_chain() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::builder()
-        .database_url(format!("sqlite://{}", dir.path().join("m.db").display()))
+    let engine = builder(&dir, "m.db")
         .register(WrappedMarkers)
-        .poll_interval(Duration::from_millis(20))
         .build()
         .await
         .expect("engine");
@@ -880,11 +881,9 @@ async fn ends_early(ctx: Ctx, wrong: bool) -> workflow::Result<String> {
 #[tokio::test]
 async fn the_typed_complete_ends_its_own_workflow_only() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::builder()
-        .database_url(format!("sqlite://{}", dir.path().join("c.db").display()))
+    let engine = builder(&dir, "c.db")
         .register(EndsEarly)
         .register(Quote)
-        .poll_interval(Duration::from_millis(20))
         .build()
         .await
         .expect("engine");

@@ -280,9 +280,7 @@ async fn arguments_the_input_type_refuses_are_invalid_arguments() {
         .call_tool("restock", json!({"units": 4, "colour": "red"}))
         .await
         .unwrap_err();
-    let workflow::Error::InvalidArguments { violations, .. } = &err else {
-        panic!("{err:?}");
-    };
+    let violations = invalid_arguments(&err);
     assert_eq!(violations.len(), 1, "{err}");
     assert_eq!(violations[0].path, "/colour", "{err}");
     assert_eq!(violations[0].rule, "unevaluatedProperties", "{err}");
@@ -301,9 +299,7 @@ async fn arguments_the_input_type_refuses_are_invalid_arguments() {
         .call_tool("countdown", json!({"input": 4_294_967_296_u64}))
         .await
         .unwrap_err();
-    let workflow::Error::InvalidArguments { violations, .. } = &err else {
-        panic!("{err:?}");
-    };
+    let violations = invalid_arguments(&err);
     assert_eq!(violations[0].path, "/input", "{err}");
     assert!(violations[0].message.contains("maximum"), "{err}");
 }
@@ -344,18 +340,14 @@ async fn function_tools_report_paths_in_the_arguments_as_sent() {
         .call(&engine, "restock", json!({"units": 4_294_967_296_u64}))
         .await
         .unwrap_err();
-    let workflow::Error::InvalidArguments { violations, .. } = &err else {
-        panic!("{err:?}");
-    };
+    let violations = invalid_arguments(&err);
     assert_eq!(violations[0].path, "/units", "{err}");
     // A field the function's input does not have: at its own path too.
     let err = tools
         .call(&engine, "restock", json!({"units": 4, "colour": "red"}))
         .await
         .unwrap_err();
-    let workflow::Error::InvalidArguments { violations, .. } = &err else {
-        panic!("{err:?}");
-    };
+    let violations = invalid_arguments(&err);
     assert_eq!(violations.len(), 1, "{err}");
     assert_eq!(violations[0].path, "/colour", "{err}");
     assert!(violations[0].message.starts_with("unknown field"), "{err}");
@@ -426,9 +418,7 @@ async fn a_flattened_enum_input_is_wrapped_for_providers() {
         )
         .await
         .unwrap_err();
-    let workflow::Error::InvalidArguments { violations, .. } = &err else {
-        panic!("{err:?}");
-    };
+    let violations = invalid_arguments(&err);
     assert_eq!(violations[0].path, "/input/days", "{err}");
     // A misspelt field is named, not dropped by serde.
     let err = tool
@@ -438,9 +428,7 @@ async fn a_flattened_enum_input_is_wrapped_for_providers() {
         )
         .await
         .unwrap_err();
-    let workflow::Error::InvalidArguments { violations, .. } = &err else {
-        panic!("{err:?}");
-    };
+    let violations = invalid_arguments(&err);
     assert_eq!(violations.len(), 1, "{err}");
     assert_eq!(violations[0].path, "/input/note", "{err}");
     // Out of the type's range: refused by the schema, which carries the
@@ -453,9 +441,15 @@ async fn a_flattened_enum_input_is_wrapped_for_providers() {
         )
         .await
         .unwrap_err();
-    let workflow::Error::InvalidArguments { violations, .. } = &err else {
-        panic!("{err:?}");
-    };
+    let violations = invalid_arguments(&err);
     assert_eq!(violations[0].path, "/input/days", "{err}");
     assert!(violations[0].message.contains("maximum"), "{err}");
+}
+
+/// The violations of an `InvalidArguments` error.
+fn invalid_arguments(err: &workflow::Error) -> &[workflow::Violation] {
+    match err {
+        workflow::Error::InvalidArguments { violations, .. } => violations,
+        other => panic!("not InvalidArguments: {other:?}"),
+    }
 }

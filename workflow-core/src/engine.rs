@@ -777,17 +777,15 @@ impl EngineInner {
     /// early, or late if the wall clock steps); on one that jumps
     /// ([`Clock::changes`]), returns only once it reads `at` or later.
     pub(crate) async fn sleep_until(&self, at: Millis) {
-        let Some(mut changes) = self.clock.changes() else {
+        let mut changes = self.clock.changes();
+        if changes.is_none() {
             let left = at.saturating_sub(self.now()).max(0);
             return tokio::time::sleep(Duration::from_millis(left as u64)).await;
-        };
+        }
         // Subscribed before the time is read: a jump after the read is a
         // change still to see.
         while self.now() < at {
-            if changes.changed().await.is_err() {
-                // The clock is gone with every clone: it will not move again.
-                std::future::pending::<()>().await;
-            }
+            crate::schedule::clock_jumped(&mut changes).await;
         }
     }
 

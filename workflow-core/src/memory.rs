@@ -98,39 +98,14 @@ impl Tables {
             .and_then(|p| t.instances.get(p))
             .and_then(|p| cancelled_with_parent(p.row.status));
         let parent_cancelled = cancelled.is_some();
-        let row = InstanceRow {
-            id: new.id.clone(),
-            workflow: new.workflow,
-            status: if parent_cancelled {
-                Status::Cancelled
-            } else {
-                Status::Pending
-            },
-            input: new.input,
-            output: None,
-            error: None,
-            state: None,
-            tags: new.tags,
-            key: new.key,
-            created_at: new.created_at,
-            updated_at: new.created_at,
-            started_at: None,
-            finished_at: parent_cancelled.then_some(new.created_at),
-            run_at: new.run_at,
-            deadline_at: new.deadline_at,
-            runs: 0,
-            parent: new.parent,
-            wait_event: None,
-            wait_child: None,
-            retry: None,
-            pause_requested: false,
-        };
+        let id = new.id.clone();
+        let row = new.into_row(parent_cancelled);
         t.event(&row.id, row.created_at, "created", None, None, None);
         if cancelled.is_some() {
             t.event(&row.id, row.created_at, "cancelled", None, None, cancelled);
         }
         t.instances.insert(
-            new.id,
+            id,
             Entry {
                 row: row.clone(),
                 lease_owner: None,

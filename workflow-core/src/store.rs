@@ -136,6 +136,41 @@ pub struct NewInstance {
     pub parent: Option<InstanceId>,
 }
 
+impl NewInstance {
+    /// The row a create inserts for it: `Pending` and never run, or
+    /// `Cancelled` (ended at its creation) when `parent_cancelled` (its
+    /// parent ended cancelled or timed out before it was created).
+    pub fn into_row(self, parent_cancelled: bool) -> InstanceRow {
+        InstanceRow {
+            id: self.id,
+            workflow: self.workflow,
+            status: if parent_cancelled {
+                Status::Cancelled
+            } else {
+                Status::Pending
+            },
+            input: self.input,
+            output: None,
+            error: None,
+            state: None,
+            tags: self.tags,
+            key: self.key,
+            created_at: self.created_at,
+            updated_at: self.created_at,
+            started_at: None,
+            finished_at: parent_cancelled.then_some(self.created_at),
+            run_at: self.run_at,
+            deadline_at: self.deadline_at,
+            runs: 0,
+            parent: self.parent,
+            wait_event: None,
+            wait_child: None,
+            retry: None,
+            pause_requested: false,
+        }
+    }
+}
+
 /// What [`Store::create`] did.
 #[derive(Debug, Clone)]
 pub enum Created {

@@ -2026,33 +2026,7 @@ fn create(
         )?;
     }
     // The row as inserted, without reading it back.
-    Ok(Ok(Created::New(InstanceRow {
-        id: new.id.clone(),
-        workflow: new.workflow.clone(),
-        status: if parent_cancelled {
-            Status::Cancelled
-        } else {
-            Status::Pending
-        },
-        input: new.input.clone(),
-        output: None,
-        error: None,
-        state: None,
-        tags: new.tags.clone(),
-        key: new.key.clone(),
-        created_at: new.created_at,
-        updated_at: new.created_at,
-        started_at: None,
-        finished_at: parent_cancelled.then_some(new.created_at),
-        run_at: new.run_at,
-        deadline_at: new.deadline_at,
-        runs: 0,
-        parent: new.parent.clone(),
-        wait_event: None,
-        wait_child: None,
-        retry: None,
-        pause_requested: false,
-    })))
+    Ok(Ok(Created::New(new.clone().into_row(parent_cancelled))))
 }
 
 /// A claim walks one workflow's range of `instances_runnable` in `run_at`
