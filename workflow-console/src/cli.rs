@@ -149,7 +149,8 @@ pub enum Command {
     /// Delete instances that ended longer ago than `--older-than`, with
     /// their steps and history (a running parent's children are kept).
     Purge {
-        /// How long ago they must have ended (`30d`, `12h`).
+        /// How long ago they must have ended (`30d`, `12h`); nothing that
+        /// ended in the last minute goes.
         #[arg(long, value_name = "DURATION")]
         older_than: String,
         /// Only this workflow.

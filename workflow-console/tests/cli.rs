@@ -482,12 +482,25 @@ async fn starts_and_steers_for_a_running_engine() {
         out.stderr
     );
 
-    // Purge: nothing ended an hour ago; everything of slowReport that
-    // ended by now (the cancelled one) goes; a bad age is bad input.
+    // Purge: nothing ended an hour ago; of slowReport, what ended over a
+    // minute ago goes (one cancelled by an engine whose clock is five
+    // minutes behind), not the one cancelled just now; a bad age is bad
+    // input.
     let out = cli(url, &["purge", "--older-than", "1h", "--json"]).await;
     assert_eq!(json(&out)["deleted"], 0);
-    // Nothing that ended in the last two seconds goes.
-    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let behind = Engine::builder()
+        .database_url(url)
+        .register(common::SlowReport)
+        .clock(ManualClock::new(
+            chrono::Utc::now() - chrono::Duration::minutes(5),
+        ))
+        .build()
+        .await
+        .unwrap();
+    let old = common::SlowReport::start(&behind, common::ReportInput { days: 2 })
+        .await
+        .unwrap();
+    old.cancel().await.unwrap();
     let out = cli(url, &["purge", "--older-than", "0s", "-w", "slowReport"]).await;
     assert!(
         out.stdout
@@ -497,9 +510,14 @@ async fn starts_and_steers_for_a_running_engine() {
         out.stderr
     );
     assert!(matches!(
-        f.engine.instance(&slow).await,
+        old.info().await,
         Err(workflow::Error::NotFound(_))
     ));
+    assert_eq!(
+        f.engine.instance(&slow).await.unwrap().status,
+        Status::Cancelled,
+        "ended in the last minute: kept"
+    );
     assert!(f.engine.instance(&f.running).await.is_ok(), "running: kept");
     let out = cli(url, &["purge", "--older-than", "soon"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);

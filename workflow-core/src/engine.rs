@@ -112,8 +112,13 @@ pub fn unsupported_url(url: &str, known: &[&str], needs: impl Fn(&str) -> String
 /// [`Engine::purge`] deletes at most.
 pub const PURGE_BATCH: usize = 500;
 
-/// Instances that ended more recently than this are never purged.
-const PURGE_MARGIN: Duration = Duration::from_secs(2);
+/// Instances that ended more recently than this are never purged: a
+/// handler of an instance cancelled or timed out a moment ago may still be
+/// winding down, and a scheduler whose clock is a little behind may look
+/// at a tick fired by another engine (up to the scheduler's 30 s refire
+/// window) and must find its instance by its key, not fire it again.
+/// Retention's shortest keep is the same minute.
+const PURGE_MARGIN: Duration = Duration::from_secs(60);
 
 /// The longest event key accepted: every store indexes keys, and
 /// PostgreSQL's B-tree refuses entries much over 2 KiB.
@@ -1262,9 +1267,10 @@ impl Engine {
     /// tree (whatever its own workflow), and only once every instance of
     /// that tree ended before `ended_before`, so a cancel or a timeout
     /// still reaches every running descendant. Nothing that ended in the
-    /// last two seconds (by the engine's [`Clock`]) is deleted, whatever
-    /// `ended_before` says: a handler
-    /// cancelled a moment ago may still be winding down. A purged
+    /// last minute (by the engine's [`Clock`]) is deleted, whatever
+    /// `ended_before` says: a handler cancelled a moment ago may still be
+    /// winding down, and another engine's scheduler, on a clock a little
+    /// behind, must still find a tick's instance by its key. A purged
     /// instance's dedup key is free again and its id unknown
     /// ([`Error::NotFound`]); a schedule's last instance or a `rerun_of`
     /// tag may name it. Works in transactions of at most [`PURGE_BATCH`]
@@ -1294,8 +1300,6 @@ impl Engine {
         workflow: Option<&str>,
         stop: Option<&CancellationToken>,
     ) -> Result<u64> {
-        // A handler of an instance cancelled or timed out a moment ago may
-        // still be winding down (it hears at its next heartbeat).
         let before = ended_before.min(self.inner.now() - PURGE_MARGIN.as_millis() as i64);
         let mut deleted = 0;
         loop {

@@ -30,9 +30,8 @@ const LATE_LOOK_MAX: Duration = Duration::from_secs(600);
 
 /// A tick at or before the last one fired is started again (and found by
 /// its key) only this recently: an older one's instance may have ended
-/// and been purged (retention keeps at least a minute; a purge by hand,
-/// anything that ended over 2 s ago), and firing it again would run it
-/// twice.
+/// and been purged (no purge takes what ended in the last minute, see
+/// `PURGE_MARGIN`), and firing it again would run it twice.
 const REFIRE_WITHIN: Duration = Duration::from_secs(30);
 
 /// What this engine's scheduler remembers between looks.

@@ -79,6 +79,18 @@ async fn all_ended(engine: &Engine) {
     }
 }
 
+/// Purges everything that ended, as an engine whose clock reads `now`
+/// does (nothing that ended in the minute before `now` goes).
+async fn purge_at(store: &Arc<dyn Store>, now: DateTime<Utc>) -> u64 {
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(store))
+        .clock(ManualClock::new(now))
+        .build()
+        .await
+        .unwrap();
+    engine.purge(now, None).await.unwrap()
+}
+
 async fn registered(store: &Arc<dyn Store>) {
     for _ in 0..300 {
         if store.schedule_mark("everyMinute").await.unwrap().is_some() {
@@ -229,6 +241,35 @@ async fn a_frozen_engine_follows_the_catch_up_policy() {
     );
 }
 
+/// An engine whose clock is a little behind another's looks at a tick the
+/// other fired a moment ago: a purge by hand in between must not have
+/// freed the tick's key, or the tick runs twice.
+#[tokio::test]
+async fn a_tick_purged_at_once_does_not_run_again_on_a_clock_behind() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let ahead_clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let ahead = engine(Arc::clone(&store), &ahead_clock, CatchUp::All).await;
+    let _ahead_worker = ahead.start_worker();
+    let behind_clock = ManualClock::new(utc("2026-11-25T10:00:20Z"));
+    let behind = engine(Arc::clone(&store), &behind_clock, CatchUp::All).await;
+    let _behind_worker = behind.start_worker();
+    registered(&store).await;
+    behind_clock.advance(Duration::from_secs(35));
+    ahead_clock.advance(Duration::from_secs(35));
+    assert_eq!(
+        wait_for(&ahead, 1).await,
+        ["schedule:2026-11-25T10:01:00.000Z"]
+    );
+    all_ended(&ahead).await;
+    // `workflow purge --older-than 0s`, three seconds later.
+    let purged = purge_at(&store, ahead_clock.now() + chrono::Duration::seconds(3)).await;
+    // The clock behind passes 10:01.
+    behind_clock.advance(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let runs = purged as usize + fired(&behind).await.len();
+    assert_eq!(runs, 1, "10:01 ran {runs} times ({purged} purged)");
+}
+
 /// An engine whose last look is old (its clock stood still while another
 /// engine fired ticks, whose instances were then purged) does not fire
 /// those ticks again: a purged tick's key is free, so firing it again
@@ -248,9 +289,9 @@ async fn a_stale_look_does_not_fire_purged_ticks_again() {
     assert_eq!(wait_for(&other, 3).await.len(), 3);
     all_ended(&other).await;
     other_worker.shutdown().await;
-    // A purge leaves what ended in the last 2 s by the engine's clock.
-    clock.advance(Duration::from_secs(3));
-    assert_eq!(other.purge(Utc::now(), None).await.unwrap(), 3);
+    // A minute later, by the other engine's clock, they are purged.
+    let purged = purge_at(&store, clock.now() + chrono::Duration::seconds(61)).await;
+    assert_eq!(purged, 3);
     // The first engine's clock catches up; its last look was at 10:00:30.
     slow_clock.set(utc("2026-11-25T10:03:40Z"));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -274,9 +315,9 @@ async fn a_clock_stepped_back_does_not_fire_ticks_again() {
     }
     assert_eq!(wait_for(&engine, 5).await.len(), 5);
     all_ended(&engine).await;
-    // A purge leaves what ended in the last 2 s by the engine's clock.
-    clock.advance(Duration::from_secs(3));
-    assert_eq!(engine.purge(Utc::now(), None).await.unwrap(), 5);
+    // A minute later, they are purged.
+    let purged = purge_at(&store, clock.now() + chrono::Duration::seconds(61)).await;
+    assert_eq!(purged, 5);
     // Three minutes back, then on again in steps, as a running clock goes.
     clock.set(utc("2026-11-25T10:02:30Z"));
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -536,9 +577,9 @@ async fn a_catch_up_cut_short_does_not_fire_its_ticks_again() {
     );
     all_ended(&second).await;
     worker.shutdown().await;
-    // A purge leaves what ended in the last 2 s by the engine's clock.
-    clock.advance(Duration::from_secs(3));
-    assert_eq!(second.purge(Utc::now(), None).await.unwrap(), 2);
+    // A minute later, they are purged.
+    let purged = purge_at(&store, clock.now() + chrono::Duration::seconds(61)).await;
+    assert_eq!(purged, 2);
     flaky.fail_creates_after(None);
     let third = engine(Arc::clone(&store), &clock, CatchUp::All).await;
     let _worker = third.start_worker();

@@ -76,7 +76,7 @@ pub struct ReportInput {
 
 /// Crunch numbers for a long time.
 #[workflow(name = "slowReport", timeout = "1d")]
-async fn slow_report(ctx: Ctx, input: ReportInput) -> workflow::Result<u32> {
+pub async fn slow_report(ctx: Ctx, input: ReportInput) -> workflow::Result<u32> {
     ctx.step("crunch", || async {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         Ok::<_, BoxError>(input.days)
