@@ -2,12 +2,14 @@
 //! of both (allowed hosts, token, same-origin for changes).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, Query as QueryString, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query as QueryString, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -33,6 +35,12 @@ pub(crate) struct AppState {
     /// that points its own host name at this server (DNS rebinding) is
     /// refused. Set on loopback and whenever there is no token.
     pub hosts: Option<Arc<[String]>>,
+    /// Set for a console mounted with no token (and no `allow_no_token`):
+    /// only requests from this machine are served, as axum's
+    /// `ConnectInfo<SocketAddr>` tells; without it, none. Anyone can send
+    /// a loopback `Host` header, so the host check alone only stops
+    /// browsers.
+    pub local_only: bool,
     pub overview_cache: Arc<OverviewCache>,
 }
 
@@ -194,6 +202,17 @@ pub(crate) fn router(state: AppState) -> Router {
 /// Refuses requests addressed to a host name the console does not answer
 /// to (see [`AppState::hosts`]).
 async fn host_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.local_only {
+        // As axum's `ConnectInfo` extractor reads it, a test's mock too.
+        let extensions = req.extensions();
+        let peer = extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0)
+            .or_else(|| extensions.get::<MockConnectInfo<SocketAddr>>().map(|m| m.0));
+        if let Err(err) = local_peer(peer) {
+            return err.into_response();
+        }
+    }
     if let Some(allowed) = &state.hosts {
         let host = req
             .headers()
@@ -218,6 +237,31 @@ async fn host_guard(State(state): State<AppState>, req: Request, next: Next) -> 
         }
     }
     next.run(req).await
+}
+
+/// Whether a console with no token serves a request from `peer` (`None`:
+/// the server does not say).
+fn local_peer(peer: Option<SocketAddr>) -> Result<(), ApiError> {
+    match peer {
+        Some(peer) if peer.ip().to_canonical().is_loopback() => Ok(()),
+        Some(peer) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this console has no token and serves only requests from this machine \
+                 (this one came from {}): give it a token (Console::token), or call \
+                 Console::allow_no_token",
+                peer.ip()
+            ),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this console has no token, and its server does not say where a request comes \
+             from: serve the application with \
+             `into_make_service_with_connect_info::<SocketAddr>()` (requests from this \
+             machine are then served), give the console a token (Console::token), or call \
+             Console::allow_no_token",
+        )),
+    }
 }
 
 /// Whether `host` (a `Host` header, or an origin's host) is a loopback name

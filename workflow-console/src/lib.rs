@@ -220,8 +220,10 @@ impl Console {
     }
 
     /// Lets [`Console::bind`] serve an address other machines can reach
-    /// without a token, which it refuses otherwise: anyone reaching the
-    /// port can then read and steer every workflow. For a private network
+    /// without a token, which it refuses otherwise, and a
+    /// [`Console::router`] with no token serve requests from other
+    /// machines: anyone reaching the port can then read and steer every
+    /// workflow. For a private network
     /// or a container whose port only you reach. The `Host` check still
     /// applies, so name the hosts it is reached by with
     /// [`Console::allowed_hosts`].
@@ -238,17 +240,49 @@ impl Console {
     /// [`Console::allowed_hosts`], so that no other site's page can reach
     /// it through a visitor's browser; with a token, every host name unless
     /// some are named.
+    ///
+    /// Without a token (and without [`Console::allow_no_token`]) it also
+    /// serves only requests from this machine, as axum's
+    /// `ConnectInfo<SocketAddr>` tells: serve the application with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, or every
+    /// request is refused (403, saying so). A `Host` header is whatever
+    /// the sender writes, so the host check alone does not keep out a
+    /// program on another machine. Behind a reverse proxy on this machine,
+    /// every request comes from it: give the console a token.
+    ///
+    /// ```no_run
+    /// # async fn f(engine: workflow_core::Engine) -> std::io::Result<()> {
+    /// use std::net::SocketAddr;
+    /// use workflow_console::Console;
+    ///
+    /// let app = axum::Router::new().nest("/console/", Console::new(engine).router());
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+    /// # }
+    /// ```
     pub fn router(&self) -> axum::Router {
-        api::router(self.state(false))
+        if let Some(token) = self.token.as_deref() {
+            if token.chars().any(|c| !c.is_ascii_graphic()) {
+                tracing::warn!("the console's token has a character a browser cannot send in a header (a space, a control character, or beyond ASCII): the page cannot use it");
+            } else if token.len() < MIN_OPEN_TOKEN {
+                tracing::warn!(
+                    len = token.len(),
+                    "the console's token is short: a mounted console may be reachable from other machines; use {MIN_OPEN_TOKEN} characters or more"
+                );
+            }
+        }
+        api::router(self.state(false, self.token.is_none() && !self.no_token))
     }
 
     /// `loopback`: the server listens on a loopback address only.
-    fn state(&self, loopback: bool) -> api::AppState {
+    /// `local_only`: serve only requests from this machine.
+    fn state(&self, loopback: bool, local_only: bool) -> api::AppState {
         let check_hosts = loopback || self.token.is_none() || !self.hosts.is_empty();
         api::AppState {
             engine: self.engine.clone(),
             token: self.token.as_deref().map(Arc::from),
             hosts: check_hosts.then(|| Arc::from(self.hosts.clone())),
+            local_only,
             overview_cache: Arc::new(api::OverviewCache::new(self.overview_cache)),
         }
     }
@@ -296,7 +330,8 @@ impl Console {
         if !loopback && self.token.is_none() {
             tracing::warn!(%local, "console listens beyond this machine without a token (allow_no_token): anyone who reaches the port can steer workflows");
         }
-        let app = api::router(self.state(loopback));
+        // `bind` refused an open address without a token or consent.
+        let app = api::router(self.state(loopback, false));
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {

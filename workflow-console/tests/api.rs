@@ -3,7 +3,10 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use axum::extract::connect_info::MockConnectInfo;
 
 use common::{fixture, http, wait_status, Response};
 use serde_json::{json, Value};
@@ -758,6 +761,7 @@ async fn a_mounted_console_without_a_token_answers_only_its_hosts() {
             "http://{}/console/api/overview",
             listener.local_addr().unwrap()
         );
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await });
         base
     };
@@ -779,6 +783,61 @@ async fn a_mounted_console_without_a_token_answers_only_its_hosts() {
         None,
     )
     .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+}
+
+/// A `Host` header is whatever the sender writes: a console mounted with
+/// no token serves only requests from this machine, as the server's
+/// `ConnectInfo` tells, and none when the server does not tell; with
+/// `allow_no_token`, anyone (through the host names it answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_console_without_a_token_serves_only_this_machine() {
+    let f = fixture().await;
+    let serve = |app: axum::Router| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!(
+            "http://{}/console/api/overview",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    };
+    let from_afar = || MockConnectInfo(SocketAddr::from(([203, 0, 113, 7], 40_000)));
+    let get = |url: String| async move { http("GET", &url, &[("host", "localhost")], None).await };
+
+    let mounted = || axum::Router::new().nest("/console/", Console::new(f.engine.clone()).router());
+    let res = get(serve(mounted().layer(from_afar())).await).await;
+    assert_eq!(res.status, 403, "{}", res.body);
+    assert!(res.body.contains("came from 203.0.113.7"), "{}", res.body);
+    assert!(res.body.contains("allow_no_token"), "{}", res.body);
+    let res = get(serve(mounted()).await).await;
+    assert_eq!(res.status, 403, "{}", res.body);
+    assert!(
+        res.body.contains("into_make_service_with_connect_info"),
+        "{}",
+        res.body
+    );
+    let local = MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40_000)));
+    let res = get(serve(mounted().layer(local)).await).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+
+    let open = axum::Router::new()
+        .nest(
+            "/console/",
+            Console::new(f.engine.clone()).allow_no_token().router(),
+        )
+        .layer(from_afar());
+    let res = get(serve(open).await).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let with_token = axum::Router::new()
+        .nest(
+            "/console/",
+            Console::new(f.engine.clone()).token(TOKEN).router(),
+        )
+        .layer(from_afar());
+    let bearer = format!("Bearer {TOKEN}");
+    let url = serve(with_token).await;
+    let res = http("GET", &url, &[("authorization", &bearer)], None).await;
     assert_eq!(res.status, 200, "{}", res.body);
 }
 
