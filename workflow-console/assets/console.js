@@ -71,6 +71,34 @@ class ApiError extends Error {
   }
 }
 
+/**
+ * JSON text parsed with integers past 2^53 kept whole (as BigInt), where the
+ * browser gives a reviver the source text: a plain parse rounds an id of
+ * 9007199254740993 to ...992.
+ */
+function parseJson(text) {
+  return JSON.parse(text, function (key, value, context) {
+    if (typeof value === "number" && !Number.isSafeInteger(value) && context && /^-?\d+$/.test(context.source)) {
+      return BigInt(context.source);
+    }
+    return value;
+  });
+}
+
+/** JSON text of `value`, BigInts written as the integers they are. */
+function toJson(value) {
+  const marks = [];
+  // A mark no string of the value can hold by chance.
+  const tag = "\u0000" + Math.random().toString(36).slice(2) + "-";
+  const text = JSON.stringify(value, (key, v) => {
+    if (typeof v !== "bigint") return v;
+    marks.push(v.toString());
+    return tag + (marks.length - 1);
+  });
+  if (!marks.length) return text;
+  return marks.reduce((t, m, i) => t.replace(JSON.stringify(tag + i), m), text);
+}
+
 async function api(path, body) {
   const headers = { "Accept": "application/json" };
   const token = sessionStorage.getItem(TOKEN_KEY);
@@ -79,14 +107,14 @@ async function api(path, body) {
   if (body !== undefined) {
     init.method = "POST";
     headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = toJson(body);
   }
   const res = await fetch("api/" + path, init);
   // JSON, or a proxy's or server's plain-text error, shown as it is.
   const text = await res.text();
   let data = null;
   let json = false;
-  try { data = text ? JSON.parse(text) : null; json = true; } catch (_) { data = res.ok ? null : { error: text.slice(0, 300) }; }
+  try { data = text ? parseJson(text) : null; json = true; } catch (_) { data = res.ok ? null : { error: text.slice(0, 300) }; }
   if (res.status === 401) { askToken(); }
   if (!res.ok) throw new ApiError(res.status, data, json && data && typeof data.error === "string");
   return data;
@@ -242,7 +270,7 @@ function jsonView(value) {
       out.push("\n" + pad0);
       tok("j-punc", "}");
     } else if (typeof v === "string") tok("j-str", JSON.stringify(v));
-    else if (typeof v === "number") tok("j-num", String(v));
+    else if (typeof v === "number" || typeof v === "bigint") tok("j-num", String(v));
     else if (typeof v === "boolean") tok("j-bool", String(v));
     else tok("j-null", String(v));
   };
@@ -587,7 +615,7 @@ function instanceView(id) {
       [h("label", { class: "field" }, "Event name", name), h("label", { class: "field" }, "Payload (JSON)", payload)],
       "Send event", false, async () => {
         let value;
-        try { value = JSON.parse(payload.value || "null"); } catch (e) { throw new Error("payload is not valid JSON: " + e.message); }
+        try { value = parseJson(payload.value || "null"); } catch (e) { throw new Error("payload is not valid JSON: " + e.message); }
         if (!name.value.trim()) throw new Error("an event name is required");
         await act("events", { name: name.value.trim(), payload: value, key });
       });
@@ -654,7 +682,7 @@ function instanceView(id) {
     const d = await api("instances/" + encodeURIComponent(id) + (all ? "" : "?tail=" + TAIL));
     if (mine !== asked) return;
     ended = !ACTIVE.includes(d.instance.status);
-    const text = JSON.stringify(d);
+    const text = toJson(d);
     // Re-render only on change, so text being selected is left alone.
     if (text !== lastJson) {
       lastJson = text;
@@ -746,7 +774,7 @@ function workflowsView() {
       clear(result);
       let value, tagMap;
       try {
-        value = JSON.parse(input.value);
+        value = parseJson(input.value);
       } catch (e) {
         replace(result, h("div", { class: "violations" }, "Input is not valid JSON: " + e.message));
         return;

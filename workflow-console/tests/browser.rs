@@ -604,7 +604,11 @@ async fn console_in_a_real_browser() {
     assert!(shown.contains("amount_cents"), "{shown}");
     b.js(
         "document.querySelector(arguments[0] + ' [data-testid=start-input]').value = arguments[1];",
-        json!([form, r#"{"order_id": "W-1", "amount_cents": 10}"#]),
+        // Past 2^53: a plain JSON.parse in the page would round it to ...992.
+        json!([
+            form,
+            r#"{"order_id": "W-1", "amount_cents": 9007199254740993}"#
+        ]),
     )
     .await;
     b.click(&format!("{form} [data-testid=start]")).await;
@@ -615,6 +619,24 @@ async fn console_in_a_real_browser() {
     })
     .await;
     assert!(b.text_shown("rcpt-W-1").await);
+    let started = f
+        .engine
+        .list(Query::new().name("processOrder").limit(1000))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|i| i.input["order_id"] == "W-1")
+        .expect("started from the form");
+    assert_eq!(
+        started.input["amount_cents"].as_u64(),
+        Some(9_007_199_254_740_993),
+        "the integer as typed"
+    );
+    assert!(
+        b.text_shown("\"total_cents\": 9007199254740993").await,
+        "shown as stored"
+    );
     b.goto(&format!("http://{}/#/schedules", server.local_addr()))
         .await;
     wait_for("the schedule row", || async {
