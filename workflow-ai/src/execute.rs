@@ -291,7 +291,7 @@ where
 
 /// Parses a final answer as `T`, or says what is wrong with it.
 fn parse_output<T: DeserializeOwned>(checker: &Tool, text: &str) -> std::result::Result<T, String> {
-    let value: Value = serde_json::from_str(text.trim())
+    let value: Value = serde_json::from_str(unfenced(text))
         .map_err(|err| format!("Your reply is not valid JSON ({err})."))?;
     let value = checker.check_arguments(value).map_err(|err| match err {
         Error::InvalidArguments { violations, .. } => {
@@ -304,6 +304,26 @@ fn parse_output<T: DeserializeOwned>(checker: &Tool, text: &str) -> std::result:
         other => other.to_string(),
     })?;
     serde_json::from_value(value).map_err(|err| format!("Your reply does not fit: {err}."))
+}
+
+/// `text` without one Markdown code fence around it (```` ```json ````
+/// .. ```` ``` ````): servers that ignore `response_format` (llama.cpp,
+/// Ollama) often fence the JSON they were asked for, and a correction turn
+/// for it costs a model call. The same text always reads the same, so a
+/// replay decides as the first run did.
+fn unfenced(text: &str) -> &str {
+    let text = text.trim();
+    let Some(rest) = text.strip_prefix("```") else {
+        return text;
+    };
+    let Some(body) = rest.strip_suffix("```") else {
+        return text;
+    };
+    // The info string (`json`) runs to the end of the opening line.
+    match body.split_once('\n') {
+        Some((info, inner)) if !info.contains('`') => inner.trim(),
+        _ => text,
+    }
 }
 
 /// What [`Ctx::call_tool`] tells the model for a tool that is not in `tools`.
@@ -501,7 +521,18 @@ fn no_answer(response: &ModelResponse) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::shortened;
+    use super::{shortened, unfenced};
+
+    #[test]
+    fn one_code_fence_around_an_answer_is_taken_off() {
+        assert_eq!(unfenced("  {\"a\": 1} "), "{\"a\": 1}");
+        assert_eq!(unfenced("```json\n{\"a\": 1}\n```"), "{\"a\": 1}");
+        assert_eq!(unfenced("```\n[1]\n```\n"), "[1]");
+        // Not a whole fence: left as it is, for the model to be told.
+        assert_eq!(unfenced("```json {\"a\": 1}```"), "```json {\"a\": 1}```");
+        assert_eq!(unfenced("```json\n{}"), "```json\n{}");
+        assert_eq!(unfenced("{} ```"), "{} ```");
+    }
 
     #[test]
     fn long_tool_replies_are_cut_at_a_character_boundary() {

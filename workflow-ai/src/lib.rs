@@ -15,8 +15,9 @@
 //!   chat-completions protocol of OpenAI, llama.cpp, vLLM, Ollama and
 //!   gateways (reqwest, rustls); configure it with its builder or
 //!   `OPENAI_BASE_URL`, `OPENAI_API_KEY`, `OPENAI_MODEL`. HTTP 408, 409,
-//!   429 and 5xx, timeouts and connection failures are retried by the step
-//!   policy; other 4xx are not (see [`ModelError::is_retryable`]).
+//!   429 (not `insufficient_quota`) and 5xx, timeouts and connection
+//!   failures are retried by the step policy; other 4xx are not (see
+//!   [`ModelError::is_retryable`]).
 #![warn(missing_docs)]
 
 mod execute;

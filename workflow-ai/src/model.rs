@@ -90,12 +90,17 @@ pub enum ModelError {
 
 impl ModelError {
     /// True if trying again may help: HTTP 408, 409, 429 and 5xx, timeouts,
-    /// connection failures. Other 4xx (a bad request, a bad key) and
-    /// configuration errors fail the step at once.
+    /// connection failures. Other 4xx (a bad request, a bad key),
+    /// configuration errors, and a 429 that says the account's quota is
+    /// used up (`insufficient_quota`, which waiting does not mend) fail the
+    /// step at once.
     pub fn is_retryable(&self) -> bool {
         match self {
+            ModelError::Status {
+                status: 429, body, ..
+            } => !body.contains("insufficient_quota"),
             ModelError::Status { status, .. } => {
-                matches!(status, 408 | 409 | 429) || (500..600).contains(status)
+                matches!(status, 408 | 409) || (500..600).contains(status)
             }
             ModelError::Timeout(_) | ModelError::Transport(_) => true,
             ModelError::Decode(_) | ModelError::Config(_) => false,

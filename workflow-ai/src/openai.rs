@@ -229,7 +229,7 @@ impl Model for OpenAiCompatible {
         let response = http.send().await.map_err(transport)?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let text = response.text().await.map_err(transport)?;
+        let text = read_body(response).await?;
         if !status.is_success() {
             return Err(ModelError::Status {
                 status: status.as_u16(),
@@ -239,6 +239,26 @@ impl Model for OpenAiCompatible {
         }
         parse_completion(&text)
     }
+}
+
+/// The most a model's answer may take: a chat completion is kilobytes; a
+/// server streaming by mistake, or a gateway's endless page, is not read
+/// into memory whole.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// The response body as text, at most [`MAX_RESPONSE_BYTES`].
+async fn read_body(mut response: reqwest::Response) -> Result<String, ModelError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(ModelError::Decode(format!(
+                "the response is larger than {} MiB",
+                MAX_RESPONSE_BYTES >> 20
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The wait a response asks for: `retry-after-ms` (OpenAI's), else
@@ -517,6 +537,13 @@ mod tests {
             retry_after: None,
         };
         assert!(status(429).is_retryable());
+        let quota = ModelError::Status {
+            status: 429,
+            body: r#"{"error": {"type": "insufficient_quota", "code": "insufficient_quota"}}"#
+                .into(),
+            retry_after: None,
+        };
+        assert!(!quota.is_retryable(), "waiting does not refill a quota");
         assert!(status(503).is_retryable());
         assert!(!status(400).is_retryable());
         assert!(!status(401).is_retryable());

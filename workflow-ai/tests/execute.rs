@@ -408,6 +408,22 @@ async fn rate_limits_are_retried_and_bad_requests_are_not() {
         "{waited:?}"
     );
 
+    // A quota used up is a 429 that waiting does not mend.
+    let broke = Server::start(|_, _| {
+        let (status, mut body) = error(429);
+        body["error"]["code"] = json!("insufficient_quota");
+        (status, body)
+    })
+    .await;
+    let err = Agent::start(&engine, input(&broke, 3))
+        .await
+        .unwrap()
+        .result_timeout(Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("insufficient_quota"), "{err}");
+    assert_eq!(broke.requests().len(), 1, "not retried");
+
     let bad = Server::start(|_, _| error(400)).await;
     let err = Agent::start(&engine, input(&bad, 3))
         .await
@@ -419,6 +435,44 @@ async fn rate_limits_are_retried_and_bad_requests_are_not() {
     assert!(message.contains("HTTP 400"), "{message}");
     assert!(message.contains("1 attempt(s)"), "{message}");
     assert_eq!(bad.requests().len(), 1, "a 400 is not retried");
+}
+
+/// Servers that ignore `response_format` often fence the JSON asked for:
+/// one fence is taken off, with no correction turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_typed_answer_is_read_in_one_turn() {
+    let server = Server::start(|_, _| {
+        text("```json\n{\"category\": \"Billing\", \"reason\": \"Refund.\", \"urgent\": true}\n```")
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let out = Classify::start(&engine, input(&server, 4))
+        .await
+        .unwrap()
+        .result_timeout(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(out.category, Category::Billing);
+    assert_eq!(out.urgent, Some(true));
+    assert_eq!(server.requests().len(), 1, "no correction turn");
+}
+
+/// A response past 16 MiB (a server streaming by mistake) is refused, not
+/// read into memory whole; it is not a passing fault, so not retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_response_fails_the_call() {
+    let server = Server::start(|_, _| text(&"x".repeat(17 << 20))).await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let err = Agent::start(&engine, input(&server, 3))
+        .await
+        .unwrap()
+        .result_timeout(Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
+    assert_eq!(server.requests().len(), 1, "not retried");
 }
 
 #[tokio::test(flavor = "multi_thread")]

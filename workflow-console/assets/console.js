@@ -663,9 +663,12 @@ function instanceView(id) {
     ];
   }
 
-  // "Latest 200 of 5,000 steps · Show all", when the answer was cut.
+  // "Latest 200 of 5,000 steps · Show all", when the answer was cut. All
+  // of them is at most 10,000 (the server's cap).
   function more(shown, total, what) {
     if (!(total > shown)) return null;
+    if (all) return h("span", { class: "muted more", "data-testid": "more-" + what },
+      "latest " + shown + " of " + total + " " + what + " (the most the console shows)");
     return h("span", { class: "muted more", "data-testid": "more-" + what },
       "latest " + shown + " of " + total + " " + what + " · ",
       h("button", { class: "link", "data-action": "show-all", onclick: showAll }, "Show all"));

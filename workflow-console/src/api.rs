@@ -747,6 +747,16 @@ async fn list(
     ))
 }
 
+/// The most steps (and history events) one answer carries: an instance
+/// with a hundred thousand large step outputs would otherwise be read, and
+/// held twice (as values, then as text), whole.
+const MAX_TAIL: usize = 10_000;
+
+/// How many of the latest steps and events to answer with for `tail`.
+fn tail_of(tail: Option<usize>) -> usize {
+    tail.unwrap_or(MAX_TAIL).min(MAX_TAIL)
+}
+
 /// Everything about one instance: its row, recorded steps and history.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -757,8 +767,8 @@ struct InstanceParams {
     tail: Option<usize>,
 }
 
-/// One instance with its steps and history (all of them, or the last
-/// `tail`), and how many of each it has.
+/// One instance with its steps and history (the last `tail`, all of them
+/// up to [`MAX_TAIL`]), and how many of each it has.
 async fn instance(
     State(state): State<AppState>,
     Segment(id): Segment,
@@ -766,8 +776,7 @@ async fn instance(
 ) -> ApiResult<Value> {
     let id = InstanceId::from(id);
     let info = state.engine.instance(&id).await?;
-    // No `tail`: all of them, read the same way.
-    let last = params.tail.unwrap_or(usize::MAX);
+    let last = tail_of(params.tail);
     let steps = state.engine.steps_tail(&id, last).await?;
     let history = state.engine.history_tail(&id, last).await?;
     Ok(Json(json!({
@@ -1076,6 +1085,14 @@ pub(crate) fn with_timing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_carries_at_most_max_tail_steps() {
+        assert_eq!(tail_of(None), MAX_TAIL);
+        assert_eq!(tail_of(Some(200)), 200);
+        assert_eq!(tail_of(Some(usize::MAX)), MAX_TAIL);
+        assert_eq!(tail_of(Some(0)), 0);
+    }
 
     #[test]
     fn loopback_hosts() {
