@@ -873,7 +873,7 @@ async fn send_event(
     let (sent, note) = deliver_event(&state.engine, &id, name, key, body.payload).await?;
     let already_sent = sent == EventSent::AlreadySent;
     Ok(Json(
-        json!({ "id": id, "done": "send_event", "already_sent": already_sent, "note": note }),
+        json!({ "id": id, "done": "send_event", "event": name, "already_sent": already_sent, "note": note }),
     ))
 }
 
@@ -1062,7 +1062,7 @@ fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
 }
 
 /// A text field of a body, unless left blank.
-fn given(text: &Option<String>) -> Option<&str> {
+pub(crate) fn given(text: &Option<String>) -> Option<&str> {
     text.as_deref().map(str::trim).filter(|t| !t.is_empty())
 }
 

@@ -366,6 +366,15 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 .map(humantime::parse_duration)
                 .transpose()
                 .map_err(|err| CliError::Usage(format!("--wait-timeout: {err}")))?;
+            // As the API reads it: a blank key (`--key "$UNSET"`) is none,
+            // so `--once` cannot fold unrelated runs onto the key "".
+            let key = crate::api::given(&key).map(str::to_owned);
+            if once && key.is_none() {
+                return Err(CliError::Usage(
+                    "--once needs a --key that is not blank: the start is made once per key"
+                        .to_owned(),
+                ));
+            }
             let mut options = StartOptions::new();
             if let Some(key) = &key {
                 options = options.key(key.clone());
@@ -486,7 +495,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 // Unknown ids have no history: say which it is.
                 engine.instance(&id).await?;
             }
-            let earlier = history.total - history.items.len() as u64;
+            let earlier = history.total.saturating_sub(history.items.len() as u64);
             let history = history.items;
             if json {
                 print_json(out, &serde_json::to_value(&history).unwrap_or(Value::Null))?;
@@ -833,7 +842,7 @@ async fn show(
 ) -> Result<u8, CliError> {
     let info = engine.instance(id).await?;
     let steps = engine.steps_tail(id, tail.unwrap_or(usize::MAX)).await?;
-    let earlier = steps.total - steps.items.len() as u64;
+    let earlier = steps.total.saturating_sub(steps.items.len() as u64);
     let (steps, total) = (steps.items, steps.total);
     if json {
         print_json(

@@ -490,6 +490,7 @@ async fn changes_are_checked_and_applied() {
             "{}",
             res.body
         );
+        assert_eq!(res.json()["event"], "approval", "as the CLI's --json");
     }
     wait_status(&f.engine, &f.listening, Status::Completed).await;
     let info = f.engine.instance(&f.listening).await.unwrap();

@@ -323,6 +323,10 @@ async fn starts_and_steers_for_a_running_engine() {
     assert_eq!(again["id"], first["id"]);
     let out = cli(url, &["run", "processOrder", "{}", "--once"]).await;
     assert_eq!(out.code, 2, "--once needs --key: {}", out.stderr);
+    // A blank key (`--key "$UNSET"`) is no key, as in the API.
+    let out = cli(url, &["run", "processOrder", "{}", "--once", "--key", " "]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("not blank"), "{}", out.stderr);
     let out = cli(url, &["run", "processOrder", r#"{"order_id": 7}"#]).await;
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("/order_id"), "{}", out.stderr);
