@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use proc_macro2::Span;
+use quote::ToTokens;
 use syn::punctuated::Punctuated;
 use syn::visit::{self, Visit};
 use syn::{
@@ -59,7 +60,8 @@ pub(crate) struct Workflow<'a> {
     pub jitter: Option<f64>,
     /// Literal step names in source order, each once.
     pub steps: Vec<String>,
-    /// `None` when the signature cannot be called from the generated impl.
+    /// `None` when the parameters or the return type do not have the
+    /// handler's shape.
     pub handler: Option<Handler<'a>>,
     /// A method (it takes `self`): it sits in an `impl` block, where the
     /// generated struct could not go, so nothing is generated.
@@ -87,6 +89,11 @@ pub(crate) struct Handler<'a> {
     /// The `Result` of the return type: where an error type that does not
     /// convert into `BoxError` is reported when the type is not written out.
     pub result_span: Span,
+    /// Whether the generated impl can call the function as written (it is
+    /// a plain `async fn`); if not, only the types are checked, so one
+    /// build still reports a missing `Deserialize` beside the missing
+    /// `async`.
+    pub callable: bool,
 }
 
 /// A `.step("literal", ..)` or `.step_with("literal", ..)` call site.
@@ -391,6 +398,13 @@ fn struct_ident(fn_name: &str, span: Span, errors: &mut Errors) -> Option<Ident>
             );
             &hides
         }
+        // The trait every workflow's methods come from, in scope through
+        // `workflow::prelude::*`: a struct `Workflow` would hide it there,
+        // and `X::start(..)` would no longer be found in this module.
+        Ok(_) if pascal == "Workflow" => {
+            "which would hide the `Workflow` trait of `workflow::prelude` in this module; \
+             rename the function (`name = \"workflow\"` keeps the workflow's name)"
+        }
         Ok(mut ident) => {
             ident.set_span(span);
             return Some(ident);
@@ -528,20 +542,20 @@ fn handler<'a>(func: &'a ItemFn, errors: &mut Errors) -> Option<Handler<'a>> {
     let ((state, input), (output, error, result_span)) = match (params, result) {
         (Ok(params), Ok(result)) => (params, result),
         (params, result) => {
-            for err in params.err().into_iter().flatten() {
+            for err in params.err().into_iter().chain(result.err()).flatten() {
                 errors.push(err);
             }
-            errors.ok(result);
             return None;
         }
     };
-    callable.then_some(Handler {
+    Some(Handler {
         state: state.0,
         ctx: state.1,
         input,
         output,
         error,
         result_span,
+        callable,
     })
 }
 
@@ -670,6 +684,11 @@ fn parameters(sig: &Signature) -> Result<Parameters<'_>, Vec<syn::Error>> {
             &input.ty,
             "the second parameter is the workflow input, not a second `Ctx`",
         ));
+    } else if let Some(err) = unfit(&input.ty, "input", "read back for every run") {
+        errors.push(err);
+    }
+    if let Some((Some(state), _)) = &state {
+        errors.extend(unfit(state, "state", "saved with each step"));
     }
     match state {
         Some(state) if errors.is_empty() => Ok((state, &*input.ty)),
@@ -678,15 +697,71 @@ fn parameters(sig: &Signature) -> Result<Parameters<'_>, Vec<syn::Error>> {
 }
 
 /// `O`, `E` and the span of `Result` in the return type.
-fn return_types(sig: &Signature) -> syn::Result<(&Type, Option<&Type>, Span)> {
+fn return_types(sig: &Signature) -> Result<(&Type, Option<&Type>, Span), Vec<syn::Error>> {
     let message = "a workflow handler must return a `Result`, e.g. \
                    `-> workflow::Result<Output>` or `-> Result<Output, MyError>`";
-    match &sig.output {
+    let types = match &sig.output {
         ReturnType::Default => Err(syn::Error::new(sig.paren_token.span.close(), message)),
         ReturnType::Type(_, ty) => {
             result_types(ty).ok_or_else(|| syn::Error::new_spanned(ty, message))
         }
     }
+    .map_err(|err| vec![err])?;
+    let (output, error, _) = types;
+    let errors: Vec<syn::Error> = unfit(output, "output", "stored as JSON")
+        .into_iter()
+        .chain(error.and_then(|error| unfit(error, "error type", "turned into a `BoxError`")))
+        .collect();
+    if errors.is_empty() {
+        Ok(types)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Why a type the workflow persists cannot be named in its `Workflow` impl
+/// as written, anywhere inside it (`Vec<impl Trait>`, `(&str, u32)`,
+/// `Option<Cow<'a, str>>`): an `impl Trait` makes the function secretly
+/// generic, and a borrow has no lifetime the impl could name. `what`
+/// names the type, `why` says what happens to it. A `'static` borrow is
+/// left to the trait checks, which name the missing `Deserialize`.
+fn unfit(ty: &Type, what: &str, why: &str) -> Option<syn::Error> {
+    /// The first unfit part, and whether it is an `impl Trait`.
+    #[derive(Default)]
+    struct Find(Option<(proc_macro2::TokenStream, bool)>);
+    impl<'ast> Visit<'ast> for Find {
+        fn visit_type_impl_trait(&mut self, node: &'ast syn::TypeImplTrait) {
+            self.0.get_or_insert((node.to_token_stream(), true));
+        }
+        fn visit_type_reference(&mut self, node: &'ast syn::TypeReference) {
+            match &node.lifetime {
+                Some(lifetime) if lifetime.ident == "static" => {}
+                _ => {
+                    self.0.get_or_insert((node.to_token_stream(), false));
+                }
+            }
+            visit::visit_type_reference(self, node);
+        }
+        fn visit_lifetime(&mut self, node: &'ast syn::Lifetime) {
+            if node.ident != "static" {
+                self.0.get_or_insert((node.to_token_stream(), false));
+            }
+        }
+    }
+    let mut find = Find::default();
+    find.visit_type(ty);
+    let (part, impl_trait) = find.0?;
+    Some(syn::Error::new_spanned(
+        part,
+        if impl_trait {
+            format!("the workflow {what} must be a concrete type, not `impl Trait`")
+        } else {
+            format!(
+                "the workflow {what} cannot borrow: it is {why}, so it must own its data \
+                 (`String` for `&str`, `Vec<T>` for `&[T]`)"
+            )
+        },
+    ))
 }
 
 /// `S` of a `Ctx<S>` type (any path ending in `Ctx`), `None` for a bare
@@ -1075,7 +1150,9 @@ mod tests {
         let mut errors = Errors::default();
         let args = Args::parse(attr, &mut errors);
         let wf = Workflow::from_syn(&args, f, &mut errors);
-        let handler = wf.handler.map(|h| {
+        // What the generated impl calls: a handler of the right shape that
+        // cannot be called as written only has its types checked.
+        let handler = wf.handler.filter(|h| h.callable).map(|h| {
             format!(
                 "S={} I={} O={} E={}",
                 h.state.as_ref().map_or_else(
@@ -1108,6 +1185,20 @@ mod tests {
             model(quote!(), &f),
             (Some("S=St I=(u8 , u8) O=Out E=MyErr".into()), vec![])
         );
+    }
+
+    #[test]
+    fn a_handler_that_is_not_async_still_has_its_types_checked() {
+        let f = func(quote!(
+            fn f(c: Ctx, i: NotSerde) -> Result<O> {}
+        ));
+        let mut errors = Errors::default();
+        let args = Args::parse(quote!(), &mut errors);
+        let wf = Workflow::from_syn(&args, &f, &mut errors);
+        let handler = wf.handler.expect("its types are read");
+        assert!(!handler.callable);
+        assert_eq!(handler.input.to_token_stream().to_string(), "NotSerde");
+        assert!(errors.messages()[0].contains("must be an `async fn`"));
     }
 
     #[test]
@@ -1209,6 +1300,54 @@ mod tests {
                 ),
                 "would clash",
             ),
+            (
+                quote!(
+                    async fn f(c: Ctx, i: Vec<impl Trait>) -> Result<O> {}
+                ),
+                "input must be a concrete type, not `impl Trait`",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx<impl Default>, i: I) -> Result<O> {}
+                ),
+                "state must be a concrete type",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx, i: I) -> anyhow::Result<impl Serialize> {}
+                ),
+                "output must be a concrete type",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx, i: (&str, u32)) -> Result<O> {}
+                ),
+                "input cannot borrow",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx, i: Option<Cow<'a, str>>) -> Result<O> {}
+                ),
+                "input cannot borrow",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx<&'static str>, i: I) -> Result<Wrapper<'_>> {}
+                ),
+                "output cannot borrow",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx, i: I) -> Result<O, &'a MyError> {}
+                ),
+                "error type cannot borrow",
+            ),
+            (
+                quote!(
+                    async fn workflow(c: Ctx, i: I) -> Result<O> {}
+                ),
+                "would hide the `Workflow` trait",
+            ),
         ];
         for (tokens, expected) in cases {
             let f = func(tokens.clone());
@@ -1217,7 +1356,10 @@ mod tests {
                 errors.iter().any(|e| e.contains(expected)),
                 "{tokens}: expected an error containing {expected:?}, got {errors:?}"
             );
-            if !expected.contains("clash") && !expected.contains("usable") {
+            if !["clash", "usable", "hide"]
+                .iter()
+                .any(|e| expected.contains(e))
+            {
                 assert!(handler.is_none(), "{tokens}: no handler expected");
             }
         }

@@ -106,6 +106,7 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
         output,
         error,
         result_span,
+        callable,
     } = handler;
     // A bare `Ctx` is the prelude's (state `()`) or an alias of the
     // user's (`type Ctx = workflow::Ctx<OrderState>`): the type says which.
@@ -202,9 +203,25 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     if let Some(error) = error {
         requirements.push((*error, quote!(HandlerError), quote!(__check_error)));
     }
-    let checks = requirements
+    let checks: Vec<TokenStream> = requirements
         .iter()
-        .map(|(ty, bound, check)| assert_impl(&private, ty, bound, check));
+        .map(|(ty, bound, check)| assert_impl(&private, ty, bound, check))
+        .collect();
+    // A generic function's types name parameters the checks cannot see.
+    if !callable && !wf.func.sig.generics.params.is_empty() {
+        return declaration;
+    }
+    if !callable {
+        return quote! {
+            #declaration
+
+            #(#cfgs)*
+            #[allow(deprecated)]
+            const _: () = {
+                #(#checks)*
+            };
+        };
+    }
     // Not the projected state: rustc cannot normalize it under `for<..>`.
     // The `Workflow` impl's own bound on `State` then words a mistake in
     // an alias's state type a second time.
@@ -230,10 +247,15 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
             Output = #private::Result<#output, #private::BoxError>,
         > + ::core::marker::Send
     };
+    // Spanned at the user's types: a `pub` workflow whose input is private
+    // is refused (E0446) at that type, not at the attribute.
+    let input_item = quote_spanned!(input.span()=> type Input = #input;);
+    let output_item = quote_spanned!(output.span()=> type Output = #output;);
+    let state_item = quote_spanned!(state.span()=> type State = #state;);
     let items = quote! {
-        type Input = #input;
-        type Output = #output;
-        type State = #state;
+        #input_item
+        #output_item
+        #state_item
 
         const NAME: &'static str = #name;
         const DESCRIPTION: &'static str = #description;

@@ -69,7 +69,12 @@ use proc_macro::TokenStream;
 ///
 /// `Input`, `Output` and `State` must implement `Serialize`, `Deserialize`
 /// and `JsonSchema` (`State` also `Default`); a missing impl is reported at
-/// the type, naming it.
+/// the type, naming it. They own their data (no borrow, no `impl Trait`,
+/// anywhere inside them), and are at least as visible as the function: a
+/// `pub` workflow's struct names them in a public trait impl.
+///
+/// Every mistake is reported in one build: the attribute's, the
+/// signature's, and the types' missing traits together.
 ///
 /// # What it generates
 ///

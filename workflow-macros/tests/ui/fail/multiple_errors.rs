@@ -1,8 +1,12 @@
 use workflow::prelude::*;
 
-// Every mistake is reported in one build.
+/// Not an input: no serde, no schema.
+struct Ticket;
+
+// Every mistake is reported in one build: the attribute's, the missing
+// `async`, and the input type's missing traits.
 #[workflow(schedule = "0 25 * * *", timeout = "soon", colour = "blue")]
-fn report(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+fn report(_ctx: Ctx, _input: Ticket) -> workflow::Result<()> {
     Ok(())
 }
 

@@ -12,4 +12,10 @@ async fn default(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
+/// Its struct would be `Workflow`, hiding the trait of `workflow::prelude`.
+#[workflow(name = "workflow")]
+async fn workflow(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
 fn main() {}
