@@ -1136,6 +1136,12 @@ where
                 &mut *lock(&run.interrupt)
             {
                 pending.state = now;
+                // A step beside it may have failed an attempt meanwhile:
+                // the suspension writes the row's retry record, and must
+                // not write that count away.
+                if pending.retry.is_none() {
+                    pending.retry = run.backing_off();
+                }
             }
         }
         run.stop.cancel();

@@ -345,6 +345,37 @@ impl Workflow for FailsBesideSleep {
     }
 }
 
+static LATE_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// As [`FailsBesideSleep`], but the step's attempt is still running when
+/// the sleep suspends the instance, and fails while the suspension waits
+/// for it.
+struct FailsLateBesideSleep;
+
+impl Workflow for FailsLateBesideSleep {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "failsLateBesideSleep";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        let opts = StepOptions::attempts(3).backoff(
+            Duration::from_millis(20),
+            1.0,
+            Duration::from_millis(20),
+        );
+        let failing = ctx.step_with("flaky", opts, || async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            LATE_CALLS.fetch_add(1, Ordering::SeqCst);
+            Err::<(), BoxError>("service down".into())
+        });
+        let (failed, slept) = tokio::join!(failing, ctx.sleep("nap", Duration::from_millis(100)));
+        slept?;
+        failed?;
+        Ok(())
+    }
+}
+
 #[derive(Default, Serialize, Deserialize, JsonSchema)]
 struct Count {
     done: u32,
@@ -488,6 +519,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(FanWith)
         .register(FlakyFan)
         .register(FailsBesideSleep)
+        .register(FailsLateBesideSleep)
         .register(ReserveBesideWait)
         .register(CountAndAudit)
         .poll_interval(Duration::from_millis(10))
@@ -511,6 +543,19 @@ async fn a_suspension_beside_a_retrying_step_keeps_its_attempts() {
     assert!(err.to_string().contains("service down"), "{err}");
     assert!(inst.info().await.unwrap().runs >= 2, "it was suspended");
     assert_eq!(BESIDE_CALLS.load(Ordering::SeqCst), 3);
+}
+
+/// The same when the attempt fails while the suspension waits for it:
+/// the failure it records is kept, not overwritten by the suspension.
+#[tokio::test]
+async fn a_suspension_keeps_an_attempt_that_failed_while_it_waited() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = FailsLateBesideSleep::start(&engine, ()).await.unwrap();
+    let err = inst.result_timeout(LIMIT).await.unwrap_err();
+    assert!(err.to_string().contains("service down"), "{err}");
+    assert!(inst.info().await.unwrap().runs >= 2, "it was suspended");
+    assert_eq!(LATE_CALLS.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
