@@ -1279,10 +1279,32 @@ where
     /// state as it is. A recorded state the code's type no longer reads
     /// pauses the instance (see [`Ctx::replay`]).
     pub(crate) async fn restore_state(&self, step: &StepRow) -> Result<()> {
+        match self.inner.run.recorded_at(&step.key) {
+            Some(position) => self.restore_state_to(position).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Before steps side by side (`ctx.map`) whose recorded ones replay
+    /// out of order beside ones that run again: the state as the last of
+    /// `keys` recorded left it. An item run again then changes that, and
+    /// the replay of an item recorded earlier does not restore its older
+    /// snapshot over the change.
+    pub(crate) async fn restore_state_through(
+        &self,
+        keys: impl Iterator<Item = String>,
+    ) -> Result<()> {
         let run = &self.inner.run;
-        let Some(position) = run.recorded_at(&step.key) else {
-            return Ok(());
-        };
+        match keys.filter_map(|key| run.recorded_at(&key)).max() {
+            Some(position) => self.restore_state_to(position).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The state as recorded at journal `position`, unless the replay is
+    /// past it.
+    async fn restore_state_to(&self, position: usize) -> Result<()> {
+        let run = &self.inner.run;
         let passed = self
             .inner
             .restored

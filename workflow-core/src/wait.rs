@@ -471,6 +471,8 @@ where
         let run = self.run();
         run.check()?;
         let (base, _) = run.next_key(name)?;
+        self.restore_state_through((0..items.len()).map(|index| format!("{base}[{index}]")))
+            .await?;
         let f = &f;
         let base = &base;
         stream::iter(items.into_iter().enumerate())

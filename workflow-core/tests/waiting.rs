@@ -407,6 +407,42 @@ impl Workflow for CountsSideBySide {
     }
 }
 
+static COUNT_AGAIN_FAILED: AtomicU32 = AtomicU32::new(0);
+
+/// Three items count themselves into the state; the first one's first
+/// attempt fails after the others recorded theirs, and its backoff
+/// suspends the instance. On the next run it runs again beside the
+/// replays of the other two.
+struct CountsAgainBesideReplays;
+
+impl Workflow for CountsAgainBesideReplays {
+    type Input = ();
+    type Output = u32;
+    type State = Count;
+    const NAME: &'static str = "countsAgainBesideReplays";
+
+    async fn run(&self, ctx: Ctx<Count>, _: ()) -> Result<u32, BoxError> {
+        let opts = StepOptions::attempts(2).backoff(
+            Duration::from_millis(200),
+            1.0,
+            Duration::from_millis(200),
+        );
+        ctx.map_with("count", opts, vec![0u32, 1, 2], 3, |i| {
+            let ctx = ctx.clone();
+            async move {
+                if i == 0 && COUNT_AGAIN_FAILED.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    return Err::<u32, BoxError>("transient".into());
+                }
+                ctx.state_mut().done += 1;
+                Ok(i)
+            }
+        })
+        .await?;
+        Ok(ctx.state().done)
+    }
+}
+
 /// Sends ada's approval and checks that the instance took it.
 async fn approve_as_ada(inst: &Instance<Approve>) {
     let approval = Approval {
@@ -520,6 +556,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(FlakyFan)
         .register(FailsBesideSleep)
         .register(FailsLateBesideSleep)
+        .register(CountsAgainBesideReplays)
         .register(ReserveBesideWait)
         .register(CountAndAudit)
         .poll_interval(Duration::from_millis(10))
@@ -1638,6 +1675,20 @@ async fn side_by_side_state_replays_as_last_recorded() {
         .map(|s| s.key)
         .collect();
     assert_eq!(keys[..2], ["count[1]", "count[0]"], "recorded out of order");
+}
+
+/// An item of `ctx.map` that runs again beside the replays of items
+/// recorded in an earlier run counts on top of their state: before, it
+/// counted from the default state, and the replays then put their older
+/// snapshots over its change.
+#[tokio::test]
+async fn an_item_run_again_beside_replays_keeps_its_state_change() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = CountsAgainBesideReplays::start(&engine, ()).await.unwrap();
+    assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), 3);
+    assert!(inst.info().await.unwrap().runs >= 2, "it was replayed");
+    assert_eq!(inst.state().await.unwrap().done, 3);
 }
 
 /// An event no wait can name, or too large, is refused when sent: before,
