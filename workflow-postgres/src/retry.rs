@@ -30,12 +30,27 @@ impl From<sqlx::Error> for Failure {
 pub(crate) type Attempt<T> = Result<T, Failure>;
 
 /// Commits, marking a failure as possibly committed unless the server
-/// answered it with an error (which it sends only after rolling back).
+/// answered it with an error it sends only after rolling back.
 pub(crate) async fn commit(tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Attempt<()> {
     tx.commit().await.map_err(|err| Failure {
-        maybe_committed: !matches!(err, sqlx::Error::Database(_)),
+        maybe_committed: commit_may_have_landed(&err),
         err,
     })
+}
+
+/// Whether a `COMMIT` that failed with `err` may have committed. An error
+/// the server itself answers (a deferred constraint, a serialization
+/// failure) comes after its rollback; but a pooler in between (PgBouncer)
+/// answers a server connection lost mid-`COMMIT` with an error too, of
+/// class 08 (connection exception), as a server shutting down answers
+/// with 57P0x, and an internal error (XX) says nothing either way.
+fn commit_may_have_landed(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || code.starts_with("XX")
+        }),
+        _ => true,
+    }
 }
 
 /// Marks the error of a lone (autocommit) write as possibly committed.
@@ -131,6 +146,54 @@ mod tests {
         assert!(transient(&sqlx::Error::PoolTimedOut));
         assert!(!transient(&sqlx::Error::RowNotFound));
         assert!(!transient(&sqlx::Error::PoolClosed));
+    }
+
+    /// A server error with a SQLSTATE, as the server or a pooler sends it.
+    #[derive(Debug)]
+    struct Answered(&'static str);
+
+    impl std::fmt::Display for Answered {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Answered {}
+
+    impl sqlx::error::DatabaseError for Answered {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn a_commit_a_pooler_answered_with_a_lost_connection_may_have_landed() {
+        let answered = |code| sqlx::Error::Database(Box::new(Answered(code)));
+        // PgBouncer: "server conn crashed?"; a shutdown; an internal error.
+        for code in ["08P01", "08006", "57P01", "XX000"] {
+            assert!(commit_may_have_landed(&answered(code)), "{code}");
+        }
+        // Sent by the server after its rollback.
+        for code in ["40001", "23505", "40P01"] {
+            assert!(!commit_may_have_landed(&answered(code)), "{code}");
+        }
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(commit_may_have_landed(&io));
     }
 
     #[tokio::test]
