@@ -401,6 +401,9 @@ impl PgStore {
             .connect_with(connect.clone())
             .await
             .map_err(cannot_connect)?;
+        check_settings(&pool, &schema, options.durability)
+            .await
+            .map_err(|why| Error::Config(format!("{server}: {why}")))?;
         let channel = format!("workflow_{schema}");
         let (hint, listen) = if !options.listen && options.claim_wait.is_zero() {
             (watch::channel(0).1, None)
@@ -934,6 +937,48 @@ impl Store for PgStore {
     }
 }
 
+/// Checks that a pooled connection has the settings the store gave its
+/// connections as startup options: a pooler that drops them (PgBouncer
+/// with `ignore_startup_parameters = options`) would otherwise leave the
+/// store on the role's own schema, isolation and commit setting, silently.
+async fn check_settings(
+    pool: &sqlx::PgPool,
+    schema: &str,
+    durability: Durability,
+) -> std::result::Result<(), String> {
+    let (current, isolation, sync): (Option<String>, String, String) = sqlx::query_as(
+        "SELECT current_schema(), current_setting('default_transaction_isolation'), \
+                current_setting('synchronous_commit')",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(|err| format!("cannot read the connection's settings: {err}"))?;
+    let dropped = "the connection's startup options did not take (a pooler such as PgBouncer \
+                   with `ignore_startup_parameters = options` drops them); set them for the role";
+    if current.as_deref() != Some(schema) {
+        return Err(format!(
+            "connections use the schema `{}` instead of the store's schema `{schema}`: {dropped}: \
+             ALTER ROLE <role> SET search_path = {schema}",
+            current.unwrap_or_default()
+        ));
+    }
+    if isolation != "read committed" {
+        return Err(format!(
+            "connections default to `{isolation}` isolation, and the store needs `read committed` \
+             (a statement that waited for a lock must see what its holder committed): \
+             {dropped}: ALTER ROLE <role> SET default_transaction_isolation = 'read committed'"
+        ));
+    }
+    if durability == Durability::Durable && sync == "off" {
+        return Err(format!(
+            "connections have synchronous_commit off, and a durable store needs it on (a step \
+             must be on disk before its workflow goes on): {dropped}: \
+             ALTER ROLE <role> SET synchronous_commit = on, or use Durability::Relaxed"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -954,6 +999,58 @@ mod tests {
             .execute(&mut admin)
             .await
             .unwrap();
+    }
+
+    /// Connections that come without the store's settings (a pooler that
+    /// dropped the startup options) are refused, saying what to set.
+    #[tokio::test]
+    async fn connections_without_the_stores_settings_are_refused() {
+        let Some(url) = test_url() else {
+            return;
+        };
+        let (store, schema) = store_in_fresh_schema(&url, "settings").await;
+        check_settings(store.pool(), &schema, Durability::Durable)
+            .await
+            .unwrap();
+        // As a pooler hands them out when it dropped the `options`.
+        let bare = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap();
+        let why = check_settings(&bare, &schema, Durability::Relaxed)
+            .await
+            .unwrap_err();
+        assert!(why.contains(&format!("schema `{schema}`")), "{why}");
+        assert!(why.contains("ALTER ROLE"), "{why}");
+        sqlx::query("SET default_transaction_isolation = 'repeatable read'")
+            .execute(&bare)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path = {schema}")))
+            .execute(&bare)
+            .await
+            .unwrap();
+        let why = check_settings(&bare, &schema, Durability::Relaxed)
+            .await
+            .unwrap_err();
+        assert!(why.contains("repeatable read"), "{why}");
+        sqlx::query("SET default_transaction_isolation = 'read committed'")
+            .execute(&bare)
+            .await
+            .unwrap();
+        sqlx::query("SET synchronous_commit = off")
+            .execute(&bare)
+            .await
+            .unwrap();
+        check_settings(&bare, &schema, Durability::Relaxed)
+            .await
+            .unwrap();
+        let why = check_settings(&bare, &schema, Durability::Durable)
+            .await
+            .unwrap_err();
+        assert!(why.contains("synchronous_commit"), "{why}");
+        drop_schema(&url, &schema).await;
     }
 
     /// The test server's URL, or `None` after saying the test is skipped
