@@ -190,12 +190,14 @@ async fn a_three_day_sleep_wakes_when_the_clock_gets_there() {
     t.clock.advance(Duration::from_secs(1));
     let woke = Instant::now();
     let output = instance
-        .result_timeout(Duration::from_secs(10))
+        .result_timeout(Duration::from_secs(40))
         .await
         .unwrap();
     assert_eq!(output, "reminded ada");
+    // Woken by the advance, not by a poll (a minute apart), however loaded
+    // the machine.
     assert!(
-        woke.elapsed() < Duration::from_secs(5),
+        woke.elapsed() < Duration::from_secs(30),
         "{:?}",
         woke.elapsed()
     );

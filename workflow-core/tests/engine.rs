@@ -1,7 +1,8 @@
 //! The engine end to end on the in-memory store, with hand-written workflows.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -12,8 +13,23 @@ use workflow_core::*;
 mod common;
 use common::until_status;
 
-static FETCHES: AtomicU32 = AtomicU32::new(0);
-static CHARGES: AtomicU32 = AtomicU32::new(0);
+/// How often each order's `fetch-order` and `charge` closures ran, by
+/// order id: tests of this binary run side by side, each with its own ids.
+static FETCHES: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
+static CHARGES: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
+
+fn count(calls: &Mutex<BTreeMap<String, u32>>, order: &str) {
+    *calls.lock().unwrap().entry(order.to_owned()).or_default() += 1;
+}
+
+fn calls(calls: &Mutex<BTreeMap<String, u32>>, order: &str) -> u32 {
+    calls
+        .lock()
+        .unwrap()
+        .get(order)
+        .copied()
+        .unwrap_or_default()
+}
 
 #[derive(Serialize, Deserialize, JsonSchema)]
 struct OrderInput {
@@ -37,14 +53,14 @@ impl Workflow for ProcessOrder {
     async fn run(&self, ctx: Ctx<OrderState>, input: OrderInput) -> Result<String, BoxError> {
         let price: u32 = ctx
             .step("fetch-order", || async {
-                FETCHES.fetch_add(1, Ordering::SeqCst);
+                count(&FETCHES, &input.order_id);
                 Ok::<_, BoxError>(7)
             })
             .await?;
         ctx.state_mut().processed += input.quantity;
         let total = price * input.quantity;
         ctx.step("charge", || async {
-            CHARGES.fetch_add(1, Ordering::SeqCst);
+            count(&CHARGES, &input.order_id);
             Ok::<_, BoxError>(total)
         })
         .await?;
@@ -189,7 +205,7 @@ async fn recorded_steps_are_replayed_not_rerun() {
     let inst = ProcessOrder::start(
         &engine,
         OrderInput {
-            order_id: "B2".into(),
+            order_id: "replayed-1".into(),
             quantity: 2,
         },
     )
@@ -198,18 +214,18 @@ async fn recorded_steps_are_replayed_not_rerun() {
     // A worker that "dies" after recording the first step, with state.
     ghost_fetched(&store, "100").await;
 
-    let fetches = FETCHES.load(Ordering::SeqCst);
     let _worker = engine.start_worker();
     assert_eq!(
         inst.result_timeout(Duration::from_secs(10)).await.unwrap(),
-        "B2 charged 200",
+        "replayed-1 charged 200",
         "the recorded price is reused"
     );
     assert_eq!(
-        FETCHES.load(Ordering::SeqCst),
-        fetches,
+        calls(&FETCHES, "replayed-1"),
+        0,
         "fetch-order was not run again"
     );
+    assert_eq!(calls(&CHARGES, "replayed-1"), 1);
     assert_eq!(inst.info().await.unwrap().runs, 2);
 }
 
@@ -1229,8 +1245,8 @@ async fn a_deadline_moved_elsewhere_just_in_time_is_kept() {
     let _worker = runner.start_worker();
     let inst = Waits::start_with(
         &runner,
-        700,
-        StartOptions::new().timeout(Duration::from_millis(400)),
+        2_000,
+        StartOptions::new().timeout(Duration::from_millis(1_000)),
     )
     .await
     .unwrap();
@@ -1365,10 +1381,11 @@ async fn set_timeout_moves_the_deadline_of_a_running_instance() {
         "{err:?}"
     );
     // Extended while running: completes.
+    // The deadline leaves a loaded machine a second to see it running.
     let short = Waits::start_with(
         &engine,
-        400,
-        StartOptions::new().timeout(Duration::from_millis(200)),
+        2_000,
+        StartOptions::new().timeout(Duration::from_millis(1_000)),
     )
     .await
     .unwrap();
@@ -3149,11 +3166,12 @@ async fn attempts_count_on_after_a_crash_beside_another_retried_step() {
 async fn a_record_the_code_no_longer_reads_pauses_the_instance() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let engine = engine_on(Arc::clone(&store)).await;
-    let inst = ProcessOrder::start(&engine, order("C3")).await.unwrap();
+    let inst = ProcessOrder::start(&engine, order("unreadable-1"))
+        .await
+        .unwrap();
     // An earlier version's run recorded the price as text.
     ghost_fetched(&store, r#"{"amount":"7"}"#).await;
 
-    let charges = CHARGES.load(Ordering::SeqCst);
     let _worker = engine.start_worker();
     until_status(&inst, Status::Paused).await;
     let last = inst.history().await.unwrap().pop().unwrap();
@@ -3164,11 +3182,7 @@ async fn a_record_the_code_no_longer_reads_pauses_the_instance() {
             && why.contains("resume"),
         "{why}"
     );
-    assert_eq!(
-        CHARGES.load(Ordering::SeqCst),
-        charges,
-        "charge did not run"
-    );
+    assert_eq!(calls(&CHARGES, "unreadable-1"), 0, "charge did not run");
     inst.cancel().await.unwrap();
     assert_eq!(inst.info().await.unwrap().status, Status::Cancelled);
 }

@@ -1,8 +1,9 @@
 //! Waiting without memory, on the in-memory store: durable sleep, events,
 //! pause/resume, long retry backoffs, child workflows, fan-out.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -12,7 +13,9 @@ use workflow_core::*;
 mod common;
 use common::{until_nothing_runs_here, until_status};
 
-static BEFORE_SLEEP: AtomicU32 = AtomicU32::new(0);
+/// How often `before` ran, by the sleeper's input: tests of this binary
+/// run side by side, each with its own.
+static BEFORE_SLEEP: Mutex<BTreeMap<u64, u32>> = Mutex::new(BTreeMap::new());
 
 struct Sleeper;
 
@@ -24,7 +27,7 @@ impl Workflow for Sleeper {
 
     async fn run(&self, ctx: Ctx, millis: u64) -> Result<u32, BoxError> {
         ctx.step("before", || async {
-            BEFORE_SLEEP.fetch_add(1, Ordering::SeqCst);
+            *BEFORE_SLEEP.lock().unwrap().entry(millis).or_default() += 1;
             Ok::<_, BoxError>(())
         })
         .await?;
@@ -91,9 +94,14 @@ impl Workflow for Pausable {
     const NAME: &'static str = "pausable";
 
     async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
-        for _ in 0..6 {
-            ctx.step("tick", || async {
+        for n in 0..6 {
+            ctx.step("tick", || async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                // The second tick ends only once the pause was sent, so
+                // the pause lands mid-run however loaded the machine.
+                while n == 1 && !PAUSE_SENT.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 Ok::<_, BoxError>(PAUSE_STEPS.fetch_add(1, Ordering::SeqCst))
             })
             .await?;
@@ -101,6 +109,8 @@ impl Workflow for Pausable {
         Ok(6)
     }
 }
+
+static PAUSE_SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 static SHAKY_CALLS: AtomicU32 = AtomicU32::new(0);
 
@@ -599,10 +609,10 @@ async fn a_suspension_keeps_an_attempt_that_failed_while_it_waited() {
 async fn a_long_sleep_suspends_and_frees_the_worker() {
     let engine = engine(Arc::new(MemoryStore::new())).await;
     let _worker = engine.start_worker();
-    let before = BEFORE_SLEEP.load(Ordering::SeqCst);
-    let inst = Sleeper::start(&engine, 1_500).await.unwrap();
-    // Pending again after its first run: suspended while it sleeps.
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let inst = Sleeper::start(&engine, 4_000).await.unwrap();
+    // Pending again after its first run: suspended while it sleeps (seen
+    // within 3 s of its 4 s nap, however loaded the machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
         let info = inst.info().await.unwrap();
         if info.status == Status::Pending && info.runs == 1 && engine.running_here().is_empty() {
@@ -617,7 +627,7 @@ async fn a_long_sleep_suspends_and_frees_the_worker() {
     let runs = inst.result_timeout(LIMIT).await.unwrap();
     assert_eq!(runs, 2, "woken and replayed once");
     assert_eq!(
-        BEFORE_SLEEP.load(Ordering::SeqCst) - before,
+        BEFORE_SLEEP.lock().unwrap()[&4_000],
         1,
         "the step before the sleep ran once"
     );
@@ -751,6 +761,7 @@ async fn pause_stops_at_the_next_step_and_resume_continues() {
     until_status(&inst, Status::InProgress).await;
     tokio::time::sleep(Duration::from_millis(60)).await;
     inst.pause().await.unwrap();
+    PAUSE_SENT.store(true, Ordering::SeqCst);
     until_status(&inst, Status::Paused).await;
     let done_when_paused = inst.steps().await.unwrap().len();
     assert!(done_when_paused < 6, "paused before the end");
@@ -805,9 +816,9 @@ async fn a_pause_withdrawn_elsewhere_does_not_stop_the_handler() {
             .shared_store(Arc::clone(&store))
             .register(LongStep)
             .poll_interval(Duration::from_millis(10))
-            // Renewals every 200 ms: a few while it is paused, and a
-            // lease that a busy machine does not let lapse.
-            .lease_duration(Duration::from_millis(600))
+            // Renewals every 500 ms: one or two while it is paused, and
+            // a lease that a busy machine does not let lapse.
+            .lease_duration(Duration::from_millis(1_500))
             .build()
     };
     let runner = build().await.unwrap();
@@ -816,7 +827,7 @@ async fn a_pause_withdrawn_elsewhere_does_not_stop_the_handler() {
     let inst = LongStep::start(&runner, ()).await.unwrap();
     until_status(&inst, Status::InProgress).await;
     other.pause(inst.id()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     other.resume(inst.id()).await.unwrap();
     assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), 1, "one run");
     let kinds: Vec<HistoryKind> = inst
