@@ -1762,6 +1762,61 @@ mod tests {
         }
     }
 
+    /// A running instance whose deadline is damaged loses only its own
+    /// lease at a renewal: the worker's other leases are renewed. Before,
+    /// the renewal of every lease failed, and every handler stopped.
+    #[tokio::test]
+    async fn a_damaged_running_row_fails_only_its_own_renewal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("renew.db"))
+            .await
+            .unwrap();
+        for n in 1..=2 {
+            let new = workflow_core::testing::new_instance("wf", n);
+            store.create(new, None).await.unwrap();
+        }
+        let claimed = store.claim(claim_due("w", 10)).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        let leases: Vec<Lease> = claimed.iter().map(|c| c.lease.clone()).collect();
+        let bad = &leases[0].instance;
+        corrupt(
+            &store,
+            "UPDATE instances SET deadline_at = 'soon' WHERE id = ?1",
+            bad,
+        )
+        .await;
+        let renewed = store.renew(&leases, i64::MAX / 2 + 2).await.unwrap();
+        let held: Vec<(&InstanceId, bool)> = renewed
+            .iter()
+            .map(|r| (&r.lease.instance, r.held))
+            .collect();
+        assert_eq!(
+            held,
+            [(bad, false), (&leases[1].instance, true)],
+            "only the damaged one's handler stops"
+        );
+    }
+
+    /// A status that is not even text can still be cancelled.
+    #[tokio::test]
+    async fn a_status_of_bytes_can_be_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("status.db"))
+            .await
+            .unwrap();
+        let new = workflow_core::testing::new_instance("wf", 1);
+        let id = new.id.clone();
+        store.create(new, None).await.unwrap();
+        corrupt(
+            &store,
+            "UPDATE instances SET status = CAST(X'FF' AS TEXT) WHERE id = ?1",
+            &id,
+        )
+        .await;
+        assert_eq!(store.cancel(&id, 5).await.unwrap(), Control::Applied);
+        assert_eq!(status_of(&store, &id).await, "cancelled");
+    }
+
     /// The same for a recorded step of an instance claimed again.
     #[tokio::test]
     async fn an_unreadable_step_fails_only_its_instance() {

@@ -1250,24 +1250,41 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
         }
         Op::Renew(leases, until) => {
             let mut out = Vec::with_capacity(leases.len());
+            // Columns read leniently: one damaged row (text where a number
+            // belongs) must not fail the renewal of every lease the worker
+            // holds. Its own lease is reported lost, so only its handler
+            // stops, and the claim that takes the row next fails it.
+            let number = |v: ValueRef<'_>| v.as_i64_or_null().ok();
             for lease in leases {
-                let renewed: Option<(Option<Millis>, i64)> = c
+                let renewed: Option<Option<(Option<Millis>, i64)>> = c
                     .prepare_cached(
                         "UPDATE instances SET lease_expires_at = ?1, run_at = ?1 \
                          WHERE id = ?2 AND lease_owner = ?3 AND runs = ?4 AND status = 'in_progress' \
                          RETURNING deadline_at, pause_requested",
                     )?
                     .query_row(params![until, lease.instance.as_str(), lease.owner, lease.run], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
+                        let deadline = number(r.get_ref(0)?);
+                        let pause = number(r.get_ref(1)?).flatten();
+                        Ok(deadline.zip(pause))
                     })
                     .optional()?;
                 let (held, deadline_at, pause_requested) = match renewed {
-                    Some((deadline, pause)) => (true, deadline, pause != 0),
+                    Some(Some((deadline, pause))) => (true, deadline, pause != 0),
+                    Some(None) => {
+                        c.leases().end(lease.instance.as_str());
+                        tracing::warn!(
+                            id = %lease.instance,
+                            "an instance's deadline or pause flag is unreadable: its handler stops, and its next claim fails it"
+                        );
+                        (false, None, false)
+                    }
                     None => {
                         c.leases().end(lease.instance.as_str());
                         let deadline: Option<Option<Millis>> = c
                             .prepare_cached("SELECT deadline_at FROM instances WHERE id = ?1")?
-                            .query_row(params![lease.instance.as_str()], |r| r.get(0))
+                            .query_row(params![lease.instance.as_str()], |r| {
+                                Ok(number(r.get_ref(0)?).flatten())
+                            })
                             .optional()?;
                         (false, deadline.flatten(), false)
                     }
@@ -1852,13 +1869,17 @@ fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<(u64
 
 /// Whether a control operation applies to `id`: it exists and is unfinished.
 fn control(c: &Tx<'_, '_>, id: &InstanceId) -> Result<Control, Db> {
-    let status: Option<String> = c
+    // Read as whatever it holds: a status that is not even text must not
+    // make its instance impossible to cancel.
+    let status: Option<Option<Status>> = c
         .prepare_cached("SELECT status FROM instances WHERE id = ?1")?
-        .query_row(params![id.as_str()], |r| r.get(0))
+        .query_row(params![id.as_str()], |r| {
+            Ok(r.get_ref(0)?.as_str().ok().and_then(|s| s.parse().ok()))
+        })
         .optional()?;
-    Ok(match status.map(|s| s.parse::<Status>()) {
+    Ok(match status {
         None => Control::NotFound,
-        Some(Ok(status)) if status.is_terminal() => Control::Terminal(status),
+        Some(Some(status)) if status.is_terminal() => Control::Terminal(status),
         // An unreadable status is treated as unfinished, so it can be cancelled.
         Some(_) => Control::Applied,
     })
