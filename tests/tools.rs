@@ -115,6 +115,14 @@ async fn a_toolbox_collects_tools_and_keeps_the_last_of_a_name() {
             Ok::<_, BoxError>(x.a + x.b + offset)
         })
     };
+    // From an array or a Vec as from an iterator (`Execute::tools([..])`).
+    let from_array = Toolbox::from([adds(0), adds(100)]);
+    assert_eq!(from_array.tools().len(), 1);
+    let sum = from_array
+        .call(&engine, "add", json!({"a": 2, "b": 3}))
+        .await;
+    assert_eq!(sum.unwrap(), json!(105));
+    assert_eq!(Toolbox::from(vec![adds(0)]).tools().len(), 1);
     let mut tools: Toolbox = [adds(0), adds(100)].into_iter().collect();
     tools.extend([Tool::function("neg", "Negate", |x: Add| async move {
         Ok::<_, BoxError>(-x.a)

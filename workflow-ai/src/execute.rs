@@ -113,9 +113,11 @@ impl Execute {
         self
     }
 
-    /// The tools the model may call.
-    pub fn tools(mut self, tools: Toolbox) -> Self {
-        self.tools = tools;
+    /// The tools the model may call: a [`Toolbox`] (workflows and plain
+    /// async fns), or an array or `Vec` of workflow tools
+    /// (`[ProcessOrder::as_tool(), Refund::as_tool()]`).
+    pub fn tools(mut self, tools: impl Into<Toolbox>) -> Self {
+        self.tools = tools.into();
         self
     }
 

@@ -564,6 +564,20 @@ impl FromIterator<Tool> for Toolbox {
     }
 }
 
+/// `Execute::new(..).tools([ProcessOrder::as_tool(), Refund::as_tool()])`.
+impl<const N: usize> From<[Tool; N]> for Toolbox {
+    fn from(tools: [Tool; N]) -> Self {
+        tools.into_iter().collect()
+    }
+}
+
+/// A toolbox of these tools; of two with one name, the later one stays.
+impl From<Vec<Tool>> for Toolbox {
+    fn from(tools: Vec<Tool>) -> Self {
+        tools.into_iter().collect()
+    }
+}
+
 /// Adds each tool as [`Toolbox::tool`] does.
 impl Extend<Tool> for Toolbox {
     fn extend<I: IntoIterator<Item = Tool>>(&mut self, tools: I) {
