@@ -1001,6 +1001,55 @@ mod tests {
             .unwrap();
     }
 
+    /// Counters at their largest values (written from outside) do not fail
+    /// the claims that pick their rows: the claim goes on, capped.
+    #[tokio::test]
+    async fn counters_at_their_limits_do_not_stop_the_claims() {
+        let Some(url) = test_url() else {
+            return;
+        };
+        let (store, schema) = store_in_fresh_schema(&url, "limits").await;
+        let mut ids = Vec::new();
+        for n in 1..=2 {
+            let new = workflow_core::testing::new_instance("wf", n);
+            ids.push(new.id.clone());
+            store.create(new, None).await.unwrap();
+        }
+        // A run whose lease lapsed, with its interrupted-run count at the
+        // column's largest; another with its runs at theirs.
+        sqlx::query(
+            "UPDATE instances SET status = 'in_progress', lease_owner = 'dead', runs = 1, \
+             lease_expires_at = 0, run_at = 0, interrupted_runs = 2147483647 WHERE id = $1",
+        )
+        .bind(ids[0].as_str())
+        .execute(store.pool())
+        .await
+        .unwrap();
+        sqlx::query("UPDATE instances SET runs = 9223372036854775807 WHERE id = $1")
+            .bind(ids[1].as_str())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let now = i64::MAX / 4;
+        let claimed = store
+            .claim(ClaimRequest {
+                owner: "w".into(),
+                workflows: vec!["wf".into()],
+                now,
+                due_by: now,
+                lease_until: now + 60_000,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        let lapsed = claimed.iter().find(|c| c.row.id == ids[0]).unwrap();
+        assert_eq!(lapsed.interrupted_runs, i32::MAX as u32);
+        // Freeing a worker's leases goes on too.
+        store.release_owner("w", now).await.unwrap();
+        drop_schema(&url, &schema).await;
+    }
+
     /// Connections that come without the store's settings (a pooler that
     /// dropped the startup options) are refused, saying what to set.
     #[tokio::test]

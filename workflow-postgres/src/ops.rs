@@ -49,6 +49,17 @@ use crate::retry::{autocommit, commit, Attempt};
 use crate::rows::{instance_row, step_row, COLUMNS, STEP_COLUMNS};
 
 /// Terminal statuses, as stored, for SQL lists.
+
+/// A claim's count of runs, one more, never past its type's largest value:
+/// a row written with the largest (a hand edit, a damaged disk) would
+/// otherwise fail every claim that picks it, and it is picked first.
+const RUNS_PLUS_ONE: &str = "CASE WHEN runs < 9223372036854775807 THEN runs + 1 ELSE runs END";
+
+/// The count of interrupted runs, one more for a run whose lease lapsed,
+/// capped likewise (an `INTEGER` column).
+const INTERRUPTED_PLUS_ONE: &str = "LEAST(interrupted_runs::int8 \
+     + CASE WHEN status = 'in_progress' THEN 1 ELSE 0 END, 2147483647)::int4";
+
 const TERMINAL: &str = "('completed', 'failed', 'cancelled', 'timed_out')";
 
 /// The fence every write made on behalf of a run carries ($1 id, $2 owner, $3 run).
@@ -459,9 +470,9 @@ impl Db {
                  ORDER BY d.run_at, d.id LIMIT $5 \
              ) \
              UPDATE instances SET status = 'in_progress', lease_owner = $1, lease_expires_at = {end}, \
-                 run_at = {end}, runs = runs + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
+                 run_at = {end}, runs = {RUNS_PLUS_ONE}, updated_at = $3, started_at = COALESCE(started_at, $3), \
                  wait_event = NULL, wait_child = NULL, \
-                 interrupted_runs = interrupted_runs + CASE WHEN status = 'in_progress' THEN 1 ELSE 0 END \
+                 interrupted_runs = {INTERRUPTED_PLUS_ONE} \
              FROM due WHERE id = due.due_id \
              RETURNING {COLUMNS}, due.due_at, interrupted_runs",
             due = claimable(&db)
@@ -1031,7 +1042,7 @@ impl Db {
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET lease_owner = NULL, lease_expires_at = NULL, updated_at = $2, \
                  run_at = CASE WHEN status = 'in_progress' THEN $2 ELSE run_at END, \
-                 interrupted_runs = interrupted_runs + CASE WHEN status = 'in_progress' THEN 1 ELSE 0 END, \
+                 interrupted_runs = {INTERRUPTED_PLUS_ONE}, \
                  status = CASE WHEN status = 'in_progress' THEN 'pending' ELSE status END \
              WHERE id IN ( \
                  SELECT id FROM instances \
