@@ -86,7 +86,7 @@ function parseJson(text) {
 }
 
 /** JSON text of `value`, BigInts written as the integers they are. */
-function toJson(value) {
+function toJson(value, space) {
   const marks = [];
   // A mark no string of the value can hold by chance.
   const tag = "\u0000" + Math.random().toString(36).slice(2) + "-";
@@ -94,7 +94,7 @@ function toJson(value) {
     if (typeof v !== "bigint") return v;
     marks.push(v.toString());
     return tag + (marks.length - 1);
-  });
+  }, space);
   if (!marks.length) return text;
   return marks.reduce((t, m, i) => t.replace(JSON.stringify(tag + i), m), text);
 }
@@ -169,7 +169,10 @@ function isUtc(timeZone) {
 }
 
 function fmtDur(ms) {
-  if (ms === null || ms === undefined || isNaN(ms)) return "—";
+  if (ms === null || ms === undefined) return "—";
+  // Past 2^53 (read whole, as a BigInt): `Duration::MAX`, no deadline.
+  if (typeof ms === "bigint") return "none";
+  if (isNaN(ms)) return "—";
   if (ms < 999.5) return Math.max(0, Math.round(ms)) + " ms";
   // Rounded once, so that 59,950 ms reads "1m", not "60.0 s".
   const s = ms < 9995 ? Math.round(ms / 10) / 100 : ms < 59950 ? Math.round(ms / 100) / 10 : Math.round(ms / 1000);
@@ -767,7 +770,7 @@ function workflowsView() {
   let loaded = false;
 
   function card(def, counts) {
-    const example = JSON.stringify(sample(def.input_schema), null, 2);
+    const example = toJson(sample(def.input_schema), 2);
     const input = h("textarea", { rows: Math.min(10, example.split("\n").length + 1), "data-testid": "start-input" }, example);
     const key = h("input", { placeholder: "optional" });
     const tags = h("input", { placeholder: "env=dev, team=ops" });

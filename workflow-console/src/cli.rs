@@ -777,7 +777,7 @@ async fn workflows(
             )?,
             None => writeln!(out, "schedule: none")?,
         }
-        writeln!(out, "timeout:  {}", millis(def.timeout_ms as i64))?;
+        writeln!(out, "timeout:  {}", timeout(def.timeout_ms))?;
         if !def.steps.is_empty() {
             writeln!(out, "steps:    {}", def.steps.join(" -> "))?;
         }
@@ -810,7 +810,7 @@ async fn workflows(
                     .as_ref()
                     .map(|s| format!("{s} ({})", d.timezone))
                     .unwrap_or_default(),
-                millis(d.timeout_ms as i64),
+                timeout(d.timeout_ms),
                 d.steps.len().to_string(),
                 shorten(d.description.lines().next().unwrap_or(""), 60),
             ]
@@ -1032,6 +1032,15 @@ fn duration(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> String {
     millis((to - from).num_milliseconds())
 }
 
+/// A workflow's default timeout: `none` for `Duration::MAX` (no deadline)
+/// and anything past what a date can hold.
+fn timeout(ms: u64) -> String {
+    match i64::try_from(ms) {
+        Ok(ms) if ms < 100 * 365 * 86_400_000 => millis(ms),
+        _ => "none".to_owned(),
+    }
+}
+
 fn millis(ms: i64) -> String {
     let ms = ms.max(0);
     if ms < 1_000 {
@@ -1042,7 +1051,7 @@ fn millis(ms: i64) -> String {
     if ms < 59_950 {
         return format!("{:.1}s", ms as f64 / 1_000.0);
     }
-    let secs = (ms + 500) / 1_000;
+    let secs = ms.saturating_add(500) / 1_000;
     let (h, m, s) = (secs / 3_600, (secs / 60) % 60, secs % 60);
     // The smaller unit only when it says something: `5m`, `5m30s`.
     let two = |big: i64, big_unit: &str, small: i64, small_unit: &str| {
@@ -1238,6 +1247,13 @@ mod tests {
         assert_eq!(millis(61_000), "1m01s");
         assert_eq!(millis(3_600_000 * 3 + 60_000), "3h01m");
         assert_eq!(millis(3_600_000 * 50), "2d02h");
+        assert_eq!(
+            millis(i64::MAX),
+            format!("{}d{:02}h", i64::MAX / 86_400_000, 7)
+        );
+        // `Duration::MAX`, no deadline: not `0ms`.
+        assert_eq!(timeout(u64::MAX), "none");
+        assert_eq!(timeout(300_000), "5m");
         assert_eq!(millis(300_000), "5m");
         assert_eq!(millis(7 * 24 * 3_600_000), "7d");
         assert_eq!(millis(59_949), "59.9s");

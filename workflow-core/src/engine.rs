@@ -506,6 +506,13 @@ impl EngineBuilder {
         let mut workflows: HashMap<&'static str, Arc<dyn ErasedWorkflow>> = HashMap::new();
         for workflow in self.workflows {
             let name = workflow.name();
+            // The macro refuses it; a hand-written impl is checked here.
+            if workflow.timeout() < Duration::from_millis(1) {
+                return Err(Error::Config(format!(
+                    "workflow `{name}` has a TIMEOUT under 1ms: its instances would time out \
+                     before they ran"
+                )));
+            }
             if workflows.insert(name, workflow).is_some() {
                 return Err(Error::Config(format!(
                     "workflow `{name}` is registered twice"

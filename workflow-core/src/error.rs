@@ -222,8 +222,8 @@ pub enum Error {
     /// created.
     #[error("{what} is not usable: {why}")]
     InvalidStartOption {
-        /// Which option: `dedup key "..."`, `tag name "..."` or
-        /// `value of tag "..."`.
+        /// Which option: `dedup key "..."`, `tag name "..."`,
+        /// `value of tag "..."` or `timeout ...`.
         what: String,
         /// The rule it breaks.
         why: String,

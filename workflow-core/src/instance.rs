@@ -79,10 +79,17 @@ impl StartOptions {
         self
     }
 
-    /// Refuses a key or tag not every store can index
-    /// ([`Error::InvalidStartOption`]).
+    /// Refuses a key or tag not every store can index, and a timeout
+    /// under a millisecond, which would end the instance `TimedOut` before
+    /// it ran ([`Error::InvalidStartOption`]).
     pub(crate) fn check(&self) -> crate::Result<()> {
         let refuse = |what: String, why| Err(Error::InvalidStartOption { what, why });
+        if let Some(timeout) = self.timeout.filter(|t| *t < Duration::from_millis(1)) {
+            return refuse(
+                format!("timeout {timeout:?}"),
+                "must be at least 1ms: the instance would time out before it ran".to_owned(),
+            );
+        }
         if let Some(key) = &self.key {
             if let Some(why) = crate::error::unusable_key(key) {
                 return refuse(format!("dedup key {:?}", crate::error::preview(key)), why);

@@ -486,6 +486,12 @@ async fn names_and_keys_no_store_can_index_are_refused() {
             StartOptions::new().tag("team", long.clone()),
             "value of tag \"team\"",
         ),
+        // It would time out before it ran.
+        (StartOptions::new().timeout(Duration::ZERO), "timeout"),
+        (
+            StartOptions::new().timeout(Duration::from_micros(500)),
+            "timeout",
+        ),
     ] {
         let err = Repeats::start_with(&engine, 1, options).await.unwrap_err();
         assert!(
@@ -3241,4 +3247,35 @@ async fn history_and_steps_of_an_unknown_id_are_not_found() {
     assert!(engine.steps(fresh.id()).await.unwrap().is_empty());
     assert_eq!(engine.steps_tail(fresh.id(), 5).await.unwrap().total, 0);
     assert_eq!(engine.history(fresh.id()).await.unwrap().len(), 1);
+}
+
+/// A hand-written workflow whose `TIMEOUT` is zero.
+struct Instant0;
+
+impl Workflow for Instant0 {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "instant0";
+    const TIMEOUT: Duration = Duration::ZERO;
+
+    async fn run(&self, _ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// Its instances would all time out before they ran: refused when the
+/// engine is built (the macro refuses it at compile time).
+#[tokio::test]
+async fn a_timeout_under_a_millisecond_is_refused_at_build() {
+    let err = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Instant0)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(why) if why.contains("`instant0` has a TIMEOUT under 1ms")),
+        "{err}"
+    );
 }

@@ -48,8 +48,6 @@ use workflow_core::{InstanceId, Status, StoreError};
 use crate::retry::{autocommit, commit, Attempt};
 use crate::rows::{instance_row, step_row, COLUMNS, STEP_COLUMNS};
 
-/// Terminal statuses, as stored, for SQL lists.
-
 /// A claim's count of runs, one more, never past its type's largest value:
 /// a row written with the largest (a hand edit, a damaged disk) would
 /// otherwise fail every claim that picks it, and it is picked first.
@@ -60,6 +58,7 @@ const RUNS_PLUS_ONE: &str = "CASE WHEN runs < 9223372036854775807 THEN runs + 1 
 const INTERRUPTED_PLUS_ONE: &str = "LEAST(interrupted_runs::int8 \
      + CASE WHEN status = 'in_progress' THEN 1 ELSE 0 END, 2147483647)::int4";
 
+/// Terminal statuses, as stored, for SQL lists.
 const TERMINAL: &str = "('completed', 'failed', 'cancelled', 'timed_out')";
 
 /// The fence every write made on behalf of a run carries ($1 id, $2 owner, $3 run).

@@ -95,9 +95,10 @@ impl SqliteOptions {
     }
 
     /// How long one statement waits for another process's lock before the
-    /// writer backs off and retries (default 5 s).
+    /// writer backs off and retries (default 5 s; at most about 24 days,
+    /// SQLite's limit, to which a longer one is cut).
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
-        self.busy_timeout = timeout;
+        self.busy_timeout = timeout.min(Duration::from_millis(i32::MAX as u64));
         self
     }
 
@@ -1795,6 +1796,20 @@ mod tests {
             [(bad, false), (&leases[1].instance, true)],
             "only the damaged one's handler stops"
         );
+    }
+
+    /// "Wait for ever" is cut to SQLite's longest busy timeout: sqlx and
+    /// rusqlite panic (in their own threads) on a longer one.
+    #[tokio::test]
+    async fn a_busy_timeout_past_sqlites_limit_is_cut_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("busy.db").display());
+        let store =
+            SqliteStore::connect_with(&url, SqliteOptions::new().busy_timeout(Duration::MAX))
+                .await
+                .unwrap();
+        let new = workflow_core::testing::new_instance("wf", 1);
+        store.create(new, None).await.unwrap();
     }
 
     /// A status that is not even text can still be cancelled.
