@@ -118,6 +118,16 @@ impl OpenAiBuilder {
                 "base URL `{base}` must start with http:// or https://"
             )));
         }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ModelError::Config(
+                "timeout must be longer than zero: every request would time out".to_owned(),
+            ));
+        }
+        if let Some(t) = self.temperature.filter(|t| !t.is_finite() || *t < 0.0) {
+            return Err(ModelError::Config(format!(
+                "temperature {t} is not a temperature: use a number from 0 (as 0.2)"
+            )));
+        }
         let client = reqwest::Client::builder()
             .timeout(self.timeout.unwrap_or(Duration::from_secs(600)))
             .connect_timeout(Duration::from_secs(10))
@@ -394,6 +404,16 @@ fn tool_call(n: usize, call: &Value) -> Result<ToolCall, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_timeout_or_a_nan_temperature_is_refused() {
+        let builder = || OpenAiCompatible::builder().base_url("http://127.0.0.1:1/v1");
+        let err = builder().timeout(Duration::ZERO).build().unwrap_err();
+        assert!(err.to_string().contains("timeout"), "{err}");
+        let err = builder().temperature(f32::NAN).build().unwrap_err();
+        assert!(err.to_string().contains("temperature NaN"), "{err}");
+        assert!(builder().temperature(0.2).build().is_ok());
+    }
 
     #[test]
     fn debug_output_hides_the_api_key() {

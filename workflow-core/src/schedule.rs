@@ -208,10 +208,12 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
-    /// A clock showing `start` (at most the end of the year 9999).
+    /// A clock showing `start`, from the start of 1970 to the end of the
+    /// year 9999 (a time outside is brought to the nearer end): ids,
+    /// stores and the engine's time arithmetic count from 1970.
     pub fn new(start: DateTime<Utc>) -> Self {
         ManualClock {
-            now: Arc::new(watch::Sender::new(start.min(far_future()))),
+            now: Arc::new(watch::Sender::new(in_range(start))),
         }
     }
 
@@ -220,11 +222,12 @@ impl ManualClock {
         *self.now.borrow()
     }
 
-    /// Sets the time, at most the end of the year 9999: the engine's time
-    /// arithmetic has room past it. Setting it back does not bring back
-    /// what already woke; what is due later waits for the clock again.
+    /// Sets the time, within the range of [`ManualClock::new`]: the
+    /// engine's time arithmetic has room past it. Setting it back does not
+    /// bring back what already woke; what is due later waits for the clock
+    /// again.
     pub fn set(&self, now: DateTime<Utc>) {
-        self.now.send_replace(now.min(far_future()));
+        self.now.send_replace(in_range(now));
     }
 
     /// Moves the time forward by `by`, up to the end of the year 9999.
@@ -251,6 +254,11 @@ pub(crate) async fn clock_jumped(changes: &mut Option<watch::Receiver<DateTime<U
 }
 
 /// Where a [`ManualClock`] stops.
+/// `t` within what a [`ManualClock`] shows: 1970 to the end of 9999.
+fn in_range(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.clamp(DateTime::UNIX_EPOCH, far_future())
+}
+
 fn far_future() -> DateTime<Utc> {
     chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
         .and_then(|d| d.and_hms_opt(23, 59, 59))
@@ -302,6 +310,20 @@ mod tests {
         assert_eq!(clock.now(), far_future());
         let tick = Schedule::parse("@daily", "UTC").unwrap();
         assert_eq!(tick.next_after(clock.now()), None);
+    }
+
+    /// Nor does it go before 1970, where the scheduler's arithmetic
+    /// (`now - 10 minutes`) would overflow and stop it.
+    #[test]
+    fn a_manual_clock_starts_no_earlier_than_1970() {
+        let clock = ManualClock::new(DateTime::<Utc>::MIN_UTC);
+        assert_eq!(clock.now(), DateTime::UNIX_EPOCH);
+        clock.set(DateTime::<Utc>::MIN_UTC);
+        assert_eq!(clock.now(), DateTime::UNIX_EPOCH);
+        assert!(clock
+            .now()
+            .checked_sub_signed(chrono::Duration::minutes(10))
+            .is_some());
     }
 
     /// What the macro lets through without a database is what the engine
