@@ -73,6 +73,36 @@ where
         self.wait_until(wake_at).await
     }
 
+    /// Moves this instance's deadline from inside its handler, as
+    /// [`Instance::set_timeout`](crate::Instance::set_timeout) does from
+    /// outside: a job that finds it needs longer extends itself
+    /// (`Timeout::In` counts from now, by the engine's clock). Recorded as
+    /// step `name` with the deadline it set, which it returns: a replay
+    /// returns that and does not move the deadline again (someone may
+    /// have moved it since). `name` follows the step-name rule of
+    /// [`Ctx::step`].
+    pub async fn set_timeout(
+        &self,
+        name: &str,
+        timeout: crate::instance::Timeout,
+    ) -> Result<DateTime<Utc>> {
+        let engine = &self.run().engine;
+        let id = self.id();
+        let deadline: Millis = self
+            .step(name, || async move {
+                let deadline = match timeout {
+                    crate::instance::Timeout::In(after) => {
+                        crate::store::millis_after(engine.inner.now(), after)
+                    }
+                    crate::instance::Timeout::At(at) => at.timestamp_millis(),
+                };
+                engine.set_timeout(id, timeout_at(deadline)).await?;
+                Ok::<_, BoxError>(deadline)
+            })
+            .await?;
+        Ok(timeout_at_time(deadline))
+    }
+
     async fn wait_until(&self, wake_at: Millis) -> Result<()> {
         // `wake_at` may be a recorded step's output: never overflow on it.
         let left = wake_at.saturating_sub(self.run().now());
@@ -693,4 +723,14 @@ mod tests {
             }
         }
     }
+}
+
+/// `ms` as a time, the latest a `DateTime` holds past it.
+fn timeout_at_time(ms: Millis) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A deadline at `ms`.
+fn timeout_at(ms: Millis) -> crate::instance::Timeout {
+    crate::instance::Timeout::At(timeout_at_time(ms))
 }

@@ -453,6 +453,27 @@ impl Workflow for CountsAgainBesideReplays {
     }
 }
 
+/// A job that needs longer than its `TIMEOUT` extends itself, then sleeps
+/// past the old deadline (suspended, so its next run replays the
+/// extension).
+struct ExtendsItself;
+
+impl Workflow for ExtendsItself {
+    type Input = ();
+    type Output = i64;
+    type State = ();
+    const NAME: &'static str = "extendsItself";
+    const TIMEOUT: Duration = Duration::from_millis(400);
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<i64, BoxError> {
+        let until = ctx
+            .set_timeout("extend", Timeout::In(Duration::from_secs(30)))
+            .await?;
+        ctx.sleep("nap", Duration::from_millis(800)).await?;
+        Ok(until.timestamp_millis())
+    }
+}
+
 /// Sends ada's approval and checks that the instance took it.
 async fn approve_as_ada(inst: &Instance<Approve>) {
     let approval = Approval {
@@ -567,6 +588,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(FailsBesideSleep)
         .register(FailsLateBesideSleep)
         .register(CountsAgainBesideReplays)
+        .register(ExtendsItself)
         .register(ReserveBesideWait)
         .register(CountAndAudit)
         .poll_interval(Duration::from_millis(10))
@@ -1700,6 +1722,27 @@ async fn an_item_run_again_beside_replays_keeps_its_state_change() {
     assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), 3);
     assert!(inst.info().await.unwrap().runs >= 2, "it was replayed");
     assert_eq!(inst.state().await.unwrap().done, 3);
+}
+
+/// A handler moves its own deadline once: past the workflow's `TIMEOUT`
+/// it completes, and the replay after its sleep does not move it again.
+#[tokio::test]
+async fn a_handler_extends_its_own_deadline_once() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = ExtendsItself::start(&engine, ()).await.unwrap();
+    let until = inst.result_timeout(LIMIT).await.unwrap();
+    let info = inst.info().await.unwrap();
+    assert!(info.runs >= 2, "it was replayed");
+    assert_eq!(info.deadline_at.unwrap().timestamp_millis(), until);
+    let moved = inst
+        .history()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == HistoryKind::DeadlineChanged)
+        .count();
+    assert_eq!(moved, 1, "moved once, not at each run");
 }
 
 /// An event no wait can name, or too large, is refused when sent: before,

@@ -131,10 +131,11 @@ impl StepCall {
 
 /// The `ctx` methods whose first argument is a step name, besides `step`
 /// and `step_with`.
-const NAMED_METHODS: [&str; 16] = [
+const NAMED_METHODS: [&str; 17] = [
     "now",
     "sleep",
     "sleep_until",
+    "set_timeout",
     "wait_for_event",
     "start_child",
     "start_child_with",

@@ -189,7 +189,7 @@ use proc_macro::TokenStream;
 ///   contains a NUL, `#`, `@`, `[` or `]`,
 ///   which the runtime reserves for the keys it derives from names: the
 ///   name of a step and that of every other `ctx` call that takes one
-///   (`now`, `sleep`, `sleep_until`, `wait_for_event`, `start_child`,
+///   (`now`, `sleep`, `sleep_until`, `set_timeout`, `wait_for_event`, `start_child`,
 ///   `start_child_with`, `run_child`, `run_child_with`, `map`, `for_each`,
 ///   `batch`, `call_tool`, `call_tool_with`). The runtime refuses names
 ///   given at run time the same way.
