@@ -709,6 +709,16 @@ fn child_status(recorded: &str) -> Status {
         .unwrap_or(Status::Failed)
 }
 
+/// `ms` as a time, the latest a `DateTime` holds past it.
+fn timeout_at_time(ms: Millis) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A deadline at `ms`.
+fn timeout_at(ms: Millis) -> crate::instance::Timeout {
+    crate::instance::Timeout::At(timeout_at_time(ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -723,14 +733,4 @@ mod tests {
             }
         }
     }
-}
-
-/// `ms` as a time, the latest a `DateTime` holds past it.
-fn timeout_at_time(ms: Millis) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-/// A deadline at `ms`.
-fn timeout_at(ms: Millis) -> crate::instance::Timeout {
-    crate::instance::Timeout::At(timeout_at_time(ms))
 }
