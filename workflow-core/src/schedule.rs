@@ -253,12 +253,12 @@ pub(crate) async fn clock_jumped(changes: &mut Option<watch::Receiver<DateTime<U
     }
 }
 
-/// Where a [`ManualClock`] stops.
 /// `t` within what a [`ManualClock`] shows: 1970 to the end of 9999.
 fn in_range(t: DateTime<Utc>) -> DateTime<Utc> {
     t.clamp(DateTime::UNIX_EPOCH, far_future())
 }
 
+/// Where a [`ManualClock`] stops.
 fn far_future() -> DateTime<Utc> {
     chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
         .and_then(|d| d.and_hms_opt(23, 59, 59))
