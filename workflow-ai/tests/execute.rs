@@ -123,6 +123,15 @@ async fn classify(ctx: Ctx, input: AgentInput) -> Result<Triage, BoxError> {
     Ok(run.output)
 }
 
+/// Starts `W` and waits for its end (a minute at most).
+async fn outcome<W: Workflow>(engine: &Engine, input: W::Input) -> workflow::Result<W::Output> {
+    W::start(engine, input)
+        .await
+        .unwrap()
+        .result_timeout(Duration::from_secs(60))
+        .await
+}
+
 async fn engine(url: &str) -> Engine {
     Engine::builder()
         .database_url(url)
@@ -391,12 +400,7 @@ async fn rate_limits_are_retried_and_bad_requests_are_not() {
     .await;
     let engine = engine("memory:").await;
     let _worker = engine.start_worker();
-    let out = Agent::start(&engine, input(&server, 3))
-        .await
-        .unwrap()
-        .result_timeout(Duration::from_secs(30))
-        .await
-        .unwrap();
+    let out = outcome::<Agent>(&engine, input(&server, 3)).await.unwrap();
     assert_eq!(out, "fine");
     let requests = server.requests();
     assert_eq!(requests.len(), 3);
@@ -415,22 +419,14 @@ async fn rate_limits_are_retried_and_bad_requests_are_not() {
         (status, body)
     })
     .await;
-    let err = Agent::start(&engine, input(&broke, 3))
-        .await
-        .unwrap()
-        .result_timeout(Duration::from_secs(30))
+    let err = outcome::<Agent>(&engine, input(&broke, 3))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("insufficient_quota"), "{err}");
     assert_eq!(broke.requests().len(), 1, "not retried");
 
     let bad = Server::start(|_, _| error(400)).await;
-    let err = Agent::start(&engine, input(&bad, 3))
-        .await
-        .unwrap()
-        .result_timeout(Duration::from_secs(30))
-        .await
-        .unwrap_err();
+    let err = outcome::<Agent>(&engine, input(&bad, 3)).await.unwrap_err();
     let message = err.to_string();
     assert!(message.contains("HTTP 400"), "{message}");
     assert!(message.contains("1 attempt(s)"), "{message}");
@@ -447,10 +443,7 @@ async fn a_fenced_typed_answer_is_read_in_one_turn() {
     .await;
     let engine = engine("memory:").await;
     let _worker = engine.start_worker();
-    let out = Classify::start(&engine, input(&server, 4))
-        .await
-        .unwrap()
-        .result_timeout(Duration::from_secs(30))
+    let out = outcome::<Classify>(&engine, input(&server, 4))
         .await
         .unwrap();
     assert_eq!(out.category, Category::Billing);
@@ -465,10 +458,7 @@ async fn a_huge_response_fails_the_call() {
     let server = Server::start(|_, _| text(&"x".repeat(17 << 20))).await;
     let engine = engine("memory:").await;
     let _worker = engine.start_worker();
-    let err = Agent::start(&engine, input(&server, 3))
-        .await
-        .unwrap()
-        .result_timeout(Duration::from_secs(60))
+    let err = outcome::<Agent>(&engine, input(&server, 3))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
@@ -485,10 +475,7 @@ async fn typed_output_is_schema_constrained_and_corrected() {
     .await;
     let engine = engine("memory:").await;
     let _worker = engine.start_worker();
-    let out = Classify::start(&engine, input(&server, 4))
-        .await
-        .unwrap()
-        .result_timeout(Duration::from_secs(30))
+    let out = outcome::<Classify>(&engine, input(&server, 4))
         .await
         .unwrap();
     assert_eq!(

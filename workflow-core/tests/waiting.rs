@@ -326,57 +326,31 @@ impl Workflow for FlakyFan {
     }
 }
 
-static BESIDE_CALLS: AtomicU32 = AtomicU32::new(0);
+/// Attempts of [`FailsBesideSleep`]'s step, by its input.
+static BESIDE_CALLS: Mutex<BTreeMap<u64, u32>> = Mutex::new(BTreeMap::new());
 
 /// A step that keeps failing (short backoffs, in memory) beside a sleep
-/// that suspends the instance while the step is between attempts.
+/// that suspends the instance. Each attempt takes the input's
+/// milliseconds: 0 fails while the step is between attempts; 30 is still
+/// running when the sleep suspends, and fails while the suspension waits
+/// for it.
 struct FailsBesideSleep;
 
 impl Workflow for FailsBesideSleep {
-    type Input = ();
+    type Input = u64;
     type Output = ();
     type State = ();
     const NAME: &'static str = "failsBesideSleep";
 
-    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+    async fn run(&self, ctx: Ctx, attempt_ms: u64) -> Result<(), BoxError> {
         let opts = StepOptions::attempts(3).backoff(
             Duration::from_millis(20),
             1.0,
             Duration::from_millis(20),
         );
-        let failing = ctx.step_with("flaky", opts, || async {
-            BESIDE_CALLS.fetch_add(1, Ordering::SeqCst);
-            Err::<(), BoxError>("service down".into())
-        });
-        let (failed, slept) = tokio::join!(failing, ctx.sleep("nap", Duration::from_millis(100)));
-        slept?;
-        failed?;
-        Ok(())
-    }
-}
-
-static LATE_CALLS: AtomicU32 = AtomicU32::new(0);
-
-/// As [`FailsBesideSleep`], but the step's attempt is still running when
-/// the sleep suspends the instance, and fails while the suspension waits
-/// for it.
-struct FailsLateBesideSleep;
-
-impl Workflow for FailsLateBesideSleep {
-    type Input = ();
-    type Output = ();
-    type State = ();
-    const NAME: &'static str = "failsLateBesideSleep";
-
-    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
-        let opts = StepOptions::attempts(3).backoff(
-            Duration::from_millis(20),
-            1.0,
-            Duration::from_millis(20),
-        );
-        let failing = ctx.step_with("flaky", opts, || async {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            LATE_CALLS.fetch_add(1, Ordering::SeqCst);
+        let failing = ctx.step_with("flaky", opts, || async move {
+            tokio::time::sleep(Duration::from_millis(attempt_ms)).await;
+            *BESIDE_CALLS.lock().unwrap().entry(attempt_ms).or_default() += 1;
             Err::<(), BoxError>("service down".into())
         });
         let (failed, slept) = tokio::join!(failing, ctx.sleep("nap", Duration::from_millis(100)));
@@ -586,7 +560,6 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(FanWith)
         .register(FlakyFan)
         .register(FailsBesideSleep)
-        .register(FailsLateBesideSleep)
         .register(CountsAgainBesideReplays)
         .register(ExtendsItself)
         .register(ReserveBesideWait)
@@ -607,11 +580,11 @@ const LIMIT: Duration = Duration::from_secs(10);
 async fn a_suspension_beside_a_retrying_step_keeps_its_attempts() {
     let engine = engine(Arc::new(MemoryStore::new())).await;
     let _worker = engine.start_worker();
-    let inst = FailsBesideSleep::start(&engine, ()).await.unwrap();
+    let inst = FailsBesideSleep::start(&engine, 0).await.unwrap();
     let err = inst.result_timeout(LIMIT).await.unwrap_err();
     assert!(err.to_string().contains("service down"), "{err}");
     assert!(inst.info().await.unwrap().runs >= 2, "it was suspended");
-    assert_eq!(BESIDE_CALLS.load(Ordering::SeqCst), 3);
+    assert_eq!(BESIDE_CALLS.lock().unwrap()[&0], 3);
 }
 
 /// The same when the attempt fails while the suspension waits for it:
@@ -620,11 +593,11 @@ async fn a_suspension_beside_a_retrying_step_keeps_its_attempts() {
 async fn a_suspension_keeps_an_attempt_that_failed_while_it_waited() {
     let engine = engine(Arc::new(MemoryStore::new())).await;
     let _worker = engine.start_worker();
-    let inst = FailsLateBesideSleep::start(&engine, ()).await.unwrap();
+    let inst = FailsBesideSleep::start(&engine, 30).await.unwrap();
     let err = inst.result_timeout(LIMIT).await.unwrap_err();
     assert!(err.to_string().contains("service down"), "{err}");
     assert!(inst.info().await.unwrap().runs >= 2, "it was suspended");
-    assert_eq!(LATE_CALLS.load(Ordering::SeqCst), 3);
+    assert_eq!(BESIDE_CALLS.lock().unwrap()[&30], 3);
 }
 
 #[tokio::test]
