@@ -19,6 +19,7 @@ fn parser() -> CronParser {
 pub fn parse(expr: &str) -> Result<Cron, String> {
     misplaced_name(expr)?;
     bare_last_weekday(expr)?;
+    starred_step_beside_a_day(expr)?;
     let parser = parser();
     let cron = parser
         .parse(expr)
@@ -87,7 +88,9 @@ fn bare_last_weekday(expr: &str) -> Result<(), String> {
     let Some(field) = fields.last().filter(|_| fields.len() >= 5) else {
         return Ok(());
     };
-    if field.split(',').any(|item| item.eq_ignore_ascii_case("L")) {
+    // croner's `+` (both day fields must match) goes before the list.
+    let items = field.trim_start_matches('+');
+    if items.split(',').any(|item| item.eq_ignore_ascii_case("L")) {
         return Err(format!(
             "the day-of-week field `{field}`: `L` there needs a day before it, \
              such as `5L` or `FRIL` for the month's last Friday \
@@ -95,6 +98,35 @@ fn bare_last_weekday(expr: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Two restricted day fields match either (`0 9 1 * MON`: the 1st, and
+/// every Monday), in croner as in standard cron. But standard cron counts
+/// a field that starts with `*` (`*/2`) as unrestricted, and then
+/// requires both, where croner still takes either: `0 9 */2 * MON` would
+/// fire on every odd day and every Monday instead of on odd-numbered
+/// Mondays. Such a pair is refused, naming what to write instead.
+fn starred_step_beside_a_day(expr: &str) -> Result<(), String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let (dom, dow) = match fields[..] {
+        [_, _, dom, _, dow] | [_, _, _, dom, _, dow] => (dom, dow),
+        _ => return Ok(()),
+    };
+    let starred_step = |f: &str| f.starts_with('*') && f != "*";
+    let restricted = |f: &str| f != "*" && f != "?";
+    let (starred, name, other, other_name) = if starred_step(dom) && restricted(dow) {
+        (dom, "day-of-month", dow, "day-of-week")
+    } else if starred_step(dow) && restricted(dom) {
+        (dow, "day-of-week", dom, "day-of-month")
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "the {name} field `{starred}` beside the {other_name} field `{other}` is read \
+         differently by cron implementations (either day, or both); write the days out \
+         (`1-31/2` instead of `*/2`) to fire on either, or put `+` before the day-of-week \
+         field (`+MON`) to fire only when both match"
+    ))
 }
 
 const CRON_FORMAT: &str = "write 5 fields, `minute hour day-of-month month day-of-week`, \
@@ -271,9 +303,40 @@ mod tests {
         );
     }
 
+    /// `*/2` beside a restricted day field: standard cron requires both
+    /// days, croner either; refused, with both ways to say it.
+    #[test]
+    fn refuses_a_starred_step_beside_a_restricted_day() {
+        for bad in ["0 9 */2 * MON", "0 0 9 */2 * MON", "0 9 15 * */2"] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains("read differently"), "{bad}: {err}");
+            assert!(err.contains("`1-31/2`") && err.contains("`+MON`"), "{err}");
+        }
+        for good in [
+            "0 9 */2 * *",
+            "0 9 * * */2",
+            "0 9 1-31/2 * MON",
+            "0 9 * * MON",
+        ] {
+            assert!(parse(good).is_ok(), "{good}");
+        }
+        // `+`: both must match (odd-numbered Mondays).
+        let cron = parse("0 9 1-31/2 * +MON").unwrap();
+        let start = chrono::NaiveDate::from_ymd_opt(2026, 1, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .unwrap();
+        let next = cron.find_next_occurrence(&start, false).unwrap();
+        assert_eq!(next.date().to_string(), "2026-01-05");
+    }
+
     #[test]
     fn refuses_a_bare_last_in_the_day_of_week() {
-        for bad in ["0 0 15 * L", "0 0 * * l", "0 0 0 * * MON,L"] {
+        for bad in [
+            "0 0 15 * L",
+            "0 0 * * l",
+            "0 0 0 * * MON,L",
+            "0 0 15 * +MON,L",
+        ] {
             let err = parse(bad).unwrap_err();
             assert!(err.starts_with("the day-of-week field"), "{bad}: {err}");
             assert!(err.contains("`5L` or `FRIL`"), "{err}");
