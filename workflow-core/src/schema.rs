@@ -36,6 +36,9 @@ fn integer_bounds(schema: &mut Schema) {
         Some("uint16") => (0.into(), u16::MAX.into()),
         Some("uint32") => (0.into(), u32::MAX.into()),
         Some("uint64" | "uint") => (0.into(), u64::MAX.into()),
+        // An `f32` past its range is read as infinity, which JSON cannot
+        // hold: stored, it came back as `null` and paused the instance.
+        Some("float") => (f64::from(-f32::MAX).into(), f64::from(f32::MAX).into()),
         _ => return,
     };
     object.entry("minimum").or_insert(min);
@@ -63,6 +66,7 @@ mod tests {
         nested: Vec<Option<i16>>,
         #[schemars(range(max = 10))]
         capped: u32,
+        ratio: f32,
     }
 
     /// Integers carry their Rust type's range, wherever they sit, and a
@@ -81,10 +85,22 @@ mod tests {
         assert_eq!(inner["maximum"], i16::MAX, "{inner}");
         assert_eq!(p["capped"]["maximum"], 10);
         let validator = jsonschema::validator_for(&schema).unwrap();
-        let over = serde_json::json!({
-            "small": 1, "count": 4_294_967_296u64, "delta": 0, "nested": [], "capped": 1
-        });
-        assert!(!validator.is_valid(&over), "u32::MAX + 1 is refused");
+        let input = |count: u64, ratio: f64| {
+            serde_json::json!({
+                "small": 1, "count": count, "delta": 0, "nested": [], "capped": 1, "ratio": ratio
+            })
+        };
+        assert!(validator.is_valid(&input(1, 0.5)));
+        assert!(
+            !validator.is_valid(&input(4_294_967_296, 0.5)),
+            "u32::MAX + 1 is refused"
+        );
+        // Past f32's range it would be read as infinity, which JSON cannot hold.
+        assert!(
+            !validator.is_valid(&input(1, 1e39)),
+            "f32 overflow is refused"
+        );
+        assert!(validator.is_valid(&input(1, -3.0e38)));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!
 //! All pure functions on `serde_json::Value`, tested on schemars' output.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use serde_json::{json, Map, Value};
@@ -142,16 +143,30 @@ fn wrap(mut root: Map<String, Value>, inner: Value, defs: Option<Value>) -> Valu
     Value::Object(root)
 }
 
-/// Follows `$ref`s (local, `#/...` only) from `schema` within `root`.
-fn resolve<'a>(root: &'a Value, mut schema: &'a Value) -> &'a Value {
+/// `schema` with its `$ref`s followed, and merged into the keys beside
+/// them as [`merge_schema`] does: a validator applies both, and an
+/// internally tagged variant's fields are in its `$ref`, its tag beside it.
+fn resolve_merged<'a>(root: &'a Value, schema: &'a Value) -> Cow<'a, Value> {
+    let mut schema = Cow::Borrowed(schema);
     for _ in 0..16 {
-        match schema.get("$ref").and_then(Value::as_str) {
-            Some(reference) => match reference.strip_prefix('#').and_then(|p| root.pointer(p)) {
-                Some(target) => schema = target,
-                None => return schema,
-            },
-            None => return schema,
-        }
+        let Some(reference) = schema.get("$ref").and_then(Value::as_str) else {
+            break;
+        };
+        let Some(target) = reference.strip_prefix('#').and_then(|p| root.pointer(p)) else {
+            break;
+        };
+        schema = match (&schema, target) {
+            (Cow::Borrowed(node), _) if node.as_object().is_some_and(|m| m.len() == 1) => {
+                Cow::Borrowed(target)
+            }
+            (_, Value::Object(target)) => {
+                let mut map = schema.as_object().cloned().unwrap_or_default();
+                map.remove("$ref");
+                merge_schema(&mut map, target);
+                Cow::Owned(Value::Object(map))
+            }
+            _ => break,
+        };
     }
     schema
 }
@@ -169,7 +184,8 @@ fn strip(root: &Value, schema: &Value, value: &mut Value, depth: u32) {
     if depth > 64 {
         return;
     }
-    let schema = resolve(root, schema);
+    let schema = resolve_merged(root, schema);
+    let schema = schema.as_ref();
     match value {
         Value::Object(map) => {
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
@@ -192,7 +208,7 @@ fn strip(root: &Value, schema: &Value, value: &mut Value, depth: u32) {
                 }
             }
             for branch in branches(schema) {
-                let resolved = resolve(root, branch);
+                let resolved = resolve_merged(root, branch);
                 let covers = resolved
                     .get("properties")
                     .and_then(Value::as_object)
@@ -298,9 +314,7 @@ fn strict_node(
             let only = all[0].clone();
             map.remove("allOf");
             if let Value::Object(only) = only {
-                for (k, v) in only {
-                    map.entry(k).or_insert(v);
-                }
+                merge_schema(&mut map, &only);
             }
         }
     }
@@ -313,12 +327,7 @@ fn strict_node(
             match target {
                 Some(target) => {
                     map.remove("$ref");
-                    // The siblings (a field's description) win over the target's.
-                    for (k, v) in target {
-                        if k != "$defs" {
-                            map.entry(k.clone()).or_insert_with(|| v.clone());
-                        }
-                    }
+                    merge_schema(&mut map, target);
                 }
                 None => problems.push(format!("{here}: unresolvable $ref `{reference}`")),
             }
@@ -529,6 +538,34 @@ fn nullable(mut schema: Value) -> Value {
     }
     outer.insert("anyOf".into(), json!([schema, {"type": "null"}]));
     Value::Object(outer)
+}
+
+/// Puts `other`'s keywords into `map`, as a `$ref` (or a lone `allOf`)
+/// beside them means both: the keys `map` has win (a field's description
+/// over its type's), but `properties` and `required` are joined, so that
+/// an internally tagged variant (`{"$ref": <its struct>, "properties":
+/// {"type": ..}}`) keeps the struct's fields beside its tag.
+fn merge_schema(map: &mut Map<String, Value>, other: &Map<String, Value>) {
+    for (k, v) in other {
+        match (k.as_str(), map.get_mut(k), v) {
+            ("$defs", ..) => {}
+            ("properties", Some(Value::Object(mine)), Value::Object(theirs)) => {
+                for (name, schema) in theirs {
+                    mine.entry(name.clone()).or_insert_with(|| schema.clone());
+                }
+            }
+            ("required", Some(Value::Array(mine)), Value::Array(theirs)) => {
+                for name in theirs {
+                    if !mine.contains(name) {
+                        mine.push(name.clone());
+                    }
+                }
+            }
+            _ => {
+                map.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -907,6 +944,43 @@ mod tests {
         let bad = json!({"method": "invoice", "days": 30, "children": [
             {"input": {"method": "card", "number": "4111", "children": []}}]});
         assert!(!accepts(&object, &json!({ "input": bad })));
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct CreateArgs {
+        name: String,
+        #[serde(default)]
+        count: u32,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(tag = "type")]
+    #[allow(dead_code)]
+    enum Command {
+        Create(CreateArgs),
+        Delete { id: u32 },
+    }
+
+    /// An internally tagged newtype variant is its struct's `$ref` beside
+    /// the tag's property: inlined, the struct's fields join the tag.
+    /// Before, the tag's `properties` hid them, and the strict schema
+    /// allowed only `{"type": "Create"}`.
+    #[test]
+    fn an_internally_tagged_newtype_variant_keeps_its_fields() {
+        let (object, _) = object_schema(schema_for::<Command>());
+        let strict = strict_schema(&object).expect("convertible");
+        assert_strict(&strict, "");
+        let create = json!({"input": {"type": "Create", "name": "n", "count": null}});
+        assert!(accepts(&strict, &create), "{strict}");
+        assert!(!accepts(&strict, &json!({"input": {"type": "Create"}})));
+        let delete = json!({"input": {"type": "Delete", "id": 7}});
+        assert!(accepts(&strict, &delete), "{strict}");
+        // What a strict model sends for the optional field: `null`, which
+        // goes before serde (a `#[serde(default)] u32` refuses `null`).
+        let mut sent = json!({"input": {"type": "Create", "name": "n", "count": null}});
+        strip_optional_nulls(&object, &mut sent);
+        assert_eq!(sent, json!({"input": {"type": "Create", "name": "n"}}));
     }
 
     #[test]
