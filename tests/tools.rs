@@ -428,6 +428,9 @@ async fn a_flattened_enum_input_is_wrapped_for_providers() {
         .unwrap_err();
     let violations = invalid_arguments(&err);
     assert_eq!(violations[0].path, "/input/days", "{err}");
+    // Only that: not also "unknown field" for the variant's own fields,
+    // which the failed alternative left unevaluated.
+    assert_eq!(violations.len(), 1, "{err}");
     // A misspelt field is named, not dropped by serde.
     let err = tool
         .call(

@@ -86,9 +86,25 @@ impl SchemaCheck {
         value: &serde_json::Value,
     ) -> Result<T, Vec<Violation>> {
         if let Some(validator) = &self.0 {
-            let violations: Vec<Violation> = validator
-                .iter_errors(value)
-                .flat_map(|err| explain(&err))
+            use jsonschema::error::ValidationErrorKind as Kind;
+            let errors: Vec<_> = validator.iter_errors(value).collect();
+            // An object that fits none of its alternatives (an enum's
+            // variants, flattened or not) has the fields of the one it was
+            // meant for counted as unevaluated: "unknown field" there would
+            // tell the caller to delete fields the type has. The
+            // alternatives' own explanation says what is wrong.
+            let failed: std::collections::HashSet<String> = errors
+                .iter()
+                .filter(|e| matches!(e.kind(), Kind::OneOfNotValid { .. } | Kind::AnyOf { .. }))
+                .map(|e| e.instance_path().to_string())
+                .collect();
+            let violations: Vec<Violation> = errors
+                .iter()
+                .filter(|e| {
+                    !(matches!(e.kind(), Kind::UnevaluatedProperties { .. })
+                        && failed.contains(&e.instance_path().to_string()))
+                })
+                .flat_map(|err| explain(err))
                 .collect();
             if !violations.is_empty() {
                 return Err(violations);
