@@ -183,6 +183,17 @@ fn closed(schema: &serde_json::Value) -> serde_json::Value {
                 if close && has_properties && !open && !joined {
                     map.insert("unevaluatedProperties".to_owned(), Value::Bool(false));
                 }
+                // A definition that is joined somewhere stays open there,
+                // so where it is used on its own (a field of its type) it
+                // is closed at the use: `unevaluatedProperties` sees the
+                // properties the `$ref` evaluated.
+                let lone_use = map
+                    .get("$ref")
+                    .and_then(Value::as_str)
+                    .is_some_and(|r| refs.contains(&target(r)));
+                if close && lone_use && !has_properties && !open && !joined && !shared {
+                    map.insert("unevaluatedProperties".to_owned(), Value::Bool(false));
+                }
                 for (key, child) in map.iter_mut() {
                     let here = format!("{path}/{}", key.replace('~', "~0").replace('/', "~1"));
                     let combinator = PARTS.contains(&key.as_str());
@@ -497,6 +508,14 @@ mod tests {
         Delete { id: u32 },
     }
 
+    /// `CreateArgs` joined (in `Cmd`) and on its own (`template`).
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Batch {
+        template: CreateArgs,
+        cmd: Cmd,
+    }
+
     #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(tag = "kind")]
     #[allow(dead_code)]
@@ -614,6 +633,19 @@ mod tests {
         valid::<FlatAndOptional>(serde_json::json!({"kind": "X", "x": 1, "mode": "P", "p": 2}));
         valid::<FlatAndOptional>(serde_json::json!({"kind": "X", "x": 1}));
         valid::<SpacedCmd>(serde_json::json!({"type": "Create", "name": "n"}));
+        // A definition joined in one place is still closed where it is
+        // used on its own (before, `nte` went through, and serde dropped it).
+        valid::<Batch>(serde_json::json!({
+            "template": {"name": "n"}, "cmd": {"type": "Create", "name": "m"}
+        }));
+        unknown::<Batch>(
+            serde_json::json!({"template": {"name": "n", "nte": "x"}, "cmd": {"type": "Delete", "id": 1}}),
+            "/template/nte",
+        );
+        unknown::<Batch>(
+            serde_json::json!({"template": {"name": "n"}, "cmd": {"type": "Create", "name": "m", "nmae": "x"}}),
+            "/cmd/nmae",
+        );
         // A schema written by hand (`Tool::workflow`): subschemas applied
         // to the same object are not closed on their own.
         let dependent = serde_json::json!({
