@@ -70,7 +70,10 @@ impl SchemaCheck {
         // misspelt optional field (`nte` for `note`) would start the
         // workflow without it, and say nothing.
         let schema = closed(schema);
-        match jsonschema::validator_for(&schema) {
+        let options = jsonschema::options().with_keyword(WHOLE_NUMBER, |_, _, _| {
+            Ok(Box::new(WholeNumber) as Box<dyn for<'i> jsonschema::Keyword<'i>>)
+        });
+        match options.build(&schema) {
             Ok(validator) => SchemaCheck(Some(validator)),
             Err(err) => {
                 tracing::warn!(error = %err, "input schema does not compile; checking input with serde only");
@@ -118,6 +121,35 @@ impl SchemaCheck {
                 err.into_inner().to_string(),
             )]
         })
+    }
+}
+
+/// The keyword [`closed`] puts beside `"type": "integer"`: JSON Schema
+/// counts `2.0` as an integer, serde's integer types refuse it (a start
+/// from a process without the workflow's code would store it, and the
+/// worker would pause the instance when it could not read it).
+const WHOLE_NUMBER: &str = "x-wholeNumber";
+
+/// Refuses a number written with a fraction or an exponent.
+struct WholeNumber;
+
+impl<'i> jsonschema::Keyword<'i> for WholeNumber {
+    fn validate(
+        &self,
+        instance: &'i serde_json::Value,
+    ) -> Result<(), jsonschema::ValidationError<'i>> {
+        if self.is_valid(instance) {
+            Ok(())
+        } else {
+            Err(jsonschema::ValidationError::custom(format!(
+                "{instance} is not an integer as written: write it without a fraction or an \
+                 exponent"
+            )))
+        }
+    }
+
+    fn is_valid(&self, instance: &'i serde_json::Value) -> bool {
+        !matches!(instance, serde_json::Value::Number(n) if n.is_f64())
     }
 }
 
@@ -182,6 +214,16 @@ fn closed(schema: &serde_json::Value) -> serde_json::Value {
                     || map.contains_key("unevaluatedProperties");
                 if close && has_properties && !open && !joined {
                     map.insert("unevaluatedProperties".to_owned(), Value::Bool(false));
+                }
+                let integer = match map.get("type") {
+                    Some(Value::String(t)) => t == "integer",
+                    Some(Value::Array(ts)) => {
+                        ts.iter().any(|t| t == "integer") && !ts.iter().any(|t| t == "number")
+                    }
+                    _ => false,
+                };
+                if close && integer {
+                    map.insert(WHOLE_NUMBER.to_owned(), Value::Bool(true));
                 }
                 // A definition that is joined somewhere stays open there,
                 // so where it is used on its own (a field of its type) it
@@ -256,11 +298,12 @@ fn explain(err: &jsonschema::ValidationError<'_>) -> Vec<Violation> {
     use jsonschema::error::ValidationErrorKind as Kind;
     let path = err.instance_path().to_string();
     let as_is = || {
-        vec![Violation::new(
-            path.clone(),
-            err.kind().keyword(),
-            err.to_string(),
-        )]
+        // Ours is the `type` rule, as JSON ought to have it.
+        let rule = match err.kind().keyword() {
+            WHOLE_NUMBER => "type",
+            rule => rule,
+        };
+        vec![Violation::new(path.clone(), rule, err.to_string())]
     };
     let branches = match err.kind() {
         Kind::OneOfNotValid { context } | Kind::AnyOf { context } => context,
@@ -588,6 +631,39 @@ mod tests {
     struct Aliased {
         #[serde(alias = "customerId")]
         customer_id: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Counts {
+        qty: u32,
+        max: Option<i64>,
+        ratio: f64,
+    }
+
+    /// `2.0` is an integer to JSON Schema, not to serde: refused by the
+    /// schema check, at its field, with why.
+    #[test]
+    fn integers_written_with_a_fraction_are_refused_at_their_field() {
+        let check = SchemaCheck::new(&crate::schema_for::<Counts>());
+        let ok = serde_json::json!({"qty": 2, "max": null, "ratio": 2.0});
+        assert!(check.check::<Counts>(&ok).is_ok());
+        for (bad, at) in [
+            (serde_json::json!({"qty": 2.0, "ratio": 1}), "/qty"),
+            (
+                serde_json::json!({"qty": 2, "max": 1e3, "ratio": 1}),
+                "/max",
+            ),
+        ] {
+            let violations = check.check::<Counts>(&bad).unwrap_err();
+            assert_eq!(violations.len(), 1, "{violations:?}");
+            assert_eq!(violations[0].path, at);
+            assert_eq!(violations[0].rule, "type", "{violations:?}");
+            assert!(
+                violations[0].message.contains("not an integer as written"),
+                "{violations:?}"
+            );
+        }
     }
 
     /// Shapes whose parts add to another object's properties are closed
