@@ -79,9 +79,16 @@ impl Schedule {
             Error::Config(format!("invalid cron expression `{expression}`: {why}"))
         })?;
         let tz: chrono_tz::Tz = timezone.parse().map_err(|_| {
-            Error::Config(format!(
-                "unknown time zone `{timezone}` (expected an IANA name such as `UTC` or `Europe/Paris`)"
-            ))
+            // Names are case-sensitive: `europe/paris` is a typo to point out.
+            let close = chrono_tz::TZ_VARIANTS
+                .iter()
+                .find(|tz| tz.name().eq_ignore_ascii_case(timezone.trim()));
+            Error::Config(match close {
+                Some(tz) => format!("unknown time zone `{timezone}`: did you mean `{}`?", tz.name()),
+                None => format!(
+                    "unknown time zone `{timezone}` (expected an IANA name such as `UTC` or `Europe/Paris`)"
+                ),
+            })
         })?;
         Ok(Schedule {
             expression: expression.to_owned(),
@@ -542,6 +549,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown time zone `Mars/Olympus`"), "{err}");
+        let err = Schedule::parse("0 9 * * *", "europe/paris")
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("did you mean `Europe/Paris`?"), "{err}");
         assert_eq!("all".parse::<CatchUp>().unwrap(), CatchUp::All);
         assert!("some".parse::<CatchUp>().is_err());
     }
