@@ -239,7 +239,13 @@ impl Model for OpenAiCompatible {
         let response = http.send().await.map_err(transport)?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let text = read_body(response).await?;
+        // An error's body is only shown, cut: a gateway's huge error page
+        // must not turn a retryable status into an unreadable answer.
+        let text = if status.is_success() {
+            read_body(response, MAX_RESPONSE_BYTES).await?
+        } else {
+            read_body(response, BODY_SHOWN).await.unwrap_or_default()
+        };
         if !status.is_success() {
             return Err(ModelError::Status {
                 status: status.as_u16(),
@@ -256,15 +262,21 @@ impl Model for OpenAiCompatible {
 /// into memory whole.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
-/// The response body as text, at most [`MAX_RESPONSE_BYTES`].
-async fn read_body(mut response: reqwest::Response) -> Result<String, ModelError> {
+/// The response body as text: at most `max` bytes; a longer body is an
+/// error if `max` is [`MAX_RESPONSE_BYTES`], and otherwise cut (an error
+/// page, shown in part).
+async fn read_body(mut response: reqwest::Response, max: usize) -> Result<String, ModelError> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(transport)? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(ModelError::Decode(format!(
-                "the response is larger than {} MiB",
-                MAX_RESPONSE_BYTES >> 20
-            )));
+        if body.len() + chunk.len() > max {
+            if max == MAX_RESPONSE_BYTES {
+                return Err(ModelError::Decode(format!(
+                    "the response is larger than {} MiB",
+                    MAX_RESPONSE_BYTES >> 20
+                )));
+            }
+            body.extend_from_slice(&chunk[..max - body.len()]);
+            break;
         }
         body.extend_from_slice(&chunk);
     }

@@ -463,6 +463,16 @@ async fn a_huge_response_fails_the_call() {
         .unwrap_err();
     assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
     assert_eq!(server.requests().len(), 1, "not retried");
+
+    // A huge error page is a status like any other: a 503 is retried.
+    let server = Server::start(|n, _| match n {
+        0 => (503, serde_json::Value::String("x".repeat(17 << 20))),
+        _ => text("fine"),
+    })
+    .await;
+    let out = outcome::<Agent>(&engine, input(&server, 3)).await.unwrap();
+    assert_eq!(out, "fine");
+    assert_eq!(server.requests().len(), 2, "retried");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -748,6 +748,15 @@ fn unfit(ty: &Type, what: &str, why: &str) -> Option<syn::Error> {
                 self.0.get_or_insert((node.to_token_stream(), false));
             }
         }
+        // A function's own parameters (`fn(&str)`, `dyn Fn(&str)`,
+        // `for<'a> ..`) borrow nothing the type holds.
+        fn visit_type_bare_fn(&mut self, _: &'ast syn::TypeBareFn) {}
+        fn visit_parenthesized_generic_arguments(
+            &mut self,
+            _: &'ast syn::ParenthesizedGenericArguments,
+        ) {
+        }
+        fn visit_bound_lifetimes(&mut self, _: &'ast syn::BoundLifetimes) {}
     }
     let mut find = Find::default();
     find.visit_type(ty);
@@ -1350,6 +1359,25 @@ mod tests {
                 "would hide the `Workflow` trait",
             ),
         ];
+        // Borrows of a function's own parameters are not the type's.
+        for ok in [
+            quote!(
+                async fn f(c: Ctx, i: PhantomData<fn(&str)>) -> Result<O> {}
+            ),
+            quote!(
+                async fn f(c: Ctx, i: I) -> Result<O, Box<dyn Error + Send + Sync + 'static>> {}
+            ),
+            quote!(
+                async fn f(c: Ctx, i: Cow<'static, str>) -> Result<&'static str> {}
+            ),
+            quote!(
+                async fn f(c: Ctx, i: Holder<Box<dyn for<'a> Fn(&'a str)>>) -> Result<O> {}
+            ),
+        ] {
+            let f = func(ok.clone());
+            let (_, errors) = model(quote!(), &f);
+            assert!(errors.is_empty(), "{ok}: {errors:?}");
+        }
         for (tokens, expected) in cases {
             let f = func(tokens.clone());
             let (handler, errors) = model(quote!(), &f);

@@ -403,6 +403,7 @@ impl PgStore {
             .map_err(cannot_connect)?;
         check_settings(&pool, &schema, options.durability)
             .await
+            .map_err(cannot_connect)?
             .map_err(|why| Error::Config(format!("{server}: {why}")))?;
         let channel = format!("workflow_{schema}");
         let (hint, listen) = if !options.listen && options.claim_wait.is_zero() {
@@ -941,18 +942,30 @@ impl Store for PgStore {
 /// connections as startup options: a pooler that drops them (PgBouncer
 /// with `ignore_startup_parameters = options`) would otherwise leave the
 /// store on the role's own schema, isolation and commit setting, silently.
+/// Fails with the server's error if it cannot be asked (a store error),
+/// and answers why not when a setting is wrong (a configuration error).
 async fn check_settings(
     pool: &sqlx::PgPool,
     schema: &str,
     durability: Durability,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<std::result::Result<(), String>, sqlx::Error> {
     let (current, isolation, sync): (Option<String>, String, String) = sqlx::query_as(
         "SELECT current_schema(), current_setting('default_transaction_isolation'), \
                 current_setting('synchronous_commit')",
     )
     .fetch_one(pool)
-    .await
-    .map_err(|err| format!("cannot read the connection's settings: {err}"))?;
+    .await?;
+    Ok(settings_fit(current, &isolation, &sync, schema, durability))
+}
+
+/// Why the settings a connection has do not fit the store, if they do not.
+fn settings_fit(
+    current: Option<String>,
+    isolation: &str,
+    sync: &str,
+    schema: &str,
+    durability: Durability,
+) -> std::result::Result<(), String> {
     let dropped = "the connection's startup options did not take (a pooler such as PgBouncer \
                    with `ignore_startup_parameters = options` drops them); set them for the role";
     if current.as_deref() != Some(schema) {
@@ -1060,6 +1073,7 @@ mod tests {
         let (store, schema) = store_in_fresh_schema(&url, "settings").await;
         check_settings(store.pool(), &schema, Durability::Durable)
             .await
+            .unwrap()
             .unwrap();
         // As a pooler hands them out when it dropped the `options`.
         let bare = PgPoolOptions::new()
@@ -1069,6 +1083,7 @@ mod tests {
             .unwrap();
         let why = check_settings(&bare, &schema, Durability::Relaxed)
             .await
+            .unwrap()
             .unwrap_err();
         assert!(why.contains(&format!("schema `{schema}`")), "{why}");
         assert!(why.contains("ALTER ROLE"), "{why}");
@@ -1082,6 +1097,7 @@ mod tests {
             .unwrap();
         let why = check_settings(&bare, &schema, Durability::Relaxed)
             .await
+            .unwrap()
             .unwrap_err();
         assert!(why.contains("repeatable read"), "{why}");
         sqlx::query("SET default_transaction_isolation = 'read committed'")
@@ -1094,9 +1110,11 @@ mod tests {
             .unwrap();
         check_settings(&bare, &schema, Durability::Relaxed)
             .await
+            .unwrap()
             .unwrap();
         let why = check_settings(&bare, &schema, Durability::Durable)
             .await
+            .unwrap()
             .unwrap_err();
         assert!(why.contains("synchronous_commit"), "{why}");
         drop_schema(&url, &schema).await;

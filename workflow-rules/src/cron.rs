@@ -112,6 +112,11 @@ fn starred_step_beside_a_day(expr: &str) -> Result<(), String> {
         [_, _, dom, _, dow] | [_, _, _, dom, _, dow] => (dom, dow),
         _ => return Ok(()),
     };
+    // croner's `+` asks for both days, as standard cron reads a starred
+    // field: both read the pair alike.
+    if dow.starts_with('+') {
+        return Ok(());
+    }
     let starred_step = |f: &str| f.starts_with('*') && f != "*";
     let restricted = |f: &str| f != "*" && f != "?";
     let (starred, name, other, other_name) = if starred_step(dom) && restricted(dow) {
@@ -317,6 +322,7 @@ mod tests {
             "0 9 * * */2",
             "0 9 1-31/2 * MON",
             "0 9 * * MON",
+            "0 9 */2 * +MON",
         ] {
             assert!(parse(good).is_ok(), "{good}");
         }
