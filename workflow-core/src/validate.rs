@@ -1,6 +1,7 @@
 //! Checking JSON input against a workflow's input schema, reporting every
 //! violation with its JSON path, in words a person or an AI model can act on.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::de::DeserializeOwned;
@@ -62,7 +63,7 @@ pub(crate) fn describe(violations: &[Violation]) -> String {
 
 /// A compiled schema; `None` inside if the schema itself does not compile
 /// (then only serde checks the input).
-pub(crate) struct SchemaCheck(Option<jsonschema::Validator>);
+pub(crate) struct SchemaCheck(Option<(jsonschema::Validator, serde_json::Value)>);
 
 impl SchemaCheck {
     pub(crate) fn new(schema: &serde_json::Value) -> Self {
@@ -74,7 +75,7 @@ impl SchemaCheck {
             Ok(Box::new(WholeNumber) as Box<dyn for<'i> jsonschema::Keyword<'i>>)
         });
         match options.build(&schema) {
-            Ok(validator) => SchemaCheck(Some(validator)),
+            Ok(validator) => SchemaCheck(Some((validator, schema))),
             Err(err) => {
                 tracing::warn!(error = %err, "input schema does not compile; checking input with serde only");
                 SchemaCheck(None)
@@ -88,27 +89,39 @@ impl SchemaCheck {
         &self,
         value: &serde_json::Value,
     ) -> Result<T, Vec<Violation>> {
-        if let Some(validator) = &self.0 {
+        if let Some((validator, schema)) = &self.0 {
             use jsonschema::error::ValidationErrorKind as Kind;
             let errors: Vec<_> = validator.iter_errors(value).collect();
             // An object that fits none of its alternatives (an enum's
             // variants, flattened or not) has the fields of the one it was
-            // meant for counted as unevaluated: "unknown field" there would
-            // tell the caller to delete fields the type has. The
-            // alternatives' own explanation says what is wrong.
-            let failed: std::collections::HashSet<String> = errors
-                .iter()
-                .filter(|e| matches!(e.kind(), Kind::OneOfNotValid { .. } | Kind::AnyOf { .. }))
-                .map(|e| e.instance_path().to_string())
-                .collect();
-            let violations: Vec<Violation> = errors
-                .iter()
-                .filter(|e| {
-                    !(matches!(e.kind(), Kind::UnevaluatedProperties { .. })
-                        && failed.contains(&e.instance_path().to_string()))
-                })
-                .flat_map(|err| explain(err))
-                .collect();
+            // meant for counted as unevaluated: "unknown field" for them
+            // would tell the caller to delete fields the type has (the
+            // alternatives' own explanation says what is wrong). The
+            // names no alternative declares are still unknown.
+            let mut declared: HashMap<String, HashSet<String>> = HashMap::new();
+            for err in &errors {
+                if matches!(err.kind(), Kind::OneOfNotValid { .. } | Kind::AnyOf { .. }) {
+                    let names = declared.entry(err.instance_path().to_string()).or_default();
+                    if let Some(node) = schema.pointer(err.schema_path().as_str()) {
+                        declared_names(schema, node, names, 0);
+                    }
+                }
+            }
+            let mut violations = Vec::new();
+            for err in &errors {
+                let path = err.instance_path().to_string();
+                match (err.kind(), declared.get(&path)) {
+                    (Kind::UnevaluatedProperties { unexpected }, Some(names)) => {
+                        violations.extend(
+                            unexpected
+                                .iter()
+                                .filter(|name| !names.contains(*name))
+                                .map(|name| unknown_field(&path, name, err.kind().keyword())),
+                        );
+                    }
+                    _ => violations.extend(explain(err)),
+                }
+            }
             if !violations.is_empty() {
                 return Err(violations);
             }
@@ -313,13 +326,7 @@ fn explain(err: &jsonschema::ValidationError<'_>) -> Vec<Violation> {
         Kind::UnevaluatedProperties { unexpected } | Kind::AdditionalProperties { unexpected } => {
             return unexpected
                 .iter()
-                .map(|name| {
-                    Violation::new(
-                        format!("{path}/{}", name.replace('~', "~0").replace('/', "~1")),
-                        err.kind().keyword(),
-                        "unknown field: the schema has no field of this name",
-                    )
-                })
+                .map(|name| unknown_field(&path, name, err.kind().keyword()))
                 .collect();
         }
         _ => return as_is(),
@@ -381,6 +388,60 @@ fn explain(err: &jsonschema::ValidationError<'_>) -> Vec<Violation> {
         return as_is();
     }
     best.iter().flat_map(|e| explain(e)).collect()
+}
+
+/// A field named `name` that the object at `path` does not have.
+fn unknown_field(path: &str, name: &str, rule: &str) -> Violation {
+    Violation::new(
+        format!("{path}/{}", name.replace('~', "~0").replace('/', "~1")),
+        rule,
+        "unknown field: the schema has no field of this name",
+    )
+}
+
+/// The property names the alternatives at `node` (a `oneOf`/`anyOf` list,
+/// or one alternative) declare, through `$ref`s and nested alternatives.
+fn declared_names(
+    root: &serde_json::Value,
+    node: &serde_json::Value,
+    names: &mut HashSet<String>,
+    depth: u32,
+) {
+    use serde_json::Value;
+    if depth > 16 {
+        return;
+    }
+    match node {
+        Value::Array(parts) => {
+            for part in parts {
+                declared_names(root, part, names, depth + 1);
+            }
+        }
+        Value::Object(map) => {
+            if let Some(props) = map.get("properties").and_then(Value::as_object) {
+                names.extend(props.keys().cloned());
+            }
+            if let Some(target) = map
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix('#'))
+                .map(|p| {
+                    percent_encoding::percent_decode_str(p)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .and_then(|p| root.pointer(&p))
+            {
+                declared_names(root, target, names, depth + 1);
+            }
+            for key in ["allOf", "anyOf", "oneOf"] {
+                if let Some(parts) = map.get(key) {
+                    declared_names(root, parts, names, depth + 1);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Tags or unit values missed, all at one path: which ones there are.
@@ -698,6 +759,29 @@ mod tests {
             "/nmae",
         );
         valid::<TwoFlat>(serde_json::json!({"id": "a", "kind": "X", "x": 1, "mode": "Q", "q": 2}));
+        // A variant that does not fit is told as such; its own fields are
+        // not "unknown", a misspelt one beside them still is.
+        let check = SchemaCheck::new(&crate::schema_for::<TwoFlat>());
+        let wrong =
+            serde_json::json!({"id": "a", "kind": "X", "x": "one", "mode": "Q", "q": 2, "nte": 1});
+        let violations = check.check::<TwoFlat>(&wrong).unwrap_err();
+        let told: Vec<(&str, &str)> = violations
+            .iter()
+            .map(|v| (v.path.as_str(), v.rule.as_str()))
+            .collect();
+        assert!(told.contains(&("/x", "type")), "{violations:?}");
+        assert!(
+            told.contains(&("/nte", "unevaluatedProperties")),
+            "{violations:?}"
+        );
+        for field in ["/kind", "/x", "/mode", "/q"] {
+            assert!(
+                !violations
+                    .iter()
+                    .any(|v| v.path == field && v.message.starts_with("unknown")),
+                "{field}: {violations:?}"
+            );
+        }
         unknown::<TwoFlat>(
             serde_json::json!({"id": "a", "kind": "X", "x": 1, "mode": "Q", "q": 2, "z": 0}),
             "/z",
