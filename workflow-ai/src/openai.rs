@@ -242,9 +242,19 @@ impl Model for OpenAiCompatible {
         // An error's body is only shown, cut: a gateway's huge error page
         // must not turn a retryable status into an unreadable answer.
         let text = if status.is_success() {
-            read_body(response, MAX_RESPONSE_BYTES).await?
+            let (text, cut) = read_body(response, MAX_RESPONSE_BYTES).await?;
+            if cut {
+                return Err(ModelError::Decode(format!(
+                    "the response is larger than {} MiB",
+                    MAX_RESPONSE_BYTES >> 20
+                )));
+            }
+            text
         } else {
-            read_body(response, BODY_SHOWN).await.unwrap_or_default()
+            read_body(response, BODY_SHOWN)
+                .await
+                .map(|(text, _)| text)
+                .unwrap_or_default()
         };
         if !status.is_success() {
             return Err(ModelError::Status {
@@ -262,25 +272,24 @@ impl Model for OpenAiCompatible {
 /// into memory whole.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
-/// The response body as text: at most `max` bytes; a longer body is an
-/// error if `max` is [`MAX_RESPONSE_BYTES`], and otherwise cut (an error
-/// page, shown in part).
-async fn read_body(mut response: reqwest::Response, max: usize) -> Result<String, ModelError> {
+/// The response body as text, at most `max` bytes of it, and whether it
+/// was longer (the rest is not read).
+async fn read_body(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<(String, bool), ModelError> {
     let mut body = Vec::new();
+    let mut cut = false;
     while let Some(chunk) = response.chunk().await.map_err(transport)? {
-        if body.len() + chunk.len() > max {
-            if max == MAX_RESPONSE_BYTES {
-                return Err(ModelError::Decode(format!(
-                    "the response is larger than {} MiB",
-                    MAX_RESPONSE_BYTES >> 20
-                )));
-            }
-            body.extend_from_slice(&chunk[..max - body.len()]);
+        let room = max - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            cut = true;
             break;
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok((String::from_utf8_lossy(&body).into_owned(), cut))
 }
 
 /// The wait a response asks for: `retry-after-ms` (OpenAI's), else

@@ -748,6 +748,24 @@ async fn overview_counts_are_reused_until_a_change_or_the_window_ends() {
     server.shutdown();
 }
 
+/// Serves `app` (a console nested at `/console/`) on a free loopback port
+/// and gives its overview's URL; `with_peer`: through
+/// `into_make_service_with_connect_info`, which tells each request's peer.
+async fn serve_mounted(app: axum::Router, with_peer: bool) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!(
+        "http://{}/console/api/overview",
+        listener.local_addr().unwrap()
+    );
+    if with_peer {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    } else {
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    base
+}
+
 /// A console mounted in an application's router, with no token: a page of
 /// another site that points its own name at the server (DNS rebinding) is
 /// refused; loopback names and the hosts named are served. With a token,
@@ -755,16 +773,11 @@ async fn overview_counts_are_reused_until_a_change_or_the_window_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mounted_console_without_a_token_answers_only_its_hosts() {
     let f = fixture().await;
-    let mount = |console: Console| async move {
-        let app = axum::Router::new().nest("/console/", console.router());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!(
-            "http://{}/console/api/overview",
-            listener.local_addr().unwrap()
-        );
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        base
+    let mount = |console: Console| {
+        serve_mounted(
+            axum::Router::new().nest("/console/", console.router()),
+            true,
+        )
     };
     let status = |url: String, host: &'static str| async move {
         http("GET", &url, &[("host", host)], None).await.status
@@ -794,15 +807,7 @@ async fn a_mounted_console_without_a_token_answers_only_its_hosts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mounted_console_without_a_token_serves_only_this_machine() {
     let f = fixture().await;
-    let serve = |app: axum::Router| async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!(
-            "http://{}/console/api/overview",
-            listener.local_addr().unwrap()
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        base
-    };
+    let serve = |app: axum::Router| serve_mounted(app, false);
     let from_afar = || MockConnectInfo(SocketAddr::from(([203, 0, 113, 7], 40_000)));
     let get = |url: String| async move { http("GET", &url, &[("host", "localhost")], None).await };
 

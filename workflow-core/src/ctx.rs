@@ -578,6 +578,17 @@ impl RunShared {
             .map(|(position, _)| *position)
     }
 
+    /// The latest place an earlier run recorded any of `keys`, under one
+    /// look at the journal (and none of `keys` made on a first run).
+    fn recorded_last_of(&self, keys: impl Iterator<Item = String>) -> Option<usize> {
+        let journal = lock(&self.journal);
+        if journal.recorded.is_empty() {
+            return None;
+        }
+        keys.filter_map(|key| journal.recorded.get(&key).map(|(position, _)| *position))
+            .max()
+    }
+
     /// Whether `key` is the last thing an earlier run recorded.
     pub(crate) fn recorded_last(&self, key: &str) -> bool {
         let journal = lock(&self.journal);
@@ -1294,8 +1305,7 @@ where
         &self,
         keys: impl Iterator<Item = String>,
     ) -> Result<()> {
-        let run = &self.inner.run;
-        match keys.filter_map(|key| run.recorded_at(&key)).max() {
+        match self.inner.run.recorded_last_of(keys) {
             Some(position) => self.restore_state_to(position).await,
             None => Ok(()),
         }

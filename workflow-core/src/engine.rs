@@ -1180,11 +1180,13 @@ impl Engine {
 
     /// Moves the deadline of an instance of any workflow; see [`Instance::set_timeout`].
     pub async fn set_timeout(&self, id: &InstanceId, timeout: Timeout) -> Result<()> {
+        self.move_deadline(id, timeout.deadline(self.inner.now()))
+            .await
+    }
+
+    /// [`Engine::set_timeout`] to `deadline` (ms since the epoch).
+    pub(crate) async fn move_deadline(&self, id: &InstanceId, deadline: Millis) -> Result<()> {
         let now = self.inner.now();
-        let deadline = match timeout {
-            Timeout::In(after) => crate::store::millis_after(now, after),
-            Timeout::At(at) => at.timestamp_millis(),
-        };
         let control = self.inner.store.set_deadline(id, deadline, now).await?;
         self.check_control(id, control)?;
         crate::worker::update_claimed_ahead(&self.inner, id, |row| {

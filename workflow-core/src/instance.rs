@@ -28,6 +28,16 @@ pub enum Timeout {
     At(DateTime<Utc>),
 }
 
+impl Timeout {
+    /// The deadline it names, in ms since the epoch, for a move made `now`.
+    pub(crate) fn deadline(self, now: crate::store::Millis) -> crate::store::Millis {
+        match self {
+            Timeout::In(after) => crate::store::millis_after(now, after),
+            Timeout::At(at) => at.timestamp_millis(),
+        }
+    }
+}
+
 /// Options for [`Workflow::start_with`].
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {

@@ -180,7 +180,6 @@ impl<'i> jsonschema::Keyword<'i> for WholeNumber {
 /// the fields of the object they are joined to.
 fn closed(schema: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
-    use std::collections::HashSet;
 
     const PARTS: [&str; 3] = ["allOf", "oneOf", "anyOf"];
 
@@ -193,14 +192,6 @@ fn closed(schema: &serde_json::Value) -> serde_json::Value {
     ];
     /// Subschemas that apply to the same object as the one holding them.
     const SAME_OBJECT: [&str; 4] = ["if", "then", "else", "not"];
-
-    /// A `$ref` as the path of what it points at (schemars percent-encodes
-    /// names outside the URL fragment set: `create%20args`).
-    fn target(r: &str) -> String {
-        percent_encoding::percent_decode_str(r)
-            .decode_utf8_lossy()
-            .into_owned()
-    }
 
     /// Walks `v`; `joined`: whether it is a part joined to an object's
     /// properties. Collects the definitions that are joined parts in
@@ -390,6 +381,14 @@ fn explain(err: &jsonschema::ValidationError<'_>) -> Vec<Violation> {
     best.iter().flat_map(|e| explain(e)).collect()
 }
 
+/// A `$ref` as the path of what it points at (schemars percent-encodes
+/// names outside the URL fragment set: `create%20args`).
+fn target(r: &str) -> String {
+    percent_encoding::percent_decode_str(r)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// A field named `name` that the object at `path` does not have.
 fn unknown_field(path: &str, name: &str, rule: &str) -> Violation {
     Violation::new(
@@ -421,18 +420,13 @@ fn declared_names(
             if let Some(props) = map.get("properties").and_then(Value::as_object) {
                 names.extend(props.keys().cloned());
             }
-            if let Some(target) = map
+            if let Some(node) = map
                 .get("$ref")
                 .and_then(Value::as_str)
                 .and_then(|r| r.strip_prefix('#'))
-                .map(|p| {
-                    percent_encoding::percent_decode_str(p)
-                        .decode_utf8_lossy()
-                        .into_owned()
-                })
-                .and_then(|p| root.pointer(&p))
+                .and_then(|p| root.pointer(&target(p)))
             {
-                declared_names(root, target, names, depth + 1);
+                declared_names(root, node, names, depth + 1);
             }
             for key in ["allOf", "anyOf", "oneOf"] {
                 if let Some(parts) = map.get(key) {

@@ -90,17 +90,12 @@ where
         let id = self.id();
         let deadline: Millis = self
             .step(name, || async move {
-                let deadline = match timeout {
-                    crate::instance::Timeout::In(after) => {
-                        crate::store::millis_after(engine.inner.now(), after)
-                    }
-                    crate::instance::Timeout::At(at) => at.timestamp_millis(),
-                };
-                engine.set_timeout(id, timeout_at(deadline)).await?;
+                let deadline = timeout.deadline(engine.inner.now());
+                engine.move_deadline(id, deadline).await?;
                 Ok::<_, BoxError>(deadline)
             })
             .await?;
-        Ok(timeout_at_time(deadline))
+        Ok(DateTime::from_timestamp_millis(deadline).unwrap_or(DateTime::<Utc>::MAX_UTC))
     }
 
     async fn wait_until(&self, wake_at: Millis) -> Result<()> {
@@ -707,16 +702,6 @@ fn child_status(recorded: &str) -> Status {
         .strip_prefix("ended ")
         .and_then(|status| status.parse().ok())
         .unwrap_or(Status::Failed)
-}
-
-/// `ms` as a time, the latest a `DateTime` holds past it.
-fn timeout_at_time(ms: Millis) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-/// A deadline at `ms`.
-fn timeout_at(ms: Millis) -> crate::instance::Timeout {
-    crate::instance::Timeout::At(timeout_at_time(ms))
 }
 
 #[cfg(test)]

@@ -1071,51 +1071,45 @@ mod tests {
             return;
         };
         let (store, schema) = store_in_fresh_schema(&url, "settings").await;
-        check_settings(store.pool(), &schema, Durability::Durable)
-            .await
-            .unwrap()
-            .unwrap();
+        let misfit = |pool: sqlx::PgPool, durability| {
+            let schema = schema.clone();
+            async move {
+                check_settings(&pool, &schema, durability)
+                    .await
+                    .unwrap()
+                    .err()
+            }
+        };
+        assert_eq!(
+            misfit(store.pool().clone(), Durability::Durable).await,
+            None
+        );
         // As a pooler hands them out when it dropped the `options`.
         let bare = PgPoolOptions::new()
             .max_connections(1)
             .connect(&url)
             .await
             .unwrap();
-        let why = check_settings(&bare, &schema, Durability::Relaxed)
-            .await
-            .unwrap()
-            .unwrap_err();
+        let set = |sql: String| {
+            let bare = bare.clone();
+            async move {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&bare)
+                    .await
+                    .unwrap();
+            }
+        };
+        let why = misfit(bare.clone(), Durability::Relaxed).await.unwrap();
         assert!(why.contains(&format!("schema `{schema}`")), "{why}");
         assert!(why.contains("ALTER ROLE"), "{why}");
-        sqlx::query("SET default_transaction_isolation = 'repeatable read'")
-            .execute(&bare)
-            .await
-            .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path = {schema}")))
-            .execute(&bare)
-            .await
-            .unwrap();
-        let why = check_settings(&bare, &schema, Durability::Relaxed)
-            .await
-            .unwrap()
-            .unwrap_err();
+        set("SET default_transaction_isolation = 'repeatable read'".into()).await;
+        set(format!("SET search_path = {schema}")).await;
+        let why = misfit(bare.clone(), Durability::Relaxed).await.unwrap();
         assert!(why.contains("repeatable read"), "{why}");
-        sqlx::query("SET default_transaction_isolation = 'read committed'")
-            .execute(&bare)
-            .await
-            .unwrap();
-        sqlx::query("SET synchronous_commit = off")
-            .execute(&bare)
-            .await
-            .unwrap();
-        check_settings(&bare, &schema, Durability::Relaxed)
-            .await
-            .unwrap()
-            .unwrap();
-        let why = check_settings(&bare, &schema, Durability::Durable)
-            .await
-            .unwrap()
-            .unwrap_err();
+        set("SET default_transaction_isolation = 'read committed'".into()).await;
+        set("SET synchronous_commit = off".into()).await;
+        assert_eq!(misfit(bare.clone(), Durability::Relaxed).await, None);
+        let why = misfit(bare.clone(), Durability::Durable).await.unwrap();
         assert!(why.contains("synchronous_commit"), "{why}");
         drop_schema(&url, &schema).await;
     }
