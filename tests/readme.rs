@@ -1,0 +1,351 @@
+//! The README's Rust snippets, compiled and, where they are whole tests,
+//! run. Each snippet sits here verbatim between what it leaves out (the
+//! types and services it names); `every_readme_snippet_is_compiled_here`
+//! fails when README gains or changes a snippet that this file does not
+//! hold, so the README cannot drift from the API. Snippets of optional
+//! features compile with those features (`.ci/run` clippies this file with
+//! them).
+//!
+//! The snippets are formatted as README shows them, so rustfmt keeps out.
+#![allow(dead_code, unused_variables, clippy::unused_async)]
+
+/// Block 1: the opening example, a whole program.
+#[rustfmt::skip]
+mod opening {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Order { prices: Vec<f64> }
+    async fn fetch_order(_id: &str) -> Result<Order, std::io::Error> { Ok(Order { prices: vec![1.0] }) }
+    async fn charge_payment(_order: &Order) -> Result<String, std::io::Error> { Ok("ch_1".into()) }
+
+use workflow::prelude::*;
+use serde::{Deserialize, Serialize};
+use schemars::JsonSchema;
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct OrderInput { order_id: String }
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct OrderOutput { status: String, total: f64 }
+
+#[derive(Default, Serialize, Deserialize, JsonSchema)]
+struct OrderState { items_processed: u32 }
+
+/// Process a new customer order
+#[workflow(name = "processOrder", timeout = "10m")]
+async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Result<OrderOutput> {
+    let order: Order = ctx.step("fetch-order", || fetch_order(&input.order_id)).await?;
+    ctx.state_mut().items_processed = order.prices.len() as u32;     // saved with the next step
+    ctx.step("charge-payment", || charge_payment(&order)).await?;
+    Ok(OrderOutput { status: "completed".into(), total: order.prices.iter().sum() })
+}
+
+#[tokio::main]
+async fn main() -> workflow::Result<()> {
+    let engine = Engine::builder().register(ProcessOrder).build().await?; // ./workflows.db
+    let worker = engine.start_worker();
+    let order = ProcessOrder::start(&engine, OrderInput { order_id: "12345".into() }).await?;
+    println!("{}", order.result().await?.status);
+    worker.shutdown().await; // lets running handlers finish before main returns
+    Ok(())
+}
+}
+
+/// Block 2 ("Errors"): compensating for a step that failed for good.
+#[rustfmt::skip]
+mod compensation {
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+    use workflow::prelude::*;
+
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    struct Order { id: String }
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    enum OrderOutcome { Paid(String), Declined(String) }
+    struct Payments;
+    impl Payments {
+        async fn charge(&self, order: &Order) -> Result<String, std::io::Error> { Ok(order.id.clone()) }
+    }
+    struct Mail;
+    impl Mail {
+        async fn declined(&self, _order: &Order, _why: &str) -> Result<(), std::io::Error> { Ok(()) }
+    }
+
+    #[workflow(name = "readmeCompensation")]
+    async fn compensate(ctx: Ctx, order: Order) -> workflow::Result<OrderOutcome> {
+        let (payments, mail) = (Payments, Mail);
+let receipt = match ctx.step("charge", || async { payments.charge(&order).await }).await {
+    Ok(receipt) => receipt,
+    Err(workflow::Error::Step { message, .. }) => {
+        ctx.step("notify", || async { mail.declined(&order, &message).await }).await?;
+        return Ok(OrderOutcome::Declined(message)); // or `match ctx.fail(message)? {}` to end Failed
+    }
+    Err(other) => return Err(other), // Interrupted and the rest: propagate
+};
+        Ok(OrderOutcome::Paid(receipt))
+    }
+}
+
+/// Block 3 ("Cron schedules").
+#[rustfmt::skip]
+mod cron {
+    use workflow::prelude::*;
+
+/// Build and send the daily report.
+#[workflow(name = "dailyReport", schedule = "0 9 * * MON-FRI", timezone = "Europe/Paris")]
+async fn daily_report(ctx: Ctx, _input: ()) -> workflow::Result<usize> { /* steps */ Ok(0) }
+}
+
+/// Block 4 ("Testing your workflows"): a whole test, run here.
+#[rustfmt::skip]
+mod testing {
+use std::time::Duration;
+use workflow::prelude::*;
+
+/// Stands in for a payment API in tests.
+#[derive(Default)]
+struct FakePayments { charged: std::sync::Mutex<Vec<u64>> }
+
+#[workflow(name = "charge")]
+async fn charge(ctx: Ctx, cents: u64) -> workflow::Result<String> {
+    let payments: &FakePayments = ctx.data()?;
+    ctx.step("charge", || async {
+        payments.charged.lock().unwrap().push(cents);
+        workflow::Ok(format!("paid {cents}"))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_charge_runs_once() -> workflow::Result<()> {
+    let engine = Engine::builder()
+        .store(workflow::MemoryStore::new())
+        .data(FakePayments::default())
+        .register(Charge)
+        .step_options(StepOptions::retries(3).backoff( // quick retries in tests
+            Duration::from_millis(1), 1.0, Duration::from_millis(1)))
+        .build()
+        .await?;
+    let worker = engine.start_worker();
+    let run = Charge::start(&engine, 1999).await?;
+    assert_eq!(run.result_timeout(Duration::from_secs(5)).await?, "paid 1999");
+    let steps: Vec<String> = run.steps().await?.into_iter().map(|s| s.key).collect();
+    assert_eq!(steps, ["charge"]);
+    let payments = engine.data::<FakePayments>().expect("given to the builder");
+    assert_eq!(*payments.charged.lock().unwrap(), [1999]);
+    worker.shutdown().await;
+    Ok(())
+}
+}
+
+/// Block 5 ("Testing your workflows"): time moved by hand, run here.
+#[rustfmt::skip]
+mod manual_clock {
+    use std::time::Duration;
+    use workflow::prelude::*;
+    use chrono::Utc;
+
+    /// Sleeps three days, then reminds.
+    #[workflow(name = "readmeReminder", timeout = "30d")]
+    async fn reminder(ctx: Ctx, who: String) -> workflow::Result<String> {
+        ctx.sleep("three-days", Duration::from_secs(3 * 86_400)).await?;
+        Ok(format!("reminded {who}"))
+    }
+
+    #[tokio::test]
+    async fn a_reminder_sleeps_three_days_of_the_clock() -> workflow::Result<()> {
+let clock = ManualClock::new(Utc::now());
+let engine = Engine::builder()
+    .store(MemoryStore::new())
+    .register(Reminder) // timeout = "30d": sleeps three days, then reminds
+    .clock(clock.clone())
+    .build()
+    .await?;
+let worker = engine.start_worker();
+let reminder = Reminder::start(&engine, "ada".into()).await?;
+reminder.idle().await?; // asleep: its sleep counts from the clock's time then
+clock.advance(Duration::from_secs(3 * 86_400));
+assert_eq!(reminder.result().await?, "reminded ada");
+        worker.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Block 6 ("Console and CLI").
+#[cfg(feature = "console")]
+#[rustfmt::skip]
+mod console {
+    async fn serve(engine: workflow::Engine) -> workflow::Result<()> {
+use workflow::prelude::*; // with features = ["console"]: ConsoleExt
+// errors are workflow::console::ConsoleError, which `?` also turns into workflow::Error
+
+// Either serve it here, until the server fails (this never returns otherwise):
+engine.serve_console("127.0.0.1:8080").await?;
+
+// Or in the background, with a token; it serves while `server` lives:
+let server = engine.console().token("s3cret").bind("127.0.0.1:8080").await?;
+println!("{}", server.url()); // http://127.0.0.1:8080/?token=s3cret
+        Ok(())
+    }
+}
+
+/// Blocks 7 to 9 (stores and deploying): compiled, not run (they open
+/// files and servers).
+#[rustfmt::skip]
+mod stores {
+    use workflow::prelude::*;
+
+    #[workflow(name = "processOrder")]
+    async fn process_order(ctx: Ctx, _input: ()) -> workflow::Result<()> { Ok(()) }
+
+    async fn urls() -> workflow::Result<()> {
+let engine = Engine::builder().database_url("sqlite://data/app.db").register(ProcessOrder).build().await?;
+let engine = Engine::builder().store(workflow::MemoryStore::new()).register(ProcessOrder).build().await?;
+        Ok(())
+    }
+
+    async fn postgres() -> workflow::Result<()> {
+let engine = Engine::builder()
+    .database_url("postgres://app:secret@db.internal/app")   // or postgresql://
+    .register(ProcessOrder)
+    .build()
+    .await?;
+let _worker = engine.start_worker();
+        Ok(())
+    }
+
+    async fn deploying() -> workflow::Result<()> {
+let engine = Engine::builder()
+    .database_url("postgres://app:secret@db.internal/app?sslmode=verify-full")
+    .register(ProcessOrder)
+    .build()
+    .await?;
+let worker = engine.start_worker();
+shutdown_signal().await; // Ctrl-C, or the SIGTERM of systemd or Kubernetes
+worker.shutdown().await; // stops claiming, lets handlers finish (10 s), hands back the rest
+
+/// Ctrl-C, or SIGTERM (tokio feature "signal"). Without a handler, SIGTERM
+/// kills the process at once: no handler finishes, and its instances wait
+/// out their leases (30 s) before another process resumes them.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => drop(sigterm.recv().await),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+        Ok(())
+    }
+}
+
+/// Block 10 ("AI tools").
+#[cfg(feature = "ai")]
+#[rustfmt::skip]
+mod ai {
+    use std::time::Duration;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+    use workflow::prelude::*;
+
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    struct OrderInput { order_id: String }
+    #[workflow(name = "processOrder")]
+    async fn process_order(ctx: Ctx, input: OrderInput) -> workflow::Result<String> { Ok(input.order_id) }
+    #[derive(Deserialize, JsonSchema)]
+    struct Lookup { email: String }
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    struct Triage { urgent: bool }
+    mod crm {
+        pub async fn find(email: &str) -> Result<String, std::io::Error> { Ok(email.to_owned()) }
+    }
+    struct ToolCall { id: String }
+
+    async fn both(
+        engine: Engine, args: serde_json::Value, tool_call: ToolCall,
+        ctx: Ctx, ticket_text: String, text: String,
+    ) -> workflow::Result<()> {
+// 1. A workflow as a tool: name, doc comment, JSON Schema of its input
+//    (doc comments on fields become descriptions).
+let tool = ProcessOrder::as_tool();
+tool.to_openai();          // {"type":"function","function":{name, description, parameters, strict}}
+tool.to_openai_strict();   // strict structured-outputs form: all required, additionalProperties false
+tool.to_anthropic();       // {name, description, input_schema}
+tool.json_schema();        // plain JSON Schema
+
+// 2. Calling it with a model's arguments: every violation, with its JSON
+//    path, in words the model can correct itself from; then it starts and
+//    returns {"workflowId", "status"} at once. (`args`: the JSON arguments
+//    a model sent, `tool_call.id`: its call id; `crm` is your code.)
+let started = engine.call_tool("processOrder", args.clone()).await?;
+// Or wait up to a bound for the output, with plain async fns alongside:
+let tools = Toolbox::new()
+    .tool(ProcessOrder::as_tool().wait(Duration::from_secs(30)).description("Place an order"))
+    .function("lookup_customer", "Find a customer by e-mail", |q: Lookup| async move {
+        Ok::<_, BoxError>(crm::find(&q.email).await?)
+    });
+let reply = tools.call(&engine, "lookup_customer", args.clone()).await?;
+// A call your own loop may repeat (a retried request): keyed by the
+// provider's tool-call id, a workflow tool starts one instance.
+let reply = tools.call_once(&engine, "processOrder", args, &tool_call.id).await?;
+// Arguments are checked closed: a misspelt field is named, not dropped.
+// 3. A model loop inside a workflow's handler (feature `ai`): each model
+//    call and each tool call is a recorded step: after a crash, only the
+//    call in flight is made again.
+// (Execute and ExecuteExt are in the prelude with feature `ai`.)
+let run = ctx.execute(
+    Execute::new("You triage support tickets.")
+        .input(ticket_text)
+        .tools(tools)
+        .max_turns(8),        // the model: OpenAiCompatible::from_env() unless .model(..) names one
+).await?;
+println!("{}", run.text);
+let typed = ctx.execute_typed::<Triage>(Execute::new("Classify.").input(text)).await?; // typed.output: Triage
+        Ok(())
+    }
+}
+
+/// Every ```rust block of README.md, whitespace aside, is in this file.
+#[test]
+fn every_readme_snippet_is_compiled_here() {
+    let readme = include_str!("../README.md");
+    let here: String = squeeze(include_str!("readme.rs"));
+    let mut blocks = 0;
+    let mut missing = Vec::new();
+    let mut lines = readme.lines().enumerate();
+    while let Some((at, line)) = lines.next() {
+        if line.trim() != "```rust" {
+            continue;
+        }
+        blocks += 1;
+        let body: Vec<&str> = lines
+            .by_ref()
+            .map(|(_, l)| l)
+            .take_while(|l| l.trim() != "```")
+            .collect();
+        if !here.contains(&squeeze(&body.join("\n"))) {
+            missing.push(at + 1);
+        }
+    }
+    assert!(
+        blocks >= 10,
+        "README.md has {blocks} rust blocks: was it moved?"
+    );
+    assert!(
+        missing.is_empty(),
+        "README.md's rust blocks at lines {missing:?} are not in tests/readme.rs: \
+         copy them there, between what they need, so they compile"
+    );
+}
+
+/// `text` without its whitespace: rustfmt and indentation aside, the same code.
+fn squeeze(text: &str) -> String {
+    text.chars().filter(|c| !c.is_whitespace()).collect()
+}
