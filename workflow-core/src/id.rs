@@ -36,7 +36,7 @@ impl InstanceId {
         // So the layout is built here: `ms`, then a counter that orders ids
         // minted in the same millisecond, then random bits.
         static LAST: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
-        let ms = u64::try_from(ms).unwrap_or(0);
+        let ms = uuid_millis(ms);
         let random = random_u64();
         let counter = {
             let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
@@ -70,7 +70,7 @@ impl InstanceId {
     /// minted before `ms` sorts below it, as text too. Stores bound scans
     /// by creation time with it.
     pub fn floor_at(ms: i64) -> Self {
-        let ms = u64::try_from(ms).unwrap_or(0);
+        let ms = uuid_millis(ms);
         let uuid = uuid::Builder::from_unix_timestamp_millis(ms, &[0; 10]).into_uuid();
         InstanceId(uuid.to_string())
     }
@@ -118,6 +118,13 @@ impl AsRef<str> for InstanceId {
     }
 }
 
+/// `ms` within what a UUIDv7 holds (48 bits, until the year 10889): a
+/// later time is the last one, not wrapped to an early one (which would
+/// make "before the year 20000" match nothing).
+fn uuid_millis(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0).min((1 << 48) - 1)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -132,6 +139,18 @@ mod tests {
     }
 
     use super::*;
+
+    /// Past what 48 bits hold, a time is the last one, not a wrapped one:
+    /// "ended before the year 20000" must match every id.
+    #[test]
+    fn floors_past_the_uuids_range_sort_above_every_id() {
+        let now = InstanceId::at(1_700_000_000_000);
+        for ms in [1 << 48, i64::MAX] {
+            // (`at` clamps the same way; not minted here, as a mint moves
+            // the process's last time, which the other tests share.)
+            assert!(InstanceId::floor_at(ms).as_str() > now.as_str(), "{ms}");
+        }
+    }
 
     #[test]
     fn ids_sort_by_creation() {

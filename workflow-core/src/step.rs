@@ -143,7 +143,18 @@ impl StepOptions {
 
     /// How long to wait after failed attempt number `attempt` (1-based), before jitter.
     pub fn delay_after(&self, attempt: u32) -> Duration {
-        let exp = self.factor.powi(attempt.saturating_sub(1).min(64) as i32);
+        // The fields are public: a factor set there skips `backoff`'s rule
+        // (NaN or below 1 counts as 1), and no wait at first stays none
+        // (0 × ∞ is NaN, which `min` would turn into the cap).
+        let factor = if self.factor.is_nan() {
+            1.0
+        } else {
+            self.factor.max(1.0)
+        };
+        if self.initial_backoff.is_zero() {
+            return Duration::ZERO;
+        }
+        let exp = factor.powi(attempt.saturating_sub(1).min(64) as i32);
         let secs = (self.initial_backoff.as_secs_f64() * exp).min(self.max_backoff.as_secs_f64());
         seconds(secs)
     }
@@ -253,6 +264,16 @@ mod tests {
             ..StepOptions::default()
         };
         assert!(raw.jittered_delay_after(2) <= raw.max_backoff);
+        // NaN in the public field counts as 1, as `backoff` reads it.
+        assert_eq!(raw.delay_after(3), raw.initial_backoff);
+        let shrinking = StepOptions {
+            factor: 0.5,
+            ..StepOptions::default()
+        };
+        assert_eq!(shrinking.delay_after(3), shrinking.initial_backoff);
+        // No first wait is no wait, whatever the factor (0 × ∞ is NaN).
+        let none = StepOptions::retries(3).backoff(Duration::ZERO, f64::INFINITY, Duration::MAX);
+        assert_eq!(none.delay_after(2), Duration::ZERO);
     }
 
     #[test]

@@ -184,7 +184,13 @@ impl Worker {
         let live = LiveId(id.clone());
         let stop = engine.inner.shutdown.child_token();
         let ready = Arc::new(ClaimedAhead::default());
-        lock(&engine.inner.claimed_ahead).push(Arc::downgrade(&ready));
+        {
+            // Workers that ended leave their queues behind: drop those here
+            // too, so starting workers in a loop does not grow the list.
+            let mut queues = lock(&engine.inner.claimed_ahead);
+            queues.retain(|queue| queue.strong_count() > 0);
+            queues.push(Arc::downgrade(&ready));
+        }
         let shared = Arc::new(WorkerShared {
             engine,
             id,
@@ -1214,24 +1220,52 @@ async fn execute(
         // A handler that returned right after `ctx.complete`/`ctx.fail`
         // took the state's last change with it; one stopped before that
         // left it to the settlement.
-        let returned_state = match end {
-            End::Returned(end) => end.state,
-            _ => None,
+        let (returned_state, panicked) = match end {
+            End::Returned(end) => (end.state, None),
+            // After `complete`/`fail`, only user serde code the handler's
+            // end ran (its state) can panic: the instance fails with it.
+            End::Panicked(message) => (None, Some(format!("handler panicked: {message}"))),
+            _ => (None, None),
         };
         return match (why, settlement) {
             (Interrupt::Suspended, Settlement::Suspend(suspend)) => Settle::Suspend(suspend),
-            (Interrupt::Completed, settlement) => {
+            // The settlement serializes the state and the output is read
+            // back here, after the handler's guard: user serde code that
+            // panics must end the run as a panicking handler does, not
+            // unwind the task and leave the instance to lapse and rerun.
+            (Interrupt::Completed, settlement) => match guarded(|| {
                 let (output, state) = settlement.ended();
-                let state = state.or(returned_state);
                 let output = output.unwrap_or_else(|| "null".to_owned());
-                match def.check_output(&output) {
-                    Ok(()) => finish(Status::Completed, Some(output), None, state),
-                    Err(message) => finish(Status::Failed, None, Some(message), state),
-                }
-            }
+                let checked = def.check_output(&output);
+                (output, state, checked)
+            }) {
+                Ok((_, _, _)) if panicked.is_some() => finish(Status::Failed, None, panicked, None),
+                Ok((output, state, Ok(()))) => finish(
+                    Status::Completed,
+                    Some(output),
+                    None,
+                    state.or(returned_state),
+                ),
+                Ok((_, state, Err(message))) => finish(
+                    Status::Failed,
+                    None,
+                    Some(message),
+                    state.or(returned_state),
+                ),
+                Err(panic) => finish(Status::Failed, None, Some(panic), None),
+            },
             (Interrupt::Failed(reason), settlement) => {
-                let state = settlement.ended().1.or(returned_state);
-                finish(Status::Failed, None, Some(reason), state)
+                match (guarded(|| settlement.ended().1), panicked) {
+                    (Ok(state), None) => {
+                        finish(Status::Failed, None, Some(reason), state.or(returned_state))
+                    }
+                    (Err(panic), _) | (Ok(_), Some(panic)) => finish(
+                        Status::Failed,
+                        None,
+                        Some(format!("{reason}; {panic}")),
+                        None,
+                    ),
+                }
             }
             // `Ended` is never stored: only a check after the run makes it.
             (Interrupt::Shutdown | Interrupt::Suspended | Interrupt::Ended, _) => Settle::Release,
@@ -1274,6 +1308,16 @@ async fn execute(
             Settle::Release
         }
     }
+}
+
+/// Runs user code (serde impls) outside the handler's guard, a panic
+/// becoming the reason the instance failed.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = panic_message(&*payload);
+        tracing::error!(panic = %message, "handler panicked");
+        format!("handler panicked: {message}")
+    })
 }
 
 /// Records how the run ended; true if the store took it.
@@ -1356,6 +1400,22 @@ mod tests {
         lock(&LIVE).insert(me.clone());
         assert!(!owner_is_dead(&me));
         lock(&LIVE).remove(&me);
+    }
+
+    /// A worker's claimed-ahead queue goes with it, however many came
+    /// and went.
+    #[tokio::test]
+    async fn ended_workers_leave_no_queues_behind() {
+        let engine = crate::EngineBuilder::new()
+            .store(crate::MemoryStore::new())
+            .build()
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            engine.start_worker().shutdown().await;
+        }
+        let _live = engine.start_worker();
+        assert_eq!(lock(&engine.inner.claimed_ahead).len(), 1);
     }
 
     #[test]

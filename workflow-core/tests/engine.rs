@@ -3279,3 +3279,71 @@ async fn a_timeout_under_a_millisecond_is_refused_at_build() {
         "{err}"
     );
 }
+
+/// A state whose `Serialize` panics once it is told to.
+#[derive(Default, Deserialize, JsonSchema)]
+struct Touchy {
+    explode: bool,
+}
+
+impl Serialize for Touchy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        assert!(!self.explode, "state would not serialize");
+        s.serialize_bool(self.explode)
+    }
+}
+
+/// Ends through `ctx.complete` or `ctx.fail` with a state that panics
+/// when the run's end serializes it: as the handler returns (0, 1), or
+/// after the handler's own guard, where the engine stopped it (2).
+struct EndsTouchy;
+
+impl Workflow for EndsTouchy {
+    type Input = u8;
+    type Output = ();
+    type State = Touchy;
+    const NAME: &'static str = "endsTouchy";
+
+    async fn run(&self, ctx: Ctx<Touchy>, how: u8) -> Result<(), BoxError> {
+        ctx.state_mut().explode = true;
+        match how {
+            0 => match ctx.complete(())? {},
+            1 => match ctx.fail("gave up")? {},
+            _ => {
+                let _ = ctx.complete(());
+                std::future::pending().await
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_state_that_panics_at_the_end_fails_its_instance_at_once() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(EndsTouchy)
+        .poll_interval(Duration::from_millis(20))
+        // Were the panic to escape, the run's lease would lapse and the
+        // instance run again, until it paused: not within this test.
+        .lease_duration(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    for (how, reason) in [
+        (0, "handler panicked"),
+        (1, "gave up; handler panicked"),
+        (2, "handler panicked"),
+    ] {
+        let run = EndsTouchy::start(&engine, how).await.unwrap();
+        let err = run
+            .result_timeout(Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(reason) && err.to_string().contains("would not serialize"),
+            "{how}: {err}"
+        );
+        assert_eq!(run.info().await.unwrap().status, Status::Failed);
+    }
+}
