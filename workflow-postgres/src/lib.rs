@@ -107,10 +107,11 @@ impl PgOptions {
         self
     }
 
-    /// Most connections this process opens (default 10), plus one for
-    /// LISTEN.
+    /// Most connections this process opens (default 10; from 1 to 10,000,
+    /// to which a number outside is brought: the pool sets a slot aside
+    /// for each up front), plus one for LISTEN.
     pub fn max_connections(mut self, connections: u32) -> Self {
-        self.max_connections = connections.max(1);
+        self.max_connections = connections.clamp(1, 10_000);
         self
     }
 
@@ -271,6 +272,9 @@ impl PgStore {
         id: &InstanceId,
         last: usize,
     ) -> Result<(Vec<PgRow>, u64), StoreError> {
+        if absent(id.as_str()) {
+            return Ok((Vec::new(), 0));
+        }
         // At least one row, to carry the total.
         let limit = i64::try_from(last.max(1)).unwrap_or(i64::MAX);
         let mut rows = retrying!(self, op, idempotent = true, async {
@@ -492,6 +496,9 @@ impl Store for PgStore {
     }
 
     async fn get(&self, id: &InstanceId) -> Result<Option<InstanceRow>, StoreError> {
+        if absent(id.as_str()) {
+            return Ok(None);
+        }
         let sql = format!("SELECT {COLUMNS} FROM instances WHERE id = $1");
         let row = retrying!(self, "get", idempotent = true, async {
             Ok(sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
@@ -594,6 +601,9 @@ impl Store for PgStore {
     }
 
     async fn cancel(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        if absent(id.as_str()) {
+            return Ok(Control::NotFound);
+        }
         retrying!(self, "cancel", idempotent = false, self.db.cancel(id, at))
     }
 
@@ -603,6 +613,9 @@ impl Store for PgStore {
         deadline_at: Millis,
         at: Millis,
     ) -> Result<Control, StoreError> {
+        if absent(id.as_str()) {
+            return Ok(Control::NotFound);
+        }
         retrying!(
             self,
             "set_deadline",
@@ -678,6 +691,9 @@ impl Store for PgStore {
     }
 
     async fn steps(&self, id: &InstanceId) -> Result<Vec<StepRow>, StoreError> {
+        if absent(id.as_str()) {
+            return Ok(Vec::new());
+        }
         let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE instance_id = $1 ORDER BY seq");
         let rows = retrying!(self, "steps", idempotent = true, async {
             Ok(sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
@@ -689,6 +705,9 @@ impl Store for PgStore {
     }
 
     async fn history(&self, id: &InstanceId) -> Result<Vec<EventRow>, StoreError> {
+        if absent(id.as_str()) {
+            return Ok(Vec::new());
+        }
         let rows = retrying!(self, "history", idempotent = true, async {
             Ok(sqlx::query(
                 "SELECT seq, at, kind, step, attempt, message, duration_ms FROM events \
@@ -736,6 +755,19 @@ impl Store for PgStore {
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<Listed>, StoreError> {
+        let texts = [
+            q.workflow.as_deref(),
+            q.key.as_deref(),
+            q.before.as_ref().map(|id| id.as_str()),
+        ];
+        if texts
+            .into_iter()
+            .flatten()
+            .chain(q.tags.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]))
+            .any(absent)
+        {
+            return Ok(Vec::new());
+        }
         let build = || {
             let columns = if q.summaries {
                 SUMMARY_COLUMNS
@@ -804,6 +836,9 @@ impl Store for PgStore {
         key: Option<&str>,
         at: Millis,
     ) -> Result<Control, StoreError> {
+        if absent(id.as_str()) {
+            return Ok(Control::NotFound);
+        }
         // With a key, a send that may have committed is safe to repeat: a
         // second copy is recognised as a duplicate, and this call's own
         // earlier attempt, by its token, as sent.
@@ -833,10 +868,16 @@ impl Store for PgStore {
     }
 
     async fn pause(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        if absent(id.as_str()) {
+            return Ok(Control::NotFound);
+        }
         retrying!(self, "pause", idempotent = false, self.db.pause(id, at))
     }
 
     async fn resume(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
+        if absent(id.as_str()) {
+            return Ok(Control::NotFound);
+        }
         retrying!(self, "resume", idempotent = false, self.db.resume(id, at))
     }
 
@@ -912,6 +953,9 @@ impl Store for PgStore {
         &self,
         workflow: Option<&str>,
     ) -> Result<Vec<(Status, u64)>, StoreError> {
+        if workflow.is_some_and(absent) {
+            return Ok(Vec::new());
+        }
         let rows: Vec<(String, i64)> = retrying!(
             self,
             "count_by_status",
@@ -944,6 +988,13 @@ impl Store for PgStore {
 /// store on the role's own schema, isolation and commit setting, silently.
 /// Fails with the server's error if it cannot be asked (a store error),
 /// and answers why not when a setting is wrong (a configuration error).
+/// Whether no row can hold `text`: PostgreSQL's text holds no NUL, and a
+/// query binding one fails (SQLSTATE 22021) where the answer is "none"
+/// (an id typed into the console, a filter).
+fn absent(text: &str) -> bool {
+    text.contains('\0')
+}
+
 async fn check_settings(
     pool: &sqlx::PgPool,
     schema: &str,
@@ -996,6 +1047,17 @@ fn settings_fit(
 mod tests {
     use super::*;
     use sqlx::Connection;
+
+    /// sqlx sets a slot aside for each connection up front: "no limit" as
+    /// the largest number must not ask for billions of them.
+    #[test]
+    fn the_largest_pool_is_cut_to_a_limit() {
+        assert_eq!(
+            PgOptions::new().max_connections(u32::MAX).max_connections,
+            10_000
+        );
+        assert_eq!(PgOptions::new().max_connections(0).max_connections, 1);
+    }
 
     /// A store on a schema of its own, named after `tag`.
     async fn store_in_fresh_schema(url: &str, tag: &str) -> (PgStore, String) {
@@ -1238,6 +1300,68 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(inbox, 1, "delivered once");
+        drop_schema(&url, &schema).await;
+    }
+
+    /// An id or filter with a NUL, which no row can hold, finds nothing
+    /// (PostgreSQL refuses to compare such text: it was a store error,
+    /// a 500 in the console).
+    #[tokio::test]
+    async fn ids_and_filters_with_a_nul_find_nothing() {
+        let Some(url) = test_url() else {
+            return;
+        };
+        let (store, schema) = store_in_fresh_schema(&url, "nul").await;
+        let id = InstanceId::from_string("a\0b");
+        assert!(store.get(&id).await.unwrap().is_none());
+        assert!(store.steps(&id).await.unwrap().is_empty());
+        assert!(store.history(&id).await.unwrap().is_empty());
+        assert_eq!(store.steps_tail(&id, 10).await.unwrap().1, 0);
+        assert_eq!(store.history_tail(&id, 10).await.unwrap().1, 0);
+        assert_eq!(store.cancel(&id, 1).await.unwrap(), Control::NotFound);
+        assert_eq!(store.pause(&id, 1).await.unwrap(), Control::NotFound);
+        assert_eq!(store.resume(&id, 1).await.unwrap(), Control::NotFound);
+        assert_eq!(
+            store.set_deadline(&id, 5, 1).await.unwrap(),
+            Control::NotFound
+        );
+        assert_eq!(
+            store.send_event(&id, "e", "1", None, 1).await.unwrap(),
+            Control::NotFound
+        );
+        let store = &store;
+        let query = |q: ListQuery| async move { store.list(&q).await.unwrap().len() };
+        let base = || ListQuery {
+            limit: 10,
+            ..ListQuery::default()
+        };
+        assert_eq!(
+            query(ListQuery {
+                workflow: Some("w\0".into()),
+                ..base()
+            })
+            .await,
+            0
+        );
+        assert_eq!(
+            query(ListQuery {
+                key: Some("k\0".into()),
+                ..base()
+            })
+            .await,
+            0
+        );
+        assert_eq!(
+            query(ListQuery {
+                before: Some(id.clone()),
+                ..base()
+            })
+            .await,
+            0
+        );
+        let tags = std::collections::BTreeMap::from([("t".to_owned(), "\0".to_owned())]);
+        assert_eq!(query(ListQuery { tags, ..base() }).await, 0);
+        assert!(store.count_by_status(Some("w\0")).await.unwrap().is_empty());
         drop_schema(&url, &schema).await;
     }
 

@@ -529,7 +529,7 @@ impl Db {
                             row: instance,
                             lease,
                             steps: Vec::new(),
-                            interrupted_runs: u32::try_from(interrupted).unwrap_or(0),
+                            interrupted_runs: u32::try_from(interrupted.max(0)).unwrap_or(u32::MAX),
                         },
                     ));
                 }

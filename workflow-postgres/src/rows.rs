@@ -69,7 +69,12 @@ pub(crate) fn instance_row(row: &PgRow) -> Result<InstanceRow, StoreError> {
         retry: {
             let key: Option<String> = row.try_get("retry_key").map_err(get)?;
             let attempts: Option<i64> = row.try_get("retry_attempts").map_err(get)?;
-            key.map(|k| (k, u32::try_from(attempts.unwrap_or(0)).unwrap_or(0)))
+            key.map(|k| {
+                (
+                    k,
+                    u32::try_from(attempts.unwrap_or(0).max(0)).unwrap_or(u32::MAX),
+                )
+            })
         },
         pause_requested: row.try_get("pause_requested").map_err(get)?,
         id: InstanceId::from_string(id),

@@ -43,6 +43,12 @@ use crate::checkpoint::Checkpointer;
 use crate::rows::{backend, instance_row, step_row, COLUMNS, SUMMARY_COLUMNS};
 use crate::writer::{Op, PurgeFrom, Reply, Writer};
 
+/// The most read connections [`SqliteOptions::readers`] takes.
+const MAX_READERS: u32 = 1_024;
+
+/// The most writes [`SqliteOptions::max_batch`] takes into one transaction.
+const MAX_BATCH: usize = 65_536;
+
 /// About how many rows one purge transaction deletes before it commits
 /// and lets other writes in (it finishes the tree it is at): 5,000 rows
 /// hold the writer for some milliseconds, not the seconds that 500 trees
@@ -88,9 +94,11 @@ impl SqliteOptions {
         self
     }
 
-    /// Connections for reads (default 4).
+    /// Connections for reads (default 4; from 1 to 1,024, to which a
+    /// number outside is brought: the pool sets a slot aside for each
+    /// up front).
     pub fn readers(mut self, readers: u32) -> Self {
-        self.readers = readers.max(1);
+        self.readers = readers.clamp(1, MAX_READERS);
         self
     }
 
@@ -102,9 +110,10 @@ impl SqliteOptions {
         self
     }
 
-    /// Most writes grouped into one transaction (default 512).
+    /// Most writes grouped into one transaction (default 512; from 1 to
+    /// 65,536, to which a number outside is brought).
     pub fn max_batch(mut self, writes: usize) -> Self {
-        self.max_batch = writes.max(1);
+        self.max_batch = writes.clamp(1, MAX_BATCH);
         self
     }
 
@@ -952,20 +961,36 @@ impl Store for SqliteStore {
     }
 
     async fn schedule_mark(&self, workflow: &str) -> Result<Option<ScheduleMark>, StoreError> {
-        let row: Option<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
-            "SELECT checked_until, last_tick, last_instance FROM schedules WHERE workflow = ?",
+        // Read as whatever the row holds (its table is not STRICT): a
+        // damaged mark must not stop the schedule, or hide every other
+        // one from `schedules()`.
+        let row: Option<(Option<i64>, Option<i64>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT CASE WHEN typeof(checked_until) = 'integer' THEN checked_until END, \
+                    CASE WHEN typeof(last_tick) = 'integer' THEN last_tick END, \
+                    CAST(last_instance AS BLOB) \
+             FROM schedules WHERE workflow = ?",
         )
         .bind(workflow)
         .fetch_optional(&self.read)
         .await
         .map_err(backend)?;
-        Ok(
-            row.map(|(checked_until, last_tick, last_instance)| ScheduleMark {
+        Ok(match row {
+            None => None,
+            // As if never checked: the scheduler starts over from now, and
+            // its next mark overwrites this one.
+            Some((None, ..)) => {
+                tracing::warn!(
+                    workflow,
+                    "schedule mark unreadable; the schedule starts over from now"
+                );
+                None
+            }
+            Some((Some(checked_until), last_tick, last_instance)) => Some(ScheduleMark {
                 checked_until,
                 last_tick,
-                last_instance: last_instance.map(InstanceId::from_string),
+                last_instance: last_instance.map(|id| InstanceId::from_string(lossy(id))),
             }),
-        )
+        })
     }
 
     async fn advance_schedule(
@@ -1812,6 +1837,72 @@ mod tests {
         store.create(new, None).await.unwrap();
     }
 
+    /// "No limit" as the largest number: a store that works, not a
+    /// writer thread dead of a capacity overflow or a process aborted
+    /// allocating billions of pool slots.
+    #[tokio::test]
+    async fn the_largest_batch_and_pool_are_cut_to_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("huge.db").display());
+        let options = SqliteOptions::new().max_batch(usize::MAX).readers(u32::MAX);
+        assert_eq!(
+            (options.max_batch, options.readers),
+            (MAX_BATCH, MAX_READERS)
+        );
+        let store = SqliteStore::connect_with(&url, options).await.unwrap();
+        let new = workflow_core::testing::new_instance("wf", 1);
+        let id = new.id.clone();
+        store.create(new, None).await.unwrap();
+        assert!(store.get(&id).await.unwrap().is_some());
+    }
+
+    /// A damaged schedule mark reads as none (the schedule starts over),
+    /// or with what it holds, never as an error that stops the schedule.
+    #[tokio::test]
+    async fn a_damaged_schedule_mark_starts_the_schedule_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("marks.db"))
+            .await
+            .unwrap();
+        let id = InstanceId::new();
+        store
+            .advance_schedule("wf", 100, Some((90, id.clone())))
+            .await
+            .unwrap();
+        let wf = InstanceId::from_string("wf");
+        corrupt(
+            &store,
+            "UPDATE schedules SET last_instance = X'FF' WHERE workflow = ?1",
+            &wf,
+        )
+        .await;
+        let mark = store.schedule_mark("wf").await.unwrap().unwrap();
+        assert_eq!((mark.checked_until, mark.last_tick), (100, Some(90)));
+        assert_eq!(mark.last_instance.unwrap().as_str(), "\u{fffd}");
+        corrupt(
+            &store,
+            "UPDATE schedules SET checked_until = 'x' WHERE workflow = ?1",
+            &wf,
+        )
+        .await;
+        assert_eq!(store.schedule_mark("wf").await.unwrap(), None);
+        corrupt(
+            &store,
+            "UPDATE schedules SET last_tick = 'x' WHERE workflow = ?1",
+            &wf,
+        )
+        .await;
+        // The scheduler's next mark mends it.
+        let next = InstanceId::new();
+        store
+            .advance_schedule("wf", 200, Some((150, next.clone())))
+            .await
+            .unwrap();
+        let mark = store.schedule_mark("wf").await.unwrap().unwrap();
+        assert_eq!((mark.checked_until, mark.last_tick), (200, Some(150)));
+        assert_eq!(mark.last_instance, Some(next));
+    }
+
     /// A status that is not even text can still be cancelled.
     #[tokio::test]
     async fn a_status_of_bytes_can_be_cancelled() {
@@ -2135,9 +2226,9 @@ mod tests {
             ids.push(new.id.clone());
             store.create(new, None).await.unwrap();
         }
-        // A run whose lease lapsed, with its interrupted-run count at u32::MAX.
+        // A run whose lease lapsed, with its interrupted-run count past u32.
         let lapsed = "UPDATE instances SET status = 'in_progress', runs = 1, \
-                      interrupted_runs = 4294967295 WHERE id = ?1";
+                      interrupted_runs = 4294967296 WHERE id = ?1";
         corrupt(&store, lapsed, &ids[0]).await;
         corrupt(
             &store,
@@ -2149,6 +2240,11 @@ mod tests {
         assert_eq!(claimed.len(), 2);
         let lapsed = claimed.iter().find(|c| c.row.id == ids[0]).unwrap();
         assert_eq!(lapsed.interrupted_runs, u32::MAX);
+        // The run at the largest count holds its lease: the count stays an
+        // integer, so the fence still matches it.
+        let last = claimed.iter().find(|c| c.row.id == ids[1]).unwrap();
+        store.commit_step(&last.lease, step("one")).await.unwrap();
+        assert!(store.get(&ids[1]).await.is_ok());
         // The writer lives on.
         let new = workflow_core::testing::new_instance("wf", 3);
         store.create(new, None).await.unwrap();

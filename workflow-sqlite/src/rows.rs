@@ -84,7 +84,7 @@ pub(crate) fn decode_instance(raw: RawInstance) -> Result<InstanceRow, StoreErro
         retry: raw.retry_key.map(|k| {
             (
                 k,
-                u32::try_from(raw.retry_attempts.unwrap_or(0)).unwrap_or(0),
+                u32::try_from(raw.retry_attempts.unwrap_or(0).max(0)).unwrap_or(u32::MAX),
             )
         }),
         pause_requested: raw.pause_requested != 0,

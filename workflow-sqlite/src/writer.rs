@@ -648,7 +648,7 @@ const INSERT_INSTANCE: &str = "INSERT INTO instances (id, workflow, status, inpu
          VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)";
 const TAKE: &str =
     "UPDATE instances SET status = 'in_progress', lease_owner = ?1, lease_expires_at = ?2, run_at = ?2, \
-             runs = runs + 1, updated_at = ?3, started_at = COALESCE(started_at, ?3), \
+             runs = runs + (runs < 9223372036854775807), updated_at = ?3, started_at = COALESCE(started_at, ?3), \
              wait_event = NULL, wait_child = NULL, started_seq = COALESCE(?5, started_seq), \
              interrupted_runs = ?6 \
          WHERE id = ?4";
@@ -748,7 +748,7 @@ fn run(
     };
     // Writes applied in the open transaction, not yet committed.
     let mut open: Option<Tx<'_, '_>> = None;
-    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch.min(1_024));
     // `Some` once told to stop (`Some(None)`: every handle was dropped).
     let mut closing: Option<Option<oneshot::Sender<()>>> = None;
     let mut last_commit = 0;
@@ -1486,7 +1486,7 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 .prepare_cached(
                     "UPDATE instances INDEXED BY instances_status \
                      SET lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1, run_at = ?1, status = 'pending', \
-                         interrupted_runs = interrupted_runs + 1 \
+                         interrupted_runs = MIN(interrupted_runs, 4294967294) + 1 \
                      WHERE status = 'in_progress' AND lease_owner = ?2 RETURNING id",
                 )?
                 .query_map(params![at, owner], |r| r.get(0))?
@@ -1524,15 +1524,21 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 Some((tick, id)) => (Some(*tick), Some(id.as_str())),
                 None => (None, None),
             };
-            c.prepare_cached(
+            // A mark not stored as an integer (damaged) counts as none,
+            // so the next one overwrites it; text would compare above any.
+            const LAST_TICK: &str =
+                "CASE WHEN typeof(last_tick) = 'integer' THEN last_tick ELSE -1 END";
+            c.prepare_cached(&format!(
                 "INSERT INTO schedules (workflow, checked_until, last_tick, last_instance) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (workflow) DO UPDATE SET \
-                     checked_until = MAX(checked_until, excluded.checked_until), \
-                     last_instance = CASE WHEN excluded.last_tick > COALESCE(last_tick, -1) \
+                     checked_until = CASE WHEN typeof(checked_until) = 'integer' \
+                         AND checked_until > excluded.checked_until \
+                         THEN checked_until ELSE excluded.checked_until END, \
+                     last_instance = CASE WHEN excluded.last_tick > {LAST_TICK} \
                          THEN excluded.last_instance ELSE last_instance END, \
-                     last_tick = CASE WHEN excluded.last_tick > COALESCE(last_tick, -1) \
+                     last_tick = CASE WHEN excluded.last_tick > {LAST_TICK} \
                          THEN excluded.last_tick ELSE last_tick END",
-            )?
+            ))?
             .execute(params![workflow, checked, tick, id])?;
             Ok(Reply::Done)
         }
@@ -2228,7 +2234,12 @@ fn claimable(r: &Row<'_>) -> Result<Claimable, Db> {
     let read = raw_instance(r).and_then(|raw| {
         // The claim's select reads `interrupted_runs` after `COLUMNS`.
         let interrupted: i64 = r.get(COLUMNS_READ)?;
-        Ok(Claimable::Row(raw, u32::try_from(interrupted).unwrap_or(0)))
+        // Past u32 (a damaged row) counts as the most, not as none:
+        // the crash-loop guard must still trip.
+        Ok(Claimable::Row(
+            raw,
+            u32::try_from(interrupted.max(0)).unwrap_or(u32::MAX),
+        ))
     });
     match read {
         Ok(claimable) => Ok(claimable),
