@@ -1,5 +1,10 @@
 //! An in-memory [`Store`]: fast, shared by engines in one process, gone at exit.
 //! For tests and for workflows that need no durability.
+//!
+//! Built for the thousands of instances of a test, not millions: claims,
+//! lists and purges scan every instance it holds under one lock, and it
+//! gives no memory back. A long-running process that keeps a large
+//! history wants SQLite.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -11,7 +16,9 @@ use crate::id::InstanceId;
 use crate::status::Status;
 use crate::store::*;
 
-/// A [`Store`] that keeps everything in process memory.
+/// A [`Store`] that keeps everything in process memory. Every claim, list
+/// and purge scans all the instances it holds: for tests and small,
+/// short-lived runs (see the module's documentation).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Tables>,

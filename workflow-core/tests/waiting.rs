@@ -1907,3 +1907,72 @@ async fn fan_outs_take_their_own_retry_policy() {
     assert_eq!(steps.len(), 3 + 3 + 2, "{steps:?}");
     assert!(steps.iter().all(|s| s.attempts == 2), "{steps:?}");
 }
+
+/// Version 1 of a workflow that waits for its approval event by one name.
+struct WaitsApproved;
+
+impl Workflow for WaitsApproved {
+    type Input = ();
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "renamedWait";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<String, BoxError> {
+        let by: String = ctx.wait_for_event("approved", None).await?;
+        Ok(format!("v1 {by}"))
+    }
+}
+
+/// Version 2: the same workflow, its event renamed.
+struct WaitsApproval;
+
+impl Workflow for WaitsApproval {
+    type Input = ();
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "renamedWait";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<String, BoxError> {
+        let by: String = ctx.wait_for_event("approval", None).await?;
+        Ok(format!("v2 {by}"))
+    }
+}
+
+/// README's remedy for a renamed event: an instance listening under the
+/// old name is paused and resumed, and replays into the new wait, which
+/// finds the event sent meanwhile.
+#[tokio::test]
+async fn an_instance_listening_under_a_renamed_event_moves_on_after_pause_and_resume() {
+    let store: Arc<dyn store::Store> = Arc::new(MemoryStore::new());
+    let engine = |build: EngineBuilder| {
+        build
+            .shared_store(Arc::clone(&store))
+            .poll_interval(Duration::from_millis(20))
+            .suspend_after(Duration::ZERO)
+            .build()
+    };
+    let old = engine(EngineBuilder::new().register(WaitsApproved))
+        .await
+        .unwrap();
+    let worker = old.start_worker();
+    let run = WaitsApproved::start(&old, ()).await.unwrap();
+    until_status(&run, Status::Listening).await;
+    worker.shutdown().await;
+
+    let new = engine(EngineBuilder::new().register(WaitsApproval))
+        .await
+        .unwrap();
+    let _worker = new.start_worker();
+    let run = WaitsApproval::handle(&new, run.id().clone());
+    run.send_event("approval", "ada").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        run.info().await.unwrap().status,
+        Status::Listening,
+        "the old name only wakes it"
+    );
+    run.pause().await.unwrap();
+    run.resume().await.unwrap();
+    let out = run.result_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(out, "v2 ada");
+}
