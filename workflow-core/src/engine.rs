@@ -1560,6 +1560,7 @@ impl Engine {
         let started = tokio::time::Instant::now();
         let mut poll = Duration::from_millis(10);
         let watch = self.inner.finished.watch(id);
+        let mut root = false;
         loop {
             let finished = watch.notify.notified();
             tokio::pin!(finished);
@@ -1567,6 +1568,10 @@ impl Engine {
             let row = self.row(id).await?;
             if row.status.is_terminal() {
                 return Ok(row);
+            }
+            if !root && row.parent.is_none() {
+                root = true;
+                watch.is_root();
             }
             let mut wait = poll;
             if let Some(limit) = limit {
@@ -1590,7 +1595,16 @@ impl Engine {
 /// callers awaiting a thousand results do not all read their rows again
 /// at every end.
 #[derive(Default)]
-pub(crate) struct FinishWaiters(std::sync::Mutex<HashMap<InstanceId, (Arc<Notify>, usize)>>);
+pub(crate) struct FinishWaiters(std::sync::Mutex<HashMap<InstanceId, Waiting>>);
+
+/// The callers waiting for one instance.
+struct Waiting {
+    notify: Arc<Notify>,
+    callers: usize,
+    /// The instance has no parent, so no cascade ends it: only its own end
+    /// wakes its callers.
+    root: bool,
+}
 
 /// One caller's registration; dropping it ends it.
 pub(crate) struct FinishWatch<'a> {
@@ -1600,36 +1614,49 @@ pub(crate) struct FinishWatch<'a> {
 }
 
 impl FinishWaiters {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, (Arc<Notify>, usize)>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Waiting>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a wait for `id` to end.
     pub(crate) fn watch(&self, id: &InstanceId) -> FinishWatch<'_> {
         let mut map = self.map();
-        let (notify, count) = map
-            .entry(id.clone())
-            .or_insert_with(|| (Arc::new(Notify::new()), 0));
-        *count += 1;
+        let waiting = map.entry(id.clone()).or_insert_with(|| Waiting {
+            notify: Arc::new(Notify::new()),
+            callers: 0,
+            root: false,
+        });
+        waiting.callers += 1;
         FinishWatch {
             waiters: self,
             id: id.clone(),
-            notify: Arc::clone(notify),
+            notify: Arc::clone(&waiting.notify),
         }
     }
 
     /// `id` ended in this process.
     pub(crate) fn ended(&self, id: &InstanceId) {
-        if let Some((notify, _)) = self.map().get(id) {
-            notify.notify_waiters();
+        if let Some(waiting) = self.map().get(id) {
+            waiting.notify.notify_waiters();
         }
     }
 
     /// Instances this process cannot name ended (a cancel's or a
-    /// timeout's descendants): every caller looks again.
+    /// timeout's descendants): every caller of an instance that may be one
+    /// looks again. Callers of roots do not: a thousand callers awaiting
+    /// results would each read their row at every cancel.
     pub(crate) fn ended_all(&self) {
-        for (notify, _) in self.map().values() {
-            notify.notify_waiters();
+        for waiting in self.map().values().filter(|w| !w.root) {
+            waiting.notify.notify_waiters();
+        }
+    }
+}
+
+impl FinishWatch<'_> {
+    /// The instance has no parent: a cascade never ends it.
+    pub(crate) fn is_root(&self) {
+        if let Some(waiting) = self.waiters.map().get_mut(&self.id) {
+            waiting.root = true;
         }
     }
 }
@@ -1637,9 +1664,9 @@ impl FinishWaiters {
 impl Drop for FinishWatch<'_> {
     fn drop(&mut self) {
         let mut map = self.waiters.map();
-        if let Some((_, count)) = map.get_mut(&self.id) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(waiting) = map.get_mut(&self.id) {
+            waiting.callers -= 1;
+            if waiting.callers == 0 {
                 map.remove(&self.id);
             }
         }
@@ -1685,7 +1712,8 @@ mod tests {
     }
 
     /// An end wakes the callers waiting for that instance, not the others;
-    /// a cascade wakes all; registrations go when their callers do.
+    /// a cascade wakes all but the callers of roots; registrations go when
+    /// their callers do.
     #[tokio::test]
     async fn an_end_wakes_only_the_callers_waiting_for_it() {
         let waiters = FinishWaiters::default();
@@ -1709,8 +1737,22 @@ mod tests {
             waiters.ended_all();
             assert!(
                 tokio::time::timeout(quick, nb).await.is_ok(),
-                "a cascade wakes all"
+                "a cascade wakes all that may descend from another"
             );
+        }
+        {
+            wb.is_root();
+            let nb = wb.notify.notified();
+            tokio::pin!(nb);
+            nb.as_mut().enable();
+            waiters.ended_all();
+            let quick = Duration::from_millis(20);
+            assert!(
+                tokio::time::timeout(quick, nb.as_mut()).await.is_err(),
+                "a root's callers sleep through a cascade"
+            );
+            waiters.ended(&b);
+            assert!(tokio::time::timeout(quick, nb).await.is_ok());
         }
         drop((wa, wb));
         assert!(waiters.map().is_empty());
