@@ -50,9 +50,10 @@ const MAX_READERS: u32 = 1_024;
 const MAX_BATCH: usize = 65_536;
 
 /// About how many rows one purge transaction deletes before it commits
-/// and lets other writes in (it finishes the tree it is at): 5,000 rows
-/// hold the writer for some milliseconds, not the seconds that 500 trees
-/// of large instances would.
+/// and lets other writes in (a larger tree goes over several, leaves
+/// first): 5,000 rows hold the writer for some milliseconds, not the
+/// seconds that 500 trees of large instances, or one tree of 200,000,
+/// would.
 const PURGE_ROWS: u64 = 5_000;
 
 /// How a [`SqliteStore`] opens its file.
@@ -1185,6 +1186,81 @@ mod tests {
         assert_eq!(steps().await, steps_each as i64, "one tree left");
         assert_eq!(store.purge(21, None, 500).await.unwrap(), 1);
         assert_eq!(steps().await, 0);
+    }
+
+    /// A tree larger than one transaction's rows goes leaves first over
+    /// several, its root last, so that what is left between them is still
+    /// a tree the next one finds.
+    #[tokio::test]
+    async fn a_tree_larger_than_a_transaction_goes_leaves_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("tree.db")).await.unwrap();
+        let root = crate::writer::new_instance(1);
+        let root_id = root.id.clone();
+        store.create(root, None).await.unwrap();
+        for n in 2..=5 {
+            let mut child = crate::writer::new_instance(n);
+            child.parent = Some(root_id.clone());
+            store.create(child, None).await.unwrap();
+        }
+        let claimed = store
+            .claim(ClaimRequest {
+                owner: "o".into(),
+                workflows: vec!["w".into()],
+                now: 10,
+                due_by: 10,
+                lease_until: 10_000,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 5);
+        for c in &claimed {
+            for k in 0..3 {
+                let step = crate::writer::done_step(format!("s{k}"), 12);
+                store.commit_step(&c.lease, step).await.unwrap();
+            }
+            let finish = crate::writer::completed_at(20);
+            store.finish(&c.lease, finish).await.unwrap();
+        }
+        let count = |table: &'static str| {
+            let read = store.read.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM {table}"
+                )))
+                .fetch_one(&read)
+                .await
+                .unwrap()
+            }
+        };
+        // Each instance has more rows than one transaction may take here.
+        let mut from = PurgeFrom::default();
+        let mut rounds = Vec::new();
+        loop {
+            let op = Op::Purge {
+                before: 21,
+                workflow: None,
+                trees: 500,
+                rows: 5,
+                from,
+            };
+            let Reply::Purged(done) = store.write(op).await.unwrap() else {
+                panic!("a purge answers Purged");
+            };
+            rounds.push(done.instances);
+            let root_left = store.get(&root_id).await.unwrap().is_some();
+            let left = count("instances").await;
+            assert_eq!(root_left, left > 0, "the root goes last, after {rounds:?}");
+            match done.next {
+                Some(next) => from = next,
+                None => break,
+            }
+            assert!(rounds.len() < 10, "{rounds:?}");
+        }
+        assert!(rounds.len() > 1, "several transactions: {rounds:?}");
+        assert_eq!(rounds.iter().sum::<u64>(), 5);
+        assert_eq!((count("instances").await, count("steps").await), (0, 0));
     }
 
     /// The list and count queries must use indexes, not sort or scan the table.

@@ -1687,11 +1687,13 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
 /// Deletes ended instances with their rows in every table: see
 /// Where a purge's scan goes on from: the ended status it was at (an index
 /// into the terminal statuses of [`Status::ALL`]) and the last root it
-/// passed there.
+/// passed there, or the root of a tree it deleted only part of, which the
+/// next transaction goes on with first.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct PurgeFrom {
     status: usize,
     after: Vec<u8>,
+    unfinished: bool,
 }
 
 /// What one purge transaction did.
@@ -1706,10 +1708,12 @@ pub(crate) struct Purged {
 }
 
 /// [`Store::purge`], one transaction of it: up to `limit` trees, stopping
-/// once a tree takes the rows deleted past `rows` (a purge of large trees
-/// would hold the single writer, and every running workflow's writes,
-/// for as long as it deletes). Ids are read and bound as the bytes stored,
-/// so a row whose id is not UTF-8 does not stop the purge.
+/// once the rows deleted pass `rows` (a purge of large trees would hold
+/// the single writer, and every running workflow's writes, for as long as
+/// it deletes), within a tree too: a tree larger than that goes leaves
+/// first over several transactions, its root last. Ids are read and
+/// bound as the bytes stored, so a row whose id is not UTF-8 does not stop
+/// the purge.
 fn purge(
     c: &Tx<'_, '_>,
     before: Millis,
@@ -1753,6 +1757,31 @@ fn purge(
         .collect();
     let mut deleted_rows = 0;
     let mut at = from;
+    if at.unfinished {
+        at.unfinished = false;
+        match purge_tree(c, &at.after, before, rows)? {
+            TreePurge::Kept => {}
+            TreePurge::Part { instances } => {
+                done.instances += instances;
+                tracing::debug!(done.instances, "purged part of an ended tree");
+                at.unfinished = true;
+                done.next = Some(at);
+                return Ok(done);
+            }
+            TreePurge::Whole {
+                instances,
+                rows: rows_of_tree,
+            } => {
+                done.instances += instances;
+                done.trees += 1;
+                deleted_rows += rows_of_tree;
+                if done.trees >= limit || deleted_rows >= rows {
+                    done.next = Some(at);
+                    return Ok(done);
+                }
+            }
+        }
+    }
     while let Some(status) = ended.get(at.status) {
         loop {
             let mut select = c.prepare_cached(&sql)?;
@@ -1779,14 +1808,27 @@ fn purge(
             drop(select);
             for root in &roots {
                 at.after.clone_from(root);
-                if let Some((instances, rows_of_tree)) = purge_tree(c, root, before)? {
-                    done.instances += instances;
-                    done.trees += 1;
-                    deleted_rows += rows_of_tree;
-                    if done.trees >= limit || deleted_rows >= rows {
-                        tracing::debug!(done.instances, deleted_rows, "purged ended instances");
+                match purge_tree(c, root, before, rows - deleted_rows)? {
+                    TreePurge::Kept => {}
+                    TreePurge::Part { instances } => {
+                        done.instances += instances;
+                        tracing::debug!(done.instances, "purged ended instances, a tree in part");
+                        at.unfinished = true;
                         done.next = Some(at);
                         return Ok(done);
+                    }
+                    TreePurge::Whole {
+                        instances,
+                        rows: rows_of_tree,
+                    } => {
+                        done.instances += instances;
+                        done.trees += 1;
+                        deleted_rows += rows_of_tree;
+                        if done.trees >= limit || deleted_rows >= rows {
+                            tracing::debug!(done.instances, deleted_rows, "purged ended instances");
+                            done.next = Some(at);
+                            return Ok(done);
+                        }
                     }
                 }
             }
@@ -1797,6 +1839,7 @@ fn purge(
         at = PurgeFrom {
             status: at.status + 1,
             after: Vec::new(),
+            unfinished: false,
         };
     }
     if done.instances > 0 {
@@ -1813,18 +1856,32 @@ fn text(id: &[u8]) -> rusqlite::types::ToSqlOutput<'_> {
     rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(id))
 }
 
+/// What [`purge_tree`] did.
+enum TreePurge {
+    /// Nothing: an instance of the tree has not ended, or not before the
+    /// purge's time.
+    Kept,
+    /// All of it, root included.
+    Whole { instances: u64, rows: u64 },
+    /// Its deepest instances, up to about the rows it was given: the root
+    /// and what it still reaches are left for the next transaction.
+    Part { instances: u64 },
+}
+
 /// Deletes `root` and all its descendants, with their rows in every table,
-/// if every one of them ended before `before`; returns how many instances
-/// and how many rows in all, or `None` (nothing deleted) if one did not.
-fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<(u64, u64)>, Db> {
+/// if every one of them ended before `before`: leaves first, stopping
+/// once more than `budget` rows went (at least one instance goes), so
+/// that what is left is still one tree under its root.
+fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis, budget: u64) -> Result<TreePurge, Db> {
     let tree: Vec<(Vec<u8>, Option<String>, bool)> = c
         .prepare_cached(concat!(
-            "WITH RECURSIVE tree(id) AS ( \
-                 SELECT ?1 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
+            "WITH RECURSIVE tree(id, depth) AS ( \
+                 SELECT ?1, 0 UNION SELECT i.id, t.depth + 1 FROM instances i JOIN tree t ON i.parent_id = t.id \
              ) \
              SELECT i.id, i.tags, COALESCE(i.status IN ",
             ended!(),
-            " AND i.finished_at < ?2, 0) FROM tree t JOIN instances i ON i.id = t.id"
+            " AND i.finished_at < ?2, 0) FROM tree t JOIN instances i ON i.id = t.id \
+             ORDER BY t.depth DESC"
         ))?
         .query_map(params![text(root), before], |r| {
             Ok((
@@ -1835,10 +1892,15 @@ fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<(u64
         })?
         .collect::<Result<_, _>>()?;
     if tree.is_empty() || !tree.iter().all(|(_, _, ended)| *ended) {
-        return Ok(None);
+        return Ok(TreePurge::Kept);
     }
     let mut rows = 0;
-    for (id, tags, _) in &tree {
+    for (deleted, (id, tags, _)) in tree.iter().enumerate() {
+        if rows > budget {
+            return Ok(TreePurge::Part {
+                instances: deleted as u64,
+            });
+        }
         for sql in [
             "DELETE FROM steps WHERE instance_id = ?1",
             "DELETE FROM events WHERE instance_id = ?1",
@@ -1870,7 +1932,10 @@ fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis) -> Result<Option<(u64
             .prepare_cached("DELETE FROM instances WHERE id = ?1")?
             .execute(params![text(id)])? as u64;
     }
-    Ok(Some((tree.len() as u64, rows)))
+    Ok(TreePurge::Whole {
+        instances: tree.len() as u64,
+        rows,
+    })
 }
 
 /// Whether a control operation applies to `id`: it exists and is unfinished.
