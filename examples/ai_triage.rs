@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         .register(TriageTicket)
         .build()
         .await?;
-    let _worker = engine.start_worker();
+    let worker = engine.start_worker();
 
     // The workflow as a tool for some other agent: name, description, schema.
     println!(
@@ -110,12 +110,16 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    match instance.result_timeout(Duration::from_secs(120)).await {
+    // Longer than the model calls' retries (8 attempts, about two minutes
+    // of waits against a rate-limited endpoint), so a slow answer is not
+    // reported as a failure while it is still being retried.
+    match instance.result_timeout(Duration::from_secs(300)).await {
         Ok(triage) => println!("triage of {}: {triage:?}", instance.id()),
         Err(err) => println!("triage of {} failed: {err}", instance.id()),
     }
     for step in instance.steps().await? {
         println!("  step {} ({} attempt(s))", step.key, step.attempts);
     }
+    worker.shutdown().await;
     Ok(())
 }

@@ -71,9 +71,10 @@ async fn main() -> workflow::Result<()> {
     println!("receipt: {}", first.result().await?);
 
     // Once it ended, the key is free: the default statuses only match
-    // instances still active. Ask for Completed too to get the old one back.
+    // instances still active. Ask for Completed too (beside the active
+    // ones, Status::ACTIVE) to get the old one back.
     let again = ChargeInvoice::get_or_create(&engine, "inv-42", invoice.clone())
-        .statuses([Status::Pending, Status::InProgress, Status::Completed])
+        .statuses(Status::ACTIVE.into_iter().chain([Status::Completed]))
         .await?;
     println!(
         "same key after completion, Completed included -> same instance: {}",

@@ -902,7 +902,8 @@ where
     /// calls `f` up to `opts.max_attempts` times until it returns `Ok`, then
     /// records the result, the state (if changed) and a history event in one
     /// transaction before returning. A panic inside `f` counts as a failed
-    /// attempt. The n-th use of the same `name` in one run gets key `name#n`.
+    /// attempt. Uses of the same `name` after the first in one run get keys
+    /// `name#1`, `name#2`, ... (the second use is `name#1`).
     /// `name` follows the rule of [`Ctx::step`]: not empty, none of
     /// [`RESERVED_STEP_CHARS`].
     ///
@@ -1162,7 +1163,11 @@ where
     /// Ends the instance now as `Completed` with `output`, without running the
     /// rest of the handler. Returns an error to propagate with `?`; the
     /// outcome is recorded even if the caller ignores it, with the state
-    /// as it is once the handler has stopped.
+    /// as it is once the handler has stopped. An output JSON cannot hold
+    /// ([`Error::Json`]) or larger than
+    /// [`max_payload_bytes`](crate::EngineBuilder::max_payload_bytes)
+    /// ([`Error::PayloadTooLarge`]) ends it `Failed` with that error
+    /// instead.
     ///
     /// `output` should be the workflow's `Output`: `Ctx` is typed by the
     /// state, not the output, so it takes any `Serialize`, and the engine
@@ -1178,11 +1183,19 @@ where
                 self.name()
             )
         };
-        let json = serde_json::to_string(&output).map_err(|error| Error::Json {
-            context: what(),
-            error,
-        })?;
-        crate::error::within(&json, self.inner.run.max_payload(), what)?;
+        let json = serde_json::to_string(&output)
+            .map_err(|error| Error::Json {
+                context: what(),
+                error,
+            })
+            .and_then(|json| {
+                crate::error::within(&json, self.inner.run.max_payload(), what).map(|()| json)
+            })
+            // As the caller may ignore the error, the end is recorded all
+            // the same: a failure naming it.
+            .inspect_err(|err| {
+                let _ = self.fail(err.to_string());
+            })?;
         self.inner.run.interrupt(
             Interrupt::Completed,
             Settlement::Ended {

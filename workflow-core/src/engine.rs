@@ -386,12 +386,14 @@ impl EngineBuilder {
     }
 
     /// The most bytes of JSON a step's output, a state snapshot, a
-    /// workflow's output or a workflow's input may take (default
-    /// [`DEFAULT_MAX_PAYLOAD`], 256 MiB), checked before anything is
-    /// written: a larger step output or state gives the step
-    /// [`Error::PayloadTooLarge`] (not retried; the handler may handle it),
-    /// a larger output fails the instance, a larger input fails the start
-    /// (of a child too), and a state still too large when the handler ends
+    /// workflow's output, a workflow's input or an event's payload may take
+    /// (default [`DEFAULT_MAX_PAYLOAD`], 256 MiB), checked before anything
+    /// is written: a larger step output or state fails the instance at
+    /// once (the step returns [`Error::PayloadTooLarge`], but the record
+    /// cannot be written, so the instance ends `Failed` whatever the
+    /// handler does with it), a larger output fails the instance, a larger
+    /// input fails the start (of a child too), a larger payload fails the
+    /// `send_event`, and a state still too large when the handler ends
     /// is not saved (a warning says so). Both SQL stores
     /// refuse values near 1 GB, and a write refused by the store would
     /// release the run to be retried, running its step again each time;

@@ -284,9 +284,12 @@ pub enum Error {
         error: serde_json::Error,
     },
 
-    /// A step's output, a state snapshot or a workflow's output is larger
-    /// than the engine records ([`EngineBuilder::max_payload_bytes`](crate::EngineBuilder::max_payload_bytes)).
-    /// Not retried: the same value would be refused again.
+    /// A step's output, a state snapshot, a workflow's output or input (a
+    /// child's too) or an event's payload is larger than the engine
+    /// records ([`EngineBuilder::max_payload_bytes`](crate::EngineBuilder::max_payload_bytes)).
+    /// Not retried: the same value would be refused again. Inside a run
+    /// (a step's output, the state, `ctx.complete`'s output) the instance
+    /// has failed with it by the time the handler sees it.
     #[error(
         "{what} is {bytes} bytes of JSON, more than the {max} bytes a record may hold \
          (EngineBuilder::max_payload_bytes): keep large data outside the workflow (files, \

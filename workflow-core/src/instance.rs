@@ -630,7 +630,7 @@ pub struct InstanceInfo {
     /// [`due_at`](Self::due_at) ahead).
     #[serde(default)]
     pub waiting_for: Option<WaitingFor>,
-    /// The instance that started it with `ctx.run_child`.
+    /// The instance that started it with `ctx.start_child` or `ctx.run_child`.
     #[serde(default)]
     pub parent: Option<InstanceId>,
 }

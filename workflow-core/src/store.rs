@@ -337,8 +337,10 @@ pub struct EventRow {
     /// When.
     pub at: Millis,
     /// What happened: `created`, `started`, `step_completed`, `step_failed`,
-    /// `attempt_failed`, `state_changed`, `deadline_changed`, `released`, or a
-    /// terminal status name (`completed`, `failed`, `cancelled`, `timed_out`).
+    /// `attempt_failed`, `state_changed`, `deadline_changed`, `suspended`,
+    /// `paused`, `resumed`, `event_sent`, `event_received`, `released`, or a
+    /// terminal status name (`completed`, `failed`, `cancelled`, `timed_out`):
+    /// the names of [`HistoryKind`](crate::HistoryKind).
     pub kind: String,
     /// The step key, for step events.
     pub step: Option<String>,
@@ -454,9 +456,10 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts an instance and its `created` event. With `dedup` set and a
     /// key on `new`, atomically returns the existing instance of the same
     /// workflow and key whose status is in `dedup` instead, if there is one.
-    /// A child whose parent is already `Cancelled` (its handler had not
-    /// heard yet) is inserted `Cancelled`, with a `cancelled` event, and
-    /// never runs: as [`Store::cancel`] would have left it.
+    /// A child whose parent already ended `Cancelled` or `TimedOut` (its
+    /// handler had not heard yet) is inserted `Cancelled`, with a
+    /// `cancelled` event, and never runs: as [`Store::cancel`] would have
+    /// left it.
     async fn create(
         &self,
         new: NewInstance,
@@ -643,11 +646,13 @@ pub trait Store: Send + Sync + 'static {
     /// and due now instead; if a pause was asked for, it becomes `Paused`.
     /// It is due by its stored deadline at the latest, which may have moved
     /// since the handler computed `suspend.run_at`. Its count of interrupted
-    /// runs goes back to 0.
+    /// runs goes back to 0. Writes a `suspended` history event (`paused`
+    /// when it pauses).
     async fn suspend(&self, lease: &Lease, suspend: Suspend) -> Result<(), StoreError>;
 
     /// Puts an event in an unfinished instance's inbox (kept until taken),
-    /// and wakes the instance if it is `Listening` for that name.
+    /// with an `event_sent` history event, and wakes the instance if it is
+    /// `Listening` for that name.
     ///
     /// With a `key`, at most once per instance and key: if an event with
     /// that key was sent to the instance before (taken or not, whatever its
@@ -679,11 +684,13 @@ pub trait Store: Send + Sync + 'static {
     /// Pauses an unfinished instance: a waiting one at once (`Paused`), a
     /// running one at its next step (it is asked to, see
     /// [`InstanceRow::pause_requested`]). Its deadline stops counting.
+    /// Writes a `paused` history event when it pauses.
     async fn pause(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError>;
 
     /// Resumes a paused instance (due now, its deadline pushed back by the
     /// time it was paused, its count of interrupted runs back to 0), or
-    /// withdraws a pause not yet taken.
+    /// withdraws a pause not yet taken. Writes a `resumed` history event
+    /// when it resumes.
     async fn resume(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError>;
 
     /// Where the schedule of `workflow` stands, if any engine looked at it yet.

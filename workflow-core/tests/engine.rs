@@ -2926,6 +2926,8 @@ enum Big {
     State,
     Output,
     ChildInput,
+    /// Given to `ctx.complete`, whose error the handler ignores.
+    Completed,
 }
 
 /// Returns its input.
@@ -2975,6 +2977,10 @@ impl Workflow for TooBig {
             }
             Big::Output => Ok(large),
             Big::ChildInput => Ok(ctx.run_child::<Echo>("child", large).await?),
+            Big::Completed => {
+                let _ = ctx.complete(large);
+                Ok("went on".into())
+            }
         }
     }
 }
@@ -2999,6 +3005,7 @@ async fn a_value_over_the_payload_limit_fails_once_naming_it() {
         (Big::State, "state of workflow `tooBig`"),
         (Big::Output, "output of workflow `tooBig`"),
         (Big::ChildInput, "input of child workflow `echo`"),
+        (Big::Completed, "output passed to ctx.complete"),
     ] {
         let instance = TooBig::start(&engine, big).await.unwrap();
         let err = instance

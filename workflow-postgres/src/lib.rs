@@ -101,7 +101,9 @@ impl PgOptions {
     /// The schema holding the store's tables (default [`DEFAULT_SCHEMA`], or
     /// the URL's `schema` parameter); created if missing. Stores on
     /// different schemas of one database are independent. Lower-case
-    /// letters, digits and `_` only.
+    /// letters, digits and `_`, not starting with a digit, at most 48
+    /// bytes; another name fails [`PgStore::connect_with`] with
+    /// [`Error::Config`].
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = Some(schema.into());
         self
