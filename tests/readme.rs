@@ -183,7 +183,7 @@ engine.serve_console("127.0.0.1:8080").await?;
 
 // Or in the background, with a token; it serves while `server` lives:
 let server = engine.console().token("s3cret").bind("127.0.0.1:8080").await?;
-println!("{}", server.url()); // http://127.0.0.1:8080/?token=s3cret
+println!("{}", server.url()); // http://127.0.0.1:8080/#token=s3cret
         Ok(())
     }
 }

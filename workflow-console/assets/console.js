@@ -50,14 +50,20 @@ function replace(el, ...children) {
 
 const TOKEN_KEY = "workflow-console-token";
 
-// A token given as ?token=... is kept for this tab and removed from the address bar.
+// A token given as #token=... (a fragment: never sent to the server, so
+// never in its logs) or ?token=... is kept for this tab and removed from
+// the address bar.
 (function takeToken() {
   const url = new URL(location.href);
-  const t = url.searchParams.get("token");
+  const fromHash = url.hash.startsWith("#token=")
+    ? new URLSearchParams(url.hash.slice(1)).get("token")
+    : null;
+  const t = fromHash || url.searchParams.get("token");
   if (t) {
     sessionStorage.setItem(TOKEN_KEY, t);
     url.searchParams.delete("token");
-    history.replaceState(null, "", url.pathname + url.search + url.hash);
+    const hash = fromHash ? "" : url.hash;
+    history.replaceState(null, "", url.pathname + url.search + hash);
   }
 })();
 

@@ -399,7 +399,14 @@ fn same_origin_change(
             .strip_prefix("http://")
             .or_else(|| origin.strip_prefix("https://"));
         let same = origin_host == Some(host) && !host.is_empty();
-        if !same && !origin_host.is_some_and(|o| host_allowed(allowed, o)) {
+        // Only names the console was given: any loopback host would let in
+        // a page of another server on this machine (another port).
+        let named = origin_host.is_some_and(|o| {
+            allowed
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case(host_name(o)))
+        });
+        if !same && !named {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("cross-origin request refused (Origin: {origin})"),
@@ -1184,6 +1191,21 @@ mod tests {
         assert!(same_origin_change(&Method::POST, &headers, &[]).is_err());
         let allowed = ["ops.example.com".to_owned()];
         assert!(same_origin_change(&Method::POST, &headers, &allowed).is_ok());
+        // Another server on this machine is another origin.
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://localhost:3000"),
+        );
+        assert!(same_origin_change(&Method::POST, &headers, &[]).is_err());
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:3000"),
+        );
+        assert!(same_origin_change(&Method::POST, &headers, &[]).is_err());
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://ops.example.com"),
+        );
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),

@@ -729,7 +729,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             } else if let Some(from) = hidden {
                 writeln!(
                     out,
-                    "workflow console on {} (add ?token=<{from}>; Ctrl-C to stop)",
+                    "workflow console on {} (add #token=<{from}>; Ctrl-C to stop)",
                     server.page_url(),
                 )?;
             } else {

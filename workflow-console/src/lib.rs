@@ -179,8 +179,8 @@ impl Console {
     }
 
     /// Requires this token (`Authorization: Bearer <token>`) on every API
-    /// call. The page asks for it, or takes it once from `?token=` in its
-    /// address (as in [`ConsoleServer::url`]). An empty token means none.
+    /// call. The page asks for it, or takes it once from `#token=` (or
+    /// `?token=`) in its address (as in [`ConsoleServer::url`]). An empty token means none.
     /// [`Console::bind`] refuses a token a browser cannot send in a header
     /// (anything but visible ASCII: [`ConsoleError::BadToken`]).
     pub fn token(mut self, token: impl Into<String>) -> Self {
@@ -249,6 +249,12 @@ impl Console {
     /// the sender writes, so the host check alone does not keep out a
     /// program on another machine. Behind a reverse proxy on this machine,
     /// every request comes from it: give the console a token.
+    ///
+    /// Mounted, it shares the application's origin: the browser treats any
+    /// page the application serves as the console's own, so a script
+    /// injected anywhere in the application could make changes. Bind it on
+    /// a port of its own ([`Console::bind`]) unless the application is as
+    /// trusted.
     ///
     /// ```no_run
     /// # async fn f(engine: workflow_core::Engine) -> std::io::Result<()> {
@@ -375,10 +381,12 @@ impl ConsoleServer {
         self.addr
     }
 
-    /// The page's address, with the token (if any) for the browser to take.
+    /// The page's address, with the token (if any) for the browser to take,
+    /// as a fragment (`/#token=..`): a browser never sends it to the server,
+    /// so no access log or tracing layer in front of the console sees it.
     pub fn url(&self) -> String {
         match &self.token {
-            Some(token) => format!("{}?token={}", self.page_url(), query_escape(token)),
+            Some(token) => format!("{}#token={}", self.page_url(), query_escape(token)),
             None => self.page_url(),
         }
     }

@@ -16,6 +16,12 @@ const STYLE: &str = include_str!("../assets/console.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// The page keeps no handle to a window that opened it, nor gives one: a
+/// page elsewhere cannot open the console and steer its clicks (pause
+/// and resume are one click) through the handle.
+const OPENER_POLICY: header::HeaderName =
+    header::HeaderName::from_static("cross-origin-opener-policy");
+
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
         [
@@ -24,6 +30,7 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::X_FRAME_OPTIONS, "DENY"),
             (header::REFERRER_POLICY, "no-referrer"),
+            (OPENER_POLICY, "same-origin"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         body,

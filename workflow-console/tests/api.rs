@@ -60,7 +60,7 @@ fn ids(page: &Value) -> Vec<String> {
 async fn reads_filters_and_pages() {
     let f = fixture().await;
     let (server, base) = serve(&f.engine).await;
-    assert!(server.url().ends_with("/?token=t0k-3n"), "{}", server.url());
+    assert!(server.url().ends_with("/#token=t0k-3n"), "{}", server.url());
 
     // The token guards every API call; the page itself holds no data.
     let res = http("GET", &format!("{base}/api/overview"), &[], None).await;
@@ -78,6 +78,7 @@ async fn reads_filters_and_pages() {
     assert!(page.body.contains("workflow console"));
     let csp = page.headers["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert_eq!(page.headers["cross-origin-opener-policy"], "same-origin");
     let js = http("GET", &format!("{base}/assets/console.js"), &[], None).await;
     assert_eq!(js.status, 200);
     assert!(

@@ -576,7 +576,7 @@ async fn console_command_serves_the_page() {
     let line = first_line(&mut child).await;
     // Printed to a pipe: the token stays out, named by where it came from.
     assert!(!line.contains("cli-secret"), "{line}");
-    assert!(line.contains("?token=<--token>"), "{line}");
+    assert!(line.contains("#token=<--token>"), "{line}");
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://127.0.0.1:"))
@@ -651,7 +651,7 @@ async fn console_command_serves_the_page() {
     child.wait().unwrap();
     assert!(!line.contains("env-secret"), "{line}");
     assert!(line.contains("http://127.0.0.1:"), "{line}");
-    assert!(line.contains("?token=<WORKFLOW_CONSOLE_TOKEN>"), "{line}");
+    assert!(line.contains("#token=<WORKFLOW_CONSOLE_TOKEN>"), "{line}");
 }
 
 /// A `--db` that names some other SQLite file is refused and left as it
