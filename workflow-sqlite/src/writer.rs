@@ -1759,27 +1759,12 @@ fn purge(
     let mut at = from;
     if at.unfinished {
         at.unfinished = false;
-        match purge_tree(c, &at.after, before, rows)? {
-            TreePurge::Kept => {}
-            TreePurge::Part { instances } => {
-                done.instances += instances;
-                tracing::debug!(done.instances, "purged part of an ended tree");
-                at.unfinished = true;
-                done.next = Some(at);
-                return Ok(done);
-            }
-            TreePurge::Whole {
-                instances,
-                rows: rows_of_tree,
-            } => {
-                done.instances += instances;
-                done.trees += 1;
-                deleted_rows += rows_of_tree;
-                if done.trees >= limit || deleted_rows >= rows {
-                    done.next = Some(at);
-                    return Ok(done);
-                }
-            }
+        let tree = purge_tree(c, &at.after, before, rows)?;
+        if let Some(unfinished) = tally(&mut done, &mut deleted_rows, tree, limit, rows) {
+            tracing::debug!(done.instances, deleted_rows, "purged ended instances");
+            at.unfinished = unfinished;
+            done.next = Some(at);
+            return Ok(done);
         }
     }
     while let Some(status) = ended.get(at.status) {
@@ -1808,28 +1793,12 @@ fn purge(
             drop(select);
             for root in &roots {
                 at.after.clone_from(root);
-                match purge_tree(c, root, before, rows - deleted_rows)? {
-                    TreePurge::Kept => {}
-                    TreePurge::Part { instances } => {
-                        done.instances += instances;
-                        tracing::debug!(done.instances, "purged ended instances, a tree in part");
-                        at.unfinished = true;
-                        done.next = Some(at);
-                        return Ok(done);
-                    }
-                    TreePurge::Whole {
-                        instances,
-                        rows: rows_of_tree,
-                    } => {
-                        done.instances += instances;
-                        done.trees += 1;
-                        deleted_rows += rows_of_tree;
-                        if done.trees >= limit || deleted_rows >= rows {
-                            tracing::debug!(done.instances, deleted_rows, "purged ended instances");
-                            done.next = Some(at);
-                            return Ok(done);
-                        }
-                    }
+                let tree = purge_tree(c, root, before, rows - deleted_rows)?;
+                if let Some(unfinished) = tally(&mut done, &mut deleted_rows, tree, limit, rows) {
+                    tracing::debug!(done.instances, deleted_rows, "purged ended instances");
+                    at.unfinished = unfinished;
+                    done.next = Some(at);
+                    return Ok(done);
                 }
             }
             if roots.len() < page {
@@ -1846,6 +1815,33 @@ fn purge(
         tracing::debug!(done.instances, deleted_rows, "purged ended instances");
     }
     Ok(done)
+}
+
+/// Counts what [`purge_tree`] did into `done`; `Some` if the transaction
+/// stops here, `Some(true)` with the tree deleted only in part.
+fn tally(
+    done: &mut Purged,
+    deleted_rows: &mut u64,
+    tree: TreePurge,
+    limit: usize,
+    rows: u64,
+) -> Option<bool> {
+    match tree {
+        TreePurge::Kept => None,
+        TreePurge::Part { instances } => {
+            done.instances += instances;
+            Some(true)
+        }
+        TreePurge::Whole {
+            instances,
+            rows: rows_of_tree,
+        } => {
+            done.instances += instances;
+            done.trees += 1;
+            *deleted_rows += rows_of_tree;
+            (done.trees >= limit || *deleted_rows >= rows).then_some(false)
+        }
+    }
 }
 
 /// The terminal statuses, as SQL, for `format!`.
