@@ -19,7 +19,8 @@ use crate::api::{build_query, ListParams, RerunError};
 #[command(name = "workflow", version, about, long_about = None)]
 pub struct Cli {
     /// Database URL, the one your engines use (`sqlite://workflows.db`, `postgres://...`).
-    #[arg(long, global = true, env = "WORKFLOW_DATABASE_URL", default_value = crate::DEFAULT_DATABASE_URL)]
+    // Its value is not shown in --help: a URL may carry a password.
+    #[arg(long, global = true, env = "WORKFLOW_DATABASE_URL", hide_env_values = true, default_value = crate::DEFAULT_DATABASE_URL)]
     pub db: String,
 
     /// Print JSON instead of tables, for scripts.
@@ -53,8 +54,8 @@ pub enum Command {
         wait: bool,
         /// With --wait, give up after this long (`30s`, `10m`; exit 3, the
         /// instance runs on).
-        #[arg(long, value_name = "DURATION", requires = "wait")]
-        wait_timeout: Option<String>,
+        #[arg(long, value_name = "DURATION", requires = "wait", value_parser = duration_arg)]
+        wait_timeout: Option<std::time::Duration>,
         /// A key, shown in lists and searchable.
         #[arg(long)]
         key: Option<String>,
@@ -149,10 +150,10 @@ pub enum Command {
     /// Delete instances that ended longer ago than `--older-than`, with
     /// their steps and history (a running parent's children are kept).
     Purge {
-        /// How long ago they must have ended (`30d`, `12h`); nothing that
-        /// ended in the last minute goes.
-        #[arg(long, value_name = "DURATION")]
-        older_than: String,
+        /// How long ago they must have ended (`30d`, `12h`, `1month`: `m`
+        /// is minutes); nothing that ended in the last minute goes.
+        #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+        older_than: std::time::Duration,
         /// Only this workflow.
         #[arg(long, short)]
         workflow: Option<String>,
@@ -361,11 +362,6 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             delay,
         } => {
             let input = parse_json("input", &input)?;
-            let wait_timeout = wait_timeout
-                .as_deref()
-                .map(humantime::parse_duration)
-                .transpose()
-                .map_err(|err| CliError::Usage(format!("--wait-timeout: {err}")))?;
             // As the API reads it: a blank key (`--key "$UNSET"`) is none,
             // so `--once` cannot fold unrelated runs onto the key "".
             let key = crate::api::given(&key).map(str::to_owned);
@@ -593,20 +589,21 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
             older_than,
             workflow,
         } => {
-            let age = humantime::parse_duration(&older_than).map_err(|err| {
-                CliError::Usage(format!(
-                    "--older-than {older_than:?} is not a duration (`30d`, `12h`): {err}"
-                ))
-            })?;
-            let before = chrono::Duration::from_std(age)
+            let before = chrono::Duration::from_std(older_than)
                 .ok()
                 .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
                 .ok_or_else(|| {
-                    CliError::Usage(format!("--older-than {older_than:?} is too long"))
+                    CliError::Usage(format!(
+                        "--older-than {} is too long",
+                        humantime::format_duration(older_than)
+                    ))
                 })?;
             let deleted = engine.purge(before, workflow.as_deref()).await?;
             if json {
-                print_json(out, &json!({ "deleted": deleted }))?;
+                print_json(
+                    out,
+                    &json!({ "deleted": deleted, "ended_before": before.to_rfc3339() }),
+                )?;
             } else {
                 writeln!(
                     out,
@@ -1025,6 +1022,14 @@ fn time(t: Option<DateTime<Utc>>) -> String {
         || "-".to_owned(),
         |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
     )
+}
+
+/// A duration argument (`30s`, `12h`, `30d`), read before anything
+/// connects: a typo is a usage error at once, not after a database
+/// answered.
+fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|err| format!("not a duration (`30s`, `12h`, `30d`): {err}"))
 }
 
 fn duration(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> String {

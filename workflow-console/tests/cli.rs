@@ -526,6 +526,39 @@ async fn starts_and_steers_for_a_running_engine() {
     let out = cli(url, &["purge", "--older-than", "soon"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("not a duration"), "{}", out.stderr);
+    // Read before anything connects: a database that is not there is not
+    // what a typo is reported as.
+    let out = cli(
+        "sqlite:///no/such/dir/x.db",
+        &["purge", "--older-than", "soon"],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--older-than") && out.stderr.contains("not a duration"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(url, &["purge", "--older-than", "1h", "--json"]).await;
+    let before = json(&out)["ended_before"].as_str().unwrap().to_owned();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&before).is_ok(),
+        "{before}"
+    );
+}
+
+/// `--help` shows no database URL from the environment: it may carry a
+/// password.
+#[test]
+fn help_hides_the_database_url() {
+    let out = Command::new(env!("CARGO_BIN_EXE_workflow"))
+        .env("WORKFLOW_DATABASE_URL", "postgres://app:s3cret@db/app")
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("WORKFLOW_DATABASE_URL"), "{help}");
+    assert!(!help.contains("s3cret"), "{help}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
