@@ -88,7 +88,9 @@ async fn crashy(ctx: Ctx, job: Job) -> workflow::Result<u32> {
         let (log, n, id) = (&job.log, job.n, &id);
         sum += ctx
             .step("work", || async move {
-                log_line(log, &format!("start {id} {s}"));
+                // With the pid: a kill of that process can cut short only
+                // the steps it started.
+                log_line(log, &format!("start {id} {s} {}", std::process::id()));
                 // Long enough that a kill usually lands inside a step.
                 tokio::time::sleep(Duration::from_millis(15 + u64::from((n * 7 + s * 13) % 20)))
                     .await;
@@ -434,7 +436,7 @@ fn parent() -> usize {
     // different points of different steps.
     let mut in_flight_at_kills: Vec<HashSet<(String, u32)>> = Vec::new();
     let mut kills_mid_step = 0;
-    for kill_after in [6usize, 30, 55, 80, 110] {
+    for kill_after in [6usize, 30, 55, 80, 110, 160, 210] {
         let mut child = spawn_child(&db);
         let deadline = Instant::now() + Duration::from_secs(60);
         while lines(&log).len() < kill_after {
@@ -444,6 +446,7 @@ fn parent() -> usize {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+        let pid = child.id();
         child.kill().expect("SIGKILL child");
         child.wait().expect("reap child");
 
@@ -461,7 +464,7 @@ fn parent() -> usize {
             lost.is_empty(),
             "steps the engine answered as recorded are not in the database after the kill: {lost:?}"
         );
-        let started: HashSet<_> = count(&log_now, "start").into_keys().collect();
+        let started = started_by(&log_now, "start", pid);
         let in_flight: HashSet<_> = started.difference(&done_steps).cloned().collect();
         if !in_flight.is_empty() {
             kills_mid_step += 1;
@@ -508,6 +511,34 @@ fn parent() -> usize {
                 "instance {id} output"
             );
         }
+        // Recorded once each, from the store's own rows: every step with
+        // its key and the output its one recorded run gave, and one end.
+        use workflow::store::Store;
+        let store = SqliteStore::open(&db).await.expect("open db");
+        for (n, id) in ids.iter().enumerate() {
+            let steps: Vec<(String, Option<String>)> = store
+                .steps(id)
+                .await
+                .expect("steps")
+                .into_iter()
+                .map(|step| (step.key, step.output))
+                .collect();
+            let want: Vec<(String, Option<String>)> = (0..STEPS)
+                .map(|s| {
+                    let key = if s == 0 {
+                        "work".to_owned()
+                    } else {
+                        format!("work#{s}")
+                    };
+                    (key, Some((n as u32 * 100 + s).to_string()))
+                })
+                .collect();
+            assert_eq!(steps, want, "the steps of {id}, each recorded once");
+            let history = store.history(id).await.expect("history");
+            let ends = history.iter().filter(|e| e.kind == "completed").count();
+            assert_eq!(ends, 1, "{id} completed once: {history:?}");
+        }
+        store.close().await;
     });
     for id in &ids {
         for s in 0..STEPS {
