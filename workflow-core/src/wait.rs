@@ -8,7 +8,7 @@
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use futures_util::stream::{self, StreamExt, TryStreamExt};
+use futures_util::stream::{self, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -453,6 +453,13 @@ where
     /// input order. Items already recorded are not run again after a crash.
     /// `name` follows the step-name rule of [`Ctx::step`].
     ///
+    /// Once an item fails for good (its attempts used up, or a
+    /// [`NonRetryable`](crate::NonRetryable) error), no further item starts;
+    /// the items already running finish and are recorded, and then `map`
+    /// returns the failure of the lowest index among them
+    /// ([`Error::Step`], naming `name[i]`): every side effect that happened
+    /// has its record, for a handler that compensates.
+    ///
     /// Results are matched to items by position: a replay must pass the
     /// same items in the same order, or recorded results go to other
     /// items. Build `items` from the input or from a recorded step's
@@ -500,14 +507,51 @@ where
             .await?;
         let f = &f;
         let base = &base;
-        stream::iter(items.into_iter().enumerate())
-            .map(|(index, item)| async move {
-                self.step_keyed(format!("{base}[{index}]"), opts, move || f(item.clone()))
-                    .await
-            })
-            .buffered(concurrency.max(1))
-            .try_collect()
-            .await
+        let concurrency = concurrency.max(1);
+        let mut results: Vec<Option<T>> =
+            std::iter::repeat_with(|| None).take(items.len()).collect();
+        let mut items = items.into_iter().enumerate();
+        // Not `buffered`: a finished item would hold its slot until every
+        // item before it finished, one slow item capping the rest at one.
+        let mut running = stream::FuturesUnordered::new();
+        // An item that failed for good stops new starts, but those running
+        // finish and are recorded (their side effects happened; dropped
+        // here, no replay would run them again). Then the failure with the
+        // lowest index is returned: a replay, which starts items in the
+        // same order, meets the same one first.
+        let mut failed: Option<(usize, Error)> = None;
+        loop {
+            while failed.is_none() && running.len() < concurrency {
+                let Some((index, item)) = items.next() else {
+                    break;
+                };
+                running.push(async move {
+                    let key = format!("{base}[{index}]");
+                    (
+                        index,
+                        self.step_keyed(key, opts, move || f(item.clone())).await,
+                    )
+                });
+            }
+            let Some((index, result)) = running.next().await else {
+                break;
+            };
+            match result {
+                Ok(value) => results[index] = Some(value),
+                // The run stops (cancelled, suspended, lease lost): nothing
+                // more is recorded anyway.
+                Err(err @ Error::Interrupted(_)) => return Err(err),
+                Err(err) => {
+                    if failed.as_ref().is_none_or(|(first, _)| index < *first) {
+                        failed = Some((index, err));
+                    }
+                }
+            }
+        }
+        match failed {
+            Some((_, err)) => Err(err),
+            None => Ok(results.into_iter().flatten().collect()),
+        }
     }
 
     /// Like [`Ctx::map`] for steps that return nothing.

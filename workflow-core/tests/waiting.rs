@@ -1,7 +1,7 @@
 //! Waiting without memory, on the in-memory store: durable sleep, events,
 //! pause/resume, long retry backoffs, child workflows, fan-out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1975,4 +1975,117 @@ async fn an_instance_listening_under_a_renamed_event_moves_on_after_pause_and_re
     run.resume().await.unwrap();
     let out = run.result_timeout(Duration::from_secs(10)).await.unwrap();
     assert_eq!(out, "v2 ada");
+}
+
+/// Items of `FailsBesideRunning` that ran to their end, by input.
+static DRAINED: Mutex<BTreeMap<u32, u32>> = Mutex::new(BTreeMap::new());
+
+/// Item 0 fails for good at once while items 1 and 2 are still at work;
+/// the handler catches the failure, as a compensation would.
+struct FailsBesideRunning;
+
+impl Workflow for FailsBesideRunning {
+    type Input = u32;
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "failsBesideRunning";
+
+    async fn run(&self, ctx: Ctx, tag: u32) -> Result<String, BoxError> {
+        let out = ctx
+            .map("charge", vec![0u32, 1, 2], 3, |i| async move {
+                if i == 0 {
+                    return Err::<u32, BoxError>(permanent("declined"));
+                }
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                *DRAINED.lock().unwrap().entry(tag).or_default() += 1;
+                Ok(i)
+            })
+            .await;
+        match out {
+            Err(Error::Step { step, .. }) => Ok(step),
+            other => Err(format!("expected a step failure, got {other:?}").into()),
+        }
+    }
+}
+
+/// The items running beside one that failed for good finish and are
+/// recorded before `map` returns its failure: their side effects
+/// happened, and a replay (which meets the failure first) would never run
+/// them again.
+#[tokio::test]
+async fn items_running_beside_a_failure_finish_and_are_recorded() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(FailsBesideRunning)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let run = FailsBesideRunning::start(&engine, 1).await.unwrap();
+    let failed = run.result_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(failed, "charge[0]");
+    assert_eq!(DRAINED.lock().unwrap().get(&1), Some(&2));
+    let keys: BTreeSet<String> = run
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["charge[0]".into(), "charge[1]".into(), "charge[2]".into()])
+    );
+}
+
+/// How many quick items had ended when the slow one did, by input.
+static QUICK_BEFORE_SLOW: Mutex<BTreeMap<u32, u32>> = Mutex::new(BTreeMap::new());
+
+/// One slow item first, twenty quick ones after it, four at a time.
+struct SlowFirst;
+
+impl Workflow for SlowFirst {
+    type Input = u32;
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "slowFirst";
+
+    async fn run(&self, ctx: Ctx, tag: u32) -> Result<(), BoxError> {
+        let quick_done = Arc::new(AtomicU32::new(0));
+        ctx.for_each("item", (0u32..21).collect(), 4, |i| {
+            let quick_done = Arc::clone(&quick_done);
+            async move {
+                if i == 0 {
+                    tokio::time::sleep(Duration::from_millis(1_000)).await;
+                    let seen = quick_done.load(Ordering::SeqCst);
+                    QUICK_BEFORE_SLOW.lock().unwrap().insert(tag, seen);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    quick_done.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok::<_, BoxError>(())
+            }
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A slow item keeps one slot, not all of them: the quick items after it
+/// run through the other three meanwhile (they waited behind it before).
+#[tokio::test]
+async fn a_slow_item_does_not_hold_up_the_items_after_it() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(SlowFirst)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let run = SlowFirst::start(&engine, 1).await.unwrap();
+    run.result_timeout(Duration::from_secs(20)).await.unwrap();
+    let seen = QUICK_BEFORE_SLOW.lock().unwrap()[&1];
+    assert_eq!(seen, 20, "every quick item ended while the slow one ran");
 }
