@@ -40,6 +40,9 @@ struct Entry {
     lease_owner: Option<String>,
     lease_until: Option<Millis>,
     steps: Vec<StepRow>,
+    /// The keys of `steps`: a fan-out of many items looks each up once,
+    /// not along all the others.
+    step_keys: HashSet<String>,
     /// Events sent to it: (name, payload), oldest first; taken ones are removed.
     inbox: Vec<(String, String)>,
     /// Keys of the events sent to it with one, taken or not.
@@ -118,6 +121,7 @@ impl Tables {
                 lease_owner: None,
                 lease_until: None,
                 steps: Vec::new(),
+                step_keys: HashSet::new(),
                 inbox: Vec::new(),
                 event_keys: Default::default(),
                 interrupted_runs: 0,
@@ -327,7 +331,7 @@ impl Store for MemoryStore {
     async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError> {
         let mut t = self.tables();
         let entry = t.leased(lease)?;
-        if entry.steps.iter().any(|s| s.key == step.key) {
+        if !entry.step_keys.insert(step.key.clone()) {
             return Ok(());
         }
         // A step recorded: this run got somewhere.
@@ -753,7 +757,7 @@ impl Store for MemoryStore {
         let (_, payload) = entry.inbox.remove(index);
         // A key already recorded keeps its record, as `ON CONFLICT DO
         // NOTHING` keeps it in the SQL stores.
-        if !entry.steps.iter().any(|s| s.key == step) {
+        if entry.step_keys.insert(step.to_owned()) {
             entry.steps.push(StepRow {
                 key: step.to_owned(),
                 output: Some(payload.clone()),
