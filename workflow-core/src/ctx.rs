@@ -589,6 +589,26 @@ impl RunShared {
             .max()
     }
 
+    /// The first of `keys` (in their order) that an earlier run recorded
+    /// as failed, by its place among them; none on a first run.
+    pub(crate) fn first_recorded_failure(
+        &self,
+        keys: impl Iterator<Item = String>,
+    ) -> Option<usize> {
+        let journal = lock(&self.journal);
+        if journal.recorded.is_empty() {
+            return None;
+        }
+        keys.enumerate()
+            .find(|(_, key)| {
+                journal
+                    .recorded
+                    .get(key)
+                    .is_some_and(|(_, step)| step.error.is_some())
+            })
+            .map(|(index, _)| index)
+    }
+
     /// Whether `key` is the last thing an earlier run recorded.
     pub(crate) fn recorded_last(&self, key: &str) -> bool {
         let journal = lock(&self.journal);

@@ -1128,7 +1128,8 @@ impl Engine {
         self.check_control(id, control)?;
         tracing::info!(%id, "instance cancelled");
         self.stop_local_descendants(id);
-        // Its descendants ended with it.
+        // It ended, wherever it ran (or waited), and its descendants with it.
+        self.inner.finished.ended(id);
         self.inner.finished.ended_all();
         Ok(())
     }
@@ -1758,6 +1759,42 @@ mod tests {
         }
         drop((wa, wb));
         assert!(waiters.map().is_empty());
+    }
+
+    /// A cancel wakes the callers of the instance it cancelled, a root
+    /// included (a cascade no longer wakes roots' callers).
+    #[tokio::test]
+    async fn a_cancel_wakes_the_callers_of_its_instance() {
+        let engine = EngineBuilder::new()
+            .store(crate::MemoryStore::new())
+            .build()
+            .await
+            .unwrap();
+        let id = InstanceId::new();
+        let new = crate::store::NewInstance {
+            id: id.clone(),
+            workflow: "w".into(),
+            input: "null".into(),
+            tags: Default::default(),
+            key: None,
+            created_at: 1,
+            run_at: 1,
+            deadline_at: None,
+            parent: None,
+        };
+        engine.inner.store.create(new, None).await.unwrap();
+        let watch = engine.inner.finished.watch(&id);
+        watch.is_root();
+        let woken = watch.notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        engine.cancel(&id).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), woken)
+                .await
+                .is_ok(),
+            "the caller of the cancelled root woke"
+        );
     }
 
     #[test]

@@ -508,47 +508,55 @@ where
         let f = &f;
         let base = &base;
         let concurrency = concurrency.max(1);
+        let key = |index: usize| format!("{base}[{index}]");
+        // Items start in input order, so an item that failed for good was
+        // started after every item before it, and a replay starts none
+        // after it: one such would run for the first time after the
+        // handler's compensation was recorded.
+        let last = run
+            .first_recorded_failure((0..items.len()).map(key))
+            .unwrap_or(usize::MAX);
         let mut results: Vec<Option<T>> =
             std::iter::repeat_with(|| None).take(items.len()).collect();
-        let mut items = items.into_iter().enumerate();
+        let mut items = items
+            .into_iter()
+            .enumerate()
+            .take_while(|(index, _)| *index <= last);
         // Not `buffered`: a finished item would hold its slot until every
         // item before it finished, one slow item capping the rest at one.
         let mut running = stream::FuturesUnordered::new();
-        // An item that failed for good stops new starts, but those running
-        // finish and are recorded (their side effects happened; dropped
-        // here, no replay would run them again). Then the failure with the
-        // lowest index is returned: a replay, which starts items in the
-        // same order, meets the same one first.
-        let mut failed: Option<(usize, Error)> = None;
+        // An item that failed for good, or the run being stopped (a
+        // suspension waits for the steps running beside it), stops new
+        // starts, but those running finish and are recorded: their side
+        // effects happened, and dropped here no replay would run them
+        // again. Then the run's stop, or else the failure with the lowest
+        // index, is returned: the one a replay meets first.
+        let mut stop: Option<(usize, Error)> = None;
         loop {
-            while failed.is_none() && running.len() < concurrency {
+            while stop.is_none() && running.len() < concurrency {
                 let Some((index, item)) = items.next() else {
                     break;
                 };
                 running.push(async move {
-                    let key = format!("{base}[{index}]");
                     (
                         index,
-                        self.step_keyed(key, opts, move || f(item.clone())).await,
+                        self.step_keyed(key(index), opts, move || f(item.clone()))
+                            .await,
                     )
                 });
             }
             let Some((index, result)) = running.next().await else {
                 break;
             };
-            match result {
-                Ok(value) => results[index] = Some(value),
-                // The run stops (cancelled, suspended, lease lost): nothing
-                // more is recorded anyway.
-                Err(err @ Error::Interrupted(_)) => return Err(err),
-                Err(err) => {
-                    if failed.as_ref().is_none_or(|(first, _)| index < *first) {
-                        failed = Some((index, err));
-                    }
-                }
+            match (result, &stop) {
+                (Ok(value), _) => results[index] = Some(value),
+                (Err(_), Some((_, Error::Interrupted(_)))) => {}
+                (Err(err @ Error::Interrupted(_)), _) => stop = Some((index, err)),
+                (Err(_), Some((first, _))) if *first < index => {}
+                (Err(err), _) => stop = Some((index, err)),
             }
         }
-        match failed {
+        match stop {
             Some((_, err)) => Err(err),
             None => Ok(results.into_iter().flatten().collect()),
         }

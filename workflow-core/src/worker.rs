@@ -1221,10 +1221,19 @@ async fn execute(
         // took the state's last change with it; one stopped before that
         // left it to the settlement.
         let (returned_state, panicked) = match end {
-            End::Returned(end) => (end.state, None),
-            // After `complete`/`fail`, only user serde code the handler's
-            // end ran (its state) can panic: the instance fails with it.
-            End::Panicked(message) => (None, Some(format!("handler panicked: {message}"))),
+            // A state that panicked as it was read fails the instance.
+            End::Returned(end) => (
+                end.state,
+                end.state_panicked
+                    .map(|message| format!("handler panicked: {message}")),
+            ),
+            // The handler's own panic after `complete`/`fail` (an unwrap of
+            // a later call, which returns `Interrupted`) leaves the outcome
+            // it gave.
+            End::Panicked(message) => {
+                tracing::error!(panic = %message, "handler panicked after giving its outcome");
+                (None, None)
+            }
             _ => (None, None),
         };
         return match (why, settlement) {
@@ -1286,9 +1295,18 @@ async fn execute(
         };
     }
     match end {
-        End::Returned(end) => match end.result {
-            Ok(output) => finish(Status::Completed, Some(output), None, end.state),
-            Err(error) => finish(Status::Failed, None, Some(error), end.state),
+        End::Returned(end) => match (end.result, end.state_panicked) {
+            (Ok(output), None) => finish(Status::Completed, Some(output), None, end.state),
+            (Err(error), None) => finish(Status::Failed, None, Some(error), end.state),
+            (result, Some(message)) => {
+                tracing::error!(panic = %message, "handler panicked");
+                let panicked = format!("handler panicked: {message}");
+                let error = match result {
+                    Ok(_) => panicked,
+                    Err(error) => format!("{error}; {panicked}"),
+                };
+                finish(Status::Failed, None, Some(error), None)
+            }
         },
         End::Panicked(message) => {
             tracing::error!(panic = %message, "handler panicked");

@@ -254,6 +254,9 @@ pub(crate) struct HandlerEnd {
     pub result: std::result::Result<String, String>,
     /// The state, if changed since the last step.
     pub state: Option<String>,
+    /// Why the state could not be read for the record: its `Serialize`
+    /// panicked. The instance fails with it, whatever the outcome.
+    pub state_panicked: Option<String>,
 }
 
 /// A `Workflow` with its types erased, as the engine keeps it.
@@ -339,6 +342,7 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
                     return HandlerEnd {
                         result: Err(err.to_string()),
                         state: None,
+                        state_panicked: None,
                     };
                 }
             };
@@ -355,8 +359,20 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
                 }
                 Err(err) => Err(error_chain(&*err)),
             };
-            let state = ctx.state_at_end();
-            HandlerEnd { result, state }
+            // Caught here, not with the handler: a panic of its own after
+            // `ctx.complete` leaves the outcome as given, one of the state
+            // it leaves cannot (the state would not be saved).
+            let (state, state_panicked) =
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.state_at_end()))
+                {
+                    Ok(state) => (state, None),
+                    Err(payload) => (None, Some(crate::store::panic_message(&*payload))),
+                };
+            HandlerEnd {
+                result,
+                state,
+                state_panicked,
+            }
         })
     }
 }

@@ -2089,3 +2089,129 @@ async fn a_slow_item_does_not_hold_up_the_items_after_it() {
     let seen = QUICK_BEFORE_SLOW.lock().unwrap()[&1];
     assert_eq!(seen, 20, "every quick item ended while the slow one ran");
 }
+
+/// Side effects of `SuspendsBesideItems`' items, by (input, item).
+static BESIDE_SUSPENSION: Mutex<BTreeMap<(u32, u32), u32>> = Mutex::new(BTreeMap::new());
+
+/// Item 0 fails once with a backoff long enough to suspend the instance
+/// while items 1 and 2 are at work; item 1 ends first, freeing a slot for
+/// item 3 while the suspension waits for item 2.
+struct SuspendsBesideItems;
+
+impl Workflow for SuspendsBesideItems {
+    type Input = u32;
+    type Output = Vec<u32>;
+    type State = ();
+    const NAME: &'static str = "suspendsBesideItems";
+
+    async fn run(&self, ctx: Ctx, tag: u32) -> Result<Vec<u32>, BoxError> {
+        let opts = StepOptions::attempts(2).backoff(
+            Duration::from_millis(300),
+            1.0,
+            Duration::from_millis(300),
+        );
+        let out = ctx
+            .map_with("item", opts, vec![0u32, 1, 2, 3], 3, |i| async move {
+                let calls = {
+                    let mut map = BESIDE_SUSPENSION.lock().unwrap();
+                    let calls = map.entry((tag, i)).or_default();
+                    *calls += 1;
+                    *calls
+                };
+                match i {
+                    0 if calls == 1 => {
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        return Err::<u32, BoxError>("not yet".into());
+                    }
+                    1 => tokio::time::sleep(Duration::from_millis(60)).await,
+                    2 => tokio::time::sleep(Duration::from_millis(300)).await,
+                    _ => {}
+                }
+                Ok(i)
+            })
+            .await?;
+        Ok(out)
+    }
+}
+
+/// A suspension that waits for the items running beside it gets them: a
+/// slot freed meanwhile starts nothing that would return at once and
+/// drop them unrecorded (their side effects would run again).
+#[tokio::test]
+async fn a_suspension_in_a_fan_out_keeps_the_items_running_beside_it() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(SuspendsBesideItems)
+        .poll_interval(Duration::from_millis(20))
+        .suspend_after(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let run = SuspendsBesideItems::start(&engine, 1).await.unwrap();
+    let out = run.result_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(out, [0, 1, 2, 3]);
+    assert!(run.info().await.unwrap().runs >= 2, "it suspended");
+    let calls = BESIDE_SUSPENSION.lock().unwrap();
+    assert_eq!(calls.get(&(1, 2)), Some(&1), "item 2 ran once: {calls:?}");
+    assert_eq!(calls.get(&(1, 0)), Some(&2), "item 0 ran twice: {calls:?}");
+}
+
+/// Side effects of `CompensatesFanOut`'s items, by (input, item).
+static COMPENSATED: Mutex<BTreeMap<(u32, u32), u32>> = Mutex::new(BTreeMap::new());
+
+/// Two at a time: item 0 is slow, item 1 quick, item 2 fails for good;
+/// the handler compensates, then naps long enough to be replayed.
+struct CompensatesFanOut;
+
+impl Workflow for CompensatesFanOut {
+    type Input = u32;
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "compensatesFanOut";
+
+    async fn run(&self, ctx: Ctx, tag: u32) -> Result<String, BoxError> {
+        let out = ctx
+            .map("charge", vec![0u32, 1, 2, 3], 2, |i| async move {
+                *COMPENSATED.lock().unwrap().entry((tag, i)).or_default() += 1;
+                match i {
+                    0 => tokio::time::sleep(Duration::from_millis(150)).await,
+                    2 => return Err::<u32, BoxError>(permanent("declined")),
+                    _ => {}
+                }
+                Ok(i)
+            })
+            .await;
+        let failed = match out {
+            Err(Error::Step { step, .. }) => step,
+            other => return Err(format!("expected a step failure, got {other:?}").into()),
+        };
+        ctx.sleep("nap", Duration::from_millis(100)).await?;
+        Ok(failed)
+    }
+}
+
+/// A replay of a fan-out that failed starts no item the first run had not
+/// started: with every record answering at once, item 3 would otherwise
+/// run for the first time after the compensation.
+#[tokio::test]
+async fn a_replayed_fan_out_starts_nothing_past_its_failure() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(CompensatesFanOut)
+        .poll_interval(Duration::from_millis(20))
+        .suspend_after(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let run = CompensatesFanOut::start(&engine, 1).await.unwrap();
+    let failed = run.result_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(failed, "charge[2]");
+    assert!(run.info().await.unwrap().runs >= 2, "it was replayed");
+    let calls = COMPENSATED.lock().unwrap();
+    assert_eq!(calls.get(&(1, 3)), None, "item 3 never ran: {calls:?}");
+    for i in 0..3 {
+        assert_eq!(calls.get(&(1, i)), Some(&1), "item {i} ran once: {calls:?}");
+    }
+}
