@@ -52,8 +52,9 @@ const TOKEN_KEY = "workflow-console-token";
 
 // A token given as #token=... (a fragment: never sent to the server, so
 // never in its logs) or ?token=... is kept for this tab and removed from
-// the address bar.
-(function takeToken() {
+// the address bar. Also at every route: a #token= link pasted into an
+// open tab changes only the fragment, and does not load the page again.
+function takeToken() {
   const url = new URL(location.href);
   const fromHash = url.hash.startsWith("#token=")
     ? new URLSearchParams(url.hash.slice(1)).get("token")
@@ -65,7 +66,8 @@ const TOKEN_KEY = "workflow-console-token";
     const hash = fromHash ? "" : url.hash;
     history.replaceState(null, "", url.pathname + url.search + hash);
   }
-})();
+}
+takeToken();
 
 class ApiError extends Error {
   constructor(status, body, fromConsole) {
@@ -394,6 +396,7 @@ function parseHash() {
 }
 
 function route() {
+  takeToken();
   const { parts, params } = parseHash();
   const app = document.getElementById("app");
   let view;

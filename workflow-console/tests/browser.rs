@@ -372,6 +372,23 @@ async fn console_in_a_real_browser() {
         !url.as_str().unwrap().contains("token="),
         "the token leaves the address bar: {url}"
     );
+    // A link with the token pasted into the open tab changes only the
+    // fragment: the page takes it all the same.
+    b.js(
+        "sessionStorage.clear(); location.hash = '#token=browser-token'; return true;",
+        json!([]),
+    )
+    .await;
+    wait_for("the token taken from a changed fragment", || async {
+        let taken = b
+            .js(
+                "return [location.href, sessionStorage.getItem('workflow-console-token')];",
+                json!([]),
+            )
+            .await;
+        (taken[1] == "browser-token" && !taken[0].as_str()?.contains("token=")).then_some(())
+    })
+    .await;
     b.assert_no_injection().await;
     assert!(b.text_shown(XSS_KEY).await, "the key shows as text");
     let created = b

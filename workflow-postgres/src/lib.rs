@@ -757,11 +757,7 @@ impl Store for PgStore {
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<Listed>, StoreError> {
-        let texts = [
-            q.workflow.as_deref(),
-            q.key.as_deref(),
-            q.before.as_ref().map(|id| id.as_str()),
-        ];
+        let texts = [q.workflow.as_deref(), q.key.as_deref()];
         if texts
             .into_iter()
             .flatten()
@@ -808,7 +804,12 @@ impl Store for PgStore {
                     .push_bind(uuid7_floor(to.saturating_add(1_000)));
             }
             if let Some(before) = &q.before {
-                sql.push(" AND id < ").push_bind(before.to_string());
+                // What sorts below text with a NUL, which no id holds: up
+                // to its part before the NUL, that included.
+                match before.as_str().split_once('\0') {
+                    Some((below, _)) => sql.push(" AND id <= ").push_bind(below.to_owned()),
+                    None => sql.push(" AND id < ").push_bind(before.to_string()),
+                };
             }
             sql.push(" ORDER BY id DESC LIMIT ")
                 .push_bind(i64::try_from(q.limit).unwrap_or(i64::MAX));
@@ -984,12 +985,6 @@ impl Store for PgStore {
     }
 }
 
-/// Checks that a pooled connection has the settings the store gave its
-/// connections as startup options: a pooler that drops them (PgBouncer
-/// with `ignore_startup_parameters = options`) would otherwise leave the
-/// store on the role's own schema, isolation and commit setting, silently.
-/// Fails with the server's error if it cannot be asked (a store error),
-/// and answers why not when a setting is wrong (a configuration error).
 /// Whether no row can hold `text`: PostgreSQL's text holds no NUL, and a
 /// query binding one fails (SQLSTATE 22021) where the answer is "none"
 /// (an id typed into the console, a filter).
@@ -997,6 +992,12 @@ fn absent(text: &str) -> bool {
     text.contains('\0')
 }
 
+/// Checks that a pooled connection has the settings the store gave its
+/// connections as startup options: a pooler that drops them (PgBouncer
+/// with `ignore_startup_parameters = options`) would otherwise leave the
+/// store on the role's own schema, isolation and commit setting, silently.
+/// Fails with the server's error if it cannot be asked (a store error),
+/// and answers why not when a setting is wrong (a configuration error).
 async fn check_settings(
     pool: &sqlx::PgPool,
     schema: &str,
@@ -1353,14 +1354,15 @@ mod tests {
             .await,
             0
         );
-        assert_eq!(
-            query(ListQuery {
-                before: Some(id.clone()),
-                ..base()
-            })
-            .await,
-            0
-        );
+        // As a cursor, it bounds: what sorts before `a`, `a` included.
+        let mut new = workflow_core::testing::new_instance("w", 1);
+        new.id = InstanceId::from_string("a");
+        store.create(new, None).await.unwrap();
+        let below = ListQuery {
+            before: Some(id.clone()),
+            ..base()
+        };
+        assert_eq!(query(below).await, 1);
         let tags = std::collections::BTreeMap::from([("t".to_owned(), "\0".to_owned())]);
         assert_eq!(query(ListQuery { tags, ..base() }).await, 0);
         assert!(store.count_by_status(Some("w\0")).await.unwrap().is_empty());

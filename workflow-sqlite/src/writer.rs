@@ -1687,14 +1687,17 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
 /// Deletes ended instances with their rows in every table: see
 /// Where a purge's scan goes on from: the ended status it was at (an index
 /// into the terminal statuses of [`Status::ALL`]) and the last root it
-/// passed there, or the root of a tree it deleted only part of, which the
-/// next transaction goes on with first.
+/// passed there, with what is left of that root's tree if it was deleted
+/// only in part, which the next transaction deletes first.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct PurgeFrom {
     status: usize,
     after: Vec<u8>,
-    unfinished: bool,
+    rest: Vec<Member>,
 }
+
+/// An instance of a tree being purged: its id as stored, and its tags.
+type Member = (Vec<u8>, Option<String>);
 
 /// What one purge transaction did.
 #[derive(Debug, PartialEq)]
@@ -1757,12 +1760,14 @@ fn purge(
         .collect();
     let mut deleted_rows = 0;
     let mut at = from;
-    if at.unfinished {
-        at.unfinished = false;
-        let tree = purge_tree(c, &at.after, before, rows)?;
-        if let Some(unfinished) = tally(&mut done, &mut deleted_rows, tree, limit, rows) {
+    if !at.rest.is_empty() {
+        // Checked all ended when its tree was read: an ended tree does not
+        // change (a child a late handler creates under it is created
+        // ended, and goes as a tree of its own).
+        let tree = delete_members(c, std::mem::take(&mut at.rest), rows)?;
+        if let Some(rest) = tally(&mut done, &mut deleted_rows, tree, limit, rows) {
             tracing::debug!(done.instances, deleted_rows, "purged ended instances");
-            at.unfinished = unfinished;
+            at.rest = rest;
             done.next = Some(at);
             return Ok(done);
         }
@@ -1794,9 +1799,9 @@ fn purge(
             for root in &roots {
                 at.after.clone_from(root);
                 let tree = purge_tree(c, root, before, rows - deleted_rows)?;
-                if let Some(unfinished) = tally(&mut done, &mut deleted_rows, tree, limit, rows) {
+                if let Some(rest) = tally(&mut done, &mut deleted_rows, tree, limit, rows) {
                     tracing::debug!(done.instances, deleted_rows, "purged ended instances");
-                    at.unfinished = unfinished;
+                    at.rest = rest;
                     done.next = Some(at);
                     return Ok(done);
                 }
@@ -1808,7 +1813,7 @@ fn purge(
         at = PurgeFrom {
             status: at.status + 1,
             after: Vec::new(),
-            unfinished: false,
+            rest: Vec::new(),
         };
     }
     if done.instances > 0 {
@@ -1818,19 +1823,19 @@ fn purge(
 }
 
 /// Counts what [`purge_tree`] did into `done`; `Some` if the transaction
-/// stops here, `Some(true)` with the tree deleted only in part.
+/// stops here, with what is left of a tree deleted only in part.
 fn tally(
     done: &mut Purged,
     deleted_rows: &mut u64,
     tree: TreePurge,
     limit: usize,
     rows: u64,
-) -> Option<bool> {
+) -> Option<Vec<Member>> {
     match tree {
         TreePurge::Kept => None,
-        TreePurge::Part { instances } => {
+        TreePurge::Part { instances, rest } => {
             done.instances += instances;
-            Some(true)
+            Some(rest)
         }
         TreePurge::Whole {
             instances,
@@ -1839,7 +1844,7 @@ fn tally(
             done.instances += instances;
             done.trees += 1;
             *deleted_rows += rows_of_tree;
-            (done.trees >= limit || *deleted_rows >= rows).then_some(false)
+            (done.trees >= limit || *deleted_rows >= rows).then(Vec::new)
         }
     }
 }
@@ -1859,9 +1864,9 @@ enum TreePurge {
     Kept,
     /// All of it, root included.
     Whole { instances: u64, rows: u64 },
-    /// Its deepest instances, up to about the rows it was given: the root
-    /// and what it still reaches are left for the next transaction.
-    Part { instances: u64 },
+    /// Its deepest instances, up to about the rows it was given: the rest,
+    /// its root last, is left for the next transaction.
+    Part { instances: u64, rest: Vec<Member> },
 }
 
 /// Deletes `root` and all its descendants, with their rows in every table,
@@ -1869,7 +1874,8 @@ enum TreePurge {
 /// once more than `budget` rows went (at least one instance goes), so
 /// that what is left is still one tree under its root.
 fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis, budget: u64) -> Result<TreePurge, Db> {
-    let tree: Vec<(Vec<u8>, Option<String>, bool)> = c
+    // Root first, deepest last: deleted from the end.
+    let tree: Vec<(Member, bool)> = c
         .prepare_cached(concat!(
             "WITH RECURSIVE tree(id, depth) AS ( \
                  SELECT ?1, 0 UNION SELECT i.id, t.depth + 1 FROM instances i JOIN tree t ON i.parent_id = t.id \
@@ -1877,33 +1883,41 @@ fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis, budget: u64) -> Resul
              SELECT i.id, i.tags, COALESCE(i.status IN ",
             ended!(),
             " AND i.finished_at < ?2, 0) FROM tree t JOIN instances i ON i.id = t.id \
-             ORDER BY t.depth DESC"
+             ORDER BY t.depth"
         ))?
         .query_map(params![text(root), before], |r| {
             Ok((
-                r.get_ref(0)?.as_bytes().unwrap_or_default().to_vec(),
-                r.get(1).ok().flatten(),
+                (
+                    r.get_ref(0)?.as_bytes().unwrap_or_default().to_vec(),
+                    r.get(1).ok().flatten(),
+                ),
                 r.get::<_, bool>(2)?,
             ))
         })?
         .collect::<Result<_, _>>()?;
-    if tree.is_empty() || !tree.iter().all(|(_, _, ended)| *ended) {
+    if tree.is_empty() || !tree.iter().all(|(_, ended)| *ended) {
         return Ok(TreePurge::Kept);
     }
-    let mut rows = 0;
-    for (deleted, (id, tags, _)) in tree.iter().enumerate() {
-        if rows > budget {
-            return Ok(TreePurge::Part {
-                instances: deleted as u64,
-            });
-        }
+    delete_members(
+        c,
+        tree.into_iter().map(|(member, _)| member).collect(),
+        budget,
+    )
+}
+
+/// Deletes the instances of an ended tree from the end of `members`
+/// (deepest first, its root last), with their rows in every table, until
+/// more than `budget` rows went.
+fn delete_members(c: &Tx<'_, '_>, mut members: Vec<Member>, budget: u64) -> Result<TreePurge, Db> {
+    let (mut rows, mut instances) = (0, 0);
+    while let Some((id, tags)) = members.pop() {
         for sql in [
             "DELETE FROM steps WHERE instance_id = ?1",
             "DELETE FROM events WHERE instance_id = ?1",
             "DELETE FROM inbox WHERE instance_id = ?1",
             "DELETE FROM event_keys WHERE instance_id = ?1",
         ] {
-            rows += c.prepare_cached(sql)?.execute(params![text(id)])? as u64;
+            rows += c.prepare_cached(sql)?.execute(params![text(&id)])? as u64;
         }
         // Tags are keyed by (name, value, instance): delete them by key
         // from the row's own copy, or by a scan if that does not read.
@@ -1916,22 +1930,26 @@ fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis, budget: u64) -> Resul
                     c.prepare_cached(
                         "DELETE FROM instance_tags WHERE name = ?1 AND value = ?2 AND instance_id = ?3",
                     )?
-                    .execute(params![name, value, text(id)])?;
+                    .execute(params![name, value, text(&id)])?;
                 }
             }
             None => {
                 c.prepare_cached("DELETE FROM instance_tags WHERE instance_id = ?1")?
-                    .execute(params![text(id)])?;
+                    .execute(params![text(&id)])?;
             }
         }
         rows += c
             .prepare_cached("DELETE FROM instances WHERE id = ?1")?
-            .execute(params![text(id)])? as u64;
+            .execute(params![text(&id)])? as u64;
+        instances += 1;
+        if rows > budget && !members.is_empty() {
+            return Ok(TreePurge::Part {
+                instances,
+                rest: members,
+            });
+        }
     }
-    Ok(TreePurge::Whole {
-        instances: tree.len() as u64,
-        rows,
-    })
+    Ok(TreePurge::Whole { instances, rows })
 }
 
 /// Whether a control operation applies to `id`: it exists and is unfinished.
