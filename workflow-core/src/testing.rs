@@ -2372,6 +2372,7 @@ pub struct Unreachable<S> {
     /// Creates left before every create fails; negative: no limit.
     creates_until_failing: AtomicI64,
     hanging: AtomicBool,
+    panicking_renewals: AtomicBool,
     hanging_claims: AtomicBool,
     held_claim_answers: AtomicBool,
     /// Rows of this workflow read as corrupt through [`Store::get`].
@@ -2387,6 +2388,7 @@ impl<S: Store> Unreachable<S> {
             failing_creates: AtomicU32::new(0),
             creates_until_failing: AtomicI64::new(-1),
             hanging: AtomicBool::new(false),
+            panicking_renewals: AtomicBool::new(false),
             hanging_claims: AtomicBool::new(false),
             held_claim_answers: AtomicBool::new(false),
             unreadable: std::sync::Mutex::new(None),
@@ -2404,6 +2406,12 @@ impl<S: Store> Unreachable<S> {
     /// over a connection gone quiet; it answers once turned off.
     pub fn hang_renewals(&self, hang: bool) {
         self.hanging.store(hang, Ordering::SeqCst);
+    }
+
+    /// Makes [`Store::renew`] panic while on (`true`), as a store with a
+    /// bug would.
+    pub fn panic_renewals(&self, panic: bool) {
+        self.panicking_renewals.store(panic, Ordering::SeqCst);
     }
 
     /// Makes [`Store::claim`] wait without answering while on (`true`), as
@@ -2546,6 +2554,10 @@ impl<S: Store> Store for Unreachable<S> {
         // Some milliseconds, as a store answering over a channel or the
         // network takes: a renewal given no time at all fails.
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert!(
+            !self.panicking_renewals.load(Ordering::SeqCst),
+            "renew panicked (Unreachable::panic_renewals)"
+        );
         while self.hanging.load(Ordering::SeqCst) {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }

@@ -252,7 +252,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn worker_loop(w: Arc<WorkerShared>) -> bool {
     let inner = &w.engine.inner;
     let config = &inner.config;
-    let span = tracing::info_span!("worker", id = %w.id);
+    // Error-level spans: enabled wherever warnings and errors are, so those
+    // carry the worker and the instance under a `warn` filter too.
+    let span = tracing::error_span!("worker", worker = %w.id);
     async {
         if w.stop.is_cancelled() {
             // Started after `Engine::shutdown`: it stops at once, writing
@@ -402,7 +404,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
             // every poll_interval for work written by other processes.
             // Anything due by the last claim's `now` was claimable then.
             let next_due = tokio::select! {
-                due = inner.store.next_due(&workflows, claimed_at) => due,
+                due = caught(inner.store.next_due(&workflows, claimed_at)) => due,
                 _ = w.stop.cancelled() => break,
             };
             let nap = match next_due {
@@ -523,6 +525,9 @@ enum Started {
         run: Arc<RunShared>,
         def: Arc<dyn crate::workflow::ErasedWorkflow>,
         row: Box<crate::store::InstanceRow>,
+        /// Its place in the lists of running instances, given up when
+        /// dropped: with the run's task, even one never polled.
+        listed: Listed,
     },
     /// Not registered here: handed back.
     Unknown(Lease),
@@ -532,7 +537,7 @@ enum Started {
 
 /// Lists `claimed` as running (for control operations to reach it), or
 /// says it cannot run here.
-fn start_run(w: &WorkerShared, claimed: Claimed) -> Started {
+fn start_run(w: &Arc<WorkerShared>, claimed: Claimed) -> Started {
     let Claimed {
         row,
         lease,
@@ -573,6 +578,10 @@ fn start_run(w: &WorkerShared, claimed: Claimed) -> Started {
         }
     }
     Started::Run {
+        listed: Listed {
+            worker: Arc::clone(w),
+            run: Arc::clone(&run),
+        },
         run,
         def,
         row: Box::new(row),
@@ -713,7 +722,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
             // first of them ends (a store retrying, a connection gone
             // quiet) cannot keep its handler running past it.
             let left = Duration::from_millis(u64::try_from(earliest - now).unwrap_or(0));
-            match tokio::time::timeout(left, inner.store.renew(&leases, until)).await {
+            match tokio::time::timeout(left, caught(inner.store.renew(&leases, until))).await {
                 Ok(Ok(renewals)) => {
                     let mut ends = lock(&w.lease_ends);
                     for renewal in &renewals {
@@ -1025,8 +1034,13 @@ fn hostname() -> String {
 /// workflow or a crash loop's pause does not).
 async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphorePermit) -> bool {
     let inner = &w.engine.inner;
-    let (run, def, row) = match started {
-        Started::Run { run, def, row } => (run, def, *row),
+    let (run, def, row, listed) = match started {
+        Started::Run {
+            run,
+            def,
+            row,
+            listed,
+        } => (run, def, *row, listed),
         Started::Unknown(lease) => {
             if let Err(err) = inner.store.release(&lease, inner.now()).await {
                 tracing::warn!(id = %lease.instance, error = %err, "handing back an instance of a workflow not registered here failed; it resumes when its lease expires");
@@ -1041,12 +1055,8 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
     };
     let lease = run.lease.clone();
     let span =
-        tracing::info_span!("workflow", workflow = %row.workflow, id = %row.id, run = lease.run);
+        tracing::error_span!("workflow", workflow = %row.workflow, id = %row.id, run = lease.run);
     async {
-        let listed = Listed {
-            lists: [&inner.running, &w.running],
-            run: &run,
-        };
         let mut finish = execute(&run, def.as_ref(), row.input).await;
         // Whatever ended the run, tasks the handler spawned with ctx.signal() stop too.
         run.stop.cancel();
@@ -1084,21 +1094,21 @@ const STORE_FAILED_RETRY: Duration = Duration::from_secs(5);
 /// state's `Serialize`, panicking outside the handler's own guard). A run
 /// left listed would have its lease renewed for as long as the process
 /// lives, and no other worker could take its instance.
-struct Listed<'a> {
-    lists: [&'a Mutex<HashMap<InstanceId, Arc<RunShared>>>; 2],
-    run: &'a Arc<RunShared>,
+struct Listed {
+    worker: Arc<WorkerShared>,
+    run: Arc<RunShared>,
 }
 
-impl Drop for Listed<'_> {
+impl Drop for Listed {
     fn drop(&mut self) {
         self.run.stop.cancel();
         // Only this run's entry: if this worker claimed the instance again
         // (its lease lapsed while this handler hung), the newer run's stays.
-        for running in self.lists {
+        for running in [&self.worker.engine.inner.running, &self.worker.running] {
             let mut running = lock(running);
             if running
                 .get(&self.run.id)
-                .is_some_and(|r| Arc::ptr_eq(r, self.run))
+                .is_some_and(|r| Arc::ptr_eq(r, &self.run))
             {
                 running.remove(&self.run.id);
             }
@@ -1338,15 +1348,41 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// A store call of a background task whose panic (a bug of a custom
+/// store) is an error of that call: the task lives on. The heartbeat above
+/// all: were it to die, no lease would be renewed and no handler stopped
+/// when its lease lapsed, while another worker took the instance over.
+pub(crate) async fn caught<T>(
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    AssertUnwindSafe(call)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|payload| {
+            Err(StoreError::backend(format!(
+                "the store panicked: {}",
+                panic_message(&*payload)
+            )))
+        })
+}
+
 /// Records how the run ended; true if the store took it.
 async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
     let store = &w.engine.inner.store;
     let result = match settle {
         Settle::Finish(finish) => {
             let status = finish.status;
+            // A failure is worth a warning, with why (cut: the instance
+            // keeps it whole); a completion, at tens of thousands a
+            // second, only a debug line.
+            let error = (status != Status::Completed)
+                .then(|| crate::error::excerpt(finish.error.as_deref().unwrap_or(""), 1_000));
             let result = store.finish(lease, finish).await;
             if result.is_ok() {
-                tracing::info!(%status, "instance finished");
+                match error {
+                    Some(error) => tracing::warn!(%status, %error, "instance ended"),
+                    None => tracing::debug!(%status, "instance finished"),
+                }
             }
             result
         }

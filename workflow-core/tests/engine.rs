@@ -1985,7 +1985,7 @@ async fn a_value_json_cannot_hold_fails_the_instance_even_if_caught() {
 }
 
 /// How many times each `LongStep` test's step finished (input: the slot).
-static LAPSED_DONE: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
+static LAPSED_DONE: [AtomicU32; 3] = [const { AtomicU32::new(0) }; 3];
 
 /// One step of 3 s that counts itself in its slot of `LAPSED_DONE`.
 struct LongStep;
@@ -2054,6 +2054,14 @@ async fn handlers_stop_once_their_leases_lapse_unrenewed() {
 #[tokio::test]
 async fn handlers_stop_when_a_hanging_renewal_outlasts_their_leases() {
     leases_lapse(1, |store, hang| store.hang_renewals(hang)).await;
+}
+
+/// A renewal that panics (a custom store's bug) is a failed renewal: the
+/// heartbeat lives on, and stops the handlers when their leases end
+/// (its task died with the panic, and they ran on beside a new owner).
+#[tokio::test]
+async fn handlers_stop_when_renewals_panic() {
+    leases_lapse(2, |store, panic| store.panic_renewals(panic)).await;
 }
 
 /// How many times each `Backlogged` instance's step finished (input: its slot).
