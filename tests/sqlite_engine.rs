@@ -899,3 +899,77 @@ async fn the_typed_complete_ends_its_own_workflow_only() {
     );
     worker.shutdown().await;
 }
+
+/// Fails its one step for good.
+#[workflow(name = "failsLoudly")]
+async fn fails_loudly(ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    ctx.step("charge-card", || async {
+        Err::<(), BoxError>(permanent("card declined"))
+    })
+    .await?;
+    Ok(())
+}
+
+/// Log output, kept for the test to read.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+/// Under a subscriber that records nothing below `warn` (as production
+/// often runs), a step that failed for good is logged with its step, its
+/// instance and its workflow: the spans that carry them are enabled there.
+#[test]
+fn a_failed_step_is_logged_with_its_instance_under_a_warn_filter() {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let logs = Captured::default();
+    let _guard = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish()
+        .set_default();
+    // One thread: every task logs under this thread's subscriber.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let id = runtime.block_on(async {
+        let engine = Engine::builder()
+            .store(workflow::MemoryStore::new())
+            .register(FailsLoudly)
+            .build()
+            .await
+            .unwrap();
+        let worker = engine.start_worker();
+        let run = FailsLoudly::start(&engine, ()).await.unwrap();
+        assert!(run.result_timeout(Duration::from_secs(10)).await.is_err());
+        worker.shutdown().await;
+        run.id().clone()
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.contains("step failed for good"))
+        .unwrap_or_else(|| panic!("no warning in:\n{text}"));
+    for part in ["charge-card", id.as_str(), "failsLoudly", "card declined"] {
+        assert!(line.contains(part), "{part} missing from: {line}");
+    }
+}

@@ -316,7 +316,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 fn transport(err: reqwest::Error) -> ModelError {
     if err.is_timeout() {
-        ModelError::Timeout(err.to_string())
+        ModelError::Timeout(workflow_core::error_chain(&err))
     } else if err.is_builder() {
         // A request that cannot be built (a malformed URL) fails every time.
         ModelError::Config(workflow_core::error_chain(&err))

@@ -629,6 +629,10 @@ impl RunShared {
     }
 }
 
+/// The most characters of a step's error a log event carries (an error
+/// chain may hold a whole response body; the history keeps all of it).
+const LOGGED_ERROR_CHARS: usize = 1_000;
+
 /// The characters the engine writes into the keys it derives from a step
 /// name: `name#1` for the second use of a name in one run, `name@timeout`
 /// and `name@result` for the parts of a wait, `name[0]` for the items of
@@ -1080,7 +1084,15 @@ where
                     Err(payload) => (format!("panicked: {}", panic_message(&*payload)), true),
                 };
                 if attempt >= opts.max_attempts || !retryable {
-                    tracing::warn!(attempts = attempt, error = %message, "step failed for good");
+                    // The step's name on the event itself: a subscriber at
+                    // `warn` does not record the debug-level step span. The
+                    // message is cut: the history keeps it whole.
+                    tracing::warn!(
+                        step = %key,
+                        attempts = attempt,
+                        error = %crate::error::excerpt(&message, LOGGED_ERROR_CHARS),
+                        "step failed for good"
+                    );
                     let step = StepRow {
                         key: key.clone(),
                         output: None,
@@ -1099,7 +1111,13 @@ where
                     return self.replay(step).await;
                 }
                 let delay = opts.jittered_delay_after(attempt).max(asked_wait);
-                tracing::info!(attempt, error = %message, retry_in = ?delay, "step attempt failed");
+                tracing::info!(
+                    step = %key,
+                    attempt,
+                    error = %crate::error::excerpt(&message, LOGGED_ERROR_CHARS),
+                    retry_in = ?delay,
+                    "step attempt failed"
+                );
                 run.store
                     .record_attempt(&run.lease, &key, attempt, &message, run.now())
                     .await

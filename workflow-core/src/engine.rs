@@ -570,7 +570,10 @@ impl EngineBuilder {
             }
             (None, None) => {
                 return Err(Error::Config(match self.url {
-                    Some(url) => format!("cannot open `{url}`: no connector; use `workflow::Engine::builder()` from the facade crate, or `.store(..)`"),
+                    Some(url) => format!(
+                        "cannot open `{}`: no connector; use `workflow::Engine::builder()` from the facade crate, or `.store(..)`",
+                        redact_password(&url)
+                    ),
                     None => "no store: call `.store(..)` or `.database_url(..)`".to_owned(),
                 }))
             }
@@ -829,42 +832,41 @@ impl std::fmt::Debug for EngineBuilder {
 /// `url` with any password replaced by `***`: the user information's,
 /// and a `password=` query parameter's.
 fn redact_password(url: &str) -> String {
-    let (url, query) = match url.split_once('?') {
-        Some((url, query)) => (url, Some(query)),
-        None => (url, None),
-    };
-    let mut shown = redact_user_info(url);
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|param| match param.split_once('=') {
-                Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
-                _ => param.to_owned(),
-            })
-            .collect();
-        shown.push('?');
-        shown.push_str(&params.join("&"));
-    }
-    shown
-}
-
-/// `url` (without its query) with the password of its user information
-/// replaced by `***`.
-fn redact_user_info(url: &str) -> String {
-    // scheme://user:password@host...: the password ends at the last `@`
-    // before the path.
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
+    // scheme://user:password@host/..: the password runs to the last `@`,
+    // one with an unescaped `/`, `?` or `#` in it too (an `@` later in the
+    // URL hides more of it, never less).
+    let mut shown = format!("{scheme}://");
+    let rest = match rest.rsplit_once('@') {
+        Some((user_info, host)) => {
+            match user_info.split_once(':') {
+                Some((user, _)) => shown.push_str(&format!("{user}:***@")),
+                None => shown.push_str(&format!("{user_info}@")),
+            }
+            host
+        }
+        None => rest,
+    };
+    match rest.split_once('?') {
+        None => shown.push_str(rest),
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                        format!("{name}=***")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            shown.push_str(path);
+            shown.push('?');
+            shown.push_str(&params.join("&"));
+        }
     }
+    shown
 }
 
 impl std::fmt::Debug for Engine {
@@ -1797,6 +1799,22 @@ mod tests {
         );
     }
 
+    /// An engine without a connector names the URL it cannot open, not
+    /// its password.
+    #[tokio::test]
+    async fn a_url_without_a_connector_is_refused_without_its_password() {
+        let err = EngineBuilder::new()
+            .database_url("postgres://app:hunter2@db/x")
+            .build()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no connector") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_builder_shows_its_url_without_the_password() {
         assert_eq!(
@@ -1812,6 +1830,14 @@ mod tests {
             redact_password("postgres://u@h/d?sslmode=require&password=hunter2"),
             "postgres://u@h/d?sslmode=require&password=***"
         );
+        // Unescaped `/`, `?` or `#` in a password (base64 keys) hide it too.
+        for url in [
+            "postgres://u:a/b?c@h/d",
+            "postgres://u:x#y@h/d?sslmode=require",
+        ] {
+            let shown = redact_password(url);
+            assert!(shown.starts_with("postgres://u:***@h/d"), "{shown}");
+        }
         let shown = format!(
             "{:?}",
             EngineBuilder::new().database_url("postgres://u:hunter2@h/d")

@@ -443,7 +443,7 @@ pub(crate) fn preview(name: &str) -> String {
 }
 
 /// The first `chars` characters of `text`, marked `…` when cut.
-fn excerpt(text: &str, chars: usize) -> String {
+pub(crate) fn excerpt(text: &str, chars: usize) -> String {
     match text.char_indices().nth(chars) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),
@@ -549,9 +549,10 @@ impl std::fmt::Display for Interrupt {
 #[non_exhaustive]
 pub enum StoreError {
     /// The database driver failed (connection, I/O, SQL). The driver's
-    /// error is in the message, so not also `source()` (reporters that
-    /// print the chain would print it twice); downcast it from the field.
-    #[error("store: {0}")]
+    /// error, with its own causes, is in the message, so not also
+    /// `source()` (reporters that print the chain would print it twice);
+    /// downcast it from the field.
+    #[error("store: {}", error_chain(&**.0))]
     Backend(BoxError),
     /// A row could not be decoded; only that instance is affected.
     #[error("store: corrupt row for instance {id}: {message}")]
@@ -605,6 +606,18 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A driver's error shows with its causes: a connection refused under
+    /// a failed pool checkout is not lost.
+    #[test]
+    fn a_backend_error_shows_its_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("pool timed out")]
+        struct Outer(#[source] std::io::Error);
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = StoreError::backend(Outer(refused));
+        assert_eq!(err.to_string(), "store: pool timed out: refused");
+    }
 
     /// Each kind of error has its kind.
     #[test]
