@@ -1663,6 +1663,134 @@ mod tests {
         }
     }
 
+    /// Every write of a durable store waits for the fsync that covers it
+    /// before it answers (only a renewal, and a claim of rows already on
+    /// disk, may answer sooner): a step, an attempt, a suspension, an end,
+    /// an event sent or taken, a control operation, a schedule's mark.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_durable_write_waits_for_its_fsync() {
+        use workflow_core::store::Suspend;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("fsync.db"))
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for n in 0..12 {
+            let new = workflow_core::testing::new_instance("wf", n);
+            ids.push(new.id.clone());
+            store.create(new, None).await.unwrap();
+        }
+        // Instances 0-6 claimed; 7-11 left pending for control operations.
+        let claimed = store.claim(claim_due("w", 7)).await.unwrap();
+        assert_eq!(claimed.len(), 7);
+        let lease = |n: usize| {
+            claimed
+                .iter()
+                .find(|c| c.row.id == ids[n])
+                .map(|c| c.lease.clone())
+                .expect("claimed")
+        };
+        store
+            .send_event(&ids[5], "go", "1", None, 10)
+            .await
+            .unwrap();
+        store.pause(&ids[10], 10).await.unwrap();
+        let suspend = Suspend {
+            status: Status::Pending,
+            run_at: 1_000,
+            wait_event: None,
+            wait_child: None,
+            retry: None,
+            state: None,
+            reason: "nap".into(),
+            at: 20,
+        };
+
+        let held = HeldFsyncs::hold();
+        let s = &store;
+        let writes: Vec<(&str, tokio::task::JoinHandle<bool>)> = vec![
+            ("commit_step", {
+                let (s, l) = (s.clone(), lease(0));
+                tokio::spawn(async move {
+                    s.commit_step(&l, crate::writer::done_step("a", 12))
+                        .await
+                        .is_ok()
+                })
+            }),
+            ("record_attempt", {
+                let (s, l) = (s.clone(), lease(1));
+                tokio::spawn(async move { s.record_attempt(&l, "a", 1, "no", 12).await.is_ok() })
+            }),
+            ("suspend", {
+                let (s, l, w) = (s.clone(), lease(2), suspend.clone());
+                tokio::spawn(async move { s.suspend(&l, w).await.is_ok() })
+            }),
+            ("finish", {
+                let (s, l) = (s.clone(), lease(3));
+                tokio::spawn(
+                    async move { s.finish(&l, crate::writer::completed_at(30)).await.is_ok() },
+                )
+            }),
+            ("release", {
+                let (s, l) = (s.clone(), lease(4));
+                tokio::spawn(async move { s.release(&l, 30).await.is_ok() })
+            }),
+            ("take_event", {
+                let (s, l) = (s.clone(), lease(5));
+                tokio::spawn(async move { s.take_event(&l, "go", "go", 30).await.is_ok() })
+            }),
+            ("send_event", {
+                let (s, id) = (s.clone(), ids[7].clone());
+                tokio::spawn(
+                    async move { s.send_event(&id, "e", "1", Some("k"), 30).await.is_ok() },
+                )
+            }),
+            ("cancel", {
+                let (s, id) = (s.clone(), ids[8].clone());
+                tokio::spawn(async move { s.cancel(&id, 30).await.is_ok() })
+            }),
+            ("pause", {
+                let (s, id) = (s.clone(), ids[9].clone());
+                tokio::spawn(async move { s.pause(&id, 30).await.is_ok() })
+            }),
+            ("resume", {
+                let (s, id) = (s.clone(), ids[10].clone());
+                tokio::spawn(async move { s.resume(&id, 30).await.is_ok() })
+            }),
+            ("set_deadline", {
+                let (s, id) = (s.clone(), ids[11].clone());
+                tokio::spawn(async move { s.set_deadline(&id, 90_000, 30).await.is_ok() })
+            }),
+            ("create_many", {
+                let s = s.clone();
+                let new = vec![workflow_core::testing::new_instance("wf", 100)];
+                tokio::spawn(async move { s.create_many(new).await.is_ok() })
+            }),
+            ("advance_schedule", {
+                let s = s.clone();
+                tokio::spawn(async move { s.advance_schedule("wf", 50, None).await.is_ok() })
+            }),
+            ("release_owner", {
+                let (s, l) = (s.clone(), lease(6));
+                tokio::spawn(async move { s.release_owner(&l.owner, 30).await.is_ok() })
+            }),
+        ];
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let answered: Vec<&str> = writes
+            .iter()
+            .filter(|(_, task)| task.is_finished())
+            .map(|(name, _)| *name)
+            .collect();
+        drop(held);
+        assert!(
+            answered.is_empty(),
+            "answered before their fsync: {answered:?}"
+        );
+        for (name, task) in writes {
+            assert!(task.await.unwrap(), "{name} failed");
+        }
+    }
+
     /// SQLite shows a commit to readers before its fsync. A durable
     /// store's reads must not return such a row, or `result()` could
     /// report an output that a power cut then takes back.
