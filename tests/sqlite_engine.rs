@@ -969,7 +969,13 @@ fn a_failed_step_is_logged_with_its_instance_under_a_warn_filter() {
         .lines()
         .find(|line| line.contains("step failed for good"))
         .unwrap_or_else(|| panic!("no warning in:\n{text}"));
-    for part in ["charge-card", id.as_str(), "failsLoudly", "card declined"] {
+    for part in [
+        "charge-card",
+        id.as_str(),
+        "failsLoudly",
+        "card declined",
+        "worker=",
+    ] {
         assert!(line.contains(part), "{part} missing from: {line}");
     }
 }

@@ -282,6 +282,9 @@ struct Journal {
     snapshots: Vec<(usize, String)>,
     /// Uses of each step name so far in this run, for `name#n` keys.
     seen: HashMap<String, u32>,
+    /// Whether any of `recorded` is a step that failed for good: a
+    /// fan-out looks for the first only then.
+    any_failed: bool,
 }
 
 impl RunShared {
@@ -300,7 +303,7 @@ impl RunShared {
             .filter(|(_, s)| s.state.is_some())
             .map(|(position, s)| (position, s.key.clone()))
             .collect();
-        let recorded = steps
+        let recorded: HashMap<String, (usize, StepRow)> = steps
             .into_iter()
             .enumerate()
             .map(|(position, s)| (s.key.clone(), (position, s)))
@@ -329,6 +332,7 @@ impl RunShared {
             deadline_changes: LocalChanges::default(),
             interrupt: Mutex::new(None),
             journal: Mutex::new(Journal {
+                any_failed: recorded.values().any(|(_, step)| step.error.is_some()),
                 recorded,
                 snapshots,
                 seen: HashMap::new(),
@@ -596,7 +600,7 @@ impl RunShared {
         keys: impl Iterator<Item = String>,
     ) -> Option<usize> {
         let journal = lock(&self.journal);
-        if journal.recorded.is_empty() {
+        if !journal.any_failed {
             return None;
         }
         keys.enumerate()

@@ -838,20 +838,18 @@ fn redact_password(url: &str) -> String {
     // scheme://user:password@host/..: the password runs to the last `@`,
     // one with an unescaped `/`, `?` or `#` in it too (an `@` later in the
     // URL hides more of it, never less).
-    let mut shown = format!("{scheme}://");
-    let rest = match rest.rsplit_once('@') {
-        Some((user_info, host)) => {
-            match user_info.split_once(':') {
-                Some((user, _)) => shown.push_str(&format!("{user}:***@")),
-                None => shown.push_str(&format!("{user_info}@")),
-            }
-            host
-        }
-        None => rest,
+    let shown = match rest.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     };
-    match rest.split_once('?') {
-        None => shown.push_str(rest),
+    // And a `password` parameter, wherever the query starts.
+    match shown.split_once('?') {
+        None => shown,
         Some((path, query)) => {
+            let mut shown = String::new();
             let params: Vec<String> = query
                 .split('&')
                 .map(|param| match param.split_once('=') {
@@ -864,9 +862,9 @@ fn redact_password(url: &str) -> String {
             shown.push_str(path);
             shown.push('?');
             shown.push_str(&params.join("&"));
+            shown
         }
     }
-    shown
 }
 
 impl std::fmt::Debug for Engine {
@@ -1837,6 +1835,17 @@ mod tests {
         ] {
             let shown = redact_password(url);
             assert!(shown.starts_with("postgres://u:***@h/d"), "{shown}");
+        }
+        // An `@` in the query hides no `password` parameter.
+        for url in [
+            "postgres://h/d?password=hunter2&user=me@corp",
+            "postgres://u@h/d?password=hunter2&application_name=a@b",
+        ] {
+            let shown = redact_password(url);
+            assert!(
+                !shown.contains("hunter2") && shown.contains("password=***"),
+                "{shown}"
+            );
         }
         let shown = format!(
             "{:?}",

@@ -1054,8 +1054,14 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
         }
     };
     let lease = run.lease.clone();
-    let span =
-        tracing::error_span!("workflow", workflow = %row.workflow, id = %row.id, run = lease.run);
+    // Its own worker too: the task is spawned outside the worker's span.
+    let span = tracing::error_span!(
+        "workflow",
+        workflow = %row.workflow,
+        id = %row.id,
+        run = lease.run,
+        worker = %w.id
+    );
     async {
         let mut finish = execute(&run, def.as_ref(), row.input).await;
         // Whatever ended the run, tasks the handler spawned with ctx.signal() stop too.

@@ -1306,9 +1306,10 @@ mod tests {
         drop_schema(&url, &schema).await;
     }
 
-    /// An id or filter with a NUL, which no row can hold, finds nothing
-    /// (PostgreSQL refuses to compare such text: it was a store error,
-    /// a 500 in the console).
+    /// An id or filter with a NUL, which no row can hold, finds nothing,
+    /// and a cursor with one bounds the list as text would (PostgreSQL
+    /// refuses to compare such text: it was a store error, a 500 in the
+    /// console).
     #[tokio::test]
     async fn ids_and_filters_with_a_nul_find_nothing() {
         let Some(url) = test_url() else {

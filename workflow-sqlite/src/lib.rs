@@ -1193,6 +1193,21 @@ mod tests {
     /// a tree the next one finds.
     #[tokio::test]
     async fn a_tree_larger_than_a_transaction_goes_leaves_first() {
+        purge_a_large_tree(false).await;
+    }
+
+    /// A child started under a tree being purged in part (by a handler
+    /// that had not heard its parent ended) keeps what is left of it: its
+    /// parent is not deleted from under it.
+    #[tokio::test]
+    async fn a_child_started_under_a_tree_being_purged_keeps_its_parent() {
+        purge_a_large_tree(true).await;
+    }
+
+    /// Purges a root with four children, five rows each, five rows per
+    /// transaction; with `late_child`, a pending child of the root is
+    /// created after the first transaction.
+    async fn purge_a_large_tree(late_child: bool) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("tree.db")).await.unwrap();
         let root = crate::writer::new_instance(1);
@@ -1252,6 +1267,11 @@ mod tests {
             let root_left = store.get(&root_id).await.unwrap().is_some();
             let left = count("instances").await;
             assert_eq!(root_left, left > 0, "the root goes last, after {rounds:?}");
+            if late_child && rounds.len() == 1 {
+                let mut child = crate::writer::new_instance(50);
+                child.parent = Some(root_id.clone());
+                store.create(child, None).await.unwrap();
+            }
             match done.next {
                 Some(next) => from = next,
                 None => break,
@@ -1259,8 +1279,16 @@ mod tests {
             assert!(rounds.len() < 10, "{rounds:?}");
         }
         assert!(rounds.len() > 1, "several transactions: {rounds:?}");
-        assert_eq!(rounds.iter().sum::<u64>(), 5);
-        assert_eq!((count("instances").await, count("steps").await), (0, 0));
+        if late_child {
+            assert!(
+                store.get(&root_id).await.unwrap().is_some(),
+                "the parent stays"
+            );
+            assert!(rounds.iter().sum::<u64>() < 5, "{rounds:?}");
+        } else {
+            assert_eq!(rounds.iter().sum::<u64>(), 5);
+            assert_eq!((count("instances").await, count("steps").await), (0, 0));
+        }
     }
 
     /// The list and count queries must use indexes, not sort or scan the table.
@@ -1670,18 +1698,20 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_durable_write_waits_for_its_fsync() {
         use workflow_core::store::Suspend;
+        type Write = Box<dyn FnOnce(SqliteStore) -> tokio::task::JoinHandle<bool>>;
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("fsync.db"))
-            .await
-            .unwrap();
+        let path = dir.path().join("fsync.db");
+        let store = SqliteStore::open(&path).await.unwrap();
         let mut ids = Vec::new();
         for n in 0..12 {
             let new = workflow_core::testing::new_instance("wf", n);
             ids.push(new.id.clone());
             store.create(new, None).await.unwrap();
         }
-        // Instances 0-6 claimed; 7-11 left pending for control operations.
-        let claimed = store.claim(claim_due("w", 7)).await.unwrap();
+        // Instances 0-5 claimed, 6 by an owner of its own (released whole);
+        // 7-11 left pending for control operations.
+        let mut claimed = store.claim(claim_due("w", 6)).await.unwrap();
+        claimed.extend(store.claim(claim_due("w6", 1)).await.unwrap());
         assert_eq!(claimed.len(), 7);
         let lease = |n: usize| {
             claimed
@@ -1705,88 +1735,210 @@ mod tests {
             reason: "nap".into(),
             at: 20,
         };
-
-        let held = HeldFsyncs::hold();
-        let s = &store;
-        let writes: Vec<(&str, tokio::task::JoinHandle<bool>)> = vec![
-            ("commit_step", {
-                let (s, l) = (s.clone(), lease(0));
-                tokio::spawn(async move {
-                    s.commit_step(&l, crate::writer::done_step("a", 12))
-                        .await
-                        .is_ok()
-                })
-            }),
-            ("record_attempt", {
-                let (s, l) = (s.clone(), lease(1));
-                tokio::spawn(async move { s.record_attempt(&l, "a", 1, "no", 12).await.is_ok() })
-            }),
-            ("suspend", {
-                let (s, l, w) = (s.clone(), lease(2), suspend.clone());
-                tokio::spawn(async move { s.suspend(&l, w).await.is_ok() })
-            }),
-            ("finish", {
-                let (s, l) = (s.clone(), lease(3));
-                tokio::spawn(
-                    async move { s.finish(&l, crate::writer::completed_at(30)).await.is_ok() },
-                )
-            }),
-            ("release", {
-                let (s, l) = (s.clone(), lease(4));
-                tokio::spawn(async move { s.release(&l, 30).await.is_ok() })
-            }),
-            ("take_event", {
-                let (s, l) = (s.clone(), lease(5));
-                tokio::spawn(async move { s.take_event(&l, "go", "go", 30).await.is_ok() })
-            }),
-            ("send_event", {
-                let (s, id) = (s.clone(), ids[7].clone());
-                tokio::spawn(
-                    async move { s.send_event(&id, "e", "1", Some("k"), 30).await.is_ok() },
-                )
-            }),
-            ("cancel", {
-                let (s, id) = (s.clone(), ids[8].clone());
-                tokio::spawn(async move { s.cancel(&id, 30).await.is_ok() })
-            }),
-            ("pause", {
-                let (s, id) = (s.clone(), ids[9].clone());
-                tokio::spawn(async move { s.pause(&id, 30).await.is_ok() })
-            }),
-            ("resume", {
-                let (s, id) = (s.clone(), ids[10].clone());
-                tokio::spawn(async move { s.resume(&id, 30).await.is_ok() })
-            }),
-            ("set_deadline", {
-                let (s, id) = (s.clone(), ids[11].clone());
-                tokio::spawn(async move { s.set_deadline(&id, 90_000, 30).await.is_ok() })
-            }),
-            ("create_many", {
-                let s = s.clone();
-                let new = vec![workflow_core::testing::new_instance("wf", 100)];
-                tokio::spawn(async move { s.create_many(new).await.is_ok() })
-            }),
-            ("advance_schedule", {
-                let s = s.clone();
-                tokio::spawn(async move { s.advance_schedule("wf", 50, None).await.is_ok() })
-            }),
-            ("release_owner", {
-                let (s, l) = (s.clone(), lease(6));
-                tokio::spawn(async move { s.release_owner(&l.owner, 30).await.is_ok() })
-            }),
+        let id = |n: usize| ids[n].to_string();
+        // Each write, and what shows it committed (to another connection).
+        let writes: Vec<(&str, Write, String)> = vec![
+            (
+                "commit_step",
+                {
+                    let l = lease(0);
+                    Box::new(move |s| {
+                        tokio::spawn(async move {
+                            s.commit_step(&l, crate::writer::done_step("a", 12))
+                                .await
+                                .is_ok()
+                        })
+                    })
+                },
+                format!(
+                    "SELECT count(*) = 1 FROM steps WHERE instance_id = '{}'",
+                    id(0)
+                ),
+            ),
+            (
+                "record_attempt",
+                {
+                    let l = lease(1);
+                    Box::new(move |s| {
+                        tokio::spawn(
+                            async move { s.record_attempt(&l, "a", 1, "no", 12).await.is_ok() },
+                        )
+                    })
+                },
+                format!(
+                    "SELECT retry_attempts = 1 FROM instances WHERE id = '{}'",
+                    id(1)
+                ),
+            ),
+            (
+                "suspend",
+                {
+                    let l = lease(2);
+                    Box::new(move |s| {
+                        tokio::spawn(async move { s.suspend(&l, suspend).await.is_ok() })
+                    })
+                },
+                format!(
+                    "SELECT lease_owner IS NULL FROM instances WHERE id = '{}'",
+                    id(2)
+                ),
+            ),
+            (
+                "finish",
+                {
+                    let l = lease(3);
+                    Box::new(move |s| {
+                        tokio::spawn(async move {
+                            s.finish(&l, crate::writer::completed_at(30)).await.is_ok()
+                        })
+                    })
+                },
+                format!(
+                    "SELECT status = 'completed' FROM instances WHERE id = '{}'",
+                    id(3)
+                ),
+            ),
+            (
+                "release",
+                {
+                    let l = lease(4);
+                    Box::new(move |s| tokio::spawn(async move { s.release(&l, 30).await.is_ok() }))
+                },
+                format!(
+                    "SELECT lease_owner IS NULL FROM instances WHERE id = '{}'",
+                    id(4)
+                ),
+            ),
+            (
+                "take_event",
+                {
+                    let l = lease(5);
+                    Box::new(move |s| {
+                        tokio::spawn(async move { s.take_event(&l, "go", "go", 30).await.is_ok() })
+                    })
+                },
+                format!(
+                    "SELECT count(*) = 1 FROM steps WHERE instance_id = '{}'",
+                    id(5)
+                ),
+            ),
+            (
+                "release_owner",
+                {
+                    let l = lease(6);
+                    Box::new(move |s| {
+                        tokio::spawn(async move { s.release_owner(&l.owner, 30).await.is_ok() })
+                    })
+                },
+                format!(
+                    "SELECT lease_owner IS NULL FROM instances WHERE id = '{}'",
+                    id(6)
+                ),
+            ),
+            (
+                "send_event",
+                {
+                    let id = ids[7].clone();
+                    Box::new(move |s| {
+                        tokio::spawn(async move {
+                            s.send_event(&id, "e", "1", Some("k"), 30).await.is_ok()
+                        })
+                    })
+                },
+                format!(
+                    "SELECT count(*) = 1 FROM event_keys WHERE instance_id = '{}'",
+                    id(7)
+                ),
+            ),
+            (
+                "cancel",
+                {
+                    let id = ids[8].clone();
+                    Box::new(move |s| tokio::spawn(async move { s.cancel(&id, 30).await.is_ok() }))
+                },
+                format!(
+                    "SELECT status = 'cancelled' FROM instances WHERE id = '{}'",
+                    id(8)
+                ),
+            ),
+            (
+                "pause",
+                {
+                    let id = ids[9].clone();
+                    Box::new(move |s| tokio::spawn(async move { s.pause(&id, 30).await.is_ok() }))
+                },
+                format!(
+                    "SELECT status = 'paused' FROM instances WHERE id = '{}'",
+                    id(9)
+                ),
+            ),
+            (
+                "resume",
+                {
+                    let id = ids[10].clone();
+                    Box::new(move |s| tokio::spawn(async move { s.resume(&id, 30).await.is_ok() }))
+                },
+                format!(
+                    "SELECT status = 'pending' FROM instances WHERE id = '{}'",
+                    id(10)
+                ),
+            ),
+            (
+                "set_deadline",
+                {
+                    let id = ids[11].clone();
+                    Box::new(move |s| {
+                        tokio::spawn(async move { s.set_deadline(&id, 90_000, 30).await.is_ok() })
+                    })
+                },
+                format!(
+                    "SELECT deadline_at = 90000 FROM instances WHERE id = '{}'",
+                    id(11)
+                ),
+            ),
+            (
+                "create_many",
+                {
+                    let new = vec![workflow_core::testing::new_instance("wf", 100)];
+                    Box::new(move |s| tokio::spawn(async move { s.create_many(new).await.is_ok() }))
+                },
+                "SELECT count(*) = 13 FROM instances".to_owned(),
+            ),
+            (
+                "advance_schedule",
+                {
+                    Box::new(move |s| {
+                        tokio::spawn(
+                            async move { s.advance_schedule("wf", 50, None).await.is_ok() },
+                        )
+                    })
+                },
+                "SELECT count(*) = 1 FROM schedules".to_owned(),
+            ),
         ];
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let answered: Vec<&str> = writes
-            .iter()
-            .filter(|(_, task)| task.is_finished())
-            .map(|(name, _)| *name)
-            .collect();
-        drop(held);
-        assert!(
-            answered.is_empty(),
-            "answered before their fsync: {answered:?}"
-        );
-        for (name, task) in writes {
+        let peek = rusqlite::Connection::open(&path).unwrap();
+        // One at a time: the writer commits when the disk is free, so a
+        // write behind a held fsync would wait uncommitted, and its
+        // answer's wait would prove nothing.
+        for (name, write, committed) in writes {
+            let held = HeldFsyncs::hold();
+            let task = write(store.clone());
+            let started = std::time::Instant::now();
+            while !peek
+                .query_row(&committed, [], |r| r.get::<_, Option<bool>>(0))
+                .unwrap()
+                .unwrap_or(false)
+            {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{name} never committed"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let answered = task.is_finished();
+            drop(held);
+            assert!(!answered, "{name} answered before its fsync");
             assert!(task.await.unwrap(), "{name} failed");
         }
     }

@@ -1693,7 +1693,16 @@ fn suspend_op(c: &Tx<'_, '_>, lease: &Lease, s: &Suspend) -> Result<Result<(), S
 pub(crate) struct PurgeFrom {
     status: usize,
     after: Vec<u8>,
-    rest: Vec<Member>,
+    rest: Rest,
+}
+
+/// What is left of a tree deleted in part: the first `left` of its
+/// members, root first. Shared, not copied: the operation carrying it is
+/// cloned for every transaction (and every retry of one).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Rest {
+    members: Arc<[Member]>,
+    left: usize,
 }
 
 /// An instance of a tree being purged: its id as stored, and its tags.
@@ -1760,10 +1769,9 @@ fn purge(
         .collect();
     let mut deleted_rows = 0;
     let mut at = from;
-    if !at.rest.is_empty() {
-        // Checked all ended when its tree was read: an ended tree does not
-        // change (a child a late handler creates under it is created
-        // ended, and goes as a tree of its own).
+    if at.rest.left > 0 {
+        // Read whole and all ended in an earlier transaction; a child
+        // started under one of them since is looked for as each goes.
         let tree = delete_members(c, std::mem::take(&mut at.rest), rows)?;
         if let Some(rest) = tally(&mut done, &mut deleted_rows, tree, limit, rows) {
             tracing::debug!(done.instances, deleted_rows, "purged ended instances");
@@ -1813,7 +1821,7 @@ fn purge(
         at = PurgeFrom {
             status: at.status + 1,
             after: Vec::new(),
-            rest: Vec::new(),
+            rest: Rest::default(),
         };
     }
     if done.instances > 0 {
@@ -1830,7 +1838,7 @@ fn tally(
     tree: TreePurge,
     limit: usize,
     rows: u64,
-) -> Option<Vec<Member>> {
+) -> Option<Rest> {
     match tree {
         TreePurge::Kept => None,
         TreePurge::Part { instances, rest } => {
@@ -1844,7 +1852,7 @@ fn tally(
             done.instances += instances;
             done.trees += 1;
             *deleted_rows += rows_of_tree;
-            (done.trees >= limit || *deleted_rows >= rows).then(Vec::new)
+            (done.trees >= limit || *deleted_rows >= rows).then(Rest::default)
         }
     }
 }
@@ -1866,7 +1874,7 @@ enum TreePurge {
     Whole { instances: u64, rows: u64 },
     /// Its deepest instances, up to about the rows it was given: the rest,
     /// its root last, is left for the next transaction.
-    Part { instances: u64, rest: Vec<Member> },
+    Part { instances: u64, rest: Rest },
 }
 
 /// Deletes `root` and all its descendants, with their rows in every table,
@@ -1898,26 +1906,42 @@ fn purge_tree(c: &Tx<'_, '_>, root: &[u8], before: Millis, budget: u64) -> Resul
     if tree.is_empty() || !tree.iter().all(|(_, ended)| *ended) {
         return Ok(TreePurge::Kept);
     }
-    delete_members(
-        c,
-        tree.into_iter().map(|(member, _)| member).collect(),
-        budget,
-    )
+    let members: Arc<[Member]> = tree.into_iter().map(|(member, _)| member).collect();
+    let left = members.len();
+    delete_members(c, Rest { members, left }, budget)
 }
 
-/// Deletes the instances of an ended tree from the end of `members`
+/// Deletes the instances of an ended tree from the end of `rest`
 /// (deepest first, its root last), with their rows in every table, until
-/// more than `budget` rows went.
-fn delete_members(c: &Tx<'_, '_>, mut members: Vec<Member>, budget: u64) -> Result<TreePurge, Db> {
+/// more than `budget` rows went. One with a child not ended (started
+/// since the tree was read, by a handler that had not heard its parent
+/// ended) stops it: the rest stays, as a tree not all ended does.
+fn delete_members(c: &Tx<'_, '_>, mut rest: Rest, budget: u64) -> Result<TreePurge, Db> {
     let (mut rows, mut instances) = (0, 0);
-    while let Some((id, tags)) = members.pop() {
+    while rest.left > 0 {
+        let (id, tags) = &rest.members[rest.left - 1];
+        let running_child = c
+            .prepare_cached(concat!(
+                "SELECT 1 FROM instances WHERE parent_id = ?1 AND status NOT IN ",
+                ended!(),
+                " LIMIT 1"
+            ))?
+            .exists(params![text(id)])?;
+        if running_child {
+            return Ok(TreePurge::Part {
+                instances,
+                rest: Rest::default(),
+            });
+        }
+        rest.left -= 1;
+        let id = id.as_slice();
         for sql in [
             "DELETE FROM steps WHERE instance_id = ?1",
             "DELETE FROM events WHERE instance_id = ?1",
             "DELETE FROM inbox WHERE instance_id = ?1",
             "DELETE FROM event_keys WHERE instance_id = ?1",
         ] {
-            rows += c.prepare_cached(sql)?.execute(params![text(&id)])? as u64;
+            rows += c.prepare_cached(sql)?.execute(params![text(id)])? as u64;
         }
         // Tags are keyed by (name, value, instance): delete them by key
         // from the row's own copy, or by a scan if that does not read.
@@ -1930,23 +1954,22 @@ fn delete_members(c: &Tx<'_, '_>, mut members: Vec<Member>, budget: u64) -> Resu
                     c.prepare_cached(
                         "DELETE FROM instance_tags WHERE name = ?1 AND value = ?2 AND instance_id = ?3",
                     )?
-                    .execute(params![name, value, text(&id)])?;
+                    .execute(params![name, value, text(id)])?;
                 }
             }
             None => {
                 c.prepare_cached("DELETE FROM instance_tags WHERE instance_id = ?1")?
-                    .execute(params![text(&id)])?;
+                    .execute(params![text(id)])?;
             }
         }
-        rows += c
+        // Counted only if it was still there.
+        let gone = c
             .prepare_cached("DELETE FROM instances WHERE id = ?1")?
-            .execute(params![text(&id)])? as u64;
-        instances += 1;
-        if rows > budget && !members.is_empty() {
-            return Ok(TreePurge::Part {
-                instances,
-                rest: members,
-            });
+            .execute(params![text(id)])? as u64;
+        rows += gone;
+        instances += gone;
+        if rows > budget && rest.left > 0 {
+            return Ok(TreePurge::Part { instances, rest });
         }
     }
     Ok(TreePurge::Whole { instances, rows })
