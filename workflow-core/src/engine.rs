@@ -830,39 +830,45 @@ impl std::fmt::Debug for EngineBuilder {
 }
 
 /// `url` with any password replaced by `***`: the user information's,
-/// and a `password=` query parameter's.
+/// and a `password=` or `sslpassword=` query parameter's.
 fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    // scheme://user:password@host/..: the password runs to the last `@`,
-    // one with an unescaped `/`, `?` or `#` in it too (an `@` later in the
-    // URL hides more of it, never less).
-    let shown = match rest.rsplit_once('@') {
+    // scheme://user:password@host/..?query: the user information ends at
+    // the last `@` before the query, or, if there is none, at the last `@`
+    // with no `=` before it (a password holding an unescaped `?`); an `@`
+    // in the query (`user=me@server`) ends nothing.
+    let at = match rest.find('?') {
+        Some(query) => rest[..query]
+            .rfind('@')
+            .or_else(|| rest.rfind('@').filter(|&at| !rest[..at].contains('='))),
+        None => rest.rfind('@'),
+    };
+    let shown = match at.map(|at| rest.split_at(at)) {
         Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            Some((user, _)) => format!("{scheme}://{user}:***{host}"),
             None => url.to_owned(),
         },
         None => url.to_owned(),
     };
-    // And a `password` parameter, wherever the query starts.
+    // And the password parameters of the query.
     match shown.split_once('?') {
         None => shown,
         Some((path, query)) => {
-            let mut shown = String::new();
             let params: Vec<String> = query
                 .split('&')
                 .map(|param| match param.split_once('=') {
-                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                    Some((name, _))
+                        if name.eq_ignore_ascii_case("password")
+                            || name.eq_ignore_ascii_case("sslpassword") =>
+                    {
                         format!("{name}=***")
                     }
                     _ => param.to_owned(),
                 })
                 .collect();
-            shown.push_str(path);
-            shown.push('?');
-            shown.push_str(&params.join("&"));
-            shown
+            format!("{path}?{}", params.join("&"))
         }
     }
 }
@@ -1836,10 +1842,20 @@ mod tests {
             let shown = redact_password(url);
             assert!(shown.starts_with("postgres://u:***@h/d"), "{shown}");
         }
-        // An `@` in the query hides no `password` parameter.
+        // An `@` in the query hides no `password` parameter, nor ends the
+        // user information (`user=admin@server`, as on Azure).
+        assert_eq!(
+            redact_password("postgres://db:5432/app?user=admin@srv&password=hunter2"),
+            "postgres://db:5432/app?user=admin@srv&password=***"
+        );
+        assert_eq!(
+            redact_password("sqlite://relative.db"),
+            "sqlite://relative.db"
+        );
         for url in [
             "postgres://h/d?password=hunter2&user=me@corp",
             "postgres://u@h/d?password=hunter2&application_name=a@b",
+            "postgres://u:hunter2@h/d?application_name=a@b&sslpassword=hunter2",
         ] {
             let shown = redact_password(url);
             assert!(
