@@ -48,6 +48,6 @@ pub use crate::store::Store;
 pub use crate::tool::{is_valid_tool_name, Tool, ToolReply, Toolbox};
 pub use crate::tool_schema::strict_schema;
 pub use crate::validate::Violation;
-pub use crate::worker::Worker;
+pub use crate::worker::{Stopped, Worker};
 pub use crate::workflow::{Definition, Workflow};
 pub use tokio_util::sync::CancellationToken;

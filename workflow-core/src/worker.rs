@@ -31,7 +31,24 @@ static LIVE: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
 #[must_use = "a worker runs until shut down; keep the handle to stop it gracefully"]
 pub struct Worker {
     shared: Arc<WorkerShared>,
-    task: tokio::task::JoinHandle<()>,
+    /// True when it ended leaving handlers it could not stop running.
+    task: tokio::task::JoinHandle<bool>,
+}
+
+/// How [`Worker::shutdown`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stopped {
+    /// Every handler finished or was stopped, and its instance handed back
+    /// (or left to its lease, if the store did not answer).
+    Clean,
+    /// A handler that blocks its thread (a synchronous call in async code)
+    /// could not be stopped. It runs on: the tokio runtime it is on cannot
+    /// shut down until it returns, so `main` returning would wait for it;
+    /// end the process with `std::process::exit` if it must stop now. Its
+    /// instance is not handed back, and resumes elsewhere when its lease
+    /// ends.
+    HandlersLeftRunning,
 }
 
 impl std::fmt::Debug for Worker {
@@ -205,13 +222,15 @@ impl Worker {
         let task = tokio::spawn({
             let shared = Arc::clone(&shared);
             async move {
-                if worker_loop(shared).await {
+                let left_running = worker_loop(shared).await;
+                if left_running {
                     // A handler still runs here: its instance must not
                     // look abandoned to an engine in this process, which
                     // would run it beside it at once instead of waiting
                     // out its lease.
                     std::mem::forget(live);
                 }
+                left_running
             }
         });
         Worker { shared, task }
@@ -235,10 +254,18 @@ impl Worker {
     /// them back to the store. It returns within the grace period and a
     /// few seconds more, whatever the store does: instances a store that
     /// does not answer could not take back resume when their leases expire.
-    pub async fn shutdown(self) {
+    /// It says whether a handler blocking its thread was left running
+    /// ([`Stopped::HandlersLeftRunning`]), which keeps the runtime, and so
+    /// the process, from ending.
+    pub async fn shutdown(self) -> Stopped {
         self.shared.stop.cancel();
-        if let Err(err) = self.task.await {
-            tracing::error!(error = %err, "worker task failed");
+        match self.task.await {
+            Ok(false) => Stopped::Clean,
+            Ok(true) => Stopped::HandlersLeftRunning,
+            Err(err) => {
+                tracing::error!(error = %err, "worker task failed");
+                Stopped::Clean
+            }
         }
     }
 }

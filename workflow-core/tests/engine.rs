@@ -3369,3 +3369,44 @@ async fn a_state_that_panics_at_the_end_fails_its_instance_at_once() {
     let run = EndsTouchy::start(&engine, 3).await.unwrap();
     run.result_timeout(Duration::from_secs(10)).await.unwrap();
 }
+
+/// Blocks its thread in a step, as a synchronous call in async code does.
+struct BlocksItsThread;
+
+impl Workflow for BlocksItsThread {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "blocksItsThread";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step("sync-call", || async {
+            std::thread::sleep(Duration::from_secs(10));
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A shutdown that cannot stop a handler blocking its thread says so (the
+/// runtime, and the process, cannot end until it returns), and one that
+/// stopped everything says that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_says_whether_it_left_a_handler_running() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(BlocksItsThread)
+        .register(Repeats)
+        .poll_interval(Duration::from_millis(10))
+        .shutdown_grace(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(engine.start_worker().shutdown().await, Stopped::Clean);
+    let worker = engine.start_worker();
+    let run = BlocksItsThread::start(&engine, ()).await.unwrap();
+    until_status(&run, Status::InProgress).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(worker.shutdown().await, Stopped::HandlersLeftRunning);
+}
