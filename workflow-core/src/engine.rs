@@ -610,6 +610,7 @@ impl EngineBuilder {
                 shutdown: CancellationToken::new(),
                 running: std::sync::Mutex::new(HashMap::new()),
                 claimed_ahead: std::sync::Mutex::new(Vec::new()),
+                recorded_checks: RecordedChecks::default(),
                 cancelled: Default::default(),
                 recorded: std::sync::Mutex::new(Default::default()),
                 retention: Default::default(),
@@ -766,6 +767,10 @@ pub(crate) struct EngineInner {
     pub running: std::sync::Mutex<HashMap<InstanceId, Arc<RunShared>>>,
     /// Each worker's instances claimed ahead, for the same.
     pub claimed_ahead: std::sync::Mutex<Vec<std::sync::Weak<crate::worker::ClaimedAhead>>>,
+    /// Input checks compiled from recorded schemas (workflows another
+    /// process registers), by name, with the schema compiled: a start by
+    /// name compiles one once, not at every call.
+    pub recorded_checks: RecordedChecks,
     /// Instances cancelled through this engine lately, for claims that
     /// were in flight meanwhile (their answers reach no queue yet).
     pub cancelled: crate::worker::CancelLog,
@@ -1101,7 +1106,10 @@ impl Engine {
             .into_iter()
             .find(|d| d.name == workflow)
             .ok_or_else(|| Error::UnknownWorkflow(workflow.to_owned()))?;
-        let check = crate::validate::SchemaCheck::new(&recorded.input_schema);
+        let check = self
+            .inner
+            .recorded_checks
+            .get(workflow, &recorded.input_schema);
         let _: serde_json::Value =
             check
                 .check(&input)
@@ -1599,6 +1607,32 @@ impl Engine {
     }
 }
 
+/// See [`EngineInner::recorded_checks`].
+#[derive(Default)]
+pub(crate) struct RecordedChecks(
+    std::sync::Mutex<HashMap<String, (serde_json::Value, Arc<crate::validate::SchemaCheck>)>>,
+);
+
+impl RecordedChecks {
+    /// The check of `schema`, recorded for workflow `name`: compiled now
+    /// only if it is not the one compiled last for that name.
+    pub(crate) fn get(
+        &self,
+        name: &str,
+        schema: &serde_json::Value,
+    ) -> Arc<crate::validate::SchemaCheck> {
+        let mut checks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((compiled, check)) = checks.get(name) {
+            if compiled == schema {
+                return Arc::clone(check);
+            }
+        }
+        let check = Arc::new(crate::validate::SchemaCheck::new(schema));
+        checks.insert(name.to_owned(), (schema.clone(), Arc::clone(&check)));
+        check
+    }
+}
+
 /// Callers waiting for instances to end, by instance: an end in this
 /// process wakes those waiting for that instance only, so a thousand
 /// callers awaiting a thousand results do not all read their rows again
@@ -1765,6 +1799,21 @@ mod tests {
         }
         drop((wa, wb));
         assert!(waiters.map().is_empty());
+    }
+
+    /// A recorded schema is compiled once per name, again only when it
+    /// changes (a start by name from the console or CLI compiled it at
+    /// every call, and warned each time for one that does not compile).
+    #[test]
+    fn recorded_schemas_compile_once() {
+        let checks = RecordedChecks::default();
+        let schema = serde_json::json!({"type": "object"});
+        let first = checks.get("w", &schema);
+        assert!(Arc::ptr_eq(&first, &checks.get("w", &schema)));
+        let changed = serde_json::json!({"type": "integer"});
+        let second = checks.get("w", &changed);
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(second.check::<i64>(&serde_json::json!(3)).is_ok());
     }
 
     /// A cancel wakes the callers of the instance it cancelled, a root

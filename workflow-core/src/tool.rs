@@ -715,7 +715,10 @@ impl Engine {
             .into_iter()
             .find(|d| d.name == name)
             .ok_or_else(|| Error::UnknownWorkflow(name.to_owned()))?;
-        let _: Value = SchemaCheck::new(&recorded.input_schema)
+        let _: Value = self
+            .inner
+            .recorded_checks
+            .get(name, &recorded.input_schema)
             .check(input)
             .map_err(|violations| Error::InvalidInput {
                 workflow: name.to_owned(),
