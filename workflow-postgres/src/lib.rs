@@ -332,7 +332,14 @@ impl PgStore {
         }
         let connect = connect
             .options(settings)
-            .log_statements(tracing::log::LevelFilter::Trace);
+            .log_statements(tracing::log::LevelFilter::Trace)
+            // sqlx warns of any statement over 1 s, with its SQL: a renewal
+            // waiting out its 1 s lock timeout does that by design, and the
+            // store reports what goes wrong itself.
+            .log_slow_statements(
+                tracing::log::LevelFilter::Warn,
+                std::time::Duration::from_secs(10),
+            );
         let server = server(&connect);
         let cannot_connect = |err: sqlx::Error| {
             Error::Store(StoreError::backend(format!(

@@ -43,6 +43,9 @@ use crate::checkpoint::Checkpointer;
 use crate::rows::{backend, instance_row, step_row, COLUMNS, SUMMARY_COLUMNS};
 use crate::writer::{Op, PurgeFrom, Reply, Writer};
 
+/// A statement slower than this is a warning of sqlx's.
+const SLOW_STATEMENT: Duration = Duration::from_secs(10);
+
 /// The most read connections [`SqliteOptions::readers`] takes.
 const MAX_READERS: u32 = 1_024;
 
@@ -208,7 +211,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(synchronous)
             .busy_timeout(options.busy_timeout)
-            .log_statements(tracing::log::LevelFilter::Trace);
+            .log_statements(tracing::log::LevelFilter::Trace)
+            // sqlx warns of any statement over 1 s, with its SQL: a read
+            // waiting out another process's lock does that by design, and
+            // the store reports what goes wrong itself.
+            .log_slow_statements(tracing::log::LevelFilter::Warn, SLOW_STATEMENT);
         let path = connect.get_filename().to_owned();
         let open_error = |err: String| {
             Error::Store(StoreError::backend(format!(
