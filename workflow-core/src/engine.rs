@@ -918,13 +918,13 @@ impl Engine {
     /// branch) stops the worker too, as [`Worker::shutdown`] does, without
     /// waiting for it: it must not go on claiming work after the call that
     /// ran it is gone.
-    pub async fn run(&self) -> Result<()> {
+    pub async fn run(&self) -> Result<crate::worker::Stopped> {
         let worker = self.start_worker();
         let stop_on_drop = worker.stop_token().drop_guard();
         self.inner.shutdown.cancelled().await;
-        worker.shutdown().await;
+        let stopped = worker.shutdown().await;
         stop_on_drop.disarm();
-        Ok(())
+        Ok(stopped)
     }
 
     /// Stops every worker of this engine: no new claims, running handlers get

@@ -43,11 +43,15 @@ pub enum Stopped {
     /// (or left to its lease, if the store did not answer).
     Clean,
     /// A handler that blocks its thread (a synchronous call in async code)
-    /// could not be stopped. It runs on: the tokio runtime it is on cannot
-    /// shut down until it returns, so `main` returning would wait for it;
-    /// end the process with `std::process::exit` if it must stop now. Its
-    /// instance is not handed back, and resumes elsewhere when its lease
-    /// ends.
+    /// could not be stopped, or the worker's task failed before it could
+    /// tell. It runs on: the tokio runtime it is on cannot shut down until
+    /// it returns, so `main` returning would wait for it; end the process
+    /// with `std::process::exit` if it must stop now. Its instance is not
+    /// handed back, and resumes elsewhere when its lease ends.
+    ///
+    /// Only the handlers' own tasks are seen: a blocking call a handler
+    /// handed to `spawn_blocking`, or a task it spawned, also keeps the
+    /// runtime from ending, and is not reported here.
     HandlersLeftRunning,
 }
 
@@ -263,8 +267,9 @@ impl Worker {
             Ok(false) => Stopped::Clean,
             Ok(true) => Stopped::HandlersLeftRunning,
             Err(err) => {
+                // Its handlers were dropped unchecked: one may block on.
                 tracing::error!(error = %err, "worker task failed");
-                Stopped::Clean
+                Stopped::HandlersLeftRunning
             }
         }
     }

@@ -3370,6 +3370,9 @@ async fn a_state_that_panics_at_the_end_fails_its_instance_at_once() {
     run.result_timeout(Duration::from_secs(10)).await.unwrap();
 }
 
+/// Set once `BlocksItsThread`'s step is about to block.
+static BLOCKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Blocks its thread in a step, as a synchronous call in async code does.
 struct BlocksItsThread;
 
@@ -3381,6 +3384,7 @@ impl Workflow for BlocksItsThread {
 
     async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
         ctx.step("sync-call", || async {
+            BLOCKING.store(true, Ordering::SeqCst);
             std::thread::sleep(Duration::from_secs(10));
             Ok::<_, BoxError>(())
         })
@@ -3405,8 +3409,9 @@ async fn a_shutdown_says_whether_it_left_a_handler_running() {
         .unwrap();
     assert_eq!(engine.start_worker().shutdown().await, Stopped::Clean);
     let worker = engine.start_worker();
-    let run = BlocksItsThread::start(&engine, ()).await.unwrap();
-    until_status(&run, Status::InProgress).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    BlocksItsThread::start(&engine, ()).await.unwrap();
+    while !BLOCKING.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(worker.shutdown().await, Stopped::HandlersLeftRunning);
 }

@@ -215,7 +215,10 @@ impl SqliteStore {
             // sqlx warns of any statement over 1 s, with its SQL: a read
             // waiting out another process's lock does that by design, and
             // the store reports what goes wrong itself.
-            .log_slow_statements(tracing::log::LevelFilter::Warn, SLOW_STATEMENT);
+            .log_slow_statements(
+                tracing::log::LevelFilter::Warn,
+                SLOW_STATEMENT.max(options.busy_timeout.saturating_add(Duration::from_secs(1))),
+            );
         let path = connect.get_filename().to_owned();
         let open_error = |err: String| {
             Error::Store(StoreError::backend(format!(
