@@ -911,8 +911,10 @@ impl Engine {
     }
 
     /// Runs a worker until [`Engine::shutdown`] is called, then waits for
-    /// it to hand its instances back. Today it never fails; the `Result`
-    /// leaves room for errors a future worker may report at start.
+    /// it to hand its instances back, and says how it stopped, as
+    /// [`Worker::shutdown`] does ([`Stopped`](crate::Stopped)). Today it
+    /// never fails; the `Result` leaves room for errors a future worker may
+    /// report at start.
     ///
     /// Dropping the future before it ends (a `select!` that took another
     /// branch) stops the worker too, as [`Worker::shutdown`] does, without
