@@ -338,13 +338,20 @@ fn escape_controls(buf: &[u8]) -> Option<Vec<u8>> {
     Some(shown)
 }
 
-/// Runs one command on `cli.db`, writing to `out`. Returns the exit code
-/// (`run --wait` of an instance that did not complete is 1).
+/// Runs one command on `cli.db`, writing its output to `out` (standard
+/// output) and what is not output to `notes` (standard error: progress,
+/// the cursor of the next page, rows that do not read), so that `out`
+/// can be piped as data. Returns the exit code (`run --wait` of an
+/// instance that did not complete is 1).
 ///
 /// Once `out` reports a broken pipe (its reader closed early, as `head`
 /// does), the rest of the output is dropped and the command finishes as if
 /// it had been written: that is not an error.
-pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError> {
+pub async fn run(
+    cli: Cli,
+    out: &mut (dyn Write + Send),
+    notes: &mut (dyn Write + Send),
+) -> Result<u8, CliError> {
     let out = &mut UntilClosed { out, closed: false };
     let engine = crate::connect(&cli.db).await?;
     let json = cli.json;
@@ -408,8 +415,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 return Ok(0);
             }
             if !json {
-                writeln!(out, "{what} {name} {id}; waiting for it to end")?;
-                out.flush()?;
+                writeln!(notes, "{what} {name} {id}; waiting for it to end")?;
             }
             let info = wait_for_end(&engine, &id, &name, wait_timeout).await?;
             if json {
@@ -476,10 +482,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, CliError>
                 rows,
             )?;
             for bad in &page.unreadable {
-                writeln!(out, "unreadable: {} ({})", bad.id, bad.error)?;
+                writeln!(notes, "unreadable: {} ({})", bad.id, bad.error)?;
             }
             if let Some(next) = page.next {
-                writeln!(out, "more: --after {next}")?;
+                writeln!(notes, "more: --after {next}")?;
             }
             Ok(0)
         }

@@ -167,8 +167,16 @@ async fn reads_without_the_workflow_code() {
     assert_eq!(keyed["items"][0]["id"], f.running.to_string());
     let tagged = json(&cli(url, &["list", "--tag", "customer=bob", "--json"]).await);
     assert_eq!(tagged["items"][0]["id"], f.failed.to_string());
+    // The next page's cursor is a note, not a row: stdout stays data.
     let paged = cli(url, &["list", "--limit", "2"]).await;
-    assert!(paged.stdout.contains("more: --after "), "{}", paged.stdout);
+    assert!(paged.stderr.contains("more: --after "), "{}", paged.stderr);
+    assert!(!paged.stdout.contains("more:"), "{}", paged.stdout);
+    assert_eq!(
+        paged.stdout.lines().count(),
+        3,
+        "a header and two rows: {}",
+        paged.stdout
+    );
     let out = cli(url, &["list", "--status", "done"]).await;
     assert_eq!(out.code, 2);
     assert!(

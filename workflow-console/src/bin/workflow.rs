@@ -14,8 +14,8 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::WARN)
         .init();
-    let mut stdout = std::io::stdout();
-    match run(cli, &mut stdout).await {
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    match run(cli, &mut stdout, &mut stderr).await {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err}");
