@@ -633,10 +633,6 @@ impl RunShared {
     }
 }
 
-/// The most characters of a step's error a log event carries (an error
-/// chain may hold a whole response body; the history keeps all of it).
-const LOGGED_ERROR_CHARS: usize = 1_000;
-
 /// The characters the engine writes into the keys it derives from a step
 /// name: `name#1` for the second use of a name in one run, `name@timeout`
 /// and `name@result` for the parts of a wait, `name[0]` for the items of
@@ -1094,7 +1090,7 @@ where
                     tracing::warn!(
                         step = %key,
                         attempts = attempt,
-                        error = %crate::error::excerpt(&message, LOGGED_ERROR_CHARS),
+                        error = %crate::error::logged(&message),
                         "step failed for good"
                     );
                     let step = StepRow {
@@ -1118,7 +1114,7 @@ where
                 tracing::info!(
                     step = %key,
                     attempt,
-                    error = %crate::error::excerpt(&message, LOGGED_ERROR_CHARS),
+                    error = %crate::error::logged(&message),
                     retry_in = ?delay,
                     "step attempt failed"
                 );

@@ -443,7 +443,14 @@ pub(crate) fn preview(name: &str) -> String {
 }
 
 /// The first `chars` characters of `text`, marked `…` when cut.
-pub(crate) fn excerpt(text: &str, chars: usize) -> String {
+/// An error's text as a log event carries it: its first 1,000 characters
+/// (an error chain may hold a whole response body; the history and the
+/// instance keep all of it).
+pub(crate) fn logged(text: &str) -> String {
+    excerpt(text, 1_000)
+}
+
+fn excerpt(text: &str, chars: usize) -> String {
     match text.char_indices().nth(chars) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, Scheduled};
@@ -95,17 +94,7 @@ pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
             };
             // A store that panics fails this look, not the scheduler: every
             // schedule would stop firing while the worker looked healthy.
-            let fired = std::panic::AssertUnwindSafe(fire_due(&engine, scheduled, look))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|payload| {
-                    Err(crate::error::StoreError::backend(format!(
-                        "the store panicked: {}",
-                        crate::store::panic_message(&*payload)
-                    ))
-                    .into())
-                });
-            match fired {
+            match crate::worker::caught(fire_due(&engine, scheduled, look)).await {
                 Ok(Some(next)) => next_due = Some(next_due.map_or(next, |due| due.min(next))),
                 Ok(None) => {}
                 Err(err) => {

@@ -503,12 +503,12 @@ where
         let run = self.run();
         run.check()?;
         let (base, _) = run.next_key(name)?;
-        self.restore_state_through((0..items.len()).map(|index| format!("{base}[{index}]")))
+        let base = &base;
+        let key = |index: usize| format!("{base}[{index}]");
+        self.restore_state_through((0..items.len()).map(key))
             .await?;
         let f = &f;
-        let base = &base;
         let concurrency = concurrency.max(1);
-        let key = |index: usize| format!("{base}[{index}]");
         // Items start in input order, so an item that failed for good was
         // started after every item before it, and a replay starts none
         // after it: one such would run for the first time after the

@@ -1270,11 +1270,7 @@ async fn execute(
         // left it to the settlement.
         let (returned_state, panicked) = match end {
             // A state that panicked as it was read fails the instance.
-            End::Returned(end) => (
-                end.state,
-                end.state_panicked
-                    .map(|message| format!("handler panicked: {message}")),
-            ),
+            End::Returned(end) => (end.state, end.state_panicked),
             // The handler's own panic after `complete`/`fail` (an unwrap of
             // a later call, which returns `Interrupted`) leaves the outcome
             // it gave.
@@ -1346,9 +1342,7 @@ async fn execute(
         End::Returned(end) => match (end.result, end.state_panicked) {
             (Ok(output), None) => finish(Status::Completed, Some(output), None, end.state),
             (Err(error), None) => finish(Status::Failed, None, Some(error), end.state),
-            (result, Some(message)) => {
-                tracing::error!(panic = %message, "handler panicked");
-                let panicked = format!("handler panicked: {message}");
+            (result, Some(panicked)) => {
                 let error = match result {
                     Ok(_) => panicked,
                     Err(error) => format!("{error}; {panicked}"),
@@ -1377,8 +1371,8 @@ async fn execute(
 }
 
 /// Runs user code (serde impls) outside the handler's guard, a panic
-/// becoming the reason the instance failed.
-fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+/// becoming the reason the instance failed (`handler panicked: ..`).
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let message = panic_message(&*payload);
         tracing::error!(panic = %message, "handler panicked");
@@ -1390,17 +1384,17 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 /// store) is an error of that call: the task lives on. The heartbeat above
 /// all: were it to die, no lease would be renewed and no handler stopped
 /// when its lease lapsed, while another worker took the instance over.
-pub(crate) async fn caught<T>(
-    call: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
+pub(crate) async fn caught<T, E: From<StoreError>>(
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     AssertUnwindSafe(call)
         .catch_unwind()
         .await
         .unwrap_or_else(|payload| {
-            Err(StoreError::backend(format!(
-                "the store panicked: {}",
-                panic_message(&*payload)
-            )))
+            Err(
+                StoreError::backend(format!("the store panicked: {}", panic_message(&*payload)))
+                    .into(),
+            )
         })
 }
 
@@ -1414,7 +1408,7 @@ async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
             // keeps it whole); a completion, at tens of thousands a
             // second, only a debug line.
             let error = (status != Status::Completed)
-                .then(|| crate::error::excerpt(finish.error.as_deref().unwrap_or(""), 1_000));
+                .then(|| crate::error::logged(finish.error.as_deref().unwrap_or("")));
             let result = store.finish(lease, finish).await;
             if result.is_ok() {
                 match error {

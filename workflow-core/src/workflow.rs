@@ -254,8 +254,9 @@ pub(crate) struct HandlerEnd {
     pub result: std::result::Result<String, String>,
     /// The state, if changed since the last step.
     pub state: Option<String>,
-    /// Why the state could not be read for the record: its `Serialize`
-    /// panicked. The instance fails with it, whatever the outcome.
+    /// Why the state could not be read for the record (`handler
+    /// panicked: ..`, logged): its `Serialize` panicked. The instance
+    /// fails with it, whatever the outcome.
     pub state_panicked: Option<String>,
 }
 
@@ -362,12 +363,10 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
             // Caught here, not with the handler: a panic of its own after
             // `ctx.complete` leaves the outcome as given, one of the state
             // it leaves cannot (the state would not be saved).
-            let (state, state_panicked) =
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.state_at_end()))
-                {
-                    Ok(state) => (state, None),
-                    Err(payload) => (None, Some(crate::store::panic_message(&*payload))),
-                };
+            let (state, state_panicked) = match crate::worker::guarded(|| ctx.state_at_end()) {
+                Ok(state) => (state, None),
+                Err(panicked) => (None, Some(panicked)),
+            };
             HandlerEnd {
                 result,
                 state,
