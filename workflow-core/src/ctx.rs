@@ -170,7 +170,7 @@ pub(crate) struct RunShared {
     pub retry: Option<(String, u32)>,
     /// The last run ended without recording how (a crash, a lapsed lease):
     /// steps may have failed attempts that `retry` does not name.
-    interrupted: bool,
+    pub(crate) cut_short: bool,
     /// When `retry` is set: every step's failed attempts, from the history
     /// (read once, when a step first needs it). Steps running side
     /// by side (`ctx.map`) may all have been backing off, and the
@@ -295,7 +295,7 @@ impl RunShared {
         lease: Lease,
         default_step: StepOptions,
         steps: Vec<StepRow>,
-        interrupted: bool,
+        cut_short: bool,
     ) -> Self {
         let snapshots = steps
             .iter()
@@ -319,7 +319,7 @@ impl RunShared {
             pause: AtomicBool::new(row.pause_requested),
             pause_changes: LocalChanges::default(),
             retry: row.retry.clone(),
-            interrupted,
+            cut_short,
             failed_attempts: tokio::sync::OnceCell::new(),
             retrying: Mutex::new(HashMap::new()),
             suspend_after: engine.inner.config.suspend_after,
@@ -355,7 +355,7 @@ impl RunShared {
     /// A step of this run with failed attempts that has not ended, and its
     /// count, for a suspension to keep. Any one will do: the next run reads
     /// every step's count from the history when one is named.
-    fn backing_off(&self) -> Option<(String, u32)> {
+    pub(crate) fn backing_off(&self) -> Option<(String, u32)> {
         lock(&self.retrying)
             .iter()
             .next()
@@ -438,7 +438,7 @@ impl RunShared {
         let kept = match &self.retry {
             Some((retry_key, failed)) if retry_key == key => *failed,
             Some(_) => 0,
-            None if self.interrupted => 0,
+            None if self.cut_short => 0,
             None => return 0,
         };
         let all = self

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -1228,8 +1229,9 @@ impl Engine {
         &self,
         id: &InstanceId,
         name: &str,
-        payload: serde_json::Value,
+        payload: impl Serialize,
     ) -> Result<()> {
+        let payload = event_payload(name, payload)?;
         self.deliver(id, name, &payload, None).await.map(|_| ())
     }
 
@@ -1240,8 +1242,9 @@ impl Engine {
         id: &InstanceId,
         name: &str,
         key: &str,
-        payload: serde_json::Value,
+        payload: impl Serialize,
     ) -> Result<EventSent> {
+        let payload = event_payload(name, payload)?;
         if key.is_empty() || crate::error::unusable_key(key).is_some() {
             return Err(Error::InvalidEventKey {
                 key: key.to_owned(),
@@ -1424,7 +1427,7 @@ impl Engine {
             rows.truncate(limit);
             match rows.last() {
                 Some(Ok(row)) => Some(row.id.clone()),
-                Some(Err(StoreError::Corrupt { id, .. })) => Some(InstanceId::from(id.as_str())),
+                Some(Err(StoreError::Corrupt { id, .. })) => Some(id.clone()),
                 _ => None,
             }
         } else {
@@ -1450,10 +1453,7 @@ impl Engine {
                 Ok(info) => page.items.push(info),
                 Err(StoreError::Corrupt { id, message }) => {
                     tracing::warn!(%id, error = %message, "listing an instance whose row is corrupt");
-                    page.unreadable.push(Unreadable {
-                        id: InstanceId::from(id),
-                        error: message,
-                    });
+                    page.unreadable.push(Unreadable { id, error: message });
                 }
                 Err(err) => return Err(err.into()),
             }
@@ -1734,6 +1734,14 @@ pub(crate) fn encode_input<W: Workflow>(
     let (json, _) =
         crate::error::json_round_trip(input, max, || format!("input of {what} `{}`", W::NAME))?;
     Ok(json)
+}
+
+/// An event's payload as JSON, before anything is looked up.
+fn event_payload(name: &str, payload: impl Serialize) -> Result<serde_json::Value> {
+    serde_json::to_value(payload).map_err(|error| Error::Json {
+        context: format!("payload of event `{name}`"),
+        error,
+    })
 }
 
 #[cfg(test)]

@@ -164,6 +164,24 @@ pub enum Error {
         actual: String,
     },
 
+    /// An instance's stored output or state does not read as the typed
+    /// handle's `Output` or `State`: it was written by a version of the
+    /// workflow whose type differs (a field renamed or made required since).
+    /// Asking again fails the same way; read it untyped
+    /// ([`Engine::instance`](crate::Engine::instance)) or with the type it
+    /// was written with.
+    #[error("workflow instance {id}: the stored {what} does not match the {what} type of `{workflow}`: {message}")]
+    WrongType {
+        /// The instance.
+        id: InstanceId,
+        /// The workflow, as the handle names it.
+        workflow: String,
+        /// `"output"` or `"state"`.
+        what: &'static str,
+        /// Where it does not fit, and why (the field and the rule).
+        message: String,
+    },
+
     /// The instance had already ended, so the operation changed nothing.
     #[error("workflow instance {id} already ended {status}; nothing changed")]
     AlreadyFinished {
@@ -350,8 +368,9 @@ pub enum ErrorKind {
     Workflow,
     /// The running handler must stop ([`Error::Interrupted`]): propagate it.
     Interrupted,
-    /// The store failed (a connection, the disk, a damaged row); often
-    /// passes.
+    /// The store failed: a connection or the disk
+    /// ([`StoreError::Backend`]), which often passes, or a damaged row
+    /// ([`StoreError::Corrupt`]), which does not.
     Store,
     /// The engine was configured wrongly, or a handler asked for data it
     /// was not given.
@@ -370,6 +389,7 @@ impl Error {
             | Error::InvalidStepName { .. }
             | Error::NestedStep { .. }
             | Error::WrongWorkflow { .. }
+            | Error::WrongType { .. }
             | Error::InvalidEventKey { .. }
             | Error::InvalidEventName { .. }
             | Error::NameTooLong { .. }
@@ -565,7 +585,7 @@ pub enum StoreError {
     #[error("store: corrupt row for instance {id}: {message}")]
     Corrupt {
         /// The instance whose row is corrupt.
-        id: String,
+        id: InstanceId,
         /// What was wrong with it.
         message: String,
     },

@@ -351,15 +351,11 @@ impl<W: Workflow> Instance<W> {
         let row = self.engine.row(&self.id).await?;
         self.check_workflow(&row)?;
         match row.state {
-            Some(json) => decode_named(&json).map_err(|message| {
-                StoreError::Corrupt {
-                    id: self.id.to_string(),
-                    message: format!(
-                        "state does not match the state type of `{}`: {message}",
-                        W::NAME
-                    ),
-                }
-                .into()
+            Some(json) => decode_named(&json).map_err(|message| Error::WrongType {
+                id: self.id.clone(),
+                workflow: W::NAME.to_owned(),
+                what: "state",
+                message,
             }),
             None => Ok(W::State::default()),
         }
@@ -443,10 +439,6 @@ impl<W: Workflow> Instance<W> {
     /// have is refused ([`Error::InvalidEventName`]), and so is a payload
     /// over the engine's `max_payload_bytes` ([`Error::PayloadTooLarge`]).
     pub async fn send_event(&self, name: &str, payload: impl Serialize) -> Result<()> {
-        let payload = serde_json::to_value(payload).map_err(|error| Error::Json {
-            context: format!("payload of event `{name}`"),
-            error,
-        })?;
         self.ensure_workflow().await?;
         self.engine.send_event(&self.id, name, payload).await
     }
@@ -480,10 +472,6 @@ impl<W: Workflow> Instance<W> {
         key: &str,
         payload: impl Serialize,
     ) -> Result<EventSent> {
-        let payload = serde_json::to_value(payload).map_err(|error| Error::Json {
-            context: format!("payload of event `{name}`"),
-            error,
-        })?;
         self.ensure_workflow().await?;
         self.engine
             .send_event_once(&self.id, name, key, payload)
@@ -555,15 +543,11 @@ impl<W: Workflow> Instance<W> {
         match row.status {
             Status::Completed => {
                 let json = row.output.unwrap_or_else(|| "null".to_owned());
-                decode_named(&json).map_err(|message| {
-                    StoreError::Corrupt {
-                        id: self.id.to_string(),
-                        message: format!(
-                            "output does not match the output type of `{}`: {message}",
-                            W::NAME
-                        ),
-                    }
-                    .into()
+                decode_named(&json).map_err(|message| Error::WrongType {
+                    id: self.id.clone(),
+                    workflow: W::NAME.to_owned(),
+                    what: "output",
+                    message,
                 })
             }
             Status::Failed => Err(Error::Failed {
@@ -684,7 +668,7 @@ pub(crate) fn time(ms: Millis) -> DateTime<Utc> {
 
 fn json(id: &InstanceId, column: &str, text: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(text).map_err(|err| StoreError::Corrupt {
-        id: id.to_string(),
+        id: id.clone(),
         message: format!("{column} is not valid JSON: {err}"),
     })
 }

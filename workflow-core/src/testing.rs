@@ -2502,7 +2502,7 @@ impl<S: Store> Store for Unreachable<S> {
         match row {
             Some(row) if unreadable.is_some_and(|w| w == row.workflow) => {
                 Err(StoreError::Corrupt {
-                    id: id.to_string(),
+                    id: id.clone(),
                     message: "unreadable (testing::Unreachable)".into(),
                 })
             }

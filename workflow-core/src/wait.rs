@@ -685,16 +685,22 @@ where
     /// replay will give it. On a replay without the note, the value decoded
     /// when it was recorded, so the code changed under the instance since,
     /// and it pauses, as for a step's output (see [`Ctx::replay`]), rather
-    /// than fail for good; unless the value is the last thing the earlier
-    /// run recorded (it stopped before it could note it), which is a first
-    /// reading still.
+    /// than fail for good.
+    ///
+    /// One case is a first reading still: an event taken (the store
+    /// records it as it hands it over) by a run that was cut short (a
+    /// crash, a lapsed lease) before anything after it was recorded, so
+    /// perhaps before it could note it. A child's output is read before it
+    /// is recorded, and noted first, so it has no such case. A run that
+    /// stopped in order (a suspension for the next event, say) wrote the
+    /// note before it went on, if there was one to write.
     async fn unreadable<T>(&self, key: &str, first: bool, err: Error) -> Result<T> {
         let run = self.run();
         let note = format!("{key}@unread");
         if run.recorded(&note).is_some() {
             return Err(err);
         }
-        if first || run.recorded_last(key) || run.recorded_last(&format!("{key}@result")) {
+        if first || (run.cut_short && run.recorded_last(key)) {
             self.note_unread(key).await?;
             return Err(err);
         }

@@ -1320,6 +1320,16 @@ async fn execute(
                     ),
                 }
             }
+            // Steps backing off in memory: the row must name one, so that
+            // the next run counts their attempts on from the history (a
+            // step beside them that succeeded cleared the row's note).
+            (Interrupt::Shutdown, _) if run.backing_off().is_some() => {
+                Settle::Suspend(run.resume_later(
+                    at,
+                    Duration::ZERO,
+                    "engine shut down while a step backed off".to_owned(),
+                ))
+            }
             // `Ended` is never stored: only a check after the run makes it.
             (Interrupt::Shutdown | Interrupt::Suspended | Interrupt::Ended, _) => Settle::Release,
             // The store already says Cancelled, or another worker owns it.

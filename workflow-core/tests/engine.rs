@@ -1519,6 +1519,63 @@ async fn a_handle_of_the_wrong_workflow_is_an_error() {
     ));
 }
 
+/// `processOrder` as a later version might declare it: its output is a
+/// number now, and its state has gained a required field.
+struct ProcessOrderRetyped;
+
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+struct RetypedState {
+    processed: u32,
+    refunded: bool,
+}
+
+impl Workflow for ProcessOrderRetyped {
+    type Input = OrderInput;
+    type Output = u32;
+    type State = RetypedState;
+    const NAME: &'static str = "processOrder";
+
+    async fn run(&self, _ctx: Ctx<RetypedState>, input: OrderInput) -> Result<u32, BoxError> {
+        Ok(input.quantity)
+    }
+}
+
+/// A stored output or state that does not read as the handle's type is
+/// the caller's mismatch, named as such: not a damaged row of the store,
+/// whose kind says a retry may pass.
+#[tokio::test]
+async fn an_output_of_another_type_is_a_wrong_type_not_a_store_error() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let order = ProcessOrder::start(
+        &engine,
+        OrderInput {
+            order_id: "T".into(),
+            quantity: 2,
+        },
+    )
+    .await
+    .unwrap();
+    order.result_timeout(Duration::from_secs(5)).await.unwrap();
+    let retyped = ProcessOrderRetyped::handle(&engine, order.id().clone());
+    let err = retyped.result().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::WrongType { id, workflow, what: "output", .. }
+            if id == order.id() && workflow == "processOrder"),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let err = retyped.state().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::WrongType { what: "state", message, .. }
+            if message.contains("refunded")),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    // The original type still reads both.
+    assert_eq!(order.state().await.unwrap().processed, 2);
+}
+
 /// Acting through a handle on another workflow's instance is refused
 /// before it changes anything: cancelling the wrong instance is worse
 /// than reading it.
@@ -3171,6 +3228,92 @@ async fn attempts_count_on_after_a_crash_beside_another_retried_step() {
         .unwrap_err();
     assert!(err.to_string().contains("still down"), "{err}");
     assert_eq!(SIDE_A_CALLS.load(Ordering::SeqCst), 2, "attempts 2 and 3");
+    let a = inst
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.key == "a");
+    assert_eq!(a.map(|s| s.attempts), Some(3));
+}
+
+static BESIDE_A_CALLS: AtomicU32 = AtomicU32::new(0);
+static BESIDE_B_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// Step `a` always fails, backing off in memory; step `b` beside it fails
+/// once, a little later, and then succeeds.
+struct ShutdownBesideRetry;
+
+impl Workflow for ShutdownBesideRetry {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "shutdownBesideRetry";
+
+    async fn run(&self, ctx: Ctx, _input: ()) -> Result<(), BoxError> {
+        let slow = StepOptions::retries(3)
+            .backoff(Duration::from_millis(200), 1.0, Duration::from_millis(200))
+            .jitter(0.0);
+        let quick = StepOptions::retries(3)
+            .backoff(Duration::from_millis(1), 1.0, Duration::from_millis(1))
+            .jitter(0.0);
+        let a = ctx.step_with("a", slow, || async {
+            BESIDE_A_CALLS.fetch_add(1, Ordering::SeqCst);
+            Err::<(), BoxError>("still down".into())
+        });
+        let b = ctx.step_with("b", quick, || async {
+            if BESIDE_B_CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
+                // After `a`'s failure: the row's note of a step backing
+                // off names `b`, and `b`'s success clears it.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return Err::<(), BoxError>("flaky".into());
+            }
+            Ok(())
+        });
+        let (a, b) = tokio::join!(a, b);
+        b?;
+        a?;
+        Ok(())
+    }
+}
+
+/// A worker shut down while `a` backed off beside `b`, which had failed
+/// an attempt and then succeeded. The next worker counts `a`'s attempts
+/// on: three in all. Before, the shutdown gave the instance back with no
+/// step named, and `a` started over from one.
+#[tokio::test]
+async fn attempts_count_on_after_a_shutdown_beside_another_retried_step() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(ShutdownBesideRetry)
+        .poll_interval(Duration::from_millis(10))
+        // Stopped while `a` backs off, not let run out of attempts.
+        .shutdown_grace(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    let inst = ShutdownBesideRetry::start(&engine, ()).await.unwrap();
+    for _ in 0..200 {
+        if BESIDE_B_CALLS.load(Ordering::SeqCst) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // `b` recorded, `a` backing off after its first attempt.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(BESIDE_A_CALLS.load(Ordering::SeqCst), 1);
+    worker.shutdown().await;
+    assert_eq!(inst.status().await.unwrap(), Status::Pending);
+
+    let _worker = engine.start_worker();
+    let err = inst
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("still down"), "{err}");
+    assert_eq!(BESIDE_A_CALLS.load(Ordering::SeqCst), 3, "attempts 2 and 3");
     let a = inst
         .steps()
         .await

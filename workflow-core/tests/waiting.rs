@@ -1196,6 +1196,162 @@ async fn a_payload_new_code_cannot_read_pauses_the_instance() {
     assert!(err.to_string().contains("event `data`"), "{err}");
 }
 
+/// Version 1 and 2 of a workflow that reads a value, then waits for an
+/// event with no timeout (which records nothing while it waits): the value
+/// read is the last thing recorded. `child` picks the value: a child's
+/// output, or an event's payload.
+struct ReadThenWait {
+    v2: bool,
+    child: bool,
+}
+
+/// `double`'s output as a later version might read it.
+struct DoubleAsText;
+
+impl Workflow for DoubleAsText {
+    type Input = u32;
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "double";
+
+    async fn run(&self, _ctx: Ctx, n: u32) -> Result<String, BoxError> {
+        Ok(n.to_string())
+    }
+}
+
+impl Workflow for ReadThenWait {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "readThenWait";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        match (self.child, self.v2) {
+            (true, false) => {
+                ctx.run_child::<Double>("child", 2).await?;
+            }
+            (true, true) => {
+                ctx.run_child::<DoubleAsText>("child", 2).await?;
+            }
+            (false, false) => {
+                ctx.wait_for_event::<serde_json::Value>("data", None)
+                    .await?;
+            }
+            (false, true) => {
+                ctx.wait_for_event::<Strict>("data", None).await?;
+            }
+        }
+        let _: serde_json::Value = ctx.wait_for_event("more", None).await?;
+        Ok(if self.v2 { 2 } else { 1 })
+    }
+}
+
+/// A value the first run read, last recorded before the instance waited
+/// for its next event: new code that cannot read it pauses the instance,
+/// as when something was recorded after it. Before, a value recorded last
+/// was taken for a first reading cut short, and the instance failed for
+/// good, for a child's output (read before it is recorded, so never cut
+/// short) as for an event's.
+#[tokio::test]
+async fn a_value_recorded_last_that_new_code_cannot_read_pauses_the_instance() {
+    for child in [true, false] {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let engine = |v2: bool| {
+            let builder = EngineBuilder::new()
+                .shared_store(Arc::clone(&store))
+                .poll_interval(Duration::from_millis(10))
+                .suspend_after(Duration::from_millis(50))
+                .register(ReadThenWait { v2, child })
+                .register(Double);
+            async move { builder.build().await.unwrap() }
+        };
+        let old = engine(false).await;
+        let worker = old.start_worker();
+        let inst = ReadThenWait::start(&old, ()).await.unwrap();
+        if !child {
+            until_status(&inst, Status::Listening).await;
+            inst.send_event("data", serde_json::json!({"other": 1}))
+                .await
+                .unwrap();
+        }
+        // Past the read, waiting for `more`.
+        for _ in 0..500 {
+            let info = inst.info().await.unwrap();
+            if matches!(&info.waiting_for, Some(WaitingFor::Event { name }) if name == "more") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        worker.shutdown().await;
+        let new = engine(true).await;
+        let _worker = new.start_worker();
+        let inst = ReadThenWait::handle(&new, inst.id().clone());
+        inst.send_event("more", true).await.unwrap();
+        until_status(&inst, Status::Paused).await;
+        let paused = inst.history().await.unwrap();
+        let paused = paused.iter().rev().find(|e| e.kind == "paused").unwrap();
+        let why = paused.message.as_deref().unwrap_or_default();
+        assert!(why.contains("code changed"), "child {child}: {why}");
+        assert!(
+            inst.steps()
+                .await
+                .unwrap()
+                .iter()
+                .all(|s| !s.key.ends_with("@unread")),
+            "child {child}: noted as unreadable"
+        );
+    }
+}
+
+/// An event taken (the store records it as it hands it over) by a worker
+/// that died before it could read it: the next run's reading is the first,
+/// so a payload that does not fit fails the instance and is noted, as it
+/// would have been, rather than pausing it for a change of code.
+#[tokio::test]
+async fn an_event_taken_by_a_run_cut_short_is_read_for_the_first_time() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .poll_interval(Duration::from_millis(10))
+        .register(ReadThenWait {
+            v2: true,
+            child: false,
+        })
+        .build()
+        .await
+        .unwrap();
+    let inst = ReadThenWait::start(&engine, ()).await.unwrap();
+    inst.send_event("data", serde_json::json!({"other": 1}))
+        .await
+        .unwrap();
+    let now = store::now_millis();
+    let claim = store::ClaimRequest {
+        owner: "ghost".into(),
+        workflows: vec![ReadThenWait::NAME.into()],
+        now,
+        due_by: now,
+        lease_until: now + 60_000,
+        limit: 1,
+    };
+    let ghost = store.claim(claim).await.unwrap().remove(0);
+    let taken = store
+        .take_event(&ghost.lease, "data", "data", now)
+        .await
+        .unwrap();
+    assert!(taken.is_some());
+    store.release_owner("ghost", now).await.unwrap();
+
+    let _worker = engine.start_worker();
+    let err = inst.result_timeout(LIMIT).await.unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    assert!(inst
+        .steps()
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.key == "data@unread"));
+}
+
 /// A child workflow no engine registers fails its step at once, naming
 /// the workflow, instead of leaving the parent listening until its
 /// deadline.

@@ -28,7 +28,7 @@ pub(crate) const STEP_COLUMNS: &str =
 
 fn corrupt(id: &str, message: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
-        id: id.to_owned(),
+        id: InstanceId::from(id),
         message: message.to_string(),
     }
 }

@@ -2334,7 +2334,7 @@ mod tests {
             let err = store.take_event(&c.lease, "go", &wait, 3).await;
             assert!(
                 matches!(&err, Err(StoreError::Corrupt { id: i, message })
-                    if *i == id.to_string() && message.contains("event `go`")),
+                    if *i == id && message.contains("event `go`")),
                 "{err:?}"
             );
             // Repaired, it is taken, and recorded as the step.

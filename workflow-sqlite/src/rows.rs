@@ -26,7 +26,7 @@ pub(crate) fn backend(err: sqlx::Error) -> StoreError {
 
 fn corrupt(id: &str, message: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
-        id: id.to_owned(),
+        id: InstanceId::from(id),
         message: message.to_string(),
     }
 }

@@ -1405,7 +1405,7 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 None => None,
                 Some((_, Err(err))) if unreadable(&err) => {
                     return Ok(Err(StoreError::Corrupt {
-                        id: lease.instance.to_string(),
+                        id: lease.instance.clone(),
                         message: format!("the payload of its event `{name}` cannot be read: {err}"),
                     }))
                 }
