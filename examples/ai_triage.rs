@@ -49,7 +49,8 @@ struct Lookup {
 }
 
 /// Classify a support ticket as a bug, a billing issue or a question
-#[workflow(name = "triageTicket", timeout = "5m")]
+// The timeout bounds the whole model loop, retries of rate-limited calls included.
+#[workflow(name = "triageTicket", timeout = "30m")]
 async fn triage_ticket(ctx: Ctx, ticket: Ticket) -> Result<Triage, BoxError> {
     let tools = Toolbox::new().function(
         "lookup_customer",

@@ -187,6 +187,15 @@ impl Connector for UrlConnector {
         url: Option<&str>,
         durability: Durability,
     ) -> Result<std::sync::Arc<dyn Store>> {
+        #[cfg(not(feature = "sqlite"))]
+        if url.is_none() {
+            // The default URL names a SQLite file, which this build cannot open.
+            return Err(Error::Config(format!(
+                "no database URL given, and this build has no SQLite store for the default \
+                 (`{DEFAULT_DATABASE_URL}`): call `.database_url(\"postgres://..\")`, or enable \
+                 the `sqlite` feature of the `workflow` crate"
+            )));
+        }
         let url = url.unwrap_or(DEFAULT_DATABASE_URL);
         let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
         match scheme {
@@ -321,5 +330,27 @@ pub mod __private {
     }
     impl<S> HandlerCtx for Ctx<S> {
         type State = S;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Without the `sqlite` feature the default URL cannot be opened: the
+    /// error asks for a URL, rather than for a feature the user never
+    /// chose to need. (CI runs it in its PostgreSQL-only build.)
+    #[cfg(not(feature = "sqlite"))]
+    #[tokio::test]
+    async fn without_sqlite_no_url_asks_for_one() {
+        use super::{Connector, Durability, Error, UrlConnector};
+        let err = UrlConnector
+            .connect(None, Durability::Durable)
+            .await
+            .err()
+            .expect("no store without a URL");
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("no database URL given")
+                && m.contains(".database_url(")),
+            "{err}"
+        );
     }
 }

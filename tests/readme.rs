@@ -278,7 +278,7 @@ let tool = ProcessOrder::as_tool();
 tool.to_openai();          // {"type":"function","function":{name, description, parameters, strict}}
 tool.to_openai_strict();   // strict structured-outputs form: all required, additionalProperties false
 tool.to_anthropic();       // {name, description, input_schema}
-tool.json_schema();        // plain JSON Schema
+tool.parameters();         // plain JSON Schema of the arguments
 
 // 2. Calling it with a model's arguments: every violation, with its JSON
 //    path, in words the model can correct itself from; then it starts and
@@ -287,7 +287,7 @@ tool.json_schema();        // plain JSON Schema
 let started = engine.call_tool("processOrder", args.clone()).await?;
 // Or wait up to a bound for the output, with plain async fns alongside:
 let tools = Toolbox::new()
-    .tool(ProcessOrder::as_tool().wait(Duration::from_secs(30)).description("Place an order"))
+    .tool(ProcessOrder::as_tool().wait(Duration::from_secs(30)).with_description("Place an order"))
     .function("lookup_customer", "Find a customer by e-mail", |q: Lookup| async move {
         Ok::<_, BoxError>(crm::find(&q.email).await?)
     });

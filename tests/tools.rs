@@ -47,9 +47,9 @@ async fn hello(_ctx: Ctx, _input: ()) -> workflow::Result<String> {
 fn as_tool_renders_for_each_provider() {
     let tool = ProcessOrder::as_tool();
     assert_eq!(tool.name(), "processOrder");
-    assert_eq!(tool.description, "Process a new customer order");
+    assert_eq!(tool.description(), "Process a new customer order");
     assert_eq!(
-        tool.json_schema()["properties"]["order_id"]["description"],
+        tool.parameters()["properties"]["order_id"]["description"],
         "The order to process."
     );
 
@@ -79,7 +79,9 @@ fn as_tool_renders_for_each_provider() {
     assert_eq!(shipping["additionalProperties"], false);
     assert_eq!(shipping["required"], json!(["floor", "street"]));
 
-    let anthropic = tool.description("Start order processing").to_anthropic();
+    let anthropic = tool
+        .with_description("Start order processing")
+        .to_anthropic();
     assert_eq!(anthropic["name"], "processOrder");
     assert_eq!(anthropic["description"], "Start order processing");
     assert_eq!(anthropic["input_schema"]["type"], "object");
@@ -463,4 +465,99 @@ fn invalid_arguments(err: &workflow::Error) -> &[workflow::Violation] {
         workflow::Error::InvalidArguments { violations, .. } => violations,
         other => panic!("not InvalidArguments: {other:?}"),
     }
+}
+
+/// The whole of what each provider receives, so that a change in schemars
+/// or in the strict-mode rewrite shows here rather than as a provider's
+/// 400 (which is not retried).
+#[test]
+fn each_provider_gets_exactly_this() {
+    let tool = ProcessOrder::as_tool();
+    let shipping = |strict: bool| {
+        let mut floor = json!({"maximum": 255, "minimum": 0, "type": ["integer", "null"]});
+        if !strict {
+            floor["format"] = json!("uint8");
+        }
+        let mut shipping = json!({
+            "properties": {
+                "floor": floor,
+                "street": {"description": "Street and number.", "type": "string"}
+            },
+            "required": if strict { json!(["floor", "street"]) } else { json!(["street"]) },
+            "type": "object"
+        });
+        if strict {
+            shipping["additionalProperties"] = json!(false);
+        }
+        shipping
+    };
+    let order = |strict: bool| {
+        let mut order = json!({
+            "$defs": {
+                "Shipping": shipping(strict),
+                "Size": {"enum": ["Small", "Large"], "type": "string"}
+            },
+            "properties": {
+                "note": {"type": ["string", "null"]},
+                "order_id": {"description": "The order to process.", "type": "string"},
+                "shipping": {
+                    "anyOf": [{"$ref": "#/$defs/Shipping"}, {"type": "null"}],
+                    "description": "Where to ship it."
+                },
+                "size": {"$ref": "#/$defs/Size"}
+            },
+            "required": if strict {
+                json!(["note", "order_id", "shipping", "size"])
+            } else {
+                json!(["order_id", "size"])
+            },
+            "title": "Order",
+            "type": "object"
+        });
+        if strict {
+            order["additionalProperties"] = json!(false);
+        }
+        order
+    };
+    assert_eq!(
+        tool.to_openai_strict(),
+        json!({
+            "type": "function",
+            "function": {
+                "name": "processOrder",
+                "description": "Process a new customer order",
+                "parameters": order(true),
+                "strict": true
+            }
+        })
+    );
+    assert_eq!(
+        tool.to_openai(),
+        json!({
+            "type": "function",
+            "function": {
+                "name": "processOrder",
+                "description": "Process a new customer order",
+                "parameters": order(false),
+                "strict": false
+            }
+        })
+    );
+    assert_eq!(
+        tool.to_anthropic(),
+        json!({
+            "name": "processOrder",
+            "description": "Process a new customer order",
+            "input_schema": order(false)
+        })
+    );
+    let hello = Hello::as_tool().to_anthropic();
+    assert_eq!(
+        hello,
+        json!({
+            "name": "hello",
+            "description": "Say hello",
+            "input_schema": {"type": "object", "properties": {}, "additionalProperties": false}
+        })
+    );
 }

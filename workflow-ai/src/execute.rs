@@ -231,6 +231,12 @@ pub trait ExecuteExt {
     /// recorded turns without calling the model again and the conversation
     /// resumes where it stopped. Bad tool arguments, unknown tools and
     /// failed tools are reported to the model, which can correct itself.
+    ///
+    /// The workflow's `timeout` (five minutes unless it sets one) bounds
+    /// the whole loop, model calls and their retries included: past it the
+    /// instance ends `TimedOut`, even in the middle of a request. A loop of
+    /// several turns on a slow model, or one that waits out rate limits,
+    /// wants `#[workflow(timeout = "30m")]` or more.
     fn execute(&self, execute: Execute) -> impl Future<Output = Result<Execution>> + Send;
 
     /// Like [`ExecuteExt::execute`], asking for a final answer that is JSON

@@ -597,7 +597,7 @@ function instanceView(id) {
   async function act(action, body) {
     try {
       const res = await api("instances/" + encodeURIComponent(id) + "/" + action, body || {});
-      const said = { cancel: "Instance cancelled", pause: "Pause requested", resume: "Resumed", events: "Event sent" };
+      const said = { cancel: "Instance cancelled", pause: "Pause requested", resume: "Resumed", events: "Event sent", timeout: "Deadline moved" };
       const message = action === "rerun" ? "Started " + res.id
         : res.already_sent ? "Already sent from this dialog: nothing changed"
         : (said[action] || "Done") + (res.note ? ", but " + res.note : "");
@@ -633,6 +633,16 @@ function instanceView(id) {
       });
   }
 
+  function setDeadline() {
+    const after = h("input", { placeholder: "2h", "data-testid": "deadline-in" });
+    openDialog("Move the deadline", "The instance times out this long from now instead (30m, 2h, 7d). A deploy that raised the workflow's timeout leaves running instances with their own deadline.",
+      [h("label", { class: "field" }, "New deadline, from now", after)],
+      "Move deadline", false, async () => {
+        if (!after.value.trim()) throw new Error("a duration is required, like 2h");
+        await act("timeout", { in: after.value.trim() });
+      });
+  }
+
   function render(d) {
     const it = d.instance;
     const active = ACTIVE.includes(it.status);
@@ -642,6 +652,7 @@ function instanceView(id) {
     if (active && it.status !== "paused") buttons.push(h("button", { "data-action": "pause", onclick: () => act("pause") }, "Pause"));
     if (it.status === "paused") buttons.push(h("button", { "data-action": "resume", onclick: () => act("resume") }, "Resume"));
     if (active) buttons.push(h("button", { "data-action": "send-event", onclick: () => sendEvent(it) }, "Send event"));
+    if (active) buttons.push(h("button", { "data-action": "set-timeout", onclick: setDeadline }, "Deadline"));
     if (!active) buttons.push(h("button", { class: it.status === "failed" ? "primary" : "", "data-action": "rerun",
       onclick: () => confirmAct("rerun", "Re-run with the same input?", "Starts a new instance of " + it.workflow + " with this input and tags (plus rerun_of=" + it.id + ").", "Re-run", false) }, "Re-run"));
 
@@ -811,12 +822,12 @@ function workflowsView() {
         h("h1", {}, def.name),
         def.schedule ? h("span", { class: "chip" }, h("b", {}, "cron"), " ", h("span", { class: "mono" }, def.schedule), " ", def.timezone) : null,
         h("span", { class: "chip" }, "timeout ", fmtDur(def.timeout_ms)),
-        def.steps.length ? h("span", { class: "chip" }, def.steps.length + (def.steps.length === 1 ? " step" : " steps")) : null,
+        def.steps.length ? h("span", { class: "chip" }, def.steps.length + (def.steps.length === 1 ? " named step" : " named steps")) : null,
         h("div", { class: "spacer" }),
         h("a", { href: "#/" + qs({ workflow: def.name }) }, n + " instance" + (n === 1 ? "" : "s") + " →")),
       def.description ? h("div", { class: "wf-desc" }, def.description) : null,
       Object.keys(counts || {}).length ? h("div", { class: "chips" }, Object.entries(counts).map(([s, c]) => h("span", { class: "badge s-" + s }, LABEL[s] + " " + c))) : null,
-      def.steps.length ? h("div", { class: "muted", style: "margin-top:8px" }, "Steps: ", h("span", { class: "mono" }, def.steps.join(" → "))) : null,
+      def.steps.length ? h("div", { class: "muted", style: "margin-top:8px" }, h("span", { title: "The names passed to ctx.step in the handler's code, in source order; sleeps, waits and children are not listed" }, "Steps (ctx.step, in source order): "), h("span", { class: "mono" }, def.steps.join(" → "))) : null,
       h("details", {}, h("summary", {}, "Schemas"),
         h("div", { class: "grid2" }, jsonPanel("Input schema", def.input_schema), jsonPanel("Output schema", def.output_schema)),
         h("div", { style: "height:16px" }), jsonPanel("State schema", def.state_schema)),

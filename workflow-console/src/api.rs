@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use workflow_core::{
     Definition, Engine, Error, ErrorKind, EventSent, InstanceId, InstanceInfo, Query, StartOptions,
-    Status, Violation, WaitingFor,
+    Status, Timeout, Violation, WaitingFor,
 };
 
 use crate::page;
@@ -175,6 +175,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/instances/{id}/resume", post(resume))
         .route("/instances/{id}/rerun", post(rerun))
         .route("/instances/{id}/events", post(send_event))
+        .route("/instances/{id}/timeout", post(set_timeout))
         .route("/workflows", get(workflows))
         .route("/workflows/{name}/start", post(start))
         .route("/schedules", get(schedules))
@@ -852,6 +853,40 @@ async fn resume(State(state): State<AppState>, Segment(id): Segment) -> ApiResul
     let id = InstanceId::from(id);
     state.engine.resume(&id).await?;
     Ok(Json(json!({ "id": id, "done": "resume" })))
+}
+
+/// A new deadline: `{"in": "2h"}` from now, or `{"at": "2026-12-24T09:00:00Z"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutBody {
+    #[serde(rename = "in")]
+    after: Option<String>,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Moves an unfinished instance's deadline (`Engine::set_timeout`), as
+/// after a deploy that raised the workflow's `timeout`.
+async fn set_timeout(
+    State(state): State<AppState>,
+    Segment(id): Segment,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Value> {
+    let body: TimeoutBody = parse_body(body)?;
+    let timeout = match (given(&body.after), body.at) {
+        (Some(after), None) => Timeout::In(parse_timeout(after).map_err(ApiError::bad_request)?),
+        (None, Some(at)) => Timeout::At(at),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give the new deadline as one of `in` (`2h`, from now) or `at` (RFC 3339)",
+            ))
+        }
+    };
+    let id = InstanceId::from(id);
+    state.engine.set_timeout(&id, timeout).await?;
+    let deadline_at = state.engine.instance(&id).await?.deadline_at;
+    Ok(Json(
+        json!({ "id": id, "done": "set_timeout", "deadline_at": deadline_at }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

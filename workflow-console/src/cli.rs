@@ -10,7 +10,9 @@ use std::io::{self, IsTerminal, Write};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use workflow_core::{Definition, Engine, Error, EventSent, InstanceId, StartOptions, Status};
+use workflow_core::{
+    Definition, Engine, Error, EventSent, InstanceId, StartOptions, Status, Timeout,
+};
 
 use crate::api::{build_query, ListParams, RerunError};
 
@@ -127,6 +129,19 @@ pub enum Command {
     Resume {
         /// Instance id.
         id: String,
+    },
+    /// Move an unfinished instance's deadline: after a deploy that raised
+    /// the workflow's `timeout`, the instances already running keep theirs.
+    #[command(group = clap::ArgGroup::new("deadline").required(true))]
+    SetTimeout {
+        /// Instance id.
+        id: String,
+        /// The new deadline, this long from now (`30m`, `2h`, `7d`).
+        #[arg(long = "in", value_name = "DURATION", group = "deadline", value_parser = duration_arg)]
+        after: Option<std::time::Duration>,
+        /// The new deadline, at this time (RFC 3339: `2026-12-24T09:00:00Z`).
+        #[arg(long, value_name = "TIME", group = "deadline", value_parser = time_arg)]
+        at: Option<DateTime<Utc>>,
     },
     /// Send an event to an instance (`ctx.wait_for_event(NAME, ..)` receives it).
     SendEvent {
@@ -541,6 +556,28 @@ pub async fn run(
             let id = InstanceId::from(id);
             engine.resume(&id).await?;
             done(out, json, ("resume", "resumed"), &id)
+        }
+        Command::SetTimeout { id, after, at } => {
+            let id = InstanceId::from(id);
+            let timeout = match (after, at) {
+                (Some(after), _) => Timeout::In(after),
+                (None, Some(at)) => Timeout::At(at),
+                (None, None) => {
+                    return Err(CliError::Usage("give --in DURATION or --at TIME".into()))
+                }
+            };
+            engine.set_timeout(&id, timeout).await?;
+            let deadline = engine.instance(&id).await?.deadline_at;
+            if json {
+                print_json(
+                    out,
+                    &json!({ "id": id, "done": "set-timeout", "deadline_at": deadline }),
+                )?;
+            } else {
+                let deadline = deadline.map_or_else(|| "none".to_owned(), |d| d.to_rfc3339());
+                writeln!(out, "deadline of {id} now {deadline}")?;
+            }
+            Ok(0)
         }
         Command::SendEvent {
             id,
@@ -1036,6 +1073,12 @@ fn time(t: Option<DateTime<Utc>>) -> String {
 fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text)
         .map_err(|err| format!("not a duration (`30s`, `12h`, `30d`): {err}"))
+}
+
+fn time_arg(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|err| format!("not an RFC 3339 time (`2026-12-24T09:00:00Z`): {err}"))
 }
 
 fn duration(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> String {

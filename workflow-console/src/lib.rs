@@ -25,6 +25,7 @@
 //! | `POST instances/{id}/cancel`, `pause`, `resume` | body `{}`: `{id, "done": "cancel"}` (`pause`, `resume`) |
 //! | `POST instances/{id}/rerun` | body `{}`: `{id, rerun_of}`, a new instance with the same input, key and tags |
 //! | `POST instances/{id}/events` | body `{"name": "approval", "payload": {..}, "key"?}`: `{id, "done": "send_event", already_sent, note}`; with a `key`, sent at most once per instance and key; `note` says when the instance listened for another event as it was sent |
+//! | `POST instances/{id}/timeout` | body `{"in": "2h"}` (from now) or `{"at": "2026-12-24T09:00:00Z"}`: `{id, "done": "set_timeout", deadline_at}`, a new deadline for an unfinished instance (409 once it ended) |
 //! | `GET workflows` | every recorded definition, with its schemas and counts |
 //! | `POST workflows/{name}/start` | body `{"input": {..}, "key"?, "tags"?, "timeout"?: "10m", "delay"?: "1h", "once"?: true}`: 201 `{id, "created": true}`, 422 with the input's violations; with `once` (and a `key`), 200 `{id, "created": false}` when an active instance has that key ([`Engine::get_or_start_json`](workflow_core::Engine::get_or_start_json)), so a retried request starts nothing more while the first one's instance is active |
 //! | `GET schedules` | next fire, last fire and its instance |

@@ -410,6 +410,51 @@ async fn changes_are_checked_and_applied() {
         .unwrap()
         .contains("already ended cancelled"));
 
+    // Move a deadline: from now or at a time; one of them, and only
+    // while the instance has not ended.
+    let timeout_path = format!("/api/instances/{}/timeout", f.listening);
+    let before = chrono::Utc::now();
+    let res = post(&base, &timeout_path, json!({"in": "3h"})).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let deadline = f
+        .engine
+        .instance(&f.listening)
+        .await
+        .unwrap()
+        .deadline_at
+        .unwrap();
+    let ahead = (deadline - before).num_minutes();
+    assert!(
+        (179..=181).contains(&ahead),
+        "{deadline} is {ahead} min ahead"
+    );
+    assert_eq!(res.json()["deadline_at"], json!(deadline));
+    let res = post(&base, &timeout_path, json!({"at": "2099-01-01T00:00:00Z"})).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let deadline = f
+        .engine
+        .instance(&f.listening)
+        .await
+        .unwrap()
+        .deadline_at
+        .unwrap();
+    assert_eq!(deadline.to_rfc3339(), "2099-01-01T00:00:00+00:00");
+    for bad in [
+        json!({}),
+        json!({"in": "3h", "at": "2099-01-01T00:00:00Z"}),
+        json!({"in": "soon"}),
+    ] {
+        let res = post(&base, &timeout_path, bad.clone()).await;
+        assert_eq!(res.status, 400, "{bad}: {}", res.body);
+    }
+    let ended = post(
+        &base,
+        &format!("/api/instances/{}/timeout", f.running),
+        json!({"in": "1h"}),
+    )
+    .await;
+    assert_eq!(ended.status, 409, "{}", ended.body);
+
     // Pause, resume, send an event: the waiting instance completes.
     let listening = f.listening.to_string();
     let rerun_active = post(

@@ -512,6 +512,22 @@ async fn console_in_a_real_browser() {
     .await;
     assert!(waiting.starts_with("event approval"), "{waiting}");
     b.screenshot("instance-listening").await;
+    // Its deadline moved from the page.
+    let before = chrono::Utc::now();
+    b.click("button[data-action=set-timeout]").await;
+    b.js(
+        "document.querySelector('[data-testid=deadline-in]').value = arguments[0];",
+        json!(["6h"]),
+    )
+    .await;
+    b.click("[data-testid=dialog-confirm]").await;
+    let moved = wait_for("the moved deadline", || async {
+        let deadline = f.engine.instance(&f.listening).await.ok()?.deadline_at?;
+        ((deadline - before).num_minutes() >= 359).then_some(deadline)
+    })
+    .await;
+    assert!((moved - before).num_minutes() <= 361, "{moved}");
+    assert!(b.text_shown("Deadline moved").await, "the toast says so");
     b.click("button[data-action=send-event]").await;
     // The name it listens for is filled in.
     let name = b

@@ -448,6 +448,32 @@ async fn starts_and_steers_for_a_running_engine() {
         Some(serde_json::json!("15000 cents approved: false"))
     );
 
+    // Move a deadline: from now, at a time, or refused without one.
+    let before = chrono::Utc::now();
+    let moved = json(&cli(url, &["set-timeout", slow.as_str(), "--in", "2h", "--json"]).await);
+    assert_eq!(moved["done"], "set-timeout");
+    let deadline = f.engine.instance(&slow).await.unwrap().deadline_at.unwrap();
+    let ahead = (deadline - before).num_minutes();
+    assert!(
+        (119..=121).contains(&ahead),
+        "{deadline} is {ahead} min ahead"
+    );
+    assert_eq!(moved["deadline_at"], serde_json::json!(deadline));
+    let at = "2099-12-24T09:00:00Z";
+    let out = cli(url, &["set-timeout", slow.as_str(), "--at", at]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let deadline = f.engine.instance(&slow).await.unwrap().deadline_at.unwrap();
+    assert_eq!(deadline.to_rfc3339(), "2099-12-24T09:00:00+00:00");
+    assert_eq!(
+        out.stdout.trim(),
+        format!("deadline of {slow} now 2099-12-24T09:00:00+00:00")
+    );
+    let out = cli(url, &["set-timeout", slow.as_str()]).await;
+    assert_eq!(out.code, 2, "a usage error: {}", out.stderr);
+    let out = cli(url, &["set-timeout", slow.as_str(), "--at", "tomorrow"]).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("RFC 3339"), "{}", out.stderr);
+
     // Cancel, twice.
     let out = cli(url, &["cancel", slow.as_str()]).await;
     assert_eq!(

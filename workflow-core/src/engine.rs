@@ -373,6 +373,7 @@ impl EngineBuilder {
     /// How long a worker's claim on an instance lasts without a heartbeat
     /// (default 30 s). Another worker takes over an instance whose lease ran
     /// out; on one machine, instances of a dead process are taken over at once.
+    /// At least 100 ms: a shorter lease is raised to it.
     pub fn lease_duration(mut self, lease: Duration) -> Self {
         self.config.lease = lease.max(Duration::from_millis(100));
         self
@@ -380,7 +381,7 @@ impl EngineBuilder {
 
     /// How often an idle worker looks for due work written by other
     /// processes (default 500 ms). Work started through this engine wakes
-    /// its workers at once.
+    /// its workers at once. At least 1 ms: a shorter interval is raised to it.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.config.poll_interval = interval.max(Duration::from_millis(1));
         self
@@ -907,6 +908,11 @@ impl Engine {
     /// Starts a worker on the tokio runtime: it claims runnable instances of
     /// the registered workflows and runs up to `concurrency` at once. Several
     /// workers, in one process or many, may share a store.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does: call it from async
+    /// code (`#[tokio::main]`) or inside `Runtime::enter`.
     pub fn start_worker(&self) -> Worker {
         Worker::spawn(self.clone())
     }
@@ -1598,6 +1604,7 @@ impl Engine {
                 if left.is_zero() {
                     return Err(Error::WaitTimeout {
                         id: id.clone(),
+                        workflow: row.workflow,
                         waited: limit,
                     });
                 }

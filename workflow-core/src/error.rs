@@ -135,19 +135,23 @@ pub enum Error {
     },
 
     /// The instance ended `Failed`; `message` is the recorded error.
-    #[error("workflow instance {id} failed: {message}")]
+    #[error("workflow `{workflow}` instance {id} failed: {message}")]
     Failed {
         /// The instance.
         id: InstanceId,
+        /// Its workflow.
+        workflow: String,
         /// The recorded error.
         message: String,
     },
 
     /// The instance ended in a terminal status other than `Completed` or `Failed`.
-    #[error("workflow instance {id} ended {status}")]
+    #[error("workflow `{workflow}` instance {id} ended {status}")]
     Ended {
         /// The instance.
         id: InstanceId,
+        /// Its workflow.
+        workflow: String,
         /// `Cancelled` or `TimedOut`.
         status: Status,
     },
@@ -283,10 +287,12 @@ pub enum Error {
     },
 
     /// Waiting for a result took longer than the caller allowed.
-    #[error("gave up waiting for workflow instance {id} after {waited:?}")]
+    #[error("gave up waiting for workflow `{workflow}` instance {id} after {waited:?}")]
     WaitTimeout {
         /// The instance.
         id: InstanceId,
+        /// Its workflow.
+        workflow: String,
         /// How long the caller waited.
         waited: Duration,
     },
@@ -375,6 +381,24 @@ pub enum ErrorKind {
     /// The engine was configured wrongly, or a handler asked for data it
     /// was not given.
     Config,
+}
+
+impl std::fmt::Display for ErrorKind {
+    /// In words, as a log field or a metric label: `not found`,
+    /// `invalid input`, `conflict`, `timeout`, `workflow`, `interrupted`,
+    /// `store`, `config`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorKind::NotFound => "not found",
+            ErrorKind::InvalidInput => "invalid input",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Workflow => "workflow",
+            ErrorKind::Interrupted => "interrupted",
+            ErrorKind::Store => "store",
+            ErrorKind::Config => "config",
+        })
+    }
 }
 
 impl Error {
@@ -662,14 +686,20 @@ mod tests {
         assert_eq!(finished.kind(), ErrorKind::Conflict);
         let waited = Error::WaitTimeout {
             id: id.clone(),
+            workflow: "w".into(),
             waited: Duration::from_secs(1),
         };
         assert_eq!(waited.kind(), ErrorKind::Timeout);
         let failed = Error::Failed {
-            id,
+            id: id.clone(),
+            workflow: "processOrder".into(),
             message: "no".into(),
         };
         assert_eq!(failed.kind(), ErrorKind::Workflow);
+        assert_eq!(
+            failed.to_string(),
+            format!("workflow `processOrder` instance {id} failed: no")
+        );
         let store = Error::Store(StoreError::backend("down"));
         assert_eq!(store.kind(), ErrorKind::Store);
         assert_eq!(Error::Config("x".into()).kind(), ErrorKind::Config);
@@ -679,6 +709,8 @@ mod tests {
             max: 1,
         };
         assert_eq!(big.kind(), ErrorKind::InvalidInput);
+        assert_eq!(big.kind().to_string(), "invalid input");
+        assert_eq!(ErrorKind::NotFound.to_string(), "not found");
     }
 
     /// An error whose message holds its cause does not also return it

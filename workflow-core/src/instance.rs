@@ -552,10 +552,12 @@ impl<W: Workflow> Instance<W> {
             }
             Status::Failed => Err(Error::Failed {
                 id: self.id.clone(),
+                workflow: row.workflow,
                 message: row.error.unwrap_or_default(),
             }),
             status => Err(Error::Ended {
                 id: self.id.clone(),
+                workflow: row.workflow,
                 status,
             }),
         }

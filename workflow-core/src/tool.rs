@@ -65,9 +65,7 @@ enum Target {
 #[derive(Clone)]
 pub struct Tool {
     name: String,
-    /// What it does, for the model: the workflow's doc comment unless
-    /// overridden (see [`Tool::description`](Tool::description())).
-    pub description: String,
+    description: String,
     // Private, as `shape` and `check` follow from it.
     parameters: Value,
     shape: Shape,
@@ -202,9 +200,16 @@ impl Tool {
     }
 
     /// Overrides the description the model reads.
-    pub fn description(mut self, description: impl Into<String>) -> Self {
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();
         self
+    }
+
+    /// What it does, for the model: the workflow's doc comment (or its
+    /// `description = ".."`) or the function's description, unless
+    /// [overridden](Tool::with_description).
+    pub fn description(&self) -> &str {
+        &self.description
     }
 
     /// The name the model calls it by: the workflow's or the function's,
@@ -251,11 +256,6 @@ impl Tool {
     /// True if calling this tool starts a workflow.
     pub fn is_workflow(&self) -> bool {
         matches!(self.target, Target::Workflow { .. })
-    }
-
-    /// The plain JSON Schema of the arguments.
-    pub fn json_schema(&self) -> Value {
-        self.parameters.clone()
     }
 
     /// The parameters as sent to providers: without the `$schema` keyword,
@@ -462,10 +462,12 @@ async fn waited_outcome(engine: &Engine, id: &InstanceId, bound: Duration) -> Re
         Status::Completed => Ok(info.output.unwrap_or(Value::Null)),
         Status::Failed => Err(Error::Failed {
             id: id.clone(),
+            workflow: info.workflow,
             message: info.error.unwrap_or_default(),
         }),
         status => Err(Error::Ended {
             id: id.clone(),
+            workflow: info.workflow,
             status,
         }),
     }
@@ -475,6 +477,7 @@ async fn waited_outcome(engine: &Engine, id: &InstanceId, bound: Duration) -> Re
 /// read and act on (correct its arguments, try something else). What
 /// [`Ctx::call_tool`] records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ToolReply {
     /// True if the call failed; `content` then says why.
     pub is_error: bool,

@@ -449,8 +449,9 @@ where
     }
 
     /// Runs `f` on every item as its own durable step (keys `name[0]`,
-    /// `name[1]`...), up to `concurrency` at once, and returns the results in
-    /// input order. Items already recorded are not run again after a crash.
+    /// `name[1]`...), up to `concurrency` at once (a `concurrency` of 0
+    /// counts as 1), and returns the results in input order. Items already
+    /// recorded are not run again after a crash.
     /// `name` follows the step-name rule of [`Ctx::step`].
     ///
     /// Once an item fails for good (its attempts used up, or a
@@ -601,8 +602,8 @@ where
             .map(drop)
     }
 
-    /// Splits `items` into chunks of `size` and runs `f` on each chunk as one
-    /// durable step (keys `name[0]`, `name[1]`...), one after another.
+    /// Splits `items` into chunks of `size` (0 counts as 1) and runs `f` on
+    /// each chunk as one durable step (keys `name[0]`, `name[1]`...), one after another.
     /// Returns each chunk's result, in order.
     /// `name` follows the step-name rule of [`Ctx::step`].
     ///

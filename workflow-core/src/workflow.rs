@@ -17,8 +17,13 @@ use crate::schema::schema_for;
 use crate::step::{Backoff, StepOptions};
 use crate::validate::SchemaCheck;
 
-/// A durable workflow. Written by `#[workflow]`; implement it by hand only to
-/// build workflows at run time.
+/// A durable workflow. Written by `#[workflow]`; implement it by hand
+/// where the macro does not fit (a workflow generic over a type of yours,
+/// a handler that is a method of a struct holding clients). Its settings
+/// are associated constants, fixed at compile time either way. Override
+/// only `run` and the constants: the provided methods (`start`,
+/// `definition`, ...) are what the engine and callers rely on, and the
+/// engine records and checks runs against `definition`.
 pub trait Workflow: Send + Sync + Sized + 'static {
     /// The input it is started with.
     type Input: Serialize + DeserializeOwned + JsonSchema + Send + 'static;
@@ -45,7 +50,11 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     /// worker running its workflow, an instance past its deadline stays as
     /// it is until one starts.
     const TIMEOUT: Duration = Duration::from_secs(300);
-    /// The step names written as literals in the handler, in source order.
+    /// The step names written as literals in the handler's
+    /// `ctx.step(..)` / `ctx.step_with(..)` calls, in source order, each
+    /// once: not sleeps, event waits, children or fan-out items, nor names
+    /// built at run time. For consoles; the engine does not check runs
+    /// against it.
     const STEPS: &'static [&'static str] = &[];
     /// What the schedule does about ticks missed while no engine ran.
     const CATCH_UP: crate::CatchUp = crate::CatchUp::Latest;
@@ -157,7 +166,7 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     /// This workflow as a tool an AI model can call: its name, description
     /// (the doc comment) and the JSON Schema of its input. Calling it starts
     /// an instance and returns `{"workflowId", "status"}`; see
-    /// [`Tool::wait`](crate::Tool::wait) and [`Tool::description`](crate::Tool::description).
+    /// [`Tool::wait`](crate::Tool::wait) and [`Tool::with_description`](crate::Tool::with_description).
     fn as_tool() -> crate::Tool {
         crate::Tool::workflow(Self::NAME, Self::DESCRIPTION, schema_for::<Self::Input>())
     }
@@ -181,6 +190,7 @@ pub trait Workflow: Send + Sync + Sized + 'static {
 
 /// A workflow described as data; what consoles and tools read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Definition {
     /// Registered name.
     pub name: String,
@@ -196,7 +206,7 @@ pub struct Definition {
     pub timeout_ms: u64,
     /// What the schedule does about missed ticks.
     pub catch_up: crate::CatchUp,
-    /// Literal step names in source order.
+    /// Literal step names in source order ([`Workflow::STEPS`]).
     pub steps: Vec<String>,
     /// JSON Schema of the input.
     pub input_schema: serde_json::Value,

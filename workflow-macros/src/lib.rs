@@ -78,7 +78,11 @@ use proc_macro::TokenStream;
 ///
 /// # What it generates
 ///
-/// The function is left untouched and stays callable. Next to it comes a
+/// The function is left as written. Only the engine makes a `Ctx`, so it
+/// runs through the engine (test it on an engine with a `MemoryStore`);
+/// called from another handler with that handler's `ctx`, its steps are
+/// recorded as the caller's, and a name both use becomes `name#1`: for
+/// a workflow inside a workflow, use `ctx.run_child`. Next to it comes a
 /// unit struct, named by PascalCasing the function (`process_order` ->
 /// `ProcessOrder`) with the function's visibility, deriving `Debug`,
 /// `Clone`, `Copy` and `Default`, and implementing `workflow::Workflow`:

@@ -93,7 +93,9 @@ impl Default for PgOptions {
 }
 
 impl PgOptions {
-    /// Schema `workflow`, 10 connections, durable commits.
+    /// The URL's `schema` parameter or else [`DEFAULT_SCHEMA`], 10
+    /// connections, durable commits, LISTEN on, 15 s of retries, 5 s to
+    /// wait for a connection, migrations on.
     pub fn new() -> Self {
         Self::default()
     }
@@ -152,6 +154,15 @@ impl PgOptions {
     /// idempotent.
     pub fn retry_for(mut self, budget: Duration) -> Self {
         self.retry_for = budget;
+        self
+    }
+
+    /// How long an operation waits for a free connection of the pool
+    /// (default 5 s) before that attempt fails; a wait that runs out is
+    /// retried within [`retry_for`](Self::retry_for). Raise it with
+    /// many workers on few connections.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
         self
     }
 

@@ -82,7 +82,8 @@ impl Default for SqliteOptions {
 }
 
 impl SqliteOptions {
-    /// Durable, 4 readers, 5 s busy timeout.
+    /// Durable, 4 readers, 5 s busy timeout, up to 512 writes per commit,
+    /// migrations on.
     pub fn new() -> Self {
         Self::default()
     }
@@ -182,8 +183,16 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database file at `path`, durable.
     pub async fn open(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
-        let options = SqliteConnectOptions::new().filename(path);
-        Self::open_with(options, SqliteOptions::default()).await
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    /// Opens (creating if needed) the database file at `path` with
+    /// `options`: a path that is no URL (not UTF-8, or holding `?` or `#`).
+    pub async fn open_with(
+        path: impl AsRef<std::path::Path>,
+        options: SqliteOptions,
+    ) -> Result<Self, Error> {
+        Self::open_connect(SqliteConnectOptions::new().filename(path), options).await
     }
 
     /// Opens the database at `url` with `options`.
@@ -195,10 +204,10 @@ impl SqliteStore {
         }
         let connect = SqliteConnectOptions::from_str(url)
             .map_err(|err| Error::Config(format!("invalid SQLite URL `{url}`: {err}")))?;
-        Self::open_with(connect, options).await
+        Self::open_connect(connect, options).await
     }
 
-    async fn open_with(
+    async fn open_connect(
         connect: SqliteConnectOptions,
         options: SqliteOptions,
     ) -> Result<Self, Error> {
@@ -1122,6 +1131,26 @@ mod tests {
         let now = chrono::Utc::now().timestamp_millis();
         assert!(uuid7_floor(now - 1_000).as_str() < id.as_str());
         assert!(uuid7_floor(now + 1_000).as_str() > id.as_str());
+    }
+
+    /// `open_with` takes a path no URL could name, and applies its options.
+    #[tokio::test]
+    async fn open_with_takes_any_path_and_its_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("odd?name#1.db");
+        let store = SqliteStore::open_with(&odd, SqliteOptions::new().readers(1))
+            .await
+            .unwrap();
+        store
+            .create(workflow_core::testing::new_instance("w", 0), None)
+            .await
+            .unwrap();
+        assert!(odd.exists(), "the file is at the path given");
+        // `migrate(false)` refuses a file with no schema, and creates none.
+        let fresh = dir.path().join("fresh.db");
+        let refused = SqliteStore::open_with(&fresh, SqliteOptions::new().migrate(false)).await;
+        assert!(refused.is_err());
+        assert!(!fresh.exists());
     }
 
     /// A value that is not UTF-8 (damage) in one row leaves the counts,
