@@ -1091,7 +1091,7 @@ async fn start(
 /// duration of at least 1 ms (a zero one would time the instance out
 /// before it ran).
 fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
-    match humantime::parse_duration(text) {
+    match workflow_rules::duration::parse(text) {
         Ok(timeout) if timeout >= std::time::Duration::from_millis(1) => Ok(timeout),
         Ok(_) => Err(format!("timeout `{text}`: must be at least 1ms")),
         Err(err) => Err(format!("timeout `{text}`: {err}")),
@@ -1100,7 +1100,7 @@ fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
 
 /// A start's delay: a humantime duration (`0s` is no delay).
 fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(text).map_err(|err| format!("delay `{text}`: {err}"))
+    workflow_rules::duration::parse(text).map_err(|err| format!("delay `{text}`: {err}"))
 }
 
 /// A text field of a body, unless left blank.

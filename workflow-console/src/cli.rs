@@ -1071,7 +1071,7 @@ fn time(t: Option<DateTime<Utc>>) -> String {
 /// connects: a typo is a usage error at once, not after a database
 /// answered.
 fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(text)
+    workflow_rules::duration::parse(text)
         .map_err(|err| format!("not a duration (`30s`, `12h`, `30d`): {err}"))
 }
 

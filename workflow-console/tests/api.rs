@@ -443,6 +443,7 @@ async fn changes_are_checked_and_applied() {
         json!({}),
         json!({"in": "3h", "at": "2099-01-01T00:00:00Z"}),
         json!({"in": "soon"}),
+        json!({"in": "10M"}),
     ] {
         let res = post(&base, &timeout_path, bad.clone()).await;
         assert_eq!(res.status, 400, "{bad}: {}", res.body);

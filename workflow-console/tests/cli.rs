@@ -473,6 +473,10 @@ async fn starts_and_steers_for_a_running_engine() {
     let out = cli(url, &["set-timeout", slow.as_str(), "--at", "tomorrow"]).await;
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("RFC 3339"), "{}", out.stderr);
+    // Humantime's `M` is months: refused as a likely typo for minutes.
+    let out = cli(url, &["set-timeout", slow.as_str(), "--in", "10M"]).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("`m` for minutes"), "{}", out.stderr);
 
     // Cancel, twice.
     let out = cli(url, &["cancel", slow.as_str()]).await;

@@ -7,7 +7,12 @@ use crate::error::BoxError;
 /// How a step retries. The default matches the original framework: 5 attempts,
 /// waiting about 0.27 s, 0.74 s, 2 s and 5 s after the failures
 /// (`min(272 ms * e^(n-1), 5 s)` after failed attempt `n`).
+///
+/// Build it with [`StepOptions::attempts`] (or `retries`, `no_retry`,
+/// `default`) and the builder methods, which check their values; the
+/// fields are public to read and adjust.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct StepOptions {
     /// Attempts in all, the first included. `1` means no retry.
     pub max_attempts: u32,

@@ -338,6 +338,39 @@ impl<'a> Workflow<'a> {
 /// an error, `fn ok` every `Ok(..)`). Names from `workflow::prelude` are
 /// left to the user, who may name them by path instead (`fn ctx` gives
 /// `Ctx`, and `workflow::Ctx` still reaches the context type).
+/// The types and traits of `workflow::prelude`, with every feature.
+const WORKFLOW_PRELUDE: [&str; 29] = [
+    "Backoff",
+    "BoxError",
+    "CatchUp",
+    "ChildOptions",
+    "ConsoleExt",
+    "Ctx",
+    "Durability",
+    "Engine",
+    "EngineExt",
+    "EventSent",
+    "Execute",
+    "ExecuteExt",
+    "Instance",
+    "InstanceId",
+    "ManualClock",
+    "MemoryStore",
+    "Model",
+    "NonRetryable",
+    "OpenAiCompatible",
+    "Query",
+    "RetryAfter",
+    "StartOptions",
+    "Status",
+    "StepOptions",
+    "Timeout",
+    "Tool",
+    "Toolbox",
+    "WaitingFor",
+    "Workflow",
+];
+
 const STD_PRELUDE: [&str; 40] = [
     "AsMut",
     "AsRef",
@@ -399,12 +432,16 @@ fn struct_ident(fn_name: &str, span: Span, errors: &mut Errors) -> Option<Ident>
             );
             &hides
         }
-        // The trait every workflow's methods come from, in scope through
-        // `workflow::prelude::*`: a struct `Workflow` would hide it there,
-        // and `X::start(..)` would no longer be found in this module.
-        Ok(_) if pascal == "Workflow" => {
-            "which would hide the `Workflow` trait of `workflow::prelude` in this module; \
-             rename the function (`name = \"workflow\"` keeps the workflow's name)"
+        // The names `workflow::prelude::*` brings: a struct `Workflow`
+        // would hide the trait (`X::start(..)` no longer found), a struct
+        // `Execute` the model loop's builder (`Execute::new` no longer
+        // found), and rustc would blame the code that uses them.
+        Ok(_) if WORKFLOW_PRELUDE.contains(&pascal.as_str()) => {
+            hides = format!(
+                "which would hide `{pascal}` of `workflow::prelude` in this module; rename \
+                 the function (`name = \"{fn_name}\"` keeps the workflow's name)"
+            );
+            &hides
         }
         Ok(mut ident) => {
             ident.set_span(span);
@@ -848,15 +885,33 @@ fn peel_type(ty: &Type) -> &Type {
 }
 
 /// The literal-named step calls in the function body (and the other `ctx`
-/// calls that take a step name), in source order.
+/// calls that take a step name), in source order. Only calls on the
+/// context count: the first parameter, or a local bound to it
+/// (`let c = ctx.clone();`); `engine.call_tool("..")` or
+/// `client.batch("..")` in a step's closure are other methods of the
+/// same name.
 pub(crate) fn collect_steps(func: &ItemFn) -> Vec<StepCall> {
-    let mut visitor = StepVisitor::default();
+    let ctx = match func.sig.inputs.first() {
+        Some(FnArg::Typed(PatType { pat, .. })) => match &**pat {
+            syn::Pat::Ident(ident) => Some(ident.ident.to_string()),
+            // `_`: no call can name it.
+            _ => None,
+        },
+        // No parameters, or `self` (both refused elsewhere): the usual name.
+        _ => Some("ctx".to_owned()),
+    };
+    let mut visitor = StepVisitor {
+        ctx_names: ctx.into_iter().collect(),
+        ..StepVisitor::default()
+    };
     visitor.visit_block(&func.block);
     visitor.calls
 }
 
 #[derive(Default)]
 struct StepVisitor {
+    /// The names the context goes by: its parameter, and locals bound to it.
+    ctx_names: Vec<String>,
     loop_depth: usize,
     calls: Vec<StepCall>,
     /// The `if`/`match` arms being visited, outermost first.
@@ -864,6 +919,8 @@ struct StepVisitor {
     constructs: u32,
     /// The steps whose closures are being visited, outermost first.
     steps: Vec<String>,
+    /// The `if` or `let .. else` visited last.
+    last_construct: u32,
 }
 
 impl StepVisitor {
@@ -883,13 +940,60 @@ impl StepVisitor {
         self.constructs += 1;
         self.constructs
     }
+
+    /// The construct of `stmt`, just visited, when the code after it runs
+    /// only if the construct's first arm did not: an `if` with no `else`
+    /// whose block ends the function, the loop or the iteration, or a
+    /// `let .. else`.
+    fn diverged_before(&self, stmt: &syn::Stmt) -> Option<u32> {
+        match stmt {
+            syn::Stmt::Local(syn::Local {
+                init:
+                    Some(syn::LocalInit {
+                        diverge: Some(_), ..
+                    }),
+                ..
+            }) => Some(self.last_construct),
+            syn::Stmt::Expr(Expr::If(expr), _)
+                if expr.else_branch.is_none() && diverges(&expr.then_branch) =>
+            {
+                Some(self.last_construct)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `expr` is the context: one of its names, borrowed,
+    /// dereferenced or cloned (`ctx`, `&ctx`, `ctx.clone()`), or a field of
+    /// that name (`job.ctx`).
+    fn is_ctx(&self, expr: &Expr) -> bool {
+        let named = |ident: &Ident| self.ctx_names.iter().any(|name| ident == name);
+        match peel_expr(expr) {
+            Expr::Path(path) => path.path.get_ident().is_some_and(named),
+            Expr::Field(syn::ExprField {
+                member: syn::Member::Named(ident),
+                ..
+            }) => named(ident),
+            Expr::Reference(reference) => self.is_ctx(&reference.expr),
+            Expr::Unary(syn::ExprUnary {
+                op: syn::UnOp::Deref(_),
+                expr,
+                ..
+            }) => self.is_ctx(expr),
+            Expr::MethodCall(call) if call.method == "clone" && call.args.is_empty() => {
+                self.is_ctx(&call.receiver)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl<'ast> Visit<'ast> for StepVisitor {
     fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
         let is_step = call.method == "step" || call.method == "step_with";
         let mut step = None;
-        if is_step || NAMED_METHODS.iter().any(|m| call.method == m) {
+        let named = is_step || NAMED_METHODS.iter().any(|m| call.method == m);
+        if named && self.is_ctx(&call.receiver) {
             if let Some(Expr::Lit(ExprLit {
                 lit: Lit::Str(lit), ..
             })) = call.args.first().map(peel_expr)
@@ -956,6 +1060,7 @@ impl<'ast> Visit<'ast> for StepVisitor {
         if let Some((_, otherwise)) = &expr.else_branch {
             self.in_arm(construct, 1, |v| v.visit_expr(otherwise));
         }
+        self.last_construct = construct;
     }
 
     fn visit_expr_match(&mut self, expr: &'ast syn::ExprMatch) {
@@ -977,6 +1082,43 @@ impl<'ast> Visit<'ast> for StepVisitor {
         self.in_loop(|v| visit::visit_expr_loop(v, expr));
     }
 
+    fn visit_block(&mut self, block: &'ast syn::Block) {
+        // After `if cond { ..; return x; }` (no `else`) or `let .. else
+        // { .. }`, the rest of the block runs only when that branch did
+        // not: it is the construct's other arm, and may reuse a name.
+        let depth = self.arms.len();
+        for stmt in &block.stmts {
+            self.visit_stmt(stmt);
+            if let Some(construct) = self.diverged_before(stmt) {
+                self.arms.push((construct, 1));
+            }
+        }
+        self.arms.truncate(depth);
+    }
+
+    fn visit_local(&mut self, local: &'ast syn::Local) {
+        for attr in &local.attrs {
+            self.visit_attribute(attr);
+        }
+        self.visit_pat(&local.pat);
+        if let Some(init) = &local.init {
+            self.visit_expr(&init.expr);
+            if let Some((_, otherwise)) = &init.diverge {
+                // Arm 0 of its own construct; the rest of the block is arm 1
+                // (see `visit_block`).
+                let construct = self.construct();
+                self.in_arm(construct, 0, |v| v.visit_expr(otherwise));
+                self.last_construct = construct;
+            }
+        }
+        // `let c = ctx.clone();`, `let c = &ctx;`: another name for it.
+        if let (syn::Pat::Ident(ident), Some(init)) = (&local.pat, &local.init) {
+            if init.diverge.is_none() && self.is_ctx(&init.expr) {
+                self.ctx_names.push(ident.ident.to_string());
+            }
+        }
+    }
+
     fn visit_expr_closure(&mut self, expr: &'ast syn::ExprClosure) {
         // A closure may run any number of times (`.map(|x| ...)`).
         self.in_loop(|v| visit::visit_expr_closure(v, expr));
@@ -995,6 +1137,27 @@ impl<'ast> Visit<'ast> for StepVisitor {
             }
         }
     }
+}
+
+/// Whether `block` always leaves: its last statement returns, breaks,
+/// continues or panics.
+fn diverges(block: &syn::Block) -> bool {
+    let last = match block.stmts.last() {
+        Some(syn::Stmt::Expr(expr, _)) => peel_expr(expr),
+        Some(syn::Stmt::Macro(mac)) => return panics(&mac.mac),
+        _ => return false,
+    };
+    match last {
+        Expr::Return(_) | Expr::Break(_) | Expr::Continue(_) => true,
+        Expr::Macro(mac) => panics(&mac.mac),
+        _ => false,
+    }
+}
+
+fn panics(mac: &Macro) -> bool {
+    mac.path.segments.last().is_some_and(|s| {
+        ["panic", "unreachable", "todo", "unimplemented"].contains(&s.ident.to_string().as_str())
+    })
 }
 
 fn peel_expr(expr: &Expr) -> &Expr {
@@ -1028,6 +1191,36 @@ mod tests {
         assert_eq!(pascal_case("a__b"), "AB");
         assert_eq!(pascal_case("_2fa"), "_2fa");
         assert_eq!(pascal_case("étape_une"), "ÉtapeUne");
+    }
+
+    /// Methods of other receivers that share a name with a `ctx` method
+    /// (`Engine::call_tool`, a client's `batch`) are not steps: before,
+    /// they were refused as nested or duplicate step calls.
+    #[test]
+    fn only_calls_on_the_context_count() {
+        let f = func(quote! {
+            async fn f(wf: Ctx, input: I) -> Result<()> {
+                wf.step("lookup", || async { engine.call_tool("crm", args).await }).await?;
+                client.batch("users", 10).await?;
+                cache.map("users", f);
+                let c = wf.clone();
+                let r = &wf;
+                c.sleep("nap", d).await?;
+                r.step("via-ref", f).await?;
+                (*r).step("deref", f).await?;
+                wf.clone().step("cloned", f).await?;
+                ctx.step("not-the-param", f).await?;
+                engine.call_tool("crm", args).await?;
+            }
+        });
+        let calls = collect_steps(&f);
+        let found: Vec<_> = calls.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(found, ["lookup", "nap", "via-ref", "deref", "cloned"]);
+        assert!(calls.iter().all(|c| c.in_step.is_none()));
+        let unnamed = func(quote! {
+            async fn f(_: Ctx, input: I) -> Result<()> { ctx.step("x", f).await }
+        });
+        assert!(collect_steps(&unnamed).is_empty());
     }
 
     #[test]
@@ -1356,7 +1549,7 @@ mod tests {
                 quote!(
                     async fn workflow(c: Ctx, i: I) -> Result<O> {}
                 ),
-                "would hide the `Workflow` trait",
+                "would hide `Workflow` of `workflow::prelude`",
             ),
         ];
         // Borrows of a function's own parameters are not the type's.

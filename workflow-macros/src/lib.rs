@@ -127,7 +127,9 @@ use proc_macro::TokenStream;
 ///   the IANA database when the engine is built. Needs a `schedule`.
 /// - `timeout = "10m"`: default deadline of an instance, counted from its
 ///   start, as a [humantime](https://docs.rs/humantime) duration (`"30s"`,
-///   `"1h 30m"`, `"2days"`). At least 1ms. Default `"5m"`.
+///   `"1h 30m"`, `"2days"`; a capital `M`, months in humantime, is refused
+///   as a likely typo for minutes: write `months`). At least 1ms. Default
+///   `"5m"`.
 /// - `catch_up = "latest"`: what the schedule does about ticks that passed
 ///   while no engine ran: `"latest"` (default) runs the most recent one
 ///   once, `"all"` runs each, `"none"` skips them. Needs a `schedule`.

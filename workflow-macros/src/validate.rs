@@ -76,10 +76,10 @@ pub(crate) fn cron(lit: &LitStr) -> syn::Result<()> {
 pub(crate) fn timeout(lit: &LitStr) -> syn::Result<Duration> {
     let text = lit.value();
     let hint = r#"write a duration like "30s", "10m", "1h 30m" or "2days""#;
-    let duration = humantime::parse_duration(&text).map_err(|err| {
+    let duration = workflow_rules::duration::parse(&text).map_err(|err| {
         syn::Error::new(
             lit.span(),
-            format!("invalid `timeout` \"{text}\" (humantime: {err}); {hint}"),
+            format!("invalid `timeout` \"{text}\" ({err}); {hint}"),
         )
     })?;
     if duration < Duration::from_millis(1) {
@@ -225,11 +225,11 @@ pub(crate) fn backoff(args: &BackoffArgs, errors: &mut crate::ctxt::Errors) -> B
 /// wait).
 fn backoff_duration(key: &str, lit: &LitStr) -> syn::Result<Duration> {
     let text = lit.value();
-    humantime::parse_duration(&text).map_err(|err| {
+    workflow_rules::duration::parse(&text).map_err(|err| {
         syn::Error::new(
             lit.span(),
             format!(
-                "invalid `{key}` \"{text}\" in `backoff` (humantime: {err}); write a duration \
+                "invalid `{key}` \"{text}\" in `backoff` ({err}); write a duration \
                  like \"200ms\", \"5s\" or \"1m 30s\""
             ),
         )
@@ -554,7 +554,7 @@ mod tests {
         ));
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(
-            errors[0].starts_with("invalid `initial` \"soon\" in `backoff` (humantime: "),
+            errors[0].starts_with("invalid `initial` \"soon\" in `backoff` ("),
             "{}",
             errors[0]
         );
@@ -759,5 +759,40 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("step name \"send\""), "{}", errors[0]);
         assert!(errors[1].starts_with("step name \"log\""), "{}", errors[1]);
+    }
+
+    /// After an `if` that always leaves, or a `let .. else`, the code that
+    /// follows runs only when that branch did not: a name may repeat
+    /// there. An `if` that may fall through, or a later call inside the
+    /// same branch, still may not.
+    #[test]
+    fn a_name_may_repeat_after_a_branch_that_leaves() {
+        let f: syn::ItemFn = syn::parse_quote! {
+            async fn load(ctx: Ctx, input: In) -> Result<()> {
+                if input.cached {
+                    let v = ctx.step("load", a).await?;
+                    return Ok(v);
+                }
+                let Some(id) = input.id else {
+                    ctx.step("report", r).await?;
+                    panic!("no id");
+                };
+                ctx.step("load", b).await?;
+                ctx.step("report", s).await?;
+                for item in items {
+                    if item.skip {
+                        ctx.step("skip", c).await?;
+                        continue;
+                    }
+                }
+                if input.retry {
+                    ctx.step("load", d).await?;
+                }
+            }
+        };
+        let calls = crate::ast::collect_steps(&f);
+        let errors = messages(duplicate_steps(&calls));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("step name \"load\""), "{}", errors[0]);
     }
 }

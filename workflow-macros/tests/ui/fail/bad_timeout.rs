@@ -10,4 +10,9 @@ async fn instant(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
+#[workflow(timeout = "10M")]
+async fn months(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
 fn main() {}

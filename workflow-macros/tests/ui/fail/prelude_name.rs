@@ -18,4 +18,10 @@ async fn workflow(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
+/// Its struct would be `Status`, hiding the prelude's enum.
+#[workflow(name = "status")]
+async fn status(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
 fn main() {}

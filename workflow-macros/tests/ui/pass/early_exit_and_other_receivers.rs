@@ -1,0 +1,40 @@
+//! A name may repeat after a branch that always leaves (`return`, `let ..
+//! else`): only one of the two calls runs. Methods of other receivers
+//! named like `ctx` methods (a client's `batch`) are not steps.
+use workflow::prelude::*;
+
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+struct LoadInput {
+    cached: bool,
+    id: Option<u32>,
+}
+
+struct Client;
+
+impl Client {
+    async fn batch(&self, table: &str) -> Result<u32, BoxError> {
+        Ok(table.len() as u32)
+    }
+}
+
+#[workflow]
+async fn load(ctx: Ctx, input: LoadInput) -> Result<u32, BoxError> {
+    let client = Client;
+    if input.cached {
+        let n = ctx
+            .step("load", || async { client.batch("cache").await })
+            .await?;
+        return Ok(n);
+    }
+    let Some(id) = input.id else {
+        return Ok(0);
+    };
+    let n = ctx
+        .step("load", || async { client.batch("users").await })
+        .await?;
+    Ok(n + id + client.batch("users").await?)
+}
+
+fn main() {
+    assert_eq!(Load::STEPS, ["load"]);
+}
