@@ -584,14 +584,12 @@ impl EngineBuilder {
             // What the schedules are is for the engines that run them to
             // say, when their workers start (`record_schedules`): an
             // engine that only starts instances keeps what is recorded.
+            // A store that cannot say fails the build, as one that cannot
+            // record does: recording this engine's schedules blindly could
+            // write an API server's over the workers'.
             let mut definitions = definitions_in_force(&workflows, &scheduled);
-            match store.definitions().await {
-                Ok(recorded) => keep_recorded_schedules(&mut definitions, &recorded),
-                Err(err) => tracing::warn!(
-                    error = %err,
-                    "reading the recorded definitions failed; recording this engine's schedules"
-                ),
-            }
+            let recorded = store.definitions().await?;
+            keep_recorded_schedules(&mut definitions, &recorded);
             store.put_definitions(&definitions, now_millis()).await?;
         }
         tracing::debug!(workflows = workflows.len(), "engine built");
@@ -624,27 +622,25 @@ impl EngineBuilder {
     }
 }
 
-/// Records the schedules this engine runs, as its first worker starts
-/// (before its scheduler's first look): a schedule whose expression or
-/// time zone differs from the recorded one, or that was not recorded, has
-/// its mark restarted (see [`restart_changed_schedules`]), and a workflow
-/// this engine runs without a schedule is recorded without one (its
-/// schedule was removed). A store that cannot say leaves the marks and
-/// the records as they are.
-pub(crate) async fn record_schedules(engine: &Engine) {
+/// Records the schedules this engine runs, as its worker's scheduler
+/// starts (before its first look): a schedule whose expression or time
+/// zone differs from the recorded one, or that was not recorded, has its
+/// mark restarted (see [`restart_changed_schedules`]), and a workflow this
+/// engine runs without a schedule is recorded without one (its schedule
+/// was removed).
+///
+/// A store that fails leaves the records as they were, and the error is
+/// for the caller to try again: recorded as changed without its mark
+/// restarted, a schedule would go on from its old mark under the new
+/// expression, and `CatchUp::All` start every tick of it since.
+pub(crate) async fn record_schedules(engine: &Engine) -> std::result::Result<(), StoreError> {
     let inner = &engine.inner;
     if inner.workflows.is_empty() {
-        return;
+        return Ok(());
     }
     let store = inner.store.as_ref();
     let definitions = definitions_in_force(&inner.workflows, &inner.scheduled);
-    let recorded = match store.definitions().await {
-        Ok(recorded) => recorded,
-        Err(err) => {
-            tracing::warn!(error = %err, "reading the recorded definitions failed; schedules go on from their marks");
-            return;
-        }
-    };
+    let recorded = store.definitions().await?;
     let changed = |def: &Definition| {
         recorded
             .iter()
@@ -655,21 +651,19 @@ pub(crate) async fn record_schedules(engine: &Engine) {
             })
     };
     if !definitions.iter().any(changed) {
-        return;
+        return Ok(());
     }
     let now = inner.clock.now().timestamp_millis();
-    restart_changed_schedules(store, &definitions, &recorded, now).await;
-    if let Err(err) = store.put_definitions(&definitions, now_millis()).await {
-        tracing::warn!(error = %err, "recording the schedules in force failed");
-    }
+    restart_changed_schedules(store, &definitions, &recorded, now).await?;
+    store.put_definitions(&definitions, now_millis()).await
 }
 
 /// Moves the mark of every schedule whose expression or time zone differs
 /// from the store's recorded definition to `now`, as for a schedule seen
 /// for the first time: the ticks of the new expression between the old
 /// mark and now were never due, and `CatchUp::All` would start them all
-/// (a month of them, after a month with the schedule switched off). A
-/// store that cannot say leaves the marks as they are. Workers of two
+/// (a month of them, after a month with the schedule switched off). The
+/// first store error ends it, returned. Workers of two
 /// versions started in turn (a rolling deploy, a rollback) restart it each time,
 /// which skips nothing an engine was running for: a running engine goes on
 /// from its own last look. The expressions are compared as text, so one
@@ -679,7 +673,7 @@ async fn restart_changed_schedules(
     definitions: &[Definition],
     recorded: &[Definition],
     now: Millis,
-) {
+) -> std::result::Result<(), StoreError> {
     for new in definitions.iter().filter(|d| d.schedule.is_some()) {
         let Some(old) = recorded.iter().find(|old| old.name == new.name) else {
             continue;
@@ -687,25 +681,18 @@ async fn restart_changed_schedules(
         if (&old.schedule, &old.timezone) == (&new.schedule, &new.timezone) {
             continue;
         }
-        let restarted = async {
-            if store.schedule_mark(&new.name).await?.is_some() {
-                store.advance_schedule(&new.name, now, None).await?;
-            }
-            Ok::<_, StoreError>(())
-        };
-        match restarted.await {
-            Ok(()) => tracing::info!(
-                workflow = %new.name,
-                from = ?old.schedule,
-                to = ?new.schedule,
-                timezone = %new.timezone,
-                "schedule changed: it counts from now"
-            ),
-            Err(err) => {
-                tracing::warn!(workflow = %new.name, error = %err, "restarting a changed schedule failed")
-            }
+        if store.schedule_mark(&new.name).await?.is_some() {
+            store.advance_schedule(&new.name, now, None).await?;
         }
+        tracing::info!(
+            workflow = %new.name,
+            from = ?old.schedule,
+            to = ?new.schedule,
+            timezone = %new.timezone,
+            "schedule changed: it counts from now"
+        );
     }
+    Ok(())
 }
 
 /// Keeps the recorded schedule (or its absence) of every workflow already

@@ -67,8 +67,30 @@ impl Look<'_> {
     }
 }
 
+/// How long the scheduler waits at most between two tries at recording
+/// the schedules in force.
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
+
 pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
     let inner = &engine.inner;
+    // Before any look, and until it succeeds: a changed schedule must
+    // have its mark restarted before it fires from it.
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match crate::worker::caught(crate::engine::record_schedules(&engine)).await {
+            Ok(()) => break,
+            Err(err) => tracing::warn!(
+                error = %err,
+                retry_in = ?wait,
+                "recording the schedules in force failed; no schedule fires until it is done"
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+        wait = (wait * 2).min(RECORD_RETRY_MAX);
+    }
     if inner.scheduled.is_empty() {
         return;
     }

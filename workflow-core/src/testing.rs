@@ -2369,6 +2369,7 @@ pub struct Unreachable<S> {
     inner: S,
     down: AtomicBool,
     failing_creates: AtomicU32,
+    failing_advances: AtomicU32,
     /// Creates left before every create fails; negative: no limit.
     creates_until_failing: AtomicI64,
     hanging: AtomicBool,
@@ -2386,6 +2387,7 @@ impl<S: Store> Unreachable<S> {
             inner,
             down: AtomicBool::new(false),
             failing_creates: AtomicU32::new(0),
+            failing_advances: AtomicU32::new(0),
             creates_until_failing: AtomicI64::new(-1),
             hanging: AtomicBool::new(false),
             panicking_renewals: AtomicBool::new(false),
@@ -2431,6 +2433,12 @@ impl<S: Store> Unreachable<S> {
     /// error (and change nothing) while every other call goes through.
     pub fn fail_next_creates(&self, n: u32) {
         self.failing_creates.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` calls to [`Store::advance_schedule`] fail with a
+    /// backend error (and change nothing).
+    pub fn fail_next_schedule_advances(&self, n: u32) {
+        self.failing_advances.store(n, Ordering::SeqCst);
     }
 
     /// Lets the next `ok` calls to [`Store::create`] through, then fails
@@ -2648,9 +2656,16 @@ impl<S: Store> Store for Unreachable<S> {
         checked_until: Millis,
         fired: Option<(Millis, InstanceId)>,
     ) -> Result<(), StoreError> {
-        self.up()?
-            .advance_schedule(workflow, checked_until, fired)
-            .await
+        let store = self.up()?;
+        let failing = self
+            .failing_advances
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(StoreError::backend(
+                "advance failed (testing::Unreachable::fail_next_schedule_advances)",
+            ));
+        }
+        store.advance_schedule(workflow, checked_until, fired).await
     }
     async fn put_definitions(
         &self,

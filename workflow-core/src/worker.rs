@@ -297,10 +297,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
         }
         tracing::info!(concurrency = config.concurrency, "worker started");
         tokio::select! {
-            _ = async {
-                reap_dead_owners(&w).await;
-                crate::engine::record_schedules(&w.engine).await;
-            } => {}
+            _ = reap_dead_owners(&w) => {}
             // A store that hangs must not hold up a shutdown.
             _ = w.stop.cancelled() => {}
         }

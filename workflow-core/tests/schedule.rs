@@ -567,6 +567,38 @@ async fn a_changed_expression_counts_from_its_first_engine() {
     );
 }
 
+/// The same when restarting the changed schedule's mark fails at first
+/// (the store blinked as the worker started): nothing fires from the old
+/// mark under the new expression, and the restart is tried again. Before,
+/// the new definition was recorded anyway, and the schedule caught up
+/// every `*/2` tick of the five minutes down.
+#[tokio::test]
+async fn a_changed_expression_whose_restart_failed_fires_nothing_old() {
+    let flaky = Arc::new(testing::Unreachable::new(MemoryStore::new()));
+    let store: Arc<dyn Store> = flaky.clone();
+    let clock = down_after_registering(&store, CatchUp::All, 5).await;
+    let second = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register_scheduled(EveryMinute, "*/2 * * * *", "UTC", CatchUp::All)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    flaky.fail_next_schedule_advances(1);
+    let _worker = second.start_worker();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(fired(&second).await, Vec::<String>::new());
+    let recorded = store.definitions().await.unwrap();
+    assert_eq!(recorded[0].schedule.as_deref(), Some("*/2 * * * *"));
+    // 10:06:00 comes due while it runs: the one tick of the new schedule.
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(
+        wait_for(&second, 1).await,
+        ["schedule:2026-11-25T10:06:00.000Z"]
+    );
+}
+
 /// A catch-up cut short (here by creates failing after two ticks) records
 /// the ticks it fired: once their instances ended and were purged, the
 /// next engine goes on after them instead of firing them a second time.
