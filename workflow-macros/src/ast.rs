@@ -785,6 +785,23 @@ fn unfit(ty: &Type, what: &str, why: &str) -> Option<syn::Error> {
                 self.0.get_or_insert((node.to_token_stream(), false));
             }
         }
+        fn visit_type_path(&mut self, node: &'ast syn::TypePath) {
+            // `Cow<str>` borrows through a lifetime left out, which rustc
+            // would report inside the generated impl.
+            if let Some(last) = node.path.segments.last() {
+                let elided = match &last.arguments {
+                    PathArguments::AngleBracketed(args) => !args
+                        .args
+                        .iter()
+                        .any(|a| matches!(a, GenericArgument::Lifetime(_))),
+                    _ => true,
+                };
+                if last.ident == "Cow" && elided {
+                    self.0.get_or_insert((node.to_token_stream(), false));
+                }
+            }
+            visit::visit_type_path(self, node);
+        }
         // A function's own parameters (`fn(&str)`, `dyn Fn(&str)`,
         // `for<'a> ..`) borrow nothing the type holds.
         fn visit_type_bare_fn(&mut self, _: &'ast syn::TypeBareFn) {}
@@ -1530,6 +1547,12 @@ mod tests {
             (
                 quote!(
                     async fn f(c: Ctx, i: Option<Cow<'a, str>>) -> Result<O> {}
+                ),
+                "input cannot borrow",
+            ),
+            (
+                quote!(
+                    async fn f(c: Ctx, i: Option<std::borrow::Cow<str>>) -> Result<O> {}
                 ),
                 "input cannot borrow",
             ),
