@@ -164,7 +164,8 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://workflows.db";
 
 /// `Engine::builder()`: an [`EngineBuilder`] that opens stores from URLs
 /// (`sqlite://..`) and, given no URL or store, the embedded SQLite file
-/// [`DEFAULT_DATABASE_URL`]. In the [`prelude`].
+/// [`DEFAULT_DATABASE_URL`] (with the `sqlite` feature; without it, a URL
+/// is required). In the [`prelude`].
 pub trait EngineExt {
     /// A builder that knows this crate's stores.
     fn builder() -> EngineBuilder;

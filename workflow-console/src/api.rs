@@ -1090,7 +1090,7 @@ async fn start(
 /// A start's timeout, as `#[workflow(timeout = ..)]` takes it: a humantime
 /// duration of at least 1 ms (a zero one would time the instance out
 /// before it ran).
-fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
     match workflow_rules::duration::parse(text) {
         Ok(timeout) if timeout >= std::time::Duration::from_millis(1) => Ok(timeout),
         Ok(_) => Err(format!("timeout `{text}`: must be at least 1ms")),

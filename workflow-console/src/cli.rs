@@ -136,8 +136,8 @@ pub enum Command {
     SetTimeout {
         /// Instance id.
         id: String,
-        /// The new deadline, this long from now (`30m`, `2h`, `7d`).
-        #[arg(long = "in", value_name = "DURATION", group = "deadline", value_parser = duration_arg)]
+        /// The new deadline, this long from now (`30m`, `2h`, `7d`; at least 1ms).
+        #[arg(long = "in", value_name = "DURATION", group = "deadline", value_parser = crate::api::parse_timeout)]
         after: Option<std::time::Duration>,
         /// The new deadline, at this time (RFC 3339: `2026-12-24T09:00:00Z`).
         #[arg(long, value_name = "TIME", group = "deadline", value_parser = time_arg)]
@@ -571,11 +571,10 @@ pub async fn run(
             if json {
                 print_json(
                     out,
-                    &json!({ "id": id, "done": "set-timeout", "deadline_at": deadline }),
+                    &json!({ "id": id, "done": "set_timeout", "deadline_at": deadline }),
                 )?;
             } else {
-                let deadline = deadline.map_or_else(|| "none".to_owned(), |d| d.to_rfc3339());
-                writeln!(out, "deadline of {id} now {deadline}")?;
+                writeln!(out, "deadline of {id} now {}", time(deadline))?;
             }
             Ok(0)
         }

@@ -6,11 +6,13 @@
 //!   embedded page (no Node, no CDN: it works offline) over a JSON API:
 //!   instances with status counts, filters and paging that update live;
 //!   one instance's input, output, error, state, step timeline and history,
-//!   with cancel, pause, resume, send-event and re-run; schedules; and the
+//!   with cancel, pause, resume, a new deadline, send-event and re-run;
+//!   schedules; and the
 //!   recorded workflows with their schemas and a form to start one.
 //! - The `workflow` CLI (binary of this crate): `workflows`, `run`, `list`,
-//!   `show`, `history`, `cancel`, `pause`, `resume`, `send-event`,
-//!   `rerun`, `purge`, `schedules`, `console`, working on a database URL without the
+//!   `show`, `history`, `cancel`, `pause`, `resume`, `set-timeout`,
+//!   `send-event`, `rerun`, `purge`, `schedules`, `console`, working on a
+//!   database URL without the
 //!   workflow code (engines record their definitions in the store).
 //!
 //! The JSON API, under `/api` (errors are `{"error", "violations": [{"path", "rule", "message"}]}`;

@@ -451,7 +451,7 @@ async fn starts_and_steers_for_a_running_engine() {
     // Move a deadline: from now, at a time, or refused without one.
     let before = chrono::Utc::now();
     let moved = json(&cli(url, &["set-timeout", slow.as_str(), "--in", "2h", "--json"]).await);
-    assert_eq!(moved["done"], "set-timeout");
+    assert_eq!(moved["done"], "set_timeout");
     let deadline = f.engine.instance(&slow).await.unwrap().deadline_at.unwrap();
     let ahead = (deadline - before).num_minutes();
     assert!(
@@ -466,8 +466,10 @@ async fn starts_and_steers_for_a_running_engine() {
     assert_eq!(deadline.to_rfc3339(), "2099-12-24T09:00:00+00:00");
     assert_eq!(
         out.stdout.trim(),
-        format!("deadline of {slow} now 2099-12-24T09:00:00+00:00")
+        format!("deadline of {slow} now 2099-12-24 09:00:00Z")
     );
+    let out = cli(url, &["set-timeout", slow.as_str(), "--in", "0s"]).await;
+    assert_eq!(out.code, 2, "a deadline of now: {}", out.stderr);
     let out = cli(url, &["set-timeout", slow.as_str()]).await;
     assert_eq!(out.code, 2, "a usage error: {}", out.stderr);
     let out = cli(url, &["set-timeout", slow.as_str(), "--at", "tomorrow"]).await;

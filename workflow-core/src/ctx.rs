@@ -171,6 +171,9 @@ pub(crate) struct RunShared {
     /// The last run ended without recording how (a crash, a lapsed lease):
     /// steps may have failed attempts that `retry` does not name.
     pub(crate) cut_short: bool,
+    /// A value that did not read at its first reading is being noted
+    /// (`{key}@unread`): a run stopped meanwhile must count as cut short.
+    pub(crate) note_pending: AtomicBool,
     /// When `retry` is set: every step's failed attempts, from the history
     /// (read once, when a step first needs it). Steps running side
     /// by side (`ctx.map`) may all have been backing off, and the
@@ -320,6 +323,7 @@ impl RunShared {
             pause_changes: LocalChanges::default(),
             retry: row.retry.clone(),
             cut_short,
+            note_pending: AtomicBool::new(false),
             failed_attempts: tokio::sync::OnceCell::new(),
             retrying: Mutex::new(HashMap::new()),
             suspend_after: engine.inner.config.suspend_after,

@@ -347,6 +347,7 @@ impl<W: Workflow> Instance<W> {
     }
 
     /// Its state now, as last persisted (default until a step changed it).
+    /// A state `W::State` does not read is [`Error::WrongType`].
     pub async fn state(&self) -> Result<W::State> {
         let row = self.engine.row(&self.id).await?;
         self.check_workflow(&row)?;
@@ -391,7 +392,10 @@ impl<W: Workflow> Instance<W> {
 
     /// Waits until it reaches a terminal status, and returns its output.
     /// Errors: [`Error::Failed`] with the recorded error, [`Error::Ended`] when
-    /// cancelled or timed out.
+    /// cancelled or timed out, [`Error::WrongType`] for an output `W::Output`
+    /// does not read (written by another version of the type),
+    /// [`Error::WrongWorkflow`] for an instance of another workflow,
+    /// [`Error::NotFound`].
     ///
     /// It waits as long as that takes: an instance no worker runs (none
     /// registers its workflow, or none is started) never ends, even past

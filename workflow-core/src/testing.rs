@@ -2370,6 +2370,7 @@ pub struct Unreachable<S> {
     down: AtomicBool,
     failing_creates: AtomicU32,
     failing_advances: AtomicU32,
+    failing_step_commits: AtomicU32,
     /// Creates left before every create fails; negative: no limit.
     creates_until_failing: AtomicI64,
     hanging: AtomicBool,
@@ -2388,6 +2389,7 @@ impl<S: Store> Unreachable<S> {
             down: AtomicBool::new(false),
             failing_creates: AtomicU32::new(0),
             failing_advances: AtomicU32::new(0),
+            failing_step_commits: AtomicU32::new(0),
             creates_until_failing: AtomicI64::new(-1),
             hanging: AtomicBool::new(false),
             panicking_renewals: AtomicBool::new(false),
@@ -2433,6 +2435,12 @@ impl<S: Store> Unreachable<S> {
     /// error (and change nothing) while every other call goes through.
     pub fn fail_next_creates(&self, n: u32) {
         self.failing_creates.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` calls to [`Store::commit_step`] fail with a
+    /// backend error (and change nothing).
+    pub fn fail_next_step_commits(&self, n: u32) {
+        self.failing_step_commits.store(n, Ordering::SeqCst);
     }
 
     /// Makes the next `n` calls to [`Store::advance_schedule`] fail with a
@@ -2538,7 +2546,16 @@ impl<S: Store> Store for Unreachable<S> {
         self.inner.wakeups()
     }
     async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError> {
-        self.up()?.commit_step(lease, step).await
+        let store = self.up()?;
+        let failing =
+            self.failing_step_commits
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(StoreError::backend(
+                "commit failed (testing::Unreachable::fail_next_step_commits)",
+            ));
+        }
+        store.commit_step(lease, step).await
     }
     async fn record_attempt(
         &self,

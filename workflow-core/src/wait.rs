@@ -702,7 +702,11 @@ where
             return Err(err);
         }
         if first || (run.cut_short && run.recorded_last(key)) {
+            run.note_pending
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             self.note_unread(key).await?;
+            run.note_pending
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             return Err(err);
         }
         Err(self

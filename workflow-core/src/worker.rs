@@ -1278,6 +1278,16 @@ async fn execute(
             _ => (None, None),
         };
         return match (why, settlement) {
+            // Stopped while noting that a value did not read at its first
+            // reading: left to lapse, the next run counts as following one
+            // cut short and reads the value as for the first time, instead
+            // of taking it for a change of code (see `Ctx::unreadable`).
+            (Interrupt::Store(_) | Interrupt::Shutdown, _)
+                if run.note_pending.load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                tracing::warn!("stopped while noting an unreadable value; the instance resumes when its lease lapses");
+                Settle::Abandon
+            }
             (Interrupt::Suspended, Settlement::Suspend(suspend)) => Settle::Suspend(suspend),
             // The settlement serializes the state and the output is read
             // back here, after the handler's guard: user serde code that

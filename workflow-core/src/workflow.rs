@@ -20,7 +20,9 @@ use crate::validate::SchemaCheck;
 /// A durable workflow. Written by `#[workflow]`; implement it by hand
 /// where the macro does not fit (a workflow generic over a type of yours,
 /// a handler that is a method of a struct holding clients). Its settings
-/// are associated constants, fixed at compile time either way. Override
+/// are associated constants, fixed at compile time either way (a schedule
+/// may still be chosen at run time, with
+/// [`EngineBuilder::register_scheduled`](crate::EngineBuilder::register_scheduled)). Override
 /// only `run` and the constants: the provided methods (`start`,
 /// `definition`, ...) are what the engine and callers rely on, and the
 /// engine records and checks runs against `definition`.

@@ -1352,6 +1352,45 @@ async fn an_event_taken_by_a_run_cut_short_is_read_for_the_first_time() {
         .any(|s| s.key == "data@unread"));
 }
 
+/// The note that a payload did not read at its first reading failed to
+/// commit (the store blinked): the run is left to lapse, so the next one
+/// follows a run cut short and reads the payload as for the first time,
+/// failing the instance with the payload's error. Before, it was suspended
+/// in order, and every later run took the payload for a change of code
+/// and paused the instance, again after each resume.
+#[tokio::test]
+async fn a_note_that_failed_to_commit_is_written_by_the_next_run() {
+    let flaky = Arc::new(testing::Unreachable::new(MemoryStore::new()));
+    let store: Arc<dyn Store> = flaky.clone();
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .poll_interval(Duration::from_millis(10))
+        .lease_duration(Duration::from_millis(300))
+        .register(ReadThenWait {
+            v2: true,
+            child: false,
+        })
+        .build()
+        .await
+        .unwrap();
+    let inst = ReadThenWait::start(&engine, ()).await.unwrap();
+    inst.send_event("data", serde_json::json!({"other": 1}))
+        .await
+        .unwrap();
+    // The event is taken by the store's own write; the first step commit
+    // is the note.
+    flaky.fail_next_step_commits(1);
+    let _worker = engine.start_worker();
+    let err = inst.result_timeout(LIMIT).await.unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    assert!(inst
+        .steps()
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.key == "data@unread"));
+}
+
 /// A child workflow no engine registers fails its step at once, naming
 /// the workflow, instead of leaving the parent listening until its
 /// deadline.

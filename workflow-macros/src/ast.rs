@@ -333,12 +333,10 @@ impl<'a> Workflow<'a> {
     }
 }
 
-/// Names every module sees from the std prelude: a struct of one of these
-/// names would hide it there (`fn send` would turn every `Send` bound into
-/// an error, `fn ok` every `Ok(..)`). Names from `workflow::prelude` are
-/// left to the user, who may name them by path instead (`fn ctx` gives
-/// `Ctx`, and `workflow::Ctx` still reaches the context type).
-/// The types and traits of `workflow::prelude`, with every feature.
+/// The types and traits of `workflow::prelude`, with every feature: most
+/// workflow modules import them all, and a struct of one of these names
+/// would hide it there (`fn execute` would make `Execute::new` an error
+/// that rustc lays at the user's code).
 const WORKFLOW_PRELUDE: [&str; 29] = [
     "Backoff",
     "BoxError",
@@ -371,6 +369,9 @@ const WORKFLOW_PRELUDE: [&str; 29] = [
     "Workflow",
 ];
 
+/// Names every module sees from the std prelude: a struct of one of these
+/// names would hide it there (`fn send` would turn every `Send` bound into
+/// an error, `fn ok` every `Ok(..)`).
 const STD_PRELUDE: [&str; 40] = [
     "AsMut",
     "AsRef",
@@ -417,7 +418,7 @@ const STD_PRELUDE: [&str; 40] = [
 /// The PascalCase struct name for a function, or an error at the function's
 /// name when that is not a usable, distinct identifier (`fn self_` would
 /// give the keyword `Self`, `fn Flow` would give `Flow` itself) or would
-/// hide a name of the std prelude.
+/// hide a name of the std prelude or of `workflow::prelude`.
 fn struct_ident(fn_name: &str, span: Span, errors: &mut Errors) -> Option<Ident> {
     let pascal = pascal_case(fn_name);
     let hides;
@@ -787,14 +788,15 @@ fn unfit(ty: &Type, what: &str, why: &str) -> Option<syn::Error> {
         }
         fn visit_type_path(&mut self, node: &'ast syn::TypePath) {
             // `Cow<str>` borrows through a lifetime left out, which rustc
-            // would report inside the generated impl.
+            // would report inside the generated impl. (A bare `Cow` is a
+            // type of the user's own: std's takes a type argument.)
             if let Some(last) = node.path.segments.last() {
                 let elided = match &last.arguments {
                     PathArguments::AngleBracketed(args) => !args
                         .args
                         .iter()
                         .any(|a| matches!(a, GenericArgument::Lifetime(_))),
-                    _ => true,
+                    _ => false,
                 };
                 if last.ident == "Cow" && elided {
                     self.0.get_or_insert((node.to_token_stream(), false));
@@ -822,7 +824,7 @@ fn unfit(ty: &Type, what: &str, why: &str) -> Option<syn::Error> {
         } else {
             format!(
                 "the workflow {what} cannot borrow: it is {why}, so it must own its data \
-                 (`String` for `&str`, `Vec<T>` for `&[T]`)"
+                 (`String` for `&str` or `Cow<str>`, `Vec<T>` for `&[T]`)"
             )
         },
     ))
@@ -1585,6 +1587,10 @@ mod tests {
             ),
             quote!(
                 async fn f(c: Ctx, i: Cow<'static, str>) -> Result<&'static str> {}
+            ),
+            // A type of the user's own named `Cow`.
+            quote!(
+                async fn f(c: Ctx, i: Cow) -> Result<O> {}
             ),
             quote!(
                 async fn f(c: Ctx, i: Holder<Box<dyn for<'a> Fn(&'a str)>>) -> Result<O> {}

@@ -97,7 +97,7 @@ use proc_macro::TokenStream;
 /// | `SCHEDULE`    | `schedule`, or `None` |
 /// | `TIMEZONE`    | `timezone`, or `"UTC"` |
 /// | `TIMEOUT`     | `timeout`, or 5 minutes |
-/// | `STEPS`       | the string literals passed as the name to `.step(..)` / `.step_with(..)` in the body, in source order, each once |
+/// | `STEPS`       | the string literals passed as the name to `ctx.step(..)` / `ctx.step_with(..)` in the body, in source order, each once (calls on the context parameter, or on a local bound to it such as `let c = ctx.clone()`; a method of that name on another value is not a step) |
 /// | `CATCH_UP`    | `catch_up`, or `CatchUp::Latest` |
 /// | `RETRIES`     | `Some(retries)`, or `None` (the engine's) |
 /// | `BACKOFF`     | `Some(Backoff { .. })` from `backoff(..)`, or `None` (the engine's) |
@@ -185,12 +185,17 @@ use proc_macro::TokenStream;
 ///   `name#1`, `name#2`, ... across every call of that name, so a second
 ///   call would get another record whenever the loop ran once less after a
 ///   code change. Calls in different arms of one `if` or `match` may share
-///   a name, and so may two `wait_for_event` calls (the name is the
-///   event's, which senders use);
+///   a name, as may a call in an `if` (with no `else`) whose block always
+///   leaves (`return`, `break`, `continue`, `panic!`) or in the `else` of a
+///   `let .. else`, and one after it; and so may two `wait_for_event`
+///   calls (the name is the event's, which senders use);
 /// - a named `ctx` call inside the closure of a step, or of an item of
 ///   `map`, `for_each` or `batch`, which the runtime refuses every time;
-/// - a function whose generated struct would hide a std prelude name
-///   (`fn send` -> `Send`), or that takes its input by reference;
+/// - a function whose generated struct would hide a name of the std
+///   prelude (`fn send` -> `Send`) or of `workflow::prelude` (`fn status`
+///   -> `Status`, `fn execute` -> `Execute`): `name = "status"` keeps the
+///   workflow's name under another function name; or a function that
+///   takes its input by reference, or a borrowing type (`Cow<str>`);
 /// - a literal step name that is empty, longer than 512 bytes, or
 ///   contains a NUL, `#`, `@`, `[` or `]`,
 ///   which the runtime reserves for the keys it derives from names: the
