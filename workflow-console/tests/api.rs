@@ -413,16 +413,15 @@ async fn changes_are_checked_and_applied() {
     // Move a deadline: from now or at a time; one of them, and only
     // while the instance has not ended.
     let timeout_path = format!("/api/instances/{}/timeout", f.listening);
+    let deadline_of = |id: &InstanceId| {
+        let engine = f.engine.clone();
+        let id = id.clone();
+        async move { engine.instance(&id).await.unwrap().deadline_at.unwrap() }
+    };
     let before = chrono::Utc::now();
     let res = post(&base, &timeout_path, json!({"in": "3h"})).await;
     assert_eq!(res.status, 200, "{}", res.body);
-    let deadline = f
-        .engine
-        .instance(&f.listening)
-        .await
-        .unwrap()
-        .deadline_at
-        .unwrap();
+    let deadline = deadline_of(&f.listening).await;
     let ahead = (deadline - before).num_minutes();
     assert!(
         (179..=181).contains(&ahead),
@@ -431,13 +430,7 @@ async fn changes_are_checked_and_applied() {
     assert_eq!(res.json()["deadline_at"], json!(deadline));
     let res = post(&base, &timeout_path, json!({"at": "2099-01-01T00:00:00Z"})).await;
     assert_eq!(res.status, 200, "{}", res.body);
-    let deadline = f
-        .engine
-        .instance(&f.listening)
-        .await
-        .unwrap()
-        .deadline_at
-        .unwrap();
+    let deadline = deadline_of(&f.listening).await;
     assert_eq!(deadline.to_rfc3339(), "2099-01-01T00:00:00+00:00");
     for bad in [
         json!({}),

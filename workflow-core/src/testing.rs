@@ -2477,6 +2477,15 @@ impl<S: Store> Unreachable<S> {
     }
 }
 
+/// A backend error saying `what`, if `left` has failures left to give
+/// (counting one down).
+fn fail_one(left: &AtomicU32, what: &str) -> Result<(), StoreError> {
+    match left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+        Ok(_) => Err(StoreError::backend(what.to_owned())),
+        Err(_) => Ok(()),
+    }
+}
+
 #[async_trait]
 impl<S: Store> Store for Unreachable<S> {
     async fn create(
@@ -2485,14 +2494,10 @@ impl<S: Store> Store for Unreachable<S> {
         dedup: Option<&[Status]>,
     ) -> Result<Created, StoreError> {
         let store = self.up()?;
-        let failing = self
-            .failing_creates
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if failing.is_ok() {
-            return Err(StoreError::backend(
-                "create failed (testing::Unreachable::fail_next_creates)",
-            ));
-        }
+        fail_one(
+            &self.failing_creates,
+            "create failed (testing::Unreachable::fail_next_creates)",
+        )?;
         let exhausted =
             self.creates_until_failing
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -2547,14 +2552,10 @@ impl<S: Store> Store for Unreachable<S> {
     }
     async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError> {
         let store = self.up()?;
-        let failing =
-            self.failing_step_commits
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if failing.is_ok() {
-            return Err(StoreError::backend(
-                "commit failed (testing::Unreachable::fail_next_step_commits)",
-            ));
-        }
+        fail_one(
+            &self.failing_step_commits,
+            "commit failed (testing::Unreachable::fail_next_step_commits)",
+        )?;
         store.commit_step(lease, step).await
     }
     async fn record_attempt(
@@ -2674,14 +2675,10 @@ impl<S: Store> Store for Unreachable<S> {
         fired: Option<(Millis, InstanceId)>,
     ) -> Result<(), StoreError> {
         let store = self.up()?;
-        let failing = self
-            .failing_advances
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if failing.is_ok() {
-            return Err(StoreError::backend(
-                "advance failed (testing::Unreachable::fail_next_schedule_advances)",
-            ));
-        }
+        fail_one(
+            &self.failing_advances,
+            "advance failed (testing::Unreachable::fail_next_schedule_advances)",
+        )?;
         store.advance_schedule(workflow, checked_until, fired).await
     }
     async fn put_definitions(

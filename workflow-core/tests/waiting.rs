@@ -1303,6 +1303,14 @@ async fn a_value_recorded_last_that_new_code_cannot_read_pauses_the_instance() {
     }
 }
 
+/// `inst` failed on its event's payload at a first reading, and noted so.
+async fn failed_on_the_payload(inst: &Instance<ReadThenWait>) {
+    let err = inst.result_timeout(LIMIT).await.unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    let steps = inst.steps().await.unwrap();
+    assert!(steps.iter().any(|s| s.key == "data@unread"), "{steps:?}");
+}
+
 /// An event taken (the store records it as it hands it over) by a worker
 /// that died before it could read it: the next run's reading is the first,
 /// so a payload that does not fit fails the instance and is noted, as it
@@ -1342,14 +1350,7 @@ async fn an_event_taken_by_a_run_cut_short_is_read_for_the_first_time() {
     store.release_owner("ghost", now).await.unwrap();
 
     let _worker = engine.start_worker();
-    let err = inst.result_timeout(LIMIT).await.unwrap_err();
-    assert!(err.to_string().contains("does not fit"), "{err}");
-    assert!(inst
-        .steps()
-        .await
-        .unwrap()
-        .iter()
-        .any(|s| s.key == "data@unread"));
+    failed_on_the_payload(&inst).await;
 }
 
 /// The note that a payload did not read at its first reading failed to
@@ -1381,14 +1382,7 @@ async fn a_note_that_failed_to_commit_is_written_by_the_next_run() {
     // is the note.
     flaky.fail_next_step_commits(1);
     let _worker = engine.start_worker();
-    let err = inst.result_timeout(LIMIT).await.unwrap_err();
-    assert!(err.to_string().contains("does not fit"), "{err}");
-    assert!(inst
-        .steps()
-        .await
-        .unwrap()
-        .iter()
-        .any(|s| s.key == "data@unread"));
+    failed_on_the_payload(&inst).await;
 }
 
 /// A child workflow no engine registers fails its step at once, naming
