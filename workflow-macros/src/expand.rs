@@ -64,11 +64,10 @@ fn item_keyword_span(item: &Item) -> Span {
 }
 
 /// The struct, and when the handler can be called as written, its
-/// `Workflow` impl and the type assertions.
+/// `Workflow` impl and the type assertions. Without a usable struct name
+/// (an error says why), the type assertions alone: the same build reports
+/// a type that is not `Serialize` too, not only once the name is fixed.
 pub(crate) fn generate(wf: &Workflow) -> TokenStream {
-    let Some(ident) = &wf.struct_ident else {
-        return TokenStream::new();
-    };
     if wf.is_method {
         return TokenStream::new();
     }
@@ -83,17 +82,20 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
         format!("Workflow `{}`: {}", wf.name, wf.description)
     };
 
-    let declaration = quote! {
-        #(#cfgs)*
-        #(#deprecated)*
-        #[doc = #doc]
-        #[derive(
-            ::core::fmt::Debug,
-            ::core::clone::Clone,
-            ::core::marker::Copy,
-            ::core::default::Default
-        )]
-        #vis struct #ident;
+    let declaration = match &wf.struct_ident {
+        Some(ident) => quote! {
+            #(#cfgs)*
+            #(#deprecated)*
+            #[doc = #doc]
+            #[derive(
+                ::core::fmt::Debug,
+                ::core::clone::Clone,
+                ::core::marker::Copy,
+                ::core::default::Default
+            )]
+            #vis struct #ident;
+        },
+        None => TokenStream::new(),
     };
 
     let Some(handler) = &wf.handler else {
@@ -211,7 +213,7 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     if !callable && !wf.func.sig.generics.params.is_empty() {
         return declaration;
     }
-    if !callable {
+    let Some(ident) = wf.struct_ident.as_ref().filter(|_| *callable) else {
         return quote! {
             #declaration
 
@@ -221,7 +223,7 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
                 #(#checks)*
             };
         };
-    }
+    };
     // Not the projected state: rustc cannot normalize it under `for<..>`.
     // The `Workflow` impl's own bound on `State` then words a mistake in
     // an alias's state type a second time.
