@@ -63,6 +63,10 @@ pub(crate) struct Workflow<'a> {
     /// `None` when the parameters or the return type do not have the
     /// handler's shape.
     pub handler: Option<Handler<'a>>,
+    /// Without a handler: the input, output and error types that were
+    /// read all the same, so that their trait checks still run and one
+    /// build reports every mistake.
+    pub partial: Vec<(&'a Type, TypeRole)>,
     /// A method (it takes `self`): it sits in an `impl` block, where the
     /// generated struct could not go, so nothing is generated.
     pub is_method: bool,
@@ -75,6 +79,14 @@ pub(crate) struct Workflow<'a> {
 }
 
 /// The types of a handler `async fn(ctx: Ctx<S>, input: I) -> R<O, E>`.
+/// What a persisted type of the handler is, for its trait check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TypeRole {
+    Input,
+    Output,
+    Error,
+}
+
 pub(crate) struct Handler<'a> {
     /// `S` of a `Ctx<S>`; `None` for a bare `Ctx`, which may be the
     /// prelude's (state `()`) or the user's alias of a `Ctx<S>`: the
@@ -283,7 +295,7 @@ impl<'a> Workflow<'a> {
 
         let mut struct_ident = struct_ident(&fn_name, func.sig.ident.span(), errors);
 
-        let handler = handler(func, errors);
+        let (handler, partial) = handler(func, errors);
         if let (Some(ident), Some(handler)) = (&struct_ident, &handler) {
             if let Some(clash) = type_named(ident, handler) {
                 errors.push(syn::Error::new(
@@ -318,6 +330,7 @@ impl<'a> Workflow<'a> {
             jitter,
             steps,
             handler,
+            partial,
             is_method: func.sig.receiver().is_some(),
             cfgs: func
                 .attrs
@@ -567,7 +580,10 @@ pub(crate) fn pascal_case(snake: &str) -> String {
 /// Reads the handler's types, recording why the signature does not fit the
 /// `async fn(ctx: Ctx<S>, input: I) -> Result<O, E>` shape. Returns `None`
 /// if the generated impl could not call the function as written.
-fn handler<'a>(func: &'a ItemFn, errors: &mut Errors) -> Option<Handler<'a>> {
+fn handler<'a>(
+    func: &'a ItemFn,
+    errors: &mut Errors,
+) -> (Option<Handler<'a>>, Vec<(&'a Type, TypeRole)>) {
     let sig = &func.sig;
     let qualifier_errors = qualifiers(sig);
     let callable = qualifier_errors.is_empty();
@@ -581,13 +597,21 @@ fn handler<'a>(func: &'a ItemFn, errors: &mut Errors) -> Option<Handler<'a>> {
     let ((state, input), (output, error, result_span)) = match (params, result) {
         (Ok(params), Ok(result)) => (params, result),
         (params, result) => {
+            let mut partial = Vec::new();
+            if let Ok((_, input)) = &params {
+                partial.push((*input, TypeRole::Input));
+            }
+            if let Ok((output, error, _)) = &result {
+                partial.push((*output, TypeRole::Output));
+                partial.extend(error.map(|error| (error, TypeRole::Error)));
+            }
             for err in params.err().into_iter().chain(result.err()).flatten() {
                 errors.push(err);
             }
-            return None;
+            return (None, partial);
         }
     };
-    Some(Handler {
+    let handler = Handler {
         state: state.0,
         ctx: state.1,
         input,
@@ -595,7 +619,8 @@ fn handler<'a>(func: &'a ItemFn, errors: &mut Errors) -> Option<Handler<'a>> {
         error,
         result_span,
         callable,
-    })
+    };
+    (Some(handler), Vec::new())
 }
 
 /// What the function is declared as, beyond its parameters and return

@@ -9,7 +9,7 @@ use syn::spanned::Spanned;
 use syn::{Item, ItemFn, Type};
 
 use crate::args::Args;
-use crate::ast::{Handler, Workflow};
+use crate::ast::{Handler, TypeRole, Workflow};
 use crate::ctxt::Errors;
 
 /// The whole expansion of `#[workflow(attr)] item`.
@@ -99,7 +99,25 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     };
 
     let Some(handler) = &wf.handler else {
-        return declaration;
+        // The parameters or the return type are refused: the types read
+        // from the rest are still checked, in the same build.
+        let checks = wf.partial.iter().map(|(ty, role)| {
+            let (bound, check) = match role {
+                TypeRole::Input => (quote!(WorkflowInput), quote!(__check_input)),
+                TypeRole::Output => (quote!(WorkflowOutput), quote!(__check_output)),
+                TypeRole::Error => (quote!(HandlerError), quote!(__check_error)),
+            };
+            assert_impl(&private, ty, &bound, &check)
+        });
+        return quote! {
+            #declaration
+
+            #(#cfgs)*
+            #[allow(deprecated)]
+            const _: () = {
+                #(#checks)*
+            };
+        };
     };
     let Handler {
         state,
