@@ -1489,16 +1489,7 @@ async fn typed_starts_of_workflows_no_engine_runs_are_unknown() {
 async fn a_handle_of_the_wrong_workflow_is_an_error() {
     let engine = engine_on(Arc::new(MemoryStore::new())).await;
     let _worker = engine.start_worker();
-    let order = ProcessOrder::start(
-        &engine,
-        OrderInput {
-            order_id: "W".into(),
-            quantity: 1,
-        },
-    )
-    .await
-    .unwrap();
-    order.result_timeout(Duration::from_secs(5)).await.unwrap();
+    let order = completed(&engine, order("W")).await;
     let wrong = Flaky::handle(&engine, order.id().clone());
     let err = wrong.result().await.unwrap_err();
     assert!(
@@ -1547,16 +1538,14 @@ impl Workflow for ProcessOrderRetyped {
 async fn an_output_of_another_type_is_a_wrong_type_not_a_store_error() {
     let engine = engine_on(Arc::new(MemoryStore::new())).await;
     let _worker = engine.start_worker();
-    let order = ProcessOrder::start(
+    let order = completed(
         &engine,
         OrderInput {
-            order_id: "T".into(),
             quantity: 2,
+            ..order("T")
         },
     )
-    .await
-    .unwrap();
-    order.result_timeout(Duration::from_secs(5)).await.unwrap();
+    .await;
     let retyped = ProcessOrderRetyped::handle(&engine, order.id().clone());
     let err = retyped.result().await.unwrap_err();
     assert!(
@@ -2420,6 +2409,13 @@ async fn crash_loop_engine(store: &Arc<dyn Store>, limit: Option<u32>) -> Engine
         .build()
         .await
         .unwrap()
+}
+
+/// `input` run to completion on `engine`, whose worker runs.
+async fn completed(engine: &Engine, input: OrderInput) -> Instance<ProcessOrder> {
+    let order = ProcessOrder::start(engine, input).await.unwrap();
+    order.result_timeout(Duration::from_secs(5)).await.unwrap();
+    order
 }
 
 fn order(id: &str) -> OrderInput {

@@ -543,6 +543,15 @@ impl Workflow for CountAndAudit {
     }
 }
 
+/// A builder on a store of its own for `workflow` alone, looking for work
+/// every 20 ms.
+fn alone<W: Workflow>(workflow: W) -> EngineBuilder {
+    EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(workflow)
+        .poll_interval(Duration::from_millis(20))
+}
+
 async fn engine(store: Arc<dyn Store>) -> Engine {
     EngineBuilder::new()
         .shared_store(store)
@@ -2203,13 +2212,7 @@ impl Workflow for FailsBesideRunning {
 /// them again.
 #[tokio::test]
 async fn items_running_beside_a_failure_finish_and_are_recorded() {
-    let engine = EngineBuilder::new()
-        .store(MemoryStore::new())
-        .register(FailsBesideRunning)
-        .poll_interval(Duration::from_millis(20))
-        .build()
-        .await
-        .unwrap();
+    let engine = alone(FailsBesideRunning).build().await.unwrap();
     let _worker = engine.start_worker();
     let run = FailsBesideRunning::start(&engine, 1).await.unwrap();
     let failed = run.result_timeout(Duration::from_secs(10)).await.unwrap();
@@ -2265,13 +2268,7 @@ impl Workflow for SlowFirst {
 /// run through the other three meanwhile (they waited behind it before).
 #[tokio::test]
 async fn a_slow_item_does_not_hold_up_the_items_after_it() {
-    let engine = EngineBuilder::new()
-        .store(MemoryStore::new())
-        .register(SlowFirst)
-        .poll_interval(Duration::from_millis(20))
-        .build()
-        .await
-        .unwrap();
+    let engine = alone(SlowFirst).build().await.unwrap();
     let _worker = engine.start_worker();
     let run = SlowFirst::start(&engine, 1).await.unwrap();
     run.result_timeout(Duration::from_secs(20)).await.unwrap();
@@ -2328,10 +2325,7 @@ impl Workflow for SuspendsBesideItems {
 /// drop them unrecorded (their side effects would run again).
 #[tokio::test]
 async fn a_suspension_in_a_fan_out_keeps_the_items_running_beside_it() {
-    let engine = EngineBuilder::new()
-        .store(MemoryStore::new())
-        .register(SuspendsBesideItems)
-        .poll_interval(Duration::from_millis(20))
+    let engine = alone(SuspendsBesideItems)
         .suspend_after(Duration::from_millis(50))
         .build()
         .await
@@ -2385,10 +2379,7 @@ impl Workflow for CompensatesFanOut {
 /// run for the first time after the compensation.
 #[tokio::test]
 async fn a_replayed_fan_out_starts_nothing_past_its_failure() {
-    let engine = EngineBuilder::new()
-        .store(MemoryStore::new())
-        .register(CompensatesFanOut)
-        .poll_interval(Duration::from_millis(20))
+    let engine = alone(CompensatesFanOut)
         .suspend_after(Duration::from_millis(20))
         .build()
         .await

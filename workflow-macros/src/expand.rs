@@ -6,7 +6,7 @@ use std::time::Duration;
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Item, ItemFn, Type};
+use syn::{Attribute, Item, ItemFn, Type};
 
 use crate::args::Args;
 use crate::ast::{Handler, TypeRole, Workflow};
@@ -101,23 +101,15 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     let Some(handler) = &wf.handler else {
         // The parameters or the return type are refused: the types read
         // from the rest are still checked, in the same build.
-        let checks = wf.partial.iter().map(|(ty, role)| {
-            let (bound, check) = match role {
-                TypeRole::Input => (quote!(WorkflowInput), quote!(__check_input)),
-                TypeRole::Output => (quote!(WorkflowOutput), quote!(__check_output)),
-                TypeRole::Error => (quote!(HandlerError), quote!(__check_error)),
-            };
-            assert_impl(&private, ty, &bound, &check)
-        });
-        return quote! {
-            #declaration
-
-            #(#cfgs)*
-            #[allow(deprecated)]
-            const _: () = {
-                #(#checks)*
-            };
-        };
+        let checks: Vec<TokenStream> = wf
+            .partial
+            .iter()
+            .map(|(ty, role)| {
+                let (bound, check) = requirement(*role);
+                assert_impl(&private, ty, &bound, &check)
+            })
+            .collect();
+        return with_checks(declaration, cfgs, &checks);
     };
     let Handler {
         state,
@@ -208,9 +200,13 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     // the same mistake again in rustc's generic words. A bound under an
     // unused `for<..>` is not rejected as trivially false on stable, unlike
     // a plain `where OrderInput: WorkflowInput`.
+    let role = |ty, role| {
+        let (bound, check) = requirement(role);
+        (ty, bound, check)
+    };
     let mut requirements = vec![
-        (*input, quote!(WorkflowInput), quote!(__check_input)),
-        (*output, quote!(WorkflowOutput), quote!(__check_output)),
+        role(*input, TypeRole::Input),
+        role(*output, TypeRole::Output),
         (state, quote!(WorkflowState), quote!(__check_state)),
     ];
     if wf.schedule.is_some() {
@@ -221,7 +217,7 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
         ));
     }
     if let Some(error) = error {
-        requirements.push((*error, quote!(HandlerError), quote!(__check_error)));
+        requirements.push(role(*error, TypeRole::Error));
     }
     let checks: Vec<TokenStream> = requirements
         .iter()
@@ -232,15 +228,7 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
         return declaration;
     }
     let Some(ident) = wf.struct_ident.as_ref().filter(|_| *callable) else {
-        return quote! {
-            #declaration
-
-            #(#cfgs)*
-            #[allow(deprecated)]
-            const _: () = {
-                #(#checks)*
-            };
-        };
+        return with_checks(declaration, cfgs, &checks);
     };
     // Not the projected state: rustc cannot normalize it under `for<..>`.
     // The `Workflow` impl's own bound on `State` then words a mistake in
@@ -351,6 +339,34 @@ fn duration(private: &TokenStream, d: Duration) -> TokenStream {
 fn float(value: f64) -> TokenStream {
     let lit = Literal::f64_unsuffixed(value);
     quote!(#lit)
+}
+
+/// The `__private` trait a persisted type of the handler must implement,
+/// and the name of the function that checks it.
+fn requirement(role: TypeRole) -> (TokenStream, TokenStream) {
+    match role {
+        TypeRole::Input => (quote!(WorkflowInput), quote!(__check_input)),
+        TypeRole::Output => (quote!(WorkflowOutput), quote!(__check_output)),
+        TypeRole::Error => (quote!(HandlerError), quote!(__check_error)),
+    }
+}
+
+/// The struct (if any) and the type checks alone, for a handler the impl
+/// cannot be generated for.
+fn with_checks(
+    declaration: TokenStream,
+    cfgs: &[&Attribute],
+    checks: &[TokenStream],
+) -> TokenStream {
+    quote! {
+        #declaration
+
+        #(#cfgs)*
+        #[allow(deprecated)]
+        const _: () = {
+            #(#checks)*
+        };
+    }
 }
 
 /// `ty: bound`, checked where `ty` is written, so the error names and
