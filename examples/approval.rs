@@ -26,6 +26,12 @@ struct Approval {
     approver: String,
 }
 
+/// Not an `Approval`: its field is misspelt and `approver` is missing.
+#[derive(Serialize)]
+struct Typo {
+    approve: bool,
+}
+
 /// Ask a manager to approve an expense; give up after the timeout.
 #[workflow(name = "approveExpense", timeout = "7d")]
 async fn approve_expense(ctx: Ctx, expense: Expense) -> workflow::Result<String> {
@@ -34,10 +40,18 @@ async fn approve_expense(ctx: Ctx, expense: Expense) -> workflow::Result<String>
         Ok::<_, BoxError>(())
     })
     .await?;
-    // In production the timeout would be days; here it is short.
-    let answer = ctx
-        .wait_for_event::<Approval>("approval", Some(Duration::from_secs(2)))
-        .await;
+    // In production the timeout would be days; here it is short. A payload
+    // that is not an `Approval` (a webhook with a typo) is dropped and the
+    // wait goes on: one bad request must not end a week-long approval.
+    let answer = loop {
+        match ctx
+            .wait_for_event::<Approval>("approval", Some(Duration::from_secs(2)))
+            .await
+        {
+            Err(workflow::Error::EventPayload { .. }) => continue,
+            other => break other,
+        }
+    };
     match answer {
         Ok(a) if a.approved => Ok(format!(
             "{} cents for {} approved by {}",
@@ -79,6 +93,10 @@ async fn main() -> workflow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("{} is {}", approved.id(), approved.status().await?);
+    // A misspelt call: dropped by the handler, which waits on.
+    approved
+        .send_event("approval", Typo { approve: true })
+        .await?;
     // The approval link may be clicked twice, or its webhook retried: the
     // click's id as the key keeps the event once.
     for click in 1..=2 {

@@ -210,11 +210,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     wait_for(&engine, timed_out.id(), Status::TimedOut).await?;
 
-    // Serve the console; 8080, or any free port if 8080 is taken.
+    // Serve the console; 8080, or any free port if 8080 is taken. Any
+    // other refusal (an address other machines reach, with no token) stops.
     let addr = std::env::var("CONSOLE_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let server = match engine.console().bind(addr.as_str()).await {
         Ok(server) => server,
-        Err(_) => engine.console().bind("127.0.0.1:0").await?,
+        Err(workflow::console::ConsoleError::Io(err))
+            if err.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            engine.console().bind("127.0.0.1:0").await?
+        }
+        Err(other) => return Err(other.into()),
     };
     println!("workflow console: {}", server.url());
     println!("Ctrl-C to stop");

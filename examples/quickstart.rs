@@ -45,8 +45,10 @@ async fn fetch_order(order_id: &str) -> Result<Order, std::io::Error> {
     })
 }
 
-async fn charge_payment(order: &Order) -> Result<String, std::io::Error> {
-    Ok(format!("ch_{}", order.id))
+/// A stand-in for a payment provider. A real one takes the idempotency key
+/// (Stripe's `Idempotency-Key` header) and charges a repeated key once.
+async fn charge_payment(order: &Order, idempotency_key: &str) -> Result<String, std::io::Error> {
+    Ok(format!("ch_{}_{idempotency_key}", order.id))
 }
 
 /// Process a new customer order
@@ -56,8 +58,13 @@ async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Res
         .step("fetch-order", || fetch_order(&input.order_id))
         .await?;
     ctx.state_mut().items_processed = order.prices.len() as u32;
+    // A step runs at least once (a crash after the charge and before its
+    // result is recorded runs it again): the key is the same at every try.
     let charge: String = ctx
-        .step("charge-payment", || charge_payment(&order))
+        .step("charge-payment", || async {
+            let key = ctx.idempotency_key().expect("inside a step");
+            charge_payment(&order, &key).await
+        })
         .await?;
     Ok(OrderOutput {
         status: format!("completed ({charge})"),

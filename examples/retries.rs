@@ -26,10 +26,13 @@ static CALLS: AtomicU32 = AtomicU32::new(0);
 async fn charge_card(ctx: Ctx, cents: u64) -> workflow::Result<String> {
     let receipt = ctx
         .step("charge", || async {
+            // A timeout may hide a charge that went through: the gateway
+            // gets the same key at every attempt and charges it once.
+            let key = ctx.idempotency_key().expect("inside a step");
             if CALLS.fetch_add(1, Ordering::SeqCst) < 2 {
                 return Err::<String, BoxError>("gateway timeout".into());
             }
-            Ok(format!("rcpt-{cents}"))
+            Ok(format!("rcpt-{cents} ({key})"))
         })
         .await?;
     Ok(receipt)

@@ -15,7 +15,7 @@ mod opening {
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Order { prices: Vec<f64> }
     async fn fetch_order(_id: &str) -> Result<Order, std::io::Error> { Ok(Order { prices: vec![1.0] }) }
-    async fn charge_payment(_order: &Order) -> Result<String, std::io::Error> { Ok("ch_1".into()) }
+    async fn charge_payment(_order: &Order, key: Option<String>) -> Result<String, std::io::Error> { Ok(format!("ch_{}", key.unwrap_or_default())) }
 
 use workflow::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -35,7 +35,8 @@ struct OrderState { items_processed: u32 }
 async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Result<OrderOutput> {
     let order: Order = ctx.step("fetch-order", || fetch_order(&input.order_id)).await?;
     ctx.state_mut().items_processed = order.prices.len() as u32;     // saved with the next step
-    ctx.step("charge-payment", || charge_payment(&order)).await?;
+    // A step runs at least once: the key lets the payment provider drop a repeat.
+    ctx.step("charge-payment", || charge_payment(&order, ctx.idempotency_key())).await?;
     Ok(OrderOutput { status: "completed".into(), total: order.prices.iter().sum() })
 }
 

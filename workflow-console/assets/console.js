@@ -48,12 +48,37 @@ function replace(el, ...children) {
   return append(clear(el), children);
 }
 
+// Replaces el's children with `children` unless they render the same, so
+// a poll that changed nothing leaves a click or a text selection in el
+// alone; and, while text is selected in el, unless only the clock moved
+// (`data`, what they were built from, is the same: "5 s ago" became "7 s
+// ago").
+const shownData = new WeakMap();
+function update(el, data, ...children) {
+  const fresh = append(h("div"), children);
+  const now = el.childNodes;
+  const same = fresh.childNodes.length === now.length
+    && Array.from(fresh.childNodes).every((node, i) => node.isEqualNode(now[i]));
+  if (same) return;
+  const sel = window.getSelection();
+  const selecting = sel && !sel.isCollapsed && el.contains(sel.anchorNode);
+  if (selecting && shownData.get(el) === data) return;
+  shownData.set(el, data);
+  replace(el, Array.from(fresh.childNodes));
+}
+
 const TOKEN_KEY = "workflow-console-token";
 
 // A token given as #token=... (a fragment: never sent to the server, so
 // never in its logs) or ?token=... is kept for this tab and removed from
 // the address bar. Also at every route: a #token= link pasted into an
 // open tab changes only the fragment, and does not load the page again.
+// What an Authorization header can carry: a token with anything else
+// (a typographic quote pasted with it) makes fetch throw before sending.
+function usableToken(t) {
+  return /^[\x21-\x7e]+$/.test(t);
+}
+
 function takeToken() {
   const url = new URL(location.href);
   const fromHash = url.hash.startsWith("#token=")
@@ -110,6 +135,11 @@ function toJson(value, space) {
 async function api(path, body) {
   const headers = { "Accept": "application/json" };
   const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token && !usableToken(token)) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    askToken();
+    throw new ApiError(401, { error: "the token holds characters no browser sends in a header" }, true);
+  }
   if (token) headers["Authorization"] = "Bearer " + token;
   const init = { headers, credentials: "same-origin" };
   if (body !== undefined) {
@@ -379,7 +409,12 @@ function askToken() {
   const input = h("input", { type: "password", placeholder: "token", autocomplete: "off" });
   openDialog("Token required", "This console requires the token it was started with (--token or WORKFLOW_CONSOLE_TOKEN).",
     h("label", { class: "field" }, "Token", input), "Use token", false,
-    async () => { sessionStorage.setItem(TOKEN_KEY, input.value); route(); });
+    async () => {
+      const token = input.value.trim();
+      if (!usableToken(token)) throw new Error("A token is visible ASCII characters only (no spaces, no typographic quotes).");
+      sessionStorage.setItem(TOKEN_KEY, token);
+      route();
+    });
 }
 
 // ---------------------------------------------------------------- routing
@@ -514,7 +549,7 @@ function listView(params) {
     // below, not them, and says so rather than show numbers the list
     // does not match.
     const narrowed = filters.tag || filters.q;
-    replace(counts, countBtn("", "All", total, false),
+    update(counts, toJson(overview) + "|" + filters.status, countBtn("", "All", total, false),
       STATUSES.map((s) => countBtn(s, LABEL[s], overview.counts[s] || 0, true)),
       narrowed ? h("span", { class: "muted", "data-testid": "counts-note" }, "counts ignore the tag and search filters") : null);
     // Workflow names, rebuilt only when they change so an open select stays open.
@@ -533,9 +568,9 @@ function listView(params) {
       h("td", { colspan: 6 }, h("span", { class: "mono" }, u.id),
         h("span", { class: "sub trunc", title: u.error }, "Row cannot be read: " + u.error))));
     if (!page.items.length && !unreadable.length) {
-      replace(body, h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No instances match.")));
+      update(body, "", h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No instances match.")));
     } else {
-      replace(body, unreadable, page.items.map((it) => h("tr", {
+      update(body, toJson(page), unreadable, page.items.map((it) => h("tr", {
         class: "click", "data-id": it.id, "data-status": it.status,
         onclick: (e) => { if (!e.target.closest("a")) location.hash = "#/instances/" + encodeURIComponent(it.id); },
       },
@@ -574,6 +609,7 @@ const TAIL = 200;
 function instanceView(id) {
   const root = h("div", { "data-testid": "instance" }, h("p", { class: "empty" }, "Loading…"));
   let lastJson = "";
+  let metaEl = null;
   let all = false;
   // Only the answer to the latest request is shown: one sent before a
   // "Show all" must not bring the cut list back.
@@ -603,12 +639,15 @@ function instanceView(id) {
         : (said[action] || "Done") + (res.note ? ", but " + res.note : "");
       toast(message);
       if (action === "rerun") location.hash = "#/instances/" + encodeURIComponent(res.id);
-      lastJson = "";
-      await refresh();
     } catch (err) {
       toast(err.message, true);
       throw err;
     }
+    // Done: a page that fails to load now must not read as the action
+    // failing (the dialog would stay open, inviting a second one). The
+    // next poll tries again.
+    lastJson = "";
+    refresh().catch(() => {});
   }
 
   function confirmAct(action, title, text, label, danger) {
@@ -656,8 +695,7 @@ function instanceView(id) {
     if (!active) buttons.push(h("button", { class: it.status === "failed" ? "primary" : "", "data-action": "rerun",
       onclick: () => confirmAct("rerun", "Re-run with the same input?", "Starts a new instance of " + it.workflow + " with this input and tags (plus rerun_of=" + it.id + ").", "Re-run", false) }, "Re-run"));
 
-    const meta = (k, v) => h("div", {}, h("div", { class: "k" }, k), h("div", { class: "v" }, v === null || v === undefined || v === "" ? "—" : v));
-    const total = span(it.started_at || it.created_at, it.finished_at);
+    metaEl = h("div", { class: "meta" }, metaItems(it));
 
     return [
       h("div", { class: "crumbs" }, h("a", { href: "#/" }, "Instances"), " / ",
@@ -667,22 +705,32 @@ function instanceView(id) {
       all && active ? h("div", { class: "muted paused", "data-testid": "paused" }, "Showing every step and event; live updates paused · ",
         h("button", { class: "link", "data-action": "resume-live", onclick: resume }, "Resume")) : null,
       it.error ? h("div", { class: "errorbox", "data-testid": "error" }, h("b", {}, LABEL[it.status] || "Error"), it.error) : null,
-      h("section", { class: "panel flush" }, h("div", { class: "meta" },
-        meta("Created", h("span", { title: it.created_at }, fmtTime(it.created_at))),
-        meta("Started", fmtTime(it.started_at)),
-        meta("Finished", fmtTime(it.finished_at)),
-        meta(it.finished_at ? "Duration" : it.started_at ? "Running for" : "Waiting for", fmtDur(total)),
-        meta("Deadline", it.deadline_at ? fmtTime(it.deadline_at) + (it.finished_at ? "" : " (" + ago(it.deadline_at) + ")") : null),
-        meta("Runs", String(it.runs)),
-        waiting(it, true) ? meta("Waiting", h("span", { "data-testid": "waiting" }, waiting(it, true))) : null,
-        it.parent ? meta("Parent", h("a", { class: "mono", href: "#/instances/" + encodeURIComponent(it.parent) }, it.parent)) : null,
-        meta("Key", it.key ? h("span", { class: "mono", "data-testid": "key" }, it.key) : null),
-        meta("Tags", tagChips(it.tags)))),
+      h("section", { class: "panel flush" }, metaEl),
       h("div", { class: "grid2" }, jsonPanel("Input", it.input, "input"), jsonPanel("Output", it.output, "output")),
       h("div", { style: "height:16px" }),
       jsonPanel("State", it.state, "state"),
       stepsPanel(it, d.steps, d.history, more(d.steps.length, d.steps_total, "steps")),
       historyPanel(d.history, more(d.history.length, d.history_total, "events")),
+    ];
+  }
+
+  // What the instance is, with the times that move on their own ("waiting
+  // for 3 s", "gives up in 2h"): updated at every poll, without the rest
+  // of the page, when nothing else changed.
+  function metaItems(it) {
+    const meta = (k, v) => h("div", {}, h("div", { class: "k" }, k), h("div", { class: "v" }, v === null || v === undefined || v === "" ? "—" : v));
+    const total = span(it.started_at || it.created_at, it.finished_at);
+    return [
+      meta("Created", h("span", { title: it.created_at }, fmtTime(it.created_at))),
+      meta("Started", fmtTime(it.started_at)),
+      meta("Finished", fmtTime(it.finished_at)),
+      meta(it.finished_at ? "Duration" : it.started_at ? "Running for" : "Waiting for", fmtDur(total)),
+      meta("Deadline", it.deadline_at ? fmtTime(it.deadline_at) + (it.finished_at ? "" : " (" + ago(it.deadline_at) + ")") : null),
+      meta("Runs", String(it.runs)),
+      waiting(it, true) ? meta("Waiting", h("span", { "data-testid": "waiting" }, waiting(it, true))) : null,
+      it.parent ? meta("Parent", h("a", { class: "mono", href: "#/instances/" + encodeURIComponent(it.parent) }, it.parent)) : null,
+      meta("Key", it.key ? h("span", { class: "mono", "data-testid": "key" }, it.key) : null),
+      meta("Tags", tagChips(it.tags)),
     ];
   }
 
@@ -713,11 +761,16 @@ function instanceView(id) {
     if (text !== lastJson) {
       lastJson = text;
       replace(root, render(d));
+    } else if (metaEl) {
+      update(metaEl, text, metaItems(d.instance));
     }
   }
 
-  // No such instance (purged since a link to it was made), said in the page.
+  // No such instance (purged since a link to it was made), said in the
+  // page; the next answer that comes is shown again, even the same one.
   function showError(err) {
+    lastJson = "";
+    metaEl = null;
     replace(root, h("div", { class: "errorbox", "data-testid": "page-error" },
       h("b", {}, err.status === 404 ? "No such instance" : "Cannot show this instance"), err.message));
   }
@@ -792,7 +845,8 @@ function workflowsView() {
   function card(def, counts) {
     const example = toJson(sample(def.input_schema), 2);
     const input = h("textarea", { rows: Math.min(10, example.split("\n").length + 1), "data-testid": "start-input" }, example);
-    const key = h("input", { placeholder: "optional" });
+    const key = h("input", { placeholder: "optional", "data-testid": "start-key",
+      title: "At most one active instance per key: a second start with it finds the first" });
     const tags = h("input", { placeholder: "env=dev, team=ops" });
     const result = h("div");
     const start = h("button", { class: "primary", "data-testid": "start" }, "Start instance");
@@ -808,8 +862,13 @@ function workflowsView() {
       try { tagMap = parseTags(tags.value); } catch (e) { replace(result, h("div", { class: "violations" }, e.message)); return; }
       start.disabled = true;
       try {
-        const res = await api("workflows/" + encodeURIComponent(def.name) + "/start", { input: value, key: key.value.trim() || null, tags: tagMap });
-        replace(result, h("div", { class: "ok" }, "Started ", h("a", { class: "mono", href: "#/instances/" + encodeURIComponent(res.id) }, res.id)));
+        // With a key, once per key: a click repeated after a lost answer
+        // finds the instance the first one started.
+        const k = key.value.trim();
+        const res = await api("workflows/" + encodeURIComponent(def.name) + "/start",
+          { input: value, key: k || null, tags: tagMap, once: !!k });
+        replace(result, h("div", { class: "ok" }, res.created ? "Started " : "Already started with this key: ",
+          h("a", { class: "mono", href: "#/instances/" + encodeURIComponent(res.id) }, res.id)));
       } catch (err) {
         replace(result, violationList(err));
       } finally {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use workflow_core::{
     Definition, Engine, Error, ErrorKind, EventSent, InstanceId, InstanceInfo, Query, StartOptions,
-    Status, Timeout, Violation, WaitingFor,
+    Status, StoreError, Timeout, Violation, WaitingFor,
 };
 
 use crate::page;
@@ -418,9 +418,12 @@ fn same_origin_change(
 }
 
 /// The name of `host` without its port: `example.com:80` → `example.com`,
-/// `[::1]:80` → `::1`.
+/// `[::1]:80` → `::1`; a bare IPv6 address (`--allow-host fe80::1`) is
+/// whole, not a name and a port.
 pub(crate) fn host_name(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        host
+    } else if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
         host.rsplit_once(':').map_or(host, |(name, port)| {
@@ -744,6 +747,14 @@ async fn list(
                 ));
             }
             Err(Error::NotFound(_)) => query = query.key(q),
+            // Named, as a listing names a row it cannot read, rather than
+            // a failed search.
+            Err(Error::Store(StoreError::Corrupt { id, message })) => {
+                let unreadable = json!([{ "id": id, "error": message }]);
+                return Ok(Json(
+                    json!({ "items": [], "unreadable": unreadable, "next": null }),
+                ));
+            }
             Err(err) => return Err(err.into()),
         }
     }
@@ -874,7 +885,7 @@ async fn set_timeout(
     let body: TimeoutBody = parse_body(body)?;
     let timeout = match (given(&body.after), body.at) {
         (Some(after), None) => Timeout::In(parse_timeout(after).map_err(ApiError::bad_request)?),
-        (None, Some(at)) => Timeout::At(at),
+        (None, Some(at)) => Timeout::At(future_deadline(at).map_err(ApiError::bad_request)?),
         _ => {
             return Err(ApiError::bad_request(
                 "give the new deadline as one of `in` (`2h`, from now) or `at` (RFC 3339)",
@@ -1087,6 +1098,21 @@ async fn start(
     Ok((status, Json(json!({ "id": id, "created": created }))))
 }
 
+/// A new deadline at a set time, refused when it is past: the instance
+/// would end `TimedOut` at once, for good, which a mistyped year should
+/// not do (a cancel ends an instance on purpose).
+pub(crate) fn future_deadline(
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if at <= chrono::Utc::now() {
+        return Err(format!(
+            "deadline {} is past: the instance would time out at once; cancel it to end it now",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ));
+    }
+    Ok(at)
+}
+
 /// A start's timeout, as `#[workflow(timeout = ..)]` takes it: a humantime
 /// duration of at least 1 ms (a zero one would time the instance out
 /// before it ran).
@@ -1099,7 +1125,7 @@ pub(crate) fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
 }
 
 /// A start's delay: a humantime duration (`0s` is no delay).
-fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
     workflow_rules::duration::parse(text).map_err(|err| format!("delay `{text}`: {err}"))
 }
 
@@ -1108,9 +1134,10 @@ pub(crate) fn given(text: &Option<String>) -> Option<&str> {
     text.as_deref().map(str::trim).filter(|t| !t.is_empty())
 }
 
-/// Shared by the API and the CLI: `options` with a start's timeout and
-/// delay as written (`10m`, `1h`), or why one does not parse.
-pub(crate) fn with_timing(
+/// `options` with a start's timeout and delay as written (`10m`, `1h`), or
+/// why one does not parse. (The CLI parses its flags with the same
+/// functions, before it connects.)
+fn with_timing(
     mut options: StartOptions,
     timeout: Option<&str>,
     delay: Option<&str>,
@@ -1258,5 +1285,12 @@ mod tests {
             assert!(!host_allowed(&allowed, bad), "{bad}");
         }
         assert!(!host_allowed(&[], "ops.example.com"));
+        // `Console::allowed_hosts` keeps names through host_name: a bare
+        // IPv6 address is one, not a name and a port.
+        let allowed = [host_name("fe80::1").to_owned()];
+        assert!(host_allowed(&allowed, "[fe80::1]:8080"));
+        assert!(!host_allowed(&allowed, "[fe80::2]:8080"));
+        assert_eq!(host_name("[fe80::1]:8080"), "fe80::1");
+        assert_eq!(host_name("example.com:80"), "example.com");
     }
 }

@@ -67,15 +67,15 @@ pub enum Command {
         #[arg(long, requires = "key")]
         once: bool,
         /// A tag `name=value` (repeat for more).
-        #[arg(long = "tag", value_name = "NAME=VALUE")]
-        tags: Vec<String>,
+        #[arg(long = "tag", value_name = "NAME=VALUE", value_parser = tag_arg)]
+        tags: Vec<(String, String)>,
         /// A deadline instead of the workflow's own (`30s`, `10m`, `2h`),
         /// counted from the start.
-        #[arg(long)]
-        timeout: Option<String>,
+        #[arg(long, value_parser = crate::api::parse_timeout)]
+        timeout: Option<std::time::Duration>,
         /// Start this much later (`30s`, `1h`); pending until then.
-        #[arg(long)]
-        delay: Option<String>,
+        #[arg(long, value_parser = crate::api::parse_delay)]
+        delay: Option<std::time::Duration>,
     },
     /// Instances, newest first.
     List {
@@ -139,8 +139,9 @@ pub enum Command {
         /// The new deadline, this long from now (`30m`, `2h`, `7d`; at least 1ms).
         #[arg(long = "in", value_name = "DURATION", group = "deadline", value_parser = crate::api::parse_timeout)]
         after: Option<std::time::Duration>,
-        /// The new deadline, at this time (RFC 3339: `2026-12-24T09:00:00Z`).
-        #[arg(long, value_name = "TIME", group = "deadline", value_parser = time_arg)]
+        /// The new deadline, at this time (RFC 3339: `2026-12-24T09:00:00Z`),
+        /// ahead of now.
+        #[arg(long, value_name = "TIME", group = "deadline", value_parser = deadline_arg)]
         at: Option<DateTime<Utc>>,
     },
     /// Send an event to an instance (`ctx.wait_for_event(NAME, ..)` receives it).
@@ -245,6 +246,17 @@ impl CliError {
             // A database URL that does not parse or names no file.
             | CliError::Workflow(Error::Config(_)) => 2,
             _ => 1,
+        }
+    }
+
+    /// The message as the `workflow` binary prints it on standard error:
+    /// with terminal control characters written out (`\u{1b}`), as in all
+    /// its output, since it may quote a damaged row or a failure's text.
+    pub fn to_terminal(&self) -> String {
+        let text = self.to_string();
+        match escape_controls(text.as_bytes()) {
+            Some(shown) => String::from_utf8_lossy(&shown).into_owned(),
+            None => text,
         }
     }
 }
@@ -368,6 +380,11 @@ pub async fn run(
     notes: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     let out = &mut UntilClosed { out, closed: false };
+    // Notes quote rows too (an unreadable one's error).
+    let notes = &mut UntilClosed {
+        out: notes,
+        closed: false,
+    };
     let engine = crate::connect(&cli.db).await?;
     let json = cli.json;
     match cli.command {
@@ -397,12 +414,15 @@ pub async fn run(
             if let Some(key) = &key {
                 options = options.key(key.clone());
             }
-            for tag in tags {
-                let (k, v) = split_tag(&tag)?;
+            for (k, v) in tags {
                 options = options.tag(k, v);
             }
-            let options = crate::api::with_timing(options, timeout.as_deref(), delay.as_deref())
-                .map_err(|why| CliError::Usage(format!("--{why}")))?;
+            if let Some(timeout) = timeout {
+                options = options.timeout(timeout);
+            }
+            if let Some(delay) = delay {
+                options = options.delay(delay);
+            }
             let started = match (once, key) {
                 (true, Some(key)) => engine.get_or_start_json(&name, key, input, options).await,
                 _ => engine
@@ -641,6 +661,12 @@ pub async fn run(
                     ))
                 })?;
             let deleted = engine.purge(before, workflow.as_deref()).await?;
+            // What the engine used: it keeps what ended in the last minute
+            // whatever the cutoff (`--older-than 0s`).
+            let before = chrono::Duration::from_std(workflow_core::PURGE_MARGIN)
+                .ok()
+                .and_then(|margin| Utc::now().checked_sub_signed(margin))
+                .map_or(before, |latest| before.min(latest));
             if json {
                 print_json(
                     out,
@@ -983,11 +1009,11 @@ fn parse_json(what: &str, text: &str) -> Result<Value, CliError> {
     })
 }
 
-fn split_tag(tag: &str) -> Result<(String, String), CliError> {
+fn tag_arg(tag: &str) -> Result<(String, String), String> {
     tag.split_once('=')
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| CliError::Usage(format!("tag `{tag}` is not name=value")))
+        .ok_or_else(|| format!("tag `{tag}` is not name=value"))
 }
 
 /// After this long still waiting for a worker, `run --wait` says so.
@@ -1072,6 +1098,11 @@ fn time(t: Option<DateTime<Utc>>) -> String {
 fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
     workflow_rules::duration::parse(text)
         .map_err(|err| format!("not a duration (`30s`, `12h`, `30d`): {err}"))
+}
+
+/// `set-timeout --at`: a time ahead of now.
+fn deadline_arg(text: &str) -> Result<DateTime<Utc>, String> {
+    crate::api::future_deadline(time_arg(text)?)
 }
 
 fn time_arg(text: &str) -> Result<DateTime<Utc>, String> {
@@ -1223,6 +1254,14 @@ mod tests {
         );
     }
 
+    #[test]
+    fn errors_reach_the_terminal_escaped() {
+        let err = CliError::Usage("status \u{1b}]52;c;evil\u{7} of x".into());
+        assert_eq!(err.to_terminal(), "status \\u{1b}]52;c;evil\\u{7} of x");
+        let plain = CliError::Usage("no such instance".into());
+        assert_eq!(plain.to_terminal(), "no such instance");
+    }
+
     /// A reader that takes `room` bytes, then closes its end of the pipe.
     struct Pipe {
         taken: Vec<u8>,
@@ -1330,7 +1369,7 @@ mod tests {
         let cli = Cli::try_parse_from(["workflow", "run", "greet", "{}", "--wait", "--tag", "a=b"])
             .unwrap();
         assert!(
-            matches!(cli.command, Command::Run { wait: true, ref tags, .. } if tags == &["a=b"])
+            matches!(cli.command, Command::Run { wait: true, ref tags, .. } if tags == &[("a".to_owned(), "b".to_owned())])
         );
         assert!(Cli::try_parse_from(["workflow", "frobnicate"]).is_err());
     }

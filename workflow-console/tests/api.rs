@@ -316,6 +316,12 @@ async fn an_unreadable_row_is_named_and_the_rest_listed() {
         unreadable[0]["error"].as_str().unwrap().contains("lost"),
         "{page}"
     );
+    // Searched for by id: named the same way, not a failed search.
+    let found = get(&base, &format!("/api/instances?q={}", f.failed)).await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    let found = found.json();
+    assert_eq!(found["items"], serde_json::json!([]), "{found}");
+    assert_eq!(found["unreadable"][0]["id"], f.failed.as_str(), "{found}");
     // The instance itself: an error naming it, not a crash of the console.
     let one = get(&base, &format!("/api/instances/{}", f.failed)).await;
     assert_eq!(one.status, 500, "{}", one.body);
@@ -437,10 +443,13 @@ async fn changes_are_checked_and_applied() {
         json!({"in": "3h", "at": "2099-01-01T00:00:00Z"}),
         json!({"in": "soon"}),
         json!({"in": "10M"}),
+        // Past: it would time the instance out for good.
+        json!({"at": "2025-01-01T00:00:00Z"}),
     ] {
         let res = post(&base, &timeout_path, bad.clone()).await;
         assert_eq!(res.status, 400, "{bad}: {}", res.body);
     }
+    assert_eq!(deadline_of(&f.listening).await, deadline, "unchanged");
     let ended = post(
         &base,
         &format!("/api/instances/{}/timeout", f.running),

@@ -512,6 +512,22 @@ async fn console_in_a_real_browser() {
     .await;
     assert!(waiting.starts_with("event approval"), "{waiting}");
     b.screenshot("instance-listening").await;
+    // Nothing about it changes, but the time it has run for moves on
+    // (before, the page kept the first answer's "Running for 1.20 s").
+    let meta = || async {
+        b.js(
+            "return document.querySelector('.meta').textContent;",
+            json!([]),
+        )
+        .await
+        .as_str()
+        .map(str::to_owned)
+    };
+    let first = meta().await.expect("the meta panel");
+    wait_for("the running time to move on", || async {
+        meta().await.filter(|now| *now != first)
+    })
+    .await;
     // Its deadline moved from the page.
     let before = chrono::Utc::now();
     b.click("button[data-action=set-timeout]").await;
@@ -527,7 +543,12 @@ async fn console_in_a_real_browser() {
     })
     .await;
     assert!((moved - before).num_minutes() <= 361, "{moved}");
-    assert!(b.text_shown("Deadline moved").await, "the toast says so");
+    // The store can hold the new deadline before the page has read the
+    // answer, so the toast is waited for, not looked for once.
+    wait_for("the toast that says so", || async {
+        b.text_shown("Deadline moved").await.then_some(())
+    })
+    .await;
     b.click("button[data-action=send-event]").await;
     // The name it listens for is filled in.
     let name = b
@@ -548,7 +569,10 @@ async fn console_in_a_real_browser() {
         (!found.is_empty()).then_some(())
     })
     .await;
-    assert!(b.text_shown("Event sent").await, "the toast says so");
+    wait_for("the toast that says so", || async {
+        b.text_shown("Event sent").await.then_some(())
+    })
+    .await;
     assert_eq!(
         f.engine.instance(&f.listening).await.unwrap().output,
         Some(json!("15000 cents approved: true"))
@@ -726,6 +750,36 @@ async fn console_in_a_real_browser() {
         "{said}"
     );
     assert!(b.text_shown("live ·").await, "the server answered");
+
+    // A running instance's page that failed to load once shows it again
+    // when the next answer comes, though it is the same as before.
+    let waiting = common::ApproveExpense::start(&f.engine, 7).await.unwrap();
+    common::wait_status(&f.engine, waiting.id(), Status::Listening).await;
+    b.goto(&format!(
+        "http://{}/#/instances/{}",
+        server.local_addr(),
+        waiting.id()
+    ))
+    .await;
+    let badge = ".title [data-status-badge=listening]";
+    wait_for("the listening badge", || async {
+        (!b.find_all(badge).await.is_empty()).then_some(())
+    })
+    .await;
+    let set_status = |status: &'static str| {
+        db.execute(
+            "UPDATE instances SET status = ?1 WHERE id = ?2",
+            [status, waiting.id().as_str()],
+        )
+        .unwrap()
+    };
+    set_status("lost");
+    page_error(&b, "the damaged instance's message").await;
+    set_status("listening");
+    wait_for("the instance shown again", || async {
+        (!b.find_all(badge).await.is_empty()).then_some(())
+    })
+    .await;
     b.close().await;
     server.shutdown();
 }

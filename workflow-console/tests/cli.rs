@@ -379,7 +379,29 @@ async fn starts_and_steers_for_a_running_engine() {
     assert_eq!(out.code, 2, "--wait-timeout needs --wait: {}", out.stderr);
     let out = cli(url, &["run", "processOrder", "{}", "--delay", "soon"]).await;
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("--delay `soon`"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--delay") && out.stderr.contains("delay `soon`"),
+        "{}",
+        out.stderr
+    );
+    // Typos are read before anything connects, as for `purge`.
+    for (flag, value, said) in [
+        ("--timeout", "soon", "timeout `soon`"),
+        ("--delay", "10M", "`m` for minutes"),
+        ("--tag", "env", "tag `env` is not name=value"),
+    ] {
+        let out = cli(
+            "sqlite:///no/such/dir/x.db",
+            &["run", "processOrder", "{}", flag, value],
+        )
+        .await;
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(
+            out.stderr.contains(flag) && out.stderr.contains(said),
+            "{}",
+            out.stderr
+        );
+    }
     // A workflow whose input is `()` needs none on the command line.
     let info = json(&cli(url, &["run", "nightlyCleanup", "--wait", "--json"]).await);
     assert_eq!(info["status"], "completed");
@@ -475,6 +497,19 @@ async fn starts_and_steers_for_a_running_engine() {
     let out = cli(url, &["set-timeout", slow.as_str(), "--at", "tomorrow"]).await;
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("RFC 3339"), "{}", out.stderr);
+    // A past time (a mistyped year) would time it out for good: refused.
+    let out = cli(
+        url,
+        &["set-timeout", slow.as_str(), "--at", "2025-12-24T09:00:00Z"],
+    )
+    .await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("is past"), "{}", out.stderr);
+    assert_eq!(
+        f.engine.instance(&slow).await.unwrap().deadline_at,
+        Some(deadline),
+        "unchanged"
+    );
     // Humantime's `M` is months: refused as a likely typo for minutes.
     let out = cli(url, &["set-timeout", slow.as_str(), "--in", "10M"]).await;
     assert_eq!(out.code, 2);
@@ -584,6 +619,16 @@ async fn starts_and_steers_for_a_running_engine() {
     assert!(
         chrono::DateTime::parse_from_rfc3339(&before).is_ok(),
         "{before}"
+    );
+    // The cutoff said is the one the engine used: never within the last
+    // minute, which it keeps whatever `--older-than` says.
+    let out = cli(url, &["purge", "--older-than", "0s", "--json"]).await;
+    let answered = chrono::Utc::now();
+    let before = json(&out)["ended_before"].as_str().unwrap().to_owned();
+    let before = chrono::DateTime::parse_from_rfc3339(&before).unwrap();
+    assert!(
+        before <= answered - chrono::Duration::seconds(59),
+        "{before} is within a minute of {answered}"
     );
 }
 

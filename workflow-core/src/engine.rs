@@ -118,8 +118,9 @@ pub const PURGE_BATCH: usize = 500;
 /// winding down, and a scheduler whose clock is a little behind may look
 /// at a tick fired by another engine (up to the scheduler's 30 s refire
 /// window) and must find its instance by its key, not fire it again.
-/// Retention's shortest keep is the same minute.
-const PURGE_MARGIN: Duration = Duration::from_secs(60);
+/// Retention's shortest keep is the same minute, and [`Engine::purge`]
+/// keeps them whatever cutoff it is given.
+pub const PURGE_MARGIN: Duration = Duration::from_secs(60);
 
 /// The longest event key accepted: every store indexes keys, and
 /// PostgreSQL's B-tree refuses entries much over 2 KiB.
@@ -500,6 +501,10 @@ impl EngineBuilder {
     }
 
     /// Retry policy of `ctx.step` (default: 5 attempts, see [`StepOptions`]).
+    /// A workflow's `retries`, `backoff(..)` and `jitter` attributes replace
+    /// their parts of it for its own steps (a `backoff` whole, its settings
+    /// left out taken from [`Backoff::DEFAULT`](crate::Backoff::DEFAULT));
+    /// `ctx.step_with` replaces it for one step.
     pub fn step_options(mut self, options: StepOptions) -> Self {
         self.config.step_options = options;
         self
@@ -576,7 +581,7 @@ impl EngineBuilder {
                         "cannot open `{}`: no connector; use `workflow::Engine::builder()` from the facade crate, or `.store(..)`",
                         redact_password(&url)
                     ),
-                    None => "no store: call `.store(..)` or `.database_url(..)`".to_owned(),
+                    None => "no store: call `.store(..)`, or build with `workflow::Engine::builder()` from the facade crate, which opens `.database_url(..)` (./workflows.db if none)".to_owned(),
                 }))
             }
         };
@@ -1291,7 +1296,7 @@ impl Engine {
     /// tree (whatever its own workflow), and only once every instance of
     /// that tree ended before `ended_before`, so a cancel or a timeout
     /// still reaches every running descendant. Nothing that ended in the
-    /// last minute (by the engine's [`Clock`]) is deleted, whatever
+    /// last minute ([`PURGE_MARGIN`], by the engine's [`Clock`]) is deleted, whatever
     /// `ended_before` says: a handler cancelled a moment ago may still be
     /// winding down, and another engine's scheduler, on a clock a little
     /// behind, must still find a tick's instance by its key. A purged

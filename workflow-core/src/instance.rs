@@ -399,8 +399,11 @@ impl<W: Workflow> Instance<W> {
     ///
     /// It waits as long as that takes: an instance no worker runs (none
     /// registers its workflow, or none is started) never ends, even past
-    /// its deadline, which workers enforce. Bound the wait with
-    /// [`result_timeout`](Self::result_timeout).
+    /// its deadline, which workers enforce; nor does a `Paused` one until
+    /// someone resumes it, and the engine pauses some itself (see
+    /// [`Status::Paused`](crate::Status::Paused)). Bound the wait with
+    /// [`result_timeout`](Self::result_timeout) where a caller is waiting,
+    /// as in an HTTP handler.
     pub async fn result(&self) -> Result<W::Output> {
         self.ensure_workflow().await?;
         let row = self.engine.wait_terminal(&self.id, None).await?;
@@ -591,7 +594,9 @@ pub struct InstanceInfo {
     pub state: Option<serde_json::Value>,
     /// Tags.
     pub tags: BTreeMap<String, String>,
-    /// Dedup key.
+    /// The key it was started with: what [`Workflow::get_or_create`]
+    /// deduplicates on and [`Query::key`] finds. One given with
+    /// [`StartOptions::key`] was not checked against other instances.
     pub key: Option<String>,
     /// Created.
     pub created_at: DateTime<Utc>,

@@ -18,9 +18,12 @@ pub enum Status {
     /// (`ctx.run_child`), until it comes or the wait times out. A sleep or
     /// a retry backoff waits as `Pending`, due at its end.
     Listening,
-    /// Paused: by `pause` (a user, the console, the CLI), or by the engine
-    /// after too many runs in a row ended without recording how (a
-    /// crash loop; its history says why). `resume` lets it run on.
+    /// Paused: by `pause` (a user, the console, the CLI), or by the
+    /// engine, which pauses rather than fails where a fix can save the
+    /// instance: too many runs in a row ended without recording how (a
+    /// crash loop), the handler cannot read what an earlier version
+    /// recorded, or its row is damaged. Its history says why; its deadline
+    /// does not count meanwhile. `resume` lets it run on.
     Paused,
     /// Finished with an output.
     Completed,

@@ -700,6 +700,10 @@ impl Engine {
     /// a model), starts it, and returns `{"workflowId", "status"}` at once.
     /// For a variant that waits for the output, call
     /// `W::as_tool().wait(bound)` through [`Tool::call`] or a [`Toolbox`].
+    ///
+    /// Any workflow the store knows can be started this way, not only the
+    /// ones offered to a model: when the model chooses `name`, call through
+    /// the [`Toolbox`] of the tools it was given, which refuses the others.
     pub async fn call_tool(&self, name: &str, args: Value) -> Result<Value> {
         self.tool(name).await?.call(self, args).await
     }

@@ -243,6 +243,24 @@ pub(crate) fn decode_named<T: DeserializeOwned>(json: &str) -> std::result::Resu
     })
 }
 
+/// The error a handler returned, as its instance records it: the chain,
+/// less the name of the instance's own workflow in a step's failure, which
+/// everything that shows the record names already (`workflow `w` instance
+/// .. failed: step `charge` failed after 3 attempt(s): ..`).
+fn recorded_error(workflow: &str, err: &(dyn std::error::Error + 'static)) -> String {
+    match err.downcast_ref::<Error>() {
+        Some(Error::Step {
+            workflow: own,
+            step,
+            attempts,
+            message,
+        }) if own == workflow => {
+            format!("step `{step}` failed after {attempts} attempt(s): {message}")
+        }
+        _ => error_chain(err),
+    }
+}
+
 /// `engine`'s step options with `W`'s defaults on top: each of
 /// `RETRIES`, `BACKOFF` and `JITTER` that is set replaces its part, the rest
 /// stays the engine's.
@@ -370,7 +388,7 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
                     .map(|(json, _)| json)
                     .map_err(|err| err.to_string())
                 }
-                Err(err) => Err(error_chain(&*err)),
+                Err(err) => Err(recorded_error(W::NAME, &*err)),
             };
             // Caught here, not with the handler: a panic of its own after
             // `ctx.complete` leaves the outcome as given, one of the state

@@ -582,10 +582,21 @@ async fn a_step_out_of_attempts_fails_the_instance_with_its_error() {
     let Error::Failed { message, .. } = err else {
         panic!("expected Failed, got {err:?}")
     };
-    assert!(
-        message
-            .contains("step `shaky` of workflow `flaky` failed after 3 attempt(s): disk on fire"),
-        "{message}"
+    // The workflow is named once, by `Failed`, not again by the step.
+    assert_eq!(
+        message,
+        "step `shaky` failed after 3 attempt(s): disk on fire"
+    );
+    assert_eq!(
+        Error::Failed {
+            id: inst.id().clone(),
+            workflow: "flaky".into(),
+            message
+        }
+        .to_string()
+        .matches("`flaky`")
+        .count(),
+        1
     );
     let history = inst.history().await.unwrap();
     assert_eq!(

@@ -267,7 +267,14 @@ impl SqliteStore {
         let mut pause = Duration::from_millis(5);
         loop {
             match Self::open_once(&connect, &options).await {
-                Ok(store) => return Ok(store),
+                Ok(store) => {
+                    // A relative URL resolves against the working directory,
+                    // which a service manager picks (systemd's is `/`): say
+                    // which file holds the instances.
+                    let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+                    tracing::info!(path = %shown.display(), "opened the SQLite database");
+                    return Ok(store);
+                }
                 Err(Opening::Busy(err)) if started.elapsed() < options.busy_timeout => {
                     tracing::debug!(error = %err, ?pause, "SQLite database busy while opening; trying again");
                     tokio::time::sleep(pause).await;

@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
     match run(cli, &mut stdout, &mut stderr).await {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", err.to_terminal());
             ExitCode::from(err.exit_code())
         }
     }

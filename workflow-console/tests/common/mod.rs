@@ -91,7 +91,7 @@ pub struct Approval {
 
 /// Wait for a manager's approval.
 #[workflow(name = "approveExpense", timeout = "7d")]
-async fn approve_expense(ctx: Ctx, cents: u64) -> workflow::Result<String> {
+pub async fn approve_expense(ctx: Ctx, cents: u64) -> workflow::Result<String> {
     let answer: Approval = ctx.wait_for_event("approval", None).await?;
     Ok(format!("{cents} cents approved: {}", answer.approved))
 }
