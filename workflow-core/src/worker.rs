@@ -703,6 +703,11 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     // Often enough that a cancel or a moved deadline from another process
     // reaches the handler within about a second.
     let every = (inner.config.lease / 3).min(Duration::from_secs(1));
+    // A lease that would end before the next tick counts as ended now:
+    // checked only at ticks, it would otherwise run on past its end (by up
+    // to a tick, when the lease is no multiple of it) beside the worker
+    // that took the instance over. A renewed lease never comes this close.
+    let margin = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
     let mut ticks: u64 = 0;
     // Claims ahead (instance, run) still waiting at the last tick.
     let mut waiting: HashSet<(InstanceId, i64)> = HashSet::new();
@@ -714,6 +719,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
         tokio::time::sleep(every).await;
         ticks += 1;
         let now = now_millis();
+        let lapse_by = now.saturating_add(margin);
         let (runs, leases, earliest) = {
             let mut ends = lock(&w.lease_ends);
             // The queue before the running: an instance started between
@@ -731,14 +737,14 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
             // may hold the instance now. Its handler stops below.
             let runs: Vec<Arc<RunShared>> = runs
                 .into_iter()
-                .filter(|r| end_of(&r.lease) > now)
+                .filter(|r| end_of(&r.lease) > lapse_by)
                 .collect();
             let mut leases: Vec<Lease> = runs.iter().map(|r| r.lease.clone()).collect();
-            leases.extend(ready.into_iter().filter(|l| end_of(l) > now));
+            leases.extend(ready.into_iter().filter(|l| end_of(l) > lapse_by));
             let earliest = leases.iter().map(end_of).min();
             (runs, leases, earliest)
         };
-        stop_lapsed(&w, now);
+        stop_lapsed(&w, lapse_by);
         // Taken before the store is read: see `RunShared::pause_as_stored`
         // and `RunShared::deadline_as_stored`.
         let seen: Vec<(u64, u64)> = runs
@@ -750,7 +756,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
             // Bounded by the leases held: a renewal still hanging when the
             // first of them ends (a store retrying, a connection gone
             // quiet) cannot keep its handler running past it.
-            let left = Duration::from_millis(u64::try_from(earliest - now).unwrap_or(0));
+            let left = Duration::from_millis(u64::try_from(earliest - lapse_by).unwrap_or(0));
             match tokio::time::timeout(left, caught(inner.store.renew(&leases, until))).await {
                 Ok(Ok(renewals)) => {
                     let mut ends = lock(&w.lease_ends);
@@ -769,11 +775,11 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                 }
                 Ok(Err(err)) => {
                     tracing::error!(error = %err, "renewing leases failed");
-                    stop_lapsed(&w, now_millis());
+                    stop_lapsed(&w, now_millis().saturating_add(margin));
                 }
                 Err(_) => {
                     tracing::error!("renewing leases took until the first of them lapsed");
-                    stop_lapsed(&w, now_millis());
+                    stop_lapsed(&w, now_millis().saturating_add(margin));
                 }
             }
         }
@@ -851,7 +857,7 @@ async fn hand_back(engine: &Engine, claimed: impl IntoIterator<Item = Claimed>) 
     }
 }
 
-/// Leases that ended by `now` without a renewal (the store could not be
+/// Leases that end by `now` without a renewal (the store could not be
 /// reached, or took too long to answer): another worker may have taken
 /// their instances over, so none of them may run on here. Stops their
 /// handlers (their next commit would be refused anyway) and drops those

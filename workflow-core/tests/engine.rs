@@ -2121,6 +2121,74 @@ async fn handlers_stop_when_renewals_panic() {
     leases_lapse(2, |store, panic| store.panic_renewals(panic)).await;
 }
 
+/// When `UntilStopped`'s step was dropped (its handler stopped).
+static STOPPED_AT: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+/// A step that runs until its handler is stopped, and notes when.
+struct UntilStopped;
+
+impl Workflow for UntilStopped {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "untilStopped";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        struct NoteDrop;
+        impl Drop for NoteDrop {
+            fn drop(&mut self) {
+                *STOPPED_AT.lock().unwrap() = Some(std::time::Instant::now());
+            }
+        }
+        ctx.step("forever", || async {
+            let _note = NoteDrop;
+            std::future::pending::<()>().await;
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Heartbeats tick every second under leases of 3.1 s: a lease unrenewed
+/// since the store went down ends between two ticks, and its handler
+/// stops at the tick before that end, not at the one after, when another
+/// worker may have taken the instance over already (up to 0.9 s of the
+/// two handlers side by side).
+#[tokio::test]
+async fn a_handler_stops_before_its_unrenewed_lease_ends() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let lease = Duration::from_millis(3_100);
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(UntilStopped)
+        .lease_duration(lease)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = UntilStopped::start(&engine, ()).await.unwrap();
+    until_status(&inst, Status::InProgress).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The last renewal came before this, so the lease ends by down + lease.
+    let down = std::time::Instant::now();
+    store.set_down(true);
+    let stopped = loop {
+        if let Some(at) = *STOPPED_AT.lock().unwrap() {
+            break at;
+        }
+        assert!(down.elapsed() < Duration::from_secs(10), "never stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    store.set_down(false);
+    assert!(
+        stopped <= down + lease,
+        "stopped {:?} after the store went down, past the lease's end",
+        stopped - down
+    );
+}
+
 /// How many times each `Backlogged` instance's step finished (input: its slot).
 static BACKLOG_DONE: [AtomicU32; 6] = [const { AtomicU32::new(0) }; 6];
 

@@ -41,11 +41,15 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Acquire, PgConnection, Row};
+use sqlx::{PgConnection, Row};
 use workflow_core::store::*;
 use workflow_core::{InstanceId, Status, StoreError};
 
 use crate::retry::{autocommit, commit, Attempt};
+
+/// How every transaction begins (see `PgStore::begin`), also those on a
+/// connection already taken from the pool.
+const READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 use crate::rows::{instance_row, step_row, COLUMNS, STEP_COLUMNS};
 
 /// A claim's count of runs, one more, never past its type's largest value:
@@ -187,10 +191,7 @@ impl Db {
     /// settings, and a session `SET` made through `PgStore::pool` stays
     /// on the connection.
     async fn begin(&self) -> Attempt<sqlx::Transaction<'static, sqlx::Postgres>> {
-        Ok(self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
-            .await?)
+        Ok(self.pool.begin_with(READ_COMMITTED).await?)
     }
 
     /// Wakes idle claimers (in every process); called once the work they
@@ -332,7 +333,8 @@ impl Db {
             "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, \
                  updated_at, run_at, deadline_at, parent_id) \
              SELECT id, workflow, 'pending', input, tags::jsonb, dedup_key, created_at, created_at, \
-                 run_at, deadline_at, parent_id \
+                 CASE WHEN run_at <= created_at THEN LEAST(run_at, {DB_CLOCK}) ELSE run_at END, \
+                 deadline_at, parent_id \
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
                  $7::int8[], $8::int8[], $9::text[]) \
                  AS n(id, workflow, input, tags, dedup_key, created_at, run_at, deadline_at, parent_id) \
@@ -830,7 +832,7 @@ impl Db {
                 // and hangs (its client cut off mid-transaction) must not
                 // stall the renewal of every other lease. Left out of the
                 // answer, this lease keeps its end and lapses if it stays so.
-                let mut tx = conn.begin().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, READ_COMMITTED).await?;
                 sqlx::query("SET LOCAL lock_timeout = '1s'")
                     .execute(&mut *tx)
                     .await?;
@@ -1040,7 +1042,7 @@ impl Db {
         let skip = if only.is_none() { "SKIP LOCKED" } else { "" };
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET lease_owner = NULL, lease_expires_at = NULL, updated_at = $2, \
-                 run_at = CASE WHEN status = 'in_progress' THEN $2 ELSE run_at END, \
+                 run_at = CASE WHEN status = 'in_progress' THEN LEAST($2, {DB_CLOCK}) ELSE run_at END, \
                  interrupted_runs = {INTERRUPTED_PLUS_ONE}, \
                  status = CASE WHEN status = 'in_progress' THEN 'pending' ELSE status END \
              WHERE id IN ( \
@@ -1143,14 +1145,18 @@ impl Db {
         };
         // `run_at` never later than the stored deadline: one moved while
         // the handler ran may not have reached it yet.
-        let stored_run_at: Millis = sqlx::query_scalar(
-            "UPDATE instances SET status = $2, run_at = LEAST($3, COALESCE(deadline_at, $3)), \
+        // Due now (the event or the child's end already there): by the
+        // database's clock at the latest, as for a wake-up.
+        let stored_run_at: Millis = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "UPDATE instances SET status = $2, \
+                 run_at = LEAST(CASE WHEN $3 <= $9 THEN LEAST($3, {DB_CLOCK}) ELSE $3 END, \
+                     COALESCE(deadline_at, $3)), \
                  wait_event = $4, wait_child = $5, \
                  retry_key = $6, retry_attempts = $7, state = COALESCE($8, state), updated_at = $9, \
                  paused_at = $10, pause_requested = FALSE, lease_owner = NULL, lease_expires_at = NULL, \
                  interrupted_runs = 0 \
              WHERE id = $1 RETURNING run_at",
-        )
+        )))
         .bind(lease.instance.as_str())
         .bind(status.as_str())
         .bind(run_at)
@@ -1360,7 +1366,8 @@ impl Db {
         }
         let resumed = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET status = 'pending', \
-                 run_at = CASE WHEN runs = 0 THEN GREATEST($2, run_at) ELSE LEAST($2, {DB_CLOCK}) END, \
+                 run_at = CASE WHEN runs = 0 THEN GREATEST(LEAST($2, {DB_CLOCK}), run_at) \
+                     ELSE LEAST($2, {DB_CLOCK}) END, \
                  updated_at = $2, pause_requested = FALSE, \
                  deadline_at = deadline_at + ($2 - COALESCE(paused_at, $2)), paused_at = NULL, \
                  interrupted_runs = 0 \
@@ -1425,7 +1432,7 @@ impl Db {
         let mut rows: Vec<&(String, String)> = rows.iter().collect();
         rows.sort();
         let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, READ_COMMITTED).await?;
         for (name, json) in rows {
             sqlx::query(
                 "INSERT INTO definitions (name, definition, recorded_at) VALUES ($1, $2, $3) \
@@ -1518,10 +1525,14 @@ pub(crate) async fn insert(
     conn: &mut PgConnection,
     new: &NewInstance,
 ) -> Result<PgRow, sqlx::Error> {
+    // Due now (run_at no later than its creation): by the database's clock
+    // at the latest, as a wake-up is. A delayed start keeps its time.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, updated_at, \
              run_at, deadline_at, parent_id) \
-         VALUES ($1, $2, 'pending', $3, $4::jsonb, $5, $6, $6, $7, $8, $9) RETURNING {COLUMNS}"
+         VALUES ($1, $2, 'pending', $3, $4::jsonb, $5, $6, $6, \
+             CASE WHEN $7 <= $6 THEN LEAST($7, {DB_CLOCK}) ELSE $7 END, $8, $9) \
+         RETURNING {COLUMNS}"
     )))
     .bind(new.id.as_str())
     .bind(&new.workflow)

@@ -297,6 +297,50 @@ async fn a_fast_senders_wake_up_is_due_now() {
     s.suspend(&c[0].lease, wait).await.unwrap();
     s.pause(&id, now_millis()).await.unwrap();
     s.resume(&id, now_millis() + SKEW).await.unwrap();
-    assert_eq!(claim(&s, "d", 0, LEASE).await.len(), 1, "resumed now");
+    let d = claim(&s, "d", 0, LEASE).await;
+    assert_eq!(d.len(), 1, "resumed now");
+    // Listening, and the event came before it suspended.
+    s.send_event(&id, "again", "2", None, now_millis())
+        .await
+        .unwrap();
+    let early = Suspend {
+        status: workflow_core::Status::Listening,
+        run_at: Millis::MAX,
+        wait_event: Some("again".into()),
+        wait_child: None,
+        retry: None,
+        state: None,
+        reason: "waiting for again".into(),
+        at: now_millis() + SKEW,
+    };
+    s.suspend(&d[0].lease, early).await.unwrap();
+    let e = claim(&s, "e", 0, LEASE).await;
+    assert_eq!(e.len(), 1, "the event was there: due now");
+    // Every lease of a worker handed back at once (its shutdown).
+    s.release_owner("e", now_millis() + SKEW).await.unwrap();
+    assert_eq!(claim(&s, "f", 0, LEASE).await.len(), 1, "handed back now");
+
+    // Started by a fast machine (an API server), due now...
+    let ahead = now_millis() + SKEW;
+    let fresh = common::pending("wf", ahead);
+    let fresh_id = fresh.id.clone();
+    s.create(fresh, None).await.unwrap();
+    let g = claim(&s, "g", 0, LEASE).await;
+    assert_eq!(g.len(), 1, "created due now");
+    assert_eq!(g[0].row.id, fresh_id);
+    // ... or in a batch; a delayed start keeps its time.
+    let mut later = common::pending("wf", ahead);
+    later.run_at = ahead + SKEW;
+    s.create_many(vec![common::pending("wf", ahead), later])
+        .await
+        .unwrap();
+    assert_eq!(claim(&s, "h", 0, LEASE).await.len(), 1, "only the due one");
+    // Paused before its first run, resumed by a fast caller.
+    let first = common::pending("wf", now_millis());
+    let first_id = first.id.clone();
+    s.create(first, None).await.unwrap();
+    s.pause(&first_id, now_millis()).await.unwrap();
+    s.resume(&first_id, now_millis() + SKEW).await.unwrap();
+    assert_eq!(claim(&s, "i", 0, LEASE).await.len(), 1, "resumed now");
     common::drop_schemas(&url, &[schema]).await;
 }
