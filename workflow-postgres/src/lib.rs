@@ -22,6 +22,9 @@
 //! - LISTEN/NOTIFY wakes idle workers when work becomes due elsewhere; it is
 //!   only a hint, polling stays the truth. It is sent after the commit, not
 //!   inside it: notifying transactions commit one at a time server-wide.
+//!   A listening connection quiet for 30 s is checked with a notification
+//!   to itself, and replaced when that does not come back (a flow a NAT
+//!   forgot without a reset delivers nothing and reports nothing).
 //! - Connections run READ COMMITTED whatever the server's default: the
 //!   store's transactions rely on a statement seeing what the holder of a
 //!   lock it waited for committed.
@@ -439,7 +442,8 @@ impl PgStore {
                 .idle_timeout(None)
                 .acquire_timeout(options.acquire_timeout)
                 .connect_lazy_with(connect);
-            (wake::spawn(listen.clone(), channel.clone()), Some(listen))
+            let hint = wake::spawn(listen.clone(), pool.clone(), channel.clone());
+            (hint, Some(listen))
         };
         Ok(PgStore {
             db: Db {

@@ -9,11 +9,25 @@ use std::time::Duration;
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::watch;
 
+/// After this long with no notification, the listener sends one to its own
+/// channel (through `echo_pool`): a connection that a NAT or a load
+/// balancer dropped without a reset delivers nothing and reports nothing,
+/// and every wake-up from other processes would be lost from then on.
+pub(crate) const QUIET: Duration = Duration::from_secs(30);
+
+/// How long that notification may take to come back before the connection
+/// counts as gone and a new one listens.
+pub(crate) const ECHO: Duration = Duration::from_secs(10);
+
+/// The payload of that notification: a check, not a wake-up. (Wake-ups
+/// carry none.)
+const PING: &str = "ping";
+
 /// Starts the listener on `pool` (its own, of one connection) for `channel`.
 /// The returned receiver changes on every notification and after every
 /// reconnect (what was sent meanwhile is unknown). The task ends when every
 /// receiver is gone or `pool` is closed.
-pub(crate) fn spawn(pool: PgPool, channel: String) -> watch::Receiver<u64> {
+pub(crate) fn spawn(pool: PgPool, echo_pool: PgPool, channel: String) -> watch::Receiver<u64> {
     let (tx, rx) = watch::channel(0u64);
     tokio::spawn(async move {
         let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
@@ -38,22 +52,55 @@ pub(crate) fn spawn(pool: PgPool, channel: String) -> watch::Receiver<u64> {
                 },
             };
             bump(&tx);
+            let mut pinged = false;
             loop {
+                let wait = if pinged { ECHO } else { QUIET };
                 tokio::select! {
                     _ = tx.closed() => return,
-                    received = listener.try_recv() => match received {
-                        Ok(Some(_)) => bump(&tx),
+                    received = tokio::time::timeout(wait, listener.try_recv()) => match received {
+                        Ok(Ok(Some(note))) => {
+                            pinged = false;
+                            if note.payload() != PING {
+                                bump(&tx);
+                            }
+                        }
                         // Reconnected (and listening again): anything sent
                         // in between is lost, so look now.
-                        Ok(None) => bump(&tx),
-                        Err(_) if pool.is_closed() => return,
-                        Err(err) => {
+                        Ok(Ok(None)) => {
+                            pinged = false;
+                            bump(&tx);
+                        }
+                        Ok(Err(_)) if pool.is_closed() => return,
+                        Ok(Err(err)) => {
                             tracing::debug!(error = %err, "LISTEN connection failed; reconnecting");
                             break;
+                        }
+                        Err(_) if pinged => {
+                            tracing::warn!(
+                                "LISTEN connection silent (a notification sent to it did not come back); reconnecting"
+                            );
+                            break;
+                        }
+                        Err(_) => {
+                            pinged = true;
+                            // On a task of its own: a pool that hangs must
+                            // not hold up the listening.
+                            let (echo_pool, channel) = (echo_pool.clone(), channel.clone());
+                            tokio::spawn(async move {
+                                let ping = sqlx::query("SELECT pg_notify($1, $2)")
+                                    .bind(channel)
+                                    .bind(PING)
+                                    .execute(&echo_pool);
+                                if let Ok(Err(err)) = tokio::time::timeout(ECHO, ping).await {
+                                    tracing::debug!(error = %err, "pinging the LISTEN connection failed");
+                                }
+                            });
                         }
                     },
                 }
             }
+            // What was sent while it was silent is lost: look now.
+            bump(&tx);
             tokio::select! {
                 _ = tx.closed() => return,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}

@@ -392,6 +392,135 @@ async fn notify_changes_the_wakeup_signal() {
     common::drop_schemas(&url, &[schema]).await;
 }
 
+/// A TCP proxy to the test server that can cut the connections open at a
+/// moment off without a reset, as a NAT or a load balancer that forgot an
+/// idle flow does: what they send either way is dropped from then on, and
+/// connections opened later pass.
+struct Proxy {
+    url: String,
+    frozen_below: Arc<std::sync::atomic::AtomicU64>,
+    opened: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(url: &str) -> Proxy {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        // postgres://user@host:port/db?...: the host and port are swapped
+        // for the proxy's.
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
+        let (user, server) = match authority.rsplit_once('@') {
+            Some((user, server)) => (format!("{user}@"), server),
+            None => (String::new(), authority),
+        };
+        let server = if server.contains(':') {
+            server.to_owned()
+        } else {
+            format!("{server}:5432")
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_url = format!("{scheme}://{user}{}{path}", listener.local_addr().unwrap());
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let opened = Arc::new(AtomicU64::new(0));
+        let (frozen, count) = (Arc::clone(&frozen_below), Arc::clone(&opened));
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let Ok(upstream) = tokio::net::TcpStream::connect(&server).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (ur, uw) = upstream.into_split();
+                tokio::spawn(Proxy::pipe(cr, uw, n, Arc::clone(&frozen)));
+                tokio::spawn(Proxy::pipe(ur, cw, n, Arc::clone(&frozen)));
+            }
+        });
+        Proxy {
+            url: proxy_url,
+            frozen_below,
+            opened,
+        }
+    }
+
+    /// Forwards connection `n`'s bytes one way until it is cut off.
+    async fn pipe(
+        mut from: impl tokio::io::AsyncRead + Unpin,
+        mut to: impl tokio::io::AsyncWrite + Unpin,
+        n: u64,
+        frozen_below: Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(read @ 1..) = from.read(&mut buf).await {
+            if n < frozen_below.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            if to.write_all(&buf[..read]).await.is_err() {
+                break;
+            }
+        }
+        // Held open: a forgotten flow is never closed.
+        std::future::pending::<()>().await;
+    }
+
+    /// Cuts off every connection open now.
+    fn freeze(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen_below
+            .store(self.opened.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+/// A LISTEN connection cut off without a reset delivers nothing and says
+/// nothing: once quiet for a while, the listener sends itself a
+/// notification, and when that does not come back it listens on a new
+/// connection. Before, every wake-up from other processes was lost from
+/// then on, and idle workers waited out their poll interval for good.
+#[tokio::test]
+async fn a_listen_connection_cut_off_silently_is_replaced() {
+    let Some(url) = common::url("a_listen_connection_cut_off_silently_is_replaced") else {
+        return;
+    };
+    let schema = common::fresh_schema("silent_listen");
+    let proxy = Proxy::start(&url).await;
+    let listening = PgStore::connect_with(&proxy.url, PgOptions::new().schema(&schema))
+        .await
+        .unwrap();
+    let mut wakeups = listening.wakeups().expect("listening by default");
+    // Listening once the first bump comes.
+    tokio::time::timeout(Duration::from_secs(10), wakeups.changed())
+        .await
+        .expect("listening")
+        .unwrap();
+    proxy.freeze();
+    wakeups.borrow_and_update();
+    let other = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut changed = false;
+    while started.elapsed() < Duration::from_secs(70) {
+        let mut new = new_instance("wf", 0);
+        new.created_at = now_millis();
+        new.run_at = new.created_at;
+        new.id = workflow_core::InstanceId::at(new.created_at);
+        other.create(new, None).await.unwrap();
+        if tokio::time::timeout(Duration::from_secs(2), wakeups.changed())
+            .await
+            .is_ok()
+        {
+            changed = true;
+            break;
+        }
+    }
+    assert!(
+        changed,
+        "no wake-up reached the store after its LISTEN connection was cut off"
+    );
+    common::drop_schemas(&url, &[schema]).await;
+}
+
 /// A `schema` parameter in the URL picks the schema.
 #[tokio::test]
 async fn url_schema_parameter() {
