@@ -617,7 +617,8 @@ async fn handlers_read_the_engines_data_by_type() {
     assert_eq!(prices.quoted.load(Ordering::SeqCst), 1);
 
     // An engine not given one (on a file of its own, so that the first
-    // engine's worker cannot take the instance): it fails, naming the type.
+    // engine's worker cannot take the instance): a deploy that forgot it.
+    // The instance pauses, naming the type, instead of failing for good.
     let bare_url = format!("sqlite://{}", dir.path().join("bare.db").display());
     let bare = Engine::builder()
         .database_url(&bare_url)
@@ -625,18 +626,39 @@ async fn handlers_read_the_engines_data_by_type() {
         .build()
         .await
         .unwrap();
-    let _worker = bare.start_worker();
-    let err = Quote::start(&bare, 3)
-        .await
-        .unwrap()
-        .result_timeout(Duration::from_secs(10))
-        .await
-        .unwrap_err()
-        .to_string();
+    let worker = bare.start_worker();
+    let inst = Quote::start(&bare, 3).await.unwrap();
+    let started = Instant::now();
+    while inst.status().await.unwrap() != Status::Paused {
+        assert!(started.elapsed() < Duration::from_secs(10), "never paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let history = inst.history().await.unwrap();
+    let paused = history.iter().find(|e| e.kind == "paused").expect("paused");
+    let why = paused.message.as_deref().unwrap_or_default();
     assert!(
-        err.contains("no value of type `sqlite_engine::Prices`"),
-        "{err}"
+        why.contains("no value of type `sqlite_engine::Prices`"),
+        "{why}"
     );
+    worker.shutdown().await;
+    // The fix deployed: resumed, it completes.
+    let fixed = Engine::builder()
+        .database_url(&bare_url)
+        .register(Quote)
+        .data(Prices {
+            per_item: 5,
+            quoted: AtomicU32::new(0),
+        })
+        .build()
+        .await
+        .unwrap();
+    let _worker = fixed.start_worker();
+    inst.resume().await.unwrap();
+    let done = fixed
+        .wait_timeout(inst.id(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.output, Some(serde_json::json!(15)));
 }
 
 /// An instance started by name is awaited by id: `Engine::wait` returns it

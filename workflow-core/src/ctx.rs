@@ -174,6 +174,9 @@ pub(crate) struct RunShared {
     /// A value that did not read at its first reading is being noted
     /// (`{key}@unread`): a run stopped meanwhile must count as cut short.
     pub(crate) note_pending: AtomicBool,
+    /// The error of the last [`Ctx::data`] that found no value: a handler
+    /// that ends with it pauses instead of failing.
+    pub(crate) missing_data: Mutex<Option<String>>,
     /// When `retry` is set: every step's failed attempts, from the history
     /// (read once, when a step first needs it). Steps running side
     /// by side (`ctx.map`) may all have been backing off, and the
@@ -324,6 +327,7 @@ impl RunShared {
             retry: row.retry.clone(),
             cut_short,
             note_pending: AtomicBool::new(false),
+            missing_data: Mutex::new(None),
             failed_attempts: tokio::sync::OnceCell::new(),
             retrying: Mutex::new(HashMap::new()),
             suspend_after: engine.inner.config.suspend_after,
@@ -777,8 +781,11 @@ where
     /// The value of type `T` the engine was given with
     /// [`EngineBuilder::data`](crate::EngineBuilder::data): a database pool,
     /// an HTTP client, settings. Without one, an [`Error::Config`] that
-    /// names the type: returned with `?`, it fails the instance with that
-    /// message.
+    /// names the type. A handler that ends with it (returned with `?`, or
+    /// as a step's error) **pauses** the instance, with that message in its
+    /// history, rather than failing it: a deploy that forgot a `.data(..)`
+    /// must not end every instance that reaches this line for good. Deploy
+    /// the fix and resume them (`workflow list --status paused`).
     ///
     /// ```no_run
     /// # use workflow_core::{BoxError, Ctx};
@@ -791,7 +798,10 @@ where
     /// }
     /// ```
     pub fn data<T: Send + Sync + 'static>(&self) -> Result<&T> {
-        self.inner.run.engine.inner.data.require()
+        let run = &self.inner.run;
+        run.engine.inner.data.require().inspect_err(|err| {
+            *lock(&run.missing_data) = Some(err.to_string());
+        })
     }
 
     /// Holds `name` until the guard is dropped, or says that something

@@ -22,7 +22,8 @@ pub enum Status {
     /// engine, which pauses rather than fails where a fix can save the
     /// instance: too many runs in a row ended without recording how (a
     /// crash loop), the handler cannot read what an earlier version
-    /// recorded, or its row is damaged. Its history says why; its deadline
+    /// recorded or ended for want of a [`Ctx::data`](crate::Ctx::data)
+    /// value, or its row is damaged. Its history says why; its deadline
     /// does not count meanwhile. `resume` lets it run on.
     Paused,
     /// Finished with an output.

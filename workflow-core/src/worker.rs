@@ -1364,7 +1364,10 @@ async fn execute(
     match end {
         End::Returned(end) => match (end.result, end.state_panicked) {
             (Ok(output), None) => finish(Status::Completed, Some(output), None, end.state),
-            (Err(error), None) => finish(Status::Failed, None, Some(error), end.state),
+            (Err(error), None) => match missing_data(run, &error) {
+                Some(pause) => Settle::Suspend(pause),
+                None => finish(Status::Failed, None, Some(error), end.state),
+            },
             (result, Some(panicked)) => {
                 let error = match result {
                     Ok(_) => panicked,
@@ -1391,6 +1394,31 @@ async fn execute(
             Settle::Release
         }
     }
+}
+
+/// A pause instead of the failure `error`, when it comes of a value the
+/// engine was not given ([`Ctx::data`](crate::Ctx::data)): the code or the
+/// setup needs a fix, after which the instance can go on.
+fn missing_data(run: &RunShared, error: &str) -> Option<crate::store::Suspend> {
+    let missing = lock(&run.missing_data).clone()?;
+    if !error.contains(&missing) {
+        return None;
+    }
+    let reason = format!(
+        "paused: {missing}. Deploy code that gives it and resume the instance, or cancel it"
+    );
+    tracing::error!(id = %run.id, workflow = run.workflow, "{reason}");
+    let at = run.now();
+    Some(crate::store::Suspend {
+        status: Status::Paused,
+        run_at: at,
+        wait_event: None,
+        wait_child: None,
+        retry: run.retry.clone(),
+        state: None,
+        reason,
+        at,
+    })
 }
 
 /// Runs user code (serde impls) outside the handler's guard, a panic
