@@ -781,11 +781,12 @@ where
     /// The value of type `T` the engine was given with
     /// [`EngineBuilder::data`](crate::EngineBuilder::data): a database pool,
     /// an HTTP client, settings. Without one, an [`Error::Config`] that
-    /// names the type. A handler that ends with it (returned with `?`, or
-    /// as a step's error) **pauses** the instance, with that message in its
-    /// history, rather than failing it: a deploy that forgot a `.data(..)`
-    /// must not end every instance that reaches this line for good. Deploy
-    /// the fix and resume them (`workflow list --status paused`).
+    /// names the type. A handler that returns it (with `?`) **pauses** the
+    /// instance, with that message in its history, rather than failing it:
+    /// a deploy that forgot a `.data(..)` must not end every instance that
+    /// reaches this line for good. Deploy the fix and resume them
+    /// (`workflow list --status paused`). Read it in the handler's body, not
+    /// inside a step's closure, whose failure is recorded as the step's.
     ///
     /// ```no_run
     /// # use workflow_core::{BoxError, Ctx};
@@ -800,7 +801,11 @@ where
     pub fn data<T: Send + Sync + 'static>(&self) -> Result<&T> {
         let run = &self.inner.run;
         run.engine.inner.data.require().inspect_err(|err| {
-            *lock(&run.missing_data) = Some(err.to_string());
+            // Not inside a step: its failure is recorded, and the replay
+            // after a resume would fail the instance with it all the same.
+            if IN_STEP.try_with(|_| ()).is_err() {
+                *lock(&run.missing_data) = Some(err.to_string());
+            }
         })
     }
 

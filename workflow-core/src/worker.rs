@@ -1397,8 +1397,8 @@ async fn execute(
 }
 
 /// A pause instead of the failure `error`, when it comes of a value the
-/// engine was not given ([`Ctx::data`](crate::Ctx::data)): the code or the
-/// setup needs a fix, after which the instance can go on.
+/// engine was not given ([`Ctx::data`](crate::Ctx::data), outside a step):
+/// the code or the setup needs a fix, after which the instance can go on.
 fn missing_data(run: &RunShared, error: &str) -> Option<crate::store::Suspend> {
     let missing = lock(&run.missing_data).clone()?;
     if !error.contains(&missing) {
