@@ -591,20 +591,25 @@ async fn quote(ctx: Ctx, items: u32) -> workflow::Result<u32> {
     .await
 }
 
-#[tokio::test]
-async fn handlers_read_the_engines_data_by_type() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("data.db").display());
-    let engine = Engine::builder()
-        .database_url(&url)
+/// An engine on `url` that quotes at `per_item` each.
+async fn priced(url: &str, per_item: u32) -> Engine {
+    Engine::builder()
+        .database_url(url)
         .register(Quote)
         .data(Prices {
-            per_item: 7,
+            per_item,
             quoted: AtomicU32::new(0),
         })
         .build()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn handlers_read_the_engines_data_by_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("data.db").display());
+    let engine = priced(&url, 7).await;
     let _worker = engine.start_worker();
     let total = Quote::start(&engine, 3)
         .await
@@ -642,16 +647,7 @@ async fn handlers_read_the_engines_data_by_type() {
     );
     worker.shutdown().await;
     // The fix deployed: resumed, it completes.
-    let fixed = Engine::builder()
-        .database_url(&bare_url)
-        .register(Quote)
-        .data(Prices {
-            per_item: 5,
-            quoted: AtomicU32::new(0),
-        })
-        .build()
-        .await
-        .unwrap();
+    let fixed = priced(&bare_url, 5).await;
     let _worker = fixed.start_worker();
     inst.resume().await.unwrap();
     let done = fixed

@@ -200,6 +200,24 @@ pub(crate) struct RunShared {
 }
 
 impl RunShared {
+    /// A pause for a fix (`reason`, logged): the code or the setup cannot
+    /// go on, and a failure would be final. It keeps the state as stored
+    /// and the step backing off, if any.
+    pub(crate) fn pause_for_fix(&self, reason: String) -> crate::store::Suspend {
+        tracing::error!(id = %self.id, workflow = self.workflow, "{reason}");
+        let at = self.now();
+        crate::store::Suspend {
+            status: crate::Status::Paused,
+            run_at: at,
+            wait_event: None,
+            wait_child: None,
+            retry: self.retry.clone(),
+            state: None,
+            reason,
+            at,
+        }
+    }
+
     /// Workflow time, by the engine's clock.
     pub(crate) fn now(&self) -> crate::store::Millis {
         self.engine.inner.now()
@@ -1459,19 +1477,7 @@ where
              Deploy code that reads it (see \"Changing workflow code\" in the README) and resume \
              the instance, or cancel it"
         );
-        tracing::error!(id = %run.id, workflow = run.workflow, "{reason}");
-        let at = run.now();
-        self.suspend(crate::store::Suspend {
-            status: crate::Status::Paused,
-            run_at: at,
-            wait_event: None,
-            wait_child: None,
-            retry: run.retry.clone(),
-            state: None,
-            reason,
-            at,
-        })
-        .await
+        self.suspend(run.pause_for_fix(reason)).await
     }
 }
 

@@ -1404,21 +1404,9 @@ fn missing_data(run: &RunShared, error: &str) -> Option<crate::store::Suspend> {
     if !error.contains(&missing) {
         return None;
     }
-    let reason = format!(
+    Some(run.pause_for_fix(format!(
         "paused: {missing}. Deploy code that gives it and resume the instance, or cancel it"
-    );
-    tracing::error!(id = %run.id, workflow = run.workflow, "{reason}");
-    let at = run.now();
-    Some(crate::store::Suspend {
-        status: Status::Paused,
-        run_at: at,
-        wait_event: None,
-        wait_child: None,
-        retry: run.retry.clone(),
-        state: None,
-        reason,
-        at,
-    })
+    )))
 }
 
 /// Runs user code (serde impls) outside the handler's guard, a panic

@@ -2064,6 +2064,27 @@ impl Workflow for LongStep {
     }
 }
 
+/// An engine of `workflow` alone under leases of `lease`, on a store the
+/// test can take down.
+async fn with_leases<W: Workflow>(
+    workflow: W,
+    lease: Duration,
+) -> (
+    Arc<workflow_core::testing::Unreachable<MemoryStore>>,
+    Engine,
+) {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(workflow)
+        .lease_duration(lease)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    (store, engine)
+}
+
 /// Runs a 3 s step under 600 ms leases, has `cut` make renewals fail or
 /// hang (`true`) for 3.5 s, then lets them through (`false`): the step
 /// must not have finished while they did not, and must finish after.
@@ -2071,15 +2092,7 @@ async fn leases_lapse(
     slot: usize,
     cut: fn(&workflow_core::testing::Unreachable<MemoryStore>, bool),
 ) {
-    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
-    let engine = EngineBuilder::new()
-        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
-        .register(LongStep)
-        .lease_duration(Duration::from_millis(600))
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
+    let (store, engine) = with_leases(LongStep, Duration::from_millis(600)).await;
     let _worker = engine.start_worker();
     let inst = LongStep::start(&engine, slot).await.unwrap();
     until_status(&inst, Status::InProgress).await;
@@ -2157,16 +2170,8 @@ impl Workflow for UntilStopped {
 /// two handlers side by side).
 #[tokio::test]
 async fn a_handler_stops_before_its_unrenewed_lease_ends() {
-    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
     let lease = Duration::from_millis(3_100);
-    let engine = EngineBuilder::new()
-        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
-        .register(UntilStopped)
-        .lease_duration(lease)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
+    let (store, engine) = with_leases(UntilStopped, lease).await;
     let _worker = engine.start_worker();
     let inst = UntilStopped::start(&engine, ()).await.unwrap();
     until_status(&inst, Status::InProgress).await;
