@@ -14,7 +14,7 @@ use workflow_core::{
 };
 
 use crate::message::Message;
-use crate::model::{Model, ModelRequest, ModelResponse, OutputFormat};
+use crate::model::{Model, ModelError, ModelRequest, ModelResponse, OutputFormat};
 use crate::openai::OpenAiCompatible;
 
 /// A model loop to run with [`ExecuteExt::execute`]: instructions, the
@@ -376,9 +376,14 @@ where
              other's answers; give each its own name (Execute::name)"
         ))
     })?;
-    let model: Arc<dyn Model> = match model {
-        Some(model) => model,
-        None => Arc::new(OpenAiCompatible::from_env().map_err(|e| Error::Config(e.to_string()))?),
+    // Read from the environment now, but needed only by a turn not yet
+    // recorded: a replay of recorded turns on a worker without the
+    // settings (after a sleep, on another machine) goes on without them.
+    let model: Result<Arc<dyn Model>, String> = match model {
+        Some(model) => Ok(model),
+        None => OpenAiCompatible::from_env()
+            .map(|model| Arc::new(model) as Arc<dyn Model>)
+            .map_err(|e| e.to_string()),
     };
     let mut messages = Vec::with_capacity(input.len() + 1);
     if !instructions.is_empty() {
@@ -405,13 +410,27 @@ where
         let step = format!("{name}:turn-{turn}");
         let (model, request) = (&model, &request);
         let call = || async move {
-            model.complete(request).await.map_err(|err| {
+            let model = model
+                .as_ref()
+                .map_err(|why| permanent(Error::Config(why.clone())))?;
+            let response = model.complete(request).await.map_err(|err| {
                 match (err.is_retryable(), err.retry_after()) {
                     (true, Some(wait)) => BoxError::from(RetryAfter::new(err, wait)),
                     (true, None) => BoxError::from(err),
                     (false, _) => permanent(err),
                 }
-            })
+            })?;
+            // A generation that failed on the server's side (OpenRouter's
+            // `finish_reason: "error"`) is tried again, not recorded as
+            // the answer.
+            if response.finish_reason.as_deref() == Some("error") && response.tool_calls.is_empty()
+            {
+                return Err(BoxError::from(ModelError::Transport(
+                    "the server reported an error while generating (finish_reason `error`)"
+                        .to_owned(),
+                )));
+            }
+            Ok(response)
         };
         let opts = model_step.unwrap_or_else(Execute::default_model_step);
         let response: ModelResponse = ctx.step_with(&step, opts, call).await?;
@@ -514,15 +533,25 @@ fn shortened(text: String, max: usize) -> String {
 /// Why a final reply is no answer: the model refused, or the reply was cut
 /// off or withheld. Deterministic from the recorded reply, as replay needs.
 fn no_answer(response: &ModelResponse) -> Option<String> {
-    match response.finish_reason.as_deref()? {
-        "refusal" => Some(format!(
+    match response.finish_reason.as_deref() {
+        Some("refusal") => Some(format!(
             "the model refused: {}",
             response.content.as_deref().unwrap_or_default()
         )),
-        "length" => {
+        Some("length") => {
             Some("the reply was cut off at the token limit (finish_reason `length`)".to_owned())
         }
-        "content_filter" => Some("the provider's content filter withheld the reply".to_owned()),
+        Some("content_filter") => {
+            Some("the provider's content filter withheld the reply".to_owned())
+        }
+        // No text and no tool call: nothing to give as the answer.
+        _ if response
+            .content
+            .as_deref()
+            .is_none_or(|c| c.trim().is_empty()) =>
+        {
+            Some("the model's reply was empty".to_owned())
+        }
         _ => None,
     }
 }

@@ -39,7 +39,7 @@ pub struct OpenAiCompatible {
 impl std::fmt::Debug for OpenAiCompatible {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAiCompatible")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &redacted_url(&self.endpoint))
             .field("api_key", &redacted(&self.api_key))
             .field("model", &self.model)
             .field("temperature", &self.temperature)
@@ -50,6 +50,29 @@ impl std::fmt::Debug for OpenAiCompatible {
 /// What `Debug` shows of an API key.
 fn redacted(key: &Option<String>) -> Option<&'static str> {
     key.as_ref().map(|_| "<redacted>")
+}
+
+/// What `Debug` and errors show of a URL: without the credentials a proxy
+/// URL may carry (`https://user:key@proxy/v1`, `?api-key=..`).
+fn redacted_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority.to_owned(), |(_, host)| {
+            format!("<redacted>@{host}")
+        });
+    let path = match path.split_once('?') {
+        Some((path, _)) => format!("{path}?<redacted>"),
+        None => path.to_owned(),
+    };
+    let scheme = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    format!("{scheme}{host}{path}")
 }
 
 /// Configures an [`OpenAiCompatible`] client.
@@ -66,7 +89,7 @@ pub struct OpenAiBuilder {
 impl std::fmt::Debug for OpenAiBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAiBuilder")
-            .field("base_url", &self.base_url)
+            .field("base_url", &self.base_url.as_deref().map(redacted_url))
             .field("api_key", &redacted(&self.api_key))
             .field("model", &self.model)
             .field("timeout", &self.timeout)
@@ -115,7 +138,8 @@ impl OpenAiBuilder {
         let base = base.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ModelError::Config(format!(
-                "base URL `{base}` must start with http:// or https://"
+                "base URL `{}` must start with http:// or https://",
+                redacted_url(base)
             )));
         }
         if self.timeout.is_some_and(|t| t.is_zero()) {
@@ -338,6 +362,22 @@ fn shown(body: &str) -> &str {
 fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
     let body: Value = serde_json::from_str(text)
         .map_err(|err| ModelError::Decode(format!("{err}: {}", shown(text))))?;
+    // A gateway's error sent with HTTP 200 (OpenRouter's `{"error": {"code":
+    // 502, ..}}`): judged as that status would be, so an upstream outage is
+    // retried rather than taken for a reply that cannot be read.
+    if let Some(error) = body.get("error").filter(|_| body.get("choices").is_none()) {
+        let status = error
+            .get("code")
+            .and_then(Value::as_u64)
+            .and_then(|code| u16::try_from(code).ok())
+            .filter(|code| (400..600).contains(code))
+            .unwrap_or(502);
+        return Err(ModelError::Status {
+            status,
+            body: shown(text).to_owned(),
+            retry_after: None,
+        });
+    }
     let choice = body
         .get("choices")
         .and_then(|c| c.get(0))
@@ -448,6 +488,26 @@ mod tests {
             !shown.contains("sk-secret") && shown.contains("<redacted>"),
             "{shown}"
         );
+        // A key in the URL (a proxy's basic auth, a query parameter).
+        for url in [
+            "https://u:sk-secret-9@proxy.example/v1",
+            "https://proxy.example/v1?api-key=sk-secret-9",
+        ] {
+            let builder = OpenAiCompatible::builder().base_url(url);
+            assert!(!format!("{builder:?}").contains("sk-secret"), "{builder:?}");
+            let client = builder.build().unwrap();
+            let shown = format!("{client:?}");
+            assert!(
+                !shown.contains("sk-secret") && shown.contains("proxy.example"),
+                "{shown}"
+            );
+        }
+        let err = OpenAiCompatible::builder()
+            .base_url("sk-secret-9@proxy.example/v1")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("sk-secret"), "{err}");
     }
 
     #[test]
@@ -493,8 +553,24 @@ mod tests {
         let err = parse_completion(&format!(r#"{{"error":"{}"}}"#, "y".repeat(10_000)))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("model response could not be read: no choices in"));
+        assert!(err.starts_with("model endpoint answered HTTP 502"), "{err}");
         assert!(err.len() < 2_200, "{} bytes", err.len());
+        let err = parse_completion(r#"{"choices":[]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("model response could not be read: no choices in"));
+    }
+
+    /// A gateway's error in a 200 answer is judged by its code: an upstream
+    /// outage is retried, a bad request is not.
+    #[test]
+    fn an_error_sent_with_http_200_counts_as_its_status() {
+        let outage = r#"{"error":{"code":502,"message":"upstream down"}}"#;
+        let err = parse_completion(outage).unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("upstream down"), "{err}");
+        let bad = r#"{"error":{"code":400,"message":"bad model"}}"#;
+        assert!(!parse_completion(bad).unwrap_err().is_retryable());
     }
 
     #[test]

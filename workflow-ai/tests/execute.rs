@@ -123,6 +123,21 @@ async fn classify(ctx: Ctx, input: AgentInput) -> Result<Triage, BoxError> {
     Ok(run.output)
 }
 
+/// A model loop whose model is given on the first run only, as on a
+/// worker with the settings, then a sleep that suspends: the run after it
+/// replays the recorded turn as a worker without them (no `OPENAI_*`
+/// variables) would.
+#[workflow(name = "replayedTurn")]
+async fn replayed_turn(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
+    let mut loop_ = Execute::new("Answer.").input("Hello?");
+    if ctx.run_number() == 1 {
+        loop_ = loop_.model(model(&base_url)?);
+    }
+    let run = ctx.execute(loop_).await?;
+    ctx.sleep("pause", Duration::from_millis(500)).await?;
+    Ok(run.text)
+}
+
 /// Starts `W` and waits for its end (a minute at most).
 async fn outcome<W: Workflow>(engine: &Engine, input: W::Input) -> workflow::Result<W::Output> {
     W::start(engine, input)
@@ -138,6 +153,7 @@ async fn engine(url: &str) -> Engine {
         .register(Agent)
         .register(CreateTicket)
         .register(Classify)
+        .register(ReplayedTurn)
         .poll_interval(Duration::from_millis(20))
         .build()
         .await
@@ -577,6 +593,68 @@ async fn a_crash_between_turns_does_not_repeat_the_recorded_model_call() {
     assert_eq!(messages[2]["tool_calls"][0]["id"], "c1");
     assert!(messages[3]["content"].as_str().unwrap().contains("pro"));
     assert!(instance.info().await.unwrap().runs >= 2);
+}
+
+/// A gateway's error in a 200 answer and a generation that failed on the
+/// server are tried again, not recorded as the answer; an empty final
+/// reply is no answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn server_side_failures_are_retried_and_an_empty_reply_is_no_answer() {
+    let server = Server::start(|n, _| match n {
+        0 => (
+            200,
+            json!({"error": {"code": 502, "message": "upstream down"}}),
+        ),
+        1 => (
+            200,
+            json!({"choices": [{"message": {"content": null}, "finish_reason": "error"}]}),
+        ),
+        _ => text("fine"),
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let out = outcome::<Agent>(&engine, input(&server, 4)).await.unwrap();
+    assert_eq!(out, "fine");
+    assert_eq!(server.requests().len(), 3);
+
+    let empty = Server::start(|_, _| text("")).await;
+    let err = outcome::<Agent>(&engine, input(&empty, 4))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("the model's reply was empty"),
+        "{err}"
+    );
+    assert_eq!(empty.requests().len(), 1, "recorded, not retried");
+}
+
+/// A replay needs no model for the turns it reads from the record: an
+/// instance whose next run lands on a worker without model settings goes
+/// on. Before, the loop asked the environment for a model first, and
+/// failed the instance for good with a configuration error.
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_turns_replay_without_model_settings() {
+    if ["OPENAI_BASE_URL", "OPENAI_API_KEY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+    {
+        eprintln!("recorded_turns_replay_without_model_settings: skipped: OPENAI_* is set");
+        return;
+    }
+    let server = Server::start(|_, _| text("Hello!")).await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let inst = ReplayedTurn::start(&engine, server.url.clone())
+        .await
+        .unwrap();
+    let out = inst.result_timeout(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(out, "Hello!");
+    assert!(
+        inst.info().await.unwrap().runs >= 2,
+        "replayed after the sleep"
+    );
+    assert_eq!(server.requests().len(), 1);
 }
 
 /// The crash test's child process: runs a worker on the database until killed.
