@@ -2062,6 +2062,60 @@ mod tests {
         assert_eq!(row.id, id);
     }
 
+    /// A durable read that waits for the fsync of what it saw needs no
+    /// write lock: another process holding one (a long purge, a
+    /// migration) does not hold it up. Before, the wait went through an
+    /// empty transaction, which waited out the busy timeout and then
+    /// failed with "database is locked".
+    #[tokio::test]
+    async fn a_read_waiting_for_an_fsync_takes_no_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locked.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let new = workflow_core::testing::new_instance("wf", 1);
+        let id = new.id.clone();
+        let peek = rusqlite::Connection::open(&path).unwrap();
+        let held = HeldFsyncs::hold();
+        let creating = tokio::spawn({
+            let store = store.clone();
+            async move { store.create(new, None).await }
+        });
+        let started = std::time::Instant::now();
+        while peek
+            .query_row(
+                "SELECT COUNT(*) FROM instances WHERE id = ?1",
+                [id.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            == 0
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Another process takes the write lock, and keeps it.
+        peek.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let reading = tokio::spawn({
+            let store = store.clone();
+            let id = id.clone();
+            async move { store.get(&id).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        let row = tokio::time::timeout(Duration::from_secs(2), reading)
+            .await
+            .expect("the read waited for the other process's lock")
+            .unwrap()
+            .unwrap()
+            .expect("the row, on disk");
+        assert_eq!(row.id, id);
+        creating.await.unwrap().unwrap();
+        peek.execute_batch("ROLLBACK").unwrap();
+    }
+
     /// The writer hands checkpoints to a thread of their own, yet the WAL
     /// still starts over: it stays near `Policy::restart` pages however
     /// much is written, and the pages reach the database file.

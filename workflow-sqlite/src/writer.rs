@@ -415,8 +415,9 @@ pub(crate) enum Op {
     Resume(InstanceId, Millis),
     AdvanceSchedule(String, Millis, Option<(Millis, InstanceId)>),
     PutDefinitions(Vec<(String, String)>, Millis),
-    /// Writes nothing; answered once what was committed before it is on
-    /// disk (see [`Writer::settle`]).
+    /// Writes nothing, and opens no transaction: answered by the next
+    /// fsync, once what was committed before it is on disk (see
+    /// [`Writer::settle`]).
     Sync,
 }
 
@@ -770,12 +771,14 @@ fn run(
                 jobs.drain(..).for_each(|job| answer(job, Err(&why)));
                 continue;
             }
-            let tx = open
-                .take()
-                .expect("applied writes have an open transaction");
-            match commit(&session, tx, last_commit) {
-                Ok(()) => answer_committed(&session, &mut flusher, &mut jobs, rx.is_empty()),
-                Err(err) => redo_alone(&session, &mut flusher, &broken, &mut jobs, &err),
+            match open.take() {
+                Some(tx) => match commit(&session, tx, last_commit) {
+                    Ok(()) => answer_committed(&session, &mut flusher, &mut jobs, rx.is_empty()),
+                    Err(err) => redo_alone(&session, &mut flusher, &broken, &mut jobs, &err),
+                },
+                // Only reads waiting for the fsync of what they may have
+                // seen: nothing to commit, the next fsync answers them.
+                None => answer_committed(&session, &mut flusher, &mut jobs, rx.is_empty()),
             }
             continue;
         }
@@ -795,7 +798,12 @@ fn run(
                 Some(Msg::Job(job)) => {
                     jobs.push(*job);
                     let job = jobs.last_mut().expect("just pushed");
-                    if let Err(err) = apply_open(&session, &mut open, job) {
+                    if matches!(job.op, Op::Sync) {
+                        // Writes nothing: it takes no write lock, which
+                        // another process may hold for long (a read would
+                        // wait it out, then fail as "database is locked").
+                        job.result = Some(Ok(Reply::Done));
+                    } else if let Err(err) = apply_open(&session, &mut open, job) {
                         if open.take().is_some() {
                             rollback(&session);
                         }
@@ -873,6 +881,10 @@ fn redo_alone(
     let deadline = Instant::now() + BUSY_BUDGET;
     let mut locked_out: Option<String> = None;
     for mut job in jobs.drain(..) {
+        if matches!(job.op, Op::Sync) {
+            committed.push(job);
+            continue;
+        }
         if let Some(why) = &locked_out {
             answer(job, Err(why.as_str()));
             continue;
