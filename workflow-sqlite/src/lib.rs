@@ -2062,6 +2062,25 @@ mod tests {
         assert_eq!(row.id, id);
     }
 
+    /// Opening a file already at this build's schema takes no write lock:
+    /// another process holding one (a long purge) does not make the open
+    /// wait out the busy timeout and fail.
+    #[tokio::test]
+    async fn opening_a_current_file_takes_no_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("current.db");
+        drop(SqliteStore::open(&path).await.unwrap());
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let opened = SqliteStore::open_with(
+            &path,
+            SqliteOptions::new().busy_timeout(Duration::from_millis(200)),
+        )
+        .await;
+        assert!(opened.is_ok(), "{:?}", opened.err());
+        other.execute_batch("ROLLBACK").unwrap();
+    }
+
     /// A durable read that waits for the fsync of what it saw needs no
     /// write lock: another process holding one (a long purge, a
     /// migration) does not hold it up. Before, the wait went through an

@@ -17,6 +17,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 /// Brings the schema up to date. Safe when several processes start at once:
 /// `BEGIN IMMEDIATE` takes the write lock before reading the version.
 pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    // Looked at first without the write lock: a file already current (every
+    // open but the first of a new build) need not wait for another
+    // process's writes, nor fail after the busy timeout behind a long one.
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    if usize::try_from(version).is_ok_and(|v| v == MIGRATIONS.len()) {
+        return Ok(());
+    }
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let version: i64 = sqlx::query_scalar("PRAGMA user_version")
         .fetch_one(&mut *tx)
