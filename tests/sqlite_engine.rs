@@ -591,11 +591,32 @@ async fn quote(ctx: Ctx, items: u32) -> workflow::Result<u32> {
     .await
 }
 
+/// Takes the price list for granted.
+#[workflow(name = "quoteStrict")]
+async fn quote_strict(ctx: Ctx, items: u32) -> workflow::Result<u32> {
+    let prices = ctx.data::<Prices>().expect("a price list");
+    Ok(items * prices.per_item)
+}
+
+/// Does without a price list, and fails for a reason of its own.
+#[workflow(name = "quoteOrFail")]
+async fn quote_or_fail(ctx: Ctx, items: u32) -> workflow::Result<u32> {
+    if let Ok(prices) = ctx.data::<Prices>() {
+        return Ok(items * prices.per_item);
+    }
+    ctx.step("list-prices", || async {
+        Err::<u32, BoxError>(workflow::permanent("no price list to read"))
+    })
+    .await
+}
+
 /// An engine on `url` that quotes at `per_item` each.
 async fn priced(url: &str, per_item: u32) -> Engine {
     Engine::builder()
         .database_url(url)
         .register(Quote)
+        .register(QuoteStrict)
+        .register(QuoteOrFail)
         .data(Prices {
             per_item,
             quoted: AtomicU32::new(0),
@@ -628,33 +649,50 @@ async fn handlers_read_the_engines_data_by_type() {
     let bare = Engine::builder()
         .database_url(&bare_url)
         .register(Quote)
+        .register(QuoteStrict)
+        .register(QuoteOrFail)
         .build()
         .await
         .unwrap();
     let worker = bare.start_worker();
     let inst = Quote::start(&bare, 3).await.unwrap();
-    let started = Instant::now();
-    while inst.status().await.unwrap() != Status::Paused {
-        assert!(started.elapsed() < Duration::from_secs(10), "never paused");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // `.expect(..)` on it pauses too.
+    let strict = QuoteStrict::start(&bare, 2).await.unwrap();
+    for id in [inst.id(), strict.id()] {
+        let started = Instant::now();
+        while bare.instance(id).await.unwrap().status != Status::Paused {
+            assert!(started.elapsed() < Duration::from_secs(10), "never paused");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let history = bare.history(id).await.unwrap();
+        let paused = history.iter().find(|e| e.kind == "paused").expect("paused");
+        let why = paused.message.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("no value of type `sqlite_engine::Prices`"),
+            "{why}"
+        );
     }
-    let history = inst.history().await.unwrap();
-    let paused = history.iter().find(|e| e.kind == "paused").expect("paused");
-    let why = paused.message.as_deref().unwrap_or_default();
-    assert!(
-        why.contains("no value of type `sqlite_engine::Prices`"),
-        "{why}"
-    );
+    // A handler that only looked, then failed for a reason of its own,
+    // fails.
+    let err = QuoteOrFail::start(&bare, 1)
+        .await
+        .unwrap()
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no price list to read"), "{err}");
     worker.shutdown().await;
-    // The fix deployed: resumed, it completes.
+    // The fix deployed: resumed, they complete.
     let fixed = priced(&bare_url, 5).await;
     let _worker = fixed.start_worker();
-    inst.resume().await.unwrap();
-    let done = fixed
-        .wait_timeout(inst.id(), Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(done.output, Some(serde_json::json!(15)));
+    for (id, total) in [(inst.id(), 15), (strict.id(), 10)] {
+        fixed.resume(id).await.unwrap();
+        let done = fixed
+            .wait_timeout(id, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(done.output, Some(serde_json::json!(total)));
+    }
 }
 
 /// An instance started by name is awaited by id: `Engine::wait` returns it

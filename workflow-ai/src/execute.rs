@@ -533,25 +533,15 @@ fn shortened(text: String, max: usize) -> String {
 /// Why a final reply is no answer: the model refused, or the reply was cut
 /// off or withheld. Deterministic from the recorded reply, as replay needs.
 fn no_answer(response: &ModelResponse) -> Option<String> {
-    match response.finish_reason.as_deref() {
-        Some("refusal") => Some(format!(
+    match response.finish_reason.as_deref()? {
+        "refusal" => Some(format!(
             "the model refused: {}",
             response.content.as_deref().unwrap_or_default()
         )),
-        Some("length") => {
+        "length" => {
             Some("the reply was cut off at the token limit (finish_reason `length`)".to_owned())
         }
-        Some("content_filter") => {
-            Some("the provider's content filter withheld the reply".to_owned())
-        }
-        // No text and no tool call: nothing to give as the answer.
-        _ if response
-            .content
-            .as_deref()
-            .is_none_or(|c| c.trim().is_empty()) =>
-        {
-            Some("the model's reply was empty".to_owned())
-        }
+        "content_filter" => Some("the provider's content filter withheld the reply".to_owned()),
         _ => None,
     }
 }

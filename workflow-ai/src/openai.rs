@@ -53,26 +53,28 @@ fn redacted(key: &Option<String>) -> Option<&'static str> {
 }
 
 /// What `Debug` and errors show of a URL: without the credentials a proxy
-/// URL may carry (`https://user:key@proxy/v1`, `?api-key=..`).
+/// URL may carry (`https://user:key@proxy/v1`, `?api-key=..`, a fragment).
+/// One that does not parse is shown only if it holds none of those marks.
 fn redacted_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority.to_owned(), |(_, host)| {
-            format!("<redacted>@{host}")
-        });
-    let path = match path.split_once('?') {
-        Some((path, _)) => format!("{path}?<redacted>"),
-        None => path.to_owned(),
-    };
-    let scheme = if scheme.is_empty() {
-        String::new()
-    } else {
-        format!("{scheme}://")
-    };
-    format!("{scheme}{host}{path}")
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let hidden = !parsed.username().is_empty()
+                || parsed.password().is_some()
+                || parsed.query().is_some()
+                || parsed.fragment().is_some();
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            if hidden {
+                format!("{parsed} (credentials, query and fragment hidden)")
+            } else {
+                parsed.to_string()
+            }
+        }
+        Err(_) if url.contains(['@', '?', '#']) => "<a URL that does not parse>".to_owned(),
+        Err(_) => url.to_owned(),
+    }
 }
 
 /// Configures an [`OpenAiCompatible`] client.
@@ -364,14 +366,15 @@ fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
         .map_err(|err| ModelError::Decode(format!("{err}: {}", shown(text))))?;
     // A gateway's error sent with HTTP 200 (OpenRouter's `{"error": {"code":
     // 502, ..}}`): judged as that status would be, so an upstream outage is
-    // retried rather than taken for a reply that cannot be read.
+    // retried rather than taken for a reply that cannot be read. One with
+    // no HTTP status for a code (`"invalid_api_key"`) is a bad request.
     if let Some(error) = body.get("error").filter(|_| body.get("choices").is_none()) {
         let status = error
             .get("code")
             .and_then(Value::as_u64)
             .and_then(|code| u16::try_from(code).ok())
             .filter(|code| (400..600).contains(code))
-            .unwrap_or(502);
+            .unwrap_or(400);
         return Err(ModelError::Status {
             status,
             body: shown(text).to_owned(),
@@ -489,18 +492,20 @@ mod tests {
             "{shown}"
         );
         // A key in the URL (a proxy's basic auth, a query parameter).
-        for url in [
-            "https://u:sk-secret-9@proxy.example/v1",
-            "https://proxy.example/v1?api-key=sk-secret-9",
+        // (A `/` in the password makes a URL that does not parse: shown
+        // as such, whole.)
+        for (url, host_shown) in [
+            ("https://u:sk-secret-9@proxy.example/v1", true),
+            ("https://u:sk/secret-9@proxy.example/v1", false),
+            ("https://proxy.example/v1?api-key=sk-secret-9", true),
+            ("https://proxy.example/v1#sk-secret-9", true),
         ] {
             let builder = OpenAiCompatible::builder().base_url(url);
-            assert!(!format!("{builder:?}").contains("sk-secret"), "{builder:?}");
+            assert!(!format!("{builder:?}").contains("secret"), "{builder:?}");
             let client = builder.build().unwrap();
             let shown = format!("{client:?}");
-            assert!(
-                !shown.contains("sk-secret") && shown.contains("proxy.example"),
-                "{shown}"
-            );
+            assert!(!shown.contains("secret"), "{shown}");
+            assert_eq!(shown.contains("proxy.example"), host_shown, "{shown}");
         }
         let err = OpenAiCompatible::builder()
             .base_url("sk-secret-9@proxy.example/v1")
@@ -553,7 +558,7 @@ mod tests {
         let err = parse_completion(&format!(r#"{{"error":"{}"}}"#, "y".repeat(10_000)))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("model endpoint answered HTTP 502"), "{err}");
+        assert!(err.starts_with("model endpoint answered HTTP 400"), "{err}");
         assert!(err.len() < 2_200, "{} bytes", err.len());
         let err = parse_completion(r#"{"choices":[]}"#)
             .unwrap_err()
@@ -571,6 +576,8 @@ mod tests {
         assert!(err.to_string().contains("upstream down"), "{err}");
         let bad = r#"{"error":{"code":400,"message":"bad model"}}"#;
         assert!(!parse_completion(bad).unwrap_err().is_retryable());
+        let named = r#"{"error":{"code":"invalid_api_key","message":"no"}}"#;
+        assert!(!parse_completion(named).unwrap_err().is_retryable());
     }
 
     #[test]

@@ -174,9 +174,12 @@ pub(crate) struct RunShared {
     /// A value that did not read at its first reading is being noted
     /// (`{key}@unread`): a run stopped meanwhile must count as cut short.
     pub(crate) note_pending: AtomicBool,
-    /// The error of the last [`Ctx::data`] that found no value: a handler
-    /// that ends with it pauses instead of failing.
+    /// The message of the last [`Ctx::data`] (outside a step) that found
+    /// no value: a handler that returns that error, or panics on it,
+    /// pauses instead of failing.
     pub(crate) missing_data: Mutex<Option<String>>,
+    /// The handler returned the error of `missing_data` itself.
+    pub(crate) returned_missing_data: AtomicBool,
     /// When `retry` is set: every step's failed attempts, from the history
     /// (read once, when a step first needs it). Steps running side
     /// by side (`ctx.map`) may all have been backing off, and the
@@ -200,6 +203,16 @@ pub(crate) struct RunShared {
 }
 
 impl RunShared {
+    /// Notes whether the handler's error `err` is the one a [`Ctx::data`]
+    /// without a value gave it (see `missing_data`).
+    pub(crate) fn note_returned(&self, err: &(dyn std::error::Error + 'static)) {
+        if let Some(Error::Config(message)) = err.downcast_ref::<Error>() {
+            if lock(&self.missing_data).as_deref() == Some(message.as_str()) {
+                self.returned_missing_data.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
     /// A pause for a fix (`reason`, logged): the code or the setup cannot
     /// go on, and a failure would be final. It keeps the state as stored
     /// and the step backing off, if any.
@@ -346,6 +359,7 @@ impl RunShared {
             cut_short,
             note_pending: AtomicBool::new(false),
             missing_data: Mutex::new(None),
+            returned_missing_data: AtomicBool::new(false),
             failed_attempts: tokio::sync::OnceCell::new(),
             retrying: Mutex::new(HashMap::new()),
             suspend_after: engine.inner.config.suspend_after,
@@ -799,8 +813,9 @@ where
     /// The value of type `T` the engine was given with
     /// [`EngineBuilder::data`](crate::EngineBuilder::data): a database pool,
     /// an HTTP client, settings. Without one, an [`Error::Config`] that
-    /// names the type. A handler that returns it (with `?`) **pauses** the
-    /// instance, with that message in its history, rather than failing it:
+    /// names the type. A handler that returns it (with `?`) or panics on it
+    /// (`.expect(..)`) **pauses** the instance, with that message in its
+    /// history, rather than failing it:
     /// a deploy that forgot a `.data(..)` must not end every instance that
     /// reaches this line for good. Deploy the fix and resume them
     /// (`workflow list --status paused`). Read it in the handler's body, not
@@ -821,8 +836,8 @@ where
         run.engine.inner.data.require().inspect_err(|err| {
             // Not inside a step: its failure is recorded, and the replay
             // after a resume would fail the instance with it all the same.
-            if IN_STEP.try_with(|_| ()).is_err() {
-                *lock(&run.missing_data) = Some(err.to_string());
+            if let (Error::Config(message), Err(_)) = (err, IN_STEP.try_with(|_| ())) {
+                *lock(&run.missing_data) = Some(message.clone());
             }
         })
     }

@@ -74,8 +74,8 @@ pub enum Error {
     },
 
     /// A model loop's model stopped without an answer it can use: it
-    /// refused, its reply was cut off at the token limit or was empty, or
-    /// the provider's content filter withheld it.
+    /// refused, its reply was cut off at the token limit, or the provider's
+    /// content filter withheld it.
     #[error("model loop `{name}` got no answer: {reason}")]
     NoAnswer {
         /// The loop's step name.

@@ -703,11 +703,6 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     // Often enough that a cancel or a moved deadline from another process
     // reaches the handler within about a second.
     let every = (inner.config.lease / 3).min(Duration::from_secs(1));
-    // A lease that would end before the next tick counts as ended now:
-    // checked only at ticks, it would otherwise run on past its end (by up
-    // to a tick, when the lease is no multiple of it) beside the worker
-    // that took the instance over. A renewed lease never comes this close.
-    let margin = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
     let mut ticks: u64 = 0;
     // Claims ahead (instance, run) still waiting at the last tick.
     let mut waiting: HashSet<(InstanceId, i64)> = HashSet::new();
@@ -716,10 +711,9 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     // taking its own id, no longer live, for a dead worker's).
     let mut reaping: Option<AbortOnDropHandle<()>> = None;
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(until_next_look(&w, every)).await;
         ticks += 1;
         let now = now_millis();
-        let lapse_by = now.saturating_add(margin);
         let (runs, leases, earliest) = {
             let mut ends = lock(&w.lease_ends);
             // The queue before the running: an instance started between
@@ -737,14 +731,14 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
             // may hold the instance now. Its handler stops below.
             let runs: Vec<Arc<RunShared>> = runs
                 .into_iter()
-                .filter(|r| end_of(&r.lease) > lapse_by)
+                .filter(|r| end_of(&r.lease) > now)
                 .collect();
             let mut leases: Vec<Lease> = runs.iter().map(|r| r.lease.clone()).collect();
-            leases.extend(ready.into_iter().filter(|l| end_of(l) > lapse_by));
+            leases.extend(ready.into_iter().filter(|l| end_of(l) > now));
             let earliest = leases.iter().map(end_of).min();
             (runs, leases, earliest)
         };
-        stop_lapsed(&w, lapse_by);
+        stop_lapsed(&w, now);
         // Taken before the store is read: see `RunShared::pause_as_stored`
         // and `RunShared::deadline_as_stored`.
         let seen: Vec<(u64, u64)> = runs
@@ -756,7 +750,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
             // Bounded by the leases held: a renewal still hanging when the
             // first of them ends (a store retrying, a connection gone
             // quiet) cannot keep its handler running past it.
-            let left = Duration::from_millis(u64::try_from(earliest - lapse_by).unwrap_or(0));
+            let left = Duration::from_millis(u64::try_from(earliest - now).unwrap_or(0));
             match tokio::time::timeout(left, caught(inner.store.renew(&leases, until))).await {
                 Ok(Ok(renewals)) => {
                     let mut ends = lock(&w.lease_ends);
@@ -775,11 +769,11 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                 }
                 Ok(Err(err)) => {
                     tracing::error!(error = %err, "renewing leases failed");
-                    stop_lapsed(&w, now_millis().saturating_add(margin));
+                    stop_lapsed(&w, now_millis());
                 }
                 Err(_) => {
                     tracing::error!("renewing leases took until the first of them lapsed");
-                    stop_lapsed(&w, now_millis().saturating_add(margin));
+                    stop_lapsed(&w, now_millis());
                 }
             }
         }
@@ -857,7 +851,25 @@ async fn hand_back(engine: &Engine, claimed: impl IntoIterator<Item = Claimed>) 
     }
 }
 
-/// Leases that end by `now` without a renewal (the store could not be
+/// How long the heartbeat sleeps: a tick (`every`), or less when a lease
+/// held here ends sooner. Looked at only at ticks, an unrenewed lease (the
+/// store unreachable) would run on past its end, by up to a tick when the
+/// lease is no multiple of it, beside the worker that took the instance
+/// over; so the heartbeat wakes at that end, and stops its handler there.
+fn until_next_look(w: &WorkerShared, every: Duration) -> Duration {
+    let now = now_millis();
+    let next_end = lock(&w.lease_ends)
+        .values()
+        .copied()
+        .filter(|end| *end > now)
+        .min();
+    match next_end {
+        Some(end) => every.min(Duration::from_millis(u64::try_from(end - now).unwrap_or(0))),
+        None => every,
+    }
+}
+
+/// Leases that ended by `now` without a renewal (the store could not be
 /// reached, or took too long to answer): another worker may have taken
 /// their instances over, so none of them may run on here. Stops their
 /// handlers (their next commit would be refused anyway) and drops those
@@ -1364,7 +1376,7 @@ async fn execute(
     match end {
         End::Returned(end) => match (end.result, end.state_panicked) {
             (Ok(output), None) => finish(Status::Completed, Some(output), None, end.state),
-            (Err(error), None) => match missing_data(run, &error) {
+            (Err(error), None) => match returned_missing_data(run) {
                 Some(pause) => Settle::Suspend(pause),
                 None => finish(Status::Failed, None, Some(error), end.state),
             },
@@ -1377,6 +1389,10 @@ async fn execute(
             }
         },
         End::Panicked(message) => {
+            // `ctx.data::<T>().expect(..)` of a value the engine lacks.
+            if let Some(pause) = panicked_on_missing_data(run, &message) {
+                return Settle::Suspend(pause);
+            }
             tracing::error!(panic = %message, "handler panicked");
             finish(
                 Status::Failed,
@@ -1396,14 +1412,29 @@ async fn execute(
     }
 }
 
-/// A pause instead of the failure `error`, when it comes of a value the
-/// engine was not given ([`Ctx::data`](crate::Ctx::data), outside a step):
-/// the code or the setup needs a fix, after which the instance can go on.
-fn missing_data(run: &RunShared, error: &str) -> Option<crate::store::Suspend> {
-    let missing = lock(&run.missing_data).clone()?;
-    if !error.contains(&missing) {
+/// A pause instead of a failure, when the handler returned the error of a
+/// value the engine was not given ([`Ctx::data`](crate::Ctx::data), outside
+/// a step): the setup needs a fix, after which the instance can go on.
+fn returned_missing_data(run: &RunShared) -> Option<crate::store::Suspend> {
+    if !run.returned_missing_data.load(Ordering::SeqCst) {
         return None;
     }
+    pause_for_data(run)
+}
+
+/// The same, for a handler that panicked on that error (`panic`).
+fn panicked_on_missing_data(run: &RunShared, panic: &str) -> Option<crate::store::Suspend> {
+    let on_it = lock(&run.missing_data)
+        .as_deref()
+        .is_some_and(|missing| panic.contains(missing));
+    if !on_it {
+        return None;
+    }
+    pause_for_data(run)
+}
+
+fn pause_for_data(run: &RunShared) -> Option<crate::store::Suspend> {
+    let missing = lock(&run.missing_data).clone()?;
     Some(run.pause_for_fix(format!(
         "paused: {missing}. Deploy code that gives it and resume the instance, or cancel it"
     )))

@@ -388,7 +388,10 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
                     .map(|(json, _)| json)
                     .map_err(|err| err.to_string())
                 }
-                Err(err) => Err(recorded_error(W::NAME, &*err)),
+                Err(err) => {
+                    ctx.run().note_returned(&*err);
+                    Err(recorded_error(W::NAME, &*err))
+                }
             };
             // Caught here, not with the handler: a panic of its own after
             // `ctx.complete` leaves the outcome as given, one of the state

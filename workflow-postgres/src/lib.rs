@@ -205,8 +205,8 @@ pub struct PgStore {
     leases_by_request_clock: bool,
     /// Changes when a NOTIFY arrives on this store's channel.
     hint: watch::Receiver<u64>,
-    /// The LISTEN connection's own pool, when listening.
-    listen: Option<sqlx::PgPool>,
+    /// The task that LISTENs on connections of its own, when listening.
+    listen: Option<wake::Listening>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -436,13 +436,12 @@ impl PgStore {
         let (hint, listen) = if !options.listen && options.claim_wait.is_zero() {
             (watch::channel(0).1, None)
         } else {
-            let listen = PgPoolOptions::new()
-                .max_connections(1)
-                .max_lifetime(None)
-                .idle_timeout(None)
-                .acquire_timeout(options.acquire_timeout)
-                .connect_lazy_with(connect);
-            let hint = wake::spawn(listen.clone(), pool.clone(), channel.clone());
+            let (hint, listen) = wake::spawn(
+                connect,
+                options.acquire_timeout,
+                pool.clone(),
+                channel.clone(),
+            );
             (hint, Some(listen))
         };
         Ok(PgStore {

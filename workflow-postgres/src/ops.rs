@@ -894,14 +894,16 @@ impl Db {
         // there: only a running handler watches the deadline itself. One set
         // while paused is set in paused time: resume adds only what is
         // paused from now on.
-        let due_now: bool = sqlx::query_scalar(
+        // A deadline already past is due now, by the database's clock at
+        // the latest (a caller's clock may run ahead).
+        let due_now: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET deadline_at = $2, updated_at = $3, \
              run_at = CASE WHEN status IN ('pending', 'listening') AND run_at > $2 \
-             THEN $2 ELSE run_at END, \
+             THEN (CASE WHEN $2 <= $3 THEN LEAST($2, {DB_CLOCK}) ELSE $2 END) ELSE run_at END, \
              paused_at = CASE WHEN status = 'paused' THEN $3 ELSE paused_at END \
              WHERE id = $1 \
              RETURNING status IN ('pending', 'listening') AND run_at <= $3",
-        )
+        )))
         .bind(id.as_str())
         .bind(deadline_at)
         .bind(at)

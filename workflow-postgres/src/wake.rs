@@ -4,13 +4,14 @@
 //! lost (a dropped connection, a restart): claims never rely on them, they
 //! only cut the wait before the next poll.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
 
 /// After this long with no notification, the listener sends one to its own
-/// channel (through `echo_pool`): a connection that a NAT or a load
+/// channel (through the store's pool): a connection that a NAT or a load
 /// balancer dropped without a reset delivers nothing and reports nothing,
 /// and every wake-up from other processes would be lost from then on.
 pub(crate) const QUIET: Duration = Duration::from_secs(30);
@@ -23,15 +24,56 @@ pub(crate) const ECHO: Duration = Duration::from_secs(10);
 /// carry none.)
 const PING: &str = "ping";
 
-/// Starts the listener on `pool` (its own, of one connection) for `channel`.
-/// The returned receiver changes on every notification and after every
-/// reconnect (what was sent meanwhile is unknown). The task ends when every
-/// receiver is gone or `pool` is closed.
-pub(crate) fn spawn(pool: PgPool, echo_pool: PgPool, channel: String) -> watch::Receiver<u64> {
+/// The listening task, to stop it.
+#[derive(Clone)]
+pub(crate) struct Listening {
+    stop: Arc<watch::Sender<bool>>,
+    /// Closed when the task has ended.
+    ended: watch::Receiver<()>,
+}
+
+impl Listening {
+    /// Stops the task and waits (a few seconds at most) for its connection
+    /// to close.
+    pub(crate) async fn close(&self) {
+        self.stop.send_replace(true);
+        let mut ended = self.ended.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(5), ended.changed()).await;
+    }
+}
+
+/// Returns once the store asks the task to stop.
+async fn stop_asked(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Starts the listener for `channel`, on connections of its own made with
+/// `connect` (waiting `acquire_timeout` at most for one); `echo_pool` sends
+/// the checks. The returned receiver changes on every notification and
+/// after every reconnect (what was sent meanwhile is unknown). The task
+/// ends when every receiver is gone or the store closes it.
+pub(crate) fn spawn(
+    connect: PgConnectOptions,
+    acquire_timeout: Duration,
+    echo_pool: PgPool,
+    channel: String,
+) -> (watch::Receiver<u64>, Listening) {
     let (tx, rx) = watch::channel(0u64);
+    let (stop, mut stopped) = watch::channel(false);
+    let (ended_tx, ended) = watch::channel(());
     tokio::spawn(async move {
+        let _ended = ended_tx;
         let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
         loop {
+            // A pool of its own for each connection: a listener dropped on
+            // a dead flow sends UNLISTEN on it and holds it until TCP gives
+            // up (minutes), which would keep its successor from connecting.
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .max_lifetime(None)
+                .idle_timeout(None)
+                .acquire_timeout(acquire_timeout)
+                .connect_lazy_with(connect.clone());
             let listener = async {
                 let mut listener = PgListener::connect_with(&pool).await?;
                 listener.listen(&channel).await?;
@@ -39,13 +81,14 @@ pub(crate) fn spawn(pool: PgPool, echo_pool: PgPool, channel: String) -> watch::
             };
             let mut listener = tokio::select! {
                 _ = tx.closed() => return,
+                _ = stop_asked(&mut stopped) => return,
                 listener = listener => match listener {
                     Ok(listener) => listener,
-                    Err(_) if pool.is_closed() => return,
                     Err(err) => {
                         tracing::debug!(error = %err, "LISTEN failed; polling only, retrying in 1 s");
                         tokio::select! {
                             _ = tx.closed() => return,
+                            _ = stop_asked(&mut stopped) => return,
                             _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                         }
                     }
@@ -57,6 +100,11 @@ pub(crate) fn spawn(pool: PgPool, echo_pool: PgPool, channel: String) -> watch::
                 let wait = if pinged { ECHO } else { QUIET };
                 tokio::select! {
                     _ = tx.closed() => return,
+                    _ = stop_asked(&mut stopped) => {
+                        drop(listener);
+                        let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
+                        return;
+                    }
                     received = tokio::time::timeout(wait, listener.try_recv()) => match received {
                         Ok(Ok(Some(note))) => {
                             pinged = false;
@@ -70,7 +118,6 @@ pub(crate) fn spawn(pool: PgPool, echo_pool: PgPool, channel: String) -> watch::
                             pinged = false;
                             bump(&tx);
                         }
-                        Ok(Err(_)) if pool.is_closed() => return,
                         Ok(Err(err)) => {
                             tracing::debug!(error = %err, "LISTEN connection failed; reconnecting");
                             break;
@@ -99,13 +146,23 @@ pub(crate) fn spawn(pool: PgPool, echo_pool: PgPool, channel: String) -> watch::
                     },
                 }
             }
-            // What was sent while it was silent is lost: look now.
+            // Left behind, not awaited: its connection may be dead.
+            drop(listener);
+            drop(pool);
+            // What was sent meanwhile is lost: look now.
             bump(&tx);
             tokio::select! {
                 _ = tx.closed() => return,
+                _ = stop_asked(&mut stopped) => return,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
     });
-    rx
+    (
+        rx,
+        Listening {
+            stop: Arc::new(stop),
+            ended,
+        },
+    )
 }

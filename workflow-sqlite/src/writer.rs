@@ -538,6 +538,12 @@ pub(crate) struct Writer {
     horizon: Option<Arc<Horizon>>,
 }
 
+/// Whether the caller runs on a multi-threaded tokio runtime.
+fn multi_threaded() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 /// Counts a caller as waiting until dropped.
 struct Waiting<'a>(&'a AtomicUsize);
 
@@ -604,7 +610,9 @@ impl Writer {
             .send(Msg::Job(Box::new(job)))
             .map_err(|_| StoreError::backend("the SQLite store is closed"))?;
         let (_waiting, alone) = Waiting::enter(&self.waiting);
-        if alone {
+        // Not on a current-thread runtime: its one thread, spinning, would
+        // hold up every other task and timer of the runtime meanwhile.
+        if alone && !self.spin.is_zero() && multi_threaded() {
             // A lone caller (one workflow stepping through its steps) would
             // otherwise put its runtime thread to sleep and pay for waking
             // it, several times the commit itself. Many callers keep the
@@ -2580,6 +2588,22 @@ pub(crate) fn done_step(key: impl Into<String>, at: Millis) -> StepRow {
 mod tests {
     use super::*;
     use rusqlite::StatementStatus;
+
+    /// A lone relaxed caller spins for its answer on a multi-threaded
+    /// runtime only: on a current-thread one it would stall every task.
+    #[test]
+    fn callers_spin_on_multi_threaded_runtimes_only() {
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(!current.block_on(async { multi_threaded() }));
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        assert!(multi.block_on(async { multi_threaded() }));
+        assert!(!multi_threaded(), "outside a runtime");
+    }
 
     /// What a durable store's writer is given.
     fn durable() -> Option<Arc<Horizon>> {
