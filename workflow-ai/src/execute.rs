@@ -52,6 +52,7 @@ pub struct Execute {
     tool_step: Option<StepOptions>,
     strict_tools: bool,
     max_tool_reply: usize,
+    max_tool_calls: usize,
 }
 
 impl std::fmt::Debug for Execute {
@@ -62,6 +63,7 @@ impl std::fmt::Debug for Execute {
             .field("messages", &self.messages)
             .field("tools", &self.tools)
             .field("max_turns", &self.max_turns)
+            .field("max_tool_calls", &self.max_tool_calls)
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +74,9 @@ impl Execute {
 
     /// The default bound on one tool reply sent to the model, in bytes.
     pub const DEFAULT_MAX_TOOL_REPLY: usize = 32 * 1024;
+
+    /// The default bound on the tool calls run for one model turn.
+    pub const DEFAULT_MAX_TOOL_CALLS: usize = 32;
 
     /// A loop with these instructions (the system message), no tools, and
     /// the model from the environment unless [`Execute::model`] is given.
@@ -87,7 +92,18 @@ impl Execute {
             tool_step: None,
             strict_tools: false,
             max_tool_reply: Self::DEFAULT_MAX_TOOL_REPLY,
+            max_tool_calls: Self::DEFAULT_MAX_TOOL_CALLS,
         }
+    }
+
+    /// The most tool calls of one model turn that run (default
+    /// [`Execute::DEFAULT_MAX_TOOL_CALLS`]); the model is told the others
+    /// did not, and may ask for them in its next turn. One reply asking
+    /// for hundreds of calls would otherwise start hundreds of workflows,
+    /// and a waiting tool's turn would outlast the deadline.
+    pub fn max_tool_calls(mut self, calls: usize) -> Self {
+        self.max_tool_calls = calls.max(1);
+        self
     }
 
     /// The most bytes of one tool reply the model is sent (default
@@ -366,6 +382,7 @@ where
         tool_step,
         strict_tools,
         max_tool_reply,
+        max_tool_calls,
     } = execute;
     // Turns are numbered per name as they finish: two loops of one name at
     // once could swap recorded answers on a replay.
@@ -470,8 +487,19 @@ where
             // reads.
             break;
         }
-        for call in &response.tool_calls {
+        for (n, call) in response.tool_calls.iter().enumerate() {
             let tool = &call.function.name;
+            // Deterministic from the recorded turn: a replay cuts the same.
+            if n >= max_tool_calls {
+                messages.push(Message::Tool {
+                    tool_call_id: call.id.clone(),
+                    content: format!(
+                        "Not run: at most {max_tool_calls} tool calls run per turn. \
+                         Ask for this one again in your next reply if you still need it."
+                    ),
+                });
+                continue;
+            }
             // Some servers send no arguments at all for a tool without
             // parameters.
             let arguments = match call.function.arguments.trim() {

@@ -138,6 +138,26 @@ async fn replayed_turn(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
     Ok(run.text)
 }
 
+/// Looks customers up, two calls of a turn at most.
+#[workflow(name = "capped")]
+async fn capped(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
+    let tools = Toolbox::new().function(
+        "lookup_customer",
+        "Find a customer's plan by e-mail",
+        |q: Lookup| async move { Ok::<_, BoxError>(json!({"email": q.email, "plan": "pro"})) },
+    );
+    let run = ctx
+        .execute(
+            Execute::new("Look them up.")
+                .input("ada, bob, cy, dee, eve")
+                .tools(tools)
+                .model(model(&base_url)?)
+                .max_tool_calls(2),
+        )
+        .await?;
+    Ok(run.text)
+}
+
 /// Starts `W` and waits for its end (a minute at most).
 async fn outcome<W: Workflow>(engine: &Engine, input: W::Input) -> workflow::Result<W::Output> {
     W::start(engine, input)
@@ -154,6 +174,7 @@ async fn engine(url: &str) -> Engine {
         .register(CreateTicket)
         .register(Classify)
         .register(ReplayedTurn)
+        .register(Capped)
         .poll_interval(Duration::from_millis(20))
         .build()
         .await
@@ -616,6 +637,58 @@ async fn server_side_failures_are_retried() {
     let out = outcome::<Agent>(&engine, input(&server, 4)).await.unwrap();
     assert_eq!(out, "fine");
     assert_eq!(server.requests().len(), 3);
+}
+
+/// One reply asking for five calls runs two (`max_tool_calls(2)`); the
+/// model is told the other three did not run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_turn_runs_at_most_max_tool_calls() {
+    let server = Server::start(|n, _| match n {
+        0 => {
+            let calls: Vec<Value> = ["ada", "bob", "cy", "dee", "eve"]
+                .iter()
+                .enumerate()
+                .map(|(i, who)| {
+                    json!({"id": format!("c{i}"), "type": "function", "function": {
+                        "name": "lookup_customer",
+                        "arguments": json!({"email": format!("{who}@example.com")}).to_string()}})
+                })
+                .collect();
+            (
+                200,
+                json!({"choices": [{"finish_reason": "tool_calls",
+                    "message": {"role": "assistant", "content": null, "tool_calls": calls}}]}),
+            )
+        }
+        _ => text("done"),
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let inst = Capped::start(&engine, server.url.clone()).await.unwrap();
+    let out = inst.result_timeout(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(out, "done");
+    let ran = inst
+        .steps()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|s| s.key.contains(":lookup_customer"))
+        .count();
+    assert_eq!(ran, 2);
+    let requests = server.requests();
+    let replies: Vec<&str> = requests[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(replies.len(), 5, "every call is answered");
+    assert_eq!(
+        replies.iter().filter(|r| r.starts_with("Not run")).count(),
+        3
+    );
 }
 
 /// A replay needs no model for the turns it reads from the record: an
