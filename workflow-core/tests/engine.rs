@@ -2172,11 +2172,14 @@ impl Workflow for UntilStopped {
 async fn a_handler_stops_before_its_unrenewed_lease_ends() {
     let lease = Duration::from_millis(3_100);
     let (store, engine) = with_leases(UntilStopped, lease).await;
+    let started = std::time::Instant::now();
     let _worker = engine.start_worker();
     let inst = UntilStopped::start(&engine, ()).await.unwrap();
     until_status(&inst, Status::InProgress).await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    // The last renewal came before this, so the lease ends by down + lease.
+    // Just after the first heartbeat's renewal (ticks a second apart from
+    // the worker's start): the lease then ends about 3.0 s after the store
+    // goes down, and the tick after that end comes about 0.9 s later.
+    tokio::time::sleep_until((started + Duration::from_millis(1_100)).into()).await;
     let down = std::time::Instant::now();
     store.set_down(true);
     let stopped = loop {
@@ -2187,10 +2190,11 @@ async fn a_handler_stops_before_its_unrenewed_lease_ends() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     store.set_down(false);
-    // A little slack for the timer and the handler's drop; before, the
-    // handler ran on up to a tick (0.4 s here) past the end.
+    // The last renewal came before `down`, so the lease ends by down +
+    // lease; slack for the timer and the handler's drop. Before, the
+    // handler ran on to the next tick, about 0.8 s past that.
     assert!(
-        stopped <= down + lease + Duration::from_millis(100),
+        stopped <= down + lease + Duration::from_millis(300),
         "stopped {:?} after the store went down, past the lease's end",
         stopped - down
     );
@@ -3333,8 +3337,9 @@ impl Workflow for ShutdownBesideRetry {
     const NAME: &'static str = "shutdownBesideRetry";
 
     async fn run(&self, ctx: Ctx, _input: ()) -> Result<(), BoxError> {
+        // Long enough that a stalled test still shuts down within it.
         let slow = StepOptions::retries(3)
-            .backoff(Duration::from_millis(200), 1.0, Duration::from_millis(200))
+            .backoff(Duration::from_secs(1), 1.0, Duration::from_secs(1))
             .jitter(0.0);
         let quick = StepOptions::retries(3)
             .backoff(Duration::from_millis(1), 1.0, Duration::from_millis(1))
@@ -3372,6 +3377,8 @@ async fn attempts_count_on_after_a_shutdown_beside_another_retried_step() {
         .poll_interval(Duration::from_millis(10))
         // Stopped while `a` backs off, not let run out of attempts.
         .shutdown_grace(Duration::ZERO)
+        // `a`'s backoff waits in memory.
+        .suspend_after(Duration::from_secs(5))
         .build()
         .await
         .unwrap();

@@ -1126,7 +1126,7 @@ impl Workflow for PayloadV1 {
 
     async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
         let _: serde_json::Value = ctx.wait_for_event("data", None).await?;
-        ctx.sleep("after", Duration::from_millis(300)).await?;
+        ctx.sleep("after", Duration::from_secs(2)).await?;
         Ok(1)
     }
 }
@@ -1148,7 +1148,7 @@ impl Workflow for PayloadV2 {
 
     async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
         let _: Strict = ctx.wait_for_event("data", None).await?;
-        ctx.sleep("after", Duration::from_millis(300)).await?;
+        ctx.sleep("after", Duration::from_secs(2)).await?;
         Ok(2)
     }
 }
@@ -1179,8 +1179,17 @@ async fn a_payload_new_code_cannot_read_pauses_the_instance() {
     inst.send_event("data", serde_json::json!({"other": 1}))
         .await
         .unwrap();
-    // Past the wait, sleeping: the next run replays the event.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Past the wait, suspended in the sleep: the next run (due in 2 s, by
+    // then on the new code) replays the event.
+    let started = std::time::Instant::now();
+    let slept = |history: Vec<workflow_core::HistoryEvent>| {
+        let last = |kind: &str| history.iter().rposition(|e| e.kind == kind);
+        last("event_received").is_some_and(|got| last("suspended").is_some_and(|s| s > got))
+    };
+    while !slept(inst.history().await.unwrap()) {
+        assert!(started.elapsed() < LIMIT, "never suspended in the sleep");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     worker.shutdown().await;
     let new = engine(true).await;
     let _worker = new.start_worker();
