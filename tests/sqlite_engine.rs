@@ -725,7 +725,9 @@ async fn instances_started_by_name_are_awaited_by_id() {
 /// Sleeps, so that its row can be damaged while it waits.
 #[workflow(name = "napperKid", timeout = "1m")]
 async fn napper_kid(ctx: Ctx, n: u32) -> workflow::Result<u32> {
-    ctx.sleep("nap", Duration::from_millis(1_000)).await?;
+    // Long enough for the test to damage its row while it sleeps, on a
+    // loaded machine too.
+    ctx.sleep("nap", Duration::from_millis(3_000)).await?;
     Ok(n)
 }
 

@@ -75,7 +75,9 @@ async fn lease_left(s: &PgStore, id: &InstanceId) -> Millis {
 /// lengthened by the claimer's skew (a little is gone by the time we look).
 async fn assert_lease_lasts(s: &PgStore, id: &InstanceId, lease: Millis) {
     let left = lease_left(s, id).await;
-    let slack = (lease / 4).min(5_000);
+    // Room for a slow machine between the write and this look; a skew
+    // (a minute in these tests) is far outside it.
+    let slack = (lease / 2).min(5_000);
     assert!(
         left <= lease && left > lease - slack,
         "{lease} ms asked, {left} ms left by the database's clock"
