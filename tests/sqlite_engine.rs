@@ -525,8 +525,9 @@ async fn waits_forever(ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
-/// Waits for `waitsForever`, but may run only a second.
-#[workflow(name = "impatientParent", timeout = "1s")]
+/// Waits for `waitsForever`, but may run only three seconds (time enough
+/// to start it on a loaded machine).
+#[workflow(name = "impatientParent", timeout = "3s")]
 async fn impatient_parent(ctx: Ctx, _input: ()) -> workflow::Result<()> {
     ctx.run_child::<WaitsForever>("forever", ()).await?;
     Ok(())

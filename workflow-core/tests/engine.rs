@@ -1906,7 +1906,10 @@ impl Workflow for Ahead {
     async fn run(&self, ctx: Ctx, n: u32) -> Result<(), BoxError> {
         ctx.step("side-effect", || async move {
             AHEAD_RUNS.lock().unwrap().push(n);
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The first of the test's pair holds the one slot long enough
+            // for the cancel of the second to land, on a loaded machine too.
+            let hold = if n == 1 { 1_500 } else { 300 };
+            tokio::time::sleep(Duration::from_millis(hold)).await;
             Ok::<_, BoxError>(())
         })
         .await?;
@@ -2308,13 +2311,14 @@ async fn a_deadline_moved_while_claimed_ahead_is_the_one_it_starts_with() {
     let queued = Gated::start_with(
         &engine,
         false,
-        StartOptions::new().timeout(Duration::from_millis(300)),
+        StartOptions::new().timeout(Duration::from_millis(1_000)),
     )
     .await
     .unwrap();
     // Claimed ahead: leased, waiting for the one slot.
     until_status(&queued, Status::InProgress).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past its deadline.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     queued
         .set_timeout(Timeout::In(Duration::from_secs(60)))
         .await

@@ -437,13 +437,15 @@ impl Workflow for ExtendsItself {
     type Output = i64;
     type State = ();
     const NAME: &'static str = "extendsItself";
-    const TIMEOUT: Duration = Duration::from_millis(400);
+    // Time enough to be claimed and move it on a loaded machine; the nap
+    // then runs past it.
+    const TIMEOUT: Duration = Duration::from_millis(1_500);
 
     async fn run(&self, ctx: Ctx, _: ()) -> Result<i64, BoxError> {
         let until = ctx
             .set_timeout("extend", Timeout::In(Duration::from_secs(30)))
             .await?;
-        ctx.sleep("nap", Duration::from_millis(800)).await?;
+        ctx.sleep("nap", Duration::from_millis(2_000)).await?;
         Ok(until.timestamp_millis())
     }
 }
@@ -1505,7 +1507,8 @@ async fn a_child_started_after_its_parent_was_cancelled_is_cancelled() {
 
 static BUSY_DONE: AtomicU32 = AtomicU32::new(0);
 
-/// A child whose one step takes half a second.
+/// A child whose one step takes two seconds: a cancel lands within it on
+/// a loaded machine too.
 struct Busy;
 
 impl Workflow for Busy {
@@ -1516,7 +1519,7 @@ impl Workflow for Busy {
 
     async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
         ctx.step("work", || async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(2_000)).await;
             BUSY_DONE.fetch_add(1, Ordering::SeqCst);
             Ok::<_, BoxError>(())
         })
@@ -1570,7 +1573,7 @@ async fn cancelling_a_parent_stops_its_child_running_here_at_once() {
     parent.cancel().await.unwrap();
     assert_eq!(child.status().await.unwrap(), Status::Cancelled);
     until_nothing_runs_here(&engine, "the cancelled child still runs here").await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
     assert_eq!(
         BUSY_DONE.load(Ordering::SeqCst),
         0,
@@ -1600,7 +1603,8 @@ impl Workflow for Slow {
     }
 }
 
-/// Waits for `Slow`, but may run only 300 ms.
+/// Waits for `Slow`, but may run only a second (time enough to start it
+/// on a loaded machine).
 struct ImpatientForSlow;
 
 impl Workflow for ImpatientForSlow {
@@ -1608,7 +1612,7 @@ impl Workflow for ImpatientForSlow {
     type Output = ();
     type State = ();
     const NAME: &'static str = "impatientForSlow";
-    const TIMEOUT: Duration = Duration::from_millis(300);
+    const TIMEOUT: Duration = Duration::from_millis(1_000);
 
     async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
         ctx.run_child::<Slow>("slow", ()).await?;
