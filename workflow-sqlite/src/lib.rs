@@ -1990,6 +1990,45 @@ mod tests {
         }
     }
 
+    /// Creates an instance on `store` (a durable one on the file at
+    /// `path`) with fsyncs held: returns once it is committed, its fsync
+    /// not done. The fsyncs go on when the returned guard is dropped.
+    async fn committed_not_synced(
+        store: &SqliteStore,
+        path: &std::path::Path,
+    ) -> (
+        HeldFsyncs,
+        tokio::task::JoinHandle<Result<workflow_core::store::Created, StoreError>>,
+        InstanceId,
+        rusqlite::Connection,
+    ) {
+        let new = workflow_core::testing::new_instance("wf", 1);
+        let id = new.id.clone();
+        let peek = rusqlite::Connection::open(path).unwrap();
+        let held = HeldFsyncs::hold();
+        let creating = tokio::spawn({
+            let store = store.clone();
+            async move { store.create(new, None).await }
+        });
+        let started = std::time::Instant::now();
+        while peek
+            .query_row(
+                "SELECT COUNT(*) FROM instances WHERE id = ?1",
+                [id.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            == 0
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (held, creating, id, peek)
+    }
+
     /// SQLite shows a commit to readers before its fsync. A durable
     /// store's reads must not return such a row, or `result()` could
     /// report an output that a power cut then takes back.
@@ -2004,32 +2043,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let new = workflow_core::testing::new_instance("wf", 1);
-        let id = new.id.clone();
-        let peek = rusqlite::Connection::open(&path).unwrap();
-        let committed = |id: &InstanceId| -> bool {
-            peek.query_row(
-                "SELECT COUNT(*) FROM instances WHERE id = ?1",
-                [id.as_str()],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap()
-                == 1
-        };
-
-        let held = HeldFsyncs::hold();
-        let creating = tokio::spawn({
-            let store = store.clone();
-            async move { store.create(new, None).await }
-        });
-        let started = std::time::Instant::now();
-        while !committed(&id) {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "never committed"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let (held, creating, id, _peek) = committed_not_synced(&store, &path).await;
         assert!(!creating.is_finished(), "answered before its fsync");
         let read = tokio::time::timeout(Duration::from_millis(300), store.get(&id)).await;
         assert!(read.is_err(), "read a row not yet on disk: {read:?}");
@@ -2091,30 +2105,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("locked.db");
         let store = SqliteStore::open(&path).await.unwrap();
-        let new = workflow_core::testing::new_instance("wf", 1);
-        let id = new.id.clone();
-        let peek = rusqlite::Connection::open(&path).unwrap();
-        let held = HeldFsyncs::hold();
-        let creating = tokio::spawn({
-            let store = store.clone();
-            async move { store.create(new, None).await }
-        });
-        let started = std::time::Instant::now();
-        while peek
-            .query_row(
-                "SELECT COUNT(*) FROM instances WHERE id = ?1",
-                [id.as_str()],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap()
-            == 0
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "never committed"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let (held, creating, id, peek) = committed_not_synced(&store, &path).await;
         // Another process takes the write lock, and keeps it.
         peek.execute_batch("BEGIN IMMEDIATE").unwrap();
         let reading = tokio::spawn({
