@@ -393,15 +393,10 @@ where
              other's answers; give each its own name (Execute::name)"
         ))
     })?;
-    // Read from the environment now, but needed only by a turn not yet
-    // recorded: a replay of recorded turns on a worker without the
-    // settings (after a sleep, on another machine) goes on without them.
-    let model: Result<Arc<dyn Model>, String> = match model {
-        Some(model) => Ok(model),
-        None => OpenAiCompatible::from_env()
-            .map(|model| Arc::new(model) as Arc<dyn Model>)
-            .map_err(|e| e.to_string()),
-    };
+    // Read from the environment by the first turn not yet recorded, once:
+    // a replay of recorded turns on a worker without the settings (after a
+    // sleep, on another machine) goes on without them, and builds no client.
+    let from_env = std::sync::OnceLock::<Result<Arc<dyn Model>, String>>::new();
     let mut messages = Vec::with_capacity(input.len() + 1);
     if !instructions.is_empty() {
         messages.push(Message::system(instructions));
@@ -425,11 +420,19 @@ where
             output: output.as_ref().map(|(format, _)| format.clone()),
         };
         let step = format!("{name}:turn-{turn}");
-        let (model, request) = (&model, &request);
+        let (model, from_env, request) = (&model, &from_env, &request);
         let call = || async move {
-            let model = model
-                .as_ref()
-                .map_err(|why| permanent(Error::Config(why.clone())))?;
+            let model = match model {
+                Some(model) => model,
+                None => from_env
+                    .get_or_init(|| {
+                        OpenAiCompatible::from_env()
+                            .map(|model| Arc::new(model) as Arc<dyn Model>)
+                            .map_err(|e| e.to_string())
+                    })
+                    .as_ref()
+                    .map_err(|why| permanent(Error::Config(why.clone())))?,
+            };
             let response = model.complete(request).await.map_err(|err| {
                 match (err.is_retryable(), err.retry_after()) {
                     (true, Some(wait)) => BoxError::from(RetryAfter::new(err, wait)),

@@ -1376,7 +1376,7 @@ async fn execute(
     match end {
         End::Returned(end) => match (end.result, end.state_panicked) {
             (Ok(output), None) => finish(Status::Completed, Some(output), None, end.state),
-            (Err(error), None) => match returned_missing_data(run) {
+            (Err(error), None) => match pause_for_missing_data(run, None) {
                 Some(pause) => Settle::Suspend(pause),
                 None => finish(Status::Failed, None, Some(error), end.state),
             },
@@ -1390,7 +1390,7 @@ async fn execute(
         },
         End::Panicked(message) => {
             // `ctx.data::<T>().expect(..)` of a value the engine lacks.
-            if let Some(pause) = panicked_on_missing_data(run, &message) {
+            if let Some(pause) = pause_for_missing_data(run, Some(&message)) {
                 return Settle::Suspend(pause);
             }
             tracing::error!(panic = %message, "handler panicked");
@@ -1414,30 +1414,19 @@ async fn execute(
 
 /// A pause instead of a failure, when the handler returned the error of a
 /// value the engine was not given ([`Ctx::data`](crate::Ctx::data), outside
-/// a step): the setup needs a fix, after which the instance can go on.
-fn returned_missing_data(run: &RunShared) -> Option<crate::store::Suspend> {
-    if !run.returned_missing_data.load(Ordering::SeqCst) {
-        return None;
-    }
-    pause_for_data(run)
-}
-
-/// The same, for a handler that panicked on that error (`panic`).
-fn panicked_on_missing_data(run: &RunShared, panic: &str) -> Option<crate::store::Suspend> {
-    let on_it = lock(&run.missing_data)
-        .as_deref()
-        .is_some_and(|missing| panic.contains(missing));
-    if !on_it {
-        return None;
-    }
-    pause_for_data(run)
-}
-
-fn pause_for_data(run: &RunShared) -> Option<crate::store::Suspend> {
+/// a step), or panicked on it (`panic`, as `.expect(..)` does): the setup
+/// needs a fix, after which the instance can go on.
+fn pause_for_missing_data(run: &RunShared, panic: Option<&str>) -> Option<crate::store::Suspend> {
     let missing = lock(&run.missing_data).clone()?;
-    Some(run.pause_for_fix(format!(
-        "paused: {missing}. Deploy code that gives it and resume the instance, or cancel it"
-    )))
+    let on_it = match panic {
+        None => run.returned_missing_data.load(Ordering::SeqCst),
+        Some(panic) => panic.contains(&missing),
+    };
+    on_it.then(|| {
+        run.pause_for_fix(format!(
+            "paused: {missing}. Deploy code that gives it and resume the instance, or cancel it"
+        ))
+    })
 }
 
 /// Runs user code (serde impls) outside the handler's guard, a panic

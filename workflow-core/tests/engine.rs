@@ -3253,6 +3253,31 @@ async fn a_step_called_after_the_run_ended_does_not_run() {
 
 static SIDE_A_CALLS: AtomicU32 = AtomicU32::new(0);
 
+/// Runs `inst` on a new worker of `engine` until its step `a` has failed
+/// for good: three attempts in all, `calls` of them (counted in `counter`)
+/// in this process.
+async fn a_fails_on_a_new_worker<W: Workflow<Output = ()>>(
+    engine: &Engine,
+    inst: &Instance<W>,
+    counter: &AtomicU32,
+    calls: u32,
+) {
+    let _worker = engine.start_worker();
+    let err = inst
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("still down"), "{err}");
+    assert_eq!(counter.load(Ordering::SeqCst), calls, "attempts 2 and 3");
+    let a = inst
+        .steps()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.key == "a");
+    assert_eq!(a.map(|s| s.attempts), Some(3));
+}
+
 /// Step `a` always fails; step `b` before it is recorded by a worker that
 /// dies (see the test).
 struct RetriesSideBySide;
@@ -3311,20 +3336,7 @@ async fn attempts_count_on_after_a_crash_beside_another_retried_step() {
     store.commit_step(&lease, b).await.unwrap();
     store.release_owner("ghost", now).await.unwrap();
 
-    let _worker = engine.start_worker();
-    let err = inst
-        .result_timeout(Duration::from_secs(10))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("still down"), "{err}");
-    assert_eq!(SIDE_A_CALLS.load(Ordering::SeqCst), 2, "attempts 2 and 3");
-    let a = inst
-        .steps()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.key == "a");
-    assert_eq!(a.map(|s| s.attempts), Some(3));
+    a_fails_on_a_new_worker(&engine, &inst, &SIDE_A_CALLS, 2).await;
 }
 
 static BESIDE_A_CALLS: AtomicU32 = AtomicU32::new(0);
@@ -3400,20 +3412,7 @@ async fn attempts_count_on_after_a_shutdown_beside_another_retried_step() {
     worker.shutdown().await;
     assert_eq!(inst.status().await.unwrap(), Status::Pending);
 
-    let _worker = engine.start_worker();
-    let err = inst
-        .result_timeout(Duration::from_secs(10))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("still down"), "{err}");
-    assert_eq!(BESIDE_A_CALLS.load(Ordering::SeqCst), 3, "attempts 2 and 3");
-    let a = inst
-        .steps()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.key == "a");
-    assert_eq!(a.map(|s| s.attempts), Some(3));
+    a_fails_on_a_new_worker(&engine, &inst, &BESIDE_A_CALLS, 3).await;
 }
 
 /// A recorded output the code's type no longer reads (the code changed

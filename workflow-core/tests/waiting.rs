@@ -1323,6 +1323,30 @@ async fn a_value_recorded_last_that_new_code_cannot_read_pauses_the_instance() {
     }
 }
 
+/// An engine from `builder` on `store` running version 2 of `ReadThenWait`
+/// (it reads an event), no worker started yet, and an instance of it sent
+/// a payload that does not fit.
+async fn sent_an_unfit_payload(
+    store: &Arc<dyn Store>,
+    builder: EngineBuilder,
+) -> (Engine, Instance<ReadThenWait>) {
+    let engine = builder
+        .shared_store(Arc::clone(store))
+        .poll_interval(Duration::from_millis(10))
+        .register(ReadThenWait {
+            v2: true,
+            child: false,
+        })
+        .build()
+        .await
+        .unwrap();
+    let inst = ReadThenWait::start(&engine, ()).await.unwrap();
+    inst.send_event("data", serde_json::json!({"other": 1}))
+        .await
+        .unwrap();
+    (engine, inst)
+}
+
 /// `inst` failed on its event's payload at a first reading, and noted so.
 async fn failed_on_the_payload(inst: &Instance<ReadThenWait>) {
     let err = inst.result_timeout(LIMIT).await.unwrap_err();
@@ -1338,20 +1362,7 @@ async fn failed_on_the_payload(inst: &Instance<ReadThenWait>) {
 #[tokio::test]
 async fn an_event_taken_by_a_run_cut_short_is_read_for_the_first_time() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let engine = EngineBuilder::new()
-        .shared_store(Arc::clone(&store))
-        .poll_interval(Duration::from_millis(10))
-        .register(ReadThenWait {
-            v2: true,
-            child: false,
-        })
-        .build()
-        .await
-        .unwrap();
-    let inst = ReadThenWait::start(&engine, ()).await.unwrap();
-    inst.send_event("data", serde_json::json!({"other": 1}))
-        .await
-        .unwrap();
+    let (engine, inst) = sent_an_unfit_payload(&store, EngineBuilder::new()).await;
     let now = store::now_millis();
     let claim = store::ClaimRequest {
         owner: "ghost".into(),
@@ -1383,21 +1394,8 @@ async fn an_event_taken_by_a_run_cut_short_is_read_for_the_first_time() {
 async fn a_note_that_failed_to_commit_is_written_by_the_next_run() {
     let flaky = Arc::new(testing::Unreachable::new(MemoryStore::new()));
     let store: Arc<dyn Store> = flaky.clone();
-    let engine = EngineBuilder::new()
-        .shared_store(Arc::clone(&store))
-        .poll_interval(Duration::from_millis(10))
-        .lease_duration(Duration::from_millis(300))
-        .register(ReadThenWait {
-            v2: true,
-            child: false,
-        })
-        .build()
-        .await
-        .unwrap();
-    let inst = ReadThenWait::start(&engine, ()).await.unwrap();
-    inst.send_event("data", serde_json::json!({"other": 1}))
-        .await
-        .unwrap();
+    let builder = EngineBuilder::new().lease_duration(Duration::from_millis(300));
+    let (engine, inst) = sent_an_unfit_payload(&store, builder).await;
     // The event is taken by the store's own write; the first step commit
     // is the note.
     flaky.fail_next_step_commits(1);

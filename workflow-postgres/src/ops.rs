@@ -76,6 +76,13 @@ const FENCE: &str = "id = $1 AND lease_owner = $2 AND runs = $3 AND status = 'in
 /// not wait out its skew.
 const DB_CLOCK: &str = "floor(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::int8";
 
+/// `due`, capped at [`DB_CLOCK`] when it is due now by the sender's clock
+/// (no later than `at`, when the sender wrote it): a time ahead (a delayed
+/// start, a sleep) keeps its value.
+fn due_now_capped(due: &str, at: &str) -> String {
+    format!("CASE WHEN {due} <= {at} THEN LEAST({due}, {DB_CLOCK}) ELSE {due} END")
+}
+
 /// The clock that judges and dates leases in a statement binding
 /// [`LeaseAsk::bind`]'s clock to `$n`: the database's unless a caller's
 /// is bound.
@@ -333,12 +340,13 @@ impl Db {
             "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, \
                  updated_at, run_at, deadline_at, parent_id) \
              SELECT id, workflow, 'pending', input, tags::jsonb, dedup_key, created_at, created_at, \
-                 CASE WHEN run_at <= created_at THEN LEAST(run_at, {DB_CLOCK}) ELSE run_at END, \
+                 {due}, \
                  deadline_at, parent_id \
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
                  $7::int8[], $8::int8[], $9::text[]) \
                  AS n(id, workflow, input, tags, dedup_key, created_at, run_at, deadline_at, parent_id) \
-             RETURNING {COLUMNS}"
+             RETURNING {COLUMNS}",
+            due = due_now_capped("run_at", "created_at")
         )))
         .bind(new.iter().map(|n| n.id.as_str()).collect::<Vec<_>>())
         .bind(new.iter().map(|n| n.workflow.as_str()).collect::<Vec<_>>())
@@ -899,10 +907,11 @@ impl Db {
         let due_now: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET deadline_at = $2, updated_at = $3, \
              run_at = CASE WHEN status IN ('pending', 'listening') AND run_at > $2 \
-             THEN (CASE WHEN $2 <= $3 THEN LEAST($2, {DB_CLOCK}) ELSE $2 END) ELSE run_at END, \
+             THEN {due} ELSE run_at END, \
              paused_at = CASE WHEN status = 'paused' THEN $3 ELSE paused_at END \
              WHERE id = $1 \
              RETURNING status IN ('pending', 'listening') AND run_at <= $3",
+            due = due_now_capped("$2", "$3"),
         )))
         .bind(id.as_str())
         .bind(deadline_at)
@@ -1151,13 +1160,14 @@ impl Db {
         // database's clock at the latest, as for a wake-up.
         let stored_run_at: Millis = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET status = $2, \
-                 run_at = LEAST(CASE WHEN $3 <= $9 THEN LEAST($3, {DB_CLOCK}) ELSE $3 END, \
+                 run_at = LEAST({due}, \
                      COALESCE(deadline_at, $3)), \
                  wait_event = $4, wait_child = $5, \
                  retry_key = $6, retry_attempts = $7, state = COALESCE($8, state), updated_at = $9, \
                  paused_at = $10, pause_requested = FALSE, lease_owner = NULL, lease_expires_at = NULL, \
                  interrupted_runs = 0 \
              WHERE id = $1 RETURNING run_at",
+            due = due_now_capped("$3", "$9"),
         )))
         .bind(lease.instance.as_str())
         .bind(status.as_str())
@@ -1533,8 +1543,9 @@ pub(crate) async fn insert(
         "INSERT INTO instances (id, workflow, status, input, tags, dedup_key, created_at, updated_at, \
              run_at, deadline_at, parent_id) \
          VALUES ($1, $2, 'pending', $3, $4::jsonb, $5, $6, $6, \
-             CASE WHEN $7 <= $6 THEN LEAST($7, {DB_CLOCK}) ELSE $7 END, $8, $9) \
-         RETURNING {COLUMNS}"
+             {due}, $8, $9) \
+         RETURNING {COLUMNS}",
+        due = due_now_capped("$7", "$6")
     )))
     .bind(new.id.as_str())
     .bind(&new.workflow)
