@@ -258,9 +258,11 @@ pub mod prelude {
 /// Items the `#[workflow]` macro expands to. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use schemars::JsonSchema;
-    pub use serde::de::DeserializeOwned;
-    pub use serde::Serialize;
+    // Private: public, they would be the paths rustc names in the
+    // diagnostics of a type that lacks them (`workflow::__private::..`).
+    use schemars::JsonSchema;
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
     pub use std::future::Future;
     pub use std::result::Result;
     pub use std::time::Duration;
