@@ -46,7 +46,7 @@ pub(crate) struct Workflow<'a> {
     /// usable struct name (reported), in which case nothing is generated.
     pub struct_ident: Option<Ident>,
     pub name: String,
-    pub description: String,
+    pub description: Description,
     pub schedule: Option<String>,
     pub timezone: String,
     pub timeout: Duration,
@@ -199,7 +199,7 @@ impl<'a> Workflow<'a> {
         };
 
         let description = match &args.description {
-            Some(lit) => lit.value().trim().to_owned(),
+            Some(lit) => Description::text(lit.value().trim().to_owned()),
             None => doc_comment(&func.attrs),
         };
 
@@ -507,56 +507,141 @@ fn type_named(ident: &Ident, handler: &Handler<'_>) -> Option<Span> {
     find.found
 }
 
-/// The doc comment as plain text: each line trimmed, lines joined with
+/// A workflow's description: the `description` key, or its doc comment.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Description {
+    /// In order: text the macro reads, and docs it cannot
+    /// (`#[doc = include_str!(..)]`), which the compiler reads for it.
+    pieces: Vec<DocPiece>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum DocPiece {
+    Text(String),
+    Included(Box<Expr>),
+}
+
+impl Description {
+    pub(crate) fn text(text: String) -> Self {
+        let pieces = if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![DocPiece::Text(text)]
+        };
+        Description { pieces }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// The description after `prefix`, as a `&'static str` expression: a
+    /// literal, or `concat!` of the text and the included docs.
+    pub(crate) fn to_tokens_after(&self, prefix: &str) -> proc_macro2::TokenStream {
+        let mut parts = Vec::new();
+        let mut text = prefix.to_owned();
+        for (n, piece) in self.pieces.iter().enumerate() {
+            if n > 0 {
+                text.push('\n');
+            }
+            match piece {
+                DocPiece::Text(t) => text.push_str(t),
+                DocPiece::Included(expr) => {
+                    parts.push(quote::quote!(#text));
+                    parts.push(expr.to_token_stream());
+                    text = String::new();
+                }
+            }
+        }
+        if parts.is_empty() {
+            return quote::quote!(#text);
+        }
+        if !text.is_empty() {
+            parts.push(quote::quote!(#text));
+        }
+        quote::quote!(::core::concat!(#(#parts),*))
+    }
+
+    /// The text alone, for tests: included docs as `{..}`.
+    #[cfg(test)]
+    pub(crate) fn plain(&self) -> String {
+        let pieces: Vec<String> = self
+            .pieces
+            .iter()
+            .map(|piece| match piece {
+                DocPiece::Text(t) => t.clone(),
+                DocPiece::Included(_) => "{..}".to_owned(),
+            })
+            .collect();
+        pieces.join("\n")
+    }
+}
+
+/// The doc comment as a description: each line trimmed, lines joined with
 /// `\n`, surrounding blank lines dropped. In a block comment (`/** .. */`)
 /// whose every non-blank line starts with `*` (but the first, the one
 /// after `/**`, which may not), that `*` and one space after it go, as
-/// rustdoc drops them. `#[doc = include_str!(..)]` and other non-literal
-/// docs are skipped: their text is unknown here. The text ends before its
-/// first heading or code fence: `# Examples` with Rust code, `# Errors`
-/// about the Rust API, are for the crate's readers, not for a model
-/// reading the tool's description on every request.
-pub(crate) fn doc_comment(attrs: &[Attribute]) -> String {
-    let mut lines = Vec::new();
-    for attr in attrs {
+/// rustdoc drops them. The text ends before its first heading or code
+/// fence: `# Examples` with Rust code, `# Errors` about the Rust API, are
+/// for the crate's readers, not for a model reading the tool's
+/// description on every request. `#[doc = include_str!(..)]` and other
+/// docs that are not a literal are kept whole, where they stand: their
+/// text is unknown here.
+pub(crate) fn doc_comment(attrs: &[Attribute]) -> Description {
+    let heading = |line: &str| {
+        let rest = line.trim_start_matches('#');
+        (1..=6).contains(&(line.len() - rest.len())) && (rest.is_empty() || rest.starts_with(' '))
+    };
+    let mut pieces = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
+    'attrs: for attr in attrs {
         let Meta::NameValue(nv) = &attr.meta else {
             continue;
         };
         if !nv.path.is_ident("doc") {
             continue;
         }
-        if let Expr::Lit(ExprLit {
+        let Expr::Lit(ExprLit {
             lit: Lit::Str(lit), ..
         }) = &nv.value
-        {
-            let value = lit.value();
-            let mut block: Vec<&str> = value.split('\n').map(str::trim).collect();
-            // Only a block comment spans lines in one attribute; a `///`
-            // line starting with `*` is a Markdown list item, kept.
-            let starred = block.len() > 1
-                && block[1..]
-                    .iter()
-                    .filter(|line| !line.is_empty())
-                    .all(|line| line.starts_with('*'));
-            if starred {
-                for line in &mut block {
-                    if let Some(rest) = line.strip_prefix('*') {
-                        *line = rest.strip_prefix(' ').unwrap_or(rest);
-                    }
+        else {
+            let text = lines.join("\n").trim().to_owned();
+            if !text.is_empty() {
+                pieces.push(DocPiece::Text(text));
+            }
+            lines.clear();
+            pieces.push(DocPiece::Included(Box::new(nv.value.clone())));
+            continue;
+        };
+        let value = lit.value();
+        let mut block: Vec<&str> = value.split('\n').map(str::trim).collect();
+        // Only a block comment spans lines in one attribute; a `///`
+        // line starting with `*` is a Markdown list item, kept.
+        let starred = block.len() > 1
+            && block[1..]
+                .iter()
+                .filter(|line| !line.is_empty())
+                .all(|line| line.starts_with('*'));
+        if starred {
+            for line in &mut block {
+                if let Some(rest) = line.strip_prefix('*') {
+                    *line = rest.strip_prefix(' ').unwrap_or(rest);
                 }
             }
-            lines.extend(block.into_iter().map(|line| line.trim().to_owned()));
+        }
+        for line in block {
+            let line = line.trim();
+            if line.starts_with("```") || line.starts_with("~~~") || heading(line) {
+                break 'attrs;
+            }
+            lines.push(line.to_owned());
         }
     }
-    let heading = |line: &str| {
-        let rest = line.trim_start_matches('#');
-        (1..=6).contains(&(line.len() - rest.len())) && (rest.is_empty() || rest.starts_with(' '))
-    };
-    let end = lines
-        .iter()
-        .position(|line| line.starts_with("```") || line.starts_with("~~~") || heading(line))
-        .unwrap_or(lines.len());
-    lines[..end].join("\n").trim().to_owned()
+    let text = lines.join("\n").trim().to_owned();
+    if !text.is_empty() {
+        pieces.push(DocPiece::Text(text));
+    }
+    Description { pieces }
 }
 
 /// `process_order` -> `ProcessOrder`. Characters after the first of each
@@ -1328,13 +1413,14 @@ mod tests {
             ///
             ///   Charges the card.
             #[doc = include_str!("x.md")]
+            /// More.
             async fn f() {}
         });
         assert_eq!(
-            doc_comment(&f.attrs),
-            "Process a new order.\n\nCharges the card."
+            doc_comment(&f.attrs).plain(),
+            "Process a new order.\n\nCharges the card.\n{..}\nMore."
         );
-        assert_eq!(doc_comment(&[]), "");
+        assert!(doc_comment(&[]).is_empty());
     }
 
     #[test]
@@ -1344,24 +1430,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            doc_comment(&f.attrs),
+            doc_comment(&f.attrs).plain(),
             "Process a new order.\n\n* charges the card\nonce"
         );
         // The line after `/**` may go without one.
         let f: ItemFn =
             syn::parse_str("/** Totals:\n * net\n * gross\n */\nasync fn f() {}").unwrap();
-        assert_eq!(doc_comment(&f.attrs), "Totals:\nnet\ngross");
+        assert_eq!(doc_comment(&f.attrs).plain(), "Totals:\nnet\ngross");
         // A later line without one: the stars are the text's.
         let f: ItemFn =
             syn::parse_str("/** Totals:\n * net\n   and gross */\nasync fn f() {}").unwrap();
-        assert_eq!(doc_comment(&f.attrs), "Totals:\n* net\nand gross");
+        assert_eq!(doc_comment(&f.attrs).plain(), "Totals:\n* net\nand gross");
         // `///` lines starting with `*` are a Markdown list.
         let f = func(quote! {
             /// * fetch
             /// * charge
             async fn f() {}
         });
-        assert_eq!(doc_comment(&f.attrs), "* fetch\n* charge");
+        assert_eq!(doc_comment(&f.attrs).plain(), "* fetch\n* charge");
     }
 
     #[test]
@@ -1374,7 +1460,7 @@ mod tests {
             /// When the card is declined.
             async fn f() {}
         });
-        assert_eq!(doc_comment(&f.attrs), "Process a new order.");
+        assert_eq!(doc_comment(&f.attrs).plain(), "Process a new order.");
         let f = func(quote! {
             /// Process a new order, #1 priority.
             /// ```
@@ -1382,7 +1468,10 @@ mod tests {
             /// ```
             async fn f() {}
         });
-        assert_eq!(doc_comment(&f.attrs), "Process a new order, #1 priority.");
+        assert_eq!(
+            doc_comment(&f.attrs).plain(),
+            "Process a new order, #1 priority."
+        );
         let f = func(quote! {
             /// Charges the card.
             ///
@@ -1390,7 +1479,7 @@ mod tests {
             /// When it is declined.
             async fn f() {}
         });
-        assert_eq!(doc_comment(&f.attrs), "Charges the card.");
+        assert_eq!(doc_comment(&f.attrs).plain(), "Charges the card.");
     }
 
     fn model(attr: proc_macro2::TokenStream, f: &ItemFn) -> (Option<String>, Vec<String>) {
@@ -1670,7 +1759,7 @@ mod tests {
         assert_eq!(wf.timezone, "UTC");
         assert_eq!(wf.timeout, Duration::from_secs(300));
         assert_eq!(wf.schedule, None);
-        assert_eq!(wf.description, "");
+        assert!(wf.description.is_empty());
         assert_eq!(wf.krate.to_token_stream().to_string(), ":: workflow");
     }
 }

@@ -77,9 +77,11 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     let cfgs = &wf.cfgs;
     let deprecated = &wf.deprecated;
     let doc = if wf.description.is_empty() {
-        format!("Workflow `{}`.", wf.name)
+        let doc = format!("Workflow `{}`.", wf.name);
+        quote!(#doc)
     } else {
-        format!("Workflow `{}`: {}", wf.name, wf.description)
+        wf.description
+            .to_tokens_after(&format!("Workflow `{}`: ", wf.name))
     };
 
     let declaration = match &wf.struct_ident {
@@ -132,7 +134,7 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
 
     let fn_ident = &wf.func.sig.ident;
     let name = &wf.name;
-    let description = &wf.description;
+    let description = wf.description.to_tokens_after("");
     let timezone = &wf.timezone;
     let schedule = match &wf.schedule {
         Some(schedule) => quote!(::core::option::Option::Some(#schedule)),

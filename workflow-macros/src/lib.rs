@@ -93,7 +93,7 @@ use proc_macro::TokenStream;
 /// | `Output`      | the first type argument of the `Result` |
 /// | `State`       | `S` of `Ctx<S>`, `()` for `Ctx` |
 /// | `NAME`        | `name`, or the function's name |
-/// | `DESCRIPTION` | `description`, or the doc comment up to its first heading or code block (lines trimmed; a `/** */` comment's leading `*`s dropped, as rustdoc does), or `""` |
+/// | `DESCRIPTION` | `description`, or the doc comment up to its first heading or code block (lines trimmed; a `/** */` comment's leading `*`s dropped, as rustdoc does; an `include_str!` doc whole), or `""` |
 /// | `SCHEDULE`    | `schedule`, or `None` |
 /// | `TIMEZONE`    | `timezone`, or `"UTC"` |
 /// | `TIMEOUT`     | `timeout`, or 5 minutes |
@@ -112,7 +112,9 @@ use proc_macro::TokenStream;
 ///   also the AI tool name, so it must match `^[a-zA-Z0-9_-]{1,64}$`.
 ///   Default: the function's name.
 /// - `description = "..."`: for people and AI models. Default: the doc
-///   comment, up to its first heading (`# Examples`) or code block.
+///   comment, up to its first heading (`# Examples`) or code block. A doc
+///   the macro cannot read, `#[doc = include_str!("refund.md")]`, is part
+///   of it whole, where it stands (through `concat!`).
 /// - `schedule = "0 9 * * MON-FRI"`: run on a cron schedule. Five fields
 ///   (`minute hour day-of-month month day-of-week`), or six with seconds
 ///   first; names like `MON` and `JAN`; `L`, `W` and `#` as croner accepts
