@@ -188,7 +188,14 @@ pub(crate) struct RunShared {
     /// Steps of this run with failed attempts that have not ended: a
     /// suspension for another reason (a sleep beside them) names one, so
     /// that the next run reads their counts instead of starting at zero.
-    retrying: Mutex<HashMap<String, u32>>,
+    /// With each, when its next attempt is due if it is backing off in
+    /// memory: a suspension beside it must not sleep past that.
+    retrying: Mutex<HashMap<String, (u32, Option<crate::store::Millis>)>>,
+    /// A step ended (recorded its output or its failure) while a
+    /// suspension beside it waited for it: the handler has not seen that
+    /// outcome, which may change what it does (a `try_join!` that fails,
+    /// a `select!` that returns), so the suspension runs it again at once.
+    ended_beside: AtomicBool,
     /// Waits longer than this suspend the instance instead of sleeping in memory.
     pub suspend_after: std::time::Duration,
     /// Step attempts running now, from their closure's start to their
@@ -362,6 +369,7 @@ impl RunShared {
             returned_missing_data: AtomicBool::new(false),
             failed_attempts: tokio::sync::OnceCell::new(),
             retrying: Mutex::new(HashMap::new()),
+            ended_beside: AtomicBool::new(false),
             suspend_after: engine.inner.config.suspend_after,
             steps_running: AtomicUsize::new(0),
             drained: tokio::sync::Notify::new(),
@@ -399,7 +407,30 @@ impl RunShared {
         lock(&self.retrying)
             .iter()
             .next()
-            .map(|(key, failed)| (key.clone(), *failed))
+            .map(|(key, (failed, _))| (key.clone(), *failed))
+    }
+
+    /// When a suspension must run the instance again at the latest, for
+    /// what happened beside it: at once after a step ended while it
+    /// waited ([`ended_beside`](Self::ended_beside)), at a retry's due
+    /// time for a step backing off in memory, which the suspension stopped
+    /// and nothing else would wake (the wait's event may never come).
+    pub(crate) fn due_beside(&self, now: crate::store::Millis) -> crate::store::Millis {
+        if self.ended_beside.load(Ordering::SeqCst) {
+            return now;
+        }
+        lock(&self.retrying)
+            .values()
+            .filter_map(|(_, due)| *due)
+            .min()
+            .unwrap_or(crate::store::Millis::MAX)
+    }
+
+    /// Notes that a step ended; see [`ended_beside`](Self::ended_beside).
+    fn step_ended(&self) {
+        if matches!(self.interrupted(), Some(Interrupt::Suspended)) {
+            self.ended_beside.store(true, Ordering::SeqCst);
+        }
     }
 
     /// A suspension that has the instance run again `after` from `at`
@@ -1070,7 +1101,7 @@ where
             // Whether `retrying` names this step (a lock per step otherwise).
             let mut noted = attempt > 0;
             if noted {
-                lock(&run.retrying).insert(key.clone(), attempt);
+                lock(&run.retrying).insert(key.clone(), (attempt, None));
             }
             loop {
                 // The count comes from the store: a corrupt one must not overflow.
@@ -1110,6 +1141,7 @@ where
                         if noted {
                             lock(&run.retrying).remove(&key);
                         }
+                        run.step_ended();
                         tracing::debug!(attempts = attempt, "step recorded");
                         return Ok(replayed);
                     }
@@ -1158,6 +1190,7 @@ where
                     if noted {
                         lock(&run.retrying).remove(&key);
                     }
+                    run.step_ended();
                     // Recorded: a suspension need not wait for it any more.
                     drop(running);
                     return self.replay(step).await;
@@ -1174,7 +1207,8 @@ where
                     .record_attempt(&run.lease, &key, attempt, &message, run.now())
                     .await
                     .map_err(|e| self.store_error(e))?;
-                lock(&run.retrying).insert(key.clone(), attempt);
+                let due = crate::store::millis_after(run.now(), delay);
+                lock(&run.retrying).insert(key.clone(), (attempt, Some(due)));
                 noted = true;
                 drop(running);
                 if delay > run.suspend_after {

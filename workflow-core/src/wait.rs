@@ -169,7 +169,10 @@ where
     /// the run at the first of them it reaches: the instance wakes for
     /// that one's event or time, and looks at the others when it runs
     /// again. A wait that must be on time should not share the run with
-    /// a longer one.
+    /// a longer one. Steps beside a wait are not cut off: the suspension
+    /// waits for them, and if one ended meanwhile the instance runs again
+    /// at once, for the handler to see its outcome; a step backing off
+    /// between attempts has it run again when its next attempt is due.
     pub async fn wait_for_event<T: DeserializeOwned>(
         &self,
         name: &str,

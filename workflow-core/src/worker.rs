@@ -1306,7 +1306,12 @@ async fn execute(
                 tracing::warn!("stopped while noting an unreadable value; the instance resumes when its lease lapses");
                 Settle::Abandon
             }
-            (Interrupt::Suspended, Settlement::Suspend(suspend)) => Settle::Suspend(suspend),
+            (Interrupt::Suspended, Settlement::Suspend(mut suspend)) => {
+                if suspend.status != Status::Paused {
+                    suspend.run_at = suspend.run_at.min(run.due_beside(at));
+                }
+                Settle::Suspend(suspend)
+            }
             // The settlement serializes the state and the output is read
             // back here, after the handler's guard: user serde code that
             // panics must end the run as a panicking handler does, not

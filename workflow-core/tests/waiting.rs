@@ -360,6 +360,59 @@ impl Workflow for FailsBesideSleep {
     }
 }
 
+/// How often `send` ran, by the backoff `RetryBesideWait` was given.
+static SENDS: Mutex<BTreeMap<u64, u32>> = Mutex::new(BTreeMap::new());
+
+/// Sends an email whose first attempt fails while a wait for the answer
+/// runs beside it: the answer may only come once the email is out.
+struct RetryBesideWait;
+
+impl Workflow for RetryBesideWait {
+    type Input = u64;
+    type Output = bool;
+    type State = ();
+    const NAME: &'static str = "retryBesideWait";
+
+    async fn run(&self, ctx: Ctx, backoff_ms: u64) -> Result<bool, BoxError> {
+        let backoff = Duration::from_millis(backoff_ms);
+        let opts = StepOptions::attempts(3).backoff(backoff, 1.0, backoff);
+        let send = ctx.step_with("send", opts, || async move {
+            // Long enough for the wait to suspend while it runs.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut sends = SENDS.lock().unwrap();
+            let sent = sends.entry(backoff_ms).or_default();
+            *sent += 1;
+            match *sent {
+                1 => Err::<(), BoxError>("421 try again later".into()),
+                _ => Ok(()),
+            }
+        });
+        let (sent, approved) = tokio::join!(send, ctx.wait_for_event::<bool>("approval", None));
+        sent?;
+        Ok(approved?)
+    }
+}
+
+/// A charge that fails for good while a wait for the shipment runs beside
+/// it, under `try_join!`: the failure ends the instance.
+struct DeclinedBesideWait;
+
+impl Workflow for DeclinedBesideWait {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "declinedBesideWait";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        let charge = ctx.step("charge", || async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            Err::<(), BoxError>(permanent("card declined"))
+        });
+        tokio::try_join!(charge, ctx.wait_for_event::<bool>("shipped", None))?;
+        Ok(())
+    }
+}
+
 #[derive(Default, Serialize, Deserialize, JsonSchema)]
 struct Count {
     done: u32,
@@ -575,6 +628,8 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(ExtendsItself)
         .register(ReserveBesideWait)
         .register(CountAndAudit)
+        .register(RetryBesideWait)
+        .register(DeclinedBesideWait)
         .poll_interval(Duration::from_millis(10))
         .suspend_after(Duration::from_millis(50))
         .build()
@@ -609,6 +664,47 @@ async fn a_suspension_keeps_an_attempt_that_failed_while_it_waited() {
     assert!(err.to_string().contains("service down"), "{err}");
     assert!(inst.info().await.unwrap().runs >= 2, "it was suspended");
     assert_eq!(BESIDE_CALLS.lock().unwrap()[&30], 3);
+}
+
+/// A step backing off beside a wait is retried when due, not when the
+/// wait's event comes: the suspension the wait made runs the instance
+/// again at the retry's time, whether the backoff was short (in memory)
+/// or long (a suspension of its own, which the wait's came before).
+/// Before, the second attempt waited for the event or the deadline.
+#[tokio::test]
+async fn a_step_backing_off_beside_a_wait_is_retried_when_due() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    for backoff_ms in [20, 100] {
+        let inst = RetryBesideWait::start(&engine, backoff_ms).await.unwrap();
+        let sends = || SENDS.lock().unwrap().get(&backoff_ms).copied();
+        let started = std::time::Instant::now();
+        while sends() != Some(2) && started.elapsed() < LIMIT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            sends(),
+            Some(2),
+            "backoff {backoff_ms} ms: retried without the event"
+        );
+        until_status(&inst, Status::Listening).await;
+        inst.send_event("approval", true).await.unwrap();
+        assert!(inst.result_timeout(LIMIT).await.unwrap());
+        assert_eq!(sends(), Some(2), "sent once more, no more");
+    }
+}
+
+/// A step that fails for good beside a wait, under `try_join!`, fails
+/// the instance: the handler returns its error. Before, the wait's
+/// suspension won and the instance listened until its deadline.
+#[tokio::test]
+async fn a_step_failing_beside_a_wait_fails_the_instance() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = DeclinedBesideWait::start(&engine, ()).await.unwrap();
+    let err = inst.result_timeout(LIMIT).await.unwrap_err();
+    assert!(err.to_string().contains("card declined"), "{err}");
+    assert_eq!(inst.info().await.unwrap().status, Status::Failed);
 }
 
 #[tokio::test]
