@@ -52,7 +52,8 @@ struct Look<'a> {
 impl Look<'_> {
     /// Records that this look handled `workflow`'s ticks up to `until`,
     /// never moving back from the last look (`previous`): after the
-    /// clock steps back, the ticks between its new and its old time were
+    /// clock steps back (by less than [`LATE_LOOK_MAX`]; see `fire_due`
+    /// for more), the ticks between its new and its old time were
     /// handled already, and firing them again as the clock passes them
     /// once more would run them twice if their instances were purged
     /// meanwhile.
@@ -173,6 +174,24 @@ async fn fire_due(
         .get(s.workflow)
         .copied()
         .filter(|p| *p >= now - late_look_max);
+    // A last look far ahead of now: the clock stepped back from a wrong
+    // time (a day ahead at boot, then NTP). Counting from that look
+    // would fire nothing until the clock got there again, silently; this
+    // engine starts over as a restarted one does, from the mark (the
+    // ticks fired meanwhile are found by their keys). A small step back
+    // keeps the look, so its ticks are not fired twice.
+    let previous = match previous {
+        Some(p) if p > now + late_look_max => {
+            tracing::warn!(
+                workflow = s.workflow,
+                last_look = %p,
+                now = %now,
+                "the clock stepped back past this engine's last look at the schedule; counting from now"
+            );
+            None
+        }
+        previous => previous,
+    };
     // Once per schedule and engine: the mark stays ahead until the clocks
     // meet again.
     if previous.is_none() && marked_until > now + chrono::Duration::seconds(5) {

@@ -347,6 +347,37 @@ async fn a_clock_stepped_back_does_not_fire_ticks_again() {
     );
 }
 
+/// A clock a day ahead, then stepped back by NTP: the engine fires the
+/// ticks that come due from then on, instead of nothing until the clock
+/// reaches the wrong time again. Before, it fired nothing, silently.
+#[tokio::test]
+async fn a_clock_stepped_back_a_day_fires_the_ticks_due_from_then() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let engine = engine(Arc::clone(&store), &clock, CatchUp::Latest).await;
+    let _worker = engine.start_worker();
+    registered(&store).await;
+    clock.set(utc("2026-11-26T10:00:30Z"));
+    assert_eq!(
+        wait_for(&engine, 1).await,
+        ["schedule:2026-11-26T10:00:00.000Z"]
+    );
+    clock.set(utc("2026-11-25T10:00:40Z"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // On in steps, as a running clock goes.
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        wait_for(&engine, 2).await,
+        [
+            "schedule:2026-11-25T10:01:00.000Z",
+            "schedule:2026-11-26T10:00:00.000Z"
+        ]
+    );
+}
+
 /// An engine whose clock ran two hours ahead moved the schedule's mark
 /// into the future; an engine with the right time still fires the ticks
 /// that come due while it runs, instead of waiting for the mark.
