@@ -22,8 +22,13 @@ async fn daily_report(ctx: Ctx, _input: ()) -> workflow::Result<usize> {
     let rows: usize = ctx
         .step("collect", || async { Ok::<_, BoxError>(42) })
         .await?;
-    ctx.step("send", || async { Ok::<_, BoxError>(()) }).await?;
-    println!("report for tick {tick}: {rows} rows");
+    // Printing stands for sending: inside the step, so that a replay
+    // after a crash does not send it again.
+    ctx.step("send", || async {
+        println!("report for tick {tick}: {rows} rows");
+        Ok::<_, BoxError>(())
+    })
+    .await?;
     Ok(rows)
 }
 

@@ -220,9 +220,9 @@ let engine = Engine::builder()
     .register(ProcessOrder)
     .build()
     .await?;
-let worker = engine.start_worker();
-shutdown_signal().await; // Ctrl-C, or the SIGTERM of systemd or Kubernetes
-worker.shutdown().await; // stops claiming, lets handlers finish (10 s), hands back the rest
+// Runs a worker until Ctrl-C, or the SIGTERM of systemd or Kubernetes; then it
+// stops claiming, lets handlers finish (10 s) and hands back the rest.
+engine.run_until(shutdown_signal()).await?;
 
 /// Ctrl-C, or SIGTERM (tokio feature "signal"). Without a handler, SIGTERM
 /// kills the process at once: no handler finishes, and its instances wait

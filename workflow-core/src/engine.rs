@@ -920,9 +920,35 @@ impl Engine {
     /// waiting for it: it must not go on claiming work after the call that
     /// ran it is gone.
     pub async fn run(&self) -> Result<crate::worker::Stopped> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// [`run`](Self::run) until `signal` completes too, as axum's
+    /// `with_graceful_shutdown` does: the worker stops claiming, lets
+    /// running handlers finish (the grace period) and hands the rest
+    /// back. A service's `main` ends with it:
+    ///
+    /// ```no_run
+    /// # async fn doc(engine: workflow_core::Engine) -> workflow_core::Result<()> {
+    /// # async fn shutdown_signal() {}
+    /// // Ctrl-C or SIGTERM: README's "Deploying" has one.
+    /// engine.run_until(shutdown_signal()).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Only this worker stops: other workers of the engine, and instances
+    /// started, go on. Dropping the future stops the worker without
+    /// waiting, as for `run`.
+    pub async fn run_until(
+        &self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<crate::worker::Stopped> {
         let worker = self.start_worker();
         let stop_on_drop = worker.stop_token().drop_guard();
-        self.inner.shutdown.cancelled().await;
+        tokio::select! {
+            () = signal => {}
+            () = self.inner.shutdown.cancelled() => {}
+        }
         let stopped = worker.shutdown().await;
         stop_on_drop.disarm();
         Ok(stopped)

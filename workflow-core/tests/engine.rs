@@ -1103,6 +1103,50 @@ async fn dropping_run_stops_its_worker() {
     worker.shutdown().await;
 }
 
+/// `run_until` runs a worker until its signal: a handler running then
+/// finishes within the grace period, the call returns `Clean`, and
+/// nothing is claimed afterwards.
+#[tokio::test]
+async fn run_until_stops_its_worker_at_the_signal() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Slow)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let (signal, signalled) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .run_until(async {
+                    let _ = signalled.await;
+                })
+                .await
+        }
+    });
+    let running_then = Slow::start_with(
+        &engine,
+        300,
+        StartOptions::new().timeout(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    until_status(&running_then, Status::InProgress).await;
+    signal.send(()).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("run_until returns once its worker stopped")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stopped, Stopped::Clean);
+    assert_eq!(running_then.info().await.unwrap().status, Status::Completed);
+    let after = Slow::start(&engine, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(after.info().await.unwrap().runs, 0, "run after the signal");
+}
+
 #[tokio::test]
 async fn list_pages_newest_first() {
     let engine = engine_on(Arc::new(MemoryStore::new())).await;
