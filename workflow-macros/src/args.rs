@@ -59,6 +59,33 @@ pub(crate) struct BackoffArgs {
     seen: Vec<String>,
 }
 
+/// The attribute's entries: its tokens split at the commas outside any
+/// brackets. An entry that is empty but for the last (a trailing comma)
+/// is an error.
+fn entries(tokens: TokenStream) -> Vec<syn::Result<TokenStream>> {
+    let mut entries = Vec::new();
+    let mut entry = TokenStream::new();
+    for token in tokens {
+        match &token {
+            proc_macro2::TokenTree::Punct(comma) if comma.as_char() == ',' => {
+                entries.push(if entry.is_empty() {
+                    Err(syn::Error::new(
+                        comma.span(),
+                        "expected a key before this `,`",
+                    ))
+                } else {
+                    Ok(std::mem::take(&mut entry))
+                });
+            }
+            _ => entry.extend([token]),
+        }
+    }
+    if !entry.is_empty() {
+        entries.push(Ok(entry));
+    }
+    entries
+}
+
 /// A number literal as written, integer or float, perhaps negated (`-0.5`):
 /// a negative value is a range error for the key to explain, not a
 /// syntax error.
@@ -75,9 +102,14 @@ impl Args {
     /// keeping whatever parsed cleanly.
     pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
         let mut args = Args::default();
-        let parser = syn::meta::parser(|meta| args.parse_entry(meta, errors));
-        if let Err(err) = parser.parse2(tokens) {
-            errors.push(err);
+        // Entry by entry: a syntax error (`timeout = 1 h`) ends only its
+        // own entry, and the keys after it are still checked, in this
+        // build rather than the next.
+        for entry in entries(tokens) {
+            let parser = syn::meta::parser(|meta| args.parse_entry(meta, errors));
+            if let Err(err) = entry.and_then(|entry| parser.parse2(entry)) {
+                errors.push(err);
+            }
         }
         args
     }
@@ -541,6 +573,24 @@ mod tests {
         assert_eq!(args.retries.map(|l| l.to_string()).as_deref(), Some("3"));
         let krate = args.krate.map(|p| p.to_token_stream().to_string());
         assert_eq!(krate.as_deref(), Some(":: workflow"));
+    }
+
+    /// A syntax error ends its own entry only: the keys after it are
+    /// still read and checked.
+    #[test]
+    fn a_syntax_error_does_not_hide_the_entries_after_it() {
+        let (args, errors) = parse(quote!(timeout = 1 h, bogus = 1, name = "ok",, retries = 2,));
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(
+            errors[0].contains("`timeout` expects a string"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].contains("expected `,`"), "{}", errors[1]);
+        assert!(errors[2].contains("unknown `workflow` attribute key `bogus`"));
+        assert_eq!(errors[3], "expected a key before this `,`");
+        assert_eq!(args.name.map(|l| l.value()).as_deref(), Some("ok"));
+        assert_eq!(args.retries.map(|l| l.to_string()).as_deref(), Some("2"));
     }
 
     #[test]

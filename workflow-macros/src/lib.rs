@@ -110,7 +110,11 @@ use proc_macro::TokenStream;
 ///
 /// - `name = "processOrder"`: the registered name, unique per engine. It is
 ///   also the AI tool name, so it must match `^[a-zA-Z0-9_-]{1,64}$`.
-///   Default: the function's name.
+///   Default: the function's name. Set it on a workflow whose instances
+///   may be in flight when the code changes: renaming the function then
+///   renames the workflow, and instances stored under the old name wait
+///   for an engine that registers it (dedup keys and cron ticks go by
+///   name too).
 /// - `description = "..."`: for people and AI models. Default: the doc
 ///   comment, up to its first heading (`# Examples`) or code block. A doc
 ///   the macro cannot read, `#[doc = include_str!("refund.md")]`, is part
@@ -206,6 +210,11 @@ use proc_macro::TokenStream;
 ///   `start_child_with`, `run_child`, `run_child_with`, `map`, `for_each`,
 ///   `batch`, `call_tool`, `call_tool_with`). The runtime refuses names
 ///   given at run time the same way.
+///
+/// Only names written as literals are checked, and listed in `STEPS`: a
+/// `const` (`ctx.step(FETCH, ..)`), a name computed at run time and a
+/// call in a helper function that takes `&Ctx` are not (the runtime still
+/// numbers repeats `name#1`, ...).
 #[proc_macro_attribute]
 pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::workflow(attr.into(), item.into()).into()
