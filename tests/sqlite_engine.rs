@@ -575,6 +575,45 @@ async fn a_timed_out_parent_cancels_the_child_it_waits_for() {
     );
 }
 
+/// Approves, or escalates after a second, whichever comes first. The wait
+/// is polled first: the sleep adds its time to the wait's suspension.
+#[workflow(name = "approveOrEscalate", timeout = "10m")]
+async fn approve_or_escalate(ctx: Ctx, _input: ()) -> workflow::Result<String> {
+    let approval = ctx.wait_for_event::<String>("approval", None);
+    let escalation = ctx.sleep("escalate", Duration::from_secs(1));
+    tokio::select! {
+        biased;
+        by = approval => Ok(format!("approved by {}", by?)),
+        slept = escalation => slept.map(|()| "escalated".to_owned()),
+    }
+}
+
+/// On SQLite, where each wait's store calls take their time: the instance
+/// suspends once, for the event and until the sleep's end, and escalates
+/// when no approval came.
+#[tokio::test]
+async fn a_sleep_beside_a_wait_wakes_the_instance_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(&dir, "e2e.db")
+        .register(ApproveOrEscalate)
+        .build()
+        .await
+        .expect("engine");
+    let _worker = engine.start_worker();
+    let inst = ApproveOrEscalate::start(&engine, ()).await.unwrap();
+    let out = inst.result_timeout(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(out, "escalated");
+    let history = inst.history().await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|e| e.message.as_deref().is_some_and(|m| {
+                m.contains("waiting for event `approval`") && m.contains("sleeping until")
+            })),
+        "{history:?}"
+    );
+}
+
 /// What a handler needs from the application (a pool, a client), given
 /// once to the engine and asked for by type.
 struct Prices {

@@ -196,6 +196,16 @@ pub(crate) struct RunShared {
     /// outcome, which may change what it does (a `try_join!` that fails,
     /// a `select!` that returns), so the suspension runs it again at once.
     ended_beside: AtomicBool,
+    /// Waits whose suspension is in the pending one (see [`Ctx::suspend`]):
+    /// when the last of them is dropped before the run stops (a `select!`
+    /// that took another branch), the suspension is withdrawn. Changed
+    /// under the `interrupt` lock.
+    suspending: AtomicUsize,
+    /// The handler was refused a call with `Interrupted(Suspended)` while
+    /// a suspension was pending: it will stop on it (`?`), so the
+    /// suspension can no longer be withdrawn. Changed under the
+    /// `interrupt` lock.
+    suspension_seen: AtomicBool,
     /// Waits longer than this suspend the instance instead of sleeping in memory.
     pub suspend_after: std::time::Duration,
     /// Step attempts running now, from their closure's start to their
@@ -245,7 +255,44 @@ impl RunShared {
 }
 
 /// A step attempt running; see [`RunShared::step_running`].
-struct StepRunning<'a>(&'a RunShared);
+pub(crate) struct StepRunning<'a>(&'a RunShared);
+
+/// One suspension for waits side by side: the earliest time, the strongest
+/// status (a pause over a wait over a sleep), each thing to wake for. A
+/// row holds one event and one child: a second event waited for beside
+/// the first does not wake the instance, which takes it when it runs
+/// again (at the earliest time, or for the first event).
+fn merge_suspensions(into: &mut crate::store::Suspend, other: crate::store::Suspend) {
+    let rank = |status: Status| match status {
+        Status::Paused => 2,
+        Status::Listening => 1,
+        _ => 0,
+    };
+    if rank(other.status) > rank(into.status) {
+        into.status = other.status;
+    }
+    into.run_at = into.run_at.min(other.run_at);
+    if into.wait_event.is_none() {
+        into.wait_event = other.wait_event;
+    } else if other.wait_event.is_some() && other.wait_event != into.wait_event {
+        tracing::warn!(
+            first = into.wait_event.as_deref().unwrap_or_default(),
+            second = other.wait_event.as_deref().unwrap_or_default(),
+            "two events waited for side by side: only the first wakes the instance"
+        );
+    }
+    if into.wait_child.is_none() {
+        into.wait_child = other.wait_child;
+    }
+    if into.retry.is_none() {
+        into.retry = other.retry;
+    }
+    // Read later: the state as it is now.
+    if other.state.is_some() {
+        into.state = other.state;
+    }
+    into.reason = format!("{}; {}", into.reason, other.reason);
+}
 
 impl Drop for StepRunning<'_> {
     fn drop(&mut self) {
@@ -370,6 +417,8 @@ impl RunShared {
             failed_attempts: tokio::sync::OnceCell::new(),
             retrying: Mutex::new(HashMap::new()),
             ended_beside: AtomicBool::new(false),
+            suspending: AtomicUsize::new(0),
+            suspension_seen: AtomicBool::new(false),
             suspend_after: engine.inner.config.suspend_after,
             steps_running: AtomicUsize::new(0),
             drained: tokio::sync::Notify::new(),
@@ -492,8 +541,69 @@ impl RunShared {
         }
     }
 
-    /// Counts a step attempt as running until the guard drops.
-    fn step_running(&self) -> StepRunning<'_> {
+    /// Whether a suspension is pending: recorded, and waiting for the
+    /// steps and waits beside it (see [`Ctx::suspend`]).
+    pub(crate) fn draining(&self) -> bool {
+        matches!(&*lock(&self.interrupt), Some((Interrupt::Suspended, _)))
+            && !self.stop.is_cancelled()
+    }
+
+    /// [`check`](Self::check) for a wait: it may go on while a suspension
+    /// is pending, to add its own to it (a `join!` of a wait and a sleep
+    /// suspends until the first of the sleep's end and the wait's event).
+    pub(crate) fn check_wait(&self) -> Result<()> {
+        if self.draining() {
+            return Ok(());
+        }
+        self.check()
+    }
+
+    /// Adds a wait's suspension to the pending one, or makes it the
+    /// pending one. False if the run stops for another reason (a cancel,
+    /// an end, a lost lease), which nothing is to be added to.
+    fn add_suspension(&self, suspend: crate::store::Suspend) -> bool {
+        let mut slot = lock(&self.interrupt);
+        match &mut *slot {
+            None => {
+                *slot = Some((Interrupt::Suspended, Settlement::Suspend(suspend)));
+                self.suspending.store(1, Ordering::SeqCst);
+                self.suspension_seen.store(false, Ordering::SeqCst);
+                true
+            }
+            Some((Interrupt::Suspended, Settlement::Suspend(pending)))
+                if !self.stop.is_cancelled() =>
+            {
+                merge_suspensions(pending, suspend);
+                self.suspending.fetch_add(1, Ordering::SeqCst);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// A wait whose suspension was added is gone before the run stopped:
+    /// the last one gone withdraws the suspension, and the handler goes
+    /// on (a `select!` took another branch, a `try_join!` failed), unless
+    /// it already met the suspension.
+    fn leave_suspension(&self) {
+        let mut slot = lock(&self.interrupt);
+        if self.stop.is_cancelled()
+            || self.suspension_seen.load(Ordering::SeqCst)
+            || !matches!(&*slot, Some((Interrupt::Suspended, _)))
+        {
+            return;
+        }
+        if self.suspending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            tracing::debug!("suspension withdrawn: the handler went on without its waits");
+            *slot = None;
+            // The handler sees what ended beside it from here on.
+            self.ended_beside.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Counts a step attempt (or a wait that may still add a suspension)
+    /// as running until the guard drops.
+    pub(crate) fn step_running(&self) -> StepRunning<'_> {
         self.steps_running.fetch_add(1, Ordering::SeqCst);
         StepRunning(self)
     }
@@ -594,8 +704,14 @@ impl RunShared {
     }
 
     pub(crate) fn check(&self) -> Result<()> {
-        match self.interrupted() {
-            Some(why) => Err(Error::Interrupted(why)),
+        let slot = lock(&self.interrupt);
+        match slot.as_ref().map(|(why, _)| why.clone()) {
+            Some(why) => {
+                if why == Interrupt::Suspended {
+                    self.suspension_seen.store(true, Ordering::SeqCst);
+                }
+                Err(Error::Interrupted(why))
+            }
             // Stopped with no reason given: the handler returned, or its
             // deadline passed. A task it spawned with a clone of `ctx` may
             // still call it; its step must not run, as its record would be
@@ -1244,12 +1360,19 @@ where
     /// Stops the handler and gives the worker back until the instance is due
     /// (never later than its deadline). Returns the error to hand the caller.
     ///
+    /// Waits side by side (`join!`, `select!`) each add theirs: the first
+    /// yields once before it goes on, so that the others are polled and
+    /// reach theirs, and the instance runs again at the earliest of their
+    /// times, for the first event or child (see `merge_suspensions`). A
+    /// wait dropped before the run stops (a `select!` took another
+    /// branch) leaves; when none is left, the handler goes on.
+    ///
     /// Steps running beside the caller (`ctx.map`, `join!`) finish and are
     /// recorded first: stopped halfway, their side effects would happen
-    /// again on the next run. Meanwhile no step starts (the interrupt is
-    /// set), and a cancel, a lost lease or the deadline still stops the run
-    /// at once. The caller's error is returned only then, as it would drop
-    /// the steps beside it (`try_join!`, `map`'s first error).
+    /// again on the next run. Meanwhile no step starts, and a cancel, a
+    /// lost lease or the deadline still stops the run at once. The
+    /// caller's error is returned only then, as it would drop the steps
+    /// beside it (`try_join!`, `map`'s first error).
     pub(crate) async fn suspend(&self, mut suspend: crate::store::Suspend) -> Error {
         let run = &self.inner.run;
         if suspend.retry.is_none() {
@@ -1259,27 +1382,46 @@ where
             suspend.run_at = suspend.run_at.min(deadline);
         }
         tracing::debug!(reason = %suspend.reason, "suspending");
-        // Not recorded if another branch's suspension came first (it waits
-        // for the same steps) or the run stops for another reason (then
-        // nothing is waited for).
-        let mine = run.record_interrupt(Interrupt::Suspended, Settlement::Suspend(suspend));
-        if run.steps_finished().await && mine {
-            // Steps beside it may have changed the state since the caller
-            // looked: the row gets the state as it is now, unless a step
-            // recorded it (the row has that one).
-            let now = self.inner.state.take_at_end();
-            if let Some((Interrupt::Suspended, Settlement::Suspend(pending))) =
-                &mut *lock(&run.interrupt)
-            {
-                pending.state = now;
-                // A step beside it may have failed an attempt meanwhile:
-                // the suspension writes the row's retry record, and must
-                // not write that count away.
-                if pending.retry.is_none() {
-                    pending.retry = run.backing_off();
+        if !run.add_suspension(suspend) {
+            // The run stops for another reason: nothing is waited for.
+            run.stop.cancel();
+            return Error::Interrupted(Interrupt::Suspended);
+        }
+        // Dropped before the run stops: this wait leaves the suspension.
+        struct Leave<'a>(Option<&'a RunShared>);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                if let Some(run) = self.0 {
+                    run.leave_suspension();
                 }
             }
         }
+        let mut leave = Leave(Some(run));
+        tokio::task::yield_now().await;
+        let waited = run.steps_finished().await;
+        // The first wait here settles the suspension; the others find the
+        // run stopped.
+        if !run.stop.is_cancelled() {
+            // Steps beside it may have changed the state since the waits
+            // looked: the row gets the state as it is now, unless a step
+            // recorded it (the row has that one).
+            let now = waited.then(|| self.inner.state.take_at_end());
+            // A step beside it may have failed an attempt meanwhile: the
+            // suspension writes the row's retry record, and must not
+            // write that count away.
+            let retry = run.backing_off();
+            if let Some((Interrupt::Suspended, Settlement::Suspend(pending))) =
+                &mut *lock(&run.interrupt)
+            {
+                if let Some(now) = now {
+                    pending.state = now;
+                }
+                if pending.retry.is_none() {
+                    pending.retry = retry;
+                }
+            }
+        }
+        leave.0 = None;
         run.stop.cancel();
         Error::Interrupted(Interrupt::Suspended)
     }

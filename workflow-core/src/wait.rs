@@ -37,11 +37,11 @@ where
     /// longer than their sleeps (`#[workflow(timeout = "7d")]`).
     pub async fn sleep(&self, name: &str, duration: std::time::Duration) -> Result<()> {
         let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-        let engine = &self.run().engine;
-        let wake_at: Millis = self
-            .step_with(name, StepOptions::no_retry(), || async move {
-                Ok::<_, BoxError>(engine.inner.now().saturating_add(millis))
-            })
+        let run = self.run();
+        run.check_wait()?;
+        let (key, _) = run.next_key(name)?;
+        let wake_at = self
+            .timer_keyed(key, run.now().saturating_add(millis))
             .await?;
         self.wait_until(wake_at).await
     }
@@ -65,12 +65,43 @@ where
     /// the instance's deadline.
     /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn sleep_until(&self, name: &str, at: DateTime<Utc>) -> Result<()> {
-        let wake_at: Millis = self
-            .step_with(name, StepOptions::no_retry(), || async move {
-                Ok::<_, BoxError>(at.timestamp_millis())
-            })
-            .await?;
+        let run = self.run();
+        run.check_wait()?;
+        let (key, _) = run.next_key(name)?;
+        let wake_at = self.timer_keyed(key, at.timestamp_millis()).await?;
         self.wait_until(wake_at).await
+    }
+
+    /// A step that records a time (`at`: a sleep's end, a wait's
+    /// timeout), or replays the one recorded. Unlike other steps, it may
+    /// be recorded while a suspension is pending: it has no side effect,
+    /// and the wait it is for adds its own suspension next.
+    async fn timer_keyed(&self, key: String, at: Millis) -> Result<Millis> {
+        let run = self.run();
+        if !run.draining() {
+            return self
+                .step_keyed(key, StepOptions::no_retry(), || async move {
+                    Ok::<_, BoxError>(at)
+                })
+                .await;
+        }
+        if let Some(step) = run.recorded(&key) {
+            return self.replay(step).await;
+        }
+        // A suspension beside it waits for the record.
+        let _recording = run.step_running();
+        let now = run.now();
+        self.commit(StepRow {
+            key,
+            output: Some(at.to_string()),
+            error: None,
+            state: self.state_for_record()?,
+            attempts: 1,
+            started_at: now,
+            finished_at: now,
+        })
+        .await?;
+        Ok(at)
     }
 
     /// Moves this instance's deadline from inside its handler, as
@@ -99,6 +130,9 @@ where
     }
 
     async fn wait_until(&self, wake_at: Millis) -> Result<()> {
+        // Until it suspends or ends, a suspension beside it waits for it
+        // (see `Ctx::suspend`): one in memory holds the run meanwhile.
+        let registering = self.run().step_running();
         // `wake_at` may be a recorded step's output: never overflow on it.
         let left = wake_at.saturating_sub(self.run().now());
         if left <= 0 {
@@ -121,6 +155,8 @@ where
             return Ok(());
         }
         let at = self.run().now();
+        let state = self.suspended_state()?;
+        drop(registering);
         Err(self
             .suspend(Suspend {
                 status: Status::Pending,
@@ -128,7 +164,7 @@ where
                 wait_event: None,
                 wait_child: None,
                 retry: None,
-                state: self.suspended_state()?,
+                state,
                 reason: format!("sleeping until {}", format_millis(wake_at)),
                 at,
             })
@@ -143,10 +179,12 @@ where
     /// match on. `name` is also the wait's step name, so it follows the
     /// step-name rule of [`Ctx::step`].
     ///
-    /// An instance waits for one event at a time: a wait that finds nothing
-    /// suspends the whole handler. To wait for one of several outcomes
+    /// A wait that finds nothing suspends the whole handler once every
+    /// branch beside it (`join!`, `select!`) waits too. The instance's row
+    /// wakes for one event at a time: to wait for one of several outcomes
     /// (approved or rejected), send one event whose payload says which,
-    /// rather than `select!` over two waits.
+    /// rather than `select!` over two waits (the second event is taken
+    /// only when the instance runs again, for the first or at a time).
     ///
     /// The event is taken, and recorded as this wait's outcome, before its
     /// payload is read as `T`: a payload that does not read gives
@@ -165,21 +203,22 @@ where
     /// next wait of the same name takes it: waits that may time out
     /// should each have a name of their own.
     ///
-    /// Waits side by side (`join!` of a wait and a sleep, say) suspend
-    /// the run at the first of them it reaches: the instance wakes for
-    /// that one's event or time, and looks at the others when it runs
-    /// again. A wait that must be on time should not share the run with
-    /// a longer one. Steps beside a wait are not cut off: the suspension
-    /// waits for them, and if one ended meanwhile the instance runs again
-    /// at once, for the handler to see its outcome; a step backing off
-    /// between attempts has it run again when its next attempt is due.
+    /// Waits side by side (`select!` of a wait and a sleep, say, or a
+    /// `join!` of two waits) suspend the run together: the instance
+    /// wakes at the earliest of their times (sleeps, timeouts) or for the
+    /// first one's event or child, and a branch that `select!` drops on
+    /// the next run lets the handler go on. Steps beside a wait are not
+    /// cut off: the suspension waits for them, and if one ended meanwhile
+    /// the instance runs again at once, for the handler to see its
+    /// outcome; a step backing off between attempts has it run again
+    /// when its next attempt is due.
     pub async fn wait_for_event<T: DeserializeOwned>(
         &self,
         name: &str,
         timeout: Option<std::time::Duration>,
     ) -> Result<T> {
         let run = self.run();
-        run.check()?;
+        run.check_wait()?;
         let (key, recorded) = run.next_key(name)?;
         if let Some(step) = recorded {
             // A timeout recorded the state as it was then.
@@ -193,11 +232,8 @@ where
         let until: Option<Millis> = match timeout {
             Some(timeout) => {
                 let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-                let engine = &run.engine;
                 let until = self
-                    .step_keyed(format!("{key}@timeout"), StepOptions::no_retry(), || async move {
-                        Ok::<_, BoxError>(engine.inner.now().saturating_add(millis))
-                    })
+                    .timer_keyed(format!("{key}@timeout"), run.now().saturating_add(millis))
                     .await?;
                 if let Some(deadline) = *run.deadline.borrow() {
                     if until > deadline {
@@ -215,12 +251,17 @@ where
             }
             None => None,
         };
+        // Until it suspends or returns, a suspension beside it waits for
+        // it; not while it may suspend itself (a payload new code cannot
+        // read pauses the instance).
+        let registering = run.step_running();
         let taken = run
             .store
             .take_event(&run.lease, name, &key, self.run().now())
             .await
             .map_err(|e| self.store_error(e))?;
         if let Some(payload) = taken {
+            drop(registering);
             let at = self.run().now();
             let step = StepRow {
                 key: key.clone(),
@@ -250,6 +291,8 @@ where
             self.commit(step.clone()).await?;
             return event_outcome(name, step);
         }
+        let state = self.suspended_state()?;
+        drop(registering);
         Err(self
             .suspend(Suspend {
                 status: Status::Listening,
@@ -257,7 +300,7 @@ where
                 wait_event: Some(name.to_owned()),
                 wait_child: None,
                 retry: None,
-                state: self.suspended_state()?,
+                state,
                 reason: match until {
                     Some(until) => {
                         format!("waiting for event `{name}` until {}", format_millis(until))
@@ -391,7 +434,9 @@ where
         options: ChildOptions,
     ) -> Result<W::Output> {
         let run = self.run();
-        run.check()?;
+        // Starting the child is a step of its own, which waits for no
+        // suspension; waiting for one started already may add to it.
+        run.check_wait()?;
         let (key, recorded) = run.next_key(name)?;
         let child = match recorded {
             Some(step) => self.replay::<InstanceId>(step).await?,
@@ -406,6 +451,8 @@ where
                 outcome => outcome,
             };
         }
+        // Until it suspends or returns, a suspension beside it waits for it.
+        let registering = run.step_running();
         let row = run
             .store
             .get(&child)
@@ -437,6 +484,8 @@ where
             self.commit(step).await?;
             return outcome;
         }
+        let state = self.suspended_state()?;
+        drop(registering);
         Err(self
             .suspend(Suspend {
                 status: Status::Listening,
@@ -444,7 +493,7 @@ where
                 wait_event: None,
                 wait_child: Some(child.clone()),
                 retry: None,
-                state: self.suspended_state()?,
+                state,
                 reason: format!("waiting for child `{}` {child}", W::NAME),
                 at: self.run().now(),
             })

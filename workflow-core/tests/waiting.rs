@@ -413,6 +413,72 @@ impl Workflow for DeclinedBesideWait {
     }
 }
 
+/// Waits for an approval, or escalates after 300 ms, whichever comes
+/// first: `select!` polls the wait first when the input says so.
+struct ApproveOrEscalate;
+
+impl Workflow for ApproveOrEscalate {
+    type Input = bool;
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "approveOrEscalate";
+
+    async fn run(&self, ctx: Ctx, wait_first: bool) -> Result<String, BoxError> {
+        let approval = ctx.wait_for_event::<String>("approval", None);
+        let escalation = ctx.sleep("escalate", Duration::from_millis(300));
+        let outcome = if wait_first {
+            tokio::select! {
+                biased;
+                by = approval => format!("approved by {}", by?),
+                slept = escalation => slept.map(|()| "escalated".to_owned())?,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                slept = escalation => slept.map(|()| "escalated".to_owned())?,
+                by = approval => format!("approved by {}", by?),
+            }
+        };
+        Ok(outcome)
+    }
+}
+
+/// Waits for two events side by side, the first with a 200 ms timeout:
+/// `join!` polls that one first when the input says so.
+struct TwoWaits;
+
+impl Workflow for TwoWaits {
+    type Input = bool;
+    type Output = (String, String);
+    type State = ();
+    const NAME: &'static str = "twoWaits";
+
+    async fn run(&self, ctx: Ctx, timed_first: bool) -> Result<(String, String), BoxError> {
+        let timed = async {
+            match ctx
+                .wait_for_event::<bool>("timed", Some(Duration::from_millis(200)))
+                .await
+            {
+                Ok(_) => Ok("came".to_owned()),
+                Err(Error::EventTimeout { .. }) => Ok("timed out".to_owned()),
+                Err(err) => Err(err),
+            }
+        };
+        let other = async {
+            ctx.wait_for_event::<bool>("other", None)
+                .await
+                .map(|_| "came".to_owned())
+        };
+        let (timed, other) = if timed_first {
+            tokio::join!(timed, other)
+        } else {
+            let (other, timed) = tokio::join!(other, timed);
+            (timed, other)
+        };
+        Ok((timed?, other?))
+    }
+}
+
 #[derive(Default, Serialize, Deserialize, JsonSchema)]
 struct Count {
     done: u32,
@@ -630,6 +696,8 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(CountAndAudit)
         .register(RetryBesideWait)
         .register(DeclinedBesideWait)
+        .register(ApproveOrEscalate)
+        .register(TwoWaits)
         .poll_interval(Duration::from_millis(10))
         .suspend_after(Duration::from_millis(50))
         .build()
@@ -705,6 +773,66 @@ async fn a_step_failing_beside_a_wait_fails_the_instance() {
     let err = inst.result_timeout(LIMIT).await.unwrap_err();
     assert!(err.to_string().contains("card declined"), "{err}");
     assert_eq!(inst.info().await.unwrap().status, Status::Failed);
+}
+
+/// A wait and a sleep side by side (`select!`) wake the instance at the
+/// first of the event and the sleep's end, whichever the handler polls
+/// first; the branch not taken is dropped and the handler goes on. Before,
+/// a wait polled first suspended the run alone: the sleep never started,
+/// and the instance listened until its deadline.
+#[tokio::test]
+async fn a_wait_and_a_sleep_side_by_side_wake_at_the_first_of_them() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    for wait_first in [true, false] {
+        let inst = ApproveOrEscalate::start(&engine, wait_first).await.unwrap();
+        assert_eq!(
+            inst.result_timeout(LIMIT).await.unwrap(),
+            "escalated",
+            "wait first: {wait_first}"
+        );
+        let inst = ApproveOrEscalate::start(&engine, wait_first).await.unwrap();
+        until_status(&inst, Status::Listening).await;
+        inst.send_event("approval", "ada").await.unwrap();
+        assert_eq!(
+            inst.result_timeout(LIMIT).await.unwrap(),
+            "approved by ada",
+            "wait first: {wait_first}"
+        );
+    }
+}
+
+/// Two waits side by side (`join!`): the timeout of one runs out on time
+/// while the other still waits, in either order. Before, with the other
+/// polled first, the timeout did not start until the other's event came.
+#[tokio::test]
+async fn a_timeout_beside_another_wait_runs_out_on_time() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    for timed_first in [true, false] {
+        let inst = TwoWaits::start(&engine, timed_first).await.unwrap();
+        let started = std::time::Instant::now();
+        let timed_out = || async {
+            inst.steps()
+                .await
+                .unwrap()
+                .iter()
+                .any(|s| s.key == "timed" && s.error.is_some())
+        };
+        while !timed_out().await && started.elapsed() < LIMIT {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            timed_out().await,
+            "timed first: {timed_first}: no timeout recorded"
+        );
+        inst.send_event("other", true).await.unwrap();
+        assert_eq!(
+            inst.result_timeout(LIMIT).await.unwrap(),
+            ("timed out".to_owned(), "came".to_owned()),
+            "timed first: {timed_first}"
+        );
+    }
 }
 
 #[tokio::test]
