@@ -321,6 +321,24 @@ pub mod __private {
     pub trait HandlerError: Into<BoxError> {}
     impl<E: Into<BoxError>> HandlerError for E {}
 
+    /// The output and error of a handler's return type, for an alias of
+    /// `Result` (`AppResult<Out>`).
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a `Result`",
+        label = "a workflow handler must return a `Result`",
+        note = "return `workflow::Result<Output>`, `Result<Output, MyError>` or an alias of one"
+    )]
+    pub trait HandlerReturn {
+        /// The workflow's output type.
+        type Output;
+        /// The handler's error type.
+        type Error;
+    }
+    impl<T, E> HandlerReturn for Result<T, E> {
+        type Output = T;
+        type Error = E;
+    }
+
     /// The state of a handler's context type, for a context written bare
     /// (`Ctx`): the prelude's, or an alias of a `Ctx<State>`.
     #[diagnostic::on_unimplemented(

@@ -95,7 +95,11 @@ pub(crate) struct Handler<'a> {
     /// The context parameter's type, as written.
     pub ctx: &'a Type,
     pub input: &'a Type,
+    /// `O` of a `Result<O, E>`; for an alias of one (`AppResult<O>`), the
+    /// whole return type, whose `HandlerReturn::Output` the expansion asks.
     pub output: &'a Type,
+    /// Whether `output` is such an alias.
+    pub output_projected: bool,
     /// `E`, when the `Result` names it.
     pub error: Option<&'a Type>,
     /// The `Result` of the return type: where an error type that does not
@@ -679,15 +683,17 @@ fn handler<'a>(
     // mistakes show up in one build.
     let params = parameters(sig);
     let result = return_types(sig);
-    let ((state, input), (output, error, result_span)) = match (params, result) {
+    let ((state, input), (output, error, result_span, output_projected)) = match (params, result) {
         (Ok(params), Ok(result)) => (params, result),
         (params, result) => {
             let mut partial = Vec::new();
             if let Ok((_, input)) = &params {
                 partial.push((*input, TypeRole::Input));
             }
-            if let Ok((output, error, _)) = &result {
-                partial.push((*output, TypeRole::Output));
+            if let Ok((output, error, _, projected)) = &result {
+                if !projected {
+                    partial.push((*output, TypeRole::Output));
+                }
                 partial.extend(error.map(|error| (error, TypeRole::Error)));
             }
             for err in params.err().into_iter().chain(result.err()).flatten() {
@@ -701,6 +707,7 @@ fn handler<'a>(
         ctx: state.1,
         input,
         output,
+        output_projected,
         error,
         result_span,
         callable,
@@ -798,8 +805,8 @@ fn parameters(sig: &Signature) -> Result<Parameters<'_>, Vec<syn::Error>> {
     };
 
     let mut errors = Vec::new();
-    let input_is_ctx = ctx_state(&input.ty).is_ok();
-    let state = match ctx_state(&ctx.ty) {
+    let input_is_ctx = ctx_state(&input.ty, false).is_ok();
+    let state = match ctx_state(&ctx.ty, !input_is_ctx) {
         Ok(state) => Some((state, &*ctx.ty)),
         Err(why) => {
             let why = if input_is_ctx {
@@ -845,10 +852,12 @@ fn parameters(sig: &Signature) -> Result<Parameters<'_>, Vec<syn::Error>> {
     }
 }
 
-/// `O`, `E` and the span of `Result` in the return type.
-fn return_types(sig: &Signature) -> Result<(&Type, Option<&Type>, Span), Vec<syn::Error>> {
+/// `O`, `E`, the span of `Result` in the return type, and whether `O` is
+/// the whole type, an alias to project (see [`result_types`]).
+fn return_types(sig: &Signature) -> Result<(&Type, Option<&Type>, Span, bool), Vec<syn::Error>> {
     let message = "a workflow handler must return a `Result`, e.g. \
-                   `-> workflow::Result<Output>` or `-> Result<Output, MyError>`";
+                   `-> workflow::Result<Output>` or `-> Result<Output, MyError>` \
+                   (or an alias of one whose name ends in `Result`)";
     let types = match &sig.output {
         ReturnType::Default => Err(syn::Error::new(sig.paren_token.span.close(), message)),
         ReturnType::Type(_, ty) => {
@@ -856,7 +865,7 @@ fn return_types(sig: &Signature) -> Result<(&Type, Option<&Type>, Span), Vec<syn
         }
     }
     .map_err(|err| vec![err])?;
-    let (output, error, _) = types;
+    let (output, error, _, _) = types;
     let errors: Vec<syn::Error> = unfit(output, "output", "stored as JSON")
         .into_iter()
         .chain(error.and_then(|error| unfit(error, "error type", "turned into a `BoxError`")))
@@ -941,16 +950,20 @@ fn unfit(ty: &Type, what: &str, why: &str) -> Option<syn::Error> {
 }
 
 /// `S` of a `Ctx<S>` type (any path ending in `Ctx`), `None` for a bare
-/// `Ctx`; otherwise why the type is not a context.
-fn ctx_state(ty: &Type) -> Result<Option<Type>, String> {
+/// `Ctx`; otherwise why the type is not a context. With `alias_ok`, also
+/// `None` for a path whose last segment ends in `Ctx` or `Context`
+/// (`OrderCtx`, `workflow::Ctx` imported `as WfCtx`): an alias of a `Ctx`,
+/// which the expansion asks for its state (`HandlerCtx`), as for a bare
+/// `Ctx`, and which a type that is no context does not answer.
+fn ctx_state(ty: &Type, alias_ok: bool) -> Result<Option<Type>, String> {
     let not_ctx = || {
         "the first parameter must be the workflow context, `ctx: Ctx` or \
-         `ctx: Ctx<State>`"
+         `ctx: Ctx<State>` (or an alias of one whose name ends in `Ctx`)"
             .to_owned()
     };
     let ty = peel_type(ty);
     if let Type::Reference(reference) = ty {
-        return if ctx_state(&reference.elem).is_ok() {
+        return if ctx_state(&reference.elem, alias_ok).is_ok() {
             Err("take the context by value: `ctx: Ctx<State>` (it is cheap to clone)".to_owned())
         } else {
             Err(not_ctx())
@@ -963,7 +976,12 @@ fn ctx_state(ty: &Type) -> Result<Option<Type>, String> {
         return Err(not_ctx());
     };
     if last.ident != "Ctx" {
-        return Err(not_ctx());
+        let name = last.ident.to_string();
+        return if alias_ok && (name.ends_with("Ctx") || name.ends_with("Context")) {
+            Ok(None)
+        } else {
+            Err(not_ctx())
+        };
     }
     match &last.arguments {
         PathArguments::None => Ok(None),
@@ -978,14 +996,22 @@ fn ctx_state(ty: &Type) -> Result<Option<Type>, String> {
 }
 
 /// `O` and `E` of a return type whose last path segment is `Result` with
-/// one or two type arguments, and the span of that `Result`.
-fn result_types(ty: &Type) -> Option<(&Type, Option<&Type>, Span)> {
+/// one or two type arguments, and the span of that `Result`. A path whose
+/// last segment only ends in `Result` (`AppResult<Out>`, `anyhow::Result`
+/// imported `as AResult`) is taken for an alias of one: the whole type
+/// comes back as `O`, flagged, and the expansion asks it for its output
+/// type (`HandlerReturn`), which a type that is no `Result` does not have.
+fn result_types(ty: &Type) -> Option<(&Type, Option<&Type>, Span, bool)> {
     let Type::Path(path) = peel_type(ty) else {
         return None;
     };
     let last = path.path.segments.last()?;
     if last.ident != "Result" {
-        return None;
+        return last
+            .ident
+            .to_string()
+            .ends_with("Result")
+            .then(|| (ty, None, last.ident.span(), true));
     }
     let PathArguments::AngleBracketed(args) = &last.arguments else {
         return None;
@@ -999,8 +1025,8 @@ fn result_types(ty: &Type) -> Option<(&Type, Option<&Type>, Span)> {
         })
         .collect::<Option<_>>()?;
     match types[..] {
-        [output] => Some((output, None, last.ident.span())),
-        [output, error] => Some((output, Some(error), last.ident.span())),
+        [output] => Some((output, None, last.ident.span(), false)),
+        [output, error] => Some((output, Some(error), last.ident.span(), false)),
         _ => None,
     }
 }

@@ -118,6 +118,7 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
         ctx: ctx_type,
         input,
         output,
+        output_projected,
         error,
         result_span,
         callable,
@@ -130,6 +131,15 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
         None => syn::parse_quote_spanned! {ctx_type.span()=>
             <#ctx_type as #private::HandlerCtx>::State
         },
+    };
+
+    // An alias of `Result` (`AppResult<Out>`): the type says its output.
+    let output: &Type = &if *output_projected {
+        syn::parse_quote_spanned! {output.span()=>
+            <#output as #private::HandlerReturn>::Output
+        }
+    } else {
+        (*output).clone()
     };
 
     let fn_ident = &wf.func.sig.ident;
@@ -208,7 +218,7 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     };
     let mut requirements = vec![
         role(*input, TypeRole::Input),
-        role(*output, TypeRole::Output),
+        role(output, TypeRole::Output),
         (state, quote!(WorkflowState), quote!(__check_state)),
     ];
     if wf.schedule.is_some() {
@@ -232,12 +242,17 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
     let Some(ident) = wf.struct_ident.as_ref().filter(|_| *callable) else {
         return with_checks(declaration, cfgs, &checks);
     };
-    // Not the projected state: rustc cannot normalize it under `for<..>`.
+    // Not a projected state or output: rustc cannot normalize it under
+    // `for<..>`.
     // The `Workflow` impl's own bound on `State` then words a mistake in
     // an alias's state type a second time.
     let bounds: Vec<TokenStream> = requirements
         .iter()
-        .filter(|(_, _, check)| !(projected && check.to_string() == "__check_state"))
+        .filter(|(_, _, check)| {
+            let check = check.to_string();
+            !(projected && check == "__check_state"
+                || *output_projected && check == "__check_output")
+        })
         .map(|(ty, bound, _)| quote!(for<'__w> #ty: #private::#bound))
         .collect();
 

@@ -58,13 +58,19 @@ use proc_macro::TokenStream;
 /// `async fn name(ctx: Ctx<State>, input: Input) -> Result<Output, Error>`:
 ///
 /// - `ctx` is the workflow context, written `Ctx` (state `()`), `Ctx<State>`,
-///   or any path ending in `Ctx` (`workflow::Ctx<State>`). Any pattern
-///   (`_ctx`, `mut ctx`) is fine. `State` is persisted with each step and
-///   starts from `Default`.
+///   or any path ending in `Ctx` (`workflow::Ctx<State>`). An alias, or an
+///   import renamed, whose name ends in `Ctx` or `Context`
+///   (`type OrderCtx = Ctx<OrderState>`, `use workflow::Ctx as WfCtx`)
+///   works too: its state is the aliased `Ctx`'s. Any pattern (`_ctx`,
+///   `mut ctx`) is fine. `State` is persisted with each step and starts
+///   from `Default`.
 /// - `input` is the type the workflow is started with. Use `()` for none.
 /// - The return type is any `Result` with one or two type arguments:
 ///   `workflow::Result<Output>`, `anyhow::Result<Output>`,
-///   `Result<Output, MyError>` with `MyError: Into<BoxError>`.
+///   `Result<Output, MyError>` with `MyError: Into<BoxError>`; or an
+///   alias of one whose name ends in `Result`
+///   (`type AppResult<T> = Result<T, AppError>`). The macro reads names,
+///   not types: an alias under another name is refused.
 /// - It must be `async`, a free function (no `self`), and not generic.
 ///
 /// `Input`, `Output` and `State` must implement `Serialize`, `Deserialize`
