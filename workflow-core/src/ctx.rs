@@ -188,28 +188,26 @@ pub(crate) struct RunShared {
     /// Steps of this run with failed attempts that have not ended: a
     /// suspension for another reason (a sleep beside them) names one, so
     /// that the next run reads their counts instead of starting at zero.
-    /// With each, when its next attempt is due if it is backing off in
-    /// memory: a suspension beside it must not sleep past that.
-    retrying: Mutex<HashMap<String, (u32, Option<crate::store::Millis>)>>,
-    /// A step ended (recorded its output or its failure) while a
-    /// suspension beside it waited for it: the handler has not seen that
-    /// outcome, which may change what it does (a `try_join!` that fails,
-    /// a `select!` that returns), so the suspension runs it again at once.
+    retrying: Mutex<HashMap<String, u32>>,
+    /// A step ended (recorded its output or its failure) after the
+    /// handler's last look while a suspension waited (a step of a task
+    /// the handler spawned): the handler has not seen that outcome, so the
+    /// suspension runs it again at once. Changed under the `interrupt`
+    /// lock.
     ended_beside: AtomicBool,
     /// Waits whose suspension is in the pending one (see [`Ctx::suspend`]):
     /// when the last of them is dropped before the run stops (a `select!`
     /// that took another branch), the suspension is withdrawn. Changed
     /// under the `interrupt` lock.
     suspending: AtomicUsize,
-    /// The handler was refused a call with `Interrupted(Suspended)` while
-    /// a suspension was pending: it will stop on it (`?`), so the
-    /// suspension can no longer be withdrawn. Changed under the
-    /// `interrupt` lock.
-    suspension_seen: AtomicBool,
+    /// The pending suspension pauses the instance (a value new code
+    /// cannot read): it is never withdrawn, whatever branch the handler
+    /// takes. Changed under the `interrupt` lock.
+    suspension_kept: AtomicBool,
     /// Waits longer than this suspend the instance instead of sleeping in memory.
     pub suspend_after: std::time::Duration,
-    /// Step attempts running now, from their closure's start to their
-    /// record: a suspension waits for them (see [`Ctx::suspend`]).
+    /// Steps running now (see [`step_running`](Self::step_running)): a
+    /// suspension waits for them (see [`Ctx::suspend`]).
     steps_running: AtomicUsize,
     /// Notified when `steps_running` falls to 0.
     drained: tokio::sync::Notify,
@@ -259,9 +257,10 @@ pub(crate) struct StepRunning<'a>(&'a RunShared);
 
 /// One suspension for waits side by side: the earliest time, the strongest
 /// status (a pause over a wait over a sleep), each thing to wake for. A
-/// row holds one event and one child: a second event waited for beside
-/// the first does not wake the instance, which takes it when it runs
-/// again (at the earliest time, or for the first event).
+/// row holds one event and one child: a second event (or child) waited
+/// for beside the first does not wake the instance, which sees it when it
+/// runs again (at the earliest time, or for the first event or child).
+/// For `join_all` of children that is enough: it needs every one.
 fn merge_suspensions(into: &mut crate::store::Suspend, other: crate::store::Suspend) {
     let rank = |status: Status| match status {
         Status::Paused => 2,
@@ -418,7 +417,7 @@ impl RunShared {
             retrying: Mutex::new(HashMap::new()),
             ended_beside: AtomicBool::new(false),
             suspending: AtomicUsize::new(0),
-            suspension_seen: AtomicBool::new(false),
+            suspension_kept: AtomicBool::new(false),
             suspend_after: engine.inner.config.suspend_after,
             steps_running: AtomicUsize::new(0),
             drained: tokio::sync::Notify::new(),
@@ -456,28 +455,25 @@ impl RunShared {
         lock(&self.retrying)
             .iter()
             .next()
-            .map(|(key, (failed, _))| (key.clone(), *failed))
+            .map(|(key, failed)| (key.clone(), *failed))
     }
 
-    /// When a suspension must run the instance again at the latest, for
-    /// what happened beside it: at once after a step ended while it
-    /// waited ([`ended_beside`](Self::ended_beside)), at a retry's due
-    /// time for a step backing off in memory, which the suspension stopped
-    /// and nothing else would wake (the wait's event may never come).
+    /// When a suspension must run the instance again at the latest: at
+    /// once after a step ended that the handler has not seen
+    /// ([`ended_beside`](Self::ended_beside)).
     pub(crate) fn due_beside(&self, now: crate::store::Millis) -> crate::store::Millis {
+        let _slot = lock(&self.interrupt);
         if self.ended_beside.load(Ordering::SeqCst) {
-            return now;
+            now
+        } else {
+            crate::store::Millis::MAX
         }
-        lock(&self.retrying)
-            .values()
-            .filter_map(|(_, due)| *due)
-            .min()
-            .unwrap_or(crate::store::Millis::MAX)
     }
 
     /// Notes that a step ended; see [`ended_beside`](Self::ended_beside).
     fn step_ended(&self) {
-        if matches!(self.interrupted(), Some(Interrupt::Suspended)) {
+        let slot = lock(&self.interrupt);
+        if matches!(&*slot, Some((Interrupt::Suspended, _))) {
             self.ended_beside.store(true, Ordering::SeqCst);
         }
     }
@@ -522,8 +518,8 @@ impl RunShared {
         record
     }
 
-    /// Waits until no step attempt runs, or the handler is stopped. Whether
-    /// it had to wait.
+    /// Waits until nothing counted by [`step_running`](Self::step_running)
+    /// runs, or the handler is stopped. Whether it had to wait.
     async fn steps_finished(&self) -> bool {
         let mut waited = false;
         loop {
@@ -541,23 +537,6 @@ impl RunShared {
         }
     }
 
-    /// Whether a suspension is pending: recorded, and waiting for the
-    /// steps and waits beside it (see [`Ctx::suspend`]).
-    pub(crate) fn draining(&self) -> bool {
-        matches!(&*lock(&self.interrupt), Some((Interrupt::Suspended, _)))
-            && !self.stop.is_cancelled()
-    }
-
-    /// [`check`](Self::check) for a wait: it may go on while a suspension
-    /// is pending, to add its own to it (a `join!` of a wait and a sleep
-    /// suspends until the first of the sleep's end and the wait's event).
-    pub(crate) fn check_wait(&self) -> Result<()> {
-        if self.draining() {
-            return Ok(());
-        }
-        self.check()
-    }
-
     /// Adds a wait's suspension to the pending one, or makes it the
     /// pending one. False if the run stops for another reason (a cancel,
     /// an end, a lost lease), which nothing is to be added to.
@@ -565,14 +544,19 @@ impl RunShared {
         let mut slot = lock(&self.interrupt);
         match &mut *slot {
             None => {
+                let kept = suspend.status == Status::Paused;
                 *slot = Some((Interrupt::Suspended, Settlement::Suspend(suspend)));
                 self.suspending.store(1, Ordering::SeqCst);
-                self.suspension_seen.store(false, Ordering::SeqCst);
+                self.suspension_kept.store(kept, Ordering::SeqCst);
+                self.ended_beside.store(false, Ordering::SeqCst);
                 true
             }
             Some((Interrupt::Suspended, Settlement::Suspend(pending)))
                 if !self.stop.is_cancelled() =>
             {
+                if suspend.status == Status::Paused {
+                    self.suspension_kept.store(true, Ordering::SeqCst);
+                }
                 merge_suspensions(pending, suspend);
                 self.suspending.fetch_add(1, Ordering::SeqCst);
                 true
@@ -584,11 +568,11 @@ impl RunShared {
     /// A wait whose suspension was added is gone before the run stopped:
     /// the last one gone withdraws the suspension, and the handler goes
     /// on (a `select!` took another branch, a `try_join!` failed), unless
-    /// it already met the suspension.
+    /// it pauses the instance.
     fn leave_suspension(&self) {
         let mut slot = lock(&self.interrupt);
         if self.stop.is_cancelled()
-            || self.suspension_seen.load(Ordering::SeqCst)
+            || self.suspension_kept.load(Ordering::SeqCst)
             || !matches!(&*slot, Some((Interrupt::Suspended, _)))
         {
             return;
@@ -596,13 +580,13 @@ impl RunShared {
         if self.suspending.fetch_sub(1, Ordering::SeqCst) == 1 {
             tracing::debug!("suspension withdrawn: the handler went on without its waits");
             *slot = None;
-            // The handler sees what ended beside it from here on.
-            self.ended_beside.store(false, Ordering::SeqCst);
         }
     }
 
-    /// Counts a step attempt (or a wait that may still add a suspension)
-    /// as running until the guard drops.
+    /// Counts a step (from its start to its record, backoffs in memory
+    /// included), a wait that may still add a suspension, or a timer
+    /// being recorded, as running until the guard drops: a suspension
+    /// waits for them.
     pub(crate) fn step_running(&self) -> StepRunning<'_> {
         self.steps_running.fetch_add(1, Ordering::SeqCst);
         StepRunning(self)
@@ -699,19 +683,14 @@ impl RunShared {
         self.pause.load(Ordering::Acquire)
     }
 
-    pub(crate) fn interrupted(&self) -> Option<Interrupt> {
-        lock(&self.interrupt).as_ref().map(|(why, _)| why.clone())
-    }
-
+    /// Whether the handler may go on calling `ctx`. A pending suspension
+    /// lets it: steps, children and waits beside the waits that suspend
+    /// run until every branch waits (see [`Ctx::suspend`]).
     pub(crate) fn check(&self) -> Result<()> {
         let slot = lock(&self.interrupt);
         match slot.as_ref().map(|(why, _)| why.clone()) {
-            Some(why) => {
-                if why == Interrupt::Suspended {
-                    self.suspension_seen.store(true, Ordering::SeqCst);
-                }
-                Err(Error::Interrupted(why))
-            }
+            Some(Interrupt::Suspended) if !self.stop.is_cancelled() => Ok(()),
+            Some(why) => Err(Error::Interrupted(why)),
             // Stopped with no reason given: the handler returned, or its
             // deadline passed. A task it spawned with a clone of `ctx` may
             // still call it; its step must not run, as its record would be
@@ -1212,19 +1191,20 @@ where
         let span = tracing::debug_span!("step", step = %key);
         async {
             let started_at = run.now();
+            // Running from here: a suspension beside it waits for it while
+            // it reads its count, then while it runs and backs off.
+            let mut running = Some(run.step_running());
             // After a suspension for a long backoff, count on from the attempts made.
             let mut attempt = run.failed_attempts(&key).await;
             // Whether `retrying` names this step (a lock per step otherwise).
             let mut noted = attempt > 0;
             if noted {
-                lock(&run.retrying).insert(key.clone(), (attempt, None));
+                lock(&run.retrying).insert(key.clone(), attempt);
             }
             loop {
                 // The count comes from the store: a corrupt one must not overflow.
                 attempt = attempt.saturating_add(1);
                 run.check()?;
-                // Until it is recorded, a suspension beside it waits.
-                let running = run.step_running();
                 let outcome = AssertUnwindSafe(IN_STEP.scope(key.clone(), async { f().await }))
                     .catch_unwind()
                     .await;
@@ -1323,11 +1303,11 @@ where
                     .record_attempt(&run.lease, &key, attempt, &message, run.now())
                     .await
                     .map_err(|e| self.store_error(e))?;
-                let due = crate::store::millis_after(run.now(), delay);
-                lock(&run.retrying).insert(key.clone(), (attempt, Some(due)));
+                lock(&run.retrying).insert(key.clone(), attempt);
                 noted = true;
-                drop(running);
                 if delay > run.suspend_after {
+                    // Its own suspension must not wait for it.
+                    drop(running.take());
                     let at = run.now();
                     return Err(self
                         .suspend(crate::store::Suspend {
@@ -1346,7 +1326,8 @@ where
                         })
                         .await);
                 }
-                // By the engine's clock, which a test may move by hand.
+                // By the engine's clock, which a test may move by hand. Still
+                // running: a suspension beside it waits for the next attempt.
                 run.engine
                     .inner
                     .sleep_until(crate::store::millis_after(run.now(), delay))
@@ -1360,19 +1341,20 @@ where
     /// Stops the handler and gives the worker back until the instance is due
     /// (never later than its deadline). Returns the error to hand the caller.
     ///
-    /// Waits side by side (`join!`, `select!`) each add theirs: the first
-    /// yields once before it goes on, so that the others are polled and
-    /// reach theirs, and the instance runs again at the earliest of their
-    /// times, for the first event or child (see `merge_suspensions`). A
-    /// wait dropped before the run stops (a `select!` took another
-    /// branch) leaves; when none is left, the handler goes on.
-    ///
-    /// Steps running beside the caller (`ctx.map`, `join!`) finish and are
-    /// recorded first: stopped halfway, their side effects would happen
-    /// again on the next run. Meanwhile no step starts, and a cancel, a
-    /// lost lease or the deadline still stops the run at once. The
-    /// caller's error is returned only then, as it would drop the steps
-    /// beside it (`try_join!`, `map`'s first error).
+    /// The suspension is settled once every branch of the handler waits:
+    /// the caller yields, and goes on only after a pass of the handler in
+    /// which no step ran. Meanwhile the branches beside it (`join!`,
+    /// `select!`, `ctx.map`) run on: their steps finish and are recorded
+    /// (stopped halfway, their side effects would happen again on the
+    /// next run), new steps and children start, and their waits add
+    /// theirs, so the instance runs again at the earliest of their times
+    /// (sleeps, timeouts), for the first event or child (see
+    /// `merge_suspensions`). A wait dropped before the run stops (a
+    /// `select!` took another branch) leaves; when none is left, the
+    /// handler goes on without suspending. A cancel, a lost lease or the
+    /// deadline still stops the run at once. The caller's error is
+    /// returned only then, as it would drop the branches beside it
+    /// (`try_join!`, `map`'s first error).
     pub(crate) async fn suspend(&self, mut suspend: crate::store::Suspend) -> Error {
         let run = &self.inner.run;
         if suspend.retry.is_none() {
@@ -1397,8 +1379,18 @@ where
             }
         }
         let mut leave = Leave(Some(run));
-        tokio::task::yield_now().await;
-        let waited = run.steps_finished().await;
+        // Settled only after a pass of the handler in which nothing ran:
+        // every branch then waits, or has left (a `select!` that returned).
+        let mut waited = false;
+        loop {
+            tokio::task::yield_now().await;
+            // The handler has seen what ended so far.
+            run.ended_beside.store(false, Ordering::SeqCst);
+            if !run.steps_finished().await {
+                break;
+            }
+            waited = true;
+        }
         // The first wait here settles the suspension; the others find the
         // run stopped.
         if !run.stop.is_cancelled() {

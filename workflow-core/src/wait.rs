@@ -38,7 +38,7 @@ where
     pub async fn sleep(&self, name: &str, duration: std::time::Duration) -> Result<()> {
         let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
         let run = self.run();
-        run.check_wait()?;
+        run.check()?;
         let (key, _) = run.next_key(name)?;
         let wake_at = self
             .timer_keyed(key, run.now().saturating_add(millis))
@@ -66,29 +66,29 @@ where
     /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn sleep_until(&self, name: &str, at: DateTime<Utc>) -> Result<()> {
         let run = self.run();
-        run.check_wait()?;
+        run.check()?;
         let (key, _) = run.next_key(name)?;
         let wake_at = self.timer_keyed(key, at.timestamp_millis()).await?;
         self.wait_until(wake_at).await
     }
 
     /// A step that records a time (`at`: a sleep's end, a wait's
-    /// timeout), or replays the one recorded. Unlike other steps, it may
-    /// be recorded while a suspension is pending: it has no side effect,
-    /// and the wait it is for adds its own suspension next.
+    /// timeout), or replays the one recorded. Not a step the handler sees
+    /// end (it has no side effect, and the wait it is for goes on at
+    /// once): a suspension beside it waits for the record only.
     async fn timer_keyed(&self, key: String, at: Millis) -> Result<Millis> {
         let run = self.run();
-        if !run.draining() {
+        if let Some(step) = run.recorded(&key) {
+            return self.replay(step).await;
+        }
+        if run.pause_requested() {
+            // Paused before it, as before any step.
             return self
                 .step_keyed(key, StepOptions::no_retry(), || async move {
                     Ok::<_, BoxError>(at)
                 })
                 .await;
         }
-        if let Some(step) = run.recorded(&key) {
-            return self.replay(step).await;
-        }
-        // A suspension beside it waits for the record.
         let _recording = run.step_running();
         let now = run.now();
         self.commit(StepRow {
@@ -207,18 +207,17 @@ where
     /// `join!` of two waits) suspend the run together: the instance
     /// wakes at the earliest of their times (sleeps, timeouts) or for the
     /// first one's event or child, and a branch that `select!` drops on
-    /// the next run lets the handler go on. Steps beside a wait are not
-    /// cut off: the suspension waits for them, and if one ended meanwhile
-    /// the instance runs again at once, for the handler to see its
-    /// outcome; a step backing off between attempts has it run again
-    /// when its next attempt is due.
+    /// the next run lets the handler go on. Branches beside a wait run on
+    /// until they wait too: a request sent in a step beside the wait for
+    /// its reply goes out, a step backing off in memory is retried, and a
+    /// step that fails for good under `try_join!` fails the instance.
     pub async fn wait_for_event<T: DeserializeOwned>(
         &self,
         name: &str,
         timeout: Option<std::time::Duration>,
     ) -> Result<T> {
         let run = self.run();
-        run.check_wait()?;
+        run.check()?;
         let (key, recorded) = run.next_key(name)?;
         if let Some(step) = recorded {
             // A timeout recorded the state as it was then.
@@ -434,9 +433,7 @@ where
         options: ChildOptions,
     ) -> Result<W::Output> {
         let run = self.run();
-        // Starting the child is a step of its own, which waits for no
-        // suspension; waiting for one started already may add to it.
-        run.check_wait()?;
+        run.check()?;
         let (key, recorded) = run.next_key(name)?;
         let child = match recorded {
             Some(step) => self.replay::<InstanceId>(step).await?,

@@ -479,6 +479,31 @@ impl Workflow for TwoWaits {
     }
 }
 
+/// How often `send-request` ran, by `AskAndListen`'s input.
+static REQUESTS: Mutex<BTreeMap<u64, u32>> = Mutex::new(BTreeMap::new());
+
+/// Listens for the reply to a request it sends beside the wait: `join!`
+/// polls the wait first.
+struct AskAndListen;
+
+impl Workflow for AskAndListen {
+    type Input = u64;
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "askAndListen";
+
+    async fn run(&self, ctx: Ctx, n: u64) -> Result<String, BoxError> {
+        let reply = ctx.wait_for_event::<String>("reply", None);
+        let send = ctx.step("send-request", || async move {
+            *REQUESTS.lock().unwrap().entry(n).or_default() += 1;
+            Ok::<_, BoxError>(())
+        });
+        let (reply, sent) = tokio::join!(reply, send);
+        sent?;
+        Ok(reply?)
+    }
+}
+
 #[derive(Default, Serialize, Deserialize, JsonSchema)]
 struct Count {
     done: u32,
@@ -698,6 +723,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(DeclinedBesideWait)
         .register(ApproveOrEscalate)
         .register(TwoWaits)
+        .register(AskAndListen)
         .poll_interval(Duration::from_millis(10))
         .suspend_after(Duration::from_millis(50))
         .build()
@@ -833,6 +859,22 @@ async fn a_timeout_beside_another_wait_runs_out_on_time() {
             "timed first: {timed_first}"
         );
     }
+}
+
+/// A step beside a wait polled first runs before the instance suspends:
+/// the request goes out without waiting for its reply. Before, steps were
+/// refused while a suspension was pending, and it waited until the reply
+/// (which never came) or the deadline.
+#[tokio::test]
+async fn a_step_beside_a_wait_polled_first_still_runs() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = AskAndListen::start(&engine, 1).await.unwrap();
+    until_status(&inst, Status::Listening).await;
+    assert_eq!(REQUESTS.lock().unwrap().get(&1), Some(&1), "request sent");
+    inst.send_event("reply", "pong").await.unwrap();
+    assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), "pong");
+    assert_eq!(REQUESTS.lock().unwrap().get(&1), Some(&1), "sent once");
 }
 
 #[tokio::test]
