@@ -101,30 +101,48 @@ pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
         .config
         .poll_interval
         .clamp(MIN_LOOK_EVERY, Duration::from_secs(1));
+    let started = inner.clock.now();
+    // Each schedule on its own task: a store call that hangs for one (a
+    // dead connection in the pool) leaves the others firing. Aborted with
+    // the set when this future is dropped.
+    let mut schedules = tokio::task::JoinSet::new();
+    for index in 0..inner.scheduled.len() {
+        schedules.spawn(look_at(engine.clone(), index, every, started, stop.clone()));
+    }
+    while schedules.join_next().await.is_some() {}
+}
+
+/// Looks at schedule `index` of the engine's every `every` at most, and
+/// fires its due ticks, until `stop`.
+async fn look_at(
+    engine: Engine,
+    index: usize,
+    every: Duration,
+    started: DateTime<Utc>,
+    stop: CancellationToken,
+) {
+    let inner = &engine.inner;
+    let scheduled = &inner.scheduled[index];
     let mut marked: HashMap<&'static str, tokio::time::Instant> = HashMap::new();
     let mut looked: HashMap<&'static str, DateTime<Utc>> = HashMap::new();
-    let started = inner.clock.now();
     // A clock moved by hand (a test's) fires its ticks at once.
     let mut clock_changes = inner.clock.changes();
     while !stop.is_cancelled() {
-        let mut next_due: Option<DateTime<Utc>> = None;
-        for scheduled in &inner.scheduled {
-            let look = Look {
-                every,
-                marked: &mut marked,
-                looked: &mut looked,
-                started,
-            };
-            // A store that panics fails this look, not the scheduler: every
-            // schedule would stop firing while the worker looked healthy.
-            match crate::worker::caught(fire_due(&engine, scheduled, look)).await {
-                Ok(Some(next)) => next_due = Some(next_due.map_or(next, |due| due.min(next))),
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(workflow = scheduled.workflow, error = %err, "schedule check failed")
-                }
+        let look = Look {
+            every,
+            marked: &mut marked,
+            looked: &mut looked,
+            started,
+        };
+        // A store that panics fails this look, not the scheduler: the
+        // schedule would stop firing while the worker looked healthy.
+        let next_due = match crate::worker::caught(fire_due(&engine, scheduled, look)).await {
+            Ok(next) => next,
+            Err(err) => {
+                tracing::warn!(workflow = scheduled.workflow, error = %err, "schedule check failed");
+                None
             }
-        }
+        };
         let now = inner.clock.now();
         let nap = match next_due {
             // A schedule still catching up reports a tick already due: its

@@ -2379,6 +2379,8 @@ pub struct Unreachable<S> {
     held_claim_answers: AtomicBool,
     /// Rows of this workflow read as corrupt through [`Store::get`].
     unreadable: std::sync::Mutex<Option<String>>,
+    /// The schedule whose [`Store::schedule_mark`] hangs.
+    hanging_mark: std::sync::Mutex<Option<String>>,
 }
 
 impl<S: Store> Unreachable<S> {
@@ -2396,6 +2398,7 @@ impl<S: Store> Unreachable<S> {
             hanging_claims: AtomicBool::new(false),
             held_claim_answers: AtomicBool::new(false),
             unreadable: std::sync::Mutex::new(None),
+            hanging_mark: std::sync::Mutex::new(None),
         }
     }
 
@@ -2422,6 +2425,13 @@ impl<S: Store> Unreachable<S> {
     /// a store that hangs does; it answers once turned off.
     pub fn hang_claims(&self, hang: bool) {
         self.hanging_claims.store(hang, Ordering::SeqCst);
+    }
+
+    /// Makes [`Store::schedule_mark`] of `workflow`'s schedule wait without
+    /// answering, or no longer (`None`), as a call on a dead connection
+    /// does; the other schedules' calls go through.
+    pub fn hang_schedule_mark(&self, workflow: Option<&str>) {
+        *self.hanging_mark.lock().unwrap_or_else(|p| p.into_inner()) = workflow.map(str::to_owned);
     }
 
     /// Makes [`Store::claim`] hold its answer back while on (`true`): the
@@ -2666,6 +2676,16 @@ impl<S: Store> Store for Unreachable<S> {
         self.up()?.resume(id, at).await
     }
     async fn schedule_mark(&self, workflow: &str) -> Result<Option<ScheduleMark>, StoreError> {
+        let hangs = || {
+            self.hanging_mark
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_deref()
+                == Some(workflow)
+        };
+        while hangs() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         self.up()?.schedule_mark(workflow).await
     }
     async fn advance_schedule(

@@ -630,6 +630,70 @@ async fn a_changed_expression_whose_restart_failed_fires_nothing_old() {
     );
 }
 
+/// A second schedule, every minute too.
+struct AlsoEveryMinute;
+
+impl Workflow for AlsoEveryMinute {
+    type Input = ();
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "alsoEveryMinute";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<String, BoxError> {
+        Ok(ctx.tags().get("schedule").cloned().unwrap_or_default())
+    }
+}
+
+/// A store call that hangs for one schedule (a dead connection) leaves
+/// the others firing. Before, schedules were looked at one after another,
+/// and the first one's hang stopped them all.
+#[tokio::test]
+async fn a_schedule_whose_store_call_hangs_does_not_stop_the_others() {
+    let flaky = Arc::new(testing::Unreachable::new(MemoryStore::new()));
+    flaky.hang_schedule_mark(Some("everyMinute"));
+    let store: Arc<dyn Store> = flaky.clone();
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register_scheduled(EveryMinute, "* * * * *", "UTC", CatchUp::Latest)
+        .register_scheduled(AlsoEveryMinute, "* * * * *", "UTC", CatchUp::Latest)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    for _ in 0..300 {
+        if store
+            .schedule_mark("alsoEveryMinute")
+            .await
+            .unwrap()
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    clock.advance(Duration::from_secs(60));
+    let mut keys = Vec::new();
+    for _ in 0..300 {
+        keys = engine
+            .list(Query::new().name("alsoEveryMinute"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|i| i.key)
+            .collect();
+        if !keys.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(keys, ["schedule:2026-11-25T10:01:00.000Z"]);
+    flaky.hang_schedule_mark(None);
+}
+
 /// A catch-up cut short (here by creates failing after two ticks) records
 /// the ticks it fired: once their instances ended and were purged, the
 /// next engine goes on after them instead of firing them a second time.
