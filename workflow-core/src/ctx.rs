@@ -189,21 +189,23 @@ pub(crate) struct RunShared {
     /// suspension for another reason (a sleep beside them) names one, so
     /// that the next run reads their counts instead of starting at zero.
     retrying: Mutex<HashMap<String, u32>>,
-    /// A step ended (recorded its output or its failure) after the
-    /// handler's last look while a suspension waited (a step of a task
-    /// the handler spawned): the handler has not seen that outcome, so the
+    /// A step of a task the handler spawned ended (recorded its output or
+    /// its failure) while a suspension was pending: the handler may not
+    /// have seen that outcome (its `JoinHandle` answers later), so the
     /// suspension runs it again at once. Changed under the `interrupt`
     /// lock.
     ended_beside: AtomicBool,
-    /// Waits whose suspension is in the pending one (see [`Ctx::suspend`]):
-    /// when the last of them is dropped before the run stops (a `select!`
-    /// that took another branch), the suspension is withdrawn. Changed
-    /// under the `interrupt` lock.
-    suspending: AtomicUsize,
-    /// The pending suspension pauses the instance (a value new code
-    /// cannot read): it is never withdrawn, whatever branch the handler
-    /// takes. Changed under the `interrupt` lock.
-    suspension_kept: AtomicBool,
+    /// The task the handler runs on, to tell its steps from those of tasks
+    /// it spawned.
+    handler_task: std::sync::OnceLock<tokio::task::Id>,
+    /// The suspension each wait in the pending one asked for, by token
+    /// (see [`Ctx::suspend`]): the pending one merges those still there.
+    /// A wait dropped before the run stops (a `select!` that took another
+    /// branch) takes its own out, and the last one out withdraws the
+    /// suspension. Locked after `interrupt`.
+    waits: Mutex<Vec<(u64, crate::store::Suspend)>>,
+    /// Tokens for `waits`.
+    next_wait: std::sync::atomic::AtomicU64,
     /// Waits longer than this suspend the instance instead of sleeping in memory.
     pub suspend_after: std::time::Duration,
     /// Steps running now (see [`step_running`](Self::step_running)): a
@@ -286,11 +288,20 @@ fn merge_suspensions(into: &mut crate::store::Suspend, other: crate::store::Susp
     if into.retry.is_none() {
         into.retry = other.retry;
     }
-    // Read later: the state as it is now.
-    if other.state.is_some() {
-        into.state = other.state;
-    }
+    // Set when the suspension settles: the state as it is then.
+    into.state = None;
     into.reason = format!("{}; {}", into.reason, other.reason);
+}
+
+/// The one suspension the waits in `waits` make together, `None` if none
+/// is left.
+fn merged(waits: &[(u64, crate::store::Suspend)]) -> Option<crate::store::Suspend> {
+    let mut waits = waits.iter().map(|(_, s)| s.clone());
+    let first = waits.next()?;
+    Some(waits.fold(first, |mut into, other| {
+        merge_suspensions(&mut into, other);
+        into
+    }))
 }
 
 impl Drop for StepRunning<'_> {
@@ -416,8 +427,9 @@ impl RunShared {
             failed_attempts: tokio::sync::OnceCell::new(),
             retrying: Mutex::new(HashMap::new()),
             ended_beside: AtomicBool::new(false),
-            suspending: AtomicUsize::new(0),
-            suspension_kept: AtomicBool::new(false),
+            handler_task: std::sync::OnceLock::new(),
+            waits: Mutex::new(Vec::new()),
+            next_wait: std::sync::atomic::AtomicU64::new(0),
             suspend_after: engine.inner.config.suspend_after,
             steps_running: AtomicUsize::new(0),
             drained: tokio::sync::Notify::new(),
@@ -473,9 +485,43 @@ impl RunShared {
     /// Notes that a step ended; see [`ended_beside`](Self::ended_beside).
     fn step_ended(&self) {
         let slot = lock(&self.interrupt);
-        if matches!(&*slot, Some((Interrupt::Suspended, _))) {
+        let spawned = tokio::task::try_id().is_some_and(|id| self.handler_task.get() != Some(&id));
+        if spawned && matches!(&*slot, Some((Interrupt::Suspended, _))) {
             self.ended_beside.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Notes the task the handler runs on: called by the worker as the
+    /// run starts.
+    pub(crate) fn note_handler_task(&self) {
+        if let Some(id) = tokio::task::try_id() {
+            let _ = self.handler_task.set(id);
+        }
+    }
+
+    /// Whether a suspension is pending that pauses the instance: the
+    /// handler's new steps are refused, and it is never withdrawn.
+    fn kept(slot: &Option<(Interrupt, Settlement)>) -> bool {
+        matches!(slot, Some((Interrupt::Suspended, Settlement::Suspend(s))) if s.status == Status::Paused)
+    }
+
+    /// Whether a suspension is pending: waits beside it add theirs rather
+    /// than wait in memory, so that the run settles and an event for any
+    /// of them can wake it.
+    pub(crate) fn suspension_pending(&self) -> bool {
+        let slot = lock(&self.interrupt);
+        matches!(&*slot, Some((Interrupt::Suspended, _))) && !self.stop.is_cancelled()
+    }
+
+    /// Whether the interrupt recorded is a suspension not settled yet:
+    /// the handler stopped (a deadline) or returned (a spawned task's wait
+    /// was still in it) before the pass that settles it. Such a one that
+    /// does not pause the instance is not its outcome.
+    pub(crate) fn unsettled_suspension(&self) -> bool {
+        let slot = lock(&self.interrupt);
+        matches!(&*slot, Some((Interrupt::Suspended, _)))
+            && !self.stop.is_cancelled()
+            && !Self::kept(&slot)
     }
 
     /// A suspension that has the instance run again `after` from `at`
@@ -538,48 +584,46 @@ impl RunShared {
     }
 
     /// Adds a wait's suspension to the pending one, or makes it the
-    /// pending one. False if the run stops for another reason (a cancel,
-    /// an end, a lost lease), which nothing is to be added to.
-    fn add_suspension(&self, suspend: crate::store::Suspend) -> bool {
+    /// pending one; its token for [`leave_suspension`](Self::leave_suspension).
+    /// `None` if the run stops for another reason (a cancel, an end, a
+    /// lost lease), which nothing is to be added to.
+    fn add_suspension(&self, suspend: crate::store::Suspend) -> Option<u64> {
         let mut slot = lock(&self.interrupt);
-        match &mut *slot {
-            None => {
-                let kept = suspend.status == Status::Paused;
-                *slot = Some((Interrupt::Suspended, Settlement::Suspend(suspend)));
-                self.suspending.store(1, Ordering::SeqCst);
-                self.suspension_kept.store(kept, Ordering::SeqCst);
-                self.ended_beside.store(false, Ordering::SeqCst);
-                true
-            }
-            Some((Interrupt::Suspended, Settlement::Suspend(pending)))
-                if !self.stop.is_cancelled() =>
-            {
-                if suspend.status == Status::Paused {
-                    self.suspension_kept.store(true, Ordering::SeqCst);
-                }
-                merge_suspensions(pending, suspend);
-                self.suspending.fetch_add(1, Ordering::SeqCst);
-                true
-            }
-            Some(_) => false,
+        if self.stop.is_cancelled() {
+            return None;
         }
+        let mut waits = lock(&self.waits);
+        match &*slot {
+            None => {
+                waits.clear();
+                self.ended_beside.store(false, Ordering::SeqCst);
+            }
+            Some((Interrupt::Suspended, Settlement::Suspend(_))) => {}
+            Some(_) => return None,
+        }
+        let token = self.next_wait.fetch_add(1, Ordering::SeqCst);
+        waits.push((token, suspend));
+        *slot = merged(&waits).map(|s| (Interrupt::Suspended, Settlement::Suspend(s)));
+        Some(token)
     }
 
-    /// A wait whose suspension was added is gone before the run stopped:
-    /// the last one gone withdraws the suspension, and the handler goes
-    /// on (a `select!` took another branch, a `try_join!` failed), unless
-    /// it pauses the instance.
-    fn leave_suspension(&self) {
+    /// The wait of `token` is gone before the run stopped (a `select!`
+    /// took another branch, a `try_join!` failed): its suspension goes
+    /// out of the pending one, and the last one out withdraws it, so the
+    /// handler goes on, unless it pauses the instance.
+    fn leave_suspension(&self, token: u64) {
         let mut slot = lock(&self.interrupt);
         if self.stop.is_cancelled()
-            || self.suspension_kept.load(Ordering::SeqCst)
+            || Self::kept(&slot)
             || !matches!(&*slot, Some((Interrupt::Suspended, _)))
         {
             return;
         }
-        if self.suspending.fetch_sub(1, Ordering::SeqCst) == 1 {
+        let mut waits = lock(&self.waits);
+        waits.retain(|(t, _)| *t != token);
+        *slot = merged(&waits).map(|s| (Interrupt::Suspended, Settlement::Suspend(s)));
+        if slot.is_none() {
             tracing::debug!("suspension withdrawn: the handler went on without its waits");
-            *slot = None;
         }
     }
 
@@ -689,7 +733,7 @@ impl RunShared {
     pub(crate) fn check(&self) -> Result<()> {
         let slot = lock(&self.interrupt);
         match slot.as_ref().map(|(why, _)| why.clone()) {
-            Some(Interrupt::Suspended) if !self.stop.is_cancelled() => Ok(()),
+            Some(Interrupt::Suspended) if !self.stop.is_cancelled() && !Self::kept(&slot) => Ok(()),
             Some(why) => Err(Error::Interrupted(why)),
             // Stopped with no reason given: the handler returned, or its
             // deadline passed. A task it spawned with a clone of `ctx` may
@@ -1364,54 +1408,59 @@ where
             suspend.run_at = suspend.run_at.min(deadline);
         }
         tracing::debug!(reason = %suspend.reason, "suspending");
-        if !run.add_suspension(suspend) {
+        let Some(token) = run.add_suspension(suspend) else {
             // The run stops for another reason: nothing is waited for.
             run.stop.cancel();
             return Error::Interrupted(Interrupt::Suspended);
-        }
+        };
         // Dropped before the run stops: this wait leaves the suspension.
-        struct Leave<'a>(Option<&'a RunShared>);
+        struct Leave<'a>(Option<(&'a RunShared, u64)>);
         impl Drop for Leave<'_> {
             fn drop(&mut self) {
-                if let Some(run) = self.0 {
-                    run.leave_suspension();
+                if let Some((run, token)) = self.0 {
+                    run.leave_suspension(token);
                 }
             }
         }
-        let mut leave = Leave(Some(run));
+        let mut leave = Leave(Some((run, token)));
         // Settled only after a pass of the handler in which nothing ran:
         // every branch then waits, or has left (a `select!` that returned).
-        let mut waited = false;
         loop {
             tokio::task::yield_now().await;
-            // The handler has seen what ended so far.
-            run.ended_beside.store(false, Ordering::SeqCst);
-            if !run.steps_finished().await {
+            if run.steps_finished().await {
+                continue;
+            }
+            if run.stop.is_cancelled() {
+                // Settled by another wait, or stopped for another reason.
                 break;
             }
-            waited = true;
-        }
-        // The first wait here settles the suspension; the others find the
-        // run stopped.
-        if !run.stop.is_cancelled() {
-            // Steps beside it may have changed the state since the waits
-            // looked: the row gets the state as it is now, unless a step
-            // recorded it (the row has that one).
-            let now = waited.then(|| self.inner.state.take_at_end());
-            // A step beside it may have failed an attempt meanwhile: the
-            // suspension writes the row's retry record, and must not
-            // write that count away.
+            {
+                // Checked again, and settled, under the lock a step of a
+                // spawned task takes to start (`check`): none starts once
+                // this one settles.
+                let _slot = lock(&run.interrupt);
+                if run.steps_running.load(Ordering::SeqCst) != 0 {
+                    continue;
+                }
+                leave.0 = None;
+                run.stop.cancel();
+            }
+            // The state as it is now, unless a step recorded it (the row
+            // has that one). A step beside it may have failed an attempt
+            // meanwhile: the suspension writes the row's retry record, and
+            // must not write that count away. Read outside the lock, and
+            // before the worker reads the settlement: no await is between.
+            let state = self.inner.state.take_at_end();
             let retry = run.backing_off();
             if let Some((Interrupt::Suspended, Settlement::Suspend(pending))) =
                 &mut *lock(&run.interrupt)
             {
-                if let Some(now) = now {
-                    pending.state = now;
-                }
+                pending.state = state;
                 if pending.retry.is_none() {
                     pending.retry = retry;
                 }
             }
+            return Error::Interrupted(Interrupt::Suspended);
         }
         leave.0 = None;
         run.stop.cancel();

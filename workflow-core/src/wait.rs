@@ -149,7 +149,7 @@ where
             }
         }
         let left = std::time::Duration::from_millis(left as u64);
-        if left <= self.run().suspend_after {
+        if left <= self.run().suspend_after && !self.run().suspension_pending() {
             // By the engine's clock, which a test may move by hand.
             self.run().engine.inner.sleep_until(wake_at).await;
             return Ok(());

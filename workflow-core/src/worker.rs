@@ -1247,6 +1247,7 @@ async fn execute(
     if run.deadline.borrow().is_some_and(|at| at <= now) {
         return time_out(now);
     }
+    run.note_handler_task();
     let handler = AssertUnwindSafe(def.run(Arc::clone(run), input)).catch_unwind();
     let timed_out = deadline_passed(run);
     enum End {
@@ -1274,11 +1275,16 @@ async fn execute(
             at,
         })
     };
+    // A suspension the handler left unsettled (its deadline came first,
+    // or it returned while a spawned task's wait was in it) is not the
+    // outcome: the end is.
+    let unsettled = run.unsettled_suspension();
     let interrupt = run
         .interrupt
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .clone();
+        .clone()
+        .filter(|_| !unsettled);
     if let Some((why, settlement)) = interrupt {
         // A handler that returned right after `ctx.complete`/`ctx.fail`
         // took the state's last change with it; one stopped before that

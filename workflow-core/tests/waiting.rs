@@ -504,6 +504,59 @@ impl Workflow for AskAndListen {
     }
 }
 
+/// Looks a value up, unless a cache-hit event comes first, beside a wait
+/// for an approval: the cache-hit wait is dropped once the lookup is in.
+struct LookupBesideApproval;
+
+impl Workflow for LookupBesideApproval {
+    type Input = ();
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "lookupBesideApproval";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<String, BoxError> {
+        let lookup = async {
+            tokio::select! {
+                biased;
+                hit = ctx.wait_for_event::<String>("cache-hit", None) => hit,
+                found = ctx.step("lookup", || async {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    Ok::<_, BoxError>("looked up".to_owned())
+                }) => found,
+            }
+        };
+        let (found, by) = tokio::join!(lookup, ctx.wait_for_event::<String>("approval", None));
+        Ok(format!("{}, approved by {}", found?, by?))
+    }
+}
+
+/// Polls every 20 ms (in memory, were it alone) until a `go` event.
+struct PollUntilGo;
+
+impl Workflow for PollUntilGo {
+    type Input = ();
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "pollUntilGo";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<String, BoxError> {
+        let polling = async {
+            for i in 0.. {
+                ctx.step(&format!("poll-{i}"), || async { Ok::<_, BoxError>(()) })
+                    .await?;
+                ctx.sleep(&format!("nap-{i}"), Duration::from_millis(20))
+                    .await?;
+            }
+            Ok::<_, Error>(())
+        };
+        tokio::select! {
+            biased;
+            go = ctx.wait_for_event::<String>("go", None) => Ok(go?),
+            polled = polling => polled.map(|()| "never".to_owned()).map_err(Into::into),
+        }
+    }
+}
+
 #[derive(Default, Serialize, Deserialize, JsonSchema)]
 struct Count {
     done: u32,
@@ -724,6 +777,8 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
         .register(ApproveOrEscalate)
         .register(TwoWaits)
         .register(AskAndListen)
+        .register(LookupBesideApproval)
+        .register(PollUntilGo)
         .poll_interval(Duration::from_millis(10))
         .suspend_after(Duration::from_millis(50))
         .build()
@@ -875,6 +930,42 @@ async fn a_step_beside_a_wait_polled_first_still_runs() {
     inst.send_event("reply", "pong").await.unwrap();
     assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), "pong");
     assert_eq!(REQUESTS.lock().unwrap().get(&1), Some(&1), "sent once");
+}
+
+/// A wait dropped while others are in the suspension takes its own out:
+/// the instance wakes for the approval, not for the cache hit it no
+/// longer waits for. Before, the dropped wait's event stayed the row's,
+/// and the approval never woke it.
+#[tokio::test]
+async fn a_wait_dropped_beside_another_leaves_the_suspension() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = LookupBesideApproval::start(&engine, ()).await.unwrap();
+    until_status(&inst, Status::Listening).await;
+    let info = inst.info().await.unwrap();
+    assert!(
+        matches!(&info.waiting_for, Some(WaitingFor::Event { name }) if name == "approval"),
+        "{info:?}"
+    );
+    inst.send_event("approval", "ada").await.unwrap();
+    assert_eq!(
+        inst.result_timeout(LIMIT).await.unwrap(),
+        "looked up, approved by ada"
+    );
+}
+
+/// Short sleeps beside a wait suspend with it rather than sleep in memory:
+/// the instance keeps polling and still sees the event that ends it.
+/// Before, the polling ran in memory until the deadline and the event
+/// was never read.
+#[tokio::test]
+async fn short_sleeps_beside_a_wait_let_its_event_in() {
+    let engine = engine(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = PollUntilGo::start(&engine, ()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    inst.send_event("go", "now").await.unwrap();
+    assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), "now");
 }
 
 #[tokio::test]
