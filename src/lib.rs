@@ -321,8 +321,8 @@ pub mod __private {
     pub trait HandlerError: Into<BoxError> {}
     impl<E: Into<BoxError>> HandlerError for E {}
 
-    /// The output and error of a handler's return type, for an alias of
-    /// `Result` (`AppResult<Out>`).
+    /// The output of a handler's return type, for an alias of `Result`
+    /// (`AppResult<Out>`).
     #[diagnostic::on_unimplemented(
         message = "`{Self}` is not a `Result`",
         label = "a workflow handler must return a `Result`",
@@ -331,12 +331,9 @@ pub mod __private {
     pub trait HandlerReturn {
         /// The workflow's output type.
         type Output;
-        /// The handler's error type.
-        type Error;
     }
     impl<T, E> HandlerReturn for Result<T, E> {
         type Output = T;
-        type Error = E;
     }
 
     /// The state of a handler's context type, for a context written bare

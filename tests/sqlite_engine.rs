@@ -576,7 +576,9 @@ async fn a_timed_out_parent_cancels_the_child_it_waits_for() {
 }
 
 /// Approves, or escalates after a second, whichever comes first. The wait
-/// is polled first: the sleep adds its time to the wait's suspension.
+/// is polled first: the sleep adds its time to the wait's suspension. It
+/// returns right after the `select!`, so no replay goes through it again
+/// (where it could take the other branch).
 #[workflow(name = "approveOrEscalate", timeout = "10m")]
 async fn approve_or_escalate(ctx: Ctx, _input: ()) -> workflow::Result<String> {
     let approval = ctx.wait_for_event::<String>("approval", None);

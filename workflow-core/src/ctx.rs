@@ -254,7 +254,8 @@ impl RunShared {
     }
 }
 
-/// A step attempt running; see [`RunShared::step_running`].
+/// A step, a wait being set up or a timer being recorded; see
+/// [`RunShared::step_running`].
 pub(crate) struct StepRunning<'a>(&'a RunShared);
 
 /// One suspension for waits side by side: the earliest time, the strongest
@@ -513,15 +514,20 @@ impl RunShared {
         matches!(&*slot, Some((Interrupt::Suspended, _))) && !self.stop.is_cancelled()
     }
 
-    /// Whether the interrupt recorded is a suspension not settled yet:
-    /// the handler stopped (a deadline) or returned (a spawned task's wait
-    /// was still in it) before the pass that settles it. Such a one that
-    /// does not pause the instance is not its outcome.
-    pub(crate) fn unsettled_suspension(&self) -> bool {
+    /// Why the handler stopped, for the worker once it has: none for a
+    /// suspension not settled yet, when the handler stopped (a deadline)
+    /// or returned (a spawned task's wait was still in it) before the pass
+    /// that settles it, unless it pauses the instance. Read under one lock.
+    pub(crate) fn outcome_interrupt(&self) -> Option<(Interrupt, Settlement)> {
         let slot = lock(&self.interrupt);
-        matches!(&*slot, Some((Interrupt::Suspended, _)))
+        let unsettled = matches!(&*slot, Some((Interrupt::Suspended, _)))
             && !self.stop.is_cancelled()
-            && !Self::kept(&slot)
+            && !Self::kept(&slot);
+        if unsettled {
+            None
+        } else {
+            slot.clone()
+        }
     }
 
     /// A suspension that has the instance run again `after` from `at`
@@ -552,16 +558,14 @@ impl RunShared {
     /// Records why the handler stops: the first reason given wins, except
     /// that a suspension still waiting for the steps beside it (see
     /// [`Ctx::suspend`]) gives way to any other (a cancel, a lost lease,
-    /// an end). Whether `why` was recorded.
-    fn record_interrupt(&self, why: Interrupt, settlement: Settlement) -> bool {
+    /// an end). Suspensions are added by [`add_suspension`](Self::add_suspension).
+    fn record_interrupt(&self, why: Interrupt, settlement: Settlement) {
         let mut slot = lock(&self.interrupt);
-        let draining =
+        let pending =
             matches!(&*slot, Some((Interrupt::Suspended, _))) && !self.stop.is_cancelled();
-        let record = slot.is_none() || (draining && why != Interrupt::Suspended);
-        if record {
+        if slot.is_none() || pending {
             *slot = Some((why, settlement));
         }
-        record
     }
 
     /// Waits until nothing counted by [`step_running`](Self::step_running)
@@ -1434,32 +1438,31 @@ where
                 // Settled by another wait, or stopped for another reason.
                 break;
             }
-            {
-                // Checked again, and settled, under the lock a step of a
-                // spawned task takes to start (`check`): none starts once
-                // this one settles.
-                let _slot = lock(&run.interrupt);
-                if run.steps_running.load(Ordering::SeqCst) != 0 {
-                    continue;
-                }
-                leave.0 = None;
-                run.stop.cancel();
-            }
             // The state as it is now, unless a step recorded it (the row
             // has that one). A step beside it may have failed an attempt
             // meanwhile: the suspension writes the row's retry record, and
-            // must not write that count away. Read outside the lock, and
-            // before the worker reads the settlement: no await is between.
-            let state = self.inner.state.take_at_end();
+            // must not write that count away. Read before the lock: the
+            // state's own lock is never taken under it.
+            let state = self.suspended_state().unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "state not persisted with the suspension");
+                None
+            });
             let retry = run.backing_off();
-            if let Some((Interrupt::Suspended, Settlement::Suspend(pending))) =
-                &mut *lock(&run.interrupt)
-            {
+            let mut slot = lock(&run.interrupt);
+            // Checked again, and settled, under the lock a step of a
+            // spawned task takes to start (`check`): none starts once this
+            // one settles, and the worker reads the settlement whole.
+            if run.steps_running.load(Ordering::SeqCst) != 0 {
+                continue;
+            }
+            if let Some((Interrupt::Suspended, Settlement::Suspend(pending))) = &mut *slot {
                 pending.state = state;
                 if pending.retry.is_none() {
                     pending.retry = retry;
                 }
             }
+            leave.0 = None;
+            run.stop.cancel();
             return Error::Interrupted(Interrupt::Suspended);
         }
         leave.0 = None;

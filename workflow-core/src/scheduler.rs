@@ -187,6 +187,12 @@ async fn fire_due(
         .max(mark.last_tick.unwrap_or(Millis::MIN));
     let marked_until = DateTime::from_timestamp_millis(marked_until).unwrap_or(now);
     let late_look_max = chrono::Duration::from_std(LATE_LOOK_MAX).unwrap_or_default();
+    // A running engine looks at least every `every` and records that at
+    // least every MARK_EVERY, so a tick older than that came due while no
+    // engine ran: it was missed. Unless this engine has looked since: a
+    // look that came late (a slow store, a busy runtime) misses nothing.
+    let window = (look.every * 2).max(Duration::from_secs(1)) + MARK_EVERY;
+    let window = chrono::Duration::from_std(window).unwrap_or_default();
     let previous = look
         .looked
         .get(s.workflow)
@@ -195,9 +201,9 @@ async fn fire_due(
     // A last look far ahead of now: the clock stepped back from a wrong
     // time (a day ahead at boot, then NTP). Counting from that look
     // would fire nothing until the clock got there again, silently; this
-    // engine starts over as a restarted one does, from the mark (the
-    // ticks fired meanwhile are found by their keys). A small step back
-    // keeps the look, so its ticks are not fired twice.
+    // engine counts from now instead, as if it had looked a moment ago
+    // (the ticks fired meanwhile are found by their keys). A small step
+    // back keeps the look, so its ticks are not fired twice.
     let previous = match previous {
         Some(p) if p > now + late_look_max => {
             tracing::warn!(
@@ -206,7 +212,7 @@ async fn fire_due(
                 now = %now,
                 "the clock stepped back past this engine's last look at the schedule; counting from now"
             );
-            None
+            Some(now - window)
         }
         previous => previous,
     };
@@ -231,12 +237,6 @@ async fn fire_due(
         Some(last) => from.max(last.min(now - refire_within)),
         None => from,
     };
-    // A running engine looks at least every `every` and records that at
-    // least every MARK_EVERY, so a tick older than that came due while no
-    // engine ran: it was missed. Unless this engine has looked since: a
-    // look that came late (a slow store, a busy runtime) misses nothing.
-    let window = (look.every * 2).max(Duration::from_secs(1)) + MARK_EVERY;
-    let window = chrono::Duration::from_std(window).unwrap_or_default();
     // Before this engine's first look at it, from when it started (unless
     // that was a frozen process's long ago).
     let first_look = !look.looked.contains_key(s.workflow);

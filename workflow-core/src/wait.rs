@@ -180,11 +180,11 @@ where
     /// step-name rule of [`Ctx::step`].
     ///
     /// A wait that finds nothing suspends the whole handler once every
-    /// branch beside it (`join!`, `select!`) waits too. The instance's row
-    /// wakes for one event at a time: to wait for one of several outcomes
-    /// (approved or rejected), send one event whose payload says which,
-    /// rather than `select!` over two waits (the second event is taken
-    /// only when the instance runs again, for the first or at a time).
+    /// branch beside it (`join!`) waits too. The instance's row wakes for
+    /// one event at a time: to wait for one of several outcomes (approved
+    /// or rejected), send one event whose payload says which, rather than
+    /// `select!` over two waits (the second event is taken only when the
+    /// instance runs again, and a replay may take the other branch).
     ///
     /// The event is taken, and recorded as this wait's outcome, before its
     /// payload is read as `T`: a payload that does not read gives
@@ -203,14 +203,15 @@ where
     /// next wait of the same name takes it: waits that may time out
     /// should each have a name of their own.
     ///
-    /// Waits side by side (`select!` of a wait and a sleep, say, or a
-    /// `join!` of two waits) suspend the run together: the instance
-    /// wakes at the earliest of their times (sleeps, timeouts) or for the
-    /// first one's event or child, and a branch that `select!` drops on
-    /// the next run lets the handler go on. Branches beside a wait run on
-    /// until they wait too: a request sent in a step beside the wait for
-    /// its reply goes out, a step backing off in memory is retried, and a
-    /// step that fails for good under `try_join!` fails the instance.
+    /// Waits side by side (a `join!` of two waits, say) suspend the run
+    /// together: the instance wakes at the earliest of their times
+    /// (sleeps, timeouts) or for the first one's event or child. Branches
+    /// beside a wait run on until they wait too: a request sent in a step
+    /// beside the wait for its reply goes out, a step backing off in
+    /// memory is retried, and a step that fails for good under
+    /// `try_join!` fails the instance. Give the wait a `timeout` rather
+    /// than `select!` it against a sleep: the branch a `select!` did not
+    /// take is not recorded, and a replay may take it.
     pub async fn wait_for_event<T: DeserializeOwned>(
         &self,
         name: &str,

@@ -1278,13 +1278,7 @@ async fn execute(
     // A suspension the handler left unsettled (its deadline came first,
     // or it returned while a spawned task's wait was in it) is not the
     // outcome: the end is.
-    let unsettled = run.unsettled_suspension();
-    let interrupt = run
-        .interrupt
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .filter(|_| !unsettled);
+    let interrupt = run.outcome_interrupt();
     if let Some((why, settlement)) = interrupt {
         // A handler that returned right after `ctx.complete`/`ctx.fail`
         // took the state's last change with it; one stopped before that

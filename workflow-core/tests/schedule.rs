@@ -363,7 +363,7 @@ async fn a_clock_stepped_back_a_day_fires_the_ticks_due_from_then() {
         ["schedule:2026-11-26T10:00:00.000Z"]
     );
     clock.set(utc("2026-11-25T10:00:40Z"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // On in steps, as a running clock goes.
     for _ in 0..3 {
         clock.advance(Duration::from_secs(10));
@@ -663,6 +663,7 @@ async fn a_schedule_whose_store_call_hangs_does_not_stop_the_others() {
         .await
         .unwrap();
     let _worker = engine.start_worker();
+    let mut registered = false;
     for _ in 0..300 {
         if store
             .schedule_mark("alsoEveryMinute")
@@ -670,10 +671,12 @@ async fn a_schedule_whose_store_call_hangs_does_not_stop_the_others() {
             .unwrap()
             .is_some()
         {
+            registered = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(registered, "the second schedule was never registered");
     clock.advance(Duration::from_secs(60));
     let mut keys = Vec::new();
     for _ in 0..300 {

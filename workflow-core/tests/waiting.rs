@@ -413,19 +413,21 @@ impl Workflow for DeclinedBesideWait {
     }
 }
 
-/// Waits for an approval, or escalates after 300 ms, whichever comes
-/// first: `select!` polls the wait first when the input says so.
+/// Waits for an approval, or escalates after the input's milliseconds,
+/// whichever comes first: `select!` polls the wait first when the input
+/// says so. It returns right after the `select!`, so no replay goes
+/// through it again (where it could take the other branch).
 struct ApproveOrEscalate;
 
 impl Workflow for ApproveOrEscalate {
-    type Input = bool;
+    type Input = (bool, u64);
     type Output = String;
     type State = ();
     const NAME: &'static str = "approveOrEscalate";
 
-    async fn run(&self, ctx: Ctx, wait_first: bool) -> Result<String, BoxError> {
+    async fn run(&self, ctx: Ctx, (wait_first, ms): (bool, u64)) -> Result<String, BoxError> {
         let approval = ctx.wait_for_event::<String>("approval", None);
-        let escalation = ctx.sleep("escalate", Duration::from_millis(300));
+        let escalation = ctx.sleep("escalate", Duration::from_millis(ms));
         let outcome = if wait_first {
             tokio::select! {
                 biased;
@@ -866,13 +868,18 @@ async fn a_wait_and_a_sleep_side_by_side_wake_at_the_first_of_them() {
     let engine = engine(Arc::new(MemoryStore::new())).await;
     let _worker = engine.start_worker();
     for wait_first in [true, false] {
-        let inst = ApproveOrEscalate::start(&engine, wait_first).await.unwrap();
+        let inst = ApproveOrEscalate::start(&engine, (wait_first, 300))
+            .await
+            .unwrap();
         assert_eq!(
             inst.result_timeout(LIMIT).await.unwrap(),
             "escalated",
             "wait first: {wait_first}"
         );
-        let inst = ApproveOrEscalate::start(&engine, wait_first).await.unwrap();
+        // Time enough on a loaded machine for the event to come first.
+        let inst = ApproveOrEscalate::start(&engine, (wait_first, 60_000))
+            .await
+            .unwrap();
         until_status(&inst, Status::Listening).await;
         inst.send_event("approval", "ada").await.unwrap();
         assert_eq!(

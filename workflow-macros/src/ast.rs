@@ -951,8 +951,8 @@ fn unfit(ty: &Type, what: &str, why: &str) -> Option<syn::Error> {
 
 /// `S` of a `Ctx<S>` type (any path ending in `Ctx`), `None` for a bare
 /// `Ctx`; otherwise why the type is not a context. With `alias_ok`, also
-/// `None` for a path whose last segment ends in `Ctx` or `Context`
-/// (`OrderCtx`, `workflow::Ctx` imported `as WfCtx`): an alias of a `Ctx`,
+/// `None` for a path whose last segment ends in `Ctx` (`OrderCtx`,
+/// `workflow::Ctx` imported `as WfCtx`): an alias of a `Ctx`,
 /// which the expansion asks for its state (`HandlerCtx`), as for a bare
 /// `Ctx`, and which a type that is no context does not answer.
 fn ctx_state(ty: &Type, alias_ok: bool) -> Result<Option<Type>, String> {
@@ -977,7 +977,7 @@ fn ctx_state(ty: &Type, alias_ok: bool) -> Result<Option<Type>, String> {
     };
     if last.ident != "Ctx" {
         let name = last.ident.to_string();
-        return if alias_ok && (name.ends_with("Ctx") || name.ends_with("Context")) {
+        return if alias_ok && name.ends_with("Ctx") {
             Ok(None)
         } else {
             Err(not_ctx())

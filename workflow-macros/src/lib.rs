@@ -59,7 +59,7 @@ use proc_macro::TokenStream;
 ///
 /// - `ctx` is the workflow context, written `Ctx` (state `()`), `Ctx<State>`,
 ///   or any path ending in `Ctx` (`workflow::Ctx<State>`). An alias, or an
-///   import renamed, whose name ends in `Ctx` or `Context`
+///   import renamed, whose name ends in `Ctx`
 ///   (`type OrderCtx = Ctx<OrderState>`, `use workflow::Ctx as WfCtx`)
 ///   works too: its state is the aliased `Ctx`'s. Any pattern (`_ctx`,
 ///   `mut ctx`) is fine. `State` is persisted with each step and starts
@@ -96,8 +96,8 @@ use proc_macro::TokenStream;
 /// | item          | value |
 /// |---------------|-------|
 /// | `Input`       | the input parameter's type |
-/// | `Output`      | the first type argument of the `Result` |
-/// | `State`       | `S` of `Ctx<S>`, `()` for `Ctx` |
+/// | `Output`      | the first type argument of the `Result` (an alias's output) |
+/// | `State`       | `S` of `Ctx<S>`, `()` for `Ctx` (an alias's state) |
 /// | `NAME`        | `name`, or the function's name |
 /// | `DESCRIPTION` | `description`, or the doc comment up to its first heading or code block (lines trimmed; a `/** */` comment's leading `*`s dropped, as rustdoc does; an `include_str!` doc whole), or `""` |
 /// | `SCHEDULE`    | `schedule`, or `None` |
