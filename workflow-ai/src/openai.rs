@@ -33,6 +33,18 @@ pub struct OpenAiCompatible {
     api_key: Option<String>,
     model: String,
     temperature: Option<f32>,
+    token_limit: Option<TokenLimit>,
+}
+
+/// A cap on the tokens of each reply, under the field name the server
+/// reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TokenLimit {
+    /// `max_tokens`: most OpenAI-compatible servers.
+    MaxTokens(u32),
+    /// `max_completion_tokens`: OpenAI's current field, the only one its
+    /// reasoning models take.
+    MaxCompletionTokens(u32),
 }
 
 // By hand: the API key must not reach logs through `{:?}`.
@@ -43,6 +55,7 @@ impl std::fmt::Debug for OpenAiCompatible {
             .field("api_key", &redacted(&self.api_key))
             .field("model", &self.model)
             .field("temperature", &self.temperature)
+            .field("token_limit", &self.token_limit)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +99,7 @@ pub struct OpenAiBuilder {
     model: Option<String>,
     timeout: Option<Duration>,
     temperature: Option<f32>,
+    token_limit: Option<TokenLimit>,
 }
 
 impl std::fmt::Debug for OpenAiBuilder {
@@ -96,6 +110,7 @@ impl std::fmt::Debug for OpenAiBuilder {
             .field("model", &self.model)
             .field("timeout", &self.timeout)
             .field("temperature", &self.temperature)
+            .field("token_limit", &self.token_limit)
             .finish()
     }
 }
@@ -134,6 +149,24 @@ impl OpenAiBuilder {
         self
     }
 
+    /// At most `tokens` tokens per reply, sent as `max_tokens`, which most
+    /// OpenAI-compatible servers read (llama.cpp, vLLM, Ollama); server
+    /// default if unset. A reply cut off at the limit is an error of its
+    /// turn (`finish_reason` `length`), not an answer. Replaces
+    /// [`max_completion_tokens`](Self::max_completion_tokens).
+    pub fn max_tokens(mut self, tokens: u32) -> Self {
+        self.token_limit = Some(TokenLimit::MaxTokens(tokens));
+        self
+    }
+
+    /// [`max_tokens`](Self::max_tokens) under OpenAI's current name,
+    /// `max_completion_tokens`, the only one its reasoning models take
+    /// (their limit counts the reasoning tokens too).
+    pub fn max_completion_tokens(mut self, tokens: u32) -> Self {
+        self.token_limit = Some(TokenLimit::MaxCompletionTokens(tokens));
+        self
+    }
+
     /// Builds the client.
     pub fn build(self) -> Result<OpenAiCompatible, ModelError> {
         let base = self.base_url.unwrap_or_else(|| OPENAI_BASE_URL.to_owned());
@@ -154,6 +187,13 @@ impl OpenAiBuilder {
                 "temperature {t} is not a temperature: use a number from 0 (as 0.2)"
             )));
         }
+        if let Some(TokenLimit::MaxTokens(0) | TokenLimit::MaxCompletionTokens(0)) =
+            self.token_limit
+        {
+            return Err(ModelError::Config(
+                "a token limit of 0 leaves no room for any reply".to_owned(),
+            ));
+        }
         let client = reqwest::Client::builder()
             .timeout(self.timeout.unwrap_or(Duration::from_secs(600)))
             .connect_timeout(Duration::from_secs(10))
@@ -165,6 +205,7 @@ impl OpenAiBuilder {
             api_key: self.api_key.filter(|k| !k.is_empty()),
             model: self.model.unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
             temperature: self.temperature,
+            token_limit: self.token_limit,
         })
     }
 }
@@ -247,6 +288,11 @@ impl OpenAiCompatible {
         }
         if let Some(t) = self.temperature {
             body["temperature"] = json!(t);
+        }
+        match self.token_limit {
+            Some(TokenLimit::MaxTokens(n)) => body["max_tokens"] = json!(n),
+            Some(TokenLimit::MaxCompletionTokens(n)) => body["max_completion_tokens"] = json!(n),
+            None => {}
         }
         body
     }
@@ -477,6 +523,38 @@ mod tests {
         let err = builder().temperature(f32::NAN).build().unwrap_err();
         assert!(err.to_string().contains("temperature NaN"), "{err}");
         assert!(builder().temperature(0.2).build().is_ok());
+    }
+
+    /// The token limit goes under the name chosen, the last one set; none
+    /// is sent unless set, and a limit of 0 is refused.
+    #[test]
+    fn the_token_limit_is_sent_under_the_name_chosen() {
+        let builder = || OpenAiCompatible::builder().base_url("http://127.0.0.1:1/v1");
+        let request = ModelRequest {
+            messages: Vec::new(),
+            tools: Vec::new(),
+            strict_tools: false,
+            output: None,
+        };
+        let body = builder().build().unwrap().request_body(&request);
+        assert!(body.get("max_tokens").is_none() && body.get("max_completion_tokens").is_none());
+        let body = builder()
+            .max_tokens(512)
+            .build()
+            .unwrap()
+            .request_body(&request);
+        assert_eq!(body["max_tokens"], 512);
+        assert!(body.get("max_completion_tokens").is_none(), "{body}");
+        let body = builder()
+            .max_tokens(512)
+            .max_completion_tokens(2048)
+            .build()
+            .unwrap()
+            .request_body(&request);
+        assert_eq!(body["max_completion_tokens"], 2048);
+        assert!(body.get("max_tokens").is_none(), "{body}");
+        let err = builder().max_tokens(0).build().unwrap_err();
+        assert!(err.to_string().contains("token limit of 0"), "{err}");
     }
 
     #[test]
