@@ -289,8 +289,6 @@ fn merge_suspensions(into: &mut crate::store::Suspend, other: crate::store::Susp
     if into.retry.is_none() {
         into.retry = other.retry;
     }
-    // Set when the suspension settles: the state as it is then.
-    into.state = None;
     into.reason = format!("{}; {}", into.reason, other.reason);
 }
 
@@ -475,7 +473,6 @@ impl RunShared {
     /// once after a step ended that the handler has not seen
     /// ([`ended_beside`](Self::ended_beside)).
     pub(crate) fn due_beside(&self, now: crate::store::Millis) -> crate::store::Millis {
-        let _slot = lock(&self.interrupt);
         if self.ended_beside.load(Ordering::SeqCst) {
             now
         } else {
@@ -485,9 +482,9 @@ impl RunShared {
 
     /// Notes that a step ended; see [`ended_beside`](Self::ended_beside).
     fn step_ended(&self) {
-        let slot = lock(&self.interrupt);
+        // The handler's own steps, nearly all, take no lock here.
         let spawned = tokio::task::try_id().is_some_and(|id| self.handler_task.get() != Some(&id));
-        if spawned && matches!(&*slot, Some((Interrupt::Suspended, _))) {
+        if spawned && matches!(&*lock(&self.interrupt), Some((Interrupt::Suspended, _))) {
             self.ended_beside.store(true, Ordering::SeqCst);
         }
     }
@@ -1230,7 +1227,7 @@ where
                     wait_child: None,
                     // A step still backing off counts on after the pause.
                     retry: run.retry.clone(),
-                    state: self.suspended_state()?,
+                    state: None,
                     reason: format!("paused before step `{key}`"),
                     at: run.now(),
                 })
@@ -1364,7 +1361,7 @@ where
                             wait_event: None,
                             wait_child: None,
                             retry: Some((key.clone(), attempt)),
-                            state: self.suspended_state()?,
+                            state: None,
                             reason: format!(
                                 "retrying step `{key}` in {delay:?} (attempt {} of {})",
                                 attempt + 1,
@@ -1442,11 +1439,13 @@ where
             // has that one). A step beside it may have failed an attempt
             // meanwhile: the suspension writes the row's retry record, and
             // must not write that count away. Read before the lock: the
-            // state's own lock is never taken under it.
-            let state = self.suspended_state().unwrap_or_else(|err| {
-                tracing::warn!(error = %err, "state not persisted with the suspension");
-                None
-            });
+            // state's own lock is never taken under it. The waits leave the
+            // state to this one reading; one JSON cannot hold is the
+            // caller's error, as it was theirs, and this wait leaves.
+            let state = match self.suspended_state() {
+                Ok(state) => state,
+                Err(err) => return err,
+            };
             let retry = run.backing_off();
             let mut slot = lock(&run.interrupt);
             // Checked again, and settled, under the lock a step of a

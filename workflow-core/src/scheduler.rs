@@ -2,7 +2,6 @@
 //! each tick becomes one instance whose dedup key is the tick's time, so any
 //! number of engines on one store fire each tick exactly once.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,37 +33,31 @@ const LATE_LOOK_MAX: Duration = Duration::from_secs(600);
 /// `PURGE_MARGIN`), and firing it again would run it twice.
 const REFIRE_WITHIN: Duration = Duration::from_secs(30);
 
-/// What this engine's scheduler remembers between looks.
+/// What this engine's scheduler remembers of one schedule between looks.
 struct Look<'a> {
     /// The longest pause between two looks.
     every: Duration,
-    /// When it last recorded how far it looked, by workflow.
-    marked: &'a mut HashMap<&'static str, tokio::time::Instant>,
-    /// Up to when its last look that succeeded handled each schedule: ticks
+    /// When it last recorded how far it looked.
+    marked: &'a mut Option<tokio::time::Instant>,
+    /// Up to when its last look that succeeded handled the schedule: ticks
     /// after that came due while this engine ran.
-    looked: &'a mut HashMap<&'static str, DateTime<Utc>>,
+    looked: &'a mut Option<DateTime<Utc>>,
     /// When this scheduler started: ticks due since came due while this
-    /// engine ran, even before its first look at their schedule (which
-    /// can come late, after another schedule's long catch-up).
+    /// engine ran, even before its first look at the schedule (which can
+    /// come late, after a store that kept failing).
     started: DateTime<Utc>,
 }
 
 impl Look<'_> {
-    /// Records that this look handled `workflow`'s ticks up to `until`,
+    /// Records that this look handled the schedule's ticks up to `until`,
     /// never moving back from the last look (`previous`): after the
     /// clock steps back (by less than [`LATE_LOOK_MAX`]; see `fire_due`
     /// for more), the ticks between its new and its old time were
     /// handled already, and firing them again as the clock passes them
     /// once more would run them twice if their instances were purged
     /// meanwhile.
-    fn looked(
-        &mut self,
-        workflow: &'static str,
-        previous: Option<DateTime<Utc>>,
-        until: DateTime<Utc>,
-    ) {
-        let until = previous.map_or(until, |p| p.max(until));
-        self.looked.insert(workflow, until);
+    fn looked(&mut self, previous: Option<DateTime<Utc>>, until: DateTime<Utc>) {
+        *self.looked = Some(previous.map_or(until, |p| p.max(until)));
     }
 }
 
@@ -123,8 +116,7 @@ async fn look_at(
 ) {
     let inner = &engine.inner;
     let scheduled = &inner.scheduled[index];
-    let mut marked: HashMap<&'static str, tokio::time::Instant> = HashMap::new();
-    let mut looked: HashMap<&'static str, DateTime<Utc>> = HashMap::new();
+    let (mut marked, mut looked) = (None, None);
     // A clock moved by hand (a test's) fires its ticks at once.
     let mut clock_changes = inner.clock.changes();
     while !stop.is_cancelled() {
@@ -179,7 +171,7 @@ async fn fire_due(
             expression = s.schedule.expression(),
             "schedule registered"
         );
-        look.looked.insert(s.workflow, now);
+        *look.looked = Some(now);
         return Ok(s.schedule.next_after(now));
     };
     let marked_until = mark
@@ -193,11 +185,7 @@ async fn fire_due(
     // look that came late (a slow store, a busy runtime) misses nothing.
     let window = (look.every * 2).max(Duration::from_secs(1)) + MARK_EVERY;
     let window = chrono::Duration::from_std(window).unwrap_or_default();
-    let previous = look
-        .looked
-        .get(s.workflow)
-        .copied()
-        .filter(|p| *p >= now - late_look_max);
+    let previous = look.looked.filter(|p| *p >= now - late_look_max);
     // A last look far ahead of now: the clock stepped back from a wrong
     // time (a day ahead at boot, then NTP). Counting from that look
     // would fire nothing until the clock got there again, silently; this
@@ -239,22 +227,19 @@ async fn fire_due(
     };
     // Before this engine's first look at it, from when it started (unless
     // that was a frozen process's long ago).
-    let first_look = !look.looked.contains_key(s.workflow);
+    let first_look = look.looked.is_none();
     let running_since = previous.or_else(|| {
         Some(look.started).filter(|started| first_look && *started >= now - late_look_max)
     });
     let missed_before = running_since.map_or(now - window, |p| p.min(now - window));
     let plan = plan(&s.schedule, s.catch_up, from, now, missed_before);
     if plan.fire.is_empty() && plan.skipped.is_none() {
-        let stale = look
-            .marked
-            .get(s.workflow)
-            .is_none_or(|at| at.elapsed() >= MARK_EVERY);
+        let stale = look.marked.is_none_or(|at| at.elapsed() >= MARK_EVERY);
         if stale {
             store.advance_schedule(s.workflow, now_ms, None).await?;
-            look.marked.insert(s.workflow, tokio::time::Instant::now());
+            *look.marked = Some(tokio::time::Instant::now());
         }
-        look.looked(s.workflow, previous, now);
+        look.looked(previous, now);
         return Ok(s.schedule.next_after(now));
     }
     if let Some((first, last)) = plan.skipped {
@@ -313,8 +298,8 @@ async fn fire_due(
     store
         .advance_schedule(s.workflow, plan.checked_until.timestamp_millis(), fired)
         .await?;
-    look.marked.insert(s.workflow, tokio::time::Instant::now());
-    look.looked(s.workflow, previous, plan.checked_until);
+    *look.marked = Some(tokio::time::Instant::now());
+    look.looked(previous, plan.checked_until);
     Ok(s.schedule
         .next_after(if behind { plan.checked_until } else { now }))
 }

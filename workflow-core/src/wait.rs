@@ -37,13 +37,8 @@ where
     /// longer than their sleeps (`#[workflow(timeout = "7d")]`).
     pub async fn sleep(&self, name: &str, duration: std::time::Duration) -> Result<()> {
         let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-        let run = self.run();
-        run.check()?;
-        let (key, _) = run.next_key(name)?;
-        let wake_at = self
-            .timer_keyed(key, run.now().saturating_add(millis))
-            .await?;
-        self.wait_until(wake_at).await
+        self.sleep_to(name, self.run().now().saturating_add(millis))
+            .await
     }
 
     /// The engine's time, read once and recorded as step `name`: every
@@ -65,10 +60,15 @@ where
     /// the instance's deadline.
     /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn sleep_until(&self, name: &str, at: DateTime<Utc>) -> Result<()> {
+        self.sleep_to(name, at.timestamp_millis()).await
+    }
+
+    /// Sleeps until `at`, or until the time recorded as `name`.
+    async fn sleep_to(&self, name: &str, at: Millis) -> Result<()> {
         let run = self.run();
         run.check()?;
         let (key, _) = run.next_key(name)?;
-        let wake_at = self.timer_keyed(key, at.timestamp_millis()).await?;
+        let wake_at = self.timer_keyed(key, at).await?;
         self.wait_until(wake_at).await
     }
 
@@ -155,7 +155,6 @@ where
             return Ok(());
         }
         let at = self.run().now();
-        let state = self.suspended_state()?;
         drop(registering);
         Err(self
             .suspend(Suspend {
@@ -164,7 +163,7 @@ where
                 wait_event: None,
                 wait_child: None,
                 retry: None,
-                state,
+                state: None,
                 reason: format!("sleeping until {}", format_millis(wake_at)),
                 at,
             })
@@ -291,7 +290,6 @@ where
             self.commit(step.clone()).await?;
             return event_outcome(name, step);
         }
-        let state = self.suspended_state()?;
         drop(registering);
         Err(self
             .suspend(Suspend {
@@ -300,7 +298,7 @@ where
                 wait_event: Some(name.to_owned()),
                 wait_child: None,
                 retry: None,
-                state,
+                state: None,
                 reason: match until {
                     Some(until) => {
                         format!("waiting for event `{name}` until {}", format_millis(until))
@@ -482,7 +480,6 @@ where
             self.commit(step).await?;
             return outcome;
         }
-        let state = self.suspended_state()?;
         drop(registering);
         Err(self
             .suspend(Suspend {
@@ -491,7 +488,7 @@ where
                 wait_event: None,
                 wait_child: Some(child.clone()),
                 retry: None,
-                state,
+                state: None,
                 reason: format!("waiting for child `{}` {child}", W::NAME),
                 at: self.run().now(),
             })

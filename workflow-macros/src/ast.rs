@@ -598,6 +598,14 @@ pub(crate) fn doc_comment(attrs: &[Attribute]) -> Description {
     };
     let mut pieces = Vec::new();
     let mut lines: Vec<String> = Vec::new();
+    // The lines read since the last included doc, as one piece.
+    let flush = |pieces: &mut Vec<DocPiece>, lines: &mut Vec<String>| {
+        let text = lines.join("\n").trim().to_owned();
+        if !text.is_empty() {
+            pieces.push(DocPiece::Text(text));
+        }
+        lines.clear();
+    };
     'attrs: for attr in attrs {
         let Meta::NameValue(nv) = &attr.meta else {
             continue;
@@ -609,11 +617,7 @@ pub(crate) fn doc_comment(attrs: &[Attribute]) -> Description {
             lit: Lit::Str(lit), ..
         }) = &nv.value
         else {
-            let text = lines.join("\n").trim().to_owned();
-            if !text.is_empty() {
-                pieces.push(DocPiece::Text(text));
-            }
-            lines.clear();
+            flush(&mut pieces, &mut lines);
             pieces.push(DocPiece::Included(Box::new(nv.value.clone())));
             continue;
         };
@@ -641,10 +645,7 @@ pub(crate) fn doc_comment(attrs: &[Attribute]) -> Description {
             lines.push(line.to_owned());
         }
     }
-    let text = lines.join("\n").trim().to_owned();
-    if !text.is_empty() {
-        pieces.push(DocPiece::Text(text));
-    }
+    flush(&mut pieces, &mut lines);
     Description { pieces }
 }
 

@@ -4,7 +4,6 @@
 //! lost (a dropped connection, a restart): claims never rely on them, they
 //! only cut the wait before the next poll.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -27,7 +26,7 @@ const PING: &str = "ping";
 /// The listening task, to stop it.
 #[derive(Clone)]
 pub(crate) struct Listening {
-    stop: Arc<watch::Sender<bool>>,
+    stop: watch::Sender<bool>,
     /// Closed when the task has ended.
     ended: watch::Receiver<()>,
 }
@@ -158,11 +157,5 @@ pub(crate) fn spawn(
             }
         }
     });
-    (
-        rx,
-        Listening {
-            stop: Arc::new(stop),
-            ended,
-        },
-    )
+    (rx, Listening { stop, ended })
 }

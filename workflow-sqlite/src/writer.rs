@@ -806,12 +806,7 @@ fn run(
                 Some(Msg::Job(job)) => {
                     jobs.push(*job);
                     let job = jobs.last_mut().expect("just pushed");
-                    if matches!(job.op, Op::Sync) {
-                        // Writes nothing: it takes no write lock, which
-                        // another process may hold for long (a read would
-                        // wait it out, then fail as "database is locked").
-                        job.result = Some(Ok(Reply::Done));
-                    } else if let Err(err) = apply_open(&session, &mut open, job) {
+                    if let Err(err) = apply_open(&session, &mut open, job) {
                         if open.take().is_some() {
                             rollback(&session);
                         }
@@ -858,6 +853,13 @@ fn apply_open<'s, 'c>(
     open: &mut Option<Tx<'s, 'c>>,
     job: &mut Job,
 ) -> Result<(), Db> {
+    if matches!(job.op, Op::Sync) {
+        // Writes nothing: it begins no transaction, so takes no write
+        // lock, which another process may hold for long (a read would
+        // wait it out, then fail as "database is locked").
+        job.result = Some(Ok(Reply::Done));
+        return Ok(());
+    }
     let tx = match open {
         Some(tx) => tx,
         None => open.insert(begin(session)?),
