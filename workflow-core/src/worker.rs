@@ -407,6 +407,18 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                         break;
                                     }
                                 }
+                                // An answer that came after the lease it
+                                // granted ended (a store that kept retrying
+                                // through an outage): another worker may
+                                // hold those instances by now, so none of
+                                // them starts here.
+                                if until <= now_millis() {
+                                    tracing::warn!(
+                                        claimed = claimed.len(),
+                                        "a claim answered after its leases ended; not starting them"
+                                    );
+                                    claimed.clear();
+                                }
                                 for c in claimed {
                                     ends.insert(lease_key(&c.lease), until);
                                     ready.push_back(c);

@@ -433,6 +433,18 @@ impl Db {
         // running row's `run_at` is its lease's end by the database's
         // clock, and it is taken over only once that clock passed it.
         let (clock, length) = lease.bind();
+        // An attempt made after more than half the lease went (retries
+        // through an outage, a long wait for a connection) would grant
+        // leases about to end, or already ended, which another worker may
+        // take at once while this one starts them: it claims nothing, and
+        // the worker asks again with a whole lease.
+        if !lease.by_request_clock && length < lease.until.saturating_sub(lease.now) / 2 {
+            tracing::debug!(
+                left_ms = length,
+                "claim attempt too late for its lease; claiming nothing"
+            );
+            return Ok(Vec::new());
+        }
         let db = lease_clock(6);
         let end = lease_end(&db, 2);
         let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
@@ -625,6 +637,11 @@ impl Db {
             }
         }
         commit(tx).await?;
+        // A parent woken above for a failed child runs on any worker:
+        // other processes' idle ones hear of it now, not at their next poll.
+        if failed.iter().any(|(_, _, parent)| parent.is_some()) {
+            self.wake();
+        }
         Ok(claimed)
     }
 

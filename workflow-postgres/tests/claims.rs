@@ -110,3 +110,63 @@ async fn a_claim_takes_other_workflows_when_the_earliest_are_locked() {
     other.rollback().await.unwrap();
     common::drop_schemas(&url, &[schema]).await;
 }
+
+/// A claim that got its connection only after more than half its lease
+/// went (a pool exhausted, retries through an outage) takes nothing: the
+/// lease it would grant is about to end, and another worker could take the
+/// instances over while this one starts them. A timely claim takes them.
+#[tokio::test]
+async fn a_claim_too_late_for_its_lease_takes_nothing() {
+    let Some(url) = common::url("a_claim_too_late_for_its_lease_takes_nothing") else {
+        return;
+    };
+    let schema = common::fresh_schema("claims_late");
+    let s = PgStore::connect_with(
+        &url,
+        PgOptions::new()
+            .schema(&schema)
+            .listen(false)
+            .max_connections(1),
+    )
+    .await
+    .expect("connect");
+    s.create(common::pending("wf", now_millis() - 1_000), None)
+        .await
+        .unwrap();
+    let claim = || {
+        let now = now_millis();
+        ClaimRequest {
+            owner: "a".into(),
+            workflows: vec!["wf".into()],
+            now,
+            due_by: now,
+            lease_until: now + 1_000,
+            limit: 1,
+        }
+    };
+    // The pool's only connection is busy for 700 ms of the 1 s lease.
+    let held = s.pool().acquire().await.unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        drop(held);
+    });
+    let late = s.claim(claim()).await.unwrap();
+    release.await.unwrap();
+    assert!(
+        late.is_empty(),
+        "claimed {} with 300 ms of lease left",
+        late.len()
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM instances")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "pending", "untouched");
+    assert_eq!(
+        s.claim(claim()).await.unwrap().len(),
+        1,
+        "a timely claim takes it"
+    );
+    drop(s);
+    common::drop_schemas(&url, &[schema]).await;
+}
