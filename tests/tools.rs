@@ -6,6 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::time::Duration;
 use workflow::prelude::*;
 
 #[derive(Serialize, Deserialize, JsonSchema)]
@@ -208,6 +209,23 @@ async fn a_call_repeated_with_its_key_starts_one_instance() {
     assert_ne!(first["workflowId"], other["workflowId"]);
     let started = engine.list(Query::new().name("hello")).await.unwrap();
     assert_eq!(started.items.len(), 2);
+
+    // Once the first completed, a retry of that call still answers from
+    // it (with `wait`, its output) rather than placing a second one.
+    let _worker = engine.start_worker();
+    let id = InstanceId::from(first["workflowId"].as_str().unwrap());
+    engine
+        .wait_timeout(&id, Duration::from_secs(10))
+        .await
+        .expect("the first call's instance completes");
+    let waiting = Toolbox::new().tool(Hello::as_tool().wait(Duration::from_secs(5)));
+    let late = waiting
+        .call_once(&engine, "hello", json!({}), "call_abc")
+        .await
+        .unwrap();
+    assert_eq!(late, json!("hello"), "the first instance's output");
+    let started = engine.list(Query::new().name("hello")).await.unwrap();
+    assert_eq!(started.items.len(), 2, "no instance more");
 }
 
 #[test]

@@ -136,6 +136,13 @@ pub const MAX_KEY_BYTES: usize = workflow_rules::MAX_KEY_BYTES;
 /// The default of [`EngineBuilder::max_payload_bytes`]: 256 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 256 << 20;
 
+/// The most [`EngineBuilder::max_payload_bytes`] may be set to: 512 MiB.
+/// Both SQL stores refuse a value near 1 GB (SQLite's default
+/// `SQLITE_MAX_LENGTH`, PostgreSQL's largest field), and a write the store
+/// refuses releases the run to be retried, running its step again each
+/// time; the engine's own check must catch such a value first.
+pub const MAX_PAYLOAD_LIMIT: usize = 512 << 20;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub concurrency: usize,
@@ -397,11 +404,11 @@ impl EngineBuilder {
     /// handler does with it), a larger output fails the instance, a larger
     /// input fails the start (of a child too), a larger payload fails the
     /// `send_event`, and a state still too large when the handler ends
-    /// is not saved (a warning says so). Both SQL stores
-    /// refuse values near 1 GB, and a write refused by the store would
-    /// release the run to be retried, running its step again each time;
-    /// far smaller values already hold the store's single writer for a
-    /// long while. Lower it to catch large data passed through the
+    /// is not saved (a warning says so). At most [`MAX_PAYLOAD_LIMIT`]
+    /// (512 MiB; `build` refuses more): both SQL stores refuse values near
+    /// 1 GB, and a write refused by the store would release the run to be
+    /// retried, running its step again each time; far smaller values
+    /// already hold the store's single writer for a long while. Lower it to catch large data passed through the
     /// workflow early (Temporal allows 2 MB).
     pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
         self.config.max_payload = bytes;
@@ -512,6 +519,14 @@ impl EngineBuilder {
 
     /// Opens the store and checks the registrations.
     pub async fn build(self) -> Result<Engine> {
+        if self.config.max_payload > MAX_PAYLOAD_LIMIT {
+            return Err(Error::Config(format!(
+                "max_payload_bytes is {} bytes, more than MAX_PAYLOAD_LIMIT ({MAX_PAYLOAD_LIMIT}): \
+                 the stores refuse values near 1 GB, and a step whose record they refuse \
+                 would run again on every retry",
+                self.config.max_payload
+            )));
+        }
         let mut workflows: HashMap<&'static str, Arc<dyn ErasedWorkflow>> = HashMap::new();
         for workflow in self.workflows {
             let name = workflow.name();
@@ -1112,40 +1127,15 @@ impl Engine {
             .await
     }
 
-    async fn create_json(
+    pub(crate) async fn create_json(
         &self,
         workflow: &str,
         input: serde_json::Value,
         options: StartOptions,
         dedup: Option<Vec<Status>>,
     ) -> Result<(InstanceId, bool)> {
-        if let Some(def) = self.inner.workflows.get(workflow) {
-            let input = def.check_input(&input)?;
-            return self
-                .create_raw(def.name(), def.timeout(), input, options, dedup)
-                .await;
-        }
-        let recorded = self
-            .inner
-            .store
-            .definitions()
-            .await?
-            .into_iter()
-            .find(|d| d.name == workflow)
-            .ok_or_else(|| Error::UnknownWorkflow(workflow.to_owned()))?;
-        let check = self
-            .inner
-            .recorded_checks
-            .get(workflow, &recorded.input_schema);
-        let _: serde_json::Value =
-            check
-                .check(&input)
-                .map_err(|violations| Error::InvalidInput {
-                    workflow: workflow.to_owned(),
-                    violations,
-                })?;
-        let timeout = Duration::from_millis(recorded.timeout_ms);
-        self.create_raw(workflow, timeout, input.to_string(), options, dedup)
+        let (input, timeout) = self.checked_input(workflow, &input).await?;
+        self.create_raw(workflow, timeout, input, options, dedup)
             .await
     }
 
@@ -1548,7 +1538,7 @@ impl Engine {
         Ok(steps
             .into_iter()
             .map(|s| StepInfo::from_row(id, s))
-            .collect::<std::result::Result<_, _>>()?)
+            .collect())
     }
 
     /// The last `last` events of an instance's history, oldest first, and
@@ -1576,7 +1566,7 @@ impl Engine {
             items: steps
                 .into_iter()
                 .map(|s| StepInfo::from_row(id, s))
-                .collect::<std::result::Result<_, _>>()?,
+                .collect(),
             total,
         })
     }

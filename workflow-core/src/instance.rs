@@ -673,8 +673,15 @@ impl std::fmt::Display for WaitingFor {
     }
 }
 
+/// A stored time. One past what chrono holds (±262,000 years: a sleep of
+/// `Duration::MAX`, a row damaged outside the engine) reads as chrono's
+/// furthest time on its side, not as 1970, which would read as long due.
 pub(crate) fn time(ms: Millis) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+    DateTime::from_timestamp_millis(ms).unwrap_or(if ms > 0 {
+        DateTime::<Utc>::MAX_UTC
+    } else {
+        DateTime::<Utc>::MIN_UTC
+    })
 }
 
 fn json(id: &InstanceId, column: &str, text: &str) -> Result<serde_json::Value, StoreError> {
@@ -749,22 +756,30 @@ pub struct StepInfo {
     pub started_at: DateTime<Utc>,
     /// Recorded.
     pub finished_at: DateTime<Utc>,
+    /// Why the recorded output could not be read (a row damaged outside
+    /// the engine; `output` is then `None`). Shown in place, so one
+    /// damaged step does not hide the instance's other steps, which are
+    /// what explains the damage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 impl StepInfo {
-    pub(crate) fn from_row(id: &InstanceId, s: StepRow) -> Result<Self, StoreError> {
-        Ok(StepInfo {
-            output: s
-                .output
-                .as_deref()
-                .map(|o| json(id, "step output", o))
-                .transpose()?,
+    pub(crate) fn from_row(id: &InstanceId, s: StepRow) -> Self {
+        let (output, unreadable) = match s.output.as_deref().map(|o| json(id, "step output", o)) {
+            None => (None, None),
+            Some(Ok(output)) => (Some(output), None),
+            Some(Err(err)) => (None, Some(err.to_string())),
+        };
+        StepInfo {
+            output,
+            unreadable,
             key: s.key,
             error: s.error,
             attempts: s.attempts,
             started_at: time(s.started_at),
             finished_at: time(s.finished_at),
-        })
+        }
     }
 }
 
@@ -895,6 +910,15 @@ pub enum EventSent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Times beyond chrono's range keep their side: a sleep of
+    /// `Duration::MAX` is due in the far future, not in 1970.
+    #[test]
+    fn times_out_of_range_keep_their_side() {
+        assert_eq!(time(Millis::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(time(Millis::MIN), DateTime::<Utc>::MIN_UTC);
+        assert_eq!(time(1_000).timestamp_millis(), 1_000);
+    }
 
     fn row(status: Status) -> InstanceRow {
         InstanceRow {

@@ -30,7 +30,7 @@ mod workflow;
 pub use crate::ctx::{Ctx, HeldName, StateMut, StateRef, RESERVED_STEP_CHARS};
 pub use crate::engine::{
     unsupported_url, Connector, Durability, Engine, EngineBuilder, DEFAULT_MAX_PAYLOAD,
-    MAX_EVENT_KEY_BYTES, MAX_KEY_BYTES, PURGE_BATCH, PURGE_MARGIN,
+    MAX_EVENT_KEY_BYTES, MAX_KEY_BYTES, MAX_PAYLOAD_LIMIT, PURGE_BATCH, PURGE_MARGIN,
 };
 pub use crate::error::{error_chain, BoxError, Error, ErrorKind, Interrupt, Result, StoreError};
 pub use crate::history::{HistoryEvent, HistoryKind};

@@ -353,9 +353,12 @@ impl Tool {
     /// [`Tool::call`] at most once per `key` for a workflow tool: the model
     /// provider's tool-call id, say. A call repeated with the same key (a
     /// request handler retried, an agent loop of your own replayed) finds
-    /// the instance the first one started while it is active, and answers
-    /// from it, instead of starting another
-    /// ([`Engine::get_or_start_json`]). A function tool runs each time.
+    /// the instance the first one started, whatever its status (running,
+    /// or already completed: the output is answered again), instead of
+    /// starting another; only once that instance is purged does the key
+    /// start a new one. Unlike [`Engine::get_or_start_json`], which
+    /// matches active instances only, a tool-call id names one call for
+    /// good. A function tool runs each time.
     pub async fn call_once(
         &self,
         engine: &Engine,
@@ -371,8 +374,16 @@ impl Tool {
             Target::Function(f) => f(input).await.map_err(|err| self.function_error(err)),
             Target::Workflow { workflow, wait } => {
                 let started = match key {
+                    // Whatever its status: a call retried after the first
+                    // one's instance completed answers from that instance,
+                    // not from a second order.
                     Some(key) => engine
-                        .get_or_start_json(workflow, key, input, StartOptions::default())
+                        .create_json(
+                            workflow,
+                            input,
+                            StartOptions::default().key(key),
+                            Some(Status::ALL.to_vec()),
+                        )
                         .await
                         .map(|(id, _)| id),
                     None => {
@@ -708,33 +719,45 @@ impl Engine {
         self.tool(name).await?.call(self, args).await
     }
 
-    /// Checks JSON input for workflow `name` as `start_json` does; returns
-    /// the input to store and the workflow's default timeout.
-    async fn checked_input(&self, name: &str, input: &Value) -> Result<(String, Duration)> {
-        if let Some(def) = self.inner.workflows.get(name) {
-            return Ok((def.check_input(input)?, def.timeout()));
-        }
-        let recorded = self
-            .inner
-            .store
-            .definitions()
-            .await?
-            .into_iter()
-            .find(|d| d.name == name)
-            .ok_or_else(|| Error::UnknownWorkflow(name.to_owned()))?;
-        let _: Value = self
-            .inner
-            .recorded_checks
-            .get(name, &recorded.input_schema)
-            .check(input)
-            .map_err(|violations| Error::InvalidInput {
-                workflow: name.to_owned(),
-                violations,
-            })?;
-        Ok((
-            input.to_string(),
-            Duration::from_millis(recorded.timeout_ms),
-        ))
+    /// Checks JSON input for workflow `name` (against its type when it is
+    /// registered here, else against the input schema an engine recorded)
+    /// and its size; returns the input to store and the workflow's default
+    /// timeout. Every start from JSON goes through here.
+    pub(crate) async fn checked_input(
+        &self,
+        name: &str,
+        input: &Value,
+    ) -> Result<(String, Duration)> {
+        let (json, timeout) = match self.inner.workflows.get(name) {
+            Some(def) => (def.check_input(input)?, def.timeout()),
+            None => {
+                let recorded = self
+                    .inner
+                    .store
+                    .definitions()
+                    .await?
+                    .into_iter()
+                    .find(|d| d.name == name)
+                    .ok_or_else(|| Error::UnknownWorkflow(name.to_owned()))?;
+                let _: Value = self
+                    .inner
+                    .recorded_checks
+                    .get(name, &recorded.input_schema)
+                    .check(input)
+                    .map_err(|violations| Error::InvalidInput {
+                        workflow: name.to_owned(),
+                        violations,
+                    })?;
+                (
+                    input.to_string(),
+                    Duration::from_millis(recorded.timeout_ms),
+                )
+            }
+        };
+        crate::error::within(&json, self.inner.config.max_payload, || {
+            format!("input of workflow `{name}`")
+        })?;
+        Ok((json, timeout))
     }
 
     /// Starts workflow `name` as a child of `parent`, once per `key` whatever

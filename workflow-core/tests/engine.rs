@@ -3222,6 +3222,67 @@ async fn a_value_over_the_payload_limit_fails_once_naming_it() {
     assert_eq!(BIG_RUNS.load(Ordering::SeqCst), 1, "the step ran once");
 }
 
+/// A start from JSON (the console's, the CLI's, a tool call's) is held to
+/// `max_payload_bytes` as a typed start is, for registered workflows and
+/// for those only recorded by another engine; and a limit the stores could
+/// not honour is refused when the engine is built.
+#[tokio::test]
+async fn a_json_start_over_the_payload_limit_is_refused() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(store.clone())
+        .register(Echo)
+        .max_payload_bytes(1_000)
+        .build()
+        .await
+        .unwrap();
+    // Another engine on the same store, without the workflow's code.
+    let client = EngineBuilder::new()
+        .shared_store(store)
+        .max_payload_bytes(1_000)
+        .build()
+        .await
+        .unwrap();
+    let large = serde_json::json!("x".repeat(2_000));
+    for engine in [&engine, &client] {
+        for err in [
+            engine
+                .start_json("echo", large.clone(), StartOptions::new())
+                .await
+                .unwrap_err(),
+            engine
+                .get_or_start_json("echo", "k", large.clone(), StartOptions::new())
+                .await
+                .unwrap_err(),
+            engine
+                .call_tool("echo", serde_json::json!({ "input": large }))
+                .await
+                .unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, Error::PayloadTooLarge { what, .. } if what == "input of workflow `echo`"),
+                "{err:?}"
+            );
+        }
+    }
+    assert!(engine.list(Query::new()).await.unwrap().items.is_empty());
+    assert!(engine
+        .start_json("echo", serde_json::json!("small"), StartOptions::new())
+        .await
+        .is_ok());
+
+    let err = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .max_payload_bytes(MAX_PAYLOAD_LIMIT + 1)
+        .build()
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&err, Error::Config(why) if why.contains("MAX_PAYLOAD_LIMIT")),
+        "{err}"
+    );
+}
+
 /// `Query::summaries` lists the same instances without their documents.
 #[tokio::test]
 async fn summaries_list_instances_without_their_documents() {
