@@ -634,7 +634,7 @@ function instanceView(id) {
     try {
       const res = await api("instances/" + encodeURIComponent(id) + "/" + action, body || {});
       const said = { cancel: "Instance cancelled", pause: "Pause requested", resume: "Resumed", events: "Event sent", timeout: "Deadline moved" };
-      const message = action === "rerun" ? "Started " + res.id
+      const message = action === "rerun" ? (res.created ? "Started " : "Already running: ") + res.id
         : res.already_sent ? "Already sent from this dialog: nothing changed"
         : (said[action] || "Done") + (res.note ? ", but " + res.note : "");
       toast(message);
@@ -778,6 +778,20 @@ function instanceView(id) {
   return { nav: "instances", root, refresh, showError };
 }
 
+// Step outputs opened on an instance's page, by instance and step key: the
+// page is rebuilt when a poll brings something new, and an output being
+// read must stay open.
+const openOutputs = new Set();
+
+function stepOutput(it, s) {
+  if (s.output === undefined || s.output === null) return null;
+  const mark = it.id + "\n" + s.key;
+  return h("details", {
+    class: "detail output", "data-output": s.key, open: openOutputs.has(mark),
+    ontoggle: (e) => { if (e.target.open) openOutputs.add(mark); else openOutputs.delete(mark); },
+  }, h("summary", {}, "Output"), jsonView(s.output));
+}
+
 function stepsPanel(it, steps, history, more) {
   // Attempts that failed on steps not (yet) recorded: a step retrying right now.
   const pending = new Map();
@@ -803,7 +817,9 @@ function stepsPanel(it, steps, history, more) {
       h("div", { class: "track" }, h("div", { class: cls, style: "left:" + Math.max(0, left).toFixed(2) + "%;width:" + Math.max(0, width).toFixed(2) + "%" })),
       h("div", { class: "att" + (s.attempts > 1 ? " warn" : "") }, s.attempts + (s.attempts === 1 ? " attempt" : " attempts")),
       h("div", { class: "dur" }, fmtDur(b - a)),
-      s.error ? h("div", { class: "detail err" }, s.error) : null);
+      s.error ? h("div", { class: "detail err" }, s.error)
+        : s.unreadable ? h("div", { class: "detail err" }, "Unreadable output: " + s.unreadable)
+        : stepOutput(it, s));
   });
   for (const [key, e] of pending) {
     rows.push(h("div", { class: "row", "data-step": key },

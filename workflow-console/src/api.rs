@@ -555,9 +555,22 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     } else {
         &body
     };
-    serde_json::from_slice(body).map_err(|err| {
+    // The path names the field at fault (`tags.team`), which serde's own
+    // message (a line and column) does not.
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut json).map_err(|err| {
+        let path = err.path().to_string();
+        let err = err.into_inner();
+        if path == "." {
+            ApiError::bad_request(format!("request body is not the JSON expected: {err}"))
+        } else {
+            ApiError::bad_request(format!("request body field `{path}`: {err}"))
+        }
+    })?;
+    json.end().map_err(|err| {
         ApiError::bad_request(format!("request body is not the JSON expected: {err}"))
-    })
+    })?;
+    Ok(value)
 }
 
 // ------------------------------------------------------------------ reads
@@ -970,11 +983,25 @@ pub(crate) async fn deliver_event(
 }
 
 /// Starts a new instance of the same workflow with the same input, tags and
-/// key, tagged `rerun_of=<id>`. Only for instances that ended.
-async fn rerun(State(state): State<AppState>, Segment(id): Segment) -> ApiResult<Value> {
+/// key, tagged `rerun_of=<id>`. Only for instances that ended. At most one
+/// at a time: while a re-run of `id` (or, when it had a key, any instance
+/// with that key) is active, a repeated request answers with that one,
+/// `created: false`, instead of starting another.
+async fn rerun(
+    State(state): State<AppState>,
+    Segment(id): Segment,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = InstanceId::from(id);
-    let new = rerun_instance(&state.engine, &id).await?;
-    Ok(Json(json!({ "id": new, "rerun_of": id })))
+    let (new, created) = rerun_instance(&state.engine, &id).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "id": new, "rerun_of": id, "created": created })),
+    ))
 }
 
 /// Why a re-run was refused.
@@ -1007,28 +1034,51 @@ impl From<RerunError> for ApiError {
     }
 }
 
-/// Shared by the API and the CLI: see [`rerun`].
+/// Shared by the API and the CLI: see [`rerun`]. The new instance's id,
+/// and whether this call started it (`false`: an active one was found).
 pub(crate) async fn rerun_instance(
     engine: &Engine,
     id: &InstanceId,
-) -> Result<InstanceId, RerunError> {
+) -> Result<(InstanceId, bool), RerunError> {
     let old = engine.instance(id).await.map_err(RerunError::Workflow)?;
     if !old.status.is_terminal() {
         return Err(RerunError::NotEnded(id.clone(), old.status));
     }
     let mut options = StartOptions::new();
-    if let Some(key) = &old.key {
-        options = options.key(key.clone());
-    }
     for (name, value) in &old.tags {
         if name != "rerun_of" {
             options = options.tag(name.clone(), value.clone());
         }
     }
     options = options.tag("rerun_of", id.to_string());
+    // A click repeated after a lost answer, or a retried request, must not
+    // run the work twice. With a key that is the key's own guarantee (it
+    // also finds an instance a caller started again meanwhile); without
+    // one, an active re-run of this instance is looked for first. That
+    // look and the start are not atomic, so two re-runs sent at the same
+    // moment may both start: a key is the way to rule that out.
+    if let Some(key) = old.key {
+        return engine
+            .get_or_start_json(&old.workflow, key, old.input, options)
+            .await
+            .map_err(RerunError::Workflow);
+    }
+    let mut active = Query::new()
+        .summaries()
+        .name(old.workflow.clone())
+        .tag("rerun_of", id.to_string())
+        .limit(1);
+    for status in Status::ACTIVE {
+        active = active.status(status);
+    }
+    let page = engine.list(active).await.map_err(RerunError::Workflow)?;
+    if let Some(running) = page.items.into_iter().next() {
+        return Ok((running.id, false));
+    }
     engine
         .start_json(&old.workflow, old.input, options)
         .await
+        .map(|new| (new, true))
         .map_err(RerunError::Workflow)
 }
 

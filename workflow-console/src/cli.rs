@@ -630,8 +630,8 @@ pub async fn run(
         }
         Command::Rerun { id } => {
             let id = InstanceId::from(id);
-            let new = match crate::api::rerun_instance(&engine, &id).await {
-                Ok(new) => new,
+            let (new, created) = match crate::api::rerun_instance(&engine, &id).await {
+                Ok(found) => found,
                 Err(RerunError::Workflow(Error::UnknownWorkflow(name))) => {
                     return Err(unknown_workflow(name, engine.definitions().await?))
                 }
@@ -641,9 +641,17 @@ pub async fn run(
                 }
             };
             if json {
-                print_json(out, &json!({ "id": new, "rerun_of": id }))?;
-            } else {
+                print_json(
+                    out,
+                    &json!({ "id": new, "rerun_of": id, "created": created }),
+                )?;
+            } else if created {
                 writeln!(out, "started {new} (re-run of {id})")?;
+            } else {
+                writeln!(
+                    out,
+                    "{new} is already running it (re-run of {id}); nothing started"
+                )?;
             }
             Ok(0)
         }
@@ -964,10 +972,11 @@ async fn show(
                     s.key.clone(),
                     s.attempts.to_string(),
                     duration(s.started_at, Some(s.finished_at)),
-                    match (&s.error, &s.output) {
-                        (Some(e), _) => format!("error: {}", one_line(e)),
-                        (None, Some(o)) => shorten(&o.to_string(), 60),
-                        (None, None) => String::new(),
+                    match (&s.error, &s.output, &s.unreadable) {
+                        (Some(e), _, _) => format!("error: {}", one_line(e)),
+                        (None, Some(o), _) => shorten(&o.to_string(), 60),
+                        (None, None, Some(why)) => format!("unreadable: {}", one_line(why)),
+                        (None, None, None) => String::new(),
                     },
                 ]
             })

@@ -326,6 +326,26 @@ async fn an_unreadable_row_is_named_and_the_rest_listed() {
     let one = get(&base, &format!("/api/instances/{}", f.failed)).await;
     assert_eq!(one.status, 500, "{}", one.body);
     assert!(one.body.contains(f.failed.as_str()), "{}", one.body);
+    // A damaged step's output is named in its place; the instance and its
+    // other steps still show.
+    db.execute(
+        "UPDATE steps SET output = '{not json' WHERE instance_id = ?1 AND key = 'charge-payment'",
+        [f.completed.as_str()],
+    )
+    .unwrap();
+    let one = get(&base, &format!("/api/instances/{}", f.completed)).await;
+    assert_eq!(one.status, 200, "{}", one.body);
+    let steps = one.json()["steps"].as_array().unwrap().clone();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    let charge = steps.iter().find(|s| s["key"] == "charge-payment").unwrap();
+    assert!(charge.get("output").is_none_or(Value::is_null), "{charge}");
+    assert!(
+        charge["unreadable"]
+            .as_str()
+            .unwrap()
+            .contains("step output is not valid JSON"),
+        "{charge}"
+    );
     server.shutdown();
 }
 
@@ -552,7 +572,8 @@ async fn changes_are_checked_and_applied() {
         json!({}),
     )
     .await;
-    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.status, 201, "{}", res.body);
+    assert_eq!(res.json()["created"], json!(true), "{}", res.body);
     let new = InstanceId::from(res.json()["id"].as_str().unwrap());
     assert_ne!(new, f.failed);
     wait_status(&f.engine, &new, Status::Failed).await;
@@ -582,6 +603,24 @@ async fn changes_are_checked_and_applied() {
             .any(|v| v["message"].as_str().unwrap().contains("amount_cents")),
         "{violations:?}"
     );
+    // A body that does not fit the request's own shape names the field.
+    for (body, field) in [
+        (json!({ "input": {}, "tags": { "team": 1 } }), "`tags.team`"),
+        (json!({ "input": {}, "key": ["a"] }), "`key`"),
+    ] {
+        let res = post(&base, "/api/workflows/processOrder/start", body).await;
+        assert_eq!(res.status, 400, "{}", res.body);
+        let error = res.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(field), "{field}: {error}");
+    }
+    let res = post(
+        &base,
+        &format!("/api/instances/{}/timeout", f.listening),
+        json!({ "at": "tomorrow" }),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.body);
+    assert!(res.body.contains("`at`"), "{}", res.body);
     // A key no store can index is the caller's mistake, not the server's.
     let res = post(
         &base,
@@ -694,6 +733,65 @@ async fn changes_are_checked_and_applied() {
 /// A console over a pure client (no workflow code, as `workflow console`
 /// runs it) reads the recorded definitions and schedules, and what it
 /// starts runs on the engine that has the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_rerun_finds_the_active_one() {
+    let f = fixture().await;
+    // No worker: each re-run stays pending, as one still running would.
+    f.worker.shutdown().await;
+    let (_server, base) = serve(&f.engine).await;
+    let rerun = |id: &InstanceId| format!("/api/instances/{id}/rerun");
+
+    // Without a key: the second click answers with the first re-run.
+    let first = post(&base, &rerun(&f.failed), json!({})).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = post(&base, &rerun(&f.failed), json!({})).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["created"], json!(false), "{}", again.body);
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    assert_eq!(again.json()["rerun_of"], json!(f.failed.to_string()));
+
+    // With a key: an instance with that key started meanwhile (a webhook's
+    // retry) is the one found, so the order is not processed twice.
+    let keyed = f.engine.instance(&f.completed).await.unwrap();
+    let key = keyed
+        .key
+        .clone()
+        .expect("the fixture's completed order has a key");
+    let (restarted, created) = f
+        .engine
+        .get_or_start_json(
+            &keyed.workflow,
+            &key,
+            keyed.input.clone(),
+            StartOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created, "the completed one is not active");
+    let res = post(&base, &rerun(&f.completed), json!({})).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(
+        res.json()["id"],
+        json!(restarted.to_string()),
+        "{}",
+        res.body
+    );
+    assert_eq!(res.json()["created"], json!(false));
+    let active = f
+        .engine
+        .list(Query::new().key(key).status(Status::Pending))
+        .await
+        .unwrap();
+    assert_eq!(active.items.len(), 1, "{:?}", active.items);
+
+    // Once the re-run ended, re-running again starts a new one.
+    let first = InstanceId::from(first.json()["id"].as_str().unwrap());
+    f.engine.cancel(&first).await.unwrap();
+    let later = post(&base, &rerun(&f.failed), json!({})).await;
+    assert_eq!(later.status, 201, "{}", later.body);
+    assert_ne!(later.json()["id"], json!(first.to_string()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pure_client_console_steers_another_engine() {
     let f = fixture().await;

@@ -7,7 +7,9 @@
 //! Screenshots go to `target/console-screenshots/`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
-//! them); without them the test says it is skipped and passes.
+//! them); without them the test says it is skipped and passes, unless
+//! `WORKFLOW_TEST_REQUIRE_BROWSER` is set (as `.ci/run` does once it
+//! installed them), when it fails.
 
 mod common;
 
@@ -348,6 +350,12 @@ async fn paging_survives_back_and_forward(b: &Browser) {
 async fn console_in_a_real_browser() {
     let chromedriver = find_program("chromedriver");
     let (true, Some(chromedriver)) = (Path::new(CHROMIUM).exists(), chromedriver) else {
+        // CI installs chromium and sets this: there a missing browser is a
+        // broken setup, not a reason to pass without the test.
+        assert!(
+            std::env::var_os("WORKFLOW_TEST_REQUIRE_BROWSER").is_none(),
+            "WORKFLOW_TEST_REQUIRE_BROWSER is set, but chromium or chromedriver is missing"
+        );
         // Straight to stderr: the test harness swallows `println!` of a
         // passing test, and a skip must show.
         use std::io::Write;
@@ -650,6 +658,19 @@ async fn console_in_a_real_browser() {
     assert_eq!(steps, 230);
     assert!(events > 230, "every history event: {events}");
     assert_eq!(more, None, "nothing left to show");
+    // Each step's output opens under it: the first tick counted 230, the
+    // last 1.
+    let outputs = b
+        .js(
+            "const d = [...document.querySelectorAll('[data-output]')];\
+             d[0].querySelector('summary').click();\
+             d[d.length - 1].querySelector('summary').click();\
+             return [d.length, d[0].open, d[0].querySelector('pre').textContent,\
+                     d[d.length - 1].querySelector('pre').textContent];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(outputs, json!([230, true, "230", "1"]));
 
     // The other pages render.
     b.goto(&format!("http://{}/#/workflows", server.local_addr()))
