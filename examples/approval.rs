@@ -41,8 +41,9 @@ async fn approve_expense(ctx: Ctx, expense: Expense) -> workflow::Result<String>
     })
     .await?;
     // In production the timeout would be days; here it is short. A payload
-    // that is not an `Approval` (a webhook with a typo) is dropped and the
-    // wait goes on: one bad request must not end a week-long approval.
+    // that is not an `Approval` (a webhook with a typo) is dropped and a new
+    // wait begins, its timeout counted again from then: one bad request
+    // must not end a week-long approval.
     let answer = loop {
         match ctx
             .wait_for_event::<Approval>("approval", Some(Duration::from_secs(2)))

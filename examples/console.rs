@@ -232,7 +232,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Ctrl-C, or the SIGTERM of systemd or Kubernetes: without a handler,
 /// SIGTERM kills the process at once, and its instances wait out their
-/// leases before another process resumes them.
+/// leases before another process resumes them (one restarted on the same
+/// machine takes them over at once).
 async fn shutdown_signal() {
     #[cfg(unix)]
     let terminate = async {

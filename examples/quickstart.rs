@@ -47,8 +47,13 @@ async fn fetch_order(order_id: &str) -> Result<Order, std::io::Error> {
 
 /// A stand-in for a payment provider. A real one takes the idempotency key
 /// (Stripe's `Idempotency-Key` header) and charges a repeated key once.
-async fn charge_payment(order: &Order, idempotency_key: &str) -> Result<String, std::io::Error> {
-    Ok(format!("ch_{}_{idempotency_key}", order.id))
+/// `ctx.idempotency_key()` is `Some` inside a step.
+async fn charge_payment(
+    order: &Order,
+    idempotency_key: Option<String>,
+) -> Result<String, std::io::Error> {
+    let key = idempotency_key.ok_or_else(|| std::io::Error::other("called outside a step"))?;
+    Ok(format!("ch_{}_{key}", order.id))
 }
 
 /// Process a new customer order
@@ -61,9 +66,8 @@ async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Res
     // A step runs at least once (a crash after the charge and before its
     // result is recorded runs it again): the key is the same at every try.
     let charge: String = ctx
-        .step("charge-payment", || async {
-            let key = ctx.idempotency_key().expect("inside a step");
-            charge_payment(&order, &key).await
+        .step("charge-payment", || {
+            charge_payment(&order, ctx.idempotency_key())
         })
         .await?;
     Ok(OrderOutput {

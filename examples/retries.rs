@@ -12,11 +12,12 @@ use workflow::prelude::*;
 
 static CALLS: AtomicU32 = AtomicU32::new(0);
 
+// Every `ctx.step` here gets 5 attempts, waiting about 0.3 s, 0.6 s, 1.2 s
+// and 2.4 s (±20%) after each failure. For one step only, the same policy
+// is `ctx.step_with("charge", StepOptions::retries(5).backoff(..).jitter(0.2), ..)`.
+// (A `//` comment: the `///` one is the workflow's description, which a
+// model reads when the workflow is its tool.)
 /// Call a flaky payment gateway: it times out twice, then answers.
-///
-/// Every `ctx.step` here gets 5 attempts, waiting about 0.3 s, 0.6 s, 1.2 s
-/// and 2.4 s (±20%) after each failure. For one step only, the same policy
-/// is `ctx.step_with("charge", StepOptions::retries(5).backoff(..).jitter(0.2), ..)`.
 #[workflow(
     name = "chargeCard",
     retries = 5,

@@ -189,7 +189,7 @@ println!("{}", server.url()); // http://127.0.0.1:8080/#token=s3cret
     }
 }
 
-/// Blocks 7 to 9 (stores and deploying): compiled, not run (they open
+/// Blocks 7 to 10 (stores, store options and deploying): compiled, not run (they open
 /// files and servers).
 #[rustfmt::skip]
 mod stores {
@@ -214,6 +214,19 @@ let _worker = engine.start_worker();
         Ok(())
     }
 
+    #[cfg(feature = "postgres")]
+    async fn postgres_options() -> workflow::Result<()> {
+use workflow::postgres::{PgOptions, PgStore};
+
+let store = PgStore::connect_with(
+    "postgres://app:secret@db.internal/app",
+    PgOptions::new().max_connections(32).schema("orders"),
+)
+.await?;
+let engine = Engine::builder().store(store).register(ProcessOrder).build().await?;
+        Ok(())
+    }
+
     async fn deploying() -> workflow::Result<()> {
 let engine = Engine::builder()
     .database_url("postgres://app:secret@db.internal/app?sslmode=verify-full")
@@ -226,7 +239,8 @@ engine.run_until(shutdown_signal()).await?;
 
 /// Ctrl-C, or SIGTERM (tokio feature "signal"). Without a handler, SIGTERM
 /// kills the process at once: no handler finishes, and its instances wait
-/// out their leases (30 s) before another process resumes them.
+/// out their leases (30 s) before another process resumes them (one
+/// restarted on the same machine takes them over at once).
 async fn shutdown_signal() {
     #[cfg(unix)]
     let terminate = async {
@@ -294,7 +308,8 @@ let tools = Toolbox::new()
     });
 let reply = tools.call(&engine, "lookup_customer", args.clone()).await?;
 // A call your own loop may repeat (a retried request): keyed by the
-// provider's tool-call id, a workflow tool starts one instance.
+// provider's tool-call id, a workflow tool starts one instance, and a
+// retry answers from it even once it completed.
 let reply = tools.call_once(&engine, "processOrder", args, &tool_call.id).await?;
 // Arguments are checked closed: a misspelt field is named, not dropped.
 // 3. A model loop inside a workflow's handler (feature `ai`): each model

@@ -51,7 +51,7 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// (Not compiled here: this crate cannot depend on the facade it serves.
-/// The same program is a tested example of the facade crate's root page.)
+/// A similar program is a tested example of the facade crate's root page.)
 ///
 /// # The function
 ///
