@@ -181,11 +181,14 @@ pub enum Command {
         /// Address to listen on. Loopback by default; anything else should have a token.
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
-        /// Require this token on every API call.
+        /// Require this token on every API call. Without one, a console on
+        /// a loopback address makes a fresh token and prints it in its URL.
         #[arg(long, env = crate::TOKEN_ENV, hide_env_values = true)]
         token: Option<String>,
-        /// Serve a non-loopback address without a token: anyone who can
-        /// reach the port can then steer workflows. Refused otherwise.
+        /// Serve without a token: anyone who can reach the port (on
+        /// loopback, any local user or process) can then steer workflows.
+        /// Needed for a non-loopback address with no token, refused there
+        /// otherwise.
         #[arg(long)]
         no_token: bool,
         /// Also answer requests for this host name (repeatable), besides
@@ -763,6 +766,14 @@ pub async fn run(
             if no_token {
                 console = console.allow_no_token();
             }
+            // On this machine, open by default would let any local user or
+            // process steer every workflow, past the database's own file
+            // permissions or credentials: a fresh token guards it, printed
+            // in the URL (as Jupyter does). Elsewhere a token is asked for.
+            let token = match token {
+                None if !no_token && is_loopback(&addr) => Some(fresh_token()),
+                given => given,
+            };
             if let Some(token) = token {
                 // An empty one (a secret that failed to substitute) would
                 // serve the console open: refused rather than ignored.
@@ -817,6 +828,25 @@ pub async fn run(
             Ok(0)
         }
     }
+}
+
+/// Whether `addr` (`host:port`) names this machine only.
+fn is_loopback(addr: &str) -> bool {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr.ip().is_loopback(),
+        Err(_) => addr
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
+    }
+}
+
+/// A token nobody could guess: 244 random bits, as hex.
+fn fresh_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 async fn workflows(

@@ -66,7 +66,7 @@ impl axum::serve::Listener for Capped {
 /// An accepted connection, holding its slot until closed.
 pub(crate) struct Connection {
     io: TcpStream,
-    /// Fires once nothing was read for [`IDLE`].
+    /// Fires once nothing was read or written for [`IDLE`].
     idle: Pin<Box<Sleep>>,
     _slot: OwnedSemaphorePermit,
 }
@@ -97,13 +97,26 @@ impl AsyncRead for Connection {
     }
 }
 
+impl Connection {
+    /// An answer still going out (a large page to a slow client) is not
+    /// idle: the timer counts from the last byte either way.
+    fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            self.idle.as_mut().reset(Instant::now() + IDLE);
+        }
+    }
+}
+
 impl AsyncWrite for Connection {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -111,7 +124,10 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

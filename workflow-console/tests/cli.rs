@@ -770,6 +770,45 @@ async fn console_command_serves_the_page() {
     assert!(!line.contains("env-secret"), "{line}");
     assert!(line.contains("http://127.0.0.1:"), "{line}");
     assert!(line.contains("#token=<WORKFLOW_CONSOLE_TOKEN>"), "{line}");
+
+    // Given no token on loopback, it makes a fresh one and prints it (to a
+    // pipe too: nobody else knows it); `--no-token` serves it open.
+    for open in [false, true] {
+        let mut args = vec!["console", "--addr", "127.0.0.1:0"];
+        if open {
+            args.push("--no-token");
+        }
+        let mut child = command(&f.url, &args)
+            .env_remove("WORKFLOW_CONSOLE_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let line = first_line(&mut child).await;
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_owned();
+        let (base, token) = match url.split_once("/#token=") {
+            Some((base, token)) => (base.to_owned(), Some(token.to_owned())),
+            None => (url.trim_end_matches('/').to_owned(), None),
+        };
+        let bare = http("GET", &format!("{base}/api/overview"), &[], None).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if open {
+            assert_eq!(token, None, "{line}");
+            assert_eq!(bare.status, 200, "{line}");
+        } else {
+            let token = token.unwrap_or_else(|| panic!("no token in {line:?}"));
+            assert!(
+                token.len() == 64 && token.chars().all(|c| c.is_ascii_hexdigit()),
+                "{token}"
+            );
+            assert_eq!(bare.status, 401, "{line}");
+        }
+    }
 }
 
 /// A `--db` that names some other SQLite file is refused and left as it

@@ -152,6 +152,13 @@ pub(crate) struct RunShared {
     pub tags: BTreeMap<String, String>,
     pub store: Arc<dyn Store>,
     pub lease: Lease,
+    /// When the lease ends, by this process's wall clock, as the worker
+    /// knows it (0 until the run starts; only grows, with each renewal).
+    /// A step looks at it itself, rather than trusting the heartbeat to
+    /// have stopped the run in time: a heartbeat starved of threads (a
+    /// handler blocking them) would let a step start its side effect after
+    /// another worker took the instance over.
+    pub lease_end: std::sync::atomic::AtomicI64,
     pub default_step: StepOptions,
     /// Fired to stop the handler at its next await point.
     pub stop: CancellationToken,
@@ -415,6 +422,7 @@ impl RunShared {
             tags: row.tags.clone(),
             store: Arc::clone(engine.store()),
             lease,
+            lease_end: std::sync::atomic::AtomicI64::new(0),
             default_step,
             pause: AtomicBool::new(row.pause_requested),
             pause_changes: LocalChanges::default(),
@@ -732,6 +740,10 @@ impl RunShared {
     /// lets it: steps, children and waits beside the waits that suspend
     /// run until every branch waits (see [`Ctx::suspend`]).
     pub(crate) fn check(&self) -> Result<()> {
+        if crate::store::now_millis() >= self.lease_end.load(Ordering::Acquire) {
+            // The heartbeat would stop it too, at its next look.
+            self.interrupt(Interrupt::LeaseLost, Settlement::Plain);
+        }
         let slot = lock(&self.interrupt);
         match slot.as_ref().map(|(why, _)| why.clone()) {
             Some(Interrupt::Suspended) if !self.stop.is_cancelled() && !Self::kept(&slot) => Ok(()),

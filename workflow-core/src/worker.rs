@@ -774,7 +774,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                     drop(ends);
                     for renewal in renewals {
                         match runs.iter().position(|r| r.lease == renewal.lease) {
-                            Some(at) => apply_renewal(&runs[at], &renewal, seen[at]),
+                            Some(at) => apply_renewal(&runs[at], &renewal, until, seen[at]),
                             None => renew_ready(&w, &renewal),
                         }
                     }
@@ -917,8 +917,14 @@ fn stop_lapsed(w: &WorkerShared, now: Millis) {
 
 /// Tells a running handler what its lease renewal found; `seen` is the
 /// run's local pause changes and deadline moves when the renewal was sent.
-fn apply_renewal(run: &RunShared, renewal: &Renewal, (pause_seen, deadline_seen): (u64, u64)) {
+fn apply_renewal(
+    run: &RunShared,
+    renewal: &Renewal,
+    until: Millis,
+    (pause_seen, deadline_seen): (u64, u64),
+) {
     if renewal.held {
+        run.lease_end.fetch_max(until, Ordering::AcqRel);
         run.pause_as_stored(renewal.pause_requested, pause_seen);
         run.deadline_as_stored(renewal.deadline_at, deadline_seen);
     } else {
@@ -1113,6 +1119,12 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
         }
     };
     let lease = run.lease.clone();
+    // Read here, not where the run was listed (under the queue's lock,
+    // which the lease ends' lock must not follow); a renewal meanwhile
+    // raised it already, hence the max.
+    if let Some(end) = lock(&w.lease_ends).get(&lease_key(&lease)) {
+        run.lease_end.fetch_max(*end, Ordering::AcqRel);
+    }
     // Its own worker too: the task is spawned outside the worker's span.
     let span = tracing::error_span!(
         "workflow",

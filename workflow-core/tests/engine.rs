@@ -3755,3 +3755,90 @@ async fn a_shutdown_says_whether_it_left_a_handler_running() {
     }
     assert_eq!(worker.shutdown().await, Stopped::HandlersLeftRunning);
 }
+
+static STARVED_FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+static STARVED_SIDE_EFFECTS: AtomicU32 = AtomicU32::new(0);
+
+/// Blocks its thread (as a handler calling blocking code does) the first
+/// time, between two steps.
+struct StarvesItsHeartbeat;
+
+impl Workflow for StarvesItsHeartbeat {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "starvesItsHeartbeat";
+
+    async fn run(&self, ctx: Ctx, _input: ()) -> Result<(), BoxError> {
+        ctx.step("before", || async { Ok::<_, BoxError>(()) })
+            .await?;
+        if STARVED_FIRST.swap(false, Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1_500));
+        }
+        ctx.step("charge", || async {
+            STARVED_SIDE_EFFECTS.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A handler that blocked its runtime's only thread past its lease, so
+/// that its heartbeat could neither renew the lease nor stop it, does not
+/// start its next step when it wakes: another worker took the instance
+/// over meanwhile and ran that step. Before, the step looked only at
+/// whether the heartbeat had stopped the run, and charged twice.
+#[tokio::test(flavor = "current_thread")]
+async fn a_step_after_the_lease_lapsed_does_not_run_though_the_heartbeat_starved() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = |store: Arc<dyn Store>| async move {
+        EngineBuilder::new()
+            .shared_store(store)
+            .register(StarvesItsHeartbeat)
+            .lease_duration(Duration::from_millis(300))
+            .poll_interval(Duration::from_millis(20))
+            .build()
+            .await
+            .unwrap()
+    };
+    // Two workers, each on a runtime with one thread: whichever claims
+    // the instance blocks its thread, and the other takes over.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let other = store.clone();
+    let elsewhere = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let there = engine(other).await;
+            let worker = there.start_worker();
+            ready_tx.send(()).unwrap();
+            tokio::task::spawn_blocking(move || stop_rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            worker.shutdown().await;
+        });
+    });
+    ready_rx.recv().unwrap();
+    let here = engine(store).await;
+    let worker = here.start_worker();
+    let inst = StarvesItsHeartbeat::start(&here, ()).await.unwrap();
+    inst.result_timeout(Duration::from_secs(10)).await.unwrap();
+    // The blocked handler has woken by now (1.5 s), and met its step.
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    stop_tx.send(()).unwrap();
+    worker.shutdown().await;
+    tokio::task::spawn_blocking(move || elsewhere.join().unwrap())
+        .await
+        .unwrap();
+    assert!(!STARVED_FIRST.load(Ordering::SeqCst), "a handler blocked");
+    assert_eq!(
+        STARVED_SIDE_EFFECTS.load(Ordering::SeqCst),
+        1,
+        "the step ran in the run that held the lease only"
+    );
+}
