@@ -224,6 +224,13 @@ async fn a_call_repeated_with_its_key_starts_one_instance() {
         .await
         .unwrap();
     assert_eq!(late, json!("hello"), "the first instance's output");
+    // Without `wait`, the answer names it with the status it has.
+    let again = tools
+        .call_once(&engine, "hello", json!({}), "call_abc")
+        .await
+        .unwrap();
+    assert_eq!(again["workflowId"], first["workflowId"]);
+    assert_eq!(again["status"], json!("completed"), "{again}");
     let started = engine.list(Query::new().name("hello")).await.unwrap();
     assert_eq!(started.items.len(), 2, "no instance more");
 }

@@ -786,10 +786,18 @@ const openOutputs = new Set();
 function stepOutput(it, s) {
   if (s.output === undefined || s.output === null) return null;
   const mark = it.id + "\n" + s.key;
-  return h("details", {
-    class: "detail output", "data-output": s.key, open: openOutputs.has(mark),
-    ontoggle: (e) => { if (e.target.open) openOutputs.add(mark); else openOutputs.delete(mark); },
-  }, h("summary", {}, "Output"), jsonView(s.output));
+  // Rendered when first opened: hundreds of closed outputs, rebuilt at
+  // every poll that brings something new, would be a page of spans.
+  let shown = false;
+  const show = (el) => { if (!shown) { shown = true; el.appendChild(jsonView(s.output)); } };
+  const el = h("details", {
+    class: "detail output", "data-output": s.key,
+    ontoggle: (e) => {
+      if (e.target.open) { openOutputs.add(mark); show(e.target); } else openOutputs.delete(mark);
+    },
+  }, h("summary", {}, "Output"));
+  if (openOutputs.has(mark)) { show(el); el.open = true; }
+  return el;
 }
 
 function stepsPanel(it, steps, history, more) {

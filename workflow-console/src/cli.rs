@@ -158,7 +158,9 @@ pub enum Command {
         #[arg(long)]
         key: Option<String>,
     },
-    /// Start an ended instance again with the same input (tagged `rerun_of`).
+    /// Start an ended instance again with the same input, key and tags
+    /// (tagged `rerun_of`); while a re-run of it (or, with a key, an
+    /// instance with that key) is active, that one is named instead.
     Rerun {
         /// Instance id.
         id: String,
@@ -653,7 +655,7 @@ pub async fn run(
             } else {
                 writeln!(
                     out,
-                    "{new} is already running it (re-run of {id}); nothing started"
+                    "{new} is already active (a re-run of {id}, or an instance with its key); nothing started"
                 )?;
             }
             Ok(0)
@@ -771,7 +773,7 @@ pub async fn run(
             // permissions or credentials: a fresh token guards it, printed
             // in the URL (as Jupyter does). Elsewhere a token is asked for.
             let token = match token {
-                None if !no_token && is_loopback(&addr) => Some(fresh_token()),
+                None if !no_token && is_loopback(&addr).await => Some(fresh_token()),
                 given => given,
             };
             if let Some(token) = token {
@@ -830,13 +832,16 @@ pub async fn run(
     }
 }
 
-/// Whether `addr` (`host:port`) names this machine only.
-fn is_loopback(addr: &str) -> bool {
-    match addr.parse::<std::net::SocketAddr>() {
-        Ok(addr) => addr.ip().is_loopback(),
-        Err(_) => addr
-            .rsplit_once(':')
-            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
+/// Whether `addr` (`host:port`) names this machine only, as the bind will
+/// resolve it (a host name too: `$(hostname)` is 127.0.1.1 on Debian).
+/// One it cannot resolve is not: the bind then fails on its own.
+async fn is_loopback(addr: &str) -> bool {
+    match tokio::net::lookup_host(addr).await {
+        Ok(addrs) => {
+            let addrs: Vec<std::net::SocketAddr> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
     }
 }
 

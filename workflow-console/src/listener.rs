@@ -20,8 +20,9 @@ use tokio::time::{Instant, Sleep};
 /// until one closes. A browser tab keeps a few.
 pub(crate) const MAX_CONNECTIONS: usize = 256;
 
-/// How long a connection may send nothing before it is closed (the page
-/// polls every 2 s, and reconnects after).
+/// How long a connection may send and receive nothing before it is closed
+/// (the page polls every 2 s, and reconnects after). Looked at while the
+/// server reads: an answer still being written resets it.
 const IDLE: Duration = Duration::from_secs(60);
 
 /// A [`TcpListener`] that serves at most [`MAX_CONNECTIONS`] at once.

@@ -730,9 +730,8 @@ async fn changes_are_checked_and_applied() {
     server.shutdown();
 }
 
-/// A console over a pure client (no workflow code, as `workflow console`
-/// runs it) reads the recorded definitions and schedules, and what it
-/// starts runs on the engine that has the code.
+/// Re-run twice (a click repeated after a lost answer): the second finds
+/// the first's instance, or the key's active one, instead of starting more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_rerun_finds_the_active_one() {
     let f = fixture().await;
@@ -792,6 +791,9 @@ async fn a_repeated_rerun_finds_the_active_one() {
     assert_ne!(later.json()["id"], json!(first.to_string()));
 }
 
+/// A console over a pure client (no workflow code, as `workflow console`
+/// runs it) reads the recorded definitions and schedules, and what it
+/// starts runs on the engine that has the code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pure_client_console_steers_another_engine() {
     let f = fixture().await;

@@ -560,6 +560,19 @@ async fn starts_and_steers_for_a_running_engine() {
         "{}",
         out.stderr
     );
+    // Re-run again while the first re-run is active: it is named, and
+    // nothing more starts.
+    let first = json(&cli(url, &["rerun", slow.as_str(), "--json"]).await);
+    assert_eq!(first["created"], true, "{first}");
+    let first = first["id"].as_str().unwrap().to_owned();
+    let out = cli(url, &["rerun", slow.as_str()]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&first) && out.stdout.contains("already active"),
+        "{}",
+        out.stdout
+    );
+    f.engine.cancel(&InstanceId::from(first)).await.unwrap();
 
     // Purge: nothing ended an hour ago; of slowReport, what ended over a
     // minute ago goes (one cancelled by an engine whose clock is five

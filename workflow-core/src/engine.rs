@@ -408,8 +408,9 @@ impl EngineBuilder {
     /// (512 MiB; `build` refuses more): both SQL stores refuse values near
     /// 1 GB, and a write refused by the store would release the run to be
     /// retried, running its step again each time; far smaller values
-    /// already hold the store's single writer for a long while. Lower it to catch large data passed through the
-    /// workflow early (Temporal allows 2 MB).
+    /// already hold the store's single writer for a long while. Lower it
+    /// to catch large data passed through the workflow early (Temporal
+    /// allows 2 MB).
     pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
         self.config.max_payload = bytes;
         self
@@ -1137,6 +1138,47 @@ impl Engine {
         let (input, timeout) = self.checked_input(workflow, &input).await?;
         self.create_raw(workflow, timeout, input, options, dedup)
             .await
+    }
+
+    /// Checks JSON input for workflow `name` (against its type when it is
+    /// registered here, else against the input schema an engine recorded)
+    /// and its size; returns the input to store and the workflow's default
+    /// timeout. Every start from JSON goes through here.
+    pub(crate) async fn checked_input(
+        &self,
+        name: &str,
+        input: &serde_json::Value,
+    ) -> Result<(String, Duration)> {
+        let (json, timeout) = match self.inner.workflows.get(name) {
+            Some(def) => (def.check_input(input)?, def.timeout()),
+            None => {
+                let recorded = self
+                    .inner
+                    .store
+                    .definitions()
+                    .await?
+                    .into_iter()
+                    .find(|d| d.name == name)
+                    .ok_or_else(|| Error::UnknownWorkflow(name.to_owned()))?;
+                let _: serde_json::Value = self
+                    .inner
+                    .recorded_checks
+                    .get(name, &recorded.input_schema)
+                    .check(input)
+                    .map_err(|violations| Error::InvalidInput {
+                        workflow: name.to_owned(),
+                        violations,
+                    })?;
+                (
+                    input.to_string(),
+                    Duration::from_millis(recorded.timeout_ms),
+                )
+            }
+        };
+        crate::error::within(&json, self.inner.config.max_payload, || {
+            format!("input of workflow `{name}`")
+        })?;
+        Ok((json, timeout))
     }
 
     /// The definitions every engine on this store recorded (names, schemas,

@@ -377,23 +377,29 @@ impl Tool {
                     // Whatever its status: a call retried after the first
                     // one's instance completed answers from that instance,
                     // not from a second order.
-                    Some(key) => engine
-                        .create_json(
-                            workflow,
-                            input,
-                            StartOptions::default().key(key),
-                            Some(Status::ALL.to_vec()),
-                        )
-                        .await
-                        .map(|(id, _)| id),
-                    None => {
+                    Some(key) => {
                         engine
-                            .start_json(workflow, input, StartOptions::default())
+                            .create_json(
+                                workflow,
+                                input,
+                                StartOptions::default().key(key),
+                                Some(Status::ALL.to_vec()),
+                            )
                             .await
                     }
+                    None => engine
+                        .start_json(workflow, input, StartOptions::default())
+                        .await
+                        .map(|id| (id, true)),
                 };
-                let id = started.map_err(|err| self.start_error(err))?;
-                workflow_outcome(engine, &id, Status::Pending, *wait).await
+                let (id, created) = started.map_err(|err| self.start_error(err))?;
+                // Found, not started: it may have run, or ended, already.
+                let status = if created {
+                    Status::Pending
+                } else {
+                    engine.instance(&id).await?.status
+                };
+                workflow_outcome(engine, &id, status, *wait).await
             }
         }
     }
@@ -717,47 +723,6 @@ impl Engine {
     /// the [`Toolbox`] of the tools it was given, which refuses the others.
     pub async fn call_tool(&self, name: &str, args: Value) -> Result<Value> {
         self.tool(name).await?.call(self, args).await
-    }
-
-    /// Checks JSON input for workflow `name` (against its type when it is
-    /// registered here, else against the input schema an engine recorded)
-    /// and its size; returns the input to store and the workflow's default
-    /// timeout. Every start from JSON goes through here.
-    pub(crate) async fn checked_input(
-        &self,
-        name: &str,
-        input: &Value,
-    ) -> Result<(String, Duration)> {
-        let (json, timeout) = match self.inner.workflows.get(name) {
-            Some(def) => (def.check_input(input)?, def.timeout()),
-            None => {
-                let recorded = self
-                    .inner
-                    .store
-                    .definitions()
-                    .await?
-                    .into_iter()
-                    .find(|d| d.name == name)
-                    .ok_or_else(|| Error::UnknownWorkflow(name.to_owned()))?;
-                let _: Value = self
-                    .inner
-                    .recorded_checks
-                    .get(name, &recorded.input_schema)
-                    .check(input)
-                    .map_err(|violations| Error::InvalidInput {
-                        workflow: name.to_owned(),
-                        violations,
-                    })?;
-                (
-                    input.to_string(),
-                    Duration::from_millis(recorded.timeout_ms),
-                )
-            }
-        };
-        crate::error::within(&json, self.inner.config.max_payload, || {
-            format!("input of workflow `{name}`")
-        })?;
-        Ok((json, timeout))
     }
 
     /// Starts workflow `name` as a child of `parent`, once per `key` whatever

@@ -411,13 +411,17 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                 // granted ended (a store that kept retrying
                                 // through an outage): another worker may
                                 // hold those instances by now, so none of
-                                // them starts here.
+                                // them starts here. Handed back (a release
+                                // of this run's lease only), so they are
+                                // not counted as runs cut short.
                                 if until <= now_millis() {
                                     tracing::warn!(
                                         claimed = claimed.len(),
-                                        "a claim answered after its leases ended; not starting them"
+                                        "a claim answered after its leases ended; handing them back"
                                     );
-                                    claimed.clear();
+                                    let late = std::mem::take(&mut claimed);
+                                    let engine = w.engine.clone();
+                                    tokio::spawn(async move { hand_back(&engine, late).await });
                                 }
                                 for c in claimed {
                                     ends.insert(lease_key(&c.lease), until);
@@ -775,7 +779,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                     for renewal in renewals {
                         match runs.iter().position(|r| r.lease == renewal.lease) {
                             Some(at) => apply_renewal(&runs[at], &renewal, until, seen[at]),
-                            None => renew_ready(&w, &renewal),
+                            None => renew_ready(&w, &renewal, until),
                         }
                     }
                 }
@@ -941,10 +945,21 @@ fn apply_renewal(
 /// reaches it from its first heartbeat, as it reaches any running
 /// instance. (A pause read before a resume made here since would pause it
 /// once more: the one change a renewal cannot tell apart.)
-fn renew_ready(w: &WorkerShared, renewal: &Renewal) {
+fn renew_ready(w: &WorkerShared, renewal: &Renewal, until: Millis) {
     let mut ready = lock(&w.ready);
     let Some(at) = ready.iter().position(|c| c.lease == renewal.lease) else {
-        // Started since: the next heartbeat renews it as running.
+        drop(ready);
+        // Started since (its run read the lease's end before this renewal
+        // wrote it, maybe): its steps must see the renewed end, or a short
+        // lease would end for them before the next heartbeat renews it as
+        // running.
+        if renewal.held {
+            if let Some(run) = lock(&w.running).get(&renewal.lease.instance) {
+                if run.lease == renewal.lease {
+                    run.lease_end.fetch_max(until, Ordering::AcqRel);
+                }
+            }
+        }
         return;
     };
     if renewal.held {

@@ -147,6 +147,16 @@ impl LeaseAsk {
         let gone = Millis::try_from(self.asked.elapsed().as_millis()).unwrap_or(Millis::MAX);
         (None, length.saturating_sub(gone))
     }
+
+    /// Whether a claim with `length` of its lease left (from [`bind`](Self::bind))
+    /// comes too late: made after more than half the lease went (retries
+    /// through an outage, a long wait for a connection), it would grant
+    /// leases about to end, or ended, which another worker may take at once
+    /// while this one starts them. It claims nothing, and the worker asks
+    /// again with a whole lease.
+    pub(crate) fn too_late(&self, length: Millis) -> bool {
+        !self.by_request_clock && length < self.until.saturating_sub(self.now) / 2
+    }
 }
 
 /// The database side of a `PgStore`.
@@ -418,6 +428,11 @@ impl Db {
     }
 
     pub(crate) async fn claim(&self, req: &ClaimRequest, lease: LeaseAsk) -> Attempt<Vec<Claimed>> {
+        // Before waiting for a connection too: a retry already too late
+        // need not take one from the pool to give it back.
+        if lease.too_late(lease.bind().1) {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin().await?;
         // SKIP LOCKED: concurrent claimers each take different rows and
         // never wait for one another. FOR UPDATE re-checks the conditions
@@ -433,12 +448,7 @@ impl Db {
         // running row's `run_at` is its lease's end by the database's
         // clock, and it is taken over only once that clock passed it.
         let (clock, length) = lease.bind();
-        // An attempt made after more than half the lease went (retries
-        // through an outage, a long wait for a connection) would grant
-        // leases about to end, or already ended, which another worker may
-        // take at once while this one starts them: it claims nothing, and
-        // the worker asks again with a whole lease.
-        if !lease.by_request_clock && length < lease.until.saturating_sub(lease.now) / 2 {
+        if lease.too_late(length) {
             tracing::debug!(
                 left_ms = length,
                 "claim attempt too late for its lease; claiming nothing"
@@ -971,10 +981,19 @@ impl Db {
         let mut tx = self.begin().await?;
         let floor = InstanceId::floor_at(ended_before);
         let page = limit.clamp(1, 500);
+        // Two texts, not `($2 IS NULL OR workflow = $2)`: under the generic
+        // plan a prepared statement settles on, that catch-all could not use
+        // the `(workflow, id)` index, and one workflow's purge would walk
+        // every old row of all of them.
+        let by_workflow = if workflow.is_some() {
+            "AND i.workflow = $2"
+        } else {
+            "AND $2::text IS NULL"
+        };
         let roots_sql = format!(
             "SELECT i.id FROM instances i \
              WHERE i.status IN {TERMINAL} AND i.id > $3 AND i.id < $4 AND i.finished_at < $1 \
-               AND ($2::text IS NULL OR i.workflow = $2) \
+               {by_workflow} \
                AND NOT EXISTS (SELECT 1 FROM instances p WHERE p.id = i.parent_id) \
                AND NOT EXISTS (SELECT 1 FROM instances k \
                                WHERE k.parent_id = i.id AND k.status NOT IN {TERMINAL}) \
