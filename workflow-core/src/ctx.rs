@@ -152,8 +152,9 @@ pub(crate) struct RunShared {
     pub tags: BTreeMap<String, String>,
     pub store: Arc<dyn Store>,
     pub lease: Lease,
-    /// When the lease ends, by this process's wall clock, as the worker
-    /// knows it (0 until the run starts; only grows, with each renewal).
+    /// When the lease ends, by [`lease_now`](crate::worker::lease_now), as
+    /// the worker knows it (0 until the run starts; only grows, with each
+    /// renewal).
     /// A step looks at it itself, rather than trusting the heartbeat to
     /// have stopped the run in time: a heartbeat starved of threads (a
     /// handler blocking them) would let a step start its side effect after
@@ -740,7 +741,7 @@ impl RunShared {
     /// lets it: steps, children and waits beside the waits that suspend
     /// run until every branch waits (see [`Ctx::suspend`]).
     pub(crate) fn check(&self) -> Result<()> {
-        if crate::store::now_millis() >= self.lease_end.load(Ordering::Acquire) {
+        if crate::worker::lease_now() >= self.lease_end.load(Ordering::Acquire) {
             // The heartbeat would stop it too, at its next look.
             self.interrupt(Interrupt::LeaseLost, Settlement::Plain);
         }

@@ -72,8 +72,9 @@ struct WorkerShared {
     /// Instances claimed ahead of a free slot, oldest due first. The
     /// heartbeat renews their leases like those of running instances.
     ready: Arc<ClaimedAhead>,
-    /// When each lease of `running` and `ready` ends at the earliest: the
-    /// claim's `lease_until`, then each renewal's. Taken before `ready`
+    /// When each lease of `running` and `ready` ends at the earliest, by
+    /// [`lease_now`]: the claim's asking plus the lease, then each
+    /// renewal's. Taken before `ready`
     /// and `running` wherever it is held with them, so that a claim is in
     /// both or neither when the heartbeat looks.
     lease_ends: Mutex<HashMap<(InstanceId, i64), Millis>>,
@@ -351,6 +352,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
             let wanted = (slots.available_permits() + ahead).saturating_sub(ready);
             if draining && wanted > 0 && claims.is_empty() && !workflows.is_empty() {
                 let now = now_millis();
+                let asked = lease_now();
                 let due_by = inner.now();
                 let req = ClaimRequest {
                     owner: w.id.clone(),
@@ -363,7 +365,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                 let store = Arc::clone(&inner.store);
                 let cancels = inner.cancelled.count();
                 claims.spawn(async move {
-                    (store.claim(req).await, wanted, (now, due_by), cancels)
+                    (store.claim(req).await, wanted, (asked, due_by), cancels)
                 });
             }
             if draining || !claims.is_empty() {
@@ -414,7 +416,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                 // them starts here. Handed back (a release
                                 // of this run's lease only), so they are
                                 // not counted as runs cut short.
-                                if until <= now_millis() {
+                                if until <= lease_now() {
                                     tracing::warn!(
                                         claimed = claimed.len(),
                                         "a claim answered after its leases ended; handing them back"
@@ -729,7 +731,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     loop {
         tokio::time::sleep(until_next_look(&w, every)).await;
         ticks += 1;
-        let now = now_millis();
+        let now = lease_now();
         let (runs, leases, earliest) = {
             let mut ends = lock(&w.lease_ends);
             // The queue before the running: an instance started between
@@ -762,12 +764,16 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
             .map(|r| (r.pause_seen(), r.deadline_seen()))
             .collect();
         if let Some(earliest) = earliest {
+            // The store dates the lease by the wall clock; this worker
+            // judges it by its monotonic one, from before the store call.
+            let stored_until = crate::store::millis_after(now_millis(), inner.config.lease);
             let until = crate::store::millis_after(now, inner.config.lease);
             // Bounded by the leases held: a renewal still hanging when the
             // first of them ends (a store retrying, a connection gone
             // quiet) cannot keep its handler running past it.
             let left = Duration::from_millis(u64::try_from(earliest - now).unwrap_or(0));
-            match tokio::time::timeout(left, caught(inner.store.renew(&leases, until))).await {
+            match tokio::time::timeout(left, caught(inner.store.renew(&leases, stored_until))).await
+            {
                 Ok(Ok(renewals)) => {
                     let mut ends = lock(&w.lease_ends);
                     for renewal in &renewals {
@@ -785,11 +791,11 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                 }
                 Ok(Err(err)) => {
                     tracing::error!(error = %err, "renewing leases failed");
-                    stop_lapsed(&w, now_millis());
+                    stop_lapsed(&w, lease_now());
                 }
                 Err(_) => {
                     tracing::error!("renewing leases took until the first of them lapsed");
-                    stop_lapsed(&w, now_millis());
+                    stop_lapsed(&w, lease_now());
                 }
             }
         }
@@ -867,13 +873,26 @@ async fn hand_back(engine: &Engine, claimed: impl IntoIterator<Item = Claimed>) 
     }
 }
 
+/// Now, by the clock a worker judges its leases with: milliseconds of the
+/// monotonic clock since this process first asked. Not the wall clock,
+/// which NTP may step back while the store cannot be reached, and a
+/// handler would then run on past the end its store dated for the lease,
+/// beside the worker that took its instance over.
+pub(crate) fn lease_now() -> Millis {
+    static EPOCH: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+    // From 1: a lease end of 0 is "not known yet", and has always ended.
+    Millis::try_from(EPOCH.elapsed().as_millis())
+        .unwrap_or(Millis::MAX)
+        .saturating_add(1)
+}
+
 /// How long the heartbeat sleeps: a tick (`every`), or less when a lease
 /// held here ends sooner. Looked at only at ticks, an unrenewed lease (the
 /// store unreachable) would run on past its end, by up to a tick when the
 /// lease is no multiple of it, beside the worker that took the instance
 /// over; so the heartbeat wakes at that end, and stops its handler there.
 fn until_next_look(w: &WorkerShared, every: Duration) -> Duration {
-    let now = now_millis();
+    let now = lease_now();
     let next_end = lock(&w.lease_ends)
         .values()
         .copied()
