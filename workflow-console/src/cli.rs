@@ -18,7 +18,16 @@ use crate::api::{build_query, ListParams, RerunError};
 
 /// See and steer durable workflows on a database, without their code.
 #[derive(Debug, Parser)]
-#[command(name = "workflow", version, about, long_about = None)]
+#[command(
+    name = "workflow",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 done; 1 failed (the store, or `run --wait`'s instance did not \
+                  complete); 2 bad arguments or input; 3 `run --wait-timeout` gave up (the \
+                  instance runs on); 4 no such instance; 5 the instance's state refuses it \
+                  (cancel of one that ended, rerun of one that did not)."
+)]
 pub struct Cli {
     /// Database URL, the one your engines use (`sqlite://workflows.db`, `postgres://...`).
     // Its value is not shown in --help: a URL may carry a password.
@@ -211,6 +220,10 @@ pub enum CliError {
     /// The arguments do not make sense.
     #[error("{0}")]
     Usage(String),
+    /// The instance's state refuses the command (a re-run of one that has
+    /// not ended).
+    #[error("{0}")]
+    Conflict(String),
     /// No engine using this database has recorded a workflow of that name.
     /// Reported instead of [`Error::UnknownWorkflow`], which speaks of "this
     /// engine": the CLI registers no workflows, it only reads the
@@ -236,10 +249,16 @@ pub enum CliError {
 impl CliError {
     /// The process exit code for this error: 2 for bad arguments or input
     /// (among them a workflow name no engine recorded), 3 when `run
-    /// --wait-timeout` gave up (the instance runs on), 1 otherwise.
+    /// --wait-timeout` gave up (the instance runs on), 4 for an id no
+    /// instance has, 5 when the instance's state refuses the command (a
+    /// cancel of one that ended, a re-run of one that did not), 1
+    /// otherwise (the store failed, `run --wait`'s instance did not
+    /// complete).
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Workflow(Error::WaitTimeout { .. }) => 3,
+            CliError::Workflow(Error::NotFound(_)) => 4,
+            CliError::Conflict(_) | CliError::Workflow(Error::AlreadyFinished { .. }) => 5,
             CliError::Usage(_)
             | CliError::UnknownWorkflow { .. }
             | CliError::Workflow(Error::InvalidInput { .. })
@@ -642,7 +661,7 @@ pub async fn run(
                 }
                 Err(RerunError::Workflow(err)) => return Err(err.into()),
                 Err(err @ RerunError::NotEnded(..)) => {
-                    return Err(CliError::Usage(err.to_string()))
+                    return Err(CliError::Conflict(err.to_string()))
                 }
             };
             if json {

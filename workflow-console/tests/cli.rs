@@ -252,11 +252,13 @@ async fn reads_without_the_workflow_code() {
     );
     assert_eq!(tail["steps"].as_array().unwrap().len(), 1);
     assert_eq!(tail["steps_total"], 2);
+    // An id no instance has: exit code 4, for scripts to tell it from a
+    // store that failed (1).
     let out = cli(url, &["history", "no-such-id", "--tail", "5"]).await;
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, 4);
     assert!(out.stderr.contains("not found"), "{}", out.stderr);
     let out = cli(url, &["show", "no-such-id"]).await;
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, 4);
     assert!(out.stderr.contains("not found"), "{}", out.stderr);
 
     // Schedules of workflows the CLI has no code for, from the definitions.
@@ -531,7 +533,7 @@ async fn starts_and_steers_for_a_running_engine() {
     let resumed = json(&cli(url, &["resume", f.running.as_str(), "--json"]).await);
     assert_eq!(resumed["done"], "resume");
     let out = cli(url, &["cancel", slow.as_str()]).await;
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, 5, "the instance's state refuses it");
     assert!(
         out.stderr.contains("already ended cancelled"),
         "{}",
@@ -546,15 +548,16 @@ async fn starts_and_steers_for_a_running_engine() {
         f.engine.instance(&new).await.unwrap().tags["rerun_of"],
         f.failed.to_string()
     );
-    // An id no instance has is not bad input (exit 1, like `cancel`); an
-    // instance that has not ended is (exit 2).
+    // An id no instance has is not bad input (exit 4, like `cancel`); an
+    // instance that has not ended refuses it (exit 5, as a cancel of one
+    // that ended does).
     let out = cli(url, &["rerun", "no-such-id"]).await;
-    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.code, 4, "{}", out.stderr);
     assert!(out.stderr.contains("not found"), "{}", out.stderr);
     let running = f.engine.instance(&f.running).await.unwrap();
     assert!(!running.status.is_terminal(), "{}", running.status);
     let out = cli(url, &["rerun", f.running.as_str()]).await;
-    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(out.code, 5, "{}", out.stderr);
     assert!(
         out.stderr.contains("re-run is for instances that ended"),
         "{}",
