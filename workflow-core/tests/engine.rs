@@ -3842,3 +3842,65 @@ async fn a_step_after_the_lease_lapsed_does_not_run_though_the_heartbeat_starved
         "the step ran in the run that held the lease only"
     );
 }
+
+static LATE_CLAIM_CHARGES: AtomicU32 = AtomicU32::new(0);
+
+/// One step that counts its calls.
+struct ChargedOnce;
+
+impl Workflow for ChargedOnce {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "chargedOnce";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step("charge", || async {
+            LATE_CLAIM_CHARGES.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A claim whose answer comes after the lease it granted ended (a slow
+/// network, a store retrying) is not started: another worker took the
+/// instance over meanwhile and runs it, once.
+#[tokio::test]
+async fn a_claim_answered_after_its_lease_is_not_started() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = || async {
+        EngineBuilder::new()
+            .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+            .register(ChargedOnce)
+            .lease_duration(Duration::from_millis(300))
+            .poll_interval(Duration::from_millis(10))
+            .build()
+            .await
+            .unwrap()
+    };
+    let late = engine().await;
+    store.hold_claim_answers(true);
+    let inst = ChargedOnce::start(&late, ()).await.unwrap();
+    let late_worker = late.start_worker();
+    until_status(&inst, Status::InProgress).await;
+    // Its lease ends unheard of; another worker claims the instance (its
+    // answer held back too, until both come).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let other = engine().await;
+    let other_worker = other.start_worker();
+    for _ in 0..500 {
+        if inst.info().await.unwrap().runs >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(inst.info().await.unwrap().runs, 2, "taken over");
+    store.hold_claim_answers(false);
+    inst.result_timeout(Duration::from_secs(5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    late_worker.shutdown().await;
+    other_worker.shutdown().await;
+    assert_eq!(LATE_CLAIM_CHARGES.load(Ordering::SeqCst), 1, "charged once");
+}

@@ -1042,12 +1042,17 @@ impl Db {
                 ] {
                     sqlx::query(sql).bind(&ids).execute(&mut *tx).await?;
                 }
-                deleted += sqlx::query("DELETE FROM instances WHERE id = ANY($1)")
+                let gone = sqlx::query("DELETE FROM instances WHERE id = ANY($1)")
                     .bind(&ids)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                trees += 1;
+                deleted += gone;
+                // A tree another purge deleted meanwhile (its lock waited
+                // for that one's commit) takes no room in this batch.
+                if gone > 0 {
+                    trees += 1;
+                }
                 if trees >= limit {
                     break 'scan;
                 }
