@@ -474,6 +474,7 @@ impl Store for MemoryStore {
             out.push(Renewal {
                 lease: lease.clone(),
                 held,
+                until,
                 deadline_at,
                 pause_requested,
             });

@@ -382,8 +382,14 @@ pub struct Suspend {
 pub struct Renewal {
     /// The lease.
     pub lease: Lease,
-    /// Still current (extended); when false the worker must stop the handler.
+    /// Still current; when false the worker must stop the handler.
     pub held: bool,
+    /// When the lease ends now, by the clock of the `until` given to
+    /// [`Store::renew`]: that `until` when the store extended it, earlier
+    /// when it kept the end it had (a store may extend a lease only once a
+    /// third of it went, to save writes: PostgreSQL does). Meaningful
+    /// while `held`.
+    pub until: Millis,
     /// The instance's deadline now, which another process may have moved.
     pub deadline_at: Option<Millis>,
     /// A pause was asked for.
@@ -558,8 +564,10 @@ pub trait Store: Send + Sync + 'static {
     async fn release(&self, lease: &Lease, at: Millis) -> Result<(), StoreError>;
 
     /// Extends the still-current `leases` to `until`, reporting, for the
-    /// leases it reached, in order, whether each is still held and the
-    /// instance's deadline now. A store may leave a lease it could not
+    /// leases it reached, in order, whether each is still held, when it
+    /// ends ([`Renewal::until`]: a store may keep an end that is still
+    /// more than two thirds of the lease away) and the instance's deadline
+    /// now. A store may leave a lease it could not
     /// reach in time out of the answer (PostgreSQL: a row another transaction holds locked for over
     /// a second); that lease keeps its end, so callers match answers by
     /// lease, not by position.

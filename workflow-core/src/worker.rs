@@ -775,14 +775,21 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
             match tokio::time::timeout(left, caught(inner.store.renew(&leases, stored_until))).await
             {
                 Ok(Ok(renewals)) => {
+                    // A store may keep an end it had (still over two thirds
+                    // of a lease away) rather than extend it: that end, as
+                    // far short of `until` as it is of what was asked.
+                    let end = |renewal: &Renewal| {
+                        until.saturating_sub(stored_until.saturating_sub(renewal.until).max(0))
+                    };
                     let mut ends = lock(&w.lease_ends);
                     for renewal in &renewals {
                         if renewal.held {
-                            ends.insert(lease_key(&renewal.lease), until);
+                            ends.insert(lease_key(&renewal.lease), end(renewal));
                         }
                     }
                     drop(ends);
                     for renewal in renewals {
+                        let until = end(&renewal);
                         match runs.iter().position(|r| r.lease == renewal.lease) {
                             Some(at) => apply_renewal(&runs[at], &renewal, until, seen[at]),
                             None => renew_ready(&w, &renewal, until),

@@ -116,7 +116,8 @@ impl PgOptions {
 
     /// Most connections this process opens (default 10; from 1 to 10,000,
     /// to which a number outside is brought: the pool sets a slot aside
-    /// for each up front), plus one for LISTEN.
+    /// for each up front), plus one for LISTEN and one for lease renewals
+    /// (a busy pool must not keep heartbeats waiting until leases lapse).
     pub fn max_connections(mut self, connections: u32) -> Self {
         self.max_connections = connections.clamp(1, 10_000);
         self
@@ -432,6 +433,11 @@ impl PgStore {
             .await
             .map_err(cannot_connect)?
             .map_err(|why| Error::Config(format!("{server}: {why}")))?;
+        // Opened at the first renewal, with the pool's settings.
+        let leases = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect.clone());
         let channel = format!("workflow_{schema}");
         let (hint, listen) = if !options.listen && options.claim_wait.is_zero() {
             (watch::channel(0).1, None)
@@ -448,6 +454,7 @@ impl PgStore {
             db: Db {
                 wake: ops::notifier(pool.clone(), channel),
                 pool,
+                leases,
                 lock_prefix: schema.clone(),
             },
             schema,

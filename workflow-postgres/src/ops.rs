@@ -163,6 +163,11 @@ impl LeaseAsk {
 #[derive(Debug, Clone)]
 pub(crate) struct Db {
     pub pool: PgPool,
+    /// One connection of its own for lease renewals: a pool busy with
+    /// handlers' commits, claims and the application's own queries
+    /// (`PgStore::pool`) must not keep heartbeats waiting until every
+    /// lease lapses, stopping healthy handlers.
+    pub leases: PgPool,
     /// Prefix of dedup advisory-lock keys, so schemas do not contend.
     pub lock_prefix: String,
     /// Asks the [`notifier`] for a NOTIFY.
@@ -849,7 +854,7 @@ impl Db {
     }
 
     pub(crate) async fn renew(&self, leases: &[Lease], ask: LeaseAsk) -> Attempt<Vec<Renewal>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.leases.acquire().await?;
         // The rows are unrelated, of any depth: one UPDATE waiting for each
         // in turn would hold some while it waited for others, out of the
         // lock order (with a cancel holding two of them, each waited for
@@ -891,6 +896,7 @@ impl Db {
             out.push(Renewal {
                 lease: lease.clone(),
                 held: row.held,
+                until: ask.until.saturating_sub(row.short),
                 deadline_at: row.deadline_at,
                 pause_requested: row.held && row.pause_requested,
             });
@@ -1508,6 +1514,8 @@ struct RenewRow {
     /// The lease's place in the list, from 1.
     n: i64,
     held: bool,
+    /// How much earlier than asked the lease ends (an end kept).
+    short: Millis,
     deadline_at: Option<Millis>,
     pause_requested: bool,
     /// Skipped: another transaction held the row.
@@ -1531,9 +1539,18 @@ async fn renew_rows(
     let skip = if skip_locked { "SKIP LOCKED" } else { "" };
     let (clock, length) = ask.bind();
     let end = lease_end(&lease_clock(5), 1);
+    // Extended only once a third of the lease went: an end kept as it was
+    // leaves `run_at` (indexed) unchanged, so PostgreSQL updates the row
+    // in place (HOT) instead of adding an entry to each of its indexes at
+    // every heartbeat. The worker learns the end kept (`short` of the one
+    // asked) and judges the lease by it.
+    let kept = format!(
+        "CASE WHEN i.lease_expires_at > {end} - $1::int8 / 3 AND i.lease_expires_at <= {end} \
+         THEN i.lease_expires_at ELSE {end} END"
+    );
     // The deadline and pause request as the renewal left them where it
     // renewed (it may have waited for a change); otherwise as of the start.
-    let rows: Vec<(i64, bool, Option<Millis>, bool, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<(i64, bool, Millis, Option<Millis>, bool, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH asked AS ( \
              SELECT * FROM UNNEST($2::text[], $3::text[], $4::int8[]) WITH ORDINALITY AS l(id, owner, run, n) \
          ), locked AS ( \
@@ -1541,12 +1558,13 @@ async fn renew_rows(
              WHERE i.lease_owner = asked.owner AND i.runs = asked.run AND i.status = 'in_progress' \
              FOR UPDATE OF i {skip} \
          ), renewed AS ( \
-             UPDATE instances i SET lease_expires_at = {end}, run_at = {end} FROM asked \
+             UPDATE instances i SET lease_expires_at = {kept}, run_at = {kept} FROM asked \
              WHERE i.id = asked.id AND i.id IN (SELECT id FROM locked) \
                AND i.lease_owner = asked.owner AND i.runs = asked.run AND i.status = 'in_progress' \
-             RETURNING asked.n, i.deadline_at, i.pause_requested \
+             RETURNING asked.n, i.deadline_at, i.pause_requested, \
+                 GREATEST({end} - i.lease_expires_at, 0)::int8 AS short \
          ) \
-         SELECT asked.n, renewed.n IS NOT NULL, \
+         SELECT asked.n, renewed.n IS NOT NULL, COALESCE(renewed.short, 0), \
              CASE WHEN renewed.n IS NULL THEN i.deadline_at ELSE renewed.deadline_at END, \
              COALESCE(renewed.pause_requested, i.pause_requested, FALSE), \
              renewed.n IS NULL AND COALESCE(i.lease_owner = asked.owner AND i.runs = asked.run \
@@ -1564,13 +1582,16 @@ async fn renew_rows(
     .map_err(autocommit)?;
     Ok(rows
         .into_iter()
-        .map(|(n, held, deadline_at, pause_requested, busy)| RenewRow {
-            n,
-            held,
-            deadline_at,
-            pause_requested,
-            busy,
-        })
+        .map(
+            |(n, held, short, deadline_at, pause_requested, busy)| RenewRow {
+                n,
+                held,
+                short,
+                deadline_at,
+                pause_requested,
+                busy,
+            },
+        )
         .collect())
 }
 

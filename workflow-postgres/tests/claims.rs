@@ -170,3 +170,151 @@ async fn a_claim_too_late_for_its_lease_takes_nothing() {
     drop(s);
     common::drop_schemas(&url, &[schema]).await;
 }
+
+/// A heartbeat's renewal keeps a lease end that is still more than two
+/// thirds of the lease away, and says so (`Renewal::until`): the row's
+/// indexed `run_at` is left as it was, so PostgreSQL updates it in place
+/// (a HOT update) instead of adding an entry to every index of the table
+/// once a second for each running instance. Once a third of the lease
+/// went, the renewal extends it.
+#[tokio::test]
+async fn a_renewal_keeps_an_end_far_enough_away() {
+    let Some(url) = common::url("a_renewal_keeps_an_end_far_enough_away") else {
+        return;
+    };
+    let schema = common::fresh_schema("renewals");
+    let s = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
+        .await
+        .expect("connect");
+    s.create(common::pending("wf", now_millis() - 1_000), None)
+        .await
+        .unwrap();
+    let now = now_millis();
+    let claimed = s
+        .claim(ClaimRequest {
+            owner: "a".into(),
+            workflows: vec!["wf".into()],
+            now,
+            due_by: now,
+            lease_until: now + 30_000,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    let lease = claimed[0].lease.clone();
+    let run_at = || async {
+        sqlx::query_scalar::<_, i64>("SELECT run_at FROM instances")
+            .fetch_one(s.pool())
+            .await
+            .unwrap()
+    };
+    let hot_updates = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT n_tup_hot_upd FROM pg_stat_user_tables \
+             WHERE schemaname = current_schema() AND relname = 'instances'",
+        )
+        .fetch_one(s.pool())
+        .await
+        .unwrap()
+    };
+    let claimed_end = run_at().await;
+    let hot_before = hot_updates().await;
+
+    // A second later, 29 of its 30 s are left: kept.
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let asked = now_millis() + 30_000;
+    let renewed = s.renew(std::slice::from_ref(&lease), asked).await.unwrap();
+    assert!(renewed[0].held);
+    assert!(
+        renewed[0].until < asked - 500 && renewed[0].until > asked - 10_000,
+        "the end kept, about a second short of {asked}: {}",
+        renewed[0].until
+    );
+    assert_eq!(run_at().await, claimed_end, "run_at unchanged");
+    // Counted by the server once the renewing connection's statistics
+    // reach it: a backend reports them when it goes idle, at most once a
+    // second (else ten seconds later), so a second renewal a second on
+    // (kept too) sends the first's.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let again = s
+        .renew(std::slice::from_ref(&lease), now_millis() + 30_000)
+        .await
+        .unwrap();
+    assert!(
+        again[0].held && again[0].until < now_millis() + 29_000,
+        "kept again"
+    );
+    let mut hot = hot_updates().await;
+    for _ in 0..120 {
+        if hot > hot_before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        hot = hot_updates().await;
+    }
+    assert!(hot > hot_before, "updated in place: {hot_before} -> {hot}");
+
+    // Asked for an end so far off that a third of that lease has gone:
+    // extended.
+    let far = now_millis() + 120_000;
+    let renewed = s.renew(std::slice::from_ref(&lease), far).await.unwrap();
+    assert!(renewed[0].held);
+    assert_eq!(renewed[0].until, far);
+    assert!(run_at().await > claimed_end + 60_000, "extended");
+    drop(s);
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// Lease renewals have a connection of their own: with every connection
+/// of the pool taken (handlers' commits, the application's own queries),
+/// a heartbeat still renews at once, instead of waiting until the leases
+/// lapse and healthy handlers are stopped.
+#[tokio::test]
+async fn a_renewal_does_not_wait_for_a_busy_pool() {
+    let Some(url) = common::url("a_renewal_does_not_wait_for_a_busy_pool") else {
+        return;
+    };
+    let schema = common::fresh_schema("renew_busy");
+    let s = PgStore::connect_with(
+        &url,
+        PgOptions::new()
+            .schema(&schema)
+            .listen(false)
+            .max_connections(2)
+            // Through the pool, the renewal would give up within a second.
+            .acquire_timeout(std::time::Duration::from_millis(300))
+            .retry_for(std::time::Duration::from_secs(1)),
+    )
+    .await
+    .expect("connect");
+    s.create(common::pending("wf", now_millis() - 1_000), None)
+        .await
+        .unwrap();
+    let now = now_millis();
+    let claimed = s
+        .claim(ClaimRequest {
+            owner: "a".into(),
+            workflows: vec!["wf".into()],
+            now,
+            due_by: now,
+            lease_until: now + 30_000,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    let held = [
+        s.pool().acquire().await.unwrap(),
+        s.pool().acquire().await.unwrap(),
+    ];
+    let renewed = s
+        .renew(
+            std::slice::from_ref(&claimed[0].lease),
+            now_millis() + 30_000,
+        )
+        .await;
+    drop(held);
+    let renewed = renewed.expect("renewed beside a busy pool");
+    assert!(renewed[0].held);
+    drop(s);
+    common::drop_schemas(&url, &[schema]).await;
+}

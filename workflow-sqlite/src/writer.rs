@@ -1314,6 +1314,7 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 out.push(Renewal {
                     lease: lease.clone(),
                     held,
+                    until: *until,
                     deadline_at,
                     pause_requested,
                 });
