@@ -143,6 +143,31 @@ impl fmt::Debug for FinalState {
     }
 }
 
+/// A run's [`LeaseEnd`](crate::worker::LeaseEnd), read by its steps while
+/// the worker raises it; each clock's end only grows.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseEndCell {
+    mono: std::sync::atomic::AtomicI64,
+    wall: std::sync::atomic::AtomicI64,
+}
+
+impl LeaseEndCell {
+    pub(crate) fn raise(&self, end: crate::worker::LeaseEnd) {
+        self.mono.fetch_max(end.mono, Ordering::AcqRel);
+        self.wall.fetch_max(end.wall, Ordering::AcqRel);
+    }
+
+    /// Whether the lease ended, by either clock (0, before the run starts:
+    /// ended).
+    pub(crate) fn passed(&self) -> bool {
+        crate::worker::LeaseEnd {
+            mono: self.mono.load(Ordering::Acquire),
+            wall: self.wall.load(Ordering::Acquire),
+        }
+        .passed()
+    }
+}
+
 /// What the engine and the handler share about one run of one instance.
 pub(crate) struct RunShared {
     pub id: InstanceId,
@@ -152,14 +177,13 @@ pub(crate) struct RunShared {
     pub tags: BTreeMap<String, String>,
     pub store: Arc<dyn Store>,
     pub lease: Lease,
-    /// When the lease ends, by [`lease_now`](crate::worker::lease_now), as
-    /// the worker knows it (0 until the run starts; only grows, with each
-    /// renewal).
+    /// When the lease ends, as the worker knows it (ended until the run
+    /// starts; only grows, with each renewal).
     /// A step looks at it itself, rather than trusting the heartbeat to
     /// have stopped the run in time: a heartbeat starved of threads (a
     /// handler blocking them) would let a step start its side effect after
     /// another worker took the instance over.
-    pub lease_end: std::sync::atomic::AtomicI64,
+    pub lease_end: LeaseEndCell,
     pub default_step: StepOptions,
     /// Fired to stop the handler at its next await point.
     pub stop: CancellationToken,
@@ -423,7 +447,7 @@ impl RunShared {
             tags: row.tags.clone(),
             store: Arc::clone(engine.store()),
             lease,
-            lease_end: std::sync::atomic::AtomicI64::new(0),
+            lease_end: LeaseEndCell::default(),
             default_step,
             pause: AtomicBool::new(row.pause_requested),
             pause_changes: LocalChanges::default(),
@@ -741,7 +765,7 @@ impl RunShared {
     /// lets it: steps, children and waits beside the waits that suspend
     /// run until every branch waits (see [`Ctx::suspend`]).
     pub(crate) fn check(&self) -> Result<()> {
-        if crate::worker::lease_now() >= self.lease_end.load(Ordering::Acquire) {
+        if self.lease_end.passed() {
             // The heartbeat would stop it too, at its next look.
             self.interrupt(Interrupt::LeaseLost, Settlement::Plain);
         }

@@ -386,8 +386,9 @@ pub struct Renewal {
     pub held: bool,
     /// When the lease ends now, by the clock of the `until` given to
     /// [`Store::renew`]: that `until` when the store extended it, earlier
-    /// when it kept the end it had (a store may extend a lease only once a
-    /// third of it went, to save writes: PostgreSQL does). Meaningful
+    /// when it kept the end it had (a store may extend a lease only once
+    /// part of it went, to save writes: PostgreSQL does, after a sixth).
+    /// Meaningful
     /// while `held`.
     pub until: Millis,
     /// The instance's deadline now, which another process may have moved.
@@ -566,7 +567,7 @@ pub trait Store: Send + Sync + 'static {
     /// Extends the still-current `leases` to `until`, reporting, for the
     /// leases it reached, in order, whether each is still held, when it
     /// ends ([`Renewal::until`]: a store may keep an end that is still
-    /// more than two thirds of the lease away) and the instance's deadline
+    /// most of the lease away) and the instance's deadline
     /// now. A store may leave a lease it could not
     /// reach in time out of the answer (PostgreSQL: a row another transaction holds locked for over
     /// a second); that lease keeps its end, so callers match answers by

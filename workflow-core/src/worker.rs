@@ -72,12 +72,12 @@ struct WorkerShared {
     /// Instances claimed ahead of a free slot, oldest due first. The
     /// heartbeat renews their leases like those of running instances.
     ready: Arc<ClaimedAhead>,
-    /// When each lease of `running` and `ready` ends at the earliest, by
-    /// [`lease_now`]: the claim's asking plus the lease, then each
+    /// When each lease of `running` and `ready` ends at the earliest (see
+    /// [`LeaseEnd`]): the claim's asking plus the lease, then each
     /// renewal's. Taken before `ready`
     /// and `running` wherever it is held with them, so that a claim is in
     /// both or neither when the heartbeat looks.
-    lease_ends: Mutex<HashMap<(InstanceId, i64), Millis>>,
+    lease_ends: Mutex<HashMap<(InstanceId, i64), LeaseEnd>>,
     /// Hand-backs under way (see `hand_back_waiting`): a worker that stops
     /// waits for them, so that the instances are free for other workers at
     /// once rather than when their leases end.
@@ -352,7 +352,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
             let wanted = (slots.available_permits() + ahead).saturating_sub(ready);
             if draining && wanted > 0 && claims.is_empty() && !workflows.is_empty() {
                 let now = now_millis();
-                let asked = lease_now();
+                let asked = (lease_now(), now);
                 let due_by = inner.now();
                 let req = ClaimRequest {
                     owner: w.id.clone(),
@@ -384,7 +384,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                             Ok(claimed) => {
                                 store_backoff = Duration::from_millis(50);
                                 draining = claimed.len() == wanted;
-                                let until = crate::store::millis_after(at, config.lease);
+                                let until = LeaseEnd::after(at, config.lease);
                                 // `lease_ends` first, then the queue (the
                                 // heartbeat's order), and the cancels read
                                 // under the queue's lock (see `CancelLog`).
@@ -416,7 +416,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                 // them starts here. Handed back (a release
                                 // of this run's lease only), so they are
                                 // not counted as runs cut short.
-                                if until <= lease_now() {
+                                if until.passed() {
                                     tracing::warn!(
                                         claimed = claimed.len(),
                                         "a claim answered after its leases ended; handing them back"
@@ -731,7 +731,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     loop {
         tokio::time::sleep(until_next_look(&w, every)).await;
         ticks += 1;
-        let now = lease_now();
+        let now = (lease_now(), now_millis());
         let (runs, leases, earliest) = {
             let mut ends = lock(&w.lease_ends);
             // The queue before the running: an instance started between
@@ -744,42 +744,42 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                 .chain(ready.iter().map(lease_key))
                 .collect();
             ends.retain(|key, _| held.contains(key));
-            let end_of = |lease: &Lease| ends.get(&lease_key(lease)).copied().unwrap_or(now);
+            // Unknown: ended (never renewed here).
+            let left = |lease: &Lease| {
+                ends.get(&lease_key(lease))
+                    .map_or(Duration::ZERO, |end| end.left_at(now))
+            };
             // A lease that ended already is not renewed: another worker
             // may hold the instance now. Its handler stops below.
             let runs: Vec<Arc<RunShared>> = runs
                 .into_iter()
-                .filter(|r| end_of(&r.lease) > now)
+                .filter(|r| !left(&r.lease).is_zero())
                 .collect();
             let mut leases: Vec<Lease> = runs.iter().map(|r| r.lease.clone()).collect();
-            leases.extend(ready.into_iter().filter(|l| end_of(l) > now));
-            let earliest = leases.iter().map(end_of).min();
+            leases.extend(ready.into_iter().filter(|l| !left(l).is_zero()));
+            let earliest = leases.iter().map(left).min();
             (runs, leases, earliest)
         };
-        stop_lapsed(&w, now);
+        stop_lapsed(&w);
         // Taken before the store is read: see `RunShared::pause_as_stored`
         // and `RunShared::deadline_as_stored`.
         let seen: Vec<(u64, u64)> = runs
             .iter()
             .map(|r| (r.pause_seen(), r.deadline_seen()))
             .collect();
-        if let Some(earliest) = earliest {
-            // The store dates the lease by the wall clock; this worker
-            // judges it by its monotonic one, from before the store call.
-            let stored_until = crate::store::millis_after(now_millis(), inner.config.lease);
-            let until = crate::store::millis_after(now, inner.config.lease);
+        if let Some(left) = earliest {
+            // Both clocks read before the store call.
+            let until = LeaseEnd::after(now, inner.config.lease);
             // Bounded by the leases held: a renewal still hanging when the
             // first of them ends (a store retrying, a connection gone
             // quiet) cannot keep its handler running past it.
-            let left = Duration::from_millis(u64::try_from(earliest - now).unwrap_or(0));
-            match tokio::time::timeout(left, caught(inner.store.renew(&leases, stored_until))).await
-            {
+            match tokio::time::timeout(left, caught(inner.store.renew(&leases, until.wall))).await {
                 Ok(Ok(renewals)) => {
-                    // A store may keep an end it had (still over two thirds
+                    // A store may keep an end it had (still most
                     // of a lease away) rather than extend it: that end, as
                     // far short of `until` as it is of what was asked.
                     let end = |renewal: &Renewal| {
-                        until.saturating_sub(stored_until.saturating_sub(renewal.until).max(0))
+                        until.short_by(until.wall.saturating_sub(renewal.until).max(0))
                     };
                     let mut ends = lock(&w.lease_ends);
                     for renewal in &renewals {
@@ -798,11 +798,11 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                 }
                 Ok(Err(err)) => {
                     tracing::error!(error = %err, "renewing leases failed");
-                    stop_lapsed(&w, lease_now());
+                    stop_lapsed(&w);
                 }
                 Err(_) => {
                     tracing::error!("renewing leases took until the first of them lapsed");
-                    stop_lapsed(&w, lease_now());
+                    stop_lapsed(&w);
                 }
             }
         }
@@ -880,11 +880,51 @@ async fn hand_back(engine: &Engine, claimed: impl IntoIterator<Item = Claimed>) 
     }
 }
 
-/// Now, by the clock a worker judges its leases with: milliseconds of the
-/// monotonic clock since this process first asked. Not the wall clock,
-/// which NTP may step back while the store cannot be reached, and a
-/// handler would then run on past the end its store dated for the lease,
-/// beside the worker that took its instance over.
+/// When a lease held here ends, by two clocks; it has ended once either
+/// says so. The monotonic one ([`lease_now`]) because NTP may step the
+/// wall clock back while the store cannot be reached, and a handler would
+/// run on past the end the store dated; the wall clock because the
+/// monotonic one stops while the machine is suspended, and a handler
+/// would run on after a resume though the store's clock went on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LeaseEnd {
+    pub mono: Millis,
+    pub wall: Millis,
+}
+
+impl LeaseEnd {
+    /// A lease of `length` asked at `(lease_now(), now_millis())`.
+    fn after((mono, wall): (Millis, Millis), length: Duration) -> Self {
+        LeaseEnd {
+            mono: crate::store::millis_after(mono, length),
+            wall: crate::store::millis_after(wall, length),
+        }
+    }
+
+    /// The same end, `short` milliseconds earlier.
+    fn short_by(self, short: Millis) -> Self {
+        LeaseEnd {
+            mono: self.mono.saturating_sub(short),
+            wall: self.wall.saturating_sub(short),
+        }
+    }
+
+    /// How long it has left at `(lease_now(), now_millis())`: zero once it
+    /// passed by either clock.
+    fn left_at(&self, (mono, wall): (Millis, Millis)) -> Duration {
+        let left = (self.mono - mono).min(self.wall - wall);
+        Duration::from_millis(u64::try_from(left).unwrap_or(0))
+    }
+
+    /// Whether it passed, by either clock.
+    pub(crate) fn passed(&self) -> bool {
+        self.left_at((lease_now(), now_millis())).is_zero()
+    }
+}
+
+/// Now, by the monotonic clock a worker judges its leases with (besides
+/// the wall clock, see [`LeaseEnd`]): milliseconds since this process
+/// first asked.
 pub(crate) fn lease_now() -> Millis {
     static EPOCH: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
     // From 1: a lease end of 0 is "not known yet", and has always ended.
@@ -899,16 +939,13 @@ pub(crate) fn lease_now() -> Millis {
 /// lease is no multiple of it, beside the worker that took the instance
 /// over; so the heartbeat wakes at that end, and stops its handler there.
 fn until_next_look(w: &WorkerShared, every: Duration) -> Duration {
-    let now = lease_now();
+    let now = (lease_now(), now_millis());
     let next_end = lock(&w.lease_ends)
         .values()
-        .copied()
-        .filter(|end| *end > now)
+        .map(|end| end.left_at(now))
+        .filter(|left| !left.is_zero())
         .min();
-    match next_end {
-        Some(end) => every.min(Duration::from_millis(u64::try_from(end - now).unwrap_or(0))),
-        None => every,
-    }
+    next_end.map_or(every, |left| every.min(left))
 }
 
 /// Leases that ended by `now` without a renewal (the store could not be
@@ -917,9 +954,9 @@ fn until_next_look(w: &WorkerShared, every: Duration) -> Duration {
 /// handlers (their next commit would be refused anyway) and drops those
 /// claimed ahead; the store hands them out again once reachable. Leases
 /// claimed or renewed since keep running.
-fn stop_lapsed(w: &WorkerShared, now: Millis) {
+fn stop_lapsed(w: &WorkerShared) {
     let ends = lock(&w.lease_ends);
-    let lapsed = |lease: &Lease| ends.get(&lease_key(lease)).is_none_or(|end| *end <= now);
+    let lapsed = |lease: &Lease| ends.get(&lease_key(lease)).is_none_or(LeaseEnd::passed);
     let dropped = {
         let mut ready = lock(&w.ready);
         let before = ready.len();
@@ -950,11 +987,11 @@ fn stop_lapsed(w: &WorkerShared, now: Millis) {
 fn apply_renewal(
     run: &RunShared,
     renewal: &Renewal,
-    until: Millis,
+    until: LeaseEnd,
     (pause_seen, deadline_seen): (u64, u64),
 ) {
     if renewal.held {
-        run.lease_end.fetch_max(until, Ordering::AcqRel);
+        run.lease_end.raise(until);
         run.pause_as_stored(renewal.pause_requested, pause_seen);
         run.deadline_as_stored(renewal.deadline_at, deadline_seen);
     } else {
@@ -971,7 +1008,7 @@ fn apply_renewal(
 /// reaches it from its first heartbeat, as it reaches any running
 /// instance. (A pause read before a resume made here since would pause it
 /// once more: the one change a renewal cannot tell apart.)
-fn renew_ready(w: &WorkerShared, renewal: &Renewal, until: Millis) {
+fn renew_ready(w: &WorkerShared, renewal: &Renewal, until: LeaseEnd) {
     let mut ready = lock(&w.ready);
     let Some(at) = ready.iter().position(|c| c.lease == renewal.lease) else {
         drop(ready);
@@ -982,7 +1019,7 @@ fn renew_ready(w: &WorkerShared, renewal: &Renewal, until: Millis) {
         if renewal.held {
             if let Some(run) = lock(&w.running).get(&renewal.lease.instance) {
                 if run.lease == renewal.lease {
-                    run.lease_end.fetch_max(until, Ordering::AcqRel);
+                    run.lease_end.raise(until);
                 }
             }
         }
@@ -1164,7 +1201,7 @@ async fn run_claimed(w: Arc<WorkerShared>, started: Started, slot: OwnedSemaphor
     // which the lease ends' lock must not follow); a renewal meanwhile
     // raised it already, hence the max.
     if let Some(end) = lock(&w.lease_ends).get(&lease_key(&lease)) {
-        run.lease_end.fetch_max(*end, Ordering::AcqRel);
+        run.lease_end.raise(*end);
     }
     // Its own worker too: the task is spawned outside the worker's span.
     let span = tracing::error_span!(

@@ -116,7 +116,7 @@ impl PgOptions {
 
     /// Most connections this process opens (default 10; from 1 to 10,000,
     /// to which a number outside is brought: the pool sets a slot aside
-    /// for each up front), plus one for LISTEN and one for lease renewals
+    /// for each up front), plus one for LISTEN and two for lease renewals
     /// (a busy pool must not keep heartbeats waiting until leases lapse).
     pub fn max_connections(mut self, connections: u32) -> Self {
         self.max_connections = connections.clamp(1, 10_000);
@@ -412,20 +412,8 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
-            // sqlx pings every connection it hands out, a second round trip
-            // for each operation. Only one idle long enough to have lost its
-            // server is pinged; one lost under load fails its operation,
-            // which is retried on a fresh connection when that is safe and
-            // otherwise hands its run back, as any lost connection does.
             .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IF_IDLE_FOR {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
+            .before_acquire(ping_if_idle)
             .connect_with(connect.clone())
             .await
             .map_err(cannot_connect)?;
@@ -433,10 +421,14 @@ impl PgStore {
             .await
             .map_err(cannot_connect)?
             .map_err(|why| Error::Config(format!("{server}: {why}")))?;
-        // Opened at the first renewal, with the pool's settings.
+        // Opened at the first renewal, with the pool's settings. Two: a
+        // renewal waiting out a row's lock, or one whose connection is
+        // being closed, leaves the other for the next heartbeat.
         let leases = PgPoolOptions::new()
-            .max_connections(1)
+            .max_connections(2)
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(ping_if_idle)
             .connect_lazy_with(connect.clone());
         let channel = format!("workflow_{schema}");
         let (hint, listen) = if !options.listen && options.claim_wait.is_zero() {
@@ -483,8 +475,26 @@ impl PgStore {
         if let Some(listen) = &self.listen {
             listen.close().await;
         }
+        self.db.leases.close().await;
         self.db.pool.close().await;
     }
+}
+
+/// sqlx pings every connection it hands out, a second round trip for each
+/// operation. Only one idle long enough to have lost its server is pinged;
+/// one lost under load fails its operation, which is retried on a fresh
+/// connection when that is safe and otherwise hands its run back, as any
+/// lost connection does.
+fn ping_if_idle(
+    conn: &mut sqlx::PgConnection,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, sqlx::Error>> + Send + '_>> {
+    Box::pin(async move {
+        if meta.idle_for >= PING_IF_IDLE_FOR {
+            sqlx::Connection::ping(conn).await?;
+        }
+        Ok(true)
+    })
 }
 
 /// The smallest UUIDv7 text minted at `ms`.

@@ -159,6 +159,21 @@ impl LeaseAsk {
     }
 }
 
+/// A renewal's connection, closed rather than handed back unless the
+/// renewal finished: one dropped mid-query (the heartbeat gave up on a
+/// connection gone quiet) would be pinged on its way back to the pool,
+/// which waits for the hung query, taking the pool's slot with it until TCP
+/// gives up (minutes), and every lease would lapse meanwhile.
+struct ClosedUnlessDone(sqlx::pool::PoolConnection<sqlx::Postgres>, bool);
+
+impl Drop for ClosedUnlessDone {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.close_on_drop();
+        }
+    }
+}
+
 /// The database side of a `PgStore`.
 #[derive(Debug, Clone)]
 pub(crate) struct Db {
@@ -854,14 +869,25 @@ impl Db {
     }
 
     pub(crate) async fn renew(&self, leases: &[Lease], ask: LeaseAsk) -> Attempt<Vec<Renewal>> {
-        let mut conn = self.leases.acquire().await?;
+        let mut conn = ClosedUnlessDone(self.leases.acquire().await?, false);
+        let out = self.renew_on(&mut conn.0, leases, ask).await;
+        conn.1 = out.is_ok();
+        out
+    }
+
+    async fn renew_on(
+        &self,
+        conn: &mut PgConnection,
+        leases: &[Lease],
+        ask: LeaseAsk,
+    ) -> Attempt<Vec<Renewal>> {
         // The rows are unrelated, of any depth: one UPDATE waiting for each
         // in turn would hold some while it waited for others, out of the
         // lock order (with a cancel holding two of them, each waited for
         // the other). So the rows nobody holds are renewed at once, and each
         // one another transaction holds (a step being recorded, a cancel)
         // is renewed alone after, holding nothing else while it waits.
-        let rows = renew_rows(&mut conn, leases, ask, true).await?;
+        let rows = renew_rows(conn, leases, ask, true).await?;
         let mut out = Vec::with_capacity(leases.len());
         for row in rows {
             let Some(lease) = usize::try_from(row.n - 1).ok().and_then(|i| leases.get(i)) else {
@@ -1539,13 +1565,15 @@ async fn renew_rows(
     let skip = if skip_locked { "SKIP LOCKED" } else { "" };
     let (clock, length) = ask.bind();
     let end = lease_end(&lease_clock(5), 1);
-    // Extended only once a third of the lease went: an end kept as it was
+    // Extended only once a sixth of the lease went (so the end stays at
+    // least five sixths of a lease away, 25 s of the default 30, for an
+    // outage to be ridden out): an end kept as it was
     // leaves `run_at` (indexed) unchanged, so PostgreSQL updates the row
     // in place (HOT) instead of adding an entry to each of its indexes at
     // every heartbeat. The worker learns the end kept (`short` of the one
     // asked) and judges the lease by it.
     let kept = format!(
-        "CASE WHEN i.lease_expires_at > {end} - $1::int8 / 3 AND i.lease_expires_at <= {end} \
+        "CASE WHEN i.lease_expires_at > {end} - $1::int8 / 6 AND i.lease_expires_at <= {end} \
          THEN i.lease_expires_at ELSE {end} END"
     );
     // The deadline and pause request as the renewal left them where it

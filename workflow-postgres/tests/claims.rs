@@ -171,11 +171,11 @@ async fn a_claim_too_late_for_its_lease_takes_nothing() {
     common::drop_schemas(&url, &[schema]).await;
 }
 
-/// A heartbeat's renewal keeps a lease end that is still more than two
-/// thirds of the lease away, and says so (`Renewal::until`): the row's
+/// A heartbeat's renewal keeps a lease end that is still more than five
+/// sixths of the lease away, and says so (`Renewal::until`): the row's
 /// indexed `run_at` is left as it was, so PostgreSQL updates it in place
 /// (a HOT update) instead of adding an entry to every index of the table
-/// once a second for each running instance. Once a third of the lease
+/// once a second for each running instance. Once a sixth of the lease
 /// went, the renewal extends it.
 #[tokio::test]
 async fn a_renewal_keeps_an_end_far_enough_away() {
@@ -254,7 +254,7 @@ async fn a_renewal_keeps_an_end_far_enough_away() {
     }
     assert!(hot > hot_before, "updated in place: {hot_before} -> {hot}");
 
-    // Asked for an end so far off that a third of that lease has gone:
+    // Asked for an end so far off that a sixth of that lease has gone:
     // extended.
     let far = now_millis() + 120_000;
     let renewed = s.renew(std::slice::from_ref(&lease), far).await.unwrap();
