@@ -379,8 +379,10 @@ impl EngineBuilder {
     }
 
     /// How long a worker's claim on an instance lasts without a heartbeat
-    /// (default 30 s). Another worker takes over an instance whose lease ran
-    /// out; on one machine, instances of a dead process are taken over at once.
+    /// (default 30 s; on PostgreSQL, whose heartbeats extend a lease only
+    /// once a sixth of it went, at least five sixths of it after the last
+    /// one). Another worker takes over an instance whose lease ran out; on
+    /// one machine, instances of a dead process are taken over at once.
     /// At least 100 ms: a shorter lease is raised to it.
     pub fn lease_duration(mut self, lease: Duration) -> Self {
         self.config.lease = lease.max(Duration::from_millis(100));
