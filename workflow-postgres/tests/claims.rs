@@ -111,6 +111,20 @@ async fn a_claim_takes_other_workflows_when_the_earliest_are_locked() {
     common::drop_schemas(&url, &[schema]).await;
 }
 
+/// Worker `a`'s claim of one instance of `wf`, for a lease of `lease_ms`
+/// from now.
+fn one_claim(lease_ms: Millis) -> ClaimRequest {
+    let now = now_millis();
+    ClaimRequest {
+        owner: "a".into(),
+        workflows: vec!["wf".into()],
+        now,
+        due_by: now,
+        lease_until: now + lease_ms,
+        limit: 1,
+    }
+}
+
 /// A claim that got its connection only after more than half its lease
 /// went (a pool exhausted, retries through an outage) takes nothing: the
 /// lease it would grant is about to end, and another worker could take the
@@ -133,17 +147,7 @@ async fn a_claim_too_late_for_its_lease_takes_nothing() {
     s.create(common::pending("wf", now_millis() - 1_000), None)
         .await
         .unwrap();
-    let claim = || {
-        let now = now_millis();
-        ClaimRequest {
-            owner: "a".into(),
-            workflows: vec!["wf".into()],
-            now,
-            due_by: now,
-            lease_until: now + 1_000,
-            limit: 1,
-        }
-    };
+    let claim = || one_claim(1_000);
     // The pool's only connection is busy for 700 ms of the 1 s lease.
     let held = s.pool().acquire().await.unwrap();
     let release = tokio::spawn(async move {
@@ -189,18 +193,7 @@ async fn a_renewal_keeps_an_end_far_enough_away() {
     s.create(common::pending("wf", now_millis() - 1_000), None)
         .await
         .unwrap();
-    let now = now_millis();
-    let claimed = s
-        .claim(ClaimRequest {
-            owner: "a".into(),
-            workflows: vec!["wf".into()],
-            now,
-            due_by: now,
-            lease_until: now + 30_000,
-            limit: 1,
-        })
-        .await
-        .unwrap();
+    let claimed = s.claim(one_claim(30_000)).await.unwrap();
     let lease = claimed[0].lease.clone();
     let run_at = || async {
         sqlx::query_scalar::<_, i64>("SELECT run_at FROM instances")
@@ -290,18 +283,7 @@ async fn a_renewal_does_not_wait_for_a_busy_pool() {
     s.create(common::pending("wf", now_millis() - 1_000), None)
         .await
         .unwrap();
-    let now = now_millis();
-    let claimed = s
-        .claim(ClaimRequest {
-            owner: "a".into(),
-            workflows: vec!["wf".into()],
-            now,
-            due_by: now,
-            lease_until: now + 30_000,
-            limit: 1,
-        })
-        .await
-        .unwrap();
+    let claimed = s.claim(one_claim(30_000)).await.unwrap();
     let held = [
         s.pool().acquire().await.unwrap(),
         s.pool().acquire().await.unwrap(),
