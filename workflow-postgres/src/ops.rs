@@ -594,6 +594,48 @@ impl Db {
                 }
             }
         }
+        // A first run has no steps to replay; skip the lookup.
+        let replay: Vec<&str> = claimed
+            .iter()
+            .filter(|(_, c)| c.row.runs > 1)
+            .map(|(_, c)| c.row.id.as_str())
+            .collect();
+        if !replay.is_empty() {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT instance_id, {STEP_COLUMNS} FROM steps WHERE instance_id = ANY($1) ORDER BY seq"
+            )))
+            .bind(&replay)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut steps: HashMap<String, Vec<StepRow>> = HashMap::new();
+            let mut unreadable: HashMap<String, String> = HashMap::new();
+            for row in &rows {
+                let id: String = row.try_get("instance_id")?;
+                if unreadable.contains_key(&id) {
+                    continue;
+                }
+                match step_row(&id, row) {
+                    Ok(step) => steps.entry(id).or_default().push(step),
+                    // Fails the instance, as SQLite does: replayed without
+                    // that step, its body would run a second time.
+                    Err(err) => {
+                        unreadable.insert(id, err.to_string());
+                    }
+                }
+            }
+            claimed.retain_mut(|(_, c)| {
+                if let Some(error) = unreadable.remove(c.row.id.as_str()) {
+                    tracing::error!(id = %c.row.id, %error, "failing an instance whose step row is corrupt");
+                    let parent = c.row.parent.as_ref().map(|p| p.as_str().to_owned());
+                    failed.push((c.row.id.as_str().to_owned(), error, parent));
+                    return false;
+                }
+                if let Some(steps) = steps.remove(c.row.id.as_str()) {
+                    c.steps = steps;
+                }
+                true
+            });
+        }
         for (id, error, parent) in &failed {
             sqlx::query(
                 "UPDATE instances SET status = 'failed', error = $2, finished_at = $3, updated_at = $3, \
@@ -623,7 +665,7 @@ impl Db {
             // Oldest due first, and history in that order.
             claimed.sort_by(|(a_due, a), (b_due, b)| (a_due, &a.row.id).cmp(&(b_due, &b.row.id)));
         }
-        let mut claimed: Vec<Claimed> = claimed.into_iter().map(|(_, c)| c).collect();
+        let claimed: Vec<Claimed> = claimed.into_iter().map(|(_, c)| c).collect();
         if !claimed.is_empty() {
             let ids: Vec<&str> = claimed.iter().map(|c| c.row.id.as_str()).collect();
             sqlx::query(
@@ -634,37 +676,6 @@ impl Db {
             .bind(req.due_by)
             .execute(&mut *tx)
             .await?;
-            // A first run has no steps to replay; skip the lookup.
-            let replay: Vec<&str> = claimed
-                .iter()
-                .filter(|c| c.row.runs > 1)
-                .map(|c| c.row.id.as_str())
-                .collect();
-            if !replay.is_empty() {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT instance_id, {STEP_COLUMNS} FROM steps WHERE instance_id = ANY($1) ORDER BY seq"
-                )))
-                .bind(&replay)
-                .fetch_all(&mut *tx)
-                .await?;
-                let mut steps: HashMap<String, Vec<StepRow>> = HashMap::new();
-                for row in &rows {
-                    let id: String = row.try_get("instance_id")?;
-                    // A step row that does not decode is skipped: the step
-                    // runs again, which the at-least-once contract allows.
-                    match step_row(&id, row) {
-                        Ok(step) => steps.entry(id).or_default().push(step),
-                        Err(err) => {
-                            tracing::error!(%id, error = %err, "skipping a corrupt step row")
-                        }
-                    }
-                }
-                for c in &mut claimed {
-                    if let Some(steps) = steps.remove(c.row.id.as_str()) {
-                        c.steps = steps;
-                    }
-                }
-            }
         }
         commit(tx).await?;
         // A parent woken above for a failed child runs on any worker:

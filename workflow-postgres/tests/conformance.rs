@@ -578,6 +578,58 @@ async fn a_corrupt_row_fails_only_its_instance() {
     common::drop_schemas(&url, &[schema]).await;
 }
 
+/// A step row that does not decode fails its instance at the next claim,
+/// as on SQLite: replayed without it, the step's body would run again.
+#[tokio::test]
+async fn a_corrupt_step_row_fails_its_instance() {
+    let Some(url) = common::url("a_corrupt_step_row_fails_its_instance") else {
+        return;
+    };
+    let schema = common::fresh_schema("corrupt_step");
+    let s = store(&url, &schema).await;
+    let bad = new_instance("wf", 1);
+    let bad_id = bad.id.clone();
+    s.create(bad, None).await.unwrap();
+    let first = s
+        .claim(claim_req("w", T0 + 10, 10))
+        .await
+        .unwrap()
+        .remove(0);
+    let step = StepRow {
+        key: "charge".into(),
+        output: Some("1".into()),
+        error: None,
+        state: None,
+        attempts: 1,
+        started_at: T0 + 11,
+        finished_at: T0 + 12,
+    };
+    s.commit_step(&first.lease, step).await.unwrap();
+    s.release(&first.lease, T0 + 13).await.unwrap();
+    // The typed column cannot hold a bad value; one of another type can.
+    sqlx::query("ALTER TABLE steps ALTER COLUMN attempts TYPE TEXT")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    // A first run reads no steps, so this one is not hurt.
+    let good = new_instance("wf", 2);
+    let good_id = good.id.clone();
+    s.create(good, None).await.unwrap();
+    let claimed = s.claim(claim_req("w", T0 + 20, 10)).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| &c.row.id).collect();
+    assert_eq!(ids, [&good_id], "the corrupt instance is not run again");
+    let (status, error): (String, Option<String>) =
+        sqlx::query_as("SELECT status, error FROM instances WHERE id = $1")
+            .bind(bad_id.as_str())
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+    assert_eq!(status, "failed");
+    let error = error.unwrap_or_default();
+    assert!(error.contains("step"), "names the step row: {error}");
+    common::drop_schemas(&url, &[schema]).await;
+}
+
 /// A child failed for its corrupt row wakes a parent waiting for it.
 #[tokio::test]
 async fn a_child_failed_as_corrupt_wakes_its_parent() {
