@@ -71,8 +71,15 @@ struct StateCell<S> {
     /// first forever.
     holder: AtomicU64,
     /// Set by `state_mut`, cleared when a step persists the state: steps that
-    /// leave the state alone do not write a snapshot.
+    /// leave the state alone do not write a snapshot. Set and cleared only
+    /// under `value`'s lock: set before it, a snapshot taken meanwhile on
+    /// another thread could clear it without the change.
     dirty: AtomicBool,
+    /// Held from a snapshot until its record is committed: snapshots of
+    /// steps running side by side are recorded in the order they were
+    /// taken, so the last one recorded (which replays restore, and which
+    /// the instance's row keeps) is the newest.
+    order: tokio::sync::Mutex<()>,
     workflow: &'static str,
     /// The engine's `max_payload_bytes`.
     max: usize,
@@ -81,10 +88,10 @@ struct StateCell<S> {
 impl<S: Serialize + DeserializeOwned> StateCell<S> {
     /// The state as JSON if `state_mut` was called since the last snapshot.
     fn take_dirty(&self) -> Result<Option<String>> {
+        let state = lock(&self.value);
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(None);
         }
-        let state = lock(&self.value);
         // Recorded only if it reads back as itself: replays restore it.
         let (json, _): (String, S) = crate::error::json_round_trip(&*state, self.max, || {
             format!("state of workflow `{}`", self.workflow)
@@ -103,10 +110,10 @@ impl<S: Serialize + DeserializeOwned> StateCell<S> {
     /// step running beside the suspension (whose closure made the change)
     /// recorded without it, and replays would lose the change.
     fn peek_dirty(&self) -> Result<Option<String>> {
+        let state = lock(&self.value);
         if !self.dirty.load(Ordering::Acquire) {
             return Ok(None);
         }
-        let state = lock(&self.value);
         let (json, _): (String, S) = crate::error::json_round_trip(&*state, self.max, || {
             format!("state of workflow `{}`", self.workflow)
         })?;
@@ -991,6 +998,7 @@ where
             value: Mutex::new(state),
             holder: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
+            order: tokio::sync::Mutex::new(()),
             workflow: run.workflow,
             max: run.engine.inner.config.max_payload,
         });
@@ -1137,8 +1145,9 @@ where
     /// step. Panics as [`Ctx::state`] does when this thread holds a guard
     /// already.
     pub fn state_mut(&self) -> StateMut<'_, S> {
+        let held = self.lock_state();
         self.inner.state.dirty.store(true, Ordering::Release);
-        StateMut(self.lock_state())
+        StateMut(held)
     }
 
     fn lock_state(&self) -> Held<'_, S> {
@@ -1305,7 +1314,7 @@ where
                             .inspect_err(|err| {
                                 let _ = self.fail(err.to_string());
                             })?;
-                        let state = self.state_for_record()?;
+                        let (state, order) = self.state_for_record().await?;
                         let step = StepRow {
                             key: key.clone(),
                             output: Some(output),
@@ -1316,6 +1325,7 @@ where
                             finished_at: run.now(),
                         };
                         self.commit(step).await?;
+                        drop(order);
                         if noted {
                             lock(&run.retrying).remove(&key);
                         }
@@ -1355,16 +1365,18 @@ where
                         error = %crate::error::logged(&message),
                         "step failed for good"
                     );
+                    let (state, order) = self.state_for_record().await?;
                     let step = StepRow {
                         key: key.clone(),
                         output: None,
                         error: Some(message),
-                        state: self.state_for_record()?,
+                        state,
                         attempts: attempt,
                         started_at,
                         finished_at: run.now(),
                     };
                     self.commit(step.clone()).await?;
+                    drop(order);
                     if noted {
                         lock(&run.retrying).remove(&key);
                     }
@@ -1576,14 +1588,27 @@ where
         self.inner.state.take_dirty()
     }
 
-    /// [`Ctx::dirty_state`] for a record about to be written. A state JSON
-    /// cannot hold fails the instance whatever the handler does with the
-    /// error: the record (a step whose side effect happened) cannot be
-    /// written, and a replay would run it again.
-    pub(crate) fn state_for_record(&self) -> Result<Option<String>> {
-        self.dirty_state().inspect_err(|err| {
+    /// [`Ctx::dirty_state`] for a record about to be written, with a guard
+    /// to hold until that record is committed when it carries a snapshot
+    /// (see `StateCell::order`). A state JSON cannot hold fails the
+    /// instance whatever the handler does with the error: the record (a
+    /// step whose side effect happened) cannot be written, and a replay
+    /// would run it again.
+    pub(crate) async fn state_for_record(
+        &self,
+    ) -> Result<(Option<String>, Option<tokio::sync::MutexGuard<'_, ()>>)> {
+        let cell = &self.inner.state;
+        // Most records carry no snapshot: they need not wait their turn. A
+        // change made after this look is another record's to carry.
+        if !cell.dirty.load(Ordering::Acquire) {
+            return Ok((None, None));
+        }
+        let order = cell.order.lock().await;
+        let state = self.dirty_state().inspect_err(|err| {
             let _ = self.fail(err.to_string());
-        })
+        })?;
+        let order = state.is_some().then_some(order);
+        Ok((state, order))
     }
 
     /// The state to record with `ctx.complete`'s or `ctx.fail`'s outcome.
@@ -1700,7 +1725,8 @@ where
                 return Err(self.pause_for_code(what).await);
             }
         };
-        *lock(&self.inner.state.value) = restored;
+        let mut value = lock(&self.inner.state.value);
+        *value = restored;
         self.inner.state.dirty.store(false, Ordering::Release);
         Ok(())
     }

@@ -2389,6 +2389,8 @@ pub struct Unreachable<S> {
     unreadable: std::sync::Mutex<Option<String>>,
     /// The schedule whose [`Store::schedule_mark`] hangs.
     hanging_mark: std::sync::Mutex<Option<String>>,
+    /// The step key whose [`Store::commit_step`] waits, and how long.
+    slow_commit: std::sync::Mutex<Option<(String, std::time::Duration)>>,
 }
 
 impl<S: Store> Unreachable<S> {
@@ -2407,6 +2409,7 @@ impl<S: Store> Unreachable<S> {
             held_claim_answers: AtomicBool::new(false),
             unreadable: std::sync::Mutex::new(None),
             hanging_mark: std::sync::Mutex::new(None),
+            slow_commit: std::sync::Mutex::new(None),
         }
     }
 
@@ -2453,6 +2456,14 @@ impl<S: Store> Unreachable<S> {
     /// error (and change nothing) while every other call goes through.
     pub fn fail_next_creates(&self, n: u32) {
         self.failing_creates.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes [`Store::commit_step`] of the step `key` wait `delay` before
+    /// going through, as over a slow connection, or no longer (`None`);
+    /// other steps' commits go through at once.
+    pub fn slow_step_commit(&self, slow: Option<(&str, std::time::Duration)>) {
+        *self.slow_commit.lock().unwrap_or_else(|p| p.into_inner()) =
+            slow.map(|(key, delay)| (key.to_owned(), delay));
     }
 
     /// Makes the next `n` calls to [`Store::commit_step`] fail with a
@@ -2574,6 +2585,15 @@ impl<S: Store> Store for Unreachable<S> {
             &self.failing_step_commits,
             "commit failed (testing::Unreachable::fail_next_step_commits)",
         )?;
+        let delay = self
+            .slow_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|(key, delay)| (*key == step.key).then_some(*delay));
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         store.commit_step(lease, step).await
     }
     async fn record_attempt(

@@ -91,11 +91,12 @@ where
         }
         let _recording = run.step_running();
         let now = run.now();
+        let (state, _order) = self.state_for_record().await?;
         self.commit(StepRow {
             key,
             output: Some(at.to_string()),
             error: None,
-            state: self.state_for_record()?,
+            state,
             attempts: 1,
             started_at: now,
             finished_at: now,
@@ -278,11 +279,12 @@ where
         }
         let at = self.run().now();
         if until.is_some_and(|until| at >= until) {
+            let (state, _order) = self.state_for_record().await?;
             let step = StepRow {
                 key,
                 output: None,
                 error: Some(format!("no event `{name}` arrived within the timeout")),
-                state: self.state_for_record()?,
+                state,
                 attempts: 1,
                 started_at: at,
                 finished_at: at,
@@ -461,11 +463,12 @@ where
                 Status::Completed => (Some(row.output.unwrap_or_else(|| "null".into())), None),
                 other => (None, Some(child_end(other, row.error.as_deref()))),
             };
+            let (state, _order) = self.state_for_record().await?;
             let step = StepRow {
                 key: result_key,
                 output,
                 error,
-                state: self.state_for_record()?,
+                state,
                 attempts: 1,
                 started_at: at,
                 finished_at: at,

@@ -3904,3 +3904,58 @@ async fn a_claim_answered_after_its_lease_is_not_started() {
     other_worker.shutdown().await;
     assert_eq!(LATE_CLAIM_CHARGES.load(Ordering::SeqCst), 1, "charged once");
 }
+
+#[derive(Default, Serialize, Deserialize, JsonSchema)]
+struct Log {
+    items: Vec<String>,
+}
+
+/// Two items of a `map` that each change the state; the first one's
+/// record is slow to commit.
+struct TwoNotes;
+
+impl Workflow for TwoNotes {
+    type Input = ();
+    type Output = ();
+    type State = Log;
+    const NAME: &'static str = "twoNotes";
+
+    async fn run(&self, ctx: Ctx<Log>, _: ()) -> Result<(), BoxError> {
+        let items = vec!["a".to_owned(), "b".to_owned()];
+        ctx.map("note", items, 2, |item: String| {
+            let ctx = ctx.clone();
+            async move {
+                if item == "b" {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                ctx.state_mut().items.push(item);
+                Ok::<_, BoxError>(())
+            }
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Snapshots of the state are recorded in the order they were taken, so
+/// the newest is the one kept. Before, item `a` snapshotted `[a]`, item
+/// `b` then `[a, b]` and committed first, and `a`'s slow commit, landing
+/// last, left the instance's state at `[a]`.
+#[tokio::test]
+async fn state_snapshots_are_recorded_in_the_order_taken() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    store.slow_step_commit(Some(("note[0]", Duration::from_millis(300))));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(TwoNotes)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    let inst = TwoNotes::start(&engine, ()).await.unwrap();
+    until_status(&inst, Status::Completed).await;
+    let state: Log = inst.state().await.unwrap();
+    assert_eq!(state.items, ["a", "b"], "the newest snapshot is kept");
+    worker.shutdown().await;
+}
