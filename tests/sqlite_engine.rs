@@ -640,6 +640,20 @@ async fn quote_strict(ctx: Ctx, items: u32) -> workflow::Result<u32> {
     Ok(items * prices.per_item)
 }
 
+/// An application's own error, wrapping the engine's.
+#[derive(Debug, thiserror::Error)]
+enum QuoteError {
+    #[error("quoting: {0}")]
+    Workflow(#[from] workflow::Error),
+}
+
+/// Returns the missing price list's error in its own error type.
+#[workflow(name = "quoteWrapped")]
+async fn quote_wrapped(ctx: Ctx, items: u32) -> Result<u32, QuoteError> {
+    let prices: &Prices = ctx.data()?;
+    Ok(items * prices.per_item)
+}
+
 /// Does without a price list, and fails for a reason of its own.
 #[workflow(name = "quoteOrFail")]
 async fn quote_or_fail(ctx: Ctx, items: u32) -> workflow::Result<u32> {
@@ -658,6 +672,7 @@ async fn priced(url: &str, per_item: u32) -> Engine {
         .database_url(url)
         .register(Quote)
         .register(QuoteStrict)
+        .register(QuoteWrapped)
         .register(QuoteOrFail)
         .data(Prices {
             per_item,
@@ -692,15 +707,18 @@ async fn handlers_read_the_engines_data_by_type() {
         .database_url(&bare_url)
         .register(Quote)
         .register(QuoteStrict)
+        .register(QuoteWrapped)
         .register(QuoteOrFail)
         .build()
         .await
         .unwrap();
     let worker = bare.start_worker();
     let inst = Quote::start(&bare, 3).await.unwrap();
-    // `.expect(..)` on it pauses too.
+    // `.expect(..)` on it pauses too, and so does the error wrapped in the
+    // handler's own error type.
     let strict = QuoteStrict::start(&bare, 2).await.unwrap();
-    for id in [inst.id(), strict.id()] {
+    let wrapped = QuoteWrapped::start(&bare, 4).await.unwrap();
+    for id in [inst.id(), strict.id(), wrapped.id()] {
         let started = Instant::now();
         while bare.instance(id).await.unwrap().status != Status::Paused {
             assert!(started.elapsed() < Duration::from_secs(10), "never paused");
@@ -727,7 +745,7 @@ async fn handlers_read_the_engines_data_by_type() {
     // The fix deployed: resumed, they complete.
     let fixed = priced(&bare_url, 5).await;
     let _worker = fixed.start_worker();
-    for (id, total) in [(inst.id(), 15), (strict.id(), 10)] {
+    for (id, total) in [(inst.id(), 15), (strict.id(), 10), (wrapped.id(), 20)] {
         fixed.resume(id).await.unwrap();
         let done = fixed
             .wait_timeout(id, Duration::from_secs(10))

@@ -262,10 +262,17 @@ impl RunShared {
     /// Notes whether the handler's error `err` is the one a [`Ctx::data`]
     /// without a value gave it (see `missing_data`).
     pub(crate) fn note_returned(&self, err: &(dyn std::error::Error + 'static)) {
-        if let Some(Error::Config(message)) = err.downcast_ref::<Error>() {
-            if lock(&self.missing_data).as_deref() == Some(message.as_str()) {
-                self.returned_missing_data.store(true, Ordering::SeqCst);
-            }
+        let Some(missing) = lock(&self.missing_data).clone() else {
+            return;
+        };
+        // Wherever the handler's own error type wraps it: as a source
+        // (`#[from]`, anyhow's context), or by its text alone (thiserror's
+        // `transparent` hands on the source's source, not the error).
+        let wrapped = causes::<Error>(err)
+            .any(|e| matches!(e, Error::Config(message) if *message == missing))
+            || error_chain(err).contains(&missing);
+        if wrapped {
+            self.returned_missing_data.store(true, Ordering::SeqCst);
         }
     }
 
@@ -1029,7 +1036,8 @@ where
     /// The value of type `T` the engine was given with
     /// [`EngineBuilder::data`](crate::EngineBuilder::data): a database pool,
     /// an HTTP client, settings. Without one, an [`Error::Config`] that
-    /// names the type. A handler that returns it (with `?`) or panics on it
+    /// names the type. A handler that returns it (with `?`, bare or
+    /// wrapped in its own error type) or panics on it
     /// (`.expect(..)`) **pauses** the instance, with that message in its
     /// history, rather than failing it:
     /// a deploy that forgot a `.data(..)` must not end every instance that
