@@ -317,8 +317,9 @@ where
     /// Cancelling this instance, or its timing out, cancels the child (if
     /// still unfinished) and the child's own descendants; completing or
     /// failing does not, so a child started this way may outlive its
-    /// parent. A `W` that no engine on the store registers fails the step with
-    /// [`Error::UnknownWorkflow`]'s message.
+    /// parent. A `W` that no engine on the store registers pauses this
+    /// instance, [`Error::UnknownWorkflow`]'s message in its history: deploy
+    /// an engine that registers it, then resume.
     /// `name` follows the step-name rule of [`Ctx::step`].
     pub async fn start_child<W: Workflow>(
         &self,
@@ -370,13 +371,28 @@ where
                 let (store, parent, dedup_key) = (&store, &parent, &dedup_key);
                 async move {
                     // A child no engine runs would keep its parent
-                    // listening until the parent's deadline. Failing to read
-                    // the store is not the workflow's fault, as below.
+                    // listening until the parent's deadline: the parent
+                    // pauses instead, for an engine that runs it to be
+                    // deployed (a deploy order, not a failure for good).
+                    // Failing to read the store is not the workflow's
+                    // fault, as below.
                     engine
                         .check_runnable(W::NAME)
                         .await
                         .map_err(|err| match err {
                             Error::Store(err) => self.store_error(err),
+                            unknown @ Error::UnknownWorkflow(_) => {
+                                let reason = format!(
+                                    "paused: {unknown}. Deploy an engine that registers it and \
+                                     resume the instance, or cancel it"
+                                );
+                                let why = crate::error::Interrupt::Suspended;
+                                run.interrupt(
+                                    why.clone(),
+                                    crate::ctx::Settlement::Suspend(run.pause_for_fix(reason)),
+                                );
+                                Error::Interrupted(why)
+                            }
                             other => other,
                         })?;
                     let now = engine.inner.now();

@@ -1767,25 +1767,33 @@ async fn a_note_that_failed_to_commit_is_written_by_the_next_run() {
     failed_on_the_payload(&inst).await;
 }
 
-/// A child workflow no engine registers fails its step at once, naming
-/// the workflow, instead of leaving the parent listening until its
-/// deadline.
+/// A child workflow no engine registers pauses its parent at once, naming
+/// the workflow, instead of leaving it listening until its deadline; and
+/// not failing it for good either: once an engine that runs the child is
+/// deployed, the parent is resumed and completes. Before, the parent
+/// failed, and no deploy could bring it back.
 #[tokio::test]
-async fn a_child_no_engine_runs_fails_the_parent_at_once() {
+async fn a_child_no_engine_runs_pauses_the_parent_until_one_does() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let engine = EngineBuilder::new()
-        .store(MemoryStore::new())
+        .shared_store(Arc::clone(&store))
         .register(Parent)
         .poll_interval(Duration::from_millis(10))
         .build()
         .await
         .unwrap();
-    let _worker = engine.start_worker();
+    let worker = engine.start_worker();
     let parent = Parent::start(&engine, 21).await.unwrap();
-    let err = parent.result_timeout(LIMIT).await.unwrap_err();
+    until_status(&parent, Status::Paused).await;
+    let history = parent.history().await.unwrap();
+    let paused = history
+        .iter()
+        .rfind(|e| e.kind == "paused")
+        .expect("paused");
+    let why = paused.message.as_deref().unwrap_or_default();
     assert!(
-        err.to_string()
-            .contains("no workflow `double`: it is not registered"),
-        "{err}"
+        why.contains("no workflow `double`: it is not registered"),
+        "{why}"
     );
     assert!(engine
         .list(Query::new().name("double"))
@@ -1793,6 +1801,21 @@ async fn a_child_no_engine_runs_fails_the_parent_at_once() {
         .unwrap()
         .items
         .is_empty());
+    worker.shutdown().await;
+    let fixed = EngineBuilder::new()
+        .shared_store(store)
+        .register(Parent)
+        .register(Double)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = fixed.start_worker();
+    fixed.resume(parent.id()).await.unwrap();
+    let done = fixed.wait_timeout(parent.id(), LIMIT).await.unwrap();
+    assert_eq!(done.status, Status::Completed, "{:?}", done.error);
+    let out = done.output.unwrap_or_default();
+    assert!(out.to_string().starts_with("\"42 (side "), "{out}");
 }
 
 #[tokio::test]
