@@ -575,6 +575,69 @@ async fn a_timed_out_parent_cancels_the_child_it_waits_for() {
     );
 }
 
+/// Waits for `waitsForever`, and says how it ended.
+#[workflow(name = "patientParent", timeout = "10m")]
+async fn patient_parent(ctx: Ctx, _input: ()) -> workflow::Result<String> {
+    match ctx.run_child::<WaitsForever>("forever", ()).await {
+        Ok(()) => Ok("completed".into()),
+        Err(workflow::Error::Child { status, .. }) => Ok(status.to_string()),
+        Err(other) => Err(other),
+    }
+}
+
+/// Polls until `id` has `status`, for at most 10 s: far less than the
+/// workers' minute-long naps.
+async fn until_status_within(engine: &Engine, id: &InstanceId, status: Status) {
+    let started = Instant::now();
+    loop {
+        let now = engine.instance(id).await.unwrap().status;
+        if now == status {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still {now}, not {status}: an idle worker waited out its nap"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An idle worker hears of a cancel that makes a parent due, and of a
+/// deadline moved closer, at once, not at the end of its nap (here a
+/// minute). Before, both waited out `poll_interval`.
+#[tokio::test]
+async fn idle_workers_hear_of_cancels_and_moved_deadlines() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(&dir, "e2e.db")
+        .poll_interval(Duration::from_secs(60))
+        .register(PatientParent)
+        .register(WaitsForever)
+        .build()
+        .await
+        .expect("engine");
+    let _worker = engine.start_worker();
+    let parent = PatientParent::start(&engine, ()).await.unwrap();
+    until_status_within(&engine, parent.id(), Status::Listening).await;
+    let child = engine
+        .list(Query::new().name("waitsForever"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    until_status_within(&engine, &child.id, Status::Listening).await;
+    engine.cancel(&child.id).await.unwrap();
+    until_status_within(&engine, parent.id(), Status::Completed).await;
+    assert_eq!(parent.result().await.unwrap(), "cancelled");
+
+    let waiting = WaitsForever::start(&engine, ()).await.unwrap();
+    until_status_within(&engine, waiting.id(), Status::Listening).await;
+    waiting
+        .set_timeout(Timeout::In(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    until_status_within(&engine, waiting.id(), Status::TimedOut).await;
+}
+
 /// Approves, or escalates after a second, whichever comes first. The wait
 /// is polled first: the sleep adds its time to the wait's suspension. It
 /// returns right after the `select!`, so no replay goes through it again

@@ -1206,6 +1206,9 @@ impl Engine {
         // It ended, wherever it ran (or waited), and its descendants with it.
         self.inner.finished.ended(id);
         self.inner.finished.ended_all();
+        // A parent that waited for it is due now: an idle worker here
+        // takes it at once, not at the end of its nap.
+        self.inner.wake.notify_one();
         Ok(())
     }
 
@@ -1273,6 +1276,9 @@ impl Engine {
         if let Some(run) = self.inner.local_run(id) {
             run.move_deadline(Some(deadline));
         }
+        // A waiting instance is due at its deadline at the latest: an idle
+        // worker napping until a later time looks again.
+        self.inner.wake.notify_one();
         Ok(())
     }
 

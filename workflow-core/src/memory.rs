@@ -321,7 +321,7 @@ impl Store for MemoryStore {
             .values()
             .filter(|e| {
                 matches!(e.row.status, Status::Pending | Status::Listening)
-                    && e.row.run_at > after
+                    && e.row.run_at >= after
                     && workflows.contains(&e.row.workflow)
             })
             .map(|e| e.row.run_at)

@@ -505,10 +505,12 @@ pub trait Store: Send + Sync + 'static {
     /// interrupted run ([`Claimed::interrupted_runs`]).
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError>;
 
-    /// The earliest `run_at` after `after` of a waiting (`Pending` or
+    /// The earliest `run_at` at or after `after` of a waiting (`Pending` or
     /// `Listening`) instance of `workflows`, so an idle worker can nap
     /// exactly until then. Workers pass the `due_by` of their last claim:
-    /// anything due by then was claimable at that claim. A lower bound is
+    /// anything due before then was claimable at that claim (and one due
+    /// just then may have been made due by that claim: a parent woken for
+    /// its child's corrupt row). A lower bound is
     /// fine (a store may ignore `workflows`); the default says "unknown",
     /// and workers fall back to polling.
     async fn next_due(

@@ -449,7 +449,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
             }
             // Nap until the next waiting instance is due, polling at least
             // every poll_interval for work written by other processes.
-            // Anything due by the last claim's `now` was claimable then.
+            // Anything due before the last claim's `now` was claimable then.
             let next_due = tokio::select! {
                 due = caught(inner.store.next_due(&workflows, claimed_at)) => due,
                 _ = w.stop.cancelled() => break,
@@ -855,7 +855,10 @@ fn hand_back_waiting(
         let give_up = w.give_up.clone();
         w.hand_backs.spawn(async move {
             give_up.run_until_cancelled(hand_back(&engine, stale)).await;
+            // Every worker napping now, and (a permit kept) one between
+            // two naps.
             engine.inner.wake.notify_waiters();
+            engine.inner.wake.notify_one();
         });
     }
     now_waiting

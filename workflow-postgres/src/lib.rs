@@ -682,7 +682,7 @@ impl Store for PgStore {
                 "SELECT MIN(d.run_at) FROM UNNEST($2::text[]) AS w(name) \
                  CROSS JOIN LATERAL ( \
                      SELECT run_at FROM instances \
-                     WHERE workflow = w.name AND status IN ('pending', 'listening') AND run_at > $1 \
+                     WHERE workflow = w.name AND status IN ('pending', 'listening') AND run_at >= $1 \
                      ORDER BY run_at LIMIT 1 \
                  ) d",
             )

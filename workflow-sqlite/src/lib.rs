@@ -654,7 +654,7 @@ const STEPS_COUNT: &str = "SELECT COUNT(*) FROM steps WHERE instance_id = ?1";
 const NEXT_DUE: &str = "SELECT run_at FROM instances INDEXED BY instances_runnable \
      WHERE workflow = ?1 \
      AND (status = 'pending' OR status = 'in_progress' OR status = 'listening') \
-     AND run_at > ?2 ORDER BY run_at LIMIT 1";
+     AND run_at >= ?2 ORDER BY run_at LIMIT 1";
 
 /// Workers holding leases. Only in-progress rows hold one, so this reads
 /// the in-progress range of `instances_status`, never the whole table.
