@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, Scheduled};
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::id::InstanceId;
 use crate::schedule::{CatchUp, Schedule};
 use crate::status::Status;
@@ -393,13 +393,20 @@ async fn fire_tick(engine: &Engine, s: &Scheduled, tick: DateTime<Utc>) -> Resul
         deadline_at: Some(crate::store::millis_after(created_at, s.timeout)),
         parent: None,
     };
-    Ok(match inner.store.create(new, Some(&Status::ALL)).await? {
-        Created::New(row) => {
+    Ok(match inner.store.create(new, Some(&Status::ALL)).await {
+        Ok(Created::New(row)) => {
             tracing::info!(workflow = s.workflow, tick = %tick_text, id = %row.id, "schedule fired");
             inner.wake.notify_one();
             row.id
         }
-        Created::Existing(row) => row.id,
+        Ok(Created::Existing(row)) => row.id,
+        // The tick's instance exists, damaged: the tick fired. Refused, it
+        // would hold the schedule's mark there, and no later tick would fire.
+        Err(StoreError::Corrupt { id, message }) => {
+            tracing::warn!(workflow = s.workflow, tick = %tick_text, %id, %message, "the tick's instance is corrupt; counted as fired");
+            id
+        }
+        Err(err) => return Err(err.into()),
     })
 }
 

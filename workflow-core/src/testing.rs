@@ -2413,9 +2413,10 @@ impl<S: Store> Unreachable<S> {
         }
     }
 
-    /// Makes [`Store::get`] of the instances of `workflow` fail as a
-    /// damaged row does ([`StoreError::Corrupt`]), or no longer (`None`).
-    /// Claims still read them, so they run.
+    /// Makes [`Store::get`] of the instances of `workflow`, and a
+    /// [`Store::create`] that finds one by its key, fail as a damaged row
+    /// does ([`StoreError::Corrupt`]), or no longer (`None`). Claims still
+    /// read them, so they run.
     pub fn unreadable_workflow(&self, workflow: Option<&str>) {
         *self.unreadable.lock().unwrap_or_else(|p| p.into_inner()) = workflow.map(str::to_owned);
     }
@@ -2537,7 +2538,22 @@ impl<S: Store> Store for Unreachable<S> {
                 "create failed (testing::Unreachable::fail_creates_after)",
             ));
         }
-        store.create(new, dedup).await
+        match store.create(new, dedup).await? {
+            Created::Existing(row)
+                if self
+                    .unreadable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .is_some_and(|w| *w == row.workflow) =>
+            {
+                Err(StoreError::Corrupt {
+                    id: row.id,
+                    message: "unreadable (testing::Unreachable)".into(),
+                })
+            }
+            created => Ok(created),
+        }
     }
     async fn create_many(&self, new: Vec<NewInstance>) -> Result<Vec<InstanceRow>, StoreError> {
         self.up()?.create_many(new).await

@@ -817,3 +817,32 @@ async fn a_schedule_removed_from_the_workers_is_recorded_and_restarts_when_back(
         ["schedule:2026-11-25T10:11:00.000Z"]
     );
 }
+
+/// A tick fired again (its mark was not moved: the store blinked) whose
+/// instance is found damaged counts as fired: the schedule goes on to its
+/// next tick. Before, the create's error held the mark at that tick, and
+/// the schedule never fired again.
+#[tokio::test]
+async fn a_tick_whose_instance_is_corrupt_counts_as_fired() {
+    let flaky = Arc::new(testing::Unreachable::new(MemoryStore::new()));
+    let store: Arc<dyn Store> = flaky.clone();
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let engine = engine(Arc::clone(&store), &clock, CatchUp::All).await;
+    let _worker = engine.start_worker();
+    registered(&store).await;
+    flaky.fail_next_schedule_advances(1);
+    flaky.unreadable_workflow(Some("everyMinute"));
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        wait_for(&engine, 1).await,
+        ["schedule:2026-11-25T10:01:00.000Z"]
+    );
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        wait_for(&engine, 2).await,
+        [
+            "schedule:2026-11-25T10:01:00.000Z",
+            "schedule:2026-11-25T10:02:00.000Z"
+        ]
+    );
+}

@@ -2255,6 +2255,33 @@ mod tests {
         }
     }
 
+    /// A damaged row found by a create's key is that instance's error,
+    /// `Corrupt` naming it, as at a claim. Before, the lookup's decoding
+    /// error was the database's (`Backend`), and rolled the whole batch
+    /// back, to be redone one write at a time.
+    #[tokio::test]
+    async fn a_damaged_row_found_by_its_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("key.db")).await.unwrap();
+        let mut first = workflow_core::testing::new_instance("wf", 1);
+        first.key = Some("order-7".into());
+        let id = first.id.clone();
+        store.create(first, None).await.unwrap();
+        corrupt(
+            &store,
+            "UPDATE instances SET runs = 'many' WHERE id = ?1",
+            &id,
+        )
+        .await;
+        let mut again = workflow_core::testing::new_instance("wf", 2);
+        again.key = Some("order-7".into());
+        let err = store.create(again, Some(&Status::ALL)).await.unwrap_err();
+        match err {
+            StoreError::Corrupt { id: named, .. } => assert_eq!(named, id),
+            other => panic!("not named as corrupt: {other:?}"),
+        }
+    }
+
     /// A running instance whose deadline is damaged loses only its own
     /// lease at a renewal: the worker's other leases are renewed. Before,
     /// the renewal of every lease failed, and every handler stopped.

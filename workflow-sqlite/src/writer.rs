@@ -2111,11 +2111,23 @@ fn create(
                     key,
                     serde_json::to_string(&statuses).unwrap_or_default()
                 ],
-                raw_instance,
+                // A damaged row holding the key is that instance's error
+                // (`Corrupt`, naming it), not the database's: the batch
+                // it came in commits.
+                |r| match raw_instance(r) {
+                    Ok(raw) => Ok(Ok(raw)),
+                    Err(err) if unreadable(&err) => Ok(Err(StoreError::Corrupt {
+                        id: InstanceId::from(shown_id(r.get_ref(0)?)),
+                        message: err.to_string(),
+                    })),
+                    Err(err) => Err(err),
+                },
             )
             .optional()?;
-        if let Some(raw) = existing {
-            return Ok(decode_instance(raw).map(Created::Existing));
+        match existing {
+            Some(Ok(raw)) => return Ok(decode_instance(raw).map(Created::Existing)),
+            Some(Err(corrupt)) => return Ok(Err(corrupt)),
+            None => {}
         }
     }
     // A child started by a parent already cancelled or timed out (its
