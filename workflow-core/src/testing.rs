@@ -281,6 +281,14 @@ async fn claim_respects_due_time_and_names(store: impl Store) {
         .next_due(&["wf".to_owned()], T0 + 10_000)
         .await
         .unwrap();
+    assert!(
+        due.is_none_or(|due| due == T0 + 10_000),
+        "what is due at `after` counts: {due:?}"
+    );
+    let due = store
+        .next_due(&["wf".to_owned()], T0 + 10_001)
+        .await
+        .unwrap();
     assert!(due.is_none(), "nothing waits after T0 + 10 s: {due:?}");
     assert!(store
         .claim(claim_req("a", T0 + 5_000, 10))
