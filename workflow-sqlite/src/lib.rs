@@ -2076,6 +2076,38 @@ mod tests {
         assert_eq!(row.id, id);
     }
 
+    /// A commit of lease renewals alone does not make reads wait for an
+    /// fsync: renewals need not survive a power cut (one lost is renewed
+    /// again), so what they change may be read before it is on disk.
+    /// Before, every read after a renewal (each second, per running
+    /// instance) waited for, and asked for, an fsync of its own.
+    #[tokio::test]
+    async fn reads_after_a_renewal_do_not_wait_for_an_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("renewed.db"))
+            .await
+            .unwrap();
+        let new = workflow_core::testing::new_instance("wf", 1);
+        let id = new.id.clone();
+        store.create(new, None).await.unwrap();
+        let claimed = store.claim(claim_due("w", 1)).await.unwrap();
+        // The claim's commit on disk first (a read waits for it).
+        store.get(&id).await.unwrap();
+        let held = HeldFsyncs::hold();
+        let renewed = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.renew(&[claimed[0].lease.clone()], i64::MAX / 2 + 2),
+        )
+        .await
+        .expect("a renewal waits for no fsync")
+        .unwrap();
+        assert_eq!(renewed.len(), 1);
+        let read = tokio::time::timeout(Duration::from_secs(5), store.get(&id)).await;
+        drop(held);
+        let row = read.expect("the read waited for an fsync").unwrap();
+        assert_eq!(row.map(|r| r.status), Some(Status::InProgress));
+    }
+
     /// Opening a file already at this build's schema takes no write lock:
     /// another process holding one (a long purge) does not make the open
     /// wait out the busy timeout and fail.
