@@ -530,7 +530,10 @@ where
     /// Results are matched to items by position: a replay must pass the
     /// same items in the same order, or recorded results go to other
     /// items. Build `items` from the input or from a recorded step's
-    /// result, not from a query made outside a step.
+    /// result, not from a query made outside a step, and not by iterating
+    /// a `HashMap` or `HashSet`, whose order differs from one process to
+    /// the next (a `BTreeMap` keeps its order). A replay given fewer items
+    /// than were recorded pauses the instance, naming the map.
     pub async fn map<I, T, E, F, Fut>(
         &self,
         name: &str,
@@ -572,6 +575,7 @@ where
         let (base, _) = run.next_key(name)?;
         let base = &base;
         let key = |index: usize| format!("{base}[{index}]");
+        self.check_item_count(base, "items", items.len()).await?;
         self.restore_state_through((0..items.len()).map(key))
             .await?;
         let f = &f;
@@ -714,6 +718,8 @@ where
         let run = self.run();
         run.check()?;
         let (base, _) = run.next_key(name)?;
+        self.check_item_count(&base, "chunks", items.len().div_ceil(size.max(1)))
+            .await?;
         let mut results = Vec::new();
         for (index, chunk) in items.chunks(size.max(1)).enumerate() {
             let result = self
@@ -729,6 +735,23 @@ impl<S> Ctx<S>
 where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
+    /// Pauses the instance if an earlier run recorded a result for an item
+    /// (or chunk) past the `count` given now: fewer items than then, so
+    /// results matched by position would go to other items. (More items
+    /// than then cannot be told apart from a fan-out cut short.)
+    async fn check_item_count(&self, base: &str, what: &str, count: usize) -> Result<()> {
+        let past = format!("{base}[{count}]");
+        if self.run().recorded(&past).is_none() {
+            return Ok(());
+        }
+        Err(self
+            .pause_for_code(format!(
+                "`{base}` was run with more {what} than the {count} it is given now (`{past}` is recorded), \
+                 and results are matched to {what} by position"
+            ))
+            .await)
+    }
+
     /// Records that the value of `key` did not decode at its first reading.
     /// Straight to the store: neither a pause asked for nor an interrupt
     /// may leave it unwritten.

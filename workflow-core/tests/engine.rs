@@ -3959,3 +3959,65 @@ async fn state_snapshots_are_recorded_in_the_order_taken() {
     assert_eq!(state.items, ["a", "b"], "the newest snapshot is kept");
     worker.shutdown().await;
 }
+
+/// How many items `Shipping` fans out: a deploy may change it.
+static SHIPPED_ITEMS: AtomicU32 = AtomicU32::new(3);
+
+/// Ships each item, then waits for a go-ahead.
+struct Shipping;
+
+impl Workflow for Shipping {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "shipping";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        let items: Vec<u32> = (0..SHIPPED_ITEMS.load(Ordering::SeqCst)).collect();
+        let shipped = ctx
+            .map(
+                "ship",
+                items,
+                4,
+                |item| async move { Ok::<_, BoxError>(item) },
+            )
+            .await?;
+        ctx.wait_for_event::<()>("go", None).await?;
+        Ok(shipped.iter().sum())
+    }
+}
+
+/// A replay whose fan-out is given fewer items than its first run
+/// recorded pauses, naming the map, instead of handing results to the
+/// wrong items; with the items back as they were, it resumes. Before, the
+/// replay matched the first two records to the two items given and went on.
+#[tokio::test]
+async fn a_fan_out_replayed_with_fewer_items_pauses() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Shipping)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = Shipping::start(&engine, ()).await.unwrap();
+    until_status(&inst, Status::Listening).await;
+    SHIPPED_ITEMS.store(2, Ordering::SeqCst);
+    inst.send_event("go", ()).await.unwrap();
+    until_status(&inst, Status::Paused).await;
+    let history = inst.history().await.unwrap();
+    let paused = history
+        .iter()
+        .rfind(|e| e.kind == "paused")
+        .expect("paused");
+    let why = paused.message.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("`ship` was run with more items than the 2 it is given now"),
+        "{why}"
+    );
+    SHIPPED_ITEMS.store(3, Ordering::SeqCst);
+    inst.resume().await.unwrap();
+    let total = inst.result_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(total, 3, "0 + 1 + 2");
+}
