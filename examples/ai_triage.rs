@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use workflow::ai::{Execute, ExecuteExt, OpenAiCompatible};
 use workflow::prelude::*;
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
@@ -62,7 +61,7 @@ async fn triage_ticket(ctx: Ctx, ticket: Ticket) -> Result<Triage, BoxError> {
             } else {
                 "free"
             };
-            Ok::<_, BoxError>(serde_json::json!({ "email": q.email, "plan": plan }))
+            workflow::Ok(serde_json::json!({ "email": q.email, "plan": plan }))
         },
     );
     let triage = ctx

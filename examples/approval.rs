@@ -37,7 +37,7 @@ struct Typo {
 async fn approve_expense(ctx: Ctx, expense: Expense) -> workflow::Result<String> {
     ctx.step("notify-manager", || async {
         // Send an email or a chat message with a link that calls send_event.
-        Ok::<_, BoxError>(())
+        workflow::Ok(())
     })
     .await?;
     // In production the timeout would be days; here it is short. A payload

@@ -18,7 +18,7 @@ async fn render_report(ctx: Ctx, pages: u32) -> workflow::Result<u32> {
         ctx.step("render-page", || async {
             // Long work inside a step can watch the cancellation signal.
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => Ok::<_, BoxError>(page),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => workflow::Ok(page),
                 _ = signal.cancelled() => Err("stopped".into()),
             }
         })
@@ -42,7 +42,7 @@ async fn ship_order(ctx: Ctx, order: Order) -> workflow::Result<String> {
     if !order.express {
         ShipOrder::complete(&ctx, "queued for the weekly truck".into())?;
     }
-    ctx.step("book-courier", || async { Ok::<_, BoxError>(()) })
+    ctx.step("book-courier", || async { workflow::Ok(()) })
         .await?;
     Ok(format!("{} sent by courier", order.order_id))
 }

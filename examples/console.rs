@@ -43,7 +43,7 @@ async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Res
     let items: u32 = ctx
         .step("reserve-stock", || async {
             tokio::time::sleep(Duration::from_millis(40)).await;
-            Ok::<_, BoxError>(3)
+            workflow::Ok(3)
         })
         .await?;
     ctx.state_mut().reserved_items = items;
@@ -62,7 +62,7 @@ async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Res
     ctx.state_mut().charged = true;
     ctx.step("email-receipt", || async {
         tokio::time::sleep(Duration::from_millis(25)).await;
-        Ok::<_, BoxError>(())
+        workflow::Ok(())
     })
     .await?;
     Ok(Receipt {
@@ -86,7 +86,7 @@ struct Approval {
 /// Wait for a manager to approve an expense (send the `approval` event).
 #[workflow(name = "approveExpense", timeout = "7d")]
 async fn approve_expense(ctx: Ctx, expense: Expense) -> workflow::Result<String> {
-    ctx.step("notify-manager", || async { Ok::<_, BoxError>(()) })
+    ctx.step("notify-manager", || async { workflow::Ok(()) })
         .await?;
     let answer: Approval = ctx.wait_for_event("approval", None).await?;
     Ok(format!(
@@ -112,7 +112,7 @@ struct Export {
 async fn export_table(ctx: Ctx, export: Export) -> workflow::Result<u64> {
     ctx.step("export", || async {
         tokio::time::sleep(Duration::from_secs(3600)).await;
-        Ok::<_, BoxError>(export.table.len() as u64)
+        workflow::Ok(export.table.len() as u64)
     })
     .await
 }
@@ -124,7 +124,7 @@ async fn export_table(ctx: Ctx, export: Export) -> workflow::Result<u64> {
     timezone = "Europe/Paris"
 )]
 async fn daily_report(ctx: Ctx, _input: ()) -> workflow::Result<u32> {
-    ctx.step("aggregate", || async { Ok::<_, BoxError>(42) })
+    ctx.step("aggregate", || async { workflow::Ok(42) })
         .await
 }
 

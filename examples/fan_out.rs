@@ -34,7 +34,7 @@ struct Parcel {
 async fn ship_parcel(ctx: Ctx, parcel: Parcel) -> workflow::Result<String> {
     ctx.step("print-label", || async {
         // Call the carrier's API here.
-        Ok::<_, BoxError>(format!("LBL-{}-{}", parcel.order, parcel.items))
+        workflow::Ok(format!("LBL-{}-{}", parcel.order, parcel.items))
     })
     .await
 }
@@ -45,7 +45,7 @@ async fn fulfil_order(ctx: Ctx, order: Order) -> workflow::Result<String> {
     // Keys `pack[0]`, `pack[1]`, ...: four at a time, each recorded.
     let packed: Vec<String> = ctx
         .map("pack", order.items, 4, |item| async move {
-            Ok::<_, BoxError>(format!("{item} packed"))
+            workflow::Ok(format!("{item} packed"))
         })
         .await?;
     let label = ctx
@@ -62,7 +62,7 @@ async fn fulfil_order(ctx: Ctx, order: Order) -> workflow::Result<String> {
         .await?;
     ctx.step("ask-for-review", || async {
         // Send the e-mail here.
-        Ok::<_, BoxError>(())
+        workflow::Ok(())
     })
     .await?;
     Ok(format!("{} items packed, shipped as {label}", packed.len()))

@@ -21,12 +21,12 @@ struct Machine(&'static str);
 /// Reserve stock, charge, and say which machine charged.
 #[workflow(name = "chargeOrder")]
 async fn charge_order(ctx: Ctx, order: u32) -> workflow::Result<String> {
-    ctx.step("reserve", || async { Ok::<_, BoxError>(order) })
+    ctx.step("reserve", || async { workflow::Ok(order) })
         .await?;
     let machine = ctx.data::<Machine>()?.0;
     ctx.step(
         "charge",
-        || async move { Ok::<_, BoxError>(machine.to_owned()) },
+        || async move { workflow::Ok(machine.to_owned()) },
     )
     .await
 }

@@ -1,5 +1,6 @@
 //! A context or a `Result` under another name: an alias, or an import
-//! renamed, whose name ends in `Ctx` (or `Context`) and `Result`.
+//! renamed, whose name ends in `Ctx` and `Result` (`RequestContext` is
+//! refused: see `fail/not_an_alias.rs`).
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use workflow::prelude::*;
