@@ -40,6 +40,7 @@ impl Timeout {
 
 /// Options for [`Workflow::start_with`].
 #[derive(Debug, Clone, Default)]
+#[must_use]
 pub struct StartOptions {
     pub(crate) key: Option<String>,
     pub(crate) tags: BTreeMap<String, String>,
@@ -147,6 +148,7 @@ impl StartOptions {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default)]
+#[must_use]
 pub struct ChildOptions {
     start: StartOptions,
 }
@@ -785,6 +787,7 @@ impl StepInfo {
 
 /// A filter for [`Engine::list`]: newest first, paged by cursor.
 #[derive(Debug, Clone, PartialEq)]
+#[must_use]
 pub struct Query {
     pub(crate) inner: ListQuery,
 }

@@ -110,6 +110,7 @@ impl StepOptions {
     /// Sets the backoff: `initial` after the first failure, then growing by
     /// `factor` per attempt (`initial * factor^(n-1)` after failed attempt
     /// `n`), capped at `max`.
+    #[must_use = "returns the changed options; `StepOptions` is `Copy`, so the original is left as it was"]
     pub fn backoff(mut self, initial: Duration, factor: f64, max: Duration) -> Self {
         self.initial_backoff = initial;
         self.factor = factor.max(1.0);
@@ -119,11 +120,13 @@ impl StepOptions {
 
     /// Sets the backoff from a [`Backoff`], as
     /// [`backoff`](StepOptions::backoff) does from its parts.
+    #[must_use = "returns the changed options; `StepOptions` is `Copy`, so the original is left as it was"]
     pub fn with_backoff(self, backoff: Backoff) -> Self {
         self.backoff(backoff.initial, backoff.factor, backoff.max)
     }
 
     /// Spreads each wait by up to `±fraction` (0 to 1) of itself.
+    #[must_use = "returns the changed options; `StepOptions` is `Copy`, so the original is left as it was"]
     pub fn jitter(mut self, fraction: f64) -> Self {
         // `clamp` keeps NaN, which would make every wait NaN seconds.
         self.jitter = if fraction.is_nan() {

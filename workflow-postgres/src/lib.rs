@@ -67,6 +67,7 @@ pub const DEFAULT_SCHEMA: &str = "workflow";
 
 /// How a [`PgStore`] connects.
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct PgOptions {
     schema: Option<String>,
     max_connections: u32,

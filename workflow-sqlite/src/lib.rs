@@ -61,6 +61,7 @@ const PURGE_ROWS: u64 = 5_000;
 
 /// How a [`SqliteStore`] opens its file.
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct SqliteOptions {
     durability: Durability,
     readers: u32,
