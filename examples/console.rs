@@ -124,8 +124,7 @@ async fn export_table(ctx: Ctx, export: Export) -> workflow::Result<u64> {
     timezone = "Europe/Paris"
 )]
 async fn daily_report(ctx: Ctx, _input: ()) -> workflow::Result<u32> {
-    ctx.step("aggregate", || async { workflow::Ok(42) })
-        .await
+    ctx.step("aggregate", || async { workflow::Ok(42) }).await
 }
 
 async fn wait_for(engine: &Engine, id: &InstanceId, status: Status) -> workflow::Result<()> {

@@ -19,9 +19,7 @@ use workflow::prelude::*;
 )]
 async fn daily_report(ctx: Ctx, _input: ()) -> workflow::Result<usize> {
     let tick = ctx.tags().get("schedule").cloned().unwrap_or_default();
-    let rows: usize = ctx
-        .step("collect", || async { workflow::Ok(42) })
-        .await?;
+    let rows: usize = ctx.step("collect", || async { workflow::Ok(42) }).await?;
     // Printing stands for sending: inside the step, so that a replay
     // after a crash does not send it again.
     ctx.step("send", || async {

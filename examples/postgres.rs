@@ -24,11 +24,8 @@ async fn charge_order(ctx: Ctx, order: u32) -> workflow::Result<String> {
     ctx.step("reserve", || async { workflow::Ok(order) })
         .await?;
     let machine = ctx.data::<Machine>()?.0;
-    ctx.step(
-        "charge",
-        || async move { workflow::Ok(machine.to_owned()) },
-    )
-    .await
+    ctx.step("charge", || async move { workflow::Ok(machine.to_owned()) })
+        .await
 }
 
 async fn machine(url: &str, name: &'static str) -> workflow::Result<Engine> {

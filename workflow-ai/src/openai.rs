@@ -194,6 +194,37 @@ impl OpenAiBuilder {
                 "a token limit of 0 leaves no room for any reply".to_owned(),
             ));
         }
+        // The path goes before the query a gateway may need
+        // (`..?api-version=..`), not after it.
+        let mut endpoint = reqwest::Url::parse(base).map_err(|err| {
+            ModelError::Config(format!("base URL `{}`: {err}", redacted_url(base)))
+        })?;
+        if let Ok(mut path) = endpoint.path_segments_mut() {
+            path.pop_if_empty().push("chat").push("completions");
+        }
+        // Pasted or mounted from a file, a key often ends in a newline,
+        // which no header may hold.
+        let api_key = self
+            .api_key
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty());
+        if api_key
+            .as_deref()
+            .is_some_and(|k| k.chars().any(char::is_control))
+        {
+            return Err(ModelError::Config(
+                "the API key holds a control character (a line break inside it?); \
+                 no header can carry it"
+                    .to_owned(),
+            ));
+        }
+        if api_key.is_some() && (!endpoint.username().is_empty() || endpoint.password().is_some()) {
+            return Err(ModelError::Config(format!(
+                "base URL `{}` carries credentials and an API key is set too: \
+                 the request would carry two Authorization headers; give one",
+                redacted_url(base)
+            )));
+        }
         let client = reqwest::Client::builder()
             .timeout(self.timeout.unwrap_or(Duration::from_secs(600)))
             .connect_timeout(Duration::from_secs(10))
@@ -201,8 +232,8 @@ impl OpenAiBuilder {
             .map_err(|err| ModelError::Config(err.to_string()))?;
         Ok(OpenAiCompatible {
             client,
-            endpoint: format!("{base}/chat/completions"),
-            api_key: self.api_key.filter(|k| !k.is_empty()),
+            endpoint: endpoint.to_string(),
+            api_key,
             model: self.model.unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
             temperature: self.temperature,
             token_limit: self.token_limit,
@@ -387,6 +418,10 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 fn transport(err: reqwest::Error) -> ModelError {
+    // reqwest's message ends in the URL, query included: a key a gateway
+    // takes as `?api-key=..` would go into the step's error, its history
+    // and the logs.
+    let err = err.without_url();
     if err.is_timeout() {
         ModelError::Timeout(workflow_core::error_chain(&err))
     } else if err.is_builder() {

@@ -830,3 +830,46 @@ async fn loops_of_one_name_at_once_are_refused() {
         "{err}"
     );
 }
+
+/// A gateway's query (`?api-version=..`) stays a query: the path goes
+/// before it. A key pasted with its line break is sent without it. A key
+/// in the query never shows in a transport error, which goes into the
+/// step's history and the logs. Before, the path went into the query, the
+/// line break failed every request, and the error printed the URL whole.
+#[tokio::test]
+async fn the_endpoint_keeps_the_query_and_errors_do_not_show_it() {
+    use workflow_ai::{Model, ModelRequest};
+    let server = Server::start(|_, _| text("fine")).await;
+    let client = OpenAiCompatible::builder()
+        .base_url(format!("{}/?api-version=2024-10", server.url))
+        .api_key("sk-test\n")
+        .build()
+        .unwrap();
+    let request = ModelRequest {
+        messages: Vec::new(),
+        tools: Vec::new(),
+        strict_tools: false,
+        output: None,
+    };
+    let reply = client.complete(&request).await.unwrap();
+    assert_eq!(reply.content.as_deref(), Some("fine"));
+    let seen = server.requests();
+    assert_eq!(seen[0].target, "/v1/chat/completions?api-version=2024-10");
+    assert_eq!(seen[0].authorization.as_deref(), Some("Bearer sk-test"));
+
+    // Nothing listens on port 1.
+    let unreachable = OpenAiCompatible::builder()
+        .base_url("http://127.0.0.1:1/v1?api-key=sk-secret")
+        .build()
+        .unwrap();
+    let err = unreachable.complete(&request).await.unwrap_err();
+    assert!(!err.to_string().contains("sk-secret"), "{err}");
+    assert!(!format!("{err:?}").contains("sk-secret"), "{err:?}");
+
+    let err = OpenAiCompatible::builder()
+        .base_url(&server.url)
+        .api_key("sk-a\nsk-b")
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("control character"), "{err}");
+}

@@ -11,6 +11,8 @@ use tokio::net::TcpListener;
 /// One recorded request.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// The request line's target: path and query.
+    pub target: String,
     pub body: Value,
     pub authorization: Option<String>,
     /// When it arrived.
@@ -108,6 +110,11 @@ async fn serve(
     let n = {
         let mut seen = seen.lock().unwrap();
         seen.push(Seen {
+            target: head
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned(),
             body: body.clone(),
             authorization: header("authorization"),
             at: std::time::Instant::now(),
