@@ -431,7 +431,14 @@ where
                             .map_err(|e| e.to_string())
                     })
                     .as_ref()
-                    .map_err(|why| permanent(Error::Config(why.clone())))?,
+                    // A worker deployed without the settings: failed, the
+                    // instance could not go on once they are given.
+                    .map_err(|why| {
+                        ctx.pause_for_setup(format!(
+                            "paused: {why}. Give this worker a model (or the OPENAI_* \
+                             variables) and resume the instance, or cancel it"
+                        ))
+                    })?,
             };
             let response = model.complete(request).await.map_err(|err| {
                 match (err.is_retryable(), err.retry_after()) {

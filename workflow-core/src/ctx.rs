@@ -1066,6 +1066,20 @@ where
         })
     }
 
+    /// Stops the run and pauses the instance, `reason` in its history (and
+    /// logged): a setup the code needs is missing (settings a worker was
+    /// deployed without, a workflow no engine runs), and a failure would
+    /// be final where a fix and a resume let it go on. Returned from a
+    /// step's closure, nothing is recorded for the step. For the crate's
+    /// own extensions (the AI loop's model settings).
+    #[doc(hidden)]
+    pub fn pause_for_setup(&self, reason: String) -> Error {
+        let run = &self.inner.run;
+        let why = Interrupt::Suspended;
+        run.interrupt(why.clone(), Settlement::Suspend(run.pause_for_fix(reason)));
+        Error::Interrupted(why)
+    }
+
     /// Holds `name` until the guard is dropped, or says that something
     /// else in this run holds it now. For libraries whose calls make many
     /// steps from one name (a model loop's turns): two such calls at once

@@ -381,18 +381,10 @@ where
                         .await
                         .map_err(|err| match err {
                             Error::Store(err) => self.store_error(err),
-                            unknown @ Error::UnknownWorkflow(_) => {
-                                let reason = format!(
-                                    "paused: {unknown}. Deploy an engine that registers it and \
-                                     resume the instance, or cancel it"
-                                );
-                                let why = crate::error::Interrupt::Suspended;
-                                run.interrupt(
-                                    why.clone(),
-                                    crate::ctx::Settlement::Suspend(run.pause_for_fix(reason)),
-                                );
-                                Error::Interrupted(why)
-                            }
+                            unknown @ Error::UnknownWorkflow(_) => self.pause_for_setup(format!(
+                                "paused: {unknown}. Deploy an engine that registers it and \
+                                 resume the instance, or cancel it"
+                            )),
                             other => other,
                         })?;
                     let now = engine.inner.now();
