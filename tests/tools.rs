@@ -586,3 +586,38 @@ fn each_provider_gets_exactly_this() {
         })
     );
 }
+
+/// The same key with other arguments is another call (a provider's
+/// `call_0` in another conversation): refused, naming the key, instead of
+/// answered from the first call's instance while the second order is never
+/// placed. The same arguments again are a retry, answered as before.
+#[tokio::test]
+async fn a_key_reused_with_other_arguments_is_refused() {
+    let engine = Engine::builder()
+        .database_url("memory:")
+        .register(ProcessOrder)
+        .build()
+        .await
+        .unwrap();
+    let tools = Toolbox::new().tool(ProcessOrder::as_tool());
+    let order = |id: &str| json!({"order_id": id, "size": "Small", "shipping": null, "note": null});
+    let first = tools
+        .call_once(&engine, "processOrder", order("A-1"), "call_0")
+        .await
+        .unwrap();
+    let retried = tools
+        .call_once(&engine, "processOrder", order("A-1"), "call_0")
+        .await
+        .unwrap();
+    assert_eq!(first["workflowId"], retried["workflowId"]);
+    let err = tools
+        .call_once(&engine, "processOrder", order("B-2"), "call_0")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("call key `call_0`"), "{err}");
+    let started = engine
+        .list(Query::new().name("processOrder"))
+        .await
+        .unwrap();
+    assert_eq!(started.items.len(), 1);
+}

@@ -358,7 +358,9 @@ impl Tool {
     /// starting another; only once that instance is purged does the key
     /// start a new one. Unlike [`Engine::get_or_start_json`], which
     /// matches active instances only, a tool-call id names one call for
-    /// good. A function tool runs each time.
+    /// good: a key found with other arguments is an [`Error::Tool`], not
+    /// the first call's answer (providers number ids per conversation, so
+    /// prefix the conversation's id). A function tool runs each time.
     pub async fn call_once(
         &self,
         engine: &Engine,
@@ -373,7 +375,8 @@ impl Tool {
         match &self.target {
             Target::Function(f) => f(input).await.map_err(|err| self.function_error(err)),
             Target::Workflow { workflow, wait } => {
-                let started = match key {
+                let sent = key.is_some().then(|| input.clone());
+                let started = match &key {
                     // Whatever its status: a call retried after the first
                     // one's instance completed answers from that instance,
                     // not from a second order.
@@ -382,7 +385,7 @@ impl Tool {
                             .create_json(
                                 workflow,
                                 input,
-                                StartOptions::default().key(key),
+                                StartOptions::default().key(key.clone()),
                                 Some(Status::ALL.to_vec()),
                             )
                             .await
@@ -397,7 +400,28 @@ impl Tool {
                 let status = if created {
                     Status::Pending
                 } else {
-                    engine.instance(&id).await?.status
+                    let found = engine.instance(&id).await?;
+                    // A retry sends what the first call sent. Other
+                    // arguments under the key are another call (ids a
+                    // provider repeats across conversations, `call_0`):
+                    // answered from the first, it would never happen.
+                    if let (Some(sent), Some(key)) = (sent, &key) {
+                        // As it was stored: through the input's type.
+                        let (stored, _) = engine.checked_input(workflow, &sent).await?;
+                        let stored: Value = serde_json::from_str(&stored).unwrap_or(sent);
+                        if found.input != stored {
+                            return Err(Error::Tool {
+                                tool: self.name.clone(),
+                                message: format!(
+                                    "call key `{key}` was used by an earlier call with other \
+                                     arguments (instance {id}); a key names one call: make it \
+                                     unique across conversations (prefix the conversation's or \
+                                     the run's id)"
+                                ),
+                            });
+                        }
+                    }
+                    found.status
                 };
                 workflow_outcome(engine, &id, status, *wait).await
             }
