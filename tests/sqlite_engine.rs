@@ -1160,3 +1160,65 @@ fn a_failed_step_is_logged_with_its_instance_under_a_warn_filter() {
         assert!(line.contains(part), "{part} missing from: {line}");
     }
 }
+
+/// Which name `renamable` gives its step: a deploy may rename it.
+static STEP_NAME_VERSION: AtomicU32 = AtomicU32::new(1);
+
+/// Charges under a name the code may change, then waits for a go-ahead.
+#[workflow(name = "renamable")]
+async fn renamable(ctx: Ctx, _input: ()) -> workflow::Result<u32> {
+    let name = if STEP_NAME_VERSION.load(Ordering::SeqCst) == 1 {
+        "charge"
+    } else {
+        "charge-card"
+    };
+    let charged = ctx.step(name, || async { workflow::Ok(1) }).await?;
+    let _: () = ctx.wait_for_event("go", None).await?;
+    Ok(charged)
+}
+
+/// A run that gets to its end without reaching a step an earlier run
+/// recorded (here: renamed by a deploy, so its side effect happened again
+/// under the new name) says so in the log, naming it; a replay of
+/// unchanged code says nothing. Before, nothing told of it.
+#[tokio::test]
+async fn a_run_that_never_reached_a_recorded_step_warns() {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let captured = Captured::default();
+    // The test's runtime has one thread: the handlers log under it too.
+    let _guard = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .finish()
+        .set_default();
+    let engine = Engine::builder()
+        .database_url("memory:")
+        .register(Renamable)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let unchanged = Renamable::start(&engine, ()).await.unwrap();
+    until_status_within(&engine, unchanged.id(), Status::Listening).await;
+    unchanged.send_event("go", ()).await.unwrap();
+    assert_eq!(unchanged.result().await.unwrap(), 1);
+    let text = |c: &Captured| String::from_utf8_lossy(&c.0.lock().unwrap()).into_owned();
+    assert!(
+        !text(&captured).contains("without reaching"),
+        "{}",
+        text(&captured)
+    );
+
+    let renamed = Renamable::start(&engine, ()).await.unwrap();
+    until_status_within(&engine, renamed.id(), Status::Listening).await;
+    STEP_NAME_VERSION.store(2, Ordering::SeqCst);
+    renamed.send_event("go", ()).await.unwrap();
+    assert_eq!(renamed.result().await.unwrap(), 1);
+    let log = text(&captured);
+    assert!(
+        log.contains("this run returned without reaching `charge`, recorded by an earlier run"),
+        "{log}"
+    );
+}
