@@ -80,9 +80,14 @@ pub enum ModelError {
     /// Connecting or sending failed.
     #[error("model request failed: {0}")]
     Transport(String),
-    /// The answer was not a chat completion.
+    /// The answer was not a chat completion (a gateway's HTML page or a
+    /// body cut short, sent as a success): retried, as such answers pass.
     #[error("model response could not be read: {0}")]
     Decode(String),
+    /// The answer was larger than the client reads (bytes): a server
+    /// streaming by mistake, which trying again does not mend.
+    #[error("model response could not be read: the response is larger than {} MiB", .0 >> 20)]
+    TooLarge(usize),
     /// The client is not configured (no endpoint, bad URL).
     #[error("model configuration: {0}")]
     Config(String),
@@ -102,8 +107,8 @@ impl ModelError {
             ModelError::Status { status, .. } => {
                 matches!(status, 408 | 409) || (500..600).contains(status)
             }
-            ModelError::Timeout(_) | ModelError::Transport(_) => true,
-            ModelError::Decode(_) | ModelError::Config(_) => false,
+            ModelError::Timeout(_) | ModelError::Transport(_) | ModelError::Decode(_) => true,
+            ModelError::TooLarge(_) | ModelError::Config(_) => false,
         }
     }
 

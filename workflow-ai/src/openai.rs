@@ -347,10 +347,7 @@ impl Model for OpenAiCompatible {
         let text = if status.is_success() {
             let (text, cut) = read_body(response, MAX_RESPONSE_BYTES).await?;
             if cut {
-                return Err(ModelError::Decode(format!(
-                    "the response is larger than {} MiB",
-                    MAX_RESPONSE_BYTES >> 20
-                )));
+                return Err(ModelError::TooLarge(MAX_RESPONSE_BYTES));
             }
             text
         } else {
@@ -450,11 +447,18 @@ fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
     // retried rather than taken for a reply that cannot be read. One with
     // no HTTP status for a code (`"invalid_api_key"`) is a bad request.
     if let Some(error) = body.get("error").filter(|_| body.get("choices").is_none()) {
-        let status = error
-            .get("code")
+        let code = error.get("code");
+        let status = code
             .and_then(Value::as_u64)
             .and_then(|code| u16::try_from(code).ok())
             .filter(|code| (400..600).contains(code))
+            // OpenAI's named codes for passing faults.
+            .or_else(|| match code.and_then(Value::as_str) {
+                Some("server_error" | "service_unavailable") => Some(500),
+                Some("rate_limit_exceeded") => Some(429),
+                Some("timeout") => Some(408),
+                _ => None,
+            })
             .unwrap_or(400);
         return Err(ModelError::Status {
             status,

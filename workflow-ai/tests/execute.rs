@@ -628,8 +628,10 @@ async fn a_crash_between_turns_does_not_repeat_the_recorded_model_call() {
     assert!(instance.info().await.unwrap().runs >= 2);
 }
 
-/// A gateway's error in a 200 answer and a generation that failed on the
-/// server are tried again, not recorded as the answer.
+/// A gateway's error in a 200 answer (a numbered code or one of
+/// OpenAI's named ones), a generation that failed on the server, and a 200
+/// whose body is no chat completion (a proxy's page) are tried again, not
+/// recorded as the answer. Before, the last two kinds failed the loop.
 #[tokio::test(flavor = "multi_thread")]
 async fn server_side_failures_are_retried() {
     let server = Server::start(|n, _| match n {
@@ -646,6 +648,20 @@ async fn server_side_failures_are_retried() {
     .await;
     let engine = engine("memory:").await;
     let _worker = engine.start_worker();
+    let out = outcome::<Agent>(&engine, input(&server, 4)).await.unwrap();
+    assert_eq!(out, "fine");
+    assert_eq!(server.requests().len(), 3);
+
+    // Three attempts a turn here: a server of its own.
+    let server = Server::start(|n, _| match n {
+        0 => (
+            200,
+            json!({"error": {"code": "server_error", "message": "try again"}}),
+        ),
+        1 => (200, json!("<html>Bad gateway</html>")),
+        _ => text("fine"),
+    })
+    .await;
     let out = outcome::<Agent>(&engine, input(&server, 4)).await.unwrap();
     assert_eq!(out, "fine");
     assert_eq!(server.requests().len(), 3);
