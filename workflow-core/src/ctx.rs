@@ -1,6 +1,6 @@
 //! `Ctx`: what a running handler uses to make durable steps and keep state.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -431,26 +431,6 @@ struct Journal {
     /// Whether any of `recorded` is a step that failed for good: a
     /// fan-out looks for the first only then.
     any_failed: bool,
-    /// The recorded keys of the handler's own calls (no `@`: not the
-    /// engine's notes) that this run has reached.
-    reached: HashSet<String>,
-    /// How many such keys it has not reached yet: 0, nothing to look for.
-    unreached: usize,
-    /// Whether this run warned already of recorded steps passed by.
-    warned: bool,
-}
-
-impl Journal {
-    /// Notes that the handler reached `key`, if an earlier run recorded it.
-    fn reach(&mut self, key: &str) {
-        if self.unreached > 0
-            && !key.contains('@')
-            && self.recorded.contains_key(key)
-            && self.reached.insert(key.to_owned())
-        {
-            self.unreached -= 1;
-        }
-    }
 }
 
 impl RunShared {
@@ -507,12 +487,9 @@ impl RunShared {
             interrupt: Mutex::new(None),
             journal: Mutex::new(Journal {
                 any_failed: recorded.values().any(|(_, step)| step.error.is_some()),
-                unreached: recorded.keys().filter(|k| !k.contains('@')).count(),
                 recorded,
                 snapshots,
                 seen: HashMap::new(),
-                reached: HashSet::new(),
-                warned: false,
             }),
         }
     }
@@ -849,9 +826,6 @@ impl RunShared {
             crate::error::check_length("step name", name)?;
         }
         *n += 1;
-        if recorded.is_some() {
-            journal.reach(&key);
-        }
         Ok((key, recorded))
     }
 
@@ -860,53 +834,6 @@ impl RunShared {
             .recorded
             .get(key)
             .map(|(_, step)| step.clone())
-    }
-
-    /// [`recorded`](Self::recorded), for the call that replays it.
-    fn reach(&self, key: &str) -> Option<StepRow> {
-        let mut journal = lock(&self.journal);
-        let step = journal.recorded.get(key).map(|(_, step)| step.clone());
-        if step.is_some() {
-            journal.reach(key);
-        }
-        step
-    }
-
-    /// Warns when a run that got to its end (`how`: returned, suspended)
-    /// never reached steps an earlier run recorded: the code changed under
-    /// the instance. A step renamed ran its side effect again under its new
-    /// name; one removed no longer runs. Checked at the end, not as a new
-    /// step starts: steps side by side (`join!`) replay in any order.
-    pub(crate) fn warn_unreached(&self, how: &str) {
-        let mut journal = lock(&self.journal);
-        if journal.unreached == 0 || journal.warned {
-            return;
-        }
-        journal.warned = true;
-        let mut passed: Vec<(usize, &str)> = journal
-            .recorded
-            .iter()
-            .filter(|(k, _)| !k.contains('@') && !journal.reached.contains(k.as_str()))
-            .map(|(k, (position, _))| (*position, k.as_str()))
-            .collect();
-        passed.sort_unstable();
-        let shown: Vec<String> = passed
-            .iter()
-            .take(5)
-            .map(|(_, k)| format!("`{k}`"))
-            .collect();
-        let more = match passed.len().saturating_sub(shown.len()) {
-            0 => String::new(),
-            more => format!(" and {more} more"),
-        };
-        tracing::warn!(
-            id = %self.id,
-            workflow = self.workflow,
-            "this run {how} without reaching {}{more}, recorded by an earlier run: the code \
-             changed under this instance? A step renamed ran its side effect again under its new \
-             name; one removed no longer runs (see \"Changing workflow code\")",
-            shown.join(", ")
-        );
     }
 
     /// Where an earlier run recorded step `key`, in recording order.
@@ -1356,7 +1283,7 @@ where
     {
         let run = &self.inner.run;
         run.check()?;
-        if let Some(step) = run.reach(&key) {
+        if let Some(step) = run.recorded(&key) {
             return self.replay(step).await;
         }
         if run.pause_requested() {

@@ -1384,21 +1384,6 @@ async fn execute(
     // or it returned while a spawned task's wait was in it) is not the
     // outcome: the end is.
     let interrupt = run.outcome_interrupt();
-    // A run that got to an end of its own replayed every step recorded
-    // before it, unless the code changed (not a pause: it stopped early).
-    let reached = match (&interrupt, &end) {
-        (Some((Interrupt::Suspended, Settlement::Suspend(s))), _) if s.status != Status::Paused => {
-            Some("suspended")
-        }
-        (Some((Interrupt::Completed | Interrupt::Failed(_), _)), _) => Some("ended"),
-        (None, End::Returned(_)) => Some("returned"),
-        _ => None,
-    };
-    if let Some(how) = reached {
-        if !run.returned_missing_data.load(Ordering::SeqCst) {
-            run.warn_unreached(how);
-        }
-    }
     if let Some((why, settlement)) = interrupt {
         // A handler that returned right after `ctx.complete`/`ctx.fail`
         // took the state's last change with it; one stopped before that
