@@ -7,6 +7,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
@@ -1346,8 +1347,7 @@ where
                             started_at,
                             finished_at: run.now(),
                         };
-                        self.commit(step).await?;
-                        drop(order);
+                        self.commit_in_order(step, order).await?;
                         if noted {
                             lock(&run.retrying).remove(&key);
                         }
@@ -1397,8 +1397,7 @@ where
                         started_at,
                         finished_at: run.now(),
                     };
-                    self.commit(step.clone()).await?;
-                    drop(order);
+                    self.commit_in_order(step.clone(), order).await?;
                     if noted {
                         lock(&run.retrying).remove(&key);
                     }
@@ -1642,6 +1641,34 @@ where
     /// The state to record with the outcome of a handler that returned.
     pub(crate) fn state_at_end(&self) -> Option<String> {
         self.inner.state.take_at_end()
+    }
+
+    /// Records a step carrying the state snapshot `order` guards (see
+    /// `StateCell::order`), in the order the snapshots were taken: a store
+    /// that records commits in the order they are queued has it queued
+    /// before the next snapshot is taken (snapshots commit side by side,
+    /// in one group commit); any other, committed first.
+    pub(crate) async fn commit_in_order(
+        &self,
+        step: StepRow,
+        order: Option<tokio::sync::MutexGuard<'_, ()>>,
+    ) -> Result<()> {
+        let Some(order) = order else {
+            return self.commit(step).await;
+        };
+        if !self.inner.run.store.commits_in_call_order() {
+            let committed = self.commit(step).await;
+            drop(order);
+            return committed;
+        }
+        let mut commit = std::pin::pin!(self.commit(step));
+        // The first poll queues it.
+        let first = std::future::poll_fn(|cx| Poll::Ready(commit.as_mut().poll(cx))).await;
+        drop(order);
+        match first {
+            Poll::Ready(committed) => committed,
+            Poll::Pending => commit.await,
+        }
     }
 
     /// Records a step. The journal is not updated: keys never repeat within

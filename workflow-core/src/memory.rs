@@ -328,6 +328,11 @@ impl Store for MemoryStore {
             .min())
     }
 
+    /// A commit is done in its first poll, under the tables' lock.
+    fn commits_in_call_order(&self) -> bool {
+        true
+    }
+
     async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError> {
         let mut t = self.tables();
         let entry = t.leased(lease)?;

@@ -536,6 +536,16 @@ pub trait Store: Send + Sync + 'static {
     /// is current. Recording a key twice keeps the first record.
     async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError>;
 
+    /// Whether [`Store::commit_step`] calls are recorded in the order
+    /// their futures are first polled: true for a store that queues every
+    /// write to one writer in its first poll (SQLite's, the memory store).
+    /// Steps side by side that carry state snapshots then commit together;
+    /// otherwise (the default) each waits for the one before it, so that
+    /// the newest snapshot is the one recorded last.
+    fn commits_in_call_order(&self) -> bool {
+        false
+    }
+
     /// Records a failed attempt of a step as an `attempt_failed` event.
     async fn record_attempt(
         &self,

@@ -2603,6 +2603,17 @@ impl<S: Store> Store for Unreachable<S> {
     fn wakeups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.wakeups()
     }
+    /// The inner store's, unless a commit is made slow
+    /// ([`Unreachable::slow_step_commit`]): it waits before going through.
+    fn commits_in_call_order(&self) -> bool {
+        self.inner.commits_in_call_order()
+            && self
+                .slow_commit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
+    }
+
     async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError> {
         let store = self.up()?;
         fail_one(

@@ -91,16 +91,19 @@ where
         }
         let _recording = run.step_running();
         let now = run.now();
-        let (state, _order) = self.state_for_record().await?;
-        self.commit(StepRow {
-            key,
-            output: Some(at.to_string()),
-            error: None,
-            state,
-            attempts: 1,
-            started_at: now,
-            finished_at: now,
-        })
+        let (state, order) = self.state_for_record().await?;
+        self.commit_in_order(
+            StepRow {
+                key,
+                output: Some(at.to_string()),
+                error: None,
+                state,
+                attempts: 1,
+                started_at: now,
+                finished_at: now,
+            },
+            order,
+        )
         .await?;
         Ok(at)
     }
@@ -279,7 +282,7 @@ where
         }
         let at = self.run().now();
         if until.is_some_and(|until| at >= until) {
-            let (state, _order) = self.state_for_record().await?;
+            let (state, order) = self.state_for_record().await?;
             let step = StepRow {
                 key,
                 output: None,
@@ -289,7 +292,7 @@ where
                 started_at: at,
                 finished_at: at,
             };
-            self.commit(step.clone()).await?;
+            self.commit_in_order(step.clone(), order).await?;
             return event_outcome(name, step);
         }
         drop(registering);
@@ -471,7 +474,7 @@ where
                 Status::Completed => (Some(row.output.unwrap_or_else(|| "null".into())), None),
                 other => (None, Some(child_end(other, row.error.as_deref()))),
             };
-            let (state, _order) = self.state_for_record().await?;
+            let (state, order) = self.state_for_record().await?;
             let step = StepRow {
                 key: result_key,
                 output,
@@ -488,7 +491,7 @@ where
             if output && outcome.is_err() {
                 self.note_unread(&key).await?;
             }
-            self.commit(step).await?;
+            self.commit_in_order(step, order).await?;
             return outcome;
         }
         drop(registering);

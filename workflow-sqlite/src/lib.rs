@@ -726,6 +726,12 @@ impl Store for SqliteStore {
         Ok(next)
     }
 
+    /// The writer applies writes in the order they were queued, and
+    /// `commit_step` queues its write in its first poll.
+    fn commits_in_call_order(&self) -> bool {
+        true
+    }
+
     async fn commit_step(&self, lease: &Lease, step: StepRow) -> Result<(), StoreError> {
         match self.write(Op::CommitStep(lease.clone(), step)).await? {
             Reply::Done => Ok(()),
