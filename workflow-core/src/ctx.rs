@@ -837,6 +837,23 @@ impl RunShared {
             .map(|(_, step)| step.clone())
     }
 
+    /// The lowest index `i >= from` of a recorded `{base}[i]`, if any.
+    pub(crate) fn recorded_index_from(&self, base: &str, from: usize) -> Option<usize> {
+        let journal = lock(&self.journal);
+        journal
+            .recorded
+            .keys()
+            .filter_map(|key| {
+                key.strip_prefix(base)?
+                    .strip_prefix('[')?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()
+            })
+            .filter(|index: &usize| *index >= from)
+            .min()
+    }
+
     /// Where an earlier run recorded step `key`, in recording order.
     fn recorded_at(&self, key: &str) -> Option<usize> {
         lock(&self.journal)

@@ -735,10 +735,12 @@ where
     /// results matched by position would go to other items. (More items
     /// than then cannot be told apart from a fan-out cut short.)
     async fn check_item_count(&self, base: &str, what: &str, count: usize) -> Result<()> {
-        let past = format!("{base}[{count}]");
-        if self.run().recorded(&past).is_none() {
+        // Any index: items side by side are recorded as they end, so a
+        // run cut short may have left gaps.
+        let Some(past) = self.run().recorded_index_from(base, count) else {
             return Ok(());
-        }
+        };
+        let past = format!("{base}[{past}]");
         Err(self
             .pause_for_code(format!(
                 "`{base}` was run with more {what} than the {count} it is given now (`{past}` is recorded), \
