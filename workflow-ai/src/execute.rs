@@ -431,8 +431,8 @@ where
                             .map_err(|e| e.to_string())
                     })
                     .as_ref()
-                    // A worker deployed without the settings: failed, the
-                    // instance could not go on once they are given.
+                    // A worker deployed without the settings pauses the
+                    // instance: failed, it could not go on once given them.
                     .map_err(|why| {
                         ctx.pause_for_setup(format!(
                             "paused: {why}. Give this worker a model (or the OPENAI_* \

@@ -80,10 +80,15 @@ pub enum ModelError {
     /// Connecting or sending failed.
     #[error("model request failed: {0}")]
     Transport(String),
-    /// The answer was not a chat completion (a gateway's HTML page or a
-    /// body cut short, sent as a success): retried, as such answers pass.
+    /// The answer was no JSON object (a gateway's HTML page or a body cut
+    /// short, sent as a success): retried, as such answers pass.
     #[error("model response could not be read: {0}")]
     Decode(String),
+    /// The answer was a JSON object but no chat completion (no choices, a
+    /// tool call without a function): a server that answers so answers so
+    /// again, and each try is paid for, so it is not retried.
+    #[error("model response is not a chat completion: {0}")]
+    Unexpected(String),
     /// The answer was larger than the client reads (bytes): a server
     /// streaming by mistake, which trying again does not mend.
     #[error("model response could not be read: the response is larger than {} MiB", .0 >> 20)]
@@ -95,10 +100,12 @@ pub enum ModelError {
 
 impl ModelError {
     /// True if trying again may help: HTTP 408, 409, 429 and 5xx, timeouts,
-    /// connection failures. Other 4xx (a bad request, a bad key),
-    /// configuration errors, and a 429 that says the account's quota is
-    /// used up (`insufficient_quota`, which waiting does not mend) fail the
-    /// step at once.
+    /// connection failures, a success whose body is no JSON object
+    /// ([`ModelError::Decode`]). Other 4xx (a bad request, a bad key),
+    /// configuration errors, an answer that is JSON but no chat completion
+    /// or too large, and a 429 that says the account's quota is used up
+    /// (`insufficient_quota`, which waiting does not mend) fail the step
+    /// at once.
     pub fn is_retryable(&self) -> bool {
         match self {
             ModelError::Status {
@@ -108,7 +115,7 @@ impl ModelError {
                 matches!(status, 408 | 409) || (500..600).contains(status)
             }
             ModelError::Timeout(_) | ModelError::Transport(_) | ModelError::Decode(_) => true,
-            ModelError::TooLarge(_) | ModelError::Config(_) => false,
+            ModelError::TooLarge(_) | ModelError::Unexpected(_) | ModelError::Config(_) => false,
         }
     }
 

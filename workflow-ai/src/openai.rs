@@ -442,6 +442,12 @@ fn shown(body: &str) -> &str {
 fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
     let body: Value = serde_json::from_str(text)
         .map_err(|err| ModelError::Decode(format!("{err}: {}", shown(text))))?;
+    if !body.is_object() {
+        return Err(ModelError::Decode(format!(
+            "not a JSON object: {}",
+            shown(text)
+        )));
+    }
     // A gateway's error sent with HTTP 200 (OpenRouter's `{"error": {"code":
     // 502, ..}}`): judged as that status would be, so an upstream outage is
     // retried rather than taken for a reply that cannot be read. One with
@@ -469,10 +475,10 @@ fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
     let choice = body
         .get("choices")
         .and_then(|c| c.get(0))
-        .ok_or_else(|| ModelError::Decode(format!("no choices in {}", shown(text))))?;
+        .ok_or_else(|| ModelError::Unexpected(format!("no choices in {}", shown(text))))?;
     let message = choice
         .get("message")
-        .ok_or_else(|| ModelError::Decode(format!("no message in {}", shown(text))))?;
+        .ok_or_else(|| ModelError::Unexpected(format!("no message in {}", shown(text))))?;
     let content = match message.get("content") {
         Some(Value::String(s)) => Some(s.clone()),
         // Some servers send content parts: keep their text.
@@ -526,11 +532,11 @@ fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
 fn tool_call(n: usize, call: &Value) -> Result<ToolCall, ModelError> {
     let function = call
         .get("function")
-        .ok_or_else(|| ModelError::Decode(format!("tool call {n} has no `function`")))?;
+        .ok_or_else(|| ModelError::Unexpected(format!("tool call {n} has no `function`")))?;
     let name = function
         .get("name")
         .and_then(Value::as_str)
-        .ok_or_else(|| ModelError::Decode(format!("tool call {n} has no function name")))?;
+        .ok_or_else(|| ModelError::Unexpected(format!("tool call {n} has no function name")))?;
     let arguments = match function.get("arguments") {
         Some(Value::String(text)) => text.clone(),
         None | Some(Value::Null) => String::new(),
@@ -679,10 +685,15 @@ mod tests {
             .to_string();
         assert!(err.starts_with("model endpoint answered HTTP 400"), "{err}");
         assert!(err.len() < 2_200, "{} bytes", err.len());
-        let err = parse_completion(r#"{"choices":[]}"#)
+        let err = parse_completion(r#"{"choices":[]}"#).unwrap_err();
+        assert!(!err.is_retryable(), "answered so, answered so again: {err}");
+        let err = err.to_string();
+        assert!(err.starts_with("model response is not a chat completion: no choices in"));
+        // A page, or a body cut short, passes: retried.
+        assert!(parse_completion(&page).unwrap_err().is_retryable());
+        assert!(parse_completion(r#"{"choices":[{"mess"#)
             .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("model response could not be read: no choices in"));
+            .is_retryable());
     }
 
     /// A gateway's error in a 200 answer is judged by its code: an upstream
