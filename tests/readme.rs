@@ -309,9 +309,10 @@ let tools = Toolbox::new()
 let reply = tools.call(&engine, "lookup_customer", args.clone()).await?;
 // A call your own loop may repeat (a retried request): keyed by the
 // provider's tool-call id, a workflow tool starts one instance, and a
-// retry answers from it even once it completed. Providers number ids
-// per conversation: prefix yours (a key reused with other arguments is
-// refused, not answered from the first call).
+// retry answers from it even once it completed. A tool-call id is
+// unique within one conversation at best: prefix the conversation's id
+// (a key reused with other arguments is refused, not answered from the
+// first call).
 let reply = tools.call_once(&engine, "processOrder", args, &tool_call.id).await?;
 // Arguments are checked closed: a misspelt field is named, not dropped.
 // 3. A model loop inside a workflow's handler (feature `ai`): each model

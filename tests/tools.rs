@@ -621,3 +621,37 @@ async fn a_key_reused_with_other_arguments_is_refused() {
         .unwrap();
     assert_eq!(started.items.len(), 1);
 }
+
+/// A retry is the same call whichever engine it lands on: one that
+/// registers the workflow stores the input as its type writes it (`null`
+/// for each field left out), one that only knows the definition stores it
+/// as sent. Neither way round is it taken for another call.
+#[tokio::test]
+async fn a_retry_through_another_kind_of_engine_is_the_same_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tools.db").display());
+    let worker_engine = Engine::builder()
+        .database_url(&url)
+        .register(ProcessOrder)
+        .build()
+        .await
+        .unwrap();
+    // Knows `processOrder` from the definition the other recorded.
+    let client_engine = Engine::builder().database_url(&url).build().await.unwrap();
+    let tools = Toolbox::new().tool(ProcessOrder::as_tool());
+    let sent = json!({"order_id": "A-1", "size": "Small"});
+    for (first, retry, key) in [
+        (&worker_engine, &client_engine, "conv-1/call_0"),
+        (&client_engine, &worker_engine, "conv-2/call_0"),
+    ] {
+        let started = tools
+            .call_once(first, "processOrder", sent.clone(), key)
+            .await
+            .unwrap();
+        let again = tools
+            .call_once(retry, "processOrder", sent.clone(), key)
+            .await
+            .unwrap();
+        assert_eq!(started["workflowId"], again["workflowId"], "{key}");
+    }
+}

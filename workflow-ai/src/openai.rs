@@ -544,7 +544,10 @@ fn tool_call(n: usize, call: &Value) -> Result<ToolCall, ModelError> {
     };
     let id = match call.get("id").and_then(Value::as_str) {
         Some(id) if !id.is_empty() => id.to_owned(),
-        _ => format!("call_{n}"),
+        // Unique, not `call_{n}`: a key for `Tool::call_once` must not
+        // repeat from one reply to the next. (The reply is recorded with
+        // it, so a replay sees the same id.)
+        _ => format!("call_{n}_{}", workflow_core::InstanceId::new()),
     };
     Ok(ToolCall {
         id,
@@ -734,9 +737,16 @@ mod tests {
         let r = parse_completion(text).unwrap();
         assert_eq!(r.finish_reason.as_deref(), Some("tool_calls"));
         assert_eq!(r.tool_calls.len(), 2);
-        assert_eq!(r.tool_calls[0].id, "call_0");
+        assert!(
+            r.tool_calls[0].id.starts_with("call_0_"),
+            "{}",
+            r.tool_calls[0].id
+        );
         assert_eq!(r.tool_calls[0].function.arguments, r#"{"a":1}"#);
-        assert_eq!(r.tool_calls[1].id, "call_1");
+        assert!(r.tool_calls[1].id.starts_with("call_1_"));
+        // Made up anew for each reply: a key for `call_once` never repeats.
+        let again = parse_completion(text).unwrap();
+        assert_ne!(again.tool_calls[0].id, r.tool_calls[0].id);
         assert_eq!(r.tool_calls[1].function.arguments, "");
         let refused = r#"{"choices":[{"message":{"content":null,"refusal":"no"}}]}"#;
         let r = parse_completion(refused).unwrap();

@@ -359,8 +359,12 @@ impl Tool {
     /// start a new one. Unlike [`Engine::get_or_start_json`], which
     /// matches active instances only, a tool-call id names one call for
     /// good: a key found with other arguments is an [`Error::Tool`], not
-    /// the first call's answer (providers number ids per conversation, so
-    /// prefix the conversation's id). A function tool runs each time.
+    /// the first call's answer (a tool-call id is unique within one
+    /// conversation at best, so prefix the conversation's id). The
+    /// arguments are compared as sent and as the input type writes them:
+    /// an input type whose serialization varies from one reading to the
+    /// next (a `HashSet`, a default drawn at random) can see a retry
+    /// refused. A function tool runs each time.
     pub async fn call_once(
         &self,
         engine: &Engine,
@@ -406,10 +410,17 @@ impl Tool {
                     // provider repeats across conversations, `call_0`):
                     // answered from the first, it would never happen.
                     if let (Some(sent), Some(key)) = (sent, &key) {
-                        // As it was stored: through the input's type.
-                        let (stored, _) = engine.checked_input(workflow, &sent).await?;
-                        let stored: Value = serde_json::from_str(&stored).unwrap_or(sent);
-                        if found.input != stored {
+                        // Stored as sent (an engine that only knows the
+                        // definition) or through the input's type (one
+                        // that registers it): either is this call's.
+                        let typed = engine
+                            .checked_input(workflow, &sent)
+                            .await
+                            .ok()
+                            .and_then(|(json, _)| serde_json::from_str::<Value>(&json).ok());
+                        let same = without_nulls(&found.input) == without_nulls(&sent)
+                            || typed.as_ref() == Some(&found.input);
+                        if !same {
                             return Err(Error::Tool {
                                 tool: self.name.clone(),
                                 message: format!(
@@ -460,6 +471,23 @@ impl Tool {
                 message: error_chain(&*err),
             },
         }
+    }
+}
+
+/// `value` without the object fields that are `null`: a field left out
+/// and one sent as `null` read alike (an `Option`), and an engine that
+/// registers the workflow stores its input with them written out.
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
     }
 }
 
