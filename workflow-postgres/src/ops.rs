@@ -974,13 +974,14 @@ impl Db {
         // paused from now on.
         // A deadline already past is due now, by the database's clock at
         // the latest (a caller's clock may run ahead).
-        let due_now: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        let sooner: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "UPDATE instances SET deadline_at = $2, updated_at = $3, \
              run_at = CASE WHEN status IN ('pending', 'listening') AND run_at > $2 \
              THEN {due} ELSE run_at END, \
              paused_at = CASE WHEN status = 'paused' THEN $3 ELSE paused_at END \
+             FROM (SELECT run_at AS old_run_at FROM instances WHERE id = $1) AS old \
              WHERE id = $1 \
-             RETURNING status IN ('pending', 'listening') AND run_at <= $3",
+             RETURNING status IN ('pending', 'listening') AND run_at < old.old_run_at",
             due = due_now_capped("$2", "$3"),
         )))
         .bind(id.as_str())
@@ -1001,8 +1002,9 @@ impl Db {
         )
         .await?;
         commit(tx).await?;
-        // A deadline already past: other processes should end it at once.
-        if due_now {
+        // Due sooner: idle workers in other processes nap until then, not
+        // until the time they had read.
+        if sooner {
             self.wake();
         }
         Ok(control)

@@ -392,6 +392,60 @@ async fn notify_changes_the_wakeup_signal() {
     common::drop_schemas(&url, &[schema]).await;
 }
 
+/// A deadline moved closer to a waiting instance, though not yet passed,
+/// NOTIFYs: idle workers in other processes napping until the instance's
+/// old wake-up time look again. Before, only a deadline already past did.
+#[tokio::test]
+async fn a_deadline_moved_closer_notifies() {
+    let Some(url) = common::url("a_deadline_moved_closer_notifies") else {
+        return;
+    };
+    let schema = common::fresh_schema("deadline_notify");
+    let listening = PgStore::connect_with(&url, PgOptions::new().schema(&schema))
+        .await
+        .unwrap();
+    let mut wakeups = listening.wakeups().expect("listening by default");
+    let other = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
+        .await
+        .unwrap();
+    let now = now_millis();
+    let mut new = new_instance("wf", 0);
+    new.created_at = now;
+    new.run_at = now;
+    new.deadline_at = Some(now + 3_600_000);
+    let id = new.id.clone();
+    other.create(new, None).await.unwrap();
+    let claimed = other
+        .claim(ClaimRequest {
+            owner: "w".into(),
+            workflows: vec!["wf".into()],
+            now,
+            due_by: now,
+            lease_until: now + 30_000,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    let wait = Suspend {
+        status: Status::Listening,
+        run_at: now + 3_600_000,
+        wait_event: Some("never".into()),
+        wait_child: None,
+        retry: None,
+        state: None,
+        reason: "waiting".into(),
+        at: now,
+    };
+    other.suspend(&claimed[0].lease, wait).await.unwrap();
+    // What the create and the suspension sent is heard first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wakeups.borrow_and_update();
+    other.set_deadline(&id, now + 60_000, now).await.unwrap();
+    let changed = tokio::time::timeout(Duration::from_secs(5), wakeups.changed()).await;
+    assert!(changed.is_ok(), "no NOTIFY for a deadline moved closer");
+    common::drop_schemas(&url, &[schema]).await;
+}
+
 /// A TCP proxy to the test server that can cut the connections open at a
 /// moment off without a reset, as a NAT or a load balancer that forgot an
 /// idle flow does: what they send either way is dropped from then on, and
