@@ -655,3 +655,58 @@ async fn a_retry_through_another_kind_of_engine_is_the_same_call() {
         assert_eq!(started["workflowId"], again["workflowId"], "{key}");
     }
 }
+
+/// Asks for a restock through a toolbox whose workflow tool may not be
+/// registered anywhere yet.
+#[workflow(name = "restocker")]
+async fn restocker(ctx: Ctx, _input: ()) -> workflow::Result<String> {
+    let tools = Toolbox::new().tool(Restock::as_tool().wait(Duration::from_secs(10)));
+    let reply = ctx
+        .call_tool("restock", &tools, "restock", json!({"units": 4}))
+        .await?;
+    Ok(reply.text())
+}
+
+/// A workflow tool whose workflow no engine runs yet pauses the instance
+/// (a deploy order), as a child workflow does, instead of telling the
+/// model, in a reply recorded for good, that the tool does not exist; an
+/// engine that runs it deployed, the resumed instance calls it.
+#[tokio::test]
+async fn a_workflow_tool_no_engine_runs_pauses_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tools.db").display());
+    let engine = Engine::builder()
+        .database_url(&url)
+        .register(Restocker)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    let inst = Restocker::start(&engine, ()).await.unwrap();
+    let started = std::time::Instant::now();
+    while inst.status().await.unwrap() != Status::Paused {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never paused: {:?}",
+            inst.info().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.shutdown().await;
+    let fixed = Engine::builder()
+        .database_url(&url)
+        .register(Restocker)
+        .register(Restock)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = fixed.start_worker();
+    fixed.resume(inst.id()).await.unwrap();
+    let done = fixed
+        .wait_timeout(inst.id(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.output, Some(json!("4")), "{:?}", done.error);
+}

@@ -1094,7 +1094,10 @@ where
     pub fn pause_for_setup(&self, reason: String) -> Error {
         let run = &self.inner.run;
         let why = Interrupt::Suspended;
-        run.interrupt(why.clone(), Settlement::Suspend(run.pause_for_fix(reason)));
+        let mut pause = run.pause_for_fix(reason);
+        // A step beside it backing off in memory counts on after the resume.
+        pause.retry = run.backing_off().or(pause.retry);
+        run.interrupt(why.clone(), Settlement::Suspend(pause));
         Error::Interrupted(why)
     }
 

@@ -860,7 +860,9 @@ where
     /// with `is_error` set, worded for the model to correct itself from.
     /// `Err` is left for what must stop the handler (interrupts), and for
     /// a `name` that breaks the step-name rule of [`Ctx::step`]
-    /// ([`Error::InvalidStepName`]).
+    /// ([`Error::InvalidStepName`]). A workflow tool whose workflow no
+    /// engine runs yet pauses the instance, as [`Ctx::start_child`] does:
+    /// deploy an engine that registers it, then resume.
     pub async fn call_tool_with(
         &self,
         name: &str,
@@ -915,6 +917,15 @@ where
                                 match child {
                                     Err(Error::Store(err)) => {
                                         return Err(BoxError::from(self.store_error(err)))
+                                    }
+                                    // A tool of the toolbox whose workflow no
+                                    // engine runs yet: a deploy order, as for
+                                    // `start_child`, not the model's mistake.
+                                    Err(unknown @ Error::UnknownWorkflow(_)) => {
+                                        return Err(BoxError::from(self.pause_for_setup(format!(
+                                            "paused: {unknown}. Deploy an engine that registers \
+                                             it and resume the instance, or cancel it"
+                                        ))))
                                     }
                                     other => other,
                                 }
