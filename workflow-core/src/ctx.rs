@@ -1639,9 +1639,12 @@ where
         &self,
     ) -> Result<(Option<String>, Option<tokio::sync::MutexGuard<'_, ()>>)> {
         let cell = &self.inner.state;
-        // Most records carry no snapshot: they need not wait their turn. A
-        // change made after this look is another record's to carry.
+        // A record without a snapshot still comes after one in flight: its
+        // own step's change may be in that snapshot (taken while the step
+        // ran), and recorded first, a crash before the snapshot landed
+        // would replay the step without its change. Uncontended, no wait.
         if !cell.dirty.load(Ordering::Acquire) {
+            drop(cell.order.lock().await);
             return Ok((None, None));
         }
         let order = cell.order.lock().await;

@@ -4021,3 +4021,57 @@ async fn a_fan_out_replayed_with_fewer_items_pauses() {
     let total = inst.result_timeout(Duration::from_secs(10)).await.unwrap();
     assert_eq!(total, 3, "0 + 1 + 2");
 }
+
+/// Item `b` changes the state, then runs on; item `a` changes it after,
+/// and its snapshot (holding both changes) is slow to commit.
+struct SnapshotThenPlain;
+
+impl Workflow for SnapshotThenPlain {
+    type Input = ();
+    type Output = ();
+    type State = Log;
+    const NAME: &'static str = "snapshotThenPlain";
+
+    async fn run(&self, ctx: Ctx<Log>, _: ()) -> Result<(), BoxError> {
+        let items = vec!["a".to_owned(), "b".to_owned()];
+        ctx.map("note", items, 2, |item: String| {
+            let ctx = ctx.clone();
+            async move {
+                if item == "a" {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    ctx.state_mut().items.push(item);
+                } else {
+                    ctx.state_mut().items.push(item);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok::<_, BoxError>(())
+            }
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A record without a snapshot waits for one in flight: `b`'s change is
+/// in `a`'s snapshot, so `b`, recorded first, would replay after a crash
+/// without its change while `a` runs again. Before, `b`'s record landed
+/// first, during `a`'s slow commit.
+#[tokio::test]
+async fn a_record_after_a_snapshot_holding_its_change_lands_after_it() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    store.slow_step_commit(Some(("note[0]", Duration::from_millis(300))));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(SnapshotThenPlain)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    let inst = SnapshotThenPlain::start(&engine, ()).await.unwrap();
+    until_status(&inst, Status::Completed).await;
+    let steps = inst.steps().await.unwrap();
+    let order: Vec<&str> = steps.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(order, ["note[0]", "note[1]"], "recording order");
+    worker.shutdown().await;
+}
