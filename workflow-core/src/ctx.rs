@@ -1644,7 +1644,9 @@ where
         // ran), and recorded first, a crash before the snapshot landed
         // would replay the step without its change. Uncontended, no wait.
         if !cell.dirty.load(Ordering::Acquire) {
-            drop(cell.order.lock().await);
+            if cell.order.try_lock().is_err() {
+                drop(cell.order.lock().await);
+            }
             return Ok((None, None));
         }
         let order = cell.order.lock().await;
