@@ -324,9 +324,22 @@ fn unknown_key(key: &str, span: Span) -> syn::Error {
             example(key)
         )
     });
+    // Attempts and retries differ by one: say which `retries` counts.
+    let moved = moved.or_else(|| match key {
+        "max_attempts" | "attempts" => Some(
+            " (did you mean `retries`? It counts attempts in all, the first included: \
+             `retries = 3` makes up to 3)"
+                .to_owned(),
+        ),
+        "retry" | "max_retries" => Some(
+            " (did you mean `retries`? It counts attempts in all, the first included: \
+             3 retries after the first attempt are `retries = 4`)"
+                .to_owned(),
+        ),
+        _ => None,
+    });
     // `StepOptions`' field names, which users of `step_with` know.
     let alias = match key {
-        "max_attempts" | "attempts" | "retry" | "max_retries" => Some("retries = 3"),
         "cron" => Some("schedule"),
         "tz" | "time_zone" => Some("timezone"),
         "rename" => Some("name"),
@@ -753,8 +766,13 @@ mod tests {
 
     #[test]
     fn backoff_settings_at_the_top_level_point_into_backoff() {
-        let (_, errors) = parse(quote!(initial = "1s", max_attempts = 3, jiter = 0.1));
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        let (_, errors) = parse(quote!(
+            initial = "1s",
+            max_attempts = 3,
+            jiter = 0.1,
+            max_retries = 3
+        ));
+        assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(
             errors[0]
                 .contains("`initial` is a setting of `backoff`: `backoff(initial = \"200ms\")`"),
@@ -762,9 +780,15 @@ mod tests {
             errors[0]
         );
         assert!(
-            errors[1].contains("did you mean `retries = 3`?"),
+            errors[1].contains("`retries = 3` makes up to 3"),
             "{}",
             errors[1]
+        );
+        // Not `retries = 3`, which would be one retry fewer than asked.
+        assert!(
+            errors[3].contains("3 retries after the first attempt are `retries = 4`"),
+            "{}",
+            errors[3]
         );
         assert!(
             errors[2].contains("did you mean `jitter`?"),
