@@ -51,6 +51,7 @@ pub struct Execute {
     model_step: Option<StepOptions>,
     tool_step: Option<StepOptions>,
     strict_tools: bool,
+    strict_output: bool,
     max_tool_reply: usize,
     max_tool_calls: usize,
 }
@@ -91,6 +92,7 @@ impl Execute {
             model_step: None,
             tool_step: None,
             strict_tools: false,
+            strict_output: true,
             max_tool_reply: Self::DEFAULT_MAX_TOOL_REPLY,
             max_tool_calls: Self::DEFAULT_MAX_TOOL_CALLS,
         }
@@ -212,6 +214,18 @@ impl Execute {
         self.strict_tools = strict;
         self
     }
+
+    /// For [`execute_typed`](ExecuteExt::execute_typed): ask for the
+    /// output in OpenAI's strict form (`response_format` `json_schema`
+    /// with `strict: true`) when its type allows it. Default on; turn it
+    /// off for a compatible server that refuses strict schemas (some do,
+    /// over integer bounds or keywords), which then gets the plain schema.
+    /// The answer is checked against the schema either way, and a wrong
+    /// one corrected by another turn.
+    pub fn strict_output(mut self, strict: bool) -> Self {
+        self.strict_output = strict;
+        self
+    }
 }
 
 /// How a model loop ended.
@@ -283,9 +297,13 @@ where
         // non-object outputs, reports violations with their paths.
         let checker = Tool::workflow("output", "", schema_for::<T>());
         let schema = checker.provider_parameters();
-        let (schema, strict) = match strict_schema(&schema) {
-            Ok(strict) => (strict, true),
-            Err(_) => (schema, false),
+        let strict = execute
+            .strict_output
+            .then(|| strict_schema(&schema).ok())
+            .flatten();
+        let (schema, strict) = match strict {
+            Some(strict) => (strict, true),
+            None => (schema, false),
         };
         let format = OutputFormat {
             name: "output".to_owned(),
@@ -381,6 +399,7 @@ where
         model_step,
         tool_step,
         strict_tools,
+        strict_output: _,
         max_tool_reply,
         max_tool_calls,
     } = execute;

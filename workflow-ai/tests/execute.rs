@@ -109,6 +109,20 @@ struct Triage {
     urgent: Option<bool>,
 }
 
+/// Classify a ticket into a typed answer, asking for no strict schema.
+#[workflow(name = "classifyLoose")]
+async fn classify_loose(ctx: Ctx, input: AgentInput) -> Result<Triage, BoxError> {
+    let run = ctx
+        .execute_typed::<Triage>(
+            Execute::new("Classify the ticket.")
+                .input(input.ticket)
+                .model(model(&input.base_url)?)
+                .strict_output(false),
+        )
+        .await?;
+    Ok(run.output)
+}
+
 /// Classify a ticket into a typed answer
 #[workflow(name = "classify")]
 async fn classify(ctx: Ctx, input: AgentInput) -> Result<Triage, BoxError> {
@@ -184,6 +198,7 @@ async fn engine(url: &str) -> Engine {
         .register(Agent)
         .register(CreateTicket)
         .register(Classify)
+        .register(ClassifyLoose)
         .register(ReplayedTurn)
         .register(SettingsLater)
         .register(Capped)
@@ -936,4 +951,26 @@ async fn a_worker_without_model_settings_pauses_the_loop() {
     inst.resume().await.unwrap();
     let out = inst.result_timeout(Duration::from_secs(30)).await.unwrap();
     assert_eq!(out, "Hello!");
+}
+
+/// `strict_output(false)` sends the output's plain schema, `strict: false`,
+/// for servers that refuse strict ones; the answer is still checked.
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_output_can_ask_for_no_strict_schema() {
+    let server = Server::start(|_, _| {
+        text(r#"{"category": "Bug", "reason": "Login fails.", "urgent": true}"#)
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let out = outcome::<ClassifyLoose>(&engine, input(&server, 4))
+        .await
+        .unwrap();
+    assert_eq!(out.urgent, Some(true));
+    let format = &server.requests()[0].body["response_format"];
+    assert_eq!(format["json_schema"]["strict"], false, "{format}");
+    assert_ne!(
+        format["json_schema"]["schema"]["additionalProperties"], false,
+        "the plain schema, not the strict form: {format}"
+    );
 }
