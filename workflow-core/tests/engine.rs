@@ -4005,13 +4005,7 @@ async fn a_fan_out_replayed_with_fewer_items_pauses() {
     until_status(&inst, Status::Listening).await;
     SHIPPED_ITEMS.store(2, Ordering::SeqCst);
     inst.send_event("go", ()).await.unwrap();
-    until_status(&inst, Status::Paused).await;
-    let history = inst.history().await.unwrap();
-    let paused = history
-        .iter()
-        .rfind(|e| e.kind == "paused")
-        .expect("paused");
-    let why = paused.message.as_deref().unwrap_or_default();
+    let why = common::paused_reason(&inst).await;
     assert!(
         why.contains("`ship` was run with more items than the 2 it is given now"),
         "{why}"

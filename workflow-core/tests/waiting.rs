@@ -1784,13 +1784,7 @@ async fn a_child_no_engine_runs_pauses_the_parent_until_one_does() {
         .unwrap();
     let worker = engine.start_worker();
     let parent = Parent::start(&engine, 21).await.unwrap();
-    until_status(&parent, Status::Paused).await;
-    let history = parent.history().await.unwrap();
-    let paused = history
-        .iter()
-        .rfind(|e| e.kind == "paused")
-        .expect("paused");
-    let why = paused.message.as_deref().unwrap_or_default();
+    let why = common::paused_reason(&parent).await;
     assert!(
         why.contains("no workflow `double`: it is not registered"),
         "{why}"

@@ -27,3 +27,15 @@ pub async fn until_nothing_runs_here(engine: &Engine, what: &str) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Waits until `inst` is paused, and returns the reason its history gives.
+#[allow(dead_code)]
+pub async fn paused_reason<W: Workflow>(inst: &Instance<W>) -> String {
+    until_status(inst, Status::Paused).await;
+    let history = inst.history().await.unwrap();
+    let paused = history
+        .iter()
+        .rfind(|e| e.kind == "paused")
+        .expect("a `paused` event");
+    paused.message.clone().unwrap_or_default()
+}
