@@ -452,7 +452,11 @@ fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
     // 502, ..}}`): judged as that status would be, so an upstream outage is
     // retried rather than taken for a reply that cannot be read. One with
     // no HTTP status for a code (`"invalid_api_key"`) is a bad request.
-    if let Some(error) = body.get("error").filter(|_| body.get("choices").is_none()) {
+    // `"choices": null` or `[]` beside it is no answer either.
+    let no_choices = body
+        .get("choices")
+        .is_none_or(|c| c.is_null() || c.as_array().is_some_and(Vec::is_empty));
+    if let Some(error) = body.get("error").filter(|_| no_choices) {
         let code = error.get("code");
         let status = code
             .and_then(Value::as_u64)
@@ -546,8 +550,13 @@ fn tool_call(n: usize, call: &Value) -> Result<ToolCall, ModelError> {
         Some(id) if !id.is_empty() => id.to_owned(),
         // Unique, not `call_{n}`: a key for `Tool::call_once` must not
         // repeat from one reply to the next. (The reply is recorded with
-        // it, so a replay sees the same id.)
-        _ => format!("call_{n}_{}", workflow_core::InstanceId::new()),
+        // it, so a replay sees the same id.) Within the 40 characters
+        // OpenAI takes for an id sent back: a v7 UUID's last 24 hex digits,
+        // its random part.
+        _ => {
+            let uuid = workflow_core::InstanceId::new().as_str().replace('-', "");
+            format!("call_{n}_{}", &uuid[uuid.len() - 24..])
+        }
     };
     Ok(ToolCall {
         id,
@@ -706,6 +715,8 @@ mod tests {
         let outage = r#"{"error":{"code":502,"message":"upstream down"}}"#;
         let err = parse_completion(outage).unwrap_err();
         assert!(err.is_retryable(), "{err}");
+        let beside = r#"{"error":{"code":502},"choices":null}"#;
+        assert!(parse_completion(beside).unwrap_err().is_retryable());
         assert!(err.to_string().contains("upstream down"), "{err}");
         let bad = r#"{"error":{"code":400,"message":"bad model"}}"#;
         assert!(!parse_completion(bad).unwrap_err().is_retryable());
@@ -744,6 +755,10 @@ mod tests {
         );
         assert_eq!(r.tool_calls[0].function.arguments, r#"{"a":1}"#);
         assert!(r.tool_calls[1].id.starts_with("call_1_"));
+        assert!(
+            r.tool_calls[0].id.len() <= 40,
+            "OpenAI's limit for an id sent back"
+        );
         // Made up anew for each reply: a key for `call_once` never repeats.
         let again = parse_completion(text).unwrap();
         assert_ne!(again.tool_calls[0].id, r.tool_calls[0].id);

@@ -1681,18 +1681,35 @@ where
         let Some(order) = order else {
             return self.commit(step).await;
         };
+        // Not recorded, the snapshot's changes are still to be saved: a
+        // record after it must not pass for one made after them.
+        let unsaved = |committed: &Result<()>| {
+            if committed.is_err() {
+                let cell = &self.inner.state;
+                let _value = lock(&cell.value);
+                cell.dirty.store(true, Ordering::Release);
+            }
+        };
         if !self.inner.run.store.commits_in_call_order() {
             let committed = self.commit(step).await;
+            unsaved(&committed);
             drop(order);
             return committed;
         }
         let mut commit = std::pin::pin!(self.commit(step));
         // The first poll queues it.
         let first = std::future::poll_fn(|cx| Poll::Ready(commit.as_mut().poll(cx))).await;
+        if let Poll::Ready(committed) = &first {
+            unsaved(committed);
+        }
         drop(order);
         match first {
             Poll::Ready(committed) => committed,
-            Poll::Pending => commit.await,
+            Poll::Pending => {
+                let committed = commit.await;
+                unsaved(&committed);
+                committed
+            }
         }
     }
 

@@ -541,7 +541,9 @@ pub trait Store: Send + Sync + 'static {
     /// write to one writer in its first poll (SQLite's, the memory store).
     /// Steps side by side that carry state snapshots then commit together;
     /// otherwise (the default) each waits for the one before it, so that
-    /// the newest snapshot is the one recorded last.
+    /// the newest snapshot is the one recorded last. A wrapper passes the
+    /// inner store's answer on only if its `commit_step` reaches the inner
+    /// one's without awaiting anything first.
     fn commits_in_call_order(&self) -> bool {
         false
     }
