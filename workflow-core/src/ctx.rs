@@ -1357,17 +1357,16 @@ where
                             .inspect_err(|err| {
                                 let _ = self.fail(err.to_string());
                             })?;
-                        let (state, order) = self.state_for_record().await?;
-                        let step = StepRow {
+                        self.record(StepRow {
                             key: key.clone(),
                             output: Some(output),
                             error: None,
-                            state,
+                            state: None,
                             attempts: attempt,
                             started_at,
                             finished_at: run.now(),
-                        };
-                        self.commit_in_order(step, order).await?;
+                        })
+                        .await?;
                         if noted {
                             lock(&run.retrying).remove(&key);
                         }
@@ -1407,17 +1406,16 @@ where
                         error = %crate::error::logged(&message),
                         "step failed for good"
                     );
-                    let (state, order) = self.state_for_record().await?;
                     let step = StepRow {
                         key: key.clone(),
                         output: None,
                         error: Some(message),
-                        state,
+                        state: None,
                         attempts: attempt,
                         started_at,
                         finished_at: run.now(),
                     };
-                    self.commit_in_order(step.clone(), order).await?;
+                    self.record(step.clone()).await?;
                     if noted {
                         lock(&run.retrying).remove(&key);
                     }
@@ -1635,7 +1633,7 @@ where
     /// instance whatever the handler does with the error: the record (a
     /// step whose side effect happened) cannot be written, and a replay
     /// would run it again.
-    pub(crate) async fn state_for_record(
+    async fn state_for_record(
         &self,
     ) -> Result<(Option<String>, Option<tokio::sync::MutexGuard<'_, ()>>)> {
         let cell = &self.inner.state;
@@ -1668,12 +1666,20 @@ where
         self.inner.state.take_at_end()
     }
 
+    /// Records `step` (a step's outcome, a timer, a child's result) with
+    /// the state snapshot due, if the state changed since the last one.
+    pub(crate) async fn record(&self, mut step: StepRow) -> Result<()> {
+        let (state, order) = self.state_for_record().await?;
+        step.state = state;
+        self.commit_in_order(step, order).await
+    }
+
     /// Records a step carrying the state snapshot `order` guards (see
     /// `StateCell::order`), in the order the snapshots were taken: a store
     /// that records commits in the order they are queued has it queued
     /// before the next snapshot is taken (snapshots commit side by side,
     /// in one group commit); any other, committed first.
-    pub(crate) async fn commit_in_order(
+    async fn commit_in_order(
         &self,
         step: StepRow,
         order: Option<tokio::sync::MutexGuard<'_, ()>>,

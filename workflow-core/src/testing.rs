@@ -2507,6 +2507,19 @@ impl<S: Store> Unreachable<S> {
         &self.inner
     }
 
+    /// `row`, or the error of a damaged row if its workflow's rows are
+    /// made unreadable ([`Unreachable::unreadable_workflow`]).
+    fn readable(&self, row: InstanceRow) -> Result<InstanceRow, StoreError> {
+        let unreadable = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+        if unreadable.as_deref() == Some(row.workflow.as_str()) {
+            return Err(StoreError::Corrupt {
+                id: row.id,
+                message: "unreadable (testing::Unreachable)".into(),
+            });
+        }
+        Ok(row)
+    }
+
     fn up(&self) -> Result<&S, StoreError> {
         if self.down.load(Ordering::SeqCst) {
             Err(StoreError::backend(
@@ -2550,19 +2563,7 @@ impl<S: Store> Store for Unreachable<S> {
             ));
         }
         match store.create(new, dedup).await? {
-            Created::Existing(row)
-                if self
-                    .unreadable
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                    .is_some_and(|w| *w == row.workflow) =>
-            {
-                Err(StoreError::Corrupt {
-                    id: row.id,
-                    message: "unreadable (testing::Unreachable)".into(),
-                })
-            }
+            Created::Existing(row) => self.readable(row).map(Created::Existing),
             created => Ok(created),
         }
     }
@@ -2570,21 +2571,11 @@ impl<S: Store> Store for Unreachable<S> {
         self.up()?.create_many(new).await
     }
     async fn get(&self, id: &InstanceId) -> Result<Option<InstanceRow>, StoreError> {
-        let row = self.up()?.get(id).await?;
-        let unreadable = self
-            .unreadable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match row {
-            Some(row) if unreadable.is_some_and(|w| w == row.workflow) => {
-                Err(StoreError::Corrupt {
-                    id: id.clone(),
-                    message: "unreadable (testing::Unreachable)".into(),
-                })
-            }
-            row => Ok(row),
-        }
+        self.up()?
+            .get(id)
+            .await?
+            .map(|row| self.readable(row))
+            .transpose()
     }
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
         while self.hanging_claims.load(Ordering::SeqCst) {

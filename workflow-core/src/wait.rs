@@ -91,19 +91,15 @@ where
         }
         let _recording = run.step_running();
         let now = run.now();
-        let (state, order) = self.state_for_record().await?;
-        self.commit_in_order(
-            StepRow {
-                key,
-                output: Some(at.to_string()),
-                error: None,
-                state,
-                attempts: 1,
-                started_at: now,
-                finished_at: now,
-            },
-            order,
-        )
+        self.record(StepRow {
+            key,
+            output: Some(at.to_string()),
+            error: None,
+            state: None,
+            attempts: 1,
+            started_at: now,
+            finished_at: now,
+        })
         .await?;
         Ok(at)
     }
@@ -282,17 +278,16 @@ where
         }
         let at = self.run().now();
         if until.is_some_and(|until| at >= until) {
-            let (state, order) = self.state_for_record().await?;
             let step = StepRow {
                 key,
                 output: None,
                 error: Some(format!("no event `{name}` arrived within the timeout")),
-                state,
+                state: None,
                 attempts: 1,
                 started_at: at,
                 finished_at: at,
             };
-            self.commit_in_order(step.clone(), order).await?;
+            self.record(step.clone()).await?;
             return event_outcome(name, step);
         }
         drop(registering);
@@ -474,12 +469,11 @@ where
                 Status::Completed => (Some(row.output.unwrap_or_else(|| "null".into())), None),
                 other => (None, Some(child_end(other, row.error.as_deref()))),
             };
-            let (state, order) = self.state_for_record().await?;
             let step = StepRow {
                 key: result_key,
                 output,
                 error,
-                state,
+                state: None,
                 attempts: 1,
                 started_at: at,
                 finished_at: at,
@@ -491,7 +485,7 @@ where
             if output && outcome.is_err() {
                 self.note_unread(&key).await?;
             }
-            self.commit_in_order(step, order).await?;
+            self.record(step).await?;
             return outcome;
         }
         drop(registering);

@@ -362,13 +362,7 @@ async fn notify_changes_the_wakeup_signal() {
         return;
     };
     let schema = common::fresh_schema("wakeups");
-    let listening = PgStore::connect_with(&url, PgOptions::new().schema(&schema))
-        .await
-        .unwrap();
-    let mut wakeups = listening.wakeups().expect("listening by default");
-    let other = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
-        .await
-        .unwrap();
+    let (_listening, mut wakeups, other) = listener_and_other(&url, &schema).await;
     assert!(other.wakeups().is_none(), "listen(false) gives no signal");
     // A create NOTIFYs; the listener may also bump the signal on connect.
     // Either way it must change within a few seconds of the create.
@@ -392,6 +386,23 @@ async fn notify_changes_the_wakeup_signal() {
     common::drop_schemas(&url, &[schema]).await;
 }
 
+/// A store listening for NOTIFY on `schema` (kept alive by the caller),
+/// its wake-up signal, and another store on the schema that does not
+/// listen, as another process would write.
+async fn listener_and_other(
+    url: &str,
+    schema: &str,
+) -> (PgStore, tokio::sync::watch::Receiver<u64>, PgStore) {
+    let listening = PgStore::connect_with(url, PgOptions::new().schema(schema))
+        .await
+        .unwrap();
+    let wakeups = listening.wakeups().expect("listening by default");
+    let other = PgStore::connect_with(url, PgOptions::new().schema(schema).listen(false))
+        .await
+        .unwrap();
+    (listening, wakeups, other)
+}
+
 /// A deadline moved closer to a waiting instance, though not yet passed,
 /// NOTIFYs: idle workers in other processes napping until the instance's
 /// old wake-up time look again. Before, only a deadline already past did.
@@ -401,13 +412,7 @@ async fn a_deadline_moved_closer_notifies() {
         return;
     };
     let schema = common::fresh_schema("deadline_notify");
-    let listening = PgStore::connect_with(&url, PgOptions::new().schema(&schema))
-        .await
-        .unwrap();
-    let mut wakeups = listening.wakeups().expect("listening by default");
-    let other = PgStore::connect_with(&url, PgOptions::new().schema(&schema).listen(false))
-        .await
-        .unwrap();
+    let (_listening, mut wakeups, other) = listener_and_other(&url, &schema).await;
     let now = now_millis();
     let mut new = new_instance("wf", 0);
     new.created_at = now;
@@ -415,17 +420,7 @@ async fn a_deadline_moved_closer_notifies() {
     new.deadline_at = Some(now + 3_600_000);
     let id = new.id.clone();
     other.create(new, None).await.unwrap();
-    let claimed = other
-        .claim(ClaimRequest {
-            owner: "w".into(),
-            workflows: vec!["wf".into()],
-            now,
-            due_by: now,
-            lease_until: now + 30_000,
-            limit: 1,
-        })
-        .await
-        .unwrap();
+    let claimed = other.claim(claim_req("w", now, 1)).await.unwrap();
     let wait = Suspend {
         status: Status::Listening,
         run_at: now + 3_600_000,
