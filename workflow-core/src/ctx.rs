@@ -1090,14 +1090,43 @@ where
     /// be final where a fix and a resume let it go on. Returned from a
     /// step's closure, nothing is recorded for the step. For the crate's
     /// own extensions (the AI loop's model settings).
+    ///
+    /// Steps already running beside it (`join!`, `ctx.map`) finish and
+    /// are recorded first (stopped halfway, their side effects would
+    /// happen again after the resume); no new one starts.
     #[doc(hidden)]
     pub fn pause_for_setup(&self, reason: String) -> Error {
         let run = &self.inner.run;
         let why = Interrupt::Suspended;
         let mut pause = run.pause_for_fix(reason);
-        // A step beside it backing off in memory counts on after the resume.
         pause.retry = run.backing_off().or(pause.retry);
-        run.interrupt(why.clone(), Settlement::Suspend(pause));
+        // A pause is kept: from here `check` refuses new steps and waits.
+        if run.add_suspension(pause).is_none() {
+            // Stopping for another reason already.
+            run.stop.cancel();
+            return Error::Interrupted(why);
+        }
+        // Called from inside a step, which counts as running until its
+        // closure returns this error: the run is stopped from a task of
+        // its own once every step has, as `Ctx::suspend` settles.
+        let run = Arc::clone(run);
+        tokio::spawn(async move {
+            loop {
+                run.steps_finished().await;
+                // A step beside it backing off counts on after the resume.
+                let retry = run.backing_off();
+                let mut slot = lock(&run.interrupt);
+                // Under the lock a step takes to start (`check`).
+                if run.steps_running.load(Ordering::SeqCst) != 0 && !run.stop.is_cancelled() {
+                    continue;
+                }
+                if let Some((Interrupt::Suspended, Settlement::Suspend(pause))) = &mut *slot {
+                    pause.retry = retry.or(pause.retry.take());
+                }
+                run.stop.cancel();
+                return;
+            }
+        });
         Error::Interrupted(why)
     }
 

@@ -1812,6 +1812,66 @@ async fn a_child_no_engine_runs_pauses_the_parent_until_one_does() {
     assert!(out.to_string().starts_with("\"42 (side "), "{out}");
 }
 
+/// How often `ChildBesideStep`'s slow step ran.
+static SLOW_BESIDE_CHILD: AtomicU32 = AtomicU32::new(0);
+
+/// Starts a child beside a slow step (`join!`).
+struct ChildBesideStep;
+
+impl Workflow for ChildBesideStep {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "childBesideStep";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        let slow = ctx.step("slow", || async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, BoxError>(SLOW_BESIDE_CHILD.fetch_add(1, Ordering::SeqCst) + 1)
+        });
+        let child = ctx.run_child::<Double>("child", 5);
+        let (slow, child) = tokio::join!(slow, child);
+        Ok(slow? + child?)
+    }
+}
+
+/// A pause for a missing child workflow lets the step running beside it
+/// finish and be recorded: stopped halfway, its side effect would happen
+/// again after the resume. Before, the run stopped at once and the step
+/// ran twice.
+#[tokio::test]
+async fn a_pause_for_setup_lets_the_step_beside_it_finish() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(ChildBesideStep)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    let inst = ChildBesideStep::start(&engine, ()).await.unwrap();
+    let why = common::paused_reason(&inst).await;
+    assert!(why.contains("no workflow `double`"), "{why}");
+    let steps = inst.steps().await.unwrap();
+    assert!(steps.iter().any(|s| s.key == "slow"), "{steps:?}");
+    worker.shutdown().await;
+    let fixed = EngineBuilder::new()
+        .shared_store(store)
+        .register(ChildBesideStep)
+        .register(Double)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = fixed.start_worker();
+    fixed.resume(inst.id()).await.unwrap();
+    let done = fixed.wait_timeout(inst.id(), LIMIT).await.unwrap();
+    assert_eq!(done.status, Status::Completed, "{:?}", done.error);
+    assert_eq!(done.output, Some(serde_json::json!(11)));
+    assert_eq!(SLOW_BESIDE_CHILD.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn cancelling_a_parent_cancels_its_children() {
     let engine = engine(Arc::new(MemoryStore::new())).await;
