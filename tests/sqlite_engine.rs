@@ -1160,3 +1160,58 @@ fn a_failed_step_is_logged_with_its_instance_under_a_warn_filter() {
         assert!(line.contains(part), "{part} missing from: {line}");
     }
 }
+
+/// A caller waiting for the result of an instance that nothing will end
+/// without someone's hand is told so once in the log: no worker has taken
+/// it (none was started), or it is paused. Before, `result()` hung
+/// without a word.
+#[test]
+fn waiting_for_an_instance_nothing_runs_says_why() {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let logs = Captured::default();
+    let _guard = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish()
+        .set_default();
+    // Paused time: the 10 s before the warning pass at once.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let (idle, paused) = runtime.block_on(async {
+        let engine = Engine::builder()
+            .store(workflow::MemoryStore::new())
+            .register(FailsLoudly)
+            .build()
+            .await
+            .unwrap();
+        let idle = FailsLoudly::start(&engine, ()).await.unwrap();
+        let waited = idle.result_timeout(Duration::from_secs(30)).await;
+        assert!(
+            matches!(waited, Err(workflow::Error::WaitTimeout { .. })),
+            "{waited:?}"
+        );
+        let paused = FailsLoudly::start(&engine, ()).await.unwrap();
+        paused.pause().await.unwrap();
+        let waited = paused.result_timeout(Duration::from_secs(30)).await;
+        assert!(
+            matches!(waited, Err(workflow::Error::WaitTimeout { .. })),
+            "{waited:?}"
+        );
+        (idle.id().clone(), paused.id().clone())
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let said = |id: &InstanceId, what: &str| {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains(id.as_str()))
+            .collect();
+        assert_eq!(lines.len(), 1, "one warning for {id} in:\n{text}");
+        assert!(lines[0].contains(what), "{what} missing from: {}", lines[0]);
+    };
+    said(&idle, "no worker has taken yet");
+    said(&paused, "paused: it ends only once resumed");
+}

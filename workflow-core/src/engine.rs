@@ -143,6 +143,10 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 256 << 20;
 /// time; the engine's own check must catch such a value first.
 pub const MAX_PAYLOAD_LIMIT: usize = 512 << 20;
 
+/// How long a caller waits for an instance's end before it is warned that
+/// nothing may end it (no worker has taken it, or it is paused).
+const UNATTENDED_AFTER: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub concurrency: usize,
@@ -1644,6 +1648,7 @@ impl Engine {
         let mut poll = Duration::from_millis(10);
         let watch = self.inner.finished.watch(id);
         let mut root = false;
+        let mut told = false;
         loop {
             let finished = watch.notify.notified();
             tokio::pin!(finished);
@@ -1651,6 +1656,32 @@ impl Engine {
             let row = self.row(id).await?;
             if row.status.is_terminal() {
                 return Ok(row);
+            }
+            // A wait that can only end by someone's hand (no worker runs
+            // the workflow, the instance is paused) says so once, rather
+            // than hang without a word.
+            if !told && started.elapsed() >= UNATTENDED_AFTER {
+                if row.status == Status::Paused {
+                    told = true;
+                    tracing::warn!(
+                        %id,
+                        workflow = %row.workflow,
+                        "waiting for an instance that is paused: it ends only once resumed \
+                         (its history says why it paused)"
+                    );
+                } else if row.status == Status::Pending
+                    && row.started_at.is_none()
+                    && row.run_at <= self.inner.now()
+                {
+                    told = true;
+                    tracing::warn!(
+                        %id,
+                        workflow = %row.workflow,
+                        waited = ?started.elapsed(),
+                        "waiting for an instance no worker has taken yet: is a worker \
+                         running (`engine.start_worker()`) with its workflow registered?"
+                    );
+                }
             }
             if !root && row.parent.is_none() {
                 root = true;
