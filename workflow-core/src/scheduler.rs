@@ -27,12 +27,6 @@ const MIN_LOOK_EVERY: Duration = Duration::from_millis(25);
 /// a `none` or `latest` schedule firing every one of them at once.
 const LATE_LOOK_MAX: Duration = Duration::from_secs(600);
 
-/// A tick at or before the last one fired is started again (and found by
-/// its key) only this recently: an older one's instance may have ended
-/// and been purged (no purge takes what ended in the last minute, see
-/// `PURGE_MARGIN`), and firing it again would run it twice.
-const REFIRE_WITHIN: Duration = Duration::from_secs(30);
-
 /// What this engine's scheduler remembers of one schedule between looks.
 struct Look<'a> {
     /// The longest pause between two looks.
@@ -218,12 +212,16 @@ async fn fire_due(
     // ticks after this engine's last look (firing one twice finds the
     // first by its key).
     let from = previous.map_or(marked_until, |p| p.min(marked_until));
-    // Never far behind the last tick fired: everything up to it was fired
-    // or skipped by whoever fired it.
-    let refire_within = chrono::Duration::from_std(REFIRE_WITHIN).unwrap_or_default();
+    // Never before the last tick fired: everything up to it was fired, or
+    // skipped as missed, by whoever fired it. A tick there fired again
+    // would run twice once its instance was purged (its key free again),
+    // which retention does a minute after the end by the purging engine's
+    // clock, whatever this one's says. Unless the last tick is far ahead
+    // of this clock: fired by a clock that was wrong (a day ahead at
+    // boot), it hides nothing.
     let from = match mark.last_tick.and_then(DateTime::from_timestamp_millis) {
-        Some(last) => from.max(last.min(now - refire_within)),
-        None => from,
+        Some(last) if last <= now + late_look_max => from.max(last),
+        _ => from,
     };
     // Before this engine's first look at it, from when it started (unless
     // that was a frozen process's long ago).

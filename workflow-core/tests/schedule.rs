@@ -282,6 +282,40 @@ async fn a_tick_purged_at_once_does_not_run_again_on_a_clock_behind() {
     assert_eq!(runs, 1, "10:01 ran {runs} times ({purged} purged)");
 }
 
+/// An engine whose clock is 90 s behind another's reaches a tick the
+/// other fired, ran, and purged a minute later by its own clock: the tick
+/// does not run again. Before, a tick within 30 s of the last one fired
+/// was fired again and left to its key to find the first, which the
+/// purge had freed.
+#[tokio::test]
+async fn a_tick_fired_by_a_clock_far_ahead_and_purged_does_not_run_again() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let ahead_clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let ahead = engine(Arc::clone(&store), &ahead_clock, CatchUp::All).await;
+    let _ahead_worker = ahead.start_worker();
+    registered(&store).await;
+    let behind_clock = ManualClock::new(utc("2026-11-25T09:59:00Z"));
+    let behind = engine(Arc::clone(&store), &behind_clock, CatchUp::All).await;
+    let _behind_worker = behind.start_worker();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ahead_clock.advance(Duration::from_secs(35));
+    assert_eq!(
+        wait_for(&ahead, 1).await,
+        ["schedule:2026-11-25T10:01:00.000Z"]
+    );
+    all_ended(&ahead).await;
+    // Retention on the engine ahead: a minute after the end, by its clock.
+    let purged = purge_at(&store, ahead_clock.now() + chrono::Duration::seconds(61)).await;
+    assert_eq!(purged, 1);
+    // The clock behind passes 10:01, as a running clock goes.
+    for _ in 0..14 {
+        behind_clock.advance(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fired(&behind).await, Vec::<String>::new());
+}
+
 /// An engine whose last look is old (its clock stood still while another
 /// engine fired ticks, whose instances were then purged) does not fire
 /// those ticks again: a purged tick's key is free, so firing it again
