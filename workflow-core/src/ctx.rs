@@ -1461,12 +1461,16 @@ where
                     retry_in = ?delay,
                     "step attempt failed"
                 );
+                // Noted before the record: should the store fail to
+                // answer (the record may have committed all the same),
+                // the run's suspension still names the attempt made, and
+                // the next run does not give the step its attempts anew.
+                lock(&run.retrying).insert(key.clone(), attempt);
+                noted = true;
                 run.store
                     .record_attempt(&run.lease, &key, attempt, &message, run.now())
                     .await
                     .map_err(|e| self.store_error(e))?;
-                lock(&run.retrying).insert(key.clone(), attempt);
-                noted = true;
                 if delay > run.suspend_after {
                     // Its own suspension must not wait for it.
                     drop(running.take());

@@ -2390,6 +2390,7 @@ pub struct Unreachable<S> {
     failing_creates: AtomicU32,
     failing_advances: AtomicU32,
     failing_step_commits: AtomicU32,
+    lost_attempt_answers: AtomicU32,
     /// Creates left before every create fails; negative: no limit.
     creates_until_failing: AtomicI64,
     hanging: AtomicBool,
@@ -2413,6 +2414,7 @@ impl<S: Store> Unreachable<S> {
             failing_creates: AtomicU32::new(0),
             failing_advances: AtomicU32::new(0),
             failing_step_commits: AtomicU32::new(0),
+            lost_attempt_answers: AtomicU32::new(0),
             creates_until_failing: AtomicI64::new(-1),
             hanging: AtomicBool::new(false),
             panicking_renewals: AtomicBool::new(false),
@@ -2482,6 +2484,13 @@ impl<S: Store> Unreachable<S> {
     /// backend error (and change nothing).
     pub fn fail_next_step_commits(&self, n: u32) {
         self.failing_step_commits.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` calls to [`Store::record_attempt`] go through and
+    /// then fail with a backend error, as a commit whose answer a dropped
+    /// connection lost does.
+    pub fn lose_next_attempt_answers(&self, n: u32) {
+        self.lost_attempt_answers.store(n, Ordering::SeqCst);
     }
 
     /// Makes the next `n` calls to [`Store::advance_schedule`] fail with a
@@ -2635,7 +2644,11 @@ impl<S: Store> Store for Unreachable<S> {
     ) -> Result<(), StoreError> {
         self.up()?
             .record_attempt(lease, step, attempt, error, at)
-            .await
+            .await?;
+        fail_one(
+            &self.lost_attempt_answers,
+            "answer lost after the commit (testing::Unreachable::lose_next_attempt_answers)",
+        )
     }
     async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError> {
         self.up()?.finish(lease, finish).await

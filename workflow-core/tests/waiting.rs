@@ -2847,3 +2847,63 @@ async fn a_replayed_fan_out_starts_nothing_past_its_failure() {
         assert_eq!(calls.get(&(1, i)), Some(&1), "item {i} ran once: {calls:?}");
     }
 }
+
+/// Runs of `FailsEveryTime`'s step.
+static FAILING_RUNS: AtomicU32 = AtomicU32::new(0);
+
+/// A step that fails at every attempt, three in all, without a wait.
+struct FailsEveryTime;
+
+impl Workflow for FailsEveryTime {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "failsEveryTime";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        let opts = StepOptions::retries(3).backoff(Duration::ZERO, 1.0, Duration::ZERO);
+        ctx.step_with("flaky", opts, || async {
+            FAILING_RUNS.fetch_add(1, Ordering::SeqCst);
+            Err::<(), BoxError>("down".into())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A failed attempt whose record committed but whose answer was lost (a
+/// dropped connection) still counts: the run stops for the store's error,
+/// and the next one goes on from the attempts made. Before, the
+/// suspension named no step backing off, and the next run gave the step
+/// its three attempts again (four runs).
+#[tokio::test]
+async fn an_attempt_whose_record_lost_its_answer_still_counts() {
+    let flaky = Arc::new(testing::Unreachable::new(MemoryStore::new()));
+    let store: Arc<dyn Store> = flaky.clone();
+    let clock = ManualClock::new(chrono::Utc::now());
+    let engine = EngineBuilder::new()
+        .shared_store(store)
+        .register(FailsEveryTime)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    flaky.lose_next_attempt_answers(1);
+    let _worker = engine.start_worker();
+    let inst = FailsEveryTime::start(&engine, ()).await.unwrap();
+    // The store's error has the instance retried 5 s later.
+    let mut ended = None;
+    for _ in 0..200 {
+        match inst.result_timeout(Duration::from_millis(50)).await {
+            Err(Error::WaitTimeout { .. }) => clock.advance(Duration::from_secs(6)),
+            other => {
+                ended = Some(other);
+                break;
+            }
+        }
+    }
+    let err = ended.expect("the instance ended").unwrap_err();
+    assert!(err.to_string().contains("down"), "{err}");
+    assert_eq!(FAILING_RUNS.load(Ordering::SeqCst), 3);
+}
