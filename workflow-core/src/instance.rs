@@ -59,8 +59,9 @@ impl StartOptions {
     /// instances: two starts with one key make two instances. To start at
     /// most one per key, use [`Workflow::get_or_create`], which
     /// deduplicates on this same key. At most
-    /// [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES), with no NUL character, or
-    /// the start fails with [`Error::InvalidStartOption`].
+    /// [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES), with no NUL character and
+    /// not starting with `schedule:` (the keys of a schedule's instances),
+    /// or the start fails with [`Error::InvalidStartOption`].
     pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
@@ -104,6 +105,16 @@ impl StartOptions {
         if let Some(key) = &self.key {
             if let Some(why) = crate::error::unusable_key(key) {
                 return refuse(format!("dedup key {:?}", crate::error::preview(key)), why);
+            }
+            if key.starts_with(crate::scheduler::TICK_KEY_PREFIX) {
+                return refuse(
+                    format!("dedup key {:?}", crate::error::preview(key)),
+                    format!(
+                        "`{}` starts the keys of a schedule's instances: an instance \
+                         started with one would stand for that tick and keep it from firing",
+                        crate::scheduler::TICK_KEY_PREFIX
+                    ),
+                );
             }
         }
         for (name, value) in &self.tags {

@@ -17,6 +17,10 @@ use crate::store::{Created, Millis, NewInstance};
 /// How often the scheduler records how far it looked when nothing fired.
 const MARK_EVERY: Duration = Duration::from_secs(5);
 
+/// How the dedup key of a tick's instance starts (`schedule:<tick time>`):
+/// reserved, so no key given to a start can stand for a tick.
+pub(crate) const TICK_KEY_PREFIX: &str = "schedule:";
+
 /// The shortest pause between two looks at the schedules.
 const MIN_LOOK_EVERY: Duration = Duration::from_millis(25);
 
@@ -385,7 +389,7 @@ async fn fire_tick(engine: &Engine, s: &Scheduled, tick: DateTime<Utc>) -> Resul
         workflow: s.workflow.to_owned(),
         input: s.input.clone(),
         tags: [("schedule".to_owned(), tick_text.clone())].into(),
-        key: Some(format!("schedule:{tick_text}")),
+        key: Some(format!("{TICK_KEY_PREFIX}{tick_text}")),
         created_at,
         run_at: created_at,
         deadline_at: Some(crate::store::millis_after(created_at, s.timeout)),

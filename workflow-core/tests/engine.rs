@@ -481,6 +481,11 @@ async fn names_and_keys_no_store_can_index_are_refused() {
     for (options, what) in [
         (StartOptions::new().key("a\0b"), "dedup key"),
         (StartOptions::new().key(long.clone()), "dedup key"),
+        // The scheduler's own: it would stand for a tick and keep it from firing.
+        (
+            StartOptions::new().key("schedule:2026-12-07T09:00:00.000Z"),
+            "dedup key",
+        ),
         (StartOptions::new().tag("team\0", "x"), "tag name"),
         (
             StartOptions::new().tag("team", long.clone()),
