@@ -1351,12 +1351,40 @@ where
                 })
                 .await);
         }
+        let opts = if opts.at_most_once {
+            StepOptions {
+                max_attempts: 1,
+                ..opts
+            }
+        } else {
+            opts
+        };
+        let started_key = opts.at_most_once.then(|| format!("{key}@started"));
+        if let Some(started) = &started_key {
+            if run.recorded(started).is_some() {
+                return self.cut_short_once(key).await;
+            }
+        }
         let span = tracing::debug_span!("step", step = %key);
         async {
             let started_at = run.now();
             // Running from here: a suspension beside it waits for it while
             // it reads its count, then while it runs and backs off.
             let mut running = Some(run.step_running());
+            if let Some(started) = started_key {
+                // Durable before the closure runs: a run after a crash
+                // finds it and does not run the closure again.
+                self.record(StepRow {
+                    key: started,
+                    output: Some("null".to_owned()),
+                    error: None,
+                    state: None,
+                    attempts: 1,
+                    started_at,
+                    finished_at: started_at,
+                })
+                .await?;
+            }
             // After a suspension for a long backoff, count on from the attempts made.
             let mut attempt = run.failed_attempts(&key).await;
             // Whether `retrying` names this step (a lock per step otherwise).
@@ -1502,6 +1530,31 @@ where
         }
         .instrument(span)
         .await
+    }
+
+    /// Fails step `key` of [`StepOptions::at_most_once`], whose one attempt
+    /// an earlier run started and never recorded the outcome of: running
+    /// it again could make its side effect twice.
+    async fn cut_short_once<T: DeserializeOwned>(&self, key: String) -> Result<T> {
+        let run = &self.inner.run;
+        let at = run.now();
+        let message = "its one attempt (StepOptions::at_most_once) was cut short: the worker \
+                       crashed, lost its lease or shut down while it ran, so whether it took \
+                       effect is unknown, and it is not run again";
+        tracing::warn!(step = %key, "step failed for good: {message}");
+        let step = StepRow {
+            key,
+            output: None,
+            error: Some(message.to_owned()),
+            state: None,
+            attempts: 1,
+            started_at: at,
+            finished_at: at,
+        };
+        let _running = run.step_running();
+        self.record(step.clone()).await?;
+        run.step_ended();
+        self.replay(step).await
     }
 
     /// Stops the handler and gives the worker back until the instance is due

@@ -26,6 +26,9 @@ pub struct StepOptions {
     /// Each wait is scaled by a random factor in `[1 - jitter, 1 + jitter]`,
     /// so many instances failing together do not retry in lockstep.
     pub jitter: f64,
+    /// At most one attempt, ever: see [`StepOptions::at_most_once`]. When
+    /// set, `max_attempts` is not read.
+    pub at_most_once: bool,
 }
 
 impl Default for StepOptions {
@@ -36,6 +39,7 @@ impl Default for StepOptions {
             factor: Backoff::DEFAULT.factor,
             max_backoff: Backoff::DEFAULT.max,
             jitter: 0.0,
+            at_most_once: false,
         }
     }
 }
@@ -102,9 +106,33 @@ impl StepOptions {
         Self::attempts(max_attempts)
     }
 
-    /// No retry: one attempt.
+    /// No retry: one attempt. An attempt cut short (the process crashed,
+    /// the worker lost its lease or shut down while the step ran) left no
+    /// outcome, and the next run makes it again: a step runs at least
+    /// once. For a side effect that must not happen twice and that no
+    /// idempotency key can guard, see [`StepOptions::at_most_once`].
     pub fn no_retry() -> Self {
         Self::retries(1)
+    }
+
+    /// One attempt, never made twice, even across crashes: the engine
+    /// records that the attempt started (`{key}@started` among the steps,
+    /// one more durable write) before the closure runs. A run that finds
+    /// the attempt started but no outcome recorded (the process crashed,
+    /// the worker lost its lease or shut down while the closure ran) fails
+    /// the step with [`Error::Step`](crate::Error::Step), saying that its
+    /// outcome is unknown, instead of running it again: a compensation can
+    /// look the side effect up. A step runs at most once this way, where
+    /// [`no_retry`](StepOptions::no_retry) runs at least once.
+    ///
+    /// Prefer an idempotency key ([`Ctx::idempotency_key`](crate::Ctx::idempotency_key))
+    /// where the service takes one: the step then runs to its end exactly
+    /// once in effect, with retries.
+    pub fn at_most_once() -> Self {
+        StepOptions {
+            at_most_once: true,
+            ..Self::retries(1)
+        }
     }
 
     /// Sets the backoff: `initial` after the first failure, then growing by

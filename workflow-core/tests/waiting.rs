@@ -2907,3 +2907,66 @@ async fn an_attempt_whose_record_lost_its_answer_still_counts() {
     assert!(err.to_string().contains("down"), "{err}");
     assert_eq!(FAILING_RUNS.load(Ordering::SeqCst), 3);
 }
+
+/// Runs of `ChargesOnce`'s step.
+static CHARGES: AtomicU32 = AtomicU32::new(0);
+
+/// A step that runs at most once, whose first run never comes back.
+struct ChargesOnce;
+
+impl Workflow for ChargesOnce {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "chargesOnce";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step_with("charge", StepOptions::at_most_once(), || async {
+            if CHARGES.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A step of `StepOptions::at_most_once` whose run was cut short (here its
+/// worker's lease is taken away, as after a crash) is not run again: the
+/// next run finds that its attempt started and fails it, its outcome
+/// unknown. With `no_retry` it ran twice.
+#[tokio::test]
+async fn an_at_most_once_step_cut_short_is_not_run_again() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(ChargesOnce)
+        .lease_duration(Duration::from_millis(300))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = ChargesOnce::start(&engine, ()).await.unwrap();
+    for _ in 0..500 {
+        if CHARGES.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(CHARGES.load(Ordering::SeqCst), 1);
+    let steps = inst.steps().await.unwrap();
+    assert!(steps.iter().any(|s| s.key == "charge@started"), "{steps:?}");
+    // The worker is taken for dead: its lease goes, and the instance is
+    // due again.
+    for owner in store.lease_owners().await.unwrap() {
+        store
+            .release_owner(&owner, store::now_millis())
+            .await
+            .unwrap();
+    }
+    let err = inst.result_timeout(LIMIT).await.unwrap_err();
+    assert!(err.to_string().contains("cut short"), "{err}");
+    assert_eq!(CHARGES.load(Ordering::SeqCst), 1);
+}
