@@ -18,6 +18,25 @@ pub(crate) fn random_u64() -> u64 {
 #[serde(transparent)]
 pub struct InstanceId(String);
 
+/// A string, so that workflow inputs, outputs and states can hold ids (a
+/// workflow told which instance to signal, say).
+impl schemars::JsonSchema for InstanceId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "InstanceId".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A workflow instance's id (a UUIDv7)."
+        })
+    }
+}
+
 impl InstanceId {
     /// A fresh, time-ordered id.
     // No `Default`: a `#[derive(Default)]` struct or a `#[serde(default)]`

@@ -310,6 +310,45 @@ where
             .await)
     }
 
+    /// Sends event `event` with `payload` to another instance, `id`, of any
+    /// workflow (its `ctx.wait_for_event(event, ..)` receives it), as a
+    /// step named `name`. Sent once: the send is keyed by this step's
+    /// [`idempotency_key`](Ctx::idempotency_key), so a step run again
+    /// (after a crash before its record, a lost store answer) finds the
+    /// event already sent instead of sending it twice.
+    ///
+    /// An instance that does not exist or has ended, an event name no wait
+    /// can have, or a payload over `max_payload_bytes` fails the step at
+    /// once ([`Error::Step`]), without retries. A store that fails stops
+    /// the run, which goes on later. `name` follows the step-name rule of
+    /// [`Ctx::step`]; the instance id, a `/` and the step's key must fit
+    /// in [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES).
+    pub async fn send_event_to(
+        &self,
+        name: &str,
+        id: &InstanceId,
+        event: &str,
+        payload: impl Serialize,
+    ) -> Result<()> {
+        let payload = serde_json::to_value(payload).map_err(|error| Error::Json {
+            context: format!("payload of event `{event}` to instance {id}"),
+            error,
+        })?;
+        let engine = &self.run().engine;
+        let payload = &payload;
+        self.step(name, || async move {
+            let key = self.idempotency_key().unwrap_or_default();
+            match engine.send_event_once(id, event, &key, payload).await {
+                Ok(_) => Ok(()),
+                // Not the step's failure: the run stops and goes on later.
+                Err(Error::Store(err)) => Err(BoxError::from(self.store_error(err))),
+                // The same at every attempt.
+                Err(err) => Err(crate::step::permanent(err)),
+            }
+        })
+        .await
+    }
+
     /// Starts workflow `W` as a child of this instance, exactly once (across
     /// replays and crashes), and returns its id without waiting for it.
     /// Cancelling this instance, or its timing out, cancels the child (if

@@ -2970,3 +2970,103 @@ async fn an_at_most_once_step_cut_short_is_not_run_again() {
     assert!(err.to_string().contains("cut short"), "{err}");
     assert_eq!(CHARGES.load(Ordering::SeqCst), 1);
 }
+
+/// Waits for event `go` twice; returns the first payload.
+struct TwoGoes;
+
+impl Workflow for TwoGoes {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "twoGoes";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        let first: u32 = ctx.wait_for_event("go", None).await?;
+        let _second: u32 = ctx.wait_for_event("go", None).await?;
+        Ok(first)
+    }
+}
+
+/// Sends `go` to the instance it is given.
+struct Nudger;
+
+impl Workflow for Nudger {
+    type Input = InstanceId;
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "nudger";
+
+    async fn run(&self, ctx: Ctx, id: InstanceId) -> Result<(), BoxError> {
+        ctx.send_event_to("nudge", &id, "go", 7u32).await?;
+        Ok(())
+    }
+}
+
+/// `ctx.send_event_to` delivers an event to another instance once, even
+/// when its step runs again (its record failed to commit): the repeat is
+/// found sent under the step's key. With a plain send, the waiter got a
+/// second `go` and completed.
+#[tokio::test]
+async fn an_event_sent_from_a_step_run_again_arrives_once() {
+    let flaky = Arc::new(testing::Unreachable::new(MemoryStore::new()));
+    let store: Arc<dyn Store> = flaky.clone();
+    let clock = ManualClock::new(chrono::Utc::now());
+    let engine = EngineBuilder::new()
+        .shared_store(store)
+        .register(TwoGoes)
+        .register(Nudger)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let waiter = TwoGoes::start(&engine, ()).await.unwrap();
+    until_status(&waiter, Status::Listening).await;
+    flaky.fail_next_step_commits(1);
+    let nudger = Nudger::start(&engine, waiter.id().clone()).await.unwrap();
+    // The failed commit has the run go on 5 s later, by the engine's clock.
+    let mut done = None;
+    for _ in 0..200 {
+        match nudger.result_timeout(Duration::from_millis(50)).await {
+            Err(Error::WaitTimeout { .. }) => clock.advance(Duration::from_secs(6)),
+            other => {
+                done = Some(other);
+                break;
+            }
+        }
+    }
+    done.expect("the nudger ended").unwrap();
+    let runs = engine.instance(nudger.id()).await.unwrap().runs;
+    assert!(runs >= 2, "the step ran again: {runs} runs");
+    // The waiter took the one `go` and waits for a second.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = engine.instance(waiter.id()).await.unwrap();
+    assert_eq!(info.status, Status::Listening, "{info:?}");
+    let history = waiter.history().await.unwrap();
+    let taken = history
+        .iter()
+        .filter(|e| e.kind == "event_received")
+        .count();
+    assert_eq!(taken, 1, "{history:?}");
+}
+
+/// Sending to an instance that does not exist fails the step at once.
+#[tokio::test]
+async fn an_event_sent_to_no_instance_fails_the_step() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Nudger)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let nobody = InstanceId::new();
+    let nudger = Nudger::start(&engine, nobody).await.unwrap();
+    let err = nudger.result_timeout(LIMIT).await.unwrap_err();
+    assert!(err.to_string().contains("nudge"), "{err}");
+    let steps = nudger.steps().await.unwrap();
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert_eq!(steps[0].attempts, 1, "{steps:?}");
+}

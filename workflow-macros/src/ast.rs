@@ -147,7 +147,7 @@ impl StepCall {
 
 /// The `ctx` methods whose first argument is a step name, besides `step`
 /// and `step_with`.
-const NAMED_METHODS: [&str; 17] = [
+const NAMED_METHODS: [&str; 18] = [
     "now",
     "sleep",
     "sleep_until",
@@ -157,6 +157,7 @@ const NAMED_METHODS: [&str; 17] = [
     "start_child_with",
     "run_child",
     "run_child_with",
+    "send_event_to",
     "map",
     "map_with",
     "for_each",
