@@ -56,12 +56,16 @@
 //! every answered start exists, and the restarts, asking for the same keys
 //! again, get the same instances, one per key.
 //!
+//! An eighth kills processes while steps of `StepOptions::at_most_once`
+//! run: no such step runs twice; one a kill cut short fails, its outcome
+//! unknown, and every other instance completes.
+//!
 //! `harness = false`: the same binary is the parent (no arguments) and the
 //! child (`child DB`, `child-waits DB`, `child-family DB`, `child-cron DB
 //! SECONDS`, `child-fence DB A|B`, `child-poison DB`, `child-starts DB
-//! LOG`). `CRASH_ROUNDS=n` repeats every scenario; `CRASH_ONLY=family,fence`
-//! runs only those (of `steps`, `waits`, `family`, `cron`, `fence`,
-//! `poison`, `starts`).
+//! LOG`, `child-once DB`). `CRASH_ROUNDS=n` repeats every scenario;
+//! `CRASH_ONLY=family,fence` runs only those (of `steps`, `waits`,
+//! `family`, `cron`, `fence`, `poison`, `starts`, `once`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -144,6 +148,7 @@ fn main() {
         Some("child-fence") => return fence::child(&args[2], &args[3]),
         Some("child-poison") => return poison::child(&args[2]),
         Some("child-starts") => return starts::child(&args[2], &args[3]),
+        Some("child-once") => return once::child(&args[2]),
         _ => {}
     }
     if args.iter().any(|a| a == "--list") {
@@ -156,7 +161,7 @@ fn main() {
         .unwrap_or(1);
     // `CRASH_ONLY=family,fence` runs only those scenarios.
     let only = std::env::var("CRASH_ONLY").ok();
-    let scenarios: [Scenario; 7] = [
+    let scenarios: [Scenario; 8] = [
         ("steps", || {
             format!("{} kills mid-step, all checks passed", parent())
         }),
@@ -209,6 +214,14 @@ fn main() {
                 o.kills, o.answered, o.unanswered
             )
         }),
+        ("once", || {
+            let o = once::parent();
+            format!(
+                "at most once: {} kills among charges; each charge ran at most once, \
+                 {} cut short and failed as unknown, the rest completed",
+                o.kills, o.cut_short
+            )
+        }),
     ];
     let chosen: Vec<_> = scenarios
         .iter()
@@ -219,7 +232,7 @@ fn main() {
         .collect();
     assert!(
         !chosen.is_empty(),
-        "CRASH_ONLY names no scenario: steps, waits, family, cron, fence, poison, starts"
+        "CRASH_ONLY names no scenario: steps, waits, family, cron, fence, poison, starts, once"
     );
     for round in 1..=rounds {
         for (_, scenario) in &chosen {
@@ -2360,5 +2373,133 @@ mod starts {
             answered,
             unanswered,
         }
+    }
+}
+
+mod once {
+    //! Steps of `StepOptions::at_most_once` (a charge no idempotency key
+    //! guards), killed while they run: none runs twice. An instance whose
+    //! charge a kill cut short fails, saying its outcome is unknown; every
+    //! other one completes, having charged once.
+
+    use super::*;
+
+    const INSTANCES: u32 = 24;
+
+    #[workflow(name = "chargeOnce", timeout = "1h")]
+    async fn charge_once(ctx: Ctx, job: Job) -> workflow::Result<u32> {
+        let (log, n) = (&job.log, job.n);
+        let id = ctx.id().to_string();
+        let id = &id;
+        ctx.step_with("charge", StepOptions::at_most_once(), || async move {
+            log_line(log, &format!("charge {id}"));
+            // Long enough that kills land inside charges.
+            tokio::time::sleep(Duration::from_millis(40 + u64::from(n * 7 % 30))).await;
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(n)
+    }
+
+    /// Runs a worker until every instance has ended.
+    pub fn child(db: &str) {
+        runtime().block_on(async {
+            let engine = Engine::builder()
+                .database_url(format!("sqlite://{db}"))
+                .register(ChargeOnce)
+                .concurrency(4)
+                .lease_duration(TAKEOVER_ONLY_BY_PID)
+                .poll_interval(Duration::from_millis(20))
+                .build()
+                .await
+                .expect("child engine");
+            let _worker = engine.start_worker();
+            while !list_all(&engine, "chargeOnce")
+                .await
+                .iter()
+                .all(|i| i.status.is_terminal())
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+
+    pub struct Outcome {
+        pub kills: usize,
+        /// Instances failed for a charge a kill cut short.
+        pub cut_short: usize,
+    }
+
+    pub fn parent() -> Outcome {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("once.db");
+        let log = dir.path().join("once.log");
+        let rt = runtime();
+        rt.block_on(async {
+            let engine = Engine::builder()
+                .database_url(format!("sqlite://{}", db.display()))
+                .register(ChargeOnce)
+                .build()
+                .await
+                .expect("parent engine");
+            for n in 0..INSTANCES {
+                let log = log.display().to_string();
+                ChargeOnce::start(&engine, Job { n, log })
+                    .await
+                    .expect("start");
+            }
+        });
+        let charges = |log: &Path| {
+            lines(log)
+                .iter()
+                .filter(|l| l.starts_with("charge "))
+                .count()
+        };
+        // Kill after a growing number of charges begun: 4 run at once, so
+        // a kill nearly always lands inside some.
+        let mut kills = 0;
+        for kill_after in [3usize, 9, 15] {
+            let mut child = Proc::spawn("child-once", &db, &[]);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while charges(&log) < kill_after {
+                assert!(Instant::now() < deadline, "no charge began");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            child.kill();
+            kills += 1;
+        }
+        let mut last = Proc::spawn("child-once", &db, &[]);
+        last.wait_success(Duration::from_secs(60), "final run");
+
+        let mut runs: HashMap<String, usize> = HashMap::new();
+        for line in lines(&log) {
+            if let Some(id) = line.strip_prefix("charge ") {
+                *runs.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+        let cut_short = rt.block_on(async {
+            let engine = reader(&db).await;
+            let all = list_all(&engine, "chargeOnce").await;
+            assert_eq!(all.len(), INSTANCES as usize);
+            let mut cut_short = 0;
+            for info in &all {
+                let id = info.id.to_string();
+                let ran = runs.get(&id).copied().unwrap_or(0);
+                assert!(ran <= 1, "{id}'s charge ran {ran} times");
+                match info.status {
+                    Status::Completed => assert_eq!(ran, 1, "{id} completed"),
+                    Status::Failed => {
+                        let error = info.error.clone().unwrap_or_default();
+                        assert!(error.contains("cut short"), "{id}: {error}");
+                        cut_short += 1;
+                    }
+                    other => panic!("{id} ended {other:?}"),
+                }
+            }
+            cut_short
+        });
+        // Not vacuous: the kills landed inside charges.
+        assert!(cut_short >= 1, "no kill cut a charge short");
+        Outcome { kills, cut_short }
     }
 }
