@@ -90,10 +90,9 @@ async fn main() -> workflow::Result<()> {
     )
     .await?;
 
-    while approved.status().await? != Status::Listening {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    println!("{} is {}", approved.id(), approved.status().await?);
+    // Once it waits for its event (nothing left for a worker to do).
+    let waiting = approved.idle().await?;
+    println!("{} is {}", approved.id(), waiting.status);
     // A misspelt call: dropped by the handler, which waits on.
     approved
         .send_event("approval", Typo { approve: true })
