@@ -19,8 +19,8 @@
 //! /// Process a new customer order
 //! #[workflow(name = "processOrder", timeout = "10m")]
 //! async fn process_order(ctx: Ctx, input: OrderInput) -> workflow::Result<OrderOutput> {
-//!     let total: f64 = ctx.step("fetch-order", || async { Ok::<_, BoxError>(42.0) }).await?;
-//!     ctx.step("charge-payment", || async move { Ok::<_, BoxError>(total) }).await?;
+//!     let total: f64 = ctx.step("fetch-order", || async { workflow::Ok(42.0) }).await?;
+//!     ctx.step("charge-payment", || async move { workflow::Ok(total) }).await?;
 //!     Ok(OrderOutput { status: format!("charged {total} for {}", input.order_id) })
 //! }
 //!

@@ -1,15 +1,15 @@
-//! The README's Rust snippets, compiled and, where they are whole tests,
-//! run. Each snippet sits here verbatim between what it leaves out (the
-//! types and services it names); `every_readme_snippet_is_compiled_here`
-//! fails when README gains or changes a snippet that this file does not
-//! hold, so the README cannot drift from the API. Snippets of optional
-//! features compile with those features (`.ci/run` clippies this file with
-//! them).
+//! The Rust snippets of README.md, docs/*.md and CONTRIBUTING.md, compiled
+//! and, where they are whole tests, run. Each snippet sits here verbatim
+//! between what it leaves out (the types and services it names);
+//! `every_readme_snippet_is_compiled_here` fails when one of those pages
+//! gains or changes a snippet that this file does not hold, so the docs
+//! cannot drift from the API. Snippets of optional features compile with
+//! those features (`.ci/run` clippies this file with them).
 //!
 //! The snippets are formatted as README shows them, so rustfmt keeps out.
 #![allow(dead_code, unused_variables, clippy::unused_async)]
 
-/// Block 1: the opening example, a whole program.
+/// README.md: the opening example, a whole program.
 #[rustfmt::skip]
 mod opening {
     #[derive(serde::Serialize, serde::Deserialize)]
@@ -29,6 +29,8 @@ struct OrderOutput { status: String, total: f64 }
 
 #[derive(Default, Serialize, Deserialize, JsonSchema)]
 struct OrderState { items_processed: u32 }
+
+// `Order`, `fetch_order` and `charge_payment` are your application's own code.
 
 /// Process a new customer order
 #[workflow(name = "processOrder", timeout = "10m")]
@@ -51,7 +53,7 @@ async fn main() -> workflow::Result<()> {
 }
 }
 
-/// Block 2 ("Errors"): compensating for a step that failed for good.
+/// README.md, "Errors": compensating for a step that failed for good.
 #[rustfmt::skip]
 mod compensation {
     use schemars::JsonSchema;
@@ -86,7 +88,7 @@ let receipt = match ctx.step("charge", || async { payments.charge(&order).await 
     }
 }
 
-/// Block 3 ("Cron schedules").
+/// README.md, "Cron schedules", and docs/schedules.md.
 #[rustfmt::skip]
 mod cron {
     use workflow::prelude::*;
@@ -96,7 +98,7 @@ mod cron {
 async fn daily_report(ctx: Ctx, _input: ()) -> workflow::Result<usize> { /* steps */ Ok(0) }
 }
 
-/// Block 4 ("Testing your workflows"): a whole test, run here.
+/// docs/testing.md: a whole test, run here.
 #[rustfmt::skip]
 mod testing {
 use std::time::Duration;
@@ -138,7 +140,7 @@ async fn a_charge_runs_once() -> workflow::Result<()> {
 }
 }
 
-/// Block 5 ("Testing your workflows"): time moved by hand, run here.
+/// docs/testing.md, "Time": time moved by hand, run here.
 #[rustfmt::skip]
 mod manual_clock {
     use std::time::Duration;
@@ -171,7 +173,7 @@ assert_eq!(reminder.result().await?, "reminded ada");
     }
 }
 
-/// Block 6 ("Console and CLI").
+/// docs/console.md.
 #[cfg(feature = "console")]
 #[rustfmt::skip]
 mod console {
@@ -189,8 +191,8 @@ println!("{}", server.url()); // http://127.0.0.1:8080/#token=s3cret
     }
 }
 
-/// Blocks 7 to 10 (stores, store options and deploying): compiled, not run (they open
-/// files and servers).
+/// docs/storage.md, docs/postgres.md and docs/deploying.md: compiled, not
+/// run (they open files and servers).
 #[rustfmt::skip]
 mod stores {
     use workflow::prelude::*;
@@ -261,7 +263,7 @@ async fn shutdown_signal() {
     }
 }
 
-/// Block 10 ("AI tools").
+/// docs/ai.md.
 #[cfg(feature = "ai")]
 #[rustfmt::skip]
 mod ai {
@@ -304,7 +306,7 @@ let started = engine.call_tool("processOrder", args.clone()).await?;
 let tools = Toolbox::new()
     .tool(ProcessOrder::as_tool().wait(Duration::from_secs(30)).with_description("Place an order"))
     .function("lookup_customer", "Find a customer by e-mail", |q: Lookup| async move {
-        Ok::<_, BoxError>(crm::find(&q.email).await?)
+        workflow::Ok(crm::find(&q.email).await?)
     });
 let reply = tools.call(&engine, "lookup_customer", args.clone()).await?;
 // A call your own loop may repeat (a retried request): keyed by the
@@ -331,41 +333,108 @@ let typed = ctx.execute_typed::<Triage>(Execute::new("Classify.").input(text)).a
     }
 }
 
-/// Every Rust block of README.md, whitespace aside, is in this file.
+/// Every page whose Rust blocks this file must hold. A new page under
+/// docs/ goes here too: `every_docs_page_is_listed` fails until it does.
+const PAGES: &[(&str, &str)] = &[
+    ("README.md", include_str!("../README.md")),
+    ("CONTRIBUTING.md", include_str!("../CONTRIBUTING.md")),
+    ("docs/ai.md", include_str!("../docs/ai.md")),
+    ("docs/console.md", include_str!("../docs/console.md")),
+    ("docs/deploying.md", include_str!("../docs/deploying.md")),
+    ("docs/guarantees.md", include_str!("../docs/guarantees.md")),
+    ("docs/instances.md", include_str!("../docs/instances.md")),
+    (
+        "docs/performance.md",
+        include_str!("../docs/performance.md"),
+    ),
+    ("docs/postgres.md", include_str!("../docs/postgres.md")),
+    ("docs/schedules.md", include_str!("../docs/schedules.md")),
+    ("docs/storage.md", include_str!("../docs/storage.md")),
+    ("docs/testing.md", include_str!("../docs/testing.md")),
+    ("docs/versioning.md", include_str!("../docs/versioning.md")),
+    ("docs/workflows.md", include_str!("../docs/workflows.md")),
+];
+
+/// Every Rust block of the pages in `PAGES`, whitespace aside, is in this
+/// file.
 #[test]
 fn every_readme_snippet_is_compiled_here() {
-    let readme = include_str!("../README.md");
     let here: String = squeeze(include_str!("readme.rs"));
-    let mut blocks = 0;
+    let mut total = 0;
     let mut missing = Vec::new();
-    let mut lines = readme.lines().enumerate();
+    for &(page, text) in PAGES {
+        let blocks = rust_blocks(text);
+        if page == "README.md" {
+            // The opening example, "Errors" and "Cron schedules" at least.
+            assert!(
+                blocks.len() >= 3,
+                "README.md has {} rust blocks: were they moved?",
+                blocks.len()
+            );
+        }
+        total += blocks.len();
+        for (line, body) in blocks {
+            let body = squeeze(&body);
+            if body.is_empty() || !here.contains(&body) {
+                missing.push(format!("{page}:{line}"));
+            }
+        }
+    }
+    assert!(
+        total >= 10,
+        "the pages have {total} rust blocks: were they moved?"
+    );
+    assert!(
+        missing.is_empty(),
+        "the rust blocks at {missing:?} are not in tests/readme.rs: \
+         copy them there, between what they need, so they compile"
+    );
+}
+
+/// Every Markdown file in docs/ is in `PAGES`, so none escapes the check
+/// above.
+#[test]
+fn every_docs_page_is_listed() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let mut unlisted = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("docs/ is readable") {
+        let path = entry.expect("a docs/ entry").path();
+        if path.extension().is_some_and(|ext| ext == "md") {
+            let name = format!("docs/{}", path.file_name().unwrap().to_string_lossy());
+            if !PAGES.iter().any(|&(page, _)| page == name) {
+                unlisted.push(name);
+            }
+        }
+    }
+    assert!(
+        unlisted.is_empty(),
+        "{unlisted:?} not in PAGES of tests/readme.rs: add them, so their rust blocks are checked"
+    );
+}
+
+/// The Rust blocks of a Markdown page: the line each starts on (1-based)
+/// and its body.
+fn rust_blocks(text: &str) -> Vec<(usize, String)> {
+    let mut blocks = Vec::new();
+    let mut lines = text.lines().enumerate();
     while let Some((at, line)) = lines.next() {
-        // `rust`, `rust,no_run`, `rs`...: every fence of Rust code.
-        let info = line.trim().trim_start_matches('`');
-        if !line.trim().starts_with("```") || !(info.starts_with("rust") || info.starts_with("rs"))
-        {
+        if !line.trim().starts_with("```") {
             continue;
         }
-        blocks += 1;
+        // `rust`, `rust,no_run`, `rs`...: every fence of Rust code.
+        let info = line.trim().trim_start_matches('`');
+        // Skip every other fence's body, so a line in it cannot pass for a fence.
+        let rust = info.starts_with("rust") || info.starts_with("rs");
         let body: Vec<&str> = lines
             .by_ref()
             .map(|(_, l)| l)
             .take_while(|l| l.trim() != "```")
             .collect();
-        let body = squeeze(&body.join("\n"));
-        if body.is_empty() || !here.contains(&body) {
-            missing.push(at + 1);
+        if rust {
+            blocks.push((at + 1, body.join("\n")));
         }
     }
-    assert!(
-        blocks >= 10,
-        "README.md has {blocks} rust blocks: was it moved?"
-    );
-    assert!(
-        missing.is_empty(),
-        "README.md's rust blocks at lines {missing:?} are not in tests/readme.rs: \
-         copy them there, between what they need, so they compile"
-    );
+    blocks
 }
 
 /// `text` without its whitespace: rustfmt and indentation aside, the same code.

@@ -953,7 +953,7 @@ impl Engine {
     /// ```no_run
     /// # async fn doc(engine: workflow_core::Engine) -> workflow_core::Result<()> {
     /// # async fn shutdown_signal() {}
-    /// // Ctrl-C or SIGTERM: README's "Deploying" has one.
+    /// // Ctrl-C or SIGTERM: docs/deploying.md has one.
     /// engine.run_until(shutdown_signal()).await?;
     /// # Ok(()) }
     /// ```
