@@ -254,7 +254,9 @@ pub trait ExecuteExt {
     /// hands their results back; repeats until it answers without tool
     /// calls, or [`Error::MaxTurns`]. A final reply that is no answer (a
     /// refusal, a reply cut off at the token limit or withheld by a content
-    /// filter) ends it with [`Error::NoAnswer`].
+    /// filter) ends it with [`Error::NoAnswer`]; one with nothing in it (no
+    /// text, no tool calls) is asked for again, within the model step's
+    /// attempts.
     ///
     /// Each model call is a durable step (`{name}:turn-{n}`) and so is each
     /// tool call ([`Ctx::call_tool`]): after a crash, replay returns the
@@ -474,6 +476,25 @@ where
                 return Err(BoxError::from(ModelError::Transport(
                     "the server reported an error while generating (finish_reason `error`)"
                         .to_owned(),
+                )));
+            }
+            // A reply with neither text nor tool calls, ended as a normal
+            // one, is no answer a model means to give (servers send one
+            // now and then under load): tried again, not recorded as the
+            // loop's answer.
+            let blank = response
+                .content
+                .as_deref()
+                .is_none_or(|c| c.trim().is_empty());
+            if blank
+                && response.tool_calls.is_empty()
+                && response
+                    .finish_reason
+                    .as_deref()
+                    .is_none_or(|r| r == "stop")
+            {
+                return Err(BoxError::from(ModelError::Transport(
+                    "the model replied with nothing: no text and no tool calls".to_owned(),
                 )));
             }
             Ok(response)

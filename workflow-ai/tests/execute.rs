@@ -644,9 +644,9 @@ async fn a_crash_between_turns_does_not_repeat_the_recorded_model_call() {
 }
 
 /// A gateway's error in a 200 answer (a numbered code or one of
-/// OpenAI's named ones), a generation that failed on the server, and a 200
-/// whose body is no chat completion (a proxy's page) are tried again, not
-/// recorded as the answer. Before, the last two kinds failed the loop.
+/// OpenAI's named ones), a generation that failed on the server, a 200
+/// whose body is no chat completion (a proxy's page), and a reply with
+/// nothing in it are tried again, not recorded as the answer.
 #[tokio::test(flavor = "multi_thread")]
 async fn server_side_failures_are_retried() {
     let server = Server::start(|n, _| match n {
@@ -674,6 +674,24 @@ async fn server_side_failures_are_retried() {
             json!({"error": {"code": "server_error", "message": "try again"}}),
         ),
         1 => (200, json!("<html>Bad gateway</html>")),
+        _ => text("fine"),
+    })
+    .await;
+    let out = outcome::<Agent>(&engine, input(&server, 4)).await.unwrap();
+    assert_eq!(out, "fine");
+    assert_eq!(server.requests().len(), 3);
+
+    // Replies with nothing in them, ended as normal ones: before, the
+    // first was the loop's answer, an empty text.
+    let server = Server::start(|n, _| match n {
+        0 => (
+            200,
+            json!({"choices": [{"message": {"content": ""}, "finish_reason": "stop"}]}),
+        ),
+        1 => (
+            200,
+            json!({"choices": [{"message": {"content": " \n"}, "finish_reason": "stop"}]}),
+        ),
         _ => text("fine"),
     })
     .await;
