@@ -551,6 +551,13 @@ impl RunShared {
         matches!(slot, Some((Interrupt::Suspended, Settlement::Suspend(s))) if s.status == Status::Paused)
     }
 
+    /// Whether a pause that is never withdrawn is pending (see
+    /// [`kept`](Self::kept)), the run not stopped yet.
+    fn pause_kept(&self) -> bool {
+        let slot = lock(&self.interrupt);
+        Self::kept(&slot) && !self.stop.is_cancelled()
+    }
+
     /// Whether a suspension is pending: waits beside it add theirs rather
     /// than wait in memory, so that the run settles and an event for any
     /// of them can wake it.
@@ -608,7 +615,12 @@ impl RunShared {
         let mut slot = lock(&self.interrupt);
         let pending =
             matches!(&*slot, Some((Interrupt::Suspended, _))) && !self.stop.is_cancelled();
-        if slot.is_none() || pending {
+        // A pause that waits for the steps beside it stands against an end
+        // a branch gives meanwhile (an arm that fails or completes on the
+        // error): the instance waits for the fix. A cancel, a lost lease
+        // or a shutdown still takes its place.
+        let ending = matches!(why, Interrupt::Completed | Interrupt::Failed(_));
+        if slot.is_none() || pending && !(ending && Self::kept(&slot)) {
             *slot = Some((why, settlement));
         }
     }
@@ -844,6 +856,8 @@ impl RunShared {
             .recorded
             .keys()
             .filter_map(|key| {
+                // An item of `at_most_once` that only began counts too.
+                let key = key.strip_suffix("@started").unwrap_or(key);
                 key.strip_prefix(base)?
                     .strip_prefix('[')?
                     .strip_suffix(']')?
@@ -915,7 +929,8 @@ impl RunShared {
 
 /// The characters the engine writes into the keys it derives from a step
 /// name: `name#1` for the second use of a name in one run, `name@timeout`
-/// and `name@result` for the parts of a wait, `name[0]` for the items of
+/// and `name@result` for the parts of a wait, `name@started` for the start
+/// of a [`StepOptions::at_most_once`] step, `name[0]` for the items of
 /// [`Ctx::map`] and [`Ctx::batch`]. No step name may contain them, so that
 /// a key derived from one name is never the plain key of another (a step
 /// named `fetch#1` would otherwise share its record with the second
@@ -1371,20 +1386,7 @@ where
             // Running from here: a suspension beside it waits for it while
             // it reads its count, then while it runs and backs off.
             let mut running = Some(run.step_running());
-            if let Some(started) = started_key {
-                // Durable before the closure runs: a run after a crash
-                // finds it and does not run the closure again.
-                self.record(StepRow {
-                    key: started,
-                    output: Some("null".to_owned()),
-                    error: None,
-                    state: None,
-                    attempts: 1,
-                    started_at,
-                    finished_at: started_at,
-                })
-                .await?;
-            }
+            let mut started_key = started_key;
             // After a suspension for a long backoff, count on from the attempts made.
             let mut attempt = run.failed_attempts(&key).await;
             // Whether `retrying` names this step (a lock per step otherwise).
@@ -1396,6 +1398,23 @@ where
                 // The count comes from the store: a corrupt one must not overflow.
                 attempt = attempt.saturating_add(1);
                 run.check()?;
+                if let Some(started) = started_key.take() {
+                    // Durable before the closure runs, and nothing between
+                    // the two that could stop it: a run that finds the
+                    // record and no outcome knows the closure began. It
+                    // carries no state: a snapshot taken as the step begins
+                    // could hold changes of steps beside it not recorded yet.
+                    self.commit(StepRow {
+                        key: started,
+                        output: Some("null".to_owned()),
+                        error: None,
+                        state: None,
+                        attempts: 1,
+                        started_at,
+                        finished_at: started_at,
+                    })
+                    .await?;
+                }
                 let outcome = AssertUnwindSafe(IN_STEP.scope(key.clone(), async { f().await }))
                     .catch_unwind()
                     .await;
@@ -1438,10 +1457,21 @@ where
                         // a declined charge under `.context(..)` is as
                         // permanent as a bare one.
                         let engine_error = || causes::<Error>(&*err);
-                        if let Some(Error::Interrupted(why)) =
-                            engine_error().find(|e| matches!(e, Error::Interrupted(_)))
-                        {
-                            return Err(Error::Interrupted(why.clone()));
+                        let interrupted = engine_error().find_map(|e| match e {
+                            Error::Interrupted(why) => Some(why.clone()),
+                            _ => None,
+                        });
+                        if let Some(why) = interrupted {
+                            if run.pause_kept() {
+                                // Paused from inside this step (a setup is
+                                // missing): the error would let a
+                                // `try_join!` drop the steps beside it
+                                // halfway, or an arm carry on. Held until
+                                // they are recorded and the run stops.
+                                drop(running.take());
+                                run.stop.cancelled().await;
+                            }
+                            return Err(Error::Interrupted(why));
                         }
                         if let Some(hint) = causes::<crate::step::RetryAfter>(&*err).next() {
                             asked_wait = hint.after;
@@ -1551,9 +1581,10 @@ where
             started_at: at,
             finished_at: at,
         };
-        let _running = run.step_running();
+        let running = run.step_running();
         self.record(step.clone()).await?;
         run.step_ended();
+        drop(running);
         self.replay(step).await
     }
 

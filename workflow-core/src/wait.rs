@@ -322,7 +322,13 @@ where
     /// once ([`Error::Step`]), without retries. A store that fails stops
     /// the run, which goes on later. `name` follows the step-name rule of
     /// [`Ctx::step`]; the instance id, a `/` and the step's key must fit
-    /// in [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES).
+    /// in [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES), or the call fails
+    /// with [`Error::NameTooLong`] before anything is recorded.
+    ///
+    /// Should the step run again after the target ended and was purged
+    /// (its record lost to a crash, the event delivered), it fails with
+    /// the target's [`Error::NotFound`]: sent events are kept with their
+    /// instance only.
     pub async fn send_event_to(
         &self,
         name: &str,
@@ -334,11 +340,25 @@ where
             context: format!("payload of event `{event}` to instance {id}"),
             error,
         })?;
-        let engine = &self.run().engine;
-        let payload = &payload;
-        self.step(name, || async move {
-            let key = self.idempotency_key().unwrap_or_default();
-            match engine.send_event_once(id, event, &key, payload).await {
+        let run = self.run();
+        run.check()?;
+        let (key, recorded) = run.next_key(name)?;
+        if let Some(step) = recorded {
+            return self.replay(step).await;
+        }
+        // The step's idempotency key, checked before anything is recorded,
+        // as a name too long is.
+        let event_key = format!("{}/{key}", run.id);
+        if event_key.len() > crate::MAX_KEY_BYTES {
+            return Err(Error::NameTooLong {
+                what: "event key (instance id/step key) of ctx.send_event_to",
+                bytes: event_key.len(),
+                name: event_key,
+            });
+        }
+        let (engine, payload, event_key) = (&run.engine, &payload, &event_key);
+        self.step_keyed(key, run.default_step, || async move {
+            match engine.send_event_once(id, event, event_key, payload).await {
                 Ok(_) => Ok(()),
                 // Not the step's failure: the run stops and goes on later.
                 Err(Error::Store(err)) => Err(BoxError::from(self.store_error(err))),

@@ -1835,6 +1835,67 @@ impl Workflow for ChildBesideStep {
     }
 }
 
+/// How often `ChildBesideStepTry`'s slow step ran.
+static SLOW_BESIDE_CHILD_TRY: AtomicU32 = AtomicU32::new(0);
+
+/// `ChildBesideStep` with `try_join!`, whose first error drops the other
+/// branch, and an arm that fails the instance on the child's error.
+struct ChildBesideStepTry;
+
+impl Workflow for ChildBesideStepTry {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "childBesideStepTry";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        let slow = ctx.step("slow", || async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, BoxError>(SLOW_BESIDE_CHILD_TRY.fetch_add(1, Ordering::SeqCst) + 1)
+        });
+        let child = ctx.run_child::<Double>("child", 5);
+        match tokio::try_join!(slow, child) {
+            Ok((slow, child)) => Ok(slow + child),
+            Err(err) => match ctx.fail(err.to_string())? {},
+        }
+    }
+}
+
+/// With `try_join!` and a catch-all arm: the step beside the pause is
+/// still recorded, and the instance is paused, not failed by the arm.
+#[tokio::test]
+async fn a_pause_for_setup_outlasts_try_join_and_a_failing_arm() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(ChildBesideStepTry)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    let inst = ChildBesideStepTry::start(&engine, ()).await.unwrap();
+    let why = common::paused_reason(&inst).await;
+    assert!(why.contains("no workflow `double`"), "{why}");
+    let steps = inst.steps().await.unwrap();
+    assert!(steps.iter().any(|s| s.key == "slow"), "{steps:?}");
+    worker.shutdown().await;
+    let fixed = EngineBuilder::new()
+        .shared_store(store)
+        .register(ChildBesideStepTry)
+        .register(Double)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = fixed.start_worker();
+    fixed.resume(inst.id()).await.unwrap();
+    let done = fixed.wait_timeout(inst.id(), LIMIT).await.unwrap();
+    assert_eq!(done.status, Status::Completed, "{:?}", done.error);
+    assert_eq!(done.output, Some(serde_json::json!(11)));
+    assert_eq!(SLOW_BESIDE_CHILD_TRY.load(Ordering::SeqCst), 1);
+}
+
 /// A pause for a missing child workflow lets the step running beside it
 /// finish and be recorded: stopped halfway, its side effect would happen
 /// again after the resume. Before, the run stopped at once and the step
@@ -3069,4 +3130,40 @@ async fn an_event_sent_to_no_instance_fails_the_step() {
     let steps = nudger.steps().await.unwrap();
     assert_eq!(steps.len(), 1, "{steps:?}");
     assert_eq!(steps[0].attempts, 1, "{steps:?}");
+}
+
+/// Sends `go` under a step name that fits alone, not with the instance id.
+struct NudgerLongName;
+
+impl Workflow for NudgerLongName {
+    type Input = InstanceId;
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "nudgerLongName";
+
+    async fn run(&self, ctx: Ctx, id: InstanceId) -> Result<(), BoxError> {
+        let name = "n".repeat(MAX_KEY_BYTES - 10);
+        ctx.send_event_to(&name, &id, "go", 7u32).await?;
+        Ok(())
+    }
+}
+
+/// A step name too long for the event's key (the instance id, `/` and the
+/// step key) fails the call before anything is recorded, not the step.
+#[tokio::test]
+async fn an_event_key_too_long_is_refused_before_the_step() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(NudgerLongName)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = NudgerLongName::start(&engine, InstanceId::new())
+        .await
+        .unwrap();
+    let err = inst.result_timeout(LIMIT).await.unwrap_err();
+    assert!(err.to_string().contains("event key"), "{err}");
+    assert!(inst.steps().await.unwrap().is_empty());
 }
