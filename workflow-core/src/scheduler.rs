@@ -17,6 +17,13 @@ use crate::store::{Created, Millis, NewInstance};
 /// How often the scheduler records how far it looked when nothing fired.
 const MARK_EVERY: Duration = Duration::from_secs(5);
 
+/// How far back a tick before the last one fired may still fire, while
+/// that last one is ahead of this engine's clock (see `fire_due`): an
+/// older one's instance may have ended and been purged (no purge takes
+/// what ended in the last minute, see `PURGE_MARGIN`), and firing it
+/// again would run it twice.
+const REFIRE_WITHIN: Duration = Duration::from_secs(30);
+
 /// How the dedup key of a tick's instance starts (`schedule:<tick time>`):
 /// reserved, so no key given to a start can stand for a tick.
 pub(crate) const TICK_KEY_PREFIX: &str = "schedule:";
@@ -216,16 +223,21 @@ async fn fire_due(
     // ticks after this engine's last look (firing one twice finds the
     // first by its key).
     let from = previous.map_or(marked_until, |p| p.min(marked_until));
-    // Never before the last tick fired: everything up to it was fired, or
-    // skipped as missed, by whoever fired it. A tick there fired again
-    // would run twice once its instance was purged (its key free again),
-    // which retention does a minute after the end by the purging engine's
-    // clock, whatever this one's says. Unless the last tick is far ahead
-    // of this clock: fired by a clock that was wrong (a day ahead at
-    // boot), it hides nothing.
+    // Never before the last tick fired once this clock has passed it:
+    // everything up to it was fired, or skipped as missed, by whoever fired
+    // it. A tick there fired again would run twice once its instance was
+    // purged (its key free again), which retention does a minute after the
+    // end by the purging engine's clock, whatever this one's says. A last
+    // tick still ahead of this clock (fired by a clock ahead of it) holds
+    // back only what is older than REFIRE_WITHIN: the ticks before it come
+    // due here as this engine runs, and fire (found by their keys where
+    // the clock ahead fired them), rather than be lost to a clock ahead
+    // that took them for missed.
+    let refire_within = chrono::Duration::from_std(REFIRE_WITHIN).unwrap_or_default();
     let from = match mark.last_tick.and_then(DateTime::from_timestamp_millis) {
-        Some(last) if last <= now + late_look_max => from.max(last),
-        _ => from,
+        Some(last) if last <= now => from.max(last),
+        Some(_) => from.max(now - refire_within),
+        None => from,
     };
     // Before this engine's first look at it, from when it started (unless
     // that was a frozen process's long ago).

@@ -282,11 +282,11 @@ async fn a_tick_purged_at_once_does_not_run_again_on_a_clock_behind() {
     assert_eq!(runs, 1, "10:01 ran {runs} times ({purged} purged)");
 }
 
-/// An engine whose clock is 90 s behind another's reaches a tick the
-/// other fired, ran, and purged a minute later by its own clock: the tick
-/// does not run again. Before, a tick within 30 s of the last one fired
-/// was fired again and left to its key to find the first, which the
-/// purge had freed.
+/// An engine whose clock is 90 s behind another's reaches the last tick
+/// the other fired, ran, and purged a minute later by its own clock: the
+/// tick does not run again, and the next one fires. Before, a tick within
+/// 30 s of the last one fired was fired again and left to its key to find
+/// the first, which the purge had freed.
 #[tokio::test]
 async fn a_tick_fired_by_a_clock_far_ahead_and_purged_does_not_run_again() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -313,7 +313,50 @@ async fn a_tick_fired_by_a_clock_far_ahead_and_purged_does_not_run_again() {
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(fired(&behind).await, Vec::<String>::new());
+    let again = "schedule:2026-11-25T10:01:00.000Z".to_owned();
+    assert!(!fired(&behind).await.contains(&again), "10:01 ran twice");
+    // The tick after it still fires here.
+    behind_clock.advance(Duration::from_secs(60));
+    let keys = wait_for(&behind, 2).await;
+    assert!(
+        keys.contains(&"schedule:2026-11-25T10:02:00.000Z".to_owned()),
+        "{keys:?}"
+    );
+    assert!(!keys.contains(&again), "10:01 ran twice");
+}
+
+/// An engine whose clock is 140 s ahead joins one that runs (`latest`): it
+/// takes the ticks between the mark and its own clock for missed, skips
+/// 10:01 and fires 10:02; the engine with the right time still fires 10:01
+/// as it comes due on its clock, and each tick runs once.
+#[tokio::test]
+async fn ticks_a_clock_ahead_took_for_missed_still_fire() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let right = engine(Arc::clone(&store), &clock, CatchUp::Latest).await;
+    let _right_worker = right.start_worker();
+    registered(&store).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ahead_clock = ManualClock::new(utc("2026-11-25T10:02:50Z"));
+    let ahead = engine(Arc::clone(&store), &ahead_clock, CatchUp::Latest).await;
+    let _ahead_worker = ahead.start_worker();
+    assert_eq!(
+        wait_for(&ahead, 1).await,
+        ["schedule:2026-11-25T10:02:00.000Z"]
+    );
+    // The right clock goes on, past 10:02, as a running clock goes.
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let keys = wait_for(&right, 2).await;
+    assert_eq!(
+        keys,
+        [
+            "schedule:2026-11-25T10:01:00.000Z",
+            "schedule:2026-11-25T10:02:00.000Z"
+        ]
+    );
 }
 
 /// An engine whose last look is old (its clock stood still while another
