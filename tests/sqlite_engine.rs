@@ -1181,14 +1181,25 @@ fn waiting_for_an_instance_nothing_runs_says_why() {
         .start_paused(true)
         .build()
         .unwrap();
-    let (idle, paused) = runtime.block_on(async {
+    let (queued_id, idle, paused) = runtime.block_on(async {
+        let clock = workflow::ManualClock::new(chrono::Utc::now());
         let engine = Engine::builder()
             .store(workflow::MemoryStore::new())
             .register(FailsLoudly)
+            .clock(clock.clone())
             .build()
             .await
             .unwrap();
+        // Queued a moment: no warning, however long the wait.
+        let queued = FailsLoudly::start(&engine, ()).await.unwrap();
+        let waited = queued.result_timeout(Duration::from_secs(30)).await;
+        assert!(
+            matches!(waited, Err(workflow::Error::WaitTimeout { .. })),
+            "{waited:?}"
+        );
+        // Due for 20 s, by the engine's clock, that no worker took.
         let idle = FailsLoudly::start(&engine, ()).await.unwrap();
+        clock.advance(Duration::from_secs(20));
         let waited = idle.result_timeout(Duration::from_secs(30)).await;
         assert!(
             matches!(waited, Err(workflow::Error::WaitTimeout { .. })),
@@ -1201,7 +1212,7 @@ fn waiting_for_an_instance_nothing_runs_says_why() {
             matches!(waited, Err(workflow::Error::WaitTimeout { .. })),
             "{waited:?}"
         );
-        (idle.id().clone(), paused.id().clone())
+        (queued.id().clone(), idle.id().clone(), paused.id().clone())
     });
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     let said = |id: &InstanceId, what: &str| {
@@ -1212,6 +1223,7 @@ fn waiting_for_an_instance_nothing_runs_says_why() {
         assert_eq!(lines.len(), 1, "one warning for {id} in:\n{text}");
         assert!(lines[0].contains(what), "{what} missing from: {}", lines[0]);
     };
-    said(&idle, "no worker has taken yet");
+    assert!(!text.contains(queued_id.as_str()), "{text}");
+    said(&idle, "no worker has taken in the 10 s since it came due");
     said(&paused, "paused: it ends only once resumed");
 }

@@ -1671,15 +1671,16 @@ impl Engine {
                     );
                 } else if row.status == Status::Pending
                     && row.started_at.is_none()
-                    && row.run_at <= self.inner.now()
+                    && crate::store::millis_after(row.run_at, UNATTENDED_AFTER) <= self.inner.now()
                 {
                     told = true;
                     tracing::warn!(
                         %id,
                         workflow = %row.workflow,
                         waited = ?started.elapsed(),
-                        "waiting for an instance no worker has taken yet: is a worker \
-                         running (`engine.start_worker()`) with its workflow registered?"
+                        "waiting for an instance that no worker has taken in the 10 s since it \
+                         came due: is a worker running (`engine.start_worker()`) with its \
+                         workflow registered, or are all of them busy?"
                     );
                 }
             }

@@ -414,9 +414,9 @@ impl<W: Workflow> Instance<W> {
     /// registers its workflow, or none is started) never ends, even past
     /// its deadline, which workers enforce; nor does a `Paused` one until
     /// someone resumes it, and the engine pauses some itself (see
-    /// [`Status::Paused`](crate::Status::Paused)). After 10 s of such a
-    /// wait it logs a warning saying which (no worker has taken the
-    /// instance, or it is paused). Bound the wait with
+    /// [`Status::Paused`](crate::Status::Paused)). It logs a warning once
+    /// when the instance has been due for 10 s and no worker has taken it,
+    /// or after 10 s of waiting for a paused one. Bound the wait with
     /// [`result_timeout`](Self::result_timeout) where a caller is waiting,
     /// as in an HTTP handler.
     pub async fn result(&self) -> Result<W::Output> {
