@@ -625,8 +625,8 @@ mod waits {
     /// worker runs, the others the long one, which ends after the restart.
     /// Both long enough that every napper still sleeps at the kill, however
     /// slow the machine is to get 24 instances to their waits.
-    const SHORT_NAP_MS: u64 = 2_500;
-    const NAP_MS: u64 = 5_000;
+    const SHORT_NAP_MS: u64 = 3_000;
+    const NAP_MS: u64 = 6_000;
     /// How long no worker runs after the kill, at least: a restart that
     /// slept a nap again from its replay would wake this much later (or
     /// the whole nap, for one that came due meanwhile) than its recorded time.
@@ -776,6 +776,10 @@ mod waits {
     pub fn child(db: &str) {
         runtime().block_on(async {
             let engine = engine(db).await;
+            // When this process can run anything: the naps' lag counts
+            // from here, not from a spawn that a busy machine makes slow.
+            let log = Path::new(db).with_file_name("effects.log");
+            log_line(&log.display().to_string(), &format!("ready {}", now_ms()));
             let _worker = engine.start_worker();
             loop {
                 let counts = engine.counts(None).await.expect("counts");
@@ -912,7 +916,6 @@ mod waits {
         // would wake far later than the time it recorded.
         let up_at = (killed_at + DOWN_MS).max(latest_short_wake + 200);
         std::thread::sleep(Duration::from_millis((up_at - now_ms()).max(0) as u64));
-        let restarted_at = now_ms();
         let mut child = spawn("child-waits", &db);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -925,6 +928,9 @@ mod waits {
         }
 
         let log_end = lines(&log);
+        let restarted_at = *stamps(&log_end, "ready ")
+            .last()
+            .expect("the restarted child's `ready`");
         let mut worst_lag = 0;
         rt.block_on(async {
             let engine = engine(&db_text).await;
@@ -2463,6 +2469,9 @@ mod once {
             let deadline = Instant::now() + Duration::from_secs(60);
             while charges(&log) < kill_after {
                 assert!(Instant::now() < deadline, "no charge began");
+                if let Some(status) = child.0.as_mut().expect("child").try_wait().expect("poll") {
+                    panic!("the worker exited early with {status}");
+                }
                 std::thread::sleep(Duration::from_millis(1));
             }
             child.kill();
