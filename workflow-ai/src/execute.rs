@@ -13,7 +13,7 @@ use workflow_core::{
     RetryAfter, StepOptions, Tool, ToolReply, Toolbox, RESERVED_STEP_CHARS,
 };
 
-use crate::message::Message;
+use crate::message::{Message, ToolCall};
 use crate::model::{Model, ModelError, ModelRequest, ModelResponse, OutputFormat};
 use crate::openai::OpenAiCompatible;
 
@@ -98,7 +98,7 @@ impl Execute {
         }
     }
 
-    /// The most tool calls of one model turn that run (default
+    /// The most tool calls of one model turn that run, side by side (default
     /// [`Execute::DEFAULT_MAX_TOOL_CALLS`]); the model is told the others
     /// did not, and may ask for them in its next turn. One reply asking
     /// for hundreds of calls would otherwise start hundreds of workflows,
@@ -537,54 +537,51 @@ where
             // reads.
             break;
         }
-        for (n, call) in response.tool_calls.iter().enumerate() {
-            let tool = &call.function.name;
-            // Deterministic from the recorded turn: a replay cuts the same.
-            if n >= max_tool_calls {
-                messages.push(Message::Tool {
-                    tool_call_id: call.id.clone(),
-                    content: format!(
-                        "Not run: at most {max_tool_calls} tool calls run per turn. \
-                         Ask for this one again in your next reply if you still need it."
-                    ),
-                });
-                continue;
-            }
-            // Some servers send no arguments at all for a tool without
-            // parameters.
-            let arguments = match call.function.arguments.trim() {
-                "" => "{}",
-                sent => sent,
-            };
-            let reply = match serde_json::from_str::<Value>(arguments) {
-                Err(err) => ToolReply::error(format!(
-                    "The arguments for tool `{tool}` are not valid JSON ({err}). Call it again with a JSON object."
-                )),
-                // The name comes from the model: one no step name may
-                // contain must not fail the loop, nor one long enough to
-                // break the store's key index. Neither is a valid tool name
-                // (providers refuse tools named so), so unless the toolbox
-                // has it, it is answered as an unknown tool without a step:
-                // the reply follows from the recorded turn, and replay
-                // gives it again.
-                Ok(_)
-                    if tool.contains(RESERVED_STEP_CHARS)
-                        || tool.contains('\0')
-                        || !is_valid_tool_name(tool) && tools.get(tool).is_none() =>
-                {
-                    no_such_tool(&tools, tool)
-                }
-                Ok(args) => {
-                    let step = format!("{name}:turn-{turn}:{tool}");
-                    match tool_step {
-                        Some(opts) => ctx.call_tool_with(&step, opts, &tools, tool, args).await?,
-                        None => ctx.call_tool(&step, &tools, tool, args).await?,
+        // The calls of one turn run side by side, each a step of its own.
+        // Their steps are named by tool and numbered in the order of the
+        // calls (`..:lookup`, `..:lookup#1`): each call numbers its step on
+        // its first poll, and the first pass below polls them in that
+        // order, so a replay numbers them the same whichever ended first.
+        let turn_step = format!("{name}:turn-{turn}");
+        let mut calls: Vec<_> = response
+            .tool_calls
+            .iter()
+            .enumerate()
+            .map(|(n, call)| {
+                Box::pin(answer_tool_call(
+                    ctx,
+                    &tools,
+                    tool_step,
+                    &turn_step,
+                    call,
+                    (n, max_tool_calls, max_tool_reply),
+                ))
+            })
+            .collect();
+        let mut answers: Vec<Option<Result<String>>> = calls.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            for (call, answer) in calls.iter_mut().zip(answers.iter_mut()) {
+                if answer.is_none() {
+                    if let std::task::Poll::Ready(done) = call.as_mut().poll(cx) {
+                        *answer = Some(done);
                     }
                 }
-            };
+            }
+            if answers.iter().all(Option::is_some) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        drop(calls);
+        // Every call has ended (recorded, or stopped with the run) before
+        // the first error is handed on: none is dropped halfway.
+        for (call, answer) in response.tool_calls.iter().zip(answers) {
+            let Some(answer) = answer else { continue };
             messages.push(Message::Tool {
                 tool_call_id: call.id.clone(),
-                content: shortened(reply.text(), max_tool_reply),
+                content: answer?,
             });
         }
     }
@@ -606,6 +603,62 @@ fn shortened(text: String, max: usize) -> String {
         "{kept}\n[reply cut: {} more bytes left out]",
         text.len() - kept.len()
     )
+}
+
+/// The reply to tool call `n` of a turn, as the model is sent it: the
+/// tool run as a step named after it under `turn_step`, or, without a
+/// step, a reply the recorded turn determines (a call past
+/// `max_tool_calls`, arguments that are no JSON, a name no tool has).
+async fn answer_tool_call<S>(
+    ctx: &Ctx<S>,
+    tools: &Toolbox,
+    tool_step: Option<StepOptions>,
+    turn_step: &str,
+    call: &ToolCall,
+    (n, max_tool_calls, max_tool_reply): (usize, usize, usize),
+) -> Result<String>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    let tool = &call.function.name;
+    // Deterministic from the recorded turn: a replay cuts the same.
+    if n >= max_tool_calls {
+        return Ok(format!(
+            "Not run: at most {max_tool_calls} tool calls run per turn. \
+             Ask for this one again in your next reply if you still need it."
+        ));
+    }
+    // Some servers send no arguments at all for a tool without parameters.
+    let arguments = match call.function.arguments.trim() {
+        "" => "{}",
+        sent => sent,
+    };
+    let reply = match serde_json::from_str::<Value>(arguments) {
+        Err(err) => ToolReply::error(format!(
+            "The arguments for tool `{tool}` are not valid JSON ({err}). Call it again with a JSON object."
+        )),
+        // The name comes from the model: one no step name may contain must
+        // not fail the loop, nor one long enough to break the store's key
+        // index. Neither is a valid tool name (providers refuse tools named
+        // so), so unless the toolbox has it, it is answered as an unknown
+        // tool without a step: the reply follows from the recorded turn,
+        // and replay gives it again.
+        Ok(_)
+            if tool.contains(RESERVED_STEP_CHARS)
+                || tool.contains('\0')
+                || !is_valid_tool_name(tool) && tools.get(tool).is_none() =>
+        {
+            no_such_tool(tools, tool)
+        }
+        Ok(args) => {
+            let step = format!("{turn_step}:{tool}");
+            match tool_step {
+                Some(opts) => ctx.call_tool_with(&step, opts, tools, tool, args).await?,
+                None => ctx.call_tool(&step, tools, tool, args).await?,
+            }
+        }
+    };
+    Ok(shortened(reply.text(), max_tool_reply))
 }
 
 /// Why a final reply is no answer: the model refused, or the reply was cut

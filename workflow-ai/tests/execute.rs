@@ -183,6 +183,40 @@ async fn capped(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
     Ok(run.text)
 }
 
+/// Two people who meet: each call waits for the other one's, which only
+/// calls running side by side get. The first to arrive leaves last.
+#[derive(Debug, Deserialize, JsonSchema)]
+struct Meet {
+    who: String,
+}
+
+static MEETING: std::sync::LazyLock<tokio::sync::Barrier> =
+    std::sync::LazyLock::new(|| tokio::sync::Barrier::new(2));
+
+/// Asks two tools of one turn to meet.
+#[workflow(name = "meeting")]
+async fn meeting(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
+    let tools = Toolbox::new().function("meet", "Meet the other one", |m: Meet| async move {
+        match tokio::time::timeout(Duration::from_secs(5), MEETING.wait()).await {
+            Ok(_) if m.who == "ada" => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<_, BoxError>(json!(format!("{} met", m.who)))
+            }
+            Ok(_) => Ok(json!(format!("{} met", m.who))),
+            Err(_) => Ok(json!(format!("{} waited alone", m.who))),
+        }
+    });
+    let run = ctx
+        .execute(
+            Execute::new("Meet.")
+                .input("ada and bob")
+                .tools(tools)
+                .model(model(&base_url)?),
+        )
+        .await?;
+    Ok(run.text)
+}
+
 /// Starts `W` and waits for its end (a minute at most).
 async fn outcome<W: Workflow>(engine: &Engine, input: W::Input) -> workflow::Result<W::Output> {
     W::start(engine, input)
@@ -202,6 +236,7 @@ async fn engine(url: &str) -> Engine {
         .register(ReplayedTurn)
         .register(SettingsLater)
         .register(Capped)
+        .register(Meeting)
         .poll_interval(Duration::from_millis(20))
         .build()
         .await
@@ -991,4 +1026,66 @@ async fn typed_output_can_ask_for_no_strict_schema() {
         format["json_schema"]["schema"]["additionalProperties"], false,
         "the plain schema, not the strict form: {format}"
     );
+}
+
+/// The tool calls of one turn run side by side: two that wait for each
+/// other both get through. Their steps are numbered in the order of the
+/// calls, whichever ends first (the first call here ends last), and each
+/// reply goes back under its own call's id. Before, they ran one after the
+/// other and each waited alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tool_calls_of_a_turn_run_side_by_side() {
+    let server = Server::start(|n, _| match n {
+        0 => {
+            let calls: Vec<Value> = ["ada", "bob"]
+                .iter()
+                .enumerate()
+                .map(|(i, who)| {
+                    json!({"id": format!("c{i}"), "type": "function", "function": {
+                        "name": "meet", "arguments": json!({"who": who}).to_string()}})
+                })
+                .collect();
+            (
+                200,
+                json!({"choices": [{"finish_reason": "tool_calls",
+                    "message": {"role": "assistant", "content": null, "tool_calls": calls}}]}),
+            )
+        }
+        _ => text("done"),
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let inst = Meeting::start(&engine, server.url.clone()).await.unwrap();
+    let out = inst.result_timeout(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(out, "done");
+    let requests = server.requests();
+    let replies: Vec<(String, String)> = requests[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| {
+            (
+                m["tool_call_id"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(replies[0].0, "c0");
+    assert!(replies[0].1.contains("ada met"), "{replies:?}");
+    assert_eq!(replies[1].0, "c1");
+    assert!(replies[1].1.contains("bob met"), "{replies:?}");
+    let steps = inst.steps().await.unwrap();
+    let output = |key: &str| {
+        steps
+            .iter()
+            .find(|s| s.key.ends_with(key))
+            .and_then(|s| s.output.clone())
+            .unwrap_or_else(|| panic!("no step {key} in {steps:?}"))
+            .to_string()
+    };
+    assert!(output(":meet").contains("ada"), "{steps:?}");
+    assert!(output(":meet#1").contains("bob"), "{steps:?}");
 }
