@@ -513,7 +513,11 @@ where
         });
         if response.tool_calls.is_empty() {
             if let Some(reason) = no_answer(&response) {
-                return Err(Error::NoAnswer { name, reason });
+                return Err(Error::NoAnswer {
+                    name,
+                    reason,
+                    messages: as_json(&messages),
+                });
             }
             let text = response.content.unwrap_or_default();
             if let Some((_, check)) = output.as_mut() {
@@ -588,6 +592,7 @@ where
     Err(Error::MaxTurns {
         name,
         turns: max_turns,
+        messages: as_json(&messages),
     })
 }
 
@@ -659,6 +664,50 @@ where
         }
     };
     Ok(shortened(reply.text(), max_tool_reply))
+}
+
+/// `messages` as the JSON an error carries them in.
+fn as_json(messages: &[Message]) -> Vec<Value> {
+    messages
+        .iter()
+        .filter_map(|m| serde_json::to_value(m).ok())
+        .collect()
+}
+
+/// The conversation of a model loop that ended without an answer
+/// ([`Error::MaxTurns`], [`Error::NoAnswer`]), instructions first: to hand
+/// to another loop ([`Execute::messages`]) that goes on, or asks for a
+/// summary of what was found. `None` for any other error.
+///
+/// ```no_run
+/// # use workflow_core::{Ctx, Error};
+/// # use workflow_ai::{conversation, Execute, ExecuteExt};
+/// # async fn f(ctx: Ctx) -> workflow_core::Result<String> {
+/// let run = ctx.execute(Execute::new("Research the ticket.").max_turns(8)).await;
+/// let text = match run {
+///     Ok(run) => run.text,
+///     Err(err @ Error::MaxTurns { .. }) => {
+///         let so_far = conversation(&err).unwrap_or_default();
+///         ctx.execute(
+///             Execute::new("Summarize what was found so far.")
+///                 .name("summary")
+///                 .messages(so_far.into_iter().skip(1)),
+///         )
+///         .await?
+///         .text
+///     }
+///     Err(other) => return Err(other),
+/// };
+/// # Ok(text) }
+/// ```
+pub fn conversation(err: &Error) -> Option<Vec<Message>> {
+    match err {
+        Error::MaxTurns { messages, .. } | Error::NoAnswer { messages, .. } => messages
+            .iter()
+            .map(|m| serde_json::from_value(m.clone()).ok())
+            .collect(),
+        _ => None,
+    }
 }
 
 /// Why a final reply is no answer: the model refused, or the reply was cut

@@ -25,7 +25,7 @@ mod message;
 mod model;
 mod openai;
 
-pub use crate::execute::{Execute, ExecuteExt, Execution, Structured};
+pub use crate::execute::{conversation, Execute, ExecuteExt, Execution, Structured};
 pub use crate::message::{FunctionCall, Message, ToolCall};
 pub use crate::model::{Model, ModelError, ModelRequest, ModelResponse, OutputFormat};
 pub use crate::openai::{OpenAiBuilder, OpenAiCompatible, DEFAULT_MODEL, OPENAI_BASE_URL};

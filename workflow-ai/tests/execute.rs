@@ -217,6 +217,37 @@ async fn meeting(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
     Ok(run.text)
 }
 
+/// A loop out of turns: what the conversation had, from the error.
+#[workflow(name = "outOfTurns")]
+async fn out_of_turns(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
+    let tools = Toolbox::new().function(
+        "lookup_customer",
+        "Find a customer's plan by e-mail",
+        |q: Lookup| async move { Ok::<_, BoxError>(json!({"email": q.email, "plan": "pro"})) },
+    );
+    let run = ctx
+        .execute(
+            Execute::new("Look them up.")
+                .input("ada")
+                .tools(tools)
+                .model(model(&base_url)?)
+                .max_turns(2),
+        )
+        .await;
+    match run {
+        Ok(run) => Ok(run.text),
+        Err(err @ workflow::Error::MaxTurns { .. }) => {
+            let so_far = workflow_ai::conversation(&err).unwrap_or_default();
+            let roles: Vec<String> = so_far
+                .iter()
+                .map(|m| serde_json::to_value(m).unwrap()["role"].to_string())
+                .collect();
+            Ok(roles.join(" "))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// Starts `W` and waits for its end (a minute at most).
 async fn outcome<W: Workflow>(engine: &Engine, input: W::Input) -> workflow::Result<W::Output> {
     W::start(engine, input)
@@ -237,6 +268,7 @@ async fn engine(url: &str) -> Engine {
         .register(SettingsLater)
         .register(Capped)
         .register(Meeting)
+        .register(OutOfTurns)
         .poll_interval(Duration::from_millis(20))
         .build()
         .await
@@ -394,6 +426,30 @@ async fn odd_tool_calls_are_answered_not_recorded() {
             "execute:turn-1:lookup_customer",
             "execute:turn-2"
         ]
+    );
+}
+
+/// A loop out of turns hands its conversation back in the error: the
+/// handler can go on from it, or ask for a summary. Before, it was lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loop_out_of_turns_gives_its_conversation_back() {
+    let server = Server::start(|n, _| {
+        tool_call(
+            &format!("c{n}"),
+            "lookup_customer",
+            json!({"email": "a@b.c"}),
+        )
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let out = outcome::<OutOfTurns>(&engine, server.url.clone())
+        .await
+        .unwrap();
+    // Instructions, input, a turn and its tool's reply, the last turn.
+    assert_eq!(
+        out, r#""system" "user" "assistant" "tool" "assistant""#,
+        "{out}"
     );
 }
 

@@ -71,6 +71,10 @@ pub enum Error {
         name: String,
         /// The turn bound it hit.
         turns: u32,
+        /// The conversation so far, instructions first, as `workflow_ai`
+        /// messages in JSON (`workflow_ai::conversation` reads them back):
+        /// to go on in another loop, or to ask for a summary.
+        messages: Vec<serde_json::Value>,
     },
 
     /// A model loop's model stopped without an answer it can use: it
@@ -82,6 +86,9 @@ pub enum Error {
         name: String,
         /// Why, with the model's refusal text if it gave one.
         reason: String,
+        /// The conversation, the reply that was no answer last, as in
+        /// [`Error::MaxTurns`].
+        messages: Vec<serde_json::Value>,
     },
 
     /// A step failed for good: its attempts are used up, or its error was not retryable.
