@@ -434,11 +434,14 @@ impl<W: Workflow> Instance<W> {
 
     /// Cancels it: it ends `Cancelled` with its unfinished descendants
     /// (children, grandchildren...), and a running handler sees
-    /// `ctx.signal()` fire and is dropped at its next await point (at once in
-    /// this process, within about a second in another process sharing the
-    /// store; a descendant running here under a parent that does not, such
-    /// as a grandchild under a suspended child, within about a second too). Cancelling an instance that already ended is
-    /// [`Error::AlreadyFinished`] and changes nothing.
+    /// `ctx.signal()` fire and is dropped at its next await point: at once
+    /// in this process, and in another process on a store that tells its
+    /// workers of cancels (PostgreSQL, see
+    /// [`Store::cancellations`](crate::Store::cancellations)); otherwise
+    /// within about a second, at its worker's next heartbeat, as is a
+    /// descendant running here under a parent that does not (a grandchild
+    /// under a suspended child). Cancelling an instance that already ended
+    /// is [`Error::AlreadyFinished`] and changes nothing.
     pub async fn cancel(&self) -> Result<()> {
         self.check_before(true).await?;
         self.engine.cancel(&self.id).await

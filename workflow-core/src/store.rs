@@ -530,6 +530,15 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// The instances other processes cancel, as they do (PostgreSQL's
+    /// LISTEN/NOTIFY), so that a worker stops their handlers at once
+    /// rather than at its next heartbeat, up to a second later. Only a
+    /// hint: one missed (a dropped connection, a full channel) is still
+    /// found by the heartbeat. The default is none.
+    fn cancellations(&self) -> Option<tokio::sync::broadcast::Receiver<InstanceId>> {
+        None
+    }
+
     /// Records a finished step, the state after it (when changed) and its
     /// events (`step_completed` or `step_failed` with its duration, and
     /// `state_changed` when it carries state), in one transaction, if `lease`

@@ -2606,6 +2606,9 @@ impl<S: Store> Store for Unreachable<S> {
     fn wakeups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.wakeups()
     }
+    fn cancellations(&self) -> Option<tokio::sync::broadcast::Receiver<InstanceId>> {
+        self.inner.cancellations()
+    }
     /// The inner store's, unless a commit is made slow
     /// ([`Unreachable::slow_step_commit`]): it waits before going through.
     fn commits_in_call_order(&self) -> bool {

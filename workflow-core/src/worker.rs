@@ -309,6 +309,10 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
         }
         // Aborted with this task, however it ends.
         let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(Arc::clone(&w))));
+        let _cancels = inner
+            .store
+            .cancellations()
+            .map(|heard| AbortOnDropHandle::new(tokio::spawn(hear_cancels(w.engine.clone(), heard))));
         let scheduler = AbortOnDropHandle::new(tokio::spawn(crate::scheduler::run(
             w.engine.clone(),
             w.stop.clone(),
@@ -543,6 +547,28 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
     }
     .instrument(span)
     .await
+}
+
+/// Stops the handlers here of instances other processes cancel, as the
+/// store hears of them (see `Store::cancellations`), instead of at their
+/// next heartbeat. This process's own cancels come back too, and change
+/// nothing more.
+async fn hear_cancels(engine: Engine, mut heard: tokio::sync::broadcast::Receiver<InstanceId>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match heard.recv().await {
+            Ok(id) => {
+                tracing::debug!(%id, "heard of a cancel");
+                engine.stop_local_descendants(&id);
+                engine.inner.finished.ended(&id);
+            }
+            // Missed ones are found by the heartbeat.
+            Err(RecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "cancels went by unheard; the heartbeat finds them");
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 /// A deadline past any shutdown (a grace of `Duration::MAX`).

@@ -52,7 +52,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Postgres, QueryBuilder};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use workflow_core::store::*;
 use workflow_core::{Definition, Durability, Error, InstanceId, Status, StoreError};
 
@@ -209,6 +209,8 @@ pub struct PgStore {
     hint: watch::Receiver<u64>,
     /// The task that LISTENs on connections of its own, when listening.
     listen: Option<wake::Listening>,
+    /// The instances other processes cancel, as the listener hears.
+    cancels: broadcast::Sender<InstanceId>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -432,6 +434,9 @@ impl PgStore {
             .before_acquire(ping_if_idle)
             .connect_lazy_with(connect.clone());
         let channel = format!("workflow_{schema}");
+        // A burst of cancels a worker cannot keep up with skips some: the
+        // heartbeat finds those.
+        let (cancels, _) = broadcast::channel(256);
         let (hint, listen) = if !options.listen && options.claim_wait.is_zero() {
             (watch::channel(0).1, None)
         } else {
@@ -440,12 +445,14 @@ impl PgStore {
                 options.acquire_timeout,
                 pool.clone(),
                 channel.clone(),
+                cancels.clone(),
             );
             (hint, Some(listen))
         };
         Ok(PgStore {
             db: Db {
-                wake: ops::notifier(pool.clone(), channel),
+                wake: ops::notifier(pool.clone(), channel.clone()),
+                channel,
                 pool,
                 leases,
                 lock_prefix: schema.clone(),
@@ -456,6 +463,7 @@ impl PgStore {
             leases_by_request_clock: options.leases_by_request_clock,
             hint,
             listen,
+            cancels,
         })
     }
 
@@ -667,6 +675,10 @@ impl Store for PgStore {
 
     fn wakeups(&self) -> Option<watch::Receiver<u64>> {
         self.listen.as_ref().map(|_| self.hint.clone())
+    }
+
+    fn cancellations(&self) -> Option<broadcast::Receiver<InstanceId>> {
+        self.listen.as_ref().map(|_| self.cancels.subscribe())
     }
 
     async fn next_due(

@@ -187,6 +187,8 @@ pub(crate) struct Db {
     pub lock_prefix: String,
     /// Asks the [`notifier`] for a NOTIFY.
     pub wake: mpsc::Sender<()>,
+    /// The store's NOTIFY channel.
+    pub channel: String,
 }
 
 /// Sends `NOTIFY` on `channel` (wakes idle claimers in every process) once
@@ -954,7 +956,25 @@ impl Db {
         if woke > 0 {
             self.wake();
         }
+        self.announce_cancel(id).await;
         Ok(control)
+    }
+
+    /// Tells the workers of every process that `id` was cancelled, so one
+    /// running it stops its handler at once (see
+    /// `Store::cancellations`). Once committed, and without waiting for
+    /// its own flush: a notification lost to a crash leaves the stop to
+    /// the heartbeat, within about a second.
+    async fn announce_cancel(&self, id: &InstanceId) {
+        let sent =
+            sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
+                .bind(&self.channel)
+                .bind(format!("{}{id}", crate::wake::CANCEL))
+                .execute(&self.pool)
+                .await;
+        if let Err(err) = sent {
+            tracing::debug!(error = %err, "NOTIFY of a cancel failed");
+        }
     }
 
     pub(crate) async fn set_deadline(

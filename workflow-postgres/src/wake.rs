@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+use workflow_core::InstanceId;
 
 /// After this long with no notification, the listener sends one to its own
 /// channel (through the store's pool): a connection that a NAT or a load
@@ -22,6 +23,10 @@ pub(crate) const ECHO: Duration = Duration::from_secs(10);
 /// The payload of that notification: a check, not a wake-up. (Wake-ups
 /// carry none.)
 const PING: &str = "ping";
+
+/// How the payload of a cancel's notification starts: the cancelled
+/// instance's id follows.
+pub(crate) const CANCEL: &str = "cancel:";
 
 /// The listening task, to stop it.
 #[derive(Clone)]
@@ -56,6 +61,7 @@ pub(crate) fn spawn(
     acquire_timeout: Duration,
     echo_pool: PgPool,
     channel: String,
+    cancels: broadcast::Sender<InstanceId>,
 ) -> (watch::Receiver<u64>, Listening) {
     let (tx, rx) = watch::channel(0u64);
     let (stop, mut stopped) = watch::channel(false);
@@ -107,6 +113,10 @@ pub(crate) fn spawn(
                     received = tokio::time::timeout(wait, listener.try_recv()) => match received {
                         Ok(Ok(Some(note))) => {
                             pinged = false;
+                            if let Some(id) = note.payload().strip_prefix(CANCEL) {
+                                // No receiver (no worker here) is no error.
+                                let _ = cancels.send(InstanceId::from(id));
+                            }
                             if note.payload() != PING {
                                 bump(&tx);
                             }

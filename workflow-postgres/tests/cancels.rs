@@ -1,0 +1,100 @@
+//! A cancel made in another process stops a running handler at once: the
+//! store's NOTIFY reaches the worker running it, instead of its next
+//! heartbeat (up to a second later). Short steps stop anyway, at the
+//! first commit the cancel refuses; a long one ran on until then.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use workflow_core::{BoxError, Ctx, EngineBuilder, Status, Store, Workflow};
+use workflow_postgres::{PgOptions, PgStore};
+
+/// Ticks of `Ticker`'s step.
+static TICKS: AtomicU32 = AtomicU32::new(0);
+
+/// One long step that ticks every 20 ms (a model call, an export).
+struct Ticker;
+
+impl Workflow for Ticker {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "ticker";
+    const TIMEOUT: Duration = Duration::from_secs(600);
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step("long", || async {
+            for _ in 0..10_000 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                TICKS.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+async fn store(url: &str, schema: &str) -> PgStore {
+    PgStore::connect_with(url, PgOptions::new().schema(schema))
+        .await
+        .expect("connect")
+}
+
+/// The worker's heartbeat hangs (its renewals never answer), so only the
+/// NOTIFY can tell it of the cancel another engine makes: its handler is
+/// dropped mid-step. Before, the step ran on until the lease lapsed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_from_another_process_stops_the_handler_at_once() {
+    let Some(url) = common::url("a_cancel_from_another_process_stops_the_handler_at_once") else {
+        return;
+    };
+    let schema = common::fresh_schema("cancels");
+    let running = Arc::new(workflow_core::testing::Unreachable::new(
+        store(&url, &schema).await,
+    ));
+    let worker_engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&running) as Arc<dyn Store>)
+        .register(Ticker)
+        .lease_duration(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let _worker = worker_engine.start_worker();
+    let other = EngineBuilder::new()
+        .store(store(&url, &schema).await)
+        .register(Ticker)
+        .build()
+        .await
+        .unwrap();
+    let id = other
+        .start_json("ticker", serde_json::json!(null), Default::default())
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if TICKS.load(Ordering::SeqCst) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(TICKS.load(Ordering::SeqCst) >= 3, "the ticker never ran");
+    running.hang_renewals(true);
+    other.cancel(&id).await.unwrap();
+    // Heard within a moment; a step running then may end.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_cancel = TICKS.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        TICKS.load(Ordering::SeqCst),
+        after_cancel,
+        "the step ran on after the cancel"
+    );
+    assert!(worker_engine.running_here().is_empty());
+    let info = other.instance(&id).await.unwrap();
+    assert_eq!(info.status, Status::Cancelled);
+    running.hang_renewals(false);
+    common::drop_schemas(&url, &[schema]).await;
+}
