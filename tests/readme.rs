@@ -319,7 +319,7 @@ let reply = tools.call_once(&engine, "processOrder", args, &tool_call.id).await?
 // Arguments are checked closed: a misspelt field is named, not dropped.
 // 3. A model loop inside a workflow's handler (feature `ai`): each model
 //    call and each tool call is a recorded step: after a crash, only the
-//    call in flight is made again.
+//    calls in flight are made again.
 // (Execute and ExecuteExt are in the prelude with feature `ai`.)
 let run = ctx.execute(
     Execute::new("You triage support tickets.")

@@ -1985,7 +1985,7 @@ where
         let run = &self.inner.run;
         let reason = format!(
             "paused: {what}; the workflow's code changed under a running instance? \
-             Deploy code that reads it (see \"Changing workflow code\" in the README) and resume \
+             Deploy code that reads it (see docs/versioning.md) and resume \
              the instance, or cancel it"
         );
         self.suspend(run.pause_for_fix(reason)).await
