@@ -850,6 +850,10 @@ impl Db {
         if woke > 0 {
             self.wake();
         }
+        if finish.status == Status::TimedOut {
+            // Its descendants running in other processes stop at once.
+            self.announce_cancel(&lease.instance).await;
+        }
         Ok(Ok(()))
     }
 
@@ -960,8 +964,9 @@ impl Db {
         Ok(control)
     }
 
-    /// Tells the workers of every process that `id` was cancelled, so one
-    /// running it stops its handler at once (see
+    /// Tells the workers of every process that `id` was cancelled (or
+    /// timed out, its descendants cancelled), so one running it or a
+    /// descendant stops its handler at once (see
     /// `Store::cancellations`). Once committed, and without waiting for
     /// its own flush: a notification lost to a crash leaves the stop to
     /// the heartbeat, within about a second.

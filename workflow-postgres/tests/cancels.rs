@@ -15,6 +15,48 @@ use workflow_postgres::{PgOptions, PgStore};
 /// Ticks of `Ticker`'s step.
 static TICKS: AtomicU32 = AtomicU32::new(0);
 
+/// Ticks of `KidTicker`'s step.
+static KID_TICKS: AtomicU32 = AtomicU32::new(0);
+
+/// `Ticker`'s long step, as a child.
+struct KidTicker;
+
+impl Workflow for KidTicker {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "kidTicker";
+    const TIMEOUT: Duration = Duration::from_secs(600);
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step("long", || async {
+            for _ in 0..10_000 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                KID_TICKS.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Waits for a `KidTicker` child, and times out first.
+struct Impatient;
+
+impl Workflow for Impatient {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "impatient";
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.run_child::<KidTicker>("kid", ()).await?;
+        Ok(())
+    }
+}
+
 /// One long step that ticks every 20 ms (a model call, an export).
 struct Ticker;
 
@@ -96,5 +138,62 @@ async fn a_cancel_from_another_process_stops_the_handler_at_once() {
     let info = other.instance(&id).await.unwrap();
     assert_eq!(info.status, Status::Cancelled);
     running.hang_renewals(false);
+    common::drop_schemas(&url, &[schema]).await;
+}
+
+/// A parent that times out in one process cancels its child running in
+/// another, whose heartbeat hangs: the timeout's NOTIFY stops the child's
+/// long step at once. Before, it ran on until its lease lapsed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parent_timing_out_elsewhere_stops_its_child_at_once() {
+    let Some(url) = common::url("a_parent_timing_out_elsewhere_stops_its_child_at_once") else {
+        return;
+    };
+    let schema = common::fresh_schema("timeouts");
+    let kids = Arc::new(workflow_core::testing::Unreachable::new(
+        store(&url, &schema).await,
+    ));
+    let kid_engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&kids) as Arc<dyn Store>)
+        .register(KidTicker)
+        .lease_duration(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let _kid_worker = kid_engine.start_worker();
+    let parents = EngineBuilder::new()
+        .store(store(&url, &schema).await)
+        .register(Impatient)
+        .build()
+        .await
+        .unwrap();
+    let _parent_worker = parents.start_worker();
+    let id = parents
+        .start_json("impatient", serde_json::json!(null), Default::default())
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if KID_TICKS.load(Ordering::SeqCst) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(KID_TICKS.load(Ordering::SeqCst) >= 3, "the child never ran");
+    kids.hang_renewals(true);
+    let ended = parents
+        .wait_timeout(&id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, Status::TimedOut);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_timeout = KID_TICKS.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        KID_TICKS.load(Ordering::SeqCst),
+        after_timeout,
+        "the child's step ran on after its parent timed out"
+    );
+    assert!(kid_engine.running_here().is_empty());
+    kids.hang_renewals(false);
     common::drop_schemas(&url, &[schema]).await;
 }
