@@ -3167,3 +3167,82 @@ async fn an_event_key_too_long_is_refused_before_the_step() {
     assert!(err.to_string().contains("event key"), "{err}");
     assert!(inst.steps().await.unwrap().is_empty());
 }
+
+/// How many items `OnceItems` is given.
+static ONCE_ITEMS: AtomicU32 = AtomicU32::new(3);
+
+/// Charges each of its items at most once.
+struct OnceItems;
+
+impl Workflow for OnceItems {
+    type Input = ();
+    type Output = Vec<u32>;
+    type State = ();
+    const NAME: &'static str = "onceItems";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<Vec<u32>, BoxError> {
+        let items: Vec<u32> = (0..ONCE_ITEMS.load(Ordering::SeqCst)).collect();
+        let charged = ctx
+            .map_with(
+                "charge",
+                StepOptions::at_most_once(),
+                items,
+                4,
+                |i| async move { Ok::<_, BoxError>(i) },
+            )
+            .await?;
+        Ok(charged)
+    }
+}
+
+/// A fan-out of `at_most_once` items replayed with fewer items than began
+/// pauses, though the last one only began (`charge[2]@started`): its side
+/// effect may have happened. Before, only finished items counted, and the
+/// instance completed without a word about it.
+#[tokio::test]
+async fn a_fan_out_item_that_only_began_counts_when_items_shrink() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(OnceItems)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let inst = OnceItems::start(&engine, ()).await.unwrap();
+    // A first run, cut short after item 2 began.
+    let now = store::now_millis();
+    let claim = store::ClaimRequest {
+        owner: "ghost".into(),
+        workflows: vec![OnceItems::NAME.into()],
+        now,
+        due_by: now,
+        lease_until: now + 60_000,
+        limit: 1,
+    };
+    let ghost = store.claim(claim).await.unwrap().remove(0);
+    for (key, output) in [
+        ("charge[0]", "0"),
+        ("charge[1]", "1"),
+        ("charge[2]@started", "null"),
+    ] {
+        let row = store::StepRow {
+            key: key.into(),
+            output: Some(output.into()),
+            error: None,
+            state: None,
+            attempts: 1,
+            started_at: now,
+            finished_at: now,
+        };
+        store.commit_step(&ghost.lease, row).await.unwrap();
+    }
+    store.release_owner("ghost", now).await.unwrap();
+    ONCE_ITEMS.store(2, Ordering::SeqCst);
+    let _worker = engine.start_worker();
+    let why = common::paused_reason(&inst).await;
+    assert!(
+        why.contains("`charge` was run with more items than the 2 it is given now"),
+        "{why}"
+    );
+}
