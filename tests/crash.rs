@@ -323,6 +323,20 @@ impl Proc {
         self.0.as_ref().expect("child running").id()
     }
 
+    /// Waits (a minute at most) until `done` says so; the child exiting
+    /// first fails the test, as it would otherwise wait the minute out.
+    fn wait_until(&mut self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: no progress");
+            let child = self.0.as_mut().expect("child running");
+            if let Some(status) = child.try_wait().expect("poll child") {
+                panic!("{what}: the child exited early with {status}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Not killed, nor seen to exit, by the parent yet.
     fn alive(&self) -> bool {
         self.0.is_some()
@@ -2298,14 +2312,7 @@ mod starts {
         let mut answered = 0;
         for kill_after in [25, 110, 200] {
             let mut child = Proc::spawn("child-starts", &db, &[&log_text]);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while lines(&log).len() < kill_after {
-                assert!(Instant::now() < deadline, "the starter made no progress");
-                if let Some(status) = child.0.as_mut().expect("child").try_wait().expect("poll") {
-                    panic!("the starter exited early with {status}");
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            child.wait_until("the starter", || lines(&log).len() >= kill_after);
             child.kill();
             kills += 1;
             answered = lines(&log).len();
@@ -2466,14 +2473,7 @@ mod once {
         let mut kills = 0;
         for kill_after in [3usize, 9, 15] {
             let mut child = Proc::spawn("child-once", &db, &[]);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while charges(&log) < kill_after {
-                assert!(Instant::now() < deadline, "no charge began");
-                if let Some(status) = child.0.as_mut().expect("child").try_wait().expect("poll") {
-                    panic!("the worker exited early with {status}");
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            child.wait_until("the charging worker", || charges(&log) >= kill_after);
             child.kill();
             kills += 1;
         }

@@ -1106,6 +1106,21 @@ impl std::io::Write for Captured {
     }
 }
 
+impl Captured {
+    /// Warnings and errors logged on this thread while the guard lives.
+    fn warnings() -> (Captured, impl Drop) {
+        use tracing_subscriber::util::SubscriberInitExt;
+        let logs = Captured::default();
+        let guard = tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish()
+            .set_default();
+        (logs, guard)
+    }
+}
+
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     type Writer = Captured;
 
@@ -1119,14 +1134,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 /// instance and its workflow: the spans that carry them are enabled there.
 #[test]
 fn a_failed_step_is_logged_with_its_instance_under_a_warn_filter() {
-    use tracing_subscriber::util::SubscriberInitExt;
-    let logs = Captured::default();
-    let _guard = tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish()
-        .set_default();
+    let (logs, _guard) = Captured::warnings();
     // One thread: every task logs under this thread's subscriber.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1167,14 +1175,7 @@ fn a_failed_step_is_logged_with_its_instance_under_a_warn_filter() {
 /// without a word.
 #[test]
 fn waiting_for_an_instance_nothing_runs_says_why() {
-    use tracing_subscriber::util::SubscriberInitExt;
-    let logs = Captured::default();
-    let _guard = tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish()
-        .set_default();
+    let (logs, _guard) = Captured::warnings();
     // Paused time: the 10 s before the warning pass at once.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

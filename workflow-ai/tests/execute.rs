@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{error, last_message, text, tool_call, tool_call_raw, Server};
+use common::{error, last_message, text, tool_call, tool_call_raw, tool_calls, Server};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -796,22 +796,12 @@ async fn server_side_failures_are_retried() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_turn_runs_at_most_max_tool_calls() {
     let server = Server::start(|n, _| match n {
-        0 => {
-            let calls: Vec<Value> = ["ada", "bob", "cy", "dee", "eve"]
+        0 => tool_calls(
+            "lookup_customer",
+            ["ada", "bob", "cy", "dee", "eve"]
                 .iter()
-                .enumerate()
-                .map(|(i, who)| {
-                    json!({"id": format!("c{i}"), "type": "function", "function": {
-                        "name": "lookup_customer",
-                        "arguments": json!({"email": format!("{who}@example.com")}).to_string()}})
-                })
-                .collect();
-            (
-                200,
-                json!({"choices": [{"finish_reason": "tool_calls",
-                    "message": {"role": "assistant", "content": null, "tool_calls": calls}}]}),
-            )
-        }
+                .map(|who| json!({"email": format!("{who}@example.com")})),
+        ),
         _ => text("done"),
     })
     .await;
@@ -1092,21 +1082,7 @@ async fn typed_output_can_ask_for_no_strict_schema() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_tool_calls_of_a_turn_run_side_by_side() {
     let server = Server::start(|n, _| match n {
-        0 => {
-            let calls: Vec<Value> = ["ada", "bob"]
-                .iter()
-                .enumerate()
-                .map(|(i, who)| {
-                    json!({"id": format!("c{i}"), "type": "function", "function": {
-                        "name": "meet", "arguments": json!({"who": who}).to_string()}})
-                })
-                .collect();
-            (
-                200,
-                json!({"choices": [{"finish_reason": "tool_calls",
-                    "message": {"role": "assistant", "content": null, "tool_calls": calls}}]}),
-            )
-        }
+        0 => tool_calls("meet", [json!({"who": "ada"}), json!({"who": "bob"})]),
         _ => text("done"),
     })
     .await;

@@ -1816,6 +1816,7 @@ async fn a_child_no_engine_runs_pauses_the_parent_until_one_does() {
 static SLOW_BESIDE_CHILD: AtomicU32 = AtomicU32::new(0);
 
 /// Starts a child beside a slow step (`join!`).
+#[derive(Clone)]
 struct ChildBesideStep;
 
 impl Workflow for ChildBesideStep {
@@ -1840,6 +1841,7 @@ static SLOW_BESIDE_CHILD_TRY: AtomicU32 = AtomicU32::new(0);
 
 /// `ChildBesideStep` with `try_join!`, whose first error drops the other
 /// branch, and an arm that fails the instance on the child's error.
+#[derive(Clone)]
 struct ChildBesideStepTry;
 
 impl Workflow for ChildBesideStepTry {
@@ -1861,20 +1863,22 @@ impl Workflow for ChildBesideStepTry {
     }
 }
 
-/// With `try_join!` and a catch-all arm: the step beside the pause is
-/// still recorded, and the instance is paused, not failed by the arm.
-#[tokio::test]
-async fn a_pause_for_setup_outlasts_try_join_and_a_failing_arm() {
+/// Runs `W` (a slow step beside a child no engine registers) until it
+/// pauses, checks the step was recorded, then deploys an engine that
+/// registers the child and resumes it; returns how it ended.
+async fn paused_for_the_child_then_fixed<W: Workflow<Input = ()> + Clone>(
+    workflow: W,
+) -> InstanceInfo {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let engine = EngineBuilder::new()
         .shared_store(Arc::clone(&store))
-        .register(ChildBesideStepTry)
+        .register(workflow.clone())
         .poll_interval(Duration::from_millis(10))
         .build()
         .await
         .unwrap();
     let worker = engine.start_worker();
-    let inst = ChildBesideStepTry::start(&engine, ()).await.unwrap();
+    let inst = W::start(&engine, ()).await.unwrap();
     let why = common::paused_reason(&inst).await;
     assert!(why.contains("no workflow `double`"), "{why}");
     let steps = inst.steps().await.unwrap();
@@ -1882,7 +1886,7 @@ async fn a_pause_for_setup_outlasts_try_join_and_a_failing_arm() {
     worker.shutdown().await;
     let fixed = EngineBuilder::new()
         .shared_store(store)
-        .register(ChildBesideStepTry)
+        .register(workflow)
         .register(Double)
         .poll_interval(Duration::from_millis(10))
         .build()
@@ -1890,7 +1894,14 @@ async fn a_pause_for_setup_outlasts_try_join_and_a_failing_arm() {
         .unwrap();
     let _worker = fixed.start_worker();
     fixed.resume(inst.id()).await.unwrap();
-    let done = fixed.wait_timeout(inst.id(), LIMIT).await.unwrap();
+    fixed.wait_timeout(inst.id(), LIMIT).await.unwrap()
+}
+
+/// With `try_join!` and a catch-all arm: the step beside the pause is
+/// still recorded, and the instance is paused, not failed by the arm.
+#[tokio::test]
+async fn a_pause_for_setup_outlasts_try_join_and_a_failing_arm() {
+    let done = paused_for_the_child_then_fixed(ChildBesideStepTry).await;
     assert_eq!(done.status, Status::Completed, "{:?}", done.error);
     assert_eq!(done.output, Some(serde_json::json!(11)));
     assert_eq!(SLOW_BESIDE_CHILD_TRY.load(Ordering::SeqCst), 1);
@@ -1902,32 +1913,7 @@ async fn a_pause_for_setup_outlasts_try_join_and_a_failing_arm() {
 /// ran twice.
 #[tokio::test]
 async fn a_pause_for_setup_lets_the_step_beside_it_finish() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let engine = EngineBuilder::new()
-        .shared_store(Arc::clone(&store))
-        .register(ChildBesideStep)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
-    let worker = engine.start_worker();
-    let inst = ChildBesideStep::start(&engine, ()).await.unwrap();
-    let why = common::paused_reason(&inst).await;
-    assert!(why.contains("no workflow `double`"), "{why}");
-    let steps = inst.steps().await.unwrap();
-    assert!(steps.iter().any(|s| s.key == "slow"), "{steps:?}");
-    worker.shutdown().await;
-    let fixed = EngineBuilder::new()
-        .shared_store(store)
-        .register(ChildBesideStep)
-        .register(Double)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
-    let _worker = fixed.start_worker();
-    fixed.resume(inst.id()).await.unwrap();
-    let done = fixed.wait_timeout(inst.id(), LIMIT).await.unwrap();
+    let done = paused_for_the_child_then_fixed(ChildBesideStep).await;
     assert_eq!(done.status, Status::Completed, "{:?}", done.error);
     assert_eq!(done.output, Some(serde_json::json!(11)));
     assert_eq!(SLOW_BESIDE_CHILD.load(Ordering::SeqCst), 1);

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use workflow_core::{BoxError, Ctx, EngineBuilder, Status, Store, Workflow};
+use workflow_core::testing::Unreachable;
+use workflow_core::{BoxError, Ctx, Engine, EngineBuilder, Status, Store, Workflow};
 use workflow_postgres::{PgOptions, PgStore};
 
 /// Ticks of `Ticker`'s step.
@@ -86,6 +87,45 @@ async fn store(url: &str, schema: &str) -> PgStore {
         .expect("connect")
 }
 
+/// An engine running `W` on a store whose renewals can be made to hang,
+/// with that store; a lease long enough to outlast the test.
+async fn hanging_worker<W: Workflow>(
+    url: &str,
+    schema: &str,
+    workflow: W,
+) -> (Engine, Arc<Unreachable<PgStore>>) {
+    let store = Arc::new(Unreachable::new(store(url, schema).await));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(workflow)
+        .lease_duration(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    (engine, store)
+}
+
+/// Waits until `ticks` passes 3, then until it stands still: a moment for
+/// the stop to be heard, then 1.5 s in which it must not move.
+async fn ticking_then_stopped(ticks: &AtomicU32, after: impl std::future::Future<Output = ()>) {
+    for _ in 0..500 {
+        if ticks.load(Ordering::SeqCst) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ticks.load(Ordering::SeqCst) >= 3, "it never ran");
+    after.await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped_at = ticks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        ticks.load(Ordering::SeqCst),
+        stopped_at,
+        "the long step ran on after it was stopped"
+    );
+}
+
 /// The worker's heartbeat hangs (its renewals never answer), so only the
 /// NOTIFY can tell it of the cancel another engine makes: its handler is
 /// dropped mid-step. Before, the step ran on until the lease lapsed.
@@ -95,16 +135,7 @@ async fn a_cancel_from_another_process_stops_the_handler_at_once() {
         return;
     };
     let schema = common::fresh_schema("cancels");
-    let running = Arc::new(workflow_core::testing::Unreachable::new(
-        store(&url, &schema).await,
-    ));
-    let worker_engine = EngineBuilder::new()
-        .shared_store(Arc::clone(&running) as Arc<dyn Store>)
-        .register(Ticker)
-        .lease_duration(Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let (worker_engine, running) = hanging_worker(&url, &schema, Ticker).await;
     let _worker = worker_engine.start_worker();
     let other = EngineBuilder::new()
         .store(store(&url, &schema).await)
@@ -116,24 +147,11 @@ async fn a_cancel_from_another_process_stops_the_handler_at_once() {
         .start_json("ticker", serde_json::json!(null), Default::default())
         .await
         .unwrap();
-    for _ in 0..500 {
-        if TICKS.load(Ordering::SeqCst) >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(TICKS.load(Ordering::SeqCst) >= 3, "the ticker never ran");
-    running.hang_renewals(true);
-    other.cancel(&id).await.unwrap();
-    // Heard within a moment; a step running then may end.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after_cancel = TICKS.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(
-        TICKS.load(Ordering::SeqCst),
-        after_cancel,
-        "the step ran on after the cancel"
-    );
+    ticking_then_stopped(&TICKS, async {
+        running.hang_renewals(true);
+        other.cancel(&id).await.unwrap();
+    })
+    .await;
     assert!(worker_engine.running_here().is_empty());
     let info = other.instance(&id).await.unwrap();
     assert_eq!(info.status, Status::Cancelled);
@@ -150,16 +168,7 @@ async fn a_parent_timing_out_elsewhere_stops_its_child_at_once() {
         return;
     };
     let schema = common::fresh_schema("timeouts");
-    let kids = Arc::new(workflow_core::testing::Unreachable::new(
-        store(&url, &schema).await,
-    ));
-    let kid_engine = EngineBuilder::new()
-        .shared_store(Arc::clone(&kids) as Arc<dyn Store>)
-        .register(KidTicker)
-        .lease_duration(Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let (kid_engine, kids) = hanging_worker(&url, &schema, KidTicker).await;
     let _kid_worker = kid_engine.start_worker();
     let parents = EngineBuilder::new()
         .store(store(&url, &schema).await)
@@ -172,27 +181,15 @@ async fn a_parent_timing_out_elsewhere_stops_its_child_at_once() {
         .start_json("impatient", serde_json::json!(null), Default::default())
         .await
         .unwrap();
-    for _ in 0..500 {
-        if KID_TICKS.load(Ordering::SeqCst) >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(KID_TICKS.load(Ordering::SeqCst) >= 3, "the child never ran");
-    kids.hang_renewals(true);
-    let ended = parents
-        .wait_timeout(&id, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(ended.status, Status::TimedOut);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after_timeout = KID_TICKS.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(
-        KID_TICKS.load(Ordering::SeqCst),
-        after_timeout,
-        "the child's step ran on after its parent timed out"
-    );
+    ticking_then_stopped(&KID_TICKS, async {
+        kids.hang_renewals(true);
+        let ended = parents
+            .wait_timeout(&id, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(ended.status, Status::TimedOut);
+    })
+    .await;
     assert!(kid_engine.running_here().is_empty());
     kids.hang_renewals(false);
     common::drop_schemas(&url, &[schema]).await;

@@ -169,6 +169,24 @@ pub fn tool_call_raw(id: &str, name: &str, arguments: &str) -> (u16, Value) {
     )
 }
 
+/// A chat completion asking for calls of tool `name`, one per arguments
+/// object, with ids `c0`, `c1`...
+pub fn tool_calls(name: &str, args: impl IntoIterator<Item = Value>) -> (u16, Value) {
+    let calls: Vec<Value> = args
+        .into_iter()
+        .enumerate()
+        .map(|(i, args)| {
+            json!({"id": format!("c{i}"), "type": "function",
+                "function": {"name": name, "arguments": args.to_string()}})
+        })
+        .collect();
+    (
+        200,
+        json!({"choices": [{"finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": null, "tool_calls": calls}}]}),
+    )
+}
+
 /// The wait a scripted 429 asks for (`retry-after-ms`).
 pub const RETRY_AFTER_MS: u64 = 300;
 
