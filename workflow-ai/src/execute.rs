@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use workflow_core::{
-    is_valid_tool_name, permanent, schema_for, strict_schema, BoxError, Ctx, Error, Result,
-    RetryAfter, StepOptions, Tool, ToolReply, Toolbox, RESERVED_STEP_CHARS,
+    is_valid_tool_name, permanent, schema_for, strict_schema, BoxError, Conversation, Ctx, Error,
+    Result, RetryAfter, StepOptions, Tool, ToolReply, Toolbox, RESERVED_STEP_CHARS,
 };
 
 use crate::message::{Message, ToolCall};
@@ -479,20 +479,14 @@ where
                 )));
             }
             // A reply with neither text nor tool calls, ended as a normal
-            // one, is no answer a model means to give (servers send one
-            // now and then under load): tried again, not recorded as the
-            // loop's answer.
+            // one (`stop`, none, or a server's own word for it), is no
+            // answer a model means to give (servers send one now and then
+            // under load): tried again, not recorded as the loop's answer.
             let blank = response
                 .content
                 .as_deref()
                 .is_none_or(|c| c.trim().is_empty());
-            if blank
-                && response.tool_calls.is_empty()
-                && response
-                    .finish_reason
-                    .as_deref()
-                    .is_none_or(|r| r == "stop")
-            {
+            if blank && response.tool_calls.is_empty() && no_answer(&response).is_none() {
                 return Err(BoxError::from(ModelError::Transport(
                     "the model replied with nothing: no text and no tool calls".to_owned(),
                 )));
@@ -538,7 +532,15 @@ where
         if turn + 1 == max_turns {
             // No turn is left to show the model their results: running the
             // tools (and starting their workflows) would be effects no one
-            // reads.
+            // reads. Each call still gets its reply: a conversation handed
+            // on (see `conversation`) with calls left unanswered is one a
+            // server refuses.
+            for call in &response.tool_calls {
+                messages.push(Message::Tool {
+                    tool_call_id: call.id.clone(),
+                    content: "Not run: the loop ran out of turns.".to_owned(),
+                });
+            }
             break;
         }
         // The calls of one turn run side by side, each a step of its own.
@@ -666,32 +668,42 @@ where
     Ok(shortened(reply.text(), max_tool_reply))
 }
 
-/// `messages` as the JSON an error carries them in.
-fn as_json(messages: &[Message]) -> Vec<Value> {
-    messages
-        .iter()
-        .filter_map(|m| serde_json::to_value(m).ok())
-        .collect()
+/// `messages` as the JSON an error carries them in. A message that does
+/// not serialize (none does not) is a `null`, which `conversation` refuses
+/// whole rather than hand on a call without its reply.
+fn as_json(messages: &[Message]) -> Conversation {
+    Conversation(
+        messages
+            .iter()
+            .map(|m| serde_json::to_value(m).unwrap_or_default())
+            .collect(),
+    )
 }
 
 /// The conversation of a model loop that ended without an answer
 /// ([`Error::MaxTurns`], [`Error::NoAnswer`]), instructions first: to hand
 /// to another loop ([`Execute::messages`]) that goes on, or asks for a
-/// summary of what was found. `None` for any other error.
+/// summary of what was found. `None` for any other error. A tool call the
+/// loop had no turn left to run is answered so in it ("Not run"): a
+/// server refuses a conversation with a call unanswered.
 ///
 /// ```no_run
 /// # use workflow_core::{Ctx, Error};
-/// # use workflow_ai::{conversation, Execute, ExecuteExt};
+/// # use workflow_ai::{conversation, Execute, ExecuteExt, Message};
 /// # async fn f(ctx: Ctx) -> workflow_core::Result<String> {
 /// let run = ctx.execute(Execute::new("Research the ticket.").max_turns(8)).await;
 /// let text = match run {
 ///     Ok(run) => run.text,
 ///     Err(err @ Error::MaxTurns { .. }) => {
-///         let so_far = conversation(&err).unwrap_or_default();
+///         // Its own instructions in place of the first loop's.
+///         let so_far = conversation(&err)
+///             .unwrap_or_default()
+///             .into_iter()
+///             .filter(|m| !matches!(m, Message::System { .. }));
 ///         ctx.execute(
 ///             Execute::new("Summarize what was found so far.")
 ///                 .name("summary")
-///                 .messages(so_far.into_iter().skip(1)),
+///                 .messages(so_far),
 ///         )
 ///         .await?
 ///         .text
@@ -703,6 +715,7 @@ fn as_json(messages: &[Message]) -> Vec<Value> {
 pub fn conversation(err: &Error) -> Option<Vec<Message>> {
     match err {
         Error::MaxTurns { messages, .. } | Error::NoAnswer { messages, .. } => messages
+            .messages()
             .iter()
             .map(|m| serde_json::from_value(m.clone()).ok())
             .collect(),

@@ -446,9 +446,11 @@ async fn a_loop_out_of_turns_gives_its_conversation_back() {
     let out = outcome::<OutOfTurns>(&engine, server.url.clone())
         .await
         .unwrap();
-    // Instructions, input, a turn and its tool's reply, the last turn.
+    // Instructions, input, a turn and its tool's reply, the last turn and
+    // the reply that its call was not run: every call answered, as a
+    // server asks of a conversation sent to it.
     assert_eq!(
-        out, r#""system" "user" "assistant" "tool" "assistant""#,
+        out, r#""system" "user" "assistant" "tool" "assistant" "tool""#,
         "{out}"
     );
 }
@@ -779,9 +781,10 @@ async fn server_side_failures_are_retried() {
             200,
             json!({"choices": [{"message": {"content": ""}, "finish_reason": "stop"}]}),
         ),
+        // A server's own word for a normal end.
         1 => (
             200,
-            json!({"choices": [{"message": {"content": " \n"}, "finish_reason": "stop"}]}),
+            json!({"choices": [{"message": {"content": " \n"}, "finish_reason": "end_turn"}]}),
         ),
         _ => text("fine"),
     })

@@ -71,10 +71,10 @@ pub enum Error {
         name: String,
         /// The turn bound it hit.
         turns: u32,
-        /// The conversation so far, instructions first, as `workflow_ai`
-        /// messages in JSON (`workflow_ai::conversation` reads them back):
-        /// to go on in another loop, or to ask for a summary.
-        messages: Vec<serde_json::Value>,
+        /// The conversation so far, instructions first
+        /// (`workflow_ai::conversation` reads it back): to go on in
+        /// another loop, or to ask for a summary.
+        messages: Conversation,
     },
 
     /// A model loop's model stopped without an answer it can use: it
@@ -88,7 +88,7 @@ pub enum Error {
         reason: String,
         /// The conversation, the reply that was no answer last, as in
         /// [`Error::MaxTurns`].
-        messages: Vec<serde_json::Value>,
+        messages: Conversation,
     },
 
     /// A step failed for good: its attempts are used up, or its error was not retryable.
@@ -628,6 +628,26 @@ pub enum StoreError {
     /// lease is still held, so the run can be released to go on.
     #[error("store: the deadline of instance {0} moved past the timeout")]
     DeadlineMoved(InstanceId),
+}
+
+/// A model loop's messages, as `workflow_ai` writes them in JSON, carried
+/// by [`Error::MaxTurns`] and [`Error::NoAnswer`]. Its `Debug` shows how
+/// many there are, not what they say: an error logged with `{:?}` would
+/// otherwise print every tool reply.
+#[derive(Clone, Default, PartialEq)]
+pub struct Conversation(pub Vec<serde_json::Value>);
+
+impl Conversation {
+    /// The messages, oldest first.
+    pub fn messages(&self) -> &[serde_json::Value] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Conversation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Conversation({} messages)", self.0.len())
+    }
 }
 
 impl StoreError {

@@ -32,7 +32,9 @@ pub use crate::engine::{
     unsupported_url, Connector, Durability, Engine, EngineBuilder, DEFAULT_MAX_PAYLOAD,
     MAX_EVENT_KEY_BYTES, MAX_KEY_BYTES, MAX_PAYLOAD_LIMIT, PURGE_BATCH, PURGE_MARGIN,
 };
-pub use crate::error::{error_chain, BoxError, Error, ErrorKind, Interrupt, Result, StoreError};
+pub use crate::error::{
+    error_chain, BoxError, Conversation, Error, ErrorKind, Interrupt, Result, StoreError,
+};
 pub use crate::history::{HistoryEvent, HistoryKind};
 pub use crate::id::InstanceId;
 pub use crate::instance::{
