@@ -18,10 +18,10 @@ use crate::store::{Created, Millis, NewInstance};
 const MARK_EVERY: Duration = Duration::from_secs(5);
 
 /// How far back a tick before the last one fired may still fire, while
-/// that last one is ahead of this engine's clock (see `fire_due`): an
-/// older one's instance may have ended and been purged (no purge takes
-/// what ended in the last minute, see `PURGE_MARGIN`), and firing it
-/// again would run it twice.
+/// that last one is ahead of this engine's clock by at most as much (see
+/// `fire_due`): an older one's instance may have ended and been purged (no
+/// purge takes what ended in the last minute, see `PURGE_MARGIN`, by the
+/// purging engine's clock), and firing it again would run it twice.
 const REFIRE_WITHIN: Duration = Duration::from_secs(30);
 
 /// How the dedup key of a tick's instance starts (`schedule:<tick time>`):
@@ -223,20 +223,29 @@ async fn fire_due(
     // ticks after this engine's last look (firing one twice finds the
     // first by its key).
     let from = previous.map_or(marked_until, |p| p.min(marked_until));
-    // Never before the last tick fired once this clock has passed it:
-    // everything up to it was fired, or skipped as missed, by whoever fired
-    // it. A tick there fired again would run twice once its instance was
-    // purged (its key free again), which retention does a minute after the
-    // end by the purging engine's clock, whatever this one's says. A last
-    // tick still ahead of this clock (fired by a clock ahead of it) holds
-    // back only what is older than REFIRE_WITHIN: the ticks before it come
-    // due here as this engine runs, and fire (found by their keys where
-    // the clock ahead fired them), rather than be lost to a clock ahead
-    // that took them for missed.
+    // Never before the last tick fired, as a rule: everything up to it was
+    // fired, or skipped as missed, by whoever fired it. A tick there fired
+    // again would run twice once its instance was purged (its key free
+    // again), which retention does a minute after the end by the purging
+    // engine's clock, whatever this one's says.
+    //
+    // While that last tick is still ahead of this clock, fired by a clock
+    // ahead of it, the ticks before it come due here as this engine runs.
+    // A clock ahead by little (the mark, which every look moves to its
+    // engine's time, tells by how much) may have taken some for missed and
+    // skipped them: they fire here, found by their keys where it fired
+    // them, and no purge can have freed a key that recent (REFIRE_WITHIN
+    // plus the clocks' gap stays within PURGE_MARGIN). A clock ahead by
+    // more leaves them, as a purge could have: a tick lost beats a tick
+    // run twice. And a last tick far ahead (a clock a day wrong at boot,
+    // then stepped back) hides nothing.
     let refire_within = chrono::Duration::from_std(REFIRE_WITHIN).unwrap_or_default();
+    let ahead_by = marked_until - now;
     let from = match mark.last_tick.and_then(DateTime::from_timestamp_millis) {
         Some(last) if last <= now => from.max(last),
-        Some(_) => from.max(now - refire_within),
+        Some(_) if ahead_by <= refire_within => from.max(now - refire_within),
+        Some(last) if last > now + late_look_max => from.max(now - refire_within),
+        Some(last) => from.max(last),
         None => from,
     };
     // Before this engine's first look at it, from when it started (unless

@@ -282,81 +282,90 @@ async fn a_tick_purged_at_once_does_not_run_again_on_a_clock_behind() {
     assert_eq!(runs, 1, "10:01 ran {runs} times ({purged} purged)");
 }
 
-/// An engine whose clock is 90 s behind another's reaches the last tick
-/// the other fired, ran, and purged a minute later by its own clock: the
-/// tick does not run again, and the next one fires. Before, a tick within
-/// 30 s of the last one fired was fired again and left to its key to find
-/// the first, which the purge had freed.
+/// An engine whose clock is 90 s behind another's reaches the ticks the
+/// other fired, ran, and purged a minute later by its own clock: none runs
+/// again, the last one fired nor the one before it, and the next one
+/// fires once. Before, a tick within 30 s of the last one fired (or, while
+/// that one was ahead of this clock, any tick before it) was fired again
+/// and left to its key to find the first, which the purge had freed.
 #[tokio::test]
-async fn a_tick_fired_by_a_clock_far_ahead_and_purged_does_not_run_again() {
+async fn ticks_fired_by_a_clock_far_ahead_and_purged_do_not_run_again() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let ahead_clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
     let ahead = engine(Arc::clone(&store), &ahead_clock, CatchUp::All).await;
-    let _ahead_worker = ahead.start_worker();
+    let ahead_worker = ahead.start_worker();
     registered(&store).await;
-    let behind_clock = ManualClock::new(utc("2026-11-25T09:59:00Z"));
+    let behind_clock = ManualClock::new(utc("2026-11-25T08:59:00Z"));
     let behind = engine(Arc::clone(&store), &behind_clock, CatchUp::All).await;
     let _behind_worker = behind.start_worker();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    ahead_clock.advance(Duration::from_secs(35));
-    assert_eq!(
-        wait_for(&ahead, 1).await,
-        ["schedule:2026-11-25T10:01:00.000Z"]
-    );
-    all_ended(&ahead).await;
-    // Retention on the engine ahead: a minute after the end, by its clock.
-    let purged = purge_at(&store, ahead_clock.now() + chrono::Duration::seconds(61)).await;
-    assert_eq!(purged, 1);
-    // The clock behind passes 10:01, as a running clock goes.
-    for _ in 0..14 {
+    // Both clocks run, 90 s apart; the one ahead fires 10:01 and 10:02.
+    behind_clock.set(utc("2026-11-25T09:59:00Z"));
+    for _ in 0..10 {
+        ahead_clock.advance(Duration::from_secs(10));
         behind_clock.advance(Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let again = "schedule:2026-11-25T10:01:00.000Z".to_owned();
-    assert!(!fired(&behind).await.contains(&again), "10:01 ran twice");
-    // The tick after it still fires here.
-    behind_clock.advance(Duration::from_secs(60));
-    let keys = wait_for(&behind, 2).await;
-    assert!(
-        keys.contains(&"schedule:2026-11-25T10:02:00.000Z".to_owned()),
-        "{keys:?}"
-    );
-    assert!(!keys.contains(&again), "10:01 ran twice");
-}
-
-/// An engine whose clock is 140 s ahead joins one that runs (`latest`): it
-/// takes the ticks between the mark and its own clock for missed, skips
-/// 10:01 and fires 10:02; the engine with the right time still fires 10:01
-/// as it comes due on its clock, and each tick runs once.
-#[tokio::test]
-async fn ticks_a_clock_ahead_took_for_missed_still_fire() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
-    let right = engine(Arc::clone(&store), &clock, CatchUp::Latest).await;
-    let _right_worker = right.start_worker();
-    registered(&store).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let ahead_clock = ManualClock::new(utc("2026-11-25T10:02:50Z"));
-    let ahead = engine(Arc::clone(&store), &ahead_clock, CatchUp::Latest).await;
-    let _ahead_worker = ahead.start_worker();
     assert_eq!(
-        wait_for(&ahead, 1).await,
-        ["schedule:2026-11-25T10:02:00.000Z"]
-    );
-    // The right clock goes on, past 10:02, as a running clock goes.
-    for _ in 0..10 {
-        clock.advance(Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let keys = wait_for(&right, 2).await;
-    assert_eq!(
-        keys,
+        wait_for(&ahead, 2).await,
         [
             "schedule:2026-11-25T10:01:00.000Z",
             "schedule:2026-11-25T10:02:00.000Z"
         ]
     );
+    all_ended(&ahead).await;
+    ahead_worker.shutdown().await;
+    // Retention on the engine ahead: a minute after the end, by its clock.
+    let purged = purge_at(&store, ahead_clock.now() + chrono::Duration::seconds(61)).await;
+    assert_eq!(purged, 2);
+    // The clock behind passes 10:01, 10:02 and 10:03.
+    for _ in 0..18 {
+        behind_clock.advance(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let keys = wait_for(&behind, 1).await;
+    assert_eq!(keys, ["schedule:2026-11-25T10:03:00.000Z"], "{keys:?}");
+}
+
+/// Every 5 s.
+async fn engine_every_5s(store: Arc<dyn Store>, clock: &ManualClock) -> Engine {
+    EngineBuilder::new()
+        .shared_store(store)
+        .register_scheduled(EveryMinute, "*/5 * * * * *", "UTC", CatchUp::Latest)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// An engine whose clock is 25 s ahead joins one that runs (`latest`): it
+/// takes the ticks between the mark and its own clock for missed, skips
+/// them and fires the latest; the engine with the right time still fires
+/// them as they come due on its clock, and each tick runs once.
+#[tokio::test]
+async fn ticks_a_clock_a_little_ahead_took_for_missed_still_fire() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let right = engine_every_5s(Arc::clone(&store), &clock).await;
+    let _right_worker = right.start_worker();
+    registered(&store).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ahead_clock = ManualClock::new(utc("2026-11-25T10:00:55Z"));
+    let ahead = engine_every_5s(Arc::clone(&store), &ahead_clock).await;
+    let _ahead_worker = ahead.start_worker();
+    assert!(!wait_for(&ahead, 1).await.is_empty());
+    // The right clock goes on, past 10:01, as a running clock goes.
+    for _ in 0..32 {
+        clock.advance(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let keys = wait_for(&right, 6).await;
+    let expected: Vec<String> = ["00:35", "00:40", "00:45", "00:50", "00:55", "01:00"]
+        .iter()
+        .map(|t| format!("schedule:2026-11-25T10:{t}.000Z"))
+        .collect();
+    assert_eq!(keys, expected);
 }
 
 /// An engine whose last look is old (its clock stood still while another
