@@ -150,6 +150,15 @@ impl CancelLog {
     }
 }
 
+/// Whether `id` waits, claimed ahead, in a queue of this engine's.
+pub(crate) fn is_claimed_ahead(inner: &EngineInner, id: &InstanceId) -> bool {
+    let mut found = false;
+    for_claimed_ahead(inner, |ready| {
+        found |= ready.iter().any(|c| c.row.id == *id)
+    });
+    found
+}
+
 /// Drops `id` from every queue of instances claimed ahead in this engine
 /// (it was cancelled: its lease is gone), so it never starts here.
 pub(crate) fn forget_claimed_ahead(inner: &EngineInner, id: &InstanceId) {
@@ -559,8 +568,7 @@ async fn hear_cancels(engine: Engine, mut heard: tokio::sync::broadcast::Receive
         match heard.recv().await {
             Ok(id) => {
                 tracing::debug!(%id, "heard of a cancel");
-                engine.stop_local_descendants(&id);
-                engine.inner.finished.ended(&id);
+                engine.heard_cancel(&id);
             }
             // Missed ones are found by the heartbeat.
             Err(RecvError::Lagged(missed)) => {

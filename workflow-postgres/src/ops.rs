@@ -842,18 +842,17 @@ impl Db {
         // A timeout is the clock cancelling the instance: its unfinished
         // descendants end with it. A completed or failed parent leaves them
         // running (a child may outlive it).
+        let mut cancelled = Cancelled::default();
         if finish.status == Status::TimedOut {
             let root = lease.instance.as_str();
-            woke += cancel_tree(&mut tx, root, finish.at, "parent timed out").await?;
+            cancelled = cancel_tree(&mut tx, root, finish.at, "parent timed out").await?;
         }
         commit(tx).await?;
-        if woke > 0 {
+        if woke + cancelled.woke > 0 {
             self.wake();
         }
-        if finish.status == Status::TimedOut {
-            // Its descendants running in other processes stop at once.
-            self.announce_cancel(&lease.instance).await;
-        }
+        // Its descendants running in other processes stop at once.
+        self.announce_cancel(cancelled.running);
         Ok(Ok(()))
     }
 
@@ -955,31 +954,40 @@ impl Db {
         if control != Control::Applied {
             return Ok(control);
         }
-        let woke = cancel_tree(&mut tx, id.as_str(), at, "parent cancelled").await?;
+        let cancelled = cancel_tree(&mut tx, id.as_str(), at, "parent cancelled").await?;
         commit(tx).await?;
-        if woke > 0 {
+        if cancelled.woke > 0 {
             self.wake();
         }
-        self.announce_cancel(id).await;
+        self.announce_cancel(cancelled.running);
         Ok(control)
     }
 
-    /// Tells the workers of every process that `id` was cancelled (or
-    /// timed out, its descendants cancelled), so one running it or a
-    /// descendant stops its handler at once (see
-    /// `Store::cancellations`). Once committed, and without waiting for
-    /// its own flush: a notification lost to a crash leaves the stop to
-    /// the heartbeat, within about a second.
-    async fn announce_cancel(&self, id: &InstanceId) {
-        let sent =
-            sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
-                .bind(&self.channel)
-                .bind(format!("{}{id}", crate::wake::CANCEL))
-                .execute(&self.pool)
-                .await;
-        if let Err(err) = sent {
-            tracing::debug!(error = %err, "NOTIFY of a cancel failed");
+    /// Tells the workers of every process that the instances `running`
+    /// (which workers were running) were cancelled, so the one running each
+    /// stops its handler at once (see `Store::cancellations`). Once
+    /// committed, on a task of its own (a busy pool does not hold up the
+    /// cancel), and without waiting for its own flush: a notification lost
+    /// leaves the stop to the heartbeat, within about a second.
+    fn announce_cancel(&self, running: Vec<String>) {
+        if running.is_empty() {
+            return;
         }
+        let (pool, channel) = (self.pool.clone(), self.channel.clone());
+        tokio::spawn(async move {
+            for payload in crate::wake::cancel_payloads(&running) {
+                let sent = sqlx::query(
+                    "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)",
+                )
+                .bind(&channel)
+                .bind(payload)
+                .execute(&pool)
+                .await;
+                if let Err(err) = sent {
+                    tracing::debug!(error = %err, "NOTIFY of a cancel failed");
+                }
+            }
+        });
     }
 
     pub(crate) async fn set_deadline(
@@ -1850,43 +1858,61 @@ async fn cancel_tree(
     root: &str,
     at: Millis,
     message: &str,
-) -> Result<u64, sqlx::Error> {
-    let mut woke = 0;
-    loop {
-        match cancel_tree_once(conn, root, at, message).await? {
-            Some(n) => woke += n,
-            None => return Ok(woke),
-        }
-    }
+) -> Result<Cancelled, sqlx::Error> {
+    let mut done = Cancelled::default();
+    while cancel_tree_once(conn, root, at, message, &mut done).await? {}
+    Ok(done)
 }
 
-/// One walk of [`cancel_tree`]: `None` if it cancelled nothing, else how
-/// many parents woke.
+/// What [`cancel_tree`] did.
+#[derive(Default)]
+struct Cancelled {
+    /// How many parents woke.
+    woke: u64,
+    /// The instances it cancelled that a worker was running, whose
+    /// handlers are to stop (see [`Db::announce_cancel`]).
+    running: Vec<String>,
+}
+
+/// One walk of [`cancel_tree`], adding to `done`; whether it cancelled
+/// anything.
 async fn cancel_tree_once(
     conn: &mut PgConnection,
     root: &str,
     at: Millis,
     message: &str,
-) -> Result<Option<u64>, sqlx::Error> {
-    let cancelled: Vec<(String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH RECURSIVE tree(id) AS ( \
+    done: &mut Cancelled,
+) -> Result<bool, sqlx::Error> {
+    // The status each had before, read under the locks `lock_tree` took.
+    let cancelled: Vec<(String, Option<String>, bool)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH RECURSIVE tree(id) AS ( \
              SELECT $1::text COLLATE \"C\" \
              UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
+         ), old AS ( \
+             SELECT id, status FROM instances \
+             WHERE id IN (SELECT id FROM tree) AND status NOT IN {TERMINAL} \
          ) \
-         UPDATE instances SET status = 'cancelled', updated_at = $2, finished_at = $2, \
+         UPDATE instances i SET status = 'cancelled', updated_at = $2, finished_at = $2, \
              lease_owner = NULL, lease_expires_at = NULL \
-         WHERE id IN (SELECT id FROM tree) AND status NOT IN {TERMINAL} \
-         RETURNING id, parent_id"
-    )))
-    .bind(root)
-    .bind(at)
-    .fetch_all(&mut *conn)
-    .await?;
+         FROM old WHERE i.id = old.id \
+         RETURNING i.id, i.parent_id, old.status = 'in_progress'"
+        )))
+        .bind(root)
+        .bind(at)
+        .fetch_all(&mut *conn)
+        .await?;
     if cancelled.is_empty() {
-        return Ok(None);
+        return Ok(false);
     }
+    done.running.extend(
+        cancelled
+            .iter()
+            .filter(|(_, _, running)| *running)
+            .map(|(id, _, _)| id.clone()),
+    );
     // The root's event first.
-    let mut ids: Vec<&str> = cancelled.iter().map(|(c, _)| c.as_str()).collect();
+    let mut ids: Vec<&str> = cancelled.iter().map(|(c, _, _)| c.as_str()).collect();
     ids.sort_by_key(|c| *c != root);
     let messages: Vec<Option<&str>> = ids
         .iter()
@@ -1904,9 +1930,10 @@ async fn cancel_tree_once(
     .await?;
     let pairs: Vec<(&str, &str)> = cancelled
         .iter()
-        .filter_map(|(c, p)| p.as_deref().map(|p| (c.as_str(), p)))
+        .filter_map(|(c, p, _)| p.as_deref().map(|p| (c.as_str(), p)))
         .collect();
-    wake_parents(conn, &pairs, at).await.map(Some)
+    done.woke += wake_parents(conn, &pairs, at).await?;
+    Ok(true)
 }
 
 /// Makes each parent due now if it is listening for its (child, parent)

@@ -25,8 +25,30 @@ pub(crate) const ECHO: Duration = Duration::from_secs(10);
 const PING: &str = "ping";
 
 /// How the payload of a cancel's notification starts: the cancelled
-/// instance's id follows.
-pub(crate) const CANCEL: &str = "cancel:";
+/// instances' ids follow, separated by commas.
+const CANCEL: &str = "cancel:";
+
+/// The longest payload sent: PostgreSQL takes up to 8,000 bytes.
+const MAX_PAYLOAD: usize = 7_900;
+
+/// The payloads that announce `ids` cancelled, as few as fit.
+pub(crate) fn cancel_payloads(ids: &[String]) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut payload = String::from(CANCEL);
+    for id in ids {
+        if payload.len() > CANCEL.len() && payload.len() + 1 + id.len() > MAX_PAYLOAD {
+            payloads.push(std::mem::replace(&mut payload, String::from(CANCEL)));
+        }
+        if payload.len() > CANCEL.len() {
+            payload.push(',');
+        }
+        payload.push_str(id);
+    }
+    if payload.len() > CANCEL.len() {
+        payloads.push(payload);
+    }
+    payloads
+}
 
 /// The listening task, to stop it.
 #[derive(Clone)]
@@ -113,11 +135,14 @@ pub(crate) fn spawn(
                     received = tokio::time::timeout(wait, listener.try_recv()) => match received {
                         Ok(Ok(Some(note))) => {
                             pinged = false;
-                            if let Some(id) = note.payload().strip_prefix(CANCEL) {
+                            if let Some(ids) = note.payload().strip_prefix(CANCEL) {
                                 // No receiver (no worker here) is no error.
-                                let _ = cancels.send(InstanceId::from(id));
-                            }
-                            if note.payload() != PING {
+                                // A cancel that made work due sends a
+                                // wake-up of its own.
+                                for id in ids.split(',').filter(|id| !id.is_empty()) {
+                                    let _ = cancels.send(InstanceId::from(id));
+                                }
+                            } else if note.payload() != PING {
                                 bump(&tx);
                             }
                         }
@@ -168,4 +193,25 @@ pub(crate) fn spawn(
         }
     });
     (rx, Listening { stop, ended })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids go out in as few payloads as PostgreSQL takes, each whole.
+    #[test]
+    fn cancels_are_packed_under_the_payload_limit() {
+        let ids: Vec<String> = (0..500).map(|n| format!("{n:036}")).collect();
+        let payloads = cancel_payloads(&ids);
+        assert_eq!(payloads.len(), 3);
+        let mut back = Vec::new();
+        for payload in &payloads {
+            assert!(payload.len() <= MAX_PAYLOAD, "{}", payload.len());
+            let list = payload.strip_prefix(CANCEL).expect("prefix");
+            back.extend(list.split(',').map(str::to_owned));
+        }
+        assert_eq!(back, ids);
+        assert!(cancel_payloads(&[]).is_empty());
+    }
 }

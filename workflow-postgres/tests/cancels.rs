@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use workflow_core::testing::Unreachable;
-use workflow_core::{BoxError, Ctx, Engine, EngineBuilder, Status, Store, Workflow};
+use workflow_core::{BoxError, Ctx, Engine, EngineBuilder, Status, Store, Timeout, Workflow};
 use workflow_postgres::{PgOptions, PgStore};
 
 /// Ticks of `Ticker`'s step.
@@ -42,7 +42,7 @@ impl Workflow for KidTicker {
     }
 }
 
-/// Waits for a `KidTicker` child, and times out first.
+/// Waits for a `KidTicker` child; the test times it out.
 struct Impatient;
 
 impl Workflow for Impatient {
@@ -50,7 +50,7 @@ impl Workflow for Impatient {
     type Output = ();
     type State = ();
     const NAME: &'static str = "impatient";
-    const TIMEOUT: Duration = Duration::from_secs(2);
+    const TIMEOUT: Duration = Duration::from_secs(600);
 
     async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
         ctx.run_child::<KidTicker>("kid", ()).await?;
@@ -105,24 +105,36 @@ async fn hanging_worker<W: Workflow>(
     (engine, store)
 }
 
-/// Waits until `ticks` passes 3, then until it stands still: a moment for
-/// the stop to be heard, then 1.5 s in which it must not move.
-async fn ticking_then_stopped(ticks: &AtomicU32, after: impl std::future::Future<Output = ()>) {
-    for _ in 0..500 {
+/// Waits until `ticks` passes 3, runs `stop`, then waits for `engine` to
+/// run nothing (10 s at most: with its renewals hanging, only a NOTIFY
+/// can stop it before its lease lapses), after which `ticks` must stand
+/// still.
+async fn ticking_then_stopped(
+    engine: &Engine,
+    ticks: &AtomicU32,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    for _ in 0..1_000 {
         if ticks.load(Ordering::SeqCst) >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(ticks.load(Ordering::SeqCst) >= 3, "it never ran");
-    after.await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.await;
+    for _ in 0..1_000 {
+        if engine.running_here().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(engine.running_here().is_empty(), "the handler ran on");
     let stopped_at = ticks.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         ticks.load(Ordering::SeqCst),
         stopped_at,
-        "the long step ran on after it was stopped"
+        "the long step ran on after its handler stopped"
     );
 }
 
@@ -147,12 +159,11 @@ async fn a_cancel_from_another_process_stops_the_handler_at_once() {
         .start_json("ticker", serde_json::json!(null), Default::default())
         .await
         .unwrap();
-    ticking_then_stopped(&TICKS, async {
+    ticking_then_stopped(&worker_engine, &TICKS, async {
         running.hang_renewals(true);
         other.cancel(&id).await.unwrap();
     })
     .await;
-    assert!(worker_engine.running_here().is_empty());
     let info = other.instance(&id).await.unwrap();
     assert_eq!(info.status, Status::Cancelled);
     running.hang_renewals(false);
@@ -181,8 +192,13 @@ async fn a_parent_timing_out_elsewhere_stops_its_child_at_once() {
         .start_json("impatient", serde_json::json!(null), Default::default())
         .await
         .unwrap();
-    ticking_then_stopped(&KID_TICKS, async {
+    ticking_then_stopped(&kid_engine, &KID_TICKS, async {
         kids.hang_renewals(true);
+        // Its deadline now: its worker times it out.
+        parents
+            .set_timeout(&id, Timeout::In(Duration::ZERO))
+            .await
+            .unwrap();
         let ended = parents
             .wait_timeout(&id, Duration::from_secs(10))
             .await
@@ -190,7 +206,6 @@ async fn a_parent_timing_out_elsewhere_stops_its_child_at_once() {
         assert_eq!(ended.status, Status::TimedOut);
     })
     .await;
-    assert!(kid_engine.running_here().is_empty());
     kids.hang_renewals(false);
     common::drop_schemas(&url, &[schema]).await;
 }
