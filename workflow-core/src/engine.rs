@@ -1238,17 +1238,11 @@ impl Engine {
     /// A cancel another process made (see
     /// [`Store::cancellations`](crate::Store::cancellations)): stops `id`
     /// and its descendants if they run (or wait, claimed ahead) here, and
-    /// wakes callers waiting for them here. Only then noted, so the cancels
-    /// of a whole cluster do not crowd this engine's own out of its log.
+    /// wakes callers waiting for `id` here. Noted whatever runs here: a
+    /// claim of `id` in flight must not start it.
     pub(crate) fn heard_cancel(&self, id: &InstanceId) {
-        let here = self.inner.local_run(id).is_some()
-            || crate::worker::is_claimed_ahead(&self.inner, id)
-            || self.with_local_descendants(id).len() > 1;
-        if here {
-            self.stop_local_descendants(id);
-        }
+        self.stop_local_descendants(id);
         self.inner.finished.ended(id);
-        self.inner.finished.ended_all();
     }
 
     /// `id` and the instances running or claimed ahead in this process that

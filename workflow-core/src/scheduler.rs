@@ -233,17 +233,23 @@ async fn fire_due(
     // ahead of it, the ticks before it come due here as this engine runs.
     // A clock ahead by little (the mark, which every look moves to its
     // engine's time, tells by how much) may have taken some for missed and
-    // skipped them: they fire here, found by their keys where it fired
-    // them, and no purge can have freed a key that recent (REFIRE_WITHIN
-    // plus the clocks' gap stays within PURGE_MARGIN). A clock ahead by
-    // more leaves them, as a purge could have: a tick lost beats a tick
-    // run twice. And a last tick far ahead (a clock a day wrong at boot,
+    // skipped them: those of the last moments fire here, found by their
+    // keys where it fired them, as far back as no purge can have freed a
+    // key (the window plus the clocks' gap stays within PURGE_MARGIN, a
+    // minute). A clock ahead by more leaves them, as a purge could have: a
+    // tick lost beats a tick run twice. And a last tick far ahead (a clock a day wrong at boot,
     // then stepped back) hides nothing.
     let refire_within = chrono::Duration::from_std(REFIRE_WITHIN).unwrap_or_default();
-    let ahead_by = marked_until - now;
+    // The mark trails the clock ahead by up to a look and a mark's
+    // interval: the window shrinks by that too, so a tick a purge could
+    // have freed never falls in it.
+    let ahead_by = marked_until - now
+        + chrono::Duration::from_std(MARK_EVERY + look.every).unwrap_or_default();
+    let purge_margin = chrono::Duration::from_std(crate::engine::PURGE_MARGIN).unwrap_or_default();
+    let refire = refire_within.min(purge_margin - ahead_by);
     let from = match mark.last_tick.and_then(DateTime::from_timestamp_millis) {
         Some(last) if last <= now => from.max(last),
-        Some(_) if ahead_by <= refire_within => from.max(now - refire_within),
+        Some(_) if refire > chrono::Duration::zero() => from.max(now - refire),
         Some(last) if last > now + late_look_max => from.max(now - refire_within),
         Some(last) => from.max(last),
         None => from,

@@ -150,15 +150,6 @@ impl CancelLog {
     }
 }
 
-/// Whether `id` waits, claimed ahead, in a queue of this engine's.
-pub(crate) fn is_claimed_ahead(inner: &EngineInner, id: &InstanceId) -> bool {
-    let mut found = false;
-    for_claimed_ahead(inner, |ready| {
-        found |= ready.iter().any(|c| c.row.id == *id)
-    });
-    found
-}
-
 /// Drops `id` from every queue of instances claimed ahead in this engine
 /// (it was cancelled: its lease is gone), so it never starts here.
 pub(crate) fn forget_claimed_ahead(inner: &EngineInner, id: &InstanceId) {
@@ -569,6 +560,12 @@ async fn hear_cancels(engine: Engine, mut heard: tokio::sync::broadcast::Receive
             Ok(id) => {
                 tracing::debug!(%id, "heard of a cancel");
                 engine.heard_cancel(&id);
+                // The rest of a burst first: callers of children look
+                // again once for all of it.
+                while let Ok(id) = heard.try_recv() {
+                    engine.heard_cancel(&id);
+                }
+                engine.inner.finished.ended_all();
             }
             // Missed ones are found by the heartbeat.
             Err(RecvError::Lagged(missed)) => {

@@ -852,7 +852,9 @@ impl Db {
             self.wake();
         }
         // Its descendants running in other processes stop at once.
-        self.announce_cancel(cancelled.running);
+        if finish.status == Status::TimedOut {
+            self.announce_cancel(&lease.instance, cancelled.running);
+        }
         Ok(Ok(()))
     }
 
@@ -959,19 +961,20 @@ impl Db {
         if cancelled.woke > 0 {
             self.wake();
         }
-        self.announce_cancel(cancelled.running);
+        self.announce_cancel(id, cancelled.running);
         Ok(control)
     }
 
     /// Tells the workers of every process that the instances `running`
     /// (which workers were running) were cancelled, so the one running each
-    /// stops its handler at once (see `Store::cancellations`). Once
+    /// stops its handler at once, and that `root` ended, so callers waiting
+    /// for it look again (see `Store::cancellations`). Once
     /// committed, on a task of its own (a busy pool does not hold up the
     /// cancel), and without waiting for its own flush: a notification lost
     /// leaves the stop to the heartbeat, within about a second.
-    fn announce_cancel(&self, running: Vec<String>) {
-        if running.is_empty() {
-            return;
+    fn announce_cancel(&self, root: &InstanceId, mut running: Vec<String>) {
+        if !running.iter().any(|id| id == root.as_str()) {
+            running.push(root.to_string());
         }
         let (pool, channel) = (self.pool.clone(), self.channel.clone());
         tokio::spawn(async move {
@@ -1844,7 +1847,7 @@ async fn lock_tree(conn: &mut PgConnection, root: &str) -> Result<Option<String>
 /// `message`, the root's first), their leases void, and wakes the parents
 /// waiting for them. Used by a cancel and by a timeout (`root` is then
 /// `TimedOut` already, and only its descendants change), both holding the
-/// tree's locks already ([`lock_tree`]). Returns how many parents woke.
+/// tree's locks already ([`lock_tree`]). Returns how many parents woke and which instances a worker was running.
 ///
 /// One statement walks the tree as of its start: a grandchild whose
 /// insert locked its parent (FOR SHARE, see [`cancelled_parents`]) and
@@ -1883,20 +1886,24 @@ async fn cancel_tree_once(
     message: &str,
     done: &mut Cancelled,
 ) -> Result<bool, sqlx::Error> {
-    // The status each had before, read under the locks `lock_tree` took.
+    // What each was before: one in progress then, or claimed since (its
+    // `runs` moved; a grandchild inserted while `lock_tree` waited is not
+    // locked), has a worker to tell. The status is checked again on the
+    // row itself, which a transaction that committed meanwhile may have
+    // ended.
     let cancelled: Vec<(String, Option<String>, bool)> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH RECURSIVE tree(id) AS ( \
              SELECT $1::text COLLATE \"C\" \
              UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
-         ), old AS ( \
-             SELECT id, status FROM instances \
+         ), prior AS ( \
+             SELECT id, status, runs FROM instances \
              WHERE id IN (SELECT id FROM tree) AND status NOT IN {TERMINAL} \
          ) \
          UPDATE instances i SET status = 'cancelled', updated_at = $2, finished_at = $2, \
              lease_owner = NULL, lease_expires_at = NULL \
-         FROM old WHERE i.id = old.id \
-         RETURNING i.id, i.parent_id, old.status = 'in_progress'"
+         FROM prior WHERE i.id = prior.id AND i.status NOT IN {TERMINAL} \
+         RETURNING i.id, i.parent_id, prior.status = 'in_progress' OR i.runs <> prior.runs"
         )))
         .bind(root)
         .bind(at)
