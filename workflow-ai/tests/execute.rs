@@ -163,14 +163,19 @@ async fn settings_later(ctx: Ctx, base_url: String) -> Result<String, BoxError> 
     Ok(ctx.execute(loop_).await?.text)
 }
 
-/// Looks customers up, two calls of a turn at most.
-#[workflow(name = "capped")]
-async fn capped(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
-    let tools = Toolbox::new().function(
+/// A toolbox of one function, `lookup_customer`: every customer is on `pro`.
+fn lookup_customer() -> Toolbox {
+    Toolbox::new().function(
         "lookup_customer",
         "Find a customer's plan by e-mail",
         |q: Lookup| async move { Ok::<_, BoxError>(json!({"email": q.email, "plan": "pro"})) },
-    );
+    )
+}
+
+/// Looks customers up, two calls of a turn at most.
+#[workflow(name = "capped")]
+async fn capped(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
+    let tools = lookup_customer();
     let run = ctx
         .execute(
             Execute::new("Look them up.")
@@ -220,11 +225,7 @@ async fn meeting(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
 /// A loop out of turns: what the conversation had, from the error.
 #[workflow(name = "outOfTurns")]
 async fn out_of_turns(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
-    let tools = Toolbox::new().function(
-        "lookup_customer",
-        "Find a customer's plan by e-mail",
-        |q: Lookup| async move { Ok::<_, BoxError>(json!({"email": q.email, "plan": "pro"})) },
-    );
+    let tools = lookup_customer();
     let run = ctx
         .execute(
             Execute::new("Look them up.")
@@ -842,11 +843,7 @@ async fn a_turn_runs_at_most_max_tool_calls() {
 /// failed the instance for good with a configuration error.
 #[tokio::test(flavor = "multi_thread")]
 async fn recorded_turns_replay_without_model_settings() {
-    if ["OPENAI_BASE_URL", "OPENAI_API_KEY"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
-    {
-        eprintln!("recorded_turns_replay_without_model_settings: skipped: OPENAI_* is set");
+    if common::model_settings_set("recorded_turns_replay_without_model_settings") {
         return;
     }
     let server = Server::start(|_, _| text("Hello!")).await;
@@ -1024,11 +1021,7 @@ async fn the_endpoint_keeps_the_query_and_errors_do_not_show_it() {
 /// Before, the turn's step failed for good, and the instance with it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_without_model_settings_pauses_the_loop() {
-    if ["OPENAI_BASE_URL", "OPENAI_API_KEY"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
-    {
-        eprintln!("a_worker_without_model_settings_pauses_the_loop: skipped: OPENAI_* is set");
+    if common::model_settings_set("a_worker_without_model_settings_pauses_the_loop") {
         return;
     }
     let server = Server::start(|_, _| text("Hello!")).await;

@@ -31,9 +31,19 @@ impl Workflow for EveryMinute {
 }
 
 async fn engine(store: Arc<dyn Store>, clock: &ManualClock, catch_up: CatchUp) -> Engine {
+    engine_on(store, clock, "* * * * *", catch_up).await
+}
+
+/// An engine running `EveryMinute` on `expression` instead.
+async fn engine_on(
+    store: Arc<dyn Store>,
+    clock: &ManualClock,
+    expression: &str,
+    catch_up: CatchUp,
+) -> Engine {
     EngineBuilder::new()
         .shared_store(store)
-        .register_scheduled(EveryMinute, "* * * * *", "UTC", catch_up)
+        .register_scheduled(EveryMinute, expression, "UTC", catch_up)
         .clock(clock.clone())
         .poll_interval(Duration::from_millis(10))
         .build()
@@ -328,16 +338,7 @@ async fn ticks_fired_by_a_clock_far_ahead_and_purged_do_not_run_again() {
 }
 
 /// Every 5 s.
-async fn engine_every_5s(store: Arc<dyn Store>, clock: &ManualClock) -> Engine {
-    EngineBuilder::new()
-        .shared_store(store)
-        .register_scheduled(EveryMinute, "*/5 * * * * *", "UTC", CatchUp::Latest)
-        .clock(clock.clone())
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap()
-}
+const EVERY_5S: &str = "*/5 * * * * *";
 
 /// An engine whose clock is 25 s ahead joins one that runs (`latest`): it
 /// takes the ticks between the mark and its own clock for missed, skips
@@ -347,12 +348,12 @@ async fn engine_every_5s(store: Arc<dyn Store>, clock: &ManualClock) -> Engine {
 async fn ticks_a_clock_a_little_ahead_took_for_missed_still_fire() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
-    let right = engine_every_5s(Arc::clone(&store), &clock).await;
+    let right = engine_on(Arc::clone(&store), &clock, EVERY_5S, CatchUp::Latest).await;
     let _right_worker = right.start_worker();
     registered(&store).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let ahead_clock = ManualClock::new(utc("2026-11-25T10:00:55Z"));
-    let ahead = engine_every_5s(Arc::clone(&store), &ahead_clock).await;
+    let ahead = engine_on(Arc::clone(&store), &ahead_clock, EVERY_5S, CatchUp::Latest).await;
     let _ahead_worker = ahead.start_worker();
     assert!(!wait_for(&ahead, 1).await.is_empty());
     // The right clock goes on, past 10:01, as a running clock goes.
@@ -694,14 +695,7 @@ async fn a_changed_expression_whose_restart_failed_fires_nothing_old() {
     let flaky = Arc::new(testing::Unreachable::new(MemoryStore::new()));
     let store: Arc<dyn Store> = flaky.clone();
     let clock = down_after_registering(&store, CatchUp::All, 5).await;
-    let second = EngineBuilder::new()
-        .shared_store(Arc::clone(&store))
-        .register_scheduled(EveryMinute, "*/2 * * * *", "UTC", CatchUp::All)
-        .clock(clock.clone())
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
+    let second = engine_on(Arc::clone(&store), &clock, "*/2 * * * *", CatchUp::All).await;
     flaky.fail_next_schedule_advances(1);
     let _worker = second.start_worker();
     tokio::time::sleep(Duration::from_millis(400)).await;

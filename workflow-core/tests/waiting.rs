@@ -1796,17 +1796,7 @@ async fn a_child_no_engine_runs_pauses_the_parent_until_one_does() {
         .items
         .is_empty());
     worker.shutdown().await;
-    let fixed = EngineBuilder::new()
-        .shared_store(store)
-        .register(Parent)
-        .register(Double)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
-    let _worker = fixed.start_worker();
-    fixed.resume(parent.id()).await.unwrap();
-    let done = fixed.wait_timeout(parent.id(), LIMIT).await.unwrap();
+    let done = resumed_where_double_runs(store, Parent, parent.id()).await;
     assert_eq!(done.status, Status::Completed, "{:?}", done.error);
     let out = done.output.unwrap_or_default();
     assert!(out.to_string().starts_with("\"42 (side "), "{out}");
@@ -1884,6 +1874,17 @@ async fn paused_for_the_child_then_fixed<W: Workflow<Input = ()> + Clone>(
     let steps = inst.steps().await.unwrap();
     assert!(steps.iter().any(|s| s.key == "slow"), "{steps:?}");
     worker.shutdown().await;
+    resumed_where_double_runs(store, workflow, inst.id()).await
+}
+
+/// Deploys an engine on `store` that runs `workflow` and `Double` (the
+/// child that was missing), resumes paused instance `id`, and returns how
+/// it ended.
+async fn resumed_where_double_runs<W: Workflow>(
+    store: Arc<dyn Store>,
+    workflow: W,
+    id: &InstanceId,
+) -> InstanceInfo {
     let fixed = EngineBuilder::new()
         .shared_store(store)
         .register(workflow)
@@ -1893,8 +1894,8 @@ async fn paused_for_the_child_then_fixed<W: Workflow<Input = ()> + Clone>(
         .await
         .unwrap();
     let _worker = fixed.start_worker();
-    fixed.resume(inst.id()).await.unwrap();
-    fixed.wait_timeout(inst.id(), LIMIT).await.unwrap()
+    fixed.resume(id).await.unwrap();
+    fixed.wait_timeout(id, LIMIT).await.unwrap()
 }
 
 /// With `try_join!` and a catch-all arm: the step beside the pause is
@@ -2895,6 +2896,21 @@ async fn a_replayed_fan_out_starts_nothing_past_its_failure() {
     }
 }
 
+/// `inst`'s result, moving `clock` on while it waits: a store error has a
+/// run go on 5 s later, by the engine's clock.
+async fn result_past_store_retries<W: Workflow>(
+    inst: &Instance<W>,
+    clock: &ManualClock,
+) -> Result<W::Output> {
+    for _ in 0..200 {
+        match inst.result_timeout(Duration::from_millis(50)).await {
+            Err(Error::WaitTimeout { .. }) => clock.advance(Duration::from_secs(6)),
+            other => return other,
+        }
+    }
+    panic!("{} never ended", inst.id());
+}
+
 /// Runs of `FailsEveryTime`'s step.
 static FAILING_RUNS: AtomicU32 = AtomicU32::new(0);
 
@@ -2939,18 +2955,7 @@ async fn an_attempt_whose_record_lost_its_answer_still_counts() {
     flaky.lose_next_attempt_answers(1);
     let _worker = engine.start_worker();
     let inst = FailsEveryTime::start(&engine, ()).await.unwrap();
-    // The store's error has the instance retried 5 s later.
-    let mut ended = None;
-    for _ in 0..200 {
-        match inst.result_timeout(Duration::from_millis(50)).await {
-            Err(Error::WaitTimeout { .. }) => clock.advance(Duration::from_secs(6)),
-            other => {
-                ended = Some(other);
-                break;
-            }
-        }
-    }
-    let err = ended.expect("the instance ended").unwrap_err();
+    let err = result_past_store_retries(&inst, &clock).await.unwrap_err();
     assert!(err.to_string().contains("down"), "{err}");
     assert_eq!(FAILING_RUNS.load(Ordering::SeqCst), 3);
 }
@@ -3072,18 +3077,7 @@ async fn an_event_sent_from_a_step_run_again_arrives_once() {
     until_status(&waiter, Status::Listening).await;
     flaky.fail_next_step_commits(1);
     let nudger = Nudger::start(&engine, waiter.id().clone()).await.unwrap();
-    // The failed commit has the run go on 5 s later, by the engine's clock.
-    let mut done = None;
-    for _ in 0..200 {
-        match nudger.result_timeout(Duration::from_millis(50)).await {
-            Err(Error::WaitTimeout { .. }) => clock.advance(Duration::from_secs(6)),
-            other => {
-                done = Some(other);
-                break;
-            }
-        }
-    }
-    done.expect("the nudger ended").unwrap();
+    result_past_store_retries(&nudger, &clock).await.unwrap();
     let runs = engine.instance(nudger.id()).await.unwrap().runs;
     assert!(runs >= 2, "the step ran again: {runs} runs");
     // The waiter took the one `go` and waits for a second.

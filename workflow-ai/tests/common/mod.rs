@@ -205,3 +205,16 @@ pub fn last_message(body: &Value) -> &Value {
         .and_then(|m| m.last())
         .expect("messages")
 }
+
+/// Whether the environment gives a model (`OPENAI_BASE_URL` or
+/// `OPENAI_API_KEY`), which a test of a worker without one cannot run
+/// under: it says it is skipped.
+pub fn model_settings_set(test: &str) -> bool {
+    let set = ["OPENAI_BASE_URL", "OPENAI_API_KEY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if set {
+        eprintln!("{test}: skipped: OPENAI_* is set");
+    }
+    set
+}
