@@ -1736,7 +1736,7 @@ impl RecordedChecks {
                 return Arc::clone(check);
             }
         }
-        let check = Arc::new(crate::validate::SchemaCheck::new(schema));
+        let check = Arc::new(crate::validate::SchemaCheck::recorded(schema));
         checks.insert(name.to_owned(), (schema.clone(), Arc::clone(&check)));
         check
     }

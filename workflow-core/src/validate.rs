@@ -67,13 +67,30 @@ pub(crate) struct SchemaCheck(Option<(jsonschema::Validator, serde_json::Value)>
 
 impl SchemaCheck {
     pub(crate) fn new(schema: &serde_json::Value) -> Self {
+        Self::build(schema, false)
+    }
+
+    /// The check of a schema an engine recorded, for a workflow whose type
+    /// is not here to decode the input: `format`s are asserted too (a
+    /// `date-time`, a `uuid`), since nothing else would refuse "tomorrow"
+    /// for a timestamp before a worker fails to decode it. Where the type
+    /// is here, serde decides formats (chrono takes more spellings than
+    /// RFC 3339, uuid more than the hyphenated one), so [`new`](Self::new)
+    /// leaves them to it.
+    pub(crate) fn recorded(schema: &serde_json::Value) -> Self {
+        Self::build(schema, true)
+    }
+
+    fn build(schema: &serde_json::Value, formats: bool) -> Self {
         // Checked closed: serde drops a field it does not know, so a
         // misspelt optional field (`nte` for `note`) would start the
         // workflow without it, and say nothing.
         let schema = closed(schema);
-        let options = jsonschema::options().with_keyword(WHOLE_NUMBER, |_, _, _| {
-            Ok(Box::new(WholeNumber) as Box<dyn for<'i> jsonschema::Keyword<'i>>)
-        });
+        let options = jsonschema::options()
+            .should_validate_formats(formats)
+            .with_keyword(WHOLE_NUMBER, |_, _, _| {
+                Ok(Box::new(WholeNumber) as Box<dyn for<'i> jsonschema::Keyword<'i>>)
+            });
         match options.build(&schema) {
             Ok(validator) => SchemaCheck(Some((validator, schema))),
             Err(err) => {
@@ -501,6 +518,51 @@ mod tests {
     struct Order {
         order_id: String,
         lines: Vec<Line>,
+    }
+
+    /// A timestamp and an id as chrono and uuid describe them (schemars'
+    /// `chrono04`/`uuid1` features).
+    fn reminder_schema() -> serde_json::Value {
+        serde_json::json!({
+            "type": "object",
+            "properties": {
+                "due": {"type": "string", "format": "date-time"},
+                "user": {"type": "string", "format": "uuid"},
+                "count": {"type": "integer", "format": "uint32", "minimum": 0}
+            },
+            "required": ["due", "user", "count"]
+        })
+    }
+
+    #[test]
+    fn a_recorded_schema_asserts_formats_and_a_typed_one_leaves_them_to_serde() {
+        let bad = serde_json::json!({"due": "tomorrow", "user": "bob", "count": 1});
+        let recorded = SchemaCheck::recorded(&reminder_schema());
+        let violations = recorded.check::<serde_json::Value>(&bad).unwrap_err();
+        let found: Vec<(&str, &str)> = violations
+            .iter()
+            .map(|v| (v.path.as_str(), v.rule.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [("/due", "format"), ("/user", "format")],
+            "{violations:?}"
+        );
+        assert!(
+            violations[0].message.contains("date-time"),
+            "{violations:?}"
+        );
+        // A format the validator does not know (schemars' `uint32`) is
+        // not a reason to refuse.
+        let good = serde_json::json!({
+            "due": "2026-12-07T09:00:00Z",
+            "user": "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "count": 3
+        });
+        assert_eq!(recorded.check::<serde_json::Value>(&good).unwrap(), good);
+        // With the type here, serde judges the spelling.
+        let typed = SchemaCheck::new(&reminder_schema());
+        assert!(typed.check::<serde_json::Value>(&bad).is_ok());
     }
 
     #[test]

@@ -367,7 +367,10 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
                 Ok(input) => input,
                 Err(message) => {
                     // Checked when it was started: the input type changed
-                    // since, under a queued or running instance.
+                    // since, under a queued or running instance; or it was
+                    // started where this type is not registered, against
+                    // the recorded schema, and the type's deserializer
+                    // refuses more than that schema says.
                     let what = format!("the input does not fit the input type: {message}");
                     let err = ctx.pause_for_code(what).await;
                     return HandlerEnd {

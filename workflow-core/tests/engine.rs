@@ -1731,6 +1731,81 @@ async fn start_json_works_from_definitions_other_engines_recorded() {
     ));
 }
 
+/// Schemars' description of a chrono timestamp (its `chrono04` feature).
+fn date_time(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "format": "date-time"})
+}
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct Reminder {
+    #[schemars(schema_with = "date_time")]
+    due: chrono::DateTime<chrono::Utc>,
+}
+
+struct Remind;
+
+impl Workflow for Remind {
+    type Input = Reminder;
+    type Output = i64;
+    type State = ();
+    const NAME: &'static str = "remind";
+
+    async fn run(&self, _ctx: Ctx, input: Reminder) -> Result<i64, BoxError> {
+        Ok(input.due.timestamp())
+    }
+}
+
+/// Where the workflow's type is not here to decode an input, the recorded
+/// schema's formats are checked: a timestamp spelt "tomorrow" is refused
+/// at the start, naming the field and the rule, rather than accepted and
+/// left to pause the instance when a worker fails to decode it.
+#[tokio::test]
+async fn start_json_from_a_recorded_definition_checks_formats() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let worker_side = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .register(Remind)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let tool = EngineBuilder::new()
+        .shared_store(Arc::clone(&store))
+        .build()
+        .await
+        .unwrap();
+    let err = tool
+        .start_json(
+            "remind",
+            serde_json::json!({"due": "tomorrow"}),
+            StartOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    let Error::InvalidInput { violations, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(
+        (violations[0].path.as_str(), violations[0].rule.as_str()),
+        ("/due", "format")
+    );
+    let id = tool
+        .start_json(
+            "remind",
+            serde_json::json!({"due": "2026-12-07T09:00:00Z"}),
+            StartOptions::new(),
+        )
+        .await
+        .unwrap();
+    let _worker = worker_side.start_worker();
+    let out = Remind::handle(&worker_side, id)
+        .result_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(out, 1_796_634_000);
+}
+
 static RUNNING: AtomicU32 = AtomicU32::new(0);
 static MOST_RUNNING: AtomicU32 = AtomicU32::new(0);
 
