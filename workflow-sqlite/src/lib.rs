@@ -2294,6 +2294,55 @@ mod tests {
         }
     }
 
+    /// A row whose id is not text (a blob, or bytes that are not UTF-8) is
+    /// listed as that row's damage, `Corrupt`, beside the readable rows.
+    /// Before, it was a backend error that failed the whole page, and as
+    /// such ids sort first, every unfiltered first page.
+    #[tokio::test]
+    async fn a_row_whose_id_is_not_text_is_listed_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("ids.db")).await.unwrap();
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            let new = workflow_core::testing::new_instance("wf", n);
+            ids.push(new.id.clone());
+            store.create(new, None).await.unwrap();
+        }
+        corrupt(
+            &store,
+            "UPDATE instances SET id = X'FF01' WHERE id = ?1",
+            &ids[0],
+        )
+        .await;
+        corrupt(
+            &store,
+            "UPDATE instances SET id = CAST(X'FF02' AS TEXT) WHERE id = ?1",
+            &ids[1],
+        )
+        .await;
+        let listed = store
+            .list(&ListQuery {
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .await
+            .unwrap();
+        let mut read = Vec::new();
+        let mut damaged = 0;
+        for row in &listed {
+            match row {
+                Ok(row) => read.push(row.id.clone()),
+                Err(StoreError::Corrupt { message, .. }) => {
+                    assert!(message.starts_with("id: "), "{message}");
+                    damaged += 1;
+                }
+                Err(other) => panic!("not named as corrupt: {other:?}"),
+            }
+        }
+        assert_eq!(read, [ids[2].clone()]);
+        assert_eq!(damaged, 2);
+    }
+
     /// A damaged row found by a create's key is that instance's error,
     /// `Corrupt` naming it, as at a claim. Before, the lookup's decoding
     /// error was the database's (`Backend`), and rolled the whole batch

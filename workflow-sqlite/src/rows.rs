@@ -93,7 +93,19 @@ pub(crate) fn decode_instance(raw: RawInstance) -> Result<InstanceRow, StoreErro
 }
 
 pub(crate) fn instance_row(row: &SqliteRow) -> Result<InstanceRow, StoreError> {
-    let id: String = row.try_get("id").map_err(backend)?;
+    let id: String = match row.try_get("id") {
+        Ok(id) => id,
+        // An id that is not text (a blob, bytes that are not UTF-8) is
+        // that row's damage, not the database's: as a backend error it
+        // failed every page it fell on, and it sorts first.
+        Err(err) => {
+            let bytes: Vec<u8> = row.try_get("id").map_err(backend)?;
+            return Err(corrupt(
+                &String::from_utf8_lossy(&bytes),
+                format!("id: {err}"),
+            ));
+        }
+    };
     let get = |e: sqlx::Error| corrupt(&id, e);
     let raw = RawInstance {
         workflow: row.try_get("workflow").map_err(get)?,

@@ -1510,16 +1510,16 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
         }
         Op::ReleaseOwner(owner, at) => {
             c.leases().held.clear();
-            let ids: Vec<String> = c
+            let ids: Vec<Option<String>> = c
                 .prepare_cached(
                     "UPDATE instances INDEXED BY instances_status \
                      SET lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1, run_at = ?1, status = 'pending', \
                          interrupted_runs = MIN(interrupted_runs, 4294967294) + 1 \
                      WHERE status = 'in_progress' AND lease_owner = ?2 RETURNING id",
                 )?
-                .query_map(params![at, owner], |r| r.get(0))?
+                .query_map(params![at, owner], text_id)?
                 .collect::<Result<_, _>>()?;
-            for id in &ids {
+            for id in ids.iter().flatten() {
                 event(
                     c,
                     id,
@@ -1590,7 +1590,7 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
 /// then `TimedOut` already, and only its descendants change). The rows
 /// are not tracked one by one: the op's `note_writes` counts it untracked.
 fn cancel_tree(c: &Tx<'_, '_>, root: &str, at: Millis, message: &str) -> Result<(), Db> {
-    let cancelled: Vec<String> = c
+    let cancelled = c
         .prepare_cached(concat!(
             "WITH RECURSIVE tree(id) AS ( \
                  SELECT ?1 UNION SELECT i.id FROM instances i JOIN tree t ON i.parent_id = t.id \
@@ -1602,9 +1602,9 @@ fn cancel_tree(c: &Tx<'_, '_>, root: &str, at: Millis, message: &str) -> Result<
             ended!(),
             " RETURNING id"
         ))?
-        .query_map(params![root, at], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for cancelled_id in &cancelled {
+        .query_map(params![root, at], text_id)?
+        .collect::<Result<Vec<_>, _>>()?;
+    for cancelled_id in cancelled.iter().flatten() {
         c.leases().end(cancelled_id);
         let message = (cancelled_id != root).then_some(message);
         event(c, cancelled_id, at, "cancelled", None, None, message, None)?;
@@ -1887,6 +1887,22 @@ fn tally(
 
 /// The terminal statuses, as SQL, for `format!`.
 const ENDED: &str = ended!();
+
+/// Column 0 of `r`, an instance id, if it is UTF-8 text. A row whose id was
+/// damaged outside the engine (a blob, bytes that are not UTF-8) still
+/// changes with the rest of a cancelled tree or a dead worker's leases;
+/// it is only left out of what follows by id (events, a parent's wake-up),
+/// so that it does not fail the write for all the others.
+fn text_id(r: &Row<'_>) -> rusqlite::Result<Option<String>> {
+    let id = match r.get_ref(0)? {
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
+        _ => None,
+    };
+    if id.is_none() {
+        tracing::warn!(id = %shown_id(r.get_ref(0)?), "an instance id is not text: no event is recorded for it");
+    }
+    Ok(id)
+}
 
 /// Text bound as the bytes given, UTF-8 or not.
 fn text(id: &[u8]) -> rusqlite::types::ToSqlOutput<'_> {
@@ -2820,6 +2836,61 @@ mod tests {
     /// A row whose id is not UTF-8 (damaged outside the engine, then
     /// failed by a claim) is purged like any other, not an error that
     /// would stop every purge after it.
+    /// A descendant whose id is not text is cancelled with its tree, and a
+    /// dead worker's row with such an id is released with the others; the
+    /// rows of readable ids get their events. Before, reading the ids back
+    /// failed the whole write: the parent could not be cancelled or time
+    /// out, and no lease of the dead worker was released.
+    #[test]
+    fn rows_whose_id_is_not_text_do_not_fail_a_cancel_or_a_release() {
+        let mut c = migrated();
+        let tx = c.transaction().unwrap();
+        let session = Session::new(&tx, durable()).unwrap();
+        let t = session.tx();
+        let parent = create(&t, &new_instance(1), None)
+            .unwrap()
+            .unwrap()
+            .into_row();
+        for (id, status, owner) in [
+            ("X'FF01'", "pending", "NULL"),
+            ("CAST(X'FF02' AS TEXT)", "in_progress", "'dead'"),
+        ] {
+            t.execute(
+                &format!(
+                    "INSERT INTO instances (id, workflow, status, input, created_at, updated_at, \
+                         run_at, parent_id, lease_owner, lease_expires_at) \
+                     VALUES ({id}, 'w', '{status}', 'null', 0, 0, 0, ?1, {owner}, 500)"
+                ),
+                [parent.id.as_str()],
+            )
+            .unwrap();
+        }
+        let released = apply(&t, &Op::ReleaseOwner("dead".into(), 50))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(released, Reply::Count(1)));
+        let cancelled = apply(&t, &Op::Cancel(parent.id.clone(), 60))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(cancelled, Reply::Control(Control::Applied)));
+        let statuses: Vec<String> = t
+            .prepare("SELECT status FROM instances ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(statuses, ["cancelled"; 3]);
+        let events: i64 = t
+            .query_row(
+                "SELECT count(*) FROM events WHERE instance_id = ?1 AND kind = 'cancelled'",
+                [parent.id.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(events, 1);
+    }
+
     #[test]
     fn a_purge_takes_rows_whose_id_is_not_text() {
         let mut c = migrated();
