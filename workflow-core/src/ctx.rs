@@ -373,6 +373,11 @@ pub(crate) enum Settlement {
     },
     /// Give the worker back until the instance is due again.
     Suspend(crate::store::Suspend),
+    /// The lease ended by this process's clock, unrenewed (the store slow
+    /// or unreachable), which the store may not know: hand the instance
+    /// back if it is still this run's, rather than leave it idle until
+    /// the store's lease ends and count its next run as one cut short.
+    Lapsed,
 }
 
 impl Settlement {
@@ -794,7 +799,7 @@ impl RunShared {
     pub(crate) fn check(&self) -> Result<()> {
         if self.lease_end.passed() {
             // The heartbeat would stop it too, at its next look.
-            self.interrupt(Interrupt::LeaseLost, Settlement::Plain);
+            self.interrupt(Interrupt::LeaseLost, Settlement::Lapsed);
         }
         let slot = lock(&self.interrupt);
         match slot.as_ref().map(|(why, _)| why.clone()) {

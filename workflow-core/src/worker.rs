@@ -1012,7 +1012,7 @@ fn stop_lapsed(w: &WorkerShared) {
         "leases lapsed without a renewal (the store unreachable or slow); stopping their handlers"
     );
     for run in stopped {
-        run.interrupt(Interrupt::LeaseLost, Settlement::Plain);
+        run.interrupt(Interrupt::LeaseLost, Settlement::Lapsed);
     }
 }
 
@@ -1437,6 +1437,7 @@ async fn execute(
             // cut short and reads the value as for the first time, instead
             // of taking it for a change of code (see `Ctx::unreadable`).
             (Interrupt::Store(_) | Interrupt::Shutdown, _)
+            | (Interrupt::LeaseLost, Settlement::Lapsed)
                 if run.note_pending.load(std::sync::atomic::Ordering::SeqCst) =>
             {
                 tracing::warn!("stopped while noting an unreadable value; the instance resumes when its lease lapses");
@@ -1496,8 +1497,19 @@ async fn execute(
                     "engine shut down while a step backed off".to_owned(),
                 ))
             }
+            (Interrupt::LeaseLost, Settlement::Lapsed) if run.backing_off().is_some() => {
+                Settle::Suspend(run.resume_later(
+                    at,
+                    Duration::ZERO,
+                    "lease lapsed unrenewed while a step backed off".to_owned(),
+                ))
+            }
             // `Ended` is never stored: only a check after the run makes it.
-            (Interrupt::Shutdown | Interrupt::Suspended | Interrupt::Ended, _) => Settle::Release,
+            // A lease that lapsed here alone is handed back: the store
+            // fences the hand-back by the lease, so one another worker
+            // took meanwhile is left alone.
+            (Interrupt::Shutdown | Interrupt::Suspended | Interrupt::Ended, _)
+            | (Interrupt::LeaseLost, Settlement::Lapsed) => Settle::Release,
             // The store already says Cancelled, or another worker owns it.
             (Interrupt::Cancelled | Interrupt::LeaseLost, _) => Settle::Abandon,
             (Interrupt::Store(message), Settlement::Suspend(pause)) => {

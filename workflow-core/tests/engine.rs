@@ -2169,7 +2169,7 @@ async fn a_value_json_cannot_hold_fails_the_instance_even_if_caught() {
 }
 
 /// How many times each `LongStep` test's step finished (input: the slot).
-static LAPSED_DONE: [AtomicU32; 3] = [const { AtomicU32::new(0) }; 3];
+static LAPSED_DONE: [AtomicU32; 4] = [const { AtomicU32::new(0) }; 4];
 
 /// One step of 3 s that counts itself in its slot of `LAPSED_DONE`.
 struct LongStep;
@@ -2259,6 +2259,36 @@ async fn handlers_stop_when_a_hanging_renewal_outlasts_their_leases() {
 #[tokio::test]
 async fn handlers_stop_when_renewals_panic() {
     leases_lapse(2, |store, panic| store.panic_renewals(panic)).await;
+}
+
+/// A lease that lapsed by this worker's clock alone (its renewals hang;
+/// the store answers everything else) is handed back at once: event
+/// `released`, and the instance runs again at once. Before, it was left
+/// in progress until the store's lease ended, and its next run counted as
+/// one cut short, towards the crash-loop pause.
+#[tokio::test]
+async fn a_lease_that_lapsed_here_alone_is_handed_back() {
+    let (store, engine) = with_leases(LongStep, Duration::from_millis(600)).await;
+    let _worker = engine.start_worker();
+    let inst = LongStep::start(&engine, 3).await.unwrap();
+    until_status(&inst, Status::InProgress).await;
+    store.hang_renewals(true);
+    let started = std::time::Instant::now();
+    let released = loop {
+        let history = inst.history().await.unwrap();
+        if let Some(event) = history.iter().find(|e| e.kind == HistoryKind::Released) {
+            break event.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never handed back: {history:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(released.message.is_none(), "{released:?}");
+    store.hang_renewals(false);
+    inst.result_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(LAPSED_DONE[3].load(Ordering::SeqCst), 1);
 }
 
 /// When `UntilStopped`'s step was dropped (its handler stopped).
