@@ -712,14 +712,19 @@ async fn waiting(path: &std::path::Path, parked: usize, measured: usize) -> (f64
         let counts = engine.counts(Some("napper")).await.unwrap();
         let busy = counts.get(&Status::InProgress).copied().unwrap_or(0);
         let page = engine
-            .list(Query::new().name("napper").status(Status::Pending).limit(1))
+            .list(
+                Query::new()
+                    .workflow("napper")
+                    .status(Status::Pending)
+                    .limit(1),
+            )
             .await
             .unwrap();
         if busy == 0 && page.items.first().is_some_and(|i| i.runs > 0) {
             let unstarted = engine
                 .list(
                     Query::new()
-                        .name("napper")
+                        .workflow("napper")
                         .status(Status::Pending)
                         .limit(1000),
                 )
@@ -781,7 +786,12 @@ async fn store_latencies(engine: &Engine) -> [Duration; 3] {
         gets.push(t.elapsed());
         let t = Instant::now();
         engine
-            .list(Query::new().name("noop").status(Status::Pending).limit(50))
+            .list(
+                Query::new()
+                    .workflow("noop")
+                    .status(Status::Pending)
+                    .limit(50),
+            )
             .await
             .unwrap();
         lists.push(t.elapsed());

@@ -97,7 +97,11 @@ async fn main() -> workflow::Result<()> {
     .await?;
     tagged.result().await?;
     let page = engine
-        .list(Query::new().name("chargeInvoice").tag("customer", "acme"))
+        .list(
+            Query::new()
+                .workflow("chargeInvoice")
+                .tag("customer", "acme"),
+        )
         .await?;
     println!("instances tagged customer=acme: {}", page.items.len());
     println!(

@@ -277,7 +277,7 @@ fn child(db: &str) {
             let active = engine
                 .list(
                     Query::new()
-                        .name("crashy")
+                        .workflow("crashy")
                         .status(Status::Pending)
                         .status(Status::InProgress),
                 )
@@ -398,7 +398,7 @@ async fn reader(db: &Path) -> Engine {
 /// Every instance of `workflow`, across pages.
 async fn list_all(engine: &Engine, workflow: &str) -> Vec<InstanceInfo> {
     let mut all = Vec::new();
-    let mut query = Query::new().name(workflow).limit(1000);
+    let mut query = Query::new().workflow(workflow).limit(1000);
     loop {
         let page = engine.list(query.clone()).await.expect("list");
         assert!(
@@ -408,7 +408,7 @@ async fn list_all(engine: &Engine, workflow: &str) -> Vec<InstanceInfo> {
         );
         all.extend(page.items);
         match page.next {
-            Some(cursor) => query = Query::new().name(workflow).limit(1000).after(cursor),
+            Some(cursor) => query = Query::new().workflow(workflow).limit(1000).after(cursor),
             None => return all,
         }
     }

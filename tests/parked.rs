@@ -59,7 +59,7 @@ async fn park_all(engine: &Engine, total: usize) -> Vec<Instance<Parked>> {
         let sleeping = engine
             .list(
                 Query::new()
-                    .name("parked")
+                    .workflow("parked")
                     .status(Status::InProgress)
                     .limit(1),
             )
@@ -70,7 +70,7 @@ async fn park_all(engine: &Engine, total: usize) -> Vec<Instance<Parked>> {
         let runs_left = engine
             .list(
                 Query::new()
-                    .name("parked")
+                    .workflow("parked")
                     .status(Status::Pending)
                     .limit(1000),
             )

@@ -93,7 +93,7 @@ async fn three_engines_one_process() {
         let started = Instant::now();
         loop {
             let page = engines[1]
-                .list(Query::new().name("minutely"))
+                .list(Query::new().workflow("minutely"))
                 .await
                 .expect("list");
             if page.items.len() >= wanted {
@@ -108,7 +108,7 @@ async fn three_engines_one_process() {
         }
     }
     let page = engines[2]
-        .list(Query::new().name("minutely").limit(100))
+        .list(Query::new().workflow("minutely").limit(100))
         .await
         .expect("list");
     let mut keys: Vec<String> = page.items.iter().filter_map(|i| i.key.clone()).collect();
@@ -130,7 +130,7 @@ async fn three_engines_one_process() {
         worker.shutdown().await;
     }
     let after = engines[0]
-        .list(Query::new().name("minutely").limit(100))
+        .list(Query::new().workflow("minutely").limit(100))
         .await
         .expect("list");
     assert_eq!(after.items.len(), expected.len(), "no tick fired twice");
@@ -175,7 +175,7 @@ fn three_processes() -> (usize, i64) {
             .await
             .expect("engine");
         let page = engine
-            .list(Query::new().name("secondly").limit(1000))
+            .list(Query::new().workflow("secondly").limit(1000))
             .await
             .expect("list");
         let mut per_tick: BTreeMap<String, usize> = BTreeMap::new();

@@ -554,7 +554,7 @@ async fn a_timed_out_parent_cancels_the_child_it_waits_for() {
     let mut children = Vec::new();
     for _ in 0..500 {
         children = engine
-            .list(Query::new().name("waitsForever"))
+            .list(Query::new().workflow("waitsForever"))
             .await
             .unwrap()
             .items;
@@ -619,7 +619,7 @@ async fn idle_workers_hear_of_cancels_and_moved_deadlines() {
     let parent = PatientParent::start(&engine, ()).await.unwrap();
     until_status_within(&engine, parent.id(), Status::Listening).await;
     let child = engine
-        .list(Query::new().name("waitsForever"))
+        .list(Query::new().workflow("waitsForever"))
         .await
         .unwrap()
         .items
@@ -886,7 +886,7 @@ async fn a_corrupt_child_pauses_its_parent_until_repaired() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let kid = loop {
         let kids = engine
-            .list(Query::new().name("napperKid").status(Status::Pending))
+            .list(Query::new().workflow("napperKid").status(Status::Pending))
             .await
             .unwrap();
         // Pending again after a run: asleep.

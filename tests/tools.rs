@@ -165,7 +165,7 @@ async fn a_renamed_workflow_tool_starts_its_workflow() {
     let tools = Toolbox::new().tool(tool);
     let out = tools.call(&engine, "say_hello", json!({})).await.unwrap();
     assert_eq!(out, "hello");
-    let started = engine.list(Query::new().name("hello")).await.unwrap();
+    let started = engine.list(Query::new().workflow("hello")).await.unwrap();
     assert_eq!(started.items.len(), 1);
     // The old name is gone: an error of its own, naming the tools there are.
     let err = tools.call(&engine, "hello", json!({})).await.unwrap_err();
@@ -207,7 +207,7 @@ async fn a_call_repeated_with_its_key_starts_one_instance() {
         .await
         .unwrap();
     assert_ne!(first["workflowId"], other["workflowId"]);
-    let started = engine.list(Query::new().name("hello")).await.unwrap();
+    let started = engine.list(Query::new().workflow("hello")).await.unwrap();
     assert_eq!(started.items.len(), 2);
 
     // Once the first completed, a retry of that call still answers from
@@ -231,7 +231,7 @@ async fn a_call_repeated_with_its_key_starts_one_instance() {
         .unwrap();
     assert_eq!(again["workflowId"], first["workflowId"]);
     assert_eq!(again["status"], json!("completed"), "{again}");
-    let started = engine.list(Query::new().name("hello")).await.unwrap();
+    let started = engine.list(Query::new().workflow("hello")).await.unwrap();
     assert_eq!(started.items.len(), 2, "no instance more");
 }
 
@@ -616,7 +616,7 @@ async fn a_key_reused_with_other_arguments_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("call key `call_0`"), "{err}");
     let started = engine
-        .list(Query::new().name("processOrder"))
+        .list(Query::new().workflow("processOrder"))
         .await
         .unwrap();
     assert_eq!(started.items.len(), 1);

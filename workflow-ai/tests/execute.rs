@@ -352,7 +352,7 @@ async fn bad_tool_arguments_come_back_as_a_message_and_the_model_corrects_them()
     assert_eq!(result["tool_call_id"], "c2");
     assert_eq!(result["content"], "ticket opened: Login broken (High)");
     let tickets = engine
-        .list(Query::new().name("create_ticket"))
+        .list(Query::new().workflow("create_ticket"))
         .await
         .unwrap();
     assert_eq!(tickets.items.len(), 1, "the bad call started nothing");

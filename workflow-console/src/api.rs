@@ -712,7 +712,7 @@ pub(crate) fn build_query(params: &ListParams) -> Result<(Query, Filters), Strin
     let mut query = Query::new().limit(params.limit.unwrap_or(50));
     let mut filters = Filters::default();
     if let Some(workflow) = params.workflow.as_deref().filter(|w| !w.is_empty()) {
-        query = query.name(workflow);
+        query = query.workflow(workflow);
         filters.workflow = Some(workflow.to_owned());
     }
     for status in params
@@ -1065,7 +1065,7 @@ pub(crate) async fn rerun_instance(
     }
     let mut active = Query::new()
         .summaries()
-        .name(old.workflow.clone())
+        .workflow(old.workflow.clone())
         .tag("rerun_of", id.to_string())
         .limit(1);
     for status in Status::ACTIVE {

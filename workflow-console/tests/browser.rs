@@ -740,7 +740,7 @@ async fn console_in_a_real_browser() {
     assert!(b.text_shown("rcpt-W-1").await);
     let started = f
         .engine
-        .list(Query::new().name("processOrder").limit(1000))
+        .list(Query::new().workflow("processOrder").limit(1000))
         .await
         .unwrap()
         .items

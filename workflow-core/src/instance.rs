@@ -834,10 +834,17 @@ impl Query {
         self
     }
 
-    /// Only this workflow.
-    pub fn name(mut self, workflow: impl Into<String>) -> Self {
-        self.inner.workflow = Some(workflow.into());
+    /// Only instances of this workflow (its name, as
+    /// [`InstanceInfo::workflow`] gives it).
+    pub fn workflow(mut self, name: impl Into<String>) -> Self {
+        self.inner.workflow = Some(name.into());
         self
+    }
+
+    /// The earlier name of [`workflow`](Self::workflow).
+    #[deprecated(note = "use `Query::workflow`, named as `InstanceInfo::workflow` is")]
+    pub fn name(self, workflow: impl Into<String>) -> Self {
+        self.workflow(workflow)
     }
 
     /// Only this status (call again to allow more).

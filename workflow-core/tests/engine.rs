@@ -506,7 +506,7 @@ async fn names_and_keys_no_store_can_index_are_refused() {
     }
     let err = Repeats::get_or_create(&engine, "k\0", 1).await.unwrap_err();
     assert!(matches!(err, Error::InvalidStartOption { .. }), "{err:?}");
-    let repeats = engine.list(Query::new().name("repeats")).await.unwrap();
+    let repeats = engine.list(Query::new().workflow("repeats")).await.unwrap();
     assert!(repeats.items.is_empty(), "{:?}", repeats.items);
 }
 
@@ -1160,7 +1160,7 @@ async fn list_pages_newest_first() {
         ids.push(Repeats::start(&engine, n).await.unwrap().id().clone());
     }
     let first = engine
-        .list(Query::new().name("repeats").limit(2))
+        .list(Query::new().workflow("repeats").limit(2))
         .await
         .unwrap();
     assert_eq!(
@@ -1170,7 +1170,7 @@ async fn list_pages_newest_first() {
     let second = engine
         .list(
             Query::new()
-                .name("repeats")
+                .workflow("repeats")
                 .limit(2)
                 .after(first.next.unwrap()),
         )
@@ -1185,12 +1185,12 @@ async fn list_pages_newest_first() {
     assert!(pending.next.is_none());
     // A page exactly full with nothing after it offers no next page.
     let exact = engine
-        .list(Query::new().name("repeats").limit(5))
+        .list(Query::new().workflow("repeats").limit(5))
         .await
         .unwrap();
     assert_eq!((exact.items.len(), exact.next), (5, None));
     let short = engine
-        .list(Query::new().name("repeats").limit(4))
+        .list(Query::new().workflow("repeats").limit(4))
         .await
         .unwrap();
     assert_eq!(short.next.as_ref(), Some(&ids[1]));
@@ -1494,7 +1494,10 @@ async fn instances_of_unregistered_workflows_are_left_alone_and_listed() {
     done.result_timeout(Duration::from_secs(5)).await.unwrap();
     let info = new.instance(orphan.id()).await.unwrap();
     assert_eq!(info.status, Status::Pending, "not failed, not run");
-    let listed = new.list(Query::new().name("processOrder")).await.unwrap();
+    let listed = new
+        .list(Query::new().workflow("processOrder"))
+        .await
+        .unwrap();
     assert_eq!(listed.items.len(), 1);
     assert_eq!(
         new.counts(Some("processOrder")).await.unwrap()[&Status::Pending],

@@ -53,7 +53,7 @@ async fn engine_on(
 
 async fn fired(engine: &Engine) -> Vec<String> {
     let page = engine
-        .list(Query::new().name("everyMinute").limit(1000))
+        .list(Query::new().workflow("everyMinute").limit(1000))
         .await
         .unwrap();
     let mut keys: Vec<String> = page.items.into_iter().filter_map(|i| i.key).collect();
@@ -77,7 +77,7 @@ async fn wait_for(engine: &Engine, count: usize) -> Vec<String> {
 /// Waits for every fired instance to end.
 async fn all_ended(engine: &Engine) {
     for info in engine
-        .list(Query::new().name("everyMinute"))
+        .list(Query::new().workflow("everyMinute"))
         .await
         .unwrap()
         .items
@@ -134,7 +134,7 @@ async fn three_engines_fire_each_tick_once() {
     }
     // Each instance ran with its tick in its tags.
     let page = engines[0]
-        .list(Query::new().name("everyMinute"))
+        .list(Query::new().workflow("everyMinute"))
         .await
         .unwrap();
     for info in page.items {
@@ -591,12 +591,17 @@ async fn settled_count(engine: &Engine) -> u64 {
 /// Every key of `everyMinute`, through all pages, sorted.
 async fn all_keys(engine: &Engine) -> Vec<String> {
     let mut keys = Vec::new();
-    let mut query = Query::new().name("everyMinute").limit(1000);
+    let mut query = Query::new().workflow("everyMinute").limit(1000);
     loop {
         let page = engine.list(query.clone()).await.unwrap();
         keys.extend(page.items.into_iter().filter_map(|i| i.key));
         match page.next {
-            Some(cursor) => query = Query::new().name("everyMinute").limit(1000).after(cursor),
+            Some(cursor) => {
+                query = Query::new()
+                    .workflow("everyMinute")
+                    .limit(1000)
+                    .after(cursor)
+            }
             None => break,
         }
     }
@@ -631,7 +636,10 @@ async fn catch_up_all_fires_every_missed_tick() {
 async fn catch_up_latest_fires_the_latest_missed_tick() {
     let (engine, _clock, _worker) = restarted_after(CatchUp::Latest, 1_500).await;
     assert_eq!(settled_count(&engine).await, 1);
-    let page = engine.list(Query::new().name("everyMinute")).await.unwrap();
+    let page = engine
+        .list(Query::new().workflow("everyMinute"))
+        .await
+        .unwrap();
     assert_eq!(page.items.len(), 1);
     let info = &page.items[0];
     assert_eq!(
@@ -761,7 +769,7 @@ async fn a_schedule_whose_store_call_hangs_does_not_stop_the_others() {
     let mut keys = Vec::new();
     for _ in 0..300 {
         keys = engine
-            .list(Query::new().name("alsoEveryMinute"))
+            .list(Query::new().workflow("alsoEveryMinute"))
             .await
             .unwrap()
             .items

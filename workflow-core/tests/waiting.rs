@@ -1277,7 +1277,7 @@ async fn children_run_once_and_report_back() {
     let parent = Parent::start(&engine, 21).await.unwrap();
     let out = parent.result_timeout(LIMIT).await.unwrap();
     assert!(out.starts_with("42 (side "), "{out}");
-    let children = engine.list(Query::new().name("double")).await.unwrap();
+    let children = engine.list(Query::new().workflow("double")).await.unwrap();
     assert_eq!(
         children.items.len(),
         2,
@@ -1309,7 +1309,7 @@ async fn children_take_the_options_their_call_gives() {
     let due = later.due_at.expect("a delayed start is due later");
     assert!(due > started + chrono::Duration::minutes(59), "{due}");
     let slow = engine
-        .list(Query::new().name("double").tag("kind", "slow"))
+        .list(Query::new().workflow("double").tag("kind", "slow"))
         .await
         .unwrap();
     assert_eq!(slow.items.len(), 1);
@@ -1332,7 +1332,7 @@ async fn a_store_error_starting_a_child_is_retried_not_recorded() {
     let _worker = engine.start_worker();
     let out = parent.result_timeout(LIMIT).await.unwrap();
     assert!(out.starts_with("42 (side "), "{out}");
-    let children = engine.list(Query::new().name("double")).await.unwrap();
+    let children = engine.list(Query::new().workflow("double")).await.unwrap();
     assert_eq!(children.items.len(), 2, "each child started once");
     let steps = parent.steps().await.unwrap();
     assert!(steps.iter().all(|s| s.error.is_none()), "{steps:?}");
@@ -1790,7 +1790,7 @@ async fn a_child_no_engine_runs_pauses_the_parent_until_one_does() {
         "{why}"
     );
     assert!(engine
-        .list(Query::new().name("double"))
+        .list(Query::new().workflow("double"))
         .await
         .unwrap()
         .items
@@ -1928,7 +1928,7 @@ async fn cancelling_a_parent_cancels_its_children() {
     until_status(&parent, Status::Listening).await;
     parent.cancel().await.unwrap();
     let children = engine
-        .list(Query::new().name("double").status(Status::Cancelled))
+        .list(Query::new().workflow("double").status(Status::Cancelled))
         .await
         .unwrap();
     assert_eq!(
@@ -1979,7 +1979,7 @@ async fn a_child_started_after_its_parent_was_cancelled_is_cancelled() {
     let mut children = Vec::new();
     for _ in 0..200 {
         children = engine
-            .list(Query::new().name("double"))
+            .list(Query::new().workflow("double"))
             .await
             .unwrap()
             .items;
@@ -2126,7 +2126,11 @@ async fn a_timed_out_parent_stops_its_child_running_here_at_once() {
     let _worker = engine.start_worker();
     let parent = ImpatientForSlow::start(&engine, ()).await.unwrap();
     until_status(&parent, Status::TimedOut).await;
-    let children = engine.list(Query::new().name("slow")).await.unwrap().items;
+    let children = engine
+        .list(Query::new().workflow("slow"))
+        .await
+        .unwrap()
+        .items;
     assert_eq!(children.len(), 1, "the child was started");
     assert_eq!(children[0].status, Status::Cancelled, "{:?}", children[0]);
     until_nothing_runs_here(&engine, "the cancelled child still runs here").await;

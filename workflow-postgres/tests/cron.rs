@@ -104,7 +104,7 @@ async fn three_engines_manual_clock(url: &str) {
         let started = Instant::now();
         loop {
             let page = engines[1]
-                .list(Query::new().name("minutely"))
+                .list(Query::new().workflow("minutely"))
                 .await
                 .expect("list");
             if page.items.len() >= wanted {
@@ -120,7 +120,7 @@ async fn three_engines_manual_clock(url: &str) {
         }
     }
     let page = engines[2]
-        .list(Query::new().name("minutely").limit(100))
+        .list(Query::new().workflow("minutely").limit(100))
         .await
         .expect("list");
     let mut keys: Vec<String> = page.items.iter().filter_map(|i| i.key.clone()).collect();
@@ -142,7 +142,7 @@ async fn three_engines_manual_clock(url: &str) {
         worker.shutdown().await;
     }
     let after = engines[0]
-        .list(Query::new().name("minutely").limit(100))
+        .list(Query::new().workflow("minutely").limit(100))
         .await
         .expect("list");
     assert_eq!(after.items.len(), expected.len(), "no tick fired twice");
@@ -234,7 +234,7 @@ fn three_processes(url: &str) -> (usize, i64) {
             .await
             .expect("engine");
         let page = engine
-            .list(Query::new().name("secondly").limit(1000))
+            .list(Query::new().workflow("secondly").limit(1000))
             .await
             .expect("list");
         let mut per_tick: BTreeMap<String, usize> = BTreeMap::new();
