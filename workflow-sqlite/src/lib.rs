@@ -253,12 +253,18 @@ impl SqliteStore {
         // Nothing to set up, as for the file itself: `sqlite://data/app.db`
         // in a fresh checkout creates `data/`.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_dir_durably(dir).map_err(|err| {
-                Error::Store(StoreError::backend(format!(
-                    "cannot create the directory {} for the SQLite database: {err}",
-                    dir.display()
-                )))
-            })?;
+            // Off the runtime: its directory fsyncs block.
+            let owned = dir.to_owned();
+            tokio::task::spawn_blocking(move || create_dir_durably(&owned))
+                .await
+                .map_err(std::io::Error::other)
+                .flatten()
+                .map_err(|err| {
+                    Error::Store(StoreError::backend(format!(
+                        "cannot create the directory {} for the SQLite database: {err}",
+                        dir.display()
+                    )))
+                })?;
         }
         // Processes opening a new file at once meet on SQLite's locks where
         // its busy timeout does not apply (switching the file to WAL mode
