@@ -462,15 +462,24 @@ where
         error,
     })?;
     within(&json, max, &context)?;
-    let back = serde_json::from_str(&json).map_err(|error| Error::Json {
-        // Its start only: the value may be megabytes, and this message is
-        // recorded as the instance's error.
-        context: format!(
-            "{} does not read back from JSON as {}",
-            context(),
-            excerpt(&json, 200)
-        ),
-        error,
+    let back = serde_json::from_str(&json).map_err(|error| {
+        // Read again for the spot only, as the value failed already: serde's
+        // line and column point into JSON the caller never saw.
+        let de = &mut serde_json::Deserializer::from_str(&json);
+        let at = match serde_path_to_error::deserialize::<_, T>(de) {
+            Err(err) if err.path().to_string() != "." => format!(" at {}", err.path()),
+            _ => String::new(),
+        };
+        Error::Json {
+            // Its start only: the value may be megabytes, and this message
+            // is recorded as the instance's error.
+            context: format!(
+                "{} does not read back from JSON as {}{at}",
+                context(),
+                excerpt(&json, 200)
+            ),
+            error,
+        }
     })?;
     Ok((json, back))
 }
@@ -784,6 +793,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains('…'), "{text}");
+        assert!(text.contains("… at [100000]: "), "{text}");
         assert!(text.len() < 1_000, "{} bytes: {}", text.len(), &text[..100]);
     }
 }
