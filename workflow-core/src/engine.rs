@@ -525,6 +525,18 @@ impl EngineBuilder {
     }
 
     /// Opens the store and checks the registrations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`], its message saying what to change, for a
+    /// configuration that cannot work: `max_payload_bytes` over
+    /// [`MAX_PAYLOAD_LIMIT`]; a workflow registered twice, or whose
+    /// `TIMEOUT` is under 1 ms; a schedule whose expression, time zone or
+    /// input does not parse (all of them listed in one message); both
+    /// `.store(..)` and `.database_url(..)`, or `.durability(..)` with
+    /// `.store(..)`; no store and no connector; a URL no connector opens.
+    /// [`Error::Store`] if the store cannot be opened or cannot record
+    /// the registered workflows' definitions.
     pub async fn build(self) -> Result<Engine> {
         if self.config.max_payload > MAX_PAYLOAD_LIMIT {
             return Err(Error::Config(format!(
@@ -1104,6 +1116,17 @@ impl Engine {
     /// the error lists every violation with its JSON path. A workflow not
     /// registered with this engine is started from the definition another
     /// engine recorded in the store, for a worker elsewhere to run.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidInput`]: the input breaks the schema (or the
+    ///   type refuses it), every violation listed with its path and rule;
+    /// - [`Error::UnknownWorkflow`]: no engine on this store registers it;
+    /// - [`Error::InvalidStartOption`] or [`Error::NameTooLong`]: an
+    ///   option that cannot apply (a zero timeout, a key too long);
+    /// - [`Error::PayloadTooLarge`]: the input is over `max_payload_bytes`;
+    /// - [`Error::Store`]: the store failed; the instance may or may not
+    ///   exist, so retry with a key ([`get_or_start_json`](Self::get_or_start_json)).
     pub async fn start_json(
         &self,
         workflow: &str,

@@ -108,9 +108,19 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     }
 
     /// Starts an instance; a running worker picks it up.
-    /// [`Error::UnknownWorkflow`](crate::Error::UnknownWorkflow) if no
-    /// engine on this store registers `Self` (neither this one nor one
-    /// that recorded it in the store), as no worker would ever run it.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::UnknownWorkflow`](crate::Error::UnknownWorkflow): no
+    ///   engine on this store registers `Self` (neither this one nor one
+    ///   that recorded it in the store), as no worker would ever run it;
+    /// - [`Error::Json`](crate::Error::Json) or
+    ///   [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge): the
+    ///   input does not serialize to JSON that reads back as itself, or
+    ///   is over `max_payload_bytes`;
+    /// - [`Error::Store`](crate::Error::Store): the store failed; the
+    ///   instance may or may not exist, so retry with a key
+    ///   ([`get_or_create`](Self::get_or_create)).
     fn start(
         engine: &Engine,
         input: Self::Input,
