@@ -151,8 +151,9 @@ impl OpenAiBuilder {
 
     /// At most `tokens` tokens per reply, sent as `max_tokens`, which most
     /// OpenAI-compatible servers read (llama.cpp, vLLM, Ollama); server
-    /// default if unset. A reply cut off at the limit is an error of its
-    /// turn (`finish_reason` `length`), not an answer. Replaces
+    /// default if unset. A final reply cut off at the limit
+    /// (`finish_reason` `length`) is recorded and ends the loop with
+    /// `Error::NoAnswer`, not an answer. Replaces
     /// [`max_completion_tokens`](Self::max_completion_tokens).
     pub fn max_tokens(mut self, tokens: u32) -> Self {
         self.token_limit = Some(TokenLimit::MaxTokens(tokens));

@@ -412,7 +412,7 @@ pub async fn run(
     let engine = crate::connect(&cli.db).await?;
     let json = cli.json;
     match cli.command {
-        Command::Workflows { name } => workflows(&engine, name, json, out).await,
+        Command::Workflows { name } => workflows(&engine, name, json, out, notes).await,
         Command::Run {
             name,
             input,
@@ -548,7 +548,9 @@ pub async fn run(
             }
             Ok(0)
         }
-        Command::Show { id, tail } => show(&engine, &InstanceId::from(id), tail, json, out).await,
+        Command::Show { id, tail } => {
+            show(&engine, &InstanceId::from(id), tail, json, out, notes).await
+        }
         Command::History { id, tail } => {
             let id = InstanceId::from(id);
             let history = engine.history_tail(&id, tail.unwrap_or(usize::MAX)).await?;
@@ -583,7 +585,7 @@ pub async fn run(
                 ],
                 rows,
             )?;
-            not_shown(out, earlier, "events")?;
+            not_shown(notes, earlier, "events")?;
             Ok(0)
         }
         Command::Cancel { id } => {
@@ -647,7 +649,7 @@ pub async fn run(
             } else {
                 writeln!(out, "sent event `{name}` to {id}")?;
                 if let Some(note) = note {
-                    writeln!(out, "note: {note}")?;
+                    writeln!(notes, "note: {note}")?;
                 }
             }
             Ok(0)
@@ -878,6 +880,7 @@ async fn workflows(
     name: Option<String>,
     json: bool,
     out: &mut (dyn Write + Send),
+    notes: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     let defs = engine.definitions().await?;
     if let Some(name) = name {
@@ -948,7 +951,7 @@ async fn workflows(
         &["NAME", "SCHEDULE", "TIMEOUT", "STEPS", "DESCRIPTION"],
         rows,
     )?;
-    writeln!(out, "(`workflow workflows NAME` shows the schemas)")?;
+    writeln!(notes, "(`workflow workflows NAME` shows the schemas)")?;
     Ok(0)
 }
 
@@ -966,6 +969,7 @@ async fn show(
     tail: Option<usize>,
     json: bool,
     out: &mut (dyn Write + Send),
+    notes: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     let info = engine.instance(id).await?;
     let steps = engine.steps_tail(id, tail.unwrap_or(usize::MAX)).await?;
@@ -1037,7 +1041,7 @@ async fn show(
             .collect();
         table(out, &["STEP", "ATTEMPTS", "DURATION", "RESULT"], rows)?;
     }
-    not_shown(out, earlier, "steps")?;
+    not_shown(notes, earlier, "steps")?;
     Ok(0)
 }
 

@@ -212,9 +212,10 @@ use proc_macro::TokenStream;
 ///   contains a NUL, `#`, `@`, `[` or `]`,
 ///   which the runtime reserves for the keys it derives from names: the
 ///   name of a step and that of every other `ctx` call that takes one
-///   (`now`, `sleep`, `sleep_until`, `set_timeout`, `wait_for_event`, `start_child`,
-///   `start_child_with`, `run_child`, `run_child_with`, `map`, `for_each`,
-///   `batch`, `call_tool`, `call_tool_with`). The runtime refuses names
+///   (`now`, `sleep`, `sleep_until`, `set_timeout`, `wait_for_event`,
+///   `send_event_to`, `start_child`, `start_child_with`, `run_child`,
+///   `run_child_with`, `map`, `map_with`, `for_each`, `for_each_with`,
+///   `batch`, `batch_with`, `call_tool`, `call_tool_with`). The runtime refuses names
 ///   given at run time the same way.
 ///
 /// Only names written as literals are checked, and listed in `STEPS`: a
