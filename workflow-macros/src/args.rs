@@ -106,6 +106,17 @@ impl Args {
         // own entry, and the keys after it are still checked, in this
         // build rather than the next.
         for entry in entries(tokens) {
+            // `#[workflow("processOrder")]`: syn's "expected ident" would
+            // not say that the name needs its key.
+            if let Ok(entry) = &entry {
+                if let Ok(lit) = syn::parse2::<LitStr>(entry.clone()) {
+                    errors.push(syn::Error::new(
+                        lit.span(),
+                        format!("name the key: `name = {}`", lit.to_token_stream()),
+                    ));
+                    continue;
+                }
+            }
             let parser = syn::meta::parser(|meta| args.parse_entry(meta, errors));
             if let Err(err) = entry.and_then(|entry| parser.parse2(entry)) {
                 errors.push(err);
@@ -431,14 +442,21 @@ fn string(key: &str, value: &Expr) -> syn::Result<LitStr> {
         Expr::Lit(ExprLit {
             lit: Lit::Str(lit), ..
         }) => Ok(lit.clone()),
-        // `timeout = 10m` lexes as an integer with suffix `m`: show the fix.
-        Expr::Lit(ExprLit { lit, .. }) if !matches!(lit, Lit::Str(_)) => Err(syn::Error::new(
-            lit.span(),
-            format!(
-                "`{key}` expects a string literal: `{key} = \"{}\"`",
-                lit.to_token_stream()
-            ),
-        )),
+        // `timeout = 10m` lexes as an integer with suffix `m`: show the fix,
+        // with the text the literal holds (`b"x"` and `'x'` as `"x"`).
+        Expr::Lit(ExprLit { lit, .. }) if !matches!(lit, Lit::Str(_)) => {
+            let text = match lit {
+                Lit::ByteStr(bytes) => String::from_utf8_lossy(&bytes.value()).into_owned(),
+                Lit::CStr(c) => c.value().to_string_lossy().into_owned(),
+                Lit::Char(c) => c.value().to_string(),
+                Lit::Byte(b) => char::from(b.value()).to_string(),
+                other => other.to_token_stream().to_string(),
+            };
+            Err(syn::Error::new(
+                lit.span(),
+                format!("`{key}` expects a string literal: `{key} = {text:?}`"),
+            ))
+        }
         other => Err(syn::Error::new_spanned(
             other,
             format!(

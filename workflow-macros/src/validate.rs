@@ -157,6 +157,11 @@ pub(crate) fn retries(lit: &LitInt) -> syn::Result<u32> {
     }
     match lit.base10_parse::<u32>() {
         Ok(n) if n >= 1 => Ok(n),
+        // Digits only (the sign and a suffix are refused above): too many.
+        Err(_) => Err(syn::Error::new(
+            lit.span(),
+            format!("`retries` is at most {}, found `{lit}`", u32::MAX),
+        )),
         _ => Err(bad()),
     }
 }

@@ -10,4 +10,9 @@ async fn unnamed(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
+#[workflow("processOrder", timeout = "1h")]
+async fn positional(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
 fn main() {}

@@ -20,4 +20,19 @@ async fn negative(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
+#[workflow(retries = 5_000_000_000)]
+async fn too_many(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+#[workflow(timeout = b"1h")]
+async fn byte_string(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+#[workflow(name = 'x')]
+async fn char_name(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
 fn main() {}
