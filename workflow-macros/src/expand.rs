@@ -282,15 +282,15 @@ pub(crate) fn generate(wf: &Workflow) -> TokenStream {
         #output_item
         #state_item
 
-        const NAME: &'static str = #name;
-        const DESCRIPTION: &'static str = #description;
-        const SCHEDULE: ::core::option::Option<&'static str> = #schedule;
-        const TIMEZONE: &'static str = #timezone;
+        const NAME: &'static ::core::primitive::str = #name;
+        const DESCRIPTION: &'static ::core::primitive::str = #description;
+        const SCHEDULE: ::core::option::Option<&'static ::core::primitive::str> = #schedule;
+        const TIMEZONE: &'static ::core::primitive::str = #timezone;
         const TIMEOUT: #private::Duration = #timeout;
-        const STEPS: &'static [&'static str] = &[#(#steps),*];
-        const RETRIES: ::core::option::Option<u32> = #retries;
+        const STEPS: &'static [&'static ::core::primitive::str] = &[#(#steps),*];
+        const RETRIES: ::core::option::Option<::core::primitive::u32> = #retries;
         const BACKOFF: ::core::option::Option<#private::Backoff> = #backoff;
-        const JITTER: ::core::option::Option<f64> = #jitter;
+        const JITTER: ::core::option::Option<::core::primitive::f64> = #jitter;
         const CATCH_UP: #private::CatchUp = #catch_up;
 
         #schedule_input
@@ -440,10 +440,10 @@ mod tests {
             "type Input = OrderInput ;",
             "type Output = OrderOutput ;",
             "type State = St ;",
-            "const NAME : & 'static str = \"processOrder\" ;",
-            "const DESCRIPTION : & 'static str = \"Process a new customer order\" ;",
+            "const NAME : & 'static :: core :: primitive :: str = \"processOrder\" ;",
+            "const DESCRIPTION : & 'static :: core :: primitive :: str = \"Process a new customer order\" ;",
             "const TIMEOUT : :: workflow :: __private :: Duration = :: workflow :: __private :: Duration :: from_millis (600000) ;",
-            "const STEPS : & 'static [& 'static str] = & [\"fetch-order\" , \"charge-payment\"] ;",
+            "const STEPS : & 'static [& 'static :: core :: primitive :: str] = & [\"fetch-order\" , \"charge-payment\"] ;",
             "__into_box_error (process_order (ctx , input) . await)",
             "let _ = __check_input :: < OrderInput > ;",
             "compile_error ! { \"step name \\\"fetch-order\\\" is already used",
@@ -486,13 +486,13 @@ mod tests {
             item.clone(),
         );
         for expected in [
-            "const RETRIES : :: core :: option :: Option < u32 > = :: core :: option :: Option :: Some (4u32) ;",
+            "const RETRIES : :: core :: option :: Option < :: core :: primitive :: u32 > = :: core :: option :: Option :: Some (4u32) ;",
             "const BACKOFF : :: core :: option :: Option < :: workflow :: __private :: Backoff > = \
              :: core :: option :: Option :: Some (:: workflow :: __private :: Backoff { \
              initial : :: workflow :: __private :: Duration :: from_millis (250) , \
              factor : 2.0 , \
              max : :: workflow :: __private :: Duration :: from_millis (90000) , }) ;",
-            "const JITTER : :: core :: option :: Option < f64 > = :: core :: option :: Option :: Some (0.25) ;",
+            "const JITTER : :: core :: option :: Option < :: core :: primitive :: f64 > = :: core :: option :: Option :: Some (0.25) ;",
         ] {
             assert!(out.contains(expected), "missing {expected:?} in\n{out}");
         }
@@ -504,8 +504,8 @@ mod tests {
             "initial : :: workflow :: __private :: Backoff :: DEFAULT . initial ,",
             "factor : 3.5 ,",
             "max : :: workflow :: __private :: Backoff :: DEFAULT . max ,",
-            "const RETRIES : :: core :: option :: Option < u32 > = :: core :: option :: Option :: None ;",
-            "const JITTER : :: core :: option :: Option < f64 > = :: core :: option :: Option :: None ;",
+            "const RETRIES : :: core :: option :: Option < :: core :: primitive :: u32 > = :: core :: option :: Option :: None ;",
+            "const JITTER : :: core :: option :: Option < :: core :: primitive :: f64 > = :: core :: option :: Option :: None ;",
         ] {
             assert!(out.contains(expected), "missing {expected:?} in\n{out}");
         }
