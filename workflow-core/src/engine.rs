@@ -1226,6 +1226,16 @@ impl Engine {
 
     /// Cancels an instance of any workflow; see [`Instance::cancel`].
     pub async fn cancel(&self, id: &InstanceId) -> Result<()> {
+        // The runs here that the cancel ends begin no step attempt until
+        // it is answered: the store says `Cancelled` from its commit, and
+        // a side effect begun in the fsync's wait would have its record
+        // refused. Answered on every path out, dropped futures included.
+        let _held = CancelHold::new(
+            self.with_local_descendants(id)
+                .iter()
+                .filter_map(|id| self.inner.local_run(id))
+                .collect(),
+        );
         let control = self.inner.store.cancel(id, self.inner.now()).await?;
         self.check_control(id, control)?;
         tracing::info!(%id, "instance cancelled");
@@ -1735,6 +1745,28 @@ impl Engine {
             }
             let _ = tokio::time::timeout(wait, finished).await;
             poll = (poll * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Runs a cancel holds back from new step attempts while it is written
+/// (see [`Engine::cancel`]); let go when dropped, after the runs it ended
+/// were interrupted.
+struct CancelHold(Vec<Arc<crate::ctx::RunShared>>);
+
+impl CancelHold {
+    fn new(runs: Vec<Arc<crate::ctx::RunShared>>) -> Self {
+        for run in &runs {
+            run.cancel_begins();
+        }
+        CancelHold(runs)
+    }
+}
+
+impl Drop for CancelHold {
+    fn drop(&mut self) {
+        for run in &self.0 {
+            run.cancel_answered();
         }
     }
 }

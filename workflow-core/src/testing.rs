@@ -2397,6 +2397,7 @@ pub struct Unreachable<S> {
     panicking_renewals: AtomicBool,
     hanging_claims: AtomicBool,
     held_claim_answers: AtomicBool,
+    held_cancel_answers: AtomicBool,
     /// Rows of this workflow read as corrupt through [`Store::get`].
     unreadable: std::sync::Mutex<Option<String>>,
     /// The schedule whose [`Store::schedule_mark`] hangs.
@@ -2420,6 +2421,7 @@ impl<S: Store> Unreachable<S> {
             panicking_renewals: AtomicBool::new(false),
             hanging_claims: AtomicBool::new(false),
             held_claim_answers: AtomicBool::new(false),
+            held_cancel_answers: AtomicBool::new(false),
             unreadable: std::sync::Mutex::new(None),
             hanging_mark: std::sync::Mutex::new(None),
             slow_commit: std::sync::Mutex::new(None),
@@ -2464,6 +2466,13 @@ impl<S: Store> Unreachable<S> {
     /// a slow network.
     pub fn hold_claim_answers(&self, hold: bool) {
         self.held_claim_answers.store(hold, Ordering::SeqCst);
+    }
+
+    /// Makes [`Store::cancel`] answer only once turned off (`false`), after
+    /// the cancel is made, as a store answering once its commit is
+    /// fsynced does.
+    pub fn hold_cancel_answers(&self, hold: bool) {
+        self.held_cancel_answers.store(hold, Ordering::SeqCst);
     }
 
     /// Makes the next `n` calls to [`Store::create`] fail with a backend
@@ -2673,7 +2682,11 @@ impl<S: Store> Store for Unreachable<S> {
         self.up()?.renew(leases, until).await
     }
     async fn cancel(&self, id: &InstanceId, at: Millis) -> Result<Control, StoreError> {
-        self.up()?.cancel(id, at).await
+        let cancelled = self.up()?.cancel(id, at).await;
+        while self.held_cancel_answers.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        cancelled
     }
     async fn set_deadline(
         &self,

@@ -2294,6 +2294,80 @@ async fn a_lease_that_lapsed_here_alone_is_handed_back() {
     assert_eq!(LAPSED_DONE[3].load(Ordering::SeqCst), 1);
 }
 
+/// `CancelGated`'s handler is waiting outside any step, and may go on.
+static CANCEL_GATE_REACHED: AtomicU32 = AtomicU32::new(0);
+static CANCEL_GATE_OPEN: AtomicU32 = AtomicU32::new(0);
+/// How many times `CancelGated`'s step began.
+static CANCEL_GATED_STEPS: AtomicU32 = AtomicU32::new(0);
+
+/// Waits outside any step until `CANCEL_GATE_OPEN`, then runs one step.
+struct CancelGated;
+
+impl Workflow for CancelGated {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "cancelGated";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        CANCEL_GATE_REACHED.store(1, Ordering::SeqCst);
+        while CANCEL_GATE_OPEN.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        ctx.step("charge", || async {
+            CANCEL_GATED_STEPS.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A cancel made here holds back the step attempts of the run it ends
+/// until it is answered: a step the handler reaches after the store has
+/// the cancel, while the canceller waits for its answer (an fsync), does
+/// not begin. Before, it began, and only its record was refused.
+#[tokio::test]
+async fn no_step_begins_while_a_cancel_here_is_being_answered() {
+    let (store, engine) = with_leases(CancelGated, Duration::from_secs(30)).await;
+    let _worker = engine.start_worker();
+    let inst = CancelGated::start(&engine, ()).await.unwrap();
+    let started = std::time::Instant::now();
+    while CANCEL_GATE_REACHED.load(Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "never ran");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store.hold_cancel_answers(true);
+    let cancel = tokio::spawn({
+        let engine = engine.clone();
+        let id = inst.id().clone();
+        async move { engine.cancel(&id).await }
+    });
+    loop {
+        let row = store.inner().get(inst.id()).await.unwrap().unwrap();
+        if row.status == Status::Cancelled {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    CANCEL_GATE_OPEN.store(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        CANCEL_GATED_STEPS.load(Ordering::SeqCst),
+        0,
+        "a step began after the cancel was made"
+    );
+    store.hold_cancel_answers(false);
+    cancel.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(CANCEL_GATED_STEPS.load(Ordering::SeqCst), 0);
+    assert_eq!(inst.info().await.unwrap().status, Status::Cancelled);
+}
+
 /// When `UntilStopped`'s step was dropped (its handler stopped).
 static STOPPED_AT: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
 
