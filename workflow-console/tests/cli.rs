@@ -109,6 +109,9 @@ async fn reads_without_the_workflow_code() {
         "{}",
         out.stdout
     );
+    // The hint is a note: standard output holds the table alone.
+    assert!(out.stderr.contains("shows the schemas"), "{}", out.stderr);
+    assert!(!out.stdout.contains("shows the schemas"), "{}", out.stdout);
     let out = cli(url, &["workflows", "processOrder"]).await;
     assert!(out.stdout.contains("input schema:"), "{}", out.stdout);
     assert!(out.stdout.contains("\"amount_cents\""), "{}", out.stdout);

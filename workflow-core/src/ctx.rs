@@ -255,12 +255,6 @@ pub(crate) struct RunShared {
     drained: tokio::sync::Notify,
     /// Names held by [`Ctx::hold_name`] now.
     held_names: Mutex<std::collections::HashSet<String>>,
-    /// Cancels of this run (or of an ancestor) that this process is
-    /// writing now: no step attempt begins until they are answered (see
-    /// [`cancel_settled`](Self::cancel_settled)).
-    cancelling: AtomicUsize,
-    /// Notified when `cancelling` falls.
-    cancel_answered: tokio::sync::Notify,
     /// The engine, to start children and wake workers.
     pub engine: crate::engine::Engine,
 }
@@ -492,8 +486,6 @@ impl RunShared {
             steps_running: AtomicUsize::new(0),
             drained: tokio::sync::Notify::new(),
             held_names: Mutex::new(std::collections::HashSet::new()),
-            cancelling: AtomicUsize::new(0),
-            cancel_answered: tokio::sync::Notify::new(),
             engine,
             stop: CancellationToken::new(),
             deadline: tokio::sync::watch::Sender::new(row.deadline_at),
@@ -513,36 +505,24 @@ impl RunShared {
         self.engine.inner.config.max_payload
     }
 
-    /// Notes that a cancel of this run is being written: see
-    /// [`cancel_settled`](Self::cancel_settled).
-    pub(crate) fn cancel_begins(&self) {
-        self.cancelling.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// Notes that a cancel noted by [`cancel_begins`](Self::cancel_begins)
-    /// was answered (and, if it applied, the run interrupted first).
-    pub(crate) fn cancel_answered(&self) {
-        self.cancelling.fetch_sub(1, Ordering::SeqCst);
-        self.cancel_answered.notify_waiters();
-    }
-
-    /// Waits, before a step attempt begins, for the cancels this process
-    /// is writing of this run to be answered: a side effect must not begin
-    /// once the cancel is committed, only for the step's record to be
-    /// refused (the store says `Cancelled` before the fsync answers the
-    /// canceller, who then stops the run). Then [`check`](Self::check).
+    /// Waits, before a step attempt begins, while this engine writes a
+    /// cancel that ends this run (see
+    /// [`CancelsInFlight`](crate::engine::CancelsInFlight)), then
+    /// [`check`](Self::check)s.
     pub(crate) async fn cancel_settled(&self) -> Result<()> {
-        while self.cancelling.load(Ordering::SeqCst) > 0 && !self.stop.is_cancelled() {
-            let answered = self.cancel_answered.notified();
-            tokio::pin!(answered);
-            answered.as_mut().enable();
-            if self.cancelling.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            tokio::select! {
-                () = answered => {}
-                () = self.stop.cancelled() => {}
-            }
+        let cancels = &self.engine.inner.cancels_in_flight;
+        if cancels.any() {
+            let held = cancels.released(&self.id);
+            // A cancel the store is slow to answer (retrying, waiting for
+            // a lock) must not stall the run's steps for as long: past the
+            // bound they go on, and a record the cancel refuses stops them.
+            let _ = tokio::time::timeout(crate::engine::CANCEL_HOLD_MAX, async {
+                tokio::select! {
+                    () = held => {}
+                    () = self.stop.cancelled() => {}
+                }
+            })
+            .await;
         }
         self.check()
     }

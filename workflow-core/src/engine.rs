@@ -651,6 +651,7 @@ impl EngineBuilder {
                 claimed_ahead: std::sync::Mutex::new(Vec::new()),
                 recorded_checks: RecordedChecks::default(),
                 cancelled: Default::default(),
+                cancels_in_flight: CancelsInFlight::default(),
                 recorded: std::sync::Mutex::new(Default::default()),
                 retention: Default::default(),
                 scheduled,
@@ -802,6 +803,8 @@ pub(crate) struct EngineInner {
     /// Instances cancelled through this engine lately, for claims that
     /// were in flight meanwhile (their answers reach no queue yet).
     pub cancelled: crate::worker::CancelLog,
+    /// Cancels this engine is writing now: see [`CancelsInFlight`].
+    pub cancels_in_flight: CancelsInFlight,
     /// Checked schedules of registered workflows.
     pub scheduled: Vec<Scheduled>,
     pub clock: Arc<dyn Clock>,
@@ -1230,12 +1233,10 @@ impl Engine {
         // it is answered: the store says `Cancelled` from its commit, and
         // a side effect begun in the fsync's wait would have its record
         // refused. Answered on every path out, dropped futures included.
-        let _held = CancelHold::new(
-            self.with_local_descendants(id)
-                .iter()
-                .filter_map(|id| self.inner.local_run(id))
-                .collect(),
-        );
+        let _held = self
+            .inner
+            .cancels_in_flight
+            .hold(self.with_local_descendants(id));
         let control = self.inner.store.cancel(id, self.inner.now()).await?;
         self.check_control(id, control)?;
         tracing::info!(%id, "instance cancelled");
@@ -1749,25 +1750,82 @@ impl Engine {
     }
 }
 
-/// Runs a cancel holds back from new step attempts while it is written
-/// (see [`Engine::cancel`]); let go when dropped, after the runs it ended
-/// were interrupted.
-struct CancelHold(Vec<Arc<crate::ctx::RunShared>>);
+/// The longest a step attempt waits for a cancel this engine is writing
+/// (see [`CancelsInFlight`]).
+pub(crate) const CANCEL_HOLD_MAX: Duration = Duration::from_secs(5);
 
-impl CancelHold {
-    fn new(runs: Vec<Arc<crate::ctx::RunShared>>) -> Self {
-        for run in &runs {
-            run.cancel_begins();
+/// The cancels this engine is writing now, by the instances they end here
+/// (the root, and its descendants running or claimed ahead here): no step
+/// attempt of those begins until the cancel is answered, so that a side
+/// effect does not begin after the store says `Cancelled` (from its
+/// commit, before the fsync answers) only to have its record refused.
+#[derive(Default)]
+pub(crate) struct CancelsInFlight {
+    /// How many holds are taken: a step looks no further while 0.
+    holds: std::sync::atomic::AtomicUsize,
+    ids: std::sync::Mutex<HashMap<InstanceId, usize>>,
+    answered: Notify,
+}
+
+impl CancelsInFlight {
+    /// Holds back `ids` until the returned guard is dropped.
+    fn hold(&self, ids: Vec<InstanceId>) -> CancelHold<'_> {
+        let mut held = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &ids {
+            *held.entry(id.clone()).or_default() += 1;
         }
-        CancelHold(runs)
+        self.holds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        CancelHold { cancels: self, ids }
+    }
+
+    /// Whether any cancel is being written.
+    pub(crate) fn any(&self) -> bool {
+        self.holds.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    fn holds_back(&self, id: &InstanceId) -> bool {
+        let held = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        held.contains_key(id)
+    }
+
+    /// Ready once no cancel being written holds back `id`.
+    pub(crate) async fn released(&self, id: &InstanceId) {
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if !self.holds_back(id) {
+                return;
+            }
+            answered.await;
+        }
     }
 }
 
-impl Drop for CancelHold {
+/// A cancel's hold on the instances it ends here (see
+/// [`CancelsInFlight`]); let go when dropped, which [`Engine::cancel`]
+/// does after it interrupted them, or on any error (or a dropped future).
+struct CancelHold<'a> {
+    cancels: &'a CancelsInFlight,
+    ids: Vec<InstanceId>,
+}
+
+impl Drop for CancelHold<'_> {
     fn drop(&mut self) {
-        for run in &self.0 {
-            run.cancel_answered();
+        let mut held = self.cancels.ids.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &self.ids {
+            if let Some(n) = held.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(id);
+                }
+            }
         }
+        drop(held);
+        self.cancels
+            .holds
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.cancels.answered.notify_waiters();
     }
 }
 

@@ -991,12 +991,15 @@ fn until_next_look(w: &WorkerShared, every: Duration) -> Duration {
 fn stop_lapsed(w: &WorkerShared) {
     let ends = lock(&w.lease_ends);
     let lapsed = |lease: &Lease| ends.get(&lease_key(lease)).is_none_or(LeaseEnd::passed);
-    let dropped = {
+    let lapsed_ahead: VecDeque<Claimed> = {
         let mut ready = lock(&w.ready);
-        let before = ready.len();
-        ready.retain(|c| !lapsed(&c.lease));
-        before - ready.len()
+        let (lapsed_ahead, kept) = std::mem::take(&mut *ready)
+            .into_iter()
+            .partition(|c| lapsed(&c.lease));
+        *ready = kept;
+        lapsed_ahead
     };
+    let dropped = lapsed_ahead.len();
     let stopped: Vec<Arc<RunShared>> = lock(&w.running)
         .values()
         .filter(|r| lapsed(&r.lease) && !r.stop.is_cancelled())
@@ -1013,6 +1016,17 @@ fn stop_lapsed(w: &WorkerShared) {
     );
     for run in stopped {
         run.interrupt(Interrupt::LeaseLost, Settlement::Lapsed);
+    }
+    if !lapsed_ahead.is_empty() {
+        // Never started: handed back as a running one is (fenced by the
+        // lease), so their next claim does not count a run cut short.
+        let engine = w.engine.clone();
+        let give_up = w.give_up.clone();
+        w.hand_backs.spawn(async move {
+            give_up
+                .run_until_cancelled(hand_back(&engine, lapsed_ahead))
+                .await;
+        });
     }
 }
 

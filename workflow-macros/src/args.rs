@@ -105,15 +105,22 @@ impl Args {
         // Entry by entry: a syntax error (`timeout = 1 h`) ends only its
         // own entry, and the keys after it are still checked, in this
         // build rather than the next.
-        for entry in entries(tokens) {
+        let entries = entries(tokens);
+        let named = entries.iter().flatten().any(|entry| {
+            matches!(entry.clone().into_iter().next(),
+                Some(proc_macro2::TokenTree::Ident(key)) if key == "name")
+        });
+        for entry in entries {
             // `#[workflow("processOrder")]`: syn's "expected ident" would
-            // not say that the name needs its key.
+            // not say that the value needs its key.
             if let Ok(entry) = &entry {
                 if let Ok(lit) = syn::parse2::<LitStr>(entry.clone()) {
-                    errors.push(syn::Error::new(
-                        lit.span(),
-                        format!("name the key: `name = {}`", lit.to_token_stream()),
-                    ));
+                    let message = if named {
+                        format!("a value needs its key: `key = {}`", lit.to_token_stream())
+                    } else {
+                        format!("name the key: `name = {}`", lit.to_token_stream())
+                    };
+                    errors.push(syn::Error::new(lit.span(), message));
                     continue;
                 }
             }

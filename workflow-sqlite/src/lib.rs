@@ -2334,19 +2334,21 @@ mod tests {
             .await
             .unwrap();
         let mut read = Vec::new();
-        let mut damaged = 0;
+        let mut damaged = Vec::new();
         for row in &listed {
             match row {
                 Ok(row) => read.push(row.id.clone()),
-                Err(StoreError::Corrupt { message, .. }) => {
+                Err(StoreError::Corrupt { id, message }) => {
                     assert!(message.starts_with("id: "), "{message}");
-                    damaged += 1;
+                    damaged.push(id.to_string());
                 }
                 Err(other) => panic!("not named as corrupt: {other:?}"),
             }
         }
         assert_eq!(read, [ids[2].clone()]);
-        assert_eq!(damaged, 2);
+        // Named as the SQL literal that finds them.
+        damaged.sort();
+        assert_eq!(damaged, ["x'ff01'", "x'ff02'"]);
     }
 
     /// A damaged row found by a create's key is that instance's error,

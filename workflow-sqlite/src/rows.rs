@@ -24,6 +24,19 @@ pub(crate) fn backend(err: sqlx::Error) -> StoreError {
     StoreError::backend(err)
 }
 
+/// Bytes stored as an id, as a message shows them: UTF-8 as itself, else
+/// as the SQL literal that finds the row (`x'ff01'`), which a lossy
+/// decoding would not.
+pub(crate) fn shown_bytes(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            format!("x'{hex}'")
+        }
+    }
+}
+
 fn corrupt(id: &str, message: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         id: InstanceId::from(id),
@@ -100,10 +113,7 @@ pub(crate) fn instance_row(row: &SqliteRow) -> Result<InstanceRow, StoreError> {
         // failed every page it fell on, and it sorts first.
         Err(err) => {
             let bytes: Vec<u8> = row.try_get("id").map_err(backend)?;
-            return Err(corrupt(
-                &String::from_utf8_lossy(&bytes),
-                format!("id: {err}"),
-            ));
+            return Err(corrupt(&shown_bytes(&bytes), format!("id: {err}")));
         }
     };
     let get = |e: sqlx::Error| corrupt(&id, e);

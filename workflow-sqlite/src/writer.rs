@@ -2429,10 +2429,11 @@ impl StoredId {
     }
 }
 
-/// An id as a message shows it.
+/// An id as a message shows it: bytes that are no UTF-8 text as the SQL
+/// literal that finds them (see [`crate::rows::shown_bytes`]).
 fn shown_id(id: ValueRef<'_>) -> String {
     match id {
-        ValueRef::Text(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => crate::rows::shown_bytes(bytes),
         other => format!("{other:?}"),
     }
 }
@@ -2833,9 +2834,6 @@ mod tests {
         assert_eq!(rows(&t), vec![0; 6]);
     }
 
-    /// A row whose id is not UTF-8 (damaged outside the engine, then
-    /// failed by a claim) is purged like any other, not an error that
-    /// would stop every purge after it.
     /// A descendant whose id is not text is cancelled with its tree, and a
     /// dead worker's row with such an id is released with the others; the
     /// rows of readable ids get their events. Before, reading the ids back
@@ -2891,6 +2889,9 @@ mod tests {
         assert_eq!(events, 1);
     }
 
+    /// A row whose id is not UTF-8 (damaged outside the engine, then
+    /// failed by a claim) is purged like any other, not an error that
+    /// would stop every purge after it.
     #[test]
     fn a_purge_takes_rows_whose_id_is_not_text() {
         let mut c = migrated();

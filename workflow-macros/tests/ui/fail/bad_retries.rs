@@ -25,14 +25,4 @@ async fn too_many(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
-#[workflow(timeout = b"1h")]
-async fn byte_string(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
-    Ok(())
-}
-
-#[workflow(name = 'x')]
-async fn char_name(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
-    Ok(())
-}
-
 fn main() {}
