@@ -1115,6 +1115,20 @@ impl Db {
                     .bind(&ids)
                     .execute(&mut *tx)
                     .await?;
+                // Read again under the locks: a child created meanwhile (by a
+                // handler that had not yet heard its parent ended, holding
+                // the parent `FOR SHARE`, which the lock above waited for)
+                // would be left pointing at a deleted parent. A tree goes
+                // whole or not at all.
+                let locked: Vec<(String, bool)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(tree_sql.as_str()))
+                        .bind(root)
+                        .bind(ended_before)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                if locked.len() != ids.len() || !locked.iter().all(|(_, ended)| *ended) {
+                    continue;
+                }
                 for sql in [
                     "DELETE FROM steps WHERE instance_id = ANY($1)",
                     "DELETE FROM events WHERE instance_id = ANY($1)",

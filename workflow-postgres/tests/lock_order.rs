@@ -683,3 +683,75 @@ async fn freeing_a_dead_workers_leases_waits_for_a_held_row_holding_no_other() {
     }
     common::drop_schemas(&url, &[schema]).await;
 }
+
+/// A purge that waits to lock a tree (a transaction holds its root `FOR
+/// SHARE`, as a create of a child under it does) reads the tree again once
+/// it has the locks: the child that transaction added keeps the tree, and
+/// no child is left pointing at a deleted parent. Before, the purge
+/// deleted the members it had read before it waited.
+#[tokio::test]
+async fn a_purge_keeps_a_tree_a_child_joined_while_it_waited() {
+    use sqlx::Connection;
+    let Some(url) = common::url("a_purge_keeps_a_tree_a_child_joined_while_it_waited") else {
+        return;
+    };
+    let schema = common::fresh_schema("purge_join");
+    let s = store(&url, &schema).await;
+    let root = s.create(instance("w", 1, None), None).await.unwrap();
+    let root = root.into_row().id;
+    s.cancel(&root, T0 + 10).await.unwrap();
+    let mut joining = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET search_path TO \"{schema}\"; BEGIN"
+    )))
+    .execute(&mut joining)
+    .await
+    .unwrap();
+    sqlx::query("SELECT 1 FROM instances WHERE id = $1 FOR SHARE")
+        .bind(root.as_str())
+        .execute(&mut joining)
+        .await
+        .unwrap();
+    let child = InstanceId::at(NOW);
+    sqlx::query(
+        "INSERT INTO instances (id, workflow, status, input, created_at, updated_at, \
+             finished_at, run_at, parent_id) \
+         VALUES ($1, 'w', 'cancelled', '{}', $2, $2, $2, $2, $3)",
+    )
+    .bind(child.as_str())
+    .bind(NOW)
+    .bind(root.as_str())
+    .execute(&mut joining)
+    .await
+    .unwrap();
+    let purging = tokio::spawn({
+        let s = s.clone();
+        async move { s.purge(T0 + 1_000, None, 10).await }
+    });
+    // Until the purge waits for the root's lock.
+    let mut watch = sqlx::PgConnection::connect(&url).await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE NOT l.granted AND a.query LIKE '%FOR UPDATE%'",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the purge never waited for the root"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut joining).await.unwrap();
+    let purged = purging.await.unwrap().unwrap();
+    assert_eq!(purged, 0, "the tree a child joined was purged");
+    assert!(s.get(&root).await.unwrap().is_some(), "the root went");
+    assert!(s.get(&child).await.unwrap().is_some());
+    common::drop_schemas(&url, &[schema]).await;
+}
