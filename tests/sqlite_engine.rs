@@ -1085,6 +1085,7 @@ async fn the_typed_complete_ends_its_own_workflow_only() {
 #[workflow(name = "failsLoudly")]
 async fn fails_loudly(ctx: Ctx, _input: ()) -> workflow::Result<()> {
     ctx.step("charge-card", || async {
+        tracing::warn!("the gateway says no");
         Err::<(), BoxError>(permanent("card declined"))
     })
     .await?;
@@ -1132,6 +1133,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 /// Under a subscriber that records nothing below `warn` (as production
 /// often runs), a step that failed for good is logged with its step, its
 /// instance and its workflow: the spans that carry them are enabled there.
+/// So is the step's own logging, with its step key (its span was at debug).
 #[test]
 fn a_failed_step_is_logged_with_its_instance_under_a_warn_filter() {
     let (logs, _guard) = Captured::warnings();
@@ -1166,6 +1168,13 @@ fn a_failed_step_is_logged_with_its_instance_under_a_warn_filter() {
         "worker=",
     ] {
         assert!(line.contains(part), "{part} missing from: {line}");
+    }
+    let own = text
+        .lines()
+        .find(|line| line.contains("the gateway says no"))
+        .unwrap_or_else(|| panic!("the step's own warning is missing:\n{text}"));
+    for part in ["step=charge-card", id.as_str(), "failsLoudly"] {
+        assert!(own.contains(part), "{part} missing from: {own}");
     }
 }
 

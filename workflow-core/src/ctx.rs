@@ -29,7 +29,9 @@ use crate::store::{Lease, StepRow, Store};
 ///
 /// Its `Debug` form names the run (`Ctx { id: "..", workflow: "..",
 /// run_number: 1, .. }`) and leaves the state out, whatever `S` is, so
-/// `#[tracing::instrument]` on a workflow function needs no `skip(ctx)`.
+/// `#[tracing::instrument]` on a workflow function needs no `skip(ctx)`;
+/// give it `skip(input)` (or `fields(..)` of the parts you want), as the
+/// input's `Debug` would otherwise be on every line the run logs.
 pub struct Ctx<S = ()> {
     inner: Arc<CtxInner<S>>,
 }
@@ -1407,7 +1409,9 @@ where
                 return self.cut_short_once(key).await;
             }
         }
-        let span = tracing::debug_span!("step", step = %key);
+        // At the run span's level: a user's own logs inside the step carry
+        // its key under any filter that shows them.
+        let span = tracing::error_span!("step", step = %key);
         async {
             let started_at = run.now();
             // Running from here: a suspension beside it waits for it while

@@ -1564,7 +1564,9 @@ impl Engine {
             match row.and_then(InstanceInfo::try_from) {
                 Ok(info) => page.items.push(info),
                 Err(StoreError::Corrupt { id, message }) => {
-                    tracing::warn!(%id, error = %message, "listing an instance whose row is corrupt");
+                    // The store said so (at error) when it failed the
+                    // instance; a console refreshing a page must not repeat it.
+                    tracing::debug!(%id, error = %message, "listing an instance whose row is corrupt");
                     page.unreadable.push(Unreadable { id, error: message });
                 }
                 Err(err) => return Err(err.into()),

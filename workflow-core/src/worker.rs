@@ -1440,7 +1440,7 @@ async fn execute(
             // a later call, which returns `Interrupted`) leaves the outcome
             // it gave.
             End::Panicked(message) => {
-                tracing::error!(panic = %message, "handler panicked after giving its outcome");
+                tracing::error!(panic = %crate::error::logged(&message), "handler panicked after giving its outcome");
                 (None, None)
             }
             _ => (None, None),
@@ -1560,7 +1560,7 @@ async fn execute(
             if let Some(pause) = pause_for_missing_data(run, Some(&message)) {
                 return Settle::Suspend(pause);
             }
-            tracing::error!(panic = %message, "handler panicked");
+            tracing::error!(panic = %crate::error::logged(&message), "handler panicked");
             finish(
                 Status::Failed,
                 None,
@@ -1601,7 +1601,7 @@ fn pause_for_missing_data(run: &RunShared, panic: Option<&str>) -> Option<crate:
 pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let message = panic_message(&*payload);
-        tracing::error!(panic = %message, "handler panicked");
+        tracing::error!(panic = %crate::error::logged(&message), "handler panicked");
         format!("handler panicked: {message}")
     })
 }

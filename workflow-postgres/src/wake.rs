@@ -91,6 +91,10 @@ pub(crate) fn spawn(
     tokio::spawn(async move {
         let _ended = ended_tx;
         let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+        // Said once an outage: polling alone (behind a pooler in
+        // transaction mode, say) slows every pick-up to the poll interval,
+        // which an operator must be able to see, but not every second.
+        let mut failing = false;
         loop {
             // A pool of its own for each connection: a listener dropped on
             // a dead flow sends UNLISTEN on it and holds it until TCP gives
@@ -110,9 +114,18 @@ pub(crate) fn spawn(
                 _ = tx.closed() => return,
                 _ = stop_asked(&mut stopped) => return,
                 listener = listener => match listener {
-                    Ok(listener) => listener,
+                    Ok(listener) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("LISTEN works again: wake-ups and cancels are heard at once");
+                        }
+                        listener
+                    }
                     Err(err) => {
-                        tracing::debug!(error = %err, "LISTEN failed; polling only, retrying in 1 s");
+                        if std::mem::replace(&mut failing, true) {
+                            tracing::debug!(error = %err, "LISTEN failed; polling only, retrying in 1 s");
+                        } else {
+                            tracing::warn!(error = %err, "LISTEN failed: new work and cancels from other processes are seen at the poll interval until it works again (retried every second)");
+                        }
                         tokio::select! {
                             _ = tx.closed() => return,
                             _ = stop_asked(&mut stopped) => return,
