@@ -167,7 +167,7 @@ let worker = engine.start_worker();
 let reminder = Reminder::start(&engine, "ada".into()).await?;
 reminder.idle().await?; // asleep: its sleep counts from the clock's time then
 clock.advance(Duration::from_secs(3 * 86_400));
-assert_eq!(reminder.result().await?, "reminded ada");
+assert_eq!(reminder.result_timeout(Duration::from_secs(10)).await?, "reminded ada");
         worker.shutdown().await;
         Ok(())
     }
