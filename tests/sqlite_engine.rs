@@ -1178,6 +1178,41 @@ fn a_failed_step_is_logged_with_its_instance_under_a_warn_filter() {
     }
 }
 
+/// A store that cannot be reached for a while is logged as one outage, not
+/// a line per claim: one error when claims first fail, the failures after
+/// it at debug (again at error once a minute while it lasts). Before, every
+/// claim, retried every 50 ms to 5 s, logged its own error.
+#[test]
+fn a_store_down_is_logged_once_not_at_every_claim() {
+    let (logs, _guard) = Captured::warnings();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = std::sync::Arc::new(workflow_core::testing::Unreachable::new(
+            workflow::MemoryStore::new(),
+        ));
+        let engine = Engine::builder()
+            .shared_store(std::sync::Arc::clone(&store) as std::sync::Arc<dyn workflow::Store>)
+            .register(FailsLoudly)
+            .poll_interval(Duration::from_millis(10))
+            .build()
+            .await
+            .unwrap();
+        store.set_down(true);
+        let worker = engine.start_worker();
+        // Claims at 50, 100, 200, 400, 800 ms... apart: six or so fail.
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        store.set_down(false);
+        worker.shutdown().await;
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let said = text.matches("claiming work failed").count();
+    assert_eq!(said, 1, "{text}");
+    assert!(!text.contains("still failing"), "{text}");
+}
+
 /// A caller waiting for the result of an instance that nothing will end
 /// without someone's hand is told so once in the log: no worker has taken
 /// it (none was started), or it is paused. Before, `result()` hung

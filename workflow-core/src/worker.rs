@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -340,6 +340,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
         // A clock that jumps (a test's `ManualClock`) wakes the idle loop.
         let mut clock_changes = inner.clock.changes();
         let mut store_backoff = Duration::from_millis(50);
+        let mut claims_failing = Outage::new("claiming work");
         let workflows: Vec<String> = inner.workflows.keys().map(|s| (*s).to_owned()).collect();
         let mut wakeups = inner.store.wakeups();
         while !w.stop.is_cancelled() {
@@ -387,6 +388,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                         match claimed {
                             Ok(claimed) => {
                                 store_backoff = Duration::from_millis(50);
+                                claims_failing.over();
                                 draining = claimed.len() == wanted;
                                 let until = LeaseEnd::after(at, config.lease);
                                 // `lease_ends` first, then the queue (the
@@ -435,7 +437,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                 }
                             }
                             Err(err) => {
-                                tracing::error!(error = %err, retry_in = ?store_backoff, "claiming work failed");
+                                claims_failing.failed(&err);
                                 tokio::select! {
                                     _ = tokio::time::sleep(store_backoff) => {}
                                     _ = w.stop.cancelled() => {}
@@ -753,6 +755,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     // reaches the handler within about a second.
     let every = (inner.config.lease / 3).min(Duration::from_secs(1));
     let mut ticks: u64 = 0;
+    let mut renewals_failing = Outage::new("renewing leases");
     // Claims ahead (instance, run) still waiting at the last tick.
     let mut waiting: HashSet<(InstanceId, i64)> = HashSet::new();
     // The last look for dead workers' leases, while it runs; stopped with
@@ -806,6 +809,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
             // quiet) cannot keep its handler running past it.
             match tokio::time::timeout(left, caught(inner.store.renew(&leases, until.wall))).await {
                 Ok(Ok(renewals)) => {
+                    renewals_failing.over();
                     // A store may keep an end it had (still most
                     // of a lease away) rather than extend it: that end, as
                     // far short of `until` as it is of what was asked.
@@ -828,11 +832,11 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                     }
                 }
                 Ok(Err(err)) => {
-                    tracing::error!(error = %err, "renewing leases failed");
+                    renewals_failing.failed(&err);
                     stop_lapsed(&w);
                 }
                 Err(_) => {
-                    tracing::error!("renewing leases took until the first of them lapsed");
+                    renewals_failing.failed(&"no answer before the first lease lapsed");
                     stop_lapsed(&w);
                 }
             }
@@ -893,6 +897,57 @@ fn hand_back_waiting(
         });
     }
     now_waiting
+}
+
+/// A store call a loop makes again and again (claims, renewals), logged as
+/// an outage: at error when it first fails, then once a minute while it
+/// goes on (each failure between at debug), and at info when it works
+/// again. A database down must not write a line per heartbeat and claim
+/// of every worker, nor hide that it is still down.
+struct Outage {
+    what: &'static str,
+    /// When it began, how many failures so far, when last said at error.
+    since: Option<(Instant, u64, Instant)>,
+}
+
+/// How often an ongoing [`Outage`] is said again.
+const OUTAGE_REPEAT: Duration = Duration::from_secs(60);
+
+impl Outage {
+    fn new(what: &'static str) -> Self {
+        Outage { what, since: None }
+    }
+
+    fn failed(&mut self, err: &dyn std::fmt::Display) {
+        let what = self.what;
+        match &mut self.since {
+            None => {
+                tracing::error!(error = %err, "{what} failed; trying again");
+                let now = Instant::now();
+                self.since = Some((now, 1, now));
+            }
+            Some((began, failures, said)) => {
+                *failures += 1;
+                if said.elapsed() >= OUTAGE_REPEAT {
+                    *said = Instant::now();
+                    tracing::error!(error = %err, failures = *failures, for_secs = began.elapsed().as_secs(), "{what} still failing");
+                } else {
+                    tracing::debug!(error = %err, "{what} failed again");
+                }
+            }
+        }
+    }
+
+    fn over(&mut self) {
+        if let Some((began, failures, _)) = self.since.take() {
+            let what = self.what;
+            tracing::info!(
+                failures,
+                for_secs = began.elapsed().as_secs(),
+                "{what} works again"
+            );
+        }
+    }
 }
 
 /// Gives instances claimed ahead back to the store, for any worker to take.
