@@ -1247,16 +1247,30 @@ fn waiting_for_an_instance_nothing_runs_says_why() {
         clock.advance(Duration::from_secs(20));
         let waited = idle.result_timeout(Duration::from_secs(30)).await;
         assert!(
-            matches!(waited, Err(workflow::Error::WaitTimeout { .. })),
+            matches!(
+                waited,
+                Err(workflow::Error::WaitTimeout {
+                    status: Status::Pending,
+                    ..
+                })
+            ),
             "{waited:?}"
         );
         let paused = FailsLoudly::start(&engine, ()).await.unwrap();
         paused.pause().await.unwrap();
         let waited = paused.result_timeout(Duration::from_secs(30)).await;
-        assert!(
-            matches!(waited, Err(workflow::Error::WaitTimeout { .. })),
-            "{waited:?}"
-        );
+        // The error says why the wait could not end, for a test that
+        // reports it rather than reading the log.
+        match &waited {
+            Err(err @ workflow::Error::WaitTimeout { status, .. }) => {
+                assert_eq!(*status, Status::Paused);
+                assert!(
+                    err.to_string().contains("it ends only once resumed"),
+                    "{err}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         (queued.id().clone(), idle.id().clone(), paused.id().clone())
     });
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();

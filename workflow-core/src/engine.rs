@@ -1742,6 +1742,7 @@ impl Engine {
                         id: id.clone(),
                         workflow: row.workflow,
                         waited: limit,
+                        status: row.status,
                     });
                 }
                 wait = wait.min(left);

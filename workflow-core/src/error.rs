@@ -294,7 +294,10 @@ pub enum Error {
     },
 
     /// Waiting for a result took longer than the caller allowed.
-    #[error("gave up waiting for workflow `{workflow}` instance {id} after {waited:?}")]
+    #[error(
+        "gave up waiting for workflow `{workflow}` instance {id} after {waited:?}: it is {status}{}",
+        still_hint(*status)
+    )]
     WaitTimeout {
         /// The instance.
         id: InstanceId,
@@ -302,6 +305,9 @@ pub enum Error {
         workflow: String,
         /// How long the caller waited.
         waited: Duration,
+        /// Its status when the caller gave up: `Paused` ends only once
+        /// resumed, and a `Pending` one may have no worker to take it.
+        status: Status,
     },
 
     /// A value could not be turned into or read from JSON.
@@ -442,6 +448,15 @@ impl Error {
             Error::Store(_) => ErrorKind::Store,
             Error::Config(_) => ErrorKind::Config,
         }
+    }
+}
+
+/// What a status an awaited instance is still in says to its caller.
+fn still_hint(status: Status) -> &'static str {
+    match status {
+        Status::Paused => " (it ends only once resumed; its history says why it paused)",
+        Status::Pending => " (is a worker running with its workflow registered?)",
+        _ => "",
     }
 }
 
@@ -724,8 +739,15 @@ mod tests {
             id: id.clone(),
             workflow: "w".into(),
             waited: Duration::from_secs(1),
+            status: Status::Paused,
         };
         assert_eq!(waited.kind(), ErrorKind::Timeout);
+        assert!(
+            waited
+                .to_string()
+                .ends_with("after 1s: it is paused (it ends only once resumed; its history says why it paused)"),
+            "{waited}"
+        );
         let failed = Error::Failed {
             id: id.clone(),
             workflow: "processOrder".into(),
