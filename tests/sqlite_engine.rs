@@ -1092,6 +1092,16 @@ async fn fails_loudly(ctx: Ctx, _input: ()) -> workflow::Result<()> {
     Ok(())
 }
 
+/// Holds its step for a few seconds.
+#[workflow(name = "slowCharge")]
+async fn slow_charge(ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    ctx.step("charge-slowly", || async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        workflow::Ok(())
+    })
+    .await
+}
+
 /// Log output, kept for the test to read.
 #[derive(Clone, Default)]
 struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
@@ -1179,9 +1189,11 @@ fn a_failed_step_is_logged_with_its_instance_under_a_warn_filter() {
 }
 
 /// A store that cannot be reached for a while is logged as one outage, not
-/// a line per claim: one error when claims first fail, the failures after
-/// it at debug (again at error once a minute while it lasts). Before, every
-/// claim, retried every 50 ms to 5 s, logged its own error.
+/// a line per claim or heartbeat: one error when claims (and lease
+/// renewals) first fail, the failures after it at debug (again at error
+/// once a minute while it lasts). Before, every claim, retried every 50 ms
+/// to 5 s, and every heartbeat logged its own error, the heartbeat's
+/// without the worker it came from.
 #[test]
 fn a_store_down_is_logged_once_not_at_every_claim() {
     let (logs, _guard) = Captured::warnings();
@@ -1195,21 +1207,32 @@ fn a_store_down_is_logged_once_not_at_every_claim() {
         ));
         let engine = Engine::builder()
             .shared_store(std::sync::Arc::clone(&store) as std::sync::Arc<dyn workflow::Store>)
-            .register(FailsLoudly)
+            .register(SlowCharge)
             .poll_interval(Duration::from_millis(10))
+            .shutdown_grace(Duration::ZERO)
             .build()
             .await
             .unwrap();
-        store.set_down(true);
         let worker = engine.start_worker();
-        // Claims at 50, 100, 200, 400, 800 ms... apart: six or so fail.
-        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        let slow = SlowCharge::start(&engine, ()).await.unwrap();
+        let started = Instant::now();
+        while slow.info().await.unwrap().status != Status::InProgress {
+            assert!(started.elapsed() < Duration::from_secs(10), "never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        store.set_down(true);
+        // Claims at 50, 100, 200, 400, 800 ms... apart: six or so fail,
+        // and a heartbeat's renewal each second.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
         store.set_down(false);
         worker.shutdown().await;
     });
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let said = text.matches("claiming work failed").count();
-    assert_eq!(said, 1, "{text}");
+    for what in ["claiming work failed", "renewing leases failed"] {
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(what)).collect();
+        assert_eq!(lines.len(), 1, "{what}:\n{text}");
+        assert!(lines[0].contains("worker="), "{}", lines[0]);
+    }
     assert!(!text.contains("still failing"), "{text}");
 }
 

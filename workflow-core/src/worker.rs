@@ -307,16 +307,19 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
             tracing::info!("worker stopped before it began");
             return false;
         }
-        // Aborted with this task, however it ends.
-        let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(Arc::clone(&w))));
-        let _cancels = inner
-            .store
-            .cancellations()
-            .map(|heard| AbortOnDropHandle::new(tokio::spawn(hear_cancels(w.engine.clone(), heard))));
-        let scheduler = AbortOnDropHandle::new(tokio::spawn(crate::scheduler::run(
-            w.engine.clone(),
-            w.stop.clone(),
-        )));
+        // Aborted with this task, however it ends; in the worker's span,
+        // so what they log names the worker.
+        let heartbeat = AbortOnDropHandle::new(tokio::spawn(
+            heartbeat_loop(Arc::clone(&w)).in_current_span(),
+        ));
+        let _cancels = inner.store.cancellations().map(|heard| {
+            AbortOnDropHandle::new(tokio::spawn(
+                hear_cancels(w.engine.clone(), heard).in_current_span(),
+            ))
+        });
+        let scheduler = AbortOnDropHandle::new(tokio::spawn(
+            crate::scheduler::run(w.engine.clone(), w.stop.clone()).in_current_span(),
+        ));
         let membership = crate::retention::worker_started(&w.engine);
         let mut runs = JoinSet::new();
         // A slot is a running handler. It is free again as soon as the
@@ -369,9 +372,10 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                 };
                 let store = Arc::clone(&inner.store);
                 let cancels = inner.cancelled.count();
-                claims.spawn(async move {
-                    (store.claim(req).await, wanted, (asked, due_by), cancels)
-                });
+                claims.spawn(
+                    async move { (store.claim(req).await, wanted, (asked, due_by), cancels) }
+                        .in_current_span(),
+                );
             }
             if draining || !claims.is_empty() {
                 tokio::select! {
@@ -847,9 +851,9 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
         // On a task of its own, for the same reason; one look at a time.
         if ticks.is_multiple_of(3) && reaping.as_ref().is_none_or(|r| r.is_finished()) {
             let w = Arc::clone(&w);
-            reaping = Some(AbortOnDropHandle::new(tokio::spawn(async move {
-                reap_dead_owners(&w).await
-            })));
+            reaping = Some(AbortOnDropHandle::new(tokio::spawn(
+                async move { reap_dead_owners(&w).await }.in_current_span(),
+            )));
         }
     }
 }
