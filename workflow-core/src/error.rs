@@ -485,6 +485,17 @@ where
             Err(err) if err.path().to_string() != "." => format!(" at {}", err.path()),
             _ => String::new(),
         };
+        // Without serde's line and column, which point into JSON the
+        // caller never saw (a custom error carries none).
+        let error = match error.classify() {
+            serde_json::error::Category::Data => {
+                let position = format!(" at line {} column {}", error.line(), error.column());
+                let message = error.to_string();
+                let message = message.strip_suffix(&position).unwrap_or(&message);
+                <serde_json::Error as serde::de::Error>::custom(message)
+            }
+            _ => error,
+        };
         Error::Json {
             // Its start only: the value may be megabytes, and this message
             // is recorded as the instance's error.
@@ -815,7 +826,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains('…'), "{text}");
-        assert!(text.contains("… at [100000]: "), "{text}");
+        assert!(
+            text.ends_with("… at [100000]: invalid type: null, expected f64"),
+            "{text}"
+        );
         assert!(text.len() < 1_000, "{} bytes: {}", text.len(), &text[..100]);
     }
 }
