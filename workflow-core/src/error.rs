@@ -478,20 +478,16 @@ where
     })?;
     within(&json, max, &context)?;
     let back = serde_json::from_str(&json).map_err(|error| {
-        // Read again for the spot only, as the value failed already: serde's
-        // line and column point into JSON the caller never saw.
-        let de = &mut serde_json::Deserializer::from_str(&json);
-        let at = match serde_path_to_error::deserialize::<_, T>(de) {
-            Err(err) if err.path().to_string() != "." => format!(" at {}", err.path()),
-            _ => String::new(),
+        // Read again for the spot, as the value failed already; a value of
+        // the wrong shape loses serde's line and column, which point into
+        // JSON the caller never saw (a custom error carries none).
+        let (path, message) = match crate::workflow::decode_at::<T>(&json) {
+            Err(failure) => failure,
+            Ok(_) => (None, error.to_string()),
         };
-        // Without serde's line and column, which point into JSON the
-        // caller never saw (a custom error carries none).
+        let at = path.map(|path| format!(" at {path}")).unwrap_or_default();
         let error = match error.classify() {
             serde_json::error::Category::Data => {
-                let position = format!(" at line {} column {}", error.line(), error.column());
-                let message = error.to_string();
-                let message = message.strip_suffix(&position).unwrap_or(&message);
                 <serde_json::Error as serde::de::Error>::custom(message)
             }
             _ => error,

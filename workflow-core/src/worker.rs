@@ -509,11 +509,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
         // go back to the store for any worker to take at once, while
         // handlers finish.
         let ahead: Vec<Claimed> = lock(&w.ready).drain(..).collect();
-        let engine = w.engine.clone();
-        let give_up = w.give_up.clone();
-        w.hand_backs.spawn(async move {
-            give_up.run_until_cancelled(hand_back(&engine, ahead)).await;
-        });
+        hand_back_later(&w, ahead, false);
         let engine = w.engine.clone();
         let give_up = w.give_up.clone();
         // A claim answers in milliseconds: even a grace of none waits a
@@ -890,17 +886,30 @@ fn hand_back_waiting(
             count = stale.len(),
             "handing back instances claimed ahead: every slot stayed busy"
         );
-        let engine = w.engine.clone();
-        let give_up = w.give_up.clone();
-        w.hand_backs.spawn(async move {
-            give_up.run_until_cancelled(hand_back(&engine, stale)).await;
-            // Every worker napping now, and (a permit kept) one between
-            // two naps.
-            engine.inner.wake.notify_waiters();
-            engine.inner.wake.notify_one();
-        });
+        hand_back_later(w, stale, true);
     }
     now_waiting
+}
+
+/// Gives `claimed` back on a task of the worker's own (given up with its
+/// shutdown), then, if `wake`, wakes the workers here to take them: every
+/// one napping now, and (a permit kept) one between two naps.
+fn hand_back_later<C>(w: &WorkerShared, claimed: C, wake: bool)
+where
+    C: IntoIterator<Item = Claimed> + Send + 'static,
+    C::IntoIter: Send,
+{
+    let engine = w.engine.clone();
+    let give_up = w.give_up.clone();
+    w.hand_backs.spawn(async move {
+        give_up
+            .run_until_cancelled(hand_back(&engine, claimed))
+            .await;
+        if wake {
+            engine.inner.wake.notify_waiters();
+            engine.inner.wake.notify_one();
+        }
+    });
 }
 
 /// A store call a loop makes again and again (claims, renewals), logged as
@@ -1079,13 +1088,7 @@ fn stop_lapsed(w: &WorkerShared) {
     if !lapsed_ahead.is_empty() {
         // Never started: handed back as a running one is (fenced by the
         // lease), so their next claim does not count a run cut short.
-        let engine = w.engine.clone();
-        let give_up = w.give_up.clone();
-        w.hand_backs.spawn(async move {
-            give_up
-                .run_until_cancelled(hand_back(&engine, lapsed_ahead))
-                .await;
-        });
+        hand_back_later(w, lapsed_ahead, false);
     }
 }
 

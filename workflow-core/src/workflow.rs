@@ -230,6 +230,17 @@ pub struct Definition {
 
 /// Deserializes JSON into `T`, naming the failing field: `items[2].qty: invalid type ...`.
 pub(crate) fn decode_named<T: DeserializeOwned>(json: &str) -> std::result::Result<T, String> {
+    decode_at::<T>(json).map_err(|(path, message)| match path {
+        Some(path) => format!("{path}: {message}"),
+        None => message,
+    })
+}
+
+/// Deserializes JSON into `T`; on failure, the path to the failing spot
+/// (`None` at the root) and serde's message.
+pub(crate) fn decode_at<T: DeserializeOwned>(
+    json: &str,
+) -> std::result::Result<T, (Option<String>, String)> {
     let de = &mut serde_json::Deserializer::from_str(json);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
@@ -245,11 +256,7 @@ pub(crate) fn decode_named<T: DeserializeOwned>(json: &str) -> std::result::Resu
             }
             _ => &message,
         };
-        if path == "." {
-            message.to_owned()
-        } else {
-            format!("{path}: {message}")
-        }
+        ((path != ".").then_some(path), message.to_owned())
     })
 }
 

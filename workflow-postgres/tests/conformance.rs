@@ -799,23 +799,12 @@ async fn a_child_ending_while_its_parent_suspends_wakes_it() {
         })
     };
     // Inside the trigger's sleep, its commit held back.
-    let started = std::time::Instant::now();
-    loop {
-        let sleeping: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
-        )
-        .fetch_one(s.pool())
-        .await
-        .unwrap();
-        if sleeping > 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the finish never reached its commit"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::until_counted(
+        s.pool(),
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+        "the finish never reached its commit",
+    )
+    .await;
     let wait = Suspend {
         status: Status::Listening,
         run_at: Millis::MAX,

@@ -729,25 +729,13 @@ async fn a_purge_keeps_a_tree_a_child_joined_while_it_waited() {
         async move { s.purge(T0 + 1_000, None, 10).await }
     });
     // Until the purge waits for the root's lock.
-    let mut watch = sqlx::PgConnection::connect(&url).await.unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE NOT l.granted AND a.query LIKE '%FOR UPDATE%'",
-        )
-        .fetch_one(&mut watch)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the purge never waited for the root"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::until_counted(
+        s.pool(),
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE NOT l.granted AND a.query LIKE '%FOR UPDATE%'",
+        "the purge never waited for the root",
+    )
+    .await;
     sqlx::raw_sql("COMMIT").execute(&mut joining).await.unwrap();
     let purged = purging.await.unwrap().unwrap();
     assert_eq!(purged, 0, "the tree a child joined was purged");

@@ -73,3 +73,21 @@ pub async fn drop_schemas(url: &str, schemas: &[String]) {
         .await;
     }
 }
+
+/// Waits until `count_sql` (a `SELECT count(*)` of server activity) counts
+/// something: another session reached the point a test needs it at (a
+/// lock wait, a sleep). Fails with `never` after 10 s.
+pub async fn until_counted(pool: &sqlx::PgPool, count_sql: &'static str, never: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let counted: i64 = sqlx::query_scalar(count_sql).fetch_one(pool).await.unwrap();
+        if counted > 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{never}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
