@@ -863,8 +863,25 @@ async fn schedules(State(state): State<AppState>) -> ApiResult<Value> {
 
 async fn cancel(State(state): State<AppState>, Segment(id): Segment) -> ApiResult<Value> {
     let id = InstanceId::from(id);
-    state.engine.cancel(&id).await?;
-    Ok(Json(json!({ "id": id, "done": "cancel" })))
+    let already = cancel_instance(&state.engine, &id).await?;
+    Ok(Json(
+        json!({ "id": id, "done": "cancel", "already": already }),
+    ))
+}
+
+/// Cancels `id`; `true` when it was cancelled already. A cancel repeated
+/// after its answer was lost (a retried script, a dialog sent twice) has
+/// what it asked for: it is no conflict, as a cancel of an instance that
+/// completed, failed or timed out is.
+pub(crate) async fn cancel_instance(engine: &Engine, id: &InstanceId) -> Result<bool, Error> {
+    match engine.cancel(id).await {
+        Ok(()) => Ok(false),
+        Err(Error::AlreadyFinished {
+            status: Status::Cancelled,
+            ..
+        }) => Ok(true),
+        Err(err) => Err(err),
+    }
 }
 
 async fn pause(State(state): State<AppState>, Segment(id): Segment) -> ApiResult<Value> {

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use workflow_core::{
-    Definition, Engine, Error, EventSent, InstanceId, StartOptions, Status, Timeout,
+    Definition, Engine, Error, EventSent, InstanceId, Query, StartOptions, Status, Timeout,
 };
 
 use crate::api::{build_query, ListParams, RerunError};
@@ -26,7 +26,7 @@ use crate::api::{build_query, ListParams, RerunError};
     after_help = "Exit codes: 0 done; 1 failed (the store, or `run --wait`'s instance did not \
                   complete); 2 bad arguments or input; 3 `run --wait-timeout` gave up (the \
                   instance runs on); 4 no such instance; 5 the instance's state refuses it \
-                  (cancel of one that ended, rerun of one that did not)."
+                  (cancel of one that completed or failed, rerun of one that did not end)."
 )]
 pub struct Cli {
     /// Database URL, the one your engines use (`sqlite://workflows.db`, `postgres://...`).
@@ -409,13 +409,27 @@ pub async fn run(
         out: notes,
         closed: false,
     };
+    // Arguments clap leaves as text are read before connecting: a mistake
+    // in them is bad input (exit 2) whatever state the store is in.
+    let mut document = read_document(&cli.command)?;
+    let list_query = match &cli.command {
+        Command::List {
+            workflow,
+            status,
+            tag,
+            key,
+            limit,
+            after,
+        } => Some(list_query(workflow, status, tag, key, *limit, after)?),
+        _ => None,
+    };
     let engine = crate::connect(&cli.db).await?;
     let json = cli.json;
     match cli.command {
         Command::Workflows { name } => workflows(&engine, name, json, out, notes).await,
         Command::Run {
             name,
-            input,
+            input: _,
             wait,
             wait_timeout,
             key,
@@ -424,16 +438,8 @@ pub async fn run(
             timeout,
             delay,
         } => {
-            let input = parse_json("input", &input)?;
-            // As the API reads it: a blank key (`--key "$UNSET"`) is none,
-            // so `--once` cannot fold unrelated runs onto the key "".
+            let input = document.take().unwrap_or(Value::Null);
             let key = crate::api::given(&key).map(str::to_owned);
-            if once && key.is_none() {
-                return Err(CliError::Usage(
-                    "--once needs a --key that is not blank: the start is made once per key"
-                        .to_owned(),
-                ));
-            }
             let mut options = StartOptions::new();
             if let Some(key) = &key {
                 options = options.key(key.clone());
@@ -473,10 +479,22 @@ pub async fn run(
                 }
                 return Ok(0);
             }
-            if !json {
-                writeln!(notes, "{what} {name} {id}; waiting for it to end")?;
-            }
-            let info = wait_for_end(&engine, &id, &name, wait_timeout).await?;
+            // Said on stderr with `--json` too, and the id printed when the
+            // wait fails: a script must not start the work a second time
+            // because the store failed or the wait gave up.
+            writeln!(notes, "{what} {name} {id}; waiting for it to end")?;
+            let info = match wait_for_end(&engine, &id, &name, wait_timeout, notes).await {
+                Ok(info) => info,
+                Err(err) => {
+                    if json {
+                        print_json(
+                            out,
+                            &json!({ "id": id, "created": created, "error": err.to_string() }),
+                        )?;
+                    }
+                    return Err(err.into());
+                }
+            };
             if json {
                 print_json(out, &serde_json::to_value(&info).unwrap_or(Value::Null))?;
             } else {
@@ -494,26 +512,8 @@ pub async fn run(
                 1
             })
         }
-        Command::List {
-            workflow,
-            status,
-            tag,
-            key,
-            limit,
-            after,
-        } => {
-            let params = ListParams {
-                workflow,
-                status: Some(status.join(",")),
-                tag,
-                q: None,
-                limit: Some(limit),
-                after,
-            };
-            let (mut query, _) = build_query(&params).map_err(CliError::Usage)?;
-            if let Some(key) = key {
-                query = query.key(key);
-            }
+        Command::List { .. } => {
+            let query = list_query.unwrap_or_else(Query::new);
             // The table shows no JSON documents; `--json` prints them all.
             let query = if json { query } else { query.summaries() };
             let page = engine.list(query).await?;
@@ -590,8 +590,18 @@ pub async fn run(
         }
         Command::Cancel { id } => {
             let id = InstanceId::from(id);
-            engine.cancel(&id).await?;
-            done(out, json, ("cancel", "cancelled"), &id)
+            let already = crate::api::cancel_instance(&engine, &id).await?;
+            if json {
+                print_json(
+                    out,
+                    &json!({ "id": id, "done": "cancel", "already": already }),
+                )?;
+            } else if already {
+                writeln!(out, "{id} was already cancelled; nothing changed")?;
+            } else {
+                writeln!(out, "cancelled {id}")?;
+            }
+            Ok(0)
         }
         Command::Pause { id } => {
             let id = InstanceId::from(id);
@@ -627,11 +637,11 @@ pub async fn run(
         Command::SendEvent {
             id,
             name,
-            payload,
+            payload: _,
             key,
         } => {
             let id = InstanceId::from(id);
-            let payload = parse_json("payload", &payload)?;
+            let payload = document.take().unwrap_or(Value::Null);
             let (sent, note) =
                 crate::api::deliver_event(&engine, &id, &name, key.as_deref(), payload).await?;
             let already_sent = sent == EventSent::AlreadySent;
@@ -1061,6 +1071,52 @@ fn done(
     Ok(0)
 }
 
+/// The JSON document a command takes (`run`'s input, `send-event`'s
+/// payload), read from its argument or standard input.
+fn read_document(command: &Command) -> Result<Option<Value>, CliError> {
+    Ok(match command {
+        Command::Run {
+            input, key, once, ..
+        } => {
+            // As the API reads it: a blank key (`--key "$UNSET"`) is none,
+            // so `--once` cannot fold unrelated runs onto the key "".
+            if *once && crate::api::given(key).is_none() {
+                return Err(CliError::Usage(
+                    "--once needs a --key that is not blank: the start is made once per key"
+                        .to_owned(),
+                ));
+            }
+            Some(parse_json("input", input)?)
+        }
+        Command::SendEvent { payload, .. } => Some(parse_json("payload", payload)?),
+        _ => None,
+    })
+}
+
+/// `list`'s filters as a query, as the API reads them.
+fn list_query(
+    workflow: &Option<String>,
+    status: &[String],
+    tag: &Option<String>,
+    key: &Option<String>,
+    limit: usize,
+    after: &Option<String>,
+) -> Result<Query, CliError> {
+    let params = ListParams {
+        workflow: workflow.clone(),
+        status: Some(status.join(",")),
+        tag: tag.clone(),
+        q: None,
+        limit: Some(limit),
+        after: after.clone(),
+    };
+    let (mut query, _) = build_query(&params).map_err(CliError::Usage)?;
+    if let Some(key) = key {
+        query = query.key(key.clone());
+    }
+    Ok(query)
+}
+
 fn parse_json(what: &str, text: &str) -> Result<Value, CliError> {
     let text = if text == "-" {
         let mut buf = String::new();
@@ -1095,6 +1151,7 @@ async fn wait_for_end(
     id: &InstanceId,
     name: &str,
     limit: Option<std::time::Duration>,
+    notes: &mut (dyn Write + Send),
 ) -> Result<workflow_core::InstanceInfo, Error> {
     let waiting = async {
         match limit {
@@ -1110,7 +1167,9 @@ async fn wait_for_end(
     if let Ok(info) = engine.instance(id).await {
         let due = info.due_at.is_none_or(|at| at <= chrono::Utc::now());
         if info.status == Status::Pending && info.started_at.is_none() && due {
-            eprintln!(
+            // A note that cannot be written is no reason to stop waiting.
+            let _ = writeln!(
+                notes,
                 "{id} is still pending after {}s: no worker has picked it up. Is an engine that \
                  runs `{name}` using this database? (--wait-timeout gives up waiting)",
                 UNCLAIMED_HINT_AFTER.as_secs()

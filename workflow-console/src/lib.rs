@@ -24,7 +24,7 @@
 //! | `GET overview?workflow=` | `{counts, total, workflows}`: instances per status, reused for a few seconds ([`Console::overview_cache`]) |
 //! | `GET instances?workflow=&status=failed,paused&tag=k=v&q=&limit=&after=` | `{items, unreadable, next}`, newest first; `q` is an id or a key, `next` the `after` of the next page; `unreadable` names rows that cannot be read (`{id, error}`), the rest still listed |
 //! | `GET instances/{id}?tail=` | `{instance, steps, history, steps_total, history_total}`; with `tail`, only the last that many steps and history events; without, the last 10,000 |
-//! | `POST instances/{id}/cancel`, `pause`, `resume` | body `{}`: `{id, "done": "cancel"}` (`pause`, `resume`) |
+//! | `POST instances/{id}/cancel`, `pause`, `resume` | body `{}`: `{id, "done": "cancel", "already"}` (`pause`, `resume`: no `already`); a cancel of one already cancelled is `"already": true`, of one that ended otherwise a 409 |
 //! | `POST instances/{id}/rerun` | body `{}`: 201 `{id, rerun_of, "created": true}`, a new instance with the same input, key and tags; 200 `{.., "created": false}` with the one already active when a re-run of that instance (or, with a key, an instance with that key) is, so a repeated click starts nothing more |
 //! | `POST instances/{id}/events` | body `{"name": "approval", "payload": {..}, "key"?}`: `{id, "done": "send_event", already_sent, note}`; with a `key`, sent at most once per instance and key; `note` says when the instance listened for another event as it was sent |
 //! | `POST instances/{id}/timeout` | body `{"in": "2h"}` (from now) or `{"at": "2026-12-24T09:00:00Z"}`: `{id, "done": "set_timeout", deadline_at}`, a new deadline for an unfinished instance (409 once it ended) |

@@ -380,6 +380,37 @@ async fn starts_and_steers_for_a_running_engine() {
     .await;
     assert_eq!(out.code, 3, "gave up waiting: {}", out.stderr);
     assert!(out.stderr.contains("300ms"), "{}", out.stderr);
+    // With `--json` too, and the script is told which instance runs on: it
+    // must not start the work again to find out.
+    let out = cli(
+        url,
+        &[
+            "run",
+            "processOrder",
+            r#"{"order_id": "C-10", "amount_cents": 1000}"#,
+            "--delay",
+            "1h",
+            "--wait",
+            "--wait-timeout",
+            "300ms",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 3, "gave up waiting: {}", out.stderr);
+    let gave_up: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: stdout {:?}, stderr {}", out.stdout, out.stderr));
+    let id = InstanceId::from(gave_up["id"].as_str().unwrap());
+    assert_eq!(gave_up["created"], true);
+    assert!(
+        gave_up["error"].as_str().unwrap().contains("300ms"),
+        "{gave_up}"
+    );
+    assert_eq!(
+        f.engine.instance(&id).await.unwrap().status,
+        Status::Pending
+    );
+    assert!(out.stderr.contains(id.as_str()), "{}", out.stderr);
     let out = cli(url, &["run", "processOrder", "{}", "--wait-timeout", "1s"]).await;
     assert_eq!(out.code, 2, "--wait-timeout needs --wait: {}", out.stderr);
     let out = cli(url, &["run", "processOrder", "{}", "--delay", "soon"]).await;
@@ -406,6 +437,27 @@ async fn starts_and_steers_for_a_running_engine() {
             "{}",
             out.stderr
         );
+    }
+    // So are the JSON documents, `--once`'s key and `list`'s filters.
+    for (args, said) in [
+        (
+            &["run", "processOrder", "{bad"][..],
+            "input is not valid JSON",
+        ),
+        (
+            &["run", "processOrder", "{}", "--key", " ", "--once"],
+            "--once needs a --key",
+        ),
+        (
+            &["send-event", "some-id", "go", "[1,"],
+            "payload is not valid JSON",
+        ),
+        (&["list", "--status", "faild"], "faild"),
+        (&["list", "--tag", "env"], "tag filter `env`"),
+    ] {
+        let out = cli("sqlite:///no/such/dir/x.db", args).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(said), "{args:?}: {}", out.stderr);
     }
     // A workflow whose input is `()` needs none on the command line.
     let info = json(&cli(url, &["run", "nightlyCleanup", "--wait", "--json"]).await);
@@ -536,10 +588,21 @@ async fn starts_and_steers_for_a_running_engine() {
     assert_eq!(paused["id"], f.running.as_str());
     let resumed = json(&cli(url, &["resume", f.running.as_str(), "--json"]).await);
     assert_eq!(resumed["done"], "resume");
+    // A cancel repeated (its answer lost) has what it asked for; one of an
+    // instance that ended otherwise is refused.
     let out = cli(url, &["cancel", slow.as_str()]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("{slow} was already cancelled; nothing changed")
+    );
+    let again = json(&cli(url, &["cancel", slow.as_str(), "--json"]).await);
+    assert_eq!(again["done"], "cancel");
+    assert_eq!(again["already"], true);
+    let out = cli(url, &["cancel", f.failed.as_str()]).await;
     assert_eq!(out.code, 5, "the instance's state refuses it");
     assert!(
-        out.stderr.contains("already ended cancelled"),
+        out.stderr.contains("already ended failed"),
         "{}",
         out.stderr
     );
