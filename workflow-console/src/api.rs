@@ -1068,13 +1068,19 @@ pub(crate) async fn rerun_instance(
         }
     }
     options = options.tag("rerun_of", id.to_string());
+    // A cron tick's key (`schedule:<tick>`) stands for the tick, and a
+    // start may not take it: its re-run goes without, as one with no key
+    // does (its `schedule` tag still names the tick).
+    let key = old
+        .key
+        .filter(|key| !key.starts_with(workflow_core::SCHEDULE_KEY_PREFIX));
     // A click repeated after a lost answer, or a retried request, must not
     // run the work twice. With a key that is the key's own guarantee (it
     // also finds an instance a caller started again meanwhile); without
     // one, an active re-run of this instance is looked for first. That
     // look and the start are not atomic, so two re-runs sent at the same
     // moment may both start: a key is the way to rule that out.
-    if let Some(key) = old.key {
+    if let Some(key) = key {
         return engine
             .get_or_start_json(&old.workflow, key, old.input, options)
             .await

@@ -1,5 +1,5 @@
-//! Schedules as tools see them: those of the workflows registered with this
-//! engine, plus those recorded in the store by engines elsewhere.
+//! Schedules as tools see them: those the workers recorded in the store,
+//! and this engine's own for workflows not recorded yet.
 
 use std::collections::BTreeMap;
 
@@ -8,24 +8,34 @@ use workflow_core::{Engine, Schedule, ScheduleInfo};
 
 /// Every schedule on the engine's store, sorted by workflow.
 ///
-/// `engine.schedules()` reports only the workflows registered with this
-/// engine, which for the CLI (a pure client) is none; the others come from
-/// the definitions engines recorded: their `schedule` and `timezone`, the
-/// next tick from now, and the last tick fired from the store's mark.
-/// A recorded schedule that no longer parses is left out, with a warning.
+/// The schedules in force are those the workers recorded when they
+/// started (their `schedule`, `timezone` and catch-up), with the next tick
+/// from now and the last tick fired from the store's mark. This engine's
+/// own registrations ([`Engine::schedules`]) stand in only for workflows
+/// not recorded yet: an engine that only starts instances (an API server
+/// with the console mounted) may register a workflow its workers run on
+/// another schedule, or none, and would show the wrong one. A recorded
+/// schedule that no longer parses is left out, with a warning.
 pub async fn all_schedules(engine: &Engine) -> workflow_core::Result<Vec<ScheduleInfo>> {
-    let mut out: BTreeMap<String, ScheduleInfo> = engine
+    let local: BTreeMap<String, ScheduleInfo> = engine
         .schedules()
         .await?
         .into_iter()
         .map(|s| (s.workflow.clone(), s))
         .collect();
+    let recorded = engine.definitions().await?;
+    let mut out = BTreeMap::new();
     let now = Utc::now();
-    for def in engine.definitions().await? {
+    for def in &recorded {
         let Some(expression) = def.schedule.as_deref() else {
             continue;
         };
-        if out.contains_key(&def.name) {
+        // The same as this engine's: its own answer, by its clock.
+        if let Some(own) = local.get(&def.name).filter(|own| {
+            (own.expression.as_str(), own.timezone.as_str(), own.catch_up)
+                == (expression, def.timezone.as_str(), def.catch_up)
+        }) {
+            out.insert(def.name.clone(), own.clone());
             continue;
         }
         let schedule = match Schedule::parse(expression, &def.timezone) {
@@ -43,7 +53,7 @@ pub async fn all_schedules(engine: &Engine) -> workflow_core::Result<Vec<Schedul
         out.insert(
             def.name.clone(),
             ScheduleInfo {
-                workflow: def.name,
+                workflow: def.name.clone(),
                 expression: schedule.expression().to_owned(),
                 timezone: schedule.timezone().to_owned(),
                 catch_up: def.catch_up,
@@ -52,6 +62,11 @@ pub async fn all_schedules(engine: &Engine) -> workflow_core::Result<Vec<Schedul
                 last_instance,
             },
         );
+    }
+    for (name, own) in local {
+        if !recorded.iter().any(|def| def.name == name) {
+            out.insert(name, own);
+        }
     }
     Ok(out.into_values().collect())
 }

@@ -801,6 +801,94 @@ async fn a_repeated_rerun_finds_the_active_one() {
     assert_ne!(later.json()["id"], json!(first.to_string()));
 }
 
+/// A cron tick's instance re-runs: its key stands for the tick and no
+/// start may take it, so the re-run goes without (it was refused, 422).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_instance_reruns() {
+    let store: std::sync::Arc<dyn workflow::Store> = std::sync::Arc::new(MemoryStore::new());
+    // 02:59:59 in Paris: `nightlyCleanup` fires at 03:00 there.
+    let start: chrono::DateTime<chrono::Utc> = "2026-11-25T01:59:59Z".parse().unwrap();
+    let clock = ManualClock::new(start);
+    let engine = Engine::builder()
+        .shared_store(store.clone())
+        .register(common::NightlyCleanup)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let mut looked = false;
+    for _ in 0..500 {
+        looked = store
+            .schedule_mark("nightlyCleanup")
+            .await
+            .unwrap()
+            .is_some();
+        if looked {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(looked, "the scheduler never looked");
+    clock.advance(Duration::from_secs(2));
+    let mut ticks = Vec::new();
+    for _ in 0..500 {
+        let done = Query::new()
+            .workflow("nightlyCleanup")
+            .status(Status::Completed);
+        ticks = engine.list(done).await.unwrap().items;
+        if !ticks.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let tick = ticks.pop().expect("the 03:00 tick fired and completed");
+    let key = tick.key.clone().unwrap();
+    assert!(key.starts_with(workflow::SCHEDULE_KEY_PREFIX), "{key}");
+
+    let (_server, base) = serve(&engine).await;
+    let res = post(
+        &base,
+        &format!("/api/instances/{}/rerun", tick.id),
+        json!({}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+    let new = InstanceId::from(res.json()["id"].as_str().unwrap());
+    wait_status(&engine, &new, Status::Completed).await;
+    let rerun = engine.instance(&new).await.unwrap();
+    assert_eq!(rerun.key, None);
+    assert_eq!(rerun.tags["rerun_of"], tick.id.to_string());
+    assert_eq!(rerun.tags["schedule"], tick.tags["schedule"]);
+}
+
+/// A console mounted in an engine that only starts instances shows the
+/// schedule the workers run, not the one it registered (it showed its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_the_ones_workers_run() {
+    let f = fixture().await;
+    let starter = Engine::builder()
+        .database_url(&f.url)
+        .register_scheduled(common::NightlyCleanup, "30 4 * * *", "UTC", CatchUp::All)
+        .build()
+        .await
+        .unwrap();
+    let (_server, base) = serve(&starter).await;
+    let schedules = get(&base, "/api/schedules").await.json();
+    assert_eq!(schedules["schedules"].as_array().unwrap().len(), 1);
+    let nightly = &schedules["schedules"][0];
+    assert_eq!(nightly["expression"], "0 3 * * *", "{schedules}");
+    assert_eq!(nightly["timezone"], "Europe/Paris");
+    let next: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(nightly["next_fire"].clone()).unwrap();
+    // 03:00 in Paris is 01:00 or 02:00 UTC; the starter's would be 04:30.
+    assert!(
+        ["01:00:00", "02:00:00"].contains(&next.format("%H:%M:%S").to_string().as_str()),
+        "{next}"
+    );
+}
+
 /// A console over a pure client (no workflow code, as `workflow console`
 /// runs it) reads the recorded definitions and schedules, and what it
 /// starts runs on the engine that has the code.

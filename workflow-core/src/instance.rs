@@ -106,13 +106,13 @@ impl StartOptions {
             if let Some(why) = crate::error::unusable_key(key) {
                 return refuse(format!("dedup key {:?}", crate::error::preview(key)), why);
             }
-            if key.starts_with(crate::scheduler::TICK_KEY_PREFIX) {
+            if key.starts_with(crate::schedule::SCHEDULE_KEY_PREFIX) {
                 return refuse(
                     format!("dedup key {:?}", crate::error::preview(key)),
                     format!(
                         "`{}` starts the keys of a schedule's instances: an instance \
                          started with one would stand for that tick and keep it from firing",
-                        crate::scheduler::TICK_KEY_PREFIX
+                        crate::schedule::SCHEDULE_KEY_PREFIX
                     ),
                 );
             }

@@ -42,7 +42,9 @@ pub use crate::instance::{
     StepInfo, Tail, Timeout, Unreadable, WaitingFor,
 };
 pub use crate::memory::MemoryStore;
-pub use crate::schedule::{CatchUp, Clock, ManualClock, Schedule, ScheduleInfo, SystemClock};
+pub use crate::schedule::{
+    CatchUp, Clock, ManualClock, Schedule, ScheduleInfo, SystemClock, SCHEDULE_KEY_PREFIX,
+};
 pub use crate::schema::schema_for;
 pub use crate::status::{ParseStatusError, Status};
 pub use crate::step::{permanent, Backoff, NonRetryable, RetryAfter, StepOptions};

@@ -63,6 +63,13 @@ impl std::str::FromStr for CatchUp {
     }
 }
 
+/// How the dedup key of a cron tick's instance starts: the key is
+/// `schedule:<tick time>` (RFC 3339 in UTC, to the millisecond), which is
+/// how engines on one store fire each tick once. Reserved: a start given
+/// such a key is refused ([`Error::InvalidStartOption`](crate::Error::InvalidStartOption)),
+/// as it would stand for that tick and keep it from firing.
+pub const SCHEDULE_KEY_PREFIX: &str = "schedule:";
+
 /// A parsed cron expression in a time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {

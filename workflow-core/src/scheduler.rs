@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{Engine, Scheduled};
 use crate::error::{Result, StoreError};
 use crate::id::InstanceId;
-use crate::schedule::{CatchUp, Schedule};
+use crate::schedule::{CatchUp, Schedule, SCHEDULE_KEY_PREFIX};
 use crate::status::Status;
 use crate::store::{Created, Millis, NewInstance};
 
@@ -23,10 +23,6 @@ const MARK_EVERY: Duration = Duration::from_secs(5);
 /// purge takes what ended in the last minute, see `PURGE_MARGIN`, by the
 /// purging engine's clock), and firing it again would run it twice.
 const REFIRE_WITHIN: Duration = Duration::from_secs(30);
-
-/// How the dedup key of a tick's instance starts (`schedule:<tick time>`):
-/// reserved, so no key given to a start can stand for a tick.
-pub(crate) const TICK_KEY_PREFIX: &str = "schedule:";
 
 /// The shortest pause between two looks at the schedules.
 const MIN_LOOK_EVERY: Duration = Duration::from_millis(25);
@@ -416,7 +412,7 @@ async fn fire_tick(engine: &Engine, s: &Scheduled, tick: DateTime<Utc>) -> Resul
         workflow: s.workflow.to_owned(),
         input: s.input.clone(),
         tags: [("schedule".to_owned(), tick_text.clone())].into(),
-        key: Some(format!("{TICK_KEY_PREFIX}{tick_text}")),
+        key: Some(format!("{SCHEDULE_KEY_PREFIX}{tick_text}")),
         created_at,
         run_at: created_at,
         deadline_at: Some(crate::store::millis_after(created_at, s.timeout)),

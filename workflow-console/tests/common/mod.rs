@@ -112,7 +112,7 @@ pub async fn countdown(ctx: Ctx, from: u32) -> workflow::Result<u32> {
     schedule = "0 3 * * *",
     timezone = "Europe/Paris"
 )]
-async fn nightly_cleanup(_ctx: Ctx, _input: ()) -> workflow::Result<u32> {
+pub async fn nightly_cleanup(_ctx: Ctx, _input: ()) -> workflow::Result<u32> {
     Ok(0)
 }
 
