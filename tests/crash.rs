@@ -2004,9 +2004,13 @@ mod poison {
     //! does under `panic = "abort"`): each restart reaps the dead worker's
     //! lease and runs it again, until the engine has seen `LIMIT`
     //! interrupted runs in a row and pauses the instance instead of
-    //! running it. Once "fixed", a resume runs it to the end from its
-    //! recorded steps. An instance running beside it, killed with it every
-    //! time but recording steps in between, is not paused.
+    //! running it. The step runs beside a wait for an event that has not
+    //! come (a request and its reply, `join!`): each run looks for the
+    //! event and finds none, which is no progress (it was counted as
+    //! some, and the loop was never stopped). Once "fixed", a resume runs
+    //! it to the end from its recorded steps. An instance running beside
+    //! it, killed with it every time but recording steps in between, is
+    //! not paused.
 
     use super::*;
 
@@ -2026,29 +2030,28 @@ mod poison {
                 Ok::<_, BoxError>(job.n)
             })
             .await?;
-        let boom = ctx
-            .step("boom", || async move {
-                if !fixed_path(log).exists() {
-                    // Until the steady instance records steps in this
-                    // process too (bounded, in case it has ended).
-                    let ticks = || {
-                        lines(Path::new(log))
-                            .iter()
-                            .filter(|l| l.starts_with("tick "))
-                            .count()
-                    };
-                    let (before, deadline) = (ticks(), Instant::now() + Duration::from_secs(5));
-                    while ticks() < before + 3 && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    log_line(log, &format!("boom {}", std::process::id()));
-                    std::process::abort();
+        let boom = ctx.step("boom", || async move {
+            if !fixed_path(log).exists() {
+                // Until the steady instance records steps in this
+                // process too (bounded, in case it has ended).
+                let ticks = || {
+                    lines(Path::new(log))
+                        .iter()
+                        .filter(|l| l.starts_with("tick "))
+                        .count()
+                };
+                let (before, deadline) = (ticks(), Instant::now() + Duration::from_secs(5));
+                while ticks() < before + 3 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                log_line(log, "fixed");
-                Ok::<_, BoxError>(10)
-            })
-            .await?;
-        Ok(before + boom)
+                log_line(log, &format!("boom {}", std::process::id()));
+                std::process::abort();
+            }
+            log_line(log, "fixed");
+            Ok::<_, BoxError>(10)
+        });
+        let (reply, boom) = tokio::join!(ctx.wait_for_event::<u32>("reply", None), boom);
+        Ok(before + boom? + reply?)
     }
 
     /// Killed along with `poisoned`, but gets somewhere in between. Each
@@ -2228,13 +2231,20 @@ mod poison {
             "{reason}"
         );
 
-        // The fix is deployed; resumed, it ends from its recorded steps.
+        // The fix is deployed and the reply comes; resumed, it ends from
+        // its recorded steps.
         std::fs::write(fixed_path(&log_text), b"").expect("fix");
-        rt.block_on(async { engine.resume(&id).await.expect("resume") });
+        rt.block_on(async {
+            engine
+                .send_event(&id, "reply", 100)
+                .await
+                .expect("send the reply");
+            engine.resume(&id).await.expect("resume")
+        });
         assert_eq!(run_until_clean_exit(&db), 0, "no crash once fixed");
         let info = rt.block_on(async { engine.instance(&id).await.expect("instance") });
         assert_eq!(info.status, Status::Completed);
-        assert_eq!(info.output, Some(serde_json::json!(15)));
+        assert_eq!(info.output, Some(serde_json::json!(115)));
         let log_now = lines(&log);
         assert_eq!(log_now.iter().filter(|l| *l == "before").count(), 1);
         assert_eq!(log_now.iter().filter(|l| *l == "fixed").count(), 1);

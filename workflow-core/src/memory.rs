@@ -756,10 +756,10 @@ impl Store for MemoryStore {
     ) -> Result<Option<String>, StoreError> {
         let mut t = self.tables();
         let entry = t.leased(lease)?;
-        entry.interrupted_runs = 0;
         let Some(index) = entry.inbox.iter().position(|(n, _)| n == name) else {
             return Ok(None);
         };
+        entry.interrupted_runs = 0;
         let (_, payload) = entry.inbox.remove(index);
         // A key already recorded keeps its record, as `ON CONFLICT DO
         // NOTHING` keeps it in the SQL stores.

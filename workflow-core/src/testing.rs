@@ -1696,9 +1696,10 @@ async fn interrupted_runs_are_counted(store: impl Store) {
     store.resume(&id, T0 + 200_005).await.unwrap();
     assert_eq!(claim("i", T0 + 200_006).await.interrupted_runs, 0);
 
-    // A run that records a step or a failed attempt, or looks for an
-    // event (found or not), got somewhere: only the interruption after it
-    // counts.
+    // A run that records a step or a failed attempt, or takes an event,
+    // got somewhere: only the interruption after it counts. A look that
+    // finds no event is no progress: a step that kills the process beside
+    // a wait (`join!`) would otherwise never be paused.
     let j = claim("j", T0 + 240_000).await;
     assert_eq!(j.interrupted_runs, 1);
     store
@@ -1718,7 +1719,7 @@ async fn interrupted_runs_are_counted(store: impl Store) {
         .await
         .unwrap();
     let m = claim("m", T0 + 360_000).await;
-    assert_eq!(m.interrupted_runs, 1, "l looked for an event");
+    assert_eq!(m.interrupted_runs, 2, "l found no event: no progress");
     store
         .send_event(&id, "go", "1", None, T0 + 360_001)
         .await

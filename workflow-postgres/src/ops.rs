@@ -1429,7 +1429,17 @@ impl Db {
         at: Millis,
     ) -> Attempt<Result<Option<String>, StoreError>> {
         let mut tx = self.begin().await?;
-        if !fence(&mut tx, lease, None).await? {
+        // Fenced without counting as progress: a look that finds nothing
+        // starts no count over.
+        let held: Option<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM instances WHERE {FENCE} FOR UPDATE"
+        )))
+        .bind(lease.instance.as_str())
+        .bind(&lease.owner)
+        .bind(lease.run)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
             return lease_lost(lease);
         }
         // Only the lease holder takes from this inbox, and the fence above
@@ -1444,8 +1454,9 @@ impl Db {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(payload) = &taken {
-            // A step recorded: `updated_at` moves as for any other.
-            sqlx::query("UPDATE instances SET updated_at = $2 WHERE id = $1")
+            // A step recorded: `updated_at` moves as for any other, and the
+            // run got somewhere.
+            sqlx::query("UPDATE instances SET updated_at = $2, interrupted_runs = 0 WHERE id = $1")
                 .bind(lease.instance.as_str())
                 .bind(at)
                 .execute(&mut *tx)

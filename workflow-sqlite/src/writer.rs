@@ -1413,7 +1413,15 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             step,
             at,
         } => {
-            if !touch(c, lease, None)? {
+            // Fenced without counting as progress: a look that finds
+            // nothing starts no count over (see `take_event` below).
+            let held = c
+                .prepare_cached(
+                    "SELECT 1 FROM instances \
+                     WHERE id = ?1 AND lease_owner = ?2 AND runs = ?3 AND status = 'in_progress'",
+                )?
+                .exists(params![lease.instance.as_str(), lease.owner, lease.run])?;
+            if !held {
                 return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
             }
             // Read before it is taken: a payload that is not text (bytes
@@ -1445,9 +1453,12 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 }
             };
             if let Some(payload) = &taken {
-                // A step recorded: `updated_at` moves as for any other.
-                c.prepare_cached("UPDATE instances SET updated_at = ?1 WHERE id = ?2")?
-                    .execute(params![at, lease.instance.as_str()])?;
+                // A step recorded: `updated_at` moves as for any other, and
+                // the run got somewhere.
+                c.prepare_cached(
+                    "UPDATE instances SET updated_at = ?1, interrupted_runs = 0 WHERE id = ?2",
+                )?
+                .execute(params![at, lease.instance.as_str()])?;
                 c.prepare_cached(
                     "INSERT INTO steps (instance_id, key, output, attempts, started_at, finished_at, seq) \
                      VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5) ON CONFLICT (instance_id, key) DO NOTHING",
