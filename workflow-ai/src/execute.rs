@@ -194,7 +194,11 @@ impl Execute {
     /// [`Execute::default_model_step`]). What
     /// [`ModelError::is_retryable`](crate::ModelError::is_retryable) calls
     /// retryable (HTTP 408, 409, 429, 5xx, timeouts, connection failures)
-    /// is retried; other 4xx fail the loop at once.
+    /// is retried. What [`ModelError::needs_setup`](crate::ModelError::needs_setup)
+    /// names (HTTP 401, 403, an unknown model, a quota used up) pauses the
+    /// instance, to be resumed once mended; a conversation too long for
+    /// the model's context window ends the loop with [`Error::NoAnswer`];
+    /// other 4xx fail the loop at once.
     pub fn model_step_options(mut self, options: StepOptions) -> Self {
         self.model_step = Some(options);
         self
@@ -254,9 +258,12 @@ pub trait ExecuteExt {
     /// hands their results back; repeats until it answers without tool
     /// calls, or [`Error::MaxTurns`]. A final reply that is no answer (a
     /// refusal, a reply cut off at the token limit or withheld by a content
-    /// filter) ends it with [`Error::NoAnswer`]; one with nothing in it (no
-    /// text, no tool calls) is asked for again, within the model step's
-    /// attempts.
+    /// filter) ends it with [`Error::NoAnswer`], and so does a conversation
+    /// grown too long for the model's context window; a reply with nothing
+    /// in it (no text, no tool calls) is asked for again, within the model
+    /// step's attempts. A request refused for the account or the settings
+    /// (see [`ModelError::needs_setup`](crate::ModelError::needs_setup))
+    /// pauses the instance, as a worker without model settings does.
     ///
     /// Each model call is a durable step (`{name}:turn-{n}`) and so is each
     /// tool call ([`Ctx::call_tool`]): after a crash, replay returns the
@@ -378,6 +385,18 @@ fn no_such_tool(tools: &Toolbox, tool: &str) -> ToolReply {
     })
 }
 
+/// How a turn refused for a conversation too long for the model's
+/// context window starts its step's error message.
+const CONTEXT_OVERFLOW: &str = "the conversation does not fit the model's context window";
+
+/// A turn refused for a conversation too long for the model's context
+/// window: its message, recorded with the failed step, ends the loop with
+/// [`Error::NoAnswer`], whose conversation can be handed on (see
+/// [`conversation`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{CONTEXT_OVERFLOW}: {0}")]
+struct ContextOverflow(ModelError);
+
 type OutputCheck<'a> = (
     OutputFormat,
     &'a mut (dyn FnMut(&str) -> std::result::Result<(), String> + Send),
@@ -462,6 +481,19 @@ where
                     })?,
             };
             let response = model.complete(request).await.map_err(|err| {
+                // A key expired, a permission revoked, a model withdrawn, a
+                // quota used up: failed, the instance could not go on once
+                // they are mended; paused, it resumes from this turn, the
+                // turns before it read from the record.
+                if err.needs_setup() {
+                    return BoxError::from(ctx.pause_for_setup(format!(
+                        "paused: {err}. Mend the model's account or settings (API key, \
+                         permissions, model name, quota) and resume the instance, or cancel it"
+                    )));
+                }
+                if err.is_context_overflow() {
+                    return permanent(ContextOverflow(err));
+                }
                 match (err.is_retryable(), err.retry_after()) {
                     (true, Some(wait)) => BoxError::from(RetryAfter::new(err, wait)),
                     (true, None) => BoxError::from(err),
@@ -494,7 +526,20 @@ where
             Ok(response)
         };
         let opts = model_step.unwrap_or_else(Execute::default_model_step);
-        let response: ModelResponse = ctx.step_with(&step, opts, call).await?;
+        let response: ModelResponse = match ctx.step_with(&step, opts, call).await {
+            Ok(response) => response,
+            // Read from the step's recorded message, so a replay (of a
+            // handler that went on to sum the conversation up) ends the
+            // loop the same way.
+            Err(Error::Step { message, .. }) if message.starts_with(CONTEXT_OVERFLOW) => {
+                return Err(Error::NoAnswer {
+                    name,
+                    reason: message,
+                    messages: as_json(&messages),
+                });
+            }
+            Err(err) => return Err(err),
+        };
         tracing::debug!(step, tool_calls = response.tool_calls.len(), "model turn");
         messages.push(Message::Assistant {
             // Providers refuse an assistant message with neither text nor
@@ -503,7 +548,7 @@ where
                 (None, true) => Some(String::new()),
                 (content, _) => content.clone(),
             },
-            tool_calls: response.tool_calls.clone(),
+            tool_calls: response.tool_calls.iter().map(echoed).collect(),
         });
         if response.tool_calls.is_empty() {
             if let Some(reason) = no_answer(&response) {
@@ -598,6 +643,24 @@ where
     })
 }
 
+/// `call` as a later turn sends it back to the model: arguments that are
+/// no JSON object (cut off, blank, missing) become `{}`. Local servers
+/// (llama.cpp, vLLM) parse the arguments of every call in the history and
+/// refuse the whole request (HTTP 400 or 500) when they do not read, so
+/// every later turn, and every replay, would fail. The model learns what
+/// was wrong from the tool's reply; the recorded turn keeps the text as it
+/// came, and this follows from it, so a replay sends the same.
+fn echoed(call: &ToolCall) -> ToolCall {
+    let arguments = &call.function.arguments;
+    let is_object = serde_json::from_str::<Value>(arguments).is_ok_and(|v| v.is_object());
+    if is_object {
+        return call.clone();
+    }
+    let mut call = call.clone();
+    call.function.arguments = "{}".to_owned();
+    call
+}
+
 /// `text` cut to at most about `max` bytes (at a character boundary), with
 /// a note of what was left out. Deterministic: a replay sends the model the
 /// same conversation.
@@ -681,7 +744,10 @@ fn as_json(messages: &[Message]) -> Conversation {
 }
 
 /// The conversation of a model loop that ended without an answer
-/// ([`Error::MaxTurns`], [`Error::NoAnswer`]), instructions first: to hand
+/// ([`Error::MaxTurns`], [`Error::NoAnswer`], the latter also for a
+/// conversation grown too long for the model's context window, which a
+/// summarising loop can be handed with its oldest turns left out),
+/// instructions first: to hand
 /// to another loop ([`Execute::messages`]) that goes on, or asks for a
 /// summary of what was found. `None` for any other error. A tool call the
 /// loop had no turn left to run is answered so in it ("Not run"): a

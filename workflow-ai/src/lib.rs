@@ -17,7 +17,9 @@
 //!   `OPENAI_BASE_URL`, `OPENAI_API_KEY`, `OPENAI_MODEL`. HTTP 408, 409,
 //!   429 (not `insufficient_quota`) and 5xx, timeouts and connection
 //!   failures are retried by the step policy; other 4xx are not (see
-//!   [`ModelError::is_retryable`]).
+//!   [`ModelError::is_retryable`]). A refused key or permission, an
+//!   unknown model or a quota used up pause the instance until mended
+//!   (see [`ModelError::needs_setup`]).
 #![warn(missing_docs)]
 
 mod execute;

@@ -104,8 +104,8 @@ impl ModelError {
     /// ([`ModelError::Decode`]). Other 4xx (a bad request, a bad key),
     /// configuration errors, an answer that is JSON but no chat completion
     /// or too large, and a 429 that says the account's quota is used up
-    /// (`insufficient_quota`, which waiting does not mend) fail the step
-    /// at once.
+    /// (`insufficient_quota`, which waiting does not mend) are not retried
+    /// (a model loop pauses for those [`ModelError::needs_setup`] names).
     pub fn is_retryable(&self) -> bool {
         match self {
             ModelError::Status {
@@ -119,6 +119,40 @@ impl ModelError {
         }
     }
 
+    /// True if the account or the settings are at fault, not the request:
+    /// HTTP 401 (a bad or expired key), 403 (a permission revoked, a
+    /// region refused), 404 with `model_not_found` (a model name the
+    /// provider does not have, or no longer gives this key) and 429 with
+    /// `insufficient_quota`. Every request fails so until someone mends
+    /// the account or the settings, after which the same request goes
+    /// through: a model loop pauses its instance for these, to be resumed
+    /// then, rather than fail it for good.
+    pub fn needs_setup(&self) -> bool {
+        match self {
+            ModelError::Status { status, body, .. } => match status {
+                401 | 403 => true,
+                404 => has_error_code(body, "model_not_found"),
+                429 => has_error_code(body, "insufficient_quota"),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// True if the request was refused because the conversation no longer
+    /// fits the model's context window: HTTP 400 with OpenAI's
+    /// `context_length_exceeded`, llama.cpp's `exceed_context_size_error`,
+    /// or vLLM's "maximum context length" message. Sending it again fails
+    /// the same way; only a shorter conversation goes through.
+    pub fn is_context_overflow(&self) -> bool {
+        match self {
+            ModelError::Status {
+                status: 400, body, ..
+            } => is_context_overflow_body(body),
+            _ => false,
+        }
+    }
+
     /// How long the server asked to wait before the next try, if it did
     /// (a rate limit's `Retry-After`): a model loop's retry waits at least
     /// that long.
@@ -128,4 +162,28 @@ impl ModelError {
             _ => None,
         }
     }
+}
+
+/// Whether an error body names `code`, as OpenAI's `error.code` or
+/// `error.type` or, in a body cut short or shaped otherwise (a gateway's),
+/// anywhere in its text.
+fn has_error_code(body: &str, code: &str) -> bool {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(value) => {
+            let error = &value["error"];
+            [&error["code"], &error["type"]]
+                .iter()
+                .any(|v| v.as_str() == Some(code))
+        }
+        Err(_) => body.contains(code),
+    }
+}
+
+/// Whether an HTTP 400 body says the request does not fit the model's
+/// context window, in the words of OpenAI, llama.cpp or vLLM.
+fn is_context_overflow_body(body: &str) -> bool {
+    ["context_length_exceeded", "exceed_context_size_error"]
+        .iter()
+        .any(|code| has_error_code(body, code))
+        || body.contains("maximum context length")
 }

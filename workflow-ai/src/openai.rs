@@ -463,11 +463,15 @@ fn parse_completion(text: &str) -> Result<ModelResponse, ModelError> {
             .and_then(Value::as_u64)
             .and_then(|code| u16::try_from(code).ok())
             .filter(|code| (400..600).contains(code))
-            // OpenAI's named codes for passing faults.
+            // OpenAI's named codes for passing faults, and for faults of
+            // the account or settings, which pause a model loop as their
+            // statuses do.
             .or_else(|| match code.and_then(Value::as_str) {
                 Some("server_error" | "service_unavailable") => Some(500),
-                Some("rate_limit_exceeded") => Some(429),
+                Some("rate_limit_exceeded" | "insufficient_quota") => Some(429),
                 Some("timeout") => Some(408),
+                Some("invalid_api_key") => Some(401),
+                Some("model_not_found") => Some(404),
                 _ => None,
             })
             .unwrap_or(400);
@@ -722,7 +726,13 @@ mod tests {
         let bad = r#"{"error":{"code":400,"message":"bad model"}}"#;
         assert!(!parse_completion(bad).unwrap_err().is_retryable());
         let named = r#"{"error":{"code":"invalid_api_key","message":"no"}}"#;
-        assert!(!parse_completion(named).unwrap_err().is_retryable());
+        let err = parse_completion(named).unwrap_err();
+        assert!(!err.is_retryable() && err.needs_setup(), "{err}");
+        let quota = r#"{"error":{"code":"insufficient_quota","message":"no"}}"#;
+        let err = parse_completion(quota).unwrap_err();
+        assert!(!err.is_retryable() && err.needs_setup(), "{err}");
+        let unknown = r#"{"error":{"code":"model_not_found","message":"no"}}"#;
+        assert!(parse_completion(unknown).unwrap_err().needs_setup());
     }
 
     #[test]
@@ -828,5 +838,33 @@ mod tests {
         assert!(!status(400).is_retryable());
         assert!(!status(401).is_retryable());
         assert!(ModelError::Timeout("t".into()).is_retryable());
+    }
+
+    /// The account's or the settings' faults pause a model loop; the
+    /// request's own (a bad request, a 404 for a path) do not.
+    #[test]
+    fn setup_and_context_classification() {
+        let status = |s, body: &str| ModelError::Status {
+            status: s,
+            body: body.to_owned(),
+            retry_after: None,
+        };
+        let coded = |code: &str| format!(r#"{{"error": {{"code": "{code}", "message": "m"}}}}"#);
+        assert!(status(401, "").needs_setup());
+        assert!(status(403, "").needs_setup());
+        assert!(status(404, &coded("model_not_found")).needs_setup());
+        assert!(!status(404, "Not Found").needs_setup());
+        assert!(status(429, &coded("insufficient_quota")).needs_setup());
+        assert!(!status(429, &coded("rate_limit_exceeded")).needs_setup());
+        assert!(!status(400, &coded("invalid_request_error")).needs_setup());
+        assert!(!status(500, "").needs_setup());
+
+        assert!(status(400, &coded("context_length_exceeded")).is_context_overflow());
+        let llama = r#"{"error":{"code":400,"message":"the request exceeds the available context size","type":"exceed_context_size_error"}}"#;
+        assert!(status(400, llama).is_context_overflow());
+        let vllm = r#"{"object":"error","message":"This model's maximum context length is 4096 tokens.","code":400}"#;
+        assert!(status(400, vllm).is_context_overflow());
+        assert!(!status(400, &coded("invalid_value")).is_context_overflow());
+        assert!(!status(500, &coded("context_length_exceeded")).is_context_overflow());
     }
 }

@@ -249,6 +249,48 @@ async fn out_of_turns(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
     }
 }
 
+/// Waits (30 s at most) for `inst` to pause, and says why it did.
+async fn paused_reason<W: Workflow>(inst: &Instance<W>) -> String {
+    let started = Instant::now();
+    while inst.status().await.unwrap() != Status::Paused {
+        assert!(started.elapsed() < Duration::from_secs(30), "never paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let history = inst.history().await.unwrap();
+    let paused = history
+        .iter()
+        .rfind(|e| e.kind == "paused")
+        .expect("paused");
+    paused.message.clone().unwrap_or_default()
+}
+
+/// A loop whose conversation outgrows the model: the error, and the
+/// roles of the conversation `conversation` gives back from it.
+#[workflow(name = "tooLong")]
+async fn too_long(ctx: Ctx, base_url: String) -> Result<String, BoxError> {
+    let run = ctx
+        .execute(
+            Execute::new("Look them up.")
+                .input("ada")
+                .tools(lookup_customer())
+                .model(model(&base_url)?),
+        )
+        .await;
+    match run {
+        Ok(run) => Ok(run.text),
+        Err(err) => {
+            let Some(so_far) = workflow_ai::conversation(&err) else {
+                return Err(err.into());
+            };
+            let roles: Vec<String> = so_far
+                .iter()
+                .map(|m| serde_json::to_value(m).unwrap()["role"].to_string())
+                .collect();
+            Ok(format!("{err} | {}", roles.join(" ")))
+        }
+    }
+}
+
 /// Starts `W` and waits for its end (a minute at most).
 async fn outcome<W: Workflow>(engine: &Engine, input: W::Input) -> workflow::Result<W::Output> {
     W::start(engine, input)
@@ -270,6 +312,7 @@ async fn engine(url: &str) -> Engine {
         .register(Capped)
         .register(Meeting)
         .register(OutOfTurns)
+        .register(TooLong)
         .poll_interval(Duration::from_millis(20))
         .build()
         .await
@@ -570,17 +613,17 @@ async fn rate_limits_are_retried_and_bad_requests_are_not() {
         "{waited:?}"
     );
 
-    // A quota used up is a 429 that waiting does not mend.
+    // A quota used up is a 429 that waiting does not mend: not retried,
+    // the instance paused until it is topped up.
     let broke = Server::start(|_, _| {
         let (status, mut body) = error(429);
         body["error"]["code"] = json!("insufficient_quota");
         (status, body)
     })
     .await;
-    let err = outcome::<Agent>(&engine, input(&broke, 3))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("insufficient_quota"), "{err}");
+    let inst = Agent::start(&engine, input(&broke, 3)).await.unwrap();
+    let why = paused_reason(&inst).await;
+    assert!(why.contains("insufficient_quota"), "{why}");
     assert_eq!(broke.requests().len(), 1, "not retried");
 
     let bad = Server::start(|_, _| error(400)).await;
@@ -1116,4 +1159,126 @@ async fn the_tool_calls_of_a_turn_run_side_by_side() {
     };
     assert!(output(":meet").contains("ada"), "{steps:?}");
     assert!(output(":meet#1").contains("bob"), "{steps:?}");
+}
+
+/// Arguments cut off mid-object go back to the model, in the history of
+/// every later turn, as `{}`: local servers (llama.cpp, vLLM) parse the
+/// arguments of each call in the history and refuse a request whose do
+/// not read. The model is told what was wrong; the recorded turn keeps
+/// what it sent. Before, the text went back as it came.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_arguments_are_sent_back_as_json() {
+    let server = Server::start(|n, _| match n {
+        0 => tool_call_raw("c1", "lookup_customer", r#"{"email": "#),
+        _ => text("Done."),
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let instance = Agent::start(&engine, input(&server, 5)).await.unwrap();
+    let out = instance
+        .result_timeout(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(out, "Done.");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    let messages = requests[1].body["messages"].as_array().unwrap();
+    let assistant = messages
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .expect("the turn sent back");
+    let sent = assistant["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap();
+    let parsed: Value = serde_json::from_str(sent).expect("arguments sent back are JSON");
+    assert!(parsed.is_object(), "{sent}");
+    let reply = last_message(&requests[1].body)["content"].as_str().unwrap();
+    assert!(reply.contains("not valid JSON"), "{reply}");
+    let steps = instance.steps().await.unwrap();
+    let turn = steps
+        .iter()
+        .find(|s| s.key == "execute:turn-0")
+        .and_then(|s| s.output.clone())
+        .expect("turn 0 recorded");
+    assert_eq!(
+        turn["tool_calls"][0]["function"]["arguments"], r#"{"email": "#,
+        "the record keeps what the model sent"
+    );
+}
+
+/// A key refused mid-loop (HTTP 401) pauses the instance, saying so,
+/// rather than failing it for good; resumed once the key is mended, the
+/// loop goes on from the refused turn, the turn before it read from the
+/// record. Before, the instance failed, and only a new one, paying for
+/// every turn again, could go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_key_pauses_the_loop_until_resumed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mended = Arc::new(AtomicBool::new(false));
+    let server = Server::start({
+        let mended = Arc::clone(&mended);
+        move |n, _| match n {
+            0 => tool_call("c1", "lookup_customer", json!({"email": "ada@example.com"})),
+            _ if !mended.load(Ordering::SeqCst) => error(401),
+            _ => text("Ada is on the pro plan."),
+        }
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let inst = Agent::start(&engine, input(&server, 5)).await.unwrap();
+    let why = paused_reason(&inst).await;
+    assert!(why.contains("HTTP 401"), "{why}");
+    assert!(why.contains("resume the instance"), "{why}");
+    assert_eq!(server.requests().len(), 2, "a 401 is not retried");
+
+    mended.store(true, Ordering::SeqCst);
+    inst.resume().await.unwrap();
+    let out = inst.result_timeout(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(out, "Ada is on the pro plan.");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    // Only the first request is turn 0's: the others carry its reply.
+    for later in &requests[1..] {
+        let roles: Vec<&str> = later.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "assistant", "tool"]);
+    }
+}
+
+/// A conversation grown past the model's context window ends the loop
+/// with `NoAnswer`, its conversation in the error, for a loop that sums it
+/// up. Before, it was a failed step, the conversation lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conversation_too_long_for_the_model_is_handed_back() {
+    let server = Server::start(|n, _| match n {
+        0 => tool_call("c1", "lookup_customer", json!({"email": "ada@example.com"})),
+        _ => (
+            400,
+            json!({"error": {"code": "context_length_exceeded", "type": "invalid_request_error",
+                "message": "This model's maximum context length is 8192 tokens."}}),
+        ),
+    })
+    .await;
+    let engine = engine("memory:").await;
+    let _worker = engine.start_worker();
+    let out = outcome::<TooLong>(&engine, server.url.clone())
+        .await
+        .unwrap();
+    assert!(
+        out.starts_with("model loop `execute` got no answer: "),
+        "{out}"
+    );
+    assert!(out.contains("context window"), "{out}");
+    assert!(
+        out.ends_with(r#"| "system" "user" "assistant" "tool""#),
+        "{out}"
+    );
+    assert_eq!(server.requests().len(), 2, "a 400 is not retried");
 }

@@ -78,8 +78,9 @@ pub enum Error {
     },
 
     /// A model loop's model stopped without an answer it can use: it
-    /// refused, its reply was cut off at the token limit, or the provider's
-    /// content filter withheld it.
+    /// refused, its reply was cut off at the token limit, the provider's
+    /// content filter withheld it, or the conversation grew too long for
+    /// the model's context window.
     #[error("model loop `{name}` got no answer: {reason}")]
     NoAnswer {
         /// The loop's step name.

@@ -74,6 +74,9 @@ pub struct Tool {
     /// The strict form of `parameters`, once asked for; `None` if it has
     /// none (said once, not at every model turn).
     strict: Arc<OnceLock<Option<Value>>>,
+    /// `description` cut to OpenAI's limit, once asked for; `None` if it
+    /// fits (a cut said once, not at every model turn).
+    openai_description: Arc<OnceLock<Option<String>>>,
 }
 
 impl std::fmt::Debug for Tool {
@@ -105,6 +108,7 @@ impl Tool {
             target,
             check: Arc::new(OnceLock::new()),
             strict: Arc::new(OnceLock::new()),
+            openai_description: Arc::new(OnceLock::new()),
         }
     }
 
@@ -202,6 +206,7 @@ impl Tool {
     /// Overrides the description the model reads.
     pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();
+        self.openai_description = Arc::new(OnceLock::new());
         self
     }
 
@@ -268,14 +273,36 @@ impl Tool {
         parameters
     }
 
+    /// The description as OpenAI takes it: at most
+    /// [`OPENAI_MAX_DESCRIPTION`] characters.
+    fn description_for_openai(&self) -> &str {
+        let cut = self.openai_description.get_or_init(|| {
+            let cut = shortened_description(&self.description, OPENAI_MAX_DESCRIPTION)?;
+            tracing::warn!(
+                tool = %self.name,
+                chars = self.description.chars().count(),
+                max = OPENAI_MAX_DESCRIPTION,
+                "tool description too long for OpenAI; sending it cut"
+            );
+            Some(cut)
+        });
+        cut.as_deref().unwrap_or(&self.description)
+    }
+
     /// OpenAI's function tool form:
     /// `{"type": "function", "function": {name, description, parameters, strict: false}}`.
+    ///
+    /// The description is cut to 1,024 characters, OpenAI's limit, at the
+    /// end of a sentence or word where one is near, ending in `…` (with a
+    /// warning, once per tool): a longer one fails every request that
+    /// carries the tool (HTTP 400 `string_above_max_length`).
+    /// [`Tool::description`] and [`Tool::to_anthropic`] keep it whole.
     pub fn to_openai(&self) -> Value {
         json!({
             "type": "function",
             "function": {
                 "name": self.name,
-                "description": self.description,
+                "description": self.description_for_openai(),
                 "parameters": self.provider_parameters(),
                 "strict": false,
             }
@@ -289,7 +316,8 @@ impl Tool {
     /// `#[serde(flatten)]` enum) falls back to
     /// [`Tool::to_openai`] with a warning (once per tool and its clones);
     /// the arguments are checked on
-    /// every call either way.
+    /// every call either way. The description is cut as for
+    /// [`Tool::to_openai`].
     pub fn to_openai_strict(&self) -> Value {
         let strict = self.strict.get_or_init(|| {
             strict_schema(&self.provider_parameters())
@@ -303,7 +331,7 @@ impl Tool {
                 "type": "function",
                 "function": {
                     "name": self.name,
-                    "description": self.description,
+                    "description": self.description_for_openai(),
                     "parameters": parameters,
                     "strict": true,
                 }
@@ -472,6 +500,44 @@ impl Tool {
             },
         }
     }
+}
+
+/// The most characters of a tool description OpenAI takes.
+const OPENAI_MAX_DESCRIPTION: usize = 1024;
+
+/// `text` cut to at most `max` characters, `…` included, or `None` if it
+/// fits. Cut after the last sentence, or else the last word, that keeps
+/// at least half of what fits, so the model reads no word cut in two;
+/// failing both (one long word), at a character boundary.
+fn shortened_description(text: &str, max: usize) -> Option<String> {
+    if text.chars().count() <= max {
+        return None;
+    }
+    // Room for the `…`.
+    let end = text
+        .char_indices()
+        .nth(max.saturating_sub(1))
+        .map_or(text.len(), |(at, _)| at);
+    let head = &text[..end];
+    let half = head.len() / 2;
+    let mut chars = head.char_indices().peekable();
+    let mut sentence = None;
+    while let Some((at, c)) = chars.next() {
+        let ends = matches!(c, '.' | '!' | '?')
+            && chars.peek().is_some_and(|(_, next)| next.is_whitespace());
+        if ends && at >= half {
+            sentence = Some(at + c.len_utf8());
+        }
+    }
+    let word = head
+        .char_indices()
+        .rfind(|(at, c)| c.is_whitespace() && *at >= half)
+        .map(|(at, _)| at);
+    let kept = match sentence.or(word) {
+        Some(at) => head[..at].trim_end(),
+        None => head,
+    };
+    Some(format!("{kept}…"))
 }
 
 /// `value` without the object fields that are `null`: a field left out
@@ -949,5 +1015,102 @@ where
             ))),
             Err(err) => Err(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add() -> Tool {
+        Tool::function("add", "Add one", |n: u32| async move {
+            Ok::<_, std::convert::Infallible>(n + 1)
+        })
+    }
+
+    /// OpenAI refuses every request carrying a tool whose description is
+    /// over 1,024 characters (HTTP 400 `string_above_max_length`): sent
+    /// cut, after a whole sentence, saying so with `…`. Before, it went
+    /// whole, and every turn of a loop with the tool failed.
+    #[test]
+    fn a_long_description_is_cut_for_openai() {
+        let sentence = "Adds one to the number it is given, saturating at the top. ";
+        let long: String = sentence.repeat(1500 / sentence.len() + 1)[..1500].to_owned();
+        assert_eq!(long.chars().count(), 1500);
+        let tool = add().with_description(long.clone());
+        for sent in [tool.to_openai(), tool.to_openai_strict()] {
+            let sent = sent["function"]["description"].as_str().unwrap().to_owned();
+            assert!(
+                sent.chars().count() <= OPENAI_MAX_DESCRIPTION,
+                "{}",
+                sent.len()
+            );
+            let kept = sent.strip_suffix('…').expect("says it was cut");
+            assert!(long.starts_with(kept));
+            assert!(kept.ends_with("top."), "at a sentence's end: {kept:?}");
+            assert!(kept.chars().count() > OPENAI_MAX_DESCRIPTION / 2);
+        }
+        // Whole everywhere else.
+        assert_eq!(tool.description(), long);
+        assert_eq!(tool.to_anthropic()["description"], long.as_str());
+        // A new description is cut anew, or not at all.
+        let short = tool.with_description("Add one");
+        assert_eq!(short.to_openai()["function"]["description"], "Add one");
+    }
+
+    #[test]
+    fn descriptions_are_cut_at_words_or_characters() {
+        let exact = "x".repeat(OPENAI_MAX_DESCRIPTION);
+        assert_eq!(shortened_description(&exact, OPENAI_MAX_DESCRIPTION), None);
+        // No sentence ends: after the last whole word.
+        let words = "word ".repeat(300);
+        let cut = shortened_description(&words, OPENAI_MAX_DESCRIPTION).unwrap();
+        assert!(cut.chars().count() <= OPENAI_MAX_DESCRIPTION);
+        assert!(cut.ends_with("word…"), "{cut}");
+        // One long word of two-byte characters: at a character boundary.
+        let wide = "é".repeat(1500);
+        let cut = shortened_description(&wide, OPENAI_MAX_DESCRIPTION).unwrap();
+        assert_eq!(cut.chars().count(), OPENAI_MAX_DESCRIPTION);
+        assert!(cut.ends_with("é…"), "{cut}");
+    }
+
+    #[derive(Debug, PartialEq, Deserialize, JsonSchema)]
+    enum Tree {
+        Leaf(u32),
+        Node(Vec<Tree>),
+    }
+
+    /// A recursive input, wrapped: its schema moved into `$defs`, so that
+    /// strict mode takes it; arguments are still checked through the
+    /// wrapping property, violations named at their path as sent, and
+    /// unwrapped into the input.
+    #[test]
+    fn a_recursive_wrapped_input_is_checked_and_unwrapped() {
+        let tool = Tool::function("leaves", "Count the leaves", |t: Tree| async move {
+            Ok::<_, std::convert::Infallible>(format!("{t:?}"))
+        });
+        let params = tool.provider_parameters();
+        assert_eq!(
+            params["properties"]["input"],
+            json!({"$ref": "#/$defs/Tree"})
+        );
+        let strict = tool.to_openai_strict();
+        assert_eq!(strict["function"]["strict"], true, "{strict}");
+        let args = json!({"input": {"Node": [{"Leaf": 1}, {"Node": [{"Leaf": 2}]}]}});
+        let input = tool.check_arguments(args).unwrap();
+        assert_eq!(
+            serde_json::from_value::<Tree>(input).unwrap(),
+            Tree::Node(vec![Tree::Leaf(1), Tree::Node(vec![Tree::Leaf(2)])])
+        );
+        let bad = json!({"input": {"Node": [{"Leaf": 1}, {"Node": [{"Leaf": "two"}]}]}});
+        let Err(Error::InvalidArguments { violations, .. }) = tool.check_arguments(bad) else {
+            panic!("a leaf that is no number passed");
+        };
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.path.starts_with("/input/Node/1/Node/0")),
+            "{violations:?}"
+        );
     }
 }

@@ -56,9 +56,11 @@ pub(crate) const WRAPPED_KEY: &str = "input";
 const ROOT_REFUSED: &[&str] = &["oneOf", "anyOf", "allOf", "not", "enum"];
 
 /// An object schema for a value of `schema`, and how to get the value back.
-/// `$defs` move to the new root so `#/$defs/..` references still resolve,
-/// and references to the old root (a recursive type's `#`) follow it under
-/// the wrapping property.
+/// `$defs` move to the new root so `#/$defs/..` references still resolve.
+/// An input that refers to itself (a recursive type's `#`) moves into
+/// `$defs` too, under its title (or `Input`), the wrapping property a
+/// reference to it: OpenAI's strict mode takes references to top-level
+/// definitions only, not to `#/properties/input`.
 pub(crate) fn object_schema(schema: Value) -> (Value, Shape) {
     let Value::Object(mut inner) = schema else {
         // `true`: any value at all.
@@ -83,11 +85,23 @@ pub(crate) fn object_schema(schema: Value) -> (Value, Shape) {
     }
     let mut defs = inner.remove("$defs");
     // The title names the type; on a property it would read as a field name.
-    inner.remove("title");
+    let title = inner.remove("title");
     let mut inner = Value::Object(inner);
-    rebase_root_refs(&mut inner);
+    let name = definition_name(title.as_ref().and_then(Value::as_str), defs.as_ref());
+    let target = format!("#/$defs/{name}");
+    let mut recursive = rebase_root_refs(&mut inner, &target);
     if let Some(Value::Object(defs)) = &mut defs {
-        defs.values_mut().for_each(rebase_root_refs);
+        for def in defs.values_mut() {
+            recursive |= rebase_root_refs(def, &target);
+        }
+    }
+    if recursive {
+        if let Value::Object(defs) = defs.get_or_insert_with(|| json!({})) {
+            defs.insert(
+                name,
+                std::mem::replace(&mut inner, json!({ "$ref": target })),
+            );
+        }
     }
     let mut root = Map::new();
     if let Some(dialect) = dialect {
@@ -96,10 +110,38 @@ pub(crate) fn object_schema(schema: Value) -> (Value, Shape) {
     (wrap(root, inner, defs), Shape::Wrapped)
 }
 
-/// Points `$ref`s into the old root (`#`, `#/properties/..`) at the
-/// wrapping property, where that root now sits; `#/$defs/..` stay, as the
-/// definitions move to the new root.
-fn rebase_root_refs(schema: &mut Value) {
+/// The name a wrapped input that refers to itself gets in `$defs`: its
+/// title, in characters a `$ref` needs no escape for, or `Input`; with a
+/// number added should a definition have it already.
+fn definition_name(title: Option<&str>, defs: Option<&Value>) -> String {
+    let base: String = match title.filter(|t| !t.is_empty()) {
+        Some(title) => title
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
+        None => "Input".to_owned(),
+    };
+    let taken = |name: &str| defs.and_then(|d| d.get(name)).is_some();
+    let mut name = base.clone();
+    let mut n = 0;
+    while taken(&name) {
+        n += 1;
+        name = format!("{base}_{n}");
+    }
+    name
+}
+
+/// Points `$ref`s into the old root (`#`, `#/properties/..`) at `target`,
+/// where that root now sits; `#/$defs/..` stay, as the definitions move to
+/// the new root. True if any did point there: the root refers to itself.
+fn rebase_root_refs(schema: &mut Value, target: &str) -> bool {
+    let mut moved = false;
     match schema {
         Value::Object(map) => {
             for (key, value) in map.iter_mut() {
@@ -109,27 +151,37 @@ fn rebase_root_refs(schema: &mut Value) {
                         "properties" | "patternProperties" | "$defs" | "definitions"
                         | "dependentSchemas",
                         Value::Object(named),
-                    ) => named.values_mut().for_each(rebase_root_refs),
+                    ) => {
+                        for sub in named.values_mut() {
+                            moved |= rebase_root_refs(sub, target);
+                        }
+                    }
                     // Values, not schemas: a `$ref` in them is data.
                     ("const" | "enum" | "default" | "examples", _) => {}
                     ("$ref", Value::String(reference)) => {
-                        let moved = match reference.strip_prefix('#') {
+                        let rebased = match reference.strip_prefix('#') {
                             Some(pointer) if !pointer.starts_with("/$defs/") => {
-                                Some(format!("#/properties/{WRAPPED_KEY}{pointer}"))
+                                Some(format!("{target}{pointer}"))
                             }
                             _ => None,
                         };
-                        if let Some(moved) = moved {
-                            *reference = moved;
+                        if let Some(rebased) = rebased {
+                            *reference = rebased;
+                            moved = true;
                         }
                     }
-                    (_, other) => rebase_root_refs(other),
+                    (_, other) => moved |= rebase_root_refs(other, target),
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(rebase_root_refs),
+        Value::Array(items) => {
+            for item in items {
+                moved |= rebase_root_refs(item, target);
+            }
+        }
         _ => {}
     }
+    moved
 }
 
 fn wrap(mut root: Map<String, Value>, inner: Value, defs: Option<Value>) -> Value {
@@ -237,6 +289,19 @@ fn branches(schema: &Value) -> impl Iterator<Item = &Value> {
         .flatten()
 }
 
+/// Keywords that only describe a schema, constraining nothing: beside a
+/// recursive `$ref`, which is not inlined, they are dropped.
+const ANNOTATIONS: &[&str] = &[
+    "description",
+    "title",
+    "examples",
+    "default",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "$comment",
+];
+
 /// String formats OpenAI's strict mode accepts.
 const STRICT_FORMATS: &[&str] = &[
     "date-time",
@@ -260,7 +325,10 @@ const STRICT_FORMATS: &[&str] = &[
 /// - `oneOf` becomes `anyOf` (schemars' enums; their branches exclude
 ///   each other anyway), a one-element `allOf` is merged into its parent,
 ///   and a `$ref` with sibling keywords is inlined (strict mode allows no
-///   siblings next to `$ref`);
+///   siblings next to `$ref`), unless the schema it points at holds it (a
+///   recursive type's field with a doc comment): inlined, that would never
+///   end, so the `$ref` stays bare and the annotations beside it
+///   (`description`, `title`...) are dropped;
 /// - only supported keywords stay: `type`, `properties`, `required`,
 ///   `additionalProperties`, `items`, `enum`, `const`, `anyOf`, `$ref`,
 ///   `$defs`, `description`, `title`, and by type `pattern` and the
@@ -276,13 +344,16 @@ const STRICT_FORMATS: &[&str] = &[
 /// schemas that accept anything (`serde_json::Value`), tuples, an object
 /// with `anyOf`/`oneOf`/`allOf`/`not` beside its properties (a struct with
 /// a `#[serde(flatten)]` enum field), an `allOf` of more than one schema,
-/// and a root that is not an object.
+/// a recursive `$ref` with constraints beside it, and a root that is not
+/// an object.
 pub fn strict_schema(schema: &Value) -> Result<Value, Vec<String>> {
     let mut problems = Vec::new();
     if schema.get("type").and_then(Value::as_str) != Some("object") {
         problems.push("(root): strict mode needs an object at the root".to_owned());
     }
-    let out = strict_node(schema, schema, "", &mut problems, 0);
+    // The root is being inlined from the start: a recursive type's `#`.
+    let mut inlining = vec!["#".to_owned()];
+    let out = strict_node(schema, schema, "", &mut problems, 0, &mut inlining);
     if problems.is_empty() {
         Ok(out)
     } else {
@@ -290,12 +361,15 @@ pub fn strict_schema(schema: &Value) -> Result<Value, Vec<String>> {
     }
 }
 
+/// `inlining`: the `$ref`s (and definitions) whose schema `node` sits
+/// inside, which a `$ref` beside other keywords is not inlined again.
 fn strict_node(
     root: &Value,
     node: &Value,
     path: &str,
     problems: &mut Vec<String>,
     depth: u32,
+    inlining: &mut Vec<String>,
 ) -> Value {
     let here = if path.is_empty() { "(root)" } else { path };
     if depth > 64 {
@@ -318,6 +392,7 @@ fn strict_node(
             }
         }
     }
+    let mut inlined = false;
     if map.len() > 1 {
         if let Some(reference) = map.get("$ref").and_then(Value::as_str).map(str::to_owned) {
             let target = reference
@@ -325,9 +400,31 @@ fn strict_node(
                 .and_then(|p| root.pointer(p))
                 .and_then(Value::as_object);
             match target {
+                // A recursive type's field with a doc comment: inlined, the
+                // type would hold the field again at every level, without
+                // end (and exponentially so, for two such fields). The
+                // reference stays bare; only annotations were beside it.
+                Some(_) if inlining.contains(&reference) => {
+                    let beside: Vec<&str> = map
+                        .keys()
+                        .map(String::as_str)
+                        .filter(|k| *k != "$ref" && !ANNOTATIONS.contains(k))
+                        .collect();
+                    if beside.is_empty() {
+                        map.retain(|k, _| k == "$ref");
+                    } else {
+                        problems.push(format!(
+                            "{here}: a recursive $ref `{reference}` with {} beside it has no \
+                             strict form",
+                            beside.join(", ")
+                        ));
+                    }
+                }
                 Some(target) => {
                     map.remove("$ref");
                     merge_schema(&mut map, target);
+                    inlining.push(reference);
+                    inlined = true;
                 }
                 None => problems.push(format!("{here}: unresolvable $ref `{reference}`")),
             }
@@ -381,8 +478,14 @@ fn strict_node(
             "items" => {
                 match value {
                     Value::Object(_) => {
-                        let sub =
-                            strict_node(root, value, &format!("{path}/items"), problems, depth + 1);
+                        let sub = strict_node(
+                            root,
+                            value,
+                            &format!("{path}/items"),
+                            problems,
+                            depth + 1,
+                            inlining,
+                        );
                         out.insert(key.clone(), sub);
                     }
                     // `items: false` after `prefixItems`: a tuple.
@@ -408,6 +511,7 @@ fn strict_node(
                                     &format!("{path}/anyOf/{i}"),
                                     problems,
                                     depth + 1,
+                                    inlining,
                                 )
                             })
                             .collect()
@@ -423,7 +527,14 @@ fn strict_node(
                         defs.iter()
                             .map(|(name, d)| {
                                 let p = format!("{path}/{key}/{name}");
-                                (name.clone(), strict_node(root, d, &p, problems, depth + 1))
+                                // Inside its own definition, a reference
+                                // to it is the recursion itself.
+                                let escaped = name.replace('~', "~0").replace('/', "~1");
+                                inlining.push(format!("#{path}/{key}/{escaped}"));
+                                let strict =
+                                    strict_node(root, d, &p, problems, depth + 1, inlining);
+                                inlining.pop();
+                                (name.clone(), strict)
                             })
                             .collect()
                     })
@@ -472,6 +583,7 @@ fn strict_node(
                 &format!("{path}/properties/{name}"),
                 problems,
                 depth + 1,
+                inlining,
             );
             let sub = if required.contains(name.as_str()) {
                 sub
@@ -500,6 +612,9 @@ fn strict_node(
         problems.push(format!(
             "{here}: a schema that accepts anything has no strict form (a `serde_json::Value` field?)"
         ));
+    }
+    if inlined {
+        inlining.pop();
     }
     Value::Object(out)
 }
@@ -918,8 +1033,9 @@ mod tests {
         default: Option<Box<FlatNode>>,
     }
 
-    /// A recursive root refers to itself as `#`; wrapped, it sits under
-    /// `input`, and so must its references.
+    /// A recursive root refers to itself as `#`; wrapped, it moves into
+    /// `$defs` under its title, and so must its references: OpenAI's
+    /// strict mode takes references to top-level definitions only.
     #[test]
     fn references_to_a_wrapped_root_follow_it() {
         let schema = schema_for::<FlatNode>();
@@ -930,13 +1046,19 @@ mod tests {
         let (object, shape) = object_schema(schema);
         assert_eq!(shape, Shape::Wrapped);
         assert_eq!(
-            object["properties"]["input"]["properties"]["children"]["items"]["$ref"],
-            json!("#/properties/input")
+            object["properties"]["input"],
+            json!({"$ref": "#/$defs/FlatNode"})
+        );
+        let node = &object["$defs"]["FlatNode"];
+        assert_eq!(
+            node["properties"]["children"]["items"]["$ref"],
+            json!("#/$defs/FlatNode")
         );
         assert_eq!(
-            object["properties"]["input"]["properties"]["default"]["anyOf"][0]["$ref"],
-            json!("#/properties/input")
+            node["properties"]["default"]["anyOf"][0]["$ref"],
+            json!("#/$defs/FlatNode")
         );
+        assert!(node.get("title").is_none(), "{node}");
         let node = json!({"method": "invoice", "days": 30, "children": [
             {"method": "card", "number": "4111", "children": []}]});
         assert!(accepts(&object, &json!({ "input": node })));
@@ -1020,5 +1142,192 @@ mod tests {
         assert_eq!(object["required"], json!(["input"]));
         let (_, shape) = object_schema(schema_for::<Address>());
         assert_eq!(shape, Shape::Object);
+    }
+
+    /// Every `$ref` in `schema`, `$defs` and their contents included.
+    fn refs(schema: &Value, out: &mut Vec<String>) {
+        match schema {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("$ref", Value::String(r)) => out.push(r.clone()),
+                        ("const" | "enum" | "default" | "examples", _) => {}
+                        (_, other) => refs(other, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| refs(i, out)),
+            _ => {}
+        }
+    }
+
+    /// Each `$ref` of `schema` is `#` or a top-level definition that is
+    /// there, as OpenAI's strict mode asks.
+    fn assert_refs_resolve(schema: &Value) {
+        let mut found = Vec::new();
+        refs(schema, &mut found);
+        for r in found {
+            let pointer = r.strip_prefix('#').expect("a local $ref");
+            assert!(
+                pointer.is_empty()
+                    || (pointer.starts_with("/$defs/") && pointer.matches('/').count() == 2),
+                "`{r}` is not a top-level definition: {schema}"
+            );
+            assert!(schema.pointer(pointer).is_some(), "`{r}` dangles: {schema}");
+        }
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    enum Expr {
+        Num(f64),
+        Add {
+            /// The left operand.
+            left: Box<Expr>,
+            /// The right operand.
+            right: Box<Expr>,
+        },
+        If {
+            /// The condition.
+            cond: Box<Expr>,
+            /// The value if it holds.
+            then: Box<Expr>,
+            /// The value otherwise.
+            otherwise: Box<Expr>,
+        },
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Calc {
+        /// The expression to evaluate.
+        expr: Expr,
+        /// Another, to compare with.
+        check: Option<Expr>,
+    }
+
+    /// A recursive type whose recursive fields have doc comments: each
+    /// field is a `$ref` beside a `description`. Inlined, every field held
+    /// the whole type again, three times over for `If`, until the depth
+    /// guard: it never ended in practice. Now the recursion stays a bare
+    /// `$ref`.
+    #[test]
+    fn recursive_fields_with_doc_comments_are_not_inlined_without_end() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let results: Vec<(Value, Result<Value, Vec<String>>)> =
+                [schema_for::<Calc>(), object_schema(schema_for::<Expr>()).0]
+                    .into_iter()
+                    .map(|schema| {
+                        let strict = strict_schema(&schema);
+                        (schema, strict)
+                    })
+                    .collect();
+            let _ = tx.send(results);
+        });
+        let results = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("strict_schema answers within seconds");
+        let expr = json!({"If": {
+            "cond": {"Num": 1.0},
+            "then": {"Add": {"left": {"Num": 1.0}, "right": {"Num": 2.0}}},
+            "otherwise": {"Num": 0.0}}});
+        let (calc, wrapped) = (&results[0], &results[1]);
+        for (schema, strict) in [calc, wrapped] {
+            let strict = strict.clone().expect("convertible");
+            assert_strict(&strict, "");
+            assert_refs_resolve(&strict);
+            let args = |expr: &Value| {
+                if schema["properties"].get("expr").is_some() {
+                    json!({"expr": expr, "check": null})
+                } else {
+                    json!({ "input": expr })
+                }
+            };
+            assert!(accepts(&strict, &args(&expr)), "{strict}");
+            assert!(accepts(schema, &args(&expr)), "{schema}");
+            // Deep inside, still no other shape.
+            let wrong =
+                json!({"Add": {"left": {"Num": 1.0}, "right": {"Add": {"left": {"Num": 1.0}}}}});
+            assert!(!accepts(&strict, &args(&wrong)), "{strict}");
+        }
+        // A field whose type is not recursive keeps its doc comment.
+        let strict = calc.1.clone().unwrap();
+        assert_eq!(
+            strict["properties"]["expr"]["description"],
+            json!("The expression to evaluate.")
+        );
+    }
+
+    /// A recursive enum at the root, wrapped: its strict form refers to
+    /// it as a top-level definition, which OpenAI's strict mode takes, not
+    /// as `#/properties/input`, which it refuses. Arguments are still read
+    /// through the wrapping property.
+    #[test]
+    fn a_wrapped_recursive_root_is_a_top_level_definition() {
+        let (object, shape) = object_schema(schema_for::<Expr>());
+        assert_eq!(shape, Shape::Wrapped);
+        assert_eq!(
+            object["properties"]["input"],
+            json!({"$ref": "#/$defs/Expr"})
+        );
+        assert_refs_resolve(&object);
+        let strict = strict_schema(&object).expect("convertible");
+        assert_strict(&strict, "");
+        assert_refs_resolve(&strict);
+        let args = json!({"input": {"Add": {"left": {"Num": 1.0}, "right": {"Num": 2.0}}}});
+        assert!(accepts(&strict, &args));
+        assert!(accepts(&object, &args));
+        serde_json::from_value::<Expr>(Shape::Wrapped.unwrap(args)).expect("fits the type");
+        // Nothing recursive, nothing moved.
+        let (object, _) = object_schema(schema_for::<Payment>());
+        assert!(
+            object["properties"]["input"]["oneOf"].is_array(),
+            "{object}"
+        );
+
+        // A definition of the title's name already there: another name.
+        let clash = json!({
+            "title": "Node",
+            "anyOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#"}},
+                {"$ref": "#/$defs/Node"}],
+            "$defs": {"Node": {"type": "string"}}
+        });
+        let (object, _) = object_schema(clash);
+        assert_eq!(
+            object["properties"]["input"],
+            json!({"$ref": "#/$defs/Node_1"})
+        );
+        assert_eq!(object["$defs"]["Node"], json!({"type": "string"}));
+        assert_refs_resolve(&object);
+        assert!(accepts(&object, &json!({"input": [1, [2, "x"]]})));
+        assert!(!accepts(&object, &json!({"input": [true]})));
+        // No title: `Input`.
+        let untitled =
+            json!({"type": "array", "items": {"anyOf": [{"type": "integer"}, {"$ref": "#"}]}});
+        let (object, _) = object_schema(untitled);
+        assert_eq!(
+            object["properties"]["input"],
+            json!({"$ref": "#/$defs/Input"})
+        );
+    }
+
+    /// Beside a recursive `$ref`, a constraint (not an annotation) cannot
+    /// be kept: reported, not dropped.
+    #[test]
+    fn a_recursive_ref_with_constraints_beside_it_is_reported() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"node": {"$ref": "#/$defs/Node"}},
+            "required": ["node"],
+            "$defs": {"Node": {"type": "object", "required": ["next"], "properties": {
+                "next": {"$ref": "#/$defs/Node", "required": ["extra"],
+                    "properties": {"extra": {"type": "string"}}}}}}
+        });
+        let problems = strict_schema(&schema).unwrap_err().join("\n");
+        assert!(
+            problems.contains("a recursive $ref `#/$defs/Node`"),
+            "{problems}"
+        );
     }
 }
