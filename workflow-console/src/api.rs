@@ -505,7 +505,9 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Query-string parameters. A malformed query (`?limit=abc`) is a JSON
-/// error like every other, not axum's plain-text rejection.
+/// error like every other, not axum's plain-text rejection. A parameter
+/// left empty (`?limit=&after=`, as a form sends its blank fields) is one
+/// not given.
 struct Params<T>(T);
 
 impl<T, S> FromRequestParts<S> for Params<T>
@@ -515,8 +517,22 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        match QueryString::<T>::from_request_parts(parts, state).await {
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let given: Vec<&str> = parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| {
+                pair.split_once('=')
+                    .is_some_and(|(_, value)| !value.is_empty())
+            })
+            .collect();
+        let uri = axum::http::Uri::builder()
+            .path_and_query(format!("/?{}", given.join("&")))
+            .build()
+            .map_err(|err| ApiError::bad_request(format!("query string: {err}")))?;
+        match QueryString::<T>::try_from_uri(&uri) {
             Ok(QueryString(params)) => Ok(Params(params)),
             Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
         }

@@ -178,6 +178,14 @@ async fn reads_filters_and_pages() {
         bad.body
     );
     assert!(bad.json()["error"].as_str().unwrap().contains("limit"));
+    // Parameters left empty, as a form sends them, are not given.
+    let blank = get(
+        &base,
+        "/api/instances?workflow=&status=&tag=&q=&limit=&after=",
+    )
+    .await;
+    assert_eq!(blank.status, 200, "{}", blank.body);
+    assert_eq!(ids(&blank.json()).len(), 5, "{}", blank.body);
 
     // Paging: newest first, by cursor, every instance exactly once.
     let mut seen = Vec::new();
