@@ -1309,3 +1309,74 @@ fn waiting_for_an_instance_nothing_runs_says_why() {
     said(&idle, "no worker has taken in the 10 s since it came due");
     said(&paused, "paused: it ends only once resumed");
 }
+
+/// Runs at 03:00 in Paris.
+#[workflow(name = "nightly", schedule = "0 3 * * *", timezone = "Europe/Paris")]
+async fn nightly_scheduled(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+/// The same workflow as a worker without its schedule registers it.
+#[workflow(name = "nightly")]
+async fn nightly_unscheduled(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+/// A worker that runs a scheduled workflow without its schedule (a web
+/// tier registering it only to start it) records it removed, which undoes
+/// the scheduled workers' record: it says so, and what to do. It was
+/// silent, and the schedule restarted at each scheduled worker's start.
+#[test]
+fn a_worker_that_records_a_schedule_removed_says_so() {
+    let (logs, _guard) = Captured::warnings();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store: std::sync::Arc<dyn workflow::Store> =
+            std::sync::Arc::new(workflow::MemoryStore::new());
+        let recorded = |scheduled: bool| {
+            let store = std::sync::Arc::clone(&store);
+            async move {
+                for _ in 0..500 {
+                    let defs = store.definitions().await.unwrap();
+                    if defs
+                        .first()
+                        .is_some_and(|d| d.schedule.is_some() == scheduled)
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("never recorded with scheduled = {scheduled}");
+            }
+        };
+        let cron = Engine::builder()
+            .shared_store(std::sync::Arc::clone(&store))
+            .register(NightlyScheduled)
+            .build()
+            .await
+            .unwrap();
+        let cron_worker = cron.start_worker();
+        recorded(true).await;
+        let web = Engine::builder()
+            .shared_store(std::sync::Arc::clone(&store))
+            .register(NightlyUnscheduled)
+            .build()
+            .await
+            .unwrap();
+        let web_worker = web.start_worker();
+        recorded(false).await;
+        web_worker.shutdown().await;
+        cron_worker.shutdown().await;
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.contains("recorded as removed"))
+        .unwrap_or_else(|| panic!("no warning in:\n{text}"));
+    for part in ["nightly", "0 3 * * *", "the same schedule"] {
+        assert!(line.contains(part), "{part} missing from: {line}");
+    }
+}

@@ -695,7 +695,29 @@ pub(crate) async fn record_schedules(engine: &Engine) -> std::result::Result<(),
     }
     let now = inner.clock.now().timestamp_millis();
     restart_changed_schedules(store, &definitions, &recorded, now).await?;
-    store.put_definitions(&definitions, now_millis()).await
+    store.put_definitions(&definitions, now_millis()).await?;
+    // Said once the record is made. Workers of one workflow with and
+    // without its schedule (a web tier that registers it only to start
+    // it, but runs a worker) undo each other's records: each start of a
+    // scheduled one then counts the schedule from now, and catches up on
+    // nothing missed while none ran.
+    for def in definitions.iter().filter(|def| def.schedule.is_none()) {
+        if let Some(was) = recorded
+            .iter()
+            .find(|old| old.name == def.name)
+            .and_then(|old| old.schedule.as_deref())
+        {
+            tracing::warn!(
+                workflow = %def.name,
+                was,
+                "this worker runs the workflow without a schedule: recorded as removed. Workers that \
+                 still run it on one go on firing it, and record it again as they start, counting it \
+                 from then; give every worker of the workflow the same schedule, or run it on a \
+                 worker of its own"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Moves the mark of every schedule whose expression or time zone differs
