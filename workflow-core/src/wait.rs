@@ -223,8 +223,16 @@ where
             // A timeout recorded the state as it was then.
             self.restore_state(&step).await?;
             let payload = step.output.is_some();
+            let noted = payload && run.recorded(&format!("{key}@unread")).is_some();
             return match event_outcome(name, step) {
                 Err(err) if payload => self.unreadable(&key, false, err).await,
+                // Code that reads it now replays the error all the same:
+                // the run that took it went on from that error (asked
+                // again, say), and this one must take the same branch.
+                Ok(_) if noted => Err(Error::EventPayload {
+                    event: name.to_owned(),
+                    message: NOTED_UNREAD.to_owned(),
+                }),
                 outcome => outcome,
             };
         }
@@ -509,8 +517,16 @@ where
         if let Some(step) = run.recorded(&result_key) {
             self.restore_state(&step).await?;
             let output = step.output.is_some();
+            let noted = output && run.recorded(&format!("{key}@unread")).is_some();
             return match child_outcome::<W>(&child, step) {
                 Err(err) if output => self.unreadable(&key, false, err).await,
+                // As for an event: the error the first reading gave.
+                Ok(_) if noted => Err(Error::Child {
+                    workflow: W::NAME.to_owned(),
+                    id: child,
+                    status: Status::Completed,
+                    message: format!("gave an output that {NOTED_UNREAD}"),
+                }),
                 outcome => outcome,
             };
         }
@@ -855,6 +871,11 @@ where
             .await)
     }
 }
+
+/// Why a replay gives the error of a value that reads now: the first
+/// reading could not read it, noted so, and the handler went on from there.
+const NOTED_UNREAD: &str = "did not fit when it was first read (noted then); every replay gives \
+     that outcome, though the code reads it now";
 
 fn event_outcome<T: DeserializeOwned>(name: &str, step: StepRow) -> Result<T> {
     match step.output {

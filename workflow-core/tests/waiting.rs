@@ -1580,6 +1580,91 @@ async fn a_payload_new_code_cannot_read_pauses_the_instance() {
     assert!(err.to_string().contains("event `data`"), "{err}");
 }
 
+/// Asks again until an answer fits: version 1 reads it as `Strict`,
+/// version 2 as any JSON.
+struct AskAgain {
+    v2: bool,
+}
+
+impl Workflow for AskAgain {
+    type Input = ();
+    type Output = serde_json::Value;
+    type State = ();
+    const NAME: &'static str = "askAgain";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<serde_json::Value, BoxError> {
+        loop {
+            let answer = if self.v2 {
+                ctx.wait_for_event::<serde_json::Value>("answer", None)
+                    .await
+            } else {
+                ctx.wait_for_event::<Strict>("answer", None)
+                    .await
+                    .map(|s| serde_json::json!({ "required": s.required }))
+            };
+            match answer {
+                Ok(answer) => return Ok(answer),
+                Err(Error::EventPayload { .. }) => {
+                    ctx.step("ask-again", || async { Ok::<_, BoxError>(()) })
+                        .await?;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+}
+
+/// A payload the first reading could not read, and the handler went on
+/// from that error (asked again): a replay under code that reads it now
+/// gives the same error, and the handler the same branch. Before, the
+/// replay took the payload it had refused, and the answer to its second
+/// question was never read.
+#[tokio::test]
+async fn a_payload_first_read_as_unfit_stays_so_under_code_that_reads_it() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = |v2: bool| {
+        let builder = EngineBuilder::new()
+            .shared_store(Arc::clone(&store))
+            .poll_interval(Duration::from_millis(10))
+            .suspend_after(Duration::from_millis(50))
+            .register(AskAgain { v2 });
+        async move { builder.build().await.unwrap() }
+    };
+    let old = engine(false).await;
+    let worker = old.start_worker();
+    let inst = AskAgain::start(&old, ()).await.unwrap();
+    until_status(&inst, Status::Listening).await;
+    inst.send_event("answer", serde_json::json!({"other": 1}))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let asked = inst
+            .steps()
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.key == "ask-again");
+        if asked && inst.info().await.unwrap().status == Status::Listening {
+            break;
+        }
+        assert!(started.elapsed() < LIMIT, "never asked again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.shutdown().await;
+
+    let new = engine(true).await;
+    let _worker = new.start_worker();
+    let inst = AskAgain::handle(&new, inst.id().clone());
+    inst.send_event("answer", serde_json::json!({"required": 7}))
+        .await
+        .unwrap();
+    assert_eq!(
+        inst.result_timeout(LIMIT).await.unwrap(),
+        serde_json::json!({"required": 7})
+    );
+}
+
 /// Version 1 and 2 of a workflow that reads a value, then waits for an
 /// event with no timeout (which records nothing while it waits): the value
 /// read is the last thing recorded. `child` picks the value: a child's
