@@ -48,7 +48,7 @@ async fn main() -> workflow::Result<()> {
     let worker = engine.start_worker();
     let order = ProcessOrder::start(&engine, OrderInput { order_id: "12345".into() }).await?;
     println!("{}", order.result().await?.status);
-    worker.shutdown().await; // lets running handlers finish before main returns
+    worker.shutdown().await; // lets running steps finish before main returns
     Ok(())
 }
 }

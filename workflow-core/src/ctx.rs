@@ -206,6 +206,9 @@ pub(crate) struct RunShared {
     journal: Mutex<Journal>,
     /// A pause was asked for: stop before the next step.
     pause: AtomicBool,
+    /// The worker is shutting down: hand the instance back before the
+    /// next step rather than start it (see [`RunShared::drain`]).
+    draining: AtomicBool,
     /// Pauses and resumes made by this process while it ran.
     pause_changes: LocalChanges,
     /// The step backing off when the instance was suspended, and its failed attempts.
@@ -472,6 +475,7 @@ impl RunShared {
             lease_end: LeaseEndCell::default(),
             default_step,
             pause: AtomicBool::new(row.pause_requested),
+            draining: AtomicBool::new(false),
             pause_changes: LocalChanges::default(),
             retry: row.retry.clone(),
             cut_short,
@@ -815,6 +819,22 @@ impl RunShared {
 
     pub(crate) fn pause_requested(&self) -> bool {
         self.pause.load(Ordering::Acquire)
+    }
+
+    /// The worker is shutting down: the steps running finish and are
+    /// recorded, and the handler starts no new one (nor an attempt after
+    /// a failed one, nor a timer); it suspends, due at once, for another
+    /// worker. Work is durable at each step's end, so nothing is gained
+    /// by running the rest of the handler in the grace period, and a step
+    /// begun in it would be cut halfway when the grace ends: run again by
+    /// the next worker, or, `at_most_once`, failed for good.
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether [`drain`](Self::drain) was called.
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Whether the handler may go on calling `ctx`. A pending suspension
@@ -1380,7 +1400,13 @@ where
         if let Some(step) = run.recorded(&key) {
             return self.replay(step).await;
         }
-        if run.pause_requested() {
+        let paused = run.pause_requested();
+        if paused || run.draining() {
+            let reason = if paused {
+                format!("paused before step `{key}`")
+            } else {
+                format!("handed back before step `{key}`: the worker is shutting down")
+            };
             return Err(self
                 .suspend(crate::store::Suspend {
                     status: crate::Status::Pending,
@@ -1390,7 +1416,7 @@ where
                     // A step still backing off counts on after the pause.
                     retry: run.retry.clone(),
                     state: None,
-                    reason: format!("paused before step `{key}`"),
+                    reason,
                     at: run.now(),
                 })
                 .await);
@@ -1560,7 +1586,7 @@ where
                     .record_attempt(&run.lease, &key, attempt, &message, run.now())
                     .await
                     .map_err(|e| self.store_error(e))?;
-                if delay > run.suspend_after {
+                if delay > run.suspend_after || run.draining() {
                     // Its own suspension must not wait for it.
                     drop(running.take());
                     let at = run.now();

@@ -422,8 +422,10 @@ impl EngineBuilder {
         self
     }
 
-    /// How long `shutdown` lets running handlers finish before stopping
-    /// them (default 10 s); stopped ones resume on the next start.
+    /// How long `shutdown` lets the steps running finish before stopping
+    /// their handlers (default 10 s). Handlers start no new step
+    /// meanwhile: each instance is handed back before its next step, due
+    /// at once for another worker. Stopped ones resume on the next start.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = grace;
         self
@@ -983,9 +985,9 @@ impl Engine {
     }
 
     /// [`run`](Self::run) until `signal` completes too, as axum's
-    /// `with_graceful_shutdown` does: the worker stops claiming, lets
-    /// running handlers finish (the grace period) and hands the rest
-    /// back. A service's `main` ends with it:
+    /// `with_graceful_shutdown` does: the worker stops claiming, lets the
+    /// steps running finish (the grace period) and hands the instances
+    /// back before their next step. A service's `main` ends with it:
     ///
     /// ```no_run
     /// # async fn doc(engine: workflow_core::Engine) -> workflow_core::Result<()> {
@@ -1013,9 +1015,10 @@ impl Engine {
         Ok(stopped)
     }
 
-    /// Stops every worker of this engine: no new claims, running handlers get
-    /// the grace period to finish, then are stopped and handed back to the
-    /// store to resume later.
+    /// Stops every worker of this engine: no new claims, the steps running
+    /// get the grace period to finish, and each instance is handed back to
+    /// the store before its next step (or stopped at the grace's end), to
+    /// resume at once on another worker or on the next start.
     ///
     /// It returns at once: await [`Worker::shutdown`] (or the
     /// [`run`](Self::run) it ends) to know the workers are done. It is for

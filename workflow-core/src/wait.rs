@@ -81,8 +81,8 @@ where
         if let Some(step) = run.recorded(&key) {
             return self.replay(step).await;
         }
-        if run.pause_requested() {
-            // Paused before it, as before any step.
+        if run.pause_requested() || run.draining() {
+            // Paused (or handed back) before it, as before any step.
             return self
                 .step_keyed(key, StepOptions::no_retry(), || async move {
                     Ok::<_, BoxError>(at)

@@ -254,9 +254,10 @@ impl Worker {
         self.shared.stop.clone()
     }
 
-    /// Stops claiming, lets running handlers finish within the engine's
-    /// grace period (counted from this call), stops the rest and hands
-    /// them back to the store. It returns within the grace period and a
+    /// Stops claiming, lets the steps running finish within the engine's
+    /// grace period (counted from this call) and hands each instance back
+    /// to the store before its next step; handlers still in a step when
+    /// the grace ends are stopped and handed back too. It returns within the grace period and a
     /// few seconds more, whatever the store does: instances a store that
     /// does not answer could not take back resume when their leases expire.
     /// It says whether a handler blocking its thread was left running
@@ -710,7 +711,15 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(5);
 async fn drain(w: &WorkerShared, runs: &mut JoinSet<bool>, deadline: tokio::time::Instant) -> bool {
     if !runs.is_empty() {
         let grace = deadline.saturating_duration_since(tokio::time::Instant::now());
-        tracing::info!(running = runs.len(), ?grace, "waiting for running handlers");
+        tracing::info!(
+            running = runs.len(),
+            ?grace,
+            "waiting for running steps, then handing instances back"
+        );
+    }
+    // Steps running finish; no new one starts (see `RunShared::drain`).
+    for run in lock(&w.running).values() {
+        run.drain();
     }
     let all_done = async { while runs.join_next().await.is_some() {} };
     if tokio::time::timeout_at(deadline, all_done).await.is_err() {

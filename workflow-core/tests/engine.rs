@@ -979,6 +979,94 @@ async fn shutdown_hands_running_instances_back() {
     assert_eq!(kinds.last(), Some(&HistoryKind::Released));
 }
 
+static STEPS_ENTERED: AtomicU32 = AtomicU32::new(0);
+
+/// Ten steps of 300 ms, counting the closures entered.
+struct TenSteps;
+
+impl Workflow for TenSteps {
+    type Input = ();
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "tenSteps";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<u32, BoxError> {
+        for i in 0..10u32 {
+            ctx.step(&format!("step-{i}"), || async move {
+                STEPS_ENTERED.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, BoxError>(i)
+            })
+            .await?;
+        }
+        Ok(10)
+    }
+}
+
+/// A shutdown lets the step running finish and be recorded, then hands
+/// the instance back before its next step, rather than run the rest of
+/// the handler in the grace period (a step begun late in it would be cut
+/// halfway, its side effect made again by the next worker). Before, the
+/// handler went on through all ten steps inside the grace.
+#[tokio::test]
+async fn a_shutdown_hands_instances_back_at_their_next_step() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = || {
+        EngineBuilder::new()
+            .shared_store(Arc::clone(&store))
+            .register(TenSteps)
+            .poll_interval(Duration::from_millis(10))
+            .shutdown_grace(Duration::from_secs(30))
+            .build()
+    };
+    let first = engine().await.unwrap();
+    let worker = first.start_worker();
+    let inst = TenSteps::start(&first, ()).await.unwrap();
+    for _ in 0..500 {
+        if STEPS_ENTERED.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    worker.shutdown().await;
+    let info = inst.info().await.unwrap();
+    assert_eq!(info.status, Status::Pending, "handed back: {info:?}");
+    let recorded = inst.steps().await.unwrap().len() as u32;
+    assert!(
+        (1..10).contains(&recorded),
+        "the running step was recorded, the rest left: {recorded}"
+    );
+    assert_eq!(
+        STEPS_ENTERED.load(Ordering::SeqCst),
+        recorded,
+        "no step begun and left unrecorded"
+    );
+    let history = inst.history().await.unwrap();
+    let handed = history
+        .iter()
+        .rev()
+        .find(|e| e.kind == HistoryKind::Suspended)
+        .unwrap();
+    assert!(
+        handed
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("shutting down"),
+        "{handed:?}"
+    );
+
+    // The next worker takes it at once and goes on from the record.
+    let second = engine().await.unwrap();
+    let _worker = second.start_worker();
+    let inst = TenSteps::handle(&second, inst.id().clone());
+    assert_eq!(
+        inst.result_timeout(Duration::from_secs(20)).await.unwrap(),
+        10
+    );
+    assert_eq!(STEPS_ENTERED.load(Ordering::SeqCst), 10, "each step once");
+}
+
 /// A store that stops answering claims does not hold a shutdown past its
 /// grace period: the claim in flight is given up (what it would claim
 /// resumes when leases expire), the running handler is stopped at the
