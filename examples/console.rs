@@ -223,29 +223,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("workflow console: {}", server.url());
     println!("Ctrl-C to stop");
-    shutdown_signal().await;
+    workflow::shutdown_signal().await;
     server.shutdown();
     worker.shutdown().await;
     Ok(())
-}
-
-/// Ctrl-C, or the SIGTERM of systemd or Kubernetes: without a handler,
-/// SIGTERM kills the process at once, and its instances wait out their
-/// leases before another process resumes them (one restarted on the same
-/// machine takes them over at once).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => drop(sigterm.recv().await),
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
 }

@@ -60,12 +60,19 @@
 //! run: no such step runs twice; one a kill cut short fails, its outcome
 //! unknown, and every other instance completes.
 //!
+//! A ninth stops a service the way systemd and Kubernetes do, with
+//! SIGTERM, through `workflow::shutdown_signal`: the step running finishes
+//! and is recorded, the instance is handed back before its next one, and
+//! the process exits 0 well within its grace period. A second SIGTERM
+//! while a step holds the shutdown up ends the process at once (130).
+//!
 //! `harness = false`: the same binary is the parent (no arguments) and the
 //! child (`child DB`, `child-waits DB`, `child-family DB`, `child-cron DB
 //! SECONDS`, `child-fence DB A|B`, `child-poison DB`, `child-starts DB
-//! LOG`, `child-once DB`). `CRASH_ROUNDS=n` repeats every scenario;
-//! `CRASH_ONLY=family,fence` runs only those (of `steps`, `waits`,
-//! `family`, `cron`, `fence`, `poison`, `starts`, `once`).
+//! LOG`, `child-once DB`, `child-signal DB LOG`). `CRASH_ROUNDS=n` repeats
+//! every scenario; `CRASH_ONLY=family,fence` runs only those (of `steps`,
+//! `waits`, `family`, `cron`, `fence`, `poison`, `starts`, `once`,
+//! `signal`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -149,6 +156,7 @@ fn main() {
         Some("child-poison") => return poison::child(&args[2]),
         Some("child-starts") => return starts::child(&args[2], &args[3]),
         Some("child-once") => return once::child(&args[2]),
+        Some("child-signal") => return signal::child(&args[2], &args[3]),
         _ => {}
     }
     if args.iter().any(|a| a == "--list") {
@@ -161,7 +169,7 @@ fn main() {
         .unwrap_or(1);
     // `CRASH_ONLY=family,fence` runs only those scenarios.
     let only = std::env::var("CRASH_ONLY").ok();
-    let scenarios: [Scenario; 8] = [
+    let scenarios: [Scenario; 9] = [
         ("steps", || {
             format!("{} kills mid-step, all checks passed", parent())
         }),
@@ -222,6 +230,15 @@ fn main() {
                 o.kills, o.cut_short
             )
         }),
+        ("signal", || {
+            let o = signal::parent();
+            format!(
+                "SIGTERM: the running step finished, the instance was handed back after {} \
+                 of its steps, each run once, and the process exited 0 in {:.1?} (grace 30 s); \
+                 a second SIGTERM ended a shutdown held up by a step at once (exit 130)",
+                o.recorded, o.stopped_in
+            )
+        }),
     ];
     let chosen: Vec<_> = scenarios
         .iter()
@@ -232,7 +249,7 @@ fn main() {
         .collect();
     assert!(
         !chosen.is_empty(),
-        "CRASH_ONLY names no scenario: steps, waits, family, cron, fence, poison, starts, once"
+        "CRASH_ONLY names no scenario: steps, waits, family, cron, fence, poison, starts, once, signal"
     );
     for round in 1..=rounds {
         for (_, scenario) in &chosen {
@@ -2520,5 +2537,160 @@ mod once {
         // Not vacuous: the kills landed inside charges.
         assert!(cut_short >= 1, "no kill cut a charge short");
         Outcome { kills, cut_short }
+    }
+}
+
+mod signal {
+    //! A service stopped with SIGTERM, as systemd and Kubernetes stop one,
+    //! through `workflow::shutdown_signal`.
+
+    use super::*;
+
+    /// Many short steps, each logging `step I` as it begins.
+    #[workflow(name = "stepper", timeout = "1h")]
+    async fn stepper(ctx: Ctx, log: String) -> workflow::Result<u32> {
+        for i in 0..200u32 {
+            let log = &log;
+            ctx.step(&format!("step-{i}"), || async move {
+                log_line(log, &format!("step {i}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, BoxError>(())
+            })
+            .await?;
+        }
+        Ok(200)
+    }
+
+    /// One step that outlasts any shutdown's patience.
+    #[workflow(name = "stuck", timeout = "1h")]
+    async fn stuck(ctx: Ctx, log: String) -> workflow::Result<()> {
+        ctx.step("forever", || async {
+            log_line(&log, "stuck");
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    fn engine(db: &str) -> workflow::EngineBuilder {
+        Engine::builder()
+            .database_url(format!("sqlite://{db}"))
+            .register(Stepper)
+            .register(Stuck)
+            .poll_interval(Duration::from_millis(20))
+            .lease_duration(TAKEOVER_ONLY_BY_PID)
+            .shutdown_grace(Duration::from_secs(30))
+    }
+
+    /// A service: a worker until SIGINT or SIGTERM.
+    pub fn child(db: &str, _log: &str) {
+        runtime().block_on(async {
+            let engine = engine(db).build().await.expect("engine");
+            engine
+                .run_until(workflow::shutdown_signal())
+                .await
+                .expect("run");
+        });
+    }
+
+    pub struct Outcome {
+        pub recorded: usize,
+        pub stopped_in: Duration,
+    }
+
+    /// The child's exit code, waiting at most `limit` for it.
+    fn exit_code(proc: &mut Proc, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        let child = proc.0.as_mut().expect("child running");
+        loop {
+            if let Some(status) = child.try_wait().expect("poll child") {
+                proc.0 = None;
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn parent() -> Outcome {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("signal.db");
+        let db_text = db.display().to_string();
+        let log = dir.path().join("steps.log");
+        let log_text = log.display().to_string();
+        let rt = runtime();
+        let engine = rt.block_on(async { engine(&db_text).build().await.expect("engine") });
+        let id = rt.block_on(async {
+            Stepper::start(&engine, log_text.clone())
+                .await
+                .expect("start")
+                .id()
+                .clone()
+        });
+
+        let mut proc = Proc::spawn("child-signal", &db, &[&log_text]);
+        proc.wait_until("three steps", || lines(&log).len() >= 3);
+        proc.signal(libc::SIGTERM);
+        let sent = Instant::now();
+        assert_eq!(exit_code(&mut proc, Duration::from_secs(25)), Some(0));
+        let stopped_in = sent.elapsed();
+        let (info, steps, history) = rt.block_on(async {
+            let handle = Stepper::handle(&engine, id.clone());
+            (
+                handle.info().await.expect("info"),
+                handle.steps().await.expect("steps"),
+                handle.history().await.expect("history"),
+            )
+        });
+        assert_eq!(info.status, Status::Pending, "handed back: {info:?}");
+        let begun = lines(&log);
+        assert!(steps.len() < 200, "stopped before the end: {}", steps.len());
+        assert_eq!(
+            begun.len(),
+            steps.len(),
+            "every step begun was recorded, none begun after: {begun:?}"
+        );
+        let handed = history.last().expect("history");
+        assert!(
+            handed
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("shutting down"),
+            "{handed:?}"
+        );
+
+        // A step that holds the shutdown up: a second SIGTERM ends it now.
+        rt.block_on(async {
+            engine.cancel(&id).await.expect("cancel");
+            Stuck::start(&engine, log_text.clone())
+                .await
+                .expect("start");
+        });
+        let mut proc = Proc::spawn("child-signal", &db, &[&log_text]);
+        proc.wait_until("the stuck step", || {
+            lines(&log).iter().any(|l| l == "stuck")
+        });
+        proc.signal(libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            proc.0
+                .as_mut()
+                .expect("child")
+                .try_wait()
+                .expect("poll")
+                .is_none(),
+            "the first SIGTERM waits for the step"
+        );
+        proc.signal(libc::SIGTERM);
+        assert_eq!(exit_code(&mut proc, Duration::from_secs(10)), Some(130));
+        Outcome {
+            recorded: steps.len(),
+            stopped_in,
+        }
     }
 }

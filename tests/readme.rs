@@ -236,29 +236,9 @@ let engine = Engine::builder()
     .build()
     .await?;
 // Runs a worker until Ctrl-C, or the SIGTERM of systemd or Kubernetes; then it
-// stops claiming, lets handlers finish (10 s) and hands back the rest.
-engine.run_until(shutdown_signal()).await?;
-
-/// Ctrl-C, or SIGTERM (tokio feature "signal"). Without a handler, SIGTERM
-/// kills the process at once: no handler finishes, and its instances wait
-/// out their leases (30 s) before another process resumes them (one
-/// restarted on the same machine takes them over at once).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => drop(sigterm.recv().await),
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
-}
+// stops claiming, lets the steps running finish (10 s at most) and hands the
+// instances back before their next step. A second signal exits at once.
+engine.run_until(workflow::shutdown_signal()).await?;
         Ok(())
     }
 }

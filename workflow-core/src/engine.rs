@@ -991,9 +991,8 @@ impl Engine {
     ///
     /// ```no_run
     /// # async fn doc(engine: workflow_core::Engine) -> workflow_core::Result<()> {
-    /// # async fn shutdown_signal() {}
-    /// // Ctrl-C or SIGTERM: docs/deploying.md has one.
-    /// engine.run_until(shutdown_signal()).await?;
+    /// // Ctrl-C or SIGTERM.
+    /// engine.run_until(workflow_core::shutdown_signal()).await?;
     /// # Ok(()) }
     /// ```
     ///

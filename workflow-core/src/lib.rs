@@ -15,6 +15,7 @@ mod retention;
 mod schedule;
 mod scheduler;
 mod schema;
+mod signal;
 mod status;
 mod step;
 pub mod store;
@@ -46,6 +47,7 @@ pub use crate::schedule::{
     CatchUp, Clock, ManualClock, Schedule, ScheduleInfo, SystemClock, SCHEDULE_KEY_PREFIX,
 };
 pub use crate::schema::schema_for;
+pub use crate::signal::shutdown_signal;
 pub use crate::status::{ParseStatusError, Status};
 pub use crate::step::{permanent, Backoff, NonRetryable, RetryAfter, StepOptions};
 pub use crate::store::Store;
