@@ -276,10 +276,11 @@ pub enum Error {
         message: String,
     },
 
-    /// A child awaited with `run_child` did not complete with an output
-    /// its parent can read: it failed, was cancelled or timed out, or
-    /// completed with an output that does not fit the child's `Output`
-    /// (`status` `Completed`).
+    /// A child awaited with `run_child` did not complete with an output:
+    /// it failed, was cancelled or timed out. (An output the parent reads
+    /// as another type than the child's own pauses the parent instead;
+    /// one an earlier build noted as unread replays as this error, with
+    /// `status` `Completed`.)
     #[error("child workflow `{workflow}` ({id}) {message}")]
     Child {
         /// The child's workflow name.

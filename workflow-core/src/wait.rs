@@ -484,8 +484,11 @@ where
 
     /// Starts workflow `W` as a child exactly once and waits, durably and
     /// without memory, for its output. A child that fails, is cancelled or
-    /// times out gives [`Error::Child`]. This instance timing out while it
-    /// waits cancels the child, as cancelling it would.
+    /// times out gives [`Error::Child`]. An output that `W::Output` does
+    /// not read (the child ran other code than this instance knows)
+    /// pauses this instance, to be resumed under code that agrees. This
+    /// instance timing out while it waits cancels the child, as cancelling
+    /// it would.
     /// `name` follows the step-name rule of [`Ctx::step`].
     ///
     /// A child has its own workflow's timeout, not this instance's: a
@@ -553,12 +556,18 @@ where
                 started_at: at,
                 finished_at: at,
             };
-            // Read before the result is recorded: one that does not read
-            // is noted first, so that no replay takes it for a change of code.
+            // Read before the result is recorded. The child's output was
+            // checked against its own `Output` as it completed: one the
+            // parent does not read means parent and child run code that
+            // disagrees (deployed apart). The parent pauses, nothing
+            // recorded, and reads it again once resumed under code that
+            // agrees; failed, it would be for good.
             let output = step.output.is_some();
             let outcome = child_outcome::<W>(&child, step.clone());
-            if output && outcome.is_err() {
-                self.note_unread(&key).await?;
+            if let (true, Err(err)) = (output, &outcome) {
+                let what = format!("{err}, though the child's own code wrote it");
+                drop(registering);
+                return Err(self.pause_for_code(what).await);
             }
             self.record(step).await?;
             return outcome;

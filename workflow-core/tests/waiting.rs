@@ -1772,6 +1772,52 @@ async fn a_value_recorded_last_that_new_code_cannot_read_pauses_the_instance() {
     }
 }
 
+/// A child's output the parent reads as another type than the child's
+/// own (parent and child code deployed apart): the parent pauses, nothing
+/// recorded, and once code that agrees is deployed and the parent
+/// resumed, it reads the output and goes on. Before, the handler got
+/// `Error::Child` and, with `?`, the parent failed for good.
+#[tokio::test]
+async fn a_child_output_the_parent_reads_as_another_type_pauses_it() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = |v2: bool| {
+        let builder = EngineBuilder::new()
+            .shared_store(Arc::clone(&store))
+            .poll_interval(Duration::from_millis(10))
+            .register(ReadThenWait { v2, child: true })
+            .register(Double);
+        async move { builder.build().await.unwrap() }
+    };
+    let skewed = engine(true).await;
+    let worker = skewed.start_worker();
+    let inst = ReadThenWait::start(&skewed, ()).await.unwrap();
+    until_status(&inst, Status::Paused).await;
+    let history = inst.history().await.unwrap();
+    let paused = history.iter().rev().find(|e| e.kind == "paused").unwrap();
+    let why = paused.message.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("does not fit") && why.contains("the child's own code wrote it"),
+        "{why}"
+    );
+    assert!(
+        inst.steps()
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| !s.key.starts_with("child@")),
+        "nothing recorded of the child's end"
+    );
+    worker.shutdown().await;
+
+    let fixed = engine(false).await;
+    let _worker = fixed.start_worker();
+    let inst = ReadThenWait::handle(&fixed, inst.id().clone());
+    inst.resume().await.unwrap();
+    until_status(&inst, Status::Listening).await;
+    inst.send_event("more", true).await.unwrap();
+    assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), 1);
+}
+
 /// An engine from `builder` on `store` running version 2 of `ReadThenWait`
 /// (it reads an event), no worker started yet, and an instance of it sent
 /// a payload that does not fit.
