@@ -313,6 +313,25 @@ let typed = ctx.execute_typed::<Triage>(Execute::new("Classify.").input(text)).a
     }
 }
 
+/// docs/versioning.md.
+#[rustfmt::skip]
+mod versioning {
+    use workflow::prelude::*;
+
+    struct Order;
+    async fn book_dhl(_order: &Order) -> Result<String, BoxError> { Ok(String::new()) }
+    async fn book_ups(_order: &Order) -> Result<String, BoxError> { Ok(String::new()) }
+
+    async fn gate(ctx: Ctx, order: Order) -> workflow::Result<String> {
+let booking: String = if ctx.patched("ship-with-dhl").await? {
+    ctx.step("book-dhl", || book_dhl(&order)).await?
+} else {
+    ctx.step("book-ups", || book_ups(&order)).await?
+};
+        Ok(booking)
+    }
+}
+
 /// Every page whose Rust blocks this file must hold. A new page under
 /// docs/ goes here too: `every_docs_page_is_listed` fails until it does.
 const PAGES: &[(&str, &str)] = &[

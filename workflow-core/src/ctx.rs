@@ -442,6 +442,9 @@ struct Journal {
     /// Whether any of `recorded` is a step that failed for good: a
     /// fan-out looks for the first only then.
     any_failed: bool,
+    /// The latest position (in `recorded`) this run has reached: a record
+    /// past it is ahead of the run, which is still replaying.
+    reached: Option<usize>,
 }
 
 impl RunShared {
@@ -502,6 +505,7 @@ impl RunShared {
                 recorded,
                 snapshots,
                 seen: HashMap::new(),
+                reached: None,
             }),
         }
     }
@@ -862,6 +866,34 @@ impl RunShared {
     /// from an earlier run if there is one. Refuses names that could be
     /// mistaken for a derived key: see [`RESERVED_STEP_CHARS`].
     pub(crate) fn next_key(&self, name: &str) -> Result<(String, Option<StepRow>)> {
+        self.check_call(name)?;
+        let mut guard = lock(&self.journal);
+        let journal = &mut *guard;
+        let n = journal.seen.get(name).copied().unwrap_or(0);
+        let key = if n == 0 {
+            name.to_owned()
+        } else {
+            format!("{name}#{n}")
+        };
+        let recorded = journal
+            .recorded
+            .get(&key)
+            .map(|(position, step)| (*position, step.clone()));
+        // A name recorded under an earlier build that took it replays.
+        if recorded.is_none() {
+            crate::error::check_length("step name", name)?;
+        }
+        *journal.seen.entry(name.to_owned()).or_insert(0) += 1;
+        let recorded = recorded.map(|(position, step)| {
+            journal.reached = journal.reached.max(Some(position));
+            step
+        });
+        Ok((key, recorded))
+    }
+
+    /// Refuses a call named `name` that could be mistaken for a derived
+    /// key ([`RESERVED_STEP_CHARS`]), or made inside a step.
+    pub(crate) fn check_call(&self, name: &str) -> Result<()> {
         check_step_name(name).map_err(|reserved| Error::InvalidStepName {
             workflow: self.workflow.to_owned(),
             name: name.to_owned(),
@@ -874,28 +906,25 @@ impl RunShared {
                 name: name.to_owned(),
             });
         }
-        let mut guard = lock(&self.journal);
-        let journal = &mut *guard;
-        let n = journal.seen.entry(name.to_owned()).or_insert(0);
-        let key = if *n == 0 {
-            name.to_owned()
-        } else {
-            format!("{name}#{n}")
-        };
-        let recorded = journal.recorded.get(&key).map(|(_, step)| step.clone());
-        // A name recorded under an earlier build that took it replays.
-        if recorded.is_none() {
-            crate::error::check_length("step name", name)?;
-        }
-        *n += 1;
-        Ok((key, recorded))
+        Ok(())
     }
 
     pub(crate) fn recorded(&self, key: &str) -> Option<StepRow> {
-        lock(&self.journal)
-            .recorded
-            .get(key)
-            .map(|(_, step)| step.clone())
+        let mut journal = lock(&self.journal);
+        let (position, step) = journal.recorded.get(key)?;
+        let (position, step) = (*position, step.clone());
+        journal.reached = journal.reached.max(Some(position));
+        Some(step)
+    }
+
+    /// Whether earlier runs recorded anything this run has not reached
+    /// yet: it is replaying history made by the code of its time.
+    pub(crate) fn replaying(&self) -> bool {
+        let journal = lock(&self.journal);
+        let recorded = journal.recorded.len();
+        journal
+            .reached
+            .map_or(recorded > 0, |reached| reached + 1 < recorded)
     }
 
     /// The lowest index `i >= from` of a recorded `{base}[i]`, if any.

@@ -11,6 +11,7 @@ mod history;
 mod id;
 mod instance;
 mod memory;
+mod patch;
 mod retention;
 mod schedule;
 mod scheduler;

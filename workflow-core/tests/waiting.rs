@@ -1580,6 +1580,69 @@ async fn a_payload_new_code_cannot_read_pauses_the_instance() {
     assert!(err.to_string().contains("event `data`"), "{err}");
 }
 
+/// Version 1 books a step, sleeps, and finishes; version 2 books another
+/// step first behind a gate.
+struct Gated {
+    v2: bool,
+}
+
+impl Workflow for Gated {
+    type Input = ();
+    type Output = bool;
+    type State = ();
+    const NAME: &'static str = "gated";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<bool, BoxError> {
+        ctx.step("a", || async { Ok::<_, BoxError>(()) }).await?;
+        let patched = self.v2 && ctx.patched("extra").await?;
+        if patched {
+            ctx.step("new", || async { Ok::<_, BoxError>(()) }).await?;
+        }
+        ctx.sleep("nap", Duration::from_millis(300)).await?;
+        ctx.step("b", || async { Ok::<_, BoxError>(()) }).await?;
+        Ok(patched)
+    }
+}
+
+/// A version gate: an instance past it under the old code (it slept
+/// there) goes on down the old path under the new; one that reaches it
+/// under the new code takes the new path, and so does every replay of it.
+#[tokio::test]
+async fn patched_sends_old_instances_down_the_old_path() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = |v2: bool| {
+        let builder = EngineBuilder::new()
+            .shared_store(Arc::clone(&store))
+            .poll_interval(Duration::from_millis(10))
+            .suspend_after(Duration::from_millis(50))
+            .register(Gated { v2 });
+        async move { builder.build().await.unwrap() }
+    };
+    let keys = |steps: Vec<StepInfo>| -> Vec<String> { steps.into_iter().map(|s| s.key).collect() };
+    let old = engine(false).await;
+    let worker = old.start_worker();
+    let before = Gated::start(&old, ()).await.unwrap();
+    let started = std::time::Instant::now();
+    while !keys(before.steps().await.unwrap()).contains(&"nap".to_owned()) {
+        assert!(started.elapsed() < LIMIT, "never slept");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    worker.shutdown().await;
+
+    let new = engine(true).await;
+    let _worker = new.start_worker();
+    let before = Gated::handle(&new, before.id().clone());
+    assert!(!before.result_timeout(LIMIT).await.unwrap(), "the old path");
+    assert_eq!(keys(before.steps().await.unwrap()), ["a", "nap", "b"]);
+
+    let after = Gated::start(&new, ()).await.unwrap();
+    assert!(after.result_timeout(LIMIT).await.unwrap(), "the new path");
+    assert_eq!(
+        keys(after.steps().await.unwrap()),
+        ["a", "extra@patch", "new", "nap", "b"]
+    );
+}
+
 /// Asks again until an answer fits: version 1 reads it as `Strict`,
 /// version 2 as any JSON.
 struct AskAgain {
