@@ -23,8 +23,8 @@ use crate::api::{build_query, ListParams, RerunError};
     version,
     about,
     long_about = None,
-    after_help = "Exit codes: 0 done; 1 failed (the store, or `run --wait`'s instance did not \
-                  complete); 2 bad arguments or input; 3 `run --wait-timeout` gave up (the \
+    after_help = "Exit codes: 0 done; 1 failed (the store, `run --wait`'s instance did not \
+                  complete, or `resume --all` could not resume some); 2 bad arguments or input; 3 `run --wait-timeout` gave up (the \
                   instance runs on); 4 no such instance; 5 the instance's state refuses it \
                   (cancel of one that completed or failed, rerun of one that did not end)."
 )]
@@ -134,10 +134,19 @@ pub enum Command {
         /// Instance id.
         id: String,
     },
-    /// Resume a paused instance.
+    /// Resume a paused instance, or with --all every paused one (once the
+    /// fix for what paused them is deployed).
     Resume {
         /// Instance id.
-        id: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every paused instance, those paused by hand too (of --workflow,
+        /// if given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this workflow's.
+        #[arg(long, short, requires = "all")]
+        workflow: Option<String>,
     },
     /// Move an unfinished instance's deadline: after a deploy that raised
     /// the workflow's `timeout`, the instances already running keep theirs.
@@ -608,10 +617,17 @@ pub async fn run(
             engine.pause(&id).await?;
             done(out, json, ("pause", "paused"), &id)
         }
-        Command::Resume { id } => {
+        Command::Resume {
+            id: Some(id),
+            all: false,
+            ..
+        } => {
             let id = InstanceId::from(id);
             engine.resume(&id).await?;
             done(out, json, ("resume", "resumed"), &id)
+        }
+        Command::Resume { workflow, .. } => {
+            resume_all(&engine, workflow.as_deref(), json, out, notes).await
         }
         Command::SetTimeout { id, after, at } => {
             let id = InstanceId::from(id);
@@ -1069,6 +1085,57 @@ fn done(
         writeln!(out, "{past} {id}")?;
     }
     Ok(0)
+}
+
+/// `resume --all`: every paused instance (of `workflow`), read first and
+/// resumed one by one. Those that fail (ended meanwhile, say) are named
+/// on stderr and the exit code is 1; the rest are resumed all the same.
+async fn resume_all(
+    engine: &Engine,
+    workflow: Option<&str>,
+    json: bool,
+    out: &mut (dyn Write + Send),
+    notes: &mut (dyn Write + Send),
+) -> Result<u8, CliError> {
+    let query = || {
+        let query = Query::new().summaries().status(Status::Paused).limit(1000);
+        match workflow {
+            Some(workflow) => query.workflow(workflow),
+            None => query,
+        }
+    };
+    let mut paused = Vec::new();
+    let mut page = engine.list(query()).await?;
+    loop {
+        paused.extend(page.items.into_iter().map(|i| i.id));
+        match page.next {
+            Some(next) => page = engine.list(query().after(next)).await?,
+            None => break,
+        }
+    }
+    let mut resumed = Vec::new();
+    let mut failed = Vec::new();
+    for id in paused {
+        match engine.resume(&id).await {
+            Ok(()) => resumed.push(id),
+            Err(err) => {
+                writeln!(notes, "{id}: {err}")?;
+                failed.push(json!({ "id": id, "error": err.to_string() }));
+            }
+        }
+    }
+    if json {
+        print_json(
+            out,
+            &json!({ "done": "resume", "resumed": resumed, "failed": failed }),
+        )?;
+    } else {
+        writeln!(out, "resumed {} instance(s)", resumed.len())?;
+        if !failed.is_empty() {
+            writeln!(out, "{} could not be resumed (see above)", failed.len())?;
+        }
+    }
+    Ok(u8::from(!failed.is_empty()))
 }
 
 /// The JSON document a command takes (`run`'s input, `send-event`'s

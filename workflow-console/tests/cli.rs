@@ -715,6 +715,55 @@ async fn starts_and_steers_for_a_running_engine() {
     );
 }
 
+/// `resume --all` resumes every paused instance, or a workflow's, once the
+/// fix for what paused them is out: one command, not one per instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_all_resumes_every_paused_instance() {
+    let f = fixture().await;
+    let url = f.url.as_str();
+    let later = f
+        .engine
+        .start_json(
+            "processOrder",
+            serde_json::json!({"order_id": "P-1", "amount_cents": 100}),
+            StartOptions::new().delay(std::time::Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    for id in [&f.listening, &later] {
+        f.engine.pause(id).await.unwrap();
+        wait_status(&f.engine, id, Status::Paused).await;
+    }
+
+    let out = cli(
+        url,
+        &["resume", "--all", "--workflow", "approveExpense", "--json"],
+    )
+    .await;
+    let answer = json(&out);
+    assert_eq!(answer["resumed"], serde_json::json!([f.listening.as_str()]));
+    assert_eq!(answer["failed"], serde_json::json!([]));
+    wait_status(&f.engine, &f.listening, Status::Listening).await;
+    assert_eq!(
+        f.engine.instance(&later).await.unwrap().status,
+        Status::Paused
+    );
+
+    let out = cli(url, &["resume", "--all"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "resumed 1 instance(s)");
+    assert_eq!(
+        f.engine.instance(&later).await.unwrap().status,
+        Status::Pending
+    );
+
+    // One id, or --all: not both, not neither.
+    for args in [&["resume"][..], &["resume", later.as_str(), "--all"]] {
+        let out = cli(url, args).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+    }
+}
+
 /// `--help` shows no database URL from the environment: it may carry a
 /// password.
 #[test]
