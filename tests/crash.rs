@@ -64,7 +64,7 @@
 //! SIGTERM, through `workflow::shutdown_signal`: the step running finishes
 //! and is recorded, the instance is handed back before its next one, and
 //! the process exits 0 well within its grace period. A second SIGTERM
-//! while a step holds the shutdown up ends the process at once (130).
+//! while a step holds the shutdown up ends the process at once (143).
 //!
 //! `harness = false`: the same binary is the parent (no arguments) and the
 //! child (`child DB`, `child-waits DB`, `child-family DB`, `child-cron DB
@@ -235,7 +235,7 @@ fn main() {
             format!(
                 "SIGTERM: the running step finished, the instance was handed back after {} \
                  of its steps, each run once, and the process exited 0 in {:.1?} (grace 30 s); \
-                 a second SIGTERM ended a shutdown held up by a step at once (exit 130)",
+                 a second SIGTERM ended a shutdown held up by a step at once (exit 143)",
                 o.recorded, o.stopped_in
             )
         }),
@@ -2687,7 +2687,7 @@ mod signal {
             "the first SIGTERM waits for the step"
         );
         proc.signal(libc::SIGTERM);
-        assert_eq!(exit_code(&mut proc, Duration::from_secs(10)), Some(130));
+        assert_eq!(exit_code(&mut proc, Duration::from_secs(10)), Some(143));
         Outcome {
             recorded: steps.len(),
             stopped_in,

@@ -445,6 +445,9 @@ struct Journal {
     /// The latest position (in `recorded`) this run has reached: a record
     /// past it is ahead of the run, which is still replaying.
     reached: Option<usize>,
+    /// The answers of `Ctx::patched` given in this run, by key: the first
+    /// call of an id decides, later ones (a loop, another site) agree.
+    patches: HashMap<String, bool>,
 }
 
 impl RunShared {
@@ -506,6 +509,7 @@ impl RunShared {
                 snapshots,
                 seen: HashMap::new(),
                 reached: None,
+                patches: HashMap::new(),
             }),
         }
     }
@@ -827,8 +831,8 @@ impl RunShared {
 
     /// The worker is shutting down: the steps running finish and are
     /// recorded, and the handler starts no new one (nor an attempt after
-    /// a failed one, nor a timer); it suspends, due at once, for another
-    /// worker. Work is durable at each step's end, so nothing is gained
+    /// a failed one, once its backoff in memory ends, nor a timer); it
+    /// suspends, due at once, for another worker. Work is durable at each step's end, so nothing is gained
     /// by running the rest of the handler in the grace period, and a step
     /// begun in it would be cut halfway when the grace ends: run again by
     /// the next worker, or, `at_most_once`, failed for good.
@@ -917,14 +921,31 @@ impl RunShared {
         Some(step)
     }
 
-    /// Whether earlier runs recorded anything this run has not reached
-    /// yet: it is replaying history made by the code of its time.
-    pub(crate) fn replaying(&self) -> bool {
-        let journal = lock(&self.journal);
+    /// Counts the records among `keys` as reached: those a call replays
+    /// as a whole (a fan-out's items, some of which it never starts again).
+    pub(crate) fn reach(&self, keys: impl Iterator<Item = String>) {
+        let mut journal = lock(&self.journal);
+        let furthest = keys
+            .filter_map(|key| journal.recorded.get(&key).map(|(position, _)| *position))
+            .max();
+        journal.reached = journal.reached.max(furthest);
+    }
+
+    /// The answer of gate `key` (see `Ctx::patched`) in this run: the one
+    /// given earlier in it, or else whether the run has reached everything
+    /// earlier runs recorded (it is past their history), kept for the run;
+    /// and whether this call decided it, to record it.
+    pub(crate) fn decide_patch(&self, key: &str) -> (bool, bool) {
+        let mut journal = lock(&self.journal);
+        if let Some(answer) = journal.patches.get(key) {
+            return (*answer, false);
+        }
         let recorded = journal.recorded.len();
-        journal
+        let replaying = journal
             .reached
-            .map_or(recorded > 0, |reached| reached + 1 < recorded)
+            .map_or(recorded > 0, |reached| reached + 1 < recorded);
+        journal.patches.insert(key.to_owned(), !replaying);
+        (!replaying, true)
     }
 
     /// The lowest index `i >= from` of a recorded `{base}[i]`, if any.
@@ -1481,6 +1502,28 @@ where
                 lock(&run.retrying).insert(key.clone(), attempt);
             }
             loop {
+                if run.draining() {
+                    // The worker is shutting down (see `RunShared::drain`):
+                    // no new attempt, after a backoff in memory either.
+                    drop(running.take());
+                    let at = run.now();
+                    return Err(self
+                        .suspend(crate::store::Suspend {
+                            status: crate::Status::Pending,
+                            run_at: at,
+                            wait_event: None,
+                            wait_child: None,
+                            retry: (attempt > 0)
+                                .then(|| (key.clone(), attempt))
+                                .or_else(|| run.retry.clone()),
+                            state: None,
+                            reason: format!(
+                                "handed back before step `{key}`: the worker is shutting down"
+                            ),
+                            at,
+                        })
+                        .await);
+                }
                 // The count comes from the store: a corrupt one must not overflow.
                 attempt = attempt.saturating_add(1);
                 run.cancel_settled().await?;

@@ -35,20 +35,23 @@ where
     /// deploy is unfinished. A step used as a gate does not work: it runs
     /// for old instances too, which have no record of it.
     ///
-    /// The first run to reach the call decides, and every replay gives the
-    /// same answer. An instance is past the call when its earlier runs
-    /// recorded anything this run has not reached yet (a step, a sleep,
-    /// an event taken): it gets `false`. One that recorded nothing beyond
-    /// it (new, or waiting right before it) gets `true`, recorded under
-    /// `{id}@patch`. So call it outside `join!` branches and before the
-    /// steps it chooses between, and give each change its own `id` (the
-    /// rules of step names). Records the new code no longer reaches (a
-    /// step removed) count as not reached: such an instance gets `false`.
+    /// The first call of `id` in an instance decides, and the answer is
+    /// recorded (`{id}@patch`): every later call of it, in a loop, at
+    /// another site or in a replay, gets the same. It decides `false` when
+    /// earlier runs of the instance recorded anything this run has not
+    /// reached yet (a step, a sleep, an event taken: the instance went
+    /// past this point under the old code), and `true` otherwise (a new
+    /// instance, or one that recorded nothing beyond the call). So call it
+    /// before the steps it chooses between, with the work beside it
+    /// (`join!` branches, spawned tasks) awaited first, and give each
+    /// change its own `id` (the rules of step names). Records no code
+    /// reaches any more (a step removed) count as not reached.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidStepName`](crate::Error::InvalidStepName) for an
-    /// `id` a step could not be named, [`Error::NestedStep`](crate::Error::NestedStep)
+    /// `id` a step could not be named, [`Error::NameTooLong`](crate::Error::NameTooLong)
+    /// for one too long, [`Error::NestedStep`](crate::Error::NestedStep)
     /// inside a step, and the errors of recording it (the run stops:
     /// [`Error::Interrupted`](crate::Error::Interrupted)).
     pub async fn patched(&self, id: &str) -> Result<bool> {
@@ -56,26 +59,28 @@ where
         run.check()?;
         run.check_call(id)?;
         let key = format!("{id}@patch");
-        if run.recorded(&key).is_some() {
-            return Ok(true);
+        crate::error::check_length("patch id", &key)?;
+        if let Some(decided) = run.recorded(&key) {
+            return Ok(decided.output.as_deref() == Some("true"));
         }
-        if run.replaying() {
-            return Ok(false);
+        let (answer, deciding) = run.decide_patch(&key);
+        if deciding {
+            // Recorded either way, before any step of the branch it picks:
+            // a later run replays the answer instead of judging again
+            // from a history it has reached less or more of.
+            let _recording = run.step_running();
+            let now = run.now();
+            self.record(StepRow {
+                key,
+                output: Some(answer.to_string()),
+                error: None,
+                state: None,
+                attempts: 1,
+                started_at: now,
+                finished_at: now,
+            })
+            .await?;
         }
-        // Counted as a step while it is recorded: a suspension beside it
-        // waits for the record.
-        let _recording = run.step_running();
-        let now = run.now();
-        self.record(StepRow {
-            key,
-            output: Some("true".to_owned()),
-            error: None,
-            state: None,
-            attempts: 1,
-            started_at: now,
-            finished_at: now,
-        })
-        .await?;
-        Ok(true)
+        Ok(answer)
     }
 }

@@ -660,6 +660,8 @@ where
         let last = run
             .first_recorded_failure((0..items.len()).map(key))
             .unwrap_or(usize::MAX);
+        // Replayed as a whole, those not started again included.
+        run.reach((0..items.len()).map(key));
         let mut results: Vec<Option<T>> =
             std::iter::repeat_with(|| None).take(items.len()).collect();
         let mut items = items
@@ -856,7 +858,8 @@ where
     /// records it as it hands it over) by a run that was cut short (a
     /// crash, a lapsed lease) before anything after it was recorded, so
     /// perhaps before it could note it. A child's output is read before it
-    /// is recorded, and noted first, so it has no such case. A run that
+    /// is recorded (one that does not read pauses the parent, unrecorded),
+    /// so it has no such case. A run that
     /// stopped in order (a suspension for the next event, say) wrote the
     /// note before it went on, if there was one to write.
     async fn unreadable<T>(&self, key: &str, first: bool, err: Error) -> Result<T> {
