@@ -756,24 +756,27 @@ impl Store for MemoryStore {
     ) -> Result<Option<String>, StoreError> {
         let mut t = self.tables();
         let entry = t.leased(lease)?;
+        // A key recorded already (a late run of the same wait) answers
+        // with its record and takes nothing.
+        if entry.step_keys.contains(step) {
+            let recorded = entry.steps.iter().find(|s| s.key == step);
+            return Ok(recorded.and_then(|s| s.output.clone()));
+        }
         let Some(index) = entry.inbox.iter().position(|(n, _)| n == name) else {
             return Ok(None);
         };
         entry.interrupted_runs = 0;
         let (_, payload) = entry.inbox.remove(index);
-        // A key already recorded keeps its record, as `ON CONFLICT DO
-        // NOTHING` keeps it in the SQL stores.
-        if entry.step_keys.insert(step.to_owned()) {
-            entry.steps.push(StepRow {
-                key: step.to_owned(),
-                output: Some(payload.clone()),
-                error: None,
-                state: None,
-                attempts: 1,
-                started_at: at,
-                finished_at: at,
-            });
-        }
+        entry.step_keys.insert(step.to_owned());
+        entry.steps.push(StepRow {
+            key: step.to_owned(),
+            output: Some(payload.clone()),
+            error: None,
+            state: None,
+            attempts: 1,
+            started_at: at,
+            finished_at: at,
+        });
         entry.row.updated_at = at;
         t.event(
             &lease.instance,

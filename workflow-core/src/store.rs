@@ -704,7 +704,9 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the oldest untaken event called `name` from the inbox, if
     /// there is one, and records it as step `step` (its payload as the
     /// output) with an `event_received` history event, in one transaction,
-    /// if `lease` is current.
+    /// if `lease` is current. A `step` recorded already answers with its
+    /// record's output and takes nothing: an event taken under it would be
+    /// lost, the record staying the earlier one's.
     async fn take_event(
         &self,
         lease: &Lease,

@@ -1408,7 +1408,7 @@ async fn events_are_kept_until_taken(store: impl Store) {
         "taking records the step"
     );
     // Taken again under a key already recorded (a late run of the same
-    // wait): the next event goes, the record stays the first one's.
+    // wait): the record answers, and no event goes (it would be lost).
     store
         .send_event(&id, "approval", r#"{"ok":"again"}"#, None, T0 + 4)
         .await
@@ -1417,10 +1417,19 @@ async fn events_are_kept_until_taken(store: impl Store) {
         .take_event(&c.lease, "approval", "approval", T0 + 4)
         .await
         .unwrap();
-    assert_eq!(again.as_deref(), Some(r#"{"ok":false}"#));
+    assert_eq!(again.as_deref(), Some(r#"{"ok":true}"#));
     let steps = store.steps(&id).await.unwrap();
     assert_eq!(steps.len(), 1, "one record per key: {steps:?}");
     assert_eq!(steps[0].output.as_deref(), Some(r#"{"ok":true}"#));
+    let next = store
+        .take_event(&c.lease, "approval", "approval#1", T0 + 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        next.as_deref(),
+        Some(r#"{"ok":false}"#),
+        "kept for the next wait"
+    );
 
     // Suspending to listen while a matching event waits: due at once.
     let mut listen = suspend_at(Status::Listening, Millis::MAX, T0 + 5);
@@ -1439,7 +1448,7 @@ async fn events_are_kept_until_taken(store: impl Store) {
         .remove(0);
     assert_eq!(
         store
-            .take_event(&c.lease, "approval", "approval#1", T0 + 7)
+            .take_event(&c.lease, "approval", "approval#2", T0 + 7)
             .await
             .unwrap()
             .as_deref(),

@@ -1442,6 +1442,19 @@ impl Db {
         if held.is_none() {
             return lease_lost(lease);
         }
+        // A key recorded already (a late run of the same wait) answers
+        // with its record and takes nothing: an event taken under it
+        // would be lost, its record the earlier one's.
+        let recorded: Option<Option<String>> =
+            sqlx::query_scalar("SELECT output FROM steps WHERE instance_id = $1 AND key = $2")
+                .bind(lease.instance.as_str())
+                .bind(step)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(output) = recorded {
+            commit(tx).await?;
+            return Ok(Ok(output));
+        }
         // Only the lease holder takes from this inbox, and the fence above
         // holds the instance's row lock: no two takers race.
         let taken: Option<String> = sqlx::query_scalar(

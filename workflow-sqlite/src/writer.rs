@@ -1424,6 +1424,16 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
             if !held {
                 return Ok(Err(StoreError::LeaseLost(lease.instance.clone())));
             }
+            // A key recorded already (a late run of the same wait) answers
+            // with its record and takes nothing: an event taken under it
+            // would be lost, its record the earlier one's.
+            let recorded: Option<Option<String>> = c
+                .prepare_cached("SELECT output FROM steps WHERE instance_id = ?1 AND key = ?2")?
+                .query_row(params![lease.instance.as_str(), step], |r| r.get(0))
+                .optional()?;
+            if let Some(output) = recorded {
+                return Ok(Ok(Reply::Taken(output)));
+            }
             // Read before it is taken: a payload that is not text (bytes
             // written behind the store's back) stays in the inbox for a
             // repair, and the run pauses on it rather than failing the
@@ -1461,7 +1471,7 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 .execute(params![at, lease.instance.as_str()])?;
                 c.prepare_cached(
                     "INSERT INTO steps (instance_id, key, output, attempts, started_at, finished_at, seq) \
-                     VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5) ON CONFLICT (instance_id, key) DO NOTHING",
+                     VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5)",
                 )?
                 .execute(params![lease.instance.as_str(), step, payload, at, c.next_seq(1)?])?;
                 event(
