@@ -121,7 +121,9 @@ impl ModelError {
 
     /// True if the account or the settings are at fault, not the request:
     /// HTTP 401 (a bad or expired key), 403 (a permission revoked, a
-    /// region refused), 404 with `model_not_found` (a model name the
+    /// region refused; not one that names moderation or a content policy,
+    /// which gateways such as OpenRouter send for this request's content
+    /// alone), 404 with `model_not_found` (a model name the
     /// provider does not have, or no longer gives this key) and 429 with
     /// `insufficient_quota`. Every request fails so until someone mends
     /// the account or the settings, after which the same request goes
@@ -130,7 +132,8 @@ impl ModelError {
     pub fn needs_setup(&self) -> bool {
         match self {
             ModelError::Status { status, body, .. } => match status {
-                401 | 403 => true,
+                401 => true,
+                403 => !names_moderation(body),
                 404 => has_error_code(body, "model_not_found"),
                 429 => has_error_code(body, "insufficient_quota"),
                 _ => false,
@@ -167,6 +170,21 @@ impl ModelError {
 /// Whether an error body names `code`, as OpenAI's `error.code` or
 /// `error.type` or, in a body cut short or shaped otherwise (a gateway's),
 /// anywhere in its text.
+/// Whether an error body says the request's content was refused
+/// (moderation, a content policy), in any provider's words.
+fn names_moderation(body: &str) -> bool {
+    let body = body.to_ascii_lowercase();
+    [
+        "moderation",
+        "flagged",
+        "content_policy",
+        "content policy",
+        "content_filter",
+    ]
+    .iter()
+    .any(|word| body.contains(word))
+}
+
 fn has_error_code(body: &str, code: &str) -> bool {
     match serde_json::from_str::<serde_json::Value>(body) {
         Ok(value) => {

@@ -852,6 +852,11 @@ mod tests {
         let coded = |code: &str| format!(r#"{{"error": {{"code": "{code}", "message": "m"}}}}"#);
         assert!(status(401, "").needs_setup());
         assert!(status(403, "").needs_setup());
+        let flagged = r#"{"error":{"code":403,"message":"Your chosen model requires moderation and your input was flagged","metadata":{"reasons":["harassment"]}}}"#;
+        assert!(
+            !status(403, flagged).needs_setup(),
+            "this request's content"
+        );
         assert!(status(404, &coded("model_not_found")).needs_setup());
         assert!(!status(404, "Not Found").needs_setup());
         assert!(status(429, &coded("insufficient_quota")).needs_setup());
