@@ -209,6 +209,9 @@ pub(crate) struct RunShared {
     /// The worker is shutting down: hand the instance back before the
     /// next step rather than start it (see [`RunShared::drain`]).
     draining: AtomicBool,
+    /// When the instance was created: handed back by a shutdown, it is
+    /// due from then, ahead of what came due while it ran.
+    created_at: crate::store::Millis,
     /// Pauses and resumes made by this process while it ran.
     pause_changes: LocalChanges,
     /// The step backing off when the instance was suspended, and its failed attempts.
@@ -482,6 +485,7 @@ impl RunShared {
             default_step,
             pause: AtomicBool::new(row.pause_requested),
             draining: AtomicBool::new(false),
+            created_at: row.created_at,
             pause_changes: LocalChanges::default(),
             retry: row.retry.clone(),
             cut_short,
@@ -832,10 +836,11 @@ impl RunShared {
     /// The worker is shutting down: the steps running finish and are
     /// recorded, and the handler starts no new one (nor an attempt after
     /// a failed one, once its backoff in memory ends, nor a timer); it
-    /// suspends, due at once, for another worker. Work is durable at each step's end, so nothing is gained
-    /// by running the rest of the handler in the grace period, and a step
-    /// begun in it would be cut halfway when the grace ends: run again by
-    /// the next worker, or, `at_most_once`, failed for good.
+    /// suspends, due from its creation (see [`requeued_at`](Self::requeued_at)),
+    /// for another worker. Work is durable at each step's end, so nothing
+    /// is gained by running the rest of the handler in the grace period,
+    /// and a step begun in it would be cut halfway when the grace ends:
+    /// run again by the next worker, or, `at_most_once`, failed for good.
     pub(crate) fn drain(&self) {
         self.draining.store(true, Ordering::Release);
     }
@@ -843,6 +848,13 @@ impl RunShared {
     /// Whether [`drain`](Self::drain) was called.
     pub(crate) fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// When an instance handed back by a shutdown is due: since its
+    /// creation, so that the next worker takes it before the work that
+    /// came due while it ran (due now, it would wait behind a backlog).
+    pub(crate) fn requeued_at(&self) -> crate::store::Millis {
+        self.created_at.min(self.now())
     }
 
     /// Whether the handler may go on calling `ctx`. A pending suspension
@@ -1460,7 +1472,7 @@ where
             return Err(self
                 .suspend(crate::store::Suspend {
                     status: crate::Status::Pending,
-                    run_at: run.now(),
+                    run_at: if paused { run.now() } else { run.requeued_at() },
                     wait_event: None,
                     wait_child: None,
                     // A step still backing off counts on after the pause.
@@ -1510,7 +1522,7 @@ where
                     return Err(self
                         .suspend(crate::store::Suspend {
                             status: crate::Status::Pending,
-                            run_at: at,
+                            run_at: run.requeued_at(),
                             wait_event: None,
                             wait_child: None,
                             retry: (attempt > 0)

@@ -1031,6 +1031,11 @@ async fn a_shutdown_hands_instances_back_at_their_next_step() {
     worker.shutdown().await;
     let info = inst.info().await.unwrap();
     assert_eq!(info.status, Status::Pending, "handed back: {info:?}");
+    // Due from its creation: ahead of what came due while it ran.
+    assert!(
+        info.due_at.is_some_and(|due| due <= info.created_at),
+        "{info:?}"
+    );
     let recorded = inst.steps().await.unwrap().len() as u32;
     assert!(
         (1..10).contains(&recorded),
