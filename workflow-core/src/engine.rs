@@ -158,6 +158,9 @@ pub(crate) struct Config {
     pub max_interrupted_runs: Option<u32>,
     pub retention: Option<Duration>,
     pub max_payload: usize,
+    /// Workflows that may run at most so many instances at once on each
+    /// worker (`EngineBuilder::concurrency_of`).
+    pub caps: HashMap<&'static str, usize>,
 }
 
 impl Default for Config {
@@ -172,6 +175,7 @@ impl Default for Config {
             max_interrupted_runs: Some(20),
             retention: None,
             max_payload: DEFAULT_MAX_PAYLOAD,
+            caps: HashMap::new(),
         }
     }
 }
@@ -382,6 +386,36 @@ impl EngineBuilder {
         self
     }
 
+    /// Runs at most `instances` of workflow `W` at once on each worker of
+    /// this engine (at least 1), within [`concurrency`](Self::concurrency):
+    /// for a workflow that calls an API with a limit of its own, or a
+    /// backfill that must leave room for the rest. The others take the
+    /// free slots meanwhile; `W`'s instances wait their turn, due, in the
+    /// store. The cap is per worker: a fleet of `n` workers runs up to
+    /// `n × instances`. `W` must be registered with this builder
+    /// ([`build`](Self::build) says so otherwise).
+    ///
+    /// ```no_run
+    /// # use workflow_core::{Ctx, EngineBuilder, Workflow};
+    /// # struct SendEmail;
+    /// # impl Workflow for SendEmail {
+    /// #     type Input = (); type Output = (); type State = ();
+    /// #     const NAME: &'static str = "sendEmail";
+    /// #     async fn run(&self, _: Ctx, _: ()) -> Result<(), workflow_core::BoxError> { Ok(()) }
+    /// # }
+    /// # async fn doc() -> workflow_core::Result<()> {
+    /// let engine = EngineBuilder::new()
+    ///     .register(SendEmail)
+    ///     .concurrency_of::<SendEmail>(4) // the mail provider allows 4 connections
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn concurrency_of<W: Workflow>(mut self, instances: usize) -> Self {
+        self.config.caps.insert(W::NAME, instances.max(1));
+        self
+    }
+
     /// How long a worker's claim on an instance lasts without a heartbeat
     /// (default 30 s; on PostgreSQL, whose heartbeats extend a lease only
     /// once a sixth of it went, at least five sixths of it after the last
@@ -563,6 +597,25 @@ impl EngineBuilder {
                     "workflow `{name}` is registered twice"
                 )));
             }
+        }
+        let mut uncapped: Vec<&str> = self
+            .config
+            .caps
+            .keys()
+            .filter(|name| !workflows.contains_key(*name))
+            .copied()
+            .collect();
+        if !uncapped.is_empty() {
+            uncapped.sort_unstable();
+            return Err(Error::Config(format!(
+                "concurrency_of names {} not registered with this builder: register it, or \
+                 leave its cap to the engines that run it",
+                uncapped
+                    .iter()
+                    .map(|name| format!("`{name}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
         let mut scheduled = Vec::new();
         let mut problems = Vec::new();

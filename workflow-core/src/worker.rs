@@ -1,6 +1,7 @@
 //! Workers: claim runnable instances, run their handlers, keep their leases
 //! alive, and take over instances of workers that died.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -359,13 +360,20 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                 0
             };
             let wanted = (slots.available_permits() + ahead).saturating_sub(ready);
-            if draining && wanted > 0 && claims.is_empty() && !workflows.is_empty() {
+            // Workflows at their cap sit this claim out; one near it
+            // bounds how many the claim takes (a next claim follows at
+            // once when this one comes back full).
+            let (open, wanted) = match capped(&w, &workflows) {
+                Some((open, room)) => (Cow::Owned(open), wanted.min(room)),
+                None => (Cow::Borrowed(&workflows), wanted),
+            };
+            if draining && wanted > 0 && claims.is_empty() && !open.is_empty() {
                 let now = now_millis();
                 let asked = (lease_now(), now);
                 let due_by = inner.now();
                 let req = ClaimRequest {
                     owner: w.id.clone(),
-                    workflows: workflows.clone(),
+                    workflows: open.clone().into_owned(),
                     now,
                     due_by,
                     lease_until: crate::store::millis_after(now, config.lease),
@@ -461,9 +469,14 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
             // Nap until the next waiting instance is due, polling at least
             // every poll_interval for work written by other processes.
             // Anything due before the last claim's `now` was claimable then.
-            let next_due = tokio::select! {
-                due = caught(inner.store.next_due(&workflows, claimed_at)) => due,
-                _ = w.stop.cancelled() => break,
+            // Every workflow at its cap: a handler's end is what to wait for.
+            let next_due = if open.is_empty() {
+                Ok(None)
+            } else {
+                tokio::select! {
+                    due = caught(inner.store.next_due(&open, claimed_at)) => due,
+                    _ = w.stop.cancelled() => break,
+                }
             };
             let nap = match next_due {
                 Ok(Some(due)) => Duration::from_millis(due.saturating_sub(inner.now()).max(0) as u64)
@@ -614,6 +627,40 @@ enum Started {
     Unknown(Lease),
     /// Interrupted too many times in a row: paused, not run.
     CrashLoop(Lease, crate::store::Suspend),
+}
+
+/// With caps on workflows (`EngineBuilder::concurrency_of`): the
+/// workflows below their cap, and how many more instances the nearest to
+/// its cap may take (running here, or claimed ahead). `None` without caps.
+fn capped(w: &WorkerShared, workflows: &[String]) -> Option<(Vec<String>, usize)> {
+    let caps = &w.engine.inner.config.caps;
+    if caps.is_empty() {
+        return None;
+    }
+    let mut held: HashMap<&str, usize> = HashMap::new();
+    for run in lock(&w.running).values() {
+        *held.entry(run.workflow).or_default() += 1;
+    }
+    for claimed in lock(&w.ready).iter() {
+        if let Some((name, _)) = caps.get_key_value(claimed.row.workflow.as_str()) {
+            *held.entry(name).or_default() += 1;
+        }
+    }
+    let left = |name: &str| {
+        caps.get(name)
+            .map(|cap| cap.saturating_sub(held.get(name).copied().unwrap_or(0)))
+    };
+    let open: Vec<String> = workflows
+        .iter()
+        .filter(|name| left(name) != Some(0))
+        .cloned()
+        .collect();
+    let room = open
+        .iter()
+        .filter_map(|name| left(name))
+        .min()
+        .unwrap_or(usize::MAX);
+    Some((open, room))
 }
 
 /// Lists `claimed` as running (for control operations to reach it), or

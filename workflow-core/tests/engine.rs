@@ -1950,6 +1950,103 @@ async fn concurrency_bounds_the_handlers_running_at_once() {
     assert_eq!(MOST_RUNNING.load(Ordering::SeqCst), 3);
 }
 
+static CAPPED_RUNNING: AtomicU32 = AtomicU32::new(0);
+static CAPPED_MOST: AtomicU32 = AtomicU32::new(0);
+static FREE_MOST: AtomicU32 = AtomicU32::new(0);
+static FREE_RUNNING: AtomicU32 = AtomicU32::new(0);
+
+/// Holds a slot for a moment, counting how many of it run at once.
+struct Limited {
+    capped: bool,
+}
+
+impl Workflow for Limited {
+    type Input = u32;
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "limited";
+
+    async fn run(&self, ctx: Ctx, n: u32) -> Result<u32, BoxError> {
+        let (running, most) = if self.capped {
+            (&CAPPED_RUNNING, &CAPPED_MOST)
+        } else {
+            (&FREE_RUNNING, &FREE_MOST)
+        };
+        most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+        let out = ctx
+            .step("work", || async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok::<_, BoxError>(n)
+            })
+            .await;
+        running.fetch_sub(1, Ordering::SeqCst);
+        Ok(out?)
+    }
+}
+
+/// The same, under another name and with no cap.
+struct Unlimited;
+
+impl Workflow for Unlimited {
+    type Input = u32;
+    type Output = u32;
+    type State = ();
+    const NAME: &'static str = "unlimited";
+
+    async fn run(&self, ctx: Ctx, n: u32) -> Result<u32, BoxError> {
+        Limited { capped: false }.run(ctx, n).await
+    }
+}
+
+/// `concurrency_of` caps one workflow's handlers on a worker, claims
+/// ahead included, while another takes the remaining slots.
+#[tokio::test]
+async fn concurrency_of_caps_one_workflow() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Limited { capped: true })
+        .register(Unlimited)
+        .concurrency(8)
+        .concurrency_of::<Limited>(2)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    let capped = Limited::start_many(&engine, (0..20).collect(), StartOptions::new())
+        .await
+        .unwrap();
+    let free = Unlimited::start_many(&engine, (0..20).collect(), StartOptions::new())
+        .await
+        .unwrap();
+    for (n, inst) in capped.iter().enumerate() {
+        assert_eq!(inst.result().await.unwrap(), n as u32);
+    }
+    for (n, inst) in free.iter().enumerate() {
+        assert_eq!(inst.result().await.unwrap(), n as u32);
+    }
+    worker.shutdown().await;
+    assert_eq!(CAPPED_MOST.load(Ordering::SeqCst), 2, "the cap, reached");
+    assert!(
+        FREE_MOST.load(Ordering::SeqCst) > 2,
+        "the rest used the free slots: {}",
+        FREE_MOST.load(Ordering::SeqCst)
+    );
+
+    // A cap on a workflow the builder does not register is refused.
+    let err = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Unlimited)
+        .concurrency_of::<Limited>(2)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("`limited` not registered"),
+        "{err}"
+    );
+}
+
 /// A worker claims a few instances ahead of its free slots (so a slot that
 /// frees starts the next at once); at shutdown those go back to the store
 /// unstarted, and the next worker runs them.
