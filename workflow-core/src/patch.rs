@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use crate::ctx::Ctx;
 use crate::error::Result;
-use crate::store::StepRow;
 
 impl<S> Ctx<S>
 where
@@ -68,18 +67,7 @@ where
             // Recorded either way, before any step of the branch it picks:
             // a later run replays the answer instead of judging again
             // from a history it has reached less or more of.
-            let _recording = run.step_running();
-            let now = run.now();
-            self.record(StepRow {
-                key,
-                output: Some(answer.to_string()),
-                error: None,
-                state: None,
-                attempts: 1,
-                started_at: now,
-                finished_at: now,
-            })
-            .await?;
+            self.record_value(key, answer.to_string()).await?;
         }
         Ok(answer)
     }

@@ -89,19 +89,28 @@ where
                 })
                 .await;
         }
+        self.record_value(key, at.to_string()).await?;
+        Ok(at)
+    }
+
+    /// Records `output` under `key` at once: a value the run decided (a
+    /// time, a gate's answer), with no side effect to run. Counted as a
+    /// step while it is written: a suspension beside it waits for the
+    /// record.
+    pub(crate) async fn record_value(&self, key: String, output: String) -> Result<()> {
+        let run = self.run();
         let _recording = run.step_running();
         let now = run.now();
         self.record(StepRow {
             key,
-            output: Some(at.to_string()),
+            output: Some(output),
             error: None,
             state: None,
             attempts: 1,
             started_at: now,
             finished_at: now,
         })
-        .await?;
-        Ok(at)
+        .await
     }
 
     /// Moves this instance's deadline from inside its handler, as
