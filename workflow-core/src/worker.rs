@@ -386,7 +386,10 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                         .in_current_span(),
                 );
             }
-            if draining || !claims.is_empty() {
+            // With every workflow at its cap there is nothing to claim: the
+            // nap below waits for a handler to end (it waited for a claim
+            // that was never made, for ever).
+            if (draining && !open.is_empty()) || !claims.is_empty() {
                 tokio::select! {
                     Some(joined) = claims.join_next() => {
                         let (claimed, wanted, (at, due_by), cancels) = match joined {

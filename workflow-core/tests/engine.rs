@@ -2033,6 +2033,29 @@ async fn concurrency_of_caps_one_workflow() {
         FREE_MOST.load(Ordering::SeqCst)
     );
 
+    // Every workflow registered at its cap: the worker waits for a
+    // handler to end, then claims the next.
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(Limited { capped: true })
+        .concurrency(8)
+        .concurrency_of::<Limited>(1)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    let all = Limited::start_many(&engine, (0..5).collect(), StartOptions::new())
+        .await
+        .unwrap();
+    for (n, inst) in all.iter().enumerate() {
+        assert_eq!(
+            inst.result_timeout(Duration::from_secs(10)).await.unwrap(),
+            n as u32
+        );
+    }
+    worker.shutdown().await;
+
     // A cap on a workflow the builder does not register is refused.
     let err = EngineBuilder::new()
         .store(MemoryStore::new())
