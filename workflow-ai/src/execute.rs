@@ -195,8 +195,9 @@ impl Execute {
     /// [`ModelError::is_retryable`](crate::ModelError::is_retryable) calls
     /// retryable (HTTP 408, 409, 429, 5xx, timeouts, connection failures)
     /// is retried. What [`ModelError::needs_setup`](crate::ModelError::needs_setup)
-    /// names (HTTP 401, 403, an unknown model, a quota used up) pauses the
-    /// instance, to be resumed once mended; a conversation too long for
+    /// names (HTTP 401, 403 but for moderation, an unknown model, a quota
+    /// used up) pauses the instance, to be resumed once mended; a
+    /// conversation too long for
     /// the model's context window ends the loop with [`Error::NoAnswer`];
     /// other 4xx fail the loop at once.
     pub fn model_step_options(mut self, options: StepOptions) -> Self {

@@ -167,24 +167,39 @@ impl ModelError {
     }
 }
 
-/// Whether an error body names `code`, as OpenAI's `error.code` or
-/// `error.type` or, in a body cut short or shaped otherwise (a gateway's),
-/// anywhere in its text.
-/// Whether an error body says the request's content was refused
-/// (moderation, a content policy), in any provider's words.
+/// Whether an error body says this request's content was refused
+/// (moderation, a content policy), in the error's code, type or message
+/// (OpenRouter: "requires moderation ... your input was flagged"; OpenAI:
+/// `content_policy_violation`; Azure: `content_filter`), or in the text
+/// of a body that is no JSON. Not any mention of the words: "account
+/// flagged for abuse" is the account's fault, and pauses.
 fn names_moderation(body: &str) -> bool {
-    let body = body.to_ascii_lowercase();
-    [
-        "moderation",
-        "flagged",
+    const SAID: [&str; 5] = [
+        "input was flagged",
+        "requires moderation",
         "content_policy",
         "content policy",
         "content_filter",
-    ]
-    .iter()
-    .any(|word| body.contains(word))
+    ];
+    let said = |text: &str| {
+        let text = text.to_ascii_lowercase();
+        SAID.iter().any(|words| text.contains(words))
+    };
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(value) => {
+            let error = &value["error"];
+            [&error["code"], &error["type"], &error["message"]]
+                .iter()
+                .filter_map(|v| v.as_str())
+                .any(said)
+        }
+        Err(_) => said(body),
+    }
 }
 
+/// Whether an error body names `code`, as OpenAI's `error.code` or
+/// `error.type` or, in a body cut short or shaped otherwise (a gateway's),
+/// anywhere in its text.
 fn has_error_code(body: &str, code: &str) -> bool {
     match serde_json::from_str::<serde_json::Value>(body) {
         Ok(value) => {

@@ -857,6 +857,8 @@ mod tests {
             !status(403, flagged).needs_setup(),
             "this request's content"
         );
+        let account = r#"{"error":{"code":"account_deactivated","message":"Your account was flagged for abuse"}}"#;
+        assert!(status(403, account).needs_setup(), "the account's fault");
         assert!(status(404, &coded("model_not_found")).needs_setup());
         assert!(!status(404, "Not Found").needs_setup());
         assert!(status(429, &coded("insufficient_quota")).needs_setup());

@@ -44,7 +44,10 @@ where
     /// before the steps it chooses between, with the work beside it
     /// (`join!` branches, spawned tasks) awaited first, and give each
     /// change its own `id` (the rules of step names). Records no code
-    /// reaches any more (a step removed) count as not reached.
+    /// reaches any more (a step removed) count as not reached. A wait
+    /// records nothing while it waits (an event wait without a timeout, a
+    /// child): an old instance parked in one past the gate, with nothing
+    /// recorded after the gate yet, decides `true`, as in Temporal.
     ///
     /// # Errors
     ///

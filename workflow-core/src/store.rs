@@ -705,8 +705,10 @@ pub trait Store: Send + Sync + 'static {
     /// there is one, and records it as step `step` (its payload as the
     /// output) with an `event_received` history event, in one transaction,
     /// if `lease` is current. A `step` recorded already answers with its
-    /// record's output and takes nothing: an event taken under it would be
-    /// lost, the record staying the earlier one's.
+    /// record's output (`None` for a wait that timed out) and takes
+    /// nothing: an event taken under it would be lost, the record staying
+    /// the earlier one's. So a call repeated after its answer was lost
+    /// answers the same.
     async fn take_event(
         &self,
         lease: &Lease,

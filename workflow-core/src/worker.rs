@@ -346,6 +346,8 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
         let mut clock_changes = inner.clock.changes();
         let mut store_backoff = Duration::from_millis(50);
         let mut claims_failing = Outage::new("claiming work");
+        // Whose turn the next claim is, under caps.
+        let mut claim_turn: usize = 0;
         let workflows: Vec<String> = inner.workflows.keys().map(|s| (*s).to_owned()).collect();
         let mut wakeups = inner.store.wakeups();
         while !w.stop.is_cancelled() {
@@ -360,20 +362,25 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                 0
             };
             let wanted = (slots.available_permits() + ahead).saturating_sub(ready);
-            // Workflows at their cap sit this claim out; one near it
-            // bounds how many the claim takes (a next claim follows at
-            // once when this one comes back full).
-            let (open, wanted) = match capped(&w, &workflows) {
-                Some((open, room)) => (Cow::Owned(open), wanted.min(room)),
-                None => (Cow::Borrowed(&workflows), wanted),
+            // Under caps, claims take turns: the uncapped workflows up to
+            // every free slot, each capped one up to what its cap leaves;
+            // those at their cap sit out (see `capped`).
+            let (open, group, wanted) = match capped(&w, &workflows) {
+                Some((open, mut groups)) if !groups.is_empty() => {
+                    let (names, room) = groups.swap_remove(claim_turn % groups.len());
+                    (Cow::Owned(open), Cow::Owned(names), wanted.min(room))
+                }
+                Some((open, _)) => (Cow::Owned(open), Cow::Borrowed(&workflows), wanted),
+                None => (Cow::Borrowed(&workflows), Cow::Borrowed(&workflows), wanted),
             };
             if draining && wanted > 0 && claims.is_empty() && !open.is_empty() {
+                claim_turn = claim_turn.wrapping_add(1);
                 let now = now_millis();
                 let asked = (lease_now(), now);
                 let due_by = inner.now();
                 let req = ClaimRequest {
                     owner: w.id.clone(),
-                    workflows: open.clone().into_owned(),
+                    workflows: group.into_owned(),
                     now,
                     due_by,
                     lease_until: crate::store::millis_after(now, config.lease),
@@ -632,10 +639,17 @@ enum Started {
     CrashLoop(Lease, crate::store::Suspend),
 }
 
+/// The workflows below their cap, and the groups claims take turns at,
+/// each with how many it may take.
+type ClaimGroups = (Vec<String>, Vec<(Vec<String>, usize)>);
+
 /// With caps on workflows (`EngineBuilder::concurrency_of`): the
-/// workflows below their cap, and how many more instances the nearest to
-/// its cap may take (running here, or claimed ahead). `None` without caps.
-fn capped(w: &WorkerShared, workflows: &[String]) -> Option<(Vec<String>, usize)> {
+/// workflows below their cap, and the groups claims take turns at: the
+/// uncapped workflows (any number), then each capped one below its cap
+/// (what the cap leaves, counting those running here and claimed ahead).
+/// One claim for all would be bounded by the smallest room left, a cap of
+/// 1 making every claim take one instance. `None` without caps.
+fn capped(w: &WorkerShared, workflows: &[String]) -> Option<ClaimGroups> {
     let caps = &w.engine.inner.config.caps;
     if caps.is_empty() {
         return None;
@@ -649,21 +663,26 @@ fn capped(w: &WorkerShared, workflows: &[String]) -> Option<(Vec<String>, usize)
             *held.entry(name).or_default() += 1;
         }
     }
-    let left = |name: &str| {
-        caps.get(name)
-            .map(|cap| cap.saturating_sub(held.get(name).copied().unwrap_or(0)))
-    };
-    let open: Vec<String> = workflows
-        .iter()
-        .filter(|name| left(name) != Some(0))
-        .cloned()
-        .collect();
-    let room = open
-        .iter()
-        .filter_map(|name| left(name))
-        .min()
-        .unwrap_or(usize::MAX);
-    Some((open, room))
+    let mut open = Vec::new();
+    let mut uncapped = Vec::new();
+    let mut groups = Vec::new();
+    for name in workflows {
+        match caps.get(name.as_str()) {
+            None => uncapped.push(name.clone()),
+            Some(cap) => {
+                let left = cap.saturating_sub(held.get(name.as_str()).copied().unwrap_or(0));
+                if left == 0 {
+                    continue;
+                }
+                groups.push((vec![name.clone()], left));
+            }
+        }
+        open.push(name.clone());
+    }
+    if !uncapped.is_empty() {
+        groups.insert(0, (uncapped, usize::MAX));
+    }
+    Some((open, groups))
 }
 
 /// Lists `claimed` as running (for control operations to reach it), or

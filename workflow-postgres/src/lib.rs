@@ -913,10 +913,12 @@ impl Store for PgStore {
         step: &str,
         at: Millis,
     ) -> Result<Option<String>, StoreError> {
+        // A retry after a commit whose answer was lost finds the step
+        // recorded, and answers with its record.
         retrying!(
             self,
             "take_event",
-            idempotent = false,
+            idempotent = true,
             self.db.take_event(lease, name, step, at)
         )?
     }

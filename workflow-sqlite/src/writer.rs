@@ -1471,7 +1471,7 @@ fn apply_op(c: &Tx<'_, '_>, op: &Op) -> Result<Result<Reply, StoreError>, Db> {
                 .execute(params![at, lease.instance.as_str()])?;
                 c.prepare_cached(
                     "INSERT INTO steps (instance_id, key, output, attempts, started_at, finished_at, seq) \
-                     VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5)",
+                     VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5) ON CONFLICT (instance_id, key) DO NOTHING",
                 )?
                 .execute(params![lease.instance.as_str(), step, payload, at, c.next_seq(1)?])?;
                 event(
