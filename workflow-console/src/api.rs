@@ -572,21 +572,66 @@ fn parse_body<T: serde::de::DeserializeOwned>(
         &body
     };
     // The path names the field at fault (`tags.team`), which serde's own
-    // message (a line and column) does not.
+    // message (a line and column) does not; the violation says it as the
+    // input's do (`/tags/team`, rule `type`), for code to act on.
     let mut json = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut json).map_err(|err| {
         let path = err.path().to_string();
+        let pointer = json_pointer(err.path());
         let err = err.into_inner();
-        if path == "." {
-            ApiError::bad_request(format!("request body is not the JSON expected: {err}"))
+        // Without serde's line and column: the path says where.
+        let text = err.to_string();
+        let message = match (err.is_data(), text.rsplit_once(" at line ")) {
+            (true, Some((message, _))) => message.to_owned(),
+            _ => text,
+        };
+        let mut error = if path == "." {
+            ApiError::bad_request(format!("request body is not the JSON expected: {message}"))
         } else {
-            ApiError::bad_request(format!("request body field `{path}`: {err}"))
+            ApiError::bad_request(format!("request body field `{path}`: {message}"))
+        };
+        if err.is_data() {
+            let rule = body_rule(&message);
+            error
+                .violations
+                .push(Violation::new(pointer, rule, message));
         }
+        error
     })?;
     json.end().map_err(|err| {
         ApiError::bad_request(format!("request body is not the JSON expected: {err}"))
     })?;
     Ok(value)
+}
+
+/// `path` as a JSON pointer (`/tags/team`; empty for the root).
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .map(|segment| match segment {
+            Segment::Seq { index } => format!("/{index}"),
+            Segment::Map { key } => format!("/{}", key.replace('~', "~0").replace('/', "~1")),
+            Segment::Enum { variant } => format!("/{variant}"),
+            Segment::Unknown => "/?".to_owned(),
+        })
+        .collect()
+}
+
+/// The JSON Schema keyword a serde error of a request body stands for,
+/// read from the start serde gives each kind of message; `deserialize`
+/// for the rest.
+fn body_rule(message: &str) -> &'static str {
+    if message.starts_with("invalid type") {
+        "type"
+    } else if message.starts_with("missing field") {
+        "required"
+    } else if message.starts_with("unknown field") {
+        "additionalProperties"
+    } else if message.starts_with("unknown variant") || message.starts_with("invalid value") {
+        "enum"
+    } else {
+        "deserialize"
+    }
 }
 
 // ------------------------------------------------------------------ reads

@@ -15,7 +15,10 @@
 //!   database URL without the
 //!   workflow code (engines record their definitions in the store).
 //!
-//! The JSON API, under `/api` (errors are `{"error", "violations": [{"path", "rule", "message"}]}`;
+//! The JSON API, under `/api` (errors are `{"error", "violations": [{"path", "rule", "message"}]}`:
+//! a 422 lists the input's violations, a 400 for a body that does not fit
+//! the request names its field, as `/tags/team` with rule `type`,
+//! `required`, `additionalProperties`, `enum` or `deserialize`;
 //! on the routes that take query parameters, one the route does not take is
 //! a 400, not ignored):
 //!

@@ -621,15 +621,36 @@ async fn changes_are_checked_and_applied() {
             .any(|v| v["message"].as_str().unwrap().contains("amount_cents")),
         "{violations:?}"
     );
-    // A body that does not fit the request's own shape names the field.
-    for (body, field) in [
-        (json!({ "input": {}, "tags": { "team": 1 } }), "`tags.team`"),
-        (json!({ "input": {}, "key": ["a"] }), "`key`"),
+    // A body that does not fit the request's own shape names the field,
+    // and the violation says where and which rule, as the input's do.
+    for (body, field, path, rule) in [
+        (
+            json!({ "input": {}, "tags": { "team": 1 } }),
+            "`tags.team`",
+            "/tags/team",
+            "type",
+        ),
+        (
+            json!({ "input": {}, "key": ["a"] }),
+            "`key`",
+            "/key",
+            "type",
+        ),
+        (
+            json!({ "input": {}, "tagz": {} }),
+            "`tagz`",
+            "/tagz",
+            "additionalProperties",
+        ),
     ] {
         let res = post(&base, "/api/workflows/processOrder/start", body).await;
         assert_eq!(res.status, 400, "{}", res.body);
-        let error = res.json()["error"].as_str().unwrap().to_owned();
+        let answer = res.json();
+        let error = answer["error"].as_str().unwrap().to_owned();
         assert!(error.contains(field), "{field}: {error}");
+        assert_eq!(answer["violations"][0]["path"], path, "{answer}");
+        assert_eq!(answer["violations"][0]["rule"], rule, "{answer}");
+        assert!(!res.body.contains(" line "), "no serde position: {answer}");
     }
     let res = post(
         &base,
