@@ -24,9 +24,10 @@ use crate::api::{build_query, ListParams, RerunError};
     about,
     long_about = None,
     after_help = "Exit codes: 0 done; 1 failed (the store, `run --wait`'s instance did not \
-                  complete, or `resume --all` could not resume some); 2 bad arguments or input; 3 `run --wait-timeout` gave up (the \
-                  instance runs on); 4 no such instance; 5 the instance's state refuses it \
-                  (cancel of one that completed or failed, rerun of one that did not end)."
+                  complete, or `resume --all` could not resume some); 2 bad arguments or \
+                  input; 3 `run --wait-timeout` gave up (the instance runs on); 4 no such \
+                  instance; 5 the instance's state refuses it (cancel of one that completed \
+                  or failed, rerun of one that did not end)."
 )]
 pub struct Cli {
     /// Database URL, the one your engines use (`sqlite://workflows.db`, `postgres://...`).
@@ -420,18 +421,7 @@ pub async fn run(
     };
     // Arguments clap leaves as text are read before connecting: a mistake
     // in them is bad input (exit 2) whatever state the store is in.
-    let mut document = read_document(&cli.command)?;
-    let list_query = match &cli.command {
-        Command::List {
-            workflow,
-            status,
-            tag,
-            key,
-            limit,
-            after,
-        } => Some(list_query(workflow, status, tag, key, *limit, after)?),
-        _ => None,
-    };
+    let mut read = read_args(&cli.command)?;
     let engine = crate::connect(&cli.db).await?;
     let json = cli.json;
     match cli.command {
@@ -447,7 +437,7 @@ pub async fn run(
             timeout,
             delay,
         } => {
-            let input = document.take().unwrap_or(Value::Null);
+            let input = read.document.take().unwrap_or(Value::Null);
             let key = crate::api::given(&key).map(str::to_owned);
             let mut options = StartOptions::new();
             if let Some(key) = &key {
@@ -522,7 +512,7 @@ pub async fn run(
             })
         }
         Command::List { .. } => {
-            let query = list_query.unwrap_or_else(Query::new);
+            let query = read.query.take().unwrap_or_else(Query::new);
             // The table shows no JSON documents; `--json` prints them all.
             let query = if json { query } else { query.summaries() };
             let page = engine.list(query).await?;
@@ -657,7 +647,7 @@ pub async fn run(
             key,
         } => {
             let id = InstanceId::from(id);
-            let payload = document.take().unwrap_or(Value::Null);
+            let payload = read.document.take().unwrap_or(Value::Null);
             let (sent, note) =
                 crate::api::deliver_event(&engine, &id, &name, key.as_deref(), payload).await?;
             let already_sent = sent == EventSent::AlreadySent;
@@ -1138,10 +1128,19 @@ async fn resume_all(
     Ok(u8::from(!failed.is_empty()))
 }
 
-/// The JSON document a command takes (`run`'s input, `send-event`'s
-/// payload), read from its argument or standard input.
-fn read_document(command: &Command) -> Result<Option<Value>, CliError> {
-    Ok(match command {
+/// What a command's text arguments hold, read before connecting.
+#[derive(Default)]
+struct ReadArgs {
+    /// `run`'s input or `send-event`'s payload, from its argument or
+    /// standard input.
+    document: Option<Value>,
+    /// `list`'s filters, as the API reads them.
+    query: Option<Query>,
+}
+
+fn read_args(command: &Command) -> Result<ReadArgs, CliError> {
+    let mut read = ReadArgs::default();
+    match command {
         Command::Run {
             input, key, once, ..
         } => {
@@ -1153,35 +1152,36 @@ fn read_document(command: &Command) -> Result<Option<Value>, CliError> {
                         .to_owned(),
                 ));
             }
-            Some(parse_json("input", input)?)
+            read.document = Some(parse_json("input", input)?);
         }
-        Command::SendEvent { payload, .. } => Some(parse_json("payload", payload)?),
-        _ => None,
-    })
-}
-
-/// `list`'s filters as a query, as the API reads them.
-fn list_query(
-    workflow: &Option<String>,
-    status: &[String],
-    tag: &Option<String>,
-    key: &Option<String>,
-    limit: usize,
-    after: &Option<String>,
-) -> Result<Query, CliError> {
-    let params = ListParams {
-        workflow: workflow.clone(),
-        status: Some(status.join(",")),
-        tag: tag.clone(),
-        q: None,
-        limit: Some(limit),
-        after: after.clone(),
-    };
-    let (mut query, _) = build_query(&params).map_err(CliError::Usage)?;
-    if let Some(key) = key {
-        query = query.key(key.clone());
+        Command::SendEvent { payload, .. } => {
+            read.document = Some(parse_json("payload", payload)?);
+        }
+        Command::List {
+            workflow,
+            status,
+            tag,
+            key,
+            limit,
+            after,
+        } => {
+            let params = ListParams {
+                workflow: workflow.clone(),
+                status: Some(status.join(",")),
+                tag: tag.clone(),
+                q: None,
+                limit: Some(*limit),
+                after: after.clone(),
+            };
+            let (mut query, _) = build_query(&params).map_err(CliError::Usage)?;
+            if let Some(key) = key {
+                query = query.key(key.clone());
+            }
+            read.query = Some(query);
+        }
+        _ => {}
     }
-    Ok(query)
+    Ok(read)
 }
 
 fn parse_json(what: &str, text: &str) -> Result<Value, CliError> {

@@ -884,26 +884,30 @@ impl RunShared {
     pub(crate) fn next_key(&self, name: &str) -> Result<(String, Option<StepRow>)> {
         self.check_call(name)?;
         let mut guard = lock(&self.journal);
-        let journal = &mut *guard;
-        let n = journal.seen.get(name).copied().unwrap_or(0);
-        let key = if n == 0 {
+        let Journal {
+            recorded,
+            seen,
+            reached,
+            ..
+        } = &mut *guard;
+        let n = seen.entry(name.to_owned()).or_insert(0);
+        let key = if *n == 0 {
             name.to_owned()
         } else {
             format!("{name}#{n}")
         };
-        let recorded = journal
-            .recorded
-            .get(&key)
-            .map(|(position, step)| (*position, step.clone()));
-        // A name recorded under an earlier build that took it replays.
-        if recorded.is_none() {
-            crate::error::check_length("step name", name)?;
-        }
-        *journal.seen.entry(name.to_owned()).or_insert(0) += 1;
-        let recorded = recorded.map(|(position, step)| {
-            journal.reached = journal.reached.max(Some(position));
-            step
-        });
+        let recorded = match recorded.get(&key) {
+            Some((position, step)) => {
+                *reached = (*reached).max(Some(*position));
+                Some(step.clone())
+            }
+            // A name recorded under an earlier build that took it replays.
+            None => {
+                crate::error::check_length("step name", name)?;
+                None
+            }
+        };
+        *n += 1;
         Ok((key, recorded))
     }
 
@@ -1462,26 +1466,23 @@ where
         if let Some(step) = run.recorded(&key) {
             return self.replay(step).await;
         }
-        let paused = run.pause_requested();
-        if paused || run.draining() {
-            let reason = if paused {
-                format!("paused before step `{key}`")
-            } else {
-                format!("handed back before step `{key}`: the worker is shutting down")
-            };
+        if run.pause_requested() {
             return Err(self
                 .suspend(crate::store::Suspend {
                     status: crate::Status::Pending,
-                    run_at: if paused { run.now() } else { run.requeued_at() },
+                    run_at: run.now(),
                     wait_event: None,
                     wait_child: None,
                     // A step still backing off counts on after the pause.
                     retry: run.retry.clone(),
                     state: None,
-                    reason,
+                    reason: format!("paused before step `{key}`"),
                     at: run.now(),
                 })
                 .await);
+        }
+        if run.draining() {
+            return Err(self.hand_back_before(&key, run.retry.clone()).await);
         }
         let opts = if opts.at_most_once {
             StepOptions {
@@ -1515,26 +1516,12 @@ where
             }
             loop {
                 if run.draining() {
-                    // The worker is shutting down (see `RunShared::drain`):
-                    // no new attempt, after a backoff in memory either.
+                    // No new attempt either, once a backoff in memory ends.
                     drop(running.take());
-                    let at = run.now();
-                    return Err(self
-                        .suspend(crate::store::Suspend {
-                            status: crate::Status::Pending,
-                            run_at: run.requeued_at(),
-                            wait_event: None,
-                            wait_child: None,
-                            retry: (attempt > 0)
-                                .then(|| (key.clone(), attempt))
-                                .or_else(|| run.retry.clone()),
-                            state: None,
-                            reason: format!(
-                                "handed back before step `{key}`: the worker is shutting down"
-                            ),
-                            at,
-                        })
-                        .await);
+                    let retry = (attempt > 0)
+                        .then(|| (key.clone(), attempt))
+                        .or_else(|| run.retry.clone());
+                    return Err(self.hand_back_before(&key, retry).await);
                 }
                 // The count comes from the store: a corrupt one must not overflow.
                 attempt = attempt.saturating_add(1);
@@ -1700,6 +1687,24 @@ where
             }
         }
         .instrument(span)
+        .await
+    }
+
+    /// Suspends the run before step `key` for a worker that is shutting
+    /// down (see [`RunShared::drain`]), due from the instance's creation;
+    /// `retry` keeps the count of a step backing off.
+    async fn hand_back_before(&self, key: &str, retry: Option<(String, u32)>) -> Error {
+        let run = &self.inner.run;
+        self.suspend(crate::store::Suspend {
+            status: crate::Status::Pending,
+            run_at: run.requeued_at(),
+            wait_event: None,
+            wait_child: None,
+            retry,
+            state: None,
+            reason: format!("handed back before step `{key}`: the worker is shutting down"),
+            at: run.now(),
+        })
         .await
     }
 

@@ -459,7 +459,8 @@ impl EngineBuilder {
     /// How long `shutdown` lets the steps running finish before stopping
     /// their handlers (default 10 s). Handlers start no new step
     /// meanwhile: each instance is handed back before its next step, due
-    /// at once for another worker. Stopped ones resume on the next start.
+    /// from its creation, for another worker to take ahead of the work
+    /// that came due while it ran. Stopped ones resume on the next start.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = grace;
         self

@@ -258,9 +258,10 @@ impl Worker {
     /// Stops claiming, lets the steps running finish within the engine's
     /// grace period (counted from this call) and hands each instance back
     /// to the store before its next step; handlers still in a step when
-    /// the grace ends are stopped and handed back too. It returns within the grace period and a
-    /// few seconds more, whatever the store does: instances a store that
-    /// does not answer could not take back resume when their leases expire.
+    /// the grace ends are stopped and handed back too. It returns within
+    /// the grace period and a few seconds more, whatever the store does:
+    /// instances a store that does not answer could not take back resume
+    /// when their leases expire.
     /// It says whether a handler blocking its thread was left running
     /// ([`Stopped::HandlersLeftRunning`]), which keeps the runtime, and so
     /// the process, from ending.
