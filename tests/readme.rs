@@ -305,7 +305,8 @@ let run = ctx.execute(
     Execute::new("You triage support tickets.")
         .input(ticket_text)
         .tools(tools)
-        .max_turns(8),        // the model: OpenAiCompatible::from_env() unless .model(..) names one
+        .max_turns(8),        // default 10 model calls, then Error::MaxTurns
+    // the model: OpenAiCompatible::from_env() unless .model(..) names one
 ).await?;
 println!("{}", run.text);
 let typed = ctx.execute_typed::<Triage>(Execute::new("Classify.").input(text)).await?; // typed.output: Triage
