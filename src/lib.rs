@@ -162,8 +162,15 @@ pub mod ai {
 /// current directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://workflows.db";
 
+/// The environment variable naming the database when the builder is given
+/// none, as it does for the `workflow` CLI: `WORKFLOW_DATABASE_URL`.
+pub const DATABASE_URL_VAR: &str = "WORKFLOW_DATABASE_URL";
+
 /// `Engine::builder()`: an [`EngineBuilder`] that opens stores from URLs
-/// (`sqlite://..`) and, given no URL or store, the embedded SQLite file
+/// (`sqlite://..`, `postgres://..`). Given no `.database_url(..)` or
+/// `.store(..)`, it opens the URL in [`DATABASE_URL_VAR`]
+/// (`WORKFLOW_DATABASE_URL`) if that is set, so a service and the CLI
+/// beside it read one setting, and else the embedded SQLite file
 /// [`DEFAULT_DATABASE_URL`] (with the `sqlite` feature; without it, a URL
 /// is required). In the [`prelude`].
 pub trait EngineExt {
@@ -188,46 +195,67 @@ impl Connector for UrlConnector {
         url: Option<&str>,
         durability: Durability,
     ) -> Result<std::sync::Arc<dyn Store>> {
-        #[cfg(not(feature = "sqlite"))]
-        if url.is_none() {
-            // The default URL names a SQLite file, which this build cannot open.
-            return Err(Error::Config(format!(
-                "no database URL given, and this build has no SQLite store for the default \
-                 (`{DEFAULT_DATABASE_URL}`): call `.database_url(\"postgres://..\")`, or enable \
-                 the `sqlite` feature of the `workflow` crate"
-            )));
+        if url.is_some() {
+            return open_url(url, durability).await;
         }
-        let url = url.unwrap_or(DEFAULT_DATABASE_URL);
-        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
-        match scheme {
-            #[cfg(feature = "sqlite")]
-            "sqlite" => {
-                let store = workflow_sqlite::SqliteStore::connect_with(
-                    url,
-                    workflow_sqlite::SqliteOptions::new().durability(durability),
-                )
-                .await?;
-                std::result::Result::Ok(std::sync::Arc::new(store))
-            }
-            #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => {
-                let store = workflow_postgres::PgStore::connect_with(
-                    url,
-                    workflow_postgres::PgOptions::new().durability(durability),
-                )
-                .await?;
-                std::result::Result::Ok(std::sync::Arc::new(store))
-            }
-            "memory" => {
-                let _ = durability;
-                std::result::Result::Ok(std::sync::Arc::new(MemoryStore::new()))
-            }
-            _ => Err(workflow_core::unsupported_url(
+        let from_env = std::env::var(DATABASE_URL_VAR)
+            .ok()
+            .filter(|url| !url.trim().is_empty());
+        match from_env {
+            Some(url) => open_url(Some(&url), durability)
+                .await
+                .map_err(|err| match err {
+                    Error::Config(message) => {
+                        Error::Config(format!("{DATABASE_URL_VAR}: {message}"))
+                    }
+                    other => other,
+                }),
+            None => open_url(None, durability).await,
+        }
+    }
+}
+
+/// Opens `url`, or the default database given none.
+async fn open_url(url: Option<&str>, durability: Durability) -> Result<std::sync::Arc<dyn Store>> {
+    #[cfg(not(feature = "sqlite"))]
+    if url.is_none() {
+        // The default URL names a SQLite file, which this build cannot open.
+        return Err(Error::Config(format!(
+            "no database URL given, and this build has no SQLite store for the default \
+             (`{DEFAULT_DATABASE_URL}`): call `.database_url(\"postgres://..\")`, set \
+             {DATABASE_URL_VAR}, or enable the `sqlite` feature of the `workflow` crate"
+        )));
+    }
+    let url = url.unwrap_or(DEFAULT_DATABASE_URL);
+    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
+    match scheme {
+        #[cfg(feature = "sqlite")]
+        "sqlite" => {
+            let store = workflow_sqlite::SqliteStore::connect_with(
                 url,
-                KNOWN_SCHEMES,
-                |feature| format!("the `{feature}` feature of the `workflow` crate"),
-            )),
+                workflow_sqlite::SqliteOptions::new().durability(durability),
+            )
+            .await?;
+            std::result::Result::Ok(std::sync::Arc::new(store))
         }
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => {
+            let store = workflow_postgres::PgStore::connect_with(
+                url,
+                workflow_postgres::PgOptions::new().durability(durability),
+            )
+            .await?;
+            std::result::Result::Ok(std::sync::Arc::new(store))
+        }
+        "memory" => {
+            let _ = durability;
+            std::result::Result::Ok(std::sync::Arc::new(MemoryStore::new()))
+        }
+        _ => Err(workflow_core::unsupported_url(
+            url,
+            KNOWN_SCHEMES,
+            |feature| format!("the `{feature}` feature of the `workflow` crate"),
+        )),
     }
 }
 

@@ -7,14 +7,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use workflow_core::{Connector, Durability, Engine, EngineBuilder, Error, MemoryStore, Store};
+use workflow_core::{Connector, Durability, Engine, EngineBuilder, Error, Store};
 
 /// The database the CLI opens when given none: the facade's default.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://workflows.db";
 
 /// Opens the stores this crate was built with, by URL scheme: `sqlite:`
-/// (feature `sqlite`, default), `postgres:`/`postgresql:` (feature
-/// `postgres`) and `memory:`.
+/// (feature `sqlite`, default) and `postgres:`/`postgresql:` (feature
+/// `postgres`). `memory:` is refused: a memory store cannot be reached
+/// from another process.
 ///
 /// It never creates or migrates a schema: a database is opened only when
 /// an engine of this build has set it up (see `SqliteOptions::migrate`),
@@ -55,7 +56,12 @@ impl Connector for ConsoleConnector {
                 .await?;
                 Ok(Arc::new(store))
             }
-            "memory" => Ok(Arc::new(MemoryStore::new())),
+            // A memory store lives inside the process that made it: the
+            // CLI's own would be new and empty, and say nothing is there.
+            "memory" => Err(Error::Config(format!(
+                "`{url}` is a store inside one process, which no other process can open: \
+                 give the URL of the SQLite file or PostgreSQL database your engines use"
+            ))),
             _ => {
                 let _ = durability;
                 Err(workflow_core::unsupported_url(
@@ -78,7 +84,6 @@ const KNOWN_SCHEMES: &[&str] = &[
     "sqlite",
     #[cfg(feature = "postgres")]
     "postgres",
-    "memory",
 ];
 
 /// Opens the database at `url` as a pure client: an [`Engine`] with no
@@ -147,7 +152,8 @@ mod tests {
             err.contains("unsupported database URL scheme `mysql`"),
             "{err}"
         );
-        assert!(connect("memory:").await.is_ok());
+        let err = connect("memory:").await.unwrap_err().to_string();
+        assert!(err.contains("inside one process"), "{err}");
     }
 
     /// A URL whose store is behind a feature names the feature and how to
