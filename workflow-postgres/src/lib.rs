@@ -47,6 +47,7 @@ mod schema;
 mod wake;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -76,6 +77,7 @@ pub struct PgOptions {
     listen: bool,
     retry_for: Duration,
     acquire_timeout: Duration,
+    request_timeout: Duration,
     leases_by_request_clock: bool,
     migrate: bool,
 }
@@ -90,6 +92,7 @@ impl Default for PgOptions {
             listen: true,
             retry_for: Duration::from_secs(15),
             acquire_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
             leases_by_request_clock: false,
             migrate: true,
         }
@@ -171,6 +174,23 @@ impl PgOptions {
         self
     }
 
+    /// How long one attempt of an operation waits for the server's
+    /// answer before it gives the connection up (default 10 s): a
+    /// connection whose peer vanished without a reset (a failover, a NAT
+    /// or load balancer that forgot the flow) is otherwise noticed only
+    /// when TCP gives up, some 15 minutes later, and a claim, a step's
+    /// commit or a heartbeat would wait that long. A read given up on runs
+    /// again on another connection within [`retry_for`](Self::retry_for);
+    /// a write may have committed, so only one that is safe to repeat
+    /// does, and another fails with [`StoreError::Backend`], which the
+    /// engine rides out (the run resumes later). Raise it if single
+    /// queries take longer (counting the instances of a very large table
+    /// for the console). At least 1 ms.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Whether connecting creates the schema and brings an older one up to
     /// date (default on). Off, the store connects only to a schema at
     /// exactly this build's version, and otherwise fails without writing:
@@ -203,6 +223,11 @@ pub struct PgStore {
     schema: String,
     claim_wait: Duration,
     retry_for: Duration,
+    /// [`PgOptions::request_timeout`].
+    request_timeout: Duration,
+    /// When an attempt last gave its connection up, for the pools' check
+    /// of released connections.
+    gave_up: Arc<retry::GaveUp>,
     /// Leases follow the callers' clocks ([`PgOptions::leases_by_request_clock`]).
     leases_by_request_clock: bool,
     /// Changes when a NOTIFY arrives on this store's channel.
@@ -343,7 +368,9 @@ impl PgStore {
             // one whose client was cut off mid-transaction must not hold
             // its rows' locks (and every renewal of them) for the hours
             // TCP takes to notice.
-            ("idle_in_transaction_session_timeout", "60s".to_owned()),
+            // Under a third of a lease: renewals wait a second for a
+            // locked row, then skip it until the next heartbeat.
+            ("idle_in_transaction_session_timeout", "10s".to_owned()),
         ];
         if options.durability == Durability::Relaxed {
             settings.push(("synchronous_commit", "off".to_owned()));
@@ -412,11 +439,13 @@ impl PgStore {
         };
         // Used for the pool's first connection check, then closed.
         drop(conn);
+        let gave_up = Arc::new(retry::GaveUp::new());
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .test_before_acquire(false)
             .before_acquire(ping_if_idle)
+            .after_release(check_released(&gave_up))
             .connect_with(connect.clone())
             .await
             .map_err(cannot_connect)?;
@@ -432,6 +461,7 @@ impl PgStore {
             .acquire_timeout(options.acquire_timeout)
             .test_before_acquire(false)
             .before_acquire(ping_if_idle)
+            .after_release(check_released(&gave_up))
             .connect_lazy_with(connect.clone());
         let channel = format!("workflow_{schema}");
         // A burst of cancels a worker cannot keep up with skips some: the
@@ -460,6 +490,8 @@ impl PgStore {
             schema,
             claim_wait: options.claim_wait,
             retry_for: options.retry_for,
+            request_timeout: options.request_timeout,
+            gave_up,
             leases_by_request_clock: options.leases_by_request_clock,
             hint,
             listen,
@@ -504,6 +536,25 @@ fn ping_if_idle(
         }
         Ok(true)
     })
+}
+
+/// The pools' `after_release` hook: [`retry::GaveUp::check_released`].
+#[allow(clippy::type_complexity)]
+fn check_released(
+    gave_up: &Arc<retry::GaveUp>,
+) -> impl for<'c> Fn(
+    &'c mut sqlx::PgConnection,
+    sqlx::pool::PoolConnectionMetadata,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<bool, sqlx::Error>> + Send + 'c>,
+> + Send
+       + Sync
+       + 'static {
+    let gave_up = Arc::clone(gave_up);
+    move |conn, _| {
+        let gave_up = Arc::clone(&gave_up);
+        Box::pin(async move { gave_up.check_released(conn).await })
+    }
 }
 
 /// The smallest UUIDv7 text minted at `ms`.

@@ -7,6 +7,8 @@
 //! idempotent operations are run again; the rest report the error, which
 //! the engine handles (the run is released and resumes later).
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Why one attempt failed.
@@ -84,6 +86,100 @@ pub(crate) fn transient(err: &sqlx::Error) -> bool {
     }
 }
 
+/// When the store last gave up waiting for the server's answer.
+///
+/// sqlx pings every connection handed back to the pool, with no time
+/// limit: one given up on because its peer went silent (a failover, a
+/// NAT that forgot the flow) would keep its pool slot until TCP gives up,
+/// about 15 minutes. The pool's `after_release` hook reads this to ping
+/// connections released just after such a give-up within a bound, and
+/// close the one that does not answer, without a second round trip on
+/// every release otherwise.
+#[derive(Debug)]
+pub(crate) struct GaveUp {
+    since: Instant,
+    /// Milliseconds after `since`, plus one; 0 for never.
+    last: AtomicU64,
+}
+
+/// How long after a give-up released connections are pinged first.
+const PING_AFTER_GIVING_UP_FOR: Duration = Duration::from_secs(10);
+
+/// How long that ping may take before its connection is closed.
+const RELEASE_PING_WITHIN: Duration = Duration::from_secs(2);
+
+impl GaveUp {
+    pub(crate) fn new() -> Self {
+        GaveUp {
+            since: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let at = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last.store(at + 1, Ordering::Relaxed);
+    }
+
+    fn recent(&self) -> bool {
+        match self.last.load(Ordering::Relaxed) {
+            0 => false,
+            at => {
+                let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+                now.saturating_sub(at - 1) <= PING_AFTER_GIVING_UP_FOR.as_millis() as u64
+            }
+        }
+    }
+
+    /// The pool's `after_release` check: a connection released soon after
+    /// a give-up must answer a ping within [`RELEASE_PING_WITHIN`], or it
+    /// is closed. (Over TLS, sqlx's close waits to read the peer's
+    /// goodbye, so the slot still waits for TCP to give up.)
+    pub(crate) async fn check_released(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<bool, sqlx::Error> {
+        if !self.recent() {
+            return Ok(true);
+        }
+        match tokio::time::timeout(RELEASE_PING_WITHIN, sqlx::Connection::ping(conn)).await {
+            Ok(pinged) => pinged.map(|()| true),
+            Err(_) => {
+                tracing::warn!("closing a PostgreSQL connection that stopped answering");
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Runs one attempt, giving up on it when the server has not answered
+/// within `within`: the connection is silent (TCP does not notice a
+/// peer gone without a reset for minutes). A write given up on may have
+/// committed, so only idempotent operations run again.
+pub(crate) async fn answered<T>(
+    within: Duration,
+    gave_up: &GaveUp,
+    attempt: impl Future<Output = Attempt<T>>,
+) -> Attempt<T> {
+    let mut attempt = std::pin::pin!(attempt);
+    tokio::select! {
+        biased;
+        done = &mut attempt => done,
+        () = tokio::time::sleep(within) => {
+            // Before the attempt, and the connection it holds, is dropped
+            // (at the end of this function), so that its release sees it.
+            gave_up.mark();
+            Err(Failure {
+                err: sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("PostgreSQL did not answer within {within:?} (request_timeout)"),
+                )),
+                maybe_committed: true,
+            })
+        }
+    }
+}
+
 /// The retry schedule of one operation.
 pub(crate) struct Retry {
     started: Instant,
@@ -122,7 +218,7 @@ macro_rules! retrying {
     ($store:expr, $op:expr, idempotent = $idem:expr, $attempt:expr) => {{
         let mut retry = $crate::retry::Retry::new($store.retry_for, $idem);
         loop {
-            match $attempt.await {
+            match $crate::retry::answered($store.request_timeout, &$store.gave_up, $attempt).await {
                 Ok(value) => break Ok(value),
                 Err(failure) => {
                     if !retry.again(&failure, $op).await {

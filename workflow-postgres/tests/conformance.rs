@@ -1008,3 +1008,63 @@ async fn a_cancel_reaches_a_grandchild_created_while_it_waited() {
     }
     common::drop_schemas(&url, &[schema]).await;
 }
+
+/// A connection cut off without a reset while a request is on it: the
+/// request gives the connection up after `request_timeout` and a read
+/// runs again on a new one, while a write that may have committed fails.
+/// The pool has one connection, so the retry also needs the one given up
+/// on closed rather than pinged on its way back (sqlx's ping waits as
+/// long as TCP does); without TLS, whose close sqlx makes wait for the
+/// peer too. Before, both calls waited for as long as TCP does.
+#[tokio::test]
+async fn a_request_on_a_connection_cut_off_silently_gives_it_up() {
+    let Some(url) = common::url("a_request_on_a_connection_cut_off_silently_gives_it_up") else {
+        return;
+    };
+    let schema = common::fresh_schema("silent_request");
+    let proxy = Proxy::start(&url).await;
+    let sep = if proxy.url.contains('?') { '&' } else { '?' };
+    let s = PgStore::connect_with(
+        &format!("{}{sep}sslmode=disable", proxy.url),
+        PgOptions::new()
+            .schema(&schema)
+            .listen(false)
+            .max_connections(1)
+            .request_timeout(Duration::from_secs(1))
+            .retry_for(Duration::from_secs(8)),
+    )
+    .await
+    .unwrap();
+    let new = new_instance("wf", 1);
+    let id = new.id.clone();
+    s.create(new, None).await.unwrap();
+
+    // The pool pings a connection handed back (this waits for that), and
+    // one idle for a second before use: the read goes out unchecked on the
+    // connection now cut off.
+    s.get(&id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.freeze();
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(20), s.get(&id))
+        .await
+        .expect("a read on a silent connection never gave it up");
+    assert_eq!(read.unwrap().expect("the instance").id, id);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    s.get(&id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.freeze();
+    let claimed = tokio::time::timeout(
+        Duration::from_secs(20),
+        s.claim(claim_req("w", T0 + 10, 10)),
+    )
+    .await
+    .expect("a claim on a silent connection never gave it up");
+    let err = claimed.unwrap_err().to_string();
+    assert!(err.contains("did not answer within"), "{err}");
+    // And the store goes on, on a new connection.
+    assert_eq!(s.get(&id).await.unwrap().expect("the instance").id, id);
+    s.close().await;
+    common::drop_schemas(&url, &[schema]).await;
+}
