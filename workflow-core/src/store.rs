@@ -287,9 +287,10 @@ pub struct Claimed {
     /// a run's instance is claimed again or its dead owner's lease freed
     /// ([`Store::release_owner`]); back to 0 when a run gets somewhere:
     /// records a step ([`Store::commit_step`]) or a failed attempt
-    /// ([`Store::record_attempt`]), looks for an event, found or not
-    /// ([`Store::take_event`]), or suspends; and when the instance is
-    /// resumed.
+    /// ([`Store::record_attempt`]), takes an event ([`Store::take_event`]
+    /// finding one: a look that finds none is no progress, and a step
+    /// that kills its process beside a wait would otherwise never count
+    /// up), or suspends; and when the instance is resumed.
     pub interrupted_runs: u32,
 }
 
