@@ -31,3 +31,13 @@ pub use crate::execute::{conversation, Execute, ExecuteExt, Execution, Structure
 pub use crate::message::{FunctionCall, Message, ToolCall};
 pub use crate::model::{Model, ModelError, ModelRequest, ModelResponse, OutputFormat};
 pub use crate::openai::{OpenAiBuilder, OpenAiCompatible, DEFAULT_MODEL, OPENAI_BASE_URL};
+
+// Built in one task and run in another, or shared: see workflow-core's
+// check of the same kind.
+const _: () = {
+    const fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<Execute>();
+    send_sync::<OpenAiCompatible>();
+    send_sync::<ModelError>();
+    send_sync::<std::sync::Arc<dyn Model>>();
+};

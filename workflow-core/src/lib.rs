@@ -58,3 +58,21 @@ pub use crate::validate::Violation;
 pub use crate::worker::{Stopped, Worker};
 pub use crate::workflow::{Definition, Workflow};
 pub use tokio_util::sync::CancellationToken;
+
+// Handles users move across tasks and threads, and errors they send on:
+// a field that made one of them lose `Send` or `Sync` would break user
+// code, so it breaks this crate's build first.
+const _: () = {
+    const fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<Engine>();
+    send_sync::<EngineBuilder>();
+    send_sync::<Worker>();
+    send_sync::<Ctx<()>>();
+    send_sync::<Error>();
+    send_sync::<StoreError>();
+    send_sync::<InstanceInfo>();
+    send_sync::<Tool>();
+    send_sync::<Toolbox>();
+    send_sync::<MemoryStore>();
+    send_sync::<std::sync::Arc<dyn Store>>();
+};

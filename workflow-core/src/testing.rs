@@ -2394,6 +2394,7 @@ async fn definitions_are_recorded(store: impl Store) {
 /// on, every call fails with a backend error, as if the database were gone.
 /// [`Unreachable::fail_next_creates`] makes only a few calls fail, as a
 /// dropped connection would.
+#[derive(Debug)]
 pub struct Unreachable<S> {
     inner: S,
     down: AtomicBool,

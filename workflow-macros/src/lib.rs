@@ -18,7 +18,7 @@ use proc_macro::TokenStream;
 
 /// Turns an `async fn` into a durable workflow.
 ///
-/// ```ignore
+/// ```no_run
 /// use workflow::prelude::*;
 /// use serde::{Deserialize, Serialize};
 /// use schemars::JsonSchema;
@@ -49,9 +49,6 @@ use proc_macro::TokenStream;
 /// let order = ProcessOrder::start(&engine, OrderInput { order_id: "12345".into() }).await?;
 /// # Ok(()) }
 /// ```
-///
-/// (Not compiled here: this crate cannot depend on the facade it serves.
-/// A similar program is a tested example of the facade crate's root page.)
 ///
 /// # The function
 ///
