@@ -641,8 +641,11 @@ impl std::fmt::Display for Interrupt {
 pub enum StoreError {
     /// The database driver failed (connection, I/O, SQL). The driver's
     /// error, with its own causes, is in the message, so not also
-    /// `source()` (reporters that print the chain would print it twice);
-    /// downcast it from the field.
+    /// `source()` (reporters that print the chain would print it twice).
+    /// It is the field, or, where the store says what it was doing
+    /// ([`StoreError::context`]: opening a database), in the field's
+    /// `source()` chain: downcast it from there (`sqlx::Error`,
+    /// `std::io::Error`...).
     #[error("store: {}", error_chain(&**.0))]
     Backend(BoxError),
     /// A row could not be decoded; only that instance is affected.
@@ -687,6 +690,35 @@ impl StoreError {
     /// Wraps a driver error.
     pub fn backend(err: impl Into<BoxError>) -> Self {
         StoreError::Backend(err.into())
+    }
+
+    /// Wraps a driver error under what the store was doing: the message
+    /// reads `store: {what}: {err}`, and `err` stays the field's
+    /// `source()`, for callers to downcast.
+    pub fn context(what: impl Into<String>, err: impl Into<BoxError>) -> Self {
+        StoreError::Backend(Box::new(Context {
+            what: what.into(),
+            source: err.into(),
+        }))
+    }
+}
+
+/// What a store was doing when its driver failed ([`StoreError::context`]).
+#[derive(Debug)]
+struct Context {
+    what: String,
+    source: BoxError,
+}
+
+impl std::fmt::Display for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl std::error::Error for Context {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
     }
 }
 

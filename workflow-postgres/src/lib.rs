@@ -387,16 +387,18 @@ impl PgStore {
             );
         let server = server(&connect);
         let cannot_connect = |err: sqlx::Error| {
-            Error::Store(StoreError::backend(format!(
-                "cannot connect to {server}: {err}"
-            )))
+            Error::Store(StoreError::context(
+                format!("cannot connect to {server}"),
+                err,
+            ))
         };
         let mut conn = connect.connect().await.map_err(cannot_connect)?;
         if options.migrate {
             schema::migrate(&mut conn, &schema).await.map_err(|err| {
-                Error::Store(StoreError::backend(format!(
-                    "cannot migrate the schema `{schema}` of {server}: {err}"
-                )))
+                Error::Store(StoreError::context(
+                    format!("cannot migrate the schema `{schema}` of {server}"),
+                    err,
+                ))
             })?;
         } else {
             // The wrong schema is the caller's mistake; a server that
@@ -404,9 +406,10 @@ impl PgStore {
             schema::check_current(&mut conn, &schema)
                 .await
                 .map_err(|err| {
-                    Error::Store(StoreError::backend(format!(
-                        "cannot read the schema `{schema}` of {server}: {err}"
-                    )))
+                    Error::Store(StoreError::context(
+                        format!("cannot read the schema `{schema}` of {server}"),
+                        err,
+                    ))
                 })?
                 .map_err(|why| {
                     Error::Config(format!(
@@ -1154,6 +1157,24 @@ fn settings_fit(
 mod tests {
     use super::*;
     use sqlx::Connection;
+
+    /// A server that cannot be reached: the message names it, and the
+    /// driver's error stays reachable as the cause (it was text before).
+    #[tokio::test]
+    async fn a_failed_connect_keeps_the_drivers_error() {
+        let err = PgStore::connect_with(
+            "postgres://app@127.0.0.1:1/app",
+            PgOptions::new().acquire_timeout(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot connect to"), "{err}");
+        let Error::Store(StoreError::Backend(backend)) = &err else {
+            panic!("{err:?}");
+        };
+        let cause = backend.source().expect("the driver's error");
+        assert!(cause.downcast_ref::<sqlx::Error>().is_some(), "{cause:?}");
+    }
 
     /// sqlx sets a slot aside for each connection up front: "no limit" as
     /// the largest number must not ask for billions of them.

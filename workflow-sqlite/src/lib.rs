@@ -37,7 +37,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, QueryBuilder, Sqlite};
 use workflow_core::store::*;
-use workflow_core::{Definition, Durability, Error, InstanceId, Status, StoreError};
+use workflow_core::{BoxError, Definition, Durability, Error, InstanceId, Status, StoreError};
 
 use crate::checkpoint::Checkpointer;
 use crate::rows::{backend, instance_row, step_row, COLUMNS, SUMMARY_COLUMNS};
@@ -230,19 +230,19 @@ impl SqliteStore {
                 SLOW_STATEMENT.max(options.busy_timeout.saturating_add(Duration::from_secs(1))),
             );
         let path = connect.get_filename().to_owned();
-        let open_error = |err: String| {
-            Error::Store(StoreError::backend(format!(
-                "cannot open the SQLite database {}: {err}",
-                path.display()
-            )))
+        let open_error = |err: BoxError| {
+            Error::Store(StoreError::context(
+                format!("cannot open the SQLite database {}", path.display()),
+                err,
+            ))
         };
         if !options.migrate {
             let check = path.clone();
             // The wrong database is the caller's mistake, not the store's.
             tokio::task::spawn_blocking(move || schema::check_current(&check))
                 .await
-                .map_err(|err| open_error(err.to_string()))?
-                .map_err(open_error)?
+                .map_err(|err| open_error(err.into()))?
+                .map_err(|err| open_error(err.into()))?
                 .map_err(|why| {
                     Error::Config(format!(
                         "cannot use the SQLite database {}: {why}",
@@ -260,10 +260,13 @@ impl SqliteStore {
                 .map_err(std::io::Error::other)
                 .flatten()
                 .map_err(|err| {
-                    Error::Store(StoreError::backend(format!(
-                        "cannot create the directory {} for the SQLite database: {err}",
-                        dir.display()
-                    )))
+                    Error::Store(StoreError::context(
+                        format!(
+                            "cannot create the directory {} for the SQLite database",
+                            dir.display()
+                        ),
+                        err,
+                    ))
                 })?;
         }
         // Processes opening a new file at once meet on SQLite's locks where
@@ -438,9 +441,9 @@ fn in_memory_error() -> Error {
 /// Why one attempt at opening the store failed.
 enum Opening {
     /// Another connection held a lock: worth another try.
-    Busy(String),
+    Busy(BoxError),
     /// SQLite refused to open or set up the file.
-    Failed(String),
+    Failed(BoxError),
     /// Anything else, reported as it is.
     Other(Error),
 }
@@ -454,17 +457,17 @@ impl Opening {
             .and_then(|code| code.parse::<i32>().ok())
             .is_some_and(|code| matches!(code & 0xff, 5 | 6));
         if busy {
-            Opening::Busy(err.to_string())
+            Opening::Busy(err.into())
         } else {
-            Opening::Failed(err.to_string())
+            Opening::Failed(err.into())
         }
     }
 
     fn from_rusqlite(err: rusqlite::Error) -> Self {
         if crate::writer::is_busy(&err) {
-            Opening::Busy(err.to_string())
+            Opening::Busy(err.into())
         } else {
-            Opening::Failed(err.to_string())
+            Opening::Failed(err.into())
         }
     }
 }
@@ -498,19 +501,22 @@ fn open_writer(connect: &SqliteConnectOptions, options: &SqliteOptions) -> Resul
     conn.set_prepared_statement_cache_capacity(64);
     let wal = match options.durability {
         Durability::Durable => Some(open_wal(&conn).map_err(|err| {
-            Error::Store(StoreError::backend(format!(
-                "cannot open the WAL file of {} to fsync it: {err}",
-                path.display()
-            )))
+            Error::Store(StoreError::context(
+                format!("cannot open the WAL file of {} to fsync it", path.display()),
+                err,
+            ))
         })?),
         Durability::Relaxed => None,
     };
     let checkpointer = Checkpointer::spawn(path, checkpoint::Policy::default(), Default::default())
         .map_err(|err| {
-            Error::Store(StoreError::backend(format!(
-                "cannot open the checkpoint connection to {}: {err}",
-                path.display()
-            )))
+            Error::Store(StoreError::context(
+                format!(
+                    "cannot open the checkpoint connection to {}",
+                    path.display()
+                ),
+                err,
+            ))
         })?;
     Writer::spawn(conn, options.max_batch, wal, checkpointer)
         .map_err(|err| Opening::Other(Error::Store(StoreError::backend(err))))
@@ -1083,6 +1089,48 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The causes of a failed open stay errors of their own, under what
+    /// was being done: a caller can tell an I/O error from a SQLite one
+    /// (they were text before), and the message reads as it did.
+    #[tokio::test]
+    async fn a_failed_open_keeps_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let err = SqliteStore::open(file.join("app.db")).await.unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("cannot create the directory") && message.contains("plain-file"),
+            "{message}"
+        );
+        let Error::Store(StoreError::Backend(backend)) = &err else {
+            panic!("{err:?}");
+        };
+        let source = backend.source().expect("the cause");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an I/O error");
+        assert!(message.ends_with(&io.to_string()), "{message}");
+
+        // A file that is not a database: SQLite's own error.
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, vec![b'x'; 8192]).unwrap();
+        let err = SqliteStore::open(&junk).await.unwrap_err();
+        let Error::Store(StoreError::Backend(backend)) = &err else {
+            panic!("{err:?}");
+        };
+        let source = backend.source().expect("the cause");
+        assert!(
+            source.downcast_ref::<sqlx::Error>().is_some()
+                || source.downcast_ref::<rusqlite::Error>().is_some(),
+            "{source:?}"
+        );
+        assert!(
+            err.to_string().contains("cannot open the SQLite database"),
+            "{err}"
+        );
+    }
 
     #[tokio::test]
     async fn conformance() {
