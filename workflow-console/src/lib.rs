@@ -487,6 +487,14 @@ impl ConsoleExt for Engine {
     }
 }
 
+// Served from a task of its own: see workflow-core's check of the same kind.
+const _: () = {
+    const fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<Console>();
+    send_sync::<ConsoleServer>();
+    send_sync::<ConsoleError>();
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,11 +541,3 @@ mod tests {
         assert_eq!(super::query_escape("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
     }
 }
-
-// Served from a task of its own: see workflow-core's check of the same kind.
-const _: () = {
-    const fn send_sync<T: Send + Sync + 'static>() {}
-    send_sync::<Console>();
-    send_sync::<ConsoleServer>();
-    send_sync::<ConsoleError>();
-};
