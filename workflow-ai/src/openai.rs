@@ -100,6 +100,7 @@ pub struct OpenAiBuilder {
     timeout: Option<Duration>,
     temperature: Option<f32>,
     token_limit: Option<TokenLimit>,
+    headers: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for OpenAiBuilder {
@@ -111,8 +112,14 @@ impl std::fmt::Debug for OpenAiBuilder {
             .field("timeout", &self.timeout)
             .field("temperature", &self.temperature)
             .field("token_limit", &self.token_limit)
+            .field("headers", &header_names(&self.headers))
             .finish()
     }
+}
+
+/// What `Debug` shows of extra headers: their names (values may be keys).
+fn header_names(headers: &[(String, String)]) -> Vec<&str> {
+    headers.iter().map(|(name, _)| name.as_str()).collect()
 }
 
 impl OpenAiBuilder {
@@ -125,6 +132,30 @@ impl OpenAiBuilder {
     /// The API key, sent as a bearer token (none for most local servers).
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
+        self
+    }
+
+    /// A header sent with every request, beside the bearer token of
+    /// [`api_key`](Self::api_key): an Azure OpenAI deployment's `api-key`,
+    /// a gateway's own key or routing header, OpenRouter's `HTTP-Referer`.
+    /// A name given twice keeps the last value. A name or value no HTTP
+    /// header can carry fails [`build`](Self::build); `Debug` shows names
+    /// only.
+    ///
+    /// ```
+    /// # use workflow_ai::OpenAiCompatible;
+    /// let azure = OpenAiCompatible::builder()
+    ///     .base_url("https://my-resource.openai.azure.com/openai/v1")
+    ///     .header("api-key", "azure-key")
+    ///     .model("my-deployment")
+    ///     .build()?;
+    /// # Ok::<_, workflow_ai::ModelError>(())
+    /// ```
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        self.headers
+            .retain(|(seen, _)| !seen.eq_ignore_ascii_case(&name));
+        self.headers.push((name, value.into()));
         self
     }
 
@@ -226,7 +257,29 @@ impl OpenAiBuilder {
                 redacted_url(base)
             )));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &self.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| ModelError::Config(format!("`{name}` is not an HTTP header name")))?;
+            // A value read from a file often ends in a newline.
+            let mut value = reqwest::header::HeaderValue::from_str(value.trim()).map_err(|_| {
+                ModelError::Config(format!(
+                    "the value of header `{name}` holds a character no header can carry \
+                     (a line break inside it?)"
+                ))
+            })?;
+            value.set_sensitive(true);
+            if name == reqwest::header::AUTHORIZATION && api_key.is_some() {
+                return Err(ModelError::Config(
+                    "an Authorization header and an API key are both set: the request would \
+                     carry two; give one"
+                        .to_owned(),
+                ));
+            }
+            headers.insert(name, value);
+        }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(self.timeout.unwrap_or(Duration::from_secs(600)))
             .connect_timeout(Duration::from_secs(10))
             .build()

@@ -1059,6 +1059,47 @@ async fn the_endpoint_keeps_the_query_and_errors_do_not_show_it() {
     assert!(err.to_string().contains("control character"), "{err}");
 }
 
+/// Extra headers go with every request, beside the bearer token: an
+/// Azure deployment's `api-key`, a gateway's routing header. One that no
+/// header can carry, or a second Authorization, is refused when building;
+/// `Debug` shows names, not values. Before, no header but the bearer
+/// token could be sent, and Azure's key-based deployments were out of reach.
+#[tokio::test]
+async fn extra_headers_go_with_every_request() {
+    use workflow_ai::{Model, ModelRequest};
+    let server = Server::start(|_, _| text("fine")).await;
+    let client = OpenAiCompatible::builder()
+        .base_url(&server.url)
+        .header("api-key", "azure-key\n")
+        .header("X-Title", "first")
+        .header("x-title", "workflow")
+        .build()
+        .unwrap();
+    assert!(!format!("{client:?}").contains("azure-key"), "{client:?}");
+    let request = ModelRequest {
+        messages: Vec::new(),
+        tools: Vec::new(),
+        strict_tools: false,
+        output: None,
+    };
+    client.complete(&request).await.unwrap();
+    let seen = &server.requests()[0];
+    let has = |line: &str| seen.headers.iter().any(|h| h.eq_ignore_ascii_case(line));
+    assert!(has("api-key: azure-key"), "{:?}", seen.headers);
+    assert!(has("x-title: workflow"), "{:?}", seen.headers);
+    assert!(!has("x-title: first"), "{:?}", seen.headers);
+    assert_eq!(seen.authorization, None);
+
+    let refused = |builder: workflow_ai::OpenAiBuilder| builder.build().unwrap_err().to_string();
+    let base = || OpenAiCompatible::builder().base_url(&server.url);
+    let err = refused(base().header("bad name", "v"));
+    assert!(err.contains("not an HTTP header name"), "{err}");
+    let err = refused(base().header("X-Key", "a\nb"));
+    assert!(err.contains("`x-key`"), "{err}");
+    let err = refused(base().api_key("sk").header("Authorization", "Bearer other"));
+    assert!(err.contains("both set"), "{err}");
+}
+
 /// A turn to run on a worker without model settings pauses the instance,
 /// saying what is missing; resumed once the worker has them, it goes on.
 /// Before, the turn's step failed for good, and the instance with it.

@@ -15,6 +15,8 @@ pub struct Seen {
     pub target: String,
     pub body: Value,
     pub authorization: Option<String>,
+    /// Every header line, as sent (`name: value`).
+    pub headers: Vec<String>,
     /// When it arrived.
     pub at: std::time::Instant,
 }
@@ -117,6 +119,12 @@ async fn serve(
                 .to_owned(),
             body: body.clone(),
             authorization: header("authorization"),
+            headers: head
+                .lines()
+                .skip(1)
+                .filter(|line| !line.is_empty())
+                .map(str::to_owned)
+                .collect(),
             at: std::time::Instant::now(),
         });
         seen.len() - 1
