@@ -123,8 +123,9 @@ impl ModelError {
     /// HTTP 401 (a bad or expired key), 403 (a permission revoked, a
     /// region refused; not one that names moderation or a content policy,
     /// which gateways such as OpenRouter send for this request's content
-    /// alone), 404 with `model_not_found` (a model name the
-    /// provider does not have, or no longer gives this key) and 429 with
+    /// alone), 404 with `model_not_found`, or whose message says a model
+    /// was not found or does not exist (Ollama, vLLM): a model name the
+    /// provider does not have, or no longer gives this key; and 429 with
     /// `insufficient_quota`. Every request fails so until someone mends
     /// the account or the settings, after which the same request goes
     /// through: a model loop pauses its instance for these, to be resumed
@@ -134,7 +135,7 @@ impl ModelError {
             ModelError::Status { status, body, .. } => match status {
                 401 => true,
                 403 => !names_moderation(body),
-                404 => has_error_code(body, "model_not_found"),
+                404 => has_error_code(body, "model_not_found") || names_unknown_model(body),
                 429 => has_error_code(body, "insufficient_quota"),
                 _ => false,
             },
@@ -194,6 +195,28 @@ fn names_moderation(body: &str) -> bool {
                 .any(said)
         }
         Err(_) => said(body),
+    }
+}
+
+/// Whether a 404's error message says the model asked for is unknown, in
+/// the words of servers that send no `model_not_found` code: Ollama
+/// ("model \"x\" not found, try pulling it first"), vLLM ("The model `x`
+/// does not exist."). A 404 for a path (a wrong base URL) names no model.
+fn names_unknown_model(body: &str) -> bool {
+    let said = |text: &str| {
+        let text = text.to_ascii_lowercase();
+        text.contains("model") && (text.contains("not found") || text.contains("does not exist"))
+    };
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(value) => [
+            &value["error"]["message"],
+            &value["message"],
+            &value["error"],
+        ]
+        .iter()
+        .filter_map(|v| v.as_str())
+        .any(said),
+        Err(_) => false,
     }
 }
 

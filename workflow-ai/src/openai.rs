@@ -914,6 +914,15 @@ mod tests {
         assert!(status(403, account).needs_setup(), "the account's fault");
         assert!(status(404, &coded("model_not_found")).needs_setup());
         assert!(!status(404, "Not Found").needs_setup());
+        // Ollama and vLLM say so in words, with no code.
+        let ollama = r#"{"error":{"message":"model \"llama9\" not found, try pulling it first","type":"api_error","param":null,"code":null}}"#;
+        assert!(status(404, ollama).needs_setup());
+        let vllm = r#"{"object":"error","message":"The model `llama9` does not exist.","type":"NotFoundError","param":null,"code":404}"#;
+        assert!(status(404, vllm).needs_setup());
+        // A wrong path names no model, even in JSON.
+        let path = r#"{"error":{"message":"Not found: /v2/chat/completions"}}"#;
+        assert!(!status(404, path).needs_setup());
+        assert!(!status(404, "404 page not found").needs_setup());
         assert!(status(429, &coded("insufficient_quota")).needs_setup());
         assert!(!status(429, &coded("rate_limit_exceeded")).needs_setup());
         assert!(!status(400, &coded("invalid_request_error")).needs_setup());
