@@ -203,8 +203,31 @@ impl<'a> Workflow<'a> {
             }
         };
 
+        // The attribute being expanded is no longer among them: another
+        // one would declare a second struct of the same name, reported by
+        // rustc as a clash of items the user never wrote.
+        for attr in &func.attrs {
+            if is_workflow_attr(attr) {
+                errors.push(syn::Error::new_spanned(
+                    attr,
+                    "a second `#[workflow]` on one function: a function is one workflow; \
+                     to run it under another name too, write a second function that calls it",
+                ));
+            }
+        }
+
         let description = match &args.description {
-            Some(lit) => Description::text(lit.value().trim().to_owned()),
+            Some(lit) => {
+                let text = lit.value().trim().to_owned();
+                if text.is_empty() {
+                    errors.push(syn::Error::new(
+                        lit.span(),
+                        "an empty `description` leaves the workflow (and its AI tool) with none: \
+                         write one, or remove `description` to use the doc comment",
+                    ));
+                }
+                Description::text(text)
+            }
             None => doc_comment(&func.attrs),
         };
 
@@ -640,6 +663,12 @@ pub(crate) fn doc_comment(attrs: &[Attribute]) -> Description {
         }
         for line in block {
             let line = line.trim();
+            // A heading before any text is a title (`# Refund`), skipped;
+            // one after it starts the detailed sections, which are left out.
+            let nothing_yet = pieces.is_empty() && lines.iter().all(String::is_empty);
+            if heading(line) && nothing_yet {
+                continue;
+            }
             if line.starts_with("```") || line.starts_with("~~~") || heading(line) {
                 break 'attrs;
             }
@@ -648,6 +677,19 @@ pub(crate) fn doc_comment(attrs: &[Attribute]) -> Description {
     }
     flush(&mut pieces, &mut lines);
     Description { pieces }
+}
+
+/// Whether `attr` is `#[workflow(..)]` (or `#[workflow::workflow(..)]`).
+fn is_workflow_attr(attr: &Attribute) -> bool {
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|segment| segment.ident == "workflow")
+}
+
+/// Whether another `#[workflow]` is left on the function.
+pub(crate) fn has_workflow_attr(attrs: &[Attribute]) -> bool {
+    attrs.iter().any(is_workflow_attr)
 }
 
 /// `process_order` -> `ProcessOrder`. Characters after the first of each
@@ -1508,6 +1550,17 @@ mod tests {
             async fn f() {}
         });
         assert_eq!(doc_comment(&f.attrs).plain(), "Charges the card.");
+        // A title first is skipped: the description was empty.
+        let f = func(quote! {
+            /// # Refund
+            ///
+            /// Refunds an order.
+            ///
+            /// # Errors
+            /// When it was never paid.
+            async fn f() {}
+        });
+        assert_eq!(doc_comment(&f.attrs).plain(), "Refunds an order.");
     }
 
     fn model(attr: proc_macro2::TokenStream, f: &ItemFn) -> (Option<String>, Vec<String>) {

@@ -39,6 +39,11 @@ pub(crate) fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = Args::parse(attr, &mut errors);
     let model = Workflow::from_syn(&args, &func, &mut errors);
     let errors = errors.to_compile_errors();
+    if crate::ast::has_workflow_attr(&func.attrs) {
+        // The one left expands next and declares the workflow: declaring
+        // it here too would add rustc's clashes to the error said above.
+        return quote!(#item #errors);
+    }
     let generated = generate(&model);
     quote! {
         #item
