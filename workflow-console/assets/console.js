@@ -90,6 +90,9 @@ function takeToken() {
     url.searchParams.delete("token");
     const hash = fromHash ? "" : url.hash;
     history.replaceState(null, "", url.pathname + url.search + hash);
+    // A token dialog up is answered by the token taken.
+    const dlg = document.getElementById("dialog");
+    if (dlg && dlg.open && dlg.dataset.kind === "token") dlg.close();
   }
 }
 takeToken();
@@ -147,13 +150,19 @@ async function api(path, body) {
     headers["Content-Type"] = "application/json";
     init.body = toJson(body);
   }
-  const res = await fetch("api/" + path, init);
+  let res;
+  try {
+    res = await fetch("api/" + path, init);
+  } catch (err) {
+    // The browser's own words ("Failed to fetch") do not say which end.
+    throw new Error("the console's server cannot be reached (" + err.message + ")");
+  }
   // JSON, or a proxy's or server's plain-text error, shown as it is.
   const text = await res.text();
   let data = null;
   let json = false;
   try { data = text ? parseJson(text) : null; json = true; } catch (_) { data = res.ok ? null : { error: text.slice(0, 300) }; }
-  if (res.status === 401) { askToken(); }
+  if (res.status === 401) { askToken(token); }
   if (!res.ok) throw new ApiError(res.status, data, json && data && typeof data.error === "string");
   return data;
 }
@@ -276,7 +285,7 @@ function badge(status, big) {
 function tagChips(tags) {
   const entries = Object.entries(tags || {});
   if (!entries.length) return null;
-  return h("span", { class: "chips" }, entries.map(([k, v]) => h("span", { class: "chip" }, h("b", {}, k), h("span", { class: "eq" }, "="), v)));
+  return h("span", { class: "chips" }, entries.map(([k, v]) => h("span", { class: "chip", title: k + "=" + v }, h("b", {}, k), h("span", { class: "eq" }, "="), v)));
 }
 
 /** JSON as a highlighted tree of text nodes. */
@@ -383,6 +392,7 @@ function violationList(err) {
 
 function openDialog(title, text, fields, confirmLabel, danger, onConfirm) {
   const dlg = document.getElementById("dialog");
+  dlg.dataset.kind = "";
   const errors = h("div");
   const ok = h("button", { class: danger ? "danger solid" : "primary", "data-testid": "dialog-confirm" }, confirmLabel);
   const cancel = h("button", { type: "button", onclick: () => dlg.close() }, "Close");
@@ -403,11 +413,20 @@ function openDialog(title, text, fields, confirmLabel, danger, onConfirm) {
   dlg.showModal();
 }
 
-function askToken() {
+// `used`: the token the refused request carried, if any.
+function askToken(used) {
   const dlg = document.getElementById("dialog");
+  const kept = sessionStorage.getItem(TOKEN_KEY);
+  // A request sent before a newer token was taken: that one is not refused.
+  if (kept !== null && used !== undefined && kept !== used) return;
   if (dlg.open) return;
+  // The token kept for this tab got a 401: said so, and dropped, rather
+  // than the same empty dialog again.
+  const refused = kept !== null;
+  sessionStorage.removeItem(TOKEN_KEY);
   const input = h("input", { type: "password", placeholder: "token", autocomplete: "off" });
-  openDialog("Token required", "This console requires the token it was started with (--token or WORKFLOW_CONSOLE_TOKEN).",
+  openDialog("Token required", (refused ? "The token given was refused. " : "") +
+    "This console requires the token it was started with (--token or WORKFLOW_CONSOLE_TOKEN).",
     h("label", { class: "field" }, "Token", input), "Use token", false,
     async () => {
       const token = input.value.trim();
@@ -415,6 +434,7 @@ function askToken() {
       sessionStorage.setItem(TOKEN_KEY, token);
       route();
     });
+  dlg.dataset.kind = "token";
 }
 
 // ---------------------------------------------------------------- routing
@@ -576,7 +596,7 @@ function listView(params) {
       },
         h("td", {}, badge(it.status), waitingSub(it)),
         h("td", {}, h("a", { class: "mono", href: "#/instances/" + encodeURIComponent(it.id) }, it.id),
-          it.key ? h("span", { class: "sub" }, "key ", h("span", { class: "mono" }, it.key)) : null,
+          it.key ? h("span", { class: "sub trunc", title: it.key }, "key ", h("span", { class: "mono" }, it.key)) : null,
           it.error ? h("span", { class: "sub trunc", title: it.error }, it.error) : null),
         h("td", {}, it.workflow),
         h("td", { class: "tags" }, tagChips(it.tags)),
@@ -630,7 +650,9 @@ function instanceView(id) {
     refresh(true).catch((err) => toast(err.message, true));
   }
 
-  async function act(action, body) {
+  // From a dialog, which shows a failure itself and stays open; from a
+  // button, a failure is a toast, and nothing is left to catch.
+  async function act(action, body, fromDialog) {
     try {
       const res = await api("instances/" + encodeURIComponent(id) + "/" + action, body || {});
       const said = { cancel: "Instance cancelled", pause: "Pause requested", resume: "Resumed", events: "Event sent", timeout: "Deadline moved" };
@@ -640,8 +662,9 @@ function instanceView(id) {
       toast(message);
       if (action === "rerun") location.hash = "#/instances/" + encodeURIComponent(res.id);
     } catch (err) {
+      if (fromDialog) throw err;
       toast(err.message, true);
-      throw err;
+      return;
     }
     // Done: a page that fails to load now must not read as the action
     // failing (the dialog would stay open, inviting a second one). The
@@ -651,7 +674,7 @@ function instanceView(id) {
   }
 
   function confirmAct(action, title, text, label, danger) {
-    openDialog(title, text, null, label, danger, () => act(action));
+    openDialog(title, text, null, label, danger, () => act(action, undefined, true));
   }
 
   function sendEvent(it) {
@@ -668,7 +691,7 @@ function instanceView(id) {
         let value;
         try { value = parseJson(payload.value || "null"); } catch (e) { throw new Error("payload is not valid JSON: " + e.message); }
         if (!name.value.trim()) throw new Error("an event name is required");
-        await act("events", { name: name.value.trim(), payload: value, key });
+        await act("events", { name: name.value.trim(), payload: value, key }, true);
       });
   }
 
@@ -678,7 +701,7 @@ function instanceView(id) {
       [h("label", { class: "field" }, "New deadline, from now", after)],
       "Move deadline", false, async () => {
         if (!after.value.trim()) throw new Error("a duration is required, like 2h");
-        await act("timeout", { in: after.value.trim() });
+        await act("timeout", { in: after.value.trim() }, true);
       });
   }
 

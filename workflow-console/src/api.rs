@@ -922,7 +922,33 @@ async fn schedules(State(state): State<AppState>) -> ApiResult<Value> {
 
 // ------------------------------------------------------------------ changes
 
-async fn cancel(State(state): State<AppState>, Segment(id): Segment) -> ApiResult<Value> {
+/// Reads the body of a change that takes no fields: `{}` or nothing.
+/// Another is a 400, as for every route with a body: a field sent here is
+/// a client's mistake (`{"reason": ..}`, meant for another API), and an
+/// instance cancelled regardless would hide it. (By hand: serde's
+/// `deny_unknown_fields` lets every field through to a struct with none.)
+fn no_fields(body: Result<Bytes, BytesRejection>) -> Result<(), ApiError> {
+    let fields: serde_json::Map<String, Value> = parse_body(body)?;
+    match fields.keys().next() {
+        None => Ok(()),
+        Some(key) => {
+            let message = format!("unknown field `{key}`: this change takes no fields");
+            let mut error = ApiError::bad_request(format!("request body field `{key}`: {message}"));
+            let pointer = format!("/{}", key.replace('~', "~0").replace('/', "~1"));
+            error
+                .violations
+                .push(Violation::new(pointer, "additionalProperties", message));
+            Err(error)
+        }
+    }
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Segment(id): Segment,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Value> {
+    no_fields(body)?;
     let id = InstanceId::from(id);
     let already = cancel_instance(&state.engine, &id).await?;
     Ok(Json(
@@ -945,13 +971,23 @@ pub(crate) async fn cancel_instance(engine: &Engine, id: &InstanceId) -> Result<
     }
 }
 
-async fn pause(State(state): State<AppState>, Segment(id): Segment) -> ApiResult<Value> {
+async fn pause(
+    State(state): State<AppState>,
+    Segment(id): Segment,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Value> {
+    no_fields(body)?;
     let id = InstanceId::from(id);
     state.engine.pause(&id).await?;
     Ok(Json(json!({ "id": id, "done": "pause" })))
 }
 
-async fn resume(State(state): State<AppState>, Segment(id): Segment) -> ApiResult<Value> {
+async fn resume(
+    State(state): State<AppState>,
+    Segment(id): Segment,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Value> {
+    no_fields(body)?;
     let id = InstanceId::from(id);
     state.engine.resume(&id).await?;
     Ok(Json(json!({ "id": id, "done": "resume" })))
@@ -1254,13 +1290,18 @@ pub(crate) fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
     match workflow_rules::duration::parse(text) {
         Ok(timeout) if timeout >= std::time::Duration::from_millis(1) => Ok(timeout),
         Ok(_) => Err(format!("timeout `{text}`: must be at least 1ms")),
-        Err(err) => Err(format!("timeout `{text}`: {err}")),
+        Err(err) => Err(format!("timeout `{text}`: {err}; {DURATION_HINT}")),
     }
 }
 
+/// What to write instead of a duration that does not parse: humantime's
+/// own error ("expected number at 0") says where, not what.
+const DURATION_HINT: &str = "write a duration such as 90s, 30m, 2h or 7d";
+
 /// A start's delay: a humantime duration (`0s` is no delay).
 pub(crate) fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
-    workflow_rules::duration::parse(text).map_err(|err| format!("delay `{text}`: {err}"))
+    workflow_rules::duration::parse(text)
+        .map_err(|err| format!("delay `{text}`: {err}; {DURATION_HINT}"))
 }
 
 /// A text field of a body, unless left blank.

@@ -418,6 +418,22 @@ async fn changes_are_checked_and_applied() {
             .status,
         401
     );
+    // A body with fields is a mistake said, not ignored: nothing changes.
+    for (body, rule) in [
+        (json!({"reason": "dup"}), "additionalProperties"),
+        (json!([]), "type"),
+    ] {
+        let res = post(&base, &format!("/api/instances/{}/cancel", f.running), body).await;
+        assert_eq!(res.status, 400, "{}", res.body);
+        assert_eq!(res.json()["violations"][0]["rule"], rule, "{}", res.body);
+    }
+    let res = post(
+        &base,
+        &format!("/api/instances/{}/pause", f.running),
+        json!({"x": 1}),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.body);
     assert_eq!(
         f.engine.instance(&f.running).await.unwrap().status,
         Status::InProgress
@@ -452,7 +468,7 @@ async fn changes_are_checked_and_applied() {
     assert!(failed.json()["error"]
         .as_str()
         .unwrap()
-        .contains("already ended failed"));
+        .contains("already ended (failed)"));
 
     // Move a deadline: from now or at a time; one of them, and only
     // while the instance has not ended.

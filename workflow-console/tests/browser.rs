@@ -197,12 +197,38 @@ impl Browser {
     }
 
     async fn resize(&self, height: u64) {
+        self.set_size(1360, height).await;
+    }
+
+    async fn set_size(&self, width: u64, height: u64) {
         self.cmd(
             "POST",
             "/window/rect",
-            Some(json!({ "width": 1360, "height": height })),
+            Some(json!({ "width": width, "height": height })),
         )
         .await;
+    }
+
+    /// How much wider than the window the page is, in CSS pixels.
+    async fn overflow_x(&self) -> i64 {
+        self.js(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            json!([]),
+        )
+        .await
+        .as_i64()
+        .unwrap()
+    }
+
+    /// The text of the open dialog, if one is open.
+    async fn dialog_text(&self) -> Option<String> {
+        self.js(
+            "const d = document.getElementById('dialog'); return d.open ? d.textContent : null;",
+            json!([]),
+        )
+        .await
+        .as_str()
+        .map(str::to_owned)
     }
 
     /// Fails the test if anything from the database became markup or ran.
@@ -346,8 +372,9 @@ async fn paging_survives_back_and_forward(b: &Browser) {
     assert_eq!(wait_page(b, "Showing 2+ (page 2)").await, second);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_in_a_real_browser() {
+/// chromedriver's path, or `None` (the test `name` said skipped) when
+/// Chromium or its driver is missing.
+fn chromedriver(name: &str) -> Option<PathBuf> {
     let chromedriver = find_program("chromedriver");
     let (true, Some(chromedriver)) = (Path::new(CHROMIUM).exists(), chromedriver) else {
         // CI installs chromium and sets this: there a missing browser is a
@@ -361,8 +388,16 @@ async fn console_in_a_real_browser() {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "console_in_a_real_browser: skipped: chromium not found (install Debian's `chromium` and `chromium-driver`)"
+            "{name}: skipped: chromium not found (install Debian's `chromium` and `chromium-driver`)"
         );
+        return None;
+    };
+    Some(chromedriver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_real_browser() {
+    let Some(chromedriver) = chromedriver("console_in_a_real_browser") else {
         return;
     };
     let f = fixture().await;
@@ -842,6 +877,114 @@ async fn console_in_a_real_browser() {
         (!b.find_all(badge).await.is_empty()).then_some(())
     })
     .await;
+    b.close().await;
+    server.shutdown();
+}
+
+/// The token dialog says when a token was refused, and closes when a link
+/// with the right one is pasted into the tab; a button whose action fails
+/// leaves no uncaught error; on a phone's width nothing scrolls sideways.
+/// Before: the same empty dialog came back, the dialog stayed open over a
+/// page that had loaded, Pause and Resume threw uncaught errors, and the
+/// page was 614 px wide at 375.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_dialog_failed_buttons_and_a_phone() {
+    let Some(chromedriver) = chromedriver("token_dialog_failed_buttons_and_a_phone") else {
+        return;
+    };
+    let f = fixture().await;
+    let server = f
+        .engine
+        .console()
+        .token("phone-token")
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let base = format!("http://{}/", server.local_addr());
+    let b = Browser::start(&chromedriver).await;
+
+    b.goto(&base).await;
+    let asked = wait_for("the token dialog", || b.dialog_text()).await;
+    assert!(asked.contains("Token required"), "{asked}");
+    assert!(!asked.contains("refused"), "{asked}");
+    b.js(
+        "document.querySelector('#dialog input').value = 'wrong-token'; return true;",
+        json!([]),
+    )
+    .await;
+    b.click("[data-testid=dialog-confirm]").await;
+    let again = wait_for("the dialog saying the token was refused", || async {
+        b.dialog_text().await.filter(|t| t.contains("refused"))
+    })
+    .await;
+    assert!(again.contains("Token required"), "{again}");
+
+    // A link with the right token, pasted into the tab with the dialog up.
+    b.js(
+        "location.hash = '#token=phone-token'; return true;",
+        json!([]),
+    )
+    .await;
+    wait_for("rows, with the dialog closed", || async {
+        let rows = row_statuses(&b).await.len();
+        (rows == 5 && b.dialog_text().await.is_none()).then_some(())
+    })
+    .await;
+
+    // Pause refused (the token no longer fits): a toast, nothing uncaught.
+    b.goto(&format!("{base}#/instances/{}", f.listening)).await;
+    wait_for("the pause button", || async {
+        (!b.find_all("[data-action=pause]").await.is_empty()).then_some(())
+    })
+    .await;
+    b.js(
+        "window.__uncaught = [];
+         window.addEventListener('error', (e) => window.__uncaught.push(String(e.message)));
+         window.addEventListener('unhandledrejection', (e) => window.__uncaught.push(String(e.reason)));
+         sessionStorage.setItem('workflow-console-token', 'stale-token');
+         document.querySelector('[data-action=pause]').click();
+         return true;",
+        json!([]),
+    )
+    .await;
+    wait_for("the error toast", || async {
+        (!b.find_all(".toast.err").await.is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let uncaught = b.js("return window.__uncaught;", json!([])).await;
+    assert_eq!(uncaught, json!([]), "uncaught errors");
+
+    // A phone: the list and an instance fit the width.
+    b.js(
+        "sessionStorage.setItem('workflow-console-token', 'phone-token'); return true;",
+        json!([]),
+    )
+    .await;
+    b.set_size(375, 800).await;
+    b.goto(&base).await;
+    wait_for("rows on a phone", || async {
+        (row_statuses(&b).await.len() == 5).then_some(())
+    })
+    .await;
+    assert!(
+        b.overflow_x().await <= 0,
+        "the list scrolls sideways: {} px",
+        b.overflow_x().await
+    );
+    b.goto(&format!("{base}#/instances/{}", f.completed)).await;
+    wait_for("the completed badge", || async {
+        (!b.find_all(".title [data-status-badge=completed]")
+            .await
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    assert!(
+        b.overflow_x().await <= 0,
+        "the instance scrolls sideways: {} px",
+        b.overflow_x().await
+    );
     b.close().await;
     server.shutdown();
 }

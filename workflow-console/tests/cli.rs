@@ -416,7 +416,9 @@ async fn starts_and_steers_for_a_running_engine() {
     let out = cli(url, &["run", "processOrder", "{}", "--delay", "soon"]).await;
     assert_eq!(out.code, 2);
     assert!(
-        out.stderr.contains("--delay") && out.stderr.contains("delay `soon`"),
+        out.stderr.contains("--delay")
+            && out.stderr.contains("delay `soon`")
+            && out.stderr.contains("such as 90s, 30m"),
         "{}",
         out.stderr
     );
@@ -602,7 +604,7 @@ async fn starts_and_steers_for_a_running_engine() {
     let out = cli(url, &["cancel", f.failed.as_str()]).await;
     assert_eq!(out.code, 5, "the instance's state refuses it");
     assert!(
-        out.stderr.contains("already ended failed"),
+        out.stderr.contains("already ended (failed)"),
         "{}",
         out.stderr
     );

@@ -195,7 +195,7 @@ pub enum Error {
     },
 
     /// The instance had already ended, so the operation changed nothing.
-    #[error("workflow instance {id} already ended {status}; nothing changed")]
+    #[error("workflow instance {id} already ended ({status}); nothing changed")]
     AlreadyFinished {
         /// The instance.
         id: InstanceId,

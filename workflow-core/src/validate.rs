@@ -169,13 +169,25 @@ impl<'i> jsonschema::Keyword<'i> for WholeNumber {
         instance: &'i serde_json::Value,
     ) -> Result<(), jsonschema::ValidationError<'i>> {
         if self.is_valid(instance) {
-            Ok(())
+            return Ok(());
+        }
+        // Whole digits past u64 and i64 are read as a float too: not a
+        // fraction or an exponent the sender wrote, but a number too large.
+        let whole = instance
+            .as_f64()
+            .is_some_and(|f| f.fract() == 0.0 && (f >= 1.8e19 || f <= -9.3e18));
+        Err(jsonschema::ValidationError::custom(if whole {
+            format!(
+                "{instance} is outside the 64-bit integers ({} to {})",
+                i64::MIN,
+                u64::MAX
+            )
         } else {
-            Err(jsonschema::ValidationError::custom(format!(
+            format!(
                 "{instance} is not an integer as written: write it without a fraction or an \
                  exponent"
-            )))
-        }
+            )
+        }))
     }
 
     fn is_valid(&self, instance: &'i serde_json::Value) -> bool {
@@ -781,6 +793,16 @@ mod tests {
                 "{violations:?}"
             );
         }
+        // One past u64::MAX, as digits: too large, not a fraction.
+        let big: serde_json::Value =
+            serde_json::from_str(r#"{"qty": 2, "max": 18446744073709551616, "ratio": 1}"#).unwrap();
+        let violations = check.check::<Counts>(&big).unwrap_err();
+        assert!(
+            violations.iter().any(|v| v.path == "/max"
+                && v.rule == "type"
+                && v.message.contains("outside the 64-bit integers")),
+            "{violations:?}"
+        );
     }
 
     /// Shapes whose parts add to another object's properties are closed
