@@ -44,7 +44,7 @@ async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Res
 
 #[tokio::main]
 async fn main() -> workflow::Result<()> {
-    let engine = Engine::builder().register(ProcessOrder).build().await?; // ./workflows.db
+    let engine = Engine::builder().register(ProcessOrder).build().await?; // ./workflows.db, or $WORKFLOW_DATABASE_URL
     let worker = engine.start_worker();
     let order = ProcessOrder::start(&engine, OrderInput { order_id: "12345".into() }).await?;
     println!("{}", order.result().await?.status);
