@@ -1183,7 +1183,7 @@ fn a_failed_step_is_logged_with_its_instance_under_a_warn_filter() {
         .lines()
         .find(|line| line.contains("the gateway says no"))
         .unwrap_or_else(|| panic!("the step's own warning is missing:\n{text}"));
-    for part in ["step=charge-card", id.as_str(), "failsLoudly"] {
+    for part in ["step=charge-card", "attempt=1", id.as_str(), "failsLoudly"] {
         assert!(own.contains(part), "{part} missing from: {own}");
     }
 }
@@ -1225,6 +1225,12 @@ fn a_store_down_is_logged_once_not_at_every_claim() {
         // and a heartbeat's renewal each second.
         tokio::time::sleep(Duration::from_millis(2_500)).await;
         store.set_down(false);
+        // Claims going through (once their backoff of up to 1.6 s is
+        // over), and the look for the next due instance failing at each
+        // poll (every 10 ms here).
+        store.fail_next_due(true);
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        store.fail_next_due(false);
         worker.shutdown().await;
     });
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
@@ -1233,6 +1239,12 @@ fn a_store_down_is_logged_once_not_at_every_claim() {
         assert_eq!(lines.len(), 1, "{what}:\n{text}");
         assert!(lines[0].contains("worker="), "{}", lines[0]);
     }
+    // The worker's look for the next due instance is one outage of its own.
+    let looks = text
+        .lines()
+        .filter(|l| l.contains("looking for the next due instance failed"))
+        .count();
+    assert!(looks <= 1, "{looks} lines:\n{text}");
     assert!(!text.contains("still failing"), "{text}");
 }
 

@@ -1500,7 +1500,9 @@ where
         }
         // At the run span's level: a user's own logs inside the step carry
         // its key under any filter that shows them.
-        let span = tracing::error_span!("step", step = %key);
+        // Its attempt too, so that a user's log from a retry can be told
+        // from the first attempt's.
+        let span = tracing::error_span!("step", step = %key, attempt = tracing::field::Empty);
         async {
             let started_at = run.now();
             // Running from here: a suspension beside it waits for it while
@@ -1525,6 +1527,7 @@ where
                 }
                 // The count comes from the store: a corrupt one must not overflow.
                 attempt = attempt.saturating_add(1);
+                tracing::Span::current().record("attempt", attempt);
                 run.cancel_settled().await?;
                 if let Some(started) = started_key.take() {
                     // Durable before the closure runs, and nothing between
@@ -1612,9 +1615,10 @@ where
                     Err(payload) => (format!("panicked: {}", panic_message(&*payload)), true),
                 };
                 if attempt >= opts.max_attempts || !retryable {
-                    // The step's name on the event itself: a subscriber at
-                    // `warn` does not record the debug-level step span. The
-                    // message is cut: the history keeps it whole.
+                    // The step's name on the event itself: log pipelines
+                    // that drop span fields (OpenTelemetry's log bridge)
+                    // would not say which step. The message is cut: the
+                    // history keeps it whole.
                     tracing::warn!(
                         step = %key,
                         attempts = attempt,

@@ -2407,6 +2407,7 @@ pub struct Unreachable<S> {
     hanging: AtomicBool,
     panicking_renewals: AtomicBool,
     hanging_claims: AtomicBool,
+    failing_next_due: AtomicBool,
     held_claim_answers: AtomicBool,
     held_cancel_answers: AtomicBool,
     /// Rows of this workflow read as corrupt through [`Store::get`].
@@ -2431,6 +2432,7 @@ impl<S: Store> Unreachable<S> {
             hanging: AtomicBool::new(false),
             panicking_renewals: AtomicBool::new(false),
             hanging_claims: AtomicBool::new(false),
+            failing_next_due: AtomicBool::new(false),
             held_claim_answers: AtomicBool::new(false),
             held_cancel_answers: AtomicBool::new(false),
             unreadable: std::sync::Mutex::new(None),
@@ -2463,6 +2465,12 @@ impl<S: Store> Unreachable<S> {
     /// a store that hangs does; it answers once turned off.
     pub fn hang_claims(&self, hang: bool) {
         self.hanging_claims.store(hang, Ordering::SeqCst);
+    }
+
+    /// Makes [`Store::next_due`] fail while on (`true`), the other calls
+    /// going through: a query of its own that the database refuses.
+    pub fn fail_next_due(&self, fail: bool) {
+        self.failing_next_due.store(fail, Ordering::SeqCst);
     }
 
     /// Makes [`Store::schedule_mark`] of `workflow`'s schedule wait without
@@ -2621,6 +2629,11 @@ impl<S: Store> Store for Unreachable<S> {
         workflows: &[String],
         after: Millis,
     ) -> Result<Option<Millis>, StoreError> {
+        if self.failing_next_due.load(Ordering::SeqCst) {
+            return Err(StoreError::backend(
+                "next_due refused (testing::Unreachable)",
+            ));
+        }
         self.up()?.next_due(workflows, after).await
     }
     fn wakeups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

@@ -347,6 +347,8 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
         let mut clock_changes = inner.clock.changes();
         let mut store_backoff = Duration::from_millis(50);
         let mut claims_failing = Outage::new("claiming work");
+        // Apart from claims: one may fail while the other works.
+        let mut due_failing = Outage::new("looking for the next due instance");
         // Whose turn the next claim is, under caps.
         let mut claim_turn: usize = 0;
         let workflows: Vec<String> = inner.workflows.keys().map(|s| (*s).to_owned()).collect();
@@ -489,12 +491,17 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                     _ = w.stop.cancelled() => break,
                 }
             };
+            if next_due.is_ok() {
+                due_failing.over();
+            }
             let nap = match next_due {
                 Ok(Some(due)) => Duration::from_millis(due.saturating_sub(inner.now()).max(0) as u64)
                     .min(config.poll_interval),
                 Ok(None) => config.poll_interval,
                 Err(err) => {
-                    tracing::warn!(error = %err, "looking for the next due instance failed; polling");
+                    // Said once, then once a minute: the loop comes here
+                    // every poll interval while the store is down.
+                    due_failing.failed(&err);
                     config.poll_interval
                 }
             };
@@ -1778,9 +1785,13 @@ async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
                 .then(|| crate::error::logged(finish.error.as_deref().unwrap_or("")));
             let result = store.finish(lease, finish).await;
             if result.is_ok() {
+                // The id on the event itself too, not only on the run's
+                // span: log pipelines that drop span fields (OpenTelemetry's
+                // log bridge) would say an instance failed, not which.
+                let id = &lease.instance;
                 match error {
-                    Some(error) => tracing::warn!(%status, %error, "instance ended"),
-                    None => tracing::debug!(%status, "instance finished"),
+                    Some(error) => tracing::warn!(%id, %status, %error, "instance ended"),
+                    None => tracing::debug!(%id, %status, "instance finished"),
                 }
             }
             result
