@@ -136,12 +136,14 @@ pub const MAX_KEY_BYTES: usize = workflow_rules::MAX_KEY_BYTES;
 /// The default of [`EngineBuilder::max_payload_bytes`]: 256 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 256 << 20;
 
-/// The most [`EngineBuilder::max_payload_bytes`] may be set to: 512 MiB.
-/// Both SQL stores refuse a value near 1 GB (SQLite's default
-/// `SQLITE_MAX_LENGTH`, PostgreSQL's largest field), and a write the store
-/// refuses releases the run to be retried, running its step again each
-/// time; the engine's own check must catch such a value first.
-pub const MAX_PAYLOAD_LIMIT: usize = 512 << 20;
+/// The most [`EngineBuilder::max_payload_bytes`] may be set to: 300 MiB.
+/// Both SQL stores refuse near 1 GB: SQLite a row (`SQLITE_MAX_LENGTH`),
+/// which holds an instance's input, output and state together, and
+/// PostgreSQL a field or a request's message. A write the store refuses
+/// releases the run to be retried, running its step again each time; the
+/// engine's own check must catch such a value first, so three values at
+/// the limit must fit in one row.
+pub const MAX_PAYLOAD_LIMIT: usize = 300 << 20;
 
 /// How long a caller waits for an instance's end before it is warned that
 /// nothing may end it (no worker has taken it, or it is paused).
@@ -445,8 +447,8 @@ impl EngineBuilder {
     /// input fails the start (of a child too), a larger payload fails the
     /// `send_event`, and a state still too large when the handler ends
     /// is not saved (a warning says so). At most [`MAX_PAYLOAD_LIMIT`]
-    /// (512 MiB; `build` refuses more): both SQL stores refuse values near
-    /// 1 GB, and a write refused by the store would release the run to be
+    /// (300 MiB; `build` refuses more): both SQL stores refuse rows near
+    /// 1 GB (an instance's holds its input, output and state), and a write refused by the store would release the run to be
     /// retried, running its step again each time; far smaller values
     /// already hold the store's single writer for a long while. Lower it
     /// to catch large data passed through the workflow early (Temporal

@@ -162,12 +162,20 @@ impl Flusher {
     /// answered. Commits handed over while an fsync is in flight share the
     /// next one.
     pub(crate) fn flush(&mut self, jobs: Vec<Job>, commit: u64) {
-        let Some(to_flush) = &self.to_flush else {
-            return fail(jobs);
+        let sent = match &self.to_flush {
+            Some(to_flush) => to_flush.send(jobs),
+            None => Err(mpsc::SendError(jobs)),
         };
-        match to_flush.send(jobs) {
+        match sent {
             Ok(()) => self.in_flight.push_back(commit),
-            Err(mpsc::SendError(jobs)) => fail(jobs),
+            Err(mpsc::SendError(jobs)) => {
+                // Committed but never fsynced: answered as failed, so no
+                // later write may be answered as done either (a caller that
+                // retried would otherwise duplicate what is already there).
+                self.broken
+                    .fail("the SQLite fsync thread stopped".to_owned());
+                fail(jobs)
+            }
         }
     }
 

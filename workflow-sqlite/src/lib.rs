@@ -39,6 +39,12 @@ use sqlx::{ConnectOptions, QueryBuilder, Sqlite};
 use workflow_core::store::*;
 use workflow_core::{BoxError, Definition, Durability, Error, InstanceId, Status, StoreError};
 
+// An instance's row holds its input, output and state, each up to the
+// engine's limit: together under SQLite's default SQLITE_MAX_LENGTH (10^9
+// bytes a row), with room for the other columns. A larger row would be
+// refused at every try, and its step run again each time.
+const _: () = assert!(3 * workflow_core::MAX_PAYLOAD_LIMIT + (16 << 20) < 1_000_000_000);
+
 use crate::checkpoint::Checkpointer;
 use crate::rows::{backend, instance_row, step_row, COLUMNS, SUMMARY_COLUMNS};
 use crate::writer::{Op, PurgeFrom, Reply, Writer};
