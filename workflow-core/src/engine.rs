@@ -1028,9 +1028,11 @@ impl Engine {
 
     /// Runs a worker until [`Engine::shutdown`] is called, then waits for
     /// it to hand its instances back, and says how it stopped, as
-    /// [`Worker::shutdown`] does ([`Stopped`](crate::Stopped)). Today it
-    /// never fails; the `Result` leaves room for errors a future worker may
-    /// report at start.
+    /// [`Worker::shutdown`] does ([`Stopped`](crate::Stopped)). It fails
+    /// when the worker stopped by itself because the store became unusable
+    /// ([`StoreError::Unusable`]: SQLite after a failed fsync): a `main`
+    /// that returns the error exits non-zero, for its supervisor (systemd,
+    /// Kubernetes) to start it again, and the fresh open recovers.
     ///
     /// Dropping the future before it ends (a `select!` that took another
     /// branch) stops the worker too, as [`Worker::shutdown`] does, without
@@ -1060,14 +1062,21 @@ impl Engine {
         signal: impl std::future::Future<Output = ()>,
     ) -> Result<crate::worker::Stopped> {
         let worker = self.start_worker();
-        let stop_on_drop = worker.stop_token().drop_guard();
+        let stop = worker.stop_token();
+        let stop_on_drop = stop.clone().drop_guard();
         tokio::select! {
             () = signal => {}
             () = self.inner.shutdown.cancelled() => {}
+            // The worker stopped by itself: its store became unusable.
+            () = stop.cancelled() => {}
         }
+        let unusable = worker.unusable();
         let stopped = worker.shutdown().await;
         stop_on_drop.disarm();
-        Ok(stopped)
+        match unusable {
+            Some(why) => Err(Error::Store(StoreError::Unusable(why))),
+            None => Ok(stopped),
+        }
     }
 
     /// Stops every worker of this engine: no new claims, the steps running

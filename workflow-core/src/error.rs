@@ -659,6 +659,14 @@ pub enum StoreError {
     /// The caller's lease on the instance is gone: another worker owns it, or it ended.
     #[error("store: lease lost on instance {0}")]
     LeaseLost(InstanceId),
+    /// The store can no longer keep what it is given, and refuses every
+    /// call until it is opened again: SQLite after a failed fsync (a
+    /// writeback error Linux reports once; a retried fsync may lie). A
+    /// worker that meets it stops, and [`Engine::run`](crate::Engine::run)
+    /// returns it, so that the process exits and is restarted: the fresh
+    /// open recovers from the WAL.
+    #[error("store: unusable until it is opened again (restart the process): {0}")]
+    Unusable(String),
     /// A `TimedOut` finish came after the instance's deadline was moved past
     /// its time (`set_timeout` raced the timeout): nothing changed, and the
     /// lease is still held, so the run can be released to go on.

@@ -54,6 +54,12 @@ pub enum Stopped {
     /// handed to `spawn_blocking`, or a task it spawned, also keeps the
     /// runtime from ending, and is not reported here.
     HandlersLeftRunning,
+    /// The worker stopped by itself: the store became unusable until it is
+    /// opened again ([`StoreError::Unusable`]: SQLite after a failed
+    /// fsync), and every handler finished or was stopped as for
+    /// [`Stopped::Clean`]. [`Engine::run`](crate::Engine::run) returns the
+    /// store's error instead; restart the process.
+    StoreUnusable,
 }
 
 impl std::fmt::Debug for Worker {
@@ -91,6 +97,9 @@ struct WorkerShared {
     /// a slot (every handler busy for long): no claiming ahead until a
     /// handler ends, or they would be claimed again at once.
     ahead_held_back: AtomicBool,
+    /// Why the worker stopped by itself: the store became unusable
+    /// ([`StoreError::Unusable`]).
+    unusable: Mutex<Option<String>>,
 }
 
 /// A worker's instances claimed ahead of a free slot. The engine keeps a
@@ -224,6 +233,7 @@ impl Worker {
             hand_backs: tokio_util::task::TaskTracker::new(),
             give_up: CancellationToken::new(),
             ahead_held_back: AtomicBool::new(false),
+            unusable: Mutex::new(None),
         });
         let task = tokio::spawn({
             let shared = Arc::clone(&shared);
@@ -267,7 +277,7 @@ impl Worker {
     /// the process, from ending.
     pub async fn shutdown(self) -> Stopped {
         self.shared.stop.cancel();
-        match self.task.await {
+        let stopped = match self.task.await {
             Ok(false) => Stopped::Clean,
             Ok(true) => Stopped::HandlersLeftRunning,
             Err(err) => {
@@ -275,7 +285,17 @@ impl Worker {
                 tracing::error!(error = %err, "worker task failed");
                 Stopped::HandlersLeftRunning
             }
+        };
+        match (stopped, lock(&self.shared.unusable).is_some()) {
+            (Stopped::Clean, true) => Stopped::StoreUnusable,
+            _ => stopped,
         }
+    }
+
+    /// Why the worker stopped by itself, if it did: its store became
+    /// unusable ([`Stopped::StoreUnusable`]).
+    pub(crate) fn unusable(&self) -> Option<String> {
+        lock(&self.shared.unusable).clone()
     }
 }
 
@@ -461,6 +481,15 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                     ends.insert(lease_key(&c.lease), until);
                                     ready.push_back(c);
                                 }
+                            }
+                            Err(StoreError::Unusable(why)) => {
+                                // Nothing it is given is kept any more: a
+                                // worker claiming on would only fail every
+                                // run. Stopped, so that `run` returns it and
+                                // the process is restarted.
+                                tracing::error!(error = %why, "the store is unusable until it is opened again; the worker stops");
+                                *lock(&w.unusable) = Some(why);
+                                w.stop.cancel();
                             }
                             Err(err) => {
                                 claims_failing.failed(&err);

@@ -2797,6 +2797,59 @@ mod tests {
             .unwrap();
     }
 
+    /// An engine on a store whose fsync failed stops its worker, and `run`
+    /// returns the store's error, for the process to exit and be started
+    /// again (whose fresh open recovers from the WAL). Before, the worker
+    /// backed off and claimed again for ever, its process alive and doing
+    /// nothing, with an error logged once a minute.
+    #[tokio::test]
+    async fn an_engine_on_a_store_whose_fsync_failed_stops() {
+        struct Noop;
+        impl workflow_core::Workflow for Noop {
+            type Input = ();
+            type Output = ();
+            type State = ();
+            const NAME: &'static str = "noop";
+            async fn run(
+                &self,
+                _ctx: workflow_core::Ctx<()>,
+                _input: (),
+            ) -> Result<(), workflow_core::BoxError> {
+                Ok(())
+            }
+        }
+        let (_dir, path, store, conn) = store_and_writer_connection().await;
+        let wal = open_wal(&conn).unwrap();
+        let broken = std::sync::Arc::<crate::broken::Broken>::default();
+        let checkpointer = Checkpointer::spawn(
+            &path,
+            checkpoint::Policy::default(),
+            std::sync::Arc::clone(&broken),
+        )
+        .unwrap();
+        let breaking = SqliteStore {
+            read: store.read.clone(),
+            writer: Writer::spawn(conn, 64, Some(wal), checkpointer).unwrap(),
+        };
+        let engine = workflow_core::EngineBuilder::new()
+            .store(breaking)
+            .register(Noop)
+            .build()
+            .await
+            .unwrap();
+        // Once running: as the fsync thread records an fsync that failed.
+        broken.fail("fsync of the SQLite WAL failed (a test's)".to_owned());
+        let ran = tokio::time::timeout(std::time::Duration::from_secs(20), engine.run())
+            .await
+            .expect("the worker went on claiming on a broken store");
+        let err = ran.unwrap_err();
+        assert!(
+            matches!(&err, Error::Store(StoreError::Unusable(why)) if why.contains("fsync")),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("restart the process"), "{err}");
+    }
+
     /// The WAL fsynced is the one SQLite writes, beside the file a symbolic
     /// link to the database points to, not a stale one beside the link.
     #[test]

@@ -512,10 +512,13 @@ impl Job {
 
 /// Answers a committed job: its own result, unless making the commit
 /// durable failed (`Err` is why).
+/// Answers `job`: its own result once its commit is durable, or `why` it
+/// cannot be (an fsync failed, or did earlier), after which the store
+/// takes nothing until it is opened again.
 pub(crate) fn answer(job: Job, durable: Result<(), &str>) {
     let result = match durable {
         Ok(()) => job.result.unwrap_or(Ok(Reply::Done)),
-        Err(why) => Err(StoreError::backend(why.to_owned())),
+        Err(why) => Err(StoreError::Unusable(why.to_owned())),
     };
     let _ = job.reply.send(result);
 }
@@ -896,7 +899,8 @@ fn redo_alone(
             continue;
         }
         if let Some(why) = &locked_out {
-            answer(job, Err(why.as_str()));
+            // A passing lock, not a broken store.
+            let _ = job.reply.send(Err(StoreError::backend(why.clone())));
             continue;
         }
         match apply_batch(session, std::slice::from_mut(&mut job), deadline) {
