@@ -91,8 +91,8 @@
 //! - `ai`: `workflow::ai`, model loops whose every turn is a durable step
 //!   (`ctx.execute`) and an OpenAI-compatible chat-completions client.
 //! - `sqlite` (default): [`SqliteStore`](sqlite::SqliteStore), and
-//!   `sqlite://` URLs; with no URL the engine opens `workflows.db` in the
-//!   current directory.
+//!   `sqlite://` URLs; with no URL (nor `WORKFLOW_DATABASE_URL`) the engine
+//!   opens `workflows.db` in the current directory.
 //! - `postgres`: `postgres::PgStore`, and `postgres://` /
 //!   `postgresql://` URLs: many worker processes on many machines, one
 //!   database.

@@ -301,12 +301,12 @@ let reply = tools.call_once(&engine, "processOrder", args, &tool_call.id).await?
 //    call and each tool call is a recorded step: after a crash, only the
 //    calls in flight are made again.
 // (Execute and ExecuteExt are in the prelude with feature `ai`.)
+// The model: OpenAiCompatible::from_env() unless .model(..) names one.
 let run = ctx.execute(
     Execute::new("You triage support tickets.")
         .input(ticket_text)
         .tools(tools)
         .max_turns(8),        // default 10 model calls, then Error::MaxTurns
-    // the model: OpenAiCompatible::from_env() unless .model(..) names one
 ).await?;
 println!("{}", run.text);
 let typed = ctx.execute_typed::<Triage>(Execute::new("Classify.").input(text)).await?; // typed.output: Triage

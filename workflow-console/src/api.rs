@@ -604,13 +604,18 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     Ok(value)
 }
 
+/// `key` as one token of a JSON pointer (RFC 6901: `~` and `/` escaped).
+fn pointer_token(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
 /// `path` as a JSON pointer (`/tags/team`; empty for the root).
 fn json_pointer(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     path.iter()
         .map(|segment| match segment {
             Segment::Seq { index } => format!("/{index}"),
-            Segment::Map { key } => format!("/{}", key.replace('~', "~0").replace('/', "~1")),
+            Segment::Map { key } => format!("/{}", pointer_token(key)),
             Segment::Enum { variant } => format!("/{variant}"),
             Segment::Unknown => "/?".to_owned(),
         })
@@ -933,8 +938,8 @@ fn no_fields(body: Result<Bytes, BytesRejection>) -> Result<(), ApiError> {
         None => Ok(()),
         Some(key) => {
             let message = format!("unknown field `{key}`: this change takes no fields");
-            let mut error = ApiError::bad_request(format!("request body field `{key}`: {message}"));
-            let pointer = format!("/{}", key.replace('~', "~0").replace('/', "~1"));
+            let mut error = ApiError::bad_request(format!("request body: {message}"));
+            let pointer = format!("/{}", pointer_token(key));
             error
                 .violations
                 .push(Violation::new(pointer, "additionalProperties", message));
@@ -1104,7 +1109,9 @@ pub(crate) async fn deliver_event(
 async fn rerun(
     State(state): State<AppState>,
     Segment(id): Segment,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    no_fields(body)?;
     let id = InstanceId::from(id);
     let (new, created) = rerun_instance(&state.engine, &id).await?;
     let status = if created {

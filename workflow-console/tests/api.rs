@@ -427,13 +427,20 @@ async fn changes_are_checked_and_applied() {
         assert_eq!(res.status, 400, "{}", res.body);
         assert_eq!(res.json()["violations"][0]["rule"], rule, "{}", res.body);
     }
-    let res = post(
-        &base,
-        &format!("/api/instances/{}/pause", f.running),
-        json!({"x": 1}),
-    )
-    .await;
+    for change in ["pause", "resume"] {
+        let path = format!("/api/instances/{}/{change}", f.running);
+        let res = post(&base, &path, json!({"x": 1})).await;
+        assert_eq!(res.status, 400, "{change}: {}", res.body);
+    }
+    let path = format!("/api/instances/{}/rerun", f.failed);
+    let res = post(&base, &path, json!({"input": {}})).await;
     assert_eq!(res.status, 400, "{}", res.body);
+    assert_eq!(
+        res.json()["violations"][0]["path"],
+        "/input",
+        "{}",
+        res.body
+    );
     assert_eq!(
         f.engine.instance(&f.running).await.unwrap().status,
         Status::InProgress

@@ -1500,9 +1500,7 @@ where
         }
         // At the run span's level: a user's own logs inside the step carry
         // its key under any filter that shows them.
-        // Its attempt too, so that a user's log from a retry can be told
-        // from the first attempt's.
-        let span = tracing::error_span!("step", step = %key, attempt = tracing::field::Empty);
+        let span = tracing::error_span!("step", step = %key);
         async {
             let started_at = run.now();
             // Running from here: a suspension beside it waits for it while
@@ -1527,7 +1525,6 @@ where
                 }
                 // The count comes from the store: a corrupt one must not overflow.
                 attempt = attempt.saturating_add(1);
-                tracing::Span::current().record("attempt", attempt);
                 run.cancel_settled().await?;
                 if let Some(started) = started_key.take() {
                     // Durable before the closure runs, and nothing between
@@ -1546,9 +1543,17 @@ where
                     })
                     .await?;
                 }
-                let outcome = AssertUnwindSafe(IN_STEP.scope(key.clone(), async { f().await }))
-                    .catch_unwind()
-                    .await;
+                // A span of its own per attempt, so that a user's log from a
+                // retry can be told from the first attempt's (a field
+                // recorded again on the step's span would be printed twice).
+                let attempt_span = tracing::error_span!("attempt", attempt);
+                let outcome = AssertUnwindSafe(
+                    IN_STEP
+                        .scope(key.clone(), async { f().await })
+                        .instrument(attempt_span),
+                )
+                .catch_unwind()
+                .await;
                 // A wait the error asked for (`RetryAfter`), at least.
                 let mut asked_wait = std::time::Duration::ZERO;
                 let (message, retryable) = match outcome {

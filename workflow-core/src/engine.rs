@@ -1026,8 +1026,9 @@ impl Engine {
         Worker::spawn(self.clone())
     }
 
-    /// Runs a worker until [`Engine::shutdown`] is called, then waits for
-    /// it to hand its instances back, and says how it stopped, as
+    /// Runs a worker until [`Engine::shutdown`] is called (or its store
+    /// becomes unusable), then waits for it to hand its instances back,
+    /// and says how it stopped, as
     /// [`Worker::shutdown`] does ([`Stopped`](crate::Stopped)). It fails
     /// when the worker stopped by itself because the store became unusable
     /// ([`StoreError::Unusable`]: SQLite after a failed fsync): a `main`
@@ -1074,7 +1075,13 @@ impl Engine {
         let stopped = worker.shutdown().await;
         stop_on_drop.disarm();
         match unusable {
-            Some(why) => Err(Error::Store(StoreError::Unusable(why))),
+            Some(why) => {
+                if stopped == crate::worker::Stopped::HandlersLeftRunning {
+                    // Said here: the error returned in its place cannot.
+                    tracing::error!("a handler blocking its thread is still running: the process cannot end until it returns; call std::process::exit to end it now");
+                }
+                Err(Error::Store(StoreError::Unusable(why)))
+            }
             None => Ok(stopped),
         }
     }

@@ -390,8 +390,9 @@ pub enum ErrorKind {
     /// The running handler must stop ([`Error::Interrupted`]): propagate it.
     Interrupted,
     /// The store failed: a connection or the disk
-    /// ([`StoreError::Backend`]), which often passes, or a damaged row
-    /// ([`StoreError::Corrupt`]), which does not.
+    /// ([`StoreError::Backend`]), which often passes, a damaged row
+    /// ([`StoreError::Corrupt`]), which does not, or the store itself
+    /// until the process restarts ([`StoreError::Unusable`]).
     Store,
     /// The engine was configured wrongly, or a handler asked for data it
     /// was not given.
@@ -660,7 +661,7 @@ pub enum StoreError {
     #[error("store: lease lost on instance {0}")]
     LeaseLost(InstanceId),
     /// The store can no longer keep what it is given, and refuses every
-    /// call until it is opened again: SQLite after a failed fsync (a
+    /// write until it is opened again: SQLite after a failed fsync (a
     /// writeback error Linux reports once; a retried fsync may lie). A
     /// worker that meets it stops, and [`Engine::run`](crate::Engine::run)
     /// returns it, so that the process exits and is restarted: the fresh

@@ -529,7 +529,7 @@ fn strict_node(
                                 let p = format!("{path}/{key}/{name}");
                                 // Inside its own definition, a reference
                                 // to it is the recursion itself.
-                                let escaped = name.replace('~', "~0").replace('/', "~1");
+                                let escaped = crate::validate::pointer_token(name);
                                 inlining.push(format!("#{path}/{key}/{escaped}"));
                                 let strict =
                                     strict_node(root, d, &p, problems, depth + 1, inlining);

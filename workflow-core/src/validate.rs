@@ -173,9 +173,11 @@ impl<'i> jsonschema::Keyword<'i> for WholeNumber {
         }
         // Whole digits past u64 and i64 are read as a float too: not a
         // fraction or an exponent the sender wrote, but a number too large.
+        // [i64::MIN, u64::MAX + 1): every integer some 64-bit type holds.
+        let held = -9_223_372_036_854_775_808.0..18_446_744_073_709_551_616.0;
         let whole = instance
             .as_f64()
-            .is_some_and(|f| f.fract() == 0.0 && (f >= 1.8e19 || f <= -9.3e18));
+            .is_some_and(|f| f.fract() == 0.0 && !held.contains(&f));
         Err(jsonschema::ValidationError::custom(if whole {
             format!(
                 "{instance} is outside the 64-bit integers ({} to {})",
@@ -270,7 +272,7 @@ fn closed(schema: &serde_json::Value) -> serde_json::Value {
                     map.insert("unevaluatedProperties".to_owned(), Value::Bool(false));
                 }
                 for (key, child) in map.iter_mut() {
-                    let here = format!("{path}/{}", key.replace('~', "~0").replace('/', "~1"));
+                    let here = format!("{path}/{}", pointer_token(key));
                     let combinator = PARTS.contains(&key.as_str());
                     let part_joined = combinator && (shared || key == "allOf");
                     match child {
@@ -421,7 +423,7 @@ fn target(r: &str) -> String {
 /// A field named `name` that the object at `path` does not have.
 fn unknown_field(path: &str, name: &str, rule: &str) -> Violation {
     Violation::new(
-        format!("{path}/{}", name.replace('~', "~0").replace('/', "~1")),
+        format!("{path}/{}", pointer_token(name)),
         rule,
         "unknown field: the schema has no field of this name",
     )
@@ -505,12 +507,17 @@ pub(crate) fn pointer(path: &serde_path_to_error::Path) -> String {
         match segment {
             Segment::Seq { index } => out.push_str(&index.to_string()),
             Segment::Map { key } | Segment::Enum { variant: key } => {
-                out.push_str(&key.replace('~', "~0").replace('/', "~1"))
+                out.push_str(&pointer_token(key))
             }
             Segment::Unknown => out.push('?'),
         }
     }
     out
+}
+
+/// `key` as one token of a JSON pointer (RFC 6901: `~` and `/` escaped).
+pub(crate) fn pointer_token(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
 }
 
 #[cfg(test)]
@@ -793,16 +800,19 @@ mod tests {
                 "{violations:?}"
             );
         }
-        // One past u64::MAX, as digits: too large, not a fraction.
-        let big: serde_json::Value =
-            serde_json::from_str(r#"{"qty": 2, "max": 18446744073709551616, "ratio": 1}"#).unwrap();
-        let violations = check.check::<Counts>(&big).unwrap_err();
-        assert!(
-            violations.iter().any(|v| v.path == "/max"
-                && v.rule == "type"
-                && v.message.contains("outside the 64-bit integers")),
-            "{violations:?}"
-        );
+        // Past u64::MAX or i64::MIN, as digits: out of range, not a fraction.
+        for digits in ["18446744073709551616", "-9250000000000000000"] {
+            let big: serde_json::Value =
+                serde_json::from_str(&format!(r#"{{"qty": 2, "max": {digits}, "ratio": 1}}"#))
+                    .unwrap();
+            let violations = check.check::<Counts>(&big).unwrap_err();
+            assert!(
+                violations.iter().any(|v| v.path == "/max"
+                    && v.rule == "type"
+                    && v.message.contains("outside the 64-bit integers")),
+                "{digits}: {violations:?}"
+            );
+        }
     }
 
     /// Shapes whose parts add to another object's properties are closed

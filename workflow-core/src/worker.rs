@@ -265,6 +265,26 @@ impl Worker {
         self.shared.stop.clone()
     }
 
+    /// Completes once the worker is stopping: after [`Worker::shutdown`]
+    /// or [`Engine::shutdown`], or by itself when its store became unusable
+    /// ([`Stopped::StoreUnusable`]). A service that runs a worker beside
+    /// its own tasks selects on this with its stop signal, then calls
+    /// `shutdown` (which [`Engine::run_until`] does for it).
+    ///
+    /// ```no_run
+    /// # async fn doc(engine: workflow_core::Engine) {
+    /// let worker = engine.start_worker();
+    /// tokio::select! {
+    ///     () = workflow_core::shutdown_signal() => {}
+    ///     () = worker.stopped() => {}
+    /// }
+    /// let stopped = worker.shutdown().await;
+    /// # let _ = stopped; }
+    /// ```
+    pub async fn stopped(&self) {
+        self.shared.stop.cancelled().await;
+    }
+
     /// Stops claiming, lets the steps running finish within the engine's
     /// grace period (counted from this call) and hands each instance back
     /// to the store before its next step; handlers still in a step when
@@ -297,6 +317,18 @@ impl Worker {
     pub(crate) fn unusable(&self) -> Option<String> {
         lock(&self.shared.unusable).clone()
     }
+}
+
+/// Stops the worker for good: its store keeps nothing it is given any
+/// more, and a worker going on would only fail every run. `run` returns
+/// the error, for the process to exit and be restarted.
+fn stop_unusable(w: &WorkerShared, why: String) {
+    let mut unusable = lock(&w.unusable);
+    if unusable.is_none() {
+        tracing::error!(error = %why, "the store is unusable until it is opened again; the worker stops");
+        *unusable = Some(why);
+    }
+    w.stop.cancel();
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -482,15 +514,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                     ready.push_back(c);
                                 }
                             }
-                            Err(StoreError::Unusable(why)) => {
-                                // Nothing it is given is kept any more: a
-                                // worker claiming on would only fail every
-                                // run. Stopped, so that `run` returns it and
-                                // the process is restarted.
-                                tracing::error!(error = %why, "the store is unusable until it is opened again; the worker stops");
-                                *lock(&w.unusable) = Some(why);
-                                w.stop.cancel();
-                            }
+                            Err(StoreError::Unusable(why)) => stop_unusable(&w, why),
                             Err(err) => {
                                 claims_failing.failed(&err);
                                 tokio::select! {
@@ -520,7 +544,8 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                     _ = w.stop.cancelled() => break,
                 }
             };
-            if next_due.is_ok() {
+            // Only a look that was made says the store answers again.
+            if next_due.is_ok() && !open.is_empty() {
                 due_failing.over();
             }
             let nap = match next_due {
@@ -946,6 +971,9 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
                         }
                     }
                 }
+                // Every slot may be busy with long steps, and no claim made:
+                // the heartbeat tells too.
+                Ok(Err(StoreError::Unusable(why))) => stop_unusable(&w, why),
                 Ok(Err(err)) => {
                     renewals_failing.failed(&err);
                     stop_lapsed(&w);

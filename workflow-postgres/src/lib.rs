@@ -183,9 +183,12 @@ impl PgOptions {
     /// again on another connection within [`retry_for`](Self::retry_for);
     /// a write may have committed, so only one that is safe to repeat
     /// does, and another fails with [`StoreError::Backend`], which the
-    /// engine rides out (the run resumes later). Raise it if single
-    /// queries take longer (counting the instances of a very large table
-    /// for the console). At least 1 ms.
+    /// engine rides out (the run resumes later). The wait for a pooled
+    /// connection counts in it: keep it above
+    /// [`acquire_timeout`](Self::acquire_timeout). A query given up on
+    /// may run on at the server until it ends. Raise it if single queries
+    /// take longer (counting the instances of a very large table for the
+    /// console). At least 1 ms.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout.max(Duration::from_millis(1));
         self
@@ -368,7 +371,7 @@ impl PgStore {
             // one whose client was cut off mid-transaction must not hold
             // its rows' locks (and every renewal of them) for the hours
             // TCP takes to notice.
-            // Under a third of a lease: renewals wait a second for a
+            // A third of the default lease: renewals wait a second for a
             // locked row, then skip it until the next heartbeat.
             ("idle_in_transaction_session_timeout", "10s".to_owned()),
         ];

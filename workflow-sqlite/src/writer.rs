@@ -510,8 +510,6 @@ impl Job {
     }
 }
 
-/// Answers a committed job: its own result, unless making the commit
-/// durable failed (`Err` is why).
 /// Answers `job`: its own result once its commit is durable, or `why` it
 /// cannot be (an fsync failed, or did earlier), after which the store
 /// takes nothing until it is opened again.
