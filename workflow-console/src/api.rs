@@ -775,6 +775,9 @@ impl Filters {
 /// The filters of the list page (and `workflow list`), as a [`Query`], and
 /// as [`Filters`] for checking an instance found by id.
 pub(crate) fn build_query(params: &ListParams) -> Result<(Query, Filters), String> {
+    if params.limit == Some(0) {
+        return Err("limit 0 lists nothing: give at least 1 (at most 1000)".to_owned());
+    }
     let mut query = Query::new().limit(params.limit.unwrap_or(50));
     let mut filters = Filters::default();
     if let Some(workflow) = params.workflow.as_deref().filter(|w| !w.is_empty()) {
@@ -801,6 +804,13 @@ pub(crate) fn build_query(params: &ListParams) -> Result<(Query, Filters), Strin
         filters.tag = Some((name.trim().to_owned(), value.trim().to_owned()));
     }
     if let Some(after) = params.after.as_deref().filter(|a| !a.is_empty()) {
+        // A cursor is an instance id: anything else would page from a
+        // place no listing gave (everything, for a word sorting past them).
+        if uuid::Uuid::parse_str(after).is_err() {
+            return Err(format!(
+                "after `{after}` is not an instance id: give the `next` of the page before"
+            ));
+        }
         query = query.after(InstanceId::from(after));
     }
     Ok((query, filters))

@@ -178,6 +178,19 @@ async fn reads_filters_and_pages() {
         bad.body
     );
     assert!(bad.json()["error"].as_str().unwrap().contains("limit"));
+    // A cursor no page gave, or a page of nothing, is a mistake said.
+    for (query, said) in [
+        ("after=garbage", "not an instance id"),
+        ("limit=0", "limit 0"),
+    ] {
+        let bad = get(&base, &format!("/api/instances?{query}")).await;
+        assert_eq!(bad.status, 400, "{query}: {}", bad.body);
+        assert!(
+            bad.json()["error"].as_str().unwrap().contains(said),
+            "{}",
+            bad.body
+        );
+    }
     // Parameters left empty, as a form sends them, are not given.
     let blank = get(
         &base,
