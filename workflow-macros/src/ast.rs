@@ -1353,9 +1353,12 @@ fn diverges(block: &syn::Block) -> bool {
     }
 }
 
+/// Whether `mac` always leaves: it panics, or returns an error as
+/// anyhow's and eyre's `bail!` do.
 fn panics(mac: &Macro) -> bool {
     mac.path.segments.last().is_some_and(|s| {
-        ["panic", "unreachable", "todo", "unimplemented"].contains(&s.ident.to_string().as_str())
+        ["panic", "unreachable", "todo", "unimplemented", "bail"]
+            .contains(&s.ident.to_string().as_str())
     })
 }
 

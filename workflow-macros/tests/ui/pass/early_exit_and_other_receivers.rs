@@ -1,5 +1,5 @@
 //! A name may repeat after a branch that always leaves (`return`, `let ..
-//! else`): only one of the two calls runs. Methods of other receivers
+//! else`, `bail!`): only one of the two calls runs. Methods of other receivers
 //! named like `ctx` methods (a client's `batch`) are not steps.
 use workflow::prelude::*;
 
@@ -35,6 +35,24 @@ async fn load(ctx: Ctx, input: LoadInput) -> Result<u32, BoxError> {
     Ok(n + id + client.batch("users").await?)
 }
 
+/// anyhow's, as a crate would have it.
+macro_rules! bail {
+    ($($why:tt)*) => {
+        return Err(format!($($why)*).into())
+    };
+}
+
+#[workflow]
+async fn refund(ctx: Ctx, amount: u32) -> Result<u32, BoxError> {
+    if amount > 1_000 {
+        ctx.step("notify", || async { workflow::Ok(()) }).await?;
+        bail!("{amount} needs a person to approve it");
+    }
+    ctx.step("notify", || async { workflow::Ok(()) }).await?;
+    Ok(amount)
+}
+
 fn main() {
     assert_eq!(Load::STEPS, ["load"]);
+    assert_eq!(Refund::STEPS, ["notify"]);
 }
