@@ -940,8 +940,9 @@ async fn schedules(State(state): State<AppState>) -> ApiResult<Value> {
 /// Reads the body of a change that takes no fields: `{}` or nothing.
 /// Another is a 400, as for every route with a body: a field sent here is
 /// a client's mistake (`{"reason": ..}`, meant for another API), and an
-/// instance cancelled regardless would hide it. (By hand: serde's
-/// `deny_unknown_fields` lets every field through to a struct with none.)
+/// instance cancelled regardless would hide it. (Read as a map, not as a
+/// struct with no fields: serde reads a struct from an array too, and
+/// would take `[]`.)
 fn no_fields(body: Result<Bytes, BytesRejection>) -> Result<(), ApiError> {
     let fields: serde_json::Map<String, Value> = parse_body(body)?;
     match fields.keys().next() {

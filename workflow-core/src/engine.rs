@@ -448,8 +448,9 @@ impl EngineBuilder {
     /// `send_event`, and a state still too large when the handler ends
     /// is not saved (a warning says so). At most [`MAX_PAYLOAD_LIMIT`]
     /// (300 MiB; `build` refuses more): both SQL stores refuse rows near
-    /// 1 GB (an instance's holds its input, output and state), and a write refused by the store would release the run to be
-    /// retried, running its step again each time; far smaller values
+    /// 1 GB (an instance's holds its input, output and state), and a
+    /// write refused by the store would release the run to be retried,
+    /// running its step again each time; far smaller values
     /// already hold the store's single writer for a long while. Lower it
     /// to catch large data passed through the workflow early (Temporal
     /// allows 2 MB).
@@ -1028,8 +1029,8 @@ impl Engine {
 
     /// Runs a worker until [`Engine::shutdown`] is called (or its store
     /// becomes unusable), then waits for it to hand its instances back,
-    /// and says how it stopped, as
-    /// [`Worker::shutdown`] does ([`Stopped`](crate::Stopped)). It fails
+    /// and says how it stopped, as [`Worker::shutdown`] does
+    /// ([`Stopped`](crate::Stopped)). It fails
     /// when the worker stopped by itself because the store became unusable
     /// ([`StoreError::Unusable`]: SQLite after a failed fsync): a `main`
     /// that returns the error exits non-zero, for its supervisor (systemd,
