@@ -61,6 +61,12 @@ pub(crate) struct Policy {
     /// From this many pages on, the writer finishes the checkpoint itself
     /// after each commit until the WAL starts over.
     pub(crate) restart: c_int,
+    /// The WAL file's length, in bytes, it is cut back to when it starts
+    /// over (SQLite's `journal_size_limit`). Starting over reuses the
+    /// file from its beginning without shrinking it, so one long read
+    /// that held checkpoints back would otherwise leave the file as long
+    /// as it grew meanwhile, for good.
+    pub(crate) wal_limit: i64,
 }
 
 impl Default for Policy {
@@ -71,6 +77,10 @@ impl Default for Policy {
         Policy {
             nudge: 1_000,
             restart: 4_000,
+            // Four times the longest WAL under steady writes, so that
+            // steady writes never truncate it (a truncate is a change of
+            // size the next fsync must journal).
+            wal_limit: 64 << 20,
         }
     }
 }
@@ -128,12 +138,18 @@ impl Checkpointer {
 
     /// Takes the checkpoints off `conn` (the writer's connection, used only
     /// on the calling thread from now on): SQLite's automatic checkpoint
-    /// is replaced by a hook that counts the WAL's pages.
+    /// is replaced by a hook that counts the WAL's pages, and the WAL is cut
+    /// back to [`Policy::wal_limit`] bytes each time it starts over.
     pub(crate) fn take_over(&self, conn: &Connection) {
         WAL_PAGES.with(|p| p.set(0));
         // Registering a WAL hook replaces SQLite's automatic checkpoint,
         // which is itself one.
         conn.wal_hook(Some(note_wal_pages));
+        // Only the connection that starts the WAL over truncates it: the
+        // writer's.
+        if let Err(err) = conn.pragma_update(None, "journal_size_limit", self.policy.wal_limit) {
+            tracing::warn!(error = %err, "cannot limit the WAL's length; it will not shrink");
+        }
     }
 
     /// After each commit on the writer's connection (`light`: of few
@@ -374,6 +390,7 @@ mod tests {
         let policy = Policy {
             nudge: 8,
             restart: c_int::MAX,
+            ..Policy::default()
         };
         let files = after_commits(policy, 50, false);
         assert!(files.grown >= 90 * PAGE, "{} bytes copied", files.grown);
@@ -389,6 +406,7 @@ mod tests {
         let policy = Policy {
             nudge: c_int::MAX,
             restart: 16,
+            ..Policy::default()
         };
         let files = after_commits(policy, 200, false);
         files.assert_started_over_at_16_pages();
@@ -401,9 +419,62 @@ mod tests {
         let policy = Policy {
             nudge: 16,
             restart: c_int::MAX,
+            ..Policy::default()
         };
         let files = after_commits(policy, 200, true);
         files.assert_started_over_at_16_pages();
+    }
+
+    /// A long read holds every checkpoint back, so the WAL grows; once it
+    /// ends and the WAL starts over, the file is cut back to the limit
+    /// instead of keeping its longest length for good.
+    #[test]
+    fn the_wal_shrinks_back_after_a_long_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; CREATE TABLE t (b BLOB);",
+        )
+        .unwrap();
+        let policy = Policy {
+            nudge: c_int::MAX,
+            restart: 16,
+            wal_limit: (32 * FRAME) as i64,
+        };
+        let mut checkpointer = Checkpointer::spawn(&db, policy, Default::default()).unwrap();
+        checkpointer.take_over(&conn);
+        let mut commit = || {
+            conn.execute_batch(
+                "BEGIN; INSERT INTO t VALUES (zeroblob(3000)); \
+                 INSERT INTO t VALUES (zeroblob(3000)); COMMIT;",
+            )
+            .unwrap();
+            checkpointer.after_commit(&conn, false);
+        };
+        commit();
+        let reader = Connection::open(&db).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let seen: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 2);
+        for _ in 0..200 {
+            commit();
+        }
+        let pinned = len(&crate::wal_path(&db));
+        assert!(pinned >= 300 * FRAME, "the WAL held {pinned} bytes");
+        reader.execute_batch("COMMIT").unwrap();
+        for _ in 0..20 {
+            commit();
+        }
+        drop(checkpointer);
+        let wal = len(&crate::wal_path(&db));
+        assert!(wal <= 32 * FRAME + 32, "the WAL kept {wal} bytes");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 442);
     }
 
     /// Nothing nudged, nothing past the restart length: nothing is copied,
@@ -413,6 +484,7 @@ mod tests {
         let policy = Policy {
             nudge: c_int::MAX,
             restart: c_int::MAX,
+            ..Policy::default()
         };
         let files = after_commits(policy, 20, false);
         assert_eq!(files.grown, 0);

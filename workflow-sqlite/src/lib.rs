@@ -2881,6 +2881,7 @@ mod tests {
         let policy = checkpoint::Policy {
             nudge: 8,
             restart: 16,
+            ..checkpoint::Policy::default()
         };
         let checkpointer =
             Checkpointer::spawn(&path, policy, std::sync::Arc::clone(&broken)).unwrap();

@@ -3235,6 +3235,7 @@ mod tests {
             let policy = Policy {
                 nudge: 16,
                 restart: i32::MAX,
+                ..Policy::default()
             };
             let checkpointer = Checkpointer::spawn(&path, policy, Default::default()).unwrap();
             let waiting = Arc::new(AtomicUsize::new(callers));
