@@ -186,7 +186,9 @@ impl PgOptions {
     /// engine rides out (the run resumes later). The wait for a pooled
     /// connection counts in it: keep it above
     /// [`acquire_timeout`](Self::acquire_timeout). A query given up on
-    /// may run on at the server until it ends. Raise it if single queries
+    /// is cancelled by the server: the store's connections, the
+    /// [`pool`](PgStore::pool)'s included, carry it as their
+    /// `statement_timeout`. Raise it if single queries
     /// take longer (counting the instances of a very large table for the
     /// console). At least 1 ms.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
@@ -271,6 +273,13 @@ fn split_schema(url: &str) -> (String, Option<String>) {
         format!("{base}?{}", rest.join("&"))
     };
     (url, schema)
+}
+
+/// `request_timeout` as a `statement_timeout` setting: whole milliseconds,
+/// at least one (zero would turn it off), at most PostgreSQL's largest.
+fn statement_timeout(request_timeout: Duration) -> String {
+    let ms = request_timeout.as_millis().clamp(1, i32::MAX as u128);
+    format!("{ms}ms")
 }
 
 fn valid_schema(schema: &str) -> bool {
@@ -374,6 +383,13 @@ impl PgStore {
             // A third of the default lease: renewals wait a second for a
             // locked row, then skip it until the next heartbeat.
             ("idle_in_transaction_session_timeout", "10s".to_owned()),
+            // A statement the client gave up on (`request_timeout`) would
+            // otherwise run on at the server, holding its locks and a
+            // backend, with no one to read its answer.
+            (
+                "statement_timeout",
+                statement_timeout(options.request_timeout),
+            ),
         ];
         if options.durability == Durability::Relaxed {
             settings.push(("synchronous_commit", "off".to_owned()));
@@ -512,6 +528,9 @@ impl PgStore {
 
     /// The connection pool, for applications that keep their own tables
     /// next to the store's (the pool's `search_path` is the store's schema).
+    /// Its connections' `statement_timeout` is
+    /// [`PgOptions::request_timeout`]: a longer query of your own lifts it
+    /// in its transaction with `SET LOCAL statement_timeout = 0`.
     pub fn pool(&self) -> &sqlx::PgPool {
         &self.db.pool
     }

@@ -37,6 +37,11 @@ pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<(),
     let mut tx = conn
         .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
         .await?;
+    // A migration may wait for another process's, and build an index over
+    // a large table: longer than the store's `statement_timeout`.
+    sqlx::query("SET LOCAL statement_timeout = 0")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
         .bind(&key)
         .execute(&mut *tx)

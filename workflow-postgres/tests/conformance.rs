@@ -1068,3 +1068,49 @@ async fn a_request_on_a_connection_cut_off_silently_gives_it_up() {
     s.close().await;
     common::drop_schemas(&url, &[schema]).await;
 }
+
+/// A statement past `request_timeout`, which the client gives up on, is
+/// cancelled by the server too (`statement_timeout`) instead of running on
+/// with its locks and a backend; a transaction of the application's own
+/// may lift it. Before, the server ran it to its end.
+#[tokio::test]
+async fn statements_past_the_request_timeout_are_cancelled_at_the_server() {
+    let Some(url) = common::url("statements_past_the_request_timeout_are_cancelled_at_the_server")
+    else {
+        return;
+    };
+    let schema = common::fresh_schema("statement_timeout");
+    let s = PgStore::connect_with(
+        &url,
+        PgOptions::new()
+            .schema(&schema)
+            .listen(false)
+            .request_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = sqlx::query("SELECT pg_sleep(5)")
+        .execute(s.pool())
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(4), "ran to its end");
+    match &err {
+        sqlx::Error::Database(db) => assert_eq!(db.code().as_deref(), Some("57014"), "{err}"),
+        other => panic!("not a cancel: {other}"),
+    }
+    let mut tx = s.pool().begin().await.unwrap();
+    sqlx::query("SET LOCAL statement_timeout = 0")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_sleep(0.5)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // The store's own work is not bound by less than the option asks.
+    s.create(new_instance("wf", 1), None).await.unwrap();
+    s.close().await;
+    common::drop_schemas(&url, &[schema]).await;
+}
