@@ -491,7 +491,8 @@ where
         let at = path.map(|path| format!(" at {path}")).unwrap_or_default();
         let error = match error.classify() {
             serde_json::error::Category::Data => {
-                <serde_json::Error as serde::de::Error>::custom(message)
+                let hint = null_hint(&message);
+                <serde_json::Error as serde::de::Error>::custom(format!("{message}{hint}"))
             }
             _ => error,
         };
@@ -507,6 +508,17 @@ where
         }
     })?;
     Ok((json, back))
+}
+
+/// What to add to serde's message when a value read back from the JSON it
+/// was written as met a `null` it did not write: serde_json writes a NaN or
+/// infinite float (an `f32` past its range is one) as `null`, silently.
+pub(crate) fn null_hint(message: &str) -> &'static str {
+    if message.starts_with("invalid type: null") {
+        " (JSON has no NaN or infinity: serde_json writes a float that is one as null)"
+    } else {
+        ""
+    }
 }
 
 /// `json` if it takes at most `max` bytes, else [`Error::PayloadTooLarge`]
@@ -866,7 +878,10 @@ mod tests {
         );
         assert!(text.contains('…'), "{text}");
         assert!(
-            text.ends_with("… at [100000]: invalid type: null, expected f64"),
+            text.ends_with(
+                "… at [100000]: invalid type: null, expected f64 (JSON has no NaN or \
+                 infinity: serde_json writes a float that is one as null)"
+            ),
             "{text}"
         );
         assert!(text.len() < 1_000, "{} bytes: {}", text.len(), &text[..100]);

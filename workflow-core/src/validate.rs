@@ -154,6 +154,29 @@ impl SchemaCheck {
     }
 }
 
+/// Whether `json`, what a checked value's type wrote, reads back as that
+/// type: one whose type writes other JSON than it reads (a field it reads
+/// but skips writing, a custom `Serialize`) fails here, and would otherwise
+/// be stored where no run can read it.
+pub(crate) fn reads_back<T: DeserializeOwned>(json: &str) -> Result<(), Vec<Violation>> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize::<_, T>(&mut de)
+        .map(drop)
+        .map_err(|err| {
+            let path = pointer(err.path());
+            let inner = err.into_inner();
+            // The position points into JSON the caller never saw.
+            let position = format!(" at line {} column {}", inner.line(), inner.column());
+            let error = inner.to_string();
+            let error = error.strip_suffix(&position).unwrap_or(&error);
+            vec![Violation::new(
+                path,
+                DESERIALIZE,
+                format!("the value does not read back once written as JSON: {error}"),
+            )]
+        })
+}
+
 /// The keyword [`closed`] puts beside `"type": "integer"`: JSON Schema
 /// counts `2.0` as an integer, serde's integer types refuse it (a start
 /// from a process without the workflow's code would store it, and the

@@ -364,10 +364,18 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
                 workflow: W::NAME.to_owned(),
                 violations,
             })?;
-        serde_json::to_string(&typed).map_err(|error| Error::Json {
+        let json = serde_json::to_string(&typed).map_err(|error| Error::Json {
             context: format!("input of workflow `{}`", W::NAME),
             error,
-        })
+        })?;
+        // The typed start reads its JSON back too (`json_round_trip`).
+        crate::validate::reads_back::<W::Input>(&json).map_err(|violations| {
+            Error::InvalidInput {
+                workflow: W::NAME.to_owned(),
+                violations,
+            }
+        })?;
+        Ok(json)
     }
 
     fn check_output(&self, output: &str) -> std::result::Result<(), String> {

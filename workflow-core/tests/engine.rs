@@ -2341,6 +2341,86 @@ async fn values_json_cannot_hold_are_refused_at_once() {
     assert_eq!(NAN_STEP_CALLS.load(Ordering::SeqCst), 1, "not retried");
 }
 
+/// An input whose type reads a field it never writes.
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct Sealed {
+    #[serde(skip_serializing)]
+    token: String,
+    label: String,
+}
+
+struct TakesSealed;
+
+impl Workflow for TakesSealed {
+    type Input = Sealed;
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "takesSealed";
+
+    async fn run(&self, _: Ctx, input: Sealed) -> Result<String, BoxError> {
+        Ok(format!("{}: {}", input.label, input.token))
+    }
+}
+
+/// A JSON start whose value, written back as JSON by its type, no longer
+/// reads as that type is refused, saying why, as a typed start is. Before,
+/// it was stored (without `token`) and the start succeeded; the worker
+/// then paused the instance for good on input it could not read.
+#[tokio::test]
+async fn a_json_start_the_type_would_change_is_refused() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(TakesSealed)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let err = engine
+        .start_json(
+            "takesSealed",
+            serde_json::json!({"token": "t", "label": "l"}),
+            StartOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    let Error::InvalidInput { violations, .. } = &err else {
+        panic!("expected InvalidInput: {err}")
+    };
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].path, "");
+    assert_eq!(violations[0].rule, "deserialize");
+    assert!(
+        violations[0].message
+            == "the value does not read back once written as JSON: missing field `token`",
+        "{}",
+        violations[0].message
+    );
+    // The typed start refuses it the same way.
+    let err = TakesSealed::start(
+        &engine,
+        Sealed {
+            token: "t".into(),
+            label: "l".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("missing field `token`"), "{err}");
+    // Without the field at all, the schema itself refuses it: the two
+    // checks agree on what a start may store.
+    let err = engine
+        .start_json(
+            "takesSealed",
+            serde_json::json!({"label": "l"}),
+            StartOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("token"), "{err}");
+    let page = engine.list(Query::new()).await.unwrap();
+    assert!(page.items.is_empty(), "nothing stored");
+}
+
 /// Catches the error of a step whose value JSON cannot hold, and goes on.
 struct CatchesNotANumber;
 
