@@ -96,6 +96,9 @@
 //! - `postgres`: `postgres::PgStore`, and `postgres://` /
 //!   `postgresql://` URLs: many worker processes on many machines, one
 //!   database.
+//! - `tls` (default): TLS to PostgreSQL through rustls, with the Mozilla
+//!   roots (`sslmode` in the URL chooses how strict); without it,
+//!   `sslmode=require` fails. Nothing without `postgres`.
 //! - `console`: `workflow::console`, the dev console
 //!   (`engine.serve_console(addr)`, with `console::ConsoleExt` in the
 //!   prelude) and its JSON API.
@@ -104,6 +107,8 @@
 //! - `testing`: `workflow::testing`, the conformance suite every store
 //!   passes, to run against a [`Store`] of your own.
 #![warn(missing_docs)]
+// On docs.rs: each item says which feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use workflow_core::*;
 
@@ -129,34 +134,23 @@ pub fn Ok<T>(value: T) -> std::result::Result<T, BoxError> {
     std::result::Result::Ok(value)
 }
 
-/// The SQLite store (feature `sqlite`).
+// Each store, the console and the AI loop are crates of their own, shown
+// here with their own crate docs, as sqlx shows its drivers.
 #[cfg(feature = "sqlite")]
-pub mod sqlite {
-    pub use workflow_sqlite::*;
-}
+#[doc(inline)]
+pub use workflow_sqlite as sqlite;
 
-/// The PostgreSQL store (feature `postgres`).
 #[cfg(feature = "postgres")]
-pub mod postgres {
-    pub use workflow_postgres::*;
-}
+#[doc(inline)]
+pub use workflow_postgres as postgres;
 
-/// The dev console (feature `console`): `engine.serve_console(addr)` or
-/// `engine.console().token(..).bind(addr)`, a web page and JSON API to see
-/// and steer every workflow.
 #[cfg(feature = "console")]
-pub mod console {
-    pub use workflow_console::*;
-}
+#[doc(inline)]
+pub use workflow_console as console;
 
-/// Model loops as durable steps and an OpenAI-compatible client (feature
-/// `ai`): `ctx.execute(Execute::new(..))`, [`Model`](ai::Model),
-/// [`OpenAiCompatible`](ai::OpenAiCompatible). Tools themselves
-/// ([`Tool`], [`Toolbox`], `W::as_tool()`) need no feature.
 #[cfg(feature = "ai")]
-pub mod ai {
-    pub use workflow_ai::*;
-}
+#[doc(inline)]
+pub use workflow_ai as ai;
 
 /// The default database when none is configured: a SQLite file in the
 /// current directory.

@@ -59,6 +59,8 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+// On docs.rs: each item says which feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -72,6 +74,7 @@ mod api;
 // The `workflow` command's arguments and runner: the binary's, not a
 // stable library API (every new flag would be a breaking change).
 #[doc(hidden)]
+#[cfg(feature = "cli")]
 pub mod cli;
 mod connect;
 mod listener;

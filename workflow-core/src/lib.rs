@@ -2,6 +2,8 @@
 //! and its workers, [`Ctx`] with durable steps, the [`Store`] contract and an
 //! in-memory store. Most users depend on the `workflow` facade instead.
 #![warn(missing_docs)]
+// On docs.rs: each item says which feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod ctx;
 mod data;
@@ -31,12 +33,12 @@ mod workflow;
 
 pub use crate::ctx::{Ctx, HeldName, StateMut, StateRef, RESERVED_STEP_CHARS};
 pub use crate::engine::{
-    unsupported_url, Connector, Durability, Engine, EngineBuilder, DEFAULT_MAX_PAYLOAD,
-    MAX_EVENT_KEY_BYTES, MAX_KEY_BYTES, MAX_PAYLOAD_LIMIT, PURGE_BATCH, PURGE_MARGIN,
+    Connector, Durability, Engine, EngineBuilder, DEFAULT_MAX_PAYLOAD, MAX_EVENT_KEY_BYTES,
+    MAX_KEY_BYTES, MAX_PAYLOAD_LIMIT, PURGE_MARGIN,
 };
-pub use crate::error::{
-    error_chain, BoxError, Conversation, Error, ErrorKind, Interrupt, Result, StoreError,
-};
+pub use crate::error::{BoxError, Conversation, Error, ErrorKind, Interrupt, Result, StoreError};
+// For the sibling crates (the facade's and the console's URL openers, the
+// AI client, tests); not part of the API users build on.
 pub use crate::history::{HistoryEvent, HistoryKind};
 pub use crate::id::InstanceId;
 pub use crate::instance::{
@@ -57,6 +59,8 @@ pub use crate::tool_schema::strict_schema;
 pub use crate::validate::Violation;
 pub use crate::worker::{Stopped, Worker};
 pub use crate::workflow::{Definition, Workflow};
+#[doc(hidden)]
+pub use crate::{engine::unsupported_url, engine::PURGE_BATCH, error::error_chain};
 pub use tokio_util::sync::CancellationToken;
 
 // Handles users move across tasks and threads, and errors they send on:

@@ -39,6 +39,8 @@
 //!   an advisory lock, so many processes may start at once and a failed
 //!   migration changes nothing.
 #![warn(missing_docs)]
+// On docs.rs: each item says which feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod ops;
 mod retry;
