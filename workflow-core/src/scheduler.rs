@@ -47,6 +47,10 @@ struct Look<'a> {
     /// engine ran, even before its first look at the schedule (which can
     /// come late, after a store that kept failing).
     started: DateTime<Utc>,
+    /// Whether the clock is moved by hand (it announces its jumps, as a
+    /// test's [`ManualClock`](crate::ManualClock) does): every jump is time
+    /// this engine ran through, however long, not a process frozen.
+    by_hand: bool,
 }
 
 impl Look<'_> {
@@ -120,12 +124,14 @@ async fn look_at(
     let (mut marked, mut looked) = (None, None);
     // A clock moved by hand (a test's) fires its ticks at once.
     let mut clock_changes = inner.clock.changes();
+    let by_hand = clock_changes.is_some();
     while !stop.is_cancelled() {
         let look = Look {
             every,
             marked: &mut marked,
             looked: &mut looked,
             started,
+            by_hand,
         };
         // A store that panics fails this look, not the scheduler: the
         // schedule would stop firing while the worker looked healthy.
@@ -186,7 +192,11 @@ async fn fire_due(
     // look that came late (a slow store, a busy runtime) misses nothing.
     let window = (look.every * 2).max(Duration::from_secs(1)) + MARK_EVERY;
     let window = chrono::Duration::from_std(window).unwrap_or_default();
-    let previous = look.looked.filter(|p| *p >= now - late_look_max);
+    // A test that moves its clock a day on runs the engine through that
+    // day: every tick in it fires, as a day of real time would fire them.
+    let previous = look
+        .looked
+        .filter(|p| look.by_hand || *p >= now - late_look_max);
     // A last look far ahead of now: the clock stepped back from a wrong
     // time (a day ahead at boot, then NTP). Counting from that look
     // would fire nothing until the clock got there again, silently; this
@@ -254,7 +264,8 @@ async fn fire_due(
     // that was a frozen process's long ago).
     let first_look = look.looked.is_none();
     let running_since = previous.or_else(|| {
-        Some(look.started).filter(|started| first_look && *started >= now - late_look_max)
+        Some(look.started)
+            .filter(|started| first_look && (look.by_hand || *started >= now - late_look_max))
     });
     let missed_before = running_since.map_or(now - window, |p| p.min(now - window));
     let plan = plan(&s.schedule, s.catch_up, from, now, missed_before);

@@ -3178,6 +3178,40 @@ async fn ended_ago(store: &Arc<dyn Store>, workflow: &str, ago: Duration) -> Ins
     id
 }
 
+/// On a clock moved by hand, retention purges when the clock jumps past
+/// it, as a test expects, instead of at its first look by real time
+/// (somewhere in the first minute, then every few days for a retention of
+/// a month).
+#[tokio::test]
+async fn retention_follows_a_manual_clock() {
+    let clock = ManualClock::new(chrono::Utc::now());
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(ProcessOrder)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .retention(Duration::from_secs(30 * 86_400))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let done = ProcessOrder::start(&engine, order("R")).await.unwrap();
+    done.result_timeout(Duration::from_secs(5)).await.unwrap();
+    let id = done.id().clone();
+    clock.advance(Duration::from_secs(29 * 86_400));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(engine.store().get(&id).await.unwrap().is_some(), "kept");
+    clock.advance(Duration::from_secs(2 * 86_400));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while engine.store().get(&id).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not purged a month and a day after it ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn retention_has_a_worker_purge_what_ended_more_than_keep_ago() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());

@@ -41,10 +41,33 @@ async fn engine_on(
     expression: &str,
     catch_up: CatchUp,
 ) -> Engine {
+    engine_with(store, clock.clone(), expression, catch_up).await
+}
+
+/// A clock set by hand that jumps as the system clock does, unannounced
+/// (no [`Clock::changes`]): after a process was frozen (a laptop asleep, a
+/// paused VM), or when NTP steps it. The engine sees a jump only at its
+/// next look, as it would in production.
+#[derive(Clone)]
+struct WallClock(ManualClock);
+
+impl Clock for WallClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0.now()
+    }
+}
+
+/// An engine running `EveryMinute` on `expression`, on any clock.
+async fn engine_with(
+    store: Arc<dyn Store>,
+    clock: impl Clock,
+    expression: &str,
+    catch_up: CatchUp,
+) -> Engine {
     EngineBuilder::new()
         .shared_store(store)
         .register_scheduled(EveryMinute, expression, "UTC", catch_up)
-        .clock(clock.clone())
+        .clock(clock)
         .poll_interval(Duration::from_millis(10))
         .build()
         .await
@@ -249,7 +272,8 @@ async fn a_late_look_by_a_running_engine_misses_no_tick() {
 async fn a_frozen_engine_follows_the_catch_up_policy() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
-    let engine = engine(Arc::clone(&store), &clock, CatchUp::Latest).await;
+    let wall = WallClock(clock.clone());
+    let engine = engine_with(Arc::clone(&store), wall, "* * * * *", CatchUp::Latest).await;
     let _worker = engine.start_worker();
     registered(&store).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -261,6 +285,32 @@ async fn a_frozen_engine_follows_the_catch_up_policy() {
         ["schedule:2026-11-25T13:00:00.000Z"],
         "latest: the most recent missed tick, once"
     );
+}
+
+/// A test that moves its clock by hand runs the engine through the time it
+/// moves: a jump of a day fires the day's every tick, as a day of real
+/// time would, whatever the catch-up policy (nothing was missed). Before,
+/// a jump past ten minutes counted as a frozen process: `latest` fired
+/// one tick of 24, `none` none.
+#[tokio::test]
+async fn a_manual_clock_moved_a_day_fires_every_tick_of_the_day() {
+    for catch_up in [CatchUp::Latest, CatchUp::None] {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+        let engine = engine_on(Arc::clone(&store), &clock, "0 * * * *", catch_up).await;
+        let _worker = engine.start_worker();
+        registered(&store).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        clock.advance(Duration::from_secs(24 * 3600));
+        let fired = wait_for(&engine, 24).await;
+        assert_eq!(fired.len(), 24, "{catch_up:?}: {fired:?}");
+        assert_eq!(fired[0], "schedule:2026-11-25T11:00:00.000Z");
+        assert_eq!(fired[23], "schedule:2026-11-26T10:00:00.000Z");
+        // Time for a wrong scheduler to fire one twice.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let again: HashSet<String> = self::fired(&engine).await.into_iter().collect();
+        assert_eq!(again.len(), 24, "{catch_up:?}");
+    }
 }
 
 /// An engine whose clock is a little behind another's looks at a tick the
@@ -305,8 +355,11 @@ async fn ticks_fired_by_a_clock_far_ahead_and_purged_do_not_run_again() {
     let ahead = engine(Arc::clone(&store), &ahead_clock, CatchUp::All).await;
     let ahead_worker = ahead.start_worker();
     registered(&store).await;
+    // A system clock an hour behind, set right (and still 90 s behind)
+    // unannounced, as NTP does.
     let behind_clock = ManualClock::new(utc("2026-11-25T08:59:00Z"));
-    let behind = engine(Arc::clone(&store), &behind_clock, CatchUp::All).await;
+    let wall = WallClock(behind_clock.clone());
+    let behind = engine_with(Arc::clone(&store), wall, "* * * * *", CatchUp::All).await;
     let _behind_worker = behind.start_worker();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Both clocks run, 90 s apart; the one ahead fires 10:01 and 10:02.
@@ -441,7 +494,8 @@ async fn a_clock_stepped_back_does_not_fire_ticks_again() {
 async fn a_clock_stepped_back_a_day_fires_the_ticks_due_from_then() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
-    let engine = engine(Arc::clone(&store), &clock, CatchUp::Latest).await;
+    let wall = WallClock(clock.clone());
+    let engine = engine_with(Arc::clone(&store), wall, "* * * * *", CatchUp::Latest).await;
     let _worker = engine.start_worker();
     registered(&store).await;
     clock.set(utc("2026-11-26T10:00:30Z"));
