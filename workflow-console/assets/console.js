@@ -252,6 +252,8 @@ function waiting(it, link) {
   const w = it.waiting_for;
   const ahead = it.due_at && new Date(it.due_at).getTime() > Date.now();
   const due = ahead ? ago(it.due_at) : null;
+  // Still running: the pause asked takes effect at its next step or wait.
+  if (it.status === "in_progress" && it.pause_requested) return "pausing at its next step";
   if (it.status === "pending") {
     if (w && w.kind === "retry") return "retry of " + w.step + (due ? " " + due : "");
     return due ? "due " + due : "queued";
@@ -711,8 +713,10 @@ function instanceView(id) {
     const buttons = [];
     if (active) buttons.push(h("button", { class: "danger", "data-action": "cancel",
       onclick: () => confirmAct("cancel", "Cancel this instance?", "It ends Cancelled; a running handler is stopped at its next await point. This cannot be undone.", "Cancel instance", true) }, "Cancel"));
-    if (active && it.status !== "paused") buttons.push(h("button", { "data-action": "pause", onclick: () => act("pause") }, "Pause"));
-    if (it.status === "paused") buttons.push(h("button", { "data-action": "resume", onclick: () => act("resume") }, "Resume"));
+    const pausing = it.status === "paused" || it.pause_requested;
+    if (active && !pausing) buttons.push(h("button", { "data-action": "pause", onclick: () => act("pause") }, "Pause"));
+    // Resume also takes back a pause asked of a running instance.
+    if (active && pausing) buttons.push(h("button", { "data-action": "resume", onclick: () => act("resume") }, "Resume"));
     if (active) buttons.push(h("button", { "data-action": "send-event", onclick: () => sendEvent(it) }, "Send event"));
     if (active) buttons.push(h("button", { "data-action": "set-timeout", onclick: setDeadline }, "Deadline"));
     if (!active) buttons.push(h("button", { class: it.status === "failed" ? "primary" : "", "data-action": "rerun",

@@ -605,6 +605,17 @@ pub async fn run(
         Command::Pause { id } => {
             let id = InstanceId::from(id);
             engine.pause(&id).await?;
+            // A running one pauses at its next step: "paused" would be
+            // untrue until then. (Its answer is not worth an error.)
+            let pending = !json
+                && engine
+                    .instance(&id)
+                    .await
+                    .is_ok_and(|info| info.pause_requested);
+            if pending {
+                writeln!(out, "pause asked of {id}: it pauses at its next step")?;
+                return Ok(0);
+            }
             done(out, json, ("pause", "paused"), &id)
         }
         Command::Resume {
@@ -999,7 +1010,11 @@ async fn show(
         return Ok(0);
     }
     writeln!(out, "{} {}", info.workflow, info.id)?;
-    writeln!(out, "status:   {}", info.status)?;
+    if info.pause_requested {
+        writeln!(out, "status:   {} (pausing at its next step)", info.status)?;
+    } else {
+        writeln!(out, "status:   {}", info.status)?;
+    }
     if let Some(key) = &info.key {
         writeln!(out, "key:      {key}")?;
     }

@@ -524,9 +524,31 @@ async fn console_in_a_real_browser() {
     .await;
     b.screenshot("list").await;
 
-    // Open the running one and cancel it.
+    // Open the running one: a pause asked shows as pending, with Resume
+    // to take it back; then cancel it.
     b.click(&format!("tr[data-id='{}']", f.running)).await;
     b.click(".title [data-status-badge=in_progress]").await;
+    b.click("button[data-action=pause]").await;
+    let pausing = wait_for("the pause pending", || async {
+        b.js(
+            "const w = document.querySelector('.meta [data-testid=waiting]');\
+             return w && document.querySelector('button[data-action=resume]') ? w.textContent : null;",
+            json!([]),
+        )
+        .await
+        .as_str()
+        .map(str::to_owned)
+    })
+    .await;
+    assert!(pausing.contains("pausing"), "{pausing}");
+    assert!(b.find_all("button[data-action=pause]").await.is_empty());
+    assert!(f.engine.instance(&f.running).await.unwrap().pause_requested);
+    b.click("button[data-action=resume]").await;
+    wait_for("the pause taken back", || async {
+        (!b.find_all("button[data-action=pause]").await.is_empty()).then_some(())
+    })
+    .await;
+    assert!(!f.engine.instance(&f.running).await.unwrap().pause_requested);
     b.click("button[data-action=cancel]").await;
     b.click("[data-testid=dialog-confirm]").await;
     wait_for("the cancelled badge", || async {

@@ -588,6 +588,23 @@ async fn starts_and_steers_for_a_running_engine() {
     let paused = json(&cli(url, &["pause", f.running.as_str(), "--json"]).await);
     assert_eq!(paused["done"], "pause");
     assert_eq!(paused["id"], f.running.as_str());
+    // Its step still runs: the pause waits for the next one, and says so.
+    let out = cli(url, &["resume", f.running.as_str()]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = cli(url, &["pause", f.running.as_str()]).await;
+    assert_eq!(
+        out.stdout.trim(),
+        format!("pause asked of {}: it pauses at its next step", f.running),
+        "{}",
+        out.stderr
+    );
+    let out = cli(url, &["show", f.running.as_str()]).await;
+    assert!(
+        out.stdout
+            .contains("status:   in_progress (pausing at its next step)"),
+        "{}",
+        out.stdout
+    );
     let resumed = json(&cli(url, &["resume", f.running.as_str(), "--json"]).await);
     assert_eq!(resumed["done"], "resume");
     // A cancel repeated (its answer lost) has what it asked for; one of an

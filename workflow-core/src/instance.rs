@@ -646,6 +646,12 @@ pub struct InstanceInfo {
     /// The instance that started it with `ctx.start_child` or `ctx.run_child`.
     #[serde(default)]
     pub parent: Option<InstanceId>,
+    /// [`Engine::pause`](crate::Engine::pause) was asked while it ran: it
+    /// is still `InProgress`, and pauses before its next step, at its next
+    /// wait, or when its current run ends without finishing.
+    /// [`Engine::resume`](crate::Engine::resume) takes the request back.
+    #[serde(default)]
+    pub pause_requested: bool,
 }
 
 /// What a waiting instance waits for: [`InstanceInfo::waiting_for`].
@@ -754,6 +760,7 @@ impl TryFrom<InstanceRow> for InstanceInfo {
                 _ => None,
             },
             parent: row.parent,
+            pause_requested: row.pause_requested && row.status == Status::InProgress,
         })
     }
 }

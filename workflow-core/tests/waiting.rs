@@ -1154,6 +1154,62 @@ async fn pause_stops_at_the_next_step_and_resume_continues() {
     assert_eq!(keys.len(), 6, "every tick recorded once: {keys:?}");
 }
 
+static GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A step that runs until `GATE_OPEN`, then a second one.
+struct HeldStep;
+
+impl Workflow for HeldStep {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "heldStep";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step("gate", || async {
+            while !GATE_OPEN.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        ctx.step("after", || async { Ok::<_, BoxError>(()) })
+            .await?;
+        Ok(())
+    }
+}
+
+/// A pause asked while a step runs shows on the instance (the console
+/// says "pausing") until it takes effect or a resume takes it back; the
+/// status alone said `InProgress` as if nothing had been asked.
+#[tokio::test]
+async fn a_pause_asked_while_running_shows_until_it_takes_effect() {
+    let engine = EngineBuilder::new()
+        .store(MemoryStore::new())
+        .register(HeldStep)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let _worker = engine.start_worker();
+    let inst = HeldStep::start(&engine, ()).await.unwrap();
+    until_status(&inst, Status::InProgress).await;
+    assert!(!inst.info().await.unwrap().pause_requested);
+    inst.pause().await.unwrap();
+    let info = inst.info().await.unwrap();
+    assert_eq!(info.status, Status::InProgress);
+    assert!(info.pause_requested, "the pause asked shows");
+    inst.resume().await.unwrap();
+    assert!(!inst.info().await.unwrap().pause_requested, "taken back");
+    inst.pause().await.unwrap();
+    GATE_OPEN.store(true, Ordering::SeqCst);
+    until_status(&inst, Status::Paused).await;
+    assert!(!inst.info().await.unwrap().pause_requested, "taken effect");
+    assert_eq!(inst.steps().await.unwrap().len(), 1);
+    inst.resume().await.unwrap();
+    inst.result_timeout(LIMIT).await.unwrap();
+}
+
 /// One long step, then a short one.
 struct LongStep;
 
