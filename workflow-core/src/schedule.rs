@@ -192,6 +192,12 @@ pub trait Clock: Send + Sync + 'static {
     /// jump. `None` (the default) for a clock that moves with real time;
     /// a clock of your own that jumps must return one, or the engine
     /// sleeps out waits by real time.
+    ///
+    /// A clock that returns one is moved by hand: the engine counts each
+    /// jump as time it ran through, so the cron ticks jumped over fire,
+    /// whatever the schedule's catch-up policy (up to 10,000 of them; a
+    /// jump past more counts as a frozen process, as a late look on a real
+    /// clock does, and the policy decides).
     fn changes(&self) -> Option<watch::Receiver<DateTime<Utc>>> {
         None
     }

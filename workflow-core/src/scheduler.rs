@@ -194,9 +194,21 @@ async fn fire_due(
     let window = chrono::Duration::from_std(window).unwrap_or_default();
     // A test that moves its clock a day on runs the engine through that
     // day: every tick in it fires, as a day of real time would fire them.
-    let previous = look
-        .looked
-        .filter(|p| look.by_hand || *p >= now - late_look_max);
+    // Up to RAN_THROUGH_MAX of them: a clock set years on (or a schedule
+    // every second moved a week) counts as a frozen process, whose ticks
+    // the catch-up policy decides, not as millions of instances to start.
+    let ran_through = |since: DateTime<Utc>| {
+        since >= now - late_look_max
+            || (look.by_hand && at_most_ticks(&s.schedule, since, now, RAN_THROUGH_MAX))
+    };
+    let previous = look.looked.filter(|p| ran_through(*p));
+    if look.by_hand && look.looked.is_some() && previous.is_none() {
+        tracing::warn!(
+            workflow = s.workflow,
+            now = %now,
+            "the clock was moved past more than {RAN_THROUGH_MAX} ticks at once: the catch-up policy decides which fire"
+        );
+    }
     // A last look far ahead of now: the clock stepped back from a wrong
     // time (a day ahead at boot, then NTP). Counting from that look
     // would fire nothing until the clock got there again, silently; this
@@ -263,10 +275,8 @@ async fn fire_due(
     // Before this engine's first look at it, from when it started (unless
     // that was a frozen process's long ago).
     let first_look = look.looked.is_none();
-    let running_since = previous.or_else(|| {
-        Some(look.started)
-            .filter(|started| first_look && (look.by_hand || *started >= now - late_look_max))
-    });
+    let running_since = previous
+        .or_else(|| Some(look.started).filter(|started| first_look && ran_through(*started)));
     let missed_before = running_since.map_or(now - window, |p| p.min(now - window));
     let plan = plan(&s.schedule, s.catch_up, from, now, missed_before);
     if plan.fire.is_empty() && plan.skipped.is_none() {
@@ -342,6 +352,27 @@ async fn fire_due(
 
 /// How often a catch-up records how far it got.
 const RECORD_EVERY: Duration = Duration::from_millis(100);
+
+/// The most ticks a clock moved by hand may jump over and still fire each
+/// (see `fire_due`).
+const RAN_THROUGH_MAX: usize = 10_000;
+
+/// Whether `schedule` ticks at most `limit` times in `(after, until]`.
+fn at_most_ticks(
+    schedule: &Schedule,
+    after: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: usize,
+) -> bool {
+    let mut cursor = after;
+    for _ in 0..=limit {
+        match schedule.next_after(cursor) {
+            Some(tick) if tick <= until => cursor = tick,
+            _ => return true,
+        }
+    }
+    false
+}
 
 /// The most ticks one look at a schedule starts, which bounds the memory
 /// and the time of a look however long the outage was.

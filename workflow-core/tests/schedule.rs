@@ -313,6 +313,29 @@ async fn a_manual_clock_moved_a_day_fires_every_tick_of_the_day() {
     }
 }
 
+/// A jump past more ticks than a test means to run (a schedule every
+/// second moved a day on: 86,400) counts as a frozen process: the catch-up
+/// policy decides, instead of the engine starting every one.
+#[tokio::test]
+async fn a_manual_clock_moved_past_too_many_ticks_follows_the_catch_up_policy() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(utc("2026-11-25T10:00:30Z"));
+    let engine = engine_on(Arc::clone(&store), &clock, "* * * * * *", CatchUp::Latest).await;
+    let _worker = engine.start_worker();
+    registered(&store).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = fired(&engine).await.len();
+    clock.advance(Duration::from_secs(24 * 3600));
+    wait_for(&engine, before + 1).await;
+    // Time for a scheduler that took it for run through to fire chunks.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = fired(&engine).await;
+    // The ticks of the last moments, which come due as it runs, fire.
+    let started = after.len() - before;
+    assert!((1..=20).contains(&started), "{started} started");
+    assert_eq!(after.last().unwrap(), "schedule:2026-11-26T10:00:30.000Z");
+}
+
 /// An engine whose clock is a little behind another's looks at a tick the
 /// other fired a moment ago: a purge by hand in between must not have
 /// freed the tick's key, or the tick runs twice.
