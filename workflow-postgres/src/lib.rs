@@ -39,6 +39,7 @@
 //!   an advisory lock, so many processes may start at once and a failed
 //!   migration changes nothing.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 // On docs.rs: each item says which feature it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -60,10 +61,15 @@ use workflow_core::store::*;
 use workflow_core::{Definition, Durability, Error, InstanceId, Status, StoreError};
 
 use crate::ops::{Db, LeaseAsk};
+
 use crate::retry::retrying;
 use crate::rows::{
     event_row, instance_row, step_row, tail_total, COLUMNS, STEP_COLUMNS, SUMMARY_COLUMNS,
 };
+/// The sqlx this store is built on, whose [`PgPool`](sqlx::PgPool)
+/// [`PgStore::pool`] returns: queries of your own on it need no sqlx
+/// dependency of a matching version.
+pub use sqlx;
 
 /// The schema a store uses when none is given.
 pub const DEFAULT_SCHEMA: &str = "workflow";
@@ -188,9 +194,9 @@ impl PgOptions {
     /// engine rides out (the run resumes later). The wait for a pooled
     /// connection counts in it: keep it above
     /// [`acquire_timeout`](Self::acquire_timeout). A query given up on
-    /// is cancelled by the server: the store's connections, the
-    /// [`pool`](PgStore::pool)'s included, carry it as their
-    /// `statement_timeout`. Raise it if single queries
+    /// is cancelled by the server a second later: the store's
+    /// connections, the [`pool`](PgStore::pool)'s included, carry it (plus
+    /// that second) as their `statement_timeout`. Raise it if single queries
     /// take longer (counting the instances of a very large table for the
     /// console). At least 1 ms.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
@@ -277,10 +283,14 @@ fn split_schema(url: &str) -> (String, Option<String>) {
     (url, schema)
 }
 
-/// `request_timeout` as a `statement_timeout` setting: whole milliseconds,
-/// at least one (zero would turn it off), at most PostgreSQL's largest.
+/// The `statement_timeout` setting for `request_timeout`: a second more, so
+/// the server cancels only statements the client gave up on (a read
+/// cancelled at the server first would fail where the client retries one
+/// it gave up on); whole milliseconds, at most PostgreSQL's largest.
 fn statement_timeout(request_timeout: Duration) -> String {
-    let ms = request_timeout.as_millis().clamp(1, i32::MAX as u128);
+    let ms = (request_timeout + Duration::from_secs(1))
+        .as_millis()
+        .min(i32::MAX as u128);
     format!("{ms}ms")
 }
 
@@ -530,7 +540,7 @@ impl PgStore {
 
     /// The connection pool, for applications that keep their own tables
     /// next to the store's (the pool's `search_path` is the store's schema).
-    /// Its connections' `statement_timeout` is
+    /// Its connections' `statement_timeout` is a second past
     /// [`PgOptions::request_timeout`]: a longer query of your own lifts it
     /// in its transaction with `SET LOCAL statement_timeout = 0`.
     pub fn pool(&self) -> &sqlx::PgPool {
