@@ -1156,8 +1156,10 @@ impl Engine {
         let now = self.inner.now();
         let (run_at, deadline_at) = options.due(now, W::TIMEOUT);
         let mut new = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            let input = encode_input::<W>(&input, "workflow", self.inner.config.max_payload)?;
+        for (n, input) in inputs.iter().enumerate() {
+            // Which one of the batch: its position in `inputs`.
+            let what = format!("workflow (item {n} of start_many)");
+            let input = encode_input::<W>(input, &what, self.inner.config.max_payload)?;
             new.push(NewInstance {
                 id: InstanceId::at(now),
                 workflow: W::NAME.to_owned(),
@@ -1513,7 +1515,7 @@ impl Engine {
     /// behind, must still find a tick's instance by its key. A purged
     /// instance's dedup key is free again and its id unknown
     /// ([`Error::NotFound`]); a schedule's last instance or a `rerun_of`
-    /// tag may name it. Works in transactions of at most [`PURGE_BATCH`]
+    /// tag may name it. Works in transactions of at most 500
     /// trees (on SQLite, also of about 5,000 rows, as its one writer
     /// serves every workflow), so writes of running workflows go on
     /// between them.

@@ -513,7 +513,7 @@ where
 /// What to add to serde's message when a value read back from the JSON it
 /// was written as met a `null` it did not write: serde_json writes a NaN or
 /// infinite float (an `f32` past its range is one) as `null`, silently.
-pub(crate) fn null_hint(message: &str) -> &'static str {
+fn null_hint(message: &str) -> &'static str {
     if message.starts_with("invalid type: null") {
         " (JSON has no NaN or infinity: serde_json writes a float that is one as null)"
     } else {

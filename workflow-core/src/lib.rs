@@ -37,8 +37,6 @@ pub use crate::engine::{
     MAX_KEY_BYTES, MAX_PAYLOAD_LIMIT, PURGE_MARGIN,
 };
 pub use crate::error::{BoxError, Conversation, Error, ErrorKind, Interrupt, Result, StoreError};
-// For the sibling crates (the facade's and the console's URL openers, the
-// AI client, tests); not part of the API users build on.
 pub use crate::history::{HistoryEvent, HistoryKind};
 pub use crate::id::InstanceId;
 pub use crate::instance::{
@@ -59,6 +57,8 @@ pub use crate::tool_schema::strict_schema;
 pub use crate::validate::Violation;
 pub use crate::worker::{Stopped, Worker};
 pub use crate::workflow::{Definition, Workflow};
+// For the sibling crates (the facade's and the console's URL openers, the
+// AI client, tests); not part of the API users build on.
 #[doc(hidden)]
 pub use crate::{engine::unsupported_url, engine::PURGE_BATCH, error::error_chain};
 pub use tokio_util::sync::CancellationToken;

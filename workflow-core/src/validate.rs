@@ -159,18 +159,11 @@ impl SchemaCheck {
 /// but skips writing, a custom `Serialize`) fails here, and would otherwise
 /// be stored where no run can read it.
 pub(crate) fn reads_back<T: DeserializeOwned>(json: &str) -> Result<(), Vec<Violation>> {
-    let mut de = serde_json::Deserializer::from_str(json);
-    serde_path_to_error::deserialize::<_, T>(&mut de)
+    crate::workflow::read_at::<T>(json)
         .map(drop)
-        .map_err(|err| {
-            let path = pointer(err.path());
-            let inner = err.into_inner();
-            // The position points into JSON the caller never saw.
-            let position = format!(" at line {} column {}", inner.line(), inner.column());
-            let error = inner.to_string();
-            let error = error.strip_suffix(&position).unwrap_or(&error);
+        .map_err(|(path, error)| {
             vec![Violation::new(
-                path,
+                pointer(&path),
                 DESERIALIZE,
                 format!("the value does not read back once written as JSON: {error}"),
             )]

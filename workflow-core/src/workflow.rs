@@ -241,9 +241,20 @@ pub(crate) fn decode_named<T: DeserializeOwned>(json: &str) -> std::result::Resu
 pub(crate) fn decode_at<T: DeserializeOwned>(
     json: &str,
 ) -> std::result::Result<T, (Option<String>, String)> {
+    read_at::<T>(json).map_err(|(path, message)| {
+        let path = path.to_string();
+        ((path != ".").then_some(path), message)
+    })
+}
+
+/// Deserializes JSON into `T`; on failure, the path to the failing spot
+/// and serde's message.
+pub(crate) fn read_at<T: DeserializeOwned>(
+    json: &str,
+) -> std::result::Result<T, (serde_path_to_error::Path, String)> {
     let de = &mut serde_json::Deserializer::from_str(json);
     serde_path_to_error::deserialize(de).map_err(|err| {
-        let path = err.path().to_string();
+        let path = err.path().clone();
         let inner = err.into_inner();
         let message = inner.to_string();
         // A value of the wrong shape: the path names the spot, and a
@@ -256,7 +267,7 @@ pub(crate) fn decode_at<T: DeserializeOwned>(
             }
             _ => &message,
         };
-        ((path != ".").then_some(path), message.to_owned())
+        (path, message.to_owned())
     })
 }
 

@@ -2327,6 +2327,15 @@ async fn values_json_cannot_hold_are_refused_at_once() {
             .contains("does not read back from JSON as null"),
         "{err}"
     );
+    // In a batch, the one at fault is named by its position.
+    let err = NotANumber::start_many(&engine, vec![1.0, f64::NAN], StartOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("input of workflow (item 1 of start_many) `notANumber`"),
+        "{err}"
+    );
     let inst = NotANumber::start(&engine, 1.0).await.unwrap();
     let err = inst
         .result_timeout(Duration::from_secs(5))
@@ -3179,9 +3188,8 @@ async fn ended_ago(store: &Arc<dyn Store>, workflow: &str, ago: Duration) -> Ins
 }
 
 /// On a clock moved by hand, retention purges when the clock jumps past
-/// it, as a test expects, instead of at its first look by real time
-/// (somewhere in the first minute, then every few days for a retention of
-/// a month).
+/// it, as a test expects, instead of at its looks by real time (the first
+/// somewhere in the first minute, then one an hour).
 #[tokio::test]
 async fn retention_follows_a_manual_clock() {
     let clock = ManualClock::new(chrono::Utc::now());
