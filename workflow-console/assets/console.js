@@ -245,8 +245,8 @@ function ago(iso) {
 /**
  * What a waiting instance waits for, and until when: "due in 3h" (a sleep or
  * a delayed start), "queued", "event approved · gives up in 2h", "retry of
- * charge in 5m". Null for an instance that is not waiting. A child's id is
- * a link when `link` is set.
+ * charge in 5m", or a running one's pause still pending. Null for an
+ * instance that is not waiting. A child's id is a link when `link` is set.
  */
 function waiting(it, link) {
   const w = it.waiting_for;

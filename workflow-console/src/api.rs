@@ -723,6 +723,7 @@ struct Summary {
     runs: i64,
     due_at: Option<chrono::DateTime<chrono::Utc>>,
     waiting_for: Option<WaitingFor>,
+    pause_requested: bool,
 }
 
 impl From<InstanceInfo> for Summary {
@@ -741,6 +742,7 @@ impl From<InstanceInfo> for Summary {
             runs: i.runs,
             due_at: i.due_at,
             waiting_for: i.waiting_for,
+            pause_requested: i.pause_requested,
         }
     }
 }

@@ -59,6 +59,7 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 // On docs.rs: each item says which feature it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -83,6 +84,9 @@ mod schedules;
 
 pub use crate::connect::{connect, ConsoleConnector, DEFAULT_DATABASE_URL};
 pub use crate::schedules::all_schedules;
+/// The axum whose [`Router`](axum::Router) [`Console::router`] returns, to
+/// nest it without an axum dependency of a matching version.
+pub use axum;
 
 /// Environment variable the CLI reads the console token from.
 pub const TOKEN_ENV: &str = "WORKFLOW_CONSOLE_TOKEN";
