@@ -107,6 +107,7 @@
 //! - `testing`: `workflow::testing`, the conformance suite every store
 //!   passes, to run against a [`Store`] of your own.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 // On docs.rs: each item says which feature it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -21,6 +21,7 @@
 //!   unknown model or a quota used up pause the instance until mended
 //!   (see [`ModelError::needs_setup`]).
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod execute;
 mod message;

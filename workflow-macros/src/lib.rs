@@ -7,6 +7,7 @@
 //! `args` parses the attribute, `ast` builds the checked model of the
 //! function, `validate` holds the value checks, `expand` writes the code.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod args;
 mod ast;

@@ -4,6 +4,7 @@
 //! ([`step_name`]), durations ([`duration`]) and the shape of time zone
 //! names ([`timezone`]).
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod cron;
 pub mod duration;
