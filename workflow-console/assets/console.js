@@ -70,8 +70,8 @@ function update(el, data, ...children) {
 const TOKEN_KEY = "workflow-console-token";
 
 // A token given as #token=... (a fragment: never sent to the server, so
-// never in its logs) or ?token=... is kept for this tab and removed from
-// the address bar. Also at every route: a #token= link pasted into an
+// never in its logs, nor a proxy's as ?token= would be) is kept for this
+// tab and removed from the address bar. Also at every route: a #token= link pasted into an
 // open tab changes only the fragment, and does not load the page again.
 // What an Authorization header can carry: a token with anything else
 // (a typographic quote pasted with it) makes fetch throw before sending.
@@ -81,15 +81,12 @@ function usableToken(t) {
 
 function takeToken() {
   const url = new URL(location.href);
-  const fromHash = url.hash.startsWith("#token=")
+  const t = url.hash.startsWith("#token=")
     ? new URLSearchParams(url.hash.slice(1)).get("token")
     : null;
-  const t = fromHash || url.searchParams.get("token");
   if (t) {
     sessionStorage.setItem(TOKEN_KEY, t);
-    url.searchParams.delete("token");
-    const hash = fromHash ? "" : url.hash;
-    history.replaceState(null, "", url.pathname + url.search + hash);
+    history.replaceState(null, "", url.pathname + url.search);
     // A token dialog up is answered by the token taken.
     const dlg = document.getElementById("dialog");
     if (dlg && dlg.open && dlg.dataset.kind === "token") dlg.close();

@@ -437,10 +437,12 @@ pub(crate) fn host_name(host: &str) -> &str {
 }
 
 /// `localhost`, `127.0.0.1`, `[::1]` and the like, with or without a port.
+/// Not `app.localhost`: browsers resolve those to this machine
+/// themselves, but a system resolver may ask DNS, whose answer a
+/// rebinding page chooses.
 pub(crate) fn is_loopback_host(host: &str) -> bool {
     let name = host_name(host).to_ascii_lowercase();
     name == "localhost"
-        || name.ends_with(".localhost")
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
@@ -1366,11 +1368,16 @@ mod tests {
             "localhost",
             "[::1]:80",
             "127.0.0.2",
-            "app.localhost:1",
         ] {
             assert!(is_loopback_host(ok), "{ok}");
         }
-        for bad in ["evil.example:8080", "", "10.0.0.1:80", "localhost.evil.com"] {
+        for bad in [
+            "evil.example:8080",
+            "",
+            "10.0.0.1:80",
+            "localhost.evil.com",
+            "app.localhost:1",
+        ] {
             assert!(!is_loopback_host(bad), "{bad}");
         }
     }

@@ -192,8 +192,8 @@ impl Console {
     }
 
     /// Requires this token (`Authorization: Bearer <token>`) on every API
-    /// call. The page asks for it, or takes it once from `#token=` (or
-    /// `?token=`) in its address (as in [`ConsoleServer::url`]). An empty token means none.
+    /// call. The page asks for it, or takes it once from `#token=` in its
+    /// address (as in [`ConsoleServer::url`]). An empty token means none.
     /// [`Console::bind`] refuses a token a browser cannot send in a header
     /// (anything but visible ASCII: [`ConsoleError::BadToken`]).
     pub fn token(mut self, token: impl Into<String>) -> Self {

@@ -25,6 +25,16 @@ pub(crate) const MAX_CONNECTIONS: usize = 256;
 /// server reads: an answer still being written resets it.
 const IDLE: Duration = Duration::from_secs(60);
 
+/// How long after its first byte a request may go unanswered while the
+/// server still reads: a client that sends its headers a byte at a time
+/// would otherwise keep resetting [`IDLE`], and enough of them would hold
+/// every slot. (axum's server sets no header-read timeout of its own.)
+const ANSWER_WITHIN: Duration = if cfg!(test) {
+    Duration::from_millis(500)
+} else {
+    Duration::from_secs(30)
+};
+
 /// A [`TcpListener`] that serves at most [`MAX_CONNECTIONS`] at once.
 pub(crate) struct Capped {
     inner: TcpListener,
@@ -54,6 +64,7 @@ impl axum::serve::Listener for Capped {
         let connection = Connection {
             io,
             idle: Box::pin(tokio::time::sleep(IDLE)),
+            asked_at: None,
             _slot: slot,
         };
         (connection, addr)
@@ -67,8 +78,11 @@ impl axum::serve::Listener for Capped {
 /// An accepted connection, holding its slot until closed.
 pub(crate) struct Connection {
     io: TcpStream,
-    /// Fires once nothing was read or written for [`IDLE`].
+    /// Fires once nothing was read or written for [`IDLE`], or once a
+    /// request went [`ANSWER_WITHIN`] without an answer.
     idle: Pin<Box<Sleep>>,
+    /// When the first byte read since the last answer came.
+    asked_at: Option<Instant>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -83,7 +97,11 @@ impl AsyncRead for Connection {
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
-                    this.idle.as_mut().reset(Instant::now() + IDLE);
+                    let now = Instant::now();
+                    let asked_at = *this.asked_at.get_or_insert(now);
+                    this.idle
+                        .as_mut()
+                        .reset((now + IDLE).min(asked_at + ANSWER_WITHIN));
                 }
                 Poll::Ready(result)
             }
@@ -103,6 +121,7 @@ impl Connection {
     /// idle: the timer counts from the last byte either way.
     fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
         if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            self.asked_at = None;
             self.idle.as_mut().reset(Instant::now() + IDLE);
         }
     }
@@ -141,5 +160,54 @@ impl AsyncWrite for Connection {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client that sends its request a byte at a time is cut off
+    /// [`ANSWER_WITHIN`] after its first byte, though it is never silent
+    /// for [`IDLE`]; one that asks and is answered keeps its connection.
+    #[tokio::test]
+    async fn a_request_sent_a_byte_at_a_time_is_cut_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(Capped::new(listener), app).await });
+
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut cut = false;
+        for byte in b"GET / HTTP/1.1\r\nX-Slow: ".iter().cycle().take(60) {
+            if slow.write_all(&[*byte]).await.is_err() {
+                cut = true;
+                break;
+            }
+            let mut one = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut one)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    cut = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(cut, "still open after {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(3));
+
+        let mut quick = TcpStream::connect(addr).await.unwrap();
+        for _ in 0..3 {
+            quick
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = [0u8; 256];
+            let n = quick.read(&mut answer).await.unwrap();
+            assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{n} bytes");
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
     }
 }
