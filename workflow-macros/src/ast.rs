@@ -131,17 +131,44 @@ pub(crate) struct StepCall {
     pub in_step: Option<String>,
     /// The arms of `if`/`match` it sits in: `(construct, arm)` pairs, each
     /// construct numbered in the order met. Two calls in different arms of
-    /// one construct never both run.
+    /// one construct never both run. An arm that always leaves (returns,
+    /// breaks, panics) has [`LEAVES`] set; the code after a construct
+    /// with such an arm is its arm [`AFTER`], which never runs after one.
     pub arms: Vec<(u32, u32)>,
+}
+
+/// Set on the number of an arm that always leaves.
+pub(crate) const LEAVES: u32 = 1 << 31;
+
+/// The arm of the code after a construct one of whose arms always leaves.
+pub(crate) const AFTER: u32 = u32::MAX;
+
+/// An arm's number, marked when it always leaves.
+fn arm(n: u32, leaves: bool) -> u32 {
+    if leaves {
+        n | LEAVES
+    } else {
+        n
+    }
 }
 
 impl StepCall {
     /// Whether `self` and `other` sit in different arms of one `if` or
-    /// `match`, so that at most one of them runs.
+    /// `match`, or one in an arm that always leaves and the other after
+    /// that construct, so that at most one of them runs.
     pub(crate) fn excludes(&self, other: &StepCall) -> bool {
-        self.arms
-            .iter()
-            .any(|(construct, arm)| other.arms.iter().any(|(c, a)| c == construct && a != arm))
+        let apart = |a: u32, b: u32| match (a == AFTER, b == AFTER) {
+            (false, false) => a != b,
+            (true, false) => b & LEAVES != 0,
+            (false, true) => a & LEAVES != 0,
+            (true, true) => false,
+        };
+        self.arms.iter().any(|&(construct, a)| {
+            other
+                .arms
+                .iter()
+                .any(|&(c, b)| c == construct && apart(a, b))
+        })
     }
 }
 
@@ -1141,8 +1168,8 @@ impl StepVisitor {
     }
 
     /// The construct of `stmt`, just visited, when the code after it runs
-    /// only if the construct's first arm did not: an `if` with no `else`
-    /// whose block ends the function, the loop or the iteration, or a
+    /// only if one of the construct's arms did not: an `if` or `match` with
+    /// an arm that ends the function, the loop or the iteration, or a
     /// `let .. else`.
     fn diverged_before(&self, stmt: &syn::Stmt) -> Option<u32> {
         match stmt {
@@ -1154,8 +1181,12 @@ impl StepVisitor {
                 ..
             }) => Some(self.last_construct),
             syn::Stmt::Expr(Expr::If(expr), _)
-                if expr.else_branch.is_none() && diverges(&expr.then_branch) =>
+                if diverges(&expr.then_branch)
+                    || expr.else_branch.as_ref().is_some_and(|(_, e)| leaves(e)) =>
             {
+                Some(self.last_construct)
+            }
+            syn::Stmt::Expr(Expr::Match(expr), _) if expr.arms.iter().any(|a| leaves(&a.body)) => {
                 Some(self.last_construct)
             }
             _ => None,
@@ -1255,9 +1286,12 @@ impl<'ast> Visit<'ast> for StepVisitor {
         }
         self.visit_expr(&expr.cond);
         let construct = self.construct();
-        self.in_arm(construct, 0, |v| v.visit_block(&expr.then_branch));
+        let then = arm(0, diverges(&expr.then_branch));
+        self.in_arm(construct, then, |v| v.visit_block(&expr.then_branch));
         if let Some((_, otherwise)) = &expr.else_branch {
-            self.in_arm(construct, 1, |v| v.visit_expr(otherwise));
+            self.in_arm(construct, arm(1, leaves(otherwise)), |v| {
+                v.visit_expr(otherwise)
+            });
         }
         self.last_construct = construct;
     }
@@ -1268,9 +1302,10 @@ impl<'ast> Visit<'ast> for StepVisitor {
         }
         self.visit_expr(&expr.expr);
         let construct = self.construct();
-        for (n, arm) in (0u32..).zip(&expr.arms) {
-            self.in_arm(construct, n, |v| v.visit_arm(arm));
+        for (n, a) in (0u32..).zip(&expr.arms) {
+            self.in_arm(construct, arm(n, leaves(&a.body)), |v| v.visit_arm(a));
         }
+        self.last_construct = construct;
     }
 
     fn visit_expr_while(&mut self, expr: &'ast syn::ExprWhile) {
@@ -1282,14 +1317,14 @@ impl<'ast> Visit<'ast> for StepVisitor {
     }
 
     fn visit_block(&mut self, block: &'ast syn::Block) {
-        // After `if cond { ..; return x; }` (no `else`) or `let .. else
-        // { .. }`, the rest of the block runs only when that branch did
-        // not: it is the construct's other arm, and may reuse a name.
+        // After `if cond { ..; return x; }`, a `match` with an arm that
+        // returns, or `let .. else { .. }`, the rest of the block runs only
+        // when that arm did not: it may reuse the arm's names.
         let depth = self.arms.len();
         for stmt in &block.stmts {
             self.visit_stmt(stmt);
             if let Some(construct) = self.diverged_before(stmt) {
-                self.arms.push((construct, 1));
+                self.arms.push((construct, AFTER));
             }
         }
         self.arms.truncate(depth);
@@ -1303,10 +1338,10 @@ impl<'ast> Visit<'ast> for StepVisitor {
         if let Some(init) = &local.init {
             self.visit_expr(&init.expr);
             if let Some((_, otherwise)) = &init.diverge {
-                // Arm 0 of its own construct; the rest of the block is arm 1
-                // (see `visit_block`).
+                // The `else` always leaves (Rust requires it); the rest of
+                // the block comes after it (see `visit_block`).
                 let construct = self.construct();
-                self.in_arm(construct, 0, |v| v.visit_expr(otherwise));
+                self.in_arm(construct, arm(0, true), |v| v.visit_expr(otherwise));
                 self.last_construct = construct;
             }
         }
@@ -1341,12 +1376,18 @@ impl<'ast> Visit<'ast> for StepVisitor {
 /// Whether `block` always leaves: its last statement returns, breaks,
 /// continues or panics.
 fn diverges(block: &syn::Block) -> bool {
-    let last = match block.stmts.last() {
-        Some(syn::Stmt::Expr(expr, _)) => peel_expr(expr),
-        Some(syn::Stmt::Macro(mac)) => return panics(&mac.mac),
-        _ => return false,
-    };
-    match last {
+    match block.stmts.last() {
+        Some(syn::Stmt::Expr(expr, _)) => leaves(expr),
+        Some(syn::Stmt::Macro(mac)) => panics(&mac.mac),
+        _ => false,
+    }
+}
+
+/// Whether the arm `expr` (a block, or an `if` or `match` arm's
+/// expression) always leaves.
+fn leaves(expr: &Expr) -> bool {
+    match peel_expr(expr) {
+        Expr::Block(block) => diverges(&block.block),
         Expr::Return(_) | Expr::Break(_) | Expr::Continue(_) => true,
         Expr::Macro(mac) => panics(&mac.mac),
         _ => false,

@@ -800,4 +800,46 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].starts_with("step name \"load\""), "{}", errors[0]);
     }
+
+    /// The same after a `match` arm or an `if`'s branch that leaves, with
+    /// an `else` or other arms beside it: only what those others ran
+    /// counts. Before, only an `if` with no `else` did, and a name in a
+    /// `match` arm that returned was refused after the `match`.
+    #[test]
+    fn a_name_may_repeat_after_a_match_arm_that_leaves() {
+        let f: syn::ItemFn = syn::parse_quote! {
+            async fn route(ctx: Ctx, input: In) -> Result<()> {
+                match input.kind {
+                    Kind::Cached => {
+                        ctx.step("load", a).await?;
+                        return Ok(());
+                    }
+                    Kind::Gone => bail!("gone"),
+                    Kind::Fresh => {
+                        ctx.step("fresh", f).await?;
+                    }
+                }
+                ctx.step("load", b).await?;
+                if input.again {
+                    ctx.step("retry", c).await?;
+                    return Ok(());
+                } else {
+                    ctx.step("note", n).await?;
+                }
+                ctx.step("retry", d).await?;
+                // After the arm and the branch that did not leave.
+                ctx.step("fresh", e).await?;
+                ctx.step("note", g).await?;
+            }
+        };
+        let calls = crate::ast::collect_steps(&f);
+        let errors = messages(duplicate_steps(&calls));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("step name \"fresh\""),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].starts_with("step name \"note\""), "{}", errors[1]);
+    }
 }
