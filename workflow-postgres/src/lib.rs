@@ -245,6 +245,9 @@ pub struct PgStore {
     leases_by_request_clock: bool,
     /// Changes when a NOTIFY arrives on this store's channel.
     hint: watch::Receiver<u64>,
+    /// The workflows claims here asked for: wake-ups for others' are not
+    /// heard.
+    interest: Arc<wake::Interest>,
     /// The task that LISTENs on connections of its own, when listening.
     listen: Option<wake::Listening>,
     /// The instances other processes cancel, as the listener hears.
@@ -501,6 +504,7 @@ impl PgStore {
         // A burst of cancels a worker cannot keep up with skips some: the
         // heartbeat finds those.
         let (cancels, _) = broadcast::channel(256);
+        let interest = Arc::new(wake::Interest::default());
         let (hint, listen) = if !options.listen && options.claim_wait.is_zero() {
             (watch::channel(0).1, None)
         } else {
@@ -510,12 +514,13 @@ impl PgStore {
                 pool.clone(),
                 channel.clone(),
                 cancels.clone(),
+                Arc::clone(&interest),
             );
             (hint, Some(listen))
         };
         Ok(PgStore {
             db: Db {
-                wake: ops::notifier(pool.clone(), channel.clone()),
+                wakes: wake::notifier(pool.clone(), channel.clone()),
                 channel,
                 pool,
                 leases,
@@ -528,6 +533,7 @@ impl PgStore {
             gave_up,
             leases_by_request_clock: options.leases_by_request_clock,
             hint,
+            interest,
             listen,
             cancels,
         })
@@ -648,6 +654,7 @@ impl Store for PgStore {
 
     async fn claim(&self, mut req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
         let called = std::time::Instant::now();
+        self.interest.note(&req.workflows);
         let mut hint = self.hint.clone();
         hint.borrow_and_update();
         let claimed = retrying!(
@@ -1352,6 +1359,68 @@ mod tests {
                 None
             }
         }
+    }
+
+    /// A wake-up for new instances of a workflow wakes only the processes
+    /// whose claims ask for it: another service sharing the schema sleeps
+    /// on. Before, every start woke every idle worker of every process,
+    /// each to claim and find nothing. A wake-up for anything (an event)
+    /// still reaches every one.
+    #[tokio::test]
+    async fn wake_ups_reach_only_the_claimers_of_their_workflow() {
+        let Some(url) = test_url() else {
+            return;
+        };
+        let schema = format!("t_wake_for_{}", std::process::id());
+        let open = || {
+            PgStore::connect_with(
+                &url,
+                PgOptions::new().schema(&schema).claim_wait(Duration::ZERO),
+            )
+        };
+        let a = open().await.unwrap();
+        let b = open().await.unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        let claimed = b
+            .claim(ClaimRequest {
+                owner: "w".into(),
+                workflows: vec!["b".into()],
+                now,
+                due_by: now,
+                lease_until: now + 60_000,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert!(claimed.is_empty());
+        let mut hint = b.wakeups().expect("listening");
+        // Its LISTEN connection up (it says so with a change).
+        tokio::time::timeout(Duration::from_secs(5), hint.changed())
+            .await
+            .expect("listening within 5 s")
+            .unwrap();
+        hint.borrow_and_update();
+        a.create(workflow_core::testing::new_instance("a", 1), None)
+            .await
+            .unwrap();
+        let heard = tokio::time::timeout(Duration::from_millis(500), hint.changed()).await;
+        assert!(heard.is_err(), "woken for another workflow's start");
+        a.create(workflow_core::testing::new_instance("b", 2), None)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), hint.changed())
+            .await
+            .expect("not woken for its own workflow's start")
+            .unwrap();
+        hint.borrow_and_update();
+        a.db.wakes.ask(None);
+        tokio::time::timeout(Duration::from_secs(5), hint.changed())
+            .await
+            .expect("not woken for anything")
+            .unwrap();
+        a.close().await;
+        b.close().await;
+        drop_schema(&url, &schema).await;
     }
 
     /// A create run again after an attempt whose commit may have landed

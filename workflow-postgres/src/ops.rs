@@ -38,8 +38,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
 use workflow_core::store::*;
@@ -185,39 +183,10 @@ pub(crate) struct Db {
     pub leases: PgPool,
     /// Prefix of dedup advisory-lock keys, so schemas do not contend.
     pub lock_prefix: String,
-    /// Asks the [`notifier`] for a NOTIFY.
-    pub wake: mpsc::Sender<()>,
+    /// Asks the notifier (`wake::notifier`) for a NOTIFY.
+    pub wakes: std::sync::Arc<crate::wake::Wakes>,
     /// The store's NOTIFY channel.
     pub channel: String,
-}
-
-/// Sends `NOTIFY` on `channel` (wakes idle claimers in every process) once
-/// per request, requests made while one is sent folding into the next.
-///
-/// Not from inside the data transactions: PostgreSQL serializes the commits
-/// of every notifying transaction on the server, each holding a lock
-/// through its WAL flush, which would cap starts and wake-ups at about one
-/// per fsync across all processes. This one commits without waiting for
-/// its flush (`synchronous_commit` off for it alone): a NOTIFY lost to a
-/// crash only delays a pick-up until the next poll. Ends when the store
-/// is dropped.
-pub(crate) fn notifier(pool: PgPool, channel: String) -> mpsc::Sender<()> {
-    let (wake, mut asked) = mpsc::channel::<()>(1);
-    tokio::spawn(async move {
-        while asked.recv().await.is_some() {
-            let sent = sqlx::query(
-                "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')",
-            )
-            .bind(&channel)
-            .execute(&pool)
-            .await;
-            if let Err(err) = sent {
-                // Claimers poll anyway: this only delays a pick-up.
-                tracing::debug!(error = %err, "NOTIFY failed");
-            }
-        }
-    });
-    wake
 }
 
 fn lease_lost<T>(lease: &Lease) -> Attempt<Result<T, StoreError>> {
@@ -236,8 +205,13 @@ impl Db {
     /// Wakes idle claimers (in every process); called once the work they
     /// should see is committed.
     fn wake(&self) {
-        // Full: a NOTIFY is already asked for, and goes after this commit.
-        let _ = self.wake.try_send(());
+        self.wakes.ask(None);
+    }
+
+    /// Wakes the idle claimers of `workflow` (in every process), once new
+    /// instances of it are committed.
+    fn wake_for(&self, workflow: &str) {
+        self.wakes.ask(Some(workflow));
     }
 
     /// Creates `new`. `again`: an earlier attempt of this same call failed,
@@ -308,7 +282,7 @@ impl Db {
         }
         commit(tx).await?;
         if cancelled.is_none() {
-            self.wake();
+            self.wake_for(&new.workflow);
         }
         Ok(instance_row(&row).map(Created::New))
     }
@@ -431,7 +405,11 @@ impl Db {
             }
         }
         commit(tx).await?;
-        self.wake();
+        let workflows: std::collections::BTreeSet<&str> =
+            new.iter().map(|n| n.workflow.as_str()).collect();
+        for workflow in workflows {
+            self.wake_for(workflow);
+        }
         // RETURNING gives no order guarantee; answer in the order asked.
         // A row cancelled after its insert comes later and replaces it.
         let mut by_id: HashMap<String, InstanceRow> = HashMap::with_capacity(rows.len());

@@ -4,10 +4,12 @@
 //! lost (a dropped connection, a restart): claims never rely on them, they
 //! only cut the wait before the next poll.
 
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Notify};
 use workflow_core::InstanceId;
 
 /// After this long with no notification, the listener sends one to its own
@@ -27,6 +29,143 @@ const PING: &str = "ping";
 /// How the payload of a cancel's notification starts: the cancelled
 /// instances' ids follow, separated by commas.
 const CANCEL: &str = "cancel:";
+
+/// How the payload of a wake-up for the instances of some workflows
+/// starts: their names follow, one per line. A wake-up with no payload is
+/// for any workflow (and what older versions send).
+const DUE: &str = "due:";
+
+/// What the next wake-up says became due, gathered from the writes that
+/// committed since the last one was sent.
+#[derive(Debug, Default)]
+struct Due {
+    /// Something of any workflow (an event, a woken parent, a release).
+    any: bool,
+    /// Instances of these workflows (new ones).
+    workflows: BTreeSet<String>,
+}
+
+/// The wake-ups to send: writes ask ([`Wakes::ask`]), one task sends
+/// ([`notifier`]), writes made while one is sent folding into the next.
+#[derive(Debug, Default)]
+pub(crate) struct Wakes {
+    due: Mutex<Due>,
+    asked: Notify,
+}
+
+impl Wakes {
+    /// Asks for a wake-up, for instances of `workflow` or (`None`) for
+    /// anything; called once the work is committed.
+    pub(crate) fn ask(&self, workflow: Option<&str>) {
+        {
+            let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+            match workflow {
+                Some(name) if !due.any => {
+                    if !due.workflows.contains(name) {
+                        due.workflows.insert(name.to_owned());
+                    }
+                }
+                Some(_) => {}
+                None => due.any = true,
+            }
+        }
+        self.asked.notify_one();
+    }
+
+    /// The payload of the next wake-up, once one is asked for.
+    async fn next(&self) -> String {
+        self.asked.notified().await;
+        let due = std::mem::take(&mut *self.due.lock().unwrap_or_else(PoisonError::into_inner));
+        due_payload(&due)
+    }
+}
+
+fn due_payload(due: &Due) -> String {
+    if due.any || due.workflows.is_empty() {
+        return String::new();
+    }
+    let mut payload = String::from(DUE);
+    for (n, name) in due.workflows.iter().enumerate() {
+        if n > 0 {
+            payload.push('\n');
+        }
+        payload.push_str(name);
+    }
+    // Too many to name: a wake-up for anything.
+    if payload.len() > MAX_PAYLOAD {
+        payload.clear();
+    }
+    payload
+}
+
+/// Sends a NOTIFY on `channel` (wakes idle claimers in every process) for
+/// each wake-up asked of `wakes`.
+///
+/// Not from inside the data transactions: PostgreSQL serializes the commits
+/// of every notifying transaction on the server, each holding a lock
+/// through its WAL flush, which would cap starts and wake-ups at about one
+/// per fsync across all processes. This one commits without waiting for
+/// its flush (`synchronous_commit` off for it alone): a NOTIFY lost to a
+/// crash only delays a pick-up until the next poll. Ends when the store
+/// is dropped.
+pub(crate) fn notifier(pool: PgPool, channel: String) -> Arc<Wakes> {
+    let wakes = Arc::new(Wakes::default());
+    let asked = Arc::clone(&wakes);
+    tokio::spawn(async move {
+        loop {
+            let payload = tokio::select! {
+                payload = asked.next() => payload,
+                // The store dropped, only this task holds the queue.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if Arc::strong_count(&asked) == 1 {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let sent = sqlx::query(
+                "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)",
+            )
+            .bind(&channel)
+            .bind(&payload)
+            .execute(&pool)
+            .await;
+            if let Err(err) = sent {
+                // Claimers poll anyway: this only delays a pick-up.
+                tracing::debug!(error = %err, "NOTIFY failed");
+            }
+        }
+    });
+    wakes
+}
+
+/// The workflows this process's claims on the store have asked for: a
+/// wake-up for others' instances (another service sharing the schema)
+/// wakes no claimer here.
+#[derive(Debug, Default)]
+pub(crate) struct Interest(RwLock<HashSet<String>>);
+
+impl Interest {
+    /// Notes the workflows a claim asks for.
+    pub(crate) fn note(&self, workflows: &[String]) {
+        let known = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        if workflows.iter().all(|w| known.contains(w)) {
+            return;
+        }
+        drop(known);
+        let mut known = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        known.extend(workflows.iter().cloned());
+    }
+
+    /// Whether a wake-up with `payload` concerns a claimer here.
+    fn wants(&self, payload: &str) -> bool {
+        let Some(names) = payload.strip_prefix(DUE) else {
+            return true;
+        };
+        let known = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        names.split('\n').any(|name| known.contains(name))
+    }
+}
 
 /// The longest payload sent: PostgreSQL takes up to 8,000 bytes.
 const MAX_PAYLOAD: usize = 7_900;
@@ -84,6 +223,7 @@ pub(crate) fn spawn(
     echo_pool: PgPool,
     channel: String,
     cancels: broadcast::Sender<InstanceId>,
+    interest: Arc<Interest>,
 ) -> (watch::Receiver<u64>, Listening) {
     let (tx, rx) = watch::channel(0u64);
     let (stop, mut stopped) = watch::channel(false);
@@ -155,7 +295,7 @@ pub(crate) fn spawn(
                                 for id in ids.split(',').filter(|id| !id.is_empty()) {
                                     let _ = cancels.send(InstanceId::from(id));
                                 }
-                            } else if note.payload() != PING {
+                            } else if note.payload() != PING && interest.wants(note.payload()) {
                                 bump(&tx);
                             }
                         }
@@ -211,6 +351,31 @@ pub(crate) fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wake-up names the workflows of new instances, one per line; a
+    /// wake-up for anything, or for more than a payload can name, names
+    /// none, and every claimer hears it.
+    #[test]
+    fn wake_ups_name_their_workflows_or_none() {
+        let named = |names: &[&str]| Due {
+            any: false,
+            workflows: names.iter().map(|n| n.to_string()).collect(),
+        };
+        let payload = due_payload(&named(&["b", "a"]));
+        assert_eq!(payload, "due:a\nb");
+        let interest = Interest::default();
+        assert!(!interest.wants(&payload), "no claim asked yet");
+        interest.note(&["b".into()]);
+        assert!(interest.wants(&payload));
+        assert!(!interest.wants(&due_payload(&named(&["c"]))));
+        assert!(interest.wants(""), "a wake-up for anything");
+        let mut any = named(&["a"]);
+        any.any = true;
+        assert_eq!(due_payload(&any), "");
+        let many: Vec<String> = (0..2_000).map(|n| format!("workflow-{n}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(due_payload(&named(&many)), "");
+    }
 
     /// Ids go out in as few payloads as PostgreSQL takes, each whole.
     #[test]
