@@ -130,8 +130,13 @@ impl OverviewCache {
     ) {
         // A filter no workflow name is that long is not kept: the cache
         // holds at most CACHED_COUNTS_MAX small keys, not what a request
-        // may send.
-        if workflow.as_ref().is_some_and(|w| w.len() > CACHED_NAME_MAX) {
+        // may send. Nor one that matched nothing (a made-up name, cheap to
+        // count): requests cycling through such names would push out the
+        // counts worth keeping.
+        if workflow
+            .as_ref()
+            .is_some_and(|w| w.len() > CACHED_NAME_MAX || counts.values().all(|n| *n == 0))
+        {
             return;
         }
         let ttl = self.ttl;
@@ -660,14 +665,7 @@ async fn overview(
     let cache = &state.overview_cache;
     let generation = cache.generation();
     let workflow = params.workflow.filter(|w| !w.is_empty());
-    let counts = match cache.counts(&workflow) {
-        Some(counts) => counts,
-        None => {
-            let counts = state.engine.counts(workflow.as_deref()).await?;
-            cache.put_counts(generation, workflow, &counts);
-            counts
-        }
-    };
+    let counts = counts(&state, workflow).await?;
     let total: u64 = counts.values().sum();
     let workflows = match cache.names() {
         Some(names) => names,
@@ -680,6 +678,22 @@ async fn overview(
     Ok(Json(
         json!({ "counts": counts, "total": total, "workflows": workflows }),
     ))
+}
+
+/// The status counts of `workflow` (or all), reused for a few seconds
+/// (see [`OverviewCache`]): counting reads every matching row.
+async fn counts(
+    state: &AppState,
+    workflow: Option<String>,
+) -> Result<BTreeMap<Status, u64>, Error> {
+    let cache = &state.overview_cache;
+    let generation = cache.generation();
+    if let Some(counts) = cache.counts(&workflow) {
+        return Ok(counts);
+    }
+    let counts = state.engine.counts(workflow.as_deref()).await?;
+    cache.put_counts(generation, workflow, &counts);
+    Ok(counts)
 }
 
 async fn workflow_names(engine: &Engine) -> Result<Vec<String>, Error> {
@@ -923,7 +937,7 @@ async fn workflows(State(state): State<AppState>) -> ApiResult<Value> {
     }
     let mut out = Vec::with_capacity(defs.len());
     for (name, (definition, registered_here)) in defs {
-        let counts = state.engine.counts(Some(&name)).await?;
+        let counts = counts(&state, Some(name)).await?;
         out.push(WorkflowEntry {
             definition,
             counts,
@@ -1380,6 +1394,26 @@ mod tests {
         ] {
             assert!(!is_loopback_host(bad), "{bad}");
         }
+    }
+
+    /// Made-up workflow names, which match nothing, are not kept: a client
+    /// cycling through them cannot push out the counts worth keeping
+    /// (past CACHED_COUNTS_MAX entries the cache starts over).
+    #[test]
+    fn counts_of_made_up_names_are_not_cached() {
+        let cache = OverviewCache::new(Duration::from_secs(60));
+        let some = BTreeMap::from([(Status::Completed, 3)]);
+        cache.put_counts(cache.generation(), Some("real".into()), &some);
+        for n in 0..2 * CACHED_COUNTS_MAX {
+            let none = BTreeMap::from([(Status::Completed, 0)]);
+            cache.put_counts(cache.generation(), Some(format!("made-up-{n}")), &none);
+        }
+        assert_eq!(cache.counts(&Some("real".into())), Some(some));
+        assert_eq!(cache.counts(&Some("made-up-1".into())), None);
+        // An empty database's overview is kept all the same.
+        let empty = BTreeMap::new();
+        cache.put_counts(cache.generation(), None, &empty);
+        assert_eq!(cache.counts(&None), Some(empty));
     }
 
     #[test]
