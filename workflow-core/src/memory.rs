@@ -284,7 +284,7 @@ impl Store for MemoryStore {
             let entry = t.instances.get_mut(&id).expect("selected above");
             if entry.row.status == Status::InProgress {
                 // Its last run's lease lapsed before the run recorded how it ended.
-                entry.interrupted_runs += 1;
+                entry.interrupted_runs = entry.interrupted_runs.saturating_add(1);
             }
             entry.row.status = Status::InProgress;
             entry.row.runs += 1;
@@ -606,7 +606,7 @@ impl Store for MemoryStore {
                 if entry.row.status == Status::InProgress {
                     entry.row.status = Status::Pending;
                     entry.row.run_at = at;
-                    entry.interrupted_runs += 1;
+                    entry.interrupted_runs = entry.interrupted_runs.saturating_add(1);
                 }
                 entry.row.updated_at = at;
                 freed.push(entry.row.id.clone());
