@@ -1248,6 +1248,73 @@ fn a_store_down_is_logged_once_not_at_every_claim() {
     assert!(!text.contains("still failing"), "{text}");
 }
 
+/// Ticks every second, for the outage below.
+#[workflow(name = "everySecond", schedule = "* * * * * *", catch_up = "none")]
+async fn every_second(_ctx: Ctx, _input: ()) -> workflow::Result<()> {
+    Ok(())
+}
+
+/// The same for the scheduler, which looks at each schedule every second
+/// and at startup records the schedules in force until it can, and for the
+/// look for dead workers' leases every three heartbeats: a store down is
+/// one error each, not a line a second. Before, each look logged a
+/// warning.
+#[test]
+fn a_store_down_is_logged_once_by_the_scheduler() {
+    let (logs, _guard) = Captured::warnings();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = std::sync::Arc::new(workflow_core::testing::Unreachable::new(
+            workflow::MemoryStore::new(),
+        ));
+        let engine = Engine::builder()
+            .shared_store(std::sync::Arc::clone(&store) as std::sync::Arc<dyn workflow::Store>)
+            .register(EverySecond)
+            .poll_interval(Duration::from_millis(10))
+            .shutdown_grace(Duration::ZERO)
+            .build()
+            .await
+            .unwrap();
+        // Down as the worker starts: the schedules in force cannot be
+        // recorded.
+        store.set_down(true);
+        let worker = engine.start_worker();
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        store.set_down(false);
+        let started = Instant::now();
+        while engine
+            .store()
+            .schedule_mark("everySecond")
+            .await
+            .unwrap()
+            .is_none()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "never recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Down while it runs: every look fails.
+        store.set_down(true);
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        store.set_down(false);
+        worker.shutdown().await;
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    for what in [
+        "recording the schedules in force (no schedule fires until it is done) failed",
+        "checking the schedule of `everySecond` failed",
+    ] {
+        let lines = text.lines().filter(|l| l.contains(what)).count();
+        assert_eq!(lines, 1, "{what}:\n{text}");
+    }
+    assert!(!text.contains("lease owners"), "{text}");
+}
+
 /// A caller waiting for the result of an instance that nothing will end
 /// without someone's hand is told so once in the log: no worker has taken
 /// it (none was started), or it is paused. Before, `result()` hung

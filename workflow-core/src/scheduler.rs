@@ -75,14 +75,16 @@ pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
     // Before any look, and until it succeeds: a changed schedule must
     // have its mark restarted before it fires from it.
     let mut wait = Duration::from_millis(100);
+    let mut failing = crate::worker::Outage::new(
+        "recording the schedules in force (no schedule fires until it is done)",
+    );
     loop {
         match crate::worker::caught(crate::engine::record_schedules(&engine)).await {
-            Ok(()) => break,
-            Err(err) => tracing::warn!(
-                error = %err,
-                retry_in = ?wait,
-                "recording the schedules in force failed; no schedule fires until it is done"
-            ),
+            Ok(()) => {
+                failing.over();
+                break;
+            }
+            Err(err) => failing.failed(&err),
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -125,6 +127,10 @@ async fn look_at(
     // A clock moved by hand (a test's) fires its ticks at once.
     let mut clock_changes = inner.clock.changes();
     let by_hand = clock_changes.is_some();
+    // Every look, a second apart at most: a store down would write a line
+    // per schedule per second.
+    let mut failing =
+        crate::worker::Outage::new(format!("checking the schedule of `{}`", scheduled.workflow));
     while !stop.is_cancelled() {
         let look = Look {
             every,
@@ -136,9 +142,12 @@ async fn look_at(
         // A store that panics fails this look, not the scheduler: the
         // schedule would stop firing while the worker looked healthy.
         let next_due = match crate::worker::caught(fire_due(&engine, scheduled, look)).await {
-            Ok(next) => next,
+            Ok(next) => {
+                failing.over();
+                next
+            }
             Err(err) => {
-                tracing::warn!(workflow = scheduled.workflow, error = %err, "schedule check failed");
+                failing.failed(&err);
                 None
             }
         };

@@ -1060,8 +1060,8 @@ where
 /// goes on (each failure between at debug), and at info when it works
 /// again. A database down must not write a line per heartbeat and claim
 /// of every worker, nor hide that it is still down.
-struct Outage {
-    what: &'static str,
+pub(crate) struct Outage {
+    what: std::borrow::Cow<'static, str>,
     /// When it began, how many failures so far, when last said at error.
     since: Option<(Instant, u64, Instant)>,
 }
@@ -1070,12 +1070,15 @@ struct Outage {
 const OUTAGE_REPEAT: Duration = Duration::from_secs(60);
 
 impl Outage {
-    fn new(what: &'static str) -> Self {
-        Outage { what, since: None }
+    pub(crate) fn new(what: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Outage {
+            what: what.into(),
+            since: None,
+        }
     }
 
-    fn failed(&mut self, err: &dyn std::fmt::Display) {
-        let what = self.what;
+    pub(crate) fn failed(&mut self, err: &dyn std::fmt::Display) {
+        let what = &self.what;
         match &mut self.since {
             None => {
                 tracing::error!(error = %err, "{what} failed; trying again");
@@ -1094,9 +1097,9 @@ impl Outage {
         }
     }
 
-    fn over(&mut self) {
+    pub(crate) fn over(&mut self) {
         if let Some((began, failures, _)) = self.since.take() {
-            let what = self.what;
+            let what = &self.what;
             tracing::info!(
                 failures,
                 for_secs = began.elapsed().as_secs(),
@@ -1294,7 +1297,9 @@ async fn reap_dead_owners(w: &WorkerShared) {
     let owners = match store.lease_owners().await {
         Ok(owners) => owners,
         Err(err) => {
-            tracing::warn!(error = %err, "listing lease owners failed");
+            // Every three heartbeats: a store down is said by the claims'
+            // and renewals' outages already, once a minute.
+            tracing::debug!(error = %err, "listing lease owners failed");
             return;
         }
     };
