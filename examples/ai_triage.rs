@@ -81,6 +81,23 @@ async fn triage_ticket(ctx: Ctx, ticket: Ticket) -> Result<Triage, BoxError> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The engine reports what goes wrong through `tracing`: show warnings.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    // The workflow as a tool for some other agent (name, description,
+    // schema), which needs no model.
+    let tool = TriageTicket::as_tool();
+    println!(
+        "as an OpenAI tool: {}",
+        serde_json::to_string_pretty(&tool.to_openai_strict())?
+    );
+    println!(
+        "as an Anthropic tool: {}",
+        serde_json::to_string_pretty(&tool.to_anthropic())?
+    );
     if let Err(err) = OpenAiCompatible::from_env() {
         println!("ai_triage needs a model endpoint and none is configured.");
         println!("  {err}");
@@ -95,12 +112,6 @@ async fn main() -> anyhow::Result<()> {
         .build()
         .await?;
     let worker = engine.start_worker();
-
-    // The workflow as a tool for some other agent: name, description, schema.
-    println!(
-        "as a tool: {}",
-        serde_json::to_string_pretty(&TriageTicket::as_tool().to_openai_strict())?
-    );
 
     let instance = TriageTicket::start(
         &engine,

@@ -66,6 +66,12 @@ async fn approve_expense(ctx: Ctx, expense: Expense) -> workflow::Result<String>
 
 #[tokio::main]
 async fn main() -> workflow::Result<()> {
+    // The engine reports what goes wrong through `tracing`: show warnings.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let engine = Engine::builder()
         .database_url("sqlite://approval.db")
         .register(ApproveExpense)

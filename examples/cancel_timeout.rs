@@ -56,6 +56,12 @@ async fn wait_until_running(inst: &Instance<RenderReport>) -> workflow::Result<(
 
 #[tokio::main]
 async fn main() -> workflow::Result<()> {
+    // The engine reports what goes wrong through `tracing`: show warnings.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let engine = Engine::builder()
         .database_url("sqlite://cancel_timeout.db")
         .register(RenderReport)

@@ -136,12 +136,22 @@ async fn wait_for(engine: &Engine, id: &InstanceId, status: Status) -> workflow:
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The engine reports what goes wrong through `tracing`: show warnings.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let engine = Engine::builder()
         .database_url("sqlite://console.db")
         .register(ProcessOrder)
         .register(ApproveExpense)
         .register(ExportTable)
         .register(DailyReport)
+        // Ctrl-C stops at once: the export's hour-long step would hold a
+        // shutdown for the whole grace period (10 s by default) and then be
+        // cut off all the same.
+        .shutdown_grace(Duration::from_secs(1))
         .build()
         .await?;
     let worker = engine.start_worker();

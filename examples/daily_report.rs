@@ -32,6 +32,12 @@ async fn daily_report(ctx: Ctx, _input: ()) -> workflow::Result<usize> {
 
 #[tokio::main]
 async fn main() -> workflow::Result<()> {
+    // The engine reports what goes wrong through `tracing`: show warnings.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let engine = Engine::builder()
         .database_url("sqlite://daily_report.db")
         .register(DailyReport)

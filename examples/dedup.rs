@@ -42,6 +42,12 @@ async fn charge_card(idempotency_key: &str, cents: u64) -> Result<String, BoxErr
 
 #[tokio::main]
 async fn main() -> workflow::Result<()> {
+    // The engine reports what goes wrong through `tracing`: show warnings.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let engine = Engine::builder()
         .database_url("sqlite://dedup.db")
         .register(ChargeInvoice)

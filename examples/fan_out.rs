@@ -40,7 +40,8 @@ async fn ship_parcel(ctx: Ctx, parcel: Parcel) -> workflow::Result<String> {
 }
 
 /// Pack an order's items side by side, ship it, then ask for a review.
-#[workflow(name = "fulfilOrder")]
+// The whole run's deadline (5 minutes by default) must outlast the sleep.
+#[workflow(name = "fulfilOrder", timeout = "30d")]
 async fn fulfil_order(ctx: Ctx, order: Order) -> workflow::Result<String> {
     // Keys `pack[0]`, `pack[1]`, ...: four at a time, each recorded.
     let packed: Vec<String> = ctx
@@ -70,6 +71,12 @@ async fn fulfil_order(ctx: Ctx, order: Order) -> workflow::Result<String> {
 
 #[tokio::main]
 async fn main() -> workflow::Result<()> {
+    // The engine reports what goes wrong through `tracing`: show warnings.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let engine = Engine::builder()
         .database_url("sqlite://fan_out.db")
         .register(FulfilOrder)

@@ -39,6 +39,12 @@ async fn machine(url: &str, name: &'static str) -> workflow::Result<Engine> {
 
 #[tokio::main]
 async fn main() -> workflow::Result<()> {
+    // The engine reports what goes wrong through `tracing`: show warnings.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let Ok(url) = std::env::var("WORKFLOW_DATABASE_URL") else {
         eprintln!(
             "set WORKFLOW_DATABASE_URL to a PostgreSQL database, e.g.\n  \
