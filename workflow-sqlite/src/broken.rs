@@ -14,23 +14,37 @@ use std::sync::OnceLock;
 /// checkpoint runs, until the store is reopened (SQLite's recovery then
 /// rebuilds from the WAL), as PostgreSQL stops rather than retry a failed
 /// fsync.
+///
+/// A newer build that migrated the file under this store breaks it too
+/// ([`Broken::migrated`]): its writes would not fit the new schema, and
+/// the process must stop for one running the newer build.
 #[derive(Debug, Default)]
 pub(crate) struct Broken(
-    OnceLock<String>,
+    OnceLock<Why>,
     /// Makes the next checkpoint fail as an fsync of the database file
     /// that returned EIO would: a test's way to reach that path.
     #[cfg(test)]
     pub(crate) std::sync::atomic::AtomicBool,
 );
 
+/// What broke the store first.
+#[derive(Debug)]
+enum Why {
+    /// An fsync failed.
+    Fsync(String),
+    /// The file was migrated by a newer build: the whole refusal.
+    Migrated(String),
+}
+
 impl Broken {
-    /// Why no write may be answered as done any more, once an fsync failed.
+    /// Why no write may be answered as done any more.
     pub(crate) fn refusal(&self) -> Option<String> {
-        self.0.get().map(|first| {
-            format!(
+        self.0.get().map(|first| match first {
+            Why::Fsync(first) => format!(
                 "an earlier fsync of the SQLite database failed, so no write since is known \
                  to be on disk; reopen the store once the disk is fixed ({first})"
-            )
+            ),
+            Why::Migrated(refusal) => refusal.clone(),
         })
     }
 
@@ -41,6 +55,12 @@ impl Broken {
 
     /// Records a failure; the first one is the one reported.
     pub(crate) fn fail(&self, why: String) {
-        let _ = self.0.set(why);
+        let _ = self.0.set(Why::Fsync(why));
+    }
+
+    /// Records that a newer build migrated the file: `refusal` is what
+    /// every write is answered from then on.
+    pub(crate) fn migrated(&self, refusal: String) {
+        let _ = self.0.set(Why::Migrated(refusal));
     }
 }

@@ -1636,7 +1636,10 @@ mod tests {
     /// A newer build that migrates the file while this store has it open
     /// (processes sharing it, upgraded one by one) makes this store refuse
     /// writes, with a message that says why, instead of writing rows the
-    /// new schema reads otherwise.
+    /// new schema reads otherwise; for good (`Unusable`), so that its
+    /// workers stop and the process is restarted with the newer build.
+    /// Before, each write failed on its own (`Backend`), and workers went
+    /// on retrying in a process that could do nothing.
     #[tokio::test]
     async fn a_file_migrated_by_a_newer_build_meanwhile_refuses_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -1658,6 +1661,22 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("newer build"), "{err}");
+        assert!(matches!(err, StoreError::Unusable(_)), "{err:?}");
+        // For good, whatever the file says next.
+        newer
+            .execute_batch(&format!(
+                "PRAGMA user_version = {}",
+                schema::MIGRATIONS.len()
+            ))
+            .unwrap();
+        let err = store
+            .create(workflow_core::testing::new_instance("w", 3), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unusable(why) if why.contains("newer build")),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]

@@ -1120,14 +1120,22 @@ fn catch_up_with_other_writers(c: &Tx<'_, '_>) -> Result<(), Db> {
         // statements would then write rows the new schema reads otherwise.
         let schema: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if usize::try_from(schema).unwrap_or(usize::MAX) > crate::schema::MIGRATIONS.len() {
+            let why = format!(
+                "the database was migrated to schema version {schema} by a newer build while \
+                 this store had it open (this build knows {}); writes are refused: restart \
+                 this process with the newer build",
+                crate::schema::MIGRATIONS.len()
+            );
+            // For good, as after a failed fsync: every write is answered
+            // `Unusable`, so workers stop and `Engine::run` returns, and
+            // the supervisor restarts the process. Otherwise it would stay
+            // up refusing every write, its workers retrying for ever.
+            if let Some(checkpointer) = c.session.checkpointer.borrow().as_ref() {
+                checkpointer.broken().migrated(why.clone());
+            }
             return Err(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-                Some(format!(
-                    "the database was migrated to schema version {schema} by a newer build while \
-                     this store had it open (this build knows {}); writes are refused: restart \
-                     this process with the newer build",
-                    crate::schema::MIGRATIONS.len()
-                )),
+                Some(why),
             ));
         }
         *leases = Leases {
