@@ -25,10 +25,11 @@ pub(crate) const MAX_CONNECTIONS: usize = 256;
 /// server reads: an answer still being written resets it.
 const IDLE: Duration = Duration::from_secs(60);
 
-/// How long after its first byte a request may go unanswered while the
-/// server still reads: a client that sends its headers a byte at a time
+/// How long after its first byte a request's head (its line and headers)
+/// may take to arrive: a client that sends its headers a byte at a time
 /// would otherwise keep resetting [`IDLE`], and enough of them would hold
 /// every slot. (axum's server sets no header-read timeout of its own.)
+/// Once the head is in, a slow body or a slow handler is [`IDLE`]'s.
 const ANSWER_WITHIN: Duration = if cfg!(test) {
     Duration::from_millis(500)
 } else {
@@ -65,6 +66,7 @@ impl axum::serve::Listener for Capped {
             io,
             idle: Box::pin(tokio::time::sleep(IDLE)),
             asked_at: None,
+            head: HeadEnd::default(),
             _slot: slot,
         };
         (connection, addr)
@@ -81,9 +83,45 @@ pub(crate) struct Connection {
     /// Fires once nothing was read or written for [`IDLE`], or once a
     /// request went [`ANSWER_WITHIN`] without an answer.
     idle: Pin<Box<Sleep>>,
-    /// When the first byte read since the last answer came.
+    /// When the first byte of a request head came, while it is still
+    /// coming.
     asked_at: Option<Instant>,
+    /// Where the reading stands in the current request's head.
+    head: HeadEnd,
     _slot: OwnedSemaphorePermit,
+}
+
+/// Finds the blank line that ends a request's head, across reads.
+#[derive(Default)]
+struct HeadEnd {
+    /// How much of `\r\n\r\n` the last bytes read matched.
+    matched: usize,
+    /// The head is in: nothing more is timed until the answer.
+    done: bool,
+}
+
+impl HeadEnd {
+    /// Reads `bytes`; whether they complete the head.
+    fn read(&mut self, bytes: &[u8]) -> bool {
+        const END: &[u8] = b"\r\n\r\n";
+        if self.done {
+            return false;
+        }
+        for &b in bytes {
+            self.matched = if b == END[self.matched] {
+                self.matched + 1
+            } else if b == b'\r' {
+                1
+            } else {
+                0
+            };
+            if self.matched == END.len() {
+                self.done = true;
+                return true;
+            }
+        }
+        false
+    }
 }
 
 impl AsyncRead for Connection {
@@ -98,10 +136,16 @@ impl AsyncRead for Connection {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
                     let now = Instant::now();
-                    let asked_at = *this.asked_at.get_or_insert(now);
-                    this.idle
-                        .as_mut()
-                        .reset((now + IDLE).min(asked_at + ANSWER_WITHIN));
+                    let head_was_done = this.head.done;
+                    let head_done = this.head.read(&buf.filled()[before..]);
+                    let until = if head_was_done || head_done {
+                        this.asked_at = None;
+                        now + IDLE
+                    } else {
+                        let asked_at = *this.asked_at.get_or_insert(now);
+                        (now + IDLE).min(asked_at + ANSWER_WITHIN)
+                    };
+                    this.idle.as_mut().reset(until);
                 }
                 Poll::Ready(result)
             }
@@ -121,7 +165,10 @@ impl Connection {
     /// idle: the timer counts from the last byte either way.
     fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
         if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            // An answer: the next request's head is timed from its first
+            // byte.
             self.asked_at = None;
+            self.head = HeadEnd::default();
             self.idle.as_mut().reset(Instant::now() + IDLE);
         }
     }
@@ -175,7 +222,15 @@ mod tests {
     async fn a_request_sent_a_byte_at_a_time_is_cut_off() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let app = axum::Router::new()
+            .route("/", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(ANSWER_WITHIN * 3).await;
+                    "slow"
+                }),
+            );
         tokio::spawn(async move { axum::serve(Capped::new(listener), app).await });
 
         let mut slow = TcpStream::connect(addr).await.unwrap();
@@ -209,5 +264,26 @@ mod tests {
             assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{n} bytes");
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
+
+        // A handler slower than the head's limit is answered all the same:
+        // only the head is timed so.
+        quick
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 256];
+        let n = quick.read(&mut answer).await.unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{n} bytes");
+    }
+
+    #[test]
+    fn a_head_ends_at_its_blank_line_across_reads() {
+        let mut head = HeadEnd::default();
+        assert!(!head.read(b"GET / HTTP/1.1\r\nHost: x\r"));
+        assert!(!head.read(b"\n\r"));
+        assert!(head.read(b"\nbody"));
+        assert!(!head.read(b"\r\n\r\n"), "once per request");
+        let mut head = HeadEnd::default();
+        assert!(head.read(b"a\r\r\n\r\n"));
     }
 }

@@ -1387,7 +1387,8 @@ fn diverges(block: &syn::Block) -> bool {
 /// expression) always leaves.
 fn leaves(expr: &Expr) -> bool {
     match peel_expr(expr) {
-        Expr::Block(block) => diverges(&block.block),
+        // Not a labeled block: its `break 'label` goes on after it.
+        Expr::Block(block) if block.label.is_none() => diverges(&block.block),
         Expr::Return(_) | Expr::Break(_) | Expr::Continue(_) => true,
         Expr::Macro(mac) => panics(&mac.mac),
         _ => false,

@@ -195,8 +195,8 @@ use proc_macro::TokenStream;
 ///   `name#1`, `name#2`, ... across every call of that name, so a second
 ///   call would get another record whenever the loop ran once less after a
 ///   code change. Calls in different arms of one `if` or `match` may share
-///   a name, as may a call in an `if` branch or `match` arm that always
-///   leaves (`return`, `break`, `continue`, `panic!`, `bail!`) or in the
+///   a name, as may a call in an `if` or `else` block or `match` arm that
+///   always leaves (`return`, `break`, `continue`, `panic!`, `bail!`) or in the
 ///   `else` of a `let .. else`, and one after it; and so may two `wait_for_event`
 ///   calls (the name is the event's, which senders use);
 /// - a named `ctx` call inside the closure of a step, or of an item of

@@ -830,11 +830,24 @@ mod tests {
                 // After the arm and the branch that did not leave.
                 ctx.step("fresh", e).await?;
                 ctx.step("note", g).await?;
+                // A labeled block's `break` goes on after the block.
+                if input.label {
+                    'done: {
+                        ctx.step("label", h).await?;
+                        break 'done;
+                    }
+                }
+                ctx.step("label", i).await?;
             }
         };
         let calls = crate::ast::collect_steps(&f);
         let errors = messages(duplicate_steps(&calls));
-        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[2].starts_with("step name \"label\""),
+            "{}",
+            errors[2]
+        );
         assert!(
             errors[0].starts_with("step name \"fresh\""),
             "{}",

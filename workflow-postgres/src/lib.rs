@@ -781,6 +781,9 @@ impl Store for PgStore {
         workflows: &[String],
         after: Millis,
     ) -> Result<Option<Millis>, StoreError> {
+        // Every workflow the worker runs, where a claim under
+        // `concurrency_of` may ask for some only.
+        self.interest.note(workflows);
         // One bounded range of `instances_runnable` per workflow, the
         // earliest kept, as a claim reads: `MIN` over `workflow = ANY(..)`
         // aggregated every waiting row (a parallel sequential scan, 45 ms

@@ -74,9 +74,15 @@ impl Wakes {
 
     /// The payload of the next wake-up, once one is asked for.
     async fn next(&self) -> String {
-        self.asked.notified().await;
-        let due = std::mem::take(&mut *self.due.lock().unwrap_or_else(PoisonError::into_inner));
-        due_payload(&due)
+        loop {
+            self.asked.notified().await;
+            let due = std::mem::take(&mut *self.due.lock().unwrap_or_else(PoisonError::into_inner));
+            // A permit left by an ask whose workflow the last payload took
+            // already: nothing to say (an empty payload wakes everyone).
+            if due.any || !due.workflows.is_empty() {
+                return due_payload(&due);
+            }
+        }
     }
 }
 
@@ -375,6 +381,27 @@ mod tests {
         let many: Vec<String> = (0..2_000).map(|n| format!("workflow-{n}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert_eq!(due_payload(&named(&many)), "");
+    }
+
+    /// Two asks that one payload answers leave no second, empty one behind
+    /// (which would wake every claimer of every process).
+    #[tokio::test]
+    async fn asks_answered_together_send_one_wake_up() {
+        let wakes = Arc::new(Wakes::default());
+        // The notifier waiting, as it mostly is: the first ask wakes it,
+        // the second leaves a permit.
+        let waiting = tokio::spawn({
+            let wakes = Arc::clone(&wakes);
+            async move { wakes.next().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        wakes.ask(Some("a"));
+        wakes.ask(Some("b"));
+        assert_eq!(waiting.await.unwrap(), "due:a\nb");
+        let again = tokio::time::timeout(Duration::from_millis(50), wakes.next()).await;
+        assert!(again.is_err(), "a second wake-up: {again:?}");
+        wakes.ask(None);
+        assert_eq!(wakes.next().await, "");
     }
 
     /// Ids go out in as few payloads as PostgreSQL takes, each whole.

@@ -20,32 +20,33 @@ use std::sync::OnceLock;
 /// the process must stop for one running the newer build.
 #[derive(Debug, Default)]
 pub(crate) struct Broken(
-    OnceLock<Why>,
+    /// The first failed fsync.
+    OnceLock<String>,
+    /// Why a newer build's migration of the file refuses every write.
+    OnceLock<String>,
     /// Makes the next checkpoint fail as an fsync of the database file
     /// that returned EIO would: a test's way to reach that path.
     #[cfg(test)]
     pub(crate) std::sync::atomic::AtomicBool,
 );
 
-/// What broke the store first.
-#[derive(Debug)]
-enum Why {
-    /// An fsync failed.
-    Fsync(String),
-    /// The file was migrated by a newer build: the whole refusal.
-    Migrated(String),
-}
-
 impl Broken {
-    /// Why no write may be answered as done any more.
+    /// Why no fsync may be trusted any more, once one failed: the fsyncs
+    /// and checkpoints stop too.
     pub(crate) fn refusal(&self) -> Option<String> {
-        self.0.get().map(|first| match first {
-            Why::Fsync(first) => format!(
+        self.0.get().map(|first| {
+            format!(
                 "an earlier fsync of the SQLite database failed, so no write since is known \
                  to be on disk; reopen the store once the disk is fixed ({first})"
-            ),
-            Why::Migrated(refusal) => refusal.clone(),
+            )
         })
+    }
+
+    /// Why no new write may be taken: an fsync failed, or a newer build
+    /// migrated the file. (What was committed before a migration is still
+    /// fsynced and answered as usual.)
+    pub(crate) fn refuses_writes(&self) -> Option<String> {
+        self.refusal().or_else(|| self.1.get().cloned())
     }
 
     /// Whether an fsync has failed.
@@ -55,12 +56,12 @@ impl Broken {
 
     /// Records a failure; the first one is the one reported.
     pub(crate) fn fail(&self, why: String) {
-        let _ = self.0.set(Why::Fsync(why));
+        let _ = self.0.set(why);
     }
 
     /// Records that a newer build migrated the file: `refusal` is what
-    /// every write is answered from then on.
+    /// every new write is answered from then on.
     pub(crate) fn migrated(&self, refusal: String) {
-        let _ = self.0.set(Why::Migrated(refusal));
+        let _ = self.1.set(refusal);
     }
 }

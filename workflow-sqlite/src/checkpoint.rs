@@ -225,7 +225,7 @@ fn checkpoint(conn: &Connection, broken: &Broken) -> rusqlite::Result<(i64, i64)
         ));
     }
     #[cfg(test)]
-    let done = if broken.1.swap(false, Ordering::SeqCst) {
+    let done = if broken.2.swap(false, Ordering::SeqCst) {
         Err(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
             Some("disk I/O error (injected)".into()),

@@ -2896,7 +2896,7 @@ mod tests {
     async fn after_a_failed_checkpoint_writes_are_refused_not_applied() {
         let (_dir, path, store, conn) = store_and_writer_connection().await;
         let broken = std::sync::Arc::<crate::broken::Broken>::default();
-        broken.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        broken.2.store(true, std::sync::atomic::Ordering::SeqCst);
         let policy = checkpoint::Policy {
             nudge: 8,
             restart: 16,

@@ -768,7 +768,7 @@ fn run(
         let disk_free = flusher.as_mut().is_none_or(Flusher::idle);
         if !jobs.is_empty() && (disk_free || closing.is_some() || jobs.len() >= max_batch) {
             last_commit = jobs.len();
-            if let Some(why) = broken.refusal() {
+            if let Some(why) = broken.refuses_writes() {
                 // An fsync has failed: nothing is committed from then on,
                 // so no caller hears "failed" of a write that is done.
                 // (The commits whose fsync failed reached the WAL before:
@@ -878,7 +878,7 @@ fn redo_alone(
     jobs: &mut Vec<Job>,
     err: &Db,
 ) {
-    if let Some(why) = broken.refusal() {
+    if let Some(why) = broken.refuses_writes() {
         // As at a commit: after a failed fsync nothing is committed.
         jobs.drain(..).for_each(|job| answer(job, Err(&why)));
         return;
