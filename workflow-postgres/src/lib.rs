@@ -183,7 +183,8 @@ impl PgOptions {
     }
 
     /// How long one attempt of an operation waits for the server's
-    /// answer before it gives the connection up (default 10 s): a
+    /// answer before it gives the connection up (default 10 s); opening
+    /// the store waits as long for its first connection. A
     /// connection whose peer vanished without a reset (a failover, a NAT
     /// or load balancer that forgot the flow) is otherwise noticed only
     /// when TCP gives up, some 15 minutes later, and a claim, a step's
@@ -426,7 +427,21 @@ impl PgStore {
                 err,
             ))
         };
-        let mut conn = connect.connect().await.map_err(cannot_connect)?;
+        // A host that takes the connection and never answers (a firewall
+        // that drops, a server hung in recovery) would hold `build()` for
+        // as long as TCP waits: minutes, with no word.
+        let mut conn = tokio::time::timeout(options.request_timeout, connect.connect())
+            .await
+            .map_err(|elapsed| {
+                Error::Store(StoreError::context(
+                    format!(
+                        "cannot connect to {server}: no answer within {:?} (request_timeout)",
+                        options.request_timeout
+                    ),
+                    elapsed,
+                ))
+            })?
+            .map_err(cannot_connect)?;
         if options.migrate {
             schema::migrate(&mut conn, &schema).await.map_err(|err| {
                 Error::Store(StoreError::context(
@@ -1201,6 +1216,37 @@ fn settings_fit(
 mod tests {
     use super::*;
     use sqlx::Connection;
+
+    /// A host that takes the connection and never answers fails the open
+    /// within `request_timeout`, naming the server. Before, it waited as
+    /// long as TCP does.
+    #[tokio::test]
+    async fn a_server_that_never_answers_fails_the_open_in_time() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            loop {
+                let (conn, _) = silent.accept().await.unwrap();
+                kept.push(conn);
+            }
+        });
+        let started = std::time::Instant::now();
+        let opened = tokio::time::timeout(
+            Duration::from_secs(20),
+            PgStore::connect_with(
+                &format!("postgres://app@{addr}/app"),
+                PgOptions::new().request_timeout(Duration::from_millis(500)),
+            ),
+        )
+        .await
+        .expect("still waiting for a server that never answers");
+        let err = opened.unwrap_err();
+        assert!(err.to_string().contains("no answer within"), "{err}");
+        assert!(err.to_string().contains(&addr.port().to_string()), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        held.abort();
+    }
 
     /// A server that cannot be reached: the message names it, and the
     /// driver's error stays reachable as the cause (it was text before).
