@@ -793,8 +793,18 @@ impl Filters {
 /// The filters of the list page (and `workflow list`), as a [`Query`], and
 /// as [`Filters`] for checking an instance found by id.
 pub(crate) fn build_query(params: &ListParams) -> Result<(Query, Filters), String> {
-    if params.limit == Some(0) {
-        return Err("limit 0 lists nothing: give at least 1 (at most 1000)".to_owned());
+    match params.limit {
+        Some(0) => {
+            return Err("limit 0 lists nothing: give at least 1 (at most 1000)".to_owned());
+        }
+        // Said rather than cut to a page: a caller asking for 5,000 would
+        // take 1,000 for all there is.
+        Some(limit) if limit > 1000 => {
+            return Err(format!(
+                "limit {limit} is more than a page holds: at most 1000, and `after` for the next page"
+            ));
+        }
+        _ => {}
     }
     let mut query = Query::new().limit(params.limit.unwrap_or(50));
     let mut filters = Filters::default();

@@ -182,6 +182,7 @@ async fn reads_filters_and_pages() {
     for (query, said) in [
         ("after=garbage", "not an instance id"),
         ("limit=0", "limit 0"),
+        ("limit=5000", "at most 1000"),
     ] {
         let bad = get(&base, &format!("/api/instances?{query}")).await;
         assert_eq!(bad.status, 400, "{query}: {}", bad.body);

@@ -170,6 +170,10 @@ async fn reads_without_the_workflow_code() {
     assert_eq!(keyed["items"][0]["id"], f.running.to_string());
     let tagged = json(&cli(url, &["list", "--tag", "customer=bob", "--json"]).await);
     assert_eq!(tagged["items"][0]["id"], f.failed.to_string());
+    // More than a page is said, not cut to one.
+    let over = cli(url, &["list", "--limit", "5000"]).await;
+    assert_eq!(over.code, 2, "{}", over.stderr);
+    assert!(over.stderr.contains("at most 1000"), "{}", over.stderr);
     // The next page's cursor is a note, not a row: stdout stays data.
     let paged = cli(url, &["list", "--limit", "2"]).await;
     assert!(paged.stderr.contains("more: --after "), "{}", paged.stderr);
