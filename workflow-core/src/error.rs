@@ -674,11 +674,12 @@ pub enum StoreError {
     LeaseLost(InstanceId),
     /// The store can no longer keep what it is given, and refuses every
     /// write until it is opened again: SQLite after a failed fsync (a
-    /// writeback error Linux reports once; a retried fsync may lie). A
-    /// worker that meets it stops, and [`Engine::run`](crate::Engine::run)
-    /// returns it, so that the process exits and is restarted: the fresh
-    /// open recovers from the WAL.
-    #[error("store: unusable until it is opened again (restart the process): {0}")]
+    /// writeback error Linux reports once; a retried fsync may lie; the
+    /// fresh open recovers from the WAL), or after a newer build migrated
+    /// the file under it (the process must run that build). A worker that
+    /// meets it stops, and [`Engine::run`](crate::Engine::run) returns it,
+    /// so that the process exits and is restarted.
+    #[error("store: unusable (restart the process): {0}")]
     Unusable(String),
     /// A `TimedOut` finish came after the instance's deadline was moved past
     /// its time (`set_timeout` raced the timeout): nothing changed, and the

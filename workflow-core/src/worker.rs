@@ -56,7 +56,7 @@ pub enum Stopped {
     HandlersLeftRunning,
     /// The worker stopped by itself: the store became unusable until it is
     /// opened again ([`StoreError::Unusable`]: SQLite after a failed
-    /// fsync), and every handler finished or was stopped as for
+    /// fsync, or a file a newer build migrated), and every handler finished or was stopped as for
     /// [`Stopped::Clean`]. [`Engine::run`](crate::Engine::run) returns the
     /// store's error instead; restart the process.
     StoreUnusable,
@@ -325,7 +325,7 @@ impl Worker {
 fn stop_unusable(w: &WorkerShared, why: String) {
     let mut unusable = lock(&w.unusable);
     if unusable.is_none() {
-        tracing::error!(error = %why, "the store is unusable until it is opened again; the worker stops");
+        tracing::error!(error = %why, "the store is unusable; the worker stops, for the process to be restarted");
         *unusable = Some(why);
     }
     w.stop.cancel();
