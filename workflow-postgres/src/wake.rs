@@ -163,13 +163,15 @@ impl Interest {
         known.extend(workflows.iter().cloned());
     }
 
-    /// Whether a wake-up with `payload` concerns a claimer here.
+    /// Whether a wake-up with `payload` concerns a claimer here. Before
+    /// any claim, every one does: what runs here is not known yet (a
+    /// caller of `Store::wakeups` of its own, say).
     fn wants(&self, payload: &str) -> bool {
         let Some(names) = payload.strip_prefix(DUE) else {
             return true;
         };
         let known = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        names.split('\n').any(|name| known.contains(name))
+        known.is_empty() || names.split('\n').any(|name| known.contains(name))
     }
 }
 
@@ -370,7 +372,7 @@ mod tests {
         let payload = due_payload(&named(&["b", "a"]));
         assert_eq!(payload, "due:a\nb");
         let interest = Interest::default();
-        assert!(!interest.wants(&payload), "no claim asked yet");
+        assert!(interest.wants(&payload), "nothing known to run here yet");
         interest.note(&["b".into()]);
         assert!(interest.wants(&payload));
         assert!(!interest.wants(&due_payload(&named(&["c"]))));
