@@ -25,7 +25,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET overview?workflow=` | `{counts, total, workflows}`: instances per status, reused for a few seconds ([`Console::overview_cache`]) |
-//! | `GET instances?workflow=&status=failed,paused&tag=k=v&q=&limit=&after=` | `{items, unreadable, next}`, newest first; `q` is an id or a key, `limit` 50 by default, from 1 to 1,000 (more is read as 1,000), `next` the `after` of the next page (an `after` that is not an instance id is a 400); a parameter left empty is one not given; `unreadable` names rows that cannot be read (`{id, error}`), the rest still listed |
+//! | `GET instances?workflow=&status=failed,paused&tag=k=v&q=&limit=&after=` | `{items, unreadable, next}`, newest first; `q` is an id or a key, `limit` 50 by default, from 1 to 1,000 (others are a 400), `next` the `after` of the next page (an `after` that is not an instance id is a 400); a parameter left empty is one not given; `unreadable` names rows that cannot be read (`{id, error}`), the rest still listed |
 //! | `GET instances/{id}?tail=` | `{instance, steps, history, steps_total, history_total}`; with `tail`, only the last that many steps and history events; without, the last 10,000 |
 //! | `POST instances/{id}/cancel`, `pause`, `resume` | body `{}` or none (a field is a 400): `{id, "done": "cancel", "already"}` (`pause`, `resume`: no `already`); a cancel of one already cancelled is `"already": true`, of one that ended otherwise a 409 |
 //! | `POST instances/{id}/rerun` | body `{}`: 201 `{id, rerun_of, "created": true}`, a new instance with the same input, key and tags; 200 `{.., "created": false}` with the one already active when a re-run of that instance (or, with a key, an instance with that key) is, so a repeated click starts nothing more |

@@ -81,7 +81,7 @@ impl axum::serve::Listener for Capped {
 pub(crate) struct Connection {
     io: TcpStream,
     /// Fires once nothing was read or written for [`IDLE`], or once a
-    /// request went [`ANSWER_WITHIN`] without an answer.
+    /// request's head took [`ANSWER_WITHIN`] to arrive.
     idle: Pin<Box<Sleep>>,
     /// When the first byte of a request head came, while it is still
     /// coming.
@@ -136,9 +136,8 @@ impl AsyncRead for Connection {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
                     let now = Instant::now();
-                    let head_was_done = this.head.done;
-                    let head_done = this.head.read(&buf.filled()[before..]);
-                    let until = if head_was_done || head_done {
+                    this.head.read(&buf.filled()[before..]);
+                    let until = if this.head.done {
                         this.asked_at = None;
                         now + IDLE
                     } else {

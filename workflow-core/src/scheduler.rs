@@ -208,7 +208,11 @@ async fn fire_due(
     // the catch-up policy decides, not as millions of instances to start.
     let ran_through = |since: DateTime<Utc>| {
         since >= now - late_look_max
-            || (look.by_hand && at_most_ticks(&s.schedule, since, now, RAN_THROUGH_MAX))
+            || (look.by_hand
+                && s.schedule
+                    .ticks_between(since, now, RAN_THROUGH_MAX + 1)
+                    .len()
+                    <= RAN_THROUGH_MAX)
     };
     let previous = look.looked.filter(|p| ran_through(*p));
     if look.by_hand && look.looked.is_some() && previous.is_none() {
@@ -365,23 +369,6 @@ const RECORD_EVERY: Duration = Duration::from_millis(100);
 /// The most ticks a clock moved by hand may jump over and still fire each
 /// (see `fire_due`).
 const RAN_THROUGH_MAX: usize = 10_000;
-
-/// Whether `schedule` ticks at most `limit` times in `(after, until]`.
-fn at_most_ticks(
-    schedule: &Schedule,
-    after: DateTime<Utc>,
-    until: DateTime<Utc>,
-    limit: usize,
-) -> bool {
-    let mut cursor = after;
-    for _ in 0..=limit {
-        match schedule.next_after(cursor) {
-            Some(tick) if tick <= until => cursor = tick,
-            _ => return true,
-        }
-    }
-    false
-}
 
 /// The most ticks one look at a schedule starts, which bounds the memory
 /// and the time of a look however long the outage was.

@@ -54,10 +54,10 @@ pub enum Stopped {
     /// handed to `spawn_blocking`, or a task it spawned, also keeps the
     /// runtime from ending, and is not reported here.
     HandlersLeftRunning,
-    /// The worker stopped by itself: the store became unusable until it is
-    /// opened again ([`StoreError::Unusable`]: SQLite after a failed
-    /// fsync, or a file a newer build migrated), and every handler finished or was stopped as for
-    /// [`Stopped::Clean`]. [`Engine::run`](crate::Engine::run) returns the
+    /// The worker stopped by itself: the store became unusable
+    /// ([`StoreError::Unusable`]: SQLite after a failed fsync, or a file a
+    /// newer build migrated), and every handler finished or was stopped as
+    /// for [`Stopped::Clean`]. [`Engine::run`](crate::Engine::run) returns the
     /// store's error instead; restart the process.
     StoreUnusable,
 }

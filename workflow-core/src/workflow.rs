@@ -369,23 +369,17 @@ impl<W: Workflow> ErasedWorkflow for Registered<W> {
         let check = self
             .input_check
             .get_or_init(|| SchemaCheck::new(&schema_for::<W::Input>()));
-        let typed: W::Input = check
-            .check(input)
-            .map_err(|violations| Error::InvalidInput {
-                workflow: W::NAME.to_owned(),
-                violations,
-            })?;
+        let invalid = |violations| Error::InvalidInput {
+            workflow: W::NAME.to_owned(),
+            violations,
+        };
+        let typed: W::Input = check.check(input).map_err(invalid)?;
         let json = serde_json::to_string(&typed).map_err(|error| Error::Json {
             context: format!("input of workflow `{}`", W::NAME),
             error,
         })?;
         // The typed start reads its JSON back too (`json_round_trip`).
-        crate::validate::reads_back::<W::Input>(&json).map_err(|violations| {
-            Error::InvalidInput {
-                workflow: W::NAME.to_owned(),
-                violations,
-            }
-        })?;
+        crate::validate::reads_back::<W::Input>(&json).map_err(invalid)?;
         Ok(json)
     }
 

@@ -1145,8 +1145,9 @@ struct StepVisitor {
     constructs: u32,
     /// The steps whose closures are being visited, outermost first.
     steps: Vec<String>,
-    /// The `if` or `let .. else` visited last.
-    last_construct: u32,
+    /// The `if`, `match` or `let .. else` visited last, when one of its
+    /// arms always leaves.
+    last_leaving: Option<u32>,
 }
 
 impl StepVisitor {
@@ -1179,16 +1180,8 @@ impl StepVisitor {
                         diverge: Some(_), ..
                     }),
                 ..
-            }) => Some(self.last_construct),
-            syn::Stmt::Expr(Expr::If(expr), _)
-                if diverges(&expr.then_branch)
-                    || expr.else_branch.as_ref().is_some_and(|(_, e)| leaves(e)) =>
-            {
-                Some(self.last_construct)
-            }
-            syn::Stmt::Expr(Expr::Match(expr), _) if expr.arms.iter().any(|a| leaves(&a.body)) => {
-                Some(self.last_construct)
-            }
+            })
+            | syn::Stmt::Expr(Expr::If(_) | Expr::Match(_), _) => self.last_leaving,
             _ => None,
         }
     }
@@ -1286,14 +1279,16 @@ impl<'ast> Visit<'ast> for StepVisitor {
         }
         self.visit_expr(&expr.cond);
         let construct = self.construct();
-        let then = arm(0, diverges(&expr.then_branch));
-        self.in_arm(construct, then, |v| v.visit_block(&expr.then_branch));
+        let mut leaving = diverges(&expr.then_branch);
+        self.in_arm(construct, arm(0, leaving), |v| {
+            v.visit_block(&expr.then_branch)
+        });
         if let Some((_, otherwise)) = &expr.else_branch {
-            self.in_arm(construct, arm(1, leaves(otherwise)), |v| {
-                v.visit_expr(otherwise)
-            });
+            let leaves = leaves(otherwise);
+            leaving |= leaves;
+            self.in_arm(construct, arm(1, leaves), |v| v.visit_expr(otherwise));
         }
-        self.last_construct = construct;
+        self.last_leaving = leaving.then_some(construct);
     }
 
     fn visit_expr_match(&mut self, expr: &'ast syn::ExprMatch) {
@@ -1302,10 +1297,13 @@ impl<'ast> Visit<'ast> for StepVisitor {
         }
         self.visit_expr(&expr.expr);
         let construct = self.construct();
+        let mut leaving = false;
         for (n, a) in (0u32..).zip(&expr.arms) {
-            self.in_arm(construct, arm(n, leaves(&a.body)), |v| v.visit_arm(a));
+            let leaves = leaves(&a.body);
+            leaving |= leaves;
+            self.in_arm(construct, arm(n, leaves), |v| v.visit_arm(a));
         }
-        self.last_construct = construct;
+        self.last_leaving = leaving.then_some(construct);
     }
 
     fn visit_expr_while(&mut self, expr: &'ast syn::ExprWhile) {
@@ -1342,7 +1340,7 @@ impl<'ast> Visit<'ast> for StepVisitor {
                 // the block comes after it (see `visit_block`).
                 let construct = self.construct();
                 self.in_arm(construct, arm(0, true), |v| v.visit_expr(otherwise));
-                self.last_construct = construct;
+                self.last_leaving = Some(construct);
             }
         }
         // `let c = ctx.clone();`, `let c = &ctx;`: another name for it.

@@ -535,7 +535,7 @@ impl PgStore {
         };
         Ok(PgStore {
             db: Db {
-                wakes: wake::notifier(pool.clone(), channel.clone()),
+                wakes: Arc::new(wake::notifier(pool.clone(), channel.clone())),
                 channel,
                 pool,
                 leases,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{broadcast, mpsc, watch};
 use workflow_core::InstanceId;
 
 /// After this long with no notification, the listener sends one to its own
@@ -47,10 +47,12 @@ struct Due {
 
 /// The wake-ups to send: writes ask ([`Wakes::ask`]), one task sends
 /// ([`notifier`]), writes made while one is sent folding into the next.
-#[derive(Debug, Default)]
+/// The task ends when this is dropped, with the store.
+#[derive(Debug)]
 pub(crate) struct Wakes {
-    due: Mutex<Due>,
-    asked: Notify,
+    due: Arc<Mutex<Due>>,
+    /// Holds one wake-up asked for and not yet taken.
+    asked: mpsc::Sender<()>,
 }
 
 impl Wakes {
@@ -69,19 +71,21 @@ impl Wakes {
                 None => due.any = true,
             }
         }
-        self.asked.notify_one();
+        // Full: one is asked for already, and takes this one's workflow.
+        let _ = self.asked.try_send(());
     }
+}
 
-    /// The payload of the next wake-up, once one is asked for.
-    async fn next(&self) -> String {
-        loop {
-            self.asked.notified().await;
-            let due = std::mem::take(&mut *self.due.lock().unwrap_or_else(PoisonError::into_inner));
-            // A permit left by an ask whose workflow the last payload took
-            // already: nothing to say (an empty payload wakes everyone).
-            if due.any || !due.workflows.is_empty() {
-                return due_payload(&due);
-            }
+/// The payload of the next wake-up asked of `asked`; `None` once the
+/// store is gone.
+async fn next(due: &Mutex<Due>, asked: &mut mpsc::Receiver<()>) -> Option<String> {
+    loop {
+        asked.recv().await?;
+        let due = std::mem::take(&mut *due.lock().unwrap_or_else(PoisonError::into_inner));
+        // Asked for after the last payload took its workflow already:
+        // nothing to say (an empty payload wakes everyone).
+        if due.any || !due.workflows.is_empty() {
+            return Some(due_payload(&due));
         }
     }
 }
@@ -90,16 +94,11 @@ fn due_payload(due: &Due) -> String {
     if due.any || due.workflows.is_empty() {
         return String::new();
     }
-    let mut payload = String::from(DUE);
-    for (n, name) in due.workflows.iter().enumerate() {
-        if n > 0 {
-            payload.push('\n');
-        }
-        payload.push_str(name);
-    }
+    let names: Vec<&str> = due.workflows.iter().map(String::as_str).collect();
+    let payload = format!("{DUE}{}", names.join("\n"));
     // Too many to name: a wake-up for anything.
     if payload.len() > MAX_PAYLOAD {
-        payload.clear();
+        return String::new();
     }
     payload
 }
@@ -114,21 +113,15 @@ fn due_payload(due: &Due) -> String {
 /// its flush (`synchronous_commit` off for it alone): a NOTIFY lost to a
 /// crash only delays a pick-up until the next poll. Ends when the store
 /// is dropped.
-pub(crate) fn notifier(pool: PgPool, channel: String) -> Arc<Wakes> {
-    let wakes = Arc::new(Wakes::default());
-    let asked = Arc::clone(&wakes);
+pub(crate) fn notifier(pool: PgPool, channel: String) -> Wakes {
+    let (asked, mut asks) = mpsc::channel(1);
+    let wakes = Wakes {
+        due: Arc::default(),
+        asked,
+    };
+    let due = Arc::clone(&wakes.due);
     tokio::spawn(async move {
-        loop {
-            let payload = tokio::select! {
-                payload = asked.next() => payload,
-                // The store dropped, only this task holds the queue.
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                    if Arc::strong_count(&asked) == 1 {
-                        return;
-                    }
-                    continue;
-                }
-            };
+        while let Some(payload) = next(&due, &mut asks).await {
             let sent = sqlx::query(
                 "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)",
             )
@@ -389,21 +382,23 @@ mod tests {
     /// (which would wake every claimer of every process).
     #[tokio::test]
     async fn asks_answered_together_send_one_wake_up() {
-        let wakes = Arc::new(Wakes::default());
-        // The notifier waiting, as it mostly is: the first ask wakes it,
-        // the second leaves a permit.
-        let waiting = tokio::spawn({
-            let wakes = Arc::clone(&wakes);
-            async move { wakes.next().await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (asked, mut asks) = mpsc::channel(1);
+        let wakes = Wakes {
+            due: Arc::default(),
+            asked,
+        };
+        // The notifier took the first ask and is about to read what is
+        // due when the second comes: it leaves another ask behind.
         wakes.ask(Some("a"));
+        asks.recv().await.unwrap();
         wakes.ask(Some("b"));
-        assert_eq!(waiting.await.unwrap(), "due:a\nb");
-        let again = tokio::time::timeout(Duration::from_millis(50), wakes.next()).await;
+        let due = std::mem::take(&mut *wakes.due.lock().unwrap());
+        assert_eq!(due_payload(&due), "due:a\nb");
+        let again =
+            tokio::time::timeout(Duration::from_millis(50), next(&wakes.due, &mut asks)).await;
         assert!(again.is_err(), "a second wake-up: {again:?}");
         wakes.ask(None);
-        assert_eq!(wakes.next().await, "");
+        assert_eq!(next(&wakes.due, &mut asks).await.unwrap(), "");
     }
 
     /// Ids go out in as few payloads as PostgreSQL takes, each whole.

@@ -769,7 +769,8 @@ fn run(
         if !jobs.is_empty() && (disk_free || closing.is_some() || jobs.len() >= max_batch) {
             last_commit = jobs.len();
             if let Some(why) = broken.refuses_writes() {
-                // An fsync has failed: nothing is committed from then on,
+                // An fsync has failed (or a newer build migrated the
+                // file): nothing is committed from then on,
                 // so no caller hears "failed" of a write that is done.
                 // (The commits whose fsync failed reached the WAL before:
                 // after a restart without a power cut they are often there
@@ -879,7 +880,8 @@ fn redo_alone(
     err: &Db,
 ) {
     if let Some(why) = broken.refuses_writes() {
-        // As at a commit: after a failed fsync nothing is committed.
+        // As at a commit: after a failed fsync (or a migration by a newer
+        // build) nothing is committed.
         jobs.drain(..).for_each(|job| answer(job, Err(&why)));
         return;
     }
