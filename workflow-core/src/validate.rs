@@ -18,8 +18,10 @@ pub struct Violation {
     /// (`type`, `required`, `minimum`, `maxLength`, `enum`, `const`,
     /// `oneOf`, `unevaluatedProperties` for a field an input's type does
     /// not have, `additionalProperties` for one a tool's arguments do not
-    /// have...), or `deserialize` for a value the schema allows but the
-    /// type's own deserializer refuses.
+    /// have...), `deserialize` for a value the schema allows but the
+    /// type's own deserializer refuses, or `schema` for any value when the
+    /// only schema that could check it (one recorded by another engine)
+    /// does not compile.
     #[serde(default)]
     pub rule: String,
     /// What is wrong, e.g. `"three" is not of type "integer"`.
@@ -44,6 +46,10 @@ impl Violation {
 /// The rule of a value the schema allowed but the type refused.
 pub(crate) const DESERIALIZE: &str = "deserialize";
 
+/// The rule of any value, when the only schema that could check it does
+/// not compile.
+const SCHEMA: &str = "schema";
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let path = if self.path.is_empty() {
@@ -61,9 +67,18 @@ pub(crate) fn describe(violations: &[Violation]) -> String {
     parts.join("; ")
 }
 
-/// A compiled schema; `None` inside if the schema itself does not compile
-/// (then only serde checks the input).
-pub(crate) struct SchemaCheck(Option<(jsonschema::Validator, serde_json::Value)>);
+/// A compiled schema, or what is to be done with input when the schema
+/// itself does not compile.
+pub(crate) struct SchemaCheck(Compiled);
+
+enum Compiled {
+    Schema(jsonschema::Validator, serde_json::Value),
+    /// The workflow's type is here: serde alone checks the input.
+    TypeOnly,
+    /// Only the schema could check the input: every input is refused
+    /// rather than stored for a worker that may not read it.
+    Broken(String),
+}
 
 impl SchemaCheck {
     pub(crate) fn new(schema: &serde_json::Value) -> Self {
@@ -81,21 +96,25 @@ impl SchemaCheck {
         Self::build(schema, true)
     }
 
-    fn build(schema: &serde_json::Value, formats: bool) -> Self {
+    fn build(schema: &serde_json::Value, recorded: bool) -> Self {
         // Checked closed: serde drops a field it does not know, so a
         // misspelt optional field (`nte` for `note`) would start the
         // workflow without it, and say nothing.
         let schema = closed(schema);
         let options = jsonschema::options()
-            .should_validate_formats(formats)
+            .should_validate_formats(recorded)
             .with_keyword(WHOLE_NUMBER, |_, _, _| {
                 Ok(Box::new(WholeNumber) as Box<dyn for<'i> jsonschema::Keyword<'i>>)
             });
         match options.build(&schema) {
-            Ok(validator) => SchemaCheck(Some((validator, schema))),
+            Ok(validator) => SchemaCheck(Compiled::Schema(validator, schema)),
+            Err(err) if recorded => {
+                tracing::warn!(error = %err, "recorded input schema does not compile; refusing input it cannot check");
+                SchemaCheck(Compiled::Broken(err.to_string()))
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "input schema does not compile; checking input with serde only");
-                SchemaCheck(None)
+                SchemaCheck(Compiled::TypeOnly)
             }
         }
     }
@@ -106,7 +125,17 @@ impl SchemaCheck {
         &self,
         value: &serde_json::Value,
     ) -> Result<T, Vec<Violation>> {
-        if let Some((validator, schema)) = &self.0 {
+        if let Compiled::Broken(error) = &self.0 {
+            return Err(vec![Violation::new(
+                String::new(),
+                SCHEMA,
+                format!(
+                    "the input schema recorded for this workflow does not compile ({error}), \
+                     so nothing here can check the input: start it from a process that registers the workflow"
+                ),
+            )]);
+        }
+        if let Compiled::Schema(validator, schema) = &self.0 {
             use jsonschema::error::ValidationErrorKind as Kind;
             let errors: Vec<_> = validator.iter_errors(value).collect();
             // An object that fits none of its alternatives (an enum's
