@@ -110,7 +110,8 @@ async fn main() -> workflow::Result<()> {
         )
         .init();
 
-    // No URL: the embedded SQLite file `workflows.db` in the current directory.
+    // No URL: `$WORKFLOW_DATABASE_URL` if set, else the embedded SQLite
+    // file `workflows.db` in the current directory.
     let engine = Engine::builder()
         .register(ProcessOrder)
         .register(SendWelcome)

@@ -197,14 +197,22 @@ impl Connector for UrlConnector {
             .ok()
             .filter(|url| !url.trim().is_empty());
         match from_env {
-            Some(url) => open_url(Some(&url), durability)
-                .await
-                .map_err(|err| match err {
-                    Error::Config(message) => {
-                        Error::Config(format!("{DATABASE_URL_VAR}: {message}"))
-                    }
-                    other => other,
-                }),
+            Some(url) => {
+                // Said, since a variable exported for the CLI also steers
+                // every test and example that names no store.
+                tracing::info!(
+                    url = %workflow_core::redact_password(&url),
+                    "no database URL given: opening {DATABASE_URL_VAR}"
+                );
+                open_url(Some(&url), durability)
+                    .await
+                    .map_err(|err| match err {
+                        Error::Config(message) => {
+                            Error::Config(format!("{DATABASE_URL_VAR}: {message}"))
+                        }
+                        other => other,
+                    })
+            }
             None => open_url(None, durability).await,
         }
     }

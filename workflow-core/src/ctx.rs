@@ -1619,11 +1619,12 @@ where
                     }
                     Err(payload) => (format!("panicked: {}", panic_message(&*payload)), true),
                 };
+                let message = crate::error::stored(message);
                 if attempt >= opts.max_attempts || !retryable {
                     // The step's name on the event itself: log pipelines
                     // that drop span fields (OpenTelemetry's log bridge)
                     // would not say which step. The message is cut: the
-                    // history keeps it whole.
+                    // history keeps more.
                     tracing::warn!(
                         step = %key,
                         attempts = attempt,

@@ -133,6 +133,14 @@ pub const MAX_EVENT_KEY_BYTES: usize = MAX_KEY_BYTES;
 /// literal step names against it at compile time.
 pub const MAX_KEY_BYTES: usize = workflow_rules::MAX_KEY_BYTES;
 
+/// The longest error text recorded, in bytes: a step's failure and each
+/// failed attempt, an instance's error, a `ctx.fail` reason. A longer one
+/// (an error chain holding a whole response body) keeps its first 64 KiB
+/// and says how much was cut; the live [`Error::Step`] is the text
+/// recorded, so a replay sees the same. Uncut, one could outgrow the row
+/// its store can write, and the step would run again and again.
+pub const MAX_ERROR_BYTES: usize = 64 << 10;
+
 /// The default of [`EngineBuilder::max_payload_bytes`]: 256 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 256 << 20;
 
@@ -286,7 +294,10 @@ impl EngineBuilder {
         self
     }
 
-    /// How URLs are opened. The facade sets this for you.
+    /// How the store is opened from [`database_url`](Self::database_url),
+    /// or from none. The facade's `Engine::builder()` sets its URL opener;
+    /// this replaces it for every URL, so a connector that adds a scheme
+    /// hands the others on to the facade's `UrlConnector`.
     pub fn connector(mut self, connector: impl Connector) -> Self {
         self.connector = Some(Arc::new(connector));
         self
@@ -948,7 +959,7 @@ impl std::fmt::Debug for EngineBuilder {
 
 /// `url` with any password replaced by `***`: the user information's,
 /// and a `password=` or `sslpassword=` query parameter's.
-fn redact_password(url: &str) -> String {
+pub fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -2146,6 +2157,25 @@ mod tests {
         let second = checks.get("w", &changed);
         assert!(!Arc::ptr_eq(&first, &second));
         assert!(second.check::<i64>(&serde_json::json!(3)).is_ok());
+    }
+
+    /// A recorded schema that does not compile refuses every input: it
+    /// is all that could check one (it let every input through, to be
+    /// stored for a worker that might not read it).
+    #[test]
+    fn a_recorded_schema_that_does_not_compile_refuses_input() {
+        let checks = RecordedChecks::default();
+        let broken = serde_json::json!({"type": 5});
+        let violations = checks
+            .get("w", &broken)
+            .check::<serde_json::Value>(&serde_json::json!({"any": "thing"}))
+            .unwrap_err();
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].rule, "schema");
+        assert!(
+            violations[0].message.contains("does not compile"),
+            "{violations:?}"
+        );
     }
 
     /// A cancel wakes the callers of the instance it cancelled, a root

@@ -539,14 +539,27 @@ pub(crate) fn preview(name: &str) -> String {
     excerpt(name, 40)
 }
 
-/// The first `chars` characters of `text`, marked `…` when cut.
 /// An error's text as a log event carries it: its first 1,000 characters
 /// (an error chain may hold a whole response body; the history and the
-/// instance keep all of it).
+/// instance keep up to [`MAX_ERROR_BYTES`](crate::MAX_ERROR_BYTES) of it).
 pub(crate) fn logged(text: &str) -> String {
     excerpt(text, 1_000)
 }
 
+/// An error's text as the store records it: at most
+/// [`MAX_ERROR_BYTES`](crate::MAX_ERROR_BYTES), the rest counted.
+pub(crate) fn stored(mut text: String) -> String {
+    if text.len() > crate::MAX_ERROR_BYTES {
+        // Room for the note, so the whole stays within the limit.
+        let kept = text.floor_char_boundary(crate::MAX_ERROR_BYTES - 64);
+        let cut = text.len() - kept;
+        text.truncate(kept);
+        text.push_str(&format!("… [{cut} bytes cut]"));
+    }
+    text
+}
+
+/// The first `chars` characters of `text`, marked `…` when cut.
 fn excerpt(text: &str, chars: usize) -> String {
     match text.char_indices().nth(chars) {
         Some((at, _)) => format!("{}…", &text[..at]),

@@ -33,8 +33,8 @@ mod workflow;
 
 pub use crate::ctx::{Ctx, HeldName, StateMut, StateRef, RESERVED_STEP_CHARS};
 pub use crate::engine::{
-    Connector, Durability, Engine, EngineBuilder, DEFAULT_MAX_PAYLOAD, MAX_EVENT_KEY_BYTES,
-    MAX_KEY_BYTES, MAX_PAYLOAD_LIMIT, PURGE_MARGIN,
+    Connector, Durability, Engine, EngineBuilder, DEFAULT_MAX_PAYLOAD, MAX_ERROR_BYTES,
+    MAX_EVENT_KEY_BYTES, MAX_KEY_BYTES, MAX_PAYLOAD_LIMIT, PURGE_MARGIN,
 };
 pub use crate::error::{BoxError, Conversation, Error, ErrorKind, Interrupt, Result, StoreError};
 pub use crate::history::{HistoryEvent, HistoryKind};
@@ -60,7 +60,9 @@ pub use crate::workflow::{Definition, Workflow};
 // For the sibling crates (the facade's and the console's URL openers, the
 // AI client, tests); not part of the API users build on.
 #[doc(hidden)]
-pub use crate::{engine::unsupported_url, engine::PURGE_BATCH, error::error_chain};
+pub use crate::{
+    engine::redact_password, engine::unsupported_url, engine::PURGE_BATCH, error::error_chain,
+};
 pub use tokio_util::sync::CancellationToken;
 
 // Handles users move across tasks and threads, and errors they send on:

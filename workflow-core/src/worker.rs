@@ -1626,11 +1626,11 @@ async fn execute(
         },
     };
     let at = run.now();
-    let finish = |status, output, error, state| {
+    let finish = |status, output, error: Option<String>, state| {
         Settle::Finish(Finish {
             status,
             output,
-            error,
+            error: error.map(crate::error::stored),
             state,
             at,
         })
@@ -1841,7 +1841,7 @@ async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
         Settle::Finish(finish) => {
             let status = finish.status;
             // A failure is worth a warning, with why (cut: the instance
-            // keeps it whole); a completion, at tens of thousands a
+            // keeps more); a completion, at tens of thousands a
             // second, only a debug line.
             let error = (status != Status::Completed)
                 .then(|| crate::error::logged(finish.error.as_deref().unwrap_or("")));

@@ -100,6 +100,7 @@ async fn engine_on(store: Arc<dyn Store>) -> Engine {
         .register(Repeats)
         .register(Flaky)
         .register(Panics)
+        .register(LongErrors)
         .register(EndsEarly)
         .register(Slow)
         .register(BadNames)
@@ -612,6 +613,61 @@ async fn a_step_out_of_attempts_fails_the_instance_with_its_error() {
         2
     );
     assert_eq!(history.last().unwrap().kind, "failed");
+}
+
+/// Fails with an error text of a megabyte: from a step (`true`) or by
+/// `ctx.fail` (`false`).
+struct LongErrors;
+
+impl Workflow for LongErrors {
+    type Input = bool;
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "longErrors";
+
+    async fn run(&self, ctx: Ctx, from_step: bool) -> Result<(), BoxError> {
+        let body = "é".repeat(1 << 19);
+        if from_step {
+            ctx.step("call", || async {
+                Err::<(), _>(permanent(format!("upstream said: {body}")))
+            })
+            .await?;
+        }
+        ctx.fail(body)?;
+        Ok(())
+    }
+}
+
+/// Error text is recorded up to `MAX_ERROR_BYTES`, saying how much was
+/// cut: uncut, a step's error holding a whole response body could
+/// outgrow what its store writes in a row, and the step would be run
+/// again and again.
+#[tokio::test]
+async fn long_error_text_is_cut_where_it_is_recorded() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    for from_step in [true, false] {
+        let inst = LongErrors::start(&engine, from_step).await.unwrap();
+        let err = inst
+            .result_timeout(Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Workflow, "{err}");
+        let error = inst.info().await.unwrap().error.unwrap();
+        assert!(error.len() <= MAX_ERROR_BYTES, "{}", error.len());
+        assert!(
+            error.ends_with(" bytes cut]"),
+            "{}",
+            &error[error.len() - 40..]
+        );
+        if from_step {
+            let steps = inst.steps().await.unwrap();
+            let recorded = steps[0].error.as_deref().unwrap();
+            assert!(recorded.len() <= MAX_ERROR_BYTES);
+            assert!(recorded.starts_with("upstream said: éé"));
+            assert!(recorded.ends_with(" bytes cut]"));
+        }
+    }
 }
 
 struct Panics;

@@ -177,8 +177,11 @@ impl PgOptions {
     /// (default 5 s) before that attempt fails; a wait that runs out is
     /// retried within [`retry_for`](Self::retry_for). Raise it with
     /// many workers on few connections.
+    ///
+    /// At most [`LONGEST_TIMEOUT`] (some 24 days), so `Duration::MAX`
+    /// reads as "no limit".
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
-        self.acquire_timeout = timeout;
+        self.acquire_timeout = timeout.min(LONGEST_TIMEOUT);
         self
     }
 
@@ -199,9 +202,10 @@ impl PgOptions {
     /// connections, the [`pool`](PgStore::pool)'s included, carry it (plus
     /// that second) as their `statement_timeout`. Raise it if single queries
     /// take longer (counting the instances of a very large table for the
-    /// console). At least 1 ms.
+    /// console). At least 1 ms, at most [`LONGEST_TIMEOUT`] (some 24
+    /// days), so `Duration::MAX` reads as "no limit".
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout.max(Duration::from_millis(1));
+        self.request_timeout = timeout.clamp(Duration::from_millis(1), LONGEST_TIMEOUT);
         self
     }
 
@@ -287,12 +291,19 @@ fn split_schema(url: &str) -> (String, Option<String>) {
     (url, schema)
 }
 
+/// The longest [`PgOptions::request_timeout`] and
+/// [`PgOptions::acquire_timeout`]: PostgreSQL's longest
+/// `statement_timeout`, 2^31 − 1 ms (some 24 days). A longer one is cut
+/// to it (the pool would overflow its clock on `Duration::MAX`).
+pub const LONGEST_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
 /// The `statement_timeout` setting for `request_timeout`: a second more, so
 /// the server cancels only statements the client gave up on (a read
 /// cancelled at the server first would fail where the client retries one
 /// it gave up on); whole milliseconds, at most PostgreSQL's largest.
 fn statement_timeout(request_timeout: Duration) -> String {
-    let ms = (request_timeout + Duration::from_secs(1))
+    let ms = request_timeout
+        .saturating_add(Duration::from_secs(1))
         .as_millis()
         .min(i32::MAX as u128);
     format!("{ms}ms")
@@ -1264,6 +1275,28 @@ mod tests {
         };
         let cause = backend.source().expect("the driver's error");
         assert!(cause.downcast_ref::<sqlx::Error>().is_some(), "{cause:?}");
+    }
+
+    /// `Duration::MAX`, "no limit", is the longest timeout PostgreSQL
+    /// takes: adding the server's second to it panicked, as the pool did
+    /// waiting that long for a connection.
+    #[tokio::test]
+    async fn the_longest_timeouts_are_cut_not_overflowed() {
+        let options = PgOptions::new()
+            .request_timeout(Duration::MAX)
+            .acquire_timeout(Duration::MAX);
+        assert_eq!(options.request_timeout, LONGEST_TIMEOUT);
+        assert_eq!(options.acquire_timeout, LONGEST_TIMEOUT);
+        assert_eq!(statement_timeout(Duration::MAX), "2147483647ms");
+        let Some(url) = test_url() else {
+            return;
+        };
+        let store = PgStore::connect_with(&url, options).await.unwrap();
+        let (timeout,): (String,) = sqlx::query_as("SHOW statement_timeout")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(timeout, "2147483647ms");
     }
 
     /// sqlx sets a slot aside for each connection up front: "no limit" as
