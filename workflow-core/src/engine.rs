@@ -24,6 +24,7 @@ use crate::schedule::{CatchUp, Clock, Schedule, ScheduleInfo, SystemClock};
 use crate::status::Status;
 use crate::step::StepOptions;
 use crate::store::{now_millis, Control, Created, InstanceRow, Millis, NewInstance, Store};
+use crate::worker::Change;
 use crate::worker::Worker;
 use crate::workflow::{Definition, ErasedWorkflow, Registered, Workflow};
 use chrono::{DateTime, Utc};
@@ -505,8 +506,8 @@ impl EngineBuilder {
     /// other instances they run, until its deadline. Paused, it keeps its
     /// recorded steps and waits for [`Instance::resume`] after a fix, and
     /// its `paused` history event says why. A run that gets somewhere
-    /// (records a step or a failed attempt, looks for an event, or
-    /// suspends) starts the count over, as does a resume. A crash counts
+    /// (records a step or a failed attempt, takes an event it waited
+    /// for, or suspends) starts the count over, as does a resume. A crash counts
     /// against every instance its process held. A worker claims instances
     /// ahead of its free slots only once one of its handlers has ended, so
     /// a worker that a step kills before that held only running ones; but
@@ -720,7 +721,7 @@ impl EngineBuilder {
                 running: std::sync::Mutex::new(HashMap::new()),
                 claimed_ahead: std::sync::Mutex::new(Vec::new()),
                 recorded_checks: RecordedChecks::default(),
-                cancelled: Default::default(),
+                controls: Default::default(),
                 cancels_in_flight: CancelsInFlight::default(),
                 recorded: std::sync::Mutex::new(Default::default()),
                 retention: Default::default(),
@@ -892,9 +893,10 @@ pub(crate) struct EngineInner {
     /// process registers), by name, with the schema compiled: a start by
     /// name compiles one once, not at every call.
     pub recorded_checks: RecordedChecks,
-    /// Instances cancelled through this engine lately, for claims that
-    /// were in flight meanwhile (their answers reach no queue yet).
-    pub cancelled: crate::worker::CancelLog,
+    /// Instances cancelled, paused, resumed or given a new deadline
+    /// through this engine lately, for claims that were in flight
+    /// meanwhile (their answers reach no queue yet).
+    pub controls: crate::worker::ControlLog,
     /// Cancels this engine is writing now: see [`CancelsInFlight`].
     pub cancels_in_flight: CancelsInFlight,
     /// Checked schedules of registered workflows.
@@ -1366,11 +1368,13 @@ impl Engine {
     pub(crate) fn stop_local_descendants(&self, id: &InstanceId) {
         // The root before anything is searched: a claim answered meanwhile
         // reads the log as it queues what it claimed, drops the root's
-        // children with it (see `CancelLog`), and what it queued before is
+        // children with it (see `ControlLog`), and what it queued before is
         // found below.
-        self.inner.cancelled.note(std::slice::from_ref(id));
+        self.inner
+            .controls
+            .note(std::slice::from_ref(id), Change::Cancelled);
         let cancelled = self.with_local_descendants(id);
-        self.inner.cancelled.note(&cancelled[1..]);
+        self.inner.controls.note(&cancelled[1..], Change::Cancelled);
         for cancelled in cancelled {
             crate::worker::forget_claimed_ahead(&self.inner, &cancelled);
             if let Some(run) = self.inner.local_run(&cancelled) {
@@ -1428,9 +1432,7 @@ impl Engine {
         let now = self.inner.now();
         let control = self.inner.store.set_deadline(id, deadline, now).await?;
         self.check_control(id, control)?;
-        crate::worker::update_claimed_ahead(&self.inner, id, |row| {
-            row.deadline_at = Some(deadline)
-        });
+        crate::worker::update_claimed_ahead(&self.inner, id, Change::Deadline(deadline));
         if let Some(run) = self.inner.local_run(id) {
             run.move_deadline(Some(deadline));
         }
@@ -1576,7 +1578,7 @@ impl Engine {
     pub async fn pause(&self, id: &InstanceId) -> Result<()> {
         let control = self.inner.store.pause(id, self.inner.now()).await?;
         self.check_control(id, control)?;
-        crate::worker::update_claimed_ahead(&self.inner, id, |row| row.pause_requested = true);
+        crate::worker::update_claimed_ahead(&self.inner, id, Change::Pause(true));
         if let Some(run) = self.inner.local_run(id) {
             run.request_pause(true);
         }
@@ -1587,7 +1589,7 @@ impl Engine {
     pub async fn resume(&self, id: &InstanceId) -> Result<()> {
         let control = self.inner.store.resume(id, self.inner.now()).await?;
         self.check_control(id, control)?;
-        crate::worker::update_claimed_ahead(&self.inner, id, |row| row.pause_requested = false);
+        crate::worker::update_claimed_ahead(&self.inner, id, Change::Pause(false));
         if let Some(run) = self.inner.local_run(id) {
             run.request_pause(false);
         }

@@ -108,54 +108,79 @@ struct WorkerShared {
 /// heartbeat.
 pub(crate) type ClaimedAhead = Mutex<VecDeque<Claimed>>;
 
-/// The instances this engine cancelled lately, numbered, so that a claim
-/// that was in flight when one was cancelled does not start it: the
-/// cancel searched the queues of instances claimed ahead before the
-/// claim's answer reached one. A worker notes the count when it sends a
-/// claim and, holding its queue's lock, drops what was cancelled since (or
-/// whose parent was) as it queues the answer; a cancel notes before it
-/// searches the queues, so one of the two sees the other. Its lock is
-/// taken last (after `lease_ends` and a queue), and alone by a cancel.
+/// The instances this engine cancelled, paused, resumed or moved the
+/// deadline of lately, numbered, so that a claim that was in flight then
+/// starts them as the store now says: the change searched the queues of
+/// instances claimed ahead before the claim's answer reached one (a
+/// cancelled instance started anyway, a paused one ran steps until its
+/// next heartbeat). A worker notes the count when it sends a claim and,
+/// holding its queue's lock, applies what changed since (dropping what
+/// was cancelled, or whose parent was) as it queues the answer; a change
+/// is noted before the queues are searched, so one of the two sees the
+/// other. Its lock is taken last (after `lease_ends` and a queue), and
+/// alone by a change.
 #[derive(Default)]
-pub(crate) struct CancelLog {
-    /// Cancels so far, and the latest of them (the oldest dropped first).
-    log: Mutex<(u64, VecDeque<(u64, InstanceId)>)>,
+pub(crate) struct ControlLog {
+    /// Changes so far, and the latest of them (the oldest dropped first).
+    log: Mutex<(u64, VecDeque<Noted>)>,
 }
 
-/// How many cancels the log keeps: far more than come in one claim's
+/// A change as [`ControlLog`] keeps it: numbered.
+type Noted = (u64, InstanceId, Change);
+
+/// A change [`ControlLog`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    Cancelled,
+    /// A pause asked for (`true`) or withdrawn.
+    Pause(bool),
+    Deadline(crate::store::Millis),
+}
+
+impl Change {
+    fn apply(self, row: &mut crate::store::InstanceRow) {
+        match self {
+            Change::Cancelled => {}
+            Change::Pause(pause) => row.pause_requested = pause,
+            Change::Deadline(at) => row.deadline_at = Some(at),
+        }
+    }
+}
+
+/// How many changes the log keeps: far more than come in one claim's
 /// round trip to the store. A burst of more (one cancel of a tree of
 /// thousands running here) may let a claimed descendant start; it then
 /// stops as for a cancel made in another process: its commits are
 /// refused, and its heartbeat stops it within about a second.
-const CANCELS_KEPT: usize = 1024;
+const CHANGES_KEPT: usize = 1024;
 
-impl CancelLog {
-    /// How many cancels were noted so far.
+impl ControlLog {
+    /// How many changes were noted so far.
     pub(crate) fn count(&self) -> u64 {
         lock(&self.log).0
     }
 
-    pub(crate) fn note(&self, ids: &[InstanceId]) {
+    pub(crate) fn note(&self, ids: &[InstanceId], change: Change) {
         let mut log = lock(&self.log);
         for id in ids {
             log.0 += 1;
             let n = log.0;
-            log.1.push_back((n, id.clone()));
-            if log.1.len() > CANCELS_KEPT {
+            log.1.push_back((n, id.clone(), change));
+            if log.1.len() > CHANGES_KEPT {
                 log.1.pop_front();
             }
         }
     }
 
-    /// The instances cancelled after the first `count` cancels.
-    fn since(&self, count: u64) -> HashSet<InstanceId> {
+    /// The changes after the first `count`, oldest first.
+    fn since(&self, count: u64) -> Vec<(InstanceId, Change)> {
         let log = lock(&self.log);
         // Numbered in order: the newest are at the back.
+        let newer = log.1.iter().rev().take_while(|(n, ..)| *n > count).count();
         log.1
             .iter()
-            .rev()
-            .take_while(|(n, _)| *n > count)
-            .map(|(_, id)| id.clone())
+            .skip(log.1.len() - newer)
+            .map(|(_, id, change)| (id.clone(), *change))
             .collect()
     }
 }
@@ -166,17 +191,15 @@ pub(crate) fn forget_claimed_ahead(inner: &EngineInner, id: &InstanceId) {
     for_claimed_ahead(inner, |ready| ready.retain(|c| c.row.id != *id));
 }
 
-/// Changes the row `id` starts with, if claimed ahead in this engine, as
-/// the store was just changed (a pause asked for or withdrawn, a moved
-/// deadline): it starts as the store now says, not as it was claimed.
-pub(crate) fn update_claimed_ahead(
-    inner: &EngineInner,
-    id: &InstanceId,
-    mut update: impl FnMut(&mut crate::store::InstanceRow),
-) {
+/// Changes the row `id` starts with, if claimed ahead in this engine (or
+/// on its way to be, see [`ControlLog`]), as the store was just changed (a
+/// pause asked for or withdrawn, a moved deadline): it starts as the store
+/// now says, not as it was claimed.
+pub(crate) fn update_claimed_ahead(inner: &EngineInner, id: &InstanceId, change: Change) {
+    inner.controls.note(std::slice::from_ref(id), change);
     for_claimed_ahead(inner, |ready| {
         for c in ready.iter_mut().filter(|c| c.row.id == *id) {
-            update(&mut c.row);
+            change.apply(&mut c.row);
         }
     });
 }
@@ -442,9 +465,9 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                     limit: wanted,
                 };
                 let store = Arc::clone(&inner.store);
-                let cancels = inner.cancelled.count();
+                let changes = inner.controls.count();
                 claims.spawn(
-                    async move { (store.claim(req).await, wanted, (asked, due_by), cancels) }
+                    async move { (store.claim(req).await, wanted, (asked, due_by), changes) }
                         .in_current_span(),
                 );
             }
@@ -454,7 +477,7 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
             if (draining && !open.is_empty()) || !claims.is_empty() {
                 tokio::select! {
                     Some(joined) = claims.join_next() => {
-                        let (claimed, wanted, (at, due_by), cancels) = match joined {
+                        let (claimed, wanted, (at, due_by), changes) = match joined {
                             Ok(claim) => claim,
                             Err(err) => {
                                 // What it claimed, if anything, waits for its leases to end.
@@ -470,11 +493,16 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                 draining = claimed.len() == wanted;
                                 let until = LeaseEnd::after(at, config.lease);
                                 // `lease_ends` first, then the queue (the
-                                // heartbeat's order), and the cancels read
-                                // under the queue's lock (see `CancelLog`).
+                                // heartbeat's order), and the changes read
+                                // under the queue's lock (see `ControlLog`).
                                 let mut ends = lock(&w.lease_ends);
                                 let mut ready = lock(&w.ready);
-                                let mut cancelled = inner.cancelled.since(cancels);
+                                let changes = inner.controls.since(changes);
+                                let mut cancelled: HashSet<InstanceId> = changes
+                                    .iter()
+                                    .filter(|(_, change)| *change == Change::Cancelled)
+                                    .map(|(id, _)| id.clone())
+                                    .collect();
                                 // A child and its own child in one answer:
                                 // until no more are found.
                                 let mut claimed = claimed;
@@ -509,7 +537,12 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                     let engine = w.engine.clone();
                                     tokio::spawn(async move { hand_back(&engine, late).await });
                                 }
-                                for c in claimed {
+                                for mut c in claimed {
+                                    for (id, change) in &changes {
+                                        if *id == c.row.id {
+                                            change.apply(&mut c.row);
+                                        }
+                                    }
                                     ends.insert(lease_key(&c.lease), until);
                                     ready.push_back(c);
                                 }

@@ -1223,6 +1223,59 @@ async fn a_cancel_beats_a_claim_in_flight() {
     worker.shutdown().await;
 }
 
+static PAUSE_COUNTED_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// One step that counts its calls, beside [`Counted`]'s count.
+struct PauseCounted;
+
+impl Workflow for PauseCounted {
+    type Input = ();
+    type Output = ();
+    type State = ();
+    const NAME: &'static str = "pauseCounted";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
+        ctx.step("count", || async {
+            PAUSE_COUNTED_CALLS.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A pause that lands while the claim that took the instance is on its
+/// way back: the instance starts paused, and runs no step until resumed.
+/// Before, the claim queued the row as it was claimed, and steps ran
+/// after `pause()` had returned, until the next heartbeat.
+#[tokio::test]
+async fn a_pause_beats_a_claim_in_flight() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(PauseCounted)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    store.hold_claim_answers(true);
+    let inst = PauseCounted::start(&engine, ()).await.unwrap();
+    let worker = engine.start_worker();
+    until_status(&inst, Status::InProgress).await;
+    inst.pause().await.unwrap();
+    store.hold_claim_answers(false);
+    until_status(&inst, Status::Paused).await;
+    assert_eq!(
+        PAUSE_COUNTED_CALLS.load(Ordering::SeqCst),
+        0,
+        "the step ran after the pause"
+    );
+    inst.resume().await.unwrap();
+    inst.result_timeout(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(PAUSE_COUNTED_CALLS.load(Ordering::SeqCst), 1);
+    worker.shutdown().await;
+}
+
 /// Dropping the future of `Engine::run` (a `select!` that took another
 /// branch) stops its worker: nothing is claimed after it.
 #[tokio::test]
