@@ -345,7 +345,7 @@ where
 fn parse_output<T: DeserializeOwned>(checker: &Tool, text: &str) -> std::result::Result<T, String> {
     let value: Value = serde_json::from_str(unfenced(text))
         .map_err(|err| format!("Your reply is not valid JSON ({err})."))?;
-    let value = checker.check_arguments(value).map_err(|err| match err {
+    checker.decode_arguments(value).map_err(|err| match err {
         Error::InvalidArguments { violations, .. } => {
             let mut text = "Your reply does not match the required JSON schema:\n".to_owned();
             for v in violations {
@@ -354,8 +354,7 @@ fn parse_output<T: DeserializeOwned>(checker: &Tool, text: &str) -> std::result:
             text
         }
         other => other.to_string(),
-    })?;
-    serde_json::from_value(value).map_err(|err| format!("Your reply does not fit: {err}."))
+    })
 }
 
 /// `text` without one Markdown code fence around it (```` ```json ````
@@ -808,7 +807,25 @@ fn no_answer(response: &ModelResponse) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{shortened, unfenced};
+    use super::{parse_output, shortened, unfenced};
+
+    /// A reply the schema lets through but the type refuses is sent back
+    /// naming the field (it said "input contains invalid characters").
+    #[test]
+    fn a_reply_the_type_refuses_names_its_field() {
+        #[derive(serde::Deserialize, schemars::JsonSchema)]
+        struct Out {
+            host: std::net::IpAddr,
+        }
+        let checker =
+            workflow_core::Tool::workflow("output", "", workflow_core::schema_for::<Out>());
+        let err = parse_output::<Out>(&checker, r#"{"host": "not an address"}"#)
+            .err()
+            .unwrap();
+        assert!(err.contains("at /host:"), "{err}");
+        let ok = parse_output::<Out>(&checker, r#"{"host": "127.0.0.1"}"#).unwrap();
+        assert!(ok.host.is_loopback());
+    }
 
     #[test]
     fn one_code_fence_around_an_answer_is_taken_off() {

@@ -369,6 +369,23 @@ impl Tool {
         Ok(self.shape.unwrap(args))
     }
 
+    /// [`check_arguments`](Self::check_arguments), then reads the input as
+    /// `T`: a value the schema lets through but `T` refuses (a date that
+    /// does not parse, a number too large for a `u32`) is
+    /// [`Error::InvalidArguments`] too, at its path in the arguments as
+    /// sent with the rule `deserialize`, for a model to correct.
+    pub fn decode_arguments<T: DeserializeOwned>(&self, args: Value) -> Result<T> {
+        let input = self.check_arguments(args)?;
+        serde_path_to_error::deserialize(input).map_err(|err| Error::InvalidArguments {
+            tool: self.name.clone(),
+            violations: vec![Violation::new(
+                self.shape.args_path(&crate::validate::pointer(err.path())),
+                crate::validate::DESERIALIZE,
+                err.into_inner().to_string(),
+            )],
+        })
+    }
+
     /// Calls the tool from outside any workflow. A workflow tool starts an
     /// instance and returns `{"workflowId", "status"}` at once, or, with
     /// [`Tool::wait`], its output (or the id and status when the bound

@@ -2302,7 +2302,7 @@ fn claim<'c>(c: &Tx<'_, 'c>, req: &ClaimRequest) -> Result<Vec<Claimed>, Db> {
             .iter()
             .filter(|row| matches!(row, Claimable::Unreadable { .. }))
             .count();
-        read.truncate(unreadable + req.limit);
+        read.truncate(unreadable.saturating_add(req.limit));
     }
     let mut raws = Vec::with_capacity(read.len());
     for row in read {
