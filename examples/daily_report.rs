@@ -18,7 +18,11 @@ use workflow::prelude::*;
     timezone = "Europe/Paris"
 )]
 async fn daily_report(ctx: Ctx, _input: ()) -> workflow::Result<usize> {
-    let tick = ctx.tags().get("schedule").cloned().unwrap_or_default();
+    // The tick it runs for, however late it fired: the report's day.
+    let tick = ctx
+        .scheduled_at()
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
     let rows: usize = ctx.step("collect", || async { workflow::Ok(42) }).await?;
     // Printing stands for sending: inside the step, so that a replay
     // after a crash does not send it again.

@@ -1181,6 +1181,18 @@ where
         &self.inner.run.tags
     }
 
+    /// The cron tick this instance was started for, if a schedule started
+    /// it (or it re-runs one a schedule started, from the console): the
+    /// day a daily report is for, the same in every run and replay, and
+    /// however late the tick fired (a catch-up after downtime). Read from
+    /// its [`SCHEDULE_TAG`](crate::SCHEDULE_TAG).
+    pub fn scheduled_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let tick = self.inner.run.tags.get(crate::SCHEDULE_TAG)?;
+        chrono::DateTime::parse_from_rfc3339(tick)
+            .ok()
+            .map(|tick| tick.with_timezone(&chrono::Utc))
+    }
+
     /// The value of type `T` the engine was given with
     /// [`EngineBuilder::data`](crate::EngineBuilder::data): a database pool,
     /// an HTTP client, settings. Without one, an [`Error::Config`] that

@@ -46,6 +46,7 @@ pub use crate::instance::{
 pub use crate::memory::MemoryStore;
 pub use crate::schedule::{
     CatchUp, Clock, ManualClock, Schedule, ScheduleInfo, SystemClock, SCHEDULE_KEY_PREFIX,
+    SCHEDULE_TAG,
 };
 pub use crate::schema::schema_for;
 pub use crate::signal::shutdown_signal;

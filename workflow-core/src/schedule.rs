@@ -70,6 +70,11 @@ impl std::str::FromStr for CatchUp {
 /// as it would stand for that tick and keep it from firing.
 pub const SCHEDULE_KEY_PREFIX: &str = "schedule:";
 
+/// The tag a cron tick's instance carries its tick time in (RFC 3339 in
+/// UTC, to the millisecond); [`Ctx::scheduled_at`](crate::Ctx::scheduled_at)
+/// reads it.
+pub const SCHEDULE_TAG: &str = "schedule";
+
 /// A parsed cron expression in a time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {

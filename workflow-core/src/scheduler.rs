@@ -449,7 +449,7 @@ async fn fire_tick(engine: &Engine, s: &Scheduled, tick: DateTime<Utc>) -> Resul
         id: InstanceId::at(created_at),
         workflow: s.workflow.to_owned(),
         input: s.input.clone(),
-        tags: [("schedule".to_owned(), tick_text.clone())].into(),
+        tags: [(crate::SCHEDULE_TAG.to_owned(), tick_text.clone())].into(),
         key: Some(format!("{SCHEDULE_KEY_PREFIX}{tick_text}")),
         created_at,
         run_at: created_at,

@@ -25,8 +25,10 @@ impl Workflow for EveryMinute {
         Some(())
     }
 
+    /// The tick it ran for.
     async fn run(&self, ctx: Ctx, _: ()) -> Result<String, BoxError> {
-        Ok(ctx.tags().get("schedule").cloned().unwrap_or_default())
+        let tick = ctx.scheduled_at().ok_or("started by no schedule")?;
+        Ok(tick.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     }
 }
 
@@ -306,6 +308,18 @@ async fn a_manual_clock_moved_a_day_fires_every_tick_of_the_day() {
         assert_eq!(fired.len(), 24, "{catch_up:?}: {fired:?}");
         assert_eq!(fired[0], "schedule:2026-11-25T11:00:00.000Z");
         assert_eq!(fired[23], "schedule:2026-11-26T10:00:00.000Z");
+        // Each run knows its own tick, however late it fired.
+        let page = engine
+            .list(Query::new().workflow("everyMinute").limit(1000))
+            .await
+            .unwrap();
+        for info in page.items {
+            let tick = EveryMinute::handle(&engine, info.id)
+                .result_timeout(Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(Some(format!("schedule:{tick}")), info.key);
+        }
         // Time for a wrong scheduler to fire one twice.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let again: HashSet<String> = self::fired(&engine).await.into_iter().collect();
