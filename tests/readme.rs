@@ -243,6 +243,31 @@ engine.run_until(workflow::shutdown_signal()).await?;
     }
 }
 
+/// docs/deploying.md's health route, on the console's axum.
+#[cfg(feature = "console")]
+#[rustfmt::skip]
+mod health {
+    use workflow::console::axum;
+
+use axum::{http::StatusCode, routing::get, Router};
+use workflow::Engine;
+
+fn health_routes(engine: Engine) -> Router {
+    Router::new().route(
+        "/healthz",
+        get(move || async move {
+            let health = engine.health();
+            let status = if health.is_healthy() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, format!("{health:?}"))
+        }),
+    )
+}
+}
+
 /// docs/ai.md.
 #[cfg(feature = "ai")]
 #[rustfmt::skip]

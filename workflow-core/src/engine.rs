@@ -722,6 +722,7 @@ impl EngineBuilder {
                 claimed_ahead: std::sync::Mutex::new(Vec::new()),
                 recorded_checks: RecordedChecks::default(),
                 controls: Default::default(),
+                health: Default::default(),
                 cancels_in_flight: CancelsInFlight::default(),
                 recorded: std::sync::Mutex::new(Default::default()),
                 retention: Default::default(),
@@ -897,6 +898,8 @@ pub(crate) struct EngineInner {
     /// through this engine lately, for claims that were in flight
     /// meanwhile (their answers reach no queue yet).
     pub controls: crate::worker::ControlLog,
+    /// What [`Engine::health`] reports: the workers' count and outages.
+    pub health: crate::health::Board,
     /// Cancels this engine is writing now: see [`CancelsInFlight`].
     pub cancels_in_flight: CancelsInFlight,
     /// Checked schedules of registered workflows.
@@ -1440,6 +1443,24 @@ impl Engine {
         // worker napping until a later time looks again.
         self.inner.wake.notify_one();
         Ok(())
+    }
+
+    /// How this engine's workers in this process are doing, for a health
+    /// endpoint: how many run, which of their store calls keep failing
+    /// (claims, lease renewals, schedules), and whether the store became
+    /// unusable. It makes no store call (it reads what the workers met
+    /// last: each claims at least every `poll_interval`), so a probe may
+    /// ask as often as it likes.
+    ///
+    /// ```no_run
+    /// # async fn doc(engine: workflow_core::Engine) {
+    /// // In an axum handler: 503 while work cannot go on here.
+    /// let health = engine.health();
+    /// let status = if health.is_healthy() { 200 } else { 503 };
+    /// # }
+    /// ```
+    pub fn health(&self) -> crate::Health {
+        self.inner.health.health()
     }
 
     /// Instances whose handlers this engine's workers are running now, in this process.

@@ -76,6 +76,7 @@ pub(crate) async fn run(engine: Engine, stop: CancellationToken) {
     // have its mark restarted before it fires from it.
     let mut wait = Duration::from_millis(100);
     let mut failing = crate::worker::Outage::new(
+        &engine,
         "recording the schedules in force (no schedule fires until it is done)",
     );
     loop {
@@ -129,8 +130,10 @@ async fn look_at(
     let by_hand = clock_changes.is_some();
     // Every look, a second apart at most: a store down would write a line
     // per schedule per second.
-    let mut failing =
-        crate::worker::Outage::new(format!("checking the schedule of `{}`", scheduled.workflow));
+    let mut failing = crate::worker::Outage::new(
+        &engine,
+        format!("checking the schedule of `{}`", scheduled.workflow),
+    );
     while !stop.is_cancelled() {
         let look = Look {
             every,

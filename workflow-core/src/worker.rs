@@ -260,7 +260,10 @@ impl Worker {
         });
         let task = tokio::spawn({
             let shared = Arc::clone(&shared);
+            // Counted while its task lives, however it ends.
+            let counted = Counted::new(&shared.engine);
             async move {
+                let _counted = counted;
                 let left_running = worker_loop(shared).await;
                 if left_running {
                     // A handler still runs here: its instance must not
@@ -349,6 +352,7 @@ fn stop_unusable(w: &WorkerShared, why: String) {
     let mut unusable = lock(&w.unusable);
     if unusable.is_none() {
         tracing::error!(error = %why, "the store is unusable; the worker stops, for the process to be restarted");
+        w.engine.inner.health.unusable(&why);
         *unusable = Some(why);
     }
     w.stop.cancel();
@@ -421,9 +425,9 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
         // A clock that jumps (a test's `ManualClock`) wakes the idle loop.
         let mut clock_changes = inner.clock.changes();
         let mut store_backoff = Duration::from_millis(50);
-        let mut claims_failing = Outage::new("claiming work");
+        let mut claims_failing = Outage::new(&w.engine, "claiming work");
         // Apart from claims: one may fail while the other works.
-        let mut due_failing = Outage::new("looking for the next due instance");
+        let mut due_failing = Outage::new(&w.engine, "looking for the next due instance");
         // Whose turn the next claim is, under caps.
         let mut claim_turn: usize = 0;
         let workflows: Vec<String> = inner.workflows.keys().map(|s| (*s).to_owned()).collect();
@@ -928,7 +932,7 @@ async fn heartbeat_loop(w: Arc<WorkerShared>) {
     // reaches the handler within about a second.
     let every = (inner.config.lease / 3).min(Duration::from_secs(1));
     let mut ticks: u64 = 0;
-    let mut renewals_failing = Outage::new("renewing leases");
+    let mut renewals_failing = Outage::new(&w.engine, "renewing leases");
     // Claims ahead (instance, run) still waiting at the last tick.
     let mut waiting: HashSet<(InstanceId, i64)> = HashSet::new();
     // The last look for dead workers' leases, while it runs; stopped with
@@ -1097,21 +1101,30 @@ pub(crate) struct Outage {
     what: std::borrow::Cow<'static, str>,
     /// When it began, how many failures so far, when last said at error.
     since: Option<(Instant, u64, Instant)>,
+    /// Where [`Engine::health`] reads it, under its entry's number.
+    board: Engine,
+    entry: u64,
 }
 
 /// How often an ongoing [`Outage`] is said again.
 const OUTAGE_REPEAT: Duration = Duration::from_secs(60);
 
 impl Outage {
-    pub(crate) fn new(what: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+    pub(crate) fn new(engine: &Engine, what: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         Outage {
             what: what.into(),
             since: None,
+            board: engine.clone(),
+            entry: engine.inner.health.entry(),
         }
     }
 
     pub(crate) fn failed(&mut self, err: &dyn std::fmt::Display) {
         let what = &self.what;
+        self.board
+            .inner
+            .health
+            .failed(self.entry, what, crate::error::logged(&err.to_string()));
         match &mut self.since {
             None => {
                 tracing::error!(error = %err, "{what} failed; trying again");
@@ -1132,6 +1145,7 @@ impl Outage {
 
     pub(crate) fn over(&mut self) {
         if let Some((began, failures, _)) = self.since.take() {
+            self.board.inner.health.over(self.entry);
             let what = &self.what;
             tracing::info!(
                 failures,
@@ -1139,6 +1153,29 @@ impl Outage {
                 "{what} works again"
             );
         }
+    }
+}
+
+/// A running worker, as [`Engine::health`] counts it.
+struct Counted(Engine);
+
+impl Counted {
+    fn new(engine: &Engine) -> Self {
+        engine.inner.health.workers.fetch_add(1, Ordering::SeqCst);
+        Counted(engine.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.inner.health.workers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Outage {
+    /// A loop that stopped fails no more.
+    fn drop(&mut self) {
+        self.board.inner.health.over(self.entry);
     }
 }
 

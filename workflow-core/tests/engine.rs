@@ -1276,6 +1276,56 @@ async fn a_pause_beats_a_claim_in_flight() {
     worker.shutdown().await;
 }
 
+/// `Engine::health` counts the workers running here and names the store
+/// calls that keep failing, clearing them once they work again.
+#[tokio::test]
+async fn health_reports_workers_and_failing_store_calls() {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(Counted)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let health = engine.health();
+    assert_eq!(health.workers, 0);
+    assert!(!health.is_healthy(), "no worker runs");
+    let worker = engine.start_worker();
+    let health = engine.health();
+    assert_eq!(health.workers, 1);
+    assert!(health.is_healthy(), "{health:?}");
+    store.set_down(true);
+    let mut failing = Vec::new();
+    for _ in 0..200 {
+        failing = engine.health().failing;
+        if !failing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        failing
+            .iter()
+            .any(|f| f.what == "claiming work" && f.failures >= 1),
+        "{failing:?}"
+    );
+    assert!(!engine.health().is_healthy());
+    assert!(failing.iter().all(|f| !f.error.is_empty()), "{failing:?}");
+    store.set_down(false);
+    let mut health = engine.health();
+    for _ in 0..500 {
+        health = engine.health();
+        if health.is_healthy() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(health.is_healthy(), "{health:?}");
+    worker.shutdown().await;
+    assert_eq!(engine.health().workers, 0);
+}
+
 /// Dropping the future of `Engine::run` (a `select!` that took another
 /// branch) stops its worker: nothing is claimed after it.
 #[tokio::test]
