@@ -475,6 +475,39 @@ impl ApiError {
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
+
+    /// A 400 for one field of the body: `message`, and the same as the
+    /// violation of `rule` at `path`, as an input's are reported.
+    fn at(path: &str, rule: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            violations: vec![Violation::new(path, rule, message.clone())],
+            message,
+        }
+    }
+}
+
+/// The field of a request's body an engine error refuses, with the rule
+/// it breaks: a form can mark that field, as for an input's violations.
+fn refused_field(err: &Error) -> Option<(&'static str, &'static str)> {
+    Some(match err {
+        Error::InvalidEventName { reserved: None, .. } => ("/name", "minLength"),
+        Error::InvalidEventName { .. } => ("/name", "pattern"),
+        Error::NameTooLong {
+            what: "event name", ..
+        } => ("/name", "maxLength"),
+        Error::InvalidEventKey { .. } => ("/key", "pattern"),
+        Error::InvalidStartOption { what, .. } if what.starts_with("dedup key") => {
+            ("/key", "pattern")
+        }
+        Error::InvalidStartOption { what, .. }
+            if what.starts_with("tag name") || what.starts_with("value of tag") =>
+        {
+            ("/tags", "pattern")
+        }
+        _ => return None,
+    })
 }
 
 impl From<Error> for ApiError {
@@ -490,8 +523,9 @@ impl From<Error> for ApiError {
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::warn!(error = %err, "console request failed");
         }
-        let violations = match &err {
-            Error::InvalidInput { violations, .. } => violations.clone(),
+        let violations = match (&err, refused_field(&err)) {
+            (Error::InvalidInput { violations, .. }, _) => violations.clone(),
+            (_, Some((path, rule))) => vec![Violation::new(path, rule, err.to_string())],
             _ => Vec::new(),
         };
         ApiError {
@@ -1055,10 +1089,16 @@ async fn set_timeout(
 ) -> ApiResult<Value> {
     let body: TimeoutBody = parse_body(body)?;
     let timeout = match (given(&body.after), body.at) {
-        (Some(after), None) => Timeout::In(parse_timeout(after).map_err(ApiError::bad_request)?),
-        (None, Some(at)) => Timeout::At(future_deadline(at).map_err(ApiError::bad_request)?),
+        (Some(after), None) => {
+            Timeout::In(parse_timeout(after).map_err(|why| ApiError::at("/in", "format", why))?)
+        }
+        (None, Some(at)) => Timeout::At(
+            future_deadline(at).map_err(|why| ApiError::at("/at", "exclusiveMinimum", why))?,
+        ),
         _ => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::at(
+                "",
+                "oneOf",
                 "give the new deadline as one of `in` (`2h`, from now) or `at` (RFC 3339)",
             ))
         }
@@ -1089,7 +1129,11 @@ async fn send_event(
 ) -> ApiResult<Value> {
     let body: EventBody = parse_body(body)?;
     if body.name.trim().is_empty() {
-        return Err(ApiError::bad_request("an event name is required"));
+        return Err(ApiError::at(
+            "/name",
+            "minLength",
+            "an event name is required",
+        ));
     }
     let id = InstanceId::from(id);
     let key = body.key.as_deref();
@@ -1289,11 +1333,22 @@ async fn start(
     for (k, v) in body.tags {
         options = options.tag(k, v);
     }
-    let options = with_timing(options, given(&body.timeout), given(&body.delay))
-        .map_err(ApiError::bad_request)?;
+    if let Some(timeout) = given(&body.timeout) {
+        options = options.timeout(
+            parse_timeout(timeout).map_err(|why| ApiError::at("/timeout", "format", why))?,
+        );
+    }
+    if let Some(delay) = given(&body.delay) {
+        options =
+            options.delay(parse_delay(delay).map_err(|why| ApiError::at("/delay", "format", why))?);
+    }
     let (id, created) = if body.once {
         let key = given(&body.key).ok_or_else(|| {
-            ApiError::bad_request("`once` needs a `key`: the start is made once per key")
+            ApiError::at(
+                "/key",
+                "dependentRequired",
+                "`once` needs a `key`: the start is made once per key",
+            )
         })?;
         state
             .engine
@@ -1353,23 +1408,6 @@ pub(crate) fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
 /// A text field of a body, unless left blank.
 pub(crate) fn given(text: &Option<String>) -> Option<&str> {
     text.as_deref().map(str::trim).filter(|t| !t.is_empty())
-}
-
-/// `options` with a start's timeout and delay as written (`10m`, `1h`), or
-/// why one does not parse. (The CLI parses its flags with the same
-/// functions, before it connects.)
-fn with_timing(
-    mut options: StartOptions,
-    timeout: Option<&str>,
-    delay: Option<&str>,
-) -> Result<StartOptions, String> {
-    if let Some(timeout) = timeout {
-        options = options.timeout(parse_timeout(timeout)?);
-    }
-    if let Some(delay) = delay {
-        options = options.delay(parse_delay(delay)?);
-    }
-    Ok(options)
 }
 
 #[cfg(test)]

@@ -18,7 +18,11 @@
 //! The JSON API, under `/api` (errors are `{"error", "violations": [{"path", "rule", "message"}]}`:
 //! a 422 lists the input's violations, a 400 for a body that does not fit
 //! the request names its field, as `/tags/team` with rule `type`,
-//! `required`, `additionalProperties`, `enum` or `deserialize`;
+//! `required`, `additionalProperties`, `enum` or `deserialize`, and so
+//! does a value the route refuses (`/in` with `format` for a duration
+//! that does not parse, `/at` with `exclusiveMinimum` for a past
+//! deadline, `/key` with `dependentRequired` for `once` without a key,
+//! `/name` for an event name no wait can have);
 //! on the routes that take query parameters, one the route does not take is
 //! a 400, not ignored):
 //!

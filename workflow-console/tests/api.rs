@@ -513,16 +513,28 @@ async fn changes_are_checked_and_applied() {
     assert_eq!(res.status, 200, "{}", res.body);
     let deadline = deadline_of(&f.listening).await;
     assert_eq!(deadline.to_rfc3339(), "2099-01-01T00:00:00+00:00");
-    for bad in [
-        json!({}),
-        json!({"in": "3h", "at": "2099-01-01T00:00:00Z"}),
-        json!({"in": "soon"}),
-        json!({"in": "10M"}),
+    // Each refusal names the field it is about, as an input's do.
+    for (bad, path, rule) in [
+        (json!({}), "", "oneOf"),
+        (
+            json!({"in": "3h", "at": "2099-01-01T00:00:00Z"}),
+            "",
+            "oneOf",
+        ),
+        (json!({"in": "soon"}), "/in", "format"),
+        (json!({"in": "10M"}), "/in", "format"),
         // Past: it would time the instance out for good.
-        json!({"at": "2025-01-01T00:00:00Z"}),
+        (
+            json!({"at": "2025-01-01T00:00:00Z"}),
+            "/at",
+            "exclusiveMinimum",
+        ),
     ] {
         let res = post(&base, &timeout_path, bad.clone()).await;
         assert_eq!(res.status, 400, "{bad}: {}", res.body);
+        let violation = &res.json()["violations"][0];
+        assert_eq!(violation["path"], path, "{bad}: {}", res.body);
+        assert_eq!(violation["rule"], rule, "{bad}: {}", res.body);
     }
     assert_eq!(deadline_of(&f.listening).await, deadline, "unchanged");
     let ended = post(
@@ -564,6 +576,7 @@ async fn changes_are_checked_and_applied() {
     )
     .await;
     assert_eq!(res.status, 400);
+    assert_eq!(res.json()["violations"][0]["path"], "/name", "{}", res.body);
     let res = post(
         &base,
         &format!("/api/instances/{listening}/events"),
@@ -572,6 +585,7 @@ async fn changes_are_checked_and_applied() {
     .await;
     assert_eq!(res.status, 422, "an empty key: {}", res.body);
     assert!(res.json()["error"].as_str().unwrap().contains("non-empty"));
+    assert_eq!(res.json()["violations"][0]["path"], "/key", "{}", res.body);
     // A body over axum's limit is refused in JSON, like every API error.
     let res = post(
         &base,
@@ -742,6 +756,7 @@ async fn changes_are_checked_and_applied() {
         .as_str()
         .unwrap()
         .contains("needs a `key`"));
+    assert_eq!(res.json()["violations"][0]["path"], "/key", "{}", res.body);
     // A delayed start waits, pending.
     let res = post(
         &base,
@@ -768,6 +783,12 @@ async fn changes_are_checked_and_applied() {
         "{}",
         res.body
     );
+    assert_eq!(
+        res.json()["violations"][0]["path"],
+        "/delay",
+        "{}",
+        res.body
+    );
     // A zero timeout would time the instance out before it ran.
     let res = post(
         &base,
@@ -779,6 +800,12 @@ async fn changes_are_checked_and_applied() {
     assert_eq!(
         res.json()["error"],
         "timeout `0s`: must be at least 1ms",
+        "{}",
+        res.body
+    );
+    assert_eq!(
+        res.json()["violations"][0]["path"],
+        "/timeout",
         "{}",
         res.body
     );
