@@ -1382,6 +1382,18 @@ where
         }
     }
 
+    /// The retry policy [`Ctx::step`] uses here: the engine's
+    /// [`step_options`](crate::EngineBuilder::step_options) with the
+    /// workflow's own `retries`, `backoff` and `jitter` over them. A step
+    /// with options of its own starts from these, so that what the engine
+    /// and the workflow set (a test's fast backoff) still holds:
+    /// `ctx.step_with("charge", ctx.step_options().with_attempts(3), ..)`.
+    /// [`StepOptions::attempts`] starts from the library's defaults
+    /// instead.
+    pub fn step_options(&self) -> StepOptions {
+        self.inner.run.default_step
+    }
+
     /// Runs `f` as a durable step named `name`, with the workflow's default
     /// retry policy. See [`Ctx::step_with`].
     ///

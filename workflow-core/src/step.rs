@@ -99,6 +99,15 @@ impl StepOptions {
         }
     }
 
+    /// These options with `max_attempts` attempts in all (at least one),
+    /// their backoff and jitter kept: for a step's own count on top of
+    /// what its workflow uses, `ctx.step_options().with_attempts(3)` (see
+    /// [`Ctx::step_options`](crate::Ctx::step_options)).
+    pub fn with_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+
     /// The same as [`StepOptions::attempts`]: `retries(5)` makes up to 5
     /// attempts in all, as `#[workflow(retries = 5)]` does (not 5 retries
     /// after the first).

@@ -101,6 +101,7 @@ async fn engine_on(store: Arc<dyn Store>) -> Engine {
         .register(Flaky)
         .register(Panics)
         .register(LongErrors)
+        .register(OwnCount)
         .register(EndsEarly)
         .register(Slow)
         .register(BadNames)
@@ -636,6 +637,46 @@ impl Workflow for LongErrors {
         ctx.fail(body)?;
         Ok(())
     }
+}
+
+/// A step with a count of its own, on the workflow's retry policy; says
+/// the policy it saw and how many attempts the step made.
+struct OwnCount;
+
+impl Workflow for OwnCount {
+    type Input = ();
+    type Output = (u32, u64, u32);
+    type State = ();
+    const NAME: &'static str = "ownCount";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<(u32, u64, u32), BoxError> {
+        let policy = ctx.step_options();
+        let failed = ctx
+            .step_with("flaky", policy.with_attempts(2), || async {
+                Err::<(), _>("down")
+            })
+            .await;
+        let Err(Error::Step { attempts, .. }) = failed else {
+            return Err(format!("{failed:?}").into());
+        };
+        Ok((
+            policy.max_attempts,
+            policy.initial_backoff.as_millis() as u64,
+            attempts,
+        ))
+    }
+}
+
+/// `ctx.step_options()` is the policy `ctx.step` uses (the engine's
+/// here), and `with_attempts` changes only its count.
+#[tokio::test]
+async fn a_step_can_change_its_count_and_keep_the_policy() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let inst = OwnCount::start(&engine, ()).await.unwrap();
+    let (max, initial_ms, attempts) = inst.result_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((max, initial_ms), (3, 5), "the engine's step_options");
+    assert_eq!(attempts, 2);
 }
 
 /// Error text is recorded up to `MAX_ERROR_BYTES`, saying how much was
