@@ -327,10 +327,23 @@ function jsonView(value) {
   return append(pre, out);
 }
 
-function jsonPanel(title, value, testid) {
+function jsonPanel(title, value, testid, cut, id) {
   return h("section", { class: "panel", "data-testid": testid },
     h("h2", {}, title),
-    value === undefined || value === null ? h("div", { class: "muted" }, "—") : jsonView(value));
+    cut ? leftOut(cut, id)
+      : value === undefined || value === null ? h("div", { class: "muted" }, "—") : jsonView(value));
+}
+
+// A document the server left out of the page for its size.
+function leftOut(bytes, id) {
+  return h("div", { class: "muted", "data-testid": "left-out" },
+    "Left out of the page: " + fmtBytes(bytes) + " of JSON (`workflow show " + id + " --json` prints it).");
+}
+
+function fmtBytes(n) {
+  if (n >= 1 << 20) return (n / (1 << 20)).toFixed(1) + " MiB";
+  if (n >= 1 << 10) return (n / (1 << 10)).toFixed(1) + " KiB";
+  return n + " bytes";
 }
 
 /** An example value for a JSON Schema (schemars output: $defs, $ref, anyOf, ...). */
@@ -730,9 +743,9 @@ function instanceView(id) {
         h("button", { class: "link", "data-action": "resume-live", onclick: resume }, "Resume")) : null,
       it.error ? h("div", { class: "errorbox", "data-testid": "error" }, h("b", {}, LABEL[it.status] || "Error"), it.error) : null,
       h("section", { class: "panel flush" }, metaEl),
-      h("div", { class: "grid2" }, jsonPanel("Input", it.input, "input"), jsonPanel("Output", it.output, "output")),
+      h("div", { class: "grid2" }, jsonPanel("Input", it.input, "input", it.input_cut, it.id), jsonPanel("Output", it.output, "output", it.output_cut, it.id)),
       h("div", { style: "height:16px" }),
-      jsonPanel("State", it.state, "state"),
+      jsonPanel("State", it.state, "state", it.state_cut, it.id),
       stepsPanel(it, d.steps, d.history, more(d.steps.length, d.steps_total, "steps")),
       historyPanel(d.history, more(d.history.length, d.history_total, "events")),
     ];
@@ -808,6 +821,7 @@ function instanceView(id) {
 const openOutputs = new Set();
 
 function stepOutput(it, s) {
+  if (s.output_cut) return h("div", { class: "detail output" }, leftOut(s.output_cut, it.id));
   if (s.output === undefined || s.output === null) return null;
   const mark = it.id + "\n" + s.key;
   // Rendered when first opened: hundreds of closed outputs, rebuilt at

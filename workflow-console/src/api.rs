@@ -949,13 +949,76 @@ async fn instance(
     let last = tail_of(params.tail);
     let steps = state.engine.steps_tail(&id, last).await?;
     let history = state.engine.history_tail(&id, last).await?;
+    let mut instance = json!(info);
+    for field in ["input", "output", "state"] {
+        let mut alone = MAX_SHOWN;
+        shown(&mut instance, field, &mut alone);
+    }
+    // The newest steps' outputs first, within the answer's budget.
+    let mut budget = MAX_OUTPUTS_SHOWN;
+    let mut items: Vec<Value> = steps
+        .items
+        .into_iter()
+        .rev()
+        .map(|step| {
+            let mut step = json!(step);
+            shown(&mut step, "output", &mut budget);
+            step
+        })
+        .collect();
+    items.reverse();
     Ok(Json(json!({
-        "instance": info,
-        "steps": steps.items,
+        "instance": instance,
+        "steps": items,
         "history": history.items,
         "steps_total": steps.total,
         "history_total": history.total,
     })))
+}
+
+/// The largest JSON document (an input, output or state) the instance
+/// page carries; a larger one is left out, its size said instead.
+const MAX_SHOWN: usize = 1 << 20;
+
+/// The most step output one instance answer carries: "Show all" of an
+/// instance with thousands of large outputs would otherwise make an
+/// answer of gigabytes, built in the engine's own process.
+const MAX_OUTPUTS_SHOWN: usize = 16 << 20;
+
+/// Leaves `object[field]` out of an answer (`null`, and `<field>_cut`
+/// with its size in bytes) when it is over [`MAX_SHOWN`] or over what is
+/// left of `budget`, which it takes its size from otherwise. (`json!` of
+/// a value holding a JSON document cannot fail: its keys are strings.)
+fn shown(object: &mut Value, field: &str, budget: &mut usize) {
+    let Some(value) = object.get(field).filter(|v| !v.is_null()) else {
+        return;
+    };
+    let bytes = json_size(value);
+    if bytes <= MAX_SHOWN && bytes <= *budget {
+        *budget -= bytes;
+        return;
+    }
+    object[field] = Value::Null;
+    object[format!("{field}_cut")] = json!(bytes);
+}
+
+/// How many bytes `value` takes as JSON, counted as it is written out
+/// (not built as a string).
+fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// A definition with how many of its instances are in each status.

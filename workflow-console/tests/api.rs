@@ -1237,3 +1237,55 @@ async fn a_token_no_browser_can_send_is_refused() {
         );
     }
 }
+
+/// Steps with outputs of `sizes` bytes each (strings of that many `x`,
+/// quotes aside).
+#[workflow(name = "bigOutputs")]
+async fn big_outputs(ctx: Ctx, sizes: Vec<usize>) -> workflow::Result<usize> {
+    for (n, size) in sizes.iter().enumerate() {
+        ctx.step(&format!("out-{n}"), || async {
+            workflow::Ok("x".repeat(*size))
+        })
+        .await?;
+    }
+    Ok(sizes.len())
+}
+
+/// An instance answer leaves out a document over 1 MiB, and step outputs
+/// past 16 MiB in all (the oldest first), saying their sizes: "Show all"
+/// of an instance with thousands of large outputs built an answer of
+/// gigabytes in the engine's process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_outputs_are_left_out_of_an_instance_answer() {
+    let engine = Engine::builder()
+        .store(workflow::MemoryStore::new())
+        .register(BigOutputs)
+        .build()
+        .await
+        .unwrap();
+    let worker = engine.start_worker();
+    // One output over the cap, then 20 of 900 KiB: 16 MiB hold the
+    // newest 18 of those.
+    let mut sizes = vec![(1 << 20) + 10];
+    sizes.extend([900 << 10; 20]);
+    let inst = BigOutputs::start(&engine, sizes).await.unwrap();
+    inst.result_timeout(Duration::from_secs(30)).await.unwrap();
+    let (_server, base) = serve(&engine).await;
+    let res = get(&base, &format!("/api/instances/{}", inst.id())).await;
+    assert_eq!(res.status, 200);
+    let answer = res.json();
+    let steps = answer["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 21);
+    assert!(steps[0]["output"].is_null());
+    assert_eq!(steps[0]["output_cut"], json!((1 << 20) + 12));
+    let cut: Vec<bool> = steps[1..].iter().map(|s| s["output"].is_null()).collect();
+    assert_eq!(cut[..2], [true, true], "the oldest past the budget");
+    assert!(cut[2..].iter().all(|c| !c), "{cut:?}");
+    assert_eq!(steps[1]["output_cut"], json!((900 << 10) + 2));
+    assert_eq!(steps[20]["output"].as_str().unwrap().len(), 900 << 10);
+    // Small documents stay: the input, the output.
+    assert_eq!(answer["instance"]["output"], json!(21));
+    assert!(answer["instance"].get("output_cut").is_none());
+    assert!(res.body.len() < 17 << 20, "{}", res.body.len());
+    worker.shutdown().await;
+}

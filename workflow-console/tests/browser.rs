@@ -899,6 +899,36 @@ async fn console_in_a_real_browser() {
         (!b.find_all(badge).await.is_empty()).then_some(())
     })
     .await;
+
+    // An input too large for the page is said, with its size.
+    let large = common::ProcessOrder::start(
+        &f.engine,
+        common::OrderInput {
+            order_id: "L".repeat(3 << 20),
+            amount_cents: 1,
+        },
+    )
+    .await
+    .unwrap();
+    b.goto(&format!(
+        "http://{}/#/instances/{}",
+        server.local_addr(),
+        large.id()
+    ))
+    .await;
+    let said = wait_for("the input left out", || async {
+        let said = b
+            .js(
+                "const e = document.querySelector('[data-testid=input] [data-testid=left-out]');\
+                 return e && e.textContent;",
+                json!([]),
+            )
+            .await;
+        said.as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(said.starts_with("Left out of the page: 3.0 MiB"), "{said}");
+    assert!(said.contains(large.id().as_str()), "{said}");
     b.close().await;
     server.shutdown();
 }

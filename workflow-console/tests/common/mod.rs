@@ -42,7 +42,10 @@ static RESERVE_CALLS: AtomicU32 = AtomicU32::new(0);
 
 /// Reserve stock and charge the card for an order.
 #[workflow(name = "processOrder", timeout = "10m")]
-async fn process_order(ctx: Ctx<OrderState>, input: OrderInput) -> workflow::Result<OrderOutput> {
+pub async fn process_order(
+    ctx: Ctx<OrderState>,
+    input: OrderInput,
+) -> workflow::Result<OrderOutput> {
     // The warehouse fails the very first call of this process: a retried step.
     ctx.step("reserve-stock", || async {
         if RESERVE_CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
