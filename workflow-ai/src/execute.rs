@@ -347,7 +347,12 @@ fn parse_output<T: DeserializeOwned>(checker: &Tool, text: &str) -> std::result:
         .map_err(|err| format!("Your reply is not valid JSON ({err})."))?;
     checker.decode_arguments(value).map_err(|err| match err {
         Error::InvalidArguments { violations, .. } => {
-            let mut text = "Your reply does not match the required JSON schema:\n".to_owned();
+            // The schema let a `deserialize` one through: the type refused it.
+            let mut text = if violations.iter().all(|v| v.rule == "deserialize") {
+                "Your reply fits the JSON schema, but a value in it cannot be read:\n".to_owned()
+            } else {
+                "Your reply does not match the required JSON schema:\n".to_owned()
+            };
             for v in violations {
                 text.push_str(&format!("- {v}\n"));
             }
@@ -823,6 +828,7 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.contains("at /host:"), "{err}");
+        assert!(err.contains("cannot be read"), "{err}");
         let ok = parse_output::<Out>(&checker, r#"{"host": "127.0.0.1"}"#).unwrap();
         assert!(ok.host.is_loopback());
     }

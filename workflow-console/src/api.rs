@@ -476,6 +476,14 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// This error as the violation of `rule` at `path`, if given.
+    fn at_field(mut self, field: Option<(String, &str)>) -> Self {
+        if let Some((path, rule)) = field {
+            self.violations = vec![Violation::new(path, rule, self.message.clone())];
+        }
+        self
+    }
+
     /// A 400 for one field of the body: `message`, and the same as the
     /// violation of `rule` at `path`, as an input's are reported.
     fn at(path: &str, rule: &str, message: impl Into<String>) -> Self {
@@ -488,26 +496,55 @@ impl ApiError {
     }
 }
 
-/// The field of a request's body an engine error refuses, with the rule
-/// it breaks: a form can mark that field, as for an input's violations.
-fn refused_field(err: &Error) -> Option<(&'static str, &'static str)> {
-    Some(match err {
-        Error::InvalidEventName { reserved: None, .. } => ("/name", "minLength"),
-        Error::InvalidEventName { .. } => ("/name", "pattern"),
-        Error::NameTooLong {
-            what: "event name", ..
-        } => ("/name", "maxLength"),
-        Error::InvalidEventKey { .. } => ("/key", "pattern"),
+/// `err`, with the field of the body it refuses (`/key`, `/tags/<name>`)
+/// as its violation, when it is about a start's key or tags: a form can
+/// mark that field, as for an input's violations.
+fn start_refused(err: Error, key: Option<&str>, tags: &BTreeMap<String, String>) -> ApiError {
+    let field = match &err {
         Error::InvalidStartOption { what, .. } if what.starts_with("dedup key") => {
-            ("/key", "pattern")
+            key.map(|key| ("/key".to_owned(), key_rule(key)))
         }
         Error::InvalidStartOption { what, .. }
             if what.starts_with("tag name") || what.starts_with("value of tag") =>
         {
-            ("/tags", "pattern")
+            // The engine checks them in this order, and names the first.
+            tags.iter().find_map(|(name, value)| {
+                let bad = [name, value].into_iter().find(|text| unusable(text))?;
+                Some((format!("/tags/{}", pointer_token(name)), key_rule(bad)))
+            })
         }
-        _ => return None,
-    })
+        _ => None,
+    };
+    ApiError::from(err).at_field(field)
+}
+
+/// `err`, with the field of an event's body it refuses (`/name`, `/key`)
+/// as its violation.
+fn event_refused(err: Error) -> ApiError {
+    let field = match &err {
+        Error::InvalidEventName { reserved: None, .. } => Some(("/name".to_owned(), "minLength")),
+        Error::InvalidEventName { .. } => Some(("/name".to_owned(), "pattern")),
+        Error::NameTooLong { .. } => Some(("/name".to_owned(), "maxLength")),
+        Error::InvalidEventKey { key } => Some(("/key".to_owned(), key_rule(key))),
+        _ => None,
+    };
+    ApiError::from(err).at_field(field)
+}
+
+/// Whether no store can hold `text` as a key or tag.
+fn unusable(text: &str) -> bool {
+    text.len() > workflow_core::MAX_KEY_BYTES || text.contains('\0')
+}
+
+/// The rule a key or tag the engine refused breaks.
+fn key_rule(text: &str) -> &'static str {
+    if text.is_empty() {
+        "minLength"
+    } else if text.len() > workflow_core::MAX_KEY_BYTES {
+        "maxLength"
+    } else {
+        "pattern"
+    }
 }
 
 impl From<Error> for ApiError {
@@ -523,9 +560,8 @@ impl From<Error> for ApiError {
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::warn!(error = %err, "console request failed");
         }
-        let violations = match (&err, refused_field(&err)) {
-            (Error::InvalidInput { violations, .. }, _) => violations.clone(),
-            (_, Some((path, rule))) => vec![Violation::new(path, rule, err.to_string())],
+        let violations = match &err {
+            Error::InvalidInput { violations, .. } => violations.clone(),
             _ => Vec::new(),
         };
         ApiError {
@@ -1152,9 +1188,9 @@ async fn set_timeout(
 ) -> ApiResult<Value> {
     let body: TimeoutBody = parse_body(body)?;
     let timeout = match (given(&body.after), body.at) {
-        (Some(after), None) => {
-            Timeout::In(parse_timeout(after).map_err(|why| ApiError::at("/in", "format", why))?)
-        }
+        (Some(after), None) => Timeout::In(
+            timeout_named("in", after).map_err(|(rule, why)| ApiError::at("/in", rule, why))?,
+        ),
         (None, Some(at)) => Timeout::At(
             future_deadline(at).map_err(|why| ApiError::at("/at", "exclusiveMinimum", why))?,
         ),
@@ -1201,7 +1237,9 @@ async fn send_event(
     let id = InstanceId::from(id);
     let key = body.key.as_deref();
     let name = body.name.trim();
-    let (sent, note) = deliver_event(&state.engine, &id, name, key, body.payload).await?;
+    let (sent, note) = deliver_event(&state.engine, &id, name, key, body.payload)
+        .await
+        .map_err(event_refused)?;
     let already_sent = sent == EventSent::AlreadySent;
     Ok(Json(
         json!({ "id": id, "done": "send_event", "event": name, "already_sent": already_sent, "note": note }),
@@ -1393,12 +1431,13 @@ async fn start(
     if let Some(key) = given(&body.key) {
         options = options.key(key);
     }
-    for (k, v) in body.tags {
-        options = options.tag(k, v);
+    for (k, v) in &body.tags {
+        options = options.tag(k.clone(), v.clone());
     }
     if let Some(timeout) = given(&body.timeout) {
         options = options.timeout(
-            parse_timeout(timeout).map_err(|why| ApiError::at("/timeout", "format", why))?,
+            timeout_named("timeout", timeout)
+                .map_err(|(rule, why)| ApiError::at("/timeout", rule, why))?,
         );
     }
     if let Some(delay) = given(&body.delay) {
@@ -1416,13 +1455,15 @@ async fn start(
         state
             .engine
             .get_or_start_json(&name, key, body.input, options)
-            .await?
+            .await
     } else {
-        (
-            state.engine.start_json(&name, body.input, options).await?,
-            true,
-        )
-    };
+        state
+            .engine
+            .start_json(&name, body.input, options)
+            .await
+            .map(|id| (id, true))
+    }
+    .map_err(|err| start_refused(err, given(&body.key), &body.tags))?;
     // 201 when this request started it; 200 when `once` found it started.
     let status = if created {
         StatusCode::CREATED
@@ -1451,10 +1492,19 @@ pub(crate) fn future_deadline(
 /// duration of at least 1 ms (a zero one would time the instance out
 /// before it ran).
 pub(crate) fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    timeout_named("timeout", text).map_err(|(_, why)| why)
+}
+
+/// [`parse_timeout`] of the field `field`, saying the rule it breaks:
+/// `format`, or `minimum` for one under 1 ms.
+fn timeout_named(field: &str, text: &str) -> Result<std::time::Duration, (&'static str, String)> {
     match workflow_rules::duration::parse(text) {
         Ok(timeout) if timeout >= std::time::Duration::from_millis(1) => Ok(timeout),
-        Ok(_) => Err(format!("timeout `{text}`: must be at least 1ms")),
-        Err(err) => Err(format!("timeout `{text}`: {err}; {DURATION_HINT}")),
+        Ok(_) => Err(("minimum", format!("{field} `{text}`: must be at least 1ms"))),
+        Err(err) => Err((
+            "format",
+            format!("{field} `{text}`: {err}; {DURATION_HINT}"),
+        )),
     }
 }
 

@@ -19,10 +19,12 @@
 //! a 422 lists the input's violations, a 400 for a body that does not fit
 //! the request names its field, as `/tags/team` with rule `type`,
 //! `required`, `additionalProperties`, `enum` or `deserialize`, and so
-//! does a value the route refuses (`/in` with `format` for a duration
-//! that does not parse, `/at` with `exclusiveMinimum` for a past
-//! deadline, `/key` with `dependentRequired` for `once` without a key,
-//! `/name` for an event name no wait can have);
+//! does a value the route refuses: a 400 for `/in` or `/timeout` with
+//! `format` (a duration that does not parse) or `minimum`, `/at` with
+//! `exclusiveMinimum` (a past deadline), `/key` with `dependentRequired`
+//! (`once` without a key); a 422 for a key or tag no store can hold
+//! (`/key`, `/tags/team` with `minLength`, `maxLength` or `pattern`) and
+//! an event name no wait can have (`/name`);
 //! on the routes that take query parameters, one the route does not take is
 //! a 400, not ignored):
 //!

@@ -47,6 +47,13 @@ async fn serve(engine: &Engine) -> (ConsoleServer, String) {
     (server, base)
 }
 
+/// The path and rule of an error answer's first violation.
+fn refused(res: &Response) -> (String, String) {
+    let violation = &res.json()["violations"][0];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (text(&violation["path"]), text(&violation["rule"]))
+}
+
 fn ids(page: &Value) -> Vec<String> {
     page["items"]
         .as_array()
@@ -585,7 +592,15 @@ async fn changes_are_checked_and_applied() {
     .await;
     assert_eq!(res.status, 422, "an empty key: {}", res.body);
     assert!(res.json()["error"].as_str().unwrap().contains("non-empty"));
-    assert_eq!(res.json()["violations"][0]["path"], "/key", "{}", res.body);
+    assert_eq!(refused(&res), ("/key".into(), "minLength".into()));
+    let res = post(
+        &base,
+        &format!("/api/instances/{listening}/events"),
+        json!({ "name": "appro#val" }),
+    )
+    .await;
+    assert_eq!(res.status, 422, "{}", res.body);
+    assert_eq!(refused(&res), ("/name".into(), "pattern".into()));
     // A body over axum's limit is refused in JSON, like every API error.
     let res = post(
         &base,
@@ -803,12 +818,24 @@ async fn changes_are_checked_and_applied() {
         "{}",
         res.body
     );
-    assert_eq!(
-        res.json()["violations"][0]["path"],
-        "/timeout",
-        "{}",
-        res.body
-    );
+    assert_eq!(refused(&res), ("/timeout".into(), "minimum".into()));
+    // A key and a tag no store can hold, named at their own paths.
+    let res = post(
+        &base,
+        "/api/workflows/processOrder/start",
+        json!({ "input": { "order_id": "Z-8", "amount_cents": 1 }, "key": "k".repeat(600) }),
+    )
+    .await;
+    assert_eq!(res.status, 422, "{}", res.body);
+    assert_eq!(refused(&res), ("/key".into(), "maxLength".into()));
+    let res = post(
+        &base,
+        "/api/workflows/processOrder/start",
+        json!({ "input": { "order_id": "Z-8", "amount_cents": 1 }, "tags": { "a": "ok", "t/m": "x\0y" } }),
+    )
+    .await;
+    assert_eq!(res.status, 422, "{}", res.body);
+    assert_eq!(refused(&res), ("/tags/t~1m".into(), "pattern".into()));
     // The input posted bare, not under `input`: the stray field is named.
     let res = post(
         &base,

@@ -1182,10 +1182,12 @@ where
     }
 
     /// The cron tick this instance was started for, if a schedule started
-    /// it (or it re-runs one a schedule started, from the console): the
-    /// day a daily report is for, the same in every run and replay, and
-    /// however late the tick fired (a catch-up after downtime). Read from
-    /// its [`SCHEDULE_TAG`](crate::SCHEDULE_TAG).
+    /// it: the day a daily report is for, the same in every run and
+    /// replay, and however late the tick fired (a catch-up after
+    /// downtime). Read from its [`SCHEDULE_TAG`](crate::SCHEDULE_TAG), so
+    /// a start given that tag runs for that tick too: a console re-run of
+    /// a tick's instance (which copies its tags), or a backfill of a past
+    /// day (`.tag(SCHEDULE_TAG, "2026-12-01T09:00:00.000Z")`).
     pub fn scheduled_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         let tick = self.inner.run.tags.get(crate::SCHEDULE_TAG)?;
         chrono::DateTime::parse_from_rfc3339(tick)

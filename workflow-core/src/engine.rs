@@ -1460,7 +1460,14 @@ impl Engine {
     /// # }
     /// ```
     pub fn health(&self) -> crate::Health {
-        self.inner.health.health()
+        // Every loop retries a failing call within 5 s, or its poll.
+        let stale = self
+            .inner
+            .config
+            .poll_interval
+            .saturating_mul(3)
+            .max(Duration::from_secs(15));
+        self.inner.health.health(stale)
     }
 
     /// Instances whose handlers this engine's workers are running now, in this process.

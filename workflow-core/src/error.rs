@@ -549,15 +549,30 @@ pub(crate) fn logged(text: &str) -> String {
 /// An error's text as the store records it: at most
 /// [`MAX_ERROR_BYTES`](crate::MAX_ERROR_BYTES), the rest counted.
 pub(crate) fn stored(mut text: String) -> String {
-    if text.len() > crate::MAX_ERROR_BYTES {
-        // Room for the note, so the whole stays within the limit.
-        let kept = text.floor_char_boundary(crate::MAX_ERROR_BYTES - 64);
-        let cut = text.len() - kept;
-        text.truncate(kept);
-        text.push_str(&format!("… [{cut} bytes cut]"));
+    if text.len() <= crate::MAX_ERROR_BYTES {
+        return text;
     }
+    // Text cut once already (a step's error, in the instance's error that
+    // quotes it): its note is taken off and its count carried over.
+    let mut earlier = 0;
+    if let Some(open) = text.strip_suffix(CUT_END).and_then(|t| t.rfind(CUT_START)) {
+        let count = &text[open + CUT_START.len()..text.len() - CUT_END.len()];
+        if let Ok(count) = count.parse::<usize>() {
+            earlier = count;
+            text.truncate(open);
+        }
+    }
+    // Room for the note, so the whole stays within the limit.
+    let kept = text.floor_char_boundary(crate::MAX_ERROR_BYTES - 64);
+    let cut = text.len() - kept + earlier;
+    text.truncate(kept);
+    text.push_str(&format!("{CUT_START}{cut}{CUT_END}"));
     text
 }
+
+/// How [`stored`] says how much it cut: `… [N bytes cut]`.
+const CUT_START: &str = "… [";
+const CUT_END: &str = " bytes cut]";
 
 /// The first `chars` characters of `text`, marked `…` when cut.
 fn excerpt(text: &str, chars: usize) -> String {
@@ -784,6 +799,35 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Text cut twice (a step's error, then the instance's that quotes
+    /// it) says how much was cut in all, and stays within the limit.
+    #[test]
+    fn text_cut_twice_counts_every_byte_cut() {
+        let long = "é".repeat(100_000); // 200,000 bytes
+        let once = stored(long.clone());
+        assert!(once.len() <= crate::MAX_ERROR_BYTES);
+        let removed_once = long.len() - once.rfind(CUT_START).unwrap();
+        assert!(
+            once.ends_with(&format!("[{removed_once} bytes cut]")),
+            "{}",
+            &once[once.len() - 40..]
+        );
+        // A prefix longer than the room the first cut left.
+        let prefix = format!("step `{}` failed after 1 attempt(s): ", "s".repeat(100));
+        let quoted = format!("{prefix}{once}");
+        assert!(quoted.len() > crate::MAX_ERROR_BYTES);
+        let twice = stored(quoted.clone());
+        assert!(twice.len() <= crate::MAX_ERROR_BYTES);
+        let original = prefix.len() + long.len();
+        let removed = original - twice.rfind(CUT_START).unwrap();
+        assert!(
+            twice.ends_with(&format!("[{removed} bytes cut]")),
+            "{}",
+            &twice[twice.len() - 40..]
+        );
+        assert_eq!(stored(twice.clone()), twice, "within the limit: left alone");
+    }
 
     /// A driver's error shows with its causes: a connection refused under
     /// a failed pool checkout is not lost.

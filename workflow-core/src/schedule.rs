@@ -72,7 +72,7 @@ pub const SCHEDULE_KEY_PREFIX: &str = "schedule:";
 
 /// The tag a cron tick's instance carries its tick time in (RFC 3339 in
 /// UTC, to the millisecond); [`Ctx::scheduled_at`](crate::Ctx::scheduled_at)
-/// reads it.
+/// reads it. Not reserved: a start may give it, to run for a past tick.
 pub const SCHEDULE_TAG: &str = "schedule";
 
 /// A parsed cron expression in a time zone.

@@ -102,7 +102,8 @@ impl StepOptions {
     /// These options with `max_attempts` attempts in all (at least one),
     /// their backoff and jitter kept: for a step's own count on top of
     /// what its workflow uses, `ctx.step_options().with_attempts(3)` (see
-    /// [`Ctx::step_options`](crate::Ctx::step_options)).
+    /// [`Ctx::step_options`](crate::Ctx::step_options)). An
+    /// [`at_most_once`](Self::at_most_once) policy stays at one attempt.
     pub fn with_attempts(mut self, max_attempts: u32) -> Self {
         self.max_attempts = max_attempts.max(1);
         self
@@ -294,6 +295,32 @@ pub(crate) fn random_unit() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `with_attempts` changes the count only: the backoff and jitter of
+    /// the policy it is called on stay (`attempts` starts from defaults).
+    #[test]
+    fn with_attempts_keeps_the_rest_of_the_policy() {
+        let policy = StepOptions::attempts(9)
+            .backoff(Duration::from_millis(5), 2.0, Duration::from_millis(20))
+            .jitter(0.5);
+        let changed = policy.with_attempts(2);
+        assert_eq!(changed.max_attempts, 2);
+        assert_eq!(
+            (
+                changed.initial_backoff,
+                changed.factor,
+                changed.max_backoff,
+                changed.jitter
+            ),
+            (
+                policy.initial_backoff,
+                policy.factor,
+                policy.max_backoff,
+                policy.jitter
+            )
+        );
+        assert_eq!(policy.with_attempts(0).max_attempts, 1);
+    }
 
     /// Extreme settings give long waits, never a panic in the handler.
     #[test]

@@ -26,6 +26,21 @@ use crate::tool_schema::{object_schema, strict_schema, strip_optional_nulls, Sha
 use crate::validate::{SchemaCheck, Violation};
 use crate::workflow::Definition;
 
+/// Reads the checked input of tool `tool` as `T`; a value `T` refuses is
+/// [`Error::InvalidArguments`] at its path in the arguments as sent (the
+/// input was taken out of `{"input": ..}` for a wrapped one, and the
+/// model corrects what it sent).
+fn decode_at<T: DeserializeOwned>(tool: &str, shape: Shape, input: Value) -> Result<T> {
+    serde_path_to_error::deserialize(input).map_err(|err| Error::InvalidArguments {
+        tool: tool.to_owned(),
+        violations: vec![Violation::new(
+            shape.args_path(&crate::validate::pointer(err.path())),
+            crate::validate::DESERIALIZE,
+            err.into_inner().to_string(),
+        )],
+    })
+}
+
 /// Whether `name` is a valid tool name for OpenAI and Anthropic:
 /// `^[a-zA-Z0-9_-]{1,64}$`. `#[workflow]` checks workflow names at compile time.
 pub fn is_valid_tool_name(name: &str) -> bool {
@@ -177,20 +192,7 @@ impl Tool {
             let f = Arc::clone(&f);
             let tool = tool.clone();
             Box::pin(async move {
-                // `value` was taken out of `{"input": ..}` for a wrapped
-                // input; the model corrects the arguments it sent, so the
-                // path names the spot in those.
-                let input: I = serde_path_to_error::deserialize(value).map_err(|err| {
-                    let path = shape.args_path(&crate::validate::pointer(err.path()));
-                    BoxError::from(Error::InvalidArguments {
-                        tool,
-                        violations: vec![Violation::new(
-                            path,
-                            crate::validate::DESERIALIZE,
-                            err.into_inner().to_string(),
-                        )],
-                    })
-                })?;
+                let input: I = decode_at(&tool, shape, value)?;
                 let output = f(input).await.map_err(Into::into)?;
                 Ok(serde_json::to_value(output)?)
             })
@@ -376,14 +378,7 @@ impl Tool {
     /// sent with the rule `deserialize`, for a model to correct.
     pub fn decode_arguments<T: DeserializeOwned>(&self, args: Value) -> Result<T> {
         let input = self.check_arguments(args)?;
-        serde_path_to_error::deserialize(input).map_err(|err| Error::InvalidArguments {
-            tool: self.name.clone(),
-            violations: vec![Violation::new(
-                self.shape.args_path(&crate::validate::pointer(err.path())),
-                crate::validate::DESERIALIZE,
-                err.into_inner().to_string(),
-            )],
-        })
+        decode_at(&self.name, self.shape, input)
     }
 
     /// Calls the tool from outside any workflow. A workflow tool starts an

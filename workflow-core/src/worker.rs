@@ -148,10 +148,9 @@ impl Change {
 }
 
 /// How many changes the log keeps: far more than come in one claim's
-/// round trip to the store. A burst of more (one cancel of a tree of
-/// thousands running here) may let a claimed descendant start; it then
-/// stops as for a cancel made in another process: its commits are
-/// refused, and its heartbeat stops it within about a second.
+/// round trip to the store. After a burst of more (one cancel of a tree
+/// of thousands running here), the claim that was in flight cannot tell
+/// what changed, and hands back what it claimed.
 const CHANGES_KEPT: usize = 1024;
 
 impl ControlLog {
@@ -172,16 +171,22 @@ impl ControlLog {
         }
     }
 
-    /// The changes after the first `count`, oldest first.
-    fn since(&self, count: u64) -> Vec<(InstanceId, Change)> {
+    /// The changes after the first `count`, oldest first; `None` when
+    /// some of them were dropped already.
+    fn since(&self, count: u64) -> Option<Vec<(InstanceId, Change)>> {
         let log = lock(&self.log);
         // Numbered in order: the newest are at the back.
         let newer = log.1.iter().rev().take_while(|(n, ..)| *n > count).count();
-        log.1
-            .iter()
-            .skip(log.1.len() - newer)
-            .map(|(_, id, change)| (id.clone(), *change))
-            .collect()
+        if log.0 - count > newer as u64 {
+            return None;
+        }
+        Some(
+            log.1
+                .iter()
+                .skip(log.1.len() - newer)
+                .map(|(_, id, change)| (id.clone(), *change))
+                .collect(),
+        )
     }
 }
 
@@ -502,6 +507,11 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                 let mut ends = lock(&w.lease_ends);
                                 let mut ready = lock(&w.ready);
                                 let changes = inner.controls.since(changes);
+                                // More changes than the log keeps came
+                                // meanwhile: which of these they touched
+                                // is unknown, so none starts here.
+                                let unknown = changes.is_none();
+                                let changes = changes.unwrap_or_default();
                                 let mut cancelled: HashSet<InstanceId> = changes
                                     .iter()
                                     .filter(|(_, change)| *change == Change::Cancelled)
@@ -532,11 +542,18 @@ async fn worker_loop(w: Arc<WorkerShared>) -> bool {
                                 // them starts here. Handed back (a release
                                 // of this run's lease only), so they are
                                 // not counted as runs cut short.
-                                if until.passed() {
-                                    tracing::warn!(
-                                        claimed = claimed.len(),
-                                        "a claim answered after its leases ended; handing them back"
-                                    );
+                                if until.passed() || unknown {
+                                    if unknown {
+                                        tracing::info!(
+                                            claimed = claimed.len(),
+                                            "more cancels, pauses and deadline moves than are kept came while a claim was in flight; handing its instances back"
+                                        );
+                                    } else {
+                                        tracing::warn!(
+                                            claimed = claimed.len(),
+                                            "a claim answered after its leases ended; handing them back"
+                                        );
+                                    }
                                     let late = std::mem::take(&mut claimed);
                                     let engine = w.engine.clone();
                                     tokio::spawn(async move { hand_back(&engine, late).await });
@@ -1959,6 +1976,32 @@ async fn settle(w: &WorkerShared, lease: &Lease, settle: Settle) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log gives the changes after a count in order, and says when
+    /// some of them were dropped (a claim then starts none of its rows).
+    #[test]
+    fn the_control_log_says_when_it_lost_changes() {
+        let log = ControlLog::default();
+        let (a, b) = (InstanceId::new(), InstanceId::new());
+        let start = log.count();
+        log.note(std::slice::from_ref(&a), Change::Pause(true));
+        log.note(std::slice::from_ref(&b), Change::Cancelled);
+        log.note(std::slice::from_ref(&a), Change::Pause(false));
+        assert_eq!(
+            log.since(start).unwrap(),
+            vec![
+                (a.clone(), Change::Pause(true)),
+                (b.clone(), Change::Cancelled),
+                (a.clone(), Change::Pause(false)),
+            ]
+        );
+        assert_eq!(log.since(log.count()).unwrap(), vec![]);
+        let before = log.count();
+        let many: Vec<InstanceId> = (0..CHANGES_KEPT + 1).map(|_| InstanceId::new()).collect();
+        log.note(&many, Change::Cancelled);
+        assert!(log.since(before).is_none(), "one of them was dropped");
+        assert_eq!(log.since(before + 1).unwrap().len(), CHANGES_KEPT);
+    }
 
     #[test]
     fn owners_on_other_hosts_are_never_reaped() {

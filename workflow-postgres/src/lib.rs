@@ -202,10 +202,14 @@ impl PgOptions {
     /// connections, the [`pool`](PgStore::pool)'s included, carry it (plus
     /// that second) as their `statement_timeout`. Raise it if single queries
     /// take longer (counting the instances of a very large table for the
-    /// console). At least 1 ms, at most [`LONGEST_TIMEOUT`] (some 24
-    /// days), so `Duration::MAX` reads as "no limit".
+    /// console). At least 1 ms, at most a second under
+    /// [`LONGEST_TIMEOUT`] (some 24 days), so `Duration::MAX` reads as "no
+    /// limit".
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout.clamp(Duration::from_millis(1), LONGEST_TIMEOUT);
+        // A second under the longest: the server's `statement_timeout` is
+        // a second more.
+        let longest = LONGEST_TIMEOUT - Duration::from_secs(1);
+        self.request_timeout = timeout.clamp(Duration::from_millis(1), longest);
         self
     }
 
@@ -291,8 +295,8 @@ fn split_schema(url: &str) -> (String, Option<String>) {
     (url, schema)
 }
 
-/// The longest [`PgOptions::request_timeout`] and
-/// [`PgOptions::acquire_timeout`]: PostgreSQL's longest
+/// The longest [`PgOptions::acquire_timeout`] (and a second more than the
+/// longest [`PgOptions::request_timeout`]): PostgreSQL's longest
 /// `statement_timeout`, 2^31 − 1 ms (some 24 days). A longer one is cut
 /// to it (the pool would overflow its clock on `Duration::MAX`).
 pub const LONGEST_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
@@ -1285,7 +1289,10 @@ mod tests {
         let options = PgOptions::new()
             .request_timeout(Duration::MAX)
             .acquire_timeout(Duration::MAX);
-        assert_eq!(options.request_timeout, LONGEST_TIMEOUT);
+        assert_eq!(
+            options.request_timeout,
+            LONGEST_TIMEOUT - Duration::from_secs(1)
+        );
         assert_eq!(options.acquire_timeout, LONGEST_TIMEOUT);
         assert_eq!(statement_timeout(Duration::MAX), "2147483647ms");
         let Some(url) = test_url() else {
