@@ -1715,6 +1715,25 @@ impl Engine {
         Ok(page)
     }
 
+    /// The instance of `workflow` started with dedup key `key`: the newest
+    /// still active (`Pending`, `InProgress`, `Listening` or `Paused`),
+    /// else the newest that ended, else `None` (never started, or
+    /// purged). For a caller that knows only its own id for the work (a
+    /// webhook naming an order) and has an event to send or a status to
+    /// show; [`Workflow::find`] is the typed counterpart. Two reads,
+    /// neither locking: an instance started between them may be missed.
+    pub async fn find(&self, workflow: &str, key: &str) -> Result<Option<InstanceInfo>> {
+        let by_key = Query::new().workflow(workflow).key(key).limit(1);
+        let mut active = by_key.clone();
+        for status in Status::ACTIVE {
+            active = active.status(status);
+        }
+        if let Some(found) = self.list(active).await?.items.into_iter().next() {
+            return Ok(Some(found));
+        }
+        Ok(self.list(by_key).await?.items.into_iter().next())
+    }
+
     /// The schedules of the registered workflows: next fire time, last tick
     /// fired and the instance it started.
     pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>> {

@@ -167,6 +167,37 @@ pub trait Workflow: Send + Sync + Sized + 'static {
         GetOrCreate::new(engine, key.into(), input)
     }
 
+    /// The instance of this workflow started with dedup key `key`: the
+    /// newest still active, else the newest that ended, else `None`; see
+    /// [`Engine::find`]. For a caller that knows only its own id for the
+    /// work:
+    ///
+    /// ```no_run
+    /// # use workflow_core::*;
+    /// # struct ApproveExpense;
+    /// # impl Workflow for ApproveExpense {
+    /// #     type Input = (); type Output = (); type State = ();
+    /// #     const NAME: &'static str = "approveExpense";
+    /// #     async fn run(&self, _: Ctx, _: ()) -> Result<(), BoxError> { Ok(()) }
+    /// # }
+    /// # async fn doc(engine: Engine) -> Result<()> {
+    /// // A webhook that names the expense, not the instance:
+    /// if let Some(instance) = ApproveExpense::find(&engine, "expense-42").await? {
+    ///     instance.send_event("approval", serde_json::json!({"approved": true})).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn find(
+        engine: &Engine,
+        key: impl Into<String>,
+    ) -> impl Future<Output = Result<Option<Instance<Self>>>> + Send {
+        let key = key.into();
+        async move {
+            let found = engine.find(Self::NAME, &key).await?;
+            Ok(found.map(|info| Instance::unchecked(engine.clone(), info.id)))
+        }
+    }
+
     /// A typed handle on an existing instance. Nothing is read until it is
     /// used: its first use (a read, a cancel, an event...) fails with
     /// [`Error::WrongWorkflow`](crate::Error::WrongWorkflow) and changes

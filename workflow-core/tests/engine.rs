@@ -873,6 +873,42 @@ impl Workflow for Slow {
     }
 }
 
+/// `W::find` names the instance started with a key: the active one over
+/// a newer one that ended, the newest ended one when none is active, and
+/// none of another workflow.
+#[tokio::test]
+async fn find_gives_the_instance_of_a_key() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    assert!(Slow::find(&engine, "job").await.unwrap().is_none());
+    let keyed = || {
+        StartOptions::new()
+            .key("job")
+            .timeout(Duration::from_secs(600))
+    };
+    let first = Slow::start_with(&engine, 1, keyed()).await.unwrap();
+    first.result_timeout(Duration::from_secs(5)).await.unwrap();
+    let found = Slow::find(&engine, "job").await.unwrap().unwrap();
+    assert_eq!(found.id(), first.id(), "the ended one, when none is active");
+    let running = Slow::start_with(&engine, 60_000, keyed()).await.unwrap();
+    until_status(&running, Status::InProgress).await;
+    let newer = Slow::start_with(&engine, 1, keyed()).await.unwrap();
+    newer.result_timeout(Duration::from_secs(5)).await.unwrap();
+    let found = Slow::find(&engine, "job").await.unwrap().unwrap();
+    assert_eq!(
+        found.id(),
+        running.id(),
+        "the active one, over a newer ended one"
+    );
+    assert!(Flaky::find(&engine, "job").await.unwrap().is_none());
+    let info = engine.find("slow", "job").await.unwrap().unwrap();
+    assert_eq!(
+        (info.id, info.status),
+        (running.id().clone(), Status::InProgress)
+    );
+    running.cancel().await.unwrap();
+}
+
 /// A delayed start waits as `Pending` and runs once due; its timeout
 /// counts from then, not from the start call.
 #[tokio::test]
