@@ -1171,6 +1171,39 @@ where
         &self.inner.run.id
     }
 
+    /// The engine running this instance, for work on other instances from
+    /// inside a step: starting a workflow that is not a child (it outlives
+    /// this one, and a cancel of this one does not reach it), once, keyed
+    /// by the step's [`idempotency_key`](Self::idempotency_key); sending
+    /// an event to another instance by its key. Outside a step, what the
+    /// engine answers is not recorded, so a replay may see another answer:
+    /// use [`run_child`](Self::run_child),
+    /// [`send_event_to`](Self::send_event_to) and the like there.
+    ///
+    /// ```no_run
+    /// # use workflow_core::*;
+    /// # struct SendWelcome;
+    /// # impl Workflow for SendWelcome {
+    /// #     type Input = String; type Output = (); type State = ();
+    /// #     const NAME: &'static str = "sendWelcome";
+    /// #     async fn run(&self, _: Ctx, _: String) -> Result<(), BoxError> { Ok(()) }
+    /// # }
+    /// async fn handler(ctx: Ctx, email: String) -> Result<(), BoxError> {
+    ///     ctx.step("start-welcome", || async {
+    ///         let key = ctx.idempotency_key().expect("inside a step");
+    ///         let welcome = SendWelcome::get_or_create(ctx.engine(), key, email.clone())
+    ///             .statuses(Status::ALL)
+    ///             .await?;
+    ///         Ok::<_, BoxError>(welcome.id().clone())
+    ///     })
+    ///     .await?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn engine(&self) -> &crate::Engine {
+        &self.inner.run.engine
+    }
+
     /// The workflow's registered name.
     pub fn name(&self) -> &'static str {
         self.inner.run.workflow

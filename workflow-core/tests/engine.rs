@@ -102,6 +102,7 @@ async fn engine_on(store: Arc<dyn Store>) -> Engine {
         .register(Panics)
         .register(LongErrors)
         .register(OwnCount)
+        .register(Starter)
         .register(EndsEarly)
         .register(Slow)
         .register(BadNames)
@@ -871,6 +872,50 @@ impl Workflow for Slow {
         .await?;
         Ok(())
     }
+}
+
+/// Starts a `Slow` of its own, not a child, from a step, once.
+struct Starter;
+
+impl Workflow for Starter {
+    type Input = ();
+    type Output = InstanceId;
+    type State = ();
+    const NAME: &'static str = "starter";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<InstanceId, BoxError> {
+        let started = ctx
+            .step("start-slow", || async {
+                let key = ctx.idempotency_key().expect("inside a step");
+                let slow = Slow::get_or_create(ctx.engine(), key, 1)
+                    .statuses(Status::ALL)
+                    .await?;
+                Ok::<_, BoxError>(slow.id().clone())
+            })
+            .await?;
+        Ok(started)
+    }
+}
+
+/// `ctx.engine()` starts an independent workflow from a step: it runs,
+/// with no parent, keyed by the step's idempotency key.
+#[tokio::test]
+async fn a_step_starts_an_independent_workflow_through_ctx_engine() {
+    let engine = engine_on(Arc::new(MemoryStore::new())).await;
+    let _worker = engine.start_worker();
+    let starter = Starter::start(&engine, ()).await.unwrap();
+    let id = starter
+        .result_timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let slow = Slow::handle(&engine, id);
+    slow.result_timeout(Duration::from_secs(5)).await.unwrap();
+    let info = slow.info().await.unwrap();
+    assert_eq!(info.parent, None);
+    assert_eq!(
+        info.key.as_deref(),
+        Some(format!("{}/start-slow", starter.id()).as_str())
+    );
 }
 
 /// `W::find` names the instance started with a key: the active one over
