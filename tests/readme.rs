@@ -64,23 +64,32 @@ mod compensation {
     struct Order { id: String }
     #[derive(Serialize, Deserialize, JsonSchema)]
     enum OrderOutcome { Paid(String), Declined(String) }
+    #[derive(Serialize, Deserialize)]
+    enum Charge { Paid(String), Declined(String) }
     struct Payments;
     impl Payments {
-        async fn charge(&self, order: &Order) -> Result<String, std::io::Error> { Ok(order.id.clone()) }
+        async fn charge(&self, order: &Order) -> Result<Charge, std::io::Error> { Ok(Charge::Paid(order.id.clone())) }
     }
     struct Mail;
     impl Mail {
         async fn declined(&self, _order: &Order, _why: &str) -> Result<(), std::io::Error> { Ok(()) }
+        async fn payment_failed(&self, _order: &Order, _why: &str) -> Result<(), std::io::Error> { Ok(()) }
     }
 
     #[workflow(name = "readmeCompensation")]
     async fn compensate(ctx: Ctx, order: Order) -> workflow::Result<OrderOutcome> {
         let (payments, mail) = (Payments, Mail);
 let receipt = match ctx.step("charge", || async { payments.charge(&order).await }).await {
-    Ok(receipt) => receipt,
+    Ok(Charge::Paid(receipt)) => receipt,
+    // An answer, recorded as the step's output: nothing to retry.
+    Ok(Charge::Declined(why)) => {
+        ctx.step("notify", || async { mail.declined(&order, &why).await }).await?;
+        return Ok(OrderOutcome::Declined(why));
+    }
+    // Attempts used up, or an error marked permanent.
     Err(workflow::Error::Step { message, .. }) => {
-        ctx.step("notify", || async { mail.declined(&order, &message).await }).await?;
-        return Ok(OrderOutcome::Declined(message)); // or `match ctx.fail(message)? {}` to end Failed
+        ctx.step("alert", || async { mail.payment_failed(&order, &message).await }).await?;
+        match ctx.fail(message)? {} // ends Failed
     }
     Err(other) => return Err(other), // Interrupted and the rest: propagate
 };
