@@ -158,7 +158,9 @@ impl StepCall {
     /// that construct, so that at most one of them runs.
     pub(crate) fn excludes(&self, other: &StepCall) -> bool {
         let apart = |a: u32, b: u32| match (a == AFTER, b == AFTER) {
-            (false, false) => a != b,
+            // The mark aside: an `else if`'s condition sits in its arm
+            // unmarked, before the body that leaves.
+            (false, false) => a & !LEAVES != b & !LEAVES,
             (true, false) => b & LEAVES != 0,
             (false, true) => a & LEAVES != 0,
             (true, true) => false,
@@ -1278,15 +1280,35 @@ impl<'ast> Visit<'ast> for StepVisitor {
             self.visit_attribute(attr);
         }
         self.visit_expr(&expr.cond);
+        // An `else if` chain is one construct, an arm per branch: code
+        // after it runs only when no leaving branch did, wherever in the
+        // chain that branch is.
         let construct = self.construct();
-        let mut leaving = diverges(&expr.then_branch);
-        self.in_arm(construct, arm(0, leaving), |v| {
-            v.visit_block(&expr.then_branch)
-        });
-        if let Some((_, otherwise)) = &expr.else_branch {
-            let leaves = leaves(otherwise);
-            leaving |= leaves;
-            self.in_arm(construct, arm(1, leaves), |v| v.visit_expr(otherwise));
+        let mut leaving = false;
+        let mut branch = expr;
+        for n in 0u32.. {
+            let leaves_then = diverges(&branch.then_branch);
+            leaving |= leaves_then;
+            self.in_arm(construct, arm(n, leaves_then), |v| {
+                v.visit_block(&branch.then_branch)
+            });
+            let Some((_, otherwise)) = &branch.else_branch else {
+                break;
+            };
+            match &**otherwise {
+                Expr::If(next) if next.attrs.is_empty() => {
+                    // Evaluated only when the branches before were not
+                    // taken: in the next arm, unmarked.
+                    self.in_arm(construct, n + 1, |v| v.visit_expr(&next.cond));
+                    branch = next;
+                }
+                otherwise => {
+                    let leaves = leaves(otherwise);
+                    leaving |= leaves;
+                    self.in_arm(construct, arm(n + 1, leaves), |v| v.visit_expr(otherwise));
+                    break;
+                }
+            }
         }
         self.last_leaving = leaving.then_some(construct);
     }

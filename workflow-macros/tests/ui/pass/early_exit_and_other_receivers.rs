@@ -1,5 +1,6 @@
 //! A name may repeat after a branch that always leaves (`return`, `let ..
-//! else`, `bail!`): only one of the two calls runs. Methods of other receivers
+//! else`, `bail!`, anywhere in an `else if` chain): only one of the two
+//! calls runs. Methods of other receivers
 //! named like `ctx` methods (a client's `batch`) are not steps.
 use workflow::prelude::*;
 
@@ -52,7 +53,22 @@ async fn refund(ctx: Ctx, amount: u32) -> Result<u32, BoxError> {
     Ok(amount)
 }
 
+#[workflow]
+async fn route(ctx: Ctx, amount: u32) -> Result<u32, BoxError> {
+    if amount == 0 {
+        return Ok(0);
+    } else if amount > 1_000 {
+        ctx.step("notify", || async { workflow::Ok(()) }).await?;
+        return Ok(1);
+    } else if amount > 100 {
+        ctx.step("review", || async { workflow::Ok(()) }).await?;
+    }
+    ctx.step("notify", || async { workflow::Ok(()) }).await?;
+    Ok(amount)
+}
+
 fn main() {
     assert_eq!(Load::STEPS, ["load"]);
     assert_eq!(Refund::STEPS, ["notify"]);
+    assert_eq!(Route::STEPS, ["notify", "review"]);
 }
