@@ -26,7 +26,12 @@ struct Approval {
     approver: String,
 }
 
+/// The event, named once for the workflow that waits and the code that
+/// sends: a typo in either is a compile error.
+const APPROVAL: workflow::Event<Approval> = workflow::Event::new("approval");
+
 /// Not an `Approval`: its field is misspelt and `approver` is missing.
+/// Only an untyped `send_event` can send it.
 #[derive(Serialize)]
 struct Typo {
     approve: bool,
@@ -45,10 +50,7 @@ async fn approve_expense(ctx: Ctx, expense: Expense) -> workflow::Result<String>
     // wait begins, its timeout counted again from then: one bad request
     // must not end a week-long approval.
     let answer = loop {
-        match ctx
-            .wait_for_event::<Approval>("approval", Some(Duration::from_secs(2)))
-            .await
-        {
+        match ctx.wait_for(APPROVAL, Some(Duration::from_secs(2))).await {
             Err(workflow::Error::EventPayload { .. }) => continue,
             other => break other,
         }
@@ -99,22 +101,20 @@ async fn main() -> workflow::Result<()> {
     // Once it waits for its event (nothing left for a worker to do).
     let waiting = approved.idle().await?;
     println!("{} is {}", approved.id(), waiting.status);
-    // A misspelt call: dropped by the handler, which waits on.
+    // A misspelt call, untyped as a webhook's JSON is: dropped by the
+    // handler, which waits on.
     approved
-        .send_event("approval", Typo { approve: true })
+        .send_event(APPROVAL.name(), Typo { approve: true })
         .await?;
     // The approval link may be clicked twice, or its webhook retried: the
     // click's id as the key keeps the event once.
     for click in 1..=2 {
+        let approval = Approval {
+            approved: true,
+            approver: "grace".into(),
+        };
         let sent = approved
-            .send_event_once(
-                "approval",
-                "click-7f3a",
-                Approval {
-                    approved: true,
-                    approver: "grace".into(),
-                },
-            )
+            .send_once(APPROVAL, "click-7f3a", &approval)
             .await?;
         println!("approval click {click}: {sent:?}");
     }

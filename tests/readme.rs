@@ -252,6 +252,30 @@ engine.run_until(workflow::shutdown_signal()).await?;
     }
 }
 
+/// docs/instances.md, "Events": a typed event.
+#[rustfmt::skip]
+mod typed_events {
+    use std::time::Duration;
+    use workflow::prelude::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+    struct Approval { approved: bool }
+
+    #[workflow(name = "readmeTypedEvents")]
+    async fn typed(_ctx: Ctx, _input: ()) -> workflow::Result<()> { Ok(()) }
+
+    async fn both(ctx: Ctx, instance: Instance<Typed>) -> workflow::Result<bool> {
+const APPROVAL: workflow::Event<Approval> = workflow::Event::new("approval");
+
+// The workflow:
+let answer = ctx.wait_for(APPROVAL, Some(Duration::from_secs(86_400))).await?;
+// Anywhere else:
+instance.send(APPROVAL, &Approval { approved: true }).await?;
+instance.send_once(APPROVAL, "delivery-7f3a", &Approval { approved: true }).await?;
+        Ok(answer.approved)
+    }
+}
+
 /// docs/deploying.md's health route, on the console's axum.
 #[cfg(feature = "console")]
 #[rustfmt::skip]

@@ -1490,7 +1490,8 @@ pub(crate) fn future_deadline(
 
 /// A start's timeout, as `#[workflow(timeout = ..)]` takes it: a humantime
 /// duration of at least 1 ms (a zero one would time the instance out
-/// before it ran).
+/// before it ran). The CLI's flags; the API names the field it reads.
+#[cfg(feature = "cli")]
 pub(crate) fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
     timeout_named("timeout", text).map_err(|(_, why)| why)
 }

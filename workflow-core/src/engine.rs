@@ -1476,6 +1476,17 @@ impl Engine {
         running.keys().cloned().collect()
     }
 
+    /// Sends a typed [`Event`](crate::Event) to an instance of any
+    /// workflow; see [`Instance::send`].
+    pub async fn send<T: Serialize>(
+        &self,
+        id: &InstanceId,
+        event: crate::Event<T>,
+        payload: &T,
+    ) -> Result<()> {
+        self.send_event(id, event.name(), payload).await
+    }
+
     /// Sends an event to an instance of any workflow; see [`Instance::send_event`].
     pub async fn send_event(
         &self,

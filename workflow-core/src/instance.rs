@@ -458,6 +458,24 @@ impl<W: Workflow> Instance<W> {
         self.engine.set_timeout(&self.id, timeout).await
     }
 
+    /// Sends it a typed [`Event`](crate::Event): `ctx.wait_for(event, ..)`
+    /// receives `payload`, of the type the event names. Otherwise as
+    /// [`send_event`](Self::send_event).
+    pub async fn send<T: Serialize>(&self, event: crate::Event<T>, payload: &T) -> Result<()> {
+        self.send_event(event.name(), payload).await
+    }
+
+    /// [`send`](Self::send) at most once per `key`; see
+    /// [`send_event_once`](Self::send_event_once).
+    pub async fn send_once<T: Serialize>(
+        &self,
+        event: crate::Event<T>,
+        key: &str,
+        payload: &T,
+    ) -> Result<EventSent> {
+        self.send_event_once(event.name(), key, payload).await
+    }
+
     /// Sends it an event: `ctx.wait_for_event(name, ..)` receives `payload`.
     /// An event sent before the instance waits for it is kept until it
     /// does. Works from any process sharing the store. A name no wait can

@@ -9,6 +9,7 @@ mod ctx;
 mod data;
 mod engine;
 mod error;
+mod event;
 mod health;
 mod history;
 mod id;
@@ -38,6 +39,7 @@ pub use crate::engine::{
     MAX_EVENT_KEY_BYTES, MAX_KEY_BYTES, MAX_PAYLOAD_LIMIT, PURGE_MARGIN,
 };
 pub use crate::error::{BoxError, Conversation, Error, ErrorKind, Interrupt, Result, StoreError};
+pub use crate::event::Event;
 pub use crate::health::{Failing, Health};
 pub use crate::history::{HistoryEvent, HistoryKind};
 pub use crate::id::InstanceId;

@@ -179,6 +179,32 @@ where
             .await)
     }
 
+    /// [`wait_for_event`](Self::wait_for_event) of a typed
+    /// [`Event`](crate::Event): the name and the payload's type come from
+    /// the constant the sender uses too (`instance.send(EVENT, &payload)`).
+    ///
+    /// ```no_run
+    /// # use workflow_core::*;
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Approval {
+    ///     approved: bool,
+    /// }
+    ///
+    /// const APPROVAL: Event<Approval> = Event::new("approval");
+    ///
+    /// async fn handler(ctx: Ctx, _: ()) -> Result<bool, BoxError> {
+    ///     let answer = ctx.wait_for(APPROVAL, None).await?;
+    ///     Ok(answer.approved)
+    /// }
+    /// ```
+    pub async fn wait_for<T: DeserializeOwned>(
+        &self,
+        event: crate::Event<T>,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<T> {
+        self.wait_for_event(event.name(), timeout).await
+    }
+
     /// Waits for the event `name` (sent with `instance.send_event`) and
     /// returns its payload as `T`. The instance is `Listening` meanwhile and
     /// holds no memory. An event sent before the wait is kept and delivered.

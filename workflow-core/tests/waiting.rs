@@ -3488,3 +3488,55 @@ async fn a_fan_out_item_that_only_began_counts_when_items_shrink() {
         "{why}"
     );
 }
+
+/// The approval event, typed.
+const APPROVAL: Event<Approval> = Event::new("approval");
+
+/// Waits for [`APPROVAL`], typed.
+struct ApproveTyped;
+
+impl Workflow for ApproveTyped {
+    type Input = ();
+    type Output = String;
+    type State = ();
+    const NAME: &'static str = "approveTyped";
+
+    async fn run(&self, ctx: Ctx, _: ()) -> Result<String, BoxError> {
+        let answer = ctx.wait_for(APPROVAL, None).await?;
+        Ok(answer.by)
+    }
+}
+
+/// A typed event goes from `send`, and `send_once` (a redelivery changes
+/// nothing), to `wait_for`, under the name the constant gives.
+#[tokio::test]
+async fn a_typed_event_reaches_its_typed_wait() {
+    let engine = alone(ApproveTyped).build().await.unwrap();
+    let _worker = engine.start_worker();
+    let inst = ApproveTyped::start(&engine, ()).await.unwrap();
+    let approval = Approval {
+        approved: true,
+        by: "grace".into(),
+    };
+    let first = inst
+        .send_once(APPROVAL, "click-1", &approval)
+        .await
+        .unwrap();
+    let again = inst
+        .send_once(APPROVAL, "click-1", &approval)
+        .await
+        .unwrap();
+    assert_eq!((first, again), (EventSent::Sent, EventSent::AlreadySent));
+    assert_eq!(inst.result_timeout(LIMIT).await.unwrap(), "grace");
+    let history = inst.history().await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|e| e.kind == "event_received" && e.step.as_deref() == Some("approval")),
+        "{history:?}"
+    );
+    // And to an instance by id, untyped.
+    let other = ApproveTyped::start(&engine, ()).await.unwrap();
+    engine.send(other.id(), APPROVAL, &approval).await.unwrap();
+    assert_eq!(other.result_timeout(LIMIT).await.unwrap(), "grace");
+}
