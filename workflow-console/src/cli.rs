@@ -87,6 +87,13 @@ pub enum Command {
         #[arg(long, value_parser = crate::api::parse_delay)]
         delay: Option<std::time::Duration>,
     },
+    /// How many instances are in each status, of every workflow or one:
+    /// for a check that alerts on paused or failed ones.
+    Counts {
+        /// Only this workflow.
+        #[arg(long, short)]
+        workflow: Option<String>,
+    },
     /// Instances, newest first.
     List {
         /// Only this workflow.
@@ -426,6 +433,24 @@ pub async fn run(
     let json = cli.json;
     match cli.command {
         Command::Workflows { name } => workflows(&engine, name, json, out, notes).await,
+        Command::Counts { workflow } => {
+            let counts = engine.counts(workflow.as_deref()).await?;
+            let count = |status: &Status| counts.get(status).copied().unwrap_or(0);
+            if json {
+                let counts: serde_json::Map<String, Value> = Status::ALL
+                    .iter()
+                    .map(|status| (status.to_string(), json!(count(status))))
+                    .collect();
+                print_json(out, &Value::Object(counts))?;
+                return Ok(0);
+            }
+            let rows = Status::ALL
+                .iter()
+                .map(|status| vec![status.to_string(), count(status).to_string()])
+                .collect();
+            table(out, &["STATUS", "COUNT"], rows)?;
+            Ok(0)
+        }
         Command::Run {
             name,
             input: _,

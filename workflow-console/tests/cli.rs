@@ -118,6 +118,19 @@ async fn reads_without_the_workflow_code() {
     assert!(out.stdout.contains("timeout:  10m"), "{}", out.stdout);
     let defs = json(&cli(url, &["workflows", "--json"]).await);
     assert_eq!(defs.as_array().unwrap().len(), 5);
+    // Counts per status, every status named, as the engine counts them.
+    let counts = json(&cli(url, &["counts", "--json"]).await);
+    let engine_counts = f.engine.counts(None).await.unwrap();
+    assert_eq!(counts.as_object().unwrap().len(), Status::ALL.len());
+    for status in Status::ALL {
+        let expected = engine_counts.get(&status).copied().unwrap_or(0);
+        assert_eq!(counts[status.as_str()], expected, "{status}: {counts}");
+    }
+    assert!(counts["completed"].as_u64().unwrap() >= 1, "{counts}");
+    let out = cli(url, &["counts", "--workflow", "processOrder"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("STATUS"), "{}", out.stdout);
+    assert!(out.stdout.contains("timed_out"), "{}", out.stdout);
     let out = cli(url, &["workflows", "nope"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert_eq!(
