@@ -39,12 +39,15 @@ async fn charge_card(ctx: Ctx, cents: u64) -> workflow::Result<String> {
     Ok(receipt)
 }
 
-/// A declined card is final: retrying will not help.
-#[workflow(name = "chargeDeclined")]
-async fn charge_declined(ctx: Ctx, cents: u64) -> workflow::Result<String> {
+/// An expired card is final: retrying will not help, so the error is
+/// marked permanent and the step fails at once. (An answer the workflow
+/// goes on from, such as a decline it reports, is better returned as the
+/// step's output: see the README's Errors.)
+#[workflow(name = "chargeExpiredCard")]
+async fn charge_expired_card(ctx: Ctx, cents: u64) -> workflow::Result<String> {
     ctx.step("charge", || async move {
         Err::<String, BoxError>(workflow::permanent(format!(
-            "card declined for {cents} cents"
+            "card expired: {cents} cents not charged"
         )))
     })
     .await
@@ -61,7 +64,7 @@ async fn main() -> workflow::Result<()> {
     let engine = Engine::builder()
         .database_url("sqlite://retries.db")
         .register(ChargeCard)
-        .register(ChargeDeclined)
+        .register(ChargeExpiredCard)
         // Backoffs longer than this suspend the instance (it replays when
         // due): the first wait here (0.24-0.36 s) stays in memory, the
         // second (0.48-0.72 s) suspends.
@@ -81,8 +84,11 @@ async fn main() -> workflow::Result<()> {
         );
     }
 
-    let declined = ChargeDeclined::start(&engine, 500).await?;
-    println!("chargeDeclined -> {}", declined.result().await.unwrap_err());
+    let expired = ChargeExpiredCard::start(&engine, 500).await?;
+    println!(
+        "chargeExpiredCard -> {}",
+        expired.result().await.unwrap_err()
+    );
 
     worker.shutdown().await;
     Ok(())

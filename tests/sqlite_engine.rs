@@ -306,6 +306,34 @@ async fn a_corrupt_row_is_named_in_its_page_not_failing_it() {
     let err = engine.instance(&ids[1]).await.unwrap_err();
     assert!(err.to_string().contains(ids[1].as_str()), "{err}");
 
+    // Found by its key, a damaged row is an error, not an older instance
+    // of the key nor none at all.
+    let keyed = |order: &str| {
+        let input = OrderInput {
+            order_id: order.to_owned(),
+            items: 1,
+        };
+        ProcessOrder::start_with(&engine, input, StartOptions::new().key("order-9"))
+    };
+    let older = keyed("o-9").await.unwrap();
+    let newer = keyed("o-9-again").await.unwrap();
+    let found = ProcessOrder::find(&engine, "order-9")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id(), newer.id());
+    corrupt(
+        "UPDATE instances SET input = 'not json' WHERE id = ?1",
+        newer.id(),
+    );
+    let err = ProcessOrder::find(&engine, "order-9").await.unwrap_err();
+    assert!(err.to_string().contains(newer.id().as_str()), "{err}");
+    assert_ne!(older.id(), newer.id());
+    db.execute("DELETE FROM instances WHERE id = ?1", [newer.id().as_str()])
+        .unwrap();
+    db.execute("DELETE FROM instances WHERE id = ?1", [older.id().as_str()])
+        .unwrap();
+
     // The counts leave the unknown status out instead of failing.
     let counts = engine.counts(None).await.unwrap();
     assert_eq!(counts.get(&Status::Pending), Some(&4), "{counts:?}");

@@ -434,6 +434,14 @@ pub async fn run(
     match cli.command {
         Command::Workflows { name } => workflows(&engine, name, json, out, notes).await,
         Command::Counts { workflow } => {
+            // A misspelt name would count nothing, and an alert on it
+            // never fire.
+            if let Some(name) = &workflow {
+                let defs = engine.definitions().await?;
+                if !defs.iter().any(|d| &d.name == name) {
+                    return Err(unknown_workflow(name.clone(), defs));
+                }
+            }
             let counts = engine.counts(workflow.as_deref()).await?;
             let count = |status: &Status| counts.get(status).copied().unwrap_or(0);
             if json {

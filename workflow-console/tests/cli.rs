@@ -131,6 +131,12 @@ async fn reads_without_the_workflow_code() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.starts_with("STATUS"), "{}", out.stdout);
     assert!(out.stdout.contains("timed_out"), "{}", out.stdout);
+    let out = cli(url, &["counts", "--workflow", "procesOrder"]).await;
+    assert_eq!(
+        out.code, 2,
+        "a misspelt workflow counts nothing: {}",
+        out.stdout
+    );
     let out = cli(url, &["workflows", "nope"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert_eq!(

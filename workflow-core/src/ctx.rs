@@ -1175,10 +1175,16 @@ where
     /// inside a step: starting a workflow that is not a child (it outlives
     /// this one, and a cancel of this one does not reach it), once, keyed
     /// by the step's [`idempotency_key`](Self::idempotency_key); sending
-    /// an event to another instance by its key. Outside a step, what the
-    /// engine answers is not recorded, so a replay may see another answer:
-    /// use [`run_child`](Self::run_child),
-    /// [`send_event_to`](Self::send_event_to) and the like there.
+    /// an event to another instance by its key.
+    ///
+    /// What it does is not recorded. Outside a step, a replay does it
+    /// again and may see another answer: use
+    /// [`run_child`](Self::run_child), [`send_event_to`](Self::send_event_to)
+    /// and the like there. Inside a step, a retry does it again: key it
+    /// (`get_or_create` or `send_event_once` with the step's idempotency
+    /// key). Do not wait for another instance to end in a step
+    /// (`result()`, `engine.wait`): the wait holds this instance's worker
+    /// slot all along; [`run_child`](Self::run_child) waits without.
     ///
     /// ```no_run
     /// # use workflow_core::*;

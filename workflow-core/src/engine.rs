@@ -1476,8 +1476,20 @@ impl Engine {
         running.keys().cloned().collect()
     }
 
+    /// [`send`](Self::send) at most once per `key`; see
+    /// [`Instance::send_event_once`].
+    pub async fn send_once<T: Serialize>(
+        &self,
+        id: &InstanceId,
+        event: crate::Event<T>,
+        key: &str,
+        payload: &T,
+    ) -> Result<EventSent> {
+        self.send_event_once(id, event.name(), key, payload).await
+    }
+
     /// Sends a typed [`Event`](crate::Event) to an instance of any
-    /// workflow; see [`Instance::send`].
+    /// workflow, by id; see [`Instance::send`].
     pub async fn send<T: Serialize>(
         &self,
         id: &InstanceId,
@@ -1733,16 +1745,33 @@ impl Engine {
     /// webhook naming an order) and has an event to send or a status to
     /// show; [`Workflow::find`] is the typed counterpart. Two reads,
     /// neither locking: an instance started between them may be missed.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Corrupt`] when the instance it would answer with is a
+    /// row damaged outside the engine (rather than an older instance, or
+    /// none); [`Error::Store`] when the store fails.
     pub async fn find(&self, workflow: &str, key: &str) -> Result<Option<InstanceInfo>> {
         let by_key = Query::new().workflow(workflow).key(key).limit(1);
         let mut active = by_key.clone();
         for status in Status::ACTIVE {
             active = active.status(status);
         }
-        if let Some(found) = self.list(active).await?.items.into_iter().next() {
-            return Ok(Some(found));
+        for query in [active, by_key] {
+            // One row: an item, or an unreadable one.
+            let page = self.list(query).await?;
+            if let Some(bad) = page.unreadable.into_iter().next() {
+                return Err(StoreError::Corrupt {
+                    id: bad.id,
+                    message: bad.error,
+                }
+                .into());
+            }
+            if let Some(found) = page.items.into_iter().next() {
+                return Ok(Some(found));
+            }
         }
-        Ok(self.list(by_key).await?.items.into_iter().next())
+        Ok(None)
     }
 
     /// The schedules of the registered workflows: next fire time, last tick

@@ -720,7 +720,7 @@ pub enum StoreError {
 /// by [`Error::MaxTurns`] and [`Error::NoAnswer`]. Its `Debug` shows how
 /// many there are, not what they say: an error logged with `{:?}` would
 /// otherwise print every tool reply.
-#[derive(Clone, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Conversation(pub Vec<serde_json::Value>);
 
 impl Conversation {

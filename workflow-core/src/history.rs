@@ -10,7 +10,7 @@ use crate::status::Status;
 use crate::store::EventRow;
 
 /// One entry of an instance's run history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct HistoryEvent {
     /// Orders events.
@@ -28,6 +28,16 @@ pub struct HistoryEvent {
     pub message: Option<String>,
     /// For step events: from the step's first attempt to its record.
     pub duration_ms: Option<i64>,
+}
+
+impl HistoryEvent {
+    /// [`duration_ms`](Self::duration_ms) as a duration (`None` for one
+    /// that is not a step's, or negative: written by a clock that stepped
+    /// back).
+    pub fn duration(&self) -> Option<std::time::Duration> {
+        let ms = u64::try_from(self.duration_ms?).ok()?;
+        Some(std::time::Duration::from_millis(ms))
+    }
 }
 
 impl From<EventRow> for HistoryEvent {

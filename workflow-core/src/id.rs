@@ -137,6 +137,20 @@ impl AsRef<str> for InstanceId {
     }
 }
 
+// Hashes and compares as its text (derived from the one field), so a map
+// keyed by ids can be read with a `&str`.
+impl std::borrow::Borrow<str> for InstanceId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<InstanceId> for String {
+    fn from(id: InstanceId) -> Self {
+        id.0
+    }
+}
+
 /// `ms` within what a UUIDv7 holds (48 bits, until the year 10889): a
 /// later time is the last one, not wrapped to an early one (which would
 /// make "before the year 20000" match nothing).

@@ -19,7 +19,7 @@ use crate::store::{InstanceRow, ListQuery, Millis, StepRow};
 use crate::workflow::{decode_named, Workflow};
 
 /// A new deadline for [`Instance::set_timeout`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Timeout {
     /// This long from now (also for an instance whose delayed start is
     /// still ahead: the deadline may then fall before it starts).
@@ -609,7 +609,7 @@ impl<W: Workflow> Instance<W> {
 
 /// Everything stored about an instance, with JSON values parsed. What
 /// `engine.instance(id)` returns for any workflow.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct InstanceInfo {
     /// Its id.
@@ -675,7 +675,7 @@ pub struct InstanceInfo {
 /// What a waiting instance waits for: [`InstanceInfo::waiting_for`].
 ///
 /// Serialized with a `kind` tag: `{"kind": "event", "name": "approved"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum WaitingFor {
@@ -784,7 +784,7 @@ impl TryFrom<InstanceRow> for InstanceInfo {
 }
 
 /// A recorded step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct StepInfo {
     /// `name` or `name#n`.
@@ -827,7 +827,7 @@ impl StepInfo {
 }
 
 /// A filter for [`Engine::list`]: newest first, paged by cursor.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct Query {
     pub(crate) inner: ListQuery,
@@ -911,7 +911,7 @@ impl Query {
 }
 
 /// One page of [`Engine::list`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Page {
     /// The instances, newest first.
@@ -927,7 +927,7 @@ pub struct Page {
 
 /// The end of a long list: [`Engine::steps_tail`] and
 /// [`Engine::history_tail`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Tail<T> {
     /// The last items, oldest first.
@@ -938,7 +938,7 @@ pub struct Tail<T> {
 
 /// An instance [`Engine::list`] found but could not read. Reading it with
 /// [`Engine::instance`] reports the same error; running it fails it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Unreadable {
     /// The instance.

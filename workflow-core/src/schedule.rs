@@ -16,7 +16,7 @@ use crate::id::InstanceId;
 /// What a schedule does about ticks that passed while no engine ran (or
 /// while its process was frozen for more than 10 minutes: a laptop asleep,
 /// a paused VM).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CatchUp {
     /// Run every missed tick once, oldest first, however many there are.
@@ -301,7 +301,7 @@ impl Clock for ManualClock {
 }
 
 /// A registered schedule, as `engine.schedules()` reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleInfo {
     /// The workflow.
     pub workflow: String,

@@ -104,6 +104,7 @@ impl StepOptions {
     /// what its workflow uses, `ctx.step_options().with_attempts(3)` (see
     /// [`Ctx::step_options`](crate::Ctx::step_options)). An
     /// [`at_most_once`](Self::at_most_once) policy stays at one attempt.
+    #[must_use = "returns the changed options; `StepOptions` is `Copy`, so the original is left as it was"]
     pub fn with_attempts(mut self, max_attempts: u32) -> Self {
         self.max_attempts = max_attempts.max(1);
         self

@@ -429,7 +429,7 @@ pub struct ScheduleMark {
 pub type Listed = Result<InstanceRow, StoreError>;
 
 /// Filters of [`Store::list`]. Results are newest first.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListQuery {
     /// Only this workflow.
     pub workflow: Option<String>,

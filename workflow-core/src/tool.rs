@@ -623,7 +623,7 @@ async fn waited_outcome(engine: &Engine, id: &InstanceId, bound: Duration) -> Re
 /// What a tool call gives back to a model: the result, or an error it can
 /// read and act on (correct its arguments, try something else). What
 /// [`Ctx::call_tool`] records.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ToolReply {
     /// True if the call failed; `content` then says why.

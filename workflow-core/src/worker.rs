@@ -37,7 +37,7 @@ pub struct Worker {
 }
 
 /// How [`Worker::shutdown`] ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Stopped {
     /// Every handler finished or was stopped, and its instance handed back

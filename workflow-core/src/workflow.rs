@@ -232,7 +232,7 @@ pub trait Workflow: Send + Sync + Sized + 'static {
 }
 
 /// A workflow described as data; what consoles and tools read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Definition {
     /// Registered name.
@@ -257,6 +257,13 @@ pub struct Definition {
     pub output_schema: serde_json::Value,
     /// JSON Schema of the state.
     pub state_schema: serde_json::Value,
+}
+
+impl Definition {
+    /// The default timeout ([`timeout_ms`](Self::timeout_ms)) as a duration.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms)
+    }
 }
 
 /// Deserializes JSON into `T`, naming the failing field: `items[2].qty: invalid type ...`.

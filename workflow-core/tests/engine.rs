@@ -874,7 +874,10 @@ impl Workflow for Slow {
     }
 }
 
-/// Starts a `Slow` of its own, not a child, from a step, once.
+static STARTER_ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+
+/// Starts a `Slow` of its own, not a child, from a step, once: its first
+/// attempt fails after the start, and the retry finds what it started.
 struct Starter;
 
 impl Workflow for Starter {
@@ -890,6 +893,9 @@ impl Workflow for Starter {
                 let slow = Slow::get_or_create(ctx.engine(), key, 1)
                     .statuses(Status::ALL)
                     .await?;
+                if STARTER_ATTEMPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err("the answer was lost".into());
+                }
                 Ok::<_, BoxError>(slow.id().clone())
             })
             .await?;
@@ -912,10 +918,14 @@ async fn a_step_starts_an_independent_workflow_through_ctx_engine() {
     slow.result_timeout(Duration::from_secs(5)).await.unwrap();
     let info = slow.info().await.unwrap();
     assert_eq!(info.parent, None);
-    assert_eq!(
-        info.key.as_deref(),
-        Some(format!("{}/start-slow", starter.id()).as_str())
-    );
+    let key = format!("{}/start-slow", starter.id());
+    assert_eq!(info.key.as_deref(), Some(key.as_str()));
+    assert_eq!(STARTER_ATTEMPTS.load(Ordering::SeqCst), 2, "retried once");
+    let started = engine
+        .list(Query::new().workflow("slow").key(key))
+        .await
+        .unwrap();
+    assert_eq!(started.items.len(), 1, "one start across the retry");
 }
 
 /// `W::find` names the instance started with a key: the active one over

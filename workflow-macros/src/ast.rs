@@ -158,9 +158,7 @@ impl StepCall {
     /// that construct, so that at most one of them runs.
     pub(crate) fn excludes(&self, other: &StepCall) -> bool {
         let apart = |a: u32, b: u32| match (a == AFTER, b == AFTER) {
-            // The mark aside: an `else if`'s condition sits in its arm
-            // unmarked, before the body that leaves.
-            (false, false) => a & !LEAVES != b & !LEAVES,
+            (false, false) => a != b,
             (true, false) => b & LEAVES != 0,
             (false, true) => a & LEAVES != 0,
             (true, true) => false,
@@ -1147,9 +1145,10 @@ struct StepVisitor {
     constructs: u32,
     /// The steps whose closures are being visited, outermost first.
     steps: Vec<String>,
-    /// The `if`, `match` or `let .. else` visited last, when one of its
-    /// arms always leaves.
-    last_leaving: Option<u32>,
+    /// The constructs of the `if` chain, `match` or `let .. else` visited
+    /// last that have an arm that always leaves: each link of an `else if`
+    /// chain is a construct of its own, nested in the one before's `else`.
+    last_leaving: Vec<u32>,
 }
 
 impl StepVisitor {
@@ -1174,7 +1173,7 @@ impl StepVisitor {
     /// only if one of the construct's arms did not: an `if` or `match` with
     /// an arm that ends the function, the loop or the iteration, or a
     /// `let .. else`.
-    fn diverged_before(&self, stmt: &syn::Stmt) -> Option<u32> {
+    fn diverged_before(&self, stmt: &syn::Stmt) -> Vec<u32> {
         match stmt {
             syn::Stmt::Local(syn::Local {
                 init:
@@ -1183,8 +1182,8 @@ impl StepVisitor {
                     }),
                 ..
             })
-            | syn::Stmt::Expr(Expr::If(_) | Expr::Match(_), _) => self.last_leaving,
-            _ => None,
+            | syn::Stmt::Expr(Expr::If(_) | Expr::Match(_), _) => self.last_leaving.clone(),
+            _ => Vec::new(),
         }
     }
 
@@ -1280,37 +1279,30 @@ impl<'ast> Visit<'ast> for StepVisitor {
             self.visit_attribute(attr);
         }
         self.visit_expr(&expr.cond);
-        // An `else if` chain is one construct, an arm per branch: code
-        // after it runs only when no leaving branch did, wherever in the
-        // chain that branch is.
         let construct = self.construct();
-        let mut leaving = false;
-        let mut branch = expr;
-        for n in 0u32.. {
-            let leaves_then = diverges(&branch.then_branch);
-            leaving |= leaves_then;
-            self.in_arm(construct, arm(n, leaves_then), |v| {
-                v.visit_block(&branch.then_branch)
-            });
-            let Some((_, otherwise)) = &branch.else_branch else {
-                break;
-            };
-            match &**otherwise {
-                Expr::If(next) if next.attrs.is_empty() => {
-                    // Evaluated only when the branches before were not
-                    // taken: in the next arm, unmarked.
-                    self.in_arm(construct, n + 1, |v| v.visit_expr(&next.cond));
-                    branch = next;
-                }
-                otherwise => {
-                    let leaves = leaves(otherwise);
-                    leaving |= leaves;
-                    self.in_arm(construct, arm(n + 1, leaves), |v| v.visit_expr(otherwise));
-                    break;
-                }
+        let leaves_then = diverges(&expr.then_branch);
+        self.in_arm(construct, arm(0, leaves_then), |v| {
+            v.visit_block(&expr.then_branch)
+        });
+        // Each link of an `else if` chain is a construct nested in the
+        // `else` of the one before: its condition runs whenever the
+        // branches before were not taken, as the links after it do. The
+        // code after the chain runs only when no leaving branch did,
+        // wherever in the chain that branch is.
+        let mut chain = Vec::new();
+        let mut leaving = leaves_then;
+        if let Some((_, otherwise)) = &expr.else_branch {
+            let leaves = leaves(otherwise);
+            leaving |= leaves;
+            self.in_arm(construct, arm(1, leaves), |v| v.visit_expr(otherwise));
+            if let Expr::If(_) = &**otherwise {
+                chain = std::mem::take(&mut self.last_leaving);
             }
         }
-        self.last_leaving = leaving.then_some(construct);
+        if leaving {
+            chain.push(construct);
+        }
+        self.last_leaving = chain;
     }
 
     fn visit_expr_match(&mut self, expr: &'ast syn::ExprMatch) {
@@ -1325,7 +1317,7 @@ impl<'ast> Visit<'ast> for StepVisitor {
             leaving |= leaves;
             self.in_arm(construct, arm(n, leaves), |v| v.visit_arm(a));
         }
-        self.last_leaving = leaving.then_some(construct);
+        self.last_leaving = leaving.then_some(construct).into_iter().collect();
     }
 
     fn visit_expr_while(&mut self, expr: &'ast syn::ExprWhile) {
@@ -1343,7 +1335,7 @@ impl<'ast> Visit<'ast> for StepVisitor {
         let depth = self.arms.len();
         for stmt in &block.stmts {
             self.visit_stmt(stmt);
-            if let Some(construct) = self.diverged_before(stmt) {
+            for construct in self.diverged_before(stmt) {
                 self.arms.push((construct, AFTER));
             }
         }
@@ -1362,7 +1354,7 @@ impl<'ast> Visit<'ast> for StepVisitor {
                 // the block comes after it (see `visit_block`).
                 let construct = self.construct();
                 self.in_arm(construct, arm(0, true), |v| v.visit_expr(otherwise));
-                self.last_leaving = Some(construct);
+                self.last_leaving = vec![construct];
             }
         }
         // `let c = ctx.clone();`, `let c = &ctx;`: another name for it.

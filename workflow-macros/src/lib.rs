@@ -195,10 +195,14 @@ use proc_macro::TokenStream;
 ///   `name#1`, `name#2`, ... across every call of that name, so a second
 ///   call would get another record whenever the loop ran once less after a
 ///   code change. Calls in different arms of one `if` or `match` may share
-///   a name, as may a call in an `if` or `else` block or `match` arm that
-///   always leaves (`return`, `break`, `continue`, `panic!`, `bail!`) or in the
-///   `else` of a `let .. else`, and one after it; and so may two `wait_for_event`
-///   calls (the name is the event's, which senders use);
+///   a name, as may a call in an `if`, `else if` or `else` block or `match`
+///   arm that always leaves (`return`, `break`, `continue`, `panic!`,
+///   `bail!`) or in the `else` of a `let .. else`, and one after it (a call
+///   in an `else if` condition runs whenever the branches before did not,
+///   so it shares its name with nothing after it); and so may two
+///   `wait_for_event` calls (the name is the event's, which senders use).
+///   Names that are not literals (`ctx.step(&name, ..)`, a typed
+///   `ctx.wait_for(EVENT, ..)`) are not checked here;
 /// - a named `ctx` call inside the closure of a step, or of an item of
 ///   `map`, `for_each` or `batch`, which the runtime refuses every time;
 /// - a function whose generated struct would hide a name of the std
