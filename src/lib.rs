@@ -168,9 +168,16 @@ pub const DATABASE_URL_VAR: &str = "WORKFLOW_DATABASE_URL";
 /// beside it read one setting, and else the embedded SQLite file
 /// [`DEFAULT_DATABASE_URL`] (with the `sqlite` feature; without it, a URL
 /// is required). In the [`prelude`].
-pub trait EngineExt {
+///
+/// Sealed: only [`Engine`] implements it, so methods can be added to it.
+pub trait EngineExt: sealed::Sealed {
     /// A builder that knows this crate's stores.
     fn builder() -> EngineBuilder;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Engine {}
 }
 
 impl EngineExt for Engine {

@@ -253,8 +253,9 @@ pub struct Structured<T> {
     pub execution: Execution,
 }
 
-/// `ctx.execute(..)` on a workflow's [`Ctx`].
-pub trait ExecuteExt {
+/// `ctx.execute(..)` on a workflow's [`Ctx`]. Sealed: only `Ctx`
+/// implements it, so methods can be added to it.
+pub trait ExecuteExt: sealed::Sealed {
     /// Runs the model loop: calls the model; runs the tools it asks for and
     /// hands their results back; repeats until it answers without tool
     /// calls, or [`Error::MaxTurns`]. A final reply that is no answer (a
@@ -289,6 +290,11 @@ pub trait ExecuteExt {
     ) -> impl Future<Output = Result<Structured<T>>> + Send
     where
         T: DeserializeOwned + JsonSchema + Send + 'static;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<S> Sealed for workflow_core::Ctx<S> {}
 }
 
 impl<S> ExecuteExt for Ctx<S>

@@ -474,8 +474,9 @@ pub async fn serve_console(engine: Engine, addr: impl ToSocketAddrs) -> Result<(
 }
 
 /// `engine.serve_console(addr)` and `engine.console()`. In the facade's
-/// prelude with feature `console`.
-pub trait ConsoleExt {
+/// prelude with feature `console`. Sealed: only [`Engine`] implements it,
+/// so methods can be added to it.
+pub trait ConsoleExt: sealed::Sealed {
     /// Serves the console on `addr` (e.g. `"127.0.0.1:8080"`) until the
     /// server fails; see [`serve_console`].
     fn serve_console<A: ToSocketAddrs + Send>(
@@ -485,6 +486,11 @@ pub trait ConsoleExt {
 
     /// A [`Console`] to configure (token) and bind, or mount as a router.
     fn console(&self) -> Console;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for workflow_core::Engine {}
 }
 
 impl ConsoleExt for Engine {

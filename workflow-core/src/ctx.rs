@@ -1497,6 +1497,20 @@ where
     /// attempt that then fails stays while the next attempt runs in
     /// memory, and is lost when the retry waits long enough to suspend the
     /// run, or the process dies, since only recorded steps carry state.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Step`]: it failed for good (its attempts used up, or an
+    ///   error marked [`permanent`](crate::permanent)), now or when it was
+    ///   recorded: the handler may compensate;
+    /// - [`Error::InvalidStepName`] or [`Error::NameTooLong`]: a name the
+    ///   engine refuses, before `f` runs;
+    /// - [`Error::NestedStep`]: called from inside another step;
+    /// - [`Error::Json`] or [`Error::PayloadTooLarge`]: its output does
+    ///   not serialize to JSON that reads back, or is too large to record:
+    ///   the instance fails with it, whatever the handler does;
+    /// - [`Error::Interrupted`]: the run must stop (cancelled, suspended,
+    ///   shutting down...): propagate it with `?`.
     pub async fn step_with<T, E, F, Fut>(&self, name: &str, opts: StepOptions, f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned + Send,

@@ -404,11 +404,6 @@ impl<W: Workflow> Instance<W> {
     }
 
     /// Waits until it reaches a terminal status, and returns its output.
-    /// Errors: [`Error::Failed`] with the recorded error, [`Error::Ended`] when
-    /// cancelled or timed out, [`Error::WrongType`] for an output `W::Output`
-    /// does not read (written by another version of the type),
-    /// [`Error::WrongWorkflow`] for an instance of another workflow,
-    /// [`Error::NotFound`].
     ///
     /// It waits as long as that takes: an instance no worker runs (none
     /// registers its workflow, or none is started) never ends, even past
@@ -419,13 +414,28 @@ impl<W: Workflow> Instance<W> {
     /// or after 10 s of waiting for a paused one. Bound the wait with
     /// [`result_timeout`](Self::result_timeout) where a caller is waiting,
     /// as in an HTTP handler.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Failed`]: it failed, with the recorded error;
+    /// - [`Error::Ended`]: it was cancelled or timed out;
+    /// - [`Error::WrongType`]: its output does not read as `W::Output`
+    ///   (written by another version of the type);
+    /// - [`Error::WrongWorkflow`]: the id is an instance of another workflow;
+    /// - [`Error::NotFound`]: no instance has the id (or it was purged);
+    /// - [`Error::Store`]: the store failed, or the row is damaged.
     pub async fn result(&self) -> Result<W::Output> {
         self.ensure_workflow().await?;
         let row = self.engine.wait_terminal(&self.id, None).await?;
         self.output_of(row)
     }
 
-    /// Like [`Instance::result`], giving up with [`Error::WaitTimeout`] after `limit`.
+    /// Like [`Instance::result`], giving up after `limit`.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`result`](Self::result), and [`Error::WaitTimeout`] once
+    /// `limit` passed (the instance runs on; its `status` says where it is).
     pub async fn result_timeout(&self, limit: Duration) -> Result<W::Output> {
         self.ensure_workflow().await?;
         let row = self.engine.wait_terminal(&self.id, Some(limit)).await?;
@@ -440,8 +450,15 @@ impl<W: Workflow> Instance<W> {
     /// [`Store::cancellations`](crate::Store::cancellations)); otherwise
     /// within about a second, at its worker's next heartbeat, as is a
     /// descendant running here under a parent that does not (a grandchild
-    /// under a suspended child). Cancelling an instance that already ended
-    /// is [`Error::AlreadyFinished`] and changes nothing.
+    /// under a suspended child).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::AlreadyFinished`]: it ended already; nothing changes;
+    /// - [`Error::NotFound`], [`Error::WrongWorkflow`]: no such instance
+    ///   of `W`;
+    /// - [`Error::Store`]: the store failed; the call may or may not have
+    ///   taken effect, and is safe to repeat.
     pub async fn cancel(&self) -> Result<()> {
         self.check_before(true).await?;
         self.engine.cancel(&self.id).await
@@ -453,6 +470,10 @@ impl<W: Workflow> Instance<W> {
     /// as [`Instance::cancel`] would leave them: their handlers stop at once
     /// when this engine runs them and every parent between, at their next
     /// heartbeat (within about a second) otherwise.
+    ///
+    /// # Errors
+    ///
+    /// As [`cancel`](Self::cancel)'s.
     pub async fn set_timeout(&self, timeout: Timeout) -> Result<()> {
         self.ensure_workflow().await?;
         self.engine.set_timeout(&self.id, timeout).await
@@ -478,9 +499,20 @@ impl<W: Workflow> Instance<W> {
 
     /// Sends it an event: `ctx.wait_for_event(name, ..)` receives `payload`.
     /// An event sent before the instance waits for it is kept until it
-    /// does. Works from any process sharing the store. A name no wait can
-    /// have is refused ([`Error::InvalidEventName`]), and so is a payload
-    /// over the engine's `max_payload_bytes` ([`Error::PayloadTooLarge`]).
+    /// does. Works from any process sharing the store.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidEventName`] or [`Error::NameTooLong`]: a name no
+    ///   wait can have;
+    /// - [`Error::PayloadTooLarge`]: the payload is over the engine's
+    ///   `max_payload_bytes`; [`Error::Json`]: it does not serialize;
+    /// - [`Error::AlreadyFinished`]: it ended already;
+    /// - [`Error::NotFound`], [`Error::WrongWorkflow`]: no such instance
+    ///   of `W`;
+    /// - [`Error::Store`]: the store failed; the event may or may not be
+    ///   in its inbox: send it again with
+    ///   [`send_event_once`](Self::send_event_once) to be sure.
     pub async fn send_event(&self, name: &str, payload: impl Serialize) -> Result<()> {
         self.ensure_workflow().await?;
         self.engine.send_event(&self.id, name, payload).await
@@ -498,7 +530,13 @@ impl<W: Workflow> Instance<W> {
     /// because the instance had already ended ([`Error::AlreadyFinished`])
     /// does not use its key up. A key must be non-empty, at most
     /// [`MAX_EVENT_KEY_BYTES`](crate::MAX_EVENT_KEY_BYTES) long and contain
-    /// no NUL ([`Error::InvalidEventKey`]).
+    /// no NUL.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`send_event`](Self::send_event), and
+    /// [`Error::InvalidEventKey`] for a key no store takes. After an
+    /// [`Error::Store`], the same call again is safe.
     ///
     /// ```no_run
     /// # async fn f(inst: workflow_core::Instance<impl workflow_core::Workflow>, delivery_id: &str) -> workflow_core::Result<()> {
@@ -523,6 +561,10 @@ impl<W: Workflow> Instance<W> {
 
     /// Pauses it: at once if it is waiting or queued, at its next step if it
     /// runs. Its deadline does not count while it is paused.
+    ///
+    /// # Errors
+    ///
+    /// As [`cancel`](Self::cancel)'s.
     pub async fn pause(&self) -> Result<()> {
         self.ensure_workflow().await?;
         self.engine.pause(&self.id).await
@@ -531,6 +573,10 @@ impl<W: Workflow> Instance<W> {
     /// Resumes it after [`Instance::pause`], its deadline pushed back by the
     /// time it was paused (a deadline set during the pause, by the time
     /// paused since it was set).
+    ///
+    /// # Errors
+    ///
+    /// As [`cancel`](Self::cancel)'s.
     pub async fn resume(&self) -> Result<()> {
         self.ensure_workflow().await?;
         self.engine.resume(&self.id).await
