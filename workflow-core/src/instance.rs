@@ -873,6 +873,24 @@ impl StepInfo {
 }
 
 /// A filter for [`Engine::list`]: newest first, paged by cursor.
+///
+/// ```no_run
+/// # use workflow_core::*;
+/// # async fn doc(engine: Engine) -> Result<()> {
+/// // Every failed instance of a workflow, 100 at a time.
+/// let mut query = Query::new().workflow("processOrder").status(Status::Failed).limit(100);
+/// loop {
+///     let page = engine.list(query.clone()).await?;
+///     for instance in &page.items {
+///         println!("{} {}", instance.id, instance.error.as_deref().unwrap_or(""));
+///     }
+///     match page.next {
+///         Some(next) => query = query.after(next),
+///         None => break,
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct Query {

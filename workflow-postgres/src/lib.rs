@@ -380,6 +380,29 @@ impl PgStore {
     /// Connects to the database at `url` (`postgres://user:pass@host/db`,
     /// optionally `?schema=name`), creating and migrating the store's
     /// schema if needed.
+    ///
+    /// ```no_run
+    /// # async fn doc() -> workflow_core::Result<()> {
+    /// use workflow_postgres::{PgOptions, PgStore};
+    ///
+    /// let store = PgStore::connect_with(
+    ///     "postgres://app@db.internal/app",
+    ///     PgOptions::new().schema("billing").max_connections(32),
+    /// )
+    /// .await?;
+    /// let engine = workflow_core::EngineBuilder::new().store(store).build().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Config`]: a URL or schema name that does not parse, a
+    ///   connection setting the store cannot work under (isolation,
+    ///   `synchronous_commit` for a durable store), or, with
+    ///   `migrate(false)`, a schema that is not this build's;
+    /// - [`Error::Store`]: no connection within `request_timeout`, or the
+    ///   server refused it or the migration (a schema a newer build
+    ///   wrote).
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::connect_with(url, PgOptions::default()).await
     }

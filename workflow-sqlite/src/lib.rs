@@ -184,6 +184,22 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database at `url` (`sqlite://app.db`,
     /// `sqlite:///abs/path.db`), durable.
+    ///
+    /// ```no_run
+    /// # async fn doc() -> workflow_core::Result<()> {
+    /// let store = workflow_sqlite::SqliteStore::connect("sqlite://data/app.db").await?;
+    /// let engine = workflow_core::EngineBuilder::new().store(store).build().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Config`]: a URL that does not parse or is not a file
+    ///   (`:memory:`), or, with `migrate(false)`, a file whose schema is
+    ///   not this build's;
+    /// - [`Error::Store`]: the file cannot be opened, created or migrated
+    ///   (permissions, a full disk, a file that is not SQLite, a schema a
+    ///   newer build wrote).
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::connect_with(url, SqliteOptions::default()).await
     }
