@@ -1298,25 +1298,54 @@ async fn a_hung_claim_does_not_hold_up_a_shutdown() {
     );
 }
 
-static COUNTED_CALLS: AtomicU32 = AtomicU32::new(0);
+/// How often each `Counted<N>`'s step ran: one count per test that reads
+/// one (tests of this binary run side by side).
+static COUNTED_CALLS: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
 
-/// One step that counts its calls.
-struct Counted;
+/// One step that counts its calls in `COUNTED_CALLS[N]`.
+struct Counted<const N: usize>;
 
-impl Workflow for Counted {
+impl<const N: usize> Workflow for Counted<N> {
     type Input = ();
     type Output = ();
     type State = ();
-    const NAME: &'static str = "counted";
+    const NAME: &'static str = ["counted", "counted1"][N];
 
     async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
         ctx.step("count", || async {
-            COUNTED_CALLS.fetch_add(1, Ordering::SeqCst);
+            COUNTED_CALLS[N].fetch_add(1, Ordering::SeqCst);
             Ok::<_, BoxError>(())
         })
         .await?;
         Ok(())
     }
+}
+
+fn counted(n: usize) -> u32 {
+    COUNTED_CALLS[n].load(Ordering::SeqCst)
+}
+
+/// An engine running `Counted<N>` whose store holds claim answers back,
+/// a worker, and an instance claimed in the store whose answer is held.
+async fn claim_held<const N: usize>() -> (
+    Arc<workflow_core::testing::Unreachable<MemoryStore>>,
+    Engine,
+    Worker,
+    Instance<Counted<N>>,
+) {
+    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
+    let engine = EngineBuilder::new()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .register(Counted::<N>)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    store.hold_claim_answers(true);
+    let inst = Counted::<N>::start(&engine, ()).await.unwrap();
+    let worker = engine.start_worker();
+    until_status(&inst, Status::InProgress).await;
+    (store, engine, worker, inst)
 }
 
 /// A cancel that lands while the claim that took the instance is on its
@@ -1325,55 +1354,18 @@ impl Workflow for Counted {
 /// after `cancel()` had returned.
 #[tokio::test]
 async fn a_cancel_beats_a_claim_in_flight() {
-    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
-    let engine = EngineBuilder::new()
-        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
-        .register(Counted)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
-    store.hold_claim_answers(true);
-    let inst = Counted::start(&engine, ()).await.unwrap();
-    let worker = engine.start_worker();
-    // Claimed in the store, the answer held back.
-    until_status(&inst, Status::InProgress).await;
+    let (store, engine, worker, inst) = claim_held::<0>().await;
     inst.cancel().await.unwrap();
     store.hold_claim_answers(false);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        COUNTED_CALLS.load(Ordering::SeqCst),
-        0,
-        "the step ran after the cancel"
-    );
+    assert_eq!(counted(0), 0, "the step ran after the cancel");
     assert!(engine.running_here().is_empty());
     assert_eq!(inst.status().await.unwrap(), Status::Cancelled);
     // The worker goes on: a new instance runs.
-    let next = Counted::start(&engine, ()).await.unwrap();
+    let next = Counted::<0>::start(&engine, ()).await.unwrap();
     next.result_timeout(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(COUNTED_CALLS.load(Ordering::SeqCst), 1);
+    assert_eq!(counted(0), 1);
     worker.shutdown().await;
-}
-
-static PAUSE_COUNTED_CALLS: AtomicU32 = AtomicU32::new(0);
-
-/// One step that counts its calls, beside [`Counted`]'s count.
-struct PauseCounted;
-
-impl Workflow for PauseCounted {
-    type Input = ();
-    type Output = ();
-    type State = ();
-    const NAME: &'static str = "pauseCounted";
-
-    async fn run(&self, ctx: Ctx, _: ()) -> Result<(), BoxError> {
-        ctx.step("count", || async {
-            PAUSE_COUNTED_CALLS.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, BoxError>(())
-        })
-        .await?;
-        Ok(())
-    }
 }
 
 /// A pause that lands while the claim that took the instance is on its
@@ -1382,29 +1374,14 @@ impl Workflow for PauseCounted {
 /// after `pause()` had returned, until the next heartbeat.
 #[tokio::test]
 async fn a_pause_beats_a_claim_in_flight() {
-    let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
-    let engine = EngineBuilder::new()
-        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
-        .register(PauseCounted)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .await
-        .unwrap();
-    store.hold_claim_answers(true);
-    let inst = PauseCounted::start(&engine, ()).await.unwrap();
-    let worker = engine.start_worker();
-    until_status(&inst, Status::InProgress).await;
+    let (store, _engine, worker, inst) = claim_held::<1>().await;
     inst.pause().await.unwrap();
     store.hold_claim_answers(false);
     until_status(&inst, Status::Paused).await;
-    assert_eq!(
-        PAUSE_COUNTED_CALLS.load(Ordering::SeqCst),
-        0,
-        "the step ran after the pause"
-    );
+    assert_eq!(counted(1), 0, "the step ran after the pause");
     inst.resume().await.unwrap();
     inst.result_timeout(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(PAUSE_COUNTED_CALLS.load(Ordering::SeqCst), 1);
+    assert_eq!(counted(1), 1);
     worker.shutdown().await;
 }
 
@@ -1415,7 +1392,7 @@ async fn health_reports_workers_and_failing_store_calls() {
     let store = Arc::new(workflow_core::testing::Unreachable::new(MemoryStore::new()));
     let engine = EngineBuilder::new()
         .shared_store(Arc::clone(&store) as Arc<dyn Store>)
-        .register(Counted)
+        .register(Counted::<0>)
         .poll_interval(Duration::from_millis(10))
         .build()
         .await
