@@ -235,6 +235,7 @@ impl Execute {
 
 /// How a model loop ended.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Execution {
     /// The model's final text.
     pub text: String,
@@ -246,6 +247,7 @@ pub struct Execution {
 
 /// A model loop's typed result: see [`ExecuteExt::execute_typed`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Structured<T> {
     /// The final answer, parsed.
     pub output: T,

@@ -59,8 +59,9 @@ pub struct ModelResponse {
     pub usage: Option<serde_json::Value>,
 }
 
-/// Why a model call failed.
-#[derive(Debug, thiserror::Error)]
+/// Why a model call failed. `Clone`, so a scripted model in tests can
+/// answer with one again and again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ModelError {
     /// The server answered with an error status.

@@ -295,6 +295,22 @@ impl<W> Clone for Instance<W> {
     }
 }
 
+/// Handles are equal when they name the same instance, so they can be
+/// kept in sets and maps.
+impl<W> PartialEq for Instance<W> {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl<W> Eq for Instance<W> {}
+
+impl<W> std::hash::Hash for Instance<W> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
 impl<W> std::fmt::Debug for Instance<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Instance").field("id", &self.id).finish()
