@@ -1506,9 +1506,10 @@ where
     /// - [`Error::InvalidStepName`] or [`Error::NameTooLong`]: a name the
     ///   engine refuses, before `f` runs;
     /// - [`Error::NestedStep`]: called from inside another step;
-    /// - [`Error::Json`] or [`Error::PayloadTooLarge`]: its output does
-    ///   not serialize to JSON that reads back, or is too large to record:
-    ///   the instance fails with it, whatever the handler does;
+    /// - [`Error::Json`] or [`Error::PayloadTooLarge`]: its output, or
+    ///   the state it changed, does not serialize to JSON that reads back,
+    ///   or is too large to record: the instance fails with it, whatever
+    ///   the handler does;
     /// - [`Error::Interrupted`]: the run must stop (cancelled, suspended,
     ///   shutting down...): propagate it with `?`.
     pub async fn step_with<T, E, F, Fut>(&self, name: &str, opts: StepOptions, f: F) -> Result<T>

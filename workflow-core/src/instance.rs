@@ -295,22 +295,6 @@ impl<W> Clone for Instance<W> {
     }
 }
 
-/// Handles are equal when they name the same instance, so they can be
-/// kept in sets and maps.
-impl<W> PartialEq for Instance<W> {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
-    }
-}
-
-impl<W> Eq for Instance<W> {}
-
-impl<W> std::hash::Hash for Instance<W> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.id.hash(state);
-    }
-}
-
 impl<W> std::fmt::Debug for Instance<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Instance").field("id", &self.id).finish()
@@ -473,8 +457,11 @@ impl<W: Workflow> Instance<W> {
     /// - [`Error::AlreadyFinished`]: it ended already; nothing changes;
     /// - [`Error::NotFound`], [`Error::WrongWorkflow`]: no such instance
     ///   of `W`;
-    /// - [`Error::Store`]: the store failed; the call may or may not have
-    ///   taken effect, and is safe to repeat.
+    /// - [`Error::Store`]: the store failed, and the cancel may or may not
+    ///   have taken effect: repeating it is safe (one that had answers
+    ///   `AlreadyFinished` with status `Cancelled`); or the row is damaged
+    ///   ([`StoreError::Corrupt`](crate::StoreError::Corrupt)), which a
+    ///   repeat does not mend.
     pub async fn cancel(&self) -> Result<()> {
         self.check_before(true).await?;
         self.engine.cancel(&self.id).await
@@ -489,7 +476,13 @@ impl<W: Workflow> Instance<W> {
     ///
     /// # Errors
     ///
-    /// As [`cancel`](Self::cancel)'s.
+    /// - [`Error::AlreadyFinished`]: it ended already; nothing changes;
+    /// - [`Error::NotFound`], [`Error::WrongWorkflow`]: no such instance
+    ///   of `W`;
+    /// - [`Error::Store`]: the store failed (the call may or may not have
+    ///   taken effect; repeating it is safe), or the row is damaged
+    ///   ([`StoreError::Corrupt`](crate::StoreError::Corrupt)), which a
+    ///   repeat does not mend.
     pub async fn set_timeout(&self, timeout: Timeout) -> Result<()> {
         self.ensure_workflow().await?;
         self.engine.set_timeout(&self.id, timeout).await
@@ -527,8 +520,9 @@ impl<W: Workflow> Instance<W> {
     /// - [`Error::NotFound`], [`Error::WrongWorkflow`]: no such instance
     ///   of `W`;
     /// - [`Error::Store`]: the store failed; the event may or may not be
-    ///   in its inbox: send it again with
-    ///   [`send_event_once`](Self::send_event_once) to be sure.
+    ///   in its inbox, and sending it again may deliver it twice: send
+    ///   with [`send_event_once`](Self::send_event_once) from the first
+    ///   try where a retry must not.
     pub async fn send_event(&self, name: &str, payload: impl Serialize) -> Result<()> {
         self.ensure_workflow().await?;
         self.engine.send_event(&self.id, name, payload).await
@@ -580,7 +574,13 @@ impl<W: Workflow> Instance<W> {
     ///
     /// # Errors
     ///
-    /// As [`cancel`](Self::cancel)'s.
+    /// - [`Error::AlreadyFinished`]: it ended already; nothing changes;
+    /// - [`Error::NotFound`], [`Error::WrongWorkflow`]: no such instance
+    ///   of `W`;
+    /// - [`Error::Store`]: the store failed (the call may or may not have
+    ///   taken effect; repeating it is safe), or the row is damaged
+    ///   ([`StoreError::Corrupt`](crate::StoreError::Corrupt)), which a
+    ///   repeat does not mend.
     pub async fn pause(&self) -> Result<()> {
         self.ensure_workflow().await?;
         self.engine.pause(&self.id).await
@@ -592,7 +592,13 @@ impl<W: Workflow> Instance<W> {
     ///
     /// # Errors
     ///
-    /// As [`cancel`](Self::cancel)'s.
+    /// - [`Error::AlreadyFinished`]: it ended already; nothing changes;
+    /// - [`Error::NotFound`], [`Error::WrongWorkflow`]: no such instance
+    ///   of `W`;
+    /// - [`Error::Store`]: the store failed (the call may or may not have
+    ///   taken effect; repeating it is safe), or the row is damaged
+    ///   ([`StoreError::Corrupt`](crate::StoreError::Corrupt)), which a
+    ///   repeat does not mend.
     pub async fn resume(&self) -> Result<()> {
         self.ensure_workflow().await?;
         self.engine.resume(&self.id).await

@@ -396,11 +396,12 @@ impl PgStore {
     ///
     /// # Errors
     ///
-    /// - [`Error::Config`]: a URL or schema name that does not parse, a
-    ///   connection setting the store cannot work under (isolation,
-    ///   `synchronous_commit` for a durable store), or, with
-    ///   `migrate(false)`, a schema that is not this build's;
-    /// - [`Error::Store`]: no connection within `request_timeout`, or the
+    /// - [`Error::Config`]: a URL or schema name that does not parse,
+    ///   connections whose settings the store cannot work under (a pooler
+    ///   that dropped its schema, isolation or `synchronous_commit`), or,
+    ///   with [`connect_with`](Self::connect_with) and `migrate(false)`, a
+    ///   schema that is not this build's;
+    /// - [`Error::Store`]: no connection within the request timeout, or the
     ///   server refused it or the migration (a schema a newer build
     ///   wrote).
     pub async fn connect(url: &str) -> Result<Self, Error> {

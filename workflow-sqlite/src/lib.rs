@@ -195,8 +195,8 @@ impl SqliteStore {
     /// # Errors
     ///
     /// - [`Error::Config`]: a URL that does not parse or is not a file
-    ///   (`:memory:`), or, with `migrate(false)`, a file whose schema is
-    ///   not this build's;
+    ///   (`:memory:`); with [`connect_with`](Self::connect_with) and
+    ///   `migrate(false)`, a file whose schema is not this build's;
     /// - [`Error::Store`]: the file cannot be opened, created or migrated
     ///   (permissions, a full disk, a file that is not SQLite, a schema a
     ///   newer build wrote).
