@@ -509,7 +509,9 @@ fn start_refused(err: Error, key: Option<&str>, tags: &BTreeMap<String, String>)
         {
             // The engine checks them in this order, and names the first.
             tags.iter().find_map(|(name, value)| {
-                let bad = [name, value].into_iter().find(|text| unusable(text))?;
+                let bad = [name, value]
+                    .into_iter()
+                    .find(|text| workflow_core::unusable_key(text).is_some())?;
                 Some((format!("/tags/{}", pointer_token(name)), key_rule(bad)))
             })
         }
@@ -529,11 +531,6 @@ fn event_refused(err: Error) -> ApiError {
         _ => None,
     };
     ApiError::from(err).at_field(field)
-}
-
-/// Whether no store can hold `text` as a key or tag.
-fn unusable(text: &str) -> bool {
-    text.len() > workflow_core::MAX_KEY_BYTES || text.contains('\0')
 }
 
 /// The rule a key or tag the engine refused breaks.

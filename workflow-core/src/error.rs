@@ -595,7 +595,7 @@ pub(crate) fn check_length(what: &'static str, name: &str) -> Result<()> {
 }
 
 /// Why a dedup key, tag name or tag value cannot be stored, if it cannot.
-pub(crate) fn unusable_key(text: &str) -> Option<String> {
+pub fn unusable_key(text: &str) -> Option<String> {
     if text.len() > crate::MAX_KEY_BYTES {
         Some(format!(
             "it is {} bytes long; at most {} are allowed, as every store indexes it",

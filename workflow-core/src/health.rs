@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use crate::worker::lock;
+
 /// A snapshot of an engine's workers in this process
 /// ([`Engine::health`](crate::Engine::health)): read from what they
 /// already do (each claims at least every `poll_interval`, and renews its
@@ -115,10 +117,6 @@ impl Board {
     pub(crate) fn unusable(&self, why: &str) {
         lock(&self.unusable).get_or_insert_with(|| why.to_owned());
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -302,7 +302,8 @@ impl<W> std::fmt::Debug for Instance<W> {
 }
 
 impl<W: Workflow> Instance<W> {
-    /// A handle on an instance this engine just started as `W`.
+    /// A handle on an instance known to be `W`'s: just started as one, or
+    /// found by `W`'s name.
     pub(crate) fn new(engine: Engine, id: InstanceId) -> Self {
         Instance {
             engine,

@@ -67,6 +67,7 @@ pub use crate::workflow::{Definition, Workflow};
 #[doc(hidden)]
 pub use crate::{
     engine::redact_password, engine::unsupported_url, engine::PURGE_BATCH, error::error_chain,
+    error::unusable_key,
 };
 pub use tokio_util::sync::CancellationToken;
 

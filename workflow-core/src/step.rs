@@ -93,10 +93,7 @@ impl StepOptions {
     /// The default policy with `max_attempts` attempts in all: the first
     /// one and up to `max_attempts - 1` retries (at least one attempt).
     pub fn attempts(max_attempts: u32) -> Self {
-        StepOptions {
-            max_attempts: max_attempts.max(1),
-            ..Self::default()
-        }
+        Self::default().with_attempts(max_attempts)
     }
 
     /// These options with `max_attempts` attempts in all (at least one),

@@ -363,7 +363,7 @@ fn stop_unusable(w: &WorkerShared, why: String) {
     w.stop.cancel();
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -1118,8 +1118,8 @@ pub(crate) struct Outage {
     what: std::borrow::Cow<'static, str>,
     /// When it began, how many failures so far, when last said at error.
     since: Option<(Instant, u64, Instant)>,
-    /// Where [`Engine::health`] reads it, under its entry's number.
-    board: Engine,
+    /// Whose [`Engine::health`] reports it, under its entry's number.
+    engine: Engine,
     entry: u64,
 }
 
@@ -1131,14 +1131,14 @@ impl Outage {
         Outage {
             what: what.into(),
             since: None,
-            board: engine.clone(),
+            engine: engine.clone(),
             entry: engine.inner.health.entry(),
         }
     }
 
     pub(crate) fn failed(&mut self, err: &dyn std::fmt::Display) {
         let what = &self.what;
-        self.board
+        self.engine
             .inner
             .health
             .failed(self.entry, what, crate::error::logged(&err.to_string()));
@@ -1162,7 +1162,7 @@ impl Outage {
 
     pub(crate) fn over(&mut self) {
         if let Some((began, failures, _)) = self.since.take() {
-            self.board.inner.health.over(self.entry);
+            self.engine.inner.health.over(self.entry);
             let what = &self.what;
             tracing::info!(
                 failures,
@@ -1192,7 +1192,7 @@ impl Drop for Counted {
 impl Drop for Outage {
     /// A loop that stopped fails no more.
     fn drop(&mut self) {
-        self.board.inner.health.over(self.entry);
+        self.engine.inner.health.over(self.entry);
     }
 }
 

@@ -193,8 +193,10 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Result<Option<Instance<Self>>>> + Send {
         let key = key.into();
         async move {
+            // Found by this workflow's name: a handle that need not read
+            // the row again to check it.
             let found = engine.find(Self::NAME, &key).await?;
-            Ok(found.map(|info| Instance::unchecked(engine.clone(), info.id)))
+            Ok(found.map(|info| Instance::new(engine.clone(), info.id)))
         }
     }
 
